@@ -1,0 +1,428 @@
+"""YAML -> typed, nested config objects.
+
+Every section is a dataclass; its fields carry the type and the default, the comment
+beside a field carries the meaning. Loading is strict: an unknown key fails with its
+dotted path and the closest valid key, a wrong type fails with the expected type, and a
+choice outside a ``Literal`` fails with the list of choices. YAML is read with
+``yaml.safe_load`` only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+
+__all__ = [
+    "ConfigError",
+    "Config",
+    "load_config",
+    "config_from_dict",
+    "config_to_dict",
+    "apply_overrides",
+    "save_config",
+]
+
+
+class ConfigError(ValueError):
+    """A config value or key is not what the schema expects."""
+
+
+Task = Literal["binary", "multilabel", "multiclass"]
+
+
+@dataclass
+class DataConfig:
+    root: str = "data/demo"  # competition folder; every path below is relative to it
+    task: Task = "binary"
+    num_classes: int = 1  # output channels (multiclass: classes without the void id)
+    class_names: list[str] = field(default_factory=list)
+    classes_csv: Optional[str] = None  # CSV id,name,r,g,b[,ignore]: names, colours, void id
+    ignore_index: Optional[int] = None  # void label in mask files / label maps; never scored
+    layout: Literal["csv", "folder"] = "csv"  # images + RLE CSV, or images + mask files
+    train_images: str = "train/images"
+    train_masks: str = "train/masks"  # folder layout: mask file has the image's id
+    train_csv: str = "train.csv"  # csv layout: RLE rows (and the id list for folds)
+    train_lists: list[str] = field(default_factory=list)  # folder layout: files of "image mask" lines
+    id_column: str = "id"
+    rle_column: str = "rle_mask"
+    class_column: Optional[str] = None  # csv layout, one row per image and class (1-based ids)
+    rle_order: Literal["F", "C"] = "F"  # pixel order of the RLE: F column-major (Kaggle), C row-major
+    image_ext: str = ".png"
+    mask_ext: str = ".png"
+    in_channels: int = 3  # 1 = grayscale, 3 = RGB, 4 = RGBA kept
+    group_column: Optional[str] = None  # column of train_csv used by GroupKFold
+    test_images: str = "test/images"
+    test_lists: list[str] = field(default_factory=list)  # labelled held-out lists (evaluate --split test)
+    sample_submission: str = "sample_submission.csv"
+    max_image_pixels: int = 50_000_000  # larger images are refused before decoding
+
+
+@dataclass
+class FoldsConfig:
+    n_splits: int = 5
+    method: Literal["kfold", "stratified", "group"] = "stratified"
+    seed: int = 42
+    only: list[int] = field(default_factory=list)  # train these folds only (empty = all)
+
+
+@dataclass
+class TransformsConfig:
+    resize: Optional[list[int]] = None  # [height, width] every image is resized to (None = native)
+    train: list[dict[str, Any]] = field(default_factory=list)  # albumentations: [{HorizontalFlip: {p: 0.5}}]
+    mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
+    std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "scratch_unet"  # `seg-toolkit models` lists the names
+    encoder: Optional[str] = None  # smp encoder name, or tu-<timm name>
+    encoder_weights: Optional[str] = None  # null | imagenet | path/to/weights.(pth|safetensors)
+    depth: int = 4  # scratch U-Net: number of down-sampling steps
+    base_width: int = 32  # scratch U-Net: channels of the first block
+    norm: Literal["batch", "group", "none"] = "batch"
+    upsample: Literal["transpose", "bilinear"] = "transpose"
+    dropout: float = 0.0
+    params: dict[str, Any] = field(default_factory=dict)  # extra keyword arguments for the smp class
+    channels_last: bool = False
+    freeze_encoder_epochs: int = 0
+    encoder_lr_mult: float = 1.0
+
+
+@dataclass
+class OptimConfig:
+    name: Literal["adam", "adamw", "sgd"] = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    momentum: float = 0.9  # sgd only
+
+
+@dataclass
+class SchedulerConfig:
+    name: Literal["none", "cosine", "onecycle", "poly", "plateau", "step"] = "cosine"
+    warmup_epochs: float = 0.0
+    min_lr: float = 1e-6
+    power: float = 0.9  # poly
+    step_size: int = 10  # step: epochs between decays
+    gamma: float = 0.1  # step / plateau decay factor
+    patience: int = 3  # plateau
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 8
+    num_workers: int = 0
+    pin_memory: bool = True
+    persistent_workers: bool = True
+    device: str = "auto"  # auto | cpu | cuda | cuda:1
+    amp: Literal["none", "fp16", "bf16"] = "none"
+    grad_accum: int = 1
+    grad_clip: Optional[float] = None
+    ema_decay: Optional[float] = None  # e.g. 0.999; null disables EMA
+    use_ema: bool = False  # score and predict with the EMA weights
+    early_stopping_patience: Optional[int] = None
+    early_stopping_min_delta: float = 0.0
+    keep_best_k: int = 1
+    seed: int = 42
+    deterministic: bool = False
+    cudnn_benchmark: bool = True
+    compile: bool = False
+    nan_retries: int = 0  # on a NaN/inf loss: retry the fold this many times with lr * nan_lr_factor
+    nan_lr_factor: float = 0.1
+    log_every: int = 0  # 0 = no per-step log lines
+
+
+@dataclass
+class MetricConfig:
+    name: Literal["auto", "miou", "dice", "iou", "tgs_map", "pixel_accuracy"] = "auto"
+    empty_score: Literal["one", "zero", "skip"] = "one"  # per-image score when truth and prediction are empty
+    threshold: float = 0.5  # probability threshold for binary/multilabel during validation
+
+
+@dataclass
+class PredictConfig:
+    batch_size: int = 16
+    tta: list[str] = field(default_factory=lambda: ["identity"])  # identity hflip vflip transpose rot90 rot180 rot270 transverse | d4
+    scales: list[float] = field(default_factory=lambda: [1.0])
+    merge: Literal["mean_prob", "mean_logit", "geometric", "max"] = "mean_prob"
+    ensemble_space: Literal["prob", "logit"] = "prob"
+    tile_size: Optional[list[int]] = None  # [h, w]: sliding-window inference
+    tile_overlap: float = 0.25
+    save_probs: Literal["none", "float16", "uint8"] = "none"
+    max_tta_batch: int = 64  # images x transforms per forward pass
+
+
+@dataclass
+class PostprocessConfig:
+    threshold: list[float] = field(default_factory=lambda: [0.5])  # one value, or one per class
+    min_area: list[int] = field(default_factory=lambda: [0])  # components smaller are dropped
+    empty_gate: Optional[float] = None  # binary: image empty unless max prob >= gate
+    tune: bool = True  # search thresholds / min-area / gate on OOF predictions
+    threshold_grid: list[float] = field(default_factory=lambda: [0.3, 0.4, 0.5, 0.6, 0.7])
+    min_area_grid: list[int] = field(default_factory=lambda: [0, 10, 50, 100])
+
+
+@dataclass
+class SubmissionConfig:
+    path: Optional[str] = None  # default submissions/<experiment>.csv
+    id_column: Optional[str] = None  # default: the sample submission's first column
+    rle_column: Optional[str] = None  # default: the sample submission's second column
+    rle_order: Optional[Literal["F", "C"]] = None  # default: data.rle_order
+    empty_token: str = ""  # what an empty mask is written as: '' | '-' | '-1' | '1 1'
+    per_class: bool = False  # one row per image and class
+    id_format: str = "{id}_{cls}"  # per_class rows: how id and 1-based class combine
+
+
+@dataclass
+class Config:
+    experiment: str = "demo"
+    runs_dir: str = "runs"
+    data: DataConfig = field(default_factory=DataConfig)
+    folds: FoldsConfig = field(default_factory=FoldsConfig)
+    transforms: TransformsConfig = field(default_factory=TransformsConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: dict[str, float] = field(default_factory=lambda: {"bce": 0.5, "dice": 0.5})
+    loss_params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    metric: MetricConfig = field(default_factory=MetricConfig)
+    predict: PredictConfig = field(default_factory=PredictConfig)
+    postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
+    submission: SubmissionConfig = field(default_factory=SubmissionConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.runs_dir) / self.experiment
+
+    def data_path(self, rel: str) -> Path:
+        """A path from the config, resolved against ``data.root``."""
+        return Path(self.data.root) / rel
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is not None:
+        args = ", ".join(_type_name(a) for a in typing.get_args(tp))
+        return f"{origin.__name__}[{args}]"
+    if tp is type(None):
+        return "null"
+    if tp is Any:
+        return "any"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _convert(value: Any, tp: Any, path: str) -> Any:
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping (section), got {type(value).__name__} {value!r}")
+        return _build(tp, value, path)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(value, arg, path)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(f"{path}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"{path}: {value!r} is not one of {', '.join(repr(c) for c in choices)}{hint}")
+        return value
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            # a scalar where a list is expected is the common one-value shorthand
+            value = [value]
+        return [_convert(v, item_tp, f"{path}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        key_tp, val_tp = typing.get_args(tp)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping, got {type(value).__name__} {value!r}")
+        return {_convert(k, key_tp, f"{path}"): _convert(v, val_tp, f"{path}.{k}") for k, v in value.items()}
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{path}: expected bool (true/false), got {type(value).__name__} {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{path}: expected int, got {type(value).__name__} {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads 1e-3 as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{path}: expected float, got {type(value).__name__} {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{path}: expected str, got {type(value).__name__} {value!r}")
+    raise ConfigError(f"{path}: unsupported schema type {tp!r}")  # pragma: no cover
+
+
+def _build(cls: type, data: dict, path: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        where = f"{path}.{key}" if path else str(key)
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1, cutoff=0.5)
+            hint = f"; did you mean {(path + '.' if path else '') + close[0]!r}?" if close else ""
+            raise ConfigError(f"unknown config key {where!r}{hint} (valid keys here: {', '.join(names)})")
+        kwargs[key] = _convert(value, hints[key], where)
+    return cls(**kwargs)
+
+
+def config_from_dict(data: dict | None) -> Config:
+    """Build a validated :class:`Config` from plain YAML data."""
+    data = data or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"a config file must be a mapping at the top level, got {type(data).__name__}")
+    cfg = _build(Config, data)
+    _check(cfg)
+    return cfg
+
+
+def config_to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def _check(cfg: Config) -> None:
+    """Cross-field rules the types cannot say."""
+    d = cfg.data
+    if d.num_classes < 1:
+        raise ConfigError(f"data.num_classes: expected >= 1, got {d.num_classes}")
+    if d.task == "binary" and d.num_classes != 1:
+        raise ConfigError(f"data.num_classes: a binary task has 1 output channel, got {d.num_classes}")
+    if d.task == "multiclass" and d.num_classes < 2:
+        raise ConfigError("data.num_classes: a multiclass task needs >= 2 classes (background counts)")
+    if d.class_names and len(d.class_names) != d.num_classes:
+        raise ConfigError(
+            f"data.class_names: {len(d.class_names)} names for data.num_classes={d.num_classes}"
+        )
+    if d.in_channels not in (1, 3, 4):
+        raise ConfigError(f"data.in_channels: expected 1, 3 or 4, got {d.in_channels}")
+    if cfg.folds.n_splits < 2:
+        raise ConfigError(f"folds.n_splits: expected >= 2, got {cfg.folds.n_splits}")
+    if cfg.folds.method == "group" and not d.group_column:
+        raise ConfigError("folds.method: 'group' needs data.group_column (the column of data.train_csv)")
+    for i in cfg.folds.only:
+        if not 0 <= i < cfg.folds.n_splits:
+            raise ConfigError(f"folds.only: fold {i} is outside 0..{cfg.folds.n_splits - 1}")
+    if not cfg.loss:
+        raise ConfigError("loss: name at least one loss with a weight, e.g. {bce: 0.5, dice: 0.5}")
+    for name in cfg.loss_params:
+        if name not in cfg.loss:
+            raise ConfigError(f"loss_params.{name}: there is no loss {name!r} in loss ({', '.join(cfg.loss)})")
+    if cfg.transforms.resize is not None and len(cfg.transforms.resize) != 2:
+        raise ConfigError(f"transforms.resize: expected [height, width], got {cfg.transforms.resize}")
+    if cfg.train.epochs < 1 or cfg.train.batch_size < 1 or cfg.train.grad_accum < 1:
+        raise ConfigError("train.epochs, train.batch_size and train.grad_accum must be >= 1")
+    if not cfg.experiment or any(c in cfg.experiment for c in "/\\") or cfg.experiment in (".", ".."):
+        raise ConfigError(f"experiment: {cfg.experiment!r} must be a plain folder name")
+
+
+def _set_dotted(data: dict, dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = data
+    for k in keys[:-1]:
+        node = node.setdefault(k, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {dotted}: {k!r} is not a section")
+    node[keys[-1]] = value
+
+
+def apply_overrides(data: dict, overrides: list[str] | None) -> dict:
+    """Apply ``key.path=value`` strings; values are parsed as YAML (``3``, ``true``, ``[1, 2]``)."""
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected key.path=value, e.g. train.epochs=3")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--set {key}: cannot parse value {raw!r}: {e}") from None
+        _set_dotted(data, key.strip(), value)
+    return data
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        with path.open("r", encoding="utf-8") as fh:
+            data = yaml.safe_load(fh)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid (safe) YAML: {e}") from None
+    return data or {}
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Read a YAML file (safe loader), apply ``--set`` overrides and validate.
+
+    A top-level ``base: other.yaml`` key names a file (relative to this one) whose values
+    this file overrides, so experiments can share a base config.
+    """
+    path = Path(path)
+    data = read_yaml(path)
+    if isinstance(data, dict) and "base" in data:
+        base = data.pop("base")
+        merged = _deep_merge(read_yaml(path.parent / base), data)
+        data = merged
+    data = apply_overrides(data, overrides)
+    try:
+        return config_from_dict(data)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+
+
+def _deep_merge(base: dict, top: dict) -> dict:
+    out = dict(base)
+    for k, v in top.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict) and k not in ("loss",):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), encoding="utf-8")
+
+
+#: Void pixels in every target tensor the toolkit builds. Multiclass targets are int64
+#: (N, H, W) label maps with classes 0..C-1 and IGNORE_INDEX for void; binary/multilabel
+#: targets are float32 (N, C, H, W) with 0.0 / 1.0 and IGNORE_INDEX (255.0) for void.
+IGNORE_INDEX = 255
