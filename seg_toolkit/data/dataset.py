@@ -1,0 +1,171 @@
+"""Torch dataset, albumentations transforms and a seeded sampler.
+
+Augmentation randomness is seeded per (epoch, sample) by :class:`EpochSampler`, so a run
+is reproducible whatever the number of workers and a resumed run replays the same
+augmentations as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+from typing import Any, Iterator
+
+import albumentations as A
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from ..config import Config, ConfigError
+from .io import DataError, read_image
+from .sources import Sample, load_target
+
+log = logging.getLogger(__name__)
+
+__all__ = ["SegDataset", "EpochSampler", "build_transforms", "collate", "target_to_tensor"]
+
+
+def _aug_from_spec(spec: Any, where: str) -> A.BasicTransform:
+    if isinstance(spec, str):
+        spec = {spec: {}}
+    if not isinstance(spec, dict) or len(spec) != 1:
+        raise ConfigError(f"{where}: expected {{TransformName: {{param: value}}}}, got {spec!r}")
+    (name, params), = spec.items()
+    params = params or {}
+    cls = getattr(A, name, None)
+    if cls is None or not isinstance(cls, type):
+        names = [n for n in dir(A) if n[:1].isupper()]
+        close = difflib.get_close_matches(name, names, n=3)
+        raise ConfigError(f"{where}: unknown albumentations transform {name!r}" + (f"; did you mean {close}?" if close else ""))
+    if name in ("OneOf", "SomeOf", "Sequential"):
+        inner = [_aug_from_spec(s, f"{where}.{name}") for s in params.pop("transforms", [])]
+        return cls(inner, **params)
+    try:
+        return cls(**params)
+    except Exception as e:
+        raise ConfigError(f"{where}: {name}({params}) failed: {e}") from None
+
+
+def _normalize(cfg: Config) -> A.Normalize:
+    mean, std, c = list(cfg.transforms.mean), list(cfg.transforms.std), cfg.data.in_channels
+    if len(mean) != c or len(std) != c:
+        if len(mean) == 3 and c == 1:
+            mean, std = [float(np.mean(mean))], [float(np.mean(std))]
+        elif len(mean) == 3 and c == 4:
+            mean, std = mean + [0.5], std + [0.5]
+        else:
+            raise ConfigError(f"transforms.mean/std: {len(mean)} values for data.in_channels={c}")
+    return A.Normalize(mean=mean, std=std, max_pixel_value=255.0)
+
+
+def build_transforms(cfg: Config, train: bool) -> A.Compose:
+    """User augmentations (train only), then the resize, then normalisation."""
+    steps: list[A.BasicTransform] = []
+    if train:
+        steps += [_aug_from_spec(s, f"transforms.train[{i}]") for i, s in enumerate(cfg.transforms.train)]
+    if cfg.transforms.resize is not None:
+        h, w = cfg.transforms.resize
+        steps.append(A.Resize(h, w))
+    steps.append(_normalize(cfg))
+    return A.Compose(steps)
+
+
+def target_to_tensor(target: np.ndarray, task: str) -> torch.Tensor:
+    """Multiclass ``(H, W)`` -> int64 ``(H, W)``; binary/multilabel ``(H, W, C)`` -> float32 ``(C, H, W)``."""
+    if task == "multiclass":
+        return torch.from_numpy(np.ascontiguousarray(target, dtype=np.int64))
+    return torch.from_numpy(np.ascontiguousarray(target.transpose(2, 0, 1), dtype=np.float32))
+
+
+class SegDataset(Dataset):
+    """Images (and targets) of ``samples``.
+
+    ``mode``: ``train`` applies augmentations and resizes the target with the image;
+    ``valid`` resizes only the image and returns the target at its original size (scores
+    are computed at the competition's resolution); ``test`` returns no target.
+    Items are dicts: ``image`` float32 ``(C, H, W)``, ``target``, ``id``, ``index``, ``size``.
+    """
+
+    def __init__(self, samples: list[Sample], cfg: Config, mode: str = "train") -> None:
+        if mode not in ("train", "valid", "test"):
+            raise ValueError(f"mode must be train, valid or test, got {mode!r}")
+        self.samples, self.cfg, self.mode = samples, cfg, mode
+        self.aug = build_transforms(cfg, train=mode == "train")
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        index, seed = key if isinstance(key, tuple) else (key, None)
+        sample = self.samples[index]
+        cfg = self.cfg
+        image = read_image(sample.image, cfg.data.in_channels, cfg.data.max_image_pixels)
+        hw = image.shape[:2]
+        item: dict[str, Any] = {"id": sample.id, "index": index, "size": torch.tensor(hw)}
+        if seed is not None:
+            self.aug.set_random_seed(seed)
+        if self.mode == "train":
+            target = load_target(sample, cfg, hw)
+            out = self.aug(image=image, mask=target)
+            item["image"] = torch.from_numpy(out["image"].transpose(2, 0, 1).copy())
+            item["target"] = target_to_tensor(out["mask"], cfg.data.task)
+            return item
+        item["image"] = torch.from_numpy(self.aug(image=image)["image"].transpose(2, 0, 1).copy())
+        if self.mode == "valid":
+            item["target"] = target_to_tensor(load_target(sample, cfg, hw), cfg.data.task)
+        return item
+
+
+def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack a batch; images of different sizes get a clear error instead of a stack failure."""
+    shapes = {tuple(it["image"].shape) for it in items}
+    if len(shapes) > 1:
+        raise DataError(
+            f"images in one batch differ in size {sorted(shapes)} (ids {[it['id'] for it in items][:4]}...); "
+            "set transforms.resize: [height, width], or batch_size 1 for inference"
+        )
+    out: dict[str, Any] = {
+        "image": torch.stack([it["image"] for it in items]),
+        "id": [it["id"] for it in items],
+        "index": torch.tensor([it["index"] for it in items]),
+        "size": torch.stack([it["size"] for it in items]),
+    }
+    if "target" in items[0]:
+        tshapes = {tuple(it["target"].shape) for it in items}
+        if len(tshapes) == 1:
+            out["target"] = torch.stack([it["target"] for it in items])
+        else:  # validation targets keep their original sizes
+            out["target"] = [it["target"] for it in items]
+    return out
+
+
+class EpochSampler(Sampler):
+    """Yields ``(index, augmentation seed)``; the order and seeds depend only on (seed, epoch).
+
+    With ``world_size > 1`` each rank gets an equal, disjoint share (padded by repeating the
+    first indices, as ``DistributedSampler`` does).
+    """
+
+    def __init__(self, n: int, shuffle: bool, seed: int, rank: int = 0, world_size: int = 1, drop_last: bool = False) -> None:
+        self.n, self.shuffle, self.seed = n, shuffle, seed
+        self.rank, self.world_size, self.drop_last = rank, world_size, drop_last
+        self.epoch = 0
+        self.per_rank = n // world_size if drop_last else -(-n // world_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.per_rank
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        order = torch.randperm(self.n, generator=g) if self.shuffle else torch.arange(self.n)
+        total = self.per_rank * self.world_size
+        if total > self.n:
+            order = torch.cat([order, order[: total - self.n]])
+        order = order[:total][self.rank :: self.world_size]
+        seeds = torch.randint(0, 2**31 - 1, (self.n,), generator=g)
+        for i in order.tolist():
+            yield i, int(seeds[i])
+

@@ -1,0 +1,107 @@
+"""Seeded cross-validation folds, written once to ``folds.csv`` and reused by every command."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import GroupKFold, KFold, StratifiedKFold
+
+from ..config import Config
+from ..rle import rle_area
+from .io import DataError, read_mask
+from .sources import Sample
+
+log = logging.getLogger(__name__)
+
+__all__ = ["sample_stratum", "make_folds", "load_or_make_folds"]
+
+
+def _class_areas(sample: Sample, cfg: Config) -> np.ndarray:
+    """Foreground pixels per output class, from RLE lengths (no decoding) or the mask file."""
+    d = cfg.data
+    if sample.rles is not None:
+        return np.array([rle_area(r, sample.where) for r in sample.rles], np.int64)
+    mask = read_mask(sample.mask, d.max_image_pixels)
+    counts = np.bincount(mask.ravel().astype(np.int64), minlength=max(d.num_classes, int(mask.max()) + 1))
+    if d.ignore_index is not None and d.ignore_index < len(counts):
+        counts[d.ignore_index] = 0
+    if d.task == "binary":
+        return np.array([counts[1:].sum()], np.int64)
+    return counts[: d.num_classes]
+
+
+def sample_stratum(sample: Sample, cfg: Config) -> str:
+    """``empty`` / ``nonempty`` for binary; the dominant class for multilabel and multiclass.
+
+    Multiclass ignores class 0 when the data came from per-class RLE rows (0 is background there).
+    """
+    areas = _class_areas(sample, cfg)
+    if cfg.data.task == "binary":
+        return "nonempty" if areas[0] > 0 else "empty"
+    if cfg.data.task == "multiclass" and sample.rles is not None:
+        areas = np.concatenate([[0], areas])  # rles hold classes 1.., 0 is background
+        areas[0] = 0
+    return f"class_{int(np.argmax(areas))}" if areas.sum() > 0 else "empty"
+
+
+def make_folds(samples: list[Sample], cfg: Config) -> pd.DataFrame:
+    """A ``DataFrame[id, fold, stratum]`` with every sample in exactly one validation fold."""
+    f = cfg.folds
+    ids = [s.id for s in samples]
+    n = len(ids)
+    if n < f.n_splits:
+        raise DataError(f"{n} training samples cannot make folds.n_splits={f.n_splits} folds")
+    fold = np.full(n, -1, np.int64)
+    strata = [""] * n
+    if f.method == "group":
+        groups = [s.group for s in samples]
+        if any(g is None or g == "" for g in groups):
+            raise DataError(f"data.group_column {cfg.data.group_column!r} is empty for some rows")
+        if len(set(groups)) < f.n_splits:
+            raise DataError(f"{len(set(groups))} groups cannot make {f.n_splits} folds")
+        splitter = GroupKFold(n_splits=f.n_splits, shuffle=True, random_state=f.seed)
+        splits = splitter.split(np.zeros(n), groups=groups)
+        strata = [str(g) for g in groups]
+    elif f.method == "stratified":
+        strata = [sample_stratum(s, cfg) for s in samples]
+        counts = Counter(strata)
+        # strata too small to appear in every fold are pooled, so sklearn can split them
+        labels = [s if counts[s] >= f.n_splits else "rare" for s in strata]
+        if Counter(labels)["rare"] and Counter(labels)["rare"] < f.n_splits:
+            biggest = Counter(labels).most_common(1)[0][0]
+            labels = [biggest if lab == "rare" else lab for lab in labels]
+        splits = StratifiedKFold(n_splits=f.n_splits, shuffle=True, random_state=f.seed).split(np.zeros(n), labels)
+    else:
+        splits = KFold(n_splits=f.n_splits, shuffle=True, random_state=f.seed).split(np.zeros(n))
+    for k, (_, valid) in enumerate(splits):
+        fold[valid] = k
+    assert (fold >= 0).all()
+    return pd.DataFrame({"id": ids, "fold": fold, "stratum": strata})
+
+
+def load_or_make_folds(samples: list[Sample], cfg: Config, path: Path) -> pd.DataFrame:
+    """Read ``path`` if it exists (checking it covers exactly these ids), else make and write it."""
+    ids = [s.id for s in samples]
+    if path.is_file():
+        df = pd.read_csv(path, dtype={"id": str, "fold": int}, keep_default_na=False)
+        have = set(df["id"])
+        if have != set(ids) or len(df) != len(ids):
+            extra, missing = len(have - set(ids)), len(set(ids) - have)
+            raise DataError(
+                f"{path} was made for other data ({extra} ids not in the training set, {missing} training ids "
+                "missing); use a new experiment name, or --overwrite to start this one again"
+            )
+        if df["fold"].max() + 1 != cfg.folds.n_splits:
+            raise DataError(f"{path} has {df['fold'].max() + 1} folds but folds.n_splits={cfg.folds.n_splits}")
+        return df.set_index("id").loc[ids].reset_index()
+    df = make_folds(samples, cfg)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".csv.tmp")
+    df.to_csv(tmp, index=False)
+    tmp.replace(path)
+    log.info("wrote %s (%d samples, %d folds, method %s)", path, len(df), cfg.folds.n_splits, cfg.folds.method)
+    return df

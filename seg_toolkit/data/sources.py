@@ -1,0 +1,345 @@
+"""Where samples come from: a competition folder in one of the two common Kaggle layouts.
+
+* ``csv``: images plus a CSV of RLE masks, one row per image, or one row per image and
+  class (``data.class_column``), empty RLE = empty mask.
+* ``folder``: images plus mask files (binary, or label maps with a void id; 8- or 16-bit),
+  found by id in ``data.train_masks`` or listed as ``image mask`` lines in ``data.train_lists``.
+
+A :class:`Sample` only names files and strings; pixels are read by :func:`load_target`
+when a dataset asks for them. Targets use the toolkit's convention (see
+:data:`seg_toolkit.config.IGNORE_INDEX`): multiclass ``uint8 (H, W)`` label map,
+binary/multilabel ``uint8 (H, W, C)`` with 0/1, void = 255 in both.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..config import IGNORE_INDEX, Config, ConfigError
+from ..rle import RLEError, rle_decode, rle_to_runs
+from .io import IMAGE_EXTS, DataError, read_mask
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "Sample",
+    "load_train_samples",
+    "load_test_samples",
+    "load_list_samples",
+    "load_target",
+    "read_csv_strict",
+    "check_id",
+    "class_names",
+    "class_colors",
+]
+
+
+@dataclass(frozen=True)
+class Sample:
+    id: str
+    image: Path
+    mask: Path | None = None  # folder layout
+    rles: tuple[str, ...] | None = None  # csv layout: one string per output channel / class id 1..
+    group: str | None = None
+    where: str = ""  # where the sample was listed, for error messages
+
+
+def check_id(image_id: str, where: str) -> str:
+    """Refuse ids that could escape a folder or are not usable as file names."""
+    if not image_id or image_id.strip() != image_id:
+        raise DataError(f"{where}: id {image_id!r} is empty or has surrounding spaces")
+    if "/" in image_id or "\\" in image_id or image_id in (".", "..") or "\x00" in image_id:
+        raise DataError(f"{where}: id {image_id!r} contains a path separator or is a relative path; ids must be plain names")
+    return image_id
+
+
+def _image_path(folder: Path, image_id: str, ext: str) -> Path:
+    # Some competitions' ids already carry the extension (Severstal: "0002cc93b.jpg").
+    if Path(image_id).suffix.lower() in IMAGE_EXTS:
+        return folder / image_id
+    return folder / f"{image_id}{ext}"
+
+
+def read_csv_strict(path: Path, columns: list[str], what: str) -> pd.DataFrame:
+    """Read a CSV as strings (empty fields stay ``""``) and check the needed columns exist."""
+    if not path.is_file():
+        raise DataError(f"{path}: {what} not found")
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
+    except Exception as e:
+        raise DataError(f"{path}: cannot read {what} as CSV ({type(e).__name__}: {e})") from None
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise DataError(
+            f"{path}: missing column(s) {', '.join(map(repr, missing))}; it has {', '.join(map(repr, df.columns))} "
+            "(set data.id_column / data.rle_column / data.class_column to match)"
+        )
+    return df
+
+
+def _line(i: int) -> int:
+    return i + 2  # header is line 1
+
+
+def load_train_samples(cfg: Config) -> list[Sample]:
+    """All labelled training samples of the competition, in file order."""
+    d = cfg.data
+    if d.layout == "csv":
+        return _csv_samples(cfg)
+    if d.train_lists:
+        return load_list_samples(cfg, d.train_lists)
+    return _folder_samples(cfg)
+
+
+def _csv_samples(cfg: Config) -> list[Sample]:
+    d = cfg.data
+    path = cfg.data_path(d.train_csv)
+    cols = [d.id_column, d.rle_column] + ([d.class_column] if d.class_column else [])
+    if d.group_column:
+        cols.append(d.group_column)
+    df = read_csv_strict(path, cols, "training CSV (data.train_csv)")
+    images = cfg.data_path(d.train_images)
+    ids = df[d.id_column].tolist()
+    rles = df[d.rle_column].tolist()
+    for i, (image_id, rle) in enumerate(zip(ids, rles)):
+        where = f"{path} line {_line(i)} (id {image_id!r})"
+        check_id(image_id, where)
+        try:
+            rle_to_runs(rle, np.iinfo(np.int64).max, where)
+        except RLEError as e:
+            raise DataError(str(e)) from None
+
+    if d.class_column is None:
+        if d.task != "binary":
+            raise ConfigError(
+                f"data.class_column: a {d.task} task read from a CSV needs a class column (one row per image and class)"
+            )
+        dup = df[d.id_column].duplicated(keep="first")
+        if dup.any():
+            rows = [_line(i) for i in np.flatnonzero(dup.to_numpy())[:5]]
+            raise DataError(f"{path}: duplicate id(s) {df[d.id_column][dup].unique()[:5].tolist()} at line(s) {rows}")
+        groups = df[d.group_column].tolist() if d.group_column else [None] * len(df)
+        return [
+            Sample(i_, _image_path(images, i_, d.image_ext), rles=(r,), group=g, where=f"{path} line {_line(k)}")
+            for k, (i_, r, g) in enumerate(zip(ids, rles, groups))
+        ]
+
+    # one row per image and class
+    n_cls = d.num_classes if d.task == "multilabel" else d.num_classes - 1
+    first_row: dict[str, int] = {}
+    per_image: dict[str, list[str]] = {}
+    group_of: dict[str, str | None] = {}
+    for k, (image_id, rle, cls) in enumerate(zip(ids, rles, df[d.class_column].tolist())):
+        where = f"{path} line {_line(k)}"
+        try:
+            c = int(cls)
+        except ValueError:
+            raise DataError(f"{where}: class {cls!r} in column {d.class_column!r} is not an integer") from None
+        if not 1 <= c <= n_cls:
+            raise DataError(f"{where}: class {c} is outside 1..{n_cls} (data.num_classes={d.num_classes}, task {d.task})")
+        slots = per_image.setdefault(image_id, [""] * n_cls)
+        first_row.setdefault(image_id, k)
+        if d.group_column:
+            group_of[image_id] = df[d.group_column].iat[k]
+        if slots[c - 1] and rle:
+            raise DataError(f"{where}: second non-empty row for image {image_id!r} class {c}")
+        slots[c - 1] = slots[c - 1] or rle
+    return [
+        Sample(
+            i_, _image_path(images, i_, d.image_ext), rles=tuple(r), group=group_of.get(i_),
+            where=f"{path} line {_line(first_row[i_])}",
+        )
+        for i_, r in per_image.items()
+    ]
+
+
+def _folder_samples(cfg: Config) -> list[Sample]:
+    d = cfg.data
+    images = cfg.data_path(d.train_images)
+    masks = cfg.data_path(d.train_masks)
+    if not images.is_dir():
+        raise DataError(f"{images}: image folder (data.train_images) not found")
+    files = sorted(p for p in images.iterdir() if p.suffix.lower() == d.image_ext.lower())
+    if not files:
+        raise DataError(f"{images}: no *{d.image_ext} images (data.image_ext)")
+    out = []
+    for p in files:
+        mask = masks / f"{p.stem}{d.mask_ext}"
+        if not mask.is_file():
+            raise DataError(f"{mask}: mask for image {p.name} not found (data.train_masks)")
+        out.append(Sample(p.stem, p, mask=mask, where=str(p)))
+    return out
+
+
+def load_list_samples(cfg: Config, lists: list[str]) -> list[Sample]:
+    """Samples from list files of ``image mask`` lines (paths relative to ``data.root``)."""
+    root = Path(cfg.data.root)
+    out: list[Sample] = []
+    seen: dict[str, str] = {}
+    for rel in lists:
+        path = root / rel
+        if not path.is_file():
+            raise DataError(f"{path}: list file (data.train_lists / data.test_lists) not found")
+        for n, line in enumerate(path.read_text().splitlines(), start=1):
+            parts = line.split()
+            if not parts:
+                continue
+            where = f"{path} line {n}"
+            if len(parts) != 2:
+                raise DataError(f"{where}: expected 'image mask' (two relative paths), got {line!r}")
+            image, mask = root / parts[0], root / parts[1]
+            for p in (image, mask):
+                if not p.is_file():
+                    raise DataError(f"{where}: {p} not found")
+            image_id = check_id(Path(parts[0]).stem, where)
+            if image_id in seen:
+                raise DataError(f"{where}: id {image_id!r} listed twice (also at {seen[image_id]})")
+            seen[image_id] = where
+            out.append(Sample(image_id, image, mask=mask, where=where))
+    return out
+
+
+_FORMAT_FIELD = re.compile(r"\{(id|cls)\}")
+
+
+def parse_submission_id(fmt: str) -> re.Pattern:
+    """A regex that splits a per-class submission id made with ``fmt`` back into id and class."""
+    pattern, pos = "", 0
+    for m in _FORMAT_FIELD.finditer(fmt):
+        pattern += re.escape(fmt[pos : m.start()])
+        pattern += "(?P<id>.+)" if m.group(1) == "id" else r"(?P<cls>\d+)"
+        pos = m.end()
+    return re.compile(pattern + re.escape(fmt[pos:]))
+
+
+def load_test_samples(cfg: Config) -> list[Sample]:
+    """Test images in the order of ``sample_submission.csv`` (or sorted file names without one)."""
+    d, s = cfg.data, cfg.submission
+    folder = cfg.data_path(d.test_images)
+    sample_path = cfg.data_path(d.sample_submission)
+    if d.test_lists:
+        return load_list_samples(cfg, d.test_lists)
+    if sample_path.is_file():
+        df = read_csv_strict(sample_path, [], "sample submission")
+        id_col = s.id_column or df.columns[0]
+        if id_col not in df.columns:
+            raise DataError(f"{sample_path}: no column {id_col!r} (submission.id_column); it has {list(df.columns)}")
+        ids: list[str] = []
+        seen: set[str] = set()
+        split = parse_submission_id(s.id_format) if s.per_class else None
+        for k, raw in enumerate(df[id_col].tolist()):
+            where = f"{sample_path} line {_line(k)}"
+            if split is not None:
+                m = split.fullmatch(raw)
+                if not m:
+                    raise DataError(f"{where}: id {raw!r} does not match submission.id_format {s.id_format!r}")
+                raw = m.group("id")
+            if raw not in seen:
+                seen.add(raw)
+                ids.append(check_id(raw, where))
+        samples = [Sample(i, _image_path(folder, i, d.image_ext), where=str(sample_path)) for i in ids]
+        missing = [x for x in samples if not x.image.is_file()]
+        if missing:
+            raise DataError(
+                f"{sample_path}: {len(missing)} of {len(samples)} ids have no image in {folder}, e.g. "
+                f"{missing[0].id!r} (expected {missing[0].image})"
+            )
+        return samples
+    if not folder.is_dir():
+        raise DataError(f"{folder}: test image folder (data.test_images) not found")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() == d.image_ext.lower())
+    if not files:
+        raise DataError(f"{folder}: no *{d.image_ext} test images")
+    return [Sample(p.stem, p, where=str(p)) for p in files]
+
+
+def load_target(sample: Sample, cfg: Config, hw: tuple[int, int]) -> np.ndarray:
+    """The sample's target at image size ``hw`` in the toolkit's convention (see module doc)."""
+    d = cfg.data
+    if sample.rles is not None:
+        where = f"{sample.where} (id {sample.id!r})"
+        try:
+            chans = [rle_decode(r, hw, d.rle_order, where=where) for r in sample.rles]
+        except RLEError as e:
+            raise DataError(str(e)) from None
+        if d.task == "multiclass":
+            label = np.zeros(hw, np.uint8)
+            for c, m in enumerate(chans, start=1):
+                label[m.astype(bool)] = c
+            return label
+        return np.stack(chans, axis=-1)
+
+    assert sample.mask is not None
+    mask = read_mask(sample.mask, d.max_image_pixels)
+    if mask.shape != tuple(hw):
+        raise DataError(
+            f"{sample.mask}: mask is {mask.shape[0]}x{mask.shape[1]} (HxW) but its image {sample.image.name} "
+            f"is {hw[0]}x{hw[1]}; image and mask must have the same size"
+        )
+    void = mask == d.ignore_index if d.ignore_index is not None else None
+    if d.task == "multiclass":
+        bad = mask >= d.num_classes
+        if void is not None:
+            bad &= ~void
+        if bad.any():
+            vals = np.unique(mask[bad])[:10].tolist()
+            raise DataError(
+                f"{sample.mask}: mask values {vals} are outside the classes 0..{d.num_classes - 1}"
+                + (f" and the void id {d.ignore_index}" if d.ignore_index is not None else "")
+                + " (data.num_classes / data.ignore_index)"
+            )
+        label = mask.astype(np.uint8)
+        if void is not None:
+            label[void] = IGNORE_INDEX
+        return label
+    if d.task == "binary":
+        fg = (mask > 0).astype(np.uint8)
+        if void is not None:
+            fg[void] = IGNORE_INDEX
+        return fg[:, :, None]
+    raise ConfigError("data.task: multilabel masks need the csv layout with data.class_column")
+
+
+def _classes_csv(cfg: Config) -> pd.DataFrame | None:
+    if not cfg.data.classes_csv:
+        return None
+    path = cfg.data_path(cfg.data.classes_csv)
+    df = read_csv_strict(path, ["id", "name"], "classes CSV (data.classes_csv)")
+    return df
+
+
+def class_names(cfg: Config) -> list[str]:
+    """Names of the output classes: config, then classes CSV, then ``class_0..``."""
+    d = cfg.data
+    if d.class_names:
+        return list(d.class_names)
+    df = _classes_csv(cfg)
+    if df is not None:
+        names = dict(zip(df["id"].astype(int), df["name"]))
+        offset = 1 if (d.task != "multiclass") and 0 not in names else 0
+        return [names.get(i + offset, f"class_{i + offset}") for i in range(d.num_classes)]
+    if d.task == "binary":
+        return ["foreground"]
+    return [f"class_{i}" for i in range(d.num_classes)]
+
+
+def class_colors(cfg: Config) -> np.ndarray:
+    """``uint8 (num_classes, 3)`` display colours: classes CSV r,g,b, else a fixed palette."""
+    df = _classes_csv(cfg)
+    n = cfg.data.num_classes
+    if df is not None and {"r", "g", "b"} <= set(df.columns):
+        table = {int(i): (int(r), int(g), int(b)) for i, r, g, b in zip(df["id"], df["r"], df["g"], df["b"])}
+        offset = 1 if (cfg.data.task != "multiclass") and 0 not in table else 0
+        return np.array([table.get(i + offset, (255, 255, 255)) for i in range(n)], np.uint8)
+    palette = np.array(
+        [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
+         (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (220, 190, 255)],
+        np.uint8,
+    )
+    return palette[np.arange(n) % len(palette)]
