@@ -122,7 +122,7 @@ def _csv_samples(cfg: Config) -> list[Sample]:
             )
         dup = df[d.id_column].duplicated(keep="first")
         if dup.any():
-            rows = [_line(i) for i in np.flatnonzero(dup.to_numpy())[:5]]
+            rows = [_line(int(i)) for i in np.flatnonzero(dup.to_numpy())[:5]]
             raise DataError(f"{path}: duplicate id(s) {df[d.id_column][dup].unique()[:5].tolist()} at line(s) {rows}")
         groups = df[d.group_column].tolist() if d.group_column else [None] * len(df)
         return [

@@ -1,0 +1,86 @@
+"""Config loading: typed sections, strict keys with suggestions, overrides, safe YAML."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from seg_toolkit.config import ConfigError, apply_overrides, config_from_dict, load_config, save_config
+
+
+def test_defaults_and_types():
+    cfg = config_from_dict({"train": {"epochs": 3}, "optim": {"lr": "1e-3"}})
+    assert cfg.train.epochs == 3
+    assert cfg.optim.lr == pytest.approx(1e-3)  # YAML 1.1 reads 1e-3 as a string; accepted as a float
+    assert cfg.run_dir.as_posix() == "runs/demo"
+
+
+def test_unknown_key_names_path_and_closest():
+    with pytest.raises(ConfigError) as err:
+        config_from_dict({"train": {"epoch": 3}})
+    msg = str(err.value)
+    assert "'train.epoch'" in msg and "did you mean 'train.epochs'" in msg
+
+
+def test_unknown_top_level_section():
+    with pytest.raises(ConfigError, match="unknown config key 'trian'.*did you mean 'train'"):
+        config_from_dict({"trian": {}})
+
+
+def test_wrong_type_says_expected():
+    with pytest.raises(ConfigError, match=r"train.epochs: expected int, got str 'ten'"):
+        config_from_dict({"train": {"epochs": "ten"}})
+    with pytest.raises(ConfigError, match=r"train.deterministic: expected bool"):
+        config_from_dict({"train": {"deterministic": "yes please"}})
+
+
+def test_choice_lists_options():
+    with pytest.raises(ConfigError, match=r"data.task: 'multilable' is not one of .*did you mean 'multilabel'"):
+        config_from_dict({"data": {"task": "multilable"}})
+
+
+def test_cross_field_rules():
+    with pytest.raises(ConfigError, match="binary task has 1 output channel"):
+        config_from_dict({"data": {"task": "binary", "num_classes": 3}})
+    with pytest.raises(ConfigError, match="group"):
+        config_from_dict({"folds": {"method": "group"}})
+    with pytest.raises(ConfigError, match="loss_params.dice: there is no loss"):
+        config_from_dict({"loss": {"bce": 1.0}, "loss_params": {"dice": {}}})
+    with pytest.raises(ConfigError, match="plain folder name"):
+        config_from_dict({"experiment": "../escape"})
+
+
+def test_overrides_parse_yaml_values():
+    data = apply_overrides({}, ["train.epochs=3", "data.root=/x/y", "transforms.resize=[64, 96]", "train.deterministic=true"])
+    cfg = config_from_dict(data)
+    assert (cfg.train.epochs, cfg.data.root, cfg.transforms.resize, cfg.train.deterministic) == (3, "/x/y", [64, 96], True)
+    with pytest.raises(ConfigError, match="expected key.path=value"):
+        apply_overrides({}, ["train.epochs"])
+
+
+def test_load_file_with_base_and_round_trip(tmp_path):
+    (tmp_path / "base.yaml").write_text("train: {epochs: 5, batch_size: 4}\nloss: {ce: 1.0}\ndata: {task: multiclass, num_classes: 4}\n")
+    (tmp_path / "exp.yaml").write_text("base: base.yaml\nexperiment: exp\ntrain: {epochs: 7}\n")
+    cfg = load_config(tmp_path / "exp.yaml", ["optim.lr=0.01"])
+    assert (cfg.experiment, cfg.train.epochs, cfg.train.batch_size, cfg.loss, cfg.optim.lr) == ("exp", 7, 4, {"ce": 1.0}, 0.01)
+    save_config(cfg, tmp_path / "resolved.yaml")
+    assert load_config(tmp_path / "resolved.yaml") == cfg
+
+
+def test_unsafe_yaml_tag_is_refused(tmp_path):
+    path = tmp_path / "evil.yaml"
+    path.write_text("experiment: !!python/object/apply:os.system ['echo pwned']\n")
+    with pytest.raises(ConfigError, match="not valid \\(safe\\) YAML"):
+        load_config(path)
+
+
+def test_missing_file():
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config("/no/such/config.yaml")
+
+
+def test_error_names_the_file(tmp_path):
+    path = tmp_path / "typo.yaml"
+    path.write_text(yaml.safe_dump({"modle": {"arch": "unet"}}))
+    with pytest.raises(ConfigError, match=r"typo.yaml: unknown config key 'modle'.*did you mean 'model'"):
+        load_config(path)

@@ -1,0 +1,313 @@
+"""Data: both Kaggle layouts, targets, folds, and the errors bad input gets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from seg_toolkit.config import IGNORE_INDEX, config_from_dict
+from seg_toolkit.data import (
+    DataError, SegDataset, load_or_make_folds, load_target, load_test_samples, load_train_samples, make_folds,
+    read_image, read_mask,
+)
+from seg_toolkit.rle import rle_encode
+
+from .conftest import demo_dict
+
+
+def _png(path: Path, arr: np.ndarray, mode: str | None = None) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr, mode=mode).save(path) if mode else Image.fromarray(arr).save(path)
+    return path
+
+
+def _binary_csv_comp(tmp_path: Path, n: int = 10, hw=(20, 30)) -> Path:
+    """A TGS-like binary competition: id,rle_mask with empty rows for empty masks."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(n):
+        _png(tmp_path / "train/images" / f"im{i}.png", rng.integers(0, 255, (*hw, 3), dtype=np.uint8))
+        mask = np.zeros(hw, np.uint8)
+        if i % 2:
+            mask[2 : 5 + i, 3:9] = 1
+        rows.append({"id": f"im{i}", "rle_mask": rle_encode(mask)})
+    pd.DataFrame(rows).to_csv(tmp_path / "train.csv", index=False)
+    return tmp_path
+
+
+def _binary_cfg(root: Path, **data):
+    return config_from_dict({"data": {"root": str(root), "task": "binary", "num_classes": 1, **data},
+                             "folds": {"n_splits": 2}})
+
+
+# ----------------------------------------------------------------------------- csv layout
+
+
+def test_per_class_csv_targets_match_rle(demo_root):
+    cfg = config_from_dict(demo_dict(demo_root, Path("unused")))
+    samples = load_train_samples(cfg)
+    assert len(samples) == 12 and all(len(s.rles) == 3 for s in samples)
+    df = pd.read_csv(demo_root / "train.csv", dtype=str, keep_default_na=False)
+    s = samples[3]
+    target = load_target(s, cfg, (48, 64))
+    assert target.shape == (48, 64, 3) and target.dtype == np.uint8
+    for c in range(3):
+        rle = df[(df.ImageId == s.id) & (df.ClassId == str(c + 1))].EncodedPixels.item()
+        assert rle_encode(target[:, :, c], "F") == rle
+
+
+def test_binary_csv_with_empty_rows(tmp_path):
+    root = _binary_csv_comp(tmp_path)
+    cfg = _binary_cfg(root)
+    samples = load_train_samples(cfg)
+    assert [len(s.rles) for s in samples] == [1] * 10
+    assert load_target(samples[0], cfg, (20, 30)).sum() == 0
+    t = load_target(samples[1], cfg, (20, 30))
+    assert t.shape == (20, 30, 1) and t.sum() == 4 * 6  # rows 2..5, cols 3..8
+
+
+def test_csv_errors_name_file_and_row(tmp_path):
+    root = _binary_csv_comp(tmp_path)
+    df = pd.read_csv(root / "train.csv", dtype=str, keep_default_na=False)
+    df.loc[4, "rle_mask"] = "5 3 1 2"
+    df.to_csv(root / "train.csv", index=False)
+    with pytest.raises(DataError, match=r"train.csv line 6 \(id 'im4'\): RLE runs are unsorted"):
+        load_train_samples(_binary_cfg(root))
+    df.loc[4, "rle_mask"] = "590 20"  # past 20*30=600 pixels: found when the target is built
+    df.to_csv(root / "train.csv", index=False)
+    s = load_train_samples(_binary_cfg(root))[4]
+    with pytest.raises(DataError, match=r"line 6 \(id 'im4'\).*past the image's 600 pixels"):
+        load_target(s, _binary_cfg(root), (20, 30))
+
+
+def test_csv_missing_columns_and_duplicates(tmp_path):
+    root = _binary_csv_comp(tmp_path)
+    with pytest.raises(DataError, match=r"missing column\(s\) 'EncodedPixels'; it has 'id', 'rle_mask'"):
+        load_train_samples(_binary_cfg(root, rle_column="EncodedPixels"))
+    df = pd.read_csv(root / "train.csv", dtype=str, keep_default_na=False)
+    pd.concat([df, df.iloc[[2]]]).to_csv(root / "train.csv", index=False)
+    with pytest.raises(DataError, match=r"duplicate id\(s\) \['im2'\] at line\(s\) \[12\]"):
+        load_train_samples(_binary_cfg(root))
+
+
+@pytest.mark.parametrize("bad_id", ["../x", "a/b", "..", "c\\d"])
+def test_ids_with_path_separators_are_refused(tmp_path, bad_id):
+    root = _binary_csv_comp(tmp_path)
+    df = pd.read_csv(root / "train.csv", dtype=str, keep_default_na=False)
+    df.loc[0, "id"] = bad_id
+    df.to_csv(root / "train.csv", index=False)
+    with pytest.raises(DataError, match="path separator or is a relative path"):
+        load_train_samples(_binary_cfg(root))
+
+
+def test_test_samples_follow_sample_submission_order(demo_root):
+    cfg = config_from_dict(demo_dict(demo_root, Path("unused")))
+    samples = load_test_samples(cfg)
+    sample = pd.read_csv(demo_root / "sample_submission.csv")
+    assert [s.id for s in samples] == list(dict.fromkeys(x.rsplit("_", 1)[0] for x in sample.iloc[:, 0]))
+
+
+def test_sample_submission_ids_without_images(tmp_path, demo_root):
+    import shutil
+
+    root = tmp_path / "comp"
+    shutil.copytree(demo_root, root)
+    first = sorted((root / "test/images").iterdir())[0]
+    first.unlink()
+    cfg = config_from_dict(demo_dict(root, Path("unused")))
+    with pytest.raises(DataError, match=r"1 of 4 ids have no image in .*test/images"):
+        load_test_samples(cfg)
+
+
+def test_empty_test_folder(tmp_path):
+    (tmp_path / "test/images").mkdir(parents=True)
+    cfg = _binary_cfg(tmp_path)
+    with pytest.raises(DataError, match="no \\*.png test images"):
+        load_test_samples(cfg)
+
+
+# ----------------------------------------------------------------------------- folder layout
+
+
+def _label_map_comp(tmp_path: Path, dtype=np.uint8, void: int = 11) -> Path:
+    rng = np.random.default_rng(1)
+    for i in range(6):
+        _png(tmp_path / "imgs" / f"f{i}.png", rng.integers(0, 255, (16, 24, 3), dtype=np.uint8))
+        label = rng.integers(0, 4, (16, 24)).astype(dtype)
+        label[0, :] = void
+        _png(tmp_path / "labels" / f"f{i}.png", label)
+    return tmp_path
+
+
+def _mc_cfg(root: Path, **data):
+    return config_from_dict({"data": {"root": str(root), "task": "multiclass", "num_classes": 4, "ignore_index": 11,
+                                      "layout": "folder", "train_images": "imgs", "train_masks": "labels", **data},
+                             "loss": {"ce": 1.0}, "folds": {"n_splits": 2}})
+
+
+def test_folder_label_maps_with_void(tmp_path):
+    root = _label_map_comp(tmp_path)
+    cfg = _mc_cfg(root)
+    samples = load_train_samples(cfg)
+    t = load_target(samples[0], cfg, (16, 24))
+    raw = np.asarray(Image.open(root / "labels/f0.png"))
+    assert (t[0] == IGNORE_INDEX).all() and np.array_equal(t[1:], raw[1:])
+
+
+def test_sixteen_bit_masks(tmp_path):
+    # 16-bit binary masks (TGS stores non-empty masks as I;16 with 65535)
+    rng = np.random.default_rng(2)
+    for i in range(4):
+        _png(tmp_path / "train/images" / f"m{i}.png", rng.integers(0, 255, (10, 12), dtype=np.uint8))
+        mask = np.zeros((10, 12), np.uint16)
+        mask[2:6, 3:7] = 65535
+        (tmp_path / "train/masks").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(mask).save(tmp_path / f"train/masks/m{i}.png")
+    cfg = _binary_cfg(tmp_path, layout="folder")
+    assert read_mask(tmp_path / "train/masks/m0.png").max() == 65535
+    t = load_target(load_train_samples(cfg)[0], cfg, (10, 12))
+    assert t.sum() == 16 and t.max() == 1
+
+
+def test_mask_values_outside_classes(tmp_path):
+    root = _label_map_comp(tmp_path)
+    bad = np.full((16, 24), 2, np.uint8)
+    bad[3, 3], bad[4, 4] = 7, 9
+    _png(root / "labels/f2.png", bad)
+    cfg = _mc_cfg(root)
+    with pytest.raises(DataError, match=r"f2.png: mask values \[7, 9\] are outside the classes 0..3 and the void id 11"):
+        load_target(load_train_samples(cfg)[2], cfg, (16, 24))
+
+
+def test_image_and_mask_of_different_sizes(tmp_path):
+    root = _label_map_comp(tmp_path)
+    _png(root / "labels/f1.png", np.zeros((16, 20), np.uint8))
+    cfg = _mc_cfg(root)
+    with pytest.raises(DataError, match=r"f1.png: mask is 16x20 \(HxW\) but its image f1.png is 16x24"):
+        SegDataset(load_train_samples(cfg), cfg, "train")[1]
+
+
+def test_rgb_mask_refused(tmp_path):
+    root = _label_map_comp(tmp_path)
+    _png(root / "labels/f3.png", np.zeros((16, 24, 3), np.uint8))
+    with pytest.raises(DataError, match=r"mask is RGB \(3 channels\); expected a single-channel label map"):
+        read_mask(root / "labels/f3.png")
+
+
+def test_missing_mask_and_missing_image(tmp_path):
+    root = _label_map_comp(tmp_path)
+    (root / "labels/f5.png").unlink()
+    with pytest.raises(DataError, match=r"f5.png: mask for image f5.png not found"):
+        load_train_samples(_mc_cfg(root))
+    with pytest.raises(DataError, match="nope.png: file not found"):
+        read_image(root / "nope.png")
+
+
+def test_unreadable_truncated_and_empty_images(tmp_path):
+    good = _png(tmp_path / "good.png", np.zeros((40, 40, 3), np.uint8))
+    (tmp_path / "zero.png").write_bytes(b"")
+    (tmp_path / "trunc.png").write_bytes(good.read_bytes()[:60])
+    (tmp_path / "junk.png").write_bytes(b"not an image at all")
+    with pytest.raises(DataError, match=r"zero.png: file is empty \(0 bytes\)"):
+        read_image(tmp_path / "zero.png")
+    with pytest.raises(DataError, match="trunc.png: (image data is truncated|not a readable image)"):
+        read_image(tmp_path / "trunc.png")
+    with pytest.raises(DataError, match="junk.png: not a readable image"):
+        read_image(tmp_path / "junk.png")
+
+
+def test_image_too_large_is_refused_before_decoding(tmp_path):
+    path = _png(tmp_path / "big.png", np.zeros((300, 400), np.uint8))
+    with pytest.raises(DataError, match=r"refused before decoding, 400x300 = 120000 pixels"):
+        read_image(path, max_pixels=100_000)
+
+
+def test_channel_conversions(tmp_path):
+    gray = _png(tmp_path / "g.png", np.full((5, 6), 7, np.uint8))
+    rgba = _png(tmp_path / "a.png", np.full((5, 6, 4), 9, np.uint8))
+    assert read_image(gray, 3).shape == (5, 6, 3) and read_image(gray, 1).shape == (5, 6, 1)
+    assert read_image(rgba, 3).shape == (5, 6, 3) and read_image(rgba, 4)[..., 3].max() == 9
+
+
+def test_list_files_layout(tmp_path):
+    root = _label_map_comp(tmp_path)
+    (root / "train.txt").write_text("".join(f"imgs/f{i}.png labels/f{i}.png\n" for i in range(4)))
+    cfg = _mc_cfg(root, train_lists=["train.txt"])
+    assert [s.id for s in load_train_samples(cfg)] == ["f0", "f1", "f2", "f3"]
+    (root / "bad.txt").write_text("imgs/f0.png\n")
+    with pytest.raises(DataError, match=r"bad.txt line 1: expected 'image mask'"):
+        load_train_samples(_mc_cfg(root, train_lists=["bad.txt"]))
+
+
+# ----------------------------------------------------------------------------- folds
+
+
+def test_folds_reproducible_disjoint_and_stratified(demo_root, tmp_path):
+    cfg = config_from_dict(demo_dict(demo_root, tmp_path, folds={"n_splits": 3, "method": "stratified", "seed": 5}))
+    samples = load_train_samples(cfg)
+    a, b = make_folds(samples, cfg), make_folds(samples, cfg)
+    pd.testing.assert_frame_equal(a, b)
+    assert sorted(a["id"]) == sorted(s.id for s in samples)  # each id in exactly one validation fold
+    assert set(a["fold"]) == {0, 1, 2}
+    other = make_folds(samples, config_from_dict(demo_dict(demo_root, tmp_path, folds={"n_splits": 3, "seed": 6})))
+    assert not a["fold"].equals(other["fold"])
+
+
+def test_binary_strata_balance(tmp_path):
+    root = _binary_csv_comp(tmp_path, n=10)
+    cfg = _binary_cfg(root)
+    df = make_folds(load_train_samples(cfg), cfg)
+    # 5 empty + 5 non-empty over 2 folds: stratification puts 2 or 3 of each kind in each fold
+    counts = df.groupby(["fold", "stratum"]).size().unstack()
+    assert counts.to_numpy().min() >= 2 and set(counts.columns) == {"empty", "nonempty"}
+
+
+def test_group_folds_keep_groups_together(tmp_path):
+    root = _binary_csv_comp(tmp_path, n=10)
+    df = pd.read_csv(root / "train.csv", dtype=str, keep_default_na=False)
+    df["patient"] = [f"p{i // 2}" for i in range(10)]
+    df.to_csv(root / "train.csv", index=False)
+    cfg = config_from_dict({"data": {"root": str(root), "group_column": "patient"}, "folds": {"n_splits": 5, "method": "group"}})
+    folds = make_folds(load_train_samples(cfg), cfg)
+    assert folds.groupby("stratum")["fold"].nunique().max() == 1
+
+
+def test_folds_written_once_and_reused(demo_root, tmp_path):
+    cfg = config_from_dict(demo_dict(demo_root, tmp_path))
+    samples = load_train_samples(cfg)
+    path = tmp_path / "folds.csv"
+    first = load_or_make_folds(samples, cfg, path)
+    edited = first.copy()
+    edited.loc[0, "fold"] = 1 - edited.loc[0, "fold"]  # a hand edit: the file wins, it is not remade
+    edited.to_csv(path, index=False)
+    assert load_or_make_folds(samples, cfg, path)["fold"].tolist() == edited["fold"].tolist()
+    with pytest.raises(DataError, match="was made for other data"):
+        load_or_make_folds(samples[:-1], cfg, path)
+
+
+# ----------------------------------------------------------------------------- dataset
+
+
+def test_dataset_items_and_seeded_augmentation(demo_root):
+    cfg = config_from_dict(demo_dict(demo_root, Path("x"), transforms={"train": [{"HorizontalFlip": {"p": 0.5}}], "resize": [32, 48]}))
+    samples = load_train_samples(cfg)
+    train = SegDataset(samples, cfg, "train")
+    a, b = train[(2, 123)], train[(2, 123)]
+    assert torch.equal(a["image"], b["image"]) and a["image"].shape == (3, 32, 48)
+    assert a["target"].shape == (3, 32, 48) and a["target"].dtype == torch.float32
+    valid = SegDataset(samples, cfg, "valid")[2]
+    assert valid["image"].shape == (3, 32, 48) and valid["target"].shape == (3, 48, 64)  # scored at native size
+    assert "target" not in SegDataset(samples, cfg, "test")[0]
+
+
+def test_unknown_augmentation_name(demo_root):
+    from seg_toolkit.config import ConfigError
+
+    cfg = config_from_dict(demo_dict(demo_root, Path("x"), transforms={"train": [{"HorizontalFlipp": {}}]}))
+    with pytest.raises(ConfigError, match=r"transforms.train\[0\]: unknown albumentations transform 'HorizontalFlipp'; did you mean \['HorizontalFlip'"):
+        SegDataset([], cfg, "train")
