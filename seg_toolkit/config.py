@@ -411,7 +411,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
 def _deep_merge(base: dict, top: dict) -> dict:
     out = dict(base)
     for k, v in top.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict) and k not in ("loss",):
+        if isinstance(v, dict) and isinstance(out.get(k), dict) and k not in ("loss", "loss_params"):
             out[k] = _deep_merge(out[k], v)
         else:
             out[k] = v
