@@ -1,0 +1,30 @@
+# The two commands of the README. Both create .venv/ on first use and reuse it after
+# (it is rebuilt when setup.cfg or pyproject.toml change).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test bench clean-demo
+
+$(STAMP): setup.cfg pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+## make demo: install, build the demo competition, train all folds, predict, check the submission
+demo: $(STAMP)
+	$(BIN)/seg-toolkit demo configs/demo.yaml
+
+## make test: install (with dev extras) and run the test suite
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+## make bench: speed benchmarks (ratios against a baseline in the same process)
+bench: $(STAMP)
+	$(BIN)/python bench/bench_train_loop.py
+	$(BIN)/python bench/bench_tta.py
+
+clean-demo:
+	rm -rf data/demo runs/demo submissions/demo.csv

@@ -1,0 +1,116 @@
+"""Checkpoints: written atomically, loaded with ``weights_only=True``, able to rebuild their model.
+
+A checkpoint is a plain dict of tensors and builtins (nanoGPT-style): ``model`` (state
+dict), ``config`` (the resolved config as a dict), ``model_args`` (``num_classes``,
+``in_channels``), and for resuming ``optimizer``, ``scheduler``, ``scaler``, ``ema``,
+``rng``, ``epoch``, ``step``, ``best_score``. Nothing in it needs pickle's arbitrary
+globals, so untrusted files are safe to open.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .config import Config, config_from_dict
+
+log = logging.getLogger(__name__)
+
+__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "load_model", "rng_state", "set_rng_state", "atomic_write"]
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file is missing, truncated, or holds something other than weights."""
+
+
+def atomic_write(path: str | Path, write_fn) -> None:
+    """Call ``write_fn(tmp_path)`` then rename over ``path``: readers see the old file or the new one.
+
+    If writing fails (a full disk, an interrupt) the previous file is left untouched and
+    the temporary file is removed.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write_fn(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load with ``weights_only=True``; a pickled payload or a damaged file raises :class:`CheckpointError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(
+            f"{path}: refused: the file holds objects other than tensors and plain values "
+            f"(loaded with weights_only=True; only open checkpoints you trust otherwise). Detail: {str(e).splitlines()[0]}"
+        ) from None
+    except Exception as e:
+        raise CheckpointError(f"{path}: cannot be read, truncated or not a checkpoint ({type(e).__name__}: {e})") from None
+    if not isinstance(state, dict) or "model" not in state:
+        raise CheckpointError(f"{path}: not a seg_toolkit checkpoint (no 'model' entry)")
+    return state
+
+
+def load_model(path: str | Path, map_location: str | torch.device = "cpu", use_ema: bool | None = None) -> tuple[torch.nn.Module, Config]:
+    """Rebuild the model from the checkpoint alone and load its weights (EMA ones if asked or configured)."""
+    from .models import build_model
+
+    state = load_checkpoint(path, map_location)
+    cfg = config_from_dict(state["config"])
+    model = build_model(cfg.model, **state["model_args"])
+    if use_ema is None:
+        use_ema = cfg.train.use_ema
+    weights = state["ema"] if use_ema and state.get("ema") is not None else state["model"]
+    model.load_state_dict(weights)
+    model.eval()
+    return model.to(map_location), cfg
+
+
+def rng_state() -> dict[str, Any]:
+    """Python, NumPy and torch RNG states as tensors / builtins (safe for ``weights_only``)."""
+    np_state = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(_as_tuple(state["python"]))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_tuple(x: Any) -> Any:
+    return tuple(_as_tuple(v) for v in x) if isinstance(x, (list, tuple)) else x

@@ -1,0 +1,211 @@
+"""``seg-toolkit``: a thin command line over the package; each subcommand calls one function.
+
+Only this module configures logging handlers; the library modules just log.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from .config import Config, ConfigError, load_config
+
+log = logging.getLogger("seg_toolkit")
+
+
+def _config(args: argparse.Namespace) -> Config:
+    return load_config(args.config, args.set)
+
+
+def _add_config(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="YAML config file")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set train.epochs=3 (repeatable)")
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+def cmd_make_demo(args: argparse.Namespace) -> int:
+    from .data.demo import make_demo
+
+    out = make_demo(args.dir, n_train=args.n_train, n_test=args.n_test, seed=args.seed, overwrite=args.overwrite)
+    print(f"demo competition written to {out}")
+    return 0
+
+
+def _print_cv(cv: dict, run: Path) -> None:
+    print(f"\nCV {cv['metric']}: {cv['score']:.4f} over {cv['n_images']} OOF images "
+          f"(folds {cv['folds']}: {', '.join(f'{s:.4f}' for s in cv['fold_scores'])}; "
+          f"all-empty baseline {cv['baseline_empty']:.4f})")
+    print(f"CV report: {run / 'cv.json'}")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .cv import run_cv
+
+    cfg = _config(args)
+    folds = [args.fold] if args.fold is not None else None
+    if args.fold is not None and not 0 <= args.fold < cfg.folds.n_splits:
+        raise ConfigError(f"--fold {args.fold}: expected 0..{cfg.folds.n_splits - 1}")
+    cv = run_cv(cfg, folds=folds, resume=args.resume, overwrite=args.overwrite)
+    _print_cv(cv, cfg.run_dir)
+    return 0
+
+
+def cmd_cv(args: argparse.Namespace) -> int:
+    from .cv import compute_cv
+
+    cfg = _config(args)
+    _print_cv(compute_cv(cfg, cfg.run_dir), cfg.run_dir)
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .inference import predict_test
+
+    out = predict_test([_config(args)], out=args.out)
+    print(f"submission: {out}")
+    return 0
+
+
+def cmd_ensemble(args: argparse.Namespace) -> int:
+    from .inference import predict_test
+
+    cfgs = [load_config(c, args.set) for c in args.configs]
+    out = predict_test(cfgs, weights=args.weights, out=args.out)
+    print(f"submission: {out}")
+    return 0
+
+
+def cmd_check_submission(args: argparse.Namespace) -> int:
+    from .submission import check_submission
+
+    problems = check_submission(args.csv, args.sample, empty_tokens=tuple(args.empty_token))
+    if problems:
+        print(f"{args.csv}: {len(problems)} problem(s)")
+        for p in problems:
+            print(f"  - {p}")
+        return 1
+    print(f"{args.csv}: OK (matches {args.sample})")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from .models import list_architectures, list_encoders
+
+    if args.encoders is not None:
+        names = list_encoders(args.encoders)
+        print("\n".join(names) if names else f"no encoder matches {args.encoders!r}")
+        print(f"({len(names)} encoders)", file=sys.stderr)
+        return 0
+    print("architectures:", ", ".join(list_architectures()))
+    print("encoders: smp names and any timm model as tu-<name>; list them with: seg-toolkit models --encoders FILTER")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Make the demo competition (if absent), train all folds, predict, and check the submission."""
+    from .cv import run_cv
+    from .data.demo import make_demo
+    from .inference import predict_test
+    from .submission import check_submission
+
+    cfg = _config(args)
+    root = Path(cfg.data.root)
+    if not (root / "train.csv").is_file():
+        make_demo(root)
+    cv = run_cv(cfg, resume=True)
+    _print_cv(cv, cfg.run_dir)
+    out = predict_test([cfg])
+    problems = check_submission(out, cfg.data_path(cfg.data.sample_submission), empty_tokens=(cfg.submission.empty_token,))
+    print(f"submission: {out} ({'valid' if not problems else 'INVALID: ' + '; '.join(problems)})")
+    solution = root / "test_solution.csv"
+    if solution.is_file():
+        from .submission import score_submission
+
+        score = score_submission(out, solution, cfg)
+        print(f"hidden test score ({cv['metric']}): {score:.4f}  (the demo ships its answers in {solution})")
+    return 0 if not problems else 1
+
+
+# ----------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="seg-toolkit", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("make-demo", help="write the built-in synthetic demo competition")
+    p.add_argument("dir")
+    p.add_argument("--n-train", type=int, default=64)
+    p.add_argument("--n-test", type=int, default=24)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_make_demo)
+
+    p = sub.add_parser("demo", help="make the demo data, train, predict and check the submission")
+    _add_config(p)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("train", help="K-fold training with out-of-fold predictions and cv.json")
+    _add_config(p)
+    p.add_argument("--fold", type=int, help="train this fold only (e.g. one job of a job array)")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint; finished folds are kept")
+    p.add_argument("--overwrite", action="store_true", help="delete the existing run folder first")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("cv", help="recompute cv.json from the OOF files of finished folds")
+    _add_config(p)
+    p.set_defaults(func=cmd_cv)
+
+    p = sub.add_parser("predict", help="predict the test images and write the submission CSV")
+    _add_config(p)
+    p.add_argument("--out", help="submission path (default submissions/<experiment>.csv)")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("ensemble", help="weighted ensemble of several experiments into one submission")
+    p.add_argument("configs", nargs="+")
+    p.add_argument("--weights", type=float, nargs="+")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--out")
+    p.set_defaults(func=cmd_ensemble)
+
+    p = sub.add_parser("check-submission", help="validate a submission CSV against the sample submission")
+    p.add_argument("csv")
+    p.add_argument("--sample", required=True)
+    p.add_argument("--empty-token", action="append", default=[""], help="tokens accepted for an empty mask")
+    p.set_defaults(func=cmd_check_submission)
+
+    p = sub.add_parser("models", help="list architectures and encoders")
+    p.add_argument("--encoders", nargs="?", const="", metavar="FILTER", help="list encoders (optionally filtered)")
+    p.set_defaults(func=cmd_models)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    from .checkpoint import CheckpointError
+    from .cv import RunExistsError
+    from .data.io import DataError
+    from .rle import RLEError
+    from .submission import SubmissionError
+
+    try:
+        return args.func(args)
+    except (ConfigError, DataError, RLEError, SubmissionError, CheckpointError, RunExistsError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted; the last finished epoch is checkpointed: add --resume to continue", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,99 @@
+"""Turning probabilities into the masks that are submitted.
+
+Parameters (one value per class): probability ``threshold``, ``min_area`` (connected
+components with fewer pixels are dropped) and, for binary/multilabel, an image-level
+``empty_gate`` (a class is left empty unless its max probability reaches the gate).
+They come from ``postprocess.json`` in the run folder when tuned on OOF predictions
+(``seg-toolkit tune``), else from the config.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+from .config import Config
+
+log = logging.getLogger(__name__)
+
+__all__ = ["PostParams", "apply_postprocess", "remove_small", "params_from_config", "load_params", "save_params"]
+
+
+@dataclass
+class PostParams:
+    threshold: list[float]
+    min_area: list[int]
+    empty_gate: list[float | None]
+
+    def for_class(self, c: int) -> tuple[float, int, float | None]:
+        return self.threshold[c], self.min_area[c], self.empty_gate[c]
+
+
+def _broadcast(values: list, n: int, name: str) -> list:
+    if len(values) == 1:
+        return list(values) * n
+    if len(values) != n:
+        raise ValueError(f"postprocess.{name}: {len(values)} values for {n} classes (give one, or one per class)")
+    return list(values)
+
+
+def params_from_config(cfg: Config) -> PostParams:
+    n, p = cfg.data.num_classes, cfg.postprocess
+    return PostParams(
+        threshold=_broadcast(p.threshold, n, "threshold"),
+        min_area=_broadcast(p.min_area, n, "min_area"),
+        empty_gate=[p.empty_gate] * n,
+    )
+
+
+def load_params(cfg: Config, run: Path | None) -> PostParams:
+    """Tuned parameters from ``run/postprocess.json`` if present, else the config's."""
+    path = Path(run) / "postprocess.json" if run else None
+    if path is not None and path.is_file():
+        data = json.loads(path.read_text())["params"]
+        log.info("post-processing tuned on OOF: %s", path)
+        return PostParams(**data)
+    return params_from_config(cfg)
+
+
+def save_params(params: PostParams, path: Path, report: dict) -> None:
+    path.write_text(json.dumps({"params": asdict(params), **report}, indent=2))
+
+
+def remove_small(mask: np.ndarray, min_area: int) -> np.ndarray:
+    """Drop 8-connected components of a boolean mask with fewer than ``min_area`` pixels."""
+    if min_area <= 1 or not mask.any():
+        return mask
+    labels, n = ndimage.label(mask, structure=np.ones((3, 3), bool))
+    sizes = np.bincount(labels.ravel(), minlength=n + 1)
+    keep = sizes >= min_area
+    keep[0] = False
+    return keep[labels]
+
+
+def apply_postprocess(probs: np.ndarray, task: str, params: PostParams) -> np.ndarray:
+    """Masks from probabilities ``(C, H, W)``.
+
+    Binary/multilabel -> ``uint8 (C, H, W)``; multiclass -> ``uint8 (H, W)`` label map, where
+    small components of a class become background (class 0).
+    """
+    if task == "multiclass":
+        label = probs.argmax(axis=0).astype(np.uint8)
+        for c in range(1, probs.shape[0]):
+            _, area, _ = params.for_class(c)
+            if area > 1:
+                m = label == c
+                label[m & ~remove_small(m, area)] = 0
+        return label
+    out = np.zeros(probs.shape, np.uint8)
+    for c in range(probs.shape[0]):
+        thr, area, gate = params.for_class(c)
+        if gate is not None and probs[c].max() < gate:
+            continue
+        out[c] = remove_small(probs[c] >= thr, area)
+    return out

@@ -1,0 +1,406 @@
+"""Train one fold. ``train_fold`` reads like its table of contents; each step is a function.
+
+Files written under ``runs/<experiment>/fold_<k>/``:
+``last.pt`` (every epoch, atomically; the previous one kept as ``prev.pt``), ``best.pt``
+(best validation score), ``metrics.csv`` (one row per epoch), ``oof/<id>.npy`` (out-of-fold
+probabilities of the best weights, uint8, at the image's own size) and ``done.json``
+(written last: a fold with it is never trained again).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from .checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .config import Config, config_to_dict
+from .data import EpochSampler, Sample, SegDataset, collate
+from .losses import build_loss
+from .metrics import Evaluator
+from .optim import LRSchedule, build_optimizer
+from .tensors import activate, probs_to_uint8, resize_to
+
+log = logging.getLogger(__name__)
+
+__all__ = ["train_fold", "NonFiniteLossError", "resolve_device", "seed_everything", "fold_dir", "completed_folds_dirs"]
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN or infinite; the message names the fold, epoch and step."""
+
+
+@dataclass
+class TrainState:
+    epoch: int = 0  # next epoch to run
+    step: int = 0  # optimiser updates so far
+    best_score: float = -math.inf
+    best_epoch: int = -1
+    bad_epochs: int = 0
+
+
+def fold_dir(run_dir: Path, fold: int) -> Path:
+    return Path(run_dir) / f"fold_{fold}"
+
+
+def completed_folds_dirs(run_dir: Path) -> list[Path]:
+    """Fold folders whose training finished (``done.json`` present), in fold order."""
+    return sorted((p.parent for p in Path(run_dir).glob("fold_*/done.json")), key=lambda d: int(d.name.split("_")[1]))
+
+
+# ----------------------------------------------------------------------------- the fold
+
+
+def train_fold(cfg: Config, fold: int, samples: list[Sample], folds: pd.DataFrame, run_dir: Path, resume: bool = False) -> dict[str, Any]:
+    """Train fold ``fold`` (validating on it), write its files, and return its summary."""
+    out = fold_dir(run_dir, fold)
+    done = out / "done.json"
+    if done.is_file():
+        log.info("fold %d already complete (%s); not retrained", fold, done)
+        return json.loads(done.read_text())
+    out.mkdir(parents=True, exist_ok=True)
+
+    device = resolve_device(cfg.train.device)
+    seed_everything(cfg.train.seed + fold, cfg.train.deterministic)
+    train_set, valid_set = split_fold(samples, folds, fold)
+    train_loader, valid_loader = build_loaders(cfg, train_set, valid_set, device)
+    model, ema = build_model_and_ema(cfg, device)
+    optimizer = build_optimizer(cfg, model)
+    schedule = LRSchedule(cfg, optimizer, updates_per_epoch=math.ceil(len(train_loader) / cfg.train.grad_accum))
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.amp == "fp16" and device.type == "cuda")
+    loss_fn = build_loss(cfg).to(device)
+    state = TrainState()
+    if resume:
+        state = restore(out, model, ema, optimizer, schedule, scaler)
+    forward_model = torch.compile(model) if cfg.train.compile else model
+
+    for epoch in range(state.epoch, cfg.train.epochs):
+        set_frozen_encoder(model, epoch < cfg.model.freeze_encoder_epochs)
+        train_loader.sampler.set_epoch(epoch)
+        t0 = time.perf_counter()
+        train_stats = train_one_epoch(cfg, forward_model, ema, loss_fn, optimizer, schedule, scaler, train_loader, state, fold, epoch, device)
+        val_stats = validate_epoch(cfg, model, ema, loss_fn, valid_loader, device)
+        schedule.step_epoch(epoch, val_stats["val_score"])
+        improved = update_best(state, val_stats["val_score"], epoch, cfg.train.early_stopping_min_delta)
+        state.epoch = epoch + 1
+        save_epoch(cfg, out, model, ema, optimizer, schedule, scaler, state, improved)
+        log_epoch(out / "metrics.csv", fold, epoch, optimizer, train_stats, val_stats, improved, time.perf_counter() - t0)
+        if should_stop(state, cfg):
+            log.info("fold %d: early stop after epoch %d (best %.4f at epoch %d)", fold, epoch, state.best_score, state.best_epoch)
+            break
+
+    summary = write_oof(cfg, out, model, ema, valid_loader, device)
+    summary.update(fold=fold, best_epoch=state.best_epoch, best_val_score=state.best_score, epochs_run=state.epoch,
+                   n_train=len(train_set), n_valid=len(valid_set))
+    done.write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+# ----------------------------------------------------------------------------- set-up steps
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"train.device={name!r} but CUDA is not available here; use 'auto' or 'cpu'")
+    return dev
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    """Seed python, numpy and torch; in deterministic mode also pin cuDNN and torch's algorithms."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+    else:
+        torch.use_deterministic_algorithms(False)
+        torch.backends.cudnn.deterministic = False
+
+
+def split_fold(samples: list[Sample], folds: pd.DataFrame, fold: int) -> tuple[list[Sample], list[Sample]]:
+    fold_of = dict(zip(folds["id"], folds["fold"]))
+    train = [s for s in samples if fold_of[s.id] != fold]
+    valid = [s for s in samples if fold_of[s.id] == fold]
+    return train, valid
+
+
+def build_loaders(cfg: Config, train_set: list[Sample], valid_set: list[Sample], device: torch.device) -> tuple[DataLoader, DataLoader]:
+    t = cfg.train
+    workers = t.num_workers
+    common = dict(num_workers=workers, pin_memory=t.pin_memory and device.type == "cuda", collate_fn=collate,
+                  persistent_workers=t.persistent_workers and workers > 0)
+    sampler = EpochSampler(len(train_set), shuffle=True, seed=t.seed)
+    train_loader = DataLoader(SegDataset(train_set, cfg, "train"), batch_size=t.batch_size, sampler=sampler,
+                              drop_last=len(train_set) > t.batch_size, **common)
+    valid_loader = DataLoader(SegDataset(valid_set, cfg, "valid"), batch_size=cfg.predict.batch_size, shuffle=False, **common)
+    return train_loader, valid_loader
+
+
+def build_model_and_ema(cfg: Config, device: torch.device) -> tuple[torch.nn.Module, Any]:
+    from .models import build_model
+
+    model = build_model(cfg.model, num_classes=cfg.data.num_classes, in_channels=cfg.data.in_channels).to(device)
+    if cfg.model.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    ema = None
+    if cfg.train.ema_decay is not None:
+        from timm.utils import ModelEmaV3
+
+        ema = ModelEmaV3(model, decay=cfg.train.ema_decay)
+    return model, ema
+
+
+def set_frozen_encoder(model: torch.nn.Module, frozen: bool) -> None:
+    from .models import set_encoder_frozen
+
+    if getattr(model, "_encoder_frozen", None) != frozen:
+        set_encoder_frozen(model, frozen)
+        model._encoder_frozen = frozen
+
+
+# ----------------------------------------------------------------------------- one epoch
+
+
+def _autocast(cfg: Config, device: torch.device):
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.train.amp)
+    enabled = dtype is not None and (device.type == "cuda" or dtype == torch.bfloat16)
+    return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=enabled)
+
+
+def _to_device(batch: dict[str, Any], cfg: Config, device: torch.device) -> tuple[torch.Tensor, Any]:
+    images = batch["image"].to(device, non_blocking=True)
+    if cfg.model.channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    target = batch.get("target")
+    if isinstance(target, torch.Tensor):
+        target = target.to(device, non_blocking=True)
+    return images, target
+
+
+def train_one_epoch(cfg, model, ema, loss_fn, optimizer, schedule, scaler, loader, state: TrainState, fold: int, epoch: int, device) -> dict[str, float]:
+    """One pass over the training set; returns mean loss terms, learning rate and images/s."""
+    model.train()
+    accum = cfg.train.grad_accum
+    sums: dict[str, float] = {}
+    n_images, t0 = 0, time.perf_counter()
+    bar = tqdm(loader, desc=f"fold {fold} epoch {epoch + 1}/{cfg.train.epochs}", leave=False, dynamic_ncols=True, disable=None)
+    optimizer.zero_grad(set_to_none=True)
+    for i, batch in enumerate(bar):
+        images, target = _to_device(batch, cfg, device)
+        with _autocast(cfg, device):
+            logits = model(images)
+        loss, terms = loss_fn(logits.float(), target)
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(
+                f"fold {fold}: loss is {loss.item()} at epoch {epoch + 1}, step {i + 1} of {len(loader)} "
+                f"(terms: {', '.join(f'{k}={v.item():.4g}' for k, v in terms.items())}); the last good checkpoint is kept"
+            )
+        scaler.scale(loss / accum).backward()
+        if (i + 1) % accum == 0 or i + 1 == len(loader):
+            optimizer_step(cfg, model, optimizer, scaler)
+            state.step += 1
+            schedule.step_update(state.step)
+            if ema is not None:
+                ema.update(model, step=state.step)
+        bs = images.shape[0]
+        n_images += bs
+        for k, v in [("loss", loss.detach())] + [(k, v) for k, v in terms.items()]:
+            sums[k] = sums.get(k, 0.0) + float(v) * bs
+        bar.set_postfix(loss=f"{sums['loss'] / n_images:.4f}", img_s=f"{n_images / (time.perf_counter() - t0):.1f}")
+    stats = {f"train_{k}": v / max(n_images, 1) for k, v in sums.items()}
+    stats["images_per_s"] = n_images / (time.perf_counter() - t0)
+    return stats
+
+
+def optimizer_step(cfg: Config, model: torch.nn.Module, optimizer, scaler) -> None:
+    if cfg.train.grad_clip is not None:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def _eval_models(model, ema, cfg: Config) -> dict[str, torch.nn.Module]:
+    """The models to validate: the one that is scored first, then the other (raw / EMA) for the log."""
+    if ema is None:
+        return {"": model}
+    if cfg.train.use_ema:
+        return {"": ema.module, "raw_": model}
+    return {"": model, "ema_": ema.module}
+
+
+@torch.inference_mode()
+def predict_batches(cfg: Config, model: torch.nn.Module, loader: DataLoader, device: torch.device):
+    """Yield ``(batch, pairs)``: ``pairs`` is a list of ``(logits, target)`` with logits resized to the
+    target's (original) size; one pair for the batch, or one per image when original sizes differ."""
+    model.eval()
+    for batch in loader:
+        images, target = _to_device(batch, cfg, device)
+        with _autocast(cfg, device):
+            logits = model(images).float()
+        if isinstance(target, list):
+            pairs = [(resize_to(logits[j : j + 1], t.shape[-2:]), t.unsqueeze(0).to(device)) for j, t in enumerate(target)]
+        else:
+            pairs = [(resize_to(logits, target.shape[-2:]), target)]
+        yield batch, pairs
+
+
+def validate_epoch(cfg: Config, model, ema, loss_fn, loader: DataLoader, device) -> dict[str, float]:
+    """Validation loss and metric (accumulated, never storing images) for the scored model, and the other one's score."""
+    stats: dict[str, float] = {}
+    for prefix, m in _eval_models(model, ema, cfg).items():
+        evaluator = Evaluator(cfg.metric, cfg.data.task, cfg.data.num_classes)
+        loss_sum, n = 0.0, 0
+        for _, pairs in predict_batches(cfg, m, loader, device):
+            for logits, target in pairs:
+                loss, _ = loss_fn(logits, target)
+                loss_sum += float(loss) * logits.shape[0]
+                n += logits.shape[0]
+                evaluator.update(activate(logits, cfg.data.task), target)
+        result = evaluator.compute()
+        stats[f"{prefix}val_loss"] = loss_sum / max(n, 1)
+        stats[f"{prefix}val_score"] = float(result["score"])
+        if not prefix:
+            stats["metric"] = result["metric"]
+    return stats
+
+
+def update_best(state: TrainState, score: float, epoch: int, min_delta: float) -> bool:
+    if not math.isnan(score) and score > state.best_score + min_delta:
+        state.best_score, state.best_epoch, state.bad_epochs = score, epoch, 0
+        return True
+    state.bad_epochs += 1
+    return False
+
+
+def should_stop(state: TrainState, cfg: Config) -> bool:
+    patience = cfg.train.early_stopping_patience
+    return patience is not None and state.bad_epochs >= patience
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def _checkpoint_state(cfg, model, ema, optimizer, schedule, scaler, state: TrainState) -> dict[str, Any]:
+    return {
+        "model": model.state_dict(),
+        "ema": ema.module.state_dict() if ema is not None else None,
+        "config": config_to_dict(cfg),
+        "model_args": {"num_classes": cfg.data.num_classes, "in_channels": cfg.data.in_channels},
+        "optimizer": optimizer.state_dict(),
+        "scheduler": schedule.state_dict(),
+        "scaler": scaler.state_dict(),
+        "rng": rng_state(),
+        "train_state": asdict(state),
+        "epoch": state.epoch,
+        "step": state.step,
+        "best_score": state.best_score,
+    }
+
+
+def save_epoch(cfg, out: Path, model, ema, optimizer, schedule, scaler, state: TrainState, improved: bool) -> None:
+    """``last.pt`` every epoch (the previous one kept as ``prev.pt``), ``best.pt`` when improved."""
+    ckpt = _checkpoint_state(cfg, model, ema, optimizer, schedule, scaler, state)
+    last, prev = out / "last.pt", out / "prev.pt"
+    if last.is_file():
+        os.replace(last, prev)
+    save_checkpoint(ckpt, last)
+    if improved:
+        save_checkpoint({k: ckpt[k] for k in ("model", "ema", "config", "model_args", "epoch", "best_score")}, out / "best.pt")
+
+
+def restore(out: Path, model, ema, optimizer, schedule, scaler) -> TrainState:
+    """Load the newest readable checkpoint (``last.pt``, else ``prev.pt``) into every component."""
+    errors = []
+    for name in ("last.pt", "prev.pt"):
+        path = out / name
+        if not path.is_file():
+            continue
+        try:
+            ckpt = load_checkpoint(path)
+        except CheckpointError as e:
+            errors.append(str(e))
+            log.warning("cannot resume from %s (%s); trying the previous checkpoint", path, e)
+            continue
+        model.load_state_dict(ckpt["model"])
+        if ema is not None and ckpt.get("ema") is not None:
+            ema.module.load_state_dict(ckpt["ema"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        schedule.load_state_dict(ckpt["scheduler"])
+        scaler.load_state_dict(ckpt["scaler"])
+        set_rng_state(ckpt["rng"])
+        state = TrainState(**ckpt["train_state"])
+        _truncate_metrics(out / "metrics.csv", state.epoch)
+        log.info("resumed %s at epoch %d (step %d)", path, state.epoch + 1, state.step)
+        return state
+    if errors:
+        log.warning("no readable checkpoint in %s; the fold starts from scratch", out)
+    return TrainState()
+
+
+def _truncate_metrics(path: Path, epochs_done: int) -> None:
+    """Drop rows of epochs that ran after the checkpoint (a run killed between the row and the next checkpoint)."""
+    if not path.is_file():
+        return
+    df = pd.read_csv(path)
+    df[df["epoch"] <= epochs_done].to_csv(path, index=False)
+
+
+def log_epoch(path: Path, fold: int, epoch: int, optimizer, train_stats, val_stats, improved: bool, seconds: float) -> None:
+    row = {"fold": fold, "epoch": epoch + 1, "lr": optimizer.param_groups[-1]["lr"], **train_stats,
+           **{k: v for k, v in val_stats.items() if k != "metric"}, "best": int(improved), "seconds": round(seconds, 3)}
+    new = not path.is_file()
+    with path.open("a", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(row))
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+    log.info(
+        "fold %d epoch %d: train loss %.4f | val loss %.4f | %s %.4f%s | %.0f img/s | %.1fs",
+        fold, epoch + 1, train_stats["train_loss"], val_stats["val_loss"], val_stats.get("metric", "score"),
+        val_stats["val_score"], " *" if improved else "", train_stats["images_per_s"], seconds,
+    )
+
+
+def write_oof(cfg: Config, out: Path, model, ema, loader: DataLoader, device) -> dict[str, Any]:
+    """Out-of-fold probabilities of the best weights, one uint8 ``.npy`` per id, and their score."""
+    best = out / "best.pt"
+    if best.is_file():
+        ckpt = load_checkpoint(best)
+        weights = ckpt["ema"] if cfg.train.use_ema and ckpt.get("ema") is not None else ckpt["model"]
+        model.load_state_dict(weights)
+    elif cfg.train.use_ema and ema is not None:
+        model.load_state_dict(ema.module.state_dict())
+    oof = out / "oof"
+    oof.mkdir(exist_ok=True)
+    evaluator = Evaluator(cfg.metric, cfg.data.task, cfg.data.num_classes)
+    for batch, pairs in predict_batches(cfg, model, loader, device):
+        ids = iter(batch["id"])
+        for logits, target in pairs:
+            q = probs_to_uint8(activate(logits, cfg.data.task))
+            for j in range(q.shape[0]):
+                np.save(oof / f"{next(ids)}.npy", q[j])
+            # score exactly what was saved, so cv.json agrees with the OOF files
+            evaluator.update(torch.from_numpy(q).to(device).float().div_(255.0), target)
+    result = evaluator.compute()
+    return {"metric": result["metric"], "oof_score": float(result["score"])}

@@ -1,0 +1,95 @@
+"""End to end on generated data: K-fold training -> OOF -> cv.json -> submission CSV."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from seg_toolkit.config import config_from_dict
+from seg_toolkit.cv import RunExistsError, compute_cv, run_cv
+from seg_toolkit.data.io import image_size
+from seg_toolkit.inference import predict_test
+from seg_toolkit.rle import rle_decode
+from seg_toolkit.submission import check_submission
+
+from .conftest import demo_dict
+
+
+@pytest.fixture(scope="module")
+def trained(demo_root, tmp_path_factory):
+    runs = tmp_path_factory.mktemp("runs")
+    cfg = config_from_dict(demo_dict(demo_root, runs))
+    cv = run_cv(cfg)
+    return cfg, cv
+
+
+def test_cv_json_and_fold_files(trained):
+    cfg, cv = trained
+    run = cfg.run_dir
+    assert cv["metric"] == "dice" and 0.0 <= cv["score"] <= 1.0
+    assert cv["folds"] == [0, 1] and cv["n_images"] == 12
+    assert json.loads((run / "cv.json").read_text())["score"] == pytest.approx(cv["score"])
+    folds = pd.read_csv(run / "folds.csv", dtype={"id": str})
+    for k in (0, 1):
+        d = run / f"fold_{k}"
+        assert {"best.pt", "last.pt", "metrics.csv", "done.json"} <= {p.name for p in d.iterdir()}
+        oof = sorted(p.stem for p in (d / "oof").iterdir())
+        assert oof == sorted(folds[folds.fold == k].id)  # OOF = exactly the fold's validation ids
+        q = np.load(d / "oof" / f"{oof[0]}.npy")
+        assert q.dtype == np.uint8 and q.shape == (3, 48, 64)
+    metrics = pd.read_csv(run / "fold_0" / "metrics.csv")
+    assert list(metrics.epoch) == [1] and {"train_bce", "train_dice", "val_loss", "val_score", "lr"} <= set(metrics.columns)
+
+
+def test_cv_score_recomputed_from_oof_files(trained):
+    cfg, cv = trained
+    again = compute_cv(cfg, cfg.run_dir)
+    assert again["score"] == pytest.approx(cv["score"])
+
+
+def test_submission_decodes_to_right_shapes(trained, demo_root):
+    cfg, _ = trained
+    out = predict_test([cfg])
+    sample = pd.read_csv(demo_root / "sample_submission.csv", dtype=str, keep_default_na=False)
+    sub = pd.read_csv(out, dtype=str, keep_default_na=False)
+    assert list(sub.columns) == list(sample.columns) and sub.iloc[:, 0].tolist() == sample.iloc[:, 0].tolist()
+    assert check_submission(out, demo_root / "sample_submission.csv") == []
+    for row_id, rle in zip(sub.iloc[:, 0], sub.iloc[:, 1]):
+        hw = image_size(demo_root / "test/images" / f"{row_id.rsplit('_', 1)[0]}.png")
+        assert rle_decode(rle, hw, "F").shape == (48, 64)
+
+
+def test_second_train_refuses_without_resume_or_overwrite(trained):
+    cfg, _ = trained
+    with pytest.raises(RunExistsError, match=r"fold\(s\) \[0, 1\] already have files; use --resume"):
+        run_cv(cfg)
+
+
+def test_resume_keeps_finished_folds(trained):
+    cfg, cv = trained
+    stamp = (cfg.run_dir / "fold_0" / "done.json").stat().st_mtime_ns
+    again = run_cv(cfg, resume=True)
+    assert (cfg.run_dir / "fold_0" / "done.json").stat().st_mtime_ns == stamp
+    assert again["score"] == pytest.approx(cv["score"])
+
+
+def test_changed_config_is_refused(trained):
+    cfg, _ = trained
+    changed = config_from_dict({**demo_dict(cfg.data.root, cfg.run_dir.parent), "optim": {"lr": 0.5}})
+    with pytest.raises(RunExistsError, match=r"different config \(optim.lr: 0.001 -> 0.5\)"):
+        run_cv(changed, resume=True)
+
+
+def test_submission_refused_when_ids_differ(tmp_path):
+    from seg_toolkit.submission import SubmissionError, SubmissionWriter
+
+    out = tmp_path / "sub.csv"
+    out.write_text("previous\n")
+    with pytest.raises(SubmissionError, match="row 2: id 'b' where the sample has 'c'"):
+        with SubmissionWriter(out, ("id", "rle"), ["a", "c"]) as w:
+            w.write([("a", ""), ("b", "1 1")])
+    assert out.read_text() == "previous\n"  # the earlier file is untouched
+    assert [p.name for p in tmp_path.iterdir()] == ["sub.csv"]  # no temporary left behind
