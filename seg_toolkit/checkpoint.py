@@ -9,6 +9,7 @@ globals, so untrusted files are safe to open.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import pickle
@@ -81,7 +82,8 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu", use_e
 
     state = load_checkpoint(path, map_location)
     cfg = config_from_dict(state["config"])
-    model = build_model(cfg.model, **state["model_args"])
+    # the checkpoint holds every weight: don't download or re-read the pretrained encoder (offline Kaggle kernels)
+    model = build_model(dataclasses.replace(cfg.model, encoder_weights=None), **state["model_args"])
     if use_ema is None:
         use_ema = cfg.train.use_ema
     weights = state["ema"] if use_ema and state.get("ema") is not None else state["model"]

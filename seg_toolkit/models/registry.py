@@ -1,0 +1,286 @@
+"""One registry of architectures (name -> builder), encoder names, and the training helpers.
+
+``build_model(cfg, num_classes, in_channels)`` returns a module mapping (N, in_channels, H, W)
+of any H, W to logits (N, num_classes, H, W). Every model has ``model.encoder``, and
+``model.build_spec`` (see :func:`build_model`) to rebuild the same architecture.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import fnmatch
+import functools
+import logging
+import os
+from typing import Any, Callable, Sequence
+
+import segmentation_models_pytorch as smp
+import timm
+from torch import nn
+
+from seg_toolkit.config import ConfigError, ModelConfig
+
+from .scratch_unet import ScratchUNet
+from .smp_models import SCRATCH_ENCODER, SMP_ARCHITECTURES, build_smp_model, default_encoder
+from .weights import is_weights_path, load_encoder_weights
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "ARCHITECTURES",
+    "build_model",
+    "list_architectures",
+    "list_encoders",
+    "param_groups",
+    "set_encoder_frozen",
+]
+
+Builder = Callable[[ModelConfig, int, int], nn.Module]
+
+
+# ----------------------------------------------------------------------------- builders
+
+
+def _build_scratch_unet(cfg: ModelConfig, num_classes: int, in_channels: int) -> nn.Module:
+    """The from-scratch U-Net; options from ``model.depth/base_width/norm/upsample/dropout``."""
+    if cfg.encoder not in (None, SCRATCH_ENCODER):
+        raise ConfigError(
+            f"model.encoder: {cfg.encoder!r}: scratch_unet has its own encoder; leave model.encoder null, "
+            f"or use an smp arch (e.g. model.arch: unet) with model.encoder: {cfg.encoder}"
+        )
+    if cfg.params:
+        key = next(iter(cfg.params))
+        raise ConfigError(
+            f"model.params.{key}: scratch_unet takes no params; its options are model.depth, "
+            "model.base_width, model.norm, model.upsample and model.dropout"
+        )
+    if cfg.depth < 1:
+        raise ConfigError(f"model.depth: expected >= 1, got {cfg.depth}")
+    if cfg.base_width < 1:
+        raise ConfigError(f"model.base_width: expected >= 1, got {cfg.base_width}")
+    if not 0.0 <= cfg.dropout < 1.0:
+        raise ConfigError(f"model.dropout: expected 0 <= dropout < 1, got {cfg.dropout}")
+    model = ScratchUNet(
+        in_channels=in_channels,
+        num_classes=num_classes,
+        depth=cfg.depth,
+        base_width=cfg.base_width,
+        norm=cfg.norm,
+        upsample=cfg.upsample,
+        dropout=cfg.dropout,
+    )
+    model.encoder_weights_report = None
+    weights = cfg.encoder_weights
+    if weights is not None:
+        if not is_weights_path(weights):
+            raise ConfigError(
+                f"model.encoder_weights: {weights!r}: scratch_unet has no pretrained weights; "
+                "use null or a path/to/file.pth|.safetensors"
+            )
+        model.encoder_weights_report = load_encoder_weights(model.encoder, weights)
+    return model
+
+
+def _smp_builder(arch: str) -> Builder:
+    def build(cfg: ModelConfig, num_classes: int, in_channels: int) -> nn.Module:
+        encoder = _resolve_encoder(arch, cfg.encoder)
+        return build_smp_model(arch, cfg, num_classes, in_channels, encoder)
+
+    build.__name__ = f"build_{arch}"
+    build.__doc__ = f"smp.{SMP_ARCHITECTURES[arch].__name__}; kwargs from model.params."
+    return build
+
+
+#: name -> builder(cfg, num_classes, in_channels). smp architectures present in the installed smp.
+ARCHITECTURES: dict[str, Builder] = {
+    "scratch_unet": _build_scratch_unet,
+    **{arch: _smp_builder(arch) for arch in SMP_ARCHITECTURES},
+}
+
+
+# ----------------------------------------------------------------------------- names
+
+
+def closest_names(name: str, choices: Sequence[str], n: int = 5, cutoff: float = 0.6) -> list[str]:
+    """difflib's close matches, ties broken by the longer common prefix (resnet35 -> resnet34)."""
+    candidates = difflib.get_close_matches(name, choices, n=max(n, 25), cutoff=cutoff)
+
+    def key(c: str) -> tuple[float, int, int]:
+        prefix = len(os.path.commonprefix([name, c]))
+        return (round(difflib.SequenceMatcher(None, name, c).ratio(), 6), prefix, -abs(len(c) - len(name)))
+
+    return sorted(candidates, key=key, reverse=True)[:n]
+
+
+def list_architectures() -> list[str]:
+    """Registered architecture names (``model.arch``)."""
+    return list(ARCHITECTURES)
+
+
+@functools.lru_cache(maxsize=1)
+def _all_encoders() -> tuple[str, ...]:
+    names = [SCRATCH_ENCODER, *smp.encoders.get_encoder_names()]
+    names += [f"tu-{n}" for n in timm.list_models()]
+    return tuple(names)
+
+
+def list_encoders(filter: str = "") -> list[str]:
+    """Encoder names: ``scratch``, smp's own, and ``tu-<timm model>`` for every timm model.
+
+    ``filter`` is a case-insensitive substring, or a glob when it has ``*?[`` (``tu-*convnext*``).
+    A timm pretrained tag can be appended to a ``tu-`` name (``tu-convnext_tiny.fb_in22k``).
+    """
+    names = _all_encoders()
+    if not filter:
+        return list(names)
+    pat = filter.lower()
+    if any(c in pat for c in "*?["):
+        return [n for n in names if fnmatch.fnmatchcase(n.lower(), pat)]
+    return [n for n in names if pat in n.lower()]
+
+
+def _is_known_encoder(name: str) -> bool:
+    if name == SCRATCH_ENCODER or name in smp.encoders.encoders:
+        return True
+    if name.startswith("tu-"):
+        timm_name = name[3:]
+        if timm_name.startswith(("hf-hub:", "hf_hub:", "local-dir:")):
+            return True
+        if "." in timm_name:  # a pretrained tag: tu-<model>.<tag>
+            return timm.models.is_model_pretrained(timm_name)
+        return timm.is_model(timm_name)
+    return False
+
+
+def _resolve_encoder(arch: str, name: str | None) -> str:
+    """The encoder name to build, or a ConfigError naming model.encoder with close names."""
+    if name is None:
+        return default_encoder(arch)
+    if _is_known_encoder(name):
+        return name
+    names = _all_encoders()
+    if name.startswith("tu-") and "." in name and timm.is_model(name[3:]):
+        arch_name = name[3:].split(".", 1)[0]
+        tags = [f"tu-{t}" for t in timm.list_pretrained(f"{arch_name}.*")]
+        close = closest_names(name, tags, cutoff=0.0)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(
+            f"model.encoder: {name!r}: timm has no pretrained tag {name.split('.', 1)[1]!r} for {arch_name!r}{hint} "
+            f"(tags: {', '.join(t.split('.', 1)[1] for t in tags) or 'none'})"
+        )
+    # match "resnet50" against "tu-resnet50" too, and a tagged name by its architecture part
+    base = name.split(".", 1)[0]
+    close = closest_names(base, names)
+    if not close and not base.startswith("tu-"):
+        close = closest_names(f"tu-{base}", names)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    others = f" Close names: {', '.join(close)}." if close else ""
+    raise ConfigError(
+        f"model.encoder: unknown encoder {name!r}{hint}{others} Encoders are smp names (e.g. resnet34, "
+        f"efficientnet-b0), 'scratch', or tu-<timm model>; run `seg-toolkit models --encoders FILTER` "
+        f"to list them."
+    )
+
+
+# ----------------------------------------------------------------------------- build
+
+
+def build_model(cfg: ModelConfig, num_classes: int, in_channels: int = 3) -> nn.Module:
+    """Build ``cfg.arch`` with ``num_classes`` output channels for ``in_channels`` images.
+
+    The model maps (N, in_channels, H, W) of any H, W to logits (N, num_classes, H, W)
+    (inputs are padded to the architecture's multiple and the logits cropped back), exposes
+    ``model.encoder``, and carries ``model.build_spec``::
+
+        {"model": dataclasses.asdict(cfg) with the default encoder filled in,
+         "num_classes": ..., "in_channels": ...}
+
+    ``build_model(ModelConfig(**spec["model"]), spec["num_classes"], spec["in_channels"])``
+    rebuilds it. To rebuild for loading a checkpoint, set ``encoder_weights`` to None: the
+    checkpoint holds every weight, and re-reading the pretrained source may need network
+    or a file no longer there. ``model.encoder_weights_report`` says what a weights file
+    load matched (None otherwise). ``channels_last`` is not applied here (the trainer does).
+    """
+    if num_classes < 1:
+        raise ConfigError(f"data.num_classes: expected >= 1, got {num_classes}")
+    if in_channels < 1:
+        raise ConfigError(f"data.in_channels: expected >= 1, got {in_channels}")
+    builder = ARCHITECTURES.get(cfg.arch)
+    if builder is None:
+        names = list_architectures()
+        close = closest_names(cfg.arch.lower(), names, n=1, cutoff=0.5)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(f"model.arch: unknown architecture {cfg.arch!r}{hint} (valid: {', '.join(names)})")
+    model = builder(cfg, num_classes, in_channels)
+    resolved = cfg.encoder
+    if cfg.arch != "scratch_unet" and resolved is None:
+        resolved = default_encoder(cfg.arch)
+    spec_cfg = dataclasses.replace(cfg, encoder=resolved, params=dict(cfg.params))
+    model.build_spec = {"model": dataclasses.asdict(spec_cfg), "num_classes": num_classes, "in_channels": in_channels}
+    n_params = sum(p.numel() for p in model.parameters())
+    logger.info("built %s (encoder %s): %s parameters", cfg.arch, resolved or "scratch", f"{n_params:,}")
+    return model
+
+
+# ----------------------------------------------------------------------------- training helpers
+
+
+def _encoder_of(model: nn.Module) -> nn.Module:
+    encoder = getattr(model, "encoder", None)
+    if not isinstance(encoder, nn.Module):
+        raise TypeError(f"{type(model).__name__} has no .encoder module (build it with build_model)")
+    return encoder
+
+
+def param_groups(model: nn.Module, lr: float, weight_decay: float, encoder_lr_mult: float) -> list[dict[str, Any]]:
+    """Optimizer parameter groups: encoder at ``lr * encoder_lr_mult``, the rest at ``lr``;
+    tensors with ndim <= 1 (biases, norm scales/shifts, layer-scale gammas) get no weight decay.
+
+    All parameters are included, also those with ``requires_grad=False``, so an encoder
+    frozen for the first epochs trains once unfrozen (optimizers skip params without grads).
+    Each group has ``name``, ``lr``, ``weight_decay`` and ``lr_mult``; empty groups are left
+    out. A scheduler that sets one absolute lr for all groups (e.g. OneCycleLR's ``max_lr``)
+    must be given one value per group (``[g["lr"] for g in groups]``) to keep the multiplier.
+    """
+    encoder_ids = {id(p) for p in _encoder_of(model).parameters()}
+    buckets: dict[tuple[bool, bool], list[nn.Parameter]] = {(e, d): [] for e in (True, False) for d in (True, False)}
+    seen: set[int] = set()
+    for p in model.parameters():
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        buckets[(id(p) in encoder_ids, p.ndim > 1)].append(p)
+    groups = []
+    for (is_enc, decay), params in buckets.items():
+        if not params:
+            continue
+        mult = encoder_lr_mult if is_enc else 1.0
+        groups.append(
+            {
+                "params": params,
+                "lr": lr * mult,
+                "weight_decay": weight_decay if decay else 0.0,
+                "lr_mult": mult,
+                "name": ("encoder" if is_enc else "decoder") + ("" if decay else "_no_decay"),
+            }
+        )
+    return groups
+
+
+def set_encoder_frozen(model: nn.Module, frozen: bool) -> None:
+    """Freeze (or unfreeze) ``model.encoder``.
+
+    Frozen: ``requires_grad=False`` on every encoder parameter and the encoder's
+    BatchNorm/InstanceNorm layers in eval mode, so their running statistics stay those the
+    (pretrained) weights were fitted with; decoder BN keeps learning. Built models keep
+    this across ``model.train()`` (``EncoderFreezeMixin``). Unfrozen: gradients back on,
+    norm layers follow the model's current mode again.
+    """
+    encoder = _encoder_of(model)
+    for p in encoder.parameters():
+        p.requires_grad_(not frozen)
+    for m in encoder.modules():
+        if isinstance(m, nn.modules.batchnorm._NormBase):
+            m.train(model.training and not frozen)
+    model._is_encoder_frozen = frozen

@@ -1,0 +1,335 @@
+"""segmentation_models_pytorch architectures behind the toolkit's contract.
+
+Each smp class gets a module-level subclass (``PaddedUnet``, ``PaddedFPN``, ...) that
+
+* pads the input to the architecture's multiple (the encoder's output stride; twice that
+  for DPT, whose decoder also down-samples once more; PAN also needs >= 8 px at that
+  stride) and crops the logits back, so any H, W works (smp raises on sizes it cannot divide);
+* keeps a frozen encoder's BatchNorm layers in eval mode across ``model.train()``
+  (:class:`~seg_toolkit.models.scratch_unet.EncoderFreezeMixin`);
+* raises a readable error for a training batch of one on architectures with BatchNorm
+  after global pooling (DeepLabV3/V3+ ASPP pooling, PAN's FPA, UPerNet's PSP).
+
+The instance *is* the smp model (``model.encoder``, ``model.decoder``,
+``model.segmentation_head``; state-dict keys are smp's own). Encoders: smp's names, any timm
+model as ``tu-<timm name>`` (smp's ``TimmUniversalEncoder``), and ``scratch`` (the U-Net
+contracting path of :mod:`.scratch_unet`, width/norm from ``model.base_width``/``model.norm``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import inspect
+import logging
+import re
+from pathlib import Path
+from typing import Any, Iterator
+
+import segmentation_models_pytorch as smp
+import timm
+import torch
+from torch import nn
+
+from seg_toolkit.config import ConfigError, ModelConfig
+
+from .scratch_unet import EncoderFreezeMixin, ScratchUNetEncoder, forward_padded
+from .weights import (
+    EncoderWeightsReport,
+    PretrainedDownloadError,
+    is_weights_path,
+    load_encoder_weights,
+    read_state_dict,
+)
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "SMP_ARCHITECTURES",
+    "PADDED_CLASSES",
+    "DEFAULT_ENCODER",
+    "SCRATCH_ENCODER",
+    "MIN_TRAIN_BATCH",
+    "default_encoder",
+    "build_smp_model",
+]
+
+DEFAULT_ENCODER = "resnet34"
+SCRATCH_ENCODER = "scratch"
+
+# toolkit name -> smp class name; only those the installed smp has are registered
+_SMP_CLASS_NAMES = {
+    "unet": "Unet",
+    "unetplusplus": "UnetPlusPlus",
+    "fpn": "FPN",
+    "deeplabv3": "DeepLabV3",
+    "deeplabv3plus": "DeepLabV3Plus",
+    "linknet": "Linknet",
+    "manet": "MAnet",
+    "pan": "PAN",
+    "pspnet": "PSPNet",
+    "upernet": "UPerNet",
+    "segformer": "Segformer",
+    "dpt": "DPT",
+}
+SMP_ARCHITECTURES: dict[str, type[nn.Module]] = {
+    name: getattr(smp, cls_name) for name, cls_name in _SMP_CLASS_NAMES.items() if hasattr(smp, cls_name)
+}
+
+# DPT is ViT-only: smp's own default encoder, and dynamic image size so any H, W works
+_ARCH_DEFAULT_ENCODER = {"dpt": "tu-vit_base_patch16_224.augreg_in21k"}
+_ARCH_DEFAULT_PARAMS: dict[str, dict[str, Any]] = {"dpt": {"dynamic_img_size": True}}
+_PAD_FACTOR = {"dpt": 2}
+# PAN's feature pyramid attention max-pools the deepest map three times: it needs >= 8 px
+_MIN_SIZE_FACTOR = {"pan": 8}
+#: architectures whose BatchNorm after global pooling cannot train on a batch of one
+MIN_TRAIN_BATCH = {"deeplabv3": 2, "deeplabv3plus": 2, "pan": 2, "upernet": 2}
+
+_RESERVED = {
+    "encoder_name": "model.encoder",
+    "encoder_weights": "model.encoder_weights",
+    "in_channels": "data.in_channels",
+    "classes": "data.num_classes",
+}
+_FORBIDDEN = {
+    "activation": "models return raw logits (the losses and metrics apply sigmoid/softmax)",
+    "aux_params": "a classification head makes forward return a tuple, which the toolkit does not use",
+}
+# ModelConfig fields only the scratch U-Net / scratch encoder read
+_SCRATCH_ONLY_FIELDS = ("depth", "base_width", "norm", "upsample", "dropout")
+_SCRATCH_ENCODER_FIELDS = ("base_width", "norm")
+
+
+# ----------------------------------------------------------------------------- padded subclasses
+
+
+class _PaddedSmpMixin(EncoderFreezeMixin):
+    """Pad to ``pad_multiple`` / crop back around smp's ``forward``; see the module docstring."""
+
+    pad_multiple: int = 32
+    min_input_size: int = 0
+    min_train_batch: int = 1
+    arch_name: str = ""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and x.shape[0] < self.min_train_batch:
+            raise ValueError(
+                f"model.arch {self.arch_name!r} cannot train on a batch of {x.shape[0]}: it has BatchNorm "
+                f"after global pooling, which needs >= {self.min_train_batch} images per batch. Use "
+                "train.batch_size >= 2 and drop the last incomplete training batch."
+            )
+        return forward_padded(x, self.pad_multiple, super().forward, self.min_input_size)  # type: ignore[misc]
+
+
+def _make_padded(cls: type[nn.Module]) -> type[nn.Module]:
+    name = f"Padded{cls.__name__}"
+    doc = f"smp.{cls.__name__} that pads any input size to its multiple and crops the logits back."
+    new = type(name, (_PaddedSmpMixin, cls), {"__module__": __name__, "__qualname__": name, "__doc__": doc})
+    globals()[name] = new  # importable by name, so the class pickles
+    return new
+
+
+PADDED_CLASSES: dict[str, type[nn.Module]] = {arch: _make_padded(cls) for arch, cls in SMP_ARCHITECTURES.items()}
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def default_encoder(arch: str) -> str:
+    """Encoder used when ``model.encoder`` is null."""
+    return _ARCH_DEFAULT_ENCODER.get(arch, DEFAULT_ENCODER)
+
+
+def _accepted_params(arch: str) -> list[str]:
+    sig = inspect.signature(SMP_ARCHITECTURES[arch].__init__)
+    kinds = (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)
+    return [n for n, p in sig.parameters.items() if n != "self" and p.kind not in kinds]
+
+
+def _check_params(arch: str, params: dict[str, Any], encoder: str) -> None:
+    """Reject keys the toolkit sets itself, keys that break the logits contract, and unknown
+    keys (with a non-timm encoder: smp would silently drop them)."""
+    accepted = [n for n in _accepted_params(arch) if n not in _RESERVED and n not in _FORBIDDEN]
+    for key in params:
+        if key in _RESERVED:
+            raise ConfigError(
+                f"model.params.{key}: set by the toolkit from {_RESERVED[key]}; remove it from model.params"
+            )
+        if key in _FORBIDDEN:
+            raise ConfigError(f"model.params.{key}: not allowed, {_FORBIDDEN[key]}")
+        if key in accepted or encoder.startswith("tu-"):
+            continue  # with a tu- encoder, extra keys go on to timm.create_model
+        close = difflib.get_close_matches(key, accepted, n=1, cutoff=0.5)
+        hint = f"; did you mean 'model.params.{close[0]}'?" if close else ""
+        raise ConfigError(
+            f"model.params.{key}: not a parameter of {arch} (smp.{SMP_ARCHITECTURES[arch].__name__}){hint} "
+            f"(valid: {', '.join(accepted)}; timm keyword arguments are accepted with a tu- encoder only)"
+        )
+
+
+def _params_error(arch: str, params: dict[str, Any], err: Exception) -> ConfigError | None:
+    m = re.search(r"unexpected keyword argument '(\w+)'", str(err))
+    if not m or m.group(1) not in params:
+        return None
+    key = m.group(1)
+    accepted = [n for n in _accepted_params(arch) if n not in _RESERVED and n not in _FORBIDDEN]
+    close = difflib.get_close_matches(key, accepted, n=1, cutoff=0.5)
+    hint = f"; did you mean 'model.params.{close[0]}'?" if close else ""
+    return ConfigError(
+        f"model.params.{key}: neither a parameter of {arch} nor accepted by the timm encoder ({err}){hint} "
+        f"(valid for {arch}: {', '.join(accepted)})"
+    )
+
+
+@contextlib.contextmanager
+def _scratch_encoder_registered(in_channels: int, cfg: ModelConfig) -> Iterator[None]:
+    """Register ``scratch`` in smp's encoder table for one build (smp's mechanism for
+    custom encoders), with this config's width and norm; the table is restored after."""
+    table = smp.encoders.encoders
+    previous = table.get(SCRATCH_ENCODER)
+    table[SCRATCH_ENCODER] = {
+        "encoder": ScratchUNetEncoder,
+        "pretrained_settings": {},
+        "params": {"in_channels": in_channels, "base_width": cfg.base_width, "norm": cfg.norm},
+    }
+    try:
+        yield
+    finally:
+        if previous is None:
+            table.pop(SCRATCH_ENCODER, None)
+        else:
+            table[SCRATCH_ENCODER] = previous
+
+
+def _instantiate(
+    arch: str, cfg: ModelConfig, encoder: str, weights: Any, in_channels: int, num_classes: int, params: dict[str, Any]
+) -> nn.Module:
+    cls = PADDED_CLASSES[arch]
+    ctx = _scratch_encoder_registered(in_channels, cfg) if encoder == SCRATCH_ENCODER else contextlib.nullcontext()
+    with ctx:
+        return cls(
+            encoder_name=encoder, encoder_weights=weights, in_channels=in_channels, classes=num_classes, **params
+        )
+
+
+def _named_weights_arg(encoder: str, weights: str) -> Any:
+    """Translate ``model.encoder_weights`` (a weight-set name) into smp's argument."""
+    if encoder == SCRATCH_ENCODER:
+        raise ConfigError(
+            f"model.encoder_weights: {weights!r}: the scratch encoder has no pretrained weights; "
+            "use null or a path/to/file.pth|.safetensors"
+        )
+    if encoder.startswith("tu-"):
+        if weights.lower() in ("imagenet", "true", "timm", "pretrained"):
+            timm_name = encoder[3:]
+            if not timm_name.startswith(("hf-hub:", "hf_hub:")) and not timm.models.is_model_pretrained(timm_name):
+                raise ConfigError(
+                    f"model.encoder_weights: {weights!r}: timm has no pretrained weights for {timm_name!r}; "
+                    "use null or a path/to/file.pth|.safetensors"
+                )
+            return True  # smp/timm: the weight variant is the tag in the name, tu-<name>.<tag>
+        raise ConfigError(
+            f"model.encoder_weights: {weights!r}: for a tu- (timm) encoder use 'imagenet' (timm's default "
+            f"pretrained tag, or choose one in the name: tu-<model>.<tag>) or a path/to/file.pth|.safetensors"
+        )
+    available = list(smp.encoders.encoders[encoder]["pretrained_settings"])
+    if weights not in available:
+        close = difflib.get_close_matches(weights, available, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(
+            f"model.encoder_weights: {weights!r} is not a weight set of encoder {encoder!r}{hint} "
+            f"(available: {', '.join(available) or 'none'}; or give a path/to/file.pth|.safetensors)"
+        )
+    return weights
+
+
+def _warn_ignored_fields(arch: str, cfg: ModelConfig, encoder: str) -> None:
+    defaults = ModelConfig()
+    used = _SCRATCH_ENCODER_FIELDS if encoder == SCRATCH_ENCODER else ()
+    ignored = [f for f in _SCRATCH_ONLY_FIELDS if f not in used and getattr(cfg, f) != getattr(defaults, f)]
+    if ignored:
+        logger.warning(
+            "model.%s only apply to the scratch U-Net; arch %r ignores them (its options go in model.params)",
+            "/".join(ignored),
+            arch,
+        )
+
+
+# ----------------------------------------------------------------------------- build
+
+
+def build_smp_model(arch: str, cfg: ModelConfig, num_classes: int, in_channels: int, encoder: str) -> nn.Module:
+    """Build smp architecture ``arch`` on an already validated ``encoder`` name.
+
+    ``model.encoder_weights``: null -> random init; a weight-set name (``imagenet``) -> smp's
+    download (a failure raises :class:`PretrainedDownloadError`); a path -> loaded with
+    :func:`~seg_toolkit.models.weights.load_encoder_weights`, falling back to timm's own file
+    loader for ``tu-`` encoders whose keys need timm's remapping (e.g. ConvNeXt stages).
+    The report of a file load is kept on ``model.encoder_weights_report``.
+    """
+    if arch == "dpt" and not encoder.startswith("tu-"):
+        raise ConfigError(
+            f"model.encoder: {encoder!r}: dpt needs a timm ViT encoder, e.g. tu-vit_base_patch16_224.augreg_in21k"
+        )
+    params = {**_ARCH_DEFAULT_PARAMS.get(arch, {}), **cfg.params}
+    _check_params(arch, dict(cfg.params), encoder)
+    _warn_ignored_fields(arch, cfg, encoder)
+
+    weights = cfg.encoder_weights
+    path = weights if weights is not None and is_weights_path(weights) else None
+    named = _named_weights_arg(encoder, weights) if weights is not None and path is None else None
+    if path is not None:
+        path = str(Path(path).expanduser())
+    state_dict = read_state_dict(path) if path is not None else None  # fail on a bad path before building
+
+    # phase 1: random init; any failure here is a config problem, not the network
+    try:
+        model = _instantiate(arch, cfg, encoder, None, in_channels, num_classes, params)
+    except ConfigError:
+        raise
+    except Exception as e:
+        raise _params_error(arch, dict(cfg.params), e) or ConfigError(
+            f"model: cannot build arch {arch!r} with encoder {encoder!r} "
+            f"(params {params or '{}'}): {type(e).__name__}: {e}"
+        ) from e
+
+    report: EncoderWeightsReport | None = None
+    if named is not None:
+        # phase 2: the same build with pretrained weights; what fails now is the download
+        try:
+            model = _instantiate(arch, cfg, encoder, named, in_channels, num_classes, params)
+        except Exception as e:
+            raise PretrainedDownloadError(
+                f"model.encoder_weights: downloading {weights!r} weights for encoder {encoder!r} failed "
+                f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). Without network access, "
+                "download the weights elsewhere and set model.encoder_weights: path/to/file.pth|.safetensors"
+            ) from e
+    elif path is not None:
+        assert state_dict is not None
+        first_error: ConfigError | None = None
+        try:
+            report = load_encoder_weights(model.encoder, path, state_dict)
+        except ConfigError as e:
+            first_error = e
+        timm_file_loader = encoder.startswith("tu-") and not encoder[3:].startswith(("hf-hub:", "hf_hub:"))
+        if timm_file_loader and (report is None or report.coverage < 0.5):
+            overlay = {**params, "pretrained_cfg_overlay": {"file": path}}
+            try:
+                timm_model = _instantiate(arch, cfg, encoder, True, in_channels, num_classes, overlay)
+            except Exception as e:  # timm could not map it either; keep the direct result
+                logger.debug("timm file loader failed for %s: %s", path, e)
+            else:
+                model = timm_model
+                report = EncoderWeightsReport(path=str(path), source="timm", loaded=list(model.encoder.state_dict()))
+                logger.info("encoder weights: %s loaded by timm's pretrained-file loader", path)
+        if report is None:
+            assert first_error is not None
+            raise first_error
+
+    model.arch_name = arch
+    stride = int(model.encoder.output_stride)
+    model.pad_multiple = stride * _PAD_FACTOR.get(arch, 1)
+    model.min_input_size = stride * _MIN_SIZE_FACTOR.get(arch, 0)
+    model.min_train_batch = MIN_TRAIN_BATCH.get(arch, 1)
+    model.encoder_weights_report = report
+    return model

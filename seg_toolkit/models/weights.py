@@ -1,0 +1,213 @@
+"""Encoder weights from a local file (``model.encoder_weights: path/to/file.pth|.safetensors``).
+
+Kaggle notebooks often run without internet, so pretrained weights are uploaded as a file.
+:func:`load_encoder_weights` accepts
+
+* a bare encoder state dict (the keys of ``model.encoder.state_dict()``),
+* a whole-model state dict or checkpoint whose encoder keys carry a prefix ending in
+  ``encoder.`` (``encoder.``, ``net.encoder.``, ``module.encoder.``; wrappers such as
+  ``{"state_dict": ...}`` / ``{"model": ...}`` are unwrapped),
+* a plain timm backbone checkpoint for a ``tu-`` encoder (smp keeps the timm model under
+  ``model.``, so ``model.`` is tried as a prefix to add).
+
+The prefix that matches most encoder keys wins. Tensors whose shape differs only in the
+input-channel dimension of a 4-D weight with <= 4 input channels (the first convolution,
+for 1- or 4-channel images) are adapted the way timm does (``timm.models.adapt_input_conv``); other shape
+mismatches are skipped and reported. Missing and unexpected keys are logged and returned
+in an :class:`EncoderWeightsReport`; a file from which nothing matched raises.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from seg_toolkit.config import ConfigError
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "PretrainedDownloadError",
+    "EncoderWeightsReport",
+    "WEIGHT_FILE_SUFFIXES",
+    "is_weights_path",
+    "read_state_dict",
+    "load_encoder_weights",
+]
+
+WEIGHT_FILE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".safetensors")
+_WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "module", "encoder")
+
+
+class PretrainedDownloadError(ConfigError):
+    """Downloading pretrained encoder weights failed (typically: no network)."""
+
+
+@dataclass
+class EncoderWeightsReport:
+    """What :func:`load_encoder_weights` did. Key names are the encoder's own."""
+
+    path: str
+    source: str = "file"  # "file" (matched here) or "timm" (timm's own file loader)
+    prefix_removed: str = ""
+    prefix_added: str = ""
+    loaded: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)  # encoder keys the file did not provide
+    unexpected: list[str] = field(default_factory=list)  # file keys (after the prefix) the encoder lacks
+    adapted: list[str] = field(default_factory=list)  # input-channel adapted first-conv weights
+    mismatched: list[str] = field(default_factory=list)  # "key: file shape -> encoder shape", skipped
+    ignored: int = 0  # file keys outside the chosen prefix (e.g. decoder weights)
+
+    @property
+    def coverage(self) -> float:
+        """Fraction of the encoder's keys that were loaded."""
+        total = len(self.loaded) + len(self.missing) + len(self.mismatched)
+        return len(self.loaded) / total if total else 0.0
+
+    def summary(self) -> str:
+        parts = [f"{len(self.loaded)} tensors loaded from {self.path}"]
+        if self.prefix_removed or self.prefix_added:
+            parts.append(f"prefix {self.prefix_removed!r} -> {self.prefix_added!r}")
+        for name in ("missing", "unexpected", "adapted", "mismatched"):
+            items = getattr(self, name)
+            if items:
+                shown = ", ".join(items[:8]) + (f", ... (+{len(items) - 8})" if len(items) > 8 else "")
+                parts.append(f"{len(items)} {name}: {shown}")
+        if self.ignored:
+            parts.append(f"{self.ignored} keys outside the encoder ignored")
+        return "; ".join(parts)
+
+
+def is_weights_path(value: str) -> bool:
+    """True when ``model.encoder_weights`` names a file rather than a weight set like ``imagenet``."""
+    return (
+        "/" in value
+        or "\\" in value
+        or value.lower().endswith(WEIGHT_FILE_SUFFIXES)
+        or Path(value).expanduser().is_file()
+    )
+
+
+def _unwrap(obj: Any) -> dict[str, torch.Tensor]:
+    """The tensor mapping inside a (possibly wrapped) checkpoint."""
+    for _ in range(3):
+        if isinstance(obj, Mapping) and not any(isinstance(v, torch.Tensor) for v in obj.values()):
+            inner = next((obj[k] for k in _WRAPPER_KEYS if isinstance(obj.get(k), Mapping)), None)
+            if inner is None:
+                break
+            obj = inner
+    if not isinstance(obj, Mapping):
+        raise ConfigError(f"expected a state dict (a mapping of names to tensors), got {type(obj).__name__}")
+    return {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read tensors from ``.safetensors`` (safetensors) or a torch file (``weights_only=True``)."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise ConfigError(f"model.encoder_weights: weights file not found: {str(path)!r}")
+    try:
+        if p.suffix.lower() == ".safetensors":
+            from safetensors.torch import load_file
+
+            obj: Any = load_file(str(p), device="cpu")
+        else:
+            obj = torch.load(str(p), map_location="cpu", weights_only=True)
+    except ConfigError:
+        raise
+    except Exception as e:  # corrupt file, pickle with disallowed globals, ...
+        raise ConfigError(
+            f"model.encoder_weights: cannot read {str(path)!r} ({type(e).__name__}: {e}); expected a "
+            "state dict saved with torch.save (loaded with weights_only=True) or a .safetensors file"
+        ) from None
+    try:
+        return _unwrap(obj)
+    except ConfigError as e:
+        raise ConfigError(f"model.encoder_weights: {str(path)!r}: {e}") from None
+
+
+def _candidate_prefixes(keys: list[str]) -> set[str]:
+    prefixes = {""}
+    for k in keys:
+        i = k.find("encoder.")
+        while i != -1:
+            prefixes.add(k[: i + len("encoder.")])
+            i = k.find("encoder.", i + 1)
+    return prefixes
+
+
+def _best_mapping(source: list[str], target: set[str]) -> tuple[str, str, dict[str, str]]:
+    """Choose (prefix to remove, prefix to add) maximising matched keys; map target -> source key."""
+    best: tuple[int, str, str, dict[str, str]] = (-1, "", "", {})
+    for removed in sorted(_candidate_prefixes(source), key=len):
+        for added in ("", "model."):
+            mapping = {}
+            for k in source:
+                if k.startswith(removed):
+                    tk = added + k[len(removed) :]
+                    if tk in target:
+                        mapping[tk] = k
+            if len(mapping) > best[0]:
+                best = (len(mapping), removed, added, mapping)
+    return best[1], best[2], best[3]
+
+
+def _adapt_input_conv(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
+    from timm.models import adapt_input_conv
+
+    return adapt_input_conv(in_channels, weight)
+
+
+def load_encoder_weights(
+    encoder: nn.Module, path: str | Path, state_dict: dict[str, torch.Tensor] | None = None
+) -> EncoderWeightsReport:
+    """Load a local weights file into ``encoder`` (non-strict) and report what matched.
+
+    Raises :class:`ConfigError` (naming ``model.encoder_weights``) when the file is missing
+    or unreadable, or when not a single tensor matched the encoder.
+    """
+    sd = read_state_dict(path) if state_dict is None else state_dict
+    own = encoder.state_dict()
+    removed, added, mapping = _best_mapping(list(sd), set(own))
+    report = EncoderWeightsReport(path=str(path), prefix_removed=removed, prefix_added=added)
+    within = [k for k in sd if k.startswith(removed)]
+    report.ignored = len(sd) - len(within)
+    mapped_sources = set(mapping.values())
+    report.unexpected = sorted(added + k[len(removed) :] for k in within if k not in mapped_sources)
+
+    new_sd: dict[str, torch.Tensor] = {}
+    for tk in own:
+        if tk not in mapping:
+            report.missing.append(tk)
+            continue
+        value = sd[mapping[tk]]
+        want = own[tk]
+        if value.shape != want.shape:
+            # an image-input conv (<= 4 channels either side) differing only in input channels
+            input_conv = value.ndim == want.ndim == 4 and max(value.shape[1], want.shape[1]) <= 4
+            if input_conv and value.shape[0] == want.shape[0] and value.shape[2:] == want.shape[2:]:
+                value = _adapt_input_conv(value.float(), want.shape[1]).to(want.dtype)
+                report.adapted.append(tk)
+            else:
+                report.mismatched.append(f"{tk}: {tuple(value.shape)} -> {tuple(want.shape)}")
+                continue
+        new_sd[tk] = value.to(dtype=want.dtype)
+        report.loaded.append(tk)
+
+    if not report.loaded:
+        example_file = ", ".join(list(sd)[:3]) or "(no tensors)"
+        example_enc = ", ".join(list(own)[:3])
+        raise ConfigError(
+            f"model.encoder_weights: nothing in {str(path)!r} matches the encoder "
+            f"(file keys like {example_file}; encoder keys like {example_enc}). Was it saved "
+            "from the same model.encoder?"
+        )
+    encoder.load_state_dict(new_sd, strict=False)
+    level = logging.WARNING if (report.missing or report.unexpected or report.mismatched) else logging.INFO
+    logger.log(level, "encoder weights: %s", report.summary())
+    return report
