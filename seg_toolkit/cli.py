@@ -47,12 +47,16 @@ def _print_cv(cv: dict, run: Path) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     from .cv import run_cv
 
+    from .distributed import init_distributed
+
     cfg = _config(args)
     folds = [args.fold] if args.fold is not None else None
     if args.fold is not None and not 0 <= args.fold < cfg.folds.n_splits:
         raise ConfigError(f"--fold {args.fold}: expected 0..{cfg.folds.n_splits - 1}")
+    d = init_distributed(cfg.train.device)
     cv = run_cv(cfg, folds=folds, resume=args.resume, overwrite=args.overwrite)
-    _print_cv(cv, cfg.run_dir)
+    if d.is_main:
+        _print_cv(cv, cfg.run_dir)
     return 0
 
 

@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 
 from .config import Config, config_to_dict, load_config, read_yaml, save_config
 from .data import Sample, load_or_make_folds, load_target, load_train_samples
+from .distributed import get_dist
 from .metrics import Evaluator
 from .tensors import uint8_to_probs
 from .train import completed_folds_dirs, fold_dir, train_fold
@@ -73,13 +74,19 @@ def prepare_run(cfg: Config, folds: list[int], resume: bool = False, overwrite: 
 def run_cv(cfg: Config, folds: list[int] | None = None, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
     """Train the given folds (default: ``folds.only`` or all), then write and return ``cv.json``."""
     folds = folds if folds is not None else (list(cfg.folds.only) or list(range(cfg.folds.n_splits)))
-    run = prepare_run(cfg, folds, resume=resume, overwrite=overwrite)
+    d = get_dist()
     samples = load_train_samples(cfg)
+    if d.is_main:  # only rank 0 touches the run folder; the others wait and read
+        run = prepare_run(cfg, folds, resume=resume, overwrite=overwrite)
+        load_or_make_folds(samples, cfg, run / "folds.csv")
+    d.barrier()
+    run = cfg.run_dir
     folds_df = load_or_make_folds(samples, cfg, run / "folds.csv")
     for k in folds:
         log.info("fold %d/%d", k + 1, cfg.folds.n_splits)
         train_fold(cfg, k, samples, folds_df, run, resume=resume)
-    return compute_cv(cfg, run, samples)
+    cv = compute_cv(cfg, run, samples) if d.is_main else None
+    return d.broadcast(cv)
 
 
 def completed_folds(run: Path) -> list[int]:

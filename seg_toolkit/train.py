@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from .checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import Config, config_to_dict
 from .data import EpochSampler, Sample, SegDataset, collate
+from .distributed import Dist, get_dist
 from .losses import build_loss
 from .metrics import Evaluator
 from .optim import LRSchedule, build_optimizer
@@ -73,10 +74,11 @@ def train_fold(cfg: Config, fold: int, samples: list[Sample], folds: pd.DataFram
         return json.loads(done.read_text())
     out.mkdir(parents=True, exist_ok=True)
 
-    device = resolve_device(cfg.train.device)
+    d = get_dist()
+    device = resolve_device(cfg.train.device, d)
     seed_everything(cfg.train.seed + fold, cfg.train.deterministic)
     train_set, valid_set = split_fold(samples, folds, fold)
-    train_loader, valid_loader = build_loaders(cfg, train_set, valid_set, device)
+    train_loader, valid_loader = build_loaders(cfg, train_set, valid_set, device, d)
     model, ema = build_model_and_ema(cfg, device)
     optimizer = build_optimizer(cfg, model)
     schedule = LRSchedule(cfg, optimizer, updates_per_epoch=math.ceil(len(train_loader) / cfg.train.grad_accum))
@@ -85,34 +87,40 @@ def train_fold(cfg: Config, fold: int, samples: list[Sample], folds: pd.DataFram
     state = TrainState()
     if resume:
         state = restore(out, model, ema, optimizer, schedule, scaler)
-    forward_model = torch.compile(model) if cfg.train.compile else model
+    forward_model = wrap_for_training(cfg, model, device, d)
 
     for epoch in range(state.epoch, cfg.train.epochs):
         set_frozen_encoder(model, epoch < cfg.model.freeze_encoder_epochs)
         train_loader.sampler.set_epoch(epoch)
         t0 = time.perf_counter()
         train_stats = train_one_epoch(cfg, forward_model, ema, loss_fn, optimizer, schedule, scaler, train_loader, state, fold, epoch, device)
-        val_stats = validate_epoch(cfg, model, ema, loss_fn, valid_loader, device)
+        d.average_buffers(model)
+        val_stats = d.broadcast(validate_epoch(cfg, model, ema, loss_fn, valid_loader, device) if d.is_main else None)
         schedule.step_epoch(epoch, val_stats["val_score"])
         improved = update_best(state, val_stats["val_score"], epoch, cfg.train.early_stopping_min_delta)
         state.epoch = epoch + 1
-        save_epoch(cfg, out, model, ema, optimizer, schedule, scaler, state, improved)
-        log_epoch(out / "metrics.csv", fold, epoch, optimizer, train_stats, val_stats, improved, time.perf_counter() - t0)
+        if d.is_main:
+            save_epoch(cfg, out, model, ema, optimizer, schedule, scaler, state, improved)
+            log_epoch(out / "metrics.csv", fold, epoch, optimizer, train_stats, val_stats, improved, time.perf_counter() - t0)
         if should_stop(state, cfg):
             log.info("fold %d: early stop after epoch %d (best %.4f at epoch %d)", fold, epoch, state.best_score, state.best_epoch)
             break
 
-    summary = write_oof(cfg, out, model, ema, valid_loader, device)
-    summary.update(fold=fold, best_epoch=state.best_epoch, best_val_score=state.best_score, epochs_run=state.epoch,
-                   n_train=len(train_set), n_valid=len(valid_set))
-    done.write_text(json.dumps(summary, indent=2))
-    return summary
+    summary = None
+    if d.is_main:
+        summary = write_oof(cfg, out, model, ema, valid_loader, device)
+        summary.update(fold=fold, best_epoch=state.best_epoch, best_val_score=state.best_score, epochs_run=state.epoch,
+                       n_train=len(train_set), n_valid=len(valid_set), world_size=d.world_size)
+        done.write_text(json.dumps(summary, indent=2))
+    return d.broadcast(summary)
 
 
 # ----------------------------------------------------------------------------- set-up steps
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, d: Dist | None = None) -> torch.device:
+    if d is not None and d.enabled and name in ("auto", "cuda") and torch.cuda.is_available():
+        return torch.device("cuda", d.local_rank)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(name)
@@ -143,12 +151,14 @@ def split_fold(samples: list[Sample], folds: pd.DataFrame, fold: int) -> tuple[l
     return train, valid
 
 
-def build_loaders(cfg: Config, train_set: list[Sample], valid_set: list[Sample], device: torch.device) -> tuple[DataLoader, DataLoader]:
-    t = cfg.train
+def build_loaders(cfg: Config, train_set: list[Sample], valid_set: list[Sample], device: torch.device,
+                  d: Dist | None = None) -> tuple[DataLoader, DataLoader]:
+    """The training loader (seeded per epoch, sharded by rank) and the validation loader."""
+    t, d = cfg.train, d or Dist()
     workers = t.num_workers
     common = dict(num_workers=workers, pin_memory=t.pin_memory and device.type == "cuda", collate_fn=collate,
                   persistent_workers=t.persistent_workers and workers > 0)
-    sampler = EpochSampler(len(train_set), shuffle=True, seed=t.seed)
+    sampler = EpochSampler(len(train_set), shuffle=True, seed=t.seed, rank=d.rank, world_size=d.world_size)
     train_loader = DataLoader(SegDataset(train_set, cfg, "train"), batch_size=t.batch_size, sampler=sampler,
                               drop_last=len(train_set) > t.batch_size, **common)
     valid_loader = DataLoader(SegDataset(valid_set, cfg, "valid"), batch_size=cfg.predict.batch_size, shuffle=False, **common)
@@ -167,6 +177,17 @@ def build_model_and_ema(cfg: Config, device: torch.device) -> tuple[torch.nn.Mod
 
         ema = ModelEmaV3(model, decay=cfg.train.ema_decay)
     return model, ema
+
+
+def wrap_for_training(cfg: Config, model: torch.nn.Module, device: torch.device, d: Dist) -> torch.nn.Module:
+    """DistributedDataParallel across ranks and ``torch.compile`` when configured; the raw model is kept for saving."""
+    wrapped = model
+    if d.enabled:
+        wrapped = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=cfg.model.freeze_encoder_epochs > 0,
+        )
+    return torch.compile(wrapped) if cfg.train.compile else wrapped
 
 
 def set_frozen_encoder(model: torch.nn.Module, frozen: bool) -> None:
@@ -197,10 +218,17 @@ def _to_device(batch: dict[str, Any], cfg: Config, device: torch.device) -> tupl
 
 
 def train_one_epoch(cfg, model, ema, loss_fn, optimizer, schedule, scaler, loader, state: TrainState, fold: int, epoch: int, device) -> dict[str, float]:
-    """One pass over the training set; returns mean loss terms, learning rate and images/s."""
+    """One pass over the training set; returns mean loss terms, learning rate and images/s.
+
+    Loss values stay on the device and are read back every ``sync_every`` steps (every
+    step on CPU, where reading is free), so a GPU is not stalled each step; a NaN/inf loss
+    is caught at the next read, named by epoch and step, and stops the fold.
+    """
     model.train()
     accum = cfg.train.grad_accum
-    sums: dict[str, float] = {}
+    sync_every = 1 if device.type == "cpu" else 10
+    names: list[str] = []
+    sums: torch.Tensor | None = None
     n_images, t0 = 0, time.perf_counter()
     bar = tqdm(loader, desc=f"fold {fold} epoch {epoch + 1}/{cfg.train.epochs}", leave=False, dynamic_ncols=True, disable=None)
     optimizer.zero_grad(set_to_none=True)
@@ -209,11 +237,6 @@ def train_one_epoch(cfg, model, ema, loss_fn, optimizer, schedule, scaler, loade
         with _autocast(cfg, device):
             logits = model(images)
         loss, terms = loss_fn(logits.float(), target)
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError(
-                f"fold {fold}: loss is {loss.item()} at epoch {epoch + 1}, step {i + 1} of {len(loader)} "
-                f"(terms: {', '.join(f'{k}={v.item():.4g}' for k, v in terms.items())}); the last good checkpoint is kept"
-            )
         scaler.scale(loss / accum).backward()
         if (i + 1) % accum == 0 or i + 1 == len(loader):
             optimizer_step(cfg, model, optimizer, scaler)
@@ -223,11 +246,24 @@ def train_one_epoch(cfg, model, ema, loss_fn, optimizer, schedule, scaler, loade
                 ema.update(model, step=state.step)
         bs = images.shape[0]
         n_images += bs
-        for k, v in [("loss", loss.detach())] + [(k, v) for k, v in terms.items()]:
-            sums[k] = sums.get(k, 0.0) + float(v) * bs
-        bar.set_postfix(loss=f"{sums['loss'] / n_images:.4f}", img_s=f"{n_images / (time.perf_counter() - t0):.1f}")
-    stats = {f"train_{k}": v / max(n_images, 1) for k, v in sums.items()}
-    stats["images_per_s"] = n_images / (time.perf_counter() - t0)
+        if sums is None:
+            names = ["loss", *terms]
+        values = torch.stack([loss.detach(), *(terms[k] for k in names[1:])]).float() * bs
+        sums = values if sums is None else sums + values
+        if (i + 1) % sync_every == 0 or i + 1 == len(loader):
+            host = sums.tolist()
+            if not all(math.isfinite(v) for v in host):
+                bad = ", ".join(f"{k}={v / n_images:.4g}" for k, v in zip(names, host))
+                raise NonFiniteLossError(
+                    f"fold {fold}: loss is not finite at epoch {epoch + 1}, step {i + 1} of {len(loader)} "
+                    f"(running means: {bad}); the last good checkpoint is kept"
+                )
+            bar.set_postfix(loss=f"{host[0] / n_images:.4f}", img_s=f"{n_images / (time.perf_counter() - t0):.1f}")
+    seconds = time.perf_counter() - t0
+    totals = get_dist().all_reduce_sum(torch.cat([sums.detach(), sums.new_tensor([n_images])]))
+    n_all = max(float(totals[-1]), 1.0)
+    stats = {f"train_{k}": v / n_all for k, v in zip(names, totals[:-1].tolist())}
+    stats["images_per_s"] = n_all / seconds
     return stats
 
 

@@ -1,0 +1,93 @@
+"""Multi-GPU / multi-node training through PyTorch's own engine (``torchrun``).
+
+``torchrun --nproc_per_node N -m seg_toolkit.cli train CONFIG`` starts N processes; each
+reads its rank from the environment torchrun sets. Training data is sharded by rank,
+gradients are averaged by DistributedDataParallel, training losses are summed across
+ranks for the log, BatchNorm statistics are averaged at the end of each epoch, and only rank 0 validates, writes files and decides early stopping
+(its decision is broadcast so every rank leaves the loop together).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Dist", "init_distributed", "get_dist"]
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.enabled:
+            dist.barrier()
+
+    def broadcast(self, value: Any) -> Any:
+        """Rank 0's ``value`` on every rank."""
+        if not self.enabled:
+            return value
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def average_buffers(self, model: torch.nn.Module) -> None:
+        """Average floating buffers (BatchNorm running statistics) across ranks.
+
+        DDP broadcasts rank 0's buffers before each forward, but the last forward of an
+        epoch leaves each rank with statistics of its own batch; averaging makes every
+        rank's model, and so the checkpoint, the same.
+        """
+        if not self.enabled:
+            return
+        for buf in model.buffers():
+            if buf.is_floating_point():
+                dist.all_reduce(buf, op=dist.ReduceOp.SUM)
+                buf.div_(self.world_size)
+
+    def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self.enabled:
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        return tensor
+
+
+_CURRENT = Dist()
+
+
+def get_dist() -> Dist:
+    return _CURRENT
+
+
+def init_distributed(device_name: str = "auto") -> Dist:
+    """Join the process group torchrun describes in the environment (a no-op for a single process)."""
+    global _CURRENT
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        _CURRENT = Dist()
+        return _CURRENT
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = torch.cuda.is_available() and device_name != "cpu"
+    if use_cuda:
+        torch.cuda.set_device(local)
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    _CURRENT = Dist(rank=rank, world_size=world, local_rank=local)
+    log.info("distributed: rank %d of %d (%s)", rank, world, "nccl" if use_cuda else "gloo")
+    return _CURRENT

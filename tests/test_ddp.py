@@ -1,0 +1,67 @@
+"""DistributedDataParallel on CPU (gloo): 2 processes under torchrun, identical weights, one set of files."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pandas as pd
+import pytest
+import torch
+
+from .conftest import demo_dict
+
+# Each rank records its own weights after every epoch into a folder of the test's (not the
+# run folder), so the test can compare ranks; the library itself writes from rank 0 only.
+CHILD = textwrap.dedent(
+    """
+    import json, sys, torch
+    from seg_toolkit.config import config_from_dict
+    from seg_toolkit.cv import run_cv
+    from seg_toolkit.distributed import init_distributed
+
+    cfg = config_from_dict(json.load(open(sys.argv[1])))
+    spy_dir = sys.argv[2]
+    d = init_distributed("cpu")
+    from seg_toolkit.distributed import Dist
+    original, epochs = Dist.average_buffers, [0]
+    def spy(self, model):  # each rank's weights at the end of every epoch, after the buffer averaging
+        original(self, model)
+        torch.save(model.state_dict(), f"{spy_dir}/rank{self.rank}_epoch{epochs[0]}.pt")
+        epochs[0] += 1
+    Dist.average_buffers = spy
+    run_cv(cfg)
+    """
+)
+
+
+@pytest.mark.slow
+def test_two_process_ddp_on_cpu(demo_root, tmp_path):
+    cfg_data = demo_dict(demo_root, tmp_path / "runs", folds={"n_splits": 2, "method": "kfold", "seed": 0, "only": [0]},
+                         train={"epochs": 2, "batch_size": 2, "num_workers": 0, "device": "cpu"})
+    cfg_path = tmp_path / "cfg.json"
+    cfg_path.write_text(json.dumps(cfg_data))
+    spy = tmp_path / "spy"
+    spy.mkdir()
+    script = tmp_path / "child.py"
+    script.write_text(CHILD)
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script), str(cfg_path), str(spy)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    for epoch in (0, 1):
+        a = torch.load(spy / f"rank0_epoch{epoch}.pt", weights_only=True)
+        b = torch.load(spy / f"rank1_epoch{epoch}.pt", weights_only=True)
+        for k in a:
+            assert torch.equal(a[k], b[k]), f"epoch {epoch}: {k} differs between ranks"
+    run = tmp_path / "runs" / "t"
+    metrics = pd.read_csv(run / "fold_0" / "metrics.csv")
+    assert metrics["epoch"].tolist() == [1, 2]  # one row per epoch: only rank 0 wrote
+    assert json.loads((run / "fold_0" / "done.json").read_text())["world_size"] == 2
+    assert sorted(p.name for p in run.iterdir()) == ["config.yaml", "cv.json", "fold_0", "folds.csv"]
+    # each rank trains on its own half: 6 training images -> 3 per rank, batch 2 with the partial
+    # batch dropped -> 1 update per epoch (a single process would make 3), 2 over the two epochs
+    assert torch.load(run / "fold_0" / "last.pt", weights_only=True)["step"] == 2
