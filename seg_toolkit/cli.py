@@ -136,6 +136,24 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0 if not problems else 1
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import build_report
+
+    print(f"report: {build_report(Path(args.run_dir), n_examples=args.examples)}")
+    return 0
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from .audit import audit, format_audit, write_audit
+
+    cfg = _config(args)
+    result = audit(cfg, decode_images=not args.headers_only)
+    print(format_audit(result))
+    out = write_audit(cfg, Path(args.out) if args.out else cfg.run_dir, result)
+    print(f"audit page: {out}")
+    return 1 if result.problems else 0
+
+
 # ----------------------------------------------------------------------------- parser
 
 
@@ -185,6 +203,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--empty-token", action="append", default=[""], help="tokens accepted for an empty mask")
     p.set_defaults(func=cmd_check_submission)
 
+    p = sub.add_parser("report", help="one self-contained HTML page of a run: CV, per-class table, confusion, curves, overlays")
+    p.add_argument("run_dir")
+    p.add_argument("--examples", type=int, default=4, help="best and worst OOF images to show")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("audit", help="check a competition folder: class frequencies, empty masks, sizes, every problem")
+    _add_config(p)
+    p.add_argument("--out", help="folder for audit.html (default: the run folder)")
+    p.add_argument("--headers-only", action="store_true", help="read image headers only (faster; misses truncated files)")
+    p.set_defaults(func=cmd_audit)
+
     p = sub.add_parser("models", help="list architectures and encoders")
     p.add_argument("--encoders", nargs="?", const="", metavar="FILTER", help="list encoders (optionally filtered)")
     p.set_defaults(func=cmd_models)
@@ -206,8 +235,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError, RLEError, SubmissionError, CheckpointError, RunExistsError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("\ninterrupted; the last finished epoch is checkpointed: add --resume to continue", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        print(f"\ninterrupted: {e}" if str(e) else "\ninterrupted; finished epochs are checkpointed: add --resume to continue",
+              file=sys.stderr)
         return 130
 
 

@@ -85,8 +85,20 @@ def run_cv(cfg: Config, folds: list[int] | None = None, resume: bool = False, ov
     for k in folds:
         log.info("fold %d/%d", k + 1, cfg.folds.n_splits)
         train_fold(cfg, k, samples, folds_df, run, resume=resume)
+        if d.is_main:
+            _write_curves(run)
     cv = compute_cv(cfg, run, samples) if d.is_main else None
     return d.broadcast(cv)
+
+
+def _write_curves(run: Path) -> None:
+    """Learning curves (HTML + PNG) of all folds so far; a plotting failure never stops training."""
+    from .plots import write_learning_curves
+
+    try:
+        write_learning_curves(run)
+    except Exception as e:  # noqa: BLE001
+        log.warning("learning curves not written: %s", e)
 
 
 def completed_folds(run: Path) -> list[int]:

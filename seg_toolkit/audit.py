@@ -1,0 +1,558 @@
+"""``seg-toolkit audit CONFIG``: what the training data holds, and everything wrong with it.
+
+:func:`audit` reads every training sample the config names, in either layout and for all
+three tasks, and collects (never raises) each problem with the file or CSV line and what
+was expected: missing, empty, unreadable or truncated images, masks of the wrong size or
+with values outside the classes, malformed RLE rows, bad ids, duplicate rows, masks
+without an image and images without a row. The messages are the data layer's own
+(:class:`seg_toolkit.data.DataError`), so they read exactly as training would report them,
+except that training stops at the first one.
+
+It also counts, over the samples that could be read: class pixel frequencies (void apart),
+images containing each class, empty masks (binary / multilabel: per class and images empty
+in every class), image sizes and PIL modes, and for mask files the raw values found.
+
+:func:`format_audit` renders a text report, :func:`write_audit` writes ``audit.html``
+(small, self-contained) and ``audit_problems.csv`` (every problem, one per row).
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+from PIL import Image
+from tqdm.auto import tqdm
+
+from .config import IGNORE_INDEX, Config, ConfigError
+from .data import DataError, Sample, class_colors, class_names, load_target, read_image, read_mask
+from .data.io import IMAGE_EXTS, image_size
+from .data.sources import check_id, read_csv_strict
+from .rle import RLEError, rle_area, rle_to_runs
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Problem", "AuditResult", "audit", "format_audit", "write_audit"]
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with the data: its kind, where (file or CSV line) and the full message."""
+
+    kind: str
+    where: str
+    message: str
+
+
+@dataclass
+class AuditResult:
+    """Counts over the readable samples, and every problem found."""
+
+    root: str
+    task: str
+    layout: str
+    class_names: list[str]
+    n_listed: int = 0  # samples the config names (rows / image files / list lines that could be parsed)
+    n_read: int = 0  # samples whose image and target were read without a problem (the counts below)
+    class_pixels: list[int] = field(default_factory=list)  # per class (binary / multilabel: per channel)
+    valid_pixels: list[int] = field(default_factory=list)  # non-void pixels per class: the frequencies' denominator
+    void_pixels: int = 0  # multiclass: void pixels; binary / multilabel: (pixel, channel) pairs that are void
+    total_pixels: int = 0  # pixels of the read images
+    images_with_class: list[int] = field(default_factory=list)
+    all_empty_images: Optional[int] = None  # binary / multilabel: images without foreground in any class
+    overlap_pixels: Optional[int] = None  # multilabel: pixels in more than one class
+    image_sizes: Counter = field(default_factory=Counter)  # (height, width) -> images
+    image_modes: Counter = field(default_factory=Counter)  # PIL mode -> images
+    mask_values: Counter = field(default_factory=Counter)  # mask files: raw value -> pixels
+    problems: list[Problem] = field(default_factory=list)
+
+    def add(self, kind: str, where: str, message: str) -> None:
+        self.problems.append(Problem(kind, str(where), message))
+
+    @property
+    def class_frequency(self) -> list[float]:
+        """Class pixels / non-void pixels, per class (NaN without pixels)."""
+        return [p / v if v else float("nan") for p, v in zip(self.class_pixels, self.valid_pixels)]
+
+    @property
+    def empty_images(self) -> list[int]:
+        """Images (read) without the class."""
+        return [self.n_read - n for n in self.images_with_class]
+
+    def problem_counts(self) -> Counter:
+        return Counter(p.kind for p in self.problems)
+
+
+# ----------------------------------------------------------------------------- problem kinds
+
+
+_KINDS = (  # (substring of a data-layer message, kind), first match wins
+    ("(0 bytes)", "empty_file"),
+    ("truncated or corrupt", "corrupt_image"),
+    ("too large", "image_too_large"),
+    ("max_image_pixels", "image_too_large"),
+    ("not a readable image", "unreadable_file"),
+    ("must have the same size", "size_mismatch"),
+    ("outside the classes", "mask_values"),
+    ("label map", "mask_format"),
+    ("expected (height, width)", "mask_format"),
+    ("RLE", "malformed_rle"),
+    ("not found", "missing_file"),
+)
+
+
+def _kind(message: str, default: str) -> str:
+    for needle, kind in _KINDS:
+        if needle in message:
+            return kind
+    return default
+
+
+# ----------------------------------------------------------------------------- listing samples, tolerantly
+
+
+@dataclass
+class _Listed:
+    sample: Sample
+    bad_target: bool = False  # a row of its target was already found malformed: the target is not read
+
+
+def _image_path(folder: Path, image_id: str, ext: str) -> Path:
+    """The image file of ``image_id`` (the rule of :mod:`seg_toolkit.data.sources`: ids may carry the extension)."""
+    if Path(image_id).suffix.lower() in IMAGE_EXTS:
+        return folder / image_id
+    return folder / f"{image_id}{ext}"
+
+
+def _csv_listed(cfg: Config, res: AuditResult) -> list[_Listed]:
+    """Samples of the csv layout, one problem per bad row instead of stopping at the first."""
+    d = cfg.data
+    path = cfg.data_path(d.train_csv)
+    cols = [d.id_column, d.rle_column] + ([d.class_column] if d.class_column else [])
+    try:
+        df = read_csv_strict(path, cols, "training CSV (data.train_csv)")
+    except DataError as e:
+        res.add(_kind(str(e), "csv"), path, str(e))
+        return []
+    if d.class_column is None and d.task != "binary":
+        res.add("config", "data.class_column",
+                f"data.class_column: a {d.task} task read from a CSV needs a class column (one row per image and class)")
+        return []
+    images = cfg.data_path(d.train_images)
+    n_cls = 1 if d.class_column is None else (d.num_classes if d.task == "multilabel" else d.num_classes - 1)
+    rles: dict[str, list[str]] = {}
+    bad: set[str] = set()
+    first: dict[str, int] = {}
+    classes = df[d.class_column].tolist() if d.class_column else [None] * len(df)
+    for k, (image_id, rle, cls) in enumerate(zip(df[d.id_column].tolist(), df[d.rle_column].tolist(), classes)):
+        line = k + 2  # the header is line 1
+        where = f"{path} line {line}"
+        try:
+            check_id(image_id, f"{where} (id {image_id!r})")
+        except DataError as e:
+            res.add("bad_id", where, str(e))
+            continue
+        try:
+            rle_to_runs(rle, np.iinfo(np.int64).max, f"{where} (id {image_id!r})")
+        except RLEError as e:
+            res.add("malformed_rle", where, str(e))
+            bad.add(image_id)
+            rle = ""
+        if cls is None:
+            if image_id in rles:
+                res.add("duplicate_row", where, f"{where}: duplicate id {image_id!r} (first at line {first[image_id] + 2}); "
+                        "expected one row per image")
+                continue
+            first[image_id] = k
+            rles[image_id] = [rle]
+            continue
+        try:
+            c = int(cls)
+        except ValueError:
+            res.add("bad_class", where, f"{where}: class {cls!r} in column {d.class_column!r} is not an integer")
+            continue
+        if not 1 <= c <= n_cls:
+            res.add("bad_class", where,
+                    f"{where}: class {c} is outside 1..{n_cls} (data.num_classes={d.num_classes}, task {d.task})")
+            continue
+        slots = rles.setdefault(image_id, [""] * n_cls)
+        first.setdefault(image_id, k)
+        if slots[c - 1] and rle:
+            res.add("duplicate_row", where, f"{where}: second non-empty row for image {image_id!r} class {c}")
+            bad.add(image_id)
+            continue
+        slots[c - 1] = slots[c - 1] or rle
+    listed = [
+        _Listed(Sample(i, _image_path(images, i, d.image_ext), rles=tuple(r), where=f"{path} line {first[i] + 2}"),
+                bad_target=i in bad)
+        for i, r in rles.items()
+    ]
+    if images.is_dir():  # images the CSV does not name are silently unused by training
+        named = {s.sample.image.name for s in listed}
+        for p in sorted(images.iterdir()):
+            if p.suffix.lower() == d.image_ext.lower() and p.name not in named:
+                res.add("unlisted_image", p, f"{p}: image has no row in {path}; training does not use it "
+                        "(if such images have empty masks, add rows with an empty mask)")
+    return listed
+
+
+def _folder_listed(cfg: Config, res: AuditResult) -> list[_Listed]:
+    d = cfg.data
+    images = cfg.data_path(d.train_images)
+    masks = cfg.data_path(d.train_masks)
+    if not images.is_dir():
+        res.add("missing_file", images, f"{images}: image folder (data.train_images) not found")
+        return []
+    files = sorted(p for p in images.iterdir() if p.suffix.lower() == d.image_ext.lower())
+    if not files:
+        res.add("missing_file", images, f"{images}: no *{d.image_ext} images (data.image_ext)")
+        return []
+    out = []
+    for p in files:
+        mask = masks / f"{p.stem}{d.mask_ext}"
+        if not mask.is_file():
+            res.add("missing_mask", mask, f"{mask}: mask for image {p.name} not found (data.train_masks)")
+            continue
+        out.append(_Listed(Sample(p.stem, p, mask=mask, where=str(p))))
+    if masks.is_dir():
+        stems = {p.stem for p in files}
+        for m in sorted(masks.iterdir()):
+            if m.suffix.lower() == d.mask_ext.lower() and m.stem not in stems:
+                res.add("orphan_mask", m, f"{m}: mask without an image ({images / (m.stem + d.image_ext)} not found)")
+    return out
+
+
+def _list_file_listed(cfg: Config, res: AuditResult) -> list[_Listed]:
+    root = Path(cfg.data.root)
+    out: list[_Listed] = []
+    seen: dict[str, str] = {}
+    for rel in cfg.data.train_lists:
+        path = root / rel
+        if not path.is_file():
+            res.add("missing_file", path, f"{path}: list file (data.train_lists) not found")
+            continue
+        for n, line in enumerate(path.read_text().splitlines(), start=1):
+            parts = line.split()
+            if not parts:
+                continue
+            where = f"{path} line {n}"
+            if len(parts) != 2:
+                res.add("bad_line", where, f"{where}: expected 'image mask' (two relative paths), got {line!r}")
+                continue
+            image, mask = root / parts[0], root / parts[1]
+            missing = [p for p in (image, mask) if not p.is_file()]
+            if missing:
+                for p in missing:
+                    res.add("missing_file", where, f"{where}: {p} not found")
+                continue
+            try:
+                image_id = check_id(Path(parts[0]).stem, where)
+            except DataError as e:
+                res.add("bad_id", where, str(e))
+                continue
+            if image_id in seen:
+                res.add("duplicate_row", where, f"{where}: id {image_id!r} listed twice (also at {seen[image_id]})")
+                continue
+            seen[image_id] = where
+            out.append(_Listed(Sample(image_id, image, mask=mask, where=where)))
+    return out
+
+
+def _listed_samples(cfg: Config, res: AuditResult) -> list[_Listed]:
+    if cfg.data.layout == "csv":
+        return _csv_listed(cfg, res)
+    if cfg.data.train_lists:
+        return _list_file_listed(cfg, res)
+    return _folder_listed(cfg, res)
+
+
+# ----------------------------------------------------------------------------- the pass over samples
+
+
+def _check_image(s: Sample, cfg: Config, res: AuditResult, decode: bool) -> Optional[tuple[int, int]]:
+    """The image's (height, width), its mode counted; None (and a problem) when it cannot be read."""
+    try:
+        if decode:
+            hw = read_image(s.image, cfg.data.in_channels, cfg.data.max_image_pixels).shape[:2]
+        else:
+            if s.image.is_file() and s.image.stat().st_size == 0:
+                raise DataError(f"{s.image}: file is empty (0 bytes)")
+            hw = image_size(s.image)
+    except DataError as e:
+        res.add(_kind(str(e), "image"), s.image, str(e))
+        return None
+    try:
+        with Image.open(s.image) as im:
+            res.image_modes[im.mode] += 1
+    except Exception:  # read above, so this does not happen; the mode is only informative
+        res.image_modes["?"] += 1
+    res.image_sizes[(int(hw[0]), int(hw[1]))] += 1
+    return int(hw[0]), int(hw[1])
+
+
+def _check_mask_values(s: Sample, cfg: Config, res: AuditResult) -> bool:
+    """Count a mask file's raw values; flag a binary mask with more than one foreground value. False if unreadable."""
+    d = cfg.data
+    assert s.mask is not None
+    try:
+        raw = read_mask(s.mask, d.max_image_pixels)
+    except DataError as e:
+        res.add(_kind(str(e), "mask"), s.mask, str(e))
+        return False
+    values, counts = np.unique(raw, return_counts=True)
+    for v, n in zip(values.tolist(), counts.tolist()):
+        res.mask_values[int(v)] += int(n)
+    if d.task == "binary":
+        fg = [v for v in values.tolist() if v != 0 and v != d.ignore_index]
+        if len(fg) > 1:
+            res.add("mask_values", s.mask,
+                    f"{s.mask}: binary mask has {len(fg)} foreground values {fg[:10]}; expected 0 and one foreground "
+                    "value (every value > 0 counts as foreground: a JPEG-compressed or anti-aliased mask?)")
+    return True
+
+
+def _count_target(target: np.ndarray, cfg: Config, res: AuditResult) -> None:
+    d = cfg.data
+    res.total_pixels += int(target.shape[0] * target.shape[1])
+    if d.task == "multiclass":
+        counts = np.bincount(target.ravel(), minlength=256)
+        valid = int(counts.sum() - counts[IGNORE_INDEX])
+        for c in range(d.num_classes):
+            res.class_pixels[c] += int(counts[c])
+            res.valid_pixels[c] += valid
+            res.images_with_class[c] += int(counts[c] > 0)
+        res.void_pixels += int(counts[IGNORE_INDEX])
+        return
+    fg = target == 1
+    void = target == IGNORE_INDEX
+    per_class = fg.sum((0, 1))
+    n_void = void.sum((0, 1))
+    hw = target.shape[0] * target.shape[1]
+    for c in range(d.num_classes):
+        res.class_pixels[c] += int(per_class[c])
+        res.valid_pixels[c] += int(hw - n_void[c])
+        res.images_with_class[c] += int(per_class[c] > 0)
+    res.void_pixels += int(n_void.sum())
+    res.all_empty_images = (res.all_empty_images or 0) + int(per_class.sum() == 0)
+    if d.task == "multilabel":
+        res.overlap_pixels = (res.overlap_pixels or 0) + int((fg.sum(-1) > 1).sum())
+
+
+def _check_overlap(s: Sample, target: np.ndarray, cfg: Config, res: AuditResult) -> None:
+    """Multiclass from per-class RLE rows: pixels claimed by two classes keep only the highest one."""
+    if cfg.data.task != "multiclass" or s.rles is None or len(s.rles) < 2:
+        return
+    claimed = sum(rle_area(r) for r in s.rles)
+    overlap = claimed - int((target != 0).sum())
+    if overlap > 0:
+        res.add("class_overlap", s.where,
+                f"{s.where} (id {s.id!r}): the RLE rows of different classes overlap on {overlap} pixel(s); a multiclass "
+                "label map keeps the highest class there (data.task multilabel would keep every class)")
+
+
+def audit(cfg: Config, decode_images: bool = True) -> AuditResult:
+    """Audit the training data ``cfg`` names (see the module doc); problems are collected, not raised.
+
+    ``decode_images``: decode every image fully (finds truncated files); ``False`` reads only
+    headers, which is faster but only finds missing, empty and unreadable files. Targets are
+    always decoded, since their pixels are counted.
+    """
+    d = cfg.data
+    n = d.num_classes
+    res = AuditResult(root=str(d.root), task=d.task, layout=d.layout, class_names=class_names(cfg),
+                      class_pixels=[0] * n, valid_pixels=[0] * n, images_with_class=[0] * n)
+    if d.task != "multiclass":
+        res.all_empty_images = 0
+    if d.task == "multilabel":
+        res.overlap_pixels = 0
+    if d.layout == "folder" and d.task == "multilabel":
+        res.add("config", "data.task", "data.task: multilabel masks need the csv layout with data.class_column")
+        return res
+    listed = _listed_samples(cfg, res)
+    res.n_listed = len(listed)
+    for item in tqdm(listed, desc="audit", unit="image", leave=False, disable=None):
+        s = item.sample
+        hw = _check_image(s, cfg, res, decode_images)
+        if hw is None or item.bad_target:
+            continue
+        if s.mask is not None and not _check_mask_values(s, cfg, res):
+            continue
+        try:
+            target = load_target(s, cfg, hw)
+        except (DataError, ConfigError) as e:
+            res.add(_kind(str(e), "mask"), s.mask if s.mask is not None else s.where, str(e))
+            continue
+        _count_target(target, cfg, res)
+        _check_overlap(s, target, cfg, res)
+        res.n_read += 1
+    log.info("audit of %s: %d samples, %d read, %d problem(s)", d.root, res.n_listed, res.n_read, len(res.problems))
+    return res
+
+
+# ----------------------------------------------------------------------------- text
+
+
+def _pct(num: float, den: float) -> str:
+    return f"{100.0 * num / den:.2f}%" if den else "-"
+
+
+def _text_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    line = lambda r: "  ".join(str(x).ljust(w) if i == 0 else str(x).rjust(w) for i, (x, w) in enumerate(zip(r, widths)))  # noqa: E731
+    return [line(header), "  ".join("-" * w for w in widths)] + [line(r) for r in rows]
+
+
+def _class_rows(res: AuditResult) -> list[list[str]]:
+    rows = []
+    for c, name in enumerate(res.class_names):
+        row = [name, f"{res.class_pixels[c]:,}", _pct(res.class_pixels[c], res.valid_pixels[c]),
+               f"{res.images_with_class[c]} ({_pct(res.images_with_class[c], res.n_read)})"]
+        if res.task != "multiclass":
+            row.append(f"{res.empty_images[c]} ({_pct(res.empty_images[c], res.n_read)})")
+        rows.append(row)
+    return rows
+
+
+def _class_header(res: AuditResult) -> list[str]:
+    header = ["class", "pixels", "share of non-void", "images with class"]
+    return header + (["empty images"] if res.task != "multiclass" else [])
+
+
+def _sizes(res: AuditResult) -> list[tuple[str, int]]:
+    return [(f"{h}x{w}", n) for (h, w), n in res.image_sizes.most_common()]
+
+
+def format_audit(result: AuditResult, max_per_kind: int = 20) -> str:
+    """A plain-text report of ``result``: counts, then the problems grouped by kind (``max_per_kind`` shown each)."""
+    r = result
+    out = [f"Audit of {r.root} ({r.task}, {r.layout} layout): {r.n_listed} sample(s) listed, "
+           f"{r.n_read} read without a problem, {len(r.problems)} problem(s)", ""]
+    out.append("Class pixels (of the samples read; frequencies exclude void):")
+    out += ["  " + x for x in _text_table(_class_header(r), _class_rows(r))]
+    void_what = "pixels" if r.task == "multiclass" else "(pixel, class) pairs"
+    out.append(f"  void: {r.void_pixels:,} {void_what}"
+               + (f" ({_pct(r.void_pixels, r.total_pixels)} of all pixels)" if r.task == "multiclass" else ""))
+    if r.all_empty_images is not None:
+        out.append(f"  images empty in every class: {r.all_empty_images} of {r.n_read} ({_pct(r.all_empty_images, r.n_read)})")
+    if r.overlap_pixels is not None:
+        out.append(f"  pixels in more than one class: {r.overlap_pixels:,}")
+    out.append("")
+    sizes = _sizes(r)
+    out.append(f"Image sizes (HxW), {len(sizes)} distinct: " + (", ".join(f"{s}: {n}" for s, n in sizes[:12]) or "-")
+               + (f", ... ({len(sizes) - 12} more)" if len(sizes) > 12 else ""))
+    out.append("Image modes: " + (", ".join(f"{m}: {n}" for m, n in r.image_modes.most_common()) or "-"))
+    if r.mask_values:
+        vals = sorted(r.mask_values.items())
+        out.append(f"Mask file values ({len(vals)} distinct, pixels): " + ", ".join(f"{v}: {n:,}" for v, n in vals[:20])
+                   + (" ..." if len(vals) > 20 else ""))
+    out.append("")
+    if not r.problems:
+        out.append("No problems found.")
+        return "\n".join(out)
+    counts = r.problem_counts()
+    out.append(f"Problems ({len(r.problems)}): " + ", ".join(f"{k} {n}" for k, n in counts.most_common()))
+    for kind, n in counts.most_common():
+        out.append(f"  [{kind}]")
+        shown = [p for p in r.problems if p.kind == kind][:max_per_kind]
+        out += [f"    {p.message}" for p in shown]
+        if n > len(shown):
+            out.append(f"    ... and {n - len(shown)} more (all in audit_problems.csv)")
+    return "\n".join(out)
+
+
+# ----------------------------------------------------------------------------- html
+
+
+_CSS = """
+body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px auto;max-width:1100px;color:#222;padding:0 16px}
+h1{font-size:22px} h2{font-size:18px;margin-top:28px;border-bottom:1px solid #ddd;padding-bottom:4px}
+table{border-collapse:collapse;margin:8px 0;font-size:14px} th,td{border:1px solid #ddd;padding:4px 9px;text-align:right}
+th{background:#f4f4f4} .l{text-align:left} .muted{color:#777;font-size:13px} td.msg{text-align:left;font-family:monospace;font-size:12px}
+.bar{height:14px;display:inline-block;vertical-align:middle;border:1px solid #555;min-width:1px}
+.ok{color:#2a7d2a;font-weight:600} .bad{color:#b03020;font-weight:600}
+"""
+
+
+def _html_table(header: list[str], rows: list[list[str]], left: int = 1, cls: Optional[list[str]] = None) -> str:
+    th = "".join(f"<th class='l'>{h}</th>" if i < left or (cls and i < len(cls) and cls[i]) else f"<th>{h}</th>"
+                 for i, h in enumerate(header))
+    body = []
+    for r in rows:
+        tds = []
+        for i, c in enumerate(r):
+            klass = (cls[i] if cls and i < len(cls) and cls[i] else ("l" if i < left else ""))
+            tds.append(f"<td class='{klass}'>{c}</td>" if klass else f"<td>{c}</td>")
+        body.append("<tr>" + "".join(tds) + "</tr>")
+    return f"<table><tr>{th}</tr>{''.join(body)}</table>"
+
+
+def _audit_html(r: AuditResult, colors: np.ndarray, max_problems: int = 5000) -> str:
+    e = html.escape
+    freqs = r.class_frequency
+    top = max([f for f in freqs if f == f] or [0.0]) or 1.0
+    rows = []
+    for c, row in enumerate(_class_rows(r)):
+        f = freqs[c]
+        width = 0 if f != f else max(1, round(260 * f / top))
+        rgb = tuple(int(v) for v in colors[c])
+        bar = f"<span class='bar' style='width:{width}px;background:rgb{rgb}'></span> {_pct(r.class_pixels[c], r.valid_pixels[c])}"
+        rows.append([e(row[0]), row[1], bar] + row[3:])
+    header = _class_header(r)
+    status = (f"<span class='ok'>no problems found</span>" if not r.problems
+              else f"<span class='bad'>{len(r.problems)} problem(s)</span>")
+    parts = [
+        f"<h1>Data audit: {e(r.root)}</h1>",
+        f"<p>{e(r.task)} task, {e(r.layout)} layout: {r.n_listed} sample(s) listed, {r.n_read} read without a problem; {status}.</p>",
+        "<h2>Classes</h2>",
+        _html_table(header, rows, cls=["l", "", "l"]),
+        "<p class='muted'>Over the samples read without a problem. Share = class pixels / non-void pixels "
+        "(bars relative to the largest class). "
+        + e(f"Void: {r.void_pixels:,} " + ("pixels" if r.task == "multiclass" else "(pixel, class) pairs") + ".")
+        + (e(f" Images empty in every class: {r.all_empty_images} of {r.n_read} ({_pct(r.all_empty_images, r.n_read)}).")
+           if r.all_empty_images is not None else "")
+        + (e(f" Pixels in more than one class: {r.overlap_pixels:,}.") if r.overlap_pixels is not None else "")
+        + "</p>",
+        "<h2>Images</h2>",
+        _html_table(["size (HxW)", "images"], [[s, str(n)] for s, n in _sizes(r)]),
+        _html_table(["mode", "images"], [[e(m), str(n)] for m, n in r.image_modes.most_common()]),
+    ]
+    if r.mask_values:
+        parts.append(_html_table(["mask file value", "pixels"], [[str(v), f"{n:,}"] for v, n in sorted(r.mask_values.items())]))
+    parts.append("<h2>Problems</h2>")
+    if r.problems:
+        parts.append(_html_table(["kind", "count"], [[e(k), str(n)] for k, n in r.problem_counts().most_common()]))
+        shown = r.problems[:max_problems]
+        parts.append(_html_table(["kind", "where", "message"],
+                                 [[e(p.kind), e(p.where), e(p.message)] for p in shown], left=2,
+                                 cls=["l", "l", "msg"]))
+        if len(r.problems) > len(shown):
+            parts.append(f"<p class='muted'>{len(r.problems) - len(shown)} more in audit_problems.csv</p>")
+    else:
+        parts.append("<p class='ok'>No problems found.</p>")
+    return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>Data audit: {e(r.root)}</title>"
+            f"<style>{_CSS}</style></head><body>{''.join(parts)}</body></html>")
+
+
+def write_audit(cfg: Config, out_dir: Path, result: Optional[AuditResult] = None) -> Path:
+    """Audit (unless ``result`` is given) and write ``audit.html`` and ``audit_problems.csv`` into ``out_dir``.
+
+    Returns the path of ``audit.html``.
+    """
+    from .plots import atomic_write
+
+    res = result if result is not None else audit(cfg)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    page = atomic_write(out_dir / "audit.html", _audit_html(res, class_colors(cfg)))
+    with (out_dir / "audit_problems.csv").open("w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["kind", "where", "message"])
+        w.writerows([p.kind, p.where, p.message] for p in res.problems)
+    log.info("audit written to %s", page)
+    return page

@@ -1,0 +1,275 @@
+"""Data audit: counts against hand counts, and every planted problem reported with its file / row."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from seg_toolkit.audit import audit, format_audit, write_audit
+from seg_toolkit.config import config_from_dict
+from seg_toolkit.data import load_train_samples
+from seg_toolkit.rle import rle_area, rle_encode
+
+from .conftest import demo_dict
+
+
+def _png(path: Path, arr: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path)
+    return path
+
+
+def _rgb(h: int, w: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 255, (h, w, 3), dtype=np.uint8)
+
+
+def _binary_cfg(root: Path, **data):
+    return config_from_dict({"data": {"root": str(root), "task": "binary", "num_classes": 1, **data},
+                             "folds": {"n_splits": 2}})
+
+
+def _multiclass_folder_cfg(root: Path, **data):
+    return config_from_dict({
+        "data": {"root": str(root), "task": "multiclass", "num_classes": 3, "layout": "folder", "ignore_index": 255,
+                 "class_names": ["sky", "road", "car"], **data},
+        "folds": {"n_splits": 2}, "loss": {"ce": 1.0},
+    })
+
+
+def _kinds(res) -> dict[str, list]:
+    out: dict[str, list] = {}
+    for p in res.problems:
+        out.setdefault(p.kind, []).append(p)
+    return out
+
+
+# ----------------------------------------------------------------------------- counts
+
+
+def test_binary_csv_counts_equal_hand_count(tmp_path):
+    masks = [np.zeros((4, 5), np.uint8) for _ in range(3)]
+    masks[1][1:3, 1:4] = 1  # 6 pixels
+    masks[2][0, 0:3] = 1  # 3 pixels
+    rows = []
+    for i, m in enumerate(masks):
+        _png(tmp_path / "train/images" / f"im{i}.png", _rgb(4, 5, i))
+        rows.append({"id": f"im{i}", "rle_mask": rle_encode(m)})
+    _png(tmp_path / "train/images/gray.png", np.full((6, 5), 9, np.uint8))  # a grayscale image with a row
+    rows.append({"id": "gray", "rle_mask": "1 2"})  # 2 pixels
+    pd.DataFrame(rows).to_csv(tmp_path / "train.csv", index=False)
+
+    res = audit(_binary_cfg(tmp_path))
+    assert res.problems == []
+    assert res.n_listed == res.n_read == 4
+    assert res.class_pixels == [6 + 3 + 2]
+    assert res.valid_pixels == [3 * 20 + 30]
+    assert res.class_frequency == [pytest.approx(11 / 90)]
+    assert res.images_with_class == [3] and res.empty_images == [1] and res.all_empty_images == 1
+    assert res.image_sizes == {(4, 5): 3, (6, 5): 1}
+    assert res.image_modes == {"RGB": 3, "L": 1}
+    text = format_audit(res)
+    assert "No problems found." in text and "4x5: 3" in text and "6x5: 1" in text and "12.22%" in text
+
+
+def test_multiclass_folder_counts_with_void(tmp_path):
+    a = np.array([[0, 1, 1, 2],
+                  [0, 0, 255, 2],
+                  [1, 1, 1, 0]], np.uint8)
+    b = np.array([[255, 255, 0, 0],
+                  [2, 2, 2, 2],
+                  [0, 0, 0, 0]], np.uint8)
+    for name, m in (("a", a), ("b", b)):
+        _png(tmp_path / "train/images" / f"{name}.png", _rgb(3, 4))
+        _png(tmp_path / "train/masks" / f"{name}.png", m)
+    res = audit(_multiclass_folder_cfg(tmp_path))
+    assert res.problems == []
+    # by hand: class 0 -> a: 4, b: 6; class 1 -> a: 5; class 2 -> a: 2, b: 4; void -> a: 1, b: 2
+    assert res.class_pixels == [10, 5, 6]
+    assert res.void_pixels == 3
+    assert res.valid_pixels == [21, 21, 21]
+    assert res.images_with_class == [2, 1, 2]
+    assert res.mask_values == {0: 10, 1: 5, 2: 6, 255: 3}
+    text = format_audit(res)
+    for name in ("sky", "road", "car"):
+        assert name in text
+    assert "void: 3 pixels" in text
+
+
+def test_multilabel_demo_counts_equal_rle_areas(demo_root):
+    cfg = config_from_dict(demo_dict(demo_root, Path("unused")))
+    res = audit(cfg)
+    df = pd.read_csv(demo_root / "train.csv", dtype=str, keep_default_na=False)
+    areas = df.assign(a=df.EncodedPixels.map(rle_area)).groupby("ClassId").a.sum()
+    assert res.problems == [] and res.n_read == 12
+    assert res.class_pixels == [int(areas[str(c)]) for c in (1, 2, 3)]
+    assert res.valid_pixels == [12 * 48 * 64] * 3
+    nonempty = df[df.EncodedPixels != ""]
+    assert res.images_with_class == [int((nonempty.ClassId == str(c)).sum()) for c in (1, 2, 3)]
+    assert res.all_empty_images == 12 - nonempty.ImageId.nunique()
+    assert res.n_listed == len(load_train_samples(cfg))
+
+
+@pytest.mark.parametrize("layout", ["csv_classes", "csv_binary", "folder", "lists"])
+def test_audit_lists_the_samples_training_uses(layout, demo_root, tmp_path):
+    from seg_toolkit.audit import AuditResult, _listed_samples
+
+    if layout == "csv_classes":
+        cfg = config_from_dict(demo_dict(demo_root, Path("unused")))
+    elif layout == "csv_binary":
+        _png(tmp_path / "train/images/x.png", _rgb(4, 4))
+        _png(tmp_path / "train/images/y.png", _rgb(4, 4))
+        pd.DataFrame({"id": ["y", "x"], "rle_mask": ["1 3", ""]}).to_csv(tmp_path / "train.csv", index=False)
+        cfg = _binary_cfg(tmp_path)
+    else:
+        for name in ("b", "a"):
+            _png(tmp_path / "train/images" / f"{name}.png", _rgb(4, 4))
+            _png(tmp_path / "train/masks" / f"{name}.png", np.zeros((4, 4), np.uint8))
+        (tmp_path / "l.txt").write_text("train/images/b.png train/masks/b.png\ntrain/images/a.png train/masks/a.png\n")
+        cfg = _multiclass_folder_cfg(tmp_path, train_lists=["l.txt"] if layout == "lists" else [])
+    res = AuditResult("", "", "", [])
+    listed = [x.sample for x in _listed_samples(cfg, res)]
+    assert res.problems == []
+    assert [(s.id, s.image, s.mask, s.rles) for s in listed] == [
+        (s.id, s.image, s.mask, s.rles) for s in load_train_samples(cfg)]
+
+
+# ----------------------------------------------------------------------------- planted problems
+
+
+@pytest.fixture
+def broken_csv_comp(tmp_path) -> Path:
+    """A binary csv-layout competition with one problem per image from im1 on."""
+    hw = (20, 30)
+    rows = []
+    for i in range(8):
+        _png(tmp_path / "train/images" / f"im{i}.png", _rgb(*hw, i))
+        m = np.zeros(hw, np.uint8)
+        m[2:6, 3:9] = 1
+        rows.append({"id": f"im{i}", "rle_mask": rle_encode(m)})
+    (tmp_path / "train/images/im1.png").write_bytes(b"")  # zero bytes
+    data = (tmp_path / "train/images/im2.png").read_bytes()
+    (tmp_path / "train/images/im2.png").write_bytes(data[: len(data) // 2])  # truncated
+    rows[3]["rle_mask"] = "5 3 1 2"  # unsorted runs (train.csv line 5)
+    rows[4]["rle_mask"] = "590 20"  # past the 600 pixels of a 20x30 image (line 6)
+    (tmp_path / "train/images/im5.png").unlink()  # row without an image
+    rows[6]["rle_mask"] = "1 x"  # not an integer (line 8)
+    rows.append({"id": "im0", "rle_mask": ""})  # duplicate id (line 10)
+    _png(tmp_path / "train/images/extra.png", _rgb(*hw))  # image without a row
+    pd.DataFrame(rows).to_csv(tmp_path / "train.csv", index=False)
+    return tmp_path
+
+
+def test_csv_layout_problems_are_all_reported(broken_csv_comp):
+    root = broken_csv_comp
+    res = audit(_binary_cfg(root))
+    kinds = _kinds(res)
+    img = root / "train/images"
+    csv = root / "train.csv"
+
+    (p,) = kinds["empty_file"]
+    assert p.where == str(img / "im1.png") and "file is empty (0 bytes)" in p.message
+    (p,) = kinds["corrupt_image"]
+    assert p.where == str(img / "im2.png") and "truncated or corrupt" in p.message
+    rle = {p.where: p.message for p in kinds["malformed_rle"]}
+    assert set(rle) == {f"{csv} line 5", f"{csv} line 6", f"{csv} line 8"}
+    assert "RLE runs are unsorted" in rle[f"{csv} line 5"] and "(id 'im3')" in rle[f"{csv} line 5"]
+    assert "past the image's 600 pixels" in rle[f"{csv} line 6"] and "(id 'im4')" in rle[f"{csv} line 6"]
+    assert "RLE token 'x' is not an integer" in rle[f"{csv} line 8"]
+    (p,) = kinds["missing_file"]
+    assert p.where == str(img / "im5.png") and "file not found" in p.message
+    (p,) = kinds["duplicate_row"]
+    assert p.where == f"{csv} line 10" and "duplicate id 'im0'" in p.message and "line 2" in p.message
+    (p,) = kinds["unlisted_image"]
+    assert p.where == str(img / "extra.png")
+    assert len(res.problems) == 8
+    # only the good images are counted: im0 and im7, 4x6 foreground pixels each
+    assert res.n_listed == 8 and res.n_read == 2 and res.class_pixels == [48]
+    assert res.image_sizes == {(20, 30): 5}  # readable images: im0, im3, im4, im6 (rows bad, images fine), im7
+
+    text = format_audit(res)
+    for problem in res.problems:
+        assert problem.message in text
+    assert re.search(r"Problems \(8\): ", text)
+
+
+def test_folder_layout_problems_are_all_reported(tmp_path):
+    hw = (6, 8)
+    good = np.zeros(hw, np.uint8)
+    good[1:3, 2:5] = 1
+    for name in ("ok", "small", "badval", "rgb", "nomask"):
+        _png(tmp_path / "train/images" / f"{name}.png", _rgb(*hw))
+    _png(tmp_path / "train/masks/ok.png", good)
+    _png(tmp_path / "train/masks/small.png", good[:4])  # wrong size
+    bad = good.copy()
+    bad[0, 0] = 7  # outside the classes 0..2 and the void 255
+    _png(tmp_path / "train/masks/badval.png", bad)
+    _png(tmp_path / "train/masks/rgb.png", np.stack([good] * 3, -1))  # colours, not class ids
+    _png(tmp_path / "train/masks/orphan.png", good)  # no image
+    res = audit(_multiclass_folder_cfg(tmp_path))
+    kinds = _kinds(res)
+    masks = tmp_path / "train/masks"
+
+    (p,) = kinds["size_mismatch"]
+    assert p.where == str(masks / "small.png") and "mask is 4x8 (HxW) but its image small.png is 6x8" in p.message
+    (p,) = kinds["mask_values"]
+    assert p.where == str(masks / "badval.png") and "mask values [7] are outside the classes 0..2" in p.message
+    (p,) = kinds["mask_format"]
+    assert p.where == str(masks / "rgb.png") and "mask is RGB" in p.message
+    (p,) = kinds["missing_mask"]
+    assert p.where == str(masks / "nomask.png") and "mask for image nomask.png not found" in p.message
+    (p,) = kinds["orphan_mask"]
+    assert p.where == str(masks / "orphan.png")
+    assert len(res.problems) == 5
+    assert res.n_read == 1 and res.class_pixels == [48 - 6, 6, 0]
+
+
+def test_binary_mask_with_many_foreground_values(tmp_path):
+    m = np.zeros((5, 5), np.uint8)
+    m[1:4, 1:4] = 255
+    m[2, 2] = 250  # e.g. a JPEG-compressed mask
+    _png(tmp_path / "train/images/a.png", _rgb(5, 5))
+    _png(tmp_path / "train/masks/a.png", m)
+    res = audit(_binary_cfg(tmp_path, layout="folder"))
+    (p,) = res.problems
+    assert p.kind == "mask_values" and "2 foreground values [250, 255]" in p.message
+    assert res.class_pixels == [9]  # still counted, as training would read it (> 0 is foreground)
+
+
+def test_list_file_problems(tmp_path):
+    _png(tmp_path / "img/a.png", _rgb(4, 4))
+    _png(tmp_path / "lbl/a.png", np.zeros((4, 4), np.uint8))
+    (tmp_path / "train.txt").write_text("img/a.png lbl/a.png\nimg/b.png lbl/b.png\njust-one-path\nimg/a.png lbl/a.png\n")
+    res = audit(_multiclass_folder_cfg(tmp_path, train_lists=["train.txt"]))
+    lst = tmp_path / "train.txt"
+    got = {(p.kind, p.where) for p in res.problems}
+    assert got == {("missing_file", f"{lst} line 2"), ("bad_line", f"{lst} line 3"), ("duplicate_row", f"{lst} line 4")}
+    assert sum("not found" in p.message for p in res.problems) == 2  # image and mask of line 2
+    assert res.n_read == 1 and res.class_pixels == [16, 0, 0]
+
+
+def test_structural_problems_are_reported_not_raised(tmp_path):
+    res = audit(_binary_cfg(tmp_path))  # no train.csv at all
+    (p,) = res.problems
+    assert p.kind == "missing_file" and "train.csv: training CSV (data.train_csv) not found" in p.message
+    assert res.n_listed == 0 and "Problems (1)" in format_audit(res)
+
+
+def test_write_audit_html_and_csv(broken_csv_comp, tmp_path):
+    out = write_audit(_binary_cfg(broken_csv_comp), tmp_path / "out")
+    assert out == tmp_path / "out" / "audit.html"
+    page = out.read_text()
+    assert "<script" not in page and "http://" not in page and "https://" not in page  # small and self-contained
+    assert "foreground" in page and "malformed_rle" in page and "train.csv line 5" in page
+    problems = pd.read_csv(tmp_path / "out" / "audit_problems.csv")
+    assert len(problems) == 8 and list(problems.columns) == ["kind", "where", "message"]
+
+
+def test_header_only_mode_skips_decoding(broken_csv_comp):
+    res = audit(_binary_cfg(broken_csv_comp), decode_images=False)
+    kinds = _kinds(res)
+    assert "empty_file" in kinds and "corrupt_image" not in kinds  # a truncated file has a valid header
