@@ -10,11 +10,14 @@ probabilities of the best weights, uint8, at the image's own size) and ``done.js
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import logging
 import math
 import os
 import random
+import signal
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -51,6 +54,7 @@ class TrainState:
     best_score: float = -math.inf
     best_epoch: int = -1
     bad_epochs: int = 0
+    batch: int = 0  # batches already done in epoch ``epoch`` (a checkpoint saved on Ctrl-C)
 
 
 def fold_dir(run_dir: Path, fold: int) -> Path:
@@ -66,14 +70,35 @@ def completed_folds_dirs(run_dir: Path) -> list[Path]:
 
 
 def train_fold(cfg: Config, fold: int, samples: list[Sample], folds: pd.DataFrame, run_dir: Path, resume: bool = False) -> dict[str, Any]:
-    """Train fold ``fold`` (validating on it), write its files, and return its summary."""
+    """Train fold ``fold`` (validating on it), write its files, and return its summary.
+
+    A NaN/inf loss stops the attempt; with ``train.nan_retries`` the fold starts again with
+    ``optim.lr * train.nan_lr_factor``, the failed attempt's files moved to ``failed_attempt_<n>/``.
+    """
     out = fold_dir(run_dir, fold)
     done = out / "done.json"
     if done.is_file():
         log.info("fold %d already complete (%s); not retrained", fold, done)
         return json.loads(done.read_text())
     out.mkdir(parents=True, exist_ok=True)
+    attempt_cfg = cfg
+    for attempt in range(cfg.train.nan_retries + 1):
+        try:
+            return train_attempt(attempt_cfg, fold, samples, folds, out, resume)
+        except NonFiniteLossError as e:
+            if attempt == cfg.train.nan_retries:
+                raise
+            aside = set_attempt_aside(out, attempt + 1)
+            lr = attempt_cfg.optim.lr * cfg.train.nan_lr_factor
+            attempt_cfg = dataclasses.replace(attempt_cfg, optim=dataclasses.replace(attempt_cfg.optim, lr=lr))
+            log.warning("%s\nretrying fold %d from scratch with optim.lr=%g (retry %d of %d); the failed attempt's files are in %s",
+                        e, fold, lr, attempt + 1, cfg.train.nan_retries, aside)
+            resume = False
+    raise AssertionError("unreachable")  # pragma: no cover
 
+
+def train_attempt(cfg: Config, fold: int, samples: list[Sample], folds: pd.DataFrame, out: Path, resume: bool) -> dict[str, Any]:
+    """One training attempt of a fold, from scratch or from its last checkpoint."""
     d = get_dist()
     device = resolve_device(cfg.train.device, d)
     seed_everything(cfg.train.seed + fold, cfg.train.deterministic)
@@ -89,30 +114,84 @@ def train_fold(cfg: Config, fold: int, samples: list[Sample], folds: pd.DataFram
         state = restore(out, model, ema, optimizer, schedule, scaler)
     forward_model = wrap_for_training(cfg, model, device, d)
 
-    for epoch in range(state.epoch, cfg.train.epochs):
-        set_frozen_encoder(model, epoch < cfg.model.freeze_encoder_epochs)
-        train_loader.sampler.set_epoch(epoch)
-        t0 = time.perf_counter()
-        train_stats = train_one_epoch(cfg, forward_model, ema, loss_fn, optimizer, schedule, scaler, train_loader, state, fold, epoch, device)
-        d.average_buffers(model)
-        val_stats = d.broadcast(validate_epoch(cfg, model, ema, loss_fn, valid_loader, device) if d.is_main else None)
-        schedule.step_epoch(epoch, val_stats["val_score"])
-        improved = update_best(state, val_stats["val_score"], epoch, cfg.train.early_stopping_min_delta)
-        state.epoch = epoch + 1
-        if d.is_main:
-            save_epoch(cfg, out, model, ema, optimizer, schedule, scaler, state, improved)
-            log_epoch(out / "metrics.csv", fold, epoch, optimizer, train_stats, val_stats, improved, time.perf_counter() - t0)
-        if should_stop(state, cfg):
-            log.info("fold %d: early stop after epoch %d (best %.4f at epoch %d)", fold, epoch, state.best_score, state.best_epoch)
-            break
+    with GracefulStop() as stop:
+        for epoch in range(state.epoch, cfg.train.epochs):
+            set_frozen_encoder(model, epoch < cfg.model.freeze_encoder_epochs)
+            train_loader.sampler.set_epoch(epoch, start=state.batch * cfg.train.batch_size)
+            t0 = time.perf_counter()
+            try:
+                train_stats = train_one_epoch(cfg, forward_model, ema, loss_fn, optimizer, schedule, scaler, train_loader,
+                                              state, fold, epoch, device, stop)
+            except TrainingInterrupted as e:
+                state.batch += e.batches_done
+                if d.is_main:
+                    save_epoch(cfg, out, model, ema, optimizer, schedule, scaler, state, improved=False)
+                raise KeyboardInterrupt(
+                    f"fold {fold} interrupted in epoch {epoch + 1} after {state.batch} batches; "
+                    f"checkpoint saved to {out / 'last.pt'}: add --resume to continue exactly from there"
+                ) from None
+            state.batch = 0
+            d.average_buffers(model)
+            val_stats = d.broadcast(validate_epoch(cfg, model, ema, loss_fn, valid_loader, device) if d.is_main else None)
+            schedule.step_epoch(epoch, val_stats["val_score"])
+            improved = update_best(state, val_stats["val_score"], epoch, cfg.train.early_stopping_min_delta)
+            state.epoch = epoch + 1
+            if d.is_main:
+                save_epoch(cfg, out, model, ema, optimizer, schedule, scaler, state, improved)
+                log_epoch(out / "metrics.csv", fold, epoch, optimizer, train_stats, val_stats, improved, time.perf_counter() - t0)
+            if should_stop(state, cfg):
+                log.info("fold %d: early stop after epoch %d (best %.4f at epoch %d)", fold, epoch + 1, state.best_score, state.best_epoch + 1)
+                break
 
     summary = None
     if d.is_main:
         summary = write_oof(cfg, out, model, ema, valid_loader, device)
-        summary.update(fold=fold, best_epoch=state.best_epoch, best_val_score=state.best_score, epochs_run=state.epoch,
-                       n_train=len(train_set), n_valid=len(valid_set), world_size=d.world_size)
-        done.write_text(json.dumps(summary, indent=2))
+        summary.update(fold=fold, best_epoch=state.best_epoch + 1, best_val_score=state.best_score, epochs_run=state.epoch,
+                       n_train=len(train_set), n_valid=len(valid_set), world_size=d.world_size, optim_lr=cfg.optim.lr)
+        (out / "done.json").write_text(json.dumps(summary, indent=2))
     return d.broadcast(summary)
+
+
+def set_attempt_aside(out: Path, n: int) -> Path:
+    """Move a failed attempt's files into ``out/failed_attempt_<n>/`` (nothing is deleted)."""
+    aside = out / f"failed_attempt_{n}"
+    aside.mkdir()
+    for p in list(out.iterdir()):
+        if not p.name.startswith("failed_attempt_"):
+            os.replace(p, aside / p.name)
+    return aside
+
+
+class TrainingInterrupted(Exception):
+    """Raised inside the epoch loop after a Ctrl-C, at the first optimiser-step boundary."""
+
+    def __init__(self, batches_done: int) -> None:
+        super().__init__(f"interrupted after {batches_done} batches")
+        self.batches_done = batches_done
+
+
+class GracefulStop:
+    """While active, a first Ctrl-C (SIGINT) only sets a flag; the loop stops at the next
+    optimiser-step boundary and checkpoints. A second Ctrl-C interrupts at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous = None
+
+    def _handler(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        log.warning("Ctrl-C: stopping after the current step and saving a checkpoint (press again to abort at once)")
+
+    def __enter__(self) -> "GracefulStop":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
 
 
 # ----------------------------------------------------------------------------- set-up steps
@@ -158,6 +237,9 @@ def build_loaders(cfg: Config, train_set: list[Sample], valid_set: list[Sample],
     workers = t.num_workers
     common = dict(num_workers=workers, pin_memory=t.pin_memory and device.type == "cuda", collate_fn=collate,
                   persistent_workers=t.persistent_workers and workers > 0)
+    # the loaders get generators of their own: creating an iterator must not draw from torch's
+    # global RNG (used by dropout), or a run resumed mid-epoch would replay different masks
+    common["generator"] = torch.Generator().manual_seed(t.seed)
     sampler = EpochSampler(len(train_set), shuffle=True, seed=t.seed, rank=d.rank, world_size=d.world_size)
     train_loader = DataLoader(SegDataset(train_set, cfg, "train"), batch_size=t.batch_size, sampler=sampler,
                               drop_last=len(train_set) > t.batch_size, **common)
@@ -217,7 +299,8 @@ def _to_device(batch: dict[str, Any], cfg: Config, device: torch.device) -> tupl
     return images, target
 
 
-def train_one_epoch(cfg, model, ema, loss_fn, optimizer, schedule, scaler, loader, state: TrainState, fold: int, epoch: int, device) -> dict[str, float]:
+def train_one_epoch(cfg, model, ema, loss_fn, optimizer, schedule, scaler, loader, state: TrainState, fold: int, epoch: int, device,
+                    stop: GracefulStop | None = None) -> dict[str, float]:
     """One pass over the training set; returns mean loss terms, learning rate and images/s.
 
     Loss values stay on the device and are read back every ``sync_every`` steps (every
@@ -244,6 +327,8 @@ def train_one_epoch(cfg, model, ema, loss_fn, optimizer, schedule, scaler, loade
             schedule.step_update(state.step)
             if ema is not None:
                 ema.update(model, step=state.step)
+            if stop is not None and stop.requested:
+                raise TrainingInterrupted(i + 1)
         bs = images.shape[0]
         n_images += bs
         if sums is None:
@@ -255,7 +340,7 @@ def train_one_epoch(cfg, model, ema, loss_fn, optimizer, schedule, scaler, loade
             if not all(math.isfinite(v) for v in host):
                 bad = ", ".join(f"{k}={v / n_images:.4g}" for k, v in zip(names, host))
                 raise NonFiniteLossError(
-                    f"fold {fold}: loss is not finite at epoch {epoch + 1}, step {i + 1} of {len(loader)} "
+                    f"fold {fold}: loss is not finite at epoch {epoch + 1}, step {state.batch + i + 1} of {state.batch + len(loader)} "
                     f"(running means: {bad}); the last good checkpoint is kept"
                 )
             bar.set_postfix(loss=f"{host[0] / n_images:.4f}", img_s=f"{n_images / (time.perf_counter() - t0):.1f}")

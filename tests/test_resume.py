@@ -17,7 +17,8 @@ from seg_toolkit.checkpoint import load_checkpoint
 from .conftest import demo_dict
 
 # Runs training in a child process; with KILL_AT > 0 the process SIGKILLs itself right after
-# that many optimiser updates (a real kill: no cleanup, no finally blocks run).
+# that many optimiser updates (a real kill: no cleanup, no finally blocks run), or sends
+# itself SIGINT (Ctrl-C) when a fifth argument is given.
 CHILD = textwrap.dedent(
     """
     import json, logging, os, signal, sys
@@ -28,22 +29,23 @@ CHILD = textwrap.dedent(
     logging.basicConfig(level=logging.INFO)
     cfg = config_from_dict(json.loads(sys.argv[1]))
     kill_at, resume = int(sys.argv[2]), sys.argv[3] == "1"
+    sig = signal.SIGINT if len(sys.argv) > 4 else signal.SIGKILL
     if kill_at > 0:
         original, count = train.optimizer_step, [0]
         def step(*args, **kwargs):
             original(*args, **kwargs)
             count[0] += 1
             if count[0] == kill_at:
-                os.kill(os.getpid(), signal.SIGKILL)
+                os.kill(os.getpid(), sig)
         train.optimizer_step = step
     run_cv(cfg, resume=resume)
     """
 )
 
 
-def _run(cfg_data: dict, kill_at: int = 0, resume: bool = False) -> subprocess.CompletedProcess:
+def _run(cfg_data: dict, kill_at: int = 0, resume: bool = False, ctrl_c: bool = False) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-c", CHILD, json.dumps(cfg_data), str(kill_at), "1" if resume else "0"],
+        [sys.executable, "-c", CHILD, json.dumps(cfg_data), str(kill_at), "1" if resume else "0"] + (["int"] if ctrl_c else []),
         capture_output=True, text=True, timeout=300,
     )
 
@@ -104,3 +106,15 @@ def test_truncated_checkpoint_falls_back_to_previous(demo_root, tmp_path, refere
     assert "cannot resume from" in resumed.stderr and "last.pt" in resumed.stderr
     assert "trying the previous checkpoint" in resumed.stderr
     _assert_same(_weights(runs), reference)  # replayed from epoch 1 to the same end
+
+
+def test_ctrl_c_saves_a_checkpoint_that_resumes_exactly(demo_root, tmp_path, reference):
+    runs = tmp_path / "runs"
+    stopped = _run(_cfg(demo_root, runs), kill_at=5, ctrl_c=True)  # second update of epoch 2
+    assert stopped.returncode != 0
+    assert "fold 0 interrupted in epoch 2 after 2 batches" in stopped.stderr
+    ckpt = _weights(runs)
+    assert (ckpt["epoch"], ckpt["train_state"]["batch"], ckpt["step"]) == (1, 2, 5)
+    resumed = _run(_cfg(demo_root, runs), resume=True)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    _assert_same(_weights(runs), reference)  # the rest of epoch 2 replayed from batch 3 on

@@ -149,14 +149,15 @@ class EpochSampler(Sampler):
     def __init__(self, n: int, shuffle: bool, seed: int, rank: int = 0, world_size: int = 1, drop_last: bool = False) -> None:
         self.n, self.shuffle, self.seed = n, shuffle, seed
         self.rank, self.world_size, self.drop_last = rank, world_size, drop_last
-        self.epoch = 0
+        self.epoch, self.start = 0, 0
         self.per_rank = n // world_size if drop_last else -(-n // world_size)
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Select the epoch's order; ``start`` skips this rank's first items (resuming mid-epoch)."""
+        self.epoch, self.start = epoch, start
 
     def __len__(self) -> int:
-        return self.per_rank
+        return self.per_rank - self.start
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
@@ -166,6 +167,6 @@ class EpochSampler(Sampler):
             order = torch.cat([order, order[: total - self.n]])
         order = order[:total][self.rank :: self.world_size]
         seeds = torch.randint(0, 2**31 - 1, (self.n,), generator=g)
-        for i in order.tolist():
+        for i in order[self.start :].tolist():
             yield i, int(seeds[i])
 

@@ -1,0 +1,138 @@
+"""Faults: NaN losses, full disks, untrusted checkpoints; nothing the user made is lost."""
+
+from __future__ import annotations
+
+import errno
+import json
+
+import pytest
+import torch
+
+from seg_toolkit import checkpoint, train
+from seg_toolkit.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from seg_toolkit.config import config_from_dict
+from seg_toolkit.cv import run_cv
+from seg_toolkit.submission import SubmissionWriter
+from seg_toolkit.train import NonFiniteLossError
+
+from .conftest import demo_dict
+
+
+def _nan_after(monkeypatch, n_calls: int, times: int = 1):
+    """Make the training loss NaN on calls n_calls+1 .. n_calls+times of the loss function."""
+    original = train.build_loss
+    calls = [0]
+
+    def build(cfg):
+        loss_fn = original(cfg)
+        inner = loss_fn.forward
+
+        def forward(logits, target):
+            total, terms = inner(logits, target)
+            if logits.requires_grad:
+                calls[0] += 1
+                if n_calls < calls[0] <= n_calls + times:
+                    total = total * float("nan")
+            return total, terms
+
+        loss_fn.forward = forward
+        return loss_fn
+
+    monkeypatch.setattr(train, "build_loss", build)
+
+
+def _cfg(demo_root, tmp_path, **train_opts):
+    return config_from_dict(demo_dict(demo_root, tmp_path / "runs", folds={"n_splits": 2, "method": "kfold", "only": [0]},
+                                      train={"epochs": 3, "batch_size": 2, **train_opts}))
+
+
+def test_nan_loss_stops_the_fold_naming_epoch_and_step(demo_root, tmp_path, monkeypatch):
+    _nan_after(monkeypatch, n_calls=4)  # 3 updates per epoch: the 5th training step is epoch 2, step 2
+    cfg = _cfg(demo_root, tmp_path)
+    with pytest.raises(NonFiniteLossError, match=r"fold 0: loss is not finite at epoch 2, step 2 of 3"):
+        run_cv(cfg)
+    fold = cfg.run_dir / "fold_0"
+    assert load_checkpoint(fold / "last.pt")["epoch"] == 1  # the last good checkpoint is kept
+    assert not (fold / "done.json").exists()
+
+
+def test_nan_loss_retries_with_lower_lr(demo_root, tmp_path, monkeypatch):
+    _nan_after(monkeypatch, n_calls=4)
+    cfg = _cfg(demo_root, tmp_path, nan_retries=1, nan_lr_factor=0.1)
+    cv = run_cv(cfg)
+    fold = cfg.run_dir / "fold_0"
+    done = json.loads((fold / "done.json").read_text())
+    assert done["optim_lr"] == pytest.approx(1e-4) and done["epochs_run"] == 3
+    assert load_checkpoint(fold / "failed_attempt_1" / "last.pt")["epoch"] == 1  # the failed attempt is kept aside
+    assert cv["folds"] == [0]
+
+
+def _disk_full(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_full_disk_while_checkpointing_keeps_previous_file(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    save_checkpoint({"model": {"w": torch.ones(3)}, "epoch": 1}, path)
+    before = path.read_bytes()
+
+    def partial_then_full(obj, f, *a, **k):
+        with open(f, "wb") as fh:
+            fh.write(b"half a checkpoint")
+        _disk_full()
+
+    monkeypatch.setattr(checkpoint.torch, "save", partial_then_full)
+    with pytest.raises(OSError, match="No space left"):
+        save_checkpoint({"model": {"w": torch.zeros(3)}, "epoch": 2}, path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temporary file left behind
+
+
+def test_full_disk_while_writing_submission_keeps_previous_file(tmp_path, monkeypatch):
+    import csv
+
+    from seg_toolkit import submission
+
+    real_writer = csv.writer
+
+    class FillsUp:  # a csv writer on a disk that fills up at the third row
+        def __init__(self, fh, **kw):
+            self.inner, self.rows = real_writer(fh, **kw), 0
+
+        def writerow(self, row):
+            self.rows += 1
+            if self.rows == 3:
+                _disk_full()
+            self.inner.writerow(row)
+
+    monkeypatch.setattr(submission.csv, "writer", FillsUp)
+    out = tmp_path / "sub.csv"
+    out.write_text("id,rle\na,1 1\n")
+    with pytest.raises(OSError, match="No space left"):
+        with SubmissionWriter(out, ("id", "rle"), ["a", "b"]) as writer:
+            writer.write([("a", "1 2"), ("b", "3 4")])
+    assert out.read_text() == "id,rle\na,1 1\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["sub.csv"]
+
+
+class Payload:
+    def __reduce__(self):
+        return (print, ("this would run arbitrary code",))
+
+
+def test_pickled_payload_in_checkpoint_is_refused(tmp_path):
+    path = tmp_path / "evil.pt"
+    torch.save({"model": {}, "extra": Payload()}, path)
+    with pytest.raises(CheckpointError, match="refused: the file holds objects other than tensors"):
+        load_checkpoint(path)
+
+
+def test_not_a_checkpoint(tmp_path):
+    (tmp_path / "junk.pt").write_bytes(b"\x00\x01 not a zip")
+    with pytest.raises(CheckpointError, match="cannot be read, truncated or not a checkpoint"):
+        load_checkpoint(tmp_path / "junk.pt")
+    torch.save({"weights": torch.ones(1)}, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="not a seg_toolkit checkpoint"):
+        load_checkpoint(tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="checkpoint not found"):
+        load_checkpoint(tmp_path / "missing.pt")
