@@ -57,6 +57,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     cv = run_cv(cfg, folds=folds, resume=args.resume, overwrite=args.overwrite)
     if d.is_main:
         _print_cv(cv, cfg.run_dir)
+        if "postprocess" in cv:
+            _print_tune(cv["postprocess"])
     return 0
 
 
@@ -65,6 +67,23 @@ def cmd_cv(args: argparse.Namespace) -> int:
 
     cfg = _config(args)
     _print_cv(compute_cv(cfg, cfg.run_dir), cfg.run_dir)
+    return 0
+
+
+def _print_tune(report: dict) -> None:
+    print(f"OOF post-processing ({report['metric']}): {report['before']:.4f} -> {report['after']:.4f}")
+    for step in report.get("steps", []):
+        if isinstance(step, dict) and "score" in step:
+            print(f"  after {step.get('step', '?'):<10} {step['score']:.4f}")
+    print(f"  params {report['params']}")
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from .tune import tune_postprocess
+
+    cfg = _config(args)
+    _print_tune(tune_postprocess(cfg))
+    print(f"written to {cfg.run_dir / 'postprocess.json'} (predict and evaluate read it)")
     return 0
 
 
@@ -82,6 +101,20 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
     cfgs = [load_config(c, args.set) for c in args.configs]
     out = predict_test(cfgs, weights=args.weights, out=args.out)
     print(f"submission: {out}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .data.sources import class_names
+    from .inference import evaluate_split
+
+    cfg = _config(args)
+    r = evaluate_split([cfg])
+    print(f"held-out {args.split} ({r['n_images']} images): {r['metric']} {r['score']:.4f}"
+          + (f", pixel accuracy {r['pixel_accuracy']:.4f}" if r.get("pixel_accuracy") is not None else ""))
+    for name, iou in zip(class_names(cfg), r.get("per_class_iou") or []):
+        print(f"  {name:<16} IoU {iou:.4f}")
+    print(f"written to {cfg.run_dir / 'evaluate_test.json'}")
     return 0
 
 
@@ -124,6 +157,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         make_demo(root)
     cv = run_cv(cfg, resume=True)
     _print_cv(cv, cfg.run_dir)
+    if "postprocess" in cv:
+        _print_tune(cv["postprocess"])
     out = predict_test([cfg])
     problems = check_submission(out, cfg.data_path(cfg.data.sample_submission), empty_tokens=(cfg.submission.empty_token,))
     print(f"submission: {out} ({'valid' if not problems else 'INVALID: ' + '; '.join(problems)})")
@@ -185,6 +220,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config(p)
     p.set_defaults(func=cmd_cv)
 
+    p = sub.add_parser("tune", help="tune thresholds / min-area / empty gate on the OOF predictions (never on test)")
+    _add_config(p)
+    p.set_defaults(func=cmd_tune)
+
     p = sub.add_parser("predict", help="predict the test images and write the submission CSV")
     _add_config(p)
     p.add_argument("--out", help="submission path (default submissions/<experiment>.csv)")
@@ -196,6 +235,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--out")
     p.set_defaults(func=cmd_ensemble)
+
+    p = sub.add_parser("evaluate", help="score the fold ensemble on the labelled held-out split (data.test_lists)")
+    _add_config(p)
+    p.add_argument("--split", choices=["test"], default="test")
+    p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("check-submission", help="validate a submission CSV against the sample submission")
     p.add_argument("csv")

@@ -87,7 +87,13 @@ def run_cv(cfg: Config, folds: list[int] | None = None, resume: bool = False, ov
         train_fold(cfg, k, samples, folds_df, run, resume=resume)
         if d.is_main:
             _write_curves(run)
-    cv = compute_cv(cfg, run, samples) if d.is_main else None
+    cv = None
+    if d.is_main:
+        cv = compute_cv(cfg, run, samples)
+        if cfg.postprocess.tune and len(cv["folds"]) == cfg.folds.n_splits:
+            from .tune import tune_postprocess
+
+            cv["postprocess"] = tune_postprocess(cfg, run)
     return d.broadcast(cv)
 
 

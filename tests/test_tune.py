@@ -1,0 +1,440 @@
+"""Post-processing search on OOF predictions (``seg_toolkit.tune``), on generated runs.
+
+No training: each test writes a tiny competition (images + RLE CSV), a run folder with
+``folds.csv``, fold folders with ``done.json`` and ``oof/<id>.npy`` whose probabilities are
+built from the truth, then checks the search against brute force
+(:func:`apply_postprocess` + :func:`per_image_scores`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from scipy import ndimage
+
+import seg_toolkit.data as data_pkg
+import seg_toolkit.data.dataset as dataset_mod
+import seg_toolkit.data.io as io_mod
+import seg_toolkit.data.sources as sources_mod
+from seg_toolkit.config import IGNORE_INDEX, Config, config_from_dict
+from seg_toolkit.cv import compute_cv
+from seg_toolkit.metrics import image_counts, mean_iou, per_image_scores, pixel_accuracy, scores_from_counts
+from seg_toolkit.postprocess import PostParams, apply_postprocess, load_params
+from seg_toolkit.rle import rle_encode
+from seg_toolkit.tensors import uint8_to_probs
+from seg_toolkit.tune import (
+    _multiclass_score,
+    _sigmoid_score,
+    area_tables,
+    gate_open,
+    multiclass_tables,
+    threshold_cut,
+    threshold_tables,
+    tune_postprocess,
+)
+
+H, W = 32, 40
+V = IGNORE_INDEX
+
+
+# ----------------------------------------------------------------------------- writing a run
+
+
+def write_run(
+    tmp_path: Path,
+    task: str,
+    num_classes: int,
+    truths: dict[str, np.ndarray],
+    oofs: dict[str, np.ndarray],
+    fold_of: dict[str, int],
+    done: list[int],
+    n_splits: int,
+    **sections,
+) -> Config:
+    """A competition folder (images, RLE CSV, test images, sample submission) and a run folder
+    (config-independent files only: folds.csv, fold_k/done.json for ``done``, fold_k/oof/*.npy,
+    test_probs/*.npy). ``truths``: (C, H, W) 0/1 (binary / multilabel) or (H, W) labels."""
+    root, runs = tmp_path / "comp", tmp_path / "runs"
+    (root / "train" / "images").mkdir(parents=True)
+    (root / "test" / "images").mkdir(parents=True)
+    rows = []
+    for i, truth in truths.items():
+        Image.fromarray(np.full((*truth.shape[-2:], 3), 90, np.uint8)).save(root / "train" / "images" / f"{i}.png")
+        if task == "binary":
+            rows.append(f"{i},{rle_encode(truth[0])}")
+        elif task == "multilabel":
+            rows += [f"{i},{c + 1},{rle_encode(truth[c])}" for c in range(num_classes)]
+        else:
+            rows += [f"{i},{c},{rle_encode(truth == c)}" for c in range(1, num_classes)]
+    header = "id,rle_mask" if task == "binary" else "id,cls,rle_mask"
+    (root / "train.csv").write_text(header + "\n" + "\n".join(rows) + "\n")
+    for t in ("t0", "t1"):
+        Image.fromarray(np.full((H, W, 3), 30, np.uint8)).save(root / "test" / "images" / f"{t}.png")
+    (root / "sample_submission.csv").write_text("id,rle_mask\nt0,1 1\nt1,1 1\n")
+    data = {"root": str(root), "task": task, "num_classes": num_classes, "layout": "csv"}
+    if task != "binary":
+        data["class_column"] = "cls"
+    cfg_dict = {"experiment": "exp", "runs_dir": str(runs), "data": data,
+                "folds": {"n_splits": n_splits, "method": "kfold"}, **sections}
+    cfg = config_from_dict(cfg_dict)
+    run = cfg.run_dir
+    run.mkdir(parents=True)
+    (run / "folds.csv").write_text("id,fold,stratum\n" + "".join(f"{i},{k},x\n" for i, k in fold_of.items()))
+    for i, q in oofs.items():
+        d = run / f"fold_{fold_of[i]}" / "oof"
+        d.mkdir(parents=True, exist_ok=True)
+        np.save(d / f"{i}.npy", q)
+    for k in done:
+        (run / f"fold_{k}" / "done.json").write_text(json.dumps({"metric": "dice", "oof_score": 0.0}))
+    (run / "test_probs").mkdir()
+    for t in ("t0", "t1"):  # a test prediction a careless tuner could pick up
+        np.save(run / "test_probs" / f"{t}.npy", np.full((num_classes, H, W), 255, np.uint8))
+    return cfg
+
+
+def brute_score(cfg: Config, params: PostParams, ids: list[str], truths: dict, oofs: dict, metric: str = "dice") -> float:
+    """Mean over (image, class) of :func:`per_image_scores` of :func:`apply_postprocess` masks."""
+    pred = np.stack([apply_postprocess(uint8_to_probs(oofs[i]), cfg.data.task, params) for i in ids])
+    target = np.stack([truths[i] for i in ids])
+    return float(np.nanmean(per_image_scores(pred, target, metric, cfg.metric.empty_score, cfg.data.num_classes)))
+
+
+def done_ids(fold_of: dict[str, int], done: list[int]) -> list[str]:
+    return [i for i, k in fold_of.items() if k in done]
+
+
+# ----------------------------------------------------------------------------- problem 1: noise blobs and haze
+
+SPOTS = [(y, x) for y in (2, 7, 12) for x in (26, 31, 36)]  # blob corners, 3+ pixels apart
+SHAPES = [(1, 1), (2, 2), (1, 3), (2, 3)]  # blobs of 1..6 pixels
+
+
+def blob_problem(seed: int = 0, n: int = 24):
+    """Binary: a rectangle (64..196 px) at p=0.90 in 2 of 3 images, background p < 0.24, and
+    spurious blobs of 1..6 pixels at p=0.96 in every image; every other image also has an
+    80-pixel patch of haze at p=0.55. Threshold 0.6 + min_area 10 give exactly the truth."""
+    rng = np.random.default_rng(seed)
+    truths, oofs, blobs = {}, {}, {}
+    for k in range(n):
+        i = f"img{k:02d}"
+        t = np.zeros((1, H, W), np.uint8)
+        if k % 3 != 0:
+            h, w = rng.integers(8, 15, size=2)
+            y, x = rng.integers(2, 30 - h + 1), rng.integers(2, 22 - w + 1)
+            t[0, y : y + h, x : x + w] = 1
+        q = rng.integers(0, 60, size=(1, H, W)).astype(np.uint8)
+        q[t == 1] = 230
+        if k % 2 == 0:
+            q[0, 20:28, 26:36] = 140  # haze: 0.549, above 0.5
+        b = np.zeros((H, W), bool)
+        for s in rng.permutation(len(SPOTS))[: rng.integers(1, 4)]:
+            (y, x), (dy, dx) = SPOTS[s], SHAPES[rng.integers(len(SHAPES))]
+            b[y : y + dy, x : x + dx] = True
+        q[0][b] = 245
+        truths[i], oofs[i], blobs[i] = t, q, b
+    fold_of = {f"img{k:02d}": (k // 2) % 3 for k in range(n)}
+    return truths, oofs, blobs, fold_of
+
+
+@pytest.fixture
+def blob_run(tmp_path):
+    truths, oofs, blobs, fold_of = blob_problem()
+    # fold 2 is not finished: its OOF files are garbage and must be ignored
+    rng = np.random.default_rng(5)
+    garbage = {i: (rng.random((1, H, W)) * 255).astype(np.uint8) for i, k in fold_of.items() if k == 2}
+    cfg = write_run(tmp_path, "binary", 1, truths, {**oofs, **garbage}, fold_of, done=[0, 1], n_splits=3)
+    return cfg, truths, oofs, blobs, fold_of
+
+
+def test_blobs_threshold_and_min_area_improve_oof(blob_run):
+    cfg, truths, oofs, blobs, fold_of = blob_run
+    ids = done_ids(fold_of, [0, 1])
+    report = tune_postprocess(cfg)
+
+    # before = the config's post-processing (0.5, no min_area), scored by brute force
+    before = brute_score(cfg, PostParams([0.5], [0], [None]), ids, truths, oofs)
+    assert report["before"] == pytest.approx(before, abs=1e-12)
+    assert report["before"] == pytest.approx(0.4289, abs=1e-4)  # measured: blobs and haze cost more than half
+    assert report["n_images"] == len(ids) == 16 and report["folds"] == [0, 1]
+    steps = {s["step"]: s for s in report["steps"]}
+    # 1) 0.6 drops the haze (0.549), not the blobs (0.96); 0.7 ties and the earlier grid value is kept
+    assert steps["threshold"]["threshold"] == [0.6]
+    assert steps["threshold"]["score"] == pytest.approx(0.4855, abs=1e-4)
+    # 2) min_area 10 drops every blob (<= 6 px) and no truth (>= 64 px); 50 ties, 100 would cut truths
+    assert steps["min_area"]["min_area"] == [10]
+    assert steps["min_area"]["score"] == 1.0
+    assert steps["empty_gate"]["empty_gate"] == [None] and steps["empty_gate"]["score"] == 1.0
+    assert report["after"] == 1.0 and report["after"] - report["before"] > 0.57  # measured gain 0.5711
+    assert report["params"] == {"threshold": [0.6], "min_area": [10], "empty_gate": [None]}
+
+    # the chosen parameters remove every blob and reproduce the truth exactly
+    params = load_params(cfg, cfg.run_dir)
+    assert params == PostParams([0.6], [10], [None])
+    for i in ids:
+        pred = apply_postprocess(uint8_to_probs(oofs[i]), "binary", params)
+        assert not pred[0][blobs[i]].any()
+        assert np.array_equal(pred, truths[i])
+    assert brute_score(cfg, params, ids, truths, oofs) == 1.0
+
+    saved = json.loads((cfg.run_dir / "postprocess.json").read_text())
+    assert saved == json.loads(json.dumps(report))  # the file holds the returned report
+    assert saved["fold_scores"]["after"] == [1.0, 1.0]
+    for k, got in zip((0, 1), saved["fold_scores"]["before"]):
+        assert got == pytest.approx(brute_score(cfg, PostParams([0.5], [0], [None]), done_ids(fold_of, [k]), truths, oofs), abs=1e-12)
+
+
+@pytest.mark.parametrize("metric", ["dice", "iou", "tgs_map", "miou", "pixel_accuracy"])
+def test_before_equals_cv_json_with_default_postprocess(blob_run, metric):
+    cfg, *_ = blob_run
+    cfg.metric.name = metric
+    cv = compute_cv(cfg, cfg.run_dir)
+    report = tune_postprocess(cfg)
+    assert report["before"] == cv["score"]
+    assert report["cv_json_score"] == cv["score"]
+    assert report["after"] >= report["before"]
+    assert report["metric"] == metric
+
+
+def test_streaming_gives_the_same_result_as_the_cache(blob_run):
+    cfg, *_ = blob_run
+    cached = tune_postprocess(cfg)
+    streamed = tune_postprocess(cfg, memory_budget=0)
+    assert cached["oof_in_memory"] and not streamed["oof_in_memory"]
+    strip = lambda r: {k: v for k, v in r.items() if k not in ("seconds", "oof_in_memory")}  # noqa: E731
+    assert strip(cached) == strip(streamed)
+
+
+def test_never_reads_test_images_or_test_predictions(blob_run, monkeypatch):
+    cfg, *_ = blob_run
+    run = cfg.run_dir
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"tuning read test data or an image: {args}")
+
+    for mod in (data_pkg, sources_mod):
+        monkeypatch.setattr(mod, "load_test_samples", refuse)
+    for mod in (data_pkg, io_mod, dataset_mod):
+        monkeypatch.setattr(mod, "read_image", refuse)
+    loaded: list[Path] = []
+    real_load = np.load
+    monkeypatch.setattr(np, "load", lambda path, *a, **k: loaded.append(Path(path)) or real_load(path, *a, **k))
+    first = tune_postprocess(cfg)
+
+    allowed = {run / "fold_0" / "oof", run / "fold_1" / "oof"}
+    assert loaded and {p.parent for p in loaded} <= allowed  # no test_probs, no unfinished fold
+    # the result does not depend on the test files
+    import shutil
+
+    shutil.rmtree(run / "test_probs")
+    shutil.rmtree(Path(cfg.data.root) / "test")
+    (Path(cfg.data.root) / "sample_submission.csv").unlink()
+    second = tune_postprocess(cfg)
+    assert {k: v for k, v in first.items() if k != "seconds"} == {k: v for k, v in second.items() if k != "seconds"}
+
+
+# ----------------------------------------------------------------------------- problem 2: the empty gate
+
+
+def gate_problem(n: int = 24):
+    """Binary: 14 images with a 12x12 object whose 8x8 core is at p=0.98 and whose rim (80 of
+    144 px) is at p=0.6; 10 empty images with a 12x12 faint region at p=0.6. A threshold
+    cannot separate rims from faint regions; a gate on the max probability can."""
+    rng = np.random.default_rng(3)
+    truths, oofs = {}, {}
+    for k in range(n):
+        i = f"g{k:02d}"
+        t = np.zeros((1, H, W), np.uint8)
+        q = rng.integers(0, 60, size=(1, H, W)).astype(np.uint8)
+        y, x = rng.integers(2, H - 14), rng.integers(2, W - 14)
+        q[0, y : y + 12, x : x + 12] = 153  # p = 0.6 exactly
+        if k < 14:
+            t[0, y : y + 12, x : x + 12] = 1
+            q[0, y + 2 : y + 10, x + 2 : x + 10] = 250
+        truths[i], oofs[i] = t, q
+    return truths, oofs, {f"g{k:02d}": k % 2 for k in range(n)}
+
+
+def test_empty_gate_helps_on_empty_images_with_faint_regions(tmp_path):
+    truths, oofs, fold_of = gate_problem()
+    cfg = write_run(tmp_path, "binary", 1, truths, oofs, fold_of, done=[0, 1], n_splits=2)
+    report = tune_postprocess(cfg)
+    steps = {s["step"]: s for s in report["steps"]}
+    # before (0.5): every rim kept, every faint region predicted: 14 ones, 10 zeros
+    assert report["before"] == pytest.approx(14 / 24)
+    # threshold alone trades the rims for the empty images: 0.7 keeps only the cores
+    assert steps["threshold"]["threshold"] == [0.7]
+    assert steps["threshold"]["score"] == pytest.approx((14 * 2 * 64 / (64 + 144) + 10) / 24)
+    assert steps["min_area"]["score"] == steps["threshold"]["score"]
+    # the gate (max p >= 0.65 empties the faint images) lets the threshold go back down
+    assert steps["empty_gate"]["empty_gate"] == [0.65] and steps["empty_gate"]["threshold"] == [0.5]
+    assert report["after"] == 1.0 and report["after"] - steps["min_area"]["score"] > 0.2
+    ids = list(truths)
+    assert brute_score(cfg, load_params(cfg, cfg.run_dir), ids, truths, oofs) == 1.0
+
+
+# ----------------------------------------------------------------------------- problem 3: multiclass
+
+
+def test_multiclass_tunes_min_area_only(tmp_path):
+    rng = np.random.default_rng(7)
+    truths, oofs = {}, {}
+    for k in range(12):
+        i = f"m{k:02d}"
+        label = np.zeros((H, W), np.uint8)
+        label[4:16, 4:16] = 1
+        label[18:28, 20:34] = 2
+        p = np.full((3, H, W), 20, np.uint8)
+        p[0] = 215
+        for c in (1, 2):
+            p[:, label == c] = 20
+            p[c, label == c] = 215
+        for y, x in [(2, 36), (10, 30)][: 1 + k % 2]:  # class-2 specks of 2x2 in the background
+            p[:, y : y + 2, x : x + 2] = 20
+            p[2, y : y + 2, x : x + 2] = 215
+        truths[i], oofs[i] = label, p + rng.integers(0, 5, size=p.shape).astype(np.uint8)
+    fold_of = {i: k % 2 for k, i in enumerate(truths)}
+    cfg = write_run(tmp_path, "multiclass", 3, truths, oofs, fold_of, done=[0, 1], n_splits=2)
+    report = tune_postprocess(cfg)
+    assert report["metric"] == "miou"
+    steps = {s["step"]: s for s in report["steps"]}
+    assert "skipped" in steps["threshold"] and "skipped" in steps["empty_gate"]
+    assert report["params"]["min_area"] == [0, 0, 10]  # class 1 has no specks: ties keep 0
+    assert report["after"] == 1.0 > report["before"]
+    assert report["before"] == pytest.approx(compute_cv(cfg, cfg.run_dir)["score"], abs=0)
+    assert load_params(cfg, cfg.run_dir).min_area == [0, 0, 10]
+
+
+# ----------------------------------------------------------------------------- fast path == brute force
+
+
+class Stub:
+    """In-memory stand-in for OOFData (the table builders only iterate)."""
+
+    def __init__(self, qs: list[np.ndarray], truths: list[np.ndarray], num_classes: int) -> None:
+        self.qs, self.truths, self.num_classes = qs, truths, num_classes
+
+    def __len__(self) -> int:
+        return len(self.qs)
+
+    def iterate(self, desc: str):
+        for q, t in zip(self.qs, self.truths):
+            yield None, q, t
+
+
+def smooth_probs(rng: np.random.Generator, shape: tuple[int, ...], sigma: float = 1.5) -> np.ndarray:
+    """uint8 probabilities with blobs of all sizes (so components and thresholds matter)."""
+    x = ndimage.gaussian_filter(rng.normal(size=shape), sigma=(0,) * (len(shape) - 2) + (sigma, sigma))
+    x = (x - x.min()) / (x.max() - x.min() + 1e-9)
+    return np.rint(x * 255).astype(np.uint8)
+
+
+def sigmoid_stub(seed: int, c: int) -> Stub:
+    rng = np.random.default_rng(seed)
+    qs, truths = [], []
+    for k in range(6):
+        q = smooth_probs(rng, (c, 24, 30))
+        t = (smooth_probs(rng, (c, 24, 30), 3.0) > 140).astype(np.uint8)
+        if k == 1:
+            t[:, :4] = V  # a band of void
+        if k == 2:
+            t[-1] = V  # a class of an image wholly void: never scored
+        if k == 3:
+            t[0] = 0  # empty truth
+        if k == 4:
+            q[0] = np.minimum(q[0], 100)  # a faint class, for the gate
+        qs.append(q)
+        truths.append(t)
+    return Stub(qs, truths, c)
+
+
+THRESHOLDS = [0.0, 0.2, 0.3, 0.5, 0.6, 153 / 255, 0.7, 0.99, 1.0]
+
+
+@pytest.mark.parametrize("c", [1, 2])
+def test_threshold_histograms_equal_brute_force(c):
+    stub = sigmoid_stub(11, c)
+    tab = threshold_tables(stub, THRESHOLDS, [0] * c)
+    target = np.stack(stub.truths)
+    for j, t in enumerate(THRESHOLDS):
+        for gate in (None, 0.3, 0.5):
+            params = PostParams([t] * c, [0] * c, [gate] * c)
+            pred = np.stack([apply_postprocess(uint8_to_probs(q), "multilabel", params) for q in stub.qs])
+            ref = image_counts(pred, target)
+            open_ = gate_open(tab.qmax, gate)
+            tp, fp = np.where(open_, tab.tp[:, :, j], 0), np.where(open_, tab.fp[:, :, j], 0)
+            assert np.array_equal(tp, ref.tp) and np.array_equal(fp, ref.fp)
+            assert np.array_equal(tab.pos - tp, ref.fn) and np.array_equal(tab.n_valid, ref.n_valid)
+            metrics = ["dice", "iou"] + (["tgs_map"] if c == 1 else [])
+            for metric in metrics:
+                for empty in ("one", "zero", "skip"):
+                    want = per_image_scores(pred, target, metric, empty)
+                    got = scores_from_counts(type(ref)(tp, fp, tab.pos - tp, tab.n_valid), metric, empty)
+                    assert np.array_equal(got, want, equal_nan=True)
+                    fast = _sigmoid_score(tp, fp, tab.pos, tab.n_valid, metric, empty)
+                    assert fast == pytest.approx(float(np.nanmean(want)), abs=1e-15)
+            cm = np.stack([[[n - a - b - d, b], [d, a]] for a, b, d, n in zip(ref.tp.sum(0), ref.fp.sum(0), ref.fn.sum(0), ref.n_valid.sum(0))])
+            assert _sigmoid_score(tp, fp, tab.pos, tab.n_valid, "miou", "one") == mean_iou(cm)
+            assert _sigmoid_score(tp, fp, tab.pos, tab.n_valid, "pixel_accuracy", "one") == pixel_accuracy(cm)
+
+
+def test_threshold_cut_matches_float_comparison():
+    levels = uint8_to_probs(np.arange(256, dtype=np.uint8))
+    for t in list(np.linspace(0, 1, 401)) + [k / 255 for k in range(256)]:
+        cut = threshold_cut(float(t))
+        assert np.array_equal(np.arange(256) >= cut, levels >= float(t))
+
+
+def test_min_area_components_equal_brute_force():
+    stub = sigmoid_stub(12, 2)
+    areas = [0, 1, 2, 5, 10, 40]
+    target = np.stack(stub.truths)
+    for thr in ([0.5, 0.6], [0.3, 0.7]):
+        tp, fp = area_tables(stub, thr, areas)
+        for j, a in enumerate(areas):
+            params = PostParams(thr, [a, a], [None, None])
+            pred = np.stack([apply_postprocess(uint8_to_probs(q), "multilabel", params) for q in stub.qs])
+            ref = image_counts(pred, target)
+            assert np.array_equal(tp[:, :, j], ref.tp) and np.array_equal(fp[:, :, j], ref.fp)
+    # the step-1 fallback (a configured min_area > 1) agrees too
+    tab = threshold_tables(stub, THRESHOLDS, [0, 5])
+    for j, t in enumerate(THRESHOLDS):
+        params = PostParams([t, t], [0, 5], [None, None])
+        pred = np.stack([apply_postprocess(uint8_to_probs(q), "multilabel", params) for q in stub.qs])
+        ref = image_counts(pred, target)
+        assert np.array_equal(tab.area_tp[1][:, j], ref.tp[:, 1]) and np.array_equal(tab.area_fp[1][:, j], ref.fp[:, 1])
+
+
+def test_multiclass_tables_equal_brute_force():
+    rng = np.random.default_rng(13)
+    qs, truths = [], []
+    for k in range(5):
+        q = smooth_probs(rng, (3, 24, 30), 1.2)
+        t = np.argmax(smooth_probs(rng, (3, 24, 30), 3.0), axis=0).astype(np.uint8)
+        if k == 1:
+            t[:, :5] = V
+        qs.append(q)
+        truths.append(t)
+    areas = [0, 1, 3, 8, 20]
+    tab = multiclass_tables(Stub(qs, truths, 3), areas)
+    for a1 in range(len(areas)):
+        for a2 in range(len(areas)):
+            params = PostParams([0.5] * 3, [0, areas[a1], areas[a2]], [None] * 3)
+            pred = np.stack([apply_postprocess(uint8_to_probs(q), "multiclass", params) for q in qs])
+            conf = tab.base.copy()
+            for k, j in ((1, a1), (2, a2)):
+                idx, gone = tab.removed[k]
+                conf[idx, :, k] -= gone[:, j]
+                conf[idx, :, 0] += gone[:, j]
+            ref = image_counts(pred, np.stack(truths), num_classes=3)
+            diag = np.diagonal(conf, axis1=1, axis2=2)
+            assert np.array_equal(diag, ref.tp) and np.array_equal(conf.sum(1) - diag, ref.fp)
+            assert np.array_equal(conf.sum(2) - diag, ref.fn)
+            for metric in ("dice", "iou"):
+                want = float(np.nanmean(per_image_scores(pred, np.stack(truths), metric, "skip", num_classes=3)))
+                assert _multiclass_score(conf, metric, "skip") == pytest.approx(want, abs=1e-15)
+            assert not math.isnan(_multiclass_score(conf, "miou", "one"))
