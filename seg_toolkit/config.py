@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -58,6 +59,7 @@ class DataConfig:
     mask_ext: str = ".png"
     in_channels: int = 3  # 1 = grayscale, 3 = RGB, 4 = RGBA kept
     group_column: Optional[str] = None  # column of train_csv used by GroupKFold
+    group_pattern: Optional[str] = None  # or a regex whose first group, matched on each id, is its group (e.g. "^([^_]+)_")
     test_images: str = "test/images"
     test_lists: list[str] = field(default_factory=list)  # labelled held-out lists (evaluate --split test)
     sample_submission: str = "sample_submission.csv"
@@ -335,8 +337,14 @@ def _check(cfg: Config) -> None:
         raise ConfigError(f"data.in_channels: expected 1, 3 or 4, got {d.in_channels}")
     if cfg.folds.n_splits < 2:
         raise ConfigError(f"folds.n_splits: expected >= 2, got {cfg.folds.n_splits}")
-    if cfg.folds.method == "group" and not d.group_column:
-        raise ConfigError("folds.method: 'group' needs data.group_column (the column of data.train_csv)")
+    if cfg.folds.method == "group" and not (d.group_column or d.group_pattern):
+        raise ConfigError("folds.method: 'group' needs data.group_column (a column of data.train_csv) or data.group_pattern")
+    if d.group_pattern is not None:
+        try:
+            if re.compile(d.group_pattern).groups < 1:
+                raise ConfigError(f"data.group_pattern: {d.group_pattern!r} needs a capture group, e.g. '^([^_]+)_'")
+        except re.error as e:
+            raise ConfigError(f"data.group_pattern: {d.group_pattern!r} is not a valid regex ({e})") from None
     for i in cfg.folds.only:
         if not 0 <= i < cfg.folds.n_splits:
             raise ConfigError(f"folds.only: fold {i} is outside 0..{cfg.folds.n_splits - 1}")

@@ -163,3 +163,51 @@ def _expected_ids(cfg: Config, samples: list[Sample]) -> list[str] | None:
     id_col = submission_columns(cfg)[0]
     return pd.read_csv(path, dtype=str, keep_default_na=False, usecols=[id_col])[id_col].tolist()
 
+
+
+def evaluate_split(cfgs: list[Config], weights: list[float] | None = None) -> dict:
+    """Score the ensemble on the labelled held-out lists (``data.test_lists``), never trained on.
+
+    Uses the same predictor as the submission (folds x TTA, post-processing tuned on OOF)
+    and writes ``runs/<experiment>/evaluate_test.json``: the configured metric, mean IoU,
+    per-class IoU and dice, and pixel accuracy, void ignored.
+    """
+    import json
+
+    from .config import ConfigError
+    from .data import DataError, load_list_samples, load_train_samples
+    from .metrics import Evaluator
+    from .tensors import resize_to
+
+    cfg = cfgs[0]
+    if not cfg.data.test_lists:
+        raise ConfigError("data.test_lists: name the list file(s) of the labelled held-out split, e.g. [test.txt]")
+    samples = load_list_samples(cfg, cfg.data.test_lists)
+    leaked = {s.id for s in samples} & {s.id for s in load_train_samples(cfg)}
+    if leaked:
+        raise DataError(f"{len(leaked)} held-out ids are also training ids (e.g. {sorted(leaked)[:3]}); the test split must be unseen")
+    device = resolve_device(cfg.train.device)
+    members = load_members(cfgs, weights, device)
+    params = load_params(cfg, cfg.run_dir)
+    probs_eval = Evaluator(cfg.metric, cfg.data.task, cfg.data.num_classes)
+    masks_eval = Evaluator(cfg.metric, cfg.data.task, cfg.data.num_classes)
+    loader = DataLoader(SegDataset(samples, cfg, "valid"), batch_size=cfg.predict.batch_size, shuffle=False,
+                        num_workers=cfg.train.num_workers, collate_fn=collate)
+    for batch in tqdm(loader, desc=f"evaluate {len(samples)} held-out images", disable=None):
+        probs = predict_probs(members, batch["image"].to(device), cfg.data.task)
+        targets = batch["target"] if isinstance(batch["target"], list) else list(batch["target"])
+        for j, target in enumerate(targets):
+            p = resize_to(probs[j : j + 1], target.shape[-2:]).cpu()
+            probs_eval.update(p, target[None])
+            mask = apply_postprocess(p[0].numpy(), cfg.data.task, params)
+            masks_eval.update_masks(torch.from_numpy(mask)[None], target[None])
+    raw, post = probs_eval.compute(), masks_eval.compute()
+    result = {
+        "split": "test", "lists": cfg.data.test_lists, "n_images": len(samples), "metric": post["metric"],
+        "score": float(post["score"]), "score_before_postprocess": float(raw["score"]),
+        "per_class_iou": post.get("per_class_iou"), "per_class_dice": post.get("per_class_dice"),
+        "pixel_accuracy": post.get("pixel_accuracy"), "folds": [len(m.models) for m in members],
+    }
+    out = cfg.run_dir / "evaluate_test.json"
+    out.write_text(json.dumps(result, indent=2, default=float))
+    return result

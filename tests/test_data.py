@@ -311,3 +311,16 @@ def test_unknown_augmentation_name(demo_root):
     cfg = config_from_dict(demo_dict(demo_root, Path("x"), transforms={"train": [{"HorizontalFlipp": {}}]}))
     with pytest.raises(ConfigError, match=r"transforms.train\[0\]: unknown albumentations transform 'HorizontalFlipp'; did you mean \['HorizontalFlip'"):
         SegDataset([], cfg, "train")
+
+
+def test_group_pattern_from_ids(tmp_path):
+    root = _label_map_comp(tmp_path)
+    for i in range(6):  # rename into three "video sequences" seqA_*, seqB_*, seqC_* of two frames each
+        seq = "ABC"[i // 2]
+        (root / f"imgs/f{i}.png").rename(root / f"imgs/seq{seq}_{i:03d}.png")
+        (root / f"labels/f{i}.png").rename(root / f"labels/seq{seq}_{i:03d}.png")
+    (root / "train.txt").write_text("".join(f"imgs/seq{'ABC'[i // 2]}_{i:03d}.png labels/seq{'ABC'[i // 2]}_{i:03d}.png\n" for i in range(6)))
+    cfg = _mc_cfg(root, train_lists=["train.txt"], group_pattern="^(seq[A-Z])_")
+    cfg.folds.method, cfg.folds.n_splits = "group", 3
+    folds = make_folds(load_train_samples(cfg), cfg)
+    assert folds.groupby("stratum")["fold"].nunique().max() == 1 and folds["stratum"].nunique() == 3

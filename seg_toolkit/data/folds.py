@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -48,6 +49,18 @@ def sample_stratum(sample: Sample, cfg: Config) -> str:
     return f"class_{int(np.argmax(areas))}" if areas.sum() > 0 else "empty"
 
 
+def sample_group(sample: Sample, cfg: Config) -> str:
+    """The sample's group: its ``data.group_column`` value, or the first match group of ``data.group_pattern`` on its id."""
+    if cfg.data.group_pattern:
+        m = re.search(cfg.data.group_pattern, sample.id)
+        if not m:
+            raise DataError(f"{sample.where}: id {sample.id!r} does not match data.group_pattern {cfg.data.group_pattern!r}")
+        return m.group(1)
+    if not sample.group:
+        raise DataError(f"{sample.where}: data.group_column {cfg.data.group_column!r} is empty for id {sample.id!r}")
+    return sample.group
+
+
 def make_folds(samples: list[Sample], cfg: Config) -> pd.DataFrame:
     """A ``DataFrame[id, fold, stratum]`` with every sample in exactly one validation fold."""
     f = cfg.folds
@@ -58,9 +71,7 @@ def make_folds(samples: list[Sample], cfg: Config) -> pd.DataFrame:
     fold = np.full(n, -1, np.int64)
     strata = [""] * n
     if f.method == "group":
-        groups = [s.group for s in samples]
-        if any(g is None or g == "" for g in groups):
-            raise DataError(f"data.group_column {cfg.data.group_column!r} is empty for some rows")
+        groups = [sample_group(s, cfg) for s in samples]
         if len(set(groups)) < f.n_splits:
             raise DataError(f"{len(set(groups))} groups cannot make {f.n_splits} folds")
         splitter = GroupKFold(n_splits=f.n_splits, shuffle=True, random_state=f.seed)
