@@ -1,7 +1,7 @@
 """Optimisers and learning-rate schedules from the config (torch's and timm's implementations).
 
 Schedules are stepped per optimiser update (``step_update``) with warmup, except
-reduce-on-plateau, which is stepped per epoch with the validation score. Parameter groups
+reduce-on-plateau (torch's), which is stepped per epoch with the validation score after a linear warmup. Parameter groups
 (encoder learning-rate multiplier, no weight decay on norms and biases) come from
 :func:`seg_toolkit.models.param_groups`; the schedules scale every group's own base lr.
 """
@@ -9,10 +9,11 @@ reduce-on-plateau, which is stepped per epoch with the validation score. Paramet
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 import torch
-from timm.scheduler import CosineLRScheduler, PlateauLRScheduler, PolyLRScheduler, StepLRScheduler
+from timm.scheduler import CosineLRScheduler, PolyLRScheduler, StepLRScheduler
 
 from .config import Config
 
@@ -44,18 +45,27 @@ class LRSchedule:
         self.name = s.name
         common = dict(warmup_t=warmup, warmup_lr_init=s.min_lr if warmup else 0.0)
         self.impl: Any = None
+        # warmup is a prefix: the lr reaches its configured value when warmup ends, then decays
+        # over the remaining updates to min_lr at the last one
+        decay = max(1, total - warmup)
         if s.name == "cosine":
-            self.impl = CosineLRScheduler(optimizer, t_initial=total, lr_min=s.min_lr, t_in_epochs=False, warmup_prefix=False, **common)
+            self.impl = CosineLRScheduler(optimizer, t_initial=decay, lr_min=s.min_lr, t_in_epochs=False, warmup_prefix=True, **common)
         elif s.name == "poly":
-            self.impl = PolyLRScheduler(optimizer, t_initial=total, power=s.power, lr_min=s.min_lr, t_in_epochs=False, **common)
+            self.impl = PolyLRScheduler(optimizer, t_initial=decay, power=s.power, lr_min=s.min_lr, t_in_epochs=False,
+                                        warmup_prefix=True, **common)
         elif s.name == "step":
             self.impl = StepLRScheduler(
                 optimizer, decay_t=s.step_size * updates_per_epoch, decay_rate=s.gamma, t_in_epochs=False, **common
             )
         elif s.name == "plateau":
-            self.impl = PlateauLRScheduler(
-                optimizer, decay_rate=s.gamma, patience_t=s.patience, lr_min=s.min_lr, mode="max", **common
+            # torch's, not timm's: timm's plateau state is not checkpointed, which would break exact resume
+            self.impl = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                optimizer, mode="max", factor=s.gamma, patience=s.patience, min_lr=s.min_lr
             )
+            self.base_lrs = [g["lr"] for g in optimizer.param_groups]
+            self.optimizer, self.warmup, self.warmup_from = optimizer, warmup, s.min_lr
+            if warmup:
+                self._set_warmup(0)
         elif s.name == "onecycle":
             self.impl = torch.optim.lr_scheduler.OneCycleLR(
                 optimizer,
@@ -64,15 +74,21 @@ class LRSchedule:
                 pct_start=max(s.warmup_epochs / cfg.train.epochs, 0.05) if s.warmup_epochs else 0.3,
             )
 
+    def _set_warmup(self, n_updates: int) -> None:
+        for g, base in zip(self.optimizer.param_groups, self.base_lrs):
+            g["lr"] = self.warmup_from + (base - self.warmup_from) * n_updates / self.warmup
+
     def step_update(self, n_updates: int) -> None:
         if self.name in ("cosine", "poly", "step"):
             self.impl.step_update(n_updates)
         elif self.name == "onecycle":
             self.impl.step()
+        elif self.name == "plateau" and n_updates <= self.warmup:
+            self._set_warmup(n_updates)
 
     def step_epoch(self, epoch: int, score: float | None) -> None:
-        if self.name == "plateau":
-            self.impl.step(epoch + 1, score)
+        if self.name == "plateau" and score is not None and not math.isnan(score):
+            self.impl.step(score)
 
     def state_dict(self) -> dict[str, Any]:
         return self.impl.state_dict() if self.impl is not None else {}

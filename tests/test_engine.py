@@ -1,0 +1,129 @@
+"""Training engine pieces: EMA, encoder freezing, bf16 on CPU, schedules, early stopping, accumulation."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+import torch
+
+from seg_toolkit import train
+from seg_toolkit.checkpoint import load_checkpoint, load_model
+from seg_toolkit.config import config_from_dict
+from seg_toolkit.cv import run_cv
+from seg_toolkit.optim import LRSchedule
+
+from .conftest import demo_dict
+
+
+def _cfg(demo_root, tmp_path, train_opts=None, **sections):
+    return config_from_dict(demo_dict(
+        demo_root, tmp_path / "runs", folds={"n_splits": 2, "method": "kfold", "only": [0]},
+        train={"epochs": 2, "batch_size": 2, **(train_opts or {})}, **sections,
+    ))
+
+
+@pytest.mark.parametrize("use_ema", [False, True])
+def test_ema_weights_differ_and_config_decides(demo_root, tmp_path, use_ema):
+    cfg = _cfg(demo_root, tmp_path, {"ema_decay": 0.5, "use_ema": use_ema})
+    run_cv(cfg)
+    fold = cfg.run_dir / "fold_0"
+    ckpt = load_checkpoint(fold / "best.pt")
+    assert any(not torch.equal(ckpt["model"][k], ckpt["ema"][k]) for k in ckpt["model"] if ckpt["model"][k].is_floating_point())
+    model, _ = load_model(fold / "best.pt")
+    chosen = ckpt["ema"] if use_ema else ckpt["model"]
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, chosen[k]), k
+    cols = set(pd.read_csv(fold / "metrics.csv").columns)
+    assert ("raw_val_score" in cols) if use_ema else ("ema_val_score" in cols)  # the other one is logged too
+
+
+def test_encoder_frozen_for_first_epochs(demo_root, tmp_path, monkeypatch):
+    calls = []
+    original = train.set_frozen_encoder
+    monkeypatch.setattr(train, "set_frozen_encoder", lambda m, frozen: (calls.append(frozen), original(m, frozen)))
+    cfg = _cfg(demo_root, tmp_path, {"epochs": 1}, model={"arch": "scratch_unet", "depth": 2, "base_width": 4, "freeze_encoder_epochs": 1})
+    # the initial weights: same seed, same order of draws as train_attempt
+    train.seed_everything(cfg.train.seed + 0, cfg.train.deterministic)
+    initial, _ = train.build_model_and_ema(cfg, torch.device("cpu"))
+    run_cv(cfg)
+    assert calls == [True]
+    trained = load_checkpoint(cfg.run_dir / "fold_0" / "last.pt")["model"]
+    enc = [k for k in trained if k.startswith("encoder.") and "running" not in k and "num_batches" not in k]
+    dec = [k for k in trained if not k.startswith("encoder.") and trained[k].is_floating_point()]
+    assert enc and all(torch.equal(trained[k], initial.state_dict()[k]) for k in enc)
+    assert any(not torch.equal(trained[k], initial.state_dict()[k]) for k in dec)
+
+
+def test_bf16_autocast_on_cpu_and_grad_accumulation(demo_root, tmp_path):
+    cfg = _cfg(demo_root, tmp_path, {"epochs": 1, "amp": "bf16", "grad_accum": 2, "grad_clip": 1.0})
+    cv = run_cv(cfg)
+    assert math.isfinite(cv["score"])
+    # 6 training images, batch 2 -> 3 batches; accumulating 2 -> updates after batch 2 and after the last one
+    assert load_checkpoint(cfg.run_dir / "fold_0" / "last.pt")["step"] == 2
+
+
+def test_early_stopping_with_patience(demo_root, tmp_path, monkeypatch):
+    monkeypatch.setattr(train, "validate_epoch", lambda *a, **k: {"val_loss": 1.0, "val_score": 0.5, "metric": "dice"})
+    cfg = _cfg(demo_root, tmp_path, {"epochs": 6, "early_stopping_patience": 2})
+    run_cv(cfg)
+    rows = pd.read_csv(cfg.run_dir / "fold_0" / "metrics.csv")
+    assert rows["epoch"].tolist() == [1, 2, 3]  # best at 1, then two epochs without improvement
+    assert rows["best"].tolist() == [1, 0, 0]
+
+
+def _opt(lr=1.0):
+    return torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=lr)
+
+
+def _lrs(name, epochs=10, per_epoch=10, **sched):
+    cfg = config_from_dict({"train": {"epochs": epochs}, "scheduler": {"name": name, **sched}})
+    opt = _opt()
+    s = LRSchedule(cfg, opt, per_epoch)
+    out = []
+    for step in range(1, epochs * per_epoch + 1):
+        out.append(opt.param_groups[0]["lr"])
+        opt.step()
+        s.step_update(step)
+    return out, opt
+
+
+def test_cosine_with_warmup():
+    lrs, opt = _lrs("cosine", warmup_epochs=1, min_lr=0.01)
+    assert lrs[0] == pytest.approx(0.01)  # warmup starts at min_lr
+    assert max(lrs) == pytest.approx(1.0, abs=0.01) and lrs.index(max(lrs)) in (10, 11)  # peak right after warmup
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.01, abs=1e-3)  # ends at min_lr
+
+
+def test_poly_step_and_onecycle():
+    poly, _ = _lrs("poly", power=1.0, min_lr=0.0)
+    assert poly[50] == pytest.approx(0.5, abs=0.02)  # linear decay halfway
+    step, _ = _lrs("step", step_size=4, gamma=0.1)
+    assert step[39] == pytest.approx(1.0) and step[41] == pytest.approx(0.1)
+    one, _ = _lrs("onecycle")
+    assert one[0] < 0.1 and max(one) == pytest.approx(1.0, rel=1e-3) and one[-1] < 1e-3
+
+
+def test_plateau_reduces_after_patience():
+    cfg = config_from_dict({"train": {"epochs": 10}, "scheduler": {"name": "plateau", "patience": 1, "gamma": 0.5}})
+    opt = _opt()
+    s = LRSchedule(cfg, opt, 5)
+    for epoch, score in enumerate([0.5, 0.5, 0.5]):
+        s.step_epoch(epoch, score)
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.5)  # best, then 2 epochs > patience 1 without gain
+    restored = LRSchedule(cfg, _opt(), 5)
+    restored.load_state_dict(s.state_dict())  # its counters travel in the checkpoint
+    assert restored.impl.num_bad_epochs == s.impl.num_bad_epochs and restored.impl.best == s.impl.best
+
+
+def test_plateau_warmup():
+    cfg = config_from_dict({"train": {"epochs": 10}, "scheduler": {"name": "plateau", "warmup_epochs": 1, "min_lr": 0.0}})
+    opt = _opt()
+    s = LRSchedule(cfg, opt, 4)
+    assert opt.param_groups[0]["lr"] == 0.0
+    s.step_update(2)
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.5)
+    s.step_update(4)
+    s.step_update(5)
+    assert opt.param_groups[0]["lr"] == pytest.approx(1.0)
