@@ -19,7 +19,7 @@ demo: $(STAMP)
 
 ## make test: install (with dev extras) and run the test suite
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2
 
 ## make bench: speed benchmarks (ratios against a baseline in the same process)
 bench: $(STAMP)

@@ -25,7 +25,7 @@ from .config import Config, config_from_dict
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "load_model", "rng_state", "set_rng_state", "atomic_write"]
+__all__ = ["CheckpointError", "default_file_mode", "save_checkpoint", "load_checkpoint", "load_model", "rng_state", "set_rng_state", "atomic_write"]
 
 
 class CheckpointError(RuntimeError):
@@ -44,6 +44,7 @@ def atomic_write(path: str | Path, write_fn) -> None:
     os.close(fd)
     try:
         write_fn(tmp)
+        os.chmod(tmp, default_file_mode())  # mkstemp makes 0600; give the file the usual permissions
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -51,6 +52,13 @@ def atomic_write(path: str | Path, write_fn) -> None:
         except FileNotFoundError:
             pass
         raise
+
+
+def default_file_mode() -> int:
+    """What ``open()`` would give a new file under the current umask (0644 with the usual 022)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:

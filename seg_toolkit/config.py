@@ -64,6 +64,7 @@ class DataConfig:
     test_lists: list[str] = field(default_factory=list)  # labelled held-out lists (evaluate --split test)
     sample_submission: str = "sample_submission.csv"
     max_image_pixels: int = 50_000_000  # larger images are refused before decoding
+    limit: Optional[int] = None  # use only the first N labelled samples (smoke tests, notebooks)
 
 
 @dataclass

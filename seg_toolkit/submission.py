@@ -19,6 +19,7 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 
+from .checkpoint import default_file_mode
 from .config import Config
 from .rle import RLEError, rle_encode, rle_to_runs
 
@@ -102,6 +103,7 @@ class SubmissionWriter:
                     self._mismatch = f"{self.n} rows written, the sample has {len(self.expected)}"
                 if self._mismatch:
                     raise SubmissionError(f"refusing to write {self.path}: ids differ from the sample submission: {self._mismatch}")
+            os.chmod(self._tmp, default_file_mode())
             os.replace(self._tmp, self.path)
         finally:
             if os.path.exists(self._tmp):

@@ -91,10 +91,12 @@ def load_train_samples(cfg: Config) -> list[Sample]:
     """All labelled training samples of the competition, in file order."""
     d = cfg.data
     if d.layout == "csv":
-        return _csv_samples(cfg)
-    if d.train_lists:
-        return load_list_samples(cfg, d.train_lists)
-    return _folder_samples(cfg)
+        samples = _csv_samples(cfg)
+    elif d.train_lists:
+        samples = load_list_samples(cfg, d.train_lists)
+    else:
+        samples = _folder_samples(cfg)
+    return samples[: d.limit] if d.limit is not None else samples
 
 
 def _csv_samples(cfg: Config) -> list[Sample]:
