@@ -6,7 +6,6 @@ Only this module configures logging handlers; the library modules just log.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
@@ -84,7 +83,22 @@ def cmd_tune(args: argparse.Namespace) -> int:
     cfg = _config(args)
     _print_tune(tune_postprocess(cfg))
     print(f"written to {cfg.run_dir / 'postprocess.json'} (predict and evaluate read it)")
+    if args.tta:
+        _tune_tta(cfg)
     return 0
+
+
+def _tune_tta(cfg: Config) -> None:
+    """``tune --tta``: choose the TTA set and merge mode on OOF (after the post-processing) and print the scores."""
+    from .tta_search import choose_tta
+
+    r = choose_tta(cfg)
+    print(f"\nOOF TTA choice ({r['metric']}, {r['n_images']} OOF images, folds {r['folds']}, post-processing: {r['postprocess']}):")
+    print(f"  {'tta':<34} {'merge':<11} {'transforms':>10} {'score':>8}")
+    for s in r["scores"]:
+        mark = "  <- chosen" if (s["tta"], s["merge"]) == (r["tta"], r["merge"]) else ""
+        print(f"  {' '.join(s['tta']):<34} {s['merge']:<11} {s['n_transforms']:>10} {s['score']:>8.4f}{mark}")
+    print(f"written to {cfg.run_dir / 'tta.json'} (predict, ensemble and evaluate use it; delete it to use predict.tta / predict.merge)")
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -121,7 +135,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_check_submission(args: argparse.Namespace) -> int:
     from .submission import check_submission
 
-    problems = check_submission(args.csv, args.sample, empty_tokens=tuple(args.empty_token))
+    problems = check_submission(args.csv, args.sample, empty_tokens=tuple(args.empty_token or [""]))
     if problems:
         print(f"{args.csv}: {len(problems)} problem(s)")
         for p in problems:
@@ -222,6 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("tune", help="tune thresholds / min-area / empty gate on the OOF predictions (never on test)")
     _add_config(p)
+    p.add_argument("--tta", action="store_true",
+                   help="also choose the TTA transforms and merge mode by OOF score (re-predicts the folds' validation images)")
     p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("predict", help="predict the test images and write the submission CSV")
@@ -244,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check-submission", help="validate a submission CSV against the sample submission")
     p.add_argument("csv")
     p.add_argument("--sample", required=True)
-    p.add_argument("--empty-token", action="append", default=[""], help="tokens accepted for an empty mask")
+    p.add_argument("--empty-token", action="append", help="how an empty mask is written (repeatable; default: the empty string)")
     p.set_defaults(func=cmd_check_submission)
 
     p = sub.add_parser("report", help="one self-contained HTML page of a run: CV, per-class table, confusion, curves, overlays")

@@ -82,11 +82,15 @@ def run_cv(cfg: Config, folds: list[int] | None = None, resume: bool = False, ov
     d.barrier()
     run = cfg.run_dir
     folds_df = load_or_make_folds(samples, cfg, run / "folds.csv")
+    trained_before = set(completed_folds(run))
     for k in folds:
         log.info("fold %d/%d", k + 1, cfg.folds.n_splits)
         train_fold(cfg, k, samples, folds_df, run, resume=resume)
         if d.is_main:
             _write_curves(run)
+    if d.is_main and (run / "tta.json").is_file() and set(folds) - trained_before:
+        log.warning("%s was chosen before fold(s) %s were trained; run `seg-toolkit tune --tta` again",
+                    run / "tta.json", sorted(set(folds) - trained_before))
     cv = None
     if d.is_main:
         cv = compute_cv(cfg, run, samples)

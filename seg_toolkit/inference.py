@@ -29,7 +29,7 @@ from .tta import expand_tta, tta_predict
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Member", "load_members", "predict_probs", "iter_test_probs", "predict_test"]
+__all__ = ["Member", "load_members", "predict_probs", "iter_test_probs", "predict_test", "tta_settings"]
 
 
 class TiledModel(nn.Module):
@@ -45,19 +45,61 @@ class TiledModel(nn.Module):
         return sliding_window_predict(self.model, x, self.tile_size, self.overlap, max_batch=self.max_batch)
 
 
+# ----------------------------------------------------------------------------- TTA chosen on OOF (tta_search)
+
+
+def tta_settings(cfg: Config) -> tuple[list[str], str]:
+    """``(transforms, merge mode)`` for prediction: those chosen on OOF in ``run_dir/tta.json``
+    (written by ``seg-toolkit tune --tta``, :func:`seg_toolkit.tta_search.choose_tta`) when it
+    exists, else ``predict.tta`` / ``predict.merge``. The choice is logged."""
+    import json
+
+    from .config import ConfigError
+    from .tta import MERGE_MODES
+
+    path = cfg.run_dir / "tta.json"
+    if not path.is_file():
+        return list(cfg.predict.tta), cfg.predict.merge
+    try:
+        data = json.loads(path.read_text())
+        tta, merge = data["tta"], data["merge"]
+        expand_tta(tta)
+    except (ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"{path}: not a TTA choice ({type(e).__name__}: {e}); run `seg-toolkit tune CONFIG --tta` again or delete it") from None
+    if merge not in MERGE_MODES:
+        raise ConfigError(f"{path}: merge {merge!r} is not one of {', '.join(MERGE_MODES)}")
+    log.info("TTA chosen on OOF (%s): %s, merge %s (config: %s, %s)", path, tta, merge, cfg.predict.tta, cfg.predict.merge)
+    return list(tta), merge
+
+
 @dataclass
 class Member:
-    """One experiment of an ensemble: its config, fold models and weight."""
+    """One experiment of an ensemble: its config, fold models and weight.
+
+    ``tta`` / ``merge`` default to :func:`tta_settings` (the OOF choice in ``tta.json``, else the config's).
+    """
 
     cfg: Config
     models: list[nn.Module]
     weight: float = 1.0
+    tta: list[str] | None = None
+    merge: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.tta is None or self.merge is None:
+            tta, merge = tta_settings(self.cfg)
+            self.tta = self.tta if self.tta is not None else tta
+            self.merge = self.merge or merge
 
 
 def load_members(cfgs: list[Config], weights: list[float] | None, device: torch.device) -> list[Member]:
+    from .config import ConfigError
+
     weights = weights or [1.0] * len(cfgs)
     if len(weights) != len(cfgs):
-        raise ValueError(f"{len(weights)} weights for {len(cfgs)} experiments")
+        raise ConfigError(f"--weights: {len(weights)} weights for {len(cfgs)} experiments")
+    if any(w < 0 for w in weights) or sum(weights) <= 0:
+        raise ConfigError(f"--weights: expected non-negative weights with a positive sum, got {weights}")
     total = float(sum(weights))
     members = []
     for cfg, w in zip(cfgs, weights):
@@ -86,7 +128,7 @@ def predict_probs(members: list[Member], images: torch.Tensor, task: str) -> tor
         p = m.cfg.predict
         for model in m.models:
             with _autocast(m.cfg, images.device):
-                probs = tta_predict(model, images, task, expand_tta(p.tta), p.scales, p.merge, p.max_tta_batch).float()
+                probs = tta_predict(model, images, task, expand_tta(m.tta), p.scales, m.merge, p.max_tta_batch).float()
             if space == "logit":
                 probs = torch.logit(probs.clamp(1e-6, 1 - 1e-6)) if task != "multiclass" else probs.clamp_min(1e-6).log()
             w = m.weight / len(m.models)
@@ -113,7 +155,7 @@ def forward_passes_per_image(members: list[Member]) -> int:
     n = 0
     for m in members:
         p = m.cfg.predict
-        n += len(m.models) * len(expand_tta(p.tta)) * len(p.scales)
+        n += len(m.models) * len(expand_tta(m.tta)) * len(p.scales)
     return n
 
 
@@ -137,7 +179,7 @@ def predict_test(cfgs: list[Config], weights: list[float] | None = None, out: st
         probs_dir.mkdir(parents=True, exist_ok=True)
     passes = forward_passes_per_image(members)
     log.info("predicting %d test images: %d forward passes each (%s)", len(samples), passes,
-             " + ".join(f"{len(m.models)} folds x {len(expand_tta(m.cfg.predict.tta))} TTA x {len(m.cfg.predict.scales)} scales" for m in members))
+             " + ".join(f"{len(m.models)} folds x {len(expand_tta(m.tta))} TTA x {len(m.cfg.predict.scales)} scales" for m in members))
     with SubmissionWriter(out, columns, expected) as writer:
         bar = tqdm(iter_test_probs(members, samples, device), total=len(samples), desc=f"predict ({passes} passes/image)", disable=None)
         for image_id, probs in bar:

@@ -170,6 +170,10 @@ def check_submission(
             break
         if rle in empty_tokens:
             continue
+        if rle.strip() == "":
+            problems.append(f"line {i + 2} (id {image_id!r}): empty field, but an empty mask is written as "
+                            f"{' or '.join(repr(t) for t in empty_tokens)} in this competition")
+            continue
         limit = n_pixels.get(image_id) if isinstance(n_pixels, dict) else n_pixels
         try:
             rle_to_runs(rle, limit if limit else np.iinfo(np.int64).max, where=f"line {i + 2} (id {image_id!r})")

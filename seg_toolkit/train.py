@@ -171,27 +171,31 @@ class TrainingInterrupted(Exception):
 
 
 class GracefulStop:
-    """While active, a first Ctrl-C (SIGINT) only sets a flag; the loop stops at the next
-    optimiser-step boundary and checkpoints. A second Ctrl-C interrupts at once."""
+    """While active, a first Ctrl-C (SIGINT) or SIGTERM (``kill``, a scheduler preempting the job)
+    only sets a flag; the loop stops at the next optimiser-step boundary and checkpoints.
+    A second signal interrupts at once."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self) -> None:
         self.requested = False
-        self._previous = None
+        self._previous: dict[int, Any] = {}
 
     def _handler(self, signum, frame) -> None:
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
-        log.warning("Ctrl-C: stopping after the current step and saving a checkpoint (press again to abort at once)")
+        log.warning("%s: stopping after the current step and saving a checkpoint (send it again to abort at once)",
+                    signal.Signals(signum).name)
 
     def __enter__(self) -> "GracefulStop":
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handler)
+            self._previous = {sig: signal.signal(sig, self._handler) for sig in self.SIGNALS}
         return self
 
     def __exit__(self, *exc) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
 
 
 # ----------------------------------------------------------------------------- set-up steps

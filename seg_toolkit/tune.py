@@ -52,8 +52,9 @@ same way ``cv.json`` is computed (so with the default post-processing, ``before`
 :func:`~seg_toolkit.metrics.pixel_accuracy`, and the fast path is checked against the
 Evaluator at ``before`` and ``after``.
 
-Not here: choosing the TTA transforms on OOF (``choose_tta``) is left for later, since
-the OOF files hold one (un-augmented) prediction per image.
+Choosing the TTA transforms and merge mode is :func:`seg_toolkit.tta_search.choose_tta`
+(``seg-toolkit tune --tta``): it needs the fold models, since the OOF files hold one
+(un-augmented) prediction per image.
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from seg_toolkit.config import config_from_dict
 from seg_toolkit.data.demo import make_demo
@@ -53,3 +54,8 @@ def demo_dict(root: Path, runs: Path, **sections) -> dict:
 @pytest.fixture
 def demo_cfg(demo_root, tmp_path):
     return config_from_dict(demo_dict(demo_root, tmp_path / "runs"))
+
+
+# One torch thread per test process: the tests run tiny tensors, where a second thread costs
+# more in hand-offs than it gains, most of all when pytest-xdist runs two processes on 2 cores.
+torch.set_num_threads(1)

@@ -51,7 +51,7 @@ def test_two_process_ddp_on_cpu(demo_root, tmp_path):
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script), str(cfg_path), str(spy)],
         capture_output=True, text=True, timeout=300,
     )
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert proc.returncode == 0, f"torchrun exited {proc.returncode}\nstdout:\n{proc.stdout[-2000:]}\nstderr:\n{proc.stderr[-4000:]}"
     for epoch in (0, 1):
         a = torch.load(spy / f"rank0_epoch{epoch}.pt", weights_only=True)
         b = torch.load(spy / f"rank1_epoch{epoch}.pt", weights_only=True)

@@ -18,7 +18,7 @@ from .conftest import demo_dict
 
 # Runs training in a child process; with KILL_AT > 0 the process SIGKILLs itself right after
 # that many optimiser updates (a real kill: no cleanup, no finally blocks run), or sends
-# itself SIGINT (Ctrl-C) when a fifth argument is given.
+# itself the signal named by the fifth argument (SIGINT = Ctrl-C, SIGTERM = kill / preemption).
 CHILD = textwrap.dedent(
     """
     import json, logging, os, signal, sys
@@ -29,7 +29,7 @@ CHILD = textwrap.dedent(
     logging.basicConfig(level=logging.INFO)
     cfg = config_from_dict(json.loads(sys.argv[1]))
     kill_at, resume = int(sys.argv[2]), sys.argv[3] == "1"
-    sig = signal.SIGINT if len(sys.argv) > 4 else signal.SIGKILL
+    sig = getattr(signal, sys.argv[4])
     if kill_at > 0:
         original, count = train.optimizer_step, [0]
         def step(*args, **kwargs):
@@ -43,9 +43,9 @@ CHILD = textwrap.dedent(
 )
 
 
-def _run(cfg_data: dict, kill_at: int = 0, resume: bool = False, ctrl_c: bool = False) -> subprocess.CompletedProcess:
+def _run(cfg_data: dict, kill_at: int = 0, resume: bool = False, signal_name: str = "SIGKILL") -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-c", CHILD, json.dumps(cfg_data), str(kill_at), "1" if resume else "0"] + (["int"] if ctrl_c else []),
+        [sys.executable, "-c", CHILD, json.dumps(cfg_data), str(kill_at), "1" if resume else "0", signal_name],
         capture_output=True, text=True, timeout=300,
     )
 
@@ -108,9 +108,10 @@ def test_truncated_checkpoint_falls_back_to_previous(demo_root, tmp_path, refere
     _assert_same(_weights(runs), reference)  # replayed from epoch 1 to the same end
 
 
-def test_ctrl_c_saves_a_checkpoint_that_resumes_exactly(demo_root, tmp_path, reference):
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_ctrl_c_saves_a_checkpoint_that_resumes_exactly(demo_root, tmp_path, reference, sig):
     runs = tmp_path / "runs"
-    stopped = _run(_cfg(demo_root, runs), kill_at=5, ctrl_c=True)  # second update of epoch 2
+    stopped = _run(_cfg(demo_root, runs), kill_at=5, signal_name=sig)  # second update of epoch 2
     assert stopped.returncode != 0
     assert "fold 0 interrupted in epoch 2 after 2 batches" in stopped.stderr
     ckpt = _weights(runs)

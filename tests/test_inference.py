@@ -1,0 +1,353 @@
+"""Prediction: streaming with bounded memory, weighted ensembles, and the submission conventions."""
+
+from __future__ import annotations
+
+import json
+import resource
+import tracemalloc
+import weakref
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import seg_toolkit.inference as inference_mod
+from seg_toolkit.checkpoint import load_model, save_checkpoint
+from seg_toolkit.cli import main
+from seg_toolkit.config import ConfigError, config_from_dict, config_to_dict, load_config, save_config
+from seg_toolkit.data.demo import make_demo
+from seg_toolkit.inference import load_members, predict_probs, predict_test
+from seg_toolkit.rle import rle_decode
+from seg_toolkit.submission import SubmissionError, SubmissionWriter, check_submission, mask_rows
+from seg_toolkit.train import build_model_and_ema, fold_dir
+
+from .conftest import demo_dict
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Tiny tensors: one intra-op thread. On a busy 2-core machine two threads made these forward
+    passes ~25x slower (spinning threads competing with the other process)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def fake_run(cfg, seeds=(0,)) -> None:
+    """Completed folds without training: a freshly initialised model per fold (seeded), saved the way
+    ``train.save_epoch`` saves ``best.pt``, and a ``done.json``. Enough for ``load_members``."""
+    for k, seed in enumerate(seeds):
+        torch.manual_seed(seed)
+        model, _ = build_model_and_ema(cfg, torch.device("cpu"))
+        with torch.no_grad():  # a non-trivial output: random biases instead of zeros
+            for p in model.parameters():
+                p.add_(torch.randn_like(p) * 0.1)
+        out = fold_dir(cfg.run_dir, k)
+        out.mkdir(parents=True, exist_ok=True)
+        save_checkpoint({"model": model.state_dict(), "ema": None, "config": config_to_dict(cfg),
+                         "model_args": {"num_classes": cfg.data.num_classes, "in_channels": cfg.data.in_channels},
+                         "epoch": 1, "best_score": 0.0}, out / "best.pt")
+        (out / "done.json").write_text(json.dumps({"fold": k, "metric": "dice", "oof_score": 0.0}))
+
+
+# ----------------------------------------------------------------------------- streaming, bounded memory
+
+
+class AliveCounter:
+    """Counts tensors alive (weakref finalizers) and the most alive at once."""
+
+    def __init__(self) -> None:
+        self.alive = self.peak = self.total = 0
+
+    def track(self, t: torch.Tensor) -> torch.Tensor:
+        self.alive += 1
+        self.total += 1
+        self.peak = max(self.peak, self.alive)
+        weakref.finalize(t, self._gone)
+        return t
+
+    def _gone(self) -> None:
+        self.alive -= 1
+
+
+@pytest.fixture(scope="module")
+def big_test(tmp_path_factory):
+    """400 test images of 32x32 (3 rows each in the sample) and a 200-image sample over the first 200."""
+    root = make_demo(tmp_path_factory.mktemp("big"), n_train=2, n_test=400, height=32, width=32, seed=5)
+    sample = pd.read_csv(root / "sample_submission.csv", dtype=str, keep_default_na=False)
+    sample.iloc[: 3 * 200].to_csv(root / "sample_200.csv", index=False)
+    return root
+
+
+def _measure(cfg, monkeypatch) -> dict:
+    batches, images = AliveCounter(), AliveCounter()
+    real_probs, real_iter = inference_mod.predict_probs, inference_mod.iter_test_probs
+
+    def probs_tracked(*a, **k):
+        return batches.track(real_probs(*a, **k))
+
+    def iter_tracked(*a, **k):
+        for image_id, p in real_iter(*a, **k):
+            yield image_id, images.track(p)
+
+    monkeypatch.setattr(inference_mod, "predict_probs", probs_tracked)
+    monkeypatch.setattr(inference_mod, "iter_test_probs", iter_tracked)
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    tracemalloc.start()
+    try:
+        base, _ = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
+        out = predict_test([cfg])
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return {"out": out, "peak": peak - base, "batches": batches.peak, "images": images.peak, "n": images.total,
+            "rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0}
+
+
+def test_streaming_memory_is_flat_when_the_test_set_doubles(big_test, tmp_path, monkeypatch):
+    runs = tmp_path / "runs"
+    base = demo_dict(big_test, runs, predict={"batch_size": 16}, train={"num_workers": 0})
+    cfg_n = config_from_dict({**base, "data": {**base["data"], "sample_submission": "sample_200.csv"},
+                              "submission": {**base["submission"], "path": str(runs / "sub200.csv")}})
+    cfg_2n = config_from_dict({**base, "submission": {**base["submission"], "path": str(runs / "sub400.csv")}})
+    fake_run(cfg_2n)
+    predict_test([cfg_n])  # warm-up: imports, caches, first-call allocations
+    m_n = _measure(cfg_n, monkeypatch)
+    monkeypatch.undo()
+    m_2n = _measure(cfg_2n, monkeypatch)
+    print(f"\nstreaming: N=200 peak {m_n['peak'] / 1e6:.3f} MB (maxrss +{m_n['rss_kb']} kB); "
+          f"2N=400 peak {m_2n['peak'] / 1e6:.3f} MB (maxrss +{m_2n['rss_kb']} kB); "
+          f"most alive: batch probs {m_n['batches']}/{m_2n['batches']}, image probs {m_n['images']}/{m_2n['images']}")
+    assert (m_n["n"], m_2n["n"]) == (200, 400)
+    assert check_submission(m_2n["out"], big_test / "sample_submission.csv") == []
+    assert len(pd.read_csv(m_2n["out"])) == 1200
+    # one batch of probabilities (and the image being written) alive at a time, whatever N
+    assert m_n["batches"] == m_2n["batches"] <= 2
+    assert m_n["images"] == m_2n["images"] <= 2
+    # Python/NumPy peak: per-image data of all N images would add >= 3 kB x 200 (uint8 masks);
+    # the O(N) that remains is the sample's ids (3 strings per image)
+    assert m_2n["peak"] < 1.2 * m_n["peak"] + 200_000
+
+
+def test_the_memory_check_sees_a_leak(big_test, tmp_path, monkeypatch):
+    """Control: keep every image's mask (as a leaky writer would) and the bound above fails."""
+    runs = tmp_path / "runs"
+    base = demo_dict(big_test, runs, predict={"batch_size": 16}, train={"num_workers": 0})
+    cfg_n = config_from_dict({**base, "data": {**base["data"], "sample_submission": "sample_200.csv"},
+                              "submission": {**base["submission"], "path": str(runs / "sub200.csv")}})
+    cfg_2n = config_from_dict({**base, "submission": {**base["submission"], "path": str(runs / "sub400.csv")}})
+    fake_run(cfg_2n)
+    kept: list[np.ndarray] = []
+    real = inference_mod.apply_postprocess
+
+    def leaky(*a, **k):
+        kept.append(real(*a, **k))
+        return kept[-1]
+
+    peaks = []
+    for cfg in (cfg_n, cfg_2n):
+        kept.clear()
+        monkeypatch.setattr(inference_mod, "apply_postprocess", leaky)
+        peaks.append(_measure(cfg, monkeypatch)["peak"])
+        monkeypatch.undo()
+    print(f"\nleaky control: N=200 peak {peaks[0] / 1e6:.3f} MB; 2N=400 peak {peaks[1] / 1e6:.3f} MB")
+    assert not peaks[1] < 1.2 * peaks[0] + 200_000
+
+
+# ----------------------------------------------------------------------------- ensembles
+
+
+@pytest.fixture
+def two_experiments(demo_root, tmp_path):
+    runs = tmp_path / "runs"
+    a = config_from_dict(demo_dict(demo_root, runs, experiment="a"))
+    b = config_from_dict(demo_dict(demo_root, runs, experiment="b", model={"arch": "scratch_unet", "depth": 2, "base_width": 6}))
+    fake_run(a, seeds=(1, 2))
+    fake_run(b, seeds=(3,))
+    paths = []
+    for cfg in (a, b):
+        save_config(cfg, tmp_path / f"{cfg.experiment}.yaml")
+        paths.append(str(tmp_path / f"{cfg.experiment}.yaml"))
+    return a, b, paths
+
+
+def _batch(cfg, n=2) -> torch.Tensor:
+    from seg_toolkit.data import SegDataset, collate, load_test_samples
+
+    ds = SegDataset(load_test_samples(cfg)[:n], cfg, "test")
+    return collate([ds[i] for i in range(n)])["image"]
+
+
+def test_ensemble_probabilities_are_the_weighted_mean(two_experiments):
+    a, b, _ = two_experiments
+    cpu = torch.device("cpu")
+    images = _batch(a)
+    pa = predict_probs(load_members([a], None, cpu), images, "multilabel")
+    pb = predict_probs(load_members([b], None, cpu), images, "multilabel")
+    # pA is the mean of the two folds' sigmoids, computed without the toolkit's predictor
+    folds = [load_model(fold_dir(a.run_dir, k) / "best.pt")[0] for k in (0, 1)]
+    with torch.no_grad():
+        assert torch.allclose(pa, sum(torch.sigmoid(m(images)) for m in folds) / 2, atol=1e-6)
+    assert (pa - pb).abs().max() > 0.01  # the experiments disagree, so the weights matter
+    members = load_members([a, b], [0.6, 0.4], cpu)
+    assert [m.weight for m in members] == pytest.approx([0.6, 0.4])
+    assert torch.allclose(predict_probs(members, images, "multilabel"), 0.6 * pa + 0.4 * pb, atol=1e-6)
+    # weights are normalised: 3:2 is 0.6:0.4
+    normalised = load_members([a, b], [3, 2], cpu)
+    assert [m.weight for m in normalised] == pytest.approx([0.6, 0.4])
+    assert torch.allclose(predict_probs(normalised, images, "multilabel"), 0.6 * pa + 0.4 * pb, atol=1e-6)
+
+
+def test_cli_ensemble_writes_a_valid_submission(two_experiments, demo_root, tmp_path, capsys):
+    a, b, paths = two_experiments
+    out = tmp_path / "ens.csv"
+    assert main(["ensemble", *paths, "--weights", "0.6", "0.4", "--out", str(out)]) == 0
+    assert f"submission: {out}" in capsys.readouterr().out
+    assert check_submission(out, demo_root / "sample_submission.csv") == []
+    # the same file as the library call with unnormalised weights 3:2
+    same = predict_test([a, b], weights=[3, 2], out=tmp_path / "ens32.csv")
+    assert out.read_text() == same.read_text()
+
+
+def test_wrong_number_of_weights_is_a_clear_error(two_experiments, tmp_path, capsys):
+    _, _, paths = two_experiments
+    out = tmp_path / "never.csv"
+    assert main(["ensemble", *paths, "--weights", "1", "--out", str(out)]) == 2
+    assert "error: --weights: 1 weights for 2 experiments" in capsys.readouterr().err
+    assert main(["ensemble", *paths, "--weights", "1", "-1", "--out", str(out)]) == 2
+    assert "expected non-negative weights" in capsys.readouterr().err
+    assert not out.exists()
+    with pytest.raises(ConfigError, match="--weights: 1 weights for 2 experiments"):
+        load_members([load_config(p) for p in paths], [1.0], torch.device("cpu"))
+
+
+# ----------------------------------------------------------------------------- submission conventions
+
+
+def conv_cfg(task="binary", num_classes=1, **submission):
+    return config_from_dict({"data": {"task": task, "num_classes": num_classes}, "submission": submission})
+
+
+# 2 x 3 (non-square); pixels numbered 1..6
+#   [[0, 1, 1],      column-major (F): 0 1 | 1 0 | 1 0  -> pixels 2, 3, 5     -> "2 2 5 1"
+#    [1, 0, 0]]      row-major    (C): 0 1 1 | 1 0 0    -> pixels 2, 3, 4     -> "2 3"
+MASK = np.array([[0, 1, 1], [1, 0, 0]], np.uint8)
+
+
+def test_row_major_and_column_major_on_a_non_square_mask():
+    assert mask_rows("img", MASK[None], conv_cfg()) == [("img", "2 2 5 1")]  # data.rle_order F, the default
+    assert mask_rows("img", MASK[None], conv_cfg(rle_order="C")) == [("img", "2 3")]
+    assert mask_rows("img", MASK[None], config_from_dict({"data": {"rle_order": "C"}})) == [("img", "2 3")]
+    # submission.rle_order wins over data.rle_order
+    f_over_c = config_from_dict({"data": {"rle_order": "C"}, "submission": {"rle_order": "F"}})
+    assert mask_rows("img", MASK[None], f_over_c) == [("img", "2 2 5 1")]
+    np.testing.assert_array_equal(rle_decode("2 2 5 1", (2, 3), "F"), MASK)
+    np.testing.assert_array_equal(rle_decode("2 3", (2, 3), "C"), MASK)
+
+
+@pytest.mark.parametrize("token", ["", "-", "-1"])
+def test_empty_token_written_and_checked(tmp_path, token):
+    cfg = conv_cfg(empty_token=token)
+    empty = np.zeros((1, 2, 3), np.uint8)
+    assert mask_rows("e", empty, cfg) == [("e", token)]
+    sample = tmp_path / "sample.csv"
+    sample.write_text("id,rle\ne,1 1\nf,1 1\n")
+    sub = tmp_path / "sub.csv"
+    with SubmissionWriter(sub, ("id", "rle"), ["e", "f"]) as w:
+        w.write(mask_rows("e", empty, cfg))
+        w.write(mask_rows("f", MASK[None], cfg))
+    assert sub.read_text() == f"id,rle\ne,{token}\nf,2 2 5 1\n"
+    assert check_submission(sub, sample, empty_tokens=(token,)) == []
+    for other in {"-", "-1"} - {token}:
+        bad = tmp_path / f"bad{other}.csv"
+        bad.write_text(f"id,rle\ne,{other}\nf,2 2 5 1\n")
+        problems = check_submission(bad, sample, empty_tokens=(token,))
+        assert len(problems) == 1 and "line 2 (id 'e')" in problems[0] and "odd number of tokens" in problems[0]
+
+
+def test_empty_cell_rejected_when_the_token_is_minus_one(tmp_path):
+    sample = tmp_path / "sample.csv"
+    sample.write_text("id,rle\ne,1 1\n")
+    sub = tmp_path / "sub.csv"
+    sub.write_text("id,rle\ne,\n")
+    assert check_submission(sub, sample, empty_tokens=("-1",)) == [
+        "line 2 (id 'e'): empty field, but an empty mask is written as '-1' in this competition"]
+    assert check_submission(sub, sample, empty_tokens=("",)) == []
+
+
+def test_one_row_per_image_or_per_image_and_class():
+    three = np.stack([MASK, np.zeros_like(MASK), np.ones_like(MASK)])
+    # binary, one row per image
+    assert mask_rows("a", MASK[None], conv_cfg(per_class=False)) == [("a", "2 2 5 1")]
+    # multilabel, one row per image and class (classes from 1), two id formats
+    ml = dict(task="multilabel", num_classes=3, per_class=True)
+    rows = mask_rows("a", three, conv_cfg(**ml, id_format="{id}_{cls}"))
+    assert rows == [("a_1", "2 2 5 1"), ("a_2", ""), ("a_3", "1 6")]
+    rows = mask_rows("a", three, conv_cfg(**ml, id_format="{id}:{cls}"))
+    assert rows == [("a:1", "2 2 5 1"), ("a:2", ""), ("a:3", "1 6")]
+    with pytest.raises(SubmissionError, match="3 classes but submission.per_class is false"):
+        mask_rows("a", three, conv_cfg(task="multilabel", num_classes=3, per_class=False))
+
+
+def test_multiclass_label_map_gives_per_class_rows_without_background():
+    label = np.array([[0, 2, 2], [1, 0, 0]], np.uint8)
+    cfg = conv_cfg(task="multiclass", num_classes=4, per_class=True, id_format="{id}_{cls}")
+    # class 1: pixel (1,0) -> F index 2; class 2: (0,1), (0,2) -> F 3 and 5; class 3 absent -> empty
+    assert mask_rows("m", label, cfg) == [("m_1", "2 1"), ("m_2", "3 1 5 1"), ("m_3", "")]
+
+
+def _check_cli(sub: Path, sample: Path, capsys) -> str:
+    code = main(["check-submission", str(sub), "--sample", str(sample)])
+    out = capsys.readouterr().out
+    assert code == 1 and f"{sub}: " in out
+    return out
+
+
+def test_check_submission_cli_names_each_problem(tmp_path, capsys):
+    sample = tmp_path / "sample.csv"
+    sample.write_text("ImageId,EncodedPixels\na,1 1\nb,1 1\nc,1 1\nd,1 1\n")
+    good = tmp_path / "good.csv"
+    good.write_text("ImageId,EncodedPixels\na,1 2\nb,\nc,3 4\nd,\n")
+    assert main(["check-submission", str(good), "--sample", str(sample)]) == 0
+    assert "OK" in capsys.readouterr().out
+
+    cols = tmp_path / "cols.csv"
+    cols.write_text("Id,Pixels\na,\nb,\nc,\nd,\n")
+    out = _check_cli(cols, sample, capsys)
+    assert "columns are ['Id', 'Pixels']; the sample has ['ImageId', 'EncodedPixels']" in out
+
+    broken = tmp_path / "broken.csv"  # 'a' twice, 'b' missing, and an RLE with an odd token count on line 4
+    broken.write_text("ImageId,EncodedPixels\na,1 2\na,\nc,1 2 3\nd,\n")
+    out = _check_cli(broken, sample, capsys)
+    assert "3 problem(s)" in out
+    assert "duplicate ids: ['a']" in out
+    assert "1 sample ids missing, e.g. ['b']" in out
+    assert "line 4 (id 'c'): RLE has an odd number of tokens (3)" in out
+
+    order = tmp_path / "order.csv"
+    order.write_text("ImageId,EncodedPixels\na,\nb,\nd,\nc,\n")
+    out = _check_cli(order, sample, capsys)
+    assert "rows are in a different order than the sample: line 4 has 'd', the sample 'c'" in out
+
+    runs = tmp_path / "runs.csv"  # unsorted / overlapping runs and a non-integer token
+    runs.write_text("ImageId,EncodedPixels\na,5 2 1 2\nb,1 3 2 2\nc,1 x\nd,0 1\n")
+    out = _check_cli(runs, sample, capsys)
+    assert "line 2 (id 'a'): RLE runs are unsorted" in out
+    assert "line 3 (id 'b'): RLE runs are overlapping" in out
+    assert "line 4 (id 'c'): RLE token 'x' is not an integer" in out
+    assert "line 5 (id 'd'): RLE start 0 (pair 1) is < 1" in out
+
+
+def test_each_experiment_follows_its_own_tta_choice(two_experiments, monkeypatch):
+    a, b, _ = two_experiments
+    (b.run_dir / "tta.json").write_text(json.dumps({"tta": ["identity", "rot180"], "merge": "mean_logit", "scores": []}))
+    calls = []
+    real = inference_mod.tta_predict
+    monkeypatch.setattr(inference_mod, "tta_predict",
+                        lambda model, images, task, t, s, merge, mb: calls.append((list(t), merge)) or real(model, images, task, t, s, merge, mb))
+    predict_probs(load_members([a, b], [0.5, 0.5], torch.device("cpu")), _batch(a), "multilabel")
+    assert calls == [(["identity"], "mean_prob")] * 2 + [(["identity", "rot180"], "mean_logit")]
