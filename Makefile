@@ -17,8 +17,9 @@ $(STAMP): setup.cfg pyproject.toml
 demo: $(STAMP)
 	$(BIN)/seg-toolkit demo configs/demo.yaml
 
-## make test: install (with dev extras) and run the test suite
+## make test: install (with dev extras), lint (undefined/unused names, likely bugs), run the test suite
 test: $(STAMP)
+	$(BIN)/ruff check --quiet --select F,E9,B --ignore B008,B023,B905 seg_toolkit tests bench
 	$(BIN)/python -m pytest -q -n 2
 
 ## make bench: speed benchmarks (ratios against a baseline in the same process)

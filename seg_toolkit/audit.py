@@ -504,7 +504,7 @@ def _audit_html(r: AuditResult, colors: np.ndarray, max_problems: int = 5000) ->
         bar = f"<span class='bar' style='width:{width}px;background:rgb{rgb}'></span> {_pct(r.class_pixels[c], r.valid_pixels[c])}"
         rows.append([e(row[0]), row[1], bar] + row[3:])
     header = _class_header(r)
-    status = (f"<span class='ok'>no problems found</span>" if not r.problems
+    status = ("<span class='ok'>no problems found</span>" if not r.problems
               else f"<span class='bad'>{len(r.problems)} problem(s)</span>")
     parts = [
         f"<h1>Data audit: {e(r.root)}</h1>",

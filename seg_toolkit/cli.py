@@ -175,6 +175,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
         _print_tune(cv["postprocess"])
     out = predict_test([cfg])
     problems = check_submission(out, cfg.data_path(cfg.data.sample_submission), empty_tokens=(cfg.submission.empty_token,))
+    from .report import build_report
+
+    print(f"report: {build_report(cfg.run_dir)} (open in a browser; PNG copies beside it)")
     print(f"submission: {out} ({'valid' if not problems else 'INVALID: ' + '; '.join(problems)})")
     solution = root / "test_solution.csv"
     if solution.is_file():

@@ -133,7 +133,7 @@ class TrainConfig:
     use_ema: bool = False  # score and predict with the EMA weights
     early_stopping_patience: Optional[int] = None
     early_stopping_min_delta: float = 0.0
-    keep_best_k: int = 1
+    keep_best_k: int = 1  # > 1: also keep the k best epochs as fold_<k>/best_e<epoch>.pt
     seed: int = 42
     deterministic: bool = False
     cudnn_benchmark: bool = True
@@ -160,7 +160,9 @@ class PredictConfig:
     tile_size: Optional[list[int]] = None  # [h, w]: sliding-window inference
     tile_overlap: float = 0.25
     save_probs: Literal["none", "float16", "uint8"] = "none"
-    max_tta_batch: int = 64  # images x transforms per forward pass
+    # images x transforms per forward pass; null = auto: 64 on a GPU, the image batch on a CPU
+    # (one pass per transform: on CPUs a bigger batch costs more per image, see bench/bench_tta.py)
+    max_tta_batch: Optional[int] = None
 
 
 @dataclass
@@ -205,6 +207,12 @@ class Config:
     @property
     def run_dir(self) -> Path:
         return Path(self.runs_dir) / self.experiment
+
+    def tta_batch(self, device_type: str) -> int:
+        """``predict.max_tta_batch`` resolved for a device type ("cuda" or "cpu")."""
+        if self.predict.max_tta_batch is not None:
+            return self.predict.max_tta_batch
+        return 64 if device_type == "cuda" else self.predict.batch_size
 
     def data_path(self, rel: str) -> Path:
         """A path from the config, resolved against ``data.root``."""

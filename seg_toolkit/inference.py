@@ -110,7 +110,7 @@ def load_members(cfgs: list[Config], weights: list[float] | None, device: torch.
         for p in paths:
             model, _ = load_model(p, map_location=device, use_ema=cfg.train.use_ema)
             if cfg.predict.tile_size:
-                model = TiledModel(model, cfg.predict.tile_size, cfg.predict.tile_overlap, cfg.predict.max_tta_batch)
+                model = TiledModel(model, cfg.predict.tile_size, cfg.predict.tile_overlap, cfg.tta_batch(device.type))
             models.append(model.eval())
         members.append(Member(cfg, models, w / total))
     return members
@@ -128,7 +128,7 @@ def predict_probs(members: list[Member], images: torch.Tensor, task: str) -> tor
         p = m.cfg.predict
         for model in m.models:
             with _autocast(m.cfg, images.device):
-                probs = tta_predict(model, images, task, expand_tta(m.tta), p.scales, m.merge, p.max_tta_batch).float()
+                probs = tta_predict(model, images, task, expand_tta(m.tta), p.scales, m.merge, m.cfg.tta_batch(images.device.type)).float()
             if space == "logit":
                 probs = torch.logit(probs.clamp(1e-6, 1 - 1e-6)) if task != "multiclass" else probs.clamp_min(1e-6).log()
             w = m.weight / len(m.models)

@@ -679,9 +679,9 @@ def _summary_html(d: ReportData) -> str:
     if d.cv:
         parts.append(f"<p class='muted'>cv.json: {e(str(d.cv.get('metric')))} {_fmt(d.cv.get('score'))}, fold mean "
                      f"{_fmt(d.cv.get('fold_mean'))} ± {_fmt(d.cv.get('fold_std'))}</p>")
-    def epoch(f: dict[str, Any]) -> str:  # done.json counts from 0, metrics.csv and the curves from 1
+    def epoch(f: dict[str, Any]) -> str:  # 1-based in done.json, as in metrics.csv and the curves
         e = f.get("best_epoch")
-        return str(int(e) + 1) if isinstance(e, int) and e >= 0 else "–"
+        return str(int(e)) if isinstance(e, int) and e >= 1 else "–"
 
     rows = [[str(f["fold"]), _fmt(f.get("oof_score")), _fmt(f.get("best_val_score")), epoch(f),
              _fmt(f.get("epochs_run")), _fmt(f.get("n_train")), _fmt(f.get("n_valid"))] for f in d.per_fold]

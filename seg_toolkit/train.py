@@ -55,6 +55,7 @@ class TrainState:
     best_epoch: int = -1
     bad_epochs: int = 0
     batch: int = 0  # batches already done in epoch ``epoch`` (a checkpoint saved on Ctrl-C)
+    top_k: list = dataclasses.field(default_factory=list)  # [score, epoch] of the kept best_e<epoch>.pt files
 
 
 def fold_dir(run_dir: Path, fold: int) -> Path:
@@ -137,7 +138,7 @@ def train_attempt(cfg: Config, fold: int, samples: list[Sample], folds: pd.DataF
             improved = update_best(state, val_stats["val_score"], epoch, cfg.train.early_stopping_min_delta)
             state.epoch = epoch + 1
             if d.is_main:
-                save_epoch(cfg, out, model, ema, optimizer, schedule, scaler, state, improved)
+                save_epoch(cfg, out, model, ema, optimizer, schedule, scaler, state, improved, val_stats["val_score"])
                 log_epoch(out / "metrics.csv", fold, epoch, optimizer, train_stats, val_stats, improved, time.perf_counter() - t0)
             if should_stop(state, cfg):
                 log.info("fold %d: early stop after epoch %d (best %.4f at epoch %d)", fold, epoch + 1, state.best_score, state.best_epoch + 1)
@@ -443,15 +444,27 @@ def _checkpoint_state(cfg, model, ema, optimizer, schedule, scaler, state: Train
     }
 
 
-def save_epoch(cfg, out: Path, model, ema, optimizer, schedule, scaler, state: TrainState, improved: bool) -> None:
-    """``last.pt`` every epoch (the previous one kept as ``prev.pt``), ``best.pt`` when improved."""
+def save_epoch(cfg, out: Path, model, ema, optimizer, schedule, scaler, state: TrainState, improved: bool,
+               score: float | None = None) -> None:
+    """``last.pt`` every epoch (the previous one kept as ``prev.pt``), ``best.pt`` when improved, and with
+    ``train.keep_best_k > 1`` the k best epochs as ``best_e<epoch>.pt`` (for checkpoint averaging or ensembles)."""
+    keep_k = cfg.train.keep_best_k > 1 and score is not None and not math.isnan(score)
+    if keep_k:
+        state.top_k = sorted(state.top_k + [[float(score), state.epoch]], key=lambda x: (-x[0], x[1]))
+        dropped, state.top_k = state.top_k[cfg.train.keep_best_k :], state.top_k[: cfg.train.keep_best_k]
     ckpt = _checkpoint_state(cfg, model, ema, optimizer, schedule, scaler, state)
     last, prev = out / "last.pt", out / "prev.pt"
     if last.is_file():
         os.replace(last, prev)
     save_checkpoint(ckpt, last)
+    weights = {k: ckpt[k] for k in ("model", "ema", "config", "model_args", "epoch", "best_score")}
     if improved:
-        save_checkpoint({k: ckpt[k] for k in ("model", "ema", "config", "model_args", "epoch", "best_score")}, out / "best.pt")
+        save_checkpoint(weights, out / "best.pt")
+    if keep_k:
+        if [score, state.epoch] in state.top_k:
+            save_checkpoint(weights, out / f"best_e{state.epoch:03d}.pt")
+        for _, epoch in dropped:
+            (out / f"best_e{epoch:03d}.pt").unlink(missing_ok=True)
 
 
 def restore(out: Path, model, ema, optimizer, schedule, scaler) -> TrainState:

@@ -70,7 +70,6 @@ __all__ = [
     "expand_tta",
     "apply_transform",
     "invert_transform",
-    "activation",
     "merge_logits",
     "tta_predict",
 ]

@@ -157,7 +157,7 @@ def choose_tta(
         if p.tile_size:
             from .inference import TiledModel
 
-            model = TiledModel(model, p.tile_size, p.tile_overlap, p.max_tta_batch)
+            model = TiledModel(model, p.tile_size, p.tile_overlap, cfg.tta_batch(device.type))
         model.eval()
         _, loader = build_loaders(cfg, [], valid, device)
         per_fold = {pair: Evaluator(cfg.metric, task, c) for pair in pairs}
@@ -165,7 +165,7 @@ def choose_tta(
             images = batch["image"].to(device)
             targets = batch["target"] if isinstance(batch["target"], list) else list(batch["target"])
             with torch.inference_mode(), _autocast(cfg, device):
-                logits = _variant_logits(model, images, all_variants, p.max_tta_batch)
+                logits = _variant_logits(model, images, all_variants, cfg.tta_batch(device.type))
             passes += len(all_variants) * images.shape[0]
             for i, variants in enumerate(cand_variants):
                 for merge in merge_list:

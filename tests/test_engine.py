@@ -127,3 +127,14 @@ def test_plateau_warmup():
     s.step_update(4)
     s.step_update(5)
     assert opt.param_groups[0]["lr"] == pytest.approx(1.0)
+
+
+def test_keep_best_k_checkpoints(demo_root, tmp_path, monkeypatch):
+    scores = iter([0.3, 0.6, 0.4, 0.5, 0.2])
+    monkeypatch.setattr(train, "validate_epoch", lambda *a, **k: {"val_loss": 1.0, "val_score": next(scores), "metric": "dice"})
+    cfg = _cfg(demo_root, tmp_path, {"epochs": 5, "keep_best_k": 2})
+    run_cv(cfg)
+    fold = cfg.run_dir / "fold_0"
+    assert sorted(p.name for p in fold.glob("best_e*.pt")) == ["best_e002.pt", "best_e004.pt"]  # scores 0.6 and 0.5
+    assert load_checkpoint(fold / "best.pt")["epoch"] == 2
+    assert load_checkpoint(fold / "best_e004.pt")["epoch"] == 4

@@ -7,7 +7,6 @@ decoders, small inputs; downloads are monkeypatched to fail.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import logging
 import pickle
 

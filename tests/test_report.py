@@ -141,7 +141,7 @@ def multiclass_run(tmp_path):
         logits = rng.normal(size=(3, 10, 14))
         p = np.exp(logits) / np.exp(logits).sum(0)
         np.save(run / "fold_0" / "oof" / f"{i}.npy", np.rint(p * 255).astype(np.uint8))
-    (run / "fold_0" / "done.json").write_text(json.dumps({"metric": "miou", "oof_score": 0.3, "best_epoch": 0,
+    (run / "fold_0" / "done.json").write_text(json.dumps({"metric": "miou", "oof_score": 0.3, "best_epoch": 1,
                                                           "epochs_run": 1, "n_train": 3, "n_valid": 3}))
     (run / "fold_0" / "metrics.csv").write_text(
         "fold,epoch,lr,train_loss,train_ce,images_per_s,val_loss,val_score,best,seconds\n"
