@@ -283,6 +283,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(e: BaseException) -> str:
+    """The message of ``e``; an error re-raised from a DataLoader worker carries the worker's whole
+    traceback in its message, whose last line is the original ``module.Error: message``."""
+    text = str(e)
+    if text.startswith("Caught ") and "DataLoader worker" in text.splitlines()[0]:
+        last = text.strip().splitlines()[-1]
+        prefix = f"{type(e).__module__}.{type(e).__name__}: "
+        return last[len(prefix):] if last.startswith(prefix) else last
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
@@ -296,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (ConfigError, DataError, RLEError, SubmissionError, CheckpointError, RunExistsError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {_one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:
         print(f"\ninterrupted: {e}" if str(e) else "\ninterrupted; finished epochs are checkpointed: add --resume to continue",

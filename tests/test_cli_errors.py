@@ -1,0 +1,78 @@
+"""Bad input through the command line: one clear `error:` line naming the file, row or key, exit code 2."""
+
+from __future__ import annotations
+
+import shutil
+
+import pandas as pd
+import pytest
+import yaml
+
+from seg_toolkit.cli import main
+
+from .conftest import demo_dict
+
+
+@pytest.fixture
+def comp(demo_root, tmp_path):
+    """A private copy of the tiny demo competition and a config file for it."""
+    root = tmp_path / "comp"
+    shutil.copytree(demo_root, root)
+    cfg = demo_dict(root, tmp_path / "runs")
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return root, path
+
+
+def _run(capsys, *argv) -> tuple[int, str]:
+    code = main(list(argv))
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_truncated_image_during_training(comp, capsys, workers):
+    root, cfg = comp
+    victim = sorted((root / "train/images").iterdir())[3]
+    victim.write_bytes(victim.read_bytes()[:100])
+    code, err = _run(capsys, "train", str(cfg), "--set", f"train.num_workers={workers}")
+    assert code == 2
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("error: ") and victim.name in line and ("truncated" in line or "not a readable image" in line)
+    assert "Traceback" not in err
+
+
+def test_malformed_rle_row(comp, capsys):
+    root, cfg = comp
+    df = pd.read_csv(root / "train.csv", dtype=str, keep_default_na=False)
+    df.loc[5, "EncodedPixels"] = "10 5 3 2"
+    df.to_csv(root / "train.csv", index=False)
+    code, err = _run(capsys, "train", str(cfg))
+    assert code == 2 and "train.csv line 7" in err and "RLE runs are unsorted" in err
+
+
+def test_config_typo_and_bad_override(comp, capsys):
+    _, cfg = comp
+    code, err = _run(capsys, "train", str(cfg), "--set", "train.epoch=3")
+    assert code == 2 and "unknown config key 'train.epoch'; did you mean 'train.epochs'?" in err
+    code, err = _run(capsys, "train", str(cfg), "--set", "model.arch=unett")
+    assert code == 2 and "model.arch" in err and "unet" in err
+
+
+def test_missing_data_and_predict_before_training(comp, capsys, tmp_path):
+    _, cfg = comp
+    code, err = _run(capsys, "train", str(cfg), "--set", f"data.root={tmp_path / 'nowhere'}")
+    assert code == 2 and "train.csv: training CSV (data.train_csv) not found" in err
+    code, err = _run(capsys, "predict", str(cfg))
+    assert code == 2 and "no completed fold" in err
+
+
+def test_check_submission_reports_problems(comp, capsys, tmp_path):
+    root, _ = comp
+    sample = pd.read_csv(root / "sample_submission.csv", dtype=str, keep_default_na=False)
+    bad = sample.copy()
+    bad.iloc[0, 1] = "5 2 1 1"
+    bad = bad.drop(index=3)
+    bad.to_csv(tmp_path / "bad.csv", index=False)
+    code = main(["check-submission", str(tmp_path / "bad.csv"), "--sample", str(root / "sample_submission.csv")])
+    out = capsys.readouterr().out
+    assert code == 1 and "rows; the sample has" in out and "unsorted" in out and "missing" in out
