@@ -104,7 +104,7 @@ def _tune_tta(cfg: Config) -> None:
 def cmd_predict(args: argparse.Namespace) -> int:
     from .inference import predict_test
 
-    out = predict_test([_config(args)], out=args.out)
+    out = predict_test([_config(args)], out=args.out, overwrite=args.overwrite)
     print(f"submission: {out}")
     return 0
 
@@ -113,7 +113,7 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
     from .inference import predict_test
 
     cfgs = [load_config(c, args.set) for c in args.configs]
-    out = predict_test(cfgs, weights=args.weights, out=args.out)
+    out = predict_test(cfgs, weights=args.weights, out=args.out, overwrite=args.overwrite)
     print(f"submission: {out}")
     return 0
 
@@ -173,7 +173,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     _print_cv(cv, cfg.run_dir)
     if "postprocess" in cv:
         _print_tune(cv["postprocess"])
-    out = predict_test([cfg])
+    out = predict_test([cfg], overwrite=True)  # the demo's own output, remade on every run
     problems = check_submission(out, cfg.data_path(cfg.data.sample_submission), empty_tokens=(cfg.submission.empty_token,))
     from .report import build_report
 
@@ -246,6 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="predict the test images and write the submission CSV")
     _add_config(p)
     p.add_argument("--out", help="submission path (default submissions/<experiment>.csv)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing submission file")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("ensemble", help="weighted ensemble of several experiments into one submission")
@@ -253,6 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", type=float, nargs="+")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--out")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing submission file")
     p.set_defaults(func=cmd_ensemble)
 
     p = sub.add_parser("evaluate", help="score the fold ensemble on the labelled held-out split (data.test_lists)")
@@ -299,14 +301,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     from .checkpoint import CheckpointError
-    from .cv import RunExistsError
     from .data.io import DataError
     from .rle import RLEError
     from .submission import SubmissionError
 
     try:
         return args.func(args)
-    except (ConfigError, DataError, RLEError, SubmissionError, CheckpointError, RunExistsError, FileNotFoundError) as e:
+    except (ConfigError, DataError, RLEError, SubmissionError, CheckpointError, FileExistsError, FileNotFoundError) as e:
         print(f"error: {_one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:

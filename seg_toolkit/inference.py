@@ -159,7 +159,8 @@ def forward_passes_per_image(members: list[Member]) -> int:
     return n
 
 
-def predict_test(cfgs: list[Config], weights: list[float] | None = None, out: str | Path | None = None) -> Path:
+def predict_test(cfgs: list[Config], weights: list[float] | None = None, out: str | Path | None = None,
+                 overwrite: bool = False) -> Path:
     """Predict the test images with every completed fold of each experiment and write the submission.
 
     Post-processing parameters come from the first experiment's ``postprocess.json`` (tuned
@@ -172,6 +173,8 @@ def predict_test(cfgs: list[Config], weights: list[float] | None = None, out: st
     samples = load_test_samples(cfg)
     params: PostParams = load_params(cfg, cfg.run_dir)
     out = Path(out) if out else submission_path(cfg)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} exists; pass --overwrite to replace it, or --out for another file")
     columns = submission_columns(cfg)
     expected = _expected_ids(cfg, samples)
     probs_dir = cfg.run_dir / "test_probs" if cfg.predict.save_probs != "none" else None

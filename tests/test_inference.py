@@ -100,7 +100,7 @@ def _measure(cfg, monkeypatch) -> dict:
     try:
         base, _ = tracemalloc.get_traced_memory()
         tracemalloc.reset_peak()
-        out = predict_test([cfg])
+        out = predict_test([cfg], overwrite=True)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()

@@ -93,3 +93,13 @@ def test_submission_refused_when_ids_differ(tmp_path):
             w.write([("a", ""), ("b", "1 1")])
     assert out.read_text() == "previous\n"  # the earlier file is untouched
     assert [p.name for p in tmp_path.iterdir()] == ["sub.csv"]  # no temporary left behind
+
+
+def test_predict_refuses_to_replace_a_submission(trained):
+    cfg, _ = trained
+    out = cfg.run_dir.parent / "kept.csv"
+    out.write_text("my earlier submission\n")
+    with pytest.raises(FileExistsError, match="kept.csv exists; pass --overwrite"):
+        predict_test([cfg], out=out)
+    assert out.read_text() == "my earlier submission\n"
+    assert predict_test([cfg], out=out, overwrite=True) == out and out.read_text().startswith("ImageId_ClassId,")
