@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from .config import IGNORE_INDEX, Config, ConfigError
 from .data import DataError, Sample, class_colors, class_names, load_target, read_image, read_mask
 from .data.io import IMAGE_EXTS, image_size
-from .data.sources import check_id, read_csv_strict
+from .data.sources import check_id, iter_list_samples, read_csv_strict
 from .rle import RLEError, rle_area, rle_to_runs
 
 log = logging.getLogger(__name__)
@@ -229,39 +229,7 @@ def _folder_listed(cfg: Config, res: AuditResult) -> list[_Listed]:
 
 
 def _list_file_listed(cfg: Config, res: AuditResult) -> list[_Listed]:
-    root = Path(cfg.data.root)
-    out: list[_Listed] = []
-    seen: dict[str, str] = {}
-    for rel in cfg.data.train_lists:
-        path = root / rel
-        if not path.is_file():
-            res.add("missing_file", path, f"{path}: list file (data.train_lists) not found")
-            continue
-        for n, line in enumerate(path.read_text().splitlines(), start=1):
-            parts = line.split()
-            if not parts:
-                continue
-            where = f"{path} line {n}"
-            if len(parts) != 2:
-                res.add("bad_line", where, f"{where}: expected 'image mask' (two relative paths), got {line!r}")
-                continue
-            image, mask = root / parts[0], root / parts[1]
-            missing = [p for p in (image, mask) if not p.is_file()]
-            if missing:
-                for p in missing:
-                    res.add("missing_file", where, f"{where}: {p} not found")
-                continue
-            try:
-                image_id = check_id(Path(parts[0]).stem, where)
-            except DataError as e:
-                res.add("bad_id", where, str(e))
-                continue
-            if image_id in seen:
-                res.add("duplicate_row", where, f"{where}: id {image_id!r} listed twice (also at {seen[image_id]})")
-                continue
-            seen[image_id] = where
-            out.append(_Listed(Sample(image_id, image, mask=mask, where=where)))
-    return out
+    return [_Listed(s) for s in iter_list_samples(cfg, cfg.data.train_lists, res.add)]
 
 
 def _listed_samples(cfg: Config, res: AuditResult) -> list[_Listed]:

@@ -17,6 +17,7 @@ import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -32,6 +33,7 @@ __all__ = [
     "load_train_samples",
     "load_test_samples",
     "load_list_samples",
+    "iter_list_samples",
     "load_target",
     "read_csv_strict",
     "check_id",
@@ -179,32 +181,53 @@ def _folder_samples(cfg: Config) -> list[Sample]:
     return out
 
 
-def load_list_samples(cfg: Config, lists: list[str]) -> list[Sample]:
-    """Samples from list files of ``image mask`` lines (paths relative to ``data.root``)."""
+def _raise(kind: str, where: str, message: str) -> None:
+    raise DataError(message)
+
+
+def iter_list_samples(cfg: Config, lists: list[str], on_problem: Callable[[str, str, str], None] = _raise) -> Iterator[Sample]:
+    """Samples from list files of ``image mask`` lines (paths relative to ``data.root``).
+
+    Each problem goes to ``on_problem(kind, where, message)`` and its line is skipped; the
+    default raises :class:`DataError` at the first one (the audit collects them instead).
+    Kinds: ``missing_file``, ``bad_line``, ``bad_id``, ``duplicate_row``.
+    """
     root = Path(cfg.data.root)
-    out: list[Sample] = []
     seen: dict[str, str] = {}
     for rel in lists:
         path = root / rel
         if not path.is_file():
-            raise DataError(f"{path}: list file (data.train_lists / data.test_lists) not found")
+            on_problem("missing_file", str(path), f"{path}: list file (data.train_lists / data.test_lists) not found")
+            continue
         for n, line in enumerate(path.read_text().splitlines(), start=1):
             parts = line.split()
             if not parts:
                 continue
             where = f"{path} line {n}"
             if len(parts) != 2:
-                raise DataError(f"{where}: expected 'image mask' (two relative paths), got {line!r}")
+                on_problem("bad_line", where, f"{where}: expected 'image mask' (two relative paths), got {line!r}")
+                continue
             image, mask = root / parts[0], root / parts[1]
-            for p in (image, mask):
-                if not p.is_file():
-                    raise DataError(f"{where}: {p} not found")
-            image_id = check_id(Path(parts[0]).stem, where)
+            missing = [p for p in (image, mask) if not p.is_file()]
+            for p in missing:
+                on_problem("missing_file", where, f"{where}: {p} not found")
+            if missing:
+                continue
+            try:
+                image_id = check_id(Path(parts[0]).stem, where)
+            except DataError as e:
+                on_problem("bad_id", where, str(e))
+                continue
             if image_id in seen:
-                raise DataError(f"{where}: id {image_id!r} listed twice (also at {seen[image_id]})")
+                on_problem("duplicate_row", where, f"{where}: id {image_id!r} listed twice (also at {seen[image_id]})")
+                continue
             seen[image_id] = where
-            out.append(Sample(image_id, image, mask=mask, where=where))
-    return out
+            yield Sample(image_id, image, mask=mask, where=where)
+
+
+def load_list_samples(cfg: Config, lists: list[str]) -> list[Sample]:
+    """Samples from list files of ``image mask`` lines; the first problem raises :class:`DataError`."""
+    return list(iter_list_samples(cfg, lists))
 
 
 _FORMAT_FIELD = re.compile(r"\{(id|cls)\}")
