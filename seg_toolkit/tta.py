@@ -72,6 +72,7 @@ __all__ = [
     "invert_transform",
     "merge_logits",
     "tta_predict",
+    "iter_variant_logits",
 ]
 
 logger = logging.getLogger(__name__)
@@ -400,9 +401,13 @@ def _predict_sequential(model: Predictor, images: Tensor, variants: list[_Varian
         merger.add(slice(None), n, _deaugment(_run(model, x), v, size))
 
 
-def _predict_batched(model: Predictor, images: Tensor, variants: list[_Variant], max_batch: int,
-                     merger: _Merger) -> None:
-    """Variants with the same input shape share forward passes of at most ``max_batch`` images."""
+def iter_variant_logits(model: Predictor, images: Tensor, variants: list[_Variant],
+                        max_batch: int) -> Iterator[tuple[_Variant, slice, Tensor]]:
+    """Run ``variants`` of ``images`` batched and yield ``(variant, image slice, de-augmented logits)``.
+
+    Variants with the same input shape share forward passes of at most ``max_batch`` images;
+    each piece is already mapped back to the input's geometry and size.
+    """
     size, n = (int(images.shape[-2]), int(images.shape[-1])), int(images.shape[0])
     scaled = {v.scale: _resize(images, _scaled_size(size, v.scale)) for v in variants}
     for group in _group_by_shape(variants, size):
@@ -411,5 +416,13 @@ def _predict_batched(model: Predictor, images: Tensor, variants: list[_Variant],
             y = _run(model, parts[0] if len(parts) == 1 else torch.cat(parts, dim=0))
             offset = 0
             for v, a, b in chunk:
-                merger.add(slice(a, b), n, _deaugment(y[offset:offset + b - a], v, size))
+                yield v, slice(a, b), _deaugment(y[offset:offset + b - a], v, size)
                 offset += b - a
+
+
+def _predict_batched(model: Predictor, images: Tensor, variants: list[_Variant], max_batch: int,
+                     merger: _Merger) -> None:
+    """Variants with the same input shape share forward passes of at most ``max_batch`` images."""
+    n = int(images.shape[0])
+    for _, rows, logits in iter_variant_logits(model, images, variants, max_batch):
+        merger.add(rows, n, logits)

@@ -40,8 +40,8 @@ from .metrics import Evaluator, resolve_metric_name
 from .postprocess import apply_postprocess, load_params
 from .tensors import resize_to
 from .train import _autocast, build_loaders, completed_folds_dirs, resolve_device, split_fold
-from .tta import MERGE_MODES, TRANSFORMS, expand_tta, merge_logits
-from .tta import _chunks, _deaugment, _group_by_shape, _resize, _run, _scaled_size, _Variant, _variants
+from .tta import MERGE_MODES, expand_tta, iter_variant_logits, merge_logits
+from .tta import _Variant, _variants
 
 log = logging.getLogger(__name__)
 
@@ -72,20 +72,12 @@ def _check_candidates(candidates: Sequence[Sequence[str]], merges: Sequence[str]
 
 def _variant_logits(model, images: torch.Tensor, variants: list[_Variant], max_batch: int) -> dict[_Variant, torch.Tensor]:
     """De-augmented float32 logits ``(N, C, H, W)`` of each variant, batched as ``tta_predict`` batches them."""
-    size, n = (int(images.shape[-2]), int(images.shape[-1])), int(images.shape[0])
-    scaled = {v.scale: _resize(images, _scaled_size(size, v.scale)) for v in variants}
+    n = int(images.shape[0])
     out: dict[_Variant, torch.Tensor] = {}
-    for group in _group_by_shape(variants, size):
-        for chunk in _chunks(group, n, max_batch):
-            parts = [TRANSFORMS[v.transform].forward(scaled[v.scale][a:b]) for v, a, b in chunk]
-            y = _run(model, parts[0] if len(parts) == 1 else torch.cat(parts, dim=0))
-            offset = 0
-            for v, a, b in chunk:
-                piece = _deaugment(y[offset : offset + b - a], v, size).float()
-                if v not in out:
-                    out[v] = torch.empty((n, *piece.shape[1:]), dtype=torch.float32, device=piece.device)
-                out[v][a:b] = piece
-                offset += b - a
+    for v, rows, logits in iter_variant_logits(model, images, variants, max_batch):
+        if v not in out:
+            out[v] = torch.empty((n, *logits.shape[1:]), dtype=torch.float32, device=logits.device)
+        out[v][rows] = logits.float()
     return out
 
 
