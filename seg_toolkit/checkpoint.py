@@ -25,7 +25,7 @@ from .config import Config, config_from_dict
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CheckpointError", "default_file_mode", "save_checkpoint", "load_checkpoint", "load_model", "rng_state", "set_rng_state", "atomic_write"]
+__all__ = ["CheckpointError", "default_file_mode", "save_checkpoint", "load_checkpoint", "load_model", "chosen_weights", "rng_state", "set_rng_state", "atomic_write"]
 
 
 class CheckpointError(RuntimeError):
@@ -95,12 +95,14 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu", use_e
     cfg = config_from_dict(state["config"])
     # the checkpoint holds every weight: don't download or re-read the pretrained encoder (offline Kaggle kernels)
     model = build_model(dataclasses.replace(cfg.model, encoder_weights=None), **state["model_args"])
-    if use_ema is None:
-        use_ema = cfg.train.use_ema
-    weights = state["ema"] if use_ema and state.get("ema") is not None else state["model"]
-    model.load_state_dict(weights)
+    model.load_state_dict(chosen_weights(state, cfg.train.use_ema if use_ema is None else use_ema))
     model.eval()
     return model.to(map_location), cfg
+
+
+def chosen_weights(state: dict[str, Any], use_ema: bool) -> dict[str, Any]:
+    """The EMA weights when asked for and present, else the raw ones."""
+    return state["ema"] if use_ema and state.get("ema") is not None else state["model"]
 
 
 def rng_state() -> dict[str, Any]:

@@ -14,10 +14,11 @@ from tqdm.auto import tqdm
 
 from .config import Config, config_to_dict, load_config, read_yaml, save_config
 from .data import Sample, load_or_make_folds, load_target, load_train_samples
+from .data.folds import fold_of_ids
 from .distributed import get_dist
 from .metrics import Evaluator
 from .tensors import uint8_to_probs
-from .train import completed_folds_dirs, fold_dir, train_fold
+from .train import completed_folds, fold_dir, train_fold
 
 log = logging.getLogger(__name__)
 
@@ -111,10 +112,6 @@ def _write_curves(run: Path) -> None:
         log.warning("learning curves not written: %s", e)
 
 
-def completed_folds(run: Path) -> list[int]:
-    return [int(d.name.split("_")[1]) for d in completed_folds_dirs(run)]
-
-
 def compute_cv(cfg: Config, run: Path, samples: list[Sample] | None = None) -> dict[str, Any]:
     """Score every OOF file of the completed folds against its target; write ``cv.json``.
 
@@ -126,7 +123,7 @@ def compute_cv(cfg: Config, run: Path, samples: list[Sample] | None = None) -> d
     done = completed_folds(run)
     if not done:
         raise FileNotFoundError(f"{run}: no completed fold (fold_*/done.json); train first")
-    fold_of = dict(zip(*_read_folds(run)))
+    fold_of = fold_of_ids(run / "folds.csv")
     evaluator = Evaluator(cfg.metric, cfg.data.task, cfg.data.num_classes)
     baseline = Evaluator(cfg.metric, cfg.data.task, cfg.data.num_classes)
     chosen = [s for s in samples if fold_of.get(s.id) in done]
@@ -163,13 +160,6 @@ def _json_default(x: Any) -> Any:
     if isinstance(x, np.ndarray):
         return x.tolist()
     raise TypeError(type(x))
-
-
-def _read_folds(run: Path) -> tuple[list[str], list[int]]:
-    import pandas as pd
-
-    df = pd.read_csv(run / "folds.csv", dtype={"id": str}, keep_default_na=False)
-    return df["id"].tolist(), df["fold"].astype(int).tolist()
 
 
 def _target_tensor(sample: Sample, cfg: Config, hw) -> torch.Tensor:

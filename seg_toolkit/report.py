@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
-import pandas as pd
 import torch
 from PIL import Image
 from tqdm.auto import tqdm
@@ -38,6 +37,8 @@ from tqdm.auto import tqdm
 from .config import IGNORE_INDEX, Config, load_config
 from .data import DataError, Sample, class_colors, class_names, load_target, load_train_samples, read_image
 from .data.dataset import target_to_tensor
+from .data.folds import fold_of_ids
+from .train import completed_folds
 from .metrics import PER_IMAGE_METRICS, Evaluator, image_counts, scores_from_counts
 from .plots import atomic_write, figure_png, learning_curves, learning_curves_png, metric_label, new_figure
 from .tensors import uint8_to_probs
@@ -139,18 +140,6 @@ class ReportData:
 # ----------------------------------------------------------------------------- the streaming pass
 
 
-def _read_folds(run_dir: Path) -> dict[str, int]:
-    path = run_dir / "folds.csv"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: not found; is {run_dir} a run folder (runs/<experiment>/)?")
-    df = pd.read_csv(path, dtype={"id": str}, keep_default_na=False)
-    return dict(zip(df["id"], df["fold"].astype(int)))
-
-
-def _completed_folds(run_dir: Path) -> list[int]:
-    return sorted(int(p.parent.name.split("_")[1]) for p in run_dir.glob("fold_*/done.json"))
-
-
 def _load_run(run_dir: Path) -> tuple[Config, list[Sample]]:
     cfg_path = run_dir / "config.yaml"
     if not cfg_path.is_file():
@@ -228,8 +217,8 @@ def compute_report_data(run_dir: Path, n_examples: int = 4) -> ReportData:
 
 def _compute(run_dir: Path, n_examples: int, cfg: Config, samples: list[Sample]) -> ReportData:
     task, n_cls = cfg.data.task, cfg.data.num_classes
-    fold_of = _read_folds(run_dir)
-    done = _completed_folds(run_dir)
+    fold_of = fold_of_ids(run_dir / "folds.csv")
+    done = completed_folds(run_dir)
     if not done:
         raise FileNotFoundError(f"{run_dir}: no completed fold (fold_*/done.json); train first")
     evaluator = Evaluator(cfg.metric, task, n_cls)

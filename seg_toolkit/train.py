@@ -29,7 +29,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from .checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import CheckpointError, chosen_weights, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import Config, config_to_dict
 from .data import EpochSampler, Sample, SegDataset, collate
 from .distributed import Dist, get_dist
@@ -40,7 +40,7 @@ from .tensors import activate, probs_to_uint8, resize_to
 
 log = logging.getLogger(__name__)
 
-__all__ = ["train_fold", "NonFiniteLossError", "resolve_device", "seed_everything", "fold_dir", "completed_folds_dirs"]
+__all__ = ["train_fold", "NonFiniteLossError", "resolve_device", "seed_everything", "fold_dir", "completed_folds_dirs", "completed_folds"]
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -65,6 +65,11 @@ def fold_dir(run_dir: Path, fold: int) -> Path:
 def completed_folds_dirs(run_dir: Path) -> list[Path]:
     """Fold folders whose training finished (``done.json`` present), in fold order."""
     return sorted((p.parent for p in Path(run_dir).glob("fold_*/done.json")), key=lambda d: int(d.name.split("_")[1]))
+
+
+def completed_folds(run_dir: Path) -> list[int]:
+    """Indices of the finished folds, in order."""
+    return [int(d.name.split("_")[1]) for d in completed_folds_dirs(run_dir)]
 
 
 # ----------------------------------------------------------------------------- the fold
@@ -524,9 +529,7 @@ def write_oof(cfg: Config, out: Path, model, ema, loader: DataLoader, device) ->
     """Out-of-fold probabilities of the best weights, one uint8 ``.npy`` per id, and their score."""
     best = out / "best.pt"
     if best.is_file():
-        ckpt = load_checkpoint(best)
-        weights = ckpt["ema"] if cfg.train.use_ema and ckpt.get("ema") is not None else ckpt["model"]
-        model.load_state_dict(weights)
+        model.load_state_dict(chosen_weights(load_checkpoint(best), cfg.train.use_ema))
     elif cfg.train.use_ema and ema is not None:
         model.load_state_dict(ema.module.state_dict())
     oof = out / "oof"

@@ -59,7 +59,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .tensors import activate
+from .tensors import activate, resize_to
 
 from seg_toolkit.config import ConfigError
 
@@ -210,12 +210,6 @@ def _scaled_size(size: tuple[int, int], scale: float) -> tuple[int, int]:
     return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
 
 
-def _resize(x: Tensor, size: tuple[int, int]) -> Tensor:
-    if tuple(x.shape[-2:]) == tuple(size):
-        return x
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-
-
 # ----------------------------------------------------------------------------- merging
 
 
@@ -338,7 +332,7 @@ def _run(model: Predictor, x: Tensor) -> Tensor:
 
 
 def _deaugment(y: Tensor, variant: _Variant, size: tuple[int, int]) -> Tensor:
-    return _resize(TRANSFORMS[variant.transform].inverse(y), size)
+    return resize_to(TRANSFORMS[variant.transform].inverse(y), size)
 
 
 def _validate(images: Tensor, task: str, transforms: Sequence[str], scales: Sequence[float], merge: str,
@@ -397,7 +391,7 @@ def _predict_sequential(model: Predictor, images: Tensor, variants: list[_Varian
     """Reference path: one forward pass of the whole batch per variant."""
     size, n = (int(images.shape[-2]), int(images.shape[-1])), int(images.shape[0])
     for v in variants:
-        x = TRANSFORMS[v.transform].forward(_resize(images, _scaled_size(size, v.scale)))
+        x = TRANSFORMS[v.transform].forward(resize_to(images, _scaled_size(size, v.scale)))
         merger.add(slice(None), n, _deaugment(_run(model, x), v, size))
 
 
@@ -409,7 +403,7 @@ def iter_variant_logits(model: Predictor, images: Tensor, variants: list[_Varian
     each piece is already mapped back to the input's geometry and size.
     """
     size, n = (int(images.shape[-2]), int(images.shape[-1])), int(images.shape[0])
-    scaled = {v.scale: _resize(images, _scaled_size(size, v.scale)) for v in variants}
+    scaled = {v.scale: resize_to(images, _scaled_size(size, v.scale)) for v in variants}
     for group in _group_by_shape(variants, size):
         for chunk in _chunks(group, n, max_batch):
             parts = [TRANSFORMS[v.transform].forward(scaled[v.scale][a:b]) for v, a, b in chunk]

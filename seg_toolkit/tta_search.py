@@ -29,13 +29,13 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
 from .checkpoint import load_model
 from .config import Config, ConfigError
 from .data import load_train_samples
+from .data.folds import read_folds
 from .metrics import Evaluator, resolve_metric_name
 from .postprocess import apply_postprocess, load_params
 from .tensors import resize_to
@@ -112,9 +112,7 @@ def choose_tta(
     if not fold_dirs:
         raise FileNotFoundError(f"{run}: no completed fold (fold_*/done.json); train first")
     folds_csv = run / "folds.csv"
-    if not folds_csv.is_file():
-        raise FileNotFoundError(f"{folds_csv}: not found; it is written by `seg-toolkit train`")
-    folds_df = pd.read_csv(folds_csv, dtype={"id": str, "fold": int}, keep_default_na=False)
+    folds_df = read_folds(folds_csv)
     samples = load_train_samples(cfg)
     known = {s.id for s in samples}
     unknown = [i for i in folds_df["id"] if i not in known]

@@ -74,10 +74,11 @@ from tqdm.auto import tqdm
 
 from .config import IGNORE_INDEX, Config, ConfigError
 from .data import Sample, load_target, load_train_samples
+from .data.folds import fold_of_ids
 from .metrics import PER_IMAGE_METRICS, Evaluator, ImageCounts, mean_iou, pixel_accuracy, resolve_metric_name, scores_from_counts
 from .postprocess import PostParams, apply_postprocess, params_from_config, save_params
 from .tensors import uint8_to_probs
-from .train import completed_folds_dirs, fold_dir
+from .train import completed_folds, fold_dir
 
 log = logging.getLogger(__name__)
 
@@ -121,10 +122,10 @@ class OOFData:
         self.run_dir = Path(run_dir)
         self.task = cfg.data.task
         self.num_classes = cfg.data.num_classes
-        self.folds = [int(d.name.split("_")[1]) for d in completed_folds_dirs(self.run_dir)]
+        self.folds = completed_folds(self.run_dir)
         if not self.folds:
             raise FileNotFoundError(f"{self.run_dir}: no completed fold (fold_*/done.json); train first")
-        fold_of = _read_folds(self.run_dir)
+        fold_of = fold_of_ids(self.run_dir / "folds.csv")
         items = []
         for s in load_train_samples(cfg):
             k = fold_of.get(s.id)
@@ -178,16 +179,6 @@ class OOFData:
         if truth.shape[-1] != c:
             raise ValueError(f"id {item.sample.id!r}: target has {truth.shape[-1]} channels, the config {c}")
         return q, np.ascontiguousarray(truth.transpose(2, 0, 1))
-
-
-def _read_folds(run: Path) -> dict[str, int]:
-    import pandas as pd
-
-    path = run / "folds.csv"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found; train first")
-    df = pd.read_csv(path, dtype={"id": str}, keep_default_na=False)
-    return dict(zip(df["id"].tolist(), df["fold"].astype(int).tolist()))
 
 
 # ----------------------------------------------------------------------------- scoring counts

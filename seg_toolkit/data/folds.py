@@ -18,7 +18,7 @@ from .sources import Sample
 
 log = logging.getLogger(__name__)
 
-__all__ = ["sample_stratum", "make_folds", "load_or_make_folds"]
+__all__ = ["sample_stratum", "make_folds", "load_or_make_folds", "read_folds", "fold_of_ids"]
 
 
 def _class_areas(sample: Sample, cfg: Config) -> np.ndarray:
@@ -94,11 +94,25 @@ def make_folds(samples: list[Sample], cfg: Config) -> pd.DataFrame:
     return pd.DataFrame({"id": ids, "fold": fold, "stratum": strata})
 
 
+def read_folds(path: Path) -> pd.DataFrame:
+    """A run's ``folds.csv`` (``id`` as str, ``fold`` as int)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not found; `seg-toolkit train` writes it in the run folder (runs/<experiment>/)")
+    return pd.read_csv(path, dtype={"id": str, "fold": int}, keep_default_na=False)
+
+
+def fold_of_ids(path: Path) -> dict[str, int]:
+    """``id -> validation fold`` from a run's ``folds.csv``."""
+    df = read_folds(path)
+    return dict(zip(df["id"].tolist(), df["fold"].tolist()))
+
+
 def load_or_make_folds(samples: list[Sample], cfg: Config, path: Path) -> pd.DataFrame:
     """Read ``path`` if it exists (checking it covers exactly these ids), else make and write it."""
     ids = [s.id for s in samples]
     if path.is_file():
-        df = pd.read_csv(path, dtype={"id": str, "fold": int}, keep_default_na=False)
+        df = read_folds(path)
         have = set(df["id"])
         if have != set(ids) or len(df) != len(ids):
             extra, missing = len(have - set(ids)), len(set(ids) - have)
