@@ -25,6 +25,11 @@ def _add_config(p: argparse.ArgumentParser) -> None:
                    help="override a config value, e.g. --set train.epochs=3 (repeatable)")
 
 
+def _add_submission_output(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", help="submission path (default submissions/<experiment>.csv of the first config)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing submission file")
+
+
 # ----------------------------------------------------------------------------- commands
 
 
@@ -245,16 +250,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="predict the test images and write the submission CSV")
     _add_config(p)
-    p.add_argument("--out", help="submission path (default submissions/<experiment>.csv)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing submission file")
+    _add_submission_output(p)
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("ensemble", help="weighted ensemble of several experiments into one submission")
     p.add_argument("configs", nargs="+")
     p.add_argument("--weights", type=float, nargs="+")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--out")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing submission file")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a value in every config")
+    _add_submission_output(p)
     p.set_defaults(func=cmd_ensemble)
 
     p = sub.add_parser("evaluate", help="score the fold ensemble on the labelled held-out split (data.test_lists)")

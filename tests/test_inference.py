@@ -26,16 +26,6 @@ from seg_toolkit.train import build_model_and_ema, fold_dir
 from .conftest import demo_dict
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny tensors: one intra-op thread. On a busy 2-core machine two threads made these forward
-    passes ~25x slower (spinning threads competing with the other process)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def fake_run(cfg, seeds=(0,)) -> None:
     """Completed folds without training: a freshly initialised model per fold (seeded), saved the way
     ``train.save_epoch`` saves ``best.pt``, and a ``done.json``. Enough for ``load_members``."""
@@ -108,13 +98,18 @@ def _measure(cfg, monkeypatch) -> dict:
             "rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0}
 
 
-def test_streaming_memory_is_flat_when_the_test_set_doubles(big_test, tmp_path, monkeypatch):
-    runs = tmp_path / "runs"
+def _n_and_2n(big_test, runs):
+    """Configs predicting the first 200 and all 400 test images with the same (fake) trained run."""
     base = demo_dict(big_test, runs, predict={"batch_size": 16}, train={"num_workers": 0})
     cfg_n = config_from_dict({**base, "data": {**base["data"], "sample_submission": "sample_200.csv"},
                               "submission": {**base["submission"], "path": str(runs / "sub200.csv")}})
     cfg_2n = config_from_dict({**base, "submission": {**base["submission"], "path": str(runs / "sub400.csv")}})
     fake_run(cfg_2n)
+    return cfg_n, cfg_2n
+
+
+def test_streaming_memory_is_flat_when_the_test_set_doubles(big_test, tmp_path, monkeypatch):
+    cfg_n, cfg_2n = _n_and_2n(big_test, tmp_path / "runs")
     predict_test([cfg_n])  # warm-up: imports, caches, first-call allocations
     m_n = _measure(cfg_n, monkeypatch)
     monkeypatch.undo()
@@ -135,12 +130,7 @@ def test_streaming_memory_is_flat_when_the_test_set_doubles(big_test, tmp_path, 
 
 def test_the_memory_check_sees_a_leak(big_test, tmp_path, monkeypatch):
     """Control: keep every image's mask (as a leaky writer would) and the bound above fails."""
-    runs = tmp_path / "runs"
-    base = demo_dict(big_test, runs, predict={"batch_size": 16}, train={"num_workers": 0})
-    cfg_n = config_from_dict({**base, "data": {**base["data"], "sample_submission": "sample_200.csv"},
-                              "submission": {**base["submission"], "path": str(runs / "sub200.csv")}})
-    cfg_2n = config_from_dict({**base, "submission": {**base["submission"], "path": str(runs / "sub400.csv")}})
-    fake_run(cfg_2n)
+    cfg_n, cfg_2n = _n_and_2n(big_test, tmp_path / "runs")
     kept: list[np.ndarray] = []
     real = inference_mod.apply_postprocess
 

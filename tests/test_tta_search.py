@@ -33,16 +33,6 @@ CANDIDATES = [["identity"], ["identity", "hflip"]]
 MERGES = ["mean_prob", "mean_logit"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny tensors: one intra-op thread. On a busy 2-core machine two threads made these forward
-    passes ~25x slower (spinning threads competing with the other process)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def run(demo_root, tmp_path_factory):
     """2 folds x 1 epoch of a depth-2, width-4 U-Net on the tiny demo (postprocess.json tuned by run_cv).
