@@ -22,13 +22,14 @@ import numpy as np
 import torch
 
 from .config import Config, config_from_dict
+from .errors import SegToolkitError
 
 log = logging.getLogger(__name__)
 
 __all__ = ["CheckpointError", "default_file_mode", "save_checkpoint", "load_checkpoint", "load_model", "chosen_weights", "rng_state", "set_rng_state", "atomic_write"]
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(SegToolkitError, RuntimeError):
     """A checkpoint file is missing, truncated, or holds something other than weights."""
 
 

@@ -15,6 +15,8 @@ import re
 
 import numpy as np
 
+from .errors import SegToolkitError
+
 __all__ = ["RLEError", "rle_encode", "rle_decode", "rle_to_runs", "rle_area"]
 
 _ORDERS = ("F", "C")
@@ -22,7 +24,7 @@ _INT = re.compile(r"-?[0-9]+")
 _ALL_INTS = re.compile(r"\s*-?[0-9]+(?:\s+-?[0-9]+)*\s*")
 
 
-class RLEError(ValueError):
+class RLEError(SegToolkitError, ValueError):
     """A run-length string is malformed; the message names where it came from."""
 
 

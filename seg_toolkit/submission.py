@@ -21,6 +21,7 @@ import pandas as pd
 
 from .checkpoint import default_file_mode
 from .config import Config
+from .errors import SegToolkitError
 from .rle import RLEError, rle_encode, rle_to_runs
 
 log = logging.getLogger(__name__)
@@ -28,7 +29,7 @@ log = logging.getLogger(__name__)
 __all__ = ["SubmissionError", "SubmissionWriter", "mask_rows", "check_submission", "submission_path", "submission_columns"]
 
 
-class SubmissionError(ValueError):
+class SubmissionError(SegToolkitError, ValueError):
     """A submission does not match the competition's format."""
 
 

@@ -59,7 +59,8 @@ def test_overrides_parse_yaml_values():
 
 
 def test_load_file_with_base_and_round_trip(tmp_path):
-    (tmp_path / "base.yaml").write_text("train: {epochs: 5, batch_size: 4}\nloss: {ce: 1.0}\ndata: {task: multiclass, num_classes: 4}\n")
+    (tmp_path / "base.yaml").write_text("train: {epochs: 5, batch_size: 4}\nloss: {ce: 1.0}\ndata: {task: multiclass, num_classes: 4}\n"
+                                       "submission: {per_class: true}\n")
     (tmp_path / "exp.yaml").write_text("base: base.yaml\nexperiment: exp\ntrain: {epochs: 7}\n")
     cfg = load_config(tmp_path / "exp.yaml", ["optim.lr=0.01"])
     assert (cfg.experiment, cfg.train.epochs, cfg.train.batch_size, cfg.loss, cfg.optim.lr) == ("exp", 7, 4, {"ce": 1.0}, 0.01)

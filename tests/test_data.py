@@ -147,7 +147,7 @@ def _label_map_comp(tmp_path: Path, dtype=np.uint8, void: int = 11) -> Path:
 def _mc_cfg(root: Path, **data):
     return config_from_dict({"data": {"root": str(root), "task": "multiclass", "num_classes": 4, "ignore_index": 11,
                                       "layout": "folder", "train_images": "imgs", "train_masks": "labels", **data},
-                             "loss": {"ce": 1.0}, "folds": {"n_splits": 2}})
+                             "loss": {"ce": 1.0}, "folds": {"n_splits": 2}, "submission": {"per_class": True}})
 
 
 def test_folder_label_maps_with_void(tmp_path):
@@ -308,9 +308,9 @@ def test_dataset_items_and_seeded_augmentation(demo_root):
 def test_unknown_augmentation_name(demo_root):
     from seg_toolkit.config import ConfigError
 
-    cfg = config_from_dict(demo_dict(demo_root, Path("x"), transforms={"train": [{"HorizontalFlipp": {}}]}))
+    # caught when the config loads, before any data is read
     with pytest.raises(ConfigError, match=r"transforms.train\[0\]: unknown albumentations transform 'HorizontalFlipp'; did you mean \['HorizontalFlip'"):
-        SegDataset([], cfg, "train")
+        config_from_dict(demo_dict(demo_root, Path("x"), transforms={"train": [{"HorizontalFlipp": {}}]}))
 
 
 def test_group_pattern_from_ids(tmp_path):

@@ -43,7 +43,8 @@ def term(name: str, task: str = "binary", num_classes: int = 1, **params: object
 
 def make_cfg(task: str, num_classes: int, loss: dict, loss_params: dict | None = None):
     return config_from_dict(
-        {"data": {"task": task, "num_classes": num_classes}, "loss": loss, "loss_params": loss_params or {}}
+        {"data": {"task": task, "num_classes": num_classes}, "loss": loss, "loss_params": loss_params or {},
+         "submission": {"per_class": True}}
     )
 
 

@@ -31,7 +31,7 @@ def _aug_from_spec(spec: Any, where: str) -> A.BasicTransform:
     if not isinstance(spec, dict) or len(spec) != 1:
         raise ConfigError(f"{where}: expected {{TransformName: {{param: value}}}}, got {spec!r}")
     (name, params), = spec.items()
-    params = params or {}
+    params = dict(params or {})  # a copy: the config's spec must survive building (once per fold)
     cls = getattr(A, name, None)
     if cls is None or not isinstance(cls, type):
         names = [n for n in dir(A) if n[:1].isupper()]

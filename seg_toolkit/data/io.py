@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..errors import SegToolkitError
+
 log = logging.getLogger(__name__)
 
 __all__ = ["DataError", "read_image", "read_mask", "image_size", "IMAGE_EXTS"]
@@ -16,7 +18,7 @@ __all__ = ["DataError", "read_image", "read_mask", "image_size", "IMAGE_EXTS"]
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".gif")
 
 
-class DataError(ValueError):
+class DataError(SegToolkitError, ValueError):
     """Input data (an image, a mask, a CSV row) is not what the config says it should be."""
 
 
