@@ -15,12 +15,18 @@ from .config import Config, ConfigError, load_config
 log = logging.getLogger("seg_toolkit")
 
 
+def _load(path: str, overrides: list[str]) -> Config:
+    """A YAML config, or a run folder (its saved config.yaml: trained runs and ensembles alike)."""
+    p = Path(path)
+    return load_config(p / "config.yaml" if p.is_dir() else p, overrides)
+
+
 def _config(args: argparse.Namespace) -> Config:
-    return load_config(args.config, args.set)
+    return _load(args.config, args.set)
 
 
 def _add_config(p: argparse.ArgumentParser) -> None:
-    p.add_argument("config", help="YAML config file")
+    p.add_argument("config", help="YAML config file, or a run folder (runs/<experiment>)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set train.epochs=3 (repeatable)")
 
@@ -83,43 +89,79 @@ def _print_tune(report: dict) -> None:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
+    from .predictor import check_same_training
+    from .run import Run
     from .tune import tune_postprocess
 
     cfg = _config(args)
-    _print_tune(tune_postprocess(cfg))
-    print(f"written to {cfg.run_dir / 'postprocess.json'} (predict and evaluate read it)")
+    run = Run.of(cfg)
+    check_same_training(cfg, run, also_predict=False)
     if args.tta:
         _tune_tta(cfg)
+    else:
+        _print_tune(tune_postprocess(cfg))
+    print(f"written to {run.postprocess_json} (predict and evaluate read it)")
     return 0
 
 
 def _tune_tta(cfg: Config) -> None:
-    """``tune --tta``: choose the TTA set and merge mode on OOF (after the post-processing) and print the scores."""
+    """``tune --tta``: choose the TTA set and merge mode by OOF score after tuning each one's post-processing."""
+    from .device import resolve_device
+    from .run import Run, read_json
     from .tta_search import choose_tta
 
+    resolve_device(cfg.train.device)
     r = choose_tta(cfg)
-    print(f"\nOOF TTA choice ({r['metric']}, {r['n_images']} OOF images, folds {r['folds']}, post-processing: {r['postprocess']}):")
-    print(f"  {'tta':<34} {'merge':<11} {'transforms':>10} {'score':>8}")
+    print(f"\nOOF TTA choice ({r['metric']}, {r['n_images']} OOF images, folds {r['folds']}; post-processing tuned per candidate):")
+    print(f"  {'tta':<34} {'merge':<11} {'transforms':>10} {'untuned':>8} {'tuned':>8}")
     for s in r["scores"]:
         mark = "  <- chosen" if (s["tta"], s["merge"]) == (r["tta"], r["merge"]) else ""
-        print(f"  {' '.join(s['tta']):<34} {s['merge']:<11} {s['n_transforms']:>10} {s['score']:>8.4f}{mark}")
-    print(f"written to {cfg.run_dir / 'tta.json'} (predict, ensemble and evaluate use it; delete it to use predict.tta / predict.merge)")
+        print(f"  {' '.join(s['tta']):<34} {s['merge']:<11} {s['n_transforms']:>10} {s['untuned']:>8.4f} {s['score']:>8.4f}{mark}")
+    run = Run.of(cfg)
+    print(f"written to {run.tta_json}; the run's OOF files, cv.json and postprocess.json are now the chosen TTA's")
+    _print_tune(read_json(run.postprocess_json))
+
+
+def cmd_oof(args: argparse.Namespace) -> int:
+    from .oof import remake_oof
+
+    cfg = _config(args)
+    cv = remake_oof(cfg)
+    _print_cv(cv, cfg.run_dir)
+    _print_tune(cv["postprocess"])
+    return 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from .inference import predict_test
 
-    out = predict_test([_config(args)], out=args.out, overwrite=args.overwrite)
+    out = predict_test(_config(args), out=args.out, overwrite=args.overwrite)
     print(f"submission: {out}")
     return 0
 
 
 def cmd_ensemble(args: argparse.Namespace) -> int:
+    from .ensemble import build_ensemble
     from .inference import predict_test
+    from .run import Run
 
-    cfgs = [load_config(c, args.set) for c in args.configs]
-    out = predict_test(cfgs, weights=args.weights, out=args.out, overwrite=args.overwrite)
-    print(f"submission: {out}")
+    cfgs = [_load(c, args.set) for c in args.configs]
+    cv = build_ensemble(cfgs, name=args.name, weights=args.weights, space=args.space, overwrite=args.overwrite)
+    run = Run(Path(cfgs[0].runs_dir) / (args.name or "ens_" + "_".join(c.experiment for c in cfgs)))
+    ens = cv["ensemble"]
+    print(f"\nensemble {run.dir} ({ens['space']} space), OOF {cv['metric']} over {cv['n_images']} images:")
+    for m in ens["members"]:
+        print(f"  {m['run']:<40} weight {m['weight']:.3f}  OOF {m['score']:.4f}")
+    print(f"  {'ensemble':<40} {'':>12}  OOF {cv['score']:.4f}")
+    search = ens["weights_search"]
+    if "decision" in search:
+        print(f"weights: {search['decision']}" + (f" (cross-half: searched {search['cross_half_score']:.4f}, equal "
+                                                  f"{search['cross_half_equal_score']:.4f})" if "cross_half_score" in search else ""))
+    if "postprocess" in cv:
+        _print_tune(cv["postprocess"])
+    if not args.no_predict:
+        out = predict_test(run.config(), out=args.out, overwrite=args.overwrite)
+        print(f"submission: {out}")
     return 0
 
 
@@ -128,7 +170,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .inference import evaluate_split
 
     cfg = _config(args)
-    r = evaluate_split([cfg])
+    r = evaluate_split(cfg)
     print(f"held-out {args.split} ({r['n_images']} images): {r['metric']} {r['score']:.4f}"
           + (f", pixel accuracy {r['pixel_accuracy']:.4f}" if r.get("pixel_accuracy") is not None else ""))
     for name, iou in zip(class_names(cfg), r.get("per_class_iou") or []):
@@ -178,7 +220,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     _print_cv(cv, cfg.run_dir)
     if "postprocess" in cv:
         _print_tune(cv["postprocess"])
-    out = predict_test([cfg], overwrite=True)  # the demo's own output, remade on every run
+    out = predict_test(cfg, overwrite=True)  # the demo's own output, remade on every run
     problems = check_submission(out, cfg.data_path(cfg.data.sample_submission), empty_tokens=(cfg.submission.empty_token,))
     from .report import build_report
 
@@ -248,14 +290,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also choose the TTA transforms and merge mode by OOF score (re-predicts the folds' validation images)")
     p.set_defaults(func=cmd_tune)
 
+    p = sub.add_parser("oof", help="predict the OOF files again with the config's predict settings (e.g. --set predict.tta=[identity,hflip]), rescore, re-tune")
+    _add_config(p)
+    p.set_defaults(func=cmd_oof)
+
     p = sub.add_parser("predict", help="predict the test images and write the submission CSV")
     _add_config(p)
     _add_submission_output(p)
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("ensemble", help="weighted ensemble of several experiments into one submission")
-    p.add_argument("configs", nargs="+")
-    p.add_argument("--weights", type=float, nargs="+")
+    p = sub.add_parser("ensemble", help="an ensemble run of trained experiments: OOF merge, weights and post-processing chosen on OOF, submission")
+    p.add_argument("configs", nargs="+", help="configs or run folders of trained experiments (they must share folds.csv)")
+    p.add_argument("--name", help="the ensemble's experiment name (default ens_<a>_<b>...)")
+    p.add_argument("--weights", type=float, nargs="+", help="fixed weights (default: chosen on OOF, with a cross-half check)")
+    p.add_argument("--space", choices=["prob", "logit"], help="merge space (default predict.ensemble_space of the first)")
+    p.add_argument("--no-predict", action="store_true", help="make the ensemble run only, no submission")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a value in every config")
     _add_submission_output(p)
     p.set_defaults(func=cmd_ensemble)
@@ -303,14 +352,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    from .checkpoint import CheckpointError
-    from .data.io import DataError
-    from .rle import RLEError
-    from .submission import SubmissionError
+    from .errors import SegToolkitError
 
     try:
         return args.func(args)
-    except (ConfigError, DataError, RLEError, SubmissionError, CheckpointError, FileExistsError, FileNotFoundError) as e:
+    except (SegToolkitError, FileExistsError, FileNotFoundError) as e:
         print(f"error: {_one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:

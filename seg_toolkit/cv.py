@@ -1,31 +1,31 @@
-"""All folds: the run folder, folds.csv, training each fold, and the CV score from OOF files."""
+"""All folds: the run folder, folds.csv, training each fold, and the CV score from the OOF files."""
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .config import Config, config_to_dict, load_config, read_yaml, save_config
+from .config import Config, config_to_dict, read_yaml, save_config
 from .data import Sample, load_or_make_folds, load_target, load_train_samples
-from .data.folds import fold_of_ids
+from .device import resolve_device
 from .distributed import get_dist
+from .errors import SegToolkitError
 from .metrics import Evaluator
+from .run import Run, write_json
 from .tensors import uint8_to_probs
-from .train import completed_folds, fold_dir, train_fold
+from .train import train_fold
 
 log = logging.getLogger(__name__)
 
-__all__ = ["RunExistsError", "prepare_run", "run_cv", "compute_cv", "completed_folds"]
+__all__ = ["RunExistsError", "prepare_run", "run_cv", "compute_cv"]
 
 
-class RunExistsError(FileExistsError):
+class RunExistsError(SegToolkitError, FileExistsError):
     """The run folder already holds work that this command would overwrite."""
 
 
@@ -40,7 +40,7 @@ def _config_diff(old: dict, new: dict, prefix: str = "") -> list[str]:
     return out
 
 
-def prepare_run(cfg: Config, folds: list[int], resume: bool = False, overwrite: bool = False) -> Path:
+def prepare_run(cfg: Config, folds: list[int], resume: bool = False, overwrite: bool = False) -> Run:
     """Create ``runs/<experiment>/`` and save the resolved config, refusing to clobber earlier work.
 
     * ``overwrite``: the whole run folder is deleted first.
@@ -48,24 +48,26 @@ def prepare_run(cfg: Config, folds: list[int], resume: bool = False, overwrite: 
     * neither: a fold that already has files is refused. Other folds of the same run (e.g. a
       job array running ``--fold K`` each) may start, if the saved config matches.
     """
-    run = cfg.run_dir
-    saved = run / "config.yaml"
-    if overwrite and run.exists():
-        log.warning("--overwrite: deleting %s", run)
-        shutil.rmtree(run)
-    run.mkdir(parents=True, exist_ok=True)
+    run = Run.of(cfg)
+    saved = run.config_yaml
+    if run.is_ensemble:
+        raise RunExistsError(f"{run.dir} is an ensemble run ({run.ensemble_json}); use another experiment name")
+    if overwrite and run.dir.exists():
+        log.warning("--overwrite: deleting %s", run.dir)
+        shutil.rmtree(run.dir)
+    run.dir.mkdir(parents=True, exist_ok=True)
     if saved.is_file():
         diff = [d for d in _config_diff(read_yaml(saved), config_to_dict(cfg)) if not d.startswith(("train.epochs", "predict.", "postprocess.", "submission.", "folds.only"))]
         if diff:
             raise RunExistsError(
-                f"{run} was trained with a different config ({'; '.join(diff[:5])}); "
+                f"{run.dir} was trained with a different config ({'; '.join(diff[:5])}); "
                 "use a new experiment name, or --overwrite to start again"
             )
     if not resume:
-        started = [k for k in folds if fold_dir(run, k).is_dir() and any(fold_dir(run, k).iterdir())]
+        started = [k for k in folds if run.fold_dir(k).is_dir() and any(run.fold_dir(k).iterdir())]
         if started:
             raise RunExistsError(
-                f"{run}: fold(s) {started} already have files; use --resume to continue, "
+                f"{run.dir}: fold(s) {started} already have files; use --resume to continue, "
                 "or --overwrite to delete the run and start again"
             )
     save_config(cfg, saved)
@@ -76,70 +78,77 @@ def run_cv(cfg: Config, folds: list[int] | None = None, resume: bool = False, ov
     """Train the given folds (default: ``folds.only`` or all), then write and return ``cv.json``."""
     folds = folds if folds is not None else (list(cfg.folds.only) or list(range(cfg.folds.n_splits)))
     d = get_dist()
+    resolve_device(cfg.train.device, d)  # a device this machine lacks fails before anything is written
     samples = load_train_samples(cfg)
+    run = Run.of(cfg)
     if d.is_main:  # only rank 0 touches the run folder; the others wait and read
-        run = prepare_run(cfg, folds, resume=resume, overwrite=overwrite)
-        load_or_make_folds(samples, cfg, run / "folds.csv")
+        prepare_run(cfg, folds, resume=resume, overwrite=overwrite)
+        load_or_make_folds(samples, cfg, run.folds_csv)
     d.barrier()
-    run = cfg.run_dir
-    folds_df = load_or_make_folds(samples, cfg, run / "folds.csv")
-    trained_before = set(completed_folds(run))
+    folds_df = load_or_make_folds(samples, cfg, run.folds_csv)
+    trained_before = set(run.trained_folds())
     for k in folds:
         log.info("fold %d/%d", k + 1, cfg.folds.n_splits)
         train_fold(cfg, k, samples, folds_df, run, resume=resume)
         if d.is_main:
             _write_curves(run)
-    if d.is_main and (run / "tta.json").is_file() and set(folds) - trained_before:
+    if d.is_main and run.tta_json.is_file() and set(folds) - trained_before:
         log.warning("%s was chosen before fold(s) %s were trained; run `seg-toolkit tune --tta` again",
-                    run / "tta.json", sorted(set(folds) - trained_before))
+                    run.tta_json, sorted(set(folds) - trained_before))
     cv = None
     if d.is_main:
         cv = compute_cv(cfg, run, samples)
         if cfg.postprocess.tune and len(cv["folds"]) == cfg.folds.n_splits:
             from .tune import tune_postprocess
 
-            cv["postprocess"] = tune_postprocess(cfg, run)
+            cv["postprocess"] = tune_postprocess(cfg, run.dir)
     return d.broadcast(cv)
 
 
-def _write_curves(run: Path) -> None:
+def _write_curves(run: Run) -> None:
     """Learning curves (HTML + PNG) of all folds so far; a plotting failure never stops training."""
     from .plots import write_learning_curves
 
     try:
-        write_learning_curves(run)
+        write_learning_curves(run.dir)
     except Exception as e:  # noqa: BLE001
         log.warning("learning curves not written: %s", e)
 
 
-def compute_cv(cfg: Config, run: Path, samples: list[Sample] | None = None) -> dict[str, Any]:
+def compute_cv(cfg: Config, run: Run | None = None, samples: list[Sample] | None = None,
+               extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Score every OOF file of the completed folds against its target; write ``cv.json``.
 
     The score is computed once over all OOF images (not the mean of fold scores, which is
-    reported beside it), with the metric the config names. ``baseline`` scores an all-empty
-    (all-background) prediction, so a number can be read against the trivial answer.
+    reported beside it), with the metric the config names; fold scores are computed from
+    the same files. ``baseline`` scores an all-empty (all-background) prediction, so a
+    number can be read against the trivial answer. ``oof`` says how the files were made
+    (the TTA of each fold's prediction). ``extra`` is merged in (an ensemble's members).
     """
+    run = run if isinstance(run, Run) else Run(run) if run is not None else Run.of(cfg)
     samples = samples if samples is not None else load_train_samples(cfg)
-    done = completed_folds(run)
-    if not done:
-        raise FileNotFoundError(f"{run}: no completed fold (fold_*/done.json); train first")
-    fold_of = fold_of_ids(run / "folds.csv")
-    evaluator = Evaluator(cfg.metric, cfg.data.task, cfg.data.num_classes)
-    baseline = Evaluator(cfg.metric, cfg.data.task, cfg.data.num_classes)
-    chosen = [s for s in samples if fold_of.get(s.id) in done]
-    for s in tqdm(chosen, desc="CV score", leave=False, disable=None):
-        probs = uint8_to_probs(np.load(fold_dir(run, fold_of[s.id]) / "oof" / f"{s.id}.npy"))
+    task, c = cfg.data.task, cfg.data.num_classes
+    evaluator, baseline = Evaluator(cfg.metric, task, c), Evaluator(cfg.metric, task, c)
+    per_fold_eval: dict[int, Evaluator] = {}
+    n = 0
+    items = list(run.oof_items(samples))
+    for s, k, path in tqdm(items, desc="CV score", leave=False, disable=None):
+        probs = torch.from_numpy(uint8_to_probs(np.load(path)))[None]
         target = _target_tensor(s, cfg, probs.shape[-2:])
-        evaluator.update(torch.from_numpy(probs)[None], target)
-        empty = torch.zeros_like(target) if cfg.data.task == "multiclass" else torch.zeros(target.shape, dtype=torch.uint8)
+        evaluator.update(probs, target)
+        per_fold_eval.setdefault(k, Evaluator(cfg.metric, task, c)).update(probs, target)
+        empty = torch.zeros_like(target) if task == "multiclass" else torch.zeros(target.shape, dtype=torch.uint8)
         baseline.update_masks(empty, target)
+        n += 1
     result = evaluator.compute()
-    per_fold = [json.loads((fold_dir(run, k) / "done.json").read_text()) for k in done]
-    fold_scores = [f["oof_score"] for f in per_fold]
+    done = run.completed_folds()
+    fold_scores = [float(per_fold_eval[k].compute()["score"]) if k in per_fold_eval else float("nan") for k in done]
+    per_fold = run.fold_summaries() if not run.is_ensemble else []
+    made = [f.get("oof") for f in per_fold if f.get("oof") is not None]
     cv = {
         "metric": result["metric"],
         "score": float(result["score"]),
-        "n_images": len(chosen),
+        "n_images": n,
         "folds": done,
         "fold_scores": fold_scores,
         "fold_mean": float(np.mean(fold_scores)),
@@ -148,25 +157,27 @@ def compute_cv(cfg: Config, run: Path, samples: list[Sample] | None = None) -> d
         "per_class_iou": result.get("per_class_iou"),
         "per_class_dice": result.get("per_class_dice"),
         "pixel_accuracy": result.get("pixel_accuracy"),
+        "oof": made[0] if made and all(m == made[0] for m in made) else (made or None),
         "per_fold": per_fold,
+        **(extra or {}),
     }
-    (run / "cv.json").write_text(json.dumps(cv, indent=2, default=_json_default))
+    if len(made) > 1 and any(m != made[0] for m in made):
+        log.warning("the OOF files of %s were made with different TTA per fold (%s); remake them with `seg-toolkit oof`", run.dir, made)
+    write_json(run.cv_json, cv)
+    _write_summary(run, cfg, samples)
     return cv
 
 
-def _json_default(x: Any) -> Any:
-    if isinstance(x, (np.floating, np.integer)):
-        return x.item()
-    if isinstance(x, np.ndarray):
-        return x.tolist()
-    raise TypeError(type(x))
+def _write_summary(run: Run, cfg: Config, samples: list[Sample]) -> None:
+    """What the report needs from the targets, so it still works once the data folder is gone."""
+    try:
+        from .report import write_oof_summary
+    except ImportError:  # pragma: no cover - the report package is optional at import time
+        return
+    write_oof_summary(run, cfg, samples)
 
 
 def _target_tensor(sample: Sample, cfg: Config, hw) -> torch.Tensor:
     from .data.dataset import target_to_tensor
 
     return target_to_tensor(load_target(sample, cfg, tuple(hw)), cfg.data.task)[None]
-
-
-def load_run_config(run: Path) -> Config:
-    return load_config(Path(run) / "config.yaml")

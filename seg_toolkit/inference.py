@@ -1,201 +1,94 @@
-"""Prediction on test images: experiments x folds x TTA (x tiles), streamed to the submission.
+"""Test predictions and held-out evaluation, through the one :class:`~seg_toolkit.predictor.Predictor`.
 
-Memory stays bounded whatever the number of test images: one batch of images and
-probabilities is alive at a time, and each image's rows are written as soon as it is
-decided.
+``predict_test`` and ``evaluate_split`` take the config of a run, trained or ensemble; the
+predictor reads every member's preprocessing and TTA from its own run folder, and the
+post-processing comes from the run's ``postprocess.json`` (tuned on OOF probabilities made
+by the same predictor). Memory stays bounded whatever the number of test images: one batch
+of images and probabilities is alive at a time, and each image's rows are written as soon
+as it is decided.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
-from torch import nn
-from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from .checkpoint import load_model
-from .config import Config
-from .data import Sample, SegDataset, collate, load_test_samples
-from .postprocess import PostParams, apply_postprocess, load_params
+from .config import Config, ConfigError
+from .data import DataError, Sample, load_list_samples, load_test_samples, load_train_samples
+from .device import resolve_device
+from .metrics import Evaluator
+from .postprocess import apply_postprocess, load_params
+from .predictor import Predictor, check_same_training
+from .run import Run, read_json, write_json, write_npy
 from .submission import SubmissionWriter, mask_rows, submission_columns, submission_path
-from .tensors import probs_to_uint8, resize_to
-from .train import _autocast, completed_folds_dirs, resolve_device
-from .tta import expand_tta, tta_predict
+from .tensors import probs_to_uint8
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Member", "load_members", "predict_probs", "iter_test_probs", "predict_test", "tta_settings"]
+__all__ = ["run_predictor", "predict_test", "evaluate_split"]
 
 
-class TiledModel(nn.Module):
-    """A model run by sliding window: tiles of ``tile_size`` with Gaussian-weighted overlap."""
-
-    def __init__(self, model: nn.Module, tile_size: list[int], overlap: float, max_batch: int) -> None:
-        super().__init__()
-        self.model, self.tile_size, self.overlap, self.max_batch = model, tuple(tile_size), overlap, max_batch
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from .tiling import sliding_window_predict
-
-        return sliding_window_predict(self.model, x, self.tile_size, self.overlap, max_batch=self.max_batch)
-
-
-# ----------------------------------------------------------------------------- TTA chosen on OOF (tta_search)
-
-
-def tta_settings(cfg: Config) -> tuple[list[str], str]:
-    """``(transforms, merge mode)`` for prediction: those chosen on OOF in ``run_dir/tta.json``
-    (written by ``seg-toolkit tune --tta``, :func:`seg_toolkit.tta_search.choose_tta`) when it
-    exists, else ``predict.tta`` / ``predict.merge``. The choice is logged."""
-    import json
-
-    from .config import ConfigError
-    from .tta import MERGE_MODES
-
-    path = cfg.run_dir / "tta.json"
-    if not path.is_file():
-        return list(cfg.predict.tta), cfg.predict.merge
-    try:
-        data = json.loads(path.read_text())
-        tta, merge = data["tta"], data["merge"]
-        expand_tta(tta)
-    except (ValueError, KeyError, TypeError) as e:
-        raise ConfigError(f"{path}: not a TTA choice ({type(e).__name__}: {e}); run `seg-toolkit tune CONFIG --tta` again or delete it") from None
-    if merge not in MERGE_MODES:
-        raise ConfigError(f"{path}: merge {merge!r} is not one of {', '.join(MERGE_MODES)}")
-    log.info("TTA chosen on OOF (%s): %s, merge %s (config: %s, %s)", path, tta, merge, cfg.predict.tta, cfg.predict.merge)
-    return list(tta), merge
-
-
-@dataclass
-class Member:
-    """One experiment of an ensemble: its config, fold models and weight.
-
-    ``tta`` / ``merge`` default to :func:`tta_settings` (the OOF choice in ``tta.json``, else the config's).
-    """
-
-    cfg: Config
-    models: list[nn.Module]
-    weight: float = 1.0
-    tta: list[str] | None = None
-    merge: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.tta is None or self.merge is None:
-            tta, merge = tta_settings(self.cfg)
-            self.tta = self.tta if self.tta is not None else tta
-            self.merge = self.merge or merge
-
-
-def load_members(cfgs: list[Config], weights: list[float] | None, device: torch.device) -> list[Member]:
-    from .config import ConfigError
-
-    weights = weights or [1.0] * len(cfgs)
-    if len(weights) != len(cfgs):
-        raise ConfigError(f"--weights: {len(weights)} weights for {len(cfgs)} experiments")
-    if any(w < 0 for w in weights) or sum(weights) <= 0:
-        raise ConfigError(f"--weights: expected non-negative weights with a positive sum, got {weights}")
-    total = float(sum(weights))
-    members = []
-    for cfg, w in zip(cfgs, weights):
-        paths = [d / "best.pt" for d in completed_folds_dirs(cfg.run_dir)]
-        if not paths:
-            raise FileNotFoundError(f"{cfg.run_dir}: no completed fold with best.pt; run `seg-toolkit train` first")
-        models = []
-        for p in paths:
-            model, _ = load_model(p, map_location=device, use_ema=cfg.train.use_ema)
-            if cfg.predict.tile_size:
-                model = TiledModel(model, cfg.predict.tile_size, cfg.predict.tile_overlap, cfg.tta_batch(device.type))
-            models.append(model.eval())
-        members.append(Member(cfg, models, w / total))
-    return members
-
-
-@torch.inference_mode()
-def predict_probs(members: list[Member], images: torch.Tensor, task: str) -> torch.Tensor:
-    """Weighted mean over experiments and folds of each model's TTA probabilities ``(N, C, H, W)``.
-
-    Averaging is in probability space, or in logit space when ``predict.ensemble_space: logit``.
-    """
-    space = members[0].cfg.predict.ensemble_space
-    acc = None
-    for m in members:
-        p = m.cfg.predict
-        for model in m.models:
-            with _autocast(m.cfg, images.device):
-                probs = tta_predict(model, images, task, expand_tta(m.tta), p.scales, m.merge, m.cfg.tta_batch(images.device.type)).float()
-            if space == "logit":
-                probs = torch.logit(probs.clamp(1e-6, 1 - 1e-6)) if task != "multiclass" else probs.clamp_min(1e-6).log()
-            w = m.weight / len(m.models)
-            acc = probs * w if acc is None else acc.add_(probs, alpha=w)
-    if space == "logit":
-        acc = acc.softmax(1) if task == "multiclass" else acc.sigmoid()
-    return acc
-
-
-def iter_test_probs(members: list[Member], samples: list[Sample], device: torch.device) -> Iterator[tuple[str, torch.Tensor]]:
-    """Yield ``(id, probabilities (C, H, W))`` at each image's original size, one batch alive at a time."""
-    cfg = members[0].cfg
-    loader = DataLoader(SegDataset(samples, cfg, "test"), batch_size=cfg.predict.batch_size, shuffle=False,
-                        num_workers=cfg.train.num_workers, collate_fn=collate, pin_memory=device.type == "cuda")
-    for batch in loader:
-        images = batch["image"].to(device, non_blocking=True)
-        probs = predict_probs(members, images, cfg.data.task)
-        for j, image_id in enumerate(batch["id"]):
-            h, w = batch["size"][j].tolist()
-            yield image_id, resize_to(probs[j : j + 1], (h, w))[0]
-
-
-def forward_passes_per_image(members: list[Member]) -> int:
-    n = 0
-    for m in members:
-        p = m.cfg.predict
-        n += len(m.models) * len(expand_tta(m.tta)) * len(p.scales)
-    return n
-
-
-def predict_test(cfgs: list[Config], weights: list[float] | None = None, out: str | Path | None = None,
-                 overwrite: bool = False) -> Path:
-    """Predict the test images with every completed fold of each experiment and write the submission.
-
-    Post-processing parameters come from the first experiment's ``postprocess.json`` (tuned
-    on OOF) or its config. Rows follow ``sample_submission.csv``; the file is written only if
-    its ids match the sample exactly.
-    """
-    cfg = cfgs[0]
+def run_predictor(cfg: Config) -> tuple[Run, Predictor]:
+    """The run of ``cfg`` and its predictor; a ``--set`` that changes how the run predicts is refused."""
+    run = Run.of(cfg)
+    if not run.config_yaml.is_file():
+        raise FileNotFoundError(f"{run.dir}: no run folder (config.yaml); train the experiment first")
+    check_same_training(cfg, run)
     device = resolve_device(cfg.train.device)
-    members = load_members(cfgs, weights, device)
-    samples = load_test_samples(cfg)
-    params: PostParams = load_params(cfg, cfg.run_dir)
+    predictor = Predictor.from_run(run, cfg=None if run.is_ensemble else cfg, device=device,
+                                   batch_size=cfg.predict.batch_size, num_workers=cfg.train.num_workers)
+    _warn_if_oof_differs(run, predictor)
+    return run, predictor
+
+
+def _warn_if_oof_differs(run: Run, predictor: Predictor) -> None:
+    """Post-processing was tuned on OOF files made with some TTA; say so when prediction uses another
+    (a hand-edited tta.json, or a run trained with ``predict.oof_tta: identity``)."""
+    made = (read_json(run.cv_json) or {}).get("oof")
+    if run.is_ensemble or not isinstance(made, dict):
+        return
+    m = predictor.members[0]
+    now = {"tta": m.tta, "merge": m.merge, "scales": list(m.cfg.predict.scales), "tile_size": m.cfg.predict.tile_size}
+    if any(made.get(k) != v for k, v in now.items()):
+        log.warning("the OOF files of %s (and the post-processing tuned on them) were made with %s, but prediction uses %s; "
+                    "remake them with `seg-toolkit oof CONFIG` so that what is tuned is what is submitted", run.dir, made, now)
+
+
+def predict_test(cfg: Config, out: str | Path | None = None, overwrite: bool = False) -> Path:
+    """Predict the test images with the run's predictor and write the submission.
+
+    Rows follow ``sample_submission.csv``; the file is written only if its ids match the
+    sample exactly. With ``predict.save_probs`` the merged probabilities (before
+    post-processing) go to the run's ``test_probs/``.
+    """
+    if isinstance(cfg, (list, tuple)):
+        if len(cfg) != 1:
+            raise ConfigError("predict one run at a time; combine runs with `seg-toolkit ensemble`, which makes an ensemble run")
+        cfg = cfg[0]
     out = Path(out) if out else submission_path(cfg)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; pass --overwrite to replace it, or --out for another file")
+    run, predictor = run_predictor(cfg)
+    samples = load_test_samples(cfg)
+    params = load_params(cfg, run)
     columns = submission_columns(cfg)
     expected = _expected_ids(cfg, samples)
-    probs_dir = cfg.run_dir / "test_probs" if cfg.predict.save_probs != "none" else None
-    if probs_dir:
-        probs_dir.mkdir(parents=True, exist_ok=True)
-    passes = forward_passes_per_image(members)
-    log.info("predicting %d test images: %d forward passes each (%s)", len(samples), passes,
-             " + ".join(f"{len(m.models)} folds x {len(expand_tta(m.tta))} TTA x {len(m.cfg.predict.scales)} scales" for m in members))
+    save = cfg.predict.save_probs
+    passes = predictor.passes_per_image()
+    log.info("predicting %d test images: %d forward passes each (%s)", len(samples), passes, predictor.describe())
     with SubmissionWriter(out, columns, expected) as writer:
-        bar = tqdm(iter_test_probs(members, samples, device), total=len(samples), desc=f"predict ({passes} passes/image)", disable=None)
-        for image_id, probs in bar:
-            p = probs.cpu().numpy()
-            if probs_dir is not None:
-                _save_probs(probs_dir / f"{image_id}.npy", p, cfg.predict.save_probs)
+        bar = tqdm(predictor.iter_probs(samples), total=len(samples), desc=f"predict ({passes} passes/image)", disable=None)
+        for image_id, probs, _ in bar:
+            p = probs.numpy()
+            if save != "none":
+                write_npy(run.test_prob_path(image_id), p.astype(np.float16) if save == "float16" else probs_to_uint8(p))
             writer.write(mask_rows(image_id, apply_postprocess(p, cfg.data.task, params), cfg))
     log.info("wrote %s", out)
     return out
-
-
-def _save_probs(path: Path, probs: np.ndarray, kind: str) -> None:
-    np.save(path, probs.astype(np.float16) if kind == "float16" else probs_to_uint8(probs))
 
 
 def _expected_ids(cfg: Config, samples: list[Sample]) -> list[str] | None:
@@ -209,50 +102,35 @@ def _expected_ids(cfg: Config, samples: list[Sample]) -> list[str] | None:
     return pd.read_csv(path, dtype=str, keep_default_na=False, usecols=[id_col])[id_col].tolist()
 
 
+def evaluate_split(cfg: Config) -> dict:
+    """Score the run (trained or ensemble) on the labelled held-out lists (``data.test_lists``), never trained on.
 
-def evaluate_split(cfgs: list[Config], weights: list[float] | None = None) -> dict:
-    """Score the ensemble on the labelled held-out lists (``data.test_lists``), never trained on.
-
-    Uses the same predictor as the submission (folds x TTA, post-processing tuned on OOF)
-    and writes ``runs/<experiment>/evaluate_test.json``: the configured metric, mean IoU,
-    per-class IoU and dice, and pixel accuracy, void ignored.
+    Uses the submission's predictor and post-processing and writes ``evaluate_test.json``:
+    the configured metric, mean IoU, per-class IoU and dice, and pixel accuracy, void ignored.
     """
-    import json
-
-    from .config import ConfigError
-    from .data import DataError, load_list_samples, load_train_samples
-    from .metrics import Evaluator
-    from .tensors import resize_to
-
-    cfg = cfgs[0]
+    if isinstance(cfg, (list, tuple)):
+        cfg = cfg[0]
     if not cfg.data.test_lists:
         raise ConfigError("data.test_lists: name the list file(s) of the labelled held-out split, e.g. [test.txt]")
     samples = load_list_samples(cfg, cfg.data.test_lists)
     leaked = {s.id for s in samples} & {s.id for s in load_train_samples(cfg)}
     if leaked:
         raise DataError(f"{len(leaked)} held-out ids are also training ids (e.g. {sorted(leaked)[:3]}); the test split must be unseen")
-    device = resolve_device(cfg.train.device)
-    members = load_members(cfgs, weights, device)
-    params = load_params(cfg, cfg.run_dir)
-    probs_eval = Evaluator(cfg.metric, cfg.data.task, cfg.data.num_classes)
-    masks_eval = Evaluator(cfg.metric, cfg.data.task, cfg.data.num_classes)
-    loader = DataLoader(SegDataset(samples, cfg, "valid"), batch_size=cfg.predict.batch_size, shuffle=False,
-                        num_workers=cfg.train.num_workers, collate_fn=collate)
-    for batch in tqdm(loader, desc=f"evaluate {len(samples)} held-out images", disable=None):
-        probs = predict_probs(members, batch["image"].to(device), cfg.data.task)
-        targets = batch["target"] if isinstance(batch["target"], list) else list(batch["target"])
-        for j, target in enumerate(targets):
-            p = resize_to(probs[j : j + 1], target.shape[-2:]).cpu()
-            probs_eval.update(p, target[None])
-            mask = apply_postprocess(p[0].numpy(), cfg.data.task, params)
-            masks_eval.update_masks(torch.from_numpy(mask)[None], target[None])
+    run, predictor = run_predictor(cfg)
+    params = load_params(cfg, run)
+    task, c = cfg.data.task, cfg.data.num_classes
+    probs_eval, masks_eval = Evaluator(cfg.metric, task, c), Evaluator(cfg.metric, task, c)
+    for _, probs, target in tqdm(predictor.iter_probs(samples, target_cfg=cfg), total=len(samples),
+                                 desc=f"evaluate {len(samples)} held-out images", disable=None):
+        probs_eval.update(probs[None], target[None])
+        mask = apply_postprocess(probs.numpy(), task, params)
+        masks_eval.update_masks(torch.from_numpy(mask)[None], target[None])
     raw, post = probs_eval.compute(), masks_eval.compute()
     result = {
         "split": "test", "lists": cfg.data.test_lists, "n_images": len(samples), "metric": post["metric"],
         "score": float(post["score"]), "score_before_postprocess": float(raw["score"]),
         "per_class_iou": post.get("per_class_iou"), "per_class_dice": post.get("per_class_dice"),
-        "pixel_accuracy": post.get("pixel_accuracy"), "folds": [len(m.models) for m in members],
+        "pixel_accuracy": post.get("pixel_accuracy"), "predictor": predictor.settings(),
     }
-    out = cfg.run_dir / "evaluate_test.json"
-    out.write_text(json.dumps(result, indent=2, default=float))
+    write_json(run.evaluate_json, result)
     return result

@@ -9,10 +9,8 @@ They come from ``postprocess.json`` in the run folder when tuned on OOF predicti
 
 from __future__ import annotations
 
-import json
 import logging
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
@@ -21,7 +19,7 @@ from .config import Config
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PostParams", "apply_postprocess", "remove_small", "params_from_config", "load_params", "save_params"]
+__all__ = ["PostParams", "apply_postprocess", "remove_small", "params_from_config", "load_params"]
 
 
 @dataclass
@@ -51,18 +49,28 @@ def params_from_config(cfg: Config) -> PostParams:
     )
 
 
-def load_params(cfg: Config, run: Path | None) -> PostParams:
-    """Tuned parameters from ``run/postprocess.json`` if present, else the config's."""
-    path = Path(run) / "postprocess.json" if run else None
-    if path is not None and path.is_file():
-        data = json.loads(path.read_text())["params"]
-        log.info("post-processing tuned on OOF: %s", path)
-        return PostParams(**data)
-    return params_from_config(cfg)
+def load_params(cfg: Config, run=None) -> PostParams:
+    """Tuned parameters from the run's ``postprocess.json`` (a :class:`~seg_toolkit.run.Run` or
+    its folder) if present, else the config's."""
+    from .config import ConfigError
+    from .run import Run, read_json
 
-
-def save_params(params: PostParams, path: Path, report: dict) -> None:
-    path.write_text(json.dumps({"params": asdict(params), **report}, indent=2))
+    if run is None:
+        return params_from_config(cfg)
+    run = run if isinstance(run, Run) else Run(run)
+    data = read_json(run.postprocess_json)
+    if data is None:
+        return params_from_config(cfg)
+    try:
+        params = PostParams(**data["params"])
+    except (KeyError, TypeError) as e:
+        raise ConfigError(f"{run.postprocess_json}: not a post-processing file ({type(e).__name__}: {e}); "
+                          "run `seg-toolkit tune CONFIG` again or delete it") from None
+    n = cfg.data.num_classes
+    if not (len(params.threshold) == len(params.min_area) == len(params.empty_gate) == n):
+        raise ConfigError(f"{run.postprocess_json}: parameters for {len(params.threshold)} classes, data.num_classes is {n}")
+    log.info("post-processing tuned on OOF: %s", run.postprocess_json)
+    return params
 
 
 def remove_small(mask: np.ndarray, min_area: int) -> np.ndarray:

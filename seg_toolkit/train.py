@@ -1,10 +1,10 @@
 """Train one fold. ``train_fold`` reads like its table of contents; each step is a function.
 
-Files written under ``runs/<experiment>/fold_<k>/``:
-``last.pt`` (every epoch, atomically; the previous one kept as ``prev.pt``), ``best.pt``
-(best validation score), ``metrics.csv`` (one row per epoch), ``oof/<id>.npy`` (out-of-fold
-probabilities of the best weights, uint8, at the image's own size) and ``done.json``
-(written last: a fold with it is never trained again).
+Files (paths from :class:`seg_toolkit.run.Run`): ``fold_<k>/last.pt`` (every epoch,
+atomically; the previous one kept as ``prev.pt``), ``best.pt`` (best validation score),
+``metrics.csv`` (one row per epoch), the fold's out-of-fold probabilities in the run's
+``oof/`` (made from ``best.pt`` by the predictor that ``predict`` uses, see
+:mod:`seg_toolkit.oof`) and ``done.json`` (written last: a fold with it is never trained again).
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import json
 import logging
 import math
 import os
-import random
 import signal
 import threading
 import time
@@ -23,24 +22,26 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from .checkpoint import CheckpointError, chosen_weights, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import Config, config_to_dict
 from .data import EpochSampler, Sample, SegDataset, collate
+from .data.folds import split_fold
+from .device import autocast, resolve_device, seed_everything
 from .distributed import Dist, get_dist
 from .losses import build_loss
 from .metrics import Evaluator
 from .optim import LRSchedule, build_optimizer
-from .tensors import activate, probs_to_uint8, resize_to
+from .run import Run, write_json
+from .tensors import activate, resize_to
 
 log = logging.getLogger(__name__)
 
-__all__ = ["train_fold", "NonFiniteLossError", "resolve_device", "seed_everything", "fold_dir", "completed_folds_dirs", "completed_folds"]
+__all__ = ["train_fold", "NonFiniteLossError", "TrainState", "build_loaders", "build_model_and_ema", "train_one_epoch"]
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -58,31 +59,17 @@ class TrainState:
     top_k: list = dataclasses.field(default_factory=list)  # [score, epoch] of the kept best_e<epoch>.pt files
 
 
-def fold_dir(run_dir: Path, fold: int) -> Path:
-    return Path(run_dir) / f"fold_{fold}"
-
-
-def completed_folds_dirs(run_dir: Path) -> list[Path]:
-    """Fold folders whose training finished (``done.json`` present), in fold order."""
-    return sorted((p.parent for p in Path(run_dir).glob("fold_*/done.json")), key=lambda d: int(d.name.split("_")[1]))
-
-
-def completed_folds(run_dir: Path) -> list[int]:
-    """Indices of the finished folds, in order."""
-    return [int(d.name.split("_")[1]) for d in completed_folds_dirs(run_dir)]
-
-
 # ----------------------------------------------------------------------------- the fold
 
 
-def train_fold(cfg: Config, fold: int, samples: list[Sample], folds: pd.DataFrame, run_dir: Path, resume: bool = False) -> dict[str, Any]:
+def train_fold(cfg: Config, fold: int, samples: list[Sample], folds: pd.DataFrame, run: Run, resume: bool = False) -> dict[str, Any]:
     """Train fold ``fold`` (validating on it), write its files, and return its summary.
 
     A NaN/inf loss stops the attempt; with ``train.nan_retries`` the fold starts again with
     ``optim.lr * train.nan_lr_factor``, the failed attempt's files moved to ``failed_attempt_<n>/``.
     """
-    out = fold_dir(run_dir, fold)
-    done = out / "done.json"
+    out = run.fold_dir(fold)
+    done = run.done_json(fold)
     if done.is_file():
         log.info("fold %d already complete (%s); not retrained", fold, done)
         return json.loads(done.read_text())
@@ -90,11 +77,11 @@ def train_fold(cfg: Config, fold: int, samples: list[Sample], folds: pd.DataFram
     attempt_cfg = cfg
     for attempt in range(cfg.train.nan_retries + 1):
         try:
-            return train_attempt(attempt_cfg, fold, samples, folds, out, resume)
+            return train_attempt(attempt_cfg, fold, samples, folds, run, resume)
         except NonFiniteLossError as e:
             if attempt == cfg.train.nan_retries:
                 raise
-            aside = set_attempt_aside(out, attempt + 1)
+            aside = set_attempt_aside(run, fold, attempt + 1)
             lr = attempt_cfg.optim.lr * cfg.train.nan_lr_factor
             attempt_cfg = dataclasses.replace(attempt_cfg, optim=dataclasses.replace(attempt_cfg.optim, lr=lr))
             log.warning("%s\nretrying fold %d from scratch with optim.lr=%g (retry %d of %d); the failed attempt's files are in %s",
@@ -103,7 +90,7 @@ def train_fold(cfg: Config, fold: int, samples: list[Sample], folds: pd.DataFram
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def train_attempt(cfg: Config, fold: int, samples: list[Sample], folds: pd.DataFrame, out: Path, resume: bool) -> dict[str, Any]:
+def train_attempt(cfg: Config, fold: int, samples: list[Sample], folds: pd.DataFrame, run: Run, resume: bool) -> dict[str, Any]:
     """One training attempt of a fold, from scratch or from its last checkpoint."""
     d = get_dist()
     device = resolve_device(cfg.train.device, d)
@@ -117,7 +104,7 @@ def train_attempt(cfg: Config, fold: int, samples: list[Sample], folds: pd.DataF
     loss_fn = build_loss(cfg).to(device)
     state = TrainState()
     if resume:
-        state = restore(out, model, ema, optimizer, schedule, scaler)
+        state = restore(run, fold, model, ema, optimizer, schedule, scaler)
     forward_model = wrap_for_training(cfg, model, device, d)
 
     with GracefulStop() as stop:
@@ -131,10 +118,10 @@ def train_attempt(cfg: Config, fold: int, samples: list[Sample], folds: pd.DataF
             except TrainingInterrupted as e:
                 state.batch += e.batches_done
                 if d.is_main:
-                    save_epoch(cfg, out, model, ema, optimizer, schedule, scaler, state, improved=False)
+                    save_epoch(cfg, run, fold, model, ema, optimizer, schedule, scaler, state, improved=False)
                 raise KeyboardInterrupt(
                     f"fold {fold} interrupted in epoch {epoch + 1} after {state.batch} batches; "
-                    f"checkpoint saved to {out / 'last.pt'}: add --resume to continue exactly from there"
+                    f"checkpoint saved to {run.last_pt(fold)}: add --resume to continue exactly from there"
                 ) from None
             state.batch = 0
             d.average_buffers(model)
@@ -143,24 +130,29 @@ def train_attempt(cfg: Config, fold: int, samples: list[Sample], folds: pd.DataF
             improved = update_best(state, val_stats["val_score"], epoch, cfg.train.early_stopping_min_delta)
             state.epoch = epoch + 1
             if d.is_main:
-                save_epoch(cfg, out, model, ema, optimizer, schedule, scaler, state, improved, val_stats["val_score"])
-                log_epoch(out / "metrics.csv", fold, epoch, optimizer, train_stats, val_stats, improved, time.perf_counter() - t0)
+                save_epoch(cfg, run, fold, model, ema, optimizer, schedule, scaler, state, improved, val_stats["val_score"])
+                log_epoch(run.metrics_csv(fold), fold, epoch, optimizer, train_stats, val_stats, improved, time.perf_counter() - t0)
             if should_stop(state, cfg):
                 log.info("fold %d: early stop after epoch %d (best %.4f at epoch %d)", fold, epoch + 1, state.best_score, state.best_epoch + 1)
                 break
 
     summary = None
     if d.is_main:
-        summary = write_oof(cfg, out, model, ema, valid_loader, device)
+        from .oof import write_fold_oof
+
+        if not run.best_pt(fold).is_file():  # no epoch scored (NaN every epoch): predict with the final weights
+            log.warning("fold %d: no epoch improved the validation score; best.pt is the final weights", fold)
+            save_checkpoint(_weights(_checkpoint_state(cfg, model, ema, optimizer, schedule, scaler, state)), run.best_pt(fold))
+        summary = write_fold_oof(cfg, run, fold, valid_set)
         summary.update(fold=fold, best_epoch=state.best_epoch + 1, best_val_score=state.best_score, epochs_run=state.epoch,
                        n_train=len(train_set), n_valid=len(valid_set), world_size=d.world_size, optim_lr=cfg.optim.lr)
-        (out / "done.json").write_text(json.dumps(summary, indent=2))
+        write_json(run.done_json(fold), summary)
     return d.broadcast(summary)
 
 
-def set_attempt_aside(out: Path, n: int) -> Path:
-    """Move a failed attempt's files into ``out/failed_attempt_<n>/`` (nothing is deleted)."""
-    aside = out / f"failed_attempt_{n}"
+def set_attempt_aside(run: Run, fold: int, n: int) -> Path:
+    """Move a failed attempt's files into ``fold_<k>/failed_attempt_<n>/`` (nothing is deleted)."""
+    out, aside = run.fold_dir(fold), run.failed_attempt_dir(fold, n)
     aside.mkdir()
     for p in list(out.iterdir()):
         if not p.name.startswith("failed_attempt_"):
@@ -205,39 +197,6 @@ class GracefulStop:
 
 
 # ----------------------------------------------------------------------------- set-up steps
-
-
-def resolve_device(name: str, d: Dist | None = None) -> torch.device:
-    if d is not None and d.enabled and name in ("auto", "cuda") and torch.cuda.is_available():
-        return torch.device("cuda", d.local_rank)
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"train.device={name!r} but CUDA is not available here; use 'auto' or 'cpu'")
-    return dev
-
-
-def seed_everything(seed: int, deterministic: bool) -> None:
-    """Seed python, numpy and torch; in deterministic mode also pin cuDNN and torch's algorithms."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-    if deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.deterministic = True
-        torch.backends.cudnn.benchmark = False
-    else:
-        torch.use_deterministic_algorithms(False)
-        torch.backends.cudnn.deterministic = False
-
-
-def split_fold(samples: list[Sample], folds: pd.DataFrame, fold: int) -> tuple[list[Sample], list[Sample]]:
-    fold_of = dict(zip(folds["id"], folds["fold"]))
-    train = [s for s in samples if fold_of[s.id] != fold]
-    valid = [s for s in samples if fold_of[s.id] == fold]
-    return train, valid
 
 
 def build_loaders(cfg: Config, train_set: list[Sample], valid_set: list[Sample], device: torch.device,
@@ -293,12 +252,6 @@ def set_frozen_encoder(model: torch.nn.Module, frozen: bool) -> None:
 # ----------------------------------------------------------------------------- one epoch
 
 
-def _autocast(cfg: Config, device: torch.device):
-    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.train.amp)
-    enabled = dtype is not None and (device.type == "cuda" or dtype == torch.bfloat16)
-    return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=enabled)
-
-
 def _to_device(batch: dict[str, Any], cfg: Config, device: torch.device) -> tuple[torch.Tensor, Any]:
     images = batch["image"].to(device, non_blocking=True)
     if cfg.model.channels_last:
@@ -327,7 +280,7 @@ def train_one_epoch(cfg, model, ema, loss_fn, optimizer, schedule, scaler, loade
     optimizer.zero_grad(set_to_none=True)
     for i, batch in enumerate(bar):
         images, target = _to_device(batch, cfg, device)
-        with _autocast(cfg, device):
+        with autocast(cfg, device):
             logits = model(images)
         loss, terms = loss_fn(logits.float(), target)
         scaler.scale(loss / accum).backward()
@@ -387,7 +340,7 @@ def predict_batches(cfg: Config, model: torch.nn.Module, loader: DataLoader, dev
     model.eval()
     for batch in loader:
         images, target = _to_device(batch, cfg, device)
-        with _autocast(cfg, device):
+        with autocast(cfg, device):
             logits = model(images).float()
         if isinstance(target, list):
             pairs = [(resize_to(logits[j : j + 1], t.shape[-2:]), t.unsqueeze(0).to(device)) for j, t in enumerate(target)]
@@ -449,7 +402,12 @@ def _checkpoint_state(cfg, model, ema, optimizer, schedule, scaler, state: Train
     }
 
 
-def save_epoch(cfg, out: Path, model, ema, optimizer, schedule, scaler, state: TrainState, improved: bool,
+def _weights(ckpt: dict[str, Any]) -> dict[str, Any]:
+    """What ``best.pt`` keeps of a checkpoint: enough to rebuild and run the model, nothing to resume."""
+    return {k: ckpt[k] for k in ("model", "ema", "config", "model_args", "epoch", "best_score")}
+
+
+def save_epoch(cfg, run: Run, fold: int, model, ema, optimizer, schedule, scaler, state: TrainState, improved: bool,
                score: float | None = None) -> None:
     """``last.pt`` every epoch (the previous one kept as ``prev.pt``), ``best.pt`` when improved, and with
     ``train.keep_best_k > 1`` the k best epochs as ``best_e<epoch>.pt`` (for checkpoint averaging or ensembles)."""
@@ -458,25 +416,24 @@ def save_epoch(cfg, out: Path, model, ema, optimizer, schedule, scaler, state: T
         state.top_k = sorted(state.top_k + [[float(score), state.epoch]], key=lambda x: (-x[0], x[1]))
         dropped, state.top_k = state.top_k[cfg.train.keep_best_k :], state.top_k[: cfg.train.keep_best_k]
     ckpt = _checkpoint_state(cfg, model, ema, optimizer, schedule, scaler, state)
-    last, prev = out / "last.pt", out / "prev.pt"
+    last, prev = run.last_pt(fold), run.prev_pt(fold)
     if last.is_file():
         os.replace(last, prev)
     save_checkpoint(ckpt, last)
-    weights = {k: ckpt[k] for k in ("model", "ema", "config", "model_args", "epoch", "best_score")}
+    weights = _weights(ckpt)
     if improved:
-        save_checkpoint(weights, out / "best.pt")
+        save_checkpoint(weights, run.best_pt(fold))
     if keep_k:
         if [score, state.epoch] in state.top_k:
-            save_checkpoint(weights, out / f"best_e{state.epoch:03d}.pt")
+            save_checkpoint(weights, run.best_epoch_pt(fold, state.epoch))
         for _, epoch in dropped:
-            (out / f"best_e{epoch:03d}.pt").unlink(missing_ok=True)
+            run.best_epoch_pt(fold, epoch).unlink(missing_ok=True)
 
 
-def restore(out: Path, model, ema, optimizer, schedule, scaler) -> TrainState:
+def restore(run: Run, fold: int, model, ema, optimizer, schedule, scaler) -> TrainState:
     """Load the newest readable checkpoint (``last.pt``, else ``prev.pt``) into every component."""
     errors = []
-    for name in ("last.pt", "prev.pt"):
-        path = out / name
+    for path in (run.last_pt(fold), run.prev_pt(fold)):
         if not path.is_file():
             continue
         try:
@@ -493,11 +450,11 @@ def restore(out: Path, model, ema, optimizer, schedule, scaler) -> TrainState:
         scaler.load_state_dict(ckpt["scaler"])
         set_rng_state(ckpt["rng"])
         state = TrainState(**ckpt["train_state"])
-        _truncate_metrics(out / "metrics.csv", state.epoch)
+        _truncate_metrics(run.metrics_csv(fold), state.epoch)
         log.info("resumed %s at epoch %d (step %d)", path, state.epoch + 1, state.step)
         return state
     if errors:
-        log.warning("no readable checkpoint in %s; the fold starts from scratch", out)
+        log.warning("no readable checkpoint in %s; the fold starts from scratch", run.fold_dir(fold))
     return TrainState()
 
 
@@ -523,25 +480,3 @@ def log_epoch(path: Path, fold: int, epoch: int, optimizer, train_stats, val_sta
         fold, epoch + 1, train_stats["train_loss"], val_stats["val_loss"], val_stats.get("metric", "score"),
         val_stats["val_score"], " *" if improved else "", train_stats["images_per_s"], seconds,
     )
-
-
-def write_oof(cfg: Config, out: Path, model, ema, loader: DataLoader, device) -> dict[str, Any]:
-    """Out-of-fold probabilities of the best weights, one uint8 ``.npy`` per id, and their score."""
-    best = out / "best.pt"
-    if best.is_file():
-        model.load_state_dict(chosen_weights(load_checkpoint(best), cfg.train.use_ema))
-    elif cfg.train.use_ema and ema is not None:
-        model.load_state_dict(ema.module.state_dict())
-    oof = out / "oof"
-    oof.mkdir(exist_ok=True)
-    evaluator = Evaluator(cfg.metric, cfg.data.task, cfg.data.num_classes)
-    for batch, pairs in predict_batches(cfg, model, loader, device):
-        ids = iter(batch["id"])
-        for logits, target in pairs:
-            q = probs_to_uint8(activate(logits, cfg.data.task))
-            for j in range(q.shape[0]):
-                np.save(oof / f"{next(ids)}.npy", q[j])
-            # score exactly what was saved, so cv.json agrees with the OOF files
-            evaluator.update(torch.from_numpy(q).to(device).float().div_(255.0), target)
-    result = evaluator.compute()
-    return {"metric": result["metric"], "oof_score": float(result["score"])}

@@ -59,7 +59,6 @@ Choosing the TTA transforms and merge mode is :func:`seg_toolkit.tta_search.choo
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -74,11 +73,10 @@ from tqdm.auto import tqdm
 
 from .config import IGNORE_INDEX, Config, ConfigError
 from .data import Sample, load_target, load_train_samples
-from .data.folds import fold_of_ids
 from .metrics import PER_IMAGE_METRICS, Evaluator, ImageCounts, mean_iou, pixel_accuracy, resolve_metric_name, scores_from_counts
-from .postprocess import PostParams, apply_postprocess, params_from_config, save_params
+from .postprocess import PostParams, apply_postprocess, params_from_config
 from .tensors import uint8_to_probs
-from .train import completed_folds, fold_dir
+from .run import Run, read_json, write_json
 
 log = logging.getLogger(__name__)
 
@@ -117,25 +115,14 @@ class OOFData:
     the completed folds and training targets are read.
     """
 
-    def __init__(self, cfg: Config, run_dir: Path, memory_budget: int = DEFAULT_MEMORY_BUDGET) -> None:
+    def __init__(self, cfg: Config, run_dir: Path, memory_budget: int = DEFAULT_MEMORY_BUDGET, oof_dir: Path | None = None) -> None:
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.task = cfg.data.task
         self.num_classes = cfg.data.num_classes
-        self.folds = completed_folds(self.run_dir)
-        if not self.folds:
-            raise FileNotFoundError(f"{self.run_dir}: no completed fold (fold_*/done.json); train first")
-        fold_of = fold_of_ids(self.run_dir / "folds.csv")
-        items = []
-        for s in load_train_samples(cfg):
-            k = fold_of.get(s.id)
-            if k in self.folds:
-                path = fold_dir(self.run_dir, k) / "oof" / f"{s.id}.npy"
-                if not path.is_file():
-                    raise FileNotFoundError(f"{path}: OOF file of id {s.id!r} (fold {k}, completed) not found")
-                items.append(OOFItem(s, k, path))
-        if not items:
-            raise FileNotFoundError(f"{self.run_dir}: the completed folds {self.folds} hold no training id of folds.csv")
+        run = Run(self.run_dir)
+        self.folds = run.completed_folds()
+        items = [OOFItem(s, k, path) for s, k, path in run.oof_items(load_train_samples(cfg), oof_dir)]
         self.items: list[OOFItem] = items
         # the .npy size is C*H*W (+ header); the target is as large (binary/multilabel) or 1/C of it
         per_byte = 2.0 if self.task != "multiclass" else 1.0 + 1.0 / self.num_classes
@@ -390,6 +377,8 @@ def tune_postprocess(
     *,
     gate_grid: Sequence[Optional[float]] = GATE_GRID,
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    oof_dir: Path | None = None,
+    write: bool = True,
 ) -> dict:
     """Tune thresholds, min_area and the empty gate on the OOF predictions; write ``postprocess.json``.
 
@@ -399,15 +388,18 @@ def tune_postprocess(
     :func:`load_params` reads them), ``before`` / ``after`` (CV score with the config's / the
     tuned post-processing), ``steps`` (the score and values after each step), ``fold_scores``
     and what was searched. Never reads test images or test predictions.
+
+    ``oof_dir`` (default the run's ``oof/``) and ``write=False`` let ``tune --tta`` tune each
+    TTA candidate's OOF probabilities without touching the run's files.
     """
     t0 = time.perf_counter()
-    run = Path(run_dir) if run_dir is not None else cfg.run_dir
+    run = Run(run_dir) if run_dir is not None else Run.of(cfg)
     task = cfg.data.task
     metric = resolve_metric_name(cfg.metric.name, task)
     empty_score = cfg.metric.empty_score
     before_params = params_from_config(cfg)
     _check_grids(cfg, gate_grid)
-    data = OOFData(cfg, run, memory_budget)
+    data = OOFData(cfg, run.dir, memory_budget, oof_dir)
 
     if task == "multiclass":
         params, steps, fast = _search_multiclass(data, before_params, cfg, metric, empty_score)
@@ -443,10 +435,11 @@ def tune_postprocess(
         "oof_in_memory": data.cache_enabled,
         "seconds": round(time.perf_counter() - t0, 3),
     }
-    path = run / "postprocess.json"
-    save_params(params, path, report)
-    log.info("tune: %s %.5f -> %.5f on %d OOF images; wrote %s", metric, before, after, len(data), path)
-    return {"params": asdict(params), **report}
+    result = {"params": asdict(params), **report}
+    if write:
+        write_json(run.postprocess_json, result)
+        log.info("tune: %s %.5f -> %.5f on %d OOF images; wrote %s", metric, before, after, len(data), run.postprocess_json)
+    return result
 
 
 def _check_grids(cfg: Config, gate_grid: Sequence[Optional[float]]) -> None:
@@ -464,11 +457,10 @@ def _check_grids(cfg: Config, gate_grid: Sequence[Optional[float]]) -> None:
             raise ConfigError(f"empty gate {g} is not a probability in [0, 1]")
 
 
-def _cv_json_score(run: Path) -> float | None:
-    path = run / "cv.json"
+def _cv_json_score(run: Run) -> float | None:
     try:
-        return float(json.loads(path.read_text())["score"]) if path.is_file() else None
-    except (ValueError, KeyError, TypeError):
+        return float((read_json(run.cv_json) or {})["score"])
+    except (ConfigError, KeyError, TypeError, ValueError):
         return None
 
 

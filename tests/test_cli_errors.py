@@ -63,7 +63,7 @@ def test_missing_data_and_predict_before_training(comp, capsys, tmp_path):
     code, err = _run(capsys, "train", str(cfg), "--set", f"data.root={tmp_path / 'nowhere'}")
     assert code == 2 and "train.csv: training CSV (data.train_csv) not found" in err
     code, err = _run(capsys, "predict", str(cfg))
-    assert code == 2 and "no completed fold" in err
+    assert code == 2 and "no run folder (config.yaml); train the experiment first" in err
 
 
 def test_check_submission_reports_problems(comp, capsys, tmp_path):
@@ -76,3 +76,26 @@ def test_check_submission_reports_problems(comp, capsys, tmp_path):
     code = main(["check-submission", str(tmp_path / "bad.csv"), "--sample", str(root / "sample_submission.csv")])
     out = capsys.readouterr().out
     assert code == 1 and "rows; the sample has" in out and "unsorted" in out and "missing" in out
+
+
+def test_bad_postprocess_fails_at_load_before_any_work(comp, capsys, tmp_path):
+    """A 3-class multilabel config with 2 thresholds: one error line naming the key, exit 2, no run folder."""
+    _, cfg = comp
+    code, err = _run(capsys, "train", str(cfg), "--set", "postprocess.threshold=[0.5,0.5]")
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err
+    assert "postprocess.threshold: 2 values for data.num_classes=3 (give one, or one per class)" in lines[0]
+    assert not (tmp_path / "runs").exists()  # no run folder, no folds.csv, no fold trained
+
+
+def test_multiclass_without_per_class_fails_at_load(comp, capsys, tmp_path):
+    _, cfg = comp
+    data = yaml.safe_load(cfg.read_text())
+    data["data"]["task"], data["loss"] = "multiclass", {"ce": 1.0}
+    del data["submission"]["per_class"]
+    cfg.write_text(yaml.safe_dump(data))
+    code, err = _run(capsys, "train", str(cfg))
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and "submission.per_class" in lines[0]
+    assert not (tmp_path / "runs").exists()

@@ -14,33 +14,39 @@ import pytest
 import torch
 
 import seg_toolkit.inference as inference_mod
+import seg_toolkit.predictor as predictor_mod
 from seg_toolkit.checkpoint import load_model, save_checkpoint
 from seg_toolkit.cli import main
-from seg_toolkit.config import ConfigError, config_from_dict, config_to_dict, load_config, save_config
+from seg_toolkit.config import ConfigError, config_from_dict, config_to_dict, save_config
 from seg_toolkit.data.demo import make_demo
-from seg_toolkit.inference import load_members, predict_probs, predict_test
+from seg_toolkit.data import load_test_samples
+from seg_toolkit.inference import predict_test
+from seg_toolkit.predictor import Member, Predictor
 from seg_toolkit.rle import rle_decode
-from seg_toolkit.submission import SubmissionError, SubmissionWriter, check_submission, mask_rows
-from seg_toolkit.train import build_model_and_ema, fold_dir
+from seg_toolkit.run import Run
+from seg_toolkit.submission import SubmissionWriter, check_submission, mask_rows
+from seg_toolkit.train import build_model_and_ema
 
 from .conftest import demo_dict
 
 
 def fake_run(cfg, seeds=(0,)) -> None:
     """Completed folds without training: a freshly initialised model per fold (seeded), saved the way
-    ``train.save_epoch`` saves ``best.pt``, and a ``done.json``. Enough for ``load_members``."""
+    ``train.save_epoch`` saves ``best.pt``, a ``done.json`` and the run's config.yaml. Enough to predict."""
+    run = Run.of(cfg)
+    run.dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run.config_yaml)
     for k, seed in enumerate(seeds):
         torch.manual_seed(seed)
         model, _ = build_model_and_ema(cfg, torch.device("cpu"))
         with torch.no_grad():  # a non-trivial output: random biases instead of zeros
             for p in model.parameters():
                 p.add_(torch.randn_like(p) * 0.1)
-        out = fold_dir(cfg.run_dir, k)
-        out.mkdir(parents=True, exist_ok=True)
+        run.fold_dir(k).mkdir(parents=True, exist_ok=True)
         save_checkpoint({"model": model.state_dict(), "ema": None, "config": config_to_dict(cfg),
                          "model_args": {"num_classes": cfg.data.num_classes, "in_channels": cfg.data.in_channels},
-                         "epoch": 1, "best_score": 0.0}, out / "best.pt")
-        (out / "done.json").write_text(json.dumps({"fold": k, "metric": "dice", "oof_score": 0.0}))
+                         "epoch": 1, "best_score": 0.0}, run.best_pt(k))
+        run.done_json(k).write_text(json.dumps({"fold": k, "metric": "dice", "oof_score": 0.0}))
 
 
 # ----------------------------------------------------------------------------- streaming, bounded memory
@@ -74,23 +80,23 @@ def big_test(tmp_path_factory):
 
 def _measure(cfg, monkeypatch) -> dict:
     batches, images = AliveCounter(), AliveCounter()
-    real_probs, real_iter = inference_mod.predict_probs, inference_mod.iter_test_probs
+    real_probs, real_iter = Predictor._member_probs, Predictor.iter_probs
 
     def probs_tracked(*a, **k):
         return batches.track(real_probs(*a, **k))
 
     def iter_tracked(*a, **k):
-        for image_id, p in real_iter(*a, **k):
-            yield image_id, images.track(p)
+        for image_id, p, target in real_iter(*a, **k):
+            yield image_id, images.track(p), target
 
-    monkeypatch.setattr(inference_mod, "predict_probs", probs_tracked)
-    monkeypatch.setattr(inference_mod, "iter_test_probs", iter_tracked)
+    monkeypatch.setattr(Predictor, "_member_probs", probs_tracked)
+    monkeypatch.setattr(Predictor, "iter_probs", iter_tracked)
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     tracemalloc.start()
     try:
         base, _ = tracemalloc.get_traced_memory()
         tracemalloc.reset_peak()
-        out = predict_test([cfg], overwrite=True)
+        out = predict_test(cfg, overwrite=True)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -110,7 +116,7 @@ def _n_and_2n(big_test, runs):
 
 def test_streaming_memory_is_flat_when_the_test_set_doubles(big_test, tmp_path, monkeypatch):
     cfg_n, cfg_2n = _n_and_2n(big_test, tmp_path / "runs")
-    predict_test([cfg_n])  # warm-up: imports, caches, first-call allocations
+    predict_test(cfg_n)  # warm-up: imports, caches, first-call allocations
     m_n = _measure(cfg_n, monkeypatch)
     monkeypatch.undo()
     m_2n = _measure(cfg_2n, monkeypatch)
@@ -165,61 +171,69 @@ def two_experiments(demo_root, tmp_path):
     return a, b, paths
 
 
-def _batch(cfg, n=2) -> torch.Tensor:
-    from seg_toolkit.data import SegDataset, collate, load_test_samples
-
-    ds = SegDataset(load_test_samples(cfg)[:n], cfg, "test")
-    return collate([ds[i] for i in range(n)])["image"]
+def _probs(predictor: Predictor, cfg, n=2) -> torch.Tensor:
+    return torch.stack([p for _, p, _ in predictor.iter_probs(load_test_samples(cfg)[:n])])
 
 
 def test_ensemble_probabilities_are_the_weighted_mean(two_experiments):
     a, b, _ = two_experiments
-    cpu = torch.device("cpu")
-    images = _batch(a)
-    pa = predict_probs(load_members([a], None, cpu), images, "multilabel")
-    pb = predict_probs(load_members([b], None, cpu), images, "multilabel")
+    ra, rb = Run.of(a), Run.of(b)
+    pa = _probs(Predictor([Member.load(ra)], device="cpu"), a)
+    pb = _probs(Predictor([Member.load(rb)], device="cpu"), a)
     # pA is the mean of the two folds' sigmoids, computed without the toolkit's predictor
-    folds = [load_model(fold_dir(a.run_dir, k) / "best.pt")[0] for k in (0, 1)]
+    from seg_toolkit.data import SegDataset, collate
+
+    ds = SegDataset(load_test_samples(a)[:2], a, "test")
+    images = collate([ds[i] for i in range(2)])["image"]
+    folds = [load_model(ra.best_pt(k))[0] for k in (0, 1)]
     with torch.no_grad():
         assert torch.allclose(pa, sum(torch.sigmoid(m(images)) for m in folds) / 2, atol=1e-6)
     assert (pa - pb).abs().max() > 0.01  # the experiments disagree, so the weights matter
-    members = load_members([a, b], [0.6, 0.4], cpu)
-    assert [m.weight for m in members] == pytest.approx([0.6, 0.4])
-    assert torch.allclose(predict_probs(members, images, "multilabel"), 0.6 * pa + 0.4 * pb, atol=1e-6)
+    both = Predictor([Member.load(ra, weight=0.6), Member.load(rb, weight=0.4)], device="cpu")
+    assert both.weights == pytest.approx([0.6, 0.4])
+    assert torch.allclose(_probs(both, a), 0.6 * pa + 0.4 * pb, atol=1e-6)
     # weights are normalised: 3:2 is 0.6:0.4
-    normalised = load_members([a, b], [3, 2], cpu)
-    assert [m.weight for m in normalised] == pytest.approx([0.6, 0.4])
-    assert torch.allclose(predict_probs(normalised, images, "multilabel"), 0.6 * pa + 0.4 * pb, atol=1e-6)
+    normalised = Predictor([Member.load(ra, weight=3), Member.load(rb, weight=2)], device="cpu")
+    assert normalised.weights == pytest.approx([0.6, 0.4])
+    assert torch.allclose(_probs(normalised, a), 0.6 * pa + 0.4 * pb, atol=1e-6)
+    # logit space: sigmoid of the weighted mean of every model's logits (a's two folds share its weight)
+    logit = Predictor([Member.load(ra, weight=0.6), Member.load(rb, weight=0.4)], space="logit", device="cpu")
+    with torch.no_grad():
+        want = torch.sigmoid(0.3 * folds[0](images) + 0.3 * folds[1](images) + 0.4 * torch.logit(pb))
+    assert torch.allclose(_probs(logit, a), want, atol=1e-5)
 
 
-def test_cli_ensemble_writes_a_valid_submission(two_experiments, demo_root, tmp_path, capsys):
+def test_wrong_weights_are_a_clear_error(two_experiments, tmp_path, capsys):
     a, b, paths = two_experiments
-    out = tmp_path / "ens.csv"
-    assert main(["ensemble", *paths, "--weights", "0.6", "0.4", "--out", str(out)]) == 0
-    assert f"submission: {out}" in capsys.readouterr().out
-    assert check_submission(out, demo_root / "sample_submission.csv") == []
-    # the same file as the library call with unnormalised weights 3:2
-    same = predict_test([a, b], weights=[3, 2], out=tmp_path / "ens32.csv")
-    assert out.read_text() == same.read_text()
-
-
-def test_wrong_number_of_weights_is_a_clear_error(two_experiments, tmp_path, capsys):
-    _, _, paths = two_experiments
     out = tmp_path / "never.csv"
     assert main(["ensemble", *paths, "--weights", "1", "--out", str(out)]) == 2
     assert "error: --weights: 1 weights for 2 experiments" in capsys.readouterr().err
     assert main(["ensemble", *paths, "--weights", "1", "-1", "--out", str(out)]) == 2
     assert "expected non-negative weights" in capsys.readouterr().err
     assert not out.exists()
-    with pytest.raises(ConfigError, match="--weights: 1 weights for 2 experiments"):
-        load_members([load_config(p) for p in paths], [1.0], torch.device("cpu"))
+    with pytest.raises(ConfigError, match="expected non-negative weights with a positive sum"):
+        Predictor([Member.load(Run.of(a), weight=1), Member.load(Run.of(b), weight=-1)], device="cpu")
+
+
+def test_predict_refuses_a_changed_preprocessing(two_experiments, tmp_path, capsys):
+    """A trained run predicts with its own preprocessing; --set cannot silently change it."""
+    _, _, paths = two_experiments
+    code = main(["predict", paths[0], "--set", "transforms.resize=[32, 32]", "--out", str(tmp_path / "x.csv")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert "was made with other settings than this config: transforms.resize: None -> [32, 32]" in err
+    code = main(["predict", paths[0], "--set", "predict.tta=[identity,hflip]", "--out", str(tmp_path / "x.csv")])
+    err = capsys.readouterr().err
+    assert code == 2 and "predict.tta: ['identity'] -> ['identity', 'hflip']" in err and "seg-toolkit oof" in err
+    assert not (tmp_path / "x.csv").exists()
 
 
 # ----------------------------------------------------------------------------- submission conventions
 
 
 def conv_cfg(task="binary", num_classes=1, **submission):
-    return config_from_dict({"data": {"task": task, "num_classes": num_classes}, "submission": submission})
+    loss = {"ce": 1.0} if task == "multiclass" else {"bce": 1.0}
+    return config_from_dict({"data": {"task": task, "num_classes": num_classes}, "submission": submission, "loss": loss})
 
 
 # 2 x 3 (non-square); pixels numbered 1..6
@@ -279,8 +293,8 @@ def test_one_row_per_image_or_per_image_and_class():
     assert rows == [("a_1", "2 2 5 1"), ("a_2", ""), ("a_3", "1 6")]
     rows = mask_rows("a", three, conv_cfg(**ml, id_format="{id}:{cls}"))
     assert rows == [("a:1", "2 2 5 1"), ("a:2", ""), ("a:3", "1 6")]
-    with pytest.raises(SubmissionError, match="3 classes but submission.per_class is false"):
-        mask_rows("a", three, conv_cfg(task="multilabel", num_classes=3, per_class=False))
+    with pytest.raises(ConfigError, match="submission.per_class"):  # refused when the config loads
+        conv_cfg(task="multilabel", num_classes=3, per_class=False)
 
 
 def test_multiclass_label_map_gives_per_class_rows_without_background():
@@ -334,10 +348,10 @@ def test_check_submission_cli_names_each_problem(tmp_path, capsys):
 
 def test_each_experiment_follows_its_own_tta_choice(two_experiments, monkeypatch):
     a, b, _ = two_experiments
-    (b.run_dir / "tta.json").write_text(json.dumps({"tta": ["identity", "rot180"], "merge": "mean_logit", "scores": []}))
+    Run.of(b).tta_json.write_text(json.dumps({"tta": ["identity", "rot180"], "merge": "mean_logit", "scores": []}))
     calls = []
-    real = inference_mod.tta_predict
-    monkeypatch.setattr(inference_mod, "tta_predict",
+    real = predictor_mod.tta_predict
+    monkeypatch.setattr(predictor_mod, "tta_predict",
                         lambda model, images, task, t, s, merge, mb: calls.append((list(t), merge)) or real(model, images, task, t, s, merge, mb))
-    predict_probs(load_members([a, b], [0.5, 0.5], torch.device("cpu")), _batch(a), "multilabel")
+    _probs(Predictor([Member.load(Run.of(a)), Member.load(Run.of(b))], device="cpu"), a)
     assert calls == [(["identity"], "mean_prob")] * 2 + [(["identity", "rot180"], "mean_logit")]

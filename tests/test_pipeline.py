@@ -13,6 +13,7 @@ from seg_toolkit.cv import RunExistsError, compute_cv, run_cv
 from seg_toolkit.data.io import image_size
 from seg_toolkit.inference import predict_test
 from seg_toolkit.rle import rle_decode
+from seg_toolkit.run import Run
 from seg_toolkit.submission import check_submission
 
 from .conftest import demo_dict
@@ -28,19 +29,19 @@ def trained(demo_root, tmp_path_factory):
 
 def test_cv_json_and_fold_files(trained):
     cfg, cv = trained
-    run = cfg.run_dir
+    run = Run.of(cfg)
     assert cv["metric"] == "dice" and 0.0 <= cv["score"] <= 1.0
     assert cv["folds"] == [0, 1] and cv["n_images"] == 12
-    assert json.loads((run / "cv.json").read_text())["score"] == pytest.approx(cv["score"])
-    folds = pd.read_csv(run / "folds.csv", dtype={"id": str})
+    assert cv["oof"] == {"tta": ["identity"], "merge": "mean_prob", "scales": [1.0], "tile_size": None}
+    assert json.loads(run.cv_json.read_text())["score"] == pytest.approx(cv["score"])
+    folds = pd.read_csv(run.folds_csv, dtype={"id": str})
+    assert sorted(p.stem for p in run.oof_dir.iterdir()) == sorted(folds.id)  # one OOF file per training id
     for k in (0, 1):
-        d = run / f"fold_{k}"
-        assert {"best.pt", "last.pt", "metrics.csv", "done.json"} <= {p.name for p in d.iterdir()}
-        oof = sorted(p.stem for p in (d / "oof").iterdir())
-        assert oof == sorted(folds[folds.fold == k].id)  # OOF = exactly the fold's validation ids
-        q = np.load(d / "oof" / f"{oof[0]}.npy")
+        assert {"best.pt", "last.pt", "metrics.csv", "done.json"} <= {p.name for p in run.fold_dir(k).iterdir()}
+        ids = sorted(folds[folds.fold == k].id)
+        q = np.load(run.oof_path(ids[0]))
         assert q.dtype == np.uint8 and q.shape == (3, 48, 64)
-    metrics = pd.read_csv(run / "fold_0" / "metrics.csv")
+    metrics = pd.read_csv(run.metrics_csv(0))
     assert list(metrics.epoch) == [1] and {"train_bce", "train_dice", "val_loss", "val_score", "lr"} <= set(metrics.columns)
 
 
@@ -52,7 +53,7 @@ def test_cv_score_recomputed_from_oof_files(trained):
 
 def test_submission_decodes_to_right_shapes(trained, demo_root):
     cfg, _ = trained
-    out = predict_test([cfg])
+    out = predict_test(cfg)
     sample = pd.read_csv(demo_root / "sample_submission.csv", dtype=str, keep_default_na=False)
     sub = pd.read_csv(out, dtype=str, keep_default_na=False)
     assert list(sub.columns) == list(sample.columns) and sub.iloc[:, 0].tolist() == sample.iloc[:, 0].tolist()
@@ -100,6 +101,6 @@ def test_predict_refuses_to_replace_a_submission(trained):
     out = cfg.run_dir.parent / "kept.csv"
     out.write_text("my earlier submission\n")
     with pytest.raises(FileExistsError, match="kept.csv exists; pass --overwrite"):
-        predict_test([cfg], out=out)
+        predict_test(cfg, out=out)
     assert out.read_text() == "my earlier submission\n"
-    assert predict_test([cfg], out=out, overwrite=True) == out and out.read_text().startswith("ImageId_ClassId,")
+    assert predict_test(cfg, out=out, overwrite=True) == out and out.read_text().startswith("ImageId_ClassId,")

@@ -34,7 +34,7 @@ def test_tgs_slice_train_tune_predict_submission(tmp_path):
     assert cv["metric"] == "tgs_map" and cv["n_images"] == 24
     tuned = json.loads((cfg.run_dir / "postprocess.json").read_text())
     assert tuned["after"] >= tuned["before"]
-    out = predict_test([cfg])
+    out = predict_test(cfg)
     assert check_submission(out, root / "sample_submission.csv") == []
     got = pd.read_csv(out, dtype=str, keep_default_na=False)
     assert len(got) == 1000 and list(got.columns) == ["id", "rle_mask"]
@@ -47,7 +47,7 @@ def test_camvid_slice_train_and_evaluate_held_out(tmp_path):
     cv = run_cv(cfg)
     assert cv["metric"] == "miou" and cv["n_images"] == 8
     assert len(cv["per_class_iou"]) == 11  # void (11) is not a class
-    result = evaluate_split([cfg])
+    result = evaluate_split(cfg)
     assert result["n_images"] == 59 and 0.0 <= result["score"] <= 1.0
     assert 0.0 < result["pixel_accuracy"] <= 1.0
     assert (cfg.run_dir / "evaluate_test.json").is_file()

@@ -5,27 +5,30 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
 from torch.utils.data import DataLoader
 
 import seg_toolkit.data as data_pkg
-import seg_toolkit.data.dataset as dataset_mod
 import seg_toolkit.data.sources as sources_mod
 import seg_toolkit.inference as inference_mod
-import seg_toolkit.tta_search as tta_search_mod
+import seg_toolkit.predictor as predictor_mod
 from seg_toolkit.checkpoint import load_model
 from seg_toolkit.config import ConfigError, config_from_dict, save_config
 from seg_toolkit.cv import run_cv
-from seg_toolkit.data import SegDataset, collate, load_train_samples
-from seg_toolkit.inference import load_members, predict_probs, predict_test, tta_settings
+from seg_toolkit.data import SegDataset, collate, load_test_samples, load_train_samples
+from seg_toolkit.inference import predict_test
 from seg_toolkit.metrics import Evaluator
-from seg_toolkit.postprocess import apply_postprocess, load_params
+from seg_toolkit.postprocess import apply_postprocess, params_from_config
+from seg_toolkit.predictor import Predictor, tta_settings
+from seg_toolkit.run import Run, read_json
 from seg_toolkit.submission import check_submission
-from seg_toolkit.tensors import resize_to
+from seg_toolkit.tensors import probs_to_uint8, resize_to, uint8_to_probs
 from seg_toolkit.tta import tta_predict
 from seg_toolkit.tta_search import choose_tta
+from seg_toolkit.tune import tune_postprocess
 
 from .conftest import demo_dict
 
@@ -53,37 +56,46 @@ def chosen(run):
 
 
 @pytest.fixture
-def keep_run_files(run, chosen):
-    """Tests that rewrite tta.json / postprocess.json leave the module's run as they found it."""
-    paths = [run.run_dir / n for n in ("tta.json", "postprocess.json")]
-    saved = {q: q.read_text() for q in paths}
+def keep_run_files(run, chosen, tmp_path):
+    """Tests that choose again (rewriting oof/, tta.json, postprocess.json, cv.json, done.json)
+    leave the module's run as they found it."""
+    import shutil
+
+    saved = tmp_path / "saved_run"
+    shutil.copytree(Run.of(run).dir, saved)
     yield
-    for q, text in saved.items():
-        q.write_text(text)
+    shutil.rmtree(Run.of(run).dir)
+    shutil.copytree(saved, Run.of(run).dir)
 
 
-def independent_score(cfg, tta: list[str], merge: str, scales=(1.0,)) -> tuple[float, int]:
-    """The OOF score of one candidate, computed directly: each fold's best.pt on its validation
-    ids from folds.csv, tta_predict, resize, apply_postprocess (postprocess.json), Evaluator."""
-    run = cfg.run_dir
-    folds = pd.read_csv(run / "folds.csv", dtype={"id": str})
+def independent_probs(cfg, tta: list[str], merge: str, scales=(1.0,)) -> dict:
+    """Each OOF image's probabilities under one candidate, computed directly: each fold's best.pt on
+    its validation ids from folds.csv, tta_predict, resize to the image's size, uint8 as saved."""
+    run = Run.of(cfg)
+    folds = pd.read_csv(run.folds_csv, dtype={"id": str})
     samples = {s.id: s for s in load_train_samples(cfg)}
-    params = load_params(cfg, run)
-    ev = Evaluator(cfg.metric, cfg.data.task, cfg.data.num_classes)
-    n = 0
+    out = {}
     for k in (0, 1):
-        model, _ = load_model(run / f"fold_{k}" / "best.pt")
+        model, _ = load_model(run.fold_dir(k) / "best.pt")
         valid = [samples[i] for i in folds[folds.fold == k].id]
         loader = DataLoader(SegDataset(valid, cfg, "valid"), batch_size=3, collate_fn=collate)
         for batch in loader:
             with torch.no_grad():
                 probs = tta_predict(model.eval(), batch["image"], cfg.data.task, tta, scales, merge=merge)
-            for j in range(probs.shape[0]):
+            for j, image_id in enumerate(batch["id"]):
                 target = batch["target"][j]
-                p = resize_to(probs[j : j + 1], target.shape[-2:])[0].numpy()
-                ev.update_masks(torch.from_numpy(apply_postprocess(p, cfg.data.task, params))[None], target[None])
-                n += 1
-    return float(ev.compute()["score"]), n
+                out[image_id] = (probs_to_uint8(resize_to(probs[j : j + 1], target.shape[-2:])[0]), target)
+    return out
+
+
+def independent_score(cfg, tta: list[str], merge: str, scales=(1.0,)) -> tuple[float, int]:
+    """The untuned OOF score of one candidate: the config's post-processing on :func:`independent_probs`."""
+    params = params_from_config(cfg)
+    ev = Evaluator(cfg.metric, cfg.data.task, cfg.data.num_classes)
+    probs = independent_probs(cfg, tta, merge, scales)
+    for q, target in probs.values():
+        ev.update_masks(torch.from_numpy(apply_postprocess(uint8_to_probs(q), cfg.data.task, params))[None], target[None])
+    return float(ev.compute()["score"]), len(probs)
 
 
 def test_scores_cover_every_pair_and_the_choice_is_the_argmax(run, chosen):
@@ -97,7 +109,8 @@ def test_scores_cover_every_pair_and_the_choice_is_the_argmax(run, chosen):
     assert (chosen["tta"], chosen["merge"], chosen["score"]) == (first["tta"], first["merge"], best)
     # one transform: the merge modes give the same probabilities, so the same score
     assert scores[0]["score"] == pytest.approx(scores[1]["score"], abs=1e-12)
-    assert chosen["postprocess"] == str(run.run_dir / "postprocess.json")
+    assert all(s["score"] >= s["untuned"] for s in scores)  # tuning includes the config's values
+    assert chosen["postprocess"] == "tuned on each candidate's own OOF probabilities"
     assert all(len(s["fold_scores"]) == 2 for s in scores)
     print("\nOOF TTA scores:", [(s["tta"], s["merge"], round(s["score"], 6)) for s in scores], "->", chosen["tta"], chosen["merge"])
 
@@ -114,7 +127,23 @@ def test_each_score_equals_an_independent_computation(run, chosen, pair):
     s = chosen["scores"][pair]
     score, n = independent_score(run, s["tta"], s["merge"])
     assert n == 12
-    assert s["score"] == pytest.approx(score, abs=1e-9)
+    assert s["untuned"] == pytest.approx(score, abs=1e-9)
+
+
+def test_the_winner_becomes_the_runs_oof_and_post_processing(run, chosen):
+    """What is tuned is what is submitted: the run's OOF files are the chosen candidate's
+    probabilities, postprocess.json is tuned on them, and cv.json scores them."""
+    r = Run.of(run)
+    want = independent_probs(run, chosen["tta"], chosen["merge"])
+    for image_id, (q, _) in want.items():
+        assert np.array_equal(np.load(r.oof_path(image_id)), q), image_id
+    pp = read_json(r.postprocess_json)
+    assert pp["after"] == pytest.approx(chosen["score"], abs=1e-12)
+    assert tune_postprocess(run, write=False)["after"] == pytest.approx(chosen["score"], abs=1e-12)
+    cv = read_json(r.cv_json)
+    assert cv["oof"]["tta"] == chosen["tta"] and cv["oof"]["merge"] == chosen["merge"]
+    assert cv["score"] == pytest.approx(chosen["untuned"], abs=1e-9)
+    assert not (r.dir / "tta_search").exists()  # the candidates' scratch files are gone
 
 
 def test_scales_and_small_tta_batches_agree_with_tta_predict(run, keep_run_files):
@@ -125,7 +154,7 @@ def test_scales_and_small_tta_batches_agree_with_tta_predict(run, keep_run_files
     r = choose_tta(cfg, candidates=[["identity", "transpose"]], merges=["mean_logit", "max"])
     assert r["scales"] == [1.0, 0.75] and r["scores"][0]["n_transforms"] == 4
     for s in r["scores"]:
-        assert s["score"] == pytest.approx(independent_score(run, s["tta"], s["merge"], scales=(1.0, 0.75))[0], abs=1e-9)
+        assert s["untuned"] == pytest.approx(independent_score(run, s["tta"], s["merge"], scales=(1.0, 0.75))[0], abs=1e-9)
 
 
 def test_one_forward_pass_per_distinct_transform(run, monkeypatch, keep_run_files):
@@ -137,14 +166,14 @@ def test_one_forward_pass_per_distinct_transform(run, monkeypatch, keep_run_file
         model.register_forward_hook(lambda m, inp, out: seen.append(inp[0].shape[0]))
         return model, cfg
 
-    monkeypatch.setattr(tta_search_mod, "load_model", counting_load_model)
+    monkeypatch.setattr(predictor_mod, "load_model", counting_load_model)
     r = choose_tta(run, candidates=CANDIDATES, merges=MERGES)
     assert sum(seen) == 2 * 12 == r["forward_passes"]  # not 4 candidates-merges x 1.5 transforms x 12
 
 
 def test_never_reads_test_images(run, demo_root, monkeypatch, keep_run_files):
     read: list[Path] = []
-    real_read = dataset_mod.read_image
+    real_read = predictor_mod.read_image
 
     def recording_read(path, *a, **k):
         read.append(Path(path))
@@ -153,7 +182,7 @@ def test_never_reads_test_images(run, demo_root, monkeypatch, keep_run_files):
     def refuse(*a, **k):
         raise AssertionError("choose_tta asked for the test samples")
 
-    monkeypatch.setattr(dataset_mod, "read_image", recording_read)
+    monkeypatch.setattr(predictor_mod, "read_image", recording_read)
     for mod in (data_pkg, sources_mod, inference_mod):
         monkeypatch.setattr(mod, "load_test_samples", refuse)
     choose_tta(run, candidates=[["identity"]], merges=["mean_prob"])
@@ -161,32 +190,33 @@ def test_never_reads_test_images(run, demo_root, monkeypatch, keep_run_files):
     assert all(p.parent == Path(demo_root) / "train" / "images" for p in read)
 
 
-def test_predict_follows_tta_json(run, monkeypatch, keep_run_files):
+def test_predict_follows_tta_json(run, monkeypatch, keep_run_files, caplog):
     calls: list[tuple[list[str], str]] = []
-    real = inference_mod.tta_predict
+    real = predictor_mod.tta_predict
 
     def recording(model, images, task, transforms, scales, merge, max_batch):
         calls.append((list(transforms), merge))
         return real(model, images, task, transforms, scales, merge, max_batch)
 
-    monkeypatch.setattr(inference_mod, "tta_predict", recording)
-    path = run.run_dir / "tta.json"
-    saved = path.read_text()
-    # a choice that differs from the config's (identity, mean_prob)
-    path.write_text(json.dumps({**json.loads(saved), "tta": ["identity", "vflip"], "merge": "mean_logit"}))
+    monkeypatch.setattr(predictor_mod, "tta_predict", recording)
+    r = Run.of(run)
+    saved = r.tta_json.read_text()
+    samples = load_test_samples(run)[:2]
+    # a choice edited by hand, other than the one the OOF files were made with
+    r.tta_json.write_text(json.dumps({**json.loads(saved), "tta": ["identity", "vflip"], "merge": "mean_logit"}))
     assert tta_settings(run) == (["identity", "vflip"], "mean_logit")
-    members = load_members([run], None, torch.device("cpu"))
-    predict_probs(members, torch.zeros(2, 3, 48, 64), run.data.task)
+    list(Predictor.from_run(r, device="cpu").iter_probs(samples))
     assert calls == [(["identity", "vflip"], "mean_logit")] * 2  # both folds
     calls.clear()
-    out = predict_test([run])
+    out = predict_test(run, overwrite=True)
     assert calls and all(c == (["identity", "vflip"], "mean_logit") for c in calls)
     assert check_submission(out, Path(run.data.root) / "sample_submission.csv") == []
+    assert "the OOF files" in caplog.text and "remake them with `seg-toolkit oof" in caplog.text
     # without tta.json: the config's
-    path.unlink()
+    r.tta_json.unlink()
     assert tta_settings(run) == (["identity"], "mean_prob")
     calls.clear()
-    predict_probs(load_members([run], None, torch.device("cpu")), torch.zeros(1, 3, 48, 64), run.data.task)
+    list(Predictor.from_run(r, device="cpu").iter_probs(samples[:1]))
     assert calls == [(["identity"], "mean_prob")] * 2
 
 
@@ -210,15 +240,15 @@ def test_bad_tta_json_and_bad_candidates_are_clear(run, tmp_path):
 def test_cli_tune_tta_prints_the_table(run, capsys, keep_run_files):
     from seg_toolkit.cli import main
 
-    cfg_path = run.run_dir / "config_for_cli.yaml"
+    cfg_path = run.run_dir.parent / "config_for_cli.yaml"
     save_config(run, cfg_path)
     assert main(["tune", str(cfg_path), "--tta"]) == 0
     out = capsys.readouterr().out
-    r = json.loads((run.run_dir / "tta.json").read_text())
+    r = json.loads(Run.of(run).tta_json.read_text())
     assert [s["tta"] for s in r["scores"]][::2] == [["identity"], ["identity", "hflip"], ["identity", "hflip", "vflip"], ["d4"]]
-    assert "OOF TTA choice (dice, 12 OOF images, folds [0, 1]" in out
+    assert "OOF TTA choice (dice, 12 OOF images, folds [0, 1]; post-processing tuned per candidate" in out
     for s in r["scores"]:
-        assert f"{' '.join(s['tta'])}" in out and f"{s['score']:.4f}" in out
+        assert f"{' '.join(s['tta'])}" in out and f"{s['untuned']:>8.4f} {s['score']:>8.4f}" in out
     assert out.count("<- chosen") == 1
     assert "d4" in out and r["forward_passes"] == 8 * 12  # d4 holds the other candidates' transforms
 

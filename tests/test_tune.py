@@ -23,6 +23,7 @@ import seg_toolkit.data.io as io_mod
 import seg_toolkit.data.sources as sources_mod
 from seg_toolkit.config import IGNORE_INDEX, Config, config_from_dict
 from seg_toolkit.cv import compute_cv
+from seg_toolkit.run import Run
 from seg_toolkit.metrics import image_counts, mean_iou, per_image_scores, pixel_accuracy, scores_from_counts
 from seg_toolkit.postprocess import PostParams, apply_postprocess, load_params
 from seg_toolkit.rle import rle_encode
@@ -57,8 +58,8 @@ def write_run(
     **sections,
 ) -> Config:
     """A competition folder (images, RLE CSV, test images, sample submission) and a run folder
-    (config-independent files only: folds.csv, fold_k/done.json for ``done``, fold_k/oof/*.npy,
-    test_probs/*.npy). ``truths``: (C, H, W) 0/1 (binary / multilabel) or (H, W) labels."""
+    (config-independent files only: folds.csv, fold_k/done.json for ``done``, oof/*.npy of every
+    fold (finished or not), test_probs/*.npy). ``truths``: (C, H, W) 0/1 (binary / multilabel) or (H, W) labels."""
     root, runs = tmp_path / "comp", tmp_path / "runs"
     (root / "train" / "images").mkdir(parents=True)
     (root / "test" / "images").mkdir(parents=True)
@@ -79,21 +80,24 @@ def write_run(
     data = {"root": str(root), "task": task, "num_classes": num_classes, "layout": "csv"}
     if task != "binary":
         data["class_column"] = "cls"
+    defaults = {"submission": {"per_class": num_classes > 1 and task != "binary"}}
+    if task == "multiclass":
+        defaults["loss"] = {"ce": 1.0}
     cfg_dict = {"experiment": "exp", "runs_dir": str(runs), "data": data,
-                "folds": {"n_splits": n_splits, "method": "kfold"}, **sections}
+                "folds": {"n_splits": n_splits, "method": "kfold"}, **defaults, **sections}
     cfg = config_from_dict(cfg_dict)
-    run = cfg.run_dir
-    run.mkdir(parents=True)
-    (run / "folds.csv").write_text("id,fold,stratum\n" + "".join(f"{i},{k},x\n" for i, k in fold_of.items()))
+    run = Run.of(cfg)
+    run.dir.mkdir(parents=True)
+    run.folds_csv.write_text("id,fold,stratum\n" + "".join(f"{i},{k},x\n" for i, k in fold_of.items()))
+    run.oof_dir.mkdir()
     for i, q in oofs.items():
-        d = run / f"fold_{fold_of[i]}" / "oof"
-        d.mkdir(parents=True, exist_ok=True)
-        np.save(d / f"{i}.npy", q)
+        np.save(run.oof_path(i), q)
     for k in done:
-        (run / f"fold_{k}" / "done.json").write_text(json.dumps({"metric": "dice", "oof_score": 0.0}))
-    (run / "test_probs").mkdir()
+        run.fold_dir(k).mkdir(exist_ok=True)
+        run.done_json(k).write_text(json.dumps({"metric": "dice", "oof_score": 0.0}))
+    run.test_probs_dir.mkdir()
     for t in ("t0", "t1"):  # a test prediction a careless tuner could pick up
-        np.save(run / "test_probs" / f"{t}.npy", np.full((num_classes, H, W), 255, np.uint8))
+        np.save(run.test_prob_path(t), np.full((num_classes, H, W), 255, np.uint8))
     return cfg
 
 
@@ -225,8 +229,8 @@ def test_never_reads_test_images_or_test_predictions(blob_run, monkeypatch):
     monkeypatch.setattr(np, "load", lambda path, *a, **k: loaded.append(Path(path)) or real_load(path, *a, **k))
     first = tune_postprocess(cfg)
 
-    allowed = {run / "fold_0" / "oof", run / "fold_1" / "oof"}
-    assert loaded and {p.parent for p in loaded} <= allowed  # no test_probs, no unfinished fold
+    allowed = {Run(run).oof_path(i) for i, k in Run(run).fold_of().items() if k in (0, 1)}
+    assert loaded and set(loaded) <= allowed  # no test_probs, no unfinished fold
     # the result does not depend on the test files
     import shutil
 

@@ -18,7 +18,7 @@ from .sources import Sample
 
 log = logging.getLogger(__name__)
 
-__all__ = ["sample_stratum", "make_folds", "load_or_make_folds", "read_folds", "fold_of_ids"]
+__all__ = ["sample_stratum", "make_folds", "load_or_make_folds", "read_folds", "fold_of_ids", "split_fold"]
 
 
 def _class_areas(sample: Sample, cfg: Config) -> np.ndarray:
@@ -130,3 +130,11 @@ def load_or_make_folds(samples: list[Sample], cfg: Config, path: Path) -> pd.Dat
     tmp.replace(path)
     log.info("wrote %s (%d samples, %d folds, method %s)", path, len(df), cfg.folds.n_splits, cfg.folds.method)
     return df
+
+
+def split_fold(samples: list, folds: pd.DataFrame, fold: int) -> tuple[list, list]:
+    """``(training samples, validation samples)`` of ``fold``: validation is the samples whose fold it is."""
+    fold_of = dict(zip(folds["id"], folds["fold"]))
+    train = [s for s in samples if fold_of[s.id] != fold]
+    valid = [s for s in samples if fold_of[s.id] == fold]
+    return train, valid

@@ -1,0 +1,62 @@
+"""Where and how tensors run: the device, autocast, seeding. Shared by training and prediction."""
+
+from __future__ import annotations
+
+import os
+import random
+
+import numpy as np
+import torch
+
+from .config import Config, ConfigError
+
+__all__ = ["resolve_device", "check_device", "autocast", "seed_everything"]
+
+
+def check_device(name: str, key: str = "train.device") -> None:
+    """Refuse a device this machine does not have, naming the config key (called when a config loads)."""
+    if name in ("auto", "cpu"):
+        return
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"{key}: {name!r} is not a device; expected auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"{key}: {name!r} but CUDA is not available on this machine; use 'auto' or 'cpu'")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigError(f"{key}: {name!r} but this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type != "cpu":
+        raise ConfigError(f"{key}: {name!r}: expected auto, cpu, cuda or cuda:N")
+
+
+def resolve_device(name: str, d=None) -> torch.device:
+    """The torch device for ``train.device`` (``auto``: CUDA when present); under DDP the rank's GPU."""
+    if d is not None and d.enabled and name in ("auto", "cuda") and torch.cuda.is_available():
+        return torch.device("cuda", d.local_rank)
+    check_device(name)
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def autocast(cfg: Config, device: torch.device):
+    """``train.amp`` as a context manager: fp16 on CUDA only, bf16 on CUDA and CPU, else off."""
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.train.amp)
+    enabled = dtype is not None and (device.type == "cuda" or dtype == torch.bfloat16)
+    return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=enabled)
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    """Seed python, numpy and torch; in deterministic mode also pin cuDNN and torch's algorithms."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+    else:
+        torch.use_deterministic_algorithms(False)
+        torch.backends.cudnn.deterministic = False

@@ -1,0 +1,261 @@
+"""Ensembles are experiments: a run folder whose OOF is the weighted merge of its members' OOF.
+
+``build_ensemble([cfg_a, cfg_b], name="ens")`` (``seg-toolkit ensemble A.yaml B.yaml --name ens``):
+
+1. checks the members: trained runs with the same task and classes, the same ``folds.csv``
+   (id -> fold; otherwise an OOF image of one member was trained on by another), and the
+   folds they all finished;
+2. chooses the weights on OOF (unless given): every point of a grid on the simplex (step
+   0.1 for up to 3 members, 0.25 for 4-5, equal weights beyond), scored with the configured
+   metric at ``metric.threshold``, as cv.json scores. **Guard against fitting the weights to
+   noise**: the folds are split in two halves; weights chosen on one half are scored on the
+   other, and the same for equal weights. The searched weights are kept only when their
+   cross-half score beats that of equal weights (ties keep equal weights); both numbers are in ``ensemble.json``
+   and ``cv.json``;
+3. writes the merged OOF (probability or logit space: ``predict.ensemble_space``), cv.json with
+   every member's score on the same images beside the ensemble's, and tunes post-processing
+   on the ensemble's OOF (``postprocess.json``).
+
+``seg-toolkit predict`` then predicts the test set with the ensemble run: each member with
+its own preprocessing and TTA, merged with the same weights in the same space.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import shutil
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .config import Config, ConfigError, save_config
+from .data import load_target, load_train_samples
+from .data.dataset import target_to_tensor
+from .metrics import Evaluator
+from .predictor import check_same_training
+from .run import Run, read_json, write_json, write_npy
+from .tensors import probs_to_uint8, uint8_to_probs
+
+log = logging.getLogger(__name__)
+
+__all__ = ["build_ensemble", "merge_probs", "weight_grid", "DEFAULT_MEMORY_BUDGET"]
+
+DEFAULT_MEMORY_BUDGET = 1 << 30  # member OOF arrays + targets kept in memory below this many bytes
+
+
+def merge_probs(probs: Sequence[np.ndarray], weights: Sequence[float], space: str, task: str) -> np.ndarray:
+    """Weighted merge of probability arrays ``(C, H, W)`` in ``prob`` or ``logit`` space (the predictor's rule)."""
+    t = [torch.from_numpy(np.asarray(p, np.float32)) for p in probs]
+    if space == "prob":
+        acc = sum(w * p for w, p in zip(weights, t))
+        return acc.numpy()
+    if task == "multiclass":
+        acc = sum(w * p.clamp_min(1e-6).log() for w, p in zip(weights, t))
+        return acc.softmax(0).numpy()
+    acc = sum(w * torch.logit(p.clamp(1e-6, 1 - 1e-6)) for w, p in zip(weights, t))
+    return acc.sigmoid().numpy()
+
+
+def weight_grid(n: int) -> list[tuple[float, ...]]:
+    """Points of the simplex searched for ``n`` members (equal weights first)."""
+    equal = tuple([1.0 / n] * n)
+    if n == 1:
+        return [equal]
+    steps = 10 if n <= 3 else 4 if n <= 5 else 0
+    out = [equal]
+    if steps:
+        for combo in itertools.product(range(steps + 1), repeat=n - 1):
+            if sum(combo) <= steps:
+                w = tuple(c / steps for c in combo) + ((steps - sum(combo)) / steps,)
+                if w not in out:
+                    out.append(w)
+    return out
+
+
+def _check_members(cfgs: list[Config]) -> tuple[list[Run], list[int], dict[str, int]]:
+    runs = [Run.of(c) for c in cfgs]
+    if len({r.dir.resolve() for r in runs}) != len(runs):
+        raise ConfigError("ensemble: the same experiment is named twice")
+    for cfg, run in zip(cfgs, runs):
+        if not run.config_yaml.is_file():
+            raise FileNotFoundError(f"{run.dir}: no run folder; train {cfg.experiment} first")
+        if run.is_ensemble:
+            raise ConfigError(f"{run.dir} is an ensemble; name its member runs instead")
+        check_same_training(cfg, run)
+    saved = [r.config() for r in runs]
+    for key in ("task", "num_classes", "ignore_index"):
+        values = {getattr(c.data, key) for c in saved}
+        if len(values) > 1:
+            raise ConfigError(f"ensemble members disagree on data.{key}: "
+                              + ", ".join(f"{r.dir.name}={getattr(c.data, key)!r}" for r, c in zip(runs, saved)))
+    fold_maps = [r.fold_of() for r in runs]
+    for r, m in zip(runs[1:], fold_maps[1:]):
+        if m != fold_maps[0]:
+            diff = sorted(i for i in set(m) | set(fold_maps[0]) if m.get(i) != fold_maps[0].get(i))
+            raise ConfigError(
+                f"ensemble members must share folds.csv: {r.folds_csv} differs from {runs[0].folds_csv} for "
+                f"{len(diff)} ids (e.g. {diff[:3]}); an OOF image of one member would be a training image of another. "
+                "Train the members with the same data, folds.method, folds.n_splits and folds.seed")
+    done = [set(r.trained_folds()) for r in runs]
+    common = sorted(set.intersection(*done))
+    if not common:
+        raise FileNotFoundError(f"ensemble: no fold is finished in every member ({', '.join(f'{r.dir.name}: {sorted(d)}' for r, d in zip(runs, done))})")
+    if any(d != set(common) for d in done):
+        log.warning("ensemble: using folds %s, the ones every member finished", common)
+    return runs, common, fold_maps[0]
+
+
+class _OOF:
+    """Members' OOF probabilities and the targets, image by image (in memory when they fit)."""
+
+    def __init__(self, cfg: Config, runs: list[Run], folds: list[int], fold_of: dict[str, int], budget: int) -> None:
+        self.cfg, self.runs = cfg, runs
+        self.items = [(s, fold_of[s.id]) for s in load_train_samples(cfg) if fold_of.get(s.id) in folds]
+        if not self.items:
+            raise FileNotFoundError(f"ensemble: the folds {folds} hold no training image")
+        for r in runs:
+            for s, _ in self.items:
+                if not r.oof_path(s.id).is_file():
+                    raise FileNotFoundError(f"{r.oof_path(s.id)}: OOF file missing; remake with `seg-toolkit oof` for {r.dir}")
+        size = sum(r.oof_path(s.id).stat().st_size for r in runs for s, _ in self.items[:50]) * len(self.items) / min(50, len(self.items))
+        self.cached = size * 5 <= budget  # float32 copies of uint8 files, and the targets
+        self._cache: list | None = None
+
+    def __iter__(self):
+        if self._cache is not None:
+            yield from self._cache
+            return
+        cache = [] if self.cached else None
+        for s, k in self.items:
+            probs = [uint8_to_probs(np.load(r.oof_path(s.id))) for r in self.runs]
+            target = target_to_tensor(load_target(s, self.cfg, probs[0].shape[-2:]), self.cfg.data.task)[None]
+            entry = (s, k, probs, target)
+            if cache is not None:
+                cache.append(entry)
+            yield entry
+        if cache is not None:
+            self._cache = cache
+
+
+def _score_weights(oof: _OOF, grid: list[tuple[float, ...]], space: str, halves: list[set[int]]) -> list[dict[str, Any]]:
+    """Score of each weight vector on all OOF images and on each half of the folds."""
+    cfg = oof.cfg
+    task, c = cfg.data.task, cfg.data.num_classes
+    evals = [[Evaluator(cfg.metric, task, c) for _ in range(1 + len(halves))] for _ in grid]
+    for _, k, probs, target in tqdm(oof, total=len(oof.items), desc=f"ensemble: {len(grid)} weightings", leave=False, disable=None):
+        for w, ev in zip(grid, evals):
+            p = torch.from_numpy(merge_probs(probs, w, space, task))[None]
+            ev[0].update(p, target)
+            for h, half in enumerate(halves):
+                if k in half:
+                    ev[1 + h].update(p, target)
+    return [{"weights": list(w), "score": float(ev[0].compute()["score"]),
+             "half_scores": [float(e.compute()["score"]) for e in ev[1:]]} for w, ev in zip(grid, evals)]
+
+
+def _best(rows: list[dict[str, Any]], key) -> dict[str, Any]:
+    """Highest score; ties (and NaN) go to the earlier row (equal weights come first)."""
+    best = rows[0]
+    for r in rows[1:]:
+        if not math.isnan(key(r)) and (math.isnan(key(best)) or key(r) > key(best) + 1e-12):
+            best = r
+    return best
+
+
+def _choose_weights(rows: list[dict[str, Any]], folds: list[int], halves: list[set[int]]) -> dict[str, Any]:
+    equal = rows[0]
+    chosen = _best(rows, lambda r: r["score"])
+    report: dict[str, Any] = {"searched": len(rows), "best_in_sample": chosen, "equal_weights": equal}
+    if len(halves) == 2:
+        cross, cross_equal = [], []
+        for h in (0, 1):
+            pick = _best(rows, lambda r, h=h: r["half_scores"][h])
+            cross.append({"chosen_on_folds": sorted(halves[h]), "weights": pick["weights"],
+                          "score_on_other_half": pick["half_scores"][1 - h]})
+            cross_equal.append(equal["half_scores"][1 - h])
+        searched = float(np.mean([x["score_on_other_half"] for x in cross]))
+        equal_score = float(np.mean(cross_equal))
+        keep = not math.isnan(searched) and searched > equal_score
+        report.update(cross_half=cross, cross_half_score=searched, cross_half_equal_score=equal_score,
+                      decision=("searched weights: they beat equal weights on the held-out half" if keep else
+                                "equal weights: the searched weights did not beat them on the held-out half"))
+        if not keep:
+            chosen = equal
+    else:
+        report["decision"] = "best in-sample weights (one fold only: no cross-half check possible)"
+    report["chosen"] = chosen
+    return report
+
+
+def build_ensemble(cfgs: list[Config], name: str | None = None, weights: Sequence[float] | None = None,
+                   space: str | None = None, overwrite: bool = False,
+                   memory_budget: int = DEFAULT_MEMORY_BUDGET) -> dict[str, Any]:
+    """Make the ensemble run ``runs/<name>/`` of trained runs (see the module doc); returns its cv.json."""
+    if len(cfgs) < 2:
+        raise ConfigError("ensemble: name at least two trained experiments")
+    lead = cfgs[0]
+    space = space or lead.predict.ensemble_space
+    if space not in ("prob", "logit"):
+        raise ConfigError(f"--space: {space!r} is not one of 'prob', 'logit'")
+    if weights is not None:
+        if len(weights) != len(cfgs):
+            raise ConfigError(f"--weights: {len(weights)} weights for {len(cfgs)} experiments")
+        if any(w < 0 for w in weights) or sum(weights) <= 0:
+            raise ConfigError(f"--weights: expected non-negative weights with a positive sum, got {list(weights)}")
+    runs, folds, fold_of = _check_members(cfgs)
+    name = name or "ens_" + "_".join(c.experiment for c in cfgs)
+    out = Run(Path(lead.runs_dir) / name)
+    if out.dir.exists() and any(out.dir.iterdir()):
+        if not out.is_ensemble:
+            raise FileExistsError(f"{out.dir} exists and is not an ensemble run; choose another --name")
+        if not overwrite:
+            raise FileExistsError(f"{out.dir} exists; pass --overwrite to make the ensemble again, or another --name")
+        shutil.rmtree(out.dir)
+    ens_cfg = _ensemble_config(lead, name, space)
+
+    oof = _OOF(ens_cfg, runs, folds, fold_of, memory_budget)
+    halves = [set(folds[0::2]), set(folds[1::2])] if len(folds) >= 2 else []
+    grid = weight_grid(len(runs)) if weights is None else [tuple(w / sum(weights) for w in weights)]
+    one_hot = [tuple(float(i == j) for j in range(len(runs))) for i in range(len(runs))]
+    rows = _score_weights(oof, grid + [w for w in one_hot if w not in grid], space, halves)
+    member_rows = [next(r for r in rows if tuple(r["weights"]) == w) for w in one_hot]
+    rows = [r for r in rows if tuple(r["weights"]) in grid]
+    search = _choose_weights(rows, folds, halves) if weights is None else {"given": list(grid[0]), "chosen": rows[0]}
+    chosen = [float(w) for w in search["chosen"]["weights"]]
+    log.info("ensemble %s: weights %s (%s), OOF %s %.5f", name, chosen, search.get("decision", "given"),
+             ens_cfg.metric.name, search["chosen"]["score"])
+
+    out.dir.mkdir(parents=True, exist_ok=True)
+    save_config(ens_cfg, out.config_yaml)
+    shutil.copyfile(runs[0].folds_csv, out.folds_csv)
+    members = [{"run": str(r.dir), "weight": w} for r, w in zip(runs, chosen)]
+    write_json(out.ensemble_json, {"members": members, "space": space, "folds": folds, "weights_search": search})
+    for s, _, probs, _ in tqdm(oof, total=len(oof.items), desc="ensemble OOF", leave=False, disable=None):
+        write_npy(out.oof_path(s.id), probs_to_uint8(merge_probs(probs, chosen, space, ens_cfg.data.task)))
+
+    from .cv import compute_cv
+
+    member_info = []
+    for r, row in zip(runs, member_rows):
+        pp = read_json(r.postprocess_json) or {}
+        member_info.append({"run": str(r.dir), "weight": chosen[runs.index(r)], "score": row["score"],
+                            "score_after_postprocess": pp.get("after")})
+    cv = compute_cv(ens_cfg, out, extra={"ensemble": {"members": member_info, "space": space, "weights": chosen,
+                                                      "weights_search": search}})
+    if ens_cfg.postprocess.tune:
+        from .tune import tune_postprocess
+
+        cv["postprocess"] = tune_postprocess(ens_cfg, out.dir)
+    return cv
+
+
+def _ensemble_config(lead: Config, name: str, space: str) -> Config:
+    """The ensemble run's config: the lead member's (data, metric, post-processing grids, submission)."""
+    import dataclasses
+
+    return dataclasses.replace(lead, experiment=name, predict=dataclasses.replace(lead.predict, ensemble_space=space))

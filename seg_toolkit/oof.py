@@ -1,0 +1,107 @@
+"""Out-of-fold probabilities, made by the same :class:`~seg_toolkit.predictor.Predictor` as the submission.
+
+After a fold trains, :func:`write_fold_oof` predicts its validation images with that fold's
+``best.pt``, the run's preprocessing and the TTA that ``predict`` will use (``tta.json`` when
+chosen, else ``predict.tta`` / ``predict.merge``; ``predict.oof_tta: identity`` keeps the
+cheaper un-augmented OOF, and cv.json says which). Post-processing is tuned on these files,
+so the thresholds fit the probabilities that are submitted.
+
+``seg-toolkit oof CONFIG`` (:func:`remake_oof`) predicts the OOF files of every trained fold
+again, e.g. after ``--set predict.tta=[identity,hflip]``, saves those predict settings into
+the run's config, rescores cv.json and re-tunes the post-processing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from .config import Config, ConfigError, save_config
+from .data import Sample, load_train_samples
+from .data.folds import split_fold, read_folds
+from .metrics import Evaluator
+from .predictor import Member, Predictor, check_same_training, tta_settings
+from .run import Run, read_json, write_json, write_npy
+from .tensors import probs_to_uint8, uint8_to_probs
+
+log = logging.getLogger(__name__)
+
+__all__ = ["oof_settings", "oof_predictor", "write_fold_oof", "remake_oof", "save_oof"]
+
+
+def oof_settings(cfg: Config, run: Run) -> tuple[list[str], str]:
+    """The ``(tta, merge)`` the OOF files are made with: predict's, or identity when ``predict.oof_tta: identity``."""
+    if cfg.predict.oof_tta == "identity":
+        return ["identity"], "mean_prob"
+    return tta_settings(cfg, run)
+
+
+def oof_predictor(cfg: Config, run: Run, folds: list[int] | None = None) -> Predictor:
+    """The run's predictor with the OOF TTA (:func:`oof_settings`), for ``folds`` (default: the finished ones)."""
+    tta, merge = oof_settings(cfg, run)
+    return Predictor([Member.load(run, cfg=cfg, tta=tta, merge=merge, folds=folds)])
+
+
+def save_oof(run: Run, image_id: str, probs: torch.Tensor, oof_dir=None):
+    """Quantise and write one OOF array; returns the probabilities exactly as saved (for scoring)."""
+    q = probs_to_uint8(probs)
+    write_npy(run.oof_path(image_id, oof_dir), q)
+    return torch.from_numpy(uint8_to_probs(q))
+
+
+def write_fold_oof(cfg: Config, run: Run, fold: int, valid: list[Sample], predictor: Predictor | None = None) -> dict[str, Any]:
+    """Predict fold ``fold``'s validation images into ``oof/`` and score exactly what was saved.
+
+    Returns ``metric``, ``oof_score`` and ``oof`` (how the files were made), which go into the
+    fold's ``done.json``.
+    """
+    predictor = predictor or oof_predictor(cfg, run, folds=[fold])
+    evaluator = Evaluator(cfg.metric, cfg.data.task, cfg.data.num_classes)
+    desc = f"OOF fold {fold} ({predictor.passes_per_image(fold)} passes/image)"
+    for image_id, probs, target in tqdm(predictor.iter_probs(valid, fold=fold, target_cfg=cfg), total=len(valid),
+                                        desc=desc, leave=False, disable=None):
+        evaluator.update(save_oof(run, image_id, probs)[None], target[None])
+    result = evaluator.compute()
+    m = predictor.members[0]
+    return {"metric": result["metric"], "oof_score": float(result["score"]),
+            "oof": {"tta": m.tta, "merge": m.merge, "scales": list(m.cfg.predict.scales), "tile_size": m.cfg.predict.tile_size}}
+
+
+def remake_oof(cfg: Config, tune: bool = True) -> dict[str, Any]:
+    """Predict every trained fold's OOF files again with ``cfg``'s predict settings; rescore and re-tune.
+
+    The config may differ from the saved one only in ``predict.*`` (and paths, devices,
+    post-processing grids): the new predict settings are saved into the run's config.yaml,
+    so later commands predict the same way. Returns the new cv.json (with ``postprocess``).
+    """
+    from .cv import compute_cv
+
+    run = Run.of(cfg)
+    check_same_training(cfg, run, also_predict=False)
+    folds = run.trained_folds()
+    if not folds:
+        raise FileNotFoundError(f"{run.dir}: no completed fold (fold_*/done.json); train first")
+    saved = run.config()
+    if run.tta_json.is_file() and (cfg.predict.tta, cfg.predict.merge) != (saved.predict.tta, saved.predict.merge):
+        raise ConfigError(f"predict.tta / predict.merge: {run.tta_json} (chosen by `tune --tta`) decides the TTA of this run; "
+                          "delete it to predict with the config's predict.tta / predict.merge")
+    save_config(dataclasses.replace(saved, predict=cfg.predict, postprocess=cfg.postprocess), run.config_yaml)
+    samples = load_train_samples(cfg)
+    folds_df = read_folds(run.folds_csv)
+    predictor = oof_predictor(cfg, run)
+    log.info("remaking OOF of folds %s: %s", folds, predictor.describe(fold=folds[0]))
+    for k in folds:
+        _, valid = split_fold(samples, folds_df, k)
+        summary = write_fold_oof(cfg, run, k, valid, predictor)
+        done = read_json(run.done_json(k)) or {}
+        write_json(run.done_json(k), {**done, **summary})
+    cv = compute_cv(cfg, run, samples)
+    if tune:
+        from .tune import tune_postprocess
+
+        cv["postprocess"] = tune_postprocess(cfg, run.dir)
+    return cv

@@ -1,0 +1,338 @@
+"""One predictor for every consumer: OOF files, ``tune --tta``, ``evaluate``, ``predict`` and ensembles.
+
+A :class:`Predictor` runs members (trained runs) x folds x TTA x scales (x tiles). Each
+member reads every image with the preprocessing saved in ITS OWN run folder (channels,
+resize, normalisation) and predicts with its own TTA choice (``tta.json``, else its saved
+``predict.tta`` / ``predict.merge``); probabilities are resized to each image's own size
+and merged with the members' weights in probability or logit space. So the OOF files that
+post-processing is tuned on and the test probabilities that are submitted come out of the
+same code with the same settings.
+
+Memory stays bounded whatever the number of images: one batch of images and probabilities
+is alive at a time.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from .checkpoint import load_model
+from .config import Config, ConfigError, config_to_dict
+from .data import DataError, Sample, build_transforms, load_target, read_image
+from .data.dataset import target_to_tensor
+from .device import autocast, resolve_device
+from .run import Run, read_json
+from .tensors import resize_to
+from .tta import MERGE_MODES, expand_tta, iter_variant_logits, merge_logits, tta_predict
+from .tta import _variants
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Member", "Predictor", "tta_settings", "check_same_training", "TRAINED_KEYS"]
+
+#: Config keys fixed by training: what a trained run's models were made with and its OOF
+#: files were predicted with. A command line that changes one of them for an existing run
+#: is refused (``seg-toolkit oof`` remakes the OOF after a change of the predict keys).
+TRAINED_KEYS = ("data.task", "data.num_classes", "data.in_channels", "data.ignore_index", "transforms.resize",
+                "transforms.mean", "transforms.std", "model.", "train.use_ema")
+PREDICT_KEYS = ("predict.tta", "predict.scales", "predict.merge", "predict.tile_size", "predict.tile_overlap",
+                "predict.oof_tta")
+
+
+def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and k not in ("params",):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def config_diff(old: Config, new: Config, prefixes: Sequence[str]) -> list[str]:
+    """``key: old -> new`` for the keys under ``prefixes`` that differ."""
+    a, b = _flat(config_to_dict(old)), _flat(config_to_dict(new))
+    keys = [k for k in sorted(set(a) | set(b)) if any(k == p or k.startswith(p) for p in prefixes)]
+    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys if a.get(k) != b.get(k)]
+
+
+def check_same_training(cfg: Config, run: Run, also_predict: bool = True) -> None:
+    """Refuse a config (e.g. with ``--set``) that would silently change how a trained run predicts."""
+    if not run.config_yaml.is_file() or run.is_ensemble:
+        return
+    saved = run.config()
+    diff = config_diff(saved, cfg, TRAINED_KEYS + (PREDICT_KEYS if also_predict else ()))
+    if diff:
+        hint = ("; the predict keys are changed with `seg-toolkit oof CONFIG --set ...`, which remakes the OOF "
+                "files and post-processing with them" if any(d.startswith("predict.") for d in diff) else
+                "; those are fixed when the run is trained: train a new experiment to change them")
+        raise ConfigError(f"{run.dir} was made with other settings than this config: {'; '.join(diff[:6])}{hint}")
+
+
+def tta_settings(cfg: Config, run: Run | None = None) -> tuple[list[str], str]:
+    """``(transforms, merge)``: the choice of ``tune --tta`` in the run's ``tta.json``, else ``predict.tta`` / ``predict.merge``."""
+    run = run or Run.of(cfg)
+    data = read_json(run.tta_json)
+    if data is None:
+        return list(cfg.predict.tta), cfg.predict.merge
+    try:
+        tta, merge = list(data["tta"]), data["merge"]
+        expand_tta(tta)
+    except (KeyError, TypeError) as e:
+        raise ConfigError(f"{run.tta_json}: not a TTA choice ({type(e).__name__}: {e}); run `seg-toolkit tune CONFIG --tta` again or delete it") from None
+    except ConfigError as e:
+        raise ConfigError(f"{run.tta_json}: not a TTA choice ({e}); run `seg-toolkit tune CONFIG --tta` again or delete it") from None
+    if merge not in MERGE_MODES:
+        raise ConfigError(f"{run.tta_json}: merge {merge!r} is not one of {', '.join(MERGE_MODES)}")
+    return tta, merge
+
+
+class TiledModel(nn.Module):
+    """A model run by sliding window: tiles of ``tile_size`` with Gaussian-weighted overlap."""
+
+    def __init__(self, model: nn.Module, tile_size: list[int], overlap: float, max_batch: int) -> None:
+        super().__init__()
+        self.model, self.tile_size, self.overlap, self.max_batch = model, tuple(tile_size), overlap, max_batch
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from .tiling import sliding_window_predict
+
+        return sliding_window_predict(self.model, x, self.tile_size, self.overlap, max_batch=self.max_batch)
+
+
+@dataclass
+class Member:
+    """One trained run in a prediction: its saved config (preprocessing, TTA), folds and weight."""
+
+    run: Run
+    cfg: Config
+    folds: list[int]
+    weight: float = 1.0
+    tta: list[str] = field(default_factory=lambda: ["identity"])
+    merge: str = "mean_prob"
+    _models: dict[int, nn.Module] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def load(cls, run: Run, weight: float = 1.0, cfg: Config | None = None, tta: list[str] | None = None,
+             merge: str | None = None, folds: list[int] | None = None) -> "Member":
+        """A trained run as a member. ``cfg`` (default: the run's saved config) must agree with the saved
+        one on every key that training fixed; ``tta`` / ``merge`` default to :func:`tta_settings`;
+        ``folds`` to the finished ones (a fold being finished names itself, to predict its OOF)."""
+        if run.is_ensemble:
+            raise ConfigError(f"{run.dir} is an ensemble; its members are runs of their own (see {run.ensemble_json})")
+        if cfg is None:
+            cfg = run.config()
+        else:
+            check_same_training(cfg, run, also_predict=False)
+        folds = run.trained_folds() if folds is None else list(folds)
+        if not folds:
+            raise FileNotFoundError(f"{run.dir}: no completed fold with best.pt; run `seg-toolkit train` first")
+        chosen_tta, chosen_merge = tta_settings(cfg, run)
+        return cls(run, cfg, folds, weight, list(tta) if tta is not None else chosen_tta, merge or chosen_merge)
+
+    @property
+    def preprocess(self) -> tuple:
+        """What decides the model's input: equal keys share one decoded, transformed image."""
+        t = self.cfg.transforms
+        return (self.cfg.data.in_channels, tuple(t.resize or ()), tuple(t.mean), tuple(t.std))
+
+    def model(self, fold: int, device: torch.device) -> nn.Module:
+        if fold not in self._models:
+            if fold not in self.folds:
+                raise FileNotFoundError(f"{self.run.dir}: fold {fold} is not trained (trained: {self.folds})")
+            model, _ = load_model(self.run.best_pt(fold), map_location=device, use_ema=self.cfg.train.use_ema)
+            if self.cfg.model.channels_last:
+                model = model.to(memory_format=torch.channels_last)
+            p = self.cfg.predict
+            if p.tile_size:
+                model = TiledModel(model, p.tile_size, p.tile_overlap, self.cfg.tta_batch(device.type))
+            self._models[fold] = model.eval()
+        return self._models[fold]
+
+    def passes(self, n_folds: int) -> int:
+        return n_folds * len(expand_tta(self.tta)) * len(self.cfg.predict.scales)
+
+
+class _Inputs(Dataset):
+    """Each image decoded once per channel count and transformed once per distinct member preprocessing."""
+
+    def __init__(self, samples: list[Sample], members: list[Member], target_cfg: Config | None, max_pixels: int) -> None:
+        self.samples, self.target_cfg, self.max_pixels = samples, target_cfg, max_pixels
+        self.keys = list(dict.fromkeys(m.preprocess for m in members))
+        cfg_of = {m.preprocess: m.cfg for m in members}
+        self.transforms = {k: build_transforms(cfg_of[k], train=False) for k in self.keys}
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        s = self.samples[index]
+        decoded: dict[int, np.ndarray] = {}
+        images = {}
+        for key in self.keys:
+            channels = key[0]
+            if channels not in decoded:
+                decoded[channels] = read_image(s.image, channels, self.max_pixels)
+            out = self.transforms[key](image=decoded[channels])["image"]
+            images[key] = torch.from_numpy(out.transpose(2, 0, 1).copy())
+        hw = next(iter(decoded.values())).shape[:2]
+        item = {"id": s.id, "size": hw, "images": images}
+        if self.target_cfg is not None:
+            item["target"] = target_to_tensor(load_target(s, self.target_cfg, hw), self.target_cfg.data.task)
+        return item
+
+
+def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
+    images = {}
+    for key in items[0]["images"]:
+        shapes = {tuple(it["images"][key].shape) for it in items}
+        if len(shapes) > 1:
+            raise DataError(
+                f"images in one batch differ in size {sorted(shapes)} (ids {[it['id'] for it in items][:4]}...); "
+                "train with transforms.resize: [height, width], or predict with predict.batch_size: 1"
+            )
+        images[key] = torch.stack([it["images"][key] for it in items])
+    out = {"id": [it["id"] for it in items], "size": [it["size"] for it in items], "images": images}
+    if "target" in items[0]:
+        out["target"] = [it["target"] for it in items]
+    return out
+
+
+class Predictor:
+    """Members x folds x TTA x scales, merged with weights in ``space`` (``prob`` or ``logit``)."""
+
+    def __init__(self, members: list[Member], space: str = "prob", device: torch.device | str | None = None,
+                 batch_size: int | None = None, num_workers: int | None = None) -> None:
+        if not members:
+            raise ConfigError("a predictor needs at least one member (trained run)")
+        lead = members[0].cfg
+        for m in members[1:]:
+            for key in ("task", "num_classes"):
+                if getattr(m.cfg.data, key) != getattr(lead.data, key):
+                    raise ConfigError(f"ensemble members disagree on data.{key}: {members[0].run.dir} has "
+                                      f"{getattr(lead.data, key)!r}, {m.run.dir} has {getattr(m.cfg.data, key)!r}")
+        if space not in ("prob", "logit"):
+            raise ConfigError(f"predict.ensemble_space: {space!r} is not one of 'prob', 'logit'")
+        total = float(sum(m.weight for m in members))
+        if any(m.weight < 0 for m in members) or total <= 0:
+            raise ConfigError(f"ensemble weights: expected non-negative weights with a positive sum, got {[m.weight for m in members]}")
+        self.members = members
+        self.weights = [m.weight / total for m in members]
+        self.task, self.num_classes = lead.data.task, lead.data.num_classes
+        self.space = space
+        self.device = device if isinstance(device, torch.device) else resolve_device(device or lead.train.device)
+        self.batch_size = batch_size or lead.predict.batch_size
+        self.num_workers = lead.train.num_workers if num_workers is None else num_workers
+
+    @classmethod
+    def from_run(cls, run: Run, cfg: Config | None = None, **kwargs: Any) -> "Predictor":
+        """The predictor of a trained run (its folds) or of an ensemble run (its members and weights)."""
+        data = read_json(run.ensemble_json)
+        if data is None:
+            member = Member.load(run, cfg=cfg)
+            return cls([member], space="prob", **kwargs)
+        members = [Member.load(Run(m["run"]), weight=float(m["weight"])) for m in data["members"]]
+        return cls(members, space=data.get("space", "prob"), **kwargs)
+
+    # ------------------------------------------------------------------ description
+    def passes_per_image(self, fold: int | None = None) -> int:
+        return sum(m.passes(1 if fold is not None else len(m.folds)) for m in self.members)
+
+    def describe(self, fold: int | None = None) -> str:
+        return " + ".join(
+            f"{m.run.dir.name}: {1 if fold is not None else len(m.folds)} fold(s) x {len(expand_tta(m.tta))} TTA "
+            f"({' '.join(m.tta)}, {m.merge}) x {len(m.cfg.predict.scales)} scale(s)"
+            + (f" x weight {w:.3f}" if len(self.members) > 1 else "") for m, w in zip(self.members, self.weights))
+
+    def settings(self) -> list[dict[str, Any]]:
+        """How each member predicts, for the JSON files that record where probabilities came from."""
+        return [{"run": str(m.run.dir), "weight": w, "folds": m.folds, "tta": m.tta, "merge": m.merge,
+                 "scales": list(m.cfg.predict.scales), "tile_size": m.cfg.predict.tile_size}
+                for m, w in zip(self.members, self.weights)]
+
+    # ------------------------------------------------------------------ prediction
+    def loader(self, samples: list[Sample], target_cfg: Config | None = None) -> DataLoader:
+        lead = self.members[0].cfg
+        dataset = _Inputs(samples, self.members, target_cfg, lead.data.max_image_pixels)
+        return DataLoader(dataset, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers,
+                          collate_fn=_collate, pin_memory=self.device.type == "cuda")
+
+    def _member_probs(self, m: Member, images: torch.Tensor, fold: int, tta: list[str], merge: str) -> torch.Tensor:
+        if m.cfg.model.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        model = m.model(fold, self.device)
+        with torch.inference_mode(), autocast(m.cfg, self.device):
+            return tta_predict(model, images, self.task, expand_tta(tta), m.cfg.predict.scales, merge,
+                               m.cfg.tta_batch(self.device.type)).float()
+
+    def _to_space(self, p: torch.Tensor) -> torch.Tensor:
+        if self.space == "prob":
+            return p
+        return p.clamp_min(1e-6).log() if self.task == "multiclass" else torch.logit(p.clamp(1e-6, 1 - 1e-6))
+
+    def _from_space(self, acc: torch.Tensor) -> torch.Tensor:
+        if self.space == "prob":
+            return acc
+        return acc.softmax(0) if self.task == "multiclass" else acc.sigmoid()
+
+    def iter_probs(self, samples: list[Sample], fold: int | None = None, target_cfg: Config | None = None,
+                   ) -> Iterator[tuple[str, torch.Tensor, torch.Tensor | None]]:
+        """Yield ``(id, probabilities (C, H, W) float32 on the CPU at the image's own size, target or None)``.
+
+        ``fold``: predict with that fold's model of every member only (out-of-fold prediction);
+        None: every trained fold. ``target_cfg``: also read each image's target with this config.
+        """
+        for batch in self.loader(samples, target_cfg):
+            sizes = batch["size"]
+            acc: list[torch.Tensor | None] = [None] * len(sizes)
+            for m, w in zip(self.members, self.weights):
+                images = batch["images"][m.preprocess].to(self.device, non_blocking=True)
+                folds = [fold] if fold is not None else m.folds
+                for k in folds:
+                    probs = self._member_probs(m, images, k, m.tta, m.merge)
+                    for j, hw in enumerate(sizes):
+                        p = self._to_space(resize_to(probs[j : j + 1], hw)[0])
+                        acc[j] = p * (w / len(folds)) if acc[j] is None else acc[j].add_(p, alpha=w / len(folds))
+            targets = batch.get("target")
+            for j, image_id in enumerate(batch["id"]):
+                probs, acc[j] = self._from_space(acc[j]).cpu(), None  # hand over: the batch does not keep it
+                yield image_id, probs, (targets[j] if targets is not None else None)
+
+    def iter_candidate_probs(self, samples: list[Sample], fold: int, candidates: list[tuple[list[str], str]],
+                             target_cfg: Config | None = None) -> Iterator[tuple[str, list[torch.Tensor], torch.Tensor | None]]:
+        """Out-of-fold probabilities of one member under several ``(tta, merge)`` candidates at once.
+
+        Each distinct (transform, scale) variant runs through the model once per batch; each
+        candidate merges its own variants, so ``identity`` is not recomputed per candidate.
+        """
+        if len(self.members) != 1:
+            raise ConfigError("choosing TTA needs one trained run, not an ensemble")
+        m = self.members[0]
+        scales = list(dict.fromkeys(float(s) for s in m.cfg.predict.scales))
+        expanded = [expand_tta(t) for t, _ in candidates]
+        union = _variants(list(dict.fromkeys(t for names in expanded for t in names)), scales)
+        model = m.model(fold, self.device)
+        for batch in self.loader(samples, target_cfg):
+            images = batch["images"][m.preprocess].to(self.device, non_blocking=True)
+            if m.cfg.model.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            n = images.shape[0]
+            logits: dict[Any, torch.Tensor] = {}
+            with torch.inference_mode(), autocast(m.cfg, self.device):
+                for v, rows, out in iter_variant_logits(model, images, union, m.cfg.tta_batch(self.device.type)):
+                    if v not in logits:
+                        logits[v] = torch.empty((n, *out.shape[1:]), dtype=torch.float32, device=out.device)
+                    logits[v][rows] = out.float()
+            merged = [merge_logits([logits[v] for v in _variants(names, scales)], self.task, merge)
+                      for names, (_, merge) in zip(expanded, candidates)]
+            targets = batch.get("target")
+            for j, image_id in enumerate(batch["id"]):
+                hw = batch["size"][j]
+                yield image_id, [resize_to(p[j : j + 1], hw)[0].cpu() for p in merged], (targets[j] if targets is not None else None)

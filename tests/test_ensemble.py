@@ -1,0 +1,180 @@
+"""One run, one predictor: OOF, predict and ensembles of experiments with different preprocessing.
+
+Two experiments trained on the tiny demo differ in everything a predictor could mix up:
+``a`` reads RGB at native size with ImageNet statistics and predicts with hflip TTA; ``b``
+reads grayscale resized to 32x48 with mean/std 0.5. Their ensemble must feed each member its
+own inputs, and its saved test probabilities must be the weighted mean of each member's own.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from seg_toolkit.checkpoint import load_model
+from seg_toolkit.cli import main
+from seg_toolkit.config import ConfigError, config_from_dict, load_config, save_config
+from seg_toolkit.cv import run_cv
+from seg_toolkit.data import SegDataset, collate, load_test_samples, load_train_samples
+from seg_toolkit.ensemble import build_ensemble, merge_probs, weight_grid
+from seg_toolkit.inference import predict_test
+from seg_toolkit.oof import remake_oof
+from seg_toolkit.run import Run, read_json
+from seg_toolkit.submission import check_submission
+from seg_toolkit.tensors import probs_to_uint8, resize_to, uint8_to_probs
+from seg_toolkit.tta import tta_predict
+
+from .conftest import demo_dict
+
+TRAIN = {"epochs": 1, "batch_size": 2, "num_workers": 0}
+
+
+@pytest.fixture(scope="module")
+def trained(demo_root, tmp_path_factory):
+    """Runs a and b (2 folds x 1 epoch each), their config files, and each member's own test probabilities."""
+    tmp = tmp_path_factory.mktemp("ens")
+    runs = tmp / "runs"
+    a = config_from_dict(demo_dict(demo_root, runs, experiment="a", train=TRAIN, optim={"lr": 0.05},
+                                   predict={"batch_size": 4, "tta": ["identity", "hflip"], "save_probs": "float16"},
+                                   submission={"per_class": True, "path": str(tmp / "a.csv")}))
+    b = config_from_dict(demo_dict(demo_root, runs, experiment="b", train=TRAIN, optim={"lr": 0.05},
+                                   data={"in_channels": 1},
+                                   transforms={"resize": [32, 48], "mean": [0.5], "std": [0.5]},
+                                   predict={"batch_size": 4, "save_probs": "float16"},
+                                   submission={"per_class": True, "path": str(tmp / "b.csv")}))
+    paths = []
+    for cfg in (a, b):
+        run_cv(cfg)
+        predict_test(cfg)
+        save_config(cfg, tmp / f"{cfg.experiment}.yaml")
+        paths.append(str(tmp / f"{cfg.experiment}.yaml"))
+    return a, b, paths, tmp
+
+
+def _test_probs(run: Run, ids: list[str]) -> dict[str, np.ndarray]:
+    return {i: np.load(run.test_prob_path(i)).astype(np.float32) for i in ids}
+
+
+def test_oof_files_come_from_the_predictor_with_predicts_tta(trained):
+    """Each OOF file is the fold model's hflip-TTA prediction at the image's size, as predict makes it."""
+    a, *_ = trained
+    run = Run.of(a)
+    folds = run.fold_of()
+    samples = {s.id: s for s in load_train_samples(a)}
+    for k in (0, 1):
+        model, _ = load_model(run.best_pt(k))
+        valid = [samples[i] for i, f in folds.items() if f == k]
+        for batch in DataLoader(SegDataset(valid, a, "valid"), batch_size=4, collate_fn=collate):
+            with torch.no_grad():
+                probs = tta_predict(model.eval(), batch["image"], "multilabel", ["identity", "hflip"], [1.0], "mean_prob")
+            for j, image_id in enumerate(batch["id"]):
+                want = probs_to_uint8(resize_to(probs[j : j + 1], batch["target"][j].shape[-2:])[0])
+                assert np.array_equal(np.load(run.oof_path(image_id)), want), image_id
+    cv = read_json(run.cv_json)
+    assert cv["oof"] == {"tta": ["identity", "hflip"], "merge": "mean_prob", "scales": [1.0], "tile_size": None}
+    assert read_json(run.postprocess_json)["n_images"] == 12  # tuned on those files
+
+
+def test_ensemble_test_probs_are_the_weighted_mean_of_each_members_own(trained):
+    a, b, paths, tmp = trained
+    cv = build_ensemble([a, b], name="ens_fixed", weights=[0.6, 0.4])
+    ens = Run(Run.of(a).dir.parent / "ens_fixed")
+    assert ens.is_ensemble and read_json(ens.ensemble_json)["members"] == [
+        {"run": str(Run.of(a).dir), "weight": 0.6}, {"run": str(Run.of(b).dir), "weight": 0.4}]
+    out = predict_test(ens.config(), out=tmp / "ens_fixed.csv")
+    assert check_submission(out, a.data_path(a.data.sample_submission)) == []
+    ids = [s.id for s in load_test_samples(a)]
+    pa, pb, pe = _test_probs(Run.of(a), ids), _test_probs(Run.of(b), ids), _test_probs(ens, ids)
+    for i in ids:
+        assert pe[i].shape == pa[i].shape == (3, 48, 64)
+        # float16 storage: each file is within 2^-11 relative of the float32 it came from
+        np.testing.assert_allclose(pe[i], 0.6 * pa[i] + 0.4 * pb[i], atol=2e-3)
+        assert np.abs(pa[i] - pb[i]).max() > 0.01  # the members disagree, so the check has teeth
+    # the ensemble's OOF is the weighted merge of the members' OOF files, scored beside theirs
+    for s in load_train_samples(a):
+        qa, qb = (uint8_to_probs(np.load(Run.of(c).oof_path(s.id))) for c in (a, b))
+        assert np.array_equal(np.load(ens.oof_path(s.id)), probs_to_uint8(0.6 * qa + 0.4 * qb))
+    saved = read_json(ens.cv_json)
+    members = saved["ensemble"]["members"]
+    assert [m["run"] for m in members] == [str(Run.of(a).dir), str(Run.of(b).dir)]
+    assert [m["weight"] for m in members] == [0.6, 0.4]
+    for m, cfg in zip(members, (a, b)):  # each member's OOF score over the same images equals its own cv.json
+        assert m["score"] == pytest.approx(read_json(Run.of(cfg).cv_json)["score"], abs=1e-9)
+    assert saved["score"] == pytest.approx(cv["score"]) and saved["n_images"] == 12
+    assert read_json(ens.postprocess_json)["n_images"] == 12  # post-processing tuned on the ensemble's OOF
+
+
+def test_weights_chosen_on_oof_with_a_cross_half_check(trained, capsys, tmp_path):
+    a, b, paths, tmp = trained
+    code = main(["ensemble", *paths, "--name", "ens_search", "--out", str(tmp_path / "s.csv")])
+    out = capsys.readouterr().out
+    assert code == 0 and "submission:" in out and "weights:" in out
+    ens = Run(Run.of(a).dir.parent / "ens_search")
+    search = read_json(ens.ensemble_json)["weights_search"]
+    assert search["searched"] == 11  # 0.0, 0.1, ..., 1.0 for a; equal weights first
+    assert search["equal_weights"]["weights"] == [0.5, 0.5]
+    assert len(search["cross_half"]) == 2 and {tuple(h["chosen_on_folds"]) for h in search["cross_half"]} == {(0,), (1,)}
+    chosen = search["chosen"]["weights"]
+    if search["cross_half_score"] > search["cross_half_equal_score"]:
+        assert chosen == search["best_in_sample"]["weights"]
+    else:
+        assert chosen == [0.5, 0.5]
+    cv = read_json(ens.cv_json)
+    assert [m["weight"] for m in cv["ensemble"]["members"]] == chosen
+    assert cv["ensemble"]["weights_search"]["cross_half_score"] == search["cross_half_score"]
+
+
+def test_members_must_share_folds(trained):
+    a, b, _, _ = trained
+    other = Run(Run.of(a).dir.parent / "a_other_folds")
+    shutil.copytree(Run.of(a).dir, other.dir)
+    lines = other.folds_csv.read_text().splitlines()
+    first = lines[1].split(",")
+    first[1] = str(1 - int(first[1]))
+    other.folds_csv.write_text("\n".join([lines[0], ",".join(first), *lines[2:]]) + "\n")
+    c = config_from_dict({**demo_dict(a.data.root, Run.of(a).dir.parent, experiment="a_other_folds"),
+                          "train": TRAIN, "optim": {"lr": 0.05},
+                          "predict": {"batch_size": 4, "tta": ["identity", "hflip"], "save_probs": "float16"},
+                          "submission": {"per_class": True, "path": a.submission.path}})
+    with pytest.raises(ConfigError, match=r"ensemble members must share folds.csv: .*a_other_folds/folds.csv differs .* for 1 ids"):
+        build_ensemble([a, c], name="never")
+    assert not (Run.of(a).dir.parent / "never").exists()
+
+
+def test_members_with_other_classes_are_refused(trained, tmp_path):
+    a, _, _, _ = trained
+    d = Run(Run.of(a).dir.parent / "a_two_classes")
+    shutil.copytree(Run.of(a).dir, d.dir)
+    text = d.config_yaml.read_text().replace("num_classes: 3", "num_classes: 2")
+    d.config_yaml.write_text(text)
+    two = load_config(d.config_yaml, [f"experiment={d.dir.name}", f"runs_dir={d.dir.parent}"])
+    with pytest.raises(ConfigError, match="ensemble members disagree on data.num_classes"):
+        build_ensemble([a, two], name="never")
+
+
+def test_remake_oof_without_tta_is_stated_and_predict_warns(trained, tmp_path, caplog):
+    a, *_ = trained
+    copy = Run(tmp_path / "runs" / "a")
+    shutil.copytree(Run.of(a).dir, copy.dir)
+    cfg = load_config(copy.config_yaml, [f"runs_dir={tmp_path / 'runs'}", "predict.oof_tta=identity"])
+    cv = remake_oof(cfg)
+    assert cv["oof"]["tta"] == ["identity"] and read_json(copy.cv_json)["oof"]["tta"] == ["identity"]
+    assert "postprocess" in cv and read_json(copy.postprocess_json)["cv_json_score"] == pytest.approx(cv["score"])
+    first = load_train_samples(a)[0].id
+    assert not np.array_equal(np.load(copy.oof_path(first)), np.load(Run.of(a).oof_path(first)))  # hflip TTA there
+    predict_test(cfg, out=tmp_path / "x.csv")
+    assert "remake them with `seg-toolkit oof CONFIG`" in caplog.text
+
+
+def test_merge_probs_and_weight_grid_by_hand():
+    p = [np.full((1, 1, 1), 0.2, np.float32), np.full((1, 1, 1), 0.8, np.float32)]
+    assert merge_probs(p, [0.5, 0.5], "prob", "binary")[0, 0, 0] == pytest.approx(0.5)
+    # logit(0.2) = -ln 4, logit(0.8) = ln 4: weights 0.75 / 0.25 -> sigmoid(-0.5 ln 4) = 1 / (1 + 2) = 1/3
+    assert merge_probs(p, [0.75, 0.25], "logit", "binary")[0, 0, 0] == pytest.approx(1 / 3, abs=1e-6)
+    grid = weight_grid(3)
+    assert grid[0] == pytest.approx((1 / 3,) * 3) and len(grid) == 1 + 66  # equal + C(12, 2) grid points
+    assert all(sum(w) == pytest.approx(1.0) for w in grid)
