@@ -19,7 +19,7 @@ in every class), image sizes and PIL modes, and for mask files the raw values fo
 from __future__ import annotations
 
 import csv
-import html
+import io
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
@@ -437,31 +437,9 @@ def format_audit(result: AuditResult, max_per_kind: int = 20) -> str:
 # ----------------------------------------------------------------------------- html
 
 
-_CSS = """
-body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px auto;max-width:1100px;color:#222;padding:0 16px}
-h1{font-size:22px} h2{font-size:18px;margin-top:28px;border-bottom:1px solid #ddd;padding-bottom:4px}
-table{border-collapse:collapse;margin:8px 0;font-size:14px} th,td{border:1px solid #ddd;padding:4px 9px;text-align:right}
-th{background:#f4f4f4} .l{text-align:left} .muted{color:#777;font-size:13px} td.msg{text-align:left;font-family:monospace;font-size:12px}
-.bar{height:14px;display:inline-block;vertical-align:middle;border:1px solid #555;min-width:1px}
-.ok{color:#2a7d2a;font-weight:600} .bad{color:#b03020;font-weight:600}
-"""
-
-
-def _html_table(header: list[str], rows: list[list[str]], left: int = 1, cls: Optional[list[str]] = None) -> str:
-    th = "".join(f"<th class='l'>{h}</th>" if i < left or (cls and i < len(cls) and cls[i]) else f"<th>{h}</th>"
-                 for i, h in enumerate(header))
-    body = []
-    for r in rows:
-        tds = []
-        for i, c in enumerate(r):
-            klass = (cls[i] if cls and i < len(cls) and cls[i] else ("l" if i < left else ""))
-            tds.append(f"<td class='{klass}'>{c}</td>" if klass else f"<td>{c}</td>")
-        body.append("<tr>" + "".join(tds) + "</tr>")
-    return f"<table><tr>{th}</tr>{''.join(body)}</table>"
-
-
 def _audit_html(r: AuditResult, colors: np.ndarray, max_problems: int = 5000) -> str:
-    e = html.escape
+    from .report.html import esc, note, page, section, table
+
     freqs = r.class_frequency
     top = max([f for f in freqs if f == f] or [0.0]) or 1.0
     rows = []
@@ -470,41 +448,34 @@ def _audit_html(r: AuditResult, colors: np.ndarray, max_problems: int = 5000) ->
         width = 0 if f != f else max(1, round(260 * f / top))
         rgb = tuple(int(v) for v in colors[c])
         bar = f"<span class='bar' style='width:{width}px;background:rgb{rgb}'></span> {_pct(r.class_pixels[c], r.valid_pixels[c])}"
-        rows.append([e(row[0]), row[1], bar] + row[3:])
-    header = _class_header(r)
+        rows.append([esc(row[0]), row[1], bar] + row[3:])
     status = ("<span class='ok'>no problems found</span>" if not r.problems
               else f"<span class='bad'>{len(r.problems)} problem(s)</span>")
-    parts = [
-        f"<h1>Data audit: {e(r.root)}</h1>",
-        f"<p>{e(r.task)} task, {e(r.layout)} layout: {r.n_listed} sample(s) listed, {r.n_read} read without a problem; {status}.</p>",
-        "<h2>Classes</h2>",
-        _html_table(header, rows, cls=["l", "", "l"]),
-        "<p class='muted'>Over the samples read without a problem. Share = class pixels / non-void pixels "
-        "(bars relative to the largest class). "
-        + e(f"Void: {r.void_pixels:,} " + ("pixels" if r.task == "multiclass" else "(pixel, class) pairs") + ".")
-        + (e(f" Images empty in every class: {r.all_empty_images} of {r.n_read} ({_pct(r.all_empty_images, r.n_read)}).")
-           if r.all_empty_images is not None else "")
-        + (e(f" Pixels in more than one class: {r.overlap_pixels:,}.") if r.overlap_pixels is not None else "")
-        + "</p>",
-        "<h2>Images</h2>",
-        _html_table(["size (HxW)", "images"], [[s, str(n)] for s, n in _sizes(r)]),
-        _html_table(["mode", "images"], [[e(m), str(n)] for m, n in r.image_modes.most_common()]),
-    ]
+    images = [table(["size (HxW)", "images"], [[s, str(n)] for s, n in _sizes(r)]),
+              table(["mode", "images"], [[esc(m), str(n)] for m, n in r.image_modes.most_common()])]
     if r.mask_values:
-        parts.append(_html_table(["mask file value", "pixels"], [[str(v), f"{n:,}"] for v, n in sorted(r.mask_values.items())]))
-    parts.append("<h2>Problems</h2>")
+        images.append(table(["mask file value", "pixels"], [[str(v), f"{n:,}"] for v, n in sorted(r.mask_values.items())]))
     if r.problems:
-        parts.append(_html_table(["kind", "count"], [[e(k), str(n)] for k, n in r.problem_counts().most_common()]))
         shown = r.problems[:max_problems]
-        parts.append(_html_table(["kind", "where", "message"],
-                                 [[e(p.kind), e(p.where), e(p.message)] for p in shown], left=2,
-                                 cls=["l", "l", "msg"]))
+        problems = (table(["kind", "count"], [[esc(k), str(n)] for k, n in r.problem_counts().most_common()])
+                    + table(["kind", "where", "message"], [[esc(p.kind), esc(p.where), esc(p.message)] for p in shown],
+                            left=2, cls=["l", "l", "msg"]))
         if len(r.problems) > len(shown):
-            parts.append(f"<p class='muted'>{len(r.problems) - len(shown)} more in audit_problems.csv</p>")
+            problems += note(f"{len(r.problems) - len(shown)} more in audit_problems.csv")
     else:
-        parts.append("<p class='ok'>No problems found.</p>")
-    return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>Data audit: {e(r.root)}</title>"
-            f"<style>{_CSS}</style></head><body>{''.join(parts)}</body></html>")
+        problems = "<p class='ok'>No problems found.</p>"
+    classes = table(_class_header(r), rows, cls=["l", "", "l"]) + note(
+        "Over the samples read without a problem. Share = class pixels / non-void pixels (bars relative to the largest "
+        "class). " + esc(f"Void: {r.void_pixels:,} " + ("pixels" if r.task == "multiclass" else "(pixel, class) pairs") + ".")
+        + (esc(f" Images empty in every class: {r.all_empty_images} of {r.n_read} ({_pct(r.all_empty_images, r.n_read)}).")
+           if r.all_empty_images is not None else "")
+        + (esc(f" Pixels in more than one class: {r.overlap_pixels:,}.") if r.overlap_pixels is not None else ""))
+    body = "\n".join([
+        f"<p>{esc(r.task)} task, {esc(r.layout)} layout: {r.n_listed} sample(s) listed, {r.n_read} read without a "
+        f"problem; {status}.</p>",
+        section("Classes", classes), section("Images", "".join(images)), section("Problems", problems),
+    ])
+    return page(f"Data audit: {r.root}", body)
 
 
 def write_audit(cfg: Config, out_dir: Path, result: Optional[AuditResult] = None) -> Path:
@@ -512,15 +483,16 @@ def write_audit(cfg: Config, out_dir: Path, result: Optional[AuditResult] = None
 
     Returns the path of ``audit.html``.
     """
-    from .plots import atomic_write
+    from .run import write_text
 
     res = result if result is not None else audit(cfg)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    page = atomic_write(out_dir / "audit.html", _audit_html(res, class_colors(cfg)))
-    with (out_dir / "audit_problems.csv").open("w", newline="", encoding="utf-8") as fh:
-        w = csv.writer(fh)
-        w.writerow(["kind", "where", "message"])
-        w.writerows([p.kind, p.where, p.message] for p in res.problems)
+    page = write_text(out_dir / "audit.html", _audit_html(res, class_colors(cfg)))
+    buf = io.StringIO(newline="")
+    w = csv.writer(buf)
+    w.writerow(["kind", "where", "message"])
+    w.writerows([p.kind, p.where, p.message] for p in res.problems)
+    write_text(out_dir / "audit_problems.csv", buf.getvalue())
     log.info("audit written to %s", page)
     return page

@@ -1,27 +1,31 @@
 """Learning curves of a run: loss and validation metric per epoch, one colour per fold.
 
-``write_learning_curves(run_dir)`` writes ``learning_curves.html`` (interactive Plotly,
-plotly.js inlined so it opens offline) and ``learning_curves.png`` (matplotlib, Agg canvas,
-no pyplot state touched) into the run folder. The trainer calls it after every fold, so it
-reads whatever ``fold_*/metrics.csv`` exist, tolerates a fold with one epoch or a row being
-written at that moment, and replaces both files atomically.
+Each chart is drawn once, as a matplotlib figure (Agg canvas, no pyplot state touched);
+:func:`write_figure` renders it to PNG bytes once and those bytes are both the ``.png`` file
+and the picture embedded in the HTML page, so the two can never disagree.
 
-The matplotlib helpers here (:func:`new_figure`, :func:`figure_png`) are shared with
+``write_learning_curves(run_dir)`` writes ``learning_curves.png`` and ``learning_curves.html``
+(that PNG inlined plus a per-fold table, one self-contained file) into the run folder. The
+trainer calls it after every fold, so it reads whatever ``metrics.csv`` files exist,
+tolerates a fold with one epoch or a row being written at that moment, and replaces both
+files atomically.
+
+:func:`new_figure`, :func:`figure_png` and :func:`write_figure` are shared with
 :mod:`seg_toolkit.report`.
 """
 
 from __future__ import annotations
 
 import io
-import json
 import logging
 import math
-import os
-import re
 from pathlib import Path
 from typing import Any, Optional
 
 import pandas as pd
+
+from .checkpoint import atomic_write
+from .run import Run, read_json, write_text
 
 log = logging.getLogger(__name__)
 
@@ -30,20 +34,19 @@ __all__ = [
     "read_metrics",
     "metric_label",
     "learning_curves",
-    "learning_curves_png",
+    "fold_rows",
+    "fold_table_html",
     "write_learning_curves",
     "new_figure",
     "figure_png",
-    "atomic_write",
+    "write_figure",
 ]
 
-#: One colour per fold (matplotlib's tab10), the same in the HTML and the PNG.
+#: One colour per fold (matplotlib's tab10).
 FOLD_COLORS = (
     "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
     "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
 )
-
-_FOLD_DIR = re.compile(r"fold_(\d+)$")
 
 
 def _fold_color(fold: int) -> str:
@@ -54,17 +57,13 @@ def _fold_color(fold: int) -> str:
 
 
 def read_metrics(run_dir: Path) -> pd.DataFrame:
-    """All ``fold_*/metrics.csv`` rows of a run in one frame (fold, epoch order).
+    """All ``metrics.csv`` rows of a run in one frame (fold, epoch order).
 
     A file that cannot be parsed (e.g. being written right now) is skipped with a warning;
     rows without a numeric epoch are dropped. Returns an empty frame when there is nothing.
     """
     frames = []
-    for d in Path(run_dir).glob("fold_*"):
-        m = _FOLD_DIR.search(d.name)
-        path = d / "metrics.csv"
-        if not m or not path.is_file():
-            continue
+    for path in Run(run_dir).metrics_csvs():
         try:
             df = pd.read_csv(path, on_bad_lines="skip")
         except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as e:
@@ -73,42 +72,40 @@ def read_metrics(run_dir: Path) -> pd.DataFrame:
         if "epoch" not in df.columns:
             log.warning("learning curves: %s has no 'epoch' column; skipped", path)
             continue
-        df["fold"] = int(m.group(1))
         for col in df.columns:
-            if col != "fold":
-                df[col] = pd.to_numeric(df[col], errors="coerce")
+            df[col] = pd.to_numeric(df[col], errors="coerce")
+        # the trainer writes the fold into every row; the folder's number stands in for a row without it
+        fallback = int(path.parent.name.rsplit("_", 1)[-1])
+        df["fold"] = df["fold"].fillna(fallback) if "fold" in df.columns else fallback
         values = [c for c in ("train_loss", "val_loss", "val_score") if c in df.columns]
         df = df.dropna(subset=["epoch"])
         if values:  # a row being written right now has no values yet
             df = df.dropna(subset=values, how="all")
+        df["fold"] = df["fold"].astype(int)
         frames.append(df)
     if not frames:
         return pd.DataFrame(columns=["fold", "epoch"])
     return pd.concat(frames, ignore_index=True).sort_values(["fold", "epoch"], kind="stable").reset_index(drop=True)
 
 
-def _run_info(run_dir: Path) -> tuple[str, Optional[float]]:
-    """The metric's name and the all-empty baseline, from ``cv.json`` / ``config.yaml`` when present."""
-    run_dir = Path(run_dir)
+def _run_info(run: Run) -> tuple[str, Optional[float]]:
+    """The metric's name and the all-empty baseline, from ``cv.json`` / the saved config when present."""
     metric, baseline = "", None
-    cv_path = run_dir / "cv.json"
-    if cv_path.is_file():
+    try:
+        cv = read_json(run.cv_json) or {}
+        metric = str(cv.get("metric") or "")
+        b = cv.get("baseline_empty")
+        baseline = float(b) if b is not None and not math.isnan(float(b)) else None
+    except Exception as e:  # a damaged cv.json must not stop a plot
+        log.warning("learning curves: cannot read %s (%s)", run.cv_json, e)
+    if not metric and run.config_yaml.is_file():
         try:
-            cv = json.loads(cv_path.read_text())
-            metric = str(cv.get("metric") or "")
-            b = cv.get("baseline_empty")
-            baseline = float(b) if b is not None and not math.isnan(float(b)) else None
-        except (ValueError, TypeError, OSError) as e:
-            log.warning("learning curves: cannot read %s (%s)", cv_path, e)
-    if not metric and (run_dir / "config.yaml").is_file():
-        try:
-            from .config import load_config
             from .metrics import resolve_metric_name
 
-            cfg = load_config(run_dir / "config.yaml")
+            cfg = run.config()
             metric = resolve_metric_name(cfg.metric.name, cfg.data.task)
         except Exception as e:  # a broken config must not stop a plot
-            log.warning("learning curves: cannot read the metric from %s (%s)", run_dir / "config.yaml", e)
+            log.warning("learning curves: cannot read the metric from %s (%s)", run.config_yaml, e)
     return metric, baseline
 
 
@@ -141,82 +138,20 @@ def _best_row(g: pd.DataFrame) -> Optional[pd.Series]:
     return None
 
 
-# ----------------------------------------------------------------------------- plotly
-
-
-def learning_curves(run_dir: Path) -> Any:
-    """A Plotly figure of the run's learning curves, two panels side by side.
-
-    Left: train loss (dashed) and validation loss (solid); right: the validation metric
-    (solid; the EMA or raw model's score dotted when logged), a star on each fold's best
-    epoch and the all-empty baseline as a grey line. One colour per fold.
-    """
-    import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
-
-    run_dir = Path(run_dir)
-    df = read_metrics(run_dir)
-    metric, baseline = _run_info(run_dir)
-    label = metric_label(metric)
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("loss", f"validation {label}"), horizontal_spacing=0.08)
-    other = _other_score_column(df)
+def fold_rows(df: pd.DataFrame) -> list[dict[str, Any]]:
+    """Per fold: epochs logged, the best epoch and its score, the last train / validation loss."""
+    rows = []
     for fold, g in df.groupby("fold", sort=True):
-        color = _fold_color(int(fold))
-        name = f"fold {int(fold)}"
-        first = True
-        for col, dash, symbol, what in (("train_loss", "dash", "circle-open", "train"), ("val_loss", "solid", "circle", "val")):
-            y = _series(g, col)
-            if y is None:
-                continue
-            fig.add_trace(go.Scatter(
-                x=g["epoch"], y=y, mode="lines+markers", line=dict(color=color, dash=dash),
-                marker=dict(size=7, symbol=symbol),
-                name=name, legendgroup=name, showlegend=first,
-                hovertemplate=f"{name} {what} loss<br>epoch %{{x}}: %{{y:.4f}}<extra></extra>",
-            ), row=1, col=1)
-            first = False
-        y = _series(g, "val_score")
-        if y is not None:
-            fig.add_trace(go.Scatter(
-                x=g["epoch"], y=y, mode="lines+markers", line=dict(color=color), marker=dict(size=5),
-                name=name, legendgroup=name, showlegend=first,
-                hovertemplate=f"{name} val {label}<br>epoch %{{x}}: %{{y:.4f}}<extra></extra>",
-            ), row=1, col=2)
-            best = _best_row(g)
-            if best is not None:
-                fig.add_trace(go.Scatter(
-                    x=[best["epoch"]], y=[best["val_score"]], mode="markers",
-                    marker=dict(color=color, size=13, symbol="star", line=dict(color="black", width=1)),
-                    name=f"{name} best", legendgroup=name, showlegend=False,
-                    hovertemplate=f"{name} best<br>epoch %{{x}}: %{{y:.4f}}<extra></extra>",
-                ), row=1, col=2)
-        if other is not None and _series(g, other) is not None:
-            kind = other.split("_")[0]
-            fig.add_trace(go.Scatter(
-                x=g["epoch"], y=g[other], mode="lines", line=dict(color=color, dash="dot"),
-                name=f"{name} {kind}", legendgroup=name, showlegend=False,
-                hovertemplate=f"{name} {kind} model {label}<br>epoch %{{x}}: %{{y:.4f}}<extra></extra>",
-            ), row=1, col=2)
-    if baseline is not None and len(df):
-        fig.add_hline(y=baseline, line=dict(color="grey", dash="dash", width=1), row=1, col=2,
-                      annotation_text=f"all-empty baseline {baseline:.4f}", annotation_position="bottom right",
-                      annotation_font=dict(color="grey", size=11))
-    if not len(df):
-        fig.add_annotation(text="no epochs logged yet (fold_*/metrics.csv)", showarrow=False,
-                           xref="paper", yref="paper", x=0.5, y=0.5, font=dict(size=16, color="grey"))
-    style = "train dashed / hollow, validation solid" + (f"; {other.split('_')[0]} model dotted" if other else "")
-    n_epochs = int(df["epoch"].max()) if len(df) else 0
-    if 0 < n_epochs <= 12:
-        fig.update_xaxes(range=[0.5, n_epochs + 0.5], dtick=1)
-    fig.update_xaxes(title_text="epoch")
-    fig.update_yaxes(title_text="loss", row=1, col=1)
-    fig.update_yaxes(title_text=label, row=1, col=2)
-    fig.update_layout(
-        title=dict(text=f"Learning curves: {run_dir.name} <span style='font-size:12px;color:grey'>({style}; ★ best epoch)</span>"),
-        template="plotly_white", height=430, margin=dict(l=60, r=20, t=80, b=50), hovermode="closest",
-        legend=dict(title="fold"),
-    )
-    return fig
+        best = _best_row(g)
+        last = g.iloc[-1]
+        rows.append({
+            "fold": int(fold), "epochs": int(g["epoch"].max()),
+            "best_epoch": None if best is None else int(best["epoch"]),
+            "best_val_score": None if best is None else float(best["val_score"]),
+            "last_train_loss": float(last["train_loss"]) if "train_loss" in g and pd.notna(last["train_loss"]) else None,
+            "last_val_loss": float(last["val_loss"]) if "val_loss" in g and pd.notna(last["val_loss"]) else None,
+        })
+    return rows
 
 
 # ----------------------------------------------------------------------------- matplotlib
@@ -239,13 +174,25 @@ def figure_png(fig: Any, dpi: Optional[int] = None) -> bytes:
     return buf.getvalue()
 
 
-def learning_curves_png(run_dir: Path) -> bytes:
-    """The learning curves as a PNG (matplotlib): the same two panels as :func:`learning_curves`."""
+def write_figure(fig: Any, path: Path) -> bytes:
+    """Render ``fig`` once, write the PNG to ``path`` atomically and return its bytes (to embed in a page)."""
+    png = figure_png(fig)
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(png))
+    return png
+
+
+def learning_curves(run_dir: Path, df: Optional[pd.DataFrame] = None) -> Any:
+    """The run's learning curves as one matplotlib figure, two panels side by side.
+
+    Left: train loss (dashed, hollow markers) and validation loss (solid); right: the
+    validation metric (solid; the EMA or raw model's score dotted when logged), a star on
+    each fold's best epoch and the all-empty baseline as a grey line. One colour per fold.
+    """
     from matplotlib.lines import Line2D
 
-    run_dir = Path(run_dir)
-    df = read_metrics(run_dir)
-    metric, baseline = _run_info(run_dir)
+    run = Run(run_dir)
+    df = read_metrics(run.dir) if df is None else df
+    metric, baseline = _run_info(run)
     label = metric_label(metric)
     other = _other_score_column(df)
     fig = new_figure(12, 4.8)
@@ -286,43 +233,39 @@ def learning_curves_png(run_dir: Path) -> bytes:
             ax.set_xlim(0.5, n_epochs + 0.5)
         elif n_epochs:
             ax.xaxis.get_major_locator().set_params(integer=True)
-    fig.suptitle(f"Learning curves: {run_dir.name}", fontsize=12)
+    fig.suptitle(f"Learning curves: {run.dir.name}", fontsize=12)
     if handles:
         fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 10), fontsize=9, frameon=False)
         fig.tight_layout(rect=(0, 0.07, 1, 1))
     else:
         fig.tight_layout()
-    return figure_png(fig)
+    return fig
 
 
 # ----------------------------------------------------------------------------- files
 
 
-def atomic_write(path: Path, data: bytes | str) -> Path:
-    """Write ``data`` to ``path`` through a temporary file and ``os.replace`` (readers never see half a file)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        if isinstance(data, str):
-            tmp.write_text(data, encoding="utf-8")
-        else:
-            tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+def fold_table_html(rows: list[dict[str, Any]]) -> str:
+    """The :func:`fold_rows` as an HTML table (the numbers behind the curves)."""
+    from .report.html import fmt, table
+
+    return table(["fold", "epochs", "best epoch", "best val score", "last train loss", "last val loss"],
+                 [[f"fold {r['fold']}", str(r["epochs"]), fmt(r["best_epoch"]), fmt(r["best_val_score"]),
+                   fmt(r["last_train_loss"]), fmt(r["last_val_loss"])] for r in rows])
 
 
 def write_learning_curves(run_dir: Path) -> list[Path]:
-    """Write ``learning_curves.html`` (interactive, self-contained) and ``learning_curves.png`` into ``run_dir``.
+    """Write ``learning_curves.html`` (self-contained) and ``learning_curves.png`` into ``run_dir``.
 
-    Returns the two paths. Safe to call while other folds are still training.
+    Returns the two paths (HTML first). Safe to call while other folds are still training.
     """
-    run_dir = Path(run_dir)
-    fig = learning_curves(run_dir)
-    html = fig.to_html(include_plotlyjs=True, full_html=True, config={"displaylogo": False})
-    out = [atomic_write(run_dir / "learning_curves.html", html),
-           atomic_write(run_dir / "learning_curves.png", learning_curves_png(run_dir))]
+    from .report.html import note, page, png_tag
+
+    run = Run(run_dir)
+    df = read_metrics(run.dir)
+    png = write_figure(learning_curves(run.dir, df), run.learning_curves_png)
+    rows = fold_rows(df)
+    body = png_tag(png, "learning curves") + (fold_table_html(rows) if rows else note("No epochs logged yet."))
+    out = [write_text(run.learning_curves_html, page(f"Learning curves: {run.dir.name}", body)), run.learning_curves_png]
     log.info("learning curves written to %s", out[0])
     return out

@@ -13,6 +13,7 @@ from PIL import Image
 from seg_toolkit.audit import audit, format_audit, write_audit
 from seg_toolkit.config import config_from_dict
 from seg_toolkit.data import load_train_samples
+from seg_toolkit.report.html import CSS
 from seg_toolkit.rle import rle_area, rle_encode
 
 from .conftest import demo_dict
@@ -37,7 +38,7 @@ def _multiclass_folder_cfg(root: Path, **data):
     return config_from_dict({
         "data": {"root": str(root), "task": "multiclass", "num_classes": 3, "layout": "folder", "ignore_index": 255,
                  "class_names": ["sky", "road", "car"], **data},
-        "folds": {"n_splits": 2}, "loss": {"ce": 1.0},
+        "folds": {"n_splits": 2}, "loss": {"ce": 1.0}, "submission": {"per_class": True},
     })
 
 
@@ -264,9 +265,13 @@ def test_write_audit_html_and_csv(broken_csv_comp, tmp_path):
     assert out == tmp_path / "out" / "audit.html"
     page = out.read_text()
     assert "<script" not in page and "http://" not in page and "https://" not in page  # small and self-contained
+    assert CSS in page and "<h1>Data audit: " in page  # the toolkit's one HTML kit
+    assert "<h2>Problems</h2>" in page and "<td class='msg'>" in page
     assert "foreground" in page and "malformed_rle" in page and "train.csv line 5" in page
     problems = pd.read_csv(tmp_path / "out" / "audit_problems.csv")
     assert len(problems) == 8 and list(problems.columns) == ["kind", "where", "message"]
+    assert sorted(problems.kind) == sorted(["empty_file", "corrupt_image", "malformed_rle", "malformed_rle", "missing_file",
+                                            "malformed_rle", "duplicate_row", "unlisted_image"])
 
 
 def test_header_only_mode_skips_decoding(broken_csv_comp):

@@ -1,7 +1,10 @@
-"""Run report and learning curves: a tiny trained run, and a hand-made multiclass run with void."""
+"""Run report and learning curves, on run folders made by hand (no training): a multilabel run on
+the demo data, a multiclass run with void, an ensemble run; the OOF summary against an
+independent computation."""
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 from pathlib import Path
@@ -11,16 +14,20 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from seg_toolkit.config import config_from_dict, save_config
-from seg_toolkit.cv import run_cv
+from seg_toolkit.config import ConfigError, config_from_dict, save_config
+from seg_toolkit.data import load_train_samples
 from seg_toolkit.plots import write_learning_curves
-from seg_toolkit.report import _display_size, build_report, compute_report_data
+from seg_toolkit.report import build_report, compute_report_data, write_oof_summary
+from seg_toolkit.report.overlays import display_size
 from seg_toolkit.rle import rle_decode
+from seg_toolkit.run import Run
 
 from .conftest import demo_dict
 
 EXTERNAL = re.compile(r"<(script|link|img|iframe)[^>]*\b(src|href)\s*=\s*[\"']?(https?:)?//", re.I)
 PNGS = ("confusion.png", "learning_curves.png", "overlays_best.png", "overlays_worst.png")
+METRICS_CSV = ("fold,epoch,lr,train_loss,val_loss,val_score,best,seconds\n"
+               "{k},1,0.001,0.9,0.8,0.40,1,1.0\n{k},2,0.0005,0.7,0.75,0.45,1,1.0\n")
 
 
 def _valid_png(path: Path) -> tuple[int, int]:
@@ -31,80 +38,210 @@ def _valid_png(path: Path) -> tuple[int, int]:
         return im.size
 
 
+def _embedded_pngs(text: str) -> list[bytes]:
+    return [base64.b64decode(m) for m in re.findall(r"src='data:image/png;base64,([A-Za-z0-9+/=]+)'", text)]
+
+
+# ----------------------------------------------------------------------------- a multilabel run on the demo data
+
+
+def _truth(root: Path, image_id: str, hw: tuple[int, int]) -> np.ndarray:
+    """(3, H, W) bool truth of a demo image, decoded from train.csv without the toolkit's readers."""
+    df = pd.read_csv(root / "train.csv", dtype=str, keep_default_na=False)
+    rows = df[df.ImageId == image_id].set_index("ClassId").EncodedPixels
+    return np.stack([rle_decode(rows[str(c + 1)], hw, "F") for c in range(3)]).astype(bool)
+
+
+def _multilabel_run(root: Path, runs: Path, seed: int = 0):
+    """A 2-fold run folder on the demo data: noisy OOF probabilities around the truth, done.json,
+    metrics.csv and a cv.json scored independently; returns (cfg, independent numbers)."""
+    cfg = config_from_dict(demo_dict(root, runs))
+    run = Run.of(cfg)
+    run.dir.mkdir(parents=True)
+    save_config(cfg, run.config_yaml)
+    ids = [s.id for s in load_train_samples(cfg)]
+    folds = {i: k % 2 for k, i in enumerate(ids)}
+    pd.DataFrame({"id": ids, "fold": [folds[i] for i in ids]}).to_csv(run.folds_csv, index=False)
+    rng = np.random.default_rng(seed)
+    run.oof_dir.mkdir()
+    cm = np.zeros((3, 2, 2), np.int64)
+    scores, base, content, fold_scores = {}, {}, {}, {0: [], 1: []}
+    for i in ids:
+        t = _truth(root, i, (48, 64))
+        p = np.clip(0.45 * t + rng.uniform(0, 0.3, (3, 1, 1)) + rng.uniform(0, 0.25, t.shape), 0, 1)
+        q = np.rint(p * 255).astype(np.uint8)
+        np.save(run.oof_path(i), q)
+        pred = q.astype(np.float64) / 255 >= cfg.metric.threshold
+        dice, empty = [], []
+        for c in range(3):
+            tc, pc = t[c], pred[c]
+            cm[c] += [[(~tc & ~pc).sum(), (~tc & pc).sum()], [(tc & ~pc).sum(), (tc & pc).sum()]]
+            den = tc.sum() + pc.sum()
+            dice.append(1.0 if den == 0 else 2 * (tc & pc).sum() / den)
+            empty.append(0.0 if tc.any() else 1.0)
+        scores[i], base[i] = float(np.mean(dice)), float(np.mean(empty))
+        content[i] = bool(t.any() or pred.any())
+        fold_scores[folds[i]].append(scores[i])
+    for k in (0, 1):
+        run.fold_dir(k).mkdir()
+        run.done_json(k).write_text(json.dumps({"oof_score": float(np.mean(fold_scores[k])), "best_val_score": 0.45,
+                                                "best_epoch": 2, "epochs_run": 2, "n_train": 6, "n_valid": 6}))
+        run.metrics_csv(k).write_text(METRICS_CSV.format(k=k))
+    fs = [float(np.mean(fold_scores[k])) for k in (0, 1)]
+    cv = {"metric": "dice", "score": float(np.mean(list(scores.values()))), "folds": [0, 1], "fold_scores": fs,
+          "fold_mean": float(np.mean(fs)), "fold_std": float(np.std(fs)),
+          "baseline_empty": float(np.mean(list(base.values())))}
+    run.cv_json.write_text(json.dumps(cv))
+    return cfg, {"cm": cm, "scores": scores, "content": content, "cv": cv, "folds": folds}
+
+
 @pytest.fixture(scope="module")
-def trained(demo_root, tmp_path_factory):
-    """A 2-fold x 1-epoch multilabel run on the demo data, with its report."""
-    runs = tmp_path_factory.mktemp("runs")
-    cfg = config_from_dict(demo_dict(demo_root, runs))
-    cv = run_cv(cfg)
+def multilabel(demo_root, tmp_path_factory):
+    """The hand-made multilabel run with its summary (3 examples) and its report."""
+    cfg, ref = _multilabel_run(demo_root, tmp_path_factory.mktemp("runs"))
+    summary = write_oof_summary(Run.of(cfg), cfg, load_train_samples(cfg), n_examples=3)
     page = build_report(cfg.run_dir, n_examples=3)
-    return cfg, cv, page
+    return cfg, ref, summary, page
 
 
-def test_report_page_is_self_contained_and_complete(trained):
-    cfg, cv, page = trained
-    assert page == cfg.run_dir / "report" / "index.html"
+def test_oof_summary_agrees_with_an_independent_computation(multilabel):
+    cfg, ref, s, _ = multilabel
+    assert json.loads(Run.of(cfg).oof_summary_json.read_text()) == s  # what was written is what was returned
+    cm, scores, content = ref["cm"], ref["scores"], ref["content"]
+    assert np.array_equal(np.asarray(s["confusion"]), cm)
+    assert s["score"] == pytest.approx(ref["cv"]["score"])
+    assert s["baseline_empty"] == pytest.approx(ref["cv"]["baseline_empty"])
+    assert s["n_images"] == 12 and s["folds"] == [0, 1] and s["n_unscored"] == 0 and s["unreadable"] == []
+    tp, fp, fn = cm[:, 1, 1], cm[:, 0, 1], cm[:, 1, 0]
+    assert s["true_pixels"] == (tp + fn).tolist() and s["pred_pixels"] == (tp + fp).tolist()
+    assert s["per_class_iou"] == pytest.approx((tp / (tp + fp + fn)).tolist())
+    assert s["class_names"] == ["class_0", "class_1", "class_2"] and len(s["class_colors"]) == 3
+    assert [e["score"] for e in s["worst"]] == pytest.approx(sorted(scores.values())[:3])
+    ranked = sorted((content[i], sc) for i, sc in scores.items())[::-1][:3]  # content first, then score
+    assert [e["score"] for e in s["best"]] == pytest.approx([sc for _, sc in ranked])
+    for e in s["best"] + s["worst"]:
+        assert e["score"] == pytest.approx(scores[e["id"]]) and e["fold"] == ref["folds"][e["id"]]
+
+
+def test_report_page_is_self_contained_and_complete(multilabel):
+    cfg, ref, _, page = multilabel
+    assert page == Run.of(cfg).report_dir / "index.html"
     text = page.read_text(encoding="utf-8")
-    assert not EXTERNAL.search(text), EXTERNAL.search(text).group(0)
-    assert "Plotly.newPlot" in text and len(text) > 1_000_000  # plotly.js is inlined, once
-    assert text.count("plotly.js v") <= 2
+    assert not EXTERNAL.search(text) and "<script" not in text
+    cv = ref["cv"]
     assert f"{cv['score']:.4f}" in text and f"{cv['baseline_empty']:.4f}" in text
     for score in cv["fold_scores"]:
         assert f"{score:.4f}" in text
-    for name in ("class_0", "class_1", "class_2"):
+    for name in ("class_0", "class_1", "class_2", "Learning curves", "Best OOF images", "Worst OOF images"):
         assert name in text
-    assert text.count("src='data:image/png;base64,") == 2  # best and worst overlays
-
-
-def test_report_pngs_are_valid_and_legible(trained):
-    cfg, _, _ = trained
-    out = cfg.run_dir / "report"
-    sizes = {name: _valid_png(out / name) for name in PNGS}
-    w, h = sizes["overlays_best.png"]
+    # each chart drawn once: the pictures in the page are byte for byte the PNG files beside it
+    embedded = _embedded_pngs(text)
+    assert embedded == [(page.parent / name).read_bytes() for name in PNGS]
+    w, h = _valid_png(page.parent / "overlays_best.png")
     assert h >= 3 * 200 and w >= 3 * 200  # three examples, panels upscaled to >= 200 px
+    rep = json.loads((page.parent / "report.json").read_text())
+    assert rep["score"] == pytest.approx(cv["score"]) and rep["data_problem"] is None and rep["warnings"] == []
 
 
-def _independent_multilabel(cfg, run: Path) -> tuple[np.ndarray, dict[str, float], dict[str, bool]]:
-    """(C, 2, 2) confusion and per-image dice from the OOF files and train.csv, without the toolkit's readers."""
-    df = pd.read_csv(Path(cfg.data.root) / "train.csv", dtype=str, keep_default_na=False)
-    folds = pd.read_csv(run / "folds.csv", dtype={"id": str})
-    cm = np.zeros((3, 2, 2), np.int64)
-    scores, content = {}, {}
-    for image_id, fold in zip(folds.id, folds.fold):
-        q = np.load(run / f"fold_{fold}" / "oof" / f"{image_id}.npy")
-        pred = q.astype(np.float64) / 255 >= cfg.metric.threshold
-        rows = df[df.ImageId == image_id].set_index("ClassId").EncodedPixels
-        truth = np.stack([rle_decode(rows[str(c + 1)], q.shape[1:], "F") for c in range(3)]).astype(bool)
-        dice = []
-        for c in range(3):
-            t, p = truth[c], pred[c]
-            cm[c] += [[(~t & ~p).sum(), (~t & p).sum()], [(t & ~p).sum(), (t & p).sum()]]
-            den = t.sum() + p.sum()
-            dice.append(1.0 if den == 0 else 2 * (t & p).sum() / den)
-        scores[image_id] = float(np.mean(dice))
-        content[image_id] = bool(truth.any() or pred.any())
-    return cm, scores, content
+def test_report_from_the_run_folder_alone(demo_root, tmp_path, caplog):
+    import shutil
+
+    from seg_toolkit.cli import main
+
+    data = tmp_path / "data"
+    shutil.copytree(demo_root, data)
+    cfg, ref = _multilabel_run(data, tmp_path / "runs")
+    run = Run.of(cfg)
+    write_oof_summary(run, cfg, load_train_samples(cfg))
+    shutil.rmtree(data)  # the data folder is gone
+
+    page = build_report(run.dir)
+    text = page.read_text(encoding="utf-8")
+    assert f"{ref['cv']['score']:.4f}" in text and f"{ref['cv']['baseline_empty']:.4f}" in text
+    sentence = f"The best and worst OOF images are not shown: the training data folder {data.resolve()} (data.root) is not there"
+    assert sentence in text
+    for name in ("Per class", "Confusion", "Learning curves", "class_2"):
+        assert name in text
+    assert len(_embedded_pngs(text)) == 2  # confusion and learning curves
+    assert not (page.parent / "overlays_best.png").exists()
+    best = json.loads(run.oof_summary_json.read_text())["best"]
+    assert best[0]["id"] in text  # the examples are still listed, by id
+
+    caplog.clear()
+    assert main(["report", str(run.dir)]) == 0  # the command works and says so in one sentence
+    assert any(sentence in r.getMessage() for r in caplog.records)
 
 
-def test_report_numbers_agree_with_an_independent_computation(trained):
-    cfg, cv, _ = trained
-    run = cfg.run_dir
-    rep = json.loads((run / "report" / "report.json").read_text())
-    cm, scores, content = _independent_multilabel(cfg, run)
-    assert np.array_equal(np.asarray(rep["confusion"]), cm)
-    assert rep["score"] == pytest.approx(cv["score"]) == pytest.approx(np.mean(list(scores.values())))
-    assert rep["baseline_empty"] == pytest.approx(cv["baseline_empty"])
-    tp, fp, fn = cm[:, 1, 1], cm[:, 0, 1], cm[:, 1, 0]
-    for c, row in enumerate(rep["per_class"]):
-        union = tp[c] + fp[c] + fn[c]
-        assert row["iou"] == (pytest.approx(tp[c] / union) if union else None)
-        assert row["true_pixels"] == tp[c] + fn[c] and row["pred_pixels"] == tp[c] + fp[c]
-    worst = [e["score"] for e in rep["worst"]]
-    assert worst == pytest.approx(sorted(scores.values())[:3])
-    for e in rep["best"] + rep["worst"]:
-        assert e["score"] == pytest.approx(scores[e["id"]])
-    ranked = sorted((content[i], s) for i, s in scores.items())[::-1][:3]  # content first, then score
-    assert [e["score"] for e in rep["best"]] == pytest.approx([s for _, s in ranked])
+def test_report_without_summary_or_data_says_what_to_run(demo_root, tmp_path, capsys):
+    import shutil
+
+    from seg_toolkit.cli import main
+    from seg_toolkit.data import DataError
+
+    data = tmp_path / "data"
+    shutil.copytree(demo_root, data)
+    cfg, _ = _multilabel_run(data, tmp_path / "runs")
+    run = Run.of(cfg)
+    page = build_report(run.dir, n_examples=1)  # no summary yet, data readable: the report writes it
+    assert run.oof_summary_json.is_file() and "Best OOF images" in page.read_text(encoding="utf-8")
+
+    run.oof_summary_json.unlink()
+    shutil.rmtree(data)
+    with pytest.raises(DataError, match=r"oof_summary.json: not found .* is not there; restore data.root"):
+        build_report(run.dir)
+    assert main(["report", str(run.dir)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "seg-toolkit cv" in err and "Traceback" not in err
+
+
+def test_stale_summary_is_remade_with_data_and_warned_about_without(demo_root, tmp_path):
+    import os
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(demo_root, data)
+    cfg, ref = _multilabel_run(data, tmp_path / "runs")
+    run = Run.of(cfg)
+    write_oof_summary(run, cfg, load_train_samples(cfg))
+    t = run.oof_summary_json.stat().st_mtime
+    os.utime(run.oof_summary_json, (t - 100, t - 100))  # older than cv.json and the OOF files
+
+    d = compute_report_data(run.dir)  # data there: made again, no warning
+    assert run.oof_summary_json.stat().st_mtime > t - 50 and d.warnings == []
+
+    os.utime(run.oof_summary_json, (t - 100, t - 100))
+    shutil.rmtree(data)
+    d = compute_report_data(run.dir)  # data gone: the old summary, with a warning
+    assert d.score == pytest.approx(ref["cv"]["score"])
+    (w,) = d.warnings
+    assert "oof_summary.json is older than what it summarises (cv.json is newer)" in w
+    assert w in build_report(run.dir).read_text(encoding="utf-8")
+
+
+def test_ensemble_run_report(multilabel, tmp_path):
+    """An ensemble run: ensemble.json, OOF, cv.json and the summary; no fold folders, no metrics.csv."""
+    import shutil
+
+    cfg, ref, _, _ = multilabel
+    member = Run.of(cfg)
+    ens = Run(tmp_path / "ens")
+    ens.dir.mkdir()
+    for src, dst in ((member.config_yaml, ens.config_yaml), (member.folds_csv, ens.folds_csv)):
+        shutil.copyfile(src, dst)
+    shutil.copytree(member.oof_dir, ens.oof_dir)
+    members = [{"run": str(member.dir), "weight": 0.7}, {"run": "runs/other", "weight": 0.3}]
+    ens.ensemble_json.write_text(json.dumps({"members": members, "space": "logit", "folds": [0, 1]}))
+    cv = {**ref["cv"], "ensemble": {"members": [{**members[0], "score": 0.8123}, {**members[1], "score": 0.7011}]}}
+    ens.cv_json.write_text(json.dumps(cv))
+    write_oof_summary(ens, cfg, load_train_samples(cfg))
+
+    page = build_report(ens.dir, n_examples=2)
+    text = page.read_text(encoding="utf-8")
+    assert f"Ensemble of runs {member.dir}, runs/other (weights 0.7, 0.3; merged in logit space)" in text
+    assert "0.8123" in text and "0.7011" in text and f"{cv['score']:.4f}" in text
+    assert "Learning curves" not in text and not (page.parent / "learning_curves.png").exists()
+    assert "Best OOF images" in text and "Traceback" not in text
+    assert len(_embedded_pngs(text)) == 3  # confusion, best and worst overlays
 
 
 # ----------------------------------------------------------------------------- multiclass with void, made by hand
@@ -131,22 +268,27 @@ def multiclass_run(tmp_path):
         "experiment": "mc", "runs_dir": str(tmp_path / "runs"),
         "data": {"root": str(root), "task": "multiclass", "num_classes": 3, "layout": "folder", "ignore_index": 255,
                  "classes_csv": "classes.csv"},
-        "folds": {"n_splits": 2, "method": "kfold"}, "loss": {"ce": 1.0},
+        "folds": {"n_splits": 2, "method": "kfold"}, "loss": {"ce": 1.0}, "submission": {"per_class": True},
     })
-    run = cfg.run_dir
-    (run / "fold_0" / "oof").mkdir(parents=True)
-    save_config(cfg, run / "config.yaml")
-    pd.DataFrame({"id": ids, "fold": [k % 2 for k in range(6)], "stratum": "x"}).to_csv(run / "folds.csv", index=False)
+    run = Run.of(cfg)
+    run.fold_dir(0).mkdir(parents=True)
+    run.oof_dir.mkdir()
+    save_config(cfg, run.config_yaml)
+    pd.DataFrame({"id": ids, "fold": [k % 2 for k in range(6)], "stratum": "x"}).to_csv(run.folds_csv, index=False)
     for i in ids[::2]:
         logits = rng.normal(size=(3, 10, 14))
         p = np.exp(logits) / np.exp(logits).sum(0)
-        np.save(run / "fold_0" / "oof" / f"{i}.npy", np.rint(p * 255).astype(np.uint8))
-    (run / "fold_0" / "done.json").write_text(json.dumps({"metric": "miou", "oof_score": 0.3, "best_epoch": 1,
-                                                          "epochs_run": 1, "n_train": 3, "n_valid": 3}))
-    (run / "fold_0" / "metrics.csv").write_text(
+        np.save(run.oof_path(i), np.rint(p * 255).astype(np.uint8))
+    run.done_json(0).write_text(json.dumps({"metric": "miou", "oof_score": 0.3, "best_epoch": 1,
+                                            "epochs_run": 1, "n_train": 3, "n_valid": 3}))
+    run.metrics_csv(0).write_text(
         "fold,epoch,lr,train_loss,train_ce,images_per_s,val_loss,val_score,best,seconds\n"
         "0,1,0.001,1.2,1.2,50.0,1.1,0.3,1,0.5\n")
     return cfg, ids[::2]
+
+
+def _mask(cfg, i: str) -> np.ndarray:
+    return np.asarray(Image.open(Path(cfg.data.root) / "train/masks" / f"{i}.png"))
 
 
 def test_multiclass_confusion_equals_sklearn(multiclass_run):
@@ -155,32 +297,35 @@ def test_multiclass_confusion_equals_sklearn(multiclass_run):
     cfg, ids = multiclass_run
     truth, pred = [], []
     for i in ids:
-        q = np.load(cfg.run_dir / "fold_0" / "oof" / f"{i}.npy")
-        t = np.asarray(Image.open(Path(cfg.data.root) / "train/masks" / f"{i}.png"))
+        q = np.load(Run.of(cfg).oof_path(i))
+        t = _mask(cfg, i)
         keep = t != 255
         truth.append(t[keep])
         pred.append(q.argmax(0)[keep])
     expected = confusion_matrix(np.concatenate(truth), np.concatenate(pred), labels=[0, 1, 2])
-    data = compute_report_data(cfg.run_dir, n_examples=2)
+    data = compute_report_data(cfg.run_dir, n_examples=2)  # no summary yet: written from the data
+    assert Run.of(cfg).oof_summary_json.is_file()
     assert np.array_equal(data.confusion, expected)
-    assert data.void_pixels == sum(int((np.asarray(Image.open(Path(cfg.data.root) / "train/masks" / f"{i}.png")) == 255).sum())
-                                   for i in ids)
+    assert data.void_pixels == sum(int((_mask(cfg, i) == 255).sum()) for i in ids)
     assert data.class_names == ["sky", "road", "car"] and data.n_images == 3
+    assert data.class_colors.tolist() == [list(c) for _, c in CLASSES]
     iou = np.diag(expected) / (expected.sum(0) + expected.sum(1) - np.diag(expected))
     assert data.per_class_iou == pytest.approx(iou.tolist())
     assert data.score == pytest.approx(iou.mean())
     assert any("only fold(s) [0] are complete; [1] are missing" in w for w in data.warnings)
 
 
-def test_report_warns_about_stale_cv_and_missing_oof(multiclass_run):
+def test_report_warns_about_stale_cv_and_names_a_missing_oof_file(multiclass_run):
     cfg, ids = multiclass_run
-    (cfg.run_dir / "fold_0" / "oof" / f"{ids[0]}.npy").unlink()
-    (cfg.run_dir / "cv.json").write_text(json.dumps({"metric": "miou", "score": 0.99, "folds": [0]}))
-    data = compute_report_data(cfg.run_dir, n_examples=1)
-    assert data.n_images == 2 and data.missing == [ids[0]]
-    assert any("have no OOF file" in w for w in data.warnings)
+    run = Run.of(cfg)
+    run.cv_json.write_text(json.dumps({"metric": "miou", "score": 0.99, "folds": [0]}))
+    data = compute_report_data(run.dir, n_examples=1)
     assert any("cv.json says 0.990000 but the OOF files score" in w for w in data.warnings)
     assert len(data.best) == len(data.worst) == 1
+    run.oof_path(ids[0]).unlink()
+    run.oof_summary_json.unlink()
+    with pytest.raises(FileNotFoundError, match=rf"{ids[0]}.npy: OOF file of id '{ids[0]}' \(fold 0, completed\) not found"):
+        compute_report_data(run.dir)
 
 
 def test_multiclass_report_page(multiclass_run):
@@ -202,49 +347,56 @@ def test_multiclass_report_page(multiclass_run):
 
 def test_report_without_examples_and_missing_run(multiclass_run, tmp_path):
     cfg, _ = multiclass_run
+    build_report(cfg.run_dir, n_examples=1)
     page = build_report(cfg.run_dir, n_examples=0)
     assert "Best OOF images" not in page.read_text(encoding="utf-8")
-    assert not (page.parent / "overlays_best.png").exists()
-    with pytest.raises(FileNotFoundError, match="config.yaml: not found"):
+    assert not (page.parent / "overlays_best.png").exists()  # the earlier report's overlays are gone
+    with pytest.raises(ConfigError, match="config.yaml: not found"):
         build_report(tmp_path / "nothing")
 
 
 # ----------------------------------------------------------------------------- learning curves
 
 
-def test_learning_curves_files(trained):
-    cfg, _, _ = trained
+def test_learning_curves_files(multilabel):
+    cfg, _, _, _ = multilabel
     paths = write_learning_curves(cfg.run_dir)
-    assert [p.name for p in paths] == ["learning_curves.html", "learning_curves.png"]
+    assert paths == [Run.of(cfg).learning_curves_html, Run.of(cfg).learning_curves_png]
     text = paths[0].read_text(encoding="utf-8")
     assert not EXTERNAL.search(text) and "fold 0" in text and "fold 1" in text
+    assert _embedded_pngs(text) == [paths[1].read_bytes()]  # the page shows the PNG file itself
+    assert "0.4500" in text  # each fold's best validation score, in the table under the chart
     _valid_png(paths[1])
 
 
 def test_learning_curves_tolerate_partial_and_empty_runs(tmp_path):
-    run = tmp_path / "run"
-    run.mkdir()
-    paths = write_learning_curves(run)  # nothing logged yet
-    assert all(p.stat().st_size > 0 for p in paths)
-    (run / "fold_2").mkdir()
-    (run / "fold_2" / "metrics.csv").write_text(
+    run = Run(tmp_path / "run")
+    run.dir.mkdir()
+    paths = write_learning_curves(run.dir)  # nothing logged yet
+    assert all(p.stat().st_size > 0 for p in paths) and "No epochs logged yet" in paths[0].read_text()
+    run.fold_dir(2).mkdir()
+    run.metrics_csv(2).write_text(
         "fold,epoch,lr,train_loss,images_per_s,val_loss,val_score,ema_val_score,best,seconds\n"
         "2,1,0.001,0.9,10,0.8,0.4,0.35,1,1.0\n"
         "2,2,0.0005,0.7,10,0.75,0.5,0.45,1,1.0\n"
         "2,3,0.0")  # a row being written right now
-    from seg_toolkit.plots import learning_curves, read_metrics
+    from seg_toolkit.plots import fold_rows, learning_curves, read_metrics
 
-    df = read_metrics(run)
-    assert df.epoch.tolist() == [1, 2]  # the partial row is dropped
-    fig = learning_curves(run)
-    names = {t.name for t in fig.data}
-    assert {"fold 2", "fold 2 ema"} <= names
-    write_learning_curves(run)
-    _valid_png(run / "learning_curves.png")
+    df = read_metrics(run.dir)
+    assert df.epoch.tolist() == [1, 2] and df.fold.tolist() == [2, 2]  # the partial row is dropped
+    assert fold_rows(df) == [{"fold": 2, "epochs": 2, "best_epoch": 2, "best_val_score": 0.5,
+                              "last_train_loss": 0.7, "last_val_loss": 0.75}]
+    fig = learning_curves(run.dir)
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["fold 2"]
+    ax_score = fig.axes[1]
+    assert len(ax_score.lines) == 3  # validation score, best-epoch star, EMA score (dotted)
+    assert ax_score.lines[2].get_linestyle() == ":"
+    write_learning_curves(run.dir)
+    _valid_png(run.learning_curves_png)
 
 
 def test_display_size():
-    assert _display_size(48, 64) == (240, 320)  # x5, nearest neighbour
-    assert _display_size(101, 101) == (202, 202)
-    assert _display_size(256, 1600) == (256, 1600)
-    assert _display_size(4000, 3000) == (512, 384)
+    assert display_size(48, 64) == (240, 320)  # x5, nearest neighbour
+    assert display_size(101, 101) == (202, 202)
+    assert display_size(256, 1600) == (256, 1600)
+    assert display_size(4000, 3000) == (512, 384)

@@ -1,0 +1,177 @@
+"""Overlays of OOF images: image | ground truth | prediction, classes in their colours.
+
+Drawn once as a matplotlib figure; needs the training images and targets (``ReportData.samples``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Optional
+
+import numpy as np
+from PIL import Image
+
+from ..config import IGNORE_INDEX, Config
+from ..data import load_target, read_image
+from ..plots import metric_label, new_figure
+from .data import ReportData
+from .summary import Example, predict_mask
+
+__all__ = ["overlays_figure", "display_size"]
+
+VOID_COLOR = (128, 128, 128)
+FILL_ALPHA = 0.4
+MIN_PANEL_HEIGHT = 200  # tiny images are upscaled (nearest neighbour) to at least this many pixels
+MAX_PANEL_HEIGHT = 512
+MAX_PANEL_WIDTH = 1600
+
+
+def display_size(h: int, w: int) -> tuple[int, int]:
+    """Panel size: tiny images upscaled by an integer factor to >= MIN_PANEL_HEIGHT, big ones shrunk."""
+    s = float(math.ceil(MIN_PANEL_HEIGHT / h)) if h < MIN_PANEL_HEIGHT else 1.0
+    if h * s > MAX_PANEL_HEIGHT:
+        s = MAX_PANEL_HEIGHT / h
+    if w * s > MAX_PANEL_WIDTH:
+        s = MAX_PANEL_WIDTH / w
+    return max(1, round(h * s)), max(1, round(w * s))
+
+
+def _resize(arr: np.ndarray, hw: tuple[int, int], nearest: bool) -> np.ndarray:
+    if arr.shape[:2] == tuple(hw):
+        return arr
+    if arr.dtype == bool:
+        return np.asarray(Image.fromarray(arr.astype(np.uint8) * 255).resize((hw[1], hw[0]), Image.NEAREST)) > 127
+    method = Image.NEAREST if nearest else Image.BILINEAR
+    return np.asarray(Image.fromarray(arr).resize((hw[1], hw[0]), method))
+
+
+def _erode(mask: np.ndarray) -> np.ndarray:
+    p = np.pad(mask, 1, constant_values=False)
+    return mask & p[:-2, 1:-1] & p[2:, 1:-1] & p[1:-1, :-2] & p[1:-1, 2:]
+
+
+def _dilate(mask: np.ndarray) -> np.ndarray:
+    p = np.pad(mask, 1, constant_values=False)
+    return mask | p[:-2, 1:-1] | p[2:, 1:-1] | p[1:-1, :-2] | p[1:-1, 2:]
+
+
+def _outline(mask: np.ndarray, width: int) -> np.ndarray:
+    """Pixels of ``mask`` within ``width`` pixels of its border (4-neighbour erosion)."""
+    inner = mask
+    for _ in range(width):
+        inner = _erode(inner)
+    return mask & ~inner
+
+
+def _paint(image: np.ndarray, masks: list[Optional[np.ndarray]], colors: np.ndarray,
+           void: Optional[np.ndarray] = None) -> np.ndarray:
+    """Alpha-blend class masks (bool, display size) over ``image``, outlined in full colour; void grey."""
+    out = image.astype(np.float32)
+    width = 2 if image.shape[0] >= 300 else 1
+    layers = [(m, np.asarray(colors[c], np.float32)) for c, m in enumerate(masks) if m is not None and m.any()]
+    if void is not None and void.any():
+        layers.insert(0, (void, np.asarray(VOID_COLOR, np.float32)))
+    for m, col in layers:
+        out[m] = (1 - FILL_ALPHA) * out[m] + FILL_ALPHA * col
+    for m, col in layers:  # a dark ring outside, the class colour inside: visible on any background
+        out[_dilate(m) & ~m] = 0.25 * out[_dilate(m) & ~m]
+        out[_outline(m, width)] = col
+    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+
+
+def _painted_classes(cfg: Config, names: list[str], colors: np.ndarray) -> list[bool]:
+    """Which classes are drawn: all but an implied multiclass background (csv layout, or named so, or black)."""
+    out = []
+    for c, name in enumerate(names):
+        skip = False
+        if cfg.data.task == "multiclass" and c == 0:
+            skip = (cfg.data.layout == "csv" or name.strip().lower().strip("_") in ("background", "bg", "backgrounds")
+                    or tuple(int(v) for v in colors[0]) == (0, 0, 0))
+        out.append(not skip)
+    return out
+
+
+def _example_panels(d: ReportData, ex: Example, colors: np.ndarray,
+                    painted: list[bool]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The image, truth overlay and prediction overlay of one example, at display size."""
+    cfg = d.cfg
+    assert d.samples is not None
+    s = d.samples[ex.id]
+    q = np.load(d.run.oof_path(ex.id))
+    hw = tuple(q.shape[-2:])
+    image = read_image(s.image, 3, cfg.data.max_image_pixels)
+    if image.shape[:2] != hw:  # should not happen: OOF files are at the image's size
+        image = _resize(image, hw, nearest=False)
+    target = load_target(s, cfg, hw)
+    pred = predict_mask(q, cfg.data.task, cfg.metric.threshold)[0].numpy()
+    size = display_size(*hw)
+    up = size[0] >= hw[0]
+    image = _resize(image, size, nearest=up)
+    n = cfg.data.num_classes
+    if cfg.data.task == "multiclass":
+        void = target == IGNORE_INDEX
+        truth = [target == c if painted[c] else None for c in range(n)]
+        predm = [pred == c if painted[c] else None for c in range(n)]
+    else:
+        void = (target == IGNORE_INDEX).any(-1)
+        truth = [target[..., c] == 1 for c in range(n)]
+        predm = [pred[c] for c in range(n)]
+    fit = lambda m: None if m is None else _resize(m, size, nearest=True)  # noqa: E731
+    truth_img = _paint(image, [fit(m) for m in truth], colors, fit(void))
+    pred_img = _paint(image, [fit(m) for m in predm], colors)
+    return image, truth_img, pred_img
+
+
+def overlays_figure(d: ReportData, examples: list[Example], title: str) -> Any:
+    """A figure of ``examples``: one row per image (image | ground truth | prediction), legend on top.
+
+    Wide images (width > 2.5 x height) are stacked in three rows per example instead. Needs
+    the training data (``d.samples``); an image or target that cannot be read is a DataError.
+    """
+    from matplotlib.patches import Patch
+
+    if d.samples is None:
+        raise ValueError(f"overlays need the training data: {d.data_problem}")
+    colors = d.class_colors
+    painted = _painted_classes(d.cfg, d.class_names, colors)
+    panels = [_example_panels(d, ex, colors, painted) for ex in examples]
+    label = metric_label(d.metric)
+    dpi, gap, head, top = 100, 12, 40, 70
+    if not panels:
+        fig = new_figure(6, 1.2, dpi)
+        fig.text(0.5, 0.5, f"{title}: no scored images", ha="center", va="center")
+        return fig
+    ph = max(p[0].shape[0] for p in panels)
+    pw = max(p[0].shape[1] for p in panels)
+    wide = pw > 2.5 * ph
+    per_row = 1 if wide else 3
+    block_h = (3 * (ph + 20) + head) if wide else (ph + head)
+    W = per_row * pw + (per_row + 1) * gap
+    H = top + len(panels) * (block_h + gap)
+    fig = new_figure(W / dpi, H / dpi, dpi)
+    names = ("image", "ground truth", "prediction")
+    for i, (ex, imgs) in enumerate(zip(examples, panels)):
+        y0 = H - top - i * (block_h + gap)  # top edge of this block, in pixels from the bottom
+        fig.text(gap / W, (y0 - 14) / H, f"#{i + 1}  {ex.id}   fold {ex.fold}   {label} {ex.score:.3f}",
+                 ha="left", va="center", fontsize=11, fontweight="bold")
+        for j, (img, name) in enumerate(zip(imgs, names)):
+            h, w = img.shape[:2]
+            if wide:
+                left, bottom = gap, y0 - head - j * (ph + 20) - h
+            else:
+                left, bottom = gap + j * (pw + gap), y0 - head - h
+            ax = fig.add_axes((left / W, bottom / H, w / W, h / H))
+            ax.imshow(img, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_title(name, fontsize=9, pad=3)
+    handles = [Patch(facecolor=np.asarray(colors[c]) / 255, edgecolor="black", label=n)
+               for c, n in enumerate(d.class_names) if painted[c]]
+    if d.task == "multiclass" and not all(painted):
+        handles.append(Patch(facecolor="none", edgecolor="black", label=f"{d.class_names[0]} (not drawn)"))
+    if d.void_pixels:
+        handles.append(Patch(facecolor=np.asarray(VOID_COLOR) / 255, edgecolor="black", label="void (not scored)"))
+    fig.text(0.5, 1 - 14 / H, title, ha="center", va="center", fontsize=12, fontweight="bold")
+    fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 1 - 24 / H), ncol=min(len(handles), 6),
+               fontsize=9, frameon=False, handlelength=1.2, columnspacing=1.2)
+    return fig

@@ -1,0 +1,189 @@
+"""The report page: :func:`build_report` writes ``<run>/report/`` from the run folder.
+
+``index.html`` (self-contained), the PNGs it shows (``confusion.png``, ``learning_curves.png``,
+``overlays_best.png``, ``overlays_worst.png``; each chart drawn once, the file and the
+picture in the page are the same bytes) and ``report.json`` (the numbers behind the page).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from ..data import DataError
+from ..plots import learning_curves, metric_label, write_figure
+from ..run import Run, read_json, write_text
+from . import html as h
+from .data import ReportData, compute_report_data, per_class_rows
+from .figures import confusion_figure
+from .overlays import overlays_figure
+from .summary import Example
+
+log = logging.getLogger(__name__)
+
+__all__ = ["build_report"]
+
+# the files of run.report_dir
+INDEX, REPORT_JSON, CONFUSION_PNG, CURVES_PNG = "index.html", "report.json", "confusion.png", "learning_curves.png"
+OVERLAYS_PNG = {"best": "overlays_best.png", "worst": "overlays_worst.png"}
+
+
+def _epoch(f: dict[str, Any]) -> str:  # 1-based in done.json, as in metrics.csv and the curves
+    e = f.get("best_epoch")
+    return str(int(e)) if isinstance(e, int) and e >= 1 else "–"
+
+
+def ensemble_sentence(ens: dict[str, Any]) -> str:
+    """``ensemble of runs a, b (weights 0.6, 0.4; merged in prob space)`` from ``ensemble.json``."""
+    members = ens.get("members", [])
+    runs = ", ".join(str(m.get("run")) for m in members)
+    weights = ", ".join(h.fmt(m.get("weight"), ".3g") for m in members)
+    space = f"; merged in {ens['space']} space" if ens.get("space") else ""
+    return f"ensemble of runs {runs} (weights {weights}{space})"
+
+
+def _summary_html(d: ReportData) -> str:
+    cfg = d.cfg
+    label = metric_label(d.metric)
+    parts = [f"<p><span class='big'>{h.esc(label)} {h.fmt(d.score)}</span> &nbsp; <span class='muted'>CV over "
+             f"{d.n_images} OOF images of fold(s) {d.folds}; all-empty baseline {h.fmt(d.baseline_empty)}; "
+             f"pixel accuracy {h.fmt(d.pixel_accuracy)}</span></p>"]
+    if d.cv:
+        parts.append(h.note(f"cv.json: {h.esc(d.cv.get('metric'))} {h.fmt(d.cv.get('score'))}, fold mean "
+                            f"{h.fmt(d.cv.get('fold_mean'))} ± {h.fmt(d.cv.get('fold_std'))}"))
+    if d.ensemble is not None:
+        parts.append(h.table(["fold", f"OOF {h.esc(label)}"], [[str(f["fold"]), h.fmt(f.get("oof_score"))] for f in d.per_fold]))
+    else:
+        rows = [[str(f["fold"]), h.fmt(f.get("oof_score")), h.fmt(f.get("best_val_score")), _epoch(f),
+                 h.fmt(f.get("epochs_run")), h.fmt(f.get("n_train")), h.fmt(f.get("n_valid"))] for f in d.per_fold]
+        parts.append(h.table(["fold", f"OOF {h.esc(label)}", "best val score", "best epoch", "epochs run",
+                              "train images", "valid images"], rows))
+    m = cfg.model
+    setup = [["task", f"{cfg.data.task}, {cfg.data.num_classes} class(es), layout {cfg.data.layout}"]]
+    if d.ensemble is None:
+        setup += [
+            ["model", f"{m.arch}" + (f" / {m.encoder}" if m.encoder else "") + (f" ({m.encoder_weights})" if m.encoder_weights else "")],
+            ["loss", ", ".join(f"{k} {v:g}" for k, v in cfg.loss.items())],
+            ["training", f"{cfg.train.epochs} epoch(s), batch {cfg.train.batch_size}, {cfg.optim.name} lr {cfg.optim.lr:g}, "
+                         f"scheduler {cfg.scheduler.name}, resize {cfg.transforms.resize or 'native'}"],
+        ]
+    setup += [
+        ["metric", f"{d.metric} (empty_score {cfg.metric.empty_score}, threshold {cfg.metric.threshold:g})"],
+        ["folds", f"{cfg.folds.n_splits}-fold {cfg.folds.method}, seed {cfg.folds.seed}"],
+        ["data", str(cfg.data.root)],
+    ]
+    parts.append(h.table(["setting", "value"], [[k, h.esc(v)] for k, v in setup], left=2))
+    return "\n".join(parts)
+
+
+def _class_table_html(d: ReportData) -> str:
+    rows = []
+    for c, r in enumerate(per_class_rows(d)):
+        sw = f"<span class='swatch' style='background:rgb{tuple(int(v) for v in d.class_colors[c])}'></span>"
+        row = [sw + h.esc(r["class"]), h.fmt(r["iou"]), h.fmt(r["dice"]), h.fmt(r["true_frequency"], ".3%"),
+               h.fmt(r["pred_frequency"], ".3%"), f"{r['images_with_class']} / {d.n_images}",
+               f"{r['images_predicted']} / {d.n_images}"]
+        if d.image_level is not None:
+            row += [f"{r['empty_correct']} / {r['empty_images']}", str(r["empty_false_positive"]), str(r["missed_images"])]
+        rows.append(row)
+    header = ["class", "IoU", "dice", "pixel freq. (truth)", "pixel freq. (pred.)", "images with class", "images predicted"]
+    if d.image_level is not None:
+        header += ["empty images kept empty", "false alarms (empty truth)", "missed images (empty pred.)"]
+    return h.table(header, rows) + h.note(
+        "IoU and dice from pixels summed over all OOF images (void excluded); frequency = class pixels / non-void "
+        f"pixels. Void pixels: {d.void_pixels:,}.")
+
+
+def _examples_table(d: ReportData, examples: list[Example]) -> str:
+    rows = [[h.esc(ex.id), str(ex.fold), h.fmt(ex.score), f"{ex.true_pixels:,}", f"{ex.error_pixels:,}"] for ex in examples]
+    if d.task == "multiclass":
+        header = ["id", "fold", "score", f"true pixels (not {h.esc(d.class_names[0])})", "wrong pixels"]
+    else:
+        header = ["id", "fold", "score", "true foreground pixels", "wrong pixels (FP + FN)"]
+    return h.table(header, rows)
+
+
+def _ensemble_html(d: ReportData) -> str:
+    assert d.ensemble is not None
+    # each member's CV score as cv.json recorded it when the ensemble was made, else from its own cv.json
+    known = {str(m.get("run")): m.get("score") for m in ((d.cv or {}).get("ensemble") or {}).get("members", [])}
+    rows = []
+    for m in d.ensemble.get("members", []):
+        score = known.get(str(m.get("run")))
+        if score is None:
+            try:
+                score = (read_json(Run(m.get("run", "")).cv_json) or {}).get("score")
+            except Exception:  # a member moved or damaged: its score is only informative
+                score = None
+        rows.append([h.esc(m.get("run")), h.fmt(m.get("weight"), ".3g"), h.fmt(score)])
+    sentence = ensemble_sentence(d.ensemble)
+    return (f"<p>{h.esc(sentence[0].upper() + sentence[1:])}. "
+            "An ensemble is not trained, so it has no learning curves; see its members' reports.</p>"
+            + h.table(["member run", "weight", "member CV score (its cv.json)"], rows))
+
+
+def _overlay_sections(d: ReportData, out: Path) -> list[tuple[str, str]]:
+    problem = d.data_problem
+    sections = []
+    if problem is None:
+        try:
+            for kind, examples in (("best", d.best), ("worst", d.worst)):
+                fig = overlays_figure(d, examples, f"{kind} {len(examples)} OOF images by {d.image_score}")
+                png = write_figure(fig, out / OVERLAYS_PNG[kind])
+                ranked = f"Ranked by {h.esc(d.image_score)}"
+                if kind == "best" and d.task != "multiclass":
+                    ranked += ("; images empty in both truth and prediction (perfect by definition, counted in the "
+                               "table above) are shown last among the best")
+                sections.append((f"{kind.capitalize()} OOF images", h.note(
+                    ranked + ". Colours are the classes' (filled at 40%, outlined); void is grey.")
+                    + h.png_tag(png, f"{kind} overlays") + _examples_table(d, examples)))
+            return sections
+        except (DataError, OSError) as e:  # the data changed since the summary was made
+            problem = f"an image or target of the examples cannot be read ({e})"
+    for name in OVERLAYS_PNG.values():  # never leave overlays of an earlier report beside this one
+        (out / name).unlink(missing_ok=True)
+    sentence = f"The best and worst OOF images are not shown: {problem}; everything else on this page comes from the run folder."
+    log.warning("report: %s", sentence)
+    listed = "".join(f"<h3>{kind}</h3>" + _examples_table(d, ex) for kind, ex in (("best", d.best), ("worst", d.worst)))
+    return [("OOF images", f"<p class='warn'>{h.esc(sentence)}</p>" + listed)]
+
+
+def build_report(run_dir: Path, n_examples: int = 4) -> Path:
+    """Write ``run_dir/report/index.html`` (self-contained), its PNGs and ``report.json``; return the page's path.
+
+    Works from the run folder alone: ``oof_summary.json`` holds what needs the targets
+    (it is written first when absent and the training data can be read). Without the data
+    the page says so and leaves out only the overlays. ``n_examples``: how many best and
+    how many worst OOF images get overlays (0 = none).
+    """
+    d = compute_report_data(Path(run_dir), n_examples)
+    run = d.run
+    out = run.report_dir
+    out.mkdir(parents=True, exist_ok=True)
+
+    sections = [("CV summary", _summary_html(d)), ("Per class", _class_table_html(d))]
+    png = write_figure(confusion_figure(d), out / CONFUSION_PNG)
+    sections.append(("Confusion", h.png_tag(png, "confusion") + h.note(
+        "Rows are the true class; each row sums to 100% of that class's non-void pixels." if d.task == "multiclass" else
+        "TP / FP / FN pixels of each class's channel; the image-level columns of the table above count whole images "
+        "(empty truth vs. empty prediction).")))
+    if d.ensemble is not None:
+        (out / CURVES_PNG).unlink(missing_ok=True)
+        sections.append(("Ensemble", _ensemble_html(d)))
+    else:
+        png = write_figure(learning_curves(run.dir), out / CURVES_PNG)
+        sections.append(("Learning curves", h.png_tag(png, "learning curves")))
+    if n_examples > 0:
+        sections += _overlay_sections(d, out)
+    else:
+        for name in OVERLAYS_PNG.values():
+            (out / name).unlink(missing_ok=True)
+
+    body = "\n".join(h.section(title, content) for title, content in sections)
+    page = write_text(out / INDEX, h.page(f"Report: {run.dir.name}", body, subtitle=str(run.dir.resolve()),
+                                          warnings=d.warnings))
+    write_text(out / REPORT_JSON, json.dumps(d.to_json(), indent=2))
+    log.info("report written to %s", page)
+    return page

@@ -1,0 +1,226 @@
+"""The OOF summary: everything the report shows that needs the training targets, in one file.
+
+:func:`write_oof_summary` scores every OOF file of the completed folds against its target in
+one streaming pass (one image in memory at a time; only the ``n`` best and worst images are
+kept) and writes ``oof_summary.json`` into the run folder, so the report can be rendered
+later from the run folder alone, with the data folder gone. Predictions are made exactly as
+the CV score does (argmax for multiclass, ``p >= metric.threshold`` otherwise), so the
+score here equals ``cv.json``'s unless one of the two is stale.
+
+``oof_summary.json`` holds (NaN written as null)::
+
+    version, task, metric, threshold, empty_score, image_score (how an image is ranked),
+    class_names, class_colors ([r, g, b] per class: the classes CSV may live in the data folder),
+    folds, n_images, n_unscored, score, baseline_empty, pixel_accuracy,
+    per_class_iou, per_class_dice, confusion (multiclass (C, C) rows = truth;
+    otherwise (C, 2, 2) [[TN, FP], [FN, TP]]), image_level (binary / multilabel: (C, 2, 2)
+    images, truth empty/non-empty x prediction empty/non-empty; null for multiclass),
+    true_pixels, pred_pixels, valid_pixels, images_true, images_pred (per class),
+    void_pixels, n_examples, best, worst ([{id, fold, score, true_pixels, error_pixels}],
+    best first / worst first), unreadable (messages of targets that could not be read)
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..config import IGNORE_INDEX, Config
+from ..data import DataError, Sample, class_colors, class_names, load_target
+from ..data.dataset import target_to_tensor
+from ..metrics import PER_IMAGE_METRICS, Evaluator, image_counts, scores_from_counts
+from ..plots import metric_label
+from ..run import Run, read_json, write_json
+from ..tensors import uint8_to_probs
+
+log = logging.getLogger(__name__)
+
+__all__ = ["SUMMARY_VERSION", "Example", "predict_mask", "image_score_name", "compute_oof_summary",
+           "write_oof_summary", "read_oof_summary"]
+
+SUMMARY_VERSION = 1
+
+
+@dataclass
+class Example:
+    """One OOF image picked for the overlays (best or worst by per-image score)."""
+
+    id: str
+    fold: int
+    score: float
+    true_pixels: int  # foreground pixels of the truth (multiclass: not class 0), the tie-break for "best"
+    error_pixels: int  # wrong pixels (binary / multilabel: FP + FN over channels), the tie-break for "worst"
+
+
+def predict_mask(q: np.ndarray, task: str, threshold: float) -> torch.Tensor:
+    """Hard prediction of a uint8 OOF array: ``(1, H, W)`` label map or ``(1, C, H, W)`` mask, as the CV score makes it."""
+    probs = torch.from_numpy(uint8_to_probs(q))[None]
+    if task == "multiclass":
+        return probs.argmax(1)
+    return probs >= threshold
+
+
+def image_score_name(metric: str, cfg: Config) -> str:
+    """How the per-image score that ranks the examples is defined, in words."""
+    if metric in PER_IMAGE_METRICS:
+        how = "" if cfg.data.num_classes == 1 else ", the mean over its classes"
+        empty = "" if metric == "tgs_map" else f" (empty_score={cfg.metric.empty_score})"
+        return f"per-image {metric_label(metric)}{how}{empty}"
+    if metric == "miou":
+        return "per-image mean IoU over the classes in its truth or prediction"
+    return "per-image pixel accuracy"
+
+
+def _per_image_score(counts: Any, metric: str, empty_score: str, task: str) -> float:
+    if metric in PER_IMAGE_METRICS:
+        row = scores_from_counts(counts, metric, empty_score)[0]
+    elif metric == "miou":
+        row = scores_from_counts(counts, "iou", "skip")[0]
+    else:  # pixel accuracy
+        tp, fp, fn, n = (np.asarray(x[0], np.int64) for x in counts)
+        if task == "multiclass":
+            total, correct = int(n[0]), int(tp.sum())
+        else:
+            total, correct = int(n.sum()), int((n - fp - fn).sum())
+        return correct / total if total else math.nan
+    row = row[~np.isnan(row)]
+    return float(row.mean()) if row.size else math.nan
+
+
+class _TopN:
+    """The ``n`` largest items by key (ties: the larger id), without keeping the rest."""
+
+    def __init__(self, n: int) -> None:
+        self.n, self.heap = n, []
+
+    def push(self, key: tuple, item: Example) -> None:
+        if self.n <= 0:
+            return
+        entry = (key, item.id, item)
+        if len(self.heap) < self.n:
+            heapq.heappush(self.heap, entry)
+        elif entry[:2] > self.heap[0][:2]:
+            heapq.heapreplace(self.heap, entry)
+
+    def items(self) -> list[Example]:
+        return [e[2] for e in sorted(self.heap, key=lambda e: e[:2], reverse=True)]
+
+
+def _nan_to_none(x: Any) -> Any:
+    if isinstance(x, float) and math.isnan(x):
+        return None
+    if isinstance(x, list):
+        return [_nan_to_none(v) for v in x]
+    return x
+
+
+def compute_oof_summary(run: Run, cfg: Config, samples: list[Sample], n_examples: int = 8) -> dict[str, Any]:
+    """The streaming pass over ``run.oof_items(samples)`` and their targets (see the module doc)."""
+    task, n_cls = cfg.data.task, cfg.data.num_classes
+    evaluator = Evaluator(cfg.metric, task, n_cls)
+    baseline = Evaluator(cfg.metric, task, n_cls)
+    metric = evaluator.metric
+    true_px, pred_px, valid_px, img_true, img_pred = (np.zeros(n_cls, np.int64) for _ in range(5))
+    image_level = np.zeros((n_cls, 2, 2), np.int64) if task != "multiclass" else None
+    void_px, n_images, n_unscored = 0, 0, 0
+    best, worst = _TopN(n_examples), _TopN(n_examples)
+    unreadable: list[str] = []
+
+    for s, k, path in tqdm(run.oof_items(samples), desc="OOF summary", leave=False, disable=None):
+        q = np.load(path)
+        if q.ndim != 3 or q.shape[0] != n_cls:
+            raise ValueError(f"{path}: OOF array has shape {q.shape}; expected ({n_cls}, H, W) for data.num_classes={n_cls}")
+        try:
+            target = target_to_tensor(load_target(s, cfg, tuple(q.shape[-2:])), task)[None]
+        except DataError as e:  # the data changed since training: report it, score the rest
+            unreadable.append(str(e))
+            continue
+        pred = predict_mask(q, task, cfg.metric.threshold)
+        evaluator.update_masks(pred, target)
+        empty = torch.zeros_like(target) if task == "multiclass" else torch.zeros(target.shape, dtype=torch.uint8)
+        baseline.update_masks(empty, target)
+        counts = image_counts(pred, target, n_cls)
+        tp, fp, fn, nv = (np.asarray(x[0], np.int64) for x in counts)
+        true_px += tp + fn
+        pred_px += tp + fp
+        valid_px += nv
+        has_true, has_pred = (tp + fn) > 0, (tp + fp) > 0
+        img_true += has_true
+        img_pred += has_pred
+        if image_level is not None:
+            image_level[np.arange(n_cls), has_true.astype(int), has_pred.astype(int)] += 1
+        void_px += int((target == IGNORE_INDEX).sum())
+        n_images += 1
+        score = _per_image_score(counts, metric, cfg.metric.empty_score, task)
+        if math.isnan(score):
+            n_unscored += 1
+            continue
+        if task == "multiclass":  # class 0 is usually background; a wrong pixel is one FP (of the predicted class)
+            ex = Example(s.id, k, score, int((tp + fn)[1:].sum()), int(fp.sum()))
+        else:
+            ex = Example(s.id, k, score, int((tp + fn).sum()), int((fp + fn).sum()))
+        # binary / multilabel: an image empty in truth and prediction is perfect by definition and is
+        # counted in the table; the "best" overlays show images with something in them first
+        content = task == "multiclass" or bool(has_true.any() or has_pred.any())
+        best.push((content, score, ex.true_pixels), ex)
+        worst.push((-score, ex.error_pixels), ex)
+    if n_images == 0:
+        raise DataError(f"{run.dir}: no target of the OOF images could be read, e.g. {unreadable[0]}")
+
+    result = evaluator.compute()
+    confusion = np.asarray(result["confusion"], np.int64)
+    if task == "binary":
+        confusion = confusion.reshape(1, 2, 2)
+    return {
+        "version": SUMMARY_VERSION,
+        "task": task, "metric": metric, "threshold": float(cfg.metric.threshold), "empty_score": cfg.metric.empty_score,
+        "image_score": image_score_name(metric, cfg),
+        "class_names": class_names(cfg), "class_colors": class_colors(cfg).tolist(),
+        "folds": run.completed_folds(), "n_images": n_images, "n_unscored": n_unscored,
+        "score": _nan_to_none(float(result["score"])), "baseline_empty": _nan_to_none(float(baseline.compute()["score"])),
+        "pixel_accuracy": _nan_to_none(float(result["pixel_accuracy"])),
+        "per_class_iou": _nan_to_none([float(x) for x in result["per_class_iou"]]),
+        "per_class_dice": _nan_to_none([float(x) for x in result["per_class_dice"]]),
+        "confusion": confusion.tolist(), "image_level": None if image_level is None else image_level.tolist(),
+        "true_pixels": true_px.tolist(), "pred_pixels": pred_px.tolist(), "valid_pixels": valid_px.tolist(),
+        "images_true": img_true.tolist(), "images_pred": img_pred.tolist(), "void_pixels": void_px,
+        "n_examples": n_examples,
+        "best": [asdict(e) for e in best.items()], "worst": [asdict(e) for e in worst.items()],
+        "unreadable": unreadable,
+    }
+
+
+def write_oof_summary(run: Run, cfg: Config, samples: list[Sample], n_examples: int = 8) -> dict[str, Any]:
+    """Compute the OOF summary (:func:`compute_oof_summary`), write ``run.oof_summary_json`` and return it.
+
+    ``samples``: the training samples (``load_train_samples(cfg)``); ``n_examples``: how many
+    best and how many worst images to keep for the report's overlays.
+    """
+    summary = compute_oof_summary(run, cfg, samples, n_examples)
+    write_json(run.oof_summary_json, summary)
+    log.info("OOF summary written to %s", run.oof_summary_json)
+    return summary
+
+
+def read_oof_summary(run: Run) -> Optional[dict[str, Any]]:
+    """``oof_summary.json`` (None when absent or of another version); nulls of float fields back to NaN."""
+    s = read_json(run.oof_summary_json)
+    if s is None:
+        return None
+    if s.get("version") != SUMMARY_VERSION:
+        log.warning("%s: version %r, expected %d; it is made again when the data can be read",
+                    run.oof_summary_json, s.get("version"), SUMMARY_VERSION)
+        return None
+    nan = lambda x: math.nan if x is None else float(x)  # noqa: E731
+    for key in ("score", "baseline_empty", "pixel_accuracy"):
+        s[key] = nan(s[key])
+    for key in ("per_class_iou", "per_class_dice"):
+        s[key] = [nan(x) for x in s[key]]
+    return s
