@@ -170,10 +170,8 @@ def compute_cv(cfg: Config, run: Run | None = None, samples: list[Sample] | None
 
 def _write_summary(run: Run, cfg: Config, samples: list[Sample]) -> None:
     """What the report needs from the targets, so it still works once the data folder is gone."""
-    try:
-        from .report import write_oof_summary
-    except ImportError:  # pragma: no cover - the report package is optional at import time
-        return
+    from .report import write_oof_summary
+
     write_oof_summary(run, cfg, samples)
 
 

@@ -1,0 +1,265 @@
+"""Everything knowable when a config loads, checked when it loads (called by ``config_from_dict``).
+
+Each rule fails with one line naming the dotted key and what was expected; sections are
+checked in the order of :class:`~seg_toolkit.config.Config`, so the first problem in the file
+is the one reported. Augmentations, TTA names, losses and the architecture name are checked by
+the modules that use them, imported lazily (no import cycle; no model is built).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import re
+import string
+import warnings
+from typing import Any
+
+from .config import Config, ConfigError
+
+__all__ = ["check_config"]
+
+
+def check_config(cfg: Config) -> None:
+    """Cross-field rules the types cannot say: everything knowable at load time.
+
+    Each rule fails with one line naming the dotted key and what was expected; sections are
+    checked in the order of :class:`Config`, so the first problem in the file is the one
+    reported. Augmentations, TTA names, losses and the architecture name are checked by the
+    modules that use them, imported lazily (no import cycle; no model is built).
+    ``train.device`` is not checked here (see :func:`_check_train`).
+    """
+    for check in (
+        _check_experiment,
+        _check_data,
+        _check_folds,
+        _check_transforms,
+        _check_model,
+        _check_loss,
+        _check_train,
+        _check_metric,
+        _check_predict,
+        _check_postprocess,
+        _check_submission,
+    ):
+        check(cfg)
+
+
+def _finite(v: float) -> bool:
+    return isinstance(v, (int, float)) and math.isfinite(v)
+
+
+def _check_unit(values: list[float], key: str) -> None:
+    """Every value a probability in [0, 1]."""
+    for i, v in enumerate(values):
+        if not (_finite(v) and 0.0 <= v <= 1.0):
+            where = f"{key}[{i}]" if len(values) > 1 else key
+            raise ConfigError(f"{where}: expected a probability in [0, 1], got {v}")
+
+
+def _check_non_negative(values: list[int], key: str) -> None:
+    for i, v in enumerate(values):
+        if v < 0:
+            where = f"{key}[{i}]" if len(values) > 1 else key
+            raise ConfigError(f"{where}: expected >= 0, got {v}")
+
+
+def _check_experiment(cfg: Config) -> None:
+    if not cfg.experiment or any(c in cfg.experiment for c in "/\\") or cfg.experiment in (".", ".."):
+        raise ConfigError(f"experiment: {cfg.experiment!r} must be a plain folder name")
+
+
+def _check_data(cfg: Config) -> None:
+    d = cfg.data
+    if d.num_classes < 1:
+        raise ConfigError(f"data.num_classes: expected >= 1, got {d.num_classes}")
+    if d.task == "binary" and d.num_classes != 1:
+        raise ConfigError(f"data.num_classes: a binary task has 1 output channel, got {d.num_classes}")
+    if d.task == "multiclass" and d.num_classes < 2:
+        raise ConfigError("data.num_classes: a multiclass task needs >= 2 classes (background counts)")
+    if d.class_names and len(d.class_names) != d.num_classes:
+        raise ConfigError(
+            f"data.class_names: {len(d.class_names)} names for data.num_classes={d.num_classes}"
+        )
+    if d.in_channels not in (1, 3, 4):
+        raise ConfigError(f"data.in_channels: expected 1, 3 or 4, got {d.in_channels}")
+    if d.group_pattern is not None:
+        try:
+            if re.compile(d.group_pattern).groups < 1:
+                raise ConfigError(f"data.group_pattern: {d.group_pattern!r} needs a capture group, e.g. '^([^_]+)_'")
+        except re.error as e:
+            raise ConfigError(f"data.group_pattern: {d.group_pattern!r} is not a valid regex ({e})") from None
+
+
+def _check_folds(cfg: Config) -> None:
+    f, d = cfg.folds, cfg.data
+    if f.n_splits < 2:
+        raise ConfigError(f"folds.n_splits: expected >= 2, got {f.n_splits}")
+    if f.method == "group" and not (d.group_column or d.group_pattern):
+        raise ConfigError("folds.method: 'group' needs data.group_column (a column of data.train_csv) or data.group_pattern")
+    for i in f.only:
+        if not 0 <= i < f.n_splits:
+            raise ConfigError(f"folds.only: fold {i} is outside 0..{f.n_splits - 1}")
+
+
+def _check_train(cfg: Config) -> None:
+    # train.device is deliberately not checked: a run config saved on a GPU machine must
+    # still load on a laptop (reports); the CLI checks the device before any work.
+    t = cfg.train
+    if t.epochs < 1 or t.batch_size < 1 or t.grad_accum < 1:
+        raise ConfigError("train.epochs, train.batch_size and train.grad_accum must be >= 1")
+
+
+def _check_metric(cfg: Config) -> None:
+    _check_unit([cfg.metric.threshold], "metric.threshold")
+
+
+def _check_postprocess(cfg: Config) -> None:
+    p, n = cfg.postprocess, cfg.data.num_classes
+    for key, values in (("threshold", p.threshold), ("min_area", p.min_area)):
+        if len(values) not in (1, n):
+            raise ConfigError(
+                f"postprocess.{key}: {len(values)} values for data.num_classes={n} (give one, or one per class)"
+            )
+    _check_unit(p.threshold, "postprocess.threshold")
+    _check_non_negative(p.min_area, "postprocess.min_area")
+    if p.empty_gate is not None:
+        _check_unit([p.empty_gate], "postprocess.empty_gate")
+    if not p.threshold_grid:
+        raise ConfigError("postprocess.threshold_grid: give at least one threshold, e.g. [0.3, 0.4, 0.5, 0.6, 0.7]")
+    _check_unit(p.threshold_grid, "postprocess.threshold_grid")
+    if not p.min_area_grid:
+        raise ConfigError("postprocess.min_area_grid: give at least one area, e.g. [0, 10, 50, 100]")
+    _check_non_negative(p.min_area_grid, "postprocess.min_area_grid")
+
+
+def _submitted_classes(cfg: Config) -> int:
+    """How many classes a submission has rows for (multiclass: class 0 is background, no row)."""
+    d = cfg.data
+    return d.num_classes - 1 if d.task == "multiclass" else d.num_classes
+
+
+def _check_submission(cfg: Config) -> None:
+    s, d = cfg.submission, cfg.data
+    k = _submitted_classes(cfg)
+    if k > 1 and not s.per_class:
+        why = f"{k} classes (1..{k}; class 0 is background)" if d.task == "multiclass" else f"{k} classes"
+        raise ConfigError(
+            f"submission.per_class: data.task={d.task} with data.num_classes={d.num_classes} submits {why}, "
+            f"so it needs submission.per_class: true (one row per image and class, ids from submission.id_format)"
+        )
+    fmt = s.id_format
+    where = f"submission.id_format: {fmt!r}"
+    try:
+        fields = [(name, spec, conv) for _, name, spec, conv in string.Formatter().parse(fmt) if name is not None]
+    except ValueError as e:
+        raise ConfigError(f"{where} is not a valid format string ({e}); use {{id}} and {{cls}}, e.g. '{{id}}_{{cls}}'") from None
+    names = [name for name, _, _ in fields]
+    for name, spec, conv in fields:
+        if name not in ("id", "cls"):
+            raise ConfigError(f"{where}: unknown field {{{name}}}; only {{id}} and {{cls}} are filled in")
+        if spec or conv:
+            # sample submission ids are split back into id and class with the plain fields
+            raise ConfigError(f"{where}: write the field as {{{name}}}, without a format spec or conversion")
+    needed = ("id", "cls") if s.per_class else ("id",)
+    for name in needed:
+        if names.count(name) != 1:
+            also = " (submission.per_class is true)" if name == "cls" else ""
+            raise ConfigError(f"{where} must contain {{{name}}} exactly once{also}, e.g. '{{id}}_{{cls}}'")
+    try:
+        fmt.format(id="x", cls=1)
+    except (KeyError, IndexError, ValueError, AttributeError) as e:  # pragma: no cover - caught above
+        raise ConfigError(f"{where} does not format ({type(e).__name__}: {e})") from None
+
+
+def _check_predict(cfg: Config) -> None:
+    p = cfg.predict
+    if p.batch_size < 1:
+        raise ConfigError(f"predict.batch_size: expected >= 1, got {p.batch_size}")
+    if not p.scales:
+        raise ConfigError("predict.scales: give at least one scale, e.g. [1.0]")
+    for i, s in enumerate(p.scales):
+        if not (_finite(s) and s > 0):
+            raise ConfigError(f"predict.scales[{i}]: expected a number > 0, got {s}")
+    if p.tile_size is not None and (len(p.tile_size) != 2 or min(p.tile_size) < 1):
+        raise ConfigError(f"predict.tile_size: expected null or [height, width] of positive ints, got {p.tile_size}")
+    if not (_finite(p.tile_overlap) and 0.0 <= p.tile_overlap < 1.0):
+        raise ConfigError(f"predict.tile_overlap: expected 0 <= overlap < 1, got {p.tile_overlap}")
+    if p.max_tta_batch is not None and p.max_tta_batch < 1:
+        raise ConfigError(f"predict.max_tta_batch: expected null or >= 1, got {p.max_tta_batch}")
+    from .tta import expand_tta  # lazy: tta imports torch and this module
+
+    try:
+        expand_tta(p.tta)
+    except ConfigError as e:
+        raise ConfigError(f"predict.tta: {e}") from None
+
+
+def _normalize_length_ok(n: int, in_channels: int) -> bool:
+    """The lengths ``data.dataset._normalize`` accepts: one value per channel, or 3 (RGB
+    statistics, averaged for grayscale, extended with 0.5 for the alpha channel of RGBA)."""
+    return n == in_channels or (n == 3 and in_channels in (1, 4))
+
+
+def _check_transforms(cfg: Config) -> None:
+    t, c = cfg.transforms, cfg.data.in_channels
+    if t.resize is not None and (len(t.resize) != 2 or min(t.resize) < 1):
+        raise ConfigError(f"transforms.resize: expected [height, width] of positive ints, got {t.resize}")
+    if not _normalize_length_ok(len(t.mean), c):
+        ok = f"{c} or 3" if c in (1, 4) else f"{c}"
+        raise ConfigError(f"transforms.mean: {len(t.mean)} values for data.in_channels={c} (give {ok})")
+    if len(t.std) != len(t.mean):
+        raise ConfigError(f"transforms.std: {len(t.std)} values, transforms.mean has {len(t.mean)} (give one std per mean)")
+    for i, v in enumerate(t.mean):
+        if not _finite(v):
+            raise ConfigError(f"transforms.mean[{i}]: expected a finite number, got {v}")
+    for i, v in enumerate(t.std):
+        if not (_finite(v) and v > 0):
+            raise ConfigError(f"transforms.std[{i}]: expected a number > 0, got {v}")
+    for i, spec in enumerate(t.train):
+        _check_augmentation(spec, f"transforms.train[{i}]")
+
+
+def _check_augmentation(spec: Any, where: str) -> None:
+    """Build one ``transforms.train`` entry as training will, so that an unknown transform or
+    argument fails now; albumentations only warns about unknown arguments, so that warning
+    fails too."""
+    from .data.dataset import _aug_from_spec  # lazy: albumentations is slow to import
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            # a copy: _aug_from_spec pops the inner transforms of OneOf/SomeOf/Sequential
+            _aug_from_spec(copy.deepcopy(spec), where)
+        except ConfigError as e:  # pydantic's messages span lines; the CLI prints one
+            raise ConfigError(" ".join(line.strip() for line in str(e).splitlines() if line.strip())) from None
+    for w in caught:
+        if "not valid for transform" in str(w.message):
+            name = next(iter(spec)) if isinstance(spec, dict) and spec else spec
+            raise ConfigError(f"{where}: {name}: {w.message}")
+    for w in caught:
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+
+
+def _check_loss(cfg: Config) -> None:
+    if not cfg.loss:
+        raise ConfigError("loss: name at least one loss with a weight, e.g. {bce: 0.5, dice: 0.5}")
+    for name in cfg.loss_params:
+        if name not in cfg.loss:
+            raise ConfigError(f"loss_params.{name}: there is no loss {name!r} in loss ({', '.join(cfg.loss)})")
+    from .losses import build_loss  # lazy: imports torch; builds small modules, no model
+
+    build_loss(cfg)  # names, task support, parameters and weights; errors name loss.* / loss_params.*
+
+
+def _check_model(cfg: Config) -> None:
+    arch = cfg.model.arch
+    if arch == "scratch_unet":  # always registered; spares importing smp and timm
+        return
+    from .models.registry import closest_names, list_architectures  # lazy: imports smp and timm
+
+    names = list_architectures()
+    if arch not in names:
+        close = closest_names(arch.lower(), names, n=1, cutoff=0.5)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(f"model.arch: unknown architecture {arch!r}{hint} (valid: {', '.join(names)})")
