@@ -38,7 +38,7 @@ from .data import load_target, load_train_samples
 from .data.dataset import target_to_tensor
 from .metrics import Evaluator
 from .predictor import check_same_training
-from .run import Run, read_json, write_json, write_npy
+from .run import Run, read_json, read_oof, write_json, write_npy
 from .tensors import probs_to_uint8, uint8_to_probs
 
 log = logging.getLogger(__name__)
@@ -132,7 +132,7 @@ class _OOF:
             return
         cache = [] if self.cached else None
         for s, k in self.items:
-            probs = [uint8_to_probs(np.load(r.oof_path(s.id))) for r in self.runs]
+            probs = [uint8_to_probs(read_oof(r.oof_path(s.id))) for r in self.runs]
             target = target_to_tensor(load_target(s, self.cfg, probs[0].shape[-2:]), self.cfg.data.task)[None]
             entry = (s, k, probs, target)
             if cache is not None:
@@ -215,7 +215,7 @@ def build_ensemble(cfgs: list[Config], name: str | None = None, weights: Sequenc
             raise FileExistsError(f"{out.dir} exists and is not an ensemble run; choose another --name")
         if not overwrite:
             raise FileExistsError(f"{out.dir} exists; pass --overwrite to make the ensemble again, or another --name")
-        shutil.rmtree(out.dir)
+        out.remove(lead)
     ens_cfg = _ensemble_config(lead, name, space)
 
     oof = _OOF(ens_cfg, runs, folds, fold_of, memory_budget)
@@ -258,4 +258,5 @@ def _ensemble_config(lead: Config, name: str, space: str) -> Config:
     """The ensemble run's config: the lead member's (data, metric, post-processing grids, submission)."""
     import dataclasses
 
-    return dataclasses.replace(lead, experiment=name, predict=dataclasses.replace(lead.predict, ensemble_space=space))
+    return dataclasses.replace(lead, experiment=name, predict=dataclasses.replace(lead.predict, ensemble_space=space),
+                               submission=dataclasses.replace(lead.submission, path=None))  # submissions/<name>.csv

@@ -41,7 +41,10 @@ __all__ = ["Member", "Predictor", "tta_settings", "check_same_training", "TRAINE
 #: files were predicted with. A command line that changes one of them for an existing run
 #: is refused (``seg-toolkit oof`` remakes the OOF after a change of the predict keys).
 TRAINED_KEYS = ("data.task", "data.num_classes", "data.in_channels", "data.ignore_index", "transforms.resize",
-                "transforms.mean", "transforms.std", "model.", "train.use_ema")
+                "transforms.mean", "transforms.std", "model.arch", "model.encoder", "model.depth", "model.base_width",
+                "model.norm", "model.upsample", "model.dropout", "model.params", "train.use_ema")
+# not in it: model.encoder_weights (a checkpoint holds every weight; offline kernels set it to null),
+# model.channels_last (speed only), and the training-only keys (freeze_encoder_epochs, encoder_lr_mult, ...)
 PREDICT_KEYS = ("predict.tta", "predict.scales", "predict.merge", "predict.tile_size", "predict.tile_overlap",
                 "predict.oof_tta")
 
@@ -57,9 +60,9 @@ def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
 
 
 def config_diff(old: Config, new: Config, prefixes: Sequence[str]) -> list[str]:
-    """``key: old -> new`` for the keys under ``prefixes`` that differ."""
+    """``key: old -> new`` for the keys named in ``prefixes`` (a name ending in "." names a section) that differ."""
     a, b = _flat(config_to_dict(old)), _flat(config_to_dict(new))
-    keys = [k for k in sorted(set(a) | set(b)) if any(k == p or k.startswith(p) for p in prefixes)]
+    keys = [k for k in sorted(set(a) | set(b)) if any(k == p or (p.endswith(".") and k.startswith(p)) for p in prefixes)]
     return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys if a.get(k) != b.get(k)]
 
 

@@ -99,3 +99,14 @@ def test_multiclass_without_per_class_fails_at_load(comp, capsys, tmp_path):
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and "submission.per_class" in lines[0]
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has CUDA")
+@pytest.mark.parametrize("command", ["train", "predict", "evaluate"])
+def test_missing_cuda_fails_before_any_work(comp, capsys, tmp_path, command):
+    _, cfg = comp
+    code, err = _run(capsys, command, str(cfg), "--set", "train.device=cuda")
+    assert code == 2 and err.count("\n") == 1
+    if command == "train":
+        assert err.startswith("error: train.device: 'cuda' but CUDA is not available on this machine")
+        assert not (tmp_path / "runs").exists()  # nothing written

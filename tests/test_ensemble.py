@@ -178,3 +178,14 @@ def test_merge_probs_and_weight_grid_by_hand():
     grid = weight_grid(3)
     assert grid[0] == pytest.approx((1 / 3,) * 3) and len(grid) == 1 + 66  # equal + C(12, 2) grid points
     assert all(sum(w) == pytest.approx(1.0) for w in grid)
+
+
+def test_offline_weights_setting_is_not_a_preprocessing_change(trained, tmp_path):
+    """Kaggle kernels are offline: predicting with model.encoder_weights=null must stay allowed
+    (a checkpoint holds every weight), while a model change is refused."""
+    from seg_toolkit.predictor import check_same_training
+
+    a, *_ = trained
+    check_same_training(load_config(Run.of(a).config_yaml, ["model.encoder_weights=null", "model.channels_last=true"]), Run.of(a))
+    with pytest.raises(ConfigError, match=r"model.base_width: 4 -> 8"):
+        check_same_training(load_config(Run.of(a).config_yaml, ["model.base_width=8"]), Run.of(a))
