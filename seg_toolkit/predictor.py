@@ -298,10 +298,12 @@ class Predictor:
             for m, w in zip(self.members, self.weights):
                 images = batch["images"][m.preprocess].to(self.device, non_blocking=True)
                 folds = [fold] if fold is not None else m.folds
+                same = len(set(sizes)) == 1  # one resize for the whole batch, else one per image
                 for k in folds:
                     probs = self._member_probs(m, images, k, m.tta, m.merge)
+                    resized = resize_to(probs, sizes[0]) if same else None
                     for j, hw in enumerate(sizes):
-                        p = self._to_space(resize_to(probs[j : j + 1], hw)[0])
+                        p = self._to_space(resized[j] if same else resize_to(probs[j : j + 1], hw)[0])
                         acc[j] = p * (w / len(folds)) if acc[j] is None else acc[j].add_(p, alpha=w / len(folds))
             targets = batch.get("target")
             for j, image_id in enumerate(batch["id"]):
