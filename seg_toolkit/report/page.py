@@ -44,6 +44,14 @@ def ensemble_sentence(ens: dict[str, Any]) -> str:
     return f"ensemble of runs {runs} (weights {weights}{space})"
 
 
+def _oof_made(cv: dict) -> str:
+    """How the OOF files were predicted (the TTA that predict uses, unless predict.oof_tta said identity)."""
+    made = cv.get("oof")
+    if not isinstance(made, dict):
+        return ""
+    return f"; OOF predicted with TTA {' + '.join(made.get('tta') or [])} ({made.get('merge')}), scales {made.get('scales')}"
+
+
 def _summary_html(d: ReportData) -> str:
     cfg = d.cfg
     label = metric_label(d.metric)
@@ -52,7 +60,11 @@ def _summary_html(d: ReportData) -> str:
              f"pixel accuracy {h.fmt(d.pixel_accuracy)}</span></p>"]
     if d.cv:
         parts.append(h.note(f"cv.json: {h.esc(d.cv.get('metric'))} {h.fmt(d.cv.get('score'))}, fold mean "
-                            f"{h.fmt(d.cv.get('fold_mean'))} ± {h.fmt(d.cv.get('fold_std'))}"))
+                            f"{h.fmt(d.cv.get('fold_mean'))} ± {h.fmt(d.cv.get('fold_std'))}" + _oof_made(d.cv)))
+    tuned = read_json(Run(d.run_dir).postprocess_json)
+    if tuned and "after" in tuned:
+        parts.append(h.note(f"after post-processing tuned on these OOF files (postprocess.json): {h.esc(label)} "
+                            f"{h.fmt(tuned.get('before'))} -> {h.fmt(tuned.get('after'))}; {h.esc(str(tuned.get('params')))}"))
     if d.ensemble is not None:
         parts.append(h.table(["fold", f"OOF {h.esc(label)}"], [[str(f["fold"]), h.fmt(f.get("oof_score"))] for f in d.per_fold]))
     else:
