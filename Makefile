@@ -26,6 +26,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/bench_train_loop.py
 	$(BIN)/python bench/bench_tta.py
+	$(BIN)/python bench/bench_predict.py
 
 clean-demo:
 	rm -rf data/demo runs/demo submissions/demo.csv

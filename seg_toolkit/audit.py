@@ -101,6 +101,7 @@ _KINDS = (  # (substring of a data-layer message, kind), first match wins
     ("must have the same size", "size_mismatch"),
     ("outside the classes", "mask_values"),
     ("label map", "mask_format"),
+    ("(lossy", "mask_format"),
     ("expected (height, width)", "mask_format"),
     ("RLE", "malformed_rle"),
     ("not found", "missing_file"),
@@ -269,14 +270,14 @@ def _check_mask_values(s: Sample, cfg: Config, res: AuditResult) -> bool:
     d = cfg.data
     assert s.mask is not None
     try:
-        raw = read_mask(s.mask, d.max_image_pixels)
+        raw = read_mask(s.mask, d.max_image_pixels, lossy_ok=d.mask_threshold is not None)
     except DataError as e:
         res.add(_kind(str(e), "mask"), s.mask, str(e))
         return False
     values, counts = np.unique(raw, return_counts=True)
     for v, n in zip(values.tolist(), counts.tolist()):
         res.mask_values[int(v)] += int(n)
-    if d.task == "binary":
+    if d.task == "binary" and d.mask_threshold is None:
         fg = [v for v in values.tolist() if v != 0 and v != d.ignore_index]
         if len(fg) > 1:
             res.add("mask_values", s.mask,

@@ -18,6 +18,8 @@ log = logging.getLogger("seg_toolkit")
 def _load(path: str, overrides: list[str]) -> Config:
     """A YAML config, or a run folder (its saved config.yaml: trained runs and ensembles alike)."""
     p = Path(path)
+    if p.is_dir() and not (p / "config.yaml").is_file():
+        raise ConfigError(f"{p}: is a folder without config.yaml; expected a YAML config file or a run folder (runs/<experiment>)")
     return load_config(p / "config.yaml" if p.is_dir() else p, overrides)
 
 
@@ -180,9 +182,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_check_submission(args: argparse.Namespace) -> int:
-    from .submission import check_submission
+    from .rle import RLESpec
+    from .submission import check_submission, submission_spec
 
-    problems = check_submission(args.csv, args.sample, empty_tokens=tuple(args.empty_token or [""]))
+    if args.config:
+        spec = submission_spec(_load(args.config, []))
+    else:
+        spec = RLESpec(order=args.order, index_base=args.index_base, starts="relative" if args.relative else "absolute",
+                       empty=(args.empty_token or [""])[0], instances=args.instances)
+    problems = check_submission(args.csv, args.sample, empty_tokens=tuple(args.empty_token) if args.empty_token else None, spec=spec)
     if problems:
         print(f"{args.csv}: {len(problems)} problem(s)")
         for p in problems:
@@ -221,7 +229,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if "postprocess" in cv:
         _print_tune(cv["postprocess"])
     out = predict_test(cfg, overwrite=True)  # the demo's own output, remade on every run
-    problems = check_submission(out, cfg.data_path(cfg.data.sample_submission), empty_tokens=(cfg.submission.empty_token,))
+    from .submission import submission_spec
+
+    problems = check_submission(out, cfg.data_path(cfg.data.sample_submission), spec=submission_spec(cfg))
     from .report import build_report
 
     print(f"report: {build_report(cfg.run_dir)} (open in a browser; PNG copies beside it)")
@@ -318,6 +328,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("csv")
     p.add_argument("--sample", required=True)
     p.add_argument("--empty-token", action="append", help="how an empty mask is written (repeatable; default: the empty string)")
+    p.add_argument("--config", help="read the RLE convention from this config's submission.* keys (instead of the flags below)")
+    p.add_argument("--order", choices=["F", "C"], default="F", help="pixel order: F column-major (Kaggle default), C row-major")
+    p.add_argument("--index-base", type=int, choices=[0, 1], default=1, help="starts count from 0 or 1 (default 1)")
+    p.add_argument("--relative", action="store_true", help="starts are relative to the previous run's end (SIIM)")
+    p.add_argument("--instances", action="store_true", help="one row per object: repeated ids are expected (Airbus, DSB 2018)")
     p.set_defaults(func=cmd_check_submission)
 
     p = sub.add_parser("report", help="one self-contained HTML page of a run: CV, per-class table, confusion, curves, overlays")

@@ -59,7 +59,10 @@ class DataConfig:
     class_column: Optional[str] = None  # csv layout, one row per image and class (1-based ids)
     rle_order: Literal["F", "C"] = "F"  # pixel order of the RLE: F column-major (Kaggle), C row-major
     image_ext: str = ".png"
-    mask_ext: str = ".png"
+    mask_ext: str = ".png"  # appended to the image's id: ".png", or e.g. "_mask.gif" (Carvana)
+    # binary mask files: a pixel is foreground when its value >= mask_threshold (null: any value > 0).
+    # Required for lossy (JPEG) masks, whose compression noise makes pixels near every edge non-zero
+    mask_threshold: Optional[int] = None
     in_channels: int = 3  # 1 = grayscale, 3 = RGB, 4 = RGBA kept
     group_column: Optional[str] = None  # column of train_csv used by GroupKFold
     group_pattern: Optional[str] = None  # or a regex whose first group, matched on each id, is its group (e.g. "^([^_]+)_")
@@ -187,9 +190,14 @@ class SubmissionConfig:
     id_column: Optional[str] = None  # default: the sample submission's first column
     rle_column: Optional[str] = None  # default: the sample submission's second column
     rle_order: Optional[Literal["F", "C"]] = None  # default: data.rle_order
+    rle_index_base: int = 1  # starts number pixels from 1 (Kaggle) or 0
+    rle_starts: Literal["absolute", "relative"] = "absolute"  # relative: each start is the gap after the previous run's end (SIIM)
     empty_token: str = ""  # what an empty mask is written as: '' | '-' | '-1' | '1 1'
     per_class: bool = False  # one row per image and class
-    id_format: str = "{id}_{cls}"  # per_class rows: how id and 1-based class combine
+    id_format: str = "{id}_{cls}"  # per_class rows: how id and class combine
+    classes: list[int] = field(default_factory=list)  # classes that get rows, in row order (default: all; multiclass 1.., 0 only if listed)
+    instances: bool = False  # one row per 8-connected object, the id repeated (Airbus, DSB 2018); no object: one empty_token row
+    min_instance_area: int = 0  # instances: objects with fewer pixels get no row
 
 
 @dataclass
@@ -362,29 +370,51 @@ def apply_overrides(data: dict, overrides: list[str] | None) -> dict:
 
 
 def read_yaml(path: str | Path) -> dict:
+    """A YAML mapping from ``path`` (safe loader); every way it can fail is a :class:`ConfigError` naming it."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a folder; expected a YAML config file (or a run folder holding config.yaml)")
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        with path.open("r", encoding="utf-8") as fh:
+        with path.open("r", encoding="utf-8-sig") as fh:
             data = yaml.safe_load(fh)
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid (safe) YAML: {e}") from None
+        raise ConfigError(f"{path}: not valid (safe) YAML: {' '.join(str(e).split())}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not a UTF-8 text file ({e.reason} at byte {e.start}); save the config as UTF-8") from None
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config file must be a mapping of keys at the top level, got {type(data).__name__}")
     return data or {}
+
+
+def _read_with_bases(path: Path, chain: tuple[Path, ...] = ()) -> dict:
+    """``path``'s values over those of its ``base:`` file, recursively (a -> b -> c); a cycle is named."""
+    here = path.resolve()
+    if here in chain:
+        names = " -> ".join(str(p) for p in (*chain[chain.index(here):], here))
+        raise ConfigError(f"base: the configs name each other in a cycle: {names}")
+    data = read_yaml(path)
+    if "base" not in data:
+        return data
+    base = data.pop("base")
+    if not isinstance(base, str) or not base:
+        raise ConfigError(f"{path}: base: expected the path of another YAML file (relative to this one), got {base!r}")
+    base_path = path.parent / base
+    if not base_path.is_file() and not base_path.is_dir():
+        raise ConfigError(f"{path}: base: {base!r} not found (looked for {base_path})")
+    return _deep_merge(_read_with_bases(base_path, (*chain, here)), data)
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     """Read a YAML file (safe loader), apply ``--set`` overrides and validate.
 
     A top-level ``base: other.yaml`` key names a file (relative to this one) whose values
-    this file overrides, so experiments can share a base config.
+    this file overrides, so experiments can share a base config; the base may have a base of
+    its own (a chain of any length; a cycle is an error naming its files).
     """
     path = Path(path)
-    data = read_yaml(path)
-    if isinstance(data, dict) and "base" in data:
-        base = data.pop("base")
-        merged = _deep_merge(read_yaml(path.parent / base), data)
-        data = merged
+    data = _read_with_bases(path)
     data = apply_overrides(data, overrides)
     try:
         return config_from_dict(data)

@@ -83,12 +83,47 @@ def _check_data(cfg: Config) -> None:
         )
     if d.in_channels not in (1, 3, 4):
         raise ConfigError(f"data.in_channels: expected 1, 3 or 4, got {d.in_channels}")
+    if d.limit is not None and d.limit < 1:
+        raise ConfigError(f"data.limit: expected null (all samples) or >= 1, got {d.limit}")
+    _check_mask_reading(cfg)
     if d.group_pattern is not None:
         try:
             if re.compile(d.group_pattern).groups < 1:
                 raise ConfigError(f"data.group_pattern: {d.group_pattern!r} needs a capture group, e.g. '^([^_]+)_'")
         except re.error as e:
             raise ConfigError(f"data.group_pattern: {d.group_pattern!r} is not a valid regex ({e})") from None
+
+
+#: mask file formats whose compression changes pixel values (a label map cannot survive it)
+LOSSY_MASK_EXTS = (".jpg", ".jpeg", ".jpe", ".jfif")
+
+
+def _check_mask_reading(cfg: Config) -> None:
+    """Mask files are read exactly: a lossy format is refused unless the config says how to read it
+    (binary: ``data.mask_threshold``); a threshold applies to binary masks only."""
+    d = cfg.data
+    if d.mask_threshold is not None:
+        if d.task != "binary":
+            raise ConfigError(
+                f"data.mask_threshold: applies to binary masks only (data.task is {d.task}); label map values are "
+                "class ids and are read as they are"
+            )
+        if d.mask_threshold < 1:
+            raise ConfigError(f"data.mask_threshold: expected >= 1 (a value >= it is foreground), got {d.mask_threshold}")
+    if d.layout != "folder" or d.train_lists:
+        return  # list files name each mask; read_mask refuses a JPEG mask by its content
+    ext = d.mask_ext.lower()
+    if ext.endswith(LOSSY_MASK_EXTS) and d.mask_threshold is None:
+        if d.task == "binary":
+            raise ConfigError(
+                f"data.mask_ext: {d.mask_ext!r} is a lossy format: compression noise makes pixels near every edge "
+                "non-zero, so reading 'any value > 0' inflates every mask; set data.mask_threshold (e.g. 128 for "
+                "0/255 masks) or convert the masks to PNG"
+            )
+        raise ConfigError(
+            f"data.mask_ext: {d.mask_ext!r} is a lossy format: a {d.task} label map cannot be read back from it "
+            "(compression noise turns class ids at every edge into other ids); convert the masks to PNG"
+        )
 
 
 def _check_folds(cfg: Config) -> None:
@@ -133,17 +168,40 @@ def _check_postprocess(cfg: Config) -> None:
     _check_non_negative(p.min_area_grid, "postprocess.min_area_grid")
 
 
-def _submitted_classes(cfg: Config) -> int:
-    """How many classes a submission has rows for (multiclass: class 0 is background, no row)."""
-    d = cfg.data
-    return d.num_classes - 1 if d.task == "multiclass" else d.num_classes
+def _submitted_classes(cfg: Config) -> list[int]:
+    """The classes a submission has rows for, in row order: ``submission.classes``, else all
+    (multiclass: 1..C-1; class 0 is background and gets rows only when listed)."""
+    d, s = cfg.data, cfg.submission
+    if s.classes:
+        return list(s.classes)
+    return list(range(1, d.num_classes)) if d.task == "multiclass" else list(range(1, d.num_classes + 1))
 
 
 def _check_submission(cfg: Config) -> None:
     s, d = cfg.submission, cfg.data
-    k = _submitted_classes(cfg)
+    if d.task == "multiclass":
+        valid, span = range(d.num_classes), f"0..{d.num_classes - 1} (0 = background, in a row only if listed)"
+    else:
+        valid, span = range(1, d.num_classes + 1), f"1..{d.num_classes} (class 0 is background, which only a multiclass label map has)"
+    for i, c in enumerate(s.classes):
+        if c not in valid:
+            raise ConfigError(f"submission.classes[{i}]: class {c} is outside {span} for data.task={d.task}, data.num_classes={d.num_classes}")
+        if c in s.classes[:i]:
+            raise ConfigError(f"submission.classes[{i}]: class {c} is listed twice")
+    if s.rle_index_base not in (0, 1):
+        raise ConfigError(f"submission.rle_index_base: expected 0 or 1 (the number of the first pixel), got {s.rle_index_base}")
+    if s.min_instance_area < 0:
+        raise ConfigError(f"submission.min_instance_area: expected >= 0, got {s.min_instance_area}")
+    if s.min_instance_area > 1 and not s.instances:
+        raise ConfigError("submission.min_instance_area: only applies to instance rows; set submission.instances: true "
+                          "(small regions of a per-image mask are removed by postprocess.min_area)")
+    classes = _submitted_classes(cfg)
+    k = len(classes)
     if k > 1 and not s.per_class:
-        why = f"{k} classes (1..{k}; class 0 is background)" if d.task == "multiclass" else f"{k} classes"
+        if s.classes:
+            why = f"{k} classes {classes} (submission.classes)"
+        else:
+            why = f"{k} classes (1..{k}; class 0 is background)" if d.task == "multiclass" else f"{k} classes"
         raise ConfigError(
             f"submission.per_class: data.task={d.task} with data.num_classes={d.num_classes} submits {why}, "
             f"so it needs submission.per_class: true (one row per image and class, ids from submission.id_format)"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import shutil
 from typing import Any
 
 import numpy as np
@@ -12,21 +11,17 @@ from tqdm.auto import tqdm
 
 from .config import Config, config_to_dict, read_yaml, save_config
 from .data import Sample, load_or_make_folds, load_target, load_train_samples
+from .data.sources import check_train_samples
 from .device import resolve_device
 from .distributed import get_dist
-from .errors import SegToolkitError
 from .metrics import Evaluator
-from .run import Run, write_json
+from .run import Run, RunExistsError, read_oof, write_json
 from .tensors import uint8_to_probs
 from .train import train_fold
 
 log = logging.getLogger(__name__)
 
 __all__ = ["RunExistsError", "prepare_run", "run_cv", "compute_cv"]
-
-
-class RunExistsError(SegToolkitError, FileExistsError):
-    """The run folder already holds work that this command would overwrite."""
 
 
 def _config_diff(old: dict, new: dict, prefix: str = "") -> list[str]:
@@ -43,18 +38,21 @@ def _config_diff(old: dict, new: dict, prefix: str = "") -> list[str]:
 def prepare_run(cfg: Config, folds: list[int], resume: bool = False, overwrite: bool = False) -> Run:
     """Create ``runs/<experiment>/`` and save the resolved config, refusing to clobber earlier work.
 
-    * ``overwrite``: the whole run folder is deleted first.
+    * always: the run folder must be apart from the data (:meth:`Run.check_location`), and a
+      folder that already holds files must be a run folder (:meth:`Run.check_writable`).
+    * ``overwrite``: the run folder is deleted first, through :meth:`Run.remove` (never a data
+      folder, never a folder holding files that runs do not write).
     * ``resume``: the saved config must match (``train.epochs`` may grow); folds continue.
     * neither: a fold that already has files is refused. Other folds of the same run (e.g. a
       job array running ``--fold K`` each) may start, if the saved config matches.
     """
     run = Run.of(cfg)
     saved = run.config_yaml
+    run.check_writable(cfg)
     if run.is_ensemble:
         raise RunExistsError(f"{run.dir} is an ensemble run ({run.ensemble_json}); use another experiment name")
-    if overwrite and run.dir.exists():
-        log.warning("--overwrite: deleting %s", run.dir)
-        shutil.rmtree(run.dir)
+    if overwrite:
+        run.remove(cfg)
     run.dir.mkdir(parents=True, exist_ok=True)
     if saved.is_file():
         diff = [d for d in _config_diff(read_yaml(saved), config_to_dict(cfg)) if not d.startswith(("train.epochs", "predict.", "postprocess.", "submission.", "folds.only"))]
@@ -80,6 +78,7 @@ def run_cv(cfg: Config, folds: list[int] | None = None, resume: bool = False, ov
     d = get_dist()
     resolve_device(cfg.train.device, d)  # a device this machine lacks fails before anything is written
     samples = load_train_samples(cfg)
+    check_train_samples(samples, cfg)  # images present, some foreground: before anything is written
     run = Run.of(cfg)
     if d.is_main:  # only rank 0 touches the run folder; the others wait and read
         prepare_run(cfg, folds, resume=resume, overwrite=overwrite)
@@ -133,7 +132,7 @@ def compute_cv(cfg: Config, run: Run | None = None, samples: list[Sample] | None
     n = 0
     items = list(run.oof_items(samples))
     for s, k, path in tqdm(items, desc="CV score", leave=False, disable=None):
-        probs = torch.from_numpy(uint8_to_probs(np.load(path)))[None]
+        probs = torch.from_numpy(uint8_to_probs(read_oof(path)))[None]
         target = _target_tensor(s, cfg, probs.shape[-2:])
         evaluator.update(probs, target)
         per_fold_eval.setdefault(k, Evaluator(cfg.metric, task, c)).update(probs, target)

@@ -80,7 +80,7 @@ def predict_test(cfg: Config, out: str | Path | None = None, overwrite: bool = F
     save = cfg.predict.save_probs
     passes = predictor.passes_per_image()
     log.info("predicting %d test images: %d forward passes each (%s)", len(samples), passes, predictor.describe())
-    with SubmissionWriter(out, columns, expected) as writer:
+    with SubmissionWriter(out, columns, expected, instance_rows=cfg.submission.instances) as writer:
         bar = tqdm(predictor.iter_probs(samples), total=len(samples), desc=f"predict ({passes} passes/image)", disable=None)
         for image_id, probs, _ in bar:
             p = probs.numpy()

@@ -1,8 +1,10 @@
 """Submission CSVs: rows streamed as predictions arrive, then checked against the sample.
 
 The competition's convention is all config (``submission.*``): column names (default: the
-sample's), pixel order, the empty token, one row per image or per image and class
-(``id_format``, e.g. ``{id}_{cls}``). The file appears only when complete and valid:
+sample's), the RLE spec (:class:`~seg_toolkit.rle.RLESpec`: pixel order, index base, absolute
+or relative starts, the empty token, one row per object), one row per image or per image and
+class (``id_format``, e.g. ``{id}_{cls}``; which classes: ``classes``, class 0 included when
+listed). With instance rows an id repeats, once per object. The file appears only when complete and valid:
 rows go to a temporary file that replaces the target at the end, so a crash or a full
 disk never leaves half a submission or destroys the previous one.
 """
@@ -10,6 +12,7 @@ disk never leaves half a submission or destroys the previous one.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import logging
 import os
 import tempfile
@@ -21,12 +24,22 @@ import pandas as pd
 
 from .checkpoint import default_file_mode
 from .config import Config
+from .config_checks import _submitted_classes
 from .errors import SegToolkitError
-from .rle import RLEError, rle_encode, rle_to_runs
+from .rle import RLEError, RLESpec, instance_overlap
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SubmissionError", "SubmissionWriter", "mask_rows", "check_submission", "submission_path", "submission_columns"]
+__all__ = [
+    "SubmissionError",
+    "SubmissionWriter",
+    "mask_rows",
+    "check_submission",
+    "submission_path",
+    "submission_columns",
+    "submission_spec",
+    "submission_classes",
+]
 
 
 class SubmissionError(SegToolkitError, ValueError):
@@ -49,34 +62,67 @@ def submission_columns(cfg: Config) -> tuple[str, str]:
     return id_col, rle_col
 
 
+def submission_spec(cfg: Config) -> RLESpec:
+    """The submission's RLE spec from ``submission.*`` (pixel order: ``submission.rle_order``, else ``data.rle_order``)."""
+    s = cfg.submission
+    return RLESpec(
+        order=s.rle_order or cfg.data.rle_order,
+        index_base=s.rle_index_base,
+        starts=s.rle_starts,
+        empty=s.empty_token,
+        instances=s.instances,
+        min_instance_area=s.min_instance_area,
+    )
+
+
+def submission_classes(cfg: Config) -> list[int]:
+    """The classes that get rows, in row order: ``submission.classes``, else binary/multilabel
+    ``1..C`` and multiclass ``1..C-1`` (class 0, background, only when listed)."""
+    return _submitted_classes(cfg)
+
+
 def mask_rows(image_id: str, mask: np.ndarray, cfg: Config) -> list[tuple[str, str]]:
     """Submission rows for one image's decided mask.
 
-    ``mask``: binary/multilabel ``(C, H, W)`` 0/1, multiclass ``(H, W)`` label map. Per-class
-    rows number classes from 1: multilabel channel ``k`` is class ``k+1``; multiclass label
-    ``k >= 1`` is class ``k`` (0 is background and has no row).
+    ``mask``: binary/multilabel ``(C, H, W)`` 0/1, multiclass ``(H, W)`` label map. Classes are
+    numbered as in the data: multilabel channel ``k`` is class ``k+1``; multiclass label ``k``
+    is class ``k`` (0 is background, with rows only when ``submission.classes`` lists it).
+    With ``submission.instances`` each class gives one row per object (the id repeated), or
+    one ``empty_token`` row when it has none.
     """
     s = cfg.submission
-    order = s.rle_order or cfg.data.rle_order
-    enc = lambda m: rle_encode(m, order) or s.empty_token  # noqa: E731
+    spec = submission_spec(cfg)
+    classes = submission_classes(cfg)
     if cfg.data.task == "multiclass":
-        channels = [(k, mask == k) for k in range(1, cfg.data.num_classes)]
+        channels = [(k, mask == k) for k in classes]
     else:
-        channels = [(k + 1, mask[k]) for k in range(mask.shape[0])]
-    if not s.per_class:
-        if len(channels) != 1:
-            raise SubmissionError(
-                f"{len(channels)} classes but submission.per_class is false; set it (and submission.id_format) "
-                "for one row per image and class"
-            )
-        return [(image_id, enc(channels[0][1]))]
-    return [(s.id_format.format(id=image_id, cls=k), enc(m)) for k, m in channels]
+        channels = [(k, mask[k - 1]) for k in classes]
+    if not s.per_class and len(channels) != 1:
+        raise SubmissionError(
+            f"{len(channels)} classes but submission.per_class is false; set it (and submission.id_format) "
+            "for one row per image and class"
+        )
+    rows: list[tuple[str, str]] = []
+    for k, m in channels:
+        row_id = s.id_format.format(id=image_id, cls=k) if s.per_class else image_id
+        rows.extend((row_id, rle) for rle in spec.encode_rows(m))
+    return rows
 
 
 class SubmissionWriter:
-    """Write rows incrementally; ``close()`` checks ids against ``expected_ids`` and publishes the file."""
+    """Write rows incrementally; ``close()`` checks ids against ``expected_ids`` and publishes the file.
 
-    def __init__(self, path: str | Path, columns: tuple[str, str], expected_ids: list[str] | None = None) -> None:
+    With ``instance_rows`` (``submission.instances``) consecutive rows may repeat an id, one
+    row per object; the distinct ids, in order, are what must match ``expected_ids``.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        columns: tuple[str, str],
+        expected_ids: list[str] | None = None,
+        instance_rows: bool = False,
+    ) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd, self._tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
@@ -84,15 +130,23 @@ class SubmissionWriter:
         self._writer = csv.writer(self._fh, lineterminator="\n")
         self._writer.writerow(columns)
         self.expected = expected_ids
-        self.n = 0
+        self.instance_rows = instance_rows
+        self.n = 0  # rows written
+        self.n_ids = 0  # ids written (rows, less the repeats of instance rows)
+        self._last: str | None = None
         self._mismatch: str | None = None
 
     def write(self, rows: Iterable[tuple[str, str]]) -> None:
         for row in rows:
-            if self.expected is not None and self._mismatch is None:
-                if self.n >= len(self.expected) or self.expected[self.n] != row[0]:
-                    want = self.expected[self.n] if self.n < len(self.expected) else "(end of sample)"
-                    self._mismatch = f"row {self.n + 1}: id {row[0]!r} where the sample has {want!r}"
+            repeat = self.instance_rows and self.n > 0 and row[0] == self._last
+            if not repeat:
+                if self.expected is not None and self._mismatch is None:
+                    k = self.n_ids
+                    if k >= len(self.expected) or self.expected[k] != row[0]:
+                        want = self.expected[k] if k < len(self.expected) else "(end of sample)"
+                        self._mismatch = f"row {self.n + 1}: id {row[0]!r} where the sample has {want!r}"
+                self.n_ids += 1
+            self._last = row[0]
             self._writer.writerow(row)
             self.n += 1
 
@@ -100,8 +154,9 @@ class SubmissionWriter:
         self._fh.close()
         try:
             if self.expected is not None:
-                if self._mismatch is None and self.n != len(self.expected):
-                    self._mismatch = f"{self.n} rows written, the sample has {len(self.expected)}"
+                if self._mismatch is None and self.n_ids != len(self.expected):
+                    what = f"{self.n_ids} ids in {self.n} rows" if self.instance_rows else f"{self.n} rows"
+                    self._mismatch = f"{what} written, the sample has {len(self.expected)}"
                 if self._mismatch:
                     raise SubmissionError(f"refusing to write {self.path}: ids differ from the sample submission: {self._mismatch}")
             os.chmod(self._tmp, default_file_mode())
@@ -129,57 +184,146 @@ class SubmissionWriter:
 def check_submission(
     csv_path: str | Path,
     sample_path: str | Path,
-    empty_tokens: tuple[str, ...] = ("",),
+    empty_tokens: tuple[str, ...] | None = None,
     n_pixels: dict[str, int] | int | None = None,
     max_problems: int = 20,
+    spec: RLESpec | None = None,
 ) -> list[str]:
     """Every way ``csv_path`` differs from the competition's format; an empty list means it is valid.
 
     Checks the columns (names and order), the row count, the ids and their order against the
-    sample, duplicate ids, and every RLE string (pairs of integers, starts >= 1, lengths >= 1,
-    sorted, not overlapping, and within ``n_pixels`` of the image when given).
+    sample, duplicate ids, and every RLE string as ``spec`` (default: the Kaggle one) reads it:
+    pairs of integers, starts >= the index base, lengths >= 1, absolute starts sorted and not
+    overlapping, and within ``n_pixels`` of the image when given (keyed by row id).
+    ``empty_tokens`` (default: ``spec.empty``) are how an empty mask may be written.
+
+    With ``spec.instances`` an id may repeat on consecutive rows, one per object: then the
+    distinct ids, in order, must be the sample's, an image's rows must be together, an empty
+    row must be its image's only row, and one image's objects must not overlap.
     """
     problems: list[str] = []
+    if not Path(csv_path).is_file():
+        from .data.io import DataError
+
+        raise DataError(f"{csv_path}: submission file not found" + (" (it is a folder)" if Path(csv_path).is_dir() else ""))
     try:
-        sub = pd.read_csv(csv_path, dtype=str, keep_default_na=False, na_filter=False)
+        sub = pd.read_csv(csv_path, dtype=str, keep_default_na=False, na_filter=False, encoding="utf-8-sig")
     except Exception as e:
-        return [f"{csv_path}: cannot be read as CSV ({type(e).__name__}: {e})"]
-    sample = pd.read_csv(sample_path, dtype=str, keep_default_na=False, na_filter=False)
+        return [f"{csv_path}: cannot be read as CSV ({type(e).__name__}: {' '.join(str(e).split())})"]
+    from .data.sources import read_csv_strict  # lazy: the data package imports torch
+
+    sample = read_csv_strict(Path(sample_path), [], "sample submission")  # unreadable: DataError naming it (exit 2)
+    if sample.empty:
+        from .data.io import DataError
+
+        raise DataError(f"{sample_path}: no rows (only the header); a sample submission lists every test id")
     if list(sub.columns) != list(sample.columns):
         problems.append(f"columns are {list(sub.columns)}; the sample has {list(sample.columns)}")
         return problems
     id_col, rle_col = sample.columns[0], sample.columns[-1]
-    if len(sub) != len(sample):
-        problems.append(f"{len(sub)} rows; the sample has {len(sample)}")
-    dup = sub[id_col][sub[id_col].duplicated()]
-    if len(dup):
-        problems.append(f"duplicate ids: {dup.unique()[:5].tolist()}")
-    missing = set(sample[id_col]) - set(sub[id_col])
-    extra = set(sub[id_col]) - set(sample[id_col])
+    spec = spec or RLESpec()
+    tokens = (spec.empty,) if empty_tokens is None else tuple(empty_tokens)
+    return problems + _row_problems(sub, sample, id_col, rle_col, spec, tokens, n_pixels, max_problems)
+
+
+def _id_groups(ids: np.ndarray) -> np.ndarray:
+    """Row index where each run of equal consecutive ids starts."""
+    if ids.size == 0:
+        return np.empty(0, np.int64)
+    return np.flatnonzero(np.concatenate([[True], ids[1:] != ids[:-1]]))
+
+
+def _row_problems(
+    sub: pd.DataFrame,
+    sample: pd.DataFrame,
+    id_col: str,
+    rle_col: str,
+    spec: RLESpec,
+    empty_tokens: tuple[str, ...],
+    n_pixels: dict[str, int] | int | None,
+    max_problems: int,
+) -> list[str]:
+    """The row checks of :func:`check_submission` (ids against the sample, then every string)."""
+    problems: list[str] = []
+    ids = sub[id_col].to_numpy(dtype=object)
+    want = sample[id_col].to_numpy(dtype=object)
+    if spec.instances:
+        # one image's rows are consecutive; compare the distinct ids (the sample may have one row per id)
+        first = _id_groups(ids)
+        got, lines = ids[first], first + 2
+        want = want[_id_groups(want)]
+        counted = f"{len(got)} distinct ids (in {len(ids)} rows)"
+    else:
+        got, lines = ids, np.arange(len(ids)) + 2
+        counted = f"{len(ids)} rows"
+    if len(got) != len(want):
+        problems.append(f"{counted}; the sample has {len(want)}")
+    seen: dict[str, int] = {}
+    dups: list[str] = []
+    for k, row_id in enumerate(got):
+        if row_id in seen and row_id not in dups:
+            dups.append(row_id)
+            if spec.instances:
+                problems.append(f"rows of id {row_id!r} are not together (lines {seen[row_id]} and {lines[k]}); "
+                                "one image's instance rows must be consecutive")
+        seen.setdefault(row_id, int(lines[k]))
+    if dups and not spec.instances:
+        problems.append(f"duplicate ids: {dups[:5]}")
+    missing = set(want) - set(got)
+    extra = set(got) - set(want)
     if missing:
         problems.append(f"{len(missing)} sample ids missing, e.g. {sorted(missing)[:3]}")
     if extra:
         problems.append(f"{len(extra)} ids not in the sample, e.g. {sorted(extra)[:3]}")
-    if not missing and not extra and len(sub) == len(sample):
-        diff = np.flatnonzero(sub[id_col].to_numpy() != sample[id_col].to_numpy())
+    if not missing and not extra and len(got) == len(want):
+        diff = np.flatnonzero(got != want)
         if diff.size:
             i = int(diff[0])
-            problems.append(f"rows are in a different order than the sample: line {i + 2} has {sub[id_col].iat[i]!r}, the sample {sample[id_col].iat[i]!r}")
-    for i, (image_id, rle) in enumerate(zip(sub[id_col], sub[rle_col])):
+            problems.append(f"rows are in a different order than the sample: line {lines[i]} has {got[i]!r}, the sample {want[i]!r}")
+
+    strict = dataclasses.replace(spec, empty="")  # which empty tokens are allowed is decided here
+    if spec.instances:
+        sizes = np.diff(np.append(_id_groups(ids), len(ids)))
+        group_size = np.repeat(sizes, sizes)  # rows of each row's image
+    objects: list[tuple[np.ndarray, np.ndarray]] = []  # the current image's objects
+    object_lines: list[int] = []
+
+    def check_overlap() -> None:
+        hit = instance_overlap(objects)
+        if hit is not None:
+            a, b, pixel = hit
+            problems.append(f"line {object_lines[b]} (id {ids[object_lines[b] - 2]!r}): this object overlaps the one on "
+                            f"line {object_lines[a]} at pixel {pixel + spec.index_base}; one image's objects must not overlap")
+        objects.clear()
+        object_lines.clear()
+
+    for i, (row_id, rle) in enumerate(zip(ids, sub[rle_col])):
         if len(problems) >= max_problems:
             problems.append("(more problems not listed)")
             break
+        where = f"line {i + 2} (id {row_id!r})"
+        if spec.instances and i > 0 and row_id != ids[i - 1]:
+            check_overlap()
         if rle in empty_tokens:
+            if spec.instances and group_size[i] > 1:
+                problems.append(f"{where}: an empty mask among the {group_size[i]} instance rows of this id; "
+                                "an image without objects has exactly one row")
             continue
         if rle.strip() == "":
-            problems.append(f"line {i + 2} (id {image_id!r}): empty field, but an empty mask is written as "
+            problems.append(f"{where}: empty field, but an empty mask is written as "
                             f"{' or '.join(repr(t) for t in empty_tokens)} in this competition")
             continue
-        limit = n_pixels.get(image_id) if isinstance(n_pixels, dict) else n_pixels
+        limit = n_pixels.get(row_id) if isinstance(n_pixels, dict) else n_pixels
         try:
-            rle_to_runs(rle, limit if limit else np.iinfo(np.int64).max, where=f"line {i + 2} (id {image_id!r})")
+            runs = strict.runs(rle, limit if limit else np.iinfo(np.int64).max, where=where)
         except RLEError as e:
             problems.append(str(e))
+            continue
+        if spec.instances:
+            objects.append(runs)
+            object_lines.append(i + 2)
+    else:
+        check_overlap()
     return problems
 
 
@@ -187,44 +331,52 @@ def score_submission(csv_path: str | Path, solution_path: str | Path, cfg: Confi
     """Score a submission against a solution CSV of the same format with the config's metric.
 
     Image sizes come from the test images; both files are decoded with the submission's
-    pixel order. Used by the demo, whose answers are known.
+    RLE spec (instance rows of one id are merged into one mask). Used by the demo, whose
+    answers are known.
     """
     import torch
 
     from .data import load_test_samples
     from .data.io import image_size
-    from .metrics import Evaluator
-    from .rle import rle_decode
     from .data.sources import parse_submission_id
+    from .metrics import Evaluator
 
-    s = cfg.submission
-    order = s.rle_order or cfg.data.rle_order
-    sub = pd.read_csv(csv_path, dtype=str, keep_default_na=False, na_filter=False)
-    sol = pd.read_csv(solution_path, dtype=str, keep_default_na=False, na_filter=False)
-    pred = dict(zip(sub.iloc[:, 0], sub.iloc[:, -1]))
+    s, d = cfg.submission, cfg.data
+    spec = submission_spec(cfg)
     split = parse_submission_id(s.id_format) if s.per_class else None
-    rows: dict[str, dict[int, tuple[str, str]]] = {}
-    for row_id, truth in zip(sol.iloc[:, 0], sol.iloc[:, -1]):
-        image_id, cls = (row_id, 1)
-        if split is not None:
-            m = split.fullmatch(row_id)
-            image_id, cls = m.group("id"), int(m.group("cls"))
-        rows.setdefault(image_id, {})[cls] = (truth, pred.get(row_id, ""))
-    evaluator = Evaluator(cfg.metric, cfg.data.task, cfg.data.num_classes)
-    empties = {"", s.empty_token}
+    default_cls = submission_classes(cfg)[0]
+
+    def read(path: str | Path) -> dict[str, dict[int, list[str]]]:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
+        out: dict[str, dict[int, list[str]]] = {}
+        for row_id, rle in zip(df.iloc[:, 0], df.iloc[:, -1]):
+            image_id, cls = row_id, default_cls
+            if split is not None:
+                m = split.fullmatch(row_id)
+                image_id, cls = m.group("id"), int(m.group("cls"))
+            out.setdefault(image_id, {}).setdefault(cls, []).append(rle)
+        return out
+
+    truth_rows, pred_rows = read(solution_path), read(csv_path)
+    evaluator = Evaluator(cfg.metric, d.task, d.num_classes)
     for sample in load_test_samples(cfg):
         hw = image_size(sample.image)
-        cls_rows = rows[sample.id]
-        dec = lambda r: rle_decode("" if r in empties else r, hw, order)  # noqa: E731
-        classes = sorted(cls_rows)
-        truth = np.stack([dec(cls_rows[c][0]) for c in classes])
-        guess = np.stack([dec(cls_rows[c][1]) for c in classes])
-        if cfg.data.task == "multiclass":
+        truth = {c: spec.decode_rows(r, hw) for c, r in truth_rows[sample.id].items()}
+        guess = {c: spec.decode_rows(r, hw) for c, r in pred_rows.get(sample.id, {}).items()}
+        if d.task == "multiclass":
             t = np.zeros(hw, np.int64)
             g = np.zeros(hw, np.int64)
-            for k, c in enumerate(classes):
-                t[truth[k] > 0], g[guess[k] > 0] = c, c
+            for c in sorted(truth):
+                t[truth[c] > 0] = c
+                if c in guess:
+                    g[guess[c] > 0] = c
             evaluator.update_masks(torch.from_numpy(g)[None], torch.from_numpy(t)[None])
         else:
-            evaluator.update_masks(torch.from_numpy(guess)[None], torch.from_numpy(truth).float()[None])
+            tt = np.zeros((d.num_classes, *hw), np.uint8)
+            gg = np.zeros((d.num_classes, *hw), np.uint8)
+            for c in truth:
+                tt[c - 1] = truth[c]
+                if c in guess:
+                    gg[c - 1] = guess[c]
+            evaluator.update_masks(torch.from_numpy(gg)[None], torch.from_numpy(tt).float()[None])
     return float(evaluator.compute()["score"])

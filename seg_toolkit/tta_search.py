@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import logging
 import math
-import shutil
 import time
 from pathlib import Path
 from typing import Sequence
@@ -147,7 +146,7 @@ def choose_tta(
         for f in scratch[chosen_i].iterdir():
             f.replace(run.oof_dir / f.name)
     finally:
-        shutil.rmtree(run.dir / "tta_search", ignore_errors=True)
+        run.remove(cfg, run.tta_search_root)
     result = {
         "tta": chosen["tta"], "merge": chosen["merge"], "score": chosen["score"], "untuned": chosen["untuned"],
         "metric": resolve_metric_name(cfg.metric.name, cfg.data.task), "scores": scores, "folds": folds,

@@ -76,7 +76,7 @@ from .data import Sample, load_target, load_train_samples
 from .metrics import PER_IMAGE_METRICS, Evaluator, ImageCounts, mean_iou, pixel_accuracy, resolve_metric_name, scores_from_counts
 from .postprocess import PostParams, apply_postprocess, params_from_config
 from .tensors import uint8_to_probs
-from .run import Run, read_json, write_json
+from .run import Run, read_json, read_oof, write_json
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +153,7 @@ class OOFData:
 
     def read(self, item: OOFItem) -> tuple[np.ndarray, np.ndarray]:
         """The OOF array and the target of one image (checked against each other)."""
-        q = np.load(item.path)
+        q = read_oof(item.path)
         c = self.num_classes
         if q.dtype != np.uint8 or q.ndim != 3 or q.shape[0] != c:
             raise ValueError(f"{item.path}: expected uint8 (C={c}, H, W) OOF probabilities, got {q.dtype} {q.shape}")

@@ -67,6 +67,8 @@ def test_area_without_decoding():
         ("5 1 1 1", "unsorted"),
         ("1 3 2 1", "overlapping"),
         ("6 2", "ends at pixel 7, past the image's 6 pixels"),
+        ("9223372036854775807 5", "too large for any image"),  # would overflow start + length
+        ("99999999999999999999 1", "too large for any image"),
     ],
 )
 def test_malformed_input_names_the_row(bad, message):

@@ -14,7 +14,7 @@ from sklearn.model_selection import GroupKFold, KFold, StratifiedKFold
 from ..config import Config
 from ..rle import rle_area
 from .io import DataError, read_mask
-from .sources import Sample
+from .sources import Sample, read_csv_strict
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,9 @@ def _class_areas(sample: Sample, cfg: Config) -> np.ndarray:
     d = cfg.data
     if sample.rles is not None:
         return np.array([rle_area(r, sample.where) for r in sample.rles], np.int64)
-    mask = read_mask(sample.mask, d.max_image_pixels)
+    mask = read_mask(sample.mask, d.max_image_pixels, lossy_ok=d.mask_threshold is not None)
+    if d.task == "binary" and d.mask_threshold is not None:
+        return np.array([int((mask >= d.mask_threshold).sum())], np.int64)
     counts = np.bincount(mask.ravel().astype(np.int64), minlength=max(d.num_classes, int(mask.max()) + 1))
     if d.ignore_index is not None and d.ignore_index < len(counts):
         counts[d.ignore_index] = 0
@@ -97,9 +99,13 @@ def make_folds(samples: list[Sample], cfg: Config) -> pd.DataFrame:
 def read_folds(path: Path) -> pd.DataFrame:
     """A run's ``folds.csv`` (``id`` as str, ``fold`` as int)."""
     path = Path(path)
-    if not path.is_file():
+    if not path.is_file() and not path.is_dir():
         raise FileNotFoundError(f"{path}: not found; `seg-toolkit train` writes it in the run folder (runs/<experiment>/)")
-    return pd.read_csv(path, dtype={"id": str, "fold": int}, keep_default_na=False)
+    df = read_csv_strict(path, ["id", "fold"], "folds file (id,fold)")
+    bad = [k for k, v in enumerate(df["fold"]) if not v.strip().isdigit()]
+    if bad:
+        raise DataError(f"{path} line {bad[0] + 2}: fold {df['fold'].iat[bad[0]]!r} is not a fold number (0, 1, ...)")
+    return df.astype({"fold": int})
 
 
 def fold_of_ids(path: Path) -> dict[str, int]:

@@ -23,6 +23,8 @@ class DataError(SegToolkitError, ValueError):
 
 
 def _open(path: Path, max_pixels: int) -> Image.Image:
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder, not an image file")
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     if path.stat().st_size == 0:
@@ -82,13 +84,25 @@ def read_image(path: str | Path, in_channels: int = 3, max_pixels: int = 50_000_
     return arr
 
 
-def read_mask(path: str | Path, max_pixels: int = 50_000_000) -> np.ndarray:
+#: PIL formats whose compression changes pixel values: a mask stored so is not what was drawn
+LOSSY_FORMATS = ("JPEG", "MPO")
+
+
+def read_mask(path: str | Path, max_pixels: int = 50_000_000, lossy_ok: bool = False) -> np.ndarray:
     """Read a single-channel mask (8- or 16-bit, or palette indices) as an integer ``(H, W)`` array.
 
-    An RGB(A) mask is refused: a label map must hold class ids, not colours.
+    An RGB(A) mask is refused: a label map must hold class ids, not colours. A JPEG mask (by its
+    content, whatever its extension) is refused unless ``lossy_ok`` (the config said how to read
+    it: ``data.mask_threshold``).
     """
     path = Path(path)
     im = _open(path, max_pixels)
+    if im.format in LOSSY_FORMATS and not lossy_ok:
+        raise DataError(
+            f"{path}: mask is a {im.format} file (lossy: compression noise changes pixel values near every edge, "
+            "so the mask is not what was drawn); convert the masks to PNG, or for binary masks set "
+            "data.mask_threshold (e.g. 128 for 0/255 masks)"
+        )
     if im.mode in ("RGB", "RGBA", "CMYK", "YCbCr", "LA"):
         raise DataError(
             f"{path}: mask is {im.mode} ({len(im.getbands())} channels); expected a single-channel "

@@ -13,8 +13,10 @@ binary/multilabel ``uint8 (H, W, C)`` with 0/1, void = 255 in both.
 
 from __future__ import annotations
 
+import glob
 import logging
 import re
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -23,8 +25,8 @@ import numpy as np
 import pandas as pd
 
 from ..config import IGNORE_INDEX, Config, ConfigError
-from ..rle import RLEError, rle_decode, rle_to_runs
-from .io import IMAGE_EXTS, DataError, read_mask
+from ..rle import RLEError, RLESpec
+from .io import IMAGE_EXTS, DataError, image_size, read_mask
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +37,7 @@ __all__ = [
     "load_list_samples",
     "iter_list_samples",
     "load_target",
+    "check_train_samples",
     "read_csv_strict",
     "check_id",
     "class_names",
@@ -68,14 +71,40 @@ def _image_path(folder: Path, image_id: str, ext: str) -> Path:
     return folder / f"{image_id}{ext}"
 
 
+def _ext_hint(folder: Path, stem: str, key: str) -> str:
+    """``; found 'x.jpg' there: set data.image_ext: '.jpg'`` when a file of that stem has another ending."""
+    if not folder.is_dir():
+        return f"; the folder {folder} does not exist"
+    found = sorted(p.name for p in folder.glob(glob.escape(stem) + "*") if p.is_file())
+    return f"; found {found[0]!r} there: set {key}: {found[0][len(stem):]!r}" if found else ""
+
+
+def _folder_ext_hint(folder: Path, key: str) -> str:
+    """``; it holds 12 '.jpg' file(s): set data.image_ext: '.jpg'`` for a folder without the expected files."""
+    counts = Counter(p.suffix.lower() for p in folder.iterdir() if p.is_file() and p.suffix)
+    if not counts:
+        return "; it holds no files"
+    ext, n = counts.most_common(1)[0]
+    return f"; it holds {n} {ext!r} file(s): set {key}: {ext!r}"
+
+
 def read_csv_strict(path: Path, columns: list[str], what: str) -> pd.DataFrame:
-    """Read a CSV as strings (empty fields stay ``""``) and check the needed columns exist."""
+    """Read a CSV as strings (empty fields stay ``""``) and check the needed columns exist.
+
+    A UTF-8 byte-order mark and CRLF line ends are accepted; every failure names the file."""
+    path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder; expected the {what} file")
     if not path.is_file():
         raise DataError(f"{path}: {what} not found")
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: file is empty (0 bytes); expected the {what} with a header line")
     try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
+        df = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False, encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: {what} is not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8") from None
     except Exception as e:
-        raise DataError(f"{path}: cannot read {what} as CSV ({type(e).__name__}: {e})") from None
+        raise DataError(f"{path}: cannot read {what} as CSV ({type(e).__name__}: {' '.join(str(e).split())})") from None
     missing = [c for c in columns if c not in df.columns]
     if missing:
         raise DataError(
@@ -101,6 +130,12 @@ def load_train_samples(cfg: Config) -> list[Sample]:
     return samples[: d.limit] if d.limit is not None else samples
 
 
+def train_rle_spec(cfg: Config) -> RLESpec:
+    """How ``data.train_csv``'s strings are read: Kaggle's RLE (1-based, absolute starts, empty
+    field = empty mask) in the pixel order ``data.rle_order``."""
+    return RLESpec(order=cfg.data.rle_order)
+
+
 def _csv_samples(cfg: Config) -> list[Sample]:
     d = cfg.data
     path = cfg.data_path(d.train_csv)
@@ -108,16 +143,20 @@ def _csv_samples(cfg: Config) -> list[Sample]:
     if d.group_column:
         cols.append(d.group_column)
     df = read_csv_strict(path, cols, "training CSV (data.train_csv)")
+    if df.empty:
+        raise DataError(f"{path}: no data rows (only the header {', '.join(map(repr, df.columns))}): nothing to train on")
     images = cfg.data_path(d.train_images)
     ids = df[d.id_column].tolist()
     rles = df[d.rle_column].tolist()
+    spec = train_rle_spec(cfg)
     for i, (image_id, rle) in enumerate(zip(ids, rles)):
         where = f"{path} line {_line(i)} (id {image_id!r})"
         check_id(image_id, where)
         try:
-            rle_to_runs(rle, np.iinfo(np.int64).max, where)
+            spec.runs(rle, np.iinfo(np.int64).max, where)
         except RLEError as e:
-            raise DataError(str(e)) from None
+            nan = rle.strip().lower() in ("nan", "none", "null", "na", "<na>", "n/a")
+            raise DataError(f"{e}" + ("; a NaN written as text? an empty mask is an empty field" if nan else "")) from None
 
     if d.class_column is None:
         if d.task != "binary":
@@ -168,15 +207,17 @@ def _folder_samples(cfg: Config) -> list[Sample]:
     images = cfg.data_path(d.train_images)
     masks = cfg.data_path(d.train_masks)
     if not images.is_dir():
-        raise DataError(f"{images}: image folder (data.train_images) not found")
+        what = "is a file, not a folder" if images.exists() else "not found"
+        raise DataError(f"{images}: image folder (data.train_images) {what}")
     files = sorted(p for p in images.iterdir() if p.suffix.lower() == d.image_ext.lower())
     if not files:
-        raise DataError(f"{images}: no *{d.image_ext} images (data.image_ext)")
+        raise DataError(f"{images}: no *{d.image_ext} images (data.image_ext){_folder_ext_hint(images, 'data.image_ext')}")
     out = []
     for p in files:
         mask = masks / f"{p.stem}{d.mask_ext}"
         if not mask.is_file():
-            raise DataError(f"{mask}: mask for image {p.name} not found (data.train_masks)")
+            raise DataError(f"{mask}: mask for image {p.name} not found (data.train_masks, data.mask_ext)"
+                            f"{_ext_hint(masks, p.stem, 'data.mask_ext')}")
         out.append(Sample(p.stem, p, mask=mask, where=str(p)))
     return out
 
@@ -197,9 +238,18 @@ def iter_list_samples(cfg: Config, lists: list[str], on_problem: Callable[[str, 
     for rel in lists:
         path = root / rel
         if not path.is_file():
-            on_problem("missing_file", str(path), f"{path}: list file (data.train_lists / data.test_lists) not found")
+            what = "is a folder; expected a text file of 'image mask' lines" if path.is_dir() else "not found"
+            on_problem("missing_file", str(path), f"{path}: list file (data.train_lists / data.test_lists) {what}")
             continue
-        for n, line in enumerate(path.read_text().splitlines(), start=1):
+        try:
+            text = path.read_text(encoding="utf-8-sig")
+        except UnicodeDecodeError as e:
+            on_problem("bad_line", str(path), f"{path}: list file is not UTF-8 text ({e.reason} at byte {e.start})")
+            continue
+        if not text.strip():
+            on_problem("bad_line", str(path), f"{path}: list file is empty; expected 'image mask' lines")
+            continue
+        for n, line in enumerate(text.splitlines(), start=1):
             parts = line.split()
             if not parts:
                 continue
@@ -251,7 +301,9 @@ def load_test_samples(cfg: Config) -> list[Sample]:
     if d.test_lists:
         return load_list_samples(cfg, d.test_lists)
     if sample_path.is_file():
-        df = read_csv_strict(sample_path, [], "sample submission")
+        df = read_csv_strict(sample_path, [], "sample submission (data.sample_submission)")
+        if df.empty:
+            raise DataError(f"{sample_path}: no rows (only the header); a sample submission lists every test id")
         id_col = s.id_column or df.columns[0]
         if id_col not in df.columns:
             raise DataError(f"{sample_path}: no column {id_col!r} (submission.id_column); it has {list(df.columns)}")
@@ -273,14 +325,14 @@ def load_test_samples(cfg: Config) -> list[Sample]:
         if missing:
             raise DataError(
                 f"{sample_path}: {len(missing)} of {len(samples)} ids have no image in {folder}, e.g. "
-                f"{missing[0].id!r} (expected {missing[0].image})"
+                f"{missing[0].id!r} (expected {missing[0].image}){_ext_hint(folder, missing[0].id, 'data.image_ext')}"
             )
         return samples
     if not folder.is_dir():
         raise DataError(f"{folder}: test image folder (data.test_images) not found")
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() == d.image_ext.lower())
     if not files:
-        raise DataError(f"{folder}: no *{d.image_ext} test images")
+        raise DataError(f"{folder}: no *{d.image_ext} test images{_folder_ext_hint(folder, 'data.image_ext')}")
     return [Sample(p.stem, p, where=str(p)) for p in files]
 
 
@@ -290,7 +342,8 @@ def load_target(sample: Sample, cfg: Config, hw: tuple[int, int]) -> np.ndarray:
     if sample.rles is not None:
         where = f"{sample.where} (id {sample.id!r})"
         try:
-            chans = [rle_decode(r, hw, d.rle_order, where=where) for r in sample.rles]
+            spec = train_rle_spec(cfg)
+            chans = [spec.decode(r, hw, where=where) for r in sample.rles]
         except RLEError as e:
             raise DataError(str(e)) from None
         if d.task == "multiclass":
@@ -301,7 +354,7 @@ def load_target(sample: Sample, cfg: Config, hw: tuple[int, int]) -> np.ndarray:
         return np.stack(chans, axis=-1)
 
     assert sample.mask is not None
-    mask = read_mask(sample.mask, d.max_image_pixels)
+    mask = read_mask(sample.mask, d.max_image_pixels, lossy_ok=d.mask_threshold is not None)
     if mask.shape != tuple(hw):
         raise DataError(
             f"{sample.mask}: mask is {mask.shape[0]}x{mask.shape[1]} (HxW) but its image {sample.image.name} "
@@ -314,21 +367,84 @@ def load_target(sample: Sample, cfg: Config, hw: tuple[int, int]) -> np.ndarray:
             bad &= ~void
         if bad.any():
             vals = np.unique(mask[bad])[:10].tolist()
+            hint = ""
+            if vals == [255] and d.ignore_index is None:
+                hint = ("; 0/255 masks are binary masks (data.task: binary), unless 255 marks void pixels "
+                        "(data.ignore_index: 255)")
             raise DataError(
                 f"{sample.mask}: mask values {vals} are outside the classes 0..{d.num_classes - 1}"
                 + (f" and the void id {d.ignore_index}" if d.ignore_index is not None else "")
-                + " (data.num_classes / data.ignore_index)"
+                + f" (data.num_classes / data.ignore_index){hint}"
             )
         label = mask.astype(np.uint8)
         if void is not None:
             label[void] = IGNORE_INDEX
         return label
     if d.task == "binary":
-        fg = (mask > 0).astype(np.uint8)
+        fg = (mask >= d.mask_threshold if d.mask_threshold is not None else mask > 0).astype(np.uint8)
         if void is not None:
             fg[void] = IGNORE_INDEX
         return fg[:, :, None]
     raise ConfigError("data.task: multilabel masks need the csv layout with data.class_column")
+
+
+def check_train_samples(samples: list[Sample], cfg: Config) -> None:
+    """What training needs, checked before anything is written or trained: every image file
+    exists, and some mask has foreground.
+
+    A training set whose masks are all empty (all background) is refused: it can only teach a
+    model to predict nothing, and its CV score would measure nothing (with ``metric.empty_score:
+    one`` a perfect 1.0); it is nearly always a reading mistake (wrong column, folder or
+    threshold), which the message names. A class without any pixel is warned about in the csv
+    layout, where seeing it costs nothing. Mask files are read only until one has foreground.
+    """
+    d = cfg.data
+    missing = [s for s in samples if not s.image.is_file()]
+    if missing:
+        m = missing[0]
+        raise DataError(
+            f"{m.where}: {len(missing)} of {len(samples)} training ids have no image in {m.image.parent}, e.g. "
+            f"{m.id!r} (expected {m.image}; data.train_images, data.image_ext){_ext_hint(m.image.parent, m.id, 'data.image_ext')}"
+        )
+    if not samples:
+        return
+    if samples[0].rles is not None:
+        n, spec = len(samples[0].rles), train_rle_spec(cfg)
+        present = [any(s.rles and not spec.is_empty(s.rles[c]) for s in samples) for c in range(n)]
+        if not any(present):
+            raise DataError(
+                f"{cfg.data_path(d.train_csv)}: every mask is empty (column {d.rle_column!r} is empty for all "
+                f"{len(samples)} training images): training would learn to predict nothing and the CV score would "
+                "mean nothing; check data.rle_column"
+            )
+        names = class_names(cfg)
+        for c, ok in enumerate(present):
+            if not ok and n > 1:
+                k = c + 1 if d.task == "multiclass" else c
+                log.warning("class %s (%s) has no pixel in any of the %d training masks of %s: the model cannot learn it",
+                            k, names[k] if k < len(names) else "?", len(samples), cfg.data_path(d.train_csv))
+        return
+    largest = 0
+    for s in samples:
+        target = load_target(s, cfg, image_size(s.image))
+        if ((target != 0) & (target != IGNORE_INDEX)).any():
+            return
+        assert s.mask is not None
+        raw = read_mask(s.mask, d.max_image_pixels, lossy_ok=True)
+        raw = raw[raw != d.ignore_index] if d.ignore_index is not None else raw
+        largest = max(largest, int(raw.max()) if raw.size else 0)
+    if d.task == "multiclass":
+        read, keys = "a class id other than 0" + (f" or the void id {d.ignore_index}" if d.ignore_index is not None else ""), "data.ignore_index"
+    else:
+        read = f"a value >= data.mask_threshold={d.mask_threshold}" if d.mask_threshold is not None else "a value > 0"
+        keys = "data.mask_threshold"
+    where = samples[0].mask.parent if samples[0].mask is not None else cfg.data_path(d.train_masks)
+    besides = " apart from the void id" if d.ignore_index is not None else ""
+    raise DataError(
+        f"{where}: all {len(samples)} training masks are empty (no pixel with {read}; the largest mask value{besides} "
+        f"is {largest}): training would learn to predict nothing and the CV score would mean nothing; check "
+        f"data.train_masks / data.train_lists and {keys}"
+    )
 
 
 def _classes_csv(cfg: Config) -> pd.DataFrame | None:
@@ -336,6 +452,11 @@ def _classes_csv(cfg: Config) -> pd.DataFrame | None:
         return None
     path = cfg.data_path(cfg.data.classes_csv)
     df = read_csv_strict(path, ["id", "name"], "classes CSV (data.classes_csv)")
+    for col in ("id", "r", "g", "b"):
+        if col in df.columns:
+            bad = [k for k, v in enumerate(df[col]) if not v.strip().isdigit()]
+            if bad:
+                raise DataError(f"{path} line {_line(bad[0])}: {col} {df[col].iat[bad[0]]!r} is not a non-negative integer")
     return df
 
 

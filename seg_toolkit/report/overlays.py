@@ -14,6 +14,7 @@ from PIL import Image
 from ..config import IGNORE_INDEX, Config
 from ..data import load_target, read_image
 from ..plots import metric_label, new_figure
+from ..run import read_oof
 from .data import ReportData
 from .summary import Example, predict_mask
 
@@ -97,7 +98,7 @@ def _example_panels(d: ReportData, ex: Example, colors: np.ndarray,
     cfg = d.cfg
     assert d.samples is not None
     s = d.samples[ex.id]
-    q = np.load(d.run.oof_path(ex.id))
+    q = read_oof(d.run.oof_path(ex.id))
     hw = tuple(q.shape[-2:])
     image = read_image(s.image, 3, cfg.data.max_image_pixels)
     if image.shape[:2] != hw:  # should not happen: OOF files are at the image's size

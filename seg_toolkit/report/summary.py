@@ -37,7 +37,7 @@ from ..data import DataError, Sample, class_colors, class_names, load_target
 from ..data.dataset import target_to_tensor
 from ..metrics import PER_IMAGE_METRICS, Evaluator, image_counts, scores_from_counts
 from ..plots import metric_label
-from ..run import Run, read_json, write_json
+from ..run import Run, read_json, read_oof, write_json
 from ..tensors import uint8_to_probs
 
 log = logging.getLogger(__name__)
@@ -134,7 +134,7 @@ def compute_oof_summary(run: Run, cfg: Config, samples: list[Sample], n_examples
     unreadable: list[str] = []
 
     for s, k, path in tqdm(run.oof_items(samples), desc="OOF summary", leave=False, disable=None):
-        q = np.load(path)
+        q = read_oof(path)
         if q.ndim != 3 or q.shape[0] != n_cls:
             raise ValueError(f"{path}: OOF array has shape {q.shape}; expected ({n_cls}, H, W) for data.num_classes={n_cls}")
         try:
