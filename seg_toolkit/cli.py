@@ -169,15 +169,24 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .data.sources import class_names
-    from .inference import evaluate_split
+    from .inference import evaluate_on, evaluate_split
 
     cfg = _config(args)
-    r = evaluate_split(cfg)
-    print(f"held-out {args.split} ({r['n_images']} images): {r['metric']} {r['score']:.4f}"
-          + (f", pixel accuracy {r['pixel_accuracy']:.4f}" if r.get("pixel_accuracy") is not None else ""))
+    if args.on is not None:
+        r = evaluate_on(cfg, args.on)
+        what = f"{args.on} ({r['n_images']} labelled images"
+        what += f"; {r['training_ids_left_out']} training ids of the run left out)" if r["training_ids_left_out"] else ")"
+    else:
+        r = evaluate_split(cfg)
+        what = f"held-out {args.split} ({r['n_images']} images)"
+    print(f"evaluated on {what}, post-processing as predict: {r['metric']} {r['score']:.4f} "
+          f"(before post-processing {r['score_before_postprocess']:.4f})")
+    if r.get("pixel_accuracy") is not None:
+        print(f"  pixel accuracy {r['pixel_accuracy']:.4f}")
     for name, iou in zip(class_names(cfg), r.get("per_class_iou") or []):
         print(f"  {name:<16} IoU {iou:.4f}")
-    print(f"written to {cfg.run_dir / 'evaluate_test.json'}")
+    print(f"written to {r['written_to']}")
+    print(f"{r['metric']}: {r['score']:.4f}")
     return 0
 
 
@@ -319,9 +328,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_submission_output(p)
     p.set_defaults(func=cmd_ensemble)
 
-    p = sub.add_parser("evaluate", help="score the fold ensemble on the labelled held-out split (data.test_lists)")
+    p = sub.add_parser("evaluate", help="score the run's predictor and post-processing on labelled images: "
+                                        "the held-out split (data.test_lists) or any folder laid out like the training data")
     _add_config(p)
-    p.add_argument("--split", choices=["test"], default="test")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--split", choices=["test"], default="test", help="the labelled held-out lists (data.test_lists)")
+    where.add_argument("--on", metavar="DIR", help="a labelled folder laid out like data.root (same data.* keys)")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("check-submission", help="validate a submission CSV against the sample submission")

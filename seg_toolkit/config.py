@@ -63,6 +63,25 @@ class DataConfig:
     # binary mask files: a pixel is foreground when its value >= mask_threshold (null: any value > 0).
     # Required for lossy (JPEG) masks, whose compression noise makes pixels near every edge non-zero
     mask_threshold: Optional[int] = None
+    # how a mask file holds its classes (folder layout; seg_toolkit.data.masks). ids: pixel values are class ids,
+    # from the single channel or from channel mask_channel (0 = red: CARLA); colors: RGB colours of a colour table
+    mask_format: Literal["ids", "colors"] = "ids"
+    mask_channel: Optional[int] = None  # ids in one channel of an RGB(A) mask file
+    mask_colors: list[list[int]] = field(default_factory=list)  # colors: [r, g, b] of class 0, 1, ... (empty: classes_csv r,g,b)
+    mask_void_colors: list[list[int]] = field(default_factory=list)  # colors: [r, g, b] read as void
+    # colors: null = every pixel must be a table colour exactly (lossless files); a distance = nearest table colour
+    # within that RGB distance, farther pixels void (lossy/JPEG colour masks)
+    mask_color_tolerance: Optional[float] = None
+    # value -> class id or "void", e.g. {1: 1, 2: 0, 3: void} (Oxford-IIIT Pet trimap); a value not listed is an error
+    mask_values: dict[int, Union[int, str]] = field(default_factory=dict)
+    # image and label side by side in one file: which part is the image (the label is the other part)
+    pair_split: Optional[Literal["image_left", "image_right", "image_top", "image_bottom"]] = None
+    pair_split_at: Optional[int] = None  # column (row) where the second part starts; null = the middle
+    # binary, folder layout: each image is a folder <id>/images/<id><image_ext> holding one mask file per object in
+    # <id>/masks/ (Kaggle DSB 2018), read as their union
+    instance_folders: bool = False
+    # csv layout: images in train_images without a row: ignore (not used, counted in the log), empty (empty masks), error
+    unlisted_images: Literal["ignore", "empty", "error"] = "ignore"
     in_channels: int = 3  # 1 = grayscale, 3 = RGB, 4 = RGBA kept
     group_column: Optional[str] = None  # column of train_csv used by GroupKFold
     group_pattern: Optional[str] = None  # or a regex whose first group, matched on each id, is its group (e.g. "^([^_]+)_")
@@ -76,7 +95,10 @@ class DataConfig:
 @dataclass
 class FoldsConfig:
     n_splits: int = 5
-    method: Literal["kfold", "stratified", "group"] = "stratified"
+    # kfold | stratified (binary: empty/non-empty; multilabel/multiclass: class presence) | group
+    # (data.group_column / group_pattern) | stratified_group (groups kept whole, stratified by the
+    # rarest class present); seg_toolkit/data/folds.py says exactly what each does
+    method: Literal["kfold", "stratified", "group", "stratified_group"] = "stratified"
     seed: int = 42
     only: list[int] = field(default_factory=list)  # train these folds only (empty = all)
 
@@ -166,6 +188,10 @@ class PredictConfig:
     tile_size: Optional[list[int]] = None  # [h, w]: sliding-window inference
     tile_overlap: float = 0.25
     save_probs: Literal["none", "float16", "uint8"] = "none"
+    # also write each test image's decided mask (the submitted one) into the run's test_masks/:
+    # png = label map (multiclass: class ids 0..C-1; binary: 0/255; multilabel: one 0/255 PNG per class,
+    # <id>_<class>.png), color = RGB in the class colours
+    write_masks: Literal["none", "png", "color"] = "none"
     # OOF files (what post-processing is tuned on) are predicted with predict's TTA ("predict"),
     # or without TTA ("identity": cheaper, but the thresholds then fit other probabilities)
     oof_tta: Literal["predict", "identity"] = "predict"

@@ -32,6 +32,7 @@ def check_config(cfg: Config) -> None:
     for check in (
         _check_experiment,
         _check_data,
+        _check_masks,
         _check_folds,
         _check_transforms,
         _check_model,
@@ -110,8 +111,10 @@ def _check_mask_reading(cfg: Config) -> None:
             )
         if d.mask_threshold < 1:
             raise ConfigError(f"data.mask_threshold: expected >= 1 (a value >= it is foreground), got {d.mask_threshold}")
-    if d.layout != "folder" or d.train_lists:
-        return  # list files name each mask; read_mask refuses a JPEG mask by its content
+    if d.layout != "folder" or d.train_lists or d.pair_split:
+        return  # list files name each mask; read_mask refuses a JPEG mask by its content; pairs: _check_masks
+    if d.mask_format == "colors" and d.mask_color_tolerance is not None:
+        return  # lossy colour masks are read by nearest colour (_check_masks)
     ext = d.mask_ext.lower()
     if ext.endswith(LOSSY_MASK_EXTS) and d.mask_threshold is None:
         if d.task == "binary":
@@ -126,12 +129,118 @@ def _check_mask_reading(cfg: Config) -> None:
         )
 
 
+_MASK_KEYS = ("mask_format", "mask_channel", "mask_colors", "mask_void_colors", "mask_color_tolerance", "mask_values",
+              "pair_split", "pair_split_at", "instance_folders")
+
+
+def _check_masks(cfg: Config) -> None:
+    """How mask files hold their classes (:mod:`seg_toolkit.data.masks`): channel, colour table,
+    value remapping, image|label pairs; and what an image without a CSV row means."""
+    d = cfg.data
+    defaults = type(d)()
+    if d.layout == "csv":
+        for key in _MASK_KEYS:
+            if getattr(d, key) != getattr(defaults, key):
+                raise ConfigError(f"data.{key}: describes mask files (data.layout: folder); the csv layout's masks are RLE rows")
+    elif d.unlisted_images != defaults.unlisted_images:
+        raise ConfigError("data.unlisted_images: applies to the csv layout (images without a row in data.train_csv); "
+                          "the folder layout pairs every image with its mask file")
+    if d.unlisted_images == "empty" and d.group_column:
+        raise ConfigError("data.unlisted_images: 'empty' adds images that have no data.group_column value; "
+                          "group them with data.group_pattern instead")
+    if d.task == "multilabel" and d.layout == "folder" and d.mask_values:
+        raise ConfigError("data.mask_values: multilabel masks are read from the csv layout only")
+    colors = d.mask_format == "colors"
+    if d.mask_channel is not None:
+        if colors:
+            raise ConfigError("data.mask_channel: reads class ids from one channel; data.mask_format: colors reads "
+                              "the RGB colours instead (use one of them)")
+        if not 0 <= d.mask_channel <= 3:
+            raise ConfigError(f"data.mask_channel: expected 0..3 (0 = red, 1 = green, 2 = blue, 3 = alpha), got {d.mask_channel}")
+    if not colors:
+        for key in ("mask_colors", "mask_void_colors", "mask_color_tolerance"):
+            if getattr(d, key) != getattr(defaults, key):
+                raise ConfigError(f"data.{key}: only used with data.mask_format: colors (mask pixels are colours)")
+    else:
+        if not d.mask_colors and not d.classes_csv:
+            raise ConfigError("data.mask_format: colors needs a colour table: data.mask_colors ([r, g, b] of class "
+                              "0, 1, ...) or data.classes_csv with r,g,b columns")
+        if d.mask_void_colors and not d.mask_colors:
+            raise ConfigError("data.mask_void_colors: give it with data.mask_colors (a classes CSV marks void rows "
+                              "with its ignore column)")
+        seen: dict[tuple, str] = {}
+        for key in ("mask_colors", "mask_void_colors"):
+            for i, c in enumerate(getattr(d, key)):
+                where = f"data.{key}[{i}]"
+                if len(c) != 3 or any(not 0 <= v <= 255 for v in c):
+                    raise ConfigError(f"{where}: expected [r, g, b] with values 0..255, got {c}")
+                if tuple(c) in seen:
+                    raise ConfigError(f"{where}: colour {c} is listed twice (also {seen[tuple(c)]})")
+                seen[tuple(c)] = where
+        if d.mask_colors and not d.mask_values:
+            want = d.num_classes if d.task == "multiclass" else 2
+            if len(d.mask_colors) != want:
+                what = (f"data.num_classes={d.num_classes}" if d.task == "multiclass"
+                        else "a binary task (background, foreground)")
+                raise ConfigError(f"data.mask_colors: {len(d.mask_colors)} colours for {what}; give {want} (class i = "
+                                  "the i-th colour), or map them with data.mask_values")
+        t = d.mask_color_tolerance
+        if t is not None and not (_finite(t) and t > 0):
+            raise ConfigError(f"data.mask_color_tolerance: expected a distance > 0 (e.g. 40), or null for exact colours, got {t}")
+        if d.mask_threshold is not None:
+            raise ConfigError("data.mask_threshold: reads gray values; colour masks (data.mask_format: colors) are read "
+                              "through the colour table")
+    if d.mask_values:
+        if d.mask_threshold is not None:
+            raise ConfigError("data.mask_values: declares every value exactly; data.mask_threshold reads a range: use one of them")
+        if d.ignore_index is not None:
+            raise ConfigError(f"data.ignore_index: with data.mask_values, declare the void value there "
+                              f"(e.g. {{{d.ignore_index}: void}}) and set data.ignore_index: null")
+        top = 1 if d.task == "binary" else d.num_classes - 1
+        for k, v in d.mask_values.items():
+            if k < 0:
+                raise ConfigError(f"data.mask_values.{k}: mask values are >= 0")
+            if isinstance(v, str):
+                if v != "void":
+                    raise ConfigError(f"data.mask_values.{k}: {v!r} is not a class id or 'void'")
+            elif not 0 <= v <= top:
+                raise ConfigError(f"data.mask_values.{k}: class {v} is outside 0..{top} (data.task={d.task}, "
+                                  f"data.num_classes={d.num_classes}) or 'void'")
+        if colors and d.mask_colors:
+            n = len(d.mask_colors)
+            extra = sorted(k for k in d.mask_values if k >= n)
+            if extra:
+                raise ConfigError(f"data.mask_values: keys {extra} are not ids of data.mask_colors (0..{n - 1})")
+    if d.instance_folders:
+        if d.task != "binary":
+            raise ConfigError(f"data.instance_folders: the union of object masks is a binary mask; data.task is {d.task}")
+        if d.pair_split or d.train_lists or d.mask_format != "ids":
+            raise ConfigError("data.instance_folders: one folder per image with one mask file per object; it does not "
+                              "combine with data.pair_split, data.train_lists or data.mask_format: colors")
+    if d.pair_split is None:
+        if d.pair_split_at is not None:
+            raise ConfigError("data.pair_split_at: only used with data.pair_split (image and label in one file)")
+        return
+    if d.layout != "folder":
+        return  # refused above
+    if d.pair_split_at is not None and d.pair_split_at < 1:
+        raise ConfigError(f"data.pair_split_at: expected the first column (row) of the second part, >= 1, got {d.pair_split_at}")
+    lossy = d.image_ext.lower().endswith(LOSSY_MASK_EXTS)
+    if lossy and not ((colors and d.mask_color_tolerance is not None) or d.mask_threshold is not None):
+        how = ("set data.mask_color_tolerance (nearest colour within that distance, farther -> void)" if colors
+               else "set data.mask_threshold (binary)" if d.task == "binary"
+               else "a label map of ids cannot be read back from a lossy file")
+        raise ConfigError(f"data.pair_split: the labels are in the {d.image_ext!r} images, a lossy format; {how}")
+
+
 def _check_folds(cfg: Config) -> None:
     f, d = cfg.folds, cfg.data
     if f.n_splits < 2:
         raise ConfigError(f"folds.n_splits: expected >= 2, got {f.n_splits}")
-    if f.method == "group" and not (d.group_column or d.group_pattern):
-        raise ConfigError("folds.method: 'group' needs data.group_column (a column of data.train_csv) or data.group_pattern")
+    if f.method in ("group", "stratified_group") and not (d.group_column or d.group_pattern):
+        raise ConfigError(
+            f"folds.method: {f.method!r} needs data.group_column (a column of data.train_csv) or data.group_pattern"
+        )
     for i in f.only:
         if not 0 <= i < f.n_splits:
             raise ConfigError(f"folds.only: fold {i} is outside 0..{f.n_splits - 1}")

@@ -1,35 +1,65 @@
 """Test predictions and held-out evaluation, through the one :class:`~seg_toolkit.predictor.Predictor`.
 
-``predict_test`` and ``evaluate_split`` take the config of a run, trained or ensemble; the
-predictor reads every member's preprocessing and TTA from its own run folder, and the
-post-processing comes from the run's ``postprocess.json`` (tuned on OOF probabilities made
-by the same predictor). Memory stays bounded whatever the number of test images: one batch
-of images and probabilities is alive at a time, and each image's rows are written as soon
-as it is decided.
+``predict_test``, ``evaluate_split`` and ``evaluate_on`` take the config of a run, trained or
+ensemble; the predictor reads every member's preprocessing and TTA from its own run folder,
+and the post-processing comes from the run's ``postprocess.json`` (tuned on OOF probabilities
+made by the same predictor). Both evaluations share one scoring loop (:func:`score_samples`),
+which decides each image's mask exactly as ``predict`` does before it is encoded. Memory stays
+bounded whatever the number of images: one batch of images and probabilities is alive at a
+time, and each image's rows (and, with ``predict.write_masks``, its mask PNG) are written as
+soon as it is decided.
+
+Mask files (``predict.write_masks``), in the run's ``test_masks/``:
+
+* ``png``: what a scorer working on mask files expects. Multiclass: one single-channel 8-bit
+  label map ``<id>.png`` of class ids ``0..C-1``; binary: ``<id>.png`` with 0 (background) and
+  255 (foreground); multilabel: one 0/255 PNG per class, ``<id>_<class>.png`` with the class
+  numbered as in the submission (channel ``k`` is class ``k + 1``), so a row id
+  ``<id>_<class>`` names its file.
+* ``color``: ``<id>.png`` in RGB, each class in its colour (``data.classes_csv`` or the
+  palette; :func:`~seg_toolkit.data.class_colors`), background black (an implied multiclass
+  background class as well); where multilabel classes overlap the highest class shows.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import io
 import logging
+import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 from tqdm.auto import tqdm
 
+from .checkpoint import atomic_write
 from .config import Config, ConfigError
-from .data import DataError, Sample, load_list_samples, load_test_samples, load_train_samples
+from .data import DataError, Sample, class_colors, class_names, load_list_samples, load_test_samples, load_train_samples
 from .device import resolve_device
 from .metrics import Evaluator
 from .postprocess import apply_postprocess, load_params
 from .predictor import Predictor, check_same_training
-from .run import Run, read_json, write_json, write_npy
+from .run import Run, RunExistsError, read_json, write_json, write_npy
 from .submission import SubmissionWriter, mask_rows, submission_columns, submission_path
 from .tensors import probs_to_uint8
 
 log = logging.getLogger(__name__)
 
-__all__ = ["run_predictor", "predict_test", "evaluate_split"]
+__all__ = ["run_predictor", "predict_test", "evaluate_split", "evaluate_on", "score_samples", "mask_pngs",
+           "evaluation_name"]
+
+
+def _one(cfg: Config | list[Config] | tuple[Config, ...]) -> Config:
+    if isinstance(cfg, (list, tuple)):
+        if len(cfg) != 1:
+            raise ConfigError("predict or evaluate one run at a time; combine runs with `seg-toolkit ensemble`, "
+                              "which makes an ensemble run")
+        cfg = cfg[0]
+    return cfg
 
 
 def run_predictor(cfg: Config) -> tuple[Run, Predictor]:
@@ -65,10 +95,7 @@ def predict_test(cfg: Config, out: str | Path | None = None, overwrite: bool = F
     sample exactly. With ``predict.save_probs`` the merged probabilities (before
     post-processing) go to the run's ``test_probs/``.
     """
-    if isinstance(cfg, (list, tuple)):
-        if len(cfg) != 1:
-            raise ConfigError("predict one run at a time; combine runs with `seg-toolkit ensemble`, which makes an ensemble run")
-        cfg = cfg[0]
+    cfg = _one(cfg)
     out = Path(out) if out else submission_path(cfg)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; pass --overwrite to replace it, or --out for another file")
@@ -77,7 +104,10 @@ def predict_test(cfg: Config, out: str | Path | None = None, overwrite: bool = F
     params = load_params(cfg, run)
     columns = submission_columns(cfg)
     expected = _expected_ids(cfg, samples)
-    save = cfg.predict.save_probs
+    save, masks = cfg.predict.save_probs, cfg.predict.write_masks
+    if masks != "none":  # masks of an earlier predict (another mode, other test ids) would mix in
+        run.remove(cfg, run.test_masks_dir)
+    colors = _mask_colors(cfg) if masks == "color" else None
     passes = predictor.passes_per_image()
     log.info("predicting %d test images: %d forward passes each (%s)", len(samples), passes, predictor.describe())
     with SubmissionWriter(out, columns, expected, instance_rows=cfg.submission.instances) as writer:
@@ -86,9 +116,56 @@ def predict_test(cfg: Config, out: str | Path | None = None, overwrite: bool = F
             p = probs.numpy()
             if save != "none":
                 write_npy(run.test_prob_path(image_id), p.astype(np.float16) if save == "float16" else probs_to_uint8(p))
-            writer.write(mask_rows(image_id, apply_postprocess(p, cfg.data.task, params), cfg))
+            mask = apply_postprocess(p, cfg.data.task, params)
+            writer.write(mask_rows(image_id, mask, cfg))
+            if masks != "none":
+                for cls, png in mask_pngs(mask, cfg.data.task, masks, colors):
+                    atomic_write(run.test_mask_path(image_id, cls), lambda tmp, b=png: Path(tmp).write_bytes(b))
     log.info("wrote %s", out)
+    if masks != "none":
+        log.info("wrote the decided masks (%s) to %s", masks, run.test_masks_dir)
     return out
+
+
+def _mask_colors(cfg: Config) -> np.ndarray:
+    """``uint8 (C, 3)`` colours of ``color`` mask files: the class colours, an implied multiclass background black."""
+    from .report.overlays import _painted_classes  # lazy: the report package imports matplotlib helpers
+
+    colors = class_colors(cfg).copy()
+    for c, painted in enumerate(_painted_classes(cfg, class_names(cfg), colors)):
+        if not painted:
+            colors[c] = 0
+    return colors
+
+
+def _png_bytes(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def mask_pngs(mask: np.ndarray, task: str, mode: str, colors: np.ndarray | None = None) -> list[tuple[int | None, bytes]]:
+    """``(class or None, PNG bytes)`` of one decided mask (as :func:`~seg_toolkit.postprocess.apply_postprocess`
+    returns it) in the format of ``predict.write_masks`` (see the module doc). ``class`` is set for the
+    per-class files of a multilabel ``png`` only; ``colors``: ``uint8 (C, 3)``, for ``color``."""
+    if mode == "png":
+        if task == "multiclass":
+            return [(None, _png_bytes(mask.astype(np.uint8)))]
+        planes = [(mask[c] > 0).astype(np.uint8) * 255 for c in range(mask.shape[0])]
+        if task == "binary":
+            return [(None, _png_bytes(planes[0]))]
+        return [(c + 1, _png_bytes(m)) for c, m in enumerate(planes)]
+    if mode == "color":
+        if colors is None:
+            raise ValueError("color mask files need the class colours")
+        colors = np.asarray(colors, np.uint8)
+        if task == "multiclass":
+            return [(None, _png_bytes(colors[mask]))]
+        rgb = np.zeros((*mask.shape[1:], 3), np.uint8)
+        for c in range(mask.shape[0]):  # the highest class is painted last
+            rgb[mask[c] > 0] = colors[c]
+        return [(None, _png_bytes(rgb))]
+    raise ConfigError(f"predict.write_masks: {mode!r} is not one of 'none', 'png', 'color'")
 
 
 def _expected_ids(cfg: Config, samples: list[Sample]) -> list[str] | None:
@@ -102,14 +179,39 @@ def _expected_ids(cfg: Config, samples: list[Sample]) -> list[str] | None:
     return pd.read_csv(path, dtype=str, keep_default_na=False, usecols=[id_col])[id_col].tolist()
 
 
+def score_samples(cfg: Config, run: Run, predictor: Predictor, samples: list[Sample], target_cfg: Config,
+                  desc: str) -> dict[str, Any]:
+    """Score the predictor on labelled ``samples`` (targets read with ``target_cfg``) as ``predict`` decides them.
+
+    Each image's probabilities go through the run's post-processing (:func:`load_params`,
+    :func:`apply_postprocess`), exactly as the submission does; the score before post-processing is
+    kept beside. Returns the configured metric, mean IoU, per-class IoU and dice, and pixel accuracy
+    (void ignored), the number of images and how the predictor ran.
+    """
+    params = load_params(cfg, run)
+    task, c = cfg.data.task, cfg.data.num_classes
+    probs_eval, masks_eval = Evaluator(cfg.metric, task, c), Evaluator(cfg.metric, task, c)
+    for _, probs, target in tqdm(predictor.iter_probs(samples, target_cfg=target_cfg), total=len(samples),
+                                 desc=desc, disable=None):
+        probs_eval.update(probs[None], target[None])
+        mask = apply_postprocess(probs.numpy(), task, params)
+        masks_eval.update_masks(torch.from_numpy(mask)[None], target[None])
+    raw, post = probs_eval.compute(), masks_eval.compute()
+    return {
+        "n_images": len(samples), "metric": post["metric"],
+        "score": float(post["score"]), "score_before_postprocess": float(raw["score"]),
+        "per_class_iou": post.get("per_class_iou"), "per_class_dice": post.get("per_class_dice"),
+        "pixel_accuracy": post.get("pixel_accuracy"), "predictor": predictor.settings(),
+    }
+
+
 def evaluate_split(cfg: Config) -> dict:
     """Score the run (trained or ensemble) on the labelled held-out lists (``data.test_lists``), never trained on.
 
-    Uses the submission's predictor and post-processing and writes ``evaluate_test.json``:
-    the configured metric, mean IoU, per-class IoU and dice, and pixel accuracy, void ignored.
+    Uses the submission's predictor and post-processing (:func:`score_samples`) and writes
+    ``evaluate_test.json``; the returned dict also says where (``written_to``).
     """
-    if isinstance(cfg, (list, tuple)):
-        cfg = cfg[0]
+    cfg = _one(cfg)
     if not cfg.data.test_lists:
         raise ConfigError("data.test_lists: name the list file(s) of the labelled held-out split, e.g. [test.txt]")
     samples = load_list_samples(cfg, cfg.data.test_lists)
@@ -117,20 +219,92 @@ def evaluate_split(cfg: Config) -> dict:
     if leaked:
         raise DataError(f"{len(leaked)} held-out ids are also training ids (e.g. {sorted(leaked)[:3]}); the test split must be unseen")
     run, predictor = run_predictor(cfg)
-    params = load_params(cfg, run)
-    task, c = cfg.data.task, cfg.data.num_classes
-    probs_eval, masks_eval = Evaluator(cfg.metric, task, c), Evaluator(cfg.metric, task, c)
-    for _, probs, target in tqdm(predictor.iter_probs(samples, target_cfg=cfg), total=len(samples),
-                                 desc=f"evaluate {len(samples)} held-out images", disable=None):
-        probs_eval.update(probs[None], target[None])
-        mask = apply_postprocess(probs.numpy(), task, params)
-        masks_eval.update_masks(torch.from_numpy(mask)[None], target[None])
-    raw, post = probs_eval.compute(), masks_eval.compute()
-    result = {
-        "split": "test", "lists": cfg.data.test_lists, "n_images": len(samples), "metric": post["metric"],
-        "score": float(post["score"]), "score_before_postprocess": float(raw["score"]),
-        "per_class_iou": post.get("per_class_iou"), "per_class_dice": post.get("per_class_dice"),
-        "pixel_accuracy": post.get("pixel_accuracy"), "predictor": predictor.settings(),
-    }
+    scored = score_samples(cfg, run, predictor, samples, cfg, f"evaluate {len(samples)} held-out images")
+    result = {"split": "test", "lists": cfg.data.test_lists, **scored}
     write_json(run.evaluate_json, result)
-    return result
+    return {**result, "written_to": str(run.evaluate_json)}
+
+
+def evaluation_name(folder: str | Path) -> str:
+    """The name of ``folder``'s evaluation file: its base name (made file-safe) and 8 hex digits of its
+    resolved path, so two folders of one name (``valid``) never share a file."""
+    p = Path(folder).resolve()
+    base = re.sub(r"[^A-Za-z0-9._-]+", "_", p.name).strip("._") or "root"
+    return f"{base}-{hashlib.sha1(str(p).encode()).hexdigest()[:8]}"
+
+
+def _layout(cfg: Config) -> dict[str, Any]:
+    """The data keys that say where a folder's labelled samples are."""
+    d = cfg.data
+    keys = ["layout", "train_images"] + (["train_csv"] if d.layout == "csv" else ["train_lists"] if d.train_lists else ["train_masks"])
+    return {k: getattr(d, k) for k in keys}
+
+
+def _layout_keys(cfg: Config) -> str:
+    return ", ".join(f"data.{k} {v!r}" for k, v in _layout(cfg).items())
+
+
+def _training_roots(cfg: Config, run: Run) -> set[Path]:
+    """The data folders the run was trained from: this config's ``data.root`` and the saved config's."""
+    roots = {Path(cfg.data.root).resolve()}
+    if run.config_yaml.is_file():
+        roots.add(Path(run.config().data.root).resolve())
+    return roots
+
+
+def evaluate_on(cfg: Config, folder: str | Path) -> dict:
+    """Score the run (trained or ensemble) on every labelled sample of ``folder``, laid out like the training data.
+
+    ``folder`` is read with the config's data keys (``data.layout``, ``train_images``,
+    ``train_masks`` / ``train_csv``, ``train_lists``, ...) re-rooted there (``data.limit`` is
+    not applied), and scored with the submission's predictor and post-processing
+    (:func:`score_samples`). When ``folder`` is the run's own training data (``data.root``), the
+    run's training ids are left out (``training_ids_left_out``; all of them: an error): their
+    honest score is the OOF one of ``cv.json``. The result goes to the run's
+    ``evaluations/<name>.json`` (:func:`evaluation_name`; a file there that is not this folder's
+    evaluation is never replaced); the returned dict also says where (``written_to``).
+    """
+    cfg = _one(cfg)
+    folder = Path(folder)
+    what = "evaluate --on DIR: a labelled folder laid out like the training data"
+    if not folder.exists():
+        raise DataError(f"{folder}: folder not found ({what})")
+    if not folder.is_dir():
+        raise DataError(f"{folder}: is a file, not a folder ({what})")
+    run, predictor = run_predictor(cfg)
+    on_cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=str(folder), limit=None))
+    try:
+        samples = load_train_samples(on_cfg)
+    except DataError as e:
+        raise DataError(f"{e} (evaluate --on reads {folder} with the config's {_layout_keys(cfg)})") from None
+    if not samples:
+        raise DataError(f"{folder}: no labelled sample ({_layout_keys(cfg)})")
+    missing = [s for s in samples if not s.image.is_file()]
+    if missing:
+        raise DataError(f"{missing[0].where}: {len(missing)} of {len(samples)} labelled ids have no image, e.g. "
+                        f"{missing[0].id!r} (expected {missing[0].image}; data.train_images, data.image_ext)")
+    on = str(folder.resolve())
+    path = run.evaluate_json_for(evaluation_name(folder))
+    old = read_json(path)
+    if path.exists() and (not isinstance(old, dict) or old.get("on") != on):
+        raise RunExistsError(f"{path}: exists and is not the evaluation of {folder}; move it away (it is not replaced)")
+    train_ids = set(run.fold_of()) if run.folds_csv.is_file() else set()
+    shared = [s.id for s in samples if s.id in train_ids]
+    left_out = 0
+    if shared and folder.resolve() in _training_roots(cfg, run):
+        if len(shared) == len(samples):
+            raise DataError(
+                f"{folder} is the training data of {run.dir} (data.root) and all its {len(samples)} labelled ids are "
+                "training ids of the run, never scored here: the held-out score of training images is the OOF score "
+                "of cv.json (`seg-toolkit cv`); evaluate a folder of other labelled images")
+        left_out = len(shared)
+        samples = [s for s in samples if s.id not in train_ids]
+        log.warning("%s is the training data of %s: its %d training ids are left out, %d other labelled ids scored",
+                    folder, run.dir, left_out, len(samples))
+    elif shared:
+        log.warning("%d of the %d ids in %s are also training ids of %s (e.g. %s); if they are the same images, "
+                    "the score is optimistic", len(shared), len(samples), folder, run.dir, shared[:3])
+    scored = score_samples(cfg, run, predictor, samples, on_cfg, f"evaluate {len(samples)} images of {folder.name}")
+    result = {"on": on, "data": _layout(cfg), "training_ids_left_out": left_out, **scored}
+    write_json(path, result)
+    return {**result, "written_to": str(path)}

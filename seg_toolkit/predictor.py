@@ -182,7 +182,7 @@ class _Inputs(Dataset):
         for key in self.keys:
             channels = key[0]
             if channels not in decoded:
-                decoded[channels] = read_image(s.image, channels, self.max_pixels)
+                decoded[channels] = read_image(s.image, channels, self.max_pixels, pair=s.pair)
             out = self.transforms[key](image=decoded[channels])["image"]
             images[key] = torch.from_numpy(out.transpose(2, 0, 1).copy())
         hw = next(iter(decoded.values())).shape[:2]

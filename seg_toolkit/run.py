@@ -7,6 +7,7 @@ what is needed to use them without the YAML they came from::
     runs/<experiment>/
       config.yaml            the resolved config (preprocessing, model, predict, postprocess)
       folds.csv              id -> fold, written once, shared by every member of an ensemble
+      fold_balance.csv       images per validation fold holding each class / empty (with folds.csv)
       fold_<k>/              trained runs: best.pt, last.pt, prev.pt, best_e<epoch>.pt,
                              metrics.csv, done.json (written last), failed_attempt_<n>/
       ensemble.json          ensembles: members (run folders), weights, merge space, folds
@@ -17,7 +18,10 @@ what is needed to use them without the YAML they came from::
       postprocess.json       thresholds / min-area / empty gate tuned on oof/
       tta.json               TTA set and merge chosen on OOF (seg-toolkit tune --tta)
       test_probs/<id>.npy    merged test probabilities before post-processing (predict.save_probs)
-      evaluate_test.json     held-out score (seg-toolkit evaluate)
+      test_masks/<id>.png    decided test masks, the submitted ones (predict.write_masks)
+      evaluate_test.json     held-out score (seg-toolkit evaluate --split test)
+      evaluations/<name>.json  score on a labelled folder (seg-toolkit evaluate --on DIR)
+      audit.html, audit_problems.csv, audit_samples.png, audit_batch.png   seg-toolkit audit
       learning_curves.{html,png}, report/
 
 Every JSON / CSV / NPY goes through :func:`atomic_write`: a reader sees the old file or
@@ -133,9 +137,10 @@ def input_paths(cfg: Config) -> list[tuple[str, Path]]:
 
 #: What a run writes directly in its folder, besides ``fold_<k>/`` (names from the properties of
 #: :class:`Run`) and the temporary files of :func:`atomic_write` (``.<name>.<random>.tmp``).
-_RUN_FILES = ("config.yaml", "folds.csv", "folds.csv.tmp", "cv.json", "postprocess.json", "tta.json", "ensemble.json",
+_RUN_FILES = ("config.yaml", "folds.csv", "folds.csv.tmp", "fold_balance.csv", "cv.json", "postprocess.json", "tta.json", "ensemble.json",
               "oof", "oof_summary.json", "test_probs", "evaluate_test.json", "report", "learning_curves.html",
-              "learning_curves.png", "audit.html", "audit_problems.csv", "tta_search")
+              "learning_curves.png", "audit.html", "audit_problems.csv", "tta_search", "test_masks", "evaluations",
+              "audit_samples.png", "audit_batch.png")
 _FOLD_FILE = re.compile(r"(best|last|prev)\.pt|best_e\d+\.pt|metrics\.csv|done\.json|failed_attempt_\d+")
 _FOLD_DIR = re.compile(r"fold_\d+")
 _TMP_FILE = re.compile(r"\..+\.[A-Za-z0-9_]+\.tmp")
@@ -171,6 +176,11 @@ class Run:
         return self.dir / "folds.csv"
 
     @property
+    def fold_balance_csv(self) -> Path:
+        """Images per validation fold containing each class, and empty ones; written with folds.csv."""
+        return self.dir / "fold_balance.csv"
+
+    @property
     def cv_json(self) -> Path:
         return self.dir / "cv.json"
 
@@ -201,8 +211,36 @@ class Run:
         return self.dir / "test_probs"
 
     @property
+    def test_masks_dir(self) -> Path:
+        """Decided test masks as PNG files (``predict.write_masks``), exactly what the submission encodes."""
+        return self.dir / "test_masks"
+
+    def test_mask_path(self, image_id: str, cls: int | None = None) -> Path:
+        """``test_masks/<id>.png``, or ``test_masks/<id>_<cls>.png`` for one class of a multilabel task."""
+        return self.test_masks_dir / (f"{image_id}.png" if cls is None else f"{image_id}_{cls}.png")
+
+    @property
     def evaluate_json(self) -> Path:
         return self.dir / "evaluate_test.json"
+
+    @property
+    def evaluations_dir(self) -> Path:
+        """Scores of ``seg-toolkit evaluate --on DIR``, one JSON per labelled folder."""
+        return self.dir / "evaluations"
+
+    def evaluate_json_for(self, name: str) -> Path:
+        """``evaluations/<name>.json``: the score of the run on one labelled folder (``name`` from :func:`evaluation_name`)."""
+        if not name or "/" in name or "\\" in name or name in (".", ".."):
+            raise ConfigError(f"evaluation name {name!r} must be a plain file name")
+        return self.evaluations_dir / f"{name}.json"
+
+    @property
+    def audit_samples_png(self) -> Path:
+        return self.dir / "audit_samples.png"
+
+    @property
+    def audit_batch_png(self) -> Path:
+        return self.dir / "audit_batch.png"
 
     @property
     def report_dir(self) -> Path:

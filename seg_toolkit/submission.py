@@ -360,7 +360,7 @@ def score_submission(csv_path: str | Path, solution_path: str | Path, cfg: Confi
     truth_rows, pred_rows = read(solution_path), read(csv_path)
     evaluator = Evaluator(cfg.metric, d.task, d.num_classes)
     for sample in load_test_samples(cfg):
-        hw = image_size(sample.image)
+        hw = image_size(sample.image, sample.pair)
         truth = {c: spec.decode_rows(r, hw) for c, r in truth_rows[sample.id].items()}
         guess = {c: spec.decode_rows(r, hw) for c, r in pred_rows.get(sample.id, {}).items()}
         if d.task == "multiclass":

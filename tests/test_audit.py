@@ -236,9 +236,9 @@ def test_binary_mask_with_many_foreground_values(tmp_path):
     _png(tmp_path / "train/images/a.png", _rgb(5, 5))
     _png(tmp_path / "train/masks/a.png", m)
     res = audit(_binary_cfg(tmp_path, layout="folder"))
-    (p,) = res.problems
-    assert p.kind == "mask_values" and "2 foreground values [250, 255]" in p.message
-    assert res.class_pixels == [9]  # still counted, as training would read it (> 0 is foreground)
+    (p,) = res.problems  # reported once, as training would refuse it
+    assert "250" in p.message and "255" in p.message and "a.png" in p.message
+    assert res.class_pixels == [0]  # not read: a binary mask is 0 and one foreground value unless the config says more
 
 
 def test_list_file_problems(tmp_path):
@@ -278,3 +278,97 @@ def test_header_only_mode_skips_decoding(broken_csv_comp):
     res = audit(_binary_cfg(broken_csv_comp), decode_images=False)
     kinds = _kinds(res)
     assert "empty_file" in kinds and "corrupt_image" not in kinds  # a truncated file has a valid header
+
+
+# ----------------------------------------------------------------------------- pictures (see it before training on it)
+
+
+def test_spread_pick_takes_one_seeded_index_per_slice():
+    from seg_toolkit.audit import spread_pick
+
+    picks = spread_pick(100, 8, seed=3)
+    assert len(picks) == 8 and picks == spread_pick(100, 8, seed=3) and picks != spread_pick(100, 8, seed=4)
+    edges = [0, 12, 25, 38, 50, 62, 75, 88, 100]  # round(100 * k / 8)
+    assert all(a <= p < b for p, a, b in zip(picks, edges[:-1], edges[1:]))
+    assert spread_pick(5, 8, seed=0) == [0, 1, 2, 3, 4]
+
+
+@pytest.fixture
+def grey_comp(tmp_path) -> Path:
+    """One 20x20 image of grey 100 whose mask has class 1 ("road") on rows/cols 5..14 and void on rows 18..19."""
+    _png(tmp_path / "train/images/a.png", np.full((20, 20, 3), 100, np.uint8))
+    mask = np.zeros((20, 20), np.uint8)
+    mask[5:15, 5:15] = 1
+    mask[18:20, :] = 255
+    _png(tmp_path / "train/masks/a.png", mask)
+    return tmp_path
+
+
+def test_overlay_colour_is_the_class_colour_blend(grey_comp, tmp_path):
+    """Worked by hand: a 20x20 image is shown 8x (160x160); class 1's default colour (60, 180, 75) blended at 40%
+    over grey 100 gives (0.6*100 + 0.4*60, 0.6*100 + 0.4*180, 0.6*100 + 0.4*75) = (84, 132, 90) inside the block
+    (display rows/cols 40..119), the colour itself on its 1-pixel outline, 0.25*100 = 25 on the dark ring
+    outside; void blends grey 128: 0.6*100 + 0.4*128 = 111.2 -> 111."""
+    from seg_toolkit.audit import overlay_panels
+    from seg_toolkit.data import class_colors, load_target, read_image
+    from seg_toolkit.report.overlays import _painted_classes
+
+    cfg = _multiclass_folder_cfg(grey_comp, class_names=["background", "road", "car"])
+    colors = class_colors(cfg)
+    assert colors[1].tolist() == [60, 180, 75]
+    painted = _painted_classes(cfg, ["background", "road", "car"], colors)
+    assert painted == [False, True, True]  # the background is not painted over the image
+    (s,) = load_train_samples(cfg)
+    image = read_image(s.image, 3)
+    shown, painted_img = overlay_panels(image, load_target(s, cfg, (20, 20)), cfg, colors, painted)
+    assert shown.shape == painted_img.shape == (160, 160, 3) and (shown == 100).all()
+    assert painted_img[80, 80].tolist() == [84, 132, 90]  # inside the block
+    assert painted_img[40, 80].tolist() == [60, 180, 75]  # its outline
+    assert painted_img[39, 80].tolist() == [25, 25, 25]  # the dark ring outside
+    assert painted_img[150, 80].tolist() == [111, 111, 111]  # void
+    assert painted_img[20, 20].tolist() == [100, 100, 100]  # background: the image itself
+
+    write_audit(cfg, tmp_path / "out")
+    png = np.asarray(Image.open(tmp_path / "out" / "audit_samples.png").convert("RGB"))
+    inside = (png == [84, 132, 90]).all(-1).sum()
+    assert inside >= 0.95 * 78 * 78  # the block's inside, pixel for pixel: the figure does not resample
+    assert (png == [111, 111, 111]).all(-1).sum() >= 0.95 * 158 * 14
+
+
+def test_audit_page_shows_samples_and_an_augmented_batch(demo_root, tmp_path):
+    import base64
+
+    cfg = config_from_dict(demo_dict(demo_root, tmp_path / "runs", train={"batch_size": 4, "seed": 7},
+                                     transforms={"train": [{"HorizontalFlip": {"p": 1.0}}]}))
+    page = write_audit(cfg, tmp_path / "out").read_text()
+    for name in ("audit_samples.png", "audit_batch.png"):
+        data = (tmp_path / "out" / name).read_bytes()
+        assert base64.b64encode(data).decode() in page  # drawn once: the file is the picture in the page
+        with Image.open(tmp_path / "out" / name) as im:
+            im.load()
+            assert im.size[0] >= 640 and im.mode in ("RGB", "RGBA")
+    assert "<h2>Samples with their masks</h2>" in page and "<h2>One augmented training batch</h2>" in page
+    assert "HorizontalFlip" in page and "train.seed 7" in page
+
+
+def test_augmented_batch_is_the_first_training_batch_with_its_masks(demo_root, tmp_path):
+    """HorizontalFlip with p=1: each batch tile is the flipped image beside the flipped mask, in the training
+    sampler's order (the image back from normalisation within one grey level)."""
+    from seg_toolkit.audit import _batch_tiles, overlay_panels
+    from seg_toolkit.data import EpochSampler, class_colors, load_target, read_image
+
+    cfg = config_from_dict(demo_dict(demo_root, tmp_path / "runs", train={"batch_size": 3, "seed": 7},
+                                     transforms={"train": [{"HorizontalFlip": {"p": 1.0}}]}))
+    samples = load_train_samples(cfg)
+    colors, painted = class_colors(cfg), [True, True, True]
+    tiles = _batch_tiles(cfg, samples, colors, painted)
+    keys = list(EpochSampler(len(samples), shuffle=True, seed=7))[:3]
+    assert len(tiles) == 3
+    for (label, (shown, over)), (index, seed) in zip(tiles, keys):
+        s = samples[index]
+        assert label.startswith(s.id) and f"seed {seed}" in label
+        image = read_image(s.image, 3)
+        want_shown, want_over = overlay_panels(image[:, ::-1], load_target(s, cfg, image.shape[:2])[:, ::-1], cfg, colors, painted)
+        assert np.abs(shown.astype(int) - want_shown).max() <= 1
+        assert np.abs(over.astype(int) - want_over).max() <= 1
+        assert not np.array_equal(want_over, overlay_panels(image, load_target(s, cfg, image.shape[:2]), cfg, colors, painted)[1])

@@ -1,54 +1,137 @@
-"""Seeded cross-validation folds, written once to ``folds.csv`` and reused by every command."""
+"""Seeded cross-validation folds, written once to ``folds.csv`` and reused by every command.
+
+``folds.method``:
+
+* ``kfold``: shuffled K-fold, no stratification.
+* ``stratified`` (default): folds that hold each kind of mask in even shares.
+
+  - binary: by empty / non-empty mask (sklearn ``StratifiedKFold``).
+  - multilabel: by **class presence**: a 0/1 vector per image, one column per class
+    (the image has at least one pixel of it) plus an ``empty`` column (no class at all),
+    split by iterative stratification (``iterstrat``'s ``MultilabelStratifiedKFold``,
+    Sechidis et al. 2011), which places the rarest classes first and spreads each class as
+    evenly as the overlaps between classes allow: typically a class present in 7 images lands
+    in 1 or 2 images of each of 5 folds. It balances presence, not absence: a class missing
+    from only a few images may miss from them unevenly.
+  - multiclass: the same, with the classes 1..num_classes-1 (class 0 is background and the
+    void id never counts; ``empty`` = nothing but background). Stratifying by the dominant
+    class, as before, stratified by background, which dominates almost every image.
+* ``group``: sklearn ``GroupKFold``; the group of an image is its ``data.group_column``
+  value or the first match group of ``data.group_pattern`` on its id (patient, video,
+  sequence): a group never spans two folds.
+* ``stratified_group``: sklearn ``StratifiedGroupKFold``: groups as ``group``, stratified by
+  one label per image: binary empty / non-empty; multilabel and multiclass the **rarest class
+  present** in the image (fewest images in the training set), ``empty`` when none is: an
+  image holding a rare class counts under it (its dominant class by area would hide it under a
+  common one). Groups stay whole, so with few large groups the folds differ in size.
+
+The ``stratum`` column of ``folds.csv`` says what each image was split by: ``empty`` /
+``nonempty``, the classes present (the balance file's column names joined by ``+``, e.g.
+``cat+dog``, or ``empty``), or the group (``group``, ``stratified_group``).
+
+After making folds, the **fold balance** is logged as a table and written beside a run's
+``folds.csv`` (:attr:`seg_toolkit.run.Run.fold_balance_csv`): per validation fold the number
+of images, of images containing each class, and of empty images, then an ``all`` row.
+Class presence is read one mask at a time: from the RLE strings without decoding (csv
+layout), or one mask file at a time (folder layout).
+"""
 
 from __future__ import annotations
 
 import logging
 import re
+import warnings
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import GroupKFold, KFold, StratifiedKFold
+from sklearn.model_selection import GroupKFold, KFold, StratifiedGroupKFold, StratifiedKFold
 
 from ..config import Config
-from ..rle import rle_area
-from .io import DataError, read_mask
+from .io import DataError
+from .masks import class_names, mask_ids, train_rle_spec
 from .sources import Sample, read_csv_strict
 
 log = logging.getLogger(__name__)
 
-__all__ = ["sample_stratum", "make_folds", "load_or_make_folds", "read_folds", "fold_of_ids", "split_fold"]
+__all__ = [
+    "class_presence", "presence_matrix", "presence_columns", "sample_stratum", "make_folds", "fold_balance",
+    "load_or_make_folds", "read_folds", "fold_of_ids", "split_fold",
+]
 
 
-def _class_areas(sample: Sample, cfg: Config) -> np.ndarray:
-    """Foreground pixels per output class, from RLE lengths (no decoding) or the mask file."""
+def presence_columns(cfg: Config) -> list[str]:
+    """Names of the class-presence columns: the foreground classes (multiclass without class 0), then ``empty``."""
+    names = class_names(cfg)
+    if cfg.data.task == "multiclass":
+        ids, names = list(range(1, cfg.data.num_classes)), names[1:]
+    else:
+        ids = list(range(len(names)))
+    reserved = {"fold", "images", "empty", "all"}
+    out = [n if n not in reserved and names.count(n) == 1 else f"class_{i}" for i, n in zip(ids, names)]
+    return out + ["empty"]
+
+
+def class_presence(sample: Sample, cfg: Config) -> np.ndarray:
+    """``bool (K,)``: which foreground classes have at least one pixel in the sample's mask.
+
+    K is 1 for binary, ``num_classes`` for multilabel and ``num_classes - 1`` for multiclass
+    (classes 1..; class 0 is background, the void id never counts). RLE strings are only
+    checked for emptiness (they were validated when the CSV was read); a mask file is read
+    once, through the same declared steps as training targets (:func:`~seg_toolkit.data.masks.mask_ids`),
+    and nothing is kept.
+    """
     d = cfg.data
+    k = d.num_classes - 1 if d.task == "multiclass" else d.num_classes
     if sample.rles is not None:
-        return np.array([rle_area(r, sample.where) for r in sample.rles], np.int64)
-    mask = read_mask(sample.mask, d.max_image_pixels, lossy_ok=d.mask_threshold is not None)
+        spec = train_rle_spec(cfg)
+        return np.array([not spec.is_empty(r) for r in sample.rles], bool)
+    ids = mask_ids(sample, cfg)  # class ids after every declared mask step (masks module); void = -1
     if d.task == "binary" and d.mask_threshold is not None:
-        return np.array([int((mask >= d.mask_threshold).sum())], np.int64)
-    counts = np.bincount(mask.ravel().astype(np.int64), minlength=max(d.num_classes, int(mask.max()) + 1))
-    if d.ignore_index is not None and d.ignore_index < len(counts):
-        counts[d.ignore_index] = 0
+        return np.array([bool((ids >= d.mask_threshold).any())])
+    counts = np.bincount(ids.ravel() + 1, minlength=k + 2)  # one pass, no sort; slot 0 = void, c + 1 = class c
     if d.task == "binary":
-        return np.array([counts[1:].sum()], np.int64)
-    return counts[: d.num_classes]
+        return np.array([bool(counts[2:].any())])
+    return counts[2 : k + 2] > 0  # ids above the classes are refused when the target is read
+
+
+def presence_matrix(samples: list[Sample], cfg: Config) -> np.ndarray:
+    """``bool (n, K + 1)``: :func:`class_presence` of every sample, then the ``empty`` column."""
+    k = len(presence_columns(cfg)) - 1
+    out = np.zeros((len(samples), k + 1), bool)
+    for i, s in enumerate(samples):
+        out[i, :k] = class_presence(s, cfg)
+    out[:, k] = ~out[:, :k].any(axis=1)
+    return out
 
 
 def sample_stratum(sample: Sample, cfg: Config) -> str:
-    """``empty`` / ``nonempty`` for binary; the dominant class for multilabel and multiclass.
+    """What ``stratified`` splits the sample by, as written in ``folds.csv``: ``empty`` / ``nonempty``
+    for binary, else the classes present joined by ``+`` (or ``empty``)."""
+    return _strata(presence_matrix([sample], cfg), cfg)[0]
 
-    Multiclass ignores class 0 when the data came from per-class RLE rows (0 is background there).
-    """
-    areas = _class_areas(sample, cfg)
+
+def _strata(presence: np.ndarray, cfg: Config) -> list[str]:
     if cfg.data.task == "binary":
-        return "nonempty" if areas[0] > 0 else "empty"
-    if cfg.data.task == "multiclass" and sample.rles is not None:
-        areas = np.concatenate([[0], areas])  # rles hold classes 1.., 0 is background
-        areas[0] = 0
-    return f"class_{int(np.argmax(areas))}" if areas.sum() > 0 else "empty"
+        return ["nonempty" if row[0] else "empty" for row in presence]
+    cols = presence_columns(cfg)
+    return ["+".join(c for c, p in zip(cols, row) if p) for row in presence]
+
+
+def _rarest_present(presence: np.ndarray, cfg: Config) -> list[str]:
+    """One label per image: binary ``empty``/``nonempty``; else the rarest class present, or ``empty``."""
+    if cfg.data.task == "binary":
+        return _strata(presence, cfg)
+    cols = presence_columns(cfg)
+    fg = presence[:, :-1]
+    counts = fg.sum(axis=0)
+    order = np.argsort(counts, kind="stable")  # rarest first; ties by class order
+    labels = []
+    for row in fg:
+        hit = [c for c in order if row[c]]
+        labels.append(cols[hit[0]] if hit else "empty")
+    return labels
 
 
 def sample_group(sample: Sample, cfg: Config) -> str:
@@ -63,37 +146,90 @@ def sample_group(sample: Sample, cfg: Config) -> str:
     return sample.group
 
 
-def make_folds(samples: list[Sample], cfg: Config) -> pd.DataFrame:
-    """A ``DataFrame[id, fold, stratum]`` with every sample in exactly one validation fold."""
+def _groups(samples: list[Sample], cfg: Config) -> list[str]:
+    groups = [str(sample_group(s, cfg)) for s in samples]
+    if len(set(groups)) < cfg.folds.n_splits:
+        raise DataError(f"{len(set(groups))} groups cannot make folds.n_splits={cfg.folds.n_splits} folds")
+    return groups
+
+
+def _stratified_binary(labels: list[str], f) -> np.ndarray:
+    """sklearn ``StratifiedKFold`` on labels; labels too rare to appear in every fold are pooled."""
+    counts = Counter(labels)
+    pooled = [s if counts[s] >= f.n_splits else "rare" for s in labels]
+    if 0 < Counter(pooled)["rare"] < f.n_splits:
+        biggest = Counter(pooled).most_common(1)[0][0]
+        pooled = [biggest if lab == "rare" else lab for lab in pooled]
+    splits = StratifiedKFold(n_splits=f.n_splits, shuffle=True, random_state=f.seed).split(np.zeros(len(labels)), pooled)
+    return _fold_array(splits, len(labels))
+
+
+def _fold_array(splits, n: int) -> np.ndarray:
+    fold = np.full(n, -1, np.int64)
+    for k, (_, valid) in enumerate(splits):
+        fold[valid] = k
+    assert (fold >= 0).all()
+    return fold
+
+
+def _make(samples: list[Sample], cfg: Config) -> tuple[pd.DataFrame, np.ndarray | None]:
+    """``(folds, presence matrix or None when the method did not need it)``."""
     f = cfg.folds
     ids = [s.id for s in samples]
     n = len(ids)
     if n < f.n_splits:
         raise DataError(f"{n} training samples cannot make folds.n_splits={f.n_splits} folds")
-    fold = np.full(n, -1, np.int64)
-    strata = [""] * n
+    presence = None
     if f.method == "group":
-        groups = [sample_group(s, cfg) for s in samples]
-        if len(set(groups)) < f.n_splits:
-            raise DataError(f"{len(set(groups))} groups cannot make {f.n_splits} folds")
+        strata = _groups(samples, cfg)
         splitter = GroupKFold(n_splits=f.n_splits, shuffle=True, random_state=f.seed)
-        splits = splitter.split(np.zeros(n), groups=groups)
-        strata = [str(g) for g in groups]
+        fold = _fold_array(splitter.split(np.zeros(n), groups=strata), n)
+    elif f.method == "stratified_group":
+        strata = _groups(samples, cfg)
+        presence = presence_matrix(samples, cfg)
+        labels = _rarest_present(presence, cfg)
+        splitter = StratifiedGroupKFold(n_splits=f.n_splits, shuffle=True, random_state=f.seed)
+        with warnings.catch_warnings():  # a label rarer than n_splits is expected (that is the point)
+            warnings.filterwarnings("ignore", message="The least populated class")
+            fold = _fold_array(splitter.split(np.zeros(n), labels, groups=strata), n)
     elif f.method == "stratified":
-        strata = [sample_stratum(s, cfg) for s in samples]
-        counts = Counter(strata)
-        # strata too small to appear in every fold are pooled, so sklearn can split them
-        labels = [s if counts[s] >= f.n_splits else "rare" for s in strata]
-        if Counter(labels)["rare"] and Counter(labels)["rare"] < f.n_splits:
-            biggest = Counter(labels).most_common(1)[0][0]
-            labels = [biggest if lab == "rare" else lab for lab in labels]
-        splits = StratifiedKFold(n_splits=f.n_splits, shuffle=True, random_state=f.seed).split(np.zeros(n), labels)
+        presence = presence_matrix(samples, cfg)
+        strata = _strata(presence, cfg)
+        if cfg.data.task == "binary":
+            fold = _stratified_binary(strata, f)
+        else:
+            from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
+
+            splitter = MultilabelStratifiedKFold(n_splits=f.n_splits, shuffle=True, random_state=f.seed)
+            fold = _fold_array(splitter.split(np.zeros((n, 1)), presence.astype(np.int64)), n)
     else:
-        splits = KFold(n_splits=f.n_splits, shuffle=True, random_state=f.seed).split(np.zeros(n))
-    for k, (_, valid) in enumerate(splits):
-        fold[valid] = k
-    assert (fold >= 0).all()
-    return pd.DataFrame({"id": ids, "fold": fold, "stratum": strata})
+        strata = [""] * n
+        fold = _fold_array(KFold(n_splits=f.n_splits, shuffle=True, random_state=f.seed).split(np.zeros(n)), n)
+    empty = sorted(set(range(f.n_splits)) - set(fold.tolist()))
+    if empty:
+        raise DataError(f"folds.method {f.method!r} left fold(s) {empty} without images ({n} samples); use fewer folds.n_splits")
+    return pd.DataFrame({"id": ids, "fold": fold, "stratum": strata}), presence
+
+
+def make_folds(samples: list[Sample], cfg: Config) -> pd.DataFrame:
+    """A ``DataFrame[id, fold, stratum]`` with every sample in exactly one validation fold (see the module doc)."""
+    return _make(samples, cfg)[0]
+
+
+def fold_balance(folds: pd.DataFrame | np.ndarray, presence: np.ndarray, cfg: Config) -> pd.DataFrame:
+    """Per validation fold: ``images``, images containing each class, ``empty`` images; then an ``all`` row.
+
+    ``folds`` is the folds table (or its ``fold`` column) in the order of ``presence``'s rows
+    (:func:`presence_matrix`).
+    """
+    fold = np.asarray(folds["fold"] if isinstance(folds, pd.DataFrame) else folds, np.int64)
+    cols = presence_columns(cfg)
+    rows = []
+    for k in range(cfg.folds.n_splits):
+        sel = presence[fold == k]
+        rows.append([str(k), len(sel), *sel.sum(axis=0).tolist()])
+    rows.append(["all", len(presence), *presence.sum(axis=0).tolist()])
+    return pd.DataFrame(rows, columns=["fold", "images", *cols])
 
 
 def read_folds(path: Path) -> pd.DataFrame:
@@ -115,7 +251,13 @@ def fold_of_ids(path: Path) -> dict[str, int]:
 
 
 def load_or_make_folds(samples: list[Sample], cfg: Config, path: Path) -> pd.DataFrame:
-    """Read ``path`` if it exists (checking it covers exactly these ids), else make and write it."""
+    """Read ``path`` if it exists (checking it covers exactly these ids), else make and write it.
+
+    A new ``folds.csv`` of a run comes with its fold balance (:func:`fold_balance`), logged and
+    written to the run's ``fold_balance.csv`` first, so a ``folds.csv`` present means both are.
+    """
+    from ..run import Run, write_text  # lazy: run imports torch through checkpoint
+
     ids = [s.id for s in samples]
     if path.is_file():
         df = read_folds(path)
@@ -129,7 +271,15 @@ def load_or_make_folds(samples: list[Sample], cfg: Config, path: Path) -> pd.Dat
         if df["fold"].max() + 1 != cfg.folds.n_splits:
             raise DataError(f"{path} has {df['fold'].max() + 1} folds but folds.n_splits={cfg.folds.n_splits}")
         return df.set_index("id").loc[ids].reset_index()
-    df = make_folds(samples, cfg)
+    df, presence = _make(samples, cfg)
+    if presence is None:
+        presence = presence_matrix(samples, cfg)
+    balance = fold_balance(df, presence, cfg)
+    log.info("fold balance (validation images per fold; images containing each class; empty images):\n%s",
+             balance.to_string(index=False))
+    run = Run(path.parent)
+    if Path(path) == run.folds_csv:
+        write_text(run.fold_balance_csv, balance.to_csv(index=False))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".csv.tmp")
     df.to_csv(tmp, index=False)

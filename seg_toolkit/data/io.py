@@ -1,25 +1,67 @@
-"""Reading images and masks with errors that name the file and say what was expected."""
+"""Reading images, mask files and CSVs with errors that name the file and say what was expected.
+
+An image and its label may share one file side by side (:class:`PairSplit`, ``data.pair_split``):
+:func:`read_image` and :func:`image_size` then see only the image part, and
+:func:`read_mask_array` only the label part, so every reader crops the same way.
+"""
 
 from __future__ import annotations
 
+import glob
 import logging
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from PIL import Image
 
 from ..errors import SegToolkitError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DataError", "read_image", "read_mask", "image_size", "IMAGE_EXTS"]
+__all__ = ["DataError", "PairSplit", "read_image", "read_mask", "read_mask_array", "image_size", "read_csv_strict",
+           "IMAGE_EXTS"]
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".gif")
 
 
 class DataError(SegToolkitError, ValueError):
     """Input data (an image, a mask, a CSV row) is not what the config says it should be."""
+
+
+@dataclass(frozen=True)
+class PairSplit:
+    """An image and its label side by side in one file (pix2pix / Kaggle "Cityscapes Image Pairs").
+
+    ``image``: where the image part is (``left``, ``right``, ``top`` or ``bottom``); the label
+    is the other part. ``at``: the column (row for top/bottom) where the second part starts;
+    ``None`` = the middle, which then must split the file into two equal parts.
+    """
+
+    image: str
+    at: int | None = None
+
+    def boxes(self, h: int, w: int, path: Path | str) -> tuple[tuple[slice, slice], tuple[slice, slice]]:
+        """``(image_box, label_box)``: index tuples into an ``(H, W, ...)`` array of the whole file."""
+        horizontal = self.image in ("left", "right")
+        n = w if horizontal else h
+        if self.at is None:
+            if n % 2:
+                raise DataError(
+                    f"{path}: {'width' if horizontal else 'height'} {n} is odd, so the file does not split into two "
+                    "equal halves; set data.pair_split_at (the first column/row of the second part)"
+                )
+            at = n // 2
+        else:
+            at = self.at
+        if not 0 < at < n:
+            raise DataError(f"{path}: data.pair_split_at={at} is outside the file's {'width' if horizontal else 'height'} 1..{n - 1}")
+        first, second = slice(0, at), slice(at, n)
+        img, lab = (first, second) if self.image in ("left", "top") else (second, first)
+        full = slice(None)
+        return ((full, img), (full, lab)) if horizontal else ((img, full), (lab, full))
 
 
 def _open(path: Path, max_pixels: int) -> Image.Image:
@@ -50,8 +92,8 @@ def _open(path: Path, max_pixels: int) -> Image.Image:
     return im
 
 
-def image_size(path: str | Path) -> tuple[int, int]:
-    """``(height, width)`` from the header only."""
+def image_size(path: str | Path, pair: PairSplit | None = None) -> tuple[int, int]:
+    """``(height, width)`` from the header only (of the image part, for a ``pair`` file)."""
     path = Path(path)
     try:
         with Image.open(path) as im:
@@ -60,14 +102,19 @@ def image_size(path: str | Path) -> tuple[int, int]:
         raise DataError(f"{path}: file not found") from None
     except Exception as e:
         raise DataError(f"{path}: not a readable image ({type(e).__name__}: {e})") from None
+    if pair is not None:
+        box = pair.boxes(h, w, path)[0]
+        return len(range(h)[box[0]]), len(range(w)[box[1]])
     return h, w
 
 
-def read_image(path: str | Path, in_channels: int = 3, max_pixels: int = 50_000_000) -> np.ndarray:
+def read_image(path: str | Path, in_channels: int = 3, max_pixels: int = 50_000_000,
+               pair: PairSplit | None = None) -> np.ndarray:
     """Read an image as ``uint8 (H, W, in_channels)``.
 
     Grayscale becomes RGB when 3 channels are asked for, RGBA keeps alpha only for 4;
-    16-bit images are scaled to 8 bits.
+    16-bit images are scaled to 8 bits. With ``pair`` (a sample's ``Sample.pair``) only the
+    image part of an image|label file is returned.
     """
     path = Path(path)
     im = _open(path, max_pixels)
@@ -81,6 +128,8 @@ def read_image(path: str | Path, in_channels: int = 3, max_pixels: int = 50_000_
     arr = np.asarray(im, dtype=np.uint8)
     if arr.ndim == 2:
         arr = arr[:, :, None]
+    if pair is not None:
+        arr = np.ascontiguousarray(arr[pair.boxes(*arr.shape[:2], path)[0]])
     return arr
 
 
@@ -114,3 +163,87 @@ def read_mask(path: str | Path, max_pixels: int = 50_000_000, lossy_ok: bool = F
     if arr.ndim != 2:
         raise DataError(f"{path}: mask has shape {arr.shape}; expected (height, width)")
     return arr.astype(np.int32 if arr.dtype != np.uint8 else np.uint8, copy=False)
+
+
+#: what each kind of mask file read by :func:`read_mask_array` may be (PIL modes)
+_ID_MODES = ("L", "P", "I;16", "I;16B", "I;16L", "I", "1")
+_MULTI_MODES = ("RGB", "RGBA", "LA", "CMYK")
+
+
+def read_mask_array(path: str | Path, max_pixels: int = 50_000_000, lossy_ok: bool = False, kind: str = "ids",
+                    pair: PairSplit | None = None) -> np.ndarray:
+    """A mask file as an array, the label part only for a ``pair`` file.
+
+    ``kind``: ``ids`` -> integer ``(H, W)`` (single-channel files only, as :func:`read_mask`);
+    ``channels`` -> ``(H, W, C)`` of a multi-channel file (its channels as stored);
+    ``colors`` -> ``uint8 (H, W, 3)`` RGB of a colour (RGB, RGBA or palette) file.
+    """
+    if kind == "ids":
+        arr = read_mask(path, max_pixels, lossy_ok)
+    else:
+        path = Path(path)
+        im = _open(path, max_pixels)
+        if im.format in LOSSY_FORMATS and not lossy_ok:
+            raise DataError(
+                f"{path}: mask is a {im.format} file (lossy: compression noise changes pixel values near every edge, "
+                "so the mask is not what was drawn); for colour masks set data.mask_color_tolerance (nearest colour "
+                "within that distance, farther -> void), or convert the masks to PNG"
+            )
+        if kind == "channels":
+            if im.mode not in _MULTI_MODES:
+                raise DataError(
+                    f"{path}: mask is {im.mode} (one channel) but data.mask_channel says the ids are in one channel "
+                    "of a multi-channel (RGB/RGBA) file; remove data.mask_channel for single-channel masks"
+                )
+            arr = np.asarray(im)
+        elif kind == "colors":
+            if im.mode not in ("RGB", "RGBA", "P"):
+                raise DataError(
+                    f"{path}: mask is {im.mode}; data.mask_format: colors expects an RGB, RGBA or palette file whose "
+                    "pixel colours are class colours"
+                )
+            arr = np.asarray(im if im.mode == "RGB" else im.convert("RGB"), dtype=np.uint8)
+        else:
+            raise ValueError(f"kind must be ids, channels or colors, got {kind!r}")
+    if pair is not None:
+        arr = np.ascontiguousarray(arr[pair.boxes(*arr.shape[:2], path)[1]])
+    return arr
+
+
+def _line(i: int) -> int:
+    """The file line of data row ``i`` of a CSV (the header is line 1)."""
+    return i + 2
+
+
+def read_csv_strict(path: Path, columns: list[str], what: str) -> pd.DataFrame:
+    """Read a CSV as strings (empty fields stay ``""``) and check the needed columns exist.
+
+    A UTF-8 byte-order mark and CRLF line ends are accepted; every failure names the file."""
+    path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder; expected the {what} file")
+    if not path.is_file():
+        raise DataError(f"{path}: {what} not found")
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: file is empty (0 bytes); expected the {what} with a header line")
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False, encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: {what} is not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8") from None
+    except Exception as e:
+        raise DataError(f"{path}: cannot read {what} as CSV ({type(e).__name__}: {' '.join(str(e).split())})") from None
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise DataError(
+            f"{path}: missing column(s) {', '.join(map(repr, missing))}; it has {', '.join(map(repr, df.columns))} "
+            "(set data.id_column / data.rle_column / data.class_column to match)"
+        )
+    return df
+
+
+def _ext_hint(folder: Path, stem: str, key: str) -> str:
+    """``; found 'x.jpg' there: set data.image_ext: '.jpg'`` when a file of that stem has another ending."""
+    if not folder.is_dir():
+        return f"; the folder {folder} does not exist"
+    found = sorted(p.name for p in folder.glob(glob.escape(stem) + "*") if p.is_file())
+    return f"; found {found[0]!r} there: set {key}: {found[0][len(stem):]!r}" if found else ""

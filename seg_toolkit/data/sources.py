@@ -2,18 +2,21 @@
 
 * ``csv``: images plus a CSV of RLE masks, one row per image, or one row per image and
   class (``data.class_column``), empty RLE = empty mask.
-* ``folder``: images plus mask files (binary, or label maps with a void id; 8- or 16-bit),
-  found by id in ``data.train_masks`` or listed as ``image mask`` lines in ``data.train_lists``.
+  Images without a row are a declared choice (``data.unlisted_images``: ignore, empty, error).
+* ``folder``: images plus mask files, found by id in ``data.train_masks`` or listed as
+  ``image mask`` lines in ``data.train_lists``; or image and label side by side in one file
+  (``data.pair_split``: the sample's ``pair`` says which part is which); or one folder per
+  image holding one mask file per object (``data.instance_folders``, DSB 2018).
 
-A :class:`Sample` only names files and strings; pixels are read by :func:`load_target`
-when a dataset asks for them. Targets use the toolkit's convention (see
-:data:`seg_toolkit.config.IGNORE_INDEX`): multiclass ``uint8 (H, W)`` label map,
-binary/multilabel ``uint8 (H, W, C)`` with 0/1, void = 255 in both.
+A :class:`Sample` only names files and strings; pixels are read by
+:func:`seg_toolkit.data.masks.load_target` (every declared mask format) and
+``read_image(s.image, ..., pair=s.pair)`` when a dataset asks for them. Targets use the
+toolkit's convention (see :data:`seg_toolkit.config.IGNORE_INDEX`): multiclass ``uint8 (H, W)``
+label map, binary/multilabel ``uint8 (H, W, C)`` with 0/1, void = 255 in both.
 """
 
 from __future__ import annotations
 
-import glob
 import logging
 import re
 from collections import Counter
@@ -22,11 +25,12 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
-import pandas as pd
 
-from ..config import IGNORE_INDEX, Config, ConfigError
-from ..rle import RLEError, RLESpec
-from .io import IMAGE_EXTS, DataError, image_size, read_mask
+from ..config import Config, ConfigError
+from ..rle import RLEError
+from .colors import class_colors, class_names
+from .io import IMAGE_EXTS, DataError, PairSplit, _ext_hint, _line, read_csv_strict
+from .masks import check_train_samples, load_target, train_rle_spec
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +46,8 @@ __all__ = [
     "check_id",
     "class_names",
     "class_colors",
+    "train_rle_spec",
+    "pair_of",
 ]
 
 
@@ -53,6 +59,13 @@ class Sample:
     rles: tuple[str, ...] | None = None  # csv layout: one string per output channel / class id 1..
     group: str | None = None
     where: str = ""  # where the sample was listed, for error messages
+    pair: PairSplit | None = None  # image and label side by side in ``image`` (then ``mask`` is the same file)
+
+
+def pair_of(cfg: Config) -> PairSplit | None:
+    """``data.pair_split`` / ``data.pair_split_at`` as the :class:`PairSplit` every sample of ``cfg`` carries."""
+    d = cfg.data
+    return PairSplit(d.pair_split.removeprefix("image_"), d.pair_split_at) if d.pair_split else None
 
 
 def check_id(image_id: str, where: str) -> str:
@@ -64,19 +77,16 @@ def check_id(image_id: str, where: str) -> str:
     return image_id
 
 
+def _instance_image(folder: Path, image_id: str, ext: str) -> Path:
+    """``data.instance_folders`` (DSB 2018): ``<folder>/<id>/images/<id><ext>``."""
+    return folder / image_id / "images" / f"{image_id}{ext}"
+
+
 def _image_path(folder: Path, image_id: str, ext: str) -> Path:
     # Some competitions' ids already carry the extension (Severstal: "0002cc93b.jpg").
     if Path(image_id).suffix.lower() in IMAGE_EXTS:
         return folder / image_id
     return folder / f"{image_id}{ext}"
-
-
-def _ext_hint(folder: Path, stem: str, key: str) -> str:
-    """``; found 'x.jpg' there: set data.image_ext: '.jpg'`` when a file of that stem has another ending."""
-    if not folder.is_dir():
-        return f"; the folder {folder} does not exist"
-    found = sorted(p.name for p in folder.glob(glob.escape(stem) + "*") if p.is_file())
-    return f"; found {found[0]!r} there: set {key}: {found[0][len(stem):]!r}" if found else ""
 
 
 def _folder_ext_hint(folder: Path, key: str) -> str:
@@ -88,41 +98,12 @@ def _folder_ext_hint(folder: Path, key: str) -> str:
     return f"; it holds {n} {ext!r} file(s): set {key}: {ext!r}"
 
 
-def read_csv_strict(path: Path, columns: list[str], what: str) -> pd.DataFrame:
-    """Read a CSV as strings (empty fields stay ``""``) and check the needed columns exist.
-
-    A UTF-8 byte-order mark and CRLF line ends are accepted; every failure names the file."""
-    path = Path(path)
-    if path.is_dir():
-        raise DataError(f"{path}: is a folder; expected the {what} file")
-    if not path.is_file():
-        raise DataError(f"{path}: {what} not found")
-    if path.stat().st_size == 0:
-        raise DataError(f"{path}: file is empty (0 bytes); expected the {what} with a header line")
-    try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False, encoding="utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: {what} is not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8") from None
-    except Exception as e:
-        raise DataError(f"{path}: cannot read {what} as CSV ({type(e).__name__}: {' '.join(str(e).split())})") from None
-    missing = [c for c in columns if c not in df.columns]
-    if missing:
-        raise DataError(
-            f"{path}: missing column(s) {', '.join(map(repr, missing))}; it has {', '.join(map(repr, df.columns))} "
-            "(set data.id_column / data.rle_column / data.class_column to match)"
-        )
-    return df
-
-
-def _line(i: int) -> int:
-    return i + 2  # header is line 1
-
-
 def load_train_samples(cfg: Config) -> list[Sample]:
     """All labelled training samples of the competition, in file order."""
     d = cfg.data
     if d.layout == "csv":
         samples = _csv_samples(cfg)
+        samples += _unlisted_samples(cfg, samples)
     elif d.train_lists:
         samples = load_list_samples(cfg, d.train_lists)
     else:
@@ -130,10 +111,33 @@ def load_train_samples(cfg: Config) -> list[Sample]:
     return samples[: d.limit] if d.limit is not None else samples
 
 
-def train_rle_spec(cfg: Config) -> RLESpec:
-    """How ``data.train_csv``'s strings are read: Kaggle's RLE (1-based, absolute starts, empty
-    field = empty mask) in the pixel order ``data.rle_order``."""
-    return RLESpec(order=cfg.data.rle_order)
+def _unlisted_samples(cfg: Config, listed: list[Sample]) -> list[Sample]:
+    """``data.unlisted_images``: the images of ``data.train_images`` that have no row in the CSV.
+
+    ``ignore``: none (their number is logged); ``empty``: each as a sample with empty masks
+    (Severstal lists only non-empty masks); ``error``: :class:`DataError` naming a few."""
+    d = cfg.data
+    images = cfg.data_path(d.train_images)
+    if not images.is_dir() or not listed:
+        return []  # check_train_samples names the missing images
+    paths = {s.image for s in listed}
+    exts = {d.image_ext.lower()} | {p.suffix.lower() for p in paths}
+    unlisted = sorted(p for p in images.iterdir() if p.suffix.lower() in exts and p not in paths and p.is_file())
+    if not unlisted:
+        return []
+    csv = cfg.data_path(d.train_csv)
+    head = f"{len(unlisted)} image(s) in {images} have no row in {csv}, e.g. {[p.name for p in unlisted[:3]]}"
+    if d.unlisted_images == "error":
+        raise DataError(f"{csv}: {head} (data.unlisted_images: error; 'empty' reads them as empty masks, "
+                        "'ignore' leaves them out)")
+    if d.unlisted_images == "ignore":
+        log.warning("%s: not used for training (data.unlisted_images: ignore; set it to 'empty' if a missing row "
+                    "means an empty mask, as in Severstal)", head)
+        return []
+    log.info("%s: trained on as empty masks (data.unlisted_images: empty)", head)
+    with_ext = Path(listed[0].id).suffix.lower() in IMAGE_EXTS  # ids carry the extension (Severstal)
+    n = len(listed[0].rles or ("",))
+    return [Sample(p.name if with_ext else p.stem, p, rles=("",) * n, where=f"{p} (no row in {csv})") for p in unlisted]
 
 
 def _csv_samples(cfg: Config) -> list[Sample]:
@@ -209,9 +213,14 @@ def _folder_samples(cfg: Config) -> list[Sample]:
     if not images.is_dir():
         what = "is a file, not a folder" if images.exists() else "not found"
         raise DataError(f"{images}: image folder (data.train_images) {what}")
+    if d.instance_folders:
+        return _instance_samples(images, d.image_ext, "data.train_images")
     files = sorted(p for p in images.iterdir() if p.suffix.lower() == d.image_ext.lower())
     if not files:
         raise DataError(f"{images}: no *{d.image_ext} images (data.image_ext){_folder_ext_hint(images, 'data.image_ext')}")
+    pair = pair_of(cfg)
+    if pair is not None:  # the label is in the image's own file
+        return [Sample(p.stem, p, mask=p, where=str(p), pair=pair) for p in files]
     out = []
     for p in files:
         mask = masks / f"{p.stem}{d.mask_ext}"
@@ -219,6 +228,28 @@ def _folder_samples(cfg: Config) -> list[Sample]:
             raise DataError(f"{mask}: mask for image {p.name} not found (data.train_masks, data.mask_ext)"
                             f"{_ext_hint(masks, p.stem, 'data.mask_ext')}")
         out.append(Sample(p.stem, p, mask=mask, where=str(p)))
+    return out
+
+
+def _instance_samples(folder: Path, ext: str, key: str, with_masks: bool = True) -> list[Sample]:
+    """``data.instance_folders``: one sample per sub-folder ``<id>/`` of ``folder``; its ``mask`` is
+    the folder ``<id>/masks`` (the union of its files is the target); test folders have none."""
+    subs = sorted(p for p in folder.iterdir() if p.is_dir())
+    if not subs:
+        raise DataError(f"{folder}: no image folders ({key} with data.instance_folders: <id>/images/<id>{ext})")
+    out = []
+    for sub in subs:
+        image = _instance_image(folder, sub.name, ext)
+        if not image.is_file():
+            raise DataError(f"{image}: image of folder {sub.name} not found (data.instance_folders: <id>/images/<id>{ext}, "
+                            f"data.image_ext){_ext_hint(image.parent, sub.name, 'data.image_ext')}")
+        masks = sub / "masks"
+        if not with_masks:
+            out.append(Sample(check_id(sub.name, str(sub)), image, where=str(sub)))
+            continue
+        if not masks.is_dir():
+            raise DataError(f"{masks}: folder of object masks not found (data.instance_folders: <id>/masks/*)")
+        out.append(Sample(check_id(sub.name, str(sub)), image, mask=masks, where=str(sub)))
     return out
 
 
@@ -234,6 +265,7 @@ def iter_list_samples(cfg: Config, lists: list[str], on_problem: Callable[[str, 
     Kinds: ``missing_file``, ``bad_line``, ``bad_id``, ``duplicate_row``.
     """
     root = Path(cfg.data.root)
+    pair = pair_of(cfg)
     seen: dict[str, str] = {}
     for rel in lists:
         path = root / rel
@@ -254,11 +286,14 @@ def iter_list_samples(cfg: Config, lists: list[str], on_problem: Callable[[str, 
             if not parts:
                 continue
             where = f"{path} line {n}"
+            if pair is not None and len(parts) == 1:  # an image|label file names itself once
+                parts = parts * 2
             if len(parts) != 2:
-                on_problem("bad_line", where, f"{where}: expected 'image mask' (two relative paths), got {line!r}")
+                expected = "'image mask' (two relative paths)" + (" or one image|label file" if pair else "")
+                on_problem("bad_line", where, f"{where}: expected {expected}, got {line!r}")
                 continue
             image, mask = root / parts[0], root / parts[1]
-            missing = [p for p in (image, mask) if not p.is_file()]
+            missing = list(dict.fromkeys(p for p in (image, mask) if not p.is_file()))
             for p in missing:
                 on_problem("missing_file", where, f"{where}: {p} not found")
             if missing:
@@ -272,7 +307,7 @@ def iter_list_samples(cfg: Config, lists: list[str], on_problem: Callable[[str, 
                 on_problem("duplicate_row", where, f"{where}: id {image_id!r} listed twice (also at {seen[image_id]})")
                 continue
             seen[image_id] = where
-            yield Sample(image_id, image, mask=mask, where=where)
+            yield Sample(image_id, image, mask=mask, where=where, pair=pair)
 
 
 def load_list_samples(cfg: Config, lists: list[str]) -> list[Sample]:
@@ -320,7 +355,8 @@ def load_test_samples(cfg: Config) -> list[Sample]:
             if raw not in seen:
                 seen.add(raw)
                 ids.append(check_id(raw, where))
-        samples = [Sample(i, _image_path(folder, i, d.image_ext), where=str(sample_path)) for i in ids]
+        path_of = _instance_image if d.instance_folders else _image_path
+        samples = [Sample(i, path_of(folder, i, d.image_ext), where=str(sample_path), pair=pair_of(cfg)) for i in ids]
         missing = [x for x in samples if not x.image.is_file()]
         if missing:
             raise DataError(
@@ -330,162 +366,9 @@ def load_test_samples(cfg: Config) -> list[Sample]:
         return samples
     if not folder.is_dir():
         raise DataError(f"{folder}: test image folder (data.test_images) not found")
+    if d.instance_folders:
+        return _instance_samples(folder, d.image_ext, "data.test_images", with_masks=False)
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() == d.image_ext.lower())
     if not files:
         raise DataError(f"{folder}: no *{d.image_ext} test images{_folder_ext_hint(folder, 'data.image_ext')}")
-    return [Sample(p.stem, p, where=str(p)) for p in files]
-
-
-def load_target(sample: Sample, cfg: Config, hw: tuple[int, int]) -> np.ndarray:
-    """The sample's target at image size ``hw`` in the toolkit's convention (see module doc)."""
-    d = cfg.data
-    if sample.rles is not None:
-        where = f"{sample.where} (id {sample.id!r})"
-        try:
-            spec = train_rle_spec(cfg)
-            chans = [spec.decode(r, hw, where=where) for r in sample.rles]
-        except RLEError as e:
-            raise DataError(str(e)) from None
-        if d.task == "multiclass":
-            label = np.zeros(hw, np.uint8)
-            for c, m in enumerate(chans, start=1):
-                label[m.astype(bool)] = c
-            return label
-        return np.stack(chans, axis=-1)
-
-    assert sample.mask is not None
-    mask = read_mask(sample.mask, d.max_image_pixels, lossy_ok=d.mask_threshold is not None)
-    if mask.shape != tuple(hw):
-        raise DataError(
-            f"{sample.mask}: mask is {mask.shape[0]}x{mask.shape[1]} (HxW) but its image {sample.image.name} "
-            f"is {hw[0]}x{hw[1]}; image and mask must have the same size"
-        )
-    void = mask == d.ignore_index if d.ignore_index is not None else None
-    if d.task == "multiclass":
-        bad = mask >= d.num_classes
-        if void is not None:
-            bad &= ~void
-        if bad.any():
-            vals = np.unique(mask[bad])[:10].tolist()
-            hint = ""
-            if vals == [255] and d.ignore_index is None:
-                hint = ("; 0/255 masks are binary masks (data.task: binary), unless 255 marks void pixels "
-                        "(data.ignore_index: 255)")
-            raise DataError(
-                f"{sample.mask}: mask values {vals} are outside the classes 0..{d.num_classes - 1}"
-                + (f" and the void id {d.ignore_index}" if d.ignore_index is not None else "")
-                + f" (data.num_classes / data.ignore_index){hint}"
-            )
-        label = mask.astype(np.uint8)
-        if void is not None:
-            label[void] = IGNORE_INDEX
-        return label
-    if d.task == "binary":
-        fg = (mask >= d.mask_threshold if d.mask_threshold is not None else mask > 0).astype(np.uint8)
-        if void is not None:
-            fg[void] = IGNORE_INDEX
-        return fg[:, :, None]
-    raise ConfigError("data.task: multilabel masks need the csv layout with data.class_column")
-
-
-def check_train_samples(samples: list[Sample], cfg: Config) -> None:
-    """What training needs, checked before anything is written or trained: every image file
-    exists, and some mask has foreground.
-
-    A training set whose masks are all empty (all background) is refused: it can only teach a
-    model to predict nothing, and its CV score would measure nothing (with ``metric.empty_score:
-    one`` a perfect 1.0); it is nearly always a reading mistake (wrong column, folder or
-    threshold), which the message names. A class without any pixel is warned about in the csv
-    layout, where seeing it costs nothing. Mask files are read only until one has foreground.
-    """
-    d = cfg.data
-    missing = [s for s in samples if not s.image.is_file()]
-    if missing:
-        m = missing[0]
-        raise DataError(
-            f"{m.where}: {len(missing)} of {len(samples)} training ids have no image in {m.image.parent}, e.g. "
-            f"{m.id!r} (expected {m.image}; data.train_images, data.image_ext){_ext_hint(m.image.parent, m.id, 'data.image_ext')}"
-        )
-    if not samples:
-        return
-    if samples[0].rles is not None:
-        n, spec = len(samples[0].rles), train_rle_spec(cfg)
-        present = [any(s.rles and not spec.is_empty(s.rles[c]) for s in samples) for c in range(n)]
-        if not any(present):
-            raise DataError(
-                f"{cfg.data_path(d.train_csv)}: every mask is empty (column {d.rle_column!r} is empty for all "
-                f"{len(samples)} training images): training would learn to predict nothing and the CV score would "
-                "mean nothing; check data.rle_column"
-            )
-        names = class_names(cfg)
-        for c, ok in enumerate(present):
-            if not ok and n > 1:
-                k = c + 1 if d.task == "multiclass" else c
-                log.warning("class %s (%s) has no pixel in any of the %d training masks of %s: the model cannot learn it",
-                            k, names[k] if k < len(names) else "?", len(samples), cfg.data_path(d.train_csv))
-        return
-    largest = 0
-    for s in samples:
-        target = load_target(s, cfg, image_size(s.image))
-        if ((target != 0) & (target != IGNORE_INDEX)).any():
-            return
-        assert s.mask is not None
-        raw = read_mask(s.mask, d.max_image_pixels, lossy_ok=True)
-        raw = raw[raw != d.ignore_index] if d.ignore_index is not None else raw
-        largest = max(largest, int(raw.max()) if raw.size else 0)
-    if d.task == "multiclass":
-        read, keys = "a class id other than 0" + (f" or the void id {d.ignore_index}" if d.ignore_index is not None else ""), "data.ignore_index"
-    else:
-        read = f"a value >= data.mask_threshold={d.mask_threshold}" if d.mask_threshold is not None else "a value > 0"
-        keys = "data.mask_threshold"
-    where = samples[0].mask.parent if samples[0].mask is not None else cfg.data_path(d.train_masks)
-    besides = " apart from the void id" if d.ignore_index is not None else ""
-    raise DataError(
-        f"{where}: all {len(samples)} training masks are empty (no pixel with {read}; the largest mask value{besides} "
-        f"is {largest}): training would learn to predict nothing and the CV score would mean nothing; check "
-        f"data.train_masks / data.train_lists and {keys}"
-    )
-
-
-def _classes_csv(cfg: Config) -> pd.DataFrame | None:
-    if not cfg.data.classes_csv:
-        return None
-    path = cfg.data_path(cfg.data.classes_csv)
-    df = read_csv_strict(path, ["id", "name"], "classes CSV (data.classes_csv)")
-    for col in ("id", "r", "g", "b"):
-        if col in df.columns:
-            bad = [k for k, v in enumerate(df[col]) if not v.strip().isdigit()]
-            if bad:
-                raise DataError(f"{path} line {_line(bad[0])}: {col} {df[col].iat[bad[0]]!r} is not a non-negative integer")
-    return df
-
-
-def class_names(cfg: Config) -> list[str]:
-    """Names of the output classes: config, then classes CSV, then ``class_0..``."""
-    d = cfg.data
-    if d.class_names:
-        return list(d.class_names)
-    df = _classes_csv(cfg)
-    if df is not None:
-        names = dict(zip(df["id"].astype(int), df["name"]))
-        offset = 1 if (d.task != "multiclass") and 0 not in names else 0
-        return [names.get(i + offset, f"class_{i + offset}") for i in range(d.num_classes)]
-    if d.task == "binary":
-        return ["foreground"]
-    return [f"class_{i}" for i in range(d.num_classes)]
-
-
-def class_colors(cfg: Config) -> np.ndarray:
-    """``uint8 (num_classes, 3)`` display colours: classes CSV r,g,b, else a fixed palette."""
-    df = _classes_csv(cfg)
-    n = cfg.data.num_classes
-    if df is not None and {"r", "g", "b"} <= set(df.columns):
-        table = {int(i): (int(r), int(g), int(b)) for i, r, g, b in zip(df["id"], df["r"], df["g"], df["b"])}
-        offset = 1 if (cfg.data.task != "multiclass") and 0 not in table else 0
-        return np.array([table.get(i + offset, (255, 255, 255)) for i in range(n)], np.uint8)
-    palette = np.array(
-        [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
-         (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (220, 190, 255)],
-        np.uint8,
-    )
-    return palette[np.arange(n) % len(palette)]
+    return [Sample(p.stem, p, where=str(p), pair=pair_of(cfg)) for p in files]

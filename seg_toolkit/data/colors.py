@@ -1,0 +1,213 @@
+"""Classes: names, display colours, and the colour tables that colour-coded masks are read through.
+
+``data.mask_format: colors`` maps each pixel's RGB to a class through a table (``data.mask_colors``
+and ``data.mask_void_colors``, or the ``classes_csv`` r,g,b columns): exactly for lossless files
+(an unknown colour is an error naming it), or to the nearest table colour within
+``data.mask_color_tolerance`` for lossy ones (farther pixels are void). A file whose pixels are
+mostly far from every colour is refused, not guessed (:data:`MAX_FAR_SHARE`,
+:func:`check_color_masks`).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+from ..config import Config, ConfigError
+from .io import DataError, _line, read_csv_strict, read_mask_array
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .sources import Sample
+
+__all__ = ["class_names", "class_colors", "color_table", "colors_to_ids", "check_color_masks", "VOID_ID"]
+
+#: void inside the id step of mask reading (ids read from files are >= 0)
+VOID_ID = -1
+
+#: a colour mask with more than this share of its pixels farther than the tolerance from every
+#: table colour is refused: it is not a colour mask of this table (wrong half of a pair, wrong table)
+MAX_FAR_SHARE = 0.5
+
+
+def _classes_csv(cfg: Config) -> pd.DataFrame | None:
+    if not cfg.data.classes_csv:
+        return None
+    path = cfg.data_path(cfg.data.classes_csv)
+    df = read_csv_strict(path, ["id", "name"], "classes CSV (data.classes_csv)")
+    for col in ("id", "r", "g", "b"):
+        if col in df.columns:
+            bad = [k for k, v in enumerate(df[col]) if not v.strip().isdigit()]
+            if bad:
+                raise DataError(f"{path} line {_line(bad[0])}: {col} {df[col].iat[bad[0]]!r} is not a non-negative integer")
+    return df
+
+
+def class_names(cfg: Config) -> list[str]:
+    """Names of the output classes: config, then classes CSV, then ``class_0..``."""
+    d = cfg.data
+    if d.class_names:
+        return list(d.class_names)
+    df = _classes_csv(cfg)
+    if df is not None:
+        names = dict(zip(df["id"].astype(int), df["name"]))
+        offset = 1 if (d.task != "multiclass") and 0 not in names else 0
+        return [names.get(i + offset, f"class_{i + offset}") for i in range(d.num_classes)]
+    if d.task == "binary":
+        return ["foreground"]
+    return [f"class_{i}" for i in range(d.num_classes)]
+
+
+def class_colors(cfg: Config) -> np.ndarray:
+    """``uint8 (num_classes, 3)`` display colours: ``data.mask_colors``, classes CSV r,g,b, else a fixed palette."""
+    n, d = cfg.data.num_classes, cfg.data
+    if d.mask_colors and d.task == "multiclass" and len(d.mask_colors) >= n:
+        return np.array(d.mask_colors[:n], np.uint8)
+    df = _classes_csv(cfg)
+    if df is not None and {"r", "g", "b"} <= set(df.columns):
+        table = {int(i): (int(r), int(g), int(b)) for i, r, g, b in zip(df["id"], df["r"], df["g"], df["b"])}
+        offset = 1 if (cfg.data.task != "multiclass") and 0 not in table else 0
+        return np.array([table.get(i + offset, (255, 255, 255)) for i in range(n)], np.uint8)
+    palette = np.array(
+        [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
+         (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (220, 190, 255)],
+        np.uint8,
+    )
+    return palette[np.arange(n) % len(palette)]
+
+
+_TABLES: dict[tuple, tuple[np.ndarray, np.ndarray, str]] = {}
+
+
+def color_table(cfg: Config) -> tuple[np.ndarray, np.ndarray, str]:
+    """``(colors uint8 (K, 3), ids int (K,), source)`` of ``data.mask_format: colors``; id -1 = void.
+
+    From ``data.mask_colors`` (class i = the i-th colour) and ``data.mask_void_colors``, else from
+    the classes CSV: each row's ``id`` and ``r,g,b``, void where its ``ignore`` column is 1 (or
+    its id is ``data.ignore_index``). A colour listed twice with different meanings is an error.
+    """
+    d = cfg.data
+    if d.mask_colors:
+        colors = [tuple(c) for c in d.mask_colors] + [tuple(c) for c in d.mask_void_colors]
+        ids = list(range(len(d.mask_colors))) + [VOID_ID] * len(d.mask_void_colors)
+        source, where = "data.mask_colors / data.mask_void_colors", ["data.mask_colors"] * len(d.mask_colors) + [
+            "data.mask_void_colors"] * len(d.mask_void_colors)
+        key: tuple = ("config", tuple(colors), tuple(ids))
+    else:
+        if not d.classes_csv:
+            raise ConfigError("data.mask_format: colors needs a colour table: data.mask_colors, or data.classes_csv with r,g,b")
+        path = cfg.data_path(d.classes_csv)
+        key = ("csv", str(path), path.stat().st_mtime_ns if path.is_file() else None, d.ignore_index)
+        if key in _TABLES:
+            return _TABLES[key]
+        df = _classes_csv(cfg)
+        assert df is not None
+        if not {"r", "g", "b"} <= set(df.columns):
+            raise DataError(f"{path}: data.mask_format: colors reads class colours from columns r,g,b, which this classes CSV lacks")
+        ignore = [v.strip() not in ("", "0") for v in df["ignore"]] if "ignore" in df.columns else [False] * len(df)
+        colors = [(int(r), int(g), int(b)) for r, g, b in zip(df["r"], df["g"], df["b"])]
+        ids = [VOID_ID if ig or int(i) == d.ignore_index else int(i) for i, ig in zip(df["id"], ignore)]
+        source, where = str(path), [f"{path} line {_line(k)}" for k in range(len(df))]
+    if key in _TABLES:
+        return _TABLES[key]
+    for c in colors:
+        if any(not 0 <= v <= 255 for v in c):
+            raise DataError(f"{source}: colour {list(c)} has a value outside 0..255")
+    seen: dict[tuple, int] = {}
+    for k, (c, i) in enumerate(zip(colors, ids)):
+        if c in seen and ids[seen[c]] != i:
+            raise DataError(f"{where[k]}: colour {list(c)} is listed twice ({where[seen[c]]} too) with different classes")
+        seen.setdefault(c, k)
+    table = (np.array(colors, np.uint8).reshape(-1, 3), np.array(ids, np.int32), source)
+    _TABLES[key] = table
+    return table
+
+
+def colors_to_ids(rgb: np.ndarray, colors: np.ndarray, ids: np.ndarray, tolerance: float | None, where: str,
+                  source: str = "the colour table", return_far: bool = False) -> np.ndarray | tuple[np.ndarray, int]:
+    """``uint8 (H, W, 3)`` colours -> ``int32 (H, W)`` ids (-1 = void) through a colour table.
+
+    ``tolerance`` None: every pixel must be a table colour exactly, else :class:`DataError`
+    naming the unknown colours. A number: the nearest table colour (Euclidean RGB distance)
+    if it is within ``tolerance``, else void; more than :data:`MAX_FAR_SHARE` of the pixels
+    far from every colour is an error (not a colour mask of this table). Each colour's answer is
+    remembered in a lookup table, so a dataset's JPEG noise colours are searched once.
+    ``return_far``: also return the number of pixels made void by the cut-off.
+    """
+    keys = (rgb[..., 0].astype(np.int32) << 16) | (rgb[..., 1].astype(np.int32) << 8) | rgb[..., 2].astype(np.int32)
+    lut = _color_lut(colors, ids, tolerance)
+    out = lut[keys]
+    todo = out == _NOT_YET
+    if todo.any():  # colours not seen before: nearest table colour, remembered in the LUT
+        new = np.unique(keys[todo])
+        u = np.stack([(new >> 16) & 255, (new >> 8) & 255, new & 255], axis=1).astype(np.int64)
+        d2 = ((u[:, None, :] - colors[None, :, :].astype(np.int64)) ** 2).sum(-1)
+        k = d2.argmin(1)
+        best = d2[np.arange(len(new)), k]
+        limit = 0 if tolerance is None else tolerance * tolerance
+        lut[new] = np.where(best <= limit, ids[k], _UNKNOWN if tolerance is None else _FAR).astype(lut.dtype)
+        out = lut[keys]
+    bad = out == (_UNKNOWN if tolerance is None else _FAR)
+    n_bad = int(bad.sum())
+    if tolerance is None and n_bad:
+        flat = rgb.reshape(-1, 3)[bad.ravel()]
+        cols, counts = np.unique(flat, axis=0, return_counts=True)
+        top = np.argsort(-counts, kind="stable")[:5]
+        shown = ", ".join(f"{cols[i].tolist()} x{int(counts[i])}" for i in top)
+        raise DataError(
+            f"{where}: {n_bad} of {keys.size} pixels have colours not in {source} ({len(cols)} distinct, e.g. {shown}); "
+            "add them to the table (or to data.mask_void_colors), or for a lossy (JPEG) file set data.mask_color_tolerance"
+        )
+    if n_bad > MAX_FAR_SHARE * keys.size:
+        raise DataError(
+            f"{where}: {n_bad} of {keys.size} pixels ({100 * n_bad / keys.size:.0f}%) are farther than "
+            f"data.mask_color_tolerance={tolerance:g} from every colour of {source}: this is not a colour mask of that "
+            "table (the photo half of a pair? data.pair_split) or the tolerance is too small"
+        )
+    out = out.astype(np.int32)
+    out[bad] = VOID_ID
+    return (out, n_bad) if return_far else out
+
+
+#: masks checked before training by :func:`check_color_masks`, and the mean share of pixels
+#: beyond the cut-off above which they are refused
+N_COLOR_CHECK, MAX_MEAN_FAR_SHARE = 8, 0.3
+
+
+def check_color_masks(samples: list[Sample], cfg: Config) -> None:
+    """Before training: the first :data:`N_COLOR_CHECK` colour masks read with a cut-off must, on
+    average, lose at most :data:`MAX_MEAN_FAR_SHARE` of their pixels to it. More means the files
+    are not colour masks of this table (the photo half of a pair: ``data.pair_split``), or the
+    tolerance is far too small; the per-mask :data:`MAX_FAR_SHARE` catches only the blatant cases."""
+    d = cfg.data
+    if d.mask_format != "colors" or d.mask_color_tolerance is None:
+        return
+    table, table_ids, source = color_table(cfg)
+    shares = []
+    for s in [x for x in samples if x.mask is not None][:N_COLOR_CHECK]:
+        rgb = read_mask_array(s.mask, d.max_image_pixels, lossy_ok=True, kind="colors", pair=s.pair)
+        _, far = colors_to_ids(rgb, table, table_ids, d.mask_color_tolerance, str(s.mask), source, return_far=True)
+        shares.append(far / max(rgb.shape[0] * rgb.shape[1], 1))
+    if shares and float(np.mean(shares)) > MAX_MEAN_FAR_SHARE:
+        first = samples[0].mask
+        raise DataError(
+            f"{first}: in the first {len(shares)} masks, {100 * float(np.mean(shares)):.0f}% of the pixels are farther than "
+            f"data.mask_color_tolerance={d.mask_color_tolerance:g} from every colour of {source}: these are not colour masks "
+            "of that table (the photo half of an image|label file? data.pair_split), or the tolerance is far too small"
+        )
+
+
+_NOT_YET, _UNKNOWN, _FAR = -2, -3, -4  # LUT entries besides ids and void (-1)
+_LUTS: dict[tuple, np.ndarray] = {}
+
+
+def _color_lut(colors: np.ndarray, ids: np.ndarray, tolerance: float | None) -> np.ndarray:
+    """``int16 (2**24,)``: packed RGB -> id, filled lazily (32 MB per colour table, a few kept)."""
+    key = (colors.tobytes(), ids.tobytes(), tolerance)
+    if key not in _LUTS:
+        if len(_LUTS) >= 4:
+            _LUTS.pop(next(iter(_LUTS)))
+        lut = np.full(1 << 24, _NOT_YET, np.int16 if int(ids.max(initial=0)) < 2**15 else np.int32)
+        _LUTS[key] = lut
+    return _LUTS[key]

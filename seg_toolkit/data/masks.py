@@ -1,0 +1,262 @@
+"""Masks -> targets: every declared way a dataset stores its labels, read exactly or refused.
+
+A mask file is read in three steps, each declared in the config (checked when it loads,
+:func:`seg_toolkit.config_checks._check_masks`):
+
+1. **the file**: the whole file, or the label part of an image|label file
+   (``data.pair_split``, :class:`~seg_toolkit.data.io.PairSplit`);
+2. **ids**: the pixel values of a single-channel file; the values of one channel of an RGB(A)
+   file (``data.mask_channel``, e.g. CARLA's red channel); or colours mapped through a colour
+   table (``data.mask_format: colors`` with ``data.mask_colors`` / ``data.mask_void_colors`` or
+   the ``classes_csv`` r,g,b columns): exactly (an unknown colour is an error), or for lossy files
+   to the nearest colour within ``data.mask_color_tolerance`` (farther pixels are void);
+3. **remap** (``data.mask_values``): each id -> a class id or void; an id not listed is an error.
+   Without it, ``data.ignore_index`` marks the void id.
+
+``data.instance_folders`` (DSB 2018): the mask is a folder of object masks, each read as above,
+and the target is their union.
+
+Then the target in the toolkit's convention (:data:`seg_toolkit.config.IGNORE_INDEX` = void):
+multiclass ``uint8 (H, W)``; binary ``uint8 (H, W, 1)``. A binary mask read without
+``mask_values`` / ``mask_threshold`` must hold 0 and at most one other value, so a trimap or an
+anti-aliased mask is refused instead of read as all foreground. CSV-layout targets are RLE rows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ..config import IGNORE_INDEX, Config, ConfigError
+from ..rle import RLEError, RLESpec
+from .colors import VOID_ID, check_color_masks, class_names, color_table, colors_to_ids
+from .io import DataError, _ext_hint, image_size, read_mask_array
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .sources import Sample
+
+log = logging.getLogger(__name__)
+
+__all__ = ["VOID", "train_rle_spec", "load_target", "mask_ids", "remap_values", "check_train_samples", "class_names"]
+
+#: the word that marks void in ``data.mask_values``
+VOID = "void"
+
+
+def train_rle_spec(cfg: Config) -> RLESpec:
+    """How ``data.train_csv``'s strings are read: Kaggle's RLE (1-based, absolute starts, empty
+    field = empty mask) in the pixel order ``data.rle_order``."""
+    return RLESpec(order=cfg.data.rle_order)
+
+
+def remap_values(values: np.ndarray, mapping: dict[int, int | str], where: str) -> np.ndarray:
+    """``data.mask_values``: each id -> class id, or -1 for void (``"void"``); ids already -1 stay void.
+
+    A value that is not a key is a :class:`DataError` naming ``where`` and the values."""
+    present = np.unique(values)
+    present = present[present != VOID_ID]
+    unknown = [int(v) for v in present if int(v) not in mapping]
+    if unknown:
+        raise DataError(
+            f"{where}: mask values {unknown[:10]}{' ...' if len(unknown) > 10 else ''} are not in data.mask_values "
+            f"(declared: {sorted(mapping)}); every value in a mask must be declared"
+        )
+    top = max(int(present.max()) if present.size else 0, 0)
+    lut = np.full(top + 2, VOID_ID, np.int32)  # the last slot is the void of the input (index -1)
+    for k, v in mapping.items():
+        if k <= top:
+            lut[k] = VOID_ID if v == VOID else int(v)
+    return lut[values]
+
+
+def mask_ids(sample: Sample, cfg: Config) -> np.ndarray:
+    """A mask file's class ids ``int32 (H, W)``, void = -1, after every declared step (module doc)."""
+    d = cfg.data
+    assert sample.mask is not None
+    if d.instance_folders:
+        return _instance_union(sample, cfg)
+    where = str(sample.mask)
+    colors = d.mask_format == "colors"
+    lossy_ok = d.mask_threshold is not None or (colors and d.mask_color_tolerance is not None)
+    kind = "colors" if colors else "channels" if d.mask_channel is not None else "ids"
+    arr = read_mask_array(sample.mask, d.max_image_pixels, lossy_ok=lossy_ok, kind=kind, pair=sample.pair)
+    if colors:
+        table, table_ids, source = color_table(cfg)
+        ids = colors_to_ids(arr, table, table_ids, d.mask_color_tolerance, where, source)
+    elif d.mask_channel is not None:
+        if d.mask_channel >= arr.shape[2]:
+            raise DataError(f"{where}: mask has {arr.shape[2]} channels; data.mask_channel {d.mask_channel} is outside 0..{arr.shape[2] - 1}")
+        ids = arr[:, :, d.mask_channel].astype(np.int32)
+    else:
+        ids = arr.astype(np.int32)
+    if d.mask_values:
+        return remap_values(ids, d.mask_values, where)
+    if d.ignore_index is not None:
+        ids[ids == d.ignore_index] = VOID_ID
+    return ids
+
+
+def _instance_union(sample: Sample, cfg: Config) -> np.ndarray:
+    """``data.instance_folders``: the union (0/1) of the object mask files in ``sample.mask``, a
+    folder; each file must be binary (0 and one value) unless ``mask_threshold`` / ``mask_values``
+    say how to read it; files of different sizes are an error naming both."""
+    d = cfg.data
+    assert sample.mask is not None
+    files = sorted(p for p in sample.mask.iterdir() if p.is_file() and not p.name.startswith("."))
+    union: np.ndarray | None = None
+    for f in files:
+        ids = mask_ids(type(sample)(sample.id, sample.image, mask=f, where=sample.where), _one_file(cfg))
+        if d.mask_threshold is not None:
+            fg = ids >= d.mask_threshold
+        else:
+            values = ids[ids > 0]
+            if not d.mask_values and values.size and (values != values.flat[0]).any():
+                raise DataError(f"{f}: object mask holds values {np.unique(values)[:10].tolist()} besides 0; expected 0 and "
+                                "one foreground value (data.mask_threshold for lossy masks)")
+            fg = ids > 0
+        if union is None:
+            union, first = np.zeros(fg.shape, np.int32), f
+        if fg.shape != union.shape:
+            raise DataError(f"{f}: object mask is {fg.shape[0]}x{fg.shape[1]} but {first.name} is {union.shape[0]}x{union.shape[1]}")
+        union[fg] = 1
+        union[(ids == VOID_ID) & (union == 0)] = VOID_ID
+    if union is None:  # no object: an empty mask of the image's size
+        union = np.zeros(image_size(sample.image), np.int32)
+    return union
+
+
+def _one_file(cfg: Config) -> Config:
+    """``cfg`` with ``instance_folders`` off: how each object file is read."""
+    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, instance_folders=False))
+
+
+# ----------------------------------------------------------------------------- targets
+
+
+def load_target(sample: Sample, cfg: Config, hw: tuple[int, int] | None) -> np.ndarray:
+    """The sample's target in the toolkit's convention (module doc), checked to be ``hw`` (HxW)
+    when given (``None``: a mask file's own size; RLE rows need ``hw``)."""
+    d = cfg.data
+    if sample.rles is not None:
+        if hw is None:
+            raise ValueError("load_target: RLE rows need the image size hw")
+        where = f"{sample.where} (id {sample.id!r})"
+        try:
+            spec = train_rle_spec(cfg)
+            chans = [spec.decode(r, hw, where=where) for r in sample.rles]
+        except RLEError as e:
+            raise DataError(str(e)) from None
+        if d.task == "multiclass":
+            label = np.zeros(hw, np.uint8)
+            for c, m in enumerate(chans, start=1):
+                label[m.astype(bool)] = c
+            return label
+        return np.stack(chans, axis=-1)
+
+    assert sample.mask is not None
+    if d.task == "multilabel":
+        raise ConfigError("data.task: multilabel masks need the csv layout with data.class_column")
+    ids = mask_ids(sample, cfg)
+    if hw is not None and ids.shape != tuple(hw):
+        what = f"its image {sample.image.name}" if sample.pair is None else "the image part of the same file"
+        raise DataError(
+            f"{sample.mask}: mask is {ids.shape[0]}x{ids.shape[1]} (HxW) but {what} "
+            f"is {hw[0]}x{hw[1]}; image and mask must have the same size"
+        )
+    void = ids == VOID_ID
+    if d.task == "multiclass":
+        bad = (ids >= d.num_classes) & ~void
+        if bad.any():
+            vals = np.unique(ids[bad])[:10].tolist()
+            hint = ""
+            if vals == [255] and d.ignore_index is None and not d.mask_values:
+                hint = ("; 0/255 masks are binary masks (data.task: binary), unless 255 marks void pixels "
+                        "(data.ignore_index: 255)")
+            declared = ("data.mask_values" if d.mask_values else "data.num_classes / data.ignore_index")
+            raise DataError(
+                f"{sample.mask}: mask values {vals} are outside the classes 0..{d.num_classes - 1}"
+                + (f" and the void id {d.ignore_index}" if d.ignore_index is not None else "")
+                + f" ({declared}){hint}"
+            )
+        label = ids.astype(np.uint8)
+        label[void] = IGNORE_INDEX
+        return label
+    if d.mask_threshold is not None:
+        fg = (ids >= d.mask_threshold).astype(np.uint8)
+    else:
+        if not d.mask_values:
+            values = ids[(ids != 0) & ~void]
+            if values.size and (values != values.flat[0]).any():
+                shown = np.unique(values)
+                raise DataError(
+                    f"{sample.mask}: binary mask holds values {shown[:10].tolist()}{' ...' if shown.size > 10 else ''} "
+                    "besides 0; a binary mask is 0 and one foreground value. Declare how to read it: data.mask_values "
+                    "(e.g. {1: 1, 2: 0, 3: void} for an Oxford-IIIT Pet trimap) or data.mask_threshold (lossy or "
+                    "anti-aliased masks)"
+                )
+        fg = (ids > 0).astype(np.uint8)
+    fg[void] = IGNORE_INDEX
+    return fg[:, :, None]
+
+
+def check_train_samples(samples: list[Sample], cfg: Config) -> None:
+    """What training needs, checked before anything is written or trained: every image file
+    exists, some mask has foreground, and colour masks read with a cut-off are colour masks of
+    the table (:func:`~seg_toolkit.data.colors.check_color_masks`).
+
+    A training set whose masks are all empty (all background) is refused: it can only teach a
+    model to predict nothing, and its CV score would measure nothing (with ``metric.empty_score:
+    one`` a perfect 1.0); it is nearly always a reading mistake (wrong column, folder or
+    threshold), which the message names. A class without any pixel is warned about in the csv
+    layout, where seeing it costs nothing. Mask files are read only until one has foreground.
+    """
+    d = cfg.data
+    missing = [s for s in samples if not s.image.is_file()]
+    if missing:
+        m = missing[0]
+        raise DataError(
+            f"{m.where}: {len(missing)} of {len(samples)} training ids have no image in {m.image.parent}, e.g. "
+            f"{m.id!r} (expected {m.image}; data.train_images, data.image_ext){_ext_hint(m.image.parent, m.id, 'data.image_ext')}"
+        )
+    if not samples:
+        return
+    if samples[0].rles is not None:
+        n, spec = len(samples[0].rles), train_rle_spec(cfg)
+        present = [any(s.rles and not spec.is_empty(s.rles[c]) for s in samples) for c in range(n)]
+        if not any(present):
+            raise DataError(
+                f"{cfg.data_path(d.train_csv)}: every mask is empty (column {d.rle_column!r} is empty for all "
+                f"{len(samples)} training images): training would learn to predict nothing and the CV score would "
+                "mean nothing; check data.rle_column"
+            )
+        names = class_names(cfg)
+        for c, ok in enumerate(present):
+            if not ok and n > 1:
+                k = c + 1 if d.task == "multiclass" else c
+                log.warning("class %s (%s) has no pixel in any of the %d training masks of %s: the model cannot learn it",
+                            k, names[k] if k < len(names) else "?", len(samples), cfg.data_path(d.train_csv))
+        return
+    check_color_masks(samples, cfg)
+    largest = 0
+    for s in samples:
+        target = load_target(s, cfg, image_size(s.image, s.pair))
+        if ((target != 0) & (target != IGNORE_INDEX)).any():
+            return
+        ids = mask_ids(s, cfg)
+        ids = ids[ids != VOID_ID]
+        largest = max(largest, int(ids.max()) if ids.size else 0)
+    if d.task == "multiclass":
+        read, keys = "a class id other than 0" + (f" or the void id {d.ignore_index}" if d.ignore_index is not None else ""), "data.ignore_index"
+    else:
+        read = f"a value >= data.mask_threshold={d.mask_threshold}" if d.mask_threshold is not None else "a value > 0"
+        keys = "data.mask_threshold"
+    where = samples[0].mask.parent if samples[0].mask is not None else cfg.data_path(d.train_masks)
+    besides = " apart from the void id" if d.ignore_index is not None else ""
+    raise DataError(
+        f"{where}: all {len(samples)} training masks are empty (no pixel with {read}; the largest mask value{besides} "
+        f"is {largest}): training would learn to predict nothing and the CV score would mean nothing; check "
+        f"data.train_masks / data.train_lists and {keys}"
+    )
