@@ -233,7 +233,9 @@ def build_ensemble(cfgs: list[Config], name: str | None = None, weights: Sequenc
     out.dir.mkdir(parents=True, exist_ok=True)
     save_config(ens_cfg, out.config_yaml)
     shutil.copyfile(runs[0].folds_csv, out.folds_csv)
-    members = [{"run": str(r.dir), "weight": w} for r, w in zip(runs, chosen)]
+    if runs[0].fold_balance_csv.is_file():
+        shutil.copyfile(runs[0].fold_balance_csv, out.fold_balance_csv)
+    members = [{"run": out.member_ref(r), "weight": w} for r, w in zip(runs, chosen)]
     write_json(out.ensemble_json, {"members": members, "space": space, "folds": folds, "weights_search": search})
     for s, _, probs, _ in tqdm(oof, total=len(oof.items), desc="ensemble OOF", leave=False, disable=None):
         write_npy(out.oof_path(s.id), probs_to_uint8(merge_probs(probs, chosen, space, ens_cfg.data.task)))

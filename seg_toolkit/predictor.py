@@ -241,7 +241,7 @@ class Predictor:
         if data is None:
             member = Member.load(run, cfg=cfg)
             return cls([member], space="prob", **kwargs)
-        members = [Member.load(Run(m["run"]), weight=float(m["weight"])) for m in data["members"]]
+        members = [Member.load(member, weight=weight) for member, weight in run.members()]
         return cls(members, space=data.get("space", "prob"), **kwargs)
 
     # ------------------------------------------------------------------ description

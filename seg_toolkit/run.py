@@ -34,6 +34,7 @@ never a folder that does not look like a run, never a file the toolkit did not w
 from __future__ import annotations
 
 import io
+import os
 import json
 import logging
 import re
@@ -306,6 +307,15 @@ class Run:
     @property
     def is_ensemble(self) -> bool:
         return self.ensemble_json.is_file()
+
+    def member_ref(self, member: "Run") -> str:
+        """How ``ensemble.json`` names a member: relative to this folder, so runs/ can move as a whole."""
+        return os.path.relpath(member.dir.resolve(), self.dir.resolve())
+
+    def members(self) -> list[tuple["Run", float]]:
+        """An ensemble's member runs (resolved against this folder) and weights, from ``ensemble.json``."""
+        data = read_json(self.ensemble_json) or {}
+        return [(Run(os.path.normpath(self.dir / m["run"])), float(m["weight"])) for m in data.get("members", [])]
 
     def trained_folds(self) -> list[int]:
         """Folds whose training finished (``done.json`` present), in order."""

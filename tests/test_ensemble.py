@@ -83,8 +83,9 @@ def test_ensemble_test_probs_are_the_weighted_mean_of_each_members_own(trained):
     a, b, paths, tmp = trained
     cv = build_ensemble([a, b], name="ens_fixed", weights=[0.6, 0.4])
     ens = Run(Run.of(a).dir.parent / "ens_fixed")
-    assert ens.is_ensemble and read_json(ens.ensemble_json)["members"] == [
-        {"run": str(Run.of(a).dir), "weight": 0.6}, {"run": str(Run.of(b).dir), "weight": 0.4}]
+    # members named relative to the ensemble's folder, so the runs folder can move as a whole
+    assert ens.is_ensemble and read_json(ens.ensemble_json)["members"] == [{"run": "../a", "weight": 0.6}, {"run": "../b", "weight": 0.4}]
+    assert ens.members() == [(Run.of(a), 0.6), (Run.of(b), 0.4)]
     out = predict_test(ens.config(), out=tmp / "ens_fixed.csv")
     assert check_submission(out, a.data_path(a.data.sample_submission)) == []
     ids = [s.id for s in load_test_samples(a)]
@@ -189,3 +190,20 @@ def test_offline_weights_setting_is_not_a_preprocessing_change(trained, tmp_path
     check_same_training(load_config(Run.of(a).config_yaml, ["model.encoder_weights=null", "model.channels_last=true"]), Run.of(a))
     with pytest.raises(ConfigError, match=r"model.base_width: 4 -> 8"):
         check_same_training(load_config(Run.of(a).config_yaml, ["model.base_width=8"]), Run.of(a))
+
+
+def test_an_ensemble_run_moves_with_its_members(trained, tmp_path):
+    """Copy the whole runs folder elsewhere: the ensemble still finds its members and predicts the same."""
+    a, b, _, tmp = trained
+    build_ensemble([a, b], name="ens_move", weights=[0.5, 0.5])
+    moved = tmp_path / "elsewhere" / "runs"
+    shutil.copytree(Run.of(a).dir.parent, moved)
+    ens = Run(moved / "ens_move")
+    assert [r.dir for r, _ in ens.members()] == [moved / "a", moved / "b"]
+    cfg = load_config(ens.config_yaml, [f"runs_dir={moved}", "predict.save_probs=float16"])
+    predict_test(cfg, out=tmp_path / "moved.csv")
+    ids = [s.id for s in load_test_samples(a)]
+    for i in ids:
+        want = 0.5 * np.load(Run.of(a).test_prob_path(i)).astype(np.float32) + 0.5 * np.load(Run.of(b).test_prob_path(i)).astype(np.float32)
+        np.testing.assert_allclose(np.load(ens.test_prob_path(i)).astype(np.float32), want, atol=2e-3)
+

@@ -126,7 +126,7 @@ def _ensemble_html(d: ReportData) -> str:
         score = known.get(str(m.get("run")))
         if score is None:
             try:
-                score = (read_json(Run(m.get("run", "")).cv_json) or {}).get("score")
+                score = (read_json(Run(d.run_dir / str(m.get("run", ""))).cv_json) or {}).get("score")
             except Exception:  # a member moved or damaged: its score is only informative
                 score = None
         rows.append([h.esc(m.get("run")), h.fmt(m.get("weight"), ".3g"), h.fmt(score)])
