@@ -20,6 +20,8 @@ def _load(path: str, overrides: list[str]) -> Config:
     p = Path(path)
     if p.is_dir() and not (p / "config.yaml").is_file():
         raise ConfigError(f"{p}: is a folder without config.yaml; expected a YAML config file or a run folder (runs/<experiment>)")
+    if p.is_dir():  # the run is where it was named, whatever the working directory (its saved runs_dir may be relative)
+        overrides = [f"runs_dir={p.parent}", f"experiment={p.name}", *overrides]
     return load_config(p / "config.yaml" if p.is_dir() else p, overrides)
 
 

@@ -207,3 +207,17 @@ def test_an_ensemble_run_moves_with_its_members(trained, tmp_path):
         want = 0.5 * np.load(Run.of(a).test_prob_path(i)).astype(np.float32) + 0.5 * np.load(Run.of(b).test_prob_path(i)).astype(np.float32)
         np.testing.assert_allclose(np.load(ens.test_prob_path(i)).astype(np.float32), want, atol=2e-3)
 
+
+def test_a_run_folder_is_found_from_any_working_directory(trained, tmp_path, monkeypatch, capsys):
+    """`seg-toolkit predict RUN_DIR` uses the run where it is named, not runs_dir relative to the cwd."""
+    a, *_ = trained
+    run = Run(tmp_path / "project" / "runs" / "a")
+    shutil.copytree(Run.of(a).dir, run.dir)
+    text = run.config_yaml.read_text()
+    run.config_yaml.write_text(text.replace(f"runs_dir: {Run.of(a).dir.parent}", "runs_dir: runs"))  # as `train` saves it from a project root
+    assert "runs_dir: runs\n" in run.config_yaml.read_text()
+    monkeypatch.chdir(tmp_path)  # not the project root: runs/a does not exist here
+    out = tmp_path / "from_elsewhere.csv"
+    assert main(["predict", str(run.dir), "--out", str(out)]) == 0
+    assert check_submission(out, a.data_path(a.data.sample_submission)) == []
+
