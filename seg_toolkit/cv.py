@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .config import Config, config_to_dict, read_yaml, save_config
+from .config import Config, config_diff, config_to_dict, read_yaml, save_config
 from .data import Sample, load_or_make_folds, load_target, load_train_samples
 from .data.sources import check_train_samples
 from .device import resolve_device
@@ -22,17 +22,6 @@ from .train import train_fold
 log = logging.getLogger(__name__)
 
 __all__ = ["RunExistsError", "prepare_run", "run_cv", "compute_cv"]
-
-
-def _config_diff(old: dict, new: dict, prefix: str = "") -> list[str]:
-    out = []
-    for k in sorted(set(old) | set(new)):
-        a, b = old.get(k), new.get(k)
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += _config_diff(a, b, f"{prefix}{k}.")
-        elif a != b:
-            out.append(f"{prefix}{k}: {a!r} -> {b!r}")
-    return out
 
 
 def prepare_run(cfg: Config, folds: list[int], resume: bool = False, overwrite: bool = False) -> Run:
@@ -55,7 +44,7 @@ def prepare_run(cfg: Config, folds: list[int], resume: bool = False, overwrite: 
         run.remove(cfg)
     run.dir.mkdir(parents=True, exist_ok=True)
     if saved.is_file():
-        diff = [d for d in _config_diff(read_yaml(saved), config_to_dict(cfg)) if not d.startswith(("train.epochs", "predict.", "postprocess.", "submission.", "folds.only"))]
+        diff = [d for d in config_diff(read_yaml(saved), config_to_dict(cfg)) if not d.startswith(("train.epochs", "predict.", "postprocess.", "submission.", "folds.only"))]
         if diff:
             raise RunExistsError(
                 f"{run.dir} was trained with a different config ({'; '.join(diff[:5])}); "

@@ -39,7 +39,7 @@ from .data.dataset import target_to_tensor
 from .metrics import Evaluator
 from .predictor import check_same_training
 from .run import Run, read_json, read_oof, write_json, write_npy
-from .tensors import probs_to_uint8, uint8_to_probs
+from .tensors import from_merge_space, probs_to_uint8, to_merge_space, uint8_to_probs
 
 log = logging.getLogger(__name__)
 
@@ -50,15 +50,8 @@ DEFAULT_MEMORY_BUDGET = 1 << 30  # member OOF arrays + targets kept in memory be
 
 def merge_probs(probs: Sequence[np.ndarray], weights: Sequence[float], space: str, task: str) -> np.ndarray:
     """Weighted merge of probability arrays ``(C, H, W)`` in ``prob`` or ``logit`` space (the predictor's rule)."""
-    t = [torch.from_numpy(np.asarray(p, np.float32)) for p in probs]
-    if space == "prob":
-        acc = sum(w * p for w, p in zip(weights, t))
-        return acc.numpy()
-    if task == "multiclass":
-        acc = sum(w * p.clamp_min(1e-6).log() for w, p in zip(weights, t))
-        return acc.softmax(0).numpy()
-    acc = sum(w * torch.logit(p.clamp(1e-6, 1 - 1e-6)) for w, p in zip(weights, t))
-    return acc.sigmoid().numpy()
+    acc = sum(w * to_merge_space(torch.from_numpy(np.asarray(p, np.float32)), space, task) for w, p in zip(weights, probs))
+    return from_merge_space(acc, space, task).numpy()
 
 
 def weight_grid(n: int) -> list[tuple[float, ...]]:

@@ -24,12 +24,12 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from .checkpoint import load_model
-from .config import Config, ConfigError, config_to_dict
+from .config import Config, ConfigError, config_diff, config_to_dict
 from .data import DataError, Sample, build_transforms, load_target, read_image
 from .data.dataset import target_to_tensor
 from .device import autocast, resolve_device
 from .run import Run, read_json
-from .tensors import resize_to
+from .tensors import from_merge_space, resize_to, to_merge_space
 from .tta import MERGE_MODES, expand_tta, iter_variant_logits, merge_logits, tta_predict
 from .tta import _variants
 
@@ -42,28 +42,21 @@ __all__ = ["Member", "Predictor", "tta_settings", "check_same_training", "TRAINE
 #: is refused (``seg-toolkit oof`` remakes the OOF after a change of the predict keys).
 TRAINED_KEYS = ("data.task", "data.num_classes", "data.in_channels", "data.ignore_index", "transforms.resize",
                 "transforms.mean", "transforms.std", "model.arch", "model.encoder", "model.depth", "model.base_width",
-                "model.norm", "model.upsample", "model.dropout", "model.params", "train.use_ema")
+                "model.norm", "model.upsample", "model.dropout", "model.params.", "train.use_ema")
 # not in it: model.encoder_weights (a checkpoint holds every weight; offline kernels set it to null),
 # model.channels_last (speed only), and the training-only keys (freeze_encoder_epochs, encoder_lr_mult, ...)
 PREDICT_KEYS = ("predict.tta", "predict.scales", "predict.merge", "predict.tile_size", "predict.tile_overlap",
                 "predict.oof_tta")
 
 
-def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and k not in ("params",):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
+def diff_of_keys(old: Config, new: Config, prefixes: Sequence[str]) -> list[str]:
+    """:func:`~seg_toolkit.config.config_diff` restricted to the keys named in ``prefixes`` (a name ending in "."
+    names a section)."""
+    def named(line: str) -> bool:
+        key = line.split(": ", 1)[0]
+        return any(key == p or (p.endswith(".") and key.startswith(p)) for p in prefixes)
 
-
-def config_diff(old: Config, new: Config, prefixes: Sequence[str]) -> list[str]:
-    """``key: old -> new`` for the keys named in ``prefixes`` (a name ending in "." names a section) that differ."""
-    a, b = _flat(config_to_dict(old)), _flat(config_to_dict(new))
-    keys = [k for k in sorted(set(a) | set(b)) if any(k == p or (p.endswith(".") and k.startswith(p)) for p in prefixes)]
-    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys if a.get(k) != b.get(k)]
+    return [line for line in config_diff(config_to_dict(old), config_to_dict(new)) if named(line)]
 
 
 def check_same_training(cfg: Config, run: Run, also_predict: bool = True) -> None:
@@ -71,7 +64,7 @@ def check_same_training(cfg: Config, run: Run, also_predict: bool = True) -> Non
     if not run.config_yaml.is_file() or run.is_ensemble:
         return
     saved = run.config()
-    diff = config_diff(saved, cfg, TRAINED_KEYS + (PREDICT_KEYS if also_predict else ()))
+    diff = diff_of_keys(saved, cfg, TRAINED_KEYS + (PREDICT_KEYS if also_predict else ()))
     if diff:
         hint = ("; the predict keys are changed with `seg-toolkit oof CONFIG --set ...`, which remakes the OOF "
                 "files and post-processing with them" if any(d.startswith("predict.") for d in diff) else
@@ -275,16 +268,6 @@ class Predictor:
             return tta_predict(model, images, self.task, expand_tta(tta), m.cfg.predict.scales, merge,
                                m.cfg.tta_batch(self.device.type)).float()
 
-    def _to_space(self, p: torch.Tensor) -> torch.Tensor:
-        if self.space == "prob":
-            return p
-        return p.clamp_min(1e-6).log() if self.task == "multiclass" else torch.logit(p.clamp(1e-6, 1 - 1e-6))
-
-    def _from_space(self, acc: torch.Tensor) -> torch.Tensor:
-        if self.space == "prob":
-            return acc
-        return acc.softmax(0) if self.task == "multiclass" else acc.sigmoid()
-
     def iter_probs(self, samples: list[Sample], fold: int | None = None, target_cfg: Config | None = None,
                    ) -> Iterator[tuple[str, torch.Tensor, torch.Tensor | None]]:
         """Yield ``(id, probabilities (C, H, W) float32 on the CPU at the image's own size, target or None)``.
@@ -303,11 +286,11 @@ class Predictor:
                     probs = self._member_probs(m, images, k, m.tta, m.merge)
                     resized = resize_to(probs, sizes[0]) if same else None
                     for j, hw in enumerate(sizes):
-                        p = self._to_space(resized[j] if same else resize_to(probs[j : j + 1], hw)[0])
+                        p = to_merge_space(resized[j] if same else resize_to(probs[j : j + 1], hw)[0], self.space, self.task)
                         acc[j] = p * (w / len(folds)) if acc[j] is None else acc[j].add_(p, alpha=w / len(folds))
             targets = batch.get("target")
             for j, image_id in enumerate(batch["id"]):
-                probs, acc[j] = self._from_space(acc[j]).cpu(), None  # hand over: the batch does not keep it
+                probs, acc[j] = from_merge_space(acc[j], self.space, self.task).cpu(), None  # hand over: the batch does not keep it
                 yield image_id, probs, (targets[j] if targets is not None else None)
 
     def iter_candidate_probs(self, samples: list[Sample], fold: int, candidates: list[tuple[list[str], str]],

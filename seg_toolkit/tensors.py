@@ -6,7 +6,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["activate", "resize_to", "probs_to_uint8", "uint8_to_probs"]
+__all__ = ["activate", "resize_to", "probs_to_uint8", "uint8_to_probs", "to_merge_space", "from_merge_space"]
 
 
 def activate(logits: torch.Tensor, task: str) -> torch.Tensor:
@@ -36,3 +36,18 @@ def probs_to_uint8(probs: torch.Tensor | np.ndarray) -> np.ndarray:
 
 def uint8_to_probs(q: np.ndarray) -> np.ndarray:
     return q.astype(np.float32) / 255.0
+
+
+def to_merge_space(p: torch.Tensor, space: str, task: str) -> torch.Tensor:
+    """Probabilities ``(C, H, W)`` in the space where ensembles average: as they are (``prob``), or
+    ``logit`` (log-probabilities for multiclass, logits for sigmoid tasks; clamped at 1e-6)."""
+    if space == "prob":
+        return p
+    return p.clamp_min(1e-6).log() if task == "multiclass" else torch.logit(p.clamp(1e-6, 1 - 1e-6))
+
+
+def from_merge_space(acc: torch.Tensor, space: str, task: str) -> torch.Tensor:
+    """Back to probabilities from a weighted sum made in :func:`to_merge_space`'s space (classes on dim 0)."""
+    if space == "prob":
+        return acc
+    return acc.softmax(0) if task == "multiclass" else acc.sigmoid()
