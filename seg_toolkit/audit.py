@@ -1,8 +1,10 @@
 """``seg-toolkit audit CONFIG``: what the training data holds, and everything wrong with it.
 
-:func:`audit` reads every training sample the config names, in either layout and for all
-three tasks, and collects (never raises) each problem with the file or CSV line and what
-was expected: missing, empty, unreadable or truncated images, masks of the wrong size or
+:func:`audit` reads every training sample the config names, in every layout training reads
+(the samples come from the same lister, :func:`seg_toolkit.data.sources.list_train_samples`:
+RLE rows in any style, mask files, list files, image|label files, object folders, one file per
+class) and for all three tasks, and collects (never raises) each problem with the file or CSV
+line and what was expected: missing, empty, unreadable or truncated images, masks of the wrong size or
 with values outside the classes, malformed RLE rows, bad ids, duplicate rows, masks
 without an image and images without a row. The messages are the data layer's own
 (:class:`seg_toolkit.data.DataError`), so they read exactly as training would report them,
@@ -13,8 +15,8 @@ images containing each class, empty masks (binary / multilabel: per class and im
 in every class), image sizes and PIL modes, and for mask files the raw values found.
 
 :func:`format_audit` renders a text report, :func:`write_audit` writes ``audit.html``
-(self-contained), ``audit_problems.csv`` (every problem, one per row) and two pictures, each
-drawn once (the PNG beside the page is the picture in it), so that a wrong channel, colour
+(self-contained), ``audit_problems.csv`` (every problem, one per row) and two pictures
+(:mod:`seg_toolkit.audit_pictures`), each drawn once (the PNG beside the page is the picture in it), so that a wrong channel, colour
 table or label remap is seen before training on it:
 
 * ``audit_samples.png``: a seeded sample of images spread over the dataset (one per equal
@@ -33,18 +35,19 @@ import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
 from .config import IGNORE_INDEX, Config, ConfigError
-from .data import DataError, EpochSampler, Sample, SegDataset, class_colors, class_names, load_target, read_image
-from .data.io import IMAGE_EXTS, image_size
-from .data.masks import mask_ids
-from .data.sources import check_id, iter_list_samples, read_csv_strict
-from .rle import RLEError, rle_area, rle_to_runs
+from .audit_pictures import _batch_tiles, audit_pictures, overlay_panels, spread_pick  # noqa: F401 (re-exported)
+from .data import DataError, Sample, class_colors, class_names, load_target, read_image
+from .data.io import image_size
+from .data.masks import mask_ids, train_rle_spec
+from .data.sources import list_train_samples
+from .rle import rle_area
 
 log = logging.getLogger(__name__)
 
@@ -135,121 +138,20 @@ class _Listed:
     bad_target: bool = False  # a row of its target was already found malformed: the target is not read
 
 
-def _image_path(folder: Path, image_id: str, ext: str) -> Path:
-    """The image file of ``image_id`` (the rule of :mod:`seg_toolkit.data.sources`: ids may carry the extension)."""
-    if Path(image_id).suffix.lower() in IMAGE_EXTS:
-        return folder / image_id
-    return folder / f"{image_id}{ext}"
-
-
-def _csv_listed(cfg: Config, res: AuditResult) -> list[_Listed]:
-    """Samples of the csv layout, one problem per bad row instead of stopping at the first."""
-    d = cfg.data
-    path = cfg.data_path(d.train_csv)
-    cols = [d.id_column, d.rle_column] + ([d.class_column] if d.class_column else [])
-    try:
-        df = read_csv_strict(path, cols, "training CSV (data.train_csv)")
-    except DataError as e:
-        res.add(_kind(str(e), "csv"), path, str(e))
-        return []
-    if d.class_column is None and d.task != "binary":
-        res.add("config", "data.class_column",
-                f"data.class_column: a {d.task} task read from a CSV needs a class column (one row per image and class)")
-        return []
-    images = cfg.data_path(d.train_images)
-    n_cls = 1 if d.class_column is None else (d.num_classes if d.task == "multilabel" else d.num_classes - 1)
-    rles: dict[str, list[str]] = {}
-    bad: set[str] = set()
-    first: dict[str, int] = {}
-    classes = df[d.class_column].tolist() if d.class_column else [None] * len(df)
-    for k, (image_id, rle, cls) in enumerate(zip(df[d.id_column].tolist(), df[d.rle_column].tolist(), classes)):
-        line = k + 2  # the header is line 1
-        where = f"{path} line {line}"
-        try:
-            check_id(image_id, f"{where} (id {image_id!r})")
-        except DataError as e:
-            res.add("bad_id", where, str(e))
-            continue
-        try:
-            rle_to_runs(rle, np.iinfo(np.int64).max, f"{where} (id {image_id!r})")
-        except RLEError as e:
-            res.add("malformed_rle", where, str(e))
-            bad.add(image_id)
-            rle = ""
-        if cls is None:
-            if image_id in rles:
-                res.add("duplicate_row", where, f"{where}: duplicate id {image_id!r} (first at line {first[image_id] + 2}); "
-                        "expected one row per image")
-                continue
-            first[image_id] = k
-            rles[image_id] = [rle]
-            continue
-        try:
-            c = int(cls)
-        except ValueError:
-            res.add("bad_class", where, f"{where}: class {cls!r} in column {d.class_column!r} is not an integer")
-            continue
-        if not 1 <= c <= n_cls:
-            res.add("bad_class", where,
-                    f"{where}: class {c} is outside 1..{n_cls} (data.num_classes={d.num_classes}, task {d.task})")
-            continue
-        slots = rles.setdefault(image_id, [""] * n_cls)
-        first.setdefault(image_id, k)
-        if slots[c - 1] and rle:
-            res.add("duplicate_row", where, f"{where}: second non-empty row for image {image_id!r} class {c}")
-            bad.add(image_id)
-            continue
-        slots[c - 1] = slots[c - 1] or rle
-    listed = [
-        _Listed(Sample(i, _image_path(images, i, d.image_ext), rles=tuple(r), where=f"{path} line {first[i] + 2}"),
-                bad_target=i in bad)
-        for i, r in rles.items()
-    ]
-    if images.is_dir():  # images the CSV does not name are silently unused by training
-        named = {s.sample.image.name for s in listed}
-        for p in sorted(images.iterdir()):
-            if p.suffix.lower() == d.image_ext.lower() and p.name not in named:
-                res.add("unlisted_image", p, f"{p}: image has no row in {path}; training does not use it "
-                        "(if such images have empty masks, add rows with an empty mask)")
-    return listed
-
-
-def _folder_listed(cfg: Config, res: AuditResult) -> list[_Listed]:
-    d = cfg.data
-    images = cfg.data_path(d.train_images)
-    masks = cfg.data_path(d.train_masks)
-    if not images.is_dir():
-        res.add("missing_file", images, f"{images}: image folder (data.train_images) not found")
-        return []
-    files = sorted(p for p in images.iterdir() if p.suffix.lower() == d.image_ext.lower())
-    if not files:
-        res.add("missing_file", images, f"{images}: no *{d.image_ext} images (data.image_ext)")
-        return []
-    out = []
-    for p in files:
-        mask = masks / f"{p.stem}{d.mask_ext}"
-        if not mask.is_file():
-            res.add("missing_mask", mask, f"{mask}: mask for image {p.name} not found (data.train_masks)")
-            continue
-        out.append(_Listed(Sample(p.stem, p, mask=mask, where=str(p))))
-    if masks.is_dir():
-        stems = {p.stem for p in files}
-        for m in sorted(masks.iterdir()):
-            if m.suffix.lower() == d.mask_ext.lower() and m.stem not in stems:
-                res.add("orphan_mask", m, f"{m}: mask without an image ({images / (m.stem + d.image_ext)} not found)")
-    return out
-
-
-def _list_file_listed(cfg: Config, res: AuditResult) -> list[_Listed]:
-    return [_Listed(s) for s in iter_list_samples(cfg, cfg.data.train_lists, res.add)]
-
-
 def _listed_samples(cfg: Config, res: AuditResult) -> list[_Listed]:
-    if cfg.data.layout == "csv":
-        return _csv_listed(cfg, res)
-    if cfg.data.train_lists:
-        return _list_file_listed(cfg, res)
-    return _folder_listed(cfg, res)
+    """The samples training uses (:func:`seg_toolkit.data.sources.list_train_samples`, the one lister of every
+    layout), each problem collected instead of raised; then mask files without an image (plain folder layout)."""
+    d = cfg.data
+    samples, bad = list_train_samples(cfg, res.add)
+    plain_folder = d.layout == "folder" and not (d.train_lists or d.pair_split or d.instance_folders or d.mask_per_class)
+    masks, images = cfg.data_path(d.train_masks), cfg.data_path(d.train_images)
+    if plain_folder and masks.is_dir() and images.is_dir():
+        stems = {p.stem for p in images.iterdir() if p.suffix.lower() == d.image_ext.lower()}
+        for m in sorted(masks.iterdir()):
+            if m.name.lower().endswith(d.mask_ext.lower()) and m.name[: -len(d.mask_ext)] not in stems:
+                res.add("orphan_mask", m, f"{m}: mask without an image ({images / (m.name[: -len(d.mask_ext)] + d.image_ext)} "
+                        "not found)")
+    return [_Listed(s, bad_target=s.id in bad) for s in samples]
 
 
 # ----------------------------------------------------------------------------- the pass over samples
@@ -323,7 +225,8 @@ def _check_overlap(s: Sample, target: np.ndarray, cfg: Config, res: AuditResult)
     """Multiclass from per-class RLE rows: pixels claimed by two classes keep only the highest one."""
     if cfg.data.task != "multiclass" or s.rles is None or len(s.rles) < 2:
         return
-    claimed = sum(rle_area(r) for r in s.rles)
+    spec = train_rle_spec(cfg)
+    claimed = sum(rle_area(r, spec=spec) for r in s.rles)
     overlap = claimed - int((target != 0).sum())
     if overlap > 0:
         res.add("class_overlap", s.where,
@@ -346,9 +249,6 @@ def audit(cfg: Config, decode_images: bool = True) -> AuditResult:
         res.all_empty_images = 0
     if d.task == "multilabel":
         res.overlap_pixels = 0
-    if d.layout == "folder" and d.task == "multilabel":
-        res.add("config", "data.task", "data.task: multilabel masks need the csv layout with data.class_column")
-        return res
     listed = _listed_samples(cfg, res)
     res.n_listed = len(listed)
     for item in tqdm(listed, desc="audit", unit="image", leave=False, disable=None):
@@ -442,178 +342,6 @@ def format_audit(result: AuditResult, max_per_kind: int = 20) -> str:
     return "\n".join(out)
 
 
-# ----------------------------------------------------------------------------- pictures
-
-N_EXAMPLES = 8  # images in audit_samples.png
-MAX_BATCH = 8  # at most this many items of the training batch in audit_batch.png
-THUMB_MIN_HEIGHT, THUMB_MAX_SIDE = 160, 288  # panel size: small images upscaled by an integer factor, large ones shrunk
-FIG_WIDTH = 1240  # pixels: the page's width, so the picture shows at its own size (two tiles a row up to 288-pixel panels)
-
-
-def spread_pick(n: int, k: int, seed: int) -> list[int]:
-    """``k`` indices of ``0..n-1`` spread over the range: one at random (seeded) in each of ``k`` equal slices."""
-    if n <= k:
-        return list(range(n))
-    rng = np.random.default_rng(seed)
-    edges = np.linspace(0, n, k + 1).round().astype(int)
-    return [int(rng.integers(a, b)) for a, b in zip(edges[:-1], edges[1:])]
-
-
-def _thumb_size(h: int, w: int) -> tuple[int, int]:
-    s = float(-(-THUMB_MIN_HEIGHT // h)) if h < THUMB_MIN_HEIGHT else 1.0
-    s = min(s, THUMB_MAX_SIDE / h, THUMB_MAX_SIDE / w) if max(h, w) * s > THUMB_MAX_SIDE else s
-    return max(1, round(h * s)), max(1, round(w * s))
-
-
-def _as_rgb(image: np.ndarray) -> np.ndarray:
-    """``(H, W, 1|3|4)`` uint8 as RGB for display: grey repeated, alpha dropped."""
-    return np.repeat(image, 3, axis=-1) if image.shape[-1] == 1 else image[..., :3]
-
-
-def _class_masks(target: np.ndarray, task: str, painted: list[bool]) -> tuple[list[Optional[np.ndarray]], np.ndarray]:
-    """Boolean masks per class (None: not drawn) and the void mask of a target in the toolkit's convention
-    (multiclass ``(H, W)`` label map; binary / multilabel ``(H, W, C)`` 0/1), void = 255."""
-    if task == "multiclass":
-        return [target == c if painted[c] else None for c in range(len(painted))], target == IGNORE_INDEX
-    return [target[..., c] == 1 for c in range(target.shape[-1])], (target == IGNORE_INDEX).any(-1)
-
-
-def overlay_panels(image: np.ndarray, target: np.ndarray, cfg: Config, colors: np.ndarray,
-                   painted: list[bool]) -> tuple[np.ndarray, np.ndarray]:
-    """``(image, image with its mask painted)`` at thumbnail size, RGB uint8: classes blended in their colours
-    and outlined, void grey (:func:`seg_toolkit.report.overlays._paint`, the report's painting)."""
-    from .report.overlays import _paint, _resize
-
-    rgb = _as_rgb(image)
-    h, w = rgb.shape[:2]
-    size = _thumb_size(h, w)
-    shown = _resize(rgb, size, nearest=size[0] >= h)
-    masks, void = _class_masks(target, cfg.data.task, painted)
-    fit = lambda m: None if m is None else _resize(m, size, nearest=True)  # noqa: E731
-    return shown, _paint(shown, [fit(m) for m in masks], colors, fit(void))
-
-
-def _sample_tiles(cfg: Config, samples: list[Sample], colors: np.ndarray, painted: list[bool]) -> list[tuple[str, tuple]]:
-    tiles = []
-    for s in samples:
-        try:
-            image = read_image(s.image, cfg.data.in_channels, cfg.data.max_image_pixels, pair=s.pair)
-            target = load_target(s, cfg, image.shape[:2])
-        except (DataError, ConfigError) as e:  # a header-only audit did not decode it
-            log.warning("audit picture: %s", e)
-            continue
-        h, w = image.shape[:2]
-        tiles.append((f"{s.id}  ({h}x{w})", overlay_panels(image, target, cfg, colors, painted)))
-    return tiles
-
-
-def _batch_tiles(cfg: Config, samples: list[Sample], colors: np.ndarray, painted: list[bool]) -> list[tuple[str, tuple]]:
-    """The first training batch of epoch 0 (sampler order and augmentation seeds as training has them)."""
-    from .data.dataset import _normalize
-
-    ds = SegDataset(samples, cfg, "train")
-    norm = _normalize(cfg)
-    mean, std = np.asarray(norm.mean, np.float32), np.asarray(norm.std, np.float32)
-    keys = list(EpochSampler(len(samples), shuffle=True, seed=cfg.train.seed))[: min(cfg.train.batch_size, MAX_BATCH)]
-    tiles = []
-    for key in keys:
-        item = ds[key]
-        x = item["image"].numpy().transpose(1, 2, 0)
-        image = np.clip((x * std + mean) * float(norm.max_pixel_value) + 0.5, 0, 255).astype(np.uint8)
-        t = item["target"].numpy()
-        target = t.astype(np.uint8) if cfg.data.task == "multiclass" else t.transpose(1, 2, 0).astype(np.uint8)
-        h, w = image.shape[:2]
-        tiles.append((f"{item['id']}  ({h}x{w}, seed {key[1]})", overlay_panels(image, target, cfg, colors, painted)))
-    return tiles
-
-
-def _tiles_figure(tiles: list[tuple[str, tuple]], title: str, names: list[str], colors: np.ndarray,
-                  painted: list[bool], task: str, void: bool) -> Any:
-    """Tiles of (image | overlay) pairs, as many per row as fit :data:`FIG_WIDTH`; a legend on top. Each panel is
-    placed at its own pixel size (no resampling: the painted colours are the file's pixels)."""
-    from matplotlib.patches import Patch
-
-    from .plots import new_figure
-
-    handles = [Patch(facecolor=np.asarray(colors[c]) / 255, edgecolor="black", label=n) for c, n in enumerate(names) if painted[c]]
-    if task == "multiclass" and not all(painted):
-        handles.append(Patch(facecolor="none", edgecolor="black", label=f"{names[0]} (not drawn)"))
-    if void:
-        from .report.overlays import VOID_COLOR
-
-        handles.append(Patch(facecolor=np.asarray(VOID_COLOR) / 255, edgecolor="black", label="void (not scored)"))
-    ncol = max(1, min(len(handles), 8))
-    dpi, gap, head = 100, 12, 22
-    top = 44 + 20 * -(-len(handles) // ncol)  # the title, then the legend's rows
-    pw = max(t[1][0].shape[1] for t in tiles)
-    tile_w = 2 * pw + gap
-    per_row = max(1, min(len(tiles), (FIG_WIDTH - gap) // (tile_w + 2 * gap)))
-    row_h = [max(t[1][0].shape[0] for t in tiles[i : i + per_row]) + head + gap for i in range(0, len(tiles), per_row)]
-    row_top = np.concatenate([[0], np.cumsum(row_h)])  # pixels below the legend
-    content = per_row * (tile_w + 2 * gap) - gap
-    W = max(FIG_WIDTH, content + 2 * gap)
-    left = (W - content) // 2
-    H = top + int(row_top[-1])
-    fig = new_figure(W / dpi, H / dpi, dpi)
-    for i, (label, panels) in enumerate(tiles):
-        r, c = divmod(i, per_row)
-        x0, y0 = left + c * (tile_w + 2 * gap), H - top - int(row_top[r])  # top-left corner, pixels from the bottom
-        fig.text(x0 / W, (y0 - 10) / H, f"#{i + 1}  {label}", ha="left", va="center", fontsize=9)
-        for j, img in enumerate(panels):
-            h, w = img.shape[:2]
-            ax = fig.add_axes(((x0 + j * (w + gap)) / W, (y0 - head - h) / H, w / W, h / H))
-            ax.imshow(img, interpolation="nearest")
-            ax.set_axis_off()
-    fig.text(0.5, 1 - 14 / H, title, ha="center", va="center", fontsize=11, fontweight="bold")
-    fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 1 - 24 / H), ncol=ncol,
-               fontsize=9, frameon=False, handlelength=1.2, columnspacing=1.2, borderaxespad=0, borderpad=0.2)
-    return fig
-
-
-def _pictures(cfg: Config, res: AuditResult, out_dir: Path) -> str:
-    """Draw both pictures once, write their PNGs into ``out_dir`` and return the page's sections for them."""
-    from .plots import write_figure
-    from .report.html import esc, note, png_tag, section
-    from .report.overlays import FILL_ALPHA, _painted_classes
-    from .run import Run
-
-    run = Run(out_dir)
-    if not res.samples:
-        return section("Samples with their masks", note("No sample could be read, so there is nothing to show."))
-    names, colors = class_names(cfg), class_colors(cfg)
-    painted = _painted_classes(cfg, names, colors)
-    void = res.void_pixels > 0
-    seed = cfg.train.seed
-    picks = [res.samples[i] for i in spread_pick(len(res.samples), N_EXAMPLES, seed)]
-    tiles = _sample_tiles(cfg, picks, colors, painted)
-    out = []
-    if tiles:
-        fig = _tiles_figure(tiles, f"{len(tiles)} of {len(res.samples)} images (one per equal slice of the listing, seed {seed}): "
-                            "image as read | decoded mask in the class colours", names, colors, painted, cfg.data.task, void)
-        png = write_figure(fig, run.audit_samples_png)
-        out.append(section("Samples with their masks", png_tag(png, "samples with their masks") + note(
-            f"Each image as the model reads it (data.in_channels {cfg.data.in_channels}) beside the same image with its "
-            f"decoded mask: classes filled at {round(100 * FILL_ALPHA)}% and outlined in their colour, void grey. The same picture is "
-            f"{esc(run.audit_samples_png.name)} beside this page.")))
-    try:
-        batch = _batch_tiles(cfg, res.samples, colors, painted)
-    except Exception as e:  # the pictures must not hide the audit; training would stop at the same error
-        log.warning("audit: the augmented batch could not be drawn: %s", e)
-        out.append(section("One augmented training batch",
-                           f"<div class='warn'>{esc(f'could not be drawn: {type(e).__name__}: {e}')}</div>"))
-        return "\n".join(out)
-    aug = ", ".join(next(iter(a)) if isinstance(a, dict) else str(a) for a in cfg.transforms.train) or "none"
-    fig = _tiles_figure(batch, f"first training batch of epoch 0 (sampler seed {seed}), after augmentation and resize: "
-                        "image | mask", names, colors, painted, cfg.data.task, void)
-    png = write_figure(fig, run.audit_batch_png)
-    out.append(section("One augmented training batch", png_tag(png, "one augmented training batch") + note(
-        f"The first {len(batch)} items of epoch 0 in the training sampler's order over all {len(res.samples)} samples read "
-        f"(train.seed {seed}; training draws from one fold's share), after transforms.train ({esc(aug)}) and "
-        f"transforms.resize ({esc(cfg.transforms.resize or 'native')}), de-normalised with transforms.mean/std, with the "
-        f"mask each was given; tile titles carry the augmentation seed. The same picture is {esc(run.audit_batch_png.name)}.")))
-    return "\n".join(out)
-
-
 # ----------------------------------------------------------------------------- html
 
 
@@ -671,7 +399,7 @@ def write_audit(cfg: Config, out_dir: Path, result: Optional[AuditResult] = None
     res = result if result is not None else audit(cfg)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    pictures = _pictures(cfg, res, out_dir)
+    pictures = audit_pictures(cfg, res, out_dir)
     page = write_text(Run(out_dir).audit_html, _audit_html(res, class_colors(cfg), pictures=pictures))
     buf = io.StringIO(newline="")
     w = csv.writer(buf)

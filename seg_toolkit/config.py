@@ -58,6 +58,11 @@ class DataConfig:
     rle_column: str = "rle_mask"
     class_column: Optional[str] = None  # csv layout, one row per image and class (1-based ids)
     rle_order: Literal["F", "C"] = "F"  # pixel order of the RLE: F column-major (Kaggle), C row-major
+    # csv layout, the RLE style of train_csv (as submission.rle_index_base / rle_starts / empty_token; SIIM: 0, relative, '-1')
+    rle_index_base: int = 1  # starts number pixels from 1 (Kaggle) or 0
+    rle_starts: Literal["absolute", "relative"] = "absolute"  # relative: each start is the gap after the previous run's end
+    rle_empty_token: str = ""  # what an empty mask is written as besides an empty field: '-1' (SIIM), ...
+    rle_instances: bool = False  # an id (and class) may repeat, one row per object (Airbus, DSB 2018, SIIM): rows unioned
     image_ext: str = ".png"
     mask_ext: str = ".png"  # appended to the image's id: ".png", or e.g. "_mask.gif" (Carvana)
     # binary mask files: a pixel is foreground when its value >= mask_threshold (null: any value > 0).
@@ -80,6 +85,14 @@ class DataConfig:
     # binary, folder layout: each image is a folder <id>/images/<id><image_ext> holding one mask file per object in
     # <id>/masks/ (Kaggle DSB 2018), read as their union
     instance_folders: bool = False
+    # instance_folders: union = every object pixel is foreground; borders = pixels within instance_border_px of two
+    # different objects become background, so touching objects stay apart (U-Net paper; seg_toolkit/data/instances.py)
+    instance_target: Literal["union", "borders"] = "union"
+    instance_border_px: int = 1
+    # multilabel, folder layout: one binary mask file per class, train_masks/<pattern><mask_ext>; fields {id}, and
+    # {cls} (1-based class number) or {name} (class name): "{id}_{cls}", "{name}/{id}" (seg_toolkit/data/class_masks.py)
+    mask_per_class: Optional[str] = None
+    missing_class_masks: Literal["error", "empty"] = "error"  # mask_per_class: a class file that is not there
     # csv layout: images in train_images without a row: ignore (not used, counted in the log), empty (empty masks), error
     unlisted_images: Literal["ignore", "empty", "error"] = "ignore"
     in_channels: int = 3  # 1 = grayscale, 3 = RGB, 4 = RGBA kept

@@ -33,6 +33,7 @@ def check_config(cfg: Config) -> None:
         _check_experiment,
         _check_data,
         _check_masks,
+        _check_mask_layouts,
         _check_folds,
         _check_transforms,
         _check_model,
@@ -104,7 +105,7 @@ def _check_mask_reading(cfg: Config) -> None:
     (binary: ``data.mask_threshold``); a threshold applies to binary masks only."""
     d = cfg.data
     if d.mask_threshold is not None:
-        if d.task != "binary":
+        if d.task != "binary" and not d.mask_per_class:
             raise ConfigError(
                 f"data.mask_threshold: applies to binary masks only (data.task is {d.task}); label map values are "
                 "class ids and are read as they are"
@@ -117,7 +118,7 @@ def _check_mask_reading(cfg: Config) -> None:
         return  # lossy colour masks are read by nearest colour (_check_masks)
     ext = d.mask_ext.lower()
     if ext.endswith(LOSSY_MASK_EXTS) and d.mask_threshold is None:
-        if d.task == "binary":
+        if d.task == "binary" or d.mask_per_class:
             raise ConfigError(
                 f"data.mask_ext: {d.mask_ext!r} is a lossy format: compression noise makes pixels near every edge "
                 "non-zero, so reading 'any value > 0' inflates every mask; set data.mask_threshold (e.g. 128 for "
@@ -130,7 +131,8 @@ def _check_mask_reading(cfg: Config) -> None:
 
 
 _MASK_KEYS = ("mask_format", "mask_channel", "mask_colors", "mask_void_colors", "mask_color_tolerance", "mask_values",
-              "pair_split", "pair_split_at", "instance_folders")
+              "pair_split", "pair_split_at", "instance_folders", "instance_target", "instance_border_px",
+              "mask_per_class", "missing_class_masks")
 
 
 def _check_masks(cfg: Config) -> None:
@@ -231,6 +233,66 @@ def _check_masks(cfg: Config) -> None:
                else "set data.mask_threshold (binary)" if d.task == "binary"
                else "a label map of ids cannot be read back from a lossy file")
         raise ConfigError(f"data.pair_split: the labels are in the {d.image_ext!r} images, a lossy format; {how}")
+
+
+_RLE_KEYS = ("rle_index_base", "rle_starts", "rle_empty_token", "rle_instances")
+
+
+def _check_mask_layouts(cfg: Config) -> None:
+    """The csv layout's RLE style (``data.rle_*``), object folders (``data.instance_*``) and one mask file
+    per class (``data.mask_per_class``): each key only where it applies, each value in its range."""
+    d = cfg.data
+    defaults = type(d)()
+    if d.layout != "csv":
+        for key in _RLE_KEYS:
+            if getattr(d, key) != getattr(defaults, key):
+                raise ConfigError(f"data.{key}: describes the RLE rows of data.train_csv (data.layout: csv)")
+    if d.rle_index_base not in (0, 1):
+        raise ConfigError(f"data.rle_index_base: expected 0 or 1 (the number of the first pixel), got {d.rle_index_base}")
+    if not d.instance_folders:
+        for key in ("instance_target", "instance_border_px"):
+            if getattr(d, key) != getattr(defaults, key):
+                raise ConfigError(f"data.{key}: only used with data.instance_folders: true (one mask file per object)")
+    if d.instance_border_px < 1:
+        raise ConfigError(f"data.instance_border_px: expected >= 1 (pixels within it of two objects become background), "
+                          f"got {d.instance_border_px}")
+    if d.mask_per_class is None:
+        if d.missing_class_masks != defaults.missing_class_masks:
+            raise ConfigError("data.missing_class_masks: only used with data.mask_per_class (one mask file per class)")
+        if d.task == "multilabel" and d.layout == "folder":
+            raise ConfigError("data.mask_per_class: a multilabel task in the folder layout needs one mask file per class, "
+                              "e.g. '{id}_{cls}' (masks/<id>_1.png, ...) or '{name}/{id}'; or use the csv layout with "
+                              "data.class_column")
+        return
+    where = f"data.mask_per_class: {d.mask_per_class!r}"
+    if d.task != "multilabel" or d.layout != "folder":
+        raise ConfigError(f"{where}: one binary file per class is a multilabel task's masks in the folder layout "
+                          f"(data.task is {d.task}, data.layout {d.layout})")
+    if d.train_lists or d.pair_split or d.instance_folders or d.mask_format != "ids" or d.mask_channel is not None:
+        raise ConfigError(f"{where}: does not combine with data.train_lists, data.pair_split, data.instance_folders, "
+                          "data.mask_format: colors or data.mask_channel (each class file is one binary mask)")
+    if d.ignore_index is not None:
+        raise ConfigError("data.ignore_index: per-class mask files are binary (0 and 255, or 0 and 1); no value marks void")
+    try:
+        fields = [(n, spec, conv) for _, n, spec, conv in string.Formatter().parse(d.mask_per_class) if n is not None]
+    except ValueError as e:
+        raise ConfigError(f"{where} is not a valid pattern ({e}); e.g. '{{id}}_{{cls}}'") from None
+    names = [n for n, _, _ in fields]
+    for n, spec, conv in fields:
+        if n not in ("id", "cls", "name") or spec or conv:
+            raise ConfigError(f"{where}: unknown field {{{n}}}; use {{id}}, and {{cls}} (1-based class number) or {{name}}")
+    if names.count("id") != 1 or names.count("cls") + names.count("name") != 1:
+        raise ConfigError(f"{where}: needs {{id}} once and one of {{cls}} / {{name}}, e.g. '{{id}}_{{cls}}' or '{{name}}/{{id}}'")
+    parts = d.mask_per_class.replace("\\", "/").split("/")
+    if d.mask_per_class.startswith(("/", "\\")) or ".." in parts:
+        raise ConfigError(f"{where}: a path inside data.train_masks, without '..' or a leading '/'")
+    if "name" in names:
+        if not d.class_names and not d.classes_csv:
+            raise ConfigError(f"{where}: {{name}} needs the class names: data.class_names (or data.classes_csv)")
+        for i, n in enumerate(d.class_names):
+            if not n or any(c in n for c in "/\\\x00") or n in (".", ".."):
+                raise ConfigError(f"data.class_names[{i}]: {n!r} names a folder or file of data.mask_per_class; "
+                                  "it cannot be empty or hold a path separator")
 
 
 def _check_folds(cfg: Config) -> None:

@@ -236,7 +236,7 @@ def _csv_cfg(root: Path, **data):
 
 def test_unlisted_csv_images_each_choice(tmp_path, caplog):
     root = _csv_comp(tmp_path)
-    with caplog.at_level(logging.WARNING, logger="seg_toolkit.data.sources"):
+    with caplog.at_level(logging.WARNING, logger="seg_toolkit.data.csv_rows"):
         assert [s.id for s in load_train_samples(_csv_cfg(root))] == ["im0", "im2"]  # default: ignore
     assert "1 image(s) in" in caplog.text and "'im1.png'" in caplog.text and "not used for training" in caplog.text
     cfg = _csv_cfg(root, unlisted_images="empty")

@@ -400,3 +400,52 @@ def test_display_size():
     assert display_size(101, 101) == (202, 202)
     assert display_size(256, 1600) == (256, 1600)
     assert display_size(4000, 3000) == (512, 384)
+
+
+# ----------------------------------------------------------------------------- a legend of many classes
+
+CITYSCAPES = ["road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign", "vegetation",
+              "terrain", "sky", "person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle"]
+
+
+@pytest.mark.parametrize("hw", [(32, 64), (48, 12)])  # wide panels, and panels narrower than the legend
+def test_legend_of_19_classes_stays_above_the_panels(tmp_path, hw):
+    from seg_toolkit.report.overlays import overlays_figure
+
+    root = tmp_path / "comp"
+    rng = np.random.default_rng(0)
+    ids = ["a", "b"]
+    for i in ids:
+        (root / "img").mkdir(parents=True, exist_ok=True)
+        (root / "lbl").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (*hw, 3), dtype=np.uint8)).save(root / "img" / f"{i}.png")
+        mask = (np.arange(hw[0] * hw[1]).reshape(hw) % 20).astype(np.uint8)
+        mask[mask == 19] = 255
+        Image.fromarray(mask).save(root / "lbl" / f"{i}.png")
+    cfg = config_from_dict({
+        "experiment": "c19", "runs_dir": str(tmp_path / "runs"),
+        "data": {"root": str(root), "task": "multiclass", "num_classes": 19, "layout": "folder", "ignore_index": 255,
+                 "class_names": CITYSCAPES, "train_images": "img", "train_masks": "lbl"},
+        "folds": {"n_splits": 2, "method": "kfold"}, "loss": {"ce": 1.0}, "submission": {"per_class": True}})
+    run = Run.of(cfg)
+    run.fold_dir(0).mkdir(parents=True)
+    run.oof_dir.mkdir()
+    save_config(cfg, run.config_yaml)
+    pd.DataFrame({"id": ids, "fold": [0, 1], "stratum": "x"}).to_csv(run.folds_csv, index=False)
+    p = rng.dirichlet(np.ones(19), size=hw).transpose(2, 0, 1)
+    np.save(run.oof_path("a"), np.rint(p * 255).astype(np.uint8))
+    run.done_json(0).write_text(json.dumps({"metric": "miou", "oof_score": 0.1, "best_epoch": 1, "epochs_run": 1,
+                                            "n_train": 1, "n_valid": 1}))
+    data = compute_report_data(run.dir, n_examples=1)
+    fig = overlays_figure(data, data.best, "best")
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    (legend,) = fig.legends
+    box = legend.get_window_extent(renderer)
+    assert len(legend.get_texts()) == 20  # 19 classes and void
+    assert 0 <= box.x0 and box.x1 <= fig.bbox.width  # inside the figure
+    for ax in fig.axes:  # and above every panel and its title
+        assert box.y0 > ax.get_tightbbox(renderer).y1
+    for text in fig.texts:  # and clear of the example headers
+        if text.get_text().startswith("#"):
+            assert box.y0 > text.get_window_extent(renderer).y1

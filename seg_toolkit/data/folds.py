@@ -50,7 +50,7 @@ from sklearn.model_selection import GroupKFold, KFold, StratifiedGroupKFold, Str
 
 from ..config import Config
 from .io import DataError
-from .masks import class_names, mask_ids, train_rle_spec
+from .masks import class_names, load_target, mask_ids, train_rle_spec
 from .sources import Sample, read_csv_strict
 
 log = logging.getLogger(__name__)
@@ -87,6 +87,8 @@ def class_presence(sample: Sample, cfg: Config) -> np.ndarray:
     if sample.rles is not None:
         spec = train_rle_spec(cfg)
         return np.array([not spec.is_empty(r) for r in sample.rles], bool)
+    if sample.class_masks is not None:  # data.mask_per_class: one file per class
+        return load_target(sample, cfg, None).reshape(-1, k).any(axis=0)
     ids = mask_ids(sample, cfg)  # class ids after every declared mask step (masks module); void = -1
     if d.task == "binary" and d.mask_threshold is not None:
         return np.array([bool((ids >= d.mask_threshold).any())])

@@ -18,10 +18,11 @@ import pandas as pd
 from PIL import Image
 
 from ..errors import SegToolkitError
+from ..rle import RLEError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DataError", "PairSplit", "read_image", "read_mask", "read_mask_array", "image_size", "read_csv_strict",
+__all__ = ["DataError", "RLERowError", "PairSplit", "read_image", "read_mask", "read_mask_array", "image_size", "read_csv_strict",
            "IMAGE_EXTS"]
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".gif")
@@ -29,6 +30,11 @@ IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".gif")
 
 class DataError(SegToolkitError, ValueError):
     """Input data (an image, a mask, a CSV row) is not what the config says it should be."""
+
+
+class RLERowError(DataError, RLEError):
+    """A malformed run-length string in a data file: a :class:`DataError` (the row) and an
+    :class:`~seg_toolkit.rle.RLEError` (the string); the message names the file, line and id."""
 
 
 @dataclass(frozen=True)
@@ -234,9 +240,11 @@ def read_csv_strict(path: Path, columns: list[str], what: str) -> pd.DataFrame:
         raise DataError(f"{path}: cannot read {what} as CSV ({type(e).__name__}: {' '.join(str(e).split())})") from None
     missing = [c for c in columns if c not in df.columns]
     if missing:
+        spaced = [c for c in df.columns if c != c.strip() and c.strip() in missing]  # SIIM: " EncodedPixels"
+        hint = f"; note the spaces in {spaced[0]!r}: name the column exactly so" if spaced else ""
         raise DataError(
             f"{path}: missing column(s) {', '.join(map(repr, missing))}; it has {', '.join(map(repr, df.columns))} "
-            "(set data.id_column / data.rle_column / data.class_column to match)"
+            f"(set data.id_column / data.rle_column / data.class_column to match){hint}"
         )
     return df
 

@@ -14,7 +14,9 @@ A mask file is read in three steps, each declared in the config (checked when it
    Without it, ``data.ignore_index`` marks the void id.
 
 ``data.instance_folders`` (DSB 2018): the mask is a folder of object masks, each read as above,
-and the target is their union.
+and the target is their union, or their union with the pixels where two objects touch made
+background (``data.instance_target: borders``; :mod:`seg_toolkit.data.instances`).
+``data.mask_per_class`` (multilabel): one binary file per class (:mod:`seg_toolkit.data.class_masks`).
 
 Then the target in the toolkit's convention (:data:`seg_toolkit.config.IGNORE_INDEX` = void):
 multiclass ``uint8 (H, W)``; binary ``uint8 (H, W, 1)``. A binary mask read without
@@ -24,7 +26,6 @@ anti-aliased mask is refused instead of read as all foreground. CSV-layout targe
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from typing import TYPE_CHECKING
 
@@ -33,7 +34,8 @@ import numpy as np
 from ..config import IGNORE_INDEX, Config, ConfigError
 from ..rle import RLEError, RLESpec
 from .colors import VOID_ID, check_color_masks, class_names, color_table, colors_to_ids
-from .io import DataError, _ext_hint, image_size, read_mask_array
+from .instances import instance_ids
+from .io import DataError, RLERowError, _ext_hint, image_size, read_mask_array
 
 if TYPE_CHECKING:  # pragma: no cover
     from .sources import Sample
@@ -47,9 +49,13 @@ VOID = "void"
 
 
 def train_rle_spec(cfg: Config) -> RLESpec:
-    """How ``data.train_csv``'s strings are read: Kaggle's RLE (1-based, absolute starts, empty
-    field = empty mask) in the pixel order ``data.rle_order``."""
-    return RLESpec(order=cfg.data.rle_order)
+    """The one spec ``data.train_csv``'s strings are read with (reader, targets, folds, audit), from the
+    ``data.rle_*`` keys as the submission's from ``submission.*`` (:func:`seg_toolkit.submission.submission_spec`):
+    pixel order ``data.rle_order``, starts from ``data.rle_index_base``, ``data.rle_starts``, and an empty
+    mask as an empty field or ``data.rle_empty_token``. Rows repeating an id (``data.rle_instances``) are
+    unioned by the reader (:mod:`seg_toolkit.data.csv_rows`), so the spec reads one string per mask."""
+    d = cfg.data
+    return RLESpec(order=d.rle_order, index_base=d.rle_index_base, starts=d.rle_starts, empty=d.rle_empty_token)
 
 
 def remap_values(values: np.ndarray, mapping: dict[int, int | str], where: str) -> np.ndarray:
@@ -77,7 +83,7 @@ def mask_ids(sample: Sample, cfg: Config) -> np.ndarray:
     d = cfg.data
     assert sample.mask is not None
     if d.instance_folders:
-        return _instance_union(sample, cfg)
+        return instance_ids(sample, cfg)
     where = str(sample.mask)
     colors = d.mask_format == "colors"
     lossy_ok = d.mask_threshold is not None or (colors and d.mask_color_tolerance is not None)
@@ -99,40 +105,6 @@ def mask_ids(sample: Sample, cfg: Config) -> np.ndarray:
     return ids
 
 
-def _instance_union(sample: Sample, cfg: Config) -> np.ndarray:
-    """``data.instance_folders``: the union (0/1) of the object mask files in ``sample.mask``, a
-    folder; each file must be binary (0 and one value) unless ``mask_threshold`` / ``mask_values``
-    say how to read it; files of different sizes are an error naming both."""
-    d = cfg.data
-    assert sample.mask is not None
-    files = sorted(p for p in sample.mask.iterdir() if p.is_file() and not p.name.startswith("."))
-    union: np.ndarray | None = None
-    for f in files:
-        ids = mask_ids(type(sample)(sample.id, sample.image, mask=f, where=sample.where), _one_file(cfg))
-        if d.mask_threshold is not None:
-            fg = ids >= d.mask_threshold
-        else:
-            values = ids[ids > 0]
-            if not d.mask_values and values.size and (values != values.flat[0]).any():
-                raise DataError(f"{f}: object mask holds values {np.unique(values)[:10].tolist()} besides 0; expected 0 and "
-                                "one foreground value (data.mask_threshold for lossy masks)")
-            fg = ids > 0
-        if union is None:
-            union, first = np.zeros(fg.shape, np.int32), f
-        if fg.shape != union.shape:
-            raise DataError(f"{f}: object mask is {fg.shape[0]}x{fg.shape[1]} but {first.name} is {union.shape[0]}x{union.shape[1]}")
-        union[fg] = 1
-        union[(ids == VOID_ID) & (union == 0)] = VOID_ID
-    if union is None:  # no object: an empty mask of the image's size
-        union = np.zeros(image_size(sample.image), np.int32)
-    return union
-
-
-def _one_file(cfg: Config) -> Config:
-    """``cfg`` with ``instance_folders`` off: how each object file is read."""
-    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, instance_folders=False))
-
-
 # ----------------------------------------------------------------------------- targets
 
 
@@ -148,7 +120,7 @@ def load_target(sample: Sample, cfg: Config, hw: tuple[int, int] | None) -> np.n
             spec = train_rle_spec(cfg)
             chans = [spec.decode(r, hw, where=where) for r in sample.rles]
         except RLEError as e:
-            raise DataError(str(e)) from None
+            raise RLERowError(str(e)) from None
         if d.task == "multiclass":
             label = np.zeros(hw, np.uint8)
             for c, m in enumerate(chans, start=1):
@@ -156,9 +128,14 @@ def load_target(sample: Sample, cfg: Config, hw: tuple[int, int] | None) -> np.n
             return label
         return np.stack(chans, axis=-1)
 
+    if sample.class_masks is not None:
+        from .class_masks import class_mask_target  # lazy: class_masks imports colors
+
+        return class_mask_target(sample, cfg, hw)
     assert sample.mask is not None
     if d.task == "multilabel":
-        raise ConfigError("data.task: multilabel masks need the csv layout with data.class_column")
+        raise ConfigError("data.task: multilabel masks need the csv layout with data.class_column, or one file per "
+                          "class (data.mask_per_class)")
     ids = mask_ids(sample, cfg)
     if hw is not None and ids.shape != tuple(hw):
         what = f"its image {sample.image.name}" if sample.pair is None else "the image part of the same file"
@@ -245,6 +222,9 @@ def check_train_samples(samples: list[Sample], cfg: Config) -> None:
         target = load_target(s, cfg, image_size(s.image, s.pair))
         if ((target != 0) & (target != IGNORE_INDEX)).any():
             return
+        if s.class_masks is not None:
+            largest = max(largest, int(target.max()))
+            continue
         ids = mask_ids(s, cfg)
         ids = ids[ids != VOID_ID]
         largest = max(largest, int(ids.max()) if ids.size else 0)

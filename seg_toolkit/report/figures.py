@@ -63,7 +63,7 @@ def confusion_figure(d: ReportData) -> Any:
     ax.set_xticks(x, names, rotation=20 if n > 4 else 0, ha="right" if n > 4 else "center")
     ax.set_ylabel("pixels")
     ax.set_title(f"Pixels per class at threshold {d.cfg.metric.threshold:g} (void excluded)", fontsize=10)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)  # beside the bars, never over them
     ax.margins(y=0.12)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()

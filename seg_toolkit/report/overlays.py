@@ -18,13 +18,56 @@ from ..run import read_oof
 from .data import ReportData
 from .summary import Example, predict_mask
 
-__all__ = ["overlays_figure", "display_size"]
+__all__ = ["overlays_figure", "display_size", "class_legend_handles", "legend_layout", "draw_legend"]
 
 VOID_COLOR = (128, 128, 128)
 FILL_ALPHA = 0.4
 MIN_PANEL_HEIGHT = 200  # tiny images are upscaled (nearest neighbour) to at least this many pixels
 MAX_PANEL_HEIGHT = 512
 MAX_PANEL_WIDTH = 1600
+MIN_FIGURE_WIDTH = 960  # pixels: room for the title and a legend of many classes beside narrow images
+
+
+#: how every class legend is drawn (report overlays, audit pictures), above the panels, never over them
+LEGEND_KW = dict(fontsize=9, frameon=False, handlelength=1.2, columnspacing=1.2, borderaxespad=0, borderpad=0.2)
+LEGEND_TOP = 24  # pixels from the top of the figure to the legend (the title is above it)
+LEGEND_GAP = 12  # pixels between the legend and the first panels
+
+
+def class_legend_handles(names: list[str], colors: np.ndarray, painted: list[bool], task: str, void: bool) -> list[Any]:
+    """One colour patch per drawn class, then the undrawn background (multiclass) and void when present."""
+    from matplotlib.patches import Patch
+
+    handles = [Patch(facecolor=np.asarray(colors[c]) / 255, edgecolor="black", label=n) for c, n in enumerate(names) if painted[c]]
+    if task == "multiclass" and not all(painted):
+        handles.append(Patch(facecolor="none", edgecolor="black", label=f"{names[0]} (not drawn)"))
+    if void:
+        handles.append(Patch(facecolor=np.asarray(VOID_COLOR) / 255, edgecolor="black", label="void (not scored)"))
+    return handles
+
+
+def legend_layout(handles: list[Any], width_px: int, dpi: int = 100, max_cols: int = 8) -> tuple[int, int]:
+    """``(columns, height in pixels)`` of the class legend: the most columns (at most ``max_cols``) whose
+    legend, measured on a scratch figure, fits ``width_px`` less a margin. Any number of classes (19 for
+    Cityscapes) then takes as many rows as it needs, and the caller reserves that height above the panels."""
+    if not handles:
+        return 1, 0
+    fig = new_figure(width_px / dpi, 4, dpi)
+    renderer = fig.canvas.get_renderer()
+    for ncol in range(min(len(handles), max_cols), 0, -1):
+        legend = fig.legend(handles=handles, ncol=ncol, **LEGEND_KW)
+        box = legend.get_window_extent(renderer)
+        legend.remove()
+        if box.width <= width_px - 2 * LEGEND_GAP or ncol == 1:
+            return ncol, int(math.ceil(box.height))
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def draw_legend(fig: Any, handles: list[Any], ncol: int, height_px: int) -> None:
+    """The legend ``legend_layout`` measured, centred ``LEGEND_TOP`` pixels below the top of ``fig``."""
+    if handles:
+        fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 1 - LEGEND_TOP / height_px), ncol=ncol,
+                   **LEGEND_KW)
 
 
 def display_size(h: int, w: int) -> tuple[int, int]:
@@ -129,15 +172,13 @@ def overlays_figure(d: ReportData, examples: list[Example], title: str) -> Any:
     Wide images (width > 2.5 x height) are stacked in three rows per example instead. Needs
     the training data (``d.samples``); an image or target that cannot be read is a DataError.
     """
-    from matplotlib.patches import Patch
-
     if d.samples is None:
         raise ValueError(f"overlays need the training data: {d.data_problem}")
     colors = d.class_colors
     painted = _painted_classes(d.cfg, d.class_names, colors)
     panels = [_example_panels(d, ex, colors, painted) for ex in examples]
     label = metric_label(d.metric)
-    dpi, gap, head, top = 100, 12, 40, 70
+    dpi, gap, head = 100, 12, 40
     if not panels:
         fig = new_figure(6, 1.2, dpi)
         fig.text(0.5, 0.5, f"{title}: no scored images", ha="center", va="center")
@@ -147,32 +188,30 @@ def overlays_figure(d: ReportData, examples: list[Example], title: str) -> Any:
     wide = pw > 2.5 * ph
     per_row = 1 if wide else 3
     block_h = (3 * (ph + 20) + head) if wide else (ph + head)
-    W = per_row * pw + (per_row + 1) * gap
+    content = per_row * pw + (per_row + 1) * gap
+    W = max(content, MIN_FIGURE_WIDTH)
+    x0 = (W - content) // 2  # narrow panels are centred
+    handles = class_legend_handles(d.class_names, colors, painted, d.task, bool(d.void_pixels))
+    ncol, legend_h = legend_layout(handles, W, dpi)
+    top = LEGEND_TOP + legend_h + LEGEND_GAP
     H = top + len(panels) * (block_h + gap)
     fig = new_figure(W / dpi, H / dpi, dpi)
     names = ("image", "ground truth", "prediction")
     for i, (ex, imgs) in enumerate(zip(examples, panels)):
         y0 = H - top - i * (block_h + gap)  # top edge of this block, in pixels from the bottom
-        fig.text(gap / W, (y0 - 14) / H, f"#{i + 1}  {ex.id}   fold {ex.fold}   {label} {ex.score:.3f}",
+        fig.text((x0 + gap) / W, (y0 - 14) / H, f"#{i + 1}  {ex.id}   fold {ex.fold}   {label} {ex.score:.3f}",
                  ha="left", va="center", fontsize=11, fontweight="bold")
         for j, (img, name) in enumerate(zip(imgs, names)):
             h, w = img.shape[:2]
             if wide:
-                left, bottom = gap, y0 - head - j * (ph + 20) - h
+                left, bottom = x0 + gap, y0 - head - j * (ph + 20) - h
             else:
-                left, bottom = gap + j * (pw + gap), y0 - head - h
+                left, bottom = x0 + gap + j * (pw + gap), y0 - head - h
             ax = fig.add_axes((left / W, bottom / H, w / W, h / H))
             ax.imshow(img, interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
             ax.set_title(name, fontsize=9, pad=3)
-    handles = [Patch(facecolor=np.asarray(colors[c]) / 255, edgecolor="black", label=n)
-               for c, n in enumerate(d.class_names) if painted[c]]
-    if d.task == "multiclass" and not all(painted):
-        handles.append(Patch(facecolor="none", edgecolor="black", label=f"{d.class_names[0]} (not drawn)"))
-    if d.void_pixels:
-        handles.append(Patch(facecolor=np.asarray(VOID_COLOR) / 255, edgecolor="black", label="void (not scored)"))
     fig.text(0.5, 1 - 14 / H, title, ha="center", va="center", fontsize=12, fontweight="bold")
-    fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 1 - 24 / H), ncol=min(len(handles), 6),
-               fontsize=9, frameon=False, handlelength=1.2, columnspacing=1.2)
+    draw_legend(fig, handles, ncol, H)
     return fig

@@ -1,0 +1,197 @@
+"""The csv layout's training rows -> samples, in every RLE style :class:`~seg_toolkit.rle.RLESpec` writes.
+
+Each row's string is read with ONE spec built from the ``data.rle_*`` keys
+(:func:`~seg_toolkit.data.masks.train_rle_spec`): pixel order ``data.rle_order``, starts from
+``data.rle_index_base`` (1 Kaggle, 0), ``absolute`` or ``relative`` starts
+(``data.rle_starts``: SIIM), and an empty mask as an empty field or ``data.rle_empty_token``
+(``-1`` in SIIM). Rows are one per image (binary), or one per image and class
+(``data.class_column``); with ``data.rle_instances`` an id (and class) may repeat, one row per
+object (Airbus, DSB 2018, SIIM), and its rows are unioned into that image's (class's) mask:
+their runs are merged into one string of the same spec, so a :class:`Sample` still holds one
+string per channel. A malformed row is an :class:`~seg_toolkit.data.io.RLERowError` naming
+the CSV, its line and the id.
+
+Problems go to ``on_problem(kind, where, message)``: the default raises at the first (training);
+the audit collects them all and goes on, so both list exactly the same samples.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from ..config import Config, ConfigError
+from ..rle import RLEError, RLESpec
+from .io import IMAGE_EXTS, DataError, RLERowError, _line, read_csv_strict
+from .masks import train_rle_spec
+from .sample import Sample, check_id, image_path
+
+log = logging.getLogger(__name__)
+
+__all__ = ["read_train_csv", "csv_samples", "unlisted_samples", "union_rle", "raise_problem"]
+
+OnProblem = Callable[[str, str, str], None]
+_NO_BOUND = np.iinfo(np.int64).max  # the image size is not known yet: run ends are checked when decoded
+_NAN_WORDS = ("nan", "none", "null", "na", "<na>", "n/a")
+
+
+def raise_problem(kind: str, where: str, message: str) -> None:
+    """The training default for ``on_problem``: stop at the first problem."""
+    if kind == "config":
+        raise ConfigError(message)
+    if kind == "malformed_rle":
+        raise RLERowError(message)
+    raise DataError(message)
+
+
+def union_rle(rows: list[str], spec: RLESpec) -> str:
+    """One string (of ``spec``) for the union of ``rows`` (strings of ``spec``, already validated);
+    a single non-empty row is returned as it is, no non-empty row gives ``""``."""
+    full = [r for r in rows if not spec.is_empty(r)]
+    if len(full) <= 1:
+        return full[0] if full else ""
+    runs = [spec.runs(r, _NO_BOUND) for r in full]
+    starts = np.concatenate([s for s, _ in runs])
+    ends = starts + np.concatenate([n for _, n in runs])
+    order = np.argsort(starts, kind="stable")
+    starts, ends = starts[order], ends[order]
+    reach = np.maximum.accumulate(ends)  # furthest end so far: a run starting after it begins a new merged run
+    new = starts[1:] > reach[:-1]
+    first, last = np.concatenate([[True], new]), np.concatenate([new, [True]])
+    return spec.format_runs(starts[first], reach[last] - starts[first])
+
+
+def _rle_hint(rle: str, spec: RLESpec) -> str:
+    text = rle.strip().lower()
+    if text in _NAN_WORDS:
+        return "; a NaN written as text? an empty mask is an empty field (or data.rle_empty_token)"
+    if text == "-1" and spec.empty.strip() != "-1":
+        return "; is -1 an empty mask (SIIM)? set data.rle_empty_token: '-1'"
+    return ""
+
+
+def read_train_csv(cfg: Config, on_problem: OnProblem = raise_problem) -> tuple[list[Sample], set[str]]:
+    """The samples of ``data.train_csv`` in first-row order, and the ids with a malformed row
+    (listed, so their images are checked, but their target is not to be read)."""
+    d = cfg.data
+    path = cfg.data_path(d.train_csv)
+    cols = [d.id_column, d.rle_column] + ([d.class_column] if d.class_column else [])
+    if d.group_column:
+        cols.append(d.group_column)
+    try:
+        df = read_csv_strict(path, cols, "training CSV (data.train_csv)")
+    except DataError as e:
+        on_problem("missing_file" if "not found" in str(e) else "csv", str(path), str(e))
+        return [], set()
+    if df.empty:
+        on_problem("csv", str(path), f"{path}: no data rows (only the header {', '.join(map(repr, df.columns))}): "
+                   "nothing to train on")
+        return [], set()
+    if d.class_column is None and d.task != "binary":
+        on_problem("config", "data.class_column",
+                   f"data.class_column: a {d.task} task read from a CSV needs a class column (one row per image and class)")
+        return [], set()
+    spec = train_rle_spec(cfg)
+    n_cls = 1 if d.class_column is None else (d.num_classes if d.task == "multilabel" else d.num_classes - 1)
+    rows: dict[str, list[list[str]]] = {}  # id -> per channel, its rows
+    first: dict[str, int] = {}
+    filled: dict[tuple[str, int], int] = {}  # (id, channel) -> line of its first non-empty row
+    groups: dict[str, str | None] = {}
+    bad: set[str] = set()
+    classes = df[d.class_column].tolist() if d.class_column else [None] * len(df)
+    group_col = df[d.group_column].tolist() if d.group_column else [None] * len(df)
+    for k, (image_id, rle, cls, group) in enumerate(zip(df[d.id_column].tolist(), df[d.rle_column].tolist(),
+                                                         classes, group_col)):
+        line = _line(k)
+        where = f"{path} line {line}"
+        named = f"{where} (id {image_id!r})"
+        try:
+            check_id(image_id, named)
+        except DataError as e:
+            on_problem("bad_id", where, str(e))
+            continue
+        c = 1
+        if cls is not None:
+            try:
+                c = int(cls)
+            except ValueError:
+                on_problem("bad_class", where, f"{where}: class {cls!r} in column {d.class_column!r} is not an integer")
+                continue
+            if not 1 <= c <= n_cls:
+                on_problem("bad_class", where,
+                           f"{where}: class {c} is outside 1..{n_cls} (data.num_classes={d.num_classes}, task {d.task})")
+                continue
+        elif image_id in rows and not d.rle_instances:
+            on_problem("duplicate_row", where,
+                       f"{where}: duplicate id {image_id!r} (first at line {_line(first[image_id])}); expected one row per "
+                       "image, or set data.rle_instances: true if each row is one object of the image (Airbus, DSB 2018)")
+            continue
+        try:
+            spec.runs(rle, _NO_BOUND, named)
+        except RLEError as e:
+            on_problem("malformed_rle", where, f"{e}{_rle_hint(rle, spec)}")
+            bad.add(image_id)
+            rle = ""
+        slots = rows.setdefault(image_id, [[] for _ in range(n_cls)])
+        first.setdefault(image_id, k)
+        groups.setdefault(image_id, group)
+        if not spec.is_empty(rle):
+            if (image_id, c) in filled and not d.rle_instances:
+                on_problem("duplicate_row", where,
+                           f"{where}: second non-empty row for image {image_id!r} class {c} (first at line "
+                           f"{filled[image_id, c]}); set data.rle_instances: true if each row is one object")
+                bad.add(image_id)
+                continue
+            filled.setdefault((image_id, c), line)
+        slots[c - 1].append(rle)
+    images = cfg.data_path(d.train_images)
+    samples = [
+        Sample(i, image_path(images, i, d.image_ext), rles=tuple(union_rle(r, spec) for r in per_class),
+               group=groups[i], where=f"{path} line {_line(first[i])}")
+        for i, per_class in rows.items()
+    ]
+    return samples, bad
+
+
+def csv_samples(cfg: Config) -> list[Sample]:
+    """Training samples of the csv layout (listed rows, then ``data.unlisted_images``); the first problem raises."""
+    listed, _ = read_train_csv(cfg)
+    return listed + unlisted_samples(cfg, listed)
+
+
+def unlisted_samples(cfg: Config, listed: list[Sample], on_problem: OnProblem | None = None) -> list[Sample]:
+    """``data.unlisted_images``: the images of ``data.train_images`` that have no row in the CSV.
+
+    ``ignore``: none (their number is logged); ``empty``: each as a sample with empty masks
+    (Severstal lists only non-empty masks); ``error``: :class:`DataError` naming a few. With
+    ``on_problem`` (the audit), ``ignore`` and ``error`` report each image instead."""
+    d = cfg.data
+    images = cfg.data_path(d.train_images)
+    if not images.is_dir() or not listed:
+        return []  # check_train_samples names the missing images
+    paths = {s.image for s in listed}
+    exts = {d.image_ext.lower()} | {p.suffix.lower() for p in paths}
+    unlisted = sorted(p for p in images.iterdir() if p.suffix.lower() in exts and p not in paths and p.is_file())
+    if not unlisted:
+        return []
+    csv = cfg.data_path(d.train_csv)
+    if d.unlisted_images != "empty" and on_problem is not None:
+        for p in unlisted:
+            on_problem("unlisted_image", str(p), f"{p}: image has no row in {csv}; data.unlisted_images: "
+                       f"{d.unlisted_images} (set it to 'empty' if a missing row means an empty mask)")
+        return []
+    head = f"{len(unlisted)} image(s) in {images} have no row in {csv}, e.g. {[p.name for p in unlisted[:3]]}"
+    if d.unlisted_images == "error":
+        raise DataError(f"{csv}: {head} (data.unlisted_images: error; 'empty' reads them as empty masks, "
+                        "'ignore' leaves them out)")
+    if d.unlisted_images == "ignore":
+        log.warning("%s: not used for training (data.unlisted_images: ignore; set it to 'empty' if a missing row "
+                    "means an empty mask, as in Severstal)", head)
+        return []
+    log.info("%s: trained on as empty masks (data.unlisted_images: empty)", head)
+    with_ext = Path(listed[0].id).suffix.lower() in IMAGE_EXTS  # ids carry the extension (Severstal)
+    n = len(listed[0].rles or ("",))
+    return [Sample(p.name if with_ext else p.stem, p, rles=("",) * n, where=f"{p} (no row in {csv})") for p in unlisted]

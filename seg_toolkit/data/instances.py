@@ -1,0 +1,110 @@
+"""``data.instance_folders`` (Kaggle DSB 2018): one mask file per object, read into one target.
+
+Each image is a folder ``<id>/images/<id><ext>`` with its objects in ``<id>/masks/*``, each
+file read as any mask file is (:func:`seg_toolkit.data.masks.mask_ids`: 0 and one foreground
+value, or ``data.mask_threshold`` / ``data.mask_values``). ``data.instance_target`` says what
+target the objects make:
+
+* ``union``: every object pixel is foreground. Touching objects merge into one blob, so the
+  8-connected components of a prediction (``submission.instances``) cannot split them;
+* ``borders``: as the U-Net paper (Ronneberger et al. 2015) separates touching cells, a pixel
+  within ``data.instance_border_px`` pixels (Chebyshev distance: the ``2r+1`` square around it)
+  of two different objects, or inside two overlapping objects, is **background**. Touching
+  objects then lie ``2r`` pixels apart in the target, a model learns to predict that gap, and
+  the components of its predictions are the separate objects the instance writer needs.
+  Background, not void: a void border is not scored, so nothing would teach the gap (the DSB
+  2018 winners likewise trained on the touching border as background, or as an extra class
+  subtracted afterwards). Objects farther apart than one pixel are unchanged with ``r = 1``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ..config import Config
+from .io import DataError, image_size
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .sample import Sample
+
+__all__ = ["instance_ids", "object_masks", "touching_borders"]
+
+VOID_ID = -1
+
+
+def _one_file(cfg: Config) -> Config:
+    """``cfg`` with ``instance_folders`` off: how each object file is read."""
+    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, instance_folders=False))
+
+
+def object_masks(sample: Sample, cfg: Config) -> tuple[list[np.ndarray], np.ndarray | None]:
+    """The object files of ``sample.mask`` (a folder), sorted by name, as boolean ``(H, W)`` masks, and the
+    void pixels (``None`` without any). Each file must be binary (0 and one value) unless
+    ``mask_threshold`` / ``mask_values`` say how to read it; files of different sizes are an error naming both."""
+    from .masks import mask_ids  # masks imports this module
+
+    d = cfg.data
+    assert sample.mask is not None
+    one = _one_file(cfg)
+    files = sorted(p for p in sample.mask.iterdir() if p.is_file() and not p.name.startswith("."))
+    objects: list[np.ndarray] = []
+    void: np.ndarray | None = None
+    for f in files:
+        ids = mask_ids(dataclasses.replace(sample, mask=f), one)
+        if d.mask_threshold is not None:
+            fg = ids >= d.mask_threshold
+        else:
+            values = ids[ids > 0]
+            if not d.mask_values and values.size and (values != values.flat[0]).any():
+                raise DataError(f"{f}: object mask holds values {np.unique(values)[:10].tolist()} besides 0; expected 0 and "
+                                "one foreground value (data.mask_threshold for lossy masks)")
+            fg = ids > 0
+        if objects and fg.shape != objects[0].shape:
+            raise DataError(f"{f}: object mask is {fg.shape[0]}x{fg.shape[1]} but {files[0].name} is "
+                            f"{objects[0].shape[0]}x{objects[0].shape[1]}")
+        objects.append(fg)
+        if (ids == VOID_ID).any():
+            void = (ids == VOID_ID) if void is None else void | (ids == VOID_ID)
+    return objects, void
+
+
+def touching_borders(objects: list[np.ndarray], radius: int) -> np.ndarray:
+    """``bool (H, W)``: pixels within ``radius`` pixels (the ``2*radius+1`` square) of two different objects,
+    and pixels inside two overlapping objects. ``objects``: boolean masks of one shape (at least one)."""
+    from scipy import ndimage  # lazy: only instance targets need it
+
+    shape = objects[0].shape
+    labels = np.zeros(shape, np.int32)
+    count = np.zeros(shape, np.int32)
+    for k, m in enumerate(objects, start=1):
+        labels[m] = k
+        count += m
+    size = 2 * radius + 1
+    if (count > 1).any():  # overlapping objects: one label per pixel would hide one, so count each object's reach
+        reach = np.zeros(shape, np.int32)
+        for m in objects:
+            reach += ndimage.binary_dilation(m, np.ones((size, size), bool))
+        return reach > 1
+    # one label per pixel: a pixel is near two objects when its square holds two different labels
+    big = len(objects) + 1
+    hi = ndimage.maximum_filter(labels, size=size, mode="constant", cval=0)
+    lo = ndimage.minimum_filter(np.where(labels > 0, labels, big), size=size, mode="constant", cval=big)
+    return (hi > 0) & (lo < big) & (hi != lo)
+
+
+def instance_ids(sample: Sample, cfg: Config) -> np.ndarray:
+    """The target ids ``int32 (H, W)`` of an object folder: 1 = object, 0 = background, -1 = void, made as
+    ``data.instance_target`` says (module doc). No object: an empty mask of the image's size."""
+    d = cfg.data
+    objects, void = object_masks(sample, cfg)
+    if not objects:
+        return np.zeros(image_size(sample.image), np.int32)
+    out = np.any(objects, axis=0).astype(np.int32)
+    if d.instance_target == "borders" and len(objects) > 1:
+        out[touching_borders(objects, d.instance_border_px)] = 0
+    if void is not None:
+        out[void & (out == 0)] = VOID_ID
+    return out

@@ -1,0 +1,58 @@
+"""What one labelled or test sample is: the files and strings it comes from (no pixels).
+
+A :class:`Sample` names where its target is, in exactly one of four ways: ``rles`` (csv
+layout: one RLE string per output channel), ``mask`` (one mask file, an image|label file, or
+with ``data.instance_folders`` a folder of object masks) or ``class_masks`` (multilabel, one
+binary file per class: ``data.mask_per_class``); test samples have none. Pixels are read by
+:func:`seg_toolkit.data.masks.load_target`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import Config
+from .io import IMAGE_EXTS, DataError, PairSplit
+
+__all__ = ["Sample", "check_id", "pair_of", "image_path", "instance_image"]
+
+
+@dataclass(frozen=True)
+class Sample:
+    id: str
+    image: Path
+    mask: Path | None = None  # folder layout
+    rles: tuple[str, ...] | None = None  # csv layout: one string per output channel / class id 1..
+    group: str | None = None
+    where: str = ""  # where the sample was listed, for error messages
+    pair: PairSplit | None = None  # image and label side by side in ``image`` (then ``mask`` is the same file)
+    # data.mask_per_class: one binary file per class 1..C (None: no file, read as empty with missing_class_masks: empty)
+    class_masks: tuple[Path | None, ...] | None = None
+
+
+def pair_of(cfg: Config) -> PairSplit | None:
+    """``data.pair_split`` / ``data.pair_split_at`` as the :class:`PairSplit` every sample of ``cfg`` carries."""
+    d = cfg.data
+    return PairSplit(d.pair_split.removeprefix("image_"), d.pair_split_at) if d.pair_split else None
+
+
+def check_id(image_id: str, where: str) -> str:
+    """Refuse ids that could escape a folder or are not usable as file names."""
+    if not image_id or image_id.strip() != image_id:
+        raise DataError(f"{where}: id {image_id!r} is empty or has surrounding spaces")
+    if "/" in image_id or "\\" in image_id or image_id in (".", "..") or "\x00" in image_id:
+        raise DataError(f"{where}: id {image_id!r} contains a path separator or is a relative path; ids must be plain names")
+    return image_id
+
+
+def instance_image(folder: Path, image_id: str, ext: str) -> Path:
+    """``data.instance_folders`` (DSB 2018): ``<folder>/<id>/images/<id><ext>``."""
+    return folder / image_id / "images" / f"{image_id}{ext}"
+
+
+def image_path(folder: Path, image_id: str, ext: str) -> Path:
+    """The image file of ``image_id``; some competitions' ids already carry the extension (Severstal: "0002cc93b.jpg")."""
+    if Path(image_id).suffix.lower() in IMAGE_EXTS:
+        return folder / image_id
+    return folder / f"{image_id}{ext}"
