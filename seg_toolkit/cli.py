@@ -105,7 +105,15 @@ def cmd_tune(args: argparse.Namespace) -> int:
     else:
         _print_tune(tune_postprocess(cfg))
     print(f"written to {run.postprocess_json} (predict and evaluate read it)")
+    _track_results(run.dir)
     return 0
+
+
+def _track_results(run_dir: Path) -> None:
+    """Add the run folder's new results to its tracked run (tracker.json), if it has one; never fails."""
+    from .track import log_run_files
+
+    log_run_files(run_dir)
 
 
 def _tune_tta(cfg: Config) -> None:
@@ -133,6 +141,7 @@ def cmd_oof(args: argparse.Namespace) -> int:
     cv = remake_oof(cfg)
     _print_cv(cv, cfg.run_dir)
     _print_tune(cv["postprocess"])
+    _track_results(cfg.run_dir)
     return 0
 
 
@@ -246,6 +255,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .report import build_report
 
     print(f"report: {build_report(cfg.run_dir)} (open in a browser; PNG copies beside it)")
+    _track_results(cfg.run_dir)
     print(f"submission: {out} ({'valid' if not problems else 'INVALID: ' + '; '.join(problems)})")
     solution = root / "test_solution.csv"
     if solution.is_file():
@@ -260,6 +270,19 @@ def cmd_report(args: argparse.Namespace) -> int:
     from .report import build_report
 
     print(f"report: {build_report(Path(args.run_dir), n_examples=args.examples)}")
+    _track_results(Path(args.run_dir))
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .compare import collect, format_table, write_html
+
+    if args.curves and not args.html:
+        raise ConfigError("compare --curves draws into the HTML page: add --html OUT")
+    rows = collect(args.runs)
+    print(format_table(rows))
+    if args.html:
+        print(f"page: {write_html(rows, args.html, curves=args.curves)}")
     return 0
 
 
@@ -359,6 +382,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="folder for audit.html (default: the run folder)")
     p.add_argument("--headers-only", action="store_true", help="read image headers only (faster; misses truncated files)")
     p.set_defaults(func=cmd_audit)
+
+    p = sub.add_parser("compare", help="a leaderboard of runs from their folders: CV, folds, tuned CV, TTA, model, "
+                                       "epochs, time, which runs share folds.csv")
+    p.add_argument("runs", nargs="*", default=["runs"], help="a runs folder and/or run folders (default: runs)")
+    p.add_argument("--html", metavar="OUT", help="also write a standalone HTML page with a bar chart (plotly.js inline)")
+    p.add_argument("--curves", action="store_true", help="add every run's validation score per epoch and fold to the page")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("models", help="list architectures and encoders")
     p.add_argument("--encoders", nargs="?", const="", metavar="FILTER", help="list encoders (optionally filtered)")

@@ -240,6 +240,28 @@ class SubmissionConfig:
 
 
 @dataclass
+class TrackConfig:
+    # experiment tracker (seg_toolkit/track.py): auto = mlflow when it is installed, else none. A tracker that fails
+    # only warns once; everything is in the run folder anyway. The env var SEG_TOOLKIT_TRACK (e.g. none) replaces auto
+    backend: Literal["auto", "mlflow", "tensorboard", "none"] = "auto"
+    # mlflow: tracking URI (default sqlite:///<runs_dir>/mlflow.db, beside the run folders);
+    # tensorboard: log folder (default <run folder>/tensorboard)
+    uri: Optional[str] = None
+    experiment: Optional[str] = None  # MLflow experiment name (default: the config's experiment)
+
+
+@dataclass
+class PseudoConfig:
+    # pseudo-labelling (seg_toolkit/pseudo.py): test images labelled by a trained run or ensemble (its
+    # post-processed masks, what it would submit) join every fold's training set, never a validation set
+    teacher: Optional[str] = None  # the labelling run folder; null = off
+    per_fold: bool = True  # fold k's labels come from the teacher's fold k only (honest CV; needs the same folds)
+    confidence: float = 0.9  # a pixel is confident when its probability is >= this or <= 1 - this (multiclass: max >= this)
+    min_confident_fraction: float = 0.95  # an image is used when at least this fraction of its pixels is confident
+    max_images: Optional[int] = None  # the most confident first; null = all that pass
+
+
+@dataclass
 class Config:
     experiment: str = "demo"
     runs_dir: str = "runs"
@@ -256,6 +278,8 @@ class Config:
     predict: PredictConfig = field(default_factory=PredictConfig)
     postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
     submission: SubmissionConfig = field(default_factory=SubmissionConfig)
+    track: TrackConfig = field(default_factory=TrackConfig)
+    pseudo: PseudoConfig = field(default_factory=PseudoConfig)
 
     @property
     def run_dir(self) -> Path:

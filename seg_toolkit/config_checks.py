@@ -43,6 +43,7 @@ def check_config(cfg: Config) -> None:
         _check_predict,
         _check_postprocess,
         _check_submission,
+        _check_track,
     ):
         check(cfg)
 
@@ -492,3 +493,33 @@ def _check_model(cfg: Config) -> None:
         close = closest_names(arch.lower(), names, n=1, cutoff=0.5)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         raise ConfigError(f"model.arch: unknown architecture {arch!r}{hint} (valid: {', '.join(names)})")
+
+
+def _check_weights_file(cfg: Config) -> None:
+    """A weights file must exist now, not after the data is read; ``encoder_weights_map: order`` needs a tu- file."""
+    m = cfg.model
+    from .models.weights import is_weights_path, resolve_weights_path  # lazy: imports torch
+
+    is_file = m.encoder_weights is not None and is_weights_path(m.encoder_weights)
+    if is_file:
+        path = resolve_weights_path(m.encoder_weights)
+        if not os.path.isfile(path):
+            raise ConfigError(f"model.encoder_weights: weights file not found: {m.encoder_weights!r} (looked for {path})")
+    if m.encoder_weights_map == "order":
+        if not is_file:
+            raise ConfigError(f"model.encoder_weights_map: order maps a weights file; model.encoder_weights is {m.encoder_weights!r}")
+        if not (m.encoder or "").startswith("tu-"):
+            raise ConfigError(f"model.encoder_weights_map: order maps onto a timm model; model.encoder {m.encoder!r} is not a tu- encoder")
+
+
+def _check_track(cfg: Config) -> None:
+    """An explicitly chosen tracker must be installed (looked up without importing it: config loading stays light)."""
+    import importlib.util
+
+    backend = cfg.track.backend
+    need = {"mlflow": "mlflow", "tensorboard": "tensorboard"}.get(backend)
+    if need and importlib.util.find_spec(need) is None:
+        raise ConfigError(f"track.backend: {backend} is not installed; pip install seg_toolkit[{backend}] "
+                          f"(or pip install {need}), or set track.backend: auto or none")
+    if cfg.track.experiment is not None and not cfg.track.experiment.strip():
+        raise ConfigError("track.experiment: expected a name or null (null: the config's experiment name)")

@@ -62,7 +62,13 @@ def prepare_run(cfg: Config, folds: list[int], resume: bool = False, overwrite: 
 
 
 def run_cv(cfg: Config, folds: list[int] | None = None, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
-    """Train the given folds (default: ``folds.only`` or all), then write and return ``cv.json``."""
+    """Train the given folds (default: ``folds.only`` or all), then write and return ``cv.json``;
+    mirrored to the experiment tracker (``track:``, :mod:`seg_toolkit.track`), which never stops training."""
+    with track.tracking(cfg):
+        return _run_cv(cfg, folds, resume, overwrite)
+
+
+def _run_cv(cfg: Config, folds: list[int] | None, resume: bool, overwrite: bool) -> dict[str, Any]:
     folds = folds if folds is not None else (list(cfg.folds.only) or list(range(cfg.folds.n_splits)))
     d = get_dist()
     resolve_device(cfg.train.device, d)  # a device this machine lacks fails before anything is written
@@ -77,7 +83,9 @@ def run_cv(cfg: Config, folds: list[int] | None = None, resume: bool = False, ov
     trained_before = set(run.trained_folds())
     for k in folds:
         log.info("fold %d/%d", k + 1, cfg.folds.n_splits)
+        track.fold_start(k)
         train_fold(cfg, k, samples, folds_df, run, resume=resume)
+        track.fold_end(k)
         if d.is_main:
             _write_curves(run)
     if d.is_main and run.tta_json.is_file() and set(folds) - trained_before:

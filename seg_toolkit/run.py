@@ -17,6 +17,11 @@ what is needed to use them without the YAML they came from::
       cv.json                CV score, per fold, per class, confusion counts, how OOF was made
       postprocess.json       thresholds / min-area / empty gate tuned on oof/
       tta.json               TTA set and merge chosen on OOF (seg-toolkit tune --tta)
+      lr_find.{json,png}     learning-rate range test (seg-toolkit lr-find)
+      pseudo/fold_<k>.csv    pseudo-labelled test images added to fold k's training set (pseudo.teacher)
+      amp.json               the precision train.amp resolved to (auto: measured once), used by every fold and by inference
+      tracker.json           where the run is tracked (MLflow run ids / TensorBoard folder; seg_toolkit/track.py)
+      tensorboard/           TensorBoard event files (track.backend: tensorboard, default track.uri)
       test_probs/<id>.npy    merged test probabilities before post-processing (predict.save_probs)
       test_masks/<id>.png    decided test masks, the submitted ones (predict.write_masks)
       evaluate_test.json     held-out score (seg-toolkit evaluate --split test)
@@ -138,10 +143,11 @@ def input_paths(cfg: Config) -> list[tuple[str, Path]]:
 
 #: What a run writes directly in its folder, besides ``fold_<k>/`` (names from the properties of
 #: :class:`Run`) and the temporary files of :func:`atomic_write` (``.<name>.<random>.tmp``).
-_RUN_FILES = ("config.yaml", "folds.csv", "folds.csv.tmp", "fold_balance.csv", "cv.json", "postprocess.json", "tta.json", "ensemble.json",
+_RUN_FILES = ("config.yaml", "folds.csv", "folds.csv.tmp", "fold_balance.csv", "cv.json", "postprocess.json", "tta.json", "ensemble.json", "amp.json", "lr_find.json", "lr_find.png", "pseudo",
               "oof", "oof_summary.json", "test_probs", "evaluate_test.json", "report", "learning_curves.html",
               "learning_curves.png", "audit.html", "audit_problems.csv", "tta_search", "test_masks", "evaluations",
-              "audit_samples.png", "audit_batch.png")
+              "audit_samples.png", "audit_batch.png", "tracker.json", "tensorboard",
+              "export", "estimate.json")
 _FOLD_FILE = re.compile(r"(best|last|prev)\.pt|best_e\d+\.pt|metrics\.csv|done\.json|failed_attempt_\d+")
 _FOLD_DIR = re.compile(r"fold_\d+")
 _TMP_FILE = re.compile(r"\..+\.[A-Za-z0-9_]+\.tmp")
@@ -223,6 +229,11 @@ class Run:
     @property
     def evaluate_json(self) -> Path:
         return self.dir / "evaluate_test.json"
+
+    @property
+    def tracker_json(self) -> Path:
+        """Where the run is tracked: backend, URI, MLflow parent and per-fold run ids (``--resume`` continues them)."""
+        return self.dir / "tracker.json"
 
     @property
     def evaluations_dir(self) -> Path:

@@ -132,6 +132,7 @@ def train_attempt(cfg: Config, fold: int, samples: list[Sample], folds: pd.DataF
             if d.is_main:
                 save_epoch(cfg, run, fold, model, ema, optimizer, schedule, scaler, state, improved, val_stats["val_score"])
                 log_epoch(run.metrics_csv(fold), fold, epoch, optimizer, train_stats, val_stats, improved, time.perf_counter() - t0)
+                track.log_epoch(fold, epoch + 1, {"lr": optimizer.param_groups[-1]["lr"], **train_stats, **val_stats})
             if should_stop(state, cfg):
                 log.info("fold %d: early stop after epoch %d (best %.4f at epoch %d)", fold, epoch + 1, state.best_score, state.best_epoch + 1)
                 break

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,10 @@ import torch
 
 from seg_toolkit.config import config_from_dict
 from seg_toolkit.data.demo import make_demo
+
+# A config's track.backend: auto would open an MLflow store beside every test run; tests track only when they
+# set track.backend themselves (tests/test_track.py). Subprocesses (CLI, notebook, DDP tests) inherit it.
+os.environ.setdefault("SEG_TOOLKIT_TRACK", "none")
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

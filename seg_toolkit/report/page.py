@@ -20,6 +20,7 @@ from .data import ReportData, compute_report_data, per_class_rows
 from .figures import confusion_figure
 from .overlays import overlays_figure
 from .summary import Example
+from ..track import tracker_sentence
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,9 @@ def _summary_html(d: ReportData) -> str:
     if tuned and "after" in tuned:
         parts.append(h.note(f"after post-processing tuned on these OOF files (postprocess.json): {h.esc(label)} "
                             f"{h.fmt(tuned.get('before'))} -> {h.fmt(tuned.get('after'))}; {h.esc(str(tuned.get('params')))}"))
+    tracked = tracker_sentence(d.run_dir)  # tracker.json: where the run is tracked (MLflow run id and store)
+    if tracked:
+        parts.append(h.note(h.esc(tracked[0]) + (f" (<a href='{h.esc(tracked[1])}'>open in a local MLflow UI</a>)" if tracked[1] else "")))
     if d.ensemble is not None:
         parts.append(h.table(["fold", f"OOF {h.esc(label)}"], [[str(f["fold"]), h.fmt(f.get("oof_score"))] for f in d.per_fold]))
     else:

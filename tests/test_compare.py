@@ -1,0 +1,127 @@
+"""``seg-toolkit compare``: a leaderboard from run folders alone (no tracker).
+
+One tiny run is trained; copies of it with edited cv.json / folds.csv make the other runs, so
+the order, the share groups and every value can be checked against the files."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+
+import pandas as pd
+import pytest
+
+from seg_toolkit.cli import main
+from seg_toolkit.compare import CompareError, collect, find_runs, format_table, write_html
+from seg_toolkit.config import config_from_dict, load_config
+from seg_toolkit.cv import run_cv
+from seg_toolkit.ensemble import build_ensemble
+
+from .conftest import demo_dict
+
+
+def _edit_cv(run_dir, score, fold_scores):
+    cv = json.loads((run_dir / "cv.json").read_text())
+    cv.update(score=score, fold_scores=fold_scores)
+    (run_dir / "cv.json").write_text(json.dumps(cv))
+
+
+@pytest.fixture(scope="module")
+def runs(demo_root, tmp_path_factory):
+    """runs/: a (trained), b (a copy, higher CV), c (a copy with other folds, lower CV), part (a copy with one fold
+    unfinished and the best CV, over one fold), half (one fold unfinished, no cv.json), ens (an ensemble of a and b)
+    and notes/ (not a run)."""
+    root = tmp_path_factory.mktemp("runs")
+    cfg = config_from_dict(demo_dict(demo_root, root, experiment="a", train={"epochs": 2}))
+    cv = run_cv(cfg)
+    a = root / "a"
+    for name in ("b", "c", "part", "half"):
+        shutil.copytree(a, root / name)
+    _edit_cv(root / "b", (1 + cv["score"]) / 2, [(1 + s) / 2 for s in cv["fold_scores"]])
+    _edit_cv(root / "c", cv["score"] / 2, [s / 2 for s in cv["fold_scores"]])
+    folds = pd.read_csv(root / "c" / "folds.csv", dtype={"id": str}, keep_default_na=False)
+    i, j = folds.index[folds.fold == 0][0], folds.index[folds.fold == 1][0]
+    folds.loc[[i, j], "fold"] = folds.loc[[j, i], "fold"].to_numpy()  # two ids change folds: c cannot join a or b
+    folds.to_csv(root / "c" / "folds.csv", index=False)
+    for name in ("cv.json", "postprocess.json", "fold_1/done.json"):
+        (root / "half" / name).unlink()
+    (root / "part" / "fold_1" / "done.json").unlink()
+    cv_part = json.loads((root / "part" / "cv.json").read_text())
+    (root / "part" / "cv.json").write_text(json.dumps({**cv_part, "score": 0.999, "folds": [0], "fold_scores": [0.999]}))
+    members = [load_config(root / n / "config.yaml", [f"runs_dir={root}", f"experiment={n}"]) for n in ("a", "b")]
+    build_ensemble(members, name="ens", weights=[0.5, 0.5])
+    (root / "notes").mkdir()
+    (root / "notes" / "todo.txt").write_text("not a run")
+    return root
+
+
+def test_rows_sorted_by_cv_with_values_from_the_run_folders(runs):
+    rows = collect([runs])
+    names = [r.name for r in rows]
+    scores = {n: json.loads((runs / n / "cv.json").read_text())["score"] for n in ("a", "b", "c", "ens")}
+    # best first; a CV over some folds only after the complete runs, whatever its value; the run without CV last
+    assert names == sorted(scores, key=lambda n: -scores[n]) + ["part", "half"]
+    assert "notes" not in names
+    by = {r.name: r for r in rows}
+    for n in ("a", "b", "c", "ens"):
+        cv = json.loads((runs / n / "cv.json").read_text())
+        r = by[n]
+        assert r.metric == cv["metric"] == "dice" and r.cv == pytest.approx(cv["score"])
+        mean, std, lo, hi = r.fold_stats
+        assert (mean, lo, hi) == pytest.approx((sum(cv["fold_scores"]) / 2, min(cv["fold_scores"]), max(cv["fold_scores"])))
+        assert std == pytest.approx(abs(cv["fold_scores"][0] - cv["fold_scores"][1]) / 2)
+    pp = json.loads((runs / "a" / "postprocess.json").read_text())
+    assert by["a"].tuned == pytest.approx(pp["after"]) and by["half"].tuned is None
+    seconds = sum(pd.read_csv(runs / "a" / f"fold_{k}" / "metrics.csv").seconds.sum() for k in (0, 1))
+    assert by["a"].seconds == pytest.approx(seconds) and by["a"].model == "scratch_unet (depth 2, width 4)" and by["a"].tta == "identity"
+    assert by["a"].epochs_run == [2, 2] and by["a"].epochs_configured == 2
+    assert by["a"].curves[1] == [(e, pytest.approx(s)) for e, s in pd.read_csv(runs / "a" / "fold_1" / "metrics.csv")[["epoch", "val_score"]].itertuples(index=False)]
+    # share groups: a, b, their ensemble and half (a copy) share folds.csv; c has its own
+    assert by["a"].group == by["b"].group == by["ens"].group == by["half"].group != by["c"].group
+    assert {r.group for r in rows} == {"A", "B"} and rows[0].group == "A"
+    assert by["ens"].kind == "ensemble" and by["ens"].model == "ensemble of a, b"
+    assert by["half"].cv is None and by["half"].status == "CV missing (1/2 folds trained)"
+    assert by["part"].cv == 0.999 and by["part"].status == "partial: 1/2 folds"
+
+
+def test_terminal_table(runs):
+    rows = collect([runs])
+    text = format_table(rows)
+    lines = text.splitlines()
+    assert lines[0].split()[:4] == ["#", "run", "metric", "CV"]
+    body = [ln.split()[1] for ln in lines[2 : 2 + len(rows)]]
+    assert body == [r.name for r in rows]
+    half = next(ln for ln in lines if ln.split()[1] == "half")
+    assert "missing" in half and "CV missing (1/2 folds trained)" in half
+    ens = next(ln for ln in lines if ln.split()[1] == "ens")
+    assert ens.rstrip().endswith("ensemble") and "ensemble of a, b" in ens
+    a = next(ln for ln in lines if ln.split()[1] == "a")
+    assert f"{json.loads((runs / 'a' / 'cv.json').read_text())['score']:.4f}" in a and " 2/2 " in a
+    assert "same folds.csv" in lines[-1]
+
+
+def test_html_page_is_standalone_with_bars_and_curves(runs, tmp_path, capsys):
+    assert main(["compare", str(runs), "--html", str(tmp_path / "cmp.html"), "--curves"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].split()[:2] == ["#", "run"] and f"page: {tmp_path / 'cmp.html'}" in out
+    page = (tmp_path / "cmp.html").read_text()
+    assert page.count("Plotly.newPlot") == 2 and not re.search(r"<script[^>]*\bsrc=", page)  # plotly.js inline
+    assert len(page) > 1_000_000 and "Validation score per epoch" in page
+    for name in ("a", "b", "c", "ens", "part", "half"):
+        assert f"<td class='l'>{name}</td>" in page
+
+
+def test_run_folders_named_directly_and_errors(runs, tmp_path, capsys):
+    rows = collect([runs / "c", runs / "a"])
+    assert [r.name for r in rows] == ["a", "c"] and [r.group for r in rows] == ["A", "B"]
+    assert [r.dir.name for r in find_runs([runs / "a", runs / "a"])] == ["a"]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CompareError, match="no run folder in"):
+        collect([tmp_path / "empty"])
+    assert main(["compare", str(tmp_path / "missing")]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'missing'}: not found; give a runs folder (runs/) or run folders (runs/<experiment>)"
+    assert main(["compare", str(runs), "--curves"]) == 2
+    assert "--html OUT" in capsys.readouterr().err
+    write_html(collect([runs / "half"]), tmp_path / "one.html")  # nothing scored: the page is still written
+    assert "half" in (tmp_path / "one.html").read_text()
