@@ -27,6 +27,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_train_loop.py
 	$(BIN)/python bench/bench_tta.py
 	$(BIN)/python bench/bench_predict.py
+	$(BIN)/python bench/bench_onnx.py
 
 clean-demo:
 	rm -rf data/demo runs/demo submissions/demo.csv

@@ -148,8 +148,29 @@ def cmd_oof(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from .inference import predict_test
 
+    if args.estimate or args.budget or args.n_images:
+        from .estimate import estimate_predict, format_estimate, parse_duration
+
+        if not args.estimate:
+            raise ConfigError("--budget and --n-images go with --estimate")
+        budget = parse_duration(args.budget) if args.budget else None
+        r = estimate_predict(_config(args), n_images=args.n_images, budget=budget)
+        print(format_estimate(r))
+        return 0 if r.get("fits", True) else 1
     out = predict_test(_config(args), out=args.out, overwrite=args.overwrite)
     print(f"submission: {out}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import export_run
+
+    for run_dir, folds in export_run(_config(args), fmt=args.format).items():
+        for f in folds:
+            diffs = ", ".join(f"{p['max_abs_diff']:.2g} at {'x'.join(map(str, p['shape']))}" for p in f["parity"])
+            print(f"{run_dir} fold {f['fold']}: {f['path']} ({f['bytes'] / 1e6:.1f} MB); max |onnx - torch| logits {diffs} "
+                  f"(bound {f['parity'][0]['bound']:.2g}; inputs: {f['parity_inputs']})")
+    print("predict with them: --set predict.backend=onnx (ONNX Runtime, CPU)")
     return 0
 
 
@@ -341,7 +362,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="predict the test images and write the submission CSV")
     _add_config(p)
     _add_submission_output(p)
+    p.add_argument("--estimate", action="store_true", help="time a few test images with the full predictor and "
+                   "project the whole prediction instead (writes estimate.json only; exit 1 when over --budget)")
+    p.add_argument("--budget", metavar="TIME", help="with --estimate: the time allowed, e.g. 9h, 30m, 3600s")
+    p.add_argument("--n-images", type=int, metavar="N", help="with --estimate: project for N images (e.g. the hidden test set)")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("export", help="export every fold model of a trained run to ONNX (export/ in the run), checked against PyTorch")
+    _add_config(p)
+    p.add_argument("--format", choices=["onnx"], default="onnx", help="onnx (opset 17, dynamic batch and size)")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("ensemble", help="an ensemble run of trained experiments: OOF merge, weights and post-processing chosen on OOF, submission")
     p.add_argument("configs", nargs="+", help="configs or run folders of trained experiments (they must share folds.csv)")

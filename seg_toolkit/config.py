@@ -211,6 +211,9 @@ class PredictConfig:
     # images x transforms per forward pass; null = auto: 64 on a GPU, the image batch on a CPU
     # (one pass per transform: on CPUs a bigger batch costs more per image, see bench/bench_tta.py)
     max_tta_batch: Optional[int] = None
+    # torch, or onnx: each fold model replaced by an ONNX Runtime session (CPU) on the files of
+    # `seg-toolkit export RUN --format onnx`; needs the onnx extra (pip install seg_toolkit[onnx])
+    backend: Literal["torch", "onnx"] = "torch"
 
 
 @dataclass

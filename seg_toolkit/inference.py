@@ -70,7 +70,8 @@ def run_predictor(cfg: Config) -> tuple[Run, Predictor]:
     check_same_training(cfg, run)
     device = resolve_device(cfg.train.device)
     predictor = Predictor.from_run(run, cfg=None if run.is_ensemble else cfg, device=device,
-                                   batch_size=cfg.predict.batch_size, num_workers=cfg.train.num_workers)
+                                   batch_size=cfg.predict.batch_size, num_workers=cfg.train.num_workers,
+                                   backend=cfg.predict.backend)
     _warn_if_oof_differs(run, predictor)
     return run, predictor
 

@@ -114,6 +114,8 @@ class Member:
     tta: list[str] = field(default_factory=lambda: ["identity"])
     merge: str = "mean_prob"
     _models: dict[int, nn.Module] = field(default_factory=dict, repr=False)
+    backend: str = "torch"  # onnx: each fold model is an ONNX Runtime session on the run's export (seg_toolkit.export)
+    _amp: dict[tuple, Any] = field(default_factory=dict, repr=False)
 
     @classmethod
     def load(cls, run: Run, weight: float = 1.0, cfg: Config | None = None, tta: list[str] | None = None,
@@ -143,14 +145,29 @@ class Member:
         if fold not in self._models:
             if fold not in self.folds:
                 raise FileNotFoundError(f"{self.run.dir}: fold {fold} is not trained (trained: {self.folds})")
-            model, _ = load_model(self.run.best_pt(fold), map_location=device, use_ema=self.cfg.train.use_ema)
-            if self.cfg.model.channels_last:
+            if self.backend == "onnx":
+                from .export import OnnxModel
+
+                model = OnnxModel(self.run.onnx_path(fold))
+            else:
+                model, _ = load_model(self.run.best_pt(fold), map_location=device, use_ema=self.cfg.train.use_ema)
+            if self.cfg.model.channels_last and self.backend != "onnx":
                 model = model.to(memory_format=torch.channels_last)
             p = self.cfg.predict
             if p.tile_size:
                 model = TiledModel(model, p.tile_size, p.tile_overlap, self.cfg.tta_batch(device.type))
             self._models[fold] = model.eval()
         return self._models[fold]
+
+    def amp(self, fold: int, device: torch.device):
+        """The precision of this member on ``device``: ``train.amp`` resolved as training resolves it."""
+        if (fold, device) not in self._amp:
+            if self.backend == "onnx":  # ONNX Runtime runs the exported fp32 graph; autocast has nothing to act on
+                self._amp[(fold, device)] = resolve_amp("none", device)
+            else:
+                self._amp[(fold, device)] = resolve_amp(self.cfg.train.amp, device, self.model(fold, device),
+                                                        read_json(self.run.amp_json))
+        return self._amp[(fold, device)]
 
     def passes(self, n_folds: int) -> int:
         return n_folds * len(expand_tta(self.tta)) * len(self.cfg.predict.scales)
@@ -205,9 +222,16 @@ class Predictor:
     """Members x folds x TTA x scales, merged with weights in ``space`` (``prob`` or ``logit``)."""
 
     def __init__(self, members: list[Member], space: str = "prob", device: torch.device | str | None = None,
-                 batch_size: int | None = None, num_workers: int | None = None) -> None:
+                 batch_size: int | None = None, num_workers: int | None = None, backend: str | None = None) -> None:
         if not members:
             raise ConfigError("a predictor needs at least one member (trained run)")
+        if backend is not None:  # predict.backend of the predicting config, for every member
+            for m in members:
+                m.backend = backend
+        if any(m.backend == "onnx" for m in members):
+            from .export import check_onnx_backend
+
+            check_onnx_backend(members)
         lead = members[0].cfg
         for m in members[1:]:
             for key in ("task", "num_classes"):

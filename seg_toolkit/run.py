@@ -26,6 +26,8 @@ what is needed to use them without the YAML they came from::
       test_masks/<id>.png    decided test masks, the submitted ones (predict.write_masks)
       evaluate_test.json     held-out score (seg-toolkit evaluate --split test)
       evaluations/<name>.json  score on a labelled folder (seg-toolkit evaluate --on DIR)
+      export/fold_<k>.onnx   fold models exported to ONNX, export/export.json (seg-toolkit export)
+      estimate.json          projected predict time (seg-toolkit predict --estimate)
       audit.html, audit_problems.csv, audit_samples.png, audit_batch.png   seg-toolkit audit
       learning_curves.{html,png}, report/
 
@@ -269,6 +271,24 @@ class Run:
     @property
     def audit_html(self) -> Path:
         return self.dir / "audit.html"
+
+    @property
+    def export_dir(self) -> Path:
+        """Exported fold models (``seg-toolkit export``): ``fold_<k>.onnx`` and ``export.json``."""
+        return self.dir / "export"
+
+    def onnx_path(self, fold: int) -> Path:
+        return self.export_dir / f"fold_{fold}.onnx"
+
+    @property
+    def export_json(self) -> Path:
+        """What was exported from which checkpoint, and the parity check against PyTorch."""
+        return self.export_dir / "export.json"
+
+    @property
+    def estimate_json(self) -> Path:
+        """The last ``seg-toolkit predict --estimate``: measured seconds per image and the projection."""
+        return self.dir / "estimate.json"
 
     @property
     def tta_search_root(self) -> Path:

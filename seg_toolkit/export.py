@@ -1,0 +1,280 @@
+"""Export a trained run's fold models to ONNX, and run them with ONNX Runtime in the one predictor.
+
+``seg-toolkit export RUN --format onnx`` writes ``export/fold_<k>.onnx`` into the run folder
+(:attr:`~seg_toolkit.run.Run.export_dir`) for every trained fold of the run (of every member
+of an ensemble, each into its own run), built from ``best.pt`` exactly as the predictor builds
+it (EMA weights when the run uses them). Each graph has a dynamic batch, height and width.
+
+The graph is the model **without** its pad-to-multiple wrapper: the padding amounts depend on
+the input size through Python arithmetic, which a trace would freeze at the example's size.
+So an exported graph takes images whose height and width are multiples of ``pad_multiple``
+(and at least ``min_input_size``), both written in the file's metadata;
+:class:`OnnxModel` pads and crops around the session with the same functions the PyTorch
+model uses (:func:`~seg_toolkit.models.scratch_unet.pad_to_multiple`), so any size works.
+
+Every file is checked before it is published: the ONNX checker, then the logits of ONNX
+Runtime against PyTorch's on real images of the fold's validation split, preprocessed by the
+predictor's own loader, at two sizes (the preprocessed size with a batch of two, and an odd
+size that needs padding with a batch of one). The largest absolute difference must stay
+within ``PARITY_BOUND x max(1, max |logit|)`` (fp32 logits; the scale keeps the bound
+meaningful for large logits), else nothing is written. Files are written atomically; a file
+at an export path that is not an export of this toolkit is never replaced.
+
+``predict.backend: onnx`` makes each member's fold models :class:`OnnxModel` instances (tensor
+in, logits tensor out), so TTA, scales, tiles, ensembles and post-processing run unchanged.
+:func:`check_onnx_backend` says at load time what is missing: onnxruntime, an exported file,
+or an export older than the fold's ``best.pt``.
+
+TorchScript is not offered: ``torch.jit.trace`` is deprecated in current PyTorch (it warns
+FutureWarning) and would freeze the same padding arithmetic; ONNX covers the use (a model file
+that runs without this package's model code).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .checkpoint import atomic_write, load_model
+from .config import Config, ConfigError
+from .errors import SegToolkitError
+from .models.scratch_unet import crop_padding, pad_to_multiple
+from .run import RunExistsError, read_json, write_json
+from .tensors import resize_to
+
+log = logging.getLogger(__name__)
+
+__all__ = ["OPSET", "PARITY_BOUND", "ExportError", "OnnxModel", "export_run", "check_onnx_backend", "unpadded"]
+
+OPSET = 17
+#: Largest allowed ``max |onnx - torch|`` on fp32 logits, as a fraction of ``max(1, max |logit|)``.
+PARITY_BOUND = 1e-4
+_MARK = "seg_toolkit.export"
+_FORMATS = ("onnx",)
+
+
+class ExportError(SegToolkitError, RuntimeError):
+    """An exported model does not reproduce the PyTorch one, or cannot be written."""
+
+
+class _Unpadded(nn.Module):
+    """The model's forward on an input already padded to its multiple (what the graph holds)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from .models.scratch_unet import ScratchUNet
+        from .models.smp_models import _PaddedSmpMixin
+
+        if isinstance(self.model, ScratchUNet):
+            return self.model._forward(x)
+        if isinstance(self.model, _PaddedSmpMixin):
+            return super(_PaddedSmpMixin, self.model).forward(x)  # smp's own forward, after the padding mixin
+        raise ExportError(f"cannot export {type(self.model).__name__}: not a model of seg_toolkit.models")
+
+
+def unpadded(model: nn.Module) -> tuple[nn.Module, int, int]:
+    """``(module without the padding wrapper, pad_multiple, min_input_size)`` of a built model."""
+    return _Unpadded(model).eval(), int(model.pad_multiple), int(getattr(model, "min_input_size", 0))
+
+
+class OnnxModel(nn.Module):
+    """An exported fold model run by ONNX Runtime on the CPU, called like the PyTorch one.
+
+    ``(N, C, H, W)`` float tensor in, ``(N, classes, H, W)`` float32 logits out on the input's
+    device; the input is padded to the graph's multiple and the logits cropped back as the
+    PyTorch model does. ``threads``: ONNX Runtime's intra-op threads (default: torch's).
+    """
+
+    def __init__(self, path: str | Path, threads: int | None = None) -> None:
+        super().__init__()
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or torch.get_num_threads()
+        options.inter_op_num_threads = 1
+        self.path = Path(path)
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        meta = self.session.get_modelmeta().custom_metadata_map
+        if meta.get(_MARK) != "1":
+            raise ConfigError(f"{path}: not an export of seg_toolkit (no {_MARK} metadata); export the run again")
+        self.multiple, self.min_size = int(meta["pad_multiple"]), int(meta.get("min_input_size", 0))
+        self.input_name = self.session.get_inputs()[0].name
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xp, pads = pad_to_multiple(x.float(), self.multiple, self.min_size)
+        out = self.session.run(None, {self.input_name: xp.detach().cpu().contiguous().numpy()})[0]
+        return crop_padding(torch.from_numpy(out).to(x.device), pads)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _is_own_export(path: Path) -> bool:
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:
+        return False
+    return any(p.key == _MARK and p.value == "1" for p in model.metadata_props)
+
+
+# ----------------------------------------------------------------------------- export
+
+
+def _parity_inputs(member, fold: int) -> tuple[list[torch.Tensor], str]:
+    """Two inputs preprocessed by the predictor's loader from the fold's validation images: the
+    preprocessed size (batch of 2 when two images share it) and an odd size that needs padding."""
+    from .data import load_train_samples
+    from .predictor import Predictor
+
+    try:
+        fold_of = member.run.fold_of()
+        samples = [s for s in load_train_samples(member.cfg) if fold_of.get(s.id) == fold][:2]
+        if not samples:
+            raise FileNotFoundError(f"no validation image of fold {fold} in {member.run.folds_csv}")
+        loader = Predictor([member], device=torch.device("cpu"), batch_size=1, num_workers=0).loader(samples)
+        images = [batch["images"][member.preprocess] for batch in loader]
+        what = f"validation images of fold {fold}: {', '.join(s.id for s in samples)}"
+    except (SegToolkitError, FileNotFoundError, OSError) as e:  # the data folder is gone: still check, on noise
+        log.warning("parity check of fold %d on random inputs: the run's images cannot be read (%s)", fold, e)
+        h, w = member.cfg.transforms.resize or (64, 64)
+        images = [torch.randn(1, member.cfg.data.in_channels, h, w, generator=torch.Generator().manual_seed(k)) for k in range(2)]
+        what = "random normal inputs (the run's images cannot be read)"
+    first = torch.cat(images) if len({tuple(x.shape) for x in images}) == 1 else images[0]
+    h, w = first.shape[-2:]
+    odd = resize_to(first[:1], (max(9, round(h * 0.75)) | 1, max(9, round(w * 1.25)) | 1))
+    return [first, odd], what
+
+
+def _check_parity(model: nn.Module, onnx_file: Path, inputs: list[torch.Tensor], where: str) -> list[dict[str, Any]]:
+    session = OnnxModel(onnx_file)
+    out = []
+    for x in inputs:
+        with torch.inference_mode():
+            ref = model(x).float()
+            got = session(x)
+        diff = float((got - ref).abs().max())
+        bound = PARITY_BOUND * max(1.0, float(ref.abs().max()))
+        out.append({"shape": list(x.shape), "max_abs_diff": diff, "bound": bound})
+        if not diff <= bound:
+            raise ExportError(f"{where}: ONNX Runtime's logits differ from PyTorch's by up to {diff:.3g} on an input of "
+                              f"{tuple(x.shape)} (allowed {bound:.3g} = {PARITY_BOUND:g} x max(1, max |logit|)); "
+                              "nothing was written for this fold")
+    return out
+
+
+def _export_onnx(model: nn.Module, example: torch.Tensor, tmp: str, meta: dict[str, Any]) -> None:
+    import onnx
+
+    core, multiple, min_size = unpadded(model)
+    x, _ = pad_to_multiple(example, multiple, min_size)
+    axes = {0: "batch", 2: "height", 3: "width"}
+    with warnings.catch_warnings():  # the legacy exporter says it is legacy; the tracer warns about a shape check
+        warnings.simplefilter("ignore")  # that the padding makes constant (padded inputs always match their skips)
+        torch.onnx.export(core, (x,), tmp, dynamo=False, opset_version=OPSET, input_names=["image"],
+                          output_names=["logits"], dynamic_axes={"image": axes, "logits": axes})
+    proto = onnx.load(tmp)
+    for key, value in {_MARK: "1", "pad_multiple": multiple, "min_input_size": min_size, **meta}.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, str(value)
+    onnx.checker.check_model(proto)
+    onnx.save(proto, tmp)
+
+
+def _export_member(member, fmt: str) -> list[dict[str, Any]]:
+    run = member.run
+    manifest = read_json(run.export_json) or {}
+    if run.export_json.is_file() and manifest.get("format") not in _FORMATS:
+        raise RunExistsError(f"{run.export_json}: exists and is not an export manifest of seg_toolkit; move it away")
+    manifest = {"format": fmt, "opset": OPSET, "parity_bound": PARITY_BOUND, "folds": dict(manifest.get("folds", {}))}
+    results = []
+    for fold in member.folds:
+        path, best = run.onnx_path(fold), run.best_pt(fold)
+        if path.exists() and not _is_own_export(path):
+            raise RunExistsError(f"{path}: exists and is not an export of this toolkit; move it away (it is not replaced)")
+        model, _ = load_model(best, map_location="cpu", use_ema=member.cfg.train.use_ema)
+        inputs, what = _parity_inputs(member, fold)
+        sha = _sha256(best)
+        meta = {"run": run.dir.name, "fold": fold, "task": member.cfg.data.task, "num_classes": member.cfg.data.num_classes,
+                "in_channels": member.cfg.data.in_channels, "best_pt_sha256": sha, "torch": torch.__version__}
+        parity: list[dict[str, Any]] = []
+
+        def write(tmp: str) -> None:
+            _export_onnx(model, inputs[0], tmp, meta)
+            parity.extend(_check_parity(model, Path(tmp), inputs, f"{run.dir} fold {fold}"))
+
+        atomic_write(path, write)
+        entry = {"fold": fold, "file": path.name, "best_pt_sha256": sha, "use_ema": member.cfg.train.use_ema,
+                 "parity_inputs": what, "parity": parity, "bytes": os.path.getsize(path)}
+        manifest["folds"][str(fold)] = entry
+        write_json(run.export_json, manifest)
+        results.append({**entry, "path": str(path)})
+        log.info("exported %s (max |onnx - torch| %s)", path, ", ".join(f"{p['max_abs_diff']:.2g}" for p in parity))
+    return results
+
+
+def export_run(cfg: Config, fmt: str = "onnx") -> dict[str, list[dict[str, Any]]]:
+    """Export every trained fold of the run of ``cfg`` (every member's, for an ensemble); see the module doc.
+
+    Returns ``{run folder: [per fold: path, bytes, parity (shape, max_abs_diff, bound), ...]}``.
+    """
+    from .inference import run_predictor
+
+    if fmt not in _FORMATS:
+        raise ConfigError(f"--format {fmt!r}: expected one of {', '.join(_FORMATS)} (TorchScript: see seg_toolkit/export.py)")
+    try:
+        import onnx  # noqa: F401
+    except ImportError as e:
+        raise ConfigError(f"exporting to ONNX needs the onnx package: pip install 'seg_toolkit[onnx]' ({e})") from None
+    _, predictor = run_predictor(_torch_backend(cfg))
+    return {str(m.run.dir): _export_member(m, fmt) for m in predictor.members}
+
+
+def _torch_backend(cfg: Config) -> Config:
+    import dataclasses
+
+    return dataclasses.replace(cfg, predict=dataclasses.replace(cfg.predict, backend="torch"), train=dataclasses.replace(cfg.train, device="cpu"))
+
+
+# ----------------------------------------------------------------------------- the predictor's backend
+
+
+def check_onnx_backend(members: list) -> None:
+    """Refuse ``predict.backend: onnx`` unless onnxruntime imports and every fold of every member has an
+    export made from its current ``best.pt``; each message names the command that fixes it."""
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError as e:
+        raise ConfigError(f"predict.backend: onnx needs onnxruntime: pip install 'seg_toolkit[onnx]' ({e}); "
+                          "or predict with predict.backend: torch") from None
+    for m in members:
+        fix = f"run `seg-toolkit export {m.run.dir} --format onnx`"
+        manifest = read_json(m.run.export_json) or {}
+        for fold in m.folds:
+            path, entry = m.run.onnx_path(fold), (manifest.get("folds") or {}).get(str(fold))
+            if not path.is_file() or not isinstance(entry, dict):
+                raise ConfigError(f"predict.backend: onnx, but fold {fold} of {m.run.dir} is not exported ({path} "
+                                  f"{'not found' if not path.is_file() else 'not in ' + str(m.run.export_json)}); {fix}")
+            best = m.run.best_pt(fold)
+            if best.is_file() and _sha256(best) != entry.get("best_pt_sha256"):
+                raise ConfigError(f"predict.backend: onnx, but {path} was exported from another {best.name} than the current "
+                                  f"one (the fold was trained again since); {fix}")
+            if entry.get("use_ema") not in (None, m.cfg.train.use_ema):
+                raise ConfigError(f"{path} was exported with train.use_ema {entry['use_ema']}, the run predicts with "
+                                  f"{m.cfg.train.use_ema}; {fix}")
