@@ -287,6 +287,24 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0 if not problems else 1
 
 
+def cmd_bundle(args: argparse.Namespace) -> int:
+    from .bundle import DEFAULT_BASE_ENV, build_bundle
+    from .run import Run
+
+    runs = [Run.of(_load(c, [])) for c in args.configs]
+    base = args.base_env.split(",") if args.base_env is not None else list(DEFAULT_BASE_ENV)
+    info = build_bundle(runs, args.out, fp16=args.fp16, base_env=base, wheels=not args.no_wheels,
+                        allow_missing_folds=args.allow_missing_folds, overwrite=args.overwrite)
+    n = sum(len(r.get("weights", {})) for r in info["runs"])
+    w = info["wheels"]
+    print(f"bundle {args.out}: {len(info['runs'])} run(s), {n} weights file(s) ({'float16' if args.fp16 else 'float32'}), "
+          + (f"{w['count']} wheels ({w['bytes'] / 2**20:.0f} MiB; base env {','.join(info['base_env'])} not bundled)" if w else "no wheels"))
+    for warning in info["warnings"]:
+        print(f"warning: {warning}")
+    print(f"run it: python {Path(args.out) / 'predict.py'} --data-root DATA --out submission.csv  (see {Path(args.out) / 'README.md'})")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from .report import build_report
 
@@ -401,6 +419,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--relative", action="store_true", help="starts are relative to the previous run's end (SIIM)")
     p.add_argument("--instances", action="store_true", help="one row per object: repeated ids are expected (Airbus, DSB 2018)")
     p.set_defaults(func=cmd_check_submission)
+
+    p = sub.add_parser("bundle", help="a self-contained folder for a Kaggle code competition: weights, configs, wheels, predict.py")
+    p.add_argument("configs", nargs="+", help="trained or ensemble runs (run folders or their configs); the first predicts by default")
+    p.add_argument("--out", required=True, help="the bundle folder to write")
+    p.add_argument("--fp16", action="store_true", help="store the weights as float16 (half the size; loaded back to float32)")
+    p.add_argument("--base-env", metavar="PKG,PKG", help="packages the target image provides, left out of wheels/ "
+                   "with what only they need (default: torch,torchvision)")
+    p.add_argument("--no-wheels", action="store_true", help="bundle no wheels (install seg_toolkit yourself)")
+    p.add_argument("--allow-missing-folds", action="store_true", help="bundle the finished folds of a run that lacks some")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing bundle")
+    p.set_defaults(func=cmd_bundle)
 
     p = sub.add_parser("report", help="one self-contained HTML page of a run: CV, per-class table, confusion, curves, overlays")
     p.add_argument("run_dir")

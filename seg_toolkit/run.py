@@ -156,6 +156,18 @@ _TMP_FILE = re.compile(r"\..+\.[A-Za-z0-9_]+\.tmp")
 _OS_CLUTTER = (".DS_Store", "Thumbs.db", "desktop.ini")
 
 
+def delete_path(target: Path, announce: bool = True) -> None:
+    """The one place the package deletes a file or folder. Callers check first that it is theirs:
+    :meth:`Run.remove` (a run's own files), ``bundle`` (its own partial folder, or a folder holding
+    its ``bundle.json`` under ``--overwrite``)."""
+    if announce:
+        log.warning("deleting %s", target)
+    if target.is_dir() and not target.is_symlink():
+        shutil.rmtree(target)
+    else:
+        target.unlink()  # a file, or a link (never followed)
+
+
 class Run:
     """One run folder. Construct from a path (``Run("runs/tgs")``) or a config (``Run.of(cfg)``)."""
 
@@ -463,11 +475,7 @@ class Run:
                     f"refusing to delete {self.dir}: it holds {len(foreign)} file(s) that seg_toolkit did not write "
                     f"({names}{more}); move them out, or choose another experiment name"
                 )
-        log.warning("deleting %s", target)
-        if target.is_dir() and not target.is_symlink():
-            shutil.rmtree(target)
-        else:
-            target.unlink()  # a file, or a link (never followed)
+        delete_path(target)
 
     def fold_summaries(self) -> list[dict[str, Any]]:
         return [read_json(self.done_json(k)) or {} for k in self.trained_folds()]

@@ -1,0 +1,434 @@
+"""``seg-toolkit bundle``: trained runs as one self-contained folder for a Kaggle code competition.
+
+A code competition runs a notebook offline; everything else is uploaded beforehand as a
+dataset. ``build_bundle([Run("runs/a")], "bundle")`` (``seg-toolkit bundle runs/a --out bundle``) writes::
+
+    bundle/
+      bundle.json        what is inside: runs, members, folds, sha256 of every weights file, versions,
+                         base environment, warnings (untuned post-processing, folds left out)
+      runs/<name>/       each run (an ensemble and each of its members) as a run folder
+                         (seg_toolkit/run.py): config.yaml, folds.csv, cv.json, postprocess.json,
+                         tta.json, ensemble.json (members named ../<member>), fold_<k>/best.pt
+                         (weights only, optionally stored float16) and fold_<k>/done.json
+      wheels/            seg_toolkit and every dependency outside the base environment
+      requirements.txt   the exact versions of wheels/
+      predict.py         python predict.py --data-root ROOT --out submission.csv
+      predict.ipynb      the same in a notebook: pip install from wheels/, then predict.py
+      README.md          the exact commands
+
+The bundled runs are predicted by :func:`~seg_toolkit.inference.predict_test`, the function of
+``seg-toolkit predict``: with float32 weights the submission is the same byte for byte.
+Models are rebuilt with ``model.encoder_weights: null`` (the checkpoint holds every weight),
+so nothing is downloaded. The wheels are the requirement tree of seg_toolkit's own wheel,
+walked through the installed distributions and stopped at the base environment (default
+torch and torchvision, which Kaggle images carry): what only they need (nvidia-*, triton,
+sympy, ...) is left out, what a bundled package needs too is kept. They are fetched at the
+installed versions (``pip download``; sdists are built into wheels) and checked with pip's
+resolver: ``pip install --dry-run --no-index`` must resolve seg_toolkit from ``wheels/``
+alone, the base packages stood in for by empty stubs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import email.parser
+import hashlib
+import json
+import logging
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+import yaml
+
+from . import __version__
+from .bundle_templates import PREDICT_PY, fill, notebook, readme
+from .checkpoint import chosen_weights, load_checkpoint, save_checkpoint
+from .config import ConfigError, load_config
+from .errors import SegToolkitError
+from .run import Run, delete_path, read_json, write_json, write_text
+
+log = logging.getLogger(__name__)
+
+__all__ = ["BundleError", "DEFAULT_BASE_ENV", "build_bundle", "bundle_config", "predict_bundle", "sha256"]
+
+DEFAULT_BASE_ENV = ("torch", "torchvision")
+_COPIED = ("folds_csv", "fold_balance_csv", "cv_json", "postprocess_json", "tta_json", "amp_json")  # Run properties
+_VERSIONED = ("seg_toolkit", "torch", "torchvision", "timm", "segmentation-models-pytorch")
+
+
+class BundleError(SegToolkitError, RuntimeError):
+    """A bundle cannot be made as asked (missing folds, a dependency that cannot be gathered, ...)."""
+
+
+def sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+# ----------------------------------------------------------------------------- runs and weights
+
+
+def _runs(runs: Sequence[Run]) -> tuple[list[Run], dict[str, Run]]:
+    """The runs named (deduplicated) and every run to copy (those and ensemble members), by folder name."""
+    top: list[Run] = []
+    by_name: dict[str, Run] = {}
+
+    def add(r: Run, why: str) -> None:
+        if not r.config_yaml.is_file():
+            raise FileNotFoundError(f"{r.dir}: no run folder (config.yaml){why}; train it first")
+        name = r.dir.resolve().name
+        if name in by_name and by_name[name] != r:
+            raise BundleError(f"two runs are named {name!r} ({by_name[name].dir} and {r.dir}); runs/<name>/ of the "
+                              "bundle must be unique: bundle them separately or rename one experiment")
+        by_name[name] = r
+
+    for r in runs:
+        add(r, "")
+        if r not in top:
+            top.append(r)
+        for m, _ in r.members() if r.is_ensemble else []:
+            if m.is_ensemble:
+                raise BundleError(f"{r.dir}: member {m.dir} is itself an ensemble; not supported")
+            add(m, f", member of the ensemble {r.dir}")
+    return top, by_name
+
+
+def _folds(run: Run, allow_missing: bool) -> tuple[list[int], list[str]]:
+    """``(folds to bundle, descriptions of the missing ones)``: a fold needs best.pt and done.json."""
+    n = run.config().folds.n_splits
+    folds, missing = [], []
+    for k in sorted(set(range(n)) | set(run.trained_folds())):
+        done, best = run.done_json(k).is_file(), run.best_pt(k).is_file()
+        if done and best:
+            folds.append(k)
+        else:
+            missing.append(f"fold {k} ({'no done.json: unfinished' if best else 'no best.pt' if done else 'not trained'})")
+    if not folds:
+        raise BundleError(f"{run.dir}: no finished fold (fold_<k>/best.pt and done.json); train it first")
+    if missing and not allow_missing:
+        raise BundleError(f"{run.dir}: {len(missing)} of {n} folds missing: {', '.join(missing)}; finish them "
+                          "(`seg-toolkit train CONFIG --resume`) or pass --allow-missing-folds to bundle the others")
+    return folds, missing
+
+
+def _half(name: str, t: Any, where: Path) -> Any:
+    if not (isinstance(t, torch.Tensor) and t.is_floating_point() and t.dtype != torch.float16):
+        return t
+    h = t.half()
+    if not torch.isfinite(h).all() and torch.isfinite(t).all():
+        raise BundleError(f"{where}: {name} has values beyond float16's range (max |x| {t.abs().max().item():.4g}); "
+                          "bundle without --fp16")
+    return h
+
+
+def _write_weights(src: Path, dst: Path, use_ema: bool, fp16: bool) -> dict[str, Any]:
+    """A weights-only checkpoint (the weights predict uses, stored float16 with ``fp16``) that
+    :func:`~seg_toolkit.checkpoint.load_model` reads like any ``best.pt``."""
+    state = load_checkpoint(src)
+    weights = chosen_weights(state, use_ema)
+    if fp16:
+        weights = {k: _half(k, v, src) for k, v in weights.items()}
+    config = dict(state["config"])
+    config["model"] = {**config.get("model", {}), "encoder_weights": None}  # the weights are all here: no download
+    save_checkpoint({"model": weights, "ema": None, "config": config, "model_args": state["model_args"],
+                     "epoch": state.get("epoch"), "best_score": state.get("best_score")}, dst)
+    return {"sha256": sha256(dst), "bytes": dst.stat().st_size, "dtype": "float16" if fp16 else "float32",
+            "ema": bool(use_ema and state.get("ema") is not None), "source_sha256": sha256(src)}
+
+
+def _copy_run(src: Run, dst: Run, folds: list[int], fp16: bool) -> dict[str, Any]:
+    dst.dir.mkdir(parents=True)
+    data = yaml.safe_load(src.config_yaml.read_text(encoding="utf-8"))
+    encoder_weights = (data.get("model") or {}).get("encoder_weights")
+    data.setdefault("model", {})["encoder_weights"] = None
+    write_text(dst.config_yaml, yaml.safe_dump(data, sort_keys=False))
+    for prop in _COPIED:
+        if getattr(src, prop, None) is not None and getattr(src, prop).is_file():
+            shutil.copyfile(getattr(src, prop), getattr(dst, prop))
+    info: dict[str, Any] = {"name": dst.dir.name, "source": str(src.dir.resolve()), "encoder_weights_at_training": encoder_weights}
+    if src.is_ensemble:
+        ens = read_json(src.ensemble_json) or {}
+        ens["members"] = [{**m, "run": f"../{Path(os.path.normpath(src.dir / m['run'])).resolve().name}"} for m in ens["members"]]
+        write_json(dst.ensemble_json, ens)
+        info.update(kind="ensemble", members=ens["members"], space=ens.get("space", "prob"))
+        return info
+    use_ema = src.config().train.use_ema
+    info.update(kind="trained", folds=folds, trained_with=_trained_with(src, folds), weights={})
+    for k in folds:
+        info["weights"][str(k)] = {"file": f"runs/{dst.dir.name}/fold_{k}/best.pt",
+                                   **_write_weights(src.best_pt(k), dst.best_pt(k), use_ema, fp16)}
+        shutil.copyfile(src.done_json(k), dst.done_json(k))
+    return info
+
+
+def _versions() -> dict[str, str | None]:
+    from importlib import metadata
+
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for name in _VERSIONED:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    out["torch"] = torch.__version__  # with the build tag (+cpu, +cu121) that the metadata lacks
+    return out
+
+
+def _trained_with(run: Run, folds: list[int]) -> Any:
+    """Versions a fold recorded when it was trained (``done.json`` ``versions``), if it did."""
+    found = [v for k in folds if isinstance(v := (read_json(run.done_json(k)) or {}).get("versions"), dict)]
+    return found[0] if found else "not recorded by the run"
+
+
+# ----------------------------------------------------------------------------- wheels
+
+
+def _pip(args: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    r = subprocess.run([sys.executable, "-m", "pip", *args], capture_output=True, text=True, env=env)
+    if r.returncode:
+        tail = " | ".join((r.stderr or r.stdout).strip().splitlines()[-6:])
+        raise BundleError(f"`pip {' '.join(args[:3])} ...` failed (exit {r.returncode}): {tail}")
+    return r
+
+
+def _offline_pip_env() -> dict[str, str]:
+    """The environment of a pip that sees only what it is given: no config file, no PIP_* settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
+    env.update(PIP_CONFIG_FILE=os.devnull, PIP_NO_INDEX="1", PIP_DISABLE_PIP_VERSION_CHECK="1")
+    return env
+
+
+def _own_wheel(wheels: Path) -> Path:
+    """``pip wheel --no-deps`` of seg_toolkit's source tree (copied first: the checkout is not written)."""
+    root = Path(__file__).resolve().parents[1]
+    if not (root / "setup.cfg").is_file() and not (root / "pyproject.toml").is_file():
+        raise BundleError(f"seg_toolkit's source tree is not beside the package ({root}); bundle from a checkout "
+                          "(pip install -e .), or pass --no-wheels and add the wheels yourself")
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "src"
+        shutil.copytree(root / "seg_toolkit", src / "seg_toolkit", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        for name in ("setup.cfg", "setup.py", "pyproject.toml", "README.md", "LICENSE", "MANIFEST.in"):
+            if (root / name).is_file():
+                shutil.copy2(root / name, src / name)
+        _pip(["wheel", "--no-deps", "--no-build-isolation", "--quiet", "-w", str(wheels), str(src)])
+    return next(wheels.glob("seg_toolkit-*.whl"))
+
+
+def _requires(wheel: Path) -> list[str]:
+    with zipfile.ZipFile(wheel) as z:
+        meta = next(n for n in z.namelist() if n.endswith(".dist-info/METADATA"))
+        return email.parser.Parser().parsestr(z.read(meta).decode("utf-8")).get_all("Requires-Dist") or []
+
+
+def _closure(requires: list[str], base: set[str]) -> tuple[dict[str, str], dict[str, list[str]]]:
+    """``({name: installed version} of every non-base requirement, reached without passing through a base
+    package, {base name: the requirements on it})``; markers are evaluated for this interpreter."""
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    found: dict[str, str] = {}
+    on_base: dict[str, list[str]] = {}
+    seen: set[tuple[str, frozenset]] = set()
+    todo = [(Requirement(r), "seg_toolkit", ("",)) for r in requires]
+    while todo:
+        req, parent, extras = todo.pop()
+        if req.marker is not None and not any(req.marker.evaluate({"extra": e}) for e in extras):
+            continue
+        name = canonicalize_name(req.name)
+        if name in base:
+            on_base.setdefault(name, []).append(f"{req} (by {parent})")
+            continue
+        try:
+            dist = metadata.distribution(req.name)
+        except metadata.PackageNotFoundError:
+            raise BundleError(f"{req.name} (required by {parent}: {req}) is not installed here; "
+                              f"`pip install '{req}'` and bundle again, or name it in --base-env") from None
+        if not req.specifier.contains(dist.version, prereleases=True):
+            raise BundleError(f"{parent} requires {req}, but {req.name} {dist.version} is installed here")
+        if (name, frozenset(req.extras)) in seen:
+            continue
+        seen.add((name, frozenset(req.extras)))
+        found[name] = dist.version
+        todo += [(Requirement(r), name, ("", *req.extras)) for r in dist.requires or []]
+    return found, on_base
+
+
+def _stub_wheel(folder: Path, name: str, version: str) -> None:
+    """An empty wheel that says ``name==version`` is there: the base environment, for the resolver check."""
+    dist = f"{re.sub(r'[-_.]+', '_', name)}-{version}"
+    info = f"{dist}.dist-info"
+    files = {f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
+             f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: seg_toolkit\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
+    with zipfile.ZipFile(folder / f"{dist}-py3-none-any.whl", "w") as z:
+        for n, text in files.items():
+            z.writestr(n, text)
+        z.writestr(f"{info}/RECORD", "".join(f"{n},,\n" for n in [*files, f"{info}/RECORD"]))
+
+
+def _gather_wheels(wheels: Path, base: set[str]) -> dict[str, Any]:
+    """seg_toolkit's wheel and the wheels of its non-base requirement tree, checked by pip's resolver."""
+    from importlib import metadata
+
+    from packaging.utils import canonicalize_name
+
+    wheels.mkdir(parents=True)
+    own = _own_wheel(wheels)
+    found, on_base = _closure(_requires(own), base)
+    with tempfile.TemporaryDirectory() as tmp:
+        reqs = Path(tmp) / "requirements.txt"
+        reqs.write_text("".join(f"{n}=={v}\n" for n, v in sorted(found.items())))
+        log.info("bundle: gathering %d wheels (pip download at the installed versions)", len(found))
+        _pip(["download", "--no-deps", "--prefer-binary", "--quiet", "-d", str(wheels), "-r", str(reqs)])
+        for sdist in [*wheels.glob("*.tar.gz"), *wheels.glob("*.zip")]:  # no wheel on the index: build one here
+            _pip(["wheel", "--no-deps", "--quiet", "-w", str(wheels), str(sdist)])
+            sdist.unlink()
+        stubs = Path(tmp) / "base"
+        stubs.mkdir()
+        base_versions = {}
+        for name in sorted(on_base):
+            base_versions[name] = metadata.version(name)
+            _stub_wheel(stubs, name, base_versions[name])
+        report = Path(tmp) / "report.json"
+        try:
+            _pip(["install", "--dry-run", "--ignore-installed", "--no-index", "--quiet", "--find-links", str(wheels),
+                  "--find-links", str(stubs), "--report", str(report), f"seg_toolkit=={__version__}"], env=_offline_pip_env())
+        except BundleError as e:
+            raise BundleError(f"the gathered wheels are incomplete: {e}") from None
+        resolved = {canonicalize_name(i["metadata"]["name"]): i["metadata"]["version"]
+                    for i in json.loads(report.read_text())["install"]}
+    extra = sorted(set(resolved) - set(found) - set(on_base) - {"seg-toolkit"})
+    if extra:  # cannot happen unless the installed metadata and the wheels disagree
+        raise BundleError(f"pip resolves packages the bundle did not gather from the installed ones: {extra}")
+    files = sorted(p.name for p in wheels.glob("*.whl"))
+    return {"count": len(files), "bytes": sum(p.stat().st_size for p in wheels.glob("*.whl")), "files": files,
+            "requirements": {"seg-toolkit": __version__, **dict(sorted(found.items()))},
+            "base_env": {n: {"required": on_base.get(n, []), "bundled_with": base_versions.get(n)} for n in sorted(base)},
+            "verified": f"pip install --dry-run --no-index resolved seg_toolkit and {len(resolved) - 1 - len(on_base)} "
+                        f"dependencies from wheels/ alone, the base environment ({', '.join(sorted(on_base))}) stubbed"}
+
+
+# ----------------------------------------------------------------------------- the bundle
+
+
+def build_bundle(runs: Sequence[Run], out: str | Path, fp16: bool = False, base_env: Sequence[str] = DEFAULT_BASE_ENV,
+                 wheels: bool = True, allow_missing_folds: bool = False, overwrite: bool = False) -> dict[str, Any]:
+    """Write the bundle of ``runs`` (trained or ensemble run folders) to ``out``; returns ``bundle.json``'s data.
+
+    The folder is made beside ``out`` and renamed into place at the end: a failed build leaves
+    nothing half-made. An existing ``out`` is replaced only with ``overwrite`` and only if it is a bundle.
+    """
+    from packaging.utils import canonicalize_name
+
+    out = Path(out)
+    if not runs:
+        raise ConfigError("bundle: name at least one run (a run folder or its config)")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        if not (out / "bundle.json").is_file():
+            raise BundleError(f"{out} exists and is not a bundle (no bundle.json); choose another --out")
+        if not overwrite:
+            raise FileExistsError(f"{out} exists; pass --overwrite to replace the bundle, or another --out")
+    top, by_name = _runs(runs)
+    warnings: list[str] = []
+    folds: dict[str, list[int]] = {}
+    for name, r in by_name.items():
+        if not r.is_ensemble:
+            folds[name], missing = _folds(r, allow_missing_folds)
+            if missing:
+                warnings.append(f"{name}: bundled without {', '.join(missing)} (--allow-missing-folds)")
+    for r in top:
+        if not r.postprocess_json.is_file():
+            warnings.append(f"{r.dir.name}: untuned post-processing (no postprocess.json): the config's postprocess.* "
+                            "values are used; `seg-toolkit tune CONFIG` tunes them on OOF")
+    for w in warnings:
+        log.warning("bundle: %s", w)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.{os.getpid()}.partial"
+    if tmp.exists():  # a crashed earlier bundle of this process id: ours
+        delete_path(tmp, announce=False)
+    tmp.mkdir()
+    try:
+        infos = [_copy_run(r, Run(tmp / "runs" / name), folds.get(name, []), fp16) for name, r in by_name.items()]
+        base = {canonicalize_name(b) for b in base_env if b.strip()}
+        gathered = _gather_wheels(tmp / "wheels", base) if wheels else None
+        lead = Run(tmp / "runs" / top[0].dir.resolve().name).config()
+        data = {"format": 1, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "default_run": top[0].dir.resolve().name,
+                "named": [r.dir.resolve().name for r in top], "runs": infos, "fp16": fp16, "warnings": warnings,
+                "versions": {"bundled_with": _versions(), "platform": platform.platform()},
+                "base_env": sorted(base), "wheels": gathered}
+        write_json(tmp / "bundle.json", data)
+        _write_texts(tmp, data, lead)
+        if out.exists():  # checked above: a bundle (bundle.json), and --overwrite was given
+            delete_path(out)
+        os.replace(tmp, out)
+    except BaseException:
+        if tmp.exists():
+            delete_path(tmp, announce=False)
+        raise
+    return data
+
+
+def _write_texts(folder: Path, data: dict[str, Any], lead) -> None:
+    """predict.py, predict.ipynb, README.md and requirements.txt."""
+    title = f"seg_toolkit bundle: {', '.join(data['named'])}"
+    write_text(folder / "predict.py", fill(PREDICT_PY, default_run=data["default_run"]))
+    write_text(folder / "predict.ipynb", notebook(title, lead.data.test_images or lead.data.sample_submission))
+    write_text(folder / "README.md", readme(title, data, lead.data.test_images, lead.data.sample_submission))
+    if data["wheels"]:
+        write_text(folder / "requirements.txt", "".join(f"{n}=={v}\n" for n, v in data["wheels"]["requirements"].items()))
+
+
+# ----------------------------------------------------------------------------- predicting from a bundle
+
+
+def bundle_config(bundle: str | Path, data_root: str | Path, run: str | None = None, device: str | None = None,
+                  batch_size: int | None = None, num_workers: int | None = None):
+    """The config of a bundled run with ``data.root`` set and no file written into the bundle (it may be read-only)."""
+    bundle = Path(bundle).resolve()
+    info = read_json(bundle / "bundle.json")
+    if info is None:
+        raise BundleError(f"{bundle}: not a bundle (no bundle.json)")
+    name = run or info["default_run"]
+    run_dir = bundle / "runs" / name
+    if not (run_dir / "config.yaml").is_file():
+        raise BundleError(f"{bundle}: no bundled run {name!r} (runs: {', '.join(i['name'] for i in info['runs'])})")
+    if not Path(data_root).is_dir():
+        raise BundleError(f"--data-root {data_root}: not a folder (the competition data)")
+    cfg = load_config(run_dir / "config.yaml")
+    train = dataclasses.replace(cfg.train, device=device or cfg.train.device,
+                                num_workers=cfg.train.num_workers if num_workers is None else num_workers)
+    predict = dataclasses.replace(cfg.predict, save_probs="none", write_masks="none",
+                                  batch_size=batch_size or cfg.predict.batch_size)
+    if getattr(predict, "backend", "torch") != "torch":  # the bundle ships PyTorch weights, not ONNX exports
+        predict = dataclasses.replace(predict, backend="torch")
+    return dataclasses.replace(cfg, runs_dir=str(run_dir.parent), experiment=name, train=train, predict=predict,
+                               data=dataclasses.replace(cfg.data, root=str(Path(data_root).resolve())))
+
+
+def predict_bundle(bundle: str | Path, data_root: str | Path, out: str | Path, run: str | None = None,
+                   device: str | None = None, batch_size: int | None = None, num_workers: int | None = None) -> Path:
+    """``predict.py``: the submission of a bundled run on ``data_root``, written to ``out`` (replaced)."""
+    from .inference import predict_test
+
+    info = read_json(Path(bundle) / "bundle.json") or {}
+    made = ((info.get("versions") or {}).get("bundled_with") or {}).get("seg_toolkit")
+    if made and made != __version__:
+        log.warning("this bundle was made with seg_toolkit %s, %s is installed", made, __version__)
+    cfg = bundle_config(bundle, data_root, run, device, batch_size, num_workers)
+    return predict_test(cfg, out=out, overwrite=True)
