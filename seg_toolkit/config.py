@@ -167,7 +167,9 @@ class TrainConfig:
     pin_memory: bool = True
     persistent_workers: bool = True
     device: str = "auto"  # auto | cpu | cuda | cuda:1
-    amp: Literal["none", "fp16", "bf16"] = "none"
+    # auto: the fastest safe precision for the device and model (seg_toolkit.device.resolve_amp):
+    # bf16 on CPUs with native bf16 unless the model has depthwise convs, bf16/fp16 on CUDA
+    amp: Literal["auto", "none", "fp16", "bf16"] = "none"
     grad_accum: int = 1
     grad_clip: Optional[float] = None
     ema_decay: Optional[float] = None  # e.g. 0.999; null disables EMA

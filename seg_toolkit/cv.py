@@ -153,6 +153,8 @@ def compute_cv(cfg: Config, run: Run | None = None, samples: list[Sample] | None
         "per_class_iou": result.get("per_class_iou"),
         "per_class_dice": result.get("per_class_dice"),
         "pixel_accuracy": result.get("pixel_accuracy"),
+        "amp": sorted({f["amp"] for f in per_fold if f.get("amp")}) or None,
+        "pseudo": pseudo_info(cfg),
         "oof": made[0] if made and all(m == made[0] for m in made) else (made or None),
         "per_fold": per_fold,
         **(extra or {}),

@@ -8,7 +8,7 @@ import random
 import numpy as np
 import torch
 
-from .config import Config, ConfigError
+from .config import ConfigError
 
 __all__ = ["resolve_device", "check_device", "autocast", "seed_everything"]
 
@@ -40,11 +40,10 @@ def resolve_device(name: str, d=None) -> torch.device:
     return torch.device(name)
 
 
-def autocast(cfg: Config, device: torch.device):
-    """``train.amp`` as a context manager: fp16 on CUDA only, bf16 on CUDA and CPU, else off."""
-    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.train.amp)
-    enabled = dtype is not None and (device.type == "cuda" or dtype == torch.bfloat16)
-    return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=enabled)
+def autocast(choice, device: torch.device):
+    """An :class:`~seg_toolkit.amp.AmpChoice` as a context manager."""
+    dtype = choice.dtype
+    return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:

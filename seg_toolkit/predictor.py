@@ -27,6 +27,7 @@ from .checkpoint import load_model
 from .config import Config, ConfigError, config_diff, config_to_dict
 from .data import DataError, Sample, build_transforms, load_target, read_image
 from .data.dataset import target_to_tensor
+from .amp import resolve_amp
 from .device import autocast, resolve_device
 from .run import Run, read_json
 from .tensors import from_merge_space, resize_to, to_merge_space
@@ -288,7 +289,7 @@ class Predictor:
         if m.cfg.model.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         model = m.model(fold, self.device)
-        with torch.inference_mode(), autocast(m.cfg, self.device):
+        with torch.inference_mode(), autocast(m.amp(fold, self.device), self.device):
             return tta_predict(model, images, self.task, expand_tta(tta), m.cfg.predict.scales, merge,
                                m.cfg.tta_batch(self.device.type)).float()
 
@@ -337,7 +338,7 @@ class Predictor:
                 images = images.contiguous(memory_format=torch.channels_last)
             n = images.shape[0]
             logits: dict[Any, torch.Tensor] = {}
-            with torch.inference_mode(), autocast(m.cfg, self.device):
+            with torch.inference_mode(), autocast(m.amp(fold, self.device), self.device):
                 for v, rows, out in iter_variant_logits(model, images, union, m.cfg.tta_batch(self.device.type)):
                     if v not in logits:
                         logits[v] = torch.empty((n, *out.shape[1:]), dtype=torch.float32, device=out.device)

@@ -209,6 +209,24 @@ class Run:
     def postprocess_json(self) -> Path:
         return self.dir / "postprocess.json"
 
+    def pseudo_csv(self, fold: int | None) -> Path:
+        """Pseudo-labels of fold ``fold``'s training set (None: one file for every fold, ``pseudo.per_fold: false``)."""
+        return self.dir / "pseudo" / (f"fold_{fold}.csv" if fold is not None else "all.csv")
+
+    @property
+    def lr_find_json(self) -> Path:
+        """``seg-toolkit lr-find``: every step's lr and loss, and the suggestions."""
+        return self.dir / "lr_find.json"
+
+    @property
+    def lr_find_png(self) -> Path:
+        return self.dir / "lr_find.png"
+
+    @property
+    def amp_json(self) -> Path:
+        """The precision ``train.amp`` resolved to for this run (:mod:`seg_toolkit.amp`)."""
+        return self.dir / "amp.json"
+
     @property
     def tta_json(self) -> Path:
         return self.dir / "tta.json"

@@ -31,9 +31,10 @@ from .checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkp
 from .config import Config, config_to_dict
 from .data import EpochSampler, Sample, SegDataset, collate
 from .data.folds import split_fold
+from .amp import resolve_amp, run_amp
 from .device import autocast, resolve_device, seed_everything
 from .distributed import Dist, get_dist
-from .losses import build_loss
+from .losses import build_loss, model_loss
 from .metrics import Evaluator
 from .optim import LRSchedule, build_optimizer
 from .run import Run, write_json
@@ -96,15 +97,21 @@ def train_attempt(cfg: Config, fold: int, samples: list[Sample], folds: pd.DataF
     device = resolve_device(cfg.train.device, d)
     seed_everything(cfg.train.seed + fold, cfg.train.deterministic)
     train_set, valid_set = split_fold(samples, folds, fold)
+    pseudo = add_pseudo_labels(cfg, run, fold, folds, d)  # training only: never a validation image
+    train_set = train_set + pseudo
     train_loader, valid_loader = build_loaders(cfg, train_set, valid_set, device, d)
     model, ema = build_model_and_ema(cfg, device)
     optimizer = build_optimizer(cfg, model)
     schedule = LRSchedule(cfg, optimizer, updates_per_epoch=math.ceil(len(train_loader) / cfg.train.grad_accum))
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.amp == "fp16" and device.type == "cuda")
     loss_fn = build_loss(cfg).to(device)
+    amp = run_amp(cfg, run, device, model, loss_fn, train_set, d, lambda b: _to_device(b, cfg, device))
+    log.info("fold %d: %s", fold, amp.describe())
+    scaler = torch.amp.GradScaler(device.type, enabled=amp.uses_scaler)
     state = TrainState()
     if resume:
         state = restore(run, fold, model, ema, optimizer, schedule, scaler)
+    fresh = state.epoch == 0 and state.batch == 0
+    initialised = load_fold_init(cfg, fold, model, ema) if fresh else init_source(cfg, fold)
     forward_model = wrap_for_training(cfg, model, device, d)
 
     with GracefulStop() as stop:
@@ -114,7 +121,7 @@ def train_attempt(cfg: Config, fold: int, samples: list[Sample], folds: pd.DataF
             t0 = time.perf_counter()
             try:
                 train_stats = train_one_epoch(cfg, forward_model, ema, loss_fn, optimizer, schedule, scaler, train_loader,
-                                              state, fold, epoch, device, stop)
+                                              state, fold, epoch, device, stop, amp)
             except TrainingInterrupted as e:
                 state.batch += e.batches_done
                 if d.is_main:
@@ -137,7 +144,13 @@ def train_attempt(cfg: Config, fold: int, samples: list[Sample], folds: pd.DataF
                 log.info("fold %d: early stop after epoch %d (best %.4f at epoch %d)", fold, epoch + 1, state.best_score, state.best_epoch + 1)
                 break
 
-    summary = None
+    summary, averaged = None, {}
+    if d.is_main and cfg.train.average_best:
+        from .averaging import average_best_epochs
+
+        averaged = average_best_epochs(cfg, run, fold, model, ema, [e for _, e in state.top_k], (state.best_epoch, state.best_score),
+                                       train_loader, lambda: validate_epoch(cfg, model, ema, loss_fn, valid_loader, device)["val_score"],
+                                       lambda batch: _to_device(batch, cfg, device)[0], amp, device)
     if d.is_main:
         from .oof import write_fold_oof
 
@@ -146,7 +159,9 @@ def train_attempt(cfg: Config, fold: int, samples: list[Sample], folds: pd.DataF
             save_checkpoint(_weights(_checkpoint_state(cfg, model, ema, optimizer, schedule, scaler, state)), run.best_pt(fold))
         summary = write_fold_oof(cfg, run, fold, valid_set)
         summary.update(fold=fold, best_epoch=state.best_epoch + 1, best_val_score=state.best_score, epochs_run=state.epoch,
-                       n_train=len(train_set), n_valid=len(valid_set), world_size=d.world_size, optim_lr=cfg.optim.lr)
+                       n_train=len(train_set), n_valid=len(valid_set), world_size=d.world_size, optim_lr=cfg.optim.lr,
+                       amp=amp.mode, amp_reason=amp.reason, init_from=initialised,
+                       n_pseudo=len(pseudo), pseudo=pseudo_info(cfg), **averaged)
         write_json(run.done_json(fold), summary)
     return d.broadcast(summary)
 
@@ -264,7 +279,7 @@ def _to_device(batch: dict[str, Any], cfg: Config, device: torch.device) -> tupl
 
 
 def train_one_epoch(cfg, model, ema, loss_fn, optimizer, schedule, scaler, loader, state: TrainState, fold: int, epoch: int, device,
-                    stop: GracefulStop | None = None) -> dict[str, float]:
+                    stop: GracefulStop | None = None, amp=None) -> dict[str, float]:
     """One pass over the training set; returns mean loss terms, learning rate and images/s.
 
     Loss values stay on the device and are read back every ``sync_every`` steps (every
@@ -272,6 +287,7 @@ def train_one_epoch(cfg, model, ema, loss_fn, optimizer, schedule, scaler, loade
     is caught at the next read, named by epoch and step, and stops the fold.
     """
     model.train()
+    amp = amp or resolve_amp(cfg.train.amp, device, model)
     accum = cfg.train.grad_accum
     sync_every = 1 if device.type == "cpu" else 10
     names: list[str] = []
@@ -281,9 +297,9 @@ def train_one_epoch(cfg, model, ema, loss_fn, optimizer, schedule, scaler, loade
     optimizer.zero_grad(set_to_none=True)
     for i, batch in enumerate(bar):
         images, target = _to_device(batch, cfg, device)
-        with autocast(cfg, device):
-            logits = model(images)
-        loss, terms = loss_fn(logits.float(), target)
+        with autocast(amp, device):
+            out = model(images)
+        loss, terms = model_loss(loss_fn, out, target, cfg.model.deep_supervision)
         scaler.scale(loss / accum).backward()
         if (i + 1) % accum == 0 or i + 1 == len(loader):
             optimizer_step(cfg, model, optimizer, scaler)
@@ -339,9 +355,10 @@ def predict_batches(cfg: Config, model: torch.nn.Module, loader: DataLoader, dev
     """Yield ``(batch, pairs)``: ``pairs`` is a list of ``(logits, target)`` with logits resized to the
     target's (original) size; one pair for the batch, or one per image when original sizes differ."""
     model.eval()
+    amp = resolve_amp(cfg.train.amp, device, model)
     for batch in loader:
         images, target = _to_device(batch, cfg, device)
-        with autocast(cfg, device):
+        with autocast(amp, device):
             logits = model(images).float()
         if isinstance(target, list):
             pairs = [(resize_to(logits[j : j + 1], t.shape[-2:]), t.unsqueeze(0).to(device)) for j, t in enumerate(target)]

@@ -1,0 +1,198 @@
+"""Mixed precision: what ``train.amp`` means on this device for this model, chosen once per run.
+
+``train.amp: auto`` picks the fastest precision that is safe:
+
+* CUDA: bf16 where the GPU has it (no loss scaling), else fp16 with a GradScaler.
+* CPU with native bf16 kernels (AVX512-BF16 / AMX, through oneDNN): the faster of fp32 and
+  bf16, *measured* on the run's own model, loss and a real training batch before fold 0
+  trains (a few steps each, alternating, on a copy of the model with every RNG restored, so
+  training is unchanged by the measurement). bf16 must win by ``MIN_GAIN``. Measured here it
+  is 1.9x for the scratch U-Net and 3-4x for smp Unet/resnet34, while depthwise-conv encoders
+  (efficientnet) vary around 1x with batch and size (``bench/bench_amp.py``), so no rule of
+  thumb serves.
+* a CPU without native bf16: fp32.
+
+The choice is written to the run's ``amp.json`` (device type, mode, reason, the timings), so
+every fold, a resumed fold and the run's inference (OOF, evaluate, predict) on the same
+device type use the same precision: what is tuned is what is submitted. Predicting on
+another device type resolves by the rules above, without measuring (a model with depthwise
+convolutions stays fp32 on a CPU).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from .config import ConfigError
+from .losses import model_loss
+
+log = logging.getLogger(__name__)
+
+__all__ = ["AmpChoice", "resolve_amp", "choose_amp", "run_amp", "cpu_has_fast_bf16", "depthwise_convs", "MIN_GAIN"]
+
+MIN_GAIN = 1.1  # bf16 must be at least this much faster than fp32 to be picked on a CPU
+
+
+@dataclass(frozen=True)
+class AmpChoice:
+    """``mode`` is none, fp16 or bf16; ``timings`` holds a measured choice's seconds per step."""
+
+    mode: str
+    requested: str
+    reason: str
+    device_type: str = "cpu"
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def dtype(self) -> torch.dtype | None:
+        return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.mode)
+
+    @property
+    def uses_scaler(self) -> bool:
+        return self.mode == "fp16"
+
+    def describe(self) -> str:
+        return f"amp {self.mode} (train.amp: {self.requested}; {self.reason})"
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU runs bf16 matrix kernels natively (AVX512-BF16 or AMX), through oneDNN."""
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # an old torch or a build without oneDNN
+        return False
+
+
+def depthwise_convs(model: torch.nn.Module) -> int:
+    """How many depthwise convolutions (``groups == in_channels > 1``) the model has."""
+    if not isinstance(model, torch.nn.Module):
+        return 0
+    return sum(1 for m in model.modules()
+               if isinstance(m, torch.nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels)
+
+
+def resolve_amp(requested: str, device: torch.device, model: torch.nn.Module | None = None,
+                recorded: dict[str, Any] | None = None) -> AmpChoice:
+    """``train.amp`` on ``device`` without measuring: ``recorded`` (a run's ``amp.json``) wins on
+    its own device type; ``auto`` on a CPU then falls back to bf16 unless the model has
+    depthwise convolutions. An explicit ``fp16`` on a CPU runs fp32 (CPU fp16 autocast is
+    slow and unscaled); ``bf16`` is honoured everywhere."""
+    kind = device.type
+    if requested == "none":
+        return AmpChoice("none", requested, "fp32 as configured", kind)
+    if requested in ("fp16", "bf16"):
+        if requested == "fp16" and kind != "cuda":
+            return AmpChoice("none", requested, f"fp16 runs on CUDA only; fp32 on {kind}", kind)
+        return AmpChoice(requested, requested, "as configured", kind)
+    if requested != "auto":
+        raise ConfigError(f"train.amp: expected auto, none, fp16 or bf16, got {requested!r}")
+    if recorded and recorded.get("device_type") == kind and recorded.get("requested") == "auto":
+        return AmpChoice(recorded["mode"], requested, recorded.get("reason", "recorded in amp.json"), kind,
+                         dict(recorded.get("timings") or {}))
+    if kind == "cuda":
+        name = torch.cuda.get_device_name(device)
+        if torch.cuda.is_bf16_supported():
+            return AmpChoice("bf16", requested, f"{name} has bf16", kind)
+        return AmpChoice("fp16", requested, f"{name} lacks bf16: fp16 with loss scaling", kind)
+    if kind != "cpu":
+        return AmpChoice("none", requested, f"no mixed precision on {kind}", kind)
+    if not cpu_has_fast_bf16():
+        return AmpChoice("none", requested, "this CPU has no native bf16 kernels", kind)
+    n = depthwise_convs(model) if model is not None else 0
+    if n:
+        return AmpChoice("none", requested, f"not measured; the model has {n} depthwise convolutions", kind)
+    return AmpChoice("bf16", requested, "not measured; the CPU has native bf16 kernels", kind)
+
+
+def _step_seconds(step: Callable[[torch.dtype | None], None], dtype: torch.dtype | None, steps: int) -> float:
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        step(dtype)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def measure_cpu_bf16(model: torch.nn.Module, loss_fn: torch.nn.Module, batch: Callable[[], tuple[torch.Tensor, Any]],
+                     rounds: int = 2, steps: int = 2) -> dict[str, float]:
+    """Seconds per training step (forward, loss, backward, optimiser step) in fp32 and bf16.
+
+    ``batch()`` gives (images, target) on the device. Runs on a deep copy of ``model`` with a
+    zero-lr optimiser, inside forked RNG state (python, NumPy, torch: reading the batch may
+    augment), so the caller's model, RNG streams and therefore its training are exactly as
+    without it.
+    """
+    import random
+
+    import numpy as np
+
+    py_state, np_state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        images, target = batch()
+        twin = copy.deepcopy(model).train()
+        opt = torch.optim.SGD(twin.parameters(), lr=0.0)
+
+        def step(dtype: torch.dtype | None) -> None:
+            with torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
+                out = twin(images)
+            loss, _ = model_loss(loss_fn, out, target, 0.4)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+        for dtype in (None, torch.bfloat16):  # warm-up: oneDNN builds its kernels on first use
+            step(dtype)
+        fp32, bf16 = [], []
+        for _ in range(rounds):
+            fp32.append(_step_seconds(step, None, steps))
+            bf16.append(_step_seconds(step, torch.bfloat16, steps))
+    random.setstate(py_state)
+    np.random.set_state(np_state)
+    return {"fp32_s": statistics.median(fp32), "bf16_s": statistics.median(bf16)}
+
+
+def choose_amp(requested: str, device: torch.device, model: torch.nn.Module, recorded: dict[str, Any] | None,
+               batch: Callable[[], tuple[torch.Tensor, Any]], loss_fn: torch.nn.Module) -> AmpChoice:
+    """The run's precision for training: :func:`resolve_amp`, except that ``auto`` on a bf16 CPU
+    with no record yet measures both on ``batch()`` (images, target on the device)."""
+    choice = resolve_amp(requested, device, model, recorded)
+    if requested != "auto" or device.type != "cpu" or not cpu_has_fast_bf16() or choice.timings:
+        return choice
+    t = measure_cpu_bf16(model, loss_fn, batch)
+    gain = t["fp32_s"] / t["bf16_s"]
+    t["bf16_speedup"] = round(gain, 3)
+    mode = "bf16" if gain >= MIN_GAIN else "none"
+    reason = (f"measured on this model and batch: bf16 step {t['bf16_s']:.3f}s vs fp32 {t['fp32_s']:.3f}s "
+              f"({gain:.2f}x; bf16 needs >= {MIN_GAIN}x)")
+    return AmpChoice(mode, requested, reason, device.type, t)
+
+
+def run_amp(cfg, run, device: torch.device, model: torch.nn.Module, loss_fn, train_set: list, d, to_device) -> AmpChoice:
+    """The run's precision (:func:`choose_amp`), measured once on a real training batch and kept in
+    the run's ``amp.json``; rank 0 decides, every rank gets its choice. ``to_device(batch)`` gives
+    (images, target) on the device as the training loop has them."""
+    from .data import SegDataset, collate
+    from .run import read_json, write_json
+
+    amp = None
+    if d.is_main:
+        recorded = read_json(run.amp_json)
+
+        def batch():
+            dataset = SegDataset(train_set, cfg, "train")
+            return to_device(collate([dataset[i] for i in range(min(cfg.train.batch_size, len(train_set)))]))
+
+        amp = choose_amp(cfg.train.amp, device, model, recorded, batch, loss_fn)
+        if cfg.train.amp == "auto" and recorded != amp.to_json():
+            write_json(run.amp_json, amp.to_json())
+    return d.broadcast(amp)

@@ -1,0 +1,114 @@
+"""train.amp: the rules of resolve_amp, the measured CPU choice, and one precision per run (amp.json)."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from seg_toolkit import amp as amp_mod
+from seg_toolkit.amp import choose_amp, depthwise_convs, measure_cpu_bf16, resolve_amp
+from seg_toolkit.config import ConfigError, config_from_dict
+from seg_toolkit.cv import run_cv
+from seg_toolkit.predictor import Member
+from seg_toolkit.run import Run
+
+from .conftest import demo_dict
+
+CPU = torch.device("cpu")
+
+
+class _Depthwise(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.pw = torch.nn.Conv2d(3, 8, 1)
+        self.dw = torch.nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.grouped = torch.nn.Conv2d(8, 8, 3, padding=1, groups=2)  # grouped, not depthwise
+        self.head = torch.nn.Conv2d(8, 1, 1)
+
+    def forward(self, x):
+        return self.head(self.grouped(self.dw(self.pw(x))))
+
+
+def test_explicit_modes():
+    assert resolve_amp("none", CPU).mode == "none"
+    assert resolve_amp("bf16", CPU).mode == "bf16"
+    fp16 = resolve_amp("fp16", CPU)
+    assert fp16.mode == "none" and "CUDA only" in fp16.reason and not fp16.uses_scaler
+    with pytest.raises(ConfigError, match="train.amp"):
+        resolve_amp("fp8", CPU)
+
+
+def test_depthwise_count_and_auto_fallback(monkeypatch):
+    assert depthwise_convs(_Depthwise()) == 1
+    monkeypatch.setattr(amp_mod, "cpu_has_fast_bf16", lambda: True)
+    assert resolve_amp("auto", CPU, _Depthwise()).mode == "none"
+    assert resolve_amp("auto", CPU, torch.nn.Conv2d(3, 1, 3)).mode == "bf16"
+    monkeypatch.setattr(amp_mod, "cpu_has_fast_bf16", lambda: False)
+    assert resolve_amp("auto", CPU, torch.nn.Conv2d(3, 1, 3)).mode == "none"
+
+
+def test_recorded_choice_wins_on_its_device_type_only(monkeypatch):
+    monkeypatch.setattr(amp_mod, "cpu_has_fast_bf16", lambda: True)
+    rec = {"mode": "none", "requested": "auto", "reason": "measured", "device_type": "cpu", "timings": {"fp32_s": 1.0}}
+    assert resolve_amp("auto", CPU, torch.nn.Conv2d(3, 1, 3), rec).mode == "none"
+    other = dict(rec, device_type="cuda")
+    assert resolve_amp("auto", CPU, torch.nn.Conv2d(3, 1, 3), other).mode == "bf16"
+    assert resolve_amp("none", CPU, None, dict(rec, mode="bf16")).mode == "none"  # explicit config wins
+
+
+@pytest.mark.parametrize("fp32,bf16,expected", [(1.0, 0.5, "bf16"), (1.0, 0.95, "none"), (1.0, 1.4, "none")])
+def test_measured_choice_needs_a_real_gain(monkeypatch, fp32, bf16, expected):
+    monkeypatch.setattr(amp_mod, "cpu_has_fast_bf16", lambda: True)
+    monkeypatch.setattr(amp_mod, "measure_cpu_bf16", lambda *a, **k: {"fp32_s": fp32, "bf16_s": bf16})
+    choice = choose_amp("auto", CPU, _Depthwise(), None, lambda: None, None)
+    assert choice.mode == expected
+    assert choice.timings["bf16_speedup"] == pytest.approx(fp32 / bf16, abs=1e-3)
+    # a recorded measurement is reused, not measured again
+    monkeypatch.setattr(amp_mod, "measure_cpu_bf16", lambda *a, **k: pytest.fail("measured twice"))
+    assert choose_amp("auto", CPU, _Depthwise(), choice.to_json(), lambda: None, None).mode == expected
+
+
+def test_measuring_leaves_model_and_rng_untouched():
+    torch.manual_seed(0)
+    model = _Depthwise()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    loss = lambda logits, y: (torch.nn.functional.binary_cross_entropy_with_logits(logits, y), {})  # noqa: E731
+
+    def batch():  # draws from every RNG, as augmentation does
+        random.random(), np.random.rand()
+        return torch.randn(2, 3, 16, 16), (torch.rand(2, 1, 16, 16) > 0.5).float()
+
+    torch.manual_seed(1), random.seed(1), np.random.seed(1)
+    t = measure_cpu_bf16(model, loss, batch, rounds=1, steps=1)
+    after = (torch.rand(1).item(), random.random(), np.random.rand())
+    torch.manual_seed(1), random.seed(1), np.random.seed(1)
+    assert after == (torch.rand(1).item(), random.random(), np.random.rand())
+    assert t["fp32_s"] > 0 and t["bf16_s"] > 0
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+def test_auto_is_measured_once_and_used_by_training_and_inference(demo_root, tmp_path, monkeypatch):
+    monkeypatch.setattr(amp_mod, "cpu_has_fast_bf16", lambda: True)
+    calls = []
+
+    def fake_measure(model, loss_fn, batch, **k):
+        images, target = batch()  # a real training batch of the run
+        calls.append(tuple(images.shape))
+        return {"fp32_s": 1.0, "bf16_s": 0.4}
+
+    monkeypatch.setattr(amp_mod, "measure_cpu_bf16", fake_measure)
+    cfg = config_from_dict(demo_dict(demo_root, tmp_path / "runs", folds={"n_splits": 2, "method": "kfold", "seed": 0},
+                                     train={"epochs": 1, "batch_size": 2, "amp": "auto"}))
+    cv = run_cv(cfg)
+    assert calls == [(2, 3, 48, 64)]  # fold 0 measured; fold 1 read amp.json
+    run = Run.of(cfg)
+    rec = json.loads(run.amp_json.read_text())
+    assert rec["mode"] == "bf16" and rec["timings"]["bf16_speedup"] == 2.5
+    assert cv["amp"] == ["bf16"] and all(f["amp"] == "bf16" for f in cv["per_fold"])
+    member = Member.load(run)
+    assert member.amp(0, CPU).mode == "bf16"
