@@ -128,7 +128,10 @@ class TransformsConfig:
 class ModelConfig:
     arch: str = "scratch_unet"  # `seg-toolkit models` lists the names
     encoder: Optional[str] = None  # smp encoder name, or tu-<timm name>
-    encoder_weights: Optional[str] = None  # null | imagenet | path/to/weights.(pth|safetensors)
+    encoder_weights: Optional[str] = None  # null | imagenet | path/to/weights.(pth|safetensors) | pkg:<package>/<file>
+    # how a weights file's tensors find the encoder's: by name (prefixes tried), or by position onto
+    # the full timm model (tu- encoders; a checkpoint of the same network saved under other names)
+    encoder_weights_map: Literal["names", "order"] = "names"
     depth: int = 4  # scratch U-Net: number of down-sampling steps
     base_width: int = 32  # scratch U-Net: channels of the first block
     norm: Literal["batch", "group", "none"] = "batch"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import re
 import string
 import warnings
@@ -483,6 +484,12 @@ def _check_loss(cfg: Config) -> None:
 
 
 def _check_model(cfg: Config) -> None:
+    _check_weights_file(cfg)
+    ds = cfg.model.deep_supervision
+    if not (isinstance(ds, (int, float)) and 0 <= ds <= 10):
+        raise ConfigError(f"model.deep_supervision: expected a loss weight in [0, 10] (0 = off), got {ds!r}")
+    if ds > 0 and cfg.model.arch != "scratch_unet":
+        raise ConfigError(f"model.deep_supervision: auxiliary heads are built for scratch_unet; model.arch is {cfg.model.arch!r}")
     arch = cfg.model.arch
     if arch == "scratch_unet":  # always registered; spares importing smp and timm
         return

@@ -23,7 +23,7 @@ from seg_toolkit.config import ConfigError, ModelConfig
 
 from .scratch_unet import ScratchUNet
 from .smp_models import SCRATCH_ENCODER, SMP_ARCHITECTURES, build_smp_model, default_encoder
-from .weights import is_weights_path, load_encoder_weights
+from .weights import is_weights_path, load_encoder_weights, resolve_weights_path
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ def _build_scratch_unet(cfg: ModelConfig, num_classes: int, in_channels: int) ->
                 f"model.encoder_weights: {weights!r}: scratch_unet has no pretrained weights; "
                 "use null or a path/to/file.pth|.safetensors"
             )
-        model.encoder_weights_report = load_encoder_weights(model.encoder, weights)
+        model.encoder_weights_report = load_encoder_weights(model.encoder, resolve_weights_path(weights))
     return model
 
 

