@@ -76,6 +76,20 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_lr_find(args: argparse.Namespace) -> int:
+    from .lr_find import lr_find
+
+    cfg = _config(args)
+    if not 0 <= args.fold < cfg.folds.n_splits:
+        raise ConfigError(f"--fold {args.fold}: expected 0..{cfg.folds.n_splits - 1}")
+    r = lr_find(cfg, fold=args.fold, start=args.start, end=args.end, steps=args.steps)
+    print(f"lr-find over {len(r['lr'])} steps (fold {args.fold}, {r['optimizer']}, amp {r['amp']}): "
+          f"steep {r['steep']:.3g}, valley {r['valley']:.3g}")
+    print(f"plot: {cfg.run_dir / 'lr_find.png'}")
+    print(f"suggested optim.lr: {r['suggested_lr']:.3g} (configured {r['configured_lr']:.3g})")
+    return 0
+
+
 def cmd_cv(args: argparse.Namespace) -> int:
     from .cv import compute_cv
 
@@ -362,6 +376,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint; finished folds are kept")
     p.add_argument("--overwrite", action="store_true", help="delete the existing run folder first")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("lr-find", help="learning-rate range test on one fold's training split: a plot and a suggested optim.lr")
+    _add_config(p)
+    p.add_argument("--fold", type=int, default=0, help="whose training split to use (default 0)")
+    p.add_argument("--start", type=float, default=1e-7, help="first learning rate (default 1e-7)")
+    p.add_argument("--end", type=float, default=1.0, help="last learning rate (default 1)")
+    p.add_argument("--steps", type=int, default=100, help="optimiser steps (default 100; batches cycle)")
+    p.set_defaults(func=cmd_lr_find)
 
     p = sub.add_parser("cv", help="recompute cv.json from the OOF files of finished folds")
     _add_config(p)

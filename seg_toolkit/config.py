@@ -140,6 +140,9 @@ class ModelConfig:
     params: dict[str, Any] = field(default_factory=dict)  # extra keyword arguments for the smp class
     channels_last: bool = False
     freeze_encoder_epochs: int = 0
+    # scratch U-Net: > 0 adds a 1x1 head on each coarser decoder stage in training; the loss becomes
+    # loss(main) + deep_supervision * mean(loss(aux)) (inference uses the main head only)
+    deep_supervision: float = 0.0
     encoder_lr_mult: float = 1.0
 
 
@@ -180,6 +183,10 @@ class TrainConfig:
     early_stopping_patience: Optional[int] = None
     early_stopping_min_delta: float = 0.0
     keep_best_k: int = 1  # > 1: also keep the k best epochs as fold_<k>/best_e<epoch>.pt
+    # with keep_best_k >= 2: best.pt = the mean of those epochs' weights, BatchNorm recomputed (seg_toolkit/averaging.py)
+    average_best: bool = False
+    # multi-stage: fold k starts from fold k's best.pt of this earlier run (same folds.csv; seg_toolkit/stages.py)
+    init_from: Optional[str] = None
     seed: int = 42
     deterministic: bool = False
     cudnn_benchmark: bool = True

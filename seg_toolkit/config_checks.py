@@ -41,6 +41,7 @@ def check_config(cfg: Config) -> None:
         _check_loss,
         _check_train,
         _check_metric,
+        _check_pseudo,
         _check_predict,
         _check_postprocess,
         _check_submission,
@@ -316,6 +317,22 @@ def _check_train(cfg: Config) -> None:
     t = cfg.train
     if t.epochs < 1 or t.batch_size < 1 or t.grad_accum < 1:
         raise ConfigError("train.epochs, train.batch_size and train.grad_accum must be >= 1")
+    if t.keep_best_k < 1:
+        raise ConfigError(f"train.keep_best_k: expected >= 1, got {t.keep_best_k}")
+    if t.average_best and t.keep_best_k < 2:
+        raise ConfigError(f"train.average_best averages the train.keep_best_k best epochs: set keep_best_k >= 2 (got {t.keep_best_k})")
+    if t.init_from is not None and not str(t.init_from).strip():
+        raise ConfigError("train.init_from: expected a run folder (runs/<experiment>) or null")
+
+
+def _check_pseudo(cfg: Config) -> None:
+    p = cfg.pseudo
+    if not 0.5 <= p.confidence <= 1.0:
+        raise ConfigError(f"pseudo.confidence: expected a probability in [0.5, 1], got {p.confidence}")
+    if not 0.0 <= p.min_confident_fraction <= 1.0:
+        raise ConfigError(f"pseudo.min_confident_fraction: expected a fraction in [0, 1], got {p.min_confident_fraction}")
+    if p.max_images is not None and p.max_images < 1:
+        raise ConfigError(f"pseudo.max_images: expected null (all) or >= 1, got {p.max_images}")
 
 
 def _check_metric(cfg: Config) -> None:

@@ -17,7 +17,10 @@ from .distributed import get_dist
 from .metrics import Evaluator
 from .run import Run, RunExistsError, read_oof, write_json
 from .tensors import uint8_to_probs
+from .pseudo import pseudo_info, teacher_run
+from .stages import check_init_folds, init_run
 from .train import train_fold
+from . import track
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +47,7 @@ def prepare_run(cfg: Config, folds: list[int], resume: bool = False, overwrite: 
         run.remove(cfg)
     run.dir.mkdir(parents=True, exist_ok=True)
     if saved.is_file():
-        diff = [d for d in config_diff(read_yaml(saved), config_to_dict(cfg)) if not d.startswith(("train.epochs", "predict.", "postprocess.", "submission.", "folds.only"))]
+        diff = [d for d in config_diff(read_yaml(saved), config_to_dict(cfg)) if not d.startswith(("train.epochs", "predict.", "postprocess.", "submission.", "folds.only", "track"))]
         if diff:
             raise RunExistsError(
                 f"{run.dir} was trained with a different config ({'; '.join(diff[:5])}); "
@@ -74,12 +77,14 @@ def _run_cv(cfg: Config, folds: list[int] | None, resume: bool, overwrite: bool)
     resolve_device(cfg.train.device, d)  # a device this machine lacks fails before anything is written
     samples = load_train_samples(cfg)
     check_train_samples(samples, cfg)  # images present, some foreground: before anything is written
+    init_run(cfg), teacher_run(cfg)  # train.init_from / pseudo.teacher are run folders: checked before writing
     run = Run.of(cfg)
     if d.is_main:  # only rank 0 touches the run folder; the others wait and read
         prepare_run(cfg, folds, resume=resume, overwrite=overwrite)
         load_or_make_folds(samples, cfg, run.folds_csv)
     d.barrier()
     folds_df = load_or_make_folds(samples, cfg, run.folds_csv)
+    check_init_folds(cfg, folds_df, folds)  # train.init_from: same folds, every fold trained there
     trained_before = set(run.trained_folds())
     for k in folds:
         log.info("fold %d/%d", k + 1, cfg.folds.n_splits)

@@ -531,6 +531,17 @@ class LossCombo(nn.Module):
         return f"task={self.task!r}, weights={self.weights}"
 
 
+def model_loss(loss_fn: nn.Module, out: Tensor | tuple, target: Tensor, aux_weight: float = 0.0) -> tuple[Tensor, dict[str, Tensor]]:
+    """The training loss of a model output: plain logits, or ``(logits, [aux logits])`` from a deeply
+    supervised model, whose loss is ``loss(logits) + aux_weight * mean(loss(aux))`` (term ``aux``)."""
+    if not isinstance(out, tuple):
+        return loss_fn(out.float(), target)
+    logits, aux = out
+    loss, terms = loss_fn(logits.float(), target)
+    aux_loss = sum(loss_fn(a.float(), target)[0] for a in aux) / max(len(aux), 1)
+    return loss + aux_weight * aux_loss, {**terms, "aux": aux_loss.detach()}
+
+
 def build_loss(cfg: Config) -> LossCombo:
     """The :class:`LossCombo` described by ``cfg.loss``, ``cfg.loss_params`` and ``cfg.data``.
 

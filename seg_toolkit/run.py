@@ -232,6 +232,11 @@ class Run:
         return self.dir / "tta.json"
 
     @property
+    def tracker_json(self) -> Path:
+        """Where the run is tracked: backend, URI, MLflow parent and per-fold run ids (``--resume`` continues them)."""
+        return self.dir / "tracker.json"
+
+    @property
     def ensemble_json(self) -> Path:
         return self.dir / "ensemble.json"
 
@@ -263,11 +268,6 @@ class Run:
         return self.dir / "evaluate_test.json"
 
     @property
-    def tracker_json(self) -> Path:
-        """Where the run is tracked: backend, URI, MLflow parent and per-fold run ids (``--resume`` continues them)."""
-        return self.dir / "tracker.json"
-
-    @property
     def evaluations_dir(self) -> Path:
         """Scores of ``seg-toolkit evaluate --on DIR``, one JSON per labelled folder."""
         return self.dir / "evaluations"
@@ -277,6 +277,24 @@ class Run:
         if not name or "/" in name or "\\" in name or name in (".", ".."):
             raise ConfigError(f"evaluation name {name!r} must be a plain file name")
         return self.evaluations_dir / f"{name}.json"
+
+    @property
+    def export_dir(self) -> Path:
+        """Exported fold models (``seg-toolkit export``): ``fold_<k>.onnx`` and ``export.json``."""
+        return self.dir / "export"
+
+    def onnx_path(self, fold: int) -> Path:
+        return self.export_dir / f"fold_{fold}.onnx"
+
+    @property
+    def export_json(self) -> Path:
+        """What was exported from which checkpoint, and the parity check against PyTorch."""
+        return self.export_dir / "export.json"
+
+    @property
+    def estimate_json(self) -> Path:
+        """The last ``seg-toolkit predict --estimate``: measured seconds per image and the projection."""
+        return self.dir / "estimate.json"
 
     @property
     def audit_samples_png(self) -> Path:
@@ -301,24 +319,6 @@ class Run:
     @property
     def audit_html(self) -> Path:
         return self.dir / "audit.html"
-
-    @property
-    def export_dir(self) -> Path:
-        """Exported fold models (``seg-toolkit export``): ``fold_<k>.onnx`` and ``export.json``."""
-        return self.dir / "export"
-
-    def onnx_path(self, fold: int) -> Path:
-        return self.export_dir / f"fold_{fold}.onnx"
-
-    @property
-    def export_json(self) -> Path:
-        """What was exported from which checkpoint, and the parity check against PyTorch."""
-        return self.export_dir / "export.json"
-
-    @property
-    def estimate_json(self) -> Path:
-        """The last ``seg-toolkit predict --estimate``: measured seconds per image and the projection."""
-        return self.dir / "estimate.json"
 
     @property
     def tta_search_root(self) -> Path:

@@ -38,7 +38,10 @@ from .losses import build_loss, model_loss
 from .metrics import Evaluator
 from .optim import LRSchedule, build_optimizer
 from .run import Run, write_json
+from .pseudo import add_pseudo_labels, pseudo_info
+from .stages import init_source, load_fold_init
 from .tensors import activate, resize_to
+from . import track
 
 log = logging.getLogger(__name__)
 

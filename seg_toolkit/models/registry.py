@@ -69,6 +69,7 @@ def _build_scratch_unet(cfg: ModelConfig, num_classes: int, in_channels: int) ->
         norm=cfg.norm,
         upsample=cfg.upsample,
         dropout=cfg.dropout,
+        deep_supervision=cfg.deep_supervision > 0,
     )
     model.encoder_weights_report = None
     weights = cfg.encoder_weights

@@ -286,11 +286,14 @@ class ScratchUNetDecoder(nn.Module):
         )
         self.out_channels = chans[0]
 
-    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+    def forward(self, features: list[torch.Tensor], stages: list | None = None) -> torch.Tensor:
+        """The full-resolution decoder output; with ``stages`` (a list) also every coarser block's output."""
         x = features[-1]
         skips = features[-2::-1]
-        for block, skip in zip(self.blocks, skips):
+        for i, (block, skip) in enumerate(zip(self.blocks, skips)):
             x = block(x, skip)
+            if stages is not None and i < len(self.blocks) - 1:
+                stages.append(x)
         return x
 
 
@@ -312,6 +315,7 @@ class ScratchUNet(EncoderFreezeMixin, nn.Module):
         norm: Norm = "batch",
         upsample: Upsample = "transpose",
         dropout: float = 0.0,
+        deep_supervision: bool = False,
     ) -> None:
         super().__init__()
         if not 0.0 <= dropout < 1.0:
@@ -321,11 +325,25 @@ class ScratchUNet(EncoderFreezeMixin, nn.Module):
         self.decoder = ScratchUNetDecoder(self.encoder.out_channels, norm=norm, upsample=upsample)
         self.segmentation_head = nn.Conv2d(self.decoder.out_channels, num_classes, kernel_size=1)
         self.pad_multiple = 2**depth
+        # deep supervision: a 1x1 head on each coarser decoder stage, used in training only
+        stage_channels = [blk.block[-3].out_channels for blk in self.decoder.blocks][:-1]
+        self.aux_heads = nn.ModuleList(nn.Conv2d(c, num_classes, kernel_size=1) for c in stage_channels) if deep_supervision else None
 
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _forward(self, x: torch.Tensor):
         features = self.encoder(x)
         features[-1] = self.bottleneck_dropout(features[-1])
-        return self.segmentation_head(self.decoder(features))
+        if self.aux_heads is None or not self.training:
+            return self.segmentation_head(self.decoder(features))
+        stages: list[torch.Tensor] = []
+        main = self.segmentation_head(self.decoder(features, stages))
+        aux = [F.interpolate(head(s), size=main.shape[-2:], mode="bilinear", align_corners=False)
+               for head, s in zip(self.aux_heads, stages)]
+        return main, aux
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return forward_padded(x, self.pad_multiple, self._forward)
+    def forward(self, x: torch.Tensor):
+        """Logits (N, C, H, W); in training with deep supervision ``(logits, [aux logits at H, W])``."""
+        if self.aux_heads is None or not self.training:
+            return forward_padded(x, self.pad_multiple, self._forward)
+        xp, pads = pad_to_multiple(x, self.pad_multiple)
+        main, aux = self._forward(xp)
+        return crop_padding(main, pads), [crop_padding(a, pads) for a in aux]

@@ -1,0 +1,157 @@
+"""Pseudo-labelling: test images labelled by a trained run join the training set (``pseudo:``).
+
+What TGS's winners, Severstal's and Contrails' top teams did: predict the unlabelled test
+images with a trained experiment (a run or an ensemble), keep the confidently predicted ones,
+and train a new experiment on train + pseudo-labelled images. Here:
+
+* **Labels are what the teacher would submit**: its predictor (TTA, ensemble weights) and
+  its tuned post-processing (``postprocess.json``), hard masks, encoded with the student's
+  ``data.rle_*`` spec into ``runs/<student>/pseudo/fold_<k>.csv`` (one row per image: id,
+  image path, confident fraction, one RLE per class), written once and reused on resume.
+* **Confidence filter**: a pixel is confident when its probability is >= ``confidence`` or
+  <= ``1 - confidence`` for every class (multiclass: its top class >= ``confidence``); an
+  image is used when at least ``min_confident_fraction`` of its pixels are, the most
+  confident first up to ``max_images``.
+* **Honest CV**: pseudo images enter fold k's *training* set only, never a validation set,
+  so OOF and CV are scored on labelled images alone. With ``per_fold: true`` (the default)
+  fold k's labels come from the teacher's fold k model only, which never saw fold k's
+  validation images (the teacher's ``folds.csv`` must put every image in the same fold,
+  checked). With ``per_fold: false`` every fold gets the labels of all the teacher's folds,
+  which carry fold k's validation images into its training through the teacher's other
+  folds: the run says so in the log and in ``done.json`` / ``cv.json`` (``pseudo.leaky``).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .config import Config, ConfigError
+from .data import Sample
+from .run import Run, write_text
+
+log = logging.getLogger(__name__)
+
+__all__ = ["add_pseudo_labels", "pseudo_samples", "confident_fraction", "pseudo_info", "teacher_run"]
+
+
+def confident_fraction(probs: np.ndarray, task: str, confidence: float) -> float:
+    """The fraction of pixels whose prediction is confident (see the module docstring)."""
+    if task == "multiclass":
+        return float((probs.max(axis=0) >= confidence).mean())
+    sure = (probs >= confidence) | (probs <= 1.0 - confidence)
+    return float(sure.all(axis=0).mean())
+
+
+def _label_rles(mask: np.ndarray, task: str, num_classes: int, spec) -> list[str]:
+    """One RLE per channel the student's reader expects: classes 1..C-1 of a label map, else each channel."""
+    if task == "multiclass":
+        return [spec.encode((mask == c).astype(np.uint8)) for c in range(1, num_classes)]
+    return [spec.encode(mask[c]) for c in range(mask.shape[0])]
+
+
+def pseudo_info(cfg: Config) -> dict[str, Any] | None:
+    """What ``done.json`` / ``cv.json`` record of the pseudo-labels (None when off)."""
+    p = cfg.pseudo
+    if p.teacher is None:
+        return None
+    return {"teacher": p.teacher, "per_fold": p.per_fold, "leaky": not p.per_fold, "confidence": p.confidence,
+            "min_confident_fraction": p.min_confident_fraction}
+
+
+def teacher_run(cfg: Config) -> Run | None:
+    """The run named by ``pseudo.teacher`` (None when off); refused if it is not a run folder."""
+    if cfg.pseudo.teacher is None:
+        return None
+    run = Run(Path(cfg.pseudo.teacher).expanduser())
+    if not (run.config_yaml.is_file() or run.ensemble_json.is_file()):
+        raise ConfigError(f"pseudo.teacher: {run.dir} is not a run folder (no config.yaml or ensemble.json)")
+    if run.dir.resolve() == Run.of(cfg).dir.resolve():
+        raise ConfigError(f"pseudo.teacher: {run.dir} is this run itself")
+    return run
+
+
+def _make(cfg: Config, run: Run, fold: int | None, folds: pd.DataFrame, path: Path) -> None:
+    from .data.masks import train_rle_spec
+    from .data.sources import load_test_samples
+    from .device import resolve_device
+    from .postprocess import apply_postprocess, load_params
+    from .predictor import Predictor
+    from .stages import check_same_folds
+
+    teacher = teacher_run(cfg)
+    if fold is not None:
+        check_same_folds(teacher, folds, "pseudo.teacher")
+    predictor = Predictor.from_run(teacher, device=resolve_device(cfg.train.device), batch_size=cfg.predict.batch_size,
+                                   num_workers=cfg.train.num_workers)
+    missing = [m.run.dir for m in predictor.members if fold is not None and fold not in m.folds]
+    if missing:
+        raise ConfigError(f"pseudo.teacher: fold {fold} is not trained in {missing}; per-fold labels need every fold")
+    tcfg = teacher.config()
+    if tcfg.data.task != cfg.data.task or tcfg.data.num_classes != cfg.data.num_classes:
+        raise ConfigError(f"pseudo.teacher: {teacher.dir} predicts {tcfg.data.task} with {tcfg.data.num_classes} classes; "
+                          f"this run is {cfg.data.task} with {cfg.data.num_classes}")
+    params, spec, p = load_params(tcfg, teacher), train_rle_spec(cfg), cfg.pseudo
+    samples = load_test_samples(cfg)
+    by_id = {s.id: s for s in samples}
+    rows = []
+    log.info("pseudo-labelling %d test images with %s (%s)", len(samples), teacher.dir,
+             f"fold {fold} only" if fold is not None else "all folds")
+    for image_id, probs, _ in predictor.iter_probs(samples, fold=fold):
+        prob = probs.numpy()
+        frac = confident_fraction(prob, cfg.data.task, p.confidence)
+        if frac < p.min_confident_fraction:
+            continue
+        mask = apply_postprocess(prob, cfg.data.task, params)
+        rows.append((image_id, str(by_id[image_id].image), round(frac, 6), *_label_rles(mask, cfg.data.task, cfg.data.num_classes, spec)))
+    rows.sort(key=lambda r: -r[2])
+    if p.max_images is not None:
+        rows = rows[: p.max_images]
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    n_rle = cfg.data.num_classes - 1 if cfg.data.task == "multiclass" else cfg.data.num_classes
+    w.writerow(["id", "image", "confident_fraction", *[f"rle_{c}" for c in range(n_rle)]])
+    w.writerows(rows)
+    write_text(path, buf.getvalue())
+    log.info("pseudo-labels: %d of %d test images confident enough (>= %.2f of pixels at %.2f) -> %s",
+             len(rows), len(samples), p.min_confident_fraction, p.confidence, path)
+
+
+def pseudo_samples(cfg: Config, run: Run, fold: int, folds: pd.DataFrame, make: bool = True) -> list[Sample]:
+    """Fold ``fold``'s pseudo-labelled training samples (``[]`` without ``pseudo.teacher``).
+
+    ``make``: write the labels file if it is missing (rank 0); other ranks only read it.
+    """
+    if cfg.pseudo.teacher is None:
+        return []
+    key = fold if cfg.pseudo.per_fold else None
+    path = run.pseudo_csv(key)
+    if not path.is_file():
+        if not make:
+            raise FileNotFoundError(f"{path}: pseudo-labels not written")
+        if key is None:
+            log.warning("pseudo.per_fold is false: every fold trains on labels from all the teacher's folds, which saw "
+                        "its validation images; its CV is optimistic (recorded as pseudo.leaky in done.json and cv.json)")
+        _make(cfg, run, key, folds, path)
+    df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    rle_cols = [c for c in df.columns if c.startswith("rle_")]
+    return [Sample(f"pseudo_{r['id']}", Path(r["image"]), rles=tuple(r[c] for c in rle_cols), where=f"{path} line {i + 2}")
+            for i, r in df.iterrows()]
+
+
+def add_pseudo_labels(cfg: Config, run: Run, fold: int, folds: pd.DataFrame, d) -> list[Sample]:
+    """``pseudo.teacher``: fold ``fold``'s pseudo-labelled samples (rank 0 writes them, the others read)."""
+    if cfg.pseudo.teacher is None:
+        return []
+    pseudo = pseudo_samples(cfg, run, fold, folds) if d.is_main else []
+    d.barrier()
+    if not d.is_main:
+        pseudo = pseudo_samples(cfg, run, fold, folds, make=False)
+    log.info("fold %d: %d pseudo-labelled images join its training set", fold, len(pseudo))
+    return pseudo

@@ -1,0 +1,96 @@
+"""Multi-stage training: fold k of a run starts from fold k of an earlier run (``train.init_from``).
+
+The usual second stage of a Kaggle pipeline (a higher resolution, another loss such as lovasz,
+a lower learning rate) continues from the first stage's weights. Doing it per fold keeps CV
+honest: fold k's new model has only ever seen fold k's training images, because the earlier
+run was split by the same ``folds.csv`` (checked: every id in the same fold, else refused)
+and fold k of it never trained on fold k's validation images. Starting every fold from one
+model (or from another fold's) would carry validation images into training, so it is not
+offered. The architecture must match key for key; the training resolution may differ.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from .checkpoint import chosen_weights, load_checkpoint
+from .config import Config, ConfigError
+from .run import Run
+
+log = logging.getLogger(__name__)
+
+__all__ = ["init_run", "init_source", "check_same_folds", "check_init_folds", "load_fold_init"]
+
+
+def init_run(cfg: Config) -> Run | None:
+    """The run named by ``train.init_from`` (None when unset); refused if it is not a trained run."""
+    if cfg.train.init_from is None:
+        return None
+    run = Run(Path(cfg.train.init_from).expanduser())
+    if not run.config_yaml.is_file() or run.is_ensemble:
+        raise ConfigError(f"train.init_from: {run.dir} is not a trained run folder (no config.yaml, or an ensemble)")
+    if run.dir.resolve() == Run.of(cfg).dir.resolve():
+        raise ConfigError(f"train.init_from: {run.dir} is this run itself; use --resume to continue a run")
+    return run
+
+
+def check_same_folds(prev: Run, folds: pd.DataFrame, key: str) -> None:
+    """Every image of ``folds`` must be in the same fold in ``prev``'s ``folds.csv`` (error names ``key``)."""
+    if not prev.folds_csv.is_file():
+        raise ConfigError(f"{key}: {prev.folds_csv} not found")
+    theirs = pd.read_csv(prev.folds_csv, dtype={"id": str})
+    ours = folds[["id", "fold"]].astype({"id": str})
+    merged = ours.merge(theirs[["id", "fold"]], on="id", how="left", suffixes=("", "_prev"))
+    missing = merged["fold_prev"].isna()
+    if missing.any():
+        ids = merged.loc[missing, "id"].tolist()
+        raise ConfigError(f"{key}: {len(ids)} image(s) of this run are not in {prev.folds_csv} (e.g. {ids[:3]}); "
+                          "a fold would learn from a model that may have trained on its validation images")
+    moved = merged[merged["fold"] != merged["fold_prev"].astype(int)]
+    if len(moved):
+        r = moved.iloc[0]
+        raise ConfigError(f"{key}: {len(moved)} image(s) are in another fold in {prev.folds_csv} "
+                          f"(e.g. {r['id']!r}: fold {int(r['fold_prev'])} there, {int(r['fold'])} here); use the same folds "
+                          "(same folds settings and data), or fold k would learn from weights trained on its validation images")
+
+
+def check_init_folds(cfg: Config, folds: pd.DataFrame, folds_to_train: list[int]) -> None:
+    """The earlier run must have the same fold of every image and a trained model for each fold to train."""
+    prev = init_run(cfg)
+    if prev is None:
+        return
+    check_same_folds(prev, folds, "train.init_from")
+    untrained = [k for k in folds_to_train if not prev.best_pt(k).is_file()]
+    if untrained:
+        raise ConfigError(f"train.init_from: {prev.dir} has no trained fold(s) {untrained} (no best.pt)")
+
+
+def init_source(cfg: Config, fold: int) -> str | None:
+    """The checkpoint fold ``fold`` started from (None without ``train.init_from``)."""
+    prev = init_run(cfg)
+    return str(prev.best_pt(fold)) if prev is not None else None
+
+
+def load_fold_init(cfg: Config, fold: int, model: torch.nn.Module, ema=None) -> str | None:
+    """Load fold ``fold``'s weights of ``train.init_from`` into ``model`` (and the EMA copy); the source path."""
+    prev = init_run(cfg)
+    if prev is None:
+        return None
+    path = prev.best_pt(fold)
+    state = load_checkpoint(path)
+    weights = chosen_weights(state, bool(state.get("config", {}).get("train", {}).get("use_ema", False)))
+    own = model.state_dict()
+    missing, unexpected = [k for k in own if k not in weights], [k for k in weights if k not in own]
+    shapes = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in weights.items() if k in own and own[k].shape != v.shape]
+    if missing or unexpected or shapes:
+        raise ConfigError(f"train.init_from: {path} does not fit this model (missing {missing[:3]}, unexpected "
+                          f"{unexpected[:3]}, other shapes {shapes[:3]}); the architecture must be the same")
+    model.load_state_dict(weights)
+    if ema is not None:
+        ema.set(model)
+    log.info("fold %d starts from %s (epoch %s, val score %s)", fold, path, state.get("epoch"), state.get("best_score"))
+    return str(path)

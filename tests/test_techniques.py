@@ -1,0 +1,213 @@
+"""Training techniques: checkpoint averaging, multi-stage training (train.init_from), lr-find."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pandas as pd
+import pytest
+import torch
+
+from seg_toolkit.averaging import average_checkpoints, average_state_dicts, recompute_batchnorm
+from seg_toolkit.checkpoint import load_checkpoint, save_checkpoint
+from seg_toolkit.config import ConfigError, config_from_dict
+from seg_toolkit.cv import run_cv
+from seg_toolkit.lr_find import lr_find, lr_sweep, suggest
+from seg_toolkit.run import Run
+
+from .conftest import demo_dict
+
+
+# ----------------------------------------------------------------------------- averaging
+
+
+def test_average_state_dicts_is_the_hand_computed_mean():
+    a = {"w": torch.tensor([1.0, 2.0]), "b": torch.tensor([0.5], dtype=torch.float16), "n": torch.tensor(3)}
+    b = {"w": torch.tensor([3.0, 6.0]), "b": torch.tensor([1.5], dtype=torch.float16), "n": torch.tensor(5)}
+    c = {"w": torch.tensor([2.0, 1.0]), "b": torch.tensor([1.0], dtype=torch.float16), "n": torch.tensor(4)}
+    out = average_state_dicts([a, b, c])
+    assert torch.equal(out["w"], torch.tensor([2.0, 3.0]))
+    assert out["b"].dtype == torch.float16 and out["b"].item() == 1.0
+    assert out["n"].item() == 5  # counters: the largest
+    with pytest.raises(ValueError, match="other keys"):
+        average_state_dicts([a, {"w": a["w"]}])
+
+
+def test_average_checkpoints_files(tmp_path):
+    paths = []
+    for i, v in enumerate((1.0, 2.0, 6.0)):
+        p = tmp_path / f"best_e{i:03d}.pt"
+        save_checkpoint({"model": {"w": torch.full((2,), v)}, "ema": None, "config": {}, "model_args": {}, "epoch": i + 1,
+                         "best_score": 0.0}, p)
+        paths.append(p)
+    out = average_checkpoints(paths, use_ema=False)
+    assert torch.equal(out["model"]["w"], torch.full((2,), 3.0)) and out["averaged_from"] == [1, 2, 3]
+    assert out["ema"] is None
+
+
+def test_recompute_batchnorm_gives_the_training_set_statistics():
+    torch.manual_seed(0)
+    bn = torch.nn.BatchNorm2d(2, momentum=0.1)
+    bn.running_mean.fill_(7.0)  # stale statistics, as an average of epochs would have
+    data = [torch.randn(4, 2, 3, 3) * 2 + 1 for _ in range(5)]
+    n = recompute_batchnorm(torch.nn.Sequential(bn), data, torch.device("cpu"), lambda m, x: m(x))
+    assert n == 1 and bn.momentum == 0.1  # momentum restored
+    allx = torch.cat(data)
+    # cumulative average of per-batch means equals the overall mean (equal batch sizes)
+    assert torch.allclose(bn.running_mean, allx.mean(dim=(0, 2, 3)), atol=1e-5)
+    per_batch_var = torch.stack([x.var(dim=(0, 2, 3), unbiased=True) for x in data]).mean(0)
+    assert torch.allclose(bn.running_var, per_batch_var, atol=1e-5)
+
+
+def _cfg(demo_root, runs, name="t", **train):
+    return config_from_dict(demo_dict(demo_root, runs, experiment=name, folds={"n_splits": 2, "method": "kfold", "seed": 0},
+                                      train={"epochs": 3, "batch_size": 2, **train}))
+
+
+def test_average_best_epochs_becomes_best_pt(demo_root, tmp_path):
+    cfg = _cfg(demo_root, tmp_path / "runs", keep_best_k=2, average_best=True, epochs=3)
+    cv = run_cv(cfg, folds=[0])
+    run = Run.of(cfg)
+    done = json.loads(run.done_json(0).read_text())
+    kept = sorted(run.fold_dir(0).glob("best_e*.pt"))
+    assert len(kept) == 2 and done["averaged_epochs"] == [int(p.stem[6:]) for p in kept]
+    best = load_checkpoint(run.best_pt(0))
+    assert best["averaged_from"] == done["averaged_epochs"]
+    mean = average_state_dicts([load_checkpoint(p)["model"] for p in kept])
+    for k, v in best["model"].items():  # the weights are the mean; BatchNorm statistics were recomputed
+        if "running_" not in k and "num_batches" not in k:
+            assert torch.allclose(v, mean[k]), k
+    assert any(not torch.equal(best["model"][k], mean[k]) for k in best["model"] if "running_mean" in k)
+    assert math.isfinite(done["averaged_val_score"]) and done["single_best_val_score"] == done["best_val_score"]
+    assert cv["per_fold"][0]["averaged_val_score"] == done["averaged_val_score"]
+
+
+def test_average_best_needs_kept_epochs(tmp_path):
+    with pytest.raises(ConfigError, match="keep_best_k >= 2"):
+        config_from_dict({"data": {"root": str(tmp_path)}, "train": {"average_best": True}})
+
+
+# ----------------------------------------------------------------------------- multi-stage
+
+
+def test_init_from_loads_the_same_fold_and_refuses_other_folds(demo_root, tmp_path):
+    runs = tmp_path / "runs"
+    first = _cfg(demo_root, runs, "stage1", epochs=1)
+    run_cv(first)
+    second = _cfg(demo_root, runs, "stage2", epochs=1, init_from=str(runs / "stage1"))
+    starts = {}
+    import seg_toolkit.train as train_mod
+
+    original = train_mod.load_fold_init
+
+    def spy(cfg, fold, model, ema=None):
+        out = original(cfg, fold, model, ema)
+        starts[fold] = {k: v.clone() for k, v in model.state_dict().items()}
+        return out
+
+    train_mod.load_fold_init = spy
+    try:
+        cv = run_cv(second)
+    finally:
+        train_mod.load_fold_init = original
+    for k in (0, 1):  # fold k started exactly from stage 1's fold k
+        prev = load_checkpoint(runs / "stage1" / f"fold_{k}" / "best.pt")["model"]
+        assert all(torch.equal(starts[k][n], prev[n]) for n in prev)
+        assert cv["per_fold"][k]["init_from"] == str(runs / "stage1" / f"fold_{k}" / "best.pt")
+
+    # another fold assignment: refused before training, naming an image that moved
+    other = config_from_dict({**demo_dict(demo_root, runs, experiment="stage2b", train={"epochs": 1, "batch_size": 2,
+                                                                                           "init_from": str(runs / "stage1")}),
+                              "folds": {"n_splits": 2, "method": "kfold", "seed": 7}})
+    folds = pd.read_csv(runs / "stage1" / "folds.csv")
+    with pytest.raises(ConfigError, match="in another fold"):
+        run_cv(other)
+    assert set(folds["fold"]) == {0, 1}
+
+
+def test_init_from_refuses_another_architecture(demo_root, tmp_path):
+    runs = tmp_path / "runs"
+    run_cv(_cfg(demo_root, runs, "s1", epochs=1), folds=[0])
+    wide = config_from_dict(demo_dict(demo_root, runs, experiment="s2", folds={"n_splits": 2, "method": "kfold", "seed": 0},
+                                      model={"arch": "scratch_unet", "depth": 2, "base_width": 8},
+                                      train={"epochs": 1, "batch_size": 2, "init_from": str(runs / "s1")}))
+    with pytest.raises(ConfigError, match="does not fit this model"):
+        run_cv(wide, folds=[0])
+
+
+# ----------------------------------------------------------------------------- lr-find
+
+
+def test_lr_sweep_on_a_quadratic_with_a_known_stable_range():
+    """Gradient descent on 0.5*L*w^2 contracts for lr < 2/L and diverges above it; the fastest
+    descent is near lr = 1/L. With L = 10 the suggestion must lie below 2/L = 0.2."""
+    L, w = 10.0, [1.0]
+
+    def step(lr: float) -> float:
+        w[0] -= lr * L * w[0]
+        return 0.5 * L * w[0] ** 2 + 1.0  # + a floor, as a real loss has
+
+    sweep = lr_sweep(step, start=1e-4, end=10.0, steps=100)
+    assert sweep["lr"][-1] < 10.0  # stopped when the loss diverged
+    found = suggest(sweep)
+    assert 1e-3 <= found["suggested_lr"] < 0.2, found
+    assert found["suggested_lr"] == min(found["steep"], found["valley"])
+
+
+def test_lr_find_command_on_the_demo(demo_root, tmp_path):
+    cfg = _cfg(demo_root, tmp_path / "runs", "lr")
+    r = lr_find(cfg, fold=0, start=1e-6, end=10.0, steps=40)
+    assert math.isfinite(r["suggested_lr"]) and 1e-6 <= r["suggested_lr"] <= 10.0
+    run = Run.of(cfg)
+    saved = json.loads(run.lr_find_json.read_text())
+    assert saved["suggested_lr"] == r["suggested_lr"] and len(saved["lr"]) == len(saved["loss"]) >= 10
+    assert run.lr_find_png.stat().st_size > 5000
+    run_cv(cfg, folds=[0])  # the folder lr-find wrote into is still a run folder that training accepts
+
+
+# ----------------------------------------------------------------------------- deep supervision
+
+
+def test_deep_supervision_heads_in_training_only():
+    from seg_toolkit.config import ModelConfig
+    from seg_toolkit.models import build_model
+
+    model = build_model(ModelConfig(arch="scratch_unet", depth=3, base_width=4, deep_supervision=0.4), num_classes=2)
+    x = torch.randn(2, 3, 45, 61)  # padded to 48x64 inside, cropped back
+    model.train()
+    main, aux = model(x)
+    assert main.shape == (2, 2, 45, 61) and len(aux) == 2 and all(a.shape == main.shape for a in aux)
+    model.eval()
+    out = model(x)
+    assert isinstance(out, torch.Tensor) and out.shape == (2, 2, 45, 61)
+    plain = build_model(ModelConfig(arch="scratch_unet", depth=3, base_width=4), num_classes=2)
+    # the same network plus 1x1 heads on the 16- and 8-channel decoder stages (widths 4, 8, 16, 32): nothing else
+    extra = sum(p.numel() for p in model.parameters()) - sum(p.numel() for p in plain.parameters())
+    assert extra == (16 * 2 + 2) + (8 * 2 + 2)
+
+
+def test_model_loss_adds_the_weighted_mean_of_the_aux_losses():
+    from seg_toolkit.losses import model_loss
+
+    def loss_fn(logits, target):
+        v = (logits - target).abs().mean()
+        return v, {"l1": v.detach()}
+
+    t = torch.zeros(1, 1, 2, 2)
+    main, aux = torch.full_like(t, 1.0), [torch.full_like(t, 2.0), torch.full_like(t, 4.0)]
+    loss, terms = model_loss(loss_fn, (main, aux), t, aux_weight=0.5)
+    assert loss.item() == pytest.approx(1.0 + 0.5 * 3.0) and terms["aux"].item() == pytest.approx(3.0)
+    assert model_loss(loss_fn, main, t, 0.5)[0].item() == 1.0
+
+
+def test_deep_supervision_trains_and_is_checked(demo_root, tmp_path):
+    cfg = config_from_dict(demo_dict(demo_root, tmp_path / "runs", folds={"n_splits": 2, "method": "kfold", "seed": 0},
+                                     model={"arch": "scratch_unet", "depth": 2, "base_width": 4, "deep_supervision": 0.4},
+                                     train={"epochs": 1, "batch_size": 2}))
+    cv = run_cv(cfg, folds=[0])
+    assert math.isfinite(cv["score"])
+    assert "aux" in pd.read_csv(Run.of(cfg).metrics_csv(0)).columns.str.cat(sep=",")
+    with pytest.raises(ConfigError, match="model.deep_supervision: auxiliary heads are built for scratch_unet"):
+        config_from_dict(demo_dict(demo_root, tmp_path / "r2", model={"arch": "unet", "encoder": "tu-test_resnet",
+                                                                      "deep_supervision": 0.4}))
