@@ -55,6 +55,7 @@ from .bundle_templates import PREDICT_PY, fill, notebook, readme
 from .checkpoint import chosen_weights, load_checkpoint, save_checkpoint
 from .config import ConfigError, load_config
 from .errors import SegToolkitError
+from .versions import library_versions
 from .run import Run, delete_path, read_json, write_json, write_text
 
 log = logging.getLogger(__name__)
@@ -63,9 +64,6 @@ __all__ = ["BundleError", "DEFAULT_BASE_ENV", "build_bundle", "bundle_config", "
 
 DEFAULT_BASE_ENV = ("torch", "torchvision")
 _COPIED = ("folds_csv", "fold_balance_csv", "cv_json", "postprocess_json", "tta_json", "amp_json")  # Run properties
-_VERSIONED = ("seg_toolkit", "torch", "torchvision", "timm", "segmentation-models-pytorch")
-
-
 class BundleError(SegToolkitError, RuntimeError):
     """A bundle cannot be made as asked (missing folds, a dependency that cannot be gathered, ...)."""
 
@@ -172,19 +170,6 @@ def _copy_run(src: Run, dst: Run, folds: list[int], fp16: bool) -> dict[str, Any
                                    **_write_weights(src.best_pt(k), dst.best_pt(k), use_ema, fp16)}
         shutil.copyfile(src.done_json(k), dst.done_json(k))
     return info
-
-
-def _versions() -> dict[str, str | None]:
-    from importlib import metadata
-
-    out: dict[str, str | None] = {"python": platform.python_version()}
-    for name in _VERSIONED:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = None
-    out["torch"] = torch.__version__  # with the build tag (+cpu, +cu121) that the metadata lacks
-    return out
 
 
 def _trained_with(run: Run, folds: list[int]) -> Any:
@@ -370,7 +355,7 @@ def build_bundle(runs: Sequence[Run], out: str | Path, fp16: bool = False, base_
         data = {"format": 1, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "default_run": top[0].dir.resolve().name,
                 "named": [r.dir.resolve().name for r in top], "runs": infos, "fp16": fp16, "warnings": warnings,
-                "versions": {"bundled_with": _versions(), "platform": platform.platform()},
+                "versions": {"bundled_with": library_versions(), "platform": platform.platform()},
                 "base_env": sorted(base), "wheels": gathered}
         write_json(tmp / "bundle.json", data)
         _write_texts(tmp, data, lead)

@@ -40,6 +40,7 @@ from .optim import LRSchedule, build_optimizer
 from .run import Run, write_json
 from .pseudo import add_pseudo_labels, pseudo_info
 from .stages import init_source, load_fold_init
+from .versions import library_versions
 from .tensors import activate, resize_to
 from . import track
 
@@ -164,7 +165,7 @@ def train_attempt(cfg: Config, fold: int, samples: list[Sample], folds: pd.DataF
         summary.update(fold=fold, best_epoch=state.best_epoch + 1, best_val_score=state.best_score, epochs_run=state.epoch,
                        n_train=len(train_set), n_valid=len(valid_set), world_size=d.world_size, optim_lr=cfg.optim.lr,
                        amp=amp.mode, amp_reason=amp.reason, init_from=initialised,
-                       n_pseudo=len(pseudo), pseudo=pseudo_info(cfg), **averaged)
+                       n_pseudo=len(pseudo), pseudo=pseudo_info(cfg), versions=library_versions(), **averaged)
         write_json(run.done_json(fold), summary)
     return d.broadcast(summary)
 
