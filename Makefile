@@ -28,6 +28,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_tta.py
 	$(BIN)/python bench/bench_predict.py
 	$(BIN)/python bench/bench_onnx.py
+	$(BIN)/python bench/bench_amp.py
 
 clean-demo:
 	rm -rf data/demo runs/demo submissions/demo.csv
