@@ -136,7 +136,7 @@ def train_attempt(cfg: Config, fold: int, samples: list[Sample], folds: pd.DataF
                 ) from None
             state.batch = 0
             d.average_buffers(model)
-            val_stats = d.broadcast(validate_epoch(cfg, model, ema, loss_fn, valid_loader, device) if d.is_main else None)
+            val_stats = d.broadcast(validate_epoch(cfg, model, ema, loss_fn, valid_loader, device, amp) if d.is_main else None)
             schedule.step_epoch(epoch, val_stats["val_score"])
             improved = update_best(state, val_stats["val_score"], epoch, cfg.train.early_stopping_min_delta)
             state.epoch = epoch + 1
@@ -153,7 +153,7 @@ def train_attempt(cfg: Config, fold: int, samples: list[Sample], folds: pd.DataF
         from .averaging import average_best_epochs
 
         averaged = average_best_epochs(cfg, run, fold, model, ema, [e for _, e in state.top_k], (state.best_epoch, state.best_score),
-                                       train_loader, lambda: validate_epoch(cfg, model, ema, loss_fn, valid_loader, device)["val_score"],
+                                       train_loader, lambda: validate_epoch(cfg, model, ema, loss_fn, valid_loader, device, amp)["val_score"],
                                        lambda batch: _to_device(batch, cfg, device)[0], amp, device)
     if d.is_main:
         from .oof import write_fold_oof
@@ -355,11 +355,11 @@ def _eval_models(model, ema, cfg: Config) -> dict[str, torch.nn.Module]:
 
 
 @torch.inference_mode()
-def predict_batches(cfg: Config, model: torch.nn.Module, loader: DataLoader, device: torch.device):
+def predict_batches(cfg: Config, model: torch.nn.Module, loader: DataLoader, device: torch.device, amp=None):
     """Yield ``(batch, pairs)``: ``pairs`` is a list of ``(logits, target)`` with logits resized to the
     target's (original) size; one pair for the batch, or one per image when original sizes differ."""
     model.eval()
-    amp = resolve_amp(cfg.train.amp, device, model)
+    amp = amp or resolve_amp(cfg.train.amp, device, model)  # the run's choice (amp.json) when training passes it
     for batch in loader:
         images, target = _to_device(batch, cfg, device)
         with autocast(amp, device):
@@ -371,13 +371,13 @@ def predict_batches(cfg: Config, model: torch.nn.Module, loader: DataLoader, dev
         yield batch, pairs
 
 
-def validate_epoch(cfg: Config, model, ema, loss_fn, loader: DataLoader, device) -> dict[str, float]:
+def validate_epoch(cfg: Config, model, ema, loss_fn, loader: DataLoader, device, amp=None) -> dict[str, float]:
     """Validation loss and metric (accumulated, never storing images) for the scored model, and the other one's score."""
     stats: dict[str, float] = {}
     for prefix, m in _eval_models(model, ema, cfg).items():
         evaluator = Evaluator(cfg.metric, cfg.data.task, cfg.data.num_classes)
         loss_sum, n = 0.0, 0
-        for _, pairs in predict_batches(cfg, m, loader, device):
+        for _, pairs in predict_batches(cfg, m, loader, device, amp):
             for logits, target in pairs:
                 loss, _ = loss_fn(logits, target)
                 loss_sum += float(loss) * logits.shape[0]
