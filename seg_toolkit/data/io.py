@@ -143,6 +143,13 @@ def read_image(path: str | Path, in_channels: int = 3, max_pixels: int = 50_000_
 LOSSY_FORMATS = ("JPEG", "MPO")
 
 
+def _refuse_lossy(path: Path, im, remedy: str) -> None:
+    """A mask stored in a lossy format (by content, whatever the extension) is an error naming ``remedy``."""
+    if im.format in LOSSY_FORMATS:
+        raise DataError(f"{path}: mask is a {im.format} file (lossy: compression noise changes pixel values near every "
+                        f"edge, so the mask is not what was drawn); {remedy}")
+
+
 def read_mask(path: str | Path, max_pixels: int = 50_000_000, lossy_ok: bool = False) -> np.ndarray:
     """Read a single-channel mask (8- or 16-bit, or palette indices) as an integer ``(H, W)`` array.
 
@@ -152,12 +159,8 @@ def read_mask(path: str | Path, max_pixels: int = 50_000_000, lossy_ok: bool = F
     """
     path = Path(path)
     im = _open(path, max_pixels)
-    if im.format in LOSSY_FORMATS and not lossy_ok:
-        raise DataError(
-            f"{path}: mask is a {im.format} file (lossy: compression noise changes pixel values near every edge, "
-            "so the mask is not what was drawn); convert the masks to PNG, or for binary masks set "
-            "data.mask_threshold (e.g. 128 for 0/255 masks)"
-        )
+    if not lossy_ok:
+        _refuse_lossy(path, im, "convert the masks to PNG, or for binary masks set data.mask_threshold (e.g. 128 for 0/255 masks)")
     if im.mode in ("RGB", "RGBA", "CMYK", "YCbCr", "LA"):
         raise DataError(
             f"{path}: mask is {im.mode} ({len(im.getbands())} channels); expected a single-channel "
@@ -189,12 +192,9 @@ def read_mask_array(path: str | Path, max_pixels: int = 50_000_000, lossy_ok: bo
     else:
         path = Path(path)
         im = _open(path, max_pixels)
-        if im.format in LOSSY_FORMATS and not lossy_ok:
-            raise DataError(
-                f"{path}: mask is a {im.format} file (lossy: compression noise changes pixel values near every edge, "
-                "so the mask is not what was drawn); for colour masks set data.mask_color_tolerance (nearest colour "
-                "within that distance, farther -> void), or convert the masks to PNG"
-            )
+        if not lossy_ok:
+            _refuse_lossy(path, im, "for colour masks set data.mask_color_tolerance (nearest colour within that distance, "
+                                    "farther -> void), or convert the masks to PNG")
         if kind == "channels":
             if im.mode not in _MULTI_MODES:
                 raise DataError(
