@@ -145,7 +145,7 @@ def measure_cpu_bf16(model: torch.nn.Module, loss_fn: torch.nn.Module, batch: Ca
         def step(dtype: torch.dtype | None) -> None:
             with torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
                 out = twin(images)
-            loss, _ = model_loss(loss_fn, out, target, 0.4)
+            loss, _ = model_loss(loss_fn, out, target, 0.4, float(hasattr(twin, "presence_head")))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -143,6 +143,9 @@ class ModelConfig:
     # scratch U-Net: > 0 adds a 1x1 head on each coarser decoder stage in training; the loss becomes
     # loss(main) + deep_supervision * mean(loss(aux)) (inference uses the main head only)
     deep_supervision: float = 0.0
+    # binary / multilabel: > 0 adds the auxiliary empty-mask classifier (a per-class presence logit from
+    # the encoder's deepest features); loss + classifier * BCE(presence); tune gates masks on it
+    classifier: float = 0.0
     encoder_lr_mult: float = 1.0
 
 

@@ -507,6 +507,12 @@ def _check_model(cfg: Config) -> None:
         raise ConfigError(f"model.deep_supervision: expected a loss weight in [0, 10] (0 = off), got {ds!r}")
     if ds > 0 and cfg.model.arch != "scratch_unet":
         raise ConfigError(f"model.deep_supervision: auxiliary heads are built for scratch_unet; model.arch is {cfg.model.arch!r}")
+    cls = cfg.model.classifier
+    if not (isinstance(cls, (int, float)) and not isinstance(cls, bool) and 0 <= cls <= 10):
+        raise ConfigError(f"model.classifier: expected a loss weight in [0, 10] (0 = off), got {cls!r}")
+    if cls > 0 and cfg.data.task == "multiclass":
+        raise ConfigError("model.classifier: the empty-mask classifier gates per-class masks (data.task binary or "
+                          "multilabel); a multiclass argmax has no empty mask to gate")
     arch = cfg.model.arch
     if arch == "scratch_unet":  # always registered; spares importing smp and timm
         return

@@ -531,15 +531,26 @@ class LossCombo(nn.Module):
         return f"task={self.task!r}, weights={self.weights}"
 
 
-def model_loss(loss_fn: nn.Module, out: Tensor | tuple, target: Tensor, aux_weight: float = 0.0) -> tuple[Tensor, dict[str, Tensor]]:
+def model_loss(loss_fn: nn.Module, out: Tensor | tuple, target: Tensor, aux_weight: float = 0.0,
+               presence_weight: float = 0.0) -> tuple[Tensor, dict[str, Tensor]]:
     """The training loss of a model output: plain logits, or ``(logits, [aux logits])`` from a deeply
-    supervised model, whose loss is ``loss(logits) + aux_weight * mean(loss(aux))`` (term ``aux``)."""
-    if not isinstance(out, tuple):
-        return loss_fn(out.float(), target)
-    logits, aux = out
+    supervised model, whose loss is ``loss(logits) + aux_weight * mean(loss(aux))`` (term ``aux``).
+    With ``presence_weight`` > 0 the logits carry the empty-mask classifier's channels
+    (:mod:`seg_toolkit.models.presence`): ``+ presence_weight * BCE(presence, mask non-empty)`` (term ``cls``)."""
+    from .models.presence import presence_loss, split_presence
+
+    logits, aux = (out, None) if not isinstance(out, tuple) else out
+    presence = None
+    if presence_weight > 0:
+        logits, presence = split_presence(logits, target.shape[1], True)
     loss, terms = loss_fn(logits.float(), target)
-    aux_loss = sum(loss_fn(a.float(), target)[0] for a in aux) / max(len(aux), 1)
-    return loss + aux_weight * aux_loss, {**terms, "aux": aux_loss.detach()}
+    if aux is not None:
+        aux_loss = sum(loss_fn(a.float(), target)[0] for a in aux) / max(len(aux), 1)
+        loss, terms = loss + aux_weight * aux_loss, {**terms, "aux": aux_loss.detach()}
+    if presence is not None:
+        cls_loss = presence_loss(presence, target)
+        loss, terms = loss + presence_weight * cls_loss, {**terms, "cls": cls_loss.detach()}
+    return loss, terms
 
 
 def build_loss(cfg: Config) -> LossCombo:

@@ -128,7 +128,7 @@ def lr_find(cfg: Config, fold: int = 0, start: float = 1e-7, end: float = 1.0, s
         images, target = _to_device(batch, cfg, device)
         with autocast(amp, device):
             out = model(images)
-        loss, _ = model_loss(loss_fn, out, target, cfg.model.deep_supervision)
+        loss, _ = model_loss(loss_fn, out, target, cfg.model.deep_supervision, cfg.model.classifier)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -35,6 +35,7 @@ from .amp import resolve_amp, run_amp
 from .device import autocast, resolve_device, seed_everything
 from .distributed import Dist, get_dist
 from .losses import build_loss, model_loss
+from .models.presence import has_presence, split_presence
 from .metrics import Evaluator
 from .optim import LRSchedule, build_optimizer
 from .run import Run, write_json
@@ -303,7 +304,7 @@ def train_one_epoch(cfg, model, ema, loss_fn, optimizer, schedule, scaler, loade
         images, target = _to_device(batch, cfg, device)
         with autocast(amp, device):
             out = model(images)
-        loss, terms = model_loss(loss_fn, out, target, cfg.model.deep_supervision)
+        loss, terms = model_loss(loss_fn, out, target, cfg.model.deep_supervision, cfg.model.classifier)
         scaler.scale(loss / accum).backward()
         if (i + 1) % accum == 0 or i + 1 == len(loader):
             optimizer_step(cfg, model, optimizer, scaler)
@@ -379,10 +380,11 @@ def validate_epoch(cfg: Config, model, ema, loss_fn, loader: DataLoader, device,
         loss_sum, n = 0.0, 0
         for _, pairs in predict_batches(cfg, m, loader, device, amp):
             for logits, target in pairs:
-                loss, _ = loss_fn(logits, target)
+                loss, _ = model_loss(loss_fn, logits, target, 0.0, cfg.model.classifier)
                 loss_sum += float(loss) * logits.shape[0]
                 n += logits.shape[0]
-                evaluator.update(activate(logits, cfg.data.task), target)
+                masks, _ = split_presence(logits, cfg.data.num_classes, has_presence(cfg))
+                evaluator.update(activate(masks, cfg.data.task), target)
         result = evaluator.compute()
         stats[f"{prefix}val_loss"] = loss_sum / max(n, 1)
         stats[f"{prefix}val_score"] = float(result["score"])

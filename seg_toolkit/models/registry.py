@@ -21,6 +21,7 @@ from torch import nn
 
 from seg_toolkit.config import ConfigError, ModelConfig
 
+from .presence import add_presence_head
 from .scratch_unet import ScratchUNet
 from .smp_models import SCRATCH_ENCODER, SMP_ARCHITECTURES, build_smp_model, default_encoder
 from .weights import is_weights_path, load_encoder_weights, resolve_weights_path
@@ -191,7 +192,9 @@ def build_model(cfg: ModelConfig, num_classes: int, in_channels: int = 3) -> nn.
     """Build ``cfg.arch`` with ``num_classes`` output channels for ``in_channels`` images.
 
     The model maps (N, in_channels, H, W) of any H, W to logits (N, num_classes, H, W)
-    (inputs are padded to the architecture's multiple and the logits cropped back), exposes
+    (inputs are padded to the architecture's multiple and the logits cropped back; with
+    ``model.classifier`` > 0, num_classes more channels hold each class's presence logit,
+    see :mod:`seg_toolkit.models.presence`), exposes
     ``model.encoder``, and carries ``model.build_spec``::
 
         {"model": dataclasses.asdict(cfg) with the default encoder filled in,
@@ -214,6 +217,8 @@ def build_model(cfg: ModelConfig, num_classes: int, in_channels: int = 3) -> nn.
         hint = f"; did you mean {close[0]!r}?" if close else ""
         raise ConfigError(f"model.arch: unknown architecture {cfg.arch!r}{hint} (valid: {', '.join(names)})")
     model = builder(cfg, num_classes, in_channels)
+    if cfg.classifier > 0:  # the auxiliary empty-mask classifier: output (N, 2C, H, W), see models/presence.py
+        add_presence_head(model, num_classes)
     resolved = cfg.encoder
     if cfg.arch != "scratch_unet" and resolved is None:
         resolved = default_encoder(cfg.arch)
