@@ -38,6 +38,7 @@ from .data import load_target, load_train_samples
 from .data.dataset import target_to_tensor
 from .metrics import Evaluator
 from .predictor import check_same_training
+from .models.presence import has_presence
 from .run import Run, read_json, read_oof, write_json, write_npy
 from .tensors import from_merge_space, probs_to_uint8, to_merge_space, uint8_to_probs
 
@@ -230,8 +231,15 @@ def build_ensemble(cfgs: list[Config], name: str | None = None, weights: Sequenc
         shutil.copyfile(runs[0].fold_balance_csv, out.fold_balance_csv)
     members = [{"run": out.member_ref(r), "weight": w} for r, w in zip(runs, chosen)]
     write_json(out.ensemble_json, {"members": members, "space": space, "folds": folds, "weights_search": search})
+    # the classifier's presence, as the predictor merges it: probability space, over the members that have one
+    with_presence = [(r, w) for r, w in zip(runs, chosen) if has_presence(r.config()) and w > 0]
     for s, _, probs, _ in tqdm(oof, total=len(oof.items), desc="ensemble OOF", leave=False, disable=None):
         write_npy(out.oof_path(s.id), probs_to_uint8(merge_probs(probs, chosen, space, ens_cfg.data.task)))
+        if with_presence:
+            total = sum(w for _, w in with_presence)
+            merged = sum(w / total * uint8_to_probs(read_oof(r.oof_presence_path(s.id), ndim=1)) for r, w in with_presence)
+            out.oof_presence_path(s.id).parent.mkdir(parents=True, exist_ok=True)
+            write_npy(out.oof_presence_path(s.id), probs_to_uint8(merged))
 
     from .cv import compute_cv
 

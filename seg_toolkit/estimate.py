@@ -102,13 +102,13 @@ def _per_image(cfg: Config, params, predictor, samples: list, stats: dict, clock
     colors = np.zeros((max(cfg.data.num_classes, 2), 3), np.uint8)
     stats.clear()
     n, post, start = 0, 0.0, clock()
-    gen = predictor.iter_probs(samples)
-    for image_id, probs, _ in gen:
+    gen = predictor.iter_predictions(samples)
+    for image_id, probs, presence, _ in gen:
         t = clock()
         p = probs.numpy()
         if save != "none":
             np.save(io.BytesIO(), p.astype(np.float16) if save == "float16" else probs_to_uint8(p))
-        mask = apply_postprocess(p, cfg.data.task, params)
+        mask = apply_postprocess(p, cfg.data.task, params, presence.numpy() if presence is not None else None)
         rows.writerows(mask_rows(image_id, mask, cfg))
         if masks != "none":
             mask_pngs(mask, cfg.data.task, masks, colors)

@@ -112,12 +112,16 @@ def predict_test(cfg: Config, out: str | Path | None = None, overwrite: bool = F
     passes = predictor.passes_per_image()
     log.info("predicting %d test images: %d forward passes each (%s)", len(samples), passes, predictor.describe())
     with SubmissionWriter(out, columns, expected, instance_rows=cfg.submission.instances) as writer:
-        bar = tqdm(predictor.iter_probs(samples), total=len(samples), desc=f"predict ({passes} passes/image)", disable=None)
-        for image_id, probs, _ in bar:
+        bar = tqdm(predictor.iter_predictions(samples), total=len(samples), desc=f"predict ({passes} passes/image)", disable=None)
+        for image_id, probs, presence, _ in bar:
             p = probs.numpy()
             if save != "none":
                 write_npy(run.test_prob_path(image_id), p.astype(np.float16) if save == "float16" else probs_to_uint8(p))
-            mask = apply_postprocess(p, cfg.data.task, params)
+                if presence is not None:
+                    run.test_presence_path(image_id).parent.mkdir(parents=True, exist_ok=True)
+                    write_npy(run.test_presence_path(image_id), presence.numpy().astype(np.float16) if save == "float16"
+                              else probs_to_uint8(presence.numpy()))
+            mask = apply_postprocess(p, cfg.data.task, params, _numpy(presence))
             writer.write(mask_rows(image_id, mask, cfg))
             if masks != "none":
                 for cls, png in mask_pngs(mask, cfg.data.task, masks, colors):
@@ -126,6 +130,10 @@ def predict_test(cfg: Config, out: str | Path | None = None, overwrite: bool = F
     if masks != "none":
         log.info("wrote the decided masks (%s) to %s", masks, run.test_masks_dir)
     return out
+
+
+def _numpy(t: torch.Tensor | None) -> np.ndarray | None:
+    return t.numpy() if t is not None else None
 
 
 def _mask_colors(cfg: Config) -> np.ndarray:
@@ -192,10 +200,10 @@ def score_samples(cfg: Config, run: Run, predictor: Predictor, samples: list[Sam
     params = load_params(cfg, run)
     task, c = cfg.data.task, cfg.data.num_classes
     probs_eval, masks_eval = Evaluator(cfg.metric, task, c), Evaluator(cfg.metric, task, c)
-    for _, probs, target in tqdm(predictor.iter_probs(samples, target_cfg=target_cfg), total=len(samples),
-                                 desc=desc, disable=None):
+    for _, probs, presence, target in tqdm(predictor.iter_predictions(samples, target_cfg=target_cfg), total=len(samples),
+                                           desc=desc, disable=None):
         probs_eval.update(probs[None], target[None])
-        mask = apply_postprocess(probs.numpy(), task, params)
+        mask = apply_postprocess(probs.numpy(), task, params, _numpy(presence))
         masks_eval.update_masks(torch.from_numpy(mask)[None], target[None])
     raw, post = probs_eval.compute(), masks_eval.compute()
     return {

@@ -46,10 +46,15 @@ def oof_predictor(cfg: Config, run: Run, folds: list[int] | None = None) -> Pred
     return Predictor([Member.load(run, cfg=cfg, tta=tta, merge=merge, folds=folds)])
 
 
-def save_oof(run: Run, image_id: str, probs: torch.Tensor, oof_dir=None):
-    """Quantise and write one OOF array; returns the probabilities exactly as saved (for scoring)."""
+def save_oof(run: Run, image_id: str, probs: torch.Tensor, oof_dir=None, presence: torch.Tensor | None = None):
+    """Quantise and write one OOF array (and the classifier's presence probabilities, when given);
+    returns the probabilities exactly as saved (for scoring)."""
     q = probs_to_uint8(probs)
     write_npy(run.oof_path(image_id, oof_dir), q)
+    if presence is not None:
+        path = run.oof_presence_path(image_id, oof_dir)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_npy(path, probs_to_uint8(presence))
     return torch.from_numpy(uint8_to_probs(q))
 
 
@@ -62,9 +67,9 @@ def write_fold_oof(cfg: Config, run: Run, fold: int, valid: list[Sample], predic
     predictor = predictor or oof_predictor(cfg, run, folds=[fold])
     evaluator = Evaluator(cfg.metric, cfg.data.task, cfg.data.num_classes)
     desc = f"OOF fold {fold} ({predictor.passes_per_image(fold)} passes/image)"
-    for image_id, probs, target in tqdm(predictor.iter_probs(valid, fold=fold, target_cfg=cfg), total=len(valid),
-                                        desc=desc, leave=False, disable=None):
-        evaluator.update(save_oof(run, image_id, probs)[None], target[None])
+    for image_id, probs, presence, target in tqdm(predictor.iter_predictions(valid, fold=fold, target_cfg=cfg),
+                                                  total=len(valid), desc=desc, leave=False, disable=None):
+        evaluator.update(save_oof(run, image_id, probs, presence=presence)[None], target[None])
     result = evaluator.compute()
     m = predictor.members[0]
     return {"metric": result["metric"], "oof_score": float(result["score"]),

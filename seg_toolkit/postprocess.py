@@ -2,7 +2,9 @@
 
 Parameters (one value per class): probability ``threshold``, ``min_area`` (connected
 components with fewer pixels are dropped) and, for binary/multilabel, an image-level
-``empty_gate`` (a class is left empty unless its max probability reaches the gate).
+``empty_gate`` (a class is left empty unless its gate score reaches the gate) with its
+``gate_source``: the class's max probability (``max_prob``), or the probability of the
+empty-mask classifier (``classifier``, a model trained with ``model.classifier``).
 They come from ``postprocess.json`` in the run folder when tuned on OOF predictions
 (``seg-toolkit tune``), else from the config.
 """
@@ -10,7 +12,7 @@ They come from ``postprocess.json`` in the run folder when tuned on OOF predicti
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import ndimage
@@ -22,14 +24,30 @@ log = logging.getLogger(__name__)
 __all__ = ["PostParams", "apply_postprocess", "remove_small", "params_from_config", "load_params"]
 
 
+#: what an empty gate compares with its value
+GATE_SOURCES = ("max_prob", "classifier")
+
+
 @dataclass
 class PostParams:
     threshold: list[float]
     min_area: list[int]
     empty_gate: list[float | None]
+    gate_source: list[str] = field(default_factory=list)  # per class; empty = max_prob everywhere (older files)
+
+    def __post_init__(self) -> None:
+        if not self.gate_source:
+            self.gate_source = ["max_prob"] * len(self.empty_gate)
+        bad = [g for g in self.gate_source if g not in GATE_SOURCES]
+        if bad or len(self.gate_source) != len(self.empty_gate):
+            raise ValueError(f"gate_source: expected one of {GATE_SOURCES} per class, got {self.gate_source!r}")
 
     def for_class(self, c: int) -> tuple[float, int, float | None]:
         return self.threshold[c], self.min_area[c], self.empty_gate[c]
+
+    def needs_presence(self) -> bool:
+        """Whether some class gates on the classifier's probability."""
+        return any(g is not None and s == "classifier" for g, s in zip(self.empty_gate, self.gate_source))
 
 
 def _broadcast(values: list, n: int, name: str) -> list:
@@ -63,7 +81,7 @@ def load_params(cfg: Config, run=None) -> PostParams:
         return params_from_config(cfg)
     try:
         params = PostParams(**data["params"])
-    except (KeyError, TypeError) as e:
+    except (KeyError, TypeError, ValueError) as e:
         raise ConfigError(f"{run.postprocess_json}: not a post-processing file ({type(e).__name__}: {e}); "
                           "run `seg-toolkit tune CONFIG` again or delete it") from None
     n = cfg.data.num_classes
@@ -84,8 +102,9 @@ def remove_small(mask: np.ndarray, min_area: int) -> np.ndarray:
     return keep[labels]
 
 
-def apply_postprocess(probs: np.ndarray, task: str, params: PostParams) -> np.ndarray:
-    """Masks from probabilities ``(C, H, W)``.
+def apply_postprocess(probs: np.ndarray, task: str, params: PostParams, presence: np.ndarray | None = None) -> np.ndarray:
+    """Masks from probabilities ``(C, H, W)`` (and the classifier's ``presence`` ``(C,)``, which a
+    ``gate_source: classifier`` needs).
 
     Binary/multilabel -> ``uint8 (C, H, W)``; multiclass -> ``uint8 (H, W)`` label map, where
     small components of a class become background (class 0).
@@ -98,10 +117,15 @@ def apply_postprocess(probs: np.ndarray, task: str, params: PostParams) -> np.nd
                 m = label == c
                 label[m & ~remove_small(m, area)] = 0
         return label
+    if presence is None and params.needs_presence():
+        raise ValueError("post-processing gates on the empty-mask classifier (gate_source: classifier), but this "
+                         "prediction has no classifier output (a model trained without model.classifier?)")
     out = np.zeros(probs.shape, np.uint8)
     for c in range(probs.shape[0]):
         thr, area, gate = params.for_class(c)
-        if gate is not None and probs[c].max() < gate:
-            continue
+        if gate is not None:
+            score = float(presence[c]) if params.gate_source[c] == "classifier" else probs[c].max()
+            if score < gate:
+                continue
         out[c] = remove_small(probs[c] >= thr, area)
     return out

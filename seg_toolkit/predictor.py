@@ -24,6 +24,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from .checkpoint import load_model
+from .models.presence import has_presence, split_presence
 from .config import Config, ConfigError, config_diff, config_to_dict
 from .data import DataError, Sample, build_transforms, load_target, read_image
 from .data.dataset import target_to_tensor
@@ -43,7 +44,7 @@ __all__ = ["Member", "Predictor", "tta_settings", "check_same_training", "TRAINE
 #: is refused (``seg-toolkit oof`` remakes the OOF after a change of the predict keys).
 TRAINED_KEYS = ("data.task", "data.num_classes", "data.in_channels", "data.ignore_index", "transforms.resize",
                 "transforms.mean", "transforms.std", "model.arch", "model.encoder", "model.depth", "model.base_width",
-                "model.norm", "model.upsample", "model.dropout", "model.params.", "train.use_ema")
+                "model.norm", "model.upsample", "model.dropout", "model.params.", "model.classifier", "train.use_ema")
 # not in it: model.encoder_weights (a checkpoint holds every weight; offline kernels set it to null),
 # model.channels_last (speed only), and the training-only keys (freeze_encoder_epochs, encoder_lr_mult, ...)
 PREDICT_KEYS = ("predict.tta", "predict.scales", "predict.merge", "predict.tile_size", "predict.tile_overlap",
@@ -295,32 +296,53 @@ class Predictor:
 
     def iter_probs(self, samples: list[Sample], fold: int | None = None, target_cfg: Config | None = None,
                    ) -> Iterator[tuple[str, torch.Tensor, torch.Tensor | None]]:
-        """Yield ``(id, probabilities (C, H, W) float32 on the CPU at the image's own size, target or None)``.
+        """Yield ``(id, probabilities (C, H, W) float32 on the CPU at the image's own size, target or None)``;
+        :meth:`iter_predictions` without the classifier's presence probabilities."""
+        for image_id, probs, _, target in self.iter_predictions(samples, fold, target_cfg):
+            yield image_id, probs, target
 
+    def iter_predictions(self, samples: list[Sample], fold: int | None = None, target_cfg: Config | None = None,
+                         ) -> Iterator[tuple[str, torch.Tensor, torch.Tensor | None, torch.Tensor | None]]:
+        """Yield ``(id, probabilities (C, H, W), presence (C,) or None, target or None)``, float32 on the CPU,
+        probabilities at the image's own size.
+
+        ``presence``: the empty-mask classifier's probability per class (``model.classifier``),
+        merged over TTA, folds and the members that have one (their weights renormalised), in
+        probability space; None when no member has a classifier.
         ``fold``: predict with that fold's model of every member only (out-of-fold prediction);
         None: every trained fold. ``target_cfg``: also read each image's target with this config.
         """
+        c = self.num_classes
+        present_weight = sum(w for m, w in zip(self.members, self.weights) if has_presence(m.cfg))
         for batch in self.loader(samples, target_cfg):
             sizes = batch["size"]
             acc: list[torch.Tensor | None] = [None] * len(sizes)
+            acc_presence: torch.Tensor | None = None
             for m, w in zip(self.members, self.weights):
                 images = batch["images"][m.preprocess].to(self.device, non_blocking=True)
                 folds = [fold] if fold is not None else m.folds
                 same = len(set(sizes)) == 1  # one resize for the whole batch, else one per image
                 for k in folds:
-                    probs = self._member_probs(m, images, k, m.tta, m.merge)
+                    probs, presence = split_presence(self._member_probs(m, images, k, m.tta, m.merge), c, has_presence(m.cfg))
+                    if presence is not None:
+                        share = presence * (w / len(folds) / present_weight)
+                        acc_presence = share if acc_presence is None else acc_presence.add_(share)
                     resized = resize_to(probs, sizes[0]) if same else None
                     for j, hw in enumerate(sizes):
                         p = to_merge_space(resized[j] if same else resize_to(probs[j : j + 1], hw)[0], self.space, self.task)
                         acc[j] = p * (w / len(folds)) if acc[j] is None else acc[j].add_(p, alpha=w / len(folds))
             targets = batch.get("target")
+            presence_cpu = acc_presence.cpu() if acc_presence is not None else None
             for j, image_id in enumerate(batch["id"]):
                 probs, acc[j] = from_merge_space(acc[j], self.space, self.task).cpu(), None  # hand over: the batch does not keep it
-                yield image_id, probs, (targets[j] if targets is not None else None)
+                yield (image_id, probs, presence_cpu[j] if presence_cpu is not None else None,
+                       targets[j] if targets is not None else None)
 
     def iter_candidate_probs(self, samples: list[Sample], fold: int, candidates: list[tuple[list[str], str]],
-                             target_cfg: Config | None = None) -> Iterator[tuple[str, list[torch.Tensor], torch.Tensor | None]]:
-        """Out-of-fold probabilities of one member under several ``(tta, merge)`` candidates at once.
+                             target_cfg: Config | None = None,
+                             ) -> Iterator[tuple[str, list[torch.Tensor], list[torch.Tensor | None], torch.Tensor | None]]:
+        """Out-of-fold ``(id, [probabilities], [presence or None], target)`` of one member under several
+        ``(tta, merge)`` candidates at once (one entry per candidate; see :meth:`iter_predictions`).
 
         Each distinct (transform, scale) variant runs through the model once per batch; each
         candidate merges its own variants, so ``identity`` is not recomputed per candidate.
@@ -343,9 +365,11 @@ class Predictor:
                     if v not in logits:
                         logits[v] = torch.empty((n, *out.shape[1:]), dtype=torch.float32, device=out.device)
                     logits[v][rows] = out.float()
-            merged = [merge_logits([logits[v] for v in _variants(names, scales)], self.task, merge)
+            merged = [split_presence(merge_logits([logits[v] for v in _variants(names, scales)], self.task, merge),
+                                     self.num_classes, has_presence(m.cfg))
                       for names, (_, merge) in zip(expanded, candidates)]
             targets = batch.get("target")
             for j, image_id in enumerate(batch["id"]):
                 hw = batch["size"][j]
-                yield image_id, [resize_to(p[j : j + 1], hw)[0].cpu() for p in merged], (targets[j] if targets is not None else None)
+                yield (image_id, [resize_to(p[j : j + 1], hw)[0].cpu() for p, _ in merged],
+                       [pr[j].cpu() if pr is not None else None for _, pr in merged], (targets[j] if targets is not None else None))

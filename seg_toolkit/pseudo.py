@@ -103,12 +103,12 @@ def _make(cfg: Config, run: Run, fold: int | None, folds: pd.DataFrame, path: Pa
     rows = []
     log.info("pseudo-labelling %d test images with %s (%s)", len(samples), teacher.dir,
              f"fold {fold} only" if fold is not None else "all folds")
-    for image_id, probs, _ in predictor.iter_probs(samples, fold=fold):
+    for image_id, probs, presence, _ in predictor.iter_predictions(samples, fold=fold):
         prob = probs.numpy()
         frac = confident_fraction(prob, cfg.data.task, p.confidence)
         if frac < p.min_confident_fraction:
             continue
-        mask = apply_postprocess(prob, cfg.data.task, params)
+        mask = apply_postprocess(prob, cfg.data.task, params, presence.numpy() if presence is not None else None)
         rows.append((image_id, str(by_id[image_id].image), round(frac, 6), *_label_rles(mask, cfg.data.task, cfg.data.num_classes, spec)))
     rows.sort(key=lambda r: -r[2])
     if p.max_images is not None:

@@ -102,9 +102,10 @@ def write_npy(path: str | Path, array: np.ndarray) -> Path:
     return Path(path)
 
 
-def read_oof(path: str | Path) -> np.ndarray:
-    """One OOF file: ``uint8 (C, H, W)`` probabilities ``round(p * 255)``. Anything else is a
-    :class:`~seg_toolkit.data.io.DataError` naming the file (never unpickled: ``allow_pickle=False``)."""
+def read_oof(path: str | Path, ndim: int = 3) -> np.ndarray:
+    """One OOF file: ``uint8 (C, H, W)`` probabilities ``round(p * 255)`` (``ndim=1``: the classifier's
+    ``(C,)``). Anything else is a :class:`~seg_toolkit.data.io.DataError` naming the file (never
+    unpickled: ``allow_pickle=False``)."""
     from .data.io import DataError  # lazy: the data package imports torch and albumentations
 
     path = Path(path)
@@ -119,9 +120,9 @@ def read_oof(path: str | Path) -> np.ndarray:
         raise DataError(f"{path}: not a readable .npy OOF file ({e}); {remake}") from None
     except (OSError, EOFError) as e:
         raise DataError(f"{path}: not a readable .npy OOF file ({type(e).__name__}: {e}); {remake}") from None
-    if not isinstance(q, np.ndarray) or q.dtype != np.uint8 or q.ndim != 3:
+    if not isinstance(q, np.ndarray) or q.dtype != np.uint8 or q.ndim != ndim:
         what = f"{q.dtype} array of shape {q.shape}" if isinstance(q, np.ndarray) else type(q).__name__
-        raise DataError(f"{path}: expected uint8 (C, H, W) OOF probabilities, got a {what}; {remake}")
+        raise DataError(f"{path}: expected uint8 {'(C, H, W)' if ndim == 3 else '(C,)'} OOF probabilities, got a {what}; {remake}")
     return q
 
 
@@ -332,8 +333,16 @@ class Run:
     def oof_path(self, image_id: str, oof_dir: Path | None = None) -> Path:
         return (oof_dir or self.oof_dir) / f"{image_id}.npy"
 
+    def oof_presence_path(self, image_id: str, oof_dir: Path | None = None) -> Path:
+        """The empty-mask classifier's OOF probabilities of one image (``uint8 (C,)``; model.classifier)."""
+        return (oof_dir or self.oof_dir) / "presence" / f"{image_id}.npy"
+
     def test_prob_path(self, image_id: str) -> Path:
         return self.test_probs_dir / f"{image_id}.npy"
+
+    def test_presence_path(self, image_id: str) -> Path:
+        """The empty-mask classifier's test probabilities of one image (``predict.save_probs``)."""
+        return self.test_probs_dir / "presence" / f"{image_id}.npy"
 
     # ------------------------------------------------------------------ fold files
     def fold_dir(self, fold: int) -> Path:

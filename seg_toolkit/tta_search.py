@@ -122,10 +122,10 @@ def choose_tta(
     try:
         for k in folds:
             _, valid = split_fold(samples, folds_df, k)
-            for image_id, probs, _ in tqdm(predictor.iter_candidate_probs(valid, k, pairs), total=len(valid),
-                                           desc=f"choose_tta fold {k}", leave=False, disable=None):
-                for d, p in zip(scratch, probs):
-                    save_oof(run, image_id, p, d)
+            for image_id, probs, presence, _ in tqdm(predictor.iter_candidate_probs(valid, k, pairs), total=len(valid),
+                                                     desc=f"choose_tta fold {k}", leave=False, disable=None):
+                for d, p, pr in zip(scratch, probs, presence):
+                    save_oof(run, image_id, p, d, presence=pr)
                 n_images += 1
         if not n_images:
             raise FileNotFoundError(f"{run.dir}: the completed folds have no validation images in {run.folds_csv}")
@@ -144,7 +144,12 @@ def choose_tta(
         # the winner's probabilities become the run's OOF, and its tuning the run's post-processing
         run.oof_dir.mkdir(exist_ok=True)
         for f in scratch[chosen_i].iterdir():
-            f.replace(run.oof_dir / f.name)
+            if f.is_dir():  # presence/: the classifier's probabilities
+                (run.oof_dir / f.name).mkdir(exist_ok=True)
+                for g in f.iterdir():
+                    g.replace(run.oof_dir / f.name / g.name)
+            else:
+                f.replace(run.oof_dir / f.name)
     finally:
         run.remove(cfg, run.tta_search_root)
     result = {

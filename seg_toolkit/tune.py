@@ -10,7 +10,11 @@ Steps, in order, each greedy per class with the other classes held fixed:
 1. ``threshold`` per class from ``postprocess.threshold_grid``;
 2. ``min_area`` per class from ``postprocess.min_area_grid`` (at the chosen threshold);
 3. ``empty_gate`` per class (binary / multilabel): the class of an image is left empty
-   unless its max probability reaches the gate. A gate usually pays off with a *lower*
+   unless its gate score reaches the gate. The score is the class's max probability, or,
+   for a model trained with the empty-mask classifier (``model.classifier``), the
+   classifier's probability (``oof/presence/``): both sources are searched, the better
+   kept (``gate_source``), and the step's ``best_by_source`` reports each one's best
+   score, the comparison of the two gates on OOF. A gate usually pays off with a *lower*
    threshold than the one chosen without it, so for a class whose min_area is 0 or 1 this
    step searches (threshold, gate) pairs together; that is exact and free from the
    threshold histograms. With a min_area > 1 the threshold stays as step 1 chose it.
@@ -38,7 +42,8 @@ How it stays fast and memory-bounded (probabilities are uint8, ``q / 255``):
 * min_area: connected components are labelled once per (image, class), at the chosen
   threshold only; each component's size and TP / FP pixels give the counts for every
   min_area candidate (multiclass: the truth histogram of each component of the argmax map);
-* empty gate: only needs each (image, class)'s max probability, kept from the first pass.
+* empty gate: only needs each (image, class)'s max probability, kept from the first pass
+  (and the classifier's probability, read once: one byte per image and class).
 
 Only these counts (a few integers per image, class and candidate) are kept. The uint8 OOF
 arrays and targets are cached in memory when their total is under ``memory_budget``
@@ -124,6 +129,8 @@ class OOFData:
         self.folds = run.completed_folds()
         items = [OOFItem(s, k, path) for s, k, path in run.oof_items(load_train_samples(cfg), oof_dir)]
         self.items: list[OOFItem] = items
+        #: the empty-mask classifier's uint8 OOF probabilities (N, C), or None for a model without one
+        self.presence: np.ndarray | None = self._read_presence(run, oof_dir)
         # the .npy size is C*H*W (+ header); the target is as large (binary/multilabel) or 1/C of it
         per_byte = 2.0 if self.task != "multiclass" else 1.0 + 1.0 / self.num_classes
         self.estimated_bytes = int(sum(it.path.stat().st_size for it in items) * per_byte)
@@ -133,6 +140,21 @@ class OOFData:
             "OOF: %d images of folds %s, ~%.1f MB with targets (%s)", len(items), self.folds,
             self.estimated_bytes / 1e6, "kept in memory" if self.cache_enabled else "over the memory budget: re-read per pass",
         )
+
+    def _read_presence(self, run: Run, oof_dir: Path | None) -> np.ndarray | None:
+        paths = [run.oof_presence_path(it.sample.id, oof_dir) for it in self.items]
+        if not paths or not paths[0].is_file():
+            return None
+        out = np.zeros((len(paths), self.num_classes), np.uint8)
+        for i, path in enumerate(paths):
+            if not path.is_file():
+                raise FileNotFoundError(f"{path}: the classifier's OOF file of id {self.items[i].sample.id!r} is missing "
+                                        f"({paths[0].name} and others exist); remake them with `seg-toolkit oof CONFIG`")
+            q = read_oof(path, ndim=1)
+            if q.shape != (self.num_classes,):
+                raise ValueError(f"{path}: expected uint8 ({self.num_classes},) presence probabilities, got {q.dtype} {q.shape}")
+            out[i] = q
+        return out
 
     def __len__(self) -> int:
         return len(self.items)
@@ -204,6 +226,13 @@ def _multiclass_score(conf: np.ndarray, metric: str, empty_score: str) -> float:
         return _mean_score(scores_from_counts(counts, metric, empty_score))
     cm = conf.sum(0)
     return mean_iou(cm) if metric == "miou" else pixel_accuracy(cm)
+
+
+def _replace(tp: np.ndarray, fp: np.ndarray, k: int, tp_k: np.ndarray, fp_k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Copies of the (N, C) counts with class k's column replaced."""
+    tp, fp = tp.copy(), fp.copy()
+    tp[:, k], fp[:, k] = tp_k, fp_k
+    return tp, fp
 
 
 def _better(score: float, best: float) -> bool:
@@ -315,7 +344,8 @@ def area_tables(data: OOFData, thresholds: Sequence[float], areas: Sequence[int]
 
 
 def gate_open(qmax: np.ndarray, gate: Optional[float]) -> np.ndarray:
-    """Where a class keeps its mask: ``max prob >= gate`` (everywhere when there is no gate)."""
+    """Where a class keeps its mask: ``score >= gate`` (everywhere when there is no gate); ``qmax``: the
+    uint8 gate scores (the max probability, or the classifier's probability)."""
     if gate is None:
         return np.ones(qmax.shape, bool)
     return _LEVELS[qmax] >= gate
@@ -476,6 +506,12 @@ def _search_sigmoid(
     thr = [float(t) for t in start.threshold]
     area = [int(a) for a in start.min_area]
     gate = [None if g is None else float(g) for g in start.empty_gate]
+    src = list(start.gate_source)
+    presence = getattr(data, "presence", None)
+    sources = ["max_prob", "classifier"] if presence is not None else ["max_prob"]
+    if presence is None and "classifier" in [s_ for g, s_ in zip(gate, src) if g is not None]:
+        raise ConfigError("tune: the starting post-processing gates on the classifier, but the OOF files hold no "
+                          "classifier probabilities (oof/presence/)")
     thr_cands = [_candidates(thr[k], [float(t) for t in cfg.postprocess.threshold_grid]) for k in range(c)]
     all_thr = _candidates(thr[0], [t for cands in thr_cands for t in cands])
     col = {t: j for j, t in enumerate(all_thr)}
@@ -489,8 +525,10 @@ def _search_sigmoid(
             return tab.area_tp[k][:, j], tab.area_fp[k][:, j]
         return tab.tp[:, k, j], tab.fp[:, k, j]
 
-    def gated(k: int, g: Optional[float], tp_k: np.ndarray, fp_k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        open_ = gate_open(tab.qmax[:, k], g)
+    def gated(k: int, g: Optional[float], tp_k: np.ndarray, fp_k: np.ndarray, source: str | None = None,
+              ) -> tuple[np.ndarray, np.ndarray]:
+        scores = presence if (source or src[k]) == "classifier" else tab.qmax
+        open_ = gate_open(scores[:, k], g)
         return np.where(open_, tp_k, 0), np.where(open_, fp_k, 0)
 
     # current counts (N, C) with the config's parameters
@@ -534,25 +572,33 @@ def _search_sigmoid(
     steps.append({"step": "min_area", "score": best, "min_area": list(area)})
     _step_log("min_area", prev, best, {"min_area": area})
 
-    # 3) empty gate; with min_area <= 1 the threshold is searched with it (exact from the histograms)
+    # 3) empty gate on each source (max probability; the classifier when the model has one); with
+    # min_area <= 1 the threshold is searched with it (exact from the histograms)
     prev = best
+    by_source: dict[str, list[float]] = {s_: [] for s_ in sources}
     for k in range(c):
         options = []
         for g in _candidates(gate[k], list(gate_grid)):
-            if area[k] > 1:
-                options.append(((thr[k], g), *gated(k, g, atp[:, k, acol[area[k]]], afp[:, k, acol[area[k]]])))
-            else:
-                options += [((t, g), *gated(k, g, *at_threshold(k, t, False))) for t in _candidates(thr[k], thr_cands[k])]
-        thr[k], gate[k] = greedy(k, options)
-    steps.append({"step": "empty_gate", "score": best, "empty_gate": list(gate), "threshold": list(thr)})
-    _step_log("empty_gate", prev, best, {"empty_gate": gate, "threshold": thr})
+            for s_ in ([src[k]] + [x for x in sources if x != src[k]]) if g is not None else [src[k]]:
+                if area[k] > 1:
+                    options.append(((thr[k], g, s_), *gated(k, g, atp[:, k, acol[area[k]]], afp[:, k, acol[area[k]]], s_)))
+                else:
+                    options += [((t, g, s_), *gated(k, g, *at_threshold(k, t, False), s_)) for t in _candidates(thr[k], thr_cands[k])]
+        for s_ in sources:  # the best of each source alone (the others fixed), for the report
+            by_source[s_].append(max(_sigmoid_score(*_replace(TP, FP, k, tp_k, fp_k), tab.pos, tab.n_valid, metric, empty_score)
+                                     for (_, g, s2), tp_k, fp_k in options if s2 == s_ or g is None))
+        thr[k], gate[k], src[k] = greedy(k, options)
+    steps.append({"step": "empty_gate", "score": best, "empty_gate": list(gate), "gate_source": list(src),
+                  "threshold": list(thr), "best_by_source": by_source})
+    _step_log("empty_gate", prev, best, {"empty_gate": gate, "gate_source": src, "threshold": thr,
+                                         **{f"best with {s_}": [round(v, 5) for v in by_source[s_]] for s_ in sources}})
 
     def scorer(tp: np.ndarray, fp: np.ndarray) -> Callable[[np.ndarray], float]:
         """The fast score of these counts over a subset of images (rows)."""
         return lambda rows: _sigmoid_score(tp[rows], fp[rows], tab.pos[rows], tab.n_valid[rows], metric, empty_score)
 
     fast = {"before": scorer(*start_counts), "after": scorer(TP, FP)}
-    return PostParams(threshold=thr, min_area=area, empty_gate=gate), steps, fast
+    return PostParams(threshold=thr, min_area=area, empty_gate=gate, gate_source=src), steps, fast
 
 
 def _search_multiclass(
@@ -589,7 +635,8 @@ def _search_multiclass(
     steps.append({"step": "empty_gate", **{**skipped, "score": best}})
     scorer = lambda cm: lambda rows: _multiclass_score(cm[rows], metric, empty_score)  # noqa: E731
     fast = {"before": scorer(start_conf), "after": scorer(conf)}
-    return PostParams(threshold=list(start.threshold), min_area=area, empty_gate=list(start.empty_gate)), steps, fast
+    return PostParams(threshold=list(start.threshold), min_area=area, empty_gate=list(start.empty_gate),
+                      gate_source=list(start.gate_source)), steps, fast
 
 
 # ----------------------------------------------------------------------------- exact scores
@@ -604,11 +651,12 @@ def _evaluate(data: OOFData, cfg: Config, params: dict[str, PostParams]) -> dict
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        for _, q, truth in data.iterate("tune: scoring"):
+        for i, (_, q, truth) in enumerate(data.iterate("tune: scoring")):
             probs = uint8_to_probs(q)
+            presence = uint8_to_probs(data.presence[i]) if data.presence is not None else None
             target = torch.from_numpy(truth[None])
             for name, p in params.items():
-                evaluators[name].update_masks(torch.from_numpy(apply_postprocess(probs, task, p)[None]), target)
+                evaluators[name].update_masks(torch.from_numpy(apply_postprocess(probs, task, p, presence)[None]), target)
     finally:
         torch.set_num_threads(threads)
     return {name: float(e.compute()["score"]) for name, e in evaluators.items()}

@@ -80,17 +80,17 @@ def big_test(tmp_path_factory):
 
 def _measure(cfg, monkeypatch) -> dict:
     batches, images = AliveCounter(), AliveCounter()
-    real_probs, real_iter = Predictor._member_probs, Predictor.iter_probs
+    real_probs, real_iter = Predictor._member_probs, Predictor.iter_predictions
 
     def probs_tracked(*a, **k):
         return batches.track(real_probs(*a, **k))
 
     def iter_tracked(*a, **k):
-        for image_id, p, target in real_iter(*a, **k):
-            yield image_id, images.track(p), target
+        for image_id, p, presence, target in real_iter(*a, **k):
+            yield image_id, images.track(p), presence, target
 
     monkeypatch.setattr(Predictor, "_member_probs", probs_tracked)
-    monkeypatch.setattr(Predictor, "iter_probs", iter_tracked)
+    monkeypatch.setattr(Predictor, "iter_predictions", iter_tracked)
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     tracemalloc.start()
     try:
