@@ -277,6 +277,9 @@ class PseudoConfig:
     confidence: float = 0.9  # a pixel is confident when its probability is >= this or <= 1 - this (multiclass: max >= this)
     min_confident_fraction: float = 0.95  # an image is used when at least this fraction of its pixels is confident
     max_images: Optional[int] = None  # the most confident first; null = all that pass
+    # binary / multilabel: train on the teacher's probabilities (soft targets, before post-processing)
+    # instead of its submitted masks; Lovasz cuts them at 0.5
+    soft: bool = False
 
 
 @dataclass

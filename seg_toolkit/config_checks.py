@@ -333,6 +333,11 @@ def _check_pseudo(cfg: Config) -> None:
         raise ConfigError(f"pseudo.min_confident_fraction: expected a fraction in [0, 1], got {p.min_confident_fraction}")
     if p.max_images is not None and p.max_images < 1:
         raise ConfigError(f"pseudo.max_images: expected null (all) or >= 1, got {p.max_images}")
+    if p.soft is True and cfg.data.task == "multiclass":
+        raise ConfigError("pseudo.soft: soft targets are probabilities per channel (data.task binary or multilabel); "
+                          "a multiclass label map holds one class id per pixel")
+    if not isinstance(p.soft, bool):
+        raise ConfigError(f"pseudo.soft: expected true or false, got {p.soft!r}")
 
 
 def _check_metric(cfg: Config) -> None:

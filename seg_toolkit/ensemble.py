@@ -238,7 +238,6 @@ def build_ensemble(cfgs: list[Config], name: str | None = None, weights: Sequenc
         if with_presence:
             total = sum(w for _, w in with_presence)
             merged = sum(w / total * uint8_to_probs(read_oof(r.oof_presence_path(s.id), ndim=1)) for r, w in with_presence)
-            out.oof_presence_path(s.id).parent.mkdir(parents=True, exist_ok=True)
             write_npy(out.oof_presence_path(s.id), probs_to_uint8(merged))
 
     from .cv import compute_cv

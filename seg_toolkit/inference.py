@@ -118,7 +118,6 @@ def predict_test(cfg: Config, out: str | Path | None = None, overwrite: bool = F
             if save != "none":
                 write_npy(run.test_prob_path(image_id), p.astype(np.float16) if save == "float16" else probs_to_uint8(p))
                 if presence is not None:
-                    run.test_presence_path(image_id).parent.mkdir(parents=True, exist_ok=True)
                     write_npy(run.test_presence_path(image_id), presence.numpy().astype(np.float16) if save == "float16"
                               else probs_to_uint8(presence.numpy()))
             mask = apply_postprocess(p, cfg.data.task, params, _numpy(presence))

@@ -325,7 +325,8 @@ class LovaszLoss(nn.Module):
                     flat_x, flat_t = xi.reshape(-1), ti.reshape(-1)
                     valid = flat_t != self.ignore_index
                     if valid.any():
-                        losses.append(lovasz_hinge_flat(flat_x[valid], flat_t[valid].to(flat_x.dtype)))
+                        # soft targets (pseudo.soft) are cut at 0.5: the Lovasz extension needs 0/1 labels
+                        losses.append(lovasz_hinge_flat(flat_x[valid], (flat_t[valid] >= 0.5).to(flat_x.dtype)))
         if not losses:
             return logits.sum() * 0.0
         return torch.stack(losses).mean()

@@ -52,9 +52,7 @@ def save_oof(run: Run, image_id: str, probs: torch.Tensor, oof_dir=None, presenc
     q = probs_to_uint8(probs)
     write_npy(run.oof_path(image_id, oof_dir), q)
     if presence is not None:
-        path = run.oof_presence_path(image_id, oof_dir)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_npy(path, probs_to_uint8(presence))
+        write_npy(run.oof_presence_path(image_id, oof_dir), probs_to_uint8(presence))
     return torch.from_numpy(uint8_to_probs(q))
 
 

@@ -8,6 +8,10 @@ and train a new experiment on train + pseudo-labelled images. Here:
   its tuned post-processing (``postprocess.json``), hard masks, encoded with the student's
   ``data.rle_*`` spec into ``runs/<student>/pseudo/fold_<k>.csv`` (one row per image: id,
   image path, confident fraction, one RLE per class), written once and reused on resume.
+* **Soft targets** (``pseudo.soft: true``, binary / multilabel): the student trains on the
+  teacher's probabilities instead (before post-processing, uint8 in
+  ``pseudo/fold_<k>/<id>.npy``; the CSV still lists the kept images and their hard masks).
+  BCE, dice, Jaccard, Tversky and focal take them as they are; Lovasz cuts them at 0.5.
 * **Confidence filter**: a pixel is confident when its probability is >= ``confidence`` or
   <= ``1 - confidence`` for every class (multiclass: its top class >= ``confidence``); an
   image is used when at least ``min_confident_fraction`` of its pixels are, the most
@@ -34,7 +38,8 @@ import pandas as pd
 
 from .config import Config, ConfigError
 from .data import Sample
-from .run import Run, write_text
+from .run import Run, write_npy, write_text
+from .tensors import probs_to_uint8
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +67,7 @@ def pseudo_info(cfg: Config) -> dict[str, Any] | None:
     if p.teacher is None:
         return None
     return {"teacher": p.teacher, "per_fold": p.per_fold, "leaky": not p.per_fold, "confidence": p.confidence,
-            "min_confident_fraction": p.min_confident_fraction}
+            "min_confident_fraction": p.min_confident_fraction, "soft": p.soft}
 
 
 def teacher_run(cfg: Config) -> Run | None:
@@ -109,6 +114,8 @@ def _make(cfg: Config, run: Run, fold: int | None, folds: pd.DataFrame, path: Pa
         if frac < p.min_confident_fraction:
             continue
         mask = apply_postprocess(prob, cfg.data.task, params, presence.numpy() if presence is not None else None)
+        if p.soft:  # the probabilities are the targets; the RLE beside them says what the teacher would submit
+            write_npy(run.pseudo_soft_path(fold, image_id), probs_to_uint8(prob))
         rows.append((image_id, str(by_id[image_id].image), round(frac, 6), *_label_rles(mask, cfg.data.task, cfg.data.num_classes, spec)))
     rows.sort(key=lambda r: -r[2])
     if p.max_images is not None:
@@ -141,8 +148,12 @@ def pseudo_samples(cfg: Config, run: Run, fold: int, folds: pd.DataFrame, make: 
         _make(cfg, run, key, folds, path)
     df = pd.read_csv(path, dtype=str, keep_default_na=False)
     rle_cols = [c for c in df.columns if c.startswith("rle_")]
-    return [Sample(f"pseudo_{r['id']}", Path(r["image"]), rles=tuple(r[c] for c in rle_cols), where=f"{path} line {i + 2}")
-            for i, r in df.iterrows()]
+    soft = (lambda image_id: run.pseudo_soft_path(key, image_id)) if cfg.pseudo.soft else (lambda image_id: None)
+    if cfg.pseudo.soft and len(df) and not soft(df["id"].iloc[0]).is_file():
+        raise ConfigError(f"pseudo.soft: {soft(df['id'].iloc[0])} not found: {path} was written without soft labels; "
+                          f"delete {path.parent} to label the test images again")
+    return [Sample(f"pseudo_{r['id']}", Path(r["image"]), rles=tuple(r[c] for c in rle_cols), where=f"{path} line {i + 2}",
+                   soft=soft(r["id"])) for i, r in df.iterrows()]
 
 
 def add_pseudo_labels(cfg: Config, run: Run, fold: int, folds: pd.DataFrame, d) -> list[Sample]:

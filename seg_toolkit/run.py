@@ -214,6 +214,10 @@ class Run:
         """Pseudo-labels of fold ``fold``'s training set (None: one file for every fold, ``pseudo.per_fold: false``)."""
         return self.dir / "pseudo" / (f"fold_{fold}.csv" if fold is not None else "all.csv")
 
+    def pseudo_soft_path(self, fold: int | None, image_id: str) -> Path:
+        """The teacher's probabilities of one pseudo-labelled image (``pseudo.soft``; uint8 (C, H, W))."""
+        return self.dir / "pseudo" / (f"fold_{fold}" if fold is not None else "all") / f"{image_id}.npy"
+
     @property
     def lr_find_json(self) -> Path:
         """``seg-toolkit lr-find``: every step's lr and loss, and the suggestions."""

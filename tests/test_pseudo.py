@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 
 import numpy as np
 import pandas as pd
@@ -102,3 +103,45 @@ def test_checks(demo_root, tmp_path):
     with pytest.raises(ConfigError, match="pseudo.teacher: .* is not a run folder"):
         run_cv(cfg)
     assert not (tmp_path / "runs").exists()  # refused before anything was written
+
+
+def test_soft_labels_are_the_teachers_probabilities(demo_root, teacher):
+    from seg_toolkit.data.dataset import SegDataset
+    from seg_toolkit.data.folds import read_folds
+    from seg_toolkit.losses import build_loss
+    from seg_toolkit.pseudo import pseudo_samples
+    from seg_toolkit.tensors import probs_to_uint8
+
+    import torch
+
+    cfg = _student(demo_root, teacher, "soft", soft=True)
+    cv = run_cv(cfg, folds=[0])
+    assert math.isfinite(cv["score"]) and cv["pseudo"]["soft"] is True
+    run, trun = Run.of(cfg), Run(teacher / "teacher")
+    tests = load_test_samples(cfg)
+    by_hand = {i: probs_to_uint8(p.numpy()) for i, p, _ in Predictor.from_run(trun).iter_probs(tests, fold=0)}
+    samples = pseudo_samples(cfg, run, 0, read_folds(run.folds_csv), make=False)
+    assert sorted(s.id for s in samples) == sorted(f"pseudo_{i}" for i in by_hand)
+    for s in samples:
+        assert np.array_equal(np.load(s.soft), by_hand[s.id.removeprefix("pseudo_")])
+    # the training target of a pseudo image is q / 255, not a 0/1 mask (no augmentation configured)
+    item = SegDataset(samples[:1], cfg, "train")[0]
+    q = by_hand[samples[0].id.removeprefix("pseudo_")]
+    assert item["target"].dtype == torch.float32 and torch.allclose(item["target"], torch.from_numpy(q / 255.0).float())
+    assert ((item["target"] > 0) & (item["target"] < 1)).any()
+    # BCE on a soft target is the cross-entropy with the probability, by hand
+    loss_fn = build_loss(config_from_dict({**demo_dict(demo_root, teacher), "loss": {"bce": 1.0}}))
+    t = item["target"][None]
+    z = torch.zeros_like(t)
+    assert loss_fn(z, t)[0].item() == pytest.approx(math.log(2), rel=1e-6)
+    z = torch.full_like(t, 2.0)
+    expected = -(t * torch.log(torch.sigmoid(z)) + (1 - t) * torch.log(1 - torch.sigmoid(z))).mean()
+    assert loss_fn(z, t)[0].item() == pytest.approx(expected.item(), rel=1e-5)
+    with pytest.raises(ConfigError, match="pseudo.soft: soft targets are probabilities per channel"):
+        config_from_dict({**demo_dict(demo_root, teacher, data={"task": "multiclass", "num_classes": 3},
+                                      pseudo={"teacher": "x", "soft": True}), "loss": {"ce": 1.0}})
+    # a labels file written without soft labels is refused when soft is switched on
+    hard = _student(demo_root, teacher, "hard_then_soft")
+    run_cv(hard, folds=[0])
+    with pytest.raises(ConfigError, match="was written without soft labels"):
+        pseudo_samples(_student(demo_root, teacher, "hard_then_soft", soft=True), Run.of(hard), 0, read_folds(Run.of(hard).folds_csv))

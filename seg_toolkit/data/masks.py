@@ -108,10 +108,23 @@ def mask_ids(sample: Sample, cfg: Config) -> np.ndarray:
 # ----------------------------------------------------------------------------- targets
 
 
+def _soft_target(sample: Sample, hw: tuple[int, int] | None) -> np.ndarray:
+    """A soft pseudo-label: float32 ``(H, W, C)`` probabilities from the teacher's uint8 ``(C, H, W)`` file."""
+    from ..run import read_oof
+
+    q = read_oof(sample.soft)
+    if hw is not None and q.shape[1:] != tuple(hw):
+        raise DataError(f"{sample.soft}: soft label is {q.shape[1]}x{q.shape[2]} (HxW) but its image {sample.image.name} "
+                        f"is {hw[0]}x{hw[1]}; delete the run's pseudo/ folder to label again")
+    return np.ascontiguousarray(q.transpose(1, 2, 0), dtype=np.float32) / np.float32(255)
+
+
 def load_target(sample: Sample, cfg: Config, hw: tuple[int, int] | None) -> np.ndarray:
     """The sample's target in the toolkit's convention (module doc), checked to be ``hw`` (HxW)
     when given (``None``: a mask file's own size; RLE rows need ``hw``)."""
     d = cfg.data
+    if sample.soft is not None:
+        return _soft_target(sample, hw)
     if sample.rles is not None:
         if hw is None:
             raise ValueError("load_target: RLE rows need the image size hw")

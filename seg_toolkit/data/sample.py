@@ -29,6 +29,8 @@ class Sample:
     pair: PairSplit | None = None  # image and label side by side in ``image`` (then ``mask`` is the same file)
     # data.mask_per_class: one binary file per class 1..C (None: no file, read as empty with missing_class_masks: empty)
     class_masks: tuple[Path | None, ...] | None = None
+    # pseudo.soft: the teacher's probabilities, uint8 (C, H, W) .npy; the target is q / 255 (float)
+    soft: Path | None = None
 
 
 def pair_of(cfg: Config) -> PairSplit | None:

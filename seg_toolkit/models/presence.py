@@ -77,8 +77,9 @@ def split_presence(out: Tensor, num_classes: int, present: bool) -> tuple[Tensor
 
 
 def presence_target(target: Tensor) -> Tensor:
-    """``(N, C)`` float: 1 where a class has any foreground pixel (void pixels, 255, are not foreground)."""
-    return (target == 1).flatten(2).any(dim=-1).float()
+    """``(N, C)`` float: 1 where a class has any foreground pixel, a target >= 0.5 (soft pseudo-labels
+    included; void pixels, 255, are not foreground)."""
+    return ((target >= 0.5) & (target != 255)).flatten(2).any(dim=-1).float()
 
 
 def presence_loss(logits: Tensor, target: Tensor) -> Tensor:
