@@ -45,6 +45,7 @@ from torch import nn
 from .checkpoint import atomic_write, load_model
 from .config import Config, ConfigError
 from .errors import SegToolkitError
+from .models.presence import with_presence
 from .models.scratch_unet import crop_padding, pad_to_multiple
 from .run import RunExistsError, read_json, write_json
 from .tensors import resize_to
@@ -76,10 +77,13 @@ class _Unpadded(nn.Module):
         from .models.smp_models import _PaddedSmpMixin
 
         if isinstance(self.model, ScratchUNet):
-            return self.model._forward(x)
-        if isinstance(self.model, _PaddedSmpMixin):
-            return super(_PaddedSmpMixin, self.model).forward(x)  # smp's own forward, after the padding mixin
-        raise ExportError(f"cannot export {type(self.model).__name__}: not a model of seg_toolkit.models")
+            out = self.model._forward(x)
+        elif isinstance(self.model, _PaddedSmpMixin):
+            out = super(_PaddedSmpMixin, self.model).forward(x)  # smp's own forward, after the padding mixin
+        else:
+            raise ExportError(f"cannot export {type(self.model).__name__}: not a model of seg_toolkit.models")
+        # the model's own forward hook does not run here (its forward is bypassed): add the classifier's channels
+        return with_presence(self.model, out) if hasattr(self.model, "presence_head") else out
 
 
 def unpadded(model: nn.Module) -> tuple[nn.Module, int, int]:

@@ -90,6 +90,23 @@ def test_smp_unet_exports(demo_root, tmp_path):
     assert all(p["max_abs_diff"] <= p["bound"] for p in entry["parity"])
 
 
+def test_a_classifier_model_exports_and_its_presence_survives(demo_root, tmp_path):
+    cfg = _cfg(demo_root, tmp_path / "runs", model={"arch": "scratch_unet", "depth": 2, "base_width": 4, "classifier": 0.5},
+               predict={"batch_size": 4, "tta": ["identity", "hflip"]})
+    fake_run(cfg)
+    _write_folds(cfg)
+    export_run(cfg)
+    samples = load_test_samples(cfg)[:2]
+    got = {}
+    for backend in ("torch", "onnx"):
+        c = config_from_dict({**_as_dict(cfg), "predict": {**_as_dict(cfg)["predict"], "backend": backend}})
+        _, predictor = run_predictor(c)
+        got[backend] = [(p, pr) for _, p, pr, _ in predictor.iter_predictions(samples)]
+    for (p_t, pr_t), (p_o, pr_o) in zip(got["torch"], got["onnx"]):
+        assert p_t.shape == p_o.shape == (3, 48, 64) and pr_t.shape == pr_o.shape == (3,)
+        assert float((p_t - p_o).abs().max()) < 1e-4 and float((pr_t - pr_o).abs().max()) < 1e-4
+
+
 def test_onnx_backend_predicts_what_torch_predicts(scratch_run, tmp_path):
     run = Run.of(scratch_run)
     if not run.export_json.is_file():

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["add_presence_head", "split_presence", "presence_target", "presence_loss", "has_presence"]
+__all__ = ["add_presence_head", "with_presence", "split_presence", "presence_target", "presence_loss", "has_presence"]
 
 
 def _keep_deepest(encoder: nn.Module, inputs: Any, features: Any) -> None:
@@ -43,6 +43,12 @@ def _attach(seg: Tensor, logits: Tensor) -> Tensor:
 
 
 def _append_presence(model: nn.Module, inputs: Any, output: Any) -> Any:
+    return with_presence(model, output)
+
+
+def with_presence(model: nn.Module, output: Any) -> Any:
+    """``output`` with the presence channels of the encoder's last call appended (the model's forward
+    hook; called directly by code that runs a model's inner forward, e.g. the ONNX export)."""
     feature = model.encoder.__dict__.pop("_presence_feature")
     logits = model.presence_head(feature)
     if isinstance(output, tuple):  # deep supervision in training: (main, [aux]); the aux heads stay plain
