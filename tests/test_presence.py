@@ -179,6 +179,10 @@ def test_trains_oof_tunes_and_predicts_with_the_classifier(demo_root, tmp_path):
     gate_step = {s["step"]: s for s in post["steps"]}["empty_gate"]
     assert set(gate_step["best_by_source"]) == {"max_prob", "classifier"}
     assert len(post["params"]["gate_source"]) == 3
+    from seg_toolkit.report import build_report
+
+    page = build_report(run.dir).read_text()
+    assert "empty gate on OOF, best" in page and "classifier" in page
     # a classifier gate above every test presence empties the whole submission
     post["params"].update(empty_gate=[1.0] * 3, gate_source=["classifier"] * 3)
     run.postprocess_json.write_text(json.dumps(post))

@@ -66,6 +66,10 @@ def _summary_html(d: ReportData) -> str:
     if tuned and "after" in tuned:
         parts.append(h.note(f"after post-processing tuned on these OOF files (postprocess.json): {h.esc(label)} "
                             f"{h.fmt(tuned.get('before'))} -> {h.fmt(tuned.get('after'))}; {h.esc(str(tuned.get('params')))}"))
+        gate = next((s for s in tuned.get("steps", []) if s.get("step") == "empty_gate" and s.get("best_by_source")), None)
+        if gate and len(gate["best_by_source"]) > 1:  # a model with the empty-mask classifier: the two gates compared
+            best = "; ".join(f"{h.esc(src)} {', '.join(h.fmt(v) for v in vals)}" for src, vals in gate["best_by_source"].items())
+            parts.append(h.note(f"empty gate on OOF, best {h.esc(label)} per source (per class): {best}"))
     tracked = tracker_sentence(d.run_dir)  # tracker.json: where the run is tracked (MLflow run id and store)
     if tracked:
         parts.append(h.note(h.esc(tracked[0]) + (f" (<a href='{h.esc(tracked[1])}'>open in a local MLflow UI</a>)" if tracked[1] else "")))
