@@ -194,3 +194,26 @@ def test_trains_oof_tunes_and_predicts_with_the_classifier(demo_root, tmp_path):
                                                                                      "base_width": 4, "classifier": 1.0}})
     with pytest.raises(ConfigError, match="model.classifier"):
         predict_test(other, out=tmp_path / "x.csv")
+
+
+def test_tta_choice_keeps_the_winners_presence_and_tunes_on_it(demo_root, tmp_path):
+    from seg_toolkit.tta_search import choose_tta
+
+    cfg = config_from_dict(demo_dict(demo_root, tmp_path / "runs", model={"arch": "scratch_unet", "depth": 2, "base_width": 4,
+                                                                          "classifier": 0.5},
+                                     train={"epochs": 1, "batch_size": 2}, optim={"lr": 0.05}, scheduler={"name": "none"}))
+    run_cv(cfg)
+    run = Run.of(cfg)
+    result = choose_tta(cfg, candidates=[["identity"], ["identity", "vflip"]], merges=["mean_prob"])
+    assert not run.tta_search_root.exists()
+    # the run's OOF presence is now the winner's: recompute it through the predictor with the chosen TTA
+    from seg_toolkit.data import load_train_samples
+    from seg_toolkit.predictor import Member
+
+    fold_of = run.fold_of()
+    sample = load_train_samples(cfg)[0]
+    member = Member.load(run, tta=result["tta"], merge=result["merge"])
+    _, _, pres, _ = next(Predictor([member]).iter_predictions([sample], fold=fold_of[sample.id]))
+    assert np.array_equal(np.round(pres.numpy() * 255).astype(np.uint8), read_oof(run.oof_presence_path(sample.id), ndim=1))
+    post = json.loads(run.postprocess_json.read_text())
+    assert set({s["step"]: s for s in post["steps"]}["empty_gate"]["best_by_source"]) == {"max_prob", "classifier"}
