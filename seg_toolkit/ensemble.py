@@ -233,11 +233,11 @@ def build_ensemble(cfgs: list[Config], name: str | None = None, weights: Sequenc
     write_json(out.ensemble_json, {"members": members, "space": space, "folds": folds, "weights_search": search})
     # the classifier's presence, as the predictor merges it: probability space, over the members that have one
     with_presence = [(r, w) for r, w in zip(runs, chosen) if has_presence(r.config()) and w > 0]
+    presence_total = sum(w for _, w in with_presence)
     for s, _, probs, _ in tqdm(oof, total=len(oof.items), desc="ensemble OOF", leave=False, disable=None):
         write_npy(out.oof_path(s.id), probs_to_uint8(merge_probs(probs, chosen, space, ens_cfg.data.task)))
         if with_presence:
-            total = sum(w for _, w in with_presence)
-            merged = sum(w / total * uint8_to_probs(read_oof(r.oof_presence_path(s.id), ndim=1)) for r, w in with_presence)
+            merged = sum(w / presence_total * uint8_to_probs(read_oof(r.oof_presence_path(s.id), ndim=1)) for r, w in with_presence)
             write_npy(out.oof_presence_path(s.id), probs_to_uint8(merged))
 
     from .cv import compute_cv

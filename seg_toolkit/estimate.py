@@ -108,7 +108,7 @@ def _per_image(cfg: Config, params, predictor, samples: list, stats: dict, clock
         p = probs.numpy()
         if save != "none":
             np.save(io.BytesIO(), p.astype(np.float16) if save == "float16" else probs_to_uint8(p))
-        mask = apply_postprocess(p, cfg.data.task, params, presence.numpy() if presence is not None else None)
+        mask = apply_postprocess(p, cfg.data.task, params, presence)
         rows.writerows(mask_rows(image_id, mask, cfg))
         if masks != "none":
             mask_pngs(mask, cfg.data.task, masks, colors)

@@ -120,7 +120,7 @@ def predict_test(cfg: Config, out: str | Path | None = None, overwrite: bool = F
                 if presence is not None:
                     write_npy(run.test_presence_path(image_id), presence.numpy().astype(np.float16) if save == "float16"
                               else probs_to_uint8(presence.numpy()))
-            mask = apply_postprocess(p, cfg.data.task, params, _numpy(presence))
+            mask = apply_postprocess(p, cfg.data.task, params, presence)
             writer.write(mask_rows(image_id, mask, cfg))
             if masks != "none":
                 for cls, png in mask_pngs(mask, cfg.data.task, masks, colors):
@@ -129,10 +129,6 @@ def predict_test(cfg: Config, out: str | Path | None = None, overwrite: bool = F
     if masks != "none":
         log.info("wrote the decided masks (%s) to %s", masks, run.test_masks_dir)
     return out
-
-
-def _numpy(t: torch.Tensor | None) -> np.ndarray | None:
-    return t.numpy() if t is not None else None
 
 
 def _mask_colors(cfg: Config) -> np.ndarray:
@@ -202,7 +198,7 @@ def score_samples(cfg: Config, run: Run, predictor: Predictor, samples: list[Sam
     for _, probs, presence, target in tqdm(predictor.iter_predictions(samples, target_cfg=target_cfg), total=len(samples),
                                            desc=desc, disable=None):
         probs_eval.update(probs[None], target[None])
-        mask = apply_postprocess(probs.numpy(), task, params, _numpy(presence))
+        mask = apply_postprocess(probs.numpy(), task, params, presence)
         masks_eval.update_masks(torch.from_numpy(mask)[None], target[None])
     raw, post = probs_eval.compute(), masks_eval.compute()
     return {

@@ -102,9 +102,9 @@ def remove_small(mask: np.ndarray, min_area: int) -> np.ndarray:
     return keep[labels]
 
 
-def apply_postprocess(probs: np.ndarray, task: str, params: PostParams, presence: np.ndarray | None = None) -> np.ndarray:
-    """Masks from probabilities ``(C, H, W)`` (and the classifier's ``presence`` ``(C,)``, which a
-    ``gate_source: classifier`` needs).
+def apply_postprocess(probs: np.ndarray, task: str, params: PostParams, presence=None) -> np.ndarray:
+    """Masks from probabilities ``(C, H, W)`` (and the classifier's ``presence`` ``(C,)``, a NumPy array
+    or a CPU tensor as the predictor yields it, which a ``gate_source: classifier`` needs).
 
     Binary/multilabel -> ``uint8 (C, H, W)``; multiclass -> ``uint8 (H, W)`` label map, where
     small components of a class become background (class 0).

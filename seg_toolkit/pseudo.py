@@ -113,7 +113,7 @@ def _make(cfg: Config, run: Run, fold: int | None, folds: pd.DataFrame, path: Pa
         frac = confident_fraction(prob, cfg.data.task, p.confidence)
         if frac < p.min_confident_fraction:
             continue
-        mask = apply_postprocess(prob, cfg.data.task, params, presence.numpy() if presence is not None else None)
+        mask = apply_postprocess(prob, cfg.data.task, params, presence)
         if p.soft:  # the probabilities are the targets; the RLE beside them says what the teacher would submit
             write_npy(run.pseudo_soft_path(fold, image_id), probs_to_uint8(prob))
         rows.append((image_id, str(by_id[image_id].image), round(frac, 6), *_label_rles(mask, cfg.data.task, cfg.data.num_classes, spec)))

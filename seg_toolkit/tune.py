@@ -546,9 +546,7 @@ def _search_sigmoid(
         nonlocal best
         chosen, best_cols = None, None
         for value, tp_k, fp_k in options:
-            tp, fp = TP.copy(), FP.copy()
-            tp[:, k], fp[:, k] = tp_k, fp_k
-            s = score(tp, fp)
+            s = score(*_replace(TP, FP, k, tp_k, fp_k))
             if best_cols is None or _better(s, best):
                 chosen, best_cols, best = value, (tp_k, fp_k), s
         TP[:, k], FP[:, k] = best_cols
