@@ -23,6 +23,17 @@ def resize_to(x: torch.Tensor, hw: tuple[int, int] | torch.Size) -> torch.Tensor
     return F.interpolate(x.float(), size=hw, mode="bilinear", align_corners=False)
 
 
+def resize_target(target: torch.Tensor, hw: tuple[int, int] | torch.Size) -> torch.Tensor:
+    """A target resized by nearest neighbour (as the training transforms resize masks) to ``hw``:
+    multiclass ids ``(N, H, W)`` or binary / multilabel ``(N, C, H, W)``; dtype kept."""
+    hw = (int(hw[0]), int(hw[1]))
+    if tuple(target.shape[-2:]) == hw:
+        return target
+    x = target[:, None] if target.dim() == 3 else target
+    out = F.interpolate(x.float(), size=hw, mode="nearest").to(target.dtype)
+    return out[:, 0] if target.dim() == 3 else out
+
+
 def probs_to_uint8(probs: torch.Tensor | np.ndarray) -> np.ndarray:
     """Quantise probabilities in [0, 1] to ``uint8`` (p * 255, rounded): 4x smaller than float32.
 

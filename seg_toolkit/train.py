@@ -24,6 +24,7 @@ from typing import Any
 
 import pandas as pd
 import torch
+from torch import Tensor
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -42,7 +43,7 @@ from .run import Run, write_json
 from .pseudo import add_pseudo_labels, pseudo_info
 from .stages import init_source, load_fold_init
 from .versions import library_versions
-from .tensors import activate, resize_to
+from .tensors import activate, resize_target, resize_to
 from . import track
 
 log = logging.getLogger(__name__)
@@ -357,33 +358,40 @@ def _eval_models(model, ema, cfg: Config) -> dict[str, torch.nn.Module]:
 
 @torch.inference_mode()
 def predict_batches(cfg: Config, model: torch.nn.Module, loader: DataLoader, device: torch.device, amp=None):
-    """Yield ``(batch, pairs)``: ``pairs`` is a list of ``(logits, target)`` with logits resized to the
-    target's (original) size; one pair for the batch, or one per image when original sizes differ."""
+    """Yield ``(logits, target)`` per batch: logits (float32) at the model's input size, targets as the
+    loader gives them (at their original sizes: one tensor, or a list when sizes differ)."""
     model.eval()
     amp = amp or resolve_amp(cfg.train.amp, device, model)  # the run's choice (amp.json) when training passes it
     for batch in loader:
         images, target = _to_device(batch, cfg, device)
         with autocast(amp, device):
             logits = model(images).float()
-        if isinstance(target, list):
-            pairs = [(resize_to(logits[j : j + 1], t.shape[-2:]), t.unsqueeze(0).to(device)) for j, t in enumerate(target)]
-        else:
-            pairs = [(resize_to(logits, target.shape[-2:]), target)]
-        yield batch, pairs
+        yield logits, target
+
+
+def _pairs(logits: Tensor, target: Tensor | list[Tensor], device) -> list[tuple[Tensor, Tensor]]:
+    """``(logits, target)`` for the whole batch, or per image when the original sizes differ."""
+    if isinstance(target, list):
+        return [(logits[j : j + 1], t.unsqueeze(0).to(device)) for j, t in enumerate(target)]
+    return [(logits, target)]
 
 
 def validate_epoch(cfg: Config, model, ema, loss_fn, loader: DataLoader, device, amp=None) -> dict[str, float]:
-    """Validation loss and metric (accumulated, never storing images) for the scored model, and the other one's score."""
+    """Validation loss and metric (accumulated, never storing images) for the scored model, and the other one's score.
+
+    The metric is computed at each image's original size (logits resized bilinearly, as predictions are);
+    the loss at the model's input size against the nearest-resized target, as the training loss is, so
+    the two loss curves measure the same thing (and an 11-class loss at full resolution costs no time)."""
     stats: dict[str, float] = {}
     for prefix, m in _eval_models(model, ema, cfg).items():
         evaluator = Evaluator(cfg.metric, cfg.data.task, cfg.data.num_classes)
         loss_sum, n = 0.0, 0
-        for _, pairs in predict_batches(cfg, m, loader, device, amp):
-            for logits, target in pairs:
-                loss, _ = model_loss(loss_fn, logits, target, 0.0, cfg.model.classifier)
+        for logits_batch, target_batch in predict_batches(cfg, m, loader, device, amp):
+            for logits, target in _pairs(logits_batch, target_batch, device):
+                loss, _ = model_loss(loss_fn, logits, resize_target(target, logits.shape[-2:]), 0.0, cfg.model.classifier)
                 loss_sum += float(loss) * logits.shape[0]
                 n += logits.shape[0]
-                masks, _ = split_presence(logits, cfg.data.num_classes, has_presence(cfg))
+                masks, _ = split_presence(resize_to(logits, target.shape[-2:]), cfg.data.num_classes, has_presence(cfg))
                 evaluator.update(activate(masks, cfg.data.task), target)
         result = evaluator.compute()
         stats[f"{prefix}val_loss"] = loss_sum / max(n, 1)

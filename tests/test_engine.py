@@ -138,3 +138,39 @@ def test_keep_best_k_checkpoints(demo_root, tmp_path, monkeypatch):
     assert sorted(p.name for p in fold.glob("best_e*.pt")) == ["best_e002.pt", "best_e004.pt"]  # scores 0.6 and 0.5
     assert load_checkpoint(fold / "best.pt")["epoch"] == 2
     assert load_checkpoint(fold / "best_e004.pt")["epoch"] == 4
+
+
+def test_validation_loss_at_model_size_and_score_at_original_size(demo_root, tmp_path):
+    """The val loss is the training loss at the model's input size (target nearest-resized, as the training
+    transforms resize masks), the score is computed on logits resized bilinearly to each original size."""
+    import torch.nn.functional as F
+
+    from seg_toolkit.losses import build_loss
+    from seg_toolkit.metrics import Evaluator
+    from seg_toolkit.tensors import resize_target
+
+    cfg = _cfg(demo_root, tmp_path, loss={"bce": 1.0, "dice": 0.0})
+    torch.manual_seed(0)
+    model = torch.nn.Conv2d(3, 3, 1)
+    images = [torch.randn(2, 3, 16, 16), torch.randn(2, 3, 16, 16)]
+    same = (torch.rand(2, 3, 32, 32) > 0.5).float()  # one batch of equal original sizes (x2)
+    mixed = [(torch.rand(3, 32, 32) > 0.5).float(), (torch.rand(3, 48, 48) > 0.5).float()]  # x2 and x3: a list
+    loader = [{"image": images[0], "target": same}, {"image": images[1], "target": mixed}]
+    stats = train.validate_epoch(cfg, model, None, build_loss(cfg), loader, torch.device("cpu"), amp=None)
+
+    with torch.no_grad():
+        lg0, lg1 = model(images[0]), model(images[1])
+    per_image = [F.binary_cross_entropy_with_logits(lg0[j], same[j][:, ::2, ::2]) for j in range(2)]
+    per_image += [F.binary_cross_entropy_with_logits(lg1[0], mixed[0][:, ::2, ::2]),
+                  F.binary_cross_entropy_with_logits(lg1[1], mixed[1][:, ::3, ::3])]
+    assert stats["val_loss"] == pytest.approx(float(torch.stack(per_image).mean()), rel=1e-5)
+
+    ev = Evaluator(cfg.metric, cfg.data.task, cfg.data.num_classes)
+    ev.update(torch.sigmoid(F.interpolate(lg0, size=(32, 32), mode="bilinear", align_corners=False)), same)
+    for j, t in enumerate(mixed):
+        ev.update(torch.sigmoid(F.interpolate(lg1[j : j + 1], size=t.shape[-2:], mode="bilinear", align_corners=False)), t[None])
+    assert stats["val_score"] == pytest.approx(float(ev.compute()["score"]), abs=1e-6)
+
+    ids = torch.arange(36).reshape(1, 6, 6)  # multiclass ids (N, H, W): nearest picks rows / columns 0, 2, 4
+    assert torch.equal(resize_target(ids, (3, 3)), ids[:, ::2, ::2])
+    assert resize_target(ids, (6, 6)) is ids
