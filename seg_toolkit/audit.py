@@ -78,6 +78,7 @@ class AuditResult:
     void_pixels: int = 0  # multiclass: void pixels; binary / multilabel: (pixel, channel) pairs that are void
     total_pixels: int = 0  # pixels of the read images
     images_with_class: list[int] = field(default_factory=list)
+    present_pixels: list[int] = field(default_factory=list)  # non-void pixels of the images that hold the class
     all_empty_images: Optional[int] = None  # binary / multilabel: images without foreground in any class
     overlap_pixels: Optional[int] = None  # multilabel: pixels in more than one class
     image_sizes: Counter = field(default_factory=Counter)  # (height, width) -> images
@@ -93,6 +94,19 @@ class AuditResult:
     def class_frequency(self) -> list[float]:
         """Class pixels / non-void pixels, per class (NaN without pixels)."""
         return [p / v if v else float("nan") for p, v in zip(self.class_pixels, self.valid_pixels)]
+
+    def median_frequency_weights(self, power: float = 1.0) -> list[float]:
+        """Median frequency balancing (Eigen & Fergus, 2015), for ``loss_params.ce.class_weights``:
+        ``freq_c`` = class pixels / non-void pixels of the images that hold the class, weight
+        ``(median(freq) / freq_c) ** power`` (``power`` 0.5: the milder square root). A class
+        never seen gets weight 0 (nothing to learn from)."""
+        freq = [p / v if p and v else float("nan") for p, v in zip(self.class_pixels, self.present_pixels)]
+        seen = sorted(f for f in freq if f == f)
+        if not seen:
+            return [0.0] * len(freq)
+        mid = len(seen) // 2
+        median = seen[mid] if len(seen) % 2 else (seen[mid - 1] + seen[mid]) / 2
+        return [0.0 if f != f else (median / f) ** power for f in freq]
 
     @property
     def empty_images(self) -> list[int]:
@@ -204,6 +218,7 @@ def _count_target(target: np.ndarray, cfg: Config, res: AuditResult) -> None:
             res.class_pixels[c] += int(counts[c])
             res.valid_pixels[c] += valid
             res.images_with_class[c] += int(counts[c] > 0)
+            res.present_pixels[c] += valid if counts[c] > 0 else 0
         res.void_pixels += int(counts[IGNORE_INDEX])
         return
     fg = target == 1
@@ -215,6 +230,7 @@ def _count_target(target: np.ndarray, cfg: Config, res: AuditResult) -> None:
         res.class_pixels[c] += int(per_class[c])
         res.valid_pixels[c] += int(hw - n_void[c])
         res.images_with_class[c] += int(per_class[c] > 0)
+        res.present_pixels[c] += int(hw - n_void[c]) if per_class[c] > 0 else 0
     res.void_pixels += int(n_void.sum())
     res.all_empty_images = (res.all_empty_images or 0) + int(per_class.sum() == 0)
     if d.task == "multilabel":
@@ -244,7 +260,7 @@ def audit(cfg: Config, decode_images: bool = True) -> AuditResult:
     d = cfg.data
     n = d.num_classes
     res = AuditResult(root=str(d.root), task=d.task, layout=d.layout, class_names=class_names(cfg),
-                      class_pixels=[0] * n, valid_pixels=[0] * n, images_with_class=[0] * n)
+                      class_pixels=[0] * n, valid_pixels=[0] * n, images_with_class=[0] * n, present_pixels=[0] * n)
     if d.task != "multiclass":
         res.all_empty_images = 0
     if d.task == "multilabel":
@@ -318,6 +334,10 @@ def format_audit(result: AuditResult, max_per_kind: int = 20) -> str:
         out.append(f"  images empty in every class: {r.all_empty_images} of {r.n_read} ({_pct(r.all_empty_images, r.n_read)})")
     if r.overlap_pixels is not None:
         out.append(f"  pixels in more than one class: {r.overlap_pixels:,}")
+    if r.task == "multiclass" and r.n_read:
+        fmt = lambda ws: "[" + ", ".join(f"{w:.3g}" for w in ws) + "]"  # noqa: E731
+        out.append(f"  class weights by median frequency balancing (loss_params.ce.class_weights): {fmt(r.median_frequency_weights())}")
+        out.append(f"    milder, their square roots: {fmt(r.median_frequency_weights(0.5))}")
     out.append("")
     sizes = _sizes(r)
     out.append(f"Image sizes (HxW), {len(sizes)} distinct: " + (", ".join(f"{s}: {n}" for s, n in sizes[:12]) or "-")

@@ -99,6 +99,12 @@ def test_multiclass_folder_counts_with_void(tmp_path):
     for name in ("sky", "road", "car"):
         assert name in text
     assert "void: 3 pixels" in text
+    # median frequency balancing: freq = class pixels / non-void pixels of the images holding the class
+    # = 10/21, 5/11 (a only), 6/21; median 5/11 -> weights 105/110, 1, 105/66
+    assert res.present_pixels == [21, 11, 21]
+    assert res.median_frequency_weights() == pytest.approx([105 / 110, 1.0, 105 / 66])
+    assert res.median_frequency_weights(0.5) == pytest.approx([(105 / 110) ** 0.5, 1.0, (105 / 66) ** 0.5])
+    assert "median frequency balancing (loss_params.ce.class_weights): [0.955, 1, 1.59]" in text
 
 
 def test_multilabel_demo_counts_equal_rle_areas(demo_root):
