@@ -29,6 +29,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_predict.py
 	$(BIN)/python bench/bench_onnx.py
 	$(BIN)/python bench/bench_amp.py
+	$(BIN)/python bench/bench_validation.py
 
 clean-demo:
 	rm -rf data/demo runs/demo submissions/demo.csv
