@@ -119,7 +119,9 @@ def _make(cfg: Config, run: Run, fold: int | None, folds: pd.DataFrame, path: Pa
         rows.append((image_id, str(by_id[image_id].image), round(frac, 6), *_label_rles(mask, cfg.data.task, cfg.data.num_classes, spec)))
     rows.sort(key=lambda r: -r[2])
     if p.max_images is not None:
-        rows = rows[: p.max_images]
+        rows, cut = rows[: p.max_images], rows[p.max_images :]
+        for r in cut if p.soft else []:  # written above, before the ranking; a cut image's file would never be read
+            run.pseudo_soft_path(fold, r[0]).unlink(missing_ok=True)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     n_rle = cfg.data.num_classes - 1 if cfg.data.task == "multiclass" else cfg.data.num_classes

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -140,6 +141,13 @@ def test_soft_labels_are_the_teachers_probabilities(demo_root, teacher):
     with pytest.raises(ConfigError, match="pseudo.soft: soft targets are probabilities per channel"):
         config_from_dict({**demo_dict(demo_root, teacher, data={"task": "multiclass", "num_classes": 3},
                                       pseudo={"teacher": "x", "soft": True}), "loss": {"ce": 1.0}})
+    # with max_images, only the kept images keep a soft file (the others were cut after ranking)
+    capped = _student(demo_root, teacher, "soft_capped", soft=True, max_images=2)
+    run_cv(capped, folds=[0])
+    crun = Run.of(capped)
+    kept = pseudo_samples(capped, crun, 0, read_folds(crun.folds_csv), make=False)
+    assert len(kept) == 2 < len(samples)
+    assert sorted(f.name for f in Path(kept[0].soft).parent.iterdir()) == sorted(Path(s.soft).name for s in kept)
     # a labels file written without soft labels is refused when soft is switched on
     hard = _student(demo_root, teacher, "hard_then_soft")
     run_cv(hard, folds=[0])
