@@ -90,13 +90,14 @@ def _plot(sweep: dict[str, list[float]], found: dict[str, float], path, title: s
 
 def lr_find(cfg: Config, fold: int = 0, start: float = 1e-7, end: float = 1.0, steps: int = 100) -> dict[str, Any]:
     """Run the range test on fold ``fold``'s training split; write and return ``lr_find.json``."""
-    from .amp import resolve_amp
+    from .amp import run_amp
     from .data import load_or_make_folds, load_train_samples
     from .data.folds import split_fold
     from .device import autocast, resolve_device, seed_everything
+    from .distributed import get_dist
     from .losses import build_loss, model_loss
     from .optim import build_optimizer
-    from .run import Run, read_json, write_json
+    from .run import Run, write_json
     from .stages import load_fold_init
     from .train import _to_device, build_loaders, build_model_and_ema
 
@@ -113,7 +114,8 @@ def lr_find(cfg: Config, fold: int = 0, start: float = 1e-7, end: float = 1.0, s
     optimizer = build_optimizer(cfg, model)
     ratios = [g["lr"] / cfg.optim.lr for g in optimizer.param_groups]  # encoder_lr_mult keeps its ratio
     loss_fn = build_loss(cfg).to(device)
-    amp = resolve_amp(cfg.train.amp, device, model, read_json(run.amp_json))
+    # the precision training will use: measured once per run (amp.json), so training reuses this choice
+    amp = run_amp(cfg, run, device, model, loss_fn, train_set, get_dist(), lambda b: _to_device(b, cfg, device))
     model.train()
     batches = iter(())
 

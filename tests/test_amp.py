@@ -129,3 +129,25 @@ def test_validation_runs_in_the_precision_training_measured(demo_root, tmp_path,
     assert resolve_amp("auto", CPU, torch.nn.Conv2d(3, 1, 3)).mode == "bf16"  # what the rule alone would say
     run_cv(cfg, folds=[0])
     assert modes and set(modes) == {"none"}  # training steps and validation batches alike
+
+
+def test_lr_find_measures_like_training_and_training_reuses_it(demo_root, tmp_path, monkeypatch):
+    """lr-find runs in the precision training will pick (measured once, kept in amp.json), not the
+    unmeasured rule: here bf16 measures slower, so both run fp32 and the measurement happens once."""
+    from seg_toolkit.lr_find import lr_find
+
+    monkeypatch.setattr(amp_mod, "cpu_has_fast_bf16", lambda: True)
+    calls = []
+
+    def fake_measure(model, loss_fn, batch, **k):
+        calls.append(1)
+        return {"fp32_s": 1.0, "bf16_s": 2.0}
+
+    monkeypatch.setattr(amp_mod, "measure_cpu_bf16", fake_measure)
+    cfg = config_from_dict(demo_dict(demo_root, tmp_path / "runs", folds={"n_splits": 2, "method": "kfold", "seed": 0},
+                                     train={"epochs": 1, "batch_size": 2, "amp": "auto"}))
+    r = lr_find(cfg, fold=0, start=1e-5, end=1.0, steps=12)
+    assert r["amp"] == "none" and calls == [1]  # the unmeasured rule would say bf16 (no depthwise convolutions)
+    assert json.loads(Run.of(cfg).amp_json.read_text())["mode"] == "none"
+    cv = run_cv(cfg, folds=[0])
+    assert calls == [1] and cv["amp"] == ["none"]
