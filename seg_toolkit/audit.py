@@ -32,6 +32,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import statistics
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -101,11 +102,10 @@ class AuditResult:
         ``(median(freq) / freq_c) ** power`` (``power`` 0.5: the milder square root). A class
         never seen gets weight 0 (nothing to learn from)."""
         freq = [p / v if p and v else float("nan") for p, v in zip(self.class_pixels, self.present_pixels)]
-        seen = sorted(f for f in freq if f == f)
+        seen = [f for f in freq if f == f]
         if not seen:
             return [0.0] * len(freq)
-        mid = len(seen) // 2
-        median = seen[mid] if len(seen) % 2 else (seen[mid - 1] + seen[mid]) / 2
+        median = statistics.median(seen)
         return [0.0 if f != f else (median / f) ** power for f in freq]
 
     @property

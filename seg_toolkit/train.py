@@ -381,7 +381,7 @@ def validate_epoch(cfg: Config, model, ema, loss_fn, loader: DataLoader, device,
 
     The metric is computed at each image's original size (logits resized bilinearly, as predictions are);
     the loss at the model's input size against the nearest-resized target, as the training loss is, so
-    the two loss curves measure the same thing (and an 11-class loss at full resolution costs no time)."""
+    the two loss curves measure the same thing (and the loss no longer costs a full-resolution pass)."""
     stats: dict[str, float] = {}
     for prefix, m in _eval_models(model, ema, cfg).items():
         evaluator = Evaluator(cfg.metric, cfg.data.task, cfg.data.num_classes)
@@ -391,8 +391,8 @@ def validate_epoch(cfg: Config, model, ema, loss_fn, loader: DataLoader, device,
                 loss, _ = model_loss(loss_fn, logits, resize_target(target, logits.shape[-2:]), 0.0, cfg.model.classifier)
                 loss_sum += float(loss) * logits.shape[0]
                 n += logits.shape[0]
-                masks, _ = split_presence(resize_to(logits, target.shape[-2:]), cfg.data.num_classes, has_presence(cfg))
-                evaluator.update(activate(masks, cfg.data.task), target)
+                masks, _ = split_presence(logits, cfg.data.num_classes, has_presence(cfg))
+                evaluator.update(activate(resize_to(masks, target.shape[-2:]), cfg.data.task), target)
         result = evaluator.compute()
         stats[f"{prefix}val_loss"] = loss_sum / max(n, 1)
         stats[f"{prefix}val_score"] = float(result["score"])
