@@ -22,7 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from seg_toolkit.config import ModelConfig, config_from_dict  # noqa: E402
-from seg_toolkit.device import resolve_amp  # noqa: E402
+from seg_toolkit.amp import resolve_amp  # noqa: E402
 from seg_toolkit.losses import build_loss  # noqa: E402
 from seg_toolkit.models import build_model  # noqa: E402
 
