@@ -22,6 +22,7 @@ from torch import nn
 from seg_toolkit.config import ConfigError, ModelConfig
 
 from .presence import add_presence_head
+from .precision import keep_depthwise_fp32
 from .scratch_unet import ScratchUNet
 from .smp_models import SCRATCH_ENCODER, SMP_ARCHITECTURES, build_smp_model, default_encoder
 from .weights import is_weights_path, load_encoder_weights, resolve_weights_path
@@ -219,6 +220,7 @@ def build_model(cfg: ModelConfig, num_classes: int, in_channels: int = 3) -> nn.
     model = builder(cfg, num_classes, in_channels)
     if cfg.classifier > 0:  # the auxiliary empty-mask classifier: output (N, 2C, H, W), see models/presence.py
         add_presence_head(model, num_classes)
+    keep_depthwise_fp32(model)  # oneDNN's bf16 depthwise backward is slow on CPUs: see models/precision.py
     resolved = cfg.encoder
     if cfg.arch != "scratch_unet" and resolved is None:
         resolved = default_encoder(cfg.arch)
