@@ -6,12 +6,18 @@ machine load hits both alike; the printed figure is the ratio of median step tim
 (fp32 / bf16: above 1 means bf16 is faster). The last column is what ``train.amp: auto``
 picks for the model here (``seg_toolkit.device.resolve_amp``), so a wrong pick shows.
 
+Models with depthwise convolutions run them in fp32 under CPU bf16 autocast
+(``seg_toolkit.models.precision``); for those, a third timing runs the same step with the
+depthwise layers in bf16 too (what plain autocast does), and ``dw-bf16/bf16`` is how much the
+exception saves (above 1: it pays).
+
     python bench/bench_amp.py [--rounds 3] [--steps 4] [--batch 16]
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import sys
 import time
@@ -25,12 +31,24 @@ from seg_toolkit.config import ModelConfig, config_from_dict  # noqa: E402
 from seg_toolkit.amp import resolve_amp  # noqa: E402
 from seg_toolkit.losses import build_loss  # noqa: E402
 from seg_toolkit.models import build_model  # noqa: E402
+from seg_toolkit.models.precision import Fp32UnderCpuAutocast  # noqa: E402
 
-MODELS = [  # (label, model config, image size)
-    ("scratch U-Net d4 w16", {"arch": "scratch_unet", "depth": 4, "base_width": 16}, 101),
-    ("smp Unet resnet34", {"arch": "unet", "encoder": "resnet34", "encoder_weights": None}, 128),
-    ("smp Unet tu-efficientnet_lite0", {"arch": "unet", "encoder": "tu-efficientnet_lite0", "encoder_weights": None}, 128),
+MODELS = [  # (label, model config, image size, channels_last)
+    ("scratch U-Net d4 w16", {"arch": "scratch_unet", "depth": 4, "base_width": 16}, 101, False),
+    ("smp Unet resnet34", {"arch": "unet", "encoder": "resnet34", "encoder_weights": None}, 128, False),
+    ("smp Unet tu-efficientnet_lite0 (CL)", {"arch": "unet", "encoder": "tu-efficientnet_lite0", "encoder_weights": None}, 128, True),
+    ("smp Unet tu-mobilenetv3_large_100 (CL)", {"arch": "unet", "encoder": "tu-mobilenetv3_large_100", "encoder_weights": None},
+     128, True),
 ]
+
+
+def all_bf16_twin(model: torch.nn.Module) -> torch.nn.Module | None:
+    """A copy whose depthwise convolutions follow autocast like every other layer (None: it has none)."""
+    twin = copy.deepcopy(model)
+    changed = [m for m in twin.modules() if isinstance(m, Fp32UnderCpuAutocast)]
+    for m in changed:
+        m.__class__ = type(m).__mro__[2]  # Fp32<Conv> -> (Fp32UnderCpuAutocast, <Conv>): back to <Conv>
+    return twin if changed else None
 
 
 def step_time(model, loss_fn, opt, x, y, dtype, steps: int) -> float:
@@ -57,22 +75,31 @@ def main() -> None:
     device = torch.device("cpu")
     loss_fn = build_loss(config_from_dict({"data": {"root": ".", "task": "binary"}, "loss": {"bce": 0.5, "dice": 0.5}}))
     print(f"bf16 training step vs fp32 on {device} ({torch.get_num_threads()} threads), batch {args.batch}")
-    print(f"{'model':34s} {'size':>5s} {'fp32 s':>8s} {'bf16 s':>8s} {'fp32/bf16':>10s}  auto picks")
-    for label, spec, size in MODELS:
+    print(f"{'model':40s} {'size':>5s} {'fp32 s':>8s} {'bf16 s':>8s} {'fp32/bf16':>10s} {'dw-bf16/bf16':>13s}  auto picks")
+    for label, spec, size, channels_last in MODELS:
         model = build_model(ModelConfig(**spec), num_classes=1, in_channels=3)
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
         x = torch.randn(args.batch, 3, size, size)
         y = (torch.rand(args.batch, 1, size, size) > 0.5).float()
-        for dtype in (None, torch.bfloat16):  # warm-up: oneDNN builds its kernels on the first call
-            step_time(model, loss_fn, opt, x, y, dtype, 1)
-        fp32, bf16 = [], []
+        twin = all_bf16_twin(model)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+            model = model.to(memory_format=torch.channels_last)
+            twin = twin.to(memory_format=torch.channels_last) if twin is not None else None
+        runs = [("fp32", model, None), ("bf16", model, torch.bfloat16)]
+        if twin is not None:
+            runs.append(("dw-bf16", twin, torch.bfloat16))
+        opts = {name: torch.optim.AdamW(m.parameters(), lr=1e-4) for name, m, _ in runs}
+        for name, m, dtype in runs:  # warm-up: oneDNN builds its kernels on the first call
+            step_time(m, loss_fn, opts[name], x, y, dtype, 1)
+        times: dict[str, list[float]] = {name: [] for name, _, _ in runs}
         for _ in range(args.rounds):
-            fp32.append(step_time(model, loss_fn, opt, x, y, None, args.steps))
-            bf16.append(step_time(model, loss_fn, opt, x, y, torch.bfloat16, args.steps))
-        a, b = statistics.median(fp32), statistics.median(bf16)
-        pick = resolve_amp("auto", device, model)
-        print(f"{label:34s} {size:5d} {a:8.3f} {b:8.3f} {a / b:10.2f}  {pick.mode} ({pick.reason})")
-
+            for name, m, dtype in runs:
+                times[name].append(step_time(m, loss_fn, opts[name], x, y, dtype, args.steps))
+        med = {name: statistics.median(v) for name, v in times.items()}
+        a, b = med["fp32"], med["bf16"]
+        dw = f"{med['dw-bf16'] / b:13.2f}" if "dw-bf16" in med else f"{'-':>13s}"
+        pick = resolve_amp("auto", device)
+        print(f"{label:40s} {size:5d} {a:8.3f} {b:8.3f} {a / b:10.2f} {dw}  {pick.mode} ({pick.reason})")
 
 if __name__ == "__main__":
     main()

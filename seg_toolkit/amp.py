@@ -6,17 +6,17 @@
 * CPU with native bf16 kernels (AVX512-BF16 / AMX, through oneDNN): the faster of fp32 and
   bf16, *measured* on the run's own model, loss and a real training batch before fold 0
   trains (a few steps each, alternating, on a copy of the model with every RNG restored, so
-  training is unchanged by the measurement). bf16 must win by ``MIN_GAIN``. Measured here it
-  is 1.9x for the scratch U-Net and 3-4x for smp Unet/resnet34, while depthwise-conv encoders
-  (efficientnet) vary around 1x with batch and size (``bench/bench_amp.py``), so no rule of
-  thumb serves.
+  training is unchanged by the measurement). bf16 must win by ``MIN_GAIN``. Measured here
+  (``bench/bench_amp.py``) it is 1.7-1.9x for the scratch U-Net, 1.5-4x for smp Unet/resnet34
+  and 1.5x for efficientnet_lite0 / mobilenetv3 Unets, whose depthwise convolutions train in
+  fp32 inside the bf16 step (:mod:`seg_toolkit.models.precision`: oneDNN's bf16 depthwise
+  backward is the slow part); the gain varies with model, batch and size, so it is measured.
 * a CPU without native bf16: fp32.
 
 The choice is written to the run's ``amp.json`` (device type, mode, reason, the timings), so
 every fold, a resumed fold and the run's inference (OOF, evaluate, predict) on the same
 device type use the same precision: what is tuned is what is submitted. Predicting on
-another device type resolves by the rules above, without measuring (a model with depthwise
-convolutions stays fp32 on a CPU).
+another device type resolves by the rules above, without measuring (bf16 on a bf16 CPU).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from .losses import model_loss
 
 log = logging.getLogger(__name__)
 
-__all__ = ["AmpChoice", "resolve_amp", "choose_amp", "run_amp", "cpu_has_fast_bf16", "depthwise_convs", "MIN_GAIN"]
+__all__ = ["AmpChoice", "resolve_amp", "choose_amp", "run_amp", "cpu_has_fast_bf16", "MIN_GAIN"]
 
 MIN_GAIN = 1.1  # bf16 must be at least this much faster than fp32 to be picked on a CPU
 
@@ -73,19 +73,11 @@ def cpu_has_fast_bf16() -> bool:
         return False
 
 
-def depthwise_convs(model: torch.nn.Module) -> int:
-    """How many depthwise convolutions (``groups == in_channels > 1``) the model has."""
-    if not isinstance(model, torch.nn.Module):
-        return 0
-    return sum(1 for m in model.modules()
-               if isinstance(m, torch.nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels)
-
-
-def resolve_amp(requested: str, device: torch.device, model: torch.nn.Module | None = None,
-                recorded: dict[str, Any] | None = None) -> AmpChoice:
+def resolve_amp(requested: str, device: torch.device, recorded: dict[str, Any] | None = None) -> AmpChoice:
     """``train.amp`` on ``device`` without measuring: ``recorded`` (a run's ``amp.json``) wins on
-    its own device type; ``auto`` on a CPU then falls back to bf16 unless the model has
-    depthwise convolutions. An explicit ``fp16`` on a CPU runs fp32 (CPU fp16 autocast is
+    its own device type; ``auto`` on a CPU then falls back to bf16 where the CPU has native
+    bf16 kernels (for every model: depthwise convolutions train in fp32, and their bf16
+    forward is the faster one for inference). An explicit ``fp16`` on a CPU runs fp32 (CPU fp16 autocast is
     slow and unscaled); ``bf16`` is honoured everywhere."""
     kind = device.type
     if requested == "none":
@@ -108,9 +100,6 @@ def resolve_amp(requested: str, device: torch.device, model: torch.nn.Module | N
         return AmpChoice("none", requested, f"no mixed precision on {kind}", kind)
     if not cpu_has_fast_bf16():
         return AmpChoice("none", requested, "this CPU has no native bf16 kernels", kind)
-    n = depthwise_convs(model) if model is not None else 0
-    if n:
-        return AmpChoice("none", requested, f"not measured; the model has {n} depthwise convolutions", kind)
     return AmpChoice("bf16", requested, "not measured; the CPU has native bf16 kernels", kind)
 
 
@@ -165,7 +154,7 @@ def choose_amp(requested: str, device: torch.device, model: torch.nn.Module, rec
                batch: Callable[[], tuple[torch.Tensor, Any]], loss_fn: torch.nn.Module) -> AmpChoice:
     """The run's precision for training: :func:`resolve_amp`, except that ``auto`` on a bf16 CPU
     with no record yet measures both on ``batch()`` (images, target on the device)."""
-    choice = resolve_amp(requested, device, model, recorded)
+    choice = resolve_amp(requested, device, recorded)
     if requested != "auto" or device.type != "cpu" or not cpu_has_fast_bf16() or choice.timings:
         return choice
     t = measure_cpu_bf16(model, loss_fn, batch)

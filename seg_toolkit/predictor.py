@@ -167,8 +167,7 @@ class Member:
             if self.backend == "onnx":  # ONNX Runtime runs the exported fp32 graph; autocast has nothing to act on
                 self._amp[(fold, device)] = resolve_amp("none", device)
             else:
-                self._amp[(fold, device)] = resolve_amp(self.cfg.train.amp, device, self.model(fold, device),
-                                                        read_json(self.run.amp_json))
+                self._amp[(fold, device)] = resolve_amp(self.cfg.train.amp, device, read_json(self.run.amp_json))
         return self._amp[(fold, device)]
 
     def passes(self, n_folds: int) -> int:

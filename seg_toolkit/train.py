@@ -293,7 +293,7 @@ def train_one_epoch(cfg, model, ema, loss_fn, optimizer, schedule, scaler, loade
     is caught at the next read, named by epoch and step, and stops the fold.
     """
     model.train()
-    amp = amp or resolve_amp(cfg.train.amp, device, model)
+    amp = amp or resolve_amp(cfg.train.amp, device)
     accum = cfg.train.grad_accum
     sync_every = 1 if device.type == "cpu" else 10
     names: list[str] = []
@@ -361,7 +361,7 @@ def predict_batches(cfg: Config, model: torch.nn.Module, loader: DataLoader, dev
     """Yield ``(logits, target)`` per batch: logits (float32) at the model's input size, targets as the
     loader gives them (at their original sizes: one tensor, or a list when sizes differ)."""
     model.eval()
-    amp = amp or resolve_amp(cfg.train.amp, device, model)  # the run's choice (amp.json) when training passes it
+    amp = amp or resolve_amp(cfg.train.amp, device)  # the run's choice (amp.json) when training passes it
     for batch in loader:
         images, target = _to_device(batch, cfg, device)
         with autocast(amp, device):

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from seg_toolkit import amp as amp_mod
-from seg_toolkit.amp import choose_amp, depthwise_convs, measure_cpu_bf16, resolve_amp
+from seg_toolkit.amp import choose_amp, measure_cpu_bf16, resolve_amp
 from seg_toolkit.config import ConfigError, config_from_dict
 from seg_toolkit.cv import run_cv
 from seg_toolkit.predictor import Member
@@ -42,22 +42,20 @@ def test_explicit_modes():
         resolve_amp("fp8", CPU)
 
 
-def test_depthwise_count_and_auto_fallback(monkeypatch):
-    assert depthwise_convs(_Depthwise()) == 1
+def test_auto_fallback_follows_the_cpu(monkeypatch):
     monkeypatch.setattr(amp_mod, "cpu_has_fast_bf16", lambda: True)
-    assert resolve_amp("auto", CPU, _Depthwise()).mode == "none"
-    assert resolve_amp("auto", CPU, torch.nn.Conv2d(3, 1, 3)).mode == "bf16"
+    assert resolve_amp("auto", CPU).mode == "bf16"  # any model: depthwise convolutions train in fp32 (test_precision)
     monkeypatch.setattr(amp_mod, "cpu_has_fast_bf16", lambda: False)
-    assert resolve_amp("auto", CPU, torch.nn.Conv2d(3, 1, 3)).mode == "none"
+    assert resolve_amp("auto", CPU).mode == "none"
 
 
 def test_recorded_choice_wins_on_its_device_type_only(monkeypatch):
     monkeypatch.setattr(amp_mod, "cpu_has_fast_bf16", lambda: True)
     rec = {"mode": "none", "requested": "auto", "reason": "measured", "device_type": "cpu", "timings": {"fp32_s": 1.0}}
-    assert resolve_amp("auto", CPU, torch.nn.Conv2d(3, 1, 3), rec).mode == "none"
+    assert resolve_amp("auto", CPU, rec).mode == "none"
     other = dict(rec, device_type="cuda")
-    assert resolve_amp("auto", CPU, torch.nn.Conv2d(3, 1, 3), other).mode == "bf16"
-    assert resolve_amp("none", CPU, None, dict(rec, mode="bf16")).mode == "none"  # explicit config wins
+    assert resolve_amp("auto", CPU, other).mode == "bf16"
+    assert resolve_amp("none", CPU, dict(rec, mode="bf16")).mode == "none"  # explicit config wins
 
 
 @pytest.mark.parametrize("fp32,bf16,expected", [(1.0, 0.5, "bf16"), (1.0, 0.95, "none"), (1.0, 1.4, "none")])
@@ -116,7 +114,7 @@ def test_auto_is_measured_once_and_used_by_training_and_inference(demo_root, tmp
 
 def test_validation_runs_in_the_precision_training_measured(demo_root, tmp_path, monkeypatch):
     """The measured choice (here: bf16 slower, so fp32) holds for the epoch's validation too, although the
-    unmeasured rule would pick bf16 for this model (no depthwise convolutions)."""
+    unmeasured rule would pick bf16 for this model (bf16 on a bf16 CPU)."""
     import seg_toolkit.train as train_mod
 
     monkeypatch.setattr(amp_mod, "cpu_has_fast_bf16", lambda: True)
@@ -126,7 +124,7 @@ def test_validation_runs_in_the_precision_training_measured(demo_root, tmp_path,
     monkeypatch.setattr(train_mod, "autocast", lambda choice, device: (modes.append(choice.mode), real(choice, device))[1])
     cfg = config_from_dict(demo_dict(demo_root, tmp_path / "runs", folds={"n_splits": 2, "method": "kfold", "seed": 0},
                                      train={"epochs": 1, "batch_size": 2, "amp": "auto"}))
-    assert resolve_amp("auto", CPU, torch.nn.Conv2d(3, 1, 3)).mode == "bf16"  # what the rule alone would say
+    assert resolve_amp("auto", CPU).mode == "bf16"  # what the rule alone would say
     run_cv(cfg, folds=[0])
     assert modes and set(modes) == {"none"}  # training steps and validation batches alike
 
@@ -147,7 +145,7 @@ def test_lr_find_measures_like_training_and_training_reuses_it(demo_root, tmp_pa
     cfg = config_from_dict(demo_dict(demo_root, tmp_path / "runs", folds={"n_splits": 2, "method": "kfold", "seed": 0},
                                      train={"epochs": 1, "batch_size": 2, "amp": "auto"}))
     r = lr_find(cfg, fold=0, start=1e-5, end=1.0, steps=12)
-    assert r["amp"] == "none" and calls == [1]  # the unmeasured rule would say bf16 (no depthwise convolutions)
+    assert r["amp"] == "none" and calls == [1]  # the unmeasured rule would say bf16 (bf16 on a bf16 CPU)
     assert json.loads(Run.of(cfg).amp_json.read_text())["mode"] == "none"
     cv = run_cv(cfg, folds=[0])
     assert calls == [1] and cv["amp"] == ["none"]
