@@ -47,6 +47,14 @@ def test_depthwise_is_fp32_and_exact_under_cpu_autocast_other_layers_bf16():
     assert pw.dtype == torch.bfloat16 and dw_inference.dtype == torch.bfloat16
 
 
+def test_same_named_classes_get_their_own_subclass():
+    other = type("Conv2d", (torch.nn.Conv2d,), {})  # e.g. a library's own Conv2d
+    a, b = torch.nn.Conv2d(4, 4, 3, groups=4), other(4, 4, 3, groups=4)
+    keep_depthwise_fp32(torch.nn.Sequential(a, b))
+    assert type(a).__mro__[2] is torch.nn.Conv2d and type(b).__mro__[2] is other and type(a) is not type(b)
+    assert type(pickle.loads(pickle.dumps(a))) is type(a)
+
+
 def test_conv2d_same_keeps_its_padding():
     torch.manual_seed(0)
     conv = Conv2dSame(6, 6, 3, stride=2, groups=6)

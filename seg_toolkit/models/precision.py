@@ -52,7 +52,9 @@ class Fp32UnderCpuAutocast:
 def _fp32_subclass(cls: type) -> type:
     """``cls`` with :class:`Fp32UnderCpuAutocast` in front, one per class, importable by name."""
     if cls not in _SUBCLASSES:
-        name = f"Fp32{cls.__name__}"
+        name, i = f"Fp32{cls.__name__}", 1
+        while name in globals():  # another module's class of the same name
+            name, i = f"Fp32{cls.__name__}_{i}", i + 1
         new = type(name, (Fp32UnderCpuAutocast, cls), {"__module__": __name__, "__qualname__": name})
         globals()[name] = new  # picklable by name, as torch.save(model) and deepcopy expect
         _SUBCLASSES[cls] = new
