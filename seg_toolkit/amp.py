@@ -113,7 +113,7 @@ def _step_seconds(step: Callable[[torch.dtype | None], None], dtype: torch.dtype
 
 
 def measure_cpu_bf16(model: torch.nn.Module, loss_fn: torch.nn.Module, batch: Callable[[], tuple[torch.Tensor, Any]],
-                     rounds: int = 2, steps: int = 2) -> dict[str, float]:
+                     rounds: int = 3, steps: int = 2) -> dict[str, float]:
     """Seconds per training step (forward, loss, backward, optimiser step) in fp32 and bf16.
 
     ``batch()`` gives (images, target) on the device. Runs on a deep copy of ``model`` with a
@@ -142,9 +142,9 @@ def measure_cpu_bf16(model: torch.nn.Module, loss_fn: torch.nn.Module, batch: Ca
         for dtype in (None, torch.bfloat16):  # warm-up: oneDNN builds its kernels on first use
             step(dtype)
         fp32, bf16 = [], []
-        for _ in range(rounds):
-            fp32.append(_step_seconds(step, None, steps))
-            bf16.append(_step_seconds(step, torch.bfloat16, steps))
+        for r in range(rounds):  # ABBA order and the median of rounds: a burst of load on the machine
+            for dtype in ((None, torch.bfloat16) if r % 2 == 0 else (torch.bfloat16, None)):  # skews one round
+                (fp32 if dtype is None else bf16).append(_step_seconds(step, dtype, steps))
     random.setstate(py_state)
     np.random.set_state(np_state)
     return {"fp32_s": statistics.median(fp32), "bf16_s": statistics.median(bf16)}

@@ -90,6 +90,22 @@ def test_measuring_leaves_model_and_rng_untouched():
         assert torch.equal(v, before[k]), k
 
 
+def test_measurement_alternates_order_and_a_burst_of_load_does_not_decide(monkeypatch):
+    """Rounds run fp32 first, then bf16 first (ABBA); a round slowed by other work on the machine
+    (bf16 timed at 5 s instead of 0.5 s) does not flip the choice: the median of 3 rounds is kept."""
+    calls = []
+
+    def fake_seconds(step, dtype, steps):
+        calls.append("bf16" if dtype is not None else "fp32")
+        return 1.0 if dtype is None else (5.0 if len(calls) == 2 else 0.5)
+
+    monkeypatch.setattr(amp_mod, "_step_seconds", fake_seconds)
+    loss = lambda logits, y: (torch.nn.functional.binary_cross_entropy_with_logits(logits, y), {})  # noqa: E731
+    t = measure_cpu_bf16(_Depthwise(), loss, lambda: (torch.randn(2, 3, 8, 8), torch.ones(2, 1, 8, 8)))
+    assert calls == ["fp32", "bf16", "bf16", "fp32", "fp32", "bf16"]
+    assert t == {"fp32_s": 1.0, "bf16_s": 0.5}
+
+
 def test_auto_is_measured_once_and_used_by_training_and_inference(demo_root, tmp_path, monkeypatch):
     monkeypatch.setattr(amp_mod, "cpu_has_fast_bf16", lambda: True)
     calls = []
