@@ -4,7 +4,7 @@ For each model the same step (forward, dice+BCE loss, backward, AdamW step) runs
 under ``torch.autocast(<device>, bfloat16)``, alternating A/B rounds in this process so that
 machine load hits both alike; the printed figure is the ratio of median step times
 (fp32 / bf16: above 1 means bf16 is faster). The last column is what ``train.amp: auto``
-picks for the model here (``seg_toolkit.device.resolve_amp``), so a wrong pick shows.
+picks for the model here (``seg_toolkit.amp.resolve_amp``), so a wrong pick shows.
 
 Models with depthwise convolutions run them in fp32 under CPU bf16 autocast
 (``seg_toolkit.models.precision``); for those, a third timing runs the same step with the
@@ -100,6 +100,7 @@ def main() -> None:
         dw = f"{med['dw-bf16'] / b:13.2f}" if "dw-bf16" in med else f"{'-':>13s}"
         pick = resolve_amp("auto", device)
         print(f"{label:40s} {size:5d} {a:8.3f} {b:8.3f} {a / b:10.2f} {dw}  {pick.mode} ({pick.reason})")
+
 
 if __name__ == "__main__":
     main()
