@@ -28,15 +28,15 @@ from seg_toolkit.metrics import image_counts, mean_iou, per_image_scores, pixel_
 from seg_toolkit.postprocess import PostParams, apply_postprocess, load_params
 from seg_toolkit.rle import rle_encode
 from seg_toolkit.tensors import uint8_to_probs
-from seg_toolkit.tune import (
-    _multiclass_score,
-    _sigmoid_score,
+from seg_toolkit.tune import tune_postprocess
+from seg_toolkit.tune_tables import (
     area_tables,
     gate_open,
+    multiclass_score,
     multiclass_tables,
+    sigmoid_score,
     threshold_cut,
     threshold_tables,
-    tune_postprocess,
 )
 
 H, W = 32, 40
@@ -379,11 +379,11 @@ def test_threshold_histograms_equal_brute_force(c):
                     want = per_image_scores(pred, target, metric, empty)
                     got = scores_from_counts(type(ref)(tp, fp, tab.pos - tp, tab.n_valid), metric, empty)
                     assert np.array_equal(got, want, equal_nan=True)
-                    fast = _sigmoid_score(tp, fp, tab.pos, tab.n_valid, metric, empty)
+                    fast = sigmoid_score(tp, fp, tab.pos, tab.n_valid, metric, empty)
                     assert fast == pytest.approx(float(np.nanmean(want)), abs=1e-15)
             cm = np.stack([[[n - a - b - d, b], [d, a]] for a, b, d, n in zip(ref.tp.sum(0), ref.fp.sum(0), ref.fn.sum(0), ref.n_valid.sum(0))])
-            assert _sigmoid_score(tp, fp, tab.pos, tab.n_valid, "miou", "one") == mean_iou(cm)
-            assert _sigmoid_score(tp, fp, tab.pos, tab.n_valid, "pixel_accuracy", "one") == pixel_accuracy(cm)
+            assert sigmoid_score(tp, fp, tab.pos, tab.n_valid, "miou", "one") == mean_iou(cm)
+            assert sigmoid_score(tp, fp, tab.pos, tab.n_valid, "pixel_accuracy", "one") == pixel_accuracy(cm)
 
 
 def test_threshold_cut_matches_float_comparison():
@@ -440,5 +440,5 @@ def test_multiclass_tables_equal_brute_force():
             assert np.array_equal(conf.sum(2) - diag, ref.fn)
             for metric in ("dice", "iou"):
                 want = float(np.nanmean(per_image_scores(pred, np.stack(truths), metric, "skip", num_classes=3)))
-                assert _multiclass_score(conf, metric, "skip") == pytest.approx(want, abs=1e-15)
-            assert not math.isnan(_multiclass_score(conf, "miou", "one"))
+                assert multiclass_score(conf, metric, "skip") == pytest.approx(want, abs=1e-15)
+            assert not math.isnan(multiclass_score(conf, "miou", "one"))
