@@ -242,6 +242,17 @@ def test_bad_param_value_is_a_config_error():
         build_model(ModelConfig(arch="unet", encoder=TINY, params={"decoder_channels": [8, 8]}), 1)
 
 
+def test_a_width_that_leaves_a_layer_no_channels_is_a_config_error():
+    # smp's scse squeezes a width of 8 to 8 // 16 = 0 channels: torch would fail at the first forward
+    cfg = ModelConfig(arch="unet", encoder="tu-test_resnet", encoder_weights=None,
+                      params={"decoder_channels": [32, 16, 16, 8, 8], "decoder_attention_type": "scse"})
+    with pytest.raises(ConfigError, match=r"model: unet .*no channels .*shape \[0, 8, 1, 1\].*decoder_channels value must be >= 16"):
+        build_model(cfg, 1)
+    cfg = ModelConfig(arch="unet", encoder="tu-test_resnet", encoder_weights=None,
+                      params={"decoder_channels": [32, 16, 16, 16, 16], "decoder_attention_type": "scse"})
+    assert build_model(cfg, 1)(torch.zeros(2, 3, 64, 64)).shape == (2, 1, 64, 64)
+
+
 def test_list_encoders():
     names = list_encoders()
     assert {"scratch", "resnet34", "efficientnet-b0", "tu-test_resnet", "tu-convnext_tiny"} <= set(names)

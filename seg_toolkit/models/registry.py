@@ -218,6 +218,7 @@ def build_model(cfg: ModelConfig, num_classes: int, in_channels: int = 3) -> nn.
         hint = f"; did you mean {close[0]!r}?" if close else ""
         raise ConfigError(f"model.arch: unknown architecture {cfg.arch!r}{hint} (valid: {', '.join(names)})")
     model = builder(cfg, num_classes, in_channels)
+    _check_no_empty_layer(model, cfg)
     if cfg.classifier > 0:  # the auxiliary empty-mask classifier: output (N, 2C, H, W), see models/presence.py
         add_presence_head(model, num_classes)
     keep_depthwise_fp32(model)  # oneDNN's bf16 depthwise backward is slow on CPUs: see models/precision.py
@@ -229,6 +230,21 @@ def build_model(cfg: ModelConfig, num_classes: int, in_channels: int = 3) -> nn.
     n_params = sum(p.numel() for p in model.parameters())
     logger.info("built %s (encoder %s): %s parameters", cfg.arch, resolved or "scratch", f"{n_params:,}")
     return model
+
+
+def _check_no_empty_layer(model: nn.Module, cfg: ModelConfig) -> None:
+    """Refuse a model with a zero-sized weight: some width in ``model.params`` (or the scratch
+    U-Net's widths) left a layer no channels, and its first forward would fail deep in torch."""
+    for name, p in model.named_parameters():
+        if p.numel() == 0:
+            hint = ""
+            if cfg.params.get("decoder_attention_type") == "scse":
+                hint = ("; scse attention squeezes each decoder width by 16 (smp's reduction), so every "
+                        "model.params.decoder_channels value must be >= 16")
+            raise ConfigError(
+                f"model: {cfg.arch} with model.params {dict(cfg.params)} built a layer with no channels "
+                f"({name}, shape {list(p.shape)}){hint}"
+            )
 
 
 # ----------------------------------------------------------------------------- training helpers
