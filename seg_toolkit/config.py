@@ -124,6 +124,10 @@ class TransformsConfig:
     std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
 
 
+#: the architectures ``model.deep_supervision`` builds auxiliary heads for (models/deep_supervision.py for unet)
+DEEP_SUPERVISION_ARCHS = ("scratch_unet", "unet")
+
+
 @dataclass
 class ModelConfig:
     arch: str = "scratch_unet"  # `seg-toolkit models` lists the names
@@ -140,8 +144,8 @@ class ModelConfig:
     params: dict[str, Any] = field(default_factory=dict)  # extra keyword arguments for the smp class
     channels_last: bool = False
     freeze_encoder_epochs: int = 0
-    # scratch U-Net: > 0 adds a 1x1 head on each coarser decoder stage in training; the loss becomes
-    # loss(main) + deep_supervision * mean(loss(aux)) (inference uses the main head only)
+    # scratch U-Net and smp Unet (DEEP_SUPERVISION_ARCHS): > 0 adds a 1x1 head on each coarser decoder stage in
+    # training; the loss becomes loss(main) + deep_supervision * mean(loss(aux)) (inference uses the main head only)
     deep_supervision: float = 0.0
     # binary / multilabel: > 0 adds the auxiliary empty-mask classifier (a per-class presence logit from
     # the encoder's deepest features); loss + classifier * BCE(presence); tune gates masks on it

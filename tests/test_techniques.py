@@ -201,13 +201,81 @@ def test_model_loss_adds_the_weighted_mean_of_the_aux_losses():
     assert model_loss(loss_fn, main, t, 0.5)[0].item() == 1.0
 
 
-def test_deep_supervision_trains_and_is_checked(demo_root, tmp_path):
+@pytest.mark.parametrize("model", [{"arch": "scratch_unet", "depth": 2, "base_width": 4},
+                                   {"arch": "unet", "encoder": "tu-test_resnet", "encoder_weights": None,
+                                    "params": {"decoder_channels": [16, 16, 8, 8, 8]}}], ids=["scratch_unet", "unet"])
+def test_deep_supervision_trains_and_is_checked(demo_root, tmp_path, model):
     cfg = config_from_dict(demo_dict(demo_root, tmp_path / "runs", folds={"n_splits": 2, "method": "kfold", "seed": 0},
-                                     model={"arch": "scratch_unet", "depth": 2, "base_width": 4, "deep_supervision": 0.4},
+                                     model={**model, "deep_supervision": 0.4},
                                      train={"epochs": 1, "batch_size": 2}))
     cv = run_cv(cfg, folds=[0])
     assert math.isfinite(cv["score"])
     assert "aux" in pd.read_csv(Run.of(cfg).metrics_csv(0)).columns.str.cat(sep=",")
-    with pytest.raises(ConfigError, match="model.deep_supervision: auxiliary heads are built for scratch_unet"):
-        config_from_dict(demo_dict(demo_root, tmp_path / "r2", model={"arch": "unet", "encoder": "tu-test_resnet",
+    state = load_checkpoint(Run.of(cfg).fold_dir(0) / "best.pt")["model"]
+    assert any(k.startswith("aux_heads.") for k in state)
+    with pytest.raises(ConfigError, match="model.deep_supervision: auxiliary heads are built for scratch_unet, unet; model.arch is 'fpn'"):
+        config_from_dict(demo_dict(demo_root, tmp_path / "r2", model={"arch": "fpn", "encoder": "tu-test_resnet",
                                                                       "deep_supervision": 0.4}))
+
+
+def _ds_unet(classifier: float = 0.0) -> torch.nn.Module:
+    from seg_toolkit.config import ModelConfig
+    from seg_toolkit.models import build_model
+
+    torch.manual_seed(0)
+    return build_model(ModelConfig(arch="unet", encoder="tu-test_resnet", encoder_weights=None, deep_supervision=0.4,
+                                   classifier=classifier, params={"decoder_channels": [16, 16, 8, 8, 8]}), 2)
+
+
+def test_smp_unet_deep_supervision_heads_see_the_right_stages_and_crop_like_the_logits():
+    import torch.nn.functional as F
+
+    model = _ds_unet().train()
+    blocks = list(model.decoder.blocks)
+    assert [h.in_channels for h in model.aux_heads] == [16, 16, 8, 8] and len(blocks) == 5
+    seen = {}
+    for i, b in enumerate(blocks):  # an independent record of each stage's output
+        b.register_forward_hook(lambda m, inp, out, i=i: seen.__setitem__(i, out.detach()))
+    x = torch.randn(2, 3, 70, 90)  # padded to 96 x 96: top 13, bottom 13, left 3, right 3
+    main, aux = model(x)
+    assert main.shape == (2, 2, 70, 90) and len(aux) == 4 and all(a.shape == (2, 2, 70, 90) for a in aux)
+    assert seen[0].shape[-2:] == (6, 6) and seen[3].shape[-2:] == (48, 48)
+    for i, a in enumerate(aux):
+        want = F.interpolate(model.aux_heads[i](seen[i]), size=(96, 96), mode="bilinear", align_corners=False)
+        torch.testing.assert_close(a, want[..., 13:83, 3:93])
+    assert not any("_ds_stage" in b.__dict__ for b in blocks)  # nothing kept after the step
+    # every head gets a gradient from the aux loss
+    (main.mean() + sum(a.mean() for a in aux)).backward()
+    assert all(h.weight.grad is not None and h.weight.grad.abs().sum() > 0 for h in model.aux_heads)
+
+
+def test_smp_unet_deep_supervision_leaves_inference_unchanged():
+    import copy
+    import pickle
+
+    from seg_toolkit.config import ModelConfig
+    from seg_toolkit.models import build_model
+
+    model = _ds_unet().eval()
+    plain = build_model(ModelConfig(arch="unet", encoder="tu-test_resnet", encoder_weights=None,
+                                    params={"decoder_channels": [16, 16, 8, 8, 8]}), 2).eval()
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith("aux_heads.")}
+    plain.load_state_dict(state)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        out = model(x)
+        assert isinstance(out, torch.Tensor)
+        torch.testing.assert_close(out, plain(x), rtol=0, atol=0)
+    assert not any("_ds_stage" in b.__dict__ for b in model.decoder.blocks)
+    for clone in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+        clone.train()
+        main, aux = clone(x)
+        assert len(aux) == 4
+
+
+def test_smp_unet_deep_supervision_with_the_classifier():
+    model = _ds_unet(classifier=0.2).train()
+    main, aux = model(torch.randn(2, 3, 64, 64))
+    assert main.shape == (2, 4, 64, 64)  # 2 mask channels + 2 presence channels
+    assert [a.shape[1] for a in aux] == [2, 2, 2, 2]
+    assert isinstance(model.eval()(torch.randn(2, 3, 64, 64)), torch.Tensor)

@@ -19,8 +19,9 @@ import segmentation_models_pytorch as smp
 import timm
 from torch import nn
 
-from seg_toolkit.config import ConfigError, ModelConfig
+from seg_toolkit.config import DEEP_SUPERVISION_ARCHS, ConfigError, ModelConfig
 
+from .deep_supervision import add_deep_supervision
 from .presence import add_presence_head
 from .precision import keep_depthwise_fp32
 from .scratch_unet import ScratchUNet
@@ -217,7 +218,12 @@ def build_model(cfg: ModelConfig, num_classes: int, in_channels: int = 3) -> nn.
         close = closest_names(cfg.arch.lower(), names, n=1, cutoff=0.5)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         raise ConfigError(f"model.arch: unknown architecture {cfg.arch!r}{hint} (valid: {', '.join(names)})")
+    if cfg.deep_supervision > 0 and cfg.arch not in DEEP_SUPERVISION_ARCHS:
+        raise ConfigError(f"model.deep_supervision: auxiliary heads are built for "
+                          f"{', '.join(DEEP_SUPERVISION_ARCHS)}; model.arch is {cfg.arch!r}")
     model = builder(cfg, num_classes, in_channels)
+    if cfg.deep_supervision > 0 and cfg.arch != "scratch_unet":
+        add_deep_supervision(model, num_classes)  # before the presence head: its hook appends to the main logits
     _check_no_empty_layer(model, cfg)
     if cfg.classifier > 0:  # the auxiliary empty-mask classifier: output (N, 2C, H, W), see models/presence.py
         add_presence_head(model, num_classes)

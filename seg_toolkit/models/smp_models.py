@@ -7,6 +7,8 @@ Each smp class gets a module-level subclass (``PaddedUnet``, ``PaddedFPN``, ...)
   stride) and crops the logits back, so any H, W works (smp raises on sizes it cannot divide);
 * keeps a frozen encoder's BatchNorm layers in eval mode across ``model.train()``
   (:class:`~seg_toolkit.models.scratch_unet.EncoderFreezeMixin`);
+* with ``model.deep_supervision`` (Unet only), returns ``(logits, [aux logits])`` in training
+  (:mod:`.deep_supervision`);
 * raises a readable error for a training batch of one on architectures with BatchNorm
   after global pooling (DeepLabV3/V3+ ASPP pooling, PAN's FPA, UPerNet's PSP).
 
@@ -32,7 +34,8 @@ from torch import nn
 
 from seg_toolkit.config import ConfigError, ModelConfig
 
-from .scratch_unet import EncoderFreezeMixin, ScratchUNetEncoder, forward_padded
+from .deep_supervision import aux_logits
+from .scratch_unet import EncoderFreezeMixin, ScratchUNetEncoder, crop_padding, forward_padded, pad_to_multiple
 from .weights import (
     EncoderWeightsReport,
     PretrainedDownloadError,
@@ -119,7 +122,12 @@ class _PaddedSmpMixin(EncoderFreezeMixin):
                 f"after global pooling, which needs >= {self.min_train_batch} images per batch. Use "
                 "train.batch_size >= 2 and drop the last incomplete training batch."
             )
-        return forward_padded(x, self.pad_multiple, super().forward, self.min_input_size)  # type: ignore[misc]
+        heads = getattr(self, "aux_heads", None)  # deep supervision (models/deep_supervision.py), training only
+        if heads is None or not self.training:
+            return forward_padded(x, self.pad_multiple, super().forward, self.min_input_size)  # type: ignore[misc]
+        xp, pads = pad_to_multiple(x, self.pad_multiple, self.min_input_size)
+        main = super().forward(xp)  # type: ignore[misc]
+        return crop_padding(main, pads), [crop_padding(a, pads) for a in aux_logits(self, main.shape[-2:])]
 
 
 def _make_padded(cls: type[nn.Module]) -> type[nn.Module]:
