@@ -109,6 +109,19 @@ def _run_info(run: Run) -> tuple[str, Optional[float]]:
     return metric, baseline
 
 
+def _aux_weight(run: Run, df: pd.DataFrame) -> float:
+    """The deep-supervision loss weight of the run (0 when its metrics have no ``train_aux``
+    column or its config cannot be read): the plot takes that term out of the training loss,
+    since validation runs the main head only."""
+    if "train_aux" not in df.columns or not run.config_yaml.is_file():
+        return 0.0
+    try:
+        return float(run.config().model.deep_supervision)
+    except Exception as e:  # a broken config must not stop a plot
+        log.warning("learning curves: cannot read model.deep_supervision from %s (%s)", run.config_yaml, e)
+        return 0.0
+
+
 def metric_label(metric: str) -> str:
     """A display name for a metric id (``miou`` -> ``mean IoU``)."""
     return {"miou": "mean IoU", "dice": "dice", "iou": "IoU", "tgs_map": "TGS mAP",
@@ -184,7 +197,8 @@ def write_figure(fig: Any, path: Path) -> bytes:
 def learning_curves(run_dir: Path, df: Optional[pd.DataFrame] = None) -> Any:
     """The run's learning curves as one matplotlib figure, two panels side by side.
 
-    Left: train loss (dashed, hollow markers) and validation loss (solid); right: the
+    Left: train loss (dashed, hollow markers; without the deep-supervision heads' term, which
+    validation does not have, so the two compare) and validation loss (solid); right: the
     validation metric (solid; the EMA or raw model's score dotted when logged), a star on
     each fold's best epoch and the all-empty baseline as a grey line. One colour per fold.
     """
@@ -195,13 +209,15 @@ def learning_curves(run_dir: Path, df: Optional[pd.DataFrame] = None) -> Any:
     metric, baseline = _run_info(run)
     label = metric_label(metric)
     other = _other_score_column(df)
+    aux_w = _aux_weight(run, df)
     fig = new_figure(12, 4.8)
     ax_loss, ax_score = fig.subplots(1, 2)
     handles = []
     for fold, g in df.groupby("fold", sort=True):
         color = _fold_color(int(fold))
         if _series(g, "train_loss") is not None:  # hollow markers: visible even with one epoch
-            ax_loss.plot(g["epoch"], g["train_loss"], "--o", color=color, ms=5, mfc="white", lw=1.3)
+            train = g["train_loss"] - aux_w * g["train_aux"].fillna(0.0) if aux_w else g["train_loss"]
+            ax_loss.plot(g["epoch"], train, "--o", color=color, ms=5, mfc="white", lw=1.3)
         if _series(g, "val_loss") is not None:
             ax_loss.plot(g["epoch"], g["val_loss"], "-o", color=color, ms=5, lw=1.6)
         y = _series(g, "val_score")
@@ -220,7 +236,8 @@ def learning_curves(run_dir: Path, df: Optional[pd.DataFrame] = None) -> Any:
     if not len(df):
         for ax in (ax_loss, ax_score):
             ax.text(0.5, 0.5, "no epochs logged yet", ha="center", va="center", color="grey", transform=ax.transAxes)
-    ax_loss.set_title("loss: train dashed / hollow, validation solid", fontsize=10)
+    ax_loss.set_title("loss: train dashed / hollow" + (f" (less {aux_w:g} x aux, as validation)" if aux_w else "")
+                      + ", validation solid", fontsize=10)
     ax_score.set_title(f"validation {label}" + (f" ({other.split('_')[0]} model dotted)" if other else "")
                        + "; \u2605 best epoch", fontsize=10)
     n_epochs = int(df["epoch"].max()) if len(df) else 0

@@ -395,6 +395,28 @@ def test_learning_curves_tolerate_partial_and_empty_runs(tmp_path):
     _valid_png(run.learning_curves_png)
 
 
+def test_learning_curves_take_the_deep_supervision_term_out_of_the_training_loss(tmp_path, demo_root):
+    from seg_toolkit.plots import learning_curves
+
+    cfg = config_from_dict(demo_dict(demo_root, tmp_path / "runs", model={"arch": "scratch_unet", "depth": 2, "base_width": 4,
+                                                                          "deep_supervision": 0.4}))
+    run = Run.of(cfg)
+    run.fold_dir(0).mkdir(parents=True)
+    save_config(cfg, run.config_yaml)
+    run.metrics_csv(0).write_text(
+        "fold,epoch,lr,train_loss,train_bce,train_aux,images_per_s,val_loss,val_score,best,seconds\n"
+        "0,1,0.001,1.0,0.6,1.0,10,0.7,0.4,1,1.0\n"
+        "0,2,0.001,0.8,0.4,0.5,10,0.5,0.5,1,1.0\n")
+    fig = learning_curves(run.dir)
+    train_line = fig.axes[0].lines[0]
+    assert train_line.get_ydata().tolist() == pytest.approx([1.0 - 0.4 * 1.0, 0.8 - 0.4 * 0.5])
+    assert "less 0.4 x aux" in fig.axes[0].get_title()
+    run.metrics_csv(0).write_text("fold,epoch,lr,train_loss,images_per_s,val_loss,val_score,best,seconds\n"
+                                  "0,1,0.001,1.0,10,0.7,0.4,1,1.0\n")  # no aux column: the loss as logged
+    fig = learning_curves(run.dir)
+    assert fig.axes[0].lines[0].get_ydata().tolist() == [1.0] and "aux" not in fig.axes[0].get_title()
+
+
 def test_display_size():
     assert display_size(48, 64) == (240, 320)  # x5, nearest neighbour
     assert display_size(101, 101) == (202, 202)
