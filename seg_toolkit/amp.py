@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
@@ -109,7 +108,7 @@ def _step_seconds(step: Callable[[torch.dtype | None], None], dtype: torch.dtype
         t0 = time.perf_counter()
         step(dtype)
         times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return min(times)
 
 
 def measure_cpu_bf16(model: torch.nn.Module, loss_fn: torch.nn.Module, batch: Callable[[], tuple[torch.Tensor, Any]],
@@ -142,12 +141,15 @@ def measure_cpu_bf16(model: torch.nn.Module, loss_fn: torch.nn.Module, batch: Ca
         for dtype in (None, torch.bfloat16):  # warm-up: oneDNN builds its kernels on first use
             step(dtype)
         fp32, bf16 = [], []
-        for r in range(rounds):  # ABBA order and the median of rounds: a burst of load on the machine
-            for dtype in ((None, torch.bfloat16) if r % 2 == 0 else (torch.bfloat16, None)):  # skews one round
+        # ABBA order, and the fastest round of each: other work on the machine only ever adds time,
+        # so the minimum is the least disturbed reading (a TGS run once measured 1.09x with the median
+        # while another job held the other core for a few seconds, and trained 1.7x slower in fp32)
+        for r in range(rounds):
+            for dtype in ((None, torch.bfloat16) if r % 2 == 0 else (torch.bfloat16, None)):
                 (fp32 if dtype is None else bf16).append(_step_seconds(step, dtype, steps))
     random.setstate(py_state)
     np.random.set_state(np_state)
-    return {"fp32_s": statistics.median(fp32), "bf16_s": statistics.median(bf16)}
+    return {"fp32_s": min(fp32), "bf16_s": min(bf16)}
 
 
 def choose_amp(requested: str, device: torch.device, model: torch.nn.Module, recorded: dict[str, Any] | None,

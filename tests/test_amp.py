@@ -90,14 +90,16 @@ def test_measuring_leaves_model_and_rng_untouched():
         assert torch.equal(v, before[k]), k
 
 
-def test_measurement_alternates_order_and_a_burst_of_load_does_not_decide(monkeypatch):
-    """Rounds run fp32 first, then bf16 first (ABBA); a round slowed by other work on the machine
-    (bf16 timed at 5 s instead of 0.5 s) does not flip the choice: the median of 3 rounds is kept."""
+@pytest.mark.parametrize("slow_calls", [{2}, {2, 3}, {1, 4}], ids=["one bf16 round", "two bf16 rounds", "two fp32 rounds"])
+def test_measurement_alternates_order_and_load_on_the_machine_does_not_decide(monkeypatch, slow_calls):
+    """Rounds run fp32 first, then bf16 first (ABBA); rounds slowed by other work on the machine
+    (timed at 5 s instead of 1.0 s fp32 / 0.5 s bf16), even 2 of the 3 rounds of one precision,
+    do not flip the choice: the fastest round of each is kept."""
     calls = []
 
     def fake_seconds(step, dtype, steps):
         calls.append("bf16" if dtype is not None else "fp32")
-        return 1.0 if dtype is None else (5.0 if len(calls) == 2 else 0.5)
+        return 5.0 if len(calls) in slow_calls else (1.0 if dtype is None else 0.5)
 
     monkeypatch.setattr(amp_mod, "_step_seconds", fake_seconds)
     loss = lambda logits, y: (torch.nn.functional.binary_cross_entropy_with_logits(logits, y), {})  # noqa: E731
