@@ -128,6 +128,14 @@ class TransformsConfig:
 DEEP_SUPERVISION_ARCHS = ("scratch_unet", "unet")
 
 
+def check_deep_supervision_arch(arch: str) -> None:
+    """Refuse ``model.deep_supervision`` on an architecture without auxiliary heads (at config load
+    and in ``build_model``, for models built without a config file)."""
+    if arch not in DEEP_SUPERVISION_ARCHS:
+        raise ConfigError(f"model.deep_supervision: auxiliary heads are built for "
+                          f"{', '.join(DEEP_SUPERVISION_ARCHS)}; model.arch is {arch!r}")
+
+
 @dataclass
 class ModelConfig:
     arch: str = "scratch_unet"  # `seg-toolkit models` lists the names

@@ -16,7 +16,7 @@ import string
 import warnings
 from typing import Any
 
-from .config import DEEP_SUPERVISION_ARCHS, Config, ConfigError
+from .config import Config, ConfigError, check_deep_supervision_arch
 
 __all__ = ["check_config"]
 
@@ -510,9 +510,8 @@ def _check_model(cfg: Config) -> None:
     ds = cfg.model.deep_supervision
     if not (isinstance(ds, (int, float)) and 0 <= ds <= 10):
         raise ConfigError(f"model.deep_supervision: expected a loss weight in [0, 10] (0 = off), got {ds!r}")
-    if ds > 0 and cfg.model.arch not in DEEP_SUPERVISION_ARCHS:
-        raise ConfigError(f"model.deep_supervision: auxiliary heads are built for "
-                          f"{', '.join(DEEP_SUPERVISION_ARCHS)}; model.arch is {cfg.model.arch!r}")
+    if ds > 0:
+        check_deep_supervision_arch(cfg.model.arch)
     cls = cfg.model.classifier
     if not (isinstance(cls, (int, float)) and not isinstance(cls, bool) and 0 <= cls <= 10):
         raise ConfigError(f"model.classifier: expected a loss weight in [0, 10] (0 = off), got {cls!r}")

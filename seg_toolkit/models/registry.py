@@ -19,7 +19,7 @@ import segmentation_models_pytorch as smp
 import timm
 from torch import nn
 
-from seg_toolkit.config import DEEP_SUPERVISION_ARCHS, ConfigError, ModelConfig
+from seg_toolkit.config import ConfigError, ModelConfig, check_deep_supervision_arch
 
 from .deep_supervision import add_deep_supervision
 from .presence import add_presence_head
@@ -218,9 +218,8 @@ def build_model(cfg: ModelConfig, num_classes: int, in_channels: int = 3) -> nn.
         close = closest_names(cfg.arch.lower(), names, n=1, cutoff=0.5)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         raise ConfigError(f"model.arch: unknown architecture {cfg.arch!r}{hint} (valid: {', '.join(names)})")
-    if cfg.deep_supervision > 0 and cfg.arch not in DEEP_SUPERVISION_ARCHS:
-        raise ConfigError(f"model.deep_supervision: auxiliary heads are built for "
-                          f"{', '.join(DEEP_SUPERVISION_ARCHS)}; model.arch is {cfg.arch!r}")
+    if cfg.deep_supervision > 0:
+        check_deep_supervision_arch(cfg.arch)
     model = builder(cfg, num_classes, in_channels)
     if cfg.deep_supervision > 0 and cfg.arch != "scratch_unet":
         add_deep_supervision(model, num_classes)  # before the presence head: its hook appends to the main logits
