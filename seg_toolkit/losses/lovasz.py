@@ -1,0 +1,101 @@
+"""The Lovasz losses (Berman et al., 2018): the hinge per channel for binary / multilabel, the
+softmax version for multiclass; why they are our own and not smp's is in :mod:`seg_toolkit.losses`."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from seg_toolkit.config import IGNORE_INDEX
+
+from .terms import TASKS
+
+__all__ = ["LovaszLoss", "lovasz_grad", "lovasz_hinge_flat", "lovasz_softmax_flat"]
+
+
+
+def lovasz_grad(gt_sorted: Tensor) -> Tensor:
+    """Gradient of the Lovasz extension of the Jaccard loss w.r.t. errors sorted descending.
+
+    ``gt_sorted``: float ``(P,)`` of 0/1 labels in the order of the sorted errors, P >= 1.
+    Algorithm 1 of Berman et al. (2018): ``J_i = 1 - |gt \\ first i| / |gt u first i|``,
+    the result is ``J_1, J_2 - J_1, ..., J_P - J_{P-1}``.
+    """
+    gts = gt_sorted.sum()
+    intersection = gts - gt_sorted.cumsum(0)
+    union = gts + (1.0 - gt_sorted).cumsum(0)  # >= 1 everywhere
+    jaccard = 1.0 - intersection / union
+    return torch.cat([jaccard[:1], jaccard[1:] - jaccard[:-1]])
+
+
+def lovasz_hinge_flat(logits: Tensor, labels: Tensor) -> Tensor:
+    """Binary Lovasz hinge of flat ``(P,)`` logits vs 0/1 labels (no void); 0 when P = 0."""
+    if labels.numel() == 0:
+        return logits.sum() * 0.0
+    signs = 2.0 * labels - 1.0
+    errors = 1.0 - logits * signs
+    errors_sorted, perm = torch.sort(errors, descending=True)
+    # a product-sum rather than torch.dot: stays float32 under autocast
+    return (F.relu(errors_sorted) * lovasz_grad(labels[perm])).sum()
+
+
+def lovasz_softmax_flat(probs: Tensor, labels: Tensor) -> Tensor:
+    """Lovasz-softmax of flat ``(P, C)`` probabilities vs ``(P,)`` labels (no void).
+
+    Averages over the classes present in ``labels``; 0 when P = 0.
+    """
+    if labels.numel() == 0:
+        return probs.sum() * 0.0
+    losses = []
+    for c in range(probs.shape[1]):
+        fg = (labels == c).to(probs.dtype)
+        if fg.sum() == 0:
+            continue
+        errors = (fg - probs[:, c]).abs()
+        errors_sorted, perm = torch.sort(errors, descending=True)
+        losses.append((errors_sorted * lovasz_grad(fg[perm])).sum())
+    return torch.stack(losses).mean()
+
+
+class LovaszLoss(nn.Module):
+    """Lovasz loss: hinge per channel (binary / multilabel) or softmax (multiclass).
+
+    Units: binary / multilabel -> one ranking per channel (over the whole batch, or per
+    image and channel when ``per_image``), multiclass -> one ranking over the batch (or per
+    image). The loss is the mean over the units that have at least one non-void pixel;
+    0 (with zero gradients) when none has.
+    """
+
+    def __init__(self, mode: str, per_image: bool = False, ignore_index: int = IGNORE_INDEX) -> None:
+        super().__init__()
+        if mode not in TASKS:
+            raise ValueError(f"mode must be one of {TASKS}, got {mode!r}")
+        self.mode = mode
+        self.per_image = per_image
+        self.ignore_index = ignore_index
+
+    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        losses = []
+        if self.mode == "multiclass":
+            probs = logits.softmax(dim=1)
+            groups = [(probs[i : i + 1], target[i : i + 1]) for i in range(len(probs))] if self.per_image else [(probs, target)]
+            for p, t in groups:
+                flat_p = p.movedim(1, -1).reshape(-1, p.shape[1])
+                flat_t = t.reshape(-1)
+                valid = flat_t != self.ignore_index
+                if valid.any():
+                    losses.append(lovasz_softmax_flat(flat_p[valid], flat_t[valid]))
+        else:
+            for c in range(logits.shape[1]):
+                x, t = logits[:, c], target[:, c]
+                groups = [(x[i], t[i]) for i in range(len(x))] if self.per_image else [(x, t)]
+                for xi, ti in groups:
+                    flat_x, flat_t = xi.reshape(-1), ti.reshape(-1)
+                    valid = flat_t != self.ignore_index
+                    if valid.any():
+                        # soft targets (pseudo.soft) are cut at 0.5: the Lovasz extension needs 0/1 labels
+                        losses.append(lovasz_hinge_flat(flat_x[valid], (flat_t[valid] >= 0.5).to(flat_x.dtype)))
+        if not losses:
+            return logits.sum() * 0.0
+        return torch.stack(losses).mean()
