@@ -1,6 +1,6 @@
 """Train one fold. ``train_fold`` reads like its table of contents; each step is a function.
 
-Files (paths from :class:`seg_toolkit.run.Run`): ``fold_<k>/last.pt`` (every epoch,
+Files (paths from :class:`seg_toolkit.run.Run`; written by :mod:`seg_toolkit.fold_state`): ``fold_<k>/last.pt`` (every epoch,
 atomically; the previous one kept as ``prev.pt``), ``best.pt`` (best validation score),
 ``metrics.csv`` (one row per epoch), the fold's out-of-fold probabilities in the run's
 ``oof/`` (made from ``best.pt`` by the predictor that ``predict`` uses, see
@@ -18,7 +18,6 @@ import os
 import signal
 import threading
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +27,11 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from .checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from .config import Config, config_to_dict
+from .checkpoint import save_checkpoint
+from .config import Config
 from .data import EpochSampler, Sample, SegDataset, collate
 from .data.folds import split_fold
+from .fold_state import TrainState, checkpoint_state, restore, save_epoch, should_stop, update_best, weights_only
 from .amp import resolve_amp, run_amp
 from .device import autocast, resolve_device, seed_everything
 from .distributed import Dist, get_dist
@@ -53,17 +53,6 @@ __all__ = ["train_fold", "NonFiniteLossError", "TrainState", "build_loaders", "b
 
 class NonFiniteLossError(FloatingPointError):
     """The loss became NaN or infinite; the message names the fold, epoch and step."""
-
-
-@dataclass
-class TrainState:
-    epoch: int = 0  # next epoch to run
-    step: int = 0  # optimiser updates so far
-    best_score: float = -math.inf
-    best_epoch: int = -1
-    bad_epochs: int = 0
-    batch: int = 0  # batches already done in epoch ``epoch`` (a checkpoint saved on Ctrl-C)
-    top_k: list = dataclasses.field(default_factory=list)  # [score, epoch] of the kept best_e<epoch>.pt files
 
 
 # ----------------------------------------------------------------------------- the fold
@@ -162,7 +151,7 @@ def train_attempt(cfg: Config, fold: int, samples: list[Sample], folds: pd.DataF
 
         if not run.best_pt(fold).is_file():  # no epoch scored (NaN every epoch): predict with the final weights
             log.warning("fold %d: no epoch improved the validation score; best.pt is the final weights", fold)
-            save_checkpoint(_weights(_checkpoint_state(cfg, model, ema, optimizer, schedule, scaler, state)), run.best_pt(fold))
+            save_checkpoint(weights_only(checkpoint_state(cfg, model, ema, optimizer, schedule, scaler, state)), run.best_pt(fold))
         summary = write_fold_oof(cfg, run, fold, valid_set)
         summary.update(fold=fold, best_epoch=state.best_epoch + 1, best_val_score=state.best_score, epochs_run=state.epoch,
                        n_train=len(train_set), n_valid=len(valid_set), world_size=d.world_size, optim_lr=cfg.optim.lr,
@@ -399,103 +388,6 @@ def validate_epoch(cfg: Config, model, ema, loss_fn, loader: DataLoader, device,
         if not prefix:
             stats["metric"] = result["metric"]
     return stats
-
-
-def update_best(state: TrainState, score: float, epoch: int, min_delta: float) -> bool:
-    if not math.isnan(score) and score > state.best_score + min_delta:
-        state.best_score, state.best_epoch, state.bad_epochs = score, epoch, 0
-        return True
-    state.bad_epochs += 1
-    return False
-
-
-def should_stop(state: TrainState, cfg: Config) -> bool:
-    patience = cfg.train.early_stopping_patience
-    return patience is not None and state.bad_epochs >= patience
-
-
-# ----------------------------------------------------------------------------- files
-
-
-def _checkpoint_state(cfg, model, ema, optimizer, schedule, scaler, state: TrainState) -> dict[str, Any]:
-    return {
-        "model": model.state_dict(),
-        "ema": ema.module.state_dict() if ema is not None else None,
-        "config": config_to_dict(cfg),
-        "model_args": {"num_classes": cfg.data.num_classes, "in_channels": cfg.data.in_channels},
-        "optimizer": optimizer.state_dict(),
-        "scheduler": schedule.state_dict(),
-        "scaler": scaler.state_dict(),
-        "rng": rng_state(),
-        "train_state": asdict(state),
-        "epoch": state.epoch,
-        "step": state.step,
-        "best_score": state.best_score,
-    }
-
-
-def _weights(ckpt: dict[str, Any]) -> dict[str, Any]:
-    """What ``best.pt`` keeps of a checkpoint: enough to rebuild and run the model, nothing to resume."""
-    return {k: ckpt[k] for k in ("model", "ema", "config", "model_args", "epoch", "best_score")}
-
-
-def save_epoch(cfg, run: Run, fold: int, model, ema, optimizer, schedule, scaler, state: TrainState, improved: bool,
-               score: float | None = None) -> None:
-    """``last.pt`` every epoch (the previous one kept as ``prev.pt``), ``best.pt`` when improved, and with
-    ``train.keep_best_k > 1`` the k best epochs as ``best_e<epoch>.pt`` (for checkpoint averaging or ensembles)."""
-    keep_k = cfg.train.keep_best_k > 1 and score is not None and not math.isnan(score)
-    if keep_k:
-        state.top_k = sorted(state.top_k + [[float(score), state.epoch]], key=lambda x: (-x[0], x[1]))
-        dropped, state.top_k = state.top_k[cfg.train.keep_best_k :], state.top_k[: cfg.train.keep_best_k]
-    ckpt = _checkpoint_state(cfg, model, ema, optimizer, schedule, scaler, state)
-    last, prev = run.last_pt(fold), run.prev_pt(fold)
-    if last.is_file():
-        os.replace(last, prev)
-    save_checkpoint(ckpt, last)
-    weights = _weights(ckpt)
-    if improved:
-        save_checkpoint(weights, run.best_pt(fold))
-    if keep_k:
-        if [score, state.epoch] in state.top_k:
-            save_checkpoint(weights, run.best_epoch_pt(fold, state.epoch))
-        for _, epoch in dropped:
-            run.best_epoch_pt(fold, epoch).unlink(missing_ok=True)
-
-
-def restore(run: Run, fold: int, model, ema, optimizer, schedule, scaler) -> TrainState:
-    """Load the newest readable checkpoint (``last.pt``, else ``prev.pt``) into every component."""
-    errors = []
-    for path in (run.last_pt(fold), run.prev_pt(fold)):
-        if not path.is_file():
-            continue
-        try:
-            ckpt = load_checkpoint(path)
-        except CheckpointError as e:
-            errors.append(str(e))
-            log.warning("cannot resume from %s (%s); trying the previous checkpoint", path, e)
-            continue
-        model.load_state_dict(ckpt["model"])
-        if ema is not None and ckpt.get("ema") is not None:
-            ema.module.load_state_dict(ckpt["ema"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        schedule.load_state_dict(ckpt["scheduler"])
-        scaler.load_state_dict(ckpt["scaler"])
-        set_rng_state(ckpt["rng"])
-        state = TrainState(**ckpt["train_state"])
-        _truncate_metrics(run.metrics_csv(fold), state.epoch)
-        log.info("resumed %s at epoch %d (step %d)", path, state.epoch + 1, state.step)
-        return state
-    if errors:
-        log.warning("no readable checkpoint in %s; the fold starts from scratch", run.fold_dir(fold))
-    return TrainState()
-
-
-def _truncate_metrics(path: Path, epochs_done: int) -> None:
-    """Drop rows of epochs that ran after the checkpoint (a run killed between the row and the next checkpoint)."""
-    if not path.is_file():
-        return
-    df = pd.read_csv(path)
-    df[df["epoch"] <= epochs_done].to_csv(path, index=False)
 
 
 def log_epoch(path: Path, fold: int, epoch: int, optimizer, train_stats, val_stats, improved: bool, seconds: float) -> None:
