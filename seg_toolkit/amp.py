@@ -133,7 +133,8 @@ def measure_cpu_bf16(model: torch.nn.Module, loss_fn: torch.nn.Module, batch: Ca
         def step(dtype: torch.dtype | None) -> None:
             with torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
                 out = twin(images)
-            loss, _ = model_loss(loss_fn, out, target, 0.4, float(hasattr(twin, "presence_head")))
+            # weight 1 for the aux / classifier terms the model has: a weight scales a term, the work is the same
+            loss, _ = model_loss(loss_fn, out, target, 1.0, float(hasattr(twin, "presence_head")))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
