@@ -1,7 +1,7 @@
 """Masks -> targets: every declared way a dataset stores its labels, read exactly or refused.
 
 A mask file is read in three steps, each declared in the config (checked when it loads,
-:func:`seg_toolkit.config_checks._check_masks`):
+:func:`seg_toolkit.config_data_checks._check_masks`):
 
 1. **the file**: the whole file, or the label part of an image|label file
    (``data.pair_split``, :class:`~seg_toolkit.data.io.PairSplit`);

@@ -1,0 +1,245 @@
+"""The ``data`` section checked when a config loads (called by :func:`seg_toolkit.config_checks.check_config`,
+first, in the order of the file): class counts and names, how mask files are read (a lossy format
+only with a threshold or colour tolerance), mask colours and channels, image pairs, the csv layout's
+RLE style, object folders and one mask file per class. Each rule fails with one line naming the
+dotted key and what was expected."""
+
+from __future__ import annotations
+
+import math
+import re
+import string
+
+from .config import Config, ConfigError
+
+__all__ = ["check_data_config", "LOSSY_MASK_EXTS"]
+
+
+def check_data_config(cfg: Config) -> None:
+    """Every rule on ``data.*`` keys, in order."""
+    for check in (_check_data, _check_masks, _check_mask_layouts):
+        check(cfg)
+
+
+def _check_data(cfg: Config) -> None:
+    d = cfg.data
+    if d.num_classes < 1:
+        raise ConfigError(f"data.num_classes: expected >= 1, got {d.num_classes}")
+    if d.task == "binary" and d.num_classes != 1:
+        raise ConfigError(f"data.num_classes: a binary task has 1 output channel, got {d.num_classes}")
+    if d.task == "multiclass" and d.num_classes < 2:
+        raise ConfigError("data.num_classes: a multiclass task needs >= 2 classes (background counts)")
+    if d.class_names and len(d.class_names) != d.num_classes:
+        raise ConfigError(
+            f"data.class_names: {len(d.class_names)} names for data.num_classes={d.num_classes}"
+        )
+    if d.in_channels not in (1, 3, 4):
+        raise ConfigError(f"data.in_channels: expected 1, 3 or 4, got {d.in_channels}")
+    if d.limit is not None and d.limit < 1:
+        raise ConfigError(f"data.limit: expected null (all samples) or >= 1, got {d.limit}")
+    _check_mask_reading(cfg)
+    if d.group_pattern is not None:
+        try:
+            if re.compile(d.group_pattern).groups < 1:
+                raise ConfigError(f"data.group_pattern: {d.group_pattern!r} needs a capture group, e.g. '^([^_]+)_'")
+        except re.error as e:
+            raise ConfigError(f"data.group_pattern: {d.group_pattern!r} is not a valid regex ({e})") from None
+
+
+#: mask file formats whose compression changes pixel values (a label map cannot survive it)
+LOSSY_MASK_EXTS = (".jpg", ".jpeg", ".jpe", ".jfif")
+
+
+def _check_mask_reading(cfg: Config) -> None:
+    """Mask files are read exactly: a lossy format is refused unless the config says how to read it
+    (binary: ``data.mask_threshold``); a threshold applies to binary masks only."""
+    d = cfg.data
+    if d.mask_threshold is not None:
+        if d.task != "binary" and not d.mask_per_class:
+            raise ConfigError(
+                f"data.mask_threshold: applies to binary masks only (data.task is {d.task}); label map values are "
+                "class ids and are read as they are"
+            )
+        if d.mask_threshold < 1:
+            raise ConfigError(f"data.mask_threshold: expected >= 1 (a value >= it is foreground), got {d.mask_threshold}")
+    if d.layout != "folder" or d.train_lists or d.pair_split:
+        return  # list files name each mask; read_mask refuses a JPEG mask by its content; pairs: _check_masks
+    if d.mask_format == "colors" and d.mask_color_tolerance is not None:
+        return  # lossy colour masks are read by nearest colour (_check_masks)
+    ext = d.mask_ext.lower()
+    if ext.endswith(LOSSY_MASK_EXTS) and d.mask_threshold is None:
+        if d.task == "binary" or d.mask_per_class:
+            raise ConfigError(
+                f"data.mask_ext: {d.mask_ext!r} is a lossy format: compression noise makes pixels near every edge "
+                "non-zero, so reading 'any value > 0' inflates every mask; set data.mask_threshold (e.g. 128 for "
+                "0/255 masks) or convert the masks to PNG"
+            )
+        raise ConfigError(
+            f"data.mask_ext: {d.mask_ext!r} is a lossy format: a {d.task} label map cannot be read back from it "
+            "(compression noise turns class ids at every edge into other ids); convert the masks to PNG"
+        )
+
+
+_MASK_KEYS = ("mask_format", "mask_channel", "mask_colors", "mask_void_colors", "mask_color_tolerance", "mask_values",
+              "pair_split", "pair_split_at", "instance_folders", "instance_target", "instance_border_px",
+              "mask_per_class", "missing_class_masks")
+
+
+def _check_masks(cfg: Config) -> None:
+    """How mask files hold their classes (:mod:`seg_toolkit.data.masks`): channel, colour table,
+    value remapping, image|label pairs; and what an image without a CSV row means."""
+    d = cfg.data
+    defaults = type(d)()
+    if d.layout == "csv":
+        for key in _MASK_KEYS:
+            if getattr(d, key) != getattr(defaults, key):
+                raise ConfigError(f"data.{key}: describes mask files (data.layout: folder); the csv layout's masks are RLE rows")
+    elif d.unlisted_images != defaults.unlisted_images:
+        raise ConfigError("data.unlisted_images: applies to the csv layout (images without a row in data.train_csv); "
+                          "the folder layout pairs every image with its mask file")
+    if d.unlisted_images == "empty" and d.group_column:
+        raise ConfigError("data.unlisted_images: 'empty' adds images that have no data.group_column value; "
+                          "group them with data.group_pattern instead")
+    if d.task == "multilabel" and d.layout == "folder" and d.mask_values:
+        raise ConfigError("data.mask_values: multilabel masks are read from the csv layout only")
+    colors = d.mask_format == "colors"
+    if d.mask_channel is not None:
+        if colors:
+            raise ConfigError("data.mask_channel: reads class ids from one channel; data.mask_format: colors reads "
+                              "the RGB colours instead (use one of them)")
+        if not 0 <= d.mask_channel <= 3:
+            raise ConfigError(f"data.mask_channel: expected 0..3 (0 = red, 1 = green, 2 = blue, 3 = alpha), got {d.mask_channel}")
+    if not colors:
+        for key in ("mask_colors", "mask_void_colors", "mask_color_tolerance"):
+            if getattr(d, key) != getattr(defaults, key):
+                raise ConfigError(f"data.{key}: only used with data.mask_format: colors (mask pixels are colours)")
+    else:
+        if not d.mask_colors and not d.classes_csv:
+            raise ConfigError("data.mask_format: colors needs a colour table: data.mask_colors ([r, g, b] of class "
+                              "0, 1, ...) or data.classes_csv with r,g,b columns")
+        if d.mask_void_colors and not d.mask_colors:
+            raise ConfigError("data.mask_void_colors: give it with data.mask_colors (a classes CSV marks void rows "
+                              "with its ignore column)")
+        seen: dict[tuple, str] = {}
+        for key in ("mask_colors", "mask_void_colors"):
+            for i, c in enumerate(getattr(d, key)):
+                where = f"data.{key}[{i}]"
+                if len(c) != 3 or any(not 0 <= v <= 255 for v in c):
+                    raise ConfigError(f"{where}: expected [r, g, b] with values 0..255, got {c}")
+                if tuple(c) in seen:
+                    raise ConfigError(f"{where}: colour {c} is listed twice (also {seen[tuple(c)]})")
+                seen[tuple(c)] = where
+        if d.mask_colors and not d.mask_values:
+            want = d.num_classes if d.task == "multiclass" else 2
+            if len(d.mask_colors) != want:
+                what = (f"data.num_classes={d.num_classes}" if d.task == "multiclass"
+                        else "a binary task (background, foreground)")
+                raise ConfigError(f"data.mask_colors: {len(d.mask_colors)} colours for {what}; give {want} (class i = "
+                                  "the i-th colour), or map them with data.mask_values")
+        t = d.mask_color_tolerance
+        if t is not None and not (isinstance(t, (int, float)) and math.isfinite(t) and t > 0):
+            raise ConfigError(f"data.mask_color_tolerance: expected a distance > 0 (e.g. 40), or null for exact colours, got {t}")
+        if d.mask_threshold is not None:
+            raise ConfigError("data.mask_threshold: reads gray values; colour masks (data.mask_format: colors) are read "
+                              "through the colour table")
+    if d.mask_values:
+        if d.mask_threshold is not None:
+            raise ConfigError("data.mask_values: declares every value exactly; data.mask_threshold reads a range: use one of them")
+        if d.ignore_index is not None:
+            raise ConfigError(f"data.ignore_index: with data.mask_values, declare the void value there "
+                              f"(e.g. {{{d.ignore_index}: void}}) and set data.ignore_index: null")
+        top = 1 if d.task == "binary" else d.num_classes - 1
+        for k, v in d.mask_values.items():
+            if k < 0:
+                raise ConfigError(f"data.mask_values.{k}: mask values are >= 0")
+            if isinstance(v, str):
+                if v != "void":
+                    raise ConfigError(f"data.mask_values.{k}: {v!r} is not a class id or 'void'")
+            elif not 0 <= v <= top:
+                raise ConfigError(f"data.mask_values.{k}: class {v} is outside 0..{top} (data.task={d.task}, "
+                                  f"data.num_classes={d.num_classes}) or 'void'")
+        if colors and d.mask_colors:
+            n = len(d.mask_colors)
+            extra = sorted(k for k in d.mask_values if k >= n)
+            if extra:
+                raise ConfigError(f"data.mask_values: keys {extra} are not ids of data.mask_colors (0..{n - 1})")
+    if d.instance_folders:
+        if d.task != "binary":
+            raise ConfigError(f"data.instance_folders: the union of object masks is a binary mask; data.task is {d.task}")
+        if d.pair_split or d.train_lists or d.mask_format != "ids":
+            raise ConfigError("data.instance_folders: one folder per image with one mask file per object; it does not "
+                              "combine with data.pair_split, data.train_lists or data.mask_format: colors")
+    if d.pair_split is None:
+        if d.pair_split_at is not None:
+            raise ConfigError("data.pair_split_at: only used with data.pair_split (image and label in one file)")
+        return
+    if d.layout != "folder":
+        return  # refused above
+    if d.pair_split_at is not None and d.pair_split_at < 1:
+        raise ConfigError(f"data.pair_split_at: expected the first column (row) of the second part, >= 1, got {d.pair_split_at}")
+    lossy = d.image_ext.lower().endswith(LOSSY_MASK_EXTS)
+    if lossy and not ((colors and d.mask_color_tolerance is not None) or d.mask_threshold is not None):
+        how = ("set data.mask_color_tolerance (nearest colour within that distance, farther -> void)" if colors
+               else "set data.mask_threshold (binary)" if d.task == "binary"
+               else "a label map of ids cannot be read back from a lossy file")
+        raise ConfigError(f"data.pair_split: the labels are in the {d.image_ext!r} images, a lossy format; {how}")
+
+
+_RLE_KEYS = ("rle_index_base", "rle_starts", "rle_empty_token", "rle_instances")
+
+
+def _check_mask_layouts(cfg: Config) -> None:
+    """The csv layout's RLE style (``data.rle_*``), object folders (``data.instance_*``) and one mask file
+    per class (``data.mask_per_class``): each key only where it applies, each value in its range."""
+    d = cfg.data
+    defaults = type(d)()
+    if d.layout != "csv":
+        for key in _RLE_KEYS:
+            if getattr(d, key) != getattr(defaults, key):
+                raise ConfigError(f"data.{key}: describes the RLE rows of data.train_csv (data.layout: csv)")
+    if d.rle_index_base not in (0, 1):
+        raise ConfigError(f"data.rle_index_base: expected 0 or 1 (the number of the first pixel), got {d.rle_index_base}")
+    if not d.instance_folders:
+        for key in ("instance_target", "instance_border_px"):
+            if getattr(d, key) != getattr(defaults, key):
+                raise ConfigError(f"data.{key}: only used with data.instance_folders: true (one mask file per object)")
+    if d.instance_border_px < 1:
+        raise ConfigError(f"data.instance_border_px: expected >= 1 (pixels within it of two objects become background), "
+                          f"got {d.instance_border_px}")
+    if d.mask_per_class is None:
+        if d.missing_class_masks != defaults.missing_class_masks:
+            raise ConfigError("data.missing_class_masks: only used with data.mask_per_class (one mask file per class)")
+        if d.task == "multilabel" and d.layout == "folder":
+            raise ConfigError("data.mask_per_class: a multilabel task in the folder layout needs one mask file per class, "
+                              "e.g. '{id}_{cls}' (masks/<id>_1.png, ...) or '{name}/{id}'; or use the csv layout with "
+                              "data.class_column")
+        return
+    where = f"data.mask_per_class: {d.mask_per_class!r}"
+    if d.task != "multilabel" or d.layout != "folder":
+        raise ConfigError(f"{where}: one binary file per class is a multilabel task's masks in the folder layout "
+                          f"(data.task is {d.task}, data.layout {d.layout})")
+    if d.train_lists or d.pair_split or d.instance_folders or d.mask_format != "ids" or d.mask_channel is not None:
+        raise ConfigError(f"{where}: does not combine with data.train_lists, data.pair_split, data.instance_folders, "
+                          "data.mask_format: colors or data.mask_channel (each class file is one binary mask)")
+    if d.ignore_index is not None:
+        raise ConfigError("data.ignore_index: per-class mask files are binary (0 and 255, or 0 and 1); no value marks void")
+    try:
+        fields = [(n, spec, conv) for _, n, spec, conv in string.Formatter().parse(d.mask_per_class) if n is not None]
+    except ValueError as e:
+        raise ConfigError(f"{where} is not a valid pattern ({e}); e.g. '{{id}}_{{cls}}'") from None
+    names = [n for n, _, _ in fields]
+    for n, spec, conv in fields:
+        if n not in ("id", "cls", "name") or spec or conv:
+            raise ConfigError(f"{where}: unknown field {{{n}}}; use {{id}}, and {{cls}} (1-based class number) or {{name}}")
+    if names.count("id") != 1 or names.count("cls") + names.count("name") != 1:
+        raise ConfigError(f"{where}: needs {{id}} once and one of {{cls}} / {{name}}, e.g. '{{id}}_{{cls}}' or '{{name}}/{{id}}'")
+    parts = d.mask_per_class.replace("\\", "/").split("/")
+    if d.mask_per_class.startswith(("/", "\\")) or ".." in parts:
+        raise ConfigError(f"{where}: a path inside data.train_masks, without '..' or a leading '/'")
+    if "name" in names:
+        if not d.class_names and not d.classes_csv:
+            raise ConfigError(f"{where}: {{name}} needs the class names: data.class_names (or data.classes_csv)")
+        for i, n in enumerate(d.class_names):
+            if not n or any(c in n for c in "/\\\x00") or n in (".", ".."):
+                raise ConfigError(f"data.class_names[{i}]: {n!r} names a folder or file of data.mask_per_class; "
+                                  "it cannot be empty or hold a path separator")
