@@ -1,8 +1,8 @@
 """Train one fold. ``train_fold`` reads like its table of contents; each step is a function.
 
-Files (paths from :class:`seg_toolkit.run.Run`; written by :mod:`seg_toolkit.fold_state`): ``fold_<k>/last.pt`` (every epoch,
-atomically; the previous one kept as ``prev.pt``), ``best.pt`` (best validation score),
-``metrics.csv`` (one row per epoch), the fold's out-of-fold probabilities in the run's
+Files (paths from :class:`seg_toolkit.run.Run`; checkpoints written by :mod:`seg_toolkit.fold_state`):
+``fold_<k>/last.pt`` (every epoch, atomically; the previous one kept as ``prev.pt``), ``best.pt``
+(best validation score), ``metrics.csv`` (one row per epoch), the fold's out-of-fold probabilities in the run's
 ``oof/`` (made from ``best.pt`` by the predictor that ``predict`` uses, see
 :mod:`seg_toolkit.oof`) and ``done.json`` (written last: a fold with it is never trained again).
 """
