@@ -33,45 +33,42 @@ from sklearn.model_selection import train_test_split
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from seg_toolkit.config import load_config  # noqa: E402
+from seg_toolkit.data import load_train_samples  # noqa: E402
+from seg_toolkit.data.masks import train_rle_spec  # noqa: E402
 
 
 def split(config: str, out: Path, fraction: float, seed: int, overrides: list[str]) -> tuple[int, int]:
+    """Write the split; everything is checked before the first folder is made."""
     cfg = load_config(config, overrides)
     d = cfg.data
     if d.layout != "csv":
         raise SystemExit(f"{config}: data.layout is {d.layout!r}; this script splits the csv layout (train.csv + images)")
-    root = Path(d.root)
-    csv = root / d.train_csv
-    if not csv.is_file():
-        raise SystemExit(f"{csv}: not found (data.root {d.root!r}, data.train_csv {d.train_csv!r})")
     if out.exists():
         raise SystemExit(f"{out}: exists; choose a new folder (nothing is overwritten)")
-    rows = pd.read_csv(csv, dtype=str, keep_default_na=False)
-    for col in (d.id_column, d.rle_column):
-        if col not in rows.columns:
-            raise SystemExit(f"{csv}: no column {col!r} (data.id_column / data.rle_column); columns: {list(rows.columns)}")
-    empty_tokens = {"", d.rle_empty_token}
-    non_empty = rows.groupby(d.id_column, sort=True)[d.rle_column].agg(lambda s: any(v.strip() not in empty_tokens for v in s))
-    train_ids, held_ids = train_test_split(non_empty.index.to_numpy(), test_size=fraction, random_state=seed,
-                                           stratify=non_empty.to_numpy())
-    for folder, ids in ((out, set(train_ids)), (out / "holdout", set(held_ids))):
+    root = Path(d.root)
+    if (root / "holdout").exists():
+        raise SystemExit(f"{root / 'holdout'}: the source has an entry named like the split's held-out folder")
+    samples = load_train_samples(cfg)  # the toolkit's own reader: its checks, its RLE style, its image paths
+    missing = [s for s in samples if not s.image.is_file()]
+    if missing:
+        raise SystemExit(f"{missing[0].image}: image of id {missing[0].id!r} ({missing[0].where}) not found; "
+                         f"{len(missing)} of {len(samples)} missing")
+    spec = train_rle_spec(cfg)
+    non_empty = [any(not spec.is_empty(r) for r in s.rles) for s in samples]
+    kept, held = train_test_split(samples, test_size=fraction, random_state=seed, stratify=non_empty)
+    rows = pd.read_csv(root / d.train_csv, dtype=str, keep_default_na=False)  # written back as they are
+    for folder, part in ((out, kept), (out / "holdout", held)):
         images = folder / d.train_images
         images.mkdir(parents=True)
-        part = rows[rows[d.id_column].isin(ids)]
         (folder / d.train_csv).parent.mkdir(parents=True, exist_ok=True)
-        part.to_csv(folder / d.train_csv, index=False)
-        for i in sorted(ids):
-            src = (root / d.train_images / f"{i}{d.image_ext}").resolve()
-            if not src.is_file():
-                raise SystemExit(f"{src}: image of id {i!r} in {csv} not found")
-            os.symlink(src, images / src.name)
+        rows[rows[d.id_column].isin({s.id for s in part})].to_csv(folder / d.train_csv, index=False)
+        for s in part:
+            os.symlink(s.image.resolve(), images / s.image.name)
     first = {Path(d.train_csv).parts[0], Path(d.train_images).parts[0]}
     for entry in sorted(root.iterdir()):
-        if entry.name == "holdout":
-            raise SystemExit(f"{entry}: the source already has a 'holdout' entry, the name this split gives its held-out folder")
         if entry.name not in first:
             os.symlink(entry.resolve(), out / entry.name)
-    return len(train_ids), len(held_ids)
+    return len(kept), len(held)
 
 
 def main() -> None:

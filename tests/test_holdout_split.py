@@ -34,11 +34,14 @@ def _config(demo_root: Path, tmp_path: Path) -> Path:
 
 def test_split_is_stratified_disjoint_and_readable(demo_root, tmp_path):
     demo_root = Path(shutil.copytree(demo_root, tmp_path / "demo"))  # the fixture is shared: edit a copy
-    # the demo's 12 images: empty every third one (all three class rows emptied), so 4 empty, 8 not
+    # the demo's 12 images made 4 empty (every third: all three class rows emptied) and 8 not (class 1 gets
+    # pixels 1-5 where the demo drew none)
     rows = pd.read_csv(demo_root / "train.csv", dtype=str, keep_default_na=False)
     ids = sorted(rows["ImageId"].unique())
     empty = set(ids[::3])
     rows.loc[rows["ImageId"].isin(empty), "EncodedPixels"] = ""
+    fill = ~rows["ImageId"].isin(empty) & (rows["ClassId"] == "1") & (rows["EncodedPixels"] == "")
+    rows.loc[fill, "EncodedPixels"] = "1 5"
     rows.to_csv(demo_root / "train.csv", index=False)
     cfg_path = _config(demo_root, tmp_path)
     out = tmp_path / "split"
