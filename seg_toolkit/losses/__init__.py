@@ -39,6 +39,9 @@ Which implementation each name uses, and why:
   an empty ``(0, C)`` tensor instead of a scalar on an all-void batch, and its
   binary/multilabel hinge flattens all channels into one ranking (the IoU of the
   concatenated channels, not the mean of the per-channel IoUs).
+
+Where: ``terms.py`` (ce, bce, focal), ``lovasz.py``, ``combo.py`` (the names and parameters the
+config accepts, :class:`LossCombo`, :func:`build_loss`, :func:`model_loss`).
 """
 
 from .combo import LOSS_NAMES, TASKS, LossCombo, build_loss, build_loss_term, model_loss
