@@ -69,6 +69,15 @@ BAD = [
     (["loss_params={bce: {pos_wieght: 2}}"], "loss_params.bce.pos_wieght: unknown parameter; did you mean 'pos_weight'?"),
     (["loss_params={dice: {smooth: -1}}"], "loss_params.dice.smooth: expected >= 0.0"),
     (["model.arch=unett"], "model.arch: unknown architecture 'unett'; did you mean 'unet'?"),
+    # one decoder width per encoder stage, smp's defaults (5 stages; 256, 128, 64, 32, 16) filling in
+    (["model.arch=unet", "model.params={encoder_depth: 4, decoder_channels: [64, 32, 16, 8, 8]}"],
+     "model.params.decoder_channels: unet with encoder_depth 4 needs 4 decoder widths, one per stage; got [64, 32, 16, 8, 8] (given)"),
+    (["model.arch=unetplusplus", "model.params={encoder_depth: 3}"],
+     "model.params.decoder_channels: unetplusplus with encoder_depth 3 needs 3 decoder widths, one per stage; "
+     "got [256, 128, 64, 32, 16] (smp's default for unetplusplus)"),
+    (["model.arch=unet", "model.params={decoder_channels: [32, 16]}"],
+     "model.params.decoder_channels: unet with encoder_depth 5 needs 5 decoder widths, one per stage; got [32, 16] (given)"),
+    (["model.arch=unet", "model.params={encoder_depth: four}"], "model.params.encoder_depth: expected a number of encoder stages"),
 ]
 
 
@@ -95,6 +104,8 @@ def test_bad_value_fails_at_load_naming_the_key(overrides, message):
         ["submission.id_format='{id}:{cls}'"],
         ["predict.tta=[identity, d4]", "predict.scales=[0.75, 1.0]", "predict.tile_size=[64, 96]", "predict.tile_overlap=0"],
         ["model.arch=unet"],
+        ["model.arch=unet", "model.params={encoder_depth: 4, decoder_channels: [64, 32, 16, 8]}"],
+        ["model.arch=fpn", "model.params={encoder_depth: 4}"],  # FPN has no per-stage widths
         ["train.device=cuda:7"],  # the CLI checks the device; a saved run config loads anywhere
     ],
 )
