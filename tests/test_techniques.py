@@ -187,6 +187,26 @@ def test_deep_supervision_heads_in_training_only():
     assert extra == (16 * 2 + 2) + (8 * 2 + 2)
 
 
+def test_shallower_unet_pads_less_and_keeps_its_heads():
+    """``params.encoder_depth: 4`` (what tgs_cpu.yaml uses): the encoder stops at stride 16, so a
+    101x101 image is padded to 112x112, not 128x128; deep supervision gets one head per decoder
+    stage but the last (3) and the classifier its presence channel, in training and through eval."""
+    from seg_toolkit.config import ModelConfig
+    from seg_toolkit.models import build_model
+
+    cfg = ModelConfig(arch="unet", encoder="tu-test_resnet", encoder_weights=None, deep_supervision=0.4, classifier=0.2,
+                      params={"encoder_depth": 4, "decoder_channels": [16, 8, 8, 8]})
+    model = build_model(cfg, num_classes=1, in_channels=1)
+    assert model.pad_multiple == 16 and len(model.aux_heads) == 3
+    seen = []
+    model.encoder.register_forward_hook(lambda m, args, out: seen.append(tuple(args[0].shape[-2:])))
+    x = torch.randn(2, 1, 101, 101)
+    main, aux = model.train()(x)
+    assert seen == [(112, 112)]  # 5 + 6 reflected rows and columns; depth 5 would pad to 128
+    assert main.shape == (2, 2, 101, 101) and len(aux) == 3 and all(a.shape == (2, 1, 101, 101) for a in aux)
+    assert model.eval()(x).shape == (2, 2, 101, 101)
+
+
 def test_model_loss_adds_the_weighted_mean_of_the_aux_losses():
     from seg_toolkit.losses import model_loss
 
