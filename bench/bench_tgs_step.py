@@ -1,0 +1,105 @@
+"""The training step of ``configs/tgs_cpu.yaml`` against the choices that set its speed.
+
+The baseline is the committed config's step as ``seg-toolkit train`` runs it on a CPU: a batch of
+32 one-channel 101x101 slices, channels-last, bf16 autocast (depthwise convolutions in fp32,
+:mod:`seg_toolkit.models.precision`), BCE + Lovasz with the deep-supervision and classifier
+terms (:func:`seg_toolkit.losses.model_loss`), AdamW. Each variant changes one thing; all run
+in this process, alternating rounds, and the printed ratio is baseline seconds / variant
+seconds (above 1: the variant is faster). Weights are random (speed does not depend on them),
+so neither the data nor the weights package is needed.
+
+Variants: the encoder at its full depth 5 (stride 32: 101 is padded to 128 instead of 112;
+the config before encoder_depth 4), smp's default decoder widths, the same step in fp32, and
+``torch.compile`` of the model (``train.compile: true``; its one-off compile time is printed
+apart; ``--no-compile`` skips it).
+
+    python bench/bench_tgs_step.py [--rounds 4] [--steps 2] [--no-compile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from seg_toolkit.config import load_config  # noqa: E402
+from seg_toolkit.losses import build_loss, model_loss  # noqa: E402
+from seg_toolkit.models import build_model  # noqa: E402
+
+
+def make_step(cfg, model_params: dict | None, dtype: torch.dtype | None, compiled: bool, x, y):
+    """A closure running one training step of the config's model (with ``model_params`` if given)."""
+    mcfg = dataclasses.replace(cfg.model, encoder_weights=None, encoder_weights_map="names",
+                               params=model_params if model_params is not None else cfg.model.params)
+    torch.manual_seed(0)
+    model = build_model(mcfg, cfg.data.num_classes, cfg.data.in_channels).to(memory_format=torch.channels_last).train()
+    net = torch.compile(model) if compiled else model
+    loss_fn = build_loss(cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+    def step() -> None:
+        with torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
+            out = net(x)
+        loss, _ = model_loss(loss_fn, out, y, cfg.model.deep_supervision, cfg.model.classifier)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=4, help="alternating rounds (after a warm-up step each)")
+    ap.add_argument("--steps", type=int, default=2, help="timed steps per round")
+    ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile variant (about a minute to compile)")
+    args = ap.parse_args()
+    warnings.filterwarnings("ignore")
+    logging.disable(logging.WARNING)
+    cfg = load_config(ROOT / "configs" / "tgs_cpu.yaml", overrides=["data.root=."])
+    b = cfg.train.batch_size
+    x = torch.randn(b, cfg.data.in_channels, 101, 101).contiguous(memory_format=torch.channels_last)
+    y = (torch.rand(b, 1, 101, 101) > 0.5).float()
+    depth5 = {"decoder_channels": [128, 64, 32, 16, 8]}
+    smp_default = {**cfg.model.params, "decoder_channels": [256, 128, 64, 32]}
+    variants = {
+        "tgs_cpu.yaml (bf16)": (None, torch.bfloat16, False),
+        "encoder depth 5 (pad to 128)": (depth5, torch.bfloat16, False),
+        "smp's decoder widths": (smp_default, torch.bfloat16, False),
+        "fp32": (None, None, False),
+    }
+    if not args.no_compile:
+        variants["torch.compile"] = (None, torch.bfloat16, True)
+    steps, first = {}, {}
+    for name, (params, dtype, compiled) in variants.items():
+        steps[name] = make_step(cfg, params, dtype, compiled, x, y)
+        t0 = time.perf_counter()
+        steps[name]()  # warm-up: oneDNN builds its kernels (and inductor compiles) on the first call
+        first[name] = time.perf_counter() - t0
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for r in range(args.rounds):
+        for name in (list(steps) if r % 2 == 0 else list(steps)[::-1]):
+            t0 = time.perf_counter()
+            for _ in range(args.steps):
+                steps[name]()
+            times[name].append((time.perf_counter() - t0) / args.steps)
+    best = {name: min(v) for name, v in times.items()}  # other load only adds time: the fastest round is the cleanest
+    base = best["tgs_cpu.yaml (bf16)"]
+    print(f"configs/tgs_cpu.yaml training step on CPU ({torch.get_num_threads()} threads), batch {b}, 101x101, "
+          f"fastest of {args.rounds} rounds x {args.steps} steps")
+    print(f"{'variant':32s} {'s/step':>8s} {'baseline/this':>14s}  first step")
+    for name, t in best.items():
+        print(f"{name:32s} {t:8.3f} {base / t:14.2f}  {first[name]:.1f} s")
+
+
+if __name__ == "__main__":
+    main()
