@@ -297,38 +297,14 @@ def _check_model(cfg: Config) -> None:
     if arch == "scratch_unet":  # always registered; spares importing smp and timm
         return
     from .models.registry import closest_names, list_architectures  # lazy: imports smp and timm
+    from .models.smp_models import check_decoder_depth
 
     names = list_architectures()
     if arch not in names:
         close = closest_names(arch.lower(), names, n=1, cutoff=0.5)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         raise ConfigError(f"model.arch: unknown architecture {arch!r}{hint} (valid: {', '.join(names)})")
-    _check_decoder_depth(cfg)
-
-
-def _check_decoder_depth(cfg: Config) -> None:
-    """An smp decoder with one width per stage (Unet, Unet++, MAnet) needs as many widths as encoder
-    stages: ``params.encoder_depth`` and ``params.decoder_channels`` are checked against each other
-    (either may be smp's default) here rather than when fold 0 builds the model."""
-    import inspect
-
-    from .models.smp_models import SMP_ARCHITECTURES
-
-    params = cfg.model.params or {}
-    if "encoder_depth" not in params and "decoder_channels" not in params:
-        return
-    cls = SMP_ARCHITECTURES.get(cfg.model.arch)
-    sig = inspect.signature(cls) if cls is not None else None
-    if sig is None or not {"encoder_depth", "decoder_channels"} <= set(sig.parameters):
-        return
-    depth = params.get("encoder_depth", sig.parameters["encoder_depth"].default)
-    widths = params.get("decoder_channels", sig.parameters["decoder_channels"].default)
-    if not isinstance(depth, int) or isinstance(depth, bool) or depth < 1:
-        raise ConfigError(f"model.params.encoder_depth: expected a number of encoder stages (smp: 3 to 5; 5 = stride 32), got {depth!r}")
-    if not isinstance(widths, (list, tuple)) or len(widths) != depth:
-        given = "given" if "decoder_channels" in params else f"smp's default for {cfg.model.arch}"
-        raise ConfigError(f"model.params.decoder_channels: {cfg.model.arch} with encoder_depth {depth} needs {depth} decoder widths, "
-                          f"one per stage; got {list(widths) if isinstance(widths, (list, tuple)) else widths!r} ({given})")
+    check_decoder_depth(arch, cfg.model.params or {})
 
 
 def _check_weights_file(cfg: Config) -> None:

@@ -106,6 +106,7 @@ def test_bad_value_fails_at_load_naming_the_key(overrides, message):
         ["model.arch=unet"],
         ["model.arch=unet", "model.params={encoder_depth: 4, decoder_channels: [64, 32, 16, 8]}"],
         ["model.arch=fpn", "model.params={encoder_depth: 4}"],  # FPN has no per-stage widths
+        ["model.arch=deeplabv3plus", "model.params={decoder_channels: 16}"],  # one width, not one per stage
         ["train.device=cuda:7"],  # the CLI checks the device; a saved run config loads anywhere
     ],
 )

@@ -56,6 +56,7 @@ __all__ = [
     "MIN_TRAIN_BATCH",
     "default_encoder",
     "build_smp_model",
+    "check_decoder_depth",
 ]
 
 DEFAULT_ENCODER = "resnet34"
@@ -149,10 +150,33 @@ def default_encoder(arch: str) -> str:
     return _ARCH_DEFAULT_ENCODER.get(arch, DEFAULT_ENCODER)
 
 
+def _signature(arch: str) -> inspect.Signature:
+    return inspect.signature(SMP_ARCHITECTURES[arch].__init__)
+
+
 def _accepted_params(arch: str) -> list[str]:
-    sig = inspect.signature(SMP_ARCHITECTURES[arch].__init__)
     kinds = (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)
-    return [n for n, p in sig.parameters.items() if n != "self" and p.kind not in kinds]
+    return [n for n, p in _signature(arch).parameters.items() if n != "self" and p.kind not in kinds]
+
+
+def check_decoder_depth(arch: str, params: dict[str, Any]) -> None:
+    """An smp decoder with one width per stage (Unet, Unet++, MAnet) needs as many widths as encoder
+    stages: ``params.encoder_depth`` and ``params.decoder_channels`` are checked against each other
+    (either may be smp's default). The config checks call it when the config loads; a model built
+    without them still gets smp's own error, wrapped by :func:`build_smp_model`."""
+    if ("encoder_depth" not in params and "decoder_channels" not in params) or arch not in SMP_ARCHITECTURES:
+        return
+    sig = _signature(arch).parameters
+    if "encoder_depth" not in sig or not isinstance(getattr(sig.get("decoder_channels"), "default", None), (list, tuple)):
+        return  # no per-stage widths (DeepLabV3's decoder_channels is one int; FPN has none)
+    depth = params.get("encoder_depth", sig["encoder_depth"].default)
+    widths = params.get("decoder_channels", sig["decoder_channels"].default)
+    if not isinstance(depth, int) or isinstance(depth, bool) or depth < 1:
+        raise ConfigError(f"model.params.encoder_depth: expected a number of encoder stages (smp: 3 to 5; 5 = stride 32), got {depth!r}")
+    if not isinstance(widths, (list, tuple)) or len(widths) != depth:
+        given = "given" if "decoder_channels" in params else f"smp's default for {arch}"
+        raise ConfigError(f"model.params.decoder_channels: {arch} with encoder_depth {depth} needs {depth} decoder widths, "
+                          f"one per stage; got {list(widths) if isinstance(widths, (list, tuple)) else widths!r} ({given})")
 
 
 def _check_params(arch: str, params: dict[str, Any], encoder: str) -> None:
