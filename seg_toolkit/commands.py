@@ -1,0 +1,333 @@
+"""The ``seg-toolkit`` subcommands: each reads its parsed arguments, calls one library function
+and prints what it did. The argument parser and ``main`` are in :mod:`seg_toolkit.cli`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .config import Config, ConfigError, load_config
+
+
+def _load(path: str, overrides: list[str]) -> Config:
+    """A YAML config, or a run folder (its saved config.yaml: trained runs and ensembles alike)."""
+    p = Path(path)
+    if p.is_dir() and not (p / "config.yaml").is_file():
+        raise ConfigError(f"{p}: is a folder without config.yaml; expected a YAML config file or a run folder (runs/<experiment>)")
+    if p.is_dir():  # the run is where it was named, whatever the working directory (its saved runs_dir may be relative)
+        overrides = [f"runs_dir={p.parent}", f"experiment={p.name}", *overrides]
+    return load_config(p / "config.yaml" if p.is_dir() else p, overrides)
+
+
+def _config(args: argparse.Namespace) -> Config:
+    return _load(args.config, args.set)
+
+
+
+def cmd_make_demo(args: argparse.Namespace) -> int:
+    from .data.demo import make_demo
+
+    out = make_demo(args.dir, n_train=args.n_train, n_test=args.n_test, seed=args.seed, overwrite=args.overwrite)
+    print(f"demo competition written to {out}")
+    return 0
+
+
+def _print_cv(cv: dict, run: Path) -> None:
+    print(f"\nCV {cv['metric']}: {cv['score']:.4f} over {cv['n_images']} OOF images "
+          f"(folds {cv['folds']}: {', '.join(f'{s:.4f}' for s in cv['fold_scores'])}; "
+          f"all-empty baseline {cv['baseline_empty']:.4f})")
+    print(f"CV report: {run / 'cv.json'}")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .cv import run_cv
+
+    from .distributed import init_distributed
+
+    cfg = _config(args)
+    folds = [args.fold] if args.fold is not None else None
+    if args.fold is not None and not 0 <= args.fold < cfg.folds.n_splits:
+        raise ConfigError(f"--fold {args.fold}: expected 0..{cfg.folds.n_splits - 1}")
+    d = init_distributed(cfg.train.device)
+    cv = run_cv(cfg, folds=folds, resume=args.resume, overwrite=args.overwrite)
+    if d.is_main:
+        _print_cv(cv, cfg.run_dir)
+        if "postprocess" in cv:
+            _print_tune(cv["postprocess"])
+    return 0
+
+
+def cmd_lr_find(args: argparse.Namespace) -> int:
+    from .lr_find import lr_find
+
+    cfg = _config(args)
+    if not 0 <= args.fold < cfg.folds.n_splits:
+        raise ConfigError(f"--fold {args.fold}: expected 0..{cfg.folds.n_splits - 1}")
+    r = lr_find(cfg, fold=args.fold, start=args.start, end=args.end, steps=args.steps)
+    print(f"lr-find over {len(r['lr'])} steps (fold {args.fold}, {r['optimizer']}, amp {r['amp']}): "
+          f"steep {r['steep']:.3g}, valley {r['valley']:.3g}")
+    print(f"plot: {cfg.run_dir / 'lr_find.png'}")
+    print(f"suggested optim.lr: {r['suggested_lr']:.3g} (configured {r['configured_lr']:.3g})")
+    return 0
+
+
+def cmd_cv(args: argparse.Namespace) -> int:
+    from .cv import compute_cv
+
+    cfg = _config(args)
+    _print_cv(compute_cv(cfg, cfg.run_dir), cfg.run_dir)
+    return 0
+
+
+def _print_tune(report: dict) -> None:
+    print(f"OOF post-processing ({report['metric']}): {report['before']:.4f} -> {report['after']:.4f}")
+    for step in report.get("steps", []):
+        if isinstance(step, dict) and "score" in step:
+            print(f"  after {step.get('step', '?'):<10} {step['score']:.4f}")
+    print(f"  params {report['params']}")
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from .predictor import check_same_training
+    from .run import Run
+    from .tune import tune_postprocess
+
+    cfg = _config(args)
+    run = Run.of(cfg)
+    check_same_training(cfg, run, also_predict=False)
+    if args.tta:
+        _tune_tta(cfg)
+    else:
+        _print_tune(tune_postprocess(cfg))
+    print(f"written to {run.postprocess_json} (predict and evaluate read it)")
+    _track_results(run.dir)
+    return 0
+
+
+def _track_results(run_dir: Path) -> None:
+    """Add the run folder's new results to its tracked run (tracker.json), if it has one; never fails."""
+    from .track import log_run_files
+
+    log_run_files(run_dir)
+
+
+def _tune_tta(cfg: Config) -> None:
+    """``tune --tta``: choose the TTA set and merge mode by OOF score after tuning each one's post-processing."""
+    from .device import resolve_device
+    from .run import Run, read_json
+    from .tta_search import choose_tta
+
+    resolve_device(cfg.train.device)
+    r = choose_tta(cfg)
+    print(f"\nOOF TTA choice ({r['metric']}, {r['n_images']} OOF images, folds {r['folds']}; post-processing tuned per candidate):")
+    print(f"  {'tta':<34} {'merge':<11} {'transforms':>10} {'untuned':>8} {'tuned':>8}")
+    for s in r["scores"]:
+        mark = "  <- chosen" if (s["tta"], s["merge"]) == (r["tta"], r["merge"]) else ""
+        print(f"  {' '.join(s['tta']):<34} {s['merge']:<11} {s['n_transforms']:>10} {s['untuned']:>8.4f} {s['score']:>8.4f}{mark}")
+    run = Run.of(cfg)
+    print(f"written to {run.tta_json}; the run's OOF files, cv.json and postprocess.json are now the chosen TTA's")
+    _print_tune(read_json(run.postprocess_json))
+
+
+def cmd_oof(args: argparse.Namespace) -> int:
+    from .oof import remake_oof
+
+    cfg = _config(args)
+    cv = remake_oof(cfg)
+    _print_cv(cv, cfg.run_dir)
+    _print_tune(cv["postprocess"])
+    _track_results(cfg.run_dir)
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .inference import predict_test
+
+    if args.estimate or args.budget or args.n_images:
+        from .estimate import estimate_predict, format_estimate, parse_duration
+
+        if not args.estimate:
+            raise ConfigError("--budget and --n-images go with --estimate")
+        budget = parse_duration(args.budget) if args.budget else None
+        r = estimate_predict(_config(args), n_images=args.n_images, budget=budget)
+        print(format_estimate(r))
+        return 0 if r.get("fits", True) else 1
+    out = predict_test(_config(args), out=args.out, overwrite=args.overwrite)
+    print(f"submission: {out}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import export_run
+
+    for run_dir, folds in export_run(_config(args), fmt=args.format).items():
+        for f in folds:
+            diffs = ", ".join(f"{p['max_abs_diff']:.2g} at {'x'.join(map(str, p['shape']))}" for p in f["parity"])
+            print(f"{run_dir} fold {f['fold']}: {f['path']} ({f['bytes'] / 1e6:.1f} MB); max |onnx - torch| logits {diffs} "
+                  f"(bound {f['parity'][0]['bound']:.2g}; inputs: {f['parity_inputs']})")
+    print("predict with them: --set predict.backend=onnx (ONNX Runtime, CPU)")
+    return 0
+
+
+def cmd_ensemble(args: argparse.Namespace) -> int:
+    from .ensemble import build_ensemble
+    from .inference import predict_test
+    from .run import Run
+
+    cfgs = [_load(c, args.set) for c in args.configs]
+    cv = build_ensemble(cfgs, name=args.name, weights=args.weights, space=args.space, overwrite=args.overwrite)
+    run = Run(Path(cfgs[0].runs_dir) / (args.name or "ens_" + "_".join(c.experiment for c in cfgs)))
+    ens = cv["ensemble"]
+    print(f"\nensemble {run.dir} ({ens['space']} space), OOF {cv['metric']} over {cv['n_images']} images:")
+    for m in ens["members"]:
+        print(f"  {m['run']:<40} weight {m['weight']:.3f}  OOF {m['score']:.4f}")
+    print(f"  {'ensemble':<40} {'':>12}  OOF {cv['score']:.4f}")
+    search = ens["weights_search"]
+    if "decision" in search:
+        print(f"weights: {search['decision']}" + (f" (cross-half: searched {search['cross_half_score']:.4f}, equal "
+                                                  f"{search['cross_half_equal_score']:.4f})" if "cross_half_score" in search else ""))
+    if "postprocess" in cv:
+        _print_tune(cv["postprocess"])
+    if not args.no_predict:
+        out = predict_test(run.config(), out=args.out, overwrite=args.overwrite)
+        print(f"submission: {out}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .data.sources import class_names
+    from .inference import evaluate_on, evaluate_split
+
+    cfg = _config(args)
+    if args.on is not None:
+        r = evaluate_on(cfg, args.on)
+        what = f"{args.on} ({r['n_images']} labelled images"
+        what += f"; {r['training_ids_left_out']} training ids of the run left out)" if r["training_ids_left_out"] else ")"
+    else:
+        r = evaluate_split(cfg)
+        what = f"held-out {args.split} ({r['n_images']} images)"
+    print(f"evaluated on {what}, post-processing as predict: {r['metric']} {r['score']:.4f} "
+          f"(before post-processing {r['score_before_postprocess']:.4f})")
+    if r.get("pixel_accuracy") is not None:
+        print(f"  pixel accuracy {r['pixel_accuracy']:.4f}")
+    for name, iou in zip(class_names(cfg), r.get("per_class_iou") or []):
+        print(f"  {name:<16} IoU {iou:.4f}")
+    print(f"written to {r['written_to']}")
+    print(f"{r['metric']}: {r['score']:.4f}")
+    return 0
+
+
+def cmd_check_submission(args: argparse.Namespace) -> int:
+    from .rle import RLESpec
+    from .submission import check_submission, submission_spec
+
+    if args.config:
+        spec = submission_spec(_load(args.config, []))
+    else:
+        spec = RLESpec(order=args.order, index_base=args.index_base, starts="relative" if args.relative else "absolute",
+                       empty=(args.empty_token or [""])[0], instances=args.instances)
+    problems = check_submission(args.csv, args.sample, empty_tokens=tuple(args.empty_token) if args.empty_token else None, spec=spec)
+    if problems:
+        print(f"{args.csv}: {len(problems)} problem(s)")
+        for p in problems:
+            print(f"  - {p}")
+        return 1
+    print(f"{args.csv}: OK (matches {args.sample})")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from .models import list_architectures, list_encoders
+
+    if args.encoders is not None:
+        names = list_encoders(args.encoders)
+        print("\n".join(names) if names else f"no encoder matches {args.encoders!r}")
+        print(f"({len(names)} encoders)", file=sys.stderr)
+        return 0
+    print("architectures:", ", ".join(list_architectures()))
+    print("encoders: smp names and any timm model as tu-<name>; list them with: seg-toolkit models --encoders FILTER")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Make the demo competition (if absent), train all folds, predict, and check the submission."""
+    from .cv import run_cv
+    from .data.demo import make_demo
+    from .inference import predict_test
+    from .submission import check_submission
+
+    cfg = _config(args)
+    root = Path(cfg.data.root)
+    if not (root / "train.csv").is_file():
+        make_demo(root)
+    cv = run_cv(cfg, resume=True)
+    _print_cv(cv, cfg.run_dir)
+    if "postprocess" in cv:
+        _print_tune(cv["postprocess"])
+    out = predict_test(cfg, overwrite=True)  # the demo's own output, remade on every run
+    from .submission import submission_spec
+
+    problems = check_submission(out, cfg.data_path(cfg.data.sample_submission), spec=submission_spec(cfg))
+    from .report import build_report
+
+    print(f"report: {build_report(cfg.run_dir)} (open in a browser; PNG copies beside it)")
+    _track_results(cfg.run_dir)
+    print(f"submission: {out} ({'valid' if not problems else 'INVALID: ' + '; '.join(problems)})")
+    solution = root / "test_solution.csv"
+    if solution.is_file():
+        from .submission import score_submission
+
+        score = score_submission(out, solution, cfg)
+        print(f"hidden test score ({cv['metric']}): {score:.4f}  (the demo ships its answers in {solution})")
+    return 0 if not problems else 1
+
+
+def cmd_bundle(args: argparse.Namespace) -> int:
+    from .bundle import DEFAULT_BASE_ENV, build_bundle
+    from .run import Run
+
+    runs = [Run.of(_load(c, [])) for c in args.configs]
+    base = args.base_env.split(",") if args.base_env is not None else list(DEFAULT_BASE_ENV)
+    info = build_bundle(runs, args.out, fp16=args.fp16, base_env=base, wheels=not args.no_wheels,
+                        allow_missing_folds=args.allow_missing_folds, overwrite=args.overwrite)
+    n = sum(len(r.get("weights", {})) for r in info["runs"])
+    w = info["wheels"]
+    print(f"bundle {args.out}: {len(info['runs'])} run(s), {n} weights file(s) ({'float16' if args.fp16 else 'float32'}), "
+          + (f"{w['count']} wheels ({w['bytes'] / 2**20:.0f} MiB; base env {','.join(info['base_env'])} not bundled)" if w else "no wheels"))
+    for warning in info["warnings"]:
+        print(f"warning: {warning}")
+    print(f"run it: python {Path(args.out) / 'predict.py'} --data-root DATA --out submission.csv  (see {Path(args.out) / 'README.md'})")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import build_report
+
+    print(f"report: {build_report(Path(args.run_dir), n_examples=args.examples)}")
+    _track_results(Path(args.run_dir))
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .compare import collect, format_table, write_html
+
+    if args.curves and not args.html:
+        raise ConfigError("compare --curves draws into the HTML page: add --html OUT")
+    rows = collect(args.runs)
+    print(format_table(rows))
+    if args.html:
+        print(f"page: {write_html(rows, args.html, curves=args.curves)}")
+    return 0
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from .audit import audit, format_audit, write_audit
+
+    cfg = _config(args)
+    result = audit(cfg, decode_images=not args.headers_only)
+    print(format_audit(result))
+    out = write_audit(cfg, Path(args.out) if args.out else cfg.run_dir, result)
+    print(f"audit page: {out}")
+    return 1 if result.problems else 0
