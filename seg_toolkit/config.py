@@ -7,21 +7,23 @@ choice outside a ``Literal`` fails with the list of choices. Then everything els
 at load time is checked (:mod:`seg_toolkit.config_checks`: per-class lengths, ranges, submission settings vs the
 task, TTA / augmentation / loss / architecture names), each failure one line naming the
 dotted key. YAML is read with ``yaml.safe_load`` only.
+
+This module is the schema and the entry points; reading files (``base:`` chains, ``--set``) is
+:mod:`seg_toolkit.config_yaml`, the strict typed conversion :mod:`seg_toolkit.config_types`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 import yaml
 
-from .errors import SegToolkitError
+from .config_types import build_dataclass
+from .config_yaml import apply_overrides, read_with_bases, read_yaml
+from .errors import ConfigError
 
 __all__ = [
     "ConfigError",
@@ -30,12 +32,9 @@ __all__ = [
     "config_from_dict",
     "config_to_dict",
     "apply_overrides",
+    "read_yaml",
     "save_config",
 ]
-
-
-class ConfigError(SegToolkitError, ValueError):
-    """A config value or key is not what the schema expects."""
 
 
 Task = Literal["binary", "multilabel", "multiclass"]
@@ -332,105 +331,12 @@ class Config:
 # ----------------------------------------------------------------------------- loading
 
 
-def _type_name(tp: Any) -> str:
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        return " | ".join(repr(a) for a in typing.get_args(tp))
-    if origin in (Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in typing.get_args(tp))
-    if origin is not None:
-        args = ", ".join(_type_name(a) for a in typing.get_args(tp))
-        return f"{origin.__name__}[{args}]"
-    if tp is type(None):
-        return "null"
-    if tp is Any:
-        return "any"
-    return getattr(tp, "__name__", str(tp))
-
-
-def _convert(value: Any, tp: Any, path: str) -> Any:
-    origin = typing.get_origin(tp)
-    if tp is Any:
-        return value
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise ConfigError(f"{path}: expected a mapping (section), got {type(value).__name__} {value!r}")
-        return _build(tp, value, path)
-    if origin in (Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _convert(value, arg, path)
-            except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError(f"{path}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
-    if origin is Literal:
-        choices = typing.get_args(tp)
-        if value not in choices:
-            close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ConfigError(f"{path}: {value!r} is not one of {', '.join(repr(c) for c in choices)}{hint}")
-        return value
-    if origin is list:
-        (item_tp,) = typing.get_args(tp)
-        if not isinstance(value, (list, tuple)):
-            # a scalar where a list is expected is the common one-value shorthand
-            value = [value]
-        return [_convert(v, item_tp, f"{path}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        key_tp, val_tp = typing.get_args(tp)
-        if not isinstance(value, dict):
-            raise ConfigError(f"{path}: expected a mapping, got {type(value).__name__} {value!r}")
-        return {_convert(k, key_tp, f"{path}"): _convert(v, val_tp, f"{path}.{k}") for k, v in value.items()}
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{path}: expected bool (true/false), got {type(value).__name__} {value!r}")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise ConfigError(f"{path}: expected int, got {type(value).__name__} {value!r}")
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads 1e-3 as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{path}: expected float, got {type(value).__name__} {value!r}")
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise ConfigError(f"{path}: expected str, got {type(value).__name__} {value!r}")
-    raise ConfigError(f"{path}: unsupported schema type {tp!r}")  # pragma: no cover
-
-
-def _build(cls: type, data: dict, path: str = "") -> Any:
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    kwargs = {}
-    for key, value in data.items():
-        where = f"{path}.{key}" if path else str(key)
-        if key not in names:
-            close = difflib.get_close_matches(str(key), names, n=1, cutoff=0.5)
-            hint = f"; did you mean {(path + '.' if path else '') + close[0]!r}?" if close else ""
-            raise ConfigError(f"unknown config key {where!r}{hint} (valid keys here: {', '.join(names)})")
-        kwargs[key] = _convert(value, hints[key], where)
-    return cls(**kwargs)
-
-
 def config_from_dict(data: dict | None) -> Config:
     """Build a validated :class:`Config` from plain YAML data."""
     data = data or {}
     if not isinstance(data, dict):
         raise ConfigError(f"a config file must be a mapping at the top level, got {type(data).__name__}")
-    cfg = _build(Config, data)
+    cfg = build_dataclass(Config, data)
     from .config_checks import check_config
 
     check_config(cfg)
@@ -453,67 +359,6 @@ def config_diff(old: dict, new: dict, prefix: str = "") -> list[str]:
     return out
 
 
-def _set_dotted(data: dict, dotted: str, value: Any) -> None:
-    keys = dotted.split(".")
-    node = data
-    for k in keys[:-1]:
-        node = node.setdefault(k, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"--set {dotted}: {k!r} is not a section")
-    node[keys[-1]] = value
-
-
-def apply_overrides(data: dict, overrides: list[str] | None) -> dict:
-    """Apply ``key.path=value`` strings; values are parsed as YAML (``3``, ``true``, ``[1, 2]``)."""
-    for item in overrides or []:
-        if "=" not in item:
-            raise ConfigError(f"--set {item!r}: expected key.path=value, e.g. train.epochs=3")
-        key, raw = item.split("=", 1)
-        try:
-            value = yaml.safe_load(raw) if raw != "" else ""
-        except yaml.YAMLError as e:
-            raise ConfigError(f"--set {key}: cannot parse value {raw!r}: {e}") from None
-        _set_dotted(data, key.strip(), value)
-    return data
-
-
-def read_yaml(path: str | Path) -> dict:
-    """A YAML mapping from ``path`` (safe loader); every way it can fail is a :class:`ConfigError` naming it."""
-    path = Path(path)
-    if path.is_dir():
-        raise ConfigError(f"{path}: is a folder; expected a YAML config file (or a run folder holding config.yaml)")
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    try:
-        with path.open("r", encoding="utf-8-sig") as fh:
-            data = yaml.safe_load(fh)
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid (safe) YAML: {' '.join(str(e).split())}") from None
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"{path}: not a UTF-8 text file ({e.reason} at byte {e.start}); save the config as UTF-8") from None
-    if data is not None and not isinstance(data, dict):
-        raise ConfigError(f"{path}: a config file must be a mapping of keys at the top level, got {type(data).__name__}")
-    return data or {}
-
-
-def _read_with_bases(path: Path, chain: tuple[Path, ...] = ()) -> dict:
-    """``path``'s values over those of its ``base:`` file, recursively (a -> b -> c); a cycle is named."""
-    here = path.resolve()
-    if here in chain:
-        names = " -> ".join(str(p) for p in (*chain[chain.index(here):], here))
-        raise ConfigError(f"base: the configs name each other in a cycle: {names}")
-    data = read_yaml(path)
-    if "base" not in data:
-        return data
-    base = data.pop("base")
-    if not isinstance(base, str) or not base:
-        raise ConfigError(f"{path}: base: expected the path of another YAML file (relative to this one), got {base!r}")
-    base_path = path.parent / base
-    if not base_path.is_file() and not base_path.is_dir():
-        raise ConfigError(f"{path}: base: {base!r} not found (looked for {base_path})")
-    return _deep_merge(_read_with_bases(base_path, (*chain, here)), data)
-
-
 def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     """Read a YAML file (safe loader), apply ``--set`` overrides and validate.
 
@@ -522,22 +367,12 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     its own (a chain of any length; a cycle is an error naming its files).
     """
     path = Path(path)
-    data = _read_with_bases(path)
+    data = read_with_bases(path)
     data = apply_overrides(data, overrides)
     try:
         return config_from_dict(data)
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
-
-
-def _deep_merge(base: dict, top: dict) -> dict:
-    out = dict(base)
-    for k, v in top.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict) and k not in ("loss", "loss_params"):
-            out[k] = _deep_merge(out[k], v)
-        else:
-            out[k] = v
-    return out
 
 
 def save_config(cfg: Config, path: str | Path) -> None:

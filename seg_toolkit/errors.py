@@ -7,8 +7,12 @@ and keeps its traceback. Each subclass also derives from the builtin that fits
 
 from __future__ import annotations
 
-__all__ = ["SegToolkitError"]
+__all__ = ["SegToolkitError", "ConfigError"]
 
 
 class SegToolkitError(Exception):
     """Something the user supplied (config, data, a run folder, a file) is not what was expected."""
+
+
+class ConfigError(SegToolkitError, ValueError):
+    """A config value or key is not what the schema expects (raised at load; re-exported by ``seg_toolkit.config``)."""

@@ -1,0 +1,86 @@
+"""Config files -> plain data: YAML read with the safe loader, ``base:`` chains merged, ``--set``
+overrides applied. Every way a file can fail is a :class:`~seg_toolkit.errors.ConfigError` naming it;
+turning the data into typed sections is :mod:`seg_toolkit.config_types`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+
+__all__ = ["apply_overrides", "read_yaml", "read_with_bases"]
+
+
+def _set_dotted(data: dict, dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = data
+    for k in keys[:-1]:
+        node = node.setdefault(k, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {dotted}: {k!r} is not a section")
+    node[keys[-1]] = value
+
+
+def apply_overrides(data: dict, overrides: list[str] | None) -> dict:
+    """Apply ``key.path=value`` strings; values are parsed as YAML (``3``, ``true``, ``[1, 2]``)."""
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected key.path=value, e.g. train.epochs=3")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--set {key}: cannot parse value {raw!r}: {e}") from None
+        _set_dotted(data, key.strip(), value)
+    return data
+
+
+def read_yaml(path: str | Path) -> dict:
+    """A YAML mapping from ``path`` (safe loader); every way it can fail is a :class:`ConfigError` naming it."""
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a folder; expected a YAML config file (or a run folder holding config.yaml)")
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        with path.open("r", encoding="utf-8-sig") as fh:
+            data = yaml.safe_load(fh)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid (safe) YAML: {' '.join(str(e).split())}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not a UTF-8 text file ({e.reason} at byte {e.start}); save the config as UTF-8") from None
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config file must be a mapping of keys at the top level, got {type(data).__name__}")
+    return data or {}
+
+
+def read_with_bases(path: Path, chain: tuple[Path, ...] = ()) -> dict:
+    """``path``'s values over those of its ``base:`` file, recursively (a -> b -> c); a cycle is named."""
+    here = path.resolve()
+    if here in chain:
+        names = " -> ".join(str(p) for p in (*chain[chain.index(here):], here))
+        raise ConfigError(f"base: the configs name each other in a cycle: {names}")
+    data = read_yaml(path)
+    if "base" not in data:
+        return data
+    base = data.pop("base")
+    if not isinstance(base, str) or not base:
+        raise ConfigError(f"{path}: base: expected the path of another YAML file (relative to this one), got {base!r}")
+    base_path = path.parent / base
+    if not base_path.is_file() and not base_path.is_dir():
+        raise ConfigError(f"{path}: base: {base!r} not found (looked for {base_path})")
+    return _deep_merge(read_with_bases(base_path, (*chain, here)), data)
+
+
+def _deep_merge(base: dict, top: dict) -> dict:
+    out = dict(base)
+    for k, v in top.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict) and k not in ("loss", "loss_params"):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
