@@ -44,7 +44,7 @@ def _print_cv(cv: dict, run: Path) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     from .cv import run_cv
 
-    from .distributed import init_distributed
+    from .distributed import close_distributed, init_distributed
 
     cfg = _config(args)
     folds = [args.fold] if args.fold is not None else None
@@ -52,6 +52,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise ConfigError(f"--fold {args.fold}: expected 0..{cfg.folds.n_splits - 1}")
     d = init_distributed(cfg.train.device)
     cv = run_cv(cfg, folds=folds, resume=args.resume, overwrite=args.overwrite)
+    close_distributed()  # every rank, after run_cv's last collective (a no-op for one process)
     if d.is_main:
         _print_cv(cv, cfg.run_dir)
         if "postprocess" in cv:

@@ -19,7 +19,7 @@ import torch.distributed as dist
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Dist", "init_distributed", "get_dist"]
+__all__ = ["Dist", "init_distributed", "close_distributed", "get_dist"]
 
 
 @dataclass(frozen=True)
@@ -91,3 +91,17 @@ def init_distributed(device_name: str = "auto") -> Dist:
     _CURRENT = Dist(rank=rank, world_size=world, local_rank=local)
     log.info("distributed: rank %d of %d (%s)", rank, world, "nccl" if use_cuda else "gloo")
     return _CURRENT
+
+
+def close_distributed() -> None:
+    """Leave the process group, on every rank, once the run has finished (after its last collective).
+
+    Without it Gloo's worker threads can outlive the interpreter's teardown and abort the process
+    (SIGABRT, "terminate called without an active exception"; pytorch/pytorch#190489): a finished
+    two-process CPU run then exits 1 now and then. Called only after a run that finished: a rank
+    that failed may leave a collective unfinished on the others, and tearing down then could block.
+    """
+    global _CURRENT
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+    _CURRENT = Dist()

@@ -17,22 +17,20 @@ from .conftest import demo_dict
 # run folder), so the test can compare ranks; the library itself writes from rank 0 only.
 CHILD = textwrap.dedent(
     """
-    import json, sys, torch
-    from seg_toolkit.config import config_from_dict
-    from seg_toolkit.cv import run_cv
-    from seg_toolkit.distributed import init_distributed
-
-    cfg = config_from_dict(json.load(open(sys.argv[1])))
-    spy_dir = sys.argv[2]
-    d = init_distributed("cpu")
+    import json, os, sys, torch
+    from seg_toolkit.cli import main
     from seg_toolkit.distributed import Dist
+
+    spy_dir = sys.argv[2]
     original, epochs = Dist.average_buffers, [0]
     def spy(self, model):  # each rank's weights at the end of every epoch, after the buffer averaging
         original(self, model)
         torch.save(model.state_dict(), f"{spy_dir}/rank{self.rank}_epoch{epochs[0]}.pt")
         epochs[0] += 1
     Dist.average_buffers = spy
-    run_cv(cfg)
+    rc = main(["train", sys.argv[1]])  # what torchrun -m seg_toolkit.cli train runs
+    with open(f"{spy_dir}/exit_rank{os.environ['RANK']}.json", "w") as fh:
+        json.dump({"rc": rc, "group_left": not torch.distributed.is_initialized()}, fh)
     """
 )
 
@@ -52,6 +50,10 @@ def test_two_process_ddp_on_cpu(demo_root, tmp_path):
         capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, f"torchrun exited {proc.returncode}\nstdout:\n{proc.stdout[-2000:]}\nstderr:\n{proc.stderr[-4000:]}"
+    # both ranks returned 0 from the CLI and left the process group before exiting (without that,
+    # Gloo's threads can abort the interpreter's teardown: pytorch/pytorch#190489)
+    for rank in (0, 1):
+        assert json.loads((spy / f"exit_rank{rank}.json").read_text()) == {"rc": 0, "group_left": True}
     for epoch in (0, 1):
         a = torch.load(spy / f"rank0_epoch{epoch}.pt", weights_only=True)
         b = torch.load(spy / f"rank1_epoch{epoch}.pt", weights_only=True)
