@@ -25,7 +25,6 @@ def _config(args: argparse.Namespace) -> Config:
     return _load(args.config, args.set)
 
 
-
 def cmd_make_demo(args: argparse.Namespace) -> int:
     from .data.demo import make_demo
 
@@ -43,7 +42,6 @@ def _print_cv(cv: dict, run: Path) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .cv import run_cv
-
     from .distributed import close_distributed, init_distributed
 
     cfg = _config(args)
