@@ -174,7 +174,7 @@ def run_amp(cfg, run, device: torch.device, model: torch.nn.Module, loss_fn, tra
     the run's ``amp.json``; rank 0 decides, every rank gets its choice. ``to_device(batch)`` gives
     (images, target) on the device as the training loop has them."""
     from .data import SegDataset, collate
-    from .run import read_json, write_json
+    from .files import read_json, write_json
 
     amp = None
     if d.is_main:

@@ -412,7 +412,7 @@ def write_audit(cfg: Config, out_dir: Path, result: Optional[AuditResult] = None
 
     Returns the path of ``audit.html``.
     """
-    from .run import write_text
+    from .files import write_text
 
     from .run import Run
 

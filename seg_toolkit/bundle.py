@@ -56,7 +56,9 @@ from .checkpoint import chosen_weights, load_checkpoint, save_checkpoint
 from .config import ConfigError, load_config
 from .errors import SegToolkitError
 from .versions import library_versions
-from .run import Run, delete_path, read_json, write_json, write_text
+from .files import read_json, write_json, write_text
+from .run import Run
+from .run_guard import delete_path
 
 log = logging.getLogger(__name__)
 

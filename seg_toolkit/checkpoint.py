@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import pickle
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -23,43 +21,15 @@ import torch
 
 from .config import Config, config_from_dict
 from .errors import SegToolkitError
+from .files import atomic_write
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CheckpointError", "default_file_mode", "save_checkpoint", "load_checkpoint", "load_model", "chosen_weights", "rng_state", "set_rng_state", "atomic_write"]
+__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "load_model", "chosen_weights", "rng_state", "set_rng_state"]
 
 
 class CheckpointError(SegToolkitError, RuntimeError):
     """A checkpoint file is missing, truncated, or holds something other than weights."""
-
-
-def atomic_write(path: str | Path, write_fn) -> None:
-    """Call ``write_fn(tmp_path)`` then rename over ``path``: readers see the old file or the new one.
-
-    If writing fails (a full disk, an interrupt) the previous file is left untouched and
-    the temporary file is removed.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write_fn(tmp)
-        os.chmod(tmp, default_file_mode())  # mkstemp makes 0600; give the file the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
-def default_file_mode() -> int:
-    """What ``open()`` would give a new file under the current umask (0644 with the usual 022)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:

@@ -115,7 +115,8 @@ def _track_results(run_dir: Path) -> None:
 def _tune_tta(cfg: Config) -> None:
     """``tune --tta``: choose the TTA set and merge mode by OOF score after tuning each one's post-processing."""
     from .device import resolve_device
-    from .run import Run, read_json
+    from .files import read_json
+    from .run import Run
     from .tta_search import choose_tta
 
     resolve_device(cfg.train.device)

@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from .errors import SegToolkitError
-from .run import Run, read_json, write_text
+from .files import read_json, write_text
+from .run import Run
 
 log = logging.getLogger(__name__)
 

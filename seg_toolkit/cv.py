@@ -15,7 +15,8 @@ from .data.sources import check_train_samples
 from .device import resolve_device
 from .distributed import get_dist
 from .metrics import Evaluator
-from .run import Run, RunExistsError, read_oof, write_json
+from .files import read_oof, write_json
+from .run import Run, RunExistsError
 from .tensors import uint8_to_probs
 from .pseudo import pseudo_info, teacher_run
 from .stages import check_init_folds, init_run

@@ -39,7 +39,8 @@ from .data.dataset import target_to_tensor
 from .metrics import Evaluator
 from .predictor import check_same_training
 from .models.presence import has_presence
-from .run import Run, read_json, read_oof, write_json, write_npy
+from .files import read_json, read_oof, write_json, write_npy
+from .run import Run
 from .tensors import from_merge_space, probs_to_uint8, to_merge_space, uint8_to_probs
 
 log = logging.getLogger(__name__)

@@ -31,7 +31,7 @@ from torch import nn
 from .config import Config, ConfigError
 from .data import DataError, load_test_samples
 from .postprocess import apply_postprocess, load_params
-from .run import write_json
+from .files import write_json
 from .submission import mask_rows
 from .tensors import probs_to_uint8
 from .tta import expand_tta

@@ -42,12 +42,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from .checkpoint import atomic_write, load_model
+from .files import atomic_write
+from .checkpoint import load_model
 from .config import Config, ConfigError
 from .errors import SegToolkitError
 from .models.presence import with_presence
 from .models.scratch_unet import crop_padding, pad_to_multiple
-from .run import RunExistsError, read_json, write_json
+from .files import read_json, write_json
+from .run import RunExistsError
 from .tensors import resize_to
 
 log = logging.getLogger(__name__)

@@ -97,7 +97,8 @@ def lr_find(cfg: Config, fold: int = 0, start: float = 1e-7, end: float = 1.0, s
     from .distributed import get_dist
     from .losses import build_loss, model_loss
     from .optim import build_optimizer
-    from .run import Run, write_json
+    from .files import write_json
+    from .run import Run
     from .stages import load_fold_init
     from .train import _to_device, build_loaders, build_model_and_ema
 

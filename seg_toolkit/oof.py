@@ -25,7 +25,8 @@ from .data import Sample, load_train_samples
 from .data.folds import split_fold, read_folds
 from .metrics import Evaluator
 from .predictor import Member, Predictor, check_same_training, tta_settings
-from .run import Run, read_json, write_json, write_npy
+from .files import read_json, write_json, write_npy
+from .run import Run
 from .tensors import probs_to_uint8, uint8_to_probs
 
 log = logging.getLogger(__name__)

@@ -24,8 +24,9 @@ from typing import Any, Optional
 
 import pandas as pd
 
-from .checkpoint import atomic_write
-from .run import Run, read_json, write_text
+from .files import atomic_write
+from .files import read_json, write_text
+from .run import Run
 
 log = logging.getLogger(__name__)
 

@@ -71,7 +71,8 @@ def load_params(cfg: Config, run=None) -> PostParams:
     """Tuned parameters from the run's ``postprocess.json`` (a :class:`~seg_toolkit.run.Run` or
     its folder) if present, else the config's."""
     from .config import ConfigError
-    from .run import Run, read_json
+    from .files import read_json
+    from .run import Run
 
     if run is None:
         return params_from_config(cfg)

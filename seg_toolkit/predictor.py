@@ -30,7 +30,8 @@ from .data import DataError, Sample, build_transforms, load_target, read_image
 from .data.dataset import target_to_tensor
 from .amp import resolve_amp
 from .device import autocast, resolve_device
-from .run import Run, read_json
+from .files import read_json
+from .run import Run
 from .tensors import from_merge_space, resize_to, to_merge_space
 from .tta import MERGE_MODES, expand_tta, iter_variant_logits, merge_logits, tta_predict
 from .tta import _variants

@@ -38,7 +38,8 @@ import pandas as pd
 
 from .config import Config, ConfigError
 from .data import Sample
-from .run import Run, write_npy, write_text
+from .files import write_npy, write_text
+from .run import Run
 from .tensors import probs_to_uint8
 
 log = logging.getLogger(__name__)

@@ -31,146 +31,41 @@ what is needed to use them without the YAML they came from::
       audit.html, audit_problems.csv, audit_samples.png, audit_batch.png   seg-toolkit audit
       learning_curves.{html,png}, report/
 
-Every JSON / CSV / NPY goes through :func:`atomic_write`: a reader sees the old file or
-the new one, never half of one. Every OOF file is read by :func:`read_oof`, which names a bad
-file. Nothing is deleted except by :meth:`Run.remove`, which removes only what a run wrote:
+Every JSON / CSV / NPY goes through :func:`seg_toolkit.files.atomic_write`: a reader sees the old
+file or the new one, never half of one. Every OOF file is read by :func:`seg_toolkit.files.read_oof`,
+which names a bad file. Nothing is deleted except by :meth:`Run.remove`, which removes only what a run wrote:
 never a folder that is, holds or lies inside the data the config reads (:meth:`Run.check_location`),
 never a folder that does not look like a run, never a file the toolkit did not write.
 """
 
 from __future__ import annotations
 
-import io
 import os
-import json
-import logging
 import re
-import shutil
 from pathlib import Path
 from typing import Any, Iterator
 
-import numpy as np
-import yaml
-
-from .checkpoint import atomic_write
 from .config import Config, ConfigError, load_config
-from .errors import SegToolkitError
+from .files import read_json
+from .run_guard import RunExistsError, RunGuard
 
-log = logging.getLogger(__name__)
-
-__all__ = ["Run", "RunExistsError", "write_json", "read_json", "write_npy", "write_text", "read_oof", "input_paths"]
-
-
-class RunExistsError(SegToolkitError, FileExistsError):
-    """The run folder already holds work (or files that are not a run's) that this command would overwrite."""
+__all__ = ["Run", "RunExistsError"]
 
 
-def _json_default(x: Any) -> Any:
-    if isinstance(x, (np.floating, np.integer, np.bool_)):
-        return x.item()
-    if isinstance(x, np.ndarray):
-        return x.tolist()
-    if isinstance(x, Path):
-        return str(x)
-    raise TypeError(f"not JSON serialisable: {type(x).__name__}")
+class Run(RunGuard):
+    """One run folder. Construct from a path (``Run("runs/tgs")``) or a config (``Run.of(cfg)``).
+    What may be written or deleted in it: :class:`seg_toolkit.run_guard.RunGuard`."""
 
-
-def write_text(path: str | Path, text: str) -> Path:
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
-    return Path(path)
-
-
-def write_json(path: str | Path, data: Any) -> Path:
-    return write_text(path, json.dumps(data, indent=2, default=_json_default))
-
-
-def read_json(path: str | Path) -> dict[str, Any] | None:
-    """The JSON object in ``path``, or None when the file is absent; a damaged file is an error naming it."""
-    path = Path(path)
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except ValueError as e:
-        raise ConfigError(f"{path}: not valid JSON ({e}); delete it or write it again") from None
-
-
-def write_npy(path: str | Path, array: np.ndarray) -> Path:
-    buf = io.BytesIO()
-    np.save(buf, array)
-    atomic_write(path, lambda tmp: Path(tmp).write_bytes(buf.getvalue()))
-    return Path(path)
-
-
-def read_oof(path: str | Path, ndim: int = 3) -> np.ndarray:
-    """One OOF file: ``uint8 (C, H, W)`` probabilities ``round(p * 255)`` (``ndim=1``: the classifier's
-    ``(C,)``). Anything else is a :class:`~seg_toolkit.data.io.DataError` naming the file (never
-    unpickled: ``allow_pickle=False``)."""
-    from .data.io import DataError  # lazy: the data package imports torch and albumentations
-
-    path = Path(path)
-    remake = "remake it with `seg-toolkit oof CONFIG`"
-    if not path.is_file():
-        raise DataError(f"{path}: OOF file not found; {remake}")
-    try:
-        q = np.load(path, allow_pickle=False)
-    except ValueError as e:
-        if "allow_pickle" in str(e):
-            raise DataError(f"{path}: OOF file holds pickled Python objects, which are never loaded; {remake}") from None
-        raise DataError(f"{path}: not a readable .npy OOF file ({e}); {remake}") from None
-    except (OSError, EOFError) as e:
-        raise DataError(f"{path}: not a readable .npy OOF file ({type(e).__name__}: {e}); {remake}") from None
-    if not isinstance(q, np.ndarray) or q.dtype != np.uint8 or q.ndim != ndim:
-        what = f"{q.dtype} array of shape {q.shape}" if isinstance(q, np.ndarray) else type(q).__name__
-        raise DataError(f"{path}: expected uint8 {'(C, H, W)' if ndim == 3 else '(C,)'} OOF probabilities, got a {what}; {remake}")
-    return q
-
-
-def input_paths(cfg: Config) -> list[tuple[str, Path]]:
-    """``(config key, path)`` of everything the config reads as input: the data root, every
-    file and folder below it that the config names (relative ones resolved against ``data.root``),
-    and a local encoder weights file."""
-    d = cfg.data
-    out: list[tuple[str, Path]] = [("data.root", Path(d.root))]
-    for key in ("train_images", "train_masks", "train_csv", "test_images", "sample_submission", "classes_csv"):
-        value = getattr(d, key)
-        if value:
-            out.append((f"data.{key}", cfg.data_path(value)))
-    for key in ("train_lists", "test_lists"):
-        out += [(f"data.{key}", cfg.data_path(v)) for v in getattr(d, key)]
-    w = cfg.model.encoder_weights
-    if w and ("/" in w or "\\" in w or w.lower().endswith((".pth", ".pt", ".bin", ".safetensors", ".ckpt"))):
-        out.append(("model.encoder_weights", Path(w).expanduser()))
-    return out
-
-
-#: What a run writes directly in its folder, besides ``fold_<k>/`` (names from the properties of
-#: :class:`Run`) and the temporary files of :func:`atomic_write` (``.<name>.<random>.tmp``).
-_RUN_FILES = ("config.yaml", "folds.csv", "folds.csv.tmp", "fold_balance.csv", "cv.json", "postprocess.json", "tta.json", "ensemble.json", "amp.json", "lr_find.json", "lr_find.png", "pseudo",
-              "oof", "oof_summary.json", "test_probs", "evaluate_test.json", "report", "learning_curves.html",
-              "learning_curves.png", "audit.html", "audit_problems.csv", "tta_search", "test_masks", "evaluations",
-              "audit_samples.png", "audit_batch.png", "tracker.json", "tensorboard",
-              "export", "estimate.json")
-_FOLD_FILE = re.compile(r"(best|last|prev)\.pt|best_e\d+\.pt|metrics\.csv|done\.json|failed_attempt_\d+")
-_FOLD_DIR = re.compile(r"fold_\d+")
-_TMP_FILE = re.compile(r"\..+\.[A-Za-z0-9_]+\.tmp")
-_OS_CLUTTER = (".DS_Store", "Thumbs.db", "desktop.ini")
-
-
-def delete_path(target: Path, announce: bool = True) -> None:
-    """The one place the package deletes a file or folder. Callers check first that it is theirs:
-    :meth:`Run.remove` (a run's own files), ``bundle`` (its own partial folder, or a folder holding
-    its ``bundle.json`` under ``--overwrite``)."""
-    if announce:
-        log.warning("deleting %s", target)
-    if target.is_dir() and not target.is_symlink():
-        shutil.rmtree(target)
-    else:
-        target.unlink()  # a file, or a link (never followed)
-
-
-class Run:
-    """One run folder. Construct from a path (``Run("runs/tgs")``) or a config (``Run.of(cfg)``)."""
+    #: What a run writes directly in its folder, besides ``fold_<k>/`` (names from the properties
+    #: below) and the temporary files of :func:`seg_toolkit.files.atomic_write`.
+    RUN_FILES = ("config.yaml", "folds.csv", "folds.csv.tmp", "fold_balance.csv", "cv.json", "postprocess.json", "tta.json",
+                 "ensemble.json", "amp.json", "lr_find.json", "lr_find.png", "pseudo", "oof", "oof_summary.json", "test_probs",
+                 "evaluate_test.json", "report", "learning_curves.html", "learning_curves.png", "audit.html",
+                 "audit_problems.csv", "tta_search", "test_masks", "evaluations", "audit_samples.png", "audit_batch.png",
+                 "tracker.json", "tensorboard", "export", "estimate.json")
+    #: What a run writes in ``fold_<k>/`` (the fold methods below)
+    FOLD_FILE = re.compile(r"(best|last|prev)\.pt|best_e\d+\.pt|metrics\.csv|done\.json|failed_attempt_\d+")
+    FOLD_DIR = re.compile(r"fold_\d+")
 
     def __init__(self, path: str | Path) -> None:
         self.dir = Path(path)
@@ -400,113 +295,6 @@ class Run:
         if self.is_ensemble:
             return [int(k) for k in (read_json(self.ensemble_json) or {}).get("folds", [])]
         return self.trained_folds()
-
-    # ------------------------------------------------------------------ safety: where a run may be, what it may delete
-    def check_location(self, cfg: Config) -> None:
-        """Refuse a run folder that is, contains or lies inside ``data.root`` or any input the config
-        names (:func:`input_paths`): deleting or writing it would touch the user's data."""
-        here = self.dir.resolve()
-        for key, path in input_paths(cfg):
-            p = path.resolve()
-            if here == p:
-                how = "is"
-            elif here in p.parents:
-                how = "contains"
-            elif p in here.parents:
-                how = "lies inside"
-            else:
-                continue
-            raise ConfigError(
-                f"run folder {self.dir} (runs_dir/experiment) {how} {key} {path}; a run folder must be apart "
-                "from the data it reads: set runs_dir (or experiment) to a folder outside the data"
-            )
-
-    def _marker(self) -> str | None:
-        """The first sign that the folder was made by this toolkit, or None."""
-        if self.config_yaml.is_file():
-            try:
-                data = yaml.safe_load(self.config_yaml.read_text(encoding="utf-8"))
-                if isinstance(data, dict) and {"experiment", "data", "model"} <= set(data):
-                    return self.config_yaml.name
-            except (yaml.YAMLError, OSError, UnicodeDecodeError):
-                pass
-        if self.folds_csv.is_file():
-            try:
-                with self.folds_csv.open(encoding="utf-8") as fh:
-                    if fh.readline().startswith("id,fold"):
-                        return self.folds_csv.name
-            except (OSError, UnicodeDecodeError):
-                pass
-        if self.ensemble_json.is_file():
-            return self.ensemble_json.name
-        for p in self.dir.glob("fold_*"):
-            if _FOLD_DIR.fullmatch(p.name) and p.is_dir() and any(_FOLD_FILE.fullmatch(q.name) for q in p.iterdir()):
-                return p.name + "/"
-        return None
-
-    def looks_like_run(self) -> bool:
-        """True when the folder holds a config.yaml / folds.csv / ensemble.json / fold_<k>/ of this toolkit."""
-        return self.dir.is_dir() and self._marker() is not None
-
-    def foreign_entries(self) -> list[Path]:
-        """Entries of the folder (and of its ``fold_<k>/``) that no run writes: files the user put there."""
-        out = []
-        for p in sorted(self.dir.iterdir()):
-            if p.name in _OS_CLUTTER or _TMP_FILE.fullmatch(p.name):
-                continue
-            if _FOLD_DIR.fullmatch(p.name) and p.is_dir():
-                out += [q for q in sorted(p.iterdir())
-                        if not (_FOLD_FILE.fullmatch(q.name) or _TMP_FILE.fullmatch(q.name) or q.name in _OS_CLUTTER)]
-            elif p.name not in _RUN_FILES:
-                out.append(p)
-        return out
-
-    def check_writable(self, cfg: Config) -> None:
-        """Before a command writes into the folder: it is apart from the data, and if it already holds
-        files it is a run folder (a run would otherwise write its files among the user's)."""
-        self.check_location(cfg)
-        if self.dir.exists() and not self.dir.is_dir():
-            raise RunExistsError(f"{self.dir} is a file, not a run folder; choose another experiment name or runs_dir")
-        if self.dir.is_dir() and any(self.dir.iterdir()) and not self.looks_like_run():
-            raise RunExistsError(
-                f"{self.dir} holds files but is not a run folder (no config.yaml, folds.csv, ensemble.json or "
-                "fold_<k>/ of seg_toolkit); choose another experiment name or runs_dir"
-            )
-
-    def remove(self, cfg: Config, path: Path | None = None) -> None:
-        """Delete the run folder (``path=None``) or one entry of it that runs write (``path``, e.g.
-        :attr:`tta_search_root`): the only way anything is deleted. Nothing is deleted when
-
-        * the run folder is, contains or lies inside the data the config reads (:meth:`check_location`);
-        * the folder does not look like a run folder (:meth:`looks_like_run`), or it is deleted whole
-          and holds files no run writes (:meth:`foreign_entries`): they are named;
-        * ``path`` is not a run entry inside this folder.
-
-        A missing folder or entry is not an error.
-        """
-        self.check_location(cfg)
-        target = self.dir if path is None else Path(path)
-        if path is not None:
-            rel = target.resolve().relative_to(self.dir.resolve()) if self.dir.resolve() in target.resolve().parents else None
-            if rel is None or rel.parts[0] not in _RUN_FILES and not _FOLD_DIR.fullmatch(rel.parts[0]):
-                raise RunExistsError(f"refusing to delete {target}: it is not a file that runs write inside {self.dir}")
-        if not target.exists():
-            return
-        if not self.looks_like_run():
-            raise RunExistsError(
-                f"refusing to delete {self.dir}: it does not look like a run folder (no config.yaml, folds.csv, "
-                "ensemble.json or fold_<k>/ of seg_toolkit); choose another experiment name or runs_dir"
-            )
-        if path is None:
-            foreign = self.foreign_entries()
-            if foreign:
-                names = ", ".join(str(p.relative_to(self.dir)) + ("/" if p.is_dir() else "") for p in foreign[:5])
-                more = f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""
-                raise RunExistsError(
-                    f"refusing to delete {self.dir}: it holds {len(foreign)} file(s) that seg_toolkit did not write "
-                    f"({names}{more}); move them out, or choose another experiment name"
-                )
-        delete_path(target)
 
     def fold_summaries(self) -> list[dict[str, Any]]:
         return [read_json(self.done_json(k)) or {} for k in self.trained_folds()]

@@ -22,7 +22,7 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 
-from .checkpoint import default_file_mode
+from .files import default_file_mode
 from .config import Config
 from .config_checks import _submitted_classes
 from .errors import SegToolkitError

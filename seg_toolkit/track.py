@@ -36,7 +36,8 @@ from pathlib import Path
 from typing import Any, Iterator, Optional
 
 from .config import Config, config_to_dict
-from .run import Run, read_json, write_json
+from .files import read_json, write_json
+from .run import Run
 
 log = logging.getLogger(__name__)
 

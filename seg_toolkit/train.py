@@ -39,7 +39,8 @@ from .losses import build_loss, model_loss
 from .models.presence import has_presence, split_presence
 from .metrics import Evaluator
 from .optim import LRSchedule, build_optimizer
-from .run import Run, write_json
+from .files import write_json
+from .run import Run
 from .pseudo import add_pseudo_labels, pseudo_info
 from .stages import init_source, load_fold_init
 from .versions import library_versions

@@ -39,7 +39,8 @@ from .config import Config, ConfigError
 from .data import load_train_samples
 from .data.folds import read_folds, split_fold
 from .metrics import resolve_metric_name
-from .run import Run, read_json, write_json
+from .files import read_json, write_json
+from .run import Run
 from .tta import MERGE_MODES, expand_tta
 
 log = logging.getLogger(__name__)

@@ -66,7 +66,8 @@ import torch
 from .config import Config, ConfigError
 from .metrics import Evaluator, resolve_metric_name
 from .postprocess import PostParams, apply_postprocess, params_from_config
-from .run import Run, read_json, write_json
+from .files import read_json, write_json
+from .run import Run
 from .tensors import uint8_to_probs
 from .tune_tables import (
     DEFAULT_MEMORY_BUDGET,

@@ -38,7 +38,8 @@ from tqdm.auto import tqdm
 from .config import IGNORE_INDEX, Config
 from .data import Sample, load_target, load_train_samples
 from .metrics import PER_IMAGE_METRICS, ImageCounts, mean_iou, pixel_accuracy, scores_from_counts
-from .run import Run, read_oof
+from .files import read_oof
+from .run import Run
 from .tensors import uint8_to_probs
 
 log = logging.getLogger(__name__)

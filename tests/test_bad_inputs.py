@@ -31,7 +31,8 @@ from seg_toolkit.data.io import image_size
 from seg_toolkit.data.sources import check_train_samples, class_names
 from seg_toolkit.errors import SegToolkitError
 from seg_toolkit.rle import rle_encode
-from seg_toolkit.run import Run, write_json, write_npy
+from seg_toolkit.files import write_json, write_npy
+from seg_toolkit.run import Run
 
 from .conftest import demo_dict
 

@@ -31,7 +31,8 @@ from seg_toolkit.config import config_from_dict, config_to_dict, save_config
 from seg_toolkit.cv import run_cv
 from seg_toolkit.data import load_test_samples
 from seg_toolkit.predictor import Predictor
-from seg_toolkit.run import Run, write_json
+from seg_toolkit.files import write_json
+from seg_toolkit.run import Run
 from seg_toolkit.train import build_model_and_ema
 
 from .conftest import demo_dict

@@ -23,7 +23,8 @@ from seg_toolkit.data import SegDataset, collate, load_test_samples, load_train_
 from seg_toolkit.ensemble import build_ensemble, merge_probs, weight_grid
 from seg_toolkit.inference import predict_test
 from seg_toolkit.oof import remake_oof
-from seg_toolkit.run import Run, read_json
+from seg_toolkit.files import read_json
+from seg_toolkit.run import Run
 from seg_toolkit.submission import check_submission
 from seg_toolkit.tensors import probs_to_uint8, resize_to, uint8_to_probs
 from seg_toolkit.tta import tta_predict

@@ -26,7 +26,8 @@ from seg_toolkit.inference import evaluation_name, mask_pngs
 from seg_toolkit.metrics import Evaluator
 from seg_toolkit.postprocess import apply_postprocess, load_params
 from seg_toolkit.predictor import Predictor
-from seg_toolkit.run import Run, read_json, write_json
+from seg_toolkit.files import read_json, write_json
+from seg_toolkit.run import Run
 from seg_toolkit.submission import submission_spec
 
 from .conftest import demo_dict

@@ -20,7 +20,8 @@ from seg_toolkit.models import build_model
 from seg_toolkit.models.presence import presence_target, split_presence
 from seg_toolkit.postprocess import PostParams, apply_postprocess, load_params
 from seg_toolkit.predictor import Predictor
-from seg_toolkit.run import Run, read_oof
+from seg_toolkit.files import read_oof
+from seg_toolkit.run import Run
 from seg_toolkit.tta import tta_predict, apply_transform
 from seg_toolkit.tune import tune_postprocess
 from tests.conftest import demo_dict

@@ -49,6 +49,8 @@ import pandas as pd
 from sklearn.model_selection import GroupKFold, KFold, StratifiedGroupKFold, StratifiedKFold
 
 from ..config import Config
+from ..files import write_text
+from ..run import Run
 from .io import DataError
 from .masks import class_names, load_target, mask_ids, train_rle_spec
 from .sources import Sample, read_csv_strict
@@ -258,8 +260,6 @@ def load_or_make_folds(samples: list[Sample], cfg: Config, path: Path) -> pd.Dat
     A new ``folds.csv`` of a run comes with its fold balance (:func:`fold_balance`), logged and
     written to the run's ``fold_balance.csv`` first, so a ``folds.csv`` present means both are.
     """
-    from ..run import Run, write_text  # lazy: run imports torch through checkpoint
-
     ids = [s.id for s in samples]
     if path.is_file():
         df = read_folds(path)

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..config import IGNORE_INDEX, Config, ConfigError
+from ..files import read_oof
 from ..rle import RLEError, RLESpec
 from .colors import VOID_ID, check_color_masks, class_names, color_table, colors_to_ids
 from .instances import instance_ids
@@ -110,8 +111,6 @@ def mask_ids(sample: Sample, cfg: Config) -> np.ndarray:
 
 def _soft_target(sample: Sample, hw: tuple[int, int] | None) -> np.ndarray:
     """A soft pseudo-label: float32 ``(H, W, C)`` probabilities from the teacher's uint8 ``(C, H, W)`` file."""
-    from ..run import read_oof
-
     q = read_oof(sample.soft)
     if hw is not None and q.shape[1:] != tuple(hw):
         raise DataError(f"{sample.soft}: soft label is {q.shape[1]}x{q.shape[2]} (HxW) but its image {sample.image.name} "

@@ -19,7 +19,8 @@ import numpy as np
 from ..config import Config, ConfigError
 from ..data import DataError, Sample, load_train_samples
 from ..plots import metric_label
-from ..run import Run, read_json
+from ..files import read_json
+from ..run import Run
 from .summary import Example, read_oof_summary, write_oof_summary
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ from PIL import Image
 from ..config import IGNORE_INDEX, Config
 from ..data import load_target, read_image
 from ..plots import metric_label, new_figure
-from ..run import read_oof
+from ..files import read_oof
 from .data import ReportData
 from .summary import Example, predict_mask
 

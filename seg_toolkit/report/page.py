@@ -14,7 +14,8 @@ from typing import Any
 
 from ..data import DataError
 from ..plots import learning_curves, metric_label, write_figure
-from ..run import Run, read_json, write_text
+from ..files import read_json, write_text
+from ..run import Run
 from . import html as h
 from .data import ReportData, compute_report_data, per_class_rows
 from .figures import confusion_figure

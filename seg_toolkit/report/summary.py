@@ -37,7 +37,8 @@ from ..data import DataError, Sample, class_colors, class_names, load_target
 from ..data.dataset import target_to_tensor
 from ..metrics import PER_IMAGE_METRICS, Evaluator, image_counts, scores_from_counts
 from ..plots import metric_label
-from ..run import Run, read_json, read_oof, write_json
+from ..files import read_json, read_oof, write_json
+from ..run import Run
 from ..tensors import uint8_to_probs
 
 log = logging.getLogger(__name__)

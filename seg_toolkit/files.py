@@ -1,0 +1,112 @@
+"""Files written whole or not at all, and read back with errors that name them.
+
+Every JSON / text / NPY artifact of a run goes through :func:`atomic_write` (a temporary file in
+the same folder, then a rename): a reader sees the old file or the new one, never half of one,
+and a failed write leaves the old file as it was. :func:`read_oof` is the one reader of OOF
+probability files. Where each file lives is :class:`seg_toolkit.run.Run`'s business.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import ConfigError
+
+__all__ = ["atomic_write", "default_file_mode", "write_text", "write_json", "read_json", "write_npy", "read_oof"]
+
+
+def atomic_write(path: str | Path, write_fn) -> None:
+    """Call ``write_fn(tmp_path)`` then rename over ``path``: readers see the old file or the new one.
+
+    If writing fails (a full disk, an interrupt) the previous file is left untouched and
+    the temporary file is removed.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write_fn(tmp)
+        os.chmod(tmp, default_file_mode())  # mkstemp makes 0600; give the file the usual permissions
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def default_file_mode() -> int:
+    """What ``open()`` would give a new file under the current umask (0644 with the usual 022)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def _json_default(x: Any) -> Any:
+    if isinstance(x, (np.floating, np.integer, np.bool_)):
+        return x.item()
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    if isinstance(x, Path):
+        return str(x)
+    raise TypeError(f"not JSON serialisable: {type(x).__name__}")
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    return Path(path)
+
+
+def write_json(path: str | Path, data: Any) -> Path:
+    return write_text(path, json.dumps(data, indent=2, default=_json_default))
+
+
+def read_json(path: str | Path) -> dict[str, Any] | None:
+    """The JSON object in ``path``, or None when the file is absent; a damaged file is an error naming it."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except ValueError as e:
+        raise ConfigError(f"{path}: not valid JSON ({e}); delete it or write it again") from None
+
+
+def write_npy(path: str | Path, array: np.ndarray) -> Path:
+    buf = io.BytesIO()
+    np.save(buf, array)
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(buf.getvalue()))
+    return Path(path)
+
+
+def read_oof(path: str | Path, ndim: int = 3) -> np.ndarray:
+    """One OOF file: ``uint8 (C, H, W)`` probabilities ``round(p * 255)`` (``ndim=1``: the classifier's
+    ``(C,)``). Anything else is a :class:`~seg_toolkit.data.io.DataError` naming the file (never
+    unpickled: ``allow_pickle=False``)."""
+    from .data.io import DataError  # lazy: the data package imports torch and albumentations
+
+    path = Path(path)
+    remake = "remake it with `seg-toolkit oof CONFIG`"
+    if not path.is_file():
+        raise DataError(f"{path}: OOF file not found; {remake}")
+    try:
+        q = np.load(path, allow_pickle=False)
+    except ValueError as e:
+        if "allow_pickle" in str(e):
+            raise DataError(f"{path}: OOF file holds pickled Python objects, which are never loaded; {remake}") from None
+        raise DataError(f"{path}: not a readable .npy OOF file ({e}); {remake}") from None
+    except (OSError, EOFError) as e:
+        raise DataError(f"{path}: not a readable .npy OOF file ({type(e).__name__}: {e}); {remake}") from None
+    if not isinstance(q, np.ndarray) or q.dtype != np.uint8 or q.ndim != ndim:
+        what = f"{q.dtype} array of shape {q.shape}" if isinstance(q, np.ndarray) else type(q).__name__
+        raise DataError(f"{path}: expected uint8 {'(C, H, W)' if ndim == 3 else '(C,)'} OOF probabilities, got a {what}; {remake}")
+    return q

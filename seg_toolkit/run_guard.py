@@ -1,0 +1,183 @@
+"""What a command may write into a run folder, and what it may delete: never the user's data or files.
+
+:class:`RunGuard` is the safety half of :class:`seg_toolkit.run.Run` (which names every file):
+
+* a run folder is never the data folder, inside it, or around it (:meth:`RunGuard.check_location`,
+  against every input the config reads: :func:`input_paths`);
+* a command writes only into an empty folder or a run folder (:meth:`RunGuard.check_writable`);
+* nothing is deleted except by :meth:`RunGuard.remove`, and only files that runs write, in a
+  folder that looks like a run (:meth:`RunGuard.looks_like_run`); files the user put there are named
+  (:meth:`RunGuard.foreign_entries`) and the deletion refused. :func:`delete_path` is the package's
+  one call that deletes.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+from pathlib import Path
+
+import yaml
+
+from .config import Config, ConfigError
+from .errors import SegToolkitError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["RunGuard", "RunExistsError", "input_paths", "delete_path"]
+
+#: Temporary files of :func:`seg_toolkit.files.atomic_write` (``.<name>.<random>.tmp``) and what
+#: operating systems leave in folders: neither is a user's file.
+_TMP_FILE = re.compile(r"\..+\.[A-Za-z0-9_]+\.tmp")
+_OS_CLUTTER = (".DS_Store", "Thumbs.db", "desktop.ini")
+
+
+class RunExistsError(SegToolkitError, FileExistsError):
+    """The run folder already holds work (or files that are not a run's) that this command would overwrite."""
+
+
+def input_paths(cfg: Config) -> list[tuple[str, Path]]:
+    """``(config key, path)`` of everything the config reads as input: the data root, every
+    file and folder below it that the config names (relative ones resolved against ``data.root``),
+    and a local encoder weights file."""
+    d = cfg.data
+    out: list[tuple[str, Path]] = [("data.root", Path(d.root))]
+    for key in ("train_images", "train_masks", "train_csv", "test_images", "sample_submission", "classes_csv"):
+        value = getattr(d, key)
+        if value:
+            out.append((f"data.{key}", cfg.data_path(value)))
+    for key in ("train_lists", "test_lists"):
+        out += [(f"data.{key}", cfg.data_path(v)) for v in getattr(d, key)]
+    w = cfg.model.encoder_weights
+    if w and ("/" in w or "\\" in w or w.lower().endswith((".pth", ".pt", ".bin", ".safetensors", ".ckpt"))):
+        out.append(("model.encoder_weights", Path(w).expanduser()))
+    return out
+
+
+def delete_path(target: Path, announce: bool = True) -> None:
+    """The one place the package deletes a file or folder. Callers check first that it is theirs:
+    :meth:`Run.remove` (a run's own files), ``bundle`` (its own partial folder, or a folder holding
+    its ``bundle.json`` under ``--overwrite``)."""
+    if announce:
+        log.warning("deleting %s", target)
+    if target.is_dir() and not target.is_symlink():
+        shutil.rmtree(target)
+    else:
+        target.unlink()  # a file, or a link (never followed)
+
+
+class RunGuard:
+    """Mixin of :class:`seg_toolkit.run.Run`: the checks before a run folder is written or deleted.
+    ``RUN_FILES``, ``FOLD_FILE`` and ``FOLD_DIR`` (what runs write) are spelled on ``Run`` beside the paths."""
+
+    dir: Path
+    RUN_FILES: tuple[str, ...]
+    FOLD_FILE: re.Pattern
+    FOLD_DIR: re.Pattern
+
+    def check_location(self, cfg: Config) -> None:
+        """Refuse a run folder that is, contains or lies inside ``data.root`` or any input the config
+        names (:func:`input_paths`): deleting or writing it would touch the user's data."""
+        here = self.dir.resolve()
+        for key, path in input_paths(cfg):
+            p = path.resolve()
+            if here == p:
+                how = "is"
+            elif here in p.parents:
+                how = "contains"
+            elif p in here.parents:
+                how = "lies inside"
+            else:
+                continue
+            raise ConfigError(
+                f"run folder {self.dir} (runs_dir/experiment) {how} {key} {path}; a run folder must be apart "
+                "from the data it reads: set runs_dir (or experiment) to a folder outside the data"
+            )
+
+    def _marker(self) -> str | None:
+        """The first sign that the folder was made by this toolkit, or None."""
+        if self.config_yaml.is_file():
+            try:
+                data = yaml.safe_load(self.config_yaml.read_text(encoding="utf-8"))
+                if isinstance(data, dict) and {"experiment", "data", "model"} <= set(data):
+                    return self.config_yaml.name
+            except (yaml.YAMLError, OSError, UnicodeDecodeError):
+                pass
+        if self.folds_csv.is_file():
+            try:
+                with self.folds_csv.open(encoding="utf-8") as fh:
+                    if fh.readline().startswith("id,fold"):
+                        return self.folds_csv.name
+            except (OSError, UnicodeDecodeError):
+                pass
+        if self.ensemble_json.is_file():
+            return self.ensemble_json.name
+        for p in self.dir.glob("fold_*"):
+            if self.FOLD_DIR.fullmatch(p.name) and p.is_dir() and any(self.FOLD_FILE.fullmatch(q.name) for q in p.iterdir()):
+                return p.name + "/"
+        return None
+
+    def looks_like_run(self) -> bool:
+        """True when the folder holds a config.yaml / folds.csv / ensemble.json / fold_<k>/ of this toolkit."""
+        return self.dir.is_dir() and self._marker() is not None
+
+    def foreign_entries(self) -> list[Path]:
+        """Entries of the folder (and of its ``fold_<k>/``) that no run writes: files the user put there."""
+        out = []
+        for p in sorted(self.dir.iterdir()):
+            if p.name in _OS_CLUTTER or _TMP_FILE.fullmatch(p.name):
+                continue
+            if self.FOLD_DIR.fullmatch(p.name) and p.is_dir():
+                out += [q for q in sorted(p.iterdir())
+                        if not (self.FOLD_FILE.fullmatch(q.name) or _TMP_FILE.fullmatch(q.name) or q.name in _OS_CLUTTER)]
+            elif p.name not in self.RUN_FILES:
+                out.append(p)
+        return out
+
+    def check_writable(self, cfg: Config) -> None:
+        """Before a command writes into the folder: it is apart from the data, and if it already holds
+        files it is a run folder (a run would otherwise write its files among the user's)."""
+        self.check_location(cfg)
+        if self.dir.exists() and not self.dir.is_dir():
+            raise RunExistsError(f"{self.dir} is a file, not a run folder; choose another experiment name or runs_dir")
+        if self.dir.is_dir() and any(self.dir.iterdir()) and not self.looks_like_run():
+            raise RunExistsError(
+                f"{self.dir} holds files but is not a run folder (no config.yaml, folds.csv, ensemble.json or "
+                "fold_<k>/ of seg_toolkit); choose another experiment name or runs_dir"
+            )
+
+    def remove(self, cfg: Config, path: Path | None = None) -> None:
+        """Delete the run folder (``path=None``) or one entry of it that runs write (``path``, e.g.
+        :attr:`tta_search_root`): the only way anything is deleted. Nothing is deleted when
+
+        * the run folder is, contains or lies inside the data the config reads (:meth:`check_location`);
+        * the folder does not look like a run folder (:meth:`looks_like_run`), or it is deleted whole
+          and holds files no run writes (:meth:`foreign_entries`): they are named;
+        * ``path`` is not a run entry inside this folder.
+
+        A missing folder or entry is not an error.
+        """
+        self.check_location(cfg)
+        target = self.dir if path is None else Path(path)
+        if path is not None:
+            rel = target.resolve().relative_to(self.dir.resolve()) if self.dir.resolve() in target.resolve().parents else None
+            if rel is None or rel.parts[0] not in self.RUN_FILES and not self.FOLD_DIR.fullmatch(rel.parts[0]):
+                raise RunExistsError(f"refusing to delete {target}: it is not a file that runs write inside {self.dir}")
+        if not target.exists():
+            return
+        if not self.looks_like_run():
+            raise RunExistsError(
+                f"refusing to delete {self.dir}: it does not look like a run folder (no config.yaml, folds.csv, "
+                "ensemble.json or fold_<k>/ of seg_toolkit); choose another experiment name or runs_dir"
+            )
+        if path is None:
+            foreign = self.foreign_entries()
+            if foreign:
+                names = ", ".join(str(p.relative_to(self.dir)) + ("/" if p.is_dir() else "") for p in foreign[:5])
+                more = f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""
+                raise RunExistsError(
+                    f"refusing to delete {self.dir}: it holds {len(foreign)} file(s) that seg_toolkit did not write "
+                    f"({names}{more}); move them out, or choose another experiment name"
+                )
+        delete_path(target)
