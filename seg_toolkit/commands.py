@@ -146,7 +146,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .inference import predict_test
 
     if args.estimate or args.budget or args.n_images:
-        from .estimate import estimate_predict, format_estimate, parse_duration
+        from .budget import parse_duration
+        from .estimate import estimate_predict, format_estimate
 
         if not args.estimate:
             raise ConfigError("--budget and --n-images go with --estimate")

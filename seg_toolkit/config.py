@@ -181,7 +181,10 @@ class SchedulerConfig:
 
 @dataclass
 class TrainConfig:
-    epochs: int = 10
+    epochs: int = 10  # the most each fold runs (fewer with time_budget or early stopping)
+    # wall-clock budget for the epochs of all the run's folds, e.g. 24m or 1h30m (seconds as a number):
+    # each fold gets an equal share and runs the epochs that fit it (seg_toolkit/budget.py); null = no limit
+    time_budget: Optional[Union[str, float]] = None
     batch_size: int = 8
     num_workers: int = 0
     pin_memory: bool = True

@@ -96,6 +96,11 @@ def _check_train(cfg: Config) -> None:
         raise ConfigError(f"train.keep_best_k: expected >= 1, got {t.keep_best_k}")
     if t.average_best and t.keep_best_k < 2:
         raise ConfigError(f"train.average_best averages the train.keep_best_k best epochs: set keep_best_k >= 2 (got {t.keep_best_k})")
+    if t.time_budget is not None:
+        from .budget import parse_duration
+
+        if parse_duration(t.time_budget, "train.time_budget") <= 0:
+            raise ConfigError(f"train.time_budget: expected a positive duration such as 24m, got {t.time_budget!r}")
     if t.init_from is not None and not str(t.init_from).strip():
         raise ConfigError("train.init_from: expected a run folder (runs/<experiment>) or null")
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import csv
 import io
 import logging
-import re
 import time
 from typing import Any, Callable
 
@@ -28,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .budget import format_duration
 from .config import Config, ConfigError
 from .data import DataError, load_test_samples
 from .postprocess import apply_postprocess, load_params
@@ -38,24 +38,7 @@ from .tta import expand_tta
 
 log = logging.getLogger(__name__)
 
-__all__ = ["parse_duration", "format_duration", "estimate_predict", "project", "format_estimate"]
-
-
-def parse_duration(text: str | float | int) -> float:
-    """Seconds in ``9h``, ``30m``, ``1h30m``, ``3600s`` or a plain number of seconds."""
-    s = str(text).strip().lower()
-    m = re.fullmatch(r"(?:(\d+(?:\.\d*)?)h)?\s*(?:(\d+(?:\.\d*)?)m)?\s*(?:(\d+(?:\.\d*)?)s?)?", s)
-    if not s or m is None or not any(m.groups()):
-        raise ConfigError(f"--budget {text!r}: expected a duration such as 9h, 30m, 1h30m or 3600s")
-    h, mi, sec = (float(g) if g else 0.0 for g in m.groups())
-    return h * 3600 + mi * 60 + sec
-
-
-def format_duration(seconds: float) -> str:
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    minutes = int(round(seconds)) // 60
-    return f"{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"{minutes}m{int(round(seconds)) % 60:02d}s"
+__all__ = ["estimate_predict", "project", "format_estimate"]
 
 
 class _Timed(nn.Module):

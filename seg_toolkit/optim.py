@@ -8,8 +8,10 @@ reduce-on-plateau (torch's), which is stepped per epoch with the validation scor
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
+import warnings
 from typing import Any
 
 import torch
@@ -69,10 +71,29 @@ class LRSchedule:
         elif s.name == "onecycle":
             self.impl = torch.optim.lr_scheduler.OneCycleLR(
                 optimizer,
-                max_lr=[g["lr"] for g in optimizer.param_groups],
+                max_lr=[g.get("max_lr", g["lr"]) for g in optimizer.param_groups],  # a rebuilt schedule keeps the first's
                 total_steps=total,
                 pct_start=max(s.warmup_epochs / cfg.train.epochs, 0.05) if s.warmup_epochs else 0.3,
             )
+
+    #: the schedules whose course depends on the number of epochs (rebuilt when train.time_budget cuts a fold)
+    SHAPED_BY_TOTAL = ("cosine", "poly", "onecycle")
+
+    def for_epochs(self, cfg: Config, optimizer: torch.optim.Optimizer, updates_per_epoch: int, epochs: int,
+                   n_updates: int) -> "LRSchedule":
+        """This schedule laid out again for ``epochs`` epochs in all and moved to update ``n_updates``
+        (a fold cut short by ``train.time_budget``); itself when its course does not depend on the total."""
+        if self.name not in self.SHAPED_BY_TOTAL:
+            return self
+        new = LRSchedule(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=epochs)), optimizer, updates_per_epoch)
+        if new.name == "onecycle":
+            with warnings.catch_warnings():  # torch warns of a step before optimizer.step(): it came before
+                warnings.simplefilter("ignore", UserWarning)
+                for _ in range(n_updates):
+                    new.impl.step()
+        else:
+            new.step_update(n_updates)
+        return new
 
     def _set_warmup(self, n_updates: int) -> None:
         for g, base in zip(self.optimizer.param_groups, self.base_lrs):

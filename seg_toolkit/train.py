@@ -33,6 +33,7 @@ from .data import EpochSampler, Sample, SegDataset, collate
 from .data.folds import split_fold
 from .fold_state import TrainState, checkpoint_state, restore, save_epoch, should_stop, update_best, weights_only
 from .amp import resolve_amp, run_amp
+from .budget import cut_to_budget, epoch_seconds, plan_fold
 from .device import autocast, resolve_device, seed_everything
 from .distributed import Dist, get_dist
 from .losses import build_loss, model_loss
@@ -98,7 +99,8 @@ def train_attempt(cfg: Config, fold: int, samples: list[Sample], folds: pd.DataF
     train_loader, valid_loader = build_loaders(cfg, train_set, valid_set, device, d)
     model, ema = build_model_and_ema(cfg, device)
     optimizer = build_optimizer(cfg, model)
-    schedule = LRSchedule(cfg, optimizer, updates_per_epoch=math.ceil(len(train_loader) / cfg.train.grad_accum))
+    updates_per_epoch = math.ceil(len(train_loader) / cfg.train.grad_accum)
+    schedule = LRSchedule(cfg, optimizer, updates_per_epoch)
     loss_fn = build_loss(cfg).to(device)
     amp = run_amp(cfg, run, device, model, loss_fn, train_set, d, lambda b: _to_device(b, cfg, device))
     log.info("fold %d: %s", fold, amp.describe())
@@ -107,17 +109,22 @@ def train_attempt(cfg: Config, fold: int, samples: list[Sample], folds: pd.DataF
     if resume:
         state = restore(run, fold, model, ema, optimizer, schedule, scaler)
     fresh = state.epoch == 0 and state.batch == 0
+    budget = plan_fold(cfg, run, fold, state, d)
+    if fresh and state.epochs != cfg.train.epochs:  # planned shorter from the start: the schedule spans the plan
+        schedule = schedule.for_epochs(cfg, optimizer, updates_per_epoch, state.epochs, 0)
+    elapsed = sum(epoch_seconds(run, [fold])) if budget else 0.0  # epochs before a resume (rows up to the checkpoint)
     initialised = load_fold_init(cfg, fold, model, ema) if fresh else init_source(cfg, fold)
     forward_model = wrap_for_training(cfg, model, device, d)
 
     with GracefulStop() as stop:
-        for epoch in range(state.epoch, cfg.train.epochs):
+        while state.epoch < state.epochs:
+            epoch = state.epoch
             set_frozen_encoder(model, epoch < cfg.model.freeze_encoder_epochs)
             train_loader.sampler.set_epoch(epoch, start=state.batch * cfg.train.batch_size)
             t0 = time.perf_counter()
             try:
                 train_stats = train_one_epoch(cfg, forward_model, ema, loss_fn, optimizer, schedule, scaler, train_loader,
-                                              state, fold, epoch, device, stop, amp)
+                                              state, fold, epoch, device, stop, amp, total_epochs=state.epochs)
             except TrainingInterrupted as e:
                 state.batch += e.batches_done
                 if d.is_main:
@@ -132,9 +139,13 @@ def train_attempt(cfg: Config, fold: int, samples: list[Sample], folds: pd.DataF
             schedule.step_epoch(epoch, val_stats["val_score"])
             improved = update_best(state, val_stats["val_score"], epoch, cfg.train.early_stopping_min_delta)
             state.epoch = epoch + 1
+            seconds = time.perf_counter() - t0
+            elapsed += seconds
+            if budget is not None and cut_to_budget(budget, state, fold, elapsed, seconds, d):
+                schedule = schedule.for_epochs(cfg, optimizer, updates_per_epoch, state.epochs, state.step)
             if d.is_main:
                 save_epoch(cfg, run, fold, model, ema, optimizer, schedule, scaler, state, improved, val_stats["val_score"])
-                log_epoch(run.metrics_csv(fold), fold, epoch, optimizer, train_stats, val_stats, improved, time.perf_counter() - t0)
+                log_epoch(run.metrics_csv(fold), fold, epoch, optimizer, train_stats, val_stats, improved, seconds)
                 track.log_epoch(fold, epoch + 1, {"lr": optimizer.param_groups[-1]["lr"], **train_stats, **val_stats})
             if should_stop(state, cfg):
                 log.info("fold %d: early stop after epoch %d (best %.4f at epoch %d)", fold, epoch + 1, state.best_score, state.best_epoch + 1)
@@ -155,6 +166,7 @@ def train_attempt(cfg: Config, fold: int, samples: list[Sample], folds: pd.DataF
             save_checkpoint(weights_only(checkpoint_state(cfg, model, ema, optimizer, schedule, scaler, state)), run.best_pt(fold))
         summary = write_fold_oof(cfg, run, fold, valid_set)
         summary.update(fold=fold, best_epoch=state.best_epoch + 1, best_val_score=state.best_score, epochs_run=state.epoch,
+                       epochs_planned=state.epochs, fold_budget_s=budget.share_s if budget else None,
                        n_train=len(train_set), n_valid=len(valid_set), world_size=d.world_size, optim_lr=cfg.optim.lr,
                        amp=amp.mode, amp_reason=amp.reason, init_from=initialised,
                        n_pseudo=len(pseudo), pseudo=pseudo_info(cfg), versions=library_versions(), **averaged)
@@ -275,7 +287,7 @@ def _to_device(batch: dict[str, Any], cfg: Config, device: torch.device) -> tupl
 
 
 def train_one_epoch(cfg, model, ema, loss_fn, optimizer, schedule, scaler, loader, state: TrainState, fold: int, epoch: int, device,
-                    stop: GracefulStop | None = None, amp=None) -> dict[str, float]:
+                    stop: GracefulStop | None = None, amp=None, total_epochs: int | None = None) -> dict[str, float]:
     """One pass over the training set; returns mean loss terms, learning rate and images/s.
 
     Loss values stay on the device and are read back every ``sync_every`` steps (every
@@ -289,7 +301,7 @@ def train_one_epoch(cfg, model, ema, loss_fn, optimizer, schedule, scaler, loade
     names: list[str] = []
     sums: torch.Tensor | None = None
     n_images, t0 = 0, time.perf_counter()
-    bar = tqdm(loader, desc=f"fold {fold} epoch {epoch + 1}/{cfg.train.epochs}", leave=False, dynamic_ncols=True, disable=None)
+    bar = tqdm(loader, desc=f"fold {fold} epoch {epoch + 1}/{total_epochs or cfg.train.epochs}", leave=False, dynamic_ncols=True, disable=None)
     optimizer.zero_grad(set_to_none=True)
     for i, batch in enumerate(bar):
         images, target = _to_device(batch, cfg, device)

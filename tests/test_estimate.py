@@ -10,7 +10,8 @@ import pytest
 from seg_toolkit.cli import main
 from seg_toolkit.config import ConfigError, config_from_dict
 from seg_toolkit.data.demo import make_demo
-from seg_toolkit.estimate import estimate_predict, format_duration, parse_duration, project
+from seg_toolkit.budget import format_duration, parse_duration
+from seg_toolkit.estimate import estimate_predict, project
 from seg_toolkit.inference import predict_test
 from seg_toolkit.run import Run
 

@@ -87,7 +87,10 @@ def _summary_html(d: ReportData) -> str:
         setup += [
             ["model", f"{m.arch}" + (f" / {m.encoder}" if m.encoder else "") + (f" ({m.encoder_weights})" if m.encoder_weights else "")],
             ["loss", ", ".join(f"{k} {v:g}" for k, v in cfg.loss.items())],
-            ["training", f"{cfg.train.epochs} epoch(s), batch {cfg.train.batch_size}, {cfg.optim.name} lr {cfg.optim.lr:g}, "
+            ["training", f"{cfg.train.epochs} epoch(s)"
+                         + (f" at most, time budget {cfg.train.time_budget} (the epochs that fit it: column 'epochs run')"
+                            if cfg.train.time_budget is not None else "")
+                         + f", batch {cfg.train.batch_size}, {cfg.optim.name} lr {cfg.optim.lr:g}, "
                          f"scheduler {cfg.scheduler.name}, resize {cfg.transforms.resize or 'native'}"],
         ]
     setup += [

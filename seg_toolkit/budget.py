@@ -1,0 +1,148 @@
+"""Time budgets: durations as people write them, and the epochs that fit in ``train.time_budget``.
+
+A Kaggle notebook has a wall-clock limit and a laptop is slower than the machine a config was
+tuned on. With ``train.time_budget: 24m`` each fold gets an equal share of the budget (24 min /
+the number of folds of the run, ``folds.only`` or ``folds.n_splits``) for its epochs, the
+seconds that ``metrics.csv`` records per epoch (training and validation; start-up and the OOF
+prediction are outside them). ``train.epochs`` stays the most a fold runs:
+
+* a fold starts with as many epochs as fit in its share at the mean epoch time of the folds
+  trained before it in the run (all of ``train.epochs`` when none has been timed yet);
+* after each epoch, when the epochs left at the last epoch's pace would overrun the share by
+  more than :data:`TOLERANCE` (after a fold's first epoch, which also pays for starting the data
+  loader's workers and the kernels' first calls: :data:`FIRST_EPOCH_TOLERANCE`), the fold is cut to the epochs that fit, and its learning-rate
+  schedule is rebuilt for that total (a cosine then still ends at its minimum). A fold is never
+  lengthened again, and runs at least one epoch.
+
+The plan is part of the fold's checkpoint (``TrainState.epochs``), so ``--resume`` continues the
+same schedule; ``done.json`` records it (``epochs_planned``, ``fold_budget_s``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from .errors import ConfigError
+
+if TYPE_CHECKING:  # config_checks imports this module while config loads
+    from .config import Config
+    from .distributed import Dist
+    from .fold_state import TrainState
+    from .run import Run
+
+log = logging.getLogger(__name__)
+
+__all__ = ["parse_duration", "format_duration", "FoldBudget", "fold_budget", "plan_fold", "cut_to_budget", "epoch_seconds", "TOLERANCE", "FIRST_EPOCH_TOLERANCE"]
+
+#: How far past its share a fold's projected time may go before the fold is cut: the pace of one
+#: epoch is noisy, and cutting a cosine schedule short costs more than a few seconds over.
+TOLERANCE = 0.05
+#: The same after a fold's first epoch, whose pace includes one-off start-up costs: only a clear
+#: overrun (a machine far slower than the config was sized for) cuts the fold that early.
+FIRST_EPOCH_TOLERANCE = 0.5
+
+
+def parse_duration(text: str | float | int, what: str = "--budget") -> float:
+    """Seconds in ``9h``, ``30m``, ``1h30m``, ``3600s`` or a plain number of seconds; ``what``
+    names the option or config key in the error."""
+    s = str(text).strip().lower()
+    m = re.fullmatch(r"(?:(\d+(?:\.\d*)?)h)?\s*(?:(\d+(?:\.\d*)?)m)?\s*(?:(\d+(?:\.\d*)?)s?)?", s)
+    if not s or m is None or not any(m.groups()):
+        raise ConfigError(f"{what} {text!r}: expected a duration such as 9h, 30m, 1h30m or 3600s")
+    h, mi, sec = (float(g) if g else 0.0 for g in m.groups())
+    return h * 3600 + mi * 60 + sec
+
+
+def format_duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes = int(round(seconds)) // 60
+    return f"{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"{minutes}m{int(round(seconds)) % 60:02d}s"
+
+
+@dataclass(frozen=True)
+class FoldBudget:
+    """One fold's share of ``train.time_budget``: ``share_s`` seconds for at most ``max_epochs`` epochs."""
+
+    share_s: float
+    max_epochs: int
+
+    def initial_epochs(self, epoch_s: float | None) -> int:
+        """The epochs a fold starts with: those that fit at ``epoch_s`` seconds each (None: not timed yet)."""
+        if epoch_s is None or epoch_s <= 0:
+            return self.max_epochs
+        return max(1, min(self.max_epochs, math.floor(self.share_s / epoch_s)))
+
+    def replan(self, total: int, done: int, elapsed_s: float, last_epoch_s: float) -> int:
+        """The fold's total after ``done`` epochs that took ``elapsed_s``: ``total`` while the rest fits
+        at the last epoch's pace (within :data:`TOLERANCE`, or :data:`FIRST_EPOCH_TOLERANCE` after the
+        first epoch), else the most epochs that fit (>= ``done``)."""
+        if done >= total or last_epoch_s <= 0:
+            return total
+        tolerance = FIRST_EPOCH_TOLERANCE if done == 1 else TOLERANCE
+        if elapsed_s + (total - done) * last_epoch_s <= self.share_s * (1 + tolerance):
+            return total
+        fit = math.floor(max(self.share_s - elapsed_s, 0.0) / last_epoch_s)
+        return max(done, 1, min(total, done + fit))
+
+
+def fold_budget(cfg: "Config") -> FoldBudget | None:
+    """Each fold's share of ``train.time_budget`` (None: no budget)."""
+    if cfg.train.time_budget is None:
+        return None
+    n_folds = len(cfg.folds.only) or cfg.folds.n_splits
+    return FoldBudget(parse_duration(cfg.train.time_budget, "train.time_budget") / n_folds, cfg.train.epochs)
+
+
+def epoch_seconds(run: "Run", folds: list[int] | None = None) -> list[float]:
+    """The ``seconds`` of every epoch in the ``metrics.csv`` of ``folds`` (None: every fold of the run)."""
+    paths = run.metrics_csvs() if folds is None else [run.metrics_csv(k) for k in folds if run.metrics_csv(k).is_file()]
+    import pandas as pd
+
+    out: list[float] = []
+    for path in paths:
+        df = pd.read_csv(path)
+        if "seconds" in df:
+            out += [float(s) for s in df["seconds"].dropna()]
+    return out
+
+
+def mean_epoch_seconds_before(run: "Run", fold: int) -> float | None:
+    """The mean epoch time of the run's other folds (a fold's plan at its start), or None."""
+    others = [k for k in (int(p.parent.name.split("_")[1]) for p in run.metrics_csvs()) if k != fold]
+    seconds = epoch_seconds(run, others)
+    return sum(seconds) / len(seconds) if seconds else None
+
+
+def plan_fold(cfg: "Config", run: "Run", fold: int, state: "TrainState", d: "Dist") -> FoldBudget | None:
+    """Set ``state.epochs``, the fold's planned epochs: ``train.epochs``, or under ``train.time_budget``
+    those that fit the fold's share (:mod:`seg_toolkit.budget`; a resumed fold keeps its plan)."""
+    budget = fold_budget(cfg)
+    if budget is None:
+        state.epochs = cfg.train.epochs
+    elif state.epochs:
+        state.epochs = min(state.epochs, cfg.train.epochs)
+    else:
+        epoch_s = mean_epoch_seconds_before(run, fold)
+        state.epochs = d.broadcast(budget.initial_epochs(epoch_s))
+        pace = f"{epoch_s:.1f} s per epoch on the run's other folds" if epoch_s else "no epoch timed yet in this run"
+        log.info("fold %d: train.time_budget %s, %s per fold (%s): %d of train.epochs=%d epochs planned", fold,
+                 cfg.train.time_budget, format_duration(budget.share_s), pace, state.epochs, cfg.train.epochs)
+    return budget
+
+
+def cut_to_budget(budget: FoldBudget, state: "TrainState", fold: int, elapsed_s: float, last_epoch_s: float, d: "Dist") -> bool:
+    """After an epoch: cut ``state.epochs`` when the rest would overrun the fold's share (rank 0 decides
+    for every rank); True when it did, and the caller lays the lr schedule out again."""
+    total = d.broadcast(budget.replan(state.epochs, state.epoch, elapsed_s, last_epoch_s))
+    if total == state.epochs:
+        return False
+    log.warning("fold %d: %s of train.time_budget's %s per fold used by %d epoch(s) (%.1f s the last): cut from %d to %d "
+                "epochs, the lr schedule laid out again", fold, format_duration(elapsed_s), format_duration(budget.share_s),
+                state.epoch, last_epoch_s, state.epochs, total)
+    state.epochs = total
+    return True

@@ -1,0 +1,149 @@
+"""train.time_budget: the epochs that fit, planned per fold, cut after an epoch, kept on resume."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+from seg_toolkit.budget import FoldBudget, fold_budget, plan_fold
+from seg_toolkit.checkpoint import load_checkpoint
+from seg_toolkit.config import ConfigError, config_from_dict
+from seg_toolkit.cv import run_cv
+from seg_toolkit.distributed import Dist
+from seg_toolkit.fold_state import TrainState
+from seg_toolkit.optim import LRSchedule
+from seg_toolkit.run import Run
+
+from .conftest import demo_dict
+
+
+def _cfg(demo_root, tmp_path, budget, epochs=3, **sections):
+    return config_from_dict(demo_dict(demo_root, tmp_path / "runs", train={"epochs": epochs, "batch_size": 4, "num_workers": 0,
+                                                                           "time_budget": budget}, **sections))
+
+
+@pytest.mark.parametrize("budget, share", [("24m", 720.0), ("1h30m", 2700.0), (90, 45.0), ("90s", 45.0)])
+def test_each_fold_gets_an_equal_share(demo_root, tmp_path, budget, share):
+    b = fold_budget(_cfg(demo_root, tmp_path, budget))  # 2 folds
+    assert b == FoldBudget(share_s=share, max_epochs=3)
+
+
+def test_folds_only_divides_among_the_folds_trained(demo_root, tmp_path):
+    cfg = _cfg(demo_root, tmp_path, "10m", folds={"n_splits": 4, "method": "kfold", "only": [1]})
+    assert fold_budget(cfg).share_s == 600.0
+    assert fold_budget(_cfg(demo_root, tmp_path, None)) is None
+
+
+@pytest.mark.parametrize("bad", ["soon", "10 minutes", "0s", 0])
+def test_a_bad_budget_is_refused_when_the_config_loads(demo_root, tmp_path, bad):
+    with pytest.raises(ConfigError, match="train.time_budget"):
+        _cfg(demo_root, tmp_path, bad)
+
+
+def test_initial_epochs():
+    b = FoldBudget(share_s=300.0, max_epochs=9)
+    assert b.initial_epochs(None) == 9  # nothing timed yet: the configured epochs
+    assert b.initial_epochs(31.0) == 9  # 300 / 31 = 9.7
+    assert b.initial_epochs(40.0) == 7  # 7.5
+    assert b.initial_epochs(10.0) == 9  # never more than train.epochs
+    assert b.initial_epochs(400.0) == 1  # at least one
+
+
+def test_replan_keeps_the_plan_within_the_tolerance_and_cuts_beyond_it():
+    b = FoldBudget(share_s=300.0, max_epochs=9)
+    assert b.replan(9, 2, 66.0, 33.0) == 9  # 66 + 7 x 33 = 297 <= 300
+    assert b.replan(9, 2, 70.0, 35.0) == 9  # 70 + 7 x 35 = 315 = 300 x 1.05: still within
+    assert b.replan(9, 2, 72.0, 36.0) == 8  # 324 > 315: 2 + floor(228 / 36) = 8
+    # after the first epoch (start-up included) only a projected overrun beyond 50% cuts
+    assert b.replan(9, 1, 50.0, 50.0) == 9  # 450 = 300 x 1.5
+    assert b.replan(9, 1, 51.0, 51.0) == 5  # 459 > 450: 1 + floor(249 / 51) = 5
+    assert b.replan(9, 1, 151.0, 151.0) == 1  # 1 + floor(149 / 151) = 1: stop now
+    assert b.replan(9, 4, 250.0, 40.0) == 5  # pace of the last epoch: 250 + 5 x 40 > 315; 4 + floor(50 / 40)
+    assert b.replan(9, 3, 400.0, 130.0) == 3  # over already: stop after the epochs done
+    assert b.replan(5, 5, 900.0, 300.0) == 5  # finished: nothing to plan
+
+
+def test_schedule_laid_out_again_matches_one_built_for_the_new_total(demo_root, tmp_path):
+    cfg = _cfg(demo_root, tmp_path, None, epochs=4, scheduler={"name": "cosine", "warmup_epochs": 0.5, "min_lr": 1e-5})
+    short = _cfg(demo_root, tmp_path, None, epochs=2, scheduler={"name": "cosine", "warmup_epochs": 0.5, "min_lr": 1e-5})
+
+    def lrs(schedule_cfg, rebuilt: bool) -> list[float]:
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+        s = LRSchedule(schedule_cfg, opt, updates_per_epoch=10)
+        for n in range(1, 11):
+            s.step_update(n)
+        if rebuilt:
+            s = s.for_epochs(schedule_cfg, opt, 10, 2, 10)
+        out = [opt.param_groups[0]["lr"]]
+        for n in range(11, 21):
+            s.step_update(n)
+            out.append(opt.param_groups[0]["lr"])
+        return out
+
+    cut, reference = lrs(cfg, True), lrs(short, False)
+    assert cut == pytest.approx(reference, rel=1e-12)
+    assert cut[-1] == pytest.approx(1e-5)  # the cut schedule still ends at its minimum
+    assert lrs(cfg, False)[-1] > 0.04  # the uncut one is half way down at update 20
+
+
+def test_onecycle_laid_out_again_keeps_its_peak(demo_root, tmp_path):
+    cfg = _cfg(demo_root, tmp_path, None, epochs=4, scheduler={"name": "onecycle"})
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    s = LRSchedule(cfg, opt, updates_per_epoch=10)
+    for n in range(1, 11):
+        opt.step()
+        s.step_update(n)
+    s = s.for_epochs(cfg, opt, 10, 2, 10)
+    ref_opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    ref = torch.optim.lr_scheduler.OneCycleLR(ref_opt, max_lr=[0.1], total_steps=20, pct_start=0.3)
+    for _ in range(10):
+        ref_opt.step()
+        ref.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(ref_opt.param_groups[0]["lr"], rel=1e-12)
+
+
+def test_plateau_is_not_rebuilt(demo_root, tmp_path):
+    cfg = _cfg(demo_root, tmp_path, None, scheduler={"name": "plateau"})
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    s = LRSchedule(cfg, opt, updates_per_epoch=10)
+    assert s.for_epochs(cfg, opt, 10, 1, 5) is s
+
+
+def test_a_tiny_budget_cuts_fold_0_after_its_first_epoch_and_plans_fold_1_from_it(demo_root, tmp_path):
+    cfg = _cfg(demo_root, tmp_path, "0.01s", scheduler={"name": "cosine", "min_lr": 1e-5})
+    run_cv(cfg)
+    run = Run.of(cfg)
+    for k in (0, 1):
+        done = json.loads(run.done_json(k).read_text())
+        assert (done["epochs_run"], done["epochs_planned"], done["fold_budget_s"]) == (1, 1, 0.005)
+        rows = pd.read_csv(run.metrics_csv(k))
+        assert list(rows["epoch"]) == [1]
+        assert rows["lr"].iloc[-1] == pytest.approx(1e-5)  # the schedule laid out for one epoch ended at its minimum
+        assert load_checkpoint(run.last_pt(k))["train_state"]["epochs"] == 1  # --resume keeps the plan
+
+
+def test_a_generous_budget_changes_nothing(demo_root, tmp_path):
+    cfg = _cfg(demo_root, tmp_path, "10h", epochs=2)
+    run_cv(cfg)
+    run = Run.of(cfg)
+    for k in (0, 1):
+        done = json.loads(run.done_json(k).read_text())
+        assert (done["epochs_run"], done["epochs_planned"], done["fold_budget_s"]) == (2, 2, 18000.0)
+        assert len(pd.read_csv(run.metrics_csv(k))) == 2
+
+
+def test_a_resumed_fold_keeps_its_plan_and_no_budget_means_train_epochs(demo_root, tmp_path):
+    cfg = _cfg(demo_root, tmp_path, "1s", epochs=5)
+    run = Run(tmp_path / "empty")
+    state = TrainState(epoch=1, epochs=2)  # restored from a checkpoint planned for 2 epochs
+    assert plan_fold(cfg, run, 0, state, Dist()).share_s == 0.5
+    assert state.epochs == 2
+    fresh = TrainState()
+    plan_fold(cfg, run, 0, fresh, Dist())
+    assert fresh.epochs == 5  # nothing timed yet in the run: train.epochs, cut after the first epoch if need be
+    unbudgeted = TrainState(epochs=2)
+    assert plan_fold(_cfg(demo_root, tmp_path, None, epochs=5), run, 0, unbudgeted, Dist()) is None
+    assert unbudgeted.epochs == 5  # train.epochs may grow on --resume, as before
