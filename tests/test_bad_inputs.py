@@ -753,11 +753,11 @@ def test_bad_input(case: Case, demo_root, tmp_path, capsys):
 
 
 def test_every_deletion_goes_through_the_guard():
-    """`shutil.rmtree` appears once in the package: inside Run.remove."""
+    """`shutil.rmtree` appears once in the package: in run_guard.delete_path, which Run.remove calls."""
     root = Path(__file__).resolve().parents[1] / "seg_toolkit"
     calls = [(p.relative_to(root), n) for p in root.rglob("*.py")
              for n, line in enumerate(p.read_text().splitlines(), 1) if "rmtree(" in line]
-    assert [str(p) for p, _ in calls] == ["run.py"], calls
+    assert [str(p) for p, _ in calls] == ["run_guard.py"], calls
 
 
 def test_the_guard_is_what_keeps_the_data(tmp_path, monkeypatch, demo_root):
