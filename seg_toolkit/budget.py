@@ -100,9 +100,9 @@ def fold_budget(cfg: "Config") -> FoldBudget | None:
 
 def epoch_seconds(run: "Run", folds: list[int] | None = None) -> list[float]:
     """The ``seconds`` of every epoch in the ``metrics.csv`` of ``folds`` (None: every fold of the run)."""
-    paths = run.metrics_csvs() if folds is None else [run.metrics_csv(k) for k in folds if run.metrics_csv(k).is_file()]
-    import pandas as pd
+    import pandas as pd  # lazy: the config check imports this module
 
+    paths = run.metrics_csvs() if folds is None else [run.metrics_csv(k) for k in folds if run.metrics_csv(k).is_file()]
     out: list[float] = []
     for path in paths:
         df = pd.read_csv(path)

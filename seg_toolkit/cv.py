@@ -35,7 +35,8 @@ def prepare_run(cfg: Config, folds: list[int], resume: bool = False, overwrite: 
       folder that already holds files must be a run folder (:meth:`Run.check_writable`).
     * ``overwrite``: the run folder is deleted first, through :meth:`Run.remove` (never a data
       folder, never a folder holding files that runs do not write).
-    * ``resume``: the saved config must match (``train.epochs`` may grow); folds continue.
+    * ``resume``: the saved config must match (``train.epochs`` may grow, ``train.time_budget``
+      change: a fold's plan is then only ever cut, never lengthened); folds continue.
     * neither: a fold that already has files is refused. Other folds of the same run (e.g. a
       job array running ``--fold K`` each) may start, if the saved config matches.
     """
@@ -48,7 +49,7 @@ def prepare_run(cfg: Config, folds: list[int], resume: bool = False, overwrite: 
         run.remove(cfg)
     run.dir.mkdir(parents=True, exist_ok=True)
     if saved.is_file():
-        diff = [d for d in config_diff(read_yaml(saved), config_to_dict(cfg)) if not d.startswith(("train.epochs", "predict.", "postprocess.", "submission.", "folds.only", "track"))]
+        diff = [d for d in config_diff(read_yaml(saved), config_to_dict(cfg)) if not d.startswith(("train.epochs", "train.time_budget", "predict.", "postprocess.", "submission.", "folds.only", "track"))]
         if diff:
             raise RunExistsError(
                 f"{run.dir} was trained with a different config ({'; '.join(diff[:5])}); "

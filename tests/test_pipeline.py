@@ -77,6 +77,13 @@ def test_resume_keeps_finished_folds(trained):
     assert again["score"] == pytest.approx(cv["score"])
 
 
+def test_resume_may_change_the_time_budget(trained):
+    cfg, cv = trained
+    data = demo_dict(cfg.data.root, cfg.run_dir.parent)
+    more_time = config_from_dict({**data, "train": {**data["train"], "time_budget": "1h"}})
+    assert run_cv(more_time, resume=True)["score"] == pytest.approx(cv["score"])  # finished folds stay finished
+
+
 def test_changed_config_is_refused(trained):
     cfg, _ = trained
     changed = config_from_dict({**demo_dict(cfg.data.root, cfg.run_dir.parent), "optim": {"lr": 0.5}})
