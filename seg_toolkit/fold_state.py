@@ -33,7 +33,7 @@ class TrainState:
     bad_epochs: int = 0
     batch: int = 0  # batches already done in epoch ``epoch`` (a checkpoint saved on Ctrl-C)
     top_k: list = dataclasses.field(default_factory=list)  # [score, epoch] of the kept best_e<epoch>.pt files
-    epochs: int = 0  # the fold's planned epochs under train.time_budget (seg_toolkit/budget.py); 0 = train.epochs
+    epochs: int = 0  # the fold's planned epochs: train.epochs, or fewer under train.time_budget (budget.py); 0 before it was kept
 
 
 def update_best(state: TrainState, score: float, epoch: int, min_delta: float) -> bool:
