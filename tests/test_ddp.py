@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -35,21 +36,27 @@ CHILD = textwrap.dedent(
 )
 
 
-@pytest.mark.slow
-def test_two_process_ddp_on_cpu(demo_root, tmp_path):
-    cfg_data = demo_dict(demo_root, tmp_path / "runs", folds={"n_splits": 2, "method": "kfold", "seed": 0, "only": [0]},
-                         train={"epochs": 2, "batch_size": 2, "num_workers": 0, "device": "cpu"})
+def _torchrun(child: str, cfg_data: dict, tmp_path: Path) -> Path:
+    """Run ``child`` (argv: config, spy folder) in 2 processes under torchrun; returns the spy folder."""
     cfg_path = tmp_path / "cfg.json"
     cfg_path.write_text(json.dumps(cfg_data))
     spy = tmp_path / "spy"
     spy.mkdir()
     script = tmp_path / "child.py"
-    script.write_text(CHILD)
+    script.write_text(child)
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script), str(cfg_path), str(spy)],
         capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, f"torchrun exited {proc.returncode}\nstdout:\n{proc.stdout[-2000:]}\nstderr:\n{proc.stderr[-4000:]}"
+    return spy
+
+
+@pytest.mark.slow
+def test_two_process_ddp_on_cpu(demo_root, tmp_path):
+    cfg_data = demo_dict(demo_root, tmp_path / "runs", folds={"n_splits": 2, "method": "kfold", "seed": 0, "only": [0]},
+                         train={"epochs": 2, "batch_size": 2, "num_workers": 0, "device": "cpu"})
+    spy = _torchrun(CHILD, cfg_data, tmp_path)
     # both ranks returned 0 from the CLI and left the process group before exiting (without that,
     # Gloo's threads can abort the interpreter's teardown: pytorch/pytorch#190489)
     for rank in (0, 1):
@@ -68,3 +75,32 @@ def test_two_process_ddp_on_cpu(demo_root, tmp_path):
     # each rank trains on its own half: 6 training images -> 3 per rank, batch 2 with the partial
     # batch dropped -> 1 update per epoch (a single process would make 3), 2 over the two epochs
     assert torch.load(run / "fold_0" / "last.pt", weights_only=True)["step"] == 2
+
+
+# Rank 1's own plan would stop its fold after the first epoch; rank 0's keeps going. The ranks
+# must follow one plan (rank 0's, broadcast), or rank 0 would wait forever for rank 1's gradients.
+BUDGET_CHILD = textwrap.dedent(
+    """
+    import json, os, sys
+    from seg_toolkit.budget import FoldBudget
+    from seg_toolkit.cli import main
+
+    rank = int(os.environ["RANK"])
+    FoldBudget.replan = lambda self, total, done, elapsed_s, last_epoch_s: done if rank == 1 else total
+    rc = main(["train", sys.argv[1]])
+    with open(f"{sys.argv[2]}/exit_rank{rank}.json", "w") as fh:
+        json.dump({"rc": rc}, fh)
+    """
+)
+
+
+@pytest.mark.slow
+def test_ddp_ranks_follow_rank_0s_time_budget_plan(demo_root, tmp_path):
+    cfg_data = demo_dict(demo_root, tmp_path / "runs", folds={"n_splits": 2, "method": "kfold", "seed": 0, "only": [0]},
+                         train={"epochs": 2, "batch_size": 2, "num_workers": 0, "device": "cpu", "time_budget": "1h"})
+    spy = _torchrun(BUDGET_CHILD, cfg_data, tmp_path)
+    for rank in (0, 1):
+        assert json.loads((spy / f"exit_rank{rank}.json").read_text()) == {"rc": 0}
+    fold = tmp_path / "runs" / "t" / "fold_0"
+    assert pd.read_csv(fold / "metrics.csv")["epoch"].tolist() == [1, 2]
+    assert json.loads((fold / "done.json").read_text())["epochs_planned"] == 2
