@@ -36,7 +36,7 @@ if TYPE_CHECKING:  # config_checks imports this module while config loads
 
 log = logging.getLogger(__name__)
 
-__all__ = ["parse_duration", "format_duration", "FoldBudget", "fold_budget", "plan_fold", "cut_to_budget", "epoch_seconds", "TOLERANCE", "FIRST_EPOCH_TOLERANCE"]
+__all__ = ["parse_duration", "format_duration", "FoldBudget", "fold_budget", "plan_fold", "cut_to_budget", "timed_seconds", "TOLERANCE", "FIRST_EPOCH_TOLERANCE"]
 
 #: How far past its share a fold's projected time may go before the fold is cut: the pace of one
 #: epoch is noisy, and cutting a cosine schedule short costs more than a few seconds over.
@@ -98,41 +98,37 @@ def fold_budget(cfg: "Config") -> FoldBudget | None:
     return FoldBudget(parse_duration(cfg.train.time_budget, "train.time_budget") / n_folds, cfg.train.epochs)
 
 
-def epoch_seconds(run: "Run", folds: list[int] | None = None) -> list[float]:
-    """The ``seconds`` of every epoch in the ``metrics.csv`` of ``folds`` (None: every fold of the run)."""
-    import pandas as pd  # lazy: the config check imports this module
+def timed_seconds(run: "Run", fold: int) -> tuple[float, float | None]:
+    """From the run's ``metrics.csv`` files (:func:`seg_toolkit.plots.read_metrics`, which skips a file
+    being written): the seconds this fold's epochs took so far (after a resume, the rows up to its
+    checkpoint) and the mean epoch time of the run's other folds (None: none timed yet)."""
+    from .plots import read_metrics  # lazy: the config check imports this module
 
-    paths = run.metrics_csvs() if folds is None else [run.metrics_csv(k) for k in folds if run.metrics_csv(k).is_file()]
-    out: list[float] = []
-    for path in paths:
-        df = pd.read_csv(path)
-        if "seconds" in df:
-            out += [float(s) for s in df["seconds"].dropna()]
-    return out
-
-
-def mean_epoch_seconds_before(run: "Run", fold: int) -> float | None:
-    """The mean epoch time of the run's other folds (a fold's plan at its start), or None."""
-    others = [k for k in (int(p.parent.name.split("_")[1]) for p in run.metrics_csvs()) if k != fold]
-    seconds = epoch_seconds(run, others)
-    return sum(seconds) / len(seconds) if seconds else None
+    df = read_metrics(run.dir)
+    if "seconds" not in df:
+        return 0.0, None
+    mine = df["fold"] == fold
+    others = df.loc[~mine, "seconds"].dropna()
+    return float(df.loc[mine, "seconds"].sum()), float(others.mean()) if len(others) else None
 
 
-def plan_fold(cfg: "Config", run: "Run", fold: int, state: "TrainState", d: "Dist") -> FoldBudget | None:
+def plan_fold(cfg: "Config", run: "Run", fold: int, state: "TrainState", d: "Dist") -> tuple[FoldBudget | None, float]:
     """Set ``state.epochs``, the fold's planned epochs: ``train.epochs``, or under ``train.time_budget``
-    those that fit the fold's share (:mod:`seg_toolkit.budget`; a resumed fold keeps its plan)."""
+    those that fit the fold's share (:mod:`seg_toolkit.budget`; a resumed fold keeps its plan). Returns
+    the fold's budget (None: no budget) and the seconds its epochs took before a resume."""
     budget = fold_budget(cfg)
     if budget is None:
         state.epochs = cfg.train.epochs
-    elif state.epochs:
+        return None, 0.0
+    elapsed, epoch_s = timed_seconds(run, fold)
+    if state.epochs:
         state.epochs = min(state.epochs, cfg.train.epochs)
     else:
-        epoch_s = mean_epoch_seconds_before(run, fold)
         state.epochs = d.broadcast(budget.initial_epochs(epoch_s))
         pace = f"{epoch_s:.1f} s per epoch on the run's other folds" if epoch_s else "no epoch timed yet in this run"
         log.info("fold %d: train.time_budget %s, %s per fold (%s): %d of train.epochs=%d epochs planned", fold,
                  cfg.train.time_budget, format_duration(budget.share_s), pace, state.epochs, cfg.train.epochs)
-    return budget
+    return budget, elapsed
 
 
 def cut_to_budget(budget: FoldBudget, state: "TrainState", fold: int, elapsed_s: float, last_epoch_s: float, d: "Dist") -> bool:

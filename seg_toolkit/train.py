@@ -33,7 +33,7 @@ from .data import EpochSampler, Sample, SegDataset, collate
 from .data.folds import split_fold
 from .fold_state import TrainState, checkpoint_state, restore, save_epoch, should_stop, update_best, weights_only
 from .amp import resolve_amp, run_amp
-from .budget import cut_to_budget, epoch_seconds, plan_fold
+from .budget import cut_to_budget, plan_fold
 from .device import autocast, resolve_device, seed_everything
 from .distributed import Dist, get_dist
 from .losses import build_loss, model_loss
@@ -109,10 +109,9 @@ def train_attempt(cfg: Config, fold: int, samples: list[Sample], folds: pd.DataF
     if resume:
         state = restore(run, fold, model, ema, optimizer, schedule, scaler)
     fresh = state.epoch == 0 and state.batch == 0
-    budget = plan_fold(cfg, run, fold, state, d)
+    budget, elapsed = plan_fold(cfg, run, fold, state, d)
     if fresh and state.epochs != cfg.train.epochs:  # planned shorter from the start: the schedule spans the plan
         schedule = schedule.for_epochs(cfg, optimizer, updates_per_epoch, state.epochs, 0)
-    elapsed = sum(epoch_seconds(run, [fold])) if budget else 0.0  # epochs before a resume (rows up to the checkpoint)
     initialised = load_fold_init(cfg, fold, model, ema) if fresh else init_source(cfg, fold)
     forward_model = wrap_for_training(cfg, model, device, d)
 

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from seg_toolkit.budget import FoldBudget, fold_budget, plan_fold
+from seg_toolkit.budget import FoldBudget, fold_budget, plan_fold, timed_seconds
 from seg_toolkit.checkpoint import load_checkpoint
 from seg_toolkit.config import ConfigError, config_from_dict
 from seg_toolkit.cv import run_cv
@@ -139,11 +139,28 @@ def test_a_resumed_fold_keeps_its_plan_and_no_budget_means_train_epochs(demo_roo
     cfg = _cfg(demo_root, tmp_path, "1s", epochs=5)
     run = Run(tmp_path / "empty")
     state = TrainState(epoch=1, epochs=2)  # restored from a checkpoint planned for 2 epochs
-    assert plan_fold(cfg, run, 0, state, Dist()).share_s == 0.5
-    assert state.epochs == 2
+    budget, elapsed = plan_fold(cfg, run, 0, state, Dist())
+    assert (budget.share_s, elapsed, state.epochs) == (0.5, 0.0, 2)
     fresh = TrainState()
     plan_fold(cfg, run, 0, fresh, Dist())
     assert fresh.epochs == 5  # nothing timed yet in the run: train.epochs, cut after the first epoch if need be
     unbudgeted = TrainState(epochs=2)
-    assert plan_fold(_cfg(demo_root, tmp_path, None, epochs=5), run, 0, unbudgeted, Dist()) is None
+    assert plan_fold(_cfg(demo_root, tmp_path, None, epochs=5), run, 0, unbudgeted, Dist()) == (None, 0.0)
     assert unbudgeted.epochs == 5  # train.epochs may grow on --resume, as before
+
+
+
+def test_timed_seconds_reads_this_folds_time_and_the_others_pace(demo_root, tmp_path):
+    run = Run(tmp_path / "run")
+    rows = {0: [10.0, 20.0], 1: [4.0, 6.0, 8.0], 2: [30.0]}
+    for k, seconds in rows.items():
+        run.fold_dir(k).mkdir(parents=True)
+        pd.DataFrame({"fold": k, "epoch": range(1, len(seconds) + 1), "val_score": 0.5, "seconds": seconds}).to_csv(
+            run.metrics_csv(k), index=False)
+    assert timed_seconds(run, 1) == (18.0, 20.0)  # 4 + 6 + 8; (10 + 20 + 30) / 3
+    assert timed_seconds(run, 3) == (0.0, 78.0 / 6)  # a fold not started yet
+    assert timed_seconds(Run(tmp_path / "empty"), 0) == (0.0, None)
+    cfg = _cfg(demo_root, tmp_path, "90s", epochs=9)  # 45 s per fold
+    state = TrainState()
+    assert plan_fold(cfg, run, 3, state, Dist())[1] == 0.0
+    assert state.epochs == 3  # floor(45 / 13)
