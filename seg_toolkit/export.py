@@ -42,13 +42,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from .files import atomic_write
+from .files import atomic_write, read_json, write_json
 from .checkpoint import load_model
 from .config import Config, ConfigError
 from .errors import SegToolkitError
 from .models.presence import with_presence
 from .models.scratch_unet import crop_padding, pad_to_multiple
-from .files import read_json, write_json
 from .run import RunExistsError
 from .tensors import resize_to
 

@@ -36,14 +36,13 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .files import atomic_write
+from .files import atomic_write, read_json, write_json, write_npy
 from .config import Config, ConfigError
 from .data import DataError, Sample, class_colors, class_names, load_list_samples, load_test_samples, load_train_samples
 from .device import resolve_device
 from .metrics import Evaluator
 from .postprocess import apply_postprocess, load_params
 from .predictor import Predictor, check_same_training
-from .files import read_json, write_json, write_npy
 from .run import Run, RunExistsError
 from .submission import SubmissionWriter, mask_rows, submission_columns, submission_path
 from .tensors import probs_to_uint8

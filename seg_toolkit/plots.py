@@ -24,8 +24,7 @@ from typing import Any, Optional
 
 import pandas as pd
 
-from .files import atomic_write
-from .files import read_json, write_text
+from .files import atomic_write, read_json, write_text
 from .run import Run
 
 log = logging.getLogger(__name__)
