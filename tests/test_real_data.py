@@ -22,7 +22,10 @@ from seg_toolkit.submission import check_submission
 from .conftest import SHARED_DATA, shared_dataset
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-TINY = ["folds.n_splits=2", "train.epochs=1", "model.depth=2", "model.base_width=4", "train.num_workers=0"]
+TINY = ["folds.n_splits=2", "train.epochs=1", "train.num_workers=0",
+        # the configs' Unet on the offline ImageNet efficientnet_lite0 (tests/test_weights_order.py loads those
+        # weights), with timm's test-sized EfficientNet instead: the data and formats are what is tested here
+        "model.encoder=tu-test_efficientnet", "model.encoder_weights=null", "model.encoder_weights_map=names"]
 
 
 def test_tgs_slice_train_tune_predict_submission(tmp_path):
