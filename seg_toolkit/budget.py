@@ -14,6 +14,14 @@ prediction are outside them). ``train.epochs`` stays the most a fold runs:
   schedule is rebuilt for that total (a cosine then still ends at its minimum). A fold is never
   lengthened again, and runs at least one epoch.
 
+With ``train.min_fold_epochs: n`` the budget also decides how many folds the run trains: when the
+run's first epoch (the first epoch of its first fold, as ``metrics.csv`` keeps it) says that an equal
+share would give each fold fewer than ``n`` epochs, the run trains only the first folds that each get
+``n`` at that pace (at least one: ``floor(budget / (n x first epoch))``), and those share the whole
+budget. On a machine several times slower than the one a config was sized on, one or two folds of
+enough epochs score more than every fold cut to one or two (README). The later folds are not trained
+(``cv.json``'s ``time_budget`` names them); ``--resume`` with a bigger budget trains them.
+
 The plan is part of the fold's checkpoint (``TrainState.epochs``), so ``--resume`` continues the
 same schedule; ``done.json`` records it (``epochs_planned``, ``fold_budget_s``).
 """
@@ -36,7 +44,8 @@ if TYPE_CHECKING:  # config_checks imports this module while config loads
 
 log = logging.getLogger(__name__)
 
-__all__ = ["parse_duration", "format_duration", "FoldBudget", "fold_budget", "plan_fold", "cut_to_budget", "timed_seconds", "TOLERANCE", "FIRST_EPOCH_TOLERANCE"]
+__all__ = ["parse_duration", "format_duration", "FoldBudget", "fold_budget", "folds_that_fit", "planned_folds", "run_folds", "first_epoch_seconds",
+           "plan_fold", "decide_folds", "cut_to_budget", "timed_seconds", "TOLERANCE", "FIRST_EPOCH_TOLERANCE"]
 
 #: How far past its share a fold's projected time may go before the fold is cut: the pace of one
 #: epoch is noisy, and cutting a cosine schedule short costs more than a few seconds over.
@@ -66,10 +75,15 @@ def format_duration(seconds: float) -> str:
 
 @dataclass(frozen=True)
 class FoldBudget:
-    """One fold's share of ``train.time_budget``: ``share_s`` seconds for at most ``max_epochs`` epochs."""
+    """One fold's share of ``train.time_budget``: ``share_s`` seconds for at most ``max_epochs`` epochs.
+
+    ``folds``: how many folds share the budget (0: all the run's folds); ``decided`` is False while
+    ``train.min_fold_epochs`` waits for the run's first epoch to say how many (the share is then provisional)."""
 
     share_s: float
     max_epochs: int
+    folds: int = 0
+    decided: bool = True
 
     def initial_epochs(self, epoch_s: float | None) -> int:
         """The epochs a fold starts with: those that fit at ``epoch_s`` seconds each (None: not timed yet)."""
@@ -90,21 +104,65 @@ class FoldBudget:
         return max(done, 1, min(total, done + fit))
 
 
-def fold_budget(cfg: "Config") -> FoldBudget | None:
-    """Each fold's share of ``train.time_budget`` (None: no budget)."""
+def planned_folds(cfg: "Config") -> list[int]:
+    """The folds a whole run trains when nothing else decides: ``folds.only``, else all, in order."""
+    return list(cfg.folds.only) or list(range(cfg.folds.n_splits))
+
+
+def folds_that_fit(total_s: float, n_folds: int, min_epochs: int, epoch_s: float) -> int:
+    """How many folds get ``min_epochs`` epochs of ``epoch_s`` seconds each from ``total_s``: at least 1, at most all."""
+    if min_epochs <= 0 or epoch_s <= 0:
+        return n_folds
+    return max(1, min(n_folds, math.floor(total_s / (min_epochs * epoch_s))))
+
+
+def fold_budget(cfg: "Config", first_epoch_s: float | None = None) -> FoldBudget | None:
+    """Each fold's share of ``train.time_budget`` (None: no budget); with ``train.min_fold_epochs``, split among
+    the folds that fit at ``first_epoch_s`` (None: not timed yet, the share stays provisional)."""
     if cfg.train.time_budget is None:
         return None
-    n_folds = len(cfg.folds.only) or cfg.folds.n_splits
-    return FoldBudget(parse_duration(cfg.train.time_budget, "train.time_budget") / n_folds, cfg.train.epochs)
+    total = parse_duration(cfg.train.time_budget, "train.time_budget")
+    n, min_epochs = len(planned_folds(cfg)), cfg.train.min_fold_epochs
+    if not min_epochs:
+        return FoldBudget(total / n, cfg.train.epochs)
+    if first_epoch_s is None:
+        return FoldBudget(total / n, cfg.train.epochs, n, decided=False)
+    m = folds_that_fit(total, n, min_epochs, first_epoch_s)
+    return FoldBudget(total / m, cfg.train.epochs, m)
 
 
-def timed_seconds(run: "Run", fold: int) -> tuple[float, float | None]:
+def first_epoch_seconds(cfg: "Config", metrics) -> float | None:
+    """The seconds of the run's first epoch: epoch 1 of the first of :func:`planned_folds` that has one in
+    ``metrics`` (:func:`seg_toolkit.plots.read_metrics`' frame). It is written once and kept on resume,
+    so every fold and every later call decides the same number of folds."""
+    if "seconds" not in metrics:
+        return None
+    for k in planned_folds(cfg):
+        s = metrics.loc[(metrics["fold"] == k) & (metrics["epoch"] == 1), "seconds"].dropna()
+        if len(s):
+            return float(s.iloc[0])
+    return None
+
+
+def run_folds(cfg: "Config", run: "Run") -> list[int]:
+    """The folds the whole run trains: :func:`planned_folds`, or under ``train.min_fold_epochs`` the first of
+    them that fit the budget once the run's first epoch is timed."""
+    planned = planned_folds(cfg)
+    if cfg.train.time_budget is None or not cfg.train.min_fold_epochs:
+        return planned
+    from .plots import read_metrics  # lazy: the config check imports this module
+
+    budget = fold_budget(cfg, first_epoch_seconds(cfg, read_metrics(run.dir)))
+    return planned[: budget.folds] if budget is not None and budget.decided else planned
+
+
+def timed_seconds(run: "Run", fold: int, metrics=None) -> tuple[float, float | None]:
     """From the run's ``metrics.csv`` files (:func:`seg_toolkit.plots.read_metrics`, which skips a file
     being written): the seconds this fold's epochs took so far (after a resume, the rows up to its
     checkpoint) and the mean epoch time of the run's other folds (None: none timed yet)."""
     from .plots import read_metrics  # lazy: the config check imports this module
 
-    df = read_metrics(run.dir)
+    df = read_metrics(run.dir) if metrics is None else metrics
     if "seconds" not in df:
         return 0.0, None
     mine = df["fold"] == fold
@@ -116,11 +174,14 @@ def plan_fold(cfg: "Config", run: "Run", fold: int, state: "TrainState", d: "Dis
     """Set ``state.epochs``, the fold's planned epochs: ``train.epochs``, or under ``train.time_budget``
     those that fit the fold's share (:mod:`seg_toolkit.budget`; a resumed fold keeps its plan). Returns
     the fold's budget (None: no budget) and the seconds its epochs took before a resume."""
-    budget = fold_budget(cfg)
-    if budget is None:
+    if cfg.train.time_budget is None:
         state.epochs = cfg.train.epochs
         return None, 0.0
-    elapsed, epoch_s = timed_seconds(run, fold)
+    from .plots import read_metrics  # lazy: the config check imports this module
+
+    metrics = read_metrics(run.dir)
+    budget = d.broadcast(fold_budget(cfg, first_epoch_seconds(cfg, metrics)))
+    elapsed, epoch_s = timed_seconds(run, fold, metrics)
     if state.epochs:
         state.epochs = min(state.epochs, cfg.train.epochs)
     else:
@@ -129,6 +190,25 @@ def plan_fold(cfg: "Config", run: "Run", fold: int, state: "TrainState", d: "Dis
         log.info("fold %d: train.time_budget %s, %s per fold (%s): %d of train.epochs=%d epochs planned", fold,
                  cfg.train.time_budget, format_duration(budget.share_s), pace, state.epochs, cfg.train.epochs)
     return budget, elapsed
+
+
+def decide_folds(cfg: "Config", budget: FoldBudget, fold: int, first_epoch_s: float, d: "Dist") -> FoldBudget:
+    """After a fold's first epoch, when ``train.min_fold_epochs`` was waiting for it (the run's first epoch):
+    the fold's budget once the number of folds is known (rank 0's timing for every rank)."""
+    if budget.decided:
+        return budget
+    decided = d.broadcast(fold_budget(cfg, first_epoch_s))
+    planned = planned_folds(cfg)
+    if decided.folds < len(planned):
+        log.warning("train.time_budget %s: the run's first epoch took %.1f s, so %d fold(s) of train.min_fold_epochs=%d "
+                    "epochs fit where %d were planned: fold(s) %s train with %s each, fold(s) %s are left out (--resume "
+                    "with a bigger budget trains them)", cfg.train.time_budget, first_epoch_s, decided.folds,
+                    cfg.train.min_fold_epochs, len(planned), planned[: decided.folds], format_duration(decided.share_s),
+                    planned[decided.folds:])
+    else:
+        log.info("fold %d: train.time_budget: all %d folds fit train.min_fold_epochs=%d at %.1f s per epoch", fold,
+                 len(planned), cfg.train.min_fold_epochs, first_epoch_s)
+    return decided
 
 
 def cut_to_budget(budget: FoldBudget, state: "TrainState", fold: int, elapsed_s: float, last_epoch_s: float, d: "Dist") -> bool:

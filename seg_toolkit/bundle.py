@@ -51,6 +51,7 @@ import torch
 import yaml
 
 from . import __version__
+from .budget import run_folds
 from .bundle_templates import PREDICT_PY, fill, notebook, readme
 from .checkpoint import chosen_weights, load_checkpoint, save_checkpoint
 from .config import ConfigError, load_config
@@ -107,10 +108,12 @@ def _runs(runs: Sequence[Run]) -> tuple[list[Run], dict[str, Run]]:
 
 
 def _folds(run: Run, allow_missing: bool) -> tuple[list[int], list[str]]:
-    """``(folds to bundle, descriptions of the missing ones)``: a fold needs best.pt and done.json."""
-    n = run.config().folds.n_splits
+    """``(folds to bundle, descriptions of the missing ones)``: a fold needs best.pt and done.json. The folds
+    expected are the run's (``folds.only``, less those ``train.min_fold_epochs`` left out: :func:`run_folds`)."""
+    expected = run_folds(run.config(), run)
+    n = len(expected)
     folds, missing = [], []
-    for k in sorted(set(range(n)) | set(run.trained_folds())):
+    for k in sorted(set(expected) | set(run.trained_folds())):
         done, best = run.done_json(k).is_file(), run.best_pt(k).is_file()
         if done and best:
             folds.append(k)

@@ -37,6 +37,10 @@ def _print_cv(cv: dict, run: Path) -> None:
     print(f"\nCV {cv['metric']}: {cv['score']:.4f} over {cv['n_images']} OOF images "
           f"(folds {cv['folds']}: {', '.join(f'{s:.4f}' for s in cv['fold_scores'])}; "
           f"all-empty baseline {cv['baseline_empty']:.4f})")
+    left_out = (cv.get("time_budget") or {}).get("left_out")
+    if left_out:
+        print(f"fold(s) {left_out} left out: train.time_budget {cv['time_budget']['budget']} fits train.min_fold_epochs="
+              f"{cv['time_budget']['min_fold_epochs']} epochs for {len(cv['time_budget']['folds'])} fold(s) on this machine")
     print(f"CV report: {run / 'cv.json'}")
 
 

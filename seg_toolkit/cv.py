@@ -12,6 +12,7 @@ from tqdm.auto import tqdm
 from .config import Config, config_diff, config_to_dict, read_yaml, save_config
 from .data import Sample, load_or_make_folds, load_target, load_train_samples
 from .data.sources import check_train_samples
+from .budget import planned_folds, run_folds
 from .device import resolve_device
 from .distributed import get_dist
 from .metrics import Evaluator
@@ -49,7 +50,7 @@ def prepare_run(cfg: Config, folds: list[int], resume: bool = False, overwrite: 
         run.remove(cfg)
     run.dir.mkdir(parents=True, exist_ok=True)
     if saved.is_file():
-        diff = [d for d in config_diff(read_yaml(saved), config_to_dict(cfg)) if not d.startswith(("train.epochs", "train.time_budget", "predict.", "postprocess.", "submission.", "folds.only", "track"))]
+        diff = [d for d in config_diff(read_yaml(saved), config_to_dict(cfg)) if not d.startswith(("train.epochs", "train.time_budget", "train.min_fold_epochs", "predict.", "postprocess.", "submission.", "folds.only", "track"))]
         if diff:
             raise RunExistsError(
                 f"{run.dir} was trained with a different config ({'; '.join(diff[:5])}); "
@@ -74,7 +75,8 @@ def run_cv(cfg: Config, folds: list[int] | None = None, resume: bool = False, ov
 
 
 def _run_cv(cfg: Config, folds: list[int] | None, resume: bool, overwrite: bool) -> dict[str, Any]:
-    folds = folds if folds is not None else (list(cfg.folds.only) or list(range(cfg.folds.n_splits)))
+    whole_run = folds is None  # not a --fold job: train.min_fold_epochs may leave the last folds out
+    folds = folds if folds is not None else planned_folds(cfg)
     d = get_dist()
     resolve_device(cfg.train.device, d)  # a device this machine lacks fails before anything is written
     samples = load_train_samples(cfg)
@@ -88,20 +90,29 @@ def _run_cv(cfg: Config, folds: list[int] | None, resume: bool, overwrite: bool)
     folds_df = load_or_make_folds(samples, cfg, run.folds_csv)
     check_init_folds(cfg, folds_df, folds)  # train.init_from: same folds, every fold trained there
     trained_before = set(run.trained_folds())
+    left_out: list[int] = []
     for k in folds:
+        if whole_run and k not in run_folds(cfg, run):  # decided by the run's first epoch (budget.py)
+            left_out.append(k)
+            continue
         log.info("fold %d/%d", k + 1, cfg.folds.n_splits)
         track.fold_start(k)
         train_fold(cfg, k, samples, folds_df, run, resume=resume)
         track.fold_end(k)
         if d.is_main:
             _write_curves(run)
+    if left_out:
+        log.warning("fold(s) %s not trained: train.time_budget %s gives train.min_fold_epochs=%d epochs to %d fold(s) "
+                    "at the pace of the run's first epoch (--resume with a bigger budget trains them)", left_out,
+                    cfg.train.time_budget, cfg.train.min_fold_epochs, len(folds) - len(left_out))
     if d.is_main and run.tta_json.is_file() and set(folds) - trained_before:
         log.warning("%s was chosen before fold(s) %s were trained; run `seg-toolkit tune --tta` again",
                     run.tta_json, sorted(set(folds) - trained_before))
     cv = None
     if d.is_main:
         cv = compute_cv(cfg, run, samples)
-        if cfg.postprocess.tune and len(cv["folds"]) == cfg.folds.n_splits:
+        # a --fold job of an array tunes when the last one ends; a run that the budget cut short, when its folds have
+        if cfg.postprocess.tune and set(run_folds(cfg, run)) <= set(cv["folds"]):
             from .tune import tune_postprocess
 
             cv["postprocess"] = tune_postprocess(cfg, run.dir)
@@ -164,6 +175,7 @@ def compute_cv(cfg: Config, run: Run | None = None, samples: list[Sample] | None
         "pseudo": pseudo_info(cfg),
         "oof": made[0] if made and all(m == made[0] for m in made) else (made or None),
         "per_fold": per_fold,
+        "time_budget": _budget_record(cfg, run),
         **(extra or {}),
     }
     if len(made) > 1 and any(m != made[0] for m in made):
@@ -171,6 +183,15 @@ def compute_cv(cfg: Config, run: Run | None = None, samples: list[Sample] | None
     write_json(run.cv_json, cv)
     _write_summary(run, cfg, samples)
     return cv
+
+
+def _budget_record(cfg: Config, run: Run) -> dict[str, Any] | None:
+    """``train.time_budget`` and, under ``train.min_fold_epochs``, the folds it left out (None: no budget)."""
+    if cfg.train.time_budget is None or run.is_ensemble:
+        return None
+    trained = run_folds(cfg, run)
+    return {"budget": cfg.train.time_budget, "min_fold_epochs": cfg.train.min_fold_epochs, "folds": trained,
+            "left_out": [k for k in planned_folds(cfg) if k not in trained]}
 
 
 def _write_summary(run: Run, cfg: Config, samples: list[Sample]) -> None:

@@ -33,7 +33,7 @@ from .data import EpochSampler, Sample, SegDataset, collate
 from .data.folds import split_fold
 from .fold_state import TrainState, checkpoint_state, restore, save_epoch, should_stop, update_best, weights_only
 from .amp import resolve_amp, run_amp
-from .budget import cut_to_budget, plan_fold
+from .budget import cut_to_budget, decide_folds, plan_fold
 from .device import autocast, resolve_device, seed_everything
 from .distributed import Dist, get_dist
 from .losses import build_loss, model_loss
@@ -140,6 +140,8 @@ def train_attempt(cfg: Config, fold: int, samples: list[Sample], folds: pd.DataF
             state.epoch = epoch + 1
             seconds = time.perf_counter() - t0
             elapsed += seconds
+            if budget is not None and not budget.decided:  # train.min_fold_epochs: the run's first epoch decides the folds
+                budget = decide_folds(cfg, budget, fold, round(seconds, 3), d)
             if budget is not None and cut_to_budget(budget, state, fold, elapsed, seconds, d):
                 schedule = schedule.for_epochs(cfg, optimizer, updates_per_epoch, state.epochs, state.step)
             if d.is_main:
@@ -166,6 +168,7 @@ def train_attempt(cfg: Config, fold: int, samples: list[Sample], folds: pd.DataF
         summary = write_fold_oof(cfg, run, fold, valid_set)
         summary.update(fold=fold, best_epoch=state.best_epoch + 1, best_val_score=state.best_score, epochs_run=state.epoch,
                        epochs_planned=state.epochs, fold_budget_s=budget.share_s if budget else None,
+                       budget_folds=budget.folds if budget and budget.folds else None,
                        n_train=len(train_set), n_valid=len(valid_set), world_size=d.world_size, optim_lr=cfg.optim.lr,
                        amp=amp.mode, amp_reason=amp.reason, init_from=initialised,
                        n_pseudo=len(pseudo), pseudo=pseudo_info(cfg), versions=library_versions(), **averaged)

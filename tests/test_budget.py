@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 import torch
 
-from seg_toolkit.budget import FoldBudget, fold_budget, plan_fold, timed_seconds
+from seg_toolkit.budget import (FoldBudget, decide_folds, first_epoch_seconds, fold_budget, folds_that_fit, plan_fold, run_folds,
+                                timed_seconds)
 from seg_toolkit.checkpoint import load_checkpoint
 from seg_toolkit.config import ConfigError, config_from_dict
 from seg_toolkit.cv import run_cv
@@ -20,9 +21,9 @@ from seg_toolkit.run import Run
 from .conftest import demo_dict
 
 
-def _cfg(demo_root, tmp_path, budget, epochs=3, **sections):
-    return config_from_dict(demo_dict(demo_root, tmp_path / "runs", train={"epochs": epochs, "batch_size": 4, "num_workers": 0,
-                                                                           "time_budget": budget}, **sections))
+def _cfg(demo_root, tmp_path, budget, epochs=3, train=None, **sections):
+    train = {"epochs": epochs, "batch_size": 4, "num_workers": 0, "time_budget": budget, **(train or {})}
+    return config_from_dict(demo_dict(demo_root, tmp_path / "runs", train=train, **sections))
 
 
 @pytest.mark.parametrize("budget, share", [("24m", 720.0), ("1h30m", 2700.0), (90, 45.0), ("90s", 45.0)])
@@ -164,3 +165,60 @@ def test_timed_seconds_reads_this_folds_time_and_the_others_pace(demo_root, tmp_
     state = TrainState()
     assert plan_fold(cfg, run, 3, state, Dist())[1] == 0.0
     assert state.epochs == 3  # floor(45 / 13)
+
+
+# ----------------------------------------------------------------------------- train.min_fold_epochs
+
+
+def test_folds_that_fit():
+    assert folds_that_fit(1380.0, 4, 6, 160.0) == 1  # 23 min at 160 s per epoch: floor(1380 / 960)
+    assert folds_that_fit(1380.0, 4, 4, 160.0) == 2  # floor(1380 / 640)
+    assert folds_that_fit(1380.0, 4, 6, 30.0) == 4  # 7 would fit: never more than planned
+    assert folds_that_fit(100.0, 4, 6, 500.0) == 1  # not even one: at least one
+    assert folds_that_fit(1380.0, 4, 0, 160.0) == 4  # off
+
+
+def test_the_first_epoch_decides_how_many_folds_share_the_budget(demo_root, tmp_path):
+    cfg = _cfg(demo_root, tmp_path, "23m", epochs=9, folds={"n_splits": 4, "method": "kfold"}, train={"min_fold_epochs": 6})
+    assert fold_budget(cfg) == FoldBudget(345.0, 9, 4, decided=False)  # not timed yet: the equal share, provisional
+    assert fold_budget(cfg, 160.0) == FoldBudget(1380.0, 9, 1)  # one fold of 8 epochs instead of four of 2
+    assert fold_budget(cfg, 100.0) == FoldBudget(690.0, 9, 2)  # floor(1380 / 600)
+    assert fold_budget(cfg, 30.0) == FoldBudget(345.0, 9, 4)
+    assert decide_folds(cfg, fold_budget(cfg), 0, 160.0, Dist()) == FoldBudget(1380.0, 9, 1)
+    decided = FoldBudget(690.0, 9, 2)
+    assert decide_folds(cfg, decided, 0, 30.0, Dist()) is decided  # decided once, by the run's first epoch
+
+
+def test_first_epoch_seconds_is_epoch_1_of_the_first_planned_fold_timed(demo_root, tmp_path):
+    cfg = _cfg(demo_root, tmp_path, "1h", folds={"n_splits": 4, "method": "kfold", "only": [2, 1, 3]}, train={"min_fold_epochs": 2})
+    rows = pd.DataFrame({"fold": [1, 1, 2, 0], "epoch": [1, 2, 2, 1], "seconds": [40.0, 30.0, 20.0, 10.0]})
+    assert first_epoch_seconds(cfg, rows) == 40.0  # fold 2 (first in folds.only) has no epoch-1 row; fold 0 is not planned
+    assert first_epoch_seconds(cfg, rows.iloc[:0]) is None
+    assert run_folds(cfg, Run(tmp_path / "empty")) == [2, 1, 3]  # nothing timed: all planned
+
+
+def test_a_budget_that_fits_one_fold_trains_and_tunes_it_and_resume_with_more_trains_the_rest(demo_root, tmp_path):
+    cfg = _cfg(demo_root, tmp_path, "0.01s", epochs=3, folds={"n_splits": 3, "method": "kfold"}, train={"min_fold_epochs": 2})
+    cv = run_cv(cfg)
+    run = Run.of(cfg)
+    assert cv["folds"] == [0] and cv["n_images"] == 4 and run.trained_folds() == [0]
+    assert cv["time_budget"] == {"budget": "0.01s", "min_fold_epochs": 2, "folds": [0], "left_out": [1, 2]}
+    assert not run.fold_dir(1).exists()
+    done = json.loads(run.done_json(0).read_text())
+    assert (done["budget_folds"], done["fold_budget_s"], done["epochs_run"]) == (1, 0.01, 1)  # the whole budget
+    assert json.loads(run.postprocess_json.read_text())["folds"] == [0]  # the run's folds are done: tuned
+    from seg_toolkit.report.data import compute_report_data
+
+    assert any("fold(s) [1, 2] were left out" in w for w in compute_report_data(run.dir).warnings)
+    more = _cfg(demo_root, tmp_path, "10h", epochs=3, folds={"n_splits": 3, "method": "kfold"}, train={"min_fold_epochs": 2})
+    cv = run_cv(more, resume=True)
+    assert cv["folds"] == [0, 1, 2] and cv["time_budget"]["left_out"] == []
+    assert json.loads(run.done_json(1).read_text())["budget_folds"] == 3
+
+
+@pytest.mark.parametrize("train, match", [({"min_fold_epochs": 2, "time_budget": None}, "set a time_budget"),
+                                          ({"min_fold_epochs": 4}, "expected 0 .off. to train.epochs=3"),
+                                          ({"min_fold_epochs": -1}, "got -1")])
+def test_min_fold_epochs_is_checked_when_the_config_loads(demo_root, tmp_path, train, match):
+    with pytest.raises(ConfigError, match=rf"train.min_fold_epochs.*{match}|{match}"):
+        _cfg(demo_root, tmp_path, "10m", train=train)

@@ -84,6 +84,19 @@ def test_resume_may_change_the_time_budget(trained):
     assert run_cv(more_time, resume=True)["score"] == pytest.approx(cv["score"])  # finished folds stay finished
 
 
+def test_a_folds_only_run_is_tuned_when_its_folds_end_and_a_fold_job_is_not(demo_root, tmp_path):
+    # folds.only: [1] of 3 is the whole run (fold 1's 4 OOF images tune it); a `--fold 0` job of a
+    # 3-fold array is a third of one, whose last job tunes
+    cfg = config_from_dict(demo_dict(demo_root, tmp_path / "a", folds={"n_splits": 3, "only": [1]}))
+    cv = run_cv(cfg)
+    tuned = json.loads(Run.of(cfg).postprocess_json.read_text())
+    assert cv["folds"] == [1] and cv["n_images"] == 4
+    assert tuned["folds"] == [1] and tuned["n_images"] == 4 and cv["postprocess"]["after"] == tuned["after"]
+    job = config_from_dict(demo_dict(demo_root, tmp_path / "b", folds={"n_splits": 3}))
+    cv = run_cv(job, folds=[0])
+    assert cv["folds"] == [0] and "postprocess" not in cv and not Run.of(job).postprocess_json.exists()
+
+
 def test_changed_config_is_refused(trained):
     cfg, _ = trained
     changed = config_from_dict({**demo_dict(cfg.data.root, cfg.run_dir.parent), "optim": {"lr": 0.5}})

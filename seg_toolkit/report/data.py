@@ -16,6 +16,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from ..budget import planned_folds, run_folds
 from ..config import Config, ConfigError
 from ..data import DataError, Sample, load_train_samples
 from ..plots import metric_label
@@ -202,10 +203,15 @@ def compute_report_data(run_dir: Path, n_examples: int = 4) -> ReportData:
 
 def _warnings(d: ReportData) -> list[str]:
     out = []
-    expected = sorted(d.cfg.folds.only) or list(range(d.cfg.folds.n_splits))
+    expected = sorted(run_folds(d.cfg, d.run))
     if d.folds != expected:
         todo = [k for k in expected if k not in d.folds]
         out.append(f"only fold(s) {d.folds} are complete; {todo} are missing, so the CV covers {d.n_images} images")
+    left_out = sorted(set(planned_folds(d.cfg)) - set(expected))
+    if left_out:
+        out.append(f"fold(s) {left_out} were left out: train.time_budget {d.cfg.train.time_budget} gave "
+                   f"train.min_fold_epochs={d.cfg.train.min_fold_epochs} epochs to {len(expected)} fold(s) only, so the CV "
+                   f"covers {d.n_images} images and the submission averages {len(expected)} model(s)")
     if d.unreadable:
         out.append(f"{len(d.unreadable)} target(s) could not be read and are left out, e.g. {d.unreadable[0]}")
     if not math.isnan(d.score) and not math.isnan(d.baseline_empty) and d.score <= d.baseline_empty:
