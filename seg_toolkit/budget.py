@@ -122,7 +122,8 @@ def fold_budget(cfg: "Config", first_epoch_s: float | None = None) -> FoldBudget
     if cfg.train.time_budget is None:
         return None
     total = parse_duration(cfg.train.time_budget, "train.time_budget")
-    n, min_epochs = len(planned_folds(cfg)), cfg.train.min_fold_epochs
+    n = len(planned_folds(cfg))
+    min_epochs = min(cfg.train.min_fold_epochs, cfg.train.epochs)  # `--set train.epochs=1` on a config that asks 6
     if not min_epochs:
         return FoldBudget(total / n, cfg.train.epochs)
     if first_epoch_s is None:

@@ -186,7 +186,8 @@ class TrainConfig:
     # each fold gets an equal share and runs the epochs that fit it (seg_toolkit/budget.py); null = no limit
     time_budget: Optional[Union[str, float]] = None
     # with time_budget: the fewest epochs a fold is worth training. When the run's first epoch says the budget cannot
-    # give each fold that many, the run trains fewer folds (the first ones), each with a bigger share; 0 = all folds
+    # give each fold that many (or train.epochs, when fewer), the run trains fewer folds (the first ones), each with a
+    # bigger share; 0 = all folds
     min_fold_epochs: int = 0
     batch_size: int = 8
     num_workers: int = 0

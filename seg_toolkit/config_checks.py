@@ -101,8 +101,8 @@ def _check_train(cfg: Config) -> None:
 
         if parse_duration(t.time_budget, "train.time_budget") <= 0:
             raise ConfigError(f"train.time_budget: expected a positive duration such as 24m, got {t.time_budget!r}")
-    if isinstance(t.min_fold_epochs, bool) or not isinstance(t.min_fold_epochs, int) or not 0 <= t.min_fold_epochs <= t.epochs:
-        raise ConfigError(f"train.min_fold_epochs: expected 0 (off) to train.epochs={t.epochs}, got {t.min_fold_epochs!r}")
+    if isinstance(t.min_fold_epochs, bool) or not isinstance(t.min_fold_epochs, int) or t.min_fold_epochs < 0:
+        raise ConfigError(f"train.min_fold_epochs: expected a number of epochs >= 0 (0: off), got {t.min_fold_epochs!r}")
     if t.min_fold_epochs and t.time_budget is None:
         raise ConfigError("train.min_fold_epochs chooses how many folds fit train.time_budget; set a time_budget, or 0")
     if t.init_from is not None and not str(t.init_from).strip():

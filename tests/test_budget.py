@@ -184,6 +184,9 @@ def test_the_first_epoch_decides_how_many_folds_share_the_budget(demo_root, tmp_
     assert fold_budget(cfg, 160.0) == FoldBudget(1380.0, 9, 1)  # one fold of 8 epochs instead of four of 2
     assert fold_budget(cfg, 100.0) == FoldBudget(690.0, 9, 2)  # floor(1380 / 600)
     assert fold_budget(cfg, 30.0) == FoldBudget(345.0, 9, 4)
+    # asking more than train.epochs (`--set train.epochs=2` on a config that asks 6): a fold is worth train.epochs
+    two = _cfg(demo_root, tmp_path, "23m", epochs=2, folds={"n_splits": 4, "method": "kfold"}, train={"min_fold_epochs": 6})
+    assert fold_budget(two, 200.0) == FoldBudget(460.0, 2, 3)  # floor(1380 / (2 x 200)); with 6: 1
     assert decide_folds(cfg, fold_budget(cfg), 0, 160.0, Dist()) == FoldBudget(1380.0, 9, 1)
     decided = FoldBudget(690.0, 9, 2)
     assert decide_folds(cfg, decided, 0, 30.0, Dist()) is decided  # decided once, by the run's first epoch
@@ -217,8 +220,7 @@ def test_a_budget_that_fits_one_fold_trains_and_tunes_it_and_resume_with_more_tr
 
 
 @pytest.mark.parametrize("train, match", [({"min_fold_epochs": 2, "time_budget": None}, "set a time_budget"),
-                                          ({"min_fold_epochs": 4}, "expected 0 .off. to train.epochs=3"),
-                                          ({"min_fold_epochs": -1}, "got -1")])
+                                          ({"min_fold_epochs": -1}, "got -1"), ({"min_fold_epochs": 2.5}, "expected int, got float 2.5")])
 def test_min_fold_epochs_is_checked_when_the_config_loads(demo_root, tmp_path, train, match):
     with pytest.raises(ConfigError, match=rf"train.min_fold_epochs.*{match}|{match}"):
         _cfg(demo_root, tmp_path, "10m", train=train)

@@ -71,7 +71,8 @@ def test_two_process_ddp_on_cpu(demo_root, tmp_path):
     assert metrics["epoch"].tolist() == [1, 2]  # one row per epoch: only rank 0 wrote
     assert json.loads((run / "fold_0" / "done.json").read_text())["world_size"] == 2
     assert sorted(p.name for p in run.iterdir()) == ["config.yaml", "cv.json", "fold_0", "fold_balance.csv", "folds.csv",
-                                                     "learning_curves.html", "learning_curves.png", "oof", "oof_summary.json"]
+                                                     "learning_curves.html", "learning_curves.png", "oof", "oof_summary.json",
+                                                     "postprocess.json"]  # folds.only: [0] is the whole run: tuned
     # each rank trains on its own half: 6 training images -> 3 per rank, batch 2 with the partial
     # batch dropped -> 1 update per epoch (a single process would make 3), 2 over the two epochs
     assert torch.load(run / "fold_0" / "last.pt", weights_only=True)["step"] == 2
