@@ -9,11 +9,14 @@ seconds (above 1: the variant is faster). Weights are random (speed does not dep
 so neither the data nor the weights package is needed.
 
 Variants: the encoder at its full depth 5 (stride 32: 101 is padded to 128 instead of 112;
-the config before encoder_depth 4), smp's default decoder widths, the same step in fp32, and
+the config before encoder_depth 4), the same depth-4 model fed 128x128 (``min_input_size``: is
+112 an awkward size for the kernels?), smp's default decoder widths, the same step in fp32, and
 ``torch.compile`` of the model (``train.compile: true``; its one-off compile time is printed
-apart; ``--no-compile`` skips it).
+apart; ``--no-compile`` skips it). ``--fp32`` runs every variant in fp32 against the config's step
+in fp32: what ``train.amp: auto`` trains on a CPU without native bf16, where the bf16 step is
+emulated and several times slower.
 
-    python bench/bench_tgs_step.py [--rounds 4] [--steps 2] [--no-compile]
+    python bench/bench_tgs_step.py [--rounds 4] [--steps 2] [--no-compile] [--fp32]
 """
 
 from __future__ import annotations
@@ -36,12 +39,14 @@ from seg_toolkit.losses import build_loss, model_loss  # noqa: E402
 from seg_toolkit.models import build_model  # noqa: E402
 
 
-def make_step(cfg, model_params: dict | None, dtype: torch.dtype | None, compiled: bool, x, y):
-    """A closure running one training step of the config's model (with ``model_params`` if given)."""
+def make_step(cfg, model_params: dict | None, dtype: torch.dtype | None, compiled: bool, x, y, min_size: int = 0):
+    """A closure running one training step of the config's model (with ``model_params`` if given, its input
+    padded to at least ``min_size``)."""
     mcfg = dataclasses.replace(cfg.model, encoder_weights=None, encoder_weights_map="names",
                                params=model_params if model_params is not None else cfg.model.params)
     torch.manual_seed(0)
     model = build_model(mcfg, cfg.data.num_classes, cfg.data.in_channels).to(memory_format=torch.channels_last).train()
+    model.min_input_size = max(int(getattr(model, "min_input_size", 0)), min_size)
     net = torch.compile(model) if compiled else model
     loss_fn = build_loss(cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
@@ -62,6 +67,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=4, help="alternating rounds (after a warm-up step each)")
     ap.add_argument("--steps", type=int, default=2, help="timed steps per round")
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile variant (about a minute to compile)")
+    ap.add_argument("--fp32", action="store_true", help="every variant in fp32, against the config's step in fp32 (a CPU without bf16)")
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
     logging.disable(logging.WARNING)
@@ -71,17 +77,21 @@ def main() -> None:
     y = (torch.rand(b, 1, 101, 101) > 0.5).float()
     depth5 = {"decoder_channels": [128, 64, 32, 16, 8]}
     smp_default = {**cfg.model.params, "decoder_channels": [256, 128, 64, 32]}
+    amp = None if args.fp32 else torch.bfloat16
+    baseline = f"tgs_cpu.yaml ({'fp32' if args.fp32 else 'bf16'})"
     variants = {
-        "tgs_cpu.yaml (bf16)": (None, torch.bfloat16, False),
-        "encoder depth 5 (pad to 128)": (depth5, torch.bfloat16, False),
-        "smp's decoder widths": (smp_default, torch.bfloat16, False),
-        "fp32": (None, None, False),
+        baseline: (None, amp, False, 0),
+        "encoder depth 5 (pad to 128)": (depth5, amp, False, 0),
+        "depth 4, input padded to 128": (None, amp, False, 128),
+        "smp's decoder widths": (smp_default, amp, False, 0),
     }
+    if not args.fp32:
+        variants["fp32"] = (None, None, False, 0)
     if not args.no_compile:
-        variants["torch.compile"] = (None, torch.bfloat16, True)
+        variants["torch.compile"] = (None, amp, True, 0)
     steps, first = {}, {}
-    for name, (params, dtype, compiled) in variants.items():
-        steps[name] = make_step(cfg, params, dtype, compiled, x, y)
+    for name, (params, dtype, compiled, min_size) in variants.items():
+        steps[name] = make_step(cfg, params, dtype, compiled, x, y, min_size)
         t0 = time.perf_counter()
         steps[name]()  # warm-up: oneDNN builds its kernels (and inductor compiles) on the first call
         first[name] = time.perf_counter() - t0
@@ -93,7 +103,7 @@ def main() -> None:
                 steps[name]()
             times[name].append((time.perf_counter() - t0) / args.steps)
     best = {name: min(v) for name, v in times.items()}  # other load only adds time: the fastest round is the cleanest
-    base = best["tgs_cpu.yaml (bf16)"]
+    base = best[baseline]
     print(f"configs/tgs_cpu.yaml training step on CPU ({torch.get_num_threads()} threads), batch {b}, 101x101, "
           f"fastest of {args.rounds} rounds x {args.steps} steps")
     print(f"{'variant':32s} {'s/step':>8s} {'baseline/this':>14s}  first step")
