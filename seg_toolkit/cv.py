@@ -92,7 +92,7 @@ def _run_cv(cfg: Config, folds: list[int] | None, resume: bool, overwrite: bool)
     trained_before = set(run.trained_folds())
     left_out: list[int] = []
     for k in folds:
-        if whole_run and k not in run_folds(cfg, run):  # decided by the run's first epoch (budget.py)
+        if whole_run and k not in d.broadcast(run_folds(cfg, run)):  # decided by the run's first epoch (budget.py), rank 0's read
             left_out.append(k)
             continue
         log.info("fold %d/%d", k + 1, cfg.folds.n_splits)
