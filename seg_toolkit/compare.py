@@ -59,6 +59,7 @@ class RunRow:
     group: str = "-"
     curves: dict[int, list[tuple[int, float]]] = field(default_factory=dict)  # fold -> [(epoch, val_score)]
     problems: list[str] = field(default_factory=list)
+    left_out: list[int] = field(default_factory=list)  # folds train.min_fold_epochs left out (cv.json's time_budget)
 
     @property
     def fold_stats(self) -> Optional[tuple[float, float, float, float]]:
@@ -74,7 +75,8 @@ class RunRow:
             what = f"{self.folds_done}/{self.n_splits} folds trained" if self.kind == "trained" and self.n_splits else "no cv.json"
             return f"CV missing ({what})"
         if self.kind == "trained" and self.n_splits and self.folds_done < self.n_splits:
-            return f"partial: {self.folds_done}/{self.n_splits} folds"
+            why = f"; {self.left_out} left out by the time budget" if self.left_out else ""
+            return f"partial: {self.folds_done}/{self.n_splits} folds{why}"
         return ""
 
 
@@ -141,6 +143,7 @@ def summarize(run: Run) -> RunRow:
     if cv:
         row.metric, row.cv = cv.get("metric"), cv.get("score")
         row.fold_scores = [float(s) for s in cv.get("fold_scores") or [] if isinstance(s, (int, float))]
+        row.left_out = [int(k) for k in (cv.get("time_budget") or {}).get("left_out") or []]
     if isinstance(row.cv, float) and math.isnan(row.cv):
         row.cv = None
     row.folds_done = len(run.completed_folds())

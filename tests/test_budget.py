@@ -213,6 +213,9 @@ def test_a_budget_that_fits_one_fold_trains_and_tunes_it_and_resume_with_more_tr
     from seg_toolkit.report.data import compute_report_data
 
     assert any("fold(s) [1, 2] were left out" in w for w in compute_report_data(run.dir).warnings)
+    from seg_toolkit.compare import collect
+
+    assert collect([run.dir])[0].status == "partial: 1/3 folds; [1, 2] left out by the time budget"
     more = _cfg(demo_root, tmp_path, "10h", epochs=3, folds={"n_splits": 3, "method": "kfold"}, train={"min_fold_epochs": 2})
     cv = run_cv(more, resume=True)
     assert cv["folds"] == [0, 1, 2] and cv["time_budget"]["left_out"] == []
