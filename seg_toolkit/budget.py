@@ -44,7 +44,7 @@ if TYPE_CHECKING:  # config_checks imports this module while config loads
 
 log = logging.getLogger(__name__)
 
-__all__ = ["parse_duration", "format_duration", "FoldBudget", "fold_budget", "folds_that_fit", "planned_folds", "run_folds", "first_epoch_seconds",
+__all__ = ["parse_duration", "format_duration", "FoldBudget", "fold_budget", "folds_that_fit", "planned_folds", "run_folds", "left_out_folds", "first_epoch_seconds",
            "plan_fold", "decide_folds", "cut_to_budget", "timed_seconds", "TOLERANCE", "FIRST_EPOCH_TOLERANCE"]
 
 #: How far past its share a fold's projected time may go before the fold is cut: the pace of one
@@ -155,6 +155,12 @@ def run_folds(cfg: "Config", run: "Run") -> list[int]:
 
     budget = fold_budget(cfg, first_epoch_seconds(cfg, read_metrics(run.dir)))
     return planned[: budget.folds] if budget is not None and budget.decided else planned
+
+
+def left_out_folds(cfg: "Config", run: "Run") -> list[int]:
+    """The folds of :func:`planned_folds` that ``train.min_fold_epochs`` leaves out of the run (none before its first epoch)."""
+    trained = run_folds(cfg, run)
+    return [k for k in planned_folds(cfg) if k not in trained]
 
 
 def timed_seconds(run: "Run", fold: int, metrics=None) -> tuple[float, float | None]:

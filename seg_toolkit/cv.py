@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 from .config import Config, config_diff, config_to_dict, read_yaml, save_config
 from .data import Sample, load_or_make_folds, load_target, load_train_samples
 from .data.sources import check_train_samples
-from .budget import planned_folds, run_folds
+from .budget import left_out_folds, planned_folds, run_folds
 from .device import resolve_device
 from .distributed import get_dist
 from .metrics import Evaluator
@@ -189,9 +189,8 @@ def _budget_record(cfg: Config, run: Run) -> dict[str, Any] | None:
     """``train.time_budget`` and, under ``train.min_fold_epochs``, the folds it left out (None: no budget)."""
     if cfg.train.time_budget is None or run.is_ensemble:
         return None
-    trained = run_folds(cfg, run)
-    return {"budget": cfg.train.time_budget, "min_fold_epochs": cfg.train.min_fold_epochs, "folds": trained,
-            "left_out": [k for k in planned_folds(cfg) if k not in trained]}
+    return {"budget": cfg.train.time_budget, "min_fold_epochs": cfg.train.min_fold_epochs, "folds": run_folds(cfg, run),
+            "left_out": left_out_folds(cfg, run)}
 
 
 def _write_summary(run: Run, cfg: Config, samples: list[Sample]) -> None:

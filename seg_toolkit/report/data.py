@@ -16,7 +16,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from ..budget import planned_folds, run_folds
+from ..budget import left_out_folds, run_folds
 from ..config import Config, ConfigError
 from ..data import DataError, Sample, load_train_samples
 from ..plots import metric_label
@@ -207,7 +207,7 @@ def _warnings(d: ReportData) -> list[str]:
     if d.folds != expected:
         todo = [k for k in expected if k not in d.folds]
         out.append(f"only fold(s) {d.folds} are complete; {todo} are missing, so the CV covers {d.n_images} images")
-    left_out = sorted(set(planned_folds(d.cfg)) - set(expected))
+    left_out = sorted(left_out_folds(d.cfg, d.run))
     if left_out:
         out.append(f"fold(s) {left_out} were left out: train.time_budget {d.cfg.train.time_budget} gave "
                    f"train.min_fold_epochs={d.cfg.train.min_fold_epochs} epochs to {len(expected)} fold(s) only, so the CV "
