@@ -58,6 +58,7 @@ def main() -> None:
                      "class_column": "ClassId", "rle_column": "EncodedPixels"},
             "model": {"arch": "scratch_unet", "depth": 3, "base_width": args.width},
             "loss": {"bce": 0.5, "dice": 0.5},
+            "submission": {"per_class": True, "id_format": "{id}_{cls}"},
             "scheduler": {"name": "none"},
             "train": {"epochs": args.epochs, "batch_size": args.batch, "num_workers": 0, "device": "cpu"},
         })

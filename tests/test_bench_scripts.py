@@ -22,3 +22,38 @@ def test_bench_script_imports_and_has_main(path):
 def test_every_bench_script_is_in_make_bench():
     makefile = (Path(__file__).resolve().parents[1] / "Makefile").read_text()
     assert BENCH and all(f"bench/{p.name}" in makefile for p in BENCH)
+
+
+# Importing is not enough: a config check added later once made `bench_train_loop.py` stop at its
+# own config (a multilabel demo without submission.per_class). These run each quick script's main()
+# end to end on tiny inputs and read the ratio it prints; the slow ones (bench_amp, bench_tgs_step:
+# minutes of full-size steps) build their models through the same build_model/load_config paths.
+QUICK = {
+    "bench_train_loop": (["--epochs", "1", "--images", "8", "--size", "32", "32", "--batch", "4"], "ratio toolkit / hand-written:"),
+    "bench_predict": (["--rounds", "1", "--images", "4", "--size", "32", "32", "--folds", "2"], "ratio Predictor / hand-written:"),
+    "bench_validation": (["--rounds", "1", "--batch", "2"], "validation loss, original size / model size:"),
+    "bench_tta": (["--encoder", "tu-test_resnet", "--size", "64", "--batch", "2", "--warmup", "0", "--repeats", "1"], "ratio tta_predict"),
+    "bench_onnx": (["--models", "scratch", "--sizes", "64", "--batch", "2", "--warmup", "0", "--repeats", "1"], ", ratio "),
+}
+
+
+@pytest.mark.parametrize("name", sorted(QUICK))
+def test_quick_bench_runs_and_prints_a_ratio(name, monkeypatch, capsys):
+    import math
+    import re
+    import sys
+
+    if name == "bench_onnx":
+        pytest.importorskip("onnxruntime", reason="bench_onnx needs the onnx extra")
+    args, marker = QUICK[name]
+    path = next(p for p in BENCH if p.stem == name)
+    spec = importlib.util.spec_from_file_location(f"_bench_run_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(sys, "argv", [path.name, *args])
+    module.main()
+    out = capsys.readouterr().out
+    lines = [line for line in out.splitlines() if marker in line]
+    assert lines, f"{path.name} printed no '{marker}' line:\n{out}"
+    ratios = [float(x) for x in re.findall(r"(\d+\.\d+)x?", lines[0].split(marker, 1)[1])]
+    assert ratios and all(math.isfinite(r) and r > 0 for r in ratios), lines[0]
