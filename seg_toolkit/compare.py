@@ -152,7 +152,7 @@ def summarize(run: Run) -> RunRow:
     if cfg is not None:
         row.n_splits = cfg.folds.n_splits
         if row.metric is None:
-            from .metrics import resolve_metric_name
+            from .evaluator import resolve_metric_name
 
             row.metric = resolve_metric_name(cfg.metric.name, cfg.data.task)
         m = cfg.model

@@ -15,7 +15,7 @@ from .data.sources import check_train_samples
 from .budget import left_out_folds, planned_folds, run_folds
 from .device import resolve_device
 from .distributed import get_dist
-from .metrics import Evaluator
+from .evaluator import Evaluator
 from .files import read_oof, write_json
 from .run import Run, RunExistsError
 from .tensors import uint8_to_probs

@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 from .config import Config, ConfigError, save_config
 from .data import load_target, load_train_samples
 from .data.dataset import target_to_tensor
-from .metrics import Evaluator
+from .evaluator import Evaluator
 from .predictor import check_same_training
 from .models.presence import has_presence
 from .files import read_json, read_oof, write_json, write_npy

@@ -40,7 +40,7 @@ from .files import atomic_write, read_json, write_json, write_npy
 from .config import Config, ConfigError
 from .data import DataError, Sample, class_colors, class_names, load_list_samples, load_test_samples, load_train_samples
 from .device import resolve_device
-from .metrics import Evaluator
+from .evaluator import Evaluator
 from .postprocess import apply_postprocess, load_params
 from .predictor import Predictor, check_same_training
 from .run import Run, RunExistsError

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from .config import Config, ConfigError, save_config
 from .data import Sample, load_train_samples
 from .data.folds import split_fold, read_folds
-from .metrics import Evaluator
+from .evaluator import Evaluator
 from .predictor import Member, Predictor, check_same_training, tta_settings
 from .files import read_json, write_json, write_npy
 from .run import Run

@@ -100,7 +100,7 @@ def _run_info(run: Run) -> tuple[str, Optional[float]]:
         log.warning("learning curves: cannot read %s (%s)", run.cv_json, e)
     if not metric and run.config_yaml.is_file():
         try:
-            from .metrics import resolve_metric_name
+            from .evaluator import resolve_metric_name
 
             cfg = run.config()
             metric = resolve_metric_name(cfg.metric.name, cfg.data.task)

@@ -339,7 +339,7 @@ def score_submission(csv_path: str | Path, solution_path: str | Path, cfg: Confi
     from .data import load_test_samples
     from .data.io import image_size
     from .data.sources import parse_submission_id
-    from .metrics import Evaluator
+    from .evaluator import Evaluator
 
     s, d = cfg.submission, cfg.data
     spec = submission_spec(cfg)

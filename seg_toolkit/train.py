@@ -38,7 +38,7 @@ from .device import autocast, resolve_device, seed_everything
 from .distributed import Dist, get_dist
 from .losses import build_loss, model_loss
 from .models.presence import has_presence, split_presence
-from .metrics import Evaluator
+from .evaluator import Evaluator
 from .optim import LRSchedule, build_optimizer
 from .files import write_json
 from .run import Run

@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 from .config import Config, ConfigError
 from .data import load_train_samples
 from .data.folds import read_folds, split_fold
-from .metrics import resolve_metric_name
+from .evaluator import resolve_metric_name
 from .files import read_json, write_json
 from .run import Run
 from .tta import MERGE_MODES, expand_tta

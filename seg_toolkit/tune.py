@@ -64,7 +64,7 @@ import numpy as np
 import torch
 
 from .config import Config, ConfigError
-from .metrics import Evaluator, resolve_metric_name
+from .evaluator import Evaluator, resolve_metric_name
 from .postprocess import PostParams, apply_postprocess, params_from_config
 from .files import read_json, write_json
 from .run import Run

@@ -146,7 +146,7 @@ def test_validation_loss_at_model_size_and_score_at_original_size(demo_root, tmp
     import torch.nn.functional as F
 
     from seg_toolkit.losses import build_loss
-    from seg_toolkit.metrics import Evaluator
+    from seg_toolkit.evaluator import Evaluator
     from seg_toolkit.tensors import resize_target
 
     cfg = _cfg(demo_root, tmp_path, loss={"bce": 1.0, "dice": 0.0})

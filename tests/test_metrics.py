@@ -10,8 +10,8 @@ import sklearn.metrics as skm
 import torch
 
 from seg_toolkit.config import IGNORE_INDEX, ConfigError, MetricConfig
+from seg_toolkit.evaluator import Evaluator, resolve_metric_name
 from seg_toolkit.metrics import (
-    Evaluator,
     binarize,
     confusion_matrix,
     dice_per_class,
@@ -20,7 +20,6 @@ from seg_toolkit.metrics import (
     multilabel_confusion,
     per_image_scores,
     pixel_accuracy,
-    resolve_metric_name,
 )
 
 V = IGNORE_INDEX

@@ -20,7 +20,7 @@ from seg_toolkit.config import ConfigError, config_from_dict, save_config
 from seg_toolkit.cv import run_cv
 from seg_toolkit.data import SegDataset, collate, load_test_samples, load_train_samples
 from seg_toolkit.inference import predict_test
-from seg_toolkit.metrics import Evaluator
+from seg_toolkit.evaluator import Evaluator
 from seg_toolkit.postprocess import apply_postprocess, params_from_config
 from seg_toolkit.predictor import Predictor, tta_settings
 from seg_toolkit.files import read_json

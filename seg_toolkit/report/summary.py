@@ -35,7 +35,8 @@ from tqdm.auto import tqdm
 from ..config import IGNORE_INDEX, Config
 from ..data import DataError, Sample, class_colors, class_names, load_target
 from ..data.dataset import target_to_tensor
-from ..metrics import PER_IMAGE_METRICS, Evaluator, image_counts, scores_from_counts
+from ..evaluator import Evaluator
+from ..metrics import PER_IMAGE_METRICS, image_counts, scores_from_counts
 from ..plots import metric_label
 from ..files import read_json, read_oof, write_json
 from ..run import Run

@@ -1,0 +1,183 @@
+"""The metric over validation batches: :class:`Evaluator` accumulates confusion counts and per-image scores.
+
+It keeps counts and one float per (image, class), never images, and scores with the pure functions of
+:mod:`seg_toolkit.metrics` (whose docstring states the shapes and conventions); every command that scores
+(training's validation, OOF, tune, evaluate, ensembles, the report) uses it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any, Optional
+
+import numpy as np
+
+from seg_toolkit.config import IGNORE_INDEX, ConfigError, MetricConfig
+from seg_toolkit.metrics import (
+    EMPTY_SCORES,
+    METRIC_NAMES,
+    PER_IMAGE_METRICS,
+    TASKS,
+    ArrayLike,
+    ImageCounts,
+    _as_tensor,
+    _counts_from_image_confusion,
+    _multiclass_image_confusion,
+    _nanmean,
+    _row_nanmean,
+    _sigmoid_confusion_from_counts,
+    binarize,
+    confusion_matrix,
+    dice_per_class,
+    image_counts,
+    iou_per_class,
+    pixel_accuracy,
+    scores_from_counts,
+)
+
+__all__ = ["Evaluator", "resolve_metric_name"]
+
+logger = logging.getLogger(__name__)
+
+
+def resolve_metric_name(name: str, task: str) -> str:
+    """``auto`` -> ``miou`` (multiclass) or ``dice`` (binary / multilabel); checks the task fits."""
+    if task not in TASKS:
+        raise ConfigError(f"data.task: {task!r} is not one of {', '.join(TASKS)}")
+    if name == "auto":
+        return "miou" if task == "multiclass" else "dice"
+    if name not in METRIC_NAMES:
+        raise ConfigError(f"metric.name: {name!r} is not one of auto, {', '.join(METRIC_NAMES)}")
+    if name == "tgs_map" and task != "binary":
+        raise ConfigError(f"metric.name: 'tgs_map' (TGS Salt mAP) is for binary tasks only, data.task is {task!r}")
+    return name
+
+
+class Evaluator:
+    """Accumulates confusion counts and per-image scores over validation batches.
+
+    Only counts and one float per (image, class) are kept, never images. ``update`` takes
+    probabilities ``(N, C, H, W)`` (sigmoid: foreground where ``p >= metric_cfg.threshold``;
+    softmax: argmax over C); ``update_masks`` takes hard predictions (binary / multilabel:
+    ``(N, C, H, W)`` masks, multiclass: ``(N, H, W)`` label maps). Targets follow the loss
+    convention (void = ``ignore_index``).
+
+    ``compute()`` returns a dict:
+
+    * ``metric``: the resolved metric name; ``score``: the CV score (float, NaN if nothing
+      could be scored)
+    * ``per_class_iou``, ``per_class_dice``: dataset-level, from the summed counts (for
+      binary / multilabel the foreground of each channel; NaN for a class that never occurs)
+    * ``pixel_accuracy``; ``confusion``: ``(C, C)`` rows = truth for multiclass, ``2x2``
+      ``[[TN, FP], [FN, TP]]`` for binary, ``(C, 2, 2)`` for multilabel (nested lists)
+    * ``n_images``
+    * per-image metrics only: ``per_image`` (one float per image in update order: the mean
+      over its classes, NaN where all were skipped) and, when C > 1, ``per_image_class``
+      (``(N, C)`` nested lists).
+
+    ``miou`` for binary / multilabel is the mean over channels of the foreground IoU
+    (background is not averaged in).
+    """
+
+    def __init__(
+        self, metric_cfg: MetricConfig, task: str, num_classes: int, ignore_index: int = IGNORE_INDEX
+    ) -> None:
+        self.task = task
+        self.metric = resolve_metric_name(metric_cfg.name, task)
+        if metric_cfg.empty_score not in EMPTY_SCORES:
+            raise ConfigError(f"metric.empty_score: {metric_cfg.empty_score!r} is not one of {', '.join(EMPTY_SCORES)}")
+        if not 0.0 <= metric_cfg.threshold <= 1.0:
+            raise ConfigError(f"metric.threshold: expected a probability in [0, 1], got {metric_cfg.threshold}")
+        if task == "binary" and num_classes != 1:
+            raise ConfigError(f"data.num_classes: a binary task has 1 output channel, got {num_classes}")
+        if num_classes < 1:
+            raise ConfigError(f"data.num_classes: expected >= 1, got {num_classes}")
+        self.num_classes = num_classes
+        self.empty_score = metric_cfg.empty_score
+        self.threshold = float(metric_cfg.threshold)
+        self.ignore_index = ignore_index
+        self.reset()
+
+    @property
+    def per_image(self) -> bool:
+        return self.metric in PER_IMAGE_METRICS
+
+    @property
+    def n_images(self) -> int:
+        return self._n_images
+
+    def reset(self) -> None:
+        c = self.num_classes
+        shape = (c, c) if self.task == "multiclass" else (c, 2, 2)
+        self._confusion = np.zeros(shape, dtype=np.int64)
+        self._scores: list[list[float]] = []
+        self._n_images = 0
+
+    def update(self, probs: ArrayLike, target: ArrayLike) -> None:
+        """Add a batch of probabilities ``(N, C, H, W)`` and its target."""
+        p = _as_tensor(probs)
+        if p.dim() != 4 or p.shape[1] != self.num_classes:
+            raise ValueError(f"update: expected probabilities (N, {self.num_classes}, H, W), got {tuple(p.shape)}")
+        pred = p.argmax(1) if self.task == "multiclass" else binarize(p, self.threshold)
+        self.update_masks(pred, target)
+
+    def update_masks(self, pred: ArrayLike, target: ArrayLike) -> None:
+        """Add a batch of hard predictions and its target."""
+        p, t = _as_tensor(pred), _as_tensor(target)
+        c = self.num_classes
+        if self.task == "multiclass":
+            if p.dim() != 3 or t.shape != p.shape:
+                raise ValueError(
+                    f"update_masks: multiclass needs label maps pred (N, H, W) and target of the same shape, "
+                    f"got {tuple(p.shape)} and {tuple(t.shape)}"
+                )
+            if self.per_image:
+                img_cm = _multiclass_image_confusion(p, t, c, self.ignore_index)
+                self._confusion += img_cm.sum(0).cpu().numpy().astype(np.int64)
+                counts: Optional[ImageCounts] = _counts_from_image_confusion(img_cm)
+            else:
+                self._confusion += confusion_matrix(p, t, c, self.ignore_index)
+                counts = None
+        else:
+            if p.dim() != 4 or p.shape[1] != c or t.shape != p.shape:
+                raise ValueError(
+                    f"update_masks: {self.task} needs masks pred (N, {c}, H, W) and target of the same shape, "
+                    f"got {tuple(p.shape)} and {tuple(t.shape)}"
+                )
+            counts = image_counts(p, t, c, self.ignore_index)
+            self._confusion += _sigmoid_confusion_from_counts(counts)
+        if self.per_image and counts is not None:
+            self._scores.extend(scores_from_counts(counts, self.metric, self.empty_score).tolist())
+        self._n_images += int(p.shape[0])
+
+    def compute(self) -> dict[str, Any]:
+        """The metrics of everything added since the last ``reset`` (see the class docstring)."""
+        if self._n_images == 0:
+            raise RuntimeError("Evaluator.compute(): no images were added")
+        cm = self._confusion
+        iou = iou_per_class(cm)
+        out: dict[str, Any] = {
+            "metric": self.metric,
+            "score": math.nan,
+            "per_class_iou": iou.tolist(),
+            "per_class_dice": dice_per_class(cm).tolist(),
+            "pixel_accuracy": pixel_accuracy(cm),
+            "confusion": (cm[0] if self.task == "binary" else cm).tolist(),
+            "n_images": self._n_images,
+        }
+        if cm.sum() == 0:
+            logger.warning("every pixel of the %d images was void (target == %d)", self._n_images, self.ignore_index)
+        if self.per_image:
+            scores = np.asarray(self._scores, dtype=np.float64).reshape(self._n_images, -1)
+            out["per_image"] = _row_nanmean(scores).tolist()
+            if scores.shape[1] > 1:
+                out["per_image_class"] = scores.tolist()
+            out["score"] = _nanmean(scores)
+        elif self.metric == "miou":
+            out["score"] = _nanmean(iou)
+        else:
+            out["score"] = out["pixel_accuracy"]
+        if math.isnan(out["score"]):
+            logger.warning("metric %s: nothing could be scored over %d images, score is NaN", self.metric, self._n_images)
+        return out
