@@ -39,7 +39,7 @@ uint8 OOF files per step, a few integers per image, class and candidate kept, so
 is exact and memory-bounded however many images the run has.
 
 The scores in the report: ``before`` and ``after`` are computed with
-:class:`seg_toolkit.metrics.Evaluator` on the masks :func:`apply_postprocess` makes, the
+:class:`seg_toolkit.evaluator.Evaluator` on the masks :func:`apply_postprocess` makes, the
 same way ``cv.json`` is computed (so with the default post-processing, ``before`` equals
 ``cv.json``'s score); the per-step scores come from the counts through
 :func:`seg_toolkit.metrics.scores_from_counts` / :func:`~seg_toolkit.metrics.mean_iou` /

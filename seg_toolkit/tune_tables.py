@@ -4,7 +4,7 @@
 targets (never a test prediction or a test image); the table functions turn one pass over
 them into per (image, class) counts at every candidate threshold, min_area and gate, and
 :func:`sigmoid_score` / :func:`multiclass_score` score such counts exactly as
-:class:`seg_toolkit.metrics.Evaluator` scores masks.
+:class:`seg_toolkit.evaluator.Evaluator` scores masks.
 
 How it stays fast and memory-bounded (probabilities are uint8, ``q / 255``):
 
