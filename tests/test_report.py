@@ -471,3 +471,54 @@ def test_legend_of_19_classes_stays_above_the_panels(tmp_path, hw):
     for text in fig.texts:  # and clear of the example headers
         if text.get_text().startswith("#"):
             assert box.y0 > text.get_window_extent(renderer).y1
+
+
+def test_overlay_blocks_are_as_tall_as_their_own_images(tmp_path):
+    """Portrait and landscape photos in one figure (Oxford pets): each example's block is as tall as its own
+    panels and its three panels sit side by side at their own width, so a landscape photo below a portrait
+    one leaves no blank band (each block used to be as tall as the tallest image, and as wide as the widest)."""
+    from seg_toolkit.report.overlays import overlays_figure
+
+    root = tmp_path / "comp"
+    rng = np.random.default_rng(0)
+    sizes = {"tall": (96, 48), "flat": (40, 96)}
+    for d in ("img", "lbl"):
+        (root / d).mkdir(parents=True)
+    for i, hw in sizes.items():
+        Image.fromarray(rng.integers(0, 255, (*hw, 3), dtype=np.uint8)).save(root / "img" / f"{i}.png")
+        Image.fromarray((np.arange(hw[0] * hw[1]).reshape(hw) % 3).astype(np.uint8)).save(root / "lbl" / f"{i}.png")
+    cfg = config_from_dict({
+        "experiment": "shapes", "runs_dir": str(tmp_path / "runs"),
+        "data": {"root": str(root), "task": "multiclass", "num_classes": 3, "layout": "folder",
+                 "train_images": "img", "train_masks": "lbl"},
+        "folds": {"n_splits": 2, "method": "kfold"}, "loss": {"ce": 1.0}, "submission": {"per_class": True}})
+    run = Run.of(cfg)
+    for k in (0, 1):
+        run.fold_dir(k).mkdir(parents=True)
+        run.done_json(k).write_text(json.dumps({"metric": "miou", "oof_score": 0.1, "best_epoch": 1, "epochs_run": 1,
+                                                "n_train": 1, "n_valid": 1}))
+    run.oof_dir.mkdir()
+    save_config(cfg, run.config_yaml)
+    pd.DataFrame({"id": list(sizes), "fold": [0, 1], "stratum": "x"}).to_csv(run.folds_csv, index=False)
+    for i, hw in sizes.items():
+        p = rng.dirichlet(np.ones(3), size=hw).transpose(2, 0, 1)
+        np.save(run.oof_path(i), np.rint(p * 255).astype(np.uint8))
+    data = compute_report_data(run.dir, n_examples=2)
+    examples = data.best + [e for e in data.worst if e.id not in {x.id for x in data.best}]
+    assert sorted(e.id for e in examples) == ["flat", "tall"]
+    fig = overlays_figure(data, examples, "both")
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    boxes = [ax.get_window_extent(renderer) for ax in fig.axes]
+    assert len(boxes) == 6
+    heads = sorted((t.get_window_extent(renderer) for t in fig.texts if t.get_text().startswith("#")), key=lambda b: -b.y0)
+    for i, ex in enumerate(examples):
+        row = boxes[3 * i: 3 * i + 3]
+        h, w = row[0].height, row[0].width
+        assert {round(b.height) for b in row} == {round(h)} and {round(b.y0) for b in row} == {round(row[0].y0)}
+        assert abs(h / w - sizes[ex.id][0] / sizes[ex.id][1]) < 0.05  # the image's own aspect
+        gaps = [row[j + 1].x0 - row[j].x1 for j in (0, 1)]
+        assert gaps[0] == pytest.approx(gaps[1], abs=1) and 0 < gaps[0] < 20  # packed side by side
+        assert heads[i].y0 > max(b.y1 for b in row)  # the header above its panels
+        if i + 1 < len(examples):  # the next block starts just below this one's panels (titles and a gap)
+            assert 0 < row[0].y0 - heads[i + 1].y1 < 30

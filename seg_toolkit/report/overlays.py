@@ -187,31 +187,33 @@ def overlays_figure(d: ReportData, examples: list[Example], title: str) -> Any:
     pw = max(p[0].shape[1] for p in panels)
     wide = pw > 2.5 * ph
     per_row = 1 if wide else 3
-    block_h = (3 * (ph + 20) + head) if wide else (ph + head)
+    # each block as tall as its own panels: a landscape photo among portrait ones leaves no blank band
+    heights = [(3 * (p[0].shape[0] + 20) + head) if wide else (p[0].shape[0] + head) for p in panels]
     content = per_row * pw + (per_row + 1) * gap
     W = max(content, MIN_FIGURE_WIDTH)
     x0 = (W - content) // 2  # narrow panels are centred
     handles = class_legend_handles(d.class_names, colors, painted, d.task, bool(d.void_pixels))
     ncol, legend_h = legend_layout(handles, W, dpi)
     top = LEGEND_TOP + legend_h + LEGEND_GAP
-    H = top + len(panels) * (block_h + gap)
+    H = top + sum(heights) + len(panels) * gap
     fig = new_figure(W / dpi, H / dpi, dpi)
     names = ("image", "ground truth", "prediction")
-    for i, (ex, imgs) in enumerate(zip(examples, panels)):
-        y0 = H - top - i * (block_h + gap)  # top edge of this block, in pixels from the bottom
+    y0 = H - top  # top edge of the next block, in pixels from the bottom
+    for i, (ex, imgs, block_h) in enumerate(zip(examples, panels, heights)):
         fig.text((x0 + gap) / W, (y0 - 14) / H, f"#{i + 1}  {ex.id}   fold {ex.fold}   {label} {ex.score:.3f}",
                  ha="left", va="center", fontsize=11, fontweight="bold")
         for j, (img, name) in enumerate(zip(imgs, names)):
             h, w = img.shape[:2]
             if wide:
-                left, bottom = x0 + gap, y0 - head - j * (ph + 20) - h
+                left, bottom = x0 + gap, y0 - head - j * (h + 20) - h
             else:
-                left, bottom = x0 + gap + j * (pw + gap), y0 - head - h
+                left, bottom = x0 + gap + j * (w + gap), y0 - head - h  # packed: a narrow example leaves no gaps
             ax = fig.add_axes((left / W, bottom / H, w / W, h / H))
             ax.imshow(img, interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
             ax.set_title(name, fontsize=9, pad=3)
+        y0 -= block_h + gap
     fig.text(0.5, 1 - 14 / H, title, ha="center", va="center", fontsize=12, fontweight="bold")
     draw_legend(fig, handles, ncol, H)
     return fig
