@@ -102,6 +102,10 @@ class DataConfig:
     sample_submission: str = "sample_submission.csv"
     max_image_pixels: int = 50_000_000  # larger images are refused before decoding
     limit: Optional[int] = None  # use only the first N labelled samples (smoke tests, notebooks)
+    # training ids left out of everything a run does with its training data (folds, training, OOF, CV, tune,
+    # the report): known bad labels, e.g. Oxford pets' Abyssinian_34, whose trimap has no pet. An id that is
+    # not a training id is an error naming it; a run's folds.csv made before the list changed is refused
+    exclude_ids: list[str] = field(default_factory=list)
 
 
 @dataclass

@@ -37,6 +37,12 @@ def _check_data(cfg: Config) -> None:
         raise ConfigError(f"data.in_channels: expected 1, 3 or 4, got {d.in_channels}")
     if d.limit is not None and d.limit < 1:
         raise ConfigError(f"data.limit: expected null (all samples) or >= 1, got {d.limit}")
+    for i, x in enumerate(d.exclude_ids):
+        if not isinstance(x, str) or not x.strip():
+            raise ConfigError(f"data.exclude_ids[{i}]: expected a training id (a non-empty string), got {x!r}")
+    twice = sorted({x for x in d.exclude_ids if d.exclude_ids.count(x) > 1})
+    if twice:
+        raise ConfigError(f"data.exclude_ids: listed more than once: {', '.join(map(repr, twice))}")
     _check_mask_reading(cfg)
     if d.group_pattern is not None:
         try:

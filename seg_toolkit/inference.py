@@ -276,7 +276,8 @@ def evaluate_on(cfg: Config, folder: str | Path) -> dict:
     if not folder.is_dir():
         raise DataError(f"{folder}: is a file, not a folder ({what})")
     run, predictor = run_predictor(cfg)
-    on_cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=str(folder), limit=None))
+    # the whole folder is scored: data.limit and data.exclude_ids are about the run's own training data
+    on_cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=str(folder), limit=None, exclude_ids=[]))
     try:
         samples = load_train_samples(on_cfg)
     except DataError as e:

@@ -124,3 +124,50 @@ def test_predict_refuses_to_replace_a_submission(trained):
         predict_test(cfg, out=out)
     assert out.read_text() == "my earlier submission\n"
     assert predict_test(cfg, out=out, overwrite=True) == out and out.read_text().startswith("ImageId_ClassId,")
+
+
+# ----------------------------------------------------------------------------- data.exclude_ids
+
+
+def test_excluded_ids_are_in_no_fold_no_oof_and_no_score(demo_root, tmp_path):
+    from seg_toolkit.data import load_train_samples
+
+    everything = [s.id for s in load_train_samples(config_from_dict(demo_dict(demo_root, tmp_path / "all")))]
+    bad = everything[3:5]
+    cfg = config_from_dict(demo_dict(demo_root, tmp_path / "runs", data={"exclude_ids": bad}))
+    assert [s.id for s in load_train_samples(cfg)] == [i for i in everything if i not in bad]  # file order kept
+    cv = run_cv(cfg)
+    run = Run.of(cfg)
+    folds = pd.read_csv(run.folds_csv, dtype={"id": str})
+    assert len(everything) == 12 and cv["n_images"] == 10 and sorted(folds.id) == sorted(set(everything) - set(bad))
+    assert sorted(p.stem for p in run.oof_dir.iterdir()) == sorted(folds.id)
+    assert json.loads(run.postprocess_json.read_text())["n_images"] == 10  # tuned on the 10 as well
+    # the same run without the exclusion is other data: refused, never silently re-folded
+    whole = config_from_dict(demo_dict(demo_root, tmp_path / "runs"))
+    with pytest.raises(RunExistsError, match="data.exclude_ids"):
+        run_cv(whole, resume=True)
+
+
+def test_an_excluded_id_that_is_not_a_training_id_is_named(demo_root, tmp_path):
+    from seg_toolkit.audit import audit
+    from seg_toolkit.config import ConfigError
+    from seg_toolkit.data import load_train_samples
+
+    first = load_train_samples(config_from_dict(demo_dict(demo_root, tmp_path)))[0].id
+    typo = first[:-1] + ("x" if first[-1] != "x" else "y")
+    cfg = config_from_dict(demo_dict(demo_root, tmp_path, data={"exclude_ids": [first, typo]}))
+    with pytest.raises(ConfigError, match=rf"data.exclude_ids: '{typo}' is not one of the 12 training ids; did you mean '{first}'\?"):
+        load_train_samples(cfg)
+    problems = audit(cfg, decode_images=False).problems  # the audit lists it with everything else
+    assert [(p.kind, p.where) for p in problems] == [("config", "data.exclude_ids")]
+
+
+@pytest.mark.parametrize("ids, message", [
+    (["a", "b", "a"], "data.exclude_ids: listed more than once: 'a'"),
+    (["a", ""], r"data.exclude_ids\[1\]: expected a training id \(a non-empty string\), got ''"),
+])
+def test_exclude_ids_checked_when_the_config_loads(demo_root, tmp_path, ids, message):
+    from seg_toolkit.config import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        config_from_dict(demo_dict(demo_root, tmp_path, data={"exclude_ids": ids}))

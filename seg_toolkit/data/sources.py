@@ -22,6 +22,7 @@ label map, binary/multilabel ``uint8 (H, W, C)`` with 0/1, void = 255 in both.
 
 from __future__ import annotations
 
+import difflib
 import logging
 import re
 from collections import Counter
@@ -84,7 +85,24 @@ def list_train_samples(cfg: Config, on_problem: OnProblem | None = None) -> tupl
         samples = list(iter_list_samples(cfg, d.train_lists, report))
     else:
         samples = _folder_samples(cfg, report)
+    if d.exclude_ids:
+        samples = _without_excluded(samples, d.exclude_ids, report)
     return (samples[: d.limit] if d.limit is not None else samples), bad
+
+
+def _without_excluded(samples: list[Sample], exclude: list[str], report: OnProblem) -> list[Sample]:
+    """``samples`` less ``data.exclude_ids``; an id that is not among them is a config problem naming it."""
+    ids = {s.id for s in samples}
+    for x in exclude:
+        if x not in ids:
+            close = difflib.get_close_matches(x, sorted(ids), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            report("config", "data.exclude_ids", f"data.exclude_ids: {x!r} is not one of the {len(ids)} training ids{hint}")
+    drop = set(exclude)
+    kept = [s for s in samples if s.id not in drop]
+    if len(kept) < len(samples):
+        log.info("data.exclude_ids: %d of %d training images left out", len(samples) - len(kept), len(samples))
+    return kept
 
 
 def load_train_samples(cfg: Config) -> list[Sample]:
