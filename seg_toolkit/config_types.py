@@ -6,12 +6,11 @@ choices. The schema itself (the sections and their fields) is :mod:`seg_toolkit.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import types
 import typing
 from typing import Any, Literal, Union
 
-from .errors import ConfigError
+from .errors import ConfigError, closest
 
 __all__ = ["build_dataclass"]
 
@@ -55,8 +54,8 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
     if origin is Literal:
         choices = typing.get_args(tp)
         if value not in choices:
-            close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            close = closest(value, choices)
+            hint = f" (did you mean {close!r}?)" if close else ""
             raise ConfigError(f"{path}: {value!r} is not one of {', '.join(repr(c) for c in choices)}{hint}")
         return value
     if origin is list:
@@ -101,8 +100,8 @@ def build_dataclass(cls: type, data: dict, path: str = "") -> Any:
     for key, value in data.items():
         where = f"{path}.{key}" if path else str(key)
         if key not in names:
-            close = difflib.get_close_matches(str(key), names, n=1, cutoff=0.5)
-            hint = f"; did you mean {(path + '.' if path else '') + close[0]!r}?" if close else ""
+            close = closest(key, names, cutoff=0.5)
+            hint = f"; did you mean {(path + '.' if path else '') + close!r}?" if close else ""
             raise ConfigError(f"unknown config key {where!r}{hint} (valid keys here: {', '.join(names)})")
         kwargs[key] = _convert(value, hints[key], where)
     return cls(**kwargs)

@@ -7,7 +7,16 @@ and keeps its traceback. Each subclass also derives from the builtin that fits
 
 from __future__ import annotations
 
-__all__ = ["SegToolkitError", "ConfigError"]
+import difflib
+from typing import Iterable, Optional
+
+__all__ = ["SegToolkitError", "ConfigError", "closest"]
+
+
+def closest(value: object, choices: Iterable[object], cutoff: float = 0.6) -> Optional[str]:
+    """The choice spelled most like ``value`` (difflib), for an error's "did you mean" hint; None when none is close."""
+    close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1, cutoff=cutoff)
+    return close[0] if close else None
 
 
 class SegToolkitError(Exception):

@@ -50,7 +50,6 @@ result is an ordinary tensor the caller may update in place) and work inside a c
 
 from __future__ import annotations
 
-import difflib
 import logging
 from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
@@ -62,6 +61,7 @@ from torch import Tensor, nn
 from .tensors import activate, resize_to
 
 from seg_toolkit.config import ConfigError
+from seg_toolkit.errors import closest
 
 __all__ = [
     "TRANSFORMS",
@@ -144,8 +144,8 @@ _ALIASES: dict[str, list[str]] = {"d4": list(TRANSFORMS)}
 
 
 def _unknown(kind: str, value: object, choices: Sequence[str]) -> ConfigError:
-    close = difflib.get_close_matches(str(value), list(choices), n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    close = closest(value, choices)
+    hint = f" (did you mean {close!r}?)" if close else ""
     return ConfigError(f"unknown {kind} {value!r}{hint}; choices: {', '.join(choices)}")
 
 

@@ -36,6 +36,7 @@ from typing import Sequence
 from tqdm.auto import tqdm
 
 from .config import Config, ConfigError
+from .errors import closest
 from .data import load_train_samples
 from .data.folds import read_folds, split_fold
 from .evaluator import resolve_metric_name
@@ -62,10 +63,8 @@ def _check_candidates(candidates: Sequence[Sequence[str]], merges: Sequence[str]
         expand_tta(c)  # names checked, with the closest valid one in the error
     for m in merges:
         if m not in MERGE_MODES:
-            import difflib
-
-            close = difflib.get_close_matches(str(m), MERGE_MODES, n=1)
-            raise ConfigError(f"unknown merge mode {m!r}{f' (did you mean {close[0]!r}?)' if close else ''}; "
+            close = closest(m, MERGE_MODES)
+            raise ConfigError(f"unknown merge mode {m!r}{f' (did you mean {close!r}?)' if close else ''}; "
                               f"choices: {', '.join(MERGE_MODES)}")
     return cands, list(dict.fromkeys(merges))
 

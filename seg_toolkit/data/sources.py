@@ -22,7 +22,6 @@ label map, binary/multilabel ``uint8 (H, W, C)`` with 0/1, void = 255 in both.
 
 from __future__ import annotations
 
-import difflib
 import logging
 import re
 from collections import Counter
@@ -30,6 +29,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from ..config import Config
+from ..errors import closest
 from .class_masks import class_mask_paths
 from .colors import class_colors, class_names
 from .csv_rows import raise_problem, read_train_csv, unlisted_samples
@@ -95,8 +95,8 @@ def _without_excluded(samples: list[Sample], exclude: list[str], report: OnProbl
     ids = {s.id for s in samples}
     for x in exclude:
         if x not in ids:
-            close = difflib.get_close_matches(x, sorted(ids), n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
+            close = closest(x, sorted(ids))
+            hint = f"; did you mean {close!r}?" if close else ""
             report("config", "data.exclude_ids", f"data.exclude_ids: {x!r} is not one of the {len(ids)} training ids{hint}")
     drop = set(exclude)
     kept = [s for s in samples if s.id not in drop]

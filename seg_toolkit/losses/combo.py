@@ -4,7 +4,6 @@ deep-supervision and empty-mask classifier terms of a model's output."""
 
 from __future__ import annotations
 
-import difflib
 import logging
 import math
 from dataclasses import dataclass
@@ -13,6 +12,7 @@ from typing import Any, Callable, Optional
 from torch import Tensor, nn
 
 from seg_toolkit.config import IGNORE_INDEX, Config, ConfigError
+from seg_toolkit.errors import closest
 
 from .lovasz import LovaszLoss
 from .terms import _SIGMOID_TASKS, TASKS, CrossEntropyLoss, FocalLoss, MaskedBCEWithLogitsLoss
@@ -146,8 +146,8 @@ def build_loss_term(name: str, task: str, num_classes: int, params: Optional[dic
     params = dict(params or {})
     spec = _LOSSES.get(name)
     if spec is None:
-        close = difflib.get_close_matches(str(name), LOSS_NAMES, n=1, cutoff=0.5)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
+        close = closest(name, LOSS_NAMES, cutoff=0.5)
+        hint = f"; did you mean {close!r}?" if close else ""
         raise ConfigError(f"loss.{name}: unknown loss {name!r}{hint} (valid names: {', '.join(LOSS_NAMES)})")
     if task not in spec.tasks:
         alt = {"ce": " (use bce for binary/multilabel)", "bce": " (use ce for multiclass)"}.get(name, "")
@@ -157,8 +157,8 @@ def build_loss_term(name: str, task: str, num_classes: int, params: Optional[dic
         )
     for key in params:
         if key not in spec.params:
-            close = difflib.get_close_matches(str(key), spec.params, n=1, cutoff=0.5)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
+            close = closest(key, spec.params, cutoff=0.5)
+            hint = f"; did you mean {close!r}?" if close else ""
             raise ConfigError(
                 f"loss_params.{name}.{key}: unknown parameter{hint} "
                 f"({name} accepts: {', '.join(spec.params)})"

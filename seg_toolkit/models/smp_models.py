@@ -21,7 +21,6 @@ contracting path of :mod:`.scratch_unet`, width/norm from ``model.base_width``/`
 from __future__ import annotations
 
 import contextlib
-import difflib
 import inspect
 import logging
 import re
@@ -33,6 +32,7 @@ import torch
 from torch import nn
 
 from seg_toolkit.config import ConfigError, ModelConfig
+from seg_toolkit.errors import closest
 
 from .deep_supervision import aux_logits
 from .scratch_unet import EncoderFreezeMixin, ScratchUNetEncoder, crop_padding, forward_padded, pad_to_multiple
@@ -192,8 +192,8 @@ def _check_params(arch: str, params: dict[str, Any], encoder: str) -> None:
             raise ConfigError(f"model.params.{key}: not allowed, {_FORBIDDEN[key]}")
         if key in accepted or encoder.startswith("tu-"):
             continue  # with a tu- encoder, extra keys go on to timm.create_model
-        close = difflib.get_close_matches(key, accepted, n=1, cutoff=0.5)
-        hint = f"; did you mean 'model.params.{close[0]}'?" if close else ""
+        close = closest(key, accepted, cutoff=0.5)
+        hint = f"; did you mean 'model.params.{close}'?" if close else ""
         raise ConfigError(
             f"model.params.{key}: not a parameter of {arch} (smp.{SMP_ARCHITECTURES[arch].__name__}){hint} "
             f"(valid: {', '.join(accepted)}; timm keyword arguments are accepted with a tu- encoder only)"
@@ -206,8 +206,8 @@ def _params_error(arch: str, params: dict[str, Any], err: Exception) -> ConfigEr
         return None
     key = m.group(1)
     accepted = [n for n in _accepted_params(arch) if n not in _RESERVED and n not in _FORBIDDEN]
-    close = difflib.get_close_matches(key, accepted, n=1, cutoff=0.5)
-    hint = f"; did you mean 'model.params.{close[0]}'?" if close else ""
+    close = closest(key, accepted, cutoff=0.5)
+    hint = f"; did you mean 'model.params.{close}'?" if close else ""
     return ConfigError(
         f"model.params.{key}: neither a parameter of {arch} nor accepted by the timm encoder ({err}){hint} "
         f"(valid for {arch}: {', '.join(accepted)})"
@@ -267,8 +267,8 @@ def _named_weights_arg(encoder: str, weights: str) -> Any:
         )
     available = list(smp.encoders.encoders[encoder]["pretrained_settings"])
     if weights not in available:
-        close = difflib.get_close_matches(weights, available, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
+        close = closest(weights, available)
+        hint = f"; did you mean {close!r}?" if close else ""
         raise ConfigError(
             f"model.encoder_weights: {weights!r} is not a weight set of encoder {encoder!r}{hint} "
             f"(available: {', '.join(available) or 'none'}; or give a path/to/file.pth|.safetensors)"
