@@ -179,6 +179,41 @@ def test_lovasz_hinge_by_hand() -> None:
     assert term("lovasz")(good, target).item() == approx(0.0)
 
 
+def test_lovasz_hinge_counts_fitted_positives() -> None:
+    # logits [0, ln3, 2], truth [1, 0, 1]: errors [1, 1 + ln3, -1]; the fitted third pixel is not
+    # ranked (relu 0) but is one of the |gt| = 2 positives. Full ranking [1 + ln3 (gt 0), 1 (gt 1), -1 (gt 1)]:
+    # intersection [2, 1, 0], union [3, 3, 3] -> J [1/3, 2/3, 1] -> grad [1/3, 1/3, 1/3]
+    logits = torch.tensor([0.0, LN3, 2.0]).view(1, 1, 1, 3)
+    target = torch.tensor([1.0, 0.0, 1.0]).view(1, 1, 1, 3)
+    assert term("lovasz")(logits, target).item() == approx((2 + LN3) / 3)
+
+
+def _lovasz_hinge_full_sort(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Berman et al.'s reference: every pixel ranked, relu applied after the sort."""
+    errors = 1.0 - logits * (2.0 * labels - 1.0)
+    errors_sorted, perm = torch.sort(errors, descending=True)
+    gt = labels[perm]
+    jaccard = 1.0 - (gt.sum() - gt.cumsum(0)) / (gt.sum() + (1.0 - gt).cumsum(0))
+    grad = torch.cat([jaccard[:1], jaccard[1:] - jaccard[:-1]])
+    return (F.relu(errors_sorted) * grad).sum()
+
+
+@pytest.mark.parametrize("scale", [0.1, 3.0])  # nearly all pixels ranked / most of them fitted
+def test_lovasz_hinge_equals_full_sort_value_and_gradient(scale: float) -> None:
+    gen = torch.Generator().manual_seed(3)
+    labels = (torch.rand(4, 1, 20, 20, generator=gen) > 0.6).float()
+    base = (torch.randn(4, 1, 20, 20, generator=gen) + 2.0 * (2 * labels - 1)) * scale
+    x1, x2 = base.clone().requires_grad_(), base.clone().requires_grad_()
+    ours = term("lovasz")(x1, labels)
+    ref = _lovasz_hinge_full_sort(x2.reshape(-1), labels.reshape(-1))
+    ours.backward()
+    ref.backward()
+    fitted = (1.0 - base * (2 * labels - 1) <= 0).float().mean().item()
+    assert (fitted < 0.05) if scale < 1 else (fitted > 0.5)
+    assert ours.item() == pytest.approx(ref.item(), rel=1e-5)
+    torch.testing.assert_close(x1.grad, x2.grad, rtol=1e-5, atol=1e-7)
+
+
 def test_lovasz_multilabel_is_mean_of_channels() -> None:
     logits0, target0 = binary_example()
     logits = torch.cat([logits0, torch.tensor([2.0, -2.0, 0.0]).view(1, 1, 1, 3)], dim=1)
