@@ -31,6 +31,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_amp.py
 	$(BIN)/python bench/bench_validation.py
 	$(BIN)/python bench/bench_lovasz.py
+	$(BIN)/python bench/bench_region.py
 	$(BIN)/python bench/bench_tgs_step.py
 
 clean-demo:

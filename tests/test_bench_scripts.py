@@ -34,6 +34,7 @@ QUICK = {
     "bench_validation": (["--rounds", "1", "--batch", "2"], "validation loss, original size / model size:"),
     "bench_tta": (["--encoder", "tu-test_resnet", "--size", "64", "--batch", "2", "--warmup", "0", "--repeats", "1"], "ratio tta_predict"),
     "bench_lovasz": (["--rounds", "1", "--batch", "2", "--unfitted", "0.5"], "ratio textbook / toolkit:"),
+    "bench_region": (["--rounds", "1", "--batch", "1", "--size", "16", "24"], "ratio smp / toolkit:"),
     "bench_onnx": (["--models", "scratch", "--sizes", "64", "--batch", "2", "--warmup", "0", "--repeats", "1"], ", ratio "),
 }
 

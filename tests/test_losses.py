@@ -144,6 +144,66 @@ def test_dice_multilabel_per_channel_with_empty_channel() -> None:
     assert term("dice", "multilabel", 2)(logits, target).item() == approx(5 / 18)
 
 
+REGION_PARAMS = {"dice": [{}, {"smooth": 1.0}, {"log_loss": True}], "jaccard": [{}, {"smooth": 0.5}, {"log_loss": True}],
+                 "tversky": [{}, {"alpha": 0.3, "beta": 0.7, "smooth": 0.5}]}
+
+
+def _smp_losses_0_6():
+    """smp's losses as the reference; 0.6 is the version whose soft intersection (min(p, t)) and dice
+    smoothing (tversky with alpha = beta = 0.5) ours keep: older ones computed both differently."""
+    import segmentation_models_pytorch as smp
+    import segmentation_models_pytorch.losses as smp_losses
+
+    if tuple(int(x) for x in smp.__version__.split(".")[:2]) < (0, 6):
+        pytest.skip(f"smp {smp.__version__} < 0.6 defines soft dice and its smoothing differently")
+    return smp_losses
+
+
+@pytest.mark.parametrize("task,c", TASK_SHAPES + [("multiclass", 5)])
+@pytest.mark.parametrize("name,params", [(n, p) for n, ps in REGION_PARAMS.items() for p in ps])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_region_losses_equal_smp_value_and_gradient(task: str, c: int, name: str, params: dict, channels_last: bool) -> None:
+    """Our dice / jaccard / tversky (three sums per channel) against smp's, the independent reference:
+    void pixels, a class absent from the batch (multiclass, c=5: labels 0-2 only), smooth, log_loss."""
+    smp_losses = _smp_losses_0_6()
+    g = torch.Generator().manual_seed(7)
+    logits = torch.randn(3, c, 9, 11, generator=g) * 3
+    if task == "multiclass":
+        target = torch.randint(0, min(c, 3), (3, 9, 11), generator=g)
+        target[torch.rand(3, 9, 11, generator=g) < 0.25] = IGNORE_INDEX
+    else:
+        target = (torch.rand(3, c, 9, 11, generator=g) < 0.4).float()
+        target[torch.rand(3, c, 9, 11, generator=g) < 0.25] = V
+        if c > 1:
+            target[:, 1][target[:, 1] == 1.0] = 0.0  # a channel with no true pixel
+    if channels_last:
+        logits = logits.contiguous(memory_format=torch.channels_last)
+    cls = {"dice": smp_losses.DiceLoss, "jaccard": smp_losses.JaccardLoss, "tversky": smp_losses.TverskyLoss}[name]
+    ref_fn = cls(task, from_logits=True, ignore_index=IGNORE_INDEX, **params)
+    x1, x2 = logits.clone().requires_grad_(), logits.clone().requires_grad_()
+    ours = term(name, task, c, **params)(x1, target)
+    ref = ref_fn(x2, target)
+    ours.backward()
+    ref.backward()
+    assert ours.item() == pytest.approx(ref.item(), rel=1e-5, abs=1e-6)
+    torch.testing.assert_close(x1.grad, x2.grad, rtol=1e-4, atol=1e-7)
+
+
+def test_region_losses_soft_binary_targets_equal_smp() -> None:
+    """pseudo.soft gives probabilities as binary targets: the intersection is sum(min(p, t)), as in smp."""
+    smp_losses = _smp_losses_0_6()
+
+    g = torch.Generator().manual_seed(2)
+    logits = torch.randn(2, 1, 8, 8, generator=g)
+    target = torch.rand(2, 1, 8, 8, generator=g)
+    ours = term("dice")(logits, target)
+    ref = smp_losses.DiceLoss("binary", from_logits=True, ignore_index=IGNORE_INDEX)(logits, target)
+    assert ours.item() == pytest.approx(ref.item(), rel=1e-6)
+    # by hand: p = sigmoid(0) = 0.5 against t = 0.3: I = min = 0.3, dice = 0.3 / (0.5 * (0.5 + 0.3)) = 0.75
+    one = term("dice")(torch.zeros(1, 1, 1, 1), torch.full((1, 1, 1, 1), 0.3))
+    assert one.item() == approx(0.25)
+
+
 def test_focal_binary_by_hand() -> None:
     logits, target = binary_example()
     # positive p_t = 0.5: (1 - 0.5)^2 * ln2; negative p_t = 1 - 0.75 = 0.25: (0.75)^2 * ln4

@@ -18,13 +18,15 @@ returns the weighted total and each term's unweighted value (detached, for loggi
 
 Which implementation each name uses, and why:
 
-* ``dice``, ``jaccard``, ``tversky``: ``segmentation_models_pytorch.losses`` as-is. Their
-  ignore handling is right for all three tasks (void pixels are zeroed in both prediction
-  and truth before the sums), an all-void or empty batch gives 0 with finite gradients,
-  and the scores are computed over the whole batch per channel (``dims=(0, 2)``).
-  smp's convention, kept: a channel with no true pixel in the batch contributes 0 (but
-  still counts in the mean over channels), so these losses do not penalise false
-  positives on an all-empty batch; pair them with ``bce`` / ``ce`` / ``focal``.
+* ``dice``, ``jaccard``, ``tversky``: our own (``region.py``), with smp's formulas and
+  conventions, value for value and gradient for gradient (the tests compare them with
+  ``segmentation_models_pytorch.losses``): void pixels are left out of prediction and truth
+  before the sums, an all-void or empty batch gives 0 with finite gradients, and the scores
+  are computed over the whole batch per channel. A channel with no true pixel in the batch
+  contributes 0 (but still counts in the mean over channels), so these losses do not
+  penalise false positives on an all-empty batch; pair them with ``bce`` / ``ce`` / ``focal``.
+  Ours because smp's builds a one-hot target and reduces permuted, reshaped copies of the
+  (channels-last) probabilities: three sums per channel make a multiclass term about 2x faster.
 * ``ce``: our own on top of ``F.cross_entropy``, because its ``mean`` reduction is 0/0 =
   NaN for an all-void batch. Same value as torch's ``mean`` otherwise (class weights and
   label smoothing included).
@@ -40,12 +42,13 @@ Which implementation each name uses, and why:
   binary/multilabel hinge flattens all channels into one ranking (the IoU of the
   concatenated channels, not the mean of the per-channel IoUs).
 
-Where: ``terms.py`` (ce, bce, focal), ``lovasz.py``, ``combo.py`` (the names and parameters the
+Where: ``terms.py`` (ce, bce, focal), ``lovasz.py``, ``region.py`` (dice, jaccard, tversky), ``combo.py`` (the names and parameters the
 config accepts, :class:`LossCombo`, :func:`build_loss`, :func:`model_loss`).
 """
 
 from .combo import LOSS_NAMES, TASKS, LossCombo, build_loss, build_loss_term, model_loss
 from .lovasz import LovaszLoss, lovasz_grad, lovasz_hinge_flat, lovasz_softmax_flat
+from .region import RegionLoss, region_sums
 from .terms import CrossEntropyLoss, FocalLoss, MaskedBCEWithLogitsLoss
 
 __all__ = [
@@ -62,4 +65,6 @@ __all__ = [
     "lovasz_grad",
     "lovasz_hinge_flat",
     "lovasz_softmax_flat",
+    "RegionLoss",
+    "region_sums",
 ]

@@ -15,17 +15,12 @@ from seg_toolkit.config import IGNORE_INDEX, Config, ConfigError
 from seg_toolkit.errors import closest
 
 from .lovasz import LovaszLoss
+from .region import RegionLoss
 from .terms import _SIGMOID_TASKS, TASKS, CrossEntropyLoss, FocalLoss, MaskedBCEWithLogitsLoss
 
 __all__ = ["LOSS_NAMES", "TASKS", "LossCombo", "build_loss", "build_loss_term", "model_loss"]
 
 logger = logging.getLogger(__name__)
-
-
-def _smp_losses() -> Any:
-    import segmentation_models_pytorch.losses as smp_losses
-
-    return smp_losses
 
 
 def _is_number(v: Any) -> bool:
@@ -89,11 +84,11 @@ def _region_kwargs(p: dict[str, Any], path: str) -> dict[str, Any]:
 
 
 def _make_dice(task: str, num_classes: int, p: dict[str, Any], path: str) -> nn.Module:
-    return _smp_losses().DiceLoss(task, from_logits=True, ignore_index=IGNORE_INDEX, **_region_kwargs(p, path))
+    return RegionLoss("dice", task, **_region_kwargs(p, path))
 
 
 def _make_jaccard(task: str, num_classes: int, p: dict[str, Any], path: str) -> nn.Module:
-    return _smp_losses().JaccardLoss(task, from_logits=True, ignore_index=IGNORE_INDEX, **_region_kwargs(p, path))
+    return RegionLoss("jaccard", task, **_region_kwargs(p, path))
 
 
 def _make_tversky(task: str, num_classes: int, p: dict[str, Any], path: str) -> nn.Module:
@@ -102,9 +97,7 @@ def _make_tversky(task: str, num_classes: int, p: dict[str, Any], path: str) -> 
     if alpha + beta <= 0:
         raise ConfigError(f"{path}: alpha + beta must be > 0, got alpha={alpha}, beta={beta}")
     smooth = _number(p.get("smooth", 0.0), f"{path}.smooth", 0.0)
-    return _smp_losses().TverskyLoss(
-        task, from_logits=True, ignore_index=IGNORE_INDEX, alpha=alpha, beta=beta, smooth=smooth
-    )
+    return RegionLoss("tversky", task, smooth=smooth, alpha=alpha, beta=beta)
 
 
 def _make_focal(task: str, num_classes: int, p: dict[str, Any], path: str) -> nn.Module:
