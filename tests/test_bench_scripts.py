@@ -41,9 +41,11 @@ QUICK = {
 
 @pytest.mark.parametrize("name", sorted(QUICK))
 def test_quick_bench_runs_and_prints_a_ratio(name, monkeypatch, capsys):
+    import logging
     import math
     import re
     import sys
+    import warnings
 
     if name == "bench_onnx":
         pytest.importorskip("onnxruntime", reason="bench_onnx needs the onnx extra")
@@ -53,7 +55,12 @@ def test_quick_bench_runs_and_prints_a_ratio(name, monkeypatch, capsys):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     monkeypatch.setattr(sys, "argv", [path.name, *args])
-    module.main()
+    # some scripts silence warnings and logging for their printout: not for the tests after this one
+    with warnings.catch_warnings():
+        try:
+            module.main()
+        finally:
+            logging.disable(logging.NOTSET)
     out = capsys.readouterr().out
     lines = [line for line in out.splitlines() if marker in line]
     assert lines, f"{path.name} printed no '{marker}' line:\n{out}"
