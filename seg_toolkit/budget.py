@@ -8,7 +8,8 @@ prediction are outside them). ``train.epochs`` stays the most a fold runs:
 
 * a fold starts with as many epochs as fit in its share at the mean epoch time of the folds
   trained before it in the run (all of ``train.epochs`` when none has been timed yet);
-* after each epoch, when the epochs left at the last epoch's pace would overrun the share by
+* after each epoch, when the epochs left at the fold's pace (:func:`epoch_pace`: the last epoch's
+  time, from the third epoch on the median of the last three) would overrun the share by
   more than :data:`TOLERANCE` (after a fold's first epoch, which also pays for starting the data
   loader's workers and the kernels' first calls: :data:`FIRST_EPOCH_TOLERANCE`), the fold is cut to the epochs that fit, and its learning-rate
   schedule is rebuilt for that total (a cosine then still ends at its minimum). A fold is never
@@ -31,6 +32,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+import statistics
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -45,7 +47,7 @@ if TYPE_CHECKING:  # config_checks imports this module while config loads
 log = logging.getLogger(__name__)
 
 __all__ = ["parse_duration", "format_duration", "FoldBudget", "fold_budget", "folds_that_fit", "planned_folds", "run_folds", "left_out_folds", "first_epoch_seconds",
-           "plan_fold", "decide_folds", "cut_to_budget", "timed_seconds", "TOLERANCE", "FIRST_EPOCH_TOLERANCE"]
+           "plan_fold", "decide_folds", "cut_to_budget", "timed_seconds", "epoch_pace", "TOLERANCE", "FIRST_EPOCH_TOLERANCE"]
 
 #: How far past its share a fold's projected time may go before the fold is cut: the pace of one
 #: epoch is noisy, and cutting a cosine schedule short costs more than a few seconds over.
@@ -93,8 +95,8 @@ class FoldBudget:
 
     def replan(self, total: int, done: int, elapsed_s: float, last_epoch_s: float) -> int:
         """The fold's total after ``done`` epochs that took ``elapsed_s``: ``total`` while the rest fits
-        at the last epoch's pace (within :data:`TOLERANCE`, or :data:`FIRST_EPOCH_TOLERANCE` after the
-        first epoch), else the most epochs that fit (>= ``done``)."""
+        at ``last_epoch_s`` per epoch (the fold's pace, :func:`epoch_pace`; within :data:`TOLERANCE`, or
+        :data:`FIRST_EPOCH_TOLERANCE` after the first epoch), else the most epochs that fit (>= ``done``)."""
         if done >= total or last_epoch_s <= 0:
             return total
         tolerance = FIRST_EPOCH_TOLERANCE if done == 1 else TOLERANCE
@@ -102,6 +104,17 @@ class FoldBudget:
             return total
         fit = math.floor(max(self.share_s - elapsed_s, 0.0) / last_epoch_s)
         return max(done, 1, min(total, done + fit))
+
+
+def epoch_pace(seconds: list[float]) -> float:
+    """The seconds per epoch a fold's remaining epochs are projected at, from its epochs' times so far:
+    the last one's, and from the third epoch on the median of the last three. One epoch slowed by
+    something else on the machine (a test run beside it, a busy neighbour in a shared notebook) then
+    does not cut the fold for good (a CamVid fold was cut from 44 to 33 epochs by one epoch of 40 s
+    among epochs of 22); a lasting slowdown still cuts it, one epoch later."""
+    if not seconds:
+        raise ValueError("epoch_pace: no epoch timed yet")
+    return float(seconds[-1]) if len(seconds) < 3 else float(statistics.median(seconds[-3:]))
 
 
 def planned_folds(cfg: "Config") -> list[int]:
@@ -218,14 +231,17 @@ def decide_folds(cfg: "Config", budget: FoldBudget, fold: int, first_epoch_s: fl
     return decided
 
 
-def cut_to_budget(budget: FoldBudget, state: "TrainState", fold: int, elapsed_s: float, last_epoch_s: float, d: "Dist") -> bool:
-    """After an epoch: cut ``state.epochs`` when the rest would overrun the fold's share (rank 0 decides
-    for every rank); True when it did, and the caller lays the lr schedule out again."""
-    total = d.broadcast(budget.replan(state.epochs, state.epoch, elapsed_s, last_epoch_s))
+def cut_to_budget(budget: FoldBudget, state: "TrainState", fold: int, elapsed_s: float, epoch_seconds: list[float], d: "Dist") -> bool:
+    """After an epoch: cut ``state.epochs`` when the rest, at :func:`epoch_pace` of ``epoch_seconds`` (the times
+    of the fold's epochs in this process), would overrun the fold's share (rank 0 decides for every rank); True
+    when it did, and the caller lays the lr schedule out again."""
+    pace = epoch_pace(epoch_seconds)
+    total = d.broadcast(budget.replan(state.epochs, state.epoch, elapsed_s, pace))
     if total == state.epochs:
         return False
-    log.warning("fold %d: %s of train.time_budget's %s per fold used by %d epoch(s) (%.1f s the last): cut from %d to %d "
+    how = "the last" if len(epoch_seconds) < 3 else "the median of the last 3"
+    log.warning("fold %d: %s of train.time_budget's %s per fold used by %d epoch(s) (%.1f s per epoch, %s): cut from %d to %d "
                 "epochs, the lr schedule laid out again", fold, format_duration(elapsed_s), format_duration(budget.share_s),
-                state.epoch, last_epoch_s, state.epochs, total)
+                state.epoch, pace, how, state.epochs, total)
     state.epochs = total
     return True

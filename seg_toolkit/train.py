@@ -115,6 +115,7 @@ def train_attempt(cfg: Config, fold: int, samples: list[Sample], folds: pd.DataF
     initialised = load_fold_init(cfg, fold, model, ema) if fresh else init_source(cfg, fold)
     forward_model = wrap_for_training(cfg, model, device, d)
 
+    epoch_seconds: list[float] = []  # this process's epochs of the fold: the budget's pace
     with GracefulStop() as stop:
         while state.epoch < state.epochs:
             epoch = state.epoch
@@ -140,9 +141,10 @@ def train_attempt(cfg: Config, fold: int, samples: list[Sample], folds: pd.DataF
             state.epoch = epoch + 1
             seconds = time.perf_counter() - t0
             elapsed += seconds
+            epoch_seconds.append(seconds)
             if budget is not None and not budget.decided:  # train.min_fold_epochs: the run's first epoch decides the folds
                 budget = decide_folds(cfg, budget, fold, round(seconds, 3), d)
-            if budget is not None and cut_to_budget(budget, state, fold, elapsed, seconds, d):
+            if budget is not None and cut_to_budget(budget, state, fold, elapsed, epoch_seconds, d):
                 schedule = schedule.for_epochs(cfg, optimizer, updates_per_epoch, state.epochs, state.step)
             if d.is_main:
                 save_epoch(cfg, run, fold, model, ema, optimizer, schedule, scaler, state, improved, val_stats["val_score"])

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from seg_toolkit.budget import (FoldBudget, decide_folds, first_epoch_seconds, fold_budget, folds_that_fit, plan_fold, run_folds,
+from seg_toolkit.budget import (FoldBudget, decide_folds, epoch_pace, first_epoch_seconds, fold_budget, folds_that_fit, plan_fold, run_folds,
                                 timed_seconds)
 from seg_toolkit.checkpoint import load_checkpoint
 from seg_toolkit.config import ConfigError, config_from_dict
@@ -65,6 +65,28 @@ def test_replan_keeps_the_plan_within_the_tolerance_and_cuts_beyond_it():
     assert b.replan(9, 4, 250.0, 40.0) == 5  # pace of the last epoch: 250 + 5 x 40 > 315; 4 + floor(50 / 40)
     assert b.replan(9, 3, 400.0, 130.0) == 3  # over already: stop after the epochs done
     assert b.replan(5, 5, 900.0, 300.0) == 5  # finished: nothing to plan
+
+
+def test_epoch_pace_is_the_last_epoch_then_the_median_of_the_last_three():
+    assert epoch_pace([30.0]) == 30.0
+    assert epoch_pace([30.0, 20.0]) == 20.0  # two epochs: the last (the first paid for start-up)
+    assert epoch_pace([30.0, 20.0, 21.0]) == 21.0
+    assert epoch_pace([25.3, 22.0, 22.4, 26.5, 39.8]) == 26.5  # one slowed epoch is outvoted
+    assert epoch_pace([22.0, 22.0, 40.0, 41.0]) == 40.0  # a lasting slowdown wins at its second epoch
+    with pytest.raises(ValueError):
+        epoch_pace([])
+
+
+def test_one_slow_epoch_does_not_cut_the_fold_a_lasting_slowdown_does():
+    # like the CamVid fold that a test run beside it cut from 44 to 33 epochs: a 19 min share (1140 s,
+    # 1197 with the 5% tolerance), 44 planned; 12 epochs took 290 s, the last 39.8 s
+    b = FoldBudget(share_s=1140.0, max_epochs=48)
+    times = [25.3] + [22.0] * 8 + [22.4, 26.5, 39.8]
+    assert sum(times) == pytest.approx(290.0)
+    assert b.replan(44, 12, 290.0, times[-1]) == 33  # at the last epoch's pace: 12 + floor(850 / 39.8) = 12 + 21
+    assert b.replan(44, 12, 290.0, epoch_pace(times)) == 44  # median 26.5: 290 + 32 x 26.5 = 1138 <= 1197
+    slow = times + [40.0]  # the machine stays slow: median 39.8, 330 + 31 x 39.8 > 1197
+    assert b.replan(44, 13, 330.0, epoch_pace(slow)) == 33  # 13 + floor(810 / 39.8) = 13 + 20
 
 
 def test_schedule_laid_out_again_matches_one_built_for_the_new_total(demo_root, tmp_path):
