@@ -37,8 +37,8 @@ def lovasz_hinge_flat(logits: Tensor, labels: Tensor) -> Tensor:
     them in the ranking add ``relu(error) = 0`` to the loss and to its gradient, and the weights
     of the ones above depend only on the labels ranked above them and on the total number of
     positives. The value and the gradient are those of sorting every pixel; the sort, the
-    largest cost of the loss, shrinks to the pixels not yet fitted (a third to a half of a
-    TGS batch once training has started).
+    largest cost of the loss, shrinks to the pixels not yet fitted (7-10% of a TGS batch for
+    a trained fold: the loss 4x faster, ``bench/bench_lovasz.py``).
     """
     if labels.numel() == 0:
         return logits.sum() * 0.0
