@@ -24,7 +24,9 @@ enough epochs score more than every fold cut to one or two (README). The later f
 (``cv.json``'s ``time_budget`` names them); ``--resume`` with a bigger budget trains them.
 
 The plan is part of the fold's checkpoint (``TrainState.epochs``), so ``--resume`` continues the
-same schedule; ``done.json`` records it (``epochs_planned``, ``fold_budget_s``).
+same schedule; ``done.json`` records it (``epochs_planned``, ``fold_budget_s``). A resumed fold's
+earlier epochs (their ``metrics.csv`` rows, and the part of an epoch stopped by Ctrl-C, which the
+checkpoint keeps as ``TrainState.seconds``) count against its share and its pace goes on from them.
 """
 
 from __future__ import annotations
@@ -176,32 +178,37 @@ def left_out_folds(cfg: "Config", run: "Run") -> list[int]:
     return [k for k in planned_folds(cfg) if k not in trained]
 
 
-def timed_seconds(run: "Run", fold: int, metrics=None) -> tuple[float, float | None]:
+def timed_seconds(run: "Run", fold: int, metrics=None, upto: int | None = None) -> tuple[list[float], float | None]:
     """From the run's ``metrics.csv`` files (:func:`seg_toolkit.plots.read_metrics`, which skips a file
-    being written): the seconds this fold's epochs took so far (after a resume, the rows up to its
-    checkpoint) and the mean epoch time of the run's other folds (None: none timed yet)."""
+    being written): the seconds of this fold's epochs so far, in epoch order (with ``upto``, epochs
+    1..upto only: after a resume, those its checkpoint holds), and the mean epoch time of the run's other
+    folds (None: none timed yet)."""
     from .plots import read_metrics  # lazy: the config check imports this module
 
     df = read_metrics(run.dir) if metrics is None else metrics
     if "seconds" not in df:
-        return 0.0, None
+        return [], None
     mine = df["fold"] == fold
     others = df.loc[~mine, "seconds"].dropna()
-    return float(df.loc[mine, "seconds"].sum()), float(others.mean()) if len(others) else None
+    if upto is not None:
+        mine &= df["epoch"] <= upto
+    return [float(s) for s in df.loc[mine, "seconds"].dropna()], float(others.mean()) if len(others) else None
 
 
-def plan_fold(cfg: "Config", run: "Run", fold: int, state: "TrainState", d: "Dist") -> tuple[FoldBudget | None, float]:
+def plan_fold(cfg: "Config", run: "Run", fold: int, state: "TrainState", d: "Dist") -> tuple[FoldBudget | None, list[float]]:
     """Set ``state.epochs``, the fold's planned epochs: ``train.epochs``, or under ``train.time_budget``
     those that fit the fold's share (:mod:`seg_toolkit.budget`; a resumed fold keeps its plan). Returns
-    the fold's budget (None: no budget) and the seconds its epochs took before a resume."""
+    the fold's budget (None: no budget) and the seconds of the epochs it ran before a resume: they count
+    against its share, and its pace (:func:`epoch_pace`) goes on from them, so the first epoch after a
+    resume, which pays for starting up again (or finishes an interrupted epoch), is one vote of three."""
     if cfg.train.time_budget is None:
         state.epochs = cfg.train.epochs
-        return None, 0.0
+        return None, []
     from .plots import read_metrics  # lazy: the config check imports this module
 
     metrics = read_metrics(run.dir)
     budget = d.broadcast(fold_budget(cfg, first_epoch_seconds(cfg, metrics)))
-    elapsed, epoch_s = timed_seconds(run, fold, metrics)
+    earlier, epoch_s = timed_seconds(run, fold, metrics, upto=state.epoch)
     if state.epochs:
         state.epochs = min(state.epochs, cfg.train.epochs)
     else:
@@ -209,7 +216,7 @@ def plan_fold(cfg: "Config", run: "Run", fold: int, state: "TrainState", d: "Dis
         pace = f"{epoch_s:.1f} s per epoch on the run's other folds" if epoch_s else "no epoch timed yet in this run"
         log.info("fold %d: train.time_budget %s, %s per fold (%s): %d of train.epochs=%d epochs planned", fold,
                  cfg.train.time_budget, format_duration(budget.share_s), pace, state.epochs, cfg.train.epochs)
-    return budget, elapsed
+    return budget, earlier
 
 
 def decide_folds(cfg: "Config", budget: FoldBudget, fold: int, first_epoch_s: float, d: "Dist") -> FoldBudget:
@@ -233,7 +240,7 @@ def decide_folds(cfg: "Config", budget: FoldBudget, fold: int, first_epoch_s: fl
 
 def cut_to_budget(budget: FoldBudget, state: "TrainState", fold: int, elapsed_s: float, epoch_seconds: list[float], d: "Dist") -> bool:
     """After an epoch: cut ``state.epochs`` when the rest, at :func:`epoch_pace` of ``epoch_seconds`` (the times
-    of the fold's epochs in this process), would overrun the fold's share (rank 0 decides for every rank); True
+    of the fold's epochs, those before a resume included), would overrun the fold's share (rank 0 decides for every rank); True
     when it did, and the caller lays the lr schedule out again."""
     pace = epoch_pace(epoch_seconds)
     total = d.broadcast(budget.replan(state.epochs, state.epoch, elapsed_s, pace))

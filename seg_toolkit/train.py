@@ -109,13 +109,13 @@ def train_attempt(cfg: Config, fold: int, samples: list[Sample], folds: pd.DataF
     if resume:
         state = restore(run, fold, model, ema, optimizer, schedule, scaler)
     fresh = state.epoch == 0 and state.batch == 0
-    budget, elapsed = plan_fold(cfg, run, fold, state, d)
+    budget, epoch_seconds = plan_fold(cfg, run, fold, state, d)  # the fold's epochs' times (before a resume too)
+    elapsed = sum(epoch_seconds)
     if fresh and state.epochs != cfg.train.epochs:  # planned shorter from the start: the schedule spans the plan
         schedule = schedule.for_epochs(cfg, optimizer, updates_per_epoch, state.epochs, 0)
     initialised = load_fold_init(cfg, fold, model, ema) if fresh else init_source(cfg, fold)
     forward_model = wrap_for_training(cfg, model, device, d)
 
-    epoch_seconds: list[float] = []  # this process's epochs of the fold: the budget's pace
     with GracefulStop() as stop:
         while state.epoch < state.epochs:
             epoch = state.epoch
@@ -127,6 +127,7 @@ def train_attempt(cfg: Config, fold: int, samples: list[Sample], folds: pd.DataF
                                               state, fold, epoch, device, stop, amp, total_epochs=state.epochs)
             except TrainingInterrupted as e:
                 state.batch += e.batches_done
+                state.seconds += time.perf_counter() - t0  # the epoch's time so far: its row, once resumed, has it all
                 if d.is_main:
                     save_epoch(cfg, run, fold, model, ema, optimizer, schedule, scaler, state, improved=False)
                 raise KeyboardInterrupt(
@@ -139,7 +140,8 @@ def train_attempt(cfg: Config, fold: int, samples: list[Sample], folds: pd.DataF
             schedule.step_epoch(epoch, val_stats["val_score"])
             improved = update_best(state, val_stats["val_score"], epoch, cfg.train.early_stopping_min_delta)
             state.epoch = epoch + 1
-            seconds = time.perf_counter() - t0
+            seconds = time.perf_counter() - t0 + state.seconds  # with the part of an interrupted epoch run before a resume
+            state.seconds = 0.0
             elapsed += seconds
             epoch_seconds.append(seconds)
             if budget is not None and not budget.decided:  # train.min_fold_epochs: the run's first epoch decides the folds

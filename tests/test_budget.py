@@ -162,13 +162,13 @@ def test_a_resumed_fold_keeps_its_plan_and_no_budget_means_train_epochs(demo_roo
     cfg = _cfg(demo_root, tmp_path, "1s", epochs=5)
     run = Run(tmp_path / "empty")
     state = TrainState(epoch=1, epochs=2)  # restored from a checkpoint planned for 2 epochs
-    budget, elapsed = plan_fold(cfg, run, 0, state, Dist())
-    assert (budget.share_s, elapsed, state.epochs) == (0.5, 0.0, 2)
+    budget, earlier = plan_fold(cfg, run, 0, state, Dist())
+    assert (budget.share_s, earlier, state.epochs) == (0.5, [], 2)
     fresh = TrainState()
     plan_fold(cfg, run, 0, fresh, Dist())
     assert fresh.epochs == 5  # nothing timed yet in the run: train.epochs, cut after the first epoch if need be
     unbudgeted = TrainState(epochs=2)
-    assert plan_fold(_cfg(demo_root, tmp_path, None, epochs=5), run, 0, unbudgeted, Dist()) == (None, 0.0)
+    assert plan_fold(_cfg(demo_root, tmp_path, None, epochs=5), run, 0, unbudgeted, Dist()) == (None, [])
     assert unbudgeted.epochs == 5  # train.epochs may grow on --resume, as before
 
 
@@ -180,13 +180,25 @@ def test_timed_seconds_reads_this_folds_time_and_the_others_pace(demo_root, tmp_
         run.fold_dir(k).mkdir(parents=True)
         pd.DataFrame({"fold": k, "epoch": range(1, len(seconds) + 1), "val_score": 0.5, "seconds": seconds}).to_csv(
             run.metrics_csv(k), index=False)
-    assert timed_seconds(run, 1) == (18.0, 20.0)  # 4 + 6 + 8; (10 + 20 + 30) / 3
-    assert timed_seconds(run, 3) == (0.0, 78.0 / 6)  # a fold not started yet
-    assert timed_seconds(Run(tmp_path / "empty"), 0) == (0.0, None)
+    assert timed_seconds(run, 1) == ([4.0, 6.0, 8.0], 20.0)  # its epochs; (10 + 20 + 30) / 3
+    assert timed_seconds(run, 1, upto=2) == ([4.0, 6.0], 20.0)  # those a checkpoint after epoch 2 holds
+    assert timed_seconds(run, 3) == ([], 78.0 / 6)  # a fold not started yet
+    assert timed_seconds(Run(tmp_path / "empty"), 0) == ([], None)
     cfg = _cfg(demo_root, tmp_path, "90s", epochs=9)  # 45 s per fold
     state = TrainState()
-    assert plan_fold(cfg, run, 3, state, Dist())[1] == 0.0
+    assert plan_fold(cfg, run, 3, state, Dist())[1] == []
     assert state.epochs == 3  # floor(45 / 13)
+    resumed = TrainState(epoch=2, epochs=9)  # fold 1 resumed from its checkpoint after epoch 2
+    assert plan_fold(cfg, run, 1, resumed, Dist())[1] == [4.0, 6.0]
+
+
+def test_the_first_epoch_after_a_resume_is_one_vote_of_three():
+    # a fold resumed after 6 epochs of 100 s in a 900 s share (945 with the tolerance), 9 planned: the first
+    # epoch after the resume pays for starting up again (workers, first kernel calls) and takes 130 s
+    b = FoldBudget(share_s=900.0, max_epochs=9)
+    after = [100.0] * 6 + [130.0]
+    assert b.replan(9, 7, 730.0, 130.0) == 8  # at that epoch's pace alone: 730 + 2 x 130 > 945, 7 + floor(170 / 130)
+    assert b.replan(9, 7, 730.0, epoch_pace(after)) == 9  # the median of 100, 100, 130: 730 + 2 x 100 = 930 <= 945
 
 
 # ----------------------------------------------------------------------------- train.min_fold_epochs

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 
+import pandas as pd
 import pytest
 import torch
 
@@ -116,6 +117,12 @@ def test_ctrl_c_saves_a_checkpoint_that_resumes_exactly(demo_root, tmp_path, ref
     assert "fold 0 interrupted in epoch 2 after 2 batches" in stopped.stderr
     ckpt = _weights(runs)
     assert (ckpt["epoch"], ckpt["train_state"]["batch"], ckpt["step"]) == (1, 2, 5)
+    before = ckpt["train_state"]["seconds"]  # the two batches' time, kept for the budget
+    assert before > 0
     resumed = _run(_cfg(demo_root, runs), resume=True)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     _assert_same(_weights(runs), reference)  # the rest of epoch 2 replayed from batch 3 on
+    rows = pd.read_csv(runs / "t" / "fold_0" / "metrics.csv")
+    assert list(rows["epoch"]) == [1, 2, 3]
+    assert rows.loc[1, "seconds"] > before  # epoch 2's row: the time before the stop and after the resume
+    assert _weights(runs)["train_state"]["seconds"] == 0.0
