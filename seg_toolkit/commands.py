@@ -86,6 +86,10 @@ def cmd_cv(args: argparse.Namespace) -> int:
 
 def _print_tune(report: dict) -> None:
     print(f"OOF post-processing ({report['metric']}): {report['before']:.4f} -> {report['after']:.4f}")
+    cf = report.get("cross_fitted")
+    if cf:
+        print(f"  cross-fitted {cf['score']:.4f}: each image scored with what tuning on the others chose ({cf['groups']}); "
+              f"the tuned score's optimism {report['after'] - cf['score']:+.4f}")
     for step in report.get("steps", []):
         if isinstance(step, dict) and "score" in step:
             print(f"  after {step.get('step', '?'):<10} {step['score']:.4f}")

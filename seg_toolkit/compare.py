@@ -1,7 +1,8 @@
 """``seg-toolkit compare``: a leaderboard of run folders, read from the folders alone (no tracker needed).
 
 For every run: the metric, the CV score (``cv.json``), the fold scores' mean +- std and range,
-the CV after tuned post-processing (``postprocess.json``), the TTA (``tta.json``, else
+the CV after tuned post-processing (``postprocess.json``; in brackets its cross-fitted score, tuned on
+other images than those scored), the TTA (``tta.json``, else
 ``predict.tta`` of the saved config), the model, epochs run / configured, the training time
 (the epochs' seconds in ``metrics.csv``), and which runs share a ``folds.csv`` (the same ids in the
 same folds: a group letter A, B, ...; runs of one group can be ensembled). Rows are sorted by CV,
@@ -50,6 +51,7 @@ class RunRow:
     folds_done: int = 0
     n_splits: Optional[int] = None
     tuned: Optional[float] = None
+    tuned_cross_fitted: Optional[float] = None  # postprocess.json's cross_fitted score: tuned without the tuning's luck
     tta: str = "-"
     model: str = "-"
     epochs_run: list[int] = field(default_factory=list)
@@ -149,6 +151,9 @@ def summarize(run: Run) -> RunRow:
     row.folds_done = len(run.completed_folds())
     if pp and isinstance(pp.get("after"), (int, float)):
         row.tuned = float(pp["after"])
+        cf = pp.get("cross_fitted")
+        if isinstance(cf, dict) and isinstance(cf.get("score"), (int, float)):
+            row.tuned_cross_fitted = float(cf["score"])
     if cfg is not None:
         row.n_splits = cfg.folds.n_splits
         if row.metric is None:
@@ -208,16 +213,22 @@ def _epochs(row: RunRow) -> str:
     return f"{done}/{row.epochs_configured if row.epochs_configured is not None else '?'}"
 
 
+def _tuned(row: RunRow) -> str:
+    if row.tuned is None:
+        return "-"
+    return f"{row.tuned:.4f}" + (f" ({row.tuned_cross_fitted:.4f})" if row.tuned_cross_fitted is not None else "")
+
+
 def _cells(rank: int, row: RunRow) -> list[str]:
     st = row.fold_stats
     folds = f"{st[0]:.4f} +- {st[1]:.4f} [{st[2]:.4f}, {st[3]:.4f}]" if st else "-"
     cv = f"{row.cv:.4f}" if row.cv is not None else "missing"
     note = "; ".join(x for x in [row.status, *(["ensemble"] if row.kind == "ensemble" else [])] if x)
-    return [str(rank), row.name, row.metric or "-", cv, folds, f"{row.tuned:.4f}" if row.tuned is not None else "-",
+    return [str(rank), row.name, row.metric or "-", cv, folds, _tuned(row),
             row.tta, row.model, _epochs(row), _duration(row.seconds), row.group, note]
 
 
-HEADER = ["#", "run", "metric", "CV", "folds mean +- std [min, max]", "tuned", "TTA", "model", "epochs", "train time",
+HEADER = ["#", "run", "metric", "CV", "folds mean +- std [min, max]", "tuned (cross-fitted)", "TTA", "model", "epochs", "train time",
           "folds", "note"]
 
 

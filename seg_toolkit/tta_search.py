@@ -131,7 +131,7 @@ def choose_tta(
             raise FileNotFoundError(f"{run.dir}: the completed folds have no validation images in {run.folds_csv}")
         scores, tuned, best, chosen_i = [], [], None, None
         for i, (tta, merge) in enumerate(pairs):
-            report = tune_postprocess(cfg, run.dir, oof_dir=scratch[i], write=False)
+            report = tune_postprocess(cfg, run.dir, oof_dir=scratch[i], write=False, cross_fit=False)
             tuned.append(report)
             n_t = len(expand_tta(tta)) * len(scales)
             scores.append({"tta": tta, "merge": merge, "n_transforms": n_t, "score": report["after"],

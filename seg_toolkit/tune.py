@@ -69,6 +69,7 @@ from .postprocess import PostParams, apply_postprocess, params_from_config
 from .files import read_json, write_json
 from .run import Run
 from .tensors import uint8_to_probs
+from .tune_crossfit import Counts, cross_fitted, crossfit_groups
 from .tune_tables import (
     DEFAULT_MEMORY_BUDGET,
     OOFData,
@@ -125,6 +126,7 @@ def tune_postprocess(
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
     oof_dir: Path | None = None,
     write: bool = True,
+    cross_fit: bool = True,
 ) -> dict:
     """Tune thresholds, min_area and the empty gate on the OOF predictions; write ``postprocess.json``.
 
@@ -136,7 +138,9 @@ def tune_postprocess(
     and what was searched. Never reads test images or test predictions.
 
     ``oof_dir`` (default the run's ``oof/``) and ``write=False`` let ``tune --tta`` tune each
-    TTA candidate's OOF probabilities without touching the run's files.
+    TTA candidate's OOF probabilities without touching the run's files. ``cross_fitted``: the
+    tuned score without the tuning's optimism (:mod:`seg_toolkit.tune_crossfit`; None with
+    ``cross_fit=False`` or too few images).
     """
     t0 = time.perf_counter()
     run = Run(run_dir) if run_dir is not None else Run.of(cfg)
@@ -147,10 +151,16 @@ def tune_postprocess(
     _check_grids(cfg, gate_grid)
     data = OOFData(cfg, run.dir, memory_budget, oof_dir)
 
-    if task == "multiclass":
-        params, steps, fast = _search_multiclass(data, before_params, cfg, metric, empty_score)
-    else:
-        params, steps, fast = _search_sigmoid(data, before_params, cfg, gate_grid, metric, empty_score)
+    tables: dict = {}  # one pass per table, shared by the search and its cross-fitted repeats
+
+    def search(rows: np.ndarray | None = None):
+        if task == "multiclass":
+            return _search_multiclass(data, before_params, cfg, metric, empty_score, rows, tables)
+        return _search_sigmoid(data, before_params, cfg, gate_grid, metric, empty_score, rows, tables)
+
+    params, steps, fast, _ = search()
+    groups = crossfit_groups([it.fold for it in data.items], data.folds) if cross_fit else None
+    crossed = cross_fitted(*groups, lambda rows: search(rows)[::3]) if groups is not None else None
     everything = np.arange(len(data))
     fast_before, fast_after = fast["before"](everything), fast["after"](everything)
     fold_rows = {k: np.array([i for i, it in enumerate(data.items) if it.fold == k]) for k in data.folds}
@@ -170,6 +180,7 @@ def tune_postprocess(
         "before": before,
         "after": after,
         "gain": after - before,
+        "cross_fitted": crossed,
         "steps": steps,
         "fold_scores": {"folds": data.folds, **{name: [fast[name](rows) for rows in fold_rows.values()] for name in ("before", "after")}},
         "before_params": asdict(before_params),
@@ -184,7 +195,8 @@ def tune_postprocess(
     result = {"params": asdict(params), **report}
     if write:
         write_json(run.postprocess_json, result)
-        log.info("tune: %s %.5f -> %.5f on %d OOF images; wrote %s", metric, before, after, len(data), run.postprocess_json)
+        cf = f" (cross-fitted {crossed['score']:.5f}: tuned on other images, {crossed['groups']})" if crossed else ""
+        log.info("tune: %s %.5f -> %.5f%s on %d OOF images; wrote %s", metric, before, after, cf, len(data), run.postprocess_json)
     return result
 
 
@@ -215,9 +227,18 @@ def _step_log(step: str, before: float, after: float, values: dict) -> None:
 
 
 def _search_sigmoid(
-    data: OOFData, start: PostParams, cfg: Config, gate_grid: Sequence[Optional[float]], metric: str, empty_score: str
-) -> tuple[PostParams, list[dict], dict[str, Callable[[np.ndarray], float]]]:
-    """Binary / multilabel: threshold, then min_area, then gate (with threshold), greedy per class."""
+    data: OOFData, start: PostParams, cfg: Config, gate_grid: Sequence[Optional[float]], metric: str, empty_score: str,
+    rows: np.ndarray | None = None, tables: dict | None = None,
+) -> tuple[PostParams, list[dict], dict[str, Callable[[np.ndarray], float]], Counts]:
+    """Binary / multilabel: threshold, then min_area, then gate (with threshold), greedy per class.
+
+    ``rows``: the images whose score the search maximises (None: all; the cross-fitted estimate
+    tunes on some and scores the others); ``tables``: the per-pass tables, shared between such
+    searches (a dict filled on first use). Returns the counts of every image under the chosen
+    parameters too."""
+    quiet = rows is not None
+    rows = slice(None) if rows is None else rows
+    tables = {} if tables is None else tables
     c = data.num_classes
     thr = [float(t) for t in start.threshold]
     area = [int(a) for a in start.min_area]
@@ -232,8 +253,11 @@ def _search_sigmoid(
     all_thr = _candidates(thr[0], [t for cands in thr_cands for t in cands])
     col = {t: j for j, t in enumerate(all_thr)}
 
-    tab = threshold_tables(data, all_thr, area)
-    score = lambda tp, fp: sigmoid_score(tp, fp, tab.pos, tab.n_valid, metric, empty_score)  # noqa: E731
+    if "threshold" not in tables:
+        tables["threshold"] = threshold_tables(data, all_thr, area)
+    tab = tables["threshold"]
+    score = lambda tp, fp: sigmoid_score(tp[rows], fp[rows], tab.pos[rows], tab.n_valid[rows], metric, empty_score)  # noqa: E731
+    log_step = (lambda *a: None) if quiet else _step_log
 
     def at_threshold(k: int, t: float, use_config_area: bool) -> tuple[np.ndarray, np.ndarray]:
         j = col[t]
@@ -273,18 +297,21 @@ def _search_sigmoid(
     for k in range(c):
         thr[k] = greedy(k, [(t, *gated(k, gate[k], *at_threshold(k, t, True))) for t in thr_cands[k]])
     steps.append({"step": "threshold", "score": best, "threshold": list(thr)})
-    _step_log("threshold", prev, best, {"threshold": thr})
+    log_step("threshold", prev, best, {"threshold": thr})
 
     # 2) min_area at the chosen thresholds
     prev = best
     area_cands = [_candidates(area[k], [int(a) for a in cfg.postprocess.min_area_grid]) for k in range(c)]
     all_area = _candidates(area[0], [a for cands in area_cands for a in cands])
     acol = {a: j for j, a in enumerate(all_area)}
-    atp, afp = area_tables(data, thr, all_area)
+    key = ("area", tuple(thr))  # thresholds chosen on other rows are often the same: one pass each
+    if key not in tables:
+        tables[key] = area_tables(data, thr, all_area)
+    atp, afp = tables[key]
     for k in range(c):
         area[k] = greedy(k, [(a, *gated(k, gate[k], atp[:, k, acol[a]], afp[:, k, acol[a]])) for a in area_cands[k]])
     steps.append({"step": "min_area", "score": best, "min_area": list(area)})
-    _step_log("min_area", prev, best, {"min_area": area})
+    log_step("min_area", prev, best, {"min_area": area})
 
     # 3) empty gate on each source (max probability; the classifier when the model has one); with
     # min_area <= 1 the threshold is searched with it (exact from the histograms)
@@ -299,12 +326,11 @@ def _search_sigmoid(
                 else:
                     options += [((t, g, s_), *gated(k, g, *at_threshold(k, t, False), s_)) for t in _candidates(thr[k], thr_cands[k])]
         for s_ in sources:  # the best of each source alone (the others fixed), for the report
-            by_source[s_].append(max(sigmoid_score(*_replace(TP, FP, k, tp_k, fp_k), tab.pos, tab.n_valid, metric, empty_score)
-                                     for (_, g, s2), tp_k, fp_k in options if s2 == s_ or g is None))
+            by_source[s_].append(max(score(*_replace(TP, FP, k, tp_k, fp_k)) for (_, g, s2), tp_k, fp_k in options if s2 == s_ or g is None))
         thr[k], gate[k], src[k] = greedy(k, options)
     steps.append({"step": "empty_gate", "score": best, "empty_gate": list(gate), "gate_source": list(src),
                   "threshold": list(thr), "best_by_source": by_source})
-    _step_log("empty_gate", prev, best, {"empty_gate": gate, "gate_source": src, "threshold": thr,
+    log_step("empty_gate", prev, best, {"empty_gate": gate, "gate_source": src, "threshold": thr,
                                          **{f"best with {s_}": [round(v, 5) for v in by_source[s_]] for s_ in sources}})
 
     def scorer(tp: np.ndarray, fp: np.ndarray) -> Callable[[np.ndarray], float]:
@@ -312,24 +338,33 @@ def _search_sigmoid(
         return lambda rows: sigmoid_score(tp[rows], fp[rows], tab.pos[rows], tab.n_valid[rows], metric, empty_score)
 
     fast = {"before": scorer(*start_counts), "after": scorer(TP, FP)}
-    return PostParams(threshold=thr, min_area=area, empty_gate=gate, gate_source=src), steps, fast
+    counts = Counts(lambda tp_fp: sigmoid_score(*tp_fp, tab.pos, tab.n_valid, metric, empty_score), (TP, FP))
+    return PostParams(threshold=thr, min_area=area, empty_gate=gate, gate_source=src), steps, fast, counts
 
 
 def _search_multiclass(
-    data: OOFData, start: PostParams, cfg: Config, metric: str, empty_score: str
-) -> tuple[PostParams, list[dict], dict[str, Callable[[np.ndarray], float]]]:
-    """Multiclass: only min_area per class 1..C-1 (the argmax decides the class: no threshold, no gate)."""
+    data: OOFData, start: PostParams, cfg: Config, metric: str, empty_score: str,
+    rows: np.ndarray | None = None, tables: dict | None = None,
+) -> tuple[PostParams, list[dict], dict[str, Callable[[np.ndarray], float]], Counts]:
+    """Multiclass: only min_area per class 1..C-1 (the argmax decides the class: no threshold, no gate).
+    ``rows`` and ``tables`` as :func:`_search_sigmoid`'s."""
+    quiet = rows is not None
+    rows = slice(None) if rows is None else rows
+    tables = {} if tables is None else tables
     c = data.num_classes
     area = [int(a) for a in start.min_area]
     area_cands = [_candidates(area[k], [int(a) for a in cfg.postprocess.min_area_grid]) for k in range(c)]
     all_area = _candidates(area[0], [a for cands in area_cands for a in cands])
     acol = {a: j for j, a in enumerate(all_area)}
-    tab = multiclass_tables(data, all_area)
+    if "multiclass" not in tables:
+        tables["multiclass"] = multiclass_tables(data, all_area)
+    tab = tables["multiclass"]
+    score = lambda cm: multiclass_score(cm[rows], metric, empty_score)  # noqa: E731
     conf = tab.base.copy()
     for k in range(1, c):
         idx, gone = tab.removed[k]
         move_to_background(conf, idx, gone[:, acol[area[k]]], k)
-    best = multiclass_score(conf, metric, empty_score)
+    best = score(conf)
     start_conf = conf
     skipped = {"score": best, "skipped": "multiclass: the argmax decides the class"}
     steps: list[dict] = [{"step": "threshold", **skipped}]
@@ -341,16 +376,18 @@ def _search_multiclass(
         for a in area_cands[k][1:]:
             trial = conf.copy()
             move_to_background(trial, idx, gone[:, acol[a]] - gone[:, cur], k)
-            s = multiclass_score(trial, metric, empty_score)
+            s = score(trial)
             if _better(s, best):
                 best, conf, cur, area[k] = s, trial, acol[a], a
     steps.append({"step": "min_area", "score": best, "min_area": list(area)})
-    _step_log("min_area", prev, best, {"min_area": area})
+    if not quiet:
+        _step_log("min_area", prev, best, {"min_area": area})
     steps.append({"step": "empty_gate", **{**skipped, "score": best}})
     scorer = lambda cm: lambda rows: multiclass_score(cm[rows], metric, empty_score)  # noqa: E731
     fast = {"before": scorer(start_conf), "after": scorer(conf)}
+    counts = Counts(lambda cm: multiclass_score(cm[0], metric, empty_score), (conf,))
     return PostParams(threshold=list(start.threshold), min_area=area, empty_gate=list(start.empty_gate),
-                      gate_source=list(start.gate_source)), steps, fast
+                      gate_source=list(start.gate_source)), steps, fast, counts
 
 
 # ----------------------------------------------------------------------------- exact scores

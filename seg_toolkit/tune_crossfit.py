@@ -1,0 +1,76 @@
+"""How much of the tuned CV is the tuning's own luck: post-processing tuned on some OOF images, scored on the others.
+
+``tune`` picks thresholds, min_area and gates that maximise the CV on the OOF images, and then
+reports the CV of those same images (``after``): an estimate biased upwards, by more the fewer the
+images and the more candidates searched. The cross-fitted score removes that bias: the images are
+split into groups; for each group the same search runs on the other groups' images only, and the
+group is scored with what they chose; the groups' counts, each under its own parameters, are scored
+together by the run's metric (exactly, as ``after`` is: per-image metrics average over all images,
+``miou`` and pixel accuracy sum the confusion counts of all of them).
+
+The groups are the run's folds when at least :data:`MIN_FOLDS` are done (so images a
+``folds.method: group`` split keeps together stay together, and each group's predictions come from
+a model the tuning did not see, as a test set's do); otherwise (one or two folds trained, e.g. under
+``train.min_fold_epochs``) :data:`GROUPS` groups drawn from a seeded permutation of the images.
+
+``postprocess.json`` keeps it as ``cross_fitted`` (``score``, how the groups were made and the
+parameters each group's search chose, whose spread shows how stable the tuning is).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+
+__all__ = ["Counts", "crossfit_groups", "cross_fitted", "GROUPS", "MIN_FOLDS", "MIN_IMAGES", "SEED"]
+
+#: Random groups when fewer than MIN_FOLDS folds are done.
+GROUPS = 5
+MIN_FOLDS = 3
+#: Fewer OOF images than this: no cross-fitted score (a group would hold one or two images).
+MIN_IMAGES = 10
+SEED = 0
+
+
+@dataclass
+class Counts:
+    """Per-image counts of every OOF image under one post-processing: ``arrays``, each indexed by image
+    first (binary / multilabel: TP and FP per image and class; multiclass: the per-image confusion), and
+    ``score``, the run's metric of such arrays."""
+
+    score: Callable[[tuple[np.ndarray, ...]], float]
+    arrays: tuple[np.ndarray, ...]
+
+
+def crossfit_groups(image_folds: Sequence[int], done_folds: Sequence[int]) -> tuple[np.ndarray, str] | None:
+    """Each image's group (0..k-1) and how the groups were made; None with fewer than :data:`MIN_IMAGES` images."""
+    n = len(image_folds)
+    if n < MIN_IMAGES:
+        return None
+    if len(done_folds) >= MIN_FOLDS:
+        index = {k: g for g, k in enumerate(done_folds)}
+        return np.array([index[k] for k in image_folds], np.int64), "folds"
+    perm = np.random.default_rng(SEED).permutation(n)
+    groups = np.empty(n, np.int64)
+    groups[perm] = np.arange(n) % GROUPS
+    return groups, f"random: {GROUPS} groups, seed {SEED}"
+
+
+def cross_fitted(groups: np.ndarray, how: str, search: Callable[[np.ndarray], tuple[object, Counts]]) -> dict:
+    """``search(rows)`` tunes on the images ``rows`` and returns its parameters and every image's counts
+    under them; each group is scored with the parameters tuned without it."""
+    assembled: list[np.ndarray] | None = None
+    chosen = []
+    counts = None
+    for g in range(int(groups.max()) + 1):
+        held = groups == g
+        params, counts = search(np.flatnonzero(~held))
+        if assembled is None:
+            assembled = [a.copy() for a in counts.arrays]
+        for whole, part in zip(assembled, counts.arrays):
+            whole[held] = part[held]
+        chosen.append(asdict(params))
+    assert counts is not None and assembled is not None
+    return {"score": float(counts.score(tuple(assembled))), "groups": how, "n_groups": len(chosen), "params": chosen}
