@@ -126,7 +126,7 @@ def tune_postprocess(
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
     oof_dir: Path | None = None,
     write: bool = True,
-    cross_fit: bool = True,
+    cross_fit: bool | None = None,
 ) -> dict:
     """Tune thresholds, min_area and the empty gate on the OOF predictions; write ``postprocess.json``.
 
@@ -140,7 +140,7 @@ def tune_postprocess(
     ``oof_dir`` (default the run's ``oof/``) and ``write=False`` let ``tune --tta`` tune each
     TTA candidate's OOF probabilities without touching the run's files. ``cross_fitted``: the
     tuned score without the tuning's optimism (:mod:`seg_toolkit.tune_crossfit`; None with
-    ``cross_fit=False`` or too few images).
+    ``cross_fit=False``, default ``postprocess.cross_fit``, or too few images).
     """
     t0 = time.perf_counter()
     run = Run(run_dir) if run_dir is not None else Run.of(cfg)
@@ -159,6 +159,7 @@ def tune_postprocess(
         return _search_sigmoid(data, before_params, cfg, gate_grid, metric, empty_score, rows, tables)
 
     params, steps, fast, _ = search()
+    cross_fit = cfg.postprocess.cross_fit if cross_fit is None else cross_fit
     groups = crossfit_groups([it.fold for it in data.items], data.folds) if cross_fit else None
     crossed = cross_fitted(*groups, lambda rows: search(rows)[::3]) if groups is not None else None
     everything = np.arange(len(data))

@@ -91,6 +91,10 @@ def test_the_tta_chooser_skips_it_and_tiny_runs_have_none(tmp_path):
     truths, oofs, fold_of = gate_problem()
     cfg = write_run(tmp_path / "b", "binary", 1, truths, oofs, fold_of, done=[0, 1], n_splits=2)
     assert tune_postprocess(cfg, write=False, cross_fit=False)["cross_fitted"] is None
+    cfg.postprocess.cross_fit = False  # the config's switch, for OOF sets too big to search 5 more times
+    assert tune_postprocess(cfg, write=False)["cross_fitted"] is None
+    cfg.postprocess.cross_fit = True
+    assert tune_postprocess(cfg, write=False)["cross_fitted"]["n_groups"] == GROUPS
 
 
 def test_multiclass_miou_sums_each_images_confusion_under_its_own_groups_min_area(tmp_path):
