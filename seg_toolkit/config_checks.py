@@ -145,6 +145,12 @@ def _check_postprocess(cfg: Config) -> None:
     if not p.min_area_grid:
         raise ConfigError("postprocess.min_area_grid: give at least one area, e.g. [0, 10, 50, 100]")
     _check_non_negative(p.min_area_grid, "postprocess.min_area_grid")
+    bad = [w for w in p.class_weight_grid if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 < w < float("inf")]
+    if bad:
+        raise ConfigError(f"postprocess.class_weight_grid: expected positive weights (e.g. [0.6, 0.8, 1.25, 1.6]), got {bad}")
+    if p.class_weight_grid and cfg.data.task != "multiclass":
+        raise ConfigError(f"postprocess.class_weight_grid: weighs a multiclass argmax; data.task is {cfg.data.task} "
+                          "(tune its thresholds: postprocess.threshold_grid)")
 
 
 def _submitted_classes(cfg: Config) -> list[int]:

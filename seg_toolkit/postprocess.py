@@ -1,7 +1,9 @@
 """Turning probabilities into the masks that are submitted.
 
 Parameters (one value per class): probability ``threshold``, ``min_area`` (connected
-components with fewer pixels are dropped) and, for binary/multilabel, an image-level
+components with fewer pixels are dropped), for multiclass a ``class_weight`` (the label is the
+argmax of weight x probability: a rare class's pixels won back from its neighbours; tuned on OOF
+from ``postprocess.class_weight_grid``) and, for binary/multilabel, an image-level
 ``empty_gate`` (a class is left empty unless its gate score reaches the gate) with its
 ``gate_source``: the class's max probability (``max_prob``), or the probability of the
 empty-mask classifier (``classifier``, a model trained with ``model.classifier``).
@@ -34,6 +36,7 @@ class PostParams:
     min_area: list[int]
     empty_gate: list[float | None]
     gate_source: list[str] = field(default_factory=list)  # per class; empty = max_prob everywhere (older files)
+    class_weight: list[float] = field(default_factory=list)  # multiclass: argmax of weight x probability; empty = all 1
 
     def __post_init__(self) -> None:
         if not self.gate_source:
@@ -41,6 +44,15 @@ class PostParams:
         bad = [g for g in self.gate_source if g not in GATE_SOURCES]
         if bad or len(self.gate_source) != len(self.empty_gate):
             raise ValueError(f"gate_source: expected one of {GATE_SOURCES} per class, got {self.gate_source!r}")
+        if not self.class_weight:
+            self.class_weight = [1.0] * len(self.threshold)
+        self.class_weight = [float(w) for w in self.class_weight]
+        if len(self.class_weight) != len(self.threshold) or not all(0 < w < float("inf") for w in self.class_weight):
+            raise ValueError(f"class_weight: expected a positive weight per class, got {self.class_weight!r}")
+
+    def weighted(self) -> bool:
+        """Whether the multiclass argmax weighs the classes (any weight other than 1)."""
+        return any(w != 1.0 for w in self.class_weight)
 
     def for_class(self, c: int) -> tuple[float, int, float | None]:
         return self.threshold[c], self.min_area[c], self.empty_gate[c]
@@ -107,11 +119,13 @@ def apply_postprocess(probs: np.ndarray, task: str, params: PostParams, presence
     """Masks from probabilities ``(C, H, W)`` (and the classifier's ``presence`` ``(C,)``, a NumPy array
     or a CPU tensor as the predictor yields it, which a ``gate_source: classifier`` needs).
 
-    Binary/multilabel -> ``uint8 (C, H, W)``; multiclass -> ``uint8 (H, W)`` label map, where
-    small components of a class become background (class 0).
+    Binary/multilabel -> ``uint8 (C, H, W)``; multiclass -> ``uint8 (H, W)`` label map: the argmax
+    of ``class_weight[c] x probs[c]`` (float32; all weights 1: the plain argmax), where small
+    components of a class then become background (class 0).
     """
     if task == "multiclass":
-        label = probs.argmax(axis=0).astype(np.uint8)
+        scores = probs * np.asarray(params.class_weight, np.float32)[:, None, None] if params.weighted() else probs
+        label = scores.argmax(axis=0).astype(np.uint8)
         for c in range(1, probs.shape[0]):
             _, area, _ = params.for_class(c)
             if area > 1:

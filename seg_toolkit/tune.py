@@ -70,6 +70,7 @@ from .files import read_json, write_json
 from .run import Run
 from .tensors import uint8_to_probs
 from .tune_crossfit import Counts, cross_fitted, crossfit_groups
+from .tune_weights import search_class_weights
 from .tune_tables import (
     DEFAULT_MEMORY_BUDGET,
     OOFData,
@@ -347,28 +348,40 @@ def _search_multiclass(
     data: OOFData, start: PostParams, cfg: Config, metric: str, empty_score: str,
     rows: np.ndarray | None = None, tables: dict | None = None,
 ) -> tuple[PostParams, list[dict], dict[str, Callable[[np.ndarray], float]], Counts]:
-    """Multiclass: only min_area per class 1..C-1 (the argmax decides the class: no threshold, no gate).
-    ``rows`` and ``tables`` as :func:`_search_sigmoid`'s."""
+    """Multiclass: with ``postprocess.class_weight_grid`` the argmax's class weights (:mod:`seg_toolkit.tune_weights`),
+    then min_area per class 1..C-1 (the argmax decides the class: no threshold, no gate). ``rows`` and
+    ``tables`` as :func:`_search_sigmoid`'s."""
     quiet = rows is not None
     rows = slice(None) if rows is None else rows
     tables = {} if tables is None else tables
     c = data.num_classes
+    score = lambda cm: multiclass_score(cm[rows], metric, empty_score)  # noqa: E731
+    skipped = {"skipped": "multiclass: the argmax decides the class"}
+    steps: list[dict] = []
+    weights, start_conf = list(start.class_weight), None
+    grid = [float(w) for w in cfg.postprocess.class_weight_grid]
+    if grid:
+        weights, weighted_best, start_conf = search_class_weights(data, start, grid, score, tables)
+        steps.append({"step": "threshold", "score": score(start_conf), **skipped})
+        steps.append({"step": "class_weight", "score": weighted_best, "class_weight": list(weights)})
+        if not quiet:
+            _step_log("class_weight", steps[0]["score"], weighted_best, {"class_weight": weights})
     area = [int(a) for a in start.min_area]
     area_cands = [_candidates(area[k], [int(a) for a in cfg.postprocess.min_area_grid]) for k in range(c)]
     all_area = _candidates(area[0], [a for cands in area_cands for a in cands])
     acol = {a: j for j, a in enumerate(all_area)}
-    if "multiclass" not in tables:
-        tables["multiclass"] = multiclass_tables(data, all_area)
-    tab = tables["multiclass"]
-    score = lambda cm: multiclass_score(cm[rows], metric, empty_score)  # noqa: E731
+    key = ("multiclass", tuple(weights))
+    if key not in tables:
+        tables[key] = multiclass_tables(data, all_area, weights)
+    tab = tables[key]
     conf = tab.base.copy()
     for k in range(1, c):
         idx, gone = tab.removed[k]
         move_to_background(conf, idx, gone[:, acol[area[k]]], k)
     best = score(conf)
-    start_conf = conf
-    skipped = {"score": best, "skipped": "multiclass: the argmax decides the class"}
-    steps: list[dict] = [{"step": "threshold", **skipped}]
+    if start_conf is None:
+        start_conf = conf
+        steps.append({"step": "threshold", "score": best, **skipped})
 
     prev = best
     for k in range(1, c):
@@ -383,12 +396,12 @@ def _search_multiclass(
     steps.append({"step": "min_area", "score": best, "min_area": list(area)})
     if not quiet:
         _step_log("min_area", prev, best, {"min_area": area})
-    steps.append({"step": "empty_gate", **{**skipped, "score": best}})
+    steps.append({"step": "empty_gate", "score": best, **skipped})
     scorer = lambda cm: lambda rows: multiclass_score(cm[rows], metric, empty_score)  # noqa: E731
     fast = {"before": scorer(start_conf), "after": scorer(conf)}
     counts = Counts(lambda cm: multiclass_score(cm[0], metric, empty_score), (conf,))
     return PostParams(threshold=list(start.threshold), min_area=area, empty_gate=list(start.empty_gate),
-                      gate_source=list(start.gate_source)), steps, fast, counts
+                      gate_source=list(start.gate_source), class_weight=weights), steps, fast, counts
 
 
 # ----------------------------------------------------------------------------- exact scores

@@ -306,13 +306,16 @@ class MulticlassTables:
     removed: dict[int, tuple[np.ndarray, np.ndarray]]
 
 
-def multiclass_tables(data: OOFData, areas: Sequence[int]) -> MulticlassTables:
-    """One pass: argmax confusion per image, and per class the pixels each min_area removes."""
+def multiclass_tables(data: OOFData, areas: Sequence[int], class_weight: Sequence[float] | None = None) -> MulticlassTables:
+    """One pass: argmax confusion per image, and per class the pixels each min_area removes; with
+    ``class_weight`` (not all 1) the argmax of weight x probability, as :func:`apply_postprocess` takes it."""
     n, c = len(data), data.num_classes
+    weights = None if class_weight is None or all(w == 1.0 for w in class_weight) else np.asarray(class_weight, np.float32)
     base = np.zeros((n, c, c), np.int64)
     rows: dict[int, list[tuple[int, np.ndarray]]] = {k: [] for k in range(1, c)}
     for i, (_, q, truth) in enumerate(data.iterate("tune: components")):
-        label = q.argmax(0)  # same as the argmax of q / 255: the map is strictly increasing
+        # unweighted: the argmax of q / 255 (the map is strictly increasing); weighted: in float32, as apply_postprocess
+        label = q.argmax(0) if weights is None else (uint8_to_probs(q) * weights[:, None, None]).argmax(0)
         valid = truth != IGNORE_INDEX
         base[i] = np.bincount(truth[valid].astype(np.int64) * c + label[valid], minlength=c * c).reshape(c, c)
         tcode = np.where(valid, truth, c)

@@ -174,7 +174,8 @@ def test_blobs_threshold_and_min_area_improve_oof(blob_run):
     assert steps["min_area"]["score"] == 1.0
     assert steps["empty_gate"]["empty_gate"] == [None] and steps["empty_gate"]["score"] == 1.0
     assert report["after"] == 1.0 and report["after"] - report["before"] > 0.57  # measured gain 0.5711
-    assert report["params"] == {"threshold": [0.6], "min_area": [10], "empty_gate": [None], "gate_source": ["max_prob"]}
+    assert report["params"] == {"threshold": [0.6], "min_area": [10], "empty_gate": [None], "gate_source": ["max_prob"],
+                                "class_weight": [1.0]}
 
     # the chosen parameters remove every blob and reproduce the truth exactly
     params = load_params(cfg, cfg.run_dir)
@@ -413,7 +414,8 @@ def test_min_area_components_equal_brute_force():
         assert np.array_equal(tab.area_tp[1][:, j], ref.tp[:, 1]) and np.array_equal(tab.area_fp[1][:, j], ref.fp[:, 1])
 
 
-def test_multiclass_tables_equal_brute_force():
+@pytest.mark.parametrize("weights", [None, [1.0, 1.6, 0.7]])
+def test_multiclass_tables_equal_brute_force(weights):
     rng = np.random.default_rng(13)
     qs, truths = [], []
     for k in range(5):
@@ -424,10 +426,10 @@ def test_multiclass_tables_equal_brute_force():
         qs.append(q)
         truths.append(t)
     areas = [0, 1, 3, 8, 20]
-    tab = multiclass_tables(Stub(qs, truths, 3), areas)
+    tab = multiclass_tables(Stub(qs, truths, 3), areas, weights)
     for a1 in range(len(areas)):
         for a2 in range(len(areas)):
-            params = PostParams([0.5] * 3, [0, areas[a1], areas[a2]], [None] * 3)
+            params = PostParams([0.5] * 3, [0, areas[a1], areas[a2]], [None] * 3, class_weight=weights or [])
             pred = np.stack([apply_postprocess(uint8_to_probs(q), "multiclass", params) for q in qs])
             conf = tab.base.copy()
             for k, j in ((1, a1), (2, a2)):
