@@ -306,6 +306,11 @@ class MulticlassTables:
     removed: dict[int, tuple[np.ndarray, np.ndarray]]
 
 
+def confusion(truth: np.ndarray, label: np.ndarray, c: int) -> np.ndarray:
+    """``(C, C)`` pixel counts, rows truth, of the (non-void) ``truth`` and ``label`` pixels given."""
+    return np.bincount(truth.astype(np.int64) * c + label, minlength=c * c).reshape(c, c)
+
+
 def multiclass_tables(data: OOFData, areas: Sequence[int], class_weight: Sequence[float] | None = None) -> MulticlassTables:
     """One pass: argmax confusion per image, and per class the pixels each min_area removes; with
     ``class_weight`` (not all 1) the argmax of weight x probability, as :func:`apply_postprocess` takes it."""
@@ -317,7 +322,7 @@ def multiclass_tables(data: OOFData, areas: Sequence[int], class_weight: Sequenc
         # unweighted: the argmax of q / 255 (the map is strictly increasing); weighted: in float32, as apply_postprocess
         label = q.argmax(0) if weights is None else (uint8_to_probs(q) * weights[:, None, None]).argmax(0)
         valid = truth != IGNORE_INDEX
-        base[i] = np.bincount(truth[valid].astype(np.int64) * c + label[valid], minlength=c * c).reshape(c, c)
+        base[i] = confusion(truth[valid], label[valid], c)
         tcode = np.where(valid, truth, c)
         for k in range(1, c):
             mask = label == k

@@ -19,6 +19,7 @@ import numpy as np
 from .config import IGNORE_INDEX
 from .postprocess import PostParams, apply_postprocess
 from .tensors import uint8_to_probs
+from .tune_tables import confusion
 
 __all__ = ["weighted_confusion", "coordinate_confusions", "search_class_weights", "ROUNDS", "CACHE_BYTES"]
 
@@ -38,7 +39,7 @@ def weighted_confusion(data, weights: Sequence[float], min_area: Sequence[int]) 
     for i, (_, q, truth) in enumerate(data.iterate("tune: class weights")):
         label = apply_postprocess(uint8_to_probs(q), "multiclass", params)
         valid = truth != IGNORE_INDEX
-        out[i] = np.bincount(truth[valid].astype(np.int64) * c + label[valid], minlength=c * c).reshape(c, c)
+        out[i] = confusion(truth[valid], label[valid], c)
     return out
 
 
@@ -58,11 +59,10 @@ def coordinate_confusions(data, weights: Sequence[float], k: int, candidates: Se
         a = np.asarray(others)[rest.argmax(0)]
         m = rest.max(0)
         valid = truth != IGNORE_INDEX
-        t, a_v, m_v, pk = truth[valid].astype(np.int64) * c, a[valid], m[valid], probs[k][valid]
+        t, a_v, m_v, pk = truth[valid], a[valid], m[valid], probs[k][valid]
         for g, wk in enumerate(cand):
             v = pk * wk
-            label = np.where((v > m_v) | ((v == m_v) & (k < a_v)), k, a_v)
-            out[g, i] = np.bincount(t + label, minlength=c * c).reshape(c, c)
+            out[g, i] = confusion(t, np.where((v > m_v) | ((v == m_v) & (k < a_v)), k, a_v), c)
     return out
 
 
@@ -89,7 +89,7 @@ def search_class_weights(data, start: PostParams, grid: Sequence[float], score: 
         return keep(key, np.stack([weighted_confusion(data, weights[:k] + [v] + weights[k + 1:], start.min_area) for v in values]))
 
     weights = list(start.class_weight)
-    first = candidates_of(weights, 1, [weights[1]])[0] if data.num_classes > 1 else weighted_confusion(data, weights, start.min_area)
+    first = candidates_of(weights, 1, [weights[1]])[0]  # multiclass: at least 2 classes
     best = score(first)
     values = [float(w) for w in grid]
     for _ in range(ROUNDS):
