@@ -75,6 +75,7 @@ from .tune_tables import (
     DEFAULT_MEMORY_BUDGET,
     OOFData,
     area_tables,
+    better,
     gate_open,
     move_to_background,
     multiclass_score,
@@ -89,7 +90,6 @@ __all__ = ["tune_postprocess", "GATE_GRID"]
 
 #: Empty-gate candidates (None = no gate). A gate at or below a class's threshold changes nothing.
 GATE_GRID: tuple[Optional[float], ...] = (None, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95)
-_EPS = 1e-12  # a candidate must beat the incumbent by more than this to replace it
 
 
 # ----------------------------------------------------------------------------- search helpers
@@ -99,12 +99,6 @@ def _replace(tp: np.ndarray, fp: np.ndarray, k: int, tp_k: np.ndarray, fp_k: np.
     tp, fp = tp.copy(), fp.copy()
     tp[:, k], fp[:, k] = tp_k, fp_k
     return tp, fp
-
-
-def _better(score: float, best: float) -> bool:
-    if math.isnan(score):
-        return False
-    return math.isnan(best) or score > best + _EPS
 
 
 def _candidates(current: object, grid: Sequence) -> list:
@@ -289,7 +283,7 @@ def _search_sigmoid(
         chosen, best_cols = None, None
         for value, tp_k, fp_k in options:
             s = score(*_replace(TP, FP, k, tp_k, fp_k))
-            if best_cols is None or _better(s, best):
+            if best_cols is None or better(s, best):
                 chosen, best_cols, best = value, (tp_k, fp_k), s
         TP[:, k], FP[:, k] = best_cols
         return chosen
@@ -391,7 +385,7 @@ def _search_multiclass(
             trial = conf.copy()
             move_to_background(trial, idx, gone[:, acol[a]] - gone[:, cur], k)
             s = score(trial)
-            if _better(s, best):
+            if better(s, best):
                 best, conf, cur, area[k] = s, trial, acol[a], a
     steps.append({"step": "min_area", "score": best, "min_area": list(area)})
     if not quiet:

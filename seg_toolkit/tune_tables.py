@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["OOFData", "OOFItem", "DEFAULT_MEMORY_BUDGET", "threshold_cut", "sigmoid_score", "multiclass_score",
            "ThresholdTables", "threshold_tables", "area_tables", "gate_open", "MulticlassTables", "multiclass_tables",
-           "move_to_background"]
+           "move_to_background", "confusion", "better", "EPS"]
 
 #: OOF arrays + targets are kept in memory when they fit in this many bytes, else re-read per pass.
 DEFAULT_MEMORY_BUDGET = 1 << 30
@@ -149,6 +149,17 @@ class OOFData:
 
 
 # ----------------------------------------------------------------------------- scoring counts
+
+
+#: a candidate must beat the incumbent by more than this to replace it
+EPS = 1e-12
+
+
+def better(score: float, best: float) -> bool:
+    """Whether a search's candidate ``score`` replaces the incumbent ``best`` (NaN never wins; anything beats NaN)."""
+    if math.isnan(score):
+        return False
+    return math.isnan(best) or score > best + EPS
 
 
 def threshold_cut(threshold: float) -> int:

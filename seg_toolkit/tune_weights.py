@@ -19,7 +19,7 @@ import numpy as np
 from .config import IGNORE_INDEX
 from .postprocess import PostParams, apply_postprocess
 from .tensors import uint8_to_probs
-from .tune_tables import confusion
+from .tune_tables import better, confusion
 
 __all__ = ["weighted_confusion", "coordinate_confusions", "search_class_weights", "ROUNDS", "CACHE_BYTES"]
 
@@ -99,7 +99,7 @@ def search_class_weights(data, start: PostParams, grid: Sequence[float], score: 
                 if v == weights[k]:
                     continue
                 s = score(conf)
-                if not np.isnan(s) and (np.isnan(best) or s > best + 1e-12):
+                if better(s, best):
                     best, weights, moved = s, weights[:k] + [v] + weights[k + 1:], True
         if not moved:
             break
