@@ -129,11 +129,14 @@ def _tune_tta(cfg: Config) -> None:
 
     resolve_device(cfg.train.device)
     r = choose_tta(cfg)
-    print(f"\nOOF TTA choice ({r['metric']}, {r['n_images']} OOF images, folds {r['folds']}; post-processing tuned per candidate):")
-    print(f"  {'tta':<34} {'merge':<11} {'transforms':>10} {'untuned':>8} {'tuned':>8}")
+    by = r["chosen_by"].replace("_", "-")
+    print(f"\nOOF TTA choice ({r['metric']}, {r['n_images']} OOF images, folds {r['folds']}; post-processing tuned per candidate; "
+          f"chosen by the {by} score):")
+    print(f"  {'tta':<34} {'merge':<11} {'transforms':>10} {'untuned':>8} {'tuned':>8} {'cross-fitted':>12}")
     for s in r["scores"]:
         mark = "  <- chosen" if (s["tta"], s["merge"]) == (r["tta"], r["merge"]) else ""
-        print(f"  {' '.join(s['tta']):<34} {s['merge']:<11} {s['n_transforms']:>10} {s['untuned']:>8.4f} {s['score']:>8.4f}{mark}")
+        cf = f"{s['cross_fitted']:>12.4f}" if s["cross_fitted"] is not None else f"{'-':>12}"
+        print(f"  {' '.join(s['tta']):<34} {s['merge']:<11} {s['n_transforms']:>10} {s['untuned']:>8.4f} {s['score']:>8.4f} {cf}{mark}")
     run = Run.of(cfg)
     print(f"written to {run.tta_json}; the run's OOF files, cv.json and postprocess.json are now the chosen TTA's")
     _print_tune(read_json(run.postprocess_json))

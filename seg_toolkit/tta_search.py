@@ -10,9 +10,14 @@ run's ``oof/``, its tuning ``postprocess.json``, and the pair ``tta.json``, whic
 :func:`seg_toolkit.predictor.tta_settings` reads, so ``predict``, ``ensemble`` and
 ``evaluate`` follow it; cv.json is rescored. Test images are never read.
 
-Both scores are reported for every candidate: ``score`` (tuned on its own OOF, which is
-what decides) and ``untuned`` (the config's post-processing). Tuning a few parameters on
-thousands of OOF images overfits little; with few images, read the gap between the two.
+Three scores are reported for every candidate: ``untuned`` (the config's post-processing),
+``score`` (tuned on its own OOF) and ``cross_fitted`` (each group of OOF images post-processed
+with what was tuned on the others, :mod:`seg_toolkit.tune_crossfit`). The cross-fitted score
+decides: it is the tuned score without the tuning's luck, which differs between candidates
+(a candidate whose probabilities let the search fit noise would otherwise win on that). With
+``postprocess.cross_fit: false`` or too few OOF images to group, the tuned score decides;
+``chosen_by`` says which did. The winner's ``postprocess.json`` is its full tuning report,
+cross-fitted score included, as ``tune`` writes it.
 
 Work is shared: for each batch, every distinct (transform, scale) variant over all
 candidates is run through the model once (batched like :func:`~seg_toolkit.tta.tta_predict`,
@@ -21,7 +26,7 @@ are merged for each (candidate, merge) with :func:`~seg_toolkit.tta.merge_logits
 ``identity`` runs once, not once per candidate and merge mode. Memory holds one batch's
 logits per distinct variant.
 
-Ties (equal score) go to the candidate with fewer transforms, then to the earlier one
+Ties (equal deciding score) go to the candidate with fewer transforms, then to the earlier one
 (candidates in the order given, merge modes in the order given).
 """
 
@@ -84,13 +89,15 @@ def choose_tta(
     candidates: Sequence[Sequence[str]] | None = None,
     merges: Sequence[str] | None = None,
 ) -> dict:
-    """Score every (TTA set, merge mode) by its tuned OOF score; make the winner the run's OOF.
+    """Score every (TTA set, merge mode) by its tuned OOF score, cross-fitted; make the winner the run's OOF.
 
     Returns what ``tta.json`` holds: ``tta`` and ``merge`` (the choice), ``score`` (its OOF
-    score after post-processing tuned on its own probabilities), ``metric``, ``scores`` (one
-    entry per pair: ``tta``, ``merge``, ``n_transforms``, ``score`` (tuned), ``untuned`` (with
-    the config's post-processing), ``fold_scores``), ``folds``, ``n_images``, ``scales``,
-    ``forward_passes``. ``predict.scales`` combine with every candidate, as in prediction.
+    score after post-processing tuned on its own probabilities), ``cross_fitted`` (that score
+    cross-fitted, or None), ``chosen_by`` (``"cross_fitted"`` or ``"tuned"``: which decided),
+    ``metric``, ``scores`` (one entry per pair: ``tta``, ``merge``, ``n_transforms``, ``score``
+    (tuned), ``untuned`` (with the config's post-processing), ``cross_fitted``,
+    ``fold_scores``), ``folds``, ``n_images``, ``scales``, ``forward_passes``.
+    ``predict.scales`` combine with every candidate, as in prediction.
     """
     from .cv import compute_cv
     from .oof import save_oof
@@ -129,15 +136,21 @@ def choose_tta(
                 n_images += 1
         if not n_images:
             raise FileNotFoundError(f"{run.dir}: the completed folds have no validation images in {run.folds_csv}")
-        scores, tuned, best, chosen_i = [], [], None, None
+        scores, tuned = [], []
         for i, (tta, merge) in enumerate(pairs):
-            report = tune_postprocess(cfg, run.dir, oof_dir=scratch[i], write=False, cross_fit=False)
+            report = tune_postprocess(cfg, run.dir, oof_dir=scratch[i], write=False)
             tuned.append(report)
-            n_t = len(expand_tta(tta)) * len(scales)
-            scores.append({"tta": tta, "merge": merge, "n_transforms": n_t, "score": report["after"],
-                           "untuned": report["before"], "fold_scores": report["fold_scores"]["after"]})
-            if _better(report["after"], n_t, best):
-                best, chosen_i = (report["after"], n_t), i
+            crossed = report["cross_fitted"]
+            scores.append({"tta": tta, "merge": merge, "n_transforms": len(expand_tta(tta)) * len(scales),
+                           "score": report["after"], "untuned": report["before"],
+                           "cross_fitted": crossed["score"] if crossed else None,
+                           "fold_scores": report["fold_scores"]["after"]})
+        chosen_by = "cross_fitted" if all(s["cross_fitted"] is not None for s in scores) else "tuned"
+        best, chosen_i = None, None
+        for i, s in enumerate(scores):
+            deciding = s["cross_fitted"] if chosen_by == "cross_fitted" else s["score"]
+            if _better(deciding, s["n_transforms"], best):
+                best, chosen_i = (deciding, s["n_transforms"]), i
         if chosen_i is None:
             raise RuntimeError("choose_tta: every candidate scored NaN (nothing could be scored)")
         chosen = scores[chosen_i]
@@ -154,6 +167,7 @@ def choose_tta(
         run.remove(cfg, run.tta_search_root)
     result = {
         "tta": chosen["tta"], "merge": chosen["merge"], "score": chosen["score"], "untuned": chosen["untuned"],
+        "cross_fitted": chosen["cross_fitted"], "chosen_by": chosen_by,
         "metric": resolve_metric_name(cfg.metric.name, cfg.data.task), "scores": scores, "folds": folds,
         "n_images": n_images, "scales": scales, "forward_passes": distinct * n_images,
         "postprocess": "tuned on each candidate's own OOF probabilities",
@@ -165,6 +179,8 @@ def choose_tta(
     for k in folds:
         write_json(run.done_json(k), {**(read_json(run.done_json(k)) or {}), "oof": made})
     compute_cv(cfg, run, samples)
-    log.info("choose_tta: %s merge=%s (%s %.5f tuned, %.5f untuned, on %d OOF images); wrote %s",
-             chosen["tta"], chosen["merge"], result["metric"], chosen["score"], chosen["untuned"], n_images, run.tta_json)
+    cf = f", {chosen['cross_fitted']:.5f} cross-fitted" if chosen["cross_fitted"] is not None else ""
+    log.info("choose_tta: %s merge=%s by the %s score (%s %.5f tuned%s, %.5f untuned, on %d OOF images); wrote %s",
+             chosen["tta"], chosen["merge"], chosen_by.replace("_", "-"), result["metric"], chosen["score"], cf,
+             chosen["untuned"], n_images, run.tta_json)
     return result

@@ -103,13 +103,17 @@ def test_scores_cover_every_pair_and_the_choice_is_the_argmax(run, chosen):
     scores = chosen["scores"]
     assert [(s["tta"], s["merge"]) for s in scores] == [(c, m) for c in CANDIDATES for m in MERGES]
     assert chosen["metric"] == "dice" and chosen["folds"] == [0, 1] and chosen["n_images"] == 12
-    best = max(s["score"] for s in scores)
-    tied = [s for s in scores if s["score"] == best]
+    # 12 OOF images of 2 folds: the cross-fitted score (5 seeded groups) exists for every candidate and decides
+    assert chosen["chosen_by"] == "cross_fitted" and all(s["cross_fitted"] is not None for s in scores)
+    best = max(s["cross_fitted"] for s in scores)
+    tied = [s for s in scores if s["cross_fitted"] == best]
     fewest = min(s["n_transforms"] for s in tied)
     first = next(s for s in tied if s["n_transforms"] == fewest)
-    assert (chosen["tta"], chosen["merge"], chosen["score"]) == (first["tta"], first["merge"], best)
-    # one transform: the merge modes give the same probabilities, so the same score
+    assert (chosen["tta"], chosen["merge"], chosen["cross_fitted"]) == (first["tta"], first["merge"], best)
+    assert chosen["score"] == first["score"]
+    # one transform: the merge modes give the same probabilities, so the same scores
     assert scores[0]["score"] == pytest.approx(scores[1]["score"], abs=1e-12)
+    assert scores[0]["cross_fitted"] == pytest.approx(scores[1]["cross_fitted"], abs=1e-12)
     assert all(s["score"] >= s["untuned"] for s in scores)  # tuning includes the config's values
     assert chosen["postprocess"] == "tuned on each candidate's own OOF probabilities"
     assert all(len(s["fold_scores"]) == 2 for s in scores)
@@ -140,11 +144,50 @@ def test_the_winner_becomes_the_runs_oof_and_post_processing(run, chosen):
         assert np.array_equal(np.load(r.oof_path(image_id)), q), image_id
     pp = read_json(r.postprocess_json)
     assert pp["after"] == pytest.approx(chosen["score"], abs=1e-12)
-    assert tune_postprocess(run, write=False)["after"] == pytest.approx(chosen["score"], abs=1e-12)
+    # the winner's whole tuning report, cross-fitted score included, as `tune` on the new OOF files writes it
+    assert pp["cross_fitted"]["score"] == pytest.approx(chosen["cross_fitted"], abs=1e-12)
+    again = tune_postprocess(run, write=False)
+    assert again["after"] == pytest.approx(chosen["score"], abs=1e-12)
+    assert again["cross_fitted"]["score"] == pytest.approx(chosen["cross_fitted"], abs=1e-12)
+    assert again["params"] == pp["params"]
     cv = read_json(r.cv_json)
     assert cv["oof"]["tta"] == chosen["tta"] and cv["oof"]["merge"] == chosen["merge"]
     assert cv["score"] == pytest.approx(chosen["untuned"], abs=1e-9)
     assert not (r.dir / "tta_search").exists()  # the candidates' scratch files are gone
+
+
+@pytest.mark.parametrize("cross_fit", [True, False])
+def test_the_cross_fitted_score_decides_not_the_tuned_one(run, monkeypatch, keep_run_files, cross_fit):
+    """Candidate 0 tunes higher but holds up worse on images it was not tuned on (cross-fitted lower):
+    candidate 1 wins, and its report becomes postprocess.json. Without cross-fitting the tuned score decides."""
+    import dataclasses
+
+    import seg_toolkit.tune as tune_mod
+
+    real = tune_mod.tune_postprocess
+    made: dict[int, dict] = {}
+
+    def rigged(cfg, run_dir=None, *, oof_dir=None, **kw):
+        report = real(cfg, run_dir, oof_dir=oof_dir, **kw)
+        i = int(Path(oof_dir).name.rsplit("_", 1)[-1])
+        report["after"] = (0.9, 0.8)[i]
+        if report["cross_fitted"] is not None:
+            report["cross_fitted"] = {**report["cross_fitted"], "score": (0.6, 0.7)[i]}
+        made[i] = report
+        return report
+
+    monkeypatch.setattr(tune_mod, "tune_postprocess", rigged)
+    cfg = dataclasses.replace(run, postprocess=dataclasses.replace(run.postprocess, cross_fit=cross_fit))
+    r = choose_tta(cfg, candidates=[["identity"], ["identity", "hflip"]], merges=["mean_prob"])
+    assert [s["score"] for s in r["scores"]] == [0.9, 0.8]
+    if cross_fit:
+        assert [s["cross_fitted"] for s in r["scores"]] == [0.6, 0.7]
+        assert r["chosen_by"] == "cross_fitted" and r["tta"] == ["identity", "hflip"] and r["cross_fitted"] == 0.7
+    else:
+        assert [s["cross_fitted"] for s in r["scores"]] == [None, None]
+        assert r["chosen_by"] == "tuned" and r["tta"] == ["identity"] and r["cross_fitted"] is None
+    winner = 1 if cross_fit else 0
+    assert read_json(Run.of(run).postprocess_json)["after"] == made[winner]["after"]
 
 
 def test_scales_and_small_tta_batches_agree_with_tta_predict(run, keep_run_files):
