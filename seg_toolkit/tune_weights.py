@@ -89,13 +89,17 @@ def search_class_weights(data, start: PostParams, grid: Sequence[float], score: 
         return keep(key, np.stack([weighted_confusion(data, weights[:k] + [v] + weights[k + 1:], start.min_area) for v in values]))
 
     weights = list(start.class_weight)
-    first = candidates_of(weights, 1, [weights[1]])[0]  # multiclass: at least 2 classes
-    best = score(first)
     values = [float(w) for w in grid]
-    for _ in range(ROUNDS):
+    # the start's confusions come out of the first coordinate's pass (class 1, multiclass has at least 2 classes):
+    # its current weight joins that pass's candidates, so the start costs no pass of its own
+    opening = values if weights[1] in values else values + [weights[1]]
+    first = candidates_of(weights, 1, opening)[opening.index(weights[1])]
+    best = score(first)
+    for r in range(ROUNDS):
         moved = False
         for k in range(1, data.num_classes):
-            for v, conf in zip(values, candidates_of(weights, k, values)):
+            tried = opening if (r, k) == (0, 1) else values  # round 0's class 1: the pass above, from the cache
+            for v, conf in zip(tried, candidates_of(weights, k, tried)):
                 if v == weights[k]:
                     continue
                 s = score(conf)

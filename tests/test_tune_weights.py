@@ -69,6 +69,32 @@ def test_the_search_finds_the_weight_that_wins_the_rare_class_back(tmp_path):
         assert np.array_equal(apply_postprocess(uint8_to_probs(oofs[i]), "multiclass", params), truths[i])
 
 
+def test_one_pass_per_class_and_round_the_start_included(tmp_path, monkeypatch):
+    """The search on the problem above: round 0 scores class 1 (its grid and the start's weight 1, which gives the
+    start's confusions: one pass) and class 2 (one pass, moves to 1.25); round 1 scores class 1 again under the new
+    class-2 weight (one pass) and class 2 under unchanged others (cached): 3 passes over the OOF files, not 4."""
+    import seg_toolkit.tune_weights as tw
+
+    truths, oofs = under_predicted_problem()
+    fold_of = {i: k % 3 for k, i in enumerate(sorted(truths))}
+    cfg = write_run(tmp_path, "multiclass", 3, truths, oofs, fold_of, done=[0, 1, 2], n_splits=3,
+                    postprocess={"class_weight_grid": [0.8, 1.25, 2.0], "min_area_grid": [0], "cross_fit": False})
+    passes: list[tuple[int, tuple[float, ...]]] = []
+    real = tw.coordinate_confusions
+
+    def counting(data, weights, k, candidates):
+        passes.append((k, tuple(candidates)))
+        return real(data, weights, k, candidates)
+
+    monkeypatch.setattr(tw, "coordinate_confusions", counting)
+    report = tune_postprocess(cfg)
+    assert passes == [(1, (0.8, 1.25, 2.0, 1.0)), (2, (0.8, 1.25, 2.0)), (1, (0.8, 1.25, 2.0))]
+    assert report["params"]["class_weight"] == [1.0, 1.0, 1.25] and report["after"] == 1.0
+    iou0 = (W * H - 144 - 36) / (W * H - 144)
+    assert {s["step"]: s for s in report["steps"]}["class_weight"]["score"] == 1.0
+    assert report["before"] == pytest.approx((iou0 + 1 + 0) / 3, abs=1e-12)
+
+
 def test_off_by_default_and_multiclass_only(tmp_path):
     truths, oofs = under_predicted_problem()
     fold_of = {i: k % 3 for k, i in enumerate(sorted(truths))}
