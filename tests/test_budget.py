@@ -60,11 +60,33 @@ def test_replan_keeps_the_plan_within_the_tolerance_and_cuts_beyond_it():
     assert b.replan(9, 2, 72.0, 36.0) == 8  # 324 > 315: 2 + floor(228 / 36) = 8
     # after the first epoch (start-up included) only a projected overrun beyond 50% cuts
     assert b.replan(9, 1, 50.0, 50.0) == 9  # 450 = 300 x 1.5
-    assert b.replan(9, 1, 51.0, 51.0) == 5  # 459 > 450: 1 + floor(249 / 51) = 5
-    assert b.replan(9, 1, 151.0, 151.0) == 1  # 1 + floor(149 / 151) = 1: stop now
+    # 459 > 450, but a second epoch fits the share (102 <= 300): the cut keeps what fits within the 50%,
+    # 1 + floor((450 - 51) / 51) = 8, not 1 + floor(249 / 51) = 5 at a pace that includes start-up
+    assert b.replan(9, 1, 51.0, 51.0) == 8
+    assert b.replan(9, 1, 151.0, 151.0) == 1  # a second epoch would overrun the share (302): 1 + floor(149 / 151) = 1
+    assert b.replan(9, 1, 140.0, 140.0) == 3  # 280 <= 300: 1 + floor((450 - 140) / 140) = 3, provisionally ...
+    assert b.replan(3, 2, 270.0, 130.0) == 2  # ... the next epoch, at its own pace, trims it: 270 + 130 > 315
     assert b.replan(9, 4, 250.0, 40.0) == 5  # pace of the last epoch: 250 + 5 x 40 > 315; 4 + floor(50 / 40)
     assert b.replan(9, 3, 400.0, 130.0) == 3  # over already: stop after the epochs done
     assert b.replan(5, 5, 900.0, 300.0) == 5  # finished: nothing to plan
+
+
+def test_a_slow_first_epoch_does_not_shrink_the_fold_for_good():
+    """The CamVid fold of this README's bf16 rerun: a 6m20s share (380 s), 48 epochs planned, a first epoch of
+    12.4 s (start-up included) and then 9.4-11.7 s. Cut after the first epoch at its pace alone, the fold got 30
+    epochs; now the first cut keeps 45 (within the 50% tolerance), the second epoch's pace cuts to 40, the third's
+    (median 10.5) to 36, which then fits: 36 epochs in about the share."""
+    b = FoldBudget(share_s=380.0, max_epochs=48)
+    times = [12.4, 9.4, 10.5, 11.7, 10.6, 10.9, 10.3] + [10.6] * 40
+    total, plans = 48, []
+    for done in range(1, 49):
+        if done > total:
+            break
+        total = b.replan(total, done, sum(times[:done]), epoch_pace(times[:done]))
+        plans.append(total)
+    assert plans[:4] == [45, 40, 36, 36]  # 1 + floor(557.6 / 12.4); 2 + floor(358.2 / 9.4); 3 + floor(347.7 / 10.5)
+    assert total == 36 and sum(times[:36]) <= 380.0 * 1.05
+    # the rule before: 1 + floor((380 - 12.4) / 12.4) = 30 after the first epoch, never lengthened again
 
 
 def test_epoch_pace_is_the_last_epoch_then_the_median_of_the_last_three():
