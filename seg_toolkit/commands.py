@@ -129,9 +129,8 @@ def _tune_tta(cfg: Config) -> None:
 
     resolve_device(cfg.train.device)
     r = choose_tta(cfg)
-    by = r["chosen_by"].replace("_", "-")
-    print(f"\nOOF TTA choice ({r['metric']}, {r['n_images']} OOF images, folds {r['folds']}; post-processing tuned per candidate; "
-          f"chosen by the {by} score):")
+    print(f"\nOOF TTA choice ({r['metric']}, {r['n_images']} OOF images, folds {r['folds']}; post-processing tuned per candidate, "
+          "chosen by the tuned score; cross-fitted: how much of it holds on images the tuning did not see):")
     print(f"  {'tta':<34} {'merge':<11} {'transforms':>10} {'untuned':>8} {'tuned':>8} {'cross-fitted':>12}")
     for s in r["scores"]:
         mark = "  <- chosen" if (s["tta"], s["merge"]) == (r["tta"], r["merge"]) else ""
