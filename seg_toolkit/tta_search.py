@@ -94,9 +94,9 @@ def choose_tta(
 
     Returns what ``tta.json`` holds: ``tta`` and ``merge`` (the choice), ``score`` (its OOF
     score after post-processing tuned on its own probabilities), ``cross_fitted`` (that score
-    cross-fitted, or None), ``metric``, ``scores`` (one entry per pair: ``tta``, ``merge``, ``n_transforms``, ``score``
-    (tuned), ``untuned`` (with the config's post-processing), ``cross_fitted``,
-    ``fold_scores``), ``folds``, ``n_images``, ``scales``, ``forward_passes``.
+    cross-fitted, or None), ``metric``, ``scores`` (one entry per pair: ``tta``, ``merge``,
+    ``n_transforms``, ``score`` (tuned), ``untuned`` (with the config's post-processing),
+    ``cross_fitted``, ``fold_scores``), ``folds``, ``n_images``, ``scales``, ``forward_passes``.
     ``predict.scales`` combine with every candidate, as in prediction.
     """
     from .cv import compute_cv
@@ -136,19 +136,17 @@ def choose_tta(
                 n_images += 1
         if not n_images:
             raise FileNotFoundError(f"{run.dir}: the completed folds have no validation images in {run.folds_csv}")
-        scores, tuned = [], []
+        scores, tuned, best, chosen_i = [], [], None, None
         for i, (tta, merge) in enumerate(pairs):
             report = tune_postprocess(cfg, run.dir, oof_dir=scratch[i], write=False)
             tuned.append(report)
+            n_t = len(expand_tta(tta)) * len(scales)
             crossed = report["cross_fitted"]
-            scores.append({"tta": tta, "merge": merge, "n_transforms": len(expand_tta(tta)) * len(scales),
-                           "score": report["after"], "untuned": report["before"],
-                           "cross_fitted": crossed["score"] if crossed else None,
+            scores.append({"tta": tta, "merge": merge, "n_transforms": n_t, "score": report["after"],
+                           "untuned": report["before"], "cross_fitted": crossed["score"] if crossed else None,
                            "fold_scores": report["fold_scores"]["after"]})
-        best, chosen_i = None, None
-        for i, s in enumerate(scores):
-            if _better(s["score"], s["n_transforms"], best):
-                best, chosen_i = (s["score"], s["n_transforms"]), i
+            if _better(report["after"], n_t, best):
+                best, chosen_i = (report["after"], n_t), i
         if chosen_i is None:
             raise RuntimeError("choose_tta: every candidate scored NaN (nothing could be scored)")
         chosen = scores[chosen_i]
