@@ -17,6 +17,9 @@ prediction are outside them). ``train.epochs`` stays the most a fold runs:
   fit within that tolerance when a second epoch fits the share: the start-up cost would otherwise
   shrink the fold for good (a CamVid fold of 10.5 s epochs cut to 30 epochs after a first of 12.4 s,
   where 36 fit); the cuts after the next epochs, at the real pace, trim it to the share.
+* the budget is the run's: what a finished fold left of its share (or took over it) is shared out
+  among the folds after it (:func:`carried`). A TGS run whose first three folds ran all 9 epochs
+  in 328-337 s of their 345 cut its last fold (39-47 s per epoch) to 7 epochs; their 36 s to spare keep all 9.
 
 With ``train.min_fold_epochs: n`` the budget also decides how many folds the run trains: when the
 run's first epoch (the first epoch of its first fold, as ``metrics.csv`` keeps it) says that an equal
@@ -38,7 +41,7 @@ import logging
 import math
 import re
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from .errors import ConfigError
@@ -52,7 +55,7 @@ if TYPE_CHECKING:  # config_checks imports this module while config loads
 log = logging.getLogger(__name__)
 
 __all__ = ["parse_duration", "format_duration", "FoldBudget", "fold_budget", "folds_that_fit", "planned_folds", "run_folds", "left_out_folds", "first_epoch_seconds",
-           "plan_fold", "decide_folds", "cut_to_budget", "timed_seconds", "epoch_pace", "TOLERANCE", "FIRST_EPOCH_TOLERANCE"]
+           "carried", "plan_fold", "decide_folds", "cut_to_budget", "timed_seconds", "epoch_pace", "TOLERANCE", "FIRST_EPOCH_TOLERANCE"]
 
 #: How far past its share a fold's projected time may go before the fold is cut: the pace of one
 #: epoch is noisy, and cutting a cosine schedule short costs more than a few seconds over.
@@ -206,6 +209,34 @@ def timed_seconds(run: "Run", fold: int, metrics=None, upto: int | None = None) 
     return [float(s) for s in df.loc[mine, "seconds"].dropna()], float(others.mean()) if len(others) else None
 
 
+def carried(budget: FoldBudget, cfg: "Config", run: "Run", fold: int, metrics) -> FoldBudget:
+    """The fold's share once the run's earlier folds are counted: the budget is the run's, so the seconds a
+    finished fold left unused (all its epochs fit with time to spare, or it stopped early), or took over its
+    share (within :data:`TOLERANCE`, or its one epoch), are shared out among the folds still to train, this one
+    and those after it. Earlier: before ``fold`` among the folds sharing the budget (:func:`planned_folds`, the
+    first ``budget.folds`` of them); finished: ``done.json`` written (a fold still training, e.g. a ``--fold``
+    job beside this one, counts as its share). The same files give a resumed fold the same share. A share is
+    never below 0 (a fold still runs its one epoch)."""
+    if not budget.decided:  # the run's first epoch is not timed yet: no fold of the run has finished
+        return budget
+    sharing = planned_folds(cfg)[: budget.folds or None]
+    if fold not in sharing:
+        return budget
+    i = sharing.index(fold)
+    carry = 0.0
+    for j in sharing[:i]:
+        seconds = metrics.loc[metrics["fold"] == j, "seconds"].dropna() if "seconds" in metrics else ()
+        if run.done_json(j).is_file() and len(seconds):
+            carry += budget.share_s - float(seconds.sum())
+    if not carry:
+        return budget
+    share = max(0.0, budget.share_s + carry / (len(sharing) - i))
+    what = f"left {carry:.1f} s of their shares unused" if carry > 0 else f"ran {-carry:.1f} s over their shares"
+    log.info("fold %d: the run's earlier folds %s, shared among the %d fold(s) still to train: %s for this fold", fold, what,
+             len(sharing) - i, format_duration(share))
+    return replace(budget, share_s=share)
+
+
 def plan_fold(cfg: "Config", run: "Run", fold: int, state: "TrainState", d: "Dist") -> tuple[FoldBudget | None, list[float]]:
     """Set ``state.epochs``, the fold's planned epochs: ``train.epochs``, or under ``train.time_budget``
     those that fit the fold's share (:mod:`seg_toolkit.budget`; a resumed fold keeps its plan). Returns
@@ -218,7 +249,7 @@ def plan_fold(cfg: "Config", run: "Run", fold: int, state: "TrainState", d: "Dis
     from .plots import read_metrics  # lazy: the config check imports this module
 
     metrics = read_metrics(run.dir)
-    budget = d.broadcast(fold_budget(cfg, first_epoch_seconds(cfg, metrics)))
+    budget = d.broadcast(carried(fold_budget(cfg, first_epoch_seconds(cfg, metrics)), cfg, run, fold, metrics))
     earlier, epoch_s = timed_seconds(run, fold, metrics, upto=state.epoch)
     if state.epochs:
         state.epochs = min(state.epochs, cfg.train.epochs)

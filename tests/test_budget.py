@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from seg_toolkit.budget import (FoldBudget, decide_folds, epoch_pace, first_epoch_seconds, fold_budget, folds_that_fit, plan_fold, run_folds,
+from seg_toolkit.budget import (FoldBudget, carried, decide_folds, epoch_pace, first_epoch_seconds, fold_budget, folds_that_fit, plan_fold, run_folds,
                                 timed_seconds)
 from seg_toolkit.checkpoint import load_checkpoint
 from seg_toolkit.config import ConfigError, config_from_dict
@@ -16,6 +16,7 @@ from seg_toolkit.cv import run_cv
 from seg_toolkit.distributed import Dist
 from seg_toolkit.fold_state import TrainState
 from seg_toolkit.optim import LRSchedule
+from seg_toolkit.plots import read_metrics
 from seg_toolkit.run import Run
 
 from .conftest import demo_dict
@@ -163,7 +164,8 @@ def test_a_tiny_budget_cuts_fold_0_after_its_first_epoch_and_plans_fold_1_from_i
     run = Run.of(cfg)
     for k in (0, 1):
         done = json.loads(run.done_json(k).read_text())
-        assert (done["epochs_run"], done["epochs_planned"], done["fold_budget_s"]) == (1, 1, 0.005)
+        # fold 0 ran its one epoch over its 0.005 s: the run's budget is spent, fold 1 still runs one epoch
+        assert (done["epochs_run"], done["epochs_planned"], done["fold_budget_s"]) == (1, 1, 0.005 if k == 0 else 0.0)
         rows = pd.read_csv(run.metrics_csv(k))
         assert list(rows["epoch"]) == [1]
         assert rows["lr"].iloc[-1] == pytest.approx(1e-5)  # the schedule laid out for one epoch ended at its minimum
@@ -174,9 +176,11 @@ def test_a_generous_budget_changes_nothing(demo_root, tmp_path):
     cfg = _cfg(demo_root, tmp_path, "10h", epochs=2)
     run_cv(cfg)
     run = Run.of(cfg)
-    for k in (0, 1):
+    used = pd.read_csv(run.metrics_csv(0))["seconds"].sum()
+    for k, share in ((0, 18000.0), (1, 36000.0 - used)):  # fold 1 gets what fold 0 left of its half
         done = json.loads(run.done_json(k).read_text())
-        assert (done["epochs_run"], done["epochs_planned"], done["fold_budget_s"]) == (2, 2, 18000.0)
+        assert (done["epochs_run"], done["epochs_planned"]) == (2, 2)
+        assert done["fold_budget_s"] == pytest.approx(share, abs=1e-6)
         assert len(pd.read_csv(run.metrics_csv(k))) == 2
 
 
@@ -212,6 +216,56 @@ def test_timed_seconds_reads_this_folds_time_and_the_others_pace(demo_root, tmp_
     assert state.epochs == 3  # floor(45 / 13)
     resumed = TrainState(epoch=2, epochs=9)  # fold 1 resumed from its checkpoint after epoch 2
     assert plan_fold(cfg, run, 1, resumed, Dist())[1] == [4.0, 6.0]
+
+
+def _timed_run(path, seconds_by_fold, done=()):
+    run = Run(path)
+    for k, seconds in seconds_by_fold.items():
+        run.fold_dir(k).mkdir(parents=True)
+        pd.DataFrame({"fold": k, "epoch": range(1, len(seconds) + 1), "val_score": 0.5, "seconds": seconds}).to_csv(
+            run.metrics_csv(k), index=False)
+    for k in done:
+        run.done_json(k).write_text("{}")
+    return run
+
+
+def test_what_finished_folds_leave_of_their_shares_goes_to_the_folds_after_them(demo_root, tmp_path):
+    # the committed TGS config's run on the bf16 CPU (2026-12-02): 23 min over 4 folds, 345 s each; folds 0-2 ran
+    # all 9 epochs in 334.108, 328.058 and 336.841 s, and fold 3 (42-47 s per epoch) was cut to 7 in its 345 s
+    cfg = _cfg(demo_root, tmp_path, "23m", epochs=9, folds={"n_splits": 4, "method": "kfold"})
+    tgs = {0: [41.639, 34.374, 33.432, 35.782, 40.194, 37.37, 35.666, 36.939, 38.712],  # 334.108 s
+           1: [41.219, 37.169, 34.154, 37.785, 35.567, 35.805, 33.175, 36.68, 36.504],  # 328.058
+           2: [42.522, 33.393, 34.186, 35.695, 36.293, 37.939, 38.047, 38.202, 40.564]}  # 336.841
+    run = _timed_run(tmp_path / "tgs", tgs, done=(0, 1, 2))
+    metrics = read_metrics(run.dir)
+    b = fold_budget(cfg)
+    assert carried(b, cfg, run, 0, metrics) == b  # nothing before fold 0
+    assert carried(b, cfg, run, 3, metrics).share_s == pytest.approx(345 + 10.892 + 16.942 + 8.159)  # all of it to the last
+    assert carried(b, cfg, run, 2, metrics).share_s == pytest.approx(345 + (10.892 + 16.942) / 2)  # shared with fold 3
+    state = TrainState()
+    assert plan_fold(cfg, run, 3, state, Dist())[0].share_s == pytest.approx(380.993)  # what the fold plans and done.json keeps
+    assert state.epochs == 9  # floor(380.993 / 36.98), the mean epoch of folds 0-2, is 10: train.epochs
+    # fold 3's epochs (47.078, 43.803, 42.303, 42.759, 38.603, 39.292, 39.671 s): its 345 s cut it to 7 after the
+    # second (90.881 + 7 x 43.803 > 362.25); 380.993 s keep all 9 (<= 400.04, the 5% tolerance) at each epoch's pace
+    fold3 = [47.078, 43.803, 42.303, 42.759, 38.603, 39.292, 39.671]
+    assert FoldBudget(345.0, 9).replan(9, 2, sum(fold3[:2]), epoch_pace(fold3[:2])) == 7
+    for done in range(2, 8):
+        assert FoldBudget(380.993, 9).replan(9, done, sum(fold3[:done]), epoch_pace(fold3[:done])) == 9
+    # a fold still training (no done.json: a --fold job beside this one) counts as its share
+    running = _timed_run(tmp_path / "running", tgs, done=(0, 2))
+    assert carried(b, cfg, running, 2, read_metrics(running.dir)).share_s == pytest.approx(345 + 10.892 / 2)
+    # an earlier fold over its share takes it from the later ones, down to nothing (a fold still runs one epoch)
+    over = _timed_run(tmp_path / "over", {0: [200.0, 200.0]}, done=(0,))
+    assert carried(b, cfg, over, 1, read_metrics(over.dir)).share_s == pytest.approx(345 - 55 / 3)
+    spent = _timed_run(tmp_path / "spent", {0: [2000.0]}, done=(0,))
+    assert carried(b, cfg, spent, 1, read_metrics(spent.dir)).share_s == 0.0
+    # the folds that share: folds.only's order, and under min_fold_epochs only those the first epoch let in
+    only = _cfg(demo_root, tmp_path, "23m", epochs=9, folds={"n_splits": 4, "method": "kfold", "only": [2, 0]})
+    assert carried(fold_budget(only), only, run, 0, metrics).share_s == pytest.approx(690 + 690 - 336.841)
+    assert carried(fold_budget(only), only, run, 2, metrics).share_s == 690.0
+    two = FoldBudget(690.0, 9, folds=2)
+    assert carried(two, cfg, run, 1, metrics).share_s == pytest.approx(690 + 690 - 334.108)
+    assert carried(two, cfg, run, 3, metrics) == two  # left out by min_fold_epochs: not one of the folds sharing
 
 
 def test_the_first_epoch_after_a_resume_is_one_vote_of_three():
