@@ -49,7 +49,14 @@ def test_initial_epochs():
     b = FoldBudget(share_s=300.0, max_epochs=9)
     assert b.initial_epochs(None) == 9  # nothing timed yet: the configured epochs
     assert b.initial_epochs(31.0) == 9  # 300 / 31 = 9.7
-    assert b.initial_epochs(40.0) == 7  # 7.5
+    assert b.initial_epochs(40.0) == 7  # 7.5, 7.875 with the tolerance
+    assert b.initial_epochs(39.0) == 8  # 300 / 39 = 7.7, but 8 x 39 = 312 is within the 5% (315) that replan keeps
+    # split B's fold 3 on the slow bf16 CPU: 285.4 s, 35.7 s per epoch on folds 0-2: 7 planned (and never lengthened)
+    # where 8 (285.6 s) fit; what the plan starts with is what the cuts after each epoch would keep
+    assert FoldBudget(285.4, 9).initial_epochs(35.7) == 8
+    for pace in (10.0, 31.0, 33.0, 35.0, 39.0, 40.0, 100.0):
+        planned = b.initial_epochs(pace)
+        assert b.replan(planned, 0, 0.0, pace) == planned and (planned == 9 or b.replan(planned + 1, 0, 0.0, pace) < planned + 1)
     assert b.initial_epochs(10.0) == 9  # never more than train.epochs
     assert b.initial_epochs(400.0) == 1  # at least one
 
