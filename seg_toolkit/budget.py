@@ -12,8 +12,10 @@ prediction are outside them). ``train.epochs`` stays the most a fold runs:
   time, from the third epoch on the median of the last three) would overrun the share by
   more than :data:`TOLERANCE` (after a fold's first epoch, which also pays for starting the data
   loader's workers and the kernels' first calls: :data:`FIRST_EPOCH_TOLERANCE`), the fold is cut to the epochs that fit, and its learning-rate
-  schedule is rebuilt for that total (a cosine then still ends at its minimum). A fold is never
-  lengthened again, and runs at least one epoch. A cut after the first epoch keeps the epochs that
+  schedule is rebuilt for that total (a cosine then still ends at its minimum). A fold runs at
+  least one epoch. From its third epoch on, a fold planned short of ``train.epochs`` is lengthened
+  (schedule rebuilt likewise) when more epochs fit in its share itself at its pace (no tolerance: a
+  plan is not cut and lengthened by turns). A cut after the first epoch keeps the epochs that
   fit within that tolerance when a second epoch fits the share: the start-up cost would otherwise
   shrink the fold for good (a CamVid fold of 10.5 s epochs cut to 30 epochs after a first of 12.4 s,
   where 36 fit); the cuts after the next epochs, at the real pace, trim it to the share.
@@ -55,7 +57,7 @@ if TYPE_CHECKING:  # config_checks imports this module while config loads
 log = logging.getLogger(__name__)
 
 __all__ = ["parse_duration", "format_duration", "FoldBudget", "fold_budget", "folds_that_fit", "planned_folds", "run_folds", "left_out_folds", "first_epoch_seconds",
-           "carried", "plan_fold", "decide_folds", "cut_to_budget", "timed_seconds", "epoch_pace", "TOLERANCE", "FIRST_EPOCH_TOLERANCE"]
+           "carried", "plan_fold", "decide_folds", "fit_to_budget", "timed_seconds", "epoch_pace", "TOLERANCE", "FIRST_EPOCH_TOLERANCE"]
 
 #: How far past its share a fold's projected time may go before the fold is cut: the pace of one
 #: epoch is noisy, and cutting a cosine schedule short costs more than a few seconds over.
@@ -97,8 +99,8 @@ class FoldBudget:
 
     def initial_epochs(self, epoch_s: float | None) -> int:
         """The epochs a fold starts with: those that fit at ``epoch_s`` seconds each (None: not timed yet), within
-        :data:`TOLERANCE`, as :meth:`replan` keeps them: a fold is never lengthened, so a plan one epoch short of
-        what the cuts would allow is lost for good (split B's fold 3: 7 planned at 35.7 s in 285 s, 8 fit in 299.7)."""
+        :data:`TOLERANCE`, as :meth:`replan` keeps them (split B's fold 3: 7 planned at 35.7 s in 285 s, where 8 fit
+        in 299.7; lengthening, which needs the fold's own pace, would come only after its third epoch)."""
         if epoch_s is None or epoch_s <= 0:
             return self.max_epochs
         return max(1, min(self.max_epochs, math.floor(self.share_s * (1 + TOLERANCE) / epoch_s)))
@@ -107,16 +109,25 @@ class FoldBudget:
         """The fold's total after ``done`` epochs that took ``elapsed_s``: ``total`` while the rest fits
         at ``last_epoch_s`` per epoch (the fold's pace, :func:`epoch_pace`; within :data:`TOLERANCE`, or
         :data:`FIRST_EPOCH_TOLERANCE` after the first epoch), else the most epochs that fit (>= ``done``): in the
-        share, or after the first epoch, when a second one fits the share, within that tolerance."""
+        share, or after the first epoch, when a second one fits the share, within that tolerance.
+
+        From the third epoch on (a pace that is the median of three) a fold planned short of ``max_epochs`` is
+        lengthened to the epochs that fit in the share itself, without the tolerance, so that a plan is not cut
+        and lengthened by turns: a fold planned at the pace of slower folds before it, or cut while the machine
+        was busy, gets back what the machine's pace now affords (the TGS run of 2026-12-02 whose fold 2 was
+        planned 8 epochs at 65 s and ran them at 44-56 s, 393 s of its 529). Not once its planned epochs are
+        done: its schedule has ended."""
         if done >= total or last_epoch_s <= 0:
             return total
         tolerance = FIRST_EPOCH_TOLERANCE if done == 1 else TOLERANCE
-        if elapsed_s + (total - done) * last_epoch_s <= self.share_s * (1 + tolerance):
-            return total
         room = self.share_s - elapsed_s
+        if elapsed_s + (total - done) * last_epoch_s <= self.share_s * (1 + tolerance):
+            if done >= 3 and total < self.max_epochs:
+                return max(total, min(self.max_epochs, done + math.floor(max(room, 0.0) / last_epoch_s)))
+            return total
         if done == 1 and elapsed_s + last_epoch_s <= self.share_s:
             # the first epoch's pace includes start-up (15-25% in the TGS and CamVid runs): sized at it, a fold
-            # would lose for good the epochs its real pace affords (a fold is never lengthened). So the first cut
+            # would lose the epochs its real pace affords until its third epoch. So the first cut
             # keeps what fits within FIRST_EPOCH_TOLERANCE; the next epoch, which fits the share even at this
             # pace, times the real pace, and the cuts after it (TOLERANCE) trim the fold to its share
             room = self.share_s * (1 + FIRST_EPOCH_TOLERANCE) - elapsed_s
@@ -282,17 +293,19 @@ def decide_folds(cfg: "Config", budget: FoldBudget, fold: int, first_epoch_s: fl
     return decided
 
 
-def cut_to_budget(budget: FoldBudget, state: "TrainState", fold: int, elapsed_s: float, epoch_seconds: list[float], d: "Dist") -> bool:
+def fit_to_budget(budget: FoldBudget, state: "TrainState", fold: int, elapsed_s: float, epoch_seconds: list[float], d: "Dist") -> bool:
     """After an epoch: cut ``state.epochs`` when the rest, at :func:`epoch_pace` of ``epoch_seconds`` (the times
-    of the fold's epochs, those before a resume included), would overrun the fold's share (rank 0 decides for every rank); True
-    when it did, and the caller lays the lr schedule out again."""
+    of the fold's epochs, those before a resume included), would overrun the fold's share, or lengthen it when more
+    fit (:meth:`FoldBudget.replan`; rank 0 decides for every rank); True when it did, and the caller lays the lr
+    schedule out again."""
     pace = epoch_pace(epoch_seconds)
     total = d.broadcast(budget.replan(state.epochs, state.epoch, elapsed_s, pace))
     if total == state.epochs:
         return False
     how = "the last" if len(epoch_seconds) < 3 else "the median of the last 3"
-    log.warning("fold %d: %s of train.time_budget's %s per fold used by %d epoch(s) (%.1f s per epoch, %s): cut from %d to %d "
-                "epochs, the lr schedule laid out again", fold, format_duration(elapsed_s), format_duration(budget.share_s),
-                state.epoch, pace, how, state.epochs, total)
+    (log.warning if total < state.epochs else log.info)(
+        "fold %d: %s of train.time_budget's %s per fold used by %d epoch(s) (%.1f s per epoch, %s): %s from %d to %d "
+        "epochs, the lr schedule laid out again", fold, format_duration(elapsed_s), format_duration(budget.share_s),
+        state.epoch, pace, how, "cut" if total < state.epochs else "lengthened", state.epochs, total)
     state.epochs = total
     return True

@@ -37,7 +37,7 @@ def prepare_run(cfg: Config, folds: list[int], resume: bool = False, overwrite: 
     * ``overwrite``: the run folder is deleted first, through :meth:`Run.remove` (never a data
       folder, never a folder holding files that runs do not write).
     * ``resume``: the saved config must match (``train.epochs`` may grow, ``train.time_budget``
-      change: a fold's plan is then only ever cut, never lengthened); folds continue.
+      change: a fold's plan follows the new budget from its next epoch); folds continue.
     * neither: a fold that already has files is refused. Other folds of the same run (e.g. a
       job array running ``--fold K`` each) may start, if the saved config matches.
     """

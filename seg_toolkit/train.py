@@ -33,7 +33,7 @@ from .data import EpochSampler, Sample, SegDataset, collate
 from .data.folds import split_fold
 from .fold_state import TrainState, checkpoint_state, restore, save_epoch, should_stop, update_best, weights_only
 from .amp import resolve_amp, run_amp
-from .budget import cut_to_budget, decide_folds, plan_fold
+from .budget import decide_folds, fit_to_budget, plan_fold
 from .device import autocast, resolve_device, seed_everything
 from .distributed import Dist, get_dist
 from .losses import build_loss, model_loss
@@ -146,7 +146,7 @@ def train_attempt(cfg: Config, fold: int, samples: list[Sample], folds: pd.DataF
             epoch_seconds.append(seconds)
             if budget is not None and not budget.decided:  # train.min_fold_epochs: the run's first epoch decides the folds
                 budget = decide_folds(cfg, budget, fold, round(seconds, 3), d)
-            if budget is not None and cut_to_budget(budget, state, fold, elapsed, epoch_seconds, d):
+            if budget is not None and fit_to_budget(budget, state, fold, elapsed, epoch_seconds, d):
                 schedule = schedule.for_epochs(cfg, optimizer, updates_per_epoch, state.epochs, state.step)
             if d.is_main:
                 save_epoch(cfg, run, fold, model, ema, optimizer, schedule, scaler, state, improved, val_stats["val_score"])

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from seg_toolkit.budget import (FoldBudget, carried, decide_folds, epoch_pace, first_epoch_seconds, fold_budget, folds_that_fit, plan_fold, run_folds,
+from seg_toolkit.budget import (FoldBudget, carried, decide_folds, epoch_pace, fit_to_budget, first_epoch_seconds, fold_budget, folds_that_fit, plan_fold, run_folds,
                                 timed_seconds)
 from seg_toolkit.checkpoint import load_checkpoint
 from seg_toolkit.config import ConfigError, config_from_dict
@@ -95,6 +95,33 @@ def test_a_slow_first_epoch_does_not_shrink_the_fold_for_good():
     assert plans[:4] == [45, 40, 36, 36]  # 1 + floor(557.6 / 12.4); 2 + floor(358.2 / 9.4); 3 + floor(347.7 / 10.5)
     assert total == 36 and sum(times[:36]) <= 380.0 * 1.05
     # the rule before: 1 + floor((380 - 12.4) / 12.4) = 30 after the first epoch, never lengthened again
+
+
+def test_a_fold_planned_short_is_lengthened_from_its_third_epoch_when_more_fit():
+    """Fold 2 of the TGS run of 2026-12-02 on a contended CPU: planned 8 epochs in its 529.2 s at the 65.4 s per
+    epoch of folds 0-1 (their machine was busier), it ran them at 44-56 s and left 137 s unused."""
+    b = FoldBudget(share_s=529.2, max_epochs=9)
+    times = [56.2, 55.6, 51.7, 46.1, 46.2, 47.8, 43.7, 45.3, 45.0]
+    total, plans = 8, []
+    for done in range(1, 10):
+        if done > total:
+            break
+        total = b.replan(total, done, sum(times[:done]), epoch_pace(times[:done]))
+        plans.append(total)
+    # after epochs 1 and 2 the pace is one epoch's (the first pays for start-up): kept; after the third, the median
+    # (55.6 s) says 3 + floor((529.2 - 163.5) / 55.6) = 9 fit in the share itself: lengthened to train.epochs
+    assert plans == [8, 8, 9, 9, 9, 9, 9, 9, 9]
+    assert sum(times) <= 529.2
+    assert b.replan(8, 8, 392.6, 45.0) == 8  # its planned epochs done: its schedule has ended, not lengthened
+    # lengthened only to what fits in the share itself, cut only beyond the 5%: no cut and lengthen by turns
+    b = FoldBudget(share_s=300.0, max_epochs=9)
+    assert b.replan(7, 3, 120.0, 40.0) == 7  # 3 + floor(180 / 40) = 7
+    assert b.replan(7, 3, 120.0, 36.0) == 8  # 3 + floor(180 / 36) = 8
+    assert b.replan(8, 4, 157.0, 37.0) == 8  # 157 + 4 x 37 = 305 <= 315: kept, though 4 + floor(143 / 37) = 7
+    assert b.replan(7, 2, 72.0, 30.0) == 7  # before the third epoch: a pace of one epoch does not lengthen
+    state = TrainState(epoch=3, epochs=7)
+    assert fit_to_budget(b, state, 2, 108.0, [36.0, 36.0, 36.0], Dist()) and state.epochs == 8  # the loop rebuilds the lr
+    assert not fit_to_budget(b, state, 2, 108.0, [36.0, 36.0, 36.0], Dist()) and state.epochs == 8
 
 
 def test_epoch_pace_is_the_last_epoch_then_the_median_of_the_last_three():
