@@ -62,12 +62,13 @@ def diff_of_keys(old: Config, new: Config, prefixes: Sequence[str]) -> list[str]
     return [line for line in config_diff(config_to_dict(old), config_to_dict(new)) if named(line)]
 
 
-def check_same_training(cfg: Config, run: Run, also_predict: bool = True) -> None:
-    """Refuse a config (e.g. with ``--set``) that would silently change how a trained run predicts."""
+def check_same_training(cfg: Config, run: Run, also_predict: bool = True, skip: Sequence[str] = ()) -> None:
+    """Refuse a config (e.g. with ``--set``) that would silently change how a trained run predicts
+    (``skip``: predict keys the caller sets itself, as ``tune --tta`` does ``predict.tta`` and ``predict.merge``)."""
     if not run.config_yaml.is_file() or run.is_ensemble:
         return
     saved = run.config()
-    diff = diff_of_keys(saved, cfg, TRAINED_KEYS + (PREDICT_KEYS if also_predict else ()))
+    diff = diff_of_keys(saved, cfg, TRAINED_KEYS + (tuple(k for k in PREDICT_KEYS if k not in skip) if also_predict else ()))
     if diff:
         hint = ("; the predict keys are changed with `seg-toolkit oof CONFIG --set ...`, which remakes the OOF "
                 "files and post-processing with them" if any(d.startswith("predict.") for d in diff) else

@@ -101,11 +101,14 @@ def choose_tta(
     """
     from .cv import compute_cv
     from .oof import save_oof
-    from .predictor import Member, Predictor
+    from .predictor import Member, Predictor, check_same_training
     from .tune import tune_postprocess
 
     t0 = time.perf_counter()
     run = Run(run_dir) if run_dir is not None else Run.of(cfg)
+    # the OOF files become the run's, and predict reads the run's config: scales or tiles other than the run's
+    # (`tune --tta --set predict.scales=...`) would tune post-processing on probabilities predict never makes
+    check_same_training(cfg, run, skip=("predict.tta", "predict.merge", "predict.oof_tta"))
     cands, merge_list = _check_candidates(candidates if candidates is not None else DEFAULT_CANDIDATES,
                                           merges if merges is not None else DEFAULT_MERGES)
     folds = run.trained_folds()

@@ -191,6 +191,7 @@ def test_scales_and_small_tta_batches_agree_with_tta_predict(run, keep_run_files
     import dataclasses
 
     cfg = dataclasses.replace(run, predict=dataclasses.replace(run.predict, scales=[1.0, 0.75], max_tta_batch=5))
+    save_config(cfg, Run.of(run).config_yaml)  # the run's own scales, as `seg-toolkit oof --set predict.scales=...` records them
     r = choose_tta(cfg, candidates=[["identity", "transpose"]], merges=["mean_logit", "max"])
     assert r["scales"] == [1.0, 0.75] and r["scores"][0]["n_transforms"] == 4
     for s in r["scores"]:
@@ -275,6 +276,28 @@ def test_bad_tta_json_and_bad_candidates_are_clear(run, tmp_path):
         choose_tta(run, merges=["mean_probs"])
     with pytest.raises(FileNotFoundError, match="no completed fold"):
         choose_tta(cfg)
+
+
+def test_scales_other_than_the_runs_are_refused_before_anything_is_rewritten(run, keep_run_files):
+    """`tune --tta --set predict.scales=[1.0,1.25]` once re-predicted the OOF images at those scales and tuned on them,
+    while predict kept the run's [1.0]: the OOF files, tuning and submission no longer matched."""
+    import dataclasses
+
+    from seg_toolkit.cli import main
+
+    before = {p.name: p.read_bytes() for p in (Run.of(run).postprocess_json, Run.of(run).cv_json)}
+    other = dataclasses.replace(run, predict=dataclasses.replace(run.predict, scales=[1.0, 1.25]))
+    with pytest.raises(ConfigError, match=r"predict.scales: \[1.0\] -> \[1.0, 1.25\].*seg-toolkit oof CONFIG --set"):
+        choose_tta(other, candidates=CANDIDATES, merges=MERGES)
+    cfg_path = run.run_dir.parent / "config_for_cli.yaml"
+    save_config(run, cfg_path)
+    assert main(["tune", str(cfg_path), "--tta", "--set", "predict.scales=[1.0,1.25]"]) == 2
+    assert {p.name: p.read_bytes() for p in (Run.of(run).postprocess_json, Run.of(run).cv_json)} == before
+    assert not Run.of(run).tta_json.exists() or json.loads(Run.of(run).tta_json.read_text())["scales"] == [1.0]
+    # what tune --tta chooses itself may differ from the run's config; plain tune reads only the OOF files
+    chosen_elsewhere = dataclasses.replace(run, predict=dataclasses.replace(run.predict, tta=["identity", "vflip"], merge="max"))
+    assert choose_tta(chosen_elsewhere, candidates=[["identity"]], merges=["mean_prob"])["tta"] == ["identity"]
+    assert main(["tune", str(cfg_path), "--set", "predict.scales=[1.0,1.25]"]) == 0
 
 
 def test_cli_tune_tta_prints_the_table(run, capsys, keep_run_files):
