@@ -79,6 +79,17 @@ def test_replan_keeps_the_plan_within_the_tolerance_and_cuts_beyond_it():
     assert b.replan(5, 5, 900.0, 300.0) == 5  # finished: nothing to plan
 
 
+def replay(b: FoldBudget, planned: int, times: list[float]) -> list[int]:
+    """The fold's plan after each of its epochs, as the training loop replans it, for epochs that take ``times``."""
+    total, plans = planned, []
+    for done in range(1, len(times) + 1):
+        if done > total:
+            break
+        total = b.replan(total, done, sum(times[:done]), epoch_pace(times[:done]))
+        plans.append(total)
+    return plans
+
+
 def test_a_slow_first_epoch_does_not_shrink_the_fold_for_good():
     """The CamVid fold of this README's bf16 rerun: a 6m20s share (380 s), 48 epochs planned, a first epoch of
     12.4 s (start-up included) and then 9.4-11.7 s. Cut after the first epoch at its pace alone, the fold got 30
@@ -86,12 +97,8 @@ def test_a_slow_first_epoch_does_not_shrink_the_fold_for_good():
     (median 10.5) to 36, which then fits: 36 epochs in about the share."""
     b = FoldBudget(share_s=380.0, max_epochs=48)
     times = [12.4, 9.4, 10.5, 11.7, 10.6, 10.9, 10.3] + [10.6] * 40
-    total, plans = 48, []
-    for done in range(1, 49):
-        if done > total:
-            break
-        total = b.replan(total, done, sum(times[:done]), epoch_pace(times[:done]))
-        plans.append(total)
+    plans = replay(b, 48, times)
+    total = plans[-1]
     assert plans[:4] == [45, 40, 36, 36]  # 1 + floor(557.6 / 12.4); 2 + floor(358.2 / 9.4); 3 + floor(347.7 / 10.5)
     assert total == 36 and sum(times[:36]) <= 380.0 * 1.05
     # the rule before: 1 + floor((380 - 12.4) / 12.4) = 30 after the first epoch, never lengthened again
@@ -102,12 +109,7 @@ def test_a_fold_planned_short_is_lengthened_from_its_third_epoch_when_more_fit()
     epoch of folds 0-1 (their machine was busier), it ran them at 44-56 s and left 137 s unused."""
     b = FoldBudget(share_s=529.2, max_epochs=9)
     times = [56.2, 55.6, 51.7, 46.1, 46.2, 47.8, 43.7, 45.3, 45.0]
-    total, plans = 8, []
-    for done in range(1, 10):
-        if done > total:
-            break
-        total = b.replan(total, done, sum(times[:done]), epoch_pace(times[:done]))
-        plans.append(total)
+    plans = replay(b, 8, times)
     # after epochs 1 and 2 the pace is one epoch's (the first pays for start-up): kept; after the third, the median
     # (55.6 s) says 3 + floor((529.2 - 163.5) / 55.6) = 9 fit in the share itself: lengthened to train.epochs
     assert plans == [8, 8, 9, 9, 9, 9, 9, 9, 9]
