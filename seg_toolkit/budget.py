@@ -108,8 +108,9 @@ class FoldBudget:
     def replan(self, total: int, done: int, elapsed_s: float, last_epoch_s: float) -> int:
         """The fold's total after ``done`` epochs that took ``elapsed_s``: ``total`` while the rest fits
         at ``last_epoch_s`` per epoch (the fold's pace, :func:`epoch_pace`; within :data:`TOLERANCE`, or
-        :data:`FIRST_EPOCH_TOLERANCE` after the first epoch), else the most epochs that fit (>= ``done``): in the
-        share, or after the first epoch, when a second one fits the share, within that tolerance.
+        :data:`FIRST_EPOCH_TOLERANCE` after the first epoch while more than one is left: an epoch after the next then
+        trims the fold), else the most epochs that fit (>= ``done``): in the share, or after the first epoch, when a
+        second one fits the share, within that tolerance.
 
         From the third epoch on (a pace that is the median of three) a fold planned short of ``max_epochs`` is
         lengthened to the epochs that fit in the share itself, without the tolerance, so that a plan is not cut
@@ -119,7 +120,10 @@ class FoldBudget:
         done: its schedule has ended."""
         if done >= total or last_epoch_s <= 0:
             return total
-        tolerance = FIRST_EPOCH_TOLERANCE if done == 1 else TOLERANCE
+        # the first epoch's wide tolerance only while a later epoch can still trim the fold: a fold of 2 epochs kept
+        # on it would run its second with no check after it, up to 50% past its share (148 s of 100 where a plan of 3
+        # is cut to 1)
+        tolerance = FIRST_EPOCH_TOLERANCE if done == 1 and total - done >= 2 else TOLERANCE
         room = self.share_s - elapsed_s
         if elapsed_s + (total - done) * last_epoch_s <= self.share_s * (1 + tolerance):
             if done >= 3 and total < self.max_epochs:

@@ -77,6 +77,17 @@ def test_replan_keeps_the_plan_within_the_tolerance_and_cuts_beyond_it():
     assert b.replan(9, 4, 250.0, 40.0) == 5  # pace of the last epoch: 250 + 5 x 40 > 315; 4 + floor(50 / 40)
     assert b.replan(9, 3, 400.0, 130.0) == 3  # over already: stop after the epochs done
     assert b.replan(5, 5, 900.0, 300.0) == 5  # finished: nothing to plan
+    # a plan of 2: no epoch after the second would trim it, so the first epoch gets the 5% only; a bigger plan never
+    # runs longer than a smaller one (before: 2 kept at 74 s, 148 s of a 100 s share, while a plan of 3 was cut to 1)
+    small = FoldBudget(share_s=100.0, max_epochs=9)
+    assert small.replan(2, 1, 74.0, 74.0) == 1 and small.replan(3, 1, 74.0, 74.0) == 1
+    assert small.replan(2, 1, 52.0, 52.0) == 2  # 104 <= 105
+    assert small.replan(2, 1, 54.0, 54.0) == 1  # 108 > 105, and a second epoch does not fit the share (108 > 100)
+    assert small.replan(3, 1, 40.0, 40.0) == 3  # 120 <= 150: kept, and the epoch after the next can still cut it
+    for pace in (30.0, 40.0, 50.0, 60.0, 74.0, 99.0):
+        plans = replay(small, small.initial_epochs(pace), [pace] * 9)
+        assert pace * plans[-1] <= 100.0 * 1.05 or plans[-1] == 1  # every fold ends within its share's 5%, or at one epoch
+
 
 
 def replay(b: FoldBudget, planned: int, times: list[float]) -> list[int]:
