@@ -24,7 +24,7 @@ prediction are outside them). ``train.epochs`` stays the most a fold runs:
   in 328-337 s of their 345 cut its last fold (39-47 s per epoch) to 7 epochs; their 36 s to spare keep all 9.
 
 With ``train.min_fold_epochs: n`` the budget also decides how many folds the run trains: when the
-run's first epoch (the first epoch of its first fold, as ``metrics.csv`` keeps it) says that an equal
+run's first epoch (the first epoch timed in the run, as ``first_epoch.json`` records it once) says that an equal
 share would give each fold fewer than ``n`` epochs, the run trains only the first folds that each get
 ``n`` at that pace (at least one: ``floor(budget / (n x first epoch))``), and those share the whole
 budget. On a machine several times slower than the one a config was sized on, one or two folds of
@@ -39,14 +39,17 @@ checkpoint keeps as ``TrainState.seconds``) count against its share and its pace
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import os
 import re
 import statistics
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from .errors import ConfigError
+from .files import read_json
 
 if TYPE_CHECKING:  # config_checks imports this module while config loads
     from .config import Config
@@ -56,8 +59,8 @@ if TYPE_CHECKING:  # config_checks imports this module while config loads
 
 log = logging.getLogger(__name__)
 
-__all__ = ["parse_duration", "format_duration", "FoldBudget", "fold_budget", "folds_that_fit", "planned_folds", "run_folds", "left_out_folds", "first_epoch_seconds",
-           "carried", "plan_fold", "decide_folds", "fit_to_budget", "timed_seconds", "epoch_pace", "TOLERANCE", "FIRST_EPOCH_TOLERANCE"]
+__all__ = ["parse_duration", "format_duration", "FoldBudget", "fold_budget", "folds_that_fit", "planned_folds", "run_folds", "left_out_folds", "first_epoch_seconds", "record_first_epoch",
+           "carried", "set_aside_seconds", "plan_fold", "decide_folds", "fit_to_budget", "timed_seconds", "epoch_pace", "TOLERANCE", "FIRST_EPOCH_TOLERANCE"]
 
 #: How far past its share a fold's projected time may go before the fold is cut: the pace of one
 #: epoch is noisy, and cutting a cosine schedule short costs more than a few seconds over.
@@ -178,10 +181,16 @@ def fold_budget(cfg: "Config", first_epoch_s: float | None = None) -> FoldBudget
     return FoldBudget(total / m, cfg.train.epochs, m)
 
 
-def first_epoch_seconds(cfg: "Config", metrics) -> float | None:
-    """The seconds of the run's first epoch: epoch 1 of the first of :func:`planned_folds` that has one in
-    ``metrics`` (:func:`seg_toolkit.plots.read_metrics`' frame). It is written once and kept on resume,
-    so every fold and every later call decides the same number of folds."""
+def first_epoch_seconds(cfg: "Config", metrics, run: "Run | None" = None) -> float | None:
+    """The seconds of the run's first epoch: what ``first_epoch.json`` recorded (:func:`record_first_epoch`), else
+    (a run made before that file, or only ``metrics`` at hand) epoch 1 of the first of :func:`planned_folds` that
+    has one in ``metrics`` (:func:`seg_toolkit.plots.read_metrics`' frame). Written once and kept on resume, so
+    every fold and every later call decides the same number of folds, whichever fold was timed first (a
+    ``--fold 2`` job before fold 0) and whatever a NaN retry set aside."""
+    if run is not None:
+        data = read_json(run.first_epoch_json)
+        if data and data.get("seconds") is not None:
+            return float(data["seconds"])
     if "seconds" not in metrics:
         return None
     for k in planned_folds(cfg):
@@ -191,16 +200,35 @@ def first_epoch_seconds(cfg: "Config", metrics) -> float | None:
     return None
 
 
+def record_first_epoch(run: "Run", fold: int, seconds: float) -> float:
+    """Write ``first_epoch.json`` unless it exists (the first fold timed wins, also against a ``--fold`` job
+    beside this one: the file is created exclusively) and return the seconds it holds."""
+    target = run.first_epoch_json
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({"fold": fold, "seconds": seconds}))
+    try:
+        os.link(tmp, target)  # whole or not at all, and never over another's
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink()
+    return float(read_json(target)["seconds"])
+
+
 def run_folds(cfg: "Config", run: "Run") -> list[int]:
     """The folds the whole run trains: :func:`planned_folds`, or under ``train.min_fold_epochs`` the first of
-    them that fit the budget once the run's first epoch is timed."""
+    them that fit the budget once the run's first epoch is timed, and any other planned fold trained anyway
+    (a ``--fold K`` job): a trained fold is never left out."""
     planned = planned_folds(cfg)
     if cfg.train.time_budget is None or not cfg.train.min_fold_epochs:
         return planned
     from .plots import read_metrics  # lazy: the config check imports this module
 
-    budget = fold_budget(cfg, first_epoch_seconds(cfg, read_metrics(run.dir)))
-    return planned[: budget.folds] if budget is not None and budget.decided else planned
+    budget = fold_budget(cfg, first_epoch_seconds(cfg, read_metrics(run.dir), run))
+    if budget is None or not budget.decided:
+        return planned
+    trained = set(run.trained_folds())
+    return [k for i, k in enumerate(planned) if i < budget.folds or k in trained]
 
 
 def left_out_folds(cfg: "Config", run: "Run") -> list[int]:
@@ -226,14 +254,31 @@ def timed_seconds(run: "Run", fold: int, metrics=None, upto: int | None = None) 
     return [float(s) for s in df.loc[mine, "seconds"].dropna()], float(others.mean()) if len(others) else None
 
 
+def set_aside_seconds(run: "Run", fold: int) -> float:
+    """The seconds of the fold's attempts set aside after a NaN loss (``train.nan_retries``: their
+    ``metrics.csv`` moved to ``failed_attempt_<n>/``): the machine spent them, so they count against the fold's
+    share as its own epochs do; an unreadable file counts as nothing."""
+    import pandas as pd
+
+    total = 0.0
+    for path in run.failed_attempt_metrics(fold):
+        try:
+            seconds = pd.to_numeric(pd.read_csv(path, on_bad_lines="skip").get("seconds"), errors="coerce")
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError, ValueError):
+            continue
+        total += float(seconds.dropna().sum()) if seconds is not None else 0.0
+    return total
+
+
 def carried(budget: FoldBudget, cfg: "Config", run: "Run", fold: int, metrics) -> FoldBudget:
     """The fold's share once the run's earlier folds are counted: the budget is the run's, so the seconds a
     finished fold left unused (all its epochs fit with time to spare, or it stopped early), or took over its
     share (within :data:`TOLERANCE`, or its one epoch), are shared out among the folds still to train, this one
     and those after it. Earlier: before ``fold`` among the folds sharing the budget (:func:`planned_folds`, the
     first ``budget.folds`` of them); finished: ``done.json`` written (a fold still training, e.g. a ``--fold``
-    job beside this one, counts as its share). The same files give a resumed fold the same share. A share is
-    never below 0 (a fold still runs its one epoch)."""
+    job beside this one, counts as its share); its seconds include attempts set aside after a NaN loss
+    (:func:`set_aside_seconds`). The same files give a resumed fold the same share. A share is never below 0 (a
+    fold still runs its one epoch)."""
     if not budget.decided:  # the run's first epoch is not timed yet: no fold of the run has finished
         return budget
     sharing = planned_folds(cfg)[: budget.folds or None]
@@ -244,7 +289,7 @@ def carried(budget: FoldBudget, cfg: "Config", run: "Run", fold: int, metrics) -
     for j in sharing[:i]:
         seconds = metrics.loc[metrics["fold"] == j, "seconds"].dropna() if "seconds" in metrics else ()
         if run.done_json(j).is_file() and len(seconds):
-            carry += budget.share_s - float(seconds.sum())
+            carry += budget.share_s - float(seconds.sum()) - set_aside_seconds(run, j)
     if not carry:
         return budget
     share = max(0.0, budget.share_s + carry / (len(sharing) - i))
@@ -257,7 +302,7 @@ def carried(budget: FoldBudget, cfg: "Config", run: "Run", fold: int, metrics) -
 def plan_fold(cfg: "Config", run: "Run", fold: int, state: "TrainState", d: "Dist") -> tuple[FoldBudget | None, list[float]]:
     """Set ``state.epochs``, the fold's planned epochs: ``train.epochs``, or under ``train.time_budget``
     those that fit the fold's share (:mod:`seg_toolkit.budget`; a resumed fold keeps its plan). Returns
-    the fold's budget (None: no budget) and the seconds of the epochs it ran before a resume: they count
+    the fold's budget (None: no budget; its share less what attempts set aside after a NaN loss took) and the seconds of the epochs it ran before a resume: they count
     against its share, and its pace (:func:`epoch_pace`) goes on from them, so the first epoch after a
     resume, which pays for starting up again (or finishes an interrupted epoch), is one vote of three."""
     if cfg.train.time_budget is None:
@@ -266,7 +311,13 @@ def plan_fold(cfg: "Config", run: "Run", fold: int, state: "TrainState", d: "Dis
     from .plots import read_metrics  # lazy: the config check imports this module
 
     metrics = read_metrics(run.dir)
-    budget = d.broadcast(carried(fold_budget(cfg, first_epoch_seconds(cfg, metrics)), cfg, run, fold, metrics))
+    budget = carried(fold_budget(cfg, first_epoch_seconds(cfg, metrics, run)), cfg, run, fold, metrics)
+    aside = set_aside_seconds(run, fold)
+    if aside:
+        log.info("fold %d: its attempt(s) set aside after a NaN loss took %s of its %s share", fold, format_duration(aside),
+                 format_duration(budget.share_s))
+        budget = replace(budget, share_s=max(0.0, budget.share_s - aside))
+    budget = d.broadcast(budget)
     earlier, epoch_s = timed_seconds(run, fold, metrics, upto=state.epoch)
     if state.epochs:
         state.epochs = min(state.epochs, cfg.train.epochs)
@@ -278,11 +329,17 @@ def plan_fold(cfg: "Config", run: "Run", fold: int, state: "TrainState", d: "Dis
     return budget, earlier
 
 
-def decide_folds(cfg: "Config", budget: FoldBudget, fold: int, first_epoch_s: float, d: "Dist") -> FoldBudget:
+def decide_folds(cfg: "Config", budget: FoldBudget, fold: int, first_epoch_s: float, d: "Dist",
+                 run: "Run | None" = None) -> FoldBudget:
     """After a fold's first epoch, when ``train.min_fold_epochs`` was waiting for it (the run's first epoch):
-    the fold's budget once the number of folds is known (rank 0's timing for every rank)."""
+    the fold's budget once the number of folds is known (rank 0's timing for every rank). With ``run``, the epoch
+    is recorded in ``first_epoch.json`` (:func:`record_first_epoch`), and when another fold's was recorded first
+    (a ``--fold`` job beside this one), that one decides."""
     if budget.decided:
         return budget
+    if run is not None and d.is_main:
+        first_epoch_s = record_first_epoch(run, fold, first_epoch_s)
+    first_epoch_s = d.broadcast(first_epoch_s)
     decided = d.broadcast(fold_budget(cfg, first_epoch_s))
     planned = planned_folds(cfg)
     if decided.folds < len(planned):

@@ -62,7 +62,7 @@ class Run(RunGuard):
                  "ensemble.json", "amp.json", "lr_find.json", "lr_find.png", "pseudo", "oof", "oof_summary.json", "test_probs",
                  "evaluate_test.json", "report", "learning_curves.html", "learning_curves.png", "audit.html",
                  "audit_problems.csv", "tta_search", "test_masks", "evaluations", "audit_samples.png", "audit_batch.png",
-                 "tracker.json", "tensorboard", "export", "estimate.json")
+                 "tracker.json", "tensorboard", "export", "estimate.json", "first_epoch.json")
     #: What a run writes in ``fold_<k>/`` (the fold methods below)
     FOLD_FILE = re.compile(r"(best|last|prev)\.pt|best_e\d+\.pt|metrics\.csv|done\.json|failed_attempt_\d+")
     FOLD_DIR = re.compile(r"fold_\d+")
@@ -130,6 +130,12 @@ class Run(RunGuard):
     @property
     def tta_json(self) -> Path:
         return self.dir / "tta.json"
+
+    @property
+    def first_epoch_json(self) -> Path:
+        """``train.min_fold_epochs``: the run's first timed epoch (fold, seconds), written once; it decides how many
+        folds share ``train.time_budget`` (:func:`seg_toolkit.budget.first_epoch_seconds`)."""
+        return self.dir / "first_epoch.json"
 
     @property
     def tracker_json(self) -> Path:
@@ -267,6 +273,10 @@ class Run(RunGuard):
 
     def failed_attempt_dir(self, fold: int, n: int) -> Path:
         return self.fold_dir(fold) / f"failed_attempt_{n}"
+
+    def failed_attempt_metrics(self, fold: int) -> list[Path]:
+        """The ``metrics.csv`` of the fold's attempts set aside after a NaN loss (``train.nan_retries``)."""
+        return sorted(self.fold_dir(fold).glob("failed_attempt_*/metrics.csv"))
 
     def metrics_csvs(self) -> list[Path]:
         """Every fold's ``metrics.csv``, in fold order."""

@@ -145,7 +145,7 @@ def train_attempt(cfg: Config, fold: int, samples: list[Sample], folds: pd.DataF
             elapsed += seconds
             epoch_seconds.append(seconds)
             if budget is not None and not budget.decided:  # train.min_fold_epochs: the run's first epoch decides the folds
-                budget = decide_folds(cfg, budget, fold, round(seconds, 3), d)
+                budget = decide_folds(cfg, budget, fold, round(seconds, 3), d, run)
             if budget is not None and fit_to_budget(budget, state, fold, elapsed, epoch_seconds, d):
                 schedule = schedule.for_epochs(cfg, optimizer, updates_per_epoch, state.epochs, state.step)
             if d.is_main:

@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 import torch
 
-from seg_toolkit.budget import (FoldBudget, carried, decide_folds, epoch_pace, fit_to_budget, first_epoch_seconds, fold_budget, folds_that_fit, plan_fold, run_folds,
-                                timed_seconds)
+from seg_toolkit.budget import (FoldBudget, carried, decide_folds, epoch_pace, fit_to_budget, first_epoch_seconds, fold_budget, folds_that_fit, left_out_folds,
+                                plan_fold, run_folds, set_aside_seconds, timed_seconds)
 from seg_toolkit.checkpoint import load_checkpoint
 from seg_toolkit.config import ConfigError, config_from_dict
 from seg_toolkit.cv import run_cv
@@ -87,7 +87,6 @@ def test_replan_keeps_the_plan_within_the_tolerance_and_cuts_beyond_it():
     for pace in (30.0, 40.0, 50.0, 60.0, 74.0, 99.0):
         plans = replay(small, small.initial_epochs(pace), [pace] * 9)
         assert pace * plans[-1] <= 100.0 * 1.05 or plans[-1] == 1  # every fold ends within its share's 5%, or at one epoch
-
 
 
 def replay(b: FoldBudget, planned: int, times: list[float]) -> list[int]:
@@ -364,6 +363,7 @@ def test_a_budget_that_fits_one_fold_trains_and_tunes_it_and_resume_with_more_tr
     assert cv["folds"] == [0] and cv["n_images"] == 4 and run.trained_folds() == [0]
     assert cv["time_budget"] == {"budget": "0.01s", "min_fold_epochs": 2, "folds": [0], "left_out": [1, 2]}
     assert not run.fold_dir(1).exists()
+    assert json.loads(run.first_epoch_json.read_text())["fold"] == 0  # the decision's epoch, recorded by the loop
     done = json.loads(run.done_json(0).read_text())
     assert (done["budget_folds"], done["fold_budget_s"], done["epochs_run"]) == (1, 0.01, 1)  # the whole budget
     assert json.loads(run.postprocess_json.read_text())["folds"] == [0]  # the run's folds are done: tuned
@@ -384,3 +384,44 @@ def test_a_budget_that_fits_one_fold_trains_and_tunes_it_and_resume_with_more_tr
 def test_min_fold_epochs_is_checked_when_the_config_loads(demo_root, tmp_path, train, match):
     with pytest.raises(ConfigError, match=rf"train.min_fold_epochs.*{match}|{match}"):
         _cfg(demo_root, tmp_path, "10m", train=train)
+
+
+def test_an_attempt_set_aside_after_a_nan_loss_counts_against_its_folds_share(demo_root, tmp_path):
+    cfg = _cfg(demo_root, tmp_path, "4m", epochs=9, folds={"n_splits": 4, "method": "kfold"})  # 60 s per fold
+    run = _timed_run(tmp_path / "run", {0: [10.0, 10.0]}, done=(0,))
+    aside = run.failed_attempt_dir(0, 1)
+    aside.mkdir()
+    pd.DataFrame({"fold": 0, "epoch": [1, 2, 3], "val_score": 0.5, "seconds": [9.0, 8.0, 7.0]}).to_csv(aside / "metrics.csv", index=False)
+    assert set_aside_seconds(run, 0) == 24.0 and set_aside_seconds(run, 1) == 0.0
+    metrics = read_metrics(run.dir)
+    assert len(metrics) == 2  # the learning curves keep to the attempt that counts
+    # fold 0 spent 20 + 24 s of its 60: fold 1 gets (60 - 44) / 3 more
+    assert carried(fold_budget(cfg), cfg, run, 1, metrics).share_s == pytest.approx(60 + 16 / 3)
+    # a fold retried after a NaN loss plans its new attempt in what the failed one left of its share
+    retried = _timed_run(tmp_path / "retried", {})
+    retried.fold_dir(1).mkdir(parents=True)
+    retried.failed_attempt_dir(1, 1).mkdir()
+    pd.DataFrame({"fold": 1, "epoch": [1, 2], "seconds": [20.0, 15.0]}).to_csv(retried.failed_attempt_dir(1, 1) / "metrics.csv", index=False)
+    state = TrainState()
+    budget, earlier = plan_fold(cfg, retried, 1, state, Dist())
+    assert budget.share_s == 25.0 and earlier == [] and state.epochs == 9  # nothing timed in this attempt yet
+    assert budget.replan(9, 1, 15.0, 15.0) == 1  # 15 + 15 > 25: the retry stops after its first epoch
+
+
+def test_the_runs_first_epoch_is_recorded_once_and_decides_for_every_fold(demo_root, tmp_path):
+    cfg = _cfg(demo_root, tmp_path, "23m", epochs=9, folds={"n_splits": 4, "method": "kfold"}, train={"min_fold_epochs": 6})
+    # a `--fold 2` job timed first: its first epoch (160 s) decides one fold; fold 0, run later at 30 s per epoch,
+    # does not change that decision (before, the epoch-1 row of the first planned fold did, whenever it came)
+    run = _timed_run(tmp_path / "run", {2: [160.0, 150.0]}, done=(2,))
+    assert decide_folds(cfg, fold_budget(cfg), 2, 160.0, Dist(), run) == FoldBudget(1380.0, 9, 1)
+    assert json.loads(run.first_epoch_json.read_text()) == {"fold": 2, "seconds": 160.0}
+    assert decide_folds(cfg, fold_budget(cfg), 0, 30.0, Dist(), run) == FoldBudget(1380.0, 9, 1)  # the recorded epoch decides
+    assert json.loads(run.first_epoch_json.read_text()) == {"fold": 2, "seconds": 160.0}  # not overwritten
+    run.fold_dir(0).mkdir()  # fold 0's first epoch, as its job writes it
+    pd.DataFrame({"fold": 0, "epoch": [1], "val_score": 0.5, "seconds": [30.0]}).to_csv(run.metrics_csv(0), index=False)
+    metrics = read_metrics(run.dir)
+    assert first_epoch_seconds(cfg, metrics) == 30.0  # the rows alone would now say fold 0's 30 s ...
+    assert first_epoch_seconds(cfg, metrics, run) == 160.0  # ... the recorded first epoch is what decides
+    # fold 2 was trained by its job: the run's folds are fold 0 (the decision) and fold 2; it is never "left out"
+    assert run_folds(cfg, run) == [0, 2] and left_out_folds(cfg, run) == [1, 3]
+    assert not list(run.dir.glob(".first_epoch.json.*"))  # no temporary file left behind
