@@ -149,8 +149,10 @@ def train_attempt(cfg: Config, fold: int, samples: list[Sample], folds: pd.DataF
             if budget is not None and fit_to_budget(budget, state, fold, elapsed, epoch_seconds, d):
                 schedule = schedule.for_epochs(cfg, optimizer, updates_per_epoch, state.epochs, state.step)
             if d.is_main:
-                save_epoch(cfg, run, fold, model, ema, optimizer, schedule, scaler, state, improved, val_stats["val_score"])
+                # the row first: killed before the checkpoint, a resume drops the row and runs the epoch again; the
+                # other way round the checkpoint would hold an epoch whose row (its time, its curve point) never comes
                 log_epoch(run.metrics_csv(fold), fold, epoch, optimizer, train_stats, val_stats, improved, seconds)
+                save_epoch(cfg, run, fold, model, ema, optimizer, schedule, scaler, state, improved, val_stats["val_score"])
                 track.log_epoch(fold, epoch + 1, {"lr": optimizer.param_groups[-1]["lr"], **train_stats, **val_stats})
             if should_stop(state, cfg):
                 log.info("fold %d: early stop after epoch %d (best %.4f at epoch %d)", fold, epoch + 1, state.best_score, state.best_epoch + 1)

@@ -126,3 +126,31 @@ def test_ctrl_c_saves_a_checkpoint_that_resumes_exactly(demo_root, tmp_path, ref
     assert list(rows["epoch"]) == [1, 2, 3]
     assert rows.loc[1, "seconds"] > before  # epoch 2's row: the time before the stop and after the resume
     assert _weights(runs)["train_state"]["seconds"] == 0.0
+
+
+def test_killed_between_an_epochs_row_and_its_checkpoint_runs_that_epoch_again(demo_root, tmp_path, reference):
+    """The metrics row is written before the checkpoint: killed in between, the resume drops the row and runs the epoch
+    again, so every epoch has its row (its time counts against train.time_budget) and the weights are the same."""
+    runs = tmp_path / "runs"
+    child = CHILD.replace("run_cv(cfg, resume=resume)", textwrap.dedent(
+        """
+        if kill_at > 0:
+            original_save, saves = train.save_epoch, [0]
+            def save(*args, **kwargs):
+                saves[0] += 1
+                if saves[0] == kill_at:
+                    os.kill(os.getpid(), signal.SIGKILL)
+                original_save(*args, **kwargs)
+            train.save_epoch = save
+            train.optimizer_step = original
+        run_cv(cfg, resume=resume)
+        """))
+    cfg = json.dumps(_cfg(demo_root, runs))
+    killed = subprocess.run([sys.executable, "-c", child, cfg, "2", "0", "SIGKILL"], capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL
+    metrics = runs / "t" / "fold_0" / "metrics.csv"
+    assert list(pd.read_csv(metrics)["epoch"]) == [1, 2] and _weights(runs)["epoch"] == 1  # epoch 2's row, no checkpoint
+    resumed = _run(_cfg(demo_root, runs), resume=True)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert list(pd.read_csv(metrics)["epoch"]) == [1, 2, 3]  # epoch 2 ran again and wrote its row once
+    _assert_same(_weights(runs), reference)
