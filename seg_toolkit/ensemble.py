@@ -230,7 +230,9 @@ def build_ensemble(cfgs: list[Config], name: str | None = None, weights: Sequenc
     shutil.copyfile(runs[0].folds_csv, out.folds_csv)
     if runs[0].fold_balance_csv.is_file():
         shutil.copyfile(runs[0].fold_balance_csv, out.fold_balance_csv)
-    members = [{"run": out.member_ref(r), "weight": w} for r, w in zip(runs, chosen)]
+    # how each member's OOF files were made: predict warns when a member predicts otherwise later (tune --tta, oof --set)
+    members = [{"run": out.member_ref(r), "weight": w, "oof": (read_json(r.cv_json) or {}).get("oof")}
+               for r, w in zip(runs, chosen)]
     write_json(out.ensemble_json, {"members": members, "space": space, "folds": folds, "weights_search": search})
     # the classifier's presence, as the predictor merges it: probability space, over the members that have one
     with_presence = [(r, w) for r, w in zip(runs, chosen) if has_presence(r.config()) and w > 0]

@@ -78,13 +78,22 @@ def run_predictor(cfg: Config) -> tuple[Run, Predictor]:
 
 def _warn_if_oof_differs(run: Run, predictor: Predictor) -> None:
     """Post-processing was tuned on OOF files made with some TTA; say so when prediction uses another
-    (a hand-edited tta.json, or a run trained with ``predict.oof_tta: identity``)."""
-    made = (read_json(run.cv_json) or {}).get("oof")
-    if run.is_ensemble or not isinstance(made, dict):
+    (a hand-edited tta.json, a run trained with ``predict.oof_tta: identity``, folds whose OOF files were made
+    with different settings, or an ensemble member whose TTA changed after the ensemble was built)."""
+    if run.is_ensemble:
+        recorded = [m.get("oof") for m in (read_json(run.ensemble_json) or {}).get("members", [])]
+        for m, made in zip(predictor.members, recorded):
+            if made is not None and made != m.made():  # None: an ensemble built before members' settings were kept
+                log.warning("ensemble %s: member %s's OOF files were merged and tuned on as made with %s, but it now "
+                            "predicts with %s (tune --tta or oof since); build the ensemble again (seg-toolkit ensemble ... "
+                            "--overwrite) so that what is tuned is what is submitted", run.dir, m.run.dir, made, m.made())
         return
-    m = predictor.members[0]
-    now = {"tta": m.tta, "merge": m.merge, "scales": list(m.cfg.predict.scales), "tile_size": m.cfg.predict.tile_size}
-    if any(made.get(k) != v for k, v in now.items()):
+    made = (read_json(run.cv_json) or {}).get("oof")
+    now = predictor.members[0].made()
+    if isinstance(made, list):  # cv.json keeps one entry when every fold's OOF was made alike
+        log.warning("the OOF files of %s were made with different settings per fold (%s), and the post-processing was "
+                    "tuned on them; prediction uses %s: remake them with `seg-toolkit oof CONFIG`", run.dir, made, now)
+    elif isinstance(made, dict) and any(made.get(k) != v for k, v in now.items()):
         log.warning("the OOF files of %s (and the post-processing tuned on them) were made with %s, but prediction uses %s; "
                     "remake them with `seg-toolkit oof CONFIG` so that what is tuned is what is submitted", run.dir, made, now)
 

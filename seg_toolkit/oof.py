@@ -70,9 +70,7 @@ def write_fold_oof(cfg: Config, run: Run, fold: int, valid: list[Sample], predic
                                                   total=len(valid), desc=desc, leave=False, disable=None):
         evaluator.update(save_oof(run, image_id, probs, presence=presence)[None], target[None])
     result = evaluator.compute()
-    m = predictor.members[0]
-    return {"metric": result["metric"], "oof_score": float(result["score"]),
-            "oof": {"tta": m.tta, "merge": m.merge, "scales": list(m.cfg.predict.scales), "tile_size": m.cfg.predict.tile_size}}
+    return {"metric": result["metric"], "oof_score": float(result["score"]), "oof": predictor.members[0].made()}
 
 
 def remake_oof(cfg: Config, tune: bool = True) -> dict[str, Any]:

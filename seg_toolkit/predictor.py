@@ -172,6 +172,11 @@ class Member:
                 self._amp[(fold, device)] = resolve_amp(self.cfg.train.amp, device, read_json(self.run.amp_json))
         return self._amp[(fold, device)]
 
+    def made(self) -> dict[str, Any]:
+        """How this member predicts, as the OOF files record it (``done.json`` / ``cv.json``'s ``oof``)."""
+        return {"tta": list(self.tta), "merge": self.merge, "scales": list(self.cfg.predict.scales),
+                "tile_size": self.cfg.predict.tile_size}
+
     def passes(self, n_folds: int) -> int:
         return n_folds * len(expand_tta(self.tta)) * len(self.cfg.predict.scales)
 

@@ -23,7 +23,7 @@ from seg_toolkit.data import SegDataset, collate, load_test_samples, load_train_
 from seg_toolkit.ensemble import build_ensemble, merge_probs, weight_grid
 from seg_toolkit.inference import predict_test
 from seg_toolkit.oof import remake_oof
-from seg_toolkit.files import read_json
+from seg_toolkit.files import read_json, write_json
 from seg_toolkit.run import Run
 from seg_toolkit.submission import check_submission
 from seg_toolkit.tensors import probs_to_uint8, resize_to, uint8_to_probs
@@ -85,7 +85,9 @@ def test_ensemble_test_probs_are_the_weighted_mean_of_each_members_own(trained):
     cv = build_ensemble([a, b], name="ens_fixed", weights=[0.6, 0.4])
     ens = Run(Run.of(a).dir.parent / "ens_fixed")
     # members named relative to the ensemble's folder, so the runs folder can move as a whole
-    assert ens.is_ensemble and read_json(ens.ensemble_json)["members"] == [{"run": "../a", "weight": 0.6}, {"run": "../b", "weight": 0.4}]
+    members = read_json(ens.ensemble_json)["members"]
+    assert ens.is_ensemble and [(m["run"], m["weight"]) for m in members] == [("../a", 0.6), ("../b", 0.4)]
+    assert [m["oof"] for m in members] == [read_json(Run.of(c).cv_json)["oof"] for c in (a, b)]  # how each member's OOF was made
     assert ens.members() == [(Run.of(a), 0.6), (Run.of(b), 0.4)]
     out = predict_test(ens.config(), out=tmp / "ens_fixed.csv")
     assert check_submission(out, a.data_path(a.data.sample_submission)) == []
@@ -222,3 +224,36 @@ def test_a_run_folder_is_found_from_any_working_directory(trained, tmp_path, mon
     assert main(["predict", str(run.dir), "--out", str(out)]) == 0
     assert check_submission(out, a.data_path(a.data.sample_submission)) == []
 
+
+
+def test_predict_warns_when_a_member_predicts_otherwise_than_the_ensemble_was_built_on(trained, tmp_path, caplog):
+    """ensemble.json keeps how each member's OOF files were made; a member's TTA chosen again afterwards
+    (`tune --tta` writes its tta.json) makes the ensemble's tuned post-processing stale: predict says so."""
+    a, *_ = trained
+    runs = tmp_path / "runs"
+    shutil.copytree(Run.of(a).dir.parent, runs, ignore=shutil.ignore_patterns("ens*"))
+    cfgs = [load_config(runs / name / "config.yaml", [f"runs_dir={runs}"]) for name in ("a", "b")]
+    build_ensemble(cfgs, name="ens_drift", weights=[0.5, 0.5])
+    ens = Run(runs / "ens_drift")
+    members = read_json(ens.ensemble_json)["members"]
+    assert members[0]["oof"]["tta"] == ["identity", "hflip"] and members[1]["oof"]["tta"] == ["identity"]
+    ens_cfg = load_config(ens.config_yaml, [f"runs_dir={runs}"])
+    predict_test(ens_cfg, out=tmp_path / "before.csv")
+    assert "build the ensemble again" not in caplog.text
+    (runs / "a" / "tta.json").write_text('{"tta": ["identity"], "merge": "mean_prob"}')  # as `tune a --tta` would choose
+    predict_test(ens_cfg, out=tmp_path / "after.csv")
+    assert "build the ensemble again" in caplog.text and str(runs / "a") in caplog.text
+
+
+def test_predict_warns_when_folds_oof_files_were_made_alike_or_not(trained, tmp_path, caplog):
+    a, *_ = trained
+    copy = Run(tmp_path / "runs" / "a")
+    shutil.copytree(Run.of(a).dir, copy.dir)
+    cfg = load_config(copy.config_yaml, [f"runs_dir={tmp_path / 'runs'}"])
+    predict_test(cfg, out=tmp_path / "same.csv")
+    assert "different settings per fold" not in caplog.text and "remake them" not in caplog.text
+    cv = read_json(copy.cv_json)  # as after `train --fold 1 --set predict.tta=[identity]` on a run whose fold 0 used hflip
+    cv["oof"] = [cv["oof"], {**cv["oof"], "tta": ["identity"]}]
+    write_json(copy.cv_json, cv)
+    predict_test(cfg, out=tmp_path / "mixed.csv")
+    assert "made with different settings per fold" in caplog.text
