@@ -37,6 +37,7 @@ from .config import Config, ConfigError, save_config
 from .data import load_target, load_train_samples
 from .data.dataset import target_to_tensor
 from .evaluator import Evaluator
+from .oof import check_oof_complete
 from .predictor import check_same_training
 from .models.presence import has_presence
 from .files import read_json, read_oof, write_json, write_npy
@@ -82,6 +83,7 @@ def _check_members(cfgs: list[Config]) -> tuple[list[Run], list[int], dict[str, 
         if run.is_ensemble:
             raise ConfigError(f"{run.dir} is an ensemble; name its member runs instead")
         check_same_training(cfg, run)
+        check_oof_complete(run)
     saved = [r.config() for r in runs]
     for key in ("task", "num_classes", "ignore_index"):
         values = {getattr(c.data, key) for c in saved}

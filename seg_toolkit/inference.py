@@ -42,6 +42,7 @@ from .data import DataError, Sample, class_colors, class_names, load_list_sample
 from .device import resolve_device
 from .evaluator import Evaluator
 from .postprocess import apply_postprocess, load_params
+from .oof import check_oof_complete
 from .predictor import Predictor, check_same_training
 from .run import Run, RunExistsError
 from .submission import SubmissionWriter, mask_rows, submission_columns, submission_path
@@ -68,6 +69,8 @@ def run_predictor(cfg: Config) -> tuple[Run, Predictor]:
     if not run.config_yaml.is_file():
         raise FileNotFoundError(f"{run.dir}: no run folder (config.yaml); train the experiment first")
     check_same_training(cfg, run)
+    for r in [m for m, _ in run.members()] if run.is_ensemble else [run]:
+        check_oof_complete(r)  # post-processing tuned on OOF files an interrupted rewrite left mixed
     device = resolve_device(cfg.train.device)
     predictor = Predictor.from_run(run, cfg=None if run.is_ensemble else cfg, device=device,
                                    batch_size=cfg.predict.batch_size, num_workers=cfg.train.num_workers,

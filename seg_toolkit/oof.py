@@ -13,9 +13,11 @@ the run's config, rescores cv.json and re-tunes the post-processing.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
-from typing import Any
+import time
+from typing import Any, Iterator
 
 import torch
 from tqdm.auto import tqdm
@@ -23,6 +25,7 @@ from tqdm.auto import tqdm
 from .config import Config, ConfigError, save_config
 from .data import Sample, load_train_samples
 from .data.folds import split_fold, read_folds
+from .errors import SegToolkitError
 from .evaluator import Evaluator
 from .predictor import Member, Predictor, check_same_training, tta_settings
 from .files import read_json, write_json, write_npy
@@ -31,7 +34,7 @@ from .tensors import probs_to_uint8, uint8_to_probs
 
 log = logging.getLogger(__name__)
 
-__all__ = ["oof_settings", "oof_predictor", "write_fold_oof", "remake_oof", "save_oof"]
+__all__ = ["oof_settings", "oof_predictor", "write_fold_oof", "remake_oof", "save_oof", "oof_rewrite", "mark_oof_rewrite", "check_oof_complete"]
 
 
 def oof_settings(cfg: Config, run: Run) -> tuple[list[str], str]:
@@ -73,6 +76,32 @@ def write_fold_oof(cfg: Config, run: Run, fold: int, valid: list[Sample], predic
     return {"metric": result["metric"], "oof_score": float(result["score"]), "oof": predictor.members[0].made()}
 
 
+@contextlib.contextmanager
+def oof_rewrite(run: Run, command: str) -> Iterator[None]:
+    """While the run's OOF files are rewritten (``tune --tta`` moving its winner's files in, ``oof`` predicting them
+    again), ``oof_incomplete.json`` says so; removed once the files, ``done.json`` and ``cv.json`` agree again. A
+    rewrite that stops half-way leaves it, and :func:`check_oof_complete` refuses to use the mixed files."""
+    mark_oof_rewrite(run, command)
+    yield
+    run.oof_incomplete_json.unlink(missing_ok=True)
+
+
+def mark_oof_rewrite(run: Run, command: str) -> None:
+    """Write ``oof_incomplete.json``: the OOF files are about to be rewritten by ``command`` (its remedy if it stops)."""
+    write_json(run.oof_incomplete_json, {"command": command, "started": time.strftime("%Y-%m-%d %H:%M:%S")})
+
+
+def check_oof_complete(run: Run) -> None:
+    """Refuse a run whose OOF files an interrupted ``tune --tta`` or ``oof`` left part old, part new: tuning on them,
+    or predicting with post-processing tuned on them, would not be what the run's predictor makes."""
+    data = read_json(run.oof_incomplete_json)
+    if data is not None:
+        command = data.get("command", "seg-toolkit oof")
+        raise SegToolkitError(f"{run.dir}: its OOF files were being rewritten by `{command}` (started {data.get('started')}) "
+                              f"when it stopped ({run.oof_incomplete_json}): some are from before, some after. Run "
+                              f"`{command}` again (or `seg-toolkit oof CONFIG`) before tuning, predicting or ensembling")
+
+
 def remake_oof(cfg: Config, tune: bool = True) -> dict[str, Any]:
     """Predict every trained fold's OOF files again with ``cfg``'s predict settings; rescore and re-tune.
 
@@ -96,12 +125,13 @@ def remake_oof(cfg: Config, tune: bool = True) -> dict[str, Any]:
     folds_df = read_folds(run.folds_csv)
     predictor = oof_predictor(cfg, run)
     log.info("remaking OOF of folds %s: %s", folds, predictor.describe(fold=folds[0]))
-    for k in folds:
-        _, valid = split_fold(samples, folds_df, k)
-        summary = write_fold_oof(cfg, run, k, valid, predictor)
-        done = read_json(run.done_json(k)) or {}
-        write_json(run.done_json(k), {**done, **summary})
-    cv = compute_cv(cfg, run, samples)
+    with oof_rewrite(run, f"seg-toolkit oof {run.dir}"):
+        for k in folds:
+            _, valid = split_fold(samples, folds_df, k)
+            summary = write_fold_oof(cfg, run, k, valid, predictor)
+            done = read_json(run.done_json(k)) or {}
+            write_json(run.done_json(k), {**done, **summary})
+        cv = compute_cv(cfg, run, samples)
     if tune:
         from .tune import tune_postprocess
 

@@ -100,7 +100,7 @@ def choose_tta(
     ``predict.scales`` combine with every candidate, as in prediction.
     """
     from .cv import compute_cv
-    from .oof import save_oof
+    from .oof import mark_oof_rewrite, save_oof
     from .predictor import Member, Predictor, check_same_training
     from .tune import tune_postprocess
 
@@ -153,7 +153,9 @@ def choose_tta(
         if chosen_i is None:
             raise RuntimeError("choose_tta: every candidate scored NaN (nothing could be scored)")
         chosen = scores[chosen_i]
-        # the winner's probabilities become the run's OOF, and its tuning the run's post-processing
+        # the winner's probabilities become the run's OOF, and its tuning the run's post-processing; stopped
+        # before all of it is written, the run keeps oof_incomplete.json and is refused until this runs again
+        mark_oof_rewrite(run, f"seg-toolkit tune {run.dir} --tta")
         run.oof_dir.mkdir(exist_ok=True)
         for f in scratch[chosen_i].iterdir():
             if f.is_dir():  # presence/: the classifier's probabilities
@@ -178,6 +180,7 @@ def choose_tta(
     for k in folds:
         write_json(run.done_json(k), {**(read_json(run.done_json(k)) or {}), "oof": made})
     compute_cv(cfg, run, samples)
+    run.oof_incomplete_json.unlink(missing_ok=True)  # files, tta.json, postprocess.json, done.json and cv.json agree
     cf = f", {chosen['cross_fitted']:.5f} cross-fitted" if chosen["cross_fitted"] is not None else ""
     log.info("choose_tta: %s merge=%s (%s %.5f tuned%s, %.5f untuned, on %d OOF images); wrote %s",
              chosen["tta"], chosen["merge"], result["metric"], chosen["score"], cf, chosen["untuned"], n_images, run.tta_json)

@@ -139,6 +139,10 @@ def tune_postprocess(
     """
     t0 = time.perf_counter()
     run = Run(run_dir) if run_dir is not None else Run.of(cfg)
+    if oof_dir is None:  # the run's own OOF files, not a tune --tta candidate's
+        from .oof import check_oof_complete
+
+        check_oof_complete(run)
     task = cfg.data.task
     metric = resolve_metric_name(cfg.metric.name, task)
     empty_score = cfg.metric.empty_score

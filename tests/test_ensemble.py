@@ -172,6 +172,13 @@ def test_remake_oof_without_tta_is_stated_and_predict_warns(trained, tmp_path, c
     assert not np.array_equal(np.load(copy.oof_path(first)), np.load(Run.of(a).oof_path(first)))  # hflip TTA there
     predict_test(cfg, out=tmp_path / "x.csv")
     assert "remake them with `seg-toolkit oof CONFIG`" in caplog.text
+    assert not copy.oof_incomplete_json.exists()  # written while the files were rewritten, removed once they agree
+    from seg_toolkit.errors import SegToolkitError
+    from seg_toolkit.oof import mark_oof_rewrite
+
+    mark_oof_rewrite(copy, f"seg-toolkit oof {copy.dir}")  # as an `oof` stopped half-way leaves it
+    with pytest.raises(SegToolkitError, match=r"being rewritten by `seg-toolkit oof .*` .* before tuning, predicting or ensembling"):
+        build_ensemble([cfg, load_config(Run.of(trained[1]).config_yaml, [f"runs_dir={tmp_path / 'runs'}"])], name="e")
 
 
 def test_merge_probs_and_weight_grid_by_hand():

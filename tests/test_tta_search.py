@@ -322,3 +322,33 @@ def test_ties_go_to_fewer_transforms_and_nan_never_wins():
     assert _better(0.5, 1, (0.5, 2)) and not _better(0.5, 2, (0.5, 1)) and not _better(0.5, 1, (0.5, 1))
     assert _better(0.6, 8, (0.5, 1)) and not _better(float("nan"), 1, (0.1, 8)) and _better(0.1, 8, (float("nan"), 1))
     assert _better(0.0, 8, None)
+
+
+def test_a_tune_tta_stopped_while_moving_its_files_in_is_refused_until_run_again(run, monkeypatch, keep_run_files, tmp_path):
+    """Stopped half-way through moving the winner's OOF files into oof/, the run held files of two TTA choices beside
+    the old tta.json and postprocess.json, and predict used them silently: now oof_incomplete.json refuses it."""
+    from seg_toolkit.errors import SegToolkitError
+
+    r = Run.of(run)
+    original, moved = Path.replace, [0]
+
+    def replace(self, target):
+        if Path(target).parent == r.oof_dir:
+            moved[0] += 1
+            if moved[0] == 3:
+                raise KeyboardInterrupt
+        return original(self, target)
+
+    monkeypatch.setattr(Path, "replace", replace)
+    with pytest.raises(KeyboardInterrupt):
+        choose_tta(run, candidates=CANDIDATES, merges=MERGES)
+    monkeypatch.setattr(Path, "replace", original)
+    assert json.loads(r.oof_incomplete_json.read_text())["command"] == f"seg-toolkit tune {r.dir} --tta"
+    assert not r.tta_search_root.exists()  # the scratch folder is gone: the mix can only be undone by choosing again
+    for call in (lambda: tune_postprocess(run), lambda: predict_test(run, out=tmp_path / "sub.csv")):
+        with pytest.raises(SegToolkitError, match=r"were being rewritten by `seg-toolkit tune .* --tta`.*Run `seg-toolkit tune"):
+            call()
+    choose_tta(run, candidates=CANDIDATES, merges=MERGES)  # the remedy: every file rewritten, the marker gone
+    assert not r.oof_incomplete_json.exists()
+    tune_postprocess(run)
+    predict_test(run, out=tmp_path / "sub.csv")
