@@ -352,3 +352,20 @@ def test_a_tune_tta_stopped_while_moving_its_files_in_is_refused_until_run_again
     assert not r.oof_incomplete_json.exists()
     tune_postprocess(run)
     predict_test(run, out=tmp_path / "sub.csv")
+
+
+def test_training_a_fold_with_other_predict_settings_than_the_trained_folds_is_refused(run, keep_run_files):
+    """`train --fold 1 --set predict.tta=[...]` (or `--resume --set ...`) once trained with the new TTA beside folds whose
+    OOF files used the old one, and saved it as the run's: post-processing was then tuned on a mix."""
+    import dataclasses
+
+    from seg_toolkit.run_guard import RunExistsError
+
+    other = dataclasses.replace(run, predict=dataclasses.replace(run.predict, tta=["identity", "hflip"]))
+    before = Run.of(run).config_yaml.read_bytes()
+    for resume in (False, True):
+        with pytest.raises(RunExistsError, match=r"fold\(s\) \[0, 1\] made their OOF files with other predict settings "
+                                                 r"\(predict.tta: .*seg-toolkit oof CONFIG --set"):
+            run_cv(other, folds=[1], resume=resume)
+    assert Run.of(run).config_yaml.read_bytes() == before
+    run_cv(dataclasses.replace(run, predict=dataclasses.replace(run.predict, batch_size=3)), folds=[1], resume=True)  # others may change
