@@ -38,8 +38,10 @@ __all__ = ["oof_settings", "oof_predictor", "write_fold_oof", "remake_oof", "sav
 
 
 def oof_settings(cfg: Config, run: Run) -> tuple[list[str], str]:
-    """The ``(tta, merge)`` the OOF files are made with: predict's, or identity when ``predict.oof_tta: identity``."""
-    if cfg.predict.oof_tta == "identity":
+    """The ``(tta, merge)`` the OOF files are made with: predict's, or identity when ``predict.oof_tta: identity``;
+    once ``tune --tta`` chose on them (``tta.json``), its choice, with which it rewrote them: a fold trained after it
+    makes its OOF files as the folds before it were left."""
+    if cfg.predict.oof_tta == "identity" and not run.tta_json.is_file():
         return ["identity"], "mean_prob"
     return tta_settings(cfg, run)
 

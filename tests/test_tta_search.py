@@ -369,3 +369,16 @@ def test_training_a_fold_with_other_predict_settings_than_the_trained_folds_is_r
             run_cv(other, folds=[1], resume=resume)
     assert Run.of(run).config_yaml.read_bytes() == before
     run_cv(dataclasses.replace(run, predict=dataclasses.replace(run.predict, batch_size=3)), folds=[1], resume=True)  # others may change
+
+
+def test_a_fold_trained_after_tune_tta_makes_its_oof_as_the_choice_rewrote_the_others(demo_root, tmp_path):
+    """`predict.oof_tta: identity`, fold 0, `tune --tta`, then fold 1: fold 1's OOF files were identity while fold 0's
+    had been rewritten with the chosen TTA, and the post-processing was tuned on the mix."""
+    cfg = config_from_dict(demo_dict(demo_root, tmp_path / "runs", train={"epochs": 1, "batch_size": 2, "num_workers": 0},
+                                     optim={"lr": 0.05}, scheduler={"name": "none"}, predict={"oof_tta": "identity"}))
+    run_cv(cfg, folds=[0])
+    chosen = choose_tta(cfg, candidates=[["identity", "hflip"]], merges=["mean_logit"])
+    run_cv(cfg, folds=[1])
+    made = read_json(Run.of(cfg).cv_json)["oof"]
+    assert isinstance(made, dict) and (made["tta"], made["merge"]) == (chosen["tta"], chosen["merge"]) == (["identity", "hflip"], "mean_logit")
+    assert read_json(Run.of(cfg).done_json(1))["oof"] == made
