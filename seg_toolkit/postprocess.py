@@ -100,6 +100,11 @@ def load_params(cfg: Config, run=None) -> PostParams:
     n = cfg.data.num_classes
     if not (len(params.threshold) == len(params.min_area) == len(params.empty_gate) == n):
         raise ConfigError(f"{run.postprocess_json}: parameters for {len(params.threshold)} classes, data.num_classes is {n}")
+    tuned_on, trained = data.get("folds"), run.trained_folds()
+    if tuned_on is not None and not run.is_ensemble and sorted(tuned_on) != trained:
+        log.warning("%s was tuned on the OOF images of fold(s) %s, but the run's trained folds are now %s; run "
+                    "`seg-toolkit tune CONFIG` so that the post-processing fits what the folds predict", run.postprocess_json,
+                    sorted(tuned_on), trained)
     log.info("post-processing tuned on OOF: %s", run.postprocess_json)
     return params
 

@@ -444,3 +444,22 @@ def test_multiclass_tables_equal_brute_force(weights):
                 want = float(np.nanmean(per_image_scores(pred, np.stack(truths), metric, "skip", num_classes=3)))
                 assert multiclass_score(conf, metric, "skip") == pytest.approx(want, abs=1e-15)
             assert not math.isnan(multiclass_score(conf, "miou", "one"))
+
+
+def test_post_processing_tuned_on_fewer_folds_than_trained_is_named(demo_root, tmp_path, caplog):
+    """`train --fold 0`, `tune`, `train --fold 1` with `postprocess.tune: false`: predict used parameters tuned on fold 0's
+    images only, silently."""
+    from seg_toolkit.cv import run_cv
+    from seg_toolkit.tune import tune_postprocess
+
+    from .conftest import demo_dict
+
+    cfg = config_from_dict(demo_dict(demo_root, tmp_path / "runs", train={"epochs": 1, "batch_size": 2, "num_workers": 0},
+                                     postprocess={"tune": False}))
+    run_cv(cfg, folds=[0])
+    tune_postprocess(cfg)
+    load_params(cfg, Run.of(cfg))
+    assert "was tuned on the OOF images of fold(s)" not in caplog.text
+    run_cv(cfg, folds=[1])
+    load_params(cfg, Run.of(cfg))
+    assert "was tuned on the OOF images of fold(s) [0], but the run's trained folds are now [0, 1]" in caplog.text
