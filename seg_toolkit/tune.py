@@ -159,7 +159,8 @@ def tune_postprocess(
 
     params, steps, fast, _ = search()
     cross_fit = cfg.postprocess.cross_fit if cross_fit is None else cross_fit
-    groups = crossfit_groups([it.fold for it in data.items], data.folds) if cross_fit else None
+    grouped = cfg.folds.method in ("group", "stratified_group")  # a data group's images must stay on one side
+    groups = crossfit_groups([it.fold for it in data.items], data.folds, grouped) if cross_fit else None
     crossed = cross_fitted(*groups, lambda rows: search(rows)[::3]) if groups is not None else None
     everything = np.arange(len(data))
     fast_before, fast_after = fast["before"](everything), fast["after"](everything)

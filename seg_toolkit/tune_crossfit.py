@@ -44,14 +44,19 @@ class Counts:
     arrays: tuple[np.ndarray, ...]
 
 
-def crossfit_groups(image_folds: Sequence[int], done_folds: Sequence[int]) -> tuple[np.ndarray, str] | None:
-    """Each image's group (0..k-1) and how the groups were made; None with fewer than :data:`MIN_IMAGES` images."""
+def crossfit_groups(image_folds: Sequence[int], done_folds: Sequence[int], grouped: bool = False) -> tuple[np.ndarray, str] | None:
+    """Each image's group (0..k-1) and how the groups were made; None with fewer than :data:`MIN_IMAGES` images.
+    ``grouped`` (``folds.method: group / stratified_group``): images of one data group (a patient, a video) stay in
+    one fold, and random groups would split them, tuning on an image's near-copies: the folds are the groups even when
+    only 2 are done, and with 1 there is no cross-fitted score."""
     n = len(image_folds)
     if n < MIN_IMAGES:
         return None
-    if len(done_folds) >= MIN_FOLDS:
+    if len(done_folds) >= MIN_FOLDS or (grouped and len(done_folds) >= 2):
         index = {k: g for g, k in enumerate(done_folds)}
         return np.array([index[k] for k in image_folds], np.int64), "folds"
+    if grouped:
+        return None
     perm = np.random.default_rng(SEED).permutation(n)
     groups = np.empty(n, np.int64)
     groups[perm] = np.arange(n) % GROUPS

@@ -25,6 +25,11 @@ def test_groups_are_the_folds_from_three_done_folds_else_seeded_random_fifths():
     assert sorted(np.bincount(groups).tolist()) == [3, 3, 3, 3, 4]
     assert crossfit_groups([0, 1] * 8, [0, 1])[0].tolist() == groups.tolist()  # seeded: the same every call
     assert crossfit_groups([0] * 9, [0]) is None  # too few images to hold any out
+    # grouped folds (a patient's images in one fold): random groups would split a patient, so the 2 folds are the groups,
+    # and one fold gives no cross-fitted score
+    groups, how = crossfit_groups([0, 1] * 8, [0, 1], grouped=True)
+    assert how == "folds" and groups.tolist() == [0, 1] * 8
+    assert crossfit_groups([3] * 16, [3], grouped=True) is None
 
 
 def noisy_problem(n: int = 30, seed: int = 4):
