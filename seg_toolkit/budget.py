@@ -302,9 +302,10 @@ def carried(budget: FoldBudget, cfg: "Config", run: "Run", fold: int, metrics) -
 def plan_fold(cfg: "Config", run: "Run", fold: int, state: "TrainState", d: "Dist") -> tuple[FoldBudget | None, list[float]]:
     """Set ``state.epochs``, the fold's planned epochs: ``train.epochs``, or under ``train.time_budget``
     those that fit the fold's share (:mod:`seg_toolkit.budget`; a resumed fold keeps its plan). Returns
-    the fold's budget (None: no budget; its share less what attempts set aside after a NaN loss took) and the seconds of the epochs it ran before a resume: they count
-    against its share, and its pace (:func:`epoch_pace`) goes on from them, so the first epoch after a
-    resume, which pays for starting up again (or finishes an interrupted epoch), is one vote of three."""
+    the fold's budget (None: no budget; its share less what attempts set aside after a NaN loss took) and the
+    seconds of the epochs it ran before a resume: they count against its share, and its pace (:func:`epoch_pace`)
+    goes on from them, so the first epoch after a resume, which pays for starting up again (or finishes an
+    interrupted epoch), is one vote of three."""
     if cfg.train.time_budget is None:
         state.epochs = cfg.train.epochs
         return None, []

@@ -86,7 +86,7 @@ def _warn_if_oof_differs(run: Run, predictor: Predictor) -> None:
     if run.is_ensemble:
         recorded = [m.get("oof") for m in (read_json(run.ensemble_json) or {}).get("members", [])]
         for m, made in zip(predictor.members, recorded):
-            if made is not None and made != m.made():  # None: an ensemble built before members' settings were kept
+            if made is not None and _differs(made, m.made()):  # None: an ensemble built before members' settings were kept
                 log.warning("ensemble %s: member %s's OOF files were merged and tuned on as made with %s, but it now "
                             "predicts with %s (tune --tta or oof since); build the ensemble again (seg-toolkit ensemble ... "
                             "--overwrite) so that what is tuned is what is submitted", run.dir, m.run.dir, made, m.made())
@@ -96,9 +96,14 @@ def _warn_if_oof_differs(run: Run, predictor: Predictor) -> None:
     if isinstance(made, list):  # cv.json keeps one entry when every fold's OOF was made alike
         log.warning("the OOF files of %s were made with different settings per fold (%s), and the post-processing was "
                     "tuned on them; prediction uses %s: remake them with `seg-toolkit oof CONFIG`", run.dir, made, now)
-    elif isinstance(made, dict) and any(made.get(k) != v for k, v in now.items()):
+    elif isinstance(made, dict) and _differs(made, now):
         log.warning("the OOF files of %s (and the post-processing tuned on them) were made with %s, but prediction uses %s; "
                     "remake them with `seg-toolkit oof CONFIG` so that what is tuned is what is submitted", run.dir, made, now)
+
+
+def _differs(made: dict, now: dict) -> bool:
+    """Whether OOF files made as ``made`` (``cv.json`` / ``ensemble.json``) differ from a member predicting as ``now``."""
+    return any(made.get(k) != v for k, v in now.items())
 
 
 def predict_test(cfg: Config, out: str | Path | None = None, overwrite: bool = False) -> Path:

@@ -13,11 +13,10 @@ the run's config, rescores cv.json and re-tunes the post-processing.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import time
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -34,7 +33,7 @@ from .tensors import probs_to_uint8, uint8_to_probs
 
 log = logging.getLogger(__name__)
 
-__all__ = ["oof_settings", "oof_predictor", "write_fold_oof", "remake_oof", "save_oof", "oof_rewrite", "mark_oof_rewrite", "check_oof_complete"]
+__all__ = ["oof_settings", "oof_predictor", "write_fold_oof", "remake_oof", "save_oof", "mark_oof_rewrite", "end_oof_rewrite", "check_oof_complete"]
 
 
 def oof_settings(cfg: Config, run: Run) -> tuple[list[str], str]:
@@ -78,19 +77,16 @@ def write_fold_oof(cfg: Config, run: Run, fold: int, valid: list[Sample], predic
     return {"metric": result["metric"], "oof_score": float(result["score"]), "oof": predictor.members[0].made()}
 
 
-@contextlib.contextmanager
-def oof_rewrite(run: Run, command: str) -> Iterator[None]:
-    """While the run's OOF files are rewritten (``tune --tta`` moving its winner's files in, ``oof`` predicting them
-    again), ``oof_incomplete.json`` says so; removed once the files, ``done.json`` and ``cv.json`` agree again. A
-    rewrite that stops half-way leaves it, and :func:`check_oof_complete` refuses to use the mixed files."""
-    mark_oof_rewrite(run, command)
-    yield
-    run.oof_incomplete_json.unlink(missing_ok=True)
-
-
 def mark_oof_rewrite(run: Run, command: str) -> None:
-    """Write ``oof_incomplete.json``: the OOF files are about to be rewritten by ``command`` (its remedy if it stops)."""
+    """Write ``oof_incomplete.json`` before the run's OOF files are rewritten by ``command`` (``tune --tta`` moving its
+    winner's files in, ``oof`` predicting them again; its remedy if it stops); :func:`end_oof_rewrite` removes it once
+    the files, ``done.json`` and ``cv.json`` agree again. A rewrite that stops half-way leaves it, and
+    :func:`check_oof_complete` refuses the mixed files."""
     write_json(run.oof_incomplete_json, {"command": command, "started": time.strftime("%Y-%m-%d %H:%M:%S")})
+
+
+def end_oof_rewrite(run: Run) -> None:
+    run.oof_incomplete_json.unlink(missing_ok=True)
 
 
 def check_oof_complete(run: Run) -> None:
@@ -127,13 +123,14 @@ def remake_oof(cfg: Config, tune: bool = True) -> dict[str, Any]:
     folds_df = read_folds(run.folds_csv)
     predictor = oof_predictor(cfg, run)
     log.info("remaking OOF of folds %s: %s", folds, predictor.describe(fold=folds[0]))
-    with oof_rewrite(run, f"seg-toolkit oof {run.dir}"):
-        for k in folds:
-            _, valid = split_fold(samples, folds_df, k)
-            summary = write_fold_oof(cfg, run, k, valid, predictor)
-            done = read_json(run.done_json(k)) or {}
-            write_json(run.done_json(k), {**done, **summary})
-        cv = compute_cv(cfg, run, samples)
+    mark_oof_rewrite(run, f"seg-toolkit oof {run.dir}")
+    for k in folds:
+        _, valid = split_fold(samples, folds_df, k)
+        summary = write_fold_oof(cfg, run, k, valid, predictor)
+        done = read_json(run.done_json(k)) or {}
+        write_json(run.done_json(k), {**done, **summary})
+    cv = compute_cv(cfg, run, samples)
+    end_oof_rewrite(run)
     if tune:
         from .tune import tune_postprocess
 

@@ -100,7 +100,7 @@ def choose_tta(
     ``predict.scales`` combine with every candidate, as in prediction.
     """
     from .cv import compute_cv
-    from .oof import mark_oof_rewrite, save_oof
+    from .oof import end_oof_rewrite, mark_oof_rewrite, save_oof
     from .predictor import Member, Predictor, check_same_training
     from .tune import tune_postprocess
 
@@ -180,7 +180,7 @@ def choose_tta(
     for k in folds:
         write_json(run.done_json(k), {**(read_json(run.done_json(k)) or {}), "oof": made})
     compute_cv(cfg, run, samples)
-    run.oof_incomplete_json.unlink(missing_ok=True)  # files, tta.json, postprocess.json, done.json and cv.json agree
+    end_oof_rewrite(run)  # files, tta.json, postprocess.json, done.json and cv.json agree
     cf = f", {chosen['cross_fitted']:.5f} cross-fitted" if chosen["cross_fitted"] is not None else ""
     log.info("choose_tta: %s merge=%s (%s %.5f tuned%s, %.5f untuned, on %d OOF images); wrote %s",
              chosen["tta"], chosen["merge"], result["metric"], chosen["score"], cf, chosen["untuned"], n_images, run.tta_json)
