@@ -103,10 +103,10 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
     cfg = _config(args)
     run = Run.of(cfg)
-    check_same_training(cfg, run, also_predict=False)
     if args.tta:
-        _tune_tta(cfg)
+        _tune_tta(cfg)  # choose_tta checks the training keys and the predict keys it does not set itself
     else:
+        check_same_training(cfg, run, also_predict=False)
         _print_tune(tune_postprocess(cfg))
     print(f"written to {run.postprocess_json} (predict and evaluate read it)")
     _track_results(run.dir)

@@ -56,14 +56,15 @@ def prepare_run(cfg: Config, folds: list[int], resume: bool = False, overwrite: 
                 f"{run.dir} was trained with a different config ({'; '.join(diff[:5])}); "
                 "use a new experiment name, or --overwrite to start again"
             )
-    if saved.is_file() and run.trained_folds():
+    trained = run.trained_folds() if saved.is_file() else []
+    if trained:
         from .predictor import PREDICT_KEYS, diff_of_keys
 
         # the trained folds' OOF files (and the post-processing tuned on them) were made with the saved predict keys:
         # a fold trained with others would mix two TTA settings in oof/ (`train --fold 1 --set predict.tta=...`)
         changed = diff_of_keys(run.config(), cfg, PREDICT_KEYS)
         if changed:
-            raise RunExistsError(f"{run.dir}: fold(s) {run.trained_folds()} made their OOF files with other predict settings "
+            raise RunExistsError(f"{run.dir}: fold(s) {trained} made their OOF files with other predict settings "
                                  f"({'; '.join(changed[:4])}); train with the run's, then remake every fold's OOF files "
                                  "with `seg-toolkit oof CONFIG --set ...`")
     if not resume:
