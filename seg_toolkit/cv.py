@@ -18,6 +18,7 @@ from .distributed import get_dist
 from .evaluator import Evaluator
 from .files import read_oof, write_json
 from .run import Run, RunExistsError
+from .run_lock import run_lock
 from .tensors import uint8_to_probs
 from .pseudo import pseudo_info, teacher_run
 from .stages import check_init_folds, init_run
@@ -121,12 +122,13 @@ def _run_cv(cfg: Config, folds: list[int] | None, resume: bool, overwrite: bool)
                     run.tta_json, sorted(set(folds) - trained_before))
     cv = None
     if d.is_main:
-        cv = compute_cv(cfg, run, samples)
-        # a --fold job of an array tunes when the last one ends; a run that the budget cut short, when its folds have
-        if cfg.postprocess.tune and set(run_folds(cfg, run)) <= set(cv["folds"]):
-            from .tune import tune_postprocess
+        with run_lock(run, "train: cv.json and postprocess.json"):  # the other --fold jobs of an array, `tune --tta`
+            cv = compute_cv(cfg, run, samples)
+            # a --fold job of an array tunes when the last one ends; a run that the budget cut short, when its folds have
+            if cfg.postprocess.tune and set(run_folds(cfg, run)) <= set(cv["folds"]):
+                from .tune import tune_postprocess
 
-            cv["postprocess"] = tune_postprocess(cfg, run.dir)
+                cv["postprocess"] = tune_postprocess(cfg, run.dir)
     return d.broadcast(cv)
 
 

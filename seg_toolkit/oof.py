@@ -29,6 +29,7 @@ from .evaluator import Evaluator
 from .predictor import Member, Predictor, check_same_training, tta_settings
 from .files import read_json, write_json, write_npy
 from .run import Run
+from .run_lock import lock_holder, run_lock
 from .tensors import probs_to_uint8, uint8_to_probs
 
 log = logging.getLogger(__name__)
@@ -95,6 +96,10 @@ def check_oof_complete(run: Run) -> None:
     data = read_json(run.oof_incomplete_json)
     if data is not None:
         command = data.get("command", "seg-toolkit oof")
+        holder = lock_holder(run)
+        if holder is not None:
+            raise SegToolkitError(f"{run.dir}: its OOF files are being rewritten now by {holder}; run this again when it "
+                                  "has finished")
         raise SegToolkitError(f"{run.dir}: its OOF files were being rewritten by `{command}` (started {data.get('started')}) "
                               f"when it stopped ({run.oof_incomplete_json}): some are from before, some after. Run "
                               f"`{command}` again (or `seg-toolkit oof CONFIG`) before tuning, predicting or ensembling")
@@ -111,28 +116,29 @@ def remake_oof(cfg: Config, tune: bool = True) -> dict[str, Any]:
 
     run = Run.of(cfg)
     check_same_training(cfg, run, also_predict=False)
-    folds = run.trained_folds()
-    if not folds:
-        raise FileNotFoundError(f"{run.dir}: no completed fold (fold_*/done.json); train first")
-    saved = run.config()
-    if run.tta_json.is_file() and (cfg.predict.tta, cfg.predict.merge) != (saved.predict.tta, saved.predict.merge):
-        raise ConfigError(f"predict.tta / predict.merge: {run.tta_json} (chosen by `tune --tta`) decides the TTA of this run; "
-                          "delete it to predict with the config's predict.tta / predict.merge")
-    save_config(dataclasses.replace(saved, predict=cfg.predict, postprocess=cfg.postprocess), run.config_yaml)
-    samples = load_train_samples(cfg)
-    folds_df = read_folds(run.folds_csv)
-    predictor = oof_predictor(cfg, run)
-    log.info("remaking OOF of folds %s: %s", folds, predictor.describe(fold=folds[0]))
-    mark_oof_rewrite(run, f"seg-toolkit oof {run.dir}")
-    for k in folds:
-        _, valid = split_fold(samples, folds_df, k)
-        summary = write_fold_oof(cfg, run, k, valid, predictor)
-        done = read_json(run.done_json(k)) or {}
-        write_json(run.done_json(k), {**done, **summary})
-    cv = compute_cv(cfg, run, samples)
-    end_oof_rewrite(run)
-    if tune:
-        from .tune import tune_postprocess
+    with run_lock(run, f"seg-toolkit oof {run.dir}"):  # not beside a --fold job writing its OOF or `tune --tta`
+        folds = run.trained_folds()
+        if not folds:
+            raise FileNotFoundError(f"{run.dir}: no completed fold (fold_*/done.json); train first")
+        saved = run.config()
+        if run.tta_json.is_file() and (cfg.predict.tta, cfg.predict.merge) != (saved.predict.tta, saved.predict.merge):
+            raise ConfigError(f"predict.tta / predict.merge: {run.tta_json} (chosen by `tune --tta`) decides the TTA of this run; "
+                              "delete it to predict with the config's predict.tta / predict.merge")
+        save_config(dataclasses.replace(saved, predict=cfg.predict, postprocess=cfg.postprocess), run.config_yaml)
+        samples = load_train_samples(cfg)
+        folds_df = read_folds(run.folds_csv)
+        predictor = oof_predictor(cfg, run)
+        log.info("remaking OOF of folds %s: %s", folds, predictor.describe(fold=folds[0]))
+        mark_oof_rewrite(run, f"seg-toolkit oof {run.dir}")
+        for k in folds:
+            _, valid = split_fold(samples, folds_df, k)
+            summary = write_fold_oof(cfg, run, k, valid, predictor)
+            done = read_json(run.done_json(k)) or {}
+            write_json(run.done_json(k), {**done, **summary})
+        cv = compute_cv(cfg, run, samples)
+        end_oof_rewrite(run)
+        if tune:
+            from .tune import tune_postprocess
 
-        cv["postprocess"] = tune_postprocess(cfg, run.dir)
+            cv["postprocess"] = tune_postprocess(cfg, run.dir)
     return cv

@@ -62,7 +62,7 @@ class Run(RunGuard):
                  "ensemble.json", "amp.json", "lr_find.json", "lr_find.png", "pseudo", "oof", "oof_summary.json", "test_probs",
                  "evaluate_test.json", "report", "learning_curves.html", "learning_curves.png", "audit.html",
                  "audit_problems.csv", "tta_search", "test_masks", "evaluations", "audit_samples.png", "audit_batch.png",
-                 "tracker.json", "tensorboard", "export", "estimate.json", "first_epoch.json", "oof_incomplete.json")
+                 "tracker.json", "tensorboard", "export", "estimate.json", "first_epoch.json", "oof_incomplete.json", "run.lock")
     #: What a run writes in ``fold_<k>/`` (the fold methods below)
     FOLD_FILE = re.compile(r"(best|last|prev)\.pt|best_e\d+\.pt|metrics\.csv|done\.json|failed_attempt_\d+")
     FOLD_DIR = re.compile(r"fold_\d+")
@@ -136,6 +136,12 @@ class Run(RunGuard):
         """Present while ``tune --tta`` or ``oof`` rewrites the run's OOF files; left behind by one that stopped
         half-way (:func:`seg_toolkit.oof.check_oof_complete`)."""
         return self.dir / "oof_incomplete.json"
+
+    @property
+    def lock_file(self) -> Path:
+        """``flock``ed while a process rewrites the run's OOF files, cv.json or postprocess.json
+        (:func:`seg_toolkit.run_lock.run_lock`); its text names the last holder."""
+        return self.dir / "run.lock"
 
     @property
     def first_epoch_json(self) -> Path:

@@ -167,18 +167,20 @@ def train_attempt(cfg: Config, fold: int, samples: list[Sample], folds: pd.DataF
                                        lambda batch: _to_device(batch, cfg, device)[0], amp, device)
     if d.is_main:
         from .oof import write_fold_oof
+        from .run_lock import run_lock
 
         if not run.best_pt(fold).is_file():  # no epoch scored (NaN every epoch): predict with the final weights
             log.warning("fold %d: no epoch improved the validation score; best.pt is the final weights", fold)
             save_checkpoint(weights_only(checkpoint_state(cfg, model, ema, optimizer, schedule, scaler, state)), run.best_pt(fold))
-        summary = write_fold_oof(cfg, run, fold, valid_set)
-        summary.update(fold=fold, best_epoch=state.best_epoch + 1, best_val_score=state.best_score, epochs_run=state.epoch,
-                       epochs_planned=state.epochs, fold_budget_s=budget.share_s if budget else None,
-                       budget_folds=budget.folds if budget and budget.folds else None,
-                       n_train=len(train_set), n_valid=len(valid_set), world_size=d.world_size, optim_lr=cfg.optim.lr,
-                       amp=amp.mode, amp_reason=amp.reason, init_from=initialised,
-                       n_pseudo=len(pseudo), pseudo=pseudo_info(cfg), versions=library_versions(), **averaged)
-        write_json(run.done_json(fold), summary)
+        with run_lock(run, f"train fold {fold}: its OOF files"):  # after a concurrent `tune --tta`: with its choice
+            summary = write_fold_oof(cfg, run, fold, valid_set)
+            summary.update(fold=fold, best_epoch=state.best_epoch + 1, best_val_score=state.best_score, epochs_run=state.epoch,
+                           epochs_planned=state.epochs, fold_budget_s=budget.share_s if budget else None,
+                           budget_folds=budget.folds if budget and budget.folds else None,
+                           n_train=len(train_set), n_valid=len(valid_set), world_size=d.world_size, optim_lr=cfg.optim.lr,
+                           amp=amp.mode, amp_reason=amp.reason, init_from=initialised,
+                           n_pseudo=len(pseudo), pseudo=pseudo_info(cfg), versions=library_versions(), **averaged)
+            write_json(run.done_json(fold), summary)
     return d.broadcast(summary)
 
 

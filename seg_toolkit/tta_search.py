@@ -48,6 +48,7 @@ from .data.folds import read_folds, split_fold
 from .evaluator import resolve_metric_name
 from .files import read_json, write_json
 from .run import Run
+from .run_lock import run_lock
 from .tta import MERGE_MODES, expand_tta
 
 log = logging.getLogger(__name__)
@@ -111,77 +112,79 @@ def choose_tta(
     check_same_training(cfg, run, skip=("predict.tta", "predict.merge", "predict.oof_tta"))
     cands, merge_list = _check_candidates(candidates if candidates is not None else DEFAULT_CANDIDATES,
                                           merges if merges is not None else DEFAULT_MERGES)
-    folds = run.trained_folds()
-    if not folds:
-        raise FileNotFoundError(f"{run.dir}: no completed fold (fold_*/done.json); train first")
-    folds_df = read_folds(run.folds_csv)
-    samples = load_train_samples(cfg)
-    known = {s.id for s in samples}
-    unknown = [i for i in folds_df["id"] if i not in known]
-    if unknown:
-        raise FileNotFoundError(f"{run.folds_csv} names {len(unknown)} ids that are not training samples (e.g. {unknown[0]!r}); "
-                                "it was made for other data")
-    pairs = [(list(c), m) for c in cands for m in merge_list]
-    predictor = Predictor([Member.load(run, cfg=cfg)])
-    scales = list(dict.fromkeys(float(s) for s in cfg.predict.scales))
-    distinct = len({t for c in cands for t in expand_tta(c)}) * len(scales)
-    log.info("choose_tta: %d candidates x %d merge modes on the OOF images of folds %s (%d distinct variants per image)",
-             len(cands), len(merge_list), folds, distinct)
-    scratch = [run.tta_search_dir(i) for i in range(len(pairs))]
-    n_images = 0
-    try:
+    # one writer at a time: a --fold job finishing meanwhile waits, then makes its OOF files with the choice
+    with run_lock(run, f"seg-toolkit tune {run.dir} --tta"):
+        folds = run.trained_folds()
+        if not folds:
+            raise FileNotFoundError(f"{run.dir}: no completed fold (fold_*/done.json); train first")
+        folds_df = read_folds(run.folds_csv)
+        samples = load_train_samples(cfg)
+        known = {s.id for s in samples}
+        unknown = [i for i in folds_df["id"] if i not in known]
+        if unknown:
+            raise FileNotFoundError(f"{run.folds_csv} names {len(unknown)} ids that are not training samples (e.g. {unknown[0]!r}); "
+                                    "it was made for other data")
+        pairs = [(list(c), m) for c in cands for m in merge_list]
+        predictor = Predictor([Member.load(run, cfg=cfg)])
+        scales = list(dict.fromkeys(float(s) for s in cfg.predict.scales))
+        distinct = len({t for c in cands for t in expand_tta(c)}) * len(scales)
+        log.info("choose_tta: %d candidates x %d merge modes on the OOF images of folds %s (%d distinct variants per image)",
+                 len(cands), len(merge_list), folds, distinct)
+        scratch = [run.tta_search_dir(i) for i in range(len(pairs))]
+        n_images = 0
+        try:
+            for k in folds:
+                _, valid = split_fold(samples, folds_df, k)
+                for image_id, probs, presence, _ in tqdm(predictor.iter_candidate_probs(valid, k, pairs), total=len(valid),
+                                                         desc=f"choose_tta fold {k}", leave=False, disable=None):
+                    for d, p, pr in zip(scratch, probs, presence):
+                        save_oof(run, image_id, p, d, presence=pr)
+                    n_images += 1
+            if not n_images:
+                raise FileNotFoundError(f"{run.dir}: the completed folds have no validation images in {run.folds_csv}")
+            scores, tuned, best, chosen_i = [], [], None, None
+            for i, (tta, merge) in enumerate(pairs):
+                report = tune_postprocess(cfg, run.dir, oof_dir=scratch[i], write=False)
+                tuned.append(report)
+                n_t = len(expand_tta(tta)) * len(scales)
+                crossed = report["cross_fitted"]
+                scores.append({"tta": tta, "merge": merge, "n_transforms": n_t, "score": report["after"],
+                               "untuned": report["before"], "cross_fitted": crossed["score"] if crossed else None,
+                               "fold_scores": report["fold_scores"]["after"]})
+                if _better(report["after"], n_t, best):
+                    best, chosen_i = (report["after"], n_t), i
+            if chosen_i is None:
+                raise RuntimeError("choose_tta: every candidate scored NaN (nothing could be scored)")
+            chosen = scores[chosen_i]
+            # the winner's probabilities become the run's OOF, and its tuning the run's post-processing; stopped
+            # before all of it is written, the run keeps oof_incomplete.json and is refused until this runs again
+            mark_oof_rewrite(run, f"seg-toolkit tune {run.dir} --tta")
+            run.oof_dir.mkdir(exist_ok=True)
+            for f in scratch[chosen_i].iterdir():
+                if f.is_dir():  # presence/: the classifier's probabilities
+                    (run.oof_dir / f.name).mkdir(exist_ok=True)
+                    for g in f.iterdir():
+                        g.replace(run.oof_dir / f.name / g.name)
+                else:
+                    f.replace(run.oof_dir / f.name)
+        finally:
+            run.remove(cfg, run.tta_search_root)
+        result = {
+            "tta": chosen["tta"], "merge": chosen["merge"], "score": chosen["score"], "untuned": chosen["untuned"],
+            "cross_fitted": chosen["cross_fitted"],
+            "metric": resolve_metric_name(cfg.metric.name, cfg.data.task), "scores": scores, "folds": folds,
+            "n_images": n_images, "scales": scales, "forward_passes": distinct * n_images,
+            "postprocess": "tuned on each candidate's own OOF probabilities",
+            "seconds": round(time.perf_counter() - t0, 3),
+        }
+        write_json(run.tta_json, result)
+        write_json(run.postprocess_json, tuned[chosen_i])
+        made = {"tta": chosen["tta"], "merge": chosen["merge"], "scales": scales, "tile_size": cfg.predict.tile_size}
         for k in folds:
-            _, valid = split_fold(samples, folds_df, k)
-            for image_id, probs, presence, _ in tqdm(predictor.iter_candidate_probs(valid, k, pairs), total=len(valid),
-                                                     desc=f"choose_tta fold {k}", leave=False, disable=None):
-                for d, p, pr in zip(scratch, probs, presence):
-                    save_oof(run, image_id, p, d, presence=pr)
-                n_images += 1
-        if not n_images:
-            raise FileNotFoundError(f"{run.dir}: the completed folds have no validation images in {run.folds_csv}")
-        scores, tuned, best, chosen_i = [], [], None, None
-        for i, (tta, merge) in enumerate(pairs):
-            report = tune_postprocess(cfg, run.dir, oof_dir=scratch[i], write=False)
-            tuned.append(report)
-            n_t = len(expand_tta(tta)) * len(scales)
-            crossed = report["cross_fitted"]
-            scores.append({"tta": tta, "merge": merge, "n_transforms": n_t, "score": report["after"],
-                           "untuned": report["before"], "cross_fitted": crossed["score"] if crossed else None,
-                           "fold_scores": report["fold_scores"]["after"]})
-            if _better(report["after"], n_t, best):
-                best, chosen_i = (report["after"], n_t), i
-        if chosen_i is None:
-            raise RuntimeError("choose_tta: every candidate scored NaN (nothing could be scored)")
-        chosen = scores[chosen_i]
-        # the winner's probabilities become the run's OOF, and its tuning the run's post-processing; stopped
-        # before all of it is written, the run keeps oof_incomplete.json and is refused until this runs again
-        mark_oof_rewrite(run, f"seg-toolkit tune {run.dir} --tta")
-        run.oof_dir.mkdir(exist_ok=True)
-        for f in scratch[chosen_i].iterdir():
-            if f.is_dir():  # presence/: the classifier's probabilities
-                (run.oof_dir / f.name).mkdir(exist_ok=True)
-                for g in f.iterdir():
-                    g.replace(run.oof_dir / f.name / g.name)
-            else:
-                f.replace(run.oof_dir / f.name)
-    finally:
-        run.remove(cfg, run.tta_search_root)
-    result = {
-        "tta": chosen["tta"], "merge": chosen["merge"], "score": chosen["score"], "untuned": chosen["untuned"],
-        "cross_fitted": chosen["cross_fitted"],
-        "metric": resolve_metric_name(cfg.metric.name, cfg.data.task), "scores": scores, "folds": folds,
-        "n_images": n_images, "scales": scales, "forward_passes": distinct * n_images,
-        "postprocess": "tuned on each candidate's own OOF probabilities",
-        "seconds": round(time.perf_counter() - t0, 3),
-    }
-    write_json(run.tta_json, result)
-    write_json(run.postprocess_json, tuned[chosen_i])
-    made = {"tta": chosen["tta"], "merge": chosen["merge"], "scales": scales, "tile_size": cfg.predict.tile_size}
-    for k in folds:
-        write_json(run.done_json(k), {**(read_json(run.done_json(k)) or {}), "oof": made})
-    compute_cv(cfg, run, samples)
-    end_oof_rewrite(run)  # files, tta.json, postprocess.json, done.json and cv.json agree
-    cf = f", {chosen['cross_fitted']:.5f} cross-fitted" if chosen["cross_fitted"] is not None else ""
-    log.info("choose_tta: %s merge=%s (%s %.5f tuned%s, %.5f untuned, on %d OOF images); wrote %s",
-             chosen["tta"], chosen["merge"], result["metric"], chosen["score"], cf, chosen["untuned"], n_images, run.tta_json)
+            write_json(run.done_json(k), {**(read_json(run.done_json(k)) or {}), "oof": made})
+        compute_cv(cfg, run, samples)
+        end_oof_rewrite(run)  # files, tta.json, postprocess.json, done.json and cv.json agree
+        cf = f", {chosen['cross_fitted']:.5f} cross-fitted" if chosen["cross_fitted"] is not None else ""
+        log.info("choose_tta: %s merge=%s (%s %.5f tuned%s, %.5f untuned, on %d OOF images); wrote %s",
+                 chosen["tta"], chosen["merge"], result["metric"], chosen["score"], cf, chosen["untuned"], n_images, run.tta_json)
     return result

@@ -56,6 +56,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -68,6 +69,7 @@ from .evaluator import Evaluator, resolve_metric_name
 from .postprocess import PostParams, apply_postprocess, params_from_config
 from .files import read_json, write_json
 from .run import Run
+from .run_lock import run_lock
 from .tensors import uint8_to_probs
 from .tune_crossfit import Counts, cross_fitted, crossfit_groups
 from .tune_weights import search_class_weights
@@ -139,66 +141,68 @@ def tune_postprocess(
     """
     t0 = time.perf_counter()
     run = Run(run_dir) if run_dir is not None else Run.of(cfg)
-    if oof_dir is None:  # the run's own OOF files, not a tune --tta candidate's
-        from .oof import check_oof_complete
+    own = oof_dir is None  # the run's own OOF files (not a tune --tta candidate's): not while another process rewrites them
+    with run_lock(run, f"seg-toolkit tune {run.dir}") if own else nullcontext():
+        if own:
+            from .oof import check_oof_complete
 
-        check_oof_complete(run)
-    task = cfg.data.task
-    metric = resolve_metric_name(cfg.metric.name, task)
-    empty_score = cfg.metric.empty_score
-    before_params = params_from_config(cfg)
-    _check_grids(cfg, gate_grid)
-    data = OOFData(cfg, run.dir, memory_budget, oof_dir)
+            check_oof_complete(run)
+        task = cfg.data.task
+        metric = resolve_metric_name(cfg.metric.name, task)
+        empty_score = cfg.metric.empty_score
+        before_params = params_from_config(cfg)
+        _check_grids(cfg, gate_grid)
+        data = OOFData(cfg, run.dir, memory_budget, oof_dir)
 
-    tables: dict = {}  # one pass per table, shared by the search and its cross-fitted repeats
+        tables: dict = {}  # one pass per table, shared by the search and its cross-fitted repeats
 
-    def search(rows: np.ndarray | None = None):
-        if task == "multiclass":
-            return _search_multiclass(data, before_params, cfg, metric, empty_score, rows, tables)
-        return _search_sigmoid(data, before_params, cfg, gate_grid, metric, empty_score, rows, tables)
+        def search(rows: np.ndarray | None = None):
+            if task == "multiclass":
+                return _search_multiclass(data, before_params, cfg, metric, empty_score, rows, tables)
+            return _search_sigmoid(data, before_params, cfg, gate_grid, metric, empty_score, rows, tables)
 
-    params, steps, fast, _ = search()
-    cross_fit = cfg.postprocess.cross_fit if cross_fit is None else cross_fit
-    grouped = cfg.folds.method in ("group", "stratified_group")  # a data group's images must stay on one side
-    groups = crossfit_groups([it.fold for it in data.items], data.folds, grouped) if cross_fit else None
-    crossed = cross_fitted(*groups, lambda rows: search(rows)[::3]) if groups is not None else None
-    everything = np.arange(len(data))
-    fast_before, fast_after = fast["before"](everything), fast["after"](everything)
-    fold_rows = {k: np.array([i for i, it in enumerate(data.items) if it.fold == k]) for k in data.folds}
+        params, steps, fast, _ = search()
+        cross_fit = cfg.postprocess.cross_fit if cross_fit is None else cross_fit
+        grouped = cfg.folds.method in ("group", "stratified_group")  # a data group's images must stay on one side
+        groups = crossfit_groups([it.fold for it in data.items], data.folds, grouped) if cross_fit else None
+        crossed = cross_fitted(*groups, lambda rows: search(rows)[::3]) if groups is not None else None
+        everything = np.arange(len(data))
+        fast_before, fast_after = fast["before"](everything), fast["after"](everything)
+        fold_rows = {k: np.array([i for i, it in enumerate(data.items) if it.fold == k]) for k in data.folds}
 
-    scored = _evaluate(data, cfg, {"before": before_params, "after": params})
-    before, after = scored["before"], scored["after"]
-    for name, quick, exact in (("before", fast_before, before), ("after", fast_after, after)):
-        if not (math.isnan(quick) and math.isnan(exact)) and not abs(quick - exact) <= 1e-9:
-            raise RuntimeError(f"tune: the fast {name} score {quick!r} disagrees with the Evaluator's {exact!r} (a bug)")
+        scored = _evaluate(data, cfg, {"before": before_params, "after": params})
+        before, after = scored["before"], scored["after"]
+        for name, quick, exact in (("before", fast_before, before), ("after", fast_after, after)):
+            if not (math.isnan(quick) and math.isnan(exact)) and not abs(quick - exact) <= 1e-9:
+                raise RuntimeError(f"tune: the fast {name} score {quick!r} disagrees with the Evaluator's {exact!r} (a bug)")
 
-    report = {
-        "metric": metric,
-        "task": task,
-        "n_images": len(data),
-        "folds": data.folds,
-        "cv_json_score": _cv_json_score(run),
-        "before": before,
-        "after": after,
-        "gain": after - before,
-        "cross_fitted": crossed,
-        "steps": steps,
-        "fold_scores": {"folds": data.folds, **{name: [fast[name](rows) for rows in fold_rows.values()] for name in ("before", "after")}},
-        "before_params": asdict(before_params),
-        "candidates": {
-            "threshold": list(cfg.postprocess.threshold_grid),
-            "min_area": list(cfg.postprocess.min_area_grid),
-            "empty_gate": list(gate_grid) if task != "multiclass" else [],
-        },
-        "oof_in_memory": data.cache_enabled,
-        "seconds": round(time.perf_counter() - t0, 3),
-    }
-    result = {"params": asdict(params), **report}
-    if write:
-        write_json(run.postprocess_json, result)
-        cf = f" (cross-fitted {crossed['score']:.5f}: tuned on other images, {crossed['groups']})" if crossed else ""
-        log.info("tune: %s %.5f -> %.5f%s on %d OOF images; wrote %s", metric, before, after, cf, len(data), run.postprocess_json)
-    return result
+        report = {
+            "metric": metric,
+            "task": task,
+            "n_images": len(data),
+            "folds": data.folds,
+            "cv_json_score": _cv_json_score(run),
+            "before": before,
+            "after": after,
+            "gain": after - before,
+            "cross_fitted": crossed,
+            "steps": steps,
+            "fold_scores": {"folds": data.folds, **{name: [fast[name](rows) for rows in fold_rows.values()] for name in ("before", "after")}},
+            "before_params": asdict(before_params),
+            "candidates": {
+                "threshold": list(cfg.postprocess.threshold_grid),
+                "min_area": list(cfg.postprocess.min_area_grid),
+                "empty_gate": list(gate_grid) if task != "multiclass" else [],
+            },
+            "oof_in_memory": data.cache_enabled,
+            "seconds": round(time.perf_counter() - t0, 3),
+        }
+        result = {"params": asdict(params), **report}
+        if write:
+            write_json(run.postprocess_json, result)
+            cf = f" (cross-fitted {crossed['score']:.5f}: tuned on other images, {crossed['groups']})" if crossed else ""
+            log.info("tune: %s %.5f -> %.5f%s on %d OOF images; wrote %s", metric, before, after, cf, len(data), run.postprocess_json)
+        return result
 
 
 def _check_grids(cfg: Config, gate_grid: Sequence[Optional[float]]) -> None:
