@@ -26,6 +26,7 @@ import itertools
 import logging
 import math
 import shutil
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -42,6 +43,7 @@ from .predictor import check_same_training
 from .models.presence import has_presence
 from .files import read_json, read_oof, write_json, write_npy
 from .run import Run
+from .run_lock import run_lock
 from .tensors import from_merge_space, probs_to_uint8, to_merge_space, uint8_to_probs
 
 log = logging.getLogger(__name__)
@@ -192,7 +194,18 @@ def _choose_weights(rows: list[dict[str, Any]], folds: list[int], halves: list[s
 def build_ensemble(cfgs: list[Config], name: str | None = None, weights: Sequence[float] | None = None,
                    space: str | None = None, overwrite: bool = False,
                    memory_budget: int = DEFAULT_MEMORY_BUDGET) -> dict[str, Any]:
-    """Make the ensemble run ``runs/<name>/`` of trained runs (see the module doc); returns its cv.json."""
+    """Make the ensemble run ``runs/<name>/`` of trained runs (see the module doc); returns its cv.json.
+
+    The members' locks are held throughout (:mod:`seg_toolkit.run_lock`, taken in path order): their OOF files,
+    cv.json and postprocess.json are read while no ``tune --tta``, ``oof`` or fold job rewrites them."""
+    with ExitStack() as hold:
+        for run in sorted({Run.of(c) for c in cfgs}, key=lambda r: str(r.dir.resolve())):
+            hold.enter_context(run_lock(run, "seg-toolkit ensemble: reading its OOF files"))
+        return _build_ensemble(cfgs, name, weights, space, overwrite, memory_budget)
+
+
+def _build_ensemble(cfgs: list[Config], name: str | None, weights: Sequence[float] | None, space: str | None,
+                    overwrite: bool, memory_budget: int) -> dict[str, Any]:
     if len(cfgs) < 2:
         raise ConfigError("ensemble: name at least two trained experiments")
     lead = cfgs[0]

@@ -63,4 +63,8 @@ def demo_cfg(demo_root, tmp_path):
 
 # One torch thread per test process: the tests run tiny tensors, where a second thread costs
 # more in hand-offs than it gains, most of all when pytest-xdist runs two processes on 2 cores.
+# The processes tests start (the notebook's kernel, DDP ranks, killed-and-resumed training, a
+# bundle's predict.py) inherit it: the notebook test took 172 s beside another worker with the
+# kernel's default 2 threads, 32 s alone.
 torch.set_num_threads(1)
+os.environ.setdefault("OMP_NUM_THREADS", "1")

@@ -13,6 +13,7 @@ import pytest
 import seg_toolkit.tune as tune_mod
 from seg_toolkit.config import config_from_dict
 from seg_toolkit.cv import run_cv
+from seg_toolkit.ensemble import build_ensemble
 from seg_toolkit.errors import SegToolkitError
 from seg_toolkit.files import read_json, write_json
 from seg_toolkit.inference import predict_test
@@ -34,13 +35,18 @@ with run_lock(Run(sys.argv[1]), "seg-toolkit tune runs/x --tta"):
 """
 
 
-@pytest.fixture
-def holder(tmp_path):
-    """Another process holding ``tmp_path/run``'s lock until the test lets go (or the process dies)."""
-    run = Run(tmp_path / "run")
-    run.dir.mkdir()
+def _hold(run: Run) -> subprocess.Popen:
+    """Another process holding ``run``'s lock until the test closes its stdin (or kills it)."""
     proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(run.dir)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+@pytest.fixture
+def holder(tmp_path):
+    run = Run(tmp_path / "run")
+    run.dir.mkdir()
+    proc = _hold(run)
     yield run, proc
     if proc.poll() is None:
         proc.kill()
@@ -146,3 +152,29 @@ def test_a_fold_finishing_while_tune_tta_runs_waits_and_makes_its_oof_with_the_c
     assert cv["folds"] == [0, 1] and cv["oof"]["tta"] == chosen["tta"]  # one TTA across the run's OOF files
     assert read_json(run.postprocess_json)["folds"] == [0, 1]  # tuned by fold 1's job on all of them, after the choice
     predict_test(cfg, out=tmp_path / "sub.csv")
+
+
+def test_an_ensemble_reads_its_members_only_while_nobody_rewrites_them(demo_root, tmp_path, caplog):
+    """`ensemble a b` while `tune b --tta` moved b's files in read a mix (warned of only later, at predict)."""
+    cfgs = [config_from_dict(demo_dict(demo_root, tmp_path / "runs", experiment=name, train={"epochs": 1, "batch_size": 4,
+                                                                                               "num_workers": 0}))
+            for name in ("a", "b")]
+    for cfg in cfgs:
+        run_cv(cfg)
+    proc = _hold(Run.of(cfgs[1]))
+    try:
+        done = threading.Event()
+        with caplog.at_level(logging.WARNING, logger="seg_toolkit.run_lock"):
+            t = threading.Thread(target=lambda: (build_ensemble(cfgs, name="ens", weights=[0.5, 0.5]), done.set()), daemon=True)
+            t.start()
+            assert not done.wait(1.0)
+            assert "before `seg-toolkit ensemble: reading its OOF files` writes to it" in caplog.text
+        assert not (tmp_path / "runs" / "ens").exists()
+        proc.stdin.close()
+        t.join(120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+    assert done.is_set() and Run(tmp_path / "runs" / "ens").is_ensemble
+    assert not any(Run.of(c).lock_file.exists() for c in cfgs)
