@@ -425,6 +425,6 @@ def write_audit(cfg: Config, out_dir: Path, result: Optional[AuditResult] = None
     w = csv.writer(buf)
     w.writerow(["kind", "where", "message"])
     w.writerows([p.kind, p.where, p.message] for p in res.problems)
-    write_text(out_dir / "audit_problems.csv", buf.getvalue())
+    write_text(Run(out_dir).audit_problems_csv, buf.getvalue())
     log.info("audit written to %s", page)
     return page

@@ -239,6 +239,11 @@ class Run(RunGuard):
         return self.dir / "audit.html"
 
     @property
+    def audit_problems_csv(self) -> Path:
+        """``audit``'s problems, one per row; its header ``kind,where,message`` marks a folder audit made."""
+        return self.dir / "audit_problems.csv"
+
+    @property
     def tta_search_root(self) -> Path:
         """Scratch folder of ``tune --tta`` (removed when it ends)."""
         return self.dir / "tta_search"

@@ -95,8 +95,8 @@ class RunGuard:
                 "from the data it reads: set runs_dir (or experiment) to a folder outside the data"
             )
 
-    def _marker(self) -> str | None:
-        """The first sign that the folder was made by this toolkit, or None."""
+    def _marker(self, audit: bool = False) -> str | None:
+        """The first sign that the folder was made by this toolkit (``audit``: or by ``audit`` alone), or None."""
         if self.config_yaml.is_file():
             try:
                 data = yaml.safe_load(self.config_yaml.read_text(encoding="utf-8"))
@@ -113,14 +113,22 @@ class RunGuard:
                 pass
         if self.ensemble_json.is_file():
             return self.ensemble_json.name
+        if audit and self.audit_problems_csv.is_file():  # `audit CONFIG` before `train CONFIG`: the README's order
+            try:
+                with self.audit_problems_csv.open(encoding="utf-8") as fh:
+                    if fh.readline().strip() == "kind,where,message":
+                        return self.audit_problems_csv.name
+            except (OSError, UnicodeDecodeError):
+                pass
         for p in self.dir.glob("fold_*"):
             if self.FOLD_DIR.fullmatch(p.name) and p.is_dir() and any(self.FOLD_FILE.fullmatch(q.name) for q in p.iterdir()):
                 return p.name + "/"
         return None
 
-    def looks_like_run(self) -> bool:
-        """True when the folder holds a config.yaml / folds.csv / ensemble.json / fold_<k>/ of this toolkit."""
-        return self.dir.is_dir() and self._marker() is not None
+    def looks_like_run(self, audit: bool = False) -> bool:
+        """True when the folder holds a config.yaml / folds.csv / ensemble.json / fold_<k>/ of this toolkit
+        (``audit``: or the audit_problems.csv that ``audit CONFIG`` writes there before training)."""
+        return self.dir.is_dir() and self._marker(audit) is not None
 
     def foreign_entries(self) -> list[Path]:
         """Entries of the folder (and of its ``fold_<k>/``) that no run writes: files the user put there."""
@@ -141,7 +149,7 @@ class RunGuard:
         self.check_location(cfg)
         if self.dir.exists() and not self.dir.is_dir():
             raise RunExistsError(f"{self.dir} is a file, not a run folder; choose another experiment name or runs_dir")
-        if self.dir.is_dir() and any(self.dir.iterdir()) and not self.looks_like_run():
+        if self.dir.is_dir() and any(self.dir.iterdir()) and not self.looks_like_run(audit=True):
             raise RunExistsError(
                 f"{self.dir} holds files but is not a run folder (no config.yaml, folds.csv, ensemble.json or "
                 "fold_<k>/ of seg_toolkit); choose another experiment name or runs_dir"
@@ -166,7 +174,7 @@ class RunGuard:
                 raise RunExistsError(f"refusing to delete {target}: it is not a file that runs write inside {self.dir}")
         if not target.exists():
             return
-        if not self.looks_like_run():
+        if not self.looks_like_run(audit=True):
             raise RunExistsError(
                 f"refusing to delete {self.dir}: it does not look like a run folder (no config.yaml, folds.csv, "
                 "ensemble.json or fold_<k>/ of seg_toolkit); choose another experiment name or runs_dir"

@@ -378,3 +378,25 @@ def test_augmented_batch_is_the_first_training_batch_with_its_masks(demo_root, t
         assert np.abs(shown.astype(int) - want_shown).max() <= 1
         assert np.abs(over.astype(int) - want_over).max() <= 1
         assert not np.array_equal(want_over, overlay_panels(image, load_target(s, cfg, image.shape[:2]), cfg, colors, painted)[1])
+
+
+def test_train_after_audit_into_the_same_run_folder(demo_root, tmp_path):
+    """The README's order, `audit CONFIG` then `train CONFIG`: the folder then held only audit's files and train refused
+    it as 'not a run folder', even with --overwrite. compare still lists only trained runs."""
+    from seg_toolkit.compare import CompareError, find_runs
+    from seg_toolkit.cv import run_cv
+    from seg_toolkit.run import Run
+
+    cfg = config_from_dict(demo_dict(demo_root, tmp_path / "runs"))
+    write_audit(cfg, cfg.run_dir)
+    run = Run.of(cfg)
+    assert run.audit_problems_csv.read_text().splitlines()[0] == "kind,where,message"
+    with pytest.raises(CompareError, match="no run folder"):
+        find_runs([tmp_path / "runs"])
+    (run.dir / "notes.txt").write_text("mine")  # a user's file beside audit's: never deleted by --overwrite
+    with pytest.raises(Exception, match="notes.txt"):
+        run_cv(cfg, overwrite=True)
+    (run.dir / "notes.txt").unlink()
+    run_cv(cfg)
+    assert run.audit_html.is_file() and run.trained_folds() == [0, 1]
+    assert find_runs([tmp_path / "runs"]) == [run]
