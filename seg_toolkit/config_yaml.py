@@ -1,4 +1,4 @@
-"""Config files -> plain data: YAML read with the safe loader, ``base:`` chains merged, ``--set``
+"""Config files -> plain data: YAML read with the safe loader (a key twice in one mapping refused), ``base:`` chains merged, ``--set``
 overrides applied. Every way a file can fail is a :class:`~seg_toolkit.errors.ConfigError` naming it;
 turning the data into typed sections is :mod:`seg_toolkit.config_types`.
 """
@@ -39,6 +39,29 @@ def apply_overrides(data: dict, overrides: list[str] | None) -> dict:
     return data
 
 
+class _SafeUniqueLoader(yaml.SafeLoader):
+    """The safe loader, refusing a key given twice in one mapping (plain PyYAML keeps the last silently: a second
+    ``train:`` section replaced the first whole, and its epochs fell back to the default)."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor`
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.get(key)
+                    seen.setdefault(key, key_node.start_mark.line + 1)
+                except TypeError:  # an unhashable key: the base loader names it
+                    continue
+                if first is not None:
+                    raise ConfigError(f"{key_node.start_mark.name}: line {key_node.start_mark.line + 1}: key {key!r} is "
+                                      f"given twice in one mapping (first on line {first}); YAML would keep only the "
+                                      "last: merge them into one")
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_yaml(path: str | Path) -> dict:
     """A YAML mapping from ``path`` (safe loader); every way it can fail is a :class:`ConfigError` naming it."""
     path = Path(path)
@@ -48,7 +71,7 @@ def read_yaml(path: str | Path) -> dict:
         raise ConfigError(f"config file not found: {path}")
     try:
         with path.open("r", encoding="utf-8-sig") as fh:
-            data = yaml.safe_load(fh)
+            data = yaml.load(fh, Loader=_SafeUniqueLoader)  # noqa: S506 - a SafeLoader
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid (safe) YAML: {' '.join(str(e).split())}") from None
     except UnicodeDecodeError as e:

@@ -85,3 +85,19 @@ def test_error_names_the_file(tmp_path):
     path.write_text(yaml.safe_dump({"modle": {"arch": "unet"}}))
     with pytest.raises(ConfigError, match=r"typo.yaml: unknown config key 'modle'.*did you mean 'model'"):
         load_config(path)
+
+
+def test_a_key_given_twice_is_refused_naming_both_lines(tmp_path):
+    """PyYAML keeps the last of two equal keys: a second `train:` section replaced the first whole, and the epochs the
+    first set fell back to the default (10) without a word."""
+    p = tmp_path / "c.yaml"
+    p.write_text("experiment: x\ntrain: {epochs: 1, batch_size: 4}\nmodel: {arch: scratch_unet}\ntrain: {batch_size: 2}\n")
+    with pytest.raises(ConfigError, match=r"c.yaml: line 4: key 'train' is given twice in one mapping \(first on line 2\)"):
+        load_config(p)
+    p.write_text("train: {epochs: 1, epochs: 2}\n")  # the same line, a nested mapping
+    with pytest.raises(ConfigError, match=r"line 1: key 'epochs' is given twice"):
+        load_config(p)
+    p.write_text("x: &t {epochs: 3, batch_size: 2}\ny:\n  <<: *t\n  epochs: 4\n")  # a merge key, then one it overrides: allowed
+    from seg_toolkit.config_yaml import read_yaml
+
+    assert read_yaml(p) == {"x": {"epochs": 3, "batch_size": 2}, "y": {"epochs": 4, "batch_size": 2}}
