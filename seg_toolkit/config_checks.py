@@ -14,7 +14,7 @@ import math
 import os
 import string
 import warnings
-from typing import Any
+from typing import Any, Callable
 
 from .config import Config, ConfigError, check_deep_supervision_arch
 from .config_data_checks import check_data_config
@@ -38,6 +38,7 @@ def check_config(cfg: Config) -> None:
         _check_transforms,
         _check_model,
         _check_loss,
+        _check_numbers,
         _check_train,
         _check_metric,
         _check_pseudo,
@@ -84,6 +85,52 @@ def _check_folds(cfg: Config) -> None:
     for i in f.only:
         if not 0 <= i < f.n_splits:
             raise ConfigError(f"folds.only: fold {i} is outside 0..{f.n_splits - 1}")
+
+
+def _number_rules(cfg: Config) -> list[tuple[str, Any, Callable[[float], bool], str]]:
+    """(key, value, test, what was expected) for the numbers whose range the types cannot say."""
+    m, o, s, t = cfg.model, cfg.optim, cfg.scheduler, cfg.train
+    return [
+        ("model.depth", m.depth, lambda v: v >= 1, "a number of down-sampling steps >= 1"),
+        ("model.base_width", m.base_width, lambda v: v >= 1, "a number of channels >= 1"),
+        ("model.dropout", m.dropout, lambda v: 0 <= v < 1, "a probability in [0, 1)"),
+        ("model.freeze_encoder_epochs", m.freeze_encoder_epochs, lambda v: v >= 0, "a number of epochs >= 0"),
+        ("model.encoder_lr_mult", m.encoder_lr_mult, lambda v: v >= 0, "a factor >= 0"),
+        ("optim.lr", o.lr, lambda v: v > 0, "a learning rate > 0"),
+        ("optim.weight_decay", o.weight_decay, lambda v: v >= 0, ">= 0"),
+        ("optim.momentum", o.momentum, lambda v: 0 <= v < 1, "a momentum in [0, 1)"),
+        ("scheduler.warmup_epochs", s.warmup_epochs, lambda v: v >= 0, "a number of epochs >= 0"),
+        ("scheduler.min_lr", s.min_lr, lambda v: v >= 0, "a learning rate >= 0"),
+        ("scheduler.power", s.power, lambda v: v > 0, "an exponent > 0"),
+        ("scheduler.step_size", s.step_size, lambda v: v >= 1, "a number of epochs >= 1"),
+        ("scheduler.gamma", s.gamma, lambda v: 0 < v <= 1, "a decay factor in (0, 1]"),
+        ("scheduler.patience", s.patience, lambda v: v >= 0, "a number of epochs >= 0"),
+        ("train.num_workers", t.num_workers, lambda v: v >= 0, "a number of loader processes >= 0"),
+        ("train.grad_clip", t.grad_clip, lambda v: v > 0, "a gradient norm > 0, or null (no clipping)"),
+        ("train.ema_decay", t.ema_decay, lambda v: 0 < v < 1, "a decay in (0, 1) such as 0.999, or null (no EMA)"),
+        ("train.early_stopping_patience", t.early_stopping_patience, lambda v: v >= 1, "a number of epochs >= 1, or null"),
+        ("train.early_stopping_min_delta", t.early_stopping_min_delta, lambda v: v >= 0, ">= 0"),
+        ("train.nan_retries", t.nan_retries, lambda v: v >= 0, "a number of retries >= 0"),
+        ("train.nan_lr_factor", t.nan_lr_factor, lambda v: 0 < v <= 1, "a factor in (0, 1]"),
+        ("train.log_every", t.log_every, lambda v: v >= 0, "a number of steps >= 0 (0: off)"),
+    ]
+
+
+def _check_numbers(cfg: Config) -> None:
+    """A negative learning rate, a clip norm that flips the gradients' sign, an EMA decay above 1: refused at load,
+    before the run folder is written (torch and timm refused some of them later with a traceback, others not at all)."""
+    for key, value, ok, expected in _number_rules(cfg):
+        if value is None and "null" in expected:
+            continue
+        if isinstance(value, bool) or not _finite(value) or not ok(value):
+            raise ConfigError(f"{key}: expected {expected}, got {value!r}")
+    t, s = cfg.train, cfg.scheduler
+    if t.use_ema and t.ema_decay is None:
+        raise ConfigError("train.use_ema scores and predicts with the EMA weights: set train.ema_decay (e.g. 0.999), "
+                          "or use_ema: false")
+    if s.name == "onecycle" and s.warmup_epochs >= t.epochs:
+        raise ConfigError(f"scheduler.warmup_epochs: onecycle warms up for part of train.epochs ({t.epochs}); "
+                          f"expected fewer than that, got {s.warmup_epochs}")
 
 
 def _check_train(cfg: Config) -> None:

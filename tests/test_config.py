@@ -101,3 +101,39 @@ def test_a_key_given_twice_is_refused_naming_both_lines(tmp_path):
     from seg_toolkit.config_yaml import read_yaml
 
     assert read_yaml(p) == {"x": {"epochs": 3, "batch_size": 2}, "y": {"epochs": 4, "batch_size": 2}}
+
+
+@pytest.mark.parametrize("key, value, expected", [
+    ("optim.lr", -0.001, "optim.lr: expected a learning rate > 0, got -0.001"),
+    ("optim.lr", float("nan"), "optim.lr: expected a learning rate > 0, got nan"),
+    ("optim.lr", 0, "optim.lr: expected a learning rate > 0, got 0"),
+    ("optim.weight_decay", -1, "optim.weight_decay: expected >= 0, got -1"),
+    ("optim.momentum", -5, "optim.momentum: expected a momentum in [0, 1), got -5"),
+    ("scheduler.min_lr", -1, "scheduler.min_lr: expected a learning rate >= 0"),
+    ("scheduler.step_size", 0, "scheduler.step_size: expected a number of epochs >= 1, got 0"),
+    ("scheduler.warmup_epochs", -2, "scheduler.warmup_epochs: expected a number of epochs >= 0"),
+    ("train.num_workers", -1, "train.num_workers: expected a number of loader processes >= 0, got -1"),
+    ("train.grad_clip", -1, "train.grad_clip: expected a gradient norm > 0, or null"),  # flipped the gradients' sign
+    ("train.grad_clip", 0, "train.grad_clip: expected a gradient norm > 0"),  # zeroed them
+    ("train.ema_decay", 1.5, "train.ema_decay: expected a decay in (0, 1)"),
+    ("train.early_stopping_patience", -1, "train.early_stopping_patience: expected a number of epochs >= 1"),
+    ("train.nan_retries", -1, "train.nan_retries: expected a number of retries >= 0"),
+    ("model.depth", 0, "model.depth: expected a number of down-sampling steps >= 1"),
+    ("model.base_width", 0, "model.base_width: expected a number of channels >= 1"),
+    ("model.dropout", 1.5, "model.dropout: expected a probability in [0, 1)"),
+])
+def test_numbers_out_of_range_are_refused_when_the_config_loads(key, value, expected):
+    section, name = key.split(".")
+    with pytest.raises(ConfigError) as e:
+        config_from_dict({section: {name: value}})
+    assert str(e.value).startswith(expected)
+
+
+def test_ema_and_onecycle_settings_that_could_not_work_are_refused():
+    with pytest.raises(ConfigError, match="train.use_ema .* set train.ema_decay"):  # was silently no EMA
+        config_from_dict({"train": {"use_ema": True}})
+    with pytest.raises(ConfigError, match=r"scheduler.warmup_epochs: onecycle .* train.epochs \(1\); expected fewer than that, got 2"):
+        config_from_dict({"train": {"epochs": 1}, "scheduler": {"name": "onecycle", "warmup_epochs": 2}})
+    cfg = config_from_dict({"train": {"epochs": 3, "grad_clip": 1.0, "ema_decay": 0.999, "use_ema": True},
+                            "scheduler": {"name": "onecycle", "warmup_epochs": 1}})  # in range: accepted
+    assert (cfg.train.grad_clip, cfg.train.ema_decay) == (1.0, 0.999)
