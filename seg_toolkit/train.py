@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from .checkpoint import save_checkpoint
 from .config import Config
+from .errors import SegToolkitError
 from .data import EpochSampler, Sample, SegDataset, collate
 from .data.folds import split_fold
 from .fold_state import TrainState, checkpoint_state, restore, save_epoch, should_stop, update_best, weights_only
@@ -53,8 +54,9 @@ log = logging.getLogger(__name__)
 __all__ = ["train_fold", "NonFiniteLossError", "TrainState", "build_loaders", "build_model_and_ema", "train_one_epoch"]
 
 
-class NonFiniteLossError(FloatingPointError):
-    """The loss became NaN or infinite; the message names the fold, epoch and step."""
+class NonFiniteLossError(SegToolkitError, FloatingPointError):
+    """The training or validation loss became NaN or infinite; the message names the fold, epoch and step
+    (the CLI prints it as one line: a lower ``optim.lr``, ``train.grad_clip`` or ``train.nan_retries`` are the remedies)."""
 
 
 # ----------------------------------------------------------------------------- the fold
@@ -137,6 +139,10 @@ def train_attempt(cfg: Config, fold: int, samples: list[Sample], folds: pd.DataF
             state.batch = 0
             d.average_buffers(model)
             val_stats = d.broadcast(validate_epoch(cfg, model, ema, loss_fn, valid_loader, device, amp) if d.is_main else None)
+            if not math.isfinite(val_stats["val_loss"]):  # diverged weights (the losses score an all-void batch 0, never NaN)
+                raise NonFiniteLossError(f"fold {fold}: validation loss is {val_stats['val_loss']} after epoch {epoch + 1} "
+                                         "(the weights diverged); the last good checkpoint is kept; lower optim.lr, set "
+                                         "train.grad_clip, or train.nan_retries to retry with a lower lr")
             schedule.step_epoch(epoch, val_stats["val_score"])
             improved = update_best(state, val_stats["val_score"], epoch, cfg.train.early_stopping_min_delta)
             state.epoch = epoch + 1
@@ -339,7 +345,8 @@ def train_one_epoch(cfg, model, ema, loss_fn, optimizer, schedule, scaler, loade
                 bad = ", ".join(f"{k}={v / n_images:.4g}" for k, v in zip(names, host))
                 raise NonFiniteLossError(
                     f"fold {fold}: loss is not finite at epoch {epoch + 1}, step {state.batch + i + 1} of {state.batch + len(loader)} "
-                    f"(running means: {bad}); the last good checkpoint is kept"
+                    f"(running means: {bad}); the last good checkpoint is kept; lower optim.lr, set train.grad_clip, or "
+                    "train.nan_retries to retry with a lower lr"
                 )
             bar.set_postfix(loss=f"{host[0] / n_images:.4f}", img_s=f"{n_images / (time.perf_counter() - t0):.1f}")
     seconds = time.perf_counter() - t0

@@ -67,6 +67,42 @@ def test_nan_loss_retries_with_lower_lr(demo_root, tmp_path, monkeypatch):
     assert cv["folds"] == [0]
 
 
+def test_nan_loss_through_the_cli_is_one_line_with_the_remedies(demo_root, tmp_path, monkeypatch, capsys):
+    """It was a full traceback, exit 1 (NonFiniteLossError was not one of the toolkit's errors)."""
+    from seg_toolkit.cli import main
+    from seg_toolkit.config import save_config
+
+    _nan_after(monkeypatch, n_calls=4)
+    save_config(_cfg(demo_root, tmp_path), tmp_path / "c.yaml")
+    assert main(["train", str(tmp_path / "c.yaml")]) == 2
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: fold 0: loss is not finite at epoch 2, step 2 of 3") and "lower optim.lr" in last
+    assert "Traceback" not in err
+
+
+def test_a_non_finite_validation_loss_is_a_failed_epoch_not_a_best_one(demo_root, tmp_path, monkeypatch):
+    """Weights blown up by a huge lr (training loss still finite at its last check) gave val_loss nan, and the epoch
+    was kept as best.pt with a finite dice; the fold 'finished'. Now the epoch fails like a NaN training loss."""
+    original = train.validate_epoch
+    calls = [0]
+
+    def validate(*args, **kwargs):
+        stats = original(*args, **kwargs)
+        calls[0] += 1
+        return {**stats, "val_loss": float("nan")} if calls[0] == 2 else stats
+
+    monkeypatch.setattr(train, "validate_epoch", validate)
+    cfg = _cfg(demo_root, tmp_path)
+    with pytest.raises(NonFiniteLossError, match=r"fold 0: validation loss is nan after epoch 2 \(the weights diverged\)"):
+        run_cv(cfg)
+    fold = cfg.run_dir / "fold_0"
+    assert load_checkpoint(fold / "last.pt")["epoch"] == 1 and not (fold / "done.json").exists()
+    calls[0] = 0
+    cv = run_cv(_cfg(demo_root, tmp_path / "retry", nan_retries=1))  # retried from scratch at a lower lr
+    assert cv["folds"] == [0]
+
+
 def _disk_full(*args, **kwargs):
     raise OSError(errno.ENOSPC, "No space left on device")
 
