@@ -52,7 +52,13 @@ def prepare_run(cfg: Config, folds: list[int], resume: bool = False, overwrite: 
     run.dir.mkdir(parents=True, exist_ok=True)
     if saved.is_file():
         diff = [d for d in config_diff(read_yaml(saved), config_to_dict(cfg)) if not d.startswith(("train.epochs", "train.time_budget", "train.min_fold_epochs", "predict.", "postprocess.", "submission.", "folds.only", "track"))]
-        if diff:
+        started_any = any(p.is_dir() and any(p.iterdir()) for p in run.dir.glob("fold_*") if Run.FOLD_DIR.fullmatch(p.name))
+        # stopped before any fold wrote a file (a config error met at the first batch): the corrected config replaces
+        # it, unless it changes what folds.csv or pseudo/ were made from
+        if diff and not started_any and not any(d.startswith(("data.", "folds.", "pseudo.")) for d in diff):
+            log.warning("%s: no fold has started; its config.yaml is replaced (%s)", run.dir, "; ".join(diff[:5]))
+            run.remove(cfg, run.amp_json)  # measured on the old model and batch
+        elif diff:
             raise RunExistsError(
                 f"{run.dir} was trained with a different config ({'; '.join(diff[:5])}); "
                 "use a new experiment name, or --overwrite to start again"

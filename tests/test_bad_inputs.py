@@ -770,3 +770,28 @@ def test_the_guard_is_what_keeps_the_data(tmp_path, monkeypatch, demo_root):
     with pytest.raises(SegToolkitError, match="is data.root"):
         Run(root).remove(cfg)
     assert (root / "train.csv").is_file()
+
+
+def test_a_run_stopped_before_any_fold_wrote_a_file_takes_the_corrected_config(demo_root, tmp_path, caplog):
+    """One training image of another size stops the run at its first batch ('set transforms.resize'); the corrected
+    config was then refused ('trained with a different config'), --resume too, though no fold had started."""
+    from seg_toolkit.cv import run_cv
+
+    root = tmp_path / "data"
+    shutil.copytree(demo_root, root)
+    first = sorted((root / "train" / "images").iterdir())[0]
+    Image.open(first).resize((80, 60)).save(first)
+    data = demo_dict(root, tmp_path / "runs", train={"epochs": 1, "batch_size": 12, "num_workers": 0})
+    with pytest.raises(SegToolkitError, match="differ in size"):
+        run_cv(config_from_dict(data))
+    run = Run.of(config_from_dict(data))
+    assert run.config_yaml.is_file() and not run.trained_folds()
+    with pytest.raises(SegToolkitError, match=r"was trained with a different config \(folds.seed"):  # folds.csv was made
+        run_cv(config_from_dict({**data, "folds": {**data["folds"], "seed": 5}, "transforms": {"resize": [48, 64]}}))
+    fixed = config_from_dict({**data, "transforms": {"resize": [48, 64]}})
+    cv = run_cv(fixed)
+    assert cv["folds"] == [0, 1] and "no fold has started; its config.yaml is replaced (transforms.resize" in caplog.text
+    assert load_config(run.config_yaml).transforms.resize == [48, 64]
+    # once a fold has files, a different config is refused as before
+    with pytest.raises(SegToolkitError, match="was trained with a different config"):
+        run_cv(config_from_dict({**data, "transforms": {"resize": [32, 32]}}), resume=True)
