@@ -289,9 +289,24 @@ def write_html(rows: list[RunRow], out: str | Path, curves: bool = False, title:
     legend = h.note("folds: runs with the same letter have the same folds.csv (same ids in the same folds), so their "
                     "OOF files can be ensembled. Train time: the epochs' seconds in metrics.csv, summed over folds.")
     paths = ", ".join(str(r.path) for r in rows)
-    page = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{h.esc(title)}</title>"
+    page = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>{GENERATOR}<title>{h.esc(title)}</title>"
             f"<style>{h.CSS}</style></head><body><h1>{h.esc(title)}</h1>{h.note(h.esc(paths))}\n"
             f"{table}{legend}\n" + "\n".join(divs) + "\n</body></html>")
     out = Path(out)
+    if out.exists() and not _made_by_compare(out):
+        raise CompareError(f"--html {out}: the file exists and is not a page `compare` wrote; choose another name "
+                           "(a page compare wrote is refreshed in place)")
     out.parent.mkdir(parents=True, exist_ok=True)
     return write_text(out, page)
+
+
+GENERATOR = "<meta name='generator' content='seg_toolkit compare'>"
+
+
+def _made_by_compare(path: Path) -> bool:
+    try:
+        with path.open(encoding="utf-8", errors="replace") as fh:
+            head = fh.read(4096)
+    except (OSError, IsADirectoryError):
+        return False
+    return GENERATOR in head or "<h1>Experiments side by side</h1>" in head  # the marker, or a page from before it

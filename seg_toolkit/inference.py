@@ -45,6 +45,7 @@ from .postprocess import apply_postprocess, load_params
 from .oof import check_oof_complete
 from .predictor import Predictor, check_same_training
 from .run import Run, RunExistsError
+from .run_guard import check_not_input
 from .submission import SubmissionWriter, mask_rows, submission_columns, submission_path
 from .tensors import probs_to_uint8
 
@@ -115,6 +116,7 @@ def predict_test(cfg: Config, out: str | Path | None = None, overwrite: bool = F
     """
     cfg = _one(cfg)
     out = Path(out) if out else submission_path(cfg)
+    check_not_input(cfg, out, "--out" if out != submission_path(cfg) else "submission.path")
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; pass --overwrite to replace it, or --out for another file")
     run, predictor = run_predictor(cfg)

@@ -25,7 +25,7 @@ from .errors import SegToolkitError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["RunGuard", "RunExistsError", "input_paths", "delete_path"]
+__all__ = ["RunGuard", "RunExistsError", "input_paths", "check_not_input", "delete_path"]
 
 #: Temporary files of :func:`seg_toolkit.files.atomic_write` (``.<name>.<random>.tmp``) and what
 #: operating systems leave in folders: neither is a user's file.
@@ -53,6 +53,18 @@ def input_paths(cfg: Config) -> list[tuple[str, Path]]:
     if w and ("/" in w or "\\" in w or w.lower().endswith((".pth", ".pt", ".bin", ".safetensors", ".ckpt"))):
         out.append(("model.encoder_weights", Path(w).expanduser()))
     return out
+
+
+def check_not_input(cfg: Config, path: Path, what: str) -> None:
+    """Refuse to write ``path`` (``what``: the option that named it) when it is a file the config reads, or lies in a
+    folder of them other than ``data.root`` itself (``--out data/train.csv --overwrite`` replaced the labels)."""
+    here = Path(path).resolve()
+    for key, p in input_paths(cfg):
+        p = p.resolve()
+        if here == p or (key != "data.root" and p in here.parents):
+            how = "is" if here == p else "lies inside"
+            raise ConfigError(f"{what} {path} {how} {key} {p}, which the config reads; write it elsewhere "
+                              "(--overwrite never replaces the data)")
 
 
 def delete_path(target: Path, announce: bool = True) -> None:

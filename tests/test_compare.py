@@ -14,7 +14,7 @@ import pytest
 
 from seg_toolkit.cli import main
 from seg_toolkit.compare import CompareError, collect, find_runs, format_table, write_html
-from seg_toolkit.config import config_from_dict, load_config
+from seg_toolkit.config import ConfigError, config_from_dict, load_config
 from seg_toolkit.cv import run_cv
 from seg_toolkit.ensemble import build_ensemble
 
@@ -110,6 +110,32 @@ def test_html_page_is_standalone_with_bars_and_curves(runs, tmp_path, capsys):
     assert len(page) > 1_000_000 and "Validation score per epoch" in page
     for name in ("a", "b", "c", "ens", "part", "half"):
         assert f"<td class='l'>{name}</td>" in page
+
+
+def test_html_refreshes_its_own_page_and_never_replaces_another_file(runs, tmp_path, capsys):
+    """`compare runs --html mypage.html` replaced a user's file of that name without a word."""
+    mine = tmp_path / "mypage.html"
+    mine.write_text("<html>my notes</html>")
+    assert main(["compare", str(runs), "--html", str(mine)]) == 2
+    assert "the file exists and is not a page `compare` wrote" in capsys.readouterr().err
+    assert mine.read_text() == "<html>my notes</html>"
+    page = tmp_path / "cmp.html"
+    for _ in range(2):  # the second run refreshes the first's page
+        assert main(["compare", str(runs), "--html", str(page)]) == 0
+    assert "<meta name='generator' content='seg_toolkit compare'>" in page.read_text()[:1000]
+
+
+def test_predict_never_writes_over_the_data_it_reads(runs, tmp_path):
+    """`predict --out <data.root>/train.csv --overwrite` replaced the competition's labels."""
+    from seg_toolkit.inference import predict_test
+
+    cfg = load_config(runs / "a" / "config.yaml")
+    labels = cfg.data_path(cfg.data.train_csv)
+    before = labels.read_bytes()
+    for out in (labels, cfg.data_path(cfg.data.sample_submission), cfg.data_path(cfg.data.test_images) / "x.csv"):
+        with pytest.raises(ConfigError, match=r"--out .* (is|lies inside) data\.\w+ .*which the config reads"):
+            predict_test(cfg, out=out, overwrite=True)
+    assert labels.read_bytes() == before
 
 
 def test_run_folders_named_directly_and_errors(runs, tmp_path, capsys):
