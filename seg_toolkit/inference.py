@@ -46,7 +46,7 @@ from .oof import check_oof_complete
 from .predictor import Predictor, check_same_training
 from .run import Run, RunExistsError
 from .run_guard import check_not_input
-from .submission import SubmissionWriter, mask_rows, submission_columns, submission_path
+from .submission import SubmissionError, SubmissionWriter, mask_rows, submission_classes, submission_columns, submission_path
 from .tensors import probs_to_uint8
 
 log = logging.getLogger(__name__)
@@ -199,7 +199,30 @@ def _expected_ids(cfg: Config, samples: list[Sample]) -> list[str] | None:
     if not path.is_file() or cfg.data.test_lists:
         return None
     id_col = submission_columns(cfg)[0]
-    return pd.read_csv(path, dtype=str, keep_default_na=False, usecols=[id_col])[id_col].tolist()
+    ids = pd.read_csv(path, dtype=str, keep_default_na=False, usecols=[id_col])[id_col].tolist()
+    _check_sample_rows(cfg, path, ids, samples)
+    return ids
+
+
+def _check_sample_rows(cfg: Config, path: Path, ids: list[str], samples: list[Sample]) -> None:
+    """Before any image is predicted: every row of the sample is one this submission makes, once (line named);
+    test images the sample has no row for are named (they are not submitted)."""
+    s = cfg.submission
+    classes = submission_classes(cfg) if s.per_class else [None]
+    made = {s.id_format.format(id=x.id, cls=k) if k is not None else x.id: x.id for x in samples for k in classes}
+    seen: dict[str, int] = {}
+    for line, row_id in enumerate(ids, start=2):  # line 1 is the header
+        if row_id not in made:
+            what = f"test images x classes {classes}" if s.per_class else "test image ids"
+            raise SubmissionError(f"{path} line {line}: id {row_id!r} is not a row this submission makes ({what}, "
+                                  f"e.g. {next(iter(made))!r}); check submission.id_format / classes, or the file")
+        if row_id in seen and not s.instances:
+            raise SubmissionError(f"{path} line {line}: id {row_id!r} again (first on line {seen[row_id]}); a sample "
+                                  "submission names each row once")
+        seen.setdefault(row_id, line)
+    unlisted = sorted({x.id for x in samples} - {made[row] for row in seen})
+    if unlisted:
+        log.warning("%d test image(s) have no row in %s (e.g. %r): they are not submitted", len(unlisted), path, unlisted[0])
 
 
 def score_samples(cfg: Config, run: Run, predictor: Predictor, samples: list[Sample], target_cfg: Config,

@@ -548,6 +548,30 @@ def _sample_ids_without_class(w: World):
     return lambda: load_test_samples(load_config(w.demo_cfg()))
 
 
+def _sample_rows(w: World, edit: Callable[[pd.DataFrame], pd.DataFrame]):
+    """The rows of an edited sample submission, checked before any image is predicted (were: after all of them,
+    'ids differ from the sample submission: 12 rows written, the sample has 13', no line named)."""
+    from seg_toolkit.inference import _expected_ids
+
+    root = w.demo()
+    path = root / "sample_submission.csv"
+    edit(pd.read_csv(path, dtype=str, keep_default_na=False)).to_csv(path, index=False)
+    cfg = load_config(w.demo_cfg())
+    return lambda: _expected_ids(cfg, load_test_samples(cfg))
+
+
+def _sample_row_twice(w: World):
+    return _sample_rows(w, lambda df: pd.concat([df, df.iloc[[1]]], ignore_index=True))
+
+
+def _sample_row_of_class_4(w: World):
+    def edit(df):
+        df.loc[len(df)] = [df["ImageId_ClassId"][0].rsplit("_", 1)[0] + "_4", ""]
+        return df
+
+    return _sample_rows(w, edit)
+
+
 def _test_images_are_jpg(w: World):
     root = w.demo()
     for p in (root / "test/images").iterdir():
@@ -710,6 +734,9 @@ CASES = [
     Case("sample submission with only a header", _sample_header_only, "sample_submission.csv: no rows (only the header)"),
     Case("sample submission id column differs", _sample_id_column_differs, "no column 'ImageId' (submission.id_column)"),
     Case("sample ids without the class part", _sample_ids_without_class, "does not match submission.id_format '{id}_{cls}'"),
+    Case("sample submission row twice", _sample_row_twice, "sample_submission.csv line 14: id '7922e4f7_2' again (first on line 3)"),
+    Case("sample submission row of class 4 (3 classes)", _sample_row_of_class_4,
+         "sample_submission.csv line 14: id '7922e4f7_4' is not a row this submission makes (test images x classes [1, 2, 3]"),
     Case("test images are .jpg", _test_images_are_jpg, "there: set data.image_ext: '.jpg'"),
     Case("check-submission, header-only sample", _check_with_header_only_sample, "sample.csv: no rows (only the header)"),
     Case("check-submission, 0-byte sample", _check_with_zero_byte_sample, "sample.csv: file is empty (0 bytes)"),
