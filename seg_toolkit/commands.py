@@ -232,14 +232,22 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_check_submission(args: argparse.Namespace) -> int:
     from .rle import RLESpec
-    from .submission import check_submission, submission_spec
+    from .errors import SegToolkitError
+    from .submission import check_submission, row_pixels, submission_spec
 
+    n_pixels = None
     if args.config:
-        spec = submission_spec(_load(args.config, []))
+        cfg = _load(args.config, [])
+        spec = submission_spec(cfg)
+        try:
+            n_pixels = row_pixels(cfg)  # runs checked against each test image's size
+        except SegToolkitError as e:
+            print(f"note: run lengths not checked against the test images' sizes ({' '.join(str(e).split())})", file=sys.stderr)
     else:
         spec = RLESpec(order=args.order, index_base=args.index_base, starts="relative" if args.relative else "absolute",
                        empty=(args.empty_token or [""])[0], instances=args.instances)
-    problems = check_submission(args.csv, args.sample, empty_tokens=tuple(args.empty_token) if args.empty_token else None, spec=spec)
+    problems = check_submission(args.csv, args.sample, empty_tokens=tuple(args.empty_token) if args.empty_token else None,
+                                n_pixels=n_pixels, spec=spec)
     if problems:
         print(f"{args.csv}: {len(problems)} problem(s)")
         for p in problems:

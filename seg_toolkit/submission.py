@@ -181,6 +181,21 @@ class SubmissionWriter:
             self.abort()
 
 
+def row_pixels(cfg: Config) -> dict[str, int]:
+    """Each submission row id's image size in pixels (``height * width`` from the test images' headers), so that
+    :func:`check_submission` finds a run past the image's last pixel, as the competition's scorer would."""
+    from .data import load_test_samples
+    from .data.io import image_size
+
+    s = cfg.submission
+    classes = submission_classes(cfg) if s.per_class else [None]
+    out = {}
+    for x in load_test_samples(cfg):
+        h, w = image_size(x.image, x.pair)
+        out.update({s.id_format.format(id=x.id, cls=k) if k is not None else x.id: h * w for k in classes})
+    return out
+
+
 def check_submission(
     csv_path: str | Path,
     sample_path: str | Path,

@@ -822,3 +822,22 @@ def test_a_run_stopped_before_any_fold_wrote_a_file_takes_the_corrected_config(d
     # once a fold has files, a different config is refused as before
     with pytest.raises(SegToolkitError, match="was trained with a different config"):
         run_cv(config_from_dict({**data, "transforms": {"resize": [32, 32]}}), resume=True)
+
+
+def test_check_submission_with_a_config_checks_runs_against_each_test_images_size(demo_root, tmp_path, capsys):
+    """`check-submission sub.csv sample.csv --config cfg.yaml` said OK to `3070 10` on a 48x64 image (3072 pixels),
+    which the competition's scorer rejects."""
+    w = World(tmp_path, demo_root)
+    root = w.demo()
+    cfg = w.demo_cfg()
+    sample = root / "sample_submission.csv"
+    sub = pd.read_csv(sample, dtype=str, keep_default_na=False)
+    sub.iloc[0, 1] = "3070 10"
+    sub.to_csv(tmp_path / "sub.csv", index=False)
+    assert main(["check-submission", str(tmp_path / "sub.csv"), "--sample", str(sample), "--config", cfg]) == 1
+    out = capsys.readouterr().out
+    assert f"line 2 (id {sub.iloc[0, 0]!r})" in out and "3072 pixels" in out, out
+    assert main(["check-submission", str(tmp_path / "sub.csv"), "--sample", str(sample)]) == 0  # without the sizes: not knowable
+    sub.iloc[0, 1] = "3063 10"  # ends on the last pixel
+    sub.to_csv(tmp_path / "sub.csv", index=False)
+    assert main(["check-submission", str(tmp_path / "sub.csv"), "--sample", str(sample), "--config", cfg]) == 0
