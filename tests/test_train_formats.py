@@ -371,3 +371,19 @@ def test_audit_of_object_folders_with_a_problem_each(tmp_path):
     assert res.n_read == 1 and res.class_pixels == [12]  # the two squares less their border columns
     with pytest.raises(DataError, match=r"train/t/masks: folder of object masks not found"):
         load_train_samples(cfg)
+
+
+def test_an_empty_and_a_non_empty_row_for_one_image_and_class_are_refused(tmp_path):
+    """Severstal style: `im,2,` and `im,2,5 1` said both 'no defect' and 'a defect'; the RLE won silently."""
+    _images(tmp_path, ["im"])
+    common = {"id_column": "ImageId", "class_column": "ClassId", "rle_column": "EncodedPixels", "num_classes": 2}
+    for rows, lines in (([("im", "1", "1 2"), ("im", "2", ""), ("im", "2", "5 1")], (4, 3)),
+                        ([("im", "1", "1 2"), ("im", "2", "5 1"), ("im", "2", "")], (4, 3))):
+        pd.DataFrame(rows, columns=["ImageId", "ClassId", "EncodedPixels"]).to_csv(tmp_path / "train.csv", index=False)
+        with pytest.raises(DataError, match=rf"line {lines[0]}: an empty and a non-empty row for image 'im' class 2 "
+                                            rf"\(first at line {lines[1]}\)"):
+            load_train_samples(_csv_cfg(tmp_path, task="multilabel", **common))
+    rows = [("im", "1", "1 2"), ("im", "2", ""), ("im", "2", "")]  # two empty rows agree: one empty mask
+    pd.DataFrame(rows, columns=["ImageId", "ClassId", "EncodedPixels"]).to_csv(tmp_path / "train.csv", index=False)
+    (s,) = load_train_samples(_csv_cfg(tmp_path, task="multilabel", **common))
+    assert load_target(s, _csv_cfg(tmp_path, task="multilabel", **common), (3, 4))[..., 1].sum() == 0

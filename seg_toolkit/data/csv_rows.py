@@ -98,7 +98,7 @@ def read_train_csv(cfg: Config, on_problem: OnProblem = raise_problem) -> tuple[
     n_cls = 1 if d.class_column is None else (d.num_classes if d.task == "multilabel" else d.num_classes - 1)
     rows: dict[str, list[list[str]]] = {}  # id -> per channel, its rows
     first: dict[str, int] = {}
-    filled: dict[tuple[str, int], int] = {}  # (id, channel) -> line of its first non-empty row
+    filled: dict[tuple[str, int], tuple[int, bool]] = {}  # (id, channel) -> (line, non-empty) of its first row
     groups: dict[str, str | None] = {}
     bad: set[str] = set()
     classes = df[d.class_column].tolist() if d.class_column else [None] * len(df)
@@ -138,14 +138,16 @@ def read_train_csv(cfg: Config, on_problem: OnProblem = raise_problem) -> tuple[
         slots = rows.setdefault(image_id, [[] for _ in range(n_cls)])
         first.setdefault(image_id, k)
         groups.setdefault(image_id, group)
-        if not spec.is_empty(rle):
-            if (image_id, c) in filled and not d.rle_instances:
-                on_problem("duplicate_row", where,
-                           f"{where}: second non-empty row for image {image_id!r} class {c} (first at line "
-                           f"{filled[image_id, c]}); set data.rle_instances: true if each row is one object")
-                bad.add(image_id)
-                continue
-            filled.setdefault((image_id, c), line)
+        full = not spec.is_empty(rle)
+        if (image_id, c) in filled and not d.rle_instances and (full or filled[image_id, c][1]):  # two empty rows agree
+            before, was_full = filled[image_id, c]
+            what = "second non-empty row" if full and was_full else "an empty and a non-empty row"
+            on_problem("duplicate_row", where,
+                       f"{where}: {what} for image {image_id!r} class {c} (first at line {before}); one row per "
+                       "image and class, or data.rle_instances: true if each row is one object")
+            bad.add(image_id)
+            continue
+        filled.setdefault((image_id, c), (line, full))
         slots[c - 1].append(rle)
     images = cfg.data_path(d.train_images)
     samples = [
