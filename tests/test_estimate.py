@@ -77,8 +77,9 @@ def timed_run(tmp_path_factory):
 
 
 def test_estimate_is_within_5x_of_the_real_predict(timed_run, tmp_path):
-    """Alone the two agree within 10% (3.66 s estimated, 3.86 s predicted); beside the other xdist worker's notebook kernel the estimate's second once
-    cost 3.7x the predict's (12.6 s vs 3.4 s): the bound is for an estimate gone wrong, not for a busy machine."""
+    """Alone the two agree within 10% (3.66 s estimated, 3.86 s predicted); beside the other xdist worker's
+    notebook kernel the estimate once came out at 3.7x the predict's time (12.6 s vs 3.4 s): the bound is for an
+    estimate gone wrong, not for a busy machine."""
     r = estimate_predict(timed_run, min_seconds=1.0)
     assert r["n_images"] == 160 and r["passes_per_image"] == 4 and r["images_timed"] % 8 == 0 and r["images_timed"] >= 16
     assert 0 < r["members"][0]["forward_s"] < r["per_image_s"]
