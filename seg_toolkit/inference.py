@@ -46,7 +46,8 @@ from .oof import check_oof_complete
 from .predictor import Predictor, check_same_training
 from .run import Run, RunExistsError
 from .run_guard import check_not_input
-from .submission import SubmissionError, SubmissionWriter, mask_rows, submission_classes, submission_columns, submission_path
+from .submission import (SubmissionError, SubmissionWriter, mask_rows, row_ids, submission_classes, submission_columns,
+                         submission_path)
 from .tensors import probs_to_uint8
 
 log = logging.getLogger(__name__)
@@ -208,12 +209,11 @@ def _check_sample_rows(cfg: Config, path: Path, ids: list[str], samples: list[Sa
     """Before any image is predicted: every row of the sample is one this submission makes, once (line named);
     test images the sample has no row for are named (they are not submitted)."""
     s = cfg.submission
-    classes = submission_classes(cfg) if s.per_class else [None]
-    made = {s.id_format.format(id=x.id, cls=k) if k is not None else x.id: x.id for x in samples for k in classes}
+    made = {row: x.id for x in samples for row in row_ids(cfg, x.id)}
     seen: dict[str, int] = {}
     for line, row_id in enumerate(ids, start=2):  # line 1 is the header
         if row_id not in made:
-            what = f"test images x classes {classes}" if s.per_class else "test image ids"
+            what = f"test images x classes {submission_classes(cfg)}" if s.per_class else "test image ids"
             raise SubmissionError(f"{path} line {line}: id {row_id!r} is not a row this submission makes ({what}, "
                                   f"e.g. {next(iter(made))!r}); check submission.id_format / classes, or the file")
         if row_id in seen and not s.instances:

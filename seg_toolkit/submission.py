@@ -181,18 +181,22 @@ class SubmissionWriter:
             self.abort()
 
 
+def row_ids(cfg: Config, image_id: str) -> list[str]:
+    """One image's submission row ids: one per submitted class (``submission.id_format``), or the image id."""
+    s = cfg.submission
+    return [s.id_format.format(id=image_id, cls=k) for k in submission_classes(cfg)] if s.per_class else [image_id]
+
+
 def row_pixels(cfg: Config) -> dict[str, int]:
     """Each submission row id's image size in pixels (``height * width`` from the test images' headers), so that
     :func:`check_submission` finds a run past the image's last pixel, as the competition's scorer would."""
     from .data import load_test_samples
     from .data.io import image_size
 
-    s = cfg.submission
-    classes = submission_classes(cfg) if s.per_class else [None]
-    out = {}
+    out: dict[str, int] = {}
     for x in load_test_samples(cfg):
         h, w = image_size(x.image, x.pair)
-        out.update({s.id_format.format(id=x.id, cls=k) if k is not None else x.id: h * w for k in classes})
+        out.update(dict.fromkeys(row_ids(cfg, x.id), h * w))
     return out
 
 
