@@ -307,6 +307,6 @@ def _made_by_compare(path: Path) -> bool:
     try:
         with path.open(encoding="utf-8", errors="replace") as fh:
             head = fh.read(4096)
-    except (OSError, IsADirectoryError):
+    except OSError:
         return False
     return GENERATOR in head or "<h1>Experiments side by side</h1>" in head  # the marker, or a page from before it

@@ -52,10 +52,9 @@ def prepare_run(cfg: Config, folds: list[int], resume: bool = False, overwrite: 
     run.dir.mkdir(parents=True, exist_ok=True)
     if saved.is_file():
         diff = [d for d in config_diff(read_yaml(saved), config_to_dict(cfg)) if not d.startswith(("train.epochs", "train.time_budget", "train.min_fold_epochs", "predict.", "postprocess.", "submission.", "folds.only", "track"))]
-        started_any = any(p.is_dir() and any(p.iterdir()) for p in run.dir.glob("fold_*") if Run.FOLD_DIR.fullmatch(p.name))
         # stopped before any fold wrote a file (a config error met at the first batch): the corrected config replaces
         # it, unless it changes what folds.csv or pseudo/ were made from
-        if diff and not started_any and not any(d.startswith(("data.", "folds.", "pseudo.")) for d in diff):
+        if diff and not run.started_folds() and not any(d.startswith(("data.", "folds.", "pseudo.")) for d in diff):
             log.warning("%s: no fold has started; its config.yaml is replaced (%s)", run.dir, "; ".join(diff[:5]))
             run.remove(cfg, run.amp_json)  # measured on the old model and batch
         elif diff:
@@ -75,7 +74,7 @@ def prepare_run(cfg: Config, folds: list[int], resume: bool = False, overwrite: 
                                  f"({'; '.join(changed[:4])}); train with the run's, then remake every fold's OOF files "
                                  "with `seg-toolkit oof CONFIG --set ...`")
     if not resume:
-        started = [k for k in folds if run.fold_dir(k).is_dir() and any(run.fold_dir(k).iterdir())]
+        started = sorted(set(folds) & set(run.started_folds()))
         if started:
             raise RunExistsError(
                 f"{run.dir}: fold(s) {started} already have files; use --resume to continue, "

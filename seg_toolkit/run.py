@@ -317,6 +317,11 @@ class Run(RunGuard):
         """Folds whose training finished (``done.json`` present), in order."""
         return sorted(int(p.parent.name.split("_")[1]) for p in self.dir.glob("fold_*/done.json"))
 
+    def started_folds(self) -> list[int]:
+        """Folds whose folder holds any file (a checkpoint, metrics.csv, a set-aside attempt...), in order."""
+        return sorted(int(p.name.split("_")[1]) for p in self.dir.glob("fold_*")
+                      if self.FOLD_DIR.fullmatch(p.name) and p.is_dir() and any(p.iterdir()))
+
     def completed_folds(self) -> list[int]:
         """Folds that have OOF predictions: the trained folds, or for an ensemble the folds all members share."""
         if self.is_ensemble:

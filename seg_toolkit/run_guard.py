@@ -79,6 +79,15 @@ def delete_path(target: Path, announce: bool = True) -> None:
         target.unlink()  # a file, or a link (never followed)
 
 
+def _first_line(path: Path) -> str:
+    """The first line of a text file; "" when it is missing or unreadable."""
+    try:
+        with path.open(encoding="utf-8") as fh:
+            return fh.readline()
+    except (OSError, UnicodeDecodeError):
+        return ""
+
+
 class RunGuard:
     """Mixin of :class:`seg_toolkit.run.Run`: the checks before a run folder is written or deleted.
     ``RUN_FILES``, ``FOLD_FILE`` and ``FOLD_DIR`` (what runs write) are spelled on ``Run`` beside the paths."""
@@ -116,22 +125,12 @@ class RunGuard:
                     return self.config_yaml.name
             except (yaml.YAMLError, OSError, UnicodeDecodeError):
                 pass
-        if self.folds_csv.is_file():
-            try:
-                with self.folds_csv.open(encoding="utf-8") as fh:
-                    if fh.readline().startswith("id,fold"):
-                        return self.folds_csv.name
-            except (OSError, UnicodeDecodeError):
-                pass
+        if _first_line(self.folds_csv).startswith("id,fold"):
+            return self.folds_csv.name
         if self.ensemble_json.is_file():
             return self.ensemble_json.name
-        if audit and self.audit_problems_csv.is_file():  # `audit CONFIG` before `train CONFIG`: the README's order
-            try:
-                with self.audit_problems_csv.open(encoding="utf-8") as fh:
-                    if fh.readline().strip() == "kind,where,message":
-                        return self.audit_problems_csv.name
-            except (OSError, UnicodeDecodeError):
-                pass
+        if audit and _first_line(self.audit_problems_csv).strip() == "kind,where,message":  # `audit` before `train`
+            return self.audit_problems_csv.name
         for p in self.dir.glob("fold_*"):
             if self.FOLD_DIR.fullmatch(p.name) and p.is_dir() and any(self.FOLD_FILE.fullmatch(q.name) for q in p.iterdir()):
                 return p.name + "/"

@@ -9,8 +9,8 @@ the TTA it chose, instead of with the old one beside files already rewritten.
 
 The lock is ``flock(2)`` on ``Run.lock_file``, which names its holder (command, pid, host, start)
 for whoever waits and is removed on release; the kernel drops the lock when its holder exits, so a
-killed process never leaves a run locked (only the file, which the next writer takes over). Within one thread the lock is re-entrant
-(``tune --tta`` rescoring cv.json and tuning inside its own hold). Where ``fcntl`` does not
+killed process never leaves a run locked (only the file, which the next writer takes over). Within
+one thread the lock is re-entrant (``tune --tta`` rescoring cv.json and tuning inside its own hold). Where ``fcntl`` does not
 exist (Windows), or the run folder is read-only, the lock is a no-op.
 """
 
