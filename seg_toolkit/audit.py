@@ -6,7 +6,9 @@ RLE rows in any style, mask files, list files, image|label files, object folders
 class) and for all three tasks, and collects (never raises) each problem with the file or CSV
 line and what was expected: missing, empty, unreadable or truncated images, masks of the wrong size or
 with values outside the classes, malformed RLE rows, bad ids, duplicate rows, masks
-without an image and images without a row. The messages are the data layer's own
+without an image and images without a row, and binary mask files that mark foreground with
+different values (0/1 in most, 0/2 in one: each read as foreground, but often a label of
+another kind). The messages are the data layer's own
 (:class:`seg_toolkit.data.DataError`), so they read exactly as training would report them,
 except that training stops at the first one.
 
@@ -14,7 +16,8 @@ It also counts, over the samples that could be read: class pixel frequencies (vo
 images containing each class, empty masks (binary / multilabel: per class and images empty
 in every class), image sizes and PIL modes, and for mask files the raw values found.
 
-:func:`format_audit` renders a text report, :func:`write_audit` writes ``audit.html``
+:mod:`seg_toolkit.audit_report` renders it: :func:`~seg_toolkit.audit_report.format_audit` as text,
+:func:`~seg_toolkit.audit_report.write_audit` as ``audit.html``
 (self-contained), ``audit_problems.csv`` (every problem, one per row) and two pictures
 (:mod:`seg_toolkit.audit_pictures`), each drawn once (the PNG beside the page is the picture in it), so that a wrong channel, colour
 table or label remap is seen before training on it:
@@ -29,13 +32,10 @@ table or label remap is seen before training on it:
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import statistics
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Optional
 
 import numpy as np
@@ -43,8 +43,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .config import IGNORE_INDEX, Config, ConfigError
-from .audit_pictures import _batch_tiles, audit_pictures, overlay_panels, spread_pick  # noqa: F401 (re-exported)
-from .data import DataError, Sample, class_colors, class_names, load_target, read_image
+from .data import DataError, Sample, class_names, load_target, read_image
 from .data.io import image_size
 from .data.masks import mask_ids, train_rle_spec
 from .data.sources import list_train_samples
@@ -52,7 +51,7 @@ from .rle import rle_area
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Problem", "AuditResult", "audit", "format_audit", "write_audit"]
+__all__ = ["Problem", "AuditResult", "audit"]
 
 
 @dataclass(frozen=True)
@@ -85,6 +84,8 @@ class AuditResult:
     image_sizes: Counter = field(default_factory=Counter)  # (height, width) -> images
     image_modes: Counter = field(default_factory=Counter)  # PIL mode -> images
     mask_values: Counter = field(default_factory=Counter)  # mask files: raw value -> pixels
+    # binary mask files read as "> 0": the one foreground value of a file -> the files using it
+    foreground_files: dict[int, list[str]] = field(default_factory=dict, repr=False)
     problems: list[Problem] = field(default_factory=list)
     samples: list[Sample] = field(default_factory=list, repr=False)  # the samples read without a problem, listed order
 
@@ -205,7 +206,29 @@ def _check_mask_values(s: Sample, cfg: Config, res: AuditResult) -> bool:
     values, counts = np.unique(ids, return_counts=True)
     for v, n in zip(values.tolist(), counts.tolist()):
         res.mask_values[void if v == -1 else int(v)] += int(n)
+    d = cfg.data
+    fg = [v for v in values.tolist() if v not in (0, -1)]
+    if d.task == "binary" and len(fg) == 1 and not d.mask_values and d.mask_threshold is None and not d.instance_folders:
+        res.foreground_files.setdefault(int(fg[0]), []).append(str(s.mask))
     return True
+
+
+def _check_foreground_values(res: AuditResult) -> None:
+    """Binary mask files read as "> 0" that mark foreground with different values (0/1 in most, 0/2 in one):
+    each file alone is a valid binary mask and training reads every such value as foreground, but a file
+    unlike the rest is often a label of another kind (a class id map, a trimap's one value): named here,
+    the less common values first, each at its first file."""
+    if len(res.foreground_files) < 2:
+        return
+    by_use = sorted(res.foreground_files.items(), key=lambda kv: (-len(kv[1]), kv[0]))
+    summary = ", ".join(f"{v} in {len(files)} file(s)" for v, files in by_use)
+    common = by_use[0][0]
+    for v, files in by_use[1:]:
+        more = f" and {len(files) - 1} more" if len(files) > 1 else ""
+        res.add("mixed_foreground", files[0],
+                f"{files[0]}{more}: binary mask marks foreground with {v}, most masks with {common} ({summary}); "
+                "training reads every value > 0 as foreground. If this file is a label of another kind (class ids, a "
+                "trimap), fix it, or declare the values: data.mask_values (e.g. {" + f"{common}: 1, {v}: 0" + "})")
 
 
 def _count_target(target: np.ndarray, cfg: Config, res: AuditResult) -> None:
@@ -283,148 +306,6 @@ def audit(cfg: Config, decode_images: bool = True) -> AuditResult:
         _check_overlap(s, target, cfg, res)
         res.n_read += 1
         res.samples.append(s)
+    _check_foreground_values(res)
     log.info("audit of %s: %d samples, %d read, %d problem(s)", d.root, res.n_listed, res.n_read, len(res.problems))
     return res
-
-
-# ----------------------------------------------------------------------------- text
-
-
-def _pct(num: float, den: float) -> str:
-    return f"{100.0 * num / den:.2f}%" if den else "-"
-
-
-def _text_table(header: list[str], rows: list[list[str]]) -> list[str]:
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
-    line = lambda r: "  ".join(str(x).ljust(w) if i == 0 else str(x).rjust(w) for i, (x, w) in enumerate(zip(r, widths)))  # noqa: E731
-    return [line(header), "  ".join("-" * w for w in widths)] + [line(r) for r in rows]
-
-
-def _class_rows(res: AuditResult) -> list[list[str]]:
-    rows = []
-    for c, name in enumerate(res.class_names):
-        row = [name, f"{res.class_pixels[c]:,}", _pct(res.class_pixels[c], res.valid_pixels[c]),
-               f"{res.images_with_class[c]} ({_pct(res.images_with_class[c], res.n_read)})"]
-        if res.task != "multiclass":
-            row.append(f"{res.empty_images[c]} ({_pct(res.empty_images[c], res.n_read)})")
-        rows.append(row)
-    return rows
-
-
-def _class_header(res: AuditResult) -> list[str]:
-    header = ["class", "pixels", "share of non-void", "images with class"]
-    return header + (["empty images"] if res.task != "multiclass" else [])
-
-
-def _sizes(res: AuditResult) -> list[tuple[str, int]]:
-    return [(f"{h}x{w}", n) for (h, w), n in res.image_sizes.most_common()]
-
-
-def format_audit(result: AuditResult, max_per_kind: int = 20) -> str:
-    """A plain-text report of ``result``: counts, then the problems grouped by kind (``max_per_kind`` shown each)."""
-    r = result
-    out = [f"Audit of {r.root} ({r.task}, {r.layout} layout): {r.n_listed} sample(s) listed, "
-           f"{r.n_read} read without a problem, {len(r.problems)} problem(s)", ""]
-    out.append("Class pixels (of the samples read; frequencies exclude void):")
-    out += ["  " + x for x in _text_table(_class_header(r), _class_rows(r))]
-    void_what = "pixels" if r.task == "multiclass" else "(pixel, class) pairs"
-    out.append(f"  void: {r.void_pixels:,} {void_what}"
-               + (f" ({_pct(r.void_pixels, r.total_pixels)} of all pixels)" if r.task == "multiclass" else ""))
-    if r.all_empty_images is not None:
-        out.append(f"  images empty in every class: {r.all_empty_images} of {r.n_read} ({_pct(r.all_empty_images, r.n_read)})")
-    if r.overlap_pixels is not None:
-        out.append(f"  pixels in more than one class: {r.overlap_pixels:,}")
-    if r.task == "multiclass" and r.n_read:
-        fmt = lambda ws: "[" + ", ".join(f"{w:.3g}" for w in ws) + "]"  # noqa: E731
-        out.append(f"  class weights by median frequency balancing (loss_params.ce.class_weights): {fmt(r.median_frequency_weights())}")
-        out.append(f"    milder, their square roots: {fmt(r.median_frequency_weights(0.5))}")
-    out.append("")
-    sizes = _sizes(r)
-    out.append(f"Image sizes (HxW), {len(sizes)} distinct: " + (", ".join(f"{s}: {n}" for s, n in sizes[:12]) or "-")
-               + (f", ... ({len(sizes) - 12} more)" if len(sizes) > 12 else ""))
-    out.append("Image modes: " + (", ".join(f"{m}: {n}" for m, n in r.image_modes.most_common()) or "-"))
-    if r.mask_values:
-        vals = sorted(r.mask_values.items())
-        out.append(f"Mask file values ({len(vals)} distinct, pixels): " + ", ".join(f"{v}: {n:,}" for v, n in vals[:20])
-                   + (" ..." if len(vals) > 20 else ""))
-    out.append("")
-    if not r.problems:
-        out.append("No problems found.")
-        return "\n".join(out)
-    counts = r.problem_counts()
-    out.append(f"Problems ({len(r.problems)}): " + ", ".join(f"{k} {n}" for k, n in counts.most_common()))
-    for kind, n in counts.most_common():
-        out.append(f"  [{kind}]")
-        shown = [p for p in r.problems if p.kind == kind][:max_per_kind]
-        out += [f"    {p.message}" for p in shown]
-        if n > len(shown):
-            out.append(f"    ... and {n - len(shown)} more (all in audit_problems.csv)")
-    return "\n".join(out)
-
-
-# ----------------------------------------------------------------------------- html
-
-
-def _audit_html(r: AuditResult, colors: np.ndarray, max_problems: int = 5000, pictures: str = "") -> str:
-    from .report.html import esc, note, page, section, table
-
-    freqs = r.class_frequency
-    top = max([f for f in freqs if f == f] or [0.0]) or 1.0
-    rows = []
-    for c, row in enumerate(_class_rows(r)):
-        f = freqs[c]
-        width = 0 if f != f else max(1, round(260 * f / top))
-        rgb = tuple(int(v) for v in colors[c])
-        bar = f"<span class='bar' style='width:{width}px;background:rgb{rgb}'></span> {_pct(r.class_pixels[c], r.valid_pixels[c])}"
-        rows.append([esc(row[0]), row[1], bar] + row[3:])
-    status = ("<span class='ok'>no problems found</span>" if not r.problems
-              else f"<span class='bad'>{len(r.problems)} problem(s)</span>")
-    images = [table(["size (HxW)", "images"], [[s, str(n)] for s, n in _sizes(r)]),
-              table(["mode", "images"], [[esc(m), str(n)] for m, n in r.image_modes.most_common()])]
-    if r.mask_values:
-        images.append(table(["mask file value", "pixels"], [[str(v), f"{n:,}"] for v, n in sorted(r.mask_values.items())]))
-    if r.problems:
-        shown = r.problems[:max_problems]
-        problems = (table(["kind", "count"], [[esc(k), str(n)] for k, n in r.problem_counts().most_common()])
-                    + table(["kind", "where", "message"], [[esc(p.kind), esc(p.where), esc(p.message)] for p in shown],
-                            left=2, cls=["l", "l", "msg"]))
-        if len(r.problems) > len(shown):
-            problems += note(f"{len(r.problems) - len(shown)} more in audit_problems.csv")
-    else:
-        problems = "<p class='ok'>No problems found.</p>"
-    classes = table(_class_header(r), rows, cls=["l", "", "l"]) + note(
-        "Over the samples read without a problem. Share = class pixels / non-void pixels (bars relative to the largest "
-        "class). " + esc(f"Void: {r.void_pixels:,} " + ("pixels" if r.task == "multiclass" else "(pixel, class) pairs") + ".")
-        + (esc(f" Images empty in every class: {r.all_empty_images} of {r.n_read} ({_pct(r.all_empty_images, r.n_read)}).")
-           if r.all_empty_images is not None else "")
-        + (esc(f" Pixels in more than one class: {r.overlap_pixels:,}.") if r.overlap_pixels is not None else ""))
-    body = "\n".join([
-        f"<p>{esc(r.task)} task, {esc(r.layout)} layout: {r.n_listed} sample(s) listed, {r.n_read} read without a "
-        f"problem; {status}.</p>",
-        section("Classes", classes), pictures, section("Images", "".join(images)), section("Problems", problems),
-    ])
-    return page(f"Data audit: {r.root}", body)
-
-
-def write_audit(cfg: Config, out_dir: Path, result: Optional[AuditResult] = None) -> Path:
-    """Audit (unless ``result`` is given) and write ``audit.html``, ``audit_problems.csv``, ``audit_samples.png``
-    and ``audit_batch.png`` into ``out_dir`` (see the module doc).
-
-    Returns the path of ``audit.html``.
-    """
-    from .files import write_text
-
-    from .run import Run
-
-    res = result if result is not None else audit(cfg)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    pictures = audit_pictures(cfg, res, out_dir)
-    page = write_text(Run(out_dir).audit_html, _audit_html(res, class_colors(cfg), pictures=pictures))
-    buf = io.StringIO(newline="")
-    w = csv.writer(buf)
-    w.writerow(["kind", "where", "message"])
-    w.writerows([p.kind, p.where, p.message] for p in res.problems)
-    write_text(Run(out_dir).audit_problems_csv, buf.getvalue())
-    log.info("audit written to %s", page)
-    return page

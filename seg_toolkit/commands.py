@@ -342,7 +342,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    from .audit import audit, format_audit, write_audit
+    from .audit import audit
+    from .audit_report import format_audit, write_audit
 
     cfg = _config(args)
     result = audit(cfg, decode_images=not args.headers_only)

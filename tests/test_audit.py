@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from seg_toolkit.audit import audit, format_audit, write_audit
+from seg_toolkit.audit import audit
+from seg_toolkit.audit_report import format_audit, write_audit
 from seg_toolkit.config import config_from_dict
 from seg_toolkit.data import load_train_samples
 from seg_toolkit.report.html import CSS
@@ -247,6 +248,29 @@ def test_binary_mask_with_many_foreground_values(tmp_path):
     assert res.class_pixels == [0]  # not read: a binary mask is 0 and one foreground value unless the config says more
 
 
+def test_binary_masks_marking_foreground_with_different_values_are_named(tmp_path):
+    # a, b, c: 0/1; d: 0/2 (a class-id map among binary masks); e: empty. Each file alone is a valid binary mask.
+    for name, v in (("a", 1), ("b", 1), ("c", 1), ("d", 2), ("e", 0)):
+        m = np.zeros((4, 4), np.uint8)
+        m[1:3, 1:3] = v
+        _png(tmp_path / "train/images" / f"{name}.png", _rgb(4, 4))
+        _png(tmp_path / "train/masks" / f"{name}.png", m)
+    res = audit(_binary_cfg(tmp_path, layout="folder"))
+    (p,) = res.problems
+    assert p.kind == "mixed_foreground" and p.where == str(tmp_path / "train/masks/d.png")
+    assert "with 2, most masks with 1 (1 in 3 file(s), 2 in 1 file(s))" in p.message and "data.mask_values" in p.message
+    assert res.n_read == 5 and res.class_pixels == [16]  # still read (as training reads it): 4 foreground pixels in each of 4
+    # declared values: no problem (the declaration is the user's answer), and d's 2 is then background
+    res = audit(_binary_cfg(tmp_path, layout="folder", mask_values={0: 0, 1: 1, 2: 0}))
+    assert res.problems == [] and res.class_pixels == [12]
+    # 0/255 everywhere: one foreground value, nothing to say
+    for name in "abcd":
+        m = np.zeros((4, 4), np.uint8)
+        m[1:3, 1:3] = 255
+        _png(tmp_path / "train/masks" / f"{name}.png", m)
+    assert audit(_binary_cfg(tmp_path, layout="folder")).problems == []
+
+
 def test_list_file_problems(tmp_path):
     _png(tmp_path / "img/a.png", _rgb(4, 4))
     _png(tmp_path / "lbl/a.png", np.zeros((4, 4), np.uint8))
@@ -290,7 +314,7 @@ def test_header_only_mode_skips_decoding(broken_csv_comp):
 
 
 def test_spread_pick_takes_one_seeded_index_per_slice():
-    from seg_toolkit.audit import spread_pick
+    from seg_toolkit.audit_pictures import spread_pick
 
     picks = spread_pick(100, 8, seed=3)
     assert len(picks) == 8 and picks == spread_pick(100, 8, seed=3) and picks != spread_pick(100, 8, seed=4)
@@ -315,7 +339,7 @@ def test_overlay_colour_is_the_class_colour_blend(grey_comp, tmp_path):
     over grey 100 gives (0.6*100 + 0.4*60, 0.6*100 + 0.4*180, 0.6*100 + 0.4*75) = (84, 132, 90) inside the block
     (display rows/cols 40..119), the colour itself on its 1-pixel outline, 0.25*100 = 25 on the dark ring
     outside; void blends grey 128: 0.6*100 + 0.4*128 = 111.2 -> 111."""
-    from seg_toolkit.audit import overlay_panels
+    from seg_toolkit.audit_pictures import overlay_panels
     from seg_toolkit.data import class_colors, load_target, read_image
     from seg_toolkit.report.overlays import _painted_classes
 
@@ -360,7 +384,7 @@ def test_audit_page_shows_samples_and_an_augmented_batch(demo_root, tmp_path):
 def test_augmented_batch_is_the_first_training_batch_with_its_masks(demo_root, tmp_path):
     """HorizontalFlip with p=1: each batch tile is the flipped image beside the flipped mask, in the training
     sampler's order (the image back from normalisation within one grey level)."""
-    from seg_toolkit.audit import _batch_tiles, overlay_panels
+    from seg_toolkit.audit_pictures import _batch_tiles, overlay_panels
     from seg_toolkit.data import EpochSampler, class_colors, load_target, read_image
 
     cfg = config_from_dict(demo_dict(demo_root, tmp_path / "runs", train={"batch_size": 3, "seed": 7},

@@ -1,0 +1,165 @@
+"""The audit's report: :func:`format_audit` (text, what ``seg-toolkit audit`` prints) and
+:func:`write_audit` (``audit.html`` with its two pictures, ``audit_problems.csv``), from an
+:class:`~seg_toolkit.audit.AuditResult` (:mod:`seg_toolkit.audit` reads the data)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from .audit import AuditResult, audit
+from .audit_pictures import audit_pictures
+from .config import Config
+from .data import class_colors
+
+log = logging.getLogger(__name__)
+
+__all__ = ["format_audit", "write_audit"]
+
+
+# ----------------------------------------------------------------------------- text
+
+
+def _pct(num: float, den: float) -> str:
+    return f"{100.0 * num / den:.2f}%" if den else "-"
+
+
+def _text_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    line = lambda r: "  ".join(str(x).ljust(w) if i == 0 else str(x).rjust(w) for i, (x, w) in enumerate(zip(r, widths)))  # noqa: E731
+    return [line(header), "  ".join("-" * w for w in widths)] + [line(r) for r in rows]
+
+
+def _class_rows(res: AuditResult) -> list[list[str]]:
+    rows = []
+    for c, name in enumerate(res.class_names):
+        row = [name, f"{res.class_pixels[c]:,}", _pct(res.class_pixels[c], res.valid_pixels[c]),
+               f"{res.images_with_class[c]} ({_pct(res.images_with_class[c], res.n_read)})"]
+        if res.task != "multiclass":
+            row.append(f"{res.empty_images[c]} ({_pct(res.empty_images[c], res.n_read)})")
+        rows.append(row)
+    return rows
+
+
+def _class_header(res: AuditResult) -> list[str]:
+    header = ["class", "pixels", "share of non-void", "images with class"]
+    return header + (["empty images"] if res.task != "multiclass" else [])
+
+
+def _sizes(res: AuditResult) -> list[tuple[str, int]]:
+    return [(f"{h}x{w}", n) for (h, w), n in res.image_sizes.most_common()]
+
+
+def format_audit(result: AuditResult, max_per_kind: int = 20) -> str:
+    """A plain-text report of ``result``: counts, then the problems grouped by kind (``max_per_kind`` shown each)."""
+    r = result
+    out = [f"Audit of {r.root} ({r.task}, {r.layout} layout): {r.n_listed} sample(s) listed, "
+           f"{r.n_read} read without a problem, {len(r.problems)} problem(s)", ""]
+    out.append("Class pixels (of the samples read; frequencies exclude void):")
+    out += ["  " + x for x in _text_table(_class_header(r), _class_rows(r))]
+    void_what = "pixels" if r.task == "multiclass" else "(pixel, class) pairs"
+    out.append(f"  void: {r.void_pixels:,} {void_what}"
+               + (f" ({_pct(r.void_pixels, r.total_pixels)} of all pixels)" if r.task == "multiclass" else ""))
+    if r.all_empty_images is not None:
+        out.append(f"  images empty in every class: {r.all_empty_images} of {r.n_read} ({_pct(r.all_empty_images, r.n_read)})")
+    if r.overlap_pixels is not None:
+        out.append(f"  pixels in more than one class: {r.overlap_pixels:,}")
+    if r.task == "multiclass" and r.n_read:
+        fmt = lambda ws: "[" + ", ".join(f"{w:.3g}" for w in ws) + "]"  # noqa: E731
+        out.append(f"  class weights by median frequency balancing (loss_params.ce.class_weights): {fmt(r.median_frequency_weights())}")
+        out.append(f"    milder, their square roots: {fmt(r.median_frequency_weights(0.5))}")
+    out.append("")
+    sizes = _sizes(r)
+    out.append(f"Image sizes (HxW), {len(sizes)} distinct: " + (", ".join(f"{s}: {n}" for s, n in sizes[:12]) or "-")
+               + (f", ... ({len(sizes) - 12} more)" if len(sizes) > 12 else ""))
+    out.append("Image modes: " + (", ".join(f"{m}: {n}" for m, n in r.image_modes.most_common()) or "-"))
+    if r.mask_values:
+        vals = sorted(r.mask_values.items())
+        out.append(f"Mask file values ({len(vals)} distinct, pixels): " + ", ".join(f"{v}: {n:,}" for v, n in vals[:20])
+                   + (" ..." if len(vals) > 20 else ""))
+    out.append("")
+    if not r.problems:
+        out.append("No problems found.")
+        return "\n".join(out)
+    counts = r.problem_counts()
+    out.append(f"Problems ({len(r.problems)}): " + ", ".join(f"{k} {n}" for k, n in counts.most_common()))
+    for kind, n in counts.most_common():
+        out.append(f"  [{kind}]")
+        shown = [p for p in r.problems if p.kind == kind][:max_per_kind]
+        out += [f"    {p.message}" for p in shown]
+        if n > len(shown):
+            out.append(f"    ... and {n - len(shown)} more (all in audit_problems.csv)")
+    return "\n".join(out)
+
+
+# ----------------------------------------------------------------------------- html
+
+
+def _audit_html(r: AuditResult, colors: np.ndarray, max_problems: int = 5000, pictures: str = "") -> str:
+    from .report.html import esc, note, page, section, table
+
+    freqs = r.class_frequency
+    top = max([f for f in freqs if f == f] or [0.0]) or 1.0
+    rows = []
+    for c, row in enumerate(_class_rows(r)):
+        f = freqs[c]
+        width = 0 if f != f else max(1, round(260 * f / top))
+        rgb = tuple(int(v) for v in colors[c])
+        bar = f"<span class='bar' style='width:{width}px;background:rgb{rgb}'></span> {_pct(r.class_pixels[c], r.valid_pixels[c])}"
+        rows.append([esc(row[0]), row[1], bar] + row[3:])
+    status = ("<span class='ok'>no problems found</span>" if not r.problems
+              else f"<span class='bad'>{len(r.problems)} problem(s)</span>")
+    images = [table(["size (HxW)", "images"], [[s, str(n)] for s, n in _sizes(r)]),
+              table(["mode", "images"], [[esc(m), str(n)] for m, n in r.image_modes.most_common()])]
+    if r.mask_values:
+        images.append(table(["mask file value", "pixels"], [[str(v), f"{n:,}"] for v, n in sorted(r.mask_values.items())]))
+    if r.problems:
+        shown = r.problems[:max_problems]
+        problems = (table(["kind", "count"], [[esc(k), str(n)] for k, n in r.problem_counts().most_common()])
+                    + table(["kind", "where", "message"], [[esc(p.kind), esc(p.where), esc(p.message)] for p in shown],
+                            left=2, cls=["l", "l", "msg"]))
+        if len(r.problems) > len(shown):
+            problems += note(f"{len(r.problems) - len(shown)} more in audit_problems.csv")
+    else:
+        problems = "<p class='ok'>No problems found.</p>"
+    classes = table(_class_header(r), rows, cls=["l", "", "l"]) + note(
+        "Over the samples read without a problem. Share = class pixels / non-void pixels (bars relative to the largest "
+        "class). " + esc(f"Void: {r.void_pixels:,} " + ("pixels" if r.task == "multiclass" else "(pixel, class) pairs") + ".")
+        + (esc(f" Images empty in every class: {r.all_empty_images} of {r.n_read} ({_pct(r.all_empty_images, r.n_read)}).")
+           if r.all_empty_images is not None else "")
+        + (esc(f" Pixels in more than one class: {r.overlap_pixels:,}.") if r.overlap_pixels is not None else ""))
+    body = "\n".join([
+        f"<p>{esc(r.task)} task, {esc(r.layout)} layout: {r.n_listed} sample(s) listed, {r.n_read} read without a "
+        f"problem; {status}.</p>",
+        section("Classes", classes), pictures, section("Images", "".join(images)), section("Problems", problems),
+    ])
+    return page(f"Data audit: {r.root}", body)
+
+
+def write_audit(cfg: Config, out_dir: Path, result: Optional[AuditResult] = None) -> Path:
+    """Audit (unless ``result`` is given) and write ``audit.html``, ``audit_problems.csv``, ``audit_samples.png``
+    and ``audit_batch.png`` into ``out_dir`` (see the module doc).
+
+    Returns the path of ``audit.html``.
+    """
+    from .files import write_text
+
+    from .run import Run
+
+    res = result if result is not None else audit(cfg)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pictures = audit_pictures(cfg, res, out_dir)
+    page = write_text(Run(out_dir).audit_html, _audit_html(res, class_colors(cfg), pictures=pictures))
+    buf = io.StringIO(newline="")
+    w = csv.writer(buf)
+    w.writerow(["kind", "where", "message"])
+    w.writerows([p.kind, p.where, p.message] for p in res.problems)
+    write_text(Run(out_dir).audit_problems_csv, buf.getvalue())
+    log.info("audit written to %s", page)
+    return page
