@@ -25,7 +25,9 @@ from seg_toolkit.data import load_train_samples  # noqa: E402
 from seg_toolkit.data.demo import make_demo  # noqa: E402
 from seg_toolkit.losses import build_loss  # noqa: E402
 from seg_toolkit.optim import LRSchedule, build_optimizer  # noqa: E402
-from seg_toolkit.train import TrainState, build_loaders, build_model_and_ema, train_one_epoch  # noqa: E402
+from seg_toolkit.epoch import train_one_epoch  # noqa: E402
+from seg_toolkit.fold_state import TrainState  # noqa: E402
+from seg_toolkit.train import build_loaders, build_model_and_ema  # noqa: E402
 
 
 def hand_written_epoch(model, loss_fn, optimizer, loader) -> float:

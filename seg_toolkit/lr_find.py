@@ -100,7 +100,8 @@ def lr_find(cfg: Config, fold: int = 0, start: float = 1e-7, end: float = 1.0, s
     from .files import write_json
     from .run import Run
     from .stages import load_fold_init
-    from .train import _to_device, build_loaders, build_model_and_ema
+    from .epoch import to_device
+    from .train import build_loaders, build_model_and_ema
 
     device = resolve_device(cfg.train.device)
     seed_everything(cfg.train.seed + fold, cfg.train.deterministic)
@@ -116,7 +117,7 @@ def lr_find(cfg: Config, fold: int = 0, start: float = 1e-7, end: float = 1.0, s
     ratios = [g["lr"] / cfg.optim.lr for g in optimizer.param_groups]  # encoder_lr_mult keeps its ratio
     loss_fn = build_loss(cfg).to(device)
     # the precision training will use: measured once per run (amp.json), so training reuses this choice
-    amp = run_amp(cfg, run, device, model, loss_fn, train_set, get_dist(), lambda b: _to_device(b, cfg, device))
+    amp = run_amp(cfg, run, device, model, loss_fn, train_set, get_dist(), lambda b: to_device(b, cfg, device))
     model.train()
     batches = iter(())
 
@@ -128,7 +129,7 @@ def lr_find(cfg: Config, fold: int = 0, start: float = 1e-7, end: float = 1.0, s
             batch = next(batches)
         for g, r in zip(optimizer.param_groups, ratios):
             g["lr"] = lr * r
-        images, target = _to_device(batch, cfg, device)
+        images, target = to_device(batch, cfg, device)
         with autocast(amp, device):
             out = model(images)
         loss, _ = model_loss(loss_fn, out, target, cfg.model.deep_supervision, cfg.model.classifier)

@@ -23,7 +23,7 @@ from .conftest import demo_dict
 CHILD = textwrap.dedent(
     """
     import json, logging, os, signal, sys
-    from seg_toolkit import train
+    from seg_toolkit import epoch, train
     from seg_toolkit.config import config_from_dict
     from seg_toolkit.cv import run_cv
 
@@ -32,13 +32,13 @@ CHILD = textwrap.dedent(
     kill_at, resume = int(sys.argv[2]), sys.argv[3] == "1"
     sig = getattr(signal, sys.argv[4])
     if kill_at > 0:
-        original, count = train.optimizer_step, [0]
+        original, count = epoch.optimizer_step, [0]
         def step(*args, **kwargs):
             original(*args, **kwargs)
             count[0] += 1
             if count[0] == kill_at:
                 os.kill(os.getpid(), sig)
-        train.optimizer_step = step
+        epoch.optimizer_step = step
     run_cv(cfg, resume=resume)
     """
 )
@@ -142,7 +142,7 @@ def test_killed_between_an_epochs_row_and_its_checkpoint_runs_that_epoch_again(d
                     os.kill(os.getpid(), signal.SIGKILL)
                 original_save(*args, **kwargs)
             train.save_epoch = save
-            train.optimizer_step = original
+            epoch.optimizer_step = original
         run_cv(cfg, resume=resume)
         """))
     cfg = json.dumps(_cfg(demo_root, runs))

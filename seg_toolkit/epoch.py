@@ -1,0 +1,221 @@
+"""One epoch of a fold: the training pass (:func:`train_one_epoch`), validation (:func:`validate_epoch`),
+the ``metrics.csv`` row (:func:`log_epoch`), and how a fold stops inside an epoch: Ctrl-C / SIGTERM at
+the next optimiser step (:class:`GracefulStop`, :class:`TrainingInterrupted`) or a non-finite loss
+(:class:`NonFiniteLossError`). :mod:`seg_toolkit.train` runs the epochs of a fold."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from .amp import resolve_amp
+from .config import Config
+from .device import autocast
+from .distributed import get_dist
+from .errors import SegToolkitError
+from .evaluator import Evaluator
+from .fold_state import TrainState
+from .losses import model_loss
+from .models.presence import has_presence, split_presence
+from .tensors import activate, resize_target, resize_to
+
+log = logging.getLogger(__name__)
+
+__all__ = ["NonFiniteLossError", "TrainingInterrupted", "GracefulStop", "to_device", "train_one_epoch", "optimizer_step",
+           "predict_batches", "validate_epoch", "log_epoch"]
+
+
+class NonFiniteLossError(SegToolkitError, FloatingPointError):
+    """The training or validation loss became NaN or infinite; the message names the fold, epoch and step
+    (the CLI prints it as one line: a lower ``optim.lr``, ``train.grad_clip`` or ``train.nan_retries`` are the remedies)."""
+
+
+class TrainingInterrupted(Exception):
+    """Raised inside the epoch loop after a Ctrl-C, at the first optimiser-step boundary."""
+
+    def __init__(self, batches_done: int) -> None:
+        super().__init__(f"interrupted after {batches_done} batches")
+        self.batches_done = batches_done
+
+
+class GracefulStop:
+    """While active, a first Ctrl-C (SIGINT) or SIGTERM (``kill``, a scheduler preempting the job)
+    only sets a flag; the loop stops at the next optimiser-step boundary and checkpoints.
+    A second signal interrupts at once."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+
+    def _handler(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        log.warning("%s: stopping after the current step and saving a checkpoint (send it again to abort at once)",
+                    signal.Signals(signum).name)
+
+    def __enter__(self) -> "GracefulStop":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {sig: signal.signal(sig, self._handler) for sig in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+
+
+def to_device(batch: dict[str, Any], cfg: Config, device: torch.device) -> tuple[torch.Tensor, Any]:
+    images = batch["image"].to(device, non_blocking=True)
+    if cfg.model.channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    target = batch.get("target")
+    if isinstance(target, torch.Tensor):
+        target = target.to(device, non_blocking=True)
+    return images, target
+
+
+def train_one_epoch(cfg, model, ema, loss_fn, optimizer, schedule, scaler, loader, state: TrainState, fold: int, epoch: int, device,
+                    stop: GracefulStop | None = None, amp=None, total_epochs: int | None = None) -> dict[str, float]:
+    """One pass over the training set; returns mean loss terms, learning rate and images/s.
+
+    Loss values stay on the device and are read back every ``sync_every`` steps (every
+    step on CPU, where reading is free), so a GPU is not stalled each step; a NaN/inf loss
+    is caught at the next read, named by epoch and step, and stops the fold.
+    """
+    model.train()
+    amp = amp or resolve_amp(cfg.train.amp, device)
+    accum = cfg.train.grad_accum
+    sync_every = 1 if device.type == "cpu" else 10
+    names: list[str] = []
+    sums: torch.Tensor | None = None
+    n_images, t0 = 0, time.perf_counter()
+    bar = tqdm(loader, desc=f"fold {fold} epoch {epoch + 1}/{total_epochs or cfg.train.epochs}", leave=False, dynamic_ncols=True, disable=None)
+    optimizer.zero_grad(set_to_none=True)
+    for i, batch in enumerate(bar):
+        images, target = to_device(batch, cfg, device)
+        with autocast(amp, device):
+            out = model(images)
+        loss, terms = model_loss(loss_fn, out, target, cfg.model.deep_supervision, cfg.model.classifier)
+        scaler.scale(loss / accum).backward()
+        if (i + 1) % accum == 0 or i + 1 == len(loader):
+            optimizer_step(cfg, model, optimizer, scaler)
+            state.step += 1
+            schedule.step_update(state.step)
+            if ema is not None:
+                ema.update(model, step=state.step)
+            if stop is not None and stop.requested:
+                raise TrainingInterrupted(i + 1)
+        bs = images.shape[0]
+        n_images += bs
+        if sums is None:
+            names = ["loss", *terms]
+        values = torch.stack([loss.detach(), *(terms[k] for k in names[1:])]).float() * bs
+        sums = values if sums is None else sums + values
+        if (i + 1) % sync_every == 0 or i + 1 == len(loader):
+            host = sums.tolist()
+            if not all(math.isfinite(v) for v in host):
+                bad = ", ".join(f"{k}={v / n_images:.4g}" for k, v in zip(names, host))
+                raise NonFiniteLossError(
+                    f"fold {fold}: loss is not finite at epoch {epoch + 1}, step {state.batch + i + 1} of {state.batch + len(loader)} "
+                    f"(running means: {bad}); the last good checkpoint is kept; lower optim.lr, set train.grad_clip, or "
+                    "train.nan_retries to retry with a lower lr"
+                )
+            bar.set_postfix(loss=f"{host[0] / n_images:.4f}", img_s=f"{n_images / (time.perf_counter() - t0):.1f}")
+    seconds = time.perf_counter() - t0
+    totals = get_dist().all_reduce_sum(torch.cat([sums.detach(), sums.new_tensor([n_images])]))
+    n_all = max(float(totals[-1]), 1.0)
+    stats = {f"train_{k}": v / n_all for k, v in zip(names, totals[:-1].tolist())}
+    stats["images_per_s"] = n_all / seconds
+    return stats
+
+
+def optimizer_step(cfg: Config, model: torch.nn.Module, optimizer, scaler) -> None:
+    if cfg.train.grad_clip is not None:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def _eval_models(model, ema, cfg: Config) -> dict[str, torch.nn.Module]:
+    """The models to validate: the one that is scored first, then the other (raw / EMA) for the log."""
+    if ema is None:
+        return {"": model}
+    if cfg.train.use_ema:
+        return {"": ema.module, "raw_": model}
+    return {"": model, "ema_": ema.module}
+
+
+@torch.inference_mode()
+def predict_batches(cfg: Config, model: torch.nn.Module, loader: DataLoader, device: torch.device, amp=None):
+    """Yield ``(logits, target)`` per batch: logits (float32) at the model's input size, targets as the
+    loader gives them (at their original sizes: one tensor, or a list when sizes differ)."""
+    model.eval()
+    amp = amp or resolve_amp(cfg.train.amp, device)  # the run's choice (amp.json) when training passes it
+    for batch in loader:
+        images, target = to_device(batch, cfg, device)
+        with autocast(amp, device):
+            logits = model(images).float()
+        yield logits, target
+
+
+def _pairs(logits: Tensor, target: Tensor | list[Tensor], device) -> list[tuple[Tensor, Tensor]]:
+    """``(logits, target)`` for the whole batch, or per image when the original sizes differ."""
+    if isinstance(target, list):
+        return [(logits[j : j + 1], t.unsqueeze(0).to(device)) for j, t in enumerate(target)]
+    return [(logits, target)]
+
+
+def validate_epoch(cfg: Config, model, ema, loss_fn, loader: DataLoader, device, amp=None) -> dict[str, float]:
+    """Validation loss and metric (accumulated, never storing images) for the scored model, and the other one's score.
+
+    The metric is computed at each image's original size (logits resized bilinearly, as predictions are);
+    the loss at the model's input size against the nearest-resized target, as the training loss is, so
+    the two loss curves measure the same thing (and the loss no longer costs a full-resolution pass)."""
+    stats: dict[str, float] = {}
+    for prefix, m in _eval_models(model, ema, cfg).items():
+        evaluator = Evaluator(cfg.metric, cfg.data.task, cfg.data.num_classes)
+        loss_sum, n = 0.0, 0
+        for logits_batch, target_batch in predict_batches(cfg, m, loader, device, amp):
+            for logits, target in _pairs(logits_batch, target_batch, device):
+                loss, _ = model_loss(loss_fn, logits, resize_target(target, logits.shape[-2:]), 0.0, cfg.model.classifier)
+                loss_sum += float(loss) * logits.shape[0]
+                n += logits.shape[0]
+                masks, _ = split_presence(logits, cfg.data.num_classes, has_presence(cfg))
+                evaluator.update(activate(resize_to(masks, target.shape[-2:]), cfg.data.task), target)
+        result = evaluator.compute()
+        stats[f"{prefix}val_loss"] = loss_sum / max(n, 1)
+        stats[f"{prefix}val_score"] = float(result["score"])
+        if not prefix:
+            stats["metric"] = result["metric"]
+    return stats
+
+
+def log_epoch(path: Path, fold: int, epoch: int, optimizer, train_stats, val_stats, improved: bool, seconds: float) -> None:
+    row = {"fold": fold, "epoch": epoch + 1, "lr": optimizer.param_groups[-1]["lr"], **train_stats,
+           **{k: v for k, v in val_stats.items() if k != "metric"}, "best": int(improved), "seconds": round(seconds, 3)}
+    new = not path.is_file()
+    with path.open("a", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(row))
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+    log.info(
+        "fold %d epoch %d: train loss %.4f | val loss %.4f | %s %.4f%s | %.0f img/s | %.1fs",
+        fold, epoch + 1, train_stats["train_loss"], val_stats["val_loss"], val_stats.get("metric", "score"),
+        val_stats["val_score"], " *" if improved else "", train_stats["images_per_s"], seconds,
+    )
