@@ -44,7 +44,7 @@ from tqdm.auto import tqdm
 
 from .config import IGNORE_INDEX, Config, ConfigError
 from .data import DataError, Sample, class_names, load_target, read_image
-from .data.io import image_size
+from .data.io import WIDE_MODES, image_size, wide_values
 from .data.masks import mask_ids, train_rle_spec
 from .data.sources import list_train_samples
 from .rle import rle_area
@@ -84,6 +84,7 @@ class AuditResult:
     image_sizes: Counter = field(default_factory=Counter)  # (height, width) -> images
     image_modes: Counter = field(default_factory=Counter)  # PIL mode -> images
     mask_values: Counter = field(default_factory=Counter)  # mask files: raw value -> pixels
+    wide_values: dict[str, list[float]] = field(default_factory=dict)  # images over 8 bits: PIL mode -> [min, max]
     # binary mask files read as "> 0": the one foreground value of a file -> the files using it
     foreground_files: dict[int, list[str]] = field(default_factory=dict, repr=False)
     problems: list[Problem] = field(default_factory=list)
@@ -176,7 +177,8 @@ def _check_image(s: Sample, cfg: Config, res: AuditResult, decode: bool) -> Opti
     """The image's (height, width), its mode counted; None (and a problem) when it cannot be read."""
     try:
         if decode:
-            hw = read_image(s.image, cfg.data.in_channels, cfg.data.max_image_pixels, pair=s.pair).shape[:2]
+            hw = read_image(s.image, cfg.data.in_channels, cfg.data.max_image_pixels, pair=s.pair,
+                            value_range=cfg.data.image_range).shape[:2]
         else:
             if s.image.is_file() and s.image.stat().st_size == 0:
                 raise DataError(f"{s.image}: file is empty (0 bytes)")
@@ -187,8 +189,14 @@ def _check_image(s: Sample, cfg: Config, res: AuditResult, decode: bool) -> Opti
     try:
         with Image.open(s.image) as im:
             res.image_modes[im.mode] += 1
+            wide = im.mode in WIDE_MODES and decode
     except Exception:  # read above, so this does not happen; the mode is only informative
         res.image_modes["?"] += 1
+        wide = False
+    if wide:
+        mode, lo, hi = wide_values(s.image, cfg.data.max_image_pixels)
+        span = res.wide_values.setdefault(mode, [lo, hi])
+        span[:] = [min(span[0], lo), max(span[1], hi)]
     res.image_sizes[(int(hw[0]), int(hw[1]))] += 1
     return int(hw[0]), int(hw[1])
 
@@ -229,6 +237,20 @@ def _check_foreground_values(res: AuditResult) -> None:
                 f"{files[0]}{more}: binary mask marks foreground with {v}, most masks with {common} ({summary}); "
                 "training reads every value > 0 as foreground. If this file is a label of another kind (class ids, a "
                 "trimap), fix it, or declare the values: data.mask_values (e.g. {" + f"{common}: 1, {v}: 0" + "})")
+
+
+def _check_image_range(res: AuditResult, cfg: Config) -> None:
+    """16-bit images read over 0..65535 (no ``data.image_range``) whose values span under a quarter of it: 12-bit
+    microscopy in 16-bit files becomes 0..16 of 0..255, most of its contrast lost; the range over all files is the fix."""
+    if cfg.data.image_range is not None:
+        return
+    for mode, (lo, hi) in res.wide_values.items():
+        if mode.startswith("I;16") and hi - lo < 65536 / 4:
+            n = sum(k for m, k in res.image_modes.items() if m.startswith("I;16"))
+            res.add("image_range", cfg.data_path(cfg.data.train_images),
+                    f"16-bit images (PIL mode {mode}) hold values {lo:g}..{hi:g} over all {n} file(s); read over 0..65535 "
+                    f"they become {round(lo * 255 / 65535)}..{round(hi * 255 / 65535)} of 0..255, "
+                    f"{(hi - lo) / 65535:.1%} of the contrast: set data.image_range: [{lo:g}, {hi:g}]")
 
 
 def _count_target(target: np.ndarray, cfg: Config, res: AuditResult) -> None:
@@ -307,5 +329,6 @@ def audit(cfg: Config, decode_images: bool = True) -> AuditResult:
         res.n_read += 1
         res.samples.append(s)
     _check_foreground_values(res)
+    _check_image_range(res, cfg)
     log.info("audit of %s: %d samples, %d read, %d problem(s)", d.root, res.n_listed, res.n_read, len(res.problems))
     return res

@@ -79,7 +79,7 @@ def _sample_tiles(cfg: Config, samples: list[Sample], colors: np.ndarray, painte
     tiles = []
     for s in samples:
         try:
-            image = read_image(s.image, cfg.data.in_channels, cfg.data.max_image_pixels, pair=s.pair)
+            image = read_image(s.image, cfg.data.in_channels, cfg.data.max_image_pixels, pair=s.pair, value_range=cfg.data.image_range)
             target = load_target(s, cfg, image.shape[:2])
         except (DataError, ConfigError) as e:  # a header-only audit did not decode it
             log.warning("audit picture: %s", e)

@@ -78,6 +78,9 @@ def format_audit(result: AuditResult, max_per_kind: int = 20) -> str:
     out.append(f"Image sizes (HxW), {len(sizes)} distinct: " + (", ".join(f"{s}: {n}" for s, n in sizes[:12]) or "-")
                + (f", ... ({len(sizes) - 12} more)" if len(sizes) > 12 else ""))
     out.append("Image modes: " + (", ".join(f"{m}: {n}" for m, n in r.image_modes.most_common()) or "-"))
+    if r.wide_values:
+        out.append("Image values over 8 bits (min..max over the files): "
+                   + ", ".join(f"{m}: {lo:g}..{hi:g}" for m, (lo, hi) in sorted(r.wide_values.items())))
     if r.mask_values:
         vals = sorted(r.mask_values.items())
         out.append(f"Mask file values ({len(vals)} distinct, pixels): " + ", ".join(f"{v}: {n:,}" for v, n in vals[:20])
@@ -116,6 +119,8 @@ def _audit_html(r: AuditResult, colors: np.ndarray, max_problems: int = 5000, pi
               else f"<span class='bad'>{len(r.problems)} problem(s)</span>")
     images = [table(["size (HxW)", "images"], [[s, str(n)] for s, n in _sizes(r)]),
               table(["mode", "images"], [[esc(m), str(n)] for m, n in r.image_modes.most_common()])]
+    if r.wide_values:
+        images.append(table(["mode (over 8 bits)", "min", "max"], [[esc(m), f"{lo:g}", f"{hi:g}"] for m, (lo, hi) in sorted(r.wide_values.items())]))
     if r.mask_values:
         images.append(table(["mask file value", "pixels"], [[str(v), f"{n:,}"] for v, n in sorted(r.mask_values.items())]))
     if r.problems:

@@ -95,6 +95,10 @@ class DataConfig:
     # csv layout: images in train_images without a row: ignore (not used, counted in the log), empty (empty masks), error
     unlisted_images: Literal["ignore", "empty", "error"] = "ignore"
     in_channels: int = 3  # 1 = grayscale, 3 = RGB, 4 = RGBA kept
+    # [low, high]: raw image values mapped linearly onto 0..255 (clipped), the same for every image, before anything
+    # else: [0, 4095] for 12-bit microscopy in 16-bit files. null: 8-bit files as they are, 16-bit over 0..65535;
+    # 32-bit integer and float images need it (seg_toolkit.data.io.read_image)
+    image_range: Optional[list[float]] = None
     group_column: Optional[str] = None  # column of train_csv used by GroupKFold
     group_pattern: Optional[str] = None  # or a regex whose first group, matched on each id, is its group (e.g. "^([^_]+)_")
     test_images: str = "test/images"

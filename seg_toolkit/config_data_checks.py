@@ -35,6 +35,11 @@ def _check_data(cfg: Config) -> None:
         )
     if d.in_channels not in (1, 3, 4):
         raise ConfigError(f"data.in_channels: expected 1, 3 or 4, got {d.in_channels}")
+    if d.image_range is not None:
+        r = d.image_range
+        if len(r) != 2 or not all(math.isfinite(x) for x in r) or not r[0] < r[1]:
+            raise ConfigError(f"data.image_range: expected [low, high] with low < high (the raw values that become 0 and "
+                              f"255, e.g. [0, 4095] for 12-bit images), got {r}")
     if d.limit is not None and d.limit < 1:
         raise ConfigError(f"data.limit: expected null (all samples) or >= 1, got {d.limit}")
     for i, x in enumerate(d.exclude_ids):

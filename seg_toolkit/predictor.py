@@ -43,7 +43,7 @@ __all__ = ["Member", "Predictor", "tta_settings", "check_same_training", "TRAINE
 #: Config keys fixed by training: what a trained run's models were made with and its OOF
 #: files were predicted with. A command line that changes one of them for an existing run
 #: is refused (``seg-toolkit oof`` remakes the OOF after a change of the predict keys).
-TRAINED_KEYS = ("data.task", "data.num_classes", "data.in_channels", "data.ignore_index", "transforms.resize",
+TRAINED_KEYS = ("data.task", "data.num_classes", "data.in_channels", "data.image_range", "data.ignore_index", "transforms.resize",
                 "transforms.mean", "transforms.std", "model.arch", "model.encoder", "model.depth", "model.base_width",
                 "model.norm", "model.upsample", "model.dropout", "model.params.", "model.classifier", "train.use_ema")
 # not in it: model.encoder_weights (a checkpoint holds every weight; offline kernels set it to null),
@@ -143,7 +143,8 @@ class Member:
     def preprocess(self) -> tuple:
         """What decides the model's input: equal keys share one decoded, transformed image."""
         t = self.cfg.transforms
-        return (self.cfg.data.in_channels, tuple(t.resize or ()), tuple(t.mean), tuple(t.std))
+        d = self.cfg.data
+        return (d.in_channels, tuple(d.image_range or ()), tuple(t.resize or ()), tuple(t.mean), tuple(t.std))
 
     def model(self, fold: int, device: torch.device) -> nn.Module:
         if fold not in self._models:
@@ -182,7 +183,7 @@ class Member:
 
 
 class _Inputs(Dataset):
-    """Each image decoded once per channel count and transformed once per distinct member preprocessing."""
+    """Each image decoded once per (channel count, value range) and transformed once per distinct member preprocessing."""
 
     def __init__(self, samples: list[Sample], members: list[Member], target_cfg: Config | None, max_pixels: int) -> None:
         self.samples, self.target_cfg, self.max_pixels = samples, target_cfg, max_pixels
@@ -195,13 +196,13 @@ class _Inputs(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         s = self.samples[index]
-        decoded: dict[int, np.ndarray] = {}
+        decoded: dict[tuple, np.ndarray] = {}
         images = {}
         for key in self.keys:
-            channels = key[0]
-            if channels not in decoded:
-                decoded[channels] = read_image(s.image, channels, self.max_pixels, pair=s.pair)
-            out = self.transforms[key](image=decoded[channels])["image"]
+            how = key[:2]  # in_channels, image_range
+            if how not in decoded:
+                decoded[how] = read_image(s.image, how[0], self.max_pixels, pair=s.pair, value_range=how[1] or None)
+            out = self.transforms[key](image=decoded[how])["image"]
             images[key] = torch.from_numpy(out.transpose(2, 0, 1).copy())
         hw = next(iter(decoded.values())).shape[:2]
         item = {"id": s.id, "size": hw, "images": images}

@@ -99,7 +99,7 @@ class SegDataset(Dataset):
         index, seed = key if isinstance(key, tuple) else (key, None)
         sample = self.samples[index]
         cfg = self.cfg
-        image = read_image(sample.image, cfg.data.in_channels, cfg.data.max_image_pixels, pair=sample.pair)
+        image = read_image(sample.image, cfg.data.in_channels, cfg.data.max_image_pixels, pair=sample.pair, value_range=cfg.data.image_range)
         hw = image.shape[:2]
         item: dict[str, Any] = {"id": sample.id, "index": index, "size": torch.tensor(hw)}
         if seed is not None:

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import glob
 import logging
+import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -22,7 +24,7 @@ from ..rle import RLEError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DataError", "RLERowError", "PairSplit", "read_image", "read_mask", "read_mask_array", "image_size", "read_csv_strict",
+__all__ = ["DataError", "RLERowError", "PairSplit", "read_image", "wide_values", "WIDE_MODES", "read_mask", "read_mask_array", "image_size", "read_csv_strict",
            "IMAGE_EXTS"]
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".gif")
@@ -114,24 +116,64 @@ def image_size(path: str | Path, pair: PairSplit | None = None) -> tuple[int, in
     return h, w
 
 
+#: PIL modes of images with more than 8 bits per value: 16-bit, 32-bit integer and 32-bit float
+WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+
+
+def wide_values(path: str | Path, max_pixels: int = 50_000_000) -> tuple[str, float, float] | None:
+    """``(PIL mode, min, max)`` of an image with more than 8 bits per value, None for an 8-bit image: what
+    ``data.image_range`` should span (``audit`` and training's first image report it)."""
+    im = _open(Path(path), max_pixels)
+    if im.mode not in WIDE_MODES:
+        return None
+    arr = np.asarray(im, dtype=np.float64)
+    finite = arr[np.isfinite(arr)]
+    return im.mode, float(finite.min()) if finite.size else math.nan, float(finite.max()) if finite.size else math.nan
+
+
+def _to_uint8(arr: np.ndarray, value_range: tuple[float, float], path: Path) -> np.ndarray:
+    """Raw values -> uint8: ``value_range`` maps linearly onto 0..255, clipped, rounded to nearest."""
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        raise DataError(f"{path}: image holds {int((~np.isfinite(arr)).sum())} NaN or infinite value(s); expected finite "
+                        "values (fill them in the file)")
+    lo, hi = float(value_range[0]), float(value_range[1])
+    scaled = (arr.astype(np.float64) - lo) * 255.0 / (hi - lo)
+    return np.floor(np.clip(scaled, 0.0, 255.0) + 0.5).astype(np.uint8)
+
+
 def read_image(path: str | Path, in_channels: int = 3, max_pixels: int = 50_000_000,
-               pair: PairSplit | None = None) -> np.ndarray:
+               pair: PairSplit | None = None, value_range: Sequence[float] | None = None) -> np.ndarray:
     """Read an image as ``uint8 (H, W, in_channels)``.
 
-    Grayscale becomes RGB when 3 channels are asked for, RGBA keeps alpha only for 4;
-    16-bit images are scaled to 8 bits. With ``pair`` (a sample's ``Sample.pair``) only the
-    image part of an image|label file is returned.
+    Grayscale becomes RGB when 3 channels are asked for, RGBA keeps alpha only for 4. Values
+    (``value_range``, ``data.image_range``): ``[low, high]`` of the raw values maps linearly onto
+    0..255, clipped, the same for every image (12-bit microscopy in 16-bit files: ``[0, 4095]``;
+    for an 8-bit image it stretches every channel). Without it 8-bit images are read as they
+    are and 16-bit ones over 0..65535; a 32-bit integer or float image is refused (each file
+    would otherwise be scaled by its own range, so equal values would differ between images).
+    With ``pair`` (a sample's ``Sample.pair``) only the image part of an image|label file is returned.
     """
     path = Path(path)
     im = _open(path, max_pixels)
-    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-        arr = np.asarray(im, dtype=np.float64)
-        top = 65535.0 if im.mode.startswith("I;16") else max(float(arr.max()), 1.0)
-        im = Image.fromarray(np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8))
+    if im.mode in WIDE_MODES:
+        arr = np.asarray(im)
+        if value_range is None:
+            if not im.mode.startswith("I;16"):
+                finite = arr[np.isfinite(arr)] if arr.dtype.kind == "f" else arr
+                span = f"{float(finite.min()):g}..{float(finite.max()):g}" if finite.size else "none finite"
+                kind = "32-bit float" if im.mode == "F" else "32-bit integer"
+                raise DataError(f"{path}: a {kind} image (PIL mode {im.mode}; values {span} in this file) has no fixed "
+                                "range to read it over; set data.image_range: [low, high], the raw values that become 0 "
+                                "and 255 for every image (`seg-toolkit audit` reports the range over all files)")
+            value_range = (0.0, 65535.0)
+        im = Image.fromarray(_to_uint8(arr, value_range, path))
+        value_range = None
     mode = {1: "L", 3: "RGB", 4: "RGBA"}[in_channels]
     if im.mode != mode:
         im = im.convert(mode)
     arr = np.asarray(im, dtype=np.uint8)
+    if value_range is not None:
+        arr = _to_uint8(arr, value_range, path)
     if arr.ndim == 2:
         arr = arr[:, :, None]
     if pair is not None:

@@ -36,7 +36,7 @@ from ..files import read_oof
 from ..rle import RLEError, RLESpec
 from .colors import VOID_ID, check_color_masks, class_names, color_table, colors_to_ids
 from .instances import instance_ids
-from .io import DataError, RLERowError, _ext_hint, image_size, read_mask_array
+from .io import DataError, RLERowError, _ext_hint, image_size, read_image, read_mask_array, wide_values
 
 if TYPE_CHECKING:  # pragma: no cover
     from .sources import Sample
@@ -191,6 +191,25 @@ def load_target(sample: Sample, cfg: Config, hw: tuple[int, int] | None) -> np.n
     return fg[:, :, None]
 
 
+def _check_first_image_values(sample: Sample, cfg: Config) -> None:
+    """The first training image, read as training will: a 32-bit image without ``data.image_range`` is refused
+    now rather than at the first batch, and 16-bit values spanning under a quarter of 0..65535 are warned about
+    (12-bit data read over 0..65535 keeps 17 grey levels of 256; ``seg-toolkit audit`` gives the range over all files)."""
+    d = cfg.data
+    if d.image_range is not None:
+        return
+    wide = wide_values(sample.image, d.max_image_pixels)
+    if wide is None:
+        return
+    mode, lo, hi = wide
+    if not mode.startswith("I;16"):
+        read_image(sample.image, d.in_channels, d.max_image_pixels, pair=sample.pair)  # raises, naming the file and range
+    elif hi - lo < 65536 / 4:
+        log.warning("%s: a 16-bit image with values %g..%g, read over 0..65535 as 0..%d of 0..255; if the images hold "
+                    "fewer bits (12-bit microscopy), set data.image_range (`seg-toolkit audit` measures it over all files)",
+                    sample.image, lo, hi, round(hi * 255 / 65535))
+
+
 def check_train_samples(samples: list[Sample], cfg: Config) -> None:
     """What training needs, checked before anything is written or trained: every image file
     exists, some mask has foreground, and colour masks read with a cut-off are colour masks of
@@ -212,6 +231,7 @@ def check_train_samples(samples: list[Sample], cfg: Config) -> None:
         )
     if not samples:
         return
+    _check_first_image_values(samples[0], cfg)
     if samples[0].rles is not None:
         n, spec = len(samples[0].rles), train_rle_spec(cfg)
         present = [any(s.rles and not spec.is_empty(s.rles[c]) for s in samples) for c in range(n)]

@@ -143,7 +143,7 @@ def _example_panels(d: ReportData, ex: Example, colors: np.ndarray,
     s = d.samples[ex.id]
     q = read_oof(d.run.oof_path(ex.id))
     hw = tuple(q.shape[-2:])
-    image = read_image(s.image, 3, cfg.data.max_image_pixels, pair=s.pair)
+    image = read_image(s.image, 3, cfg.data.max_image_pixels, pair=s.pair, value_range=cfg.data.image_range)
     if image.shape[:2] != hw:  # should not happen: OOF files are at the image's size
         image = _resize(image, hw, nearest=False)
     target = load_target(s, cfg, hw)

@@ -1,0 +1,136 @@
+"""Images of more than 8 bits (``data.image_range``): 12-bit microscopy in 16-bit files, 32-bit integer and float
+TIFFs. One mapping (raw ``[low, high]`` -> 0..255, clipped, rounded), the same in training, the predictor, the
+audit and the report; without it 16-bit files are read over 0..65535 (a low span is warned about and named by the
+audit) and 32-bit files are refused, never scaled each by its own range. Expected values worked out by hand."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from seg_toolkit.audit import audit
+from seg_toolkit.config import ConfigError, config_from_dict
+from seg_toolkit.data import DataError, SegDataset, load_train_samples
+from seg_toolkit.data.io import read_image, wide_values
+from seg_toolkit.data.sources import check_train_samples
+from seg_toolkit.predictor import TRAINED_KEYS, Member, diff_of_keys
+
+
+def _save(path: Path, arr: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path)
+    return path
+
+
+#: 12-bit values in a 16-bit file, one row: 0, 1000, 2048, 4095 and an out-of-range 5000
+RAW12 = np.array([[0, 1000, 2048, 4095, 5000]], np.uint16)
+
+
+def test_sixteen_bit_values_over_the_declared_range(tmp_path):
+    path = _save(tmp_path / "a.png", RAW12)
+    assert Image.open(path).mode == "I;16"
+    # default: over 0..65535 -> round(v * 255 / 65535): 1000 -> 3.89 -> 4, 2048 -> 7.97 -> 8, 4095 -> 15.93 -> 16
+    assert read_image(path, 1)[0, :, 0].tolist() == [0, 4, 8, 16, 19]
+    # [0, 4095]: round(v * 255 / 4095): 1000 -> 62.27 -> 62, 2048 -> 127.53 -> 128, 4095 -> 255, 5000 clipped to 255
+    assert read_image(path, 1, value_range=[0, 4095])[0, :, 0].tolist() == [0, 62, 128, 255, 255]
+    # [1000, 3000]: 0 clipped to 0, 2048 -> 1048 * 255 / 2000 = 133.62 -> 134; grey replicated into RGB
+    rgb = read_image(path, 3, value_range=[1000, 3000])
+    assert rgb.shape == (1, 5, 3) and rgb[0, :, 1].tolist() == [0, 0, 134, 255, 255] and (rgb[..., 0] == rgb[..., 2]).all()
+    assert wide_values(path) == ("I;16", 0.0, 5000.0)
+
+
+def test_eight_bit_images_are_stretched_per_channel_only_when_asked(tmp_path):
+    path = _save(tmp_path / "a.png", np.array([[[0, 50, 200], [10, 100, 255]]], np.uint8))
+    assert read_image(path, 3).tolist() == [[[0, 50, 200], [10, 100, 255]]]
+    # [0, 100]: v * 2.55: 50 -> 127.5 -> 128 (half up), 10 -> 25.5 -> 26, 200 and 255 clipped
+    assert read_image(path, 3, value_range=[0, 100]).tolist() == [[[0, 128, 255], [26, 255, 255]]]
+    assert wide_values(path) is None
+
+
+def test_thirty_two_bit_images_need_a_range_and_finite_values(tmp_path):
+    ints = _save(tmp_path / "i.tif", np.array([[0, 70000, 140000]], np.int32))
+    floats = _save(tmp_path / "f.tif", np.array([[-1.5, 0.25, 2.0]], np.float32))
+    assert Image.open(ints).mode == "I" and Image.open(floats).mode == "F"
+    with pytest.raises(DataError, match=r"i.tif: a 32-bit integer image \(PIL mode I; values 0..140000 in this file\).*"
+                                        r"data.image_range"):
+        read_image(ints, 1)
+    with pytest.raises(DataError, match=r"f.tif: a 32-bit float image \(PIL mode F; values -1.5..2 in this file\)"):
+        read_image(floats, 1)
+    # 70000 / 140000 * 255 = 127.5 -> 128; (0.25 - -1) / 3 * 255 = 106.25 -> 106; -1.5 clipped
+    assert read_image(ints, 1, value_range=[0, 140000])[0, :, 0].tolist() == [0, 128, 255]
+    assert read_image(floats, 1, value_range=[-1, 2])[0, :, 0].tolist() == [0, 106, 255]
+    nan = _save(tmp_path / "n.tif", np.array([[0.0, np.nan]], np.float32))
+    with pytest.raises(DataError, match=r"n.tif: image holds 1 NaN or infinite value\(s\)"):
+        read_image(nan, 1, value_range=[0, 1])
+
+
+def _folder(root: Path, images: list[np.ndarray], ext: str = ".png", **data):
+    for i, img in enumerate(images):
+        _save(root / "train/images" / f"im{i}{ext}", img)
+        mask = np.zeros(img.shape[:2], np.uint8)
+        mask[: img.shape[0] // 2] = 255
+        _save(root / "train/masks" / f"im{i}.png", mask)
+    return config_from_dict({"data": {"root": str(root), "task": "binary", "num_classes": 1, "layout": "folder",
+                                      "in_channels": 1, "image_ext": ext, **data},
+                             "transforms": {"mean": [0.5], "std": [0.25]}, "folds": {"n_splits": 2}})
+
+
+def test_config_checks_the_range_at_load(tmp_path):
+    for bad in ([5, 5], [10, 0], [0], [0, float("nan")]):
+        with pytest.raises(ConfigError, match=r"data.image_range: expected \[low, high\] with low < high"):
+            config_from_dict({"data": {"image_range": bad}})
+    assert config_from_dict({"data": {"image_range": [0, 4095]}}).data.image_range == [0, 4095]
+
+
+def test_training_reads_the_range_and_the_audit_measures_it(tmp_path, caplog):
+    img = np.tile(np.array([[0, 1000, 2048, 4095]], np.uint16), (4, 1))
+    cfg = _folder(tmp_path, [img, img])
+    samples = load_train_samples(cfg)
+    with caplog.at_level(logging.WARNING, logger="seg_toolkit.data.masks"):
+        check_train_samples(samples, cfg)
+    assert "a 16-bit image with values 0..4095, read over 0..65535 as 0..16 of 0..255" in caplog.text
+    res = audit(cfg)
+    (p,) = res.problems
+    assert p.kind == "image_range" and res.wide_values == {"I;16": [0.0, 4095.0]}
+    assert "hold values 0..4095 over all 2 file(s); read over 0..65535 they become 0..16 of 0..255, 6.2% of the contrast: " \
+           "set data.image_range: [0, 4095]" in p.message
+
+    ranged = _folder(tmp_path, [img, img], image_range=[0, 4095])
+    assert audit(ranged).problems == []
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="seg_toolkit.data.masks"):
+        check_train_samples(samples, ranged)
+    assert caplog.text == ""
+    # the dataset's tensor: (round(v * 255 / 4095) / 255 - 0.5) / 0.25 -> 0 -> -2, 62 -> -1.0275, 128 -> 0.0078, 255 -> 2
+    x = SegDataset(load_train_samples(ranged), ranged, mode="valid")[0]["image"]
+    expected = (torch.tensor([0, 62, 128, 255]) / 255.0 - 0.5) / 0.25
+    assert torch.allclose(x[0, 0], expected, atol=1e-6)
+
+
+def test_a_thirty_two_bit_training_set_is_refused_before_training(tmp_path):
+    cfg = _folder(tmp_path, [np.array([[0, 7, 9, 11]] * 4, np.int32)] * 2, ext=".tif")
+    samples = load_train_samples(cfg)
+    assert Image.open(samples[0].image).mode == "I"
+    with pytest.raises(DataError, match=r"im0.tif: a 32-bit integer image .*values 0..11 in this file"):
+        check_train_samples(samples, cfg)
+    check_train_samples(samples, _folder(tmp_path, [np.array([[0, 7, 9, 11]] * 4, np.int32)] * 2, ext=".tif", image_range=[0, 11]))
+
+
+def test_the_range_is_part_of_a_members_preprocessing_and_fixed_by_training(tmp_path):
+    plain = _folder(tmp_path, [RAW12])
+    ranged = _folder(tmp_path, [RAW12], image_range=[0, 4095])
+
+    class _Run:  # what Member.preprocess reads: the member's own config
+        def __init__(self, cfg):
+            self.cfg = cfg
+
+    assert Member.preprocess.fget(_Run(plain)) != Member.preprocess.fget(_Run(ranged))
+    assert Member.preprocess.fget(_Run(ranged))[:2] == (1, (0, 4095))
+    # a trained run's saved config against one with another range: refused like any key training fixes
+    (line,) = diff_of_keys(plain, ranged, TRAINED_KEYS)
+    assert line.startswith("data.image_range: ")
