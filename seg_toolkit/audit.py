@@ -44,7 +44,7 @@ from tqdm.auto import tqdm
 
 from .config import IGNORE_INDEX, Config, ConfigError
 from .data import DataError, Sample, class_names, load_target, read_image
-from .data.io import WIDE_MODES, image_size, wide_values
+from .data.io import WIDE_MODES, image_size, is_array_image, sixteen_bit, wide_values
 from .data.masks import mask_ids, train_rle_spec
 from .data.sources import list_train_samples
 from .rle import rle_area
@@ -187,9 +187,14 @@ def _check_image(s: Sample, cfg: Config, res: AuditResult, decode: bool) -> Opti
         res.add(_kind(str(e), "image"), s.image, str(e))
         return None
     try:
-        with Image.open(s.image) as im:
-            res.image_modes[im.mode] += 1
-            wide = im.mode in WIDE_MODES and decode
+        if is_array_image(s.image):
+            arr = np.load(s.image, mmap_mode="r", allow_pickle=False)
+            res.image_modes[f"npy {arr.dtype} x{arr.shape[2] if arr.ndim == 3 else 1}"] += 1
+            wide = decode and arr.dtype != np.uint8 and arr.dtype.kind != "b"
+        else:
+            with Image.open(s.image) as im:
+                res.image_modes[im.mode] += 1
+                wide = im.mode in WIDE_MODES and decode
     except Exception:  # read above, so this does not happen; the mode is only informative
         res.image_modes["?"] += 1
         wide = False
@@ -245,10 +250,10 @@ def _check_image_range(res: AuditResult, cfg: Config) -> None:
     if cfg.data.image_range is not None:
         return
     for mode, (lo, hi) in res.wide_values.items():
-        if mode.startswith("I;16") and hi - lo < 65536 / 4:
-            n = sum(k for m, k in res.image_modes.items() if m.startswith("I;16"))
+        if sixteen_bit(mode) and hi - lo < 65536 / 4:
+            n = sum(k for m, k in res.image_modes.items() if sixteen_bit(m))
             res.add("image_range", cfg.data_path(cfg.data.train_images),
-                    f"16-bit images (PIL mode {mode}) hold values {lo:g}..{hi:g} over all {n} file(s); read over 0..65535 "
+                    f"16-bit images ({mode}) hold values {lo:g}..{hi:g} over all {n} file(s); read over 0..65535 "
                     f"they become {round(lo * 255 / 65535)}..{round(hi * 255 / 65535)} of 0..255, "
                     f"{(hi - lo) / 65535:.1%} of the contrast: set data.image_range: [{lo:g}, {hi:g}]")
 

@@ -47,11 +47,6 @@ def _thumb_size(h: int, w: int) -> tuple[int, int]:
     return max(1, round(h * s)), max(1, round(w * s))
 
 
-def _as_rgb(image: np.ndarray) -> np.ndarray:
-    """``(H, W, 1|3|4)`` uint8 as RGB for display: grey repeated, alpha dropped."""
-    return np.repeat(image, 3, axis=-1) if image.shape[-1] == 1 else image[..., :3]
-
-
 def _class_masks(target: np.ndarray, task: str, painted: list[bool]) -> tuple[list[Optional[np.ndarray]], np.ndarray]:
     """Boolean masks per class (None: not drawn) and the void mask of a target in the toolkit's convention
     (multiclass ``(H, W)`` label map; binary / multilabel ``(H, W, C)`` 0/1), void = 255."""
@@ -64,9 +59,9 @@ def overlay_panels(image: np.ndarray, target: np.ndarray, cfg: Config, colors: n
                    painted: list[bool]) -> tuple[np.ndarray, np.ndarray]:
     """``(image, image with its mask painted)`` at thumbnail size, RGB uint8: classes blended in their colours
     and outlined, void grey (:func:`seg_toolkit.report.overlays._paint`, the report's painting)."""
-    from .report.overlays import _paint, _resize
+    from .report.overlays import _paint, _resize, as_rgb
 
-    rgb = _as_rgb(image)
+    rgb = as_rgb(image)
     h, w = rgb.shape[:2]
     size = _thumb_size(h, w)
     shown = _resize(rgb, size, nearest=size[0] >= h)
@@ -166,7 +161,8 @@ def audit_pictures(cfg: Config, res: AuditResult, out_dir: Path) -> str:
                             "image as read | decoded mask in the class colours", names, colors, painted, cfg.data.task, void)
         png = write_figure(fig, run.audit_samples_png)
         out.append(section("Samples with their masks", png_tag(png, "samples with their masks") + note(
-            f"Each image as the model reads it (data.in_channels {cfg.data.in_channels}) beside the same image with its "
+            f"Each image as the model reads it (data.in_channels {cfg.data.in_channels}"
+            + ("; the first three shown as RGB" if cfg.data.in_channels > 4 else "") + ") beside the same image with its "
             f"decoded mask: classes filled at {round(100 * FILL_ALPHA)}% and outlined in their colour, void grey. The same picture is "
             f"{esc(run.audit_samples_png.name)} beside this page.")))
     try:

@@ -11,6 +11,7 @@ import re
 import string
 
 from .config import Config, ConfigError
+from .data.io import ARRAY_EXTS
 
 __all__ = ["check_data_config", "LOSSY_MASK_EXTS"]
 
@@ -33,8 +34,12 @@ def _check_data(cfg: Config) -> None:
         raise ConfigError(
             f"data.class_names: {len(d.class_names)} names for data.num_classes={d.num_classes}"
         )
-    if d.in_channels not in (1, 3, 4):
-        raise ConfigError(f"data.in_channels: expected 1, 3 or 4, got {d.in_channels}")
+    if d.image_ext.lower() in ARRAY_EXTS:
+        if d.in_channels < 1:
+            raise ConfigError(f"data.in_channels: expected the channels of the {d.image_ext} images (>= 1), got {d.in_channels}")
+    elif d.in_channels not in (1, 3, 4):
+        raise ConfigError(f"data.in_channels: expected 1, 3 or 4 (any number for .npy images, data.image_ext: .npy), "
+                          f"got {d.in_channels}")
     if d.image_range is not None:
         r = d.image_range
         if len(r) != 2 or not all(math.isfinite(x) for x in r) or not r[0] < r[1]:

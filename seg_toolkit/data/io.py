@@ -24,10 +24,17 @@ from ..rle import RLEError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DataError", "RLERowError", "PairSplit", "read_image", "wide_values", "WIDE_MODES", "read_mask", "read_mask_array", "image_size", "read_csv_strict",
+__all__ = ["DataError", "RLERowError", "PairSplit", "read_image", "wide_values", "WIDE_MODES", "ARRAY_EXTS", "is_array_image", "sixteen_bit", "read_mask", "read_mask_array", "image_size", "read_csv_strict",
            "IMAGE_EXTS"]
 
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".gif")
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".gif", ".npy")
+#: image files that are numpy arrays ``(H, W)`` or ``(H, W, C)``, any number of channels (multispectral bands,
+#: time steps), read with ``np.load(allow_pickle=False)``; everything else is read with PIL
+ARRAY_EXTS = (".npy",)
+
+
+def is_array_image(path: str | Path) -> bool:
+    return Path(path).suffix.lower() in ARRAY_EXTS
 
 
 class DataError(SegToolkitError, ValueError):
@@ -73,12 +80,7 @@ class PairSplit:
 
 
 def _open(path: Path, max_pixels: int) -> Image.Image:
-    if path.is_dir():
-        raise DataError(f"{path}: is a folder, not an image file")
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
-    if path.stat().st_size == 0:
-        raise DataError(f"{path}: file is empty (0 bytes)")
+    _check_file(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -100,12 +102,43 @@ def _open(path: Path, max_pixels: int) -> Image.Image:
     return im
 
 
+def _check_file(path: Path) -> None:
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder, not an image file")
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: file is empty (0 bytes)")
+
+
+def _open_array(path: Path, max_pixels: int) -> np.ndarray:
+    """An ``.npy`` image as a memory map, checked from its header: 2 or 3 dimensions, numbers, not too large."""
+    _check_file(path)
+    try:
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    except Exception as e:  # ValueError (a pickle, a bad header, a file shorter than its header says), OSError
+        raise DataError(f"{path}: not a readable .npy array, or truncated ({type(e).__name__}: {e})") from None
+    if arr.ndim not in (2, 3):
+        raise DataError(f"{path}: array of shape {arr.shape}; expected (height, width) or (height, width, channels)")
+    if arr.dtype.kind not in "biuf":
+        raise DataError(f"{path}: array of dtype {arr.dtype}; expected numbers (integers or floats)")
+    h, w = arr.shape[:2]
+    if h * w > max_pixels:
+        raise DataError(f"{path}: refused before reading, {w}x{h} = {w * h} pixels is over data.max_image_pixels={max_pixels}")
+    return arr
+
+
 def image_size(path: str | Path, pair: PairSplit | None = None) -> tuple[int, int]:
     """``(height, width)`` from the header only (of the image part, for a ``pair`` file)."""
     path = Path(path)
     try:
-        with Image.open(path) as im:
-            w, h = im.size
+        if is_array_image(path):
+            h, w = _open_array(path, np.iinfo(np.int64).max).shape[:2]
+        else:
+            with Image.open(path) as im:
+                w, h = im.size
+    except DataError:
+        raise
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
     except Exception as e:
@@ -123,12 +156,25 @@ WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 def wide_values(path: str | Path, max_pixels: int = 50_000_000) -> tuple[str, float, float] | None:
     """``(PIL mode, min, max)`` of an image with more than 8 bits per value, None for an 8-bit image: what
     ``data.image_range`` should span (``audit`` and training's first image report it)."""
-    im = _open(Path(path), max_pixels)
-    if im.mode not in WIDE_MODES:
-        return None
-    arr = np.asarray(im, dtype=np.float64)
+    path = Path(path)
+    if is_array_image(path):
+        arr = _open_array(path, max_pixels)
+        if arr.dtype == np.uint8 or arr.dtype.kind == "b":
+            return None
+        mode = f"npy {arr.dtype}"
+    else:
+        im = _open(path, max_pixels)
+        if im.mode not in WIDE_MODES:
+            return None
+        mode = im.mode
+    arr = np.asarray(arr if is_array_image(path) else im, dtype=np.float64)
     finite = arr[np.isfinite(arr)]
-    return im.mode, float(finite.min()) if finite.size else math.nan, float(finite.max()) if finite.size else math.nan
+    return mode, float(finite.min()) if finite.size else math.nan, float(finite.max()) if finite.size else math.nan
+
+
+def sixteen_bit(mode: str) -> bool:
+    """A :func:`wide_values` mode of 16-bit values (read over 0..65535 without ``data.image_range``)."""
+    return mode.startswith("I;16") or mode == "npy uint16"
 
 
 def _to_uint8(arr: np.ndarray, value_range: tuple[float, float], path: Path) -> np.ndarray:
@@ -154,6 +200,8 @@ def read_image(path: str | Path, in_channels: int = 3, max_pixels: int = 50_000_
     With ``pair`` (a sample's ``Sample.pair``) only the image part of an image|label file is returned.
     """
     path = Path(path)
+    if is_array_image(path):
+        return _read_array_image(path, in_channels, max_pixels, pair, value_range)
     im = _open(path, max_pixels)
     if im.mode in WIDE_MODES:
         arr = np.asarray(im)
@@ -181,6 +229,33 @@ def read_image(path: str | Path, in_channels: int = 3, max_pixels: int = 50_000_
     return arr
 
 
+def _read_array_image(path: Path, in_channels: int, max_pixels: int, pair: PairSplit | None,
+                      value_range: Sequence[float] | None) -> np.ndarray:
+    """An ``.npy`` image: its channels must be ``in_channels`` (none are made up or dropped); uint8 (and bool:
+    0/255) as it is, uint16 over 0..65535, any other type over ``value_range``, which is required for it."""
+    arr = np.asarray(_open_array(path, max_pixels))
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    if arr.shape[2] != in_channels:
+        raise DataError(f"{path}: array of shape {arr.shape} has {arr.shape[2]} channel(s); data.in_channels is {in_channels}")
+    if arr.dtype.kind == "b":
+        arr = arr.astype(np.uint8) * np.uint8(255)
+    if value_range is None:
+        if arr.dtype == np.uint16:
+            value_range = (0.0, 65535.0)
+        elif arr.dtype != np.uint8:
+            finite = arr[np.isfinite(arr)] if arr.dtype.kind == "f" else arr
+            span = f"{float(finite.min()):g}..{float(finite.max()):g}" if finite.size else "none finite"
+            raise DataError(f"{path}: a {arr.dtype} array (values {span} in this file) has no fixed range to read it "
+                            "over; set data.image_range: [low, high], the raw values that become 0 and 255 for every "
+                            "image (`seg-toolkit audit` reports the range over all files)")
+    if value_range is not None:
+        arr = _to_uint8(arr, value_range, path)
+    if pair is not None:
+        arr = arr[pair.boxes(*arr.shape[:2], path)[0]]
+    return np.ascontiguousarray(arr, dtype=np.uint8)
+
+
 #: PIL formats whose compression changes pixel values: a mask stored so is not what was drawn
 LOSSY_FORMATS = ("JPEG", "MPO")
 
@@ -200,6 +275,8 @@ def read_mask(path: str | Path, max_pixels: int = 50_000_000, lossy_ok: bool = F
     it: ``data.mask_threshold``).
     """
     path = Path(path)
+    if is_array_image(path):
+        return _read_array_mask(path, max_pixels, channels=False)
     im = _open(path, max_pixels)
     if not lossy_ok:
         _refuse_lossy(path, im, "convert the masks to PNG, or for binary masks set data.mask_threshold (e.g. 128 for 0/255 masks)")
@@ -214,6 +291,27 @@ def read_mask(path: str | Path, max_pixels: int = 50_000_000, lossy_ok: bool = F
     if arr.ndim != 2:
         raise DataError(f"{path}: mask has shape {arr.shape}; expected (height, width)")
     return arr.astype(np.int32 if arr.dtype != np.uint8 else np.uint8, copy=False)
+
+
+def _read_array_mask(path: Path, max_pixels: int, channels: bool) -> np.ndarray:
+    """An ``.npy`` mask: integers or booleans; ``(H, W)`` or ``(H, W, 1)`` of ids, or with ``channels`` ``(H, W, C)``."""
+    arr = np.asarray(_open_array(path, max_pixels))
+    if arr.dtype.kind not in "biu":
+        raise DataError(f"{path}: mask array of dtype {arr.dtype}; expected integers (class ids) or booleans")
+    if channels:
+        if arr.ndim != 3 or arr.shape[2] < 2:
+            raise DataError(f"{path}: mask array of shape {arr.shape} has one channel but data.mask_channel says the ids "
+                            "are in one channel of a multi-channel mask; remove data.mask_channel")
+        return arr
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    if arr.ndim != 2:
+        raise DataError(f"{path}: mask array of shape {arr.shape}; expected (height, width) or (height, width, 1) class ids")
+    if arr.dtype.kind == "b" or arr.dtype == np.uint8:
+        return arr.astype(np.uint8)
+    if arr.size and (int(arr.min()) < 0 or int(arr.max()) > np.iinfo(np.int32).max):
+        raise DataError(f"{path}: mask array holds values {int(arr.min())}..{int(arr.max())}; expected class ids >= 0")
+    return arr.astype(np.int32)
 
 
 #: what each kind of mask file read by :func:`read_mask_array` may be (PIL modes)
@@ -231,6 +329,10 @@ def read_mask_array(path: str | Path, max_pixels: int = 50_000_000, lossy_ok: bo
     """
     if kind == "ids":
         arr = read_mask(path, max_pixels, lossy_ok)
+    elif is_array_image(path):
+        if kind != "channels":
+            raise DataError(f"{path}: a .npy mask holds class ids, not colours; data.mask_format: colors needs RGB image files")
+        arr = _read_array_mask(Path(path), max_pixels, channels=True)
     else:
         path = Path(path)
         im = _open(path, max_pixels)

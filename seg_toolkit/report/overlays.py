@@ -13,6 +13,7 @@ from PIL import Image
 
 from ..config import IGNORE_INDEX, Config
 from ..data import load_target, read_image
+from ..data.io import is_array_image
 from ..plots import metric_label, new_figure
 from ..files import read_oof
 from .data import ReportData
@@ -135,6 +136,21 @@ def _painted_classes(cfg: Config, names: list[str], colors: np.ndarray) -> list[
     return out
 
 
+def as_rgb(image: np.ndarray) -> np.ndarray:
+    """``(H, W, C)`` uint8 as RGB for display: one channel (or two: the first) as grey, else the first three
+    (RGBA's alpha dropped; the first three bands of a multispectral ``.npy`` image)."""
+    return np.repeat(image[..., :1], 3, axis=-1) if image.shape[-1] < 3 else image[..., :3]
+
+
+def display_image(path, cfg: Config, pair=None) -> np.ndarray:
+    """An image file as RGB for display, its values read as the model reads them (``data.image_range``): PIL files
+    converted to RGB (a grey model input still shows an RGB file in colour), ``.npy`` arrays by :func:`as_rgb`."""
+    d = cfg.data
+    if is_array_image(path):
+        return as_rgb(read_image(path, d.in_channels, d.max_image_pixels, pair=pair, value_range=d.image_range))
+    return read_image(path, 3, d.max_image_pixels, pair=pair, value_range=d.image_range)
+
+
 def _example_panels(d: ReportData, ex: Example, colors: np.ndarray,
                     painted: list[bool]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The image, truth overlay and prediction overlay of one example, at display size."""
@@ -143,7 +159,7 @@ def _example_panels(d: ReportData, ex: Example, colors: np.ndarray,
     s = d.samples[ex.id]
     q = read_oof(d.run.oof_path(ex.id))
     hw = tuple(q.shape[-2:])
-    image = read_image(s.image, 3, cfg.data.max_image_pixels, pair=s.pair, value_range=cfg.data.image_range)
+    image = display_image(s.image, cfg, s.pair)
     if image.shape[:2] != hw:  # should not happen: OOF files are at the image's size
         image = _resize(image, hw, nearest=False)
     target = load_target(s, cfg, hw)
