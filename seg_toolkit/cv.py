@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,6 +31,14 @@ log = logging.getLogger(__name__)
 __all__ = ["RunExistsError", "prepare_run", "run_cv", "compute_cv"]
 
 
+#: keys a run's saved config may differ in on --resume or a --fold job: where the run folder is (it was found, moved,
+#: or given by a relative path), how data is loaded and where (results do not depend on them: exact resume holds for
+#: any number of workers), and what training does not read (predict, post-processing, submission, tracking)
+RESUME_FREE_KEYS = ("runs_dir", "experiment", "train.epochs", "train.time_budget", "train.min_fold_epochs", "train.device",
+                    "train.num_workers", "train.pin_memory", "train.persistent_workers", "predict.", "postprocess.",
+                    "submission.", "folds.only", "track")
+
+
 def prepare_run(cfg: Config, folds: list[int], resume: bool = False, overwrite: bool = False) -> Run:
     """Create ``runs/<experiment>/`` and save the resolved config, refusing to clobber earlier work.
 
@@ -37,8 +46,9 @@ def prepare_run(cfg: Config, folds: list[int], resume: bool = False, overwrite: 
       folder that already holds files must be a run folder (:meth:`Run.check_writable`).
     * ``overwrite``: the run folder is deleted first, through :meth:`Run.remove` (never a data
       folder, never a folder holding files that runs do not write).
-    * ``resume``: the saved config must match (``train.epochs`` may grow, ``train.time_budget``
-      change: a fold's plan follows the new budget from its next epoch); folds continue.
+    * ``resume``: the saved config must match but for :data:`RESUME_FREE_KEYS` (``train.epochs`` may change: a
+      fold in progress lays its schedule out again; ``train.time_budget`` too: a fold's plan follows the new budget
+      from its next epoch; ``data.root`` compares as a resolved path); folds continue.
     * neither: a fold that already has files is refused. Other folds of the same run (e.g. a
       job array running ``--fold K`` each) may start, if the saved config matches.
     """
@@ -51,7 +61,11 @@ def prepare_run(cfg: Config, folds: list[int], resume: bool = False, overwrite: 
         run.remove(cfg)
     run.dir.mkdir(parents=True, exist_ok=True)
     if saved.is_file():
-        diff = [d for d in config_diff(read_yaml(saved), config_to_dict(cfg)) if not d.startswith(("train.epochs", "train.time_budget", "train.min_fold_epochs", "predict.", "postprocess.", "submission.", "folds.only", "track"))]
+        old, new = read_yaml(saved), config_to_dict(cfg)
+        for c in (old, new):  # the same data folder however it is spelled (relative, data/./demo)
+            if isinstance(c.get("data"), dict) and c["data"].get("root"):
+                c["data"]["root"] = str(Path(c["data"]["root"]).expanduser().resolve())
+        diff = [d for d in config_diff(old, new) if not d.startswith(RESUME_FREE_KEYS)]
         # stopped before any fold wrote a file (a config error met at the first batch): the corrected config replaces
         # it, unless it changes what folds.csv or pseudo/ were made from
         if diff and not run.started_folds() and not any(d.startswith(("data.", "folds.", "pseudo.")) for d in diff):

@@ -17,6 +17,7 @@ import pandas as pd
 
 from .checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import Config, config_to_dict
+from .files import write_text
 from .run import Run
 
 log = logging.getLogger(__name__)
@@ -84,22 +85,28 @@ def save_epoch(cfg, run: Run, fold: int, model, ema, optimizer, schedule, scaler
         state.top_k = sorted(state.top_k + [[float(score), state.epoch]], key=lambda x: (-x[0], x[1]))
         dropped, state.top_k = state.top_k[cfg.train.keep_best_k :], state.top_k[: cfg.train.keep_best_k]
     ckpt = checkpoint_state(cfg, model, ema, optimizer, schedule, scaler, state)
+    weights = weights_only(ckpt)
+    # best.pt before last.pt: killed in between, the resume (from the older last.pt) finds a best.pt from the epoch it
+    # is about to run again and keeps it as the best so far (restore); the other way round best.pt would be an epoch
+    # older than the state that says it is the best, and the OOF files would be made from it
+    if improved:
+        save_checkpoint(weights, run.best_pt(fold))
+    if keep_k and [score, state.epoch] in state.top_k:
+        save_checkpoint(weights, run.best_epoch_pt(fold, state.epoch))
     last, prev = run.last_pt(fold), run.prev_pt(fold)
     if last.is_file():
         os.replace(last, prev)
     save_checkpoint(ckpt, last)
-    weights = weights_only(ckpt)
-    if improved:
-        save_checkpoint(weights, run.best_pt(fold))
     if keep_k:
-        if [score, state.epoch] in state.top_k:
-            save_checkpoint(weights, run.best_epoch_pt(fold, state.epoch))
         for _, epoch in dropped:
             run.best_epoch_pt(fold, epoch).unlink(missing_ok=True)
 
 
 def restore(run: Run, fold: int, model, ema, optimizer, schedule, scaler) -> TrainState:
-    """Load the newest readable checkpoint (``last.pt``, else ``prev.pt``) into every component."""
+    """Load the newest readable checkpoint (``last.pt``, else ``prev.pt``) into every component; drop the metrics
+    rows of epochs after it (all of them when the fold starts from scratch) and the temporary files of checkpoint
+    writes that a kill cut short."""
+    _remove_partial_writes(run.fold_dir(fold))
     errors = []
     for path in (run.last_pt(fold), run.prev_pt(fold)):
         if not path.is_file():
@@ -118,17 +125,63 @@ def restore(run: Run, fold: int, model, ema, optimizer, schedule, scaler) -> Tra
         scaler.load_state_dict(ckpt["scaler"])
         set_rng_state(ckpt["rng"])
         state = TrainState(**ckpt["train_state"])
+        _adopt_newer_best(run, fold, state)
         _truncate_metrics(run.metrics_csv(fold), state.epoch)
-        log.info("resumed %s at epoch %d (step %d)", path, state.epoch + 1, state.step)
+        if state.epoch >= state.epochs > 0:
+            log.info("resumed %s: all %d epochs trained (step %d); the fold's OOF files come next", path, state.epochs, state.step)
+        else:
+            log.info("resumed %s at epoch %d (step %d)", path, state.epoch + 1, state.step)
         return state
     if errors:
         log.warning("no readable checkpoint in %s; the fold starts from scratch", run.fold_dir(fold))
+    elif run.metrics_csv(fold).is_file():
+        log.info("fold %d: killed before its first checkpoint; it starts from scratch", fold)
+    _truncate_metrics(run.metrics_csv(fold), 0)
     return TrainState()
 
 
-def _truncate_metrics(path: Path, epochs_done: int) -> None:
-    """Drop rows of epochs that ran after the checkpoint (a run killed between the row and the next checkpoint)."""
+def _adopt_newer_best(run: Run, fold: int, state: TrainState) -> None:
+    """A ``best.pt`` of an epoch after the restored state's (killed between writing it and ``last.pt``, see
+    :func:`save_epoch`) is the best so far: the state takes its score and epoch, so the epoch run again replaces it
+    only by doing better, and best.pt never holds other weights than the state says."""
+    path = run.best_pt(fold)
     if not path.is_file():
         return
-    df = pd.read_csv(path)
-    df[df["epoch"] <= epochs_done].to_csv(path, index=False)
+    try:
+        best = load_checkpoint(path)
+        epoch, score = int(best["epoch"]), float(best["best_score"])
+    except (CheckpointError, KeyError, TypeError, ValueError):
+        return
+    if epoch > state.epoch and score > state.best_score:
+        log.warning("%s holds epoch %d, written after %s's epoch %d (stopped between the two): kept as the best so far "
+                    "(%.4f)", path, epoch, run.last_pt(fold).name, state.epoch, score)
+        state.best_score, state.best_epoch, state.bad_epochs = score, epoch - 1, 0
+
+
+def _remove_partial_writes(folder: Path) -> None:
+    """Temporary files of checkpoint writes a kill cut short (``.last.pt.<random>.tmp``, :func:`seg_toolkit.files.atomic_write`):
+    never read, each the size of a checkpoint."""
+    from .run_guard import delete_path, is_partial_write
+
+    if folder.is_dir():
+        for p in folder.iterdir():
+            if p.is_file() and is_partial_write(p.name):
+                log.info("removing %s, a checkpoint write cut short", p)
+                delete_path(p, announce=False)
+
+
+def _truncate_metrics(path: Path, epochs_done: int) -> None:
+    """Drop rows of epochs that ran after the checkpoint (a run killed between the row and the next checkpoint), rewritten
+    atomically; an unreadable file (cut short by a kill during an older rewrite) is set aside, not fatal."""
+    if not path.is_file():
+        return
+    try:
+        df = pd.read_csv(path)
+        keep = df[df["epoch"] <= epochs_done]
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, KeyError, UnicodeDecodeError) as e:
+        aside = path.with_name(path.name + ".unreadable")
+        os.replace(path, aside)
+        log.warning("%s is unreadable (%s); moved to %s, the fold's rows start again from here", path, e, aside.name)
+        return
+    if len(keep) != len(df):
+        write_text(path, keep.to_csv(index=False))

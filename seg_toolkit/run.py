@@ -64,7 +64,7 @@ class Run(RunGuard):
                  "audit_problems.csv", "tta_search", "test_masks", "evaluations", "audit_samples.png", "audit_batch.png",
                  "tracker.json", "tensorboard", "export", "estimate.json", "first_epoch.json", "oof_incomplete.json", "run.lock")
     #: What a run writes in ``fold_<k>/`` (the fold methods below)
-    FOLD_FILE = re.compile(r"(best|last|prev)\.pt|best_e\d+\.pt|metrics\.csv|done\.json|failed_attempt_\d+")
+    FOLD_FILE = re.compile(r"(best|last|prev)\.pt|best_e\d+\.pt|metrics\.csv(\.unreadable)?|done\.json|failed_attempt_\d+")
     FOLD_DIR = re.compile(r"fold_\d+")
 
     def __init__(self, path: str | Path) -> None:

@@ -25,12 +25,17 @@ from .errors import SegToolkitError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["RunGuard", "RunExistsError", "input_paths", "check_not_input", "delete_path"]
+__all__ = ["RunGuard", "RunExistsError", "input_paths", "check_not_input", "delete_path", "is_partial_write"]
 
 #: Temporary files of :func:`seg_toolkit.files.atomic_write` (``.<name>.<random>.tmp``) and what
 #: operating systems leave in folders: neither is a user's file.
 _TMP_FILE = re.compile(r"\..+\.[A-Za-z0-9_]+\.tmp")
 _OS_CLUTTER = (".DS_Store", "Thumbs.db", "desktop.ini")
+
+
+def is_partial_write(name: str) -> bool:
+    """Whether a file name is a temporary file of :func:`seg_toolkit.files.atomic_write` (a write a kill cut short)."""
+    return bool(_TMP_FILE.fullmatch(name))
 
 
 class RunExistsError(SegToolkitError, FileExistsError):

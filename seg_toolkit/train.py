@@ -98,15 +98,22 @@ def train_attempt(cfg: Config, fold: int, samples: list[Sample], folds: pd.DataF
     if resume:
         state = restore(run, fold, model, ema, optimizer, schedule, scaler)
     fresh = state.epoch == 0 and state.batch == 0
+    laid_out = state.epochs  # the epochs the restored schedule spans (0: a fresh fold's, train.epochs)
     budget, epoch_seconds = plan_fold(cfg, run, fold, state, d)  # the fold's epochs' times (before a resume too)
     elapsed = sum(epoch_seconds)
     if fresh and state.epochs != cfg.train.epochs:  # planned shorter from the start: the schedule spans the plan
         schedule = schedule.for_epochs(cfg, optimizer, updates_per_epoch, state.epochs, 0)
+    elif not fresh and laid_out and laid_out != state.epochs and state.epoch < state.epochs:
+        # resumed with another train.epochs: the restored schedule would end at its old total (the new epochs at the
+        # floor lr); laid out again for the new total from the step reached, as a fold planned so would have it
+        log.warning("fold %d: resumed with %d epochs planned instead of %d; its learning-rate schedule is laid out again "
+                    "for %d epochs from update %d", fold, state.epochs, laid_out, state.epochs, state.step)
+        schedule = schedule.for_epochs(cfg, optimizer, updates_per_epoch, state.epochs, state.step)
     initialised = load_fold_init(cfg, fold, model, ema) if fresh else init_source(cfg, fold)
     forward_model = wrap_for_training(cfg, model, device, d)
 
     with GracefulStop() as stop:
-        while state.epoch < state.epochs:
+        while state.epoch < state.epochs and not should_stop(state, cfg):  # resumed after an early stop: none
             epoch = state.epoch
             set_frozen_encoder(model, epoch < cfg.model.freeze_encoder_epochs)
             train_loader.sampler.set_epoch(epoch, start=state.batch * cfg.train.batch_size)
@@ -147,9 +154,11 @@ def train_attempt(cfg: Config, fold: int, samples: list[Sample], folds: pd.DataF
                 log_epoch(run.metrics_csv(fold), fold, epoch, optimizer, train_stats, val_stats, improved, seconds)
                 save_epoch(cfg, run, fold, model, ema, optimizer, schedule, scaler, state, improved, val_stats["val_score"])
                 track.log_epoch(fold, epoch + 1, {"lr": optimizer.param_groups[-1]["lr"], **train_stats, **val_stats})
+            if stop.requested:  # Ctrl-C / SIGTERM after the epoch's last optimiser step (in validation, or saving)
+                raise KeyboardInterrupt(f"fold {fold} stopped after epoch {epoch + 1}; checkpoint saved to "
+                                        f"{run.last_pt(fold)}: add --resume to continue exactly from there")
             if should_stop(state, cfg):
                 log.info("fold %d: early stop after epoch %d (best %.4f at epoch %d)", fold, epoch + 1, state.best_score, state.best_epoch + 1)
-                break
 
     summary, averaged = None, {}
     if d.is_main and cfg.train.average_best:

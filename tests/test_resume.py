@@ -75,11 +75,16 @@ def _assert_same(a: dict, b: dict) -> None:
 
 
 @pytest.fixture(scope="module")
-def reference(demo_root, tmp_path_factory):
+def reference_runs(demo_root, tmp_path_factory):
     runs = tmp_path_factory.mktemp("ref")
     proc = _run(_cfg(demo_root, runs))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return _weights(runs)
+    return runs
+
+
+@pytest.fixture(scope="module")
+def reference(reference_runs):
+    return _weights(reference_runs)
 
 
 def test_killed_mid_epoch_then_resumed_equals_uninterrupted(demo_root, tmp_path, reference):
@@ -154,3 +159,133 @@ def test_killed_between_an_epochs_row_and_its_checkpoint_runs_that_epoch_again(d
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert list(pd.read_csv(metrics)["epoch"]) == [1, 2, 3]  # epoch 2 ran again and wrote its row once
     _assert_same(_weights(runs), reference)
+
+
+def _child_with(patch: str) -> str:
+    """The child with ``patch`` run before training (kill_at 0: the optimiser steps are left alone)."""
+    return CHILD.replace("run_cv(cfg, resume=resume)", textwrap.dedent(patch) + "\nrun_cv(cfg, resume=resume)")
+
+
+def test_killed_while_writing_the_first_checkpoint_starts_again_without_a_second_row(demo_root, tmp_path, reference_runs):
+    """Epoch 1's row and best.pt written, killed writing last.pt: no checkpoint to resume from, so the fold starts again;
+    the row of the epoch it runs again is dropped (it was kept: epoch 1 twice in metrics.csv, its time charged twice)."""
+    runs = tmp_path / "runs"
+    child = _child_with("""
+        from seg_toolkit import fold_state
+        original_save = fold_state.save_checkpoint
+        def save(ckpt, path):
+            if path.name == "last.pt" and not resume:
+                os.kill(os.getpid(), signal.SIGKILL)
+            original_save(ckpt, path)
+        fold_state.save_checkpoint = save
+        """)
+    cfg = json.dumps(_cfg(demo_root, runs))
+    killed = subprocess.run([sys.executable, "-c", child, cfg, "0", "0", "SIGKILL"], capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL
+    fold = runs / "t" / "fold_0"
+    assert (fold / "best.pt").is_file() and not (fold / "last.pt").exists()  # best.pt is written first now
+    assert list(pd.read_csv(fold / "metrics.csv")["epoch"]) == [1]
+    resumed = subprocess.run([sys.executable, "-c", child, cfg, "0", "1", "SIGKILL"], capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "killed before its first checkpoint; it starts from scratch" in resumed.stderr
+    assert list(pd.read_csv(fold / "metrics.csv")["epoch"]) == [1, 2, 3]
+    _assert_same(_weights(runs), _weights(reference_runs))
+    _assert_same(_weights(runs, "best.pt"), _weights(reference_runs, "best.pt"))
+
+
+def test_a_best_pt_newer_than_the_last_checkpoint_is_the_best_so_far(tmp_path):
+    """Killed between best.pt (epoch 2, 0.6) and last.pt (still epoch 1, best 0.5): the resumed state says epoch 2's 0.6
+    is the best, which is what best.pt holds; epoch 2 run again replaces it only by doing better."""
+    from seg_toolkit.checkpoint import save_checkpoint
+    from seg_toolkit.fold_state import TrainState, _adopt_newer_best
+    from seg_toolkit.run import Run
+
+    run = Run(tmp_path)
+    run.fold_dir(0).mkdir(parents=True)
+    save_checkpoint({"model": {}, "ema": None, "config": {}, "model_args": {}, "epoch": 2, "best_score": 0.6}, run.best_pt(0))
+    state = TrainState(epoch=1, best_score=0.5, best_epoch=0, bad_epochs=0, epochs=3)
+    _adopt_newer_best(run, 0, state)
+    assert (state.best_score, state.best_epoch, state.bad_epochs) == (0.6, 1, 0)
+    older = TrainState(epoch=2, best_score=0.6, best_epoch=1, epochs=3)  # best.pt of the state's own best: nothing to do
+    _adopt_newer_best(run, 0, older)
+    assert (older.best_score, older.best_epoch) == (0.6, 1)
+
+
+def test_ctrl_c_during_the_last_validation_stops_the_run(demo_root, tmp_path, reference):
+    """A Ctrl-C after an epoch's last optimiser step (here: in the last epoch's validation) was only a flag the next
+    step would read; there was none, so the run went on through OOF, the other folds and tuning, and exited 0."""
+    runs = tmp_path / "runs"
+    child = _child_with("""
+        original_validate, calls = train.validate_epoch, [0]
+        def validate(*args, **kwargs):
+            calls[0] += 1
+            if calls[0] == 3 and not resume:
+                os.kill(os.getpid(), signal.SIGINT)
+            return original_validate(*args, **kwargs)
+        train.validate_epoch = validate
+        """)
+    cfg = json.dumps(_cfg(demo_root, runs))
+    stopped = subprocess.run([sys.executable, "-c", child, cfg, "0", "0", "SIGINT"], capture_output=True, text=True, timeout=300)
+    assert stopped.returncode != 0 and "fold 0 stopped after epoch 3" in stopped.stderr
+    assert not (runs / "t" / "fold_0" / "done.json").exists() and not (runs / "t" / "cv.json").exists()
+    resumed = subprocess.run([sys.executable, "-c", child, cfg, "0", "1", "SIGINT"], capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "all 3 epochs trained" in resumed.stderr and (runs / "t" / "cv.json").is_file()
+    _assert_same(_weights(runs), reference)
+
+
+def test_resumed_with_more_epochs_the_schedule_is_laid_out_for_them(demo_root, tmp_path):
+    """train.epochs 3 -> 5 on --resume: the restored cosine ended at 3 epochs, so epochs 4-5 ran at the floor lr.
+    Laid out again from the update reached, every later lr is the one a 5-epoch run has at that update."""
+    five = tmp_path / "five"
+    assert _run(_cfg(demo_root, five, epochs=5)).returncode == 0
+    runs = tmp_path / "runs"
+    assert _run(_cfg(demo_root, runs, epochs=3), kill_at=4).returncode == -signal.SIGKILL  # update 1 of epoch 2
+    resumed = _run(_cfg(demo_root, runs, epochs=5), resume=True)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed with 5 epochs planned instead of 3; its learning-rate schedule is laid out again" in resumed.stderr
+    lr = pd.read_csv(runs / "t" / "fold_0" / "metrics.csv")["lr"].tolist()
+    lr5 = pd.read_csv(five / "t" / "fold_0" / "metrics.csv")["lr"].tolist()
+    assert len(lr) == 5 and lr[1:] == pytest.approx(lr5[1:], rel=1e-9)  # epoch 1 ran on the 3-epoch course
+    assert lr[0] != pytest.approx(lr5[0])
+
+
+def test_resume_accepts_what_does_not_change_results(demo_root, tmp_path):
+    """--resume refused a relative run path, a data root spelled another way, another device or number of workers,
+    and advised --overwrite (deleting the run); those keys may differ now, training keys still may not."""
+    from seg_toolkit.config import config_from_dict
+    from seg_toolkit.cv import prepare_run
+    from seg_toolkit.run_guard import RunExistsError
+
+    base = _cfg(demo_root, tmp_path / "runs")
+    run = prepare_run(config_from_dict(base), [0])
+    run.fold_dir(0).mkdir()
+    run.metrics_csv(0).write_text("fold,epoch\n0,1\n")  # fold 0 started: the saved config is the run's
+    same = json.loads(json.dumps(base))
+    same["data"]["root"] = str(demo_root) + "/./"
+    same["train"].update(num_workers=2, pin_memory=False, device="cpu")
+    prepare_run(config_from_dict(same), [0], resume=True)
+    other = json.loads(json.dumps(base))
+    other["optim"] = {"lr": 0.5}
+    with pytest.raises(RunExistsError, match="optim.lr"):
+        prepare_run(config_from_dict(other), [0], resume=True)
+
+
+def test_partial_writes_and_an_unreadable_metrics_file_do_not_stop_a_resume(tmp_path, caplog):
+    """A kill during a checkpoint write leaves .last.pt.<random>.tmp (a checkpoint's size, one per kill); a kill during
+    the old in-place metrics rewrite left an empty metrics.csv, and every later resume ended in a pandas traceback."""
+    import logging
+
+    from seg_toolkit.fold_state import restore
+    from seg_toolkit.run import Run
+
+    run = Run(tmp_path)
+    fold = run.fold_dir(0)
+    fold.mkdir(parents=True)
+    (fold / ".last.pt.k3j9x_2a.tmp").write_bytes(b"x" * 100)
+    run.metrics_csv(0).write_text("")
+    with caplog.at_level(logging.INFO):
+        state = restore(run, 0, None, None, None, None, None)
+    assert state.epoch == 0 and sorted(p.name for p in fold.iterdir()) == ["metrics.csv.unreadable"]
+    assert "a checkpoint write cut short" in caplog.text and "is unreadable" in caplog.text
+    assert run.foreign_entries() == []  # the set-aside file is a run's own: --overwrite may delete it
