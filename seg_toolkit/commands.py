@@ -184,12 +184,14 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_ensemble(args: argparse.Namespace) -> int:
     from .ensemble import build_ensemble
-    from .inference import predict_test
+    from .inference import check_out, predict_test
     from .run import Run
 
     cfgs = [_load(c, args.set) for c in args.configs]
-    cv = build_ensemble(cfgs, name=args.name, weights=args.weights, space=args.space, overwrite=args.overwrite)
     run = Run(Path(cfgs[0].runs_dir) / (args.name or "ens_" + "_".join(c.experiment for c in cfgs)))
+    if not args.no_predict and args.out:  # before the ensemble run is made: a refused --out would leave it behind
+        check_out(cfgs[0], Path(args.out), args.overwrite, [run.dir] + [Run.of(c).dir for c in cfgs])
+    cv = build_ensemble(cfgs, name=args.name, weights=args.weights, space=args.space, overwrite=args.overwrite)
     ens = cv["ensemble"]
     print(f"\nensemble {run.dir} ({ens['space']} space), OOF {cv['metric']} over {cv['n_images']} images:")
     for m in ens["members"]:

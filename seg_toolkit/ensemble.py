@@ -215,8 +215,8 @@ def _build_ensemble(cfgs: list[Config], name: str | None, weights: Sequence[floa
     if weights is not None:
         if len(weights) != len(cfgs):
             raise ConfigError(f"--weights: {len(weights)} weights for {len(cfgs)} experiments")
-        if any(w < 0 for w in weights) or sum(weights) <= 0:
-            raise ConfigError(f"--weights: expected non-negative weights with a positive sum, got {list(weights)}")
+        if not all(math.isfinite(w) and w >= 0 for w in weights) or sum(weights) <= 0:
+            raise ConfigError(f"--weights: expected finite non-negative weights with a positive sum, got {list(weights)}")
     runs, folds, fold_of = _check_members(cfgs)
     name = name or "ens_" + "_".join(c.experiment for c in cfgs)
     out = Run(Path(lead.runs_dir) / name)

@@ -45,7 +45,7 @@ from .postprocess import apply_postprocess, load_params
 from .oof import check_oof_complete
 from .predictor import Predictor, check_same_training
 from .run import Run, RunExistsError
-from .run_guard import check_not_input
+from .run_guard import check_not_input, check_not_run_file
 from .submission import (SubmissionError, SubmissionWriter, mask_rows, row_ids, submission_classes, submission_columns,
                          submission_path)
 from .tensors import probs_to_uint8
@@ -108,6 +108,20 @@ def _differs(made: dict, now: dict) -> bool:
     return any(made.get(k) != v for k, v in now.items())
 
 
+def check_out(cfg: Config, out: Path, overwrite: bool, runs: list[Path] | None = None) -> None:
+    """Where a submission may go, checked before anything is predicted: not a file or folder the config reads, not a
+    folder, not a file of the run (or its members: ``runs``, default the config's run and an ensemble's members) other
+    than an earlier submission, and not an existing file without ``overwrite``."""
+    what = "--out" if out != submission_path(cfg) else "submission.path"
+    check_not_input(cfg, out, what)
+    if runs is None:
+        run = Run.of(cfg)
+        runs = [run.dir] + ([m.dir for m, _ in run.members()] if run.is_ensemble else [])
+    check_not_run_file(out, runs, ",".join(submission_columns(cfg)), what)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} exists; pass --overwrite to replace it, or --out for another file")
+
+
 def predict_test(cfg: Config, out: str | Path | None = None, overwrite: bool = False) -> Path:
     """Predict the test images with the run's predictor and write the submission.
 
@@ -117,9 +131,7 @@ def predict_test(cfg: Config, out: str | Path | None = None, overwrite: bool = F
     """
     cfg = _one(cfg)
     out = Path(out) if out else submission_path(cfg)
-    check_not_input(cfg, out, "--out" if out != submission_path(cfg) else "submission.path")
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} exists; pass --overwrite to replace it, or --out for another file")
+    check_out(cfg, out, overwrite)
     run, predictor = run_predictor(cfg)
     samples = load_test_samples(cfg)
     params = load_params(cfg, run)

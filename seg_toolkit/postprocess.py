@@ -14,6 +14,7 @@ They come from ``postprocess.json`` in the run folder when tuned on OOF predicti
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -39,6 +40,7 @@ class PostParams:
     class_weight: list[float] = field(default_factory=list)  # multiclass: argmax of weight x probability; empty = all 1
 
     def __post_init__(self) -> None:
+        self._check_values()
         if not self.gate_source:
             self.gate_source = ["max_prob"] * len(self.empty_gate)
         bad = [g for g in self.gate_source if g not in GATE_SOURCES]
@@ -49,6 +51,24 @@ class PostParams:
         self.class_weight = [float(w) for w in self.class_weight]
         if len(self.class_weight) != len(self.threshold) or not all(0 < w < float("inf") for w in self.class_weight):
             raise ValueError(f"class_weight: expected a positive weight per class, got {self.class_weight!r}")
+
+    def _check_values(self) -> None:
+        """Each class's threshold a probability, min_area a whole number >= 0, gate a probability or null (a NaN
+        threshold left a class empty everywhere, -1 filled it, a string failed inside numpy)."""
+        def number(x) -> bool:
+            return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, bool) and math.isfinite(x)
+
+        for name, values, ok, want in (
+            ("threshold", self.threshold, lambda x: number(x) and 0.0 <= x <= 1.0, "a probability in [0, 1]"),
+            ("min_area", self.min_area, lambda x: number(x) and x >= 0 and float(x).is_integer(), "a whole number >= 0"),
+            ("empty_gate", self.empty_gate, lambda x: x is None or (number(x) and 0.0 <= x <= 1.0), "null or a probability in [0, 1]"),
+        ):
+            if not isinstance(values, list):
+                raise ValueError(f"{name}: expected a list with a value per class, got {values!r}")
+            for c, x in enumerate(values):
+                if not ok(x):
+                    raise ValueError(f"{name} of class {c}: expected {want}, got {x!r}")
+        self.min_area = [int(a) for a in self.min_area]
 
     def weighted(self) -> bool:
         """Whether the multiclass argmax weighs the classes (any weight other than 1)."""

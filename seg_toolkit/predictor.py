@@ -15,6 +15,7 @@ is alive at a time.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
 
@@ -250,8 +251,8 @@ class Predictor:
         if space not in ("prob", "logit"):
             raise ConfigError(f"predict.ensemble_space: {space!r} is not one of 'prob', 'logit'")
         total = float(sum(m.weight for m in members))
-        if any(m.weight < 0 for m in members) or total <= 0:
-            raise ConfigError(f"ensemble weights: expected non-negative weights with a positive sum, got {[m.weight for m in members]}")
+        if not all(math.isfinite(m.weight) and m.weight >= 0 for m in members) or not math.isfinite(total) or total <= 0:
+            raise ConfigError(f"ensemble weights: expected finite non-negative weights with a positive sum, got {[m.weight for m in members]}")
         self.members = members
         self.weights = [m.weight / total for m in members]
         self.task, self.num_classes = lead.data.task, lead.data.num_classes

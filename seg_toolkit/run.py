@@ -40,6 +40,7 @@ never a folder that does not look like a run, never a file the toolkit did not w
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from pathlib import Path
@@ -311,7 +312,15 @@ class Run(RunGuard):
     def members(self) -> list[tuple["Run", float]]:
         """An ensemble's member runs (resolved against this folder) and weights, from ``ensemble.json``."""
         data = read_json(self.ensemble_json) or {}
-        return [(Run(os.path.normpath(self.dir / m["run"])), float(m["weight"])) for m in data.get("members", [])]
+        try:
+            members = [(Run(os.path.normpath(self.dir / m["run"])), float(m["weight"])) for m in data.get("members", [])]
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise ConfigError(f"{self.ensemble_json}: expected members as {{run: <folder>, weight: <number>}} "
+                              f"({type(e).__name__}: {e}); make the ensemble again with `seg-toolkit ensemble`") from None
+        bad = [w for _, w in members if not (math.isfinite(w) and w >= 0)]
+        if bad:
+            raise ConfigError(f"{self.ensemble_json}: member weights must be finite and non-negative, got {bad}")
+        return members
 
     def trained_folds(self) -> list[int]:
         """Folds whose training finished (``done.json`` present), in order."""

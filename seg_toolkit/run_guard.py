@@ -25,7 +25,8 @@ from .errors import SegToolkitError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["RunGuard", "RunExistsError", "input_paths", "check_not_input", "delete_path", "is_partial_write"]
+__all__ = ["RunGuard", "RunExistsError", "input_paths", "check_not_input", "check_not_run_file", "delete_path",
+           "is_partial_write"]
 
 #: Temporary files of :func:`seg_toolkit.files.atomic_write` (``.<name>.<random>.tmp``) and what
 #: operating systems leave in folders: neither is a user's file.
@@ -70,6 +71,23 @@ def check_not_input(cfg: Config, path: Path, what: str) -> None:
             how = "is" if here == p else "lies inside"
             raise ConfigError(f"{what} {path} {how} {key} {p}, which the config reads; write it elsewhere "
                               "(--overwrite never replaces the data)")
+
+
+def check_not_run_file(path: Path, runs: list[Path], header: str, what: str) -> None:
+    """Refuse an output that is a folder, or an existing file inside a run folder the command reads unless it is an
+    earlier submission (its first line is ``header``): ``predict --out runs/x/fold_0/best.pt --overwrite`` replaced
+    the checkpoint with the CSV."""
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{what} {path} is a folder; name a file, e.g. {path / 'submission.csv'}")
+    if not path.exists():
+        return
+    here = path.resolve()
+    for run in runs:
+        r = Path(run).resolve()
+        if r in here.parents and _first_line(path).lstrip("\ufeff").rstrip("\r\n") != header:
+            raise ConfigError(f"{what} {path} is a file of the run {run}, which this command reads; write the submission "
+                              "elsewhere (--overwrite never replaces a run's files)")
 
 
 def delete_path(target: Path, announce: bool = True) -> None:

@@ -209,10 +209,49 @@ def test_wrong_weights_are_a_clear_error(two_experiments, tmp_path, capsys):
     assert main(["ensemble", *paths, "--weights", "1", "--out", str(out)]) == 2
     assert "error: --weights: 1 weights for 2 experiments" in capsys.readouterr().err
     assert main(["ensemble", *paths, "--weights", "1", "-1", "--out", str(out)]) == 2
-    assert "expected non-negative weights" in capsys.readouterr().err
+    assert "expected finite non-negative weights" in capsys.readouterr().err
+    for bad in ("nan", "inf"):  # NaN passed both checks (w < 0 and sum <= 0 are false): an all-empty submission, exit 0
+        assert main(["ensemble", *paths, "--weights", bad, "1", "--out", str(out)]) == 2
+        assert "expected finite non-negative weights" in capsys.readouterr().err
     assert not out.exists()
-    with pytest.raises(ConfigError, match="expected non-negative weights with a positive sum"):
-        Predictor([Member.load(Run.of(a), weight=1), Member.load(Run.of(b), weight=-1)], device="cpu")
+    for bad in (-1, float("nan"), float("inf")):
+        with pytest.raises(ConfigError, match="expected finite non-negative weights with a positive sum"):
+            Predictor([Member.load(Run.of(a), weight=1), Member.load(Run.of(b), weight=bad)], device="cpu")
+
+
+def test_an_ensemble_json_with_bad_members_is_named(tmp_path):
+    ens = Run(tmp_path)
+    for members, message in (([{"run": "../a", "weight": "x"}], "expected members as"), ([{"weight": 1}], "expected members as"),
+                             ([{"run": "../a", "weight": float("nan")}], "must be finite and non-negative")):
+        ens.ensemble_json.write_text(json.dumps({"members": members}))
+        with pytest.raises(ConfigError, match=message):
+            ens.members()
+
+
+def test_out_is_never_a_run_file_or_a_folder(two_experiments, tmp_path, capsys):
+    """`predict --out RUN/fold_0/best.pt --overwrite` replaced the checkpoint with the CSV (exit 0); a folder as --out
+    failed after every image was predicted; `ensemble --out existing.csv` was refused only after the ensemble run was made."""
+    a, b, paths = two_experiments
+    run = Run.of(a)
+    best = run.best_pt(0)
+    before = best.read_bytes()
+    for target in (best, run.postprocess_json, run.config_yaml):
+        if target.is_file():
+            assert main(["predict", paths[0], "--out", str(target), "--overwrite"]) == 2
+            assert "is a file of the run" in capsys.readouterr().err
+    assert best.read_bytes() == before
+    assert main(["predict", paths[0], "--out", str(tmp_path), "--overwrite"]) == 2
+    assert "is a folder; name a file" in capsys.readouterr().err
+    inside = run.dir / "my_submission.csv"  # a submission kept in the run folder may be written again
+    assert main(["predict", paths[0], "--out", str(inside)]) == 0
+    assert main(["predict", paths[0], "--out", str(inside), "--overwrite"]) == 0
+    capsys.readouterr()
+    taken = tmp_path / "taken.csv"
+    taken.write_text("mine\n")
+    assert main(["ensemble", *paths, "--name", "never_made", "--out", str(taken)]) == 2
+    err = capsys.readouterr().err
+    assert "taken.csv exists; pass --overwrite" in err and not (run.dir.parent / "never_made").exists()
+    assert taken.read_text() == "mine\n"
 
 
 def test_predict_refuses_a_changed_preprocessing(two_experiments, tmp_path, capsys):

@@ -463,3 +463,28 @@ def test_post_processing_tuned_on_fewer_folds_than_trained_is_named(demo_root, t
     run_cv(cfg, folds=[1])
     load_params(cfg, Run.of(cfg))
     assert "was tuned on the OOF images of fold(s) [0], but the run's trained folds are now [0, 1]" in caplog.text
+
+
+@pytest.mark.parametrize("params, message", [
+    ({"threshold": [float("nan")], "min_area": [0], "empty_gate": [None]}, r"threshold of class 0: expected a probability in \[0, 1\], got nan"),
+    ({"threshold": [-1], "min_area": [0], "empty_gate": [None]}, r"threshold of class 0: expected a probability"),
+    ({"threshold": ["0.5"], "min_area": [0], "empty_gate": [None]}, r"threshold of class 0: .* got '0.5'"),
+    ({"threshold": [0.5], "min_area": [-3], "empty_gate": [None]}, r"min_area of class 0: expected a whole number >= 0, got -3"),
+    ({"threshold": [0.5], "min_area": [2.5], "empty_gate": [None]}, r"min_area of class 0: expected a whole number"),
+    ({"threshold": [0.5], "min_area": [0], "empty_gate": ["x"]}, r"empty_gate of class 0: expected null or a probability"),
+    ({"threshold": 0.5, "min_area": [0], "empty_gate": [None]}, r"threshold: expected a list with a value per class"),
+])
+def test_a_postprocess_json_with_bad_values_is_named(tmp_path, params, message):
+    """A NaN threshold left the class empty in every row, -1 filled the image, a string failed inside numpy (exit 1):
+    each value is checked when the file is read, naming the file, the key and the class."""
+    from seg_toolkit.config import ConfigError
+    from seg_toolkit.run import Run
+
+    run = Run(tmp_path)
+    run.postprocess_json.write_text(json.dumps({"params": params}))
+    cfg = config_from_dict({"data": {"task": "binary", "num_classes": 1}})
+    with pytest.raises(ConfigError, match=rf"postprocess.json: not a post-processing file \(ValueError: {message}"):
+        load_params(cfg, run)
+    ok = {"threshold": [0.4], "min_area": [12.0], "empty_gate": [0.7]}
+    run.postprocess_json.write_text(json.dumps({"params": ok}))
+    assert load_params(cfg, run) == PostParams([0.4], [12], [0.7])
