@@ -63,10 +63,19 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu", use_e
     from .models import build_model
 
     state = load_checkpoint(path, map_location)
-    cfg = config_from_dict(state["config"])
+    try:
+        cfg = config_from_dict(state["config"])
+        args = dict(state["model_args"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: not a seg_toolkit model checkpoint: its config / model_args entry is missing or "
+                              f"unreadable ({type(e).__name__}: {e})") from None
     # the checkpoint holds every weight: don't download or re-read the pretrained encoder (offline Kaggle kernels)
-    model = build_model(dataclasses.replace(cfg.model, encoder_weights=None), **state["model_args"])
-    model.load_state_dict(chosen_weights(state, cfg.train.use_ema if use_ema is None else use_ema))
+    model = build_model(dataclasses.replace(cfg.model, encoder_weights=None), **args)
+    try:
+        model.load_state_dict(chosen_weights(state, cfg.train.use_ema if use_ema is None else use_ema))
+    except RuntimeError as e:
+        raise CheckpointError(f"{path}: its weights do not fit the model its own config describes "
+                              f"({str(e).splitlines()[0]})") from None
     model.eval()
     return model.to(map_location), cfg
 

@@ -156,7 +156,12 @@ class Member:
 
                 model = OnnxModel(self.run.onnx_path(fold))
             else:
-                model, _ = load_model(self.run.best_pt(fold), map_location=device, use_ema=self.cfg.train.use_ema)
+                model, trained = load_model(self.run.best_pt(fold), map_location=device, use_ema=self.cfg.train.use_ema)
+                diff = diff_of_keys(trained, self.cfg, TRAINED_KEYS)
+                if diff:  # the run's config.yaml edited, or another run's best.pt copied in: preprocessing from one, model from the other
+                    raise ConfigError(f"{self.run.best_pt(fold)} was trained with other settings than {self.run.config_yaml} "
+                                      f"says ({'; '.join(diff[:6])}); the run folder's files disagree: restore its "
+                                      "config.yaml, or train the fold again")
             if self.cfg.model.channels_last and self.backend != "onnx":
                 model = model.to(memory_format=torch.channels_last)
             p = self.cfg.predict

@@ -228,6 +228,26 @@ def test_an_ensemble_json_with_bad_members_is_named(tmp_path):
             ens.members()
 
 
+def test_a_run_whose_config_and_checkpoints_disagree_is_refused(two_experiments, tmp_path):
+    """The run's config.yaml edited (mean/std: the submission changed silently, exit 0) or another run's best.pt copied
+    into a fold (a conv traceback): preprocessing comes from one, the model from the other, so the pair is checked."""
+    import shutil
+
+    a, b, _ = two_experiments
+    run = Run.of(a)
+    text = run.config_yaml.read_text()
+    edited = config_from_dict({**config_to_dict(a), "transforms": {**config_to_dict(a)["transforms"], "mean": [0.1, 0.2, 0.3]}})
+    save_config(edited, run.config_yaml)
+    with pytest.raises(ConfigError, match=r"fold_0/best.pt was trained with other settings than .*config.yaml says "
+                                          r"\(transforms.mean: "):
+        predict_test(run.config(), out=tmp_path / "x.csv")
+    run.config_yaml.write_text(text)
+    shutil.copyfile(Run.of(b).best_pt(0), run.best_pt(1))  # b's smaller U-Net in a's fold 1
+    with pytest.raises(ConfigError, match=r"fold_1/best.pt was trained with other settings .*model.base_width"):
+        predict_test(run.config(), out=tmp_path / "x.csv")
+    assert not (tmp_path / "x.csv").exists()
+
+
 def test_out_is_never_a_run_file_or_a_folder(two_experiments, tmp_path, capsys):
     """`predict --out RUN/fold_0/best.pt --overwrite` replaced the checkpoint with the CSV (exit 0); a folder as --out
     failed after every image was predicted; `ensemble --out existing.csv` was refused only after the ensemble run was made."""
