@@ -73,12 +73,27 @@ def run_predictor(cfg: Config) -> tuple[Run, Predictor]:
     check_same_training(cfg, run)
     for r in [m for m, _ in run.members()] if run.is_ensemble else [run]:
         check_oof_complete(r)  # post-processing tuned on OOF files an interrupted rewrite left mixed
+        _check_scored_folds(r)
     device = resolve_device(cfg.train.device)
     predictor = Predictor.from_run(run, cfg=None if run.is_ensemble else cfg, device=device,
                                    batch_size=cfg.predict.batch_size, num_workers=cfg.train.num_workers,
                                    backend=cfg.predict.backend)
     _warn_if_oof_differs(run, predictor)
     return run, predictor
+
+
+def _check_scored_folds(run: Run) -> None:
+    """The folds ``cv.json`` scored (and the post-processing was tuned on) must all still be there: a fold folder
+    deleted or its best.pt moved left predict submitting with the others (exit 0) while the CV described more."""
+    cv = read_json(run.cv_json)
+    scored = cv.get("folds") if isinstance(cv, dict) else None
+    if not isinstance(scored, list):
+        return
+    missing = [k for k in scored if k not in run.trained_folds()]
+    if missing:
+        raise FileNotFoundError(f"{run.dir}: fold(s) {missing} are scored in {run.cv_json.name} but have no finished model "
+                                f"(fold_<k>/best.pt and done.json); restore them, or train them again "
+                                f"(`seg-toolkit train CONFIG --resume`), so that the submission is what CV scored")
 
 
 def _warn_if_oof_differs(run: Run, predictor: Predictor) -> None:
@@ -211,7 +226,13 @@ def _expected_ids(cfg: Config, samples: list[Sample]) -> list[str] | None:
     path = cfg.data_path(cfg.data.sample_submission)
     if not path.is_file() or cfg.data.test_lists:
         return None
-    id_col = submission_columns(cfg)[0]
+    id_col, rle_col = submission_columns(cfg)
+    header = list(pd.read_csv(path, nrows=0).columns)
+    extra = [c for c in header if c not in (id_col, rle_col)]
+    if extra:  # written without them, the submission would fail check-submission (and the grader) on its columns
+        raise SubmissionError(f"{path}: columns {header}; a submission here has two, {id_col!r} and {rle_col!r}, so "
+                              f"{extra} could not be filled in; remove them from the sample, or set submission.id_column "
+                              "/ submission.rle_column if other columns are the ones to write")
     ids = pd.read_csv(path, dtype=str, keep_default_na=False, usecols=[id_col])[id_col].tolist()
     _check_sample_rows(cfg, path, ids, samples)
     return ids
@@ -232,9 +253,14 @@ def _check_sample_rows(cfg: Config, path: Path, ids: list[str], samples: list[Sa
             raise SubmissionError(f"{path} line {line}: id {row_id!r} again (first on line {seen[row_id]}); a sample "
                                   "submission names each row once")
         seen.setdefault(row_id, line)
-    unlisted = sorted({x.id for x in samples} - {made[row] for row in seen})
+    folder, d = cfg.data_path(cfg.data.test_images), cfg.data
+    on_disk = [] if d.instance_folders or not folder.is_dir() else [
+        p for p in folder.iterdir() if p.suffix.lower() == d.image_ext.lower() and p.is_file()]
+    listed = {made[row] for row in seen}  # ids, with the extension where the sample's carry it (Severstal)
+    unlisted = sorted(p.stem for p in on_disk if p.stem not in listed and p.name not in listed)
     if unlisted:
-        log.warning("%d test image(s) have no row in %s (e.g. %r): they are not submitted", len(unlisted), path, unlisted[0])
+        log.warning("%d test image(s) in %s have no row in %s (e.g. %r): they are not submitted", len(unlisted), folder,
+                    path, unlisted[0])
 
 
 def score_samples(cfg: Config, run: Run, predictor: Predictor, samples: list[Sample], target_cfg: Config,

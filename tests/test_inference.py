@@ -24,6 +24,7 @@ from seg_toolkit.inference import predict_test
 from seg_toolkit.predictor import Member, Predictor
 from seg_toolkit.rle import rle_decode
 from seg_toolkit.run import Run
+from seg_toolkit.submission import SubmissionError
 from seg_toolkit.submission import SubmissionWriter, check_submission, mask_rows
 from seg_toolkit.train import build_model_and_ema
 
@@ -245,6 +246,59 @@ def test_a_run_whose_config_and_checkpoints_disagree_is_refused(two_experiments,
     shutil.copyfile(Run.of(b).best_pt(0), run.best_pt(1))  # b's smaller U-Net in a's fold 1
     with pytest.raises(ConfigError, match=r"fold_1/best.pt was trained with other settings .*model.base_width"):
         predict_test(run.config(), out=tmp_path / "x.csv")
+    assert not (tmp_path / "x.csv").exists()
+
+
+def test_a_scored_fold_that_is_gone_stops_predict(two_experiments, tmp_path):
+    """A fold folder moved away: predict submitted with the other fold (exit 0) while cv.json scored both."""
+    import os
+
+    a, _, _ = two_experiments
+    run = Run.of(a)
+    run.cv_json.write_text(json.dumps({"score": 0.5, "folds": [0, 1]}))
+    os.replace(run.fold_dir(1), tmp_path / "fold_1_aside")
+    with pytest.raises(FileNotFoundError, match=r"fold\(s\) \[1\] are scored in cv.json but have no finished model"):
+        predict_test(a, out=tmp_path / "x.csv")
+    os.replace(tmp_path / "fold_1_aside", run.fold_dir(1))
+    assert predict_test(a, out=tmp_path / "x.csv").is_file()
+
+
+def test_test_images_without_a_sample_row_are_named(two_experiments, tmp_path, caplog):
+    """The samples come from the sample submission, so comparing with them never found an image the sample lacks;
+    the test folder is listed now."""
+    import logging
+    import shutil
+
+    from seg_toolkit.inference import _expected_ids
+
+    a, _, _ = two_experiments
+    samples = load_test_samples(a)
+    extra = samples[0].image.with_name("not_in_sample" + samples[0].image.suffix)
+    shutil.copyfile(samples[0].image, extra)
+    try:
+        with caplog.at_level(logging.WARNING, logger="seg_toolkit.inference"):
+            _expected_ids(a, load_test_samples(a))
+    finally:
+        extra.unlink()
+    assert "1 test image(s) in" in caplog.text and "(e.g. 'not_in_sample'): they are not submitted" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="seg_toolkit.inference"):
+        _expected_ids(a, load_test_samples(a))
+    assert "not submitted" not in caplog.text
+
+
+def test_a_sample_submission_with_a_column_the_submission_cannot_fill_is_refused(two_experiments, tmp_path):
+    """predict wrote two columns (exit 0) and check-submission then failed on the sample's third ('Usage')."""
+    import dataclasses
+
+    a, _, _ = two_experiments
+    sample = a.data_path(a.data.sample_submission)
+    df = pd.read_csv(sample, dtype=str, keep_default_na=False)
+    df.assign(Usage="Public").to_csv(tmp_path / "sample3.csv", index=False)
+    cfg = dataclasses.replace(a, data=dataclasses.replace(a.data, sample_submission=str(tmp_path / "sample3.csv")))
+    with pytest.raises(SubmissionError, match=r"sample3.csv: columns \[.*'Usage'\]; a submission here has two, .* so "
+                                              r"\['Usage'\] could not be filled in"):
+        predict_test(cfg, out=tmp_path / "x.csv")
     assert not (tmp_path / "x.csv").exists()
 
 
