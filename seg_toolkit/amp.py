@@ -88,6 +88,9 @@ def resolve_amp(requested: str, device: torch.device, recorded: dict[str, Any] |
     if requested != "auto":
         raise ConfigError(f"train.amp: expected auto, none, fp16 or bf16, got {requested!r}")
     if recorded and recorded.get("device_type") == kind and recorded.get("requested") == "auto":
+        if recorded.get("mode") not in ("none", "fp16", "bf16"):  # "fp64" ran as fp32, "bf16 " failed somewhere else
+            raise ConfigError(f"amp.json: mode {recorded.get('mode')!r} is not one of none, fp16, bf16; delete the run's "
+                              "amp.json to measure again")
         return AmpChoice(recorded["mode"], requested, recorded.get("reason", "recorded in amp.json"), kind,
                          dict(recorded.get("timings") or {}))
     if kind == "cuda":

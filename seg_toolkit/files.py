@@ -76,9 +76,12 @@ def read_json(path: str | Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except ValueError as e:
         raise ConfigError(f"{path}: not valid JSON ({e}); delete it or write it again") from None
+    if not isinstance(data, dict):  # every JSON file the toolkit writes is an object: a list here was .get() -> traceback
+        raise ConfigError(f"{path}: expected a JSON object ({{...}}), got {type(data).__name__}; delete it or write it again")
+    return data
 
 
 def write_npy(path: str | Path, array: np.ndarray) -> Path:

@@ -133,13 +133,13 @@ def test_auto_is_measured_once_and_used_by_training_and_inference(demo_root, tmp
 def test_validation_runs_in_the_precision_training_measured(demo_root, tmp_path, monkeypatch):
     """The measured choice (here: bf16 slower, so fp32) holds for the epoch's validation too, although the
     unmeasured rule would pick bf16 for this model (bf16 on a bf16 CPU)."""
-    import seg_toolkit.train as train_mod
+    import seg_toolkit.epoch as epoch_mod
 
     monkeypatch.setattr(amp_mod, "cpu_has_fast_bf16", lambda: True)
     monkeypatch.setattr(amp_mod, "measure_cpu_bf16", lambda *a, **k: {"fp32_s": 1.0, "bf16_s": 2.0})
     modes = []
-    real = train_mod.autocast
-    monkeypatch.setattr(train_mod, "autocast", lambda choice, device: (modes.append(choice.mode), real(choice, device))[1])
+    real = epoch_mod.autocast
+    monkeypatch.setattr(epoch_mod, "autocast", lambda choice, device: (modes.append(choice.mode), real(choice, device))[1])
     cfg = config_from_dict(demo_dict(demo_root, tmp_path / "runs", folds={"n_splits": 2, "method": "kfold", "seed": 0},
                                      train={"epochs": 1, "batch_size": 2, "amp": "auto"}))
     assert resolve_amp("auto", CPU).mode == "bf16"  # what the rule alone would say
