@@ -100,7 +100,9 @@ class OnnxModel(nn.Module):
     PyTorch model does. ``threads``: ONNX Runtime's intra-op threads (default: torch's).
     """
 
-    def __init__(self, path: str | Path, threads: int | None = None) -> None:
+    def __init__(self, path: str | Path, threads: int | None = None, expect: dict[str, Any] | None = None) -> None:
+        """``expect``: metadata the file must hold (the fold and the ``best.pt`` hash that ``export.json`` names), so a
+        file copied over another fold's, or exported from another checkpoint, is refused rather than used."""
         super().__init__()
         import onnxruntime as ort
 
@@ -108,10 +110,19 @@ class OnnxModel(nn.Module):
         options.intra_op_num_threads = threads or torch.get_num_threads()
         options.inter_op_num_threads = 1
         self.path = Path(path)
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime raises its own types (InvalidProtobuf, NoSuchFile, Fail)
+            raise ConfigError(f"{path}: not a readable ONNX model ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+                              "export the run again (seg-toolkit export RUN --format onnx)") from None
         meta = self.session.get_modelmeta().custom_metadata_map
         if meta.get(_MARK) != "1":
             raise ConfigError(f"{path}: not an export of seg_toolkit (no {_MARK} metadata); export the run again")
+        wrong = {k: (meta.get(k), str(v)) for k, v in (expect or {}).items() if meta.get(k) != str(v)}
+        if wrong:
+            raise ConfigError(f"{path}: its metadata says {', '.join(f'{k} {a!r}' for k, (a, _) in wrong.items())}, the run's "
+                              f"export.json {', '.join(f'{k} {b!r}' for k, (_, b) in wrong.items())}: a file of another fold "
+                              "or checkpoint; export the run again")
         self.multiple, self.min_size = int(meta["pad_multiple"]), int(meta.get("min_input_size", 0))
         self.input_name = self.session.get_inputs()[0].name
 

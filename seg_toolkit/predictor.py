@@ -154,7 +154,8 @@ class Member:
             if self.backend == "onnx":
                 from .export import OnnxModel
 
-                model = OnnxModel(self.run.onnx_path(fold))
+                entry = ((read_json(self.run.export_json) or {}).get("folds") or {}).get(str(fold)) or {}
+                model = OnnxModel(self.run.onnx_path(fold), expect={"fold": fold, "best_pt_sha256": entry.get("best_pt_sha256")})
             else:
                 model, trained = load_model(self.run.best_pt(fold), map_location=device, use_ema=self.cfg.train.use_ema)
                 diff = diff_of_keys(trained, self.cfg, TRAINED_KEYS)

@@ -155,6 +155,32 @@ def test_onnx_backend_errors_name_the_command(demo_root, tmp_path, monkeypatch):
     assert main(["predict", str(run.dir), "--set", "predict.backend=onnx"]) == 2
 
 
+def test_an_onnx_file_of_another_fold_or_damaged_is_refused(demo_root, tmp_path):
+    """fold_0.onnx copied over fold_1.onnx was used silently (another submission than torch's); a corrupt file was an
+    InvalidProtobuf traceback. Each file's own metadata (fold, best.pt hash) must be what export.json says."""
+    import shutil
+
+    cfg = _cfg(demo_root, tmp_path / "runs", model={"arch": "scratch_unet", "depth": 2, "base_width": 4},
+               folds={"n_splits": 2, "method": "kfold", "seed": 0}, predict={"batch_size": 4, "backend": "onnx"})
+    fake_run(cfg, seeds=(0, 1))
+    _write_folds(cfg)
+    export_run(cfg)
+    run = Run.of(cfg)
+    samples = load_test_samples(cfg)[:1]
+    original = run.onnx_path(1).read_bytes()
+    shutil.copyfile(run.onnx_path(0), run.onnx_path(1))
+    _, predictor = run_predictor(cfg)
+    with pytest.raises(ConfigError, match=r"fold_1.onnx: its metadata says fold '0'.*best_pt_sha256.*export.json fold '1'"):
+        list(predictor.iter_probs(samples))
+    run.onnx_path(1).write_bytes(original[: len(original) // 3])
+    _, predictor = run_predictor(cfg)
+    with pytest.raises(ConfigError, match=r"fold_1.onnx: not a readable ONNX model"):
+        list(predictor.iter_probs(samples))
+    run.onnx_path(1).write_bytes(original)
+    _, predictor = run_predictor(cfg)
+    assert len(list(predictor.iter_probs(samples))) == 1
+
+
 def test_a_users_file_at_an_export_path_is_not_replaced(demo_root, tmp_path):
     cfg = _cfg(demo_root, tmp_path / "runs")
     fake_run(cfg)
