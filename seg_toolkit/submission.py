@@ -200,6 +200,25 @@ def row_pixels(cfg: Config) -> dict[str, int]:
     return out
 
 
+def _ragged_line(path: Path) -> str | None:
+    """The first line whose number of fields differs from the header's (a trailing comma, an unquoted comma), named."""
+    import csv
+
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as fh:
+            rows = csv.reader(fh)
+            header = next(rows, None)
+            if header is None:
+                return None
+            for line, row in enumerate(rows, start=2):
+                if row and len(row) != len(header):
+                    more = " (a trailing comma?)" if len(row) == len(header) + 1 and row[-1] == "" else ""
+                    return f"{path} line {line}: {len(row)} fields, the header {len(header)}{more}"
+    except (UnicodeDecodeError, csv.Error):
+        return None  # pandas reports what it cannot read
+    return None
+
+
 def check_submission(
     csv_path: str | Path,
     sample_path: str | Path,
@@ -225,8 +244,11 @@ def check_submission(
         from .data.io import DataError
 
         raise DataError(f"{csv_path}: submission file not found" + (" (it is a folder)" if Path(csv_path).is_dir() else ""))
+    ragged = _ragged_line(Path(csv_path))
+    if ragged:  # a trailing comma on every row: pandas took the ids for an index and named RLE strings as ids
+        return [ragged]
     try:
-        sub = pd.read_csv(csv_path, dtype=str, keep_default_na=False, na_filter=False, encoding="utf-8-sig")
+        sub = pd.read_csv(csv_path, dtype=str, keep_default_na=False, na_filter=False, encoding="utf-8-sig", index_col=False)
     except Exception as e:
         return [f"{csv_path}: cannot be read as CSV ({type(e).__name__}: {' '.join(str(e).split())})"]
     from .data.sources import read_csv_strict  # lazy: the data package imports torch

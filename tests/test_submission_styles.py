@@ -480,3 +480,12 @@ def test_check_submission_cli_reads_instance_and_siim_rows(tmp_path, capsys):
                  "--empty-token", "-1"]) == 0
     assert main(["check-submission", str(siim), "--sample", str(sample), "--empty-token", "-1"]) == 1
     assert "line 2 (id 'a')" in capsys.readouterr().out
+
+
+def test_checker_names_a_row_with_more_fields_than_the_header(tmp_path):
+    """A trailing comma on every row: pandas read the ids as an index and reported the RLE strings as unknown ids."""
+    sample = tmp_path / "sample.csv"
+    sample.write_text("ImageId,EncodedPixels\np,\nq,\n")
+    ragged = _sub(tmp_path, "p,1 2,\nq,,\n")
+    assert check_submission(ragged, sample, n_pixels=12) == [f"{ragged} line 2: 3 fields, the header 2 (a trailing comma?)"]
+    assert check_submission(_sub(tmp_path, "p,1 2\nq,\n"), sample, n_pixels=12) == []
