@@ -337,3 +337,12 @@ def audit(cfg: Config, decode_images: bool = True) -> AuditResult:
     _check_image_range(res, cfg)
     log.info("audit of %s: %d samples, %d read, %d problem(s)", d.root, res.n_listed, res.n_read, len(res.problems))
     return res
+
+
+def __getattr__(name: str):
+    """``format_audit`` / ``write_audit`` live in :mod:`seg_toolkit.audit_report`; still importable from here."""
+    if name in ("format_audit", "write_audit"):
+        from . import audit_report
+
+        return getattr(audit_report, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
