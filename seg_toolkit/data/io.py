@@ -187,6 +187,15 @@ def _to_uint8(arr: np.ndarray, value_range: tuple[float, float], path: Path) -> 
     return np.floor(np.clip(scaled, 0.0, 255.0) + 0.5).astype(np.uint8)
 
 
+def _no_range(path: Path, what: str, arr: np.ndarray) -> DataError:
+    """The error for an image with no default range (32-bit, float): ``what`` names it, ``{span}`` its values."""
+    finite = arr[np.isfinite(arr)] if arr.dtype.kind == "f" else arr
+    span = f"{float(finite.min()):g}..{float(finite.max()):g}" if finite.size else "none finite"
+    return DataError(f"{path}: {what.format(span=span)} has no fixed range to read it over; set data.image_range: "
+                     "[low, high], the raw values that become 0 and 255 for every image (`seg-toolkit audit` reports "
+                     "the range over all files)")
+
+
 def read_image(path: str | Path, in_channels: int = 3, max_pixels: int = 50_000_000,
                pair: PairSplit | None = None, value_range: Sequence[float] | None = None) -> np.ndarray:
     """Read an image as ``uint8 (H, W, in_channels)``.
@@ -207,12 +216,8 @@ def read_image(path: str | Path, in_channels: int = 3, max_pixels: int = 50_000_
         arr = np.asarray(im)
         if value_range is None:
             if not im.mode.startswith("I;16"):
-                finite = arr[np.isfinite(arr)] if arr.dtype.kind == "f" else arr
-                span = f"{float(finite.min()):g}..{float(finite.max()):g}" if finite.size else "none finite"
                 kind = "32-bit float" if im.mode == "F" else "32-bit integer"
-                raise DataError(f"{path}: a {kind} image (PIL mode {im.mode}; values {span} in this file) has no fixed "
-                                "range to read it over; set data.image_range: [low, high], the raw values that become 0 "
-                                "and 255 for every image (`seg-toolkit audit` reports the range over all files)")
+                raise _no_range(path, f"a {kind} image (PIL mode {im.mode}; values {{span}} in this file)", arr)
             value_range = (0.0, 65535.0)
         im = Image.fromarray(_to_uint8(arr, value_range, path))
         value_range = None
@@ -244,11 +249,7 @@ def _read_array_image(path: Path, in_channels: int, max_pixels: int, pair: PairS
         if arr.dtype == np.uint16:
             value_range = (0.0, 65535.0)
         elif arr.dtype != np.uint8:
-            finite = arr[np.isfinite(arr)] if arr.dtype.kind == "f" else arr
-            span = f"{float(finite.min()):g}..{float(finite.max()):g}" if finite.size else "none finite"
-            raise DataError(f"{path}: a {arr.dtype} array (values {span} in this file) has no fixed range to read it "
-                            "over; set data.image_range: [low, high], the raw values that become 0 and 255 for every "
-                            "image (`seg-toolkit audit` reports the range over all files)")
+            raise _no_range(path, f"a {arr.dtype} array (values {{span}} in this file)", arr)
     if value_range is not None:
         arr = _to_uint8(arr, value_range, path)
     if pair is not None:
