@@ -89,7 +89,8 @@ def _check_scored_folds(run: Run) -> None:
     scored = cv.get("folds") if isinstance(cv, dict) else None
     if not isinstance(scored, list):
         return
-    missing = [k for k in scored if k not in run.trained_folds()]
+    trained = set(run.trained_folds())
+    missing = [k for k in scored if k not in trained]
     if missing:
         raise FileNotFoundError(f"{run.dir}: fold(s) {missing} are scored in {run.cv_json.name} but have no finished model "
                                 f"(fold_<k>/best.pt and done.json); restore them, or train them again "
