@@ -44,9 +44,10 @@ class NonFiniteLossError(SegToolkitError, FloatingPointError):
 class TrainingInterrupted(Exception):
     """Raised inside the epoch loop after a Ctrl-C, at the first optimiser-step boundary."""
 
-    def __init__(self, batches_done: int) -> None:
+    def __init__(self, batches_done: int, partial: dict | None = None) -> None:
         super().__init__(f"interrupted after {batches_done} batches")
         self.batches_done = batches_done
+        self.partial = partial or {}  # the loss sums so far, for the epoch's row once resumed (TrainState.partial)
 
 
 class GracefulStop:
@@ -101,7 +102,11 @@ def train_one_epoch(cfg, model, ema, loss_fn, optimizer, schedule, scaler, loade
     sync_every = 1 if device.type == "cpu" else 10
     names: list[str] = []
     sums: torch.Tensor | None = None
-    n_images, t0 = 0, time.perf_counter()
+    n_images, n_here, t0 = 0, 0, time.perf_counter()
+    if state.partial and get_dist().world_size == 1:  # resumed mid-epoch: the row averages the batches before it too
+        names, n_images = list(state.partial["names"]), int(state.partial["n_images"])
+        sums = torch.tensor(state.partial["sums"], dtype=torch.float32, device=device)
+    state.partial = {}
     bar = tqdm(loader, desc=f"fold {fold} epoch {epoch + 1}/{total_epochs or cfg.train.epochs}", leave=False, dynamic_ncols=True, disable=None)
     optimizer.zero_grad(set_to_none=True)
     for i, batch in enumerate(bar):
@@ -116,14 +121,15 @@ def train_one_epoch(cfg, model, ema, loss_fn, optimizer, schedule, scaler, loade
             schedule.step_update(state.step)
             if ema is not None:
                 ema.update(model, step=state.step)
-            if stop is not None and stop.requested:
-                raise TrainingInterrupted(i + 1)
         bs = images.shape[0]
         n_images += bs
+        n_here += bs
         if sums is None:
             names = ["loss", *terms]
         values = torch.stack([loss.detach(), *(terms[k] for k in names[1:])]).float() * bs
         sums = values if sums is None else sums + values
+        if stop is not None and stop.requested and ((i + 1) % accum == 0 or i + 1 == len(loader)):
+            raise TrainingInterrupted(i + 1, {"names": names, "sums": sums.tolist(), "n_images": n_images})
         if (i + 1) % sync_every == 0 or i + 1 == len(loader):
             host = sums.tolist()
             if not all(math.isfinite(v) for v in host):
@@ -135,10 +141,10 @@ def train_one_epoch(cfg, model, ema, loss_fn, optimizer, schedule, scaler, loade
                 )
             bar.set_postfix(loss=f"{host[0] / n_images:.4f}", img_s=f"{n_images / (time.perf_counter() - t0):.1f}")
     seconds = time.perf_counter() - t0
-    totals = get_dist().all_reduce_sum(torch.cat([sums.detach(), sums.new_tensor([n_images])]))
-    n_all = max(float(totals[-1]), 1.0)
-    stats = {f"train_{k}": v / n_all for k, v in zip(names, totals[:-1].tolist())}
-    stats["images_per_s"] = n_all / seconds
+    totals = get_dist().all_reduce_sum(torch.cat([sums.detach(), sums.new_tensor([n_images, n_here])]))
+    n_all = max(float(totals[-2]), 1.0)
+    stats = {f"train_{k}": v / n_all for k, v in zip(names, totals[:-2].tolist())}
+    stats["images_per_s"] = float(totals[-1]) / seconds  # the images of this call: a resumed epoch's time is its part
     return stats
 
 

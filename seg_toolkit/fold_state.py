@@ -36,6 +36,8 @@ class TrainState:
     top_k: list = dataclasses.field(default_factory=list)  # [score, epoch] of the kept best_e<epoch>.pt files
     epochs: int = 0  # the fold's planned epochs: train.epochs, or fewer under train.time_budget (budget.py); 0 before it was kept
     seconds: float = 0.0  # seconds spent on the ``batch`` batches done in epoch ``epoch``: counted into that epoch's time
+    # the loss sums of those batches ({"names", "sums", "n_images"}; one process only): the epoch's row averages them all
+    partial: dict = dataclasses.field(default_factory=dict)
 
 
 def update_best(state: TrainState, score: float, epoch: int, min_delta: float) -> bool:

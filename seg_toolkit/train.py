@@ -123,6 +123,7 @@ def train_attempt(cfg: Config, fold: int, samples: list[Sample], folds: pd.DataF
                                               state, fold, epoch, device, stop, amp, total_epochs=state.epochs)
             except TrainingInterrupted as e:
                 state.batch += e.batches_done
+                state.partial = e.partial
                 state.seconds += time.perf_counter() - t0  # the epoch's time so far: its row, once resumed, has it all
                 if d.is_main:
                     save_epoch(cfg, run, fold, model, ema, optimizer, schedule, scaler, state, improved=False)

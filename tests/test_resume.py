@@ -115,7 +115,7 @@ def test_truncated_checkpoint_falls_back_to_previous(demo_root, tmp_path, refere
 
 
 @pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
-def test_ctrl_c_saves_a_checkpoint_that_resumes_exactly(demo_root, tmp_path, reference, sig):
+def test_ctrl_c_saves_a_checkpoint_that_resumes_exactly(demo_root, tmp_path, reference, reference_runs, sig):
     runs = tmp_path / "runs"
     stopped = _run(_cfg(demo_root, runs), kill_at=5, signal_name=sig)  # second update of epoch 2
     assert stopped.returncode != 0
@@ -130,6 +130,10 @@ def test_ctrl_c_saves_a_checkpoint_that_resumes_exactly(demo_root, tmp_path, ref
     rows = pd.read_csv(runs / "t" / "fold_0" / "metrics.csv")
     assert list(rows["epoch"]) == [1, 2, 3]
     assert rows.loc[1, "seconds"] > before  # epoch 2's row: the time before the stop and after the resume
+    # and its losses average all of epoch 2's batches, as the uninterrupted run's row (was: only those after the resume)
+    ref = pd.read_csv(reference_runs / "t" / "fold_0" / "metrics.csv")
+    losses = [c for c in ref.columns if c.startswith("train_")]
+    assert losses and rows[losses].values.tolist() == ref[losses].values.tolist()
     assert _weights(runs)["train_state"]["seconds"] == 0.0
 
 
