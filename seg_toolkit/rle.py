@@ -121,11 +121,11 @@ class RLESpec:
         if self.is_empty(rle):
             return np.empty(0, np.int64), np.empty(0, np.int64)
         tokens = rle.split()
-        if len(tokens) % 2:
-            raise RLEError(f"{ctx}RLE has an odd number of tokens ({len(tokens)}); expected 'start length' pairs")
-        if not _ALL_INTS.fullmatch(rle):
+        if not _ALL_INTS.fullmatch(rle):  # first: a lone 'nan' is a non-number, not an odd count
             bad = next(t for t in tokens if not _INT.fullmatch(t))
             raise RLEError(f"{ctx}RLE token {bad!r} is not an integer; expected 'start length' pairs")
+        if len(tokens) % 2:
+            raise RLEError(f"{ctx}RLE has an odd number of tokens ({len(tokens)}); expected 'start length' pairs")
         try:
             values = np.array(tokens, dtype=np.int64)
         except OverflowError:

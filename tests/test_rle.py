@@ -60,6 +60,8 @@ def test_area_without_decoding():
         ("a 2", "'a' is not an integer"),
         ("1.5 2", "'1.5' is not an integer"),
         ("nan nan", "'nan' is not an integer"),
+        ("nan", "'nan' is not an integer"),  # a lone nan (pandas wrote NaN): a non-number, not an odd count
+        ("1 2 x", "'x' is not an integer"),
         ("0 2", "start 0 (pair 1) is < 1"),
         ("-3 2", "start -3"),
         ("1 0", "length 0 (pair 1) is < 1"),
