@@ -133,7 +133,7 @@ def check_out(cfg: Config, out: Path, overwrite: bool, runs: list[Path] | None =
     if runs is None:
         run = Run.of(cfg)
         runs = [run.dir] + ([m.dir for m, _ in run.members()] if run.is_ensemble else [])
-    check_not_run_file(out, runs, ",".join(submission_columns(cfg)), what)
+    check_not_run_file(out, runs, ",".join(submission_columns(cfg)), what, Path(cfg.data.root))
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; pass --overwrite to replace it, or --out for another file")
 

@@ -73,21 +73,25 @@ def check_not_input(cfg: Config, path: Path, what: str) -> None:
                               "(--overwrite never replaces the data)")
 
 
-def check_not_run_file(path: Path, runs: list[Path], header: str, what: str) -> None:
-    """Refuse an output that is a folder, or an existing file inside a run folder the command reads unless it is an
-    earlier submission (its first line is ``header``): ``predict --out runs/x/fold_0/best.pt --overwrite`` replaced
-    the checkpoint with the CSV."""
+def check_not_run_file(path: Path, runs: list[Path], header: str, what: str, data_root: Path | None = None) -> None:
+    """Refuse an output that is a folder, an existing file inside ``data_root`` (``--out data/test_solution.csv
+    --overwrite`` replaced the user's answers, whose header is a submission's), or an existing file inside a run
+    folder the command reads unless it is an earlier submission (its first line is ``header``): ``predict --out
+    runs/x/fold_0/best.pt --overwrite`` replaced the checkpoint with the CSV."""
     path = Path(path)
     if path.is_dir():
         raise ConfigError(f"{what} {path} is a folder; name a file, e.g. {path / 'submission.csv'}")
     if not path.exists():
         return
     here = path.resolve()
+    earlier_submission = _first_line(path).lstrip("\ufeff").rstrip("\r\n") == header
     for run in runs:
-        r = Path(run).resolve()
-        if r in here.parents and _first_line(path).lstrip("\ufeff").rstrip("\r\n") != header:
+        if Path(run).resolve() in here.parents and not earlier_submission:
             raise ConfigError(f"{what} {path} is a file of the run {run}, which this command reads; write the submission "
                               "elsewhere (--overwrite never replaces a run's files)")
+    if data_root is not None and Path(data_root).resolve() in here.parents:
+        raise ConfigError(f"{what} {path} is a file in data.root {data_root}; write the submission elsewhere (--overwrite "
+                          "never replaces the data)")
 
 
 def delete_path(target: Path, announce: bool = True) -> None:

@@ -316,6 +316,10 @@ def test_out_is_never_a_run_file_or_a_folder(two_experiments, tmp_path, capsys):
     assert best.read_bytes() == before
     assert main(["predict", paths[0], "--out", str(tmp_path), "--overwrite"]) == 2
     assert "is a folder; name a file" in capsys.readouterr().err
+    answers = Path(a.data.root) / "test_solution.csv"  # in data.root but named by no config key: the user's answers
+    before_answers = answers.read_bytes()
+    assert main(["predict", paths[0], "--out", str(answers), "--overwrite"]) == 2
+    assert "is a file in data.root" in capsys.readouterr().err and answers.read_bytes() == before_answers
     inside = run.dir / "my_submission.csv"  # a submission kept in the run folder may be written again
     assert main(["predict", paths[0], "--out", str(inside)]) == 0
     assert main(["predict", paths[0], "--out", str(inside), "--overwrite"]) == 0
@@ -383,7 +387,8 @@ def test_empty_token_written_and_checked(tmp_path, token):
         bad = tmp_path / f"bad{other}.csv"
         bad.write_text(f"id,rle\ne,{other}\nf,2 2 5 1\n")
         problems = check_submission(bad, sample, empty_tokens=(token,))
-        assert len(problems) == 1 and "line 2 (id 'e')" in problems[0] and "odd number of tokens" in problems[0]
+        expected = "odd number of tokens" if other == "-1" else "token '-' is not an integer"  # '-1' is one integer
+        assert len(problems) == 1 and "line 2 (id 'e')" in problems[0] and expected in problems[0]
 
 
 def test_empty_cell_rejected_when_the_token_is_minus_one(tmp_path):
