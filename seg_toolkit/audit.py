@@ -44,7 +44,7 @@ from tqdm.auto import tqdm
 
 from .config import IGNORE_INDEX, Config, ConfigError
 from .data import DataError, Sample, class_names, load_target, read_image
-from .data.io import WIDE_MODES, image_size, is_array_image, sixteen_bit, wide_values
+from .data.io import WIDE_MODES, image_size, is_array_image, narrow_sixteen_bit, sixteen_bit, wide_values
 from .data.masks import mask_ids, train_rle_spec
 from .data.sources import list_train_samples
 from .rle import rle_area
@@ -250,7 +250,7 @@ def _check_image_range(res: AuditResult, cfg: Config) -> None:
     if cfg.data.image_range is not None:
         return
     for mode, (lo, hi) in res.wide_values.items():
-        if sixteen_bit(mode) and hi - lo < 65536 / 4:
+        if narrow_sixteen_bit(mode, lo, hi):
             n = sum(k for m, k in res.image_modes.items() if sixteen_bit(m))
             res.add("image_range", cfg.data_path(cfg.data.train_images),
                     f"16-bit images ({mode}) hold values {lo:g}..{hi:g} over all {n} file(s); read over 0..65535 "

@@ -115,7 +115,8 @@ def train_one_epoch(cfg, model, ema, loss_fn, optimizer, schedule, scaler, loade
             out = model(images)
         loss, terms = model_loss(loss_fn, out, target, cfg.model.deep_supervision, cfg.model.classifier)
         scaler.scale(loss / accum).backward()
-        if (i + 1) % accum == 0 or i + 1 == len(loader):
+        boundary = (i + 1) % accum == 0 or i + 1 == len(loader)  # an optimiser step ends here
+        if boundary:
             optimizer_step(cfg, model, optimizer, scaler)
             state.step += 1
             schedule.step_update(state.step)
@@ -128,7 +129,7 @@ def train_one_epoch(cfg, model, ema, loss_fn, optimizer, schedule, scaler, loade
             names = ["loss", *terms]
         values = torch.stack([loss.detach(), *(terms[k] for k in names[1:])]).float() * bs
         sums = values if sums is None else sums + values
-        if stop is not None and stop.requested and ((i + 1) % accum == 0 or i + 1 == len(loader)):
+        if stop is not None and stop.requested and boundary:
             raise TrainingInterrupted(i + 1, {"names": names, "sums": sums.tolist(), "n_images": n_images})
         if (i + 1) % sync_every == 0 or i + 1 == len(loader):
             host = sums.tolist()

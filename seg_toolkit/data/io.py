@@ -24,7 +24,8 @@ from ..rle import RLEError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DataError", "RLERowError", "PairSplit", "read_image", "wide_values", "WIDE_MODES", "ARRAY_EXTS", "is_array_image", "sixteen_bit", "read_mask", "read_mask_array", "image_size", "read_csv_strict",
+__all__ = ["DataError", "RLERowError", "PairSplit", "read_image", "wide_values", "WIDE_MODES", "ARRAY_EXTS", "is_array_image", "sixteen_bit",
+           "narrow_sixteen_bit", "read_mask", "read_mask_array", "image_size", "read_csv_strict",
            "IMAGE_EXTS"]
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".gif", ".npy")
@@ -175,6 +176,12 @@ def wide_values(path: str | Path, max_pixels: int = 50_000_000) -> tuple[str, fl
 def sixteen_bit(mode: str) -> bool:
     """A :func:`wide_values` mode of 16-bit values (read over 0..65535 without ``data.image_range``)."""
     return mode.startswith("I;16") or mode == "npy uint16"
+
+
+def narrow_sixteen_bit(mode: str, lo: float, hi: float) -> bool:
+    """16-bit values spanning under a quarter of 0..65535: read over all of it, they keep under 64 grey levels
+    (12-bit microscopy: 17), the case for ``data.image_range``."""
+    return sixteen_bit(mode) and hi - lo < 65536 / 4
 
 
 def _to_uint8(arr: np.ndarray, value_range: tuple[float, float], path: Path) -> np.ndarray:

@@ -36,7 +36,7 @@ from ..files import read_oof
 from ..rle import RLEError, RLESpec
 from .colors import VOID_ID, check_color_masks, class_names, color_table, colors_to_ids
 from .instances import instance_ids
-from .io import DataError, RLERowError, _ext_hint, image_size, read_image, read_mask_array, sixteen_bit, wide_values
+from .io import DataError, RLERowError, _ext_hint, image_size, narrow_sixteen_bit, read_image, read_mask_array, sixteen_bit, wide_values
 
 if TYPE_CHECKING:  # pragma: no cover
     from .sources import Sample
@@ -204,7 +204,7 @@ def _check_first_image_values(sample: Sample, cfg: Config) -> None:
     mode, lo, hi = wide
     if not sixteen_bit(mode):
         read_image(sample.image, d.in_channels, d.max_image_pixels, pair=sample.pair)  # raises, naming the file and range
-    elif hi - lo < 65536 / 4:
+    elif narrow_sixteen_bit(mode, lo, hi):
         log.warning("%s: a 16-bit image with values %g..%g, read over 0..65535 as 0..%d of 0..255; if the images hold "
                     "fewer bits (12-bit microscopy), set data.image_range (`seg-toolkit audit` measures it over all files)",
                     sample.image, lo, hi, round(hi * 255 / 65535))
