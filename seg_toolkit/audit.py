@@ -43,9 +43,11 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .config import IGNORE_INDEX, Config, ConfigError
-from .data import DataError, Sample, class_names, load_target, read_image
+from .data import DataError, Sample, class_names, load_target
 from .data.io import WIDE_MODES, image_size, is_array_image, narrow_sixteen_bit, sixteen_bit, wide_values
 from .data.masks import mask_ids, train_rle_spec
+from .data.bands import band_image_files, bands_of
+from .data.sample import read_config_image
 from .data.sources import list_train_samples
 from .rle import rle_area
 
@@ -159,10 +161,12 @@ def _listed_samples(cfg: Config, res: AuditResult) -> list[_Listed]:
     layout), each problem collected instead of raised; then mask files without an image (plain folder layout)."""
     d = cfg.data
     samples, bad = list_train_samples(cfg, res.add)
-    plain_folder = d.layout == "folder" and not (d.train_lists or d.pair_split or d.instance_folders or d.mask_per_class)
-    masks, images = cfg.data_path(d.train_masks), cfg.data_path(d.train_images)
+    plain_folder = d.layout == "folder" and not (d.train_lists or d.pair_split or d.instance_folders or d.mask_per_class
+                                                 or d.bands.mask)
+    masks, images, bands = cfg.data_path(d.train_masks), cfg.data_path(d.train_images), bands_of(cfg)
     if plain_folder and masks.is_dir() and images.is_dir():
-        stems = {p.stem for p in images.iterdir() if p.suffix.lower() == d.image_ext.lower()}
+        stems = ({p.parent.name for p in band_image_files(images, bands)[0]} if bands else
+                 {p.stem for p in images.iterdir() if p.suffix.lower() == d.image_ext.lower()})
         for m in sorted(masks.iterdir()):
             if m.name.lower().endswith(d.mask_ext.lower()) and m.name[: -len(d.mask_ext)] not in stems:
                 res.add("orphan_mask", m, f"{m}: mask without an image ({images / (m.name[: -len(d.mask_ext)] + d.image_ext)} "
@@ -177,8 +181,7 @@ def _check_image(s: Sample, cfg: Config, res: AuditResult, decode: bool) -> Opti
     """The image's (height, width), its mode counted; None (and a problem) when it cannot be read."""
     try:
         if decode:
-            hw = read_image(s.image, cfg.data.in_channels, cfg.data.max_image_pixels, pair=s.pair,
-                            value_range=cfg.data.image_range).shape[:2]
+            hw = read_config_image(s.image, cfg, s.pair).shape[:2]
         else:
             if s.image.is_file() and s.image.stat().st_size == 0:
                 raise DataError(f"{s.image}: file is empty (0 bytes)")
@@ -187,7 +190,12 @@ def _check_image(s: Sample, cfg: Config, res: AuditResult, decode: bool) -> Opti
         res.add(_kind(str(e), "image"), s.image, str(e))
         return None
     try:
-        if is_array_image(s.image):
+        if bands_of(cfg) is not None:  # the folder's bands stacked, as training reads them
+            b = bands_of(cfg)
+            res.image_modes[f"band folder: {len(b.files)} x npy {np.load(s.image, mmap_mode='r').dtype}" +
+                            (" as the ash colour" if b.ash else "")] += 1
+            wide = decode and not b.ash
+        elif is_array_image(s.image):
             arr = np.load(s.image, mmap_mode="r", allow_pickle=False)
             res.image_modes[f"npy {arr.dtype} x{arr.shape[2] if arr.ndim == 3 else 1}"] += 1
             wide = decode and arr.dtype != np.uint8 and arr.dtype.kind != "b"
@@ -198,8 +206,9 @@ def _check_image(s: Sample, cfg: Config, res: AuditResult, decode: bool) -> Opti
     except Exception:  # read above, so this does not happen; the mode is only informative
         res.image_modes["?"] += 1
         wide = False
+    wide = wide and wide_values(s.image, cfg.data.max_image_pixels, bands_of(cfg))  # None: the ash colour (fixed ranges)
     if wide:
-        mode, lo, hi = wide_values(s.image, cfg.data.max_image_pixels)
+        mode, lo, hi = wide
         span = res.wide_values.setdefault(mode, [lo, hi])
         span[:] = [min(span[0], lo), max(span[1], hi)]
     res.image_sizes[(int(hw[0]), int(hw[1]))] += 1

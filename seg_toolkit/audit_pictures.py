@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any, Optional
 import numpy as np
 
 from .config import IGNORE_INDEX, Config, ConfigError
-from .data import DataError, EpochSampler, Sample, SegDataset, class_colors, class_names, load_target, read_image
+from .data import DataError, EpochSampler, Sample, SegDataset, class_colors, class_names, load_target
+from .data.sample import read_config_image
 
 if TYPE_CHECKING:  # pragma: no cover
     from .audit import AuditResult
@@ -74,7 +75,7 @@ def _sample_tiles(cfg: Config, samples: list[Sample], colors: np.ndarray, painte
     tiles = []
     for s in samples:
         try:
-            image = read_image(s.image, cfg.data.in_channels, cfg.data.max_image_pixels, pair=s.pair, value_range=cfg.data.image_range)
+            image = read_config_image(s.image, cfg, s.pair)
             target = load_target(s, cfg, image.shape[:2])
         except (DataError, ConfigError) as e:  # a header-only audit did not decode it
             log.warning("audit picture: %s", e)

@@ -41,6 +41,19 @@ Task = Literal["binary", "multilabel", "multiclass"]
 
 
 @dataclass
+class BandsConfig:
+    """Each image is a folder ``<id>/`` of one ``.npy`` file per band (Google contrails: ``band_08.npy`` ..
+    ``band_16.npy``, ``(H, W, T)`` each; seg_toolkit/data/bands.py)."""
+
+    files: list[str] = field(default_factory=list)  # band file names without data.image_ext, in channel order; [] = off
+    frame: Optional[int] = None  # (H, W, T) band files: the time step taken (contrails: 4, the labelled one)
+    # files are bands 11, 14, 15: the contrails ash false colour (R = b15 - b14 over -4..2 K, G = b14 - b11 over
+    # -4..5 K, B = b14 over 243..303 K), 3 channels, no data.image_range; false: raw bands over data.image_range
+    ash: bool = False
+    mask: Optional[str] = None  # folder layout: the mask file in each image's folder (contrails: human_pixel_masks.npy)
+
+
+@dataclass
 class DataConfig:
     root: str = "data/demo"  # competition folder; every path below is relative to it
     task: Task = "binary"
@@ -99,6 +112,7 @@ class DataConfig:
     # else: [0, 4095] for 12-bit microscopy in 16-bit files. null: 8-bit files as they are, 16-bit over 0..65535;
     # 32-bit integer and float images need it (seg_toolkit.data.io.read_image)
     image_range: Optional[list[float]] = None
+    bands: BandsConfig = field(default_factory=BandsConfig)  # images as folders of band files (contrails)
     group_column: Optional[str] = None  # column of train_csv used by GroupKFold
     group_pattern: Optional[str] = None  # or a regex whose first group, matched on each id, is its group (e.g. "^([^_]+)_")
     test_images: str = "test/images"

@@ -18,7 +18,7 @@ __all__ = ["check_data_config", "LOSSY_MASK_EXTS"]
 
 def check_data_config(cfg: Config) -> None:
     """Every rule on ``data.*`` keys, in order."""
-    for check in (_check_data, _check_masks, _check_mask_layouts):
+    for check in (_check_data, _check_masks, _check_mask_layouts, _check_bands):
         check(cfg)
 
 
@@ -259,3 +259,55 @@ def _check_mask_layouts(cfg: Config) -> None:
             if not n or any(c in n for c in "/\\\x00") or n in (".", ".."):
                 raise ConfigError(f"data.class_names[{i}]: {n!r} names a folder or file of data.mask_per_class; "
                                   "it cannot be empty or hold a path separator")
+
+
+def _check_bands(cfg: Config) -> None:
+    """``data.bands``: images as folders of ``.npy`` band files; its channels, range and mask file fit."""
+    d, b = cfg.data, cfg.data.bands
+    if not b.files:
+        for key, default in (("frame", None), ("ash", False), ("mask", None)):
+            if getattr(b, key) != default:
+                raise ConfigError(f"data.bands.{key}: only used with data.bands.files (images as folders of band files)")
+        return
+    for i, f in enumerate(b.files):
+        if not f or f != f.strip() or "/" in f or "\\" in f or f in (".", ".."):
+            raise ConfigError(f"data.bands.files[{i}]: expected a band file name in each image's folder, without "
+                              f"{d.image_ext}, e.g. band_11; got {f!r}")
+    twice = sorted({f for f in b.files if b.files.count(f) > 1})
+    if twice:
+        raise ConfigError(f"data.bands.files: listed more than once: {', '.join(map(repr, twice))}")
+    if d.image_ext.lower() not in ARRAY_EXTS:
+        raise ConfigError(f"data.image_ext: band files are .npy arrays (data.bands); got {d.image_ext!r}")
+    if b.frame is not None and b.frame < 0:
+        raise ConfigError(f"data.bands.frame: expected the time step of (height, width, time) band files, >= 0, got {b.frame}")
+    if b.ash:
+        numbers = [re.search(r"(\d+)$", f) for f in b.files]
+        if len(b.files) != 3 or (all(numbers) and [int(m.group(1)) for m in numbers] != [11, 14, 15]):
+            raise ConfigError(f"data.bands.ash: the ash false colour is made of bands 11, 14 and 15, in that order "
+                              f"(e.g. [band_11, band_14, band_15]); data.bands.files is {b.files}")
+        if d.in_channels != 3:
+            raise ConfigError(f"data.in_channels: the ash false colour has 3 channels; got {d.in_channels}")
+        if d.image_range is not None:
+            raise ConfigError("data.image_range: the ash false colour has fixed ranges (data.bands.ash); remove it")
+    else:
+        if d.in_channels != len(b.files):
+            raise ConfigError(f"data.in_channels: {len(b.files)} band file(s) in data.bands.files make {len(b.files)} "
+                              f"channel(s); got {d.in_channels}")
+        if d.image_range is None:
+            raise ConfigError("data.image_range: band values (brightness temperatures, reflectances) have no fixed range; "
+                              "set [low, high], the raw values that become 0 and 255 for every band (`seg-toolkit "
+                              "audit` reports the range over all folders), or data.bands.ash for the contrails colour")
+    others = [k for k, on in (("data.pair_split", d.pair_split), ("data.instance_folders", d.instance_folders),
+                              ("data.mask_per_class", d.mask_per_class), ("data.train_lists", d.train_lists),
+                              ("data.test_lists", d.test_lists)) if on]
+    if others:
+        raise ConfigError(f"data.bands: images as folders of band files do not combine with {', '.join(others)}")
+    if b.mask is not None:
+        if d.layout != "folder":
+            raise ConfigError(f"data.bands.mask: the mask file in each image's folder is the folder layout's; data.layout "
+                              f"is {d.layout} (its masks are data.train_csv's rows)")
+        if not b.mask or "/" in b.mask or "\\" in b.mask or b.mask in (".", ".."):
+            raise ConfigError(f"data.bands.mask: expected a file name in each image's folder, e.g. human_pixel_masks.npy; "
+                              f"got {b.mask!r}")
+        if b.mask.removesuffix(d.image_ext) in b.files:
+            raise ConfigError(f"data.bands.mask: {b.mask!r} is one of data.bands.files")

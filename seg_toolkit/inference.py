@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 from .files import atomic_write, read_json, write_json, write_npy
 from .config import Config, ConfigError
 from .data import DataError, Sample, class_colors, class_names, load_list_samples, load_test_samples, load_train_samples
+from .data.bands import band_image_files, bands_of, image_id_of
 from .device import resolve_device
 from .evaluator import Evaluator
 from .postprocess import apply_postprocess, load_params
@@ -255,10 +256,11 @@ def _check_sample_rows(cfg: Config, path: Path, ids: list[str], samples: list[Sa
                                   "submission names each row once")
         seen.setdefault(row_id, line)
     folder, d = cfg.data_path(cfg.data.test_images), cfg.data
-    on_disk = [] if d.instance_folders or not folder.is_dir() else [
+    bands = bands_of(cfg)
+    on_disk = [] if d.instance_folders or not folder.is_dir() else band_image_files(folder, bands)[0] if bands else [
         p for p in folder.iterdir() if p.suffix.lower() == d.image_ext.lower() and p.is_file()]
     listed = {made[row] for row in seen}  # ids, with the extension where the sample's carry it (Severstal)
-    unlisted = sorted(p.stem for p in on_disk if p.stem not in listed and p.name not in listed)
+    unlisted = sorted(image_id_of(p, bands) for p in on_disk if image_id_of(p, bands) not in listed and p.name not in listed)
     if unlisted:
         log.warning("%d test image(s) in %s have no row in %s (e.g. %r): they are not submitted", len(unlisted), folder,
                     path, unlisted[0])

@@ -28,6 +28,7 @@ from .checkpoint import load_model
 from .models.presence import has_presence, split_presence
 from .config import Config, ConfigError, config_diff, config_to_dict
 from .data import DataError, Sample, build_transforms, load_target, read_image
+from .data.bands import bands_of
 from .data.dataset import target_to_tensor
 from .amp import resolve_amp
 from .device import autocast, resolve_device
@@ -44,7 +45,8 @@ __all__ = ["Member", "Predictor", "tta_settings", "check_same_training", "TRAINE
 #: Config keys fixed by training: what a trained run's models were made with and its OOF
 #: files were predicted with. A command line that changes one of them for an existing run
 #: is refused (``seg-toolkit oof`` remakes the OOF after a change of the predict keys).
-TRAINED_KEYS = ("data.task", "data.num_classes", "data.in_channels", "data.image_range", "data.ignore_index", "transforms.resize",
+TRAINED_KEYS = ("data.task", "data.num_classes", "data.in_channels", "data.image_range", "data.bands.files",
+                "data.bands.frame", "data.bands.ash", "data.ignore_index", "transforms.resize",
                 "transforms.mean", "transforms.std", "model.arch", "model.encoder", "model.depth", "model.base_width",
                 "model.norm", "model.upsample", "model.dropout", "model.params.", "model.classifier", "train.use_ema")
 # not in it: model.encoder_weights (a checkpoint holds every weight; offline kernels set it to null),
@@ -145,7 +147,8 @@ class Member:
         """What decides the model's input: equal keys share one decoded, transformed image."""
         t = self.cfg.transforms
         d = self.cfg.data
-        return (d.in_channels, tuple(d.image_range or ()), tuple(t.resize or ()), tuple(t.mean), tuple(t.std))
+        return (d.in_channels, tuple(d.image_range or ()), bands_of(self.cfg), tuple(t.resize or ()), tuple(t.mean),
+                tuple(t.std))
 
     def model(self, fold: int, device: torch.device) -> nn.Module:
         if fold not in self._models:
@@ -206,9 +209,10 @@ class _Inputs(Dataset):
         decoded: dict[tuple, np.ndarray] = {}
         images = {}
         for key in self.keys:
-            how = key[:2]  # in_channels, image_range
+            how = key[:3]  # in_channels, image_range, bands
             if how not in decoded:
-                decoded[how] = read_image(s.image, how[0], self.max_pixels, pair=s.pair, value_range=how[1] or None)
+                decoded[how] = read_image(s.image, how[0], self.max_pixels, pair=s.pair, value_range=how[1] or None,
+                                          bands=how[2])
             out = self.transforms[key](image=decoded[how])["image"]
             images[key] = torch.from_numpy(out.transpose(2, 0, 1).copy())
         hw = next(iter(decoded.values())).shape[:2]

@@ -20,6 +20,7 @@ from scipy import ndimage
 import seg_toolkit.data as data_pkg
 import seg_toolkit.data.dataset as dataset_mod
 import seg_toolkit.data.io as io_mod
+import seg_toolkit.data.sample as sample_mod
 import seg_toolkit.data.sources as sources_mod
 from seg_toolkit.config import IGNORE_INDEX, Config, config_from_dict
 from seg_toolkit.cv import compute_cv
@@ -223,8 +224,9 @@ def test_never_reads_test_images_or_test_predictions(blob_run, monkeypatch):
 
     for mod in (data_pkg, sources_mod):
         monkeypatch.setattr(mod, "load_test_samples", refuse)
-    for mod in (data_pkg, io_mod, dataset_mod):
+    for mod in (data_pkg, io_mod, sample_mod):
         monkeypatch.setattr(mod, "read_image", refuse)
+    monkeypatch.setattr(dataset_mod, "read_config_image", refuse)
     loaded: list[Path] = []
     real_load = np.load
     monkeypatch.setattr(np, "load", lambda path, *a, **k: loaded.append(Path(path)) or real_load(path, *a, **k))

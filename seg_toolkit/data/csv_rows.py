@@ -27,6 +27,7 @@ from ..config import Config, ConfigError
 from ..rle import RLEError, RLESpec
 from .io import IMAGE_EXTS, DataError, RLERowError, _line, read_csv_strict
 from .masks import train_rle_spec
+from .bands import band_image_files, bands_of, image_id_of
 from .sample import Sample, check_id, image_path
 
 log = logging.getLogger(__name__)
@@ -151,7 +152,7 @@ def read_train_csv(cfg: Config, on_problem: OnProblem = raise_problem) -> tuple[
         slots[c - 1].append(rle)
     images = cfg.data_path(d.train_images)
     samples = [
-        Sample(i, image_path(images, i, d.image_ext), rles=tuple(union_rle(r, spec) for r in per_class),
+        Sample(i, image_path(images, i, d.image_ext, bands_of(cfg)), rles=tuple(union_rle(r, spec) for r in per_class),
                group=groups[i], where=f"{path} line {_line(first[i])}")
         for i, per_class in rows.items()
     ]
@@ -176,7 +177,9 @@ def unlisted_samples(cfg: Config, listed: list[Sample], on_problem: OnProblem | 
         return []  # check_train_samples names the missing images
     paths = {s.image for s in listed}
     exts = {d.image_ext.lower()} | {p.suffix.lower() for p in paths}
-    unlisted = sorted(p for p in images.iterdir() if p.suffix.lower() in exts and p not in paths and p.is_file())
+    bands = bands_of(cfg)
+    on_disk = band_image_files(images, bands)[0] if bands else [p for p in images.iterdir() if p.suffix.lower() in exts and p.is_file()]
+    unlisted = sorted(p for p in on_disk if p not in paths)
     if not unlisted:
         return []
     csv = cfg.data_path(d.train_csv)
@@ -196,4 +199,5 @@ def unlisted_samples(cfg: Config, listed: list[Sample], on_problem: OnProblem | 
     log.info("%s: trained on as empty masks (data.unlisted_images: empty)", head)
     with_ext = Path(listed[0].id).suffix.lower() in IMAGE_EXTS  # ids carry the extension (Severstal)
     n = len(listed[0].rles or ("",))
-    return [Sample(p.name if with_ext else p.stem, p, rles=("",) * n, where=f"{p} (no row in {csv})") for p in unlisted]
+    return [Sample(image_id_of(p, bands) if not with_ext else p.name, p, rles=("",) * n, where=f"{p} (no row in {csv})")
+            for p in unlisted]

@@ -17,7 +17,8 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from ..config import Config, ConfigError
-from .io import DataError, read_image
+from .io import DataError
+from .sample import read_config_image
 from .sources import Sample, load_target
 
 log = logging.getLogger(__name__)
@@ -99,7 +100,7 @@ class SegDataset(Dataset):
         index, seed = key if isinstance(key, tuple) else (key, None)
         sample = self.samples[index]
         cfg = self.cfg
-        image = read_image(sample.image, cfg.data.in_channels, cfg.data.max_image_pixels, pair=sample.pair, value_range=cfg.data.image_range)
+        image = read_config_image(sample.image, cfg, sample.pair)
         hw = image.shape[:2]
         item: dict[str, Any] = {"id": sample.id, "index": index, "size": torch.tensor(hw)}
         if seed is not None:

@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["DataError", "RLERowError", "PairSplit", "read_image", "wide_values", "WIDE_MODES", "ARRAY_EXTS", "is_array_image", "sixteen_bit",
            "narrow_sixteen_bit", "read_mask", "read_mask_array", "image_size", "read_csv_strict",
-           "IMAGE_EXTS"]
+           "IMAGE_EXTS", "check_array_header"]
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".gif", ".npy")
 #: image files that are numpy arrays ``(H, W)`` or ``(H, W, C)``, any number of channels (multispectral bands,
@@ -112,8 +112,9 @@ def _check_file(path: Path) -> None:
         raise DataError(f"{path}: file is empty (0 bytes)")
 
 
-def _open_array(path: Path, max_pixels: int) -> np.ndarray:
-    """An ``.npy`` image as a memory map, checked from its header: 2 or 3 dimensions, numbers, not too large."""
+def check_array_header(path: Path, max_pixels: int) -> np.ndarray:
+    """An ``.npy`` image (or band) as a memory map, checked from its header: 2 or 3 dimensions, numbers, not too large."""
+    path = Path(path)
     _check_file(path)
     try:
         arr = np.load(path, mmap_mode="r", allow_pickle=False)
@@ -134,7 +135,7 @@ def image_size(path: str | Path, pair: PairSplit | None = None) -> tuple[int, in
     path = Path(path)
     try:
         if is_array_image(path):
-            h, w = _open_array(path, np.iinfo(np.int64).max).shape[:2]
+            h, w = check_array_header(path, np.iinfo(np.int64).max).shape[:2]
         else:
             with Image.open(path) as im:
                 w, h = im.size
@@ -154,12 +155,20 @@ def image_size(path: str | Path, pair: PairSplit | None = None) -> tuple[int, in
 WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 
 
-def wide_values(path: str | Path, max_pixels: int = 50_000_000) -> tuple[str, float, float] | None:
+def wide_values(path: str | Path, max_pixels: int = 50_000_000, bands=None) -> tuple[str, float, float] | None:
     """``(PIL mode, min, max)`` of an image with more than 8 bits per value, None for an 8-bit image: what
-    ``data.image_range`` should span (``audit`` and training's first image report it)."""
+    ``data.image_range`` should span (``audit`` and training's first image report it). ``bands``
+    (:class:`~seg_toolkit.data.bands.Bands`): the raw values of the folder's bands (None for the ash colour)."""
     path = Path(path)
+    if bands is not None:
+        from .bands import read_bands
+
+        if bands.ash:
+            return None
+        arr = read_bands(path, bands, max_pixels)
+        return "bands float32", float(arr.min()), float(arr.max())
     if is_array_image(path):
-        arr = _open_array(path, max_pixels)
+        arr = check_array_header(path, max_pixels)
         if arr.dtype == np.uint8 or arr.dtype.kind == "b":
             return None
         mode = f"npy {arr.dtype}"
@@ -204,7 +213,7 @@ def _no_range(path: Path, what: str, arr: np.ndarray) -> DataError:
 
 
 def read_image(path: str | Path, in_channels: int = 3, max_pixels: int = 50_000_000,
-               pair: PairSplit | None = None, value_range: Sequence[float] | None = None) -> np.ndarray:
+               pair: PairSplit | None = None, value_range: Sequence[float] | None = None, bands=None) -> np.ndarray:
     """Read an image as ``uint8 (H, W, in_channels)``.
 
     Grayscale becomes RGB when 3 channels are asked for, RGBA keeps alpha only for 4. Values
@@ -214,8 +223,12 @@ def read_image(path: str | Path, in_channels: int = 3, max_pixels: int = 50_000_
     are and 16-bit ones over 0..65535; a 32-bit integer or float image is refused (each file
     would otherwise be scaled by its own range, so equal values would differ between images).
     With ``pair`` (a sample's ``Sample.pair``) only the image part of an image|label file is returned.
+    With ``bands`` (:class:`~seg_toolkit.data.bands.Bands`, ``data.bands``) ``path`` is the first band file of a
+    folder of bands, which are stacked (raw values over ``value_range``, or the ash false colour as it is).
     """
     path = Path(path)
+    if bands is not None:
+        return _read_band_image(path, in_channels, max_pixels, value_range, bands)
     if is_array_image(path):
         return _read_array_image(path, in_channels, max_pixels, pair, value_range)
     im = _open(path, max_pixels)
@@ -245,7 +258,7 @@ def _read_array_image(path: Path, in_channels: int, max_pixels: int, pair: PairS
                       value_range: Sequence[float] | None) -> np.ndarray:
     """An ``.npy`` image: its channels must be ``in_channels`` (none are made up or dropped); uint8 (and bool:
     0/255) as it is, uint16 over 0..65535, any other type over ``value_range``, which is required for it."""
-    arr = np.asarray(_open_array(path, max_pixels))
+    arr = np.asarray(check_array_header(path, max_pixels))
     if arr.ndim == 2:
         arr = arr[:, :, None]
     if arr.shape[2] != in_channels:
@@ -262,6 +275,20 @@ def _read_array_image(path: Path, in_channels: int, max_pixels: int, pair: PairS
     if pair is not None:
         arr = arr[pair.boxes(*arr.shape[:2], path)[0]]
     return np.ascontiguousarray(arr, dtype=np.uint8)
+
+
+def _read_band_image(path: Path, in_channels: int, max_pixels: int, value_range: Sequence[float] | None,
+                     bands) -> np.ndarray:
+    from .bands import read_bands
+
+    arr = read_bands(path, bands, max_pixels)
+    if arr.shape[2] != in_channels:
+        raise DataError(f"{path.parent}: {arr.shape[2]} band(s) make {arr.shape[2]} channel(s); data.in_channels is {in_channels}")
+    if arr.dtype != np.uint8:
+        if value_range is None:
+            raise _no_range(path.parent, f"bands {', '.join(bands.files)} (values {{span}} in this folder)", arr)
+        arr = _to_uint8(arr, value_range, path.parent)
+    return np.ascontiguousarray(arr)
 
 
 #: PIL formats whose compression changes pixel values: a mask stored so is not what was drawn
@@ -303,7 +330,7 @@ def read_mask(path: str | Path, max_pixels: int = 50_000_000, lossy_ok: bool = F
 
 def _read_array_mask(path: Path, max_pixels: int, channels: bool) -> np.ndarray:
     """An ``.npy`` mask: integers or booleans; ``(H, W)`` or ``(H, W, 1)`` of ids, or with ``channels`` ``(H, W, C)``."""
-    arr = np.asarray(_open_array(path, max_pixels))
+    arr = np.asarray(check_array_header(path, max_pixels))
     if arr.dtype.kind not in "biu":
         raise DataError(f"{path}: mask array of dtype {arr.dtype}; expected integers (class ids) or booleans")
     if channels:

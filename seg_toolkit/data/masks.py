@@ -35,6 +35,7 @@ from ..config import IGNORE_INDEX, Config, ConfigError
 from ..files import read_oof
 from ..rle import RLEError, RLESpec
 from .colors import VOID_ID, check_color_masks, class_names, color_table, colors_to_ids
+from .bands import bands_of
 from .instances import instance_ids
 from .io import DataError, RLERowError, _ext_hint, image_size, narrow_sixteen_bit, read_image, read_mask_array, sixteen_bit, wide_values
 
@@ -198,12 +199,12 @@ def _check_first_image_values(sample: Sample, cfg: Config) -> None:
     d = cfg.data
     if d.image_range is not None:
         return
-    wide = wide_values(sample.image, d.max_image_pixels)
+    wide = wide_values(sample.image, d.max_image_pixels, bands_of(cfg))
     if wide is None:
         return
     mode, lo, hi = wide
     if not sixteen_bit(mode):
-        read_image(sample.image, d.in_channels, d.max_image_pixels, pair=sample.pair)  # raises, naming the file and range
+        read_image(sample.image, d.in_channels, d.max_image_pixels, pair=sample.pair, bands=bands_of(cfg))  # raises, naming the file and range
     elif narrow_sixteen_bit(mode, lo, hi):
         log.warning("%s: a 16-bit image with values %g..%g, read over 0..65535 as 0..%d of 0..255; if the images hold "
                     "fewer bits (12-bit microscopy), set data.image_range (`seg-toolkit audit` measures it over all files)",

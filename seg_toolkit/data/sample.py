@@ -12,10 +12,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import Config
-from .io import IMAGE_EXTS, DataError, PairSplit
+import numpy as np
 
-__all__ = ["Sample", "check_id", "pair_of", "image_path", "instance_image"]
+from ..config import Config
+from .bands import bands_of
+from .io import IMAGE_EXTS, DataError, PairSplit, read_image
+
+__all__ = ["Sample", "check_id", "pair_of", "image_path", "instance_image", "read_config_image"]
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,13 @@ def pair_of(cfg: Config) -> PairSplit | None:
     return PairSplit(d.pair_split.removeprefix("image_"), d.pair_split_at) if d.pair_split else None
 
 
+def read_config_image(path: Path, cfg: Config, pair: PairSplit | None = None, in_channels: int | None = None) -> np.ndarray:
+    """An image read as ``cfg``'s models see it (``data.in_channels``, ``image_range``, ``bands``), uint8 ``(H, W, C)``."""
+    d = cfg.data
+    return read_image(path, in_channels or d.in_channels, d.max_image_pixels, pair=pair, value_range=d.image_range,
+                      bands=bands_of(cfg))
+
+
 def check_id(image_id: str, where: str) -> str:
     """Refuse ids that could escape a folder or are not usable as file names."""
     if not image_id or image_id.strip() != image_id:
@@ -53,8 +63,11 @@ def instance_image(folder: Path, image_id: str, ext: str) -> Path:
     return folder / image_id / "images" / f"{image_id}{ext}"
 
 
-def image_path(folder: Path, image_id: str, ext: str) -> Path:
-    """The image file of ``image_id``; some competitions' ids already carry the extension (Severstal: "0002cc93b.jpg")."""
+def image_path(folder: Path, image_id: str, ext: str, bands=None) -> Path:
+    """The image file of ``image_id``; some competitions' ids already carry the extension (Severstal: "0002cc93b.jpg").
+    With ``bands`` (``data.bands``) the image is the folder ``<id>/``, named by its first band file."""
+    if bands is not None:
+        return folder / image_id / f"{bands.files[0]}{ext}"
     if Path(image_id).suffix.lower() in IMAGE_EXTS:
         return folder / image_id
     return folder / f"{image_id}{ext}"

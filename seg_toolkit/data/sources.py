@@ -30,6 +30,7 @@ from typing import Callable, Iterator
 
 from ..config import Config
 from ..errors import closest
+from .bands import Bands, band_image_files, bands_of
 from .class_masks import class_mask_paths
 from .colors import class_colors, class_names
 from .csv_rows import raise_problem, read_train_csv, unlisted_samples
@@ -120,6 +121,8 @@ def _folder_samples(cfg: Config, on_problem: OnProblem = raise_problem) -> list[
         return []
     if d.instance_folders:
         return _instance_samples(images, d.image_ext, "data.train_images", on_problem=on_problem)
+    if bands_of(cfg) is not None:
+        return _band_samples(cfg, images, masks, on_problem)
     files = sorted(p for p in images.iterdir() if p.suffix.lower() == d.image_ext.lower())
     if not files:
         on_problem("missing_file", str(images),
@@ -141,6 +144,38 @@ def _folder_samples(cfg: Config, on_problem: OnProblem = raise_problem) -> list[
                        f"data.mask_ext){_ext_hint(masks, p.stem, 'data.mask_ext')}")
             continue
         out.append(Sample(p.stem, p, mask=mask, where=str(p)))
+    return out
+
+
+def _band_files(folder: Path, bands: Bands, key: str, on_problem: OnProblem) -> list[Path]:
+    """The first band file of every complete band folder in ``folder``; a folder missing a band is a problem."""
+    files, incomplete = band_image_files(folder, bands)
+    for p in incomplete:
+        on_problem("missing_file", str(p), f"{p}: band file not found (data.bands.files {list(bands.files)}, "
+                   f"data.image_ext){_ext_hint(p.parent, p.stem, 'data.image_ext')}")
+    if not files and not incomplete:
+        on_problem("missing_file", str(folder), f"{folder}: no image folders ({key} with data.bands: <id>/"
+                   f"{bands.files[0]}{bands.ext}, ...)")
+    return files
+
+
+def _band_samples(cfg: Config, images: Path, masks: Path, on_problem: OnProblem) -> list[Sample]:
+    """``data.bands``, folder layout: one sample per complete band folder; its mask is ``data.bands.mask`` in the
+    same folder, or ``data.train_masks/<id><data.mask_ext>``."""
+    d, bands = cfg.data, bands_of(cfg)
+    out = []
+    for p in _band_files(images, bands, "data.train_images", on_problem):
+        try:
+            image_id = check_id(p.parent.name, str(p.parent))
+        except DataError as e:
+            on_problem("bad_id", str(p.parent), str(e))
+            continue
+        mask = p.parent / d.bands.mask if d.bands.mask else masks / f"{image_id}{d.mask_ext}"
+        if not mask.is_file():
+            key = "data.bands.mask" if d.bands.mask else "data.train_masks, data.mask_ext"
+            on_problem("missing_mask", str(mask), f"{mask}: mask of image folder {image_id} not found ({key})")
+            continue
+        out.append(Sample(image_id, p, mask=mask, where=str(p.parent)))
     return out
 
 
@@ -276,8 +311,9 @@ def load_test_samples(cfg: Config) -> list[Sample]:
             if raw not in seen:
                 seen.add(raw)
                 ids.append(check_id(raw, where))
-        path_of = instance_image if d.instance_folders else image_path
-        samples = [Sample(i, path_of(folder, i, d.image_ext), where=str(sample_path), pair=pair_of(cfg)) for i in ids]
+        bands = bands_of(cfg)
+        samples = [Sample(i, instance_image(folder, i, d.image_ext) if d.instance_folders else
+                          image_path(folder, i, d.image_ext, bands), where=str(sample_path), pair=pair_of(cfg)) for i in ids]
         missing = [x for x in samples if not x.image.is_file()]
         if missing:
             raise DataError(
@@ -289,6 +325,9 @@ def load_test_samples(cfg: Config) -> list[Sample]:
         raise DataError(f"{folder}: test image folder (data.test_images) not found")
     if d.instance_folders:
         return _instance_samples(folder, d.image_ext, "data.test_images", with_masks=False)
+    if bands_of(cfg) is not None:
+        return [Sample(p.parent.name, p, where=str(p.parent))
+                for p in _band_files(folder, bands_of(cfg), "data.test_images", raise_problem)]
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() == d.image_ext.lower())
     if not files:
         raise DataError(f"{folder}: no *{d.image_ext} test images{_folder_ext_hint(folder, 'data.image_ext')}")

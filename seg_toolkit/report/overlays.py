@@ -12,7 +12,8 @@ import numpy as np
 from PIL import Image
 
 from ..config import IGNORE_INDEX, Config
-from ..data import load_target, read_image
+from ..data import load_target
+from ..data.sample import read_config_image
 from ..data.io import is_array_image
 from ..plots import metric_label, new_figure
 from ..files import read_oof
@@ -145,10 +146,9 @@ def as_rgb(image: np.ndarray) -> np.ndarray:
 def display_image(path, cfg: Config, pair=None) -> np.ndarray:
     """An image file as RGB for display, its values read as the model reads them (``data.image_range``): PIL files
     converted to RGB (a grey model input still shows an RGB file in colour), ``.npy`` arrays by :func:`as_rgb`."""
-    d = cfg.data
     if is_array_image(path):
-        return as_rgb(read_image(path, d.in_channels, d.max_image_pixels, pair=pair, value_range=d.image_range))
-    return read_image(path, 3, d.max_image_pixels, pair=pair, value_range=d.image_range)
+        return as_rgb(read_config_image(path, cfg, pair))
+    return read_config_image(path, cfg, pair, in_channels=3)
 
 
 def _example_panels(d: ReportData, ex: Example, colors: np.ndarray,
