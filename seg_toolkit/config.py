@@ -241,7 +241,8 @@ class TrainConfig:
 
 @dataclass
 class MetricConfig:
-    name: Literal["auto", "miou", "dice", "iou", "tgs_map", "pixel_accuracy"] = "auto"
+    # dice / iou / tgs_map: per image, then the mean; miou / global_dice: from the pixels of all images pooled
+    name: Literal["auto", "miou", "global_dice", "dice", "iou", "tgs_map", "pixel_accuracy"] = "auto"
     empty_score: Literal["one", "zero", "skip"] = "one"  # per-image score when truth and prediction are empty
     threshold: float = 0.5  # probability threshold for binary/multilabel during validation
 

@@ -29,6 +29,7 @@ from seg_toolkit.metrics import (
     _sigmoid_confusion_from_counts,
     binarize,
     confusion_matrix,
+    confusion_score,
     dice_per_class,
     image_counts,
     iou_per_class,
@@ -77,7 +78,7 @@ class Evaluator:
       (``(N, C)`` nested lists).
 
     ``miou`` for binary / multilabel is the mean over channels of the foreground IoU
-    (background is not averaged in).
+    (background is not averaged in); ``global_dice`` the same of the foreground dice (contrails).
     """
 
     def __init__(
@@ -174,10 +175,8 @@ class Evaluator:
             if scores.shape[1] > 1:
                 out["per_image_class"] = scores.tolist()
             out["score"] = _nanmean(scores)
-        elif self.metric == "miou":
-            out["score"] = _nanmean(iou)
         else:
-            out["score"] = out["pixel_accuracy"]
+            out["score"] = confusion_score(cm, self.metric)
         if math.isnan(out["score"]):
             logger.warning("metric %s: nothing could be scored over %d images, score is NaN", self.metric, self._n_images)
         return out

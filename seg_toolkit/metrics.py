@@ -65,7 +65,7 @@ __all__ = [
 ArrayLike = Union[np.ndarray, Tensor]
 
 TASKS = ("binary", "multilabel", "multiclass")
-METRIC_NAMES = ("miou", "dice", "iou", "tgs_map", "pixel_accuracy")
+METRIC_NAMES = ("miou", "global_dice", "dice", "iou", "tgs_map", "pixel_accuracy")
 PER_IMAGE_METRICS = ("dice", "iou", "tgs_map")
 EMPTY_SCORES: dict[str, float] = {"one": 1.0, "zero": 0.0, "skip": math.nan}
 #: 0.50, 0.55, ..., 0.95; threshold k is (10 + k) / 20, compared exactly in integers.
@@ -269,6 +269,17 @@ def dice_per_class(cm: np.ndarray) -> np.ndarray:
 def mean_iou(cm: np.ndarray) -> float:
     """Dataset-level mean IoU: mean of :func:`iou_per_class` over the classes that occur."""
     return _nanmean(iou_per_class(cm))
+
+
+def global_dice(cm: np.ndarray) -> float:
+    """Dataset-level dice: :func:`dice_per_class` of the counts summed over all images (every pixel of the test set
+    pooled, as contrails scores), the mean over the classes that occur."""
+    return _nanmean(dice_per_class(cm))
+
+
+def confusion_score(cm: np.ndarray, metric: str) -> float:
+    """A dataset-level metric (``miou``, ``global_dice``, ``pixel_accuracy``) of summed confusion counts."""
+    return {"miou": mean_iou, "global_dice": global_dice, "pixel_accuracy": pixel_accuracy}[metric](cm)
 
 
 def pixel_accuracy(cm: np.ndarray) -> float:

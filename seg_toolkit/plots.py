@@ -124,7 +124,7 @@ def _aux_weight(run: Run, df: pd.DataFrame) -> float:
 
 def metric_label(metric: str) -> str:
     """A display name for a metric id (``miou`` -> ``mean IoU``)."""
-    return {"miou": "mean IoU", "dice": "dice", "iou": "IoU", "tgs_map": "TGS mAP",
+    return {"miou": "mean IoU", "global_dice": "global dice", "dice": "dice", "iou": "IoU", "tgs_map": "TGS mAP",
             "pixel_accuracy": "pixel accuracy"}.get(metric, metric or "score")
 
 

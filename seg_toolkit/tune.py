@@ -28,7 +28,7 @@ does).
 Why greedy per class is sound: for binary / multilabel every metric is a function of per
 (image, class) counts, and a class's counts depend only on that class's parameters; with
 ``dice`` / ``iou`` / ``tgs_map`` the score is the mean over (image, class) pairs and with
-``miou`` the mean over classes, so the classes separate (with ``empty_score: skip`` the
+``miou`` / ``global_dice`` the mean over classes, so the classes separate (with ``empty_score: skip`` the
 number of scored pairs depends on the prediction, which is why each candidate is scored
 by the exact global metric rather than a per-class share). Multiclass classes do not
 separate (removed pixels move to class 0), and are handled the same way: exact global

@@ -6,7 +6,7 @@ images and the more candidates searched. The cross-fitted score removes that bia
 split into groups; for each group the same search runs on the other groups' images only, and the
 group is scored with what they chose; the groups' counts, each under its own parameters, are scored
 together by the run's metric (exactly, as ``after`` is: per-image metrics average over all images,
-``miou`` and pixel accuracy sum the confusion counts of all of them).
+``miou``, ``global_dice`` and pixel accuracy sum the confusion counts of all of them).
 
 The groups are the run's folds when at least :data:`MIN_FOLDS` are done (so images a
 ``folds.method: group`` split keeps together stay together, and each group's predictions come from

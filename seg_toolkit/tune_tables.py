@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 
 from .config import IGNORE_INDEX, Config
 from .data import Sample, load_target, load_train_samples
-from .metrics import PER_IMAGE_METRICS, ImageCounts, mean_iou, pixel_accuracy, scores_from_counts
+from .metrics import PER_IMAGE_METRICS, ImageCounts, confusion_score, scores_from_counts
 from .files import read_oof
 from .run import Run
 from .tensors import uint8_to_probs
@@ -184,7 +184,7 @@ def sigmoid_score(tp: np.ndarray, fp: np.ndarray, pos: np.ndarray, n_valid: np.n
     tp_s, fp_s, fn_s = tp.sum(0), fp.sum(0), (pos - tp).sum(0)
     tn_s = n_valid.sum(0) - tp_s - fp_s - fn_s
     cm = np.stack([np.stack([tn_s, fp_s], -1), np.stack([fn_s, tp_s], -1)], 1)  # (C, 2, 2) [[TN, FP], [FN, TP]]
-    return mean_iou(cm) if metric == "miou" else pixel_accuracy(cm)
+    return confusion_score(cm, metric)
 
 
 def multiclass_score(conf: np.ndarray, metric: str, empty_score: str) -> float:
@@ -193,8 +193,7 @@ def multiclass_score(conf: np.ndarray, metric: str, empty_score: str) -> float:
         tp = np.diagonal(conf, axis1=1, axis2=2)
         counts = ImageCounts(tp, conf.sum(1) - tp, conf.sum(2) - tp, np.broadcast_to(conf.sum((1, 2))[:, None], tp.shape))
         return _mean_score(scores_from_counts(counts, metric, empty_score))
-    cm = conf.sum(0)
-    return mean_iou(cm) if metric == "miou" else pixel_accuracy(cm)
+    return confusion_score(conf.sum(0), metric)
 
 
 

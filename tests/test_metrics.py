@@ -347,3 +347,27 @@ def test_binarize_threshold_is_inclusive_and_per_channel() -> None:
     assert binarize(probs, 0.5).ravel().tolist() == [False, True, True]
     two = np.concatenate([probs, probs], axis=1)
     assert binarize(torch.from_numpy(two), [0.5, 0.6]).reshape(2, 3).tolist() == [[False, True, True], [False, False, True]]
+
+
+def test_global_dice_pools_the_pixels_of_all_images() -> None:
+    """Contrails' metric: dice of all pixels pooled, not the mean of per-image dice."""
+    truth = np.zeros((2, 1, 4, 4), np.float32)
+    pred = np.zeros((2, 1, 4, 4), np.uint8)
+    truth[0, 0, 0, :] = 1  # A: 4 pixels, all found -> dice 1
+    pred[0, 0, 0, :] = 1
+    truth[1, 0, :3, :] = 1  # B: 12 pixels, 6 found -> dice 2*6 / (6 + 12) = 2/3
+    pred[1, 0, :2, 1:] = 1
+    pred[1, 0, 2, :0] = 1
+    assert int(pred[1].sum()) == 6
+    ev = Evaluator(MetricConfig(name="global_dice"), "binary", 1)
+    ev.update_masks(pred, truth)
+    out = ev.compute()
+    # pooled: TP 10, FP 0, FN 6 -> 20 / 26; per image it would be (1 + 2/3) / 2 = 5/6
+    assert out["score"] == pytest.approx(20 / 26) and out["confusion"] == [[16, 0], [6, 10]]
+    per_image = Evaluator(MetricConfig(name="dice"), "binary", 1)
+    per_image.update_masks(pred, truth)
+    assert per_image.compute()["score"] == pytest.approx(5 / 6)
+    # tune's exact scorer from per-image counts agrees
+    from seg_toolkit.tune_tables import sigmoid_score
+    tp, fp, pos, n = (np.array([[a], [b]]) for a, b in ((4, 6), (0, 0), (4, 12), (16, 16)))
+    assert sigmoid_score(tp, fp, pos, n, "global_dice", "one") == pytest.approx(20 / 26)

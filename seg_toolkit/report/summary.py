@@ -75,16 +75,16 @@ def image_score_name(metric: str, cfg: Config) -> str:
         how = "" if cfg.data.num_classes == 1 else ", the mean over its classes"
         empty = "" if metric == "tgs_map" else f" (empty_score={cfg.metric.empty_score})"
         return f"per-image {metric_label(metric)}{how}{empty}"
-    if metric == "miou":
-        return "per-image mean IoU over the classes in its truth or prediction"
+    if metric in ("miou", "global_dice"):
+        return f"per-image mean {'IoU' if metric == 'miou' else 'dice'} over the classes in its truth or prediction"
     return "per-image pixel accuracy"
 
 
 def _per_image_score(counts: Any, metric: str, empty_score: str, task: str) -> float:
     if metric in PER_IMAGE_METRICS:
         row = scores_from_counts(counts, metric, empty_score)[0]
-    elif metric == "miou":
-        row = scores_from_counts(counts, "iou", "skip")[0]
+    elif metric in ("miou", "global_dice"):
+        row = scores_from_counts(counts, "iou" if metric == "miou" else "dice", "skip")[0]
     else:  # pixel accuracy
         tp, fp, fn, n = (np.asarray(x[0], np.int64) for x in counts)
         if task == "multiclass":
