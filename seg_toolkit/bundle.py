@@ -327,12 +327,16 @@ def build_bundle(runs: Sequence[Run], out: str | Path, fp16: bool = False, base_
     out = Path(out)
     if not runs:
         raise ConfigError("bundle: name at least one run (a run folder or its config)")
+    top, by_name = _runs(runs)
+    inside = [r for r in by_name.values() if r.dir.resolve() == out.resolve() or r.dir.resolve() in out.resolve().parents]
+    if inside:
+        raise BundleError(f"{out} is inside the run folder {inside[0].dir}, which the bundle copies from (a run's "
+                          "--overwrite would delete it with the run); choose an --out outside the run folders")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         if not (out / "bundle.json").is_file():
             raise BundleError(f"{out} exists and is not a bundle (no bundle.json); choose another --out")
         if not overwrite:
             raise FileExistsError(f"{out} exists; pass --overwrite to replace the bundle, or another --out")
-    top, by_name = _runs(runs)
     warnings: list[str] = []
     folds: dict[str, list[int]] = {}
     for name, r in by_name.items():

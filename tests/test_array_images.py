@@ -16,7 +16,8 @@ from seg_toolkit.audit_report import write_audit
 from seg_toolkit.config import ConfigError, config_from_dict
 from seg_toolkit.cv import run_cv
 from seg_toolkit.data import DataError
-from seg_toolkit.data.io import image_size, read_image, read_mask, wide_values
+from seg_toolkit.data.io import image_size, read_image, wide_values
+from seg_toolkit.data.mask_io import read_mask
 from seg_toolkit.inference import predict_test
 from seg_toolkit.report.overlays import as_rgb
 from seg_toolkit.report.page import build_report

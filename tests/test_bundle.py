@@ -217,6 +217,9 @@ def test_missing_folds_refused_unless_allowed(runs, tmp_path, capsys):
     assert any("without fold 1" in w for w in info["warnings"]) and any("untuned" in w for w in info["warnings"])
     with pytest.raises(FileExistsError, match="--overwrite"):
         build_bundle([Run(broken)], tmp_path / "b2", wheels=False, allow_missing_folds=True)
+    with pytest.raises(BundleError, match=r"sub is inside the run folder .*runs/a, which the bundle copies from"):
+        build_bundle([Run(broken)], broken / "sub", wheels=False, allow_missing_folds=True)
+    assert not (broken / "sub").exists()
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("x")
     with pytest.raises(BundleError, match="not a bundle"):

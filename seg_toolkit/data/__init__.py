@@ -2,7 +2,8 @@
 
 from .dataset import EpochSampler, SegDataset, build_transforms, collate
 from .folds import load_or_make_folds, make_folds
-from .io import DataError, PairSplit, read_image, read_mask
+from .io import DataError, PairSplit, read_image
+from .mask_io import read_mask
 from .sources import Sample, class_colors, class_names, load_list_samples, load_target, load_test_samples, load_train_samples
 
 __all__ = [

@@ -26,7 +26,8 @@ import numpy as np
 
 from ..config import Config
 from .colors import class_names
-from .io import DataError, image_size, read_mask_array
+from .io import DataError, image_size
+from .mask_io import read_mask_array
 
 if TYPE_CHECKING:  # pragma: no cover
     from .sample import Sample

@@ -16,7 +16,8 @@ import numpy as np
 import pandas as pd
 
 from ..config import Config, ConfigError
-from .io import DataError, _line, read_csv_strict, read_mask_array
+from .io import DataError, _line, read_csv_strict
+from .mask_io import read_mask_array
 
 if TYPE_CHECKING:  # pragma: no cover
     from .sources import Sample

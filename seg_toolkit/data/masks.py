@@ -37,7 +37,8 @@ from ..rle import RLEError, RLESpec
 from .colors import VOID_ID, check_color_masks, class_names, color_table, colors_to_ids
 from .bands import bands_of
 from .instances import instance_ids
-from .io import DataError, RLERowError, _ext_hint, image_size, narrow_sixteen_bit, read_image, read_mask_array, sixteen_bit, wide_values
+from .io import DataError, RLERowError, _ext_hint, image_size, narrow_sixteen_bit, read_image, sixteen_bit, wide_values
+from .mask_io import read_mask_array
 
 if TYPE_CHECKING:  # pragma: no cover
     from .sources import Sample
