@@ -2,8 +2,8 @@
 
 A mask of shape ``(height, width)`` is flattened in an explicit pixel ``order``:
 ``"F"`` column-major (top to bottom, then left to right: the Kaggle default, as in TGS
-Salt, DSB 2018, Severstal, SIIM) or ``"C"`` row-major (left to right, then top to bottom:
-e.g. Airbus). The string is space-separated ``start length`` pairs, runs sorted and not
+Salt, DSB 2018, Severstal, SIIM, Airbus, contrails) or ``"C"`` row-major (left to right, then
+top to bottom: e.g. Carvana, Sartorius). The string is space-separated ``start length`` pairs, runs sorted and not
 overlapping. What else varies between competitions is a field of the spec:
 
 * ``index_base``: starts count pixels from 1 (Kaggle) or from 0;

@@ -1,7 +1,7 @@
 """Every RLE style a competition may want, as one declared spec (``RLESpec``) and its config keys.
 
-Hand-worked strings for SIIM (relative starts, ``-1`` for empty, 0-based), Airbus (row-major,
-one row per ship, the id repeated), 0-based starts, and class 0 rows; the checker on instance
+Hand-worked strings for SIIM (relative starts, ``-1`` for empty, 0-based), Airbus (column-major,
+one row per ship, the id repeated), row-major instance rows, 0-based starts, and class 0 rows; the checker on instance
 rows; official DSB 2018 instance rows and TGS strings (skipped without ../shared/data).
 """
 
@@ -32,7 +32,8 @@ from seg_toolkit.submission import (
 from .conftest import demo_dict, shared_dataset
 
 SIIM = RLESpec(order="F", index_base=0, starts="relative", empty="-1")
-AIRBUS = RLESpec(order="C", instances=True)
+AIRBUS = RLESpec(order="F", instances=True)  # "1 is pixel (1,1), 2 is pixel (2,1)": column-major, as TGS
+ROW_MAJOR = RLESpec(order="C", instances=True)  # Carvana / Sartorius numbering, one row per object
 
 # ----------------------------------------------------------------------------- hand-worked strings
 
@@ -160,7 +161,7 @@ def test_default_spec_is_rle_encode():
 
 # ----------------------------------------------------------------------------- instance rows (Airbus, DSB 2018)
 
-# Airbus style: row-major (C), 1-based, one row per ship, no ship = one row with an empty field.
+# Instance rows, row-major (C; Sartorius), 1-based, one row per object, no object = one row with an empty field.
 # 4 x 5, row-major pixel numbers (1-based):
 #   [[1 1 0 0 0],       1  2  3  4  5        ship A: pixels 1, 2                -> "1 2"
 #    [0 0 0 0 1],       6  7  8  9 10        ship B: 10, 14, 15, and 18, which
@@ -169,15 +170,16 @@ def test_default_spec_is_rle_encode():
 SHIPS = np.array([[1, 1, 0, 0, 0], [0, 0, 0, 0, 1], [0, 0, 0, 1, 1], [0, 0, 1, 0, 0]], np.uint8)
 
 
-def test_airbus_one_row_per_ship():
-    assert AIRBUS.encode_rows(SHIPS) == ["1 2", "10 1 14 2 18 1"]  # ordered by first pixel
-    assert AIRBUS.encode_rows(np.zeros_like(SHIPS)) == [""]
+def test_instance_rows_one_row_per_ship():
+    assert ROW_MAJOR.encode_rows(SHIPS) == ["1 2", "10 1 14 2 18 1"]  # ordered by first pixel
+    assert ROW_MAJOR.encode_rows(np.zeros_like(SHIPS)) == [""]
     # min_instance_area: A has 2 pixels, B 4
     assert RLESpec(order="C", instances=True, min_instance_area=3).encode_rows(SHIPS) == ["10 1 14 2 18 1"]
     assert RLESpec(order="C", instances=True, min_instance_area=5).encode_rows(SHIPS) == [""]
-    # column-major numbering of the same ships: A = (0,0),(0,1) -> 1, 5; B = (1,4),(2,4),(2,3),(3,2) -> 18, 19, 15, 12
-    assert RLESpec(order="F", instances=True).encode_rows(SHIPS) == ["1 1 5 1", "12 1 15 1 18 2"]
-    np.testing.assert_array_equal(AIRBUS.decode_rows(["1 2", "10 1 14 2 18 1"], SHIPS.shape), SHIPS)
+    # Airbus' column-major numbering of the same ships: A = (0,0),(0,1) -> 1, 5; B = (1,4),(2,4),(2,3),(3,2) -> 18, 19, 15, 12
+    assert AIRBUS.encode_rows(SHIPS) == ["1 1 5 1", "12 1 15 1 18 2"]
+    np.testing.assert_array_equal(ROW_MAJOR.decode_rows(["1 2", "10 1 14 2 18 1"], SHIPS.shape), SHIPS)
+    np.testing.assert_array_equal(AIRBUS.decode_rows(["1 1 5 1", "12 1 15 1 18 2"], SHIPS.shape), SHIPS)
 
 
 def test_instances_with_other_styles():
@@ -200,9 +202,9 @@ def _cfg(task="binary", num_classes=1, data=None, **submission):
 
 
 def test_mask_rows_airbus_config():
-    cfg = _cfg(data={"rle_order": "C"}, instances=True)
+    cfg = _cfg(instances=True)  # Airbus: the default column-major order
     assert submission_spec(cfg) == AIRBUS
-    assert mask_rows("ship.jpg", SHIPS[None], cfg) == [("ship.jpg", "1 2"), ("ship.jpg", "10 1 14 2 18 1")]
+    assert mask_rows("ship.jpg", SHIPS[None], cfg) == [("ship.jpg", "1 1 5 1"), ("ship.jpg", "12 1 15 1 18 2")]
     assert mask_rows("sea.jpg", np.zeros((1, 4, 5), np.uint8), cfg) == [("sea.jpg", "")]
 
 

@@ -89,8 +89,9 @@ def test_zero_based_absolute_starts(tmp_path):
         load_target(load_train_samples(cfg)[0], cfg, (3, 4))
 
 
-def test_airbus_rows_row_major_one_per_ship_unioned(tmp_path):
-    # Airbus: row-major pixels p = row * 4 + col, 1-based; one row per ship, an image without ships one empty row
+def test_instance_rows_row_major_one_per_object_unioned(tmp_path):
+    # row-major pixels p = row * 4 + col, 1-based (Sartorius; Airbus is column-major, the default); one row per
+    # object, an image without objects one empty row
     _images(tmp_path, ["x.jpg", "y.jpg", "z.jpg"])
     rows = [("x.jpg", "2 2"), ("y.jpg", ""), ("x.jpg", "9 2"), ("z.jpg", "5 4"), ("z.jpg", "9 1")]
     pd.DataFrame(rows, columns=["ImageId", "EncodedPixels"]).to_csv(tmp_path / "train.csv", index=False)
