@@ -235,12 +235,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_check_submission(args: argparse.Namespace) -> int:
     from .rle import RLESpec
     from .errors import SegToolkitError
-    from .submission import check_submission, row_pixels, submission_spec
+    from .submission import check_submission, row_pixels, submission_columns, submission_spec
 
-    n_pixels = None
+    n_pixels = columns = None
     if args.config:
         cfg = _load(args.config, [])
         spec = submission_spec(cfg)
+        s = cfg.submission
+        columns = submission_columns(cfg) if s.id_column or s.rle_column else None
         try:
             n_pixels = row_pixels(cfg)  # runs checked against each test image's size
         except SegToolkitError as e:
@@ -249,7 +251,7 @@ def cmd_check_submission(args: argparse.Namespace) -> int:
         spec = RLESpec(order=args.order, index_base=args.index_base, starts="relative" if args.relative else "absolute",
                        empty=(args.empty_token or [""])[0], instances=args.instances)
     problems = check_submission(args.csv, args.sample, empty_tokens=tuple(args.empty_token) if args.empty_token else None,
-                                n_pixels=n_pixels, spec=spec)
+                                n_pixels=n_pixels, spec=spec, columns=columns)
     if problems:
         print(f"{args.csv}: {len(problems)} problem(s)")
         for p in problems:

@@ -226,8 +226,13 @@ def check_submission(
     n_pixels: dict[str, int] | int | None = None,
     max_problems: int = 20,
     spec: RLESpec | None = None,
+    columns: tuple[str, str] | None = None,
 ) -> list[str]:
     """Every way ``csv_path`` differs from the competition's format; an empty list means it is valid.
+
+    ``columns``: ``(id column, RLE column)``; default the sample's first two, as the writer's
+    (:func:`submission_columns`), so a third column after them (Severstal's ``ClassId``) is never
+    read as the RLE.
 
     Checks the columns (names and order), the row count, the ids and their order against the
     sample, duplicate ids, and every RLE string as ``spec`` (default: the Kaggle one) reads it:
@@ -261,7 +266,10 @@ def check_submission(
     if list(sub.columns) != list(sample.columns):
         problems.append(f"columns are {list(sub.columns)}; the sample has {list(sample.columns)}")
         return problems
-    id_col, rle_col = sample.columns[0], sample.columns[-1]
+    id_col, rle_col = columns or (sample.columns[0], sample.columns[min(1, len(sample.columns) - 1)])
+    missing = [c for c in (id_col, rle_col) if c not in sample.columns]
+    if missing:
+        return problems + [f"no column {missing[0]!r} (submission.id_column / rle_column); the sample has {list(sample.columns)}"]
     spec = spec or RLESpec()
     tokens = (spec.empty,) if empty_tokens is None else tuple(empty_tokens)
     return problems + _row_problems(sub, sample, id_col, rle_col, spec, tokens, n_pixels, max_problems)

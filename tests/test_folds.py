@@ -82,7 +82,7 @@ def test_multilabel_class_presence_within_one_image_of_even(seed):
     per_fold = _per_fold(folds, p)
     assert per_fold.sum(0).tolist() == [18, 7, 5, 3, 9]
     assert _within_one_of_even(per_fold), per_fold  # e.g. the 3 images of class 4 in 3 different folds
-    names = {"class_0", "class_1", "class_2", "class_3", "empty"}
+    names = {"class_1", "class_2", "class_3", "class_4", "empty"}  # multilabel classes are numbered from 1
     assert "empty" in set(folds["stratum"]) and all(set(s.split("+")) <= names for s in folds["stratum"])
 
 
@@ -115,7 +115,7 @@ def test_binary_keeps_empty_nonempty_strata():
     folds = make_folds(_rle_samples(p), binary)
     assert sorted(set(folds["stratum"])) == ["empty", "nonempty"]
     assert _per_fold(folds, p).tolist() == [[2, 4]] * 5
-    assert presence_columns(binary) == ["foreground", "empty"] and presence_columns(cfg) == ["class_0", "empty"]
+    assert presence_columns(binary) == ["foreground", "empty"] and presence_columns(cfg) == ["class_1", "empty"]
 
 
 def test_class_presence_of_label_maps_skips_background_and_void(tmp_path):

@@ -115,7 +115,7 @@ def test_oof_summary_agrees_with_an_independent_computation(multilabel):
     tp, fp, fn = cm[:, 1, 1], cm[:, 0, 1], cm[:, 1, 0]
     assert s["true_pixels"] == (tp + fn).tolist() and s["pred_pixels"] == (tp + fp).tolist()
     assert s["per_class_iou"] == pytest.approx((tp / (tp + fp + fn)).tolist())
-    assert s["class_names"] == ["class_0", "class_1", "class_2"] and len(s["class_colors"]) == 3
+    assert s["class_names"] == ["class_1", "class_2", "class_3"] and len(s["class_colors"]) == 3
     assert [e["score"] for e in s["worst"]] == pytest.approx(sorted(scores.values())[:3])
     ranked = sorted((content[i], sc) for i, sc in scores.items())[::-1][:3]  # content first, then score
     assert [e["score"] for e in s["best"]] == pytest.approx([sc for _, sc in ranked])
@@ -132,7 +132,7 @@ def test_report_page_is_self_contained_and_complete(multilabel):
     assert f"{cv['score']:.4f}" in text and f"{cv['baseline_empty']:.4f}" in text
     for score in cv["fold_scores"]:
         assert f"{score:.4f}" in text
-    for name in ("class_0", "class_1", "class_2", "Learning curves", "Best OOF images", "Worst OOF images"):
+    for name in ("class_1", "class_2", "class_3", "Learning curves", "Best OOF images", "Worst OOF images"):
         assert name in text
     # each chart drawn once: the pictures in the page are byte for byte the PNG files beside it
     embedded = _embedded_pngs(text)

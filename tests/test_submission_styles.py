@@ -492,3 +492,18 @@ def test_checker_names_a_row_with_more_fields_than_the_header(tmp_path):
     ragged = _sub(tmp_path, "p,1 2,\nq,,\n")
     assert check_submission(ragged, sample, n_pixels=12) == [f"{ragged} line 2: 3 fields, the header 2 (a trailing comma?)"]
     assert check_submission(_sub(tmp_path, "p,1 2\nq,\n"), sample, n_pixels=12) == []
+
+
+def test_checker_reads_the_second_column_as_the_rle(tmp_path):
+    """Severstal's later sample (ImageId, EncodedPixels, ClassId): the RLE is the second column, as the writer's,
+    never the last (the checker read ClassId as an RLE: 'an odd number of tokens' on every row)."""
+    sample = tmp_path / "sample.csv"
+    sample.write_text("ImageId,EncodedPixels,ClassId\na.jpg,1 1,1\nb.jpg,1 1,2\n")
+    good = tmp_path / "sub.csv"
+    good.write_text("ImageId,EncodedPixels,ClassId\na.jpg,1 2 10 3,1\nb.jpg,,2\n")
+    assert check_submission(good, sample, n_pixels=20) == []
+    bad = tmp_path / "bad.csv"
+    bad.write_text("ImageId,EncodedPixels,ClassId\na.jpg,1 2 10,1\nb.jpg,,2\n")
+    assert len(check_submission(bad, sample)) == 1 and "odd number of tokens" in check_submission(bad, sample)[0]
+    assert check_submission(good, sample, columns=("ImageId", "Rle")) == [
+        "no column 'Rle' (submission.id_column / rle_column); the sample has ['ImageId', 'EncodedPixels', 'ClassId']"]

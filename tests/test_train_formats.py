@@ -208,7 +208,7 @@ def test_one_file_per_class_id_and_class_number(tmp_path):
     _save(tmp_path / "train/masks/a_1.png", M1)
     _save(tmp_path / "train/masks/a_2.png", M2)
     _save(tmp_path / "train/masks/b_2.png", M2)  # b has no file for class 1
-    with pytest.raises(DataError, match=r"b_1\.png: mask of class 1 \(class_0\) for image b\.png not found.*missing_class_masks: empty"):
+    with pytest.raises(DataError, match=r"b_1\.png: mask of class 1 \(class_1\) for image b\.png not found.*missing_class_masks: empty"):
         load_train_samples(_per_class_cfg(tmp_path, mask_per_class="{id}_{cls}"))
     cfg = _per_class_cfg(tmp_path, mask_per_class="{id}_{cls}", missing_class_masks="empty")
     a, b = load_train_samples(cfg)

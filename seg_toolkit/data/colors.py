@@ -46,7 +46,7 @@ def _classes_csv(cfg: Config) -> pd.DataFrame | None:
 
 
 def class_names(cfg: Config) -> list[str]:
-    """Names of the output classes: config, then classes CSV, then ``class_0..``."""
+    """Names of the output classes: config, then classes CSV, then ``class_0..`` (multilabel ``class_1..``)."""
     d = cfg.data
     if d.class_names:
         return list(d.class_names)
@@ -57,7 +57,10 @@ def class_names(cfg: Config) -> list[str]:
         return [names.get(i + offset, f"class_{i + offset}") for i in range(d.num_classes)]
     if d.task == "binary":
         return ["foreground"]
-    return [f"class_{i}" for i in range(d.num_classes)]
+    # multilabel classes are numbered from 1 wherever the data names them (data.class_column, per-class submission
+    # ids, data.mask_per_class's {cls}); multiclass ids are the label map's values, from 0
+    first = 1 if d.task == "multilabel" else 0
+    return [f"class_{i + first}" for i in range(d.num_classes)]
 
 
 def class_colors(cfg: Config) -> np.ndarray:
