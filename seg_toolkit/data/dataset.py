@@ -123,7 +123,8 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
     if len(shapes) > 1:
         raise DataError(
             f"images in one batch differ in size {sorted(shapes)} (ids {[it['id'] for it in items][:4]}...); "
-            "set transforms.resize: [height, width], or batch_size 1 for inference"
+            "set transforms.resize: [height, width], or crop training images to one size in transforms.train and "
+            "validate with predict.batch_size: 1 (validation and OOF batches are predict.batch_size)"
         )
     out: dict[str, Any] = {
         "image": torch.stack([it["image"] for it in items]),
