@@ -17,7 +17,7 @@ def _load(path: str, overrides: list[str]) -> Config:
     if p.is_dir() and not (p / "config.yaml").is_file():
         raise ConfigError(f"{p}: is a folder without config.yaml; expected a YAML config file or a run folder (runs/<experiment>)")
     if p.is_dir():  # the run is where it was named, whatever the working directory (its saved runs_dir may be relative)
-        overrides = [f"runs_dir={p.parent}", f"experiment={p.name}", *overrides]
+        overrides = [("runs_dir", str(p.parent)), ("experiment", p.name), *overrides]  # names, not YAML
     return load_config(p / "config.yaml" if p.is_dir() else p, overrides)
 
 

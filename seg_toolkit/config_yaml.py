@@ -25,9 +25,13 @@ def _set_dotted(data: dict, dotted: str, value: Any) -> None:
     node[keys[-1]] = value
 
 
-def apply_overrides(data: dict, overrides: list[str] | None) -> dict:
-    """Apply ``key.path=value`` strings; values are parsed as YAML (``3``, ``true``, ``[1, 2]``)."""
+def apply_overrides(data: dict, overrides: list | None) -> dict:
+    """Apply ``key.path=value`` strings; values are parsed as YAML (``3``, ``true``, ``[1, 2]``). A ``(key.path,
+    value)`` pair sets the value as it is (a run folder's name is a name, never YAML: ``2024``, ``exp #2``)."""
     for item in overrides or []:
+        if isinstance(item, tuple):
+            _set_dotted(data, item[0], item[1])
+            continue
         if "=" not in item:
             raise ConfigError(f"--set {item!r}: expected key.path=value, e.g. train.epochs=3")
         key, raw = item.split("=", 1)

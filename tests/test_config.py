@@ -137,3 +137,15 @@ def test_ema_and_onecycle_settings_that_could_not_work_are_refused():
     cfg = config_from_dict({"train": {"epochs": 3, "grad_clip": 1.0, "ema_decay": 0.999, "use_ema": True},
                             "scheduler": {"name": "onecycle", "warmup_epochs": 1}})  # in range: accepted
     assert (cfg.train.grad_clip, cfg.train.ema_decay) == (1.0, 0.999)
+
+
+@pytest.mark.parametrize("name", ["exp #2", "2024", "0012", "yes", "null", "[x]"])
+def test_a_run_folder_name_is_a_name_not_yaml(tmp_path, name):
+    """``predict "runs/exp #2"`` read the name as YAML ('exp', a comment) and used the run 'exp'; '2024' was an int."""
+    from seg_toolkit.commands import _load
+
+    parent = tmp_path / "2025"  # a parent folder named like a number too
+    (parent / name).mkdir(parents=True)
+    (parent / name / "config.yaml").write_text(f"experiment: {name!r}\n".replace("'", '"'), encoding="utf-8")
+    cfg = _load(str(parent / name), ["train.epochs=2"])
+    assert cfg.experiment == name and cfg.runs_dir == str(parent) and cfg.train.epochs == 2
