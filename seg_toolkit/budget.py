@@ -77,6 +77,9 @@ def parse_duration(text: str | float | int, what: str = "--budget") -> float:
     m = re.fullmatch(r"(?:(\d+(?:\.\d*)?)h)?\s*(?:(\d+(?:\.\d*)?)m)?\s*(?:(\d+(?:\.\d*)?)s?)?", s)
     if not s or m is None or not any(m.groups()):
         raise ConfigError(f"{what} {text!r}: expected a duration such as 9h, 30m, 1h30m or 3600s")
+    if (m.group(1) or m.group(2)) and m.group(3) and not s.endswith("s"):  # 1h30 was 1 h 30 s
+        fix = f"{s}m (or {s}s)" if m.group(2) is None else f"{s}s"
+        raise ConfigError(f"{what} {text!r}: the number after the last unit has none; write {fix}")
     h, mi, sec = (float(g) if g else 0.0 for g in m.groups())
     return h * 3600 + mi * 60 + sec
 

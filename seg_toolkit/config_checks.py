@@ -18,6 +18,7 @@ from typing import Any, Callable
 
 from .config import Config, ConfigError, check_deep_supervision_arch
 from .config_data_checks import check_data_config
+from .config_consistency import check_consistency
 
 __all__ = ["check_config"]
 
@@ -46,6 +47,7 @@ def check_config(cfg: Config) -> None:
         _check_postprocess,
         _check_submission,
         _check_track,
+        check_consistency,
     ):
         check(cfg)
 

@@ -36,7 +36,7 @@ def apply_overrides(data: dict, overrides: list | None) -> dict:
             raise ConfigError(f"--set {item!r}: expected key.path=value, e.g. train.epochs=3")
         key, raw = item.split("=", 1)
         try:
-            value = yaml.safe_load(raw) if raw != "" else ""
+            value = yaml.load(raw, Loader=_SafeUniqueLoader) if raw != "" else ""  # noqa: S506 - a SafeLoader
         except yaml.YAMLError as e:
             raise ConfigError(f"--set {key}: cannot parse value {raw!r}: {e}") from None
         _set_dotted(data, key.strip(), value)
@@ -64,6 +64,24 @@ class _SafeUniqueLoader(yaml.SafeLoader):
                                       f"given twice in one mapping (first on line {first}); YAML would keep only the "
                                       "last: merge them into one")
         return super().construct_mapping(node, deep=deep)
+
+    def _no_base_60(self, node, base):
+        """YAML 1.1 reads ``1:30`` as 90 (base 60): ``time_budget: 1:30`` was 90 seconds; refused, naming the line."""
+        if ":" in str(node.value):
+            where = f"{node.start_mark.name}: line {node.start_mark.line + 1}: " if node.start_mark.name != "<unicode string>" else ""
+            raise ConfigError(f"{where}{node.value!r} is a base-60 number to YAML ({node.value} -> "
+                              f"{base(self, node)}); write a duration as 1h30m, or quote the value")
+        return base(self, node)
+
+    def construct_yaml_int(self, node):
+        return self._no_base_60(node, yaml.SafeLoader.construct_yaml_int)
+
+    def construct_yaml_float(self, node):
+        return self._no_base_60(node, yaml.SafeLoader.construct_yaml_float)
+
+
+_SafeUniqueLoader.add_constructor("tag:yaml.org,2002:int", _SafeUniqueLoader.construct_yaml_int)
+_SafeUniqueLoader.add_constructor("tag:yaml.org,2002:float", _SafeUniqueLoader.construct_yaml_float)
 
 
 def read_yaml(path: str | Path) -> dict:

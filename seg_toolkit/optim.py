@@ -33,7 +33,7 @@ def build_optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimize
         return torch.optim.Adam(groups, lr=o.lr)
     if o.name == "adamw":
         return torch.optim.AdamW(groups, lr=o.lr)
-    return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, nesterov=True)
+    return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, nesterov=o.momentum > 0)  # Nesterov needs momentum
 
 
 class LRSchedule:

@@ -112,6 +112,14 @@ def load_params(cfg: Config, run=None) -> PostParams:
     data = read_json(run.postprocess_json)
     if data is None:
         return params_from_config(cfg)
+    saved = run.config() if run.config_yaml.is_file() else None
+    changed = [k for k in ("threshold", "min_area", "empty_gate")
+               if saved is not None and getattr(saved.postprocess, k) != getattr(cfg.postprocess, k)]
+    if changed:  # `predict RUN --set postprocess.threshold=0.3` was ignored silently for the tuned values
+        raise ConfigError(f"postprocess.{changed[0]}: {getattr(cfg.postprocess, changed[0])} differs from the run's "
+                          f"{getattr(saved.postprocess, changed[0])}, but {run.postprocess_json} (tuned on OOF) decides "
+                          "the masks; change the tuned values with `seg-toolkit tune` (its grids), or move the file "
+                          "away to use the config's")
     try:
         params = PostParams(**data["params"])
     except (KeyError, TypeError, ValueError) as e:

@@ -59,7 +59,7 @@ class Run(RunGuard):
 
     #: What a run writes directly in its folder, besides ``fold_<k>/`` (names from the properties
     #: below) and the temporary files of :func:`seg_toolkit.files.atomic_write`.
-    RUN_FILES = ("config.yaml", "folds.csv", "folds.csv.tmp", "fold_balance.csv", "cv.json", "postprocess.json", "tta.json",
+    RUN_FILES = ("config.yaml", "folds.csv", "folds.csv.tmp", "folds.json", "fold_balance.csv", "cv.json", "postprocess.json", "tta.json",
                  "ensemble.json", "amp.json", "lr_find.json", "lr_find.png", "pseudo", "oof", "oof_summary.json", "test_probs",
                  "evaluate_test.json", "report", "learning_curves.html", "learning_curves.png", "audit.html",
                  "audit_problems.csv", "tta_search", "test_masks", "evaluations", "audit_samples.png", "audit_batch.png",
@@ -92,6 +92,11 @@ class Run(RunGuard):
     @property
     def folds_csv(self) -> Path:
         return self.dir / "folds.csv"
+
+    @property
+    def folds_json(self) -> Path:
+        """The ``folds.*`` / group keys ``folds.csv`` was made with; written with it (runs before 2026-12-03: none)."""
+        return self.dir / "folds.json"
 
     @property
     def fold_balance_csv(self) -> Path:

@@ -149,3 +149,76 @@ def test_a_run_folder_name_is_a_name_not_yaml(tmp_path, name):
     (parent / name / "config.yaml").write_text(f"experiment: {name!r}\n".replace("'", '"'), encoding="utf-8")
     cfg = _load(str(parent / name), ["train.epochs=2"])
     assert cfg.experiment == name and cfg.runs_dir == str(parent) and cfg.train.epochs == 2
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"data": {"group_pattern": "^(im\\d)"}, "folds": {"method": "kfold"}},
+     r"data.group_pattern: groups are kept whole only by folds.method: group .*folds.method is kfold"),
+    ({"data": {"group_column": "patient"}}, r"data.group_column: .*folds.method is stratified"),
+    ({"folds": {"only": [0, 0]}}, r"folds.only: fold\(s\) \[0\] listed more than once"),
+    ({"folds": {"seed": -1}}, r"folds.seed: expected 0..4294967295"),
+    ({"train": {"seed": 2**32}}, r"train.seed: expected 0..4294967295"),
+    ({"data": {"task": "multiclass", "num_classes": 3, "layout": "folder", "ignore_index": 1}, "loss": {"ce": 1.0}, "submission": {"per_class": True}},
+     r"data.ignore_index: 1 is a class id \(0..2 with data.num_classes=3\)"),
+    ({"data": {"task": "multiclass", "num_classes": 3, "layout": "folder", "ignore_index": -3}, "loss": {"ce": 1.0}, "submission": {"per_class": True}},
+     r"data.ignore_index: expected the mask value that marks void \(>= 0\), got -3"),
+    ({"data": {"ignore_index": 255}}, r"data.ignore_index: .*the csv layout's masks are RLE rows"),
+    ({"data": {"task": "multiclass", "num_classes": 3, "class_names": ["a", "a", "b"]}, "loss": {"ce": 1.0}, "submission": {"per_class": True}},
+     r"data.class_names: \['a'\] named more than once"),
+    ({"scheduler": {"warmup_epochs": 5}, "train": {"epochs": 1}}, r"scheduler.warmup_epochs: 5.0 is not fewer than train.epochs \(1\)"),
+    ({"scheduler": {"min_lr": 0.1}, "optim": {"lr": 0.003}}, r"scheduler.min_lr: 0.1 is not below optim.lr \(0.003\)"),
+    ({"model": {"freeze_encoder_epochs": 5}, "train": {"epochs": 5}}, r"model.freeze_encoder_epochs: 5 is not fewer than train.epochs"),
+    ({"data": {"task": "multilabel", "num_classes": 2}, "metric": {"name": "tgs_map"}, "submission": {"per_class": True}}, r"metric.name: 'tgs_map' .* binary tasks only"),
+])
+def test_keys_that_contradict_each_other_are_refused_at_load(data, message):
+    """Each was accepted and then ignored (group keys, ignore_index on a class, warmup past the run) or failed after
+    the run folder was written (tgs_map on multilabel, a negative seed)."""
+    with pytest.raises(ConfigError, match=message):
+        config_from_dict(data)
+
+
+@pytest.mark.parametrize("train, message", [
+    ([{"HorizontalFlip": 0.5}], r"HorizontalFlip: expected a mapping of its arguments, e.g. \{HorizontalFlip: \{p: 0.5\}\}, got 0.5"),
+    ([{"OneOf": [{"HorizontalFlip": {}}]}], r"OneOf: expected a mapping of its arguments, e.g. \{OneOf: \{transforms: "),
+    ([{"OneOf": {"transform": [{"HorizontalFlip": {}}]}}], r"OneOf: expected \{OneOf: \{transforms: "),
+    ([{"Normalize": {}}], r"Normalize: the toolkit normalises every image with transforms.mean / std"),
+    ([{"ToTensorV2": {}}], r"ToTensorV2: the toolkit makes the tensors itself"),
+    ([{"BboxParams": {"format": "coco"}}], r"not an albumentations transform 'BboxParams'"),
+])
+def test_augmentation_lists_that_were_tracebacks_are_named(train, message):
+    with pytest.raises(ConfigError, match=r"transforms.train\[0\]: .*" + message):
+        config_from_dict({"transforms": {"train": train}})
+    ok = config_from_dict({"transforms": {"train": [{"OneOf": {"transforms": [{"HorizontalFlip": {}}, {"VerticalFlip": {}}], "p": 0.5}}]}})
+    assert ok.transforms.train[0]["OneOf"]["p"] == 0.5
+
+
+def test_sgd_without_momentum_is_plain_sgd():
+    """momentum 0 passed the load check, then torch refused Nesterov without momentum at the first fold."""
+
+    from seg_toolkit.optim import build_optimizer
+
+    from seg_toolkit.models import build_model
+
+    cfg = config_from_dict({"optim": {"name": "sgd", "momentum": 0.0}, "model": {"arch": "scratch_unet", "depth": 1, "base_width": 2}})
+    opt = build_optimizer(cfg, build_model(cfg.model, 1))
+    assert opt.defaults["momentum"] == 0.0 and opt.defaults["nesterov"] is False
+    cfg = config_from_dict({"optim": {"name": "sgd"}, "model": {"arch": "scratch_unet", "depth": 1, "base_width": 2}})
+    opt = build_optimizer(cfg, build_model(cfg.model, 1))
+    assert opt.defaults["momentum"] == 0.9 and opt.defaults["nesterov"] is True
+
+
+def test_durations_and_base_60_numbers_are_not_misread(tmp_path):
+    """'1h30' was 1 h 30 s; YAML read `time_budget: 1:30` as 90 seconds."""
+    from seg_toolkit.budget import parse_duration
+
+    assert parse_duration("1h30m") == 5400 and parse_duration("1m30s") == 90 and parse_duration("90") == 90
+    with pytest.raises(ConfigError, match=r"'1h30': the number after the last unit has none; write 1h30m \(or 1h30s\)"):
+        parse_duration("1h30")
+    with pytest.raises(ConfigError, match=r"'1:30' is a base-60 number to YAML \(1:30 -> 90\)"):
+        apply_overrides({}, ["train.time_budget=1:30"])
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  time_budget: 23:00\n")
+    with pytest.raises(ConfigError, match=r"c.yaml: line 2: '23:00' is a base-60 number to YAML"):
+        load_config(path)
+    path.write_text("train:\n  time_budget: '1h30m'\n  epochs: 3\noptim: {lr: 1.0e-3}\n")
+    assert load_config(path).train.time_budget == "1h30m"

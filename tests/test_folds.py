@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -233,3 +234,23 @@ def test_balance_written_once_with_folds_csv_and_old_folds_still_read(tmp_path, 
     # folds written elsewhere than a run's folds.csv: logged, no balance file beside them
     load_or_make_folds(samples, cfg, tmp_path / "elsewhere" / "my_folds.csv")
     assert sorted(q.name for q in (tmp_path / "elsewhere").iterdir()) == ["my_folds.csv"]
+
+
+def test_a_folds_csv_made_with_other_settings_is_refused(tmp_path):
+    """lr-find writes the run's folds.csv (no config.yaml yet); a later `train --set folds.method=group` reused it:
+    groups split across folds, the CV leaking, the saved config saying group."""
+    from seg_toolkit.data import DataError
+    from seg_toolkit.data.folds import load_or_make_folds
+
+    p = np.array([[i % 3 == 0, i % 4 == 0, i % 5 == 0, False] for i in range(30)])
+    samples = _rle_samples(p, groups=[f"g{i // 3}" for i in range(30)])
+    run = Run(tmp_path / "runs" / "x")
+    first = load_or_make_folds(samples, _cfg("multilabel", 4), run.folds_csv)
+    assert json.loads(run.folds_json.read_text()) == {"n_splits": 5, "method": "stratified", "seed": 42,
+                                                      "group_column": None, "group_pattern": None}
+    assert load_or_make_folds(samples, _cfg("multilabel", 4), run.folds_csv).equals(first)  # same settings: reused
+    with pytest.raises(DataError, match=r"folds.csv was made with other fold settings \(method: 'stratified' -> 'group'; "
+                                        r"group_pattern: None -> '\^\(g.*\); reusing it would not be the split"):
+        load_or_make_folds(samples, _cfg("multilabel", 4, {"method": "group"}, group_pattern=r"^(g\d+)"), run.folds_csv)
+    with pytest.raises(DataError, match=r"\(seed: 42 -> 7\)"):
+        load_or_make_folds(samples, _cfg("multilabel", 4, {"seed": 7}), run.folds_csv)

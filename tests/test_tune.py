@@ -22,7 +22,7 @@ import seg_toolkit.data.dataset as dataset_mod
 import seg_toolkit.data.io as io_mod
 import seg_toolkit.data.sample as sample_mod
 import seg_toolkit.data.sources as sources_mod
-from seg_toolkit.config import IGNORE_INDEX, Config, config_from_dict
+from seg_toolkit.config import IGNORE_INDEX, Config, ConfigError, config_from_dict
 from seg_toolkit.cv import compute_cv
 from seg_toolkit.run import Run
 from seg_toolkit.metrics import image_counts, mean_iou, per_image_scores, pixel_accuracy, scores_from_counts
@@ -490,3 +490,20 @@ def test_a_postprocess_json_with_bad_values_is_named(tmp_path, params, message):
     ok = {"threshold": [0.4], "min_area": [12.0], "empty_gate": [0.7]}
     run.postprocess_json.write_text(json.dumps({"params": ok}))
     assert load_params(cfg, run) == PostParams([0.4], [12], [0.7])
+
+
+def test_a_postprocess_override_on_a_tuned_run_is_refused(blob_run):
+    """`predict RUN --set postprocess.threshold=0` wrote the tuned submission unchanged (the file won, silently)."""
+    import dataclasses
+
+    from seg_toolkit.config import save_config
+    from seg_toolkit.postprocess import load_params
+
+    cfg, *_ = blob_run
+    save_config(cfg, Run(cfg.run_dir).config_yaml)
+    tune_postprocess(cfg)
+    assert load_params(cfg, Run(cfg.run_dir)).threshold == [0.6]  # the tuned value
+    changed = dataclasses.replace(cfg, postprocess=dataclasses.replace(cfg.postprocess, threshold=[0.0]))
+    with pytest.raises(ConfigError, match=r"postprocess.threshold: \[0.0\] differs from the run's \[0.5\], but .*"
+                                          r"postprocess.json \(tuned on OOF\) decides the masks"):
+        load_params(changed, Run(cfg.run_dir))

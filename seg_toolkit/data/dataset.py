@@ -32,19 +32,43 @@ def _aug_from_spec(spec: Any, where: str) -> A.BasicTransform:
     if not isinstance(spec, dict) or len(spec) != 1:
         raise ConfigError(f"{where}: expected {{TransformName: {{param: value}}}}, got {spec!r}")
     (name, params), = spec.items()
+    if params is not None and not isinstance(params, dict):  # {HorizontalFlip: 0.5}: a TypeError deep in dict()
+        compose = isinstance(getattr(A, name, None), type) and issubclass(getattr(A, name), A.BaseCompose)
+        example = "{transforms: [{HorizontalFlip: {}}, ...], p: 0.5}" if compose else "{p: 0.5}"
+        raise ConfigError(f"{where}: {name}: expected a mapping of its arguments, e.g. {{{name}: {example}}}, got {params!r}")
     params = dict(params or {})  # a copy: the config's spec must survive building (once per fold)
+    if name in _NOT_AUGMENTATIONS:
+        raise ConfigError(f"{where}: {name}: {_NOT_AUGMENTATIONS[name]}")
     cls = getattr(A, name, None)
-    if cls is None or not isinstance(cls, type):
-        names = [n for n in dir(A) if n[:1].isupper()]
+    if cls is None or not isinstance(cls, type) or not issubclass(cls, (A.BasicTransform, A.BaseCompose)):
+        names = [n for n in dir(A) if n[:1].isupper() and isinstance(getattr(A, n), type)
+                 and issubclass(getattr(A, n), (A.BasicTransform, A.BaseCompose))]
         close = difflib.get_close_matches(name, names, n=3)
-        raise ConfigError(f"{where}: unknown albumentations transform {name!r}" + (f"; did you mean {close}?" if close else ""))
-    if name in ("OneOf", "SomeOf", "Sequential"):
-        inner = [_aug_from_spec(s, f"{where}.{name}") for s in params.pop("transforms", [])]
-        return cls(inner, **params)
+        what = "not an albumentations transform" if cls is not None else "unknown albumentations transform"
+        raise ConfigError(f"{where}: {what} {name!r}" + (f"; did you mean {close}?" if close else ""))
+    if issubclass(cls, A.BaseCompose):
+        inner = params.pop("transforms", None)
+        if not isinstance(inner, list) or not inner:
+            raise ConfigError(f"{where}: {name}: expected {{{name}: {{transforms: [{{HorizontalFlip: {{}}}}, ...], p: 0.5}}}}, "
+                              f"got {spec!r}")
+        inner = [_aug_from_spec(s, f"{where}.{name}.transforms[{i}]") for i, s in enumerate(inner)]
+        try:
+            return cls(inner, **params)
+        except Exception as e:
+            raise ConfigError(f"{where}: {name}({params}) failed: {e}") from None
     try:
         return cls(**params)
     except Exception as e:
         raise ConfigError(f"{where}: {name}({params}) failed: {e}") from None
+
+
+#: albumentations names a training list must not hold: the toolkit does these steps itself, after the list
+_NOT_AUGMENTATIONS = {
+    "Normalize": "the toolkit normalises every image with transforms.mean / std after the augmentations (a second "
+                 "Normalize here would apply to training only); set transforms.mean / std instead",
+    "ToTensorV2": "the toolkit makes the tensors itself; remove it",
+    "Compose": "transforms.train is the list of the Compose; list its transforms directly",
+}
 
 
 def _normalize(cfg: Config) -> A.Normalize:

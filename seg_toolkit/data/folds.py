@@ -49,7 +49,7 @@ import pandas as pd
 from sklearn.model_selection import GroupKFold, KFold, StratifiedGroupKFold, StratifiedKFold
 
 from ..config import Config
-from ..files import write_text
+from ..files import read_json, write_json, write_text
 from ..run import Run
 from .io import DataError
 from .masks import class_names, load_target, mask_ids, train_rle_spec
@@ -254,6 +254,13 @@ def fold_of_ids(path: Path) -> dict[str, int]:
     return dict(zip(df["id"].tolist(), df["fold"].tolist()))
 
 
+def fold_settings(cfg: Config) -> dict:
+    """What decides the split besides the ids: kept in the run's ``folds.json`` beside ``folds.csv``."""
+    f, d = cfg.folds, cfg.data
+    return {"n_splits": f.n_splits, "method": f.method, "seed": f.seed, "group_column": d.group_column,
+            "group_pattern": d.group_pattern}
+
+
 def load_or_make_folds(samples: list[Sample], cfg: Config, path: Path) -> pd.DataFrame:
     """Read ``path`` if it exists (checking it covers exactly these ids), else make and write it.
 
@@ -261,7 +268,14 @@ def load_or_make_folds(samples: list[Sample], cfg: Config, path: Path) -> pd.Dat
     written to the run's ``fold_balance.csv`` first, so a ``folds.csv`` present means both are.
     """
     ids = [s.id for s in samples]
+    run = Run(path.parent)
+    own = Path(path) == run.folds_csv
     if path.is_file():
+        made = read_json(run.folds_json) if own and run.folds_json.is_file() else None
+        changed = [f"{k}: {made[k]!r} -> {v!r}" for k, v in fold_settings(cfg).items() if made is not None and made.get(k) != v]
+        if changed:
+            raise DataError(f"{path} was made with other fold settings ({'; '.join(changed)}); reusing it would not be "
+                            "the split the config asks for: use a new experiment name, or --overwrite to start this one again")
         df = read_folds(path)
         have = set(df["id"])
         if have != set(ids) or len(df) != len(ids):
@@ -279,9 +293,9 @@ def load_or_make_folds(samples: list[Sample], cfg: Config, path: Path) -> pd.Dat
     balance = fold_balance(df, presence, cfg)
     log.info("fold balance (validation images per fold; images containing each class; empty images):\n%s",
              balance.to_string(index=False))
-    run = Run(path.parent)
-    if Path(path) == run.folds_csv:
+    if own:
         write_text(run.fold_balance_csv, balance.to_csv(index=False))
+        write_json(run.folds_json, fold_settings(cfg))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".csv.tmp")
     df.to_csv(tmp, index=False)

@@ -1,0 +1,72 @@
+"""Rules between keys, checked when a config loads (called last by :func:`seg_toolkit.config_checks.check_config`):
+settings that each have a valid value but contradict one another, so the run would do something else than the
+config says, silently (group keys without a group split, a void id that is a class, warmup longer than the run, a
+floor learning rate above the learning rate) or fail late (a metric that does not fit the task, a seed sklearn
+refuses). Each rule fails with one line naming the keys and what was expected."""
+
+from __future__ import annotations
+
+from .config import Config, ConfigError
+
+__all__ = ["check_consistency"]
+
+#: seeds go to numpy / sklearn, which take 0 .. 2**32 - 1
+_MAX_SEED = 2**32 - 1
+
+
+def check_consistency(cfg: Config) -> None:
+    for check in (_check_folds, _check_classes, _check_schedule, _check_metric_fits):
+        check(cfg)
+
+
+def _check_folds(cfg: Config) -> None:
+    f, d = cfg.folds, cfg.data
+    if f.method not in ("group", "stratified_group"):
+        for key in ("group_column", "group_pattern"):
+            if getattr(d, key) is not None:
+                raise ConfigError(f"data.{key}: groups are kept whole only by folds.method: group or stratified_group; "
+                                  f"folds.method is {f.method}, which would split them silently")
+    twice = sorted({k for k in f.only if f.only.count(k) > 1})
+    if twice:
+        raise ConfigError(f"folds.only: fold(s) {twice} listed more than once")
+    for key, seed in (("folds.seed", f.seed), ("train.seed", cfg.train.seed)):
+        if not 0 <= seed <= _MAX_SEED:
+            raise ConfigError(f"{key}: expected 0..{_MAX_SEED} (numpy's and sklearn's seeds), got {seed}")
+
+
+def _check_classes(cfg: Config) -> None:
+    d = cfg.data
+    twice = sorted({n for n in d.class_names if d.class_names.count(n) > 1})
+    if twice:
+        raise ConfigError(f"data.class_names: {twice} named more than once (names find per-class files and label the "
+                          "report's columns; each class needs its own)")
+    if d.ignore_index is None:
+        return
+    if d.ignore_index < 0:
+        raise ConfigError(f"data.ignore_index: expected the mask value that marks void (>= 0), got {d.ignore_index}")
+    if d.layout == "csv":
+        raise ConfigError("data.ignore_index: marks void pixels in mask files; the csv layout's masks are RLE rows, "
+                          "which hold no void value (remove it)")
+    if d.task == "multiclass" and d.ignore_index < d.num_classes:
+        raise ConfigError(f"data.ignore_index: {d.ignore_index} is a class id (0..{d.num_classes - 1} with "
+                          f"data.num_classes={d.num_classes}): its pixels would never be trained or scored; give the "
+                          "void value of the mask files, or remap values with data.mask_values")
+
+
+def _check_schedule(cfg: Config) -> None:
+    t, s, o, m = cfg.train, cfg.scheduler, cfg.optim, cfg.model
+    if s.name != "none" and s.warmup_epochs >= t.epochs:
+        raise ConfigError(f"scheduler.warmup_epochs: {s.warmup_epochs} is not fewer than train.epochs ({t.epochs}): the "
+                          "learning rate would never reach optim.lr")
+    if s.name in ("cosine", "poly", "plateau") and s.min_lr >= o.lr:
+        raise ConfigError(f"scheduler.min_lr: {s.min_lr} is not below optim.lr ({o.lr}); the floor of a decaying "
+                          "learning rate must be lower than its start")
+    if m.freeze_encoder_epochs >= t.epochs:
+        raise ConfigError(f"model.freeze_encoder_epochs: {m.freeze_encoder_epochs} is not fewer than train.epochs "
+                          f"({t.epochs}): the encoder would never train")
+
+
+def _check_metric_fits(cfg: Config) -> None:
+    from .evaluator import resolve_metric_name  # lazy: imports torch
+
+    resolve_metric_name(cfg.metric.name, cfg.data.task)  # tgs_map on a multilabel task, ...
