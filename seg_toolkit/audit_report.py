@@ -14,12 +14,12 @@ import numpy as np
 
 from .audit import AuditResult, audit
 from .audit_pictures import audit_pictures
-from .config import Config
+from .config import Config, ConfigError
 from .data import class_colors
 
 log = logging.getLogger(__name__)
 
-__all__ = ["format_audit", "write_audit"]
+__all__ = ["format_audit", "write_audit", "check_audit_out"]
 
 
 # ----------------------------------------------------------------------------- text
@@ -146,6 +146,31 @@ def _audit_html(r: AuditResult, colors: np.ndarray, max_problems: int = 5000, pi
     return page(f"Data audit: {r.root}", body)
 
 
+def check_audit_out(cfg: Config, out_dir: Path) -> None:
+    """``audit --out``: not in ``data.root`` (nothing is written among the data), and never over a file the audit did
+    not write (an ``audit.html`` of the user's was replaced; the pictures count as the audit's beside its own page)."""
+    from .run import Run
+
+    root, here = Path(cfg.data.root).resolve(), out_dir.resolve()
+    if here == root or root in here.parents:
+        raise ConfigError(f"--out {out_dir} lies inside data.root {cfg.data.root}; write the audit elsewhere (nothing "
+                          "is written among the data)")
+    run = Run(out_dir)
+    html, csv_path = run.audit_html, run.audit_problems_csv
+    ours = html.is_file() and html.read_text(encoding="utf-8", errors="replace").startswith("<!DOCTYPE html>") and \
+        "<title>Data audit: " in html.read_text(encoding="utf-8", errors="replace")[:4000]
+    if html.exists() and not ours:
+        raise ConfigError(f"{html} exists and is not an audit page; choose another --out (an audit never replaces "
+                          "a file it did not write)")
+    if csv_path.exists() and not (csv_path.is_file() and csv_path.read_text(encoding="utf-8", errors="replace")
+                                  .startswith("kind,where,message")):
+        raise ConfigError(f"{csv_path} exists and is not an audit's problem list; choose another --out")
+    pictures = [p for p in (run.audit_samples_png, run.audit_batch_png) if p.exists()]
+    if pictures and not ours:
+        raise ConfigError(f"{pictures[0]} exists beside no audit page of ours; choose another --out (an audit never "
+                          "replaces a file it did not write)")
+
+
 def write_audit(cfg: Config, out_dir: Path, result: Optional[AuditResult] = None) -> Path:
     """Audit (unless ``result`` is given) and write ``audit.html``, ``audit_problems.csv``, ``audit_samples.png``
     and ``audit_batch.png`` into ``out_dir`` (see the module doc).
@@ -156,8 +181,9 @@ def write_audit(cfg: Config, out_dir: Path, result: Optional[AuditResult] = None
 
     from .run import Run
 
-    res = result if result is not None else audit(cfg)
     out_dir = Path(out_dir)
+    check_audit_out(cfg, out_dir)
+    res = result if result is not None else audit(cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
     pictures = audit_pictures(cfg, res, out_dir)
     page = write_text(Run(out_dir).audit_html, _audit_html(res, class_colors(cfg), pictures=pictures))

@@ -162,6 +162,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         if not args.estimate:
             raise ConfigError("--budget and --n-images go with --estimate")
         budget = parse_duration(args.budget) if args.budget else None
+        if budget is not None and budget <= 0:
+            raise ConfigError(f"--budget {args.budget!r}: expected a positive duration, e.g. 9h")
         r = estimate_predict(_config(args), n_images=args.n_images, budget=budget)
         print(format_estimate(r))
         return 0 if r.get("fits", True) else 1
@@ -187,7 +189,11 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
     from .inference import check_out, predict_test
     from .run import Run
 
+    from .config_checks import check_run_name
+
     cfgs = [_load(c, args.set) for c in args.configs]
+    if args.name is not None:
+        check_run_name(args.name, "--name")
     run = Run(Path(cfgs[0].runs_dir) / (args.name or "ens_" + "_".join(c.experiment for c in cfgs)))
     if not args.no_predict and args.out:  # before the ensemble run is made: a refused --out would leave it behind
         check_out(cfgs[0], Path(args.out), args.overwrite, [run.dir] + [Run.of(c).dir for c in cfgs])
@@ -348,9 +354,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def cmd_audit(args: argparse.Namespace) -> int:
     from .audit import audit
-    from .audit_report import format_audit, write_audit
+    from .audit_report import check_audit_out, format_audit, write_audit
 
     cfg = _config(args)
+    check_audit_out(cfg, Path(args.out) if args.out else cfg.run_dir)  # before the pass over the data
     result = audit(cfg, decode_images=not args.headers_only)
     print(format_audit(result))
     out = write_audit(cfg, Path(args.out) if args.out else cfg.run_dir, result)

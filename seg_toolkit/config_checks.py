@@ -72,8 +72,13 @@ def _check_non_negative(values: list[int], key: str) -> None:
 
 
 def _check_experiment(cfg: Config) -> None:
-    if not cfg.experiment or any(c in cfg.experiment for c in "/\\") or cfg.experiment in (".", ".."):
-        raise ConfigError(f"experiment: {cfg.experiment!r} must be a plain folder name")
+    check_run_name(cfg.experiment, "experiment")
+
+
+def check_run_name(name: str, key: str) -> None:
+    """A run's folder name (``experiment``, ``ensemble --name``): one plain folder inside ``runs_dir``."""
+    if not name or any(c in name for c in "/\\") or name in (".", ".."):
+        raise ConfigError(f"{key}: {name!r} must be a plain folder name")
 
 
 def _check_folds(cfg: Config) -> None:
@@ -359,8 +364,11 @@ def _check_model(cfg: Config) -> None:
                           "multilabel); a multiclass argmax has no empty mask to gate")
     arch = cfg.model.arch
     if arch == "scratch_unet":  # always registered; spares importing smp and timm
+        from .models.registry import _check_scratch_keys
+
+        _check_scratch_keys(cfg.model)
         return
-    from .models.registry import closest_names, list_architectures  # lazy: imports smp and timm
+    from .models.registry import check_model_keys, closest_names, list_architectures  # lazy: imports smp and timm
     from .models.smp_models import check_decoder_depth
 
     names = list_architectures()
@@ -369,6 +377,7 @@ def _check_model(cfg: Config) -> None:
         hint = f"; did you mean {close[0]!r}?" if close else ""
         raise ConfigError(f"model.arch: unknown architecture {arch!r}{hint} (valid: {', '.join(names)})")
     check_decoder_depth(arch, cfg.model.params or {})
+    check_model_keys(cfg.model)  # the encoder name, params and weight-set name, before any data is read
 
 
 def _check_weights_file(cfg: Config) -> None:

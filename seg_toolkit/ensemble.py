@@ -35,6 +35,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .config import Config, ConfigError, save_config
+from .config_checks import check_run_name
 from .data import load_target, load_train_samples
 from .data.dataset import target_to_tensor
 from .evaluator import Evaluator
@@ -219,6 +220,7 @@ def _build_ensemble(cfgs: list[Config], name: str | None, weights: Sequence[floa
             raise ConfigError(f"--weights: expected finite non-negative weights with a positive sum, got {list(weights)}")
     runs, folds, fold_of = _check_members(cfgs)
     name = name or "ens_" + "_".join(c.experiment for c in cfgs)
+    check_run_name(name, "--name")
     out = Run(Path(lead.runs_dir) / name)
     if out.dir.exists() and any(out.dir.iterdir()):
         if not out.is_ensemble:

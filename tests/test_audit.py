@@ -424,3 +424,26 @@ def test_train_after_audit_into_the_same_run_folder(demo_root, tmp_path):
     run_cv(cfg)
     assert run.audit_html.is_file() and run.trained_folds() == [0, 1]
     assert find_runs([tmp_path / "runs"]) == [run]
+
+
+def test_audit_out_never_replaces_a_users_file_nor_writes_into_the_data(demo_cfg, tmp_path):
+    """`audit --out myreports` replaced the user's audit.html; `--out data/demo` wrote four files among the data."""
+    from seg_toolkit.cli import main
+    from seg_toolkit.config import ConfigError, save_config
+
+    mine = tmp_path / "myreports"
+    mine.mkdir()
+    (mine / "audit.html").write_text("MY OWN NOTES")
+    with pytest.raises(ConfigError, match=r"audit.html exists and is not an audit page"):
+        write_audit(demo_cfg, mine)
+    assert (mine / "audit.html").read_text() == "MY OWN NOTES"
+    with pytest.raises(ConfigError, match=r"lies inside data.root"):
+        write_audit(demo_cfg, Path(demo_cfg.data.root) / "reports")
+    assert not (Path(demo_cfg.data.root) / "reports").exists()
+    config = tmp_path / "c.yaml"
+    save_config(demo_cfg, config)
+    assert main(["audit", str(config), "--out", str(mine)]) == 2  # refused before the pass over the data
+    ours = tmp_path / "ours"
+    write_audit(demo_cfg, ours)
+    write_audit(demo_cfg, ours)  # its own page, pictures and list are replaced
+    assert (ours / "audit.html").read_text().startswith("<!DOCTYPE html>")

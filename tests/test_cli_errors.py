@@ -110,3 +110,17 @@ def test_missing_cuda_fails_before_any_work(comp, capsys, tmp_path, command):
     if command == "train":
         assert err.startswith("error: train.device: 'cuda' but CUDA is not available on this machine")
         assert not (tmp_path / "runs").exists()  # nothing written
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["predict", "configs/demo.yaml", "--estimate", "--budget", "0"], "--budget '0': expected a positive duration"),
+    (["ensemble", "configs/demo.yaml", "configs/demo.yaml", "--name", "../outside"], "--name: '../outside' must be a plain folder name"),
+    (["ensemble", "configs/demo.yaml", "configs/demo.yaml", "--name", "a/b"], "--name: 'a/b' must be a plain folder name"),
+])
+def test_options_refused_before_any_work(argv, message, capsys, monkeypatch):
+    """--budget 0 ran the whole estimate and divided by zero; ensemble --name ../x wrote outside runs_dir."""
+    from pathlib import Path
+
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err

@@ -222,3 +222,17 @@ def test_durations_and_base_60_numbers_are_not_misread(tmp_path):
         load_config(path)
     path.write_text("train:\n  time_budget: '1h30m'\n  epochs: 3\noptim: {lr: 1.0e-3}\n")
     assert load_config(path).train.time_budget == "1h30m"
+
+
+@pytest.mark.parametrize("model, message", [
+    ({"arch": "unet", "encoder": "resnet35"}, r"model.encoder: unknown encoder 'resnet35'; did you mean 'resnet34'"),
+    ({"arch": "unet", "encoder": "resnet18", "encoder_weights": "imagnet"}, r"model.encoder_weights: 'imagnet' is not a weight set of encoder 'resnet18'; did you mean 'imagenet'"),
+    ({"arch": "unet", "encoder": "tu-resnet18", "encoder_weights": "imagnet"}, r"model.encoder_weights: 'imagnet': for a tu- \(timm\) encoder use 'imagenet'"),
+    ({"arch": "scratch_unet", "encoder": "resnet18"}, r"model.encoder: 'resnet18': scratch_unet has its own encoder"),
+    ({"arch": "scratch_unet", "params": {"foo": 1}}, r"model.params.foo: scratch_unet takes no params"),
+    ({"arch": "scratch_unet", "encoder_weights": "imagenet"}, r"model.encoder_weights: 'imagenet': scratch_unet has no pretrained weights"),
+])
+def test_model_keys_are_checked_at_load_not_at_the_first_fold(model, message):
+    """Each was found when fold 0 built its model, after folds.csv and fold_0/ were written."""
+    with pytest.raises(ConfigError, match=message):
+        config_from_dict({"model": model})

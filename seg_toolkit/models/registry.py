@@ -45,8 +45,18 @@ Builder = Callable[[ModelConfig, int, int], nn.Module]
 # ----------------------------------------------------------------------------- builders
 
 
-def _build_scratch_unet(cfg: ModelConfig, num_classes: int, in_channels: int) -> nn.Module:
-    """The from-scratch U-Net; options from ``model.depth/base_width/norm/upsample/dropout``."""
+def check_model_keys(cfg: ModelConfig) -> None:
+    """What building ``cfg`` would refuse that needs no data, weights file or model: the encoder name, the
+    architecture's params, the weight-set name; checked when the config loads (see ``config_checks._check_model``)."""
+    if cfg.arch == "scratch_unet":
+        _check_scratch_keys(cfg)
+        return
+    from .smp_models import check_smp_keys
+
+    check_smp_keys(cfg.arch, cfg, _resolve_encoder(cfg.arch, cfg.encoder))
+
+
+def _check_scratch_keys(cfg: ModelConfig) -> None:
     if cfg.encoder not in (None, SCRATCH_ENCODER):
         raise ConfigError(
             f"model.encoder: {cfg.encoder!r}: scratch_unet has its own encoder; leave model.encoder null, "
@@ -64,6 +74,16 @@ def _build_scratch_unet(cfg: ModelConfig, num_classes: int, in_channels: int) ->
         raise ConfigError(f"model.base_width: expected >= 1, got {cfg.base_width}")
     if not 0.0 <= cfg.dropout < 1.0:
         raise ConfigError(f"model.dropout: expected 0 <= dropout < 1, got {cfg.dropout}")
+    if cfg.encoder_weights is not None and not is_weights_path(cfg.encoder_weights):
+        raise ConfigError(
+            f"model.encoder_weights: {cfg.encoder_weights!r}: scratch_unet has no pretrained weights; "
+            "use null or a path/to/file.pth|.safetensors"
+        )
+
+
+def _build_scratch_unet(cfg: ModelConfig, num_classes: int, in_channels: int) -> nn.Module:
+    """The from-scratch U-Net; options from ``model.depth/base_width/norm/upsample/dropout``."""
+    _check_scratch_keys(cfg)
     model = ScratchUNet(
         in_channels=in_channels,
         num_classes=num_classes,
@@ -77,11 +97,6 @@ def _build_scratch_unet(cfg: ModelConfig, num_classes: int, in_channels: int) ->
     model.encoder_weights_report = None
     weights = cfg.encoder_weights
     if weights is not None:
-        if not is_weights_path(weights):
-            raise ConfigError(
-                f"model.encoder_weights: {weights!r}: scratch_unet has no pretrained weights; "
-                "use null or a path/to/file.pth|.safetensors"
-            )
         model.encoder_weights_report = load_encoder_weights(model.encoder, resolve_weights_path(weights))
     return model
 

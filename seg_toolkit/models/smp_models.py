@@ -304,6 +304,18 @@ def _from_file(encoder_sd: dict[str, torch.Tensor], file_sd: dict[str, torch.Ten
     return loaded, [k for k in weights if k not in loaded]
 
 
+def check_smp_keys(arch: str, cfg: ModelConfig, encoder: str) -> None:
+    """The checks of :func:`build_smp_model` that need no model: dpt's encoder, the params, the weight-set name."""
+    if arch == "dpt" and not encoder.startswith("tu-"):
+        raise ConfigError(
+            f"model.encoder: {encoder!r}: dpt needs a timm ViT encoder, e.g. tu-vit_base_patch16_224.augreg_in21k"
+        )
+    _check_params(arch, dict(cfg.params), encoder)
+    weights = cfg.encoder_weights
+    if weights is not None and not is_weights_path(weights):
+        _named_weights_arg(encoder, weights)
+
+
 def build_smp_model(arch: str, cfg: ModelConfig, num_classes: int, in_channels: int, encoder: str) -> nn.Module:
     """Build smp architecture ``arch`` on an already validated ``encoder`` name.
 
