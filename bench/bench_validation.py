@@ -33,7 +33,8 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(2)
     cfg = config_from_dict({
-        "experiment": "bench", "data": {"root": ".", "task": "multiclass", "num_classes": 11, "ignore_index": 11},
+        "experiment": "bench", "data": {"root": ".", "task": "multiclass", "num_classes": 11, "ignore_index": 11,
+                                          "layout": "folder"},
         "model": {"arch": "scratch_unet"}, "loss": {"ce": 1.0, "dice": 0.5}, "submission": {"per_class": True},
     })
     loss_fn = build_loss(cfg)

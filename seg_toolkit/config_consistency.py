@@ -1,7 +1,7 @@
 """Rules between keys, checked when a config loads (called last by :func:`seg_toolkit.config_checks.check_config`):
 settings that each have a valid value but contradict one another, so the run would do something else than the
-config says, silently (group keys without a group split, a void id that is a class, warmup longer than the run, a
-floor learning rate above the learning rate) or fail late (a metric that does not fit the task, a seed sklearn
+config says, silently (group keys without a group split, a void id that is a class, a floor learning rate above
+the learning rate) or fail late (a metric that does not fit the task, a seed sklearn
 refuses). Each rule fails with one line naming the keys and what was expected."""
 
 from __future__ import annotations
@@ -54,16 +54,12 @@ def _check_classes(cfg: Config) -> None:
 
 
 def _check_schedule(cfg: Config) -> None:
-    t, s, o, m = cfg.train, cfg.scheduler, cfg.optim, cfg.model
-    if s.name != "none" and s.warmup_epochs >= t.epochs:
-        raise ConfigError(f"scheduler.warmup_epochs: {s.warmup_epochs} is not fewer than train.epochs ({t.epochs}): the "
-                          "learning rate would never reach optim.lr")
+    # not refused: warmup as long as the run (`--set train.epochs=1` smoke runs of a config warming up for 1) and an
+    # encoder frozen for the whole run (decoder-only training on a pretrained encoder)
+    s, o = cfg.scheduler, cfg.optim
     if s.name in ("cosine", "poly", "plateau") and s.min_lr >= o.lr:
         raise ConfigError(f"scheduler.min_lr: {s.min_lr} is not below optim.lr ({o.lr}); the floor of a decaying "
                           "learning rate must be lower than its start")
-    if m.freeze_encoder_epochs >= t.epochs:
-        raise ConfigError(f"model.freeze_encoder_epochs: {m.freeze_encoder_epochs} is not fewer than train.epochs "
-                          f"({t.epochs}): the encoder would never train")
 
 
 def _check_metric_fits(cfg: Config) -> None:

@@ -165,9 +165,7 @@ def test_a_run_folder_name_is_a_name_not_yaml(tmp_path, name):
     ({"data": {"ignore_index": 255}}, r"data.ignore_index: .*the csv layout's masks are RLE rows"),
     ({"data": {"task": "multiclass", "num_classes": 3, "class_names": ["a", "a", "b"]}, "loss": {"ce": 1.0}, "submission": {"per_class": True}},
      r"data.class_names: \['a'\] named more than once"),
-    ({"scheduler": {"warmup_epochs": 5}, "train": {"epochs": 1}}, r"scheduler.warmup_epochs: 5.0 is not fewer than train.epochs \(1\)"),
     ({"scheduler": {"min_lr": 0.1}, "optim": {"lr": 0.003}}, r"scheduler.min_lr: 0.1 is not below optim.lr \(0.003\)"),
-    ({"model": {"freeze_encoder_epochs": 5}, "train": {"epochs": 5}}, r"model.freeze_encoder_epochs: 5 is not fewer than train.epochs"),
     ({"data": {"task": "multilabel", "num_classes": 2}, "metric": {"name": "tgs_map"}, "submission": {"per_class": True}}, r"metric.name: 'tgs_map' .* binary tasks only"),
 ])
 def test_keys_that_contradict_each_other_are_refused_at_load(data, message):

@@ -320,7 +320,7 @@ def test_group_pattern_from_ids(tmp_path):
         (root / f"imgs/f{i}.png").rename(root / f"imgs/seq{seq}_{i:03d}.png")
         (root / f"labels/f{i}.png").rename(root / f"labels/seq{seq}_{i:03d}.png")
     (root / "train.txt").write_text("".join(f"imgs/seq{'ABC'[i // 2]}_{i:03d}.png labels/seq{'ABC'[i // 2]}_{i:03d}.png\n" for i in range(6)))
-    cfg = _mc_cfg(root, train_lists=["train.txt"], group_pattern="^(seq[A-Z])_")
-    cfg.folds.method, cfg.folds.n_splits = "group", 3
+    cfg = _mc_cfg(root, train_lists=["train.txt"])
+    cfg.data.group_pattern, cfg.folds.method, cfg.folds.n_splits = "^(seq[A-Z])_", "group", 3
     folds = make_folds(load_train_samples(cfg), cfg)
     assert folds.groupby("stratum")["fold"].nunique().max() == 1 and folds["stratum"].nunique() == 3

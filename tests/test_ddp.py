@@ -70,7 +70,7 @@ def test_two_process_ddp_on_cpu(demo_root, tmp_path):
     metrics = pd.read_csv(run / "fold_0" / "metrics.csv")
     assert metrics["epoch"].tolist() == [1, 2]  # one row per epoch: only rank 0 wrote
     assert json.loads((run / "fold_0" / "done.json").read_text())["world_size"] == 2
-    assert sorted(p.name for p in run.iterdir()) == ["config.yaml", "cv.json", "fold_0", "fold_balance.csv", "folds.csv",
+    assert sorted(p.name for p in run.iterdir()) == ["config.yaml", "cv.json", "fold_0", "fold_balance.csv", "folds.csv", "folds.json",
                                                      "learning_curves.html", "learning_curves.png", "oof", "oof_summary.json",
                                                      "postprocess.json"]  # folds.only: [0] is the whole run: tuned
     # each rank trains on its own half: 6 training images -> 3 per rank, batch 2 with the partial

@@ -78,7 +78,7 @@ def _opt(lr=1.0):
 
 
 def _lrs(name, epochs=10, per_epoch=10, **sched):
-    cfg = config_from_dict({"train": {"epochs": epochs}, "scheduler": {"name": name, **sched}})
+    cfg = config_from_dict({"train": {"epochs": epochs}, "optim": {"lr": 1.0}, "scheduler": {"name": name, **sched}})
     opt = _opt()
     s = LRSchedule(cfg, opt, per_epoch)
     out = []

@@ -118,7 +118,7 @@ def test_nested_augmentations_are_checked_and_left_intact():
     spec = "[{OneOf: {transforms: [{HorizontalFlip: {}}, {VerticalFlip: {}}], p: 0.5}}]"
     cfg = load(f"transforms.train={spec}")
     assert cfg.transforms.train == [{"OneOf": {"transforms": [{"HorizontalFlip": {}}, {"VerticalFlip": {}}], "p": 0.5}}]
-    with pytest.raises(ConfigError, match=r"transforms.train\[0\].OneOf: unknown albumentations transform 'Flipp'"):
+    with pytest.raises(ConfigError, match=r"transforms.train\[0\].OneOf.transforms\[0\]: unknown albumentations transform 'Flipp'"):
         load("transforms.train=[{OneOf: {transforms: [{Flipp: {}}]}}]")
 
 

@@ -68,12 +68,6 @@ def _check_scratch_keys(cfg: ModelConfig) -> None:
             f"model.params.{key}: scratch_unet takes no params; its options are model.depth, "
             "model.base_width, model.norm, model.upsample and model.dropout"
         )
-    if cfg.depth < 1:
-        raise ConfigError(f"model.depth: expected >= 1, got {cfg.depth}")
-    if cfg.base_width < 1:
-        raise ConfigError(f"model.base_width: expected >= 1, got {cfg.base_width}")
-    if not 0.0 <= cfg.dropout < 1.0:
-        raise ConfigError(f"model.dropout: expected 0 <= dropout < 1, got {cfg.dropout}")
     if cfg.encoder_weights is not None and not is_weights_path(cfg.encoder_weights):
         raise ConfigError(
             f"model.encoder_weights: {cfg.encoder_weights!r}: scratch_unet has no pretrained weights; "
@@ -84,6 +78,12 @@ def _check_scratch_keys(cfg: ModelConfig) -> None:
 def _build_scratch_unet(cfg: ModelConfig, num_classes: int, in_channels: int) -> nn.Module:
     """The from-scratch U-Net; options from ``model.depth/base_width/norm/upsample/dropout``."""
     _check_scratch_keys(cfg)
+    if cfg.depth < 1:
+        raise ConfigError(f"model.depth: expected >= 1, got {cfg.depth}")
+    if cfg.base_width < 1:
+        raise ConfigError(f"model.base_width: expected >= 1, got {cfg.base_width}")
+    if not 0.0 <= cfg.dropout < 1.0:
+        raise ConfigError(f"model.dropout: expected 0 <= dropout < 1, got {cfg.dropout}")
     model = ScratchUNet(
         in_channels=in_channels,
         num_classes=num_classes,
