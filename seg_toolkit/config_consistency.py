@@ -15,8 +15,39 @@ _MAX_SEED = 2**32 - 1
 
 
 def check_consistency(cfg: Config) -> None:
-    for check in (_check_folds, _check_classes, _check_schedule, _check_metric_fits):
+    for check in (_check_folds, _check_classes, _check_schedule, _check_metric_fits, _check_unused):
         check(cfg)
+
+
+def _unused_keys(cfg: Config) -> list[tuple[str, bool, str]]:
+    """``(dotted key, whether it applies, what it applies to)`` for keys only some settings read."""
+    s, multiclass = cfg.scheduler.name, cfg.data.task == "multiclass"
+    return [
+        ("optim.momentum", cfg.optim.name == "sgd", "optim.name: sgd"),
+        ("scheduler.power", s == "poly", "scheduler.name: poly"),
+        ("scheduler.step_size", s == "step", "scheduler.name: step"),
+        ("scheduler.gamma", s in ("step", "plateau"), "scheduler.name: step or plateau"),
+        ("scheduler.patience", s == "plateau", "scheduler.name: plateau"),
+        ("scheduler.min_lr", s in ("cosine", "poly", "step", "plateau"), "the cosine, poly, step and plateau schedules"),
+        ("scheduler.warmup_epochs", s != "none", "a schedule (scheduler.name is none)"),
+        ("postprocess.threshold", not multiclass, "binary and multilabel tasks (a multiclass mask is the argmax)"),
+        ("postprocess.empty_gate", not multiclass, "binary and multilabel tasks (a multiclass mask is the argmax)"),
+        ("metric.threshold", not multiclass, "binary and multilabel tasks (a multiclass mask is the argmax)"),
+        ("data.class_column", cfg.data.layout == "csv", "the csv layout (data.train_csv's rows)"),
+        *((f"pseudo.{k}", cfg.pseudo.teacher is not None, "pseudo.teacher (pseudo-labelling)")
+          for k in ("per_fold", "confidence", "min_confident_fraction", "max_images", "soft")),
+    ]
+
+
+def _check_unused(cfg: Config) -> None:
+    """A key set away from its default where nothing reads it is refused, as the data section's are: a user who
+    set it expects it to act."""
+    defaults = type(cfg)()
+    for key, applies, where in _unused_keys(cfg):
+        section, name = key.split(".")
+        value, default = getattr(getattr(cfg, section), name), getattr(getattr(defaults, section), name)
+        if not applies and value != default:
+            raise ConfigError(f"{key}: {value!r} is read only with {where}; remove it (the default is {default!r})")
 
 
 def _check_folds(cfg: Config) -> None:

@@ -88,8 +88,15 @@ def _plot(sweep: dict[str, list[float]], found: dict[str, float], path, title: s
     plt.close(fig)
 
 
+#: the fewest sweep steps :func:`suggest` can read a suggestion from (5 skipped at the start, 3 at the end, 3 to read)
+MIN_STEPS = 11
+
+
 def lr_find(cfg: Config, fold: int = 0, start: float = 1e-7, end: float = 1.0, steps: int = 100) -> dict[str, Any]:
     """Run the range test on fold ``fold``'s training split; write and return ``lr_find.json``."""
+    if steps < MIN_STEPS:  # before any data is read or weight updated (5 passed, then 'only 5 steps before ...')
+        raise ConfigError(f"lr-find --steps {steps}: expected >= {MIN_STEPS} (a suggestion reads the smoothed loss past "
+                          "its first 5 and before its last 3 steps)")
     from .amp import run_amp
     from .data import load_or_make_folds, load_train_samples
     from .data.folds import split_fold

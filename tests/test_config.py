@@ -234,3 +234,24 @@ def test_model_keys_are_checked_at_load_not_at_the_first_fold(model, message):
     """Each was found when fold 0 built its model, after folds.csv and fold_0/ were written."""
     with pytest.raises(ConfigError, match=message):
         config_from_dict({"model": model})
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"optim": {"name": "adamw", "momentum": 0.8}}, r"optim.momentum: 0.8 is read only with optim.name: sgd"),
+    ({"scheduler": {"name": "cosine", "patience": 5}}, r"scheduler.patience: 5 is read only with scheduler.name: plateau"),
+    ({"scheduler": {"name": "onecycle", "min_lr": 1e-5}}, r"scheduler.min_lr: 1e-05 is read only with the cosine"),
+    ({"data": {"task": "multiclass", "num_classes": 3}, "loss": {"ce": 1.0}, "submission": {"per_class": True},
+      "postprocess": {"threshold": [0.3]}}, r"postprocess.threshold: \[0.3\] is read only with binary and multilabel"),
+    ({"pseudo": {"confidence": 0.8}}, r"pseudo.confidence: 0.8 is read only with pseudo.teacher"),
+    ({"data": {"layout": "folder", "class_column": "ClassId"}}, r"data.class_column: 'ClassId' is read only with the csv layout"),
+])
+def test_keys_nothing_reads_are_refused(data, message):
+    """Each was accepted and ignored: the user who set it expected it to act."""
+    with pytest.raises(ConfigError, match=message):
+        config_from_dict(data)
+
+
+def test_loss_params_take_yaml_1_1_exponents(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("loss: {bce: 0.5, dice: 0.5}\nloss_params: {dice: {smooth: 1e-5}}\n")  # '1e-5' is a string to YAML 1.1
+    assert load_config(path).loss_params["dice"]["smooth"] == "1e-5"  # kept as written; the loss reads 1e-05

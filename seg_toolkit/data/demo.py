@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..errors import ConfigError
 from ..rle import rle_encode
 
 log = logging.getLogger(__name__)
@@ -84,6 +85,8 @@ def make_demo(
     Refuses a non-empty ``out_dir`` unless ``overwrite``.
     """
     out = Path(out_dir)
+    if n_train < 1 or n_test < 0:
+        raise ConfigError(f"make-demo: expected --n-train >= 1 and --n-test >= 0, got {n_train} and {n_test}")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"{out} is not empty; pass --overwrite to replace the demo data there")
     rng = np.random.default_rng(seed)

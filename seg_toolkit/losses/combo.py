@@ -28,6 +28,11 @@ def _is_number(v: Any) -> bool:
 
 
 def _number(v: Any, where: str, lo: float | None = None, hi: float | None = None, lo_open: bool = False) -> float:
+    if isinstance(v, str):  # YAML 1.1 reads 1e-5 (no dot) as a string, as every float key of the config accepts
+        try:
+            v = float(v)
+        except ValueError:
+            pass
     if not _is_number(v):
         raise ConfigError(f"{where}: expected a finite number, got {v!r}")
     v = float(v)
