@@ -147,14 +147,14 @@ def _audit_html(r: AuditResult, colors: np.ndarray, max_problems: int = 5000, pi
 
 
 def check_audit_out(cfg: Config, out_dir: Path) -> None:
-    """``audit --out``: not in ``data.root`` (nothing is written among the data), and never over a file the audit did
+    """``audit --out``: not ``data.root`` nor a folder the config reads, and never over a file the audit did
     not write (an ``audit.html`` of the user's was replaced; the pictures count as the audit's beside its own page)."""
     from .run import Run
+    from .run_guard import check_not_input
 
-    root, here = Path(cfg.data.root).resolve(), out_dir.resolve()
-    if here == root or root in here.parents:
-        raise ConfigError(f"--out {out_dir} lies inside data.root {cfg.data.root}; write the audit elsewhere (nothing "
-                          "is written among the data)")
+    if out_dir.resolve() == Path(cfg.data.root).resolve():
+        raise ConfigError(f"--out {out_dir} is data.root; write the audit elsewhere (nothing is written among the data)")
+    check_not_input(cfg, out_dir / "audit.html", "--out")  # nor inside a folder of images, masks or lists
     run = Run(out_dir)
     html, csv_path = run.audit_html, run.audit_problems_csv
     ours = html.is_file() and html.read_text(encoding="utf-8", errors="replace").startswith("<!DOCTYPE html>") and \

@@ -437,9 +437,12 @@ def test_audit_out_never_replaces_a_users_file_nor_writes_into_the_data(demo_cfg
     with pytest.raises(ConfigError, match=r"audit.html exists and is not an audit page"):
         write_audit(demo_cfg, mine)
     assert (mine / "audit.html").read_text() == "MY OWN NOTES"
-    with pytest.raises(ConfigError, match=r"lies inside data.root"):
-        write_audit(demo_cfg, Path(demo_cfg.data.root) / "reports")
-    assert not (Path(demo_cfg.data.root) / "reports").exists()
+    with pytest.raises(ConfigError, match=r"is data.root; write the audit elsewhere"):
+        write_audit(demo_cfg, Path(demo_cfg.data.root))
+    images = Path(demo_cfg.data.root) / demo_cfg.data.train_images
+    with pytest.raises(ConfigError, match=r"audit.html lies inside data.train_images"):
+        write_audit(demo_cfg, images)
+    assert not (Path(demo_cfg.data.root) / "audit.html").exists() and not (images / "audit.html").exists()
     config = tmp_path / "c.yaml"
     save_config(demo_cfg, config)
     assert main(["audit", str(config), "--out", str(mine)]) == 2  # refused before the pass over the data
