@@ -189,9 +189,9 @@ def _check_image(s: Sample, cfg: Config, res: AuditResult, decode: bool) -> Opti
     except DataError as e:
         res.add(_kind(str(e), "image"), s.image, str(e))
         return None
+    b = bands_of(cfg)
     try:
-        if bands_of(cfg) is not None:  # the folder's bands stacked, as training reads them
-            b = bands_of(cfg)
+        if b is not None:  # the folder's bands stacked, as training reads them
             res.image_modes[f"band folder: {len(b.files)} x npy {np.load(s.image, mmap_mode='r').dtype}" +
                             (" as the ash colour" if b.ash else "")] += 1
             wide = decode and not b.ash
@@ -206,7 +206,7 @@ def _check_image(s: Sample, cfg: Config, res: AuditResult, decode: bool) -> Opti
     except Exception:  # read above, so this does not happen; the mode is only informative
         res.image_modes["?"] += 1
         wide = False
-    wide = wide and wide_values(s.image, cfg.data.max_image_pixels, bands_of(cfg))  # None: the ash colour (fixed ranges)
+    wide = wide and wide_values(s.image, cfg.data.max_image_pixels, b)  # None: the ash colour (fixed ranges)
     if wide:
         mode, lo, hi = wide
         span = res.wide_values.setdefault(mode, [lo, hi])

@@ -157,8 +157,8 @@ def check_audit_out(cfg: Config, out_dir: Path) -> None:
     check_not_input(cfg, out_dir / "audit.html", "--out")  # nor inside a folder of images, masks or lists
     run = Run(out_dir)
     html, csv_path = run.audit_html, run.audit_problems_csv
-    ours = html.is_file() and html.read_text(encoding="utf-8", errors="replace").startswith("<!DOCTYPE html>") and \
-        "<title>Data audit: " in html.read_text(encoding="utf-8", errors="replace")[:4000]
+    head = html.read_text(encoding="utf-8", errors="replace")[:4000] if html.is_file() else ""
+    ours = head.startswith("<!DOCTYPE html>") and "<title>Data audit: " in head
     if html.exists() and not ours:
         raise ConfigError(f"{html} exists and is not an audit page; choose another --out (an audit never replaces "
                           "a file it did not write)")

@@ -326,7 +326,7 @@ def load_test_samples(cfg: Config) -> list[Sample]:
     if d.instance_folders:
         return _instance_samples(folder, d.image_ext, "data.test_images", with_masks=False)
     if bands_of(cfg) is not None:
-        return [Sample(p.parent.name, p, where=str(p.parent))
+        return [Sample(check_id(p.parent.name, str(p.parent)), p, where=str(p.parent))
                 for p in _band_files(folder, bands_of(cfg), "data.test_images", raise_problem)]
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() == d.image_ext.lower())
     if not files:
