@@ -36,6 +36,10 @@ class Bands:
     frame: int | None  # the time step of (H, W, T) files; None: (H, W) files
     ash: bool
 
+    def image(self, record: Path) -> Path:
+        """The path that names the image of the band folder ``record``: its first band file."""
+        return record / f"{self.files[0]}{self.ext}"
+
     def paths(self, image: Path) -> list[Path]:
         """Every band file of the folder whose first band file is ``image``."""
         return [image.parent / f"{f}{self.ext}" for f in self.files]
@@ -57,7 +61,7 @@ def band_image_files(folder: Path, bands: Bands) -> tuple[list[Path], list[Path]
     name order, and the sub-folders missing one (named by the first missing band file)."""
     images, incomplete = [], []
     for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
-        paths = bands.paths(sub / f"{bands.files[0]}{bands.ext}")
+        paths = bands.paths(bands.image(sub))
         missing = [p for p in paths if not p.is_file()]
         (incomplete if missing else images).append(missing[0] if missing else paths[0])
     return images, incomplete
@@ -85,11 +89,11 @@ def _band(path: Path, frame: int | None, max_pixels: int) -> np.ndarray:
 
 def read_bands(image: Path, bands: Bands, max_pixels: int) -> np.ndarray:
     """The bands of ``image``'s folder stacked ``(H, W, C)``: float32 raw values, or uint8 for ``ash``."""
-    planes = []
-    for path in bands.paths(Path(image)):
+    planes, paths = [], bands.paths(Path(image))
+    for path in paths:
         plane = _band(path, bands.frame, max_pixels)
         if planes and plane.shape != planes[0].shape:
-            raise DataError(f"{path}: band of {plane.shape[1]}x{plane.shape[0]} pixels; {bands.paths(Path(image))[0].name} "
+            raise DataError(f"{path}: band of {plane.shape[1]}x{plane.shape[0]} pixels; {paths[0].name} "
                             f"beside it is {planes[0].shape[1]}x{planes[0].shape[0]}")
         planes.append(plane)
     if not bands.ash:

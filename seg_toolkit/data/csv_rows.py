@@ -150,9 +150,9 @@ def read_train_csv(cfg: Config, on_problem: OnProblem = raise_problem) -> tuple[
             continue
         filled.setdefault((image_id, c), (line, full))
         slots[c - 1].append(rle)
-    images = cfg.data_path(d.train_images)
+    images, bands = cfg.data_path(d.train_images), bands_of(cfg)
     samples = [
-        Sample(i, image_path(images, i, d.image_ext, bands_of(cfg)), rles=tuple(union_rle(r, spec) for r in per_class),
+        Sample(i, image_path(images, i, d.image_ext, bands), rles=tuple(union_rle(r, spec) for r in per_class),
                group=groups[i], where=f"{path} line {_line(first[i])}")
         for i, per_class in rows.items()
     ]

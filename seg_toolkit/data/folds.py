@@ -272,7 +272,8 @@ def load_or_make_folds(samples: list[Sample], cfg: Config, path: Path) -> pd.Dat
     own = Path(path) == run.folds_csv
     if path.is_file():
         made = read_json(run.folds_json) if own and run.folds_json.is_file() else None
-        changed = [f"{k}: {made[k]!r} -> {v!r}" for k, v in fold_settings(cfg).items() if made is not None and made.get(k) != v]
+        changed = [] if made is None else [f"{k}: {made.get(k)!r} -> {v!r}" for k, v in fold_settings(cfg).items()
+                                           if made.get(k) != v]
         if changed:
             raise DataError(f"{path} was made with other fold settings ({'; '.join(changed)}); reusing it would not be "
                             "the split the config asks for: use a new experiment name, or --overwrite to start this one again")

@@ -67,7 +67,7 @@ def image_path(folder: Path, image_id: str, ext: str, bands=None) -> Path:
     """The image file of ``image_id``; some competitions' ids already carry the extension (Severstal: "0002cc93b.jpg").
     With ``bands`` (``data.bands``) the image is the folder ``<id>/``, named by its first band file."""
     if bands is not None:
-        return folder / image_id / f"{bands.files[0]}{ext}"
+        return bands.image(folder / image_id)
     if Path(image_id).suffix.lower() in IMAGE_EXTS:
         return folder / image_id
     return folder / f"{image_id}{ext}"
