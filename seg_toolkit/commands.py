@@ -241,7 +241,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_check_submission(args: argparse.Namespace) -> int:
     from .rle import RLESpec
     from .errors import SegToolkitError
-    from .submission import check_submission, row_pixels, submission_columns, submission_spec
+    from .submission import row_pixels, submission_columns, submission_spec
+    from .submission_check import check_submission
 
     n_pixels = columns = None
     if args.config:
@@ -286,7 +287,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .cv import run_cv
     from .data.demo import make_demo
     from .inference import predict_test
-    from .submission import check_submission
+    from .submission_check import check_submission
 
     cfg = _config(args)
     root = Path(cfg.data.root)
@@ -307,7 +308,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"submission: {out} ({'valid' if not problems else 'INVALID: ' + '; '.join(problems)})")
     solution = root / "test_solution.csv"
     if solution.is_file():
-        from .submission import score_submission
+        from .submission_check import score_submission
 
         score = score_submission(out, solution, cfg)
         print(f"hidden test score ({cv['metric']}): {score:.4f}  (the demo ships its answers in {solution})")

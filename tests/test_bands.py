@@ -22,7 +22,8 @@ from seg_toolkit.data.sources import load_test_samples, load_train_samples
 from seg_toolkit.inference import predict_test
 from seg_toolkit.report.page import build_report
 from seg_toolkit.rle import RLESpec
-from seg_toolkit.submission import check_submission, row_pixels
+from seg_toolkit.submission import row_pixels
+from seg_toolkit.submission_check import check_submission
 
 ASH = Bands(("band_11", "band_14", "band_15"), ".npy", 4, True)
 

@@ -25,7 +25,7 @@ from seg_toolkit.inference import predict_test
 from seg_toolkit.oof import remake_oof
 from seg_toolkit.files import read_json, write_json
 from seg_toolkit.run import Run
-from seg_toolkit.submission import check_submission
+from seg_toolkit.submission_check import check_submission
 from seg_toolkit.tensors import probs_to_uint8, resize_to, uint8_to_probs
 from seg_toolkit.tta import tta_predict
 

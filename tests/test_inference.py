@@ -25,7 +25,8 @@ from seg_toolkit.predictor import Member, Predictor
 from seg_toolkit.rle import rle_decode
 from seg_toolkit.run import Run
 from seg_toolkit.submission import SubmissionError
-from seg_toolkit.submission import SubmissionWriter, check_submission, mask_rows
+from seg_toolkit.submission import SubmissionWriter, mask_rows
+from seg_toolkit.submission_check import check_submission
 from seg_toolkit.train import build_model_and_ema
 
 from .conftest import demo_dict

@@ -14,7 +14,7 @@ from seg_toolkit.data.io import image_size
 from seg_toolkit.inference import predict_test
 from seg_toolkit.rle import rle_decode
 from seg_toolkit.run import Run
-from seg_toolkit.submission import check_submission
+from seg_toolkit.submission_check import check_submission
 
 from .conftest import demo_dict
 

@@ -25,7 +25,7 @@ from seg_toolkit.postprocess import apply_postprocess, params_from_config
 from seg_toolkit.predictor import Predictor, tta_settings
 from seg_toolkit.files import read_json
 from seg_toolkit.run import Run
-from seg_toolkit.submission import check_submission
+from seg_toolkit.submission_check import check_submission
 from seg_toolkit.tensors import probs_to_uint8, resize_to, uint8_to_probs
 from seg_toolkit.tta import tta_predict
 from seg_toolkit.tta_search import choose_tta

@@ -1,0 +1,251 @@
+"""Checking a submission CSV against the competition's sample, and scoring one against known answers (the demo's).
+
+:func:`check_submission` lists every way a file differs from the format the grader expects (columns, ids and
+their order, every RLE string as the competition's spec reads it); :func:`score_submission` decodes a
+submission and a solution CSV of the same format and scores them with the config's metric.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .config import Config
+from .rle import RLEError, RLESpec, instance_overlap
+from .submission import submission_classes, submission_spec
+
+__all__ = ["check_submission", "score_submission"]
+
+
+def _ragged_line(path: Path) -> str | None:
+    """The first line whose number of fields differs from the header's (a trailing comma, an unquoted comma), named."""
+    import csv
+
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as fh:
+            rows = csv.reader(fh)
+            header = next(rows, None)
+            if header is None:
+                return None
+            for line, row in enumerate(rows, start=2):
+                if row and len(row) != len(header):
+                    more = " (a trailing comma?)" if len(row) == len(header) + 1 and row[-1] == "" else ""
+                    return f"{path} line {line}: {len(row)} fields, the header {len(header)}{more}"
+    except (UnicodeDecodeError, csv.Error):
+        return None  # pandas reports what it cannot read
+    return None
+
+
+def check_submission(
+    csv_path: str | Path,
+    sample_path: str | Path,
+    empty_tokens: tuple[str, ...] | None = None,
+    n_pixels: dict[str, int] | int | None = None,
+    max_problems: int = 20,
+    spec: RLESpec | None = None,
+    columns: tuple[str, str] | None = None,
+) -> list[str]:
+    """Every way ``csv_path`` differs from the competition's format; an empty list means it is valid.
+
+    ``columns``: ``(id column, RLE column)``; default the sample's first two, as the writer's
+    (:func:`submission_columns`), so a third column after them (Severstal's ``ClassId``) is never
+    read as the RLE.
+
+    Checks the columns (names and order), the row count, the ids and their order against the
+    sample, duplicate ids, and every RLE string as ``spec`` (default: the Kaggle one) reads it:
+    pairs of integers, starts >= the index base, lengths >= 1, absolute starts sorted and not
+    overlapping, and within ``n_pixels`` of the image when given (keyed by row id).
+    ``empty_tokens`` (default: ``spec.empty``) are how an empty mask may be written.
+
+    With ``spec.instances`` an id may repeat on consecutive rows, one per object: then the
+    distinct ids, in order, must be the sample's, an image's rows must be together, an empty
+    row must be its image's only row, and one image's objects must not overlap.
+    """
+    problems: list[str] = []
+    if not Path(csv_path).is_file():
+        from .data.io import DataError
+
+        raise DataError(f"{csv_path}: submission file not found" + (" (it is a folder)" if Path(csv_path).is_dir() else ""))
+    ragged = _ragged_line(Path(csv_path))
+    if ragged:  # a trailing comma on every row: pandas took the ids for an index and named RLE strings as ids
+        return [ragged]
+    try:
+        sub = pd.read_csv(csv_path, dtype=str, keep_default_na=False, na_filter=False, encoding="utf-8-sig", index_col=False)
+    except Exception as e:
+        return [f"{csv_path}: cannot be read as CSV ({type(e).__name__}: {' '.join(str(e).split())})"]
+    from .data.sources import read_csv_strict  # lazy: the data package imports torch
+
+    sample = read_csv_strict(Path(sample_path), [], "sample submission")  # unreadable: DataError naming it (exit 2)
+    if sample.empty:
+        from .data.io import DataError
+
+        raise DataError(f"{sample_path}: no rows (only the header); a sample submission lists every test id")
+    if list(sub.columns) != list(sample.columns):
+        problems.append(f"columns are {list(sub.columns)}; the sample has {list(sample.columns)}")
+        return problems
+    id_col, rle_col = columns or (sample.columns[0], sample.columns[min(1, len(sample.columns) - 1)])
+    missing = [c for c in (id_col, rle_col) if c not in sample.columns]
+    if missing:
+        return problems + [f"no column {missing[0]!r} (submission.id_column / rle_column); the sample has {list(sample.columns)}"]
+    spec = spec or RLESpec()
+    tokens = (spec.empty,) if empty_tokens is None else tuple(empty_tokens)
+    return problems + _row_problems(sub, sample, id_col, rle_col, spec, tokens, n_pixels, max_problems)
+
+
+def _id_groups(ids: np.ndarray) -> np.ndarray:
+    """Row index where each run of equal consecutive ids starts."""
+    if ids.size == 0:
+        return np.empty(0, np.int64)
+    return np.flatnonzero(np.concatenate([[True], ids[1:] != ids[:-1]]))
+
+
+def _row_problems(
+    sub: pd.DataFrame,
+    sample: pd.DataFrame,
+    id_col: str,
+    rle_col: str,
+    spec: RLESpec,
+    empty_tokens: tuple[str, ...],
+    n_pixels: dict[str, int] | int | None,
+    max_problems: int,
+) -> list[str]:
+    """The row checks of :func:`check_submission` (ids against the sample, then every string)."""
+    problems: list[str] = []
+    ids = sub[id_col].to_numpy(dtype=object)
+    want = sample[id_col].to_numpy(dtype=object)
+    if spec.instances:
+        # one image's rows are consecutive; compare the distinct ids (the sample may have one row per id)
+        first = _id_groups(ids)
+        got, lines = ids[first], first + 2
+        want = want[_id_groups(want)]
+        counted = f"{len(got)} distinct ids (in {len(ids)} rows)"
+    else:
+        got, lines = ids, np.arange(len(ids)) + 2
+        counted = f"{len(ids)} rows"
+    if len(got) != len(want):
+        problems.append(f"{counted}; the sample has {len(want)}")
+    seen: dict[str, int] = {}
+    dups: list[str] = []
+    for k, row_id in enumerate(got):
+        if row_id in seen and row_id not in dups:
+            dups.append(row_id)
+            if spec.instances:
+                problems.append(f"rows of id {row_id!r} are not together (lines {seen[row_id]} and {lines[k]}); "
+                                "one image's instance rows must be consecutive")
+        seen.setdefault(row_id, int(lines[k]))
+    if dups and not spec.instances:
+        problems.append(f"duplicate ids: {dups[:5]}")
+    missing = set(want) - set(got)
+    extra = set(got) - set(want)
+    if missing:
+        problems.append(f"{len(missing)} sample ids missing, e.g. {sorted(missing)[:3]}")
+    if extra:
+        problems.append(f"{len(extra)} ids not in the sample, e.g. {sorted(extra)[:3]}")
+    if not missing and not extra and len(got) == len(want):
+        diff = np.flatnonzero(got != want)
+        if diff.size:
+            i = int(diff[0])
+            problems.append(f"rows are in a different order than the sample: line {lines[i]} has {got[i]!r}, the sample {want[i]!r}")
+
+    strict = dataclasses.replace(spec, empty="")  # which empty tokens are allowed is decided here
+    if spec.instances:
+        sizes = np.diff(np.append(_id_groups(ids), len(ids)))
+        group_size = np.repeat(sizes, sizes)  # rows of each row's image
+    objects: list[tuple[np.ndarray, np.ndarray]] = []  # the current image's objects
+    object_lines: list[int] = []
+
+    def check_overlap() -> None:
+        hit = instance_overlap(objects)
+        if hit is not None:
+            a, b, pixel = hit
+            problems.append(f"line {object_lines[b]} (id {ids[object_lines[b] - 2]!r}): this object overlaps the one on "
+                            f"line {object_lines[a]} at pixel {pixel + spec.index_base}; one image's objects must not overlap")
+        objects.clear()
+        object_lines.clear()
+
+    for i, (row_id, rle) in enumerate(zip(ids, sub[rle_col])):
+        if len(problems) >= max_problems:
+            problems.append("(more problems not listed)")
+            break
+        where = f"line {i + 2} (id {row_id!r})"
+        if spec.instances and i > 0 and row_id != ids[i - 1]:
+            check_overlap()
+        if rle in empty_tokens:
+            if spec.instances and group_size[i] > 1:
+                problems.append(f"{where}: an empty mask among the {group_size[i]} instance rows of this id; "
+                                "an image without objects has exactly one row")
+            continue
+        if rle.strip() == "":
+            problems.append(f"{where}: empty field, but an empty mask is written as "
+                            f"{' or '.join(repr(t) for t in empty_tokens)} in this competition")
+            continue
+        limit = n_pixels.get(row_id) if isinstance(n_pixels, dict) else n_pixels
+        try:
+            runs = strict.runs(rle, limit if limit else np.iinfo(np.int64).max, where=where)
+        except RLEError as e:
+            problems.append(str(e))
+            continue
+        if spec.instances:
+            objects.append(runs)
+            object_lines.append(i + 2)
+    else:
+        check_overlap()
+    return problems
+
+
+def score_submission(csv_path: str | Path, solution_path: str | Path, cfg: Config) -> float:
+    """Score a submission against a solution CSV of the same format with the config's metric.
+
+    Image sizes come from the test images; both files are decoded with the submission's
+    RLE spec (instance rows of one id are merged into one mask). Used by the demo, whose
+    answers are known.
+    """
+    import torch
+
+    from .data import load_test_samples
+    from .data.io import image_size
+    from .data.sources import parse_submission_id
+    from .evaluator import Evaluator
+
+    s, d = cfg.submission, cfg.data
+    spec = submission_spec(cfg)
+    split = parse_submission_id(s.id_format) if s.per_class else None
+    default_cls = submission_classes(cfg)[0]
+
+    def read(path: str | Path) -> dict[str, dict[int, list[str]]]:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
+        out: dict[str, dict[int, list[str]]] = {}
+        for row_id, rle in zip(df.iloc[:, 0], df.iloc[:, -1]):
+            image_id, cls = row_id, default_cls
+            if split is not None:
+                m = split.fullmatch(row_id)
+                image_id, cls = m.group("id"), int(m.group("cls"))
+            out.setdefault(image_id, {}).setdefault(cls, []).append(rle)
+        return out
+
+    truth_rows, pred_rows = read(solution_path), read(csv_path)
+    evaluator = Evaluator(cfg.metric, d.task, d.num_classes)
+    for sample in load_test_samples(cfg):
+        hw = image_size(sample.image, sample.pair)
+        truth = {c: spec.decode_rows(r, hw) for c, r in truth_rows[sample.id].items()}
+        guess = {c: spec.decode_rows(r, hw) for c, r in pred_rows.get(sample.id, {}).items()}
+        if d.task == "multiclass":
+            t = np.zeros(hw, np.int64)
+            g = np.zeros(hw, np.int64)
+            for c in sorted(truth):
+                t[truth[c] > 0] = c
+                if c in guess:
+                    g[guess[c] > 0] = c
+            evaluator.update_masks(torch.from_numpy(g)[None], torch.from_numpy(t)[None])
+        else:
+            tt = np.zeros((d.num_classes, *hw), np.uint8)
+            gg = np.zeros((d.num_classes, *hw), np.uint8)
+            for c in truth:
+                tt[c - 1] = truth[c]
+                if c in guess:
+                    gg[c - 1] = guess[c]
+            evaluator.update_masks(torch.from_numpy(gg)[None], torch.from_numpy(tt).float()[None])
+    return float(evaluator.compute()["score"])
