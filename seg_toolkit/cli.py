@@ -113,6 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--index-base", type=int, choices=[0, 1], default=1, help="starts count from 0 or 1 (default 1)")
     p.add_argument("--relative", action="store_true", help="starts are relative to the previous run's end (SIIM)")
     p.add_argument("--instances", action="store_true", help="one row per object: repeated ids are expected (Airbus, DSB 2018)")
+    p.add_argument("--class-column", metavar="NAME", help="the column holding each row's class, one row per image and class "
+                   "(Severstal since 2019: ClassId); with --config, submission.class_column")
     p.set_defaults(func=c.cmd_check_submission)
 
     p = sub.add_parser("bundle", help="a self-contained folder for a Kaggle code competition: weights, configs, wheels, predict.py")

@@ -241,15 +241,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_check_submission(args: argparse.Namespace) -> int:
     from .rle import RLESpec
     from .errors import SegToolkitError
-    from .submission import row_pixels, submission_columns, submission_spec
+    from .submission import row_pixels, submission_classes, submission_columns, submission_spec
     from .submission_check import check_submission
 
-    n_pixels = columns = None
+    n_pixels = columns = classes = None
+    class_column = args.class_column
     if args.config:
         cfg = _load(args.config, [])
         spec = submission_spec(cfg)
         s = cfg.submission
         columns = submission_columns(cfg) if s.id_column or s.rle_column else None
+        class_column = s.class_column or class_column
+        classes = submission_classes(cfg) if s.class_column else None
         try:
             n_pixels = row_pixels(cfg)  # runs checked against each test image's size
         except SegToolkitError as e:
@@ -258,7 +261,7 @@ def cmd_check_submission(args: argparse.Namespace) -> int:
         spec = RLESpec(order=args.order, index_base=args.index_base, starts="relative" if args.relative else "absolute",
                        empty=(args.empty_token or [""])[0], instances=args.instances)
     problems = check_submission(args.csv, args.sample, empty_tokens=tuple(args.empty_token) if args.empty_token else None,
-                                n_pixels=n_pixels, spec=spec, columns=columns)
+                                n_pixels=n_pixels, spec=spec, columns=columns, class_column=class_column, classes=classes)
     if problems:
         print(f"{args.csv}: {len(problems)} problem(s)")
         for p in problems:
@@ -300,7 +303,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     out = predict_test(cfg, overwrite=True)  # the demo's own output, remade on every run
     from .submission import submission_spec
 
-    problems = check_submission(out, cfg.data_path(cfg.data.sample_submission), spec=submission_spec(cfg))
+    problems = check_submission(out, cfg.data_path(cfg.data.sample_submission), spec=submission_spec(cfg),
+                                class_column=cfg.submission.class_column)
     from .report import build_report
 
     print(f"report: {build_report(cfg.run_dir)} (open in a browser; PNG copies beside it)")

@@ -296,6 +296,9 @@ class SubmissionConfig:
     per_class: bool = False  # one row per image and class
     id_format: str = "{id}_{cls}"  # per_class rows: how id and class combine
     classes: list[int] = field(default_factory=list)  # classes that get rows, in row order (default: all; multiclass 1.., 0 only if listed)
+    # a column holding each row's class id (Severstal since its 2019 update: ImageId,EncodedPixels,ClassId): one row per
+    # image and class, the image id repeated, the class written in this column (per_class writes it into the id instead)
+    class_column: Optional[str] = None
     instances: bool = False  # one row per 8-connected object, the id repeated (Airbus, DSB 2018); no object: one empty_token row
     min_instance_area: int = 0  # instances: objects with fewer pixels get no row
 

@@ -234,16 +234,19 @@ def _check_submission(cfg: Config) -> None:
     if s.min_instance_area > 1 and not s.instances:
         raise ConfigError("submission.min_instance_area: only applies to instance rows; set submission.instances: true "
                           "(small regions of a per-image mask are removed by postprocess.min_area)")
+    if s.class_column is not None:
+        _check_class_column(s)
     classes = _submitted_classes(cfg)
     k = len(classes)
-    if k > 1 and not s.per_class:
+    if k > 1 and not s.per_class and not s.class_column:
         if s.classes:
             why = f"{k} classes {classes} (submission.classes)"
         else:
             why = f"{k} classes (1..{k}; class 0 is background)" if d.task == "multiclass" else f"{k} classes"
         raise ConfigError(
             f"submission.per_class: data.task={d.task} with data.num_classes={d.num_classes} submits {why}, "
-            f"so it needs submission.per_class: true (one row per image and class, ids from submission.id_format)"
+            f"so it needs submission.per_class: true (one row per image and class, ids from submission.id_format), "
+            "or submission.class_column (the class in a column of its own, e.g. Severstal's ClassId)"
         )
     fmt = s.id_format
     where = f"submission.id_format: {fmt!r}"
@@ -267,6 +270,24 @@ def _check_submission(cfg: Config) -> None:
         fmt.format(id="x", cls=1)
     except (KeyError, IndexError, ValueError, AttributeError) as e:  # pragma: no cover - caught above
         raise ConfigError(f"{where} does not format ({type(e).__name__}: {e})") from None
+
+
+def _check_class_column(s) -> None:
+    """``submission.class_column``: a column name of its own, with one row per image and class (not instance rows),
+    and the class in that column rather than also in the id."""
+    where = f"submission.class_column: {s.class_column!r}"
+    if not str(s.class_column).strip():
+        raise ConfigError(f"{where}: expected a column name (e.g. ClassId), or null for no class column")
+    taken = {k: v for k, v in (("submission.id_column", s.id_column), ("submission.rle_column", s.rle_column)) if v}
+    for key, name in taken.items():
+        if name == s.class_column:
+            raise ConfigError(f"{where} is also {key}; each column holds one thing")
+    if s.per_class:
+        raise ConfigError(f"{where} writes each row's class in its own column, so ids are image ids; submission.per_class "
+                          "(the class written into the id with submission.id_format) must be false with it")
+    if s.instances:
+        raise ConfigError(f"{where}: one row per image and class; instance rows (submission.instances: one row per object) "
+                          "with a class column are not supported")
 
 
 def _check_predict(cfg: Config) -> None:

@@ -47,8 +47,8 @@ from .oof import check_oof_complete
 from .predictor import Predictor, check_same_training
 from .run import Run, RunExistsError
 from .run_guard import check_not_input, check_not_run_file
-from .submission import (SubmissionError, SubmissionWriter, mask_rows, row_ids, submission_classes, submission_columns,
-                         submission_path)
+from .submission import (SubmissionError, SubmissionWriter, mask_rows, repeated_ids, row_fields, row_ids, submission_classes,
+                         submission_columns, submission_header, submission_path)
 from .tensors import probs_to_uint8
 
 log = logging.getLogger(__name__)
@@ -134,7 +134,7 @@ def check_out(cfg: Config, out: Path, overwrite: bool, runs: list[Path] | None =
     if runs is None:
         run = Run.of(cfg)
         runs = [run.dir] + ([m.dir for m, _ in run.members()] if run.is_ensemble else [])
-    check_not_run_file(out, runs, ",".join(submission_columns(cfg)), what, Path(cfg.data.root))
+    check_not_run_file(out, runs, ",".join(submission_header(cfg)), what, Path(cfg.data.root))
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; pass --overwrite to replace it, or --out for another file")
 
@@ -152,7 +152,7 @@ def predict_test(cfg: Config, out: str | Path | None = None, overwrite: bool = F
     run, predictor = run_predictor(cfg)
     samples = load_test_samples(cfg)
     params = load_params(cfg, run)
-    columns = submission_columns(cfg)
+    header = submission_header(cfg)
     expected = _expected_ids(cfg, samples)
     save, masks = cfg.predict.save_probs, cfg.predict.write_masks
     if masks != "none":  # masks of an earlier predict (another mode, other test ids) would mix in
@@ -160,7 +160,7 @@ def predict_test(cfg: Config, out: str | Path | None = None, overwrite: bool = F
     colors = _mask_colors(cfg) if masks == "color" else None
     passes = predictor.passes_per_image()
     log.info("predicting %d test images: %d forward passes each (%s)", len(samples), passes, predictor.describe())
-    with SubmissionWriter(out, columns, expected, instance_rows=cfg.submission.instances) as writer:
+    with SubmissionWriter(out, header, expected, repeated_ids(cfg), row_fields(cfg)) as writer:
         bar = tqdm(predictor.iter_predictions(samples), total=len(samples), desc=f"predict ({passes} passes/image)", disable=None)
         for image_id, probs, presence, _ in bar:
             p = probs.numpy()
@@ -228,13 +228,7 @@ def _expected_ids(cfg: Config, samples: list[Sample]) -> list[str] | None:
     path = cfg.data_path(cfg.data.sample_submission)
     if not path.is_file() or cfg.data.test_lists:
         return None
-    id_col, rle_col = submission_columns(cfg)
-    header = list(pd.read_csv(path, nrows=0).columns)
-    extra = [c for c in header if c not in (id_col, rle_col)]
-    if extra:  # written without them, the submission would fail check-submission (and the grader) on its columns
-        raise SubmissionError(f"{path}: columns {header}; a submission here has two, {id_col!r} and {rle_col!r}, so "
-                              f"{extra} could not be filled in; remove them from the sample, or set submission.id_column "
-                              "/ submission.rle_column if other columns are the ones to write")
+    id_col = submission_columns(cfg)[0]
     ids = pd.read_csv(path, dtype=str, keep_default_na=False, usecols=[id_col])[id_col].tolist()
     _check_sample_rows(cfg, path, ids, samples)
     return ids
@@ -251,7 +245,7 @@ def _check_sample_rows(cfg: Config, path: Path, ids: list[str], samples: list[Sa
             what = f"test images x classes {submission_classes(cfg)}" if s.per_class else "test image ids"
             raise SubmissionError(f"{path} line {line}: id {row_id!r} is not a row this submission makes ({what}, "
                                   f"e.g. {next(iter(made))!r}); check submission.id_format / classes, or the file")
-        if row_id in seen and not s.instances:
+        if row_id in seen and not repeated_ids(cfg):
             raise SubmissionError(f"{path} line {line}: id {row_id!r} again (first on line {seen[row_id]}); a sample "
                                   "submission names each row once")
         seen.setdefault(row_id, line)

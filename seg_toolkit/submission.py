@@ -3,8 +3,9 @@
 The competition's convention is all config (``submission.*``): column names (default: the
 sample's), the RLE spec (:class:`~seg_toolkit.rle.RLESpec`: pixel order, index base, absolute
 or relative starts, the empty token, one row per object), one row per image or per image and
-class (``id_format``, e.g. ``{id}_{cls}``; which classes: ``classes``, class 0 included when
-listed). With instance rows an id repeats, once per object. The file appears only when complete and valid:
+class (``id_format``, e.g. ``{id}_{cls}``, or the class in a column of its own, ``class_column``; which
+classes: ``classes``, class 0 included when listed). With instance rows an id repeats, once per object;
+with a class column, once per class. The file appears only when complete and valid:
 rows go to a temporary file that replaces the target at the end, so a crash or a full
 disk never leaves half a submission or destroys the previous one.
 """
@@ -35,6 +36,9 @@ __all__ = [
     "mask_rows",
     "submission_path",
     "submission_columns",
+    "submission_header",
+    "row_fields",
+    "repeated_ids",
     "submission_spec",
     "submission_classes",
 ]
@@ -48,16 +52,48 @@ def submission_path(cfg: Config) -> Path:
     return Path(cfg.submission.path) if cfg.submission.path else Path("submissions") / f"{cfg.experiment}.csv"
 
 
+def _sample_header(cfg: Config) -> list[str]:
+    """The sample submission's column names, or none when the competition ships no sample."""
+    sample = cfg.data_path(cfg.data.sample_submission)
+    return list(pd.read_csv(sample, nrows=0).columns) if sample.is_file() else []
+
+
 def submission_columns(cfg: Config) -> tuple[str, str]:
     """``(id column, rle column)``: the config's, else the sample submission's first two."""
     s = cfg.submission
-    sample = cfg.data_path(cfg.data.sample_submission)
-    cols: list[str] = []
-    if sample.is_file():
-        cols = list(pd.read_csv(sample, nrows=0).columns)
+    cols = _sample_header(cfg)
     id_col = s.id_column or (cols[0] if cols else cfg.data.id_column)
     rle_col = s.rle_column or (cols[1] if len(cols) > 1 else cfg.data.rle_column)
     return id_col, rle_col
+
+
+def row_fields(cfg: Config) -> tuple[str, ...]:
+    """What each row of :func:`mask_rows` holds, in tuple order: the id and RLE columns, then
+    ``submission.class_column`` when the class has a column of its own."""
+    cls = cfg.submission.class_column
+    return submission_columns(cfg) + ((cls,) if cls else ())
+
+
+def submission_header(cfg: Config) -> list[str]:
+    """The submission's columns in file order: the sample's, which must be exactly :func:`row_fields`'s (any other
+    column could not be filled in, and a file without it fails the grader), else :func:`row_fields`."""
+    fields = row_fields(cfg)
+    header = _sample_header(cfg)
+    if not header:
+        return list(fields)
+    path = cfg.data_path(cfg.data.sample_submission)
+    missing = [c for c in fields if c not in header]
+    if missing:
+        keys = dict(zip(fields, ("submission.id_column", "submission.rle_column", "submission.class_column")))
+        raise SubmissionError(f"{path}: columns {header}; no column {missing[0]!r} ({keys[missing[0]]})")
+    extra = [c for c in header if c not in fields]
+    if extra:
+        hint = (f"; if {extra[0]!r} holds each row's class (Severstal's ClassId), set submission.class_column: {extra[0]}"
+                if len(extra) == 1 and "class" in extra[0].lower() and not cfg.submission.class_column else "")
+        raise SubmissionError(f"{path}: columns {header}; a submission here has {len(fields)} columns, {list(fields)}, so {extra} "
+                              "could not be filled in; remove them from the sample, or set submission.id_column / "
+                              f"submission.rle_column if other columns are the ones to write{hint}")
+    return header
 
 
 def submission_spec(cfg: Config) -> RLESpec:
@@ -79,14 +115,15 @@ def submission_classes(cfg: Config) -> list[int]:
     return _submitted_classes(cfg)
 
 
-def mask_rows(image_id: str, mask: np.ndarray, cfg: Config) -> list[tuple[str, str]]:
-    """Submission rows for one image's decided mask.
+def mask_rows(image_id: str, mask: np.ndarray, cfg: Config) -> list[tuple[str, ...]]:
+    """Submission rows for one image's decided mask, each a tuple of :func:`row_fields`.
 
     ``mask``: binary/multilabel ``(C, H, W)`` 0/1, multiclass ``(H, W)`` label map. Classes are
     numbered as in the data: multilabel channel ``k`` is class ``k+1``; multiclass label ``k``
     is class ``k`` (0 is background, with rows only when ``submission.classes`` lists it).
     With ``submission.instances`` each class gives one row per object (the id repeated), or
-    one ``empty_token`` row when it has none.
+    one ``empty_token`` row when it has none. With ``submission.class_column`` each class gives
+    one row ``(image id, rle, class)``.
     """
     s = cfg.submission
     spec = submission_spec(cfg)
@@ -95,13 +132,16 @@ def mask_rows(image_id: str, mask: np.ndarray, cfg: Config) -> list[tuple[str, s
         channels = [(k, mask == k) for k in classes]
     else:
         channels = [(k, mask[k - 1]) for k in classes]
-    if not s.per_class and len(channels) != 1:
+    if not s.per_class and not s.class_column and len(channels) != 1:
         raise SubmissionError(
             f"{len(channels)} classes but submission.per_class is false; set it (and submission.id_format) "
-            "for one row per image and class"
+            "for one row per image and class, or submission.class_column"
         )
-    rows: list[tuple[str, str]] = []
+    rows: list[tuple[str, ...]] = []
     for k, m in channels:
+        if s.class_column:
+            rows.extend((image_id, rle, str(k)) for rle in spec.encode_rows(m))
+            continue
         row_id = s.id_format.format(id=image_id, cls=k) if s.per_class else image_id
         rows.extend((row_id, rle) for rle in spec.encode_rows(m))
     return rows
@@ -110,17 +150,26 @@ def mask_rows(image_id: str, mask: np.ndarray, cfg: Config) -> list[tuple[str, s
 class SubmissionWriter:
     """Write rows incrementally; ``close()`` checks ids against ``expected_ids`` and publishes the file.
 
-    With ``instance_rows`` (``submission.instances``) consecutive rows may repeat an id, one
-    row per object; the distinct ids, in order, are what must match ``expected_ids``.
+    ``columns``: the header; rows are tuples of ``fields`` (default: ``columns``), the id first,
+    written in the header's order. With ``repeated_ids`` (instance rows: one per object; a class
+    column: one per class) consecutive rows may repeat an id; the distinct ids, in order, are what
+    must match ``expected_ids`` (whose consecutive repeats count once).
     """
 
     def __init__(
         self,
         path: str | Path,
-        columns: tuple[str, str],
+        columns: tuple[str, ...] | list[str],
         expected_ids: list[str] | None = None,
-        instance_rows: bool = False,
+        repeated_ids: bool = False,
+        fields: tuple[str, ...] | None = None,
     ) -> None:
+        fields = tuple(fields or columns)
+        if sorted(fields) != sorted(columns):
+            raise ValueError(f"row fields {list(fields)} are not the columns {list(columns)}")
+        self._order = [fields.index(c) for c in columns]
+        if repeated_ids and expected_ids is not None:
+            expected_ids = [x for k, x in enumerate(expected_ids) if k == 0 or x != expected_ids[k - 1]]
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd, self._tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
@@ -128,15 +177,15 @@ class SubmissionWriter:
         self._writer = csv.writer(self._fh, lineterminator="\n")
         self._writer.writerow(columns)
         self.expected = expected_ids
-        self.instance_rows = instance_rows
+        self.repeated_ids = repeated_ids
         self.n = 0  # rows written
         self.n_ids = 0  # ids written (rows, less the repeats of instance rows)
         self._last: str | None = None
         self._mismatch: str | None = None
 
-    def write(self, rows: Iterable[tuple[str, str]]) -> None:
+    def write(self, rows: Iterable[tuple[str, ...]]) -> None:
         for row in rows:
-            repeat = self.instance_rows and self.n > 0 and row[0] == self._last
+            repeat = self.repeated_ids and self.n > 0 and row[0] == self._last
             if not repeat:
                 if self.expected is not None and self._mismatch is None:
                     k = self.n_ids
@@ -145,7 +194,7 @@ class SubmissionWriter:
                         self._mismatch = f"row {self.n + 1}: id {row[0]!r} where the sample has {want!r}"
                 self.n_ids += 1
             self._last = row[0]
-            self._writer.writerow(row)
+            self._writer.writerow([row[i] for i in self._order])
             self.n += 1
 
     def close(self) -> Path:
@@ -153,7 +202,7 @@ class SubmissionWriter:
         try:
             if self.expected is not None:
                 if self._mismatch is None and self.n_ids != len(self.expected):
-                    what = f"{self.n_ids} ids in {self.n} rows" if self.instance_rows else f"{self.n} rows"
+                    what = f"{self.n_ids} ids in {self.n} rows" if self.repeated_ids else f"{self.n} rows"
                     self._mismatch = f"{what} written, the sample has {len(self.expected)}"
                 if self._mismatch:
                     raise SubmissionError(f"refusing to write {self.path}: ids differ from the sample submission: {self._mismatch}")
@@ -180,9 +229,15 @@ class SubmissionWriter:
 
 
 def row_ids(cfg: Config, image_id: str) -> list[str]:
-    """One image's submission row ids: one per submitted class (``submission.id_format``), or the image id."""
+    """One image's submission row ids: one per submitted class (``submission.id_format``), or the image id (also
+    with a class column, whose rows repeat it)."""
     s = cfg.submission
     return [s.id_format.format(id=image_id, cls=k) for k in submission_classes(cfg)] if s.per_class else [image_id]
+
+
+def repeated_ids(cfg: Config) -> bool:
+    """Whether consecutive submission rows repeat an id: one row per object, or per class with a class column."""
+    return cfg.submission.instances or bool(cfg.submission.class_column)
 
 
 def row_pixels(cfg: Config) -> dict[str, int]:

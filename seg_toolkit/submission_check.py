@@ -15,7 +15,7 @@ import pandas as pd
 
 from .config import Config
 from .rle import RLEError, RLESpec, instance_overlap
-from .submission import submission_classes, submission_spec
+from .submission import submission_classes, submission_columns, submission_spec
 
 __all__ = ["check_submission", "score_submission"]
 
@@ -47,6 +47,8 @@ def check_submission(
     max_problems: int = 20,
     spec: RLESpec | None = None,
     columns: tuple[str, str] | None = None,
+    class_column: str | None = None,
+    classes: list[int] | None = None,
 ) -> list[str]:
     """Every way ``csv_path`` differs from the competition's format; an empty list means it is valid.
 
@@ -63,6 +65,10 @@ def check_submission(
     With ``spec.instances`` an id may repeat on consecutive rows, one per object: then the
     distinct ids, in order, must be the sample's, an image's rows must be together, an empty
     row must be its image's only row, and one image's objects must not overlap.
+
+    ``class_column`` (Severstal's ``ClassId``): each row's class is in that column, an image's rows
+    (one per class) are together and in the sample's order of images, and each class is a whole
+    number from ``classes`` (when given), once per image.
     """
     problems: list[str] = []
     if not Path(csv_path).is_file():
@@ -87,12 +93,16 @@ def check_submission(
         problems.append(f"columns are {list(sub.columns)}; the sample has {list(sample.columns)}")
         return problems
     id_col, rle_col = columns or (sample.columns[0], sample.columns[min(1, len(sample.columns) - 1)])
-    missing = [c for c in (id_col, rle_col) if c not in sample.columns]
+    named = {id_col: "submission.id_column", rle_col: "submission.rle_column"}
+    if class_column:
+        named[class_column] = "submission.class_column"
+    missing = [c for c in named if c not in sample.columns]
     if missing:
-        return problems + [f"no column {missing[0]!r} (submission.id_column / rle_column); the sample has {list(sample.columns)}"]
+        return problems + [f"no column {missing[0]!r} ({named[missing[0]]}); the sample has {list(sample.columns)}"]
     spec = spec or RLESpec()
     tokens = (spec.empty,) if empty_tokens is None else tuple(empty_tokens)
-    return problems + _row_problems(sub, sample, id_col, rle_col, spec, tokens, n_pixels, max_problems)
+    classes_of = None if not class_column else (sub[class_column].to_numpy(dtype=object), classes)
+    return problems + _row_problems(sub, sample, id_col, rle_col, spec, tokens, n_pixels, max_problems, classes_of)
 
 
 def _id_groups(ids: np.ndarray) -> np.ndarray:
@@ -111,12 +121,15 @@ def _row_problems(
     empty_tokens: tuple[str, ...],
     n_pixels: dict[str, int] | int | None,
     max_problems: int,
+    classes_of: tuple[np.ndarray, list[int] | None] | None = None,
 ) -> list[str]:
-    """The row checks of :func:`check_submission` (ids against the sample, then every string)."""
+    """The row checks of :func:`check_submission` (ids against the sample, then every string); ``classes_of``: each
+    row's class column and the classes allowed, when the class has a column."""
     problems: list[str] = []
     ids = sub[id_col].to_numpy(dtype=object)
     want = sample[id_col].to_numpy(dtype=object)
-    if spec.instances:
+    grouped = spec.instances or classes_of is not None  # an id repeats on consecutive rows
+    if grouped:
         # one image's rows are consecutive; compare the distinct ids (the sample may have one row per id)
         first = _id_groups(ids)
         got, lines = ids[first], first + 2
@@ -132,11 +145,12 @@ def _row_problems(
     for k, row_id in enumerate(got):
         if row_id in seen and row_id not in dups:
             dups.append(row_id)
-            if spec.instances:
+            if grouped:
+                what = "instance rows" if spec.instances else "rows (one per class)"
                 problems.append(f"rows of id {row_id!r} are not together (lines {seen[row_id]} and {lines[k]}); "
-                                "one image's instance rows must be consecutive")
+                                f"one image's {what} must be consecutive")
         seen.setdefault(row_id, int(lines[k]))
-    if dups and not spec.instances:
+    if dups and not grouped:
         problems.append(f"duplicate ids: {dups[:5]}")
     missing = set(want) - set(got)
     extra = set(got) - set(want)
@@ -149,6 +163,8 @@ def _row_problems(
         if diff.size:
             i = int(diff[0])
             problems.append(f"rows are in a different order than the sample: line {lines[i]} has {got[i]!r}, the sample {want[i]!r}")
+    if classes_of is not None:
+        problems.extend(_class_problems(ids, *classes_of, max_problems))
 
     strict = dataclasses.replace(spec, empty="")  # which empty tokens are allowed is decided here
     if spec.instances:
@@ -196,6 +212,29 @@ def _row_problems(
     return problems
 
 
+def _class_problems(ids: np.ndarray, values: np.ndarray, classes: list[int] | None, max_problems: int) -> list[str]:
+    """A class column's problems: a value that is not a whole number (or not one of ``classes``), a class twice for
+    one image."""
+    problems: list[str] = []
+    allowed = None if classes is None else {int(c) for c in classes}
+    seen: set[tuple[str, int]] = set()
+    for i, (row_id, raw) in enumerate(zip(ids, values)):
+        if len(problems) >= max_problems:
+            break
+        where = f"line {i + 2} (id {row_id!r})"
+        text = str(raw).strip()
+        if not (text.isdigit() and text.isascii()):
+            problems.append(f"{where}: class {raw!r} is not a whole number")
+            continue
+        cls = int(text)
+        if allowed is not None and cls not in allowed:
+            problems.append(f"{where}: class {cls} is not one this competition submits ({sorted(allowed)})")
+        elif (row_id, cls) in seen:
+            problems.append(f"{where}: class {cls} again for this image; one row per image and class")
+        seen.add((row_id, cls))
+    return problems
+
+
 def score_submission(csv_path: str | Path, solution_path: str | Path, cfg: Config) -> float:
     """Score a submission against a solution CSV of the same format with the config's metric.
 
@@ -215,22 +254,27 @@ def score_submission(csv_path: str | Path, solution_path: str | Path, cfg: Confi
     split = parse_submission_id(s.id_format) if s.per_class else None
     default_cls = submission_classes(cfg)[0]
 
+    id_col, rle_col = submission_columns(cfg)
+
     def read(path: str | Path) -> dict[str, dict[int, list[str]]]:
         df = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
         out: dict[str, dict[int, list[str]]] = {}
-        for row_id, rle in zip(df.iloc[:, 0], df.iloc[:, -1]):
-            image_id, cls = row_id, default_cls
+        row_cls = df[s.class_column].astype(int) if s.class_column else [default_cls] * len(df)
+        for row_id, rle, cls in zip(df[id_col], df[rle_col], row_cls):
+            image_id = row_id
             if split is not None:
                 m = split.fullmatch(row_id)
                 image_id, cls = m.group("id"), int(m.group("cls"))
-            out.setdefault(image_id, {}).setdefault(cls, []).append(rle)
+            out.setdefault(image_id, {}).setdefault(int(cls), []).append(rle)
         return out
 
     truth_rows, pred_rows = read(solution_path), read(csv_path)
     evaluator = Evaluator(cfg.metric, d.task, d.num_classes)
     for sample in load_test_samples(cfg):
         hw = image_size(sample.image, sample.pair)
-        truth = {c: spec.decode_rows(r, hw) for c, r in truth_rows[sample.id].items()}
+        # with a class column an image's empty classes may have no row (as in Severstal's train.csv)
+        rows = truth_rows.get(sample.id, {}) if s.class_column else truth_rows[sample.id]
+        truth = {c: spec.decode_rows(r, hw) for c, r in rows.items()}
         guess = {c: spec.decode_rows(r, hw) for c, r in pred_rows.get(sample.id, {}).items()}
         if d.task == "multiclass":
             t = np.zeros(hw, np.int64)

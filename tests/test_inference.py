@@ -297,7 +297,7 @@ def test_a_sample_submission_with_a_column_the_submission_cannot_fill_is_refused
     df = pd.read_csv(sample, dtype=str, keep_default_na=False)
     df.assign(Usage="Public").to_csv(tmp_path / "sample3.csv", index=False)
     cfg = dataclasses.replace(a, data=dataclasses.replace(a.data, sample_submission=str(tmp_path / "sample3.csv")))
-    with pytest.raises(SubmissionError, match=r"sample3.csv: columns \[.*'Usage'\]; a submission here has two, .* so "
+    with pytest.raises(SubmissionError, match=r"sample3.csv: columns \[.*'Usage'\]; a submission here has 2 columns, .* so "
                                               r"\['Usage'\] could not be filled in"):
         predict_test(cfg, out=tmp_path / "x.csv")
     assert not (tmp_path / "x.csv").exists()

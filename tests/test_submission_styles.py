@@ -268,7 +268,7 @@ def test_shipped_configs_keep_the_kaggle_spec():
 def test_writer_accepts_repeated_ids_only_for_instance_rows(tmp_path):
     cfg = _cfg(data={"rle_order": "C"}, instances=True)
     out = tmp_path / "sub.csv"
-    with SubmissionWriter(out, ("ImageId", "EncodedPixels"), ["a", "b"], instance_rows=True) as w:
+    with SubmissionWriter(out, ("ImageId", "EncodedPixels"), ["a", "b"], repeated_ids=True) as w:
         w.write(mask_rows("a", SHIPS[None], cfg))
         w.write(mask_rows("b", np.zeros((1, 4, 5), np.uint8), cfg))
     assert out.read_text() == "ImageId,EncodedPixels\na,1 2\na,10 1 14 2 18 1\nb,\n"
@@ -277,7 +277,7 @@ def test_writer_accepts_repeated_ids_only_for_instance_rows(tmp_path):
             w.write(mask_rows("a", SHIPS[None], cfg))
             w.write(mask_rows("b", SHIPS[None], cfg))
     with pytest.raises(SubmissionError, match="1 ids in 2 rows written, the sample has 2"):
-        with SubmissionWriter(tmp_path / "y.csv", ("ImageId", "EncodedPixels"), ["a", "b"], instance_rows=True) as w:
+        with SubmissionWriter(tmp_path / "y.csv", ("ImageId", "EncodedPixels"), ["a", "b"], repeated_ids=True) as w:
             w.write(mask_rows("a", SHIPS[None], cfg))
     assert not (tmp_path / "x.csv").exists() and not (tmp_path / "y.csv").exists()
 
@@ -500,4 +500,4 @@ def test_checker_reads_the_second_column_as_the_rle(tmp_path):
     bad.write_text("ImageId,EncodedPixels,ClassId\na.jpg,1 2 10,1\nb.jpg,,2\n")
     assert len(check_submission(bad, sample)) == 1 and "odd number of tokens" in check_submission(bad, sample)[0]
     assert check_submission(good, sample, columns=("ImageId", "Rle")) == [
-        "no column 'Rle' (submission.id_column / rle_column); the sample has ['ImageId', 'EncodedPixels', 'ClassId']"]
+        "no column 'Rle' (submission.rle_column); the sample has ['ImageId', 'EncodedPixels', 'ClassId']"]

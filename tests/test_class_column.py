@@ -1,0 +1,183 @@
+"""Submissions with the class in a column of its own (``submission.class_column``): Severstal since its 2019 update,
+``ImageId,EncodedPixels,ClassId``, one row per image and class, the sample one row per image (``ClassId`` 0)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from seg_toolkit.cli import main
+from seg_toolkit.config import ConfigError, config_from_dict
+from seg_toolkit.cv import run_cv
+from seg_toolkit.inference import predict_test
+from seg_toolkit.submission import SubmissionError, SubmissionWriter, mask_rows, submission_header
+from seg_toolkit.submission_check import check_submission, score_submission
+
+from .conftest import demo_dict
+
+# two classes on a 3x4 image; column-major pixels (1-based): class 1 at (0,0),(1,0) -> "1 2"; class 2 at (2,3) -> 12
+TWO = np.zeros((2, 3, 4), np.uint8)
+TWO[0, 0:2, 0] = 1
+TWO[1, 2, 3] = 1
+
+
+def _cfg(tmp_path, **submission):
+    base = demo_dict(tmp_path / "root", tmp_path / "runs", data={"num_classes": 2})
+    base["submission"] = {"path": str(tmp_path / "sub.csv"), **submission}
+    return config_from_dict(base)
+
+
+def test_rows_carry_the_class_in_its_column(tmp_path):
+    cfg = _cfg(tmp_path, class_column="ClassId")
+    assert mask_rows("a.jpg", TWO, cfg) == [("a.jpg", "1 2", "1"), ("a.jpg", "12 1", "2")]
+    assert mask_rows("b.jpg", np.zeros_like(TWO), cfg) == [("b.jpg", "", "1"), ("b.jpg", "", "2")]
+    # submission.classes: which classes and in which order, as for per-class ids
+    assert mask_rows("a.jpg", TWO, _cfg(tmp_path, class_column="ClassId", classes=[2])) == [("a.jpg", "12 1", "2")]
+    # no sample in the folder: the header is id, RLE, class
+    assert submission_header(cfg) == ["ImageId", "EncodedPixels", "ClassId"]
+
+
+@pytest.mark.parametrize(
+    "submission, message",
+    [
+        ({"class_column": "ClassId", "per_class": True}, "submission.class_column: 'ClassId' writes each row's class in its "
+         "own column, so ids are image ids; submission.per_class"),
+        ({"class_column": "ClassId", "instances": True}, "instance rows (submission.instances: one row per object) with a "
+         "class column are not supported"),
+        ({"class_column": "ImageId", "id_column": "ImageId"}, "submission.class_column: 'ImageId' is also submission.id_column"),
+        ({"class_column": " "}, "submission.class_column: ' ': expected a column name"),
+        ({}, "or submission.class_column (the class in a column of its own, e.g. Severstal's ClassId)"),
+    ],
+)
+def test_class_column_checked_at_load(tmp_path, submission, message):
+    with pytest.raises(ConfigError) as err:
+        _cfg(tmp_path, **submission)
+    assert message in str(err.value)
+
+
+def test_writer_puts_fields_in_the_sample_order_and_counts_an_image_once(tmp_path):
+    out = tmp_path / "sub.csv"
+    header = ["ClassId", "ImageId", "EncodedPixels"]  # any order the sample has
+    with SubmissionWriter(out, header, ["a", "a", "b"], repeated_ids=True, fields=("ImageId", "EncodedPixels", "ClassId")) as w:
+        w.write([("a", "1 2", "1"), ("a", "", "2")])
+        w.write([("b", "", "1"), ("b", "3 1", "2")])
+    assert out.read_text() == "ClassId,ImageId,EncodedPixels\n1,a,1 2\n2,a,\n1,b,\n2,b,3 1\n"
+    with pytest.raises(ValueError, match="row fields"):
+        SubmissionWriter(tmp_path / "x.csv", header, None, fields=("ImageId", "EncodedPixels"))
+
+
+@pytest.fixture(scope="module")
+def severstal(demo_root, tmp_path_factory):
+    """The demo competition with Severstal's 2019 sample (one row per image, ``ClassId`` 0), trained for one epoch."""
+    tmp = tmp_path_factory.mktemp("severstal")
+    root = tmp / "data"
+    shutil.copytree(demo_root, root)
+    old = pd.read_csv(demo_root / "sample_submission.csv", dtype=str)
+    images = list(dict.fromkeys(old.ImageId_ClassId.str.rsplit("_", n=1).str[0]))
+    (root / "sample_submission.csv").write_text("ImageId,EncodedPixels,ClassId\n" + "".join(f"{i},1 1,0\n" for i in images))
+    # untuned, with a low threshold: one epoch's probabilities still give some non-empty rows to compare
+    base = demo_dict(root, tmp / "runs", postprocess={"tune": False, "threshold": [0.2]})
+    cfg = config_from_dict({**base, "submission": {"class_column": "ClassId", "path": str(tmp / "severstal.csv")}})
+    run_cv(cfg)
+    return cfg, images, tmp
+
+
+def test_predict_writes_one_row_per_image_and_class(severstal):
+    cfg, images, tmp = severstal
+    out = predict_test(cfg, overwrite=True)
+    sub = pd.read_csv(out, dtype=str, keep_default_na=False)
+    assert list(sub.columns) == ["ImageId", "EncodedPixels", "ClassId"]
+    assert sub.ImageId.tolist() == [i for i in images for _ in (1, 2, 3)]
+    assert sub.ClassId.tolist() == ["1", "2", "3"] * len(images)
+    sample = cfg.data_path(cfg.data.sample_submission)
+    assert check_submission(out, sample, spec=None, class_column="ClassId", classes=[1, 2, 3]) == []
+    # the same run in the original form (ImageId_ClassId ids) writes the same masks, row for row
+    per_id = config_from_dict(demo_dict(Path(cfg.data.root), Path(cfg.runs_dir), postprocess={"tune": False, "threshold": [0.2]}))
+    root = tmp / "data"
+    shutil.copy(root / "sample_submission.csv", tmp / "severstal_sample.csv")
+    try:
+        pd.DataFrame({"ImageId_ClassId": [f"{i}_{k}" for i in images for k in (1, 2, 3)], "EncodedPixels": "1 1"}).to_csv(
+            root / "sample_submission.csv", index=False)
+        classic = pd.read_csv(predict_test(per_id, out=tmp / "classic.csv"), dtype=str, keep_default_na=False)
+    finally:
+        shutil.copy(tmp / "severstal_sample.csv", root / "sample_submission.csv")
+    assert (sub.ImageId + "_" + sub.ClassId).tolist() == classic.ImageId_ClassId.tolist()
+    assert sub.EncodedPixels.tolist() == classic.EncodedPixels.tolist()
+    assert (sub.EncodedPixels != "").any()
+
+
+def test_check_submission_cli_with_the_config_and_with_the_flag(severstal, capsys, tmp_path):
+    cfg, images, tmp = severstal
+    out = predict_test(cfg, overwrite=True)
+    sample = str(cfg.data_path(cfg.data.sample_submission))
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text(f"experiment: t\nruns_dir: {cfg.runs_dir}\ndata: {{root: {cfg.data.root}, task: multilabel, num_classes: 3, "
+                        "layout: csv, id_column: ImageId, class_column: ClassId, rle_column: EncodedPixels}\n"
+                        "model: {arch: scratch_unet, depth: 2, base_width: 4}\nsubmission: {class_column: ClassId}\n")
+    assert main(["check-submission", str(out), "--sample", sample, "--config", str(cfg_file)]) == 0
+    assert main(["check-submission", str(out), "--sample", sample, "--class-column", "ClassId"]) == 0
+    capsys.readouterr()
+    # without being told, the image ids repeat: the checker says so instead of passing a file it cannot read
+    assert main(["check-submission", str(out), "--sample", sample]) == 1
+    assert "duplicate ids" in capsys.readouterr().out
+
+
+def test_score_submission_reads_the_class_column(severstal, tmp_path):
+    """Scored against a solution laid out as Severstal's train.csv (other column order, empty classes without a row)."""
+    cfg, images, tmp = severstal
+    sol = pd.read_csv(cfg.data_path("test_solution.csv"), dtype=str, keep_default_na=False)
+    ids = sol.ImageId_ClassId.str.rsplit("_", n=1)
+    full = pd.DataFrame({"ImageId": ids.str[0], "EncodedPixels": sol.EncodedPixels, "ClassId": ids.str[1]})
+    exact = tmp_path / "exact.csv"
+    full.to_csv(exact, index=False)
+    sparse = tmp_path / "solution.csv"
+    full[full.EncodedPixels != ""][["ImageId", "ClassId", "EncodedPixels"]].to_csv(sparse, index=False)
+    assert (full.EncodedPixels == "").any()  # some classes are empty, so the sparse solution leaves rows out
+    assert score_submission(exact, sparse, cfg) == pytest.approx(1.0)
+    wrong = full.copy()
+    k = int(np.flatnonzero(wrong.EncodedPixels != "")[0])
+    wrong.loc[k, "EncodedPixels"] = ""  # one present class predicted empty: its dice is 0
+    lossy = tmp_path / "lossy.csv"
+    wrong.to_csv(lossy, index=False)
+    assert score_submission(lossy, sparse, cfg) == pytest.approx(1 - 1 / len(full))
+
+
+@pytest.mark.parametrize(
+    "body, problem",
+    [
+        ("a,1 2,1\na,,2\nb,,1\nb,,2\n", None),
+        ("a,1 2,x\na,,2\nb,,1\nb,,2\n", "line 2 (id 'a'): class 'x' is not a whole number"),
+        ("a,1 2,1\na,,5\nb,,1\nb,,2\n", "line 3 (id 'a'): class 5 is not one this competition submits ([1, 2])"),
+        ("a,1 2,1\na,,1\nb,,1\nb,,2\n", "line 3 (id 'a'): class 1 again for this image; one row per image and class"),
+        ("a,1 2,1\nb,,1\na,,2\nb,,2\n", ["4 distinct ids (in 4 rows); the sample has 2", "rows of id 'a' are not together "
+         "(lines 2 and 4); one image's rows (one per class) must be consecutive", "rows of id 'b' are not together (lines 3 "
+         "and 5); one image's rows (one per class) must be consecutive"]),
+        ("b,,1\nb,,2\na,1 2,1\na,,2\n", "rows are in a different order than the sample: line 2 has 'b', the sample 'a'"),
+    ],
+)
+def test_checker_class_column_problems(tmp_path, body, problem):
+    sample = tmp_path / "sample.csv"
+    sample.write_text("ImageId,EncodedPixels,ClassId\na,1 1,0\nb,1 1,0\n")
+    sub = tmp_path / "sub.csv"
+    sub.write_text("ImageId,EncodedPixels,ClassId\n" + body)
+    problems = check_submission(sub, sample, n_pixels=12, class_column="ClassId", classes=[1, 2])
+    assert problems == ([] if problem is None else problem if isinstance(problem, list) else [problem])
+
+
+def test_checker_names_a_class_column_the_sample_lacks(tmp_path):
+    sample = tmp_path / "sample.csv"
+    sample.write_text("ImageId,EncodedPixels\na,1 1\n")
+    assert check_submission(sample, sample, class_column="ClassId") == [
+        "no column 'ClassId' (submission.class_column); the sample has ['ImageId', 'EncodedPixels']"]
+
+
+def test_severstal_sample_without_class_column_names_the_key(severstal, tmp_path):
+    cfg, _, _ = severstal
+    plain = config_from_dict(demo_dict(Path(cfg.data.root), Path(cfg.runs_dir), postprocess={"tune": False, "threshold": [0.2]}))
+    with pytest.raises(SubmissionError, match="if 'ClassId' holds each row's class .*set submission.class_column: ClassId"):
+        predict_test(plain, out=tmp_path / "x.csv")
+    assert not (tmp_path / "x.csv").exists()
