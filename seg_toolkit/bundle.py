@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import dataclasses
 import email.parser
-import hashlib
 import json
 import logging
 import os
@@ -57,26 +56,18 @@ from .checkpoint import chosen_weights, load_checkpoint, save_checkpoint
 from .config import ConfigError, load_config
 from .errors import SegToolkitError
 from .versions import library_versions
-from .files import read_json, write_json, write_text
+from .files import read_json, sha256_file, write_json, write_text
 from .run import Run
 from .run_guard import delete_path
 
 log = logging.getLogger(__name__)
 
-__all__ = ["BundleError", "DEFAULT_BASE_ENV", "build_bundle", "bundle_config", "predict_bundle", "sha256"]
+__all__ = ["BundleError", "DEFAULT_BASE_ENV", "build_bundle", "bundle_config", "predict_bundle"]
 
 DEFAULT_BASE_ENV = ("torch", "torchvision")
 _COPIED = ("folds_csv", "fold_balance_csv", "cv_json", "postprocess_json", "tta_json", "amp_json")  # Run properties
 class BundleError(SegToolkitError, RuntimeError):
     """A bundle cannot be made as asked (missing folds, a dependency that cannot be gathered, ...)."""
-
-
-def sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # ----------------------------------------------------------------------------- runs and weights
@@ -148,8 +139,8 @@ def _write_weights(src: Path, dst: Path, use_ema: bool, fp16: bool) -> dict[str,
     config["model"] = {**config.get("model", {}), "encoder_weights": None}  # the weights are all here: no download
     save_checkpoint({"model": weights, "ema": None, "config": config, "model_args": state["model_args"],
                      "epoch": state.get("epoch"), "best_score": state.get("best_score")}, dst)
-    return {"sha256": sha256(dst), "bytes": dst.stat().st_size, "dtype": "float16" if fp16 else "float32",
-            "ema": bool(use_ema and state.get("ema") is not None), "source_sha256": sha256(src)}
+    return {"sha256": sha256_file(dst), "bytes": dst.stat().st_size, "dtype": "float16" if fp16 else "float32",
+            "ema": bool(use_ema and state.get("ema") is not None), "source_sha256": sha256_file(src)}
 
 
 def _copy_run(src: Run, dst: Run, folds: list[int], fp16: bool) -> dict[str, Any]:

@@ -2,9 +2,12 @@
 
 ``build_ensemble([cfg_a, cfg_b], name="ens")`` (``seg-toolkit ensemble A.yaml B.yaml --name ens``):
 
-1. checks the members: trained runs with the same task and classes, the same ``folds.csv``
-   (id -> fold; otherwise an OOF image of one member was trained on by another), and the
-   folds they all finished;
+1. checks the members: trained runs reading the same images and targets with the same classes
+   (every data key but each member's own preprocessing), the same ``folds.csv`` (id -> fold;
+   otherwise an OOF image of one member was trained on by another), OOF files made as each member
+   predicts, and the folds they all finished; ``ensemble.json`` keeps each member's fingerprint
+   (the SHA-256 of folds.csv and of each fold's best.pt), and predicting with the ensemble after a
+   member was retrained is refused;
 2. chooses the weights on OOF (unless given): every point of a grid on the simplex (step
    0.1 for up to 3 members, 0.25 for 4-5, equal weights beyond), scored with the configured
    metric at ``metric.threshold``, as cv.json scores. **Guard against fitting the weights to
@@ -25,6 +28,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import os
 import shutil
 from contextlib import ExitStack
 from pathlib import Path
@@ -40,16 +44,16 @@ from .data import load_target, load_train_samples
 from .data.dataset import target_to_tensor
 from .evaluator import Evaluator
 from .oof import check_oof_complete
-from .predictor import check_same_training
+from .predictor import Member, check_same_training, diff_of_keys
 from .models.presence import has_presence
-from .files import read_json, read_oof, write_json, write_npy
+from .files import read_json, read_oof, sha256_file, write_json, write_npy
 from .run import Run
 from .run_lock import run_lock
 from .tensors import from_merge_space, probs_to_uint8, to_merge_space, uint8_to_probs
 
 log = logging.getLogger(__name__)
 
-__all__ = ["build_ensemble", "merge_probs", "weight_grid", "DEFAULT_MEMORY_BUDGET"]
+__all__ = ["build_ensemble", "merge_probs", "weight_grid", "check_members_unchanged", "member_fingerprint", "DEFAULT_MEMORY_BUDGET"]
 
 DEFAULT_MEMORY_BUDGET = 1 << 30  # member OOF arrays + targets kept in memory below this many bytes
 
@@ -76,6 +80,72 @@ def weight_grid(n: int) -> list[tuple[float, ...]]:
     return out
 
 
+#: data keys that are a member's own preprocessing (the predictor reads each image once per member setting), or whose
+#: effect is the folds (compared as folds.csv): every other data key decides which images and targets there are and
+#: what each output channel means, so the members must agree on it
+MEMBER_OWN_DATA = ("data.in_channels", "data.image_range", "data.bands.files", "data.bands.frame", "data.bands.ash",
+                   "data.max_image_pixels", "data.limit", "data.group_column", "data.group_pattern")
+
+
+def _check_same_data(runs: list[Run], saved: list[Config]) -> None:
+    """Members read the same images and targets with the same classes in the same order: a member trained on another
+    data.root (images stored preprocessed, say) would be predicted on the lead's images, and a member whose
+    class_names are in another order would be merged channel by channel with the wrong class."""
+    import dataclasses
+
+    def rooted(c: Config) -> Config:  # one root spelled two ways (relative, absolute) is the same root
+        return dataclasses.replace(c, data=dataclasses.replace(c.data, root=os.path.normpath(os.path.abspath(c.data.root))))
+
+    lead = rooted(saved[0])
+    for run, cfg in zip(runs[1:], saved[1:]):
+        diff = [line for line in diff_of_keys(lead, rooted(cfg), ("data.",)) if line.split(": ", 1)[0] not in MEMBER_OWN_DATA]
+        if diff:
+            raise ConfigError(f"ensemble members disagree on {diff[0].split(': ', 1)[0]}: {runs[0].dir.name} -> {run.dir.name}: "
+                              f"{'; '.join(diff[:4])}. Members must read the same images and targets with the same classes "
+                              "(their own in_channels, image_range, transforms, models and TTA may differ)")
+
+
+def _check_member_oof(run: Run) -> None:
+    """A member's OOF files must be made as the member now predicts: the ensemble tunes on those files and
+    predicts with the member's settings (a run trained with ``predict.oof_tta: identity``, or an OOF made
+    before ``tune --tta``)."""
+    from .inference import _differs
+
+    made = (read_json(run.cv_json) or {}).get("oof")
+    now = Member.load(run).made()
+    if isinstance(made, list) or (isinstance(made, dict) and _differs(made, now)):
+        raise ConfigError(f"ensemble member {run.dir}: its OOF files were made with {made}, but it predicts with {now}; "
+                          f"remake them first (`seg-toolkit oof {run.dir}`), so that what the ensemble tunes on is what it submits")
+
+
+def member_fingerprint(run: Run, folds: list[int]) -> dict[str, Any]:
+    """What identifies a member's trained models: the SHA-256 of its folds.csv and of each fold's best.pt."""
+    return {"folds_csv": sha256_file(run.folds_csv), "best_pt": {str(k): sha256_file(run.best_pt(k)) for k in folds}}
+
+
+def check_members_unchanged(ens: Run) -> None:
+    """Refuse to predict with an ensemble whose member was retrained (or re-folded) after the ensemble was built: its
+    weights and post-processing were chosen on the old member's OOF files. Ensembles built before fingerprints were
+    kept pass unchecked."""
+    recorded = (read_json(ens.ensemble_json) or {}).get("members", [])
+    folds = [int(k) for k in (read_json(ens.ensemble_json) or {}).get("folds", [])]
+    for (run, _), entry in zip(ens.members(), recorded):
+        was = entry.get("fingerprint") if isinstance(entry, dict) else None
+        if not was:
+            continue
+        missing = [k for k in folds if not run.best_pt(k).is_file()]
+        if missing:
+            raise FileNotFoundError(f"ensemble {ens.dir}: member {run.dir} has no fold_{missing[0]}/best.pt, which the "
+                                    "ensemble was built with; restore it, or build the ensemble again")
+        now = member_fingerprint(run, folds)
+        changed = (["folds.csv"] if now["folds_csv"] != was.get("folds_csv") else []) + [
+            f"fold_{k}/best.pt" for k in folds if now["best_pt"].get(str(k)) != (was.get("best_pt") or {}).get(str(k))]
+        if changed:
+            raise ConfigError(f"ensemble {ens.dir}: member {run.dir} changed since the ensemble was built ({', '.join(changed)} "
+                              "differ); its weights and post-processing were chosen on the old member's OOF files: build the "
+                              "ensemble again (`seg-toolkit ensemble ... --overwrite`)")
+
+
 def _check_members(cfgs: list[Config]) -> tuple[list[Run], list[int], dict[str, int]]:
     runs = [Run.of(c) for c in cfgs]
     if len({r.dir.resolve() for r in runs}) != len(runs):
@@ -88,11 +158,9 @@ def _check_members(cfgs: list[Config]) -> tuple[list[Run], list[int], dict[str, 
         check_same_training(cfg, run)
         check_oof_complete(run)
     saved = [r.config() for r in runs]
-    for key in ("task", "num_classes", "ignore_index"):
-        values = {getattr(c.data, key) for c in saved}
-        if len(values) > 1:
-            raise ConfigError(f"ensemble members disagree on data.{key}: "
-                              + ", ".join(f"{r.dir.name}={getattr(c.data, key)!r}" for r, c in zip(runs, saved)))
+    _check_same_data(runs, saved)
+    for run in runs:
+        _check_member_oof(run)
     fold_maps = [r.fold_of() for r in runs]
     for r, m in zip(runs[1:], fold_maps[1:]):
         if m != fold_maps[0]:
@@ -248,8 +316,8 @@ def _build_ensemble(cfgs: list[Config], name: str | None, weights: Sequence[floa
     if runs[0].fold_balance_csv.is_file():
         shutil.copyfile(runs[0].fold_balance_csv, out.fold_balance_csv)
     # how each member's OOF files were made: predict warns when a member predicts otherwise later (tune --tta, oof --set)
-    members = [{"run": out.member_ref(r), "weight": w, "oof": (read_json(r.cv_json) or {}).get("oof")}
-               for r, w in zip(runs, chosen)]
+    members = [{"run": out.member_ref(r), "weight": w, "oof": (read_json(r.cv_json) or {}).get("oof"),
+                "fingerprint": member_fingerprint(r, folds)} for r, w in zip(runs, chosen)]
     write_json(out.ensemble_json, {"members": members, "space": space, "folds": folds, "weights_search": search})
     # the classifier's presence, as the predictor merges it: probability space, over the members that have one
     with_presence = [(r, w) for r, w in zip(runs, chosen) if has_presence(r.config()) and w > 0]
@@ -268,12 +336,26 @@ def _build_ensemble(cfgs: list[Config], name: str | None, weights: Sequence[floa
         member_info.append({"run": str(r.dir), "weight": chosen[runs.index(r)], "score": row["score"],
                             "score_after_postprocess": pp.get("after")})
     cv = compute_cv(ens_cfg, out, extra={"ensemble": {"members": member_info, "space": space, "weights": chosen,
-                                                      "weights_search": search}})
+                                                      "weights_search": search}, "pseudo": _members_pseudo(runs)})
     if ens_cfg.postprocess.tune:
         from .tune import tune_postprocess
 
         cv["postprocess"] = tune_postprocess(ens_cfg, out.dir)
     return cv
+
+
+def _members_pseudo(runs: list[Run]) -> dict[str, Any] | None:
+    """The members' pseudo-labels as the ensemble's cv.json records them (None when no member used any): a member whose
+    labels could carry a fold's validation images into its training (``leaky``) makes the ensemble's CV optimistic too."""
+    info = {r.dir.name: (read_json(r.cv_json) or {}).get("pseudo") for r in runs}
+    info = {name: p for name, p in info.items() if p}
+    if not info:
+        return None
+    leaky = sorted(name for name, p in info.items() if isinstance(p, dict) and p.get("leaky"))
+    if leaky:
+        log.warning("ensemble: member(s) %s trained on pseudo-labels that are not per fold (pseudo.leaky): the ensemble's "
+                    "OOF score, weights and tuning inherit their optimism", leaky)
+    return {"members": info, "leaky": bool(leaky)}
 
 
 def _ensemble_config(lead: Config, name: str, space: str) -> Config:

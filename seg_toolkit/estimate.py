@@ -132,7 +132,7 @@ def estimate_predict(cfg: Config, n_images: int | None = None, budget: float | N
         fwd, images = stats.get(i, (0.0, 0))
         tiles = stats[("tiles", i)][1] / images if ("tiles", i) in stats and images else 1.0
         members.append({"run": str(m.run.dir), "folds": len(m.folds), "tta": expand_tta(m.tta),
-                        "scales": [float(s) for s in m.cfg.predict.scales], "tiles": tiles, "forward_s": fwd / n})
+                        "scales": m.scales(), "tiles": tiles, "forward_s": fwd / n})
     per_image = seconds / n
     measured = {"images_timed": n, "seconds_timed": seconds, "batch_size": bs, "device": str(predictor.device),
                 "backend": cfg.predict.backend, "load_models_s": load_s,

@@ -32,7 +32,6 @@ that runs without this package's model code).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import warnings
@@ -42,7 +41,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .files import atomic_write, read_json, write_json
+from .files import atomic_write, read_json, sha256_file, write_json
 from .checkpoint import load_model
 from .config import Config, ConfigError
 from .errors import SegToolkitError
@@ -132,14 +131,6 @@ class OnnxModel(nn.Module):
         return crop_padding(torch.from_numpy(out).to(x.device), pads)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _is_own_export(path: Path) -> bool:
     import onnx
 
@@ -226,7 +217,7 @@ def _export_member(member, fmt: str) -> list[dict[str, Any]]:
             raise RunExistsError(f"{path}: exists and is not an export of this toolkit; move it away (it is not replaced)")
         model, _ = load_model(best, map_location="cpu", use_ema=member.cfg.train.use_ema)
         inputs, what = _parity_inputs(member, fold)
-        sha = _sha256(best)
+        sha = sha256_file(best)
         meta = {"run": run.dir.name, "fold": fold, "task": member.cfg.data.task, "num_classes": member.cfg.data.num_classes,
                 "in_channels": member.cfg.data.in_channels, "best_pt_sha256": sha, "torch": torch.__version__}
         parity: list[dict[str, Any]] = []
@@ -288,7 +279,7 @@ def check_onnx_backend(members: list) -> None:
                 raise ConfigError(f"predict.backend: onnx, but fold {fold} of {m.run.dir} is not exported ({path} "
                                   f"{'not found' if not path.is_file() else 'not in ' + str(m.run.export_json)}); {fix}")
             best = m.run.best_pt(fold)
-            if best.is_file() and _sha256(best) != entry.get("best_pt_sha256"):
+            if best.is_file() and sha256_file(best) != entry.get("best_pt_sha256"):
                 raise ConfigError(f"predict.backend: onnx, but {path} was exported from another {best.name} than the current "
                                   f"one (the fold was trained again since); {fix}")
             if entry.get("use_ema") not in (None, m.cfg.train.use_ema):

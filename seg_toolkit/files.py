@@ -8,6 +8,7 @@ probability files. Where each file lives is :class:`seg_toolkit.run.Run`'s busin
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -59,6 +60,15 @@ def _json_default(x: Any) -> Any:
     if isinstance(x, Path):
         return str(x)
     raise TypeError(f"not JSON serialisable: {type(x).__name__}")
+
+
+def sha256_file(path: str | Path) -> str:
+    """The SHA-256 of a file's bytes, read in 1 MiB blocks (checkpoints, exports, bundles, ensemble members)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def write_text(path: str | Path, text: str) -> Path:

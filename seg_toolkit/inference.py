@@ -72,6 +72,10 @@ def run_predictor(cfg: Config) -> tuple[Run, Predictor]:
     if not run.config_yaml.is_file():
         raise FileNotFoundError(f"{run.dir}: no run folder (config.yaml); train the experiment first")
     check_same_training(cfg, run)
+    if run.is_ensemble:
+        from .ensemble import check_members_unchanged
+
+        check_members_unchanged(run)
     for r in [m for m, _ in run.members()] if run.is_ensemble else [run]:
         check_oof_complete(r)  # post-processing tuned on OOF files an interrupted rewrite left mixed
         _check_scored_folds(r)

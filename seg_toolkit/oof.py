@@ -115,6 +115,7 @@ def remake_oof(cfg: Config, tune: bool = True) -> dict[str, Any]:
     from .cv import compute_cv
 
     run = Run.of(cfg)
+    run.refuse_ensemble("seg-toolkit oof")
     check_same_training(cfg, run, also_predict=False)
     with run_lock(run, f"seg-toolkit oof {run.dir}"):  # not beside a --fold job writing its OOF or `tune --tta`
         folds = run.trained_folds()

@@ -68,9 +68,16 @@ def diff_of_keys(old: Config, new: Config, prefixes: Sequence[str]) -> list[str]
 def check_same_training(cfg: Config, run: Run, also_predict: bool = True, skip: Sequence[str] = ()) -> None:
     """Refuse a config (e.g. with ``--set``) that would silently change how a trained run predicts
     (``skip``: predict keys the caller sets itself, as ``tune --tta`` does ``predict.tta`` and ``predict.merge``)."""
-    if not run.config_yaml.is_file() or run.is_ensemble:
+    if not run.config_yaml.is_file():
         return
     saved = run.config()
+    if run.is_ensemble:  # each member predicts with its own saved settings: a --set of them would be ignored
+        diff = diff_of_keys(saved, cfg, TRAINED_KEYS + PREDICT_KEYS + ("predict.ensemble_space",))
+        if diff:
+            raise ConfigError(f"{run.dir} is an ensemble: its members predict with their own saved settings and its "
+                              f"weights were chosen in its saved space, so {'; '.join(diff[:6])} would be ignored; change "
+                              "a member (`seg-toolkit oof MEMBER --set ...`) and build the ensemble again")
+        return
     diff = diff_of_keys(saved, cfg, TRAINED_KEYS + (tuple(k for k in PREDICT_KEYS if k not in skip) if also_predict else ()))
     if diff:
         hint = ("; the predict keys are changed with `seg-toolkit oof CONFIG --set ...`, which remakes the OOF "
@@ -185,11 +192,15 @@ class Member:
 
     def made(self) -> dict[str, Any]:
         """How this member predicts, as the OOF files record it (``done.json`` / ``cv.json``'s ``oof``)."""
-        return {"tta": list(self.tta), "merge": self.merge, "scales": list(self.cfg.predict.scales),
+        return {"tta": list(self.tta), "merge": self.merge, "scales": self.scales(),
                 "tile_size": self.cfg.predict.tile_size}
 
+    def scales(self) -> list[float]:
+        """``predict.scales`` without repeats (a repeated scale is the same prediction again), as ``tune --tta`` records them."""
+        return list(dict.fromkeys(float(s) for s in self.cfg.predict.scales))
+
     def passes(self, n_folds: int) -> int:
-        return n_folds * len(expand_tta(self.tta)) * len(self.cfg.predict.scales)
+        return n_folds * len(expand_tta(self.tta)) * len(self.scales())
 
 
 class _Inputs(Dataset):
@@ -265,6 +276,8 @@ class Predictor:
             raise ConfigError(f"ensemble weights: expected finite non-negative weights with a positive sum, got {[m.weight for m in members]}")
         self.members = members
         self.weights = [m.weight / total for m in members]
+        # members with weight 0 are loaded (they are the ensemble's) but never run: they change nothing
+        self.active = [(m, w) for m, w in zip(members, self.weights) if w > 0]
         self.task, self.num_classes = lead.data.task, lead.data.num_classes
         self.space = space
         self.device = device if isinstance(device, torch.device) else resolve_device(device or lead.train.device)
@@ -283,24 +296,24 @@ class Predictor:
 
     # ------------------------------------------------------------------ description
     def passes_per_image(self, fold: int | None = None) -> int:
-        return sum(m.passes(1 if fold is not None else len(m.folds)) for m in self.members)
+        return sum(m.passes(1 if fold is not None else len(m.folds)) for m, _ in self.active)
 
     def describe(self, fold: int | None = None) -> str:
         return " + ".join(
             f"{m.run.dir.name}: {1 if fold is not None else len(m.folds)} fold(s) x {len(expand_tta(m.tta))} TTA "
-            f"({' '.join(m.tta)}, {m.merge}) x {len(m.cfg.predict.scales)} scale(s)"
+            f"({' '.join(m.tta)}, {m.merge}) x {len(m.scales())} scale(s)"
             + (f" x weight {w:.3f}" if len(self.members) > 1 else "") for m, w in zip(self.members, self.weights))
 
     def settings(self) -> list[dict[str, Any]]:
         """How each member predicts, for the JSON files that record where probabilities came from."""
         return [{"run": str(m.run.dir), "weight": w, "folds": m.folds, "tta": m.tta, "merge": m.merge,
-                 "scales": list(m.cfg.predict.scales), "tile_size": m.cfg.predict.tile_size}
+                 "scales": m.scales(), "tile_size": m.cfg.predict.tile_size}
                 for m, w in zip(self.members, self.weights)]
 
     # ------------------------------------------------------------------ prediction
     def loader(self, samples: list[Sample], target_cfg: Config | None = None) -> DataLoader:
         lead = self.members[0].cfg
-        dataset = _Inputs(samples, self.members, target_cfg, lead.data.max_image_pixels)
+        dataset = _Inputs(samples, [m for m, _ in self.active], target_cfg, lead.data.max_image_pixels)
         return DataLoader(dataset, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers,
                           collate_fn=_collate, pin_memory=self.device.type == "cuda")
 
@@ -309,7 +322,7 @@ class Predictor:
             images = images.contiguous(memory_format=torch.channels_last)
         model = m.model(fold, self.device)
         with torch.inference_mode(), autocast(m.amp(fold, self.device), self.device):
-            return tta_predict(model, images, self.task, expand_tta(tta), m.cfg.predict.scales, merge,
+            return tta_predict(model, images, self.task, expand_tta(tta), m.scales(), merge,
                                m.cfg.tta_batch(self.device.type)).float()
 
     def iter_probs(self, samples: list[Sample], fold: int | None = None, target_cfg: Config | None = None,
@@ -331,18 +344,18 @@ class Predictor:
         None: every trained fold. ``target_cfg``: also read each image's target with this config.
         """
         c = self.num_classes
-        present_weight = sum(w for m, w in zip(self.members, self.weights) if has_presence(m.cfg))
+        present_weight = sum(w for m, w in self.active if has_presence(m.cfg))
         for batch in self.loader(samples, target_cfg):
             sizes = batch["size"]
             acc: list[torch.Tensor | None] = [None] * len(sizes)
             acc_presence: torch.Tensor | None = None
-            for m, w in zip(self.members, self.weights):
+            for m, w in self.active:
                 images = batch["images"][m.preprocess].to(self.device, non_blocking=True)
                 folds = [fold] if fold is not None else m.folds
                 same = len(set(sizes)) == 1  # one resize for the whole batch, else one per image
                 for k in folds:
                     probs, presence = split_presence(self._member_probs(m, images, k, m.tta, m.merge), c, has_presence(m.cfg))
-                    if presence is not None:
+                    if presence is not None:  # present_weight > 0: this member has a classifier and a weight
                         share = presence * (w / len(folds) / present_weight)
                         acc_presence = share if acc_presence is None else acc_presence.add_(share)
                     resized = resize_to(probs, sizes[0]) if same else None
@@ -368,7 +381,7 @@ class Predictor:
         if len(self.members) != 1:
             raise ConfigError("choosing TTA needs one trained run, not an ensemble")
         m = self.members[0]
-        scales = list(dict.fromkeys(float(s) for s in m.cfg.predict.scales))
+        scales = m.scales()
         expanded = [expand_tta(t) for t, _ in candidates]
         union = _variants(list(dict.fromkeys(t for names in expanded for t in names)), scales)
         model = m.model(fold, self.device)

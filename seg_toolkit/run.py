@@ -325,7 +325,19 @@ class Run(RunGuard):
         bad = [w for _, w in members if not (math.isfinite(w) and w >= 0)]
         if bad:
             raise ConfigError(f"{self.ensemble_json}: member weights must be finite and non-negative, got {bad}")
+        gone = [r for r, _ in members if not r.config_yaml.is_file()]
+        if gone:
+            raise FileNotFoundError(f"{self.ensemble_json}: member {gone[0].dir} (named relative to the ensemble's folder) is "
+                                    "not a run folder any more; an ensemble finds its members beside it, so move the runs "
+                                    "folder as a whole, or build the ensemble again from where the members are now")
         return members
+
+    def refuse_ensemble(self, command: str) -> None:
+        """``command`` works on a trained run's own folds; an ensemble's OOF files are its members' merged."""
+        if self.is_ensemble:
+            raise ConfigError(f"{self.dir} is an ensemble: its OOF files are its members' merged, so `{command}` does not "
+                              "apply to it; run it on a member, then build the ensemble again (`seg-toolkit ensemble ... "
+                              "--overwrite`)")
 
     def trained_folds(self) -> list[int]:
         """Folds whose training finished (``done.json`` present), in order."""

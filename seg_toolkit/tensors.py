@@ -49,12 +49,24 @@ def uint8_to_probs(q: np.ndarray) -> np.ndarray:
     return q.astype(np.float32) / 255.0
 
 
+#: the lowest probability the ``logit`` space takes: half a step of the uint8 OOF files (logit -6.23)
+LOGIT_FLOOR = 0.5 / 255.0
+
+
 def to_merge_space(p: torch.Tensor, space: str, task: str) -> torch.Tensor:
     """Probabilities ``(C, H, W)`` in the space where ensembles average: as they are (``prob``), or
-    ``logit`` (log-probabilities for multiclass, logits for sigmoid tasks; clamped at 1e-6)."""
+    ``logit`` (log-probabilities for multiclass, logits for sigmoid tasks).
+
+    In ``logit`` space each probability is first put on the 1/255 grid the OOF files store it on
+    (:func:`probs_to_uint8`) and kept at least :data:`LOGIT_FLOOR` from 0 and 1, so that an ensemble's
+    OOF (merged from its members' uint8 files) and its predictions (merged from floats) merge the
+    same numbers: below 1/510 a float of 0.0015 and a stored 0 became logits -6.5 and -13.8, and a
+    merge of 0.649 at predict time was 0.177 in the OOF the weights and post-processing were tuned on.
+    """
     if space == "prob":
         return p
-    return p.clamp_min(1e-6).log() if task == "multiclass" else torch.logit(p.clamp(1e-6, 1 - 1e-6))
+    q = (p.clamp(0.0, 1.0) * 255.0).round_() / 255.0
+    return q.clamp_min(LOGIT_FLOOR).log() if task == "multiclass" else torch.logit(q.clamp(LOGIT_FLOOR, 1 - LOGIT_FLOOR))
 
 
 def from_merge_space(acc: torch.Tensor, space: str, task: str) -> torch.Tensor:

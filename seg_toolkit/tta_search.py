@@ -107,6 +107,7 @@ def choose_tta(
 
     t0 = time.perf_counter()
     run = Run(run_dir) if run_dir is not None else Run.of(cfg)
+    run.refuse_ensemble("seg-toolkit tune --tta")
     # the OOF files become the run's, and predict reads the run's config: scales or tiles other than the run's
     # (`tune --tta --set predict.scales=...`) would tune post-processing on probabilities predict never makes
     check_same_training(cfg, run, skip=("predict.tta", "predict.merge", "predict.oof_tta"))

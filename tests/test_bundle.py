@@ -24,7 +24,8 @@ import pytest
 import torch
 import yaml
 
-from seg_toolkit.bundle import BundleError, build_bundle, predict_bundle, sha256
+from seg_toolkit.bundle import BundleError, build_bundle, predict_bundle
+from seg_toolkit.files import sha256_file as sha256
 from seg_toolkit.checkpoint import load_model, save_checkpoint
 from seg_toolkit.cli import main
 from seg_toolkit.config import config_from_dict, config_to_dict, save_config
