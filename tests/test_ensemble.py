@@ -8,7 +8,9 @@ own inputs, and its saved test probabilities must be the weighted mean of each m
 
 from __future__ import annotations
 
+import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -264,3 +266,137 @@ def test_predict_warns_when_folds_oof_files_were_made_alike_or_not(trained, tmp_
     write_json(copy.cv_json, cv)
     predict_test(cfg, out=tmp_path / "mixed.csv")
     assert "made with different settings per fold" in caplog.text
+
+
+# ----------------------------------------------------------------------------- members that cannot be merged as they are
+
+
+def _copy_runs(trained, tmp_path, **edits) -> tuple[Path, list]:
+    """The trained runs a and b copied under tmp_path/runs; ``edits``: run name -> (old, new) text of its config.yaml."""
+    a, *_ = trained
+    runs = tmp_path / "runs"
+    shutil.copytree(Run.of(a).dir.parent, runs, ignore=shutil.ignore_patterns("ens*", "a_*"))
+    for name, (old, new) in edits.items():
+        path = runs / name / "config.yaml"
+        text = path.read_text()
+        assert old in text
+        path.write_text(text.replace(old, new))
+    return runs, [load_config(runs / n / "config.yaml", [f"runs_dir={runs}"]) for n in ("a", "b")]
+
+
+def test_members_reading_other_images_or_classes_are_refused(trained, tmp_path, demo_root):
+    """b trained on its own data.root (its images stored preprocessed, say) would be predicted on a's images; b's
+    classes in another order would be merged channel by channel with a's. Both were built without a word."""
+    other_root = tmp_path / "other_data"
+    shutil.copytree(demo_root, other_root)
+    _, cfgs = _copy_runs(trained, tmp_path / "x", b=(f"root: {demo_root}", f"root: {other_root}"))
+    with pytest.raises(ConfigError, match=r"ensemble members disagree on data.root: a -> b: data.root: .* -> .*other_data"):
+        build_ensemble(cfgs, name="never")
+    _, cfgs = _copy_runs(trained, tmp_path / "y", b=("class_names: []", "class_names: [rectangle, disc, triangle]"))
+    with pytest.raises(ConfigError, match=r"disagree on data.class_names: .*Members must read the same images and targets"):
+        build_ensemble(cfgs, name="never")
+    # a relative and an absolute spelling of one root are the same root; in_channels (b reads grayscale) is b's own
+    from seg_toolkit.ensemble import _check_same_data
+
+    rel = os.path.relpath(demo_root)
+    runs, cfgs = _copy_runs(trained, tmp_path / "z", b=(f"root: {demo_root}", f"root: {rel}"))
+    _check_same_data([Run(runs / "a"), Run(runs / "b")], cfgs)
+
+
+def test_a_member_retrained_after_the_ensemble_is_refused_at_predict(trained, tmp_path):
+    runs, cfgs = _copy_runs(trained, tmp_path)
+    build_ensemble(cfgs, name="ens", weights=[0.5, 0.5])
+    ens = Run(runs / "ens")
+    fingerprint = read_json(ens.ensemble_json)["members"][1]["fingerprint"]
+    from seg_toolkit.files import sha256_file
+
+    assert fingerprint == {"folds_csv": sha256_file(runs / "b" / "folds.csv"),
+                           "best_pt": {k: sha256_file(runs / "b" / f"fold_{k}" / "best.pt") for k in ("0", "1")}}
+    ens_cfg = load_config(ens.config_yaml, [f"runs_dir={runs}"])
+    predict_test(ens_cfg, out=tmp_path / "ok.csv")
+    shutil.copyfile(runs / "b" / "fold_1" / "best.pt", runs / "b" / "fold_0" / "best.pt")  # as `train b --overwrite` leaves it
+    with pytest.raises(ConfigError, match=r"member .*/b changed since the ensemble was built \(fold_0/best.pt differ\)"):
+        predict_test(ens_cfg, out=tmp_path / "stale.csv")
+    assert not (tmp_path / "stale.csv").exists()
+
+
+def test_a_member_whose_oof_was_made_otherwise_is_refused_at_build(trained, tmp_path):
+    """a's OOF files were made with hflip TTA; a tta.json choosing identity since (as `tune --tta` writes it) means the
+    ensemble would tune on hflip probabilities and submit identity ones: rebuilding would not help, `oof a` does."""
+    runs, cfgs = _copy_runs(trained, tmp_path)
+    (runs / "a" / "tta.json").write_text('{"tta": ["identity"], "merge": "mean_prob"}')
+    with pytest.raises(ConfigError, match=r"member .*/a: its OOF files were made with .*'hflip'.* remake them first "
+                                          r"\(`seg-toolkit oof .*/a`\)"):
+        build_ensemble(cfgs, name="never")
+
+
+def test_ensemble_cli_edges(trained, tmp_path):
+    runs, cfgs = _copy_runs(trained, tmp_path)
+    build_ensemble(cfgs, name="ens", weights=[0.5, 0.5])
+    ens = Run(runs / "ens")
+    # keys of the members' prediction would be ignored: refused, naming them
+    with pytest.raises(ConfigError, match=r"is an ensemble: its members predict with their own saved settings .*predict.tta: "
+                                          r"\['identity', 'hflip'\] -> \['d4'\] would be ignored"):
+        predict_test(load_config(ens.config_yaml, [f"runs_dir={runs}", "predict.tta=[d4]"]), out=tmp_path / "x.csv")
+    # oof on an ensemble: not 'no completed fold; train first'
+    with pytest.raises(ConfigError, match=r"is an ensemble: its OOF files are its members' merged, so `seg-toolkit oof`"):
+        remake_oof(load_config(ens.config_yaml, [f"runs_dir={runs}"]))
+    # the ensemble folder moved without its members
+    alone = tmp_path / "alone" / "ens"
+    shutil.copytree(ens.dir, alone)
+    with pytest.raises(FileNotFoundError, match=r"ensemble.json: member .*/alone/a .* is not a run folder any more; .*move the runs folder"):
+        Run(alone).members()
+
+
+def test_a_leaky_pseudo_label_member_is_named_in_the_ensembles_cv(trained, tmp_path, caplog):
+    runs, cfgs = _copy_runs(trained, tmp_path)
+    cv = read_json(runs / "b" / "cv.json")
+    cv["pseudo"] = {"teacher": "runs/t", "per_fold": False, "leaky": True}  # as `train` records pseudo.per_fold: false
+    write_json(runs / "b" / "cv.json", cv)
+    out = build_ensemble(cfgs, name="ens", weights=[0.5, 0.5])
+    assert out["pseudo"] == {"members": {"b": cv["pseudo"]}, "leaky": True}
+    assert read_json(runs / "ens" / "cv.json")["pseudo"]["leaky"] is True
+    assert "trained on pseudo-labels that are not per fold" in caplog.text
+
+
+def test_logit_merge_uses_the_oof_files_grid():
+    """The ensemble's OOF merges uint8 files; predict merges floats. Below 1/510 a float 0.0015 and a stored 0 gave
+    logits -6.5 and -13.8 (merge 0.649 at predict, 0.177 in the OOF). Both now sit on the 1/255 grid, floored at
+    half a step: 0.3 * logit(0.5/255) + 0.7 * logit(249/255), sigmoid."""
+    import math
+
+    floats = [np.full((1, 1, 1), 0.0015, np.float32), np.full((1, 1, 1), 0.975, np.float32)]
+    stored = [uint8_to_probs(probs_to_uint8(p)) for p in floats]
+    want = 1 / (1 + math.exp(-(0.3 * math.log((0.5 / 255) / (1 - 0.5 / 255)) + 0.7 * math.log(249 / 6))))
+    for probs in (floats, stored):
+        assert merge_probs(probs, [0.3, 0.7], "logit", "binary")[0, 0, 0] == pytest.approx(want, abs=1e-6)
+    # multiclass log-probabilities: the same grid and floor
+    three = [np.array([0.0015, 0.4985, 0.5], np.float32)[:, None, None], np.array([0.2, 0.3, 0.5], np.float32)[:, None, None]]
+    assert np.allclose(merge_probs(three, [0.5, 0.5], "logit", "multiclass"),
+                       merge_probs([uint8_to_probs(probs_to_uint8(p)) for p in three], [0.5, 0.5], "logit", "multiclass"))
+
+
+def test_a_zero_weight_classifier_member_is_not_run(trained, tmp_path, demo_root):
+    """The only member with the empty-mask classifier at weight 0: predict divided by zero; now it is not run, and
+    the ensemble predicts exactly as its other member alone."""
+    a, *_ = trained
+    runs, cfgs = _copy_runs(trained, tmp_path)
+    c = config_from_dict(demo_dict(demo_root, runs, experiment="c", train=TRAIN, optim={"lr": 0.05},
+                                   model={"arch": "scratch_unet", "depth": 2, "base_width": 4, "classifier": 0.5},
+                                   predict={"batch_size": 4, "save_probs": "float16"}, submission={"per_class": True}))
+    run_cv(c)
+    build_ensemble([cfgs[1], c], name="ens", weights=[1, 0])
+    ens = Run(runs / "ens")
+    predict_test(load_config(ens.config_yaml, [f"runs_dir={runs}", "predict.save_probs=float16"]), out=tmp_path / "e.csv")
+    predict_test(load_config(runs / "b" / "config.yaml", [f"runs_dir={runs}"]), out=tmp_path / "b.csv")
+    for s in load_test_samples(a):
+        assert np.array_equal(np.load(ens.test_prob_path(s.id)), np.load(Run(runs / "b").test_prob_path(s.id)))
+        assert not ens.test_presence_path(s.id).exists()
+
+
+def test_repeated_scales_are_one_prediction():
+    from seg_toolkit.predictor import Member
+
+    cfg = config_from_dict(demo_dict(Path("x"), Path("runs"), predict={"scales": [1.0, 0.75, 1.0]}))
+    member = Member(Run(Path("runs/t")), cfg, [0])
+    assert member.made()["scales"] == [1.0, 0.75] and member.passes(2) == 2 * 1 * 2
