@@ -172,7 +172,8 @@ def apply_postprocess(probs: np.ndarray, task: str, params: PostParams, presence
     for c in range(probs.shape[0]):
         thr, area, gate = params.for_class(c)
         if gate is not None:
-            score = float(presence[c]) if params.gate_source[c] == "classifier" else probs[c].max()
+            # float32 like the probabilities (a Python float gate is compared in float32), as tune's gate_open does
+            score = np.float32(float(presence[c])) if params.gate_source[c] == "classifier" else probs[c].max()
             if score < gate:
                 continue
         out[c] = remove_small(probs[c] >= thr, area)

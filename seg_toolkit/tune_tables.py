@@ -280,18 +280,20 @@ def threshold_tables(data: OOFData, thresholds: Sequence[float], config_area: Se
 
 
 def area_tables(data: OOFData, thresholds: Sequence[float], areas: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-    """One pass: TP / FP ``(N, C, A)`` at each class's threshold after removing components
-    smaller than each min_area candidate; components are labelled once per (image, class)."""
+    """One pass: TP / FP ``(N, C, T, A)`` at every threshold candidate after removing components smaller than
+    every min_area candidate (the pairs are searched together: the best min_area depends on the threshold);
+    components are labelled once per (image, class, threshold)."""
     n, c = len(data), data.num_classes
     cuts = [threshold_cut(t) for t in thresholds]
-    tp = np.zeros((n, c, len(areas)), np.int64)
+    tp = np.zeros((n, c, len(cuts), len(areas)), np.int64)
     fp = np.zeros_like(tp)
     for i, (_, q, truth) in enumerate(data.iterate("tune: components")):
         code = _sigmoid_code(truth)
         for k in range(c):
-            sizes, hist = _components(q[k] >= cuts[k], code[k], 3)
-            for j, a in enumerate(areas):
-                tp[i, k, j], fp[i, k, j] = _kept_tp_fp(sizes, hist, a)
+            for jt, cut in enumerate(cuts):
+                sizes, hist = _components(q[k] >= cut, code[k], 3)
+                for ja, a in enumerate(areas):
+                    tp[i, k, jt, ja], fp[i, k, jt, ja] = _kept_tp_fp(sizes, hist, a)
     return tp, fp
 
 

@@ -169,6 +169,16 @@ def test_lr_find_command_on_the_demo(demo_root, tmp_path):
 # ----------------------------------------------------------------------------- deep supervision
 
 
+def test_deep_supervision_needs_a_coarser_stage(tmp_path, demo_root):
+    """A depth-1 scratch U-Net has no decoder stage below full resolution: deep supervision had no head, and the loss
+    then failed on an empty list ('float' object has no attribute 'detach'); refused at load now."""
+    from seg_toolkit.config import ConfigError, config_from_dict
+
+    with pytest.raises(ConfigError, match=r"model.deep_supervision: scratch_unet of model.depth 1 has no coarser decoder stage"):
+        config_from_dict(demo_dict(demo_root, tmp_path, model={"arch": "scratch_unet", "depth": 1, "base_width": 4,
+                                                               "deep_supervision": 0.4}))
+
+
 def test_deep_supervision_heads_in_training_only():
     from seg_toolkit.config import ModelConfig
     from seg_toolkit.models import build_model

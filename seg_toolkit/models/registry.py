@@ -73,6 +73,9 @@ def _check_scratch_keys(cfg: ModelConfig) -> None:
             f"model.encoder_weights: {cfg.encoder_weights!r}: scratch_unet has no pretrained weights; "
             "use null or a path/to/file.pth|.safetensors"
         )
+    if cfg.deep_supervision and cfg.depth < 2:  # its heads sit on the decoder stages below full resolution: none at depth 1
+        raise ConfigError(f"model.deep_supervision: scratch_unet of model.depth {cfg.depth} has no coarser decoder stage "
+                          "to supervise; use model.depth >= 2, or model.deep_supervision: 0")
 
 
 def _build_scratch_unet(cfg: ModelConfig, num_classes: int, in_channels: int) -> nn.Module:
