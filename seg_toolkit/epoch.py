@@ -90,7 +90,8 @@ def to_device(batch: dict[str, Any], cfg: Config, device: torch.device) -> tuple
 
 def train_one_epoch(cfg, model, ema, loss_fn, optimizer, schedule, scaler, loader, state: TrainState, fold: int, epoch: int, device,
                     stop: GracefulStop | None = None, amp=None, total_epochs: int | None = None) -> dict[str, float]:
-    """One pass over the training set; returns mean loss terms, learning rate and images/s.
+    """One pass over the training set; returns mean loss terms, the mean learning rate its updates applied
+    (``lr``; the lr after the epoch is the next one's) and images/s.
 
     Loss values stay on the device and are read back every ``sync_every`` steps (every
     step on CPU, where reading is free), so a GPU is not stalled each step; a NaN/inf loss
@@ -109,14 +110,19 @@ def train_one_epoch(cfg, model, ema, loss_fn, optimizer, schedule, scaler, loade
     state.partial = {}
     bar = tqdm(loader, desc=f"fold {fold} epoch {epoch + 1}/{total_epochs or cfg.train.epochs}", leave=False, dynamic_ncols=True, disable=None)
     optimizer.zero_grad(set_to_none=True)
+    lr_sum, n_updates = 0.0, 0  # the lr each update of this epoch applied: the row's lr is their mean
     for i, batch in enumerate(bar):
         images, target = to_device(batch, cfg, device)
         with autocast(amp, device):
             out = model(images)
         loss, terms = model_loss(loss_fn, out, target, cfg.model.deep_supervision, cfg.model.classifier)
-        scaler.scale(loss / accum).backward()
+        # the mean over the batches of this update: the epoch's last group may hold fewer than grad_accum
+        group = min(accum, len(loader) - (i // accum) * accum)
+        scaler.scale(loss / group).backward()
         boundary = (i + 1) % accum == 0 or i + 1 == len(loader)  # an optimiser step ends here
         if boundary:
+            lr_sum += optimizer.param_groups[-1]["lr"]
+            n_updates += 1
             optimizer_step(cfg, model, optimizer, scaler)
             state.step += 1
             schedule.step_update(state.step)
@@ -146,6 +152,7 @@ def train_one_epoch(cfg, model, ema, loss_fn, optimizer, schedule, scaler, loade
     n_all = max(float(totals[-2]), 1.0)
     stats = {f"train_{k}": v / n_all for k, v in zip(names, totals[:-2].tolist())}
     stats["images_per_s"] = float(totals[-1]) / seconds  # the images of this call: a resumed epoch's time is its part
+    stats["lr"] = lr_sum / n_updates if n_updates else optimizer.param_groups[-1]["lr"]
     return stats
 
 

@@ -38,13 +38,24 @@ class TrainState:
     seconds: float = 0.0  # seconds spent on the ``batch`` batches done in epoch ``epoch``: counted into that epoch's time
     # the loss sums of those batches ({"names", "sums", "n_images"}; one process only): the epoch's row averages them all
     partial: dict = dataclasses.field(default_factory=dict)
+    # the score early stopping's patience counts from: the last one that beat its predecessor by min_delta
+    patience_score: float = -math.inf
 
 
 def update_best(state: TrainState, score: float, epoch: int, min_delta: float) -> bool:
-    if not math.isnan(score) and score > state.best_score + min_delta:
-        state.best_score, state.best_epoch, state.bad_epochs = score, epoch, 0
+    """Whether ``score`` is the fold's best so far (it becomes best.pt). ``min_delta`` only decides whether the epoch
+    counts as progress for the patience: with min_delta 0.01 an epoch at 0.308 after one at 0.301 is not progress,
+    but it is the better model (best.pt stayed at 0.301 before)."""
+    if math.isnan(score):
+        state.bad_epochs += 1
+        return False
+    if score > state.patience_score + min_delta:
+        state.patience_score, state.bad_epochs = score, 0
+    else:
+        state.bad_epochs += 1
+    if score > state.best_score:
+        state.best_score, state.best_epoch = score, epoch
         return True
-    state.bad_epochs += 1
     return False
 
 
@@ -127,6 +138,8 @@ def restore(run: Run, fold: int, model, ema, optimizer, schedule, scaler) -> Tra
         scaler.load_state_dict(ckpt["scaler"])
         set_rng_state(ckpt["rng"])
         state = TrainState(**ckpt["train_state"])
+        if "patience_score" not in ckpt["train_state"]:  # saved before min_delta had a score of its own
+            state.patience_score = state.best_score
         _adopt_newer_best(run, fold, state)
         _truncate_metrics(run.metrics_csv(fold), state.epoch)
         if state.epoch >= state.epochs > 0:

@@ -3,7 +3,8 @@
 Schedules are stepped per optimiser update (``step_update``) with warmup, except
 reduce-on-plateau (torch's), which is stepped per epoch with the validation score after a linear warmup. Parameter groups
 (encoder learning-rate multiplier, no weight decay on norms and biases) come from
-:func:`seg_toolkit.models.param_groups`; the schedules scale every group's own base lr.
+:func:`seg_toolkit.models.param_groups`; every schedule keeps each group at its ``lr_mult`` times the
+schedule's lr, the warmup's start and the ``min_lr`` floor included.
 """
 
 from __future__ import annotations
@@ -45,35 +46,51 @@ class LRSchedule:
         total = max(1, cfg.train.epochs * updates_per_epoch)
         warmup = int(round(s.warmup_epochs * updates_per_epoch))
         self.name = s.name
+        self.optimizer = optimizer
+        self._ref: torch.optim.Optimizer | None = None
         common = dict(warmup_t=warmup, warmup_lr_init=s.min_lr if warmup else 0.0)
         self.impl: Any = None
         # warmup is a prefix: the lr reaches its configured value when warmup ends, then decays
         # over the remaining updates to min_lr at the last one
         decay = max(1, total - warmup)
-        if s.name == "cosine":
-            self.impl = CosineLRScheduler(optimizer, t_initial=decay, lr_min=s.min_lr, t_in_epochs=False, warmup_prefix=True, **common)
-        elif s.name == "poly":
-            self.impl = PolyLRScheduler(optimizer, t_initial=decay, power=s.power, lr_min=s.min_lr, t_in_epochs=False,
-                                        warmup_prefix=True, **common)
-        elif s.name == "step":
-            self.impl = StepLRScheduler(
-                optimizer, decay_t=s.step_size * updates_per_epoch, decay_rate=s.gamma, t_in_epochs=False, **common
-            )
+        if s.name in ("cosine", "poly", "step"):
+            # timm's schedules run on one reference group at the lr of a group with lr_mult 1 (optim.lr); each real
+            # group takes its own base lr times the reference's fraction of its base, so the encoder's multiplier holds
+            # from the warmup's start to the floor (min_lr x lr_mult): with one absolute min_lr for all groups, an
+            # encoder at lr x mult below it rose towards it
+            for g in optimizer.param_groups:
+                g.setdefault("scheduled_lr", g["lr"])  # the base, kept in the optimizer's state (a rebuilt schedule, a resume)
+            self._base = next((g["scheduled_lr"] / _mult(g) for g in optimizer.param_groups if _mult(g) > 0), cfg.optim.lr)
+            self._ref = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=self._base)
+            if s.name == "cosine":
+                self.impl = CosineLRScheduler(self._ref, t_initial=decay, lr_min=s.min_lr, t_in_epochs=False, warmup_prefix=True, **common)
+            elif s.name == "poly":
+                self.impl = PolyLRScheduler(self._ref, t_initial=decay, power=s.power, lr_min=s.min_lr, t_in_epochs=False,
+                                            warmup_prefix=True, **common)
+            else:
+                self.impl = StepLRScheduler(self._ref, decay_t=s.step_size * updates_per_epoch, decay_rate=s.gamma,
+                                            t_in_epochs=False, **common)
+            self._follow_ref()
         elif s.name == "plateau":
             # torch's, not timm's: timm's plateau state is not checkpointed, which would break exact resume
             self.impl = torch.optim.lr_scheduler.ReduceLROnPlateau(
-                optimizer, mode="max", factor=s.gamma, patience=s.patience, min_lr=s.min_lr
+                optimizer, mode="max", factor=s.gamma, patience=s.patience,
+                min_lr=[s.min_lr * _mult(g) for g in optimizer.param_groups],
             )
             self.base_lrs = [g["lr"] for g in optimizer.param_groups]
-            self.optimizer, self.warmup, self.warmup_from = optimizer, warmup, s.min_lr
+            self.warmup, self.warmup_from = warmup, s.min_lr
             if warmup:
                 self._set_warmup(0)
         elif s.name == "onecycle":
+            # momentum (SGD) and beta1 (Adam) stay as optim.* sets them: torch cycles them by default, which replaced
+            # a configured momentum of 0.5 by 0.85-0.95. The warmup share stays below 1 when train.time_budget cuts
+            # the run to no more epochs than warmup_epochs (pct_start 1 divided by zero)
             self.impl = torch.optim.lr_scheduler.OneCycleLR(
                 optimizer,
                 max_lr=[g.get("max_lr", g["lr"]) for g in optimizer.param_groups],  # a rebuilt schedule keeps the first's
                 total_steps=total,
-                pct_start=max(s.warmup_epochs / cfg.train.epochs, 0.05) if s.warmup_epochs else 0.3,
+                pct_start=min(max(s.warmup_epochs / cfg.train.epochs, 0.05), 0.9) if s.warmup_epochs else 0.3,
+                cycle_momentum=False,
             )
 
     #: the schedules whose course depends on the number of epochs (rebuilt when train.time_budget cuts a fold)
@@ -95,13 +112,20 @@ class LRSchedule:
             new.step_update(n_updates)
         return new
 
+    def _follow_ref(self) -> None:
+        fraction = self._ref.param_groups[0]["lr"] / self._base if self._base else 0.0
+        for g in self.optimizer.param_groups:
+            g["lr"] = g["scheduled_lr"] * fraction
+
     def _set_warmup(self, n_updates: int) -> None:
         for g, base in zip(self.optimizer.param_groups, self.base_lrs):
-            g["lr"] = self.warmup_from + (base - self.warmup_from) * n_updates / self.warmup
+            start = self.warmup_from * _mult(g)
+            g["lr"] = start + (base - start) * n_updates / self.warmup
 
     def step_update(self, n_updates: int) -> None:
         if self.name in ("cosine", "poly", "step"):
             self.impl.step_update(n_updates)
+            self._follow_ref()
         elif self.name == "onecycle":
             self.impl.step()
         elif self.name == "plateau" and n_updates <= self.warmup:
@@ -117,3 +141,8 @@ class LRSchedule:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if self.impl is not None and state:
             self.impl.load_state_dict(state)
+
+
+def _mult(group: dict[str, Any]) -> float:
+    """A parameter group's learning-rate multiplier (:func:`seg_toolkit.models.param_groups`; 1 for other groups)."""
+    return float(group.get("lr_mult", 1.0))

@@ -174,3 +174,93 @@ def test_validation_loss_at_model_size_and_score_at_original_size(demo_root, tmp
     ids = torch.arange(36).reshape(1, 6, 6)  # multiclass ids (N, H, W): nearest picks rows / columns 0, 2, 4
     assert torch.equal(resize_target(ids, (3, 3)), ids[:, ::2, ::2])
     assert resize_target(ids, (6, 6)) is ids
+
+
+def _two_groups(lr=1.0, mult=0.01):
+    """An encoder group at lr x mult and a decoder group at lr, as models.param_groups makes them."""
+    return torch.optim.SGD([{"params": [torch.nn.Parameter(torch.zeros(1))], "lr": lr * mult, "lr_mult": mult},
+                            {"params": [torch.nn.Parameter(torch.zeros(1))], "lr": lr, "lr_mult": 1.0}], lr=lr)
+
+
+@pytest.mark.parametrize("name", ["cosine", "poly", "step", "plateau"])
+def test_encoder_lr_mult_holds_through_warmup_and_the_floor(name):
+    """min_lr was one absolute value for every group: an encoder at lr x 0.01 = 0.01 below min_lr 0.05 rose towards
+    it (and warmup started every group at min_lr). Each group is now its multiplier times the schedule's lr."""
+    extra = {"step_size": 2} if name == "step" else {"min_lr": 0.05}
+    cfg = config_from_dict({"train": {"epochs": 4}, "optim": {"lr": 1.0}, "scheduler": {"name": name, "warmup_epochs": 1, **extra}})
+    opt = _two_groups()
+    s = LRSchedule(cfg, opt, 5)
+    seen = []
+    for step in range(1, 21):
+        seen.append([g["lr"] for g in opt.param_groups])
+        opt.step()
+        s.step_update(step)
+        if step % 5 == 0:
+            s.step_epoch(step // 5 - 1, 0.5)  # a flat score: plateau reduces
+    for enc, dec in seen:
+        assert enc == pytest.approx(0.01 * dec, rel=1e-9)
+    if name != "step":  # (step warms up from 0)
+        assert seen[0][1] == pytest.approx(0.05)  # warmup from min_lr (the decoder) and min_lr x 0.01 (the encoder)
+        assert seen[-1][0] >= 0.05 * 0.01 - 1e-12  # the encoder's floor is min_lr x 0.01, not min_lr
+
+
+def test_onecycle_keeps_the_configured_momentum_and_survives_a_cut_to_its_warmup():
+    cfg = config_from_dict({"train": {"epochs": 3}, "optim": {"name": "sgd", "lr": 1.0, "momentum": 0.5},
+                            "scheduler": {"name": "onecycle", "warmup_epochs": 1}})
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0, momentum=0.5)
+    s = LRSchedule(cfg, opt, 4)
+    for step in range(1, 5):
+        opt.step()
+        s.step_update(step)
+        assert opt.param_groups[0]["momentum"] == 0.5  # torch cycled it 0.95 -> 0.85
+    # train.time_budget cuts the run to 1 epoch = warmup_epochs: pct_start was 1.0 (ZeroDivisionError on every resume)
+    cut = s.for_epochs(cfg, opt, 4, epochs=1, n_updates=2)
+    for step in range(3, 5):
+        opt.step()
+        cut.step_update(step)
+    assert math.isfinite(opt.param_groups[0]["lr"])
+
+
+def test_min_delta_counts_patience_but_best_pt_is_the_best_epoch(demo_root, tmp_path, monkeypatch):
+    """0.301 then 0.308 with min_delta 0.01: the second is not progress for the patience, but it is the better model
+    (best.pt, best_epoch and the fold's CV stayed at the first)."""
+    scores = iter([0.301, 0.300, 0.308, 0.305, 0.309])
+    monkeypatch.setattr(train, "validate_epoch", lambda *a, **k: {"val_loss": 1.0, "val_score": next(scores), "metric": "dice"})
+    cfg = _cfg(demo_root, tmp_path, {"epochs": 5, "early_stopping_patience": 3, "early_stopping_min_delta": 0.01})
+    run_cv(cfg)
+    rows = pd.read_csv(cfg.run_dir / "fold_0" / "metrics.csv")
+    assert rows["epoch"].tolist() == [1, 2, 3, 4]  # no epoch beat 0.301 by 0.01: stopped after 3 without progress
+    assert rows["best"].tolist() == [1, 0, 1, 0]
+    assert load_checkpoint(cfg.run_dir / "fold_0" / "best.pt")["epoch"] == 3
+
+
+def test_grad_accum_last_group_is_its_own_mean_and_the_lr_column_is_what_was_applied(demo_root, tmp_path):
+    """3 batches with grad_accum 2: the second update comes from one batch and was divided by 2 (half a step with
+    SGD). metrics.csv's lr was the lr after the epoch (the next epoch's); it is the mean the epoch's updates applied."""
+    from seg_toolkit.epoch import train_one_epoch
+    from seg_toolkit.fold_state import TrainState
+
+    model = torch.nn.Conv2d(1, 1, 1, bias=False)
+    torch.nn.init.constant_(model.weight, 0.0)
+    data = [{"image": torch.ones(1, 1, 2, 2) * v, "target": torch.zeros(1, 1, 2, 2)} for v in (1.0, 2.0, 3.0)]
+    cfg = config_from_dict({"train": {"epochs": 1, "grad_accum": 2, "amp": "none"}, "optim": {"lr": 1.0},
+                            "scheduler": {"name": "step", "step_size": 100}, "data": {"in_channels": 1}})
+    seen = []
+
+    def loss_fn(out, target):
+        return (out - target).mean(), {}
+
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    orig = opt.step
+
+    def step(*a, **k):
+        seen.append(float(model.weight.grad))
+        return orig(*a, **k)
+
+    opt.step = step
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    sched = LRSchedule(cfg, opt, 2)
+    stats = train_one_epoch(cfg, model, None, loss_fn, opt, sched, scaler, data, TrainState(), 0, 0, torch.device("cpu"))
+    # d mean(w * x) / dw = x: the first update the mean of 1 and 2, the second batch 3 alone (was 3 / 2)
+    assert seen == pytest.approx([1.5, 3.0])
+    assert stats["lr"] == pytest.approx(1.0)

@@ -60,6 +60,27 @@ def test_recompute_batchnorm_gives_the_training_set_statistics():
     assert torch.allclose(bn.running_var, per_batch_var, atol=1e-5)
 
 
+def test_recompute_batchnorm_keeps_a_frozen_encoders_statistics():
+    """The encoder frozen through the last epoch (a second stage with freeze_encoder_epochs >= epochs): its BN layers
+    stay in eval mode under model.train() and never see a batch; they were reset to mean 0 / var 1 all the same."""
+    from seg_toolkit.config import ModelConfig
+    from seg_toolkit.models import build_model, set_encoder_frozen
+
+    model = build_model(ModelConfig(arch="scratch_unet", depth=2, base_width=4, norm="batch"), 1)
+    set_encoder_frozen(model, True)
+    enc = [m for m in model.encoder.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    dec = [m for n, m in model.named_modules() if isinstance(m, torch.nn.BatchNorm2d) and not n.startswith("encoder")]
+    assert enc and dec
+    for m in enc + dec:
+        m.running_mean.fill_(0.25)
+        m.running_var.fill_(0.75)
+    data = [torch.randn(2, 3, 16, 16) for _ in range(2)]
+    n = recompute_batchnorm(model, data, torch.device("cpu"), lambda m, x: m(x))
+    assert n == len(dec)
+    assert all(torch.all(m.running_mean == 0.25) and torch.all(m.running_var == 0.75) for m in enc)
+    assert all(not torch.all(m.running_var == 0.75) for m in dec)
+
+
 def _cfg(demo_root, runs, name="t", **train):
     return config_from_dict(demo_dict(demo_root, runs, experiment=name, folds={"n_splits": 2, "method": "kfold", "seed": 0},
                                       train={"epochs": 3, "batch_size": 2, **train}))
