@@ -251,3 +251,13 @@ def row_pixels(cfg: Config) -> dict[str, int]:
         h, w = image_size(x.image, x.pair)
         out.update(dict.fromkeys(row_ids(cfg, x.id), h * w))
     return out
+
+
+def __getattr__(name: str):
+    """``check_submission`` / ``score_submission`` lived here before :mod:`seg_toolkit.submission_check`: scripts and
+    notebooks that import them from this module keep working (imported lazily: that module imports this one)."""
+    if name in ("check_submission", "score_submission"):
+        from . import submission_check
+
+        return getattr(submission_check, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
