@@ -230,8 +230,8 @@ def model_loss(loss_fn: nn.Module, out: Tensor | tuple, target: Tensor, aux_weig
     if presence_weight > 0:
         logits, presence = split_presence(logits, target.shape[1], True)
     loss, terms = loss_fn(logits.float(), target)
-    if aux is not None:
-        aux_loss = sum(loss_fn(a.float(), target)[0] for a in aux) / max(len(aux), 1)
+    if aux:  # a model with no coarser stage gives an empty list (config loading refuses that; a model built by hand may not)
+        aux_loss = sum(loss_fn(a.float(), target)[0] for a in aux) / len(aux)
         loss, terms = loss + aux_weight * aux_loss, {**terms, "aux": aux_loss.detach()}
     if presence is not None:
         cls_loss = presence_loss(presence, target)
