@@ -127,8 +127,8 @@ def check_members_unchanged(ens: Run) -> None:
     """Refuse to predict with an ensemble whose member was retrained (or re-folded) after the ensemble was built: its
     weights and post-processing were chosen on the old member's OOF files. Ensembles built before fingerprints were
     kept pass unchecked."""
-    recorded = (read_json(ens.ensemble_json) or {}).get("members", [])
-    folds = [int(k) for k in (read_json(ens.ensemble_json) or {}).get("folds", [])]
+    data = read_json(ens.ensemble_json) or {}
+    recorded, folds = data.get("members", []), [int(k) for k in data.get("folds", [])]
     for (run, _), entry in zip(ens.members(), recorded):
         was = entry.get("fingerprint") if isinstance(entry, dict) else None
         if not was:
