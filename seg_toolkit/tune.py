@@ -266,9 +266,10 @@ def _search_sigmoid(
     score = lambda tp, fp: sigmoid_score(tp[rows], fp[rows], tab.pos[rows], tab.n_valid[rows], metric, empty_score)  # noqa: E731
     log_step = (lambda *a: None) if quiet else _step_log
 
-    def at_threshold(k: int, t: float, use_config_area: bool) -> tuple[np.ndarray, np.ndarray]:
+    def at_threshold(k: int, t: float) -> tuple[np.ndarray, np.ndarray]:
+        """Class k's counts at threshold t with its configured min_area (steps 2-3 search min_area with it)."""
         j = col[t]
-        if use_config_area and k in tab.area_tp:
+        if k in tab.area_tp:
             return tab.area_tp[k][:, j], tab.area_fp[k][:, j]
         return tab.tp[:, k, j], tab.fp[:, k, j]
 
@@ -282,7 +283,7 @@ def _search_sigmoid(
     TP = np.zeros((len(data), c), np.int64)
     FP = np.zeros_like(TP)
     for k in range(c):
-        TP[:, k], FP[:, k] = gated(k, gate[k], *at_threshold(k, thr[k], True))
+        TP[:, k], FP[:, k] = gated(k, gate[k], *at_threshold(k, thr[k]))
     best = score(TP, FP)
     start_counts = (TP.copy(), FP.copy())
     steps = []
@@ -302,7 +303,7 @@ def _search_sigmoid(
     # 1) threshold (min_area and gate as configured)
     prev = best
     for k in range(c):
-        thr[k] = greedy(k, [(t, *gated(k, gate[k], *at_threshold(k, t, True))) for t in thr_cands[k]])
+        thr[k] = greedy(k, [(t, *gated(k, gate[k], *at_threshold(k, t))) for t in thr_cands[k]])
     steps.append({"step": "threshold", "score": best, "threshold": list(thr)})
     log_step("threshold", prev, best, {"threshold": thr})
 
