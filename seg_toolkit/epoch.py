@@ -219,8 +219,8 @@ def validate_epoch(cfg: Config, model, ema, loss_fn, loader: DataLoader, device,
     return stats
 
 
-def log_epoch(path: Path, fold: int, epoch: int, optimizer, train_stats, val_stats, improved: bool, seconds: float) -> None:
-    row = {"fold": fold, "epoch": epoch + 1, "lr": optimizer.param_groups[-1]["lr"], **train_stats,
+def log_epoch(path: Path, fold: int, epoch: int, train_stats, val_stats, improved: bool, seconds: float) -> None:
+    row = {"fold": fold, "epoch": epoch + 1, "lr": train_stats["lr"], **train_stats,
            **{k: v for k, v in val_stats.items() if k != "metric"}, "best": int(improved), "seconds": round(seconds, 3)}
     new = not path.is_file()
     with path.open("a", newline="") as fh:

@@ -152,9 +152,9 @@ def train_attempt(cfg: Config, fold: int, samples: list[Sample], folds: pd.DataF
             if d.is_main:
                 # the row first: killed before the checkpoint, a resume drops the row and runs the epoch again; the
                 # other way round the checkpoint would hold an epoch whose row (its time, its curve point) never comes
-                log_epoch(run.metrics_csv(fold), fold, epoch, optimizer, train_stats, val_stats, improved, seconds)
+                log_epoch(run.metrics_csv(fold), fold, epoch, train_stats, val_stats, improved, seconds)
                 save_epoch(cfg, run, fold, model, ema, optimizer, schedule, scaler, state, improved, val_stats["val_score"])
-                track.log_epoch(fold, epoch + 1, {"lr": optimizer.param_groups[-1]["lr"], **train_stats, **val_stats})
+                track.log_epoch(fold, epoch + 1, {**train_stats, **val_stats})
             if stop.requested:  # Ctrl-C / SIGTERM after the epoch's last optimiser step (in validation, or saving)
                 raise KeyboardInterrupt(f"fold {fold} stopped after epoch {epoch + 1}; checkpoint saved to "
                                         f"{run.last_pt(fold)}: add --resume to continue exactly from there")
