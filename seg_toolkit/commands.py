@@ -90,6 +90,10 @@ def _print_tune(report: dict) -> None:
     if cf:
         print(f"  cross-fitted {cf['score']:.4f}: each image scored with what tuning on the others chose ({cf['groups']}); "
               f"the tuned score's optimism {report['after'] - cf['score']:+.4f}")
+    compared = (report.get("search") or {}).get("compared") or {}
+    if len(compared) > 1:
+        print(f"  search kept: {report['search']['chosen']} (cross-fitted " + ", ".join(
+            f"{m} {v['cross_fitted']:.4f}, tuned {v['after']:.4f}" for m, v in compared.items()) + ")")
     for step in report.get("steps", []):
         if isinstance(step, dict) and "score" in step:
             print(f"  after {step.get('step', '?'):<10} {step['score']:.4f}")

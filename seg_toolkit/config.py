@@ -281,6 +281,10 @@ class PostprocessConfig:
     threshold_grid: list[float] = field(default_factory=lambda: [0.3, 0.4, 0.5, 0.6, 0.7])
     min_area_grid: list[int] = field(default_factory=lambda: [0, 10, 50, 100])
     cross_fit: bool = True  # also score the tuning cross-fitted (tune_crossfit.py): up to 5 more searches on the same tables
+    # binary / multilabel: greedy (each step keeps the previous steps' values), joint (threshold searched again beside
+    # min_area and gate: more candidates, fits big OOF sets better, over-fits small ones), auto (both; the better
+    # cross-fitted score decides; joint when there is no cross-fitted score)
+    search: Literal["auto", "greedy", "joint"] = "auto"
     class_weight_grid: list[float] = field(default_factory=list)  # multiclass: per-class argmax weights to search (empty: off)
 
 

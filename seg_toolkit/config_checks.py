@@ -202,6 +202,9 @@ def _check_postprocess(cfg: Config) -> None:
     bad = [w for w in p.class_weight_grid if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 < w < float("inf")]
     if bad:
         raise ConfigError(f"postprocess.class_weight_grid: expected positive weights (e.g. [0.6, 0.8, 1.25, 1.6]), got {bad}")
+    if p.search != "auto" and cfg.data.task == "multiclass":
+        raise ConfigError(f"postprocess.search: {p.search} chooses how thresholds, min_area and gates are searched together; "
+                          "a multiclass run has no threshold or gate (only min_area and class weights): remove it")
     if p.class_weight_grid and cfg.data.task != "multiclass":
         raise ConfigError(f"postprocess.class_weight_grid: weighs a multiclass argmax; data.task is {cfg.data.task} "
                           "(tune its thresholds: postprocess.threshold_grid)")

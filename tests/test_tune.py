@@ -511,14 +511,13 @@ def test_a_postprocess_override_on_a_tuned_run_is_refused(blob_run):
         load_params(changed, Run(cfg.run_dir))
 
 
-def test_threshold_and_min_area_are_searched_as_pairs(tmp_path):
-    """A greedy chain (threshold at min_area 0, then min_area at that threshold) kept (0.5, 60) at dice 0.448 on these
-    24 images where (0.6, 20) scores 0.524; tune now finds the best pair, and the best (threshold, min_area, gate)
-    triple, as a brute force over the same grids scores them with apply_postprocess and per-image dice."""
-    import itertools
+#: the pairs problem's threshold, min_area and gate grids
+PAIRS_GRIDS = ([0.3, 0.45, 0.5, 0.6, 0.7], [0, 8, 20, 60], [None, 0.9, 0.95, 0.99])
 
-    from seg_toolkit.metrics import per_image_scores
 
+def pairs_problem() -> tuple[dict, dict, dict]:
+    """24 binary images (about a third empty) of 3 folds: smooth blobs, probabilities lifted on them over smooth
+    noise, and bright specks that min_area removes; truths, OOF uint8 probabilities, folds."""
     rng = np.random.default_rng(2)
     truths, oofs = {}, {}
     for k in range(24):
@@ -530,8 +529,19 @@ def test_threshold_and_min_area_are_searched_as_pairs(tmp_path):
         q[rng.random((1, H, W)) < 0.004] = 250
         rng.integers(0, 110)
         truths[f"n{k:02d}"], oofs[f"n{k:02d}"] = t, q
-    fold_of = {f"n{k:02d}": k % 3 for k in range(24)}
-    thr, areas, gates = [0.3, 0.45, 0.5, 0.6, 0.7], [0, 8, 20, 60], [None, 0.9, 0.95, 0.99]
+    return truths, oofs, {f"n{k:02d}": k % 3 for k in range(24)}
+
+
+def test_threshold_and_min_area_are_searched_as_pairs(tmp_path):
+    """A greedy chain (threshold at min_area 0, then min_area at that threshold) kept (0.5, 60) at dice 0.448 on these
+    24 images where (0.6, 20) scores 0.524; tune now finds the best pair, and the best (threshold, min_area, gate)
+    triple, as a brute force over the same grids scores them with apply_postprocess and per-image dice."""
+    import itertools
+
+    from seg_toolkit.metrics import per_image_scores
+
+    truths, oofs, fold_of = pairs_problem()
+    thr, areas, gates = PAIRS_GRIDS
     cfg = write_run(tmp_path, "binary", 1, truths, oofs, fold_of, done=[0, 1, 2], n_splits=3, metric={"name": "dice"},
                     postprocess={"threshold_grid": thr, "min_area_grid": areas, "cross_fit": False})
     ids = sorted(truths)
