@@ -109,7 +109,7 @@ def _tiles_figure(tiles: list[tuple[str, tuple]], title: str, names: list[str], 
                   painted: list[bool], task: str, void: bool) -> Any:
     """Tiles of (image | overlay) pairs, as many per row as fit :data:`FIG_WIDTH`; a legend on top. Each panel is
     placed at its own pixel size (no resampling: the painted colours are the file's pixels)."""
-    from .plots import new_figure
+    from .plots import literal, new_figure
     from .report.overlays import LEGEND_GAP, LEGEND_TOP, class_legend_handles, draw_legend, legend_layout
 
     handles = class_legend_handles(names, colors, painted, task, void)
@@ -129,13 +129,13 @@ def _tiles_figure(tiles: list[tuple[str, tuple]], title: str, names: list[str], 
     for i, (label, panels) in enumerate(tiles):
         r, c = divmod(i, per_row)
         x0, y0 = left + c * (tile_w + 2 * gap), H - top - int(row_top[r])  # top-left corner, pixels from the bottom
-        fig.text(x0 / W, (y0 - 10) / H, f"#{i + 1}  {label}", ha="left", va="center", fontsize=9)
+        fig.text(x0 / W, (y0 - 10) / H, f"#{i + 1}  {literal(label)}", ha="left", va="center", fontsize=9)
         for j, img in enumerate(panels):
             h, w = img.shape[:2]
             ax = fig.add_axes(((x0 + j * (w + gap)) / W, (y0 - head - h) / H, w / W, h / H))
             ax.imshow(img, interpolation="nearest")
             ax.set_axis_off()
-    fig.text(0.5, 1 - 14 / H, title, ha="center", va="center", fontsize=11, fontweight="bold")
+    fig.text(0.5, 1 - 14 / H, literal(title), ha="center", va="center", fontsize=11, fontweight="bold")
     draw_legend(fig, handles, ncol, H)
     return fig
 

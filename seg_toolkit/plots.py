@@ -22,6 +22,7 @@ import math
 from pathlib import Path
 from typing import Any, Optional
 
+import numpy as np
 import pandas as pd
 
 from .files import atomic_write, read_json, write_text
@@ -170,6 +171,13 @@ def fold_rows(df: pd.DataFrame) -> list[dict[str, Any]]:
 # ----------------------------------------------------------------------------- matplotlib
 
 
+def literal(text: object) -> str:
+    """``text`` as matplotlib should draw it, as written: it reads what lies between two ``$`` as a formula (an id
+    such as ``cost_$5_$10`` raised a parse error, ``_$x^2$_`` was drawn as x squared), so every ``$`` is escaped.
+    Every id, class name and run name drawn in a figure goes through it."""
+    return str(text).replace("$", r"\$")
+
+
 def new_figure(width_in: float, height_in: float, dpi: int = 100) -> Any:
     """A matplotlib Figure on an Agg canvas, without pyplot (no global backend or state)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -194,6 +202,47 @@ def write_figure(fig: Any, path: Path) -> bytes:
     return png
 
 
+#: a value farther than this many interquartile ranges beyond the quartiles is drawn at the panel's edge (^ or v)
+OFF_SCALE_IQR = 20.0
+
+
+def _mark_outliers(ax: Any, lines: list[tuple[Any, Any, Any]], keep: Optional[float] = None) -> None:
+    """Keep one huge value (a loss of 1e30 in one epoch) from flattening every other line of the panel: the y range is
+    cut to the values within :data:`OFF_SCALE_IQR` interquartile ranges of the quartiles, and each value outside it is
+    marked at the edge (^ above, v below) with its number; a value that is not finite (inf, or NaN between finite
+    epochs) is an x at the top edge, where matplotlib would draw nothing. ``keep``: a level that stays in the range
+    (the all-empty baseline)."""
+    values = np.concatenate([np.asarray(y, float) for _, y, _ in lines]) if lines else np.zeros(0)
+    finite = values[np.isfinite(values)]
+    if finite.size == 0:
+        return
+    q1, q3 = np.percentile(finite, [25, 75])
+    reach = OFF_SCALE_IQR * max(q3 - q1, 1e-3 * max(abs(q1), abs(q3), 1e-12))
+    inside = finite[(finite >= q1 - reach) & (finite <= q3 + reach)]
+    lo, hi = float(inside.min()), float(inside.max())
+    if keep is not None and math.isfinite(keep):
+        lo, hi = min(lo, keep), max(hi, keep)
+    pad = 0.08 * (hi - lo) if hi > lo else 0.1 * max(abs(hi), 1.0)
+    off = any(not (lo <= v <= hi) for v in finite) or finite.size < values.size
+    if not off:
+        return
+    bottom, top = lo - pad, hi + pad
+    ax.set_ylim(bottom, top)
+    for epochs, y, color in lines:
+        for e, v in zip(np.asarray(epochs), np.asarray(y, float)):
+            if np.isnan(v) and not (np.isfinite(np.asarray(y, float)).any()):
+                continue
+            if not np.isfinite(v):
+                ax.plot([e], [top], "x", color=color, ms=9, mew=2, clip_on=False)
+                ax.annotate("nan" if np.isnan(v) else ("inf" if v > 0 else "-inf"), (e, top), textcoords="offset points",
+                            xytext=(0, -12), ha="center", fontsize=7, color=color)
+            elif v > hi or v < lo:
+                edge = top if v > hi else bottom
+                ax.plot([e], [edge], "^" if v > hi else "v", color=color, ms=8, clip_on=False)
+                ax.annotate(f"{v:.3g}", (e, edge), textcoords="offset points", xytext=(0, -12 if v > hi else 6),
+                            ha="center", fontsize=7, color=color)
+
+
 def learning_curves(run_dir: Path, df: Optional[pd.DataFrame] = None) -> Any:
     """The run's learning curves as one matplotlib figure, two panels side by side.
 
@@ -213,16 +262,20 @@ def learning_curves(run_dir: Path, df: Optional[pd.DataFrame] = None) -> Any:
     fig = new_figure(12, 4.8)
     ax_loss, ax_score = fig.subplots(1, 2)
     handles = []
+    drawn: dict[Any, list] = {ax_loss: [], ax_score: []}  # (epochs, values, colour) of each line, for _mark_outliers
     for fold, g in df.groupby("fold", sort=True):
         color = _fold_color(int(fold))
         if _series(g, "train_loss") is not None:  # hollow markers: visible even with one epoch
             train = g["train_loss"] - aux_w * g["train_aux"].fillna(0.0) if aux_w else g["train_loss"]
             ax_loss.plot(g["epoch"], train, "--o", color=color, ms=5, mfc="white", lw=1.3)
+            drawn[ax_loss].append((g["epoch"], train, color))
         if _series(g, "val_loss") is not None:
             ax_loss.plot(g["epoch"], g["val_loss"], "-o", color=color, ms=5, lw=1.6)
+            drawn[ax_loss].append((g["epoch"], g["val_loss"], color))
         y = _series(g, "val_score")
         if y is not None:
             ax_score.plot(g["epoch"], y, "-o", color=color, ms=5, lw=1.6)
+            drawn[ax_score].append((g["epoch"], y, color))
             best = _best_row(g)
             if best is not None:
                 ax_score.plot([best["epoch"]], [best["val_score"]], "*", color=color, ms=15, mec="black", mew=0.6)
@@ -233,6 +286,8 @@ def learning_curves(run_dir: Path, df: Optional[pd.DataFrame] = None) -> Any:
         ax_score.axhline(baseline, color="grey", ls="--", lw=1)
         ax_score.annotate(f"all-empty baseline {baseline:.4f}", (0.01, baseline), xycoords=("axes fraction", "data"),
                           ha="left", va="bottom", fontsize=8, color="grey")
+    for ax, lines in drawn.items():
+        _mark_outliers(ax, lines, baseline if ax is ax_score else None)
     if not len(df):
         for ax in (ax_loss, ax_score):
             ax.text(0.5, 0.5, "no epochs logged yet", ha="center", va="center", color="grey", transform=ax.transAxes)
@@ -250,7 +305,7 @@ def learning_curves(run_dir: Path, df: Optional[pd.DataFrame] = None) -> Any:
             ax.set_xlim(0.5, n_epochs + 0.5)
         elif n_epochs:
             ax.xaxis.get_major_locator().set_params(integer=True)
-    fig.suptitle(f"Learning curves: {run.dir.name}", fontsize=12)
+    fig.suptitle(f"Learning curves: {literal(run.dir.name)}", fontsize=12)
     if handles:
         fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 10), fontsize=9, frameon=False)
         fig.tight_layout(rect=(0, 0.07, 1, 1))

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from ..plots import new_figure
+from ..plots import literal, new_figure
 from .data import ReportData
 
 __all__ = ["confusion_figure", "row_normalised"]
@@ -45,8 +45,8 @@ def confusion_figure(d: ReportData) -> Any:
                     if not np.isnan(norm[i, j]):
                         ax.text(j, i, f"{norm[i, j]:.0%}", ha="center", va="center", fontsize=8,
                                 color="white" if norm[i, j] > 0.6 else "black")
-        ax.set_xticks(range(n), names, rotation=45, ha="right", fontsize=8)
-        ax.set_yticks(range(n), names, fontsize=8)
+        ax.set_xticks(range(n), [literal(s) for s in names], rotation=45, ha="right", fontsize=8)
+        ax.set_yticks(range(n), [literal(s) for s in names], fontsize=8)
         ax.set_xlabel("predicted")
         ax.set_ylabel("truth")
         ax.set_title("Confusion (pixels, row-normalised, void excluded)", fontsize=10)
@@ -60,7 +60,7 @@ def confusion_figure(d: ReportData) -> Any:
     for k, (name, color) in enumerate(BAR_COLORS):
         bars = ax.bar(x + (k - 1) * 0.27, counts[name], 0.27, label=name, color=color)
         ax.bar_label(bars, [_short(v) for v in counts[name]], fontsize=7, padding=2)
-    ax.set_xticks(x, names, rotation=20 if n > 4 else 0, ha="right" if n > 4 else "center")
+    ax.set_xticks(x, [literal(s) for s in names], rotation=20 if n > 4 else 0, ha="right" if n > 4 else "center")
     ax.set_ylabel("pixels")
     ax.set_title(f"Pixels per class at threshold {d.cfg.metric.threshold:g} (void excluded)", fontsize=10)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)  # beside the bars, never over them

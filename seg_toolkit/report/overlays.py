@@ -15,7 +15,7 @@ from ..config import IGNORE_INDEX, Config
 from ..data import load_target
 from ..data.sample import read_config_image
 from ..data.io import is_array_image
-from ..plots import metric_label, new_figure
+from ..plots import literal, metric_label, new_figure
 from ..files import read_oof
 from .data import ReportData
 from .summary import Example, predict_mask
@@ -40,9 +40,9 @@ def class_legend_handles(names: list[str], colors: np.ndarray, painted: list[boo
     """One colour patch per drawn class, then the undrawn background (multiclass) and void when present."""
     from matplotlib.patches import Patch
 
-    handles = [Patch(facecolor=np.asarray(colors[c]) / 255, edgecolor="black", label=n) for c, n in enumerate(names) if painted[c]]
+    handles = [Patch(facecolor=np.asarray(colors[c]) / 255, edgecolor="black", label=literal(n)) for c, n in enumerate(names) if painted[c]]
     if task == "multiclass" and not all(painted):
-        handles.append(Patch(facecolor="none", edgecolor="black", label=f"{names[0]} (not drawn)"))
+        handles.append(Patch(facecolor="none", edgecolor="black", label=f"{literal(names[0])} (not drawn)"))
     if void:
         handles.append(Patch(facecolor=np.asarray(VOID_COLOR) / 255, edgecolor="black", label="void (not scored)"))
     return handles
@@ -197,7 +197,7 @@ def overlays_figure(d: ReportData, examples: list[Example], title: str) -> Any:
     dpi, gap, head = 100, 12, 40
     if not panels:
         fig = new_figure(6, 1.2, dpi)
-        fig.text(0.5, 0.5, f"{title}: no scored images", ha="center", va="center")
+        fig.text(0.5, 0.5, f"{literal(title)}: no scored images", ha="center", va="center")
         return fig
     ph = max(p[0].shape[0] for p in panels)
     pw = max(p[0].shape[1] for p in panels)
@@ -216,7 +216,7 @@ def overlays_figure(d: ReportData, examples: list[Example], title: str) -> Any:
     names = ("image", "ground truth", "prediction")
     y0 = H - top  # top edge of the next block, in pixels from the bottom
     for i, (ex, imgs, block_h) in enumerate(zip(examples, panels, heights)):
-        fig.text((x0 + gap) / W, (y0 - 14) / H, f"#{i + 1}  {ex.id}   fold {ex.fold}   {label} {ex.score:.3f}",
+        fig.text((x0 + gap) / W, (y0 - 14) / H, f"#{i + 1}  {literal(ex.id)}   fold {ex.fold}   {label} {ex.score:.3f}",
                  ha="left", va="center", fontsize=11, fontweight="bold")
         for j, (img, name) in enumerate(zip(imgs, names)):
             h, w = img.shape[:2]
@@ -230,6 +230,6 @@ def overlays_figure(d: ReportData, examples: list[Example], title: str) -> Any:
             ax.set_yticks([])
             ax.set_title(name, fontsize=9, pad=3)
         y0 -= block_h + gap
-    fig.text(0.5, 1 - 14 / H, title, ha="center", va="center", fontsize=12, fontweight="bold")
+    fig.text(0.5, 1 - 14 / H, literal(title), ha="center", va="center", fontsize=12, fontweight="bold")
     draw_legend(fig, handles, ncol, H)
     return fig
