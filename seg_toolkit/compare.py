@@ -5,7 +5,7 @@ the CV after tuned post-processing (``postprocess.json``; in brackets its cross-
 other images than those scored), the TTA (``tta.json``, else
 ``predict.tta`` of the saved config), the model, epochs run / configured, the training time
 (the epochs' seconds in ``metrics.csv``), and which runs share a ``folds.csv`` (the same ids in the
-same folds: a group letter A, B, ...; runs of one group can be ensembled). Rows are sorted by CV,
+same folds: a group letter A, B, ...; their OOF files line up image for image; ``ensemble`` checks the rest). Rows are sorted by CV,
 best first, in the metric's direction (complete runs first, then those with some folds). Folders that are not runs are skipped; a half-finished
 run shows what it has (its CV marked missing); ensemble runs are listed as such.
 ``--html OUT`` writes a standalone page (a Plotly bar chart with plotly.js inline, so it opens
@@ -241,7 +241,7 @@ def format_table(rows: list[RunRow]) -> str:
         return "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
     out = [line(HEADER), "  ".join("-" * w for w in widths)] + [line(c) for c in body]
     out.append("folds: runs with the same letter have the same folds.csv (same ids in the same folds): "
-               "their OOF files can be ensembled (seg-toolkit ensemble RUN RUN ...)")
+               "their OOF files line up image for image (seg-toolkit ensemble RUN RUN ... checks the rest: task, classes, data)")
     metrics = {r.metric for r in rows if r.metric}
     if len(metrics) > 1:
         out.append(f"note: the runs score different metrics ({', '.join(sorted(metrics))}); each metric is ranked on its own")
@@ -252,14 +252,16 @@ def _figures(rows: list[RunRow], curves: bool) -> list[Any]:
     import plotly.graph_objects as go
 
     scored = [r for r in rows if r.cv is not None]
+    names = [html.escape(r.name) for r in scored]  # plotly reads <b>, <br>, & in axis labels and legend names as markup
     bars = go.Figure()
-    bars.add_bar(name="CV", x=[r.name for r in scored], y=[r.cv for r in scored],
+    bars.add_bar(name="CV", x=names, y=[r.cv for r in scored],
                  error_y=dict(type="data", array=[(r.fold_stats or (0, 0))[1] for r in scored], visible=True),
                  hovertext=[f"{r.metric}; folds {', '.join(f'{s:.4f}' for s in r.fold_scores)}; folds group {r.group}"
                             for r in scored])
     if any(r.tuned is not None for r in scored):
-        bars.add_bar(name="tuned post-processing", x=[r.name for r in scored], y=[r.tuned for r in scored])
+        bars.add_bar(name="tuned post-processing", x=names, y=[r.tuned for r in scored])
     values = [v for r in scored for v in (r.cv, r.tuned) if v is not None] or [0.0, 1.0]
+    values += [r.cv + r.fold_stats[1] for r in scored if r.fold_stats]  # the error bars' tops stay on the chart
     bars.update_layout(title="CV by run (error bar: std of the fold scores)", barmode="group", yaxis_title="CV score",
                        yaxis_range=[max(0.0, min(values) - 0.1), max(values) + 0.05], height=420)
     figs = [bars]
@@ -271,7 +273,7 @@ def _figures(rows: list[RunRow], curves: bool) -> list[Any]:
             color = FOLD_COLORS[i % len(FOLD_COLORS)]
             for j, (fold, points) in enumerate(sorted(r.curves.items())):
                 fig.add_scatter(x=[e for e, _ in points], y=[s for _, s in points], mode="lines+markers",
-                                name=r.name, legendgroup=r.name, showlegend=j == 0, line=dict(color=color),
+                                name=html.escape(r.name), legendgroup=r.name, showlegend=j == 0, line=dict(color=color),
                                 hovertemplate=f"{html.escape(r.name)} fold {fold}<br>epoch %{{x}}: %{{y:.4f}}<extra></extra>")
         fig.update_layout(title="Validation score per epoch (one colour per run, one line per fold)",
                           xaxis_title="epoch", yaxis_title="validation score", height=480)
@@ -287,7 +289,7 @@ def write_html(rows: list[RunRow], out: str | Path, curves: bool = False, title:
     table = h.table(HEADER, [[h.esc(c) for c in _cells(i + 1, r)] for i, r in enumerate(rows)], cls=text)
     divs = [f.to_html(full_html=False, include_plotlyjs=(i == 0)) for i, f in enumerate(_figures(rows, curves))]
     legend = h.note("folds: runs with the same letter have the same folds.csv (same ids in the same folds), so their "
-                    "OOF files can be ensembled. Train time: the epochs' seconds in metrics.csv, summed over folds.")
+                    "OOF files line up image for image (`ensemble` checks the rest: task, classes, data). Train time: the epochs' seconds in metrics.csv, summed over folds.")
     paths = ", ".join(str(r.path) for r in rows)
     page = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>{GENERATOR}<title>{h.esc(title)}</title>"
             f"<style>{h.CSS}</style></head><body><h1>{h.esc(title)}</h1>{h.note(h.esc(paths))}\n"
