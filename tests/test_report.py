@@ -328,6 +328,22 @@ def test_report_warns_about_stale_cv_and_names_a_missing_oof_file(multiclass_run
         compute_report_data(run.dir)
 
 
+def test_report_warns_about_post_processing_tuned_on_other_oof_files(multiclass_run):
+    """tune keeps the OOF files' score at tuning time (cv_json_score); OOF files remade since score otherwise."""
+    cfg, _ = multiclass_run
+    run = Run.of(cfg)
+    score = compute_report_data(run.dir, n_examples=1).score
+    for was, stale in ((score, False), (score + 0.01, True)):
+        run.postprocess_json.write_text(json.dumps({"folds": [0], "cv_json_score": was, "before": 0.1, "after": 0.2,
+                                                    "params": {}}))
+        warnings = compute_report_data(run.dir, n_examples=1).warnings
+        said = [w for w in warnings if w.startswith("postprocess.json was tuned on OOF files that scored")]
+        assert said == ([f"postprocess.json was tuned on OOF files that scored {was:.6f} and these score {score:.6f}: its "
+                         "parameters (and the tuned score shown) fit other probabilities; run `seg-toolkit tune` (predict "
+                         "applies them as they are)"] if stale else [])
+    run.postprocess_json.unlink()
+
+
 def test_multiclass_report_page(multiclass_run):
     cfg, _ = multiclass_run
     page = build_report(cfg.run_dir, n_examples=2)

@@ -223,6 +223,12 @@ def _warnings(d: ReportData) -> list[str]:
         old = float(d.cv["score"])
         if not (math.isnan(old) and math.isnan(d.score)) and abs(old - d.score) > 1e-6:
             out.append(f"cv.json says {old:.6f} but the OOF files score {d.score:.6f}; cv.json is stale (run `seg-toolkit cv`)")
+    tuned = read_json(d.run.postprocess_json)  # cv_json_score: the OOF files' score when post-processing was tuned on them
+    was = tuned.get("cv_json_score") if isinstance(tuned, dict) and list(tuned.get("folds") or []) == d.folds else None
+    if isinstance(was, (int, float)) and not math.isnan(d.score) and abs(was - d.score) > 1e-6:
+        out.append(f"postprocess.json was tuned on OOF files that scored {was:.6f} and these score {d.score:.6f}: its "
+                   "parameters (and the tuned score shown) fit other probabilities; run `seg-toolkit tune` (predict "
+                   "applies them as they are)")
     never = [d.class_names[c] for c in range(len(d.class_names)) if d.true_pixels[c] > 0 and d.pred_pixels[c] == 0]
     if never:
         out.append(f"class(es) {', '.join(never)} occur in the truth but are never predicted")
