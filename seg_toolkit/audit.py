@@ -14,7 +14,9 @@ except that training stops at the first one.
 
 It also counts, over the samples that could be read: class pixel frequencies (void apart),
 images containing each class, empty masks (binary / multilabel: per class and images empty
-in every class), image sizes and PIL modes, and for mask files the raw values found.
+in every class), and for mask files the raw values found; and over every image that could be
+opened, its mask read or not: image sizes and PIL modes (so they can add up to more than the
+samples read).
 
 :mod:`seg_toolkit.audit_report` renders it: :func:`~seg_toolkit.audit_report.format_audit` as text,
 :func:`~seg_toolkit.audit_report.write_audit` as ``audit.html``

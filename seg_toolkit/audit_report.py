@@ -75,7 +75,7 @@ def format_audit(result: AuditResult, max_per_kind: int = 20) -> str:
         out.append(f"    milder, their square roots: {fmt(r.median_frequency_weights(0.5))}")
     out.append("")
     sizes = _sizes(r)
-    out.append(f"Image sizes (HxW), {len(sizes)} distinct: " + (", ".join(f"{s}: {n}" for s, n in sizes[:12]) or "-")
+    out.append(f"Image sizes (HxW) of every image opened, {len(sizes)} distinct: " + (", ".join(f"{s}: {n}" for s, n in sizes[:12]) or "-")
                + (f", ... ({len(sizes) - 12} more)" if len(sizes) > 12 else ""))
     out.append("Image modes: " + (", ".join(f"{m}: {n}" for m, n in r.image_modes.most_common()) or "-"))
     if r.wide_values:
@@ -117,7 +117,7 @@ def _audit_html(r: AuditResult, colors: np.ndarray, max_problems: int = 5000, pi
         rows.append([esc(row[0]), row[1], bar] + row[3:])
     status = ("<span class='ok'>no problems found</span>" if not r.problems
               else f"<span class='bad'>{len(r.problems)} problem(s)</span>")
-    images = [table(["size (HxW)", "images"], [[s, str(n)] for s, n in _sizes(r)]),
+    images = [table(["size (HxW)", "images opened"], [[s, str(n)] for s, n in _sizes(r)]),
               table(["mode", "images"], [[esc(m), str(n)] for m, n in r.image_modes.most_common()])]
     if r.wide_values:
         images.append(table(["mode (over 8 bits)", "min", "max"], [[esc(m), f"{lo:g}", f"{hi:g}"] for m, (lo, hi) in sorted(r.wide_values.items())]))
