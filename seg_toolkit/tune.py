@@ -310,18 +310,24 @@ def _search_sigmoid(
     all_thr = _candidates(thr[0], [t for cands in thr_cands for t in cands])
     col = {t: j for j, t in enumerate(all_thr)}
 
-    if "threshold" not in tables:
-        tables["threshold"] = threshold_tables(data, all_thr, area)
+    area_cands = [_candidates(area[k], [int(a) for a in cfg.postprocess.min_area_grid]) for k in range(c)]
+    all_area = _candidates(area[0], [a for cands in area_cands for a in cands])
+    acol = {a: j for j, a in enumerate(all_area)}
+    if "threshold" not in tables:  # shared by the cross-fitted searches: they do not depend on what the searches choose
+        tables["threshold"] = threshold_tables(data, all_thr)
+        tables["area"] = area_tables(data, all_thr, all_area)
     tab = tables["threshold"]
+    atp, afp = tables["area"]
     score = lambda tp, fp: sigmoid_score(tp[rows], fp[rows], tab.pos[rows], tab.n_valid[rows], metric, empty_score)  # noqa: E731
     log_step = (lambda *a: None) if quiet else _step_log
 
+    def at(k: int, t: float, a: int) -> tuple[np.ndarray, np.ndarray]:
+        """Class k's counts at threshold t after removing its components smaller than a."""
+        return atp[:, k, col[t], acol[a]], afp[:, k, col[t], acol[a]]
+
     def at_threshold(k: int, t: float) -> tuple[np.ndarray, np.ndarray]:
-        """Class k's counts at threshold t with its configured min_area (steps 2-3 search min_area with it)."""
-        j = col[t]
-        if k in tab.area_tp:
-            return tab.area_tp[k][:, j], tab.area_fp[k][:, j]
-        return tab.tp[:, k, j], tab.fp[:, k, j]
+        """Class k's counts at threshold t with its current min_area (step 1: the configured one)."""
+        return at(k, t, area[k])
 
     def gated(k: int, g: Optional[float], tp_k: np.ndarray, fp_k: np.ndarray, source: str | None = None,
               ) -> tuple[np.ndarray, np.ndarray]:
@@ -361,15 +367,6 @@ def _search_sigmoid(
     # the best threshold without min_area (a lower cut keeps more of a true region and more specks, which min_area
     # then removes). The counts of every pair come from one pass (components labelled once per threshold)
     prev = best
-    area_cands = [_candidates(area[k], [int(a) for a in cfg.postprocess.min_area_grid]) for k in range(c)]
-    all_area = _candidates(area[0], [a for cands in area_cands for a in cands])
-    acol = {a: j for j, a in enumerate(all_area)}
-    if "area" not in tables:  # shared by the cross-fitted searches: it does not depend on what they choose
-        tables["area"] = area_tables(data, all_thr, all_area)
-    atp, afp = tables["area"]
-
-    def at(k: int, t: float, a: int) -> tuple[np.ndarray, np.ndarray]:
-        return atp[:, k, col[t], acol[a]], afp[:, k, col[t], acol[a]]
 
     def pairs(k: int) -> list[tuple[float, int]]:  # the current pair first
         return [(t, a) for t in _candidates(thr[k], thr_cands[k]) for a in area_cands[k]]

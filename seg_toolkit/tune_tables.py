@@ -234,8 +234,7 @@ class ThresholdTables:
     ``tp`` / ``fp`` ``(N, C, T)``: foreground pixels ``q >= cut[t]`` that are truth positive /
     negative (no min_area); ``pos`` / ``n_valid`` ``(N, C)``: truth-positive / non-void pixels;
     ``qmax`` ``(N, C)``: the max uint8 probability (void pixels included, as the gate sees
-    them); ``area_tp`` / ``area_fp``: the same as ``tp`` / ``fp`` after removing components
-    smaller than the class's configured min_area, for the classes whose min_area is > 1.
+    them). The counts after removing small components are :func:`area_tables`'.
     """
 
     tp: np.ndarray
@@ -243,11 +242,9 @@ class ThresholdTables:
     pos: np.ndarray
     n_valid: np.ndarray
     qmax: np.ndarray
-    area_tp: dict[int, np.ndarray]
-    area_fp: dict[int, np.ndarray]
 
 
-def threshold_tables(data: OOFData, thresholds: Sequence[float], config_area: Sequence[int]) -> ThresholdTables:
+def threshold_tables(data: OOFData, thresholds: Sequence[float]) -> ThresholdTables:
     """One pass: 256-bin histograms of truth-positive / -negative probabilities per (image, class),
     turned into TP / FP at every threshold by suffix sums."""
     n, c = len(data), data.num_classes
@@ -257,9 +254,6 @@ def threshold_tables(data: OOFData, thresholds: Sequence[float], config_area: Se
     pos = np.zeros((n, c), np.int64)
     n_valid = np.zeros((n, c), np.int64)
     qmax = np.zeros((n, c), np.int64)
-    slow = [k for k in range(c) if config_area[k] > 1]
-    area_tp = {k: np.zeros((n, len(cuts)), np.int64) for k in slow}
-    area_fp = {k: np.zeros((n, len(cuts)), np.int64) for k in slow}
     offset = (768 * np.arange(c, dtype=np.int32))[:, None, None]
     for i, (_, q, truth) in enumerate(data.iterate("tune: threshold histograms")):
         code = _sigmoid_code(truth)
@@ -272,11 +266,7 @@ def threshold_tables(data: OOFData, thresholds: Sequence[float], config_area: Se
         n_valid[i] = suffix[:, 0, 0] + suffix[:, 1, 0]
         present = h.sum(1) > 0
         qmax[i] = np.where(present.any(1), 255 - np.argmax(present[:, ::-1], axis=1), 0)
-        for k in slow:  # a configured min_area > 1 changes the counts at each threshold
-            for j, cut in enumerate(cuts):
-                sizes, hist = _components(q[k] >= cut, code[k], 3)
-                area_tp[k][i, j], area_fp[k][i, j] = _kept_tp_fp(sizes, hist, config_area[k])
-    return ThresholdTables(tp, fp, pos, n_valid, qmax, area_tp, area_fp)
+    return ThresholdTables(tp, fp, pos, n_valid, qmax)
 
 
 def area_tables(data: OOFData, thresholds: Sequence[float], areas: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:

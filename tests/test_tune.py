@@ -365,7 +365,7 @@ THRESHOLDS = [0.0, 0.2, 0.3, 0.5, 0.6, 153 / 255, 0.7, 0.99, 1.0]
 @pytest.mark.parametrize("c", [1, 2])
 def test_threshold_histograms_equal_brute_force(c):
     stub = sigmoid_stub(11, c)
-    tab = threshold_tables(stub, THRESHOLDS, [0] * c)
+    tab = threshold_tables(stub, THRESHOLDS)
     target = np.stack(stub.truths)
     for j, t in enumerate(THRESHOLDS):
         for gate in (None, 0.3, 0.5):
@@ -409,13 +409,9 @@ def test_min_area_components_equal_brute_force():
             pred = np.stack([apply_postprocess(uint8_to_probs(q), "multilabel", params) for q in stub.qs])
             ref = image_counts(pred, target)
             assert np.array_equal(tp[:, :, jt, j], ref.tp) and np.array_equal(fp[:, :, jt, j], ref.fp)
-    # the step-1 fallback (a configured min_area > 1) agrees too
-    tab = threshold_tables(stub, THRESHOLDS, [0, 5])
-    for j, t in enumerate(THRESHOLDS):
-        params = PostParams([t, t], [0, 5], [None, None])
-        pred = np.stack([apply_postprocess(uint8_to_probs(q), "multilabel", params) for q in stub.qs])
-        ref = image_counts(pred, target)
-        assert np.array_equal(tab.area_tp[1][:, j], ref.tp[:, 1]) and np.array_equal(tab.area_fp[1][:, j], ref.fp[:, 1])
+    # min_area 0 removes nothing: the threshold histograms' counts
+    tab = threshold_tables(stub, thresholds)
+    assert np.array_equal(tp[:, :, :, 0], tab.tp) and np.array_equal(fp[:, :, :, 0], tab.fp)
 
 
 @pytest.mark.parametrize("weights", [None, [1.0, 1.6, 0.7]])
