@@ -78,7 +78,7 @@ class DataConfig:
     image_ext: str = ".png"
     mask_ext: str = ".png"  # appended to the image's id: ".png", or e.g. "_mask.gif" (Carvana)
     # binary mask files: a pixel is foreground when its value >= mask_threshold (null: any value > 0).
-    # Required for lossy (JPEG) masks, whose compression noise makes pixels near every edge non-zero
+    # Required for lossy (JPEG, lossy WebP) masks, whose compression noise makes pixels near every edge non-zero
     mask_threshold: Optional[int] = None
     # how a mask file holds its classes (folder layout; seg_toolkit.data.masks). ids: pixel values are class ids,
     # from the single channel or from channel mask_channel (0 = red: CARLA); colors: RGB colours of a colour table
@@ -87,7 +87,7 @@ class DataConfig:
     mask_colors: list[list[int]] = field(default_factory=list)  # colors: [r, g, b] of class 0, 1, ... (empty: classes_csv r,g,b)
     mask_void_colors: list[list[int]] = field(default_factory=list)  # colors: [r, g, b] read as void
     # colors: null = every pixel must be a table colour exactly (lossless files); a distance = nearest table colour
-    # within that RGB distance, farther pixels void (lossy/JPEG colour masks)
+    # within that RGB distance, farther pixels void (lossy JPEG / WebP colour masks)
     mask_color_tolerance: Optional[float] = None
     # value -> class id or "void", e.g. {1: 1, 2: 0, 3: void} (Oxford-IIIT Pet trimap); a value not listed is an error
     mask_values: dict[int, Union[int, str]] = field(default_factory=dict)
@@ -112,6 +112,9 @@ class DataConfig:
     # else: [0, 4095] for 12-bit microscopy in 16-bit files. null: 8-bit files as they are, 16-bit over 0..65535;
     # 32-bit integer and float images need it (seg_toolkit.data.io.read_image)
     image_range: Optional[list[float]] = None
+    # a file tagged with an EXIF orientation other than 1 (a phone photo stored sideways, shown turned by viewers):
+    # error (refused, naming it), apply (turned as shown, images and masks alike), ignore (the pixels as stored)
+    exif_orientation: Literal["error", "apply", "ignore"] = "error"
     bands: BandsConfig = field(default_factory=BandsConfig)  # images as folders of band files (contrails)
     group_column: Optional[str] = None  # column of train_csv used by GroupKFold
     group_pattern: Optional[str] = None  # or a regex whose first group, matched on each id, is its group (e.g. "^([^_]+)_")

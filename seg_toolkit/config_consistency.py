@@ -52,6 +52,10 @@ def _check_unused(cfg: Config) -> None:
 
 def _check_folds(cfg: Config) -> None:
     f, d = cfg.folds, cfg.data
+    if d.group_column is not None and d.layout != "csv":
+        raise ConfigError(f"data.group_column: {d.group_column!r} is a column of data.train_csv (the csv layout); the "
+                          "folder layout has no CSV to hold it: give each id's group with data.group_pattern (a regex "
+                          "whose first group, matched on the id, is its group, e.g. '^([^_]+)_')")
     if f.method not in ("group", "stratified_group"):
         for key in ("group_column", "group_pattern"):
             if getattr(d, key) is not None:

@@ -30,6 +30,10 @@ def _check_data(cfg: Config) -> None:
         raise ConfigError(f"data.num_classes: a binary task has 1 output channel, got {d.num_classes}")
     if d.task == "multiclass" and d.num_classes < 2:
         raise ConfigError("data.num_classes: a multiclass task needs >= 2 classes (background counts)")
+    if d.task == "binary" and d.class_column is not None and d.layout == "csv":  # folder layout: config_consistency
+        raise ConfigError(f"data.class_column: {d.class_column!r} gives rows per image and class, but a binary task reads "
+                          "one mask per image (one row per image); remove data.class_column, or use data.task: multilabel "
+                          "with data.num_classes = the number of classes")
     if d.class_names and len(d.class_names) != d.num_classes:
         raise ConfigError(
             f"data.class_names: {len(d.class_names)} names for data.num_classes={d.num_classes}"
@@ -62,7 +66,8 @@ def _check_data(cfg: Config) -> None:
             raise ConfigError(f"data.group_pattern: {d.group_pattern!r} is not a valid regex ({e})") from None
 
 
-#: mask file formats whose compression changes pixel values (a label map cannot survive it)
+#: mask file formats whose compression changes pixel values (a label map cannot survive it); a .webp file may be
+#: lossy or lossless, so it is judged by its content when read (a VP8 chunk: :func:`seg_toolkit.data.image_file.lossy_webp`)
 LOSSY_MASK_EXTS = (".jpg", ".jpeg", ".jpe", ".jfif")
 
 
@@ -79,11 +84,11 @@ def _check_mask_reading(cfg: Config) -> None:
         if d.mask_threshold < 1:
             raise ConfigError(f"data.mask_threshold: expected >= 1 (a value >= it is foreground), got {d.mask_threshold}")
     if d.layout != "folder" or d.train_lists or d.pair_split:
-        return  # list files name each mask; read_mask refuses a JPEG mask by its content; pairs: _check_masks
+        return  # list files name each mask; read_mask refuses a JPEG or lossy WebP mask by its content; pairs: _check_masks
     if d.mask_format == "colors" and d.mask_color_tolerance is not None:
         return  # lossy colour masks are read by nearest colour (_check_masks)
     ext = d.mask_ext.lower()
-    if ext.endswith(LOSSY_MASK_EXTS) and d.mask_threshold is None:
+    if ext.endswith(LOSSY_MASK_EXTS) and d.mask_threshold is None:  # .webp: refused when read if it is lossy
         if d.task == "binary" or d.mask_per_class:
             raise ConfigError(
                 f"data.mask_ext: {d.mask_ext!r} is a lossy format: compression noise makes pixels near every edge "

@@ -62,7 +62,7 @@ def class_mask_paths(cfg: Config, image_id: str, image: Path, on_problem: Callab
 def _read_class_mask(path: Path, cfg: Config) -> np.ndarray:
     """A class file as ``bool (H, W)``; values other than 0/255 or 0/1 are refused (module doc)."""
     d = cfg.data
-    arr = read_mask_array(path, d.max_image_pixels, lossy_ok=d.mask_threshold is not None)
+    arr = read_mask_array(path, d.max_image_pixels, lossy_ok=d.mask_threshold is not None, exif=d.exif_orientation)
     if d.mask_threshold is not None:
         return arr >= d.mask_threshold
     values = np.unique(arr)
@@ -77,7 +77,7 @@ def class_mask_target(sample: Sample, cfg: Config, hw: tuple[int, int] | None) -
     """``uint8 (H, W, C)`` 0/1: class ``k``'s file in channel ``k - 1``, an empty channel for a missing file;
     every file must be the image's size ``hw`` (``None``: the image's size is read)."""
     assert sample.class_masks is not None
-    hw = tuple(hw) if hw is not None else image_size(sample.image, sample.pair)
+    hw = tuple(hw) if hw is not None else image_size(sample.image, sample.pair, exif=cfg.data.exif_orientation)
     out = np.zeros((*hw, len(sample.class_masks)), np.uint8)
     for c, path in enumerate(sample.class_masks):
         if path is None:

@@ -161,7 +161,8 @@ def colors_to_ids(rgb: np.ndarray, colors: np.ndarray, ids: np.ndarray, toleranc
         shown = ", ".join(f"{cols[i].tolist()} x{int(counts[i])}" for i in top)
         raise DataError(
             f"{where}: {n_bad} of {keys.size} pixels have colours not in {source} ({len(cols)} distinct, e.g. {shown}); "
-            "add them to the table (or to data.mask_void_colors), or for a lossy (JPEG) file set data.mask_color_tolerance"
+            "add them to the table (or to data.mask_void_colors), or for a lossy (JPEG, lossy WebP) file set "
+            "data.mask_color_tolerance"
         )
     if n_bad > MAX_FAR_SHARE * keys.size:
         raise DataError(
@@ -190,7 +191,8 @@ def check_color_masks(samples: list[Sample], cfg: Config) -> None:
     table, table_ids, source = color_table(cfg)
     shares = []
     for s in [x for x in samples if x.mask is not None][:N_COLOR_CHECK]:
-        rgb = read_mask_array(s.mask, d.max_image_pixels, lossy_ok=True, kind="colors", pair=s.pair)
+        rgb = read_mask_array(s.mask, d.max_image_pixels, lossy_ok=True, kind="colors", pair=s.pair,
+                              exif=d.exif_orientation)
         _, far = colors_to_ids(rgb, table, table_ids, d.mask_color_tolerance, str(s.mask), source, return_far=True)
         shares.append(far / max(rgb.shape[0] * rgb.shape[1], 1))
     if shares and float(np.mean(shares)) > MAX_MEAN_FAR_SHARE:

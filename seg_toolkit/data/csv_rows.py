@@ -12,7 +12,9 @@ string per channel. A malformed row is an :class:`~seg_toolkit.data.io.RLERowErr
 the CSV, its line and the id.
 
 Problems go to ``on_problem(kind, where, message)``: the default raises at the first (training);
-the audit collects them all and goes on, so both list exactly the same samples.
+the audit collects them all and goes on, so both list exactly the same samples. An image's rows must agree on
+``data.group_column`` (``bad_group``), and every row must have the header's fields (a trailing comma is refused
+by :func:`~seg_toolkit.data.io.read_csv_strict`, naming its line).
 """
 
 from __future__ import annotations
@@ -100,7 +102,7 @@ def read_train_csv(cfg: Config, on_problem: OnProblem = raise_problem) -> tuple[
     rows: dict[str, list[list[str]]] = {}  # id -> per channel, its rows
     first: dict[str, int] = {}
     filled: dict[tuple[str, int], tuple[int, bool]] = {}  # (id, channel) -> (line, non-empty) of its first row
-    groups: dict[str, str | None] = {}
+    groups: dict[str, tuple[str | None, int]] = {}  # id -> (group, line) of its first row
     bad: set[str] = set()
     classes = df[d.class_column].tolist() if d.class_column else [None] * len(df)
     group_col = df[d.group_column].tolist() if d.group_column else [None] * len(df)
@@ -136,9 +138,17 @@ def read_train_csv(cfg: Config, on_problem: OnProblem = raise_problem) -> tuple[
             on_problem("malformed_rle", where, f"{e}{_rle_hint(rle, spec)}")
             bad.add(image_id)
             rle = ""
+        if image_id in groups and groups[image_id][0] != group:
+            before, line0 = groups[image_id]
+            on_problem("bad_group", where,
+                       f"{where}: id {image_id!r} has group {group!r} in column {d.group_column!r}, but {before!r} at line "
+                       f"{line0}; every row of an image must name the same group (data.group_column), or the image's "
+                       "group is not known")
+            bad.add(image_id)
+            continue
         slots = rows.setdefault(image_id, [[] for _ in range(n_cls)])
         first.setdefault(image_id, k)
-        groups.setdefault(image_id, group)
+        groups.setdefault(image_id, (group, line))
         full = not spec.is_empty(rle)
         if (image_id, c) in filled and not d.rle_instances and (full or filled[image_id, c][1]):  # two empty rows agree
             before, was_full = filled[image_id, c]
@@ -153,7 +163,7 @@ def read_train_csv(cfg: Config, on_problem: OnProblem = raise_problem) -> tuple[
     images, bands = cfg.data_path(d.train_images), bands_of(cfg)
     samples = [
         Sample(i, image_path(images, i, d.image_ext, bands), rles=tuple(union_rle(r, spec) for r in per_class),
-               group=groups[i], where=f"{path} line {_line(first[i])}")
+               group=groups[i][0], where=f"{path} line {_line(first[i])}")
         for i, per_class in rows.items()
     ]
     return samples, bad

@@ -101,7 +101,7 @@ def instance_ids(sample: Sample, cfg: Config) -> np.ndarray:
     d = cfg.data
     objects, void = object_masks(sample, cfg)
     if not objects:
-        return np.zeros(image_size(sample.image), np.int32)
+        return np.zeros(image_size(sample.image, exif=d.exif_orientation), np.int32)
     out = np.any(objects, axis=0).astype(np.int32)
     if d.instance_target == "borders" and len(objects) > 1:
         out[touching_borders(objects, d.instance_border_px)] = 0

@@ -1,5 +1,8 @@
 """Reading images, mask files and CSVs with errors that name the file and say what was expected.
 
+Files are opened by :mod:`seg_toolkit.data.image_file`: the size limit before decoding, the EXIF orientation
+(``data.exif_orientation``) and 16-bit-per-channel RGB(A) PNGs, read exactly (Pillow alone keeps the high byte).
+
 An image and its label may share one file side by side (:class:`PairSplit`, ``data.pair_split``):
 :func:`read_image` and :func:`image_size` then see only the image part, and
 :func:`~seg_toolkit.data.mask_io.read_mask_array` only the label part, so every reader crops the same way.
@@ -7,6 +10,7 @@ An image and its label may share one file side by side (:class:`PairSplit`, ``da
 
 from __future__ import annotations
 
+import csv
 import glob
 import logging
 import math
@@ -19,8 +23,9 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from ..errors import SegToolkitError
-from ..rle import RLEError
+from .data_errors import DataError, RLERowError
+from .image_file import check_file as _check_file
+from .image_file import open_image, orientation, oriented_size, png16_color, read_png16_color
 
 log = logging.getLogger(__name__)
 
@@ -38,13 +43,9 @@ def is_array_image(path: str | Path) -> bool:
     return Path(path).suffix.lower() in ARRAY_EXTS
 
 
-class DataError(SegToolkitError, ValueError):
-    """Input data (an image, a mask, a CSV row) is not what the config says it should be."""
-
-
-class RLERowError(DataError, RLEError):
-    """A malformed run-length string in a data file: a :class:`DataError` (the row) and an
-    :class:`~seg_toolkit.rle.RLEError` (the string); the message names the file, line and id."""
+def _open(path: Path, max_pixels: int, exif: str | None = None) -> Image.Image:
+    """A decoded PIL image (:func:`~seg_toolkit.data.image_file.open_image`: size limit, EXIF orientation)."""
+    return open_image(path, max_pixels, exif)
 
 
 @dataclass(frozen=True)
@@ -80,38 +81,6 @@ class PairSplit:
         return ((full, img), (full, lab)) if horizontal else ((img, full), (lab, full))
 
 
-def _open(path: Path, max_pixels: int) -> Image.Image:
-    _check_file(path)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            im = Image.open(path)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise DataError(f"{path}: refused before decoding, image too large ({e})") from None
-    except Exception as e:  # PIL raises several types for unreadable files
-        raise DataError(f"{path}: not a readable image ({type(e).__name__}: {e})") from None
-    w, h = im.size
-    if w * h > max_pixels:
-        im.close()
-        raise DataError(
-            f"{path}: refused before decoding, {w}x{h} = {w * h} pixels is over data.max_image_pixels={max_pixels}"
-        )
-    try:
-        im.load()
-    except Exception as e:
-        raise DataError(f"{path}: image data is truncated or corrupt ({type(e).__name__}: {e})") from None
-    return im
-
-
-def _check_file(path: Path) -> None:
-    if path.is_dir():
-        raise DataError(f"{path}: is a folder, not an image file")
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
-    if path.stat().st_size == 0:
-        raise DataError(f"{path}: file is empty (0 bytes)")
-
-
 def check_array_header(path: Path, max_pixels: int) -> np.ndarray:
     """An ``.npy`` image (or band) as a memory map, checked from its header: 2 or 3 dimensions, numbers, not too large."""
     path = Path(path)
@@ -130,15 +99,16 @@ def check_array_header(path: Path, max_pixels: int) -> np.ndarray:
     return arr
 
 
-def image_size(path: str | Path, pair: PairSplit | None = None) -> tuple[int, int]:
-    """``(height, width)`` from the header only (of the image part, for a ``pair`` file)."""
+def image_size(path: str | Path, pair: PairSplit | None = None, exif: str | None = None) -> tuple[int, int]:
+    """``(height, width)`` from the header only (of the image part, for a ``pair`` file), as :func:`read_image`
+    returns it: turned by the EXIF orientation with ``exif: apply`` (``data.exif_orientation``)."""
     path = Path(path)
     try:
         if is_array_image(path):
             h, w = check_array_header(path, np.iinfo(np.int64).max).shape[:2]
         else:
             with Image.open(path) as im:
-                w, h = im.size
+                h, w = oriented_size(orientation(im, path, exif), im.size[1], im.size[0])
     except DataError:
         raise
     except FileNotFoundError:
@@ -158,7 +128,9 @@ WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 def wide_values(path: str | Path, max_pixels: int = 50_000_000, bands=None) -> tuple[str, float, float] | None:
     """``(PIL mode, min, max)`` of an image with more than 8 bits per value, None for an 8-bit image: what
     ``data.image_range`` should span (``audit`` and training's first image report it). ``bands``
-    (:class:`~seg_toolkit.data.bands.Bands`): the raw values of the folder's bands (None for the ash colour)."""
+    (:class:`~seg_toolkit.data.bands.Bands`): the raw values of the folder's bands (None for the ash colour).
+    A 16-bit-per-channel colour PNG is ``RGB;16`` / ``RGBA;16`` (its values, read exactly). The values do not
+    depend on the EXIF orientation, which is not looked at here."""
     path = Path(path)
     if bands is not None:
         from .bands import read_bands
@@ -172,19 +144,22 @@ def wide_values(path: str | Path, max_pixels: int = 50_000_000, bands=None) -> t
         if arr.dtype == np.uint8 or arr.dtype.kind == "b":
             return None
         mode = f"npy {arr.dtype}"
+    elif png16_color(path):
+        arr = read_png16_color(path, max_pixels, "ignore")
+        mode = "RGBA;16" if arr.shape[2] == 4 else "RGB;16"
     else:
-        im = _open(path, max_pixels)
+        im = _open(path, max_pixels, "ignore")
         if im.mode not in WIDE_MODES:
             return None
-        mode = im.mode
-    arr = np.asarray(arr if is_array_image(path) else im, dtype=np.float64)
+        mode, arr = im.mode, im
+    arr = np.asarray(arr, dtype=np.float64)
     finite = arr[np.isfinite(arr)]
     return mode, float(finite.min()) if finite.size else math.nan, float(finite.max()) if finite.size else math.nan
 
 
 def sixteen_bit(mode: str) -> bool:
     """A :func:`wide_values` mode of 16-bit values (read over 0..65535 without ``data.image_range``)."""
-    return mode.startswith("I;16") or mode == "npy uint16"
+    return mode.startswith("I;16") or mode in ("npy uint16", "RGB;16", "RGBA;16")
 
 
 def narrow_sixteen_bit(mode: str, lo: float, hi: float) -> bool:
@@ -213,7 +188,8 @@ def _no_range(path: Path, what: str, arr: np.ndarray) -> DataError:
 
 
 def read_image(path: str | Path, in_channels: int = 3, max_pixels: int = 50_000_000,
-               pair: PairSplit | None = None, value_range: Sequence[float] | None = None, bands=None) -> np.ndarray:
+               pair: PairSplit | None = None, value_range: Sequence[float] | None = None, bands=None,
+               exif: str | None = None) -> np.ndarray:
     """Read an image as ``uint8 (H, W, in_channels)``.
 
     Grayscale becomes RGB when 3 channels are asked for, RGBA keeps alpha only for 4. Values
@@ -225,13 +201,21 @@ def read_image(path: str | Path, in_channels: int = 3, max_pixels: int = 50_000_
     With ``pair`` (a sample's ``Sample.pair``) only the image part of an image|label file is returned.
     With ``bands`` (:class:`~seg_toolkit.data.bands.Bands`, ``data.bands``) ``path`` is the first band file of a
     folder of bands, which are stacked (raw values over ``value_range``, or the ash false colour as it is).
+    A 16-bit-per-channel RGB(A) PNG is read exactly (OpenCV) and over ``value_range`` as a 16-bit grey one.
+    ``exif`` (``data.exif_orientation``: error, apply, ignore; :mod:`seg_toolkit.data.image_file`): what an
+    EXIF orientation tag means.
     """
     path = Path(path)
     if bands is not None:
         return _read_band_image(path, in_channels, max_pixels, value_range, bands)
     if is_array_image(path):
         return _read_array_image(path, in_channels, max_pixels, pair, value_range)
-    im = _open(path, max_pixels)
+    if png16_color(path):  # Pillow would keep only the high byte of each value
+        wide = read_png16_color(path, max_pixels, exif)
+        im = Image.fromarray(_to_uint8(wide, value_range or (0.0, 65535.0), path))
+        value_range = None
+    else:
+        im = _open(path, max_pixels, exif)
     if im.mode in WIDE_MODES:
         arr = np.asarray(im)
         if value_range is None:
@@ -299,7 +283,9 @@ def _line(i: int) -> int:
 def read_csv_strict(path: Path, columns: list[str], what: str) -> pd.DataFrame:
     """Read a CSV as strings (empty fields stay ``""``) and check the needed columns exist.
 
-    A UTF-8 byte-order mark and CRLF line ends are accepted; every failure names the file."""
+    A UTF-8 byte-order mark and CRLF line ends are accepted; every failure names the file. A data row with more
+    fields than the header (a trailing comma) is an error naming its line: pandas would otherwise read the first
+    column as the row index, shifting every column by one."""
     path = Path(path)
     if path.is_dir():
         raise DataError(f"{path}: is a folder; expected the {what} file")
@@ -308,11 +294,16 @@ def read_csv_strict(path: Path, columns: list[str], what: str) -> pd.DataFrame:
     if path.stat().st_size == 0:
         raise DataError(f"{path}: file is empty (0 bytes); expected the {what} with a header line")
     try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False, encoding="utf-8-sig")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", pd.errors.ParserWarning)
+            df = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False, encoding="utf-8-sig",
+                             index_col=False)
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: {what} is not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8") from None
     except Exception as e:
         raise DataError(f"{path}: cannot read {what} as CSV ({type(e).__name__}: {' '.join(str(e).split())})") from None
+    if any(issubclass(w.category, pd.errors.ParserWarning) for w in caught):
+        _refuse_extra_fields(path, what)
     missing = [c for c in columns if c not in df.columns]
     if missing:
         spaced = [c for c in df.columns if c != c.strip() and c.strip() in missing]  # SIIM: " EncodedPixels"
@@ -322,6 +313,19 @@ def read_csv_strict(path: Path, columns: list[str], what: str) -> pd.DataFrame:
             f"(set data.id_column / data.rle_column / data.class_column to match){hint}"
         )
     return df
+
+
+def _refuse_extra_fields(path: Path, what: str) -> None:
+    """The error for the first data row of ``path`` with more fields than its header (pandas only warns)."""
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader, [])
+        for row in reader:
+            if len(row) > len(header):
+                extra = ", trailing comma" if row[len(header):] == [""] * (len(row) - len(header)) else ""
+                raise DataError(f"{path} line {reader.line_num}: {len(row)} fields{extra}, but the header has "
+                                f"{len(header)} ({', '.join(map(repr, header))}); every row of the {what} must have "
+                                "the header's fields (remove the extra field)")
 
 
 def _ext_hint(folder: Path, stem: str, key: str) -> str:

@@ -91,7 +91,8 @@ def mask_ids(sample: Sample, cfg: Config) -> np.ndarray:
     colors = d.mask_format == "colors"
     lossy_ok = d.mask_threshold is not None or (colors and d.mask_color_tolerance is not None)
     kind = "colors" if colors else "channels" if d.mask_channel is not None else "ids"
-    arr = read_mask_array(sample.mask, d.max_image_pixels, lossy_ok=lossy_ok, kind=kind, pair=sample.pair)
+    arr = read_mask_array(sample.mask, d.max_image_pixels, lossy_ok=lossy_ok, kind=kind, pair=sample.pair,
+                          exif=d.exif_orientation)
     if colors:
         table, table_ids, source = color_table(cfg)
         ids = colors_to_ids(arr, table, table_ids, d.mask_color_tolerance, where, source)
@@ -120,6 +121,26 @@ def _soft_target(sample: Sample, hw: tuple[int, int] | None) -> np.ndarray:
     return np.ascontiguousarray(q.transpose(1, 2, 0), dtype=np.float32) / np.float32(255)
 
 
+def _refuse_overlap(chans: list[np.ndarray], where: str) -> None:
+    """Multiclass from per-class RLE rows: a pixel in the masks of two classes has no one class; an error naming
+    the first such pair of classes (1-based) and how many pixels they share."""
+    if len(chans) < 2:
+        return
+    fg = [m.astype(bool) for m in chans]
+    count = np.sum(fg, axis=0, dtype=np.int32)
+    if not (count > 1).any():
+        return
+    total = int((count > 1).sum())
+    for a in range(len(fg)):
+        for b in range(a + 1, len(fg)):
+            n = int((fg[a] & fg[b]).sum())
+            if n:
+                raise DataError(
+                    f"{where}: the masks of classes {a + 1} and {b + 1} overlap on {n} pixel(s) ({total} pixel(s) are in "
+                    "more than one class); a multiclass target has one class per pixel: fix the rows, or use "
+                    "data.task: multilabel if classes may overlap (`seg-toolkit audit` lists every image whose rows overlap)")
+
+
 def load_target(sample: Sample, cfg: Config, hw: tuple[int, int] | None) -> np.ndarray:
     """The sample's target in the toolkit's convention (module doc), checked to be ``hw`` (HxW)
     when given (``None``: a mask file's own size; RLE rows need ``hw``)."""
@@ -136,6 +157,7 @@ def load_target(sample: Sample, cfg: Config, hw: tuple[int, int] | None) -> np.n
         except RLEError as e:
             raise RLERowError(str(e)) from None
         if d.task == "multiclass":
+            _refuse_overlap(chans, where)
             label = np.zeros(hw, np.uint8)
             for c, m in enumerate(chans, start=1):
                 label[m.astype(bool)] = c
@@ -159,7 +181,7 @@ def load_target(sample: Sample, cfg: Config, hw: tuple[int, int] | None) -> np.n
         )
     void = ids == VOID_ID
     if d.task == "multiclass":
-        bad = (ids >= d.num_classes) & ~void
+        bad = ((ids >= d.num_classes) | (ids < 0)) & ~void
         if bad.any():
             vals = np.unique(ids[bad])[:10].tolist()
             hint = ""
@@ -205,7 +227,8 @@ def _check_first_image_values(sample: Sample, cfg: Config) -> None:
         return
     mode, lo, hi = wide
     if not sixteen_bit(mode):
-        read_image(sample.image, d.in_channels, d.max_image_pixels, pair=sample.pair, bands=bands_of(cfg))  # raises, naming the file and range
+        read_image(sample.image, d.in_channels, d.max_image_pixels, pair=sample.pair, bands=bands_of(cfg),
+                   exif=d.exif_orientation)  # raises, naming the file and range
     elif narrow_sixteen_bit(mode, lo, hi):
         log.warning("%s: a 16-bit image with values %g..%g, read over 0..65535 as 0..%d of 0..255; if the images hold "
                     "fewer bits (12-bit microscopy), set data.image_range (`seg-toolkit audit` measures it over all files)",
@@ -253,7 +276,7 @@ def check_train_samples(samples: list[Sample], cfg: Config) -> None:
     check_color_masks(samples, cfg)
     largest = 0
     for s in samples:
-        target = load_target(s, cfg, image_size(s.image, s.pair))
+        target = load_target(s, cfg, image_size(s.image, s.pair, exif=d.exif_orientation))
         if ((target != 0) & (target != IGNORE_INDEX)).any():
             return
         if s.class_masks is not None:

@@ -43,10 +43,11 @@ def pair_of(cfg: Config) -> PairSplit | None:
 
 
 def read_config_image(path: Path, cfg: Config, pair: PairSplit | None = None, in_channels: int | None = None) -> np.ndarray:
-    """An image read as ``cfg``'s models see it (``data.in_channels``, ``image_range``, ``bands``), uint8 ``(H, W, C)``."""
+    """An image read as ``cfg``'s models see it (``data.in_channels``, ``image_range``, ``bands``,
+    ``exif_orientation``), uint8 ``(H, W, C)``."""
     d = cfg.data
     return read_image(path, in_channels or d.in_channels, d.max_image_pixels, pair=pair, value_range=d.image_range,
-                      bands=bands_of(cfg))
+                      bands=bands_of(cfg), exif=d.exif_orientation)
 
 
 def check_id(image_id: str, where: str) -> str:

@@ -34,6 +34,7 @@ from .bands import Bands, band_image_files, bands_of
 from .class_masks import class_mask_paths
 from .colors import class_colors, class_names
 from .csv_rows import raise_problem, read_train_csv, unlisted_samples
+from .image_file import set_exif_default
 from .io import DataError, _ext_hint, _line, read_csv_strict
 from .masks import check_train_samples, load_target, train_rle_spec
 from .sample import Sample, check_id, image_path, instance_image, pair_of
@@ -75,20 +76,38 @@ def list_train_samples(cfg: Config, on_problem: OnProblem | None = None) -> tupl
     is known to be unreadable (a malformed CSV row).
 
     ``on_problem(kind, where, message)``: ``None`` raises at the first problem (training); the
-    audit passes its collector and gets every problem, the bad line or file skipped."""
+    audit passes its collector and gets every problem, the bad line or file skipped.
+
+    With ``data.unlisted_images: empty`` and ``data.limit``, listed and unlisted images are ordered by image
+    file name (the folder's order) before the limit, so the first N keep the data's share of empty masks (the
+    CSV lists only non-empty ones: its rows first would keep none)."""
     d = cfg.data
+    set_exif_default(d.exif_orientation)
     report = on_problem or raise_problem
     bad: set[str] = set()
+    unlisted: list[Sample] = []
     if d.layout == "csv":
         samples, bad = read_train_csv(cfg, report)
-        samples += unlisted_samples(cfg, samples, on_problem)
+        unlisted = unlisted_samples(cfg, samples, on_problem)
+        samples += unlisted
     elif d.train_lists:
         samples = list(iter_list_samples(cfg, d.train_lists, report))
     else:
         samples = _folder_samples(cfg, report)
     if d.exclude_ids:
         samples = _without_excluded(samples, d.exclude_ids, report)
-    return (samples[: d.limit] if d.limit is not None else samples), bad
+    if d.limit is None:
+        return samples, bad
+    if unlisted:
+        samples = sorted(samples, key=lambda s: s.image)  # stable: an image's order is its file name's
+        kept = samples[: d.limit]
+        empty = {s.image for s in unlisted}
+        n_unlisted = sum(s.image in empty for s in kept)
+        log.info("data.limit %d: kept %d image(s) with a row in %s and %d without one (empty masks, data.unlisted_images: "
+                 "empty), the first %d of %d in file name order", d.limit, len(kept) - n_unlisted,
+                 cfg.data_path(d.train_csv), n_unlisted, len(kept), len(samples))
+        return kept, bad
+    return samples[: d.limit], bad
 
 
 def _without_excluded(samples: list[Sample], exclude: list[str], report: OnProblem) -> list[Sample]:
@@ -218,11 +237,14 @@ def iter_list_samples(cfg: Config, lists: list[str], on_problem: OnProblem = rai
 
     Each problem goes to ``on_problem(kind, where, message)`` and its line is skipped; the
     default raises :class:`DataError` at the first one (the audit collects them instead).
-    Kinds: ``missing_file``, ``bad_line``, ``bad_id``, ``duplicate_row``.
+    Kinds: ``missing_file``, ``bad_line``, ``bad_id``, ``duplicate_row``, ``duplicate_mask`` (one mask file
+    listed for two images: a mask is one image's label).
     """
+    set_exif_default(cfg.data.exif_orientation)
     root = Path(cfg.data.root)
     pair = pair_of(cfg)
     seen: dict[str, str] = {}
+    labels: dict[Path, str] = {}  # mask file -> the line that listed it
     for rel in lists:
         path = root / rel
         if not path.is_file():
@@ -262,7 +284,14 @@ def iter_list_samples(cfg: Config, lists: list[str], on_problem: OnProblem = rai
             if image_id in seen:
                 on_problem("duplicate_row", where, f"{where}: id {image_id!r} listed twice (also at {seen[image_id]})")
                 continue
+            label = mask.resolve()
+            if pair is None and label in labels:
+                on_problem("duplicate_mask", where, f"{where}: mask {parts[1]} of image {parts[0]} is also listed at "
+                           f"{labels[label]} for another image; a mask file is the label of one image (list each "
+                           "image with its own mask)")
+                continue
             seen[image_id] = where
+            labels[label] = where
             yield Sample(image_id, image, mask=mask, where=where, pair=pair)
 
 
@@ -287,6 +316,7 @@ def parse_submission_id(fmt: str) -> re.Pattern:
 def load_test_samples(cfg: Config) -> list[Sample]:
     """Test images in the order of ``sample_submission.csv`` (or sorted file names without one)."""
     d, s = cfg.data, cfg.submission
+    set_exif_default(d.exif_orientation)
     folder = cfg.data_path(d.test_images)
     sample_path = cfg.data_path(d.sample_submission)
     if d.test_lists:

@@ -1,0 +1,17 @@
+"""The data layer's errors (re-exported by :mod:`seg_toolkit.data.io`, where they are imported from)."""
+
+from __future__ import annotations
+
+from ..errors import SegToolkitError
+from ..rle import RLEError
+
+__all__ = ["DataError", "RLERowError"]
+
+
+class DataError(SegToolkitError, ValueError):
+    """Input data (an image, a mask, a CSV row) is not what the config says it should be."""
+
+
+class RLERowError(DataError, RLEError):
+    """A malformed run-length string in a data file: a :class:`DataError` (the row) and an
+    :class:`~seg_toolkit.rle.RLEError` (the string); the message names the file, line and id."""

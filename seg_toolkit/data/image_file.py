@@ -1,0 +1,221 @@
+"""Opening an image or mask file before its pixels are used: the size limit before decoding, the EXIF
+orientation tag (``data.exif_orientation``), 16-bit-per-channel colour PNGs (which Pillow would read as
+8-bit, keeping the high byte only: they are read exactly with OpenCV) and lossy WebP files.
+
+``data.exif_orientation`` says what a file tagged with an EXIF orientation other than 1 (a phone photo
+stored sideways; every viewer, OpenCV and annotation tool shows it turned) means:
+
+* ``error`` (default): refused, naming the file, the tag and the two choices;
+* ``apply``: turned as a viewer shows it (:func:`PIL.ImageOps.exif_transpose`), images and masks alike,
+  and :func:`~seg_toolkit.data.io.image_size` reports the turned size;
+* ``ignore``: the pixels as stored.
+
+The readers take the choice as ``exif=``; the data layer passes the config's. A caller outside it that
+does not (the predictor, the submission check, the audit) gets the choice of the last config whose samples
+were listed in this process (:func:`set_exif_default`, called by every sample lister), so test images are
+read exactly as the training images were.
+"""
+
+from __future__ import annotations
+
+import struct
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from .data_errors import DataError
+
+__all__ = ["EXIF_CHOICES", "set_exif_default", "exif_choice", "check_file", "open_image", "orientation",
+           "oriented_size", "png16_color", "read_png16_color", "lossy_webp"]
+
+EXIF_CHOICES = ("error", "apply", "ignore")
+_ORIENTATION = 0x0112
+#: EXIF orientations that turn (5..8) or mirror the stored pixels; 1 (and an absent or invalid tag) is as stored
+_TURNED = {2: "mirrored", 3: "rotated 180 degrees", 4: "flipped upside down", 5: "transposed",
+           6: "rotated 90 degrees clockwise", 7: "transversed", 8: "rotated 90 degrees counter-clockwise"}
+_default = {"exif": "error"}
+
+
+def set_exif_default(choice: str) -> None:
+    """The ``data.exif_orientation`` used by readers called without ``exif=`` (module doc)."""
+    if choice not in EXIF_CHOICES:
+        raise ValueError(f"data.exif_orientation must be one of {EXIF_CHOICES}, got {choice!r}")
+    _default["exif"] = choice
+
+
+def exif_choice(exif: str | None) -> str:
+    return _default["exif"] if exif is None else exif
+
+
+def check_file(path: Path) -> None:
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder, not an image file")
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: file is empty (0 bytes)")
+
+
+def orientation(im: Image.Image, path: Path, exif: str | None) -> int:
+    """The file's EXIF orientation 2..8 that ``exif`` (``data.exif_orientation``) applies, else 1; with
+    ``error`` a turned file raises, naming the tag and the choices."""
+    choice = exif_choice(exif)
+    if choice == "ignore":
+        return 1
+    try:
+        if im.format == "PNG" and "exif" not in im.info:  # Pillow would decode the image to look past IDAT
+            data = _png_exif_chunk(path)
+            tag = None if data is None else _exif_of(data).get(_ORIENTATION)
+        else:
+            tag = im.getexif().get(_ORIENTATION)
+    except Exception as e:  # a truncated file (PNG reads its chunks to find an eXIf), a corrupt EXIF block
+        raise DataError(f"{path}: image data is truncated or corrupt (reading its EXIF orientation: "
+                        f"{type(e).__name__}: {e}; data.exif_orientation: ignore does not look at it)") from None
+    if tag not in _TURNED:
+        return 1
+    if choice == "error":
+        raise DataError(f"{path}: EXIF orientation tag {tag} ({_TURNED[tag]} when shown by viewers, OpenCV and "
+                        "annotation tools); set data.exif_orientation: apply (turn images and masks as shown) or "
+                        "ignore (read the pixels as stored)")
+    return int(tag)
+
+
+def _exif_of(data: bytes) -> Image.Exif:
+    ex = Image.Exif()
+    ex.load(data)
+    return ex
+
+
+def _png_exif_chunk(path: Path) -> bytes | None:
+    """The data of a PNG's eXIf chunk, found by its chunk headers (nothing is decompressed); None without one."""
+    with open(path, "rb") as f:
+        f.seek(8)
+        while True:
+            head = f.read(8)
+            if len(head) < 8:
+                return None
+            size, kind = struct.unpack(">I", head[:4])[0], head[4:]
+            if kind == b"eXIf":
+                return f.read(size)
+            if kind == b"IEND":
+                return None
+            f.seek(size + 4, 1)  # the data and its CRC
+
+
+def oriented_size(tag: int, h: int, w: int) -> tuple[int, int]:
+    """``(height, width)`` of a stored ``h`` x ``w`` file after its orientation ``tag``."""
+    return (w, h) if tag in (5, 6, 7, 8) else (h, w)
+
+
+def open_image(path: Path, max_pixels: int, exif: str | None = None) -> Image.Image:
+    """A PIL image, decoded: refused before decoding when over ``max_pixels``, then turned by its EXIF
+    orientation as ``exif`` says (module doc)."""
+    check_file(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            im = Image.open(path)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise DataError(f"{path}: refused before decoding, image too large ({e})") from None
+    except Exception as e:  # PIL raises several types for unreadable files
+        raise DataError(f"{path}: not a readable image ({type(e).__name__}: {e})") from None
+    w, h = im.size
+    if w * h > max_pixels:
+        im.close()
+        raise DataError(
+            f"{path}: refused before decoding, {w}x{h} = {w * h} pixels is over data.max_image_pixels={max_pixels}"
+        )
+    try:
+        im.load()
+    except Exception as e:
+        raise DataError(f"{path}: image data is truncated or corrupt ({type(e).__name__}: {e})") from None
+    tag = orientation(im, path, exif)
+    if tag != 1:
+        fmt = im.format
+        im = ImageOps.exif_transpose(im)
+        im.format = fmt  # the lossy-format check reads it
+    return im
+
+
+# ----------------------------------------------------------------------------- 16-bit colour PNGs
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def png16_color(path: str | Path) -> bool:
+    """A PNG of 16 bits per channel, RGB or RGBA (48/64-bit; IHDR bit depth 16, colour type 2 or 6), which
+    Pillow opens as 8-bit (the high byte of each value)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(33)
+    except OSError:
+        return False
+    return len(head) == 33 and head[:8] == _PNG_SIGNATURE and head[12:16] == b"IHDR" and head[24] == 16 and head[25] in (2, 6)
+
+
+#: EXIF orientation -> the same turn on an (H, W, ...) array (as PIL.ImageOps.exif_transpose)
+_NUMPY_TURN = {
+    2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
+    5: lambda a: a.swapaxes(0, 1), 6: lambda a: np.rot90(a, -1), 7: lambda a: np.rot90(a, 2).swapaxes(0, 1),
+    8: lambda a: np.rot90(a, 1),
+}
+
+
+def turn_array(arr: np.ndarray, tag: int) -> np.ndarray:
+    """``arr`` turned as EXIF orientation ``tag`` says (1: as it is)."""
+    return np.ascontiguousarray(_NUMPY_TURN[tag](arr)) if tag in _NUMPY_TURN else arr
+
+
+def read_png16_color(path: Path, max_pixels: int, exif: str | None = None) -> np.ndarray:
+    """A 16-bit-per-channel RGB(A) PNG exactly: ``uint16 (H, W, 3 or 4)`` in RGB(A) order, turned by its EXIF
+    orientation as ``exif`` says."""
+    import cv2  # lazy: only these files need it
+
+    check_file(path)
+    try:
+        with Image.open(path) as im:  # the header: size limit and orientation tag before decoding
+            w, h = im.size
+            if w * h > max_pixels:
+                raise DataError(f"{path}: refused before decoding, {w}x{h} = {w * h} pixels is over "
+                                f"data.max_image_pixels={max_pixels}")
+            tag = orientation(im, path, exif)
+    except DataError:
+        raise
+    except Exception as e:
+        raise DataError(f"{path}: not a readable image ({type(e).__name__}: {e})") from None
+    arr = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if arr is None or arr.dtype != np.uint16 or arr.ndim != 3 or arr.shape[2] not in (3, 4):
+        what = "nothing" if arr is None else f"{arr.dtype} {arr.shape}"
+        raise DataError(f"{path}: 16-bit RGB(A) PNG, but OpenCV read {what}; the file is truncated or corrupt")
+    arr = arr[:, :, [2, 1, 0, 3][: arr.shape[2]]]  # BGR(A) -> RGB(A)
+    return turn_array(arr, tag)
+
+
+# ----------------------------------------------------------------------------- lossy WebP
+
+
+def lossy_webp(path: str | Path) -> bool:
+    """A WebP file holding lossy (VP8) image data: a ``VP8 `` chunk (a lossless file holds ``VP8L``), at the top
+    level or in an animation frame."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError:
+        return False
+    if data[:4] != b"RIFF" or data[8:12] != b"WEBP":
+        return False
+
+    def chunks(start: int, end: int):
+        pos = start
+        while pos + 8 <= end:
+            fourcc, size = data[pos:pos + 4], struct.unpack("<I", data[pos + 4:pos + 8])[0]
+            yield fourcc, pos + 8, min(pos + 8 + size, end)
+            pos += 8 + size + (size & 1)
+
+    for fourcc, begin, end in chunks(12, len(data)):
+        if fourcc == b"VP8 ":
+            return True
+        if fourcc == b"ANMF" and any(f == b"VP8 " for f, _, _ in chunks(begin + 16, end)):
+            return True
+    return False
