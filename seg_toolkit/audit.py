@@ -47,11 +47,10 @@ from tqdm.auto import tqdm
 from .config import IGNORE_INDEX, Config, ConfigError
 from .data import DataError, Sample, class_names, load_target
 from .data.io import WIDE_MODES, image_size, is_array_image, narrow_sixteen_bit, sixteen_bit, wide_values
-from .data.masks import mask_ids, train_rle_spec
+from .data.masks import mask_ids
 from .data.bands import band_image_files, bands_of
 from .data.sample import read_config_image
 from .data.sources import list_train_samples
-from .rle import rle_area
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +136,7 @@ _KINDS = (  # (substring of a data-layer message, kind), first match wins
     ("label map", "mask_format"),
     ("(lossy", "mask_format"),
     ("expected (height, width)", "mask_format"),
+    ("overlap on", "class_overlap"),  # multiclass rows of two classes sharing pixels (load_target refuses them)
     ("RLE", "malformed_rle"),
     ("not found", "missing_file"),
 )
@@ -298,19 +298,6 @@ def _count_target(target: np.ndarray, cfg: Config, res: AuditResult) -> None:
         res.overlap_pixels = (res.overlap_pixels or 0) + int((fg.sum(-1) > 1).sum())
 
 
-def _check_overlap(s: Sample, target: np.ndarray, cfg: Config, res: AuditResult) -> None:
-    """Multiclass from per-class RLE rows: pixels claimed by two classes keep only the highest one."""
-    if cfg.data.task != "multiclass" or s.rles is None or len(s.rles) < 2:
-        return
-    spec = train_rle_spec(cfg)
-    claimed = sum(rle_area(r, spec=spec) for r in s.rles)
-    overlap = claimed - int((target != 0).sum())
-    if overlap > 0:
-        res.add("class_overlap", s.where,
-                f"{s.where} (id {s.id!r}): the RLE rows of different classes overlap on {overlap} pixel(s); a multiclass "
-                "label map keeps the highest class there (data.task multilabel would keep every class)")
-
-
 def audit(cfg: Config, decode_images: bool = True) -> AuditResult:
     """Audit the training data ``cfg`` names (see the module doc); problems are collected, not raised.
 
@@ -341,7 +328,6 @@ def audit(cfg: Config, decode_images: bool = True) -> AuditResult:
             res.add(_kind(str(e), "mask"), s.mask if s.mask is not None else s.where, str(e))
             continue
         _count_target(target, cfg, res)
-        _check_overlap(s, target, cfg, res)
         res.n_read += 1
         res.samples.append(s)
     _check_foreground_values(res)

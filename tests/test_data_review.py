@@ -285,6 +285,10 @@ def test_overlapping_multiclass_rows_are_an_error_naming_the_classes(tmp_path):
     with pytest.raises(DataError, match=r"train\.csv line 2 \(id 'a'\): the masks of classes 1 and 2 overlap on 10 "
                                         r"pixel\(s\).*data\.task: multilabel.*seg-toolkit audit"):
         load_target(s, cfg, (8, 8))
+    from seg_toolkit.audit import audit
+
+    res = audit(cfg)  # the audit lists it under its own kind
+    assert [p.kind for p in res.problems] == ["class_overlap"] and res.n_read == 0
     (tmp_path / "train.csv").write_text("id,cls,rle\na,1,1 10\na,2,11 20\n")
     (s,) = load_train_samples(cfg)
     assert load_target(s, cfg, (8, 8)).T.ravel()[:32].tolist() == [1] * 10 + [2] * 20 + [0] * 2
