@@ -45,6 +45,18 @@ def _binary_cfg(root: Path, **data):
                              "folds": {"n_splits": 2}})
 
 
+def test_a_transform_that_fails_on_an_image_names_the_file_and_its_size(tmp_path):
+    """A crop larger than the images failed in albumentations at the first batch without naming a file."""
+    root = _binary_csv_comp(tmp_path, n=2)
+    cfg = config_from_dict({"data": {"root": str(root), "task": "binary", "num_classes": 1}, "folds": {"n_splits": 2},
+                            "transforms": {"train": [{"RandomCrop": {"height": 32, "width": 32}}]}})
+    ds = SegDataset(load_train_samples(cfg), cfg, mode="train")
+    with pytest.raises(DataError, match=r"im0\.png: transforms\.train failed on this 20x30 image \(CropSizeError: .*\(32, 32\) "
+                                        r"vs \(20, 30\)\); a crop larger than some images needs A\.PadIfNeeded"):
+        ds[0]
+    assert SegDataset(load_train_samples(cfg), cfg, mode="valid")[0]["image"].shape == (3, 20, 30)  # no crop there
+
+
 # ----------------------------------------------------------------------------- csv layout
 
 

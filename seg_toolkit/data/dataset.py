@@ -131,14 +131,27 @@ class SegDataset(Dataset):
             self.aug.set_random_seed(seed)
         if self.mode == "train":
             target = load_target(sample, cfg, hw)
-            out = self.aug(image=image, mask=target)
+            out = self._augment(sample, hw, image=image, mask=target)
             item["image"] = torch.from_numpy(out["image"].transpose(2, 0, 1).copy())
             item["target"] = target_to_tensor(out["mask"], cfg.data.task)
             return item
-        item["image"] = torch.from_numpy(self.aug(image=image)["image"].transpose(2, 0, 1).copy())
+        item["image"] = torch.from_numpy(self._augment(sample, hw, image=image)["image"].transpose(2, 0, 1).copy())
         if self.mode == "valid":
             item["target"] = target_to_tensor(load_target(sample, cfg, hw), cfg.data.task)
         return item
+
+
+    def _augment(self, sample: Sample, hw: tuple[int, int], **arrays: np.ndarray) -> dict[str, Any]:
+        """The transforms on one image; a transform that fails on it (a crop larger than the image) is a
+        :class:`DataError` naming the file, its size and the transforms, the transform's own message kept."""
+        try:
+            return self.aug(**arrays)
+        except Exception as e:  # noqa: BLE001 - albumentations raises its own types (CropSizeError, ValueError, ...)
+            which = "transforms.train" if self.mode == "train" else "transforms.resize / normalisation"
+            hint = ("; a crop larger than some images needs A.PadIfNeeded (or transforms.resize) before it"
+                    if "crop" in str(e).lower() else "")
+            raise DataError(f"{sample.image}: {which} failed on this {hw[0]}x{hw[1]} image ({type(e).__name__}: "
+                            f"{e}){hint}") from e
 
 
 def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
