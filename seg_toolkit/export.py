@@ -20,10 +20,18 @@ within ``PARITY_BOUND x max(1, max |logit|)`` (fp32 logits; the scale keeps the 
 meaningful for large logits), else nothing is written. Files are written atomically; a file
 at an export path that is not an export of this toolkit is never replaced.
 
+``export.json`` also records, per fold, the values of the keys ``best.pt`` was trained with
+(:data:`~seg_toolkit.predictor.TRAINED_KEYS`) and, for a run that predicts with bf16/fp16
+autocast, the gap between ONNX Runtime's fp32 output and the predictor's own (autocast) output
+on the same inputs (``max_abs_diff_vs_predictor``, ``max_abs_prob_diff_vs_predictor``).
+
 ``predict.backend: onnx`` makes each member's fold models :class:`OnnxModel` instances (tensor
 in, logits tensor out), so TTA, scales, tiles, ensembles and post-processing run unchanged.
-:func:`check_onnx_backend` says at load time what is missing: onnxruntime, an exported file,
-or an export older than the fold's ``best.pt``.
+:func:`check_onnx_backend` says at load time what is missing or wrong: onnxruntime, an exported
+file, an export older than the fold's ``best.pt``, a config.yaml whose trained keys differ from
+those ``best.pt`` was trained with (as the torch backend refuses), or a member that predicts in
+bf16/fp16 (its OOF files and the post-processing tuned on them are not fp32 probabilities, and
+the graph runs in fp32; the remedy is ``train.amp: none`` in its config.yaml and ``seg-toolkit oof``).
 
 TorchScript is not offered: ``torch.jit.trace`` is deprecated in current PyTorch (it warns
 FutureWarning) and would freeze the same padding arithmetic; ONNX covers the use (a model file
@@ -169,7 +177,13 @@ def _parity_inputs(member, fold: int) -> tuple[list[torch.Tensor], str]:
     return [first, odd], what
 
 
-def _check_parity(model: nn.Module, onnx_file: Path, inputs: list[torch.Tensor], where: str) -> list[dict[str, Any]]:
+def _check_parity(model: nn.Module, onnx_file: Path, inputs: list[torch.Tensor], where: str, amp: str = "none",
+                  task: str = "binary", num_classes: int = 1) -> list[dict[str, Any]]:
+    """fp32 logits of ONNX Runtime against PyTorch's fp32 ones (must be within the bound); with ``amp`` (the precision
+    the predictor runs the member in: bf16 / fp16) also the gap to the predictor's own autocast output, recorded only."""
+    from .models.presence import split_presence
+    from .tensors import activate
+
     session = OnnxModel(onnx_file)
     out = []
     for x in inputs:
@@ -179,6 +193,21 @@ def _check_parity(model: nn.Module, onnx_file: Path, inputs: list[torch.Tensor],
         diff = float((got - ref).abs().max())
         bound = PARITY_BOUND * max(1.0, float(ref.abs().max()))
         out.append({"shape": list(x.shape), "max_abs_diff": diff, "bound": bound})
+        if amp != "none":  # what `predict.backend: torch` (and the OOF files) compute: the model under autocast
+            dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+            try:
+                with torch.inference_mode(), torch.autocast("cpu", dtype=dtype):
+                    mixed = model(x).float()
+            except RuntimeError as e:  # a torch without CPU autocast in this dtype: nothing to compare here
+                log.warning("%s: the %s gap is not measured on the CPU (%s)", where, amp, e)
+                continue
+            present = mixed.shape[1] == 2 * num_classes
+
+            def probs(t: torch.Tensor) -> torch.Tensor:
+                return activate(split_presence(t, num_classes, present)[0], task)
+
+            out[-1].update({"predictor_amp": amp, "max_abs_diff_vs_predictor": float((got - mixed).abs().max()),
+                            "max_abs_prob_diff_vs_predictor": float((probs(got) - probs(mixed)).abs().max())})
         if not diff <= bound:
             raise ExportError(f"{where}: ONNX Runtime's logits differ from PyTorch's by up to {diff:.3g} on an input of "
                               f"{tuple(x.shape)} (allowed {bound:.3g} = {PARITY_BOUND:g} x max(1, max |logit|)); "
@@ -210,13 +239,15 @@ def _export_member(member, fmt: str) -> list[dict[str, Any]]:
     if run.export_json.is_file() and manifest.get("format") not in _FORMATS:
         raise RunExistsError(f"{run.export_json}: exists and is not an export manifest of seg_toolkit; move it away")
     manifest = {"format": fmt, "opset": OPSET, "parity_bound": PARITY_BOUND, "folds": dict(manifest.get("folds", {}))}
+    mixed = mixed_precision(member)
+    amp_mode = mixed[0][0] if mixed else "none"
     results = []
     for fold in member.folds:
         path, best = run.onnx_path(fold), run.best_pt(fold)
         if path.exists() and not _is_own_export(path):
             raise RunExistsError(f"{path}: exists and is not an export of this toolkit; move it away (it is not replaced)")
-        model, _ = load_model(best, map_location="cpu", use_ema=member.cfg.train.use_ema)
         inputs, what = _parity_inputs(member, fold)
+        model, trained = load_model(best, map_location="cpu", use_ema=member.cfg.train.use_ema)
         sha = sha256_file(best)
         meta = {"run": run.dir.name, "fold": fold, "task": member.cfg.data.task, "num_classes": member.cfg.data.num_classes,
                 "in_channels": member.cfg.data.in_channels, "best_pt_sha256": sha, "torch": torch.__version__}
@@ -224,15 +255,24 @@ def _export_member(member, fmt: str) -> list[dict[str, Any]]:
 
         def write(tmp: str) -> None:
             _export_onnx(model, inputs[0], tmp, meta)
-            parity.extend(_check_parity(model, Path(tmp), inputs, f"{run.dir} fold {fold}"))
+            parity.extend(_check_parity(model, Path(tmp), inputs, f"{run.dir} fold {fold}", amp_mode,
+                                        member.cfg.data.task, member.cfg.data.num_classes))
 
         atomic_write(path, write)
+        # what best.pt was trained with (TRAINED_KEYS): predict.backend: onnx compares it with config.yaml, as torch does
         entry = {"fold": fold, "file": path.name, "best_pt_sha256": sha, "use_ema": member.cfg.train.use_ema,
+                 "trained_keys": trained_values(trained), "predictor_amp": amp_mode,
                  "parity_inputs": what, "parity": parity, "bytes": os.path.getsize(path)}
         manifest["folds"][str(fold)] = entry
         write_json(run.export_json, manifest)
         results.append({**entry, "path": str(path)})
         log.info("exported %s (max |onnx - torch| %s)", path, ", ".join(f"{p['max_abs_diff']:.2g}" for p in parity))
+    if mixed:
+        gaps = [p for r in results for p in r["parity"] if "max_abs_diff_vs_predictor" in p]
+        gap = (f"ONNX Runtime's fp32 output differs from the predictor's {amp_mode} one by up to "
+               f"{max(p['max_abs_diff_vs_predictor'] for p in gaps):.2g} in logits, "
+               f"{max(p['max_abs_prob_diff_vs_predictor'] for p in gaps):.2g} in probabilities; " if gaps else "")
+        log.warning("%s: %s%s", run.dir, gap, _amp_refusal(member, mixed, what="predict.backend: onnx will refuse this run"))
     return results
 
 
@@ -262,9 +302,10 @@ def _torch_backend(cfg: Config) -> Config:
 # ----------------------------------------------------------------------------- the predictor's backend
 
 
-def check_onnx_backend(members: list) -> None:
-    """Refuse ``predict.backend: onnx`` unless onnxruntime imports and every fold of every member has an
-    export made from its current ``best.pt``; each message names the command that fixes it."""
+def check_onnx_backend(members: list, device: torch.device | None = None) -> None:
+    """Refuse ``predict.backend: onnx`` unless onnxruntime imports, every fold of every member has an export made
+    from its current ``best.pt`` with the trained settings its config.yaml names, and every member predicts in fp32
+    (:func:`mixed_precision` on ``device``: the OOF files were tuned on its precision); each message names the fix."""
     try:
         import onnxruntime  # noqa: F401
     except ImportError as e:
@@ -285,3 +326,76 @@ def check_onnx_backend(members: list) -> None:
             if entry.get("use_ema") not in (None, m.cfg.train.use_ema):
                 raise ConfigError(f"{path} was exported with train.use_ema {entry['use_ema']}, the run predicts with "
                                   f"{m.cfg.train.use_ema}; {fix}")
+            trained = entry.get("trained_keys")
+            if not isinstance(trained, dict):
+                raise ConfigError(f"{m.run.export_json} does not record the settings fold {fold}'s best.pt was trained with "
+                                  f"(an export made before they were recorded), so config.yaml cannot be checked against it; {fix}")
+            diff = trained_diff(trained, m.cfg)
+            if diff:  # as the torch backend refuses (Member.model): preprocessing from config.yaml, model from best.pt
+                raise ConfigError(f"{path} was exported from a {m.run.best_pt(fold).name} trained with other settings than "
+                                  f"{m.run.config_yaml} says ({'; '.join(diff[:6])}); the run folder's files disagree: "
+                                  "restore its config.yaml, or train the fold again")
+        mixed = mixed_precision(m, device)
+        if mixed:
+            gaps = [p["max_abs_prob_diff_vs_predictor"] for e in (manifest.get("folds") or {}).values() if isinstance(e, dict)
+                    for p in e.get("parity") or () if isinstance(p, dict) and "max_abs_prob_diff_vs_predictor" in p]
+            gap = f" (export measured probabilities differing by up to {max(gaps):.2g})" if gaps else ""
+            raise ConfigError(_amp_refusal(m, mixed, what="predict.backend: onnx", gap=gap))
+
+
+def trained_values(cfg: Config) -> dict[str, Any]:
+    """The config values that training fixed (:data:`~seg_toolkit.predictor.TRAINED_KEYS`), as ``{dotted key: value}``
+    (JSON values): what an export records of its ``best.pt``, compared with the run's config at prediction."""
+    import json
+
+    from .config import config_to_dict
+    from .predictor import TRAINED_KEYS
+
+    flat: dict[str, Any] = {}
+
+    def walk(d: dict, prefix: str) -> None:
+        for k, v in d.items():
+            if isinstance(v, dict):
+                walk(v, f"{prefix}{k}.")
+            else:
+                flat[f"{prefix}{k}"] = v
+
+    walk(json.loads(json.dumps(config_to_dict(cfg))), "")
+    return {k: v for k, v in flat.items() if any(k == p or (p.endswith(".") and k.startswith(p)) for p in TRAINED_KEYS)}
+
+
+def trained_diff(recorded: dict[str, Any], cfg: Config) -> list[str]:
+    """``key: trained -> configured`` for every trained key on which ``cfg`` differs from an export's record."""
+    now = trained_values(cfg)
+    return [f"{k}: {recorded.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(recorded) | set(now)) if recorded.get(k) != now.get(k)]
+
+
+def mixed_precision(member, device: torch.device | None = None) -> list[tuple[str, str]]:
+    """``[(bf16 | fp16, why)]``: the mixed precisions the member predicts in (empty: fp32), by its saved ``train.amp``
+    (inference follows it; there is no predict-side key): resolved on ``device`` (default: the CPU) with the run's
+    ``amp.json``, and as each fold's ``done.json`` records its training, in which its OOF files were predicted."""
+    from .amp import resolve_amp
+
+    saved = member.run.config() if member.run.config_yaml.is_file() else member.cfg  # not a predict-time --set
+    requested = saved.train.amp
+    if requested == "none":
+        return []
+    device = device or torch.device("cpu")
+    out = []
+    choice = resolve_amp(requested, device, read_json(member.run.amp_json))
+    if choice.mode != "none":
+        out.append((choice.mode, f"train.amp: {requested} resolves to {choice.mode} on {device.type}: {choice.reason}"))
+    for fold in member.folds:
+        mode = (read_json(member.run.done_json(fold)) or {}).get("amp")
+        if mode not in (None, "none"):
+            out.append((str(mode), f"fold {fold} trained and made its OOF files in {mode} ({member.run.done_json(fold).name})"))
+    return out
+
+
+def _amp_refusal(member, mixed: list[tuple[str, str]], what: str, gap: str = "") -> str:
+    modes = "/".join(dict.fromkeys(m for m, _ in mixed))
+    return (f"{what}: {member.run.dir} predicts in {modes}, not fp32 ({'; '.join(dict.fromkeys(w for _, w in mixed))}): its "
+            f"OOF files and the post-processing tuned on them are {modes} probabilities, while ONNX Runtime runs the exported "
+            f"graph in fp32{gap}, so the submission would not be what was tuned. The inference precision follows train.amp: "
+            f"set `train.amp: none` in {member.run.config_yaml}, re-make the OOF files and the post-processing in fp32 with "
+            f"`seg-toolkit oof {member.run.dir}`, then predict with predict.backend: onnx; or predict with predict.backend: torch")

@@ -45,7 +45,7 @@ __all__ = ["Member", "Predictor", "tta_settings", "check_same_training", "TRAINE
 #: Config keys fixed by training: what a trained run's models were made with and its OOF
 #: files were predicted with. A command line that changes one of them for an existing run
 #: is refused (``seg-toolkit oof`` remakes the OOF after a change of the predict keys).
-TRAINED_KEYS = ("data.task", "data.num_classes", "data.in_channels", "data.image_range", "data.bands.files",
+TRAINED_KEYS = ("data.task", "data.num_classes", "data.in_channels", "data.image_range", "data.exif_orientation", "data.bands.files",
                 "data.bands.frame", "data.bands.ash", "data.ignore_index", "transforms.resize",
                 "transforms.mean", "transforms.std", "model.arch", "model.encoder", "model.depth", "model.base_width",
                 "model.norm", "model.upsample", "model.dropout", "model.params.", "model.classifier", "train.use_ema")
@@ -184,7 +184,7 @@ class Member:
     def amp(self, fold: int, device: torch.device):
         """The precision of this member on ``device``: ``train.amp`` resolved as training resolves it."""
         if (fold, device) not in self._amp:
-            if self.backend == "onnx":  # ONNX Runtime runs the exported fp32 graph; autocast has nothing to act on
+            if self.backend == "onnx":  # the fp32 graph; check_onnx_backend refused a member that predicts in bf16/fp16
                 self._amp[(fold, device)] = resolve_amp("none", device)
             else:
                 self._amp[(fold, device)] = resolve_amp(self.cfg.train.amp, device, read_json(self.run.amp_json))
@@ -206,8 +206,9 @@ class Member:
 class _Inputs(Dataset):
     """Each image decoded once per (channel count, value range) and transformed once per distinct member preprocessing."""
 
-    def __init__(self, samples: list[Sample], members: list[Member], target_cfg: Config | None, max_pixels: int) -> None:
-        self.samples, self.target_cfg, self.max_pixels = samples, target_cfg, max_pixels
+    def __init__(self, samples: list[Sample], members: list[Member], target_cfg: Config | None, max_pixels: int,
+                 exif: str) -> None:
+        self.samples, self.target_cfg, self.max_pixels, self.exif = samples, target_cfg, max_pixels, exif
         self.keys = list(dict.fromkeys(m.preprocess for m in members))
         cfg_of = {m.preprocess: m.cfg for m in members}
         self.transforms = {k: build_transforms(cfg_of[k], train=False) for k in self.keys}
@@ -223,7 +224,7 @@ class _Inputs(Dataset):
             how = key[:3]  # in_channels, image_range, bands
             if how not in decoded:
                 decoded[how] = read_image(s.image, how[0], self.max_pixels, pair=s.pair, value_range=how[1] or None,
-                                          bands=how[2])
+                                          bands=how[2], exif=self.exif)
             out = self.transforms[key](image=decoded[how])["image"]
             images[key] = torch.from_numpy(out.transpose(2, 0, 1).copy())
         hw = next(iter(decoded.values())).shape[:2]
@@ -259,10 +260,6 @@ class Predictor:
         if backend is not None:  # predict.backend of the predicting config, for every member
             for m in members:
                 m.backend = backend
-        if any(m.backend == "onnx" for m in members):
-            from .export import check_onnx_backend
-
-            check_onnx_backend(members)
         lead = members[0].cfg
         for m in members[1:]:
             for key in ("task", "num_classes"):
@@ -281,6 +278,10 @@ class Predictor:
         self.task, self.num_classes = lead.data.task, lead.data.num_classes
         self.space = space
         self.device = device if isinstance(device, torch.device) else resolve_device(device or lead.train.device)
+        if any(m.backend == "onnx" for m in members):  # exports current, config.yaml = best.pt's, fp32 as the OOF files
+            from .export import check_onnx_backend
+
+            check_onnx_backend(members, self.device)
         self.batch_size = batch_size or lead.predict.batch_size
         self.num_workers = lead.train.num_workers if num_workers is None else num_workers
 
@@ -313,7 +314,8 @@ class Predictor:
     # ------------------------------------------------------------------ prediction
     def loader(self, samples: list[Sample], target_cfg: Config | None = None) -> DataLoader:
         lead = self.members[0].cfg
-        dataset = _Inputs(samples, [m for m, _ in self.active], target_cfg, lead.data.max_image_pixels)
+        dataset = _Inputs(samples, [m for m, _ in self.active], target_cfg, lead.data.max_image_pixels,
+                          lead.data.exif_orientation)
         return DataLoader(dataset, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers,
                           collate_fn=_collate, pin_memory=self.device.type == "cuda")
 
