@@ -187,7 +187,7 @@ def _check_image(s: Sample, cfg: Config, res: AuditResult, decode: bool) -> Opti
         else:
             if s.image.is_file() and s.image.stat().st_size == 0:
                 raise DataError(f"{s.image}: file is empty (0 bytes)")
-            hw = image_size(s.image, pair=s.pair)
+            hw = image_size(s.image, pair=s.pair, exif=cfg.data.exif_orientation)
     except DataError as e:
         res.add(_kind(str(e), "image"), s.image, str(e))
         return None

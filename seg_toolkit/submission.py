@@ -248,7 +248,7 @@ def row_pixels(cfg: Config) -> dict[str, int]:
 
     out: dict[str, int] = {}
     for x in load_test_samples(cfg):
-        h, w = image_size(x.image, x.pair)
+        h, w = image_size(x.image, x.pair, cfg.data.exif_orientation)
         out.update(dict.fromkeys(row_ids(cfg, x.id), h * w))
     return out
 

@@ -271,7 +271,7 @@ def score_submission(csv_path: str | Path, solution_path: str | Path, cfg: Confi
     truth_rows, pred_rows = read(solution_path), read(csv_path)
     evaluator = Evaluator(cfg.metric, d.task, d.num_classes)
     for sample in load_test_samples(cfg):
-        hw = image_size(sample.image, sample.pair)
+        hw = image_size(sample.image, sample.pair, d.exif_orientation)
         # with a class column an image's empty classes may have no row (as in Severstal's train.csv)
         rows = truth_rows.get(sample.id, {}) if s.class_column else truth_rows[sample.id]
         truth = {c: spec.decode_rows(r, hw) for c, r in rows.items()}

@@ -6,6 +6,7 @@ task), one mask file listed for two images, and the hint of an RGB mask error.""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -17,19 +18,11 @@ from PIL import Image, ImageOps
 from seg_toolkit.config import IGNORE_INDEX, ConfigError, config_from_dict
 from seg_toolkit.data import DataError, load_list_samples, load_target, load_test_samples, load_train_samples, read_image
 from seg_toolkit.data import image_file, masks
-from seg_toolkit.data.image_file import lossy_webp, png16_color, set_exif_default, turn_array
+from seg_toolkit.data.image_file import lossy_webp, png16_color, turn_array
 from seg_toolkit.data.io import image_size, read_csv_strict, wide_values
 from seg_toolkit.data.mask_io import read_mask, read_mask_array
 from seg_toolkit.data.sample import read_config_image
 from seg_toolkit.data.sources import iter_list_samples, list_train_samples
-
-
-@pytest.fixture(autouse=True)
-def _exif_default_restored():
-    """Sample listers set the readers' process default (data.exif_orientation); each test starts from the default."""
-    set_exif_default("error")
-    yield
-    set_exif_default("error")
 
 
 def _save(path: Path, arr: np.ndarray, **kw) -> Path:
@@ -219,18 +212,29 @@ def test_exif_orientation_apply_turns_images_masks_and_sizes_alike(tmp_path):
 
 
 def test_test_images_are_read_with_the_configs_exif_choice(tmp_path):
-    """The predictor reads test images with read_image(path, ...) and no exif=: listing the test samples sets the
-    choice it reads them with."""
+    """The predictor's inputs and the submission's row sizes read test images with the config's choice; a reader
+    given none refuses a turned file."""
+    from seg_toolkit.predictor import _Inputs
+
     stored = np.zeros((2, 3, 3), np.uint8)
     stored[0, 0] = 255
     _tagged(tmp_path / "test/t.png", stored, tag=8)
     cfg = _cfg(tmp_path, test_images="test", exif_orientation="apply")
     (s,) = load_test_samples(cfg)
-    assert read_image(s.image).tolist() == np.rot90(stored, 1).tolist()  # tag 8: 90 degrees counter-clockwise
-    assert image_size(s.image) == (3, 2)
-    load_test_samples(_cfg(tmp_path, test_images="test"))
+    assert read_image(s.image, exif="apply").tolist() == np.rot90(stored, 1).tolist()  # tag 8: 90 degrees counter-clockwise
+    assert image_size(s.image, exif="apply") == (3, 2)
+
+    class _Member:  # what _Inputs reads of a member: its preprocessing key and config
+        preprocess = (3, (), None, (), (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+
+    _Member.cfg = dataclasses.replace(cfg, transforms=dataclasses.replace(cfg.transforms, mean=[0.0] * 3, std=[1.0] * 3))
+
+    item = _Inputs([s], [_Member()], None, cfg.data.max_image_pixels, cfg.data.exif_orientation)[0]
+    assert item["size"] == (3, 2) and item["images"][_Member.preprocess].shape == (3, 3, 2)
     with pytest.raises(DataError, match="EXIF orientation tag 8"):
-        read_image(s.image)
+        read_image(s.image)  # no choice given: refused, never guessed
+    with pytest.raises(DataError, match="EXIF orientation tag 8"):
+        _Inputs([s], [_Member()], None, cfg.data.max_image_pixels, "error")[0]
 
 
 @pytest.mark.parametrize("tag", range(1, 9))

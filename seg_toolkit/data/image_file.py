@@ -10,10 +10,9 @@ stored sideways; every viewer, OpenCV and annotation tool shows it turned) means
   and :func:`~seg_toolkit.data.io.image_size` reports the turned size;
 * ``ignore``: the pixels as stored.
 
-The readers take the choice as ``exif=``; the data layer passes the config's. A caller outside it that
-does not (the predictor, the submission check, the audit) gets the choice of the last config whose samples
-were listed in this process (:func:`set_exif_default`, called by every sample lister), so test images are
-read exactly as the training images were.
+The readers take the choice as ``exif=``: every caller passes its config's (the data layer, the predictor,
+the submission writer and checker, the audit), so test images are read exactly as the training images were;
+a reader called without one refuses a turned file (``error``) rather than guess.
 """
 
 from __future__ import annotations
@@ -27,7 +26,7 @@ from PIL import Image, ImageOps
 
 from .data_errors import DataError
 
-__all__ = ["EXIF_CHOICES", "set_exif_default", "exif_choice", "check_file", "open_image", "orientation",
+__all__ = ["EXIF_CHOICES", "exif_choice", "check_file", "open_image", "orientation",
            "oriented_size", "png16_color", "read_png16_color", "lossy_webp"]
 
 EXIF_CHOICES = ("error", "apply", "ignore")
@@ -35,18 +34,15 @@ _ORIENTATION = 0x0112
 #: EXIF orientations that turn (5..8) or mirror the stored pixels; 1 (and an absent or invalid tag) is as stored
 _TURNED = {2: "mirrored", 3: "rotated 180 degrees", 4: "flipped upside down", 5: "transposed",
            6: "rotated 90 degrees clockwise", 7: "transversed", 8: "rotated 90 degrees counter-clockwise"}
-_default = {"exif": "error"}
-
-
-def set_exif_default(choice: str) -> None:
-    """The ``data.exif_orientation`` used by readers called without ``exif=`` (module doc)."""
-    if choice not in EXIF_CHOICES:
-        raise ValueError(f"data.exif_orientation must be one of {EXIF_CHOICES}, got {choice!r}")
-    _default["exif"] = choice
 
 
 def exif_choice(exif: str | None) -> str:
-    return _default["exif"] if exif is None else exif
+    """``exif`` checked; None (a caller without a config) is ``error``: a turned file is refused, never guessed."""
+    if exif is None:
+        return "error"
+    if exif not in EXIF_CHOICES:
+        raise ValueError(f"data.exif_orientation must be one of {EXIF_CHOICES}, got {exif!r}")
+    return exif
 
 
 def check_file(path: Path) -> None:

@@ -34,7 +34,6 @@ from .bands import Bands, band_image_files, bands_of
 from .class_masks import class_mask_paths
 from .colors import class_colors, class_names
 from .csv_rows import raise_problem, read_train_csv, unlisted_samples
-from .image_file import set_exif_default
 from .io import DataError, _ext_hint, _line, read_csv_strict
 from .masks import check_train_samples, load_target, train_rle_spec
 from .sample import Sample, check_id, image_path, instance_image, pair_of
@@ -82,7 +81,6 @@ def list_train_samples(cfg: Config, on_problem: OnProblem | None = None) -> tupl
     file name (the folder's order) before the limit, so the first N keep the data's share of empty masks (the
     CSV lists only non-empty ones: its rows first would keep none)."""
     d = cfg.data
-    set_exif_default(d.exif_orientation)
     report = on_problem or raise_problem
     bad: set[str] = set()
     unlisted: list[Sample] = []
@@ -240,7 +238,6 @@ def iter_list_samples(cfg: Config, lists: list[str], on_problem: OnProblem = rai
     Kinds: ``missing_file``, ``bad_line``, ``bad_id``, ``duplicate_row``, ``duplicate_mask`` (one mask file
     listed for two images: a mask is one image's label).
     """
-    set_exif_default(cfg.data.exif_orientation)
     root = Path(cfg.data.root)
     pair = pair_of(cfg)
     seen: dict[str, str] = {}
@@ -316,7 +313,6 @@ def parse_submission_id(fmt: str) -> re.Pattern:
 def load_test_samples(cfg: Config) -> list[Sample]:
     """Test images in the order of ``sample_submission.csv`` (or sorted file names without one)."""
     d, s = cfg.data, cfg.submission
-    set_exif_default(d.exif_orientation)
     folder = cfg.data_path(d.test_images)
     sample_path = cfg.data_path(d.sample_submission)
     if d.test_lists:
