@@ -4,11 +4,13 @@ A code competition runs a notebook offline; everything else is uploaded beforeha
 dataset. ``build_bundle([Run("runs/a")], "bundle")`` (``seg-toolkit bundle runs/a --out bundle``) writes::
 
     bundle/
-      bundle.json        what is inside: runs, members, folds, sha256 of every weights file, versions,
-                         base environment, warnings (untuned post-processing, folds left out)
+      bundle.json        what is inside: runs, members, folds, sha256 of every file under runs/ (checked
+                         before predicting: seg_toolkit/bundle_check.py), versions, base environment,
+                         warnings (untuned post-processing, folds left out)
       runs/<name>/       each run (an ensemble and each of its members) as a run folder
                          (seg_toolkit/run.py): config.yaml, folds.csv, cv.json, postprocess.json,
-                         tta.json, ensemble.json (members named ../<member>), fold_<k>/best.pt
+                         tta.json, ensemble.json (members named ../<member>, fingerprints of the
+                         bundled files), fold_<k>/best.pt
                          (weights only, optionally stored float16) and fold_<k>/done.json
       wheels/            seg_toolkit and every dependency outside the base environment
       requirements.txt   the exact versions of wheels/
@@ -19,10 +21,11 @@ dataset. ``build_bundle([Run("runs/a")], "bundle")`` (``seg-toolkit bundle runs/
 The bundled runs are predicted by :func:`~seg_toolkit.inference.predict_test`, the function of
 ``seg-toolkit predict``: with float32 weights the submission is the same byte for byte.
 Models are rebuilt with ``model.encoder_weights: null`` (the checkpoint holds every weight),
-so nothing is downloaded. The wheels are the requirement tree of seg_toolkit's own wheel,
-walked through the installed distributions and stopped at the base environment (default
-torch and torchvision, which Kaggle images carry): what only they need (nvidia-*, triton,
-sympy, ...) is left out, what a bundled package needs too is kept. They are fetched at the
+so nothing is downloaded, and no tracker is named (``track.backend: none``; seg_toolkit/bundle_check.py).
+The wheels are the requirement tree of seg_toolkit's own wheel, walked through the installed
+distributions and stopped at the base environment (default torch and torchvision, which Kaggle
+images carry): what only they need (nvidia-*, triton, sympy, ...) is left out, what a bundled
+package needs too is kept. They are fetched at the
 installed versions (``pip download``; sdists are built into wheels) and checked with pip's
 resolver: ``pip install --dry-run --no-index`` must resolve seg_toolkit from ``wheels/``
 alone, the base packages stood in for by empty stubs.
@@ -52,9 +55,9 @@ import yaml
 from . import __version__
 from .budget import run_folds
 from .bundle_templates import PREDICT_PY, fill, notebook, readme
+from .bundle_check import BundleError, check_ensemble, file_manifest, offline_config, refingerprint, verify_bundle
 from .checkpoint import chosen_weights, load_checkpoint, save_checkpoint
 from .config import ConfigError, load_config
-from .errors import SegToolkitError
 from .versions import library_versions
 from .files import read_json, sha256_file, write_json, write_text
 from .run import Run
@@ -66,8 +69,6 @@ __all__ = ["BundleError", "DEFAULT_BASE_ENV", "build_bundle", "bundle_config", "
 
 DEFAULT_BASE_ENV = ("torch", "torchvision")
 _COPIED = ("folds_csv", "fold_balance_csv", "cv_json", "postprocess_json", "tta_json", "amp_json")  # Run properties
-class BundleError(SegToolkitError, RuntimeError):
-    """A bundle cannot be made as asked (missing folds, a dependency that cannot be gathered, ...)."""
 
 
 # ----------------------------------------------------------------------------- runs and weights
@@ -135,8 +136,7 @@ def _write_weights(src: Path, dst: Path, use_ema: bool, fp16: bool) -> dict[str,
     weights = chosen_weights(state, use_ema)
     if fp16:
         weights = {k: _half(k, v, src) for k, v in weights.items()}
-    config = dict(state["config"])
-    config["model"] = {**config.get("model", {}), "encoder_weights": None}  # the weights are all here: no download
+    config = offline_config(state["config"])  # the weights are all here: no download, no tracker
     save_checkpoint({"model": weights, "ema": None, "config": config, "model_args": state["model_args"],
                      "epoch": state.get("epoch"), "best_score": state.get("best_score")}, dst)
     return {"sha256": sha256_file(dst), "bytes": dst.stat().st_size, "dtype": "float16" if fp16 else "float32",
@@ -147,8 +147,7 @@ def _copy_run(src: Run, dst: Run, folds: list[int], fp16: bool) -> dict[str, Any
     dst.dir.mkdir(parents=True)
     data = yaml.safe_load(src.config_yaml.read_text(encoding="utf-8"))
     encoder_weights = (data.get("model") or {}).get("encoder_weights")
-    data.setdefault("model", {})["encoder_weights"] = None
-    write_text(dst.config_yaml, yaml.safe_dump(data, sort_keys=False))
+    write_text(dst.config_yaml, yaml.safe_dump(offline_config(data), sort_keys=False))
     for prop in _COPIED:
         if getattr(src, prop, None) is not None and getattr(src, prop).is_file():
             shutil.copyfile(getattr(src, prop), getattr(dst, prop))
@@ -335,6 +334,9 @@ def build_bundle(runs: Sequence[Run], out: str | Path, fp16: bool = False, base_
             folds[name], missing = _folds(r, allow_missing_folds)
             if missing:
                 warnings.append(f"{name}: bundled without {', '.join(missing)} (--allow-missing-folds)")
+    for r in by_name.values():
+        if r.is_ensemble:
+            check_ensemble(r, folds)
     for r in top:
         if not r.postprocess_json.is_file():
             warnings.append(f"{r.dir.name}: untuned post-processing (no postprocess.json): the config's postprocess.* "
@@ -349,14 +351,17 @@ def build_bundle(runs: Sequence[Run], out: str | Path, fp16: bool = False, base_
     tmp.mkdir()
     try:
         infos = [_copy_run(r, Run(tmp / "runs" / name), folds.get(name, []), fp16) for name, r in by_name.items()]
+        for info in infos:
+            if info["kind"] == "ensemble":
+                refingerprint(Run(tmp / "runs" / info["name"]), info)
         base = {canonicalize_name(b) for b in base_env if b.strip()}
         gathered = _gather_wheels(tmp / "wheels", base) if wheels else None
         lead = Run(tmp / "runs" / top[0].dir.resolve().name).config()
-        data = {"format": 1, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        data = {"format": 2, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "default_run": top[0].dir.resolve().name,
                 "named": [r.dir.resolve().name for r in top], "runs": infos, "fp16": fp16, "warnings": warnings,
                 "versions": {"bundled_with": library_versions(), "platform": platform.platform()},
-                "base_env": sorted(base), "wheels": gathered}
+                "base_env": sorted(base), "wheels": gathered, "files": file_manifest(tmp)}
         write_json(tmp / "bundle.json", data)
         _write_texts(tmp, data, lead)
         if out.exists():  # checked above: a bundle (bundle.json), and --overwrite was given
@@ -373,7 +378,8 @@ def _write_texts(folder: Path, data: dict[str, Any], lead) -> None:
     """predict.py, predict.ipynb, README.md and requirements.txt."""
     title = f"seg_toolkit bundle: {', '.join(data['named'])}"
     write_text(folder / "predict.py", fill(PREDICT_PY, default_run=data["default_run"]))
-    write_text(folder / "predict.ipynb", notebook(title, lead.data.test_images or lead.data.sample_submission))
+    write_text(folder / "predict.ipynb", notebook(title, lead.data.test_images or lead.data.sample_submission,
+                                                  wheels=bool(data["wheels"])))
     write_text(folder / "README.md", readme(title, data, lead.data.test_images, lead.data.sample_submission))
     if data["wheels"]:
         write_text(folder / "requirements.txt", "".join(f"{n}=={v}\n" for n, v in data["wheels"]["requirements"].items()))
@@ -408,10 +414,14 @@ def bundle_config(bundle: str | Path, data_root: str | Path, run: str | None = N
 
 def predict_bundle(bundle: str | Path, data_root: str | Path, out: str | Path, run: str | None = None,
                    device: str | None = None, batch_size: int | None = None, num_workers: int | None = None) -> Path:
-    """``predict.py``: the submission of a bundled run on ``data_root``, written to ``out`` (replaced)."""
+    """``predict.py``: the submission of a bundled run on ``data_root``, written to ``out`` (replaced), once every
+    bundled file is checked against its sha256 in ``bundle.json``."""
     from .inference import predict_test
 
-    info = read_json(Path(bundle) / "bundle.json") or {}
+    info = read_json(Path(bundle) / "bundle.json")
+    if info is None:
+        raise BundleError(f"{bundle}: not a bundle (no bundle.json)")
+    verify_bundle(Path(bundle), info)
     made = ((info.get("versions") or {}).get("bundled_with") or {}).get("seg_toolkit")
     if made and made != __version__:
         log.warning("this bundle was made with seg_toolkit %s, %s is installed", made, __version__)

@@ -17,8 +17,9 @@ PREDICT_PY = '''\
     python WHERE/predict.py --data-root COMPETITION_DATA --out submission.csv
 
 Offline: every model is rebuilt from the weights stored here (no pretrained download), Hugging
-Face is put offline and torch's cache points inside this folder. The bundle folder is only read:
-it may lie anywhere (a read-only /kaggle/input/<dataset>).
+Face is put offline, albumentations does not look for a newer version on PyPI, and torch's cache
+points inside this folder. Every bundled file is checked against its sha256 in bundle.json first.
+The bundle folder is only read: it may lie anywhere (a read-only /kaggle/input/<dataset>).
 """
 
 import argparse
@@ -30,6 +31,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # before albumentations is imported: no version check online
 os.environ["TORCH_HOME"] = str(HERE / "torch_home")  # nothing is downloaded; never the user's cache either
 
 
@@ -106,7 +108,8 @@ kaggle datasets create -p @@WHERE@@ --dir-mode tar
 
 @@CONTENTS@@
 
-`bundle.json` lists every run, member, fold and weights file with its sha256, and the versions.
+`bundle.json` lists every run, member, fold and file under `runs/` with its sha256, and the versions;
+`predict.py` checks every file against it first and refuses one changed, missing or added.
 `requirements.txt` pins the exact versions of `wheels/` (the environment the bundle was made in);
 `pip install --no-index --find-links wheels -r requirements.txt` installs exactly those, replacing
 versions the image already has.
@@ -157,6 +160,12 @@ print(r.stdout[-3000:], r.stderr[-3000:])
 r.check_returncode()
 '''
 
+_NO_INSTALL = '''\
+# made with --no-wheels: the bundle holds no wheels, so seg_toolkit and its dependencies must be installed already
+import importlib.util
+assert importlib.util.find_spec("seg_toolkit"), "seg_toolkit is not installed, and this bundle (made with --no-wheels) has no wheels"
+'''
+
 _PREDICT = '''\
 # every bundled fold x TTA x scale, the tuned post-processing, the submission checked against the sample
 r = subprocess.run([sys.executable, f"{BUNDLE}/predict.py", "--data-root", DATA_ROOT, "--out", OUT],
@@ -167,8 +176,9 @@ print(Path(OUT).read_text()[:400])
 '''
 
 
-def notebook(title: str, test_images: str) -> str:
-    """``predict.ipynb`` (nbformat 4): find the folders, install from the wheels, run predict.py."""
+def notebook(title: str, test_images: str, wheels: bool = True) -> str:
+    """``predict.ipynb`` (nbformat 4): find the folders, install from the wheels (``wheels``; else only check that
+    seg_toolkit is installed), run predict.py."""
     def cell(kind: str, source: str) -> dict[str, Any]:
         c: dict[str, Any] = {"cell_type": kind, "metadata": {}, "source": source.rstrip("\n")}
         if kind == "code":
@@ -178,7 +188,7 @@ def notebook(title: str, test_images: str) -> str:
     intro = (f"# {title}\n\nPredicts the test set with the bundled runs offline and writes `submission.csv`. "
              "Add this bundle (a dataset) and the competition data to the notebook, turn the internet off, run all.")
     cells = [cell("markdown", intro), cell("code", fill(_FIND, test_images=repr(test_images))),
-             cell("code", _INSTALL), cell("code", _PREDICT)]
+             cell("code", _INSTALL if wheels else _NO_INSTALL), cell("code", _PREDICT)]
     nb = {"cells": cells, "nbformat": 4, "nbformat_minor": 5,
           "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
                        "language_info": {"name": "python"}}}

@@ -324,6 +324,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_bundle(args: argparse.Namespace) -> int:
+    import shlex
+
     from .bundle import DEFAULT_BASE_ENV, build_bundle
     from .run import Run
 
@@ -337,7 +339,8 @@ def cmd_bundle(args: argparse.Namespace) -> int:
           + (f"{w['count']} wheels ({w['bytes'] / 2**20:.0f} MiB; base env {','.join(info['base_env'])} not bundled)" if w else "no wheels"))
     for warning in info["warnings"]:
         print(f"warning: {warning}")
-    print(f"run it: python {Path(args.out) / 'predict.py'} --data-root DATA --out submission.csv  (see {Path(args.out) / 'README.md'})")
+    print(f"run it: python {shlex.quote(str(Path(args.out) / 'predict.py'))} --data-root DATA --out submission.csv  "
+          f"(see {shlex.quote(str(Path(args.out) / 'README.md'))})")
     return 0
 
 

@@ -1,0 +1,224 @@
+"""``seg-toolkit bundle`` after review: what it must reproduce (a real ensemble, a run trained from a weights
+file mapped by order, a run naming a tracker) and what it must refuse (a stale ensemble, a bundle whose files
+were changed, deleted or added after it was made)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import runpy
+import shlex
+import shutil
+import subprocess
+import sys
+
+import nbformat
+import pytest
+import torch
+import yaml
+
+from seg_toolkit.bundle import build_bundle, predict_bundle
+from seg_toolkit.bundle_check import BundleIntegrityError
+from seg_toolkit.bundle_templates import notebook
+from seg_toolkit.cli import main
+from seg_toolkit.config import ConfigError, config_from_dict
+from seg_toolkit.cv import run_cv
+from seg_toolkit.ensemble import build_ensemble, member_fingerprint
+from seg_toolkit.files import read_json, sha256_file
+from seg_toolkit.run import Run
+
+from .conftest import demo_dict
+from .test_bundle import fake_run, offline_env
+
+
+@pytest.fixture(scope="module")
+def trained(demo_root, tmp_path_factory):
+    """Two trained runs ``x`` and ``y`` (tuned post-processing) and their ensemble ``ens``, made by
+    :func:`build_ensemble` (member fingerprints recorded), with what ``seg-toolkit predict`` submits for each."""
+    base = tmp_path_factory.mktemp("bundle_review")
+    runs = base / "runs"
+    x = config_from_dict(demo_dict(demo_root, runs, experiment="x"))
+    y = config_from_dict(demo_dict(demo_root, runs, experiment="y", model={"arch": "scratch_unet", "depth": 2, "base_width": 8}))
+    for cfg in (x, y):
+        run_cv(cfg)
+    build_ensemble([x, y], name="ens", weights=[0.6, 0.4])
+    refs = {}
+    for name in ("x", "ens"):
+        refs[name] = base / f"ref_{name}.csv"
+        assert main(["predict", str(runs / name), "--out", str(refs[name])]) == 0
+    return {"root": demo_root, "runs": runs, "x": Run(runs / "x"), "ens": Run(runs / "ens"), "refs": refs, "base": base}
+
+
+# ----------------------------------------------------------------------------- 1: encoder_weights_map: order
+
+
+def test_a_run_trained_from_a_weights_file_mapped_by_order_is_bundled_and_predicts_without_it(trained, tmp_path, capsys):
+    import timm
+
+    weights = tmp_path / "test_resnet_w.pth"
+    torch.manual_seed(0)
+    torch.save(timm.create_model("test_resnet").state_dict(), weights)
+    model = {"arch": "unet", "encoder": "tu-test_resnet", "encoder_weights": str(weights), "encoder_weights_map": "order"}
+    cfg = config_from_dict(demo_dict(trained["root"], tmp_path / "runs", experiment="w", model=model))
+    run = fake_run(cfg, saved_encoder_weights=str(weights))
+    ref = tmp_path / "ref_w.csv"
+    assert main(["predict", str(run.dir), "--out", str(ref)]) == 0
+
+    bundle = tmp_path / "bundle"
+    assert main(["bundle", str(run.dir), "--out", str(bundle), "--no-wheels"]) == 0, capsys.readouterr().err
+    saved = yaml.safe_load((bundle / "runs" / "w" / "config.yaml").read_text())["model"]
+    assert saved["encoder_weights"] is None and saved["encoder_weights_map"] == "names"
+    for k in (0, 1):
+        inner = torch.load(bundle / "runs" / "w" / f"fold_{k}" / "best.pt", weights_only=True)["config"]["model"]
+        assert inner["encoder_weights"] is None and inner["encoder_weights_map"] == "names"
+    info = json.loads((bundle / "bundle.json").read_text())
+    assert info["runs"][0]["encoder_weights_at_training"] == str(weights)
+
+    weights.unlink()  # the target has no such file: the checkpoints hold every weight
+    out = predict_bundle(bundle, trained["root"], tmp_path / "w.csv")
+    assert out.read_bytes() == ref.read_bytes()
+
+
+# ----------------------------------------------------------------------------- 2: a real ensemble
+
+
+def test_a_real_ensemble_is_bundled_with_fingerprints_of_the_bundled_files(trained, tmp_path):
+    bundle = tmp_path / "bundle"
+    info = build_bundle([trained["ens"]], bundle, wheels=False)
+    out = predict_bundle(bundle, trained["root"], tmp_path / "ens.csv", run="ens")
+    assert out.read_bytes() == trained["refs"]["ens"].read_bytes()
+    source = read_json(trained["ens"].ensemble_json)
+    bundled = read_json(bundle / "runs" / "ens" / "ensemble.json")
+    assert [m["run"] for m in bundled["members"]] == ["../x", "../y"]
+    for was, now, name in zip(source["members"], bundled["members"], ("x", "y")):
+        assert was["fingerprint"] and now["fingerprint"] == member_fingerprint(Run(bundle / "runs" / name), bundled["folds"])
+        assert now["fingerprint"]["best_pt"] != was["fingerprint"]["best_pt"]  # best.pt is rewritten weights only
+        assert now["fingerprint"]["folds_csv"] == was["fingerprint"]["folds_csv"]
+        assert {k: v for k, v in now.items() if k != "fingerprint"} == {k: v for k, v in was.items() if k != "fingerprint"}
+    assert info["runs"][0]["members"] == bundled["members"]
+
+
+def test_a_stale_ensemble_is_refused_when_bundled_not_on_the_target(trained, tmp_path):
+    runs = tmp_path / "runs"
+    shutil.copytree(trained["runs"], runs)
+    shutil.copyfile(runs / "x" / "fold_0" / "best.pt", runs / "x" / "fold_1" / "best.pt")  # x "retrained" after the ensemble
+    with pytest.raises(ConfigError, match=r"member .*x changed since the ensemble was built \(fold_1/best.pt differ\)"):
+        build_bundle([Run(runs / "ens")], tmp_path / "bundle", wheels=False)
+    assert not (tmp_path / "bundle").exists() and list(tmp_path.glob(".bundle.*")) == []
+
+
+# ----------------------------------------------------------------------------- 3: trackers
+
+
+@pytest.mark.parametrize("backend", ["mlflow", "tensorboard"])
+def test_a_run_naming_a_tracker_predicts_where_the_tracker_is_not_installed(trained, tmp_path, monkeypatch, backend):
+    if importlib.util.find_spec(backend) is None:
+        pytest.skip(f"{backend} is not installed here: a run naming it cannot be made")
+    monkeypatch.setenv("SEG_TOOLKIT_TRACK", "none")
+    cfg = config_from_dict(demo_dict(trained["root"], tmp_path / "runs", experiment="t", track={"backend": backend}))
+    run = fake_run(cfg)
+    assert yaml.safe_load(run.config_yaml.read_text())["track"]["backend"] == backend
+    ref = tmp_path / "ref.csv"
+    assert main(["predict", str(run.dir), "--out", str(ref)]) == 0
+    bundle = tmp_path / "bundle"
+    build_bundle([run], bundle, wheels=False)
+    assert yaml.safe_load((bundle / "runs" / "t" / "config.yaml").read_text())["track"]["backend"] == "none"
+    for k in (0, 1):
+        assert torch.load(bundle / "runs" / "t" / f"fold_{k}" / "best.pt", weights_only=True)["config"]["track"]["backend"] == "none"
+
+    find_spec = importlib.util.find_spec  # the target: no mlflow, no tensorboard
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a, **k: None if name in ("mlflow", "tensorboard") else find_spec(name, *a, **k))
+    out = predict_bundle(bundle, trained["root"], tmp_path / "t.csv")
+    assert out.read_bytes() == ref.read_bytes()
+
+
+# ----------------------------------------------------------------------------- 4: integrity
+
+
+@pytest.fixture(scope="module")
+def bundle_x(trained):
+    bundle = trained["base"] / "bundle_x"
+    build_bundle([trained["x"]], bundle, wheels=False)
+    return bundle
+
+
+def test_bundle_json_records_the_sha256_of_every_bundled_file(bundle_x):
+    files = json.loads((bundle_x / "bundle.json").read_text())["files"]
+    on_disk = sorted(p.relative_to(bundle_x).as_posix() for p in (bundle_x / "runs").rglob("*") if p.is_file())
+    assert sorted(files) == on_disk
+    assert {"runs/x/config.yaml", "runs/x/postprocess.json", "runs/x/cv.json", "runs/x/folds.csv",
+            "runs/x/fold_0/best.pt", "runs/x/fold_1/best.pt", "runs/x/fold_0/done.json"} <= set(files)
+    assert all(files[f] == sha256_file(bundle_x / f) for f in files)
+
+
+@pytest.mark.parametrize("tamper,message", [
+    (lambda b: shutil.copyfile(b / "runs/x/fold_0/best.pt", b / "runs/x/fold_1/best.pt"),
+     r"runs/x/fold_1/best.pt changed \(expected sha256 {fold_1}, found {fold_0}\)"),
+    (lambda b: (b / "runs/x/postprocess.json").unlink(), r"runs/x/postprocess.json is missing \(expected sha256 {post}\)"),
+    (lambda b: (b / "runs/x/tta.json").write_text('{"tta": ["identity", "hflip"], "merge": "mean_prob"}'),
+     r"runs/x/tta.json was added"),
+], ids=["swapped_weights", "deleted_postprocess", "added_tta"])
+def test_a_tampered_bundle_refuses_to_predict(trained, bundle_x, tmp_path, tamper, message):
+    bundle = tmp_path / "bundle"
+    shutil.copytree(bundle_x, bundle)
+    files = json.loads((bundle / "bundle.json").read_text())["files"]
+    tamper(bundle)
+    want = message.format(fold_0=files["runs/x/fold_0/best.pt"], fold_1=files["runs/x/fold_1/best.pt"],
+                          post=files["runs/x/postprocess.json"])
+    with pytest.raises(BundleIntegrityError, match=want):
+        predict_bundle(bundle, trained["root"], tmp_path / "sub.csv")
+    assert not (tmp_path / "sub.csv").exists()
+
+
+def test_predict_py_exits_2_on_a_swapped_weights_file_and_a_bundle_without_hashes_is_refused(trained, bundle_x, tmp_path):
+    bundle = tmp_path / "bundle"
+    shutil.copytree(bundle_x, bundle)
+    (bundle / "runs/x/.DS_Store").write_bytes(b"\0")  # a hidden file a file browser leaves is no run file
+    out = predict_bundle(bundle, trained["root"], tmp_path / "intact.csv")  # intact: the bytes of predict
+    assert out.read_bytes() == trained["refs"]["x"].read_bytes()
+    shutil.copyfile(bundle / "runs/x/fold_0/best.pt", bundle / "runs/x/fold_1/best.pt")
+    r = subprocess.run([sys.executable, str(bundle / "predict.py"), "--data-root", str(trained["root"]), "--out",
+                        str(tmp_path / "sub.csv")], env=offline_env(tmp_path), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "error: " in r.stderr and "runs/x/fold_1/best.pt changed" in r.stderr, r.stdout + r.stderr
+    assert "fetching version info" not in r.stderr  # albumentations did not try PyPI (NO_ALBUMENTATIONS_UPDATE)
+    assert not (tmp_path / "sub.csv").exists()
+
+    shutil.copyfile(bundle_x / "runs/x/fold_1/best.pt", bundle / "runs/x/fold_1/best.pt")
+    info = json.loads((bundle / "bundle.json").read_text())
+    del info["files"]
+    (bundle / "bundle.json").write_text(json.dumps(info))
+    with pytest.raises(BundleIntegrityError, match="records no sha256 of the bundled files"):
+        predict_bundle(bundle, trained["root"], tmp_path / "sub.csv")
+
+
+# ----------------------------------------------------------------------------- 5: network, quoting, --no-wheels
+
+
+def test_predict_py_turns_off_albumentations_version_check_before_importing_it(bundle_x, monkeypatch):
+    for key in ("HF_HUB_OFFLINE", "HF_HUB_DISABLE_TELEMETRY", "TORCH_HOME"):  # set by predict.py: restored after
+        monkeypatch.setenv(key, os.environ.get(key, ""))
+    monkeypatch.delenv("NO_ALBUMENTATIONS_UPDATE", raising=False)
+    runpy.run_path(str(bundle_x / "predict.py"), run_name="bundle_predict")  # the module's top level, not main()
+    assert os.environ["NO_ALBUMENTATIONS_UPDATE"] == "1"
+    text = (bundle_x / "predict.py").read_text()
+    assert text.index('setdefault("NO_ALBUMENTATIONS_UPDATE", "1")') < text.index("from seg_toolkit")
+    monkeypatch.setenv("NO_ALBUMENTATIONS_UPDATE", "0")  # a user's own setting is kept
+    runpy.run_path(str(bundle_x / "predict.py"), run_name="bundle_predict")
+    assert os.environ["NO_ALBUMENTATIONS_UPDATE"] == "0"
+
+
+def test_the_printed_command_is_quoted_and_a_no_wheels_notebook_installs_nothing(trained, tmp_path, capsys):
+    out = tmp_path / "my bundles" / "it's here"
+    assert main(["bundle", str(trained["x"].dir), "--out", str(out), "--no-wheels"]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("run it: "))
+    words = shlex.split(line[len("run it: "):])
+    assert words[:4] == ["python", str(out / "predict.py"), "--data-root", "DATA"]
+    assert str(out / "README.md") + ")" in words
+
+    cells = [c.source for c in nbformat.read(out / "predict.ipynb", as_version=4).cells if c.cell_type == "code"]
+    assert len(cells) == 3 and not any("pip" in c or "--find-links" in c for c in cells)
+    assert 'find_spec("seg_toolkit")' in cells[1]
+    with_wheels = [c["source"] for c in json.loads(notebook("t", "test", wheels=True))["cells"]]
+    assert any('"pip", "install", "--no-index", "--find-links"' in c for c in with_wheels)
