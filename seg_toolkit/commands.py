@@ -69,8 +69,10 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
     if not 0 <= args.fold < cfg.folds.n_splits:
         raise ConfigError(f"--fold {args.fold}: expected 0..{cfg.folds.n_splits - 1}")
     r = lr_find(cfg, fold=args.fold, start=args.start, end=args.end, steps=args.steps)
-    print(f"lr-find over {len(r['lr'])} steps (fold {args.fold}, {r['optimizer']}, amp {r['amp']}): "
-          f"steep {r['steep']:.3g}, valley {r['valley']:.3g}")
+    print(f"lr-find over {len(r['lr'])} steps (fold {args.fold}, {r['optimizer']}, amp {r['amp']}"
+          + (", encoder frozen as in the first epochs" if r.get("frozen_encoder") else "")
+          + f"): steep {r['steep']:.3g}, valley {r['valley']:.3g}; stopped: {r.get('stopped', 'end')} at step {r.get('stop_step')}"
+          + ("; no clear descent: the suggestion is weak" if r.get("no_descent") else ""))
     print(f"plot: {cfg.run_dir / 'lr_find.png'}")
     print(f"suggested optim.lr: {r['suggested_lr']:.3g} (configured {r['configured_lr']:.3g})")
     return 0
@@ -184,6 +186,11 @@ def cmd_export(args: argparse.Namespace) -> int:
             diffs = ", ".join(f"{p['max_abs_diff']:.2g} at {'x'.join(map(str, p['shape']))}" for p in f["parity"])
             print(f"{run_dir} fold {f['fold']}: {f['path']} ({f['bytes'] / 1e6:.1f} MB); max |onnx - torch| logits {diffs} "
                   f"(bound {f['parity'][0]['bound']:.2g}; inputs: {f['parity_inputs']})")
+            gaps = [p for p in f["parity"] if "max_abs_prob_diff_vs_predictor" in p]
+            if gaps:
+                print(f"  the predictor runs this fold in {f['predictor_amp']}: onnx differs from it by up to "
+                      f"{max(p['max_abs_prob_diff_vs_predictor'] for p in gaps):.2g} in probability, and "
+                      "predict.backend: onnx refuses the run (train.amp: none in its config.yaml, then seg-toolkit oof)")
     print("predict with them: --set predict.backend=onnx (ONNX Runtime, CPU)")
     return 0
 
