@@ -190,7 +190,11 @@ def test_fp16_weights_are_half_the_size_and_load_as_float32(runs, tmp_path):
         state = torch.load(half / w["file"], weights_only=True)
         floats = [t for t in state["model"].values() if t.is_floating_point()]
         assert floats and all(t.dtype == torch.float16 for t in floats) and w["dtype"] == "float16"
-        assert w["bytes"] < 0.7 * (full / w["file"]).stat().st_size
+        whole = torch.load(full / w["file"], weights_only=True)["model"]
+        nbytes = lambda sd: sum(t.numel() * t.element_size() for t in sd.values() if t.is_floating_point())  # noqa: E731
+        assert nbytes(state["model"]) * 2 == nbytes(whole) > 0  # every float tensor at half the bytes
+        # the file is smaller by those bytes; its config and pickling overhead (paths of the tmp folder) are not halved
+        assert w["bytes"] < (full / w["file"]).stat().st_size - 0.9 * nbytes(state["model"])
         model, _ = load_model(half / w["file"])
         assert all(p.dtype == torch.float32 for p in model.parameters())
     probs = {}
