@@ -49,6 +49,7 @@ from .data import DataError, Sample, class_names, load_target
 from .data.io import WIDE_MODES, image_size, is_array_image, narrow_sixteen_bit, sixteen_bit, wide_values
 from .data.masks import mask_ids
 from .data.bands import band_image_files, bands_of
+from .data.image_file import png16_color
 from .data.sample import read_config_image
 from .data.sources import list_train_samples
 
@@ -202,9 +203,10 @@ def _check_image(s: Sample, cfg: Config, res: AuditResult, decode: bool) -> Opti
             res.image_modes[f"npy {arr.dtype} x{arr.shape[2] if arr.ndim == 3 else 1}"] += 1
             wide = decode and arr.dtype != np.uint8 and arr.dtype.kind != "b"
         else:
+            deep = png16_color(s.image)  # 16 bits per channel: Pillow says RGB(A), the toolkit reads them exactly
             with Image.open(s.image) as im:
-                res.image_modes[im.mode] += 1
-                wide = im.mode in WIDE_MODES and decode
+                res.image_modes[im.mode + (";16" if deep else "")] += 1
+                wide = (deep or im.mode in WIDE_MODES) and decode
     except Exception:  # read above, so this does not happen; the mode is only informative
         res.image_modes["?"] += 1
         wide = False
@@ -267,6 +269,24 @@ def _check_image_range(res: AuditResult, cfg: Config) -> None:
                     f"16-bit images ({mode}) hold values {lo:g}..{hi:g} over all {n} file(s); read over 0..65535 "
                     f"they become {round(lo * 255 / 65535)}..{round(hi * 255 / 65535)} of 0..255, "
                     f"{(hi - lo) / 65535:.1%} of the contrast: set data.image_range: [{lo:g}, {hi:g}]")
+
+
+#: PIL modes of 8 bits per value, read as they are whatever data.image_range says
+EIGHT_BIT_MODES = ("1", "L", "P", "RGB", "RGBA", "LA", "CMYK", "YCbCr", "npy uint8")
+
+
+def _check_mixed_depth(res: AuditResult, cfg: Config) -> None:
+    """8-bit and 16-bit images in one training set: the 8-bit ones are read as they are and the 16-bit ones over
+    ``data.image_range`` (0..65535 without it), so the same scene stored both ways differs by a factor of up to
+    256 in what the model sees."""
+    eight = sum(n for m, n in res.image_modes.items() if m in EIGHT_BIT_MODES)
+    sixteen = {m: n for m, n in res.image_modes.items() if sixteen_bit(m)}
+    if eight and sixteen:
+        span = cfg.data.image_range or [0, 65535]
+        res.add("mixed_bit_depth", cfg.data_path(cfg.data.train_images),
+                f"{eight} 8-bit image(s) and {sum(sixteen.values())} 16-bit one(s) ({', '.join(sorted(sixteen))}): the "
+                f"8-bit ones are read as they are (0..255) and the 16-bit ones over {span[0]:g}..{span[1]:g}, so the "
+                "same values stored in each differ by up to 256x; convert the images to one bit depth")
 
 
 def _count_target(target: np.ndarray, cfg: Config, res: AuditResult) -> None:
@@ -332,6 +352,7 @@ def audit(cfg: Config, decode_images: bool = True) -> AuditResult:
         res.samples.append(s)
     _check_foreground_values(res)
     _check_image_range(res, cfg)
+    _check_mixed_depth(res, cfg)
     log.info("audit of %s: %d samples, %d read, %d problem(s)", d.root, res.n_listed, res.n_read, len(res.problems))
     return res
 

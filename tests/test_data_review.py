@@ -163,6 +163,29 @@ def test_16_bit_rgb_mask_ids_from_one_channel_are_exact_and_colours_refused(tmp_
 # ----------------------------------------------------------------------------- 4. EXIF orientation
 
 
+def test_the_audit_names_8_and_16_bit_images_mixed_and_counts_48_bit_ones_as_such(tmp_path):
+    """One folder of 8-bit and 16-bit files: the same values differ 256x in what the model sees."""
+    from seg_toolkit.audit import audit
+
+    v = np.array([[0, 200], [100, 50]], np.uint16)
+    _save(tmp_path / "img/a.png", v.astype(np.uint8))  # L
+    _save(tmp_path / "img/b.png", v.astype(np.uint16))  # I;16
+    _png16(tmp_path / "img/c.png", np.stack([v] * 3, -1))  # 48-bit: Pillow says RGB
+    for name in "abc":
+        _save(tmp_path / f"lbl/{name}.png", np.array([[0, 1], [1, 0]], np.uint8))
+    res = audit(_cfg(tmp_path, in_channels=1))
+    assert dict(res.image_modes) == {"L": 1, "I;16": 1, "RGB;16": 1}
+    mixed = [p for p in res.problems if p.kind == "mixed_bit_depth"]
+    assert len(mixed) == 1 and mixed[0].message.startswith(
+        "1 8-bit image(s) and 2 16-bit one(s) (I;16, RGB;16): the 8-bit ones are read as they are (0..255) and the "
+        "16-bit ones over 0..65535")
+    (tmp_path / "img/b.png").unlink()
+    (tmp_path / "img/c.png").unlink()
+    for name in "bc":
+        (tmp_path / f"lbl/{name}.png").unlink()
+    assert not [p for p in audit(_cfg(tmp_path, in_channels=1)).problems if p.kind == "mixed_bit_depth"]
+
+
 def _tagged(path: Path, arr: np.ndarray, tag: int = 6) -> Path:
     """A PNG whose eXIf chunk holds the orientation ``tag`` (lossless, so pixels compare exactly)."""
     path.parent.mkdir(parents=True, exist_ok=True)
