@@ -143,6 +143,7 @@ def _run_cv(cfg: Config, folds: list[int] | None, resume: bool, overwrite: bool)
     if d.is_main:
         with run_lock(run, "train: cv.json and postprocess.json"):  # the other --fold jobs of an array, `tune --tta`
             cv = compute_cv(cfg, run, samples)
+            _write_curves(run)  # again, now with cv.json's all-empty baseline (the last epoch's curves were drawn before it)
             # a --fold job of an array tunes when the last one ends; a run that the budget cut short, when its folds have
             if cfg.postprocess.tune and set(run_folds(cfg, run)) <= set(cv["folds"]):
                 from .tune import tune_postprocess

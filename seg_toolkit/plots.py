@@ -337,7 +337,9 @@ def write_learning_curves(run_dir: Path) -> list[Path]:
     df = read_metrics(run.dir)
     png = write_figure(learning_curves(run.dir, df), run.learning_curves_png)
     rows = fold_rows(df)
-    body = png_tag(png, "learning curves") + (fold_table_html(rows) if rows else note("No epochs logged yet."))
+    _, baseline = _run_info(run)
+    body = (png_tag(png, "learning curves") + (fold_table_html(rows) if rows else note("No epochs logged yet."))
+            + (note(f"all-empty baseline {baseline:.4f} (cv.json: the score of predicting nothing)") if baseline is not None else ""))
     out = [write_text(run.learning_curves_html, page(f"Learning curves: {run.dir.name}", body)), run.learning_curves_png]
     log.info("learning curves written to %s", out[0])
     return out

@@ -123,6 +123,8 @@ def test_auto_is_measured_once_and_used_by_training_and_inference(demo_root, tmp
     cv = run_cv(cfg)
     assert calls == [(2, 3, 48, 64)]  # fold 0 measured; fold 1 read amp.json
     run = Run.of(cfg)
+    # the curves are drawn again once cv.json exists: with its all-empty baseline (the last epoch's were drawn before it)
+    assert f"all-empty baseline {cv['baseline_empty']:.4f}" in run.learning_curves_html.read_text()
     rec = json.loads(run.amp_json.read_text())
     assert rec["mode"] == "bf16" and rec["timings"]["bf16_speedup"] == 2.5
     assert cv["amp"] == ["bf16"] and all(f["amp"] == "bf16" for f in cv["per_fold"])
