@@ -386,6 +386,11 @@ def _check_model(cfg: Config) -> None:
     if cls > 0 and cfg.data.task == "multiclass":
         raise ConfigError("model.classifier: the empty-mask classifier gates per-class masks (data.task binary or "
                           "multilabel); a multiclass argmax has no empty mask to gate")
+    if cls > 0 and cfg.predict.tile_size is not None:
+        raise ConfigError(f"model.classifier with predict.tile_size {cfg.predict.tile_size}: the classifier answers whether "
+                          "the image it sees holds the class, so by tiles it answers per tile, and the blended answer "
+                          "for one small object in a large image fell from 0.9999 to 0.05; predict whole images "
+                          "(predict.tile_size: null; the models pad) or train without the classifier")
     arch = cfg.model.arch
     if arch == "scratch_unet":  # always registered; spares importing smp and timm
         from .models.registry import _check_scratch_keys

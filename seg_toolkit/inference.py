@@ -124,9 +124,14 @@ def _warn_if_oof_differs(run: Run, predictor: Predictor) -> None:
                     "remake them with `seg-toolkit oof CONFIG` so that what is tuned is what is submitted", run.dir, made, now)
 
 
+#: what a member's OOF record holds since a later day: a record without it was made before it was kept (unknown, not
+#: a difference); tile_overlap is kept for tiled members only (it changes nothing without tiles)
+_LATER_KEYS = ("tile_overlap",)
+
+
 def _differs(made: dict, now: dict) -> bool:
     """Whether OOF files made as ``made`` (``cv.json`` / ``ensemble.json``) differ from a member predicting as ``now``."""
-    return any(made.get(k) != v for k, v in now.items())
+    return any((k in made or k not in _LATER_KEYS) and made.get(k) != v for k, v in now.items())
 
 
 def check_out(cfg: Config, out: Path, overwrite: bool, runs: list[Path] | None = None) -> None:

@@ -112,9 +112,14 @@ class TiledModel(nn.Module):
         self.model, self.tile_size, self.overlap, self.max_batch = model, tuple(tile_size), overlap, max_batch
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """One image at a time (the blended map of a large image is the memory; a TTA chunk holds many), each
+        with tiles no larger than the image: padding a small image with zeros to a tile changed its edges (the
+        models pad to their own multiple as they do for whole images)."""
         from .tiling import sliding_window_predict
 
-        return sliding_window_predict(self.model, x, self.tile_size, self.overlap, max_batch=self.max_batch)
+        tile = (min(self.tile_size[0], int(x.shape[-2])), min(self.tile_size[1], int(x.shape[-1])))
+        return torch.cat([sliding_window_predict(self.model, x[i:i + 1], tile, self.overlap, max_batch=self.max_batch)
+                          for i in range(x.shape[0])])
 
 
 @dataclass
@@ -192,8 +197,9 @@ class Member:
 
     def made(self) -> dict[str, Any]:
         """How this member predicts, as the OOF files record it (``done.json`` / ``cv.json``'s ``oof``)."""
-        return {"tta": list(self.tta), "merge": self.merge, "scales": self.scales(),
-                "tile_size": self.cfg.predict.tile_size}
+        p = self.cfg.predict
+        return {"tta": list(self.tta), "merge": self.merge, "scales": self.scales(), "tile_size": p.tile_size,
+                **({"tile_overlap": p.tile_overlap} if p.tile_size is not None else {})}
 
     def scales(self) -> list[float]:
         """``predict.scales`` without repeats (a repeated scale is the same prediction again), as ``tune --tta`` records them."""
@@ -307,9 +313,7 @@ class Predictor:
 
     def settings(self) -> list[dict[str, Any]]:
         """How each member predicts, for the JSON files that record where probabilities came from."""
-        return [{"run": str(m.run.dir), "weight": w, "folds": m.folds, "tta": m.tta, "merge": m.merge,
-                 "scales": m.scales(), "tile_size": m.cfg.predict.tile_size}
-                for m, w in zip(self.members, self.weights)]
+        return [{"run": str(m.run.dir), "weight": w, "folds": m.folds, **m.made()} for m, w in zip(self.members, self.weights)]
 
     # ------------------------------------------------------------------ prediction
     def loader(self, samples: list[Sample], target_cfg: Config | None = None) -> DataLoader:
