@@ -38,7 +38,7 @@ import pandas as pd
 
 from .config import Config, ConfigError
 from .data import Sample
-from .files import write_npy, write_text
+from .files import read_json, write_npy, write_text
 from .run import Run
 from .tensors import probs_to_uint8
 
@@ -62,13 +62,30 @@ def _label_rles(mask: np.ndarray, task: str, num_classes: int, spec) -> list[str
     return [spec.encode(mask[c]) for c in range(mask.shape[0])]
 
 
+def inherited_leaks(cfg: Config) -> list[str]:
+    """The runs this one learns from whose CV is optimistic (their ``cv.json`` says ``pseudo.leaky``): the teacher
+    (a student of labels that were not per fold, or an ensemble of such a member) and ``train.init_from``. A fold k
+    that starts from, or is labelled by, a model that learned fold k's validation images at one remove is as
+    optimistic as that model."""
+    from .stages import init_run
+
+    sources = [r for r in (teacher_run(cfg), init_run(cfg)) if r is not None]
+    return [str(r.dir) for r in sources if ((read_json(r.cv_json) or {}).get("pseudo") or {}).get("leaky")]
+
+
 def pseudo_info(cfg: Config) -> dict[str, Any] | None:
-    """What ``done.json`` / ``cv.json`` record of the pseudo-labels (None when off)."""
+    """What ``done.json`` / ``cv.json`` record of the pseudo-labels (None when off and nothing leaky is inherited):
+    ``leaky`` when the labels are not per fold or a run this one learns from is leaky (``leaky_from`` names it)."""
     p = cfg.pseudo
+    inherited = inherited_leaks(cfg)
+    if inherited:
+        log.warning("%s learns from %s, whose CV is optimistic (pseudo.leaky in its cv.json): so is this run's (recorded "
+                    "as pseudo.leaky, leaky_from)", Run.of(cfg).dir, ", ".join(inherited))
     if p.teacher is None:
-        return None
-    return {"teacher": p.teacher, "per_fold": p.per_fold, "leaky": not p.per_fold, "confidence": p.confidence,
-            "min_confident_fraction": p.min_confident_fraction, "soft": p.soft}
+        return {"teacher": None, "leaky": True, "leaky_from": inherited} if inherited else None
+    return {"teacher": p.teacher, "per_fold": p.per_fold, "leaky": not p.per_fold or bool(inherited),
+            "leaky_from": inherited, "confidence": p.confidence, "min_confident_fraction": p.min_confident_fraction,
+            "soft": p.soft}
 
 
 def teacher_run(cfg: Config) -> Run | None:
@@ -92,13 +109,22 @@ def _make(cfg: Config, run: Run, fold: int | None, folds: pd.DataFrame, path: Pa
     from .stages import check_same_folds
 
     teacher = teacher_run(cfg)
+    if teacher.is_ensemble:  # a member retrained or re-folded since: predict refuses it, and so do its labels
+        from .ensemble import check_members_unchanged
+
+        check_members_unchanged(teacher)
     if fold is not None:
         check_same_folds(teacher, folds, "pseudo.teacher")
     predictor = Predictor.from_run(teacher, device=resolve_device(cfg.train.device), batch_size=cfg.predict.batch_size,
                                    num_workers=cfg.train.num_workers)
+    if fold is not None:  # each member's own folds: its fold k must not have trained on this run's fold k images
+        for m in predictor.members:
+            if m.run.dir != teacher.dir:
+                check_same_folds(m.run, folds, f"pseudo.teacher member {m.run.dir}")
     missing = [m.run.dir for m in predictor.members if fold is not None and fold not in m.folds]
     if missing:
-        raise ConfigError(f"pseudo.teacher: fold {fold} is not trained in {missing}; per-fold labels need every fold")
+        raise ConfigError(f"pseudo.teacher: fold {fold} is not trained in {', '.join(map(str, missing))}; per-fold labels "
+                          "need every fold")
     tcfg = teacher.config()
     if tcfg.data.task != cfg.data.task or tcfg.data.num_classes != cfg.data.num_classes:
         raise ConfigError(f"pseudo.teacher: {teacher.dir} predicts {tcfg.data.task} with {tcfg.data.num_classes} classes; "

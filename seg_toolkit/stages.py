@@ -64,9 +64,11 @@ def check_init_folds(cfg: Config, folds: pd.DataFrame, folds_to_train: list[int]
     if prev is None:
         return
     check_same_folds(prev, folds, "train.init_from")
-    untrained = [k for k in folds_to_train if not prev.best_pt(k).is_file()]
+    done = set(prev.trained_folds())
+    untrained = [k for k in folds_to_train if k not in done]
     if untrained:
-        raise ConfigError(f"train.init_from: {prev.dir} has no trained fold(s) {untrained} (no best.pt)")
+        raise ConfigError(f"train.init_from: {prev.dir} has no trained fold(s) {untrained} (a fold is trained once its "
+                          "done.json is written; a best.pt without it is a fold stopped mid-training: finish it with --resume)")
 
 
 def init_source(cfg: Config, fold: int) -> str | None:

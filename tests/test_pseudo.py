@@ -153,3 +153,60 @@ def test_soft_labels_are_the_teachers_probabilities(demo_root, teacher):
     run_cv(hard, folds=[0])
     with pytest.raises(ConfigError, match="was written without soft labels"):
         pseudo_samples(_student(demo_root, teacher, "hard_then_soft", soft=True), Run.of(hard), 0, read_folds(Run.of(hard).folds_csv))
+
+
+def test_a_leaky_teacher_or_init_from_makes_the_student_leaky(demo_root, teacher, tmp_path):
+    """A student of per-fold labels from a teacher whose own CV is optimistic (a student of shared labels) inherits the
+    optimism, and so does a stage that starts from such a run: recorded, named, not lost."""
+    import shutil
+
+    from seg_toolkit.pseudo import pseudo_info
+
+    runs = tmp_path / "runs"
+    shutil.copytree(teacher / "teacher", runs / "leaky_teacher")
+    cv = json.loads((runs / "leaky_teacher" / "cv.json").read_text())
+    (runs / "leaky_teacher" / "cv.json").write_text(json.dumps({**cv, "pseudo": {"teacher": "x", "leaky": True}}))
+    honest = _student(demo_root, teacher, "honest")
+    assert pseudo_info(honest)["leaky"] is False and pseudo_info(honest)["leaky_from"] == []
+    student = config_from_dict(demo_dict(demo_root, runs, experiment="s", folds=FOLDS,
+                                         pseudo={"teacher": str(runs / "leaky_teacher")}))
+    info = pseudo_info(student)
+    assert info["per_fold"] is True and info["leaky"] is True and info["leaky_from"] == [str(runs / "leaky_teacher")]
+    stage = config_from_dict(demo_dict(demo_root, runs, experiment="s2", folds=FOLDS,
+                                       train={"epochs": 1, "init_from": str(runs / "leaky_teacher")}))
+    assert pseudo_info(stage) == {"teacher": None, "leaky": True, "leaky_from": [str(runs / "leaky_teacher")]}
+
+
+def test_init_from_a_fold_without_done_json_is_refused(demo_root, teacher, tmp_path):
+    import shutil
+
+    runs = tmp_path / "runs"
+    shutil.copytree(teacher / "teacher", runs / "half")
+    (runs / "half" / "fold_1" / "done.json").unlink()  # killed after best.pt was written
+    cfg = config_from_dict(demo_dict(demo_root, runs, experiment="s2", folds=FOLDS,
+                                     train={"epochs": 1, "batch_size": 2, "init_from": str(runs / "half")}))
+    with pytest.raises(ConfigError, match=r"train.init_from: .*half has no trained fold\(s\) \[1\] \(a fold is trained "
+                                          r"once its done.json is written"):
+        run_cv(cfg)
+    assert not Run.of(cfg).fold_dir(0).exists()  # refused before training
+
+
+def test_an_ensemble_teacher_whose_member_changed_is_refused(demo_root, teacher, tmp_path):
+    """predict refuses an ensemble whose member was retrained or re-folded since it was built; its labels are refused too
+    (the new member's fold k may have trained on the student's fold k validation images)."""
+    import shutil
+
+    from seg_toolkit.ensemble import build_ensemble
+
+    from seg_toolkit.config import load_config
+
+    runs = tmp_path / "runs"
+    for name in ("teacher", "twin"):
+        shutil.copytree(teacher / "teacher", runs / name)
+    members = [load_config(runs / n / "config.yaml", [f"experiment={n}", f"runs_dir={runs}"]) for n in ("teacher", "twin")]
+    build_ensemble(members, name="ens", weights=[0.5, 0.5])
+    shutil.copy(runs / "teacher" / "fold_1" / "best.pt", runs / "teacher" / "fold_0" / "best.pt")  # "retrained"
+    student = config_from_dict(demo_dict(demo_root, runs, experiment="s", folds=FOLDS, train={"epochs": 1, "batch_size": 2},
+                                         pseudo={"teacher": str(runs / "ens"), "confidence": 0.5}))
+    with pytest.raises(ConfigError, match=r"changed since the ensemble was built"):
+        run_cv(student)
