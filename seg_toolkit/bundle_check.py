@@ -42,11 +42,12 @@ def _default(cls: type, name: str) -> Any:
 
 def offline_config(data: dict[str, Any]) -> dict[str, Any]:
     """``data`` (a config as a dict) as a bundle predicts with it: no pretrained weights named (no download, no
-    local file: ``encoder_weights_map`` back at its default, which needs none) and no experiment tracker."""
+    local file: ``encoder_weights_map`` back at its default, which needs none) and no experiment tracker (nor its
+    store's address, which may hold a password)."""
     data = dict(data)
     data["model"] = {**(data.get("model") or {}), "encoder_weights": None,
                      "encoder_weights_map": _default(ModelConfig, "encoder_weights_map")}
-    data["track"] = {**(data.get("track") or {}), "backend": "none"}
+    data["track"] = {**(data.get("track") or {}), "backend": "none", "uri": None}  # a store's address (and password) stays home
     return data
 
 

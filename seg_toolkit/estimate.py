@@ -140,7 +140,10 @@ def estimate_predict(cfg: Config, n_images: int | None = None, budget: float | N
                 "per_image_s": per_image, "post_s": post / n, "members": members}
     result = {**measured, **project(measured, n_images or len(samples), budget)}
     if write:
-        write_json(run.estimate_json, result)
+        try:
+            write_json(run.estimate_json, result)
+        except OSError as e:  # a read-only run folder (a bundle under /kaggle/input): the estimate is printed all the same
+            log.warning("estimate not saved to %s (%s)", run.estimate_json, e)
     return result
 
 

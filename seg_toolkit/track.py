@@ -58,6 +58,14 @@ def resolve_backend(name: str) -> str:
     return "mlflow" if importlib.util.find_spec("mlflow") is not None else "none"
 
 
+def redact_uri(uri: Any) -> Any:
+    """``uri`` without the password of its user part (``https://alice:s3cret@host`` -> ``https://alice:***@host``): what
+    may be logged as a parameter or shown in a report; anything else as it is."""
+    if not isinstance(uri, str):
+        return uri
+    return re.sub(r"^([A-Za-z][\w+.-]*://[^/@:]*):[^/@]*@", r"\1:***@", uri)
+
+
 def flatten_params(data: dict[str, Any], prefix: str = "", max_len: int = 6000) -> dict[str, str]:
     """``{"train.epochs": "10", "loss.bce": "0.5", ...}``: leaves of a nested dict as strings (lists as JSON),
     keys limited to the characters MLflow accepts, values cut to ``max_len``."""
@@ -298,6 +306,8 @@ class Tracker:
             if not self.started:
                 self.started = True
                 params = flatten_params(config_to_dict(self.cfg), max_len=_max_param_len()) if self.cfg else {}
+                if "track.uri" in params:  # a store's password is no experiment parameter
+                    params["track.uri"] = redact_uri(params["track.uri"])
                 self._save(self.backend.open(self.run, params, read_json(self.run.tracker_json) or {}))
             return fn(*args)
         except Exception as e:  # noqa: BLE001 - a tracker must never stop training
@@ -423,7 +433,7 @@ def tracker_sentence(run_dir: str | Path) -> Optional[tuple[str, Optional[str]]]
         return None
     if state.get("backend") == "mlflow" and state.get("run_id"):
         link = f"http://127.0.0.1:5000/#/experiments/{state.get('experiment_id')}/runs/{state['run_id']}"
-        return f"tracked in MLflow run {state['run_id']} (mlflow ui --backend-store-uri {state.get('uri')})", link
+        return f"tracked in MLflow run {state['run_id']} (mlflow ui --backend-store-uri {redact_uri(state.get('uri'))})", link
     if state.get("backend") == "tensorboard":
         return f"tracked in TensorBoard (tensorboard --logdir {state.get('uri')})", None
     return None
