@@ -21,7 +21,7 @@ from .files import read_oof, write_json
 from .run import Run, RunExistsError
 from .run_lock import run_lock
 from .tensors import uint8_to_probs
-from .pseudo import pseudo_info, teacher_run
+from .pseudo import check_teacher, pseudo_info, teacher_run
 from .stages import check_init_folds, init_run
 from .train import train_fold
 from . import track
@@ -120,6 +120,7 @@ def _run_cv(cfg: Config, folds: list[int] | None, resume: bool, overwrite: bool)
     d.barrier()
     folds_df = load_or_make_folds(samples, cfg, run.folds_csv)
     check_init_folds(cfg, folds_df, folds)  # train.init_from: same folds, every fold trained there
+    check_teacher(cfg, folds_df, folds)  # pseudo.teacher: the same, before the first fold trains
     trained_before = set(run.trained_folds())
     left_out: list[int] = []
     for k in folds:

@@ -100,31 +100,49 @@ def teacher_run(cfg: Config) -> Run | None:
     return run
 
 
-def _make(cfg: Config, run: Run, fold: int | None, folds: pd.DataFrame, path: Path) -> None:
-    from .data.masks import train_rle_spec
-    from .data.sources import load_test_samples
+def check_teacher(cfg: Config, folds: pd.DataFrame, folds_to_train: list[int]) -> None:
+    """Before any fold trains: the teacher's labels can be made for every fold to train (:func:`_teacher_predictor`),
+    so a missing teacher fold or other folds are refused now, not after the first folds have trained."""
+    teacher = teacher_run(cfg)
+    if teacher is not None:
+        _teacher_predictor(cfg, teacher, folds, list(folds_to_train) if cfg.pseudo.per_fold else [])
+
+
+def _teacher_predictor(cfg: Config, teacher: Run, folds: pd.DataFrame, per_fold: list[int]):
+    """The teacher's predictor, refused when an ensemble teacher's member changed since it was built (predict refuses
+    it too) and, for the per-fold labels of folds ``per_fold``, unless the teacher and each of its members have this
+    run's folds and a trained model for each of those folds (their fold k never trained on this run's fold k images)."""
     from .device import resolve_device
-    from .postprocess import apply_postprocess, load_params
     from .predictor import Predictor
     from .stages import check_same_folds
 
-    teacher = teacher_run(cfg)
-    if teacher.is_ensemble:  # a member retrained or re-folded since: predict refuses it, and so do its labels
+    if teacher.is_ensemble:
         from .ensemble import check_members_unchanged
 
         check_members_unchanged(teacher)
-    if fold is not None:
+    if per_fold:
         check_same_folds(teacher, folds, "pseudo.teacher")
     predictor = Predictor.from_run(teacher, device=resolve_device(cfg.train.device), batch_size=cfg.predict.batch_size,
                                    num_workers=cfg.train.num_workers)
-    if fold is not None:  # each member's own folds: its fold k must not have trained on this run's fold k images
+    if per_fold:
         for m in predictor.members:
             if m.run.dir != teacher.dir:
                 check_same_folds(m.run, folds, f"pseudo.teacher member {m.run.dir}")
-    missing = [m.run.dir for m in predictor.members if fold is not None and fold not in m.folds]
-    if missing:
-        raise ConfigError(f"pseudo.teacher: fold {fold} is not trained in {', '.join(map(str, missing))}; per-fold labels "
-                          "need every fold")
+        missing = {str(m.run.dir): [k for k in per_fold if k not in m.folds] for m in predictor.members}
+        missing = {r: ks for r, ks in missing.items() if ks}
+        if missing:
+            raise ConfigError("pseudo.teacher: per-fold labels need the teacher's fold k for each fold k to train; not "
+                              "trained: " + "; ".join(f"fold(s) {ks} in {r}" for r, ks in missing.items()))
+    return predictor
+
+
+def _make(cfg: Config, run: Run, fold: int | None, folds: pd.DataFrame, path: Path) -> None:
+    from .data.masks import train_rle_spec
+    from .data.sources import load_test_samples
+    from .postprocess import apply_postprocess, load_params
+
+    teacher = teacher_run(cfg)
+    predictor = _teacher_predictor(cfg, teacher, folds, [fold] if fold is not None else [])
     tcfg = teacher.config()
     if tcfg.data.task != cfg.data.task or tcfg.data.num_classes != cfg.data.num_classes:
         raise ConfigError(f"pseudo.teacher: {teacher.dir} predicts {tcfg.data.task} with {tcfg.data.num_classes} classes; "

@@ -210,3 +210,19 @@ def test_an_ensemble_teacher_whose_member_changed_is_refused(demo_root, teacher,
                                          pseudo={"teacher": str(runs / "ens"), "confidence": 0.5}))
     with pytest.raises(ConfigError, match=r"changed since the ensemble was built"):
         run_cv(student)
+
+
+def test_a_teacher_without_a_fold_to_label_is_refused_before_any_fold_trains(demo_root, teacher, tmp_path):
+    """It was refused when fold 1 started, after fold 0 had trained (and spent its time budget)."""
+    import shutil
+
+    runs = tmp_path / "runs"
+    shutil.copytree(teacher / "teacher", runs / "teacher")
+    (runs / "teacher" / "fold_1" / "done.json").unlink()  # the budget left fold 1 out, or it is still training
+    cfg = _student(demo_root, runs, "student")
+    with pytest.raises(ConfigError, match=r"pseudo.teacher: per-fold labels need the teacher's fold k for each fold k to "
+                                          r"train; not trained: fold\(s\) \[1\] in .*teacher"):
+        run_cv(cfg)
+    assert not Run.of(cfg).fold_dir(0).exists()
+    run_cv(cfg, folds=[0])  # a --fold job of a fold the teacher has trains
+    assert Run.of(cfg).pseudo_csv(0).is_file()
