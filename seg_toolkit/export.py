@@ -349,7 +349,7 @@ def trained_values(cfg: Config) -> dict[str, Any]:
     import json
 
     from .config import config_to_dict
-    from .predictor import TRAINED_KEYS
+    from .predictor import TRAINED_KEYS, key_named
 
     flat: dict[str, Any] = {}
 
@@ -361,7 +361,7 @@ def trained_values(cfg: Config) -> dict[str, Any]:
                 flat[f"{prefix}{k}"] = v
 
     walk(json.loads(json.dumps(config_to_dict(cfg))), "")
-    return {k: v for k, v in flat.items() if any(k == p or (p.endswith(".") and k.startswith(p)) for p in TRAINED_KEYS)}
+    return {k: v for k, v in flat.items() if key_named(k, TRAINED_KEYS)}
 
 
 def trained_diff(recorded: dict[str, Any], cfg: Config) -> list[str]:

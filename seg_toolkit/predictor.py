@@ -55,14 +55,14 @@ PREDICT_KEYS = ("predict.tta", "predict.scales", "predict.merge", "predict.tile_
                 "predict.oof_tta")
 
 
-def diff_of_keys(old: Config, new: Config, prefixes: Sequence[str]) -> list[str]:
-    """:func:`~seg_toolkit.config.config_diff` restricted to the keys named in ``prefixes`` (a name ending in "."
-    names a section)."""
-    def named(line: str) -> bool:
-        key = line.split(": ", 1)[0]
-        return any(key == p or (p.endswith(".") and key.startswith(p)) for p in prefixes)
+def key_named(key: str, prefixes: Sequence[str]) -> bool:
+    """Whether the dotted config ``key`` is one of ``prefixes`` (a name ending in "." names a section)."""
+    return any(key == p or (p.endswith(".") and key.startswith(p)) for p in prefixes)
 
-    return [line for line in config_diff(config_to_dict(old), config_to_dict(new)) if named(line)]
+
+def diff_of_keys(old: Config, new: Config, prefixes: Sequence[str]) -> list[str]:
+    """:func:`~seg_toolkit.config.config_diff` restricted to the keys named in ``prefixes`` (:func:`key_named`)."""
+    return [line for line in config_diff(config_to_dict(old), config_to_dict(new)) if key_named(line.split(": ", 1)[0], prefixes)]
 
 
 def check_same_training(cfg: Config, run: Run, also_predict: bool = True, skip: Sequence[str] = ()) -> None:
