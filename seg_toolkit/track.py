@@ -31,13 +31,13 @@ import json
 import logging
 import os
 import re
-import time
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
 from .config import Config, config_to_dict
 from .files import read_json, write_json
 from .run import Run
+from .track_backends import Backend, MLflowBackend, TensorBoardBackend
 
 log = logging.getLogger(__name__)
 
@@ -112,178 +112,14 @@ def _artifacts(run: Run) -> list[Path]:
     return [p for p in files if p.exists()]
 
 
-# ----------------------------------------------------------------------------- backends (may raise; Tracker guards them)
-
-
-class _Backend:
-    """What a tracker backend does (this one: nothing); ``state`` is what ``tracker.json`` keeps between processes."""
-
-    name = "none"
-
-    def open(self, run: Run, params: dict[str, str], state: dict[str, Any]) -> dict[str, Any]:
-        return state
-
-    def fold_start(self, fold: int, state: dict[str, Any]) -> dict[str, Any]:
-        return state
-
-    def log_epoch(self, fold: int, step: int, metrics: dict[str, float]) -> None: ...
-    def fold_end(self, fold: int, metrics: dict[str, float], status: str) -> None: ...
-    def log_results(self, metrics: dict[str, float], tags: dict[str, str], artifacts: list[Path]) -> None: ...
-    def close(self, status: str) -> None: ...
-
-
-class _MLflow(_Backend):
-    name = "mlflow"
-
-    def __init__(self, uri: str, experiment: str, reopen: bool = False) -> None:
-        self.uri, self.experiment = uri, experiment
-        self.reopen = reopen  # only add results to the run in tracker.json (tune, oof, report): never a new run
-        self.client: Any = None
-        self.run_id: Optional[str] = None
-        self.children: dict[int, str] = {}
-
-    def _connect(self) -> None:
-        from mlflow.tracking import MlflowClient  # lazy: only a started tracker imports MLflow
-
-        db = _sqlite_path(self.uri)
-        if db is not None:
-            db.parent.mkdir(parents=True, exist_ok=True)
-        self.client = MlflowClient(tracking_uri=self.uri)
-
-    def _alive(self, run_id: Optional[str]) -> bool:
-        if not run_id:
-            return False
-        try:
-            return self.client.get_run(run_id).info.lifecycle_stage == "active"
-        except Exception:  # noqa: BLE001 - deleted or from another store: start a new one
-            return False
-
-    def open(self, run: Run, params: dict[str, str], state: dict[str, Any]) -> dict[str, Any]:
-        from mlflow.entities import Param
-
-        self._connect()
-        c = self.client
-        same_store = state.get("backend") == self.name and state.get("uri") == self.uri
-        if self.reopen and not (same_store and self._alive(state.get("run_id"))):
-            raise LookupError(f"the MLflow run {state.get('run_id')} of tracker.json is not in {self.uri} (deleted?)")
-        if same_store and self._alive(state.get("run_id")):
-            self.run_id = state["run_id"]
-            if not self.reopen:
-                c.update_run(self.run_id, status="RUNNING")
-            self.children = {int(k): v for k, v in (state.get("folds") or {}).items() if self._alive(v)}
-            old = c.get_run(self.run_id).data.params
-            changed = {k: v for k, v in params.items() if k in old and old[k] != v}
-            params = {k: v for k, v in params.items() if k not in old}
-            for k, v in changed.items():  # MLflow params are immutable; a grown train.epochs is kept as a tag
-                c.set_tag(self.run_id, f"changed.{k}"[:250], v)
-        else:
-            exp = c.get_experiment_by_name(self.experiment)
-            if exp is None:
-                artifacts = _sqlite_path(self.uri)
-                exp_id = c.create_experiment(self.experiment, artifact_location=(
-                    (artifacts.parent / "mlartifacts").resolve().as_uri() if artifacts is not None else None))
-            else:
-                exp_id = exp.experiment_id
-            self.run_id = c.create_run(exp_id, run_name=run.dir.name,
-                                       tags={"seg_toolkit.run_dir": str(run.dir.resolve())}).info.run_id
-        items = [Param(k, v) for k, v in params.items()]
-        for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
-            c.log_batch(self.run_id, params=items[i : i + 100])
-        return self._state()
-
-    def _state(self) -> dict[str, Any]:
-        info = self.client.get_run(self.run_id).info
-        return {"backend": self.name, "uri": self.uri, "experiment": self.experiment, "experiment_id": info.experiment_id,
-                "run_id": self.run_id, "folds": {str(k): v for k, v in sorted(self.children.items())}}
-
-    def fold_start(self, fold: int, state: dict[str, Any]) -> dict[str, Any]:
-        if fold in self.children:
-            self.client.update_run(self.children[fold], status="RUNNING")
-            return state
-        exp_id = self.client.get_run(self.run_id).info.experiment_id
-        child = self.client.create_run(exp_id, run_name=f"fold_{fold}",
-                                       tags={"mlflow.parentRunId": self.run_id, "fold": str(fold)})
-        self.children[fold] = child.info.run_id
-        return self._state()
-
-    def log_epoch(self, fold: int, step: int, metrics: dict[str, float]) -> None:
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        self.client.log_batch(self.children[fold], metrics=[Metric(k, v, now, step) for k, v in metrics.items()])
-
-    def fold_end(self, fold: int, metrics: dict[str, float], status: str) -> None:
-        if fold not in self.children:
-            return
-        for k, v in metrics.items():
-            self.client.log_metric(self.children[fold], k, v)
-        self.client.set_terminated(self.children[fold], status=status)
-
-    def log_results(self, metrics: dict[str, float], tags: dict[str, str], artifacts: list[Path]) -> None:
-        for k, v in metrics.items():
-            self.client.log_metric(self.run_id, k, v, step=0)
-        for k, v in tags.items():
-            self.client.set_tag(self.run_id, k, v[:5000])
-        for p in artifacts:
-            if p.is_dir():
-                self.client.log_artifacts(self.run_id, str(p), artifact_path=p.name)
-            else:
-                self.client.log_artifact(self.run_id, str(p))
-
-    def close(self, status: str) -> None:
-        for child in self.children.values():
-            if self.client.get_run(child).info.status == "RUNNING":
-                self.client.set_terminated(child, status=status)
-        self.client.set_terminated(self.run_id, status=status)
-
-
-class _TensorBoard(_Backend):
-    name = "tensorboard"
-
-    def __init__(self, logdir: str) -> None:
-        self.logdir = logdir
-        self.writer: Any = None
-
-    def open(self, run: Run, params: dict[str, str], state: dict[str, Any]) -> dict[str, Any]:
-        from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package
-
-        self.writer = SummaryWriter(log_dir=self.logdir)
-        table = "| key | value |\n|---|---|\n" + "\n".join(f"| {k} | {v[:200]} |" for k, v in params.items())
-        self.writer.add_text("hparams", table)
-        return {"backend": self.name, "uri": self.logdir}
-
-    def log_epoch(self, fold: int, step: int, metrics: dict[str, float]) -> None:
-        for k, v in metrics.items():
-            self.writer.add_scalar(f"fold_{fold}/{k}", v, step)
-        self.writer.flush()
-
-    def fold_end(self, fold: int, metrics: dict[str, float], status: str) -> None:
-        for k, v in metrics.items():
-            self.writer.add_scalar(f"fold_{fold}/{k}", v, 0)
-
-    def log_results(self, metrics: dict[str, float], tags: dict[str, str], artifacts: list[Path]) -> None:
-        for k, v in metrics.items():
-            self.writer.add_scalar(f"cv/{k}", v, 0)
-        if tags:
-            self.writer.add_text("results", "\n".join(f"- {k}: {v}" for k, v in sorted(tags.items())))
-        self.writer.flush()
-
-    def close(self, status: str) -> None:
-        self.writer.close()
-
-
-def _sqlite_path(uri: str) -> Optional[Path]:
-    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
-
-
-def _backend_for(cfg: Config, run: Run) -> _Backend:
+def _backend_for(cfg: Config, run: Run) -> Backend:
     name, t = resolve_backend(cfg.track.backend), cfg.track
     if name == "mlflow":
         uri = t.uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///" + str((run.dir.parent / "mlflow.db").resolve())
-        return _MLflow(uri, t.experiment or cfg.experiment)
+        return MLflowBackend(uri, t.experiment or cfg.experiment)
     if name == "tensorboard":
-        return _TensorBoard(t.uri or str(run.dir / "tensorboard"))
-    return _Backend()
+        return TensorBoardBackend(t.uri or str(run.dir / "tensorboard"))
+    return Backend()
 
 
 # ----------------------------------------------------------------------------- the guarded tracker
@@ -293,7 +129,7 @@ class Tracker:
     """A backend behind a guard: started on first use, every call wrapped; the first failure warns once
     (naming the backend and the error) and turns the tracker into a no-op."""
 
-    def __init__(self, backend: _Backend, run: Run, cfg: Optional[Config] = None) -> None:
+    def __init__(self, backend: Backend, run: Run, cfg: Optional[Config] = None) -> None:
         self.backend, self.run, self.cfg = backend, run, cfg
         self.active = backend.name != "none"
         self.started = False
@@ -412,11 +248,11 @@ def log_run_files(run_dir: str | Path) -> None:
         state = read_json(run.tracker_json) or {}
     except Exception:  # noqa: BLE001 - a damaged tracker.json only loses the tracking
         state = {}
-    backend: _Backend
+    backend: Backend
     if state.get("backend") == "mlflow" and importlib.util.find_spec("mlflow") is not None:
-        backend = _MLflow(state.get("uri", ""), state.get("experiment") or run.dir.name, reopen=True)
+        backend = MLflowBackend(state.get("uri", ""), state.get("experiment") or run.dir.name, reopen=True)
     elif state.get("backend") == "tensorboard" and importlib.util.find_spec("tensorboard") is not None:
-        backend = _TensorBoard(state.get("uri") or str(run.dir / "tensorboard"))
+        backend = TensorBoardBackend(state.get("uri") or str(run.dir / "tensorboard"))
     else:
         return
     tracker = Tracker(backend, run)

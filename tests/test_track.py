@@ -117,7 +117,7 @@ def test_unwritable_store_warns_once_and_training_finishes(demo_root, tmp_path, 
     assert "mlflow" in msg and "/proc/nonexistent" in msg and str(run.dir) in msg
 
 
-class _Flaky(track._Backend):
+class _Flaky(track.Backend):
     """Starts fine, then every call fails (a database that locks, a disk that fills up)."""
 
     name = "flaky"
@@ -200,7 +200,7 @@ def test_tensorboard_scalars_per_fold(tmp_path):
 
     run = Run(tmp_path / "exp")
     run.dir.mkdir()
-    tracker = track.Tracker(track._TensorBoard(str(run.dir / "tensorboard")), run)
+    tracker = track.Tracker(track.TensorBoardBackend(str(run.dir / "tensorboard")), run)
     tracker.fold_start(0)
     for epoch, score in ((1, 0.25), (2, 0.5)):
         tracker.log_epoch(0, epoch, {"val_score": score, "metric": "dice"})
