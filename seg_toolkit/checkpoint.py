@@ -64,7 +64,7 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu", use_e
 
     state = load_checkpoint(path, map_location)
     try:
-        cfg = config_from_dict(state["config"])
+        cfg = config_from_dict(state["config"], trained=True)  # the pretrained encoder file may be gone
         args = dict(state["model_args"])
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: not a seg_toolkit model checkpoint: its config / model_args entry is missing or "

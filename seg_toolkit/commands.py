@@ -11,18 +11,19 @@ from pathlib import Path
 from .config import Config, ConfigError, load_config
 
 
-def _load(path: str, overrides: list[str]) -> Config:
-    """A YAML config, or a run folder (its saved config.yaml: trained runs and ensembles alike)."""
+def _load(path: str, overrides: list[str], trained: bool = False) -> Config:
+    """A YAML config, or a run folder (its saved config.yaml: trained runs and ensembles alike). ``trained``: a
+    command that uses trained runs only (its pretrained encoder file is not looked for: the checkpoints hold it)."""
     p = Path(path)
     if p.is_dir() and not (p / "config.yaml").is_file():
         raise ConfigError(f"{p}: is a folder without config.yaml; expected a YAML config file or a run folder (runs/<experiment>)")
     if p.is_dir():  # the run is where it was named, whatever the working directory (its saved runs_dir may be relative)
         overrides = [("runs_dir", str(p.parent)), ("experiment", p.name), *overrides]  # names, not YAML
-    return load_config(p / "config.yaml" if p.is_dir() else p, overrides)
+    return load_config(p / "config.yaml" if p.is_dir() else p, overrides, trained)
 
 
-def _config(args: argparse.Namespace) -> Config:
-    return _load(args.config, args.set)
+def _config(args: argparse.Namespace, trained: bool = False) -> Config:
+    return _load(args.config, args.set, trained)
 
 
 def cmd_make_demo(args: argparse.Namespace) -> int:
@@ -107,7 +108,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from .run import Run
     from .tune import tune_postprocess
 
-    cfg = _config(args)
+    cfg = _config(args, trained=True)
     run = Run.of(cfg)
     if args.tta:
         _tune_tta(cfg)  # choose_tta checks the training keys and the predict keys it does not set itself
@@ -150,7 +151,7 @@ def _tune_tta(cfg: Config) -> None:
 def cmd_oof(args: argparse.Namespace) -> int:
     from .oof import remake_oof
 
-    cfg = _config(args)
+    cfg = _config(args, trained=True)
     cv = remake_oof(cfg)
     _print_cv(cv, cfg.run_dir)
     _print_tune(cv["postprocess"])
@@ -170,10 +171,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
         budget = parse_duration(args.budget) if args.budget else None
         if budget is not None and budget <= 0:
             raise ConfigError(f"--budget {args.budget!r}: expected a positive duration, e.g. 9h")
-        r = estimate_predict(_config(args), n_images=args.n_images, budget=budget)
+        r = estimate_predict(_config(args, trained=True), n_images=args.n_images, budget=budget)
         print(format_estimate(r))
         return 0 if r.get("fits", True) else 1
-    out = predict_test(_config(args), out=args.out, overwrite=args.overwrite)
+    out = predict_test(_config(args, trained=True), out=args.out, overwrite=args.overwrite)
     print(f"submission: {out}")
     return 0
 
@@ -181,7 +182,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from .export import export_run
 
-    for run_dir, folds in export_run(_config(args), fmt=args.format).items():
+    for run_dir, folds in export_run(_config(args, trained=True), fmt=args.format).items():
         for f in folds:
             diffs = ", ".join(f"{p['max_abs_diff']:.2g} at {'x'.join(map(str, p['shape']))}" for p in f["parity"])
             print(f"{run_dir} fold {f['fold']}: {f['path']} ({f['bytes'] / 1e6:.1f} MB); max |onnx - torch| logits {diffs} "
@@ -202,7 +203,7 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
 
     from .config_checks import check_run_name
 
-    cfgs = [_load(c, args.set) for c in args.configs]
+    cfgs = [_load(c, args.set, trained=True) for c in args.configs]
     if args.name is not None:
         check_run_name(args.name, "--name")
     run = Run(Path(cfgs[0].runs_dir) / (args.name or "ens_" + "_".join(c.experiment for c in cfgs)))
@@ -230,7 +231,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .data.sources import class_names
     from .inference import evaluate_on, evaluate_split
 
-    cfg = _config(args)
+    cfg = _config(args, trained=True)
     if args.on is not None:
         r = evaluate_on(cfg, args.on)
         what = f"{args.on} ({r['n_images']} labelled images"
@@ -258,7 +259,7 @@ def cmd_check_submission(args: argparse.Namespace) -> int:
     n_pixels = columns = classes = None
     class_column = args.class_column
     if args.config:
-        cfg = _load(args.config, [])
+        cfg = _load(args.config, [], trained=True)
         spec = submission_spec(cfg)
         s = cfg.submission
         columns = submission_columns(cfg) if s.id_column or s.rle_column else None
@@ -336,7 +337,7 @@ def cmd_bundle(args: argparse.Namespace) -> int:
     from .bundle import DEFAULT_BASE_ENV, build_bundle
     from .run import Run
 
-    runs = [Run.of(_load(c, [])) for c in args.configs]
+    runs = [Run.of(_load(c, [], trained=True)) for c in args.configs]
     base = args.base_env.split(",") if args.base_env is not None else list(DEFAULT_BASE_ENV)
     info = build_bundle(runs, args.out, fp16=args.fp16, base_env=base, wheels=not args.no_wheels,
                         allow_missing_folds=args.allow_missing_folds, overwrite=args.overwrite)

@@ -373,15 +373,16 @@ class Config:
 # ----------------------------------------------------------------------------- loading
 
 
-def config_from_dict(data: dict | None) -> Config:
-    """Build a validated :class:`Config` from plain YAML data."""
+def config_from_dict(data: dict | None, trained: bool = False) -> Config:
+    """Build a validated :class:`Config` from plain YAML data (``trained``: a trained run's config, see
+    :func:`~seg_toolkit.config_checks.check_config`)."""
     data = data or {}
     if not isinstance(data, dict):
         raise ConfigError(f"a config file must be a mapping at the top level, got {type(data).__name__}")
     cfg = build_dataclass(Config, data)
     from .config_checks import check_config
 
-    check_config(cfg)
+    check_config(cfg, trained)
     return cfg
 
 
@@ -401,18 +402,19 @@ def config_diff(old: dict, new: dict, prefix: str = "") -> list[str]:
     return out
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+def load_config(path: str | Path, overrides: list[str] | None = None, trained: bool = False) -> Config:
     """Read a YAML file (safe loader), apply ``--set`` overrides and validate.
 
     A top-level ``base: other.yaml`` key names a file (relative to this one) whose values
     this file overrides, so experiments can share a base config; the base may have a base of
-    its own (a chain of any length; a cycle is an error naming its files).
+    its own (a chain of any length; a cycle is an error naming its files). ``trained``: the config of a
+    trained run, whose pretrained encoder file is not looked for (:func:`~seg_toolkit.config_checks.check_config`).
     """
     path = Path(path)
     data = read_with_bases(path)
     data = apply_overrides(data, overrides)
     try:
-        return config_from_dict(data)
+        return config_from_dict(data, trained)
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
 

@@ -23,8 +23,12 @@ from .config_consistency import check_consistency
 __all__ = ["check_config"]
 
 
-def check_config(cfg: Config) -> None:
+def check_config(cfg: Config, trained: bool = False) -> None:
     """Cross-field rules the types cannot say: everything knowable at load time.
+
+    ``trained``: the config of a trained run (its ``config.yaml``, a checkpoint's copy): the pretrained
+    encoder file (``model.encoder_weights``) is not needed any more, every weight is in the checkpoints,
+    so it is not looked for (a run folder moved to a machine without it, an offline kernel, still predicts).
 
     Each rule fails with one line naming the dotted key and what was expected; sections are
     checked in the order of :class:`Config`, so the first problem in the file is the one
@@ -37,6 +41,7 @@ def check_config(cfg: Config) -> None:
         check_data_config,
         _check_folds,
         _check_transforms,
+        *(() if trained else (_check_weights_file,)),
         _check_model,
         _check_loss,
         _check_numbers,
@@ -374,7 +379,6 @@ def _check_loss(cfg: Config) -> None:
 
 
 def _check_model(cfg: Config) -> None:
-    _check_weights_file(cfg)
     ds = cfg.model.deep_supervision
     if not (isinstance(ds, (int, float)) and 0 <= ds <= 10):
         raise ConfigError(f"model.deep_supervision: expected a loss weight in [0, 10] (0 = off), got {ds!r}")

@@ -358,10 +358,11 @@ class Run(RunGuard):
         return [read_json(self.done_json(k)) or {} for k in self.trained_folds()]
 
     def config(self) -> Config:
-        """The resolved config saved when the run was made."""
+        """The resolved config saved when the run was made (its pretrained encoder file is not looked for: the
+        checkpoints hold every weight)."""
         if not self.config_yaml.is_file():
             raise ConfigError(f"{self.config_yaml}: not found; is {self.dir} a run folder (runs/<experiment>/)?")
-        return load_config(self.config_yaml)
+        return load_config(self.config_yaml, trained=True)
 
     def fold_of(self) -> dict[str, int]:
         from .data.folds import fold_of_ids

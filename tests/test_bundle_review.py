@@ -22,7 +22,8 @@ from seg_toolkit.bundle import build_bundle, predict_bundle
 from seg_toolkit.bundle_check import BundleIntegrityError
 from seg_toolkit.bundle_templates import notebook
 from seg_toolkit.cli import main
-from seg_toolkit.config import ConfigError, config_from_dict
+from seg_toolkit.checkpoint import load_model
+from seg_toolkit.config import ConfigError, config_from_dict, load_config
 from seg_toolkit.cv import run_cv
 from seg_toolkit.ensemble import build_ensemble, member_fingerprint
 from seg_toolkit.files import read_json, sha256_file
@@ -78,6 +79,18 @@ def test_a_run_trained_from_a_weights_file_mapped_by_order_is_bundled_and_predic
     weights.unlink()  # the target has no such file: the checkpoints hold every weight
     out = predict_bundle(bundle, trained["root"], tmp_path / "w.csv")
     assert out.read_bytes() == ref.read_bytes()
+
+    # the run folder itself predicts without the file too (the checkpoints hold every weight); training refuses
+    again = tmp_path / "again.csv"
+    assert main(["predict", str(run.dir), "--out", str(again)]) == 0, capsys.readouterr().err
+    assert again.read_bytes() == ref.read_bytes()
+    model, saved_cfg = load_model(run.best_pt(0))
+    assert saved_cfg.model.encoder_weights == str(weights)
+    with pytest.raises(ConfigError, match="weights file not found"):
+        load_config(run.config_yaml)
+    capsys.readouterr()
+    assert main(["train", str(run.dir), "--resume"]) == 2
+    assert "weights file not found" in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------- 2: a real ensemble
