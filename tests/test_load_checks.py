@@ -78,6 +78,9 @@ BAD = [
     (["model.arch=unet", "model.params={decoder_channels: [32, 16]}"],
      "model.params.decoder_channels: unet with encoder_depth 5 needs 5 decoder widths, one per stage; got [32, 16] (given)"),
     (["model.arch=unet", "model.params={encoder_depth: four}"], "model.params.encoder_depth: expected a number of encoder stages"),
+    (["model.arch=fpn", "model.params={encoder_depth: 4}"],
+     "model.params.upsampling: fpn with encoder_depth 4 needs upsampling 2 to return logits of the input's size; got 4 "
+     "(smp's default for fpn): set model.params.upsampling: 2"),
 ]
 
 
@@ -105,7 +108,7 @@ def test_bad_value_fails_at_load_naming_the_key(overrides, message):
         ["predict.tta=[identity, d4]", "predict.scales=[0.75, 1.0]", "predict.tile_size=[64, 96]", "predict.tile_overlap=0"],
         ["model.arch=unet"],
         ["model.arch=unet", "model.params={encoder_depth: 4, decoder_channels: [64, 32, 16, 8]}"],
-        ["model.arch=fpn", "model.params={encoder_depth: 4}"],  # FPN has no per-stage widths
+        ["model.arch=fpn", "model.params={encoder_depth: 4, upsampling: 2}"],  # no per-stage widths; stride 2 out
         ["model.arch=deeplabv3plus", "model.params={decoder_channels: 16}"],  # one width, not one per stage
         ["train.device=cuda:7"],  # the CLI checks the device; a saved run config loads anywhere
     ],

@@ -21,9 +21,7 @@ contracting path of :mod:`.scratch_unet`, width/norm from ``model.base_width``/`
 from __future__ import annotations
 
 import contextlib
-import inspect
 import logging
-import re
 from typing import Any, Iterator
 
 import segmentation_models_pytorch as smp
@@ -35,6 +33,12 @@ from seg_toolkit.config import ConfigError, ModelConfig
 from seg_toolkit.errors import closest
 
 from .deep_supervision import aux_logits
+from .smp_params import (
+    SMP_ARCHITECTURES,
+    check_decoder_depth,
+    check_params,
+    params_error,
+)
 from .scratch_unet import EncoderFreezeMixin, ScratchUNetEncoder, crop_padding, forward_padded, pad_to_multiple
 from .weights import (
     EncoderWeightsReport,
@@ -62,25 +66,6 @@ __all__ = [
 DEFAULT_ENCODER = "resnet34"
 SCRATCH_ENCODER = "scratch"
 
-# toolkit name -> smp class name; only those the installed smp has are registered
-_SMP_CLASS_NAMES = {
-    "unet": "Unet",
-    "unetplusplus": "UnetPlusPlus",
-    "fpn": "FPN",
-    "deeplabv3": "DeepLabV3",
-    "deeplabv3plus": "DeepLabV3Plus",
-    "linknet": "Linknet",
-    "manet": "MAnet",
-    "pan": "PAN",
-    "pspnet": "PSPNet",
-    "upernet": "UPerNet",
-    "segformer": "Segformer",
-    "dpt": "DPT",
-}
-SMP_ARCHITECTURES: dict[str, type[nn.Module]] = {
-    name: getattr(smp, cls_name) for name, cls_name in _SMP_CLASS_NAMES.items() if hasattr(smp, cls_name)
-}
-
 # DPT is ViT-only: smp's own default encoder, and dynamic image size so any H, W works
 _ARCH_DEFAULT_ENCODER = {"dpt": "tu-vit_base_patch16_224.augreg_in21k"}
 _ARCH_DEFAULT_PARAMS: dict[str, dict[str, Any]] = {"dpt": {"dynamic_img_size": True}}
@@ -90,16 +75,6 @@ _MIN_SIZE_FACTOR = {"pan": 8}
 #: architectures whose BatchNorm after global pooling cannot train on a batch of one
 MIN_TRAIN_BATCH = {"deeplabv3": 2, "deeplabv3plus": 2, "pan": 2, "upernet": 2}
 
-_RESERVED = {
-    "encoder_name": "model.encoder",
-    "encoder_weights": "model.encoder_weights",
-    "in_channels": "data.in_channels",
-    "classes": "data.num_classes",
-}
-_FORBIDDEN = {
-    "activation": "models return raw logits (the losses and metrics apply sigmoid/softmax)",
-    "aux_params": "a classification head makes forward return a tuple, which the toolkit does not use",
-}
 # ModelConfig fields only the scratch U-Net / scratch encoder read
 _SCRATCH_ONLY_FIELDS = ("depth", "base_width", "norm", "upsample", "dropout")
 _SCRATCH_ENCODER_FIELDS = ("base_width", "norm")
@@ -125,10 +100,18 @@ class _PaddedSmpMixin(EncoderFreezeMixin):
             )
         heads = getattr(self, "aux_heads", None)  # deep supervision (models/deep_supervision.py), training only
         if heads is None or not self.training:
-            return forward_padded(x, self.pad_multiple, super().forward, self.min_input_size)  # type: ignore[misc]
+            return forward_padded(x, self.pad_multiple, self._same_size_forward, self.min_input_size)
         xp, pads = pad_to_multiple(x, self.pad_multiple, self.min_input_size)
-        main = super().forward(xp)  # type: ignore[misc]
+        main = self._same_size_forward(xp)
         return crop_padding(main, pads), [crop_padding(a, pads) for a in aux_logits(self, main.shape[-2:])]
+
+    def _same_size_forward(self, xp: torch.Tensor) -> torch.Tensor:
+        """smp's forward on the padded input; logits of another size are refused (cropping them would misalign)."""
+        out = super().forward(xp)  # type: ignore[misc]
+        if out.shape[-2:] != xp.shape[-2:]:
+            raise ValueError(f"model.arch {self.arch_name!r}: smp returned {tuple(out.shape[-2:])} logits for a "
+                             f"{tuple(xp.shape[-2:])} input; check model.params (upsampling, encoder_depth, encoder_output_stride)")
+        return out
 
 
 def _make_padded(cls: type[nn.Module]) -> type[nn.Module]:
@@ -148,70 +131,6 @@ PADDED_CLASSES: dict[str, type[nn.Module]] = {arch: _make_padded(cls) for arch, 
 def default_encoder(arch: str) -> str:
     """Encoder used when ``model.encoder`` is null."""
     return _ARCH_DEFAULT_ENCODER.get(arch, DEFAULT_ENCODER)
-
-
-def _signature(arch: str) -> inspect.Signature:
-    return inspect.signature(SMP_ARCHITECTURES[arch].__init__)
-
-
-def _accepted_params(arch: str) -> list[str]:
-    kinds = (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)
-    return [n for n, p in _signature(arch).parameters.items() if n != "self" and p.kind not in kinds]
-
-
-def check_decoder_depth(arch: str, params: dict[str, Any]) -> None:
-    """An smp decoder with one width per stage (Unet, Unet++, MAnet) needs as many widths as encoder
-    stages: ``params.encoder_depth`` and ``params.decoder_channels`` are checked against each other
-    (either may be smp's default). The config checks call it when the config loads; a model built
-    without them still gets smp's own error, wrapped by :func:`build_smp_model`."""
-    if ("encoder_depth" not in params and "decoder_channels" not in params) or arch not in SMP_ARCHITECTURES:
-        return
-    sig = _signature(arch).parameters
-    if "encoder_depth" not in sig or not isinstance(getattr(sig.get("decoder_channels"), "default", None), (list, tuple)):
-        return  # no per-stage widths (DeepLabV3's decoder_channels is one int; FPN has none)
-    depth = params.get("encoder_depth", sig["encoder_depth"].default)
-    widths = params.get("decoder_channels", sig["decoder_channels"].default)
-    if not isinstance(depth, int) or isinstance(depth, bool) or depth < 1:
-        raise ConfigError(f"model.params.encoder_depth: expected a number of encoder stages (smp: 3 to 5; 5 = stride 32), got {depth!r}")
-    if not isinstance(widths, (list, tuple)) or len(widths) != depth:
-        given = "given" if "decoder_channels" in params else f"smp's default for {arch}"
-        raise ConfigError(f"model.params.decoder_channels: {arch} with encoder_depth {depth} needs {depth} decoder widths, "
-                          f"one per stage; got {list(widths) if isinstance(widths, (list, tuple)) else widths!r} ({given})")
-
-
-def _check_params(arch: str, params: dict[str, Any], encoder: str) -> None:
-    """Reject keys the toolkit sets itself, keys that break the logits contract, and unknown
-    keys (with a non-timm encoder: smp would silently drop them)."""
-    accepted = [n for n in _accepted_params(arch) if n not in _RESERVED and n not in _FORBIDDEN]
-    for key in params:
-        if key in _RESERVED:
-            raise ConfigError(
-                f"model.params.{key}: set by the toolkit from {_RESERVED[key]}; remove it from model.params"
-            )
-        if key in _FORBIDDEN:
-            raise ConfigError(f"model.params.{key}: not allowed, {_FORBIDDEN[key]}")
-        if key in accepted or encoder.startswith("tu-"):
-            continue  # with a tu- encoder, extra keys go on to timm.create_model
-        close = closest(key, accepted, cutoff=0.5)
-        hint = f"; did you mean 'model.params.{close}'?" if close else ""
-        raise ConfigError(
-            f"model.params.{key}: not a parameter of {arch} (smp.{SMP_ARCHITECTURES[arch].__name__}){hint} "
-            f"(valid: {', '.join(accepted)}; timm keyword arguments are accepted with a tu- encoder only)"
-        )
-
-
-def _params_error(arch: str, params: dict[str, Any], err: Exception) -> ConfigError | None:
-    m = re.search(r"unexpected keyword argument '(\w+)'", str(err))
-    if not m or m.group(1) not in params:
-        return None
-    key = m.group(1)
-    accepted = [n for n in _accepted_params(arch) if n not in _RESERVED and n not in _FORBIDDEN]
-    close = closest(key, accepted, cutoff=0.5)
-    hint = f"; did you mean 'model.params.{close}'?" if close else ""
-    return ConfigError(
-        f"model.params.{key}: neither a parameter of {arch} nor accepted by the timm encoder ({err}){hint} "
-        f"(valid for {arch}: {', '.join(accepted)})"
-    )
 
 
 @contextlib.contextmanager
@@ -310,7 +229,7 @@ def check_smp_keys(arch: str, cfg: ModelConfig, encoder: str) -> None:
         raise ConfigError(
             f"model.encoder: {encoder!r}: dpt needs a timm ViT encoder, e.g. tu-vit_base_patch16_224.augreg_in21k"
         )
-    _check_params(arch, dict(cfg.params), encoder)
+    check_params(arch, dict(cfg.params), encoder)
     weights = cfg.encoder_weights
     if weights is not None and not is_weights_path(weights):
         _named_weights_arg(encoder, weights)
@@ -330,7 +249,7 @@ def build_smp_model(arch: str, cfg: ModelConfig, num_classes: int, in_channels: 
             f"model.encoder: {encoder!r}: dpt needs a timm ViT encoder, e.g. tu-vit_base_patch16_224.augreg_in21k"
         )
     params = {**_ARCH_DEFAULT_PARAMS.get(arch, {}), **cfg.params}
-    _check_params(arch, dict(cfg.params), encoder)
+    check_params(arch, dict(cfg.params), encoder)
     _warn_ignored_fields(arch, cfg, encoder)
 
     weights = cfg.encoder_weights
@@ -350,7 +269,7 @@ def build_smp_model(arch: str, cfg: ModelConfig, num_classes: int, in_channels: 
     except ConfigError:
         raise
     except Exception as e:
-        raise _params_error(arch, dict(cfg.params), e) or ConfigError(
+        raise params_error(arch, dict(cfg.params), e) or ConfigError(
             f"model: cannot build arch {arch!r} with encoder {encoder!r} "
             f"(params {params or '{}'}): {type(e).__name__}: {e}"
         ) from e
@@ -382,7 +301,9 @@ def build_smp_model(arch: str, cfg: ModelConfig, num_classes: int, in_channels: 
                 logger.debug("timm file loader failed for %s: %s", path, e)
             else:
                 loaded, missing = _from_file(timm_model.encoder.state_dict(), state_dict)
-                if len(loaded) >= len(missing):  # timm's loader is lenient: count what really came from the file
+                # timm's loader is lenient: count what really came from the file; every weight tensor must have, but
+                # the first convolution when it was adapted to other input channels (its values changed)
+                if len(missing) <= (0 if in_channels == 3 else 1):
                     model = timm_model
                     report = EncoderWeightsReport(path=str(path), source="timm", loaded=loaded, missing=missing)
                     logger.info("encoder weights: %s loaded by timm's pretrained-file loader (%d of %d weight tensors)",

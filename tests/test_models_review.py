@@ -1,0 +1,120 @@
+"""Models after review: a weights file of another network is refused (not loaded in part), grey / RGBA first
+convolutions are adapted from their own channel count, coverage counts weight tensors only, and an smp decoder
+whose final upsampling does not fit its encoder depth is refused when the config loads."""
+
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+
+from seg_toolkit.config import ConfigError, ModelConfig, config_from_dict
+from seg_toolkit.models import build_model
+
+from .conftest import demo_dict
+from .test_models import SMALL_PARAMS, tiny_cfg
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _raw(path, edit=None) -> dict[str, torch.Tensor]:
+    """A plain timm test_resnet checkpoint (seeded), optionally edited, saved at ``path``."""
+    torch.manual_seed(0)
+    state = timm.create_model("test_resnet").state_dict()
+    if edit is not None:
+        edit(state)
+    torch.save(state, path)
+    return state
+
+
+# ----------------------------------------------------------------------------- another network's file
+
+
+def test_a_file_whose_tensors_have_other_shapes_is_refused_not_loaded_in_part(tmp_path):
+    def widen(state):  # as a resnet50 file for a resnet34: same names, other shapes
+        w = state["layer1.0.conv1.weight"]
+        state["layer1.0.conv1.weight"] = torch.zeros(w.shape[0] * 2, *w.shape[1:])
+
+    path = tmp_path / "other.pth"
+    _raw(path, widen)
+    with pytest.raises(ConfigError, match=r"model\.encoder_weights: 1 tensor\(s\) .* other shapes .*layer1\.0\.conv1\.weight"):
+        build_model(tiny_cfg("unet", encoder_weights=str(path)), num_classes=1)
+
+
+def test_coverage_counts_weight_tensors_only(tmp_path):
+    """One of the encoder's 2-D+ weights missing from the file: coverage (W - 1) / W, whatever the 1-D tensors."""
+    path = tmp_path / "partial.pth"
+    _raw(path, lambda s: s.pop("layer2.0.conv2.weight"))
+    model = build_model(tiny_cfg("unet", encoder_weights=str(path)), num_classes=1)
+    report = model.encoder_weights_report
+    own = model.encoder.state_dict()
+    n_weights = sum(1 for v in own.values() if v.ndim >= 2)
+    assert report.missing == ["model.layer2.0.conv2.weight"]
+    assert report.weights_total == n_weights and report.weights_loaded == n_weights - 1
+    assert report.coverage == pytest.approx((n_weights - 1) / n_weights)
+
+
+# ----------------------------------------------------------------------------- first convolution from 1 or 4 channels
+
+
+@pytest.mark.parametrize("file_ch,model_ch", [(1, 3), (1, 4), (4, 1), (4, 3)])
+def test_a_grey_or_rgba_first_conv_is_adapted_from_its_own_channels(tmp_path, file_ch, model_ch):
+    """timm's rule with the file's channel count as the base: to one channel the file's channels are summed; to
+    more, they are repeated and scaled by file / model channels (1 -> 3: each channel gets the grey filter / 3)."""
+    key = "conv1.0.weight"  # test_resnet's deep stem
+
+    def channels(state):
+        w = state[key]
+        state[key] = torch.randn(w.shape[0], file_ch, *w.shape[2:])
+
+    path = tmp_path / f"c{file_ch}.pth"
+    state = _raw(path, channels)
+    model = build_model(tiny_cfg("unet", encoder_weights=str(path)), num_classes=1, in_channels=model_ch)
+    assert model.encoder_weights_report.adapted == ["model." + key]
+    got, w = model.encoder.state_dict()["model." + key], state[key]
+    if model_ch == 1:
+        want = w.sum(dim=1, keepdim=True)
+    else:
+        reps = -(-model_ch // file_ch)
+        want = w.repeat(1, reps, 1, 1)[:, :model_ch] * (file_ch / model_ch)
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(model.encoder.state_dict()["model.layer1.0.conv1.weight"], state["layer1.0.conv1.weight"])
+
+
+# ----------------------------------------------------------------------------- the decoder's final upsampling
+
+
+@pytest.mark.parametrize("arch,params,need", [
+    ("fpn", {"encoder_depth": 4}, 2),
+    ("fpn", {"encoder_depth": 3}, 1),
+    ("pspnet", {"encoder_depth": 5}, 32),
+    ("deeplabv3", {"upsampling": 4}, 8),
+    ("deeplabv3plus", {"upsampling": 2}, 4),
+])
+def test_an_upsampling_that_does_not_fit_the_depth_is_refused_at_load(demo_root, tmp_path, arch, params, need):
+    """smp's defaults suit its default depth only: FPN at depth 4 returned 256x256 logits for 128x128."""
+    model = {"arch": arch, "encoder": "tu-test_resnet", "params": {**SMALL_PARAMS[arch], **params}}
+    with pytest.raises(ConfigError, match=rf"model\.params\.upsampling: {arch} .* needs upsampling {need} .*set model\.params\.upsampling: {need}"):
+        config_from_dict(demo_dict(demo_root, tmp_path / "runs", model=model))
+
+
+@pytest.mark.parametrize("arch,params", [("fpn", {"encoder_depth": 4, "upsampling": 2}), ("pspnet", {"encoder_depth": 4, "upsampling": 16})])
+def test_the_upsampling_named_in_the_error_returns_the_input_size(arch, params):
+    cfg = ModelConfig(arch=arch, encoder="tu-test_resnet", params={**SMALL_PARAMS[arch], **params})
+    model = build_model(cfg, num_classes=2).eval()
+    with torch.no_grad():
+        assert model(torch.zeros(1, 3, 101, 75)).shape == (1, 2, 101, 75)
+
+
+def test_logits_of_another_size_are_refused_by_the_forward(monkeypatch):
+    """The safety net behind the load check: smp's output must have the padded input's size, never cropped."""
+    model = build_model(ModelConfig(arch="fpn", encoder="tu-test_resnet", params=SMALL_PARAMS["fpn"]), num_classes=1).eval()
+    model.segmentation_head[1].scale_factor = 2.0  # as a wrong upsampling would
+    with torch.no_grad(), pytest.raises(ValueError, match=r"'fpn': smp returned \(32, 32\) logits for a \(64, 64\) input"):
+        model(torch.zeros(1, 3, 64, 64))
