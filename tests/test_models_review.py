@@ -118,3 +118,16 @@ def test_logits_of_another_size_are_refused_by_the_forward(monkeypatch):
     model.segmentation_head[1].scale_factor = 2.0  # as a wrong upsampling would
     with torch.no_grad(), pytest.raises(ValueError, match=r"'fpn': smp returned \(32, 32\) logits for a \(64, 64\) input"):
         model(torch.zeros(1, 3, 64, 64))
+
+
+@pytest.mark.parametrize("prefix", ["module.", "_orig_mod.", "module._orig_mod."])
+def test_a_bare_encoder_saved_from_a_ddp_or_compiled_wrapper_loads(tmp_path, prefix):
+    """A scratch encoder's file saved through DDP / torch.compile: every tensor loads, the wrapper prefix removed."""
+    source = build_model(tiny_cfg("scratch_unet"), num_classes=1)
+    path = tmp_path / "wrapped.pth"
+    torch.save({prefix + k: v for k, v in source.encoder.state_dict().items()}, path)
+    model = build_model(tiny_cfg("scratch_unet", encoder_weights=str(path)), num_classes=2)
+    report = model.encoder_weights_report
+    assert report.prefix_removed == prefix and report.missing == [] and report.coverage == 1.0
+    for k, v in source.encoder.state_dict().items():
+        torch.testing.assert_close(model.encoder.state_dict()[k], v, rtol=0, atol=0)

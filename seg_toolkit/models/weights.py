@@ -5,8 +5,9 @@ Kaggle notebooks often run without internet, so pretrained weights are uploaded 
 
 * a bare encoder state dict (the keys of ``model.encoder.state_dict()``),
 * a whole-model state dict or checkpoint whose encoder keys carry a prefix ending in
-  ``encoder.`` (``encoder.``, ``net.encoder.``, ``module.encoder.``; wrappers such as
-  ``{"state_dict": ...}`` / ``{"model": ...}`` are unwrapped),
+  ``encoder.`` (``encoder.``, ``net.encoder.``, ``module.encoder.``), or a bare encoder saved from a
+  DDP or ``torch.compile`` wrapper (``module.``, ``_orig_mod.``); wrappers such as
+  ``{"state_dict": ...}`` / ``{"model": ...}`` are unwrapped,
 * a plain timm backbone checkpoint for a ``tu-`` encoder (smp keeps the timm model under
   ``model.``, so ``model.`` is tried as a prefix to add).
 
@@ -194,8 +195,11 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         raise ConfigError(f"model.encoder_weights: {str(path)!r}: {e}") from None
 
 
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.", "module._orig_mod.", "_orig_mod.module.")  # DDP, torch.compile
+
+
 def _candidate_prefixes(keys: list[str]) -> set[str]:
-    prefixes = {""}
+    prefixes = {""} | {p for p in _WRAPPER_PREFIXES if any(k.startswith(p) for k in keys)}
     for k in keys:
         i = k.find("encoder.")
         while i != -1:
