@@ -35,6 +35,8 @@ def _renamed_checkpoint(tmp_path: Path, timm_name: str, corrupt: str | None = No
         sd[key] = torch.zeros(*sd[key].shape[:-1], sd[key].shape[-1] + 1) if sd[key].ndim else torch.zeros(2)
     elif corrupt == "count":
         sd.pop(list(sd)[-1])
+    elif corrupt == "no_counters":  # saved before PyTorch 0.4.1 had BatchNorm's num_batches_tracked
+        sd = {k: v for k, v in sd.items() if not k.endswith("num_batches_tracked")}
     path = tmp_path / "other_names.pth"
     torch.save(sd, path)
     return path, full.state_dict()
@@ -50,6 +52,18 @@ def test_order_mapping_loads_every_encoder_tensor(tmp_path):
     for k, v in enc.items():  # smp keeps the timm model under "model."
         assert torch.equal(v, original[k[len("model."):]]), k
     assert set(report.unexpected) == {"model." + k for k in original} - set(enc)  # the head: not in a features-only encoder
+
+
+def test_order_mapping_a_file_without_batchnorm_counters(tmp_path):
+    """The counters are given as zeros where the model has them; every other tensor pairs by position as before."""
+    path, original = _renamed_checkpoint(tmp_path, "test_efficientnet", corrupt="no_counters")
+    assert not any(k.endswith("num_batches_tracked") for k in torch.load(path, weights_only=True))
+    cfg = ModelConfig(arch="unet", encoder="tu-test_efficientnet", encoder_weights=str(path), encoder_weights_map="order")
+    model = build_model(cfg, num_classes=1)
+    assert model.encoder_weights_report.coverage == 1.0
+    for k, v in model.encoder.state_dict().items():
+        if not k.endswith("num_batches_tracked"):
+            assert torch.equal(v, original[k[len("model."):]]), k
 
 
 def test_by_names_the_same_file_matches_nothing(tmp_path):

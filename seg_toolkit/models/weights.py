@@ -141,6 +141,7 @@ def remap_by_order(sd: dict[str, torch.Tensor], timm_name: str, path: str) -> tu
     except Exception as e:  # an unknown name was refused earlier; this is timm failing
         raise ConfigError(f"model.encoder_weights_map: order: cannot build timm model {timm_name!r}: {e}") from None
     own = full.state_dict()
+    sd = _with_counters(sd, own)
     if len(own) != len(sd):
         raise ConfigError(
             f"model.encoder_weights_map: order: {path!r} holds {len(sd)} tensors but timm's {timm_name!r} has "
@@ -155,6 +156,24 @@ def remap_by_order(sd: dict[str, torch.Tensor], timm_name: str, path: str) -> tu
     logger.info("encoder weights: %d tensors of %s mapped by position onto %s (%s, ...)", len(pairs), path, timm_name,
                 "; ".join(pairs[:3]))
     return renamed, pairs
+
+
+def _with_counters(sd: dict[str, torch.Tensor], own: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A file saved without BatchNorm's ``num_batches_tracked`` counters (PyTorch < 0.4.1, some exporters) given
+    zero counters where the model has them, so the tensors pair by position; any other file unchanged."""
+    counter = "num_batches_tracked"
+    if any(k.endswith(counter) for k in sd) or not any(k.endswith(counter) for k in own):
+        return sd
+    if len(sd) != sum(1 for k in own if not k.endswith(counter)):
+        return sd  # another network: refused by the count check, naming the file's keys
+    values, out = iter(sd.items()), {}
+    for k, v in own.items():
+        if k.endswith(counter):
+            out[k] = torch.zeros_like(v)
+        else:
+            kb, vb = next(values)
+            out[kb] = vb
+    return out
 
 
 def _unwrap(obj: Any) -> dict[str, torch.Tensor]:
