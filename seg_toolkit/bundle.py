@@ -14,7 +14,7 @@ dataset. ``build_bundle([Run("runs/a")], "bundle")`` (``seg-toolkit bundle runs/
                          (weights only, optionally stored float16) and fold_<k>/done.json
       wheels/            seg_toolkit and every dependency outside the base environment
       requirements.txt   the exact versions of wheels/
-      predict.py         python predict.py --data-root ROOT --out submission.csv
+      predict.py         python predict.py --data-root ROOT --out submission.csv [--overwrite]
       predict.ipynb      the same in a notebook: pip install from wheels/, then predict.py
       README.md          the exact commands
 
@@ -413,11 +413,14 @@ def bundle_config(bundle: str | Path, data_root: str | Path, run: str | None = N
 
 
 def predict_bundle(bundle: str | Path, data_root: str | Path, out: str | Path, run: str | None = None,
-                   device: str | None = None, batch_size: int | None = None, num_workers: int | None = None) -> Path:
-    """``predict.py``: the submission of a bundled run on ``data_root``, written to ``out`` (replaced), once every
-    bundled file is checked against its sha256 in ``bundle.json``."""
+                   device: str | None = None, batch_size: int | None = None, num_workers: int | None = None,
+                   overwrite: bool = False) -> Path:
+    """``predict.py``: the submission of a bundled run on ``data_root``, written to ``out`` (an existing file only
+    with ``overwrite``, ``--overwrite``), once every bundled file is checked against its sha256 in ``bundle.json``."""
     from .inference import predict_test
 
+    if Path(out).exists() and not Path(out).is_dir() and not overwrite:  # before hashing every bundled file
+        raise FileExistsError(f"{out} exists; pass --overwrite to replace it, or --out for another file")
     info = read_json(Path(bundle) / "bundle.json")
     if info is None:
         raise BundleError(f"{bundle}: not a bundle (no bundle.json)")
@@ -426,4 +429,4 @@ def predict_bundle(bundle: str | Path, data_root: str | Path, out: str | Path, r
     if made and made != __version__:
         log.warning("this bundle was made with seg_toolkit %s, %s is installed", made, __version__)
     cfg = bundle_config(bundle, data_root, run, device, batch_size, num_workers)
-    return predict_test(cfg, out=out, overwrite=True)
+    return predict_test(cfg, out=out, overwrite=overwrite)

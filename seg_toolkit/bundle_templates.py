@@ -16,6 +16,8 @@ PREDICT_PY = '''\
     pip install --no-index --find-links WHERE/wheels seg_toolkit
     python WHERE/predict.py --data-root COMPETITION_DATA --out submission.csv
 
+An existing --out file is replaced only with --overwrite.
+
 Offline: every model is rebuilt from the weights stored here (no pretrained download), Hugging
 Face is put offline, albumentations does not look for a newer version on PyPI, and torch's cache
 points inside this folder. Every bundled file is checked against its sha256 in bundle.json first.
@@ -39,6 +41,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description="Predict the test images with the bundled run and write the submission CSV.")
     p.add_argument("--data-root", required=True, help="the competition folder (replaces data.root of the configs)")
     p.add_argument("--out", default="submission.csv", help="submission path (default: submission.csv)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file (default: refuse)")
     p.add_argument("--run", help="which bundled run predicts (default: @@DEFAULT_RUN@@; see bundle.json)")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda (default: auto)")
     p.add_argument("--batch-size", type=int, help="images per batch (default: the run's predict.batch_size)")
@@ -53,7 +56,7 @@ def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
         out = predict_bundle(HERE, args.data_root, args.out, run=args.run, device=args.device,
-                             batch_size=args.batch_size, num_workers=args.num_workers)
+                             batch_size=args.batch_size, num_workers=args.num_workers, overwrite=args.overwrite)
     except (SegToolkitError, FileNotFoundError, FileExistsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -91,7 +94,8 @@ Anywhere else, the same two commands with this folder's path (it can lie anywher
 
 `--data-root` replaces `data.root` of the configs (the competition folder with
 `@@TEST_IMAGES@@` and `@@SAMPLE@@`). `--device auto` (the default) uses a GPU when there is one.
-`--run NAME` predicts with another bundled run (default `@@DEFAULT_RUN@@`).
+`--run NAME` predicts with another bundled run (default `@@DEFAULT_RUN@@`). An existing `--out` file is
+replaced only with `--overwrite` (in `predict.ipynb`: `OVERWRITE = True`).
 
 Upload with the Kaggle CLI (`--dir-mode tar` keeps the sub-folders):
 
@@ -168,8 +172,9 @@ assert importlib.util.find_spec("seg_toolkit"), "seg_toolkit is not installed, a
 
 _PREDICT = '''\
 # every bundled fold x TTA x scale, the tuned post-processing, the submission checked against the sample
-r = subprocess.run([sys.executable, f"{BUNDLE}/predict.py", "--data-root", DATA_ROOT, "--out", OUT],
-                   capture_output=True, text=True)
+OVERWRITE = False  # True: replace an existing OUT (e.g. the submission of an earlier run of this notebook)
+r = subprocess.run([sys.executable, f"{BUNDLE}/predict.py", "--data-root", DATA_ROOT, "--out", OUT]
+                   + (["--overwrite"] if OVERWRITE else []), capture_output=True, text=True)
 print(r.stdout[-5000:], r.stderr[-5000:])
 r.check_returncode()
 print(Path(OUT).read_text()[:400])

@@ -73,7 +73,7 @@ class DataConfig:
     # csv layout, the RLE style of train_csv (as submission.rle_index_base / rle_starts / empty_token; SIIM: 0, relative, '-1')
     rle_index_base: int = 1  # starts number pixels from 1 (Kaggle) or 0
     rle_starts: Literal["absolute", "relative"] = "absolute"  # relative: each start is the gap after the previous run's end
-    rle_empty_token: str = ""  # what an empty mask is written as besides an empty field: '-1' (SIIM), ...
+    rle_empty_token: str = ""  # what an empty mask is written as besides an empty field: '-1' (SIIM), ...; not an RLE
     rle_instances: bool = False  # an id (and class) may repeat, one row per object (Airbus, DSB 2018, SIIM): rows unioned
     image_ext: str = ".png"
     mask_ext: str = ".png"  # appended to the image's id: ".png", or e.g. "_mask.gif" (Carvana)
@@ -299,7 +299,8 @@ class SubmissionConfig:
     rle_order: Optional[Literal["F", "C"]] = None  # default: data.rle_order
     rle_index_base: int = 1  # starts number pixels from 1 (Kaggle) or 0
     rle_starts: Literal["absolute", "relative"] = "absolute"  # relative: each start is the gap after the previous run's end (SIIM)
-    empty_token: str = ""  # what an empty mask is written as: '' | '-' | '-1' | '1 1'
+    # what an empty mask is written as: '' | '-' | '-1'; never a run-length string ('1 1' is the first pixel's mask)
+    empty_token: str = ""
     per_class: bool = False  # one row per image and class
     id_format: str = "{id}_{cls}"  # per_class rows: how id and class combine
     classes: list[int] = field(default_factory=list)  # classes that get rows, in row order (default: all; multiclass 1.., 0 only if listed)

@@ -19,6 +19,7 @@ from typing import Any, Callable
 from .config import Config, ConfigError, check_deep_supervision_arch
 from .config_data_checks import check_data_config
 from .config_consistency import check_consistency
+from .rle import RLESpec, empty_token_reads_as
 
 __all__ = ["check_config"]
 
@@ -39,6 +40,7 @@ def check_config(cfg: Config, trained: bool = False) -> None:
     for check in (
         _check_experiment,
         check_data_config,
+        _check_data_empty_token,
         _check_folds,
         _check_transforms,
         *(() if trained else (_check_weights_file,)),
@@ -242,6 +244,9 @@ def _check_submission(cfg: Config) -> None:
     if s.min_instance_area > 1 and not s.instances:
         raise ConfigError("submission.min_instance_area: only applies to instance rows; set submission.instances: true "
                           "(small regions of a per-image mask are removed by postprocess.min_area)")
+    _check_empty_token("submission.empty_token", RLESpec(index_base=s.rle_index_base, starts=s.rle_starts, empty=s.empty_token),
+                       "a submission could not say which of the two was meant (the competition's scorer reads the "
+                       "token as that mask)")
     if s.class_column is not None:
         _check_class_column(s)
     classes = _submitted_classes(cfg)
@@ -278,6 +283,24 @@ def _check_submission(cfg: Config) -> None:
         fmt.format(id="x", cls=1)
     except (KeyError, IndexError, ValueError, AttributeError) as e:  # pragma: no cover - caught above
         raise ConfigError(f"{where} does not format ({type(e).__name__}: {e})") from None
+
+
+def _check_empty_token(key: str, spec: RLESpec, why: str) -> None:
+    """An empty token that reads as a run-length string under its spec (``'1 1'`` with 1-based starts: the first
+    pixel) would make an empty mask and a real one indistinguishable: refused, naming the pixels (:func:`empty_token_reads_as`)."""
+    reads = empty_token_reads_as(spec)
+    if reads is not None:
+        raise ConfigError(
+            f"{key}: {spec.empty!r} reads as a run-length string (starts counted from {spec.index_base}, {spec.starts}): "
+            f"{reads}; a mask of exactly those pixels is written the same, so {why}. Write an empty mask as the "
+            "competition does: '' (most), '-1' (SIIM), '-' (contrails); a sample submission's '1 1' is a placeholder "
+            "mask of one pixel, not an empty token")
+
+
+def _check_data_empty_token(cfg: Config) -> None:
+    d = cfg.data
+    _check_empty_token("data.rle_empty_token", RLESpec(index_base=d.rle_index_base, starts=d.rle_starts, empty=d.rle_empty_token),
+                       "a row of data.train_csv with that mask would be read as empty, its pixels lost")
 
 
 def _check_class_column(s) -> None:

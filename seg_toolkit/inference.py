@@ -7,7 +7,9 @@ made by the same predictor). Both evaluations share one scoring loop (:func:`sco
 which decides each image's mask exactly as ``predict`` does before it is encoded. Memory stays
 bounded whatever the number of images: one batch of images and probabilities is alive at a
 time, and each image's rows (and, with ``predict.write_masks``, its mask PNG) are written as
-soon as it is decided.
+soon as it is decided, in the sample submission's order (a sample that interleaves images' rows, class-major,
+makes the rows ahead of their turn wait in a spool file beside the submission:
+:class:`~seg_toolkit.submission.SubmissionWriter`).
 
 Mask files (``predict.write_masks``), in the run's ``test_masks/``:
 
@@ -46,9 +48,9 @@ from .postprocess import apply_postprocess, load_params
 from .oof import check_oof_complete
 from .predictor import Predictor, check_same_training
 from .run import Run, RunExistsError
-from .run_guard import check_not_input, check_not_run_file
-from .submission import (SubmissionError, SubmissionWriter, mask_rows, repeated_ids, row_fields, row_ids, submission_classes,
-                         submission_columns, submission_header, submission_path)
+from .run_guard import check_not_input, check_not_run_file, is_partial_write
+from .submission import SubmissionWriter, mask_rows, repeated_ids, row_fields, submission_columns, submission_header, submission_path
+from .submission_check import check_sample_rows
 from .tensors import probs_to_uint8
 
 log = logging.getLogger(__name__)
@@ -164,8 +166,11 @@ def predict_test(cfg: Config, out: str | Path | None = None, overwrite: bool = F
     header = submission_header(cfg)
     expected = _expected_ids(cfg, samples)
     save, masks = cfg.predict.save_probs, cfg.predict.write_masks
-    if masks != "none":  # masks of an earlier predict (another mode, other test ids) would mix in
-        run.remove(cfg, run.test_masks_dir)
+    # files of an earlier predict (other test ids, another dtype or mask mode) would mix in: removed when predict wrote them
+    if save != "none":
+        _clear_predict_folder(cfg, run, run.test_probs_dir, _PROB_FILE)
+    if masks != "none":
+        _clear_predict_folder(cfg, run, run.test_masks_dir, _MASK_FILE)
     colors = _mask_colors(cfg) if masks == "color" else None
     passes = predictor.passes_per_image()
     log.info("predicting %d test images: %d forward passes each (%s)", len(samples), passes, predictor.describe())
@@ -187,6 +192,36 @@ def predict_test(cfg: Config, out: str | Path | None = None, overwrite: bool = F
     if masks != "none":
         log.info("wrote the decided masks (%s) to %s", masks, run.test_masks_dir)
     return out
+
+
+#: what predict writes in test_probs/ (``<id>.npy``, ``presence/<id>.npy``) and test_masks/ (``<id>[_<cls>].png``)
+_PROB_FILE = re.compile(r"(presence/)?[^/]+\.npy")
+_MASK_FILE = re.compile(r"[^/]+\.png")
+
+
+def _clear_predict_folder(cfg: Config, run: Run, folder: Path, written: re.Pattern) -> None:
+    """Remove ``folder`` (``test_probs/``, ``test_masks/``) before predict writes it again, when it holds only what
+    predict writes there (``written``: paths inside it) and interrupted writes; any other file (the user's) is named
+    and nothing is deleted (:meth:`~seg_toolkit.run.Run.remove` deletes only a run's own entries)."""
+    if not folder.exists() and not folder.is_symlink():
+        return
+    foreign: list[str] = []
+    todo = [folder] if folder.is_dir() and not folder.is_symlink() else []
+    if not todo:
+        foreign.append("")  # a file or a link where the folder goes
+    while todo:
+        for p in sorted(todo.pop().iterdir()):
+            rel = p.relative_to(folder).as_posix()
+            if p.is_dir() and not p.is_symlink() and rel == "presence" and written is _PROB_FILE:
+                todo.append(p)
+            elif not (p.is_file() and not p.is_symlink() and (written.fullmatch(rel) or is_partial_write(p.name))):
+                foreign.append(rel + ("/" if p.is_dir() else ""))
+    if foreign:
+        what = f"holds {', '.join(foreign[:3])}{' and more' if len(foreign) > 3 else ''}, which predict did not write" \
+            if foreign[0] else "is not a folder predict wrote"
+        raise RunExistsError(f"{folder} {what}; predict replaces that folder (files of an earlier predict would mix "
+                             "in): move them out, or set predict.save_probs / write_masks: none to leave it")
+    run.remove(cfg, folder)
 
 
 def _mask_colors(cfg: Config) -> np.ndarray:
@@ -244,25 +279,15 @@ def _expected_ids(cfg: Config, samples: list[Sample]) -> list[str] | None:
 
 
 def _check_sample_rows(cfg: Config, path: Path, ids: list[str], samples: list[Sample]) -> None:
-    """Before any image is predicted: every row of the sample is one this submission makes, once (line named);
-    test images the sample has no row for are named (they are not submitted)."""
-    s = cfg.submission
-    made = {row: x.id for x in samples for row in row_ids(cfg, x.id)}
-    seen: dict[str, int] = {}
-    for line, row_id in enumerate(ids, start=2):  # line 1 is the header
-        if row_id not in made:
-            what = f"test images x classes {submission_classes(cfg)}" if s.per_class else "test image ids"
-            raise SubmissionError(f"{path} line {line}: id {row_id!r} is not a row this submission makes ({what}, "
-                                  f"e.g. {next(iter(made))!r}); check submission.id_format / classes, or the file")
-        if row_id in seen and not repeated_ids(cfg):
-            raise SubmissionError(f"{path} line {line}: id {row_id!r} again (first on line {seen[row_id]}); a sample "
-                                  "submission names each row once")
-        seen.setdefault(row_id, line)
+    """Before any image is predicted: the sample's rows are ones this submission makes, each of them, in an order it
+    can write (:func:`~seg_toolkit.submission_check.check_sample_rows`); test images the sample has no row for are
+    named (they are not submitted)."""
+    made = check_sample_rows(cfg, path, ids, samples)
     folder, d = cfg.data_path(cfg.data.test_images), cfg.data
     bands = bands_of(cfg)
     on_disk = [] if d.instance_folders or not folder.is_dir() else band_image_files(folder, bands)[0] if bands else [
         p for p in folder.iterdir() if p.suffix.lower() == d.image_ext.lower() and p.is_file()]
-    listed = {made[row] for row in seen}  # ids, with the extension where the sample's carry it (Severstal)
+    listed = set(made.values())  # ids, with the extension where the sample's carry it (Severstal)
     unlisted = sorted(image_id_of(p, bands) for p in on_disk if image_id_of(p, bands) not in listed and p.name not in listed)
     if unlisted:
         log.warning("%d test image(s) in %s have no row in %s (e.g. %r): they are not submitted", len(unlisted), folder,

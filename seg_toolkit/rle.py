@@ -11,7 +11,8 @@ overlapping. What else varies between competitions is a field of the spec:
   after the end of the previous run (the first one counts from the first pixel), written
   in the index base, so a relative string with base 0 decodes as
   ``pos += start; mask[pos:pos + length] = 1; pos += length``;
-* ``empty``: what an empty mask is written as (``""``, ``"-1"``, ...);
+* ``empty``: what an empty mask is written as (``""``, ``"-1"``, ...); never a string that reads as runs under
+  the spec (``"1 1"`` with 1-based starts is the mask of the first pixel: :func:`empty_token_reads_as`);
 * ``instances``: one string per 8-connected object (DSB 2018, Airbus), objects smaller than
   ``min_instance_area`` dropped, ordered by their first pixel; no object gives one ``empty``.
 
@@ -38,6 +39,7 @@ __all__ = [
     "rle_to_runs",
     "rle_area",
     "instance_overlap",
+    "empty_token_reads_as",
 ]
 
 _ORDERS = ("F", "C")
@@ -255,6 +257,28 @@ def instance_overlap(runs: Sequence[tuple[np.ndarray, np.ndarray]]) -> tuple[int
     j = int(np.argmax(ends[:k] > starts[k]))  # an earlier run that covers start k
     a, b = sorted((int(owner[j]), int(owner[k])))
     return a, b, int(starts[k])
+
+
+def empty_token_reads_as(spec: RLESpec) -> str | None:
+    """The pixels ``spec.empty`` paints when read as a run-length string under ``spec`` (e.g. ``"pixel 1"``), or
+    None when it is no such string (``""``, ``"-"``, ``"-1"``, ``"0 1"`` with 1-based starts).
+
+    Such a token cannot stand for an empty mask: a mask of exactly those pixels can be written the same (``"1 1"``
+    with 1-based absolute starts is how the mask of the first pixel alone is written), and a reader cannot tell
+    the two apart; whoever does not know the token (the competition's scorer) paints those pixels. A sample submission's
+    ``"1 1"`` placeholders are masks of one pixel, not a competition's empty token.
+    """
+    token = spec.empty.strip()
+    if not token:
+        return None
+    try:
+        starts, lengths = RLESpec(index_base=spec.index_base, starts=spec.starts).runs(token, _TOO_LARGE)
+    except RLEError:
+        return None
+    first = starts + spec.index_base  # pixels as the spec numbers them
+    runs = [f"pixel {a}" if n == 1 else f"pixels {a}..{a + n - 1}" for a, n in zip(first[:3].tolist(), lengths[:3].tolist())]
+    more = f" and {len(starts) - 3} more run(s)" if len(starts) > 3 else ""
+    return ", ".join(runs) + more
 
 
 _DEFAULT = {order: RLESpec(order=order) for order in _ORDERS}

@@ -13,11 +13,12 @@ disk never leaves half a submission or destroys the previous one.
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable
 
 import numpy as np
 import pandas as pd
@@ -110,8 +111,9 @@ def submission_spec(cfg: Config) -> RLESpec:
 
 
 def submission_classes(cfg: Config) -> list[int]:
-    """The classes that get rows, in row order: ``submission.classes``, else binary/multilabel
-    ``1..C`` and multiclass ``1..C-1`` (class 0, background, only when listed)."""
+    """The classes that get rows, in :func:`mask_rows`'s order: ``submission.classes``, else binary/multilabel
+    ``1..C`` and multiclass ``1..C-1`` (class 0, background, only when listed). With a sample submission the file's
+    rows follow the sample's order (:class:`SubmissionWriter`)."""
     return _submitted_classes(cfg)
 
 
@@ -148,11 +150,22 @@ def mask_rows(image_id: str, mask: np.ndarray, cfg: Config) -> list[tuple[str, .
 
 
 class SubmissionWriter:
-    """Write rows incrementally; ``close()`` checks ids against ``expected_ids`` and publishes the file.
+    """Write rows incrementally in the sample's order; ``close()`` checks ids against ``expected_ids`` and publishes the file.
 
     ``columns``: the header; rows are tuples of ``fields`` (default: ``columns``), the id first,
-    written in the header's order. With ``repeated_ids`` (instance rows: one per object; a class
-    column: one per class) consecutive rows may repeat an id; the distinct ids, in order, are what
+    written in the header's order.
+
+    Without ``repeated_ids`` each row goes to its id's place in ``expected_ids`` (the sample's order),
+    whatever order the rows come in: a row whose turn has come is written at once, a row ahead of its
+    turn waits in a spool file beside the output (``.<name>.<random>.rows.tmp``, removed at the end)
+    until the rows before it are written. Written image by image (each :meth:`write` one image's rows,
+    placed in the sample's order), a sample listing one image's rows in another order than
+    :func:`mask_rows` (``submission.classes: [3, 2, 1]``, string-sorted ``a_1, a_10, a_2``) never
+    spools; one that interleaves images (class-major ``a_1, b_1, a_2, b_2``) holds nearly every row
+    there until the end: up to the submission's size on disk, and 16 bytes of memory per sample row.
+
+    With ``repeated_ids`` (instance rows: one per object; a class column: one per class) consecutive
+    rows may repeat an id and rows come in the sample's order: the distinct ids, in order, are what
     must match ``expected_ids`` (whose consecutive repeats count once).
     """
 
@@ -182,8 +195,42 @@ class SubmissionWriter:
         self.n_ids = 0  # ids written (rows, less the repeats of instance rows)
         self._last: str | None = None
         self._mismatch: str | None = None
+        # the sample's place of each id (rows are put there), the next place to write, and the spool of rows ahead
+        self._place: dict[str, int] | None = None
+        if expected_ids is not None and not repeated_ids:
+            self._place = {}
+            for k, x in enumerate(expected_ids):
+                self._place.setdefault(x, k)
+        self._next = 0
+        self._spool: Any = None
+        self._spool_path: str | None = None
+        self._held = np.empty((0, 2), np.int64)  # per sample row: (offset, bytes) in the spool; offset -1: not held
 
     def write(self, rows: Iterable[tuple[str, ...]]) -> None:
+        if self._place is None:
+            self._write_in_turn(rows)
+            return
+        end = len(self.expected)
+        for row in sorted(rows, key=lambda r: self._place.get(r[0], end)):  # one image's rows in the sample's order
+            self.n += 1
+            k = self._place.get(row[0])
+            if k is None or k < self._next or (len(self._held) and self._held[k, 0] >= 0):
+                if self._mismatch is None:
+                    want = self.expected[self._next] if self._next < end else "(end of sample)"
+                    why = "not a sample id" if k is None else "written already"
+                    self._mismatch = f"row {self.n}: id {row[0]!r} where the sample has {want!r} ({why})"
+                continue
+            self.n_ids += 1
+            cells = [row[i] for i in self._order]
+            if k == self._next:
+                self._writer.writerow(cells)
+                self._next += 1
+                self._release()
+            else:
+                self._hold(k, cells)
+
+    def _write_in_turn(self, rows: Iterable[tuple[str, ...]]) -> None:
+        """Rows in the order they come (no sample, or repeated ids), compared with the sample as they are written."""
         for row in rows:
             repeat = self.repeated_ids and self.n > 0 and row[0] == self._last
             if not repeat:
@@ -197,10 +244,43 @@ class SubmissionWriter:
             self._writer.writerow([row[i] for i in self._order])
             self.n += 1
 
+    def _hold(self, k: int, cells: list[str]) -> None:
+        """Spool the row of sample place ``k`` until its turn."""
+        if self._spool is None:
+            fd, self._spool_path = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".rows.tmp", dir=self.path.parent)
+            self._spool = os.fdopen(fd, "w+b")
+            self._held = np.full((len(self.expected), 2), -1, np.int64)
+            log.info("%s: the sample interleaves images' rows; rows ahead of their turn wait in %s until it comes",
+                     self.path, self._spool_path)
+        buf = io.StringIO()
+        csv.writer(buf, lineterminator="\n").writerow(cells)
+        data = buf.getvalue().encode("utf-8")
+        self._held[k] = (self._spool.seek(0, os.SEEK_END), len(data))
+        self._spool.write(data)
+
+    def _release(self) -> None:
+        """Write the spooled rows whose turn has come."""
+        while self._spool is not None and self._next < len(self._held) and self._held[self._next, 0] >= 0:
+            offset, size = self._held[self._next].tolist()
+            self._spool.seek(offset)
+            self._fh.write(self._spool.read(size).decode("utf-8"))
+            self._held[self._next] = -1
+            self._next += 1
+
+    def _drop_spool(self) -> None:
+        if self._spool is not None:
+            self._spool.close()
+        if self._spool_path and os.path.exists(self._spool_path):
+            os.unlink(self._spool_path)
+
     def close(self) -> Path:
-        self._fh.close()
         try:
+            self._fh.close()
             if self.expected is not None:
+                if self._mismatch is None and self._place is not None and self._next < len(self.expected):
+                    k = self._next
+                    self._mismatch = (f"{self.n} rows written, the sample has {len(self.expected)}: none for its line {k + 2} "
+                                      f"(id {self.expected[k]!r})")
                 if self._mismatch is None and self.n_ids != len(self.expected):
                     what = f"{self.n_ids} ids in {self.n} rows" if self.repeated_ids else f"{self.n} rows"
                     self._mismatch = f"{what} written, the sample has {len(self.expected)}"
@@ -209,14 +289,18 @@ class SubmissionWriter:
             os.chmod(self._tmp, default_file_mode())
             os.replace(self._tmp, self.path)
         finally:
+            self._drop_spool()
             if os.path.exists(self._tmp):
                 os.unlink(self._tmp)
         return self.path
 
     def abort(self) -> None:
-        self._fh.close()
-        if os.path.exists(self._tmp):
-            os.unlink(self._tmp)
+        try:
+            self._fh.close()
+        finally:
+            self._drop_spool()
+            if os.path.exists(self._tmp):
+                os.unlink(self._tmp)
 
     def __enter__(self) -> "SubmissionWriter":
         return self

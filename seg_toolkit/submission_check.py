@@ -2,22 +2,82 @@
 
 :func:`check_submission` lists every way a file differs from the format the grader expects (columns, ids and
 their order, every RLE string as the competition's spec reads it); :func:`score_submission` decodes a
-submission and a solution CSV of the same format and scores them with the config's metric.
+submission and a solution CSV of the same format and scores them with the config's metric;
+:func:`check_sample_rows` checks, before anything is predicted, that the sample's rows are ones the writer can
+produce, each of them, in an order it can write.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 from pathlib import Path
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
 
 from .config import Config
 from .rle import RLEError, RLESpec, instance_overlap
-from .submission import submission_classes, submission_columns, submission_spec
+from .submission import SubmissionError, repeated_ids, row_ids, submission_classes, submission_columns, submission_spec
 
-__all__ = ["check_submission", "score_submission"]
+log = logging.getLogger(__name__)
+
+__all__ = ["check_submission", "score_submission", "check_sample_rows"]
+
+
+def check_sample_rows(cfg: Config, path: Path, ids: list[str], samples: Sequence[Any]) -> dict[str, str]:
+    """Before any image is predicted: every row of the sample (``ids``, its id column) is one this submission makes
+    (line named), once; with repeated ids (instance rows, a class column) an image's rows are together, as they are
+    written; every row the submission makes for an image of the sample (``samples``, in the sample's order) is in
+    it. Rows are written in the sample's order (:class:`~seg_toolkit.submission.SubmissionWriter`), said here when it
+    is not the order :func:`~seg_toolkit.submission.mask_rows` makes them. Returns each listed row's image id."""
+    s = cfg.submission
+    made = {row: x.id for x in samples for row in row_ids(cfg, x.id)}
+    repeats = repeated_ids(cfg)
+    seen: dict[str, int] = {}
+    for line, row_id in enumerate(ids, start=2):  # line 1 is the header
+        if row_id not in made:
+            what = f"test images x classes {submission_classes(cfg)}" if s.per_class else "test image ids"
+            raise SubmissionError(f"{path} line {line}: id {row_id!r} is not a row this submission makes ({what}, "
+                                  f"e.g. {next(iter(made))!r}); check submission.id_format / classes, or the file")
+        if row_id in seen and not repeats:
+            raise SubmissionError(f"{path} line {line}: id {row_id!r} again (first on line {seen[row_id]}); a sample "
+                                  "submission names each row once")
+        if row_id in seen and ids[line - 3] != row_id:
+            how = "instance rows (submission.instances)" if s.instances else "one row per class (submission.class_column)"
+            raise SubmissionError(f"{path} line {line}: id {row_id!r} again, apart from its rows from line {seen[row_id]}; "
+                                  f"this submission writes an image's rows together ({how}), so it could never match")
+        seen.setdefault(row_id, line)
+    listed_images = {made[row] for row in seen}
+    missing = [row for row in made if row not in seen and made[row] in listed_images]
+    if missing:
+        classes = submission_classes(cfg)
+        cls_of = {row: k for x in samples for row, k in zip(row_ids(cfg, x.id), classes)} if s.per_class else {}
+        listed = {k for row, k in cls_of.items() if row in seen}
+        same = s.per_class and all(sum(row in seen for row in row_ids(cfg, x.id)) == len(listed) for x in samples)
+        hint = (f"the sample lists classes {sorted(listed)} of every image: set submission.classes: {sorted(listed)}"
+                if same else f"every image of the sample needs a row per class of submission.classes {classes}")
+        row = missing[0]
+        which = f" (image {made[row]!r}, class {cls_of[row]})" if s.per_class else ""
+        raise SubmissionError(f"{path}: no row for id {row!r}{which}, which this submission writes; {hint} "
+                              f"({len(missing)} such rows missing)")
+    if not repeats:
+        _say_order(path, ids, [row for x in samples for row in row_ids(cfg, x.id)], made)
+    return {row: made[row] for row in seen}
+
+
+def _say_order(path: Path, ids: list[str], produced: list[str], image_of: dict[str, str]) -> None:
+    """Log where the sample's row order differs from the order the rows are made in (written in the sample's)."""
+    if produced == ids:
+        return
+    k = next((i for i, (a, b) in enumerate(zip(ids, produced)) if a != b), min(len(ids), len(produced)) - 1)
+    images = [image_of[row] for row in ids]
+    apart = sum(1 for i in range(1, len(images)) if images[i] != images[i - 1]) + 1 != len(set(images))
+    log.info("%s lists rows in another order than they are made (line %d: %r, made: %r); they are written in the "
+             "sample's order%s", path, k + 2, ids[k], produced[k],
+             ": it interleaves images' rows, so rows ahead of their turn wait in a file beside the submission "
+             "until it comes (up to the submission's size on disk)" if apart else "")
 
 
 def _ragged_line(path: Path) -> str | None:
