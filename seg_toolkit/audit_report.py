@@ -152,6 +152,13 @@ def check_audit_out(cfg: Config, out_dir: Path) -> None:
     from .run import Run
     from .run_guard import check_not_input
 
+    for p in (out_dir, *out_dir.parents):  # `--out FILE` (or a folder below a file) failed after the whole pass: [Errno 17]
+        if p.exists():
+            if not p.is_dir():
+                where = "" if p == out_dir else f" ({out_dir} would lie inside it)"
+                raise ConfigError(f"{p} is a file, not a folder{where}: audit writes audit.html and its pictures into a "
+                                  "folder (--out, default the run folder); name another")
+            break
     if out_dir.resolve() == Path(cfg.data.root).resolve():
         raise ConfigError(f"--out {out_dir} is data.root; write the audit elsewhere (nothing is written among the data)")
     check_not_input(cfg, out_dir / "audit.html", "--out")  # nor inside a folder of images, masks or lists

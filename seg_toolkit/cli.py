@@ -22,7 +22,7 @@ def _add_config(p: argparse.ArgumentParser) -> None:
 
 
 def _add_submission_output(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", help="submission path (default submissions/<experiment>.csv of the first config)")
+    p.add_argument("--out", help="submission file (default submission.path, else submissions/<experiment>.csv)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing submission file")
 
 
@@ -32,22 +32,37 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("make-demo", help="write the built-in synthetic demo competition")
-    p.add_argument("dir")
+    p.add_argument("dir", help="a new or empty folder (or, with --overwrite, one make-demo wrote)")
     p.add_argument("--n-train", type=int, default=64)
     p.add_argument("--n-test", type=int, default=24)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help="replace the demo competition in DIR (refused when DIR "
+                   "holds anything make-demo does not write; its old images are removed first)")
     p.set_defaults(func=c.cmd_make_demo)
 
-    p = sub.add_parser("demo", help="make the demo data, train, predict and check the submission")
+    p = sub.add_parser("demo", help="make the demo data, train, predict and check the submission",
+                       description="Make the demo competition in data.root when that folder is missing or empty (only for "
+                       "a config that reads it as configs/demo.yaml does; a folder holding files is used as it is), train "
+                       "every fold (finished folds are kept), predict the submission (submission.path, else "
+                       "submissions/<experiment>.csv) and check it. An existing submission file is replaced only when it "
+                       "is, unchanged, the one an earlier demo of the same run wrote (recorded in "
+                       "runs/<experiment>/demo_submission.json), or with --overwrite.")
     _add_config(p)
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing submission file that an earlier demo of this run did not write")
     p.set_defaults(func=c.cmd_demo)
 
     p = sub.add_parser("train", help="K-fold training with out-of-fold predictions and cv.json")
     _add_config(p)
     p.add_argument("--fold", type=int, help="train this fold only (e.g. one job of a job array)")
-    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint; finished folds are kept")
-    p.add_argument("--overwrite", action="store_true", help="delete the existing run folder first")
+    again = p.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true", help="continue from the last checkpoint; finished folds are kept")
+    again.add_argument("--overwrite", action="store_true",
+                       help="start again: delete the run folder first (only a run's own files; refused when it holds "
+                       "others). With --fold K: delete fold_K/ only, and postprocess.json (tuned on every fold's OOF "
+                       "files), keeping the other folds, folds.csv and config.yaml, so one job of a job array restarts "
+                       "its fold without touching the others'; cv.json is remade when the fold ends (until then predict "
+                       "refuses the run), and a changed config is refused while other folds have files")
     p.set_defaults(func=c.cmd_train)
 
     p = sub.add_parser("lr-find", help="learning-rate range test on one fold's training split: a plot and a suggested optim.lr")
@@ -93,7 +108,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--space", choices=["prob", "logit"], help="merge space (default predict.ensemble_space of the first)")
     p.add_argument("--no-predict", action="store_true", help="make the ensemble run only, no submission")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a value in every config")
-    _add_submission_output(p)
+    p.add_argument("--out", help="submission file (default submissions/<ensemble name>.csv, in the working directory); "
+                   "checked before the ensemble run is made")
+    p.add_argument("--overwrite", action="store_true", help="make the ensemble run runs/<name>/ again when it exists "
+                   "(an ensemble run only; deleted first); the submission file is not replaced by it")
+    p.add_argument("--overwrite-submission", action="store_true", help="replace an existing submission file")
     p.set_defaults(func=c.cmd_ensemble)
 
     p = sub.add_parser("evaluate", help="score the run's predictor and post-processing on labelled images: "
@@ -108,9 +127,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("csv")
     p.add_argument("--sample", required=True)
     p.add_argument("--empty-token", action="append", help="how an empty mask is written (repeatable; default: the empty string)")
-    p.add_argument("--config", help="read the RLE convention from this config's submission.* keys (instead of the flags below)")
-    p.add_argument("--order", choices=["F", "C"], default="F", help="pixel order: F column-major (Kaggle default), C row-major")
-    p.add_argument("--index-base", type=int, choices=[0, 1], default=1, help="starts count from 0 or 1 (default 1)")
+    p.add_argument("--config", help="read the RLE convention from this config's submission.* keys (instead of the flags "
+                   "below, which are refused with it)")
+    p.add_argument("--order", choices=["F", "C"], help="pixel order: F column-major (Kaggle, the default), C row-major")
+    p.add_argument("--index-base", type=int, choices=[0, 1], help="starts count from 0 or 1 (default 1)")
     p.add_argument("--relative", action="store_true", help="starts are relative to the previous run's end (SIIM)")
     p.add_argument("--instances", action="store_true", help="one row per object: repeated ids are expected (Airbus, DSB 2018)")
     p.add_argument("--class-column", metavar="NAME", help="the column holding each row's class, one row per image and class "
@@ -129,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=c.cmd_bundle)
 
     p = sub.add_parser("report", help="one self-contained HTML page of a run: CV, per-class table, confusion, curves, overlays")
-    p.add_argument("run_dir")
+    p.add_argument("run_dir", help="a run folder (runs/<experiment>), or the YAML config of a trained run")
     p.add_argument("--examples", type=int, default=4, help="best and worst OOF images to show")
     p.set_defaults(func=c.cmd_report)
 
@@ -165,7 +185,10 @@ def _one_line(e: BaseException) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+    import os  # torchrun's other ranks log warnings only: each message once, from rank 0
+
+    level = logging.WARNING if int(os.environ.get("RANK", "0") or 0) > 0 else logging.DEBUG if args.verbose else logging.INFO
+    logging.basicConfig(level=level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     from .errors import SegToolkitError
 

@@ -5,6 +5,7 @@ and prints what it did. The argument parser and ``main`` are in :mod:`seg_toolki
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -15,6 +16,8 @@ def _load(path: str, overrides: list[str], trained: bool = False) -> Config:
     """A YAML config, or a run folder (its saved config.yaml: trained runs and ensembles alike). ``trained``: a
     command that uses trained runs only (its pretrained encoder file is not looked for: the checkpoints hold it)."""
     p = Path(path)
+    if p.is_dir() and p.name in ("", ".."):  # `.` or `..`: the folder's own name is the experiment
+        p = Path(os.path.abspath(p))
     if p.is_dir() and not (p / "config.yaml").is_file():
         raise ConfigError(f"{p}: is a folder without config.yaml; expected a YAML config file or a run folder (runs/<experiment>)")
     if p.is_dir():  # the run is where it was named, whatever the working directory (its saved runs_dir may be relative)
@@ -24,6 +27,13 @@ def _load(path: str, overrides: list[str], trained: bool = False) -> Config:
 
 def _config(args: argparse.Namespace, trained: bool = False) -> Config:
     return _load(args.config, args.set, trained)
+
+
+def _check_out_file(out: str | None) -> None:
+    """``--out newdir/`` names a folder (Path drops the slash: a file ``newdir`` was written); an existing folder is
+    refused by :func:`~seg_toolkit.inference.check_out`, also before any work."""
+    if out and out.endswith(("/", os.sep)):
+        raise ConfigError(f"--out {out} ends with a slash: a folder; name a file, e.g. {Path(out) / 'submission.csv'}")
 
 
 def cmd_make_demo(args: argparse.Namespace) -> int:
@@ -174,6 +184,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         r = estimate_predict(_config(args, trained=True), n_images=args.n_images, budget=budget)
         print(format_estimate(r))
         return 0 if r.get("fits", True) else 1
+    _check_out_file(args.out)
     out = predict_test(_config(args, trained=True), out=args.out, overwrite=args.overwrite)
     print(f"submission: {out}")
     return 0
@@ -197,18 +208,31 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_ensemble(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from .config_checks import check_run_name
     from .ensemble import build_ensemble
     from .inference import check_out, predict_test
     from .run import Run
-
-    from .config_checks import check_run_name
+    from .submission import submission_path
 
     cfgs = [_load(c, args.set, trained=True) for c in args.configs]
     if args.name is not None:
         check_run_name(args.name, "--name")
-    run = Run(Path(cfgs[0].runs_dir) / (args.name or "ens_" + "_".join(c.experiment for c in cfgs)))
-    if not args.no_predict and args.out:  # before the ensemble run is made: a refused --out would leave it behind
-        check_out(cfgs[0], Path(args.out), args.overwrite, [run.dir] + [Run.of(c).dir for c in cfgs])
+    name = args.name or "ens_" + "_".join(c.experiment for c in cfgs)
+    run = Run(Path(cfgs[0].runs_dir) / name)
+    out = None
+    if args.no_predict and (args.out or args.overwrite_submission):
+        raise ConfigError("--out and --overwrite-submission name the submission, which --no-predict does not write")
+    if not args.no_predict:  # before the ensemble run is made (or replaced): a refused submission would leave it behind
+        lead = cfgs[0]
+        ens_cfg = dataclasses.replace(lead, experiment=name, submission=dataclasses.replace(lead.submission, path=None))
+        _check_out_file(args.out)
+        out = Path(args.out) if args.out else submission_path(ens_cfg)  # submissions/<ensemble name>.csv
+        check_out(ens_cfg, out, True, [run.dir] + [Run.of(c).dir for c in cfgs])
+        if out.exists() and not args.overwrite_submission:
+            raise FileExistsError(f"{out} exists; pass --overwrite-submission to replace it, --out for another file, or "
+                                  f"--no-predict (nothing was built: {run.dir} is as it was)")
     cv = build_ensemble(cfgs, name=args.name, weights=args.weights, space=args.space, overwrite=args.overwrite)
     ens = cv["ensemble"]
     print(f"\nensemble {run.dir} ({ens['space']} space), OOF {cv['metric']} over {cv['n_images']} images:")
@@ -221,8 +245,8 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
                                                   f"{search['cross_half_equal_score']:.4f})" if "cross_half_score" in search else ""))
     if "postprocess" in cv:
         _print_tune(cv["postprocess"])
-    if not args.no_predict:
-        out = predict_test(run.config(), out=args.out, overwrite=args.overwrite)
+    if out is not None:
+        out = predict_test(run.config(), out=out, overwrite=args.overwrite_submission)
         print(f"submission: {out}")
     return 0
 
@@ -258,6 +282,11 @@ def cmd_check_submission(args: argparse.Namespace) -> int:
 
     n_pixels = columns = classes = None
     class_column = args.class_column
+    flags = [f for f, given in (("--order", args.order is not None), ("--index-base", args.index_base is not None),
+                                ("--relative", args.relative), ("--instances", args.instances)) if given]
+    if args.config and flags:
+        raise ConfigError(f"check-submission: {', '.join(flags)} with --config: the config's submission.* keys decide the "
+                          "RLE convention; drop the flag(s), or drop --config to check with the flags")
     if args.config:
         cfg = _load(args.config, [], trained=True)
         spec = submission_spec(cfg)
@@ -270,8 +299,9 @@ def cmd_check_submission(args: argparse.Namespace) -> int:
         except SegToolkitError as e:
             print(f"note: run lengths not checked against the test images' sizes ({' '.join(str(e).split())})", file=sys.stderr)
     else:
-        spec = RLESpec(order=args.order, index_base=args.index_base, starts="relative" if args.relative else "absolute",
-                       empty=(args.empty_token or [""])[0], instances=args.instances)
+        spec = RLESpec(order=args.order or "F", index_base=1 if args.index_base is None else args.index_base,
+                       starts="relative" if args.relative else "absolute", empty=(args.empty_token or [""])[0],
+                       instances=args.instances)
     problems = check_submission(args.csv, args.sample, empty_tokens=tuple(args.empty_token) if args.empty_token else None,
                                 n_pixels=n_pixels, spec=spec, columns=columns, class_column=class_column, classes=classes)
     if problems:
@@ -298,21 +328,27 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Make the demo competition (if absent), train all folds, predict, and check the submission."""
+    """Make the demo competition (only into a missing or empty data.root, for a config that reads it as the demo
+    writes it), train all folds (finished ones kept), predict, and check the submission."""
     from .cv import run_cv
-    from .data.demo import make_demo
+    from .data.demo import check_demo_submission, demo_data_needed, make_demo, record_demo_submission
     from .inference import predict_test
+    from .submission import submission_path
     from .submission_check import check_submission
 
     cfg = _config(args)
     root = Path(cfg.data.root)
-    if not (root / "train.csv").is_file():
+    make = demo_data_needed(cfg)  # refuses a missing or empty data.root of a config not laid out like the demo
+    out = submission_path(cfg)
+    check_demo_submission(cfg, out, args.overwrite)  # before the data is made or anything trains
+    if make:
         make_demo(root)
     cv = run_cv(cfg, resume=True)
     _print_cv(cv, cfg.run_dir)
     if "postprocess" in cv:
         _print_tune(cv["postprocess"])
-    out = predict_test(cfg, overwrite=True)  # the demo's own output, remade on every run
+    out = predict_test(cfg, out=out, overwrite=True)  # checked above: absent, the demo's own, or --overwrite
+    record_demo_submission(cfg, out)
     from .submission import submission_spec
 
     problems = check_submission(out, cfg.data_path(cfg.data.sample_submission), spec=submission_spec(cfg),
@@ -355,8 +391,10 @@ def cmd_bundle(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from .report import build_report
 
-    print(f"report: {build_report(Path(args.run_dir), n_examples=args.examples)}")
-    _track_results(Path(args.run_dir))
+    given = Path(args.run_dir)
+    run_dir = _load(args.run_dir, [], trained=True).run_dir if given.is_file() else Path(os.path.abspath(given))
+    print(f"report: {build_report(run_dir, n_examples=args.examples)}")
+    _track_results(run_dir)
     return 0
 
 

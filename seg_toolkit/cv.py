@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .config import Config, config_diff, config_to_dict, read_yaml, save_config
+from .config import Config, ConfigError, config_diff, config_to_dict, read_yaml, save_config
 from .data import Sample, load_or_make_folds, load_target, load_train_samples
 from .data.sources import check_train_samples
 from .budget import left_out_folds, planned_folds, run_folds
@@ -39,68 +39,118 @@ RESUME_FREE_KEYS = ("runs_dir", "experiment", "train.epochs", "train.time_budget
                     "submission.", "folds.only", "track")
 
 
-def prepare_run(cfg: Config, folds: list[int], resume: bool = False, overwrite: bool = False) -> Run:
+def prepare_run(cfg: Config, folds: list[int], resume: bool = False, overwrite: bool = False,
+                fold_job: bool = False) -> Run:
     """Create ``runs/<experiment>/`` and save the resolved config, refusing to clobber earlier work.
 
     * always: the run folder must be apart from the data (:meth:`Run.check_location`), and a
       folder that already holds files must be a run folder (:meth:`Run.check_writable`).
     * ``overwrite``: the run folder is deleted first, through :meth:`Run.remove` (never a data
-      folder, never a folder holding files that runs do not write).
+      folder, never a folder holding files that runs do not write). ``fold_job`` (``train --fold K``): only the
+      folders of ``folds`` go, and what was tuned on every fold's OOF files (:func:`_remove_folds`).
     * ``resume``: the saved config must match but for :data:`RESUME_FREE_KEYS` (``train.epochs`` may change: a
       fold in progress lays its schedule out again; ``train.time_budget`` too: a fold's plan follows the new budget
       from its next epoch; ``data.root`` compares as a resolved path); folds continue.
     * neither: a fold that already has files is refused. Other folds of the same run (e.g. a
       job array running ``--fold K`` each) may start, if the saved config matches.
     """
+    if resume and overwrite:
+        raise ConfigError("--resume and --overwrite: continue the run, or delete it and start again, not both")
     run = Run.of(cfg)
     saved = run.config_yaml
     run.check_writable(cfg)
     if run.is_ensemble:
         raise RunExistsError(f"{run.dir} is an ensemble run ({run.ensemble_json}); use another experiment name")
-    if overwrite:
+    if overwrite and fold_job:
+        _remove_folds(cfg, run, folds)
+    elif overwrite:
         run.remove(cfg)
     run.dir.mkdir(parents=True, exist_ok=True)
     if saved.is_file():
-        old, new = read_yaml(saved), config_to_dict(cfg)
-        for c in (old, new):  # the same data folder however it is spelled (relative, data/./demo)
-            if isinstance(c.get("data"), dict) and c["data"].get("root"):
-                c["data"]["root"] = str(Path(c["data"]["root"]).expanduser().resolve())
-        diff = [d for d in config_diff(old, new) if not d.startswith(RESUME_FREE_KEYS)]
+        diff = _config_changes(run, cfg)
         # stopped before any fold wrote a file (a config error met at the first batch): the corrected config replaces
         # it, unless it changes what folds.csv or pseudo/ were made from
-        if diff and not run.started_folds() and not any(d.startswith(("data.", "folds.", "pseudo.")) for d in diff):
+        if diff and not run.started_folds() and not any(d.startswith(_FOLDS_FROM) for d in diff):
             log.warning("%s: no fold has started; its config.yaml is replaced (%s)", run.dir, "; ".join(diff[:5]))
             run.remove(cfg, run.amp_json)  # measured on the old model and batch
         elif diff:
             raise RunExistsError(
                 f"{run.dir} was trained with a different config ({'; '.join(diff[:5])}); "
-                "use a new experiment name, or --overwrite to start again"
+                f"use a new experiment name, or --overwrite{' without --fold' if fold_job else ''} to start again"
             )
-    trained = run.trained_folds() if saved.is_file() else []
-    if trained:
-        from .predictor import PREDICT_KEYS, diff_of_keys
-
-        # the trained folds' OOF files (and the post-processing tuned on them) were made with the saved predict keys:
-        # a fold trained with others would mix two TTA settings in oof/ (`train --fold 1 --set predict.tta=...`)
-        changed = diff_of_keys(run.config(), cfg, PREDICT_KEYS)
-        if changed:
-            raise RunExistsError(f"{run.dir}: fold(s) {trained} made their OOF files with other predict settings "
-                                 f"({'; '.join(changed[:4])}); train with the run's, then remake every fold's OOF files "
-                                 "with `seg-toolkit oof CONFIG --set ...`")
+    _check_predict_keys(run, cfg, run.trained_folds() if saved.is_file() else [])
     if not resume:
         started = sorted(set(folds) & set(run.started_folds()))
         if started:
             raise RunExistsError(
                 f"{run.dir}: fold(s) {started} already have files; use --resume to continue, "
-                "or --overwrite to delete the run and start again"
+                "or --overwrite to delete the run and start again (with --fold: that fold only)"
             )
     save_config(cfg, saved)
     return run
 
 
+#: config keys that decide what folds.csv and pseudo/ are made from: a run's config.yaml is not replaced when they change
+_FOLDS_FROM = ("data.", "folds.", "pseudo.")
+
+
+def _check_predict_keys(run: Run, cfg: Config, trained: list[int]) -> None:
+    """The trained folds' OOF files (and the post-processing tuned on them) were made with the saved predict keys:
+    a fold trained with others would mix two TTA settings in oof/ (`train --fold 1 --set predict.tta=...`)."""
+    if not trained:
+        return
+    from .predictor import PREDICT_KEYS, diff_of_keys
+
+    changed = diff_of_keys(run.config(), cfg, PREDICT_KEYS)
+    if changed:
+        raise RunExistsError(f"{run.dir}: fold(s) {trained} made their OOF files with other predict settings "
+                             f"({'; '.join(changed[:4])}); train with the run's, then remake every fold's OOF files "
+                             "with `seg-toolkit oof CONFIG --set ...`")
+
+
+def _config_changes(run: Run, cfg: Config) -> list[str]:
+    """How ``cfg`` differs from the run's saved config.yaml, but for :data:`RESUME_FREE_KEYS`."""
+    old, new = read_yaml(run.config_yaml), config_to_dict(cfg)
+    for c in (old, new):  # the same data folder however it is spelled (relative, data/./demo)
+        if isinstance(c.get("data"), dict) and c["data"].get("root"):
+            c["data"]["root"] = str(Path(c["data"]["root"]).expanduser().resolve())
+    return [d for d in config_diff(old, new) if not d.startswith(RESUME_FREE_KEYS)]
+
+
+def _remove_folds(cfg: Config, run: Run, folds: list[int]) -> None:
+    """``train --fold K --overwrite``: one job of a job array starts its fold again. ``fold_K/`` goes, and
+    ``postprocess.json`` (tuned on every fold's OOF files, the old fold K's among them; the job that ends the run tunes
+    again); the other folds, folds.csv and config.yaml stay. ``cv.json`` is remade when the fold ends (until then
+    predict refuses the run: it scores a fold without a model); the fold's OOF files are rewritten by its training.
+    Refused, before anything is deleted, when the fold holds files no run writes, or when other folds have files and
+    the config differs from theirs (the whole run starts again with ``--overwrite`` without ``--fold``)."""
+    others = sorted(set(run.started_folds()) - set(folds))
+    diff = _config_changes(run, cfg) if run.config_yaml.is_file() else []
+    if diff and (others or any(d.startswith(_FOLDS_FROM) for d in diff)):
+        beside = f"beside fold(s) {others}, which were trained with" if others else "with folds.csv made from"
+        raise RunExistsError(
+            f"{run.dir}: --fold {','.join(map(str, folds))} --overwrite trains that fold again {beside} another config "
+            f"({'; '.join(diff[:5])}); use a new experiment name, or `train CONFIG --overwrite` without --fold to start "
+            "the whole run again")
+    _check_predict_keys(run, cfg, sorted(set(run.trained_folds()) - set(folds)))
+    if run.dir.is_dir():
+        mine = [run.fold_dir(k) for k in folds]
+        foreign = [p for p in run.foreign_entries() if p.parent in mine]
+        if foreign:
+            raise RunExistsError(f"refusing to delete {foreign[0].parent}: it holds {len(foreign)} file(s) that seg_toolkit "
+                                 f"did not write ({', '.join(p.name for p in foreign[:5])}); move them out first")
+    for k in folds:
+        run.remove(cfg, run.fold_dir(k))
+    run.remove(cfg, run.postprocess_json)
+
+
 def run_cv(cfg: Config, folds: list[int] | None = None, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
     """Train the given folds (default: ``folds.only`` or all), then write and return ``cv.json``;
-    mirrored to the experiment tracker (``track:``, :mod:`seg_toolkit.track`), which never stops training."""
+    mirrored to the experiment tracker (``track:``, :mod:`seg_toolkit.track`), which never stops training.
+    ``resume`` and ``overwrite`` exclude each other; with ``folds`` given (``train --fold K``), ``overwrite`` starts
+    those folds again and keeps the others (:func:`prepare_run`)."""
+    if resume and overwrite:  # before anything is read
+        raise ConfigError("--resume and --overwrite: continue the run, or delete it and start again, not both")
     with track.tracking(cfg):
         return _run_cv(cfg, folds, resume, overwrite)
 
@@ -115,7 +165,7 @@ def _run_cv(cfg: Config, folds: list[int] | None, resume: bool, overwrite: bool)
     init_run(cfg), teacher_run(cfg)  # train.init_from / pseudo.teacher are run folders: checked before writing
     run = Run.of(cfg)
     if d.is_main:  # only rank 0 touches the run folder; the others wait and read
-        prepare_run(cfg, folds, resume=resume, overwrite=overwrite)
+        prepare_run(cfg, folds, resume=resume, overwrite=overwrite, fold_job=not whole_run)
         load_or_make_folds(samples, cfg, run.folds_csv)
     d.barrier()
     folds_df = load_or_make_folds(samples, cfg, run.folds_csv)

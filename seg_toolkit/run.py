@@ -28,6 +28,7 @@ what is needed to use them without the YAML they came from::
       evaluations/<name>.json  score on a labelled folder (seg-toolkit evaluate --on DIR)
       export/fold_<k>.onnx   fold models exported to ONNX, export/export.json (seg-toolkit export)
       estimate.json          projected predict time (seg-toolkit predict --estimate)
+      demo_submission.json   the submission seg-toolkit demo wrote (path, SHA-256): the next demo replaces it only if unchanged
       audit.html, audit_problems.csv, audit_samples.png, audit_batch.png   seg-toolkit audit
       learning_curves.{html,png}, report/
 
@@ -63,7 +64,8 @@ class Run(RunGuard):
                  "ensemble.json", "amp.json", "lr_find.json", "lr_find.png", "pseudo", "oof", "oof_summary.json", "test_probs",
                  "evaluate_test.json", "report", "learning_curves.html", "learning_curves.png", "audit.html",
                  "audit_problems.csv", "tta_search", "test_masks", "evaluations", "audit_samples.png", "audit_batch.png",
-                 "tracker.json", "tensorboard", "export", "estimate.json", "first_epoch.json", "oof_incomplete.json", "run.lock")
+                 "tracker.json", "tensorboard", "export", "estimate.json", "first_epoch.json", "oof_incomplete.json", "run.lock",
+                 "demo_submission.json")
     #: What a run writes in ``fold_<k>/`` (the fold methods below)
     FOLD_FILE = re.compile(r"(best|last|prev)\.pt|best_e\d+\.pt|metrics\.csv(\.unreadable)?|done\.json|failed_attempt_\d+")
     FOLD_DIR = re.compile(r"fold_\d+")
@@ -154,6 +156,11 @@ class Run(RunGuard):
         """``train.min_fold_epochs``: the run's first timed epoch (fold, seconds), written once; it decides how many
         folds share ``train.time_budget`` (:func:`seg_toolkit.budget.first_epoch_seconds`)."""
         return self.dir / "first_epoch.json"
+
+    @property
+    def demo_submission_json(self) -> Path:
+        """The submission ``seg-toolkit demo`` wrote (path, SHA-256): a later demo replaces that file only if unchanged."""
+        return self.dir / "demo_submission.json"
 
     @property
     def tracker_json(self) -> Path:
