@@ -4,7 +4,8 @@ With ``train.keep_best_k: k`` (k >= 2) and ``train.average_best: true``, after t
 the weights of the k best epochs (``fold_<n>/best_e<epoch>.pt``) are averaged tensor by tensor
 (uniform weights, the "checkpoint averaging" / SWA-of-best-epochs of segmentation write-ups),
 the BatchNorm running statistics of the average are recomputed by one pass over the training
-set (averaged statistics do not belong to averaged weights), and the result is scored on the
+set (averaged statistics do not belong to averaged weights; every image of the fold's training set, under DDP too,
+where rank 0 makes the pass alone: :func:`seg_toolkit.train.whole_train_loader`), and the result is scored on the
 fold's validation set beside the single best epoch. The average becomes the fold's
 ``best.pt`` (the declared choice; the single best stays as its ``best_e<epoch>.pt``), so OOF,
 post-processing and predict all use it; ``done.json`` and ``cv.json`` keep both scores.
@@ -86,7 +87,8 @@ def average_checkpoints(paths: list, use_ema: bool) -> dict[str, Any]:
 def average_best_epochs(cfg, run, fold: int, model: torch.nn.Module, ema, kept_epochs: list[int], single_best: tuple[int, float],
                         train_loader: DataLoader, validate, images_of, amp, device: torch.device) -> dict[str, Any]:
     """``train.average_best`` for one fold: average the kept epochs (``best_e<epoch>.pt``) into ``model``
-    (and the EMA copy), recompute BatchNorm over ``train_loader``, score with ``validate()`` and write
+    (and the EMA copy), recompute BatchNorm over ``train_loader`` (the whole training set, no batch dropped), score
+    with ``validate()`` and write
     ``best.pt``. ``images_of(batch)`` gives a batch's input tensor on the device; ``single_best`` is
     (epoch index, score) of the single best epoch. Returns what ``done.json`` records."""
     from .checkpoint import save_checkpoint

@@ -31,7 +31,20 @@ def check_device(name: str, key: str = "train.device") -> None:
 
 
 def resolve_device(name: str, d=None) -> torch.device:
-    """The torch device for ``train.device`` (``auto``: CUDA when present); under DDP the rank's GPU."""
+    """The torch device for ``train.device`` (``auto``: CUDA when present); under DDP the rank's GPU.
+
+    Under torchrun (``d.enabled``) each process trains on the GPU of its ``LOCAL_RANK`` (``auto`` or ``cuda``), where
+    :func:`seg_toolkit.distributed.init_distributed` put it; an explicit ``cuda:N`` is refused with a
+    :class:`ConfigError` naming ``train.device``: it would put every rank on GPU N (``CUDA_VISIBLE_DEVICES``
+    chooses the GPUs torchrun's processes use)."""
+    if d is not None and d.enabled and name not in ("auto", "cpu"):
+        check_device(name)
+        index = torch.device(name).index
+        if index is not None:
+            raise ConfigError(
+                f"train.device: {name!r} names one GPU, but under torchrun ({d.world_size} processes) each process "
+                f"trains on its own GPU (LOCAL_RANK; this one: cuda:{d.local_rank}); expected 'auto' or 'cuda' "
+                "(CUDA_VISIBLE_DEVICES chooses which GPUs torchrun uses)")
     if d is not None and d.enabled and name in ("auto", "cuda") and torch.cuda.is_available():
         return torch.device("cuda", d.local_rank)
     check_device(name)

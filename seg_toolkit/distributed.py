@@ -4,11 +4,23 @@
 reads its rank from the environment torchrun sets. Training data is sharded by rank,
 gradients are averaged by DistributedDataParallel, training losses are summed across
 ranks for the log, BatchNorm statistics are averaged at the end of each epoch, and only rank 0 validates, writes files and decides early stopping
-(its decision is broadcast so every rank leaves the loop together).
+(its decision is broadcast so every rank leaves the loop together). What stops a rank stops them all at the same step:
+a non-finite loss on any rank, or a Ctrl-C / SIGTERM that reached any rank (:func:`seg_toolkit.epoch.train_one_epoch`).
+
+``train.device`` under torchrun is ``auto``, ``cuda`` (each process on the GPU of its ``LOCAL_RANK``) or ``cpu``;
+an explicit ``cuda:N`` is refused (:func:`seg_toolkit.device.resolve_device`): it would put every rank on GPU N.
+
+Timeout: while rank 0 alone validates, writes a fold's out-of-fold files, averages checkpoints, makes pseudo-labels
+or tunes post-processing, the other ranks wait in a barrier or broadcast. The process group's timeout bounds that
+wait; torch's defaults (30 min for gloo, 10 min for NCCL) end such a run on real data, so it is
+:data:`DEFAULT_TIMEOUT_S` (6 hours), or the seconds in the environment variable ``SEG_TOOLKIT_DDP_TIMEOUT_S``
+(e.g. ``SEG_TOOLKIT_DDP_TIMEOUT_S=86400 torchrun ...``). A rank that crashed is still noticed at once by torchrun,
+which stops the others; the timeout only ends a wait on a rank that hangs.
 """
 
 from __future__ import annotations
 
+import datetime
 import logging
 import os
 from dataclasses import dataclass
@@ -19,7 +31,11 @@ import torch.distributed as dist
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Dist", "init_distributed", "close_distributed", "get_dist"]
+__all__ = ["Dist", "init_distributed", "close_distributed", "get_dist", "ddp_timeout_s", "DEFAULT_TIMEOUT_S", "TIMEOUT_ENV"]
+
+#: the process group's timeout unless :data:`TIMEOUT_ENV` says otherwise: how long the other ranks may wait for rank 0
+DEFAULT_TIMEOUT_S = 6 * 3600
+TIMEOUT_ENV = "SEG_TOOLKIT_DDP_TIMEOUT_S"
 
 
 @dataclass(frozen=True)
@@ -67,6 +83,13 @@ class Dist:
             dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         return tensor
 
+    def any(self, flag: bool) -> bool:
+        """Whether ``flag`` is true on any rank (every rank gets the same answer; a collective: all ranks call it)."""
+        if not self.enabled:
+            return bool(flag)
+        device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+        return bool(self.all_reduce_sum(torch.tensor([float(bool(flag))], device=device)).item() > 0)
+
 
 _CURRENT = Dist()
 
@@ -87,10 +110,27 @@ def init_distributed(device_name: str = "auto") -> Dist:
     if use_cuda:
         torch.cuda.set_device(local)
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo", timeout=datetime.timedelta(seconds=ddp_timeout_s()))
     _CURRENT = Dist(rank=rank, world_size=world, local_rank=local)
     log.info("distributed: rank %d of %d (%s)", rank, world, "nccl" if use_cuda else "gloo")
     return _CURRENT
+
+
+def ddp_timeout_s() -> float:
+    """The process group's timeout in seconds: ``SEG_TOOLKIT_DDP_TIMEOUT_S`` when set, else :data:`DEFAULT_TIMEOUT_S`."""
+    from .errors import ConfigError
+
+    raw = os.environ.get(TIMEOUT_ENV, "").strip()
+    if not raw:
+        return float(DEFAULT_TIMEOUT_S)
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = float("nan")
+    if not seconds > 0 or seconds == float("inf"):
+        raise ConfigError(f"environment variable {TIMEOUT_ENV}={raw!r}: expected a positive number of seconds "
+                          f"(the distributed process group's timeout; default {DEFAULT_TIMEOUT_S})")
+    return seconds
 
 
 def close_distributed() -> None:

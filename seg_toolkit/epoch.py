@@ -95,22 +95,35 @@ def train_one_epoch(cfg, model, ema, loss_fn, optimizer, schedule, scaler, loade
 
     Loss values stay on the device and are read back every ``sync_every`` steps (every
     step on CPU, where reading is free), so a GPU is not stalled each step; a NaN/inf loss
-    is caught at the next read, named by epoch and step, and stops the fold.
+    is caught at the next read, named by epoch and step, and stops the fold. Under DDP the reads are at
+    optimiser updates and collective: a NaN/inf loss on any rank, or a stop (Ctrl-C / SIGTERM) that reached any rank,
+    stops every rank at the same update. A stop at the epoch's last update does not interrupt it: the epoch ends
+    (validated, checkpointed) and the caller stops after it. Resumed mid-epoch (``state.partial``), the row
+    averages the batches before the stop too, over all ranks, its lr included.
     """
     model.train()
+    d = get_dist()
     amp = amp or resolve_amp(cfg.train.amp, device)
     accum = cfg.train.grad_accum
     sync_every = 1 if device.type == "cpu" else 10
     names: list[str] = []
     sums: torch.Tensor | None = None
     n_images, n_here, t0 = 0, 0, time.perf_counter()
-    if state.partial and get_dist().world_size == 1:  # resumed mid-epoch: the row averages the batches before it too
-        names, n_images = list(state.partial["names"]), int(state.partial["n_images"])
-        sums = torch.tensor(state.partial["sums"], dtype=torch.float32, device=device)
+    lr_sum, n_updates = 0.0, 0  # the lr each update of this epoch applied: the row's lr is their mean
+    if state.partial:  # resumed mid-epoch: the sums of all ranks before the stop, counted once (by rank 0)
+        names, sums = list(state.partial["names"]), torch.tensor(state.partial["sums"], dtype=torch.float32, device=device)
+        n_images = int(state.partial["n_images"])
+        lr_sum, n_updates = float(state.partial.get("lr_sum", 0.0)), int(state.partial.get("n_updates", 0))
+        if not d.is_main:
+            sums, n_images = torch.zeros_like(sums), 0
     state.partial = {}
+    if len(loader) == 0 and state.batch == 0:
+        raise SegToolkitError(
+            f"fold {fold}: the training loader gives no batch in epoch {epoch + 1}"
+            + (f" on rank {d.rank} of {d.world_size}" if d.enabled else "")
+            + f" ({len(getattr(loader, 'sampler', ()))} image(s) for this process, train.batch_size={cfg.train.batch_size})")
     bar = tqdm(loader, desc=f"fold {fold} epoch {epoch + 1}/{total_epochs or cfg.train.epochs}", leave=False, dynamic_ncols=True, disable=None)
     optimizer.zero_grad(set_to_none=True)
-    lr_sum, n_updates = 0.0, 0  # the lr each update of this epoch applied: the row's lr is their mean
     for i, batch in enumerate(bar):
         images, target = to_device(batch, cfg, device)
         with autocast(amp, device):
@@ -119,7 +132,8 @@ def train_one_epoch(cfg, model, ema, loss_fn, optimizer, schedule, scaler, loade
         # the mean over the batches of this update: the epoch's last group may hold fewer than grad_accum
         group = min(accum, len(loader) - (i // accum) * accum)
         scaler.scale(loss / group).backward()
-        boundary = (i + 1) % accum == 0 or i + 1 == len(loader)  # an optimiser step ends here
+        last = i + 1 == len(loader)
+        boundary = (i + 1) % accum == 0 or last  # an optimiser step ends here
         if boundary:
             lr_sum += optimizer.param_groups[-1]["lr"]
             n_updates += 1
@@ -135,25 +149,51 @@ def train_one_epoch(cfg, model, ema, loss_fn, optimizer, schedule, scaler, loade
             names = ["loss", *terms]
         values = torch.stack([loss.detach(), *(terms[k] for k in names[1:])]).float() * bs
         sums = values if sums is None else sums + values
-        if stop is not None and stop.requested and boundary:
-            raise TrainingInterrupted(i + 1, {"names": names, "sums": sums.tolist(), "n_images": n_images})
-        if (i + 1) % sync_every == 0 or i + 1 == len(loader):
+        # the stop is at an update, and not at the epoch's last one (resumed, no batch of it would be left)
+        stopping = stop is not None and stop.requested and boundary and not last
+        if d.enabled:  # reads at updates, together: every rank has as many batches, so all get here at the same step
+            sync = boundary and (n_updates % sync_every == 0 or last)
+        else:
+            sync = (i + 1) % sync_every == 0 or last
+        if sync:
             host = sums.tolist()
-            if not all(math.isfinite(v) for v in host):
-                bad = ", ".join(f"{k}={v / n_images:.4g}" for k, v in zip(names, host))
+            bad = [] if all(math.isfinite(v) for v in host) else [d.rank]
+            if d.enabled:
+                bad, stopping = _flags_of_all_ranks(d, device, bool(bad), stopping)
+            if bad:
+                mean = ", ".join(f"{k}={v / max(n_images, 1):.4g}" for k, v in zip(names, host))
+                where = f" on rank(s) {bad} (running means on rank {d.rank}: {mean})" if d.enabled else f" (running means: {mean})"
                 raise NonFiniteLossError(
-                    f"fold {fold}: loss is not finite at epoch {epoch + 1}, step {state.batch + i + 1} of {state.batch + len(loader)} "
-                    f"(running means: {bad}); the last good checkpoint is kept; lower optim.lr, set train.grad_clip, or "
+                    f"fold {fold}: loss is not finite at epoch {epoch + 1}, step {state.batch + i + 1} of {state.batch + len(loader)}"
+                    f"{where}; the last good checkpoint is kept; lower optim.lr, set train.grad_clip, or "
                     "train.nan_retries to retry with a lower lr"
                 )
-            bar.set_postfix(loss=f"{host[0] / n_images:.4f}", img_s=f"{n_images / (time.perf_counter() - t0):.1f}")
+            bar.set_postfix(loss=f"{host[0] / max(n_images, 1):.4f}", img_s=f"{n_images / (time.perf_counter() - t0):.1f}")
+        elif d.enabled:
+            stopping = False  # waits for the next read, where the ranks decide together
+        if stopping:
+            totals = d.all_reduce_sum(torch.cat([sums.detach(), sums.new_tensor([n_images])])).tolist()
+            raise TrainingInterrupted(i + 1, {"names": names, "sums": totals[:-1], "n_images": int(totals[-1]),
+                                              "lr_sum": lr_sum, "n_updates": n_updates})
     seconds = time.perf_counter() - t0
-    totals = get_dist().all_reduce_sum(torch.cat([sums.detach(), sums.new_tensor([n_images, n_here])]))
+    if sums is None:  # resumed after the epoch's last batch from a checkpoint without the sums before it
+        log.warning("fold %d epoch %d: resumed with no batch left and no record of those before: its row has no train loss",
+                    fold, epoch + 1)
+        names, sums = ["loss"], torch.full((1,), math.nan, device=device)
+    totals = d.all_reduce_sum(torch.cat([sums.detach(), sums.new_tensor([n_images, n_here])]))
     n_all = max(float(totals[-2]), 1.0)
     stats = {f"train_{k}": v / n_all for k, v in zip(names, totals[:-2].tolist())}
     stats["images_per_s"] = float(totals[-1]) / seconds  # the images of this call: a resumed epoch's time is its part
     stats["lr"] = lr_sum / n_updates if n_updates else optimizer.param_groups[-1]["lr"]
     return stats
+
+
+def _flags_of_all_ranks(d, device, bad: bool, stop: bool) -> tuple[list[int], bool]:
+    """The ranks whose loss is not finite, and whether any rank was asked to stop (a collective: all ranks call it)."""
+    flags = torch.zeros(d.world_size + 1, device=device)
+    flags[d.rank], flags[-1] = float(bad), float(stop)
+    values = d.all_reduce_sum(flags).tolist()
+    return [r for r in range(d.world_size) if values[r] > 0], values[-1] > 0
 
 
 def optimizer_step(cfg: Config, model: torch.nn.Module, optimizer, scaler) -> None:

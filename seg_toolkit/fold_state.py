@@ -17,6 +17,7 @@ import pandas as pd
 
 from .checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import Config, config_to_dict
+from .distributed import Dist
 from .files import write_text
 from .run import Run
 
@@ -36,10 +37,15 @@ class TrainState:
     top_k: list = dataclasses.field(default_factory=list)  # [score, epoch] of the kept best_e<epoch>.pt files
     epochs: int = 0  # the fold's planned epochs: train.epochs, or fewer under train.time_budget (budget.py); 0 before it was kept
     seconds: float = 0.0  # seconds spent on the ``batch`` batches done in epoch ``epoch``: counted into that epoch's time
-    # the loss sums of those batches ({"names", "sums", "n_images"}; one process only): the epoch's row averages them all
+    # the loss sums of those batches, over all ranks ({"names", "sums", "n_images", "lr_sum", "n_updates"}): the epoch's
+    # row averages them all, its lr too
     partial: dict = dataclasses.field(default_factory=dict)
     # the score early stopping's patience counts from: the last one that beat its predecessor by min_delta
     patience_score: float = -math.inf
+    # the processes (torchrun's WORLD_SIZE) and optimiser updates per epoch the checkpoint's lr schedule is laid out
+    # for (0: saved before they were kept); a resume with others lays it out again, or refuses one mid-epoch (train.py)
+    world_size: int = 0
+    updates_per_epoch: int = 0
 
 
 def update_best(state: TrainState, score: float, epoch: int, min_delta: float) -> bool:
@@ -115,11 +121,25 @@ def save_epoch(cfg, run: Run, fold: int, model, ema, optimizer, schedule, scaler
             run.best_epoch_pt(fold, epoch).unlink(missing_ok=True)
 
 
-def restore(run: Run, fold: int, model, ema, optimizer, schedule, scaler) -> TrainState:
+def restore(run: Run, fold: int, model, ema, optimizer, schedule, scaler, d: Dist | None = None) -> TrainState:
     """Load the newest readable checkpoint (``last.pt``, else ``prev.pt``) into every component; drop the metrics
     rows of epochs after it (all of them when the fold starts from scratch) and the temporary files of checkpoint
-    writes that a kill cut short."""
-    _remove_partial_writes(run.fold_dir(fold))
+    writes that a kill cut short.
+
+    Under DDP (``d``) every rank calls it and loads the checkpoint; only rank 0 changes files (the others wait for it
+    at a barrier before loading, and again before returning, so none reads a metrics file being rewritten)."""
+    main = d is None or d.is_main
+    if main:
+        _remove_partial_writes(run.fold_dir(fold))
+    if d is not None:
+        d.barrier()
+    state = _load_newest(run, fold, model, ema, optimizer, schedule, scaler, main)
+    if d is not None:
+        d.barrier()
+    return state
+
+
+def _load_newest(run: Run, fold: int, model, ema, optimizer, schedule, scaler, main: bool) -> TrainState:
     errors = []
     for path in (run.last_pt(fold), run.prev_pt(fold)):
         if not path.is_file():
@@ -141,7 +161,8 @@ def restore(run: Run, fold: int, model, ema, optimizer, schedule, scaler) -> Tra
         if "patience_score" not in ckpt["train_state"]:  # saved before min_delta had a score of its own
             state.patience_score = state.best_score
         _adopt_newer_best(run, fold, state)
-        _truncate_metrics(run.metrics_csv(fold), state.epoch)
+        if main:
+            _truncate_metrics(run.metrics_csv(fold), state.epoch)
         if state.epoch >= state.epochs > 0:
             log.info("resumed %s: all %d epochs trained (step %d); the fold's OOF files come next", path, state.epochs, state.step)
         else:
@@ -151,7 +172,8 @@ def restore(run: Run, fold: int, model, ema, optimizer, schedule, scaler) -> Tra
         log.warning("no readable checkpoint in %s; the fold starts from scratch", run.fold_dir(fold))
     elif run.metrics_csv(fold).is_file():
         log.info("fold %d: killed before its first checkpoint; it starts from scratch", fold)
-    _truncate_metrics(run.metrics_csv(fold), 0)
+    if main:
+        _truncate_metrics(run.metrics_csv(fold), 0)
     return TrainState()
 
 

@@ -97,10 +97,12 @@ class LRSchedule:
     SHAPED_BY_TOTAL = ("cosine", "poly", "onecycle")
 
     def for_epochs(self, cfg: Config, optimizer: torch.optim.Optimizer, updates_per_epoch: int, epochs: int,
-                   n_updates: int) -> "LRSchedule":
+                   n_updates: int, per_epoch_changed: bool = False) -> "LRSchedule":
         """This schedule laid out again for ``epochs`` epochs in all and moved to update ``n_updates``
-        (a fold cut short by ``train.time_budget``); itself when its course does not depend on the total."""
-        if self.name not in self.SHAPED_BY_TOTAL:
+        (a fold cut short by ``train.time_budget``); itself when its course does not depend on the total.
+        ``per_epoch_changed``: ``updates_per_epoch`` is not the one it was laid out for (a fold resumed with another
+        number of processes), which the step schedule's course depends on too; plateau's does on neither."""
+        if self.name not in self.SHAPED_BY_TOTAL and not (per_epoch_changed and self.name == "step"):
             return self
         new = LRSchedule(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=epochs)), optimizer, updates_per_epoch)
         if new.name == "onecycle":

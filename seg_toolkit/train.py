@@ -31,7 +31,7 @@ from .amp import run_amp
 from .budget import decide_folds, fit_to_budget, plan_fold
 from .device import resolve_device, seed_everything
 from .distributed import Dist, get_dist
-from .losses import build_loss
+from .losses import build_loss, model_loss
 from .optim import LRSchedule, build_optimizer
 from .files import write_json
 from .run import Run
@@ -39,6 +39,7 @@ from .pseudo import add_pseudo_labels, pseudo_info
 from .stages import init_source, load_fold_init
 from .versions import library_versions
 from .epoch import GracefulStop, NonFiniteLossError, TrainingInterrupted, log_epoch, to_device, train_one_epoch, validate_epoch
+from .errors import SegToolkitError
 from . import track
 
 log = logging.getLogger(__name__)
@@ -68,11 +69,14 @@ def train_fold(cfg: Config, fold: int, samples: list[Sample], folds: pd.DataFram
         except NonFiniteLossError as e:
             if attempt == cfg.train.nan_retries:
                 raise
-            aside = set_attempt_aside(run, fold, attempt + 1)
+            d = get_dist()  # every rank raised here, at the same step (epoch.py): rank 0 moves the files, the others wait
+            aside = set_attempt_aside(run, fold, attempt + 1) if d.is_main else run.failed_attempt_dir(fold, attempt + 1)
+            d.barrier()
             lr = attempt_cfg.optim.lr * cfg.train.nan_lr_factor
             attempt_cfg = dataclasses.replace(attempt_cfg, optim=dataclasses.replace(attempt_cfg.optim, lr=lr))
-            log.warning("%s\nretrying fold %d from scratch with optim.lr=%g (retry %d of %d); the failed attempt's files are in %s",
-                        e, fold, lr, attempt + 1, cfg.train.nan_retries, aside)
+            (log.warning if d.is_main else log.debug)(  # once, from rank 0
+                "%s\nretrying fold %d from scratch with optim.lr=%g (retry %d of %d); the failed attempt's files are in %s",
+                e, fold, lr, attempt + 1, cfg.train.nan_retries, aside)
             resume = False
     raise AssertionError("unreachable")  # pragma: no cover
 
@@ -96,21 +100,24 @@ def train_attempt(cfg: Config, fold: int, samples: list[Sample], folds: pd.DataF
     scaler = torch.amp.GradScaler(device.type, enabled=amp.uses_scaler)
     state = TrainState()
     if resume:
-        state = restore(run, fold, model, ema, optimizer, schedule, scaler)
+        state = restore(run, fold, model, ema, optimizer, schedule, scaler, d)
     fresh = state.epoch == 0 and state.batch == 0
     laid_out = state.epochs  # the epochs the restored schedule spans (0: a fresh fold's, train.epochs)
+    per_epoch_changed = not fresh and resumed_layout(cfg, fold, state, d, updates_per_epoch)
     budget, epoch_seconds = plan_fold(cfg, run, fold, state, d)  # the fold's epochs' times (before a resume too)
     elapsed = sum(epoch_seconds)
     if fresh and state.epochs != cfg.train.epochs:  # planned shorter from the start: the schedule spans the plan
         schedule = schedule.for_epochs(cfg, optimizer, updates_per_epoch, state.epochs, 0)
-    elif not fresh and laid_out and laid_out != state.epochs and state.epoch < state.epochs:
+    elif not fresh and ((laid_out and laid_out != state.epochs) or per_epoch_changed) and state.epoch < state.epochs:
         # resumed with another train.epochs: the restored schedule would end at its old total (the new epochs at the
         # floor lr); laid out again for the new total from the step reached, as a fold planned so would have it
-        log.warning("fold %d: resumed with %d epochs planned instead of %d; its learning-rate schedule is laid out again "
-                    "for %d epochs from update %d", fold, state.epochs, laid_out, state.epochs, state.step)
-        schedule = schedule.for_epochs(cfg, optimizer, updates_per_epoch, state.epochs, state.step)
+        if laid_out and laid_out != state.epochs:
+            log.warning("fold %d: resumed with %d epochs planned instead of %d; its learning-rate schedule is laid out "
+                        "again for %d epochs from update %d", fold, state.epochs, laid_out, state.epochs, state.step)
+        schedule = schedule.for_epochs(cfg, optimizer, updates_per_epoch, state.epochs, state.step, per_epoch_changed)
+    state.world_size, state.updates_per_epoch = d.world_size, updates_per_epoch  # what the schedule is laid out for
     initialised = load_fold_init(cfg, fold, model, ema) if fresh else init_source(cfg, fold)
-    forward_model = wrap_for_training(cfg, model, device, d)
+    forward_model = wrap_for_training(cfg, model, device, d, loss_fn, train_set)
 
     with GracefulStop() as stop:
         while state.epoch < state.epochs and not should_stop(state, cfg):  # resumed after an early stop: none
@@ -127,6 +134,7 @@ def train_attempt(cfg: Config, fold: int, samples: list[Sample], folds: pd.DataF
                 state.seconds += time.perf_counter() - t0  # the epoch's time so far: its row, once resumed, has it all
                 if d.is_main:
                     save_epoch(cfg, run, fold, model, ema, optimizer, schedule, scaler, state, improved=False)
+                d.barrier()  # every rank stopped at this update; none exits (torchrun then stops the rest) before the save
                 raise KeyboardInterrupt(
                     f"fold {fold} interrupted in epoch {epoch + 1} after {state.batch} batches; "
                     f"checkpoint saved to {run.last_pt(fold)}: add --resume to continue exactly from there"
@@ -155,7 +163,7 @@ def train_attempt(cfg: Config, fold: int, samples: list[Sample], folds: pd.DataF
                 log_epoch(run.metrics_csv(fold), fold, epoch, train_stats, val_stats, improved, seconds)
                 save_epoch(cfg, run, fold, model, ema, optimizer, schedule, scaler, state, improved, val_stats["val_score"])
                 track.log_epoch(fold, epoch + 1, {**train_stats, **val_stats})
-            if stop.requested:  # Ctrl-C / SIGTERM after the epoch's last optimiser step (in validation, or saving)
+            if d.any(stop.requested):  # Ctrl-C / SIGTERM to any rank after the epoch's last update (or at it), once saved
                 raise KeyboardInterrupt(f"fold {fold} stopped after epoch {epoch + 1}; checkpoint saved to "
                                         f"{run.last_pt(fold)}: add --resume to continue exactly from there")
             if should_stop(state, cfg):
@@ -165,8 +173,10 @@ def train_attempt(cfg: Config, fold: int, samples: list[Sample], folds: pd.DataF
     if d.is_main and cfg.train.average_best:
         from .averaging import average_best_epochs
 
+        # BatchNorm re-estimated over the whole training set in this process (not rank 0's shard), no image dropped
+        bn_loader = whole_train_loader(cfg, train_set, device, max(state.epoch - 1, 0))
         averaged = average_best_epochs(cfg, run, fold, model, ema, [e for _, e in state.top_k], (state.best_epoch, state.best_score),
-                                       train_loader, lambda: validate_epoch(cfg, model, ema, loss_fn, valid_loader, device, amp)["val_score"],
+                                       bn_loader, lambda: validate_epoch(cfg, model, ema, loss_fn, valid_loader, device, amp)["val_score"],
                                        lambda batch: to_device(batch, cfg, device)[0], amp, device)
     if d.is_main:
         from .oof import write_fold_oof
@@ -200,21 +210,68 @@ def set_attempt_aside(run: Run, fold: int, n: int) -> Path:
 # ----------------------------------------------------------------------------- set-up steps
 
 
-def build_loaders(cfg: Config, train_set: list[Sample], valid_set: list[Sample], device: torch.device,
-                  d: Dist | None = None) -> tuple[DataLoader, DataLoader]:
-    """The training loader (seeded per epoch, sharded by rank) and the validation loader."""
-    t, d = cfg.train, d or Dist()
-    workers = t.num_workers
-    common = dict(num_workers=workers, pin_memory=t.pin_memory and device.type == "cuda", collate_fn=collate,
-                  persistent_workers=t.persistent_workers and workers > 0)
+def _loader_args(cfg: Config, device: torch.device, persistent: bool = True) -> dict[str, Any]:
+    t = cfg.train
     # the loaders get generators of their own: creating an iterator must not draw from torch's
     # global RNG (used by dropout), or a run resumed mid-epoch would replay different masks
-    common["generator"] = torch.Generator().manual_seed(t.seed)
+    return dict(num_workers=t.num_workers, pin_memory=t.pin_memory and device.type == "cuda", collate_fn=collate,
+                persistent_workers=persistent and t.persistent_workers and t.num_workers > 0,
+                generator=torch.Generator().manual_seed(t.seed))
+
+
+def build_loaders(cfg: Config, train_set: list[Sample], valid_set: list[Sample], device: torch.device,
+                  d: Dist | None = None) -> tuple[DataLoader, DataLoader]:
+    """The training loader (seeded per epoch, sharded by rank) and the validation loader.
+
+    The last partial batch is dropped when this process's share (all of the set, or under DDP ``ceil(n / ranks)``)
+    holds more than one batch: a share of at most ``train.batch_size`` images is one batch, never none."""
+    t, d = cfg.train, d or Dist()
     sampler = EpochSampler(len(train_set), shuffle=True, seed=t.seed, rank=d.rank, world_size=d.world_size)
+    common = _loader_args(cfg, device)  # one generator for both, as before
     train_loader = DataLoader(SegDataset(train_set, cfg, "train"), batch_size=t.batch_size, sampler=sampler,
-                              drop_last=len(train_set) > t.batch_size, **common)
+                              drop_last=sampler.per_rank > t.batch_size, **common)
     valid_loader = DataLoader(SegDataset(valid_set, cfg, "valid"), batch_size=cfg.predict.batch_size, shuffle=False, **common)
     return train_loader, valid_loader
+
+
+def whole_train_loader(cfg: Config, train_set: list[Sample], device: torch.device, epoch: int) -> DataLoader:
+    """Every image of the training set in this one process (not sharded by rank), in epoch ``epoch``'s order and
+    augmentation, batches of ``train.batch_size`` with none dropped: a last batch of one image joins the one before
+    (BatchNorm cannot train on one value per channel). For checkpoint averaging's BatchNorm pass (:mod:`.averaging`)."""
+    sampler = EpochSampler(len(train_set), shuffle=True, seed=cfg.train.seed)
+    sampler.set_epoch(epoch)
+    items, size = list(sampler), cfg.train.batch_size
+    batches = [items[i : i + size] for i in range(0, len(items), size)]
+    if len(batches) > 1 and len(batches[-1]) == 1:
+        batches[-2:] = [batches[-2] + batches[-1]]
+    return DataLoader(SegDataset(train_set, cfg, "train"), batch_sampler=batches, **_loader_args(cfg, device, persistent=False))
+
+
+def resumed_layout(cfg: Config, fold: int, state: TrainState, d: Dist, updates_per_epoch: int) -> bool:
+    """Check a resumed fold against the processes and updates per epoch its lr schedule was laid out for
+    (``state.world_size``, ``state.updates_per_epoch``; 0 in checkpoints from before they were kept).
+
+    A checkpoint saved mid-epoch resumes only with as many processes (the epoch's images are shared among them):
+    another number is refused, naming both. At an epoch's end another number of updates per epoch (another number
+    of processes) is taken: ``state.step`` becomes the updates a run of this shape has made at that point and True
+    is returned, so the caller lays the schedule out again (a run with 2 processes resumed with 1 would otherwise
+    spend its last epochs at the floor lr, or step a one-cycle schedule past its end)."""
+    old_world, old_upe = state.world_size, state.updates_per_epoch
+    if old_world and old_world != d.world_size and state.batch:
+        how = "without torchrun" if old_world == 1 else f"under torchrun with {old_world} processes in all"
+        raise SegToolkitError(
+            f"fold {fold}: its checkpoint was saved in the middle of epoch {state.epoch + 1} (after {state.batch} batches "
+            f"per process) by a run of {old_world} process(es); this run has {d.world_size}: the epoch's images are "
+            f"shared among the processes and its lr schedule is laid out for {old_upe} updates per epoch, so a "
+            f"mid-epoch checkpoint resumes only with as many; resume it {how} (WORLD_SIZE={old_world})")
+    if not old_upe or old_upe == updates_per_epoch:
+        return False
+    step = state.epoch * updates_per_epoch + math.ceil(state.batch / cfg.train.grad_accum)
+    log.warning("fold %d: resumed with %d process(es) instead of %d: %d updates per epoch instead of %d; the lr schedule is "
+                "laid out again from epoch %d (update %d, was %d)", fold, d.world_size, old_world or d.world_size,
+                updates_per_epoch, old_upe, state.epoch + 1, step, state.step)
+    state.step = step
+    return True
 
 
 def build_model_and_ema(cfg: Config, device: torch.device) -> tuple[torch.nn.Module, Any]:
@@ -231,15 +288,44 @@ def build_model_and_ema(cfg: Config, device: torch.device) -> tuple[torch.nn.Mod
     return model, ema
 
 
-def wrap_for_training(cfg: Config, model: torch.nn.Module, device: torch.device, d: Dist) -> torch.nn.Module:
-    """DistributedDataParallel across ranks and ``torch.compile`` when configured; the raw model is kept for saving."""
+def wrap_for_training(cfg: Config, model: torch.nn.Module, device: torch.device, d: Dist, loss_fn=None,
+                      train_set: list[Sample] | None = None) -> torch.nn.Module:
+    """DistributedDataParallel across ranks and ``torch.compile`` when configured; the raw model is kept for saving.
+
+    DDP waits for a gradient of every parameter unless told to look for unused ones (``find_unused_parameters``, a
+    graph walk each step): told so for a frozen encoder, and when parameters get no gradient from the loss (found by
+    :func:`unused_parameters` on rank 0 with ``loss_fn`` and ``train_set``), e.g. the stride-32 stage of an encoder
+    under a Unet with ``encoder_depth: 4``; without it DDP fails at the second step ("Expected to have finished
+    reduction in the prior iteration")."""
     wrapped = model
     if d.enabled:
+        find_unused = cfg.model.freeze_encoder_epochs > 0
+        if not find_unused and loss_fn is not None and train_set:
+            unused = d.broadcast(unused_parameters(cfg, model, loss_fn, train_set, device) if d.is_main else None)
+            if unused:
+                log.info("%d parameter tensor(s) get no gradient from the loss (%s%s): DistributedDataParallel looks "
+                         "for unused parameters each step", len(unused), ", ".join(unused[:3]), ", ..." if len(unused) > 3 else "")
+                find_unused = True
         wrapped = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=cfg.model.freeze_encoder_epochs > 0,
+            model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=find_unused,
         )
     return torch.compile(wrapped) if cfg.train.compile else wrapped
+
+
+def unused_parameters(cfg: Config, model: torch.nn.Module, loss_fn, train_set: list[Sample], device: torch.device) -> list[str]:
+    """The trainable parameters of ``model`` that get no gradient from the training loss of a batch of (up to) two
+    training images: one forward and backward, in training mode (deep-supervision and classifier heads act only
+    there), of a copy of the model, with torch's RNG put back after it (dropout); the model itself is not touched."""
+    import copy
+
+    dataset = SegDataset(train_set[:2], cfg, "train")
+    images, target = to_device(collate([dataset[(i % len(dataset), i)] for i in range(2)]), cfg, device)
+    probe = copy.deepcopy(model).train()
+    named = [(n, p) for n, p in probe.named_parameters() if p.requires_grad]
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        loss, _ = model_loss(loss_fn, probe(images), target, cfg.model.deep_supervision, cfg.model.classifier)
+        grads = torch.autograd.grad(loss, [p for _, p in named], allow_unused=True)
+    return [n for (n, _), g in zip(named, grads) if g is None]
 
 
 def set_frozen_encoder(model: torch.nn.Module, frozen: bool) -> None:
