@@ -25,7 +25,7 @@ import pandas as pd
 
 from .files import default_file_mode
 from .config import Config
-from .config_checks import _submitted_classes
+from .config_submission_checks import submitted_classes
 from .errors import SegToolkitError
 from .rle import RLESpec
 
@@ -114,7 +114,7 @@ def submission_classes(cfg: Config) -> list[int]:
     """The classes that get rows, in :func:`mask_rows`'s order: ``submission.classes``, else binary/multilabel
     ``1..C`` and multiclass ``1..C-1`` (class 0, background, only when listed). With a sample submission the file's
     rows follow the sample's order (:class:`SubmissionWriter`)."""
-    return _submitted_classes(cfg)
+    return submitted_classes(cfg)
 
 
 def mask_rows(image_id: str, mask: np.ndarray, cfg: Config) -> list[tuple[str, ...]]:
