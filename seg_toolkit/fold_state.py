@@ -133,13 +133,15 @@ def restore(run: Run, fold: int, model, ema, optimizer, schedule, scaler, d: Dis
         _remove_partial_writes(run.fold_dir(fold))
     if d is not None:
         d.barrier()
-    state = _load_newest(run, fold, model, ema, optimizer, schedule, scaler, main)
+    state = _load_newest(run, fold, model, ema, optimizer, schedule, scaler)
+    if main:  # the rows of epochs after the restored one (all of them when the fold starts from scratch)
+        _truncate_metrics(run.metrics_csv(fold), state.epoch)
     if d is not None:
         d.barrier()
     return state
 
 
-def _load_newest(run: Run, fold: int, model, ema, optimizer, schedule, scaler, main: bool) -> TrainState:
+def _load_newest(run: Run, fold: int, model, ema, optimizer, schedule, scaler) -> TrainState:
     errors = []
     for path in (run.last_pt(fold), run.prev_pt(fold)):
         if not path.is_file():
@@ -161,8 +163,6 @@ def _load_newest(run: Run, fold: int, model, ema, optimizer, schedule, scaler, m
         if "patience_score" not in ckpt["train_state"]:  # saved before min_delta had a score of its own
             state.patience_score = state.best_score
         _adopt_newer_best(run, fold, state)
-        if main:
-            _truncate_metrics(run.metrics_csv(fold), state.epoch)
         if state.epoch >= state.epochs > 0:
             log.info("resumed %s: all %d epochs trained (step %d); the fold's OOF files come next", path, state.epochs, state.step)
         else:
@@ -172,8 +172,6 @@ def _load_newest(run: Run, fold: int, model, ema, optimizer, schedule, scaler, m
         log.warning("no readable checkpoint in %s; the fold starts from scratch", run.fold_dir(fold))
     elif run.metrics_csv(fold).is_file():
         log.info("fold %d: killed before its first checkpoint; it starts from scratch", fold)
-    if main:
-        _truncate_metrics(run.metrics_csv(fold), 0)
     return TrainState()
 
 

@@ -26,12 +26,12 @@ from .errors import SegToolkitError
 log = logging.getLogger(__name__)
 
 __all__ = ["RunGuard", "RunExistsError", "input_paths", "check_not_input", "check_not_run_file", "delete_path",
-           "is_partial_write"]
+           "is_partial_write", "first_line", "OS_CLUTTER"]
 
 #: Temporary files of :func:`seg_toolkit.files.atomic_write` (``.<name>.<random>.tmp``) and what
 #: operating systems leave in folders: neither is a user's file.
 _TMP_FILE = re.compile(r"\..+\.[A-Za-z0-9_]+\.tmp")
-_OS_CLUTTER = (".DS_Store", "Thumbs.db", "desktop.ini")
+OS_CLUTTER = (".DS_Store", "Thumbs.db", "desktop.ini")
 
 
 def is_partial_write(name: str) -> bool:
@@ -84,7 +84,7 @@ def check_not_run_file(path: Path, runs: list[Path], header: str, what: str, dat
     if not path.exists():
         return
     here = path.resolve()
-    earlier_submission = _first_line(path).lstrip("\ufeff").rstrip("\r\n") == header
+    earlier_submission = first_line(path).lstrip("\ufeff").rstrip("\r\n") == header
     for run in runs:
         if Path(run).resolve() in here.parents and not earlier_submission:
             raise ConfigError(f"{what} {path} is a file of the run {run}, which this command reads; write the submission "
@@ -106,7 +106,7 @@ def delete_path(target: Path, announce: bool = True) -> None:
         target.unlink()  # a file, or a link (never followed)
 
 
-def _first_line(path: Path) -> str:
+def first_line(path: Path) -> str:
     """The first line of a text file; "" when it is missing or unreadable."""
     try:
         with path.open(encoding="utf-8") as fh:
@@ -152,11 +152,11 @@ class RunGuard:
                     return self.config_yaml.name
             except (yaml.YAMLError, OSError, UnicodeDecodeError):
                 pass
-        if _first_line(self.folds_csv).startswith("id,fold"):
+        if first_line(self.folds_csv).startswith("id,fold"):
             return self.folds_csv.name
         if self.ensemble_json.is_file():
             return self.ensemble_json.name
-        if audit and _first_line(self.audit_problems_csv).strip() == "kind,where,message":  # `audit` before `train`
+        if audit and first_line(self.audit_problems_csv).strip() == "kind,where,message":  # `audit` before `train`
             return self.audit_problems_csv.name
         for p in self.dir.glob("fold_*"):
             if self.FOLD_DIR.fullmatch(p.name) and p.is_dir() and any(self.FOLD_FILE.fullmatch(q.name) for q in p.iterdir()):
@@ -172,11 +172,11 @@ class RunGuard:
         """Entries of the folder (and of its ``fold_<k>/``) that no run writes: files the user put there."""
         out = []
         for p in sorted(self.dir.iterdir()):
-            if p.name in _OS_CLUTTER or _TMP_FILE.fullmatch(p.name):
+            if p.name in OS_CLUTTER or _TMP_FILE.fullmatch(p.name):
                 continue
             if self.FOLD_DIR.fullmatch(p.name) and p.is_dir():
                 out += [q for q in sorted(p.iterdir())
-                        if not (self.FOLD_FILE.fullmatch(q.name) or _TMP_FILE.fullmatch(q.name) or q.name in _OS_CLUTTER)]
+                        if not (self.FOLD_FILE.fullmatch(q.name) or _TMP_FILE.fullmatch(q.name) or q.name in OS_CLUTTER)]
             elif p.name not in self.RUN_FILES:
                 out.append(p)
         return out

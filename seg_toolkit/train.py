@@ -106,12 +106,13 @@ def train_attempt(cfg: Config, fold: int, samples: list[Sample], folds: pd.DataF
     per_epoch_changed = not fresh and resumed_layout(cfg, fold, state, d, updates_per_epoch)
     budget, epoch_seconds = plan_fold(cfg, run, fold, state, d)  # the fold's epochs' times (before a resume too)
     elapsed = sum(epoch_seconds)
+    epochs_changed = bool(laid_out) and laid_out != state.epochs  # by the plan or a new train.epochs
     if fresh and state.epochs != cfg.train.epochs:  # planned shorter from the start: the schedule spans the plan
         schedule = schedule.for_epochs(cfg, optimizer, updates_per_epoch, state.epochs, 0)
-    elif not fresh and ((laid_out and laid_out != state.epochs) or per_epoch_changed) and state.epoch < state.epochs:
+    elif not fresh and (epochs_changed or per_epoch_changed) and state.epoch < state.epochs:
         # resumed with another train.epochs: the restored schedule would end at its old total (the new epochs at the
         # floor lr); laid out again for the new total from the step reached, as a fold planned so would have it
-        if laid_out and laid_out != state.epochs:
+        if epochs_changed:
             log.warning("fold %d: resumed with %d epochs planned instead of %d; its learning-rate schedule is laid out "
                         "again for %d epochs from update %d", fold, state.epochs, laid_out, state.epochs, state.step)
         schedule = schedule.for_epochs(cfg, optimizer, updates_per_epoch, state.epochs, state.step, per_epoch_changed)

@@ -420,7 +420,7 @@ def test_encoder_weights_timm_remapped_keys_use_timm_loader(tmp_path):
     torch.save(raw.state_dict(), path)
     cfg = ModelConfig(arch="unet", encoder="tu-test_convnext", encoder_weights=str(path), params=SMALL_PARAMS["unet"])
     model = build_model(cfg, num_classes=1)
-    assert model.encoder_weights_report.source == "timm"
+    assert model.encoder_weights_report.source == "timm" and model.encoder_weights_report.coverage == 1.0
     loaded = model.encoder.state_dict()["model.stages_1.blocks.0.conv_dw.weight"]
     torch.testing.assert_close(loaded, raw.state_dict()["stages.1.blocks.0.conv_dw.weight"])
 

@@ -143,32 +143,24 @@ def make_demo(
 _DEMO_CSVS = {"train.csv": "ImageId,ClassId,EncodedPixels", "sample_submission.csv": "ImageId_ClassId,EncodedPixels",
               "test_solution.csv": "ImageId_ClassId,EncodedPixels"}
 _DEMO_IMAGE = re.compile(r"[0-9a-f]{8}\.png")
-_OS_CLUTTER = (".DS_Store", "Thumbs.db", "desktop.ini")
-
-
-def _first_line(path: Path) -> str:
-    try:
-        with path.open(encoding="utf-8") as fh:
-            return fh.readline().rstrip("\r\n")
-    except (OSError, UnicodeDecodeError):
-        return ""
 
 
 def _not_demo(out: Path) -> list[Path]:
     """Entries of ``out`` that make-demo does not write (a CSV of its name with another header counts): the user's."""
+    from ..run_guard import OS_CLUTTER, first_line
     bad: list[Path] = []
     for p in sorted(out.iterdir()):
-        if p.name in _OS_CLUTTER:
+        if p.name in OS_CLUTTER:
             continue
         if p.name in _DEMO_CSVS:
-            if not (p.is_file() and not p.is_symlink() and _first_line(p) == _DEMO_CSVS[p.name]):
+            if not (p.is_file() and not p.is_symlink() and first_line(p).rstrip("\r\n") == _DEMO_CSVS[p.name]):
                 bad.append(p)
         elif p.name in ("train", "test") and p.is_dir() and not p.is_symlink():
             for q in sorted(p.iterdir()):
                 if q.name == "images" and q.is_dir() and not q.is_symlink():
-                    bad += [r for r in sorted(q.iterdir()) if r.name not in _OS_CLUTTER
+                    bad += [r for r in sorted(q.iterdir()) if r.name not in OS_CLUTTER
                             and not (_DEMO_IMAGE.fullmatch(r.name) and r.is_file() and not r.is_symlink())]
-                elif q.name not in _OS_CLUTTER:
+                elif q.name not in OS_CLUTTER:
                     bad.append(q)
         else:
             bad.append(p)

@@ -305,7 +305,8 @@ def build_smp_model(arch: str, cfg: ModelConfig, num_classes: int, in_channels: 
                 # the first convolution when it was adapted to other input channels (its values changed)
                 if len(missing) <= (0 if in_channels == 3 else 1):
                     model = timm_model
-                    report = EncoderWeightsReport(path=str(path), source="timm", loaded=loaded, missing=missing)
+                    report = EncoderWeightsReport(path=str(path), source="timm", loaded=loaded, missing=missing,
+                                                  weights_total=len(loaded) + len(missing), weights_loaded=len(loaded))
                     logger.info("encoder weights: %s loaded by timm's pretrained-file loader (%d of %d weight tensors)",
                                 path, len(loaded), len(loaded) + len(missing))
         if report is None:

@@ -69,7 +69,7 @@ class EncoderWeightsReport:
     missing: list[str] = field(default_factory=list)  # encoder keys the file did not provide
     unexpected: list[str] = field(default_factory=list)  # file keys (after the prefix) the encoder lacks
     adapted: list[str] = field(default_factory=list)  # input-channel adapted first-conv weights
-    mismatched: list[str] = field(default_factory=list)  # "key: file shape -> encoder shape", skipped
+    mismatched: list[str] = field(default_factory=list)  # "key: file shape -> encoder shape": the file is refused
     ignored: int = 0  # file keys outside the chosen prefix (e.g. decoder weights)
 
     weights_total: int = 0  # the encoder's weight tensors (2-D and up: convolutions, linear layers)
@@ -85,7 +85,7 @@ class EncoderWeightsReport:
         parts = [f"{len(self.loaded)} tensors loaded from {self.path}"]
         if self.prefix_removed or self.prefix_added:
             parts.append(f"prefix {self.prefix_removed!r} -> {self.prefix_added!r}")
-        for name in ("missing", "unexpected", "adapted", "mismatched"):
+        for name in ("missing", "unexpected", "adapted"):  # a mismatch refuses the file (load_encoder_weights)
             items = getattr(self, name)
             if items:
                 shown = ", ".join(items[:8]) + (f", ... (+{len(items) - 8})" if len(items) > 8 else "")
@@ -287,7 +287,7 @@ def load_encoder_weights(
             if adapted is None:
                 report.mismatched.append(f"{tk}: {tuple(value.shape)} -> {tuple(want.shape)}")
                 continue
-            value = adapted.to(want.dtype)
+            value = adapted
             report.adapted.append(tk)
         new_sd[tk] = value.to(dtype=want.dtype)
         report.loaded.append(tk)
@@ -308,6 +308,6 @@ def load_encoder_weights(
             "from the same model.encoder?"
         )
     encoder.load_state_dict(new_sd, strict=False)
-    level = logging.WARNING if (report.missing or report.unexpected or report.mismatched) else logging.INFO
+    level = logging.WARNING if (report.missing or report.unexpected) else logging.INFO
     logger.log(level, "encoder weights: %s", report.summary())
     return report
