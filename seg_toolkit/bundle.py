@@ -57,7 +57,7 @@ from .budget import run_folds
 from .bundle_templates import PREDICT_PY, fill, notebook, readme
 from .bundle_check import BundleError, check_ensemble, file_manifest, offline_config, refingerprint, verify_bundle
 from .checkpoint import chosen_weights, load_checkpoint, save_checkpoint
-from .config import ConfigError, load_config
+from .config import ConfigError
 from .versions import library_versions
 from .files import read_json, sha256_file, write_json, write_text
 from .run import Run
@@ -401,7 +401,7 @@ def bundle_config(bundle: str | Path, data_root: str | Path, run: str | None = N
         raise BundleError(f"{bundle}: no bundled run {name!r} (runs: {', '.join(i['name'] for i in info['runs'])})")
     if not Path(data_root).is_dir():
         raise BundleError(f"--data-root {data_root}: not a folder (the competition data)")
-    cfg = load_config(run_dir / "config.yaml")
+    cfg = Run(run_dir).config()  # a trained run's config (Run.config: the pretrained encoder file is not looked for)
     train = dataclasses.replace(cfg.train, device=device or cfg.train.device,
                                 num_workers=cfg.train.num_workers if num_workers is None else num_workers)
     predict = dataclasses.replace(cfg.predict, save_probs="none", write_masks="none",
