@@ -10,6 +10,7 @@ section's rules are in :mod:`seg_toolkit.config_data_checks`.
 from __future__ import annotations
 
 import copy
+import logging
 import math
 import os
 import warnings
@@ -21,6 +22,9 @@ from .config_consistency import check_consistency
 from .config_submission_checks import check_data_empty_token, check_submission_config
 
 __all__ = ["check_config"]
+
+log = logging.getLogger(__name__)
+_WARNED: set[str] = set()  # each normalisation warning once per process (a config loads more than once)
 
 
 def check_config(cfg: Config, trained: bool = False) -> None:
@@ -44,6 +48,7 @@ def check_config(cfg: Config, trained: bool = False) -> None:
         _check_transforms,
         *(() if trained else (_check_weights_file,)),
         _check_model,
+        *(() if trained else (_warn_normalisation,)),
         _check_loss,
         _check_numbers,
         _check_train,
@@ -329,6 +334,44 @@ def _check_model(cfg: Config) -> None:
         raise ConfigError(f"model.arch: unknown architecture {arch!r}{hint} (valid: {', '.join(names)})")
     check_decoder_depth(arch, cfg.model.params or {})
     check_model_keys(cfg.model)  # the encoder name, params and weight-set name, before any data is read
+
+
+def _as_fed(values: list[float] | tuple[float, ...], in_channels: int) -> list[float]:
+    """Per-channel statistics as the dataset applies them (3 RGB values averaged for a grey image; RGBA's fourth
+    channel is not the encoder's concern: the first three are compared)."""
+    if in_channels == 1 and len(values) == 3:
+        return [sum(values) / 3]
+    return list(values[:3])
+
+
+def _warn_normalisation(cfg: Config) -> None:
+    """``transforms.mean/std`` against the statistics a named pretrained encoder (``model.encoder_weights:
+    imagenet`` on a ``tu-`` encoder) was trained with: another normalisation is legal, but its first
+    filters then see other inputs than they learnt from (timm's ``tf_`` ports and ViTs want 0.5 / 0.5,
+    most others ImageNet's), silently; said when the config loads, once, with the values to set."""
+    m = cfg.model
+    if m.arch == "scratch_unet" or m.encoder_weights is None or not m.encoder:
+        return
+    from .models.weights import is_weights_path  # lazy: imports torch
+
+    if is_weights_path(m.encoder_weights):
+        return  # a file's own normalisation is not known here
+    from .models.smp_params import pretrained_normalisation
+
+    want = pretrained_normalisation(m.encoder)
+    if want is None:
+        return
+    c, t = cfg.data.in_channels, cfg.transforms
+    pairs = list(zip(_as_fed(t.mean, c) + _as_fed(t.std, c), _as_fed(want[0], c) + _as_fed(want[1], c)))
+    if all(abs(a - b) <= 0.01 for a, b in pairs):
+        return
+    msg = (f"transforms.mean {list(t.mean)} / std {list(t.std)}: encoder {m.encoder}'s pretrained weights "
+           f"({m.encoder_weights}) were trained with mean {list(want[0])} / std {list(want[1])} (timm's pretrained "
+           "config): its first filters will see inputs of other statistics than they learnt from; set "
+           f"transforms.mean: {list(want[0])} and transforms.std: {list(want[1])} unless this is on purpose")
+    if msg not in _WARNED:
+        _WARNED.add(msg)
+        log.warning("%s", msg)
 
 
 def _check_weights_file(cfg: Config) -> None:

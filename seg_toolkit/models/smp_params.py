@@ -19,7 +19,7 @@ from seg_toolkit.config import ConfigError
 from seg_toolkit.errors import closest
 
 __all__ = ["SMP_ARCHITECTURES", "RESERVED", "FORBIDDEN", "signature", "accepted_params", "check_decoder_depth",
-           "check_params", "params_error"]
+           "check_params", "params_error", "pretrained_normalisation"]
 
 # toolkit name -> smp class name; only those the installed smp has are registered
 _SMP_CLASS_NAMES = {
@@ -151,3 +151,20 @@ def params_error(arch: str, params: dict[str, Any], err: Exception) -> ConfigErr
         f"model.params.{key}: neither a parameter of {arch} nor accepted by the timm encoder ({err}){hint} "
         f"(valid for {arch}: {', '.join(accepted)})"
     )
+
+
+def pretrained_normalisation(encoder: str) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """The ``(mean, std)`` a ``tu-`` encoder's timm pretrained weights were trained with (timm's pretrained config,
+    read offline, the tag in the name respected); None for other encoders (smp keeps its own on the hub) or unknown."""
+    if not encoder.startswith("tu-") or encoder[3:].startswith(("hf-hub:", "hf_hub:")):
+        return None
+    import timm
+
+    try:
+        cfg = timm.models.get_pretrained_cfg(encoder[3:])
+    except Exception:  # an unknown name or tag is refused elsewhere, with its own message
+        return None
+    mean, std = getattr(cfg, "mean", None), getattr(cfg, "std", None)
+    if not mean or not std or len(mean) != len(std):
+        return None
+    return tuple(float(v) for v in mean), tuple(float(v) for v in std)
