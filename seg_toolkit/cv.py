@@ -133,12 +133,9 @@ def _remove_folds(cfg: Config, run: Run, folds: list[int]) -> None:
             f"({'; '.join(diff[:5])}); use a new experiment name, or `train CONFIG --overwrite` without --fold to start "
             "the whole run again")
     _check_predict_keys(run, cfg, sorted(set(run.trained_folds()) - set(folds)))
-    if run.dir.is_dir():
-        mine = [run.fold_dir(k) for k in folds]
-        foreign = [p for p in run.foreign_entries() if p.parent in mine]
-        if foreign:
-            raise RunExistsError(f"refusing to delete {foreign[0].parent}: it holds {len(foreign)} file(s) that seg_toolkit "
-                                 f"did not write ({', '.join(p.name for p in foreign[:5])}); move them out first")
+    for k in folds:  # every fold checked before any is deleted
+        run.check_removable(cfg, run.fold_dir(k))
+    run.check_removable(cfg, run.postprocess_json)
     for k in folds:
         run.remove(cfg, run.fold_dir(k))
     run.remove(cfg, run.postprocess_json)

@@ -193,22 +193,24 @@ class RunGuard:
                 "fold_<k>/ of seg_toolkit); choose another experiment name or runs_dir"
             )
 
-    def remove(self, cfg: Config, path: Path | None = None) -> None:
-        """Delete the run folder (``path=None``) or one entry of it that runs write (``path``, e.g.
-        :attr:`tta_search_root`): the only way anything is deleted. Nothing is deleted when
+    def check_removable(self, cfg: Config, path: Path | None = None) -> None:
+        """What :meth:`remove` checks before it deletes anything, raising :class:`RunExistsError` (or
+        :class:`ConfigError` for the data); callers deleting several entries check them all first. Refused when
 
         * the run folder is, contains or lies inside the data the config reads (:meth:`check_location`);
-        * the folder does not look like a run folder (:meth:`looks_like_run`), or it is deleted whole
-          and holds files no run writes (:meth:`foreign_entries`): they are named;
-        * ``path`` is not a run entry inside this folder.
+        * ``path`` is not a run entry inside this folder;
+        * the folder does not look like a run folder (:meth:`looks_like_run`);
+        * the folder, or the entry (a ``fold_<k>/``), holds files no run writes (:meth:`foreign_entries`): they are named.
 
-        A missing folder or entry is not an error.
+        A missing folder or entry passes (there is nothing to delete).
         """
         self.check_location(cfg)
         target = self.dir if path is None else Path(path)
+        rel: tuple[str, ...] = ()
         if path is not None:
-            rel = target.resolve().relative_to(self.dir.resolve()) if self.dir.resolve() in target.resolve().parents else None
-            if rel is None or rel.parts[0] not in self.RUN_FILES and not self.FOLD_DIR.fullmatch(rel.parts[0]):
+            inside = self.dir.resolve() in target.resolve().parents
+            rel = target.resolve().relative_to(self.dir.resolve()).parts if inside else ()
+            if not rel or rel[0] not in self.RUN_FILES and not self.FOLD_DIR.fullmatch(rel[0]):
                 raise RunExistsError(f"refusing to delete {target}: it is not a file that runs write inside {self.dir}")
         if not target.exists():
             return
@@ -217,13 +219,20 @@ class RunGuard:
                 f"refusing to delete {self.dir}: it does not look like a run folder (no config.yaml, folds.csv, "
                 "ensemble.json or fold_<k>/ of seg_toolkit); choose another experiment name or runs_dir"
             )
-        if path is None:
-            foreign = self.foreign_entries()
-            if foreign:
-                names = ", ".join(str(p.relative_to(self.dir)) + ("/" if p.is_dir() else "") for p in foreign[:5])
-                more = f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""
-                raise RunExistsError(
-                    f"refusing to delete {self.dir}: it holds {len(foreign)} file(s) that seg_toolkit did not write "
-                    f"({names}{more}); move them out, or choose another experiment name"
-                )
-        delete_path(target)
+        foreign = [p for p in self.foreign_entries() if p.relative_to(self.dir).parts[:len(rel)] == rel]
+        if foreign:
+            names = ", ".join(str(p.relative_to(target)) + ("/" if p.is_dir() else "") for p in foreign[:5])
+            more = f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""
+            raise RunExistsError(
+                f"refusing to delete {target}: it holds {len(foreign)} file(s) that seg_toolkit did not write "
+                f"({names}{more}); move them out, or choose another experiment name"
+            )
+
+    def remove(self, cfg: Config, path: Path | None = None) -> None:
+        """Delete the run folder (``path=None``) or one entry of it that runs write (``path``, e.g. a
+        ``fold_<k>/`` or :attr:`tta_search_root`): the only way anything is deleted, after
+        :meth:`check_removable`. A missing folder or entry is not an error."""
+        self.check_removable(cfg, path)
+        target = self.dir if path is None else Path(path)
+        if target.exists():
+            delete_path(target)

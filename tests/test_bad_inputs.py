@@ -264,6 +264,19 @@ def _remove_the_tta_scratch(w: World):
     return lambda: run.remove(cfg, run.tta_search_root)
 
 
+def _remove_a_fold_holding_a_user_file(w: World):
+    """The guard checks an entry it deletes (a fold folder) for files no run writes, as it checks the whole run."""
+    root = w.binary()
+    cfg = config_from_dict(w.binary_dict(root))
+    run = prepare_run(cfg, [0, 1])
+    run.fold_dir(1).mkdir(parents=True)
+    (run.fold_dir(1) / "last.pt").write_bytes(b"")
+    (run.fold_dir(1) / "notes.md").write_text("mine")
+    w.after(lambda: (run.fold_dir(1) / "notes.md").is_file() and (run.fold_dir(1) / "last.pt").is_file()
+            or _fail("fold_1 deleted with the user's file"))
+    return lambda: run.remove(cfg, run.fold_dir(1))
+
+
 def _cuda_without_cuda(w: World):
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
@@ -679,6 +692,8 @@ CASES = [
     Case("overwrite a run made by the toolkit", _overwrite_a_real_run, OK),
     Case("remove a path outside the run", _remove_a_path_outside_the_run, "is not a file that runs write inside"),
     Case("remove tune --tta scratch", _remove_the_tta_scratch, OK),
+    Case("remove a fold holding a user file", _remove_a_fold_holding_a_user_file,
+         "fold_1: it holds 1 file(s) that seg_toolkit did not write (notes.md)"),
     Case("train.device cuda without CUDA", _cuda_without_cuda, "train.device: 'cuda' but CUDA is not available"),
     # ---- configs
     Case("base chain a -> b -> c", _base_chain, OK),
