@@ -28,7 +28,11 @@ run's first epoch (the first epoch timed in the run, as ``first_epoch.json`` rec
 share would give each fold fewer than ``n`` epochs, the run trains only the first folds that each get
 ``n`` at that pace (at least one: ``floor(budget / (n x first epoch))``), and those share the whole
 budget. On a machine several times slower than the one a config was sized on, one or two folds of
-enough epochs score more than every fold cut to one or two (README). The later folds are not trained
+enough epochs score more than every fold cut to one or two (README). The first epoch pays for start-up and a fold
+stops at ``train.epochs``, so the folds let in may finish early: when they are done, the next planned fold trains
+too if what they left of the budget fits ``n`` epochs at their mean epoch time (:func:`admit_fold`; recorded in
+``admitted_folds.json``, its share is all that is left). A TGS held-out run whose first epoch (66 s) let in one fold
+of a 17m15s budget ran its 9 epochs in 8.7 min and left the rest unused. The folds still left out are not trained
 (``cv.json``'s ``time_budget`` names them); ``--resume`` with a bigger budget trains them.
 
 The plan is part of the fold's checkpoint (``TrainState.epochs``), so ``--resume`` continues the
@@ -60,6 +64,7 @@ if TYPE_CHECKING:  # config_checks imports this module while config loads
 log = logging.getLogger(__name__)
 
 __all__ = ["parse_duration", "format_duration", "FoldBudget", "fold_budget", "folds_that_fit", "planned_folds", "run_folds", "left_out_folds", "first_epoch_seconds", "record_first_epoch",
+           "admitted_folds", "admit_fold",
            "carried", "set_aside_seconds", "plan_fold", "decide_folds", "fit_to_budget", "timed_seconds", "epoch_pace", "TOLERANCE", "FIRST_EPOCH_TOLERANCE"]
 
 #: How far past its share a fold's projected time may go before the fold is cut: the pace of one
@@ -230,8 +235,54 @@ def run_folds(cfg: "Config", run: "Run") -> list[int]:
     budget = fold_budget(cfg, first_epoch_seconds(cfg, read_metrics(run.dir), run))
     if budget is None or not budget.decided:
         return planned
-    trained = set(run.trained_folds())
-    return [k for i, k in enumerate(planned) if i < budget.folds or k in trained]
+    extra = set(run.trained_folds()) | set(admitted_folds(run))
+    return [k for i, k in enumerate(planned) if i < budget.folds or k in extra]
+
+
+def admitted_folds(run: "Run") -> list[int]:
+    """The folds :func:`admit_fold` let into the run after the first epoch had left them out."""
+    data = read_json(run.admitted_folds_json)
+    return [int(entry["fold"]) for entry in data.get("folds", [])] if data else []
+
+
+def _spent(run: "Run", folds: list[int], metrics) -> tuple[float, float | None]:
+    """The seconds ``folds`` took of the budget (their epochs and their attempts set aside after a NaN loss) and their
+    mean epoch time (None: none timed)."""
+    seconds = [float(v) for v in metrics.loc[metrics["fold"].isin(folds), "seconds"].dropna()] if "seconds" in metrics else []
+    aside = sum(set_aside_seconds(run, j) for j in folds)
+    return sum(seconds) + aside, (sum(seconds) / len(seconds) if seconds else None)
+
+
+def admit_fold(cfg: "Config", run: "Run", fold: int) -> bool:
+    """Under ``train.min_fold_epochs``, whether a fold the run's first epoch left out trains after all: every fold of
+    the run (:func:`run_folds`) is finished and what they left of ``train.time_budget`` fits ``min_fold_epochs``
+    epochs at their mean epoch time (first epochs included: a cautious pace). When it does, the fold is recorded in
+    ``admitted_folds.json`` (the rest of the run, a resume, cv.json and the tuning then count it as one of the run's
+    folds) and its share is all that is left (:func:`carried`). Called by rank 0 only."""
+    if cfg.train.time_budget is None or not cfg.train.min_fold_epochs:
+        return False
+    from .files import write_json
+    from .plots import read_metrics  # lazy: the config check imports this module
+
+    metrics = read_metrics(run.dir)
+    budget = fold_budget(cfg, first_epoch_seconds(cfg, metrics, run))
+    current = run_folds(cfg, run)
+    if budget is None or not budget.decided or fold in current or fold not in planned_folds(cfg):
+        return False
+    if any(not run.done_json(j).is_file() for j in current):  # a fold of the run still training (a --fold job)
+        return False
+    used, pace = _spent(run, current, metrics)
+    left = parse_duration(cfg.train.time_budget, "train.time_budget") - used
+    need = min(cfg.train.min_fold_epochs, cfg.train.epochs)
+    if pace is None or left < need * pace:
+        return False
+    entries = (read_json(run.admitted_folds_json) or {}).get("folds", [])
+    write_json(run.admitted_folds_json, {"folds": [*entries, {"fold": fold, "seconds_left": round(left, 3),
+                                                             "epoch_s": round(pace, 3)}]})
+    log.info("fold %d: the run's folds %s finished with %s of train.time_budget %s left, %d epochs at their %.1f s per "
+             "epoch: fold %d trains too (it was left out by the run's first epoch)", fold, current, format_duration(left),
+             cfg.train.time_budget, math.floor(left / pace), pace, fold)
+    return True
 
 
 def left_out_folds(cfg: "Config", run: "Run") -> list[int]:
@@ -285,6 +336,12 @@ def carried(budget: FoldBudget, cfg: "Config", run: "Run", fold: int, metrics) -
     if not budget.decided:  # the run's first epoch is not timed yet: no fold of the run has finished
         return budget
     sharing = planned_folds(cfg)[: budget.folds or None]
+    if fold not in sharing and fold in admitted_folds(run):  # let in late: all that the run's other folds left
+        others = [j for j in run_folds(cfg, run) if j != fold and run.done_json(j).is_file()]
+        left = parse_duration(cfg.train.time_budget, "train.time_budget") - _spent(run, others, metrics)[0]
+        log.info("fold %d: admitted after the run's folds %s: %s of the budget left for it", fold, others,
+                 format_duration(max(0.0, left)))
+        return replace(budget, share_s=max(0.0, left))
     if fold not in sharing:
         return budget
     i = sharing.index(fold)

@@ -65,7 +65,7 @@ class Run(RunGuard):
                  "evaluate_test.json", "report", "learning_curves.html", "learning_curves.png", "audit.html",
                  "audit_problems.csv", "tta_search", "test_masks", "evaluations", "audit_samples.png", "audit_batch.png",
                  "tracker.json", "tensorboard", "export", "estimate.json", "first_epoch.json", "oof_incomplete.json", "run.lock",
-                 "demo_submission.json")
+                 "demo_submission.json", "admitted_folds.json")
     #: What a run writes in ``fold_<k>/`` (the fold methods below)
     FOLD_FILE = re.compile(r"(best|last|prev)\.pt|best_e\d+\.pt|metrics\.csv(\.unreadable)?|done\.json|failed_attempt_\d+")
     FOLD_DIR = re.compile(r"fold_\d+")
@@ -156,6 +156,12 @@ class Run(RunGuard):
         """``train.min_fold_epochs``: the run's first timed epoch (fold, seconds), written once; it decides how many
         folds share ``train.time_budget`` (:func:`seg_toolkit.budget.first_epoch_seconds`)."""
         return self.dir / "first_epoch.json"
+
+    @property
+    def admitted_folds_json(self) -> Path:
+        """The folds ``train.min_fold_epochs`` first left out and the run then trained with the time its folds left
+        of ``train.time_budget`` (:func:`seg_toolkit.budget.admit_fold`)."""
+        return self.dir / "admitted_folds.json"
 
     @property
     def demo_submission_json(self) -> Path:

@@ -428,3 +428,35 @@ def test_the_runs_first_epoch_is_recorded_once_and_decides_for_every_fold(demo_r
     # fold 2 was trained by its job: the run's folds are fold 0 (the decision) and fold 2; it is never "left out"
     assert run_folds(cfg, run) == [0, 2] and left_out_folds(cfg, run) == [1, 3]
     assert not list(run.dir.glob(".first_epoch.json.*"))  # no temporary file left behind
+
+
+def test_a_fold_left_out_by_the_first_epoch_trains_when_the_runs_folds_leave_enough(demo_root, tmp_path):
+    """Split B's held-out TGS run (tf_efficientnet_lite0, 2026-12-03): the first epoch (66.2 s, start-up included)
+    let one fold of 8+ epochs into 17m15s; fold 0 ran all 9 epochs in 476.6 s and the run stopped with 558.4 s unused."""
+    from seg_toolkit.budget import admit_fold, admitted_folds, record_first_epoch
+
+    cfg = _cfg(demo_root, tmp_path, "17m15s", epochs=9, folds={"n_splits": 4, "method": "kfold"}, train={"min_fold_epochs": 8})
+    fold0 = [66.2, 52.5, 46.6, 42.7, 52.5, 50.0, 57.3, 54.2, 54.6]  # 476.6 s, 52.956 s per epoch
+    run = _timed_run(tmp_path / "b", {0: fold0})
+    record_first_epoch(run, 0, 66.2)
+    assert run_folds(cfg, run) == [0]  # floor(1035 / (8 x 66.2)) = 1
+    assert not admit_fold(cfg, run, 1)  # fold 0 still training: nothing is known of what it leaves
+    run.done_json(0).write_text("{}")
+    assert admit_fold(cfg, run, 1)  # 1035 - 476.6 = 558.4 s left >= 8 x 52.956 = 423.6
+    assert json.loads(run.admitted_folds_json.read_text()) == {"folds": [{"fold": 1, "seconds_left": 558.4, "epoch_s": 52.956}]}
+    assert run_folds(cfg, run) == [0, 1] and left_out_folds(cfg, run) == [2, 3] and admitted_folds(run) == [1]
+    metrics = read_metrics(run.dir)
+    assert carried(fold_budget(cfg, 66.2), cfg, run, 1, metrics).share_s == pytest.approx(558.4)  # all that is left
+    state = TrainState()
+    assert plan_fold(cfg, run, 1, state, Dist())[0].share_s == pytest.approx(558.4)
+    assert state.epochs == 9  # floor(558.4 x 1.05 / 52.956) = 11: train.epochs
+    # fold 1 runs its 9 epochs in 468 s: 90.4 s left, not 8 epochs: fold 2 stays out, and so does fold 3
+    run = _timed_run(tmp_path / "b2", {0: fold0, 1: [52.0] * 9}, done=(0, 1))
+    record_first_epoch(run, 0, 66.2)
+    run.admitted_folds_json.write_text(json.dumps({"folds": [{"fold": 1, "seconds_left": 558.4, "epoch_s": 52.956}]}))
+    assert not admit_fold(cfg, run, 2) and run_folds(cfg, run) == [0, 1]
+    assert not admit_fold(cfg, run, 1)  # already one of the run's folds: nothing to admit
+    # without min_fold_epochs no fold is ever left out, so none is admitted; nor before the first epoch decided
+    plain = _cfg(demo_root, tmp_path, "17m15s", epochs=9, folds={"n_splits": 4, "method": "kfold"})
+    assert not admit_fold(plain, run, 2)
+    assert not admit_fold(cfg, _timed_run(tmp_path / "none", {}), 1)
