@@ -245,12 +245,13 @@ def admitted_folds(run: "Run") -> list[int]:
     return [int(entry["fold"]) for entry in data.get("folds", [])] if data else []
 
 
-def _spent(run: "Run", folds: list[int], metrics) -> tuple[float, float | None]:
-    """The seconds ``folds`` took of the budget (their epochs and their attempts set aside after a NaN loss) and their
-    mean epoch time (None: none timed)."""
+def _left(cfg: "Config", run: "Run", folds: list[int], metrics) -> tuple[float, float | None]:
+    """The seconds of ``train.time_budget`` that ``folds`` left (less their epochs and their attempts set aside after a
+    NaN loss) and their mean epoch time (None: none timed)."""
     seconds = [float(v) for v in metrics.loc[metrics["fold"].isin(folds), "seconds"].dropna()] if "seconds" in metrics else []
-    aside = sum(set_aside_seconds(run, j) for j in folds)
-    return sum(seconds) + aside, (sum(seconds) / len(seconds) if seconds else None)
+    spent = sum(seconds) + sum(set_aside_seconds(run, j) for j in folds)
+    total = parse_duration(cfg.train.time_budget, "train.time_budget")
+    return total - spent, (sum(seconds) / len(seconds) if seconds else None)
 
 
 def admit_fold(cfg: "Config", run: "Run", fold: int) -> bool:
@@ -271,8 +272,7 @@ def admit_fold(cfg: "Config", run: "Run", fold: int) -> bool:
         return False
     if any(not run.done_json(j).is_file() for j in current):  # a fold of the run still training (a --fold job)
         return False
-    used, pace = _spent(run, current, metrics)
-    left = parse_duration(cfg.train.time_budget, "train.time_budget") - used
+    left, pace = _left(cfg, run, current, metrics)
     need = min(cfg.train.min_fold_epochs, cfg.train.epochs)
     if pace is None or left < need * pace:
         return False
@@ -338,7 +338,7 @@ def carried(budget: FoldBudget, cfg: "Config", run: "Run", fold: int, metrics) -
     sharing = planned_folds(cfg)[: budget.folds or None]
     if fold not in sharing and fold in admitted_folds(run):  # let in late: all that the run's other folds left
         others = [j for j in run_folds(cfg, run) if j != fold and run.done_json(j).is_file()]
-        left = parse_duration(cfg.train.time_budget, "train.time_budget") - _spent(run, others, metrics)[0]
+        left = _left(cfg, run, others, metrics)[0]
         log.info("fold %d: admitted after the run's folds %s: %s of the budget left for it", fold, others,
                  format_duration(max(0.0, left)))
         return replace(budget, share_s=max(0.0, left))
