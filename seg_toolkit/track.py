@@ -14,12 +14,17 @@ every ``metrics.csv`` row with step = epoch (1-based, as there) and ``done.json`
 ``best_val_score``, ``best_epoch``, ``epochs_run``. Store: ``track.uri``, else ``$MLFLOW_TRACKING_URI``,
 else ``sqlite:///<runs_dir>/mlflow.db`` beside the run folders (artifacts in ``<runs_dir>/mlartifacts``).
 The run ids live in the run folder's ``tracker.json``: ``--resume`` or another ``--fold`` continues
-the same runs, ``tune`` / ``oof`` / ``report`` add their results, and the report names the run.
+the same runs, ``tune`` / ``oof`` / ``report`` add their results, and the report names the run. The
+``train --fold K`` jobs of an array share one parent: ``tracker.json`` is read and written under the
+run's lock (:mod:`seg_toolkit.run_lock`), each job ends only its own fold runs, and the parent is ended
+by the job that finishes while no other fold run is RUNNING.
 **TensorBoard**: scalars ``fold_<k>/<metric>`` and ``cv/<number>``, config and choices as text, in
 ``track.uri`` (default ``<run folder>/tensorboard``).
 
 **A tracker never stops training**: every call is guarded; the first failure (locked database, unwritable
-folder, full disk) is one warning naming the backend and the error, and the tracker does nothing after it.
+folder, full disk) is one warning naming the backend and the error, and the tracker does nothing after it
+but one try to mark what it had opened as ended (MLflow: the parent and its running fold runs ``FAILED``, the
+error in the parent's tag ``seg_toolkit.tracking_stopped``; not left ``RUNNING`` for ever).
 Only rank 0 tracks; MLflow is imported when a tracker starts, never when a config loads.
 """
 
@@ -37,6 +42,7 @@ from typing import Any, Iterator, Optional
 from .config import Config, config_to_dict
 from .files import read_json, write_json
 from .run import Run
+from .run_lock import run_lock
 from .track_backends import Backend, MLflowBackend, TensorBoardBackend
 
 log = logging.getLogger(__name__)
@@ -144,24 +150,30 @@ class Tracker:
                 params = flatten_params(config_to_dict(self.cfg), max_len=_max_param_len()) if self.cfg else {}
                 if "track.uri" in params:  # a store's password is no experiment parameter
                     params["track.uri"] = redact_uri(params["track.uri"])
-                self._save(self.backend.open(self.run, params, read_json(self.run.tracker_json) or {}))
+                self._update(lambda state: self.backend.open(self.run, params, state))
             return fn(*args)
         except Exception as e:  # noqa: BLE001 - a tracker must never stop training
             self.active = False
             msg = " ".join(f"{type(e).__name__}: {e}".split())
             log.warning("experiment tracking with %s stopped at %s (%s); training goes on without it, and everything "
                         "is still in the run folder %s", self.backend.name, what, msg[:400], self.run.dir)
+            with contextlib.suppress(Exception):  # the store may be gone: nothing more to say then
+                self.backend.abandon(f"{what}: {msg}", read_json(self.run.tracker_json) or {})
             return None
 
-    def _save(self, state: dict[str, Any]) -> None:
-        if state and state != read_json(self.run.tracker_json):
-            write_json(self.run.tracker_json, state)
+    def _update(self, change) -> None:
+        """``tracker.json`` <- ``change(tracker.json)`` under the run's lock: the ``train --fold K`` jobs of an array
+        start at once, and each must find the parent run the first one created (and keep the others' fold runs)."""
+        with run_lock(self.run, "experiment tracking"):
+            state = change(read_json(self.run.tracker_json) or {})
+            if state and state != read_json(self.run.tracker_json):
+                write_json(self.run.tracker_json, state)
 
     def fold_start(self, fold: int) -> None:
         if self.run.done_json(fold).is_file():  # finished earlier: train_fold will not train it again
             return
         self.folds.add(fold)
-        self._guard("fold start", lambda: self._save(self.backend.fold_start(fold, read_json(self.run.tracker_json) or {})))
+        self._guard("fold start", self._update, lambda state: self.backend.fold_start(fold, state))
 
     def log_epoch(self, fold: int, epoch: int, metrics: dict[str, Any]) -> None:
         if fold in self.folds:
@@ -181,7 +193,7 @@ class Tracker:
 
     def close(self, status: str = "FINISHED") -> None:
         if self.started:
-            self._guard("closing", self.backend.close, status)
+            self._guard("closing", self._update, lambda state: self.backend.close(status, state) or state)
 
 
 def _max_param_len() -> int:

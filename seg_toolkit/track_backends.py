@@ -29,7 +29,11 @@ class Backend:
     def log_epoch(self, fold: int, step: int, metrics: dict[str, float]) -> None: ...
     def fold_end(self, fold: int, metrics: dict[str, float], status: str) -> None: ...
     def log_results(self, metrics: dict[str, float], tags: dict[str, str], artifacts: list[Path]) -> None: ...
-    def close(self, status: str) -> None: ...
+    def close(self, status: str, state: dict[str, Any]) -> None: ...
+
+    def abandon(self, reason: str, state: dict[str, Any]) -> None:
+        """After a failed call: leave what was logged in a finished state (best effort; may raise)."""
+        self.close("FAILED", state)
 
 
 class MLflowBackend(Backend):
@@ -40,7 +44,8 @@ class MLflowBackend(Backend):
         self.reopen = reopen  # only add results to the run in tracker.json (tune, oof, report): never a new run
         self.client: Any = None
         self.run_id: Optional[str] = None
-        self.children: dict[int, str] = {}
+        self.children: dict[int, str] = {}  # every fold run of the parent known here (tracker.json's and this process's)
+        self.mine: set[int] = set()  # the folds this process started or resumed: the only ones it closes
 
     def _connect(self) -> None:
         from mlflow.tracking import MlflowClient  # lazy: only a started tracker imports MLflow
@@ -96,10 +101,21 @@ class MLflowBackend(Backend):
         return {"backend": self.name, "uri": self.uri, "experiment": self.experiment, "experiment_id": info.experiment_id,
                 "run_id": self.run_id, "folds": {str(k): v for k, v in sorted(self.children.items())}}
 
+    def _merge(self, state: dict[str, Any]) -> None:
+        """Learn the fold runs that other ``--fold`` jobs of the array added to tracker.json since this one opened."""
+        if state.get("run_id") == self.run_id:
+            for k, v in (state.get("folds") or {}).items():
+                if int(k) not in self.children and self._alive(v):
+                    self.children[int(k)] = v
+
     def fold_start(self, fold: int, state: dict[str, Any]) -> dict[str, Any]:
-        if fold in self.children:
+        """``state``: tracker.json as it is now (read under the run's lock): the fold runs that other ``--fold`` jobs
+        of the array created since this one opened are kept in it, not overwritten."""
+        self._merge(state)
+        self.mine.add(fold)
+        if fold in self.children and self._alive(self.children[fold]):
             self.client.update_run(self.children[fold], status="RUNNING")
-            return state
+            return self._state()
         exp_id = self.client.get_run(self.run_id).info.experiment_id
         child = self.client.create_run(exp_id, run_name=f"fold_{fold}",
                                        tags={"mlflow.parentRunId": self.run_id, "fold": str(fold)})
@@ -130,11 +146,24 @@ class MLflowBackend(Backend):
             else:
                 self.client.log_artifact(self.run_id, str(p))
 
-    def close(self, status: str) -> None:
-        for child in self.children.values():
-            if self.client.get_run(child).info.status == "RUNNING":
-                self.client.set_terminated(child, status=status)
-        self.client.set_terminated(self.run_id, status=status)
+    def close(self, status: str, state: dict[str, Any]) -> None:
+        """End this process's fold runs still RUNNING, and the parent unless another job's fold run is still RUNNING
+        (the ``train --fold K`` jobs of an array share the parent: the last one to finish ends it)."""
+        self._merge(state)
+        running = {k: self.client.get_run(v).info.status == "RUNNING" for k, v in self.children.items()}
+        for k in sorted(self.mine & set(self.children)):
+            if running[k]:
+                self.client.set_terminated(self.children[k], status=status)
+        if not any(running[k] for k in self.children if k not in self.mine):
+            self.client.set_terminated(self.run_id, status=status)
+
+    def abandon(self, reason: str, state: dict[str, Any]) -> None:
+        """The parent and its RUNNING fold runs FAILED, the reason as the parent's tag ``seg_toolkit.tracking_stopped``:
+        not left RUNNING for ever in the MLflow UI after the tracker stopped (when the store still answers)."""
+        if self.client is None or self.run_id is None:
+            return
+        self.client.set_tag(self.run_id, "seg_toolkit.tracking_stopped", reason[:5000])
+        self.close("FAILED", state)
 
 
 class TensorBoardBackend(Backend):
@@ -168,8 +197,9 @@ class TensorBoardBackend(Backend):
             self.writer.add_text("results", "\n".join(f"- {k}: {v}" for k, v in sorted(tags.items())))
         self.writer.flush()
 
-    def close(self, status: str) -> None:
-        self.writer.close()
+    def close(self, status: str, state: dict[str, Any]) -> None:
+        if self.writer is not None:
+            self.writer.close()
 
 
 def sqlite_path(uri: str) -> Optional[Path]:

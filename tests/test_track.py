@@ -124,9 +124,13 @@ class _Flaky(track.Backend):
 
     def __init__(self) -> None:
         self.calls = 0
+        self.abandoned: list[str] = []
 
     def open(self, run, params, state):
         return {"backend": self.name}
+
+    def abandon(self, reason, state):
+        self.abandoned.append(reason)
 
     def log_epoch(self, fold, step, metrics):
         self.calls += 1
@@ -147,6 +151,42 @@ def test_a_failing_call_midway_warns_once_then_does_nothing(tmp_path, caplog):
     assert backend.calls == 1
     warned = _track_warnings(caplog)
     assert len(warned) == 1 and "flaky" in warned[0].getMessage() and "No space left" in warned[0].getMessage()
+    assert backend.abandoned == ["epoch logging: OSError: [Errno 28] No space left on device"]  # once, with the reason
+
+
+def test_a_failing_mlflow_store_leaves_its_runs_failed_not_running(tmp_path, caplog):
+    """A call that fails midway (here the fold run's metric batch) stops the tracker; the parent and the running fold
+    run are then marked FAILED with the error as a tag, so the MLflow UI does not show them RUNNING for ever; a fold
+    that had finished keeps FINISHED."""
+    (tmp_path / "exp").mkdir()
+    uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+    backend = track.MLflowBackend(uri, "e")
+    tracker = track.Tracker(backend, Run(tmp_path / "exp"))
+    tracker.fold_start(0)
+    tracker.log_epoch(0, 1, {"val_score": 0.5})
+    tracker.fold_end(0)
+    tracker.fold_start(1)
+    real = backend.client.log_batch
+
+    def full_disk(run_id, **kw):
+        if run_id == backend.children[1]:
+            raise OSError(28, "No space left on device")
+        return real(run_id, **kw)
+
+    backend.client.log_batch = full_disk
+    with caplog.at_level(logging.WARNING):
+        tracker.log_epoch(1, 1, {"val_score": 0.6})
+        tracker.log_epoch(1, 2, {"val_score": 0.7})  # the tracker is off: not called
+        tracker.close()
+    assert len(_track_warnings(caplog)) == 1
+    client = MlflowClient(tracking_uri=uri)
+    parent = client.get_run(backend.run_id)
+    assert parent.info.status == "FAILED"
+    assert parent.data.tags["seg_toolkit.tracking_stopped"] == "epoch logging: OSError: [Errno 28] No space left on device"
+    assert client.get_run(backend.children[0]).info.status == "FINISHED"
+    assert client.get_run(backend.children[1]).info.status == "FAILED"
+    assert [m.value for m in client.get_metric_history(backend.children[0], "val_score")] == [0.5]
+    assert client.get_metric_history(backend.children[1], "val_score") == []
 
 
 def test_only_rank_zero_tracks(monkeypatch, demo_cfg):
@@ -213,3 +253,34 @@ def test_tensorboard_scalars_per_fold(tmp_path):
     assert [(e.step, e.value) for e in acc.Scalars("fold_0/val_score")] == [(1, 0.25), (2, 0.5)]
     assert acc.Scalars("cv/cv_score")[0].value == 0.5
     assert json.loads(run.tracker_json.read_text())["backend"] == "tensorboard"
+
+
+def test_fold_jobs_of_an_array_share_one_parent_and_end_only_their_own_runs(tmp_path):
+    """Two ``train --fold K`` jobs (two trackers on one run folder, interleaved as an array runs them): the second
+    finds the parent the first created, tracker.json keeps both fold runs, the job that ends first ends only its
+    fold run (the other is still training), and the parent ends with the last job."""
+    (tmp_path / "exp").mkdir()
+    run = Run(tmp_path / "exp")
+    uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+    a, b = track.MLflowBackend(uri, "e"), track.MLflowBackend(uri, "e")
+    job_a, job_b = track.Tracker(a, run), track.Tracker(b, run)
+    job_a.fold_start(0)
+    job_b.fold_start(1)  # opened after job a's parent was written: the same parent
+    job_a.log_epoch(0, 1, {"val_score": 0.5})
+    job_b.log_epoch(1, 1, {"val_score": 0.6})
+    state = json.loads(run.tracker_json.read_text())
+    assert a.run_id == b.run_id == state["run_id"]
+    assert state["folds"] == {"0": a.children[0], "1": b.children[1]}  # job b's write kept job a's fold run
+    client = MlflowClient(tracking_uri=uri)
+    assert len(client.search_runs([client.get_run(a.run_id).info.experiment_id])) == 3  # one parent, two folds
+
+    job_a.fold_end(0)
+    job_a.close()
+    assert client.get_run(a.children[0]).info.status == "FINISHED"
+    assert client.get_run(b.children[1]).info.status == "RUNNING"  # job b still trains fold 1
+    assert client.get_run(a.run_id).info.status == "RUNNING"
+    job_b.fold_end(1)
+    job_b.close()
+    assert client.get_run(b.children[1]).info.status == "FINISHED"
+    assert client.get_run(a.run_id).info.status == "FINISHED"
+    assert json.loads(run.tracker_json.read_text())["folds"] == {"0": a.children[0], "1": b.children[1]}
