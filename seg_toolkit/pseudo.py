@@ -7,7 +7,10 @@ and train a new experiment on train + pseudo-labelled images. Here:
 * **Labels are what the teacher would submit**: its predictor (TTA, ensemble weights) and
   its tuned post-processing (``postprocess.json``), hard masks, encoded with the student's
   ``data.rle_*`` spec into ``runs/<student>/pseudo/fold_<k>.csv`` (one row per image: id,
-  image path, confident fraction, one RLE per class), written once and reused on resume.
+  image path, confident fraction, one RLE per class), written once and reused on resume;
+  ``fold_<k>.teacher.json`` beside it holds the SHA-256 of the teacher files they were made
+  from (weights, config, post-processing, TTA, folds): labels of a teacher that was retrained or
+  re-tuned since are refused, not reused as if they were its current ones.
 * **Soft targets** (``pseudo.soft: true``, binary / multilabel): the student trains on the
   teacher's probabilities instead (before post-processing, uint8 in
   ``pseudo/fold_<k>/<id>.npy``; the CSV still lists the kept images and their hard masks).
@@ -38,7 +41,7 @@ import pandas as pd
 
 from .config import Config, ConfigError
 from .data import Sample
-from .files import read_json, write_npy, write_text
+from .files import read_json, sha256_file, write_json, write_npy, write_text
 from .run import Run
 from .tensors import probs_to_uint8
 
@@ -136,6 +139,33 @@ def _teacher_predictor(cfg: Config, teacher: Run, folds: pd.DataFrame, per_fold:
     return predictor
 
 
+def teacher_files(teacher: Run, fold: int | None) -> dict[str, str]:
+    """SHA-256 of what the labels of fold ``fold`` (None: of all folds) are made from, by path in the teacher's folder:
+    its config or ensemble.json (an ensemble's members are checked by their own fingerprints), postprocess.json,
+    tta.json, folds.csv and the best.pt of the folds that predict."""
+    names = [teacher.ensemble_json if teacher.is_ensemble else teacher.config_yaml, teacher.postprocess_json,
+             teacher.tta_json, teacher.folds_csv]
+    if not teacher.is_ensemble:
+        names += [teacher.best_pt(k) for k in ([fold] if fold is not None else teacher.trained_folds())]
+    return {str(p.relative_to(teacher.dir)): sha256_file(p) for p in names if p.is_file()}
+
+
+def _check_labels_current(cfg: Config, run: Run, key: int | None, path: Path) -> None:
+    """Refuse labels whose teacher changed since they were written (a label file made before fingerprints passes)."""
+    made = read_json(run.pseudo_teacher_json(key))
+    if not made:
+        return
+    teacher = teacher_run(cfg)
+    now, was = teacher_files(teacher, key), made.get("files") or {}
+    changed = sorted(k for k in set(now) | set(was) if now.get(k) != was.get(k))
+    if changed:
+        raise ConfigError(f"{path}: these pseudo-labels were made by {made.get('teacher')}, whose {', '.join(changed)} "
+                          f"changed since (retrained, re-tuned or re-folded); they are not what it predicts now. Restore "
+                          f"the teacher, or move {path} (and {run.pseudo_teacher_json(key).name}) away to label the test "
+                          "images again with it as it is (folds already trained on the old labels keep them: retrain "
+                          "those with --fold K --overwrite for one teacher throughout)")
+
+
 def _make(cfg: Config, run: Run, fold: int | None, folds: pd.DataFrame, path: Path) -> None:
     from .data.masks import train_rle_spec
     from .data.sources import load_test_samples
@@ -173,6 +203,7 @@ def _make(cfg: Config, run: Run, fold: int | None, folds: pd.DataFrame, path: Pa
     w.writerow(["id", "image", "confident_fraction", *[f"rle_{c}" for c in range(n_rle)]])
     w.writerows(rows)
     write_text(path, buf.getvalue())
+    write_json(run.pseudo_teacher_json(fold), {"teacher": str(teacher.dir), "files": teacher_files(teacher, fold)})
     log.info("pseudo-labels: %d of %d test images confident enough (>= %.2f of pixels at %.2f) -> %s",
              len(rows), len(samples), p.min_confident_fraction, p.confidence, path)
 
@@ -193,6 +224,8 @@ def pseudo_samples(cfg: Config, run: Run, fold: int, folds: pd.DataFrame, make: 
             log.warning("pseudo.per_fold is false: every fold trains on labels from all the teacher's folds, which saw "
                         "its validation images; its CV is optimistic (recorded as pseudo.leaky in done.json and cv.json)")
         _make(cfg, run, key, folds, path)
+    else:
+        _check_labels_current(cfg, run, key, path)
     df = pd.read_csv(path, dtype=str, keep_default_na=False)
     rle_cols = [c for c in df.columns if c.startswith("rle_")]
     soft = (lambda image_id: run.pseudo_soft_path(key, image_id)) if cfg.pseudo.soft else (lambda image_id: None)

@@ -19,6 +19,7 @@ what is needed to use them without the YAML they came from::
       tta.json               TTA set and merge chosen on OOF (seg-toolkit tune --tta)
       lr_find.{json,png}     learning-rate range test (seg-toolkit lr-find)
       pseudo/fold_<k>.csv    pseudo-labelled test images added to fold k's training set (pseudo.teacher)
+      pseudo/fold_<k>.teacher.json  the teacher's files those labels were made from, with their SHA-256
       amp.json               the precision train.amp resolved to (auto: measured once), used by every fold and by inference
       tracker.json           where the run is tracked (MLflow run ids / TensorBoard folder; seg_toolkit/track.py)
       tensorboard/           TensorBoard event files (track.backend: tensorboard, default track.uri)
@@ -116,6 +117,10 @@ class Run(RunGuard):
     def pseudo_csv(self, fold: int | None) -> Path:
         """Pseudo-labels of fold ``fold``'s training set (None: one file for every fold, ``pseudo.per_fold: false``)."""
         return self.dir / "pseudo" / (f"fold_{fold}.csv" if fold is not None else "all.csv")
+
+    def pseudo_teacher_json(self, fold: int | None) -> Path:
+        """What :meth:`pseudo_csv`'s labels were made from: the teacher's files and their SHA-256."""
+        return self.dir / "pseudo" / (f"fold_{fold}.teacher.json" if fold is not None else "all.teacher.json")
 
     def pseudo_soft_path(self, fold: int | None, image_id: str) -> Path:
         """The teacher's probabilities of one pseudo-labelled image (``pseudo.soft``; uint8 (C, H, W))."""

@@ -226,3 +226,31 @@ def test_a_teacher_without_a_fold_to_label_is_refused_before_any_fold_trains(dem
     assert not Run.of(cfg).fold_dir(0).exists()
     run_cv(cfg, folds=[0])  # a --fold job of a fold the teacher has trains
     assert Run.of(cfg).pseudo_csv(0).is_file()
+
+
+def test_labels_of_a_teacher_changed_since_are_refused_not_reused(demo_root, teacher, tmp_path):
+    """Shared labels (per_fold: false) are written once, by the first fold, and read by the others: after the teacher
+    was re-tuned (or retrained) they are not what it predicts now, so the next fold refuses them, naming the file."""
+    import hashlib
+    import shutil
+
+    runs = tmp_path / "runs"
+    shutil.copytree(teacher / "teacher", runs / "teacher")
+    cfg = _student(demo_root, runs, "student", per_fold=False)
+    run_cv(cfg, folds=[0])
+    run, trun = Run.of(cfg), Run(runs / "teacher")
+    made = json.loads(run.pseudo_teacher_json(None).read_text())
+    names = ["config.yaml", "postprocess.json", "folds.csv", "fold_0/best.pt", "fold_1/best.pt"]
+    assert made == {"teacher": str(trun.dir),
+                    "files": {n: hashlib.sha256((trun.dir / n).read_bytes()).hexdigest() for n in names}}
+    tuned = trun.postprocess_json.read_text()
+    pp = json.loads(tuned)
+    pp["params"]["threshold"] = [0.9, 0.9, 0.9]  # `seg-toolkit tune` again, another choice
+    trun.postprocess_json.write_text(json.dumps(pp))
+    with pytest.raises(ConfigError, match=r"all\.csv: these pseudo-labels were made by .*teacher, whose postprocess\.json "
+                                          r"changed since"):
+        run_cv(cfg, folds=[1])
+    assert not run.fold_dir(1).exists() or not run.done_json(1).exists()
+    trun.postprocess_json.write_text(tuned)  # restored: the labels are the teacher's again
+    run_cv(cfg, folds=[1], resume=True)
+    assert run.done_json(1).is_file()
