@@ -46,6 +46,8 @@ class TrainState:
     # for (0: saved before they were kept); a resume with others lays it out again, or refuses one mid-epoch (train.py)
     world_size: int = 0
     updates_per_epoch: int = 0
+    # the SHA-256 of the train.init_from checkpoint the fold started from ("" without one, or saved before it was kept)
+    init_sha256: str = ""
 
 
 def update_best(state: TrainState, score: float, epoch: int, min_delta: float) -> bool:

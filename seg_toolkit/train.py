@@ -33,7 +33,7 @@ from .device import resolve_device, seed_everything
 from .distributed import Dist, get_dist
 from .losses import build_loss, model_loss
 from .optim import LRSchedule, build_optimizer
-from .files import write_json
+from .files import sha256_file, write_json
 from .run import Run
 from .pseudo import add_pseudo_labels, pseudo_info
 from .stages import init_source, load_fold_init
@@ -118,6 +118,11 @@ def train_attempt(cfg: Config, fold: int, samples: list[Sample], folds: pd.DataF
         schedule = schedule.for_epochs(cfg, optimizer, updates_per_epoch, state.epochs, state.step, per_epoch_changed)
     state.world_size, state.updates_per_epoch = d.world_size, updates_per_epoch  # what the schedule is laid out for
     initialised = load_fold_init(cfg, fold, model, ema) if fresh else init_source(cfg, fold)
+    if initialised and fresh:
+        state.init_sha256 = sha256_file(initialised)
+    elif initialised and state.init_sha256 and sha256_file(initialised) != state.init_sha256:
+        log.warning("fold %d started from %s, which has changed since (retrained?); the fold continues from its own "
+                    "checkpoint: done.json's init_from_sha256 names the weights it started from", fold, initialised)
     forward_model = wrap_for_training(cfg, model, device, d, loss_fn, train_set)
 
     with GracefulStop() as stop:
@@ -193,6 +198,7 @@ def train_attempt(cfg: Config, fold: int, samples: list[Sample], folds: pd.DataF
                            budget_folds=budget.folds if budget and budget.folds else None,
                            n_train=len(train_set), n_valid=len(valid_set), world_size=d.world_size, optim_lr=cfg.optim.lr,
                            amp=amp.mode, amp_reason=amp.reason, init_from=initialised,
+                           init_from_sha256=state.init_sha256 or None,
                            n_pseudo=len(pseudo), pseudo=pseudo_info(cfg), versions=library_versions(), **averaged)
             write_json(run.done_json(fold), summary)
     return d.broadcast(summary)

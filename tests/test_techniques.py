@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import math
+import shutil
 
 import pandas as pd
 import pytest
@@ -112,7 +115,7 @@ def test_average_best_needs_kept_epochs(tmp_path):
 # ----------------------------------------------------------------------------- multi-stage
 
 
-def test_init_from_loads_the_same_fold_and_refuses_other_folds(demo_root, tmp_path):
+def test_init_from_loads_the_same_fold_and_refuses_other_folds(demo_root, tmp_path, caplog):
     runs = tmp_path / "runs"
     first = _cfg(demo_root, runs, "stage1", epochs=1)
     run_cv(first)
@@ -136,6 +139,17 @@ def test_init_from_loads_the_same_fold_and_refuses_other_folds(demo_root, tmp_pa
         prev = load_checkpoint(runs / "stage1" / f"fold_{k}" / "best.pt")["model"]
         assert all(torch.equal(starts[k][n], prev[n]) for n in prev)
         assert cv["per_fold"][k]["init_from"] == str(runs / "stage1" / f"fold_{k}" / "best.pt")
+        source = (runs / "stage1" / f"fold_{k}" / "best.pt").read_bytes()
+        assert cv["per_fold"][k]["init_from_sha256"] == hashlib.sha256(source).hexdigest()
+    # stage 1 retrained while stage 2's fold 0 was unfinished (killed after its last epoch, before done.json): the
+    # resume continues from fold 0's own checkpoint, warns, and done.json still names the weights it started from
+    started = cv["per_fold"][0]["init_from_sha256"]
+    Run.of(second).done_json(0).unlink()
+    shutil.copy(runs / "stage1" / "fold_1" / "best.pt", runs / "stage1" / "fold_0" / "best.pt")
+    with caplog.at_level(logging.WARNING):
+        run_cv(second, folds=[0], resume=True)
+    assert any("fold 0 started from" in r.getMessage() and "has changed since" in r.getMessage() for r in caplog.records)
+    assert json.loads(Run.of(second).done_json(0).read_text())["init_from_sha256"] == started
 
     # another fold assignment: refused before training, naming an image that moved
     other = config_from_dict({**demo_dict(demo_root, runs, experiment="stage2b", train={"epochs": 1, "batch_size": 2,
