@@ -8,7 +8,8 @@ in this process, alternating rounds, and the printed ratio is baseline seconds /
 seconds (above 1: the variant is faster). Weights are random (speed does not depend on them),
 so neither the data nor the weights package is needed.
 
-Variants: the encoder at its full depth 5 (stride 32: 101 is padded to 128 instead of 112;
+Variants: the PyTorch-style ``efficientnet_lite0`` the config used before ``tf_efficientnet_lite0`` (symmetric
+padding, BatchNorm eps 1e-5, the same tensors), the encoder at its full depth 5 (stride 32: 101 is padded to 128 instead of 112;
 the config before encoder_depth 4), the same depth-4 model fed 128x128 (``min_input_size``: is
 112 an awkward size for the kernels?), smp's default decoder widths, the same step in fp32, and
 ``torch.compile`` of the model (``train.compile: true``; its one-off compile time is printed
@@ -39,11 +40,13 @@ from seg_toolkit.losses import build_loss, model_loss  # noqa: E402
 from seg_toolkit.models import build_model  # noqa: E402
 
 
-def make_step(cfg, model_params: dict | None, dtype: torch.dtype | None, compiled: bool, x, y, min_size: int = 0):
-    """A closure running one training step of the config's model (with ``model_params`` if given, its input
-    padded to at least ``min_size``)."""
+def make_step(cfg, model_params: dict | None, dtype: torch.dtype | None, compiled: bool, x, y, min_size: int = 0,
+              encoder: str | None = None):
+    """A closure running one training step of the config's model (with ``model_params`` and ``encoder`` if given, its
+    input padded to at least ``min_size``)."""
     mcfg = dataclasses.replace(cfg.model, encoder_weights=None, encoder_weights_map="names",
-                               params=model_params if model_params is not None else cfg.model.params)
+                               params=model_params if model_params is not None else cfg.model.params,
+                               encoder=encoder or cfg.model.encoder)
     torch.manual_seed(0)
     model = build_model(mcfg, cfg.data.num_classes, cfg.data.in_channels).to(memory_format=torch.channels_last).train()
     model.min_input_size = max(int(getattr(model, "min_input_size", 0)), min_size)
@@ -80,18 +83,19 @@ def main() -> None:
     amp = None if args.fp32 else torch.bfloat16
     baseline = f"tgs_cpu.yaml ({'fp32' if args.fp32 else 'bf16'})"
     variants = {
-        baseline: (None, amp, False, 0),
-        "encoder depth 5 (pad to 128)": (depth5, amp, False, 0),
-        "depth 4, input padded to 128": (None, amp, False, 128),
-        "smp's decoder widths": (smp_default, amp, False, 0),
+        baseline: (None, amp, False, 0, None),
+        "tu-efficientnet_lite0 (before)": (None, amp, False, 0, "tu-efficientnet_lite0"),
+        "encoder depth 5 (pad to 128)": (depth5, amp, False, 0, None),
+        "depth 4, input padded to 128": (None, amp, False, 128, None),
+        "smp's decoder widths": (smp_default, amp, False, 0, None),
     }
     if not args.fp32:
-        variants["fp32"] = (None, None, False, 0)
+        variants["fp32"] = (None, None, False, 0, None)
     if not args.no_compile:
-        variants["torch.compile"] = (None, amp, True, 0)
+        variants["torch.compile"] = (None, amp, True, 0, None)
     steps, first = {}, {}
-    for name, (params, dtype, compiled, min_size) in variants.items():
-        steps[name] = make_step(cfg, params, dtype, compiled, x, y, min_size)
+    for name, (params, dtype, compiled, min_size, encoder) in variants.items():
+        steps[name] = make_step(cfg, params, dtype, compiled, x, y, min_size, encoder)
         t0 = time.perf_counter()
         steps[name]()  # warm-up: oneDNN builds its kernels (and inductor compiles) on the first call
         first[name] = time.perf_counter() - t0
