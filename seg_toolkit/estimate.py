@@ -10,8 +10,10 @@ wrapped in a timer, so the forward time of every member is known apart from the 
 
 The projection for ``n`` images is ``fixed + n x seconds per image``, assuming the hidden images
 are like the measured ones (size!). With a budget it says whether that fits and, if not, which
-setting to drop first: the TTA transform or scale with the largest share of the time (a scale
-``s`` costs ``s^2`` of a pass at 1.0), then the next, until it fits. Nothing is written except
+setting to drop first: the TTA transform or scale with the largest share of the time, then the
+next, until it fits. A scale costs the pixels its passes put through the network: ``s^2`` of a pass
+at 1.0 for a whole image, and for a tiled member (``predict.tile_size``) its tiles at that scale
+(counted for the measured images as the sliding window lays them out, step-wise, not ``s^2``). Nothing is written except
 ``estimate.json`` in the run folder.
 """
 
@@ -74,10 +76,34 @@ def _timed_models(predictor, stats: dict, clock: Callable[[], float]) -> float:
     return clock() - t0
 
 
+def scale_costs(member, sizes: list[tuple[int, int]]) -> list[float]:
+    """The pixels one pass of each of ``member``'s scales puts through the network, averaged over images of ``sizes``
+    (each image's size as predicted): the scaled input (``transforms.resize``, else the image's own size), or for a
+    tiled member the tiles the sliding window lays over it (:func:`~seg_toolkit.tiling.tile_starts`), each no larger
+    than the input, as :class:`~seg_toolkit.predictor.TiledModel` cuts them."""
+    from .tiling import tile_starts
+    from .tta import _scaled_size
+
+    resize, p = member.cfg.transforms.resize, member.cfg.predict
+    out = []
+    for scale in member.scales():
+        total = 0
+        for hw in sizes:
+            h, w = _scaled_size(tuple(resize) if resize else hw, scale)
+            if p.tile_size:
+                th, tw = min(p.tile_size[0], h), min(p.tile_size[1], w)
+                total += len(tile_starts(h, th, p.tile_overlap)) * len(tile_starts(w, tw, p.tile_overlap)) * th * tw
+            else:
+                total += h * w
+        out.append(total / max(len(sizes), 1))
+    return out
+
+
 def _per_image(cfg: Config, params, predictor, samples: list, stats: dict, clock, min_batches: int,
-               min_seconds: float) -> tuple[int, float, float]:
+               min_seconds: float, sizes: list | None = None) -> tuple[int, float, float]:
     """Put ``samples`` through predict's per-image path until ``min_batches`` and ``min_seconds`` are
-    reached (at a batch boundary); returns ``(images, seconds, seconds of post-processing and writing)``."""
+    reached (at a batch boundary); returns ``(images, seconds, seconds of post-processing and writing)``;
+    each image's size is appended to ``sizes``."""
     from .inference import mask_pngs
 
     rows = csv.writer(io.StringIO())
@@ -89,6 +115,8 @@ def _per_image(cfg: Config, params, predictor, samples: list, stats: dict, clock
     for image_id, probs, presence, _ in gen:
         t = clock()
         p = probs.numpy()
+        if sizes is not None:
+            sizes.append(tuple(p.shape[-2:]))
         if save != "none":
             np.save(io.BytesIO(), p.astype(np.float16) if save == "float16" else probs_to_uint8(p))
         mask = apply_postprocess(p, cfg.data.task, params, presence)
@@ -126,13 +154,14 @@ def estimate_predict(cfg: Config, n_images: int | None = None, budget: float | N
     bs = predictor.batch_size
     cycled = [samples[i % len(samples)] for i in range(bs + max(min_batches, max_batches) * bs)]
     _, warm_s, _ = _per_image(cfg, params, predictor, cycled[:bs], stats, clock, 1, 0.0)
-    n, seconds, post = _per_image(cfg, params, predictor, cycled[bs:], stats, clock, min_batches, min_seconds)
+    sizes: list[tuple[int, int]] = []
+    n, seconds, post = _per_image(cfg, params, predictor, cycled[bs:], stats, clock, min_batches, min_seconds, sizes)
     members = []
     for i, m in enumerate(predictor.members):
         fwd, images = stats.get(i, (0.0, 0))
         tiles = stats[("tiles", i)][1] / images if ("tiles", i) in stats and images else 1.0
         members.append({"run": str(m.run.dir), "folds": len(m.folds), "tta": expand_tta(m.tta),
-                        "scales": m.scales(), "tiles": tiles, "forward_s": fwd / n})
+                        "scales": m.scales(), "scale_cost": scale_costs(m, sizes), "tiles": tiles, "forward_s": fwd / n})
     per_image = seconds / n
     measured = {"images_timed": n, "seconds_timed": seconds, "batch_size": bs, "device": str(predictor.device),
                 "backend": cfg.predict.backend, "load_models_s": load_s,
@@ -160,7 +189,7 @@ def _drop_candidates(members: list[dict[str, Any]]) -> list[tuple[float, int, st
             name = next(t for t in reversed(tta) if t != "identity") if set(tta) != {"identity"} else tta[-1]
             out.append((m["forward_s"] / len(tta), i, f"TTA {name}", "tta", name))
         if len(scales) > 1:
-            cost = [s * s for s in scales]
+            cost = m.get("scale_cost") or [s * s for s in scales]  # an estimate.json of before scale_cost: s^2
             j = max((j for j, s in enumerate(scales) if s != 1.0), key=lambda j: cost[j], default=len(scales) - 1)
             out.append((m["forward_s"] * cost[j] / sum(cost), i, f"scale {scales[j]:g}", "scales", scales[j]))
     return out
@@ -171,10 +200,12 @@ def project(measured: dict[str, Any], n_images: int, budget: float | None = None
 
     Pure arithmetic on a measurement (see :func:`estimate_predict`'s keys): total = load + warm-up
     extra + ``n_images`` x per image; dropping a TTA transform of a member saves ``forward / n_tta``
-    of its per-image forward time, a scale ``forward x s^2 / sum(s^2)``.
+    of its per-image forward time, a scale ``forward x cost(s) / sum(cost)`` (``scale_cost``: the pixels of its
+    passes, :func:`scale_costs`).
     """
     fixed = measured["load_models_s"] + measured["warmup_extra_s"]
-    members = [dict(m, tta=list(m["tta"]), scales=list(m["scales"])) for m in measured["members"]]
+    members = [dict(m, tta=list(m["tta"]), scales=list(m["scales"]),
+                    **({"scale_cost": list(m["scale_cost"])} if m.get("scale_cost") else {})) for m in measured["members"]]
     per_image = measured["per_image_s"]
     total = fixed + n_images * per_image
     out: dict[str, Any] = {"n_images": n_images, "fixed_s": fixed, "total_s": total,
@@ -189,6 +220,8 @@ def project(measured: dict[str, Any], n_images: int, budget: float | None = None
         saved, i, what, key, value = max(candidates, key=lambda c: c[0])
         m = members[i]
         before = _passes(m)
+        if key == "scales" and m.get("scale_cost"):
+            del m["scale_cost"][m["scales"].index(value)]
         m[key].remove(value)
         m["forward_s"] -= saved
         per_image -= saved

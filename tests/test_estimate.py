@@ -11,7 +11,7 @@ from seg_toolkit.cli import main
 from seg_toolkit.config import ConfigError, config_from_dict
 from seg_toolkit.data.demo import make_demo
 from seg_toolkit.budget import format_duration, parse_duration
-from seg_toolkit.estimate import estimate_predict, project
+from seg_toolkit.estimate import estimate_predict, project, scale_costs
 from seg_toolkit.inference import predict_test
 from seg_toolkit.run import Run
 
@@ -65,6 +65,33 @@ def test_a_large_scale_is_dropped_before_a_transform():
     assert not r["drops"][-1]["fits"]  # nothing left: identity at scale 1
 
 
+def _member(scales, tile_size=None, overlap=0.5, resize=None):
+    from types import SimpleNamespace as NS
+
+    cfg = NS(transforms=NS(resize=resize), predict=NS(tile_size=tile_size, tile_overlap=overlap))
+    return NS(cfg=cfg, scales=lambda: list(scales))
+
+
+def test_a_scale_costs_the_pixels_of_its_passes_tiles_included():
+    # whole 256x256 images: s^2 of the pass at 1.0 (384x384 at 1.5)
+    assert scale_costs(_member([1.0, 1.5]), [(256, 256)]) == [256 * 256, 384 * 384]
+    # tiles of 256 with overlap 0.5 (stride 128): one tile at 1.0, at 1.5 starts [0, 128] on each axis: 4 tiles,
+    # 4x the pixels where s^2 says 2.25x
+    assert scale_costs(_member([1.0, 1.5], tile_size=[256, 256]), [(256, 256)]) == [256 * 256, 4 * 256 * 256]
+    # an image smaller than the tile is one tile of its own size; transforms.resize sets the input, not the image
+    assert scale_costs(_member([1.0, 2.0], tile_size=[256, 256]), [(100, 100)]) == [100 * 100, 200 * 200]
+    assert scale_costs(_member([1.0], resize=[64, 32]), [(500, 700), (10, 10)]) == [64 * 32]
+    # averaged over the images: 300x256 at 1.0 has starts [0, 44] (2 tiles) on its first axis, 256x256 one
+    assert scale_costs(_member([1.0], tile_size=[256, 256]), [(300, 256), (256, 256)]) == [(2 + 1) / 2 * 256 * 256]
+
+
+def test_a_tiled_scale_is_dropped_by_its_tiles_not_its_square():
+    # the tiled member above: scale 1.5 is 4/5 of the 2.0 s forward time (s^2 would say 2.25/3.25)
+    r = project(_measured(tta=["identity", "hflip"], scales=[1.0, 1.5], scale_cost=[65536, 262144]), n_images=100, budget=1)
+    assert r["drops"][0]["drop"] == "scale 1.5" and r["drops"][0]["per_image_s"] == pytest.approx(2.5 - 2.0 * 4 / 5)
+    assert r["drops"][1]["drop"] == "TTA hflip" and r["drops"][1]["per_image_s"] == pytest.approx(2.5 - 1.6 - 0.4 / 2)
+
+
 @pytest.fixture(scope="module")
 def timed_run(tmp_path_factory):
     """A 2-fold run (hflip TTA) and 160 test images of 64x64: enough that per-image costs dominate."""
@@ -83,6 +110,7 @@ def test_estimate_is_within_5x_of_the_real_predict(timed_run, tmp_path):
     r = estimate_predict(timed_run, min_seconds=1.0)
     assert r["n_images"] == 160 and r["passes_per_image"] == 4 and r["images_timed"] % 8 == 0 and r["images_timed"] >= 16
     assert 0 < r["members"][0]["forward_s"] < r["per_image_s"]
+    assert r["members"][0]["scale_cost"] == [64 * 64]  # one scale, the 64x64 test images whole
     start = time.perf_counter()
     predict_test(timed_run, out=tmp_path / "sub.csv")
     real = time.perf_counter() - start
