@@ -75,7 +75,7 @@ class MLflowBackend(Backend):
             self.run_id = state["run_id"]
             if not self.reopen:
                 c.update_run(self.run_id, status="RUNNING")
-            self.children = {int(k): v for k, v in (state.get("folds") or {}).items() if self._alive(v)}
+            self._merge(state)  # its fold runs that are still there
             old = c.get_run(self.run_id).data.params
             changed = {k: v for k, v in params.items() if k in old and old[k] != v}
             params = {k: v for k, v in params.items() if k not in old}
