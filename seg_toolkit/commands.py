@@ -253,7 +253,7 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .data.sources import class_names
-    from .inference import evaluate_on, evaluate_split
+    from .evaluate import evaluate_on, evaluate_split
 
     cfg = _config(args, trained=True)
     if args.on is not None:

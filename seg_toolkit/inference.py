@@ -1,10 +1,10 @@
-"""Test predictions and held-out evaluation, through the one :class:`~seg_toolkit.predictor.Predictor`.
+"""Test predictions through the one :class:`~seg_toolkit.predictor.Predictor`, and the run checks every use of it makes.
 
-``predict_test``, ``evaluate_split`` and ``evaluate_on`` take the config of a run, trained or
-ensemble; the predictor reads every member's preprocessing and TTA from its own run folder,
-and the post-processing comes from the run's ``postprocess.json`` (tuned on OOF probabilities
-made by the same predictor). Both evaluations share one scoring loop (:func:`score_samples`),
-which decides each image's mask exactly as ``predict`` does before it is encoded. Memory stays
+``run_predictor`` gives a run's predictor (trained or ensemble) after checking that the run is whole and that the
+config predicts as it trained; ``predict_test`` writes the submission with it: the predictor reads every member's
+preprocessing and TTA from its own run folder, and the post-processing comes from the run's ``postprocess.json``
+(tuned on OOF probabilities made by the same predictor). Held-out evaluation (:mod:`seg_toolkit.evaluate`) uses the
+same predictor and decides each image's mask as ``predict`` does. Memory stays
 bounded whatever the number of images: one batch of images and probabilities is alive at a
 time, and each image's rows (and, with ``predict.write_masks``, its mask PNG) are written as
 soon as it is decided, in the sample submission's order (a sample that interleaves images' rows, class-major,
@@ -25,25 +25,20 @@ Mask files (``predict.write_masks``), in the run's ``test_masks/``:
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import io
 import logging
 import re
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .files import atomic_write, read_json, write_json, write_npy
 from .config import Config, ConfigError
-from .data import DataError, Sample, class_colors, class_names, load_list_samples, load_test_samples, load_train_samples
+from .data import Sample, class_colors, class_names, load_test_samples
 from .data.bands import band_image_files, bands_of, image_id_of
 from .device import resolve_device
-from .evaluator import Evaluator
+from .files import atomic_write, read_json, write_npy
 from .postprocess import apply_postprocess, load_params
 from .oof import check_oof_complete
 from .predictor import Predictor, check_same_training
@@ -55,8 +50,7 @@ from .tensors import probs_to_uint8
 
 log = logging.getLogger(__name__)
 
-__all__ = ["run_predictor", "predict_test", "evaluate_split", "evaluate_on", "score_samples", "mask_pngs",
-           "evaluation_name"]
+__all__ = ["run_predictor", "check_out", "predict_test", "mask_pngs"]
 
 
 def _one(cfg: Config | list[Config] | tuple[Config, ...]) -> Config:
@@ -292,135 +286,3 @@ def _check_sample_rows(cfg: Config, path: Path, ids: list[str], samples: list[Sa
     if unlisted:
         log.warning("%d test image(s) in %s have no row in %s (e.g. %r): they are not submitted", len(unlisted), folder,
                     path, unlisted[0])
-
-
-def score_samples(cfg: Config, run: Run, predictor: Predictor, samples: list[Sample], target_cfg: Config,
-                  desc: str) -> dict[str, Any]:
-    """Score the predictor on labelled ``samples`` (targets read with ``target_cfg``) as ``predict`` decides them.
-
-    Each image's probabilities go through the run's post-processing (:func:`load_params`,
-    :func:`apply_postprocess`), exactly as the submission does; the score before post-processing is
-    kept beside. Returns the configured metric, mean IoU, per-class IoU and dice, and pixel accuracy
-    (void ignored), the number of images and how the predictor ran.
-    """
-    params = load_params(cfg, run)
-    task, c = cfg.data.task, cfg.data.num_classes
-    probs_eval, masks_eval = Evaluator(cfg.metric, task, c), Evaluator(cfg.metric, task, c)
-    for _, probs, presence, target in tqdm(predictor.iter_predictions(samples, target_cfg=target_cfg), total=len(samples),
-                                           desc=desc, disable=None):
-        probs_eval.update(probs[None], target[None])
-        mask = apply_postprocess(probs.numpy(), task, params, presence)
-        masks_eval.update_masks(torch.from_numpy(mask)[None], target[None])
-    raw, post = probs_eval.compute(), masks_eval.compute()
-    return {
-        "n_images": len(samples), "metric": post["metric"],
-        "score": float(post["score"]), "score_before_postprocess": float(raw["score"]),
-        "per_class_iou": post.get("per_class_iou"), "per_class_dice": post.get("per_class_dice"),
-        "pixel_accuracy": post.get("pixel_accuracy"), "predictor": predictor.settings(),
-    }
-
-
-def evaluate_split(cfg: Config) -> dict:
-    """Score the run (trained or ensemble) on the labelled held-out lists (``data.test_lists``), never trained on.
-
-    Uses the submission's predictor and post-processing (:func:`score_samples`) and writes
-    ``evaluate_test.json``; the returned dict also says where (``written_to``).
-    """
-    cfg = _one(cfg)
-    if not cfg.data.test_lists:
-        raise ConfigError("data.test_lists: name the list file(s) of the labelled held-out split, e.g. [test.txt]")
-    samples = load_list_samples(cfg, cfg.data.test_lists)
-    leaked = {s.id for s in samples} & {s.id for s in load_train_samples(cfg)}
-    if leaked:
-        raise DataError(f"{len(leaked)} held-out ids are also training ids (e.g. {sorted(leaked)[:3]}); the test split must be unseen")
-    run, predictor = run_predictor(cfg)
-    scored = score_samples(cfg, run, predictor, samples, cfg, f"evaluate {len(samples)} held-out images")
-    result = {"split": "test", "lists": cfg.data.test_lists, **scored}
-    write_json(run.evaluate_json, result)
-    return {**result, "written_to": str(run.evaluate_json)}
-
-
-def evaluation_name(folder: str | Path) -> str:
-    """The name of ``folder``'s evaluation file: its base name (made file-safe) and 8 hex digits of its
-    resolved path, so two folders of one name (``valid``) never share a file."""
-    p = Path(folder).resolve()
-    base = re.sub(r"[^A-Za-z0-9._-]+", "_", p.name).strip("._") or "root"
-    return f"{base}-{hashlib.sha1(str(p).encode()).hexdigest()[:8]}"
-
-
-def _layout(cfg: Config) -> dict[str, Any]:
-    """The data keys that say where a folder's labelled samples are."""
-    d = cfg.data
-    keys = ["layout", "train_images"] + (["train_csv"] if d.layout == "csv" else ["train_lists"] if d.train_lists else ["train_masks"])
-    return {k: getattr(d, k) for k in keys}
-
-
-def _layout_keys(cfg: Config) -> str:
-    return ", ".join(f"data.{k} {v!r}" for k, v in _layout(cfg).items())
-
-
-def _training_roots(cfg: Config, run: Run) -> set[Path]:
-    """The data folders the run was trained from: this config's ``data.root`` and the saved config's."""
-    roots = {Path(cfg.data.root).resolve()}
-    if run.config_yaml.is_file():
-        roots.add(Path(run.config().data.root).resolve())
-    return roots
-
-
-def evaluate_on(cfg: Config, folder: str | Path) -> dict:
-    """Score the run (trained or ensemble) on every labelled sample of ``folder``, laid out like the training data.
-
-    ``folder`` is read with the config's data keys (``data.layout``, ``train_images``,
-    ``train_masks`` / ``train_csv``, ``train_lists``, ...) re-rooted there (``data.limit`` is
-    not applied), and scored with the submission's predictor and post-processing
-    (:func:`score_samples`). When ``folder`` is the run's own training data (``data.root``), the
-    run's training ids are left out (``training_ids_left_out``; all of them: an error): their
-    honest score is the OOF one of ``cv.json``. The result goes to the run's
-    ``evaluations/<name>.json`` (:func:`evaluation_name`; a file there that is not this folder's
-    evaluation is never replaced); the returned dict also says where (``written_to``).
-    """
-    cfg = _one(cfg)
-    folder = Path(folder)
-    what = "evaluate --on DIR: a labelled folder laid out like the training data"
-    if not folder.exists():
-        raise DataError(f"{folder}: folder not found ({what})")
-    if not folder.is_dir():
-        raise DataError(f"{folder}: is a file, not a folder ({what})")
-    run, predictor = run_predictor(cfg)
-    # the whole folder is scored: data.limit and data.exclude_ids are about the run's own training data
-    on_cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=str(folder), limit=None, exclude_ids=[]))
-    try:
-        samples = load_train_samples(on_cfg)
-    except DataError as e:
-        raise DataError(f"{e} (evaluate --on reads {folder} with the config's {_layout_keys(cfg)})") from None
-    if not samples:
-        raise DataError(f"{folder}: no labelled sample ({_layout_keys(cfg)})")
-    missing = [s for s in samples if not s.image.is_file()]
-    if missing:
-        raise DataError(f"{missing[0].where}: {len(missing)} of {len(samples)} labelled ids have no image, e.g. "
-                        f"{missing[0].id!r} (expected {missing[0].image}; data.train_images, data.image_ext)")
-    on = str(folder.resolve())
-    path = run.evaluate_json_for(evaluation_name(folder))
-    old = read_json(path)
-    if path.exists() and (not isinstance(old, dict) or old.get("on") != on):
-        raise RunExistsError(f"{path}: exists and is not the evaluation of {folder}; move it away (it is not replaced)")
-    train_ids = set(run.fold_of()) if run.folds_csv.is_file() else set()
-    shared = [s.id for s in samples if s.id in train_ids]
-    left_out = 0
-    if shared and folder.resolve() in _training_roots(cfg, run):
-        if len(shared) == len(samples):
-            raise DataError(
-                f"{folder} is the training data of {run.dir} (data.root) and all its {len(samples)} labelled ids are "
-                "training ids of the run, never scored here: the held-out score of training images is the OOF score "
-                "of cv.json (`seg-toolkit cv`); evaluate a folder of other labelled images")
-        left_out = len(shared)
-        samples = [s for s in samples if s.id not in train_ids]
-        log.warning("%s is the training data of %s: its %d training ids are left out, %d other labelled ids scored",
-                    folder, run.dir, left_out, len(samples))
-    elif shared:
-        log.warning("%d of the %d ids in %s are also training ids of %s (e.g. %s); if they are the same images, "
-                    "the score is optimistic", len(shared), len(samples), folder, run.dir, shared[:3])
-    scored = score_samples(cfg, run, predictor, samples, on_cfg, f"evaluate {len(samples)} images of {folder.name}")
-    result = {"on": on, "data": _layout(cfg), "training_ids_left_out": left_out, **scored}
-    write_json(path, result)
-    return {**result, "written_to": str(path)}

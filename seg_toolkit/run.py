@@ -215,7 +215,7 @@ class Run(RunGuard):
         return self.dir / "evaluations"
 
     def evaluate_json_for(self, name: str) -> Path:
-        """``evaluations/<name>.json``: the score of the run on one labelled folder (``name`` from :func:`evaluation_name`)."""
+        """``evaluations/<name>.json``: the score of the run on one labelled folder (``name`` from :func:`~seg_toolkit.evaluate.evaluation_name`)."""
         if not name or "/" in name or "\\" in name or name in (".", ".."):
             raise ConfigError(f"evaluation name {name!r} must be a plain file name")
         return self.evaluations_dir / f"{name}.json"

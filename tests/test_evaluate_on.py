@@ -22,7 +22,8 @@ from seg_toolkit.cli import main
 from seg_toolkit.config import config_from_dict, save_config
 from seg_toolkit.cv import run_cv
 from seg_toolkit.data import class_colors, load_target, load_train_samples
-from seg_toolkit.inference import evaluation_name, mask_pngs
+from seg_toolkit.evaluate import evaluation_name
+from seg_toolkit.inference import mask_pngs
 from seg_toolkit.evaluator import Evaluator
 from seg_toolkit.postprocess import apply_postprocess, load_params
 from seg_toolkit.predictor import Predictor

@@ -16,7 +16,8 @@ import pytest
 
 from seg_toolkit.config import load_config
 from seg_toolkit.cv import run_cv
-from seg_toolkit.inference import evaluate_split, predict_test
+from seg_toolkit.evaluate import evaluate_split
+from seg_toolkit.inference import predict_test
 from seg_toolkit.submission_check import check_submission
 
 from .conftest import SHARED_DATA, shared_dataset
