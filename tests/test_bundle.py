@@ -234,7 +234,7 @@ def test_missing_folds_refused_unless_allowed(runs, tmp_path, capsys):
 def test_base_env_leaves_out_what_only_it_needs():
     """The requirement tree stops at the base packages: what only torch needs is left out, what a
     bundled package needs as well (filelock for huggingface_hub) is kept; --base-env adds to the base."""
-    from seg_toolkit.bundle import _closure
+    from seg_toolkit.bundle_wheels import _closure
 
     requires = [r for r in metadata.distribution("seg_toolkit").requires if "extra ==" not in r]
     found, on_base = _closure(requires, {"torch", "torchvision"})
