@@ -62,9 +62,31 @@ def check_sample_rows(cfg: Config, path: Path, ids: list[str], samples: Sequence
         which = f" (image {made[row]!r}, class {cls_of[row]})" if s.per_class else ""
         raise SubmissionError(f"{path}: no row for id {row!r}{which}, which this submission writes; {hint} "
                               f"({len(missing)} such rows missing)")
-    if not repeats:
-        _say_order(path, ids, [row for x in samples for row in row_ids(cfg, x.id)], made)
+    produced = [row for x in samples for row in row_ids(cfg, x.id)]
+    if repeats:
+        _check_repeated_order(cfg, path, ids, produced)
+    else:
+        _say_order(path, ids, produced, made)
     return {row: made[row] for row in seen}
+
+
+def _check_repeated_order(cfg: Config, path: Path, ids: list[str], produced: list[str]) -> None:
+    """With repeated ids the rows are written in the order they are made (the writer cannot move an image's instance
+    or class rows as a block), so the sample's order must be that order: said before any image is predicted, where the
+    writer would find it only after the last one."""
+    starts = [i for i in range(len(ids)) if i == 0 or ids[i - 1] != ids[i]]  # the first line of each run of one id
+    listed = [ids[i] for i in starts]
+    if listed == produced:
+        return
+    k = next((i for i, (a, b) in enumerate(zip(listed, produced)) if a != b), min(len(listed), len(produced)))
+    got = f"id {listed[k]!r}" if k < len(listed) else "the end of the file"
+    want = repr(produced[k]) if k < len(produced) else "no more rows"
+    how = "instance rows (submission.instances)" if cfg.submission.instances else "one row per class (submission.class_column)"
+    order = "each image's classes in the order of submission.classes, " if cfg.submission.per_class else ""
+    line = starts[k] + 2 if k < len(starts) else len(ids) + 2
+    raise SubmissionError(f"{path} line {line}: {got} where this submission writes {want}: with {how} the rows are "
+                          f"written in the order they are made ({order}images in the sample's order), so the sample "
+                          "must list them in that order" + (" (submission.classes sets the classes' order)" if order else ""))
 
 
 def _say_order(path: Path, ids: list[str], produced: list[str], image_of: dict[str, str]) -> None:
@@ -230,6 +252,7 @@ def _row_problems(
     if spec.instances:
         sizes = np.diff(np.append(_id_groups(ids), len(ids)))
         group_size = np.repeat(sizes, sizes)  # rows of each row's image
+    stripped_tokens = {t.strip() for t in empty_tokens}
     objects: list[tuple[np.ndarray, np.ndarray]] = []  # the current image's objects
     object_lines: list[int] = []
 
@@ -249,7 +272,7 @@ def _row_problems(
         where = f"line {i + 2} (id {row_id!r})"
         if spec.instances and i > 0 and row_id != ids[i - 1]:
             check_overlap()
-        if rle in empty_tokens:
+        if rle.strip() in stripped_tokens:  # spaces around a token ignored, as the decoder and scorers split them off
             if spec.instances and group_size[i] > 1:
                 problems.append(f"{where}: an empty mask among the {group_size[i]} instance rows of this id; "
                                 "an image without objects has exactly one row")
@@ -313,6 +336,7 @@ def score_submission(csv_path: str | Path, solution_path: str | Path, cfg: Confi
     spec = submission_spec(cfg)
     split = parse_submission_id(s.id_format) if s.per_class else None
     default_cls = submission_classes(cfg)[0]
+    allowed = set(submission_classes(cfg))
 
     id_col, rle_col = submission_columns(cfg)
 
@@ -336,20 +360,25 @@ def score_submission(csv_path: str | Path, solution_path: str | Path, cfg: Confi
         rows = truth_rows.get(sample.id, {}) if s.class_column else truth_rows[sample.id]
         truth = {c: spec.decode_rows(r, hw) for c, r in rows.items()}
         guess = {c: spec.decode_rows(r, hw) for c, r in pred_rows.get(sample.id, {}).items()}
+        for name, found in ((solution_path, truth), (csv_path, guess)):
+            unknown = sorted(set(found) - allowed)
+            if unknown:
+                raise SubmissionError(f"{name}: id {sample.id!r} has rows of class(es) {unknown}, not ones this "
+                                      f"competition submits ({sorted(allowed)})")
+        # every class either file has a row for: a class the solution leaves out (no row: empty, as with a class
+        # column) still counts the submission's pixels there as false positives
         if d.task == "multiclass":
             t = np.zeros(hw, np.int64)
             g = np.zeros(hw, np.int64)
-            for c in sorted(truth):
-                t[truth[c] > 0] = c
-                if c in guess:
-                    g[guess[c] > 0] = c
+            for masks, out in ((truth, t), (guess, g)):
+                for c in sorted(masks):
+                    out[masks[c] > 0] = c
             evaluator.update_masks(torch.from_numpy(g)[None], torch.from_numpy(t)[None])
         else:
             tt = np.zeros((d.num_classes, *hw), np.uint8)
             gg = np.zeros((d.num_classes, *hw), np.uint8)
-            for c in truth:
-                tt[c - 1] = truth[c]
-                if c in guess:
-                    gg[c - 1] = guess[c]
+            for masks, out in ((truth, tt), (guess, gg)):
+                for c, m in masks.items():
+                    out[c - 1] = m
             evaluator.update_masks(torch.from_numpy(gg)[None], torch.from_numpy(tt).float()[None])
     return float(evaluator.compute()["score"])

@@ -144,6 +144,18 @@ def test_score_submission_reads_the_class_column(severstal, tmp_path):
     lossy = tmp_path / "lossy.csv"
     wrong.to_csv(lossy, index=False)
     assert score_submission(lossy, sparse, cfg) == pytest.approx(1 - 1 / len(full))
+    spurious = full.copy()
+    k = int(np.flatnonzero(spurious.EncodedPixels == "")[0])
+    spurious.loc[k, "EncodedPixels"] = "1 5"  # pixels of a class the sparse solution has no row for: dice 0, not skipped
+    extra = tmp_path / "extra.csv"
+    spurious.to_csv(extra, index=False)
+    assert score_submission(extra, sparse, cfg) == pytest.approx(1 - 1 / len(full))
+    unknown = full.copy()
+    unknown.loc[0, "ClassId"] = "9"
+    bad = tmp_path / "unknown.csv"
+    unknown.to_csv(bad, index=False)
+    with pytest.raises(SubmissionError, match=r"unknown.csv: id '[^']+' has rows of class\(es\) \[9\]"):
+        score_submission(bad, sparse, cfg)
 
 
 @pytest.mark.parametrize(

@@ -162,6 +162,35 @@ def test_repeated_ids_apart_in_the_sample_are_refused_before_predicting(world):
         _expected_ids(c, load_test_samples(c))
 
 
+def test_instance_rows_in_another_class_order_are_refused_before_predicting(world):
+    """Instance rows are written in the order they are made (an image's classes in submission.classes order), so a
+    sample listing an image's classes in another order, or class-major, could never be matched (was: found by the
+    writer after every image was predicted)."""
+    root, _, cfg = world
+    ids = [x.id for x in load_test_samples(cfg())]
+    c = config_from_dict(demo_dict(root, tmp := root.parent / "r3", submission={"instances": True, "path": str(tmp / "s.csv")}))
+
+    def sample(rows):
+        pd.DataFrame({ID: rows, "EncodedPixels": ["1 1"] * len(rows)}).to_csv(root / "sample_submission.csv", index=False)
+        return _expected_ids(c, load_test_samples(c))
+
+    made = [f"{i}_{k}" for i in ids for k in (1, 2, 3)]
+    assert sample(made) == made  # the order rows are made in: accepted as it is
+    swapped = [f"{i}_{k}" for i in ids for k in (1, 3, 2)]
+    with pytest.raises(SubmissionError, match=rf"line 3: id '{ids[0]}_3' where this submission writes '{ids[0]}_2': with "
+                                              r"instance rows \(submission.instances\) the rows are written in the order they "
+                                              r"are made \(each image's classes in the order of submission.classes, images in "
+                                              r"the sample's order\), so the sample must list them in that order "
+                                              r"\(submission.classes sets the classes' order\)"):
+        sample(swapped)
+    assert _expected_ids(config_from_dict(demo_dict(root, tmp, submission={"instances": True, "classes": [1, 3, 2],
+                                                                           "path": str(tmp / "s.csv")})),
+                         load_test_samples(c)) == swapped  # the classes' order set as the hint says
+    class_major = [f"{i}_{k}" for k in (1, 2, 3) for i in ids]
+    with pytest.raises(SubmissionError, match=rf"line 3: id '{ids[1]}_1' where this submission writes '{ids[0]}_2'"):
+        sample(class_major)
+
+
 # ----------------------------------------------------------------------------- 5: stale test_probs/
 
 

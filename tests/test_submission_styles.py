@@ -93,6 +93,9 @@ def test_siim_empty_is_minus_one_and_matches_the_reference_decoder():
         (RLESpec(starts="relative"), "1 2 0 1", "start 0 (pair 2) is < 1; relative starts"),
         (SIIM, "1 2 x 1", "'x' is not an integer"),
         (SIIM, "99999999999999999999 1", "too large"),
+        # each gap below 2**53, their sum past int64: was a wrapped, negative end and no error
+        (SIIM, " ".join(["9007199254740991 1"] * 1025), "relative runs end past the image's 6 pixels (the gaps and "
+                                                         "lengths of its 1025 pairs add up to 9232379236109516800)"),
     ],
 )
 def test_spec_errors_name_the_row(spec, bad, message):
@@ -335,6 +338,11 @@ def test_checker_reads_siim_and_zero_based_strings(tmp_path):
         "line 2 (id 'p'): RLE start -1 (pair 2) is < 0; relative starts are gaps after the previous run's end, counted from 0",
         "line 3 (id 'q'): empty field, but an empty mask is written as '-1' in this competition",
     ]
+    # spaces around an empty token, as the decoder reads them (was: "odd number of tokens (1)", and for a blank
+    # cell where the token is '': "empty field, but an empty mask is written as ''")
+    assert check_submission(_sub(tmp_path, "p,2 3 5 2\nq, -1 \nr,5 1 1 1\n"), sample, spec=SIIM, n_pixels=12) == []
+    assert check_submission(_sub(tmp_path, "p,0 1\nq, \nr,11 1\n"), sample, empty_tokens=("",),
+                            spec=RLESpec(index_base=0), n_pixels=12) == []
     # 0-based absolute: "0 1" is the first pixel; as Kaggle's 1-based string it is an error
     assert check_submission(_sub(tmp_path, "p,0 1\nq,\nr,11 1\n"), sample, empty_tokens=("",),
                             spec=RLESpec(index_base=0), n_pixels=12) == []
