@@ -147,6 +147,10 @@ class RLESpec:
             i = int(np.argmax(lengths < 1))
             raise RLEError(f"{ctx}RLE length {lengths[i]} (pair {i + 1}) is < 1; every run must cover a pixel")
         starts = written - base
+        total = float(starts.sum(dtype=np.float64) + lengths.sum(dtype=np.float64)) if self.starts == "relative" else 0.0
+        if total >= _TOO_LARGE:  # each number is < 2**53, but a thousand such gaps would overflow the int64 sum below
+            raise RLEError(f"{ctx}RLE's relative runs end past the image's {n_pixels} pixels (the gaps and lengths of "
+                           f"its {len(lengths)} pairs add up to {total:.0f})")
         if self.starts == "relative":
             # absolute start k = sum of the gaps up to k + the lengths before k
             starts = np.cumsum(starts) + np.concatenate([[0], np.cumsum(lengths[:-1])])
