@@ -186,7 +186,7 @@ class SubmissionWriter:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd, self._tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
-        self._fh = os.fdopen(fd, "w", newline="")
+        self._fh = os.fdopen(fd, "w", newline="", encoding="utf-8")  # whatever the locale: ids as the sample has them
         self._writer = csv.writer(self._fh, lineterminator="\n")
         self._writer.writerow(columns)
         self.expected = expected_ids
