@@ -36,7 +36,7 @@ of a 17m15s budget ran its 9 epochs in 8.7 min and left the rest unused. The fol
 (``cv.json``'s ``time_budget`` names them); ``--resume`` with a bigger budget trains them.
 
 The plan is part of the fold's checkpoint (``TrainState.epochs``), so ``--resume`` continues the
-same schedule; ``done.json`` records it (``epochs_planned``, ``fold_budget_s``). A resumed fold's
+same schedule (lengthened when the fold was planned short and a bigger budget now fits more: :func:`resumed_plan`); ``done.json`` records it (``epochs_planned``, ``fold_budget_s``). A resumed fold's
 earlier epochs (their ``metrics.csv`` rows, and the part of an epoch stopped by Ctrl-C, which the
 checkpoint keeps as ``TrainState.seconds``) count against its share and its pace goes on from them.
 """
@@ -49,6 +49,7 @@ import math
 import os
 import re
 import statistics
+import uuid
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
@@ -65,7 +66,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["parse_duration", "format_duration", "FoldBudget", "fold_budget", "folds_that_fit", "planned_folds", "run_folds", "left_out_folds", "first_epoch_seconds", "record_first_epoch",
            "admitted_folds", "admit_fold",
-           "carried", "set_aside_seconds", "plan_fold", "decide_folds", "fit_to_budget", "timed_seconds", "epoch_pace", "TOLERANCE", "FIRST_EPOCH_TOLERANCE"]
+           "carried", "set_aside_seconds", "plan_fold", "resumed_plan", "decide_folds", "fit_to_budget", "timed_seconds", "epoch_pace", "TOLERANCE", "FIRST_EPOCH_TOLERANCE"]
 
 #: How far past its share a fold's projected time may go before the fold is cut: the pace of one
 #: epoch is noisy, and cutting a cosine schedule short costs more than a few seconds over.
@@ -212,7 +213,7 @@ def record_first_epoch(run: "Run", fold: int, seconds: float) -> float:
     """Write ``first_epoch.json`` unless it exists (the first fold timed wins, also against a ``--fold`` job
     beside this one: the file is created exclusively) and return the seconds it holds."""
     target = run.first_epoch_json
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")  # jobs of one PID on other hosts
     tmp.write_text(json.dumps({"fold": fold, "seconds": seconds}))
     try:
         os.link(tmp, target)  # whole or not at all, and never over another's
@@ -281,7 +282,7 @@ def admit_fold(cfg: "Config", run: "Run", fold: int) -> bool:
                                                              "epoch_s": round(pace, 3)}]})
     log.info("fold %d: the run's folds %s finished with %s of train.time_budget %s left, %d epochs at their %.1f s per "
              "epoch: fold %d trains too (it was left out by the run's first epoch)", fold, current, format_duration(left),
-             cfg.train.time_budget, math.floor(left / pace), pace, fold)
+             cfg.train.time_budget, min(cfg.train.epochs, math.floor(left / pace)), pace, fold)
     return True
 
 
@@ -382,12 +383,30 @@ def plan_fold(cfg: "Config", run: "Run", fold: int, state: "TrainState", d: "Dis
     earlier, epoch_s = timed_seconds(run, fold, metrics, upto=state.epoch)
     if state.epochs:
         state.epochs = min(state.epochs, cfg.train.epochs)
+        grown = d.broadcast(resumed_plan(budget, state.epoch, state.epochs, earlier))
+        if grown > state.epochs:
+            log.info("fold %d: resumed after %d epoch(s) (%s, %.1f s per epoch) with %s per fold: lengthened from %d to "
+                     "%d epochs", fold, state.epoch, format_duration(sum(earlier)), epoch_pace(earlier),
+                     format_duration(budget.share_s), state.epochs, grown)
+            state.epochs = grown
     else:
         state.epochs = d.broadcast(budget.initial_epochs(epoch_s))
         pace = f"{epoch_s:.1f} s per epoch on the run's other folds" if epoch_s else "no epoch timed yet in this run"
         log.info("fold %d: train.time_budget %s, %s per fold (%s): %d of train.epochs=%d epochs planned", fold,
                  cfg.train.time_budget, format_duration(budget.share_s), pace, state.epochs, cfg.train.epochs)
     return budget, earlier
+
+
+def resumed_plan(budget: FoldBudget, done: int, planned: int, earlier: list[float]) -> int:
+    """A resumed fold's plan: ``planned`` epochs, or, when it was planned short of ``train.epochs`` and has epochs
+    left, the epochs that fit its share now (``--resume`` with a bigger budget) at the pace of its ``earlier`` epochs
+    (:func:`epoch_pace`), without the tolerance, as :meth:`FoldBudget.replan` lengthens. Never shorter than the plan
+    (the cut after its next epoch trims it): a fold cut to 3 epochs and stopped after its first would otherwise
+    keep its 3, since a plan is lengthened only from the third epoch and no longer once its epochs are done."""
+    if not earlier or done >= planned or planned >= budget.max_epochs:
+        return planned
+    fit = done + math.floor(max(budget.share_s - sum(earlier), 0.0) / epoch_pace(earlier))
+    return max(planned, min(budget.max_epochs, fit))
 
 
 def decide_folds(cfg: "Config", budget: FoldBudget, fold: int, first_epoch_s: float, d: "Dist",
@@ -409,6 +428,9 @@ def decide_folds(cfg: "Config", budget: FoldBudget, fold: int, first_epoch_s: fl
                     "with a bigger budget trains them)", cfg.train.time_budget, first_epoch_s, decided.folds,
                     cfg.train.min_fold_epochs, len(planned), planned[: decided.folds], format_duration(decided.share_s),
                     planned[decided.folds:])
+        if fold not in planned[: decided.folds]:  # a `train --fold K` job: the fold it was asked for trains all the same
+            log.warning("fold %d trains all the same, as `train --fold %d` asked, with the share of one of them (%s); "
+                        "cv.json counts it with the run's folds", fold, fold, format_duration(decided.share_s))
     else:
         log.info("fold %d: train.time_budget: all %d folds fit train.min_fold_epochs=%d at %.1f s per epoch", fold,
                  len(planned), cfg.train.min_fold_epochs, first_epoch_s)

@@ -248,6 +248,24 @@ def test_a_resumed_fold_keeps_its_plan_and_no_budget_means_train_epochs(demo_roo
 
 
 
+def test_a_fold_planned_short_and_resumed_with_a_bigger_budget_is_lengthened(demo_root, tmp_path):
+    """Was: a fold cut to 3 of 9 epochs and stopped after its first kept its 3 whatever budget it resumed with (a plan
+    is lengthened only from its third epoch, and not once its epochs are done)."""
+    run = _timed_run(tmp_path / "cut", {0: [10.0]})  # its first epoch took 10 s
+
+    def resumed(budget, epoch=1, epochs=3):
+        state = TrainState(epoch=epoch, epochs=epochs)
+        plan_fold(_cfg(demo_root, tmp_path, budget, epochs=9), run, 0, state, Dist())
+        return state.epochs
+
+    assert resumed("200s") == 9  # 100 s per fold: 1 + floor(90 / 10) = 10, at most train.epochs
+    assert resumed("100s") == 5  # 50 s: 1 + floor(40 / 10)
+    assert resumed("40s") == 3  # 20 s fit 2: never shortened here (the cut after the next epoch trims it)
+    assert resumed("200s", epoch=3, epochs=3) == 3  # its planned epochs done: its schedule has ended
+    assert resumed(None) == 9  # no budget: train.epochs, as before
+    assert FoldBudget(100.0, 9).replan(3, 2, 20.0, 10.0) == 3  # what lengthening waited for before: the third epoch
+
+
 def test_timed_seconds_reads_this_folds_time_and_the_others_pace(demo_root, tmp_path):
     run = Run(tmp_path / "run")
     rows = {0: [10.0, 20.0], 1: [4.0, 6.0, 8.0], 2: [30.0]}
