@@ -38,7 +38,10 @@ __all__ = ["NonFiniteLossError", "TrainingInterrupted", "GracefulStop", "to_devi
 
 class NonFiniteLossError(SegToolkitError, FloatingPointError):
     """The training or validation loss became NaN or infinite; the message names the fold, epoch and step
-    (the CLI prints it as one line: a lower ``optim.lr``, ``train.grad_clip`` or ``train.nan_retries`` are the remedies)."""
+    (the CLI prints it as one line: a lower ``optim.lr``, ``train.grad_clip`` or ``train.nan_retries`` are the remedies).
+    ``seconds``: the time of the epoch it stopped (set by the fold's loop), which a retry's budget counts."""
+
+    seconds: float = 0.0
 
 
 class TrainingInterrupted(Exception):

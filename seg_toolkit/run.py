@@ -315,6 +315,10 @@ class Run(RunGuard):
     def failed_attempt_dir(self, fold: int, n: int) -> Path:
         return self.fold_dir(fold) / f"failed_attempt_{n}"
 
+    def failed_attempt_metrics_csv(self, fold: int, n: int) -> Path:
+        """``metrics.csv`` of the fold's ``n``-th attempt set aside (its epochs, and the one the NaN stopped)."""
+        return self.failed_attempt_dir(fold, n) / "metrics.csv"
+
     def failed_attempt_metrics(self, fold: int) -> list[Path]:
         """The ``metrics.csv`` of the fold's attempts set aside after a NaN loss (``train.nan_retries``)."""
         return sorted(self.fold_dir(fold).glob("failed_attempt_*/metrics.csv"))

@@ -71,6 +71,8 @@ def train_fold(cfg: Config, fold: int, samples: list[Sample], folds: pd.DataFram
                 raise
             d = get_dist()  # every rank raised here, at the same step (epoch.py): rank 0 moves the files, the others wait
             aside = set_attempt_aside(run, fold, attempt + 1) if d.is_main else run.failed_attempt_dir(fold, attempt + 1)
+            if d.is_main:
+                record_lost_epoch(run.failed_attempt_metrics_csv(fold, attempt + 1), fold, e.seconds)
             d.barrier()
             lr = attempt_cfg.optim.lr * cfg.train.nan_lr_factor
             attempt_cfg = dataclasses.replace(attempt_cfg, optim=dataclasses.replace(attempt_cfg.optim, lr=lr))
@@ -134,6 +136,9 @@ def train_attempt(cfg: Config, fold: int, samples: list[Sample], folds: pd.DataF
             try:
                 train_stats = train_one_epoch(cfg, forward_model, ema, loss_fn, optimizer, schedule, scaler, train_loader,
                                               state, fold, epoch, device, stop, amp, total_epochs=state.epochs)
+            except NonFiniteLossError as e:  # the epoch's time so far: the retry's budget counts it (record_lost_epoch)
+                e.seconds = time.perf_counter() - t0 + state.seconds
+                raise
             except TrainingInterrupted as e:
                 state.batch += e.batches_done
                 state.partial = e.partial
@@ -149,9 +154,11 @@ def train_attempt(cfg: Config, fold: int, samples: list[Sample], folds: pd.DataF
             d.average_buffers(model)
             val_stats = d.broadcast(validate_epoch(cfg, model, ema, loss_fn, valid_loader, device, amp) if d.is_main else None)
             if not math.isfinite(val_stats["val_loss"]):  # diverged weights (the losses score an all-void batch 0, never NaN)
-                raise NonFiniteLossError(f"fold {fold}: validation loss is {val_stats['val_loss']} after epoch {epoch + 1} "
+                err = NonFiniteLossError(f"fold {fold}: validation loss is {val_stats['val_loss']} after epoch {epoch + 1} "
                                          "(the weights diverged); the last good checkpoint is kept; lower optim.lr, set "
                                          "train.grad_clip, or train.nan_retries to retry with a lower lr")
+                err.seconds = time.perf_counter() - t0 + state.seconds
+                raise err
             schedule.step_epoch(epoch, val_stats["val_score"])
             improved = update_best(state, val_stats["val_score"], epoch, cfg.train.early_stopping_min_delta)
             state.epoch = epoch + 1
@@ -212,6 +219,23 @@ def set_attempt_aside(run: Run, fold: int, n: int) -> Path:
         if not p.name.startswith("failed_attempt_"):
             os.replace(p, aside / p.name)
     return aside
+
+
+def record_lost_epoch(metrics_csv: Path, fold: int, seconds: float) -> None:
+    """Add the epoch a NaN loss stopped to the set-aside attempt's ``metrics.csv``, as a row with its fold and seconds
+    only (nothing was scored): :func:`~seg_toolkit.budget.set_aside_seconds` then counts the time the machine spent
+    on it against the fold's share, as it counts the attempt's finished epochs (they were all it counted)."""
+    if seconds <= 0:
+        return
+    header = metrics_csv.read_text().splitlines()[0].split(",") if metrics_csv.is_file() and metrics_csv.stat().st_size else []
+    fresh = not header
+    if fresh:  # the NaN came in the attempt's first epoch: no row was written
+        header = ["fold", "epoch", "seconds"]
+    values = {"fold": str(fold), "seconds": f"{seconds:.3f}"}
+    with open(metrics_csv, "a", newline="") as f:
+        if fresh:
+            f.write(",".join(header) + "\n")
+        f.write(",".join(values.get(c, "") for c in header) + "\n")
 
 
 # ----------------------------------------------------------------------------- set-up steps

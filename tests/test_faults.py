@@ -5,13 +5,16 @@ from __future__ import annotations
 import errno
 import json
 
+import pandas as pd
 import pytest
 import torch
 
 from seg_toolkit import checkpoint, train
+from seg_toolkit.budget import set_aside_seconds
 from seg_toolkit.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from seg_toolkit.config import config_from_dict
 from seg_toolkit.cv import run_cv
+from seg_toolkit.run import Run
 from seg_toolkit.submission import SubmissionWriter
 from seg_toolkit.train import NonFiniteLossError
 
@@ -65,6 +68,22 @@ def test_nan_loss_retries_with_lower_lr(demo_root, tmp_path, monkeypatch):
     assert done["optim_lr"] == pytest.approx(1e-4) and done["epochs_run"] == 3
     assert load_checkpoint(fold / "failed_attempt_1" / "last.pt")["epoch"] == 1  # the failed attempt is kept aside
     assert cv["folds"] == [0]
+    # the epoch the NaN stopped counts against the fold's budget with the attempt's finished one (was: uncounted)
+    failed = pd.read_csv(fold / "failed_attempt_1" / "metrics.csv")
+    assert list(failed["epoch"].isna()) == [False, True] and failed["seconds"].iloc[1] > 0
+    assert set_aside_seconds(Run.of(cfg), 0) == pytest.approx(failed["seconds"].sum())
+
+
+def test_a_nan_in_the_first_epoch_records_its_time_for_the_retry(demo_root, tmp_path, monkeypatch):
+    _nan_after(monkeypatch, n_calls=1)  # the second step of epoch 1: no metrics row written yet
+    cfg = _cfg(demo_root, tmp_path, nan_retries=1, nan_lr_factor=0.1, time_budget="1h")
+    assert run_cv(cfg)["folds"] == [0]
+    failed = cfg.run_dir / "fold_0" / "failed_attempt_1" / "metrics.csv"
+    lines = failed.read_text().splitlines()
+    assert lines[0] == "fold,epoch,seconds" and len(lines) == 2 and lines[1].startswith("0,,")
+    assert 0 < set_aside_seconds(Run.of(cfg), 0) == pytest.approx(float(lines[1].split(",")[2]))
+    done = json.loads((cfg.run_dir / "fold_0" / "done.json").read_text())
+    assert done["fold_budget_s"] == pytest.approx(3600 - set_aside_seconds(Run.of(cfg), 0), abs=1e-3)  # folds.only: one fold
 
 
 def test_nan_loss_through_the_cli_is_one_line_with_the_remedies(demo_root, tmp_path, monkeypatch, capsys):
