@@ -140,12 +140,12 @@ def mask_rows(image_id: str, mask: np.ndarray, cfg: Config) -> list[tuple[str, .
             "for one row per image and class, or submission.class_column"
         )
     rows: list[tuple[str, ...]] = []
-    for k, m in channels:
+    ids = row_ids(cfg, image_id)  # one per class (submission.classes' order, as channels), or the image id
+    for i, (k, m) in enumerate(channels):
         if s.class_column:
             rows.extend((image_id, rle, str(k)) for rle in spec.encode_rows(m))
             continue
-        row_id = s.id_format.format(id=image_id, cls=k) if s.per_class else image_id
-        rows.extend((row_id, rle) for rle in spec.encode_rows(m))
+        rows.extend((ids[i] if s.per_class else ids[0], rle) for rle in spec.encode_rows(m))
     return rows
 
 
