@@ -117,6 +117,11 @@ class FoldBudget:
             return self.max_epochs
         return max(1, min(self.max_epochs, math.floor(self.share_s * (1 + TOLERANCE) / epoch_s)))
 
+    def fitting(self, done: int, elapsed_s: float, epoch_s: float) -> int:
+        """The epochs a fold lengthened after ``done`` epochs that took ``elapsed_s`` gets: those that fit the rest of
+        its share at ``epoch_s`` each, without the tolerance (:meth:`replan`, :func:`resumed_plan`), at most ``max_epochs``."""
+        return min(self.max_epochs, done + math.floor(max(self.share_s - elapsed_s, 0.0) / epoch_s))
+
     def replan(self, total: int, done: int, elapsed_s: float, last_epoch_s: float) -> int:
         """The fold's total after ``done`` epochs that took ``elapsed_s``: ``total`` while the rest fits
         at ``last_epoch_s`` per epoch (the fold's pace, :func:`epoch_pace`; within :data:`TOLERANCE`, or
@@ -139,7 +144,7 @@ class FoldBudget:
         room = self.share_s - elapsed_s
         if elapsed_s + (total - done) * last_epoch_s <= self.share_s * (1 + tolerance):
             if done >= 3 and total < self.max_epochs:
-                return max(total, min(self.max_epochs, done + math.floor(max(room, 0.0) / last_epoch_s)))
+                return max(total, self.fitting(done, elapsed_s, last_epoch_s))
             return total
         if done == 1 and elapsed_s + last_epoch_s <= self.share_s:
             # the first epoch's pace includes start-up (15-25% in the TGS and CamVid runs): sized at it, a fold
@@ -405,8 +410,7 @@ def resumed_plan(budget: FoldBudget, done: int, planned: int, earlier: list[floa
     keep its 3, since a plan is lengthened only from the third epoch and no longer once its epochs are done."""
     if not earlier or done >= planned or planned >= budget.max_epochs:
         return planned
-    fit = done + math.floor(max(budget.share_s - sum(earlier), 0.0) / epoch_pace(earlier))
-    return max(planned, min(budget.max_epochs, fit))
+    return max(planned, budget.fitting(done, sum(earlier), epoch_pace(earlier)))
 
 
 def decide_folds(cfg: "Config", budget: FoldBudget, fold: int, first_epoch_s: float, d: "Dist",
