@@ -127,12 +127,13 @@ def train_attempt(cfg: Config, fold: int, samples: list[Sample], folds: pd.DataF
                     "checkpoint: done.json's init_from_sha256 names the weights it started from", fold, initialised)
     forward_model = wrap_for_training(cfg, model, device, d, loss_fn, train_set)
 
+    saved_from = None  # when the last epoch's row was written: its checkpoint's save counts in the next epoch's time
     with GracefulStop() as stop:
         while state.epoch < state.epochs and not should_stop(state, cfg):  # resumed after an early stop: none
             epoch = state.epoch
             set_frozen_encoder(model, epoch < cfg.model.freeze_encoder_epochs)
             train_loader.sampler.set_epoch(epoch, start=state.batch * cfg.train.batch_size)
-            t0 = time.perf_counter()
+            t0 = time.perf_counter() if saved_from is None else saved_from
             try:
                 train_stats = train_one_epoch(cfg, forward_model, ema, loss_fn, optimizer, schedule, scaler, train_loader,
                                               state, fold, epoch, device, stop, amp, total_epochs=state.epochs)
@@ -170,6 +171,7 @@ def train_attempt(cfg: Config, fold: int, samples: list[Sample], folds: pd.DataF
                 budget = decide_folds(cfg, budget, fold, round(seconds, 3), d, run)
             if budget is not None and fit_to_budget(budget, state, fold, elapsed, epoch_seconds, d):
                 schedule = schedule.for_epochs(cfg, optimizer, updates_per_epoch, state.epochs, state.step)
+            saved_from = time.perf_counter()  # the row, checkpoints and tracker are the machine's time too (the budget's)
             if d.is_main:
                 # the row first: killed before the checkpoint, a resume drops the row and runs the epoch again; the
                 # other way round the checkpoint would hold an epoch whose row (its time, its curve point) never comes

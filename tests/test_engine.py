@@ -264,3 +264,18 @@ def test_grad_accum_last_group_is_its_own_mean_and_the_lr_column_is_what_was_app
     # d mean(w * x) / dw = x: the first update the mean of 1 and 2, the second batch 3 alone (was 3 / 2)
     assert seen == pytest.approx([1.5, 3.0])
     assert stats["lr"] == pytest.approx(1.0)
+
+
+def test_an_epochs_checkpoint_save_counts_in_the_next_epochs_time(demo_root, tmp_path, monkeypatch):
+    """The budget is the machine's time: the checkpoint written after epoch 1 (here made to take 0.3 s) is in epoch
+    2's ``seconds``, not lost between the rows."""
+    import time
+
+    original = train.save_epoch
+    monkeypatch.setattr(train, "save_epoch", lambda *a, **k: (time.sleep(0.3), original(*a, **k))[1])
+    cfg = _cfg(demo_root, tmp_path, {"epochs": 2}, model={"arch": "scratch_unet", "depth": 2, "base_width": 4})
+    t0 = time.perf_counter()
+    run_cv(cfg)
+    rows = pd.read_csv(cfg.run_dir / "fold_0" / "metrics.csv")
+    assert rows["seconds"].iloc[1] >= 0.3  # epoch 1's save
+    assert rows["seconds"].sum() <= time.perf_counter() - t0  # each second counted once
