@@ -224,6 +224,12 @@ def record_first_epoch(run: "Run", fold: int, seconds: float) -> float:
         os.link(tmp, target)  # whole or not at all, and never over another's
     except FileExistsError:
         pass
+    except OSError:  # a filesystem without hard links (some FUSE and SMB mounts): created exclusively, then written
+        try:
+            with open(target, "x", encoding="utf-8") as f:
+                f.write(tmp.read_text())
+        except FileExistsError:
+            pass
     finally:
         tmp.unlink()
     return float(read_json(target)["seconds"])

@@ -478,3 +478,21 @@ def test_a_fold_left_out_by_the_first_epoch_trains_when_the_runs_folds_leave_eno
     plain = _cfg(demo_root, tmp_path, "17m15s", epochs=9, folds={"n_splits": 4, "method": "kfold"})
     assert not admit_fold(plain, run, 2)
     assert not admit_fold(cfg, _timed_run(tmp_path / "none", {}), 1)
+
+
+def test_the_first_epoch_is_recorded_once_on_a_filesystem_without_hard_links(tmp_path, monkeypatch):
+    import errno
+
+    import seg_toolkit.budget as budget_mod
+    from seg_toolkit.budget import record_first_epoch
+
+    def no_links(src, dst):
+        raise OSError(errno.EPERM, "Operation not permitted", str(dst))
+
+    monkeypatch.setattr(budget_mod.os, "link", no_links)
+    run = _timed_run(tmp_path / "r", {})
+    run.dir.mkdir()
+    assert record_first_epoch(run, 2, 41.5) == 41.5
+    assert record_first_epoch(run, 0, 66.2) == 41.5  # the first fold timed wins, as with links
+    assert json.loads(run.first_epoch_json.read_text()) == {"fold": 2, "seconds": 41.5}
+    assert [p.name for p in run.first_epoch_json.parent.iterdir() if p.name.endswith(".tmp")] == []
