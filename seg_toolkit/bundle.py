@@ -46,7 +46,7 @@ import torch
 import yaml
 
 from . import __version__
-from .budget import run_folds
+from .budget_run import run_folds
 from .bundle_templates import PREDICT_PY, fill, notebook, readme
 from .bundle_wheels import gather_wheels
 from .bundle_check import BundleError, check_ensemble, file_manifest, offline_config, refingerprint, verify_bundle

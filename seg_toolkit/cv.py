@@ -13,7 +13,8 @@ from tqdm.auto import tqdm
 from .config import Config, ConfigError, config_diff, config_to_dict, read_yaml, save_config
 from .data import Sample, load_or_make_folds, load_target, load_train_samples
 from .data.sources import check_train_samples
-from .budget import admit_fold, left_out_folds, planned_folds, run_folds
+from .budget import planned_folds
+from .budget_run import admit_fold, left_out_folds, run_folds
 from .device import resolve_device
 from .distributed import get_dist
 from .evaluator import Evaluator
@@ -171,7 +172,7 @@ def _run_cv(cfg: Config, folds: list[int] | None, resume: bool, overwrite: bool)
     trained_before = set(run.trained_folds())
     left_out: list[int] = []
     for k in folds:
-        # decided by the run's first epoch, or let in by what the run's folds left of the budget (budget.py): rank 0's read
+        # decided by the run's first epoch, or let in by what the run's folds left of the budget (budget_run.py): rank 0's read
         if whole_run and not d.broadcast(k in run_folds(cfg, run) or (d.is_main and admit_fold(cfg, run, k))):
             left_out.append(k)
             continue

@@ -159,13 +159,13 @@ class Run(RunGuard):
     @property
     def first_epoch_json(self) -> Path:
         """``train.min_fold_epochs``: the run's first timed epoch (fold, seconds), written once; it decides how many
-        folds share ``train.time_budget`` (:func:`seg_toolkit.budget.first_epoch_seconds`)."""
+        folds share ``train.time_budget`` (:func:`seg_toolkit.budget_run.first_epoch_seconds`)."""
         return self.dir / "first_epoch.json"
 
     @property
     def admitted_folds_json(self) -> Path:
         """The folds ``train.min_fold_epochs`` first left out and the run then trained with the time its folds left
-        of ``train.time_budget`` (:func:`seg_toolkit.budget.admit_fold`)."""
+        of ``train.time_budget`` (:func:`seg_toolkit.budget_run.admit_fold`)."""
         return self.dir / "admitted_folds.json"
 
     @property

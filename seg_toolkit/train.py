@@ -28,7 +28,8 @@ from .data import EpochSampler, Sample, SegDataset, collate
 from .data.folds import split_fold
 from .fold_state import TrainState, checkpoint_state, restore, save_epoch, should_stop, update_best, weights_only
 from .amp import run_amp
-from .budget import decide_folds, fit_to_budget, plan_fold
+from .budget import fit_to_budget
+from .budget_run import decide_folds, plan_fold
 from .device import resolve_device, seed_everything
 from .distributed import Dist, get_dist
 from .losses import build_loss, model_loss

@@ -8,8 +8,9 @@ import pandas as pd
 import pytest
 import torch
 
-from seg_toolkit.budget import (FoldBudget, carried, decide_folds, epoch_pace, fit_to_budget, first_epoch_seconds, fold_budget, folds_that_fit, left_out_folds,
-                                plan_fold, run_folds, set_aside_seconds, timed_seconds)
+from seg_toolkit.budget import (FoldBudget, epoch_pace, fit_to_budget, fold_budget, folds_that_fit, set_aside_seconds,
+                                timed_seconds)
+from seg_toolkit.budget_run import carried, decide_folds, first_epoch_seconds, left_out_folds, plan_fold, run_folds
 from seg_toolkit.checkpoint import load_checkpoint
 from seg_toolkit.config import ConfigError, config_from_dict
 from seg_toolkit.cv import run_cv
@@ -451,7 +452,7 @@ def test_the_runs_first_epoch_is_recorded_once_and_decides_for_every_fold(demo_r
 def test_a_fold_left_out_by_the_first_epoch_trains_when_the_runs_folds_leave_enough(demo_root, tmp_path):
     """Split B's held-out TGS run (tf_efficientnet_lite0, 2026-12-03): the first epoch (66.2 s, start-up included)
     let one fold of 8+ epochs into 17m15s; fold 0 ran all 9 epochs in 476.6 s and the run stopped with 558.4 s unused."""
-    from seg_toolkit.budget import admit_fold, admitted_folds, record_first_epoch
+    from seg_toolkit.budget_run import admit_fold, admitted_folds, record_first_epoch
 
     cfg = _cfg(demo_root, tmp_path, "17m15s", epochs=9, folds={"n_splits": 4, "method": "kfold"}, train={"min_fold_epochs": 8})
     fold0 = [66.2, 52.5, 46.6, 42.7, 52.5, 50.0, 57.3, 54.2, 54.6]  # 476.6 s, 52.956 s per epoch
@@ -483,8 +484,8 @@ def test_a_fold_left_out_by_the_first_epoch_trains_when_the_runs_folds_leave_eno
 def test_the_first_epoch_is_recorded_once_on_a_filesystem_without_hard_links(tmp_path, monkeypatch):
     import errno
 
-    import seg_toolkit.budget as budget_mod
-    from seg_toolkit.budget import record_first_epoch
+    import seg_toolkit.budget_run as budget_mod
+    from seg_toolkit.budget_run import record_first_epoch
 
     def no_links(src, dst):
         raise OSError(errno.EPERM, "Operation not permitted", str(dst))

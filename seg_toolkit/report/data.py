@@ -16,7 +16,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from ..budget import left_out_folds, run_folds
+from ..budget_run import left_out_folds, run_folds
 from ..config import Config, ConfigError
 from ..data import DataError, Sample, load_train_samples
 from ..plots import metric_label
