@@ -218,6 +218,23 @@ def test_instance_folders_read_as_the_union_of_their_object_masks(tmp_path):
         _cfg(tmp_path, task="multiclass", num_classes=2, instance_folders=True)
 
 
+def test_instance_folders_with_a_threshold_read_each_object_file_once(tmp_path):
+    """``mask_threshold`` applies to each lossy object file; the union (0/1) is not thresholded again (it was, and
+    every DSB target read with ``mask_threshold: 128`` came out empty)."""
+    from seg_toolkit.data.folds import class_presence
+
+    _save(tmp_path / "train/a/images/a.png", np.zeros((2, 3, 3), np.uint8))
+    _save(tmp_path / "train/a/masks/a_0.png", np.array([[250, 3, 0], [0, 0, 0]], np.uint8))  # JPEG-like noise
+    _save(tmp_path / "train/a/masks/a_1.png", np.array([[0, 0, 0], [0, 200, 140]], np.uint8))
+    _save(tmp_path / "train/b/images/b.png", np.zeros((2, 3, 3), np.uint8))
+    _save(tmp_path / "train/b/masks/b_0.png", np.array([[9, 0, 0], [0, 0, 100]], np.uint8))  # all below 128
+    cfg = _cfg(tmp_path, task="binary", train_images="train", instance_folders=True, mask_threshold=128)
+    a, b = load_train_samples(cfg)
+    assert load_target(a, cfg, (2, 3))[..., 0].tolist() == [[1, 0, 0], [0, 1, 1]]
+    assert load_target(b, cfg, (2, 3)).sum() == 0
+    assert class_presence(a, cfg).tolist() == [True] and class_presence(b, cfg).tolist() == [False]
+
+
 # ----------------------------------------------------------------------------- CSV images without a row
 
 

@@ -92,7 +92,7 @@ def class_presence(sample: Sample, cfg: Config) -> np.ndarray:
     if sample.class_masks is not None:  # data.mask_per_class: one file per class
         return load_target(sample, cfg, None).reshape(-1, k).any(axis=0)
     ids = mask_ids(sample, cfg)  # class ids after every declared mask step (masks module); void = -1
-    if d.task == "binary" and d.mask_threshold is not None:
+    if d.task == "binary" and d.mask_threshold is not None and not d.instance_folders:  # objects: 0/1 ids already
         return np.array([bool((ids >= d.mask_threshold).any())])
     counts = np.bincount(ids.ravel() + 1, minlength=k + 2)  # one pass, no sort; slot 0 = void, c + 1 = class c
     if d.task == "binary":

@@ -197,7 +197,7 @@ def load_target(sample: Sample, cfg: Config, hw: tuple[int, int] | None) -> np.n
         label = ids.astype(np.uint8)
         label[void] = IGNORE_INDEX
         return label
-    if d.mask_threshold is not None:
+    if d.mask_threshold is not None and not d.instance_folders:  # object files were thresholded one by one (instances)
         fg = (ids >= d.mask_threshold).astype(np.uint8)
     else:
         if not d.mask_values:
