@@ -36,7 +36,8 @@ def _save(path: Path, arr: np.ndarray, **kw) -> Path:
 
 def _cfg(root: Path, **data):
     d = {"root": str(root), "layout": "folder", "train_images": "img", "train_masks": "lbl", **data}
-    extra = {"submission": {"per_class": True}} if d.get("task") == "multiclass" and d.get("num_classes", 1) > 2 else {}
+    many = d.get("task") == "multiclass" and d.get("num_classes", 1) > 2 or d.get("task") == "multilabel" and d.get("num_classes", 1) > 1
+    extra = {"submission": {"per_class": True}} if many else {}
     return config_from_dict({"data": d, "folds": {"n_splits": 2}, "loss": {"ce": 1.0} if d.get("task") == "multiclass"
                              else {"bce": 1.0}, **extra})
 
@@ -95,6 +96,39 @@ def test_exact_colours_from_classes_csv_with_its_ignore_column(tmp_path):
     (tmp_path / "classes.csv").write_text("id,name,r,g,b,ignore\n0,sky,0,0,255,0\n1,car,255,0,0,0\n2,void,0,0,0,1\n")
     cfg = _cfg(tmp_path, task="multiclass", num_classes=2, mask_format="colors", classes_csv="classes.csv")
     assert _one(cfg).tolist() == [[0, 1, V, 0]]
+
+
+def test_the_ignore_column_is_a_flag_and_anything_else_is_refused_with_its_line(tmp_path):
+    _image(tmp_path, 1, 4)
+    _save(tmp_path / "lbl/a.png", np.array([[BLUE, RED, BLACK, BLUE]], np.uint8))
+    # pandas writes a bool column as False/True: read as flags (before, any text but "" and "0" was void, so
+    # "False" made every class void)
+    (tmp_path / "classes.csv").write_text("id,name,r,g,b,ignore\n0,sky,0,0,255,False\n1,car,255,0,0,FALSE\n2,void,0,0,0,True\n")
+    cfg = _cfg(tmp_path, task="multiclass", num_classes=2, mask_format="colors", classes_csv="classes.csv")
+    assert _one(cfg).tolist() == [[0, 1, V, 0]]
+    (tmp_path / "classes.csv").write_text("id,name,r,g,b,ignore\n0,sky,0,0,255,0\n1,car,255,0,0,0.5\n")
+    cfg = _cfg(tmp_path, task="multiclass", num_classes=2, mask_format="colors", classes_csv="classes.csv")
+    with pytest.raises(DataError, match=r"classes\.csv line 3: ignore '0\.5' is not a flag"):
+        _one(cfg)
+
+
+def test_binary_and_multilabel_classes_csv_ids_are_1_to_k_with_0_the_background(tmp_path):
+    from seg_toolkit.data.colors import class_colors, class_names
+
+    (tmp_path / "img").mkdir()
+    (tmp_path / "classes.csv").write_text("id,name,r,g,b\n0,background,0,0,0\n1,salt,255,0,0\n")
+    cfg = _cfg(tmp_path, task="binary", classes_csv="classes.csv")
+    assert class_names(cfg) == ["salt"]  # was "background": id 0 listed made channel 0 read id 0
+    assert class_colors(cfg).tolist() == [[255, 0, 0]]
+    (tmp_path / "classes.csv").write_text("id,name\n0,crack\n1,dent\n")  # numbered from 0: each name one class off
+    cfg = _cfg(tmp_path, task="multilabel", num_classes=2, classes_csv="classes.csv", mask_per_class="{id}_{cls}")
+    with pytest.raises(DataError, match=r"multilabel classes are numbered 1\.\.2 \(0 is the background\), but this "
+                                        r"classes CSV lists ids \[0, 1\] without 2"):
+        class_names(cfg)
+    (tmp_path / "classes.csv").write_text("id,name\n1,crack\n2,dent/scratch\n")
+    cfg = _cfg(tmp_path, task="multilabel", num_classes=2, classes_csv="classes.csv", mask_per_class="{name}/{id}")
+    with pytest.raises(DataError, match=r"classes\.csv line 3: name 'dent/scratch' names a folder or file"):
+        class_names(cfg)
 
 
 def test_unknown_colour_is_an_error_naming_file_and_colour(tmp_path):

@@ -42,7 +42,28 @@ def _classes_csv(cfg: Config) -> pd.DataFrame | None:
             bad = [k for k, v in enumerate(df[col]) if not v.strip().isdigit()]
             if bad:
                 raise DataError(f"{path} line {_line(bad[0])}: {col} {df[col].iat[bad[0]]!r} is not a non-negative integer")
+    if "ignore" in df.columns:
+        bad = [k for k, v in enumerate(df["ignore"]) if v.strip().lower() not in _IGNORE_FLAGS]
+        if bad:
+            raise DataError(f"{path} line {_line(bad[0])}: ignore {df['ignore'].iat[bad[0]]!r} is not a flag: expected "
+                            "1 / true (a void colour) or 0 / false / empty")
+    d = cfg.data
+    ids = {int(v) for v in df["id"]}
+    if d.task != "multiclass" and 0 in ids and d.num_classes not in ids:
+        # binary and multilabel channels are classes 1..K wherever the data numbers them ({cls}, class columns,
+        # submission ids): ids 0..K-1 would name every channel after the class below it
+        raise DataError(f"{path}: {d.task} classes are numbered 1..{d.num_classes} (0 is the background), but this "
+                        f"classes CSV lists ids {sorted(ids)[:12]} without {d.num_classes}; number the classes from 1")
+    if d.mask_per_class and "{name}" in d.mask_per_class:
+        for k, n in enumerate(df["name"]):
+            if not n.strip() or any(c in n for c in "/\\\x00") or n.strip() in (".", ".."):
+                raise DataError(f"{path} line {_line(k)}: name {n!r} names a folder or file of data.mask_per_class; "
+                                "it cannot be empty or hold a path separator")
     return df
+
+
+#: The ``ignore`` column's values, as their lower-case text: true ones mark void colours.
+_IGNORE_FLAGS = {"": False, "0": False, "false": False, "no": False, "1": True, "true": True, "yes": True}
 
 
 def class_names(cfg: Config) -> list[str]:
@@ -53,7 +74,7 @@ def class_names(cfg: Config) -> list[str]:
     df = _classes_csv(cfg)
     if df is not None:
         names = dict(zip(df["id"].astype(int), df["name"]))
-        offset = 1 if (d.task != "multiclass") and 0 not in names else 0
+        offset = 1 if d.task != "multiclass" else 0  # binary / multilabel: classes 1..K (0, if listed, is the background)
         return [names.get(i + offset, f"class_{i + offset}") for i in range(d.num_classes)]
     if d.task == "binary":
         return ["foreground"]
@@ -71,7 +92,7 @@ def class_colors(cfg: Config) -> np.ndarray:
     df = _classes_csv(cfg)
     if df is not None and {"r", "g", "b"} <= set(df.columns):
         table = {int(i): (int(r), int(g), int(b)) for i, r, g, b in zip(df["id"], df["r"], df["g"], df["b"])}
-        offset = 1 if (cfg.data.task != "multiclass") and 0 not in table else 0
+        offset = 1 if cfg.data.task != "multiclass" else 0  # as class_names
         return np.array([table.get(i + offset, (255, 255, 255)) for i in range(n)], np.uint8)
     palette = np.array(
         [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
@@ -109,7 +130,7 @@ def color_table(cfg: Config) -> tuple[np.ndarray, np.ndarray, str]:
         assert df is not None
         if not {"r", "g", "b"} <= set(df.columns):
             raise DataError(f"{path}: data.mask_format: colors reads class colours from columns r,g,b, which this classes CSV lacks")
-        ignore = [v.strip() not in ("", "0") for v in df["ignore"]] if "ignore" in df.columns else [False] * len(df)
+        ignore = [_IGNORE_FLAGS[v.strip().lower()] for v in df["ignore"]] if "ignore" in df.columns else [False] * len(df)
         colors = [(int(r), int(g), int(b)) for r, g, b in zip(df["r"], df["g"], df["b"])]
         ids = [VOID_ID if ig or int(i) == d.ignore_index else int(i) for i, ig in zip(df["id"], ignore)]
         source, where = str(path), [f"{path} line {_line(k)}" for k in range(len(df))]
