@@ -21,10 +21,11 @@ import numpy as np
 from scipy import ndimage
 
 from .config import Config
+from .tensors import probs_to_uint8, uint8_to_probs
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PostParams", "apply_postprocess", "remove_small", "params_from_config", "load_params"]
+__all__ = ["PostParams", "apply_postprocess", "on_oof_grid", "remove_small", "params_from_config", "load_params"]
 
 
 #: what an empty gate compares with its value
@@ -148,14 +149,27 @@ def remove_small(mask: np.ndarray, min_area: int) -> np.ndarray:
     return keep[labels]
 
 
+def on_oof_grid(p) -> np.ndarray:
+    """``p`` (a NumPy array or a tensor of probabilities) as float32 values on the uint8 OOF files' grid: what
+    ``tune`` scored. Values already on it (OOF probabilities) come back unchanged."""
+    return uint8_to_probs(probs_to_uint8(p))
+
+
 def apply_postprocess(probs: np.ndarray, task: str, params: PostParams, presence=None) -> np.ndarray:
     """Masks from probabilities ``(C, H, W)`` (and the classifier's ``presence`` ``(C,)``, a NumPy array
     or a CPU tensor as the predictor yields it, which a ``gate_source: classifier`` needs).
 
     Binary/multilabel -> ``uint8 (C, H, W)``; multiclass -> ``uint8 (H, W)`` label map: the argmax
-    of ``class_weight[c] x probs[c]`` (float32; all weights 1: the plain argmax), where small
-    components of a class then become background (class 0).
+    of ``class_weight[c] x probs[c]`` (float32; all weights 1: the plain argmax, ties to the lower class), where
+    small components of a class then become background (class 0).
+
+    The probabilities and ``presence`` are first put on the 1/255 grid the OOF files store them on
+    (:func:`~seg_toolkit.tensors.probs_to_uint8`), where ``tune`` chose the parameters: a threshold or gate of 0.4
+    (102 / 255) then decides a pixel of 0.399 (stored as 102) as tuning scored it, not the other way.
     """
+    probs = on_oof_grid(probs)
+    if presence is not None:
+        presence = on_oof_grid(presence)
     if task == "multiclass":
         scores = probs * np.asarray(params.class_weight, np.float32)[:, None, None] if params.weighted() else probs
         label = scores.argmax(axis=0).astype(np.uint8)

@@ -569,3 +569,25 @@ def test_classifier_gate_compares_as_tune_does():
     params = PostParams([0.5], [0], [gate], ["classifier"])
     assert apply_postprocess(probs, "binary", params, presence=level).all()
     assert not apply_postprocess(probs, "binary", params, presence=np.array([7 / 255], np.float32)).any()
+
+
+def test_predict_decides_on_the_grid_tune_scored_on():
+    """OOF files hold round(255 p): tune counted a pixel of 0.399 as 102 / 255 >= 0.4 (foreground), a max of
+    0.599 as 153 / 255 >= 0.6 (gate open), and 0.399 / 0.400 as a tie won by the lower class. predict compared the
+    float32 values, so the same parameters gave another mask within half a step of a threshold or gate."""
+    from seg_toolkit.tune_tables import gate_open
+
+    assert threshold_cut(0.4) == 102 and gate_open(np.array([153]), 0.6)[0]
+    probs = np.array([[[0.399, 0.397], [0.9, 0.1]]], np.float32)  # 0.397 -> 101: below the cut in both
+    params = PostParams([0.4], [0], [None], ["max_prob"])
+    assert apply_postprocess(probs, "binary", params).tolist() == [[[1, 0], [1, 0]]]
+    faint = np.full((1, 2, 2), 0.599, np.float32)
+    gated = PostParams([0.5], [0], [0.6], ["max_prob"])
+    assert apply_postprocess(faint, "binary", gated).all()  # gate open as tune scored it (the mask: 153 >= 128)
+    assert apply_postprocess(faint, "binary", PostParams([0.5], [0], [0.6], ["classifier"]), presence=np.array([0.599])).all()
+    tie = np.array([[[0.399]], [[0.400]], [[0.201]]], np.float32)  # 102, 102, 51 on the grid
+    assert apply_postprocess(tie, "multiclass", PostParams([0.5] * 3, [0] * 3, [None] * 3, ["max_prob"] * 3)).item() == 0
+    oof = uint8_to_probs(np.arange(256, dtype=np.uint8)).reshape(1, 16, 16)  # already on the grid: unchanged
+    from seg_toolkit.postprocess import on_oof_grid
+
+    assert np.array_equal(on_oof_grid(oof), oof)
