@@ -298,7 +298,9 @@ class Predictor:
         if data is None:
             member = Member.load(run, cfg=cfg)
             return cls([member], space="prob", **kwargs)
-        members = [Member.load(member, weight=weight) for member, weight in run.members()]
+        # the folds the ensemble was built, weighted and tuned on (a member may have trained more since, or had more)
+        folds = [int(k) for k in data["folds"]] if data.get("folds") else None
+        members = [Member.load(member, weight=weight, folds=folds) for member, weight in run.members()]
         return cls(members, space=data.get("space", "prob"), **kwargs)
 
     # ------------------------------------------------------------------ description

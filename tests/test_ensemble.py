@@ -400,3 +400,19 @@ def test_repeated_scales_are_one_prediction():
     cfg = config_from_dict(demo_dict(Path("x"), Path("runs"), predict={"scales": [1.0, 0.75, 1.0]}))
     member = Member(Run(Path("runs/t")), cfg, [0])
     assert member.made()["scales"] == [1.0, 0.75] and member.passes(2) == 2 * 1 * 2
+
+
+def test_an_ensemble_predicts_with_the_folds_it_was_built_on(trained, tmp_path, caplog):
+    """b's fold 1 missing when the ensemble was built: its weights and post-processing were chosen on fold 0 alone.
+    Trained later, b's fold 1 (and a's, there all along) must not join its test predictions unchecked."""
+    from seg_toolkit.predictor import Predictor
+
+    runs, cfgs = _copy_runs(trained, tmp_path)
+    shutil.move(runs / "b" / "fold_1", tmp_path / "b_fold_1")
+    build_ensemble(cfgs, name="ens", weights=[0.5, 0.5])
+    ens = Run(runs / "ens")
+    assert read_json(ens.ensemble_json)["folds"] == [0]
+    shutil.move(tmp_path / "b_fold_1", runs / "b" / "fold_1")  # trained after the ensemble was built
+    predictor = Predictor.from_run(ens)
+    assert [m.folds for m in predictor.members] == [[0], [0]]  # was [[0, 1], [0, 1]]
+    assert Predictor.from_run(Run(runs / "a")).members[0].folds == [0, 1]  # a run alone: all its folds
