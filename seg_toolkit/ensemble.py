@@ -295,7 +295,6 @@ def _build_ensemble(cfgs: list[Config], name: str | None, weights: Sequence[floa
             raise FileExistsError(f"{out.dir} exists and is not an ensemble run; choose another --name")
         if not overwrite:
             raise FileExistsError(f"{out.dir} exists; pass --overwrite to make the ensemble again, or another --name")
-        out.remove(lead)
     ens_cfg = _ensemble_config(lead, name, space)
 
     oof = _OOF(ens_cfg, runs, folds, fold_of, memory_budget)
@@ -310,6 +309,8 @@ def _build_ensemble(cfgs: list[Config], name: str | None, weights: Sequence[floa
     log.info("ensemble %s: weights %s (%s), OOF %s %.5f", name, chosen, search.get("decision", "given"),
              ens_cfg.metric.name, search["chosen"]["score"])
 
+    if out.dir.exists() and any(out.dir.iterdir()):  # --overwrite: the old ensemble goes once the new one is chosen
+        out.remove(lead)
     out.dir.mkdir(parents=True, exist_ok=True)
     save_config(ens_cfg, out.config_yaml)
     shutil.copyfile(runs[0].folds_csv, out.folds_csv)

@@ -416,3 +416,18 @@ def test_an_ensemble_predicts_with_the_folds_it_was_built_on(trained, tmp_path, 
     predictor = Predictor.from_run(ens)
     assert [m.folds for m in predictor.members] == [[0], [0]]  # was [[0, 1], [0, 1]]
     assert Predictor.from_run(Run(runs / "a")).members[0].folds == [0, 1]  # a run alone: all its folds
+
+
+def test_ensemble_overwrite_keeps_the_old_ensemble_when_the_new_one_cannot_be_built(trained, tmp_path):
+    runs, cfgs = _copy_runs(trained, tmp_path)
+    build_ensemble(cfgs, name="ens", weights=[0.5, 0.5])
+    ens = Run(runs / "ens")
+    before = sorted(p.relative_to(ens.dir) for p in ens.dir.rglob("*"))
+    a_oof = sorted(Run(runs / "a").dir.glob("oof/*.npy"))[0]
+    a_oof.rename(tmp_path / "aside.npy")  # a member's OOF file lost: the new ensemble cannot be built
+    with pytest.raises(FileNotFoundError, match=r"OOF file missing"):
+        build_ensemble(cfgs, name="ens", weights=[0.3, 0.7], overwrite=True)
+    assert sorted(p.relative_to(ens.dir) for p in ens.dir.rglob("*")) == before  # was deleted before the check
+    (tmp_path / "aside.npy").rename(a_oof)
+    build_ensemble(cfgs, name="ens", weights=[0.3, 0.7], overwrite=True)
+    assert [m["weight"] for m in read_json(ens.ensemble_json)["members"]] == [0.3, 0.7]
