@@ -134,6 +134,14 @@ def load_params(cfg: Config, run=None) -> PostParams:
         log.warning("%s was tuned on the OOF images of fold(s) %s, but the run's trained folds are now %s; run "
                     "`seg-toolkit tune CONFIG` so that the post-processing fits what the folds predict", run.postprocess_json,
                     sorted(tuned_on), trained)
+    from .evaluator import resolve_metric_name
+
+    now = (resolve_metric_name(cfg.metric.name, cfg.data.task), cfg.metric.empty_score)
+    then = (data.get("metric"), data.get("empty_score", now[1]))  # files before empty_score was recorded: unknown
+    if then[0] is not None and then != now:
+        log.warning("%s was tuned for metric %s (empty_score %s), but the config scores %s (empty_score %s): its "
+                    "thresholds and gates fit the other metric; run `seg-toolkit tune CONFIG` again", run.postprocess_json,
+                    *then, *now)
     log.info("post-processing tuned on OOF: %s", run.postprocess_json)
     return params
 

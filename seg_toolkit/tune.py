@@ -154,7 +154,8 @@ def tune_postprocess(
         chosen = _choose_search(tried)
         params, steps, fast, crossed = tried[chosen]
         fast_before, fast_after = fast["before"](everything), fast["after"](everything)
-        fold_rows = {k: np.array([i for i, it in enumerate(data.items) if it.fold == k]) for k in data.folds}
+        # int64 also when a fold has no OOF image left (exclude_ids changed after training): np.array([]) is float64
+        fold_rows = {k: np.array([i for i, it in enumerate(data.items) if it.fold == k], np.int64) for k in data.folds}
 
         scored = _evaluate(data, cfg, {"before": before_params, "after": params})
         before, after = scored["before"], scored["after"]
@@ -164,6 +165,7 @@ def tune_postprocess(
 
         report = {
             "metric": metric,
+            "empty_score": empty_score,
             "task": task,
             "n_images": len(data),
             "folds": data.folds,

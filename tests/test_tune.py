@@ -507,6 +507,36 @@ def test_a_postprocess_override_on_a_tuned_run_is_refused(blob_run):
         load_params(changed, Run(cfg.run_dir))
 
 
+def test_parameters_tuned_for_another_metric_are_named(blob_run, caplog):
+    import dataclasses
+
+    from seg_toolkit.postprocess import load_params
+
+    cfg, *_ = blob_run
+    report = tune_postprocess(cfg)
+    assert (report["metric"], report["empty_score"]) == ("dice", "one")
+    with caplog.at_level("WARNING"):
+        load_params(cfg, Run(cfg.run_dir))
+    assert "tuned for metric" not in caplog.text
+    other = dataclasses.replace(cfg, metric=dataclasses.replace(cfg.metric, name="tgs_map"))
+    with caplog.at_level("WARNING"):
+        assert load_params(other, Run(cfg.run_dir)).threshold == [0.6]  # still the tuned values, with a warning
+    assert "was tuned for metric dice (empty_score one), but the config scores tgs_map (empty_score one)" in caplog.text
+
+
+def test_a_trained_fold_without_oof_images_left_is_tuned_around(blob_run):
+    """exclude_ids (not a training setting) grown after training to every image of fold 1: its fold score is NaN
+    (np.array([]) was float64 and indexing with it raised IndexError)."""
+    import dataclasses
+
+    cfg, truths, oofs, blobs, fold_of = blob_run
+    gone = [i for i, k in fold_of.items() if k == 1]
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, exclude_ids=gone))
+    report = tune_postprocess(cfg)
+    assert report["n_images"] == 8 and report["fold_scores"]["folds"] == [0, 1]
+    assert math.isnan(report["fold_scores"]["after"][1]) and not math.isnan(report["fold_scores"]["after"][0])
+
+
 #: the pairs problem's threshold, min_area and gate grids
 PAIRS_GRIDS = ([0.3, 0.45, 0.5, 0.6, 0.7], [0, 8, 20, 60], [None, 0.9, 0.95, 0.99])
 
