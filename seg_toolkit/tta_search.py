@@ -50,6 +50,7 @@ from .files import read_json, write_json
 from .run import Run
 from .run_lock import run_lock
 from .tta import MERGE_MODES, expand_tta
+from .tune_tables import EPS
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +83,9 @@ def _better(score: float, n_transforms: int, best: tuple[float, int] | None) -> 
         return False
     if best is None or math.isnan(best[0]):
         return True
-    return score > best[0] or (score == best[0] and n_transforms < best[1])
+    # within EPS as every search compares (tune_tables.better): a bigger set whose only gain is summation noise loses
+    tie = abs(score - best[0]) <= EPS
+    return (not tie and score > best[0]) or (tie and n_transforms < best[1])
 
 
 def choose_tta(

@@ -322,6 +322,8 @@ def test_ties_go_to_fewer_transforms_and_nan_never_wins():
     assert _better(0.5, 1, (0.5, 2)) and not _better(0.5, 2, (0.5, 1)) and not _better(0.5, 1, (0.5, 1))
     assert _better(0.6, 8, (0.5, 1)) and not _better(float("nan"), 1, (0.1, 8)) and _better(0.1, 8, (float("nan"), 1))
     assert _better(0.0, 8, None)
+    # scores equal but for float summation order are a tie: fewer transforms win (0.1 + 0.2 is 0.30000000000000004)
+    assert not _better(0.1 + 0.2, 8, (0.3, 1)) and _better(0.3, 1, (0.1 + 0.2, 8))
 
 
 def test_a_tune_tta_stopped_while_moving_its_files_in_is_refused_until_run_again(run, monkeypatch, keep_run_files, tmp_path):
