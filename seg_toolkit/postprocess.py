@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -25,7 +26,7 @@ from .tensors import probs_to_uint8, uint8_to_probs
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PostParams", "apply_postprocess", "on_oof_grid", "remove_small", "params_from_config", "load_params"]
+__all__ = ["PostParams", "apply_postprocess", "on_oof_grid", "area_floor", "remove_small", "params_from_config", "load_params"]
 
 
 #: what an empty gate compares with its value
@@ -91,11 +92,20 @@ def _broadcast(values: list, n: int, name: str) -> list:
     return list(values)
 
 
+def area_floor(cfg: Config) -> int:
+    """The smallest ``min_area`` the submission keeps: with instance rows, ``submission.min_instance_area`` drops
+    smaller 8-connected objects as ``min_area`` does, so tuning, CV and evaluate take it as the floor of every
+    ``min_area`` and score the masks that are submitted."""
+    s = cfg.submission
+    return int(s.min_instance_area) if s.instances and s.min_instance_area > 1 else 0
+
+
 def params_from_config(cfg: Config) -> PostParams:
     n, p = cfg.data.num_classes, cfg.postprocess
+    floor = area_floor(cfg)
     return PostParams(
         threshold=_broadcast(p.threshold, n, "threshold"),
-        min_area=_broadcast(p.min_area, n, "min_area"),
+        min_area=[max(int(a), floor) for a in _broadcast(p.min_area, n, "min_area")],
         empty_gate=[p.empty_gate] * n,
     )
 
@@ -126,6 +136,12 @@ def load_params(cfg: Config, run=None) -> PostParams:
     except (KeyError, TypeError, ValueError) as e:
         raise ConfigError(f"{run.postprocess_json}: not a post-processing file ({type(e).__name__}: {e}); "
                           "run `seg-toolkit tune CONFIG` again or delete it") from None
+    floor = area_floor(cfg)
+    if floor and any(a < floor for a in params.min_area):  # tuned before the floor, or min_instance_area raised since
+        log.warning("%s: min_area %s is below submission.min_instance_area=%d, which the submission applies: %d is "
+                    "used; run `seg-toolkit tune CONFIG` again to tune above it", run.postprocess_json, params.min_area,
+                    floor, floor)
+        params = dataclasses.replace(params, min_area=[max(int(a), floor) for a in params.min_area])
     n = cfg.data.num_classes
     if not (len(params.threshold) == len(params.min_area) == len(params.empty_gate) == n):
         raise ConfigError(f"{run.postprocess_json}: parameters for {len(params.threshold)} classes, data.num_classes is {n}")

@@ -81,7 +81,7 @@ from .run import Run
 from .run_lock import run_lock
 from .tensors import uint8_to_probs
 from .tune_crossfit import cross_fitted, crossfit_groups
-from .tune_steps import search_multiclass, search_sigmoid
+from .tune_steps import area_grid, search_multiclass, search_sigmoid
 from .tune_tables import DEFAULT_MEMORY_BUDGET, OOFData, better
 
 log = logging.getLogger(__name__)
@@ -182,7 +182,7 @@ def tune_postprocess(
             "before_params": asdict(before_params),
             "candidates": {
                 "threshold": list(cfg.postprocess.threshold_grid),
-                "min_area": list(cfg.postprocess.min_area_grid),
+                "min_area": area_grid(cfg),
                 "empty_gate": list(gate_grid) if task != "multiclass" else [],
             },
             "oof_in_memory": data.cache_enabled,

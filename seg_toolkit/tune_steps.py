@@ -16,7 +16,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from .config import Config, ConfigError
-from .postprocess import PostParams
+from .postprocess import PostParams, area_floor
 from .tune_crossfit import Counts
 from .tune_weights import search_class_weights
 from .tune_tables import (
@@ -41,6 +41,13 @@ def _replace(tp: np.ndarray, fp: np.ndarray, k: int, tp_k: np.ndarray, fp_k: np.
     tp, fp = tp.copy(), fp.copy()
     tp[:, k], fp[:, k] = tp_k, fp_k
     return tp, fp
+
+
+def area_grid(cfg: Config) -> list[int]:
+    """``postprocess.min_area_grid`` with each area raised to :func:`~seg_toolkit.postprocess.area_floor` (instance
+    rows drop smaller objects whatever is tuned), without repeats."""
+    floor = area_floor(cfg)
+    return list(dict.fromkeys(max(int(a), floor) for a in cfg.postprocess.min_area_grid))
 
 
 def _candidates(current: object, grid: Sequence) -> list:
@@ -87,7 +94,7 @@ def search_sigmoid(
     all_thr = _candidates(thr[0], [t for cands in thr_cands for t in cands])
     col = {t: j for j, t in enumerate(all_thr)}
 
-    area_cands = [_candidates(area[k], [int(a) for a in cfg.postprocess.min_area_grid]) for k in range(c)]
+    area_cands = [_candidates(area[k], area_grid(cfg)) for k in range(c)]
     all_area = _candidates(area[0], [a for cands in area_cands for a in cands])
     acol = {a: j for j, a in enumerate(all_area)}
     if "threshold" not in tables:  # shared by the cross-fitted searches: they do not depend on what the searches choose
@@ -207,7 +214,7 @@ def search_multiclass(
         if not quiet:
             _step_log("class_weight", steps[0]["score"], weighted_best, {"class_weight": weights})
     area = [int(a) for a in start.min_area]
-    area_cands = [_candidates(area[k], [int(a) for a in cfg.postprocess.min_area_grid]) for k in range(c)]
+    area_cands = [_candidates(area[k], area_grid(cfg)) for k in range(c)]
     all_area = _candidates(area[0], [a for cands in area_cands for a in cands])
     acol = {a: j for j, a in enumerate(all_area)}
     key = ("multiclass", tuple(weights))

@@ -621,3 +621,25 @@ def test_predict_decides_on_the_grid_tune_scored_on():
     from seg_toolkit.postprocess import on_oof_grid
 
     assert np.array_equal(on_oof_grid(oof), oof)
+
+
+def test_instance_rows_min_area_is_the_floor_of_what_is_tuned_and_scored(tmp_path, caplog):
+    """submission.min_instance_area drops 8-connected objects below it after post-processing, as min_area does: tuned
+    below it, tune and evaluate scored objects that are never submitted."""
+    from seg_toolkit.postprocess import load_params
+
+    truths, oofs, _, fold_of = blob_problem()
+    cfg = write_run(tmp_path, "binary", 1, truths, oofs, fold_of, done=[0, 1, 2], n_splits=3,
+                    submission={"instances": True, "min_instance_area": 30})
+    report = tune_postprocess(cfg)
+    assert report["candidates"]["min_area"] == [30, 50, 100]  # [0, 10, 50, 100], each at least 30
+    assert report["before_params"]["min_area"] == [30] and report["params"]["min_area"][0] >= 30
+    ids = done_ids(fold_of, [0, 1, 2])
+    assert report["after"] == pytest.approx(brute_score(cfg, PostParams(**report["params"]), ids, truths, oofs), abs=1e-12)
+    run = Run(cfg.run_dir)
+    data = json.loads(run.postprocess_json.read_text())
+    data["params"]["min_area"] = [10]  # a file tuned before the floor
+    run.postprocess_json.write_text(json.dumps(data))
+    with caplog.at_level("WARNING"):
+        assert load_params(cfg, run).min_area == [30]
+    assert "min_area [10] is below submission.min_instance_area=30, which the submission applies: 30 is used" in caplog.text
