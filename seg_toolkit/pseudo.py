@@ -41,6 +41,7 @@ import pandas as pd
 
 from .config import Config, ConfigError
 from .data import Sample
+from .data.sample import pair_of
 from .files import read_json, sha256_file, write_json, write_npy, write_text
 from .run import Run
 from .tensors import probs_to_uint8
@@ -108,7 +109,25 @@ def check_teacher(cfg: Config, folds: pd.DataFrame, folds_to_train: list[int]) -
     so a missing teacher fold or other folds are refused now, not after the first folds have trained."""
     teacher = teacher_run(cfg)
     if teacher is not None:
+        check_teacher_classes(cfg, teacher)
         _teacher_predictor(cfg, teacher, folds, list(folds_to_train) if cfg.pseudo.per_fold else [])
+
+
+def check_teacher_classes(cfg: Config, teacher: Run) -> None:
+    """The teacher's output channels mean this run's classes: the same task and number of classes and, where both
+    name them (``data.class_names`` or ``data.classes_csv``), the same names in the same order (a teacher of
+    ``[b, a]`` would label a student of ``[a, b]`` with its channels swapped)."""
+    from .data.colors import class_names
+
+    tcfg = teacher.config()
+    if tcfg.data.task != cfg.data.task or tcfg.data.num_classes != cfg.data.num_classes:
+        raise ConfigError(f"pseudo.teacher: {teacher.dir} predicts {tcfg.data.task} with {tcfg.data.num_classes} classes; "
+                          f"this run is {cfg.data.task} with {cfg.data.num_classes}")
+    named = [bool(c.data.class_names or c.data.classes_csv) for c in (tcfg, cfg)]
+    if all(named) and class_names(tcfg) != class_names(cfg):
+        raise ConfigError(f"pseudo.teacher: {teacher.dir} names its classes {class_names(tcfg)}, this run "
+                          f"{class_names(cfg)}: its channels would label other classes; give the two runs the same "
+                          "classes in the same order")
 
 
 def _teacher_predictor(cfg: Config, teacher: Run, folds: pd.DataFrame, per_fold: list[int]):
@@ -173,10 +192,8 @@ def _make(cfg: Config, run: Run, fold: int | None, folds: pd.DataFrame, path: Pa
 
     teacher = teacher_run(cfg)
     predictor = _teacher_predictor(cfg, teacher, folds, [fold] if fold is not None else [])
+    check_teacher_classes(cfg, teacher)
     tcfg = teacher.config()
-    if tcfg.data.task != cfg.data.task or tcfg.data.num_classes != cfg.data.num_classes:
-        raise ConfigError(f"pseudo.teacher: {teacher.dir} predicts {tcfg.data.task} with {tcfg.data.num_classes} classes; "
-                          f"this run is {cfg.data.task} with {cfg.data.num_classes}")
     params, spec, p = load_params(tcfg, teacher), train_rle_spec(cfg), cfg.pseudo
     samples = load_test_samples(cfg)
     by_id = {s.id: s for s in samples}
@@ -232,8 +249,9 @@ def pseudo_samples(cfg: Config, run: Run, fold: int, folds: pd.DataFrame, make: 
     if cfg.pseudo.soft and len(df) and not soft(df["id"].iloc[0]).is_file():
         raise ConfigError(f"pseudo.soft: {soft(df['id'].iloc[0])} not found: {path} was written without soft labels; "
                           f"delete {path.parent} to label the test images again")
+    pair = pair_of(cfg)  # a photo | label file's image part, as the test samples it was labelled from read it
     return [Sample(f"pseudo_{r['id']}", Path(r["image"]), rles=tuple(r[c] for c in rle_cols), where=f"{path} line {i + 2}",
-                   soft=soft(r["id"])) for i, r in df.iterrows()]
+                   soft=soft(r["id"]), pair=pair) for i, r in df.iterrows()]
 
 
 def add_pseudo_labels(cfg: Config, run: Run, fold: int, folds: pd.DataFrame, d) -> list[Sample]:

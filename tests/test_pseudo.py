@@ -254,3 +254,41 @@ def test_labels_of_a_teacher_changed_since_are_refused_not_reused(demo_root, tea
     trun.postprocess_json.write_text(tuned)  # restored: the labels are the teacher's again
     run_cv(cfg, folds=[1], resume=True)
     assert run.done_json(1).is_file()
+
+
+def test_a_teacher_whose_classes_are_named_in_another_order_is_refused(demo_root, teacher, tmp_path):
+    """Task and number of classes agreed, so a teacher of [disc, rectangle, triangle] labelled a student of [rectangle,
+    disc, triangle] with its first two channels swapped. Names given on one side only are not compared."""
+    import shutil
+
+    runs = tmp_path / "runs"
+    shutil.copytree(teacher / "teacher", runs / "teacher")
+    path = runs / "teacher" / "config.yaml"
+    path.write_text(path.read_text().replace("class_names: []", "class_names: [disc, rectangle, triangle]"))
+    named = config_from_dict(demo_dict(demo_root, runs, experiment="named", folds=FOLDS, train={"epochs": 1, "batch_size": 2},
+                                       data={**demo_dict(demo_root, runs)["data"], "class_names": ["rectangle", "disc", "triangle"]},
+                                       pseudo={"teacher": str(runs / "teacher")}))
+    with pytest.raises(ConfigError, match=r"pseudo.teacher: .*teacher names its classes \['disc', 'rectangle', 'triangle'\], "
+                                          r"this run \['rectangle', 'disc', 'triangle'\]"):
+        run_cv(named)
+    assert not Run.of(named).fold_dir(0).exists()  # before any fold trained
+    from seg_toolkit.pseudo import check_teacher_classes
+
+    check_teacher_classes(_student(demo_root, runs, "unnamed"), Run(runs / "teacher"))  # names on one side only
+
+
+def test_pseudo_samples_read_the_image_part_of_a_pair_file(demo_root, teacher, tmp_path):
+    """With data.pair_split the test images it labelled were read as the photo half; a pseudo sample read the whole
+    photo | label file as its input."""
+    import dataclasses
+
+    from seg_toolkit.data.sample import pair_of
+    from seg_toolkit.pseudo import pseudo_samples
+
+    cfg = _student(demo_root, teacher, "pair_student")
+    run_cv(cfg, folds=[0])
+    folds = pd.read_csv(Run.of(cfg).folds_csv)
+    paired = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, pair_split="image_left"))
+    samples = pseudo_samples(paired, Run.of(cfg), 0, folds, make=False)
+    assert samples and all(s.pair == pair_of(paired) is not None for s in samples)
+    assert all(s.pair is None for s in pseudo_samples(cfg, Run.of(cfg), 0, folds, make=False))
