@@ -42,7 +42,9 @@ def check_same_folds(prev: Run, folds: pd.DataFrame, key: str) -> None:
     """Every image of ``folds`` must be in the same fold in ``prev``'s ``folds.csv`` (error names ``key``)."""
     if not prev.folds_csv.is_file():
         raise ConfigError(f"{key}: {prev.folds_csv} not found")
-    theirs = pd.read_csv(prev.folds_csv, dtype={"id": str})
+    from .data.folds import read_folds
+
+    theirs = read_folds(prev.folds_csv)  # ids as written: "NA" or "null" is an id, not a missing value
     ours = folds[["id", "fold"]].astype({"id": str})
     merged = ours.merge(theirs[["id", "fold"]], on="id", how="left", suffixes=("", "_prev"))
     missing = merged["fold_prev"].isna()

@@ -344,3 +344,18 @@ def test_smp_unet_deep_supervision_with_the_classifier():
     assert main.shape == (2, 4, 64, 64)  # 2 mask channels + 2 presence channels
     assert [a.shape[1] for a in aux] == [2, 2, 2, 2]
     assert isinstance(model.eval()(torch.randn(2, 3, 64, 64)), torch.Tensor)
+
+
+def test_same_folds_check_reads_ids_as_written(tmp_path):
+    """An image id "NA" (or "null", "nan") was read as a missing value from the earlier run's folds.csv and reported
+    as "not in folds.csv", refusing a run whose folds are the same."""
+    from seg_toolkit.run import Run
+    from seg_toolkit.stages import check_same_folds
+
+    prev = Run(tmp_path / "prev")
+    prev.dir.mkdir()
+    prev.folds_csv.write_text("id,fold\nNA,0\nnull,1\nx1,1\n")
+    ours = pd.DataFrame({"id": ["NA", "null", "x1"], "fold": [0, 1, 1]})
+    check_same_folds(prev, ours, "train.init_from")
+    with pytest.raises(ConfigError, match=r"train.init_from: 1 image\(s\) are in another fold .*'null': fold 1 there, 0 here"):
+        check_same_folds(prev, ours.assign(fold=[0, 0, 1]), "train.init_from")
