@@ -105,13 +105,16 @@ def check_oof_complete(run: Run) -> None:
                               f"`{command}` again (or `seg-toolkit oof CONFIG`) before tuning, predicting or ensembling")
 
 
-def remake_oof(cfg: Config, tune: bool = True) -> dict[str, Any]:
+def remake_oof(cfg: Config) -> dict[str, Any]:
     """Predict every trained fold's OOF files again with ``cfg``'s predict settings; rescore and re-tune.
 
     The config may differ from the saved one only in ``predict.*`` (and paths, devices,
     post-processing grids): the new predict settings are saved into the run's config.yaml,
     so later commands predict the same way. Returns the new cv.json (with ``postprocess``).
+    From the saved config to the new ``postprocess.json`` the run is marked (``oof_incomplete.json``): stopped
+    before the tuning is written, the old post-processing (tuned on the old files) is never used with the new ones.
     """
+    from .tune import tune_postprocess
     from .cv import compute_cv
 
     run = Run.of(cfg)
@@ -125,21 +128,19 @@ def remake_oof(cfg: Config, tune: bool = True) -> dict[str, Any]:
         if run.tta_json.is_file() and (cfg.predict.tta, cfg.predict.merge) != (saved.predict.tta, saved.predict.merge):
             raise ConfigError(f"predict.tta / predict.merge: {run.tta_json} (chosen by `tune --tta`) decides the TTA of this run; "
                               "delete it to predict with the config's predict.tta / predict.merge")
-        save_config(dataclasses.replace(saved, predict=cfg.predict, postprocess=cfg.postprocess), run.config_yaml)
         samples = load_train_samples(cfg)
         folds_df = read_folds(run.folds_csv)
         predictor = oof_predictor(cfg, run)
         log.info("remaking OOF of folds %s: %s", folds, predictor.describe(fold=folds[0]))
         mark_oof_rewrite(run, f"seg-toolkit oof {run.dir}")
+        save_config(dataclasses.replace(saved, predict=cfg.predict, postprocess=cfg.postprocess), run.config_yaml)
         for k in folds:
             _, valid = split_fold(samples, folds_df, k)
             summary = write_fold_oof(cfg, run, k, valid, predictor)
             done = read_json(run.done_json(k)) or {}
             write_json(run.done_json(k), {**done, **summary})
         cv = compute_cv(cfg, run, samples)
-        end_oof_rewrite(run)
-        if tune:
-            from .tune import tune_postprocess
-
-            cv["postprocess"] = tune_postprocess(cfg, run.dir)
+        # the run's own files, named so the tuning does not wait for this rewrite's mark (this process holds the lock)
+        cv["postprocess"] = tune_postprocess(cfg, run.dir, oof_dir=run.oof_dir)
+        end_oof_rewrite(run)  # files, config.yaml, done.json, cv.json and postprocess.json agree
     return cv

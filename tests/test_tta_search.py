@@ -384,3 +384,33 @@ def test_a_fold_trained_after_tune_tta_makes_its_oof_as_the_choice_rewrote_the_o
     made = read_json(Run.of(cfg).cv_json)["oof"]
     assert isinstance(made, dict) and (made["tta"], made["merge"]) == (chosen["tta"], chosen["merge"]) == (["identity", "hflip"], "mean_logit")
     assert read_json(Run.of(cfg).done_json(1))["oof"] == made
+
+
+def test_an_oof_remake_stopped_while_tuning_is_refused_until_run_again(demo_root, tmp_path, monkeypatch):
+    """`oof --set predict.tta=[identity, hflip]` stopped in its tuning left new OOF files, config and cv.json beside the
+    postprocess.json tuned on the old ones, with no mark: predict applied the old thresholds without a word."""
+    import dataclasses
+
+    import seg_toolkit.tune as tune_mod
+    from seg_toolkit.errors import SegToolkitError
+    from seg_toolkit.oof import remake_oof
+
+    cfg = config_from_dict(demo_dict(demo_root, tmp_path / "runs", train={"epochs": 1, "batch_size": 2, "num_workers": 0}))
+    run_cv(cfg)
+    r = Run.of(cfg)
+    old = read_json(r.postprocess_json)
+    hflip = dataclasses.replace(cfg, predict=dataclasses.replace(cfg.predict, tta=["identity", "hflip"]))
+
+    def stopped(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tune_mod, "tune_postprocess", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        remake_oof(hflip)
+    monkeypatch.undo()
+    assert read_json(r.postprocess_json) == old and r.config().predict.tta == ["identity", "hflip"]
+    with pytest.raises(SegToolkitError, match=r"were being rewritten by `seg-toolkit oof .*`.*Run `seg-toolkit oof"):
+        predict_test(hflip, out=tmp_path / "sub.csv")
+    cv = remake_oof(hflip)  # the remedy: OOF, config, cv.json and postprocess.json made again together
+    assert not r.oof_incomplete_json.exists() and cv["postprocess"] == read_json(r.postprocess_json)
+    predict_test(hflip, out=tmp_path / "sub.csv")
