@@ -18,7 +18,7 @@ from .budget_run import admit_fold, left_out_folds, run_folds
 from .device import resolve_device
 from .distributed import get_dist
 from .evaluator import Evaluator
-from .files import read_oof, write_json
+from .files import read_json, read_oof, write_json
 from .run import Run, RunExistsError
 from .run_lock import run_lock
 from .tensors import uint8_to_probs
@@ -242,6 +242,8 @@ def compute_cv(cfg: Config, run: Run | None = None, samples: list[Sample] | None
     fold_scores = [float(per_fold_eval[k].compute()["score"]) if k in per_fold_eval else float("nan") for k in done]
     per_fold = run.fold_summaries() if not run.is_ensemble else []
     made = [f.get("oof") for f in per_fold if f.get("oof") is not None]
+    if run.is_ensemble and extra is None:  # `seg-toolkit cv` on an ensemble: how it was built stays recorded
+        extra = {k: v for k, v in (read_json(run.cv_json) or {}).items() if k in ("ensemble", "pseudo")}
     cv = {
         "metric": result["metric"],
         "score": float(result["score"]),
@@ -255,7 +257,7 @@ def compute_cv(cfg: Config, run: Run | None = None, samples: list[Sample] | None
         "per_class_dice": result.get("per_class_dice"),
         "pixel_accuracy": result.get("pixel_accuracy"),
         "amp": sorted({f["amp"] for f in per_fold if f.get("amp")}) or None,
-        "pseudo": pseudo_info(cfg),
+        "pseudo": _pseudo_record(cfg, run, per_fold),
         "oof": made[0] if made and all(m == made[0] for m in made) else (made or None),
         "per_fold": per_fold,
         "time_budget": _budget_record(cfg, run),
@@ -266,6 +268,27 @@ def compute_cv(cfg: Config, run: Run | None = None, samples: list[Sample] | None
     write_json(run.cv_json, cv)
     _write_summary(run, cfg, samples)
     return cv
+
+
+def _pseudo_record(cfg: Config, run: Run, per_fold: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """cv.json's ``pseudo``: :func:`~seg_toolkit.pseudo.pseudo_info` of the config now, leaky also when a fold's
+    ``done.json`` says it trained leaky (its teacher or ``init_from`` was leaky then and has been retrained since, or
+    moved away): a fold's weights keep what they learned, whatever the config or those runs say later."""
+    if run.is_ensemble:
+        return None  # the members' record comes with the ensemble (extra)
+    try:
+        now = pseudo_info(cfg)
+    except ConfigError as e:  # the teacher or init_from run is not where the config says any more
+        log.warning("cv.json's pseudo record from the folds' done.json only: %s", e)
+        now = None
+    leaked = [f for f in per_fold if isinstance(f.get("pseudo"), dict) and f["pseudo"].get("leaky")]
+    if not leaked:
+        return now
+    out = dict(now or leaked[0]["pseudo"])
+    out["leaky"] = True
+    out["leaky_from"] = sorted({*(out.get("leaky_from") or []), *(x for f in leaked for x in f["pseudo"].get("leaky_from") or [])})
+    out["leaky_folds"] = sorted(int(f["fold"]) for f in leaked if "fold" in f)
+    return out
 
 
 def _budget_record(cfg: Config, run: Run) -> dict[str, Any] | None:

@@ -431,3 +431,15 @@ def test_ensemble_overwrite_keeps_the_old_ensemble_when_the_new_one_cannot_be_bu
     (tmp_path / "aside.npy").rename(a_oof)
     build_ensemble(cfgs, name="ens", weights=[0.3, 0.7], overwrite=True)
     assert [m["weight"] for m in read_json(ens.ensemble_json)["members"]] == [0.3, 0.7]
+
+
+def test_cv_on_an_ensemble_keeps_how_it_was_built(trained, tmp_path):
+    """`seg-toolkit cv runs/ens/config.yaml` rewrote the ensemble's cv.json without its members, weights and their
+    pseudo-label record."""
+    from seg_toolkit.cv import compute_cv
+
+    runs, cfgs = _copy_runs(trained, tmp_path)
+    built = build_ensemble(cfgs, name="ens", weights=[0.5, 0.5])
+    ens = Run(runs / "ens")
+    again = compute_cv(load_config(ens.config_yaml, [f"runs_dir={runs}"]), ens)
+    assert again["ensemble"] == built["ensemble"] and "pseudo" in again and again["score"] == built["score"]

@@ -292,3 +292,28 @@ def test_pseudo_samples_read_the_image_part_of_a_pair_file(demo_root, teacher, t
     samples = pseudo_samples(paired, Run.of(cfg), 0, folds, make=False)
     assert samples and all(s.pair == pair_of(paired) is not None for s in samples)
     assert all(s.pair is None for s in pseudo_samples(cfg, Run.of(cfg), 0, folds, make=False))
+
+
+def test_a_fold_trained_leaky_stays_leaky_in_cv_json_after_its_source_changes_or_moves(demo_root, teacher, tmp_path, caplog):
+    """cv.json's pseudo record was rebuilt from the config and the teacher's / init_from's cv.json as they are now:
+    once the leaky start run was retrained honestly (or moved), `seg-toolkit oof` or `cv` recorded the stage as
+    honest, though its folds' weights grew from the leaky run."""
+    import shutil
+
+    from seg_toolkit.cv import compute_cv
+
+    runs = tmp_path / "runs"
+    shutil.copytree(teacher / "teacher", runs / "start")
+    cv = json.loads((runs / "start" / "cv.json").read_text())
+    (runs / "start" / "cv.json").write_text(json.dumps({**cv, "pseudo": {"teacher": "x", "leaky": True}}))
+    stage = config_from_dict(demo_dict(demo_root, runs, experiment="stage", folds=FOLDS,
+                                       train={"epochs": 1, "batch_size": 2, "init_from": str(runs / "start")}))
+    run_cv(stage, folds=[0])
+    assert json.loads(Run.of(stage).done_json(0).read_text())["pseudo"]["leaky"] is True
+    (runs / "start" / "cv.json").write_text(json.dumps({**cv, "pseudo": None}))  # retrained honestly since
+    record = compute_cv(stage)["pseudo"]
+    assert record["leaky"] is True and record["leaky_folds"] == [0] and record["leaky_from"] == [str(runs / "start")]
+    shutil.move(runs / "start", tmp_path / "moved")
+    with caplog.at_level(logging.WARNING):
+        assert compute_cv(stage)["pseudo"]["leaky"] is True  # was a ConfigError: init_from is not a run folder
+    assert "from the folds' done.json only" in caplog.text
