@@ -160,13 +160,20 @@ def _teacher_predictor(cfg: Config, teacher: Run, folds: pd.DataFrame, per_fold:
 
 def teacher_files(teacher: Run, fold: int | None) -> dict[str, str]:
     """SHA-256 of what the labels of fold ``fold`` (None: of all folds) are made from, by path in the teacher's folder:
-    its config or ensemble.json (an ensemble's members are checked by their own fingerprints), postprocess.json,
-    tta.json, folds.csv and the best.pt of the folds that predict."""
+    its config or ensemble.json, postprocess.json, tta.json, folds.csv and the best.pt of the folds that predict; for
+    an ensemble the same of each member (its config.yaml and tta.json decide how it predicts: `tune --tta` or `oof
+    --set` on a member changes the labels), keyed ``member <name>/<file>``."""
     names = [teacher.ensemble_json if teacher.is_ensemble else teacher.config_yaml, teacher.postprocess_json,
              teacher.tta_json, teacher.folds_csv]
     if not teacher.is_ensemble:
         names += [teacher.best_pt(k) for k in ([fold] if fold is not None else teacher.trained_folds())]
-    return {str(p.relative_to(teacher.dir)): sha256_file(p) for p in names if p.is_file()}
+    out = {str(p.relative_to(teacher.dir)): sha256_file(p) for p in names if p.is_file()}
+    if teacher.is_ensemble:
+        built = [int(k) for k in (read_json(teacher.ensemble_json) or {}).get("folds", [])]
+        for member, _ in teacher.members():
+            files = [member.config_yaml, member.tta_json] + [member.best_pt(k) for k in ([fold] if fold is not None else built)]
+            out.update({f"member {member.dir.name}/{p.relative_to(member.dir)}": sha256_file(p) for p in files if p.is_file()})
+    return out
 
 
 def _check_labels_current(cfg: Config, run: Run, key: int | None, path: Path) -> None:

@@ -317,3 +317,28 @@ def test_a_fold_trained_leaky_stays_leaky_in_cv_json_after_its_source_changes_or
     with caplog.at_level(logging.WARNING):
         assert compute_cv(stage)["pseudo"]["leaky"] is True  # was a ConfigError: init_from is not a run folder
     assert "from the folds' done.json only" in caplog.text
+
+
+def test_labels_of_an_ensemble_teacher_whose_member_was_retuned_are_refused(demo_root, teacher, tmp_path):
+    """A member's tta.json (`tune --tta` on it) changes what the ensemble predicts, but only the ensemble's own files
+    were fingerprinted: shared labels written before were reused by the later folds."""
+    import shutil
+
+    from seg_toolkit.config import load_config
+    from seg_toolkit.ensemble import build_ensemble
+    from seg_toolkit.pseudo import teacher_files
+
+    runs = tmp_path / "runs"
+    for name in ("teacher", "twin"):
+        shutil.copytree(teacher / "teacher", runs / name)
+    members = [load_config(runs / n / "config.yaml", [f"experiment={n}", f"runs_dir={runs}"]) for n in ("teacher", "twin")]
+    build_ensemble(members, name="ens", weights=[0.5, 0.5])
+    files = teacher_files(Run(runs / "ens"), 0)
+    assert {"member twin/config.yaml", "member twin/fold_0/best.pt", "member teacher/fold_0/best.pt"} <= set(files)
+    assert "member twin/fold_1/best.pt" not in files  # fold 0's labels come from fold 0's models
+    student = config_from_dict(demo_dict(demo_root, runs, experiment="s", folds=FOLDS, train={"epochs": 1, "batch_size": 2},
+                                         pseudo={"teacher": str(runs / "ens"), "confidence": 0.5, "per_fold": False}))
+    run_cv(student, folds=[0])
+    (runs / "twin" / "tta.json").write_text(json.dumps({"tta": ["identity", "hflip"], "merge": "mean_prob"}))
+    with pytest.raises(ConfigError, match=r"whose member twin/tta.json changed since"):
+        run_cv(student, folds=[1])
