@@ -189,6 +189,12 @@ def train_attempt(cfg: Config, fold: int, samples: list[Sample], folds: pd.DataF
     if d.is_main and cfg.train.average_best:
         from .averaging import average_best_epochs
 
+        if 0 < state.epoch <= cfg.model.freeze_encoder_epochs:  # every epoch ran with the encoder frozen: its norm
+            # layers keep the statistics the decoder learned on, in the EMA copy (made before freezing) and after a
+            # resume that ran no epoch, too
+            for m in [model] + ([ema.module] if ema is not None else []):
+                set_frozen_encoder(m, True)
+
         # BatchNorm re-estimated over the whole training set in this process (not rank 0's shard), no image dropped
         bn_loader = whole_train_loader(cfg, train_set, device, max(state.epoch - 1, 0))
         averaged = average_best_epochs(cfg, run, fold, model, ema, [e for _, e in state.top_k], (state.best_epoch, state.best_score),

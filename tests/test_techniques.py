@@ -359,3 +359,21 @@ def test_same_folds_check_reads_ids_as_written(tmp_path):
     check_same_folds(prev, ours, "train.init_from")
     with pytest.raises(ConfigError, match=r"train.init_from: 1 image\(s\) are in another fold .*'null': fold 1 there, 0 here"):
         check_same_folds(prev, ours.assign(fold=[0, 0, 1]), "train.init_from")
+
+
+def test_averaging_keeps_a_frozen_encoders_statistics_in_the_ema_copy(demo_root, tmp_path):
+    """Every epoch ran with the encoder frozen, so its BatchNorm statistics stayed at their start (here 0 / 1); the
+    EMA copy, made before freezing, had them reset and re-estimated from the data by the averaging."""
+    cfg = config_from_dict(demo_dict(demo_root, tmp_path / "runs", folds={"n_splits": 2, "method": "kfold", "seed": 0},
+                                     model={"arch": "scratch_unet", "depth": 2, "base_width": 4, "freeze_encoder_epochs": 3},
+                                     train={"epochs": 3, "batch_size": 2, "keep_best_k": 2, "average_best": True,
+                                            "use_ema": True, "ema_decay": 0.5}))
+    run_cv(cfg, folds=[0])
+    best = load_checkpoint(Run.of(cfg).best_pt(0))
+    for which in ("model", "ema"):
+        enc = {k: v for k, v in best[which].items() if k.startswith("encoder.") and "running_" in k}
+        assert enc, which
+        for k, v in enc.items():
+            assert torch.equal(v, torch.zeros_like(v) if "mean" in k else torch.ones_like(v)), (which, k)
+        dec = [v for k, v in best[which].items() if not k.startswith("encoder.") and "running_mean" in k]
+        assert any(v.abs().sum() > 0 for v in dec), which  # the decoder's were re-estimated
