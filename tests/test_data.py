@@ -57,6 +57,23 @@ def test_a_transform_that_fails_on_an_image_names_the_file_and_its_size(tmp_path
     assert SegDataset(load_train_samples(cfg), cfg, mode="valid")[0]["image"].shape == (3, 20, 30)  # no crop there
 
 
+def test_pixels_a_pad_brings_in_are_void_unless_the_spec_says_otherwise(tmp_path):
+    """albumentations fills a padded mask with 0: CamVid's class 0 is Sky, a binary task's background. Padding is no
+    data, so it is void (255, never learned or scored) unless the spec gives fill_mask."""
+    root = _binary_csv_comp(tmp_path, n=2)
+
+    def target(spec):
+        cfg = config_from_dict({"data": {"root": str(root), "task": "binary", "num_classes": 1}, "folds": {"n_splits": 2},
+                                "transforms": {"train": [{"PadIfNeeded": spec}]}})
+        return SegDataset(load_train_samples(cfg), cfg, mode="train")[0]["target"][0]
+
+    padded = target({"min_height": 24, "min_width": 30, "border_mode": 0})  # 20x30 -> 24x30: 2 rows above, 2 below
+    assert padded.shape == (24, 30)
+    assert (padded[:2] == IGNORE_INDEX).all() and (padded[-2:] == IGNORE_INDEX).all()
+    assert not (padded[2:-2] == IGNORE_INDEX).any()
+    assert (target({"min_height": 24, "min_width": 30, "border_mode": 0, "fill_mask": 0})[:2] == 0).all()
+
+
 # ----------------------------------------------------------------------------- csv layout
 
 

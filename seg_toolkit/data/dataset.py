@@ -8,6 +8,7 @@ augmentations as an uninterrupted one.
 from __future__ import annotations
 
 import difflib
+import inspect
 import logging
 from typing import Any, Iterator
 
@@ -16,7 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from ..config import Config, ConfigError
+from ..config import IGNORE_INDEX, Config, ConfigError
 from .io import DataError
 from .sample import read_config_image
 from .sources import Sample, load_target
@@ -56,6 +57,10 @@ def _aug_from_spec(spec: Any, where: str) -> A.BasicTransform:
             return cls(inner, **params)
         except Exception as e:
             raise ConfigError(f"{where}: {name}({params}) failed: {e}") from None
+    if "fill_mask" not in params and "fill_mask" in inspect.signature(cls.__init__).parameters:
+        # pixels a pad, rotation or warp brings in are no data: void (never scored, never learned), not class 0
+        # (albumentations' default, which taught CamVid padding as Sky); fill_mask in the spec still decides
+        params["fill_mask"] = IGNORE_INDEX
     try:
         return cls(**params)
     except Exception as e:
