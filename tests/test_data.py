@@ -353,3 +353,27 @@ def test_group_pattern_from_ids(tmp_path):
     cfg.data.group_pattern, cfg.folds.method, cfg.folds.n_splits = "^(seq[A-Z])_", "group", 3
     folds = make_folds(load_train_samples(cfg), cfg)
     assert folds.groupby("stratum")["fold"].nunique().max() == 1 and folds["stratum"].nunique() == 3
+
+
+@pytest.mark.parametrize("task, names, expected", [
+    ("multilabel", ["scratch", "dent", "rust"], "class 2 (dent) has no pixel"),  # said "class 1 (dent)"
+    ("multiclass", ["bg", "scratch", "dent", "rust"], "class 2 (dent) has no pixel"),
+])
+def test_a_class_without_pixels_is_named_by_its_own_number(tmp_path, caplog, task, names, expected):
+    from seg_toolkit.data.masks import check_train_samples
+
+    rows = []
+    for i in range(4):
+        _png(tmp_path / "train/images" / f"im{i}.png", np.zeros((6, 8, 3), np.uint8))
+        for c in (1, 3):  # classes 1 and 3 have pixels, class 2 none
+            mask = np.zeros((6, 8), np.uint8)
+            mask[c : c + 2, 1:3] = 1
+            rows.append({"id": f"im{i}", "cls": c, "rle": rle_encode(mask)})
+    pd.DataFrame(rows).to_csv(tmp_path / "train.csv", index=False)
+    cfg = config_from_dict({"data": {"root": str(tmp_path), "task": task, "num_classes": len(names), "class_names": names,
+                                     "id_column": "id", "class_column": "cls", "rle_column": "rle"},
+                            "folds": {"n_splits": 2}, "submission": {"per_class": True},
+                            **({"loss": {"ce": 1.0}} if task == "multiclass" else {})})
+    with caplog.at_level("WARNING"):
+        check_train_samples(load_train_samples(cfg), cfg)
+    assert expected in caplog.text and "class 1 (" not in caplog.text and "class 3 (" not in caplog.text

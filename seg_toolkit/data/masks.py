@@ -269,9 +269,10 @@ def check_train_samples(samples: list[Sample], cfg: Config) -> None:
         names = class_names(cfg)
         for c, ok in enumerate(present):
             if not ok and n > 1:
-                k = c + 1 if d.task == "multiclass" else c
-                log.warning("class %s (%s) has no pixel in any of the %d training masks of %s: the model cannot learn it",
-                            k, names[k] if k < len(names) else "?", len(samples), cfg.data_path(d.train_csv))
+                # rows of classes 1..K: multiclass names hold class 0 first, multilabel names start at class 1
+                name = names[c + 1] if d.task == "multiclass" else names[c]
+                log.warning("class %d (%s) has no pixel in any of the %d training masks of %s: the model cannot learn it",
+                            c + 1, name, len(samples), cfg.data_path(d.train_csv))
         return
     check_color_masks(samples, cfg)
     largest = 0
