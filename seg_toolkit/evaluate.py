@@ -115,7 +115,8 @@ def evaluate_on(cfg: Config, folder: str | Path) -> dict:
     not applied), and scored with the submission's predictor and post-processing
     (:func:`score_samples`). When ``folder`` is the run's own training data (``data.root``), the
     run's training ids are left out (``training_ids_left_out``; all of them: an error): their
-    honest score is the OOF one of ``cv.json``. The result goes to the run's
+    honest score is the OOF one of ``cv.json``; so are its ``data.exclude_ids`` (``excluded_ids_left_out``), images set
+    aside on purpose, not held out. The result goes to the run's
     ``evaluations/<name>.json`` (:func:`evaluation_name`; a file there that is not this folder's
     evaluation is never replaced); the returned dict also says where (``written_to``).
     """
@@ -145,6 +146,18 @@ def evaluate_on(cfg: Config, folder: str | Path) -> dict:
     if path.exists() and (not isinstance(old, dict) or old.get("on") != on):
         raise RunExistsError(f"{path}: exists and is not the evaluation of {folder}; move it away (it is not replaced)")
     train_ids = set(run.fold_of()) if run.folds_csv.is_file() else set()
+    excluded_left_out = 0
+    if folder.resolve() in _training_roots(cfg, run):
+        # data.exclude_ids of the run's own data: ids set aside on purpose (labels known wrong), not held-out images
+        excluded = set(cfg.data.exclude_ids) | (set(run.config().data.exclude_ids) if run.config_yaml.is_file() else set())
+        kept = [s for s in samples if s.id not in excluded]
+        excluded_left_out = len(samples) - len(kept)
+        if excluded_left_out:
+            log.warning("%s is the training data of %s: its %d data.exclude_ids are left out too", folder, run.dir,
+                        excluded_left_out)
+        if not kept:
+            raise DataError(f"{folder}: every labelled id is in data.exclude_ids of {run.dir}: nothing to score")
+        samples = kept
     shared = [s.id for s in samples if s.id in train_ids]
     left_out = 0
     if shared and folder.resolve() in _training_roots(cfg, run):
@@ -161,6 +174,7 @@ def evaluate_on(cfg: Config, folder: str | Path) -> dict:
         log.warning("%d of the %d ids in %s are also training ids of %s (e.g. %s); if they are the same images, "
                     "the score is optimistic", len(shared), len(samples), folder, run.dir, shared[:3])
     scored = score_samples(cfg, run, predictor, samples, on_cfg, f"evaluate {len(samples)} images of {folder.name}")
-    result = {"on": on, "data": _layout(cfg), "training_ids_left_out": left_out, **scored}
+    result = {"on": on, "data": _layout(cfg), "training_ids_left_out": left_out, "excluded_ids_left_out": excluded_left_out,
+              **scored}
     write_json(path, result)
     return {**result, "written_to": str(path)}

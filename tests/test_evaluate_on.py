@@ -130,6 +130,13 @@ def test_the_training_folder_leaves_out_the_runs_training_ids(trained, capsys, d
     assert "4 labelled images; 6 training ids of the run left out" in out
     unseen = _copy_subset(mixed, tmp / "unseen", list(extra.ImageId.unique()))
     assert saved["score"] == pytest.approx(_independent_score(cfg, unseen), abs=1e-9)
+    # ids the run's data.exclude_ids set aside (labels known wrong) are not held-out images: left out too
+    bad = sorted(extra.ImageId.unique())[0]
+    code, out, err = _run(capsys, "evaluate", str(yaml_path), "--set", f"data.root={mixed}", "--set",
+                          f"data.exclude_ids=[{bad}]", "--on", str(mixed))
+    assert code == 0, err
+    saved = read_json(Run.of(cfg).evaluate_json_for(evaluation_name(mixed)))
+    assert saved["n_images"] == 3 and saved["training_ids_left_out"] == 6 and saved["excluded_ids_left_out"] == 1
 
 
 @pytest.mark.parametrize("case", ["missing", "file", "no_labels", "no_images"])
