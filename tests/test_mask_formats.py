@@ -415,3 +415,19 @@ def test_dsb_object_folders_union_equals_the_official_rle_rows():
         for rle in solution[solution.ImageId == s.id].EncodedPixels:
             union |= RLESpec(order="F").decode(rle, hw).astype(bool)
         assert (load_target(s, cfg, hw)[..., 0] == union).all()
+
+
+def test_masks_the_threshold_reads_as_empty_are_named_when_folds_are_made(tmp_path, caplog):
+    """A set of 0/255 and 0/1 masks under mask_threshold: 128 read every 0/1 mask as empty, without a word."""
+    from seg_toolkit.data.folds import presence_matrix
+
+    for name, fg in (("a", 255), ("b", 1), ("c", 0), ("d", 1)):
+        _image(tmp_path, 2, 3, name)
+        _save(tmp_path / f"lbl/{name}.png", np.array([[fg, 0, 0], [0, 0, 0]], np.uint8))
+    cfg = _cfg(tmp_path, task="binary", mask_threshold=128)
+    samples = load_train_samples(cfg)
+    with caplog.at_level(logging.WARNING):
+        presence = presence_matrix(samples, cfg)
+    assert presence[:, 0].tolist() == [True, False, False, False]
+    assert "2 of 4 masks hold non-zero values but none >= data.mask_threshold=128" in caplog.text
+    assert "b.png, largest value 1; " in caplog.text and "d.png: 1" in caplog.text

@@ -75,14 +75,15 @@ def presence_columns(cfg: Config) -> list[str]:
     return out + ["empty"]
 
 
-def class_presence(sample: Sample, cfg: Config) -> np.ndarray:
+def class_presence(sample: Sample, cfg: Config, emptied: list | None = None) -> np.ndarray:
     """``bool (K,)``: which foreground classes have at least one pixel in the sample's mask.
 
     K is 1 for binary, ``num_classes`` for multilabel and ``num_classes - 1`` for multiclass
     (classes 1..; class 0 is background, the void id never counts). RLE strings are only
     checked for emptiness (they were validated when the CSV was read); a mask file is read
     once, through the same declared steps as training targets (:func:`~seg_toolkit.data.masks.mask_ids`),
-    and nothing is kept.
+    and nothing is kept. ``emptied``: gets ``(mask, largest value)`` of a binary mask that ``data.mask_threshold``
+    reads as empty although it holds non-zero values (:func:`presence_matrix` names them).
     """
     d = cfg.data
     k = d.num_classes - 1 if d.task == "multiclass" else d.num_classes
@@ -93,7 +94,10 @@ def class_presence(sample: Sample, cfg: Config) -> np.ndarray:
         return load_target(sample, cfg, None).reshape(-1, k).any(axis=0)
     ids = mask_ids(sample, cfg)  # class ids after every declared mask step (masks module); void = -1
     if d.task == "binary" and d.mask_threshold is not None and not d.instance_folders:  # objects: 0/1 ids already
-        return np.array([bool((ids >= d.mask_threshold).any())])
+        present = bool((ids >= d.mask_threshold).any())
+        if not present and emptied is not None and (ids > 0).any():
+            emptied.append((sample.mask, int(ids.max())))
+        return np.array([present])
     counts = np.bincount(ids.ravel() + 1, minlength=k + 2)  # one pass, no sort; slot 0 = void, c + 1 = class c
     if d.task == "binary":
         return np.array([bool(counts[2:].any())])
@@ -104,9 +108,15 @@ def presence_matrix(samples: list[Sample], cfg: Config) -> np.ndarray:
     """``bool (n, K + 1)``: :func:`class_presence` of every sample, then the ``empty`` column."""
     k = len(presence_columns(cfg)) - 1
     out = np.zeros((len(samples), k + 1), bool)
+    emptied: list = []
     for i, s in enumerate(samples):
-        out[i, :k] = class_presence(s, cfg)
+        out[i, :k] = class_presence(s, cfg, emptied)
     out[:, k] = ~out[:, :k].any(axis=1)
+    if emptied:  # a set of 0/1 and 0/255 masks under mask_threshold: 128 loses its 0/1 masks without a word
+        log.warning("%d of %d masks hold non-zero values but none >= data.mask_threshold=%s, so they are read as empty "
+                    "(e.g. %s, largest value %d%s); if their foreground is stored as a smaller value, lower "
+                    "data.mask_threshold", len(emptied), len(samples), cfg.data.mask_threshold, emptied[0][0],
+                    emptied[0][1], "".join(f"; {m}: {v}" for m, v in emptied[1:3]))
     return out
 
 
