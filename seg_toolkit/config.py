@@ -248,6 +248,9 @@ class MetricConfig:
     name: Literal["auto", "miou", "global_dice", "dice", "iou", "tgs_map", "pixel_accuracy"] = "auto"
     empty_score: Literal["one", "zero", "skip"] = "one"  # per-image score when truth and prediction are empty
     threshold: float = 0.5  # probability threshold for binary/multilabel during validation
+    # the classes the score averages (multiclass ids 0..C-1, multilabel 1..C, as submission.classes numbers them);
+    # empty = all. A competition that scores only its submitted classes lists them here
+    classes: list[int] = field(default_factory=list)
 
 
 @dataclass

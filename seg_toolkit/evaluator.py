@@ -37,7 +37,7 @@ from seg_toolkit.metrics import (
     scores_from_counts,
 )
 
-__all__ = ["Evaluator", "resolve_metric_name"]
+__all__ = ["Evaluator", "resolve_metric_name", "scored_columns"]
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +53,15 @@ def resolve_metric_name(name: str, task: str) -> str:
     if name == "tgs_map" and task != "binary":
         raise ConfigError(f"metric.name: 'tgs_map' (TGS Salt mAP) is for binary tasks only, data.task is {task!r}")
     return name
+
+
+def scored_columns(metric_cfg: MetricConfig, task: str) -> np.ndarray | None:
+    """The output channels the score averages: ``metric.classes`` (multiclass ids 0..C-1, binary / multilabel
+    classes 1..C) as channel indices; None: all."""
+    if not metric_cfg.classes:
+        return None
+    first = 0 if task == "multiclass" else 1
+    return np.asarray([int(c) - first for c in metric_cfg.classes], np.int64)
 
 
 class Evaluator:
@@ -95,6 +104,9 @@ class Evaluator:
         if num_classes < 1:
             raise ConfigError(f"data.num_classes: expected >= 1, got {num_classes}")
         self.num_classes = num_classes
+        self.cols = scored_columns(metric_cfg, task)
+        if self.cols is not None and (self.cols.min() < 0 or self.cols.max() >= num_classes):
+            raise ConfigError(f"metric.classes: {list(metric_cfg.classes)} are not all classes of this {task} task")
         self.empty_score = metric_cfg.empty_score
         self.threshold = float(metric_cfg.threshold)
         self.ignore_index = ignore_index
@@ -171,12 +183,13 @@ class Evaluator:
             logger.warning("every pixel of the %d images was void (target == %d)", self._n_images, self.ignore_index)
         if self.per_image:
             scores = np.asarray(self._scores, dtype=np.float64).reshape(self._n_images, -1)
-            out["per_image"] = _row_nanmean(scores).tolist()
+            scored = scores if self.cols is None else scores[:, self.cols]  # metric.classes
+            out["per_image"] = _row_nanmean(scored).tolist()
             if scores.shape[1] > 1:
                 out["per_image_class"] = scores.tolist()
-            out["score"] = _nanmean(scores)
+            out["score"] = _nanmean(scored)
         else:
-            out["score"] = confusion_score(cm, self.metric)
+            out["score"] = confusion_score(cm, self.metric, self.cols)
         if math.isnan(out["score"]):
             logger.warning("metric %s: nothing could be scored over %d images, score is NaN", self.metric, self._n_images)
         return out

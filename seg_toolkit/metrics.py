@@ -277,9 +277,14 @@ def global_dice(cm: np.ndarray) -> float:
     return _nanmean(dice_per_class(cm))
 
 
-def confusion_score(cm: np.ndarray, metric: str) -> float:
-    """A dataset-level metric (``miou``, ``global_dice``, ``pixel_accuracy``) of summed confusion counts."""
-    return {"miou": mean_iou, "global_dice": global_dice, "pixel_accuracy": pixel_accuracy}[metric](cm)
+def confusion_score(cm: np.ndarray, metric: str, cols: np.ndarray | None = None) -> float:
+    """A dataset-level metric (``miou``, ``global_dice``, ``pixel_accuracy``) of summed confusion counts; ``cols``:
+    the classes ``miou`` / ``global_dice`` average (None: all; each class's IoU or dice is still that of the whole
+    confusion, so a pixel of an unscored class predicted as a scored one is a false positive of it)."""
+    if metric == "pixel_accuracy":
+        return pixel_accuracy(cm)
+    per_class = {"miou": iou_per_class, "global_dice": dice_per_class}[metric](cm)
+    return _nanmean(per_class if cols is None else per_class[cols])
 
 
 def pixel_accuracy(cm: np.ndarray) -> float:

@@ -152,12 +152,13 @@ def load_params(cfg: Config, run=None) -> PostParams:
                     sorted(tuned_on), trained)
     from .evaluator import resolve_metric_name
 
-    now = (resolve_metric_name(cfg.metric.name, cfg.data.task), cfg.metric.empty_score)
-    then = (data.get("metric"), data.get("empty_score", now[1]))  # files before empty_score was recorded: unknown
+    now = (resolve_metric_name(cfg.metric.name, cfg.data.task), cfg.metric.empty_score, list(cfg.metric.classes) or None)
+    # files from before empty_score / metric_classes were recorded: those unknown, taken as now
+    then = (data.get("metric"), data.get("empty_score", now[1]), data.get("metric_classes", now[2]))
     if then[0] is not None and then != now:
-        log.warning("%s was tuned for metric %s (empty_score %s), but the config scores %s (empty_score %s): its "
-                    "thresholds and gates fit the other metric; run `seg-toolkit tune CONFIG` again", run.postprocess_json,
-                    *then, *now)
+        log.warning("%s was tuned for metric %s (empty_score %s, classes %s), but the config scores %s (empty_score %s, "
+                    "classes %s): its thresholds and gates fit the other metric; run `seg-toolkit tune CONFIG` again",
+                    run.postprocess_json, *[v if v is not None else "all" for v in (*then, *now)])
     log.info("post-processing tuned on OOF: %s", run.postprocess_json)
     return params
 

@@ -166,6 +166,7 @@ def tune_postprocess(
         report = {
             "metric": metric,
             "empty_score": empty_score,
+            "metric_classes": list(cfg.metric.classes) or None,
             "task": task,
             "n_images": len(data),
             "folds": data.folds,

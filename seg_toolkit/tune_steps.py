@@ -16,6 +16,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from .config import Config, ConfigError
+from .evaluator import scored_columns
 from .postprocess import PostParams, area_floor
 from .tune_crossfit import Counts
 from .tune_weights import search_class_weights
@@ -81,6 +82,7 @@ def search_sigmoid(
     rows = slice(None) if rows is None else rows
     tables = {} if tables is None else tables
     c = data.num_classes
+    cols = scored_columns(cfg.metric, cfg.data.task)  # metric.classes: what the score averages
     thr = [float(t) for t in start.threshold]
     area = [int(a) for a in start.min_area]
     gate = [None if g is None else float(g) for g in start.empty_gate]
@@ -102,7 +104,7 @@ def search_sigmoid(
         tables["area"] = area_tables(data, all_thr, all_area)
     tab = tables["threshold"]
     atp, afp = tables["area"]
-    score = lambda tp, fp: sigmoid_score(tp[rows], fp[rows], tab.pos[rows], tab.n_valid[rows], metric, empty_score)  # noqa: E731
+    score = lambda tp, fp: sigmoid_score(tp[rows], fp[rows], tab.pos[rows], tab.n_valid[rows], metric, empty_score, cols)  # noqa: E731
     log_step = (lambda *a: None) if quiet else _step_log
 
     def at(k: int, t: float, a: int) -> tuple[np.ndarray, np.ndarray]:
@@ -184,10 +186,10 @@ def search_sigmoid(
 
     def scorer(tp: np.ndarray, fp: np.ndarray) -> Callable[[np.ndarray], float]:
         """The fast score of these counts over a subset of images (rows)."""
-        return lambda rows: sigmoid_score(tp[rows], fp[rows], tab.pos[rows], tab.n_valid[rows], metric, empty_score)
+        return lambda rows: sigmoid_score(tp[rows], fp[rows], tab.pos[rows], tab.n_valid[rows], metric, empty_score, cols)
 
     fast = {"before": scorer(*start_counts), "after": scorer(TP, FP)}
-    counts = Counts(lambda tp_fp: sigmoid_score(*tp_fp, tab.pos, tab.n_valid, metric, empty_score), (TP, FP))
+    counts = Counts(lambda tp_fp: sigmoid_score(*tp_fp, tab.pos, tab.n_valid, metric, empty_score, cols), (TP, FP))
     return PostParams(threshold=thr, min_area=area, empty_gate=gate, gate_source=src), steps, fast, counts
 
 
@@ -202,7 +204,8 @@ def search_multiclass(
     rows = slice(None) if rows is None else rows
     tables = {} if tables is None else tables
     c = data.num_classes
-    score = lambda cm: multiclass_score(cm[rows], metric, empty_score)  # noqa: E731
+    cols = scored_columns(cfg.metric, cfg.data.task)  # metric.classes: what the score averages
+    score = lambda cm: multiclass_score(cm[rows], metric, empty_score, cols)  # noqa: E731
     skipped = {"skipped": "multiclass: the argmax decides the class"}
     steps: list[dict] = []
     weights, start_conf = list(start.class_weight), None
@@ -244,8 +247,8 @@ def search_multiclass(
     if not quiet:
         _step_log("min_area", prev, best, {"min_area": area})
     steps.append({"step": "empty_gate", "score": best, **skipped})
-    scorer = lambda cm: lambda rows: multiclass_score(cm[rows], metric, empty_score)  # noqa: E731
+    scorer = lambda cm: lambda rows: multiclass_score(cm[rows], metric, empty_score, cols)  # noqa: E731
     fast = {"before": scorer(start_conf), "after": scorer(conf)}
-    counts = Counts(lambda cm: multiclass_score(cm[0], metric, empty_score), (conf,))
+    counts = Counts(lambda cm: multiclass_score(cm[0], metric, empty_score, cols), (conf,))
     return PostParams(threshold=list(start.threshold), min_area=area, empty_gate=list(start.empty_gate),
                       gate_source=list(start.gate_source), class_weight=weights), steps, fast, counts

@@ -176,24 +176,29 @@ def _mean_score(scores: np.ndarray) -> float:
     return float(a[keep].mean()) if keep.any() else math.nan
 
 
-def sigmoid_score(tp: np.ndarray, fp: np.ndarray, pos: np.ndarray, n_valid: np.ndarray, metric: str, empty_score: str) -> float:
-    """The CV score of binary / multilabel predictions from per (image, class) counts ``(N, C)``."""
+def sigmoid_score(tp: np.ndarray, fp: np.ndarray, pos: np.ndarray, n_valid: np.ndarray, metric: str, empty_score: str,
+                  cols: np.ndarray | None = None) -> float:
+    """The CV score of binary / multilabel predictions from per (image, class) counts ``(N, C)``; ``cols``: the
+    channels it averages (``metric.classes``, :func:`~seg_toolkit.evaluator.scored_columns`; None: all)."""
     counts = ImageCounts(tp, fp, pos - tp, n_valid)
     if metric in PER_IMAGE_METRICS:
-        return _mean_score(scores_from_counts(counts, metric, empty_score))
+        scores = scores_from_counts(counts, metric, empty_score)
+        return _mean_score(scores if cols is None else scores[:, cols])
     tp_s, fp_s, fn_s = tp.sum(0), fp.sum(0), (pos - tp).sum(0)
     tn_s = n_valid.sum(0) - tp_s - fp_s - fn_s
     cm = np.stack([np.stack([tn_s, fp_s], -1), np.stack([fn_s, tp_s], -1)], 1)  # (C, 2, 2) [[TN, FP], [FN, TP]]
-    return confusion_score(cm, metric)
+    return confusion_score(cm, metric, cols)
 
 
-def multiclass_score(conf: np.ndarray, metric: str, empty_score: str) -> float:
-    """The CV score of multiclass predictions from per-image confusion counts ``(N, C, C)`` (rows truth)."""
+def multiclass_score(conf: np.ndarray, metric: str, empty_score: str, cols: np.ndarray | None = None) -> float:
+    """The CV score of multiclass predictions from per-image confusion counts ``(N, C, C)`` (rows truth); ``cols``
+    as :func:`sigmoid_score`."""
     if metric in PER_IMAGE_METRICS:
         tp = np.diagonal(conf, axis1=1, axis2=2)
         counts = ImageCounts(tp, conf.sum(1) - tp, conf.sum(2) - tp, np.broadcast_to(conf.sum((1, 2))[:, None], tp.shape))
-        return _mean_score(scores_from_counts(counts, metric, empty_score))
-    return confusion_score(conf.sum(0), metric)
+        scores = scores_from_counts(counts, metric, empty_score)
+        return _mean_score(scores if cols is None else scores[:, cols])
+    return confusion_score(conf.sum(0), metric, cols)
 
 
 

@@ -255,3 +255,27 @@ def test_loss_params_take_yaml_1_1_exponents(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("loss: {bce: 0.5, dice: 0.5}\nloss_params: {dice: {smooth: 1e-5}}\n")  # '1e-5' is a string to YAML 1.1
     assert load_config(path).loss_params["dice"]["smooth"] == "1e-5"  # kept as written; the loss reads 1e-05
+
+
+@pytest.mark.parametrize("metric, message", [
+    ({"classes": [0, 3]}, r"metric.classes\[1\]: 3 is not a class of data.task=multiclass with data.num_classes=3 \(0..2"),
+    ({"classes": [1, 1]}, r"metric.classes\[1\]: class 1 is listed twice"),
+    ({"name": "pixel_accuracy", "classes": [1]}, r"metric.classes: pixel_accuracy counts every pixel"),
+])
+def test_metric_classes_are_checked_at_load(tmp_path, metric, message):
+    with pytest.raises(ConfigError, match=message):
+        config_from_dict({"data": {"root": str(tmp_path), "task": "multiclass", "num_classes": 3}, "loss": {"ce": 1.0},
+                          "submission": {"per_class": True}, "metric": metric})
+
+
+def test_scored_classes_other_than_the_submitted_are_named_at_load(tmp_path, caplog):
+    base = {"data": {"root": str(tmp_path), "task": "multiclass", "num_classes": 3}, "loss": {"ce": 1.0},
+            "submission": {"per_class": True}}
+    with caplog.at_level("WARNING"):
+        config_from_dict(base)  # scores 0, 1, 2; submits 1, 2 (class 0 gets rows only when listed)
+    assert "the score averages classes [0, 1, 2] but the submission has rows for [1, 2]" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        config_from_dict({**base, "metric": {"classes": [1, 2]}})
+        config_from_dict({**base, "submission": {"per_class": True, "classes": [0, 1, 2]}})
+    assert "the score averages" not in caplog.text

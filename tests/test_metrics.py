@@ -371,3 +371,32 @@ def test_global_dice_pools_the_pixels_of_all_images() -> None:
     from seg_toolkit.tune_tables import sigmoid_score
     tp, fp, pos, n = (np.array([[a], [b]]) for a, b in ((4, 6), (0, 0), (4, 12), (16, 16)))
     assert sigmoid_score(tp, fp, pos, n, "global_dice", "one") == pytest.approx(20 / 26)
+
+
+def test_metric_classes_average_only_the_listed_classes() -> None:
+    """The leaderboard scores the submitted classes; the score averaged class 0 too (0.82 where it scores 0.667)."""
+    target = torch.zeros(1, 10, 10, dtype=torch.long)
+    target[0, 0, :] = 1  # 10 pixels of class 1
+    pred = torch.zeros(1, 10, 10, dtype=torch.long)
+    pred[0, 0, :5] = 1  # 5 of them found
+    both = Evaluator(MetricConfig(name="dice"), "multiclass", 2)
+    both.update_masks(pred, target)
+    assert both.compute()["score"] == pytest.approx((180 / 185 + 10 / 15) / 2)
+    one = Evaluator(MetricConfig(name="dice", classes=[1]), "multiclass", 2)
+    one.update_masks(pred, target)
+    out = one.compute()
+    assert out["score"] == pytest.approx(10 / 15) and out["per_image"] == [pytest.approx(10 / 15)]
+    assert out["per_image_class"] == [[pytest.approx(180 / 185), pytest.approx(10 / 15)]]  # every class still kept
+    # mIoU of the confusion [[1, 1], [0, 2]]: class 0 1/2, class 1 2/3; class 1's IoU counts class 0's pixel as its FP
+    miou = Evaluator(MetricConfig(name="miou", classes=[1]), "multiclass", 2)
+    miou.update_masks(torch.tensor([[[0, 1, 1, 1]]]), torch.tensor([[[0, 0, 1, 1]]]))
+    assert miou.compute()["score"] == pytest.approx(2 / 3)
+    # multilabel numbers its classes from 1: classes [2] is the second channel
+    ml = Evaluator(MetricConfig(name="dice", classes=[2]), "multilabel", 2)
+    t = torch.zeros(1, 2, 2, 2)
+    t[0, 1, 0, 0] = 1
+    p = torch.zeros(1, 2, 2, 2)
+    p[0, 0, 1, 1] = 1  # a false positive in channel 1 (class 1), not scored
+    p[0, 1, 0, 0] = 1
+    ml.update_masks(p, t)
+    assert ml.compute()["score"] == 1.0

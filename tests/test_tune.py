@@ -314,6 +314,13 @@ def test_multiclass_tunes_min_area_only(tmp_path):
     assert report["after"] == 1.0 > report["before"]
     assert report["before"] == pytest.approx(compute_cv(cfg, cfg.run_dir)["score"], abs=0)
     assert load_params(cfg, cfg.run_dir).min_area == [0, 0, 10]
+    # scoring only classes 1 and 2 (metric.classes): tune's fast counts agree with the Evaluator (tune checks it)
+    # and with cv.json; the perfect masks still score 1
+    scored = write_run(tmp_path / "scored", "multiclass", 3, truths, oofs, fold_of, done=[0, 1], n_splits=2,
+                       metric={"classes": [1, 2]})
+    report = tune_postprocess(scored)
+    assert report["after"] == 1.0 and report["params"]["min_area"] == [0, 0, 10]
+    assert report["before"] == pytest.approx(compute_cv(scored, scored.run_dir)["score"], abs=0) != report["after"]
 
 
 # ----------------------------------------------------------------------------- fast path == brute force
@@ -521,7 +528,8 @@ def test_parameters_tuned_for_another_metric_are_named(blob_run, caplog):
     other = dataclasses.replace(cfg, metric=dataclasses.replace(cfg.metric, name="tgs_map"))
     with caplog.at_level("WARNING"):
         assert load_params(other, Run(cfg.run_dir)).threshold == [0.6]  # still the tuned values, with a warning
-    assert "was tuned for metric dice (empty_score one), but the config scores tgs_map (empty_score one)" in caplog.text
+    assert ("was tuned for metric dice (empty_score one, classes all), but the config scores tgs_map (empty_score one, "
+            "classes all)") in caplog.text
 
 
 def test_a_trained_fold_without_oof_images_left_is_tuned_around(blob_run):
