@@ -191,28 +191,6 @@ def _check_pseudo(cfg: Config) -> None:
 
 def _check_metric(cfg: Config) -> None:
     _check_unit([cfg.metric.threshold], "metric.threshold")
-    m, d = cfg.metric, cfg.data
-    if d.task == "multiclass":
-        valid, span = range(d.num_classes), f"0..{d.num_classes - 1}"
-    else:
-        valid, span = range(1, d.num_classes + 1), f"1..{d.num_classes}"
-    for i, c in enumerate(m.classes):
-        if isinstance(c, bool) or not isinstance(c, int) or c not in valid:
-            raise ConfigError(f"metric.classes[{i}]: {c!r} is not a class of data.task={d.task} with data.num_classes="
-                              f"{d.num_classes} ({span}, numbered as submission.classes)")
-        if c in m.classes[:i]:
-            raise ConfigError(f"metric.classes[{i}]: class {c} is listed twice")
-    if m.classes and m.name == "pixel_accuracy":
-        raise ConfigError("metric.classes: pixel_accuracy counts every pixel, whatever its class; remove metric.classes")
-    if d.task == "multiclass" and m.name != "pixel_accuracy":
-        from .config_submission_checks import submitted_classes
-
-        scored, submitted = sorted(m.classes or range(d.num_classes)), sorted(submitted_classes(cfg))
-        if scored != submitted:
-            log.warning("metric: the score averages classes %s but the submission has rows for %s (class 0 gets rows only "
-                        "when submission.classes lists it): CV and tuning then score classes that are not submitted, or "
-                        "the other way round. Set metric.classes: %s to score what is submitted, or submission.classes "
-                        "to submit what is scored", scored, submitted, submitted)
 
 
 def _check_postprocess(cfg: Config) -> None:

@@ -2,11 +2,16 @@
 settings that each have a valid value but contradict one another, so the run would do something else than the
 config says, silently (group keys without a group split, a void id that is a class, a floor learning rate above
 the learning rate) or fail late (a metric that does not fit the task, a seed sklearn
-refuses). Each rule fails with one line naming the keys and what was expected."""
+refuses, metric.classes outside the task's classes). Each rule fails with one line naming the keys and what was
+expected; scored classes other than the submitted ones are named with a warning."""
 
 from __future__ import annotations
 
+import logging
+
 from .config import Config, ConfigError
+
+log = logging.getLogger(__name__)
 
 __all__ = ["check_consistency"]
 
@@ -101,3 +106,26 @@ def _check_metric_fits(cfg: Config) -> None:
     from .evaluator import resolve_metric_name  # lazy: imports torch
 
     resolve_metric_name(cfg.metric.name, cfg.data.task)  # tgs_map on a multilabel task, ...
+    m, d = cfg.metric, cfg.data
+    if d.task == "multiclass":
+        valid, span = range(d.num_classes), f"0..{d.num_classes - 1}"
+    else:
+        valid, span = range(1, d.num_classes + 1), f"1..{d.num_classes}"
+    for i, c in enumerate(m.classes):
+        if isinstance(c, bool) or not isinstance(c, int) or c not in valid:
+            raise ConfigError(f"metric.classes[{i}]: {c!r} is not a class of data.task={d.task} with data.num_classes="
+                              f"{d.num_classes} ({span}, numbered as submission.classes)")
+        if c in m.classes[:i]:
+            raise ConfigError(f"metric.classes[{i}]: class {c} is listed twice")
+    if m.classes and m.name == "pixel_accuracy":
+        raise ConfigError("metric.classes: pixel_accuracy counts every pixel, whatever its class; remove metric.classes")
+    if d.task == "multiclass" and m.name != "pixel_accuracy":
+        from .config_submission_checks import submitted_classes
+
+        scored, submitted = sorted(m.classes or range(d.num_classes)), sorted(submitted_classes(cfg))
+        if scored != submitted:
+            log.warning("metric: the score averages classes %s but the submission has rows for %s (class 0 gets rows only "
+                        "when submission.classes lists it): CV and tuning then score classes that are not submitted, or "
+                        "the other way round. Set metric.classes: %s to score what is submitted, or submission.classes "
+                        "to submit what is scored", scored, submitted, submitted)
+
