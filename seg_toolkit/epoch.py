@@ -81,6 +81,12 @@ class GracefulStop:
             signal.signal(sig, previous)
 
 
+def sync_interval(device: torch.device) -> int:
+    """Steps between reads of the loss on the host (each read waits for the device): every step on CPU, where it
+    is free, every 10th on an accelerator."""
+    return 1 if device.type == "cpu" else 10
+
+
 def to_device(batch: dict[str, Any], cfg: Config, device: torch.device) -> tuple[torch.Tensor, Any]:
     images = batch["image"].to(device, non_blocking=True)
     if cfg.model.channels_last:
@@ -108,7 +114,8 @@ def train_one_epoch(cfg, model, ema, loss_fn, optimizer, schedule, scaler, loade
     d = get_dist()
     amp = amp or resolve_amp(cfg.train.amp, device)
     accum = cfg.train.grad_accum
-    sync_every = 1 if device.type == "cpu" else 10
+    sync_every = sync_interval(device)
+    log_every = cfg.train.log_every  # a log line every so many updates (0: none)
     names: list[str] = []
     sums: torch.Tensor | None = None
     n_images, n_here, t0 = 0, 0, time.perf_counter()
@@ -154,10 +161,11 @@ def train_one_epoch(cfg, model, ema, loss_fn, optimizer, schedule, scaler, loade
         sums = values if sums is None else sums + values
         # the stop is at an update, and not at the epoch's last one (resumed, no batch of it would be left)
         stopping = stop is not None and stop.requested and boundary and not last
+        logging_now = bool(log_every) and boundary and state.step % log_every == 0
         if d.enabled:  # reads at updates, together: every rank has as many batches, so all get here at the same step
-            sync = boundary and (n_updates % sync_every == 0 or last)
-        else:
-            sync = (i + 1) % sync_every == 0 or last
+            sync = boundary and (n_updates % sync_every == 0 or last or logging_now)
+        else:  # a stop reads too: the checkpoint it saves must not hold weights a NaN loss left since the last read
+            sync = (i + 1) % sync_every == 0 or last or stopping or logging_now
         if sync:
             host = sums.tolist()
             bad = [] if all(math.isfinite(v) for v in host) else [d.rank]
@@ -172,6 +180,10 @@ def train_one_epoch(cfg, model, ema, loss_fn, optimizer, schedule, scaler, loade
                     "train.nan_retries to retry with a lower lr"
                 )
             bar.set_postfix(loss=f"{host[0] / max(n_images, 1):.4f}", img_s=f"{n_images / (time.perf_counter() - t0):.1f}")
+            if logging_now:
+                log.info("fold %d epoch %d update %d (step %d): loss %.4f (epoch's running mean), lr %.3g, %.1f images/s",
+                         fold, epoch + 1, n_updates, state.step, host[0] / max(n_images, 1),
+                         optimizer.param_groups[-1]["lr"], n_images / (time.perf_counter() - t0))
         elif d.enabled:
             stopping = False  # waits for the next read, where the ranks decide together
         if stopping:

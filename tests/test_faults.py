@@ -191,3 +191,52 @@ def test_not_a_checkpoint(tmp_path):
         load_checkpoint(tmp_path / "other.pt")
     with pytest.raises(CheckpointError, match="checkpoint not found"):
         load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_a_stop_between_loss_reads_checks_the_loss_before_it_saves(demo_root, tmp_path, monkeypatch):
+    """On an accelerator the loss is read every 10th step; a Ctrl-C / SIGTERM at an update in between saved the
+    weights a NaN had left since the last read as last.pt (the good one rotated away), so every --resume failed."""
+    import seg_toolkit.epoch as epoch_mod
+
+    box = {}
+    original_enter = epoch_mod.GracefulStop.__enter__
+
+    def enter(self):
+        box["stop"] = self
+        return original_enter(self)
+
+    monkeypatch.setattr(epoch_mod.GracefulStop, "__enter__", enter)
+    monkeypatch.setattr(epoch_mod, "sync_interval", lambda device: 10)  # as on a GPU
+    original = train.build_loss
+    calls = [0]
+
+    def build(cfg):
+        loss_fn = original(cfg)
+        inner = loss_fn.forward
+
+        def forward(logits, target):
+            total, terms = inner(logits, target)
+            if logits.requires_grad:
+                calls[0] += 1
+                if calls[0] == 5:  # epoch 2, step 2 (3 steps per epoch): NaN, and a stop requested at this update
+                    total = total * float("nan")
+                    box["stop"].requested = True
+            return total, terms
+
+        loss_fn.forward = forward
+        return loss_fn
+
+    monkeypatch.setattr(train, "build_loss", build)
+    cfg = _cfg(demo_root, tmp_path)
+    with pytest.raises(NonFiniteLossError, match=r"loss is not finite at epoch 2, step 2 of 3"):
+        run_cv(cfg)
+    assert load_checkpoint(cfg.run_dir / "fold_0" / "last.pt")["epoch"] == 1  # the good one, not a NaN mid-epoch save
+
+
+def test_train_log_every_logs_the_running_loss(demo_root, tmp_path, caplog):
+    cfg = _cfg(demo_root, tmp_path, epochs=1, log_every=2)
+    with caplog.at_level("INFO", logger="seg_toolkit.epoch"):
+        run_cv(cfg)
+    lines = [r.getMessage() for r in caplog.records if "(step " in r.getMessage()]
+    assert [line.split(":")[0] for line in lines] == ["fold 0 epoch 1 update 2 (step 2)"]  # 3 updates: step 2 only
+    assert "loss " in lines[0] and "lr " in lines[0] and "images/s" in lines[0]
