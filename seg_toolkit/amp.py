@@ -95,14 +95,21 @@ def resolve_amp(requested: str, device: torch.device, recorded: dict[str, Any] |
                          dict(recorded.get("timings") or {}))
     if kind == "cuda":
         name = torch.cuda.get_device_name(device)
-        if torch.cuda.is_bf16_supported():
+        if cuda_has_native_bf16(device):
             return AmpChoice("bf16", requested, f"{name} has bf16", kind)
-        return AmpChoice("fp16", requested, f"{name} lacks bf16: fp16 with loss scaling", kind)
+        return AmpChoice("fp16", requested, f"{name} lacks native bf16: fp16 with loss scaling", kind)
     if kind != "cpu":
         return AmpChoice("none", requested, f"no mixed precision on {kind}", kind)
     if not cpu_has_fast_bf16():
         return AmpChoice("none", requested, "this CPU has no native bf16 kernels", kind)
     return AmpChoice("bf16", requested, "not measured; the CPU has native bf16 kernels", kind)
+
+
+def cuda_has_native_bf16(device: torch.device) -> bool:
+    """Whether the GPU runs bf16 in hardware (compute capability 8.0+: A100, RTX 30xx, H100). torch's
+    ``is_bf16_supported()`` also says yes where bf16 is only emulated (T4, P100, V100: Kaggle's GPUs), where it has
+    no tensor cores and runs far slower than fp16 with loss scaling."""
+    return torch.cuda.get_device_capability(device)[0] >= 8
 
 
 def _step_seconds(step: Callable[[torch.dtype | None], None], dtype: torch.dtype | None, steps: int) -> float:

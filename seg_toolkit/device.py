@@ -59,8 +59,9 @@ def autocast(choice, device: torch.device):
     return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
 
 
-def seed_everything(seed: int, deterministic: bool) -> None:
-    """Seed python, numpy and torch; in deterministic mode also pin cuDNN and torch's algorithms."""
+def seed_everything(seed: int, deterministic: bool, cudnn_benchmark: bool = False) -> None:
+    """Seed python, numpy and torch; in deterministic mode also pin cuDNN and torch's algorithms, else let cuDNN
+    time its convolution algorithms on the first batch of each shape (``train.cudnn_benchmark``)."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -72,3 +73,4 @@ def seed_everything(seed: int, deterministic: bool) -> None:
     else:
         torch.use_deterministic_algorithms(False)
         torch.backends.cudnn.deterministic = False
+        torch.backends.cudnn.benchmark = bool(cudnn_benchmark)

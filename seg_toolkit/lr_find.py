@@ -152,7 +152,7 @@ def lr_find(cfg: Config, fold: int = 0, start: float = 1e-7, end: float = 1.0, s
     from .train import build_loaders, build_model_and_ema, set_frozen_encoder
 
     device = resolve_device(cfg.train.device)
-    seed_everything(cfg.train.seed + fold, cfg.train.deterministic)
+    seed_everything(cfg.train.seed + fold, cfg.train.deterministic, cfg.train.cudnn_benchmark)
     samples = load_train_samples(cfg)
     run = Run.of(cfg)
     run.check_writable(cfg)  # apart from the data; an existing folder must be a run

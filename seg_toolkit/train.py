@@ -88,7 +88,7 @@ def train_attempt(cfg: Config, fold: int, samples: list[Sample], folds: pd.DataF
     """One training attempt of a fold, from scratch or from its last checkpoint."""
     d = get_dist()
     device = resolve_device(cfg.train.device, d)
-    seed_everything(cfg.train.seed + fold, cfg.train.deterministic)
+    seed_everything(cfg.train.seed + fold, cfg.train.deterministic, cfg.train.cudnn_benchmark)
     train_set, valid_set = split_fold(samples, folds, fold)
     pseudo = add_pseudo_labels(cfg, run, fold, folds, d)  # training only: never a validation image
     train_set = train_set + pseudo

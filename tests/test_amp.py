@@ -49,6 +49,18 @@ def test_auto_fallback_follows_the_cpu(monkeypatch):
     assert resolve_amp("auto", CPU).mode == "none"
 
 
+@pytest.mark.parametrize("capability, name, mode", [((7, 5), "Tesla T4", "fp16"), ((6, 0), "Tesla P100", "fp16"),
+                                                   ((8, 0), "A100", "bf16"), ((9, 0), "H100", "bf16")])
+def test_auto_on_cuda_takes_bf16_only_where_the_gpu_runs_it_natively(monkeypatch, capability, name, mode):
+    """torch's is_bf16_supported() is True on a T4 or P100 (emulated bf16, no tensor cores): auto took bf16 there,
+    far slower than fp16 with a scaler. The compute capability decides."""
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
+    choice = resolve_amp("auto", torch.device("cuda"))
+    assert choice.mode == mode and choice.uses_scaler == (mode == "fp16") and name in choice.reason
+
+
 def test_recorded_choice_wins_on_its_device_type_only(monkeypatch):
     monkeypatch.setattr(amp_mod, "cpu_has_fast_bf16", lambda: True)
     rec = {"mode": "none", "requested": "auto", "reason": "measured", "device_type": "cpu", "timings": {"fp32_s": 1.0}}

@@ -279,3 +279,17 @@ def test_an_epochs_checkpoint_save_counts_in_the_next_epochs_time(demo_root, tmp
     rows = pd.read_csv(cfg.run_dir / "fold_0" / "metrics.csv")
     assert rows["seconds"].iloc[1] >= 0.3  # epoch 1's save
     assert rows["seconds"].sum() <= time.perf_counter() - t0  # each second counted once
+
+
+def test_train_cudnn_benchmark_is_applied_unless_deterministic(monkeypatch):
+    """train.cudnn_benchmark (default true) was never read: cuDNN kept torch's default, no algorithm search."""
+    from seg_toolkit.device import seed_everything
+
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    seed_everything(0, deterministic=False, cudnn_benchmark=True)
+    assert torch.backends.cudnn.benchmark is True
+    seed_everything(0, deterministic=False, cudnn_benchmark=False)
+    assert torch.backends.cudnn.benchmark is False
+    seed_everything(0, deterministic=True, cudnn_benchmark=True)
+    assert torch.backends.cudnn.benchmark is False
+    seed_everything(0, deterministic=False)  # leave the process as the other tests expect
