@@ -72,7 +72,17 @@ def sha256_file(path: str | Path) -> str:
 
 
 def write_text(path: str | Path, text: str) -> Path:
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    """``text`` as UTF-8, atomically (:func:`atomic_write`) and on disk before the rename (fsync): the small state
+    files (done.json, cv.json, folds.csv, ...) survive a power loss or a killed VM whole, not as an empty file
+    under the new name. Large files (checkpoints, OOF arrays) skip the fsync: a checkpoint is checked when read and
+    falls back to prev.pt, OOF files are remade by ``seg-toolkit oof``."""
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    atomic_write(path, write)
     return Path(path)
 
 

@@ -10,7 +10,6 @@ Files (paths from :class:`seg_toolkit.run.Run`; checkpoints written by :mod:`seg
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import os
@@ -34,7 +33,7 @@ from .device import resolve_device, seed_everything
 from .distributed import Dist, get_dist
 from .losses import build_loss, model_loss
 from .optim import LRSchedule, build_optimizer
-from .files import sha256_file, write_json
+from .files import read_json, sha256_file, write_json
 from .run import Run
 from .pseudo import add_pseudo_labels, pseudo_info
 from .stages import init_source, load_fold_init
@@ -61,7 +60,7 @@ def train_fold(cfg: Config, fold: int, samples: list[Sample], folds: pd.DataFram
     done = run.done_json(fold)
     if done.is_file():
         log.info("fold %d already complete (%s); not retrained", fold, done)
-        return json.loads(done.read_text())
+        return read_json(done)  # a damaged file is an error naming it
     out.mkdir(parents=True, exist_ok=True)
     attempt_cfg = cfg
     for attempt in range(cfg.train.nan_retries + 1):

@@ -240,3 +240,17 @@ def test_train_log_every_logs_the_running_loss(demo_root, tmp_path, caplog):
     lines = [r.getMessage() for r in caplog.records if "(step " in r.getMessage()]
     assert [line.split(":")[0] for line in lines] == ["fold 0 epoch 1 update 2 (step 2)"]  # 3 updates: step 2 only
     assert "loss " in lines[0] and "lr " in lines[0] and "images/s" in lines[0]
+
+
+def test_state_files_are_on_disk_before_their_rename(tmp_path, monkeypatch):
+    """write_text / write_json fsync the temporary file before it takes the name: after a power loss the rename may
+    survive without the data, and an empty done.json then failed every later run."""
+    import os
+
+    from seg_toolkit.files import write_json
+
+    synced = []
+    original = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), original(fd))[1])
+    write_json(tmp_path / "done.json", {"fold": 0})
+    assert len(synced) == 1 and json.loads((tmp_path / "done.json").read_text()) == {"fold": 0}
