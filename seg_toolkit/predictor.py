@@ -45,7 +45,8 @@ __all__ = ["Member", "Predictor", "tta_settings", "check_same_training", "TRAINE
 #: Config keys fixed by training: what a trained run's models were made with and its OOF
 #: files were predicted with. A command line that changes one of them for an existing run
 #: is refused (``seg-toolkit oof`` remakes the OOF after a change of the predict keys).
-TRAINED_KEYS = ("data.task", "data.num_classes", "data.in_channels", "data.image_range", "data.exif_orientation", "data.bands.files",
+TRAINED_KEYS = ("data.task", "data.num_classes", "data.in_channels", "data.image_range", "data.exif_orientation",
+                "data.pair_split", "data.pair_split_at", "data.bands.files",
                 "data.bands.frame", "data.bands.ash", "data.ignore_index", "transforms.resize",
                 "transforms.mean", "transforms.std", "model.arch", "model.encoder", "model.depth", "model.base_width",
                 "model.norm", "model.upsample", "model.dropout", "model.params.", "model.classifier", "train.use_ema")

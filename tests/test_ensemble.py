@@ -202,6 +202,14 @@ def test_offline_weights_setting_is_not_a_preprocessing_change(trained, tmp_path
     check_same_training(load_config(Run.of(a).config_yaml, ["model.encoder_weights=null", "model.channels_last=true"]), Run.of(a))
     with pytest.raises(ConfigError, match=r"model.base_width: 4 -> 8"):
         check_same_training(load_config(Run.of(a).config_yaml, ["model.base_width=8"]), Run.of(a))
+    # which part of a photo | label file is the image decides the model's input as the resize does
+    from seg_toolkit.predictor import TRAINED_KEYS, diff_of_keys
+
+    pair = config_from_dict({"data": {"root": str(tmp_path), "layout": "folder", "train_masks": "x", "pair_split": "image_left"},
+                             "folds": {"n_splits": 2}})
+    moved = config_from_dict({"data": {"root": str(tmp_path), "layout": "folder", "train_masks": "x", "pair_split": "image_left",
+                                       "pair_split_at": 300}, "folds": {"n_splits": 2}})
+    assert [line.split(":")[0] for line in diff_of_keys(pair, moved, TRAINED_KEYS)] == ["data.pair_split_at"]
 
 
 def test_an_ensemble_run_moves_with_its_members(trained, tmp_path):
