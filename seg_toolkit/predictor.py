@@ -194,7 +194,20 @@ class Member:
                 self._amp[(fold, device)] = resolve_amp("none", device)
             else:
                 self._amp[(fold, device)] = resolve_amp(self.cfg.train.amp, device, read_json(self.run.amp_json))
+                self._warn_other_precision(fold, self._amp[(fold, device)])
         return self._amp[(fold, device)]
+
+    def _warn_other_precision(self, fold: int, choice) -> None:
+        """Name a prediction in another precision than the fold's OOF files (``done.json``'s ``amp``), which the
+        post-processing was tuned on: ``--set train.amp=none`` on a bf16 run, fp16 OOF on a GPU and a CPU kernel
+        now. Not refused (a CPU cannot run fp16), but the probabilities differ a little from what was scored."""
+        done = self.run.done_json(fold)
+        made = (read_json(done) or {}).get("amp") if done.is_file() else None
+        if made and made != choice.mode and ("precision", made, choice.mode) not in self._amp:
+            self._amp[("precision", made, choice.mode)] = choice  # once per member and pair of precisions
+            log.warning("%s fold %d: its OOF files (and the post-processing tuned on them) were predicted in %s, this "
+                        "prediction runs in %s (%s): the probabilities differ a little from what was scored",
+                        self.run.dir, fold, made, choice.mode, choice.reason)
 
     def made(self) -> dict[str, Any]:
         """How this member predicts, as the OOF files record it (``done.json`` / ``cv.json``'s ``oof``)."""

@@ -120,7 +120,7 @@ def test_measurement_alternates_order_and_load_on_the_machine_does_not_decide(mo
     assert t == {"fp32_s": 1.0, "bf16_s": 0.5}
 
 
-def test_auto_is_measured_once_and_used_by_training_and_inference(demo_root, tmp_path, monkeypatch):
+def test_auto_is_measured_once_and_used_by_training_and_inference(demo_root, tmp_path, monkeypatch, caplog):
     monkeypatch.setattr(amp_mod, "cpu_has_fast_bf16", lambda: True)
     calls = []
 
@@ -142,6 +142,15 @@ def test_auto_is_measured_once_and_used_by_training_and_inference(demo_root, tmp
     assert cv["amp"] == ["bf16"] and all(f["amp"] == "bf16" for f in cv["per_fold"])
     member = Member.load(run)
     assert member.amp(0, CPU).mode == "bf16"
+    # predicting in another precision than the OOF files were made in (what tune scored) is named, once
+    import dataclasses
+
+    fp32 = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, amp="none"))
+    other = Member.load(run, cfg=fp32)
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        assert other.amp(0, CPU).mode == "none" and other.amp(1, CPU).mode == "none"
+    assert caplog.text.count("predicted in bf16, this prediction runs in none") == 1
 
 
 def test_validation_runs_in_the_precision_training_measured(demo_root, tmp_path, monkeypatch):
