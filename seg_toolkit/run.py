@@ -319,6 +319,13 @@ class Run(RunGuard):
         """``metrics.csv`` of the fold's ``n``-th attempt set aside (its epochs, and the one the NaN stopped)."""
         return self.failed_attempt_dir(fold, n) / "metrics.csv"
 
+    def failed_attempts(self, fold: int) -> int:
+        """How many of the fold's attempts were set aside after a NaN loss (``failed_attempt_1/`` .. ``_<n>/``)."""
+        n = 0
+        while self.failed_attempt_dir(fold, n + 1).is_dir():
+            n += 1
+        return n
+
     def failed_attempt_metrics(self, fold: int) -> list[Path]:
         """The ``metrics.csv`` of the fold's attempts set aside after a NaN loss (``train.nan_retries``)."""
         return sorted(self.fold_dir(fold).glob("failed_attempt_*/metrics.csv"))

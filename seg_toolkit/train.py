@@ -62,12 +62,20 @@ def train_fold(cfg: Config, fold: int, samples: list[Sample], folds: pd.DataFram
         log.info("fold %d already complete (%s); not retrained", fold, done)
         return read_json(done)  # a damaged file is an error naming it
     out.mkdir(parents=True, exist_ok=True)
-    attempt_cfg = cfg
-    for attempt in range(cfg.train.nan_retries + 1):
+    # a resumed fold goes on with the attempt it was in: the attempts set aside before lowered its lr, which its
+    # checkpoint's optimiser and schedule hold (restarted at attempt 0 the lr was cut twice, and the next set-aside
+    # folder already existed)
+    first = run.failed_attempts(fold)
+    attempt_cfg = _with_lr(cfg, cfg.optim.lr * cfg.train.nan_lr_factor ** first) if first else cfg
+    if first:
+        log.info("fold %d: %d attempt(s) set aside after a NaN loss; this one runs with optim.lr=%g", fold, first,
+                 attempt_cfg.optim.lr)
+    last_attempt = max(cfg.train.nan_retries, first)
+    for attempt in range(first, last_attempt + 1):
         try:
             return train_attempt(attempt_cfg, fold, samples, folds, run, resume)
         except NonFiniteLossError as e:
-            if attempt == cfg.train.nan_retries:
+            if attempt == last_attempt:
                 raise
             d = get_dist()  # every rank raised here, at the same step (epoch.py): rank 0 moves the files, the others wait
             aside = set_attempt_aside(run, fold, attempt + 1) if d.is_main else run.failed_attempt_dir(fold, attempt + 1)
@@ -75,12 +83,16 @@ def train_fold(cfg: Config, fold: int, samples: list[Sample], folds: pd.DataFram
                 record_lost_epoch(run.failed_attempt_metrics_csv(fold, attempt + 1), fold, e.seconds)
             d.barrier()
             lr = attempt_cfg.optim.lr * cfg.train.nan_lr_factor
-            attempt_cfg = dataclasses.replace(attempt_cfg, optim=dataclasses.replace(attempt_cfg.optim, lr=lr))
+            attempt_cfg = _with_lr(attempt_cfg, lr)
             (log.warning if d.is_main else log.debug)(  # once, from rank 0
                 "%s\nretrying fold %d from scratch with optim.lr=%g (retry %d of %d); the failed attempt's files are in %s",
                 e, fold, lr, attempt + 1, cfg.train.nan_retries, aside)
             resume = False
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _with_lr(cfg: Config, lr: float) -> Config:
+    return dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, lr=lr))
 
 
 def train_attempt(cfg: Config, fold: int, samples: list[Sample], folds: pd.DataFrame, run: Run, resume: bool) -> dict[str, Any]:

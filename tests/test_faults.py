@@ -254,3 +254,29 @@ def test_state_files_are_on_disk_before_their_rename(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), original(fd))[1])
     write_json(tmp_path / "done.json", {"fold": 0})
     assert len(synced) == 1 and json.loads((tmp_path / "done.json").read_text()) == {"fold": 0}
+
+
+def test_a_retry_stopped_and_resumed_keeps_its_lowered_lr(demo_root, tmp_path, monkeypatch):
+    """Resumed, the fold restarted its attempts at 0 with the configured lr while the checkpoint held the retry's:
+    the schedule cut the lr twice (1e-5 for 1e-4), and a second NaN found failed_attempt_1/ already there."""
+    _nan_after(monkeypatch, n_calls=4)  # attempt 1 fails in epoch 2
+    original, saves = train.save_epoch, [0]
+
+    def save_then_stop(*a, **k):
+        original(*a, **k)
+        saves[0] += 1
+        if saves[0] == 2:  # the retry's first epoch is saved: the job is preempted
+            raise KeyboardInterrupt("preempted")
+
+    monkeypatch.setattr(train, "save_epoch", save_then_stop)
+    cfg = _cfg(demo_root, tmp_path, nan_retries=1, nan_lr_factor=0.1)
+    with pytest.raises(KeyboardInterrupt):
+        run_cv(cfg)
+    fold = cfg.run_dir / "fold_0"
+    assert Run.of(cfg).failed_attempts(0) == 1
+    monkeypatch.setattr(train, "save_epoch", original)
+    run_cv(cfg, resume=True)
+    done = json.loads((fold / "done.json").read_text())
+    assert done["optim_lr"] == pytest.approx(1e-4) and done["epochs_run"] == 3
+    lrs = pd.read_csv(fold / "metrics.csv")["lr"].tolist()
+    assert len(lrs) == 3 and max(lrs) <= 1e-4 * (1 + 1e-6) and lrs[1] > 1e-5  # the retry's schedule, not cut again
