@@ -267,7 +267,18 @@ def _loader_args(cfg: Config, device: torch.device, persistent: bool = True) -> 
     # global RNG (used by dropout), or a run resumed mid-epoch would replay different masks
     return dict(num_workers=t.num_workers, pin_memory=t.pin_memory and device.type == "cuda", collate_fn=collate,
                 persistent_workers=persistent and t.persistent_workers and t.num_workers > 0,
-                generator=torch.Generator().manual_seed(t.seed))
+                generator=torch.Generator().manual_seed(t.seed), worker_init_fn=_leave_stops_to_the_main_process)
+
+
+def _leave_stops_to_the_main_process(worker_id: int) -> None:
+    """In a loader worker: ignore Ctrl-C (SIGINT) and SIGTERM. They reach every process of the group (a terminal's
+    Ctrl-C, SLURM preempting a job), and torch's worker dies of a SIGTERM not sent by its parent; the main process then
+    failed on "DataLoader worker killed" before :class:`~seg_toolkit.epoch.GracefulStop` could save at the next
+    update. The main process still ends its workers as usual (they also exit when it dies)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def build_loaders(cfg: Config, train_set: list[Sample], valid_set: list[Sample], device: torch.device,

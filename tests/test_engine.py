@@ -293,3 +293,24 @@ def test_train_cudnn_benchmark_is_applied_unless_deterministic(monkeypatch):
     seed_everything(0, deterministic=True, cudnn_benchmark=True)
     assert torch.backends.cudnn.benchmark is False
     seed_everything(0, deterministic=False)  # leave the process as the other tests expect
+
+
+def test_training_loader_workers_outlive_a_sigterm_to_the_process_group(demo_root, tmp_path):
+    """SLURM's preemption SIGTERM reaches the workers too; torch's worker died of it, and the epoch failed on
+    'DataLoader worker killed' before the graceful stop could save."""
+    import os
+    import signal
+
+    from seg_toolkit.data import load_train_samples
+
+    cfg = _cfg(demo_root, tmp_path, {"num_workers": 1, "persistent_workers": True})
+    samples = load_train_samples(cfg)
+    train_loader, _ = train.build_loaders(cfg, samples[:6], samples[6:], torch.device("cpu"))
+    it = iter(train_loader)
+    next(it)
+    (worker,) = it._workers
+    os.kill(worker.pid, signal.SIGTERM)
+    worker.join(timeout=1.0)
+    assert worker.is_alive()
+    assert sum(1 for _ in it) == len(train_loader) - 1  # the epoch goes on
+    del it
