@@ -189,8 +189,8 @@ def predict_test(cfg: Config, out: str | Path | None = None, overwrite: bool = F
 
 
 #: what predict writes in test_probs/ (``<id>.npy``, ``presence/<id>.npy``) and test_masks/ (``<id>[_<cls>].png``)
-_PROB_FILE = re.compile(r"(presence/)?[^/]+\.npy")
-_MASK_FILE = re.compile(r"[^/]+\.png")
+_PROB_FILE = re.compile(Run.RUN_DIR_FILES["test_probs"])
+_MASK_FILE = re.compile(Run.RUN_DIR_FILES["test_masks"])
 
 
 def _clear_predict_folder(cfg: Config, run: Run, folder: Path, written: re.Pattern) -> None:

@@ -67,6 +67,19 @@ class Run(RunGuard):
                  "audit_problems.csv", "tta_search", "test_masks", "evaluations", "audit_samples.png", "audit_batch.png",
                  "tracker.json", "tensorboard", "export", "estimate.json", "first_epoch.json", "oof_incomplete.json", "run.lock",
                  "demo_submission.json", "admitted_folds.json")
+    #: What a run writes inside the folders of RUN_FILES, as paths relative to the folder (``/`` between parts); any
+    #: other file there is the user's, and deleting the folder is refused (:meth:`RunGuard.foreign_entries`)
+    RUN_DIR_FILES = {
+        "oof": r"(presence/)?[^/]+\.npy",
+        "test_probs": r"(presence/)?[^/]+\.npy",
+        "test_masks": r"[^/]+\.png",
+        "report": r"[^/]+\.(html|png|json)",
+        "evaluations": r"[^/]+\.json",
+        "export": r"fold_\d+\.onnx|export\.json",
+        "pseudo": r"(fold_\d+|all)(\.csv|\.teacher\.json|/[^/]+\.npy)",
+        "tensorboard": r".+",  # the summary writer's event files and folders
+        "tta_search": r".+",  # tune --tta's scratch, removed when it ends
+    }
     #: What a run writes in ``fold_<k>/`` (the fold methods below)
     FOLD_FILE = re.compile(r"(best|last|prev)\.pt|best_e\d+\.pt|metrics\.csv(\.unreadable)?|done\.json|failed_attempt_\d+")
     FOLD_DIR = re.compile(r"fold_\d+")

@@ -34,6 +34,19 @@ _TMP_FILE = re.compile(r"\..+\.[A-Za-z0-9_]+\.tmp")
 OS_CLUTTER = (".DS_Store", "Thumbs.db", "desktop.ini")
 
 
+def _foreign_inside(folder: Path, written: re.Pattern) -> list[Path]:
+    """The files under ``folder`` whose path relative to it (``/`` between parts) is not one ``written`` matches (a
+    run's), leaving out interrupted writes and the OS's clutter."""
+    out = []
+    for f in sorted(folder.rglob("*")):
+        if f.is_dir() and not f.is_symlink():
+            continue
+        if f.name in OS_CLUTTER or _TMP_FILE.fullmatch(f.name) or written.fullmatch(f.relative_to(folder).as_posix()):
+            continue
+        out.append(f)
+    return out
+
+
 def is_partial_write(name: str) -> bool:
     """Whether a file name is a temporary file of :func:`seg_toolkit.files.atomic_write` (a write a kill cut short)."""
     return bool(_TMP_FILE.fullmatch(name))
@@ -169,16 +182,24 @@ class RunGuard:
         return self.dir.is_dir() and self._marker(audit) is not None
 
     def foreign_entries(self) -> list[Path]:
-        """Entries of the folder (and of its ``fold_<k>/``) that no run writes: files the user put there."""
+        """Entries of the folder, of its ``fold_<k>/`` (and their ``failed_attempt_<n>/``) and of the folders runs
+        write (``oof/``, ``report/``, ...: ``RUN_DIR_FILES``) that no run writes: files the user put there."""
         out = []
         for p in sorted(self.dir.iterdir()):
             if p.name in OS_CLUTTER or _TMP_FILE.fullmatch(p.name):
                 continue
             if self.FOLD_DIR.fullmatch(p.name) and p.is_dir():
-                out += [q for q in sorted(p.iterdir())
-                        if not (self.FOLD_FILE.fullmatch(q.name) or _TMP_FILE.fullmatch(q.name) or q.name in OS_CLUTTER)]
+                for q in sorted(p.iterdir()):
+                    if q.name in OS_CLUTTER or _TMP_FILE.fullmatch(q.name):
+                        continue
+                    if not self.FOLD_FILE.fullmatch(q.name):
+                        out.append(q)
+                    elif q.is_dir() and not q.is_symlink():  # failed_attempt_<n>/: an attempt's fold files
+                        out += _foreign_inside(q, self.FOLD_FILE)
             elif p.name not in self.RUN_FILES:
                 out.append(p)
+            elif p.name in self.RUN_DIR_FILES and p.is_dir() and not p.is_symlink():
+                out += _foreign_inside(p, re.compile(self.RUN_DIR_FILES[p.name]))
         return out
 
     def check_writable(self, cfg: Config) -> None:

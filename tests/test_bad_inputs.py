@@ -264,6 +264,38 @@ def _remove_the_tta_scratch(w: World):
     return lambda: run.remove(cfg, run.tta_search_root)
 
 
+def _overwrite_a_run_with_a_user_file_in_its_report(w: World):
+    """Only the run's top level and fold_<k>/ were looked at: report/, oof/, export/, ... and failed_attempt_<n>/
+    went with whatever the user had put in them."""
+    root = w.binary()
+    cfg = config_from_dict(w.binary_dict(root))
+    run = prepare_run(cfg, [0, 1])
+    run.report_dir.mkdir()
+    (run.report_dir / "index.html").write_text("<html></html>")
+    (run.report_dir / "confusion.png").write_bytes(b"")
+    (run.report_dir / "my_figures").mkdir()
+    (run.report_dir / "my_figures" / "talk.pdf").write_bytes(b"%PDF")
+    run.oof_dir.mkdir()
+    (run.oof_dir / "a.npy").write_bytes(b"")
+    (run.oof_dir / "presence").mkdir()
+    (run.oof_dir / "presence" / "a.npy").write_bytes(b"")
+    w.after(lambda: (run.report_dir / "my_figures" / "talk.pdf").is_file() or _fail("report/ deleted with the user's file"))
+    return lambda: prepare_run(cfg, [0, 1], overwrite=True)
+
+
+def _remove_a_fold_whose_failed_attempt_holds_a_user_file(w: World):
+    root = w.binary()
+    cfg = config_from_dict(w.binary_dict(root))
+    run = prepare_run(cfg, [0, 1])
+    aside = run.failed_attempt_dir(0, 1)
+    aside.mkdir(parents=True)
+    (aside / "last.pt").write_bytes(b"")
+    (aside / "metrics.csv").write_text("epoch\n1\n")
+    (aside / "why_it_failed.txt").write_text("mine")
+    w.after(lambda: (aside / "why_it_failed.txt").is_file() or _fail("failed_attempt_1 deleted with the user's file"))
+    return lambda: run.remove(cfg, run.fold_dir(0))
+
+
 def _remove_a_fold_holding_a_user_file(w: World):
     """The guard checks an entry it deletes (a fold folder) for files no run writes, as it checks the whole run."""
     root = w.binary()
@@ -692,6 +724,10 @@ CASES = [
     Case("overwrite a run made by the toolkit", _overwrite_a_real_run, OK),
     Case("remove a path outside the run", _remove_a_path_outside_the_run, "is not a file that runs write inside"),
     Case("remove tune --tta scratch", _remove_the_tta_scratch, OK),
+    Case("overwrite a run with a user file in report/", _overwrite_a_run_with_a_user_file_in_its_report,
+         "holds 1 file(s) that seg_toolkit did not write (report/my_figures/talk.pdf)"),
+    Case("remove a fold whose failed attempt holds a user file", _remove_a_fold_whose_failed_attempt_holds_a_user_file,
+         "fold_0: it holds 1 file(s) that seg_toolkit did not write (failed_attempt_1/why_it_failed.txt)"),
     Case("remove a fold holding a user file", _remove_a_fold_holding_a_user_file,
          "fold_1: it holds 1 file(s) that seg_toolkit did not write (notes.md)"),
     Case("train.device cuda without CUDA", _cuda_without_cuda, "train.device: 'cuda' but CUDA is not available"),
