@@ -375,6 +375,10 @@ class Predictor:
                 images = batch["images"][m.preprocess].to(self.device, non_blocking=True)
                 folds = [fold] if fold is not None else m.folds
                 same = len(set(sizes)) == 1  # one resize for the whole batch, else one per image
+                # the member's folds averaged in probability space, as the run predicts alone; then the member's
+                # prediction goes into the ensemble's merge space once (a logit-space ensemble averaged the folds'
+                # logits: sharper test probabilities than the member's own)
+                own: list[torch.Tensor | None] = [None] * len(sizes)
                 for k in folds:
                     probs, presence = split_presence(self._member_probs(m, images, k, m.tta, m.merge), c, has_presence(m.cfg))
                     if presence is not None:  # present_weight > 0: this member has a classifier and a weight
@@ -382,8 +386,11 @@ class Predictor:
                         acc_presence = share if acc_presence is None else acc_presence.add_(share)
                     resized = resize_to(probs, sizes[0]) if same else None
                     for j, hw in enumerate(sizes):
-                        p = to_merge_space(resized[j] if same else resize_to(probs[j : j + 1], hw)[0], self.space, self.task)
-                        acc[j] = p * (w / len(folds)) if acc[j] is None else acc[j].add_(p, alpha=w / len(folds))
+                        p = resized[j] if same else resize_to(probs[j : j + 1], hw)[0]
+                        own[j] = p / len(folds) if own[j] is None else own[j].add_(p, alpha=1 / len(folds))
+                for j in range(len(sizes)):
+                    p, own[j] = to_merge_space(own[j], self.space, self.task), None
+                    acc[j] = p * w if acc[j] is None else acc[j].add_(p, alpha=w)
             targets = batch.get("target")
             presence_cpu = acc_presence.cpu() if acc_presence is not None else None
             for j, image_id in enumerate(batch["id"]):

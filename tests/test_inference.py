@@ -198,16 +198,17 @@ def test_ensemble_probabilities_are_the_weighted_mean(two_experiments):
     normalised = Predictor([Member.load(ra, weight=3), Member.load(rb, weight=2)], device="cpu")
     assert normalised.weights == pytest.approx([0.6, 0.4])
     assert torch.allclose(_probs(normalised, a), 0.6 * pa + 0.4 * pb, atol=1e-6)
-    # logit space: sigmoid of the weighted mean of every model's logits (a's two folds share its weight), each
-    # probability on the OOF files' 1/255 grid, at least half a step from 0 and 1
+    # logit space: sigmoid of the weighted mean of each member's logits, a member's prediction being its folds'
+    # mean probability as it predicts alone (pa, pb; it was the mean of every fold's logits: sharper than a's own),
+    # each on the OOF files' 1/255 grid, at least half a step from 0 and 1
     def grid_logit(p):
         return torch.logit(((p * 255).round() / 255).clamp(0.5 / 255, 1 - 0.5 / 255))
 
     logit = Predictor([Member.load(ra, weight=0.6), Member.load(rb, weight=0.4)], space="logit", device="cpu")
-    with torch.no_grad():
-        want = torch.sigmoid(0.3 * grid_logit(torch.sigmoid(folds[0](images))) + 0.3 * grid_logit(torch.sigmoid(folds[1](images)))
-                             + 0.4 * grid_logit(pb))
+    want = torch.sigmoid(0.6 * grid_logit(pa) + 0.4 * grid_logit(pb))
     assert torch.allclose(_probs(logit, a), want, atol=1e-5)
+    alone = Predictor([Member.load(ra)], space="logit", device="cpu")  # one member: its own prediction, on the grid
+    assert torch.allclose(_probs(alone, a), (pa * 255).round() / 255, atol=1e-5)
 
 
 def test_wrong_weights_are_a_clear_error(two_experiments, tmp_path, capsys):
