@@ -183,7 +183,8 @@ def choose_tta(
         }
         write_json(run.tta_json, result)
         write_json(run.postprocess_json, tuned[chosen_i])
-        made = {"tta": chosen["tta"], "merge": chosen["merge"], "scales": scales, "tile_size": cfg.predict.tile_size}
+        # as Member.made() records it (tile_overlap with tiles), with the chosen TTA
+        made = {**predictor.members[0].made(), "tta": chosen["tta"], "merge": chosen["merge"]}
         for k in folds:
             write_json(run.done_json(k), {**(read_json(run.done_json(k)) or {}), "oof": made})
         compute_cv(cfg, run, samples)

@@ -256,3 +256,23 @@ def test_the_classifier_with_tiles_is_refused_at_load(demo_cfg):
     d["predict"] = {**d.get("predict", {}), "tile_size": [64, 64]}
     with pytest.raises(ConfigError, match=r"model.classifier with predict.tile_size \[64, 64\]: .* per tile"):
         config_from_dict(d)
+
+
+def test_tune_tta_records_the_tile_overlap_as_predict_does(demo_root, tmp_path):
+    """tune --tta wrote the folds' OOF record without tile_overlap: a later overlap change went unnoticed."""
+    import json
+
+    from seg_toolkit.config import config_from_dict
+    from seg_toolkit.cv import run_cv
+    from seg_toolkit.run import Run
+    from seg_toolkit.tta_search import choose_tta
+
+    from .conftest import demo_dict
+
+    cfg = config_from_dict(demo_dict(demo_root, tmp_path / "runs", train={"epochs": 1, "batch_size": 2},
+                                     predict={"batch_size": 4, "tile_size": [64, 64], "tile_overlap": 0.5}))
+    run_cv(cfg)
+    choose_tta(cfg, candidates=[["identity"], ["identity", "hflip"]], merges=["mean_prob"])
+    for k in (0, 1):
+        made = json.loads(Run.of(cfg).done_json(k).read_text())["oof"]
+        assert made["tile_size"] == [64, 64] and made["tile_overlap"] == 0.5
