@@ -298,10 +298,15 @@ class Predictor:
         self.task, self.num_classes = lead.data.task, lead.data.num_classes
         self.space = space
         self.device = device if isinstance(device, torch.device) else resolve_device(device or lead.train.device)
-        if any(m.backend == "onnx" for m in members):  # exports current, config.yaml = best.pt's, fp32 as the OOF files
+        running = [m for m, _ in self.active]
+        if self.device.type != "cpu" and all(m.backend == "onnx" for m in running):
+            # ONNX Runtime runs on the CPU here: batches sized for the GPU, and copies to it and back, gain nothing
+            log.info("predict.backend onnx runs on the CPU: predicting on the CPU, not %s", self.device)
+            self.device = torch.device("cpu")
+        if any(m.backend == "onnx" for m in running):  # exports current, config.yaml = best.pt's, fp32 as the OOF files
             from .export import check_onnx_backend
 
-            check_onnx_backend(members, self.device)
+            check_onnx_backend(running, self.device)  # a weight-0 member never runs: it needs no export
         self.batch_size = batch_size or lead.predict.batch_size
         self.num_workers = lead.train.num_workers if num_workers is None else num_workers
 
@@ -333,9 +338,10 @@ class Predictor:
 
     # ------------------------------------------------------------------ prediction
     def loader(self, samples: list[Sample], target_cfg: Config | None = None) -> DataLoader:
-        lead = self.members[0].cfg
-        dataset = _Inputs(samples, [m for m, _ in self.active], target_cfg, lead.data.max_image_pixels,
-                          lead.data.exif_orientation)
+        lead, running = self.members[0].cfg, [m for m, _ in self.active]
+        # the largest image any running member accepts (data.max_image_pixels is each member's own)
+        limit = max(m.cfg.data.max_image_pixels for m in running)
+        dataset = _Inputs(samples, running, target_cfg, limit, lead.data.exif_orientation)
         return DataLoader(dataset, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers,
                           collate_fn=_collate, pin_memory=self.device.type == "cuda")
 

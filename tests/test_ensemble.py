@@ -451,3 +451,18 @@ def test_cv_on_an_ensemble_keeps_how_it_was_built(trained, tmp_path):
     ens = Run(runs / "ens")
     again = compute_cv(load_config(ens.config_yaml, [f"runs_dir={runs}"]), ens)
     assert again["ensemble"] == built["ensemble"] and "pseudo" in again and again["score"] == built["score"]
+
+
+def test_images_are_read_with_the_largest_limit_of_the_members_that_run(trained):
+    """data.max_image_pixels is each member's own: the lead member's limit refused images another member reads."""
+    import dataclasses
+
+    from seg_toolkit.predictor import Member, Predictor
+
+    a, b, *_ = trained
+    small = dataclasses.replace(a, data=dataclasses.replace(a.data, max_image_pixels=100))
+    lead = Member.load(Run.of(a), cfg=small)
+    both = Predictor([lead, Member.load(Run.of(b))], device="cpu")
+    assert both.loader(load_test_samples(a)).dataset.max_pixels == b.data.max_image_pixels
+    lead_only = Predictor([lead, Member.load(Run.of(b), weight=0.0)], device="cpu")  # b never runs: a's limit
+    assert lead_only.loader(load_test_samples(a)).dataset.max_pixels == 100
