@@ -5,6 +5,7 @@ the next optimiser step (:class:`GracefulStop`, :class:`TrainingInterrupted`) or
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import logging
 import math
@@ -81,6 +82,14 @@ class GracefulStop:
             signal.signal(sig, previous)
 
 
+def _ddp_of(model: torch.nn.Module) -> torch.nn.parallel.DistributedDataParallel | None:
+    """The DistributedDataParallel module that ``model`` is or wraps (under ``torch.compile``), else None."""
+    for m in (model, getattr(model, "_orig_mod", None)):
+        if isinstance(m, torch.nn.parallel.DistributedDataParallel):
+            return m
+    return None
+
+
 def sync_interval(device: torch.device) -> int:
     """Steps between reads of the loss on the host (each read waits for the device): every step on CPU, where it
     is free, every 10th on an accelerator."""
@@ -134,16 +143,20 @@ def train_one_epoch(cfg, model, ema, loss_fn, optimizer, schedule, scaler, loade
             + f" ({len(getattr(loader, 'sampler', ()))} image(s) for this process, train.batch_size={cfg.train.batch_size})")
     bar = tqdm(loader, desc=f"fold {fold} epoch {epoch + 1}/{total_epochs or cfg.train.epochs}", leave=False, dynamic_ncols=True, disable=None)
     optimizer.zero_grad(set_to_none=True)
+    ddp = _ddp_of(model) if accum > 1 else None
     for i, batch in enumerate(bar):
         images, target = to_device(batch, cfg, device)
-        with autocast(amp, device):
-            out = model(images)
-        loss, terms = model_loss(loss_fn, out, target, cfg.model.deep_supervision, cfg.model.classifier)
-        # the mean over the batches of this update: the epoch's last group may hold fewer than grad_accum
-        group = min(accum, len(loader) - (i // accum) * accum)
-        scaler.scale(loss / group).backward()
         last = i + 1 == len(loader)
         boundary = (i + 1) % accum == 0 or last  # an optimiser step ends here
+        # DDP: gradients of the micro-batches before an update stay on each rank; the update's last one all-reduces
+        # their sum once (it all-reduced every micro-batch)
+        with ddp.no_sync() if ddp is not None and not boundary else contextlib.nullcontext():
+            with autocast(amp, device):
+                out = model(images)
+            loss, terms = model_loss(loss_fn, out, target, cfg.model.deep_supervision, cfg.model.classifier)
+            # the mean over the batches of this update: the epoch's last group may hold fewer than grad_accum
+            group = min(accum, len(loader) - (i // accum) * accum)
+            scaler.scale(loss / group).backward()
         if boundary:
             lr_sum += optimizer.param_groups[-1]["lr"]
             n_updates += 1

@@ -105,3 +105,35 @@ def test_ddp_ranks_follow_rank_0s_time_budget_plan(demo_root, tmp_path):
     fold = tmp_path / "runs" / "t" / "fold_0"
     assert pd.read_csv(fold / "metrics.csv")["epoch"].tolist() == [1, 2]
     assert json.loads((fold / "done.json").read_text())["epochs_planned"] == 2
+
+
+ACCUM_CHILD = textwrap.dedent(
+    """
+    import json, os, sys, torch
+    from torch.nn.parallel import DistributedDataParallel as DDP
+    from seg_toolkit.cli import main
+
+    calls, original = [0], DDP.no_sync
+    def no_sync(self):
+        calls[0] += 1
+        return original(self)
+    DDP.no_sync = no_sync
+    rc = main(["train", sys.argv[1]])
+    rank = os.environ["RANK"]
+    with open(f"{sys.argv[2]}/exit_rank{rank}.json", "w") as fh:
+        json.dump({"rc": rc, "no_sync": calls[0]}, fh)
+    """
+)
+
+
+@pytest.mark.slow
+def test_ddp_gradient_accumulation_all_reduces_once_per_update(demo_root, tmp_path):
+    """With train.grad_accum every micro-batch's backward all-reduced its gradients; only the update's last needs to."""
+    cfg_data = demo_dict(demo_root, tmp_path / "runs", folds={"n_splits": 2, "method": "kfold", "seed": 0, "only": [0]},
+                         train={"epochs": 1, "batch_size": 1, "grad_accum": 2, "num_workers": 0, "device": "cpu"})
+    spy = _torchrun(ACCUM_CHILD, cfg_data, tmp_path)
+    # 6 training images -> 3 per rank, batch 1 -> 3 micro-batches: updates after the 2nd and the 3rd (the last);
+    # the 1st runs without the all-reduce
+    for rank in (0, 1):
+        assert json.loads((spy / f"exit_rank{rank}.json").read_text()) == {"rc": 0, "no_sync": 1}
+    assert torch.load(tmp_path / "runs" / "t" / "fold_0" / "last.pt", weights_only=True)["step"] == 2
