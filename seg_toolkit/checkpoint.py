@@ -95,6 +95,7 @@ def rng_state() -> dict[str, Any]:
     }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda_device"] = torch.cuda.current_device()  # the GPU this process drew from
     return state
 
 
@@ -104,7 +105,14 @@ def set_rng_state(state: dict[str, Any]) -> None:
     np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        saved = state.get("cuda_device")
+        if saved is None or not 0 <= int(saved) < len(state["cuda"]):  # saved before the device was recorded
+            torch.cuda.set_rng_state_all(state["cuda"])
+        else:
+            # the generator of the GPU the saving process drew from, onto this process's GPU: under DDP rank 0 saves,
+            # and every rank (seeded alike, drawing alike) goes on from there on its own GPU; restoring all of rank
+            # 0's put the never-used state of GPU r on rank r, which replayed its dropout from the start
+            torch.cuda.set_rng_state(state["cuda"][int(saved)], device=torch.cuda.current_device())
 
 
 def _as_tuple(x: Any) -> Any:

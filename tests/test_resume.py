@@ -293,3 +293,25 @@ def test_partial_writes_and_an_unreadable_metrics_file_do_not_stop_a_resume(tmp_
     assert state.epoch == 0 and sorted(p.name for p in fold.iterdir()) == ["metrics.csv.unreadable"]
     assert "a checkpoint write cut short" in caplog.text and "is unreadable" in caplog.text
     assert run.foreign_entries() == []  # the set-aside file is a run's own: --overwrite may delete it
+
+
+def test_a_rank_resumes_its_own_gpus_generator_from_the_saving_gpus(monkeypatch):
+    """Rank 0 saved every GPU's generator as its process saw them; rank 1 restored them all, putting GPU 1's untouched
+    state on its own GPU: its dropout masks replayed from the start after a resume."""
+    from seg_toolkit.checkpoint import rng_state, set_rng_state
+
+    g0, g1 = torch.tensor([1, 2, 3], dtype=torch.uint8), torch.tensor([9, 9, 9], dtype=torch.uint8)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: [g0, g1])
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)  # rank 0 saves
+    state = rng_state()
+    assert state["cuda_device"] == 0
+    restored = []
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda s, device=None: restored.append((s.tolist(), device)))
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda states: restored.append(("all", None)))
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)  # rank 1 restores on GPU 1
+    set_rng_state(state)
+    assert restored == [([1, 2, 3], 1)]
+    restored.clear()
+    set_rng_state({k: v for k, v in state.items() if k != "cuda_device"})  # an older checkpoint: as before
+    assert restored == [("all", None)]
