@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import io
 import logging
 import math
 import signal
@@ -26,6 +27,7 @@ from .device import autocast
 from .distributed import get_dist
 from .errors import SegToolkitError
 from .evaluator import Evaluator
+from .files import write_text
 from .fold_state import TrainState
 from .losses import model_loss
 from .models.presence import has_presence, split_presence
@@ -287,15 +289,36 @@ def validate_epoch(cfg: Config, model, ema, loss_fn, loader: DataLoader, device,
     return stats
 
 
+def _csv_header(path: Path) -> list[str] | None:
+    """The column names of a CSV file's first line (None: no file, or an empty one)."""
+    if not path.is_file():
+        return None
+    with path.open(newline="") as fh:
+        first = next(csv.reader(fh), None)
+    return list(first) if first else None
+
+
 def log_epoch(path: Path, fold: int, epoch: int, train_stats, val_stats, improved: bool, seconds: float) -> None:
     row = {"fold": fold, "epoch": epoch + 1, "lr": train_stats["lr"], **train_stats,
            **{k: v for k, v in val_stats.items() if k != "metric"}, "best": int(improved), "seconds": round(seconds, 3)}
-    new = not path.is_file()
-    with path.open("a", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(row))
-        if new:
-            writer.writeheader()
-        writer.writerow(row)
+    header = _csv_header(path)
+    if header is not None and header != list(row):
+        # columns differ from the file's (a resume from an older checkpoint, another loss): the file is written again
+        # under the union of both, each value under its own name, instead of a row whose values sit under others' names
+        with path.open(newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        fields = header + [k for k in row if k not in header]
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\r\n")
+        writer.writeheader()
+        writer.writerows([*rows, row])
+        write_text(path, buf.getvalue())
+    else:
+        with path.open("a", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(row))
+            if header is None:
+                writer.writeheader()
+            writer.writerow(row)
     log.info(
         "fold %d epoch %d: train loss %.4f | val loss %.4f | %s %.4f%s | %.0f img/s | %.1fs",
         fold, epoch + 1, train_stats["train_loss"], val_stats["val_loss"], val_stats.get("metric", "score"),

@@ -314,3 +314,21 @@ def test_training_loader_workers_outlive_a_sigterm_to_the_process_group(demo_roo
     assert worker.is_alive()
     assert sum(1 for _ in it) == len(train_loader) - 1  # the epoch goes on
     del it
+
+
+def test_a_metrics_row_with_other_columns_keeps_each_value_under_its_name(tmp_path):
+    """A resume from an older checkpoint (train_loss only) appended rows under the file's header by position."""
+    from seg_toolkit.epoch import log_epoch
+
+    path = tmp_path / "metrics.csv"
+    train_stats = {"lr": 0.1, "train_loss": 0.5, "bce": 0.3, "dice": 0.2, "images_per_s": 10.0}
+    log_epoch(path, 0, 0, train_stats, {"val_loss": 0.4, "val_score": 0.6, "metric": "dice"}, True, 1.0)
+    older = {"lr": 0.05, "train_loss": 0.45, "images_per_s": 11.0}  # no loss terms
+    log_epoch(path, 0, 1, older, {"val_loss": 0.35, "val_score": 0.65, "metric": "dice", "ema_val_score": 0.66}, True, 2.0)
+    rows = pd.read_csv(path)
+    assert list(rows.columns) == ["fold", "epoch", "lr", "train_loss", "bce", "dice", "images_per_s", "val_loss",
+                                  "val_score", "best", "seconds", "ema_val_score"]
+    assert rows["val_score"].tolist() == [0.6, 0.65] and rows["seconds"].tolist() == [1.0, 2.0]
+    assert rows["bce"].isna().tolist() == [False, True] and rows["ema_val_score"].isna().tolist() == [True, False]
+    log_epoch(path, 0, 2, older, {"val_loss": 0.3, "val_score": 0.7, "metric": "dice", "ema_val_score": 0.7}, True, 3.0)
+    assert pd.read_csv(path)["val_score"].tolist() == [0.6, 0.65, 0.7]
