@@ -114,7 +114,7 @@ def _print_tune(report: dict) -> None:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from .predictor import check_same_training
+    from .run_settings import check_same_training
     from .run import Run
     from .tune import tune_postprocess
 

@@ -100,7 +100,7 @@ def _check_predict_keys(run: Run, cfg: Config, trained: list[int]) -> None:
     a fold trained with others would mix two TTA settings in oof/ (`train --fold 1 --set predict.tta=...`)."""
     if not trained:
         return
-    from .predictor import PREDICT_KEYS, diff_of_keys
+    from .run_settings import PREDICT_KEYS, diff_of_keys
 
     changed = diff_of_keys(run.config(), cfg, PREDICT_KEYS)
     if changed:

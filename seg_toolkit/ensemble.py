@@ -44,7 +44,8 @@ from .data import load_target, load_train_samples
 from .data.dataset import target_to_tensor
 from .evaluator import Evaluator
 from .oof import check_oof_complete
-from .predictor import Member, check_same_training, diff_of_keys
+from .predictor import Member
+from .run_settings import check_same_training, diff_of_keys
 from .models.presence import has_presence
 from .files import read_json, read_oof, sha256_file, write_json, write_npy
 from .run import Run

@@ -63,7 +63,7 @@ class _Timed(nn.Module):
 def _timed_models(predictor, stats: dict, clock: Callable[[], float]) -> float:
     """Load every fold model (returns the seconds it took) and wrap it in :class:`_Timed`; a tiled
     model's inner model is wrapped too, to count the tiles."""
-    from .predictor import TiledModel
+    from .tiling import TiledModel
 
     sync = predictor.device.type == "cuda"
     t0 = clock()
@@ -80,7 +80,7 @@ def scale_costs(member, sizes: list[tuple[int, int]]) -> list[float]:
     """The pixels one pass of each of ``member``'s scales puts through the network, averaged over images of ``sizes``
     (each image's size as predicted): the scaled input (``transforms.resize``, else the image's own size), or for a
     tiled member the tiles the sliding window lays over it (:func:`~seg_toolkit.tiling.tile_starts`), each no larger
-    than the input, as :class:`~seg_toolkit.predictor.TiledModel` cuts them."""
+    than the input, as :class:`~seg_toolkit.tiling.TiledModel` cuts them."""
     from .tiling import tile_starts
     from .tta import _scaled_size
 

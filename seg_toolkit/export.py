@@ -21,7 +21,7 @@ meaningful for large logits), else nothing is written. Files are written atomica
 at an export path that is not an export of this toolkit is never replaced.
 
 ``export.json`` also records, per fold, the values of the keys ``best.pt`` was trained with
-(:data:`~seg_toolkit.predictor.TRAINED_KEYS`) and, for a run that predicts with bf16/fp16
+(:data:`~seg_toolkit.run_settings.TRAINED_KEYS`) and, for a run that predicts with bf16/fp16
 autocast, the gap between ONNX Runtime's fp32 output and the predictor's own (autocast) output
 on the same inputs (``max_abs_diff_vs_predictor``, ``max_abs_prob_diff_vs_predictor``).
 
@@ -344,12 +344,12 @@ def check_onnx_backend(members: list, device: torch.device | None = None) -> Non
 
 
 def trained_values(cfg: Config) -> dict[str, Any]:
-    """The config values that training fixed (:data:`~seg_toolkit.predictor.TRAINED_KEYS`), as ``{dotted key: value}``
+    """The config values that training fixed (:data:`~seg_toolkit.run_settings.TRAINED_KEYS`), as ``{dotted key: value}``
     (JSON values): what an export records of its ``best.pt``, compared with the run's config at prediction."""
     import json
 
     from .config import config_to_dict
-    from .predictor import TRAINED_KEYS, key_named
+    from .run_settings import TRAINED_KEYS, key_named
 
     flat: dict[str, Any] = {}
 

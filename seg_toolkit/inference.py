@@ -41,7 +41,8 @@ from .device import resolve_device
 from .files import atomic_write, read_json, write_npy
 from .postprocess import apply_postprocess, load_params
 from .oof import check_oof_complete
-from .predictor import Predictor, check_same_training
+from .predictor import Predictor
+from .run_settings import check_same_training
 from .run import Run, RunExistsError
 from .run_guard import check_not_input, check_not_run_file, is_partial_write
 from .submission import SubmissionWriter, mask_rows, repeated_ids, row_fields, submission_columns, submission_header, submission_path

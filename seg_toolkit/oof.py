@@ -26,7 +26,8 @@ from .data import Sample, load_train_samples
 from .data.folds import split_fold, read_folds
 from .errors import SegToolkitError
 from .evaluator import Evaluator
-from .predictor import Member, Predictor, check_same_training, tta_settings
+from .predictor import Member, Predictor
+from .run_settings import check_same_training, tta_settings
 from .files import read_json, write_json, write_npy
 from .run import Run
 from .run_lock import lock_holder, run_lock

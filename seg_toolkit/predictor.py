@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .checkpoint import load_model
 from .models.presence import has_presence, split_presence
-from .config import Config, ConfigError, config_diff, config_to_dict
+from .config import Config, ConfigError
 from .data import DataError, Sample, build_transforms, load_target, read_image
 from .data.bands import bands_of
 from .data.dataset import target_to_tensor
@@ -35,92 +35,14 @@ from .device import autocast, resolve_device
 from .files import read_json
 from .run import Run
 from .tensors import from_merge_space, resize_to, to_merge_space
-from .tta import MERGE_MODES, expand_tta, iter_variant_logits, merge_logits, tta_predict
+from .run_settings import TRAINED_KEYS, check_same_training, diff_of_keys, tta_settings
+from .tiling import TiledModel
+from .tta import expand_tta, iter_variant_logits, merge_logits, tta_predict
 from .tta import _variants
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Member", "Predictor", "tta_settings", "check_same_training", "TRAINED_KEYS"]
-
-#: Config keys fixed by training: what a trained run's models were made with and its OOF
-#: files were predicted with. A command line that changes one of them for an existing run
-#: is refused (``seg-toolkit oof`` remakes the OOF after a change of the predict keys).
-TRAINED_KEYS = ("data.task", "data.num_classes", "data.in_channels", "data.image_range", "data.exif_orientation",
-                "data.pair_split", "data.pair_split_at", "data.bands.files",
-                "data.bands.frame", "data.bands.ash", "data.ignore_index", "transforms.resize",
-                "transforms.mean", "transforms.std", "model.arch", "model.encoder", "model.depth", "model.base_width",
-                "model.norm", "model.upsample", "model.dropout", "model.params.", "model.classifier", "train.use_ema")
-# not in it: model.encoder_weights (a checkpoint holds every weight; offline kernels set it to null),
-# model.channels_last (speed only), and the training-only keys (freeze_encoder_epochs, encoder_lr_mult, ...)
-PREDICT_KEYS = ("predict.tta", "predict.scales", "predict.merge", "predict.tile_size", "predict.tile_overlap",
-                "predict.oof_tta")
-
-
-def key_named(key: str, prefixes: Sequence[str]) -> bool:
-    """Whether the dotted config ``key`` is one of ``prefixes`` (a name ending in "." names a section)."""
-    return any(key == p or (p.endswith(".") and key.startswith(p)) for p in prefixes)
-
-
-def diff_of_keys(old: Config, new: Config, prefixes: Sequence[str]) -> list[str]:
-    """:func:`~seg_toolkit.config.config_diff` restricted to the keys named in ``prefixes`` (:func:`key_named`)."""
-    return [line for line in config_diff(config_to_dict(old), config_to_dict(new)) if key_named(line.split(": ", 1)[0], prefixes)]
-
-
-def check_same_training(cfg: Config, run: Run, also_predict: bool = True, skip: Sequence[str] = ()) -> None:
-    """Refuse a config (e.g. with ``--set``) that would silently change how a trained run predicts
-    (``skip``: predict keys the caller sets itself, as ``tune --tta`` does ``predict.tta`` and ``predict.merge``)."""
-    if not run.config_yaml.is_file():
-        return
-    saved = run.config()
-    if run.is_ensemble:  # each member predicts with its own saved settings: a --set of them would be ignored
-        diff = diff_of_keys(saved, cfg, TRAINED_KEYS + PREDICT_KEYS + ("predict.ensemble_space",))
-        if diff:
-            raise ConfigError(f"{run.dir} is an ensemble: its members predict with their own saved settings and its "
-                              f"weights were chosen in its saved space, so {'; '.join(diff[:6])} would be ignored; change "
-                              "a member (`seg-toolkit oof MEMBER --set ...`) and build the ensemble again")
-        return
-    diff = diff_of_keys(saved, cfg, TRAINED_KEYS + (tuple(k for k in PREDICT_KEYS if k not in skip) if also_predict else ()))
-    if diff:
-        hint = ("; the predict keys are changed with `seg-toolkit oof CONFIG --set ...`, which remakes the OOF "
-                "files and post-processing with them" if any(d.startswith("predict.") for d in diff) else
-                "; those are fixed when the run is trained: train a new experiment to change them")
-        raise ConfigError(f"{run.dir} was made with other settings than this config: {'; '.join(diff[:6])}{hint}")
-
-
-def tta_settings(cfg: Config, run: Run | None = None) -> tuple[list[str], str]:
-    """``(transforms, merge)``: the choice of ``tune --tta`` in the run's ``tta.json``, else ``predict.tta`` / ``predict.merge``."""
-    run = run or Run.of(cfg)
-    data = read_json(run.tta_json)
-    if data is None:
-        return list(cfg.predict.tta), cfg.predict.merge
-    try:
-        tta, merge = list(data["tta"]), data["merge"]
-        expand_tta(tta)
-    except (KeyError, TypeError) as e:
-        raise ConfigError(f"{run.tta_json}: not a TTA choice ({type(e).__name__}: {e}); run `seg-toolkit tune CONFIG --tta` again or delete it") from None
-    except ConfigError as e:
-        raise ConfigError(f"{run.tta_json}: not a TTA choice ({e}); run `seg-toolkit tune CONFIG --tta` again or delete it") from None
-    if merge not in MERGE_MODES:
-        raise ConfigError(f"{run.tta_json}: merge {merge!r} is not one of {', '.join(MERGE_MODES)}")
-    return tta, merge
-
-
-class TiledModel(nn.Module):
-    """A model run by sliding window: tiles of ``tile_size`` with Gaussian-weighted overlap."""
-
-    def __init__(self, model: nn.Module, tile_size: list[int], overlap: float, max_batch: int) -> None:
-        super().__init__()
-        self.model, self.tile_size, self.overlap, self.max_batch = model, tuple(tile_size), overlap, max_batch
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """One image at a time (the blended map of a large image is the memory; a TTA chunk holds many), each
-        with tiles no larger than the image: padding a small image with zeros to a tile changed its edges (the
-        models pad to their own multiple as they do for whole images)."""
-        from .tiling import sliding_window_predict
-
-        tile = (min(self.tile_size[0], int(x.shape[-2])), min(self.tile_size[1], int(x.shape[-1])))
-        return torch.cat([sliding_window_predict(self.model, x[i:i + 1], tile, self.overlap, max_batch=self.max_batch)
-                          for i in range(x.shape[0])])
+__all__ = ["Member", "Predictor"]
 
 
 @dataclass

@@ -183,3 +183,18 @@ def sliding_window_predict(
         logger.debug("sliding_window_predict: %d tiles of %dx%d per image", len(ys) * len(xs), th, tw)
         return activate(out, task) if task is not None else out
 
+
+class TiledModel(nn.Module):
+    """A model run by sliding window: tiles of ``tile_size`` with Gaussian-weighted overlap."""
+
+    def __init__(self, model: nn.Module, tile_size: list[int], overlap: float, max_batch: int) -> None:
+        super().__init__()
+        self.model, self.tile_size, self.overlap, self.max_batch = model, tuple(tile_size), overlap, max_batch
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """One image at a time (the blended map of a large image is the memory; a TTA chunk holds many), each
+        with tiles no larger than the image: padding a small image with zeros to a tile changed its edges (the
+        models pad to their own multiple as they do for whole images)."""
+        tile = (min(self.tile_size[0], int(x.shape[-2])), min(self.tile_size[1], int(x.shape[-1])))
+        return torch.cat([sliding_window_predict(self.model, x[i:i + 1], tile, self.overlap, max_batch=self.max_batch)
+                          for i in range(x.shape[0])])

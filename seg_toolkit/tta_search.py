@@ -7,7 +7,7 @@ candidate's OOF probabilities are written to a scratch folder, and post-processi
 on THEM (:func:`seg_toolkit.tune.tune_postprocess`): a candidate is scored by what it would
 submit, not by thresholds tuned for other probabilities. The winner's files become the
 run's ``oof/``, its tuning ``postprocess.json``, and the pair ``tta.json``, which
-:func:`seg_toolkit.predictor.tta_settings` reads, so ``predict``, ``ensemble`` and
+:func:`seg_toolkit.run_settings.tta_settings` reads, so ``predict``, ``ensemble`` and
 ``evaluate`` follow it; cv.json is rescored. Test images are never read.
 
 Three scores are reported for every candidate: ``untuned`` (the config's post-processing),
@@ -105,7 +105,8 @@ def choose_tta(
     """
     from .cv import compute_cv
     from .oof import end_oof_rewrite, mark_oof_rewrite, save_oof
-    from .predictor import Member, Predictor, check_same_training
+    from .predictor import Member, Predictor
+    from .run_settings import check_same_training
     from .tune import tune_postprocess
 
     t0 = time.perf_counter()

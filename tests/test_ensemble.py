@@ -196,14 +196,14 @@ def test_merge_probs_and_weight_grid_by_hand():
 def test_offline_weights_setting_is_not_a_preprocessing_change(trained, tmp_path):
     """Kaggle kernels are offline: predicting with model.encoder_weights=null must stay allowed
     (a checkpoint holds every weight), while a model change is refused."""
-    from seg_toolkit.predictor import check_same_training
+    from seg_toolkit.run_settings import check_same_training
 
     a, *_ = trained
     check_same_training(load_config(Run.of(a).config_yaml, ["model.encoder_weights=null", "model.channels_last=true"]), Run.of(a))
     with pytest.raises(ConfigError, match=r"model.base_width: 4 -> 8"):
         check_same_training(load_config(Run.of(a).config_yaml, ["model.base_width=8"]), Run.of(a))
     # which part of a photo | label file is the image decides the model's input as the resize does
-    from seg_toolkit.predictor import TRAINED_KEYS, diff_of_keys
+    from seg_toolkit.run_settings import TRAINED_KEYS, diff_of_keys
 
     pair = config_from_dict({"data": {"root": str(tmp_path), "layout": "folder", "train_masks": "x", "pair_split": "image_left"},
                              "folds": {"n_splits": 2}})

@@ -18,7 +18,8 @@ from seg_toolkit.config import ConfigError, config_from_dict
 from seg_toolkit.data import DataError, SegDataset, load_train_samples
 from seg_toolkit.data.io import read_image, wide_values
 from seg_toolkit.data.sources import check_train_samples
-from seg_toolkit.predictor import TRAINED_KEYS, Member, diff_of_keys
+from seg_toolkit.predictor import Member
+from seg_toolkit.run_settings import TRAINED_KEYS, diff_of_keys
 
 
 def _save(path: Path, arr: np.ndarray) -> Path:

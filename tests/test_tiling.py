@@ -194,7 +194,7 @@ def test_inside_inference_mode_and_in_place_after() -> None:
 def test_tiled_model_never_pads_an_image_smaller_than_a_tile():
     """A 20x28 image under 32x32 tiles: a tile is cut to the image (one tile, the model's own border), where padding
     it with zeros to the tile changed the edges (0.019 in probability on a trained demo model)."""
-    from seg_toolkit.predictor import TiledModel
+    from seg_toolkit.tiling import TiledModel
 
     net = _two_convs()
     x = torch.randn(2, 3, 20, 28, generator=_seeded(3))
@@ -208,7 +208,7 @@ def test_tiled_model_never_pads_an_image_smaller_than_a_tile():
 
 def test_tiled_model_blends_one_image_at_a_time():
     """A TTA chunk holds many images; the blended full-size map is kept for one at a time, and the result is the same."""
-    from seg_toolkit.predictor import TiledModel
+    from seg_toolkit.tiling import TiledModel
 
     seen = []
 

@@ -22,7 +22,8 @@ from seg_toolkit.data import SegDataset, collate, load_test_samples, load_train_
 from seg_toolkit.inference import predict_test
 from seg_toolkit.evaluator import Evaluator
 from seg_toolkit.postprocess import apply_postprocess, params_from_config
-from seg_toolkit.predictor import Predictor, tta_settings
+from seg_toolkit.predictor import Predictor
+from seg_toolkit.run_settings import tta_settings
 from seg_toolkit.files import read_json
 from seg_toolkit.run import Run
 from seg_toolkit.submission_check import check_submission
