@@ -538,3 +538,22 @@ def test_overlay_blocks_are_as_tall_as_their_own_images(tmp_path):
         assert heads[i].y0 > max(b.y1 for b in row)  # the header above its panels
         if i + 1 < len(examples):  # the next block starts just below this one's panels (titles and a gap)
             assert 0 < row[0].y0 - heads[i + 1].y1 < 30
+
+
+def test_report_written_with_a_class_never_present_does_not_crash(multiclass_run):
+    """The report made the summary itself (absent, stale, or more examples asked) and used it as written, nulls and
+    all: a class in neither truth nor prediction (IoU NaN) failed with float(None)."""
+    cfg, ids = multiclass_run
+    run = Run.of(cfg)
+    for i in ids:  # class 2 (car) in no mask and never predicted
+        path = Path(cfg.data.root) / "train/masks" / f"{i}.png"
+        m = np.asarray(Image.open(path)).copy()
+        m[m == 2] = 1
+        Image.fromarray(m).save(path)
+        q = np.load(run.oof_path(i))
+        q[2] = 0
+        np.save(run.oof_path(i), q)
+    data = compute_report_data(cfg.run_dir, n_examples=2)  # no summary yet: written, then used
+    assert np.isnan(data.per_class_iou[2]) and not np.isnan(data.per_class_iou[0])
+    page = build_report(cfg.run_dir, n_examples=12)  # more examples than kept: written again
+    assert page.is_file()

@@ -208,7 +208,7 @@ def write_oof_summary(run: Run, cfg: Config, samples: list[Sample], n_examples: 
     summary = compute_oof_summary(run, cfg, samples, n_examples)
     write_json(run.oof_summary_json, summary)
     log.info("OOF summary written to %s", run.oof_summary_json)
-    return summary
+    return _nulls_to_nan(summary)  # as read_oof_summary gives it: a class never present is NaN, not None
 
 
 def read_oof_summary(run: Run) -> Optional[dict[str, Any]]:
@@ -220,7 +220,13 @@ def read_oof_summary(run: Run) -> Optional[dict[str, Any]]:
         log.warning("%s: version %r, expected %d; it is made again when the data can be read",
                     run.oof_summary_json, s.get("version"), SUMMARY_VERSION)
         return None
+    return _nulls_to_nan(s)
+
+
+def _nulls_to_nan(s: dict[str, Any]) -> dict[str, Any]:
+    """The summary with the float fields that JSON holds as null (NaN) back to NaN."""
     nan = lambda x: math.nan if x is None else float(x)  # noqa: E731
+    s = dict(s)
     for key in ("score", "baseline_empty", "pixel_accuracy"):
         s[key] = nan(s[key])
     for key in ("per_class_iou", "per_class_dice"):
