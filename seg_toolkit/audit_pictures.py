@@ -148,6 +148,8 @@ def audit_pictures(cfg: Config, res: AuditResult, out_dir: Path) -> str:
     from .run import Run
 
     run = Run(out_dir)
+    for png in (run.audit_samples_png, run.audit_batch_png):  # an earlier audit's: drawn again below, or gone
+        png.unlink(missing_ok=True)
     if not res.samples:
         return section("Samples with their masks", note("No sample could be read, so there is nothing to show."))
     names, colors = class_names(cfg), class_colors(cfg)

@@ -379,6 +379,13 @@ def test_audit_page_shows_samples_and_an_augmented_batch(demo_root, tmp_path):
             assert im.size[0] >= 640 and im.mode in ("RGB", "RGBA")
     assert "<h2>Samples with their masks</h2>" in page and "<h2>One augmented training batch</h2>" in page
     assert "HorizontalFlip" in page and "train.seed 7" in page
+    # the batch cannot be drawn this time (a crop larger than the images): the earlier audit's picture goes, it does
+    # not stay beside a page that says it could not be drawn
+    crop = config_from_dict(demo_dict(demo_root, tmp_path / "runs", train={"batch_size": 4, "seed": 7},
+                                      transforms={"train": [{"RandomCrop": {"height": 512, "width": 512}}]}))
+    page = write_audit(crop, tmp_path / "out").read_text()
+    assert "could not be drawn" in page and not (tmp_path / "out" / "audit_batch.png").exists()
+    assert (tmp_path / "out" / "audit_samples.png").is_file()
 
 
 def test_augmented_batch_is_the_first_training_batch_with_its_masks(demo_root, tmp_path):

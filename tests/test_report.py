@@ -557,3 +557,16 @@ def test_report_written_with_a_class_never_present_does_not_crash(multiclass_run
     assert np.isnan(data.per_class_iou[2]) and not np.isnan(data.per_class_iou[0])
     page = build_report(cfg.run_dir, n_examples=12)  # more examples than kept: written again
     assert page.is_file()
+
+
+def test_an_overlay_of_an_image_gone_from_the_data_is_a_data_error(multiclass_run):
+    """A summary naming an id the data no longer holds failed the whole page with a KeyError."""
+    from seg_toolkit.data import DataError
+    from seg_toolkit.report.overlays import _example_panels
+
+    cfg, ids = multiclass_run
+    data = compute_report_data(cfg.run_dir, n_examples=2)
+    ex = data.best[0]
+    del data.samples[ex.id]
+    with pytest.raises(DataError, match=rf"{ex.id}: an OOF image of oof_summary.json is not in the training data"):
+        _example_panels(data, ex, data.class_colors, [True] * 3)

@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image
 
 from ..config import IGNORE_INDEX, Config
-from ..data import load_target
+from ..data import DataError, load_target
 from ..data.sample import read_config_image
 from ..data.io import is_array_image
 from ..plots import literal, metric_label, new_figure
@@ -156,7 +156,9 @@ def _example_panels(d: ReportData, ex: Example, colors: np.ndarray,
     """The image, truth overlay and prediction overlay of one example, at display size."""
     cfg = d.cfg
     assert d.samples is not None
-    s = d.samples[ex.id]
+    s = d.samples.get(ex.id)
+    if s is None:  # in the summary but no longer in the data (a row removed since): the page says the data changed
+        raise DataError(f"{ex.id}: an OOF image of {d.run.oof_summary_json.name} is not in the training data any more")
     q = read_oof(d.run.oof_path(ex.id))
     hw = tuple(q.shape[-2:])
     image = display_image(s.image, cfg, s.pair)

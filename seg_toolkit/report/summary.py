@@ -174,6 +174,9 @@ def compute_oof_summary(run: Run, cfg: Config, samples: list[Sample], n_examples
         best.push((content, score, ex.true_pixels), ex)
         worst.push((-score, ex.error_pixels), ex)
     if n_images == 0:
+        if not unreadable:  # no OOF item at all: folds.csv's ids and the data's have nothing in common
+            raise DataError(f"{run.dir}: no OOF file of a finished fold belongs to a training image of {cfg.data_path('')} "
+                            f"({run.folds_csv.name} was made for other data?)")
         raise DataError(f"{run.dir}: no target of the OOF images could be read, e.g. {unreadable[0]}")
 
     result = evaluator.compute()
