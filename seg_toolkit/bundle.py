@@ -192,6 +192,14 @@ def build_bundle(runs: Sequence[Run], out: str | Path, fp16: bool = False, base_
             raise BundleError(f"{out} exists and is not a bundle (no bundle.json); choose another --out")
         if not overwrite:
             raise FileExistsError(f"{out} exists; pass --overwrite to replace the bundle, or another --out")
+        foreign = sorted(p.name for p in out.iterdir() if p.name not in BUNDLE_ENTRIES)
+        if foreign:  # `kaggle datasets init -p BUNDLE` writes dataset-metadata.json there, a predict its submission.csv
+            raise BundleError(f"{out} holds {', '.join(foreign[:5])}, which the bundle did not write; --overwrite replaces "
+                              "only a bundle's own files: move them out first (dataset-metadata.json can go back after)")
+    from .oof import check_oof_complete
+
+    for r in by_name.values():  # an oof / tune --tta stopped half-way: predict refuses the run, so must the bundle
+        check_oof_complete(r)
     warnings: list[str] = []
     folds: dict[str, list[int]] = {}
     for name, r in by_name.items():
@@ -237,6 +245,10 @@ def build_bundle(runs: Sequence[Run], out: str | Path, fp16: bool = False, base_
             delete_path(tmp, announce=False)
         raise
     return data
+
+
+#: What a bundle folder holds (:func:`build_bundle`, :func:`_write_texts`); anything else there is the user's
+BUNDLE_ENTRIES = ("bundle.json", "runs", "wheels", "predict.py", "predict.ipynb", "README.md", "requirements.txt")
 
 
 def _write_texts(folder: Path, data: dict[str, Any], lead) -> None:

@@ -144,7 +144,7 @@ def find(name, skip=None):
     for depth in (1, 2, 3):
         for hit in sorted(glob.glob("/kaggle/input" + "/*" * depth + "/" + name)):
             root = hit[: -len(name) - 1]
-            if skip is None or not root.startswith(skip):
+            if skip is None or (root != skip and not root.startswith(skip.rstrip("/") + "/")):  # not a name's prefix
                 return root
     return None
 

@@ -235,3 +235,48 @@ def test_the_printed_command_is_quoted_and_a_no_wheels_notebook_installs_nothing
     assert 'find_spec("seg_toolkit")' in cells[1]
     with_wheels = [c["source"] for c in json.loads(notebook("t", "test", wheels=True))["cells"]]
     assert any('"pip", "install", "--no-index", "--find-links"' in c for c in with_wheels)
+
+
+def test_the_notebook_finds_a_competition_whose_name_starts_with_the_bundles(monkeypatch):
+    """The bundle /kaggle/input/tgs was a string prefix of /kaggle/input/tgs-salt-identification-challenge, so the
+    competition folder was skipped as if it were the bundle."""
+    import glob as glob_mod
+
+    cells = [c["source"] for c in json.loads(notebook("t", "test", wheels=False))["cells"]]
+    code = next(c for c in cells if "def find(" in c)
+    code = code[code.index("def find("):]
+    code = code[: code.index("\n\n\n") if "\n\n\n" in code else len(code)]
+    hits = {1: ["/kaggle/input/tgs/test", "/kaggle/input/tgs-salt-identification-challenge/test"]}
+    monkeypatch.setattr(glob_mod, "glob", lambda pattern: hits.get(pattern.count("/*"), []))
+    scope = {"glob": glob_mod}
+    exec(code, scope)
+    assert scope["find"]("test", skip="/kaggle/input/tgs") == "/kaggle/input/tgs-salt-identification-challenge"
+    assert scope["find"]("test", skip="/kaggle/input/tgs/") == "/kaggle/input/tgs-salt-identification-challenge"
+    assert scope["find"]("test", skip="/kaggle/input/tgs-salt-identification-challenge") == "/kaggle/input/tgs"
+
+
+def test_a_run_whose_oof_rewrite_stopped_is_not_bundled(trained, tmp_path):
+    """predict refuses a run whose oof / tune --tta stopped half-way (new TTA, old post-processing); bundle copied it
+    and the target submitted the mix."""
+    from seg_toolkit.errors import SegToolkitError
+    from seg_toolkit.files import write_json
+
+    copy = tmp_path / "runs" / "x"
+    shutil.copytree(trained["x"].dir, copy)
+    write_json(Run(copy).oof_incomplete_json, {"command": "seg-toolkit oof runs/x", "started": "now"})
+    with pytest.raises(SegToolkitError, match=r"were being rewritten by `seg-toolkit oof runs/x`"):
+        build_bundle([Run(copy)], tmp_path / "b", wheels=False)
+    assert not (tmp_path / "b").exists()
+
+
+def test_bundle_overwrite_keeps_files_the_bundle_did_not_write(trained, tmp_path):
+    from seg_toolkit.bundle import BundleError
+
+    out = tmp_path / "b"
+    build_bundle([trained["x"]], out, wheels=False)
+    (out / "dataset-metadata.json").write_text('{"title": "mine", "id": "me/tgs"}')  # kaggle datasets init -p b
+    with pytest.raises(BundleError, match=r"holds dataset-metadata.json, which the bundle did not write"):
+        build_bundle([trained["x"]], out, wheels=False, overwrite=True)
+    assert (out / "dataset-metadata.json").read_text().startswith('{"title": "mine"')
+    (out / "dataset-metadata.json").unlink()
+    build_bundle([trained["x"]], out, wheels=False, overwrite=True)
