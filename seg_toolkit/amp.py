@@ -91,6 +91,14 @@ def resolve_amp(requested: str, device: torch.device, recorded: dict[str, Any] |
         if recorded.get("mode") not in ("none", "fp16", "bf16"):  # "fp64" ran as fp32, "bf16 " failed somewhere else
             raise ConfigError(f"amp.json: mode {recorded.get('mode')!r} is not one of none, fp16, bf16; delete the run's "
                               "amp.json to measure again")
+        native = cpu_has_fast_bf16() if kind == "cpu" else cuda_has_native_bf16(device) if kind == "cuda" else False
+        if recorded["mode"] == "bf16" and not native:
+            # chosen where bf16 runs in hardware; here it is emulated (a Kaggle CPU or T4 predicting a bundle made on
+            # a bf16 machine): several times slower than fp32 / fp16, so this machine's own choice (probabilities differ
+            # a little from the OOF files': the predictor names that)
+            fallback = "fp16" if kind == "cuda" else "none"
+            return AmpChoice(fallback, requested, "amp.json recorded bf16, which this machine only emulates: "
+                             + ("fp16 with loss scaling" if kind == "cuda" else "fp32"), kind)
         return AmpChoice(recorded["mode"], requested, recorded.get("reason", "recorded in amp.json"), kind,
                          dict(recorded.get("timings") or {}))
     if kind == "cuda":

@@ -61,6 +61,20 @@ def test_auto_on_cuda_takes_bf16_only_where_the_gpu_runs_it_natively(monkeypatch
     assert choice.mode == mode and choice.uses_scaler == (mode == "fp16") and name in choice.reason
 
 
+def test_a_recorded_bf16_is_not_emulated_on_a_machine_without_it(monkeypatch):
+    """A run measured bf16 on this AVX512-BF16 CPU and bundled for Kaggle: a CPU there without native bf16 ran the
+    recorded bf16 emulated, several times slower than fp32 (a code competition's time limit)."""
+    rec = {"mode": "bf16", "requested": "auto", "reason": "measured 1.3x", "device_type": "cpu", "timings": {}}
+    monkeypatch.setattr(amp_mod, "cpu_has_fast_bf16", lambda: True)
+    assert resolve_amp("auto", CPU, rec).mode == "bf16"
+    monkeypatch.setattr(amp_mod, "cpu_has_fast_bf16", lambda: False)
+    choice = resolve_amp("auto", CPU, rec)
+    assert choice.mode == "none" and "only emulates" in choice.reason
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))  # a T4
+    gpu = resolve_amp("auto", torch.device("cuda"), dict(rec, device_type="cuda"))
+    assert gpu.mode == "fp16" and gpu.uses_scaler
+
+
 def test_recorded_choice_wins_on_its_device_type_only(monkeypatch):
     monkeypatch.setattr(amp_mod, "cpu_has_fast_bf16", lambda: True)
     rec = {"mode": "none", "requested": "auto", "reason": "measured", "device_type": "cpu", "timings": {"fp32_s": 1.0}}
