@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from PIL import Image
 
 from seg_toolkit.config import ConfigError, config_from_dict, save_config
@@ -570,3 +571,23 @@ def test_an_overlay_of_an_image_gone_from_the_data_is_a_data_error(multiclass_ru
     del data.samples[ex.id]
     with pytest.raises(DataError, match=rf"{ex.id}: an OOF image of oof_summary.json is not in the training data"):
         _example_panels(data, ex, data.class_colors, [True] * 3)
+
+
+def test_examples_are_ranked_by_the_classes_the_score_averages(multiclass_run):
+    """With metric.classes the CV score leaves class 0 out, but the best / worst images were ranked with it."""
+    import dataclasses
+
+    from seg_toolkit.metrics import image_counts, scores_from_counts
+    from seg_toolkit.report import write_oof_summary
+    from seg_toolkit.report.summary import predict_mask
+
+    cfg, ids = multiclass_run
+    cfg = dataclasses.replace(cfg, metric=dataclasses.replace(cfg.metric, name="iou", classes=[1, 2]))
+    summary = write_oof_summary(Run.of(cfg), cfg, load_train_samples(cfg), n_examples=3)
+    assert "of classes [1, 2]" in summary["image_score"]
+    for ex in summary["best"]:
+        q = np.load(Run.of(cfg).oof_path(ex["id"]))
+        pred = predict_mask(q, "multiclass", 0.5)
+        target = torch.from_numpy(_mask(cfg, ex["id"]).astype(np.int64))[None]
+        row = scores_from_counts(image_counts(pred, target, 3, 255), "iou", "one")[0]
+        assert ex["score"] == pytest.approx(np.nanmean(row[[1, 2]]))

@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 from ..config import IGNORE_INDEX, Config
 from ..data import DataError, Sample, class_colors, class_names, load_target
 from ..data.dataset import target_to_tensor
-from ..evaluator import Evaluator
+from ..evaluator import Evaluator, scored_columns
 from ..metrics import PER_IMAGE_METRICS, image_counts, scores_from_counts
 from ..plots import metric_label
 from ..files import read_json, read_oof, write_json
@@ -71,16 +71,18 @@ def predict_mask(q: np.ndarray, task: str, threshold: float) -> torch.Tensor:
 
 def image_score_name(metric: str, cfg: Config) -> str:
     """How the per-image score that ranks the examples is defined, in words."""
+    which = f" of classes {list(cfg.metric.classes)}" if cfg.metric.classes and metric != "pixel_accuracy" else ""
     if metric in PER_IMAGE_METRICS:
-        how = "" if cfg.data.num_classes == 1 else ", the mean over its classes"
+        how = "" if cfg.data.num_classes == 1 else f", the mean over its classes{which}"
         empty = "" if metric == "tgs_map" else f" (empty_score={cfg.metric.empty_score})"
         return f"per-image {metric_label(metric)}{how}{empty}"
     if metric in ("miou", "global_dice"):
-        return f"per-image mean {'IoU' if metric == 'miou' else 'dice'} over the classes in its truth or prediction"
+        return f"per-image mean {'IoU' if metric == 'miou' else 'dice'} over the classes{which} in its truth or prediction"
     return "per-image pixel accuracy"
 
 
-def _per_image_score(counts: Any, metric: str, empty_score: str, task: str) -> float:
+def _per_image_score(counts: Any, metric: str, empty_score: str, task: str, cols: np.ndarray | None = None) -> float:
+    """One image's score; ``cols``: the classes it averages (``metric.classes``, as the CV score; None: all)."""
     if metric in PER_IMAGE_METRICS:
         row = scores_from_counts(counts, metric, empty_score)[0]
     elif metric in ("miou", "global_dice"):
@@ -92,6 +94,8 @@ def _per_image_score(counts: Any, metric: str, empty_score: str, task: str) -> f
         else:
             total, correct = int(n.sum()), int((n - fp - fn).sum())
         return correct / total if total else math.nan
+    if cols is not None:
+        row = row[cols]
     row = row[~np.isnan(row)]
     return float(row.mean()) if row.size else math.nan
 
@@ -160,7 +164,7 @@ def compute_oof_summary(run: Run, cfg: Config, samples: list[Sample], n_examples
             image_level[np.arange(n_cls), has_true.astype(int), has_pred.astype(int)] += 1
         void_px += int((target == IGNORE_INDEX).sum())
         n_images += 1
-        score = _per_image_score(counts, metric, cfg.metric.empty_score, task)
+        score = _per_image_score(counts, metric, cfg.metric.empty_score, task, scored_columns(cfg.metric, task))
         if math.isnan(score):
             n_unscored += 1
             continue
