@@ -431,3 +431,15 @@ def test_masks_the_threshold_reads_as_empty_are_named_when_folds_are_made(tmp_pa
     assert presence[:, 0].tolist() == [True, False, False, False]
     assert "2 of 4 masks hold non-zero values but none >= data.mask_threshold=128" in caplog.text
     assert "b.png, largest value 1; " in caplog.text and "d.png: 1" in caplog.text
+
+
+def test_display_colours_stay_distinct_past_twelve_classes(tmp_path):
+    """The palette was cycled every 12 classes: Cityscapes' 19 classes without a colour table had c and c + 12 alike."""
+    from seg_toolkit.data.colors import class_colors
+
+    (tmp_path / "img").mkdir()
+    cfg = _cfg(tmp_path, task="multiclass", num_classes=40)
+    colors = class_colors(cfg)
+    assert colors.shape == (40, 3) and len({tuple(c) for c in colors.tolist()}) == 40
+    assert colors[0].tolist() == [230, 25, 75] and colors[12].tolist() == [170, 110, 40]  # was [230, 25, 75] again
+    assert not any(c.tolist() in ([128, 128, 128], [0, 0, 0], [255, 255, 255]) for c in colors)  # void grey, black, white

@@ -94,12 +94,26 @@ def class_colors(cfg: Config) -> np.ndarray:
         table = {int(i): (int(r), int(g), int(b)) for i, r, g, b in zip(df["id"], df["r"], df["g"], df["b"])}
         offset = 1 if cfg.data.task != "multiclass" else 0  # as class_names
         return np.array([table.get(i + offset, (255, 255, 255)) for i in range(n)], np.uint8)
-    palette = np.array(
-        [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
-         (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (220, 190, 255)],
-        np.uint8,
-    )
-    return palette[np.arange(n) % len(palette)]
+    return distinct_colors(n)
+
+
+#: 19 colours told apart at a glance (Trubetskoy's list without white, black and grey: grey is void in the pictures)
+_PALETTE = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
+            (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (220, 190, 255),
+            (170, 110, 40), (255, 250, 200), (128, 0, 0), (170, 255, 195), (128, 128, 0), (255, 215, 180), (0, 0, 128)]
+
+
+def distinct_colors(n: int) -> np.ndarray:
+    """``uint8 (n, 3)``: the palette's colours, then hues a golden angle apart at alternating brightness (the palette
+    was cycled every 12 classes: Cityscapes' class 12 had class 0's colour)."""
+    import colorsys
+
+    out = list(_PALETTE[:n])
+    for i in range(len(out), n):
+        h = (i * 0.618033988749895) % 1.0
+        r, g, b = colorsys.hsv_to_rgb(h, 0.75 if i % 2 else 0.55, 0.95 if i % 3 else 0.7)
+        out.append((round(255 * r), round(255 * g), round(255 * b)))
+    return np.array(out, np.uint8).reshape(n, 3)
 
 
 _TABLES: dict[tuple, tuple[np.ndarray, np.ndarray, str]] = {}
