@@ -342,6 +342,11 @@ def test_report_warns_about_post_processing_tuned_on_other_oof_files(multiclass_
         assert said == ([f"postprocess.json was tuned on OOF files that scored {was:.6f} and these score {score:.6f}: its "
                          "parameters (and the tuned score shown) fit other probabilities; run `seg-toolkit tune` (predict "
                          "applies them as they are)"] if stale else [])
+    # tuned after fold 0 alone, then fold 1 trained without tuning: the page showed its tuned score as these files'
+    run.postprocess_json.write_text(json.dumps({"folds": [1], "cv_json_score": score, "before": 0.1, "after": 0.2,
+                                                "params": {}}))
+    warnings = compute_report_data(run.dir, n_examples=1).warnings
+    assert "postprocess.json was tuned on the OOF files of fold(s) [1], these are of fold(s) [0]" in " ".join(warnings)
     run.postprocess_json.unlink()
 
 

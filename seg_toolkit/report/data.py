@@ -224,7 +224,12 @@ def _warnings(d: ReportData) -> list[str]:
         if not (math.isnan(old) and math.isnan(d.score)) and abs(old - d.score) > 1e-6:
             out.append(f"cv.json says {old:.6f} but the OOF files score {d.score:.6f}; cv.json is stale (run `seg-toolkit cv`)")
     tuned = read_json(d.run.postprocess_json)  # cv_json_score: the OOF files' score when post-processing was tuned on them
-    was = tuned.get("cv_json_score") if isinstance(tuned, dict) and list(tuned.get("folds") or []) == d.folds else None
+    tuned_folds = list(tuned.get("folds") or []) if isinstance(tuned, dict) else []
+    if isinstance(tuned, dict) and tuned_folds and tuned_folds != d.folds:
+        out.append(f"postprocess.json was tuned on the OOF files of fold(s) {tuned_folds}, these are of fold(s) {d.folds}: "
+                   "its parameters and the tuned score shown are of those; run `seg-toolkit tune` (predict applies them "
+                   "as they are)")
+    was = tuned.get("cv_json_score") if isinstance(tuned, dict) and tuned_folds == d.folds else None
     if isinstance(was, (int, float)) and not math.isnan(d.score) and abs(was - d.score) > 1e-6:
         out.append(f"postprocess.json was tuned on OOF files that scored {was:.6f} and these score {d.score:.6f}: its "
                    "parameters (and the tuned score shown) fit other probabilities; run `seg-toolkit tune` (predict "
