@@ -65,7 +65,7 @@ class Run(RunGuard):
                  "ensemble.json", "amp.json", "lr_find.json", "lr_find.png", "pseudo", "oof", "oof_summary.json", "test_probs",
                  "evaluate_test.json", "report", "learning_curves.html", "learning_curves.png", "audit.html",
                  "audit_problems.csv", "tta_search", "test_masks", "evaluations", "audit_samples.png", "audit_batch.png",
-                 "tracker.json", "tensorboard", "export", "estimate.json", "first_epoch.json", "oof_incomplete.json", "run.lock",
+                 "tracker.json", "tracker.lock", "tensorboard", "export", "estimate.json", "first_epoch.json", "oof_incomplete.json", "run.lock",
                  "demo_submission.json", "admitted_folds.json")
     #: What a run writes inside the folders of RUN_FILES, as paths relative to the folder (``/`` between parts); any
     #: other file there is the user's, and deleting the folder is refused (:meth:`RunGuard.foreign_entries`)
@@ -168,6 +168,12 @@ class Run(RunGuard):
         """``flock``ed while a process rewrites the run's OOF files, cv.json or postprocess.json
         (:func:`seg_toolkit.run_lock.run_lock`); its text names the last holder."""
         return self.dir / "run.lock"
+
+    @property
+    def tracker_lock_file(self) -> Path:
+        """``flock``ed while a process updates ``tracker.json``: a lock of its own, so a fold job's tracking never
+        waits for a long holder of :attr:`lock_file` (``tune --tta``, ``oof``, ``ensemble``)."""
+        return self.dir / "tracker.lock"
 
     @property
     def first_epoch_json(self) -> Path:

@@ -60,12 +60,13 @@ def _try_lock(fd: int) -> bool:
 
 
 @contextmanager
-def run_lock(run: Run, command: str, poll_s: float = 0.5) -> Iterator[None]:
-    """Hold ``run``'s lock while the block rewrites its OOF files / cv.json / postprocess.json.
+def run_lock(run: Run, command: str, poll_s: float = 0.5, path: Path | None = None) -> Iterator[None]:
+    """Hold ``run``'s lock while the block rewrites its OOF files / cv.json / postprocess.json (``path``: another lock
+    file of the run, e.g. :attr:`~seg_toolkit.run.Run.tracker_lock_file`).
 
     Waits for the holder (logged with its command, pid and start time, and again every minute);
     ``command`` is what waiters see. Re-entrant within a thread."""
-    path = Path(run.lock_file)
+    path = Path(run.lock_file if path is None else path)
     depth = getattr(_held, "depth", None)
     if depth is None:
         depth = _held.depth = {}

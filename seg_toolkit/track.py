@@ -164,7 +164,7 @@ class Tracker:
     def _update(self, change) -> None:
         """``tracker.json`` <- ``change(tracker.json)`` under the run's lock: the ``train --fold K`` jobs of an array
         start at once, and each must find the parent run the first one created (and keep the others' fold runs)."""
-        with run_lock(self.run, "experiment tracking"):
+        with run_lock(self.run, "experiment tracking", path=self.run.tracker_lock_file):  # not run.lock: tune --tta holds that
             state = change(read_json(self.run.tracker_json) or {})
             if state and state != read_json(self.run.tracker_json):
                 write_json(self.run.tracker_json, state)

@@ -284,3 +284,26 @@ def test_fold_jobs_of_an_array_share_one_parent_and_end_only_their_own_runs(tmp_
     assert client.get_run(b.children[1]).info.status == "FINISHED"
     assert client.get_run(a.run_id).info.status == "FINISHED"
     assert json.loads(run.tracker_json.read_text())["folds"] == {"0": a.children[0], "1": b.children[1]}
+
+
+def test_tracking_a_fold_does_not_wait_for_the_runs_lock(tmp_path):
+    """tracker.json was updated under run.lock, which tune --tta / oof / ensemble hold for minutes: a train --fold job
+    sat idle before its fold until they finished. It has a lock of its own."""
+    import fcntl
+    import os
+    import threading
+
+    run = Run(tmp_path / "exp")
+    run.dir.mkdir()
+    tracker = track.Tracker(_Flaky(), run)
+    fd = os.open(run.lock_file, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # another process's tune --tta
+    try:
+        t = threading.Thread(target=tracker._update, args=(lambda state: {**state, "fold_0": "r0"},), daemon=True)
+        t.start()
+        t.join(timeout=5)
+        assert not t.is_alive()
+    finally:
+        os.close(fd)
+    assert json.loads(run.tracker_json.read_text()) == {"fold_0": "r0"} and not run.tracker_lock_file.exists()
+    assert run.foreign_entries() == []
