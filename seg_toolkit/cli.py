@@ -126,15 +126,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check-submission", help="validate a submission CSV against the sample submission")
     p.add_argument("csv")
     p.add_argument("--sample", required=True)
-    p.add_argument("--empty-token", action="append", help="how an empty mask is written (repeatable; default: the empty string)")
     p.add_argument("--config", help="read the RLE convention from this config's submission.* keys (instead of the flags "
                    "below, which are refused with it)")
+    p.add_argument("--empty-token", action="append", help="how an empty mask is written (repeatable; default: the empty string)")
     p.add_argument("--order", choices=["F", "C"], help="pixel order: F column-major (Kaggle, the default), C row-major")
     p.add_argument("--index-base", type=int, choices=[0, 1], help="starts count from 0 or 1 (default 1)")
     p.add_argument("--relative", action="store_true", help="starts are relative to the previous run's end (SIIM)")
     p.add_argument("--instances", action="store_true", help="one row per object: repeated ids are expected (Airbus, DSB 2018)")
     p.add_argument("--class-column", metavar="NAME", help="the column holding each row's class, one row per image and class "
-                   "(Severstal since 2019: ClassId); with --config, submission.class_column")
+                   "(Severstal since 2019: ClassId)")
     p.set_defaults(func=c.cmd_check_submission)
 
     p = sub.add_parser("bundle", help="a self-contained folder for a Kaggle code competition: weights, configs, wheels, predict.py")

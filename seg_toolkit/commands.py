@@ -178,6 +178,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
         if not args.estimate:
             raise ConfigError("--budget and --n-images go with --estimate")
+        if args.out or args.overwrite:  # an estimate writes no submission
+            raise ConfigError("--estimate writes no submission: drop --out / --overwrite, or drop --estimate to predict")
         budget = parse_duration(args.budget) if args.budget else None
         if budget is not None and budget <= 0:
             raise ConfigError(f"--budget {args.budget!r}: expected a positive duration, e.g. 9h")
@@ -283,7 +285,9 @@ def cmd_check_submission(args: argparse.Namespace) -> int:
     n_pixels = columns = classes = None
     class_column = args.class_column
     flags = [f for f, given in (("--order", args.order is not None), ("--index-base", args.index_base is not None),
-                                ("--relative", args.relative), ("--instances", args.instances)) if given]
+                                ("--relative", args.relative), ("--instances", args.instances),
+                                ("--class-column", args.class_column is not None),
+                                ("--empty-token", bool(args.empty_token))) if given]
     if args.config and flags:
         raise ConfigError(f"check-submission: {', '.join(flags)} with --config: the config's submission.* keys decide the "
                           "RLE convention; drop the flag(s), or drop --config to check with the flags")

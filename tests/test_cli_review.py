@@ -257,3 +257,15 @@ def test_make_demo_overwrite_clears_the_old_images(tmp_path, capsys):
     assert "train/images/x.png" in err and "train.csv" in err
     assert (other / "train/images/x.png").is_file() and (other / "train.csv").read_text() == "id,rle_mask\n"
     shutil.rmtree(other)
+
+
+def test_flags_a_command_would_ignore_are_refused(demo_root, tmp_path, capsys):
+    """predict --estimate wrote nothing to --out; check-submission --config dropped --class-column and let --empty-token
+    replace the config's token."""
+    cfg = _write_cfg(tmp_path / "cfg.yaml", demo_dict(demo_root, tmp_path / "runs"))
+    assert main(["predict", str(cfg), "--estimate", "--out", str(tmp_path / "s.csv")]) == 2
+    assert "--estimate writes no submission" in capsys.readouterr().err
+    sample = str(demo_root / "sample_submission.csv")
+    for flag in (["--class-column", "ClassId"], ["--empty-token", "-1"]):
+        assert main(["check-submission", sample, "--sample", sample, "--config", str(cfg), *flag]) == 2
+        assert f"{flag[0]} with --config: the config's submission.* keys decide" in capsys.readouterr().err
