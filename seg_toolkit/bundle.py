@@ -127,6 +127,10 @@ def _write_weights(src: Path, dst: Path, use_ema: bool, fp16: bool) -> dict[str,
     """A weights-only checkpoint (the weights predict uses, stored float16 with ``fp16``) that
     :func:`~seg_toolkit.checkpoint.load_model` reads like any ``best.pt``."""
     state = load_checkpoint(src)
+    missing = [k for k in ("config", "model_args") if k not in state]
+    if missing:  # load_model names the same case
+        raise BundleError(f"{src}: a checkpoint without {' and '.join(missing)} (made by another tool, or before the toolkit "
+                          "kept them): train the fold again")
     weights = chosen_weights(state, use_ema)
     if fp16:
         weights = {k: _half(k, v, src) for k, v in weights.items()}
@@ -272,10 +276,15 @@ def bundle_config(bundle: str | Path, data_root: str | Path, run: str | None = N
     info = read_json(bundle / "bundle.json")
     if info is None:
         raise BundleError(f"{bundle}: not a bundle (no bundle.json)")
-    name = run or info["default_run"]
+    try:
+        name = run or info["default_run"]
+        names = [i["name"] for i in info["runs"]]
+    except (KeyError, TypeError) as e:
+        raise BundleError(f"{bundle / 'bundle.json'}: not a bundle's record ({type(e).__name__}: {e}); build the bundle "
+                          "again") from None
     run_dir = bundle / "runs" / name
     if not (run_dir / "config.yaml").is_file():
-        raise BundleError(f"{bundle}: no bundled run {name!r} (runs: {', '.join(i['name'] for i in info['runs'])})")
+        raise BundleError(f"{bundle}: no bundled run {name!r} (runs: {', '.join(names)})")
     if not Path(data_root).is_dir():
         raise BundleError(f"--data-root {data_root}: not a folder (the competition data)")
     cfg = Run(run_dir).config()  # a trained run's config (Run.config: the pretrained encoder file is not looked for)

@@ -135,7 +135,11 @@ def gather_wheels(wheels: Path, base: set[str]) -> dict[str, Any]:
         stubs.mkdir()
         base_versions = {}
         for name in sorted(on_base):
-            base_versions[name] = metadata.version(name)
+            try:
+                base_versions[name] = metadata.version(name)
+            except metadata.PackageNotFoundError:
+                raise BundleError(f"--base-env: {name} is required but not installed here, so its version on the target "
+                                  f"cannot be pinned; install it, or leave it out of --base-env") from None
             _stub_wheel(stubs, name, base_versions[name])
         report = Path(tmp) / "report.json"
         try:

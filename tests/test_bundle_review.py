@@ -280,3 +280,20 @@ def test_bundle_overwrite_keeps_files_the_bundle_did_not_write(trained, tmp_path
     assert (out / "dataset-metadata.json").read_text().startswith('{"title": "mine"')
     (out / "dataset-metadata.json").unlink()
     build_bundle([trained["x"]], out, wheels=False, overwrite=True)
+
+
+def test_bundle_errors_name_the_file(tmp_path):
+    """A checkpoint without model_args and a hand-edited bundle.json ended in a bare KeyError traceback."""
+    import torch
+
+    from seg_toolkit.bundle import BundleError, _write_weights, bundle_config
+    from seg_toolkit.checkpoint import save_checkpoint
+
+    src = tmp_path / "best.pt"
+    save_checkpoint({"model": {"w": torch.zeros(1)}, "config": {}}, src)
+    with pytest.raises(BundleError, match=r"best.pt: a checkpoint without model_args"):
+        _write_weights(src, tmp_path / "out.pt", use_ema=False, fp16=False)
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "bundle.json").write_text('{"format": 2}')
+    with pytest.raises(BundleError, match=r"bundle.json: not a bundle's record \(KeyError"):
+        bundle_config(tmp_path / "b", tmp_path)
