@@ -110,6 +110,12 @@ def _folds(run: Run, allow_missing: bool) -> tuple[list[int], list[str]]:
     if missing and not allow_missing:
         raise BundleError(f"{run.dir}: {len(missing)} of {n} folds missing: {', '.join(missing)}; finish them "
                           "(`seg-toolkit train CONFIG --resume`) or pass --allow-missing-folds to bundle the others")
+    scored = (read_json(run.cv_json) or {}).get("folds")
+    unscored = [k for k in scored if k not in folds] if isinstance(scored, list) else []
+    if unscored:  # predict on the target refuses such a run (the CV described more folds than it submits): so here
+        raise BundleError(f"{run.dir}: fold(s) {unscored} are scored in {run.cv_json.name} but not bundled; finish them, "
+                          "or run `seg-toolkit cv CONFIG` (and `tune`) so the CV and its post-processing are of the "
+                          "folds bundled")
     return folds, missing
 
 

@@ -229,6 +229,11 @@ def test_missing_folds_refused_unless_allowed(runs, tmp_path, capsys):
     (tmp_path / "mine" / "notes.txt").write_text("x")
     with pytest.raises(BundleError, match="not a bundle"):
         build_bundle([runs["a"]], tmp_path / "mine", wheels=False, overwrite=True)
+    # cv.json scored fold 1 too (fold 1 retrained with --overwrite, say): the target's predict refuses that run, so
+    # the bundle does, instead of building one that fails on Kaggle
+    (broken / "cv.json").write_text(json.dumps({"folds": [0, 1], "score": 0.5}))
+    with pytest.raises(BundleError, match=r"fold\(s\) \[1\] are scored in cv.json but not bundled"):
+        build_bundle([Run(broken)], tmp_path / "b3", wheels=False, allow_missing_folds=True)
 
 
 def test_base_env_leaves_out_what_only_it_needs():
