@@ -45,7 +45,6 @@ from typing import Any, Sequence
 import torch
 import yaml
 
-from . import __version__
 from .budget_run import run_folds
 from .bundle_templates import PREDICT_PY, fill, notebook, readme
 from .bundle_wheels import gather_wheels
@@ -304,6 +303,20 @@ def bundle_config(bundle: str | Path, data_root: str | Path, run: str | None = N
                                data=dataclasses.replace(cfg.data, root=str(Path(data_root).resolve())))
 
 
+def _warn_other_versions(made: dict[str, Any]) -> None:
+    """Name the libraries installed here at other versions than the bundle was made with: the image's own timm or
+    albumentations, kept by pip when they fit seg_toolkit's ranges, can resize, normalise or build the model otherwise
+    than where the run was tuned (torch: its version without the build tag, +cpu / +cu121)."""
+    now = library_versions()
+    base = lambda v: str(v).split("+")[0] if v else v  # noqa: E731
+    other = [f"{name} {now.get(name)} (bundled with {v})" for name, v in made.items()
+             if name in now and v and base(now.get(name)) != base(v)]
+    if other:
+        log.warning("installed at other versions than this bundle was made with: %s; predictions may differ a little "
+                    "from what was tuned (`pip install --no-index --find-links BUNDLE/wheels -r BUNDLE/requirements.txt` "
+                    "installs the bundled ones)", "; ".join(other))
+
+
 def predict_bundle(bundle: str | Path, data_root: str | Path, out: str | Path, run: str | None = None,
                    device: str | None = None, batch_size: int | None = None, num_workers: int | None = None,
                    overwrite: bool = False) -> Path:
@@ -317,8 +330,6 @@ def predict_bundle(bundle: str | Path, data_root: str | Path, out: str | Path, r
     if info is None:
         raise BundleError(f"{bundle}: not a bundle (no bundle.json)")
     verify_bundle(Path(bundle), info)
-    made = ((info.get("versions") or {}).get("bundled_with") or {}).get("seg_toolkit")
-    if made and made != __version__:
-        log.warning("this bundle was made with seg_toolkit %s, %s is installed", made, __version__)
+    _warn_other_versions((info.get("versions") or {}).get("bundled_with") or {})
     cfg = bundle_config(bundle, data_root, run, device, batch_size, num_workers)
     return predict_test(cfg, out=out, overwrite=overwrite)

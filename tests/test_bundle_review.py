@@ -297,3 +297,17 @@ def test_bundle_errors_name_the_file(tmp_path):
     (tmp_path / "b" / "bundle.json").write_text('{"format": 2}')
     with pytest.raises(BundleError, match=r"bundle.json: not a bundle's record \(KeyError"):
         bundle_config(tmp_path / "b", tmp_path)
+
+
+def test_predicting_a_bundle_names_libraries_installed_at_other_versions(caplog):
+    """Only seg_toolkit's version was compared; the image's own timm or albumentations, kept by pip, went unnamed."""
+    from seg_toolkit.bundle import _warn_other_versions
+    from seg_toolkit.versions import library_versions
+
+    now = library_versions()
+    with caplog.at_level("WARNING"):
+        _warn_other_versions({**now, "torch": now["torch"].split("+")[0] + "+cu999"})  # the build tag alone: same
+    assert "other versions" not in caplog.text
+    with caplog.at_level("WARNING"):
+        _warn_other_versions({**now, "timm": "0.0.1", "albumentations": "0.0.2"})
+    assert f"timm {now['timm']} (bundled with 0.0.1); albumentations {now['albumentations']} (bundled with 0.0.2)" in caplog.text
