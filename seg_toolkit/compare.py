@@ -148,7 +148,10 @@ def summarize(run: Run) -> RunRow:
         row.left_out = [int(k) for k in (cv.get("time_budget") or {}).get("left_out") or []]
     if isinstance(row.cv, float) and math.isnan(row.cv):
         row.cv = None
-    row.folds_done = len(run.completed_folds())
+    try:
+        row.folds_done = len(run.completed_folds())
+    except (SegToolkitError, OSError, ValueError) as e:  # a damaged ensemble.json / done.json: this row only
+        row.problems.append(str(e))
     if pp and isinstance(pp.get("after"), (int, float)):
         row.tuned = float(pp["after"])
         cf = pp.get("cross_fitted")
@@ -180,7 +183,10 @@ def summarize(run: Run) -> RunRow:
             if "seconds" in df.columns:
                 row.seconds = float(df["seconds"].sum())
         if not row.epochs_run:
-            row.epochs_run = [int(f["epochs_run"]) for f in run.fold_summaries() if isinstance(f.get("epochs_run"), int)]
+            try:
+                row.epochs_run = [int(f["epochs_run"]) for f in run.fold_summaries() if isinstance(f.get("epochs_run"), int)]
+            except (SegToolkitError, OSError, ValueError) as e:
+                row.problems.append(str(e))
     row.folds_key = _folds_key(run)
     return row
 
@@ -223,7 +229,9 @@ def _cells(rank: int, row: RunRow) -> list[str]:
     st = row.fold_stats
     folds = f"{st[0]:.4f} +- {st[1]:.4f} [{st[2]:.4f}, {st[3]:.4f}]" if st else "-"
     cv = f"{row.cv:.4f}" if row.cv is not None else "missing"
-    note = "; ".join(x for x in [row.status, *(["ensemble"] if row.kind == "ensemble" else [])] if x)
+    unreadable = [" ".join(p.split())[:80] for p in row.problems[:1]]  # what could not be read, shown, not only kept
+    note = "; ".join(x for x in [row.status, *(["ensemble"] if row.kind == "ensemble" else []),
+                                 *(f"unreadable: {u}" for u in unreadable)] if x)
     return [str(rank), row.name, row.metric or "-", cv, folds, _tuned(row),
             row.tta, row.model, _epochs(row), _duration(row.seconds), row.group, note]
 

@@ -151,3 +151,16 @@ def test_run_folders_named_directly_and_errors(runs, tmp_path, capsys):
     assert "--html OUT" in capsys.readouterr().err
     write_html(collect([runs / "half"]), tmp_path / "one.html")  # nothing scored: the page is still written
     assert "half" in (tmp_path / "one.html").read_text()
+
+
+def test_a_damaged_run_is_one_row_that_says_so(runs, tmp_path):
+    """A corrupt ensemble.json stopped the whole leaderboard (its folds were read outside the guard), and what a row
+    could not read was kept but never shown."""
+    for name in ("a", "b", "ens"):
+        shutil.copytree(runs / name, tmp_path / "runs" / name)
+    (tmp_path / "runs" / "ens" / "ensemble.json").write_text("{not json")
+    rows = collect([tmp_path / "runs"])
+    assert sorted(r.name for r in rows) == ["a", "b", "ens"]
+    broken = next(r for r in rows if r.name == "ens")
+    assert broken.problems and "ensemble.json: not valid JSON" in broken.problems[0]
+    assert "unreadable: " in format_table(rows)
