@@ -596,3 +596,19 @@ def test_examples_are_ranked_by_the_classes_the_score_averages(multiclass_run):
         target = torch.from_numpy(_mask(cfg, ex["id"]).astype(np.int64))[None]
         row = scores_from_counts(image_counts(pred, target, 3, 255), "iou", "one")[0]
         assert ex["score"] == pytest.approx(np.nanmean(row[[1, 2]]))
+
+
+def test_a_summary_made_with_other_metric_settings_is_made_again(multiclass_run, caplog):
+    """`cv --set metric.threshold=0.4` wrote a summary at 0.4; the page drew overlays and titles at the config's 0.5
+    beside numbers and a ranking at 0.4."""
+    import dataclasses
+
+    cfg, ids = multiclass_run
+    run = Run.of(cfg)
+    other = dataclasses.replace(cfg, metric=dataclasses.replace(cfg.metric, name="dice", empty_score="zero"))
+    write_oof_summary(run, other, load_train_samples(other), n_examples=2)
+    assert json.loads(run.oof_summary_json.read_text())["metric"] == "dice"
+    with caplog.at_level("INFO"):
+        data = compute_report_data(run.dir, n_examples=2)
+    assert data.metric == "miou" and json.loads(run.oof_summary_json.read_text())["metric"] == "miou"
+    assert "made with metric dice" in caplog.text

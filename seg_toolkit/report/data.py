@@ -152,6 +152,16 @@ def _summary(run: Run, cfg: Config, samples: Optional[list[Sample]], problem: Op
     """``oof_summary.json``, (re)written first when it is absent, stale or too short and the data can be read."""
     summary = read_oof_summary(run)
     stale = _stale_reason(run) if summary is not None else None
+    if summary is not None and stale is None:
+        # written with other metric settings (`seg-toolkit cv --set metric.threshold=0.4`): its numbers and ranking
+        # would sit beside overlays, titles and a setup table drawn with the run's own
+        from ..evaluator import resolve_metric_name
+
+        now = (resolve_metric_name(cfg.metric.name, cfg.data.task), float(cfg.metric.threshold), cfg.metric.empty_score)
+        was = (summary.get("metric"), summary.get("threshold"), summary.get("empty_score"))
+        if was != now:
+            stale = f"made with metric {was[0]}, threshold {was[1]}, empty_score {was[2]}; the run's config says {now}"
+
     short = summary is not None and summary.get("n_examples", 0) < n_examples
     if summary is None or ((stale or short) and samples is not None):
         if samples is None:
