@@ -146,9 +146,26 @@ def _write_weights(src: Path, dst: Path, use_ema: bool, fp16: bool) -> dict[str,
             "ema": bool(use_ema and state.get("ema") is not None), "source_sha256": sha256_file(src)}
 
 
+#: data keys predict reads files by, relative to data.root (``--data-root`` on the target)
+_DATA_FILE_KEYS = ("test_images", "sample_submission", "classes_csv", "test_lists")
+
+
+def _refuse_absolute_data_paths(src: Run, data: dict[str, Any]) -> None:
+    """An absolute ``data.test_images`` (or sample submission, classes CSV, test list) ignores ``--data-root`` and
+    points at this machine's disk on the target: refused here, not there."""
+    d = data.get("data") or {}
+    for key in _DATA_FILE_KEYS:
+        values = d.get(key) if isinstance(d.get(key), list) else [d.get(key)]
+        for v in values:
+            if isinstance(v, str) and v and Path(v).is_absolute():
+                raise BundleError(f"{src.config_yaml}: data.{key} {v!r} is an absolute path, which --data-root on the "
+                                  "target cannot move; write it relative to data.root")
+
+
 def _copy_run(src: Run, dst: Run, folds: list[int], fp16: bool) -> dict[str, Any]:
     dst.dir.mkdir(parents=True)
     data = yaml.safe_load(src.config_yaml.read_text(encoding="utf-8"))
+    _refuse_absolute_data_paths(src, data)
     encoder_weights = (data.get("model") or {}).get("encoder_weights")
     write_text(dst.config_yaml, yaml.safe_dump(offline_config(data), sort_keys=False))
     for prop in _COPIED:

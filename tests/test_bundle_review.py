@@ -18,7 +18,7 @@ import pytest
 import torch
 import yaml
 
-from seg_toolkit.bundle import build_bundle, predict_bundle
+from seg_toolkit.bundle import BundleError, build_bundle, predict_bundle
 from seg_toolkit.bundle_check import BundleIntegrityError
 from seg_toolkit.bundle_templates import notebook
 from seg_toolkit.cli import main
@@ -270,7 +270,6 @@ def test_a_run_whose_oof_rewrite_stopped_is_not_bundled(trained, tmp_path):
 
 
 def test_bundle_overwrite_keeps_files_the_bundle_did_not_write(trained, tmp_path):
-    from seg_toolkit.bundle import BundleError
 
     out = tmp_path / "b"
     build_bundle([trained["x"]], out, wheels=False)
@@ -286,7 +285,7 @@ def test_bundle_errors_name_the_file(tmp_path):
     """A checkpoint without model_args and a hand-edited bundle.json ended in a bare KeyError traceback."""
     import torch
 
-    from seg_toolkit.bundle import BundleError, _write_weights, bundle_config
+    from seg_toolkit.bundle import _write_weights, bundle_config
     from seg_toolkit.checkpoint import save_checkpoint
 
     src = tmp_path / "best.pt"
@@ -311,3 +310,17 @@ def test_predicting_a_bundle_names_libraries_installed_at_other_versions(caplog)
     with caplog.at_level("WARNING"):
         _warn_other_versions({**now, "timm": "0.0.1", "albumentations": "0.0.2"})
     assert f"timm {now['timm']} (bundled with 0.0.1); albumentations {now['albumentations']} (bundled with 0.0.2)" in caplog.text
+
+
+def test_an_absolute_data_path_is_refused_when_bundled(trained, tmp_path):
+    """data.test_images: /home/me/comp/test ignored --data-root and pointed at this machine's disk on Kaggle."""
+    import yaml
+
+    copy = tmp_path / "runs" / "x"
+    shutil.copytree(trained["x"].dir, copy)
+    data = yaml.safe_load((copy / "config.yaml").read_text())
+    data["data"]["test_images"] = str(trained["root"] / "test" / "images")
+    (copy / "config.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    with pytest.raises(BundleError, match=r"data.test_images '.*test/images' is an absolute path, which --data-root"):
+        build_bundle([Run(copy)], tmp_path / "b", wheels=False)
+    assert not (tmp_path / "b").exists() and list(tmp_path.glob(".b.*")) == []
