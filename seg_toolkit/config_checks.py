@@ -57,7 +57,7 @@ def check_config(cfg: Config, trained: bool = False) -> None:
         _check_predict,
         _check_postprocess,
         check_submission_config,
-        _check_track,
+        *(() if trained else (_check_track,)),  # a trained run's predict / report / bundle track nothing
         check_consistency,
     ):
         check(cfg)

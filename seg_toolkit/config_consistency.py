@@ -39,6 +39,12 @@ def _unused_keys(cfg: Config) -> list[tuple[str, bool, str]]:
         ("postprocess.empty_gate", not multiclass, "binary and multilabel tasks (a multiclass mask is the argmax)"),
         ("metric.threshold", not multiclass, "binary and multilabel tasks (a multiclass mask is the argmax)"),
         ("data.class_column", cfg.data.layout == "csv", "the csv layout (data.train_csv's rows)"),
+        ("metric.empty_score", cfg.metric.name in ("dice", "iou", "auto") and not multiclass or cfg.metric.name in ("dice", "iou"),
+         "the per-image dice and iou (what an empty prediction of an empty mask scores)"),
+        ("predict.tile_overlap", cfg.predict.tile_size is not None, "predict.tile_size (sliding-window tiles)"),
+        ("train.early_stopping_min_delta", cfg.train.early_stopping_patience is not None and cfg.train.early_stopping_patience > 0,
+         "train.early_stopping_patience"),
+        ("train.nan_lr_factor", cfg.train.nan_retries > 0, "train.nan_retries > 0"),
         *((f"pseudo.{k}", cfg.pseudo.teacher is not None, "pseudo.teacher (pseudo-labelling)")
           for k in ("per_fold", "confidence", "min_confident_fraction", "max_images", "soft")),
     ]
@@ -87,6 +93,10 @@ def _check_classes(cfg: Config) -> None:
     if d.layout == "csv":
         raise ConfigError("data.ignore_index: marks void pixels in mask files; the csv layout's masks are RLE rows, "
                           "which hold no void value (remove it)")
+    if d.task != "multiclass" and d.ignore_index == 0 and not d.mask_values:
+        raise ConfigError(f"data.ignore_index: 0 is the background of a {d.task} mask: every background pixel would be "
+                          "void, never trained or scored (a model predicting all foreground would score near 1); give "
+                          "the void value of the mask files, or remap values with data.mask_values")
     if d.task == "multiclass" and d.ignore_index < d.num_classes:
         raise ConfigError(f"data.ignore_index: {d.ignore_index} is a class id (0..{d.num_classes - 1} with "
                           f"data.num_classes={d.num_classes}): its pixels would never be trained or scored; give the "

@@ -5,6 +5,7 @@ turning the data into typed sections is :mod:`seg_toolkit.config_types`.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +75,11 @@ class _SafeUniqueLoader(yaml.SafeLoader):
         return base(self, node)
 
     def construct_yaml_int(self, node):
+        if _OCTAL.fullmatch(str(node.value)):
+            where = f"{node.start_mark.name}: line {node.start_mark.line + 1}: " if node.start_mark.name != "<unicode string>" else ""
+            raise ConfigError(f"{where}{node.value!r} is an octal number to YAML 1.1 ({node.value} -> "
+                              f"{yaml.SafeLoader.construct_yaml_int(self, node)}); write it without the leading zero, or "
+                              "quote it")
         return self._no_base_60(node, yaml.SafeLoader.construct_yaml_int)
 
     def construct_yaml_float(self, node):
@@ -121,10 +127,17 @@ def read_with_bases(path: Path, chain: tuple[Path, ...] = ()) -> dict:
     return _deep_merge(read_with_bases(base_path, (*chain, here)), data)
 
 
+#: mappings a child config gives whole (merged into the base's, a child could not drop a key of them:
+#: ``model: {params: {}}`` over a base with ``encoder_depth: 4`` kept it)
+_WHOLE = ("loss", "loss_params", "params", "mask_values")
+#: YAML 1.1 integers with a leading zero are octal: ``seed: 0042`` was 34
+_OCTAL = re.compile(r"[-+]?0[0-7_]+")
+
+
 def _deep_merge(base: dict, top: dict) -> dict:
     out = dict(base)
     for k, v in top.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict) and k not in ("loss", "loss_params"):
+        if isinstance(v, dict) and isinstance(out.get(k), dict) and k not in _WHOLE:
             out[k] = _deep_merge(out[k], v)
         else:
             out[k] = v

@@ -279,3 +279,31 @@ def test_scored_classes_other_than_the_submitted_are_named_at_load(tmp_path, cap
         config_from_dict({**base, "metric": {"classes": [1, 2]}})
         config_from_dict({**base, "submission": {"per_class": True, "classes": [0, 1, 2]}})
     assert "the score averages" not in caplog.text
+
+
+@pytest.mark.parametrize("sections, message", [
+    ({"data": {"task": "binary", "layout": "folder", "ignore_index": 0}}, r"data.ignore_index: 0 is the background of a binary mask"),
+    ({"metric": {"name": "tgs_map", "empty_score": "zero"}}, r"metric.empty_score: 'zero' is read only with the per-image dice"),
+    ({"predict": {"tile_overlap": 0.5}}, r"predict.tile_overlap: 0.5 is read only with predict.tile_size"),
+    ({"train": {"early_stopping_min_delta": 0.01}}, r"train.early_stopping_min_delta: 0.01 is read only with train.early_stopping_patience"),
+    ({"train": {"nan_lr_factor": 0.5}}, r"train.nan_lr_factor: 0.5 is read only with train.nan_retries > 0"),
+])
+def test_settings_that_would_do_nothing_or_void_the_background_are_refused(tmp_path, sections, message):
+    base = {"data": {"root": str(tmp_path), "task": "binary"}, "folds": {"n_splits": 2}}
+    cfg = {**base, **{k: ({**base.get(k, {}), **v} if k in base else v) for k, v in sections.items()}}
+    with pytest.raises(ConfigError, match=message):
+        config_from_dict(cfg)
+
+
+def test_yaml_octal_integers_and_whole_mappings_of_a_base(tmp_path):
+    """``seed: 0042`` was 34 to YAML 1.1; a child's ``model.params: {}`` was merged into the base's and kept its keys."""
+    (tmp_path / "c.yaml").write_text(f"data: {{root: {tmp_path}}}\ntrain: {{seed: 0042}}\n")
+    with pytest.raises(ConfigError, match=r"c.yaml: line 2: '0042' is an octal number to YAML 1.1 \(0042 -> 34\)"):
+        load_config(tmp_path / "c.yaml")
+    (tmp_path / "base.yaml").write_text(
+        f"data: {{root: {tmp_path}}}\nmodel: {{arch: unet, encoder: tu-test_resnet, encoder_weights: null, "
+        "params: {encoder_depth: 4, decoder_channels: [64, 32, 16, 8]}}\n")
+    (tmp_path / "child.yaml").write_text("base: base.yaml\nmodel: {params: {}}\n")
+    assert load_config(tmp_path / "child.yaml").model.params == {}
+    (tmp_path / "child2.yaml").write_text("base: base.yaml\nmodel: {params: {encoder_depth: 3, decoder_channels: [32, 16, 8]}}\n")
+    assert load_config(tmp_path / "child2.yaml").model.params == {"encoder_depth": 3, "decoder_channels": [32, 16, 8]}
