@@ -215,6 +215,17 @@ def test_focal_binary_by_hand() -> None:
     assert term("focal", gamma=0.0)(logits, target).item() == approx(1.5 * LN2)
 
 
+def test_focal_on_a_soft_target_is_smallest_at_its_probability() -> None:
+    """pseudo.soft targets: the modulating factor came from a hard cut at 0.5, so a 0.7 target scored 0.055 at
+    p = 0.7 and 0.00014 at p = 0.99 (trained towards 1). With |t - p| ** gamma it is 0 at p = t."""
+    t = torch.full((1, 1, 1, 1), 0.7)
+    focal = term("focal", gamma=2.0)
+    loss = {p: focal(torch.logit(torch.full((1, 1, 1, 1), p)), t).item() for p in (0.5, 0.7, 0.9, 0.99)}
+    assert loss[0.7] == approx(0.0) and loss[0.7] < loss[0.9] < loss[0.99] and loss[0.7] < loss[0.5]
+    # by hand at p = 0.9: |0.7 - 0.9|^2 * BCE(0.7, 0.9) = 0.04 * -(0.7 ln 0.9 + 0.3 ln 0.1)
+    assert loss[0.9] == pytest.approx(0.04 * -(0.7 * math.log(0.9) + 0.3 * math.log(0.1)), rel=1e-5)
+
+
 def test_focal_multiclass_is_softmax_focal() -> None:
     logits, target = multiclass_example()
     # A: p_t = 0.75 -> 0.25^2 * ln(4/3); B: p_t = 0.5 -> 0.5^2 * ln2

@@ -167,8 +167,13 @@ class FocalLoss(nn.Module):
     def _sigmoid_focal(self, logits: Tensor, target: Tensor) -> Tensor:
         valid, t = _sigmoid_valid(target, self.ignore_index)
         nll = F.binary_cross_entropy_with_logits(logits, t, reduction="none")  # -log p_t
-        # 1 - p_t = sigmoid(x) for a negative, sigmoid(-x) for a positive (no cancellation)
+        # 1 - p_t = sigmoid(x) for a negative, sigmoid(-x) for a positive (no cancellation); a soft target (pseudo.soft)
+        # gets |t - p| (quality focal loss, Li et al. 2020), the same for 0 / 1 and smallest at p = t: the hard cut at
+        # 0.5 trained a 0.7 target towards 1
         one_minus_pt = torch.sigmoid(torch.where(t > 0.5, -logits, logits))
+        soft = (t > 0) & (t < 1)
+        if soft.any():
+            one_minus_pt = torch.where(soft, (t - torch.sigmoid(logits)).abs(), one_minus_pt)
         loss = self._modulator(one_minus_pt) * nll
         if self.alpha_scalar is not None:
             loss = loss * (self.alpha_scalar * t + (1.0 - self.alpha_scalar) * (1.0 - t))
