@@ -319,6 +319,10 @@ def _check_model(cfg: Config) -> None:
                           "for one small object in a large image fell from 0.9999 to 0.05; predict whole images "
                           "(predict.tile_size: null; the models pad) or train without the classifier")
     arch = cfg.model.arch
+    if cls > 0 and arch == "dpt":  # smp's ViT encoder returns (features, prefix tokens): the head got a list
+        raise ConfigError("model.classifier with model.arch dpt: the classifier head reads the encoder's deepest feature "
+                          "map, which smp's ViT encoder returns with its prefix tokens; use another architecture or no "
+                          "classifier")
     if arch == "scratch_unet":  # always registered; spares importing smp and timm
         from .models.registry import _check_scratch_keys
 

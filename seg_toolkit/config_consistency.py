@@ -33,7 +33,9 @@ def _unused_keys(cfg: Config) -> list[tuple[str, bool, str]]:
         ("scheduler.step_size", s == "step", "scheduler.name: step"),
         ("scheduler.gamma", s in ("step", "plateau"), "scheduler.name: step or plateau"),
         ("scheduler.patience", s == "plateau", "scheduler.name: plateau"),
-        ("scheduler.min_lr", s in ("cosine", "poly", "step", "plateau"), "the cosine, poly, step and plateau schedules"),
+        # timm's step schedule has no floor: there min_lr is only where a warmup starts
+        ("scheduler.min_lr", s in ("cosine", "poly", "plateau") or (s == "step" and cfg.scheduler.warmup_epochs > 0),
+         "the cosine, poly and plateau schedules (their floor), and a step schedule's warmup (its start)"),
         ("scheduler.warmup_epochs", s != "none", "a schedule (scheduler.name is none)"),
         ("postprocess.threshold", not multiclass, "binary and multilabel tasks (a multiclass mask is the argmax)"),
         ("postprocess.empty_gate", not multiclass, "binary and multilabel tasks (a multiclass mask is the argmax)"),

@@ -307,3 +307,19 @@ def test_yaml_octal_integers_and_whole_mappings_of_a_base(tmp_path):
     assert load_config(tmp_path / "child.yaml").model.params == {}
     (tmp_path / "child2.yaml").write_text("base: base.yaml\nmodel: {params: {encoder_depth: 3, decoder_channels: [32, 16, 8]}}\n")
     assert load_config(tmp_path / "child2.yaml").model.params == {"encoder_depth": 3, "decoder_channels": [32, 16, 8]}
+
+
+def test_the_classifier_on_dpt_is_refused_at_load(tmp_path):
+    """smp's ViT encoder returns (features, prefix tokens): the presence head got a list and failed at the first step."""
+    with pytest.raises(ConfigError, match=r"model.classifier with model.arch dpt"):
+        config_from_dict({"data": {"root": str(tmp_path), "task": "binary"}, "folds": {"n_splits": 2},
+                          "model": {"arch": "dpt", "encoder": "tu-vit_tiny_patch16_224", "encoder_weights": None,
+                                    "classifier": 0.2}})
+
+
+def test_min_lr_with_a_step_schedule_is_refused_unless_a_warmup_reads_it(tmp_path):
+    """timm's step schedule has no floor: lr 1e-3, gamma 0.1 every 10 of 50 epochs ended at 1e-7 below min_lr 1e-6."""
+    base = {"data": {"root": str(tmp_path), "task": "binary"}, "folds": {"n_splits": 2}}
+    with pytest.raises(ConfigError, match=r"scheduler.min_lr: 1e-05 is read only with the cosine, poly and plateau"):
+        config_from_dict({**base, "scheduler": {"name": "step", "min_lr": 1.0e-5, "warmup_epochs": 0}})
+    config_from_dict({**base, "scheduler": {"name": "step", "min_lr": 1.0e-5, "warmup_epochs": 1}})  # the warmup's start
