@@ -323,3 +323,10 @@ def test_min_lr_with_a_step_schedule_is_refused_unless_a_warmup_reads_it(tmp_pat
     with pytest.raises(ConfigError, match=r"scheduler.min_lr: 1e-05 is read only with the cosine, poly and plateau"):
         config_from_dict({**base, "scheduler": {"name": "step", "min_lr": 1.0e-5, "warmup_epochs": 0}})
     config_from_dict({**base, "scheduler": {"name": "step", "min_lr": 1.0e-5, "warmup_epochs": 1}})  # the warmup's start
+
+
+def test_scratch_unet_keys_on_an_smp_architecture_are_refused_at_load(tmp_path):
+    """`model: {arch: unet, encoder: resnet34, dropout: 0.3}` trained without dropout: a log line when the model was built."""
+    with pytest.raises(ConfigError, match=r"model.dropout: 0.3 applies to the scratch U-Net only; arch 'unet' would ignore"):
+        config_from_dict({"data": {"root": str(tmp_path), "task": "binary"}, "folds": {"n_splits": 2},
+                          "model": {"arch": "unet", "encoder": "tu-test_resnet", "encoder_weights": None, "dropout": 0.3}})

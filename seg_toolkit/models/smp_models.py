@@ -195,16 +195,15 @@ def _named_weights_arg(encoder: str, weights: str) -> Any:
     return weights
 
 
-def _warn_ignored_fields(arch: str, cfg: ModelConfig, encoder: str) -> None:
+def _refuse_ignored_fields(arch: str, cfg: ModelConfig, encoder: str) -> None:
+    """The scratch U-Net's own keys set on an smp architecture, which would ignore them (``dropout: 0.3`` trained
+    without dropout): refused when the config loads (it was a warning when the model was built)."""
     defaults = ModelConfig()
     used = _SCRATCH_ENCODER_FIELDS if encoder == SCRATCH_ENCODER else ()
     ignored = [f for f in _SCRATCH_ONLY_FIELDS if f not in used and getattr(cfg, f) != getattr(defaults, f)]
     if ignored:
-        logger.warning(
-            "model.%s only apply to the scratch U-Net; arch %r ignores them (its options go in model.params)",
-            "/".join(ignored),
-            arch,
-        )
+        raise ConfigError(f"model.{ignored[0]}: {getattr(cfg, ignored[0])!r} applies to the scratch U-Net only; arch "
+                          f"{arch!r} would ignore model.{'/'.join(ignored)} (its options go in model.params); remove them")
 
 
 # ----------------------------------------------------------------------------- build
@@ -230,6 +229,7 @@ def check_smp_keys(arch: str, cfg: ModelConfig, encoder: str) -> None:
             f"model.encoder: {encoder!r}: dpt needs a timm ViT encoder, e.g. tu-vit_base_patch16_224.augreg_in21k"
         )
     check_params(arch, dict(cfg.params), encoder)
+    _refuse_ignored_fields(arch, cfg, encoder)
     weights = cfg.encoder_weights
     if weights is not None and not is_weights_path(weights):
         _named_weights_arg(encoder, weights)
@@ -250,7 +250,7 @@ def build_smp_model(arch: str, cfg: ModelConfig, num_classes: int, in_channels: 
         )
     params = {**_ARCH_DEFAULT_PARAMS.get(arch, {}), **cfg.params}
     check_params(arch, dict(cfg.params), encoder)
-    _warn_ignored_fields(arch, cfg, encoder)
+    _refuse_ignored_fields(arch, cfg, encoder)
 
     weights = cfg.encoder_weights
     path = weights if weights is not None and is_weights_path(weights) else None
