@@ -482,3 +482,16 @@ def test_unknown_param_lists_accepted() -> None:
 def test_bad_params_and_weights(task: str, c: int, loss: dict, params: dict, pattern: str) -> None:
     with pytest.raises(ConfigError, match=pattern):
         build_loss(make_cfg(task, c, loss, params))
+
+
+def test_loss_weights_that_silence_the_loss_are_refused(tmp_path):
+    """A per-channel pos_weight of 0 dropped that class's positives (a single 0 was refused); a multiclass focal alpha
+    of all zeros made the loss exactly 0 (ce's class_weights were checked)."""
+    base = {"data": {"root": str(tmp_path), "task": "multilabel", "num_classes": 2, "class_column": "c"},
+            "folds": {"n_splits": 2}, "submission": {"per_class": True}}
+    with pytest.raises(ConfigError, match=r"loss_params.bce.pos_weight\[1\]: expected > 0"):
+        build_loss(config_from_dict({**base, "loss": {"bce": 1.0}, "loss_params": {"bce": {"pos_weight": [2.0, 0.0]}}}))
+    mc = {"data": {"root": str(tmp_path), "task": "multiclass", "num_classes": 3}, "folds": {"n_splits": 2},
+          "submission": {"per_class": True}}
+    with pytest.raises(ConfigError, match=r"loss_params.focal.alpha: at least one class weight must be > 0"):
+        build_loss(config_from_dict({**mc, "loss": {"focal": 1.0}, "loss_params": {"focal": {"alpha": [0, 0, 0]}}}))

@@ -76,6 +76,9 @@ def _make_bce(task: str, num_classes: int, p: dict[str, Any], path: str) -> nn.M
     pw = p.get("pos_weight")
     if isinstance(pw, (list, tuple)):
         pw = _number_list(pw, num_classes, f"{path}.pos_weight")
+        zero = [i for i, w in enumerate(pw) if not w > 0]
+        if zero:  # as a single number: a weight of 0 drops that channel's positive pixels from the loss
+            raise ConfigError(f"{path}.pos_weight[{zero[0]}]: expected > 0 (0 drops that class's positive pixels), got {pw[zero[0]]}")
     elif pw is not None:
         pw = _number(pw, f"{path}.pos_weight", 0.0, lo_open=True)
     return MaskedBCEWithLogitsLoss(pos_weight=pw)
@@ -116,6 +119,8 @@ def _make_focal(task: str, num_classes: int, p: dict[str, Any], path: str) -> nn
                     f"(a single number only rescales the loss), got {alpha!r}"
                 )
             alpha = _number_list(alpha, num_classes, f"{path}.alpha")
+            if not sum(alpha) > 0:  # as ce's class_weights: all zero is a loss of exactly 0
+                raise ConfigError(f"{path}.alpha: at least one class weight must be > 0")
         else:
             alpha = _number(alpha, f"{path}.alpha", 0.0, 1.0)
     return FocalLoss(task, gamma=gamma, alpha=alpha)
