@@ -393,6 +393,9 @@ def _check_weights_file(cfg: Config) -> None:
             raise ConfigError(f"model.encoder_weights_map: order maps a weights file; model.encoder_weights is {m.encoder_weights!r}")
         if not (m.encoder or "").startswith("tu-"):
             raise ConfigError(f"model.encoder_weights_map: order maps onto a timm model; model.encoder {m.encoder!r} is not a tu- encoder")
+        if str(m.encoder_weights).lower().endswith(".safetensors"):
+            raise ConfigError(f"model.encoder_weights_map: order: {m.encoder_weights!r} is a .safetensors file, which keeps "
+                              "no tensor order (its writer sorts them); map it by names, or save it with torch.save (.pth)")
 
 
 def _check_track(cfg: Config) -> None:

@@ -177,3 +177,19 @@ def test_real_checkpoint_into_a_segmentation_encoder():
     model = build_model(cfg, num_classes=1)
     assert model.encoder_weights_report.coverage == 1.0
     assert len(model.encoder_weights_report.loaded) == 288  # 296 less the head (conv_head, bn2, classifier)
+
+
+def test_order_mapping_of_a_safetensors_file_is_refused_at_load(tmp_path):
+    """safetensors stores tensors sorted by dtype and name, not in the order the network made them: mapping by
+    position failed at tensor 0 with "not a checkpoint of" (or, by chance, paired same-shaped tensors wrongly)."""
+    import torch
+    from safetensors.torch import save_file
+
+    from seg_toolkit.config import ConfigError, config_from_dict
+
+    path = tmp_path / "w.safetensors"
+    save_file({"a": torch.zeros(2)}, str(path))
+    with pytest.raises(ConfigError, match=r"encoder_weights_map: order: .*w.safetensors' is a .safetensors file"):
+        config_from_dict({"data": {"root": str(tmp_path), "task": "binary"}, "folds": {"n_splits": 2},
+                          "model": {"arch": "unet", "encoder": "tu-test_resnet", "encoder_weights": str(path),
+                                    "encoder_weights_map": "order"}})

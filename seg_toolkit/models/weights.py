@@ -136,6 +136,10 @@ def remap_by_order(sd: dict[str, torch.Tensor], timm_name: str, path: str) -> tu
     import timm
     from timm.models import remap_state_dict
 
+    if str(path).lower().endswith(".safetensors"):  # its writer stores tensors sorted by dtype and name, not in order
+        raise ConfigError(f"model.encoder_weights_map: order: {path!r} is a .safetensors file, which keeps no tensor "
+                          "order (its writer sorts them); map it by names, or save the network's state dict with "
+                          "torch.save (.pth), which keeps the order it was made in")
     try:
         full = timm.create_model(timm_name, pretrained=False)
     except Exception as e:  # an unknown name was refused earlier; this is timm failing
