@@ -40,6 +40,11 @@ def apply_overrides(data: dict, overrides: list | None) -> dict:
             value = yaml.load(raw, Loader=_SafeUniqueLoader) if raw != "" else ""  # noqa: S506 - a SafeLoader
         except yaml.YAMLError as e:
             raise ConfigError(f"--set {key}: cannot parse value {raw!r}: {e}") from None
+        except ConfigError as e:  # base 60 (1:30) or octal (0042): the loader's words, with the key they were for
+            raise ConfigError(f"--set {key}: {e}; write it as --set '{key}=\"{raw}\"' to keep the text") from None
+        if " #" in raw and "#" not in str(value):  # YAML took the rest for a comment
+            raise ConfigError(f"--set {key}: {raw!r} holds ' #', which YAML reads as the start of a comment ({value!r} "
+                              f"would be kept); quote the value: --set '{key}=\"{raw}\"'")
         _set_dotted(data, key.strip(), value)
     return data
 

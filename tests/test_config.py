@@ -330,3 +330,13 @@ def test_scratch_unet_keys_on_an_smp_architecture_are_refused_at_load(tmp_path):
     with pytest.raises(ConfigError, match=r"model.dropout: 0.3 applies to the scratch U-Net only; arch 'unet' would ignore"):
         config_from_dict({"data": {"root": str(tmp_path), "task": "binary"}, "folds": {"n_splits": 2},
                           "model": {"arch": "unet", "encoder": "tu-test_resnet", "encoder_weights": None, "dropout": 0.3}})
+
+
+def test_set_values_yaml_would_misread_name_their_key():
+    from seg_toolkit.config_yaml import apply_overrides
+
+    with pytest.raises(ConfigError, match=r"--set train.time_budget: '1:30' is a base-60 number"):
+        apply_overrides({}, ["train.time_budget=1:30"])
+    with pytest.raises(ConfigError, match=r"--set data.root: '/data/run #2' holds ' #', which YAML reads as the start of a comment"):
+        apply_overrides({}, ["data.root=/data/run #2"])
+    assert apply_overrides({}, ['data.root="/data/run #2"']) == {"data": {"root": "/data/run #2"}}
