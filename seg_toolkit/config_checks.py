@@ -109,6 +109,7 @@ def _number_rules(cfg: Config) -> list[tuple[str, Any, Callable[[float], bool], 
     """(key, value, test, what was expected) for the numbers whose range the types cannot say."""
     m, o, s, t = cfg.model, cfg.optim, cfg.scheduler, cfg.train
     return [
+        ("data.max_image_pixels", cfg.data.max_image_pixels, lambda v: v >= 1, "a number of pixels >= 1"),
         ("model.depth", m.depth, lambda v: v >= 1, "a number of down-sampling steps >= 1"),
         ("model.base_width", m.base_width, lambda v: v >= 1, "a number of channels >= 1"),
         ("model.dropout", m.dropout, lambda v: 0 <= v < 1, "a probability in [0, 1)"),

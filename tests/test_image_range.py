@@ -135,3 +135,22 @@ def test_the_range_is_part_of_a_members_preprocessing_and_fixed_by_training(tmp_
     # a trained run's saved config against one with another range: refused like any key training fixes
     (line,) = diff_of_keys(plain, ranged, TRAINED_KEYS)
     assert line.startswith("data.image_range: ")
+
+
+def test_max_image_pixels_decides_above_pils_own_limit(tmp_path, monkeypatch):
+    """PIL's bomb guard (89 million pixels by default) refused images data.max_image_pixels allowed, without naming
+    the key; 0 or a negative limit passed the config and refused every image."""
+    from PIL import Image
+
+    from seg_toolkit.config import ConfigError, config_from_dict
+    from seg_toolkit.data.image_file import open_image
+
+    path = tmp_path / "a.png"
+    Image.fromarray(np.zeros((30, 40), np.uint8)).save(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 500)  # PIL's limit below the image: stands in for 89 million
+    assert open_image(path, max_pixels=2000).size == (40, 30)
+    assert Image.MAX_IMAGE_PIXELS == 500  # put back
+    with pytest.raises(Exception, match=r"a.png: refused before decoding.*data.max_image_pixels=1000"):
+        open_image(path, max_pixels=1000)
+    with pytest.raises(ConfigError, match=r"data.max_image_pixels: expected a number of pixels >= 1"):
+        config_from_dict({"data": {"root": str(tmp_path), "max_image_pixels": 0}, "folds": {"n_splits": 2}})

@@ -109,14 +109,21 @@ def open_image(path: Path, max_pixels: int, exif: str | None = None) -> Image.Im
     """A PIL image, decoded: refused before decoding when over ``max_pixels``, then turned by its EXIF
     orientation as ``exif`` says (module doc)."""
     check_file(path)
+    limit = Image.MAX_IMAGE_PIXELS
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # PIL's own bomb guard at the configured limit (its default, 89 million pixels, refused a 100-megapixel
+            # image that data.max_image_pixels allowed); the size check below names the key
+            Image.MAX_IMAGE_PIXELS = max(int(max_pixels), 1)
             im = Image.open(path)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise DataError(f"{path}: refused before decoding, image too large ({e})") from None
+        raise DataError(f"{path}: refused before decoding, image too large for data.max_image_pixels={max_pixels} "
+                        f"({e})") from None
     except Exception as e:  # PIL raises several types for unreadable files
         raise DataError(f"{path}: not a readable image ({type(e).__name__}: {e})") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
     w, h = im.size
     if w * h > max_pixels:
         im.close()
