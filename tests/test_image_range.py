@@ -150,7 +150,7 @@ def test_max_image_pixels_decides_above_pils_own_limit(tmp_path, monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 500)  # PIL's limit below the image: stands in for 89 million
     assert open_image(path, max_pixels=2000).size == (40, 30)
     assert Image.MAX_IMAGE_PIXELS == 500  # put back
-    with pytest.raises(Exception, match=r"a.png: refused before decoding.*data.max_image_pixels=1000"):
+    with pytest.raises(Exception, match=r"a.png: refused before decoding, 40x30 = 1200 pixels is over data.max_image_pixels=1000"):
         open_image(path, max_pixels=1000)
     with pytest.raises(ConfigError, match=r"data.max_image_pixels: expected a number of pixels >= 1"):
         config_from_dict({"data": {"root": str(tmp_path), "max_image_pixels": 0}, "folds": {"n_splits": 2}})

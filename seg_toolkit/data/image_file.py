@@ -113,9 +113,10 @@ def open_image(path: Path, max_pixels: int, exif: str | None = None) -> Image.Im
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            # PIL's own bomb guard at the configured limit (its default, 89 million pixels, refused a 100-megapixel
-            # image that data.max_image_pixels allowed); the size check below names the key
-            Image.MAX_IMAGE_PIXELS = max(int(max_pixels), 1)
+            # PIL's own bomb guard off while opening (its 89-megapixel default refused a 100-megapixel image that
+            # data.max_image_pixels allowed): opening reads the header only, and the size check below refuses before
+            # decoding, naming the key
+            Image.MAX_IMAGE_PIXELS = None
             im = Image.open(path)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise DataError(f"{path}: refused before decoding, image too large for data.max_image_pixels={max_pixels} "
