@@ -118,22 +118,13 @@ def _check_metric_fits(cfg: Config) -> None:
     from .evaluator import resolve_metric_name  # lazy: imports torch
 
     resolve_metric_name(cfg.metric.name, cfg.data.task)  # tgs_map on a multilabel task, ...
+    from .config_submission_checks import check_class_list, submitted_classes
+
     m, d = cfg.metric, cfg.data
-    if d.task == "multiclass":
-        valid, span = range(d.num_classes), f"0..{d.num_classes - 1}"
-    else:
-        valid, span = range(1, d.num_classes + 1), f"1..{d.num_classes}"
-    for i, c in enumerate(m.classes):
-        if isinstance(c, bool) or not isinstance(c, int) or c not in valid:
-            raise ConfigError(f"metric.classes[{i}]: {c!r} is not a class of data.task={d.task} with data.num_classes="
-                              f"{d.num_classes} ({span}, numbered as submission.classes)")
-        if c in m.classes[:i]:
-            raise ConfigError(f"metric.classes[{i}]: class {c} is listed twice")
+    check_class_list(cfg, m.classes, "metric.classes")
     if m.classes and m.name == "pixel_accuracy":
         raise ConfigError("metric.classes: pixel_accuracy counts every pixel, whatever its class; remove metric.classes")
     if d.task == "multiclass" and m.name != "pixel_accuracy":
-        from .config_submission_checks import submitted_classes
-
         scored, submitted = sorted(m.classes or range(d.num_classes)), sorted(submitted_classes(cfg))
         if scored != submitted:
             log.warning("metric: the score averages classes %s but the submission has rows for %s (class 0 gets rows only "

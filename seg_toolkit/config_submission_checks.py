@@ -24,17 +24,24 @@ def submitted_classes(cfg: Config) -> list[int]:
     return list(range(1, d.num_classes)) if d.task == "multiclass" else list(range(1, d.num_classes + 1))
 
 
-def check_submission_config(cfg: Config) -> None:
-    s, d = cfg.submission, cfg.data
+def check_class_list(cfg: Config, classes: list, key: str) -> None:
+    """A list of class numbers (``submission.classes``, ``metric.classes``): each a class of the task (multiclass
+    ids 0..C-1, binary / multilabel 1..C), none twice."""
+    d = cfg.data
     if d.task == "multiclass":
         valid, span = range(d.num_classes), f"0..{d.num_classes - 1} (0 = background, in a row only if listed)"
     else:
         valid, span = range(1, d.num_classes + 1), f"1..{d.num_classes} (class 0 is background, which only a multiclass label map has)"
-    for i, c in enumerate(s.classes):
-        if c not in valid:
-            raise ConfigError(f"submission.classes[{i}]: class {c} is outside {span} for data.task={d.task}, data.num_classes={d.num_classes}")
-        if c in s.classes[:i]:
-            raise ConfigError(f"submission.classes[{i}]: class {c} is listed twice")
+    for i, c in enumerate(classes):
+        if isinstance(c, bool) or not isinstance(c, int) or c not in valid:
+            raise ConfigError(f"{key}[{i}]: class {c!r} is outside {span} for data.task={d.task}, data.num_classes={d.num_classes}")
+        if c in classes[:i]:
+            raise ConfigError(f"{key}[{i}]: class {c} is listed twice")
+
+
+def check_submission_config(cfg: Config) -> None:
+    s, d = cfg.submission, cfg.data
+    check_class_list(cfg, s.classes, "submission.classes")
     if s.rle_index_base not in (0, 1):
         raise ConfigError(f"submission.rle_index_base: expected 0 or 1 (the number of the first pixel), got {s.rle_index_base}")
     if s.min_instance_area < 0:

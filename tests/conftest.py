@@ -49,7 +49,9 @@ def demo_dict(root: Path, runs: Path, **sections) -> dict:
         "submission": {"per_class": True, "path": str(runs / "sub.csv")},
     }
     for k, v in sections.items():
-        if isinstance(v, dict) and isinstance(data.get(k), dict):
+        if k == "model" and isinstance(v, dict) and v.get("arch", "scratch_unet") != "scratch_unet":
+            data[k] = dict(v)  # another architecture: the scratch U-Net's depth / base_width are not its keys
+        elif isinstance(v, dict) and isinstance(data.get(k), dict):
             data[k] = {**data[k], **v}
         else:
             data[k] = v

@@ -258,7 +258,7 @@ def test_loss_params_take_yaml_1_1_exponents(tmp_path):
 
 
 @pytest.mark.parametrize("metric, message", [
-    ({"classes": [0, 3]}, r"metric.classes\[1\]: 3 is not a class of data.task=multiclass with data.num_classes=3 \(0..2"),
+    ({"classes": [0, 3]}, r"metric.classes\[1\]: class 3 is outside 0..2 \(0 = background, in a row only if listed\) for data.task=multiclass"),
     ({"classes": [1, 1]}, r"metric.classes\[1\]: class 1 is listed twice"),
     ({"name": "pixel_accuracy", "classes": [1]}, r"metric.classes: pixel_accuracy counts every pixel"),
 ])

@@ -331,9 +331,10 @@ def test_unused_parameters_found_without_touching_the_model_or_the_rng(demo_cfg)
     from seg_toolkit.models import build_model
     from seg_toolkit.train import unused_parameters
 
-    cfg = dataclasses.replace(demo_cfg, model=dataclasses.replace(
-        demo_cfg.model, arch="unet", encoder="tu-test_efficientnet", encoder_weights=None,
-        params={"encoder_depth": 4, "decoder_channels": [16, 8, 8, 4]}))
+    from seg_toolkit.config import ModelConfig
+
+    cfg = dataclasses.replace(demo_cfg, model=ModelConfig(arch="unet", encoder="tu-test_efficientnet", encoder_weights=None,
+                                                          params={"encoder_depth": 4, "decoder_channels": [16, 8, 8, 4]}))
     model = build_model(cfg.model, num_classes=3, in_channels=3).eval()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     rng = torch.get_rng_state()

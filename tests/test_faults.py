@@ -21,8 +21,8 @@ from seg_toolkit.train import NonFiniteLossError
 from .conftest import demo_dict
 
 
-def _nan_after(monkeypatch, n_calls: int, times: int = 1):
-    """Make the training loss NaN on calls n_calls+1 .. n_calls+times of the loss function."""
+def _nan_after(monkeypatch, n_calls: int, times: int = 1, on_nan=None):
+    """Make the training loss NaN on calls n_calls+1 .. n_calls+times of the loss function (``on_nan()`` called then)."""
     original = train.build_loss
     calls = [0]
 
@@ -36,6 +36,8 @@ def _nan_after(monkeypatch, n_calls: int, times: int = 1):
                 calls[0] += 1
                 if n_calls < calls[0] <= n_calls + times:
                     total = total * float("nan")
+                    if on_nan is not None:
+                        on_nan()
             return total, terms
 
         loss_fn.forward = forward
@@ -207,26 +209,8 @@ def test_a_stop_between_loss_reads_checks_the_loss_before_it_saves(demo_root, tm
 
     monkeypatch.setattr(epoch_mod.GracefulStop, "__enter__", enter)
     monkeypatch.setattr(epoch_mod, "sync_interval", lambda device: 10)  # as on a GPU
-    original = train.build_loss
-    calls = [0]
-
-    def build(cfg):
-        loss_fn = original(cfg)
-        inner = loss_fn.forward
-
-        def forward(logits, target):
-            total, terms = inner(logits, target)
-            if logits.requires_grad:
-                calls[0] += 1
-                if calls[0] == 5:  # epoch 2, step 2 (3 steps per epoch): NaN, and a stop requested at this update
-                    total = total * float("nan")
-                    box["stop"].requested = True
-            return total, terms
-
-        loss_fn.forward = forward
-        return loss_fn
-
-    monkeypatch.setattr(train, "build_loss", build)
+    # epoch 2, step 2 (3 steps per epoch): NaN, and a stop requested at this update
+    _nan_after(monkeypatch, n_calls=4, on_nan=lambda: setattr(box["stop"], "requested", True))
     cfg = _cfg(demo_root, tmp_path)
     with pytest.raises(NonFiniteLossError, match=r"loss is not finite at epoch 2, step 2 of 3"):
         run_cv(cfg)
