@@ -58,6 +58,7 @@ class Member:
     _models: dict[int, nn.Module] = field(default_factory=dict, repr=False)
     backend: str = "torch"  # onnx: each fold model is an ONNX Runtime session on the run's export (seg_toolkit.export)
     _amp: dict[tuple, Any] = field(default_factory=dict, repr=False)
+    _warned: set[tuple[str, str]] = field(default_factory=set, repr=False)  # (OOF precision, this one) pairs named
 
     @classmethod
     def load(cls, run: Run, weight: float = 1.0, cfg: Config | None = None, tta: list[str] | None = None,
@@ -125,8 +126,8 @@ class Member:
         now. Not refused (a CPU cannot run fp16), but the probabilities differ a little from what was scored."""
         done = self.run.done_json(fold)
         made = (read_json(done) or {}).get("amp") if done.is_file() else None
-        if made and made != choice.mode and ("precision", made, choice.mode) not in self._amp:
-            self._amp[("precision", made, choice.mode)] = choice  # once per member and pair of precisions
+        if made and made != choice.mode and (made, choice.mode) not in self._warned:
+            self._warned.add((made, choice.mode))  # once per member and pair of precisions
             log.warning("%s fold %d: its OOF files (and the post-processing tuned on them) were predicted in %s, this "
                         "prediction runs in %s (%s): the probabilities differ a little from what was scored",
                         self.run.dir, fold, made, choice.mode, choice.reason)
