@@ -43,9 +43,13 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
-        for arg in args:
-            if arg is type(None):
-                continue
+        members = [a for a in args if a is not type(None)]
+        if len(members) == 1 and typing.get_origin(members[0]) is Literal:  # Optional[Literal]: its "did you mean"
+            try:
+                return _convert(value, members[0], path)
+            except ConfigError as e:
+                raise ConfigError(f"{e}; or null") from None
+        for arg in members:
             try:
                 return _convert(value, arg, path)
             except ConfigError:

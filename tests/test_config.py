@@ -340,3 +340,9 @@ def test_set_values_yaml_would_misread_name_their_key():
     with pytest.raises(ConfigError, match=r"--set data.root: '/data/run #2' holds ' #', which YAML reads as the start of a comment"):
         apply_overrides({}, ["data.root=/data/run #2"])
     assert apply_overrides({}, ['data.root="/data/run #2"']) == {"data": {"root": "/data/run #2"}}
+
+
+def test_an_optional_choice_keeps_its_did_you_mean(tmp_path):
+    """The Optional wrapper swallowed the Literal's message: `pair_split: image_lft` listed the choices, suggested none."""
+    with pytest.raises(ConfigError, match=r"data.pair_split: 'image_lft' is not one of .*\(did you mean 'image_left'\?\); or null"):
+        config_from_dict({"data": {"root": str(tmp_path), "pair_split": "image_lft"}, "folds": {"n_splits": 2}})
