@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
-import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from scipy import ndimage
@@ -141,7 +140,7 @@ def load_params(cfg: Config, run=None) -> PostParams:
         log.warning("%s: min_area %s is below submission.min_instance_area=%d, which the submission applies: %d is "
                     "used; run `seg-toolkit tune CONFIG` again to tune above it", run.postprocess_json, params.min_area,
                     floor, floor)
-        params = dataclasses.replace(params, min_area=[max(int(a), floor) for a in params.min_area])
+        params = replace(params, min_area=[max(int(a), floor) for a in params.min_area])
     n = cfg.data.num_classes
     if not (len(params.threshold) == len(params.min_area) == len(params.empty_gate) == n):
         raise ConfigError(f"{run.postprocess_json}: parameters for {len(params.threshold)} classes, data.num_classes is {n}")
