@@ -17,7 +17,7 @@ from seg_toolkit.cv import run_cv
 from seg_toolkit.inference import predict_test
 from seg_toolkit.losses import build_loss, model_loss
 from seg_toolkit.models import build_model
-from seg_toolkit.models.presence import presence_target, split_presence
+from seg_toolkit.models.presence import presence_loss, presence_target, split_presence
 from seg_toolkit.postprocess import PostParams, apply_postprocess, load_params
 from seg_toolkit.predictor import Predictor
 from seg_toolkit.files import read_oof
@@ -69,18 +69,21 @@ def test_loss_adds_weighted_bce_of_the_presence_logits():
     loss_fn = build_loss(cfg)
     target = torch.zeros(2, 2, 4, 4)
     target[0, 0, 1, 1] = 1  # image 0 class 0 present
-    target[1, 1] = 255  # image 1 class 1: all void, so not present
+    target[1, 1] = 255  # image 1 class 1: all void, so neither present nor empty: left out of the classifier's loss
     seg = torch.zeros(2, 2, 4, 4)  # sigmoid 0.5 everywhere: BCE = log 2 on every non-void pixel
     z = torch.tensor([[2.0, -1.0], [0.5, 3.0]])
     out = torch.cat([seg, z[:, :, None, None].expand(2, 2, 4, 4)], dim=1)
     loss, terms = model_loss(loss_fn, out, target, 0.0, 0.25)
     y = torch.tensor([[1.0, 0.0], [0.0, 0.0]])
     assert torch.equal(presence_target(target), y)
-    bce = -(y * torch.log(torch.sigmoid(z)) + (1 - y) * torch.log(1 - torch.sigmoid(z))).mean()
+    # the three labelled entries: (0, 0) present, (0, 1) and (1, 0) empty; (1, 1) is all void
+    bce = -(torch.log(torch.sigmoid(z[0, 0])) + torch.log(1 - torch.sigmoid(z[0, 1])) + torch.log(1 - torch.sigmoid(z[1, 0]))) / 3
     assert terms["cls"].item() == pytest.approx(bce.item(), rel=1e-6)
     assert loss.item() == pytest.approx(math.log(2) + 0.25 * bce.item(), rel=1e-6)
     with pytest.raises(ValueError, match="expected 4 channels"):
         model_loss(loss_fn, seg, target, 0.0, 0.25)
+    # a batch whose every entry is all void (padded tiles) adds nothing, and no NaN
+    assert presence_loss(z, torch.full((2, 2, 4, 4), 255.0)).item() == 0.0
 
 
 def test_tta_merges_the_presence_probability_as_the_masks_are():

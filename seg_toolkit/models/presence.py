@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["add_presence_head", "with_presence", "split_presence", "presence_target", "presence_loss", "has_presence"]
+__all__ = ["add_presence_head", "with_presence", "split_presence", "presence_target", "presence_known", "presence_loss", "has_presence"]
 
 
 def _keep_deepest(encoder: nn.Module, inputs: Any, features: Any) -> None:
@@ -88,6 +88,15 @@ def presence_target(target: Tensor) -> Tensor:
     return ((target >= 0.5) & (target != 255)).flatten(2).any(dim=-1).float()
 
 
+def presence_known(target: Tensor) -> Tensor:
+    """``(N, C)`` bool: whether an image's class has any pixel that is not void (255). A class all void
+    in an image (a padded tile, an image outside the labelled area) is neither present nor empty."""
+    return (target != 255).flatten(2).any(dim=-1)
+
+
 def presence_loss(logits: Tensor, target: Tensor) -> Tensor:
-    """Binary cross-entropy of the presence logits ``(N, C)`` against :func:`presence_target`."""
-    return F.binary_cross_entropy_with_logits(logits.float(), presence_target(target))
+    """Binary cross-entropy of the presence logits ``(N, C)`` against :func:`presence_target`, averaged
+    over the entries :func:`presence_known` says are labelled (0 when none is)."""
+    known = presence_known(target).float()
+    bce = F.binary_cross_entropy_with_logits(logits.float(), presence_target(target), reduction="none")
+    return (bce * known).sum() / known.sum().clamp(min=1.0)
