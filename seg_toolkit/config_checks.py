@@ -4,27 +4,26 @@ Each rule fails with one line naming the dotted key and what was expected; secti
 checked in the order of :class:`~seg_toolkit.config.Config`, so the first problem in the file
 is the one reported. Augmentations, TTA names, losses and the architecture name are checked by
 the modules that use them, imported lazily (no import cycle; no model is built); the ``data``
-section's rules are in :mod:`seg_toolkit.config_data_checks`.
+section's rules are in :mod:`seg_toolkit.config_data_checks`, the ``transforms`` section's in
+:mod:`seg_toolkit.config_transform_checks`.
 """
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import os
-import warnings
 from typing import Any, Callable
 
 from .config import Config, ConfigError, check_deep_supervision_arch
 from .config_data_checks import check_data_config
 from .config_consistency import check_consistency
 from .config_submission_checks import check_data_empty_token, check_submission_config
+from .config_transform_checks import check_transforms, warn_normalisation
 
 __all__ = ["check_config"]
 
 log = logging.getLogger(__name__)
-_WARNED: set[str] = set()  # each normalisation warning once per process (a config loads more than once)
 
 
 def check_config(cfg: Config, trained: bool = False) -> None:
@@ -45,10 +44,10 @@ def check_config(cfg: Config, trained: bool = False) -> None:
         check_data_config,
         check_data_empty_token,
         _check_folds,
-        _check_transforms,
+        check_transforms,
         *(() if trained else (_check_weights_file,)),
         _check_model,
-        *(() if trained else (_warn_normalisation,)),
+        *(() if trained else (warn_normalisation,)),
         _check_loss,
         _check_numbers,
         _check_train,
@@ -245,52 +244,6 @@ def _check_predict(cfg: Config) -> None:
         raise ConfigError(f"predict.tta: {e}") from None
 
 
-def _normalize_length_ok(n: int, in_channels: int) -> bool:
-    """The lengths ``data.dataset._normalize`` accepts: one value per channel, or 3 (RGB
-    statistics, averaged for grayscale, extended with 0.5 for the alpha channel of RGBA)."""
-    return n == in_channels or (n == 3 and in_channels in (1, 4))
-
-
-def _check_transforms(cfg: Config) -> None:
-    t, c = cfg.transforms, cfg.data.in_channels
-    if t.resize is not None and (len(t.resize) != 2 or min(t.resize) < 1):
-        raise ConfigError(f"transforms.resize: expected [height, width] of positive ints, got {t.resize}")
-    if not _normalize_length_ok(len(t.mean), c):
-        ok = f"{c} or 3" if c in (1, 4) else f"{c}"
-        raise ConfigError(f"transforms.mean: {len(t.mean)} values for data.in_channels={c} (give {ok})")
-    if len(t.std) != len(t.mean):
-        raise ConfigError(f"transforms.std: {len(t.std)} values, transforms.mean has {len(t.mean)} (give one std per mean)")
-    for i, v in enumerate(t.mean):
-        if not _finite(v):
-            raise ConfigError(f"transforms.mean[{i}]: expected a finite number, got {v}")
-    for i, v in enumerate(t.std):
-        if not (_finite(v) and v > 0):
-            raise ConfigError(f"transforms.std[{i}]: expected a number > 0, got {v}")
-    for i, spec in enumerate(t.train):
-        _check_augmentation(spec, f"transforms.train[{i}]")
-
-
-def _check_augmentation(spec: Any, where: str) -> None:
-    """Build one ``transforms.train`` entry as training will, so that an unknown transform or
-    argument fails now; albumentations only warns about unknown arguments, so that warning
-    fails too."""
-    from .data.dataset import _aug_from_spec  # lazy: albumentations is slow to import
-
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            # a copy: _aug_from_spec pops the inner transforms of OneOf/SomeOf/Sequential
-            _aug_from_spec(copy.deepcopy(spec), where)
-        except ConfigError as e:  # pydantic's messages span lines; the CLI prints one
-            raise ConfigError(" ".join(line.strip() for line in str(e).splitlines() if line.strip())) from None
-    for w in caught:
-        if "not valid for transform" in str(w.message):
-            name = next(iter(spec)) if isinstance(spec, dict) and spec else spec
-            raise ConfigError(f"{where}: {name}: {w.message}")
-    for w in caught:
-        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-
-
 def _check_loss(cfg: Config) -> None:
     if not cfg.loss:
         raise ConfigError("loss: name at least one loss with a weight, e.g. {bce: 0.5, dice: 0.5}")
@@ -339,44 +292,6 @@ def _check_model(cfg: Config) -> None:
         raise ConfigError(f"model.arch: unknown architecture {arch!r}{hint} (valid: {', '.join(names)})")
     check_decoder_depth(arch, cfg.model.params or {})
     check_model_keys(cfg.model)  # the encoder name, params and weight-set name, before any data is read
-
-
-def _as_fed(values: list[float] | tuple[float, ...], in_channels: int) -> list[float]:
-    """Per-channel statistics as the dataset applies them (3 RGB values averaged for a grey image; RGBA's fourth
-    channel is not the encoder's concern: the first three are compared)."""
-    if in_channels == 1 and len(values) == 3:
-        return [sum(values) / 3]
-    return list(values[:3])
-
-
-def _warn_normalisation(cfg: Config) -> None:
-    """``transforms.mean/std`` against the statistics a named pretrained encoder (``model.encoder_weights:
-    imagenet`` on a ``tu-`` encoder) was trained with: another normalisation is legal, but its first
-    filters then see other inputs than they learnt from (timm's ``tf_`` ports and ViTs want 0.5 / 0.5,
-    most others ImageNet's), silently; said when the config loads, once, with the values to set."""
-    m = cfg.model
-    if m.arch == "scratch_unet" or m.encoder_weights is None or not m.encoder:
-        return
-    from .models.weights import is_weights_path  # lazy: imports torch
-
-    if is_weights_path(m.encoder_weights):
-        return  # a file's own normalisation is not known here
-    from .models.smp_params import pretrained_normalisation
-
-    want = pretrained_normalisation(m.encoder)
-    if want is None:
-        return
-    c, t = cfg.data.in_channels, cfg.transforms
-    pairs = list(zip(_as_fed(t.mean, c) + _as_fed(t.std, c), _as_fed(want[0], c) + _as_fed(want[1], c)))
-    if all(abs(a - b) <= 0.01 for a, b in pairs):
-        return
-    msg = (f"transforms.mean {list(t.mean)} / std {list(t.std)}: encoder {m.encoder}'s pretrained weights "
-           f"({m.encoder_weights}) were trained with mean {list(want[0])} / std {list(want[1])} (timm's pretrained "
-           "config): its first filters will see inputs of other statistics than they learnt from; set "
-           f"transforms.mean: {list(want[0])} and transforms.std: {list(want[1])} unless this is on purpose")
-    if msg not in _WARNED:
-        _WARNED.add(msg)
-        log.warning("%s", msg)
 
 
 def _check_weights_file(cfg: Config) -> None:

@@ -10,7 +10,7 @@ import logging
 
 import pytest
 
-from seg_toolkit import config_checks
+from seg_toolkit import config_transform_checks
 from seg_toolkit.config import config_from_dict
 
 from .conftest import demo_dict
@@ -21,7 +21,7 @@ HALF = {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}
 
 @pytest.fixture(autouse=True)
 def _fresh_warnings(monkeypatch):
-    monkeypatch.setattr(config_checks, "_WARNED", set())
+    monkeypatch.setattr(config_transform_checks, "_WARNED", set())
 
 
 def _load(demo_root, tmp_path, encoder, weights="imagenet", transforms=None, trained=False, **sections):
@@ -31,7 +31,7 @@ def _load(demo_root, tmp_path, encoder, weights="imagenet", transforms=None, tra
 
 
 def _warnings(caplog) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == "seg_toolkit.config_checks" and r.levelno == logging.WARNING]
+    return [r.getMessage() for r in caplog.records if r.name == "seg_toolkit.config_transform_checks" and r.levelno == logging.WARNING]
 
 
 def test_imagenet_statistics_on_a_tf_port_are_named_with_the_values_to_set(demo_root, tmp_path, caplog):

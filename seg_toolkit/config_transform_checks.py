@@ -1,0 +1,158 @@
+"""The ``transforms`` section's checks at load time: resize and normalisation shapes, each augmentation
+built as training will build it, a crop that ``transforms.resize`` would stretch, and the normalisation a
+named pretrained encoder was trained with. Warnings are said once per process (a config loads more than once)."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import warnings
+from typing import Any
+
+from .config import Config, ConfigError
+
+log = logging.getLogger(__name__)
+_WARNED: set[str] = set()  # each warning once per process (a config loads more than once)
+
+
+def _finite(v: float) -> bool:
+    return isinstance(v, (int, float)) and math.isfinite(v)
+
+
+def _normalize_length_ok(n: int, in_channels: int) -> bool:
+    """The lengths ``data.dataset._normalize`` accepts: one value per channel, or 3 (RGB
+    statistics, averaged for grayscale, extended with 0.5 for the alpha channel of RGBA)."""
+    return n == in_channels or (n == 3 and in_channels in (1, 4))
+
+
+def check_transforms(cfg: Config) -> None:
+    t, c = cfg.transforms, cfg.data.in_channels
+    if t.resize is not None and (len(t.resize) != 2 or min(t.resize) < 1):
+        raise ConfigError(f"transforms.resize: expected [height, width] of positive ints, got {t.resize}")
+    if not _normalize_length_ok(len(t.mean), c):
+        ok = f"{c} or 3" if c in (1, 4) else f"{c}"
+        raise ConfigError(f"transforms.mean: {len(t.mean)} values for data.in_channels={c} (give {ok})")
+    if len(t.std) != len(t.mean):
+        raise ConfigError(f"transforms.std: {len(t.std)} values, transforms.mean has {len(t.mean)} (give one std per mean)")
+    for i, v in enumerate(t.mean):
+        if not _finite(v):
+            raise ConfigError(f"transforms.mean[{i}]: expected a finite number, got {v}")
+    for i, v in enumerate(t.std):
+        if not (_finite(v) and v > 0):
+            raise ConfigError(f"transforms.std[{i}]: expected a number > 0, got {v}")
+    for i, spec in enumerate(t.train):
+        _check_augmentation(spec, f"transforms.train[{i}]")
+    _warn_crop_before_resize(cfg)
+
+
+def _crop_output(t: Any) -> tuple[int, int] | None:
+    """The (height, width) a crop transform outputs, or None when it is not a crop; (0, 0) when it varies."""
+    import albumentations as A  # lazy: slow to import
+
+    crops = tuple(getattr(A, n) for n in ("RandomCrop", "CenterCrop", "Crop", "CropNonEmptyMaskIfExists", "RandomSizedCrop",
+                                          "RandomResizedCrop", "RandomSizedBBoxSafeCrop", "BBoxSafeRandomCrop",
+                                          "AtLeastOneBBoxRandomCrop", "RandomCropFromBorders", "RandomCropNearBBox")
+                  if hasattr(A, n))
+    if not isinstance(t, crops):
+        return None
+    size = getattr(t, "size", None)
+    if size is not None:
+        return int(size[0]), int(size[1])
+    if isinstance(getattr(t, "height", None), int) and isinstance(getattr(t, "width", None), int):
+        return t.height, t.width
+    if isinstance(t, A.Crop):
+        return t.y_max - t.y_min, t.x_max - t.x_min
+    return 0, 0
+
+
+def _warn_crop_before_resize(cfg: Config) -> None:
+    """A crop in ``transforms.train`` runs before ``transforms.resize`` (:func:`build_transforms`), which
+    stretches each crop to the resize size: training sees objects larger (and at another aspect ratio)
+    than validation and prediction, which resize the whole image. Legal (a zoom augmentation), rarely meant:
+    said when the config loads, once, with the crop and the two sizes."""
+    t = cfg.transforms
+    if t.resize is None or not t.train:
+        return
+    from .data.dataset import _aug_from_spec  # lazy: albumentations is slow to import
+
+    def walk(tr: Any, where: str) -> Any:
+        inner = getattr(tr, "transforms", None)
+        if inner is not None and not hasattr(tr, "height"):
+            for j, sub in enumerate(inner):
+                yield from walk(sub, f"{where}.{type(tr).__name__}.transforms[{j}]")
+        else:
+            yield tr, where
+
+    for i, spec in enumerate(t.train):
+        for tr, where in walk(_aug_from_spec(copy.deepcopy(spec), f"transforms.train[{i}]"), f"transforms.train[{i}]"):
+            out = _crop_output(tr)
+            if out is None or list(out) == list(t.resize):
+                continue
+            size = f"{out[0]}x{out[1]} crops" if out != (0, 0) else "crops of varying size"
+            msg = (f"{where}: {type(tr).__name__} makes {size}, which transforms.resize {list(t.resize)} then stretches "
+                   f"to {t.resize[0]}x{t.resize[1]}: training sees objects at another scale than validation and prediction, "
+                   "which resize the whole image; crop to the resize size, or leave transforms.resize out and crop only, "
+                   "unless the zoom is meant")
+            if msg not in _WARNED:
+                _WARNED.add(msg)
+                log.warning("%s", msg)
+
+
+def _check_augmentation(spec: Any, where: str) -> None:
+    """Build one ``transforms.train`` entry as training will, so that an unknown transform or
+    argument fails now; albumentations only warns about unknown arguments, so that warning
+    fails too."""
+    from .data.dataset import _aug_from_spec  # lazy: albumentations is slow to import
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            # a copy: _aug_from_spec pops the inner transforms of OneOf/SomeOf/Sequential
+            _aug_from_spec(copy.deepcopy(spec), where)
+        except ConfigError as e:  # pydantic's messages span lines; the CLI prints one
+            raise ConfigError(" ".join(line.strip() for line in str(e).splitlines() if line.strip())) from None
+    for w in caught:
+        if "not valid for transform" in str(w.message):
+            name = next(iter(spec)) if isinstance(spec, dict) and spec else spec
+            raise ConfigError(f"{where}: {name}: {w.message}")
+    for w in caught:
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+
+
+def _as_fed(values: list[float] | tuple[float, ...], in_channels: int) -> list[float]:
+    """Per-channel statistics as the dataset applies them (3 RGB values averaged for a grey image; RGBA's fourth
+    channel is not the encoder's concern: the first three are compared)."""
+    if in_channels == 1 and len(values) == 3:
+        return [sum(values) / 3]
+    return list(values[:3])
+
+
+def warn_normalisation(cfg: Config) -> None:
+    """``transforms.mean/std`` against the statistics a named pretrained encoder (``model.encoder_weights:
+    imagenet`` on a ``tu-`` encoder) was trained with: another normalisation is legal, but its first
+    filters then see other inputs than they learnt from (timm's ``tf_`` ports and ViTs want 0.5 / 0.5,
+    most others ImageNet's), silently; said when the config loads, once, with the values to set."""
+    m = cfg.model
+    if m.arch == "scratch_unet" or m.encoder_weights is None or not m.encoder:
+        return
+    from .models.weights import is_weights_path  # lazy: imports torch
+
+    if is_weights_path(m.encoder_weights):
+        return  # a file's own normalisation is not known here
+    from .models.smp_params import pretrained_normalisation
+
+    want = pretrained_normalisation(m.encoder)
+    if want is None:
+        return
+    c, t = cfg.data.in_channels, cfg.transforms
+    pairs = list(zip(_as_fed(t.mean, c) + _as_fed(t.std, c), _as_fed(want[0], c) + _as_fed(want[1], c)))
+    if all(abs(a - b) <= 0.01 for a, b in pairs):
+        return
+    msg = (f"transforms.mean {list(t.mean)} / std {list(t.std)}: encoder {m.encoder}'s pretrained weights "
+           f"({m.encoder_weights}) were trained with mean {list(want[0])} / std {list(want[1])} (timm's pretrained "
+           "config): its first filters will see inputs of other statistics than they learnt from; set "
+           f"transforms.mean: {list(want[0])} and transforms.std: {list(want[1])} unless this is on purpose")
+    if msg not in _WARNED:
+        _WARNED.add(msg)
+        log.warning("%s", msg)
