@@ -7,12 +7,20 @@ what is needed to use them without the YAML they came from::
     runs/<experiment>/
       config.yaml            the resolved config (preprocessing, model, predict, postprocess)
       folds.csv              id -> fold, written once, shared by every member of an ensemble
+      folds.json             how folds.csv was made (method, seed, groups): a changed setting is refused
       fold_balance.csv       images per validation fold holding each class / empty (with folds.csv)
       fold_<k>/              trained runs: best.pt, last.pt, prev.pt, best_e<epoch>.pt,
-                             metrics.csv, done.json (written last), failed_attempt_<n>/
+                             metrics.csv (metrics.csv.unreadable: one set aside), done.json (written last),
+                             failed_attempt_<n>/ (an attempt set aside after a NaN loss)
+      first_epoch.json       train.min_fold_epochs: the run's first timed epoch, which decides its folds
+      admitted_folds.json    folds first left out, trained later with the budget's time left
       ensemble.json          ensembles: members (run folders), weights, merge space, folds
       oof/<id>.npy           out-of-fold probabilities (uint8 p*255, C x H x W at the image's
                              own size) made by the predictor with the TTA that predict uses
+      oof/presence/<id>.npy  the empty-mask classifier's OOF probabilities (model.classifier)
+      oof_incomplete.json    present while tune --tta / oof rewrite oof/ (left by one that stopped)
+      run.lock, tracker.lock flock files: OOF / cv.json / postprocess.json writers; tracker.json
+      tta_search/            tune --tta's scratch (each candidate's OOF), removed when it ends
       oof_summary.json       confusion, per-class and per-image OOF numbers: the report reads it
       cv.json                CV score, per fold, per class, confusion counts, how OOF was made
       postprocess.json       thresholds / min-area / empty gate tuned on oof/
@@ -20,11 +28,13 @@ what is needed to use them without the YAML they came from::
       lr_find.{json,png}     learning-rate range test (seg-toolkit lr-find)
       pseudo/fold_<k>.csv    pseudo-labelled test images added to fold k's training set (pseudo.teacher)
       pseudo/fold_<k>.teacher.json  the teacher's files those labels were made from, with their SHA-256
+      pseudo/fold_<k>/<id>.npy      soft pseudo-labels (pseudo.soft); pseudo/all.*: one set for every fold
       amp.json               the precision train.amp resolved to (auto: measured once), used by every fold and by inference
       tracker.json           where the run is tracked (MLflow run ids / TensorBoard folder; seg_toolkit/track.py)
       tensorboard/           TensorBoard event files (track.backend: tensorboard, default track.uri)
-      test_probs/<id>.npy    merged test probabilities before post-processing (predict.save_probs)
-      test_masks/<id>.png    decided test masks, the submitted ones (predict.write_masks)
+      test_probs/<id>.npy    merged test probabilities before post-processing (predict.save_probs;
+                             test_probs/presence/<id>.npy: the classifier's)
+      test_masks/<id>.png    decided test masks, the submitted ones (predict.write_masks; <id>_<cls>.png per class)
       evaluate_test.json     held-out score (seg-toolkit evaluate --split test)
       evaluations/<name>.json  score on a labelled folder (seg-toolkit evaluate --on DIR)
       export/fold_<k>.onnx   fold models exported to ONNX, export/export.json (seg-toolkit export)
