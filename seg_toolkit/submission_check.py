@@ -17,8 +17,8 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from .config import Config
-from .rle import RLEError, RLESpec, instance_overlap
+from .config import Config, ConfigError
+from .rle import RLEError, RLESpec, empty_token_reads_as, instance_overlap
 from .submission import SubmissionError, repeated_ids, row_ids, submission_classes, submission_columns, submission_spec
 
 log = logging.getLogger(__name__)
@@ -183,6 +183,12 @@ def check_submission(
         return problems + [f"no column {missing[0]!r} ({named[missing[0]]}); the sample has {list(sample.columns)}"]
     spec = spec or RLESpec()
     tokens = (spec.empty,) if empty_tokens is None else tuple(empty_tokens)
+    for token in tokens:  # '1 1' as the empty token would pass every one-pixel placeholder row as empty
+        reads = empty_token_reads_as(dataclasses.replace(spec, empty=token))
+        if reads is not None:
+            raise ConfigError(f"empty token {token!r} reads as a run-length string (starts counted from {spec.index_base}, "
+                              f"{spec.starts}): {reads}; the scorer paints those pixels, so rows written so are not empty "
+                              "masks. Empty masks are '' (most competitions), '-1' (SIIM), '-' (contrails)")
     classes_of = None if not class_column else (sub[class_column].to_numpy(dtype=object), classes)
     return problems + _row_problems(sub, sample, id_col, rle_col, spec, tokens, n_pixels, max_problems, classes_of)
 
@@ -224,16 +230,18 @@ def _row_problems(
         problems.append(f"{counted}; the sample has {len(want)}")
     seen: dict[str, int] = {}
     dups: list[str] = []
+    dup_lines: list[str] = []
     for k, row_id in enumerate(got):
         if row_id in seen and row_id not in dups:
             dups.append(row_id)
+            dup_lines.append(f"{row_id!r} (lines {seen[row_id]} and {lines[k]})")
             if grouped:
                 what = "instance rows" if spec.instances else "rows (one per class)"
                 problems.append(f"rows of id {row_id!r} are not together (lines {seen[row_id]} and {lines[k]}); "
                                 f"one image's {what} must be consecutive")
         seen.setdefault(row_id, int(lines[k]))
     if dups and not grouped:
-        problems.append(f"duplicate ids: {dups[:5]}")
+        problems.append(f"duplicate ids: {', '.join(dup_lines[:5])}" + (f" and {len(dups) - 5} more" if len(dups) > 5 else ""))
     missing = set(want) - set(got)
     extra = set(got) - set(want)
     if missing:
@@ -340,26 +348,45 @@ def score_submission(csv_path: str | Path, solution_path: str | Path, cfg: Confi
 
     id_col, rle_col = submission_columns(cfg)
 
-    def read(path: str | Path) -> dict[str, dict[int, list[str]]]:
+    def read(path: str | Path) -> dict[str, dict[int, list[tuple[str, str]]]]:
+        """image id -> class -> [(RLE, where: the file, line and id)]; a row that cannot be read names its line."""
         df = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
-        out: dict[str, dict[int, list[str]]] = {}
-        row_cls = df[s.class_column].astype(int) if s.class_column else [default_cls] * len(df)
-        for row_id, rle, cls in zip(df[id_col], df[rle_col], row_cls):
+        for col in (id_col, rle_col, *([s.class_column] if s.class_column else [])):
+            if col not in df.columns:
+                raise SubmissionError(f"{path}: no column {col!r}; it has {list(df.columns)}")
+        out: dict[str, dict[int, list[tuple[str, str]]]] = {}
+        row_cls = df[s.class_column] if s.class_column else [str(default_cls)] * len(df)
+        for k, (row_id, rle, cls) in enumerate(zip(df[id_col], df[rle_col], row_cls)):
+            where = f"{path} line {k + 2} (id {row_id!r})"
             image_id = row_id
             if split is not None:
                 m = split.fullmatch(row_id)
-                image_id, cls = m.group("id"), int(m.group("cls"))
-            out.setdefault(image_id, {}).setdefault(int(cls), []).append(rle)
+                if m is None:
+                    raise SubmissionError(f"{where}: the id does not read as submission.id_format {s.id_format!r}")
+                image_id, cls = m.group("id"), m.group("cls")
+            try:
+                c = int(cls)
+            except ValueError:
+                raise SubmissionError(f"{where}: class {cls!r} is not a whole number") from None
+            out.setdefault(image_id, {}).setdefault(c, []).append((rle, where))
         return out
+
+    def decode(rows: list[tuple[str, str]], hw: tuple[int, int]) -> np.ndarray:
+        mask = np.zeros(hw, np.uint8)
+        for rle, where in rows:
+            mask |= spec.decode(rle, hw, where)
+        return mask
 
     truth_rows, pred_rows = read(solution_path), read(csv_path)
     evaluator = Evaluator(cfg.metric, d.task, d.num_classes)
     for sample in load_test_samples(cfg):
         hw = image_size(sample.image, sample.pair, d.exif_orientation)
         # with a class column an image's empty classes may have no row (as in Severstal's train.csv)
-        rows = truth_rows.get(sample.id, {}) if s.class_column else truth_rows[sample.id]
-        truth = {c: spec.decode_rows(r, hw) for c, r in rows.items()}
-        guess = {c: spec.decode_rows(r, hw) for c, r in pred_rows.get(sample.id, {}).items()}
+        if not s.class_column and sample.id not in truth_rows:
+            raise SubmissionError(f"{solution_path}: no row for test image {sample.id!r} ({sample.image})")
+        rows = truth_rows.get(sample.id, {})
+        truth = {c: decode(r, hw) for c, r in rows.items()}
+        guess = {c: decode(r, hw) for c, r in pred_rows.get(sample.id, {}).items()}
         for name, found in ((solution_path, truth), (csv_path, guess)):
             unknown = sorted(set(found) - allowed)
             if unknown:

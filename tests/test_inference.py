@@ -453,7 +453,7 @@ def test_check_submission_cli_names_each_problem(tmp_path, capsys):
     broken.write_text("ImageId,EncodedPixels\na,1 2\na,\nc,1 2 3\nd,\n")
     out = _check_cli(broken, sample, capsys)
     assert "3 problem(s)" in out
-    assert "duplicate ids: ['a']" in out
+    assert "duplicate ids: 'a' (lines 2 and 3)" in out
     assert "1 sample ids missing, e.g. ['b']" in out
     assert "line 4 (id 'c'): RLE has an odd number of tokens (3)" in out
 

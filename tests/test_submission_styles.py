@@ -303,7 +303,7 @@ def test_checker_instance_rows(tmp_path, airbus_sample):
     assert check_submission(good, airbus_sample, spec=AIRBUS) == []
     assert check_submission(good, airbus_sample, spec=AIRBUS, n_pixels=20) == []
     # without the instance spec the same file is what the old checker said: duplicate ids
-    assert check_submission(good, airbus_sample) == ["4 rows; the sample has 3", "duplicate ids: ['a.jpg']"]
+    assert check_submission(good, airbus_sample) == ["4 rows; the sample has 3", "duplicate ids: 'a.jpg' (lines 2 and 3)"]
 
 
 @pytest.mark.parametrize(
@@ -373,6 +373,18 @@ def test_score_submission_merges_instance_rows(demo_root, tmp_path):
     lossy = tmp_path / "lossy.csv"
     pd.DataFrame(rows[:dropped] + rows[dropped + 1 :], columns=list(sol.columns)).to_csv(lossy, index=False)
     assert score_submission(lossy, exact, cfg) < 1.0
+    # a row either file cannot be read as names its file, line and id
+    df = pd.DataFrame(rows, columns=list(sol.columns))
+    bad = tmp_path / "bad.csv"
+    df.iloc[[0, 1]].assign(**{df.columns[1]: ["1 2 3", ""]}).to_csv(bad, index=False)
+    with pytest.raises(RLEError, match=rf"bad.csv line 2 \(id '{df.iloc[0, 0]}'\).*odd number of tokens"):
+        score_submission(bad, exact, cfg)
+    df.iloc[[0]].assign(**{df.columns[0]: ["img"]}).to_csv(bad, index=False)
+    with pytest.raises(SubmissionError, match=r"bad.csv line 2 \(id 'img'\): the id does not read as submission.id_format"):
+        score_submission(bad, exact, cfg)
+    df.iloc[[0]].to_csv(bad, index=False)  # a solution with one image's row
+    with pytest.raises(SubmissionError, match=r"bad.csv: no row for test image"):
+        score_submission(exact, bad, cfg)
 
 
 # ----------------------------------------------------------------------------- official strings
@@ -477,7 +489,7 @@ def test_check_submission_cli_reads_instance_and_siim_rows(tmp_path, capsys):
     airbus = tmp_path / "airbus.csv"  # image a has two objects (two rows), b none
     airbus.write_text("ImageId,EncodedPixels\na,1 2\na,7 1\nb,\n")
     assert main(["check-submission", str(airbus), "--sample", str(sample)]) == 1
-    assert "duplicate ids: ['a']" in capsys.readouterr().out
+    assert "duplicate ids: 'a' (lines 2 and 3)" in capsys.readouterr().out
     assert main(["check-submission", str(airbus), "--sample", str(sample), "--instances"]) == 0
     siim = tmp_path / "siim.csv"  # 0-based relative starts, -1 for empty: "0 2 4 1" = pixels 0-1 and 6
     siim.write_text("ImageId,EncodedPixels\na,0 2 4 1\nb,-1\n")
@@ -509,3 +521,18 @@ def test_checker_reads_the_second_column_as_the_rle(tmp_path):
     assert len(check_submission(bad, sample)) == 1 and "odd number of tokens" in check_submission(bad, sample)[0]
     assert check_submission(good, sample, columns=("ImageId", "Rle")) == [
         "no column 'Rle' (submission.rle_column); the sample has ['ImageId', 'EncodedPixels', 'ClassId']"]
+
+
+def test_check_submission_refuses_an_empty_token_that_reads_as_a_mask(tmp_path, capsys):
+    """'1 1' as --empty-token would pass the sample's one-pixel placeholder rows as empty masks; the scorer paints pixel 1."""
+    from seg_toolkit.cli import main
+
+    sample = tmp_path / "sample.csv"
+    sample.write_text("ImageId,EncodedPixels\na,1 1\nb,1 1\n")
+    assert main(["check-submission", str(sample), "--sample", str(sample), "--empty-token", "1 1"]) == 2
+    err = capsys.readouterr().err
+    assert "empty token '1 1' reads as a run-length string (starts counted from 1, absolute): pixel 1" in err
+    # with 0-based starts '1 1' paints a pixel too (the second one)
+    with pytest.raises(ConfigError, match=r"empty token '1 1' reads as .*starts counted from 0"):
+        check_submission(sample, sample, empty_tokens=("1 1",), spec=RLESpec(index_base=0))
+    assert check_submission(sample, sample, empty_tokens=("",)) == []
