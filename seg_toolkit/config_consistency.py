@@ -124,11 +124,12 @@ def _check_metric_fits(cfg: Config) -> None:
     check_class_list(cfg, m.classes, "metric.classes")
     if m.classes and m.name == "pixel_accuracy":
         raise ConfigError("metric.classes: pixel_accuracy counts every pixel, whatever its class; remove metric.classes")
-    if d.task == "multiclass" and m.name != "pixel_accuracy":
-        scored, submitted = sorted(m.classes or range(d.num_classes)), sorted(submitted_classes(cfg))
+    if m.name != "pixel_accuracy":
+        every = range(d.num_classes) if d.task == "multiclass" else range(1, d.num_classes + 1)
+        scored, submitted = sorted(m.classes or every), sorted(submitted_classes(cfg))
         if scored != submitted:
-            log.warning("metric: the score averages classes %s but the submission has rows for %s (class 0 gets rows only "
-                        "when submission.classes lists it): CV and tuning then score classes that are not submitted, or "
-                        "the other way round. Set metric.classes: %s to score what is submitted, or submission.classes "
-                        "to submit what is scored", scored, submitted, submitted)
+            note = " (class 0 gets rows only when submission.classes lists it)" if d.task == "multiclass" else ""
+            log.warning("metric: the score averages classes %s but the submission has rows for %s%s: CV and tuning then "
+                        "score classes that are not submitted, or the other way round. Set metric.classes: %s to score "
+                        "what is submitted, or submission.classes to submit what is scored", scored, submitted, note, submitted)
 

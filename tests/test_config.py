@@ -279,6 +279,16 @@ def test_scored_classes_other_than_the_submitted_are_named_at_load(tmp_path, cap
         config_from_dict({**base, "metric": {"classes": [1, 2]}})
         config_from_dict({**base, "submission": {"per_class": True, "classes": [0, 1, 2]}})
     assert "the score averages" not in caplog.text
+    # multilabel (Severstal: classes 1..4): submitting classes 1 and 2 while the dice averages all four
+    multilabel = {"data": {"root": str(tmp_path), "task": "multilabel", "num_classes": 4}, "loss": {"bce": 1.0}}
+    with caplog.at_level("WARNING"):
+        config_from_dict({**multilabel, "submission": {"per_class": True, "classes": [1, 2]}})
+    assert "the score averages classes [1, 2, 3, 4] but the submission has rows for [1, 2]: CV" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        config_from_dict({**multilabel, "submission": {"per_class": True}})
+        config_from_dict({**multilabel, "submission": {"per_class": True, "classes": [1, 2]}, "metric": {"classes": [1, 2]}})
+    assert "the score averages" not in caplog.text
 
 
 @pytest.mark.parametrize("sections, message", [
