@@ -124,6 +124,12 @@ def _check_metric_fits(cfg: Config) -> None:
     check_class_list(cfg, m.classes, "metric.classes")
     if m.classes and m.name == "pixel_accuracy":
         raise ConfigError("metric.classes: pixel_accuracy counts every pixel, whatever its class; remove metric.classes")
+    if cfg.submission.instances:
+        log.warning("submission.instances: the competition scores objects (DSB 2018: precision over IoU thresholds of "
+                    "matched objects; Airbus: F2), but metric.name %r scores pixels: CV, tuning and evaluate do not see "
+                    "touching objects merged into one (which scores well here and nothing there) or one object split in "
+                    "two. There is no object-matching metric in seg_toolkit yet; read CV as a pixel score",
+                    resolve_metric_name(m.name, d.task))
     if m.name != "pixel_accuracy":
         every = range(d.num_classes) if d.task == "multiclass" else range(1, d.num_classes + 1)
         scored, submitted = sorted(m.classes or every), sorted(submitted_classes(cfg))

@@ -291,6 +291,16 @@ def test_scored_classes_other_than_the_submitted_are_named_at_load(tmp_path, cap
     assert "the score averages" not in caplog.text
 
 
+def test_instance_submissions_say_their_cv_is_a_pixel_score(tmp_path, caplog):
+    base = {"data": {"root": str(tmp_path), "task": "binary"}, "loss": {"bce": 1.0}}
+    with caplog.at_level("WARNING"):
+        config_from_dict(base)
+    assert "scores objects" not in caplog.text
+    with caplog.at_level("WARNING"):
+        config_from_dict({**base, "submission": {"instances": True}})
+    assert "submission.instances: the competition scores objects" in caplog.text and "metric.name 'dice' scores pixels" in caplog.text
+
+
 @pytest.mark.parametrize("sections, message", [
     ({"data": {"task": "binary", "layout": "folder", "ignore_index": 0}}, r"data.ignore_index: 0 is the background of a binary mask"),
     ({"metric": {"name": "tgs_map", "empty_score": "zero"}}, r"metric.empty_score: 'zero' is read only with the per-image dice"),
