@@ -187,10 +187,12 @@ def choose_amp(requested: str, device: torch.device, model: torch.nn.Module, rec
     return AmpChoice(mode, requested, reason, device.type, t)
 
 
-def run_amp(cfg, run, device: torch.device, model: torch.nn.Module, loss_fn, train_set: list, d, to_device) -> AmpChoice:
+def run_amp(cfg, run, device: torch.device, model: torch.nn.Module, loss_fn, train_set: list, d, to_device,
+            record: bool = True) -> AmpChoice:
     """The run's precision (:func:`choose_amp`), measured once on a real training batch and kept in
     the run's ``amp.json``; rank 0 decides, every rank gets its choice. ``to_device(batch)`` gives
-    (images, target) on the device as the training loop has them."""
+    (images, target) on the device as the training loop has them. ``record=False`` (``lr-find``) reads
+    ``amp.json`` but never writes it: only training decides the precision its folds and OOF files are made in."""
     from .data import SegDataset, collate
     from .files import read_json, write_json
 
@@ -203,6 +205,6 @@ def run_amp(cfg, run, device: torch.device, model: torch.nn.Module, loss_fn, tra
             return to_device(collate([dataset[i] for i in range(min(cfg.train.batch_size, len(train_set)))]))
 
         amp = choose_amp(cfg.train.amp, device, model, recorded, batch, loss_fn)
-        if cfg.train.amp == "auto" and recorded != amp.to_json():
+        if record and cfg.train.amp == "auto" and recorded != amp.to_json():
             write_json(run.amp_json, amp.to_json())
     return d.broadcast(amp)

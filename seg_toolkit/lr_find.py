@@ -164,8 +164,9 @@ def lr_find(cfg: Config, fold: int = 0, start: float = 1e-7, end: float = 1.0, s
     optimizer = build_optimizer(cfg, model)
     ratios = [g["lr"] / cfg.optim.lr for g in optimizer.param_groups]  # encoder_lr_mult keeps its ratio
     loss_fn = build_loss(cfg).to(device)
-    # the precision training will use: measured once per run (amp.json), so training reuses this choice
-    amp = run_amp(cfg, run, device, model, loss_fn, train_set, get_dist(), lambda b: to_device(b, cfg, device))
+    # the precision training uses (its amp.json when it has one; measured here otherwise), never written back: a
+    # sweep on another machine or with another --set model must not change what a trained run predicts in
+    amp = run_amp(cfg, run, device, model, loss_fn, train_set, get_dist(), lambda b: to_device(b, cfg, device), record=False)
     scaler = torch.amp.GradScaler(device.type, enabled=amp.uses_scaler)  # fp16: scaled as training scales it
     model.train()
     frozen = cfg.model.freeze_encoder_epochs > 0  # the sweep is training's first epoch: frozen there too

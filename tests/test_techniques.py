@@ -201,6 +201,25 @@ def test_lr_find_command_on_the_demo(demo_root, tmp_path):
     run_cv(cfg, folds=[0])  # the folder lr-find wrote into is still a run folder that training accepts
 
 
+def test_lr_find_reads_the_runs_precision_but_never_writes_amp_json(demo_root, tmp_path, monkeypatch):
+    """A sweep measured on another machine, or with another --set model, must not decide (or change) the precision
+    the run trains and predicts in: amp.json is training's alone."""
+    from seg_toolkit import amp as amp_mod
+
+    monkeypatch.setattr(amp_mod, "cpu_has_fast_bf16", lambda: True)
+    monkeypatch.setattr(amp_mod, "measure_cpu_bf16", lambda *a, **k: {"fp32_s": 1.0, "bf16_s": 0.5})
+    cfg = _cfg(demo_root, tmp_path / "runs", "lr_amp", amp="auto")
+    run = Run.of(cfg)
+    assert lr_find(cfg, fold=0, start=1e-6, end=10.0, steps=12)["amp"] == "bf16"  # measured (2x), not recorded
+    assert not run.amp_json.exists()
+    recorded = {"mode": "none", "requested": "auto", "device_type": "cpu", "reason": "measured: 1.02x",
+                "timings": {"fp32_s": 1.0, "bf16_s": 0.98, "bf16_speedup": 1.02}}
+    run.amp_json.write_text(json.dumps(recorded))
+    monkeypatch.setattr(amp_mod, "measure_cpu_bf16", lambda *a, **k: pytest.fail("the recorded choice is the run's"))
+    assert lr_find(cfg, fold=0, start=1e-6, end=10.0, steps=12)["amp"] == "none"
+    assert json.loads(run.amp_json.read_text()) == recorded
+
+
 # ----------------------------------------------------------------------------- deep supervision
 
 
