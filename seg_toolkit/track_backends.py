@@ -6,6 +6,7 @@ and turns the tracker off). What each backend logs, and where, is described in :
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -36,6 +37,11 @@ class Backend:
         self.close("FAILED", state)
 
 
+#: MLflow's HTTP settings when the environment does not set them: a tracking server that does not answer costs one
+#: failed call of at most ~30 s (then the tracker stops and training goes on), not minutes per call
+HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "15"}
+
+
 class MLflowBackend(Backend):
     name = "mlflow"
 
@@ -53,6 +59,10 @@ class MLflowBackend(Backend):
         db = sqlite_path(self.uri)
         if db is not None:
             db.parent.mkdir(parents=True, exist_ok=True)
+        # an HTTP store that does not answer: MLflow's defaults (7 retries with backoff, a 120 s timeout per try) held
+        # every fold job for 4-16 minutes per call; the environment still decides when it sets them
+        for key, value in HTTP_DEFAULTS.items():
+            os.environ.setdefault(key, value)
         self.client = MlflowClient(tracking_uri=self.uri)
 
     def _alive(self, run_id: Optional[str]) -> bool:
@@ -163,7 +173,8 @@ class MLflowBackend(Backend):
         if self.client is None or self.run_id is None:
             return
         self.client.set_tag(self.run_id, "seg_toolkit.tracking_stopped", reason[:5000])
-        self.close("FAILED", state)
+        if not self.reopen:  # tune / oof / report adding results: the run keeps the status training gave it
+            self.close("FAILED", state)
 
 
 class TensorBoardBackend(Backend):

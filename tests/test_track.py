@@ -189,6 +189,47 @@ def test_a_failing_mlflow_store_leaves_its_runs_failed_not_running(tmp_path, cap
     assert client.get_metric_history(backend.children[1], "val_score") == []
 
 
+def test_a_failed_upload_after_training_leaves_the_finished_run_finished(tmp_path, caplog, monkeypatch):
+    """tune / oof / report add their results to the run training tracked (reopen): a failure there (a full disk while
+    uploading the report) stops that tracking with a tag, but the runs keep the FINISHED training gave them."""
+    exp = tmp_path / "exp"
+    exp.mkdir()
+    uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+    backend = track.MLflowBackend(uri, "e")
+    tracker = track.Tracker(backend, Run(exp))
+    tracker.fold_start(0)
+    tracker.log_epoch(0, 1, {"val_score": 0.5})
+    tracker.fold_end(0)
+    tracker.close()
+    (exp / "cv.json").write_text(json.dumps({"score": 0.5}))
+
+    def full_disk(self, run_id, local_dir, artifact_path=None):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(MlflowClient, "log_artifacts", full_disk)
+    monkeypatch.setattr(MlflowClient, "log_artifact", full_disk)
+    (exp / "report").mkdir()
+    with caplog.at_level(logging.WARNING):
+        track.log_run_files(exp)
+    assert len(_track_warnings(caplog)) == 1
+    client = MlflowClient(tracking_uri=uri)
+    parent = client.get_run(backend.run_id)
+    assert parent.info.status == "FINISHED" and client.get_run(backend.children[0]).info.status == "FINISHED"
+    assert "No space left on device" in parent.data.tags["seg_toolkit.tracking_stopped"]
+
+
+def test_mlflow_http_calls_are_bounded_unless_the_environment_says(monkeypatch, tmp_path):
+    """MLflow's defaults retry 7 times with a 120 s timeout: a server that does not answer held each fold job minutes."""
+    monkeypatch.delenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", raising=False)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "60")
+    track.MLflowBackend(f"sqlite:///{tmp_path / 'mlflow.db'}", "e")._connect()
+    import os
+
+    assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "1"
+    assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "60"  # the user's own setting kept
+    monkeypatch.delenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES")  # not left behind for other tests
+
+
 def test_only_rank_zero_tracks(monkeypatch, demo_cfg):
     import seg_toolkit.distributed as dist
 
