@@ -34,7 +34,7 @@ from .losses import model_loss
 
 log = logging.getLogger(__name__)
 
-__all__ = ["AmpChoice", "resolve_amp", "choose_amp", "run_amp", "cpu_has_fast_bf16", "MIN_GAIN"]
+__all__ = ["AmpChoice", "resolve_amp", "oof_precision", "choose_amp", "run_amp", "cpu_has_fast_bf16", "MIN_GAIN"]
 
 MIN_GAIN = 1.1  # bf16 must be at least this much faster than fp32 to be picked on a CPU
 
@@ -70,6 +70,12 @@ def cpu_has_fast_bf16() -> bool:
         return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):  # an old torch or a build without oneDNN
         return False
+
+
+def oof_precision(done: dict[str, Any]) -> str | None:
+    """The precision a fold's OOF files were predicted in, as its ``done.json`` records it: ``oof_amp``, written with
+    the files (by training, ``oof`` and ``tune --tta``), else the fold's training ``amp`` (runs from before it)."""
+    return done.get("oof_amp", done.get("amp"))
 
 
 def resolve_amp(requested: str, device: torch.device, recorded: dict[str, Any] | None = None) -> AmpChoice:

@@ -374,21 +374,20 @@ def mixed_precision(member, device: torch.device | None = None) -> list[tuple[st
     """``[(bf16 | fp16, why)]``: the mixed precisions the member predicts in (empty: fp32), by its saved ``train.amp``
     (inference follows it; there is no predict-side key): resolved on ``device`` (default: the CPU) with the run's
     ``amp.json``, and as each fold's ``done.json`` records its training, in which its OOF files were predicted."""
-    from .amp import resolve_amp
+    from .amp import oof_precision, resolve_amp
 
     saved = member.run.config() if member.run.config_yaml.is_file() else member.cfg  # not a predict-time --set
     requested = saved.train.amp
-    if requested == "none":
-        return []
     device = device or torch.device("cpu")
     out = []
-    choice = resolve_amp(requested, device, read_json(member.run.amp_json))
-    if choice.mode != "none":
-        out.append((choice.mode, f"train.amp: {requested} resolves to {choice.mode} on {device.type}: {choice.reason}"))
-    for fold in member.folds:
-        mode = (read_json(member.run.done_json(fold)) or {}).get("amp")
+    if requested != "none":
+        choice = resolve_amp(requested, device, read_json(member.run.amp_json))
+        if choice.mode != "none":
+            out.append((choice.mode, f"train.amp: {requested} resolves to {choice.mode} on {device.type}: {choice.reason}"))
+    for fold in member.folds:  # whatever config.yaml says now: an edited train.amp does not remake the OOF files
+        mode = oof_precision(read_json(member.run.done_json(fold)) or {})
         if mode not in (None, "none"):
-            out.append((str(mode), f"fold {fold} trained and made its OOF files in {mode} ({member.run.done_json(fold).name})"))
+            out.append((str(mode), f"fold {fold} made its OOF files in {mode} ({member.run.done_json(fold).name})"))
     return out
 
 

@@ -76,7 +76,8 @@ def write_fold_oof(cfg: Config, run: Run, fold: int, valid: list[Sample], predic
                                                   total=len(valid), desc=desc, leave=False, disable=None):
         evaluator.update(save_oof(run, image_id, probs, presence=presence)[None], target[None])
     result = evaluator.compute()
-    return {"metric": result["metric"], "oof_score": float(result["score"]), "oof": predictor.members[0].made()}
+    return {"metric": result["metric"], "oof_score": float(result["score"]), "oof": predictor.members[0].made(),
+            "oof_amp": predictor.members[0].amp(fold, predictor.device).mode}
 
 
 def mark_oof_rewrite(run: Run, command: str) -> None:

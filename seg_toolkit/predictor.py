@@ -30,7 +30,7 @@ from .config import Config, ConfigError
 from .data import DataError, Sample, build_transforms, load_target, read_image
 from .data.bands import bands_of
 from .data.dataset import target_to_tensor
-from .amp import resolve_amp
+from .amp import oof_precision, resolve_amp
 from .device import autocast, resolve_device
 from .files import read_json
 from .run import Run
@@ -125,7 +125,7 @@ class Member:
         post-processing was tuned on: ``--set train.amp=none`` on a bf16 run, fp16 OOF on a GPU and a CPU kernel
         now. Not refused (a CPU cannot run fp16), but the probabilities differ a little from what was scored."""
         done = self.run.done_json(fold)
-        made = (read_json(done) or {}).get("amp") if done.is_file() else None
+        made = oof_precision(read_json(done) or {}) if done.is_file() else None
         if made and made != choice.mode and (made, choice.mode) not in self._warned:
             self._warned.add((made, choice.mode))  # once per member and pair of precisions
             log.warning("%s fold %d: its OOF files (and the post-processing tuned on them) were predicted in %s, this "

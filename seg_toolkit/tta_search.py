@@ -187,7 +187,8 @@ def choose_tta(
         # as Member.made() records it (tile_overlap with tiles), with the chosen TTA
         made = {**predictor.members[0].made(), "tta": chosen["tta"], "merge": chosen["merge"]}
         for k in folds:
-            write_json(run.done_json(k), {**(read_json(run.done_json(k)) or {}), "oof": made})
+            write_json(run.done_json(k), {**(read_json(run.done_json(k)) or {}), "oof": made,
+                                          "oof_amp": predictor.members[0].amp(k, predictor.device).mode})
         compute_cv(cfg, run, samples)
         end_oof_rewrite(run)  # files, tta.json, postprocess.json, done.json and cv.json agree
         cf = f", {chosen['cross_fitted']:.5f} cross-fitted" if chosen["cross_fitted"] is not None else ""

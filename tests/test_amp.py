@@ -184,9 +184,10 @@ def test_validation_runs_in_the_precision_training_measured(demo_root, tmp_path,
     assert modes and set(modes) == {"none"}  # training steps and validation batches alike
 
 
-def test_lr_find_measures_like_training_and_training_reuses_it(demo_root, tmp_path, monkeypatch):
-    """lr-find runs in the precision training will pick (measured once, kept in amp.json), not the
-    unmeasured rule: here bf16 measures slower, so both run fp32 and the measurement happens once."""
+def test_lr_find_measures_like_training_and_reads_but_never_writes_amp_json(demo_root, tmp_path, monkeypatch):
+    """lr-find runs in the precision training will pick (measured as training measures), not the unmeasured rule:
+    here bf16 measures slower, so both run fp32. amp.json is training's alone (a sweep on another machine or model
+    must not decide a run's precision): training measures again and writes it, a later lr-find reads it."""
     from seg_toolkit.lr_find import lr_find
 
     monkeypatch.setattr(amp_mod, "cpu_has_fast_bf16", lambda: True)
@@ -201,6 +202,8 @@ def test_lr_find_measures_like_training_and_training_reuses_it(demo_root, tmp_pa
                                      train={"epochs": 1, "batch_size": 2, "amp": "auto"}))
     r = lr_find(cfg, fold=0, start=1e-5, end=1.0, steps=12)
     assert r["amp"] == "none" and calls == [1]  # the unmeasured rule would say bf16 (bf16 on a bf16 CPU)
-    assert json.loads(Run.of(cfg).amp_json.read_text())["mode"] == "none"
+    assert not Run.of(cfg).amp_json.exists()
     cv = run_cv(cfg, folds=[0])
-    assert calls == [1] and cv["amp"] == ["none"]
+    assert calls == [1, 1] and cv["amp"] == ["none"]
+    assert json.loads(Run.of(cfg).amp_json.read_text())["mode"] == "none"
+    assert lr_find(cfg, fold=0, start=1e-5, end=1.0, steps=12)["amp"] == "none" and calls == [1, 1]

@@ -74,9 +74,18 @@ def test_onnx_backend_refuses_a_member_that_predicts_in_bf16(demo_root, tmp_path
     with pytest.raises(ConfigError, match="predicts in bf16"):
         run_predictor(_with(onnx_cfg, train={"amp": "none"}))
 
-    # the remedy: the run's config says fp32 (its OOF files re-made so): ONNX and torch then predict the same
+    # half the remedy: config.yaml edited to fp32, but the OOF files (training's, as done.json records) still bf16
+    from seg_toolkit.oof import remake_oof
+
+    done = json.loads(run.done_json(0).read_text())
+    run.done_json(0).write_text(json.dumps({**done, "amp": "bf16"}))  # as training writes it
     fp32 = _with(cfg, train={"amp": "none"})
     save_config(fp32, run.config_yaml)
+    with pytest.raises(ConfigError, match=r"predicts in bf16, not fp32 \(fold 0 made its OOF files in bf16"):
+        run_predictor(_with(fp32, predict={"backend": "onnx"}))
+    # the whole remedy: `seg-toolkit oof` re-makes them in fp32 and says so; ONNX and torch then predict the same
+    remake_oof(fp32)
+    assert json.loads(run.done_json(0).read_text())["oof_amp"] == "none"
     samples = load_test_samples(cfg)[:3]
     probs = {}
     for backend in ("torch", "onnx"):
@@ -103,7 +112,7 @@ def test_onnx_backend_refuses_a_fold_trained_in_mixed_precision_elsewhere(demo_r
     run_predictor(_with(cfg, predict={"backend": "onnx"}))  # fp32 everywhere: accepted
     done = json.loads(run.done_json(0).read_text())
     run.done_json(0).write_text(json.dumps({**done, "amp": "bf16"}))
-    with pytest.raises(ConfigError, match=r"predicts in bf16.*fold 0 trained and made its OOF files in bf16"):
+    with pytest.raises(ConfigError, match=r"predicts in bf16.*fold 0 made its OOF files in bf16"):
         run_predictor(_with(cfg, predict={"backend": "onnx"}))
 
 
