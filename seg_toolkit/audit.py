@@ -87,7 +87,7 @@ class AuditResult:
     overlap_pixels: Optional[int] = None  # multilabel: pixels in more than one class
     image_sizes: Counter = field(default_factory=Counter)  # (height, width) -> images
     image_modes: Counter = field(default_factory=Counter)  # PIL mode -> images
-    mask_values: Counter = field(default_factory=Counter)  # mask files: raw value -> pixels
+    mask_values: Counter = field(default_factory=Counter)  # class id as training reads it (void: data.ignore_index, else -1) -> pixels
     wide_values: dict[str, list[float]] = field(default_factory=dict)  # images over 8 bits: PIL mode -> [min, max]
     # binary mask files read as "> 0": the one foreground value of a file -> the files using it
     foreground_files: dict[int, list[str]] = field(default_factory=dict, repr=False)

@@ -83,7 +83,8 @@ def format_audit(result: AuditResult, max_per_kind: int = 20) -> str:
                    + ", ".join(f"{m}: {lo:g}..{hi:g}" for m, (lo, hi) in sorted(r.wide_values.items())))
     if r.mask_values:
         vals = sorted(r.mask_values.items())
-        out.append(f"Mask file values ({len(vals)} distinct, pixels): " + ", ".join(f"{v}: {n:,}" for v, n in vals[:20])
+        out.append(f"Mask class ids as training reads them (after data.mask_values, colours, thresholds; void as "
+                   f"data.ignore_index, else -1), {len(vals)} distinct, pixels: " + ", ".join(f"{v}: {n:,}" for v, n in vals[:20])
                    + (" ..." if len(vals) > 20 else ""))
     out.append("")
     if not r.problems:
@@ -122,7 +123,8 @@ def _audit_html(r: AuditResult, colors: np.ndarray, max_problems: int = 5000, pi
     if r.wide_values:
         images.append(table(["mode (over 8 bits)", "min", "max"], [[esc(m), f"{lo:g}", f"{hi:g}"] for m, (lo, hi) in sorted(r.wide_values.items())]))
     if r.mask_values:
-        images.append(table(["mask file value", "pixels"], [[str(v), f"{n:,}"] for v, n in sorted(r.mask_values.items())]))
+        images.append(table(["mask class id as read (void: data.ignore_index, else -1)", "pixels"],
+                            [[str(v), f"{n:,}"] for v, n in sorted(r.mask_values.items())]))
     if r.problems:
         shown = r.problems[:max_problems]
         problems = (table(["kind", "count"], [[esc(k), str(n)] for k, n in r.problem_counts().most_common()])
