@@ -4,7 +4,8 @@ For each model the same step (forward, dice+BCE loss, backward, AdamW step) runs
 under ``torch.autocast(<device>, bfloat16)``, alternating A/B rounds in this process so that
 machine load hits both alike; the printed figure is the ratio of median step times
 (fp32 / bf16: above 1 means bf16 is faster). The last column is what ``train.amp: auto``
-picks for the model here (``seg_toolkit.amp.resolve_amp``), so a wrong pick shows.
+picks for the model here: ``seg_toolkit.amp.choose_amp``, which measures the model on the same
+batch itself as training does (bf16 only when it wins by ``MIN_GAIN``), so a wrong pick shows.
 
 Models with depthwise convolutions run them in fp32 under CPU bf16 autocast
 (``seg_toolkit.models.precision``); for those, a third timing runs the same step with the
@@ -28,7 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from seg_toolkit.config import ModelConfig, config_from_dict  # noqa: E402
-from seg_toolkit.amp import resolve_amp  # noqa: E402
+from seg_toolkit.amp import choose_amp  # noqa: E402
 from seg_toolkit.losses import build_loss  # noqa: E402
 from seg_toolkit.models import build_model  # noqa: E402
 from seg_toolkit.models.precision import Fp32UnderCpuAutocast  # noqa: E402
@@ -98,7 +99,8 @@ def main() -> None:
         med = {name: statistics.median(v) for name, v in times.items()}
         a, b = med["fp32"], med["bf16"]
         dw = f"{med['dw-bf16'] / b:13.2f}" if "dw-bf16" in med else f"{'-':>13s}"
-        pick = resolve_amp("auto", device)
+        # what training would pick: choose_amp's own measurement on this model and batch (fp32 model, like training)
+        pick = choose_amp("auto", device, model, None, lambda: (x, y), loss_fn)
         print(f"{label:40s} {size:5d} {a:8.3f} {b:8.3f} {a / b:10.2f} {dw}  {pick.mode} ({pick.reason})")
 
 

@@ -4,13 +4,15 @@ Each model is built by seg_toolkit (weights initialised, never downloaded), expo
 ``seg-toolkit export`` exports a fold (seg_toolkit.export: the graph without the padding wrapper,
 opset 17, dynamic batch and size) and run through :class:`seg_toolkit.export.OnnxModel`, the
 module the predictor uses; the baseline is the PyTorch model in ``torch.inference_mode`` (fp32)
-with the same number of threads. Outputs are compared before timing.
+with the same number of threads. Outputs are compared before timing, and the script fails (exit
+status 1, after every row) when any max |logit difference| exceeds ``--tolerance``; the default
+sizes include an odd one (101), which both pad to the model's multiple and crop back.
 
 Timing: after ``--warmup`` calls each, ``--repeats`` rounds alternate the two (so drift from a
 shared machine hits both); the ratio is PyTorch's median seconds per batch over ONNX Runtime's
 (> 1: ONNX Runtime is faster).
 
-    .venv/bin/python bench/bench_onnx.py                          # both models, 128 and 256, batch 8, 2 threads
+    .venv/bin/python bench/bench_onnx.py                          # both models, 101, 128 and 256, batch 8, 2 threads
     .venv/bin/python bench/bench_onnx.py --models smp --sizes 512 --threads 4
 """
 
@@ -41,12 +43,13 @@ MODELS = {
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
-    p.add_argument("--sizes", type=int, nargs="+", default=[128, 256], help="square input sides")
+    p.add_argument("--sizes", type=int, nargs="+", default=[101, 128, 256], help="square input sides")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--classes", type=int, default=1)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=2, help="torch and ONNX Runtime intra-op threads")
+    p.add_argument("--tolerance", type=float, default=1e-3, help="largest max |logit difference| accepted (fp32)")
     return p.parse_args(argv)
 
 
@@ -69,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     print(f"CPU, {args.threads} threads, batch {args.batch}, fp32; ratio = torch s / onnxruntime s (median of "
           f"{args.repeats} alternating calls)")
+    failed = []
     with tempfile.TemporaryDirectory() as tmp:
         for key in args.models:
             label, mc = MODELS[key]
@@ -80,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
                 x = torch.randn(args.batch, 3, size, size)
                 with torch.inference_mode():
                     diff = float((session(x) - model(x)).abs().max())
+                if not diff <= args.tolerance:  # NaN fails too
+                    failed.append(f"{label} {size}x{size}: max |diff| {diff:.1e} > {args.tolerance:g}")
 
                 def run_torch(x=x):
                     with torch.inference_mode():
@@ -89,7 +95,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{label:<32} {size}x{size}: torch {args.batch / t['torch']:6.1f} images/s, onnxruntime "
                       f"{args.batch / t['onnxruntime']:6.1f} images/s, ratio {t['torch'] / t['onnxruntime']:.2f} "
                       f"(max |diff| {diff:.1e})")
-    return 0
+    for line in failed:
+        print(f"FAILED {line}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
