@@ -1,7 +1,7 @@
 """``seg-toolkit lr-find CONFIG``: the learning-rate range test (Smith 2017; fastai's ``lr_find``).
 
 The run's own model, loss, optimiser, precision and training batches (fold ``--fold``'s
-training split, augmented as in training) take optimiser steps as training's first epoch
+training split with its pseudo-labelled images, augmented as in training) take optimiser steps as training's first epoch
 does (:func:`~seg_toolkit.epoch.optimizer_step`: ``train.grad_clip``, fp16's GradScaler;
 ``train.grad_accum`` batches per step; the encoder frozen when ``model.freeze_encoder_epochs``
 > 0) while the learning rate grows geometrically from ``start`` to ``end``, once per optimiser
@@ -17,8 +17,8 @@ the lr) or after its steps (``stopped: end``). Two suggestions are reported, as 
 the smoothed minimum is not at least ``MIN_DESCENT`` below the starting loss (``descent`` in the
 file): no descent was found, and the suggestion is read off a flat curve. Writes
 ``lr_find.json`` (every step's lr and loss) and ``lr_find.png`` into the run folder, with the
-run's ``folds.csv`` if it has none yet (training then uses the same folds); nothing is trained
-there (the sweep's weights are thrown away).
+run's ``folds.csv`` (and ``pseudo.teacher``'s labels file) if it has none yet (training then uses
+the same folds and labels); nothing is trained there (the sweep's weights are thrown away).
 """
 
 from __future__ import annotations
@@ -145,6 +145,7 @@ def lr_find(cfg: Config, fold: int = 0, start: float = 1e-7, end: float = 1.0, s
     from .distributed import get_dist
     from .losses import build_loss
     from .optim import build_optimizer
+    from .pseudo import add_pseudo_labels
     from .files import write_json
     from .run import Run
     from .stages import load_fold_init
@@ -158,6 +159,10 @@ def lr_find(cfg: Config, fold: int = 0, start: float = 1e-7, end: float = 1.0, s
     run.check_writable(cfg)  # apart from the data; an existing folder must be a run
     folds = load_or_make_folds(samples, cfg, run.folds_csv)  # the folds training will use (written once)
     train_set, valid_set = split_fold(samples, folds, fold)
+    # pseudo.teacher: the pseudo-labelled images join the sweep's batches as they join training's (their labels are
+    # written once into the run folder, as training would write them, and training reads the same file)
+    pseudo = add_pseudo_labels(cfg, run, fold, folds, get_dist())
+    train_set = train_set + pseudo
     train_loader, _ = build_loaders(cfg, train_set, valid_set[:1], device)
     model, _ = build_model_and_ema(cfg, device)
     load_fold_init(cfg, fold, model)
@@ -180,7 +185,7 @@ def lr_find(cfg: Config, fold: int = 0, start: float = 1e-7, end: float = 1.0, s
     message = nan_message(sweep)
     found = suggest(sweep)  # too few finite steps: raises, naming a NaN
     result = {"fold": fold, "optimizer": cfg.optim.name, "configured_lr": cfg.optim.lr, "amp": amp.mode,
-              "batch_size": cfg.train.batch_size, "grad_accum": cfg.train.grad_accum, "grad_clip": cfg.train.grad_clip,
+              "n_train": len(train_set), "n_pseudo": len(pseudo), "batch_size": cfg.train.batch_size, "grad_accum": cfg.train.grad_accum, "grad_clip": cfg.train.grad_clip,
               "frozen_encoder": frozen, "no_descent": found["descent"] < MIN_DESCENT, **found, **sweep}
     run.dir.mkdir(parents=True, exist_ok=True)
     write_json(run.lr_find_json, result)

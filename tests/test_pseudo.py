@@ -342,3 +342,17 @@ def test_labels_of_an_ensemble_teacher_whose_member_was_retuned_are_refused(demo
     (runs / "twin" / "tta.json").write_text(json.dumps({"tta": ["identity", "hflip"], "merge": "mean_prob"}))
     with pytest.raises(ConfigError, match=r"whose member twin/tta.json changed since"):
         run_cv(student, folds=[1])
+
+
+def test_lr_find_sweeps_the_pseudo_labelled_batches_training_reads(demo_root, teacher):
+    from seg_toolkit.lr_find import lr_find
+
+    cfg = _student(demo_root, teacher, "swept")
+    r = lr_find(cfg, fold=0, start=1e-5, end=1e-1, steps=12)
+    n_test = len(load_test_samples(cfg))
+    assert r["n_pseudo"] == n_test and r["n_train"] == 6 + n_test  # 12 labelled images, 2 folds: 6 train + the test set
+    labels = Run.of(cfg).pseudo_csv(0)
+    written = labels.read_bytes()
+    run_cv(cfg, folds=[0])  # training reads the same labels file, untouched
+    assert labels.read_bytes() == written
+    assert json.loads(Run.of(cfg).done_json(0).read_text())["n_pseudo"] == n_test
