@@ -51,16 +51,42 @@ def test_cv_score_recomputed_from_oof_files(trained):
     assert again["score"] == pytest.approx(cv["score"])
 
 
-def test_submission_decodes_to_right_shapes(trained, demo_root):
-    cfg, _ = trained
+def test_submission_rows_are_the_predictors_probabilities_thresholded_as_tuned(demo_root, tmp_path):
+    """Every row decodes to the run's predictor's probabilities (two folds averaged), on the OOF 1/255 grid, at
+    postprocess.json's per-class thresholds: worked out here with NumPy from the predictor's output, not with the
+    submission code. Random-weight folds (one trained epoch leaves every probability within 1/255 of 0.5)."""
+    from seg_toolkit.data import load_test_samples
+    from seg_toolkit.files import write_json
+    from seg_toolkit.predictor import Predictor
+
+    from .test_inference import fake_run
+
+    cfg = config_from_dict(demo_dict(demo_root, tmp_path / "runs"))
+    fake_run(cfg, seeds=(1, 2))
+    run = Run.of(cfg)
+    # these folds predict about 0.54, 0.50 and 0.54 (+- 0.005) for the three classes. On the 1/255 grid: 0.543 -> stored
+    # value >= 139 (138.465 of 255), 0.5 -> >= 128 (127.5), 0.54 -> >= 138 (137.7): none sits on a threshold
+    write_json(run.postprocess_json, {"params": {"threshold": [0.543, 0.5, 0.54], "min_area": [0, 0, 0],
+                                                 "empty_gate": [None, None, None]}})
     out = predict_test(cfg)
     sample = pd.read_csv(demo_root / "sample_submission.csv", dtype=str, keep_default_na=False)
     sub = pd.read_csv(out, dtype=str, keep_default_na=False)
     assert list(sub.columns) == list(sample.columns) and sub.iloc[:, 0].tolist() == sample.iloc[:, 0].tolist()
     assert check_submission(out, demo_root / "sample_submission.csv") == []
-    for row_id, rle in zip(sub.iloc[:, 0], sub.iloc[:, 1]):
-        hw = image_size(demo_root / "test/images" / f"{row_id.rsplit('_', 1)[0]}.png")
-        assert rle_decode(rle, hw, "F").shape == (48, 64)
+    rows = dict(zip(sub.iloc[:, 0], sub.iloc[:, 1]))
+    cut = np.array([139, 128, 138])[:, None, None]
+    fractions = []
+    for image_id, probs, _ in Predictor.from_run(run).iter_probs(load_test_samples(cfg)):
+        want = np.rint(np.clip(probs.numpy(), 0, 1) * 255) >= cut  # (3, H, W)
+        hw = image_size(demo_root / "test/images" / f"{image_id}.png")
+        assert want.shape == (3, *hw)
+        for c in range(3):
+            got = rle_decode(rows.pop(f"{image_id}_{c + 1}"), hw, "F")  # column-major, 1-based runs
+            assert np.array_equal(got.astype(bool), want[c]), (image_id, c)
+            fractions.append(want[c].mean())
+    assert rows == {}  # every row checked
+    # the check has teeth: every image's every class mask is partly set (a class swap or a wrong threshold shows)
+    assert 0 < min(fractions) and max(fractions) < 1
 
 
 def test_second_train_refuses_without_resume_or_overwrite(trained):
