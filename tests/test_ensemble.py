@@ -466,3 +466,29 @@ def test_images_are_read_with_the_largest_limit_of_the_members_that_run(trained)
     assert both.loader(load_test_samples(a)).dataset.max_pixels == b.data.max_image_pixels
     lead_only = Predictor([lead, Member.load(Run.of(b), weight=0.0)], device="cpu")  # b never runs: a's limit
     assert lead_only.loader(load_test_samples(a)).dataset.max_pixels == 100
+
+
+def test_choose_weights_scores_each_halfs_pick_on_the_other_half():
+    """Worked by hand: A wins half 0 (0.9) and B half 1 (0.9), but each scores 0.1 on the half it was not chosen
+    on; equal weights score 0.5 there, so they are kept although A has the best in-sample score (0.6)."""
+    from seg_toolkit.ensemble import _choose_weights
+
+    equal = {"weights": [0.5, 0.5], "score": 0.5, "half_scores": [0.5, 0.5]}
+    a = {"weights": [1.0, 0.0], "score": 0.6, "half_scores": [0.9, 0.1]}
+    b = {"weights": [0.0, 1.0], "score": 0.4, "half_scores": [0.1, 0.9]}
+    r = _choose_weights([equal, a, b], [0, 1], [{0}, {1}])
+    assert r["cross_half"] == [{"chosen_on_folds": [0], "weights": [1.0, 0.0], "score_on_other_half": 0.1},
+                               {"chosen_on_folds": [1], "weights": [0.0, 1.0], "score_on_other_half": 0.1}]
+    assert r["cross_half_score"] == pytest.approx(0.1) and r["cross_half_equal_score"] == 0.5
+    assert r["best_in_sample"] is a and r["chosen"] is equal and r["decision"].startswith("equal weights")
+    # weights that hold up on both halves (0.7 > 0.5 on each held-out half) are kept
+    steady = {"weights": [0.7, 0.3], "score": 0.55, "half_scores": [0.7, 0.7]}
+    r = _choose_weights([equal, steady, a], [0, 1], [{0}, {1}])
+    assert [x["weights"] for x in r["cross_half"]] == [[1.0, 0.0], [0.7, 0.3]]  # a wins half 0, steady half 1
+    assert r["cross_half_score"] == pytest.approx((0.1 + 0.7) / 2)  # 0.4 < 0.5: equal weights again
+    assert r["chosen"] is equal
+    r = _choose_weights([equal, steady], [0, 1], [{0}, {1}])
+    assert r["cross_half_score"] == pytest.approx(0.7) and r["chosen"] is steady
+    # one fold: no halves, the in-sample best
+    r = _choose_weights([equal, a], [0], [{0}])
+    assert r["chosen"] is a and "cross_half" not in r
