@@ -359,12 +359,13 @@ def test_score_submission_merges_instance_rows(demo_root, tmp_path):
     cfg = config_from_dict({**base, "submission": {**base["submission"], "instances": True}})
     sol = pd.read_csv(demo_root / "test_solution.csv", dtype=str, keep_default_na=False)
     truth = dict(zip(sol.iloc[:, 0], sol.iloc[:, 1]))
-    rows = []
+    rows, masks = [], {}
     for s in load_test_samples(cfg):
         hw = image_size(s.image)
         mask = np.stack([rle_decode(truth[f"{s.id}_{k}"], hw) for k in (1, 2, 3)])
         mask[0, :2, :2] = 1  # a second object of class 1 in the corner
         rows += mask_rows(s.id, mask, cfg)
+        masks[s.id] = mask
     assert len({r[0] for r in rows}) < len(rows)  # class 1 has several objects
     exact = tmp_path / "exact.csv"
     pd.DataFrame(rows, columns=list(sol.columns)).to_csv(exact, index=False)
@@ -372,7 +373,15 @@ def test_score_submission_merges_instance_rows(demo_root, tmp_path):
     dropped = next(i for i in range(1, len(rows)) if rows[i][0] == rows[i - 1][0])
     lossy = tmp_path / "lossy.csv"
     pd.DataFrame(rows[:dropped] + rows[dropped + 1 :], columns=list(sol.columns)).to_csv(lossy, index=False)
-    assert score_submission(lossy, exact, cfg) < 1.0
+    # worked out: 4 images x 3 classes = 12 (image, class) dice scores, 11 of them exact (1; empty and empty: 1); the
+    # lossy cell's mask L is the exact one E less the dropped object (objects are disjoint): dice 2|L| / (|L| + |E|)
+    row_id, rle = rows[dropped]
+    image_id, cls = row_id.rsplit("_", 1)
+    e = masks[image_id][int(cls) - 1].astype(bool)
+    lost = rle_decode(rle, e.shape).astype(bool)
+    assert lost.any() and not (lost & ~e).any()
+    l_px, e_px = int((e & ~lost).sum()), int(e.sum())
+    assert len(masks) == 4 and score_submission(lossy, exact, cfg) == pytest.approx((11 + 2 * l_px / (l_px + e_px)) / 12)
     # a row either file cannot be read as names its file, line and id
     df = pd.DataFrame(rows, columns=list(sol.columns))
     bad = tmp_path / "bad.csv"
