@@ -63,11 +63,21 @@ def _no_prediction(monkeypatch):
 def test_classes_in_another_order_than_the_sample_are_written_in_the_samples_order(world, tmp_path):
     """Was: `predict --set 'submission.classes=[3,2,1]'` predicted every image, then 'ids differ ... row 1: id
     'cd2052be_3' where the sample has 'cd2052be_1''."""
+    from seg_toolkit.files import write_json
+
     root, _, cfg = world
-    ref = predict_test(cfg(), out=tmp_path / "ref.csv")
-    out = predict_test(cfg(submission={"classes": [3, 2, 1]}), out=tmp_path / "321.csv")
+    # thresholds inside what these random folds predict (about 0.54, 0.50, 0.54), so every class's masks differ
+    tuned = Run.of(cfg()).postprocess_json
+    write_json(tuned, {"params": {"threshold": [0.543, 0.5, 0.54], "min_area": [0, 0, 0], "empty_gate": [None] * 3}})
+    try:
+        ref = predict_test(cfg(), out=tmp_path / "ref.csv")
+        out = predict_test(cfg(submission={"classes": [3, 2, 1]}), out=tmp_path / "321.csv")
+    finally:
+        tuned.unlink()
     assert list(_rows(out)[ID]) == list(_sample(root)[ID])
     assert out.read_bytes() == ref.read_bytes()  # the same rows, the sample's order
+    # and the rows differ from class to class (all-empty masks would make the comparison blind to a class mix-up)
+    assert _rows(ref).groupby(_rows(ref)[ID].str.rsplit("_", n=1).str[1])["EncodedPixels"].apply(tuple).nunique() == 3
 
 
 @pytest.mark.parametrize("order", ["class_major", "reversed"])
