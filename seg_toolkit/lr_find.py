@@ -185,7 +185,8 @@ def lr_find(cfg: Config, fold: int = 0, start: float = 1e-7, end: float = 1.0, s
     message = nan_message(sweep)
     found = suggest(sweep)  # too few finite steps: raises, naming a NaN
     result = {"fold": fold, "optimizer": cfg.optim.name, "configured_lr": cfg.optim.lr, "amp": amp.mode,
-              "n_train": len(train_set), "n_pseudo": len(pseudo), "batch_size": cfg.train.batch_size, "grad_accum": cfg.train.grad_accum, "grad_clip": cfg.train.grad_clip,
+              "n_train": len(train_set), "n_pseudo": len(pseudo),
+              "batch_size": cfg.train.batch_size, "grad_accum": cfg.train.grad_accum, "grad_clip": cfg.train.grad_clip,
               "frozen_encoder": frozen, "no_descent": found["descent"] < MIN_DESCENT, **found, **sweep}
     run.dir.mkdir(parents=True, exist_ok=True)
     write_json(run.lr_find_json, result)
