@@ -11,7 +11,6 @@ section's rules are in :mod:`seg_toolkit.config_data_checks`, the ``transforms``
 from __future__ import annotations
 
 import logging
-import math
 import os
 from typing import Any, Callable
 
@@ -19,7 +18,7 @@ from .config import Config, ConfigError, check_deep_supervision_arch
 from .config_data_checks import check_data_config
 from .config_consistency import check_consistency
 from .config_submission_checks import check_data_empty_token, check_submission_config
-from .config_transform_checks import check_transforms, warn_normalisation
+from .config_transform_checks import check_transforms, finite_number, warn_normalisation
 
 __all__ = ["check_config"]
 
@@ -62,14 +61,10 @@ def check_config(cfg: Config, trained: bool = False) -> None:
         check(cfg)
 
 
-def _finite(v: float) -> bool:
-    return isinstance(v, (int, float)) and math.isfinite(v)
-
-
 def _check_unit(values: list[float], key: str) -> None:
     """Every value a probability in [0, 1]."""
     for i, v in enumerate(values):
-        if not (_finite(v) and 0.0 <= v <= 1.0):
+        if not (finite_number(v) and 0.0 <= v <= 1.0):
             where = f"{key}[{i}]" if len(values) > 1 else key
             raise ConfigError(f"{where}: expected a probability in [0, 1], got {v}")
 
@@ -140,7 +135,7 @@ def _check_numbers(cfg: Config) -> None:
     for key, value, ok, expected in _number_rules(cfg):
         if value is None and "null" in expected:
             continue
-        if isinstance(value, bool) or not _finite(value) or not ok(value):
+        if isinstance(value, bool) or not finite_number(value) or not ok(value):
             raise ConfigError(f"{key}: expected {expected}, got {value!r}")
     t, s = cfg.train, cfg.scheduler
     if t.use_ema and t.ema_decay is None:
@@ -228,11 +223,11 @@ def _check_predict(cfg: Config) -> None:
     if not p.scales:
         raise ConfigError("predict.scales: give at least one scale, e.g. [1.0]")
     for i, s in enumerate(p.scales):
-        if not (_finite(s) and s > 0):
+        if not (finite_number(s) and s > 0):
             raise ConfigError(f"predict.scales[{i}]: expected a number > 0, got {s}")
     if p.tile_size is not None and (len(p.tile_size) != 2 or min(p.tile_size) < 1):
         raise ConfigError(f"predict.tile_size: expected null or [height, width] of positive ints, got {p.tile_size}")
-    if not (_finite(p.tile_overlap) and 0.0 <= p.tile_overlap < 1.0):
+    if not (finite_number(p.tile_overlap) and 0.0 <= p.tile_overlap < 1.0):
         raise ConfigError(f"predict.tile_overlap: expected 0 <= overlap < 1, got {p.tile_overlap}")
     if p.max_tta_batch is not None and p.max_tta_batch < 1:
         raise ConfigError(f"predict.max_tta_batch: expected null or >= 1, got {p.max_tta_batch}")

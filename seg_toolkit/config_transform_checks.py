@@ -16,7 +16,8 @@ log = logging.getLogger(__name__)
 _WARNED: set[str] = set()  # each warning once per process (a config loads more than once)
 
 
-def _finite(v: float) -> bool:
+def finite_number(v: float) -> bool:
+    """An int or float that is neither NaN nor infinite (what every numeric config check starts from)."""
     return isinstance(v, (int, float)) and math.isfinite(v)
 
 
@@ -36,14 +37,13 @@ def check_transforms(cfg: Config) -> None:
     if len(t.std) != len(t.mean):
         raise ConfigError(f"transforms.std: {len(t.std)} values, transforms.mean has {len(t.mean)} (give one std per mean)")
     for i, v in enumerate(t.mean):
-        if not _finite(v):
+        if not finite_number(v):
             raise ConfigError(f"transforms.mean[{i}]: expected a finite number, got {v}")
     for i, v in enumerate(t.std):
-        if not (_finite(v) and v > 0):
+        if not (finite_number(v) and v > 0):
             raise ConfigError(f"transforms.std[{i}]: expected a number > 0, got {v}")
-    for i, spec in enumerate(t.train):
-        _check_augmentation(spec, f"transforms.train[{i}]")
-    _warn_crop_before_resize(cfg)
+    built = [_check_augmentation(spec, f"transforms.train[{i}]") for i, spec in enumerate(t.train)]
+    _warn_crop_before_resize(cfg, built)
 
 
 def _crop_output(t: Any) -> tuple[int, int] | None:
@@ -66,15 +66,15 @@ def _crop_output(t: Any) -> tuple[int, int] | None:
     return 0, 0
 
 
-def _warn_crop_before_resize(cfg: Config) -> None:
+def _warn_crop_before_resize(cfg: Config, built: list[Any]) -> None:
     """A crop in ``transforms.train`` runs before ``transforms.resize`` (:func:`build_transforms`), which
     stretches each crop to the resize size: training sees objects larger (and at another aspect ratio)
     than validation and prediction, which resize the whole image. Legal (a zoom augmentation), rarely meant:
-    said when the config loads, once, with the crop and the two sizes."""
+    said when the config loads, once, with the crop and the two sizes. ``built``: each ``transforms.train``
+    entry as :func:`_check_augmentation` built it."""
     t = cfg.transforms
-    if t.resize is None or not t.train:
+    if t.resize is None:
         return
-    from .data.dataset import _aug_from_spec  # lazy: albumentations is slow to import
 
     def walk(tr: Any, where: str) -> Any:
         inner = getattr(tr, "transforms", None)
@@ -84,8 +84,8 @@ def _warn_crop_before_resize(cfg: Config) -> None:
         else:
             yield tr, where
 
-    for i, spec in enumerate(t.train):
-        for tr, where in walk(_aug_from_spec(copy.deepcopy(spec), f"transforms.train[{i}]"), f"transforms.train[{i}]"):
+    for i, aug in enumerate(built):
+        for tr, where in walk(aug, f"transforms.train[{i}]"):
             out = _crop_output(tr)
             if out is None or list(out) == list(t.resize):
                 continue
@@ -99,8 +99,8 @@ def _warn_crop_before_resize(cfg: Config) -> None:
                 log.warning("%s", msg)
 
 
-def _check_augmentation(spec: Any, where: str) -> None:
-    """Build one ``transforms.train`` entry as training will, so that an unknown transform or
+def _check_augmentation(spec: Any, where: str) -> Any:
+    """Build one ``transforms.train`` entry as training will and return it, so that an unknown transform or
     argument fails now; albumentations only warns about unknown arguments, so that warning
     fails too."""
     from .data.dataset import _aug_from_spec  # lazy: albumentations is slow to import
@@ -109,7 +109,7 @@ def _check_augmentation(spec: Any, where: str) -> None:
         warnings.simplefilter("always")
         try:
             # a copy: _aug_from_spec pops the inner transforms of OneOf/SomeOf/Sequential
-            _aug_from_spec(copy.deepcopy(spec), where)
+            aug = _aug_from_spec(copy.deepcopy(spec), where)
         except ConfigError as e:  # pydantic's messages span lines; the CLI prints one
             raise ConfigError(" ".join(line.strip() for line in str(e).splitlines() if line.strip())) from None
     for w in caught:
@@ -118,6 +118,7 @@ def _check_augmentation(spec: Any, where: str) -> None:
             raise ConfigError(f"{where}: {name}: {w.message}")
     for w in caught:
         warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return aug
 
 
 def _as_fed(values: list[float] | tuple[float, ...], in_channels: int) -> list[float]:
