@@ -292,7 +292,7 @@ def _check_model(cfg: Config) -> None:
 def _check_weights_file(cfg: Config) -> None:
     """A weights file must exist now, not after the data is read; ``encoder_weights_map: order`` needs a tu- file."""
     m = cfg.model
-    from .models.weights import is_weights_path, resolve_weights_path  # lazy: imports torch
+    from .models.weights import check_order_mappable, is_weights_path, resolve_weights_path  # lazy: imports torch
 
     is_file = m.encoder_weights is not None and is_weights_path(m.encoder_weights)
     if is_file:
@@ -304,9 +304,7 @@ def _check_weights_file(cfg: Config) -> None:
             raise ConfigError(f"model.encoder_weights_map: order maps a weights file; model.encoder_weights is {m.encoder_weights!r}")
         if not (m.encoder or "").startswith("tu-"):
             raise ConfigError(f"model.encoder_weights_map: order maps onto a timm model; model.encoder {m.encoder!r} is not a tu- encoder")
-        if str(m.encoder_weights).lower().endswith(".safetensors"):
-            raise ConfigError(f"model.encoder_weights_map: order: {m.encoder_weights!r} is a .safetensors file, which keeps "
-                              "no tensor order (its writer sorts them); map it by names, or save it with torch.save (.pth)")
+        check_order_mappable(m.encoder_weights)
 
 
 def _check_track(cfg: Config) -> None:

@@ -24,7 +24,8 @@ Steps, in order, each greedy per class with the other classes held fixed:
 Steps 2 and 3 search the threshold again (the ``joint`` search, as described); ``postprocess.search:
 greedy`` keeps each step's values fixed in the later steps instead (fewer candidates). They over-fit
 differently: on TGS fold 0's 750 OOF images the joint search scored 0.004 higher cross-fitted; on the
-demo's 64 the two are within 0.001 of each other cross-fitted (0.9012 joint, 0.9011 greedy: the README's opening). ``auto`` (the default) runs both and
+demo's 64 one CPU's folds put them within 0.001 (0.9012 joint, 0.9011 greedy), another's 0.026 apart the
+other way (0.8408 joint, 0.8671 greedy: the README's opening). ``auto`` (the default) runs both and
 keeps the one with the better cross-fitted score (:mod:`seg_toolkit.tune_crossfit`: each image scored
 with what tuning on the others chose), reported under ``search`` in ``postprocess.json``.
 

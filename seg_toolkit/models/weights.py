@@ -44,6 +44,7 @@ __all__ = [
     "WEIGHT_FILE_SUFFIXES",
     "is_weights_path",
     "resolve_weights_path",
+    "check_order_mappable",
     "remap_by_order",
     "read_state_dict",
     "load_encoder_weights",
@@ -125,6 +126,15 @@ def resolve_weights_path(value: str) -> str:
     return str(path)
 
 
+def check_order_mappable(path: str | Path) -> None:
+    """``encoder_weights_map: order`` needs a file that keeps its tensors in the order the network made them:
+    a .safetensors file does not (its writer stores them sorted by dtype and name), so it is refused."""
+    if str(path).lower().endswith(".safetensors"):
+        raise ConfigError(f"model.encoder_weights_map: order: {str(path)!r} is a .safetensors file, which keeps no tensor "
+                          "order (its writer sorts them); map it by names, or save the network's state dict with "
+                          "torch.save (.pth), which keeps the order it was made in")
+
+
 def remap_by_order(sd: dict[str, torch.Tensor], timm_name: str, path: str) -> tuple[dict[str, torch.Tensor], list[str]]:
     """``sd``'s tensors renamed, by position, to the state dict of the full timm model ``timm_name``.
 
@@ -136,10 +146,7 @@ def remap_by_order(sd: dict[str, torch.Tensor], timm_name: str, path: str) -> tu
     import timm
     from timm.models import remap_state_dict
 
-    if str(path).lower().endswith(".safetensors"):  # its writer stores tensors sorted by dtype and name, not in order
-        raise ConfigError(f"model.encoder_weights_map: order: {path!r} is a .safetensors file, which keeps no tensor "
-                          "order (its writer sorts them); map it by names, or save the network's state dict with "
-                          "torch.save (.pth), which keeps the order it was made in")
+    check_order_mappable(path)
     try:
         full = timm.create_model(timm_name, pretrained=False)
     except Exception as e:  # an unknown name was refused earlier; this is timm failing
