@@ -140,12 +140,11 @@ def lr_find(cfg: Config, fold: int = 0, start: float = 1e-7, end: float = 1.0, s
 
     from .amp import run_amp
     from .data import load_or_make_folds, load_train_samples
-    from .data.folds import split_fold
     from .device import resolve_device, seed_everything
     from .distributed import get_dist
     from .losses import build_loss
     from .optim import build_optimizer
-    from .pseudo import add_pseudo_labels
+    from .pseudo import fold_sets
     from .files import write_json
     from .run import Run
     from .stages import load_fold_init
@@ -158,11 +157,9 @@ def lr_find(cfg: Config, fold: int = 0, start: float = 1e-7, end: float = 1.0, s
     run = Run.of(cfg)
     run.check_writable(cfg)  # apart from the data; an existing folder must be a run
     folds = load_or_make_folds(samples, cfg, run.folds_csv)  # the folds training will use (written once)
-    train_set, valid_set = split_fold(samples, folds, fold)
-    # pseudo.teacher: the pseudo-labelled images join the sweep's batches as they join training's (their labels are
+    # training's own sets: under pseudo.teacher the pseudo-labelled images join the sweep's batches (their labels are
     # written once into the run folder, as training would write them, and training reads the same file)
-    pseudo = add_pseudo_labels(cfg, run, fold, folds, get_dist())
-    train_set = train_set + pseudo
+    train_set, valid_set, pseudo = fold_sets(cfg, run, fold, samples, folds, get_dist())
     train_loader, _ = build_loaders(cfg, train_set, valid_set[:1], device)
     model, _ = build_model_and_ema(cfg, device)
     load_fold_init(cfg, fold, model)

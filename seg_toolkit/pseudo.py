@@ -48,7 +48,7 @@ from .tensors import probs_to_uint8
 
 log = logging.getLogger(__name__)
 
-__all__ = ["add_pseudo_labels", "pseudo_samples", "confident_fraction", "pseudo_info", "teacher_run"]
+__all__ = ["fold_sets", "add_pseudo_labels", "pseudo_samples", "confident_fraction", "pseudo_info", "teacher_run"]
 
 
 def confident_fraction(probs: np.ndarray, task: str, confidence: float) -> float:
@@ -271,3 +271,14 @@ def add_pseudo_labels(cfg: Config, run: Run, fold: int, folds: pd.DataFrame, d) 
         pseudo = pseudo_samples(cfg, run, fold, folds, make=False)
     log.info("fold %d: %d pseudo-labelled images join its training set", fold, len(pseudo))
     return pseudo
+
+
+def fold_sets(cfg: Config, run: Run, fold: int, samples: list[Sample], folds: pd.DataFrame, d,
+              ) -> tuple[list[Sample], list[Sample], list[Sample]]:
+    """Fold ``fold``'s ``(training set, validation set, pseudo-labelled samples)``: the training set holds the
+    pseudo-labelled ones (never a validation image). What training and lr-find both train on."""
+    from .data.folds import split_fold
+
+    train_set, valid_set = split_fold(samples, folds, fold)
+    pseudo = add_pseudo_labels(cfg, run, fold, folds, d)
+    return train_set + pseudo, valid_set, pseudo

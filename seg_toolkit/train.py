@@ -24,7 +24,6 @@ from torch.utils.data import DataLoader
 from .checkpoint import save_checkpoint
 from .config import Config
 from .data import EpochSampler, Sample, SegDataset, collate
-from .data.folds import split_fold
 from .fold_state import TrainState, checkpoint_state, restore, save_epoch, should_stop, update_best, weights_only
 from .amp import run_amp
 from .budget import fit_to_budget
@@ -35,7 +34,7 @@ from .losses import build_loss, model_loss
 from .optim import LRSchedule, build_optimizer
 from .files import read_json, sha256_file, write_json
 from .run import Run
-from .pseudo import add_pseudo_labels, pseudo_info
+from .pseudo import fold_sets, pseudo_info
 from .stages import init_source, load_fold_init
 from .versions import library_versions
 from .epoch import GracefulStop, NonFiniteLossError, TrainingInterrupted, log_epoch, to_device, train_one_epoch, validate_epoch
@@ -100,9 +99,7 @@ def train_attempt(cfg: Config, fold: int, samples: list[Sample], folds: pd.DataF
     d = get_dist()
     device = resolve_device(cfg.train.device, d)
     seed_everything(cfg.train.seed + fold, cfg.train.deterministic, cfg.train.cudnn_benchmark)
-    train_set, valid_set = split_fold(samples, folds, fold)
-    pseudo = add_pseudo_labels(cfg, run, fold, folds, d)  # training only: never a validation image
-    train_set = train_set + pseudo
+    train_set, valid_set, pseudo = fold_sets(cfg, run, fold, samples, folds, d)  # pseudo labels: training only
     train_loader, valid_loader = build_loaders(cfg, train_set, valid_set, device, d)
     model, ema = build_model_and_ema(cfg, device)
     optimizer = build_optimizer(cfg, model)
