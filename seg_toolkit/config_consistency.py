@@ -124,11 +124,22 @@ def _check_metric_fits(cfg: Config) -> None:
     check_class_list(cfg, m.classes, "metric.classes")
     if m.classes and m.name == "pixel_accuracy":
         raise ConfigError("metric.classes: pixel_accuracy counts every pixel, whatever its class; remove metric.classes")
-    if cfg.submission.instances:
+    from .instance_metrics import INSTANCE_METRICS
+
+    if m.name in INSTANCE_METRICS:
+        if not d.instance_folders:
+            raise ConfigError(f"metric.name: {m.name!r} matches predicted objects with the truth objects, which come from "
+                              "data.instance_folders: true (one mask file per object); a mask or RLE row holds their "
+                              "union, in which touching objects are one")
+        if not cfg.submission.instances:
+            log.warning("metric.name %r scores the 8-connected objects of each mask, but submission.instances is off: the "
+                        "submission writes one row per image (the union), which an object-matching grader reads as one "
+                        "object", m.name)
+    elif cfg.submission.instances:
         log.warning("submission.instances: the competition scores objects (DSB 2018: precision over IoU thresholds of "
                     "matched objects; Airbus: F2), but metric.name %r scores pixels: CV, tuning and evaluate do not see "
                     "touching objects merged into one (which scores well here and nothing there) or one object split in "
-                    "two. There is no object-matching metric in seg_toolkit yet; read CV as a pixel score",
+                    "two. metric.name: instance_map (DSB) or instance_f2 (Airbus) scores objects",
                     resolve_metric_name(m.name, d.task))
     if m.name != "pixel_accuracy":
         every = range(d.num_classes) if d.task == "multiclass" else range(1, d.num_classes + 1)

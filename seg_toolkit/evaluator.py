@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
 from seg_toolkit.config import IGNORE_INDEX, ConfigError, MetricConfig
+from seg_toolkit.instance_metrics import INSTANCE_METRICS, label_objects, match_hits, scores_from_hits
 from seg_toolkit.metrics import (
     EMPTY_SCORES,
     METRIC_NAMES,
@@ -37,7 +38,7 @@ from seg_toolkit.metrics import (
     scores_from_counts,
 )
 
-__all__ = ["Evaluator", "resolve_metric_name", "scored_columns"]
+__all__ = ["Evaluator", "resolve_metric_name", "scored_columns", "truth_objects"]
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +53,8 @@ def resolve_metric_name(name: str, task: str) -> str:
         raise ConfigError(f"metric.name: {name!r} is not one of auto, {', '.join(METRIC_NAMES)}")
     if name == "tgs_map" and task != "binary":
         raise ConfigError(f"metric.name: 'tgs_map' (TGS Salt mAP) is for binary tasks only, data.task is {task!r}")
+    if name in INSTANCE_METRICS and task != "binary":
+        raise ConfigError(f"metric.name: {name!r} matches the objects of one foreground class; data.task is {task!r}")
     return name
 
 
@@ -114,7 +117,12 @@ class Evaluator:
 
     @property
     def per_image(self) -> bool:
-        return self.metric in PER_IMAGE_METRICS
+        return self.metric in PER_IMAGE_METRICS or self.instance
+
+    @property
+    def instance(self) -> bool:
+        """An object-matching metric (:mod:`seg_toolkit.instance_metrics`): ``update`` needs the truth objects."""
+        return self.metric in INSTANCE_METRICS
 
     @property
     def n_images(self) -> int:
@@ -127,16 +135,17 @@ class Evaluator:
         self._scores: list[list[float]] = []
         self._n_images = 0
 
-    def update(self, probs: ArrayLike, target: ArrayLike) -> None:
-        """Add a batch of probabilities ``(N, C, H, W)`` and its target."""
+    def update(self, probs: ArrayLike, target: ArrayLike, objects: Sequence[np.ndarray] | None = None) -> None:
+        """Add a batch of probabilities ``(N, C, H, W)`` and its target (``objects``: as :meth:`update_masks`)."""
         p = _as_tensor(probs)
         if p.dim() != 4 or p.shape[1] != self.num_classes:
             raise ValueError(f"update: expected probabilities (N, {self.num_classes}, H, W), got {tuple(p.shape)}")
         pred = p.argmax(1) if self.task == "multiclass" else binarize(p, self.threshold)
-        self.update_masks(pred, target)
+        self.update_masks(pred, target, objects)
 
-    def update_masks(self, pred: ArrayLike, target: ArrayLike) -> None:
-        """Add a batch of hard predictions and its target."""
+    def update_masks(self, pred: ArrayLike, target: ArrayLike, objects: Sequence[np.ndarray] | None = None) -> None:
+        """Add a batch of hard predictions and its target. An object-matching metric also needs ``objects``: each
+        image's truth objects as an ``(H, W)`` label map (0 = none; :func:`seg_toolkit.data.load_objects`)."""
         p, t = _as_tensor(pred), _as_tensor(target)
         c = self.num_classes
         if self.task == "multiclass":
@@ -160,9 +169,28 @@ class Evaluator:
                 )
             counts = image_counts(p, t, c, self.ignore_index)
             self._confusion += _sigmoid_confusion_from_counts(counts)
-        if self.per_image and counts is not None:
+        if self.instance:
+            self._scores.extend([s] for s in self._object_scores(p, t, objects))
+        elif self.per_image and counts is not None:
             self._scores.extend(scores_from_counts(counts, self.metric, self.empty_score).tolist())
         self._n_images += int(p.shape[0])
+
+    def _object_scores(self, pred: Any, target: Any, objects: Sequence[np.ndarray] | None) -> list[float]:
+        """Each image's object-matching score: the 8-connected components of its mask against its truth objects."""
+        n = int(pred.shape[0])
+        if objects is None or len(objects) != n:
+            got = "none" if objects is None else len(objects)
+            raise ValueError(f"metric {self.metric}: needs each image's truth objects (label maps), got {got} for {n} images")
+        masks = pred[:, 0].cpu().numpy()
+        void = (target[:, 0] == self.ignore_index).cpu().numpy()
+        out = []
+        for mask, truth, v in zip(masks, objects, void):
+            truth = np.asarray(truth)
+            if truth.shape != mask.shape:
+                raise ValueError(f"metric {self.metric}: truth objects {truth.shape} for a {mask.shape} prediction")
+            hits, n_truth, n_pred = match_hits(truth, label_objects(mask)[0], v if v.any() else None)
+            out.append(float(scores_from_hits(hits, n_pred, n_truth, self.metric)))
+        return out
 
     def compute(self) -> dict[str, Any]:
         """The metrics of everything added since the last ``reset`` (see the class docstring)."""
@@ -193,3 +221,13 @@ class Evaluator:
         if math.isnan(out["score"]):
             logger.warning("metric %s: nothing could be scored over %d images, score is NaN", self.metric, self._n_images)
         return out
+
+
+def truth_objects(evaluator: Evaluator, sample: Any, cfg: Any, hw: tuple[int, int]) -> list[np.ndarray] | None:
+    """``[label map]`` of one labelled sample's truth objects when ``evaluator`` matches objects, else None (what
+    :meth:`Evaluator.update` takes as ``objects`` for a batch of that one image)."""
+    if not evaluator.instance:
+        return None
+    from seg_toolkit.data import load_objects  # lazy: data imports heavier modules
+
+    return [load_objects(sample, cfg, tuple(int(x) for x in hw))]

@@ -43,6 +43,7 @@ import torch
 from torch import Tensor
 
 from seg_toolkit.config import IGNORE_INDEX
+from seg_toolkit.instance_metrics import INSTANCE_METRICS
 
 __all__ = [
     "METRIC_NAMES",
@@ -65,7 +66,8 @@ __all__ = [
 ArrayLike = Union[np.ndarray, Tensor]
 
 TASKS = ("binary", "multilabel", "multiclass")
-METRIC_NAMES = ("miou", "global_dice", "dice", "iou", "tgs_map", "pixel_accuracy")
+#: the object-matching metrics (instance_map, instance_f2) are :mod:`seg_toolkit.instance_metrics`'
+METRIC_NAMES = ("miou", "global_dice", "dice", "iou", "tgs_map", "pixel_accuracy", *INSTANCE_METRICS)
 PER_IMAGE_METRICS = ("dice", "iou", "tgs_map")
 EMPTY_SCORES: dict[str, float] = {"one": 1.0, "zero": 0.0, "skip": math.nan}
 #: 0.50, 0.55, ..., 0.95; threshold k is (10 + k) / 20, compared exactly in integers.

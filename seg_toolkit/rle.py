@@ -200,9 +200,9 @@ class RLESpec:
         mask = np.asarray(mask)
         if mask.ndim != 2:
             raise ValueError(f"encode_rows expects a 2-D (height, width) mask, got shape {mask.shape}")
-        from scipy import ndimage  # lazy: only instance rows need it
+        from .instance_metrics import label_objects  # the objects instance metrics score
 
-        labels, n = ndimage.label(mask != 0, structure=np.ones((3, 3), bool))  # as postprocess.remove_small
+        labels, n = label_objects(mask)  # 8-connected, as postprocess.remove_small
         if n == 0:
             return [self.empty]
         flat = labels.ravel(order=self.order)

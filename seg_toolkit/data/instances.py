@@ -30,7 +30,7 @@ from .io import DataError, image_size
 if TYPE_CHECKING:  # pragma: no cover
     from .sample import Sample
 
-__all__ = ["instance_ids", "object_masks", "touching_borders"]
+__all__ = ["instance_ids", "load_objects", "object_masks", "touching_borders"]
 
 VOID_ID = -1
 
@@ -38,6 +38,12 @@ VOID_ID = -1
 def _one_file(cfg: Config) -> Config:
     """``cfg`` with ``instance_folders`` off: how each object file is read."""
     return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, instance_folders=False))
+
+
+def _object_files(sample: Sample) -> list:
+    """The object files of ``sample.mask`` (a folder), sorted by name; hidden files left out."""
+    assert sample.mask is not None
+    return sorted(p for p in sample.mask.iterdir() if p.is_file() and not p.name.startswith("."))
 
 
 def object_masks(sample: Sample, cfg: Config) -> tuple[list[np.ndarray], np.ndarray | None]:
@@ -49,7 +55,7 @@ def object_masks(sample: Sample, cfg: Config) -> tuple[list[np.ndarray], np.ndar
     d = cfg.data
     assert sample.mask is not None
     one = _one_file(cfg)
-    files = sorted(p for p in sample.mask.iterdir() if p.is_file() and not p.name.startswith("."))
+    files = _object_files(sample)
     objects: list[np.ndarray] = []
     void: np.ndarray | None = None
     for f in files:
@@ -108,3 +114,27 @@ def instance_ids(sample: Sample, cfg: Config) -> np.ndarray:
     if void is not None:
         out[void & (out == 0)] = VOID_ID
     return out
+
+
+def load_objects(sample: Sample, cfg: Config, hw: tuple[int, int] | None = None) -> np.ndarray:
+    """The truth objects of an object folder as one label map for the object-matching metrics
+    (:mod:`seg_toolkit.instance_metrics`): ``int32 (H, W)``, 0 = none, ``k`` = the k-th file by name.
+    Objects that overlap are refused (both competitions' solutions have none), naming the two files;
+    ``hw``: the size the scored prediction has (a different size is refused: objects are scored at the
+    image's own size)."""
+    if not cfg.data.instance_folders or sample.mask is None:
+        raise ValueError(f"id {sample.id!r}: truth objects come from data.instance_folders (one mask file per object)")
+    objects, _ = object_masks(sample, cfg)
+    size = objects[0].shape if objects else image_size(sample.image, exif=cfg.data.exif_orientation)
+    if hw is not None and tuple(hw) != tuple(size):
+        raise DataError(f"{sample.mask}: objects are {size[0]}x{size[1]}, the prediction {hw[0]}x{hw[1]}")
+    labels = np.zeros(size, np.int32)
+    for k, m in enumerate(objects, start=1):
+        taken = labels[m]
+        if taken.any():
+            files = _object_files(sample)
+            other = files[int(taken[taken > 0][0]) - 1].name
+            raise DataError(f"{sample.mask}: objects {other} and {files[k - 1].name} overlap at {int((taken > 0).sum())} "
+                            "pixels; object-matching metrics need objects that do not overlap")
+        labels[m] = k
+    return labels
