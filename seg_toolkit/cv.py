@@ -17,7 +17,7 @@ from .budget import planned_folds
 from .budget_run import admit_fold, left_out_folds, run_folds
 from .device import resolve_device
 from .distributed import get_dist
-from .evaluator import Evaluator
+from .evaluator import Evaluator, truth_objects
 from .files import read_json, read_oof, write_json
 from .run import Run, RunExistsError
 from .run_lock import run_lock
@@ -232,10 +232,11 @@ def compute_cv(cfg: Config, run: Run | None = None, samples: list[Sample] | None
     for s, k, path in tqdm(items, desc="CV score", leave=False, disable=None):
         probs = torch.from_numpy(uint8_to_probs(read_oof(path)))[None]
         target = _target_tensor(s, cfg, probs.shape[-2:])
-        evaluator.update(probs, target)
-        per_fold_eval.setdefault(k, Evaluator(cfg.metric, task, c)).update(probs, target)
+        objects = truth_objects(evaluator, s, cfg, probs.shape[-2:])
+        evaluator.update(probs, target, objects)
+        per_fold_eval.setdefault(k, Evaluator(cfg.metric, task, c)).update(probs, target, objects)
         empty = torch.zeros_like(target) if task == "multiclass" else torch.zeros(target.shape, dtype=torch.uint8)
-        baseline.update_masks(empty, target)
+        baseline.update_masks(empty, target, objects)
         n += 1
     result = evaluator.compute()
     done = run.completed_folds()

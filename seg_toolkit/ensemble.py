@@ -42,7 +42,7 @@ from .config import Config, ConfigError, save_config
 from .config_checks import check_run_name
 from .data import load_target, load_train_samples
 from .data.dataset import target_to_tensor
-from .evaluator import Evaluator
+from .evaluator import Evaluator, truth_objects
 from .oof import check_oof_complete
 from .predictor import Member
 from .run_settings import check_same_training, diff_of_keys
@@ -216,13 +216,14 @@ def _score_weights(oof: _OOF, grid: list[tuple[float, ...]], space: str, halves:
     cfg = oof.cfg
     task, c = cfg.data.task, cfg.data.num_classes
     evals = [[Evaluator(cfg.metric, task, c) for _ in range(1 + len(halves))] for _ in grid]
-    for _, k, probs, target in tqdm(oof, total=len(oof.items), desc=f"ensemble: {len(grid)} weightings", leave=False, disable=None):
+    for s, k, probs, target in tqdm(oof, total=len(oof.items), desc=f"ensemble: {len(grid)} weightings", leave=False, disable=None):
+        objects = truth_objects(evals[0][0], s, cfg, target.shape[-2:])
         for w, ev in zip(grid, evals):
             p = torch.from_numpy(merge_probs(probs, w, space, task))[None]
-            ev[0].update(p, target)
+            ev[0].update(p, target, objects)
             for h, half in enumerate(halves):
                 if k in half:
-                    ev[1 + h].update(p, target)
+                    ev[1 + h].update(p, target, objects)
     return [{"weights": list(w), "score": float(ev[0].compute()["score"]),
              "half_scores": [float(e.compute()["score"]) for e in ev[1:]]} for w, ev in zip(grid, evals)]
 

@@ -6,6 +6,7 @@ the next optimiser step (:class:`GracefulStop`, :class:`TrainingInterrupted`) or
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import csv
 import io
 import logging
@@ -22,7 +23,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .amp import resolve_amp
-from .config import Config
+from .config import Config, MetricConfig
 from .device import autocast
 from .distributed import get_dist
 from .errors import SegToolkitError
@@ -264,15 +265,28 @@ def _pairs(logits: Tensor, target: Tensor | list[Tensor], device) -> list[tuple[
     return [(logits, target)]
 
 
+def epoch_metric(cfg: Config) -> MetricConfig:
+    """The metric the epochs are compared on: the config's, or for an object-matching one the per-image pixel IoU."""
+    from .instance_metrics import INSTANCE_METRICS
+
+    if cfg.metric.name in INSTANCE_METRICS:
+        return dataclasses.replace(cfg.metric, name="iou")
+    return cfg.metric
+
+
 def validate_epoch(cfg: Config, model, ema, loss_fn, loader: DataLoader, device, amp=None) -> dict[str, float]:
     """Validation loss and metric (accumulated, never storing images) for the scored model, and the other one's score.
 
     The metric is computed at each image's original size (logits resized bilinearly, as predictions are);
     the loss at the model's input size against the nearest-resized target, as the training loss is, so
-    the two loss curves measure the same thing (and the loss no longer costs a full-resolution pass)."""
+    the two loss curves measure the same thing (and the loss no longer costs a full-resolution pass).
+
+    An object-matching metric (``instance_map`` / ``instance_f2``) is replaced here by the per-image pixel IoU
+    (:func:`epoch_metric`): the batches carry no truth objects. The OOF files, ``cv.json``, ``tune`` and
+    ``evaluate`` match objects."""
     stats: dict[str, float] = {}
     for prefix, m in _eval_models(model, ema, cfg).items():
-        evaluator = Evaluator(cfg.metric, cfg.data.task, cfg.data.num_classes)
+        evaluator = Evaluator(epoch_metric(cfg), cfg.data.task, cfg.data.num_classes)
         loss_sum, n = 0.0, 0
         for logits_batch, target_batch in predict_batches(cfg, m, loader, device, amp):
             for logits, target in _pairs(logits_batch, target_batch, device):

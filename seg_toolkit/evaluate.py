@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from .config import Config, ConfigError
 from .data import DataError, Sample, load_list_samples, load_train_samples
-from .evaluator import Evaluator
+from .evaluator import Evaluator, truth_objects
 from .files import read_json, write_json
 from .inference import _one, run_predictor
 from .postprocess import apply_postprocess, load_params
@@ -46,11 +46,13 @@ def score_samples(cfg: Config, run: Run, predictor: Predictor, samples: list[Sam
     params = load_params(cfg, run)
     task, c = cfg.data.task, cfg.data.num_classes
     probs_eval, masks_eval = Evaluator(cfg.metric, task, c), Evaluator(cfg.metric, task, c)
-    for _, probs, presence, target in tqdm(predictor.iter_predictions(samples, target_cfg=target_cfg), total=len(samples),
-                                           desc=desc, disable=None):
-        probs_eval.update(probs[None], target[None])
+    by_id = {s.id: s for s in samples}
+    for image_id, probs, presence, target in tqdm(predictor.iter_predictions(samples, target_cfg=target_cfg),
+                                                  total=len(samples), desc=desc, disable=None):
+        objects = truth_objects(probs_eval, by_id[image_id], target_cfg, probs.shape[-2:])
+        probs_eval.update(probs[None], target[None], objects)
         mask = apply_postprocess(probs.numpy(), task, params, presence)
-        masks_eval.update_masks(torch.from_numpy(mask)[None], target[None])
+        masks_eval.update_masks(torch.from_numpy(mask)[None], target[None], objects)
     raw, post = probs_eval.compute(), masks_eval.compute()
     return {
         "n_images": len(samples), "metric": post["metric"],

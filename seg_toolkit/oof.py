@@ -25,7 +25,7 @@ from .config import Config, ConfigError, save_config
 from .data import Sample, load_train_samples
 from .data.folds import split_fold, read_folds
 from .errors import SegToolkitError
-from .evaluator import Evaluator
+from .evaluator import Evaluator, truth_objects
 from .predictor import Member, Predictor
 from .run_settings import check_same_training, tta_settings
 from .files import read_json, write_json, write_npy
@@ -72,9 +72,11 @@ def write_fold_oof(cfg: Config, run: Run, fold: int, valid: list[Sample], predic
     predictor = predictor or oof_predictor(cfg, run, folds=[fold])
     evaluator = Evaluator(cfg.metric, cfg.data.task, cfg.data.num_classes)
     desc = f"OOF fold {fold} ({predictor.passes_per_image(fold)} passes/image)"
+    by_id = {s.id: s for s in valid}
     for image_id, probs, presence, target in tqdm(predictor.iter_predictions(valid, fold=fold, target_cfg=cfg),
                                                   total=len(valid), desc=desc, leave=False, disable=None):
-        evaluator.update(save_oof(run, image_id, probs, presence=presence)[None], target[None])
+        objects = truth_objects(evaluator, by_id[image_id], cfg, probs.shape[-2:])
+        evaluator.update(save_oof(run, image_id, probs, presence=presence)[None], target[None], objects)
     result = evaluator.compute()
     return {"metric": result["metric"], "oof_score": float(result["score"]), "oof": predictor.members[0].made(),
             "oof_amp": predictor.members[0].amp(fold, predictor.device).mode}

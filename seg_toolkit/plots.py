@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from .files import atomic_write, read_json, write_text
+from .instance_metrics import INSTANCE_METRICS
 from .run import Run
 
 log = logging.getLogger(__name__)
@@ -126,7 +127,7 @@ def _aux_weight(run: Run, df: pd.DataFrame) -> float:
 def metric_label(metric: str) -> str:
     """A display name for a metric id (``miou`` -> ``mean IoU``)."""
     return {"miou": "mean IoU", "global_dice": "global dice", "dice": "dice", "iou": "IoU", "tgs_map": "TGS mAP",
-            "pixel_accuracy": "pixel accuracy"}.get(metric, metric or "score")
+            "pixel_accuracy": "pixel accuracy", "instance_map": "object mAP", "instance_f2": "object F2"}.get(metric, metric or "score")
 
 
 def _series(df: pd.DataFrame, col: str) -> Optional[pd.Series]:
@@ -257,6 +258,8 @@ def learning_curves(run_dir: Path, df: Optional[pd.DataFrame] = None) -> Any:
     df = read_metrics(run.dir) if df is None else df
     metric, baseline = _run_info(run)
     label = metric_label(metric)
+    if metric in INSTANCE_METRICS:  # the epochs are compared on pixels (epoch.epoch_metric); cv.json's baseline is objects'
+        label, baseline = f"per-image IoU (stand-in for {label})", None
     other = _other_score_column(df)
     aux_w = _aux_weight(run, df)
     fig = new_figure(12, 4.8)

@@ -35,7 +35,8 @@ from tqdm.auto import tqdm
 from ..config import IGNORE_INDEX, Config
 from ..data import DataError, Sample, class_colors, class_names, load_target
 from ..data.dataset import target_to_tensor
-from ..evaluator import Evaluator, scored_columns
+from ..evaluator import Evaluator, scored_columns, truth_objects
+from ..instance_metrics import INSTANCE_METRICS, image_score
 from ..metrics import PER_IMAGE_METRICS, image_counts, scores_from_counts
 from ..plots import metric_label
 from ..files import read_json, read_oof, write_json
@@ -76,6 +77,8 @@ def image_score_name(metric: str, cfg: Config) -> str:
         how = "" if cfg.data.num_classes == 1 else f", the mean over its classes{which}"
         empty = "" if metric == "tgs_map" else f" (empty_score={cfg.metric.empty_score})"
         return f"per-image {metric_label(metric)}{how}{empty}"
+    if metric in INSTANCE_METRICS:
+        return f"per-image {metric_label(metric)}: its 8-connected objects matched with the truth's, over IoU 0.50..0.95"
     if metric in ("miou", "global_dice"):
         return f"per-image mean {'IoU' if metric == 'miou' else 'dice'} over the classes{which} in its truth or prediction"
     return "per-image pixel accuracy"
@@ -149,9 +152,10 @@ def compute_oof_summary(run: Run, cfg: Config, samples: list[Sample], n_examples
             unreadable.append(str(e))
             continue
         pred = predict_mask(q, task, cfg.metric.threshold)
-        evaluator.update_masks(pred, target)
+        objects = truth_objects(evaluator, s, cfg, tuple(q.shape[-2:]))
+        evaluator.update_masks(pred, target, objects)
         empty = torch.zeros_like(target) if task == "multiclass" else torch.zeros(target.shape, dtype=torch.uint8)
-        baseline.update_masks(empty, target)
+        baseline.update_masks(empty, target, objects)
         counts = image_counts(pred, target, n_cls)
         tp, fp, fn, nv = (np.asarray(x[0], np.int64) for x in counts)
         true_px += tp + fn
@@ -164,7 +168,11 @@ def compute_oof_summary(run: Run, cfg: Config, samples: list[Sample], n_examples
             image_level[np.arange(n_cls), has_true.astype(int), has_pred.astype(int)] += 1
         void_px += int((target == IGNORE_INDEX).sum())
         n_images += 1
-        score = _per_image_score(counts, metric, cfg.metric.empty_score, task, scored_columns(cfg.metric, task))
+        if objects is not None:  # an object-matching metric: the image's score is its own, not a pixel count's
+            void = (target[0, 0] == IGNORE_INDEX).numpy()
+            score = image_score(objects[0], pred[0, 0].numpy(), metric, void if void.any() else None)
+        else:
+            score = _per_image_score(counts, metric, cfg.metric.empty_score, task, scored_columns(cfg.metric, task))
         if math.isnan(score):
             n_unscored += 1
             continue
