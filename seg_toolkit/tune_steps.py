@@ -17,8 +17,10 @@ import numpy as np
 
 from .config import Config, ConfigError
 from .evaluator import scored_columns
+from .instance_metrics import INSTANCE_METRICS
 from .postprocess import PostParams, area_floor
 from .tune_crossfit import Counts
+from .tune_objects import object_tables
 from .tune_weights import search_class_weights
 from .tune_tables import (
     OOFData,
@@ -101,10 +103,13 @@ def search_sigmoid(
     acol = {a: j for j, a in enumerate(all_area)}
     if "threshold" not in tables:  # shared by the cross-fitted searches: they do not depend on what the searches choose
         tables["threshold"] = threshold_tables(data, all_thr)
-        tables["area"] = area_tables(data, all_thr, all_area)
-    tab = tables["threshold"]
+        if metric in INSTANCE_METRICS:  # TP: hits per IoU threshold, FP: predicted objects, pos: truth objects
+            *tables["area"], tables["pos"] = object_tables(data, all_thr, all_area)
+        else:
+            tables["area"], tables["pos"] = area_tables(data, all_thr, all_area), tables["threshold"].pos
+    tab, pos = tables["threshold"], tables["pos"]
     atp, afp = tables["area"]
-    score = lambda tp, fp: sigmoid_score(tp[rows], fp[rows], tab.pos[rows], tab.n_valid[rows], metric, empty_score, cols)  # noqa: E731
+    score = lambda tp, fp: sigmoid_score(tp[rows], fp[rows], pos[rows], tab.n_valid[rows], metric, empty_score, cols)  # noqa: E731
     log_step = (lambda *a: None) if quiet else _step_log
 
     def at(k: int, t: float, a: int) -> tuple[np.ndarray, np.ndarray]:
@@ -119,11 +124,11 @@ def search_sigmoid(
               ) -> tuple[np.ndarray, np.ndarray]:
         scores = presence if (source or src[k]) == "classifier" else tab.qmax
         open_ = gate_open(scores[:, k], g)
-        return np.where(open_, tp_k, 0), np.where(open_, fp_k, 0)
+        return np.where(open_.reshape(-1, *[1] * (tp_k.ndim - 1)), tp_k, 0), np.where(open_, fp_k, 0)
 
-    # current counts (N, C) with the config's parameters
-    TP = np.zeros((len(data), c), np.int64)
-    FP = np.zeros_like(TP)
+    # current counts (N, C) with the config's parameters ((N, C, 10) hits for an object-matching metric)
+    TP = np.zeros((len(data), c, *atp.shape[4:]), np.int64)
+    FP = np.zeros((len(data), c), np.int64)
     for k in range(c):
         TP[:, k], FP[:, k] = gated(k, gate[k], *at_threshold(k, thr[k]))
     best = score(TP, FP)
@@ -186,10 +191,10 @@ def search_sigmoid(
 
     def scorer(tp: np.ndarray, fp: np.ndarray) -> Callable[[np.ndarray], float]:
         """The fast score of these counts over a subset of images (rows)."""
-        return lambda rows: sigmoid_score(tp[rows], fp[rows], tab.pos[rows], tab.n_valid[rows], metric, empty_score, cols)
+        return lambda rows: sigmoid_score(tp[rows], fp[rows], pos[rows], tab.n_valid[rows], metric, empty_score, cols)
 
     fast = {"before": scorer(*start_counts), "after": scorer(TP, FP)}
-    counts = Counts(lambda tp_fp: sigmoid_score(*tp_fp, tab.pos, tab.n_valid, metric, empty_score, cols), (TP, FP))
+    counts = Counts(lambda tp_fp: sigmoid_score(*tp_fp, pos, tab.n_valid, metric, empty_score, cols), (TP, FP))
     return PostParams(threshold=thr, min_area=area, empty_gate=gate, gate_source=src), steps, fast, counts
 
 

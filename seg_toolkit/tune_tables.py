@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 
 from .config import IGNORE_INDEX, Config
 from .data import Sample, load_target, load_train_samples
+from .instance_metrics import INSTANCE_METRICS, scores_from_hits
 from .metrics import PER_IMAGE_METRICS, ImageCounts, confusion_score, scores_from_counts
 from .files import read_oof
 from .run import Run
@@ -179,7 +180,12 @@ def _mean_score(scores: np.ndarray) -> float:
 def sigmoid_score(tp: np.ndarray, fp: np.ndarray, pos: np.ndarray, n_valid: np.ndarray, metric: str, empty_score: str,
                   cols: np.ndarray | None = None) -> float:
     """The CV score of binary / multilabel predictions from per (image, class) counts ``(N, C)``; ``cols``: the
-    channels it averages (``metric.classes``, :func:`~seg_toolkit.evaluator.scored_columns`; None: all)."""
+    channels it averages (``metric.classes``, :func:`~seg_toolkit.evaluator.scored_columns`; None: all).
+
+    An object-matching metric takes :func:`seg_toolkit.tune_objects.object_tables`' counts instead: ``tp`` the hits
+    ``(N, C, 10)``, ``fp`` the predicted objects and ``pos`` the truth objects ``(N, C)``."""
+    if metric in INSTANCE_METRICS:
+        return _mean_score(scores_from_hits(tp, fp, pos, metric))
     counts = ImageCounts(tp, fp, pos - tp, n_valid)
     if metric in PER_IMAGE_METRICS:
         scores = scores_from_counts(counts, metric, empty_score)

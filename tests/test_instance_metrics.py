@@ -1,0 +1,356 @@
+"""Object-matching metrics (``instance_map``: DSB 2018, ``instance_f2``: Airbus) and their wiring through the
+Evaluator, CV, tune and ``score_submission``.
+
+Scores are worked out by hand on small label maps, and checked against a brute-force reference written
+apart from the toolkit (sets of pixel coordinates, float IoU, every pair compared) on random objects."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from seg_toolkit.config import ConfigError, MetricConfig, config_from_dict
+from seg_toolkit.cv import compute_cv
+from seg_toolkit.data import load_objects, load_train_samples
+from seg_toolkit.data.io import DataError
+from seg_toolkit.evaluator import Evaluator
+from seg_toolkit.instance_metrics import image_score, label_objects, match_hits, scores_from_hits, stack_objects
+from seg_toolkit.run import Run
+from seg_toolkit.tune import tune_postprocess
+
+from .conftest import shared_dataset
+
+
+def reference(truth: np.ndarray, pred_mask: np.ndarray, beta: float | None) -> float:
+    """The competitions' definition, written plainly: objects as pixel sets (8-connected components of the
+    prediction by flood fill), IoU as a float, a hit when IoU > t; precision TP/(TP+FP+FN) (DSB) or F-beta."""
+    h, w = pred_mask.shape
+    seen = np.zeros((h, w), bool)
+    preds = []
+    for y in range(h):
+        for x in range(w):
+            if pred_mask[y, x] and not seen[y, x]:
+                stack, obj = [(y, x)], set()
+                seen[y, x] = True
+                while stack:
+                    cy, cx = stack.pop()
+                    obj.add((cy, cx))
+                    for dy in (-1, 0, 1):
+                        for dx in (-1, 0, 1):
+                            ny, nx = cy + dy, cx + dx
+                            if 0 <= ny < h and 0 <= nx < w and pred_mask[ny, nx] and not seen[ny, nx]:
+                                seen[ny, nx] = True
+                                stack.append((ny, nx))
+                preds.append(obj)
+    truths = [set(zip(*np.nonzero(truth == k))) for k in range(1, int(truth.max()) + 1)]
+    truths = [t for t in truths if t]
+    if not truths and not preds:
+        return 1.0
+    out = []
+    for t in np.arange(0.5, 1.0, 0.05):
+        tp = sum(1 for a in truths for b in preds if len(a & b) / len(a | b) > t)
+        fp, fn = len(preds) - tp, len(truths) - tp
+        if beta is None:
+            out.append(tp / (tp + fp + fn))
+        else:
+            b2 = beta * beta
+            out.append((1 + b2) * tp / ((1 + b2) * tp + b2 * fn + fp))
+    return float(np.mean(out))
+
+
+def test_a_hand_worked_image():
+    """Truth A (10x6 = 60 px) and B; the prediction covers 36 px of A (IoU exactly 0.6: a hit at 0.50 and 0.55
+    only, compared exactly), misses B and adds one object elsewhere."""
+    truth = np.zeros((20, 20), np.int32)
+    truth[0:10, 0:6] = 1
+    truth[14:18, 14:18] = 2
+    pred = np.zeros((20, 20), bool)
+    pred[0:6, 0:6] = True
+    pred[0:3, 10:13] = True
+    hits, n_truth, n_pred = match_hits(truth, label_objects(pred)[0])
+    assert hits.tolist() == [1, 1, 0, 0, 0, 0, 0, 0, 0, 0] and (n_truth, n_pred) == (2, 2)
+    # DSB: 1 / (1 + 1 + 1) at two thresholds, 0 / (0 + 2 + 2) at eight
+    assert image_score(truth, pred, "instance_map") == pytest.approx((2 / 3) / 10, abs=1e-15)
+    # Airbus F2: 5 / (5 + 4 + 1) at two thresholds
+    assert image_score(truth, pred, "instance_f2") == pytest.approx(1.0 / 10, abs=1e-15)
+
+
+def test_touching_objects_predicted_as_one_blob_score_nothing():
+    """Two touching 3x3 truth objects, predicted perfectly as pixels but as one 8-connected object: IoU 9/18 = 0.5
+    with each, not above 0.5: no hit, where per-image pixel dice is 1."""
+    truth = np.zeros((5, 8), np.int32)
+    truth[1:4, 1:4], truth[1:4, 4:7] = 1, 2
+    pred = truth > 0
+    assert image_score(truth, pred, "instance_map") == 0.0
+    split = pred.copy()
+    split[:, 4] = False  # a one-pixel gap: two objects, IoU 9/9 and 6/9 with B
+    # B's IoU 6/9 = 0.667 passes 0.50..0.65 (4 thresholds): TP 2 there (1/1), then 1 / (1 + 1 + 1)
+    assert image_score(truth, split, "instance_map") == pytest.approx((4 * 1 + 6 * (1 / 3)) / 10, abs=1e-15)
+
+
+def test_empty_truth_and_empty_prediction():
+    empty = np.zeros((6, 6), np.int32)
+    blob = np.zeros((6, 6), bool)
+    blob[1:3, 1:3] = True
+    for metric in ("instance_map", "instance_f2"):
+        assert image_score(empty, np.zeros((6, 6), bool), metric) == 1.0
+        assert image_score(empty, blob, metric) == 0.0
+        assert image_score(blob.astype(np.int32), np.zeros((6, 6), bool), metric) == 0.0
+
+
+def test_void_pixels_count_in_no_intersection_union_or_object():
+    truth = np.zeros((6, 10), np.int32)
+    truth[0:2, 0:4] = 1  # 8 px
+    pred = np.zeros((6, 10), bool)
+    pred[0:2, 0:5] = True  # 10 px: IoU 0.8 with the void column out, 8/10 = 0.8 with it in: same here
+    pred[4:6, 7:9] = True  # an object lying wholly on void: not counted
+    void = np.zeros((6, 10), bool)
+    void[:, 4] = True
+    void[4:6, 6:10] = True
+    hits, n_truth, n_pred = match_hits(truth, label_objects(pred)[0], void)
+    assert (n_truth, n_pred) == (1, 1)
+    assert hits.tolist() == [1] * 10  # IoU 8/8 with column 4 void
+    assert match_hits(truth, label_objects(pred)[0])[0].tolist() == [1] * 6 + [0] * 4  # 0.8: above 0.50..0.75
+
+
+def test_label_objects_is_8_connected_and_drops_small_objects():
+    m = np.zeros((5, 5), bool)
+    m[0, 0] = m[1, 1] = True  # diagonal: one object
+    m[3:5, 3:5] = True
+    labels, n = label_objects(m)
+    assert n == 2 and labels[0, 0] == labels[1, 1]
+    labels, n = label_objects(m, min_area=3)
+    assert n == 1 and labels[0, 0] == 0 and (labels[3:5, 3:5] == 1).all()
+
+
+@pytest.mark.parametrize("metric,beta", [("instance_map", None), ("instance_f2", 2.0)])
+def test_random_objects_match_the_reference(metric, beta):
+    rng = np.random.default_rng(7)
+    for _ in range(40):
+        truth = np.zeros((24, 24), np.int32)
+        for k in range(1, rng.integers(0, 6) + 1):
+            y, x = rng.integers(0, 20, size=2)
+            h, w = rng.integers(2, 7, size=2)
+            truth[y : y + h, x : x + w] = k  # later objects cover earlier ones: some vanish, some are cut
+        pred = (truth > 0) ^ (rng.random(truth.shape) < 0.08)
+        assert image_score(truth, pred, metric) == pytest.approx(reference(truth, pred, beta), abs=1e-12)
+
+
+def test_scores_from_hits_by_hand():
+    hits = np.array([[3, 3, 2, 2, 1, 1, 0, 0, 0, 0]])
+    # 4 predicted, 3 truth objects: DSB tp / (4 + 3 - tp)
+    expect = np.mean([3 / 4, 3 / 4, 2 / 5, 2 / 5, 1 / 6, 1 / 6, 0, 0, 0, 0])
+    assert scores_from_hits(hits, [4], [3], "instance_map")[0] == pytest.approx(expect, abs=1e-15)
+    expect = np.mean([15 / 16, 15 / 16, 10 / 16, 10 / 16, 5 / 16, 5 / 16, 0, 0, 0, 0])  # 5tp / (5tp + 4fn + fp)
+    assert scores_from_hits(hits, [4], [3], "instance_f2")[0] == pytest.approx(expect, abs=1e-15)
+
+
+def test_stack_objects_refuses_overlapping_rows():
+    a = np.zeros((4, 4), np.uint8)
+    a[0:2, 0:2] = 1
+    b = np.zeros((4, 4), np.uint8)
+    b[1:3, 1:3] = 1
+    assert stack_objects([(a, "line 2"), (np.zeros((4, 4)), "line 3")], (4, 4)).max() == 1  # an empty row: no object
+    with pytest.raises(ValueError, match="line 4: overlaps line 2 at 1 pixels"):
+        stack_objects([(a, "line 2"), (b, "line 4")], (4, 4))
+
+
+def test_evaluator_needs_the_objects():
+    ev = Evaluator(MetricConfig(name="instance_map"), "binary", 1)
+    truth = np.zeros((5, 8), np.int32)
+    truth[1:4, 1:4], truth[1:4, 4:7] = 1, 2
+    pred = torch.from_numpy(truth > 0)[None, None]
+    target = torch.from_numpy((truth > 0).astype(np.uint8))[None, None]
+    with pytest.raises(ValueError, match="needs each image's truth objects"):
+        ev.update_masks(pred, target)
+    ev.update_masks(pred, target, [truth])
+    split = pred.clone()
+    split[..., 4] = False
+    ev.update_masks(split, target, [truth])
+    out = ev.compute()
+    assert out["metric"] == "instance_map" and out["per_image"] == pytest.approx([0.0, 0.6])
+    assert out["score"] == pytest.approx(0.3)
+
+
+def test_config_refuses_object_metrics_without_object_folders(tmp_path):
+    base = {"root": str(tmp_path), "task": "binary"}
+    with pytest.raises(ConfigError, match="data.instance_folders: true"):
+        config_from_dict({"data": base, "metric": {"name": "instance_map"}})
+    with pytest.raises(ConfigError, match="matches the objects of one foreground class"):
+        config_from_dict({"data": {**base, "task": "multiclass", "num_classes": 3}, "loss": {"ce": 1.0},
+                          "submission": {"per_class": True}, "metric": {"name": "instance_f2"}})
+
+
+# ----------------------------------------------------------------------------- a run on object folders
+
+
+H, W = 16, 24
+
+
+def _objects_problem(n: int = 15):
+    """Images with two 4x4 squares one column apart, the gap predicted at probability 0.55, a third square in
+    two of three images, and a one-pixel speck at 0.96; the objects at 0.90. Threshold 0.6 with min_area 2
+    gives every object exactly (object score 1); the default 0.5 bridges the pair into one object and keeps
+    the specks."""
+    rng = np.random.default_rng(3)
+    images = {}
+    for k in range(n):
+        objects = []
+        y = int(rng.integers(0, 4))
+        a = np.zeros((H, W), bool)
+        a[y : y + 4, 0:4] = True
+        b = np.zeros((H, W), bool)
+        b[y : y + 4, 5:9] = True
+        objects += [a, b]
+        if k % 3:
+            c = np.zeros((H, W), bool)
+            c[10:14, 14 + k % 4 : 18 + k % 4] = True
+            objects.append(c)
+        q = np.full((1, H, W), 20, np.uint8)
+        for m in objects:
+            q[0][m] = 230
+        q[0, y : y + 4, 4] = 140  # the gap: 0.549, where the model is unsure
+        q[0, 15, int(rng.integers(0, W))] = 245  # a speck
+        images[f"im{k:02d}"] = (objects, q)
+    return images
+
+
+def _write_object_run(tmp_path: Path, images: dict, **sections):
+    root, runs = tmp_path / "comp", tmp_path / "runs"
+    for i, (objects, _) in images.items():
+        (root / "train" / i / "images").mkdir(parents=True)
+        (root / "train" / i / "masks").mkdir()
+        Image.fromarray(np.full((H, W, 3), 80, np.uint8)).save(root / "train" / i / "images" / f"{i}.png")
+        for j, m in enumerate(objects):
+            Image.fromarray(m.astype(np.uint8) * 255).save(root / "train" / i / "masks" / f"{i}_{j}.png")
+    cfg = config_from_dict({"experiment": "obj", "runs_dir": str(runs), "folds": {"n_splits": 3, "method": "kfold"},
+                            "data": {"root": str(root), "task": "binary", "layout": "folder", "train_images": "train",
+                                     "instance_folders": True},
+                            "submission": {"instances": True}, "metric": {"name": "instance_map"}, **sections})
+    run = Run.of(cfg)
+    run.dir.mkdir(parents=True)
+    ids = sorted(images)
+    run.folds_csv.write_text("id,fold,stratum\n" + "".join(f"{i},{k % 3},x\n" for k, i in enumerate(ids)))
+    run.oof_dir.mkdir()
+    for i, (_, q) in images.items():
+        np.save(run.oof_path(i), q)
+    for k in range(3):
+        run.fold_dir(k).mkdir()
+        run.done_json(k).write_text(json.dumps({"metric": "instance_map", "oof_score": 0.0}))
+    return cfg
+
+
+def _truth_labels(objects) -> np.ndarray:
+    t = np.zeros((H, W), np.int32)
+    for j, m in enumerate(objects, start=1):
+        t[m] = j
+    return t
+
+
+def test_load_objects_numbers_the_files_by_name_and_refuses_overlap(tmp_path):
+    images = _objects_problem(3)
+    cfg = _write_object_run(tmp_path, images)
+    samples = load_train_samples(cfg)
+    objects, _ = images[samples[1].id]
+    np.testing.assert_array_equal(load_objects(samples[1], cfg, (H, W)), _truth_labels(objects))
+    with pytest.raises(DataError, match="the prediction 8x8"):
+        load_objects(samples[1], cfg, (8, 8))
+    over = np.zeros((H, W), np.uint8)
+    over[0:8, 0:8] = 255
+    Image.fromarray(over).save(samples[1].mask / f"{samples[1].id}_9.png")
+    with pytest.raises(DataError, match=r"objects im01_0.png and im01_9.png overlap at \d+ pixels"):
+        load_objects(samples[1], cfg, (H, W))
+
+
+def test_cv_and_tune_score_objects(tmp_path, caplog):
+    images = _objects_problem()
+    cfg = _write_object_run(tmp_path, images)
+    cv = compute_cv(cfg)
+    expect = np.mean([reference(_truth_labels(o), q[0] >= 128, None) for o, q in images.values()])
+    assert cv["metric"] == "instance_map" and cv["score"] == pytest.approx(expect, abs=1e-12)
+    assert expect < 0.5  # the pair bridged into one object, and the specks are false positives
+    with caplog.at_level(logging.INFO):
+        report = tune_postprocess(cfg)  # raises if its object tables disagree with the Evaluator
+    assert report["before"] == pytest.approx(expect, abs=1e-12)
+    assert report["after"] == 1.0
+    p = report["params"]
+    assert 0.55 < p["threshold"][0] <= 0.9 and 2 <= p["min_area"][0] <= 16
+    assert report["cross_fitted"]["score"] == 1.0
+
+
+def test_a_pixel_metric_with_instance_rows_still_warns(tmp_path, caplog):
+    images = _objects_problem(3)
+    with caplog.at_level(logging.WARNING):
+        _write_object_run(tmp_path, images, metric={"name": "dice"})
+    assert "instance_map (DSB) or instance_f2 (Airbus) scores objects" in caplog.text
+
+
+# ----------------------------------------------------------------------------- the competition's own files
+
+
+def test_dsb_solution_scored_against_itself_and_with_an_object_left_out(tmp_path, capsys):
+    """DSB 2018 stage 1: the official solution rows of the 11 images, scored by score_submission as Kaggle reads
+    them (each row one object). Leaving out one of the 7 objects of the square image scores it 6/7 at every
+    threshold (TP 6, FN 1)."""
+    from seg_toolkit.submission_check import score_submission
+
+    root = shared_dataset("dsb2018_stage1_test")
+    sol = pd.read_csv(root / "stage1_solution_subset.csv", dtype=str, keep_default_na=False)
+    ids = list(dict.fromkeys(sol["ImageId"]))
+    sample = tmp_path / "sample_submission.csv"
+    sample.write_text("ImageId,EncodedPixels\n" + "".join(f"{i},\n" for i in ids))
+    data = {"root": str(root), "task": "binary", "layout": "folder", "train_images": "stage1_test",
+            "test_images": "stage1_test", "instance_folders": True, "sample_submission": str(sample)}
+    cfg = config_from_dict({"data": data, "submission": {"instances": True}, "metric": {"name": "instance_map"}})
+    f2 = config_from_dict({"data": data, "submission": {"instances": True}, "metric": {"name": "instance_f2"}})
+    solution = tmp_path / "solution.csv"
+    sol[["ImageId", "EncodedPixels"]].to_csv(solution, index=False)
+    assert score_submission(solution, solution, cfg) == 1.0
+    square = sol[sol["ImageId"].str.startswith("0114f484")].index
+    assert len(square) == 7
+    guess = tmp_path / "guess.csv"
+    sol.drop(index=square[3])[["ImageId", "EncodedPixels"]].to_csv(guess, index=False)
+    assert score_submission(guess, solution, cfg) == pytest.approx((10 + 6 / 7) / 11, abs=1e-12)
+    # Airbus's F2 on the same rows: 5*6 / (5*6 + 4*1) = 30/34 on that image
+    assert score_submission(guess, solution, f2) == pytest.approx((10 + 30 / 34) / 11, abs=1e-12)
+    # the command line: check-submission --solution prints the score after the checks
+    from seg_toolkit.cli import main
+
+    config = tmp_path / "dsb.yaml"
+    config.write_text(json.dumps({"data": data, "submission": {"instances": True, "id_column": "ImageId",
+                                                                "rle_column": "EncodedPixels"},
+                                  "metric": {"name": "instance_map"}}))
+    assert main(["check-submission", str(guess), "--sample", str(sample), "--config", str(config),
+                 "--solution", str(solution)]) == 0
+    assert f"instance_map: {(10 + 6 / 7) / 11:.6f} against {solution}" in capsys.readouterr().out
+    assert main(["check-submission", str(guess), "--sample", str(sample), "--solution", str(solution)]) == 2
+    assert "--solution needs --config" in capsys.readouterr().err
+
+
+def test_object_tables_equal_brute_force(tmp_path):
+    """Every (threshold, min_area) cell of the tune tables against the reference on apply_postprocess's masks; the
+    areas include the squares' own size (16: kept) and one more (17: removed)."""
+    from seg_toolkit.postprocess import PostParams, apply_postprocess
+    from seg_toolkit.tensors import uint8_to_probs
+    from seg_toolkit.tune_objects import object_tables
+    from seg_toolkit.tune_tables import OOFData
+
+    images = _objects_problem(6)
+    cfg = _write_object_run(tmp_path, images)
+    data = OOFData(cfg, Run.of(cfg).dir)
+    thresholds, areas = [0.3, 0.5, 0.55, 0.6, 0.95], [0, 1, 2, 16, 17]
+    hits, n_pred, n_truth = object_tables(data, thresholds, areas)
+    for i, item in enumerate(data.items):
+        objects, q = images[item.sample.id]
+        for jt, t in enumerate(thresholds):
+            for ja, a in enumerate(areas):
+                mask = apply_postprocess(uint8_to_probs(q), "binary", PostParams(threshold=[t], min_area=[a], empty_gate=[None]))
+                got = scores_from_hits(hits[i, 0, jt, ja], n_pred[i, 0, jt, ja], n_truth[i, 0], "instance_map")
+                assert got == pytest.approx(reference(_truth_labels(objects), mask[0] > 0, None), abs=1e-12), (i, t, a)
