@@ -135,6 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--instances", action="store_true", help="one row per object: repeated ids are expected (Airbus, DSB 2018)")
     p.add_argument("--class-column", metavar="NAME", help="the column holding each row's class, one row per image and class "
                    "(Severstal since 2019: ClassId)")
+    p.add_argument("--solution", metavar="CSV", help="with --config: also score the submission against this answer file "
+                   "(same format) with the config's metric, each instance row one object (instance_map / instance_f2)")
     p.set_defaults(func=c.cmd_check_submission)
 
     p = sub.add_parser("bundle", help="a self-contained folder for a Kaggle code competition: weights, configs, wheels, predict.py")

@@ -288,6 +288,8 @@ def cmd_check_submission(args: argparse.Namespace) -> int:
                                 ("--relative", args.relative), ("--instances", args.instances),
                                 ("--class-column", args.class_column is not None),
                                 ("--empty-token", bool(args.empty_token))) if given]
+    if args.solution and not args.config:
+        raise ConfigError("check-submission: --solution needs --config (its metric and RLE convention score the rows)")
     if args.config and flags:
         raise ConfigError(f"check-submission: {', '.join(flags)} with --config: the config's submission.* keys decide the "
                           "RLE convention; drop the flag(s), or drop --config to check with the flags")
@@ -315,6 +317,12 @@ def cmd_check_submission(args: argparse.Namespace) -> int:
         return 1
     extents = "" if n_pixels is not None else "; runs not checked against the images' sizes: pass --config to check them"
     print(f"{args.csv}: OK (matches {args.sample}{extents})")
+    if args.solution:
+        from .evaluator import resolve_metric_name
+        from .submission_check import score_submission
+
+        metric = resolve_metric_name(cfg.metric.name, cfg.data.task)
+        print(f"{metric}: {score_submission(args.csv, args.solution, cfg):.6f} against {args.solution}")
     return 0
 
 

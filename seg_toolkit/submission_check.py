@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from .config import Config, ConfigError
+from .instance_metrics import match_hits, scores_from_hits, stack_objects
 from .rle import RLEError, RLESpec, empty_token_reads_as, instance_overlap
 from .submission import SubmissionError, repeated_ids, row_ids, submission_classes, submission_columns, submission_spec
 
@@ -379,6 +380,7 @@ def score_submission(csv_path: str | Path, solution_path: str | Path, cfg: Confi
 
     truth_rows, pred_rows = read(solution_path), read(csv_path)
     evaluator = Evaluator(cfg.metric, d.task, d.num_classes)
+    object_scores: list[float] = []  # an object-matching metric: each row is an object, as the competition reads it
     for sample in load_test_samples(cfg):
         hw = image_size(sample.image, sample.pair, d.exif_orientation)
         # with a class column an image's empty classes may have no row (as in Severstal's train.csv)
@@ -394,7 +396,12 @@ def score_submission(csv_path: str | Path, solution_path: str | Path, cfg: Confi
                                       f"competition submits ({sorted(allowed)})")
         # every class either file has a row for: a class the solution leaves out (no row: empty, as with a class
         # column) still counts the submission's pixels there as false positives
-        if d.task == "multiclass":
+        if evaluator.instance:
+            t_obj, g_obj = (_row_objects(spec, rows.get(default_cls, []), hw)
+                            for rows in (truth_rows.get(sample.id, {}), pred_rows.get(sample.id, {})))
+            hits, n_truth, n_pred = match_hits(t_obj, g_obj)
+            object_scores.append(float(scores_from_hits(hits, n_pred, n_truth, evaluator.metric)))
+        elif d.task == "multiclass":
             t = np.zeros(hw, np.int64)
             g = np.zeros(hw, np.int64)
             for masks, out in ((truth, t), (guess, g)):
@@ -408,4 +415,12 @@ def score_submission(csv_path: str | Path, solution_path: str | Path, cfg: Confi
                 for c, m in masks.items():
                     out[c - 1] = m
             evaluator.update_masks(torch.from_numpy(gg)[None], torch.from_numpy(tt).float()[None])
-    return float(evaluator.compute()["score"])
+    return float(np.mean(object_scores)) if evaluator.instance else float(evaluator.compute()["score"])
+
+
+def _row_objects(spec: RLESpec, rows: list[tuple[str, str]], hw: tuple[int, int]) -> np.ndarray:
+    """The objects of one image's instance rows ``(RLE, where)`` as a label map (overlapping rows refused)."""
+    try:
+        return stack_objects(((spec.decode(rle, hw, where), where) for rle, where in rows), hw)
+    except ValueError as e:
+        raise SubmissionError(str(e)) from None
