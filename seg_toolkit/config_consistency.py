@@ -127,10 +127,11 @@ def _check_metric_fits(cfg: Config) -> None:
     from .instance_metrics import INSTANCE_METRICS
 
     if m.name in INSTANCE_METRICS:
-        if not d.instance_folders:
+        if not (d.instance_folders or d.rle_instances):
             raise ConfigError(f"metric.name: {m.name!r} matches predicted objects with the truth objects, which come from "
-                              "data.instance_folders: true (one mask file per object); a mask or RLE row holds their "
-                              "union, in which touching objects are one")
+                              "data.instance_folders: true (one mask file per object) or data.rle_instances: true (one "
+                              "CSV row per object); a mask or one row per image holds their union, in which touching "
+                              "objects are one")
         if not cfg.submission.instances:
             log.warning("metric.name %r scores the 8-connected objects of each mask, but submission.instances is off: the "
                         "submission writes one row per image (the union), which an object-matching grader reads as one "

@@ -22,6 +22,7 @@ from seg_toolkit.data import load_objects, load_train_samples
 from seg_toolkit.data.io import DataError
 from seg_toolkit.evaluator import Evaluator
 from seg_toolkit.instance_metrics import image_score, label_objects, match_hits, scores_from_hits, stack_objects
+from seg_toolkit.rle import rle_encode
 from seg_toolkit.run import Run
 from seg_toolkit.tune import tune_postprocess
 
@@ -222,17 +223,28 @@ def _objects_problem(n: int = 15):
     return images
 
 
-def _write_object_run(tmp_path: Path, images: dict, **sections):
+def _write_object_run(tmp_path: Path, images: dict, rows: bool = False, **sections):
+    """Object folders (DSB's layout), or with ``rows`` a CSV of one row per object (Airbus's; an image without
+    objects one empty row), and a run whose three folds are done with the images' OOF files."""
     root, runs = tmp_path / "comp", tmp_path / "runs"
+    lines = ["id,rle_mask"]
     for i, (objects, _) in images.items():
-        (root / "train" / i / "images").mkdir(parents=True)
+        folder = root / "train" / "images" if rows else root / "train" / i / "images"
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((H, W, 3), 80, np.uint8)).save(folder / f"{i}.png")
+        if rows:
+            lines += [f"{i},{rle_encode(m)}" for m in objects] or [f"{i},"]
+            continue
         (root / "train" / i / "masks").mkdir()
-        Image.fromarray(np.full((H, W, 3), 80, np.uint8)).save(root / "train" / i / "images" / f"{i}.png")
         for j, m in enumerate(objects):
             Image.fromarray(m.astype(np.uint8) * 255).save(root / "train" / i / "masks" / f"{i}_{j}.png")
+    if rows:
+        (root / "train.csv").write_text("\n".join(lines) + "\n")
+        data = {"layout": "csv", "train_images": "train/images", "rle_instances": True}
+    else:
+        data = {"layout": "folder", "train_images": "train", "instance_folders": True}
     cfg = config_from_dict({"experiment": "obj", "runs_dir": str(runs), "folds": {"n_splits": 3, "method": "kfold"},
-                            "data": {"root": str(root), "task": "binary", "layout": "folder", "train_images": "train",
-                                     "instance_folders": True},
+                            "data": {"root": str(root), "task": "binary", **data},
                             "submission": {"instances": True}, "metric": {"name": "instance_map"}, **sections})
     run = Run.of(cfg)
     run.dir.mkdir(parents=True)
@@ -269,9 +281,10 @@ def test_load_objects_numbers_the_files_by_name_and_refuses_overlap(tmp_path):
         load_objects(samples[1], cfg, (H, W))
 
 
-def test_cv_and_tune_score_objects(tmp_path, caplog):
+@pytest.mark.parametrize("rows", [False, True], ids=["object folders", "a CSV row per object"])
+def test_cv_and_tune_score_objects(tmp_path, caplog, rows):
     images = _objects_problem()
-    cfg = _write_object_run(tmp_path, images)
+    cfg = _write_object_run(tmp_path, images, rows=rows)
     cv = compute_cv(cfg)
     expect = np.mean([reference(_truth_labels(o), q[0] >= 128, None) for o, q in images.values()])
     assert cv["metric"] == "instance_map" and cv["score"] == pytest.approx(expect, abs=1e-12)
@@ -283,6 +296,21 @@ def test_cv_and_tune_score_objects(tmp_path, caplog):
     p = report["params"]
     assert 0.55 < p["threshold"][0] <= 0.9 and 2 <= p["min_area"][0] <= 16
     assert report["cross_fitted"]["score"] == 1.0
+
+
+def test_csv_object_rows_are_numbered_in_order_and_must_not_overlap(tmp_path):
+    images = _objects_problem(3)
+    images["im03"] = ([], np.zeros((1, H, W), np.uint8))  # no object: one empty row
+    cfg = _write_object_run(tmp_path, images, rows=True)
+    samples = {s.id: s for s in load_train_samples(cfg)}
+    np.testing.assert_array_equal(load_objects(samples["im01"], cfg, (H, W)), _truth_labels(images["im01"][0]))
+    assert not load_objects(samples["im03"], cfg, (H, W)).any()
+    csv = Path(cfg.data.root) / "train.csv"
+    csv.write_text(csv.read_text() + f"im01,{rle_encode(images['im01'][0][0])}\n")  # im01's first object again
+    s = {s.id: s for s in load_train_samples(cfg)}["im01"]
+    with pytest.raises(DataError, match=r"train.csv line 4 \(id 'im01'\), its object row 4 of 4: overlaps .* row 1 of 4 "
+                                        r"at 16 pixels"):
+        load_objects(s, cfg, (H, W))
 
 
 def test_a_pixel_metric_with_instance_rows_still_warns(tmp_path, caplog):

@@ -163,7 +163,8 @@ def read_train_csv(cfg: Config, on_problem: OnProblem = raise_problem) -> tuple[
     images, bands = cfg.data_path(d.train_images), bands_of(cfg)
     samples = [
         Sample(i, image_path(images, i, d.image_ext, bands), rles=tuple(union_rle(r, spec) for r in per_class),
-               group=groups[i][0], where=f"{path} line {_line(first[i])}")
+               group=groups[i][0], where=f"{path} line {_line(first[i])}",
+               objects=tuple(per_class[0]) if d.rle_instances and d.task == "binary" else None)
         for i, per_class in rows.items()
     ]
     return samples, bad

@@ -117,13 +117,16 @@ def instance_ids(sample: Sample, cfg: Config) -> np.ndarray:
 
 
 def load_objects(sample: Sample, cfg: Config, hw: tuple[int, int] | None = None) -> np.ndarray:
-    """The truth objects of an object folder as one label map for the object-matching metrics
-    (:mod:`seg_toolkit.instance_metrics`): ``int32 (H, W)``, 0 = none, ``k`` = the k-th file by name.
-    Objects that overlap are refused (both competitions' solutions have none), naming the two files;
-    ``hw``: the size the scored prediction has (a different size is refused: objects are scored at the
-    image's own size)."""
+    """The truth objects of a sample as one label map for the object-matching metrics
+    (:mod:`seg_toolkit.instance_metrics`): ``int32 (H, W)``, 0 = none, ``k`` = the k-th object file by name
+    (``data.instance_folders``) or the k-th non-empty row (``data.rle_instances``: ``hw`` needed). Objects
+    that overlap are refused (both competitions' solutions have none), naming the two; ``hw``: the size the
+    scored prediction has (a different size is refused: objects are scored at the image's own size)."""
+    if cfg.data.rle_instances and sample.rles is not None:
+        return _row_objects(sample, cfg, hw)
     if not cfg.data.instance_folders or sample.mask is None:
-        raise ValueError(f"id {sample.id!r}: truth objects come from data.instance_folders (one mask file per object)")
+        raise ValueError(f"id {sample.id!r}: truth objects come from data.instance_folders (one mask file per object) "
+                         "or data.rle_instances (one row per object)")
     objects, _ = object_masks(sample, cfg)
     size = objects[0].shape if objects else image_size(sample.image, exif=cfg.data.exif_orientation)
     if hw is not None and tuple(hw) != tuple(size):
@@ -138,3 +141,23 @@ def load_objects(sample: Sample, cfg: Config, hw: tuple[int, int] | None = None)
                             "pixels; object-matching metrics need objects that do not overlap")
         labels[m] = k
     return labels
+
+
+def _row_objects(sample: Sample, cfg: Config, hw: tuple[int, int] | None) -> np.ndarray:
+    """``data.rle_instances``: each of the image's rows one object (an image listed without rows: none)."""
+    from ..instance_metrics import stack_objects
+    from ..rle import RLEError
+    from .io import RLERowError
+    from .masks import train_rle_spec
+
+    if hw is None:
+        raise ValueError("load_objects: RLE rows need the image size hw")
+    spec = train_rle_spec(cfg)
+    rows = sample.objects or ()
+    where = [f"{sample.where} (id {sample.id!r}), its object row {k + 1} of {len(rows)}" for k in range(len(rows))]
+    try:
+        return stack_objects(((spec.decode(r, hw, w), w) for r, w in zip(rows, where)), tuple(hw))
+    except RLEError as e:
+        raise RLERowError(str(e)) from None
+    except ValueError as e:
+        raise DataError(str(e)) from None

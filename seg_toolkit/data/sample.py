@@ -34,6 +34,8 @@ class Sample:
     class_masks: tuple[Path | None, ...] | None = None
     # pseudo.soft: the teacher's probabilities, uint8 (C, H, W) .npy; the target is q / 255 (float)
     soft: Path | None = None
+    # data.rle_instances (binary): the image's rows, one object each, as the object-matching metrics read them
+    objects: tuple[str, ...] | None = None
 
 
 def pair_of(cfg: Config) -> PairSplit | None:
