@@ -57,6 +57,33 @@ def test_camvid_slice_train_and_evaluate_held_out(tmp_path):
     assert (cfg.run_dir / "evaluate_test.json").is_file()
 
 
+def test_dsb_objects_train_tune_predict_score(tmp_path):
+    """configs/dsb_cpu.yaml on the 11 DSB stage-1 images: CV, tune and the submission scored as objects, the
+    submission's rows checked and graded against the official solution rows."""
+    from seg_toolkit.rle import RLESpec
+    from seg_toolkit.submission_check import score_submission
+
+    root = shared_dataset("dsb2018_stage1_test")
+    sub = tmp_path / "dsb.csv"
+    cfg = load_config(CONFIGS / "dsb_cpu.yaml", TINY + [f"data.root={root}", f"runs_dir={tmp_path}", f"submission.path={sub}"])
+    cv = run_cv(cfg)
+    assert cv["metric"] == "instance_map" and cv["n_images"] == 11 and 0.0 <= cv["score"] <= 1.0
+    tuned = json.loads((cfg.run_dir / "postprocess.json").read_text())
+    assert tuned["metric"] == "instance_map" and tuned["after"] >= tuned["before"]
+    out = predict_test(cfg)
+    sample = tmp_path / "sample.csv"
+    solution = pd.read_csv(root / "stage1_solution_subset.csv", dtype=str, keep_default_na=False)
+    ids = list(dict.fromkeys(solution["ImageId"]))
+    got = pd.read_csv(out, dtype=str, keep_default_na=False)
+    assert list(dict.fromkeys(got["id"])) == sorted(ids)  # no sample submission: file-name order
+    sample.write_text("id,rle_mask\n" + "".join(f"{i},\n" for i in sorted(ids)))
+    assert check_submission(out, sample, spec=RLESpec(order="F", instances=True)) == []
+    answers = tmp_path / "solution.csv"
+    solution[["ImageId", "EncodedPixels"]].set_axis(["id", "rle_mask"], axis=1).to_csv(answers, index=False)
+    assert score_submission(answers, answers, cfg) == 1.0
+    assert 0.0 <= score_submission(out, answers, cfg) < 1.0
+
+
 def test_camvid_void_is_mapped_and_ignored():
     root = shared_dataset("camvid")
     from seg_toolkit.data import load_target, load_train_samples
