@@ -6,7 +6,6 @@ the next optimiser step (:class:`GracefulStop`, :class:`TrainingInterrupted`) or
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import csv
 import io
 import logging
@@ -23,7 +22,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .amp import resolve_amp
-from .config import Config, MetricConfig
+from .config import Config
 from .device import autocast
 from .distributed import get_dist
 from .errors import SegToolkitError
@@ -247,31 +246,24 @@ def _eval_models(model, ema, cfg: Config) -> dict[str, torch.nn.Module]:
 
 @torch.inference_mode()
 def predict_batches(cfg: Config, model: torch.nn.Module, loader: DataLoader, device: torch.device, amp=None):
-    """Yield ``(logits, target)`` per batch: logits (float32) at the model's input size, targets as the
-    loader gives them (at their original sizes: one tensor, or a list when sizes differ)."""
+    """Yield ``(logits, target, objects)`` per batch: logits (float32) at the model's input size, targets as the
+    loader gives them (at their original sizes: one tensor, or a list when sizes differ), and the truth objects
+    (a list of label maps) under an object-matching metric, else None."""
     model.eval()
     amp = amp or resolve_amp(cfg.train.amp, device)  # the run's choice (amp.json) when training passes it
     for batch in loader:
         images, target = to_device(batch, cfg, device)
         with autocast(amp, device):
             logits = model(images).float()
-        yield logits, target
+        yield logits, target, batch.get("objects")
 
 
-def _pairs(logits: Tensor, target: Tensor | list[Tensor], device) -> list[tuple[Tensor, Tensor]]:
-    """``(logits, target)`` for the whole batch, or per image when the original sizes differ."""
+def _pairs(logits: Tensor, target: Tensor | list[Tensor], objects: list | None, device) -> list[tuple[Tensor, Tensor, list | None]]:
+    """``(logits, target, objects)`` for the whole batch, or per image when the original sizes differ."""
     if isinstance(target, list):
-        return [(logits[j : j + 1], t.unsqueeze(0).to(device)) for j, t in enumerate(target)]
-    return [(logits, target)]
-
-
-def epoch_metric(cfg: Config) -> MetricConfig:
-    """The metric the epochs are compared on: the config's, or for an object-matching one the per-image pixel IoU."""
-    from .instance_metrics import INSTANCE_METRICS
-
-    if cfg.metric.name in INSTANCE_METRICS:
-        return dataclasses.replace(cfg.metric, name="iou")
-    return cfg.metric
+        return [(logits[j : j + 1], t.unsqueeze(0).to(device), None if objects is None else objects[j : j + 1])
+                for j, t in enumerate(target)]
+    return [(logits, target, objects)]
 
 
 def validate_epoch(cfg: Config, model, ema, loss_fn, loader: DataLoader, device, amp=None) -> dict[str, float]:
@@ -280,21 +272,18 @@ def validate_epoch(cfg: Config, model, ema, loss_fn, loader: DataLoader, device,
     The metric is computed at each image's original size (logits resized bilinearly, as predictions are);
     the loss at the model's input size against the nearest-resized target, as the training loss is, so
     the two loss curves measure the same thing (and the loss no longer costs a full-resolution pass).
-
-    An object-matching metric (``instance_map`` / ``instance_f2``) is replaced here by the per-image pixel IoU
-    (:func:`epoch_metric`): the batches carry no truth objects. The OOF files, ``cv.json``, ``tune`` and
-    ``evaluate`` match objects."""
+    An object-matching metric scores the truth objects the validation batches carry."""
     stats: dict[str, float] = {}
     for prefix, m in _eval_models(model, ema, cfg).items():
-        evaluator = Evaluator(epoch_metric(cfg), cfg.data.task, cfg.data.num_classes)
+        evaluator = Evaluator(cfg.metric, cfg.data.task, cfg.data.num_classes)
         loss_sum, n = 0.0, 0
-        for logits_batch, target_batch in predict_batches(cfg, m, loader, device, amp):
-            for logits, target in _pairs(logits_batch, target_batch, device):
+        for logits_batch, target_batch, objects_batch in predict_batches(cfg, m, loader, device, amp):
+            for logits, target, objects in _pairs(logits_batch, target_batch, objects_batch, device):
                 loss, _ = model_loss(loss_fn, logits, resize_target(target, logits.shape[-2:]), 0.0, cfg.model.classifier)
                 loss_sum += float(loss) * logits.shape[0]
                 n += logits.shape[0]
                 masks, _ = split_presence(logits, cfg.data.num_classes, has_presence(cfg))
-                evaluator.update(activate(resize_to(masks, target.shape[-2:]), cfg.data.task), target)
+                evaluator.update(activate(resize_to(masks, target.shape[-2:]), cfg.data.task), target, objects)
         result = evaluator.compute()
         stats[f"{prefix}val_loss"] = loss_sum / max(n, 1)
         stats[f"{prefix}val_score"] = float(result["score"])

@@ -26,7 +26,6 @@ import numpy as np
 import pandas as pd
 
 from .files import atomic_write, read_json, write_text
-from .instance_metrics import INSTANCE_METRICS
 from .run import Run
 
 log = logging.getLogger(__name__)
@@ -258,8 +257,6 @@ def learning_curves(run_dir: Path, df: Optional[pd.DataFrame] = None) -> Any:
     df = read_metrics(run.dir) if df is None else df
     metric, baseline = _run_info(run)
     label = metric_label(metric)
-    if metric in INSTANCE_METRICS:  # the epochs are compared on pixels (epoch.epoch_metric); cv.json's baseline is objects'
-        label, baseline = f"per-image IoU (stand-in for {label})", None
     other = _other_score_column(df)
     aux_w = _aux_weight(run, df)
     fig = new_figure(12, 4.8)

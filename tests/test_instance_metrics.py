@@ -382,3 +382,41 @@ def test_object_tables_equal_brute_force(tmp_path):
                 mask = apply_postprocess(uint8_to_probs(q), "binary", PostParams(threshold=[t], min_area=[a], empty_gate=[None]))
                 got = scores_from_hits(hits[i, 0, jt, ja], n_pred[i, 0, jt, ja], n_truth[i, 0], "instance_map")
                 assert got == pytest.approx(reference(_truth_labels(objects), mask[0] > 0, None), abs=1e-12), (i, t, a)
+
+
+class _Fixed(torch.nn.Module):
+    """A 'model' whose logits are given per image id order: the OOF probabilities of the problem, as logits."""
+
+    def __init__(self, logits: list[torch.Tensor]) -> None:
+        super().__init__()
+        self.logits, self.k = logits, 0
+        self.w = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.stack(self.logits[self.k : self.k + x.shape[0]])
+        self.k += x.shape[0]
+        return out + 0 * self.w
+
+
+@pytest.mark.parametrize("batch", [1, 4])
+def test_each_epochs_validation_scores_objects(tmp_path, batch):
+    """The validation batches carry the truth objects, so the epoch's score is the object score (early stopping and
+    the best checkpoint follow the competition's metric), equal to the reference on the same masks."""
+    from torch.utils.data import DataLoader
+
+    from seg_toolkit.data.dataset import SegDataset, collate
+    from seg_toolkit.epoch import validate_epoch
+    from seg_toolkit.losses import build_loss
+
+    images = _objects_problem(5)
+    cfg = _write_object_run(tmp_path, images)
+    samples = load_train_samples(cfg)
+    ds = SegDataset(samples, cfg, "valid")
+    np.testing.assert_array_equal(ds[2]["objects"], _truth_labels(images[samples[2].id][0]))
+    assert "objects" not in SegDataset(samples, cfg, "train")[0]
+    probs = [torch.from_numpy(images[s.id][1].astype(np.float32) / 255).clamp(1e-4, 1 - 1e-4) for s in samples]
+    model = _Fixed([torch.log(p / (1 - p)) for p in probs])
+    loader = DataLoader(ds, batch_size=batch, collate_fn=collate)
+    stats = validate_epoch(cfg, model, None, build_loss(cfg), loader, torch.device("cpu"))
+    expect = np.mean([reference(_truth_labels(images[s.id][0]), p[0].numpy() >= 0.5, None) for s, p in zip(samples, probs)])
+    assert stats["metric"] == "instance_map" and stats["val_score"] == pytest.approx(expect, abs=1e-12)

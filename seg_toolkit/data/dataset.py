@@ -20,6 +20,8 @@ from torch.utils.data import Dataset, Sampler
 from ..config import IGNORE_INDEX, Config, ConfigError
 from .io import DataError
 from .sample import read_config_image
+from ..instance_metrics import INSTANCE_METRICS
+from .instances import load_objects
 from .sources import Sample, load_target
 
 log = logging.getLogger(__name__)
@@ -112,7 +114,9 @@ class SegDataset(Dataset):
 
     ``mode``: ``train`` applies augmentations and resizes the target with the image;
     ``valid`` resizes only the image and returns the target at its original size (scores
-    are computed at the competition's resolution); ``test`` returns no target.
+    are computed at the competition's resolution), and under an object-matching metric
+    (``instance_map`` / ``instance_f2``) the truth objects too (``objects``: a label map, :func:`load_objects`);
+    ``test`` returns no target.
     Items are dicts: ``image`` float32 ``(C, H, W)``, ``target``, ``id``, ``index``, ``size``.
     """
 
@@ -121,6 +125,7 @@ class SegDataset(Dataset):
             raise ValueError(f"mode must be train, valid or test, got {mode!r}")
         self.samples, self.cfg, self.mode = samples, cfg, mode
         self.aug = build_transforms(cfg, train=mode == "train")
+        self.objects = mode == "valid" and cfg.metric.name in INSTANCE_METRICS
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -143,6 +148,8 @@ class SegDataset(Dataset):
         item["image"] = torch.from_numpy(self._augment(sample, hw, image=image)["image"].transpose(2, 0, 1).copy())
         if self.mode == "valid":
             item["target"] = target_to_tensor(load_target(sample, cfg, hw), cfg.data.task)
+            if self.objects:  # an object-matching metric scores each epoch on the truth objects
+                item["objects"] = load_objects(sample, cfg, hw)
         return item
 
 
@@ -180,6 +187,8 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
             out["target"] = torch.stack([it["target"] for it in items])
         else:  # validation targets keep their original sizes
             out["target"] = [it["target"] for it in items]
+    if "objects" in items[0]:  # label maps (NumPy, original sizes), one per image
+        out["objects"] = [it["objects"] for it in items]
     return out
 
 
