@@ -14,7 +14,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from seg_toolkit.config import IGNORE_INDEX, ConfigError, MetricConfig
-from seg_toolkit.instance_metrics import INSTANCE_METRICS, label_objects, match_hits, scores_from_hits
+from seg_toolkit.instance_metrics import INSTANCE_METRICS, image_score
 from seg_toolkit.metrics import (
     EMPTY_SCORES,
     METRIC_NAMES,
@@ -183,14 +183,8 @@ class Evaluator:
             raise ValueError(f"metric {self.metric}: needs each image's truth objects (label maps), got {got} for {n} images")
         masks = pred[:, 0].cpu().numpy()
         void = (target[:, 0] == self.ignore_index).cpu().numpy()
-        out = []
-        for mask, truth, v in zip(masks, objects, void):
-            truth = np.asarray(truth)
-            if truth.shape != mask.shape:
-                raise ValueError(f"metric {self.metric}: truth objects {truth.shape} for a {mask.shape} prediction")
-            hits, n_truth, n_pred = match_hits(truth, label_objects(mask)[0], v if v.any() else None)
-            out.append(float(scores_from_hits(hits, n_pred, n_truth, self.metric)))
-        return out
+        return [image_score(np.asarray(truth), mask, self.metric, v if v.any() else None)
+                for mask, truth, v in zip(masks, objects, void)]
 
     def compute(self) -> dict[str, Any]:
         """The metrics of everything added since the last ``reset`` (see the class docstring)."""

@@ -27,7 +27,8 @@ from typing import Iterable
 
 import numpy as np
 
-__all__ = ["INSTANCE_METRICS", "label_objects", "stack_objects", "match_hits", "scores_from_hits", "image_score"]
+__all__ = ["INSTANCE_METRICS", "label_objects", "stack_objects", "component_hits", "match_hits", "scores_from_hits",
+           "image_score"]
 
 INSTANCE_METRICS = ("instance_map", "instance_f2")
 N_LEVELS = 10  # IoU thresholds 0.50, 0.55, ..., 0.95
@@ -71,35 +72,42 @@ def stack_objects(masks: Iterable[tuple[np.ndarray, str]], hw: tuple[int, int]) 
     return labels
 
 
-def match_hits(truth: np.ndarray, pred: np.ndarray, void: np.ndarray | None = None) -> tuple[np.ndarray, int, int]:
-    """``(hits, n_truth, n_pred)``: ``hits`` ``int64 (10,)`` holds, at each IoU threshold (10 + k) / 20, the number
-    of (truth, predicted) object pairs whose IoU is greater than it (each a true positive: the matching is
-    one-to-one above 0.5); ``n_truth`` / ``n_pred`` count the objects with a non-void pixel.
+def component_hits(truth: np.ndarray, pred: np.ndarray, void: np.ndarray | None = None,
+                   ) -> tuple[np.ndarray, np.ndarray, int]:
+    """Per predicted object ``1..n`` (``n = pred.max()``): its hits ``bool (n, 10)`` (IoU with some truth object
+    greater than (10 + k) / 20: one at most above 0.5), whether it counts ``bool (n,)`` (it has a non-void
+    pixel), and the number of truth objects with a non-void pixel.
 
     ``truth`` / ``pred``: label maps of one shape (0 = none, objects numbered from 1; numbers may be unused);
     ``void``: pixels scored as neither (None: none)."""
     if truth.shape != pred.shape:
         raise ValueError(f"truth objects {truth.shape} and predicted objects {pred.shape} must have the same shape")
+    n_p = int(np.max(pred, initial=0))
     t, p = np.asarray(truth).ravel().astype(np.int64), np.asarray(pred).ravel().astype(np.int64)
     if void is not None:
         keep = ~np.asarray(void, bool).ravel()
         t, p = t[keep], p[keep]
-    hits = np.zeros(N_LEVELS, np.int64)
-    if t.size == 0:
-        return hits, 0, 0
-    n_t, n_p = int(t.max()), int(p.max())
+    n_t = int(t.max(initial=0))
     t_size = np.bincount(t, minlength=n_t + 1)
     p_size = np.bincount(p, minlength=n_p + 1)
-    n_truth, n_pred = int((t_size[1:] > 0).sum()), int((p_size[1:] > 0).sum())
-    if n_truth == 0 or n_pred == 0:
-        return hits, n_truth, n_pred
+    hits = np.zeros((n_p, N_LEVELS), bool)
     both = (t > 0) & (p > 0)
-    pair, inter = np.unique(t[both] * (n_p + 1) + p[both], return_counts=True)  # only the pairs that touch
-    ti, pi = pair // (n_p + 1), pair % (n_p + 1)
-    union = t_size[ti] + p_size[pi] - inter
-    k = np.arange(N_LEVELS, dtype=np.int64)
-    hits = (20 * inter[:, None] > (10 + k) * union[:, None]).sum(0).astype(np.int64)
-    return hits, n_truth, n_pred
+    if both.any():
+        pair, inter = np.unique(p[both] * (n_t + 1) + t[both], return_counts=True)  # only the pairs that touch
+        pi, ti = pair // (n_t + 1), pair % (n_t + 1)
+        union = t_size[ti] + p_size[pi] - inter
+        k = np.arange(N_LEVELS, dtype=np.int64)
+        np.logical_or.at(hits, pi - 1, 20 * inter[:, None] > (10 + k) * union[:, None])
+    return hits, p_size[1:] > 0, int((t_size[1:] > 0).sum())
+
+
+def match_hits(truth: np.ndarray, pred: np.ndarray, void: np.ndarray | None = None) -> tuple[np.ndarray, int, int]:
+    """``(hits, n_truth, n_pred)``: ``hits`` ``int64 (10,)`` holds, at each IoU threshold (10 + k) / 20, the number
+    of (truth, predicted) object pairs whose IoU is greater than it (each a true positive: the matching is
+    one-to-one above 0.5); ``n_truth`` / ``n_pred`` count the objects with a non-void pixel (arguments as
+    :func:`component_hits`)."""
+    hits, counted, n_truth = component_hits(truth, pred, void)
+    return hits.sum(0).astype(np.int64), n_truth, int(counted.sum())
 
 
 def scores_from_hits(hits: np.ndarray, n_pred: np.ndarray, n_truth: np.ndarray, metric: str) -> np.ndarray:

@@ -23,33 +23,10 @@ import numpy as np
 
 from .config import IGNORE_INDEX
 from .data import load_objects
-from .instance_metrics import N_LEVELS, label_objects
+from .instance_metrics import N_LEVELS, component_hits, label_objects
 from .tune_tables import OOFData, threshold_cut
 
-__all__ = ["object_tables", "component_hits"]
-
-
-def component_hits(truth: np.ndarray, labels: np.ndarray, n: int, void: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    """For each component ``1..n`` of ``labels``: its hits ``bool (n, 10)`` (IoU with some truth object greater
-    than (10 + k) / 20) and whether it counts ``bool (n,)`` (it has a non-void pixel)."""
-    t, p = truth.ravel().astype(np.int64), labels.ravel().astype(np.int64)
-    if void is not None:
-        keep = ~void.ravel()
-        t, p = t[keep], p[keep]
-    p_size = np.bincount(p, minlength=n + 1)
-    counted = p_size[1:] > 0
-    hits = np.zeros((n, N_LEVELS), bool)
-    both = (t > 0) & (p > 0)
-    if not both.any():
-        return hits, counted
-    n_t = int(t.max())
-    t_size = np.bincount(t, minlength=n_t + 1)
-    pair, inter = np.unique(p[both] * (n_t + 1) + t[both], return_counts=True)
-    pi, ti = pair // (n_t + 1), pair % (n_t + 1)
-    union = t_size[ti] + p_size[pi] - inter
-    k = np.arange(N_LEVELS, dtype=np.int64)
-    np.logical_or.at(hits, pi - 1, 20 * inter[:, None] > (10 + k) * union[:, None])
-    return hits, counted
+__all__ = ["object_tables"]
 
 
 def object_tables(data: OOFData, thresholds: Sequence[float], areas: Sequence[int],
@@ -65,12 +42,10 @@ def object_tables(data: OOFData, thresholds: Sequence[float], areas: Sequence[in
         objects = load_objects(item.sample, data.cfg, tuple(q.shape[1:]))
         void = truth[0] == IGNORE_INDEX
         void = void if void.any() else None
-        kept = objects if void is None else np.where(void, 0, objects)
-        n_truth[i, 0] = np.count_nonzero(np.bincount(kept.ravel(), minlength=1)[1:])
         for jt, cut in enumerate(cuts):
             labels, m = label_objects(q[0] >= cut)
             sizes = np.bincount(labels.ravel(), minlength=m + 1)[1:]  # every pixel, void too, as remove_small
-            comp_hits, counted = component_hits(objects, labels, m, void)
+            comp_hits, counted, n_truth[i, 0] = component_hits(objects, labels, void)
             for ja, a in enumerate(areas):
                 keep = sizes >= a if a > 1 else np.ones(m, bool)
                 hits[i, 0, jt, ja] = comp_hits[keep].sum(0)
