@@ -75,7 +75,7 @@ import numpy as np
 import torch
 
 from .config import Config, ConfigError
-from .evaluator import Evaluator, resolve_metric_name, truth_objects
+from .evaluator import Evaluator, resolve_metric_name
 from .postprocess import PostParams, apply_postprocess, params_from_config
 from .files import read_json, write_json
 from .run import Run
@@ -263,11 +263,11 @@ def _evaluate(data: OOFData, cfg: Config, params: dict[str, PostParams]) -> dict
     torch.set_num_threads(1)
     try:
         first = next(iter(evaluators.values()))
-        for i, (item, q, truth) in enumerate(data.iterate("tune: scoring")):
+        for i, (_, q, truth) in enumerate(data.iterate("tune: scoring")):
             probs = uint8_to_probs(q)
             presence = uint8_to_probs(data.presence[i]) if data.presence is not None else None
             target = torch.from_numpy(truth[None])
-            objects = truth_objects(first, item.sample, cfg, q.shape[-2:])
+            objects = [data.objects(i, q.shape[-2:])] if first.instance else None
             for name, p in params.items():
                 evaluators[name].update_masks(torch.from_numpy(apply_postprocess(probs, task, p, presence)[None]), target,
                                               objects)

@@ -22,7 +22,6 @@ from typing import Sequence
 import numpy as np
 
 from .config import IGNORE_INDEX
-from .data import load_objects
 from .instance_metrics import N_LEVELS, component_hits, label_objects
 from .tune_tables import OOFData, threshold_cut
 
@@ -38,8 +37,8 @@ def object_tables(data: OOFData, thresholds: Sequence[float], areas: Sequence[in
     hits = np.zeros((n, 1, len(cuts), len(areas), N_LEVELS), np.int64)
     n_pred = np.zeros((n, 1, len(cuts), len(areas)), np.int64)
     n_truth = np.zeros((n, 1), np.int64)
-    for i, (item, q, truth) in enumerate(data.iterate("tune: objects")):
-        objects = load_objects(item.sample, data.cfg, tuple(q.shape[1:]))
+    for i, (_, q, truth) in enumerate(data.iterate("tune: objects")):
+        objects = data.objects(i, q.shape[1:])
         void = truth[0] == IGNORE_INDEX
         void = void if void.any() else None
         for jt, cut in enumerate(cuts):

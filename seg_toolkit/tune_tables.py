@@ -36,7 +36,7 @@ from scipy import ndimage
 from tqdm.auto import tqdm
 
 from .config import IGNORE_INDEX, Config
-from .data import Sample, load_target, load_train_samples
+from .data import Sample, load_objects, load_target, load_train_samples
 from .instance_metrics import INSTANCE_METRICS, scores_from_hits
 from .metrics import PER_IMAGE_METRICS, ImageCounts, confusion_score, scores_from_counts
 from .files import read_oof
@@ -90,11 +90,14 @@ class OOFData:
         self.items: list[OOFItem] = items
         #: the empty-mask classifier's uint8 OOF probabilities (N, C), or None for a model without one
         self.presence: np.ndarray | None = self._read_presence(run, oof_dir)
-        # the .npy size is C*H*W (+ header); the target is as large (binary/multilabel) or 1/C of it
-        per_byte = 2.0 if self.task != "multiclass" else 1.0 + 1.0 / self.num_classes
+        # the .npy size is C*H*W (+ header); the target is as large (binary/multilabel) or 1/C of it; an
+        # object-matching metric's truth objects (uint16 label maps) twice that
+        self.instance = cfg.metric.name in INSTANCE_METRICS
+        per_byte = (4.0 if self.instance else 2.0) if self.task != "multiclass" else 1.0 + 1.0 / self.num_classes
         self.estimated_bytes = int(sum(it.path.stat().st_size for it in items) * per_byte)
         self.cache_enabled = self.estimated_bytes <= memory_budget
         self._cache: list[tuple[np.ndarray, np.ndarray]] | None = None
+        self._objects: dict[int, np.ndarray] = {}
         log.info(
             "OOF: %d images of folds %s, ~%.1f MB with targets (%s)", len(items), self.folds,
             self.estimated_bytes / 1e6, "kept in memory" if self.cache_enabled else "over the memory budget: re-read per pass",
@@ -131,6 +134,16 @@ class OOFData:
             yield item, q, truth
         if cache is not None and len(cache) == len(self.items):
             self._cache = cache
+
+    def objects(self, i: int, hw: tuple[int, int]) -> np.ndarray:
+        """Image ``i``'s truth objects (:func:`~seg_toolkit.data.load_objects`: a label map of size ``hw``), read once
+        when the OOF data fits in memory (an image's object files are many: DSB's hold up to hundreds)."""
+        if i in self._objects:
+            return self._objects[i]
+        labels = load_objects(self.items[i].sample, self.cfg, tuple(hw))
+        if self.cache_enabled:
+            self._objects[i] = labels.astype(np.uint16) if labels.max(initial=0) < 1 << 16 else labels
+        return labels
 
     def read(self, item: OOFItem) -> tuple[np.ndarray, np.ndarray]:
         """The OOF array and the target of one image (checked against each other)."""
