@@ -420,3 +420,12 @@ def test_each_epochs_validation_scores_objects(tmp_path, batch):
     stats = validate_epoch(cfg, model, None, build_loss(cfg), loader, torch.device("cpu"))
     expect = np.mean([reference(_truth_labels(images[s.id][0]), p[0].numpy() >= 0.5, None) for s, p in zip(samples, probs)])
     assert stats["metric"] == "instance_map" and stats["val_score"] == pytest.approx(expect, abs=1e-12)
+
+
+def test_tune_on_objects_streams_as_it_caches(tmp_path):
+    """Over the memory budget the OOF files and object files are read again each pass: the same search and scores."""
+    cfg = _write_object_run(tmp_path, _objects_problem(9))
+    cached, streamed = tune_postprocess(cfg, write=False), tune_postprocess(cfg, write=False, memory_budget=0)
+    assert cached["oof_in_memory"] and not streamed["oof_in_memory"]
+    for key in ("params", "before", "after", "cross_fitted", "steps"):
+        assert streamed[key] == cached[key], key
