@@ -319,7 +319,7 @@ def cmd_check_submission(args: argparse.Namespace) -> int:
     print(f"{args.csv}: OK (matches {args.sample}{extents})")
     if args.solution:
         from .evaluator import resolve_metric_name
-        from .submission_check import score_submission
+        from .submission_score import score_submission
 
         metric = resolve_metric_name(cfg.metric.name, cfg.data.task)
         print(f"{metric}: {score_submission(args.csv, args.solution, cfg):.6f} against {args.solution}")
@@ -372,7 +372,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"submission: {out} ({'valid' if not problems else 'INVALID: ' + '; '.join(problems)})")
     solution = root / "test_solution.csv"
     if solution.is_file():
-        from .submission_check import score_submission
+        from .submission_score import score_submission
 
         score = score_submission(out, solution, cfg)
         print(f"hidden test score ({cv['metric']}): {score:.4f}  (the demo ships its answers in {solution})")

@@ -338,10 +338,15 @@ def row_pixels(cfg: Config) -> dict[str, int]:
 
 
 def __getattr__(name: str):
-    """``check_submission`` / ``score_submission`` lived here before :mod:`seg_toolkit.submission_check`: scripts and
+    """``check_submission`` / ``score_submission`` lived here before :mod:`seg_toolkit.submission_check` /
+    :mod:`seg_toolkit.submission_score`: scripts and
     notebooks that import them from this module keep working (imported lazily: that module imports this one)."""
-    if name in ("check_submission", "score_submission"):
-        from . import submission_check
+    if name == "check_submission":
+        from .submission_check import check_submission
 
-        return getattr(submission_check, name)
+        return check_submission
+    if name == "score_submission":
+        from .submission_score import score_submission
+
+        return score_submission
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

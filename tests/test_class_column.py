@@ -15,7 +15,8 @@ from seg_toolkit.config import ConfigError, config_from_dict
 from seg_toolkit.cv import run_cv
 from seg_toolkit.inference import predict_test
 from seg_toolkit.submission import SubmissionError, SubmissionWriter, mask_rows, submission_header
-from seg_toolkit.submission_check import check_submission, score_submission
+from seg_toolkit.submission_check import check_submission
+from seg_toolkit.submission_score import score_submission
 
 from .conftest import demo_dict
 

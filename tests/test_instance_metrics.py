@@ -327,7 +327,7 @@ def test_dsb_solution_scored_against_itself_and_with_an_object_left_out(tmp_path
     """DSB 2018 stage 1: the official solution rows of the 11 images, scored by score_submission as Kaggle reads
     them (each row one object). Leaving out one of the 7 objects of the square image scores it 6/7 at every
     threshold (TP 6, FN 1)."""
-    from seg_toolkit.submission_check import score_submission
+    from seg_toolkit.submission_score import score_submission
 
     root = shared_dataset("dsb2018_stage1_test")
     sol = pd.read_csv(root / "stage1_solution_subset.csv", dtype=str, keep_default_na=False)

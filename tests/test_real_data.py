@@ -61,7 +61,7 @@ def test_dsb_objects_train_tune_predict_score(tmp_path):
     """configs/dsb_cpu.yaml on the 11 DSB stage-1 images: CV, tune and the submission scored as objects, the
     submission's rows checked and graded against the official solution rows."""
     from seg_toolkit.rle import RLESpec
-    from seg_toolkit.submission_check import score_submission
+    from seg_toolkit.submission_score import score_submission
 
     root = shared_dataset("dsb2018_stage1_test")
     sub = tmp_path / "dsb.csv"

@@ -21,7 +21,8 @@ from scipy import ndimage
 from seg_toolkit.config import ConfigError, config_from_dict, load_config
 from seg_toolkit.rle import RLEError, RLESpec, instance_overlap, rle_decode, rle_encode
 from seg_toolkit.submission import SubmissionError, SubmissionWriter, mask_rows, submission_spec
-from seg_toolkit.submission_check import check_submission, score_submission
+from seg_toolkit.submission_check import check_submission
+from seg_toolkit.submission_score import score_submission
 
 from .conftest import demo_dict, shared_dataset
 

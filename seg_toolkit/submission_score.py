@@ -1,0 +1,117 @@
+"""Scoring a submission CSV against an answer file of the same format (the demo's hidden answers, a public
+solution such as DSB 2018's, a held-out split): :func:`score_submission`, as the competition's grader reads rows.
+
+Both files are decoded with the submission's RLE spec and scored with the config's metric over the test
+images (their sizes from the image files). Under a pixel metric an image's instance rows are merged into one
+mask; under an object-matching metric (``instance_map``, ``instance_f2``) each row is one object, as the
+graders read them, and rows that overlap are refused.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .config import Config
+from .instance_metrics import match_hits, scores_from_hits, stack_objects
+from .rle import RLESpec
+from .submission import SubmissionError, submission_classes, submission_columns, submission_spec
+
+__all__ = ["score_submission"]
+
+
+def score_submission(csv_path: str | Path, solution_path: str | Path, cfg: Config) -> float:
+    """Score a submission against a solution CSV of the same format with the config's metric (module doc).
+    A row that cannot be read is a :class:`SubmissionError` naming its file, line and id."""
+    import torch
+
+    from .data import load_test_samples
+    from .data.io import image_size
+    from .data.sources import parse_submission_id
+    from .evaluator import Evaluator
+
+    s, d = cfg.submission, cfg.data
+    spec = submission_spec(cfg)
+    split = parse_submission_id(s.id_format) if s.per_class else None
+    default_cls = submission_classes(cfg)[0]
+    allowed = set(submission_classes(cfg))
+
+    id_col, rle_col = submission_columns(cfg)
+
+    def read(path: str | Path) -> dict[str, dict[int, list[tuple[str, str]]]]:
+        """image id -> class -> [(RLE, where: the file, line and id)]; a row that cannot be read names its line."""
+        df = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
+        for col in (id_col, rle_col, *([s.class_column] if s.class_column else [])):
+            if col not in df.columns:
+                raise SubmissionError(f"{path}: no column {col!r}; it has {list(df.columns)}")
+        out: dict[str, dict[int, list[tuple[str, str]]]] = {}
+        row_cls = df[s.class_column] if s.class_column else [str(default_cls)] * len(df)
+        for k, (row_id, rle, cls) in enumerate(zip(df[id_col], df[rle_col], row_cls)):
+            where = f"{path} line {k + 2} (id {row_id!r})"
+            image_id = row_id
+            if split is not None:
+                m = split.fullmatch(row_id)
+                if m is None:
+                    raise SubmissionError(f"{where}: the id does not read as submission.id_format {s.id_format!r}")
+                image_id, cls = m.group("id"), m.group("cls")
+            try:
+                c = int(cls)
+            except ValueError:
+                raise SubmissionError(f"{where}: class {cls!r} is not a whole number") from None
+            out.setdefault(image_id, {}).setdefault(c, []).append((rle, where))
+        return out
+
+    def decode(rows: list[tuple[str, str]], hw: tuple[int, int]) -> np.ndarray:
+        mask = np.zeros(hw, np.uint8)
+        for rle, where in rows:
+            mask |= spec.decode(rle, hw, where)
+        return mask
+
+    truth_rows, pred_rows = read(solution_path), read(csv_path)
+    evaluator = Evaluator(cfg.metric, d.task, d.num_classes)
+    object_scores: list[float] = []  # an object-matching metric: each row is an object, as the competition reads it
+    for sample in load_test_samples(cfg):
+        hw = image_size(sample.image, sample.pair, d.exif_orientation)
+        # with a class column an image's empty classes may have no row (as in Severstal's train.csv)
+        if not s.class_column and sample.id not in truth_rows:
+            raise SubmissionError(f"{solution_path}: no row for test image {sample.id!r} ({sample.image})")
+        rows = truth_rows.get(sample.id, {})
+        truth = {c: decode(r, hw) for c, r in rows.items()}
+        guess = {c: decode(r, hw) for c, r in pred_rows.get(sample.id, {}).items()}
+        for name, found in ((solution_path, truth), (csv_path, guess)):
+            unknown = sorted(set(found) - allowed)
+            if unknown:
+                raise SubmissionError(f"{name}: id {sample.id!r} has rows of class(es) {unknown}, not ones this "
+                                      f"competition submits ({sorted(allowed)})")
+        # every class either file has a row for: a class the solution leaves out (no row: empty, as with a class
+        # column) still counts the submission's pixels there as false positives
+        if evaluator.instance:
+            t_obj, g_obj = (_row_objects(spec, rows.get(default_cls, []), hw)
+                            for rows in (truth_rows.get(sample.id, {}), pred_rows.get(sample.id, {})))
+            hits, n_truth, n_pred = match_hits(t_obj, g_obj)
+            object_scores.append(float(scores_from_hits(hits, n_pred, n_truth, evaluator.metric)))
+        elif d.task == "multiclass":
+            t = np.zeros(hw, np.int64)
+            g = np.zeros(hw, np.int64)
+            for masks, out in ((truth, t), (guess, g)):
+                for c in sorted(masks):
+                    out[masks[c] > 0] = c
+            evaluator.update_masks(torch.from_numpy(g)[None], torch.from_numpy(t)[None])
+        else:
+            tt = np.zeros((d.num_classes, *hw), np.uint8)
+            gg = np.zeros((d.num_classes, *hw), np.uint8)
+            for masks, out in ((truth, tt), (guess, gg)):
+                for c, m in masks.items():
+                    out[c - 1] = m
+            evaluator.update_masks(torch.from_numpy(gg)[None], torch.from_numpy(tt).float()[None])
+    return float(np.mean(object_scores)) if evaluator.instance else float(evaluator.compute()["score"])
+
+
+def _row_objects(spec: RLESpec, rows: list[tuple[str, str]], hw: tuple[int, int]) -> np.ndarray:
+    """The objects of one image's instance rows ``(RLE, where)`` as a label map (overlapping rows refused)."""
+    try:
+        return stack_objects(((spec.decode(rle, hw, where), where) for rle, where in rows), hw)
+    except ValueError as e:
+        raise SubmissionError(str(e)) from None
