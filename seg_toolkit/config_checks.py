@@ -214,6 +214,26 @@ def _check_postprocess(cfg: Config) -> None:
     if p.class_weight_grid and cfg.data.task != "multiclass":
         raise ConfigError(f"postprocess.class_weight_grid: weighs a multiclass argmax; data.task is {cfg.data.task} "
                           "(tune its thresholds: postprocess.threshold_grid)")
+    _check_split(cfg)
+
+
+def _check_split(cfg: Config) -> None:
+    """``postprocess.split_seed`` / ``split_seed_grid``: probabilities in (0, 1] (the grid may hold null: no split), on
+    a binary or multilabel task; the grid only under an object-matching metric, the one that scores the split."""
+    from .instance_metrics import INSTANCE_METRICS
+
+    p, task = cfg.postprocess, cfg.data.task
+    for key, values in (("split_seed", [p.split_seed]), ("split_seed_grid", p.split_seed_grid)):
+        bad = [v for v in values if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= 1)]
+        if bad:
+            raise ConfigError(f"postprocess.{key}: expected a probability in (0, 1] (the seeds are p >= it), got {bad[0]!r}")
+        if task == "multiclass" and any(v is not None for v in values):
+            raise ConfigError(f"postprocess.{key}: cuts touching objects of a binary / multilabel mask apart; data.task is "
+                              "multiclass")
+    if p.split_seed_grid and cfg.metric.name not in INSTANCE_METRICS:
+        raise ConfigError(f"postprocess.split_seed_grid: tune searches it under an object-matching metric (metric.name: "
+                          f"instance_map or instance_f2), which scores the objects it cuts apart; metric.name is "
+                          f"{cfg.metric.name!r} (postprocess.split_seed alone applies a seed without a search)")
 
 
 def _check_predict(cfg: Config) -> None:

@@ -25,7 +25,8 @@ from .tensors import probs_to_uint8, uint8_to_probs
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PostParams", "apply_postprocess", "on_oof_grid", "area_floor", "remove_small", "params_from_config", "load_params"]
+__all__ = ["PostParams", "apply_postprocess", "on_oof_grid", "area_floor", "remove_small", "split_objects", "params_from_config",
+           "load_params"]
 
 
 #: what an empty gate compares with its value
@@ -39,6 +40,7 @@ class PostParams:
     empty_gate: list[float | None]
     gate_source: list[str] = field(default_factory=list)  # per class; empty = max_prob everywhere (older files)
     class_weight: list[float] = field(default_factory=list)  # multiclass: argmax of weight x probability; empty = all 1
+    split_seed: list[float | None] = field(default_factory=list)  # binary / multilabel: split_objects' seed; empty = off
 
     def __post_init__(self) -> None:
         self._check_values()
@@ -47,6 +49,12 @@ class PostParams:
         bad = [g for g in self.gate_source if g not in GATE_SOURCES]
         if bad or len(self.gate_source) != len(self.empty_gate):
             raise ValueError(f"gate_source: expected one of {GATE_SOURCES} per class, got {self.gate_source!r}")
+        if not self.split_seed:
+            self.split_seed = [None] * len(self.threshold)
+        if len(self.split_seed) != len(self.threshold) or not all(
+                s is None or (isinstance(s, (int, float)) and not isinstance(s, bool) and 0.0 < s <= 1.0)
+                for s in self.split_seed):
+            raise ValueError(f"split_seed: expected null or a probability in (0, 1] per class, got {self.split_seed!r}")
         if not self.class_weight:
             self.class_weight = [1.0] * len(self.threshold)
         self.class_weight = [float(w) for w in self.class_weight]
@@ -106,6 +114,7 @@ def params_from_config(cfg: Config) -> PostParams:
         threshold=_broadcast(p.threshold, n, "threshold"),
         min_area=[max(int(a), floor) for a in _broadcast(p.min_area, n, "min_area")],
         empty_gate=[p.empty_gate] * n,
+        split_seed=[p.split_seed] * n,
     )
 
 
@@ -123,7 +132,7 @@ def load_params(cfg: Config, run=None) -> PostParams:
     if data is None:
         return params_from_config(cfg)
     saved = run.config() if run.config_yaml.is_file() else None
-    changed = [k for k in ("threshold", "min_area", "empty_gate")
+    changed = [k for k in ("threshold", "min_area", "empty_gate", "split_seed")
                if saved is not None and getattr(saved.postprocess, k) != getattr(cfg.postprocess, k)]
     if changed:  # `predict RUN --set postprocess.threshold=0.3` was ignored silently for the tuned values
         raise ConfigError(f"postprocess.{changed[0]}: {getattr(cfg.postprocess, changed[0])} differs from the run's "
@@ -214,5 +223,35 @@ def apply_postprocess(probs: np.ndarray, task: str, params: PostParams, presence
             score = np.float32(float(presence[c])) if params.gate_source[c] == "classifier" else probs[c].max()
             if score < gate:
                 continue
-        out[c] = remove_small(probs[c] >= thr, area)
+        mask = probs[c] >= thr
+        if params.split_seed[c] is not None:
+            mask = split_objects(probs[c], mask, params.split_seed[c])
+        out[c] = remove_small(mask, area)
+    return out
+
+
+def split_objects(probs: np.ndarray, mask: np.ndarray, seed: float) -> np.ndarray:
+    """``mask`` with each 8-connected object that holds two or more seeds (8-connected regions of
+    ``probs >= seed``, the object's cores) cut apart: each of its pixels goes to the nearest seed (Euclidean
+    distance, ``scipy.ndimage.distance_transform_edt``), and the pixels where two parts meet become
+    background, so the parts are separate 8-connected objects (one instance row each). Objects with one seed
+    or none are unchanged. Touching nuclei merged at the threshold come apart between their cores."""
+    from .instance_metrics import label_objects
+
+    objects, n = label_objects(mask)
+    seeds, n_seeds = label_objects(mask & (probs >= seed))
+    if n_seeds < 2 or n_seeds == n:
+        return mask
+    pairs = np.unique(objects[seeds > 0].astype(np.int64) * (n_seeds + 1) + seeds[seeds > 0])
+    several = np.bincount(pairs // (n_seeds + 1), minlength=n + 1) >= 2
+    several[0] = False
+    region = several[objects]
+    if not region.any():
+        return mask
+    nearest = ndimage.distance_transform_edt(seeds == 0, return_distances=False, return_indices=True)
+    parts = np.where(region, seeds[tuple(nearest)], 0)
+    big = np.int32(n_seeds + 1)
+    lowest = ndimage.minimum_filter(np.where(parts > 0, parts, big), size=3, mode="constant", cval=big)
+    out = mask.copy()
+    out[(parts > 0) & (lowest < parts)] = False  # the higher-numbered side of every meeting line
     return out

@@ -67,7 +67,7 @@ import logging
 import math
 import time
 from contextlib import nullcontext
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -135,26 +135,36 @@ def tune_postprocess(
         _check_grids(cfg, gate_grid)
         data = OOFData(cfg, run.dir, memory_budget, oof_dir)
 
-        tables: dict = {}  # one pass per table, shared by the search and its cross-fitted repeats
+        # one pass per table, shared by the search and its cross-fitted repeats; one set per split seed (the
+        # objects the tables count depend on it)
+        tables: dict = {}
+        seeds = _split_seeds(cfg, metric, before_params.split_seed[0])
 
-        def search(rows: np.ndarray | None, mode: str):
+        def search(rows: np.ndarray | None, mode: str, seed: float | None):
             if task == "multiclass":
                 return search_multiclass(data, before_params, cfg, metric, empty_score, rows, tables)
-            return search_sigmoid(data, before_params, cfg, gate_grid, metric, empty_score, rows, tables,
-                                   joint=mode == "joint")
+            start = replace(before_params, split_seed=[seed] * len(before_params.threshold))
+            return search_sigmoid(data, start, cfg, gate_grid, metric, empty_score, rows, tables.setdefault(seed, {}),
+                                  joint=mode == "joint")
 
         cross_fit = cfg.postprocess.cross_fit if cross_fit is None else cross_fit
         grouped = cfg.folds.method in ("group", "stratified_group")  # a data group's images must stay on one side
         groups = crossfit_groups([it.fold for it in data.items], data.folds, grouped) if cross_fit else None
         everything = np.arange(len(data))
-        tried = {}
+        tried, with_seed = {}, {}
         for mode in _search_modes(cfg.postprocess.search, task, groups is not None):
-            params, steps, fast, _ = search(None, mode)
-            crossed = cross_fitted(*groups, lambda rows: search(rows, mode)[::3]) if groups is not None else None
-            tried[mode] = (params, steps, fast, crossed)
+            for seed in seeds:
+                name = mode if len(seeds) == 1 else f"{mode}, split_seed {seed}"
+                params, steps, fast, _ = search(None, mode, seed)
+                crossed = (cross_fitted(*groups, lambda rows: search(rows, mode, seed)[::3])
+                           if groups is not None else None)
+                tried[name], with_seed[name] = (params, steps, fast, crossed), (mode, seed)
         chosen = _choose_search(tried)
         params, steps, fast, crossed = tried[chosen]
-        fast_before, fast_after = fast["before"](everything), fast["after"](everything)
+        # "before" is the config's post-processing: the search that started from the config's split seed counted it
+        mode, _ = with_seed[chosen]
+        same_start = next(n for n, (m, s) in with_seed.items() if m == mode and s == seeds[0])
+        fast_before, fast_after = tried[same_start][2]["before"](everything), fast["after"](everything)
         # int64 also when a fold has no OOF image left (exclude_ids changed after training): np.array([]) is float64
         fold_rows = {k: np.array([i for i, it in enumerate(data.items) if it.fold == k], np.int64) for k in data.folds}
 
@@ -180,12 +190,14 @@ def tune_postprocess(
                 mode: {"after": t[2]["after"](everything), "cross_fitted": t[3]["score"] if t[3] else None}
                 for mode, t in tried.items()}},
             "steps": steps,
-            "fold_scores": {"folds": data.folds, **{name: [fast[name](rows) for rows in fold_rows.values()] for name in ("before", "after")}},
+            "fold_scores": {"folds": data.folds, "before": [tried[same_start][2]["before"](rows) for rows in fold_rows.values()],
+                            "after": [fast["after"](rows) for rows in fold_rows.values()]},
             "before_params": asdict(before_params),
             "candidates": {
                 "threshold": list(cfg.postprocess.threshold_grid),
                 "min_area": area_grid(cfg),
                 "empty_gate": list(gate_grid) if task != "multiclass" else [],
+                "split_seed": seeds,
             },
             "oof_in_memory": data.cache_enabled,
             "seconds": round(time.perf_counter() - t0, 3),
@@ -210,6 +222,16 @@ def _search_modes(setting: str, task: str, can_cross_fit: bool) -> list[str]:
     if setting == "auto":
         return ["greedy", "joint"] if can_cross_fit else ["joint"]
     return [setting]
+
+
+def _split_seeds(cfg: Config, metric: str, start: float | None) -> list[float | None]:
+    """The split seeds tune tries, the config's first: ``postprocess.split_seed_grid`` under an object-matching
+    metric (the objects it cuts apart are what such a metric scores), else the config's alone."""
+    from .instance_metrics import INSTANCE_METRICS
+
+    if metric not in INSTANCE_METRICS:
+        return [start]
+    return list(dict.fromkeys([start, *cfg.postprocess.split_seed_grid]))
 
 
 def _choose_search(tried: dict) -> str:

@@ -23,15 +23,18 @@ import numpy as np
 
 from .config import IGNORE_INDEX
 from .instance_metrics import N_LEVELS, component_hits, label_objects
+from .postprocess import split_objects
+from .tensors import uint8_to_probs
 from .tune_tables import OOFData, threshold_cut
 
 __all__ = ["object_tables"]
 
 
-def object_tables(data: OOFData, thresholds: Sequence[float], areas: Sequence[int],
+def object_tables(data: OOFData, thresholds: Sequence[float], areas: Sequence[int], split_seed: float | None = None,
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One pass: hits ``(N, 1, T, A, 10)``, predicted objects ``(N, 1, T, A)`` at every (threshold, min_area)
-    candidate, and truth objects ``(N, 1)`` (binary: one class)."""
+    candidate, and truth objects ``(N, 1)`` (binary: one class); with ``split_seed`` the objects are cut apart
+    as :func:`~seg_toolkit.postprocess.split_objects` cuts them before min_area, as the predictor does."""
     n = len(data)
     cuts = [threshold_cut(t) for t in thresholds]
     hits = np.zeros((n, 1, len(cuts), len(areas), N_LEVELS), np.int64)
@@ -41,8 +44,10 @@ def object_tables(data: OOFData, thresholds: Sequence[float], areas: Sequence[in
         objects = data.objects(i, q.shape[1:])
         void = truth[0] == IGNORE_INDEX
         void = void if void.any() else None
+        probs = uint8_to_probs(q[0]) if split_seed is not None else None
         for jt, cut in enumerate(cuts):
-            labels, m = label_objects(q[0] >= cut)
+            mask = q[0] >= cut
+            labels, m = label_objects(mask if probs is None else split_objects(probs, mask, split_seed))
             sizes = np.bincount(labels.ravel(), minlength=m + 1)[1:]  # every pixel, void too, as remove_small
             comp_hits, counted, n_truth[i, 0] = component_hits(objects, labels, void)
             for ja, a in enumerate(areas):

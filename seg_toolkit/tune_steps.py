@@ -104,7 +104,7 @@ def search_sigmoid(
     if "threshold" not in tables:  # shared by the cross-fitted searches: they do not depend on what the searches choose
         tables["threshold"] = threshold_tables(data, all_thr)
         if metric in INSTANCE_METRICS:  # TP: hits per IoU threshold, FP: predicted objects, pos: truth objects
-            *tables["area"], tables["pos"] = object_tables(data, all_thr, all_area)
+            *tables["area"], tables["pos"] = object_tables(data, all_thr, all_area, start.split_seed[0])
         else:
             tables["area"], tables["pos"] = area_tables(data, all_thr, all_area), tables["threshold"].pos
     tab, pos = tables["threshold"], tables["pos"]
@@ -195,7 +195,8 @@ def search_sigmoid(
 
     fast = {"before": scorer(*start_counts), "after": scorer(TP, FP)}
     counts = Counts(lambda tp_fp: sigmoid_score(*tp_fp, pos, tab.n_valid, metric, empty_score, cols), (TP, FP))
-    return PostParams(threshold=thr, min_area=area, empty_gate=gate, gate_source=src), steps, fast, counts
+    return (PostParams(threshold=thr, min_area=area, empty_gate=gate, gate_source=src, split_seed=list(start.split_seed)),
+            steps, fast, counts)
 
 
 def search_multiclass(

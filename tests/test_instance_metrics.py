@@ -362,24 +362,27 @@ def test_dsb_solution_scored_against_itself_and_with_an_object_left_out(tmp_path
     assert "--solution needs --config" in capsys.readouterr().err
 
 
-def test_object_tables_equal_brute_force(tmp_path):
+@pytest.mark.parametrize("seed", [None, 0.9])
+def test_object_tables_equal_brute_force(tmp_path, seed):
     """Every (threshold, min_area) cell of the tune tables against the reference on apply_postprocess's masks; the
-    areas include the squares' own size (16: kept) and one more (17: removed)."""
+    areas include the squares' own size (16: kept) and one more (17: removed); with a split seed, touching nuclei
+    whose cores (0.969) are its seeds are cut apart below threshold 0.95."""
     from seg_toolkit.postprocess import PostParams, apply_postprocess
     from seg_toolkit.tensors import uint8_to_probs
     from seg_toolkit.tune_objects import object_tables
     from seg_toolkit.tune_tables import OOFData
 
-    images = _objects_problem(6)
+    images = {**_objects_problem(6), **{f"t{k}": v for k, v in _touching_problem(4).items()}}
     cfg = _write_object_run(tmp_path, images)
     data = OOFData(cfg, Run.of(cfg).dir)
     thresholds, areas = [0.3, 0.5, 0.55, 0.6, 0.95], [0, 1, 2, 16, 17]
-    hits, n_pred, n_truth = object_tables(data, thresholds, areas)
+    hits, n_pred, n_truth = object_tables(data, thresholds, areas, seed)
     for i, item in enumerate(data.items):
         objects, q = images[item.sample.id]
         for jt, t in enumerate(thresholds):
             for ja, a in enumerate(areas):
-                mask = apply_postprocess(uint8_to_probs(q), "binary", PostParams(threshold=[t], min_area=[a], empty_gate=[None]))
+                params = PostParams(threshold=[t], min_area=[a], empty_gate=[None], split_seed=[seed])
+                mask = apply_postprocess(uint8_to_probs(q), "binary", params)
                 got = scores_from_hits(hits[i, 0, jt, ja], n_pred[i, 0, jt, ja], n_truth[i, 0], "instance_map")
                 assert got == pytest.approx(reference(_truth_labels(objects), mask[0] > 0, None), abs=1e-12), (i, t, a)
 
@@ -429,3 +432,68 @@ def test_tune_on_objects_streams_as_it_caches(tmp_path):
     assert cached["oof_in_memory"] and not streamed["oof_in_memory"]
     for key in ("params", "before", "after", "cross_fitted", "steps"):
         assert streamed[key] == cached[key], key
+
+
+# ----------------------------------------------------------------------------- splitting touching objects
+
+
+def test_split_objects_by_hand():
+    """A 4x8 blob (p 0.6, columns 1-8) with two cores (p 0.95) in columns 2-3 and 6-7: column 4 is nearer the left
+    core, column 5 the right one; the right part's pixels that touch the left part (column 5) become background."""
+    from seg_toolkit.postprocess import split_objects
+
+    p = np.zeros((6, 11), np.float32)
+    p[1:5, 1:9] = 0.6
+    p[1:5, 2:4] = p[1:5, 6:8] = 0.95
+    p[1:3, 10] = 0.97  # a lone core: its own object, one seed, unchanged
+    mask = p >= 0.5
+    out = split_objects(p, mask, 0.9)
+    expect = mask.copy()
+    expect[1:5, 5] = False
+    np.testing.assert_array_equal(out, expect)
+    assert label_objects(out)[1] == 3 and label_objects(mask)[1] == 2
+    np.testing.assert_array_equal(split_objects(p, mask, 0.96), mask)  # one seed (the lone core's): nothing to cut
+    np.testing.assert_array_equal(split_objects(p, mask, 0.5), mask)  # the seeds are the objects themselves
+
+
+def _touching_problem(n: int = 12):
+    """Two 4x5 nuclei side by side with no gap (truth objects that touch) and a lone one; probability 0.8 over
+    every nucleus with a 0.97 core in its middle: any threshold gives the pair as one object."""
+    rng = np.random.default_rng(11)
+    images = {}
+    for k in range(n):
+        y = int(rng.integers(0, 8))
+        a, b, c = (np.zeros((H, W), bool) for _ in range(3))
+        a[y : y + 4, 2:7], b[y : y + 4, 7:12], c[10:14, 16:20] = True, True, True
+        q = np.full((1, H, W), 15, np.uint8)
+        for m in (a, b, c):
+            q[0][m] = 204
+        q[0, y + 1 : y + 3, 3:6] = q[0, y + 1 : y + 3, 8:11] = q[0, 11:13, 17:19] = 247  # the cores
+        images[f"im{k:02d}"] = ([a, b, c], q)
+    return images
+
+
+def test_tune_searches_the_split_seed_on_objects(tmp_path):
+    images = _touching_problem()
+    cfg = _write_object_run(tmp_path, images, postprocess={"split_seed_grid": [None, 0.9]})
+    report = tune_postprocess(cfg)  # raises if the split object tables disagree with the Evaluator on split masks
+    assert report["candidates"]["split_seed"] == [None, 0.9]
+    assert report["params"]["split_seed"] == [0.9]
+    # without a split the pair is one object (IoU 20/40 with each: no hit), the lone nucleus exact: 1/(1 + 1 + 2)
+    assert report["before"] == pytest.approx(0.25, abs=1e-12)
+    # split between the cores (columns 6 | 7 of the 10-wide pair: the nearest core), the right part loses its
+    # column 7: parts of 20 and 16 pixels, IoU 1 and 16/20 = 0.8 (a hit up to 0.75): TP 3 at 6 thresholds, 2 at 4
+    assert report["after"] == pytest.approx((6 * 1 + 4 * (2 / 4)) / 10, abs=1e-12)
+    run = Run.of(cfg)
+    from seg_toolkit.postprocess import load_params
+
+    assert load_params(cfg, run).split_seed == [0.9]  # what predict and evaluate apply
+
+
+def test_split_seed_config_checks(tmp_path):
+    base = {"root": str(tmp_path), "task": "binary"}
+    with pytest.raises(ConfigError, match="postprocess.split_seed_grid: tune searches it under an object-matching metric"):
+        config_from_dict({"data": base, "postprocess": {"split_seed_grid": [0.9]}})
+    with pytest.raises(ConfigError, match=r"postprocess.split_seed: expected a probability in \(0, 1\]"):
+        config_from_dict({"data": base, "postprocess": {"split_seed": 0}})
+    assert config_from_dict({"data": base, "postprocess": {"split_seed": 0.9}}).postprocess.split_seed == 0.9
