@@ -105,8 +105,8 @@ def _print_tune(report: dict) -> None:
               f"the tuned score's optimism {report['after'] - cf['score']:+.4f}")
     compared = (report.get("search") or {}).get("compared") or {}
     if len(compared) > 1:
-        print(f"  search kept: {report['search']['chosen']} (cross-fitted " + ", ".join(
-            f"{m} {v['cross_fitted']:.4f}, tuned {v['after']:.4f}" for m, v in compared.items()) + ")")
+        print(f"  search kept: {report['search']['chosen']}; cross-fitted / tuned: " + "; ".join(
+            f"{m} {v['cross_fitted']:.4f} / {v['after']:.4f}" for m, v in compared.items()))
     for step in report.get("steps", []):
         if isinstance(step, dict) and "score" in step:
             print(f"  after {step.get('step', '?'):<10} {step['score']:.4f}")

@@ -154,7 +154,7 @@ def tune_postprocess(
         tried, with_seed = {}, {}
         for mode in _search_modes(cfg.postprocess.search, task, groups is not None):
             for seed in seeds:
-                name = mode if len(seeds) == 1 else f"{mode}, split_seed {seed}"
+                name = mode if len(seeds) == 1 else f"{mode} + split_seed {seed}"
                 params, steps, fast, _ = search(None, mode, seed)
                 crossed = (cross_fitted(*groups, lambda rows: search(rows, mode, seed)[::3])
                            if groups is not None else None)
