@@ -219,7 +219,8 @@ def _check_postprocess(cfg: Config) -> None:
 
 def _check_split(cfg: Config) -> None:
     """``postprocess.split_seed`` / ``split_seed_grid``: probabilities in (0, 1] (the grid may hold null: no split), on
-    a binary or multilabel task; the grid only under an object-matching metric, the one that scores the split."""
+    a binary or multilabel task, under an object-matching metric, the one that scores the split (tune's pixel
+    tables do not cut objects apart)."""
     from .instance_metrics import INSTANCE_METRICS
 
     p, task = cfg.postprocess, cfg.data.task
@@ -230,10 +231,10 @@ def _check_split(cfg: Config) -> None:
         if task == "multiclass" and any(v is not None for v in values):
             raise ConfigError(f"postprocess.{key}: cuts touching objects of a binary / multilabel mask apart; data.task is "
                               "multiclass")
-    if p.split_seed_grid and cfg.metric.name not in INSTANCE_METRICS:
-        raise ConfigError(f"postprocess.split_seed_grid: tune searches it under an object-matching metric (metric.name: "
-                          f"instance_map or instance_f2), which scores the objects it cuts apart; metric.name is "
-                          f"{cfg.metric.name!r} (postprocess.split_seed alone applies a seed without a search)")
+    for key, on in (("split_seed", p.split_seed is not None), ("split_seed_grid", bool(p.split_seed_grid))):
+        if on and cfg.metric.name not in INSTANCE_METRICS:
+            raise ConfigError(f"postprocess.{key}: cuts touching objects apart, which only an object-matching metric "
+                              f"scores (metric.name: instance_map or instance_f2); metric.name is {cfg.metric.name!r}")
 
 
 def _check_predict(cfg: Config) -> None:

@@ -135,17 +135,14 @@ def tune_postprocess(
         _check_grids(cfg, gate_grid)
         data = OOFData(cfg, run.dir, memory_budget, oof_dir)
 
-        # one pass per table, shared by the search and its cross-fitted repeats; one set per split seed (the
-        # objects the tables count depend on it)
-        tables: dict = {}
+        tables: dict = {}  # one pass per table, shared by the searches and their cross-fitted repeats
         seeds = _split_seeds(cfg, metric, before_params.split_seed[0])
 
         def search(rows: np.ndarray | None, mode: str, seed: float | None):
             if task == "multiclass":
                 return search_multiclass(data, before_params, cfg, metric, empty_score, rows, tables)
             start = replace(before_params, split_seed=[seed] * len(before_params.threshold))
-            return search_sigmoid(data, start, cfg, gate_grid, metric, empty_score, rows, tables.setdefault(seed, {}),
-                                  joint=mode == "joint")
+            return search_sigmoid(data, start, cfg, gate_grid, metric, empty_score, rows, tables, joint=mode == "joint")
 
         cross_fit = cfg.postprocess.cross_fit if cross_fit is None else cross_fit
         grouped = cfg.folds.method in ("group", "stratified_group")  # a data group's images must stay on one side

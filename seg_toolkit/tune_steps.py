@@ -101,14 +101,18 @@ def search_sigmoid(
     area_cands = [_candidates(area[k], area_grid(cfg)) for k in range(c)]
     all_area = _candidates(area[0], [a for cands in area_cands for a in cands])
     acol = {a: j for j, a in enumerate(all_area)}
-    if "threshold" not in tables:  # shared by the cross-fitted searches: they do not depend on what the searches choose
+    # shared by the cross-fitted searches: they do not depend on what the searches choose; the component counts
+    # depend on the split seed the search starts from (the objects it cuts apart), the threshold histograms do not
+    if "threshold" not in tables:
         tables["threshold"] = threshold_tables(data, all_thr)
+    seed = start.split_seed[0]
+    if ("area", seed) not in tables:
         if metric in INSTANCE_METRICS:  # TP: hits per IoU threshold, FP: predicted objects, pos: truth objects
-            *tables["area"], tables["pos"] = object_tables(data, all_thr, all_area, start.split_seed[0])
+            *tables["area", seed], tables["pos", seed] = object_tables(data, all_thr, all_area, seed)
         else:
-            tables["area"], tables["pos"] = area_tables(data, all_thr, all_area), tables["threshold"].pos
-    tab, pos = tables["threshold"], tables["pos"]
-    atp, afp = tables["area"]
+            tables["area", seed], tables["pos", seed] = area_tables(data, all_thr, all_area), tables["threshold"].pos
+    tab, pos = tables["threshold"], tables["pos", seed]
+    atp, afp = tables["area", seed]
     score = lambda tp, fp: sigmoid_score(tp[rows], fp[rows], pos[rows], tab.n_valid[rows], metric, empty_score, cols)  # noqa: E731
     log_step = (lambda *a: None) if quiet else _step_log
 

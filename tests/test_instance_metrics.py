@@ -492,8 +492,13 @@ def test_tune_searches_the_split_seed_on_objects(tmp_path):
 
 def test_split_seed_config_checks(tmp_path):
     base = {"root": str(tmp_path), "task": "binary"}
-    with pytest.raises(ConfigError, match="postprocess.split_seed_grid: tune searches it under an object-matching metric"):
-        config_from_dict({"data": base, "postprocess": {"split_seed_grid": [0.9]}})
+    for key, value in (("split_seed_grid", [0.9]), ("split_seed", 0.9)):
+        with pytest.raises(ConfigError, match=f"postprocess.{key}: cuts touching objects apart, which only an object-matching"):
+            config_from_dict({"data": base, "postprocess": {key: value}})
     with pytest.raises(ConfigError, match=r"postprocess.split_seed: expected a probability in \(0, 1\]"):
         config_from_dict({"data": base, "postprocess": {"split_seed": 0}})
-    assert config_from_dict({"data": base, "postprocess": {"split_seed": 0.9}}).postprocess.split_seed == 0.9
+    images = _objects_problem(3)
+    cfg = _write_object_run(tmp_path, images, postprocess={"split_seed": 0.9})
+    report = tune_postprocess(cfg)  # the config's seed is where the search starts, and "before" applies it
+    assert report["before_params"]["split_seed"] == [0.9] and report["params"]["split_seed"] == [0.9]
+    assert report["candidates"]["split_seed"] == [0.9]
