@@ -502,3 +502,29 @@ def test_split_seed_config_checks(tmp_path):
     report = tune_postprocess(cfg)  # the config's seed is where the search starts, and "before" applies it
     assert report["before_params"]["split_seed"] == [0.9] and report["params"]["split_seed"] == [0.9]
     assert report["candidates"]["split_seed"] == [0.9]
+
+
+def test_object_files_are_read_again_when_they_change(tmp_path, monkeypatch):
+    """The target and the truth objects of an image share one read of its object files; a file rewritten, added or
+    removed since is read again."""
+    import seg_toolkit.data.masks as masks_mod
+    from seg_toolkit.data import load_target
+
+    images = _objects_problem(2)
+    cfg = _write_object_run(tmp_path, images)
+    s = load_train_samples(cfg)[0]
+    reads = []
+    real = masks_mod.mask_ids
+    monkeypatch.setattr(masks_mod, "mask_ids", lambda sample, c: (sample.mask.is_file() and reads.append(sample.mask.name))
+                        or real(sample, c))  # the object files read (load_target passes the folder first)
+    load_target(s, cfg, (H, W))
+    first = load_objects(s, cfg, (H, W))
+    assert sorted(reads) == ["im00_0.png", "im00_1.png"]  # once each, for both
+    moved = np.zeros((H, W), np.uint8)
+    moved[12:16, 20:24] = 255
+    Image.fromarray(moved).save(s.mask / f"{s.id}_0.png")  # object 1 elsewhere
+    again = load_objects(s, cfg, (H, W))
+    assert (again == 1).sum() == 16 and (again[12:16, 20:24] == 1).all() and (first[12:16, 20:24] == 0).all()
+    (s.mask / f"{s.id}_1.png").unlink()
+    assert load_objects(s, cfg, (H, W)).max() == 1
+    assert len(reads) == 2 + 2 + 1

@@ -46,16 +46,31 @@ def _object_files(sample: Sample) -> list:
     return sorted(p for p in sample.mask.iterdir() if p.is_file() and not p.name.startswith("."))
 
 
+#: the last folder :func:`object_masks` read: its key (folder, each file's name, size and mtime, the data config) and
+#: result. A scored image's target and its truth objects come from the same files, read one after the other.
+_LAST: dict[str, object] = {}
+
+
 def object_masks(sample: Sample, cfg: Config) -> tuple[list[np.ndarray], np.ndarray | None]:
     """The object files of ``sample.mask`` (a folder), sorted by name, as boolean ``(H, W)`` masks, and the
     void pixels (``None`` without any). Each file must be binary (0 and one value) unless
-    ``mask_threshold`` / ``mask_values`` say how to read it; files of different sizes are an error naming both."""
+    ``mask_threshold`` / ``mask_values`` say how to read it; files of different sizes are an error naming both.
+    The folder read last is kept (the target and the truth objects of one image read it in turn: a DSB image
+    has up to hundreds of files); a file changed, added or removed since, or another data config, reads again.
+    The arrays are shared: callers do not modify them."""
+    files = _object_files(sample)
+    key = (str(sample.mask), repr(cfg.data), tuple((f.name, s.st_size, s.st_mtime_ns) for f in files for s in [f.stat()]))
+    if _LAST.get("key") != key:
+        _LAST.clear()  # a read that fails leaves nothing behind
+        _LAST["value"], _LAST["key"] = _read_object_masks(sample, files, cfg), key
+    return _LAST["value"]  # type: ignore[return-value]
+
+
+def _read_object_masks(sample: Sample, files: list, cfg: Config) -> tuple[list[np.ndarray], np.ndarray | None]:
     from .masks import mask_ids  # masks imports this module
 
     d = cfg.data
-    assert sample.mask is not None
     one = _one_file(cfg)
-    files = _object_files(sample)
     objects: list[np.ndarray] = []
     void: np.ndarray | None = None
     for f in files:
