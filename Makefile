@@ -32,6 +32,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_validation.py
 	$(BIN)/python bench/bench_lovasz.py
 	$(BIN)/python bench/bench_region.py
+	$(BIN)/python bench/bench_objects.py
 	$(BIN)/python bench/bench_tgs_step.py
 
 clean-demo:
