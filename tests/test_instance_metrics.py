@@ -528,3 +528,32 @@ def test_object_files_are_read_again_when_they_change(tmp_path, monkeypatch):
     (s.mask / f"{s.id}_1.png").unlink()
     assert load_objects(s, cfg, (H, W)).max() == 1
     assert len(reads) == 2 + 2 + 1
+
+
+def test_report_overlays_show_objects_matched_or_not(tmp_path):
+    """Under an object metric the overlays colour objects by whether they are matched at IoU > 0.5, and draw the
+    line between touching ones; the report of an object run builds."""
+    from seg_toolkit.report import build_report
+    from seg_toolkit.report.overlays import _object_edges, _object_status
+
+    truth = np.zeros((6, 10), np.int32)
+    truth[1:4, 1:4], truth[1:4, 4:7] = 1, 2  # touching
+    pred = np.zeros((6, 10), np.int32)
+    pred[1:4, 1:4] = 1  # object 1 exactly
+    pred[5, 8:10] = 2  # a speck
+    matched, unmatched = _object_status(truth, pred, None)
+    np.testing.assert_array_equal(matched, truth == 1)
+    np.testing.assert_array_equal(unmatched, truth == 2)
+    matched, unmatched = _object_status(pred, truth, None)
+    np.testing.assert_array_equal(matched, pred == 1)
+    np.testing.assert_array_equal(unmatched, pred == 2)
+    edges = _object_edges(truth)
+    assert edges[1:4, 3].all() and edges[1:4, 4].all() and edges.sum() == 6  # the columns either side of the line
+
+    from seg_toolkit.config import save_config
+
+    cfg = _write_object_run(tmp_path, _objects_problem(6))
+    save_config(cfg, Run.of(cfg).config_yaml)
+    compute_cv(cfg)
+    page = Path(build_report(cfg.run_dir))
+    assert (page.parent / "overlays_worst.png").is_file() and (page.parent / "overlays_best.png").is_file()

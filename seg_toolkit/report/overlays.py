@@ -1,5 +1,10 @@
 """Overlays of OOF images: image | ground truth | prediction, classes in their colours.
 
+Under an object-matching metric (``instance_map`` / ``instance_f2``) the panels show objects instead: each
+truth object green when a predicted object matches it at IoU > 0.5, red when none does; each predicted
+object (8-connected) green when matched, red when it matches no truth object; the lines between touching
+objects drawn dark, so merged and split nuclei show.
+
 Drawn once as a matplotlib figure; needs the training images and targets (``ReportData.samples``).
 """
 
@@ -12,7 +17,8 @@ import numpy as np
 from PIL import Image
 
 from ..config import IGNORE_INDEX, Config
-from ..data import DataError, load_target
+from ..data import DataError, load_objects, load_target
+from ..instance_metrics import INSTANCE_METRICS, component_hits, label_objects
 from ..data.sample import read_config_image
 from ..data.io import is_array_image
 from ..plots import literal, metric_label, new_figure
@@ -23,6 +29,7 @@ from .summary import Example, predict_mask
 __all__ = ["overlays_figure", "display_size", "class_legend_handles", "legend_layout", "draw_legend"]
 
 VOID_COLOR = (128, 128, 128)
+MATCHED_COLOR, UNMATCHED_COLOR = (40, 200, 70), (230, 40, 40)  # object overlays: matched at IoU > 0.5, or not
 FILL_ALPHA = 0.4
 MIN_PANEL_HEIGHT = 200  # tiny images are upscaled (nearest neighbour) to at least this many pixels
 MAX_PANEL_HEIGHT = 512
@@ -43,6 +50,19 @@ def class_legend_handles(names: list[str], colors: np.ndarray, painted: list[boo
     handles = [Patch(facecolor=np.asarray(colors[c]) / 255, edgecolor="black", label=literal(n)) for c, n in enumerate(names) if painted[c]]
     if task == "multiclass" and not all(painted):
         handles.append(Patch(facecolor="none", edgecolor="black", label=f"{literal(names[0])} (not drawn)"))
+    if void:
+        handles.append(Patch(facecolor=np.asarray(VOID_COLOR) / 255, edgecolor="black", label="void (not scored)"))
+    return handles
+
+
+def object_legend_handles(void: bool) -> list[Any]:
+    """The object overlays' legend: matched and unmatched objects, the lines between touching ones, void."""
+    from matplotlib.patches import Patch
+
+    handles = [Patch(facecolor=np.asarray(MATCHED_COLOR) / 255, edgecolor="black", label="matched (IoU > 0.5)"),
+               Patch(facecolor=np.asarray(UNMATCHED_COLOR) / 255, edgecolor="black",
+                     label="truth missed / predicted object unmatched"),
+               Patch(facecolor="black", edgecolor="black", label="line between touching objects")]
     if void:
         handles.append(Patch(facecolor=np.asarray(VOID_COLOR) / 255, edgecolor="black", label="void (not scored)"))
     return handles
@@ -110,8 +130,9 @@ def _outline(mask: np.ndarray, width: int) -> np.ndarray:
 
 
 def _paint(image: np.ndarray, masks: list[Optional[np.ndarray]], colors: np.ndarray,
-           void: Optional[np.ndarray] = None) -> np.ndarray:
-    """Alpha-blend class masks (bool, display size) over ``image``, outlined in full colour; void grey."""
+           void: Optional[np.ndarray] = None, edges: Optional[np.ndarray] = None) -> np.ndarray:
+    """Alpha-blend class masks (bool, display size) over ``image``, outlined in full colour; void grey; ``edges``
+    (the lines between touching objects) dark."""
     out = image.astype(np.float32)
     width = 2 if image.shape[0] >= 300 else 1
     layers = [(m, np.asarray(colors[c], np.float32)) for c, m in enumerate(masks) if m is not None and m.any()]
@@ -122,6 +143,8 @@ def _paint(image: np.ndarray, masks: list[Optional[np.ndarray]], colors: np.ndar
     for m, col in layers:  # a dark ring outside, the class colour inside: visible on any background
         out[_dilate(m) & ~m] = 0.25 * out[_dilate(m) & ~m]
         out[_outline(m, width)] = col
+    if edges is not None:
+        out[edges] = 0.15 * out[edges]
     return np.clip(out + 0.5, 0, 255).astype(np.uint8)
 
 
@@ -179,9 +202,36 @@ def _example_panels(d: ReportData, ex: Example, colors: np.ndarray,
         truth = [target[..., c] == 1 for c in range(n)]
         predm = [pred[c] for c in range(n)]
     fit = lambda m: None if m is None else _resize(m, size, nearest=True)  # noqa: E731
+    if d.metric in INSTANCE_METRICS:
+        status = np.asarray([MATCHED_COLOR, UNMATCHED_COLOR], np.uint8)
+        truth_labels = load_objects(s, cfg, hw)
+        pred_labels, _ = label_objects(predm[0])
+        void_or_none = void if void.any() else None
+        truth_img, pred_img = (
+            _paint(image, [fit(m) for m in _object_status(own, other, void_or_none)], status, fit(void) if own is truth_labels else None,
+                   edges=fit(_object_edges(own)))
+            for own, other in ((truth_labels, pred_labels), (pred_labels, truth_labels)))
+        return image, truth_img, pred_img
     truth_img = _paint(image, [fit(m) for m in truth], colors, fit(void))
     pred_img = _paint(image, [fit(m) for m in predm], colors)
     return image, truth_img, pred_img
+
+
+def _object_status(own: np.ndarray, other: np.ndarray, void: Optional[np.ndarray]) -> list[np.ndarray]:
+    """``[matched, unmatched]`` pixels of the objects of label map ``own``: matched when an object of ``other``
+    has IoU > 0.5 with it (IoU is symmetric: the truth's and the prediction's matches come from one function)."""
+    hits, _, _ = component_hits(other, own, void)
+    matched = np.concatenate([[False], hits[:, 0]])[own]
+    return [matched, (own > 0) & ~matched]
+
+
+def _object_edges(labels: np.ndarray) -> np.ndarray:
+    """Object pixels with a 4-neighbour of another object: the line between touching objects."""
+    p = np.pad(labels, 1)
+    edge = np.zeros(labels.shape, bool)
+    for nb in (p[:-2, 1:-1], p[2:, 1:-1], p[1:-1, :-2], p[1:-1, 2:]):
+        edge |= (nb > 0) & (nb != labels)
+    return edge & (labels > 0)
 
 
 def overlays_figure(d: ReportData, examples: list[Example], title: str) -> Any:
@@ -210,7 +260,8 @@ def overlays_figure(d: ReportData, examples: list[Example], title: str) -> Any:
     content = per_row * pw + (per_row + 1) * gap
     W = max(content, MIN_FIGURE_WIDTH)
     x0 = (W - content) // 2  # narrow panels are centred
-    handles = class_legend_handles(d.class_names, colors, painted, d.task, bool(d.void_pixels))
+    handles = (object_legend_handles(bool(d.void_pixels)) if d.metric in INSTANCE_METRICS
+               else class_legend_handles(d.class_names, colors, painted, d.task, bool(d.void_pixels)))
     ncol, legend_h = legend_layout(handles, W, dpi)
     top = LEGEND_TOP + legend_h + LEGEND_GAP
     H = top + sum(heights) + len(panels) * gap
