@@ -45,13 +45,14 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .config import IGNORE_INDEX, Config, ConfigError
-from .data import DataError, Sample, class_names, load_target
+from .data import DataError, Sample, class_names, load_objects, load_target
 from .data.io import WIDE_MODES, image_size, is_array_image, narrow_sixteen_bit, sixteen_bit, wide_values
 from .data.masks import mask_ids
 from .data.bands import band_image_files, bands_of
 from .data.image_file import png16_color
 from .data.sample import read_config_image
 from .data.sources import list_train_samples
+from .instance_metrics import touching
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +92,11 @@ class AuditResult:
     wide_values: dict[str, list[float]] = field(default_factory=dict)  # images over 8 bits: PIL mode -> [min, max]
     # binary mask files read as "> 0": the one foreground value of a file -> the files using it
     foreground_files: dict[int, list[str]] = field(default_factory=dict, repr=False)
+    # object data (data.instance_folders, or data.rle_instances on a binary task): objects per image, each object's
+    # pixels, and the objects 8-adjacent to another (merged by a mask unless kept apart)
+    objects_per_image: list[int] = field(default_factory=list, repr=False)
+    object_areas: list[int] = field(default_factory=list, repr=False)
+    touching_objects: Optional[int] = None
     problems: list[Problem] = field(default_factory=list)
     samples: list[Sample] = field(default_factory=list, repr=False)  # the samples read without a problem, listed order
 
@@ -318,6 +324,14 @@ def _count_target(target: np.ndarray, cfg: Config, res: AuditResult) -> None:
         res.overlap_pixels = (res.overlap_pixels or 0) + int((fg.sum(-1) > 1).sum())
 
 
+def _count_objects(labels: np.ndarray, res: AuditResult) -> None:
+    areas = np.bincount(labels.ravel(), minlength=1)[1:]
+    areas = areas[areas > 0]
+    res.objects_per_image.append(len(areas))
+    res.object_areas += areas.tolist()
+    res.touching_objects = (res.touching_objects or 0) + len(touching(labels))
+
+
 def audit(cfg: Config, decode_images: bool = True) -> AuditResult:
     """Audit the training data ``cfg`` names (see the module doc); problems are collected, not raised.
 
@@ -333,6 +347,8 @@ def audit(cfg: Config, decode_images: bool = True) -> AuditResult:
         res.all_empty_images = 0
     if d.task == "multilabel":
         res.overlap_pixels = 0
+    if d.instance_folders or (d.rle_instances and d.task == "binary"):
+        res.touching_objects = 0
     listed = _listed_samples(cfg, res)
     res.n_listed = len(listed)
     for item in tqdm(listed, desc="audit", unit="image", leave=False, disable=None):
@@ -347,6 +363,12 @@ def audit(cfg: Config, decode_images: bool = True) -> AuditResult:
         except (DataError, ConfigError) as e:
             res.add(_kind(str(e), "mask"), s.mask if s.mask is not None else s.where, str(e))
             continue
+        if res.touching_objects is not None:
+            try:
+                _count_objects(load_objects(s, cfg, hw), res)
+            except DataError as e:  # overlapping objects: an object metric refuses them
+                res.add(_kind(str(e), "objects"), s.mask if s.mask is not None else s.where, str(e))
+                continue
         _count_target(target, cfg, res)
         res.n_read += 1
         res.samples.append(s)

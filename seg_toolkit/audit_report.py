@@ -55,6 +55,19 @@ def _sizes(res: AuditResult) -> list[tuple[str, int]]:
     return [(f"{h}x{w}", n) for (h, w), n in res.image_sizes.most_common()]
 
 
+def object_line(r: AuditResult) -> str:
+    """Objects per image, their sizes and how many touch another: what decides ``data.instance_target: borders``,
+    ``postprocess.split_seed`` and ``min_area``."""
+    n = sum(r.objects_per_image)
+    if not n:
+        return f"objects: none in {len(r.objects_per_image)} image(s)"
+    per, areas = np.asarray(r.objects_per_image), np.asarray(r.object_areas)
+    return (f"objects: {n:,} in {len(per)} image(s) (per image median {np.median(per):g}, max {per.max()}); pixels per "
+            f"object median {np.median(areas):g}, 5th percentile {np.percentile(areas, 5):g}, smallest {areas.min()}; "
+            f"{r.touching_objects:,} ({_pct(r.touching_objects or 0, n)}) touch another object, which a mask merges "
+            "with it unless data.instance_target: borders or postprocess.split_seed keep them apart")
+
+
 def format_audit(result: AuditResult, max_per_kind: int = 20) -> str:
     """A plain-text report of ``result``: counts, then the problems grouped by kind (``max_per_kind`` shown each)."""
     r = result
@@ -69,6 +82,8 @@ def format_audit(result: AuditResult, max_per_kind: int = 20) -> str:
         out.append(f"  images empty in every class: {r.all_empty_images} of {r.n_read} ({_pct(r.all_empty_images, r.n_read)})")
     if r.overlap_pixels is not None:
         out.append(f"  pixels in more than one class: {r.overlap_pixels:,}")
+    if r.touching_objects is not None:
+        out.append("  " + object_line(r))
     if r.task == "multiclass" and r.n_read:
         fmt = lambda ws: "[" + ", ".join(f"{w:.3g}" for w in ws) + "]"  # noqa: E731
         out.append(f"  class weights by median frequency balancing (loss_params.ce.class_weights): {fmt(r.median_frequency_weights())}")
@@ -139,7 +154,8 @@ def _audit_html(r: AuditResult, colors: np.ndarray, max_problems: int = 5000, pi
         "class). " + esc(f"Void: {r.void_pixels:,} " + ("pixels" if r.task == "multiclass" else "(pixel, class) pairs") + ".")
         + (esc(f" Images empty in every class: {r.all_empty_images} of {r.n_read} ({_pct(r.all_empty_images, r.n_read)}).")
            if r.all_empty_images is not None else "")
-        + (esc(f" Pixels in more than one class: {r.overlap_pixels:,}.") if r.overlap_pixels is not None else ""))
+        + (esc(f" Pixels in more than one class: {r.overlap_pixels:,}.") if r.overlap_pixels is not None else "")
+        + (esc(" " + object_line(r)) if r.touching_objects is not None else ""))
     body = "\n".join([
         f"<p>{esc(r.task)} task, {esc(r.layout)} layout: {r.n_listed} sample(s) listed, {r.n_read} read without a "
         f"problem; {status}.</p>",

@@ -27,8 +27,8 @@ from typing import Iterable
 
 import numpy as np
 
-__all__ = ["INSTANCE_METRICS", "label_objects", "stack_objects", "component_hits", "match_hits", "scores_from_hits",
-           "image_score"]
+__all__ = ["INSTANCE_METRICS", "label_objects", "stack_objects", "touching", "component_hits", "match_hits",
+           "scores_from_hits", "image_score"]
 
 INSTANCE_METRICS = ("instance_map", "instance_f2")
 N_LEVELS = 10  # IoU thresholds 0.50, 0.55, ..., 0.95
@@ -70,6 +70,20 @@ def stack_objects(masks: Iterable[tuple[np.ndarray, str]], hw: tuple[int, int]) 
         names.append(where)
         labels[m] = len(names)
     return labels
+
+
+def touching(labels: np.ndarray) -> np.ndarray:
+    """The objects (label numbers) of a label map with a pixel 8-adjacent to another object's: the ones a mask
+    merges with a neighbour unless something keeps them apart (``data.instance_target: borders``,
+    ``postprocess.split_seed``)."""
+    from scipy import ndimage
+
+    labels = np.asarray(labels)
+    big = int(labels.max(initial=0)) + 1
+    hi = ndimage.maximum_filter(labels, size=3, mode="constant", cval=0)
+    lo = ndimage.minimum_filter(np.where(labels > 0, labels, big), size=3, mode="constant", cval=big)
+    near = (labels > 0) & ((hi != labels) | ((lo != labels) & (lo < big)))
+    return np.unique(labels[near])
 
 
 def component_hits(truth: np.ndarray, pred: np.ndarray, void: np.ndarray | None = None,

@@ -557,3 +557,31 @@ def test_report_overlays_show_objects_matched_or_not(tmp_path):
     compute_cv(cfg)
     page = Path(build_report(cfg.run_dir))
     assert (page.parent / "overlays_worst.png").is_file() and (page.parent / "overlays_best.png").is_file()
+
+
+def test_touching_objects_by_hand():
+    from seg_toolkit.instance_metrics import touching
+
+    labels = np.zeros((6, 12), np.int32)
+    labels[0:2, 0:2] = 1
+    labels[2:4, 2:4] = 2  # diagonal neighbour of 1: 8-adjacent
+    labels[0:2, 5:7] = 3  # one column from 4
+    labels[0:2, 8:10] = 4
+    labels[4:6, 8:10] = 5  # shares an edge with 6
+    labels[4:6, 10:12] = 6
+    assert touching(labels).tolist() == [1, 2, 5, 6]
+    assert touching(np.zeros((3, 3), np.int32)).tolist() == []
+
+
+def test_audit_counts_objects_and_those_that_touch(tmp_path):
+    from seg_toolkit.audit import audit
+    from seg_toolkit.audit_report import format_audit
+
+    images = _touching_problem(4)  # a touching pair of 20 pixels each and a lone nucleus of 16
+    cfg = _write_object_run(tmp_path, images)
+    res = audit(cfg)
+    assert res.objects_per_image == [3, 3, 3, 3] and res.object_areas == [20, 20, 16] * 4 and res.touching_objects == 8
+    assert ("objects: 12 in 4 image(s) (per image median 3, max 3); pixels per object median 20, 5th percentile 16, "
+            "smallest 16; 8 (66.67%) touch another object") in format_audit(res)
+    rows = _write_object_run(tmp_path / "rows", images, rows=True)
+    assert audit(rows).touching_objects == 8  # the same objects from CSV rows
