@@ -240,7 +240,7 @@ def split_objects(probs: np.ndarray, mask: np.ndarray, seed: float) -> np.ndarra
 
     objects, n = label_objects(mask)
     seeds, n_seeds = label_objects(mask & (probs >= seed))
-    if n_seeds < 2 or n_seeds == n:
+    if n_seeds < 2:
         return mask
     pairs = np.unique(objects[seeds > 0].astype(np.int64) * (n_seeds + 1) + seeds[seeds > 0])
     several = np.bincount(pairs // (n_seeds + 1), minlength=n + 1) >= 2

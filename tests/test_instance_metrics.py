@@ -454,6 +454,8 @@ def test_split_objects_by_hand():
     assert label_objects(out)[1] == 3 and label_objects(mask)[1] == 2
     np.testing.assert_array_equal(split_objects(p, mask, 0.96), mask)  # one seed (the lone core's): nothing to cut
     np.testing.assert_array_equal(split_objects(p, mask, 0.5), mask)  # the seeds are the objects themselves
+    p[1:3, 10] = 0.7  # the lone object without a core: as many seeds as objects, yet the blob holds both
+    np.testing.assert_array_equal(split_objects(p, p >= 0.5, 0.9), expect)
 
 
 def _touching_problem(n: int = 12):
