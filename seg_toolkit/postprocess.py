@@ -232,8 +232,8 @@ def apply_postprocess(probs: np.ndarray, task: str, params: PostParams, presence
 
 def split_objects(probs: np.ndarray, mask: np.ndarray, seed: float) -> np.ndarray:
     """``mask`` with each 8-connected object that holds two or more seeds (8-connected regions of
-    ``probs >= seed``, the object's cores) cut apart: each of its pixels goes to the nearest seed (Euclidean
-    distance, ``scipy.ndimage.distance_transform_edt``), and the pixels where two parts meet become
+    ``probs >= seed``, the object's cores) cut apart: each of its pixels goes to the nearest of its own seeds
+    (Euclidean distance, ``scipy.ndimage.distance_transform_edt``), and the pixels where two parts meet become
     background, so the parts are separate 8-connected objects (one instance row each). Objects with one seed
     or none are unchanged. Touching nuclei merged at the threshold come apart between their cores."""
     from .instance_metrics import label_objects
@@ -243,13 +243,17 @@ def split_objects(probs: np.ndarray, mask: np.ndarray, seed: float) -> np.ndarra
     if n_seeds < 2:
         return mask
     pairs = np.unique(objects[seeds > 0].astype(np.int64) * (n_seeds + 1) + seeds[seeds > 0])
-    several = np.bincount(pairs // (n_seeds + 1), minlength=n + 1) >= 2
-    several[0] = False
-    region = several[objects]
-    if not region.any():
+    several = np.flatnonzero(np.bincount(pairs // (n_seeds + 1), minlength=n + 1)[1:] >= 2) + 1
+    if not several.size:
         return mask
-    nearest = ndimage.distance_transform_edt(seeds == 0, return_distances=False, return_indices=True)
-    parts = np.where(region, seeds[tuple(nearest)], 0)
+    parts = np.zeros(objects.shape, np.int32)
+    boxes = ndimage.find_objects(objects)
+    for k in several:  # each object apart: a pixel never goes to a seed of another object across a gap
+        box = boxes[k - 1]
+        inside = objects[box] == k
+        own = np.where(inside, seeds[box], 0)
+        nearest = ndimage.distance_transform_edt(own == 0, return_distances=False, return_indices=True)
+        parts[box][inside] = own[tuple(nearest)][inside]
     big = np.int32(n_seeds + 1)
     lowest = ndimage.minimum_filter(np.where(parts > 0, parts, big), size=3, mode="constant", cval=big)
     out = mask.copy()

@@ -587,3 +587,19 @@ def test_audit_counts_objects_and_those_that_touch(tmp_path):
             "smallest 16; 8 (66.67%) touch another object") in format_audit(res)
     rows = _write_object_run(tmp_path / "rows", images, rows=True)
     assert audit(rows).touching_objects == 8  # the same objects from CSV rows
+
+
+def test_split_objects_keeps_each_pixel_with_its_own_objects_seeds():
+    """Blob A (rows 0-1) has its cores at its two ends; blob C below (rows 3-4, one row apart) has its cores in
+    its middle, nearer A's middle than A's own cores are. A still splits in two, never into a third piece that
+    went to C's seed across the gap."""
+    from seg_toolkit.postprocess import split_objects
+
+    p = np.zeros((5, 12), np.float32)
+    p[0:2, 0:12] = 0.6
+    p[0:2, 0] = p[0:2, 11] = 0.95
+    p[3:5, 3:9] = 0.6
+    p[3:5, 4] = p[3:5, 7] = 0.95
+    out = split_objects(p, p >= 0.5, 0.9)
+    assert label_objects(out)[1] == 4
+    assert out[0:2].sum() == 24 - 2 and out[3:5].sum() == 12 - 2  # one column cut from each blob
