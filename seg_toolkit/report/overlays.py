@@ -206,11 +206,11 @@ def _example_panels(d: ReportData, ex: Example, colors: np.ndarray,
         status = np.asarray([MATCHED_COLOR, UNMATCHED_COLOR], np.uint8)
         truth_labels = load_objects(s, cfg, hw)
         pred_labels, _ = label_objects(predm[0])
-        void_or_none = void if void.any() else None
-        truth_img, pred_img = (
-            _paint(image, [fit(m) for m in _object_status(own, other, void_or_none)], status, fit(void) if own is truth_labels else None,
-                   edges=fit(_object_edges(own)))
-            for own, other in ((truth_labels, pred_labels), (pred_labels, truth_labels)))
+        scored_void = void if void.any() else None
+        truth_img = _paint(image, [fit(m) for m in _object_status(truth_labels, pred_labels, scored_void)], status,
+                           fit(void), edges=fit(_object_edges(truth_labels)))
+        pred_img = _paint(image, [fit(m) for m in _object_status(pred_labels, truth_labels, scored_void)], status,
+                          edges=fit(_object_edges(pred_labels)))
         return image, truth_img, pred_img
     truth_img = _paint(image, [fit(m) for m in truth], colors, fit(void))
     pred_img = _paint(image, [fit(m) for m in predm], colors)
