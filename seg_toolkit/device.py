@@ -10,7 +10,7 @@ import torch
 
 from .config import ConfigError
 
-__all__ = ["resolve_device", "check_device", "autocast", "seed_everything"]
+__all__ = ["resolve_device", "check_device", "autocast", "seed_everything", "tf32_state"]
 
 
 def check_device(name: str, key: str = "train.device") -> None:
@@ -57,6 +57,16 @@ def autocast(choice, device: torch.device):
     """An :class:`~seg_toolkit.amp.AmpChoice` as a context manager."""
     dtype = choice.dtype
     return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
+
+
+def tf32_state(device: torch.device) -> dict | None:
+    """On CUDA, whether float32 matmuls and convolutions may run in TF32 (Ampere and later: faster, 10-bit
+    mantissa), as the fold trained: ``done.json`` records it, so two runs that differ only there can be told
+    apart. None on other devices."""
+    if device.type != "cuda":
+        return None
+    return {"matmul": bool(torch.backends.cuda.matmul.allow_tf32), "cudnn": bool(torch.backends.cudnn.allow_tf32),
+            "float32_matmul_precision": torch.get_float32_matmul_precision()}
 
 
 def seed_everything(seed: int, deterministic: bool, cudnn_benchmark: bool = False) -> None:

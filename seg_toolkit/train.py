@@ -28,7 +28,7 @@ from .fold_state import TrainState, checkpoint_state, restore, save_epoch, shoul
 from .amp import run_amp
 from .budget import fit_to_budget
 from .budget_run import decide_folds, plan_fold
-from .device import resolve_device, seed_everything
+from .device import resolve_device, seed_everything, tf32_state
 from .distributed import Dist, get_dist
 from .losses import build_loss, model_loss
 from .optim import LRSchedule, build_optimizer
@@ -221,7 +221,7 @@ def train_attempt(cfg: Config, fold: int, samples: list[Sample], folds: pd.DataF
                            epochs_planned=state.epochs, fold_budget_s=budget.share_s if budget else None,
                            budget_folds=budget.folds if budget and budget.folds else None,
                            n_train=len(train_set), n_valid=len(valid_set), world_size=d.world_size, optim_lr=cfg.optim.lr,
-                           amp=amp.mode, amp_reason=amp.reason, init_from=initialised,
+                           amp=amp.mode, amp_reason=amp.reason, tf32=tf32_state(device), init_from=initialised,
                            init_from_sha256=state.init_sha256 or None,
                            n_pseudo=len(pseudo), pseudo=pseudo_info(cfg), versions=library_versions(), **averaged)
             write_json(run.done_json(fold), summary)

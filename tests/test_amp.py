@@ -154,6 +154,7 @@ def test_auto_is_measured_once_and_used_by_training_and_inference(demo_root, tmp
     rec = json.loads(run.amp_json.read_text())
     assert rec["mode"] == "bf16" and rec["timings"]["bf16_speedup"] == 2.5
     assert cv["amp"] == ["bf16"] and all(f["amp"] == "bf16" for f in cv["per_fold"])
+    assert all(f["tf32"] is None for f in cv["per_fold"])  # TF32 is CUDA's: nothing to record on a CPU
     member = Member.load(run)
     assert member.amp(0, CPU).mode == "bf16"
     # predicting in another precision than the OOF files were made in (what tune scored) is named, once
@@ -207,3 +208,20 @@ def test_lr_find_measures_like_training_and_reads_but_never_writes_amp_json(demo
     assert calls == [1, 1] and cv["amp"] == ["none"]
     assert json.loads(Run.of(cfg).amp_json.read_text())["mode"] == "none"
     assert lr_find(cfg, fold=0, start=1e-5, end=1.0, steps=12)["amp"] == "none" and calls == [1, 1]
+
+
+def test_tf32_state_is_read_from_torch_on_cuda_only():
+    """done.json's ``tf32`` on CUDA: the matmul and cuDNN flags and the float32 matmul precision as the fold trained
+    (read from the flags, which exist without a GPU); None on other devices."""
+    from seg_toolkit.device import tf32_state
+
+    assert tf32_state(torch.device("cpu")) is None
+    was = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32  # torch's own setters: no monkeypatch
+    try:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = True, False
+        state = tf32_state(torch.device("cuda"))
+        assert state["matmul"] is True and state["cudnn"] is False and state["float32_matmul_precision"] == "high"
+        torch.backends.cuda.matmul.allow_tf32 = False
+        assert tf32_state(torch.device("cuda"))["float32_matmul_precision"] == "highest"
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = was
