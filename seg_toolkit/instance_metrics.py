@@ -140,10 +140,9 @@ def scores_from_hits(hits: np.ndarray, n_pred: np.ndarray, n_truth: np.ndarray, 
     return per_level.mean(-1)
 
 
-def image_score(truth: np.ndarray, pred_mask: np.ndarray, metric: str, void: np.ndarray | None = None,
-                min_area: int = 0) -> float:
-    """One image's score: ``pred_mask``'s 8-connected objects (those of at least ``min_area`` pixels) against the
-    truth label map."""
-    pred, _ = label_objects(pred_mask, min_area)
+def image_score(truth: np.ndarray, pred_mask: np.ndarray, metric: str, void: np.ndarray | None = None) -> float:
+    """One image's score: ``pred_mask``'s 8-connected objects against the truth label map (small objects are
+    post-processing's to drop: ``min_area``, ``submission.min_instance_area``)."""
+    pred, _ = label_objects(pred_mask)
     hits, n_truth, n_pred = match_hits(truth, pred, void)
     return float(scores_from_hits(hits, n_pred, n_truth, metric))

@@ -202,7 +202,7 @@ class RLESpec:
             raise ValueError(f"encode_rows expects a 2-D (height, width) mask, got shape {mask.shape}")
         from .instance_metrics import label_objects  # the objects instance metrics score
 
-        labels, n = label_objects(mask)  # 8-connected, as postprocess.remove_small
+        labels, n = label_objects(mask, self.min_instance_area)  # 8-connected, as postprocess.remove_small
         if n == 0:
             return [self.empty]
         flat = labels.ravel(order=self.order)
@@ -212,14 +212,9 @@ class RLESpec:
         seg_label = flat[seg_start]
         keep = seg_label != 0
         seg_start, seg_len, seg_label = seg_start[keep], (seg_end - seg_start)[keep], seg_label[keep]
-        area = np.bincount(seg_label, weights=seg_len, minlength=n + 1)
         by_label = np.argsort(seg_label, kind="stable")  # runs of each object stay sorted by start
         bounds = np.searchsorted(seg_label[by_label], np.arange(1, n + 2))
-        objects = [
-            by_label[bounds[k - 1] : bounds[k]] for k in range(1, n + 1) if area[k] >= max(self.min_instance_area, 1)
-        ]
-        if not objects:
-            return [self.empty]
+        objects = [by_label[bounds[k - 1] : bounds[k]] for k in range(1, n + 1)]
         objects.sort(key=lambda idx: seg_start[idx[0]])
         return [self.format_runs(seg_start[idx], seg_len[idx]) for idx in objects]
 
