@@ -111,10 +111,15 @@ def test_estimate_is_within_5x_of_the_real_predict(timed_run, tmp_path):
     assert r["n_images"] == 160 and r["passes_per_image"] == 4 and r["images_timed"] % 8 == 0 and r["images_timed"] >= 16
     assert 0 < r["members"][0]["forward_s"] < r["per_image_s"]
     assert r["members"][0]["scale_cost"] == [64 * 64]  # one scale, the 64x64 test images whole
-    start = time.perf_counter()
-    predict_test(timed_run, out=tmp_path / "sub.csv")
-    real = time.perf_counter() - start
-    assert 1 / 5 < r["total_s"] / real < 5, (r["total_s"], real)
+    # each timed twice, the faster kept: other work on the machine only adds time (once 11.4 s for a 1.7 s estimate
+    # while the other xdist worker ran a heavy test), and it rarely hits both runs of one of them
+    estimated = min(r["total_s"], estimate_predict(timed_run, min_seconds=1.0)["total_s"])
+    real = []
+    for k in range(2):
+        start = time.perf_counter()
+        predict_test(timed_run, out=tmp_path / f"sub{k}.csv")
+        real.append(time.perf_counter() - start)
+    assert 1 / 5 < estimated / min(real) < 5, (estimated, real)
 
 
 def test_estimate_command(timed_run, capsys):
