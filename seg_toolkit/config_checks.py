@@ -225,7 +225,7 @@ def _check_split(cfg: Config) -> None:
 
     p, task = cfg.postprocess, cfg.data.task
     for key, values in (("split_seed", [p.split_seed]), ("split_seed_grid", p.split_seed_grid)):
-        bad = [v for v in values if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= 1)]
+        bad = [v for v in values if v is not None and (isinstance(v, bool) or not finite_number(v) or not 0 < v <= 1)]
         if bad:
             raise ConfigError(f"postprocess.{key}: expected a probability in (0, 1] (the seeds are p >= it), got {bad[0]!r}")
         if task == "multiclass" and any(v is not None for v in values):

@@ -143,9 +143,12 @@ class Evaluator:
         pred = p.argmax(1) if self.task == "multiclass" else binarize(p, self.threshold)
         self.update_masks(pred, target, objects)
 
-    def update_masks(self, pred: ArrayLike, target: ArrayLike, objects: Sequence[np.ndarray] | None = None) -> None:
+    def update_masks(self, pred: ArrayLike, target: ArrayLike, objects: Sequence[np.ndarray] | None = None,
+                     ) -> list[list[float]]:
         """Add a batch of hard predictions and its target. An object-matching metric also needs ``objects``: each
-        image's truth objects as an ``(H, W)`` label map (0 = none; :func:`seg_toolkit.data.load_objects`)."""
+        image's truth objects as an ``(H, W)`` label map (0 = none; :func:`seg_toolkit.data.load_objects`).
+        Returns the per-image scores it added (one row per image, one value per class; empty for a dataset-level
+        metric)."""
         p, t = _as_tensor(pred), _as_tensor(target)
         c = self.num_classes
         if self.task == "multiclass":
@@ -169,11 +172,14 @@ class Evaluator:
                 )
             counts = image_counts(p, t, c, self.ignore_index)
             self._confusion += _sigmoid_confusion_from_counts(counts)
+        rows: list[list[float]] = []
         if self.instance:
-            self._scores.extend([s] for s in self._object_scores(p, t, objects))
+            rows = [[s] for s in self._object_scores(p, t, objects)]
         elif self.per_image and counts is not None:
-            self._scores.extend(scores_from_counts(counts, self.metric, self.empty_score).tolist())
+            rows = scores_from_counts(counts, self.metric, self.empty_score).tolist()
+        self._scores.extend(rows)
         self._n_images += int(p.shape[0])
+        return rows
 
     def _object_scores(self, pred: Any, target: Any, objects: Sequence[np.ndarray] | None) -> list[float]:
         """Each image's object-matching score: the 8-connected components of its mask against its truth objects."""

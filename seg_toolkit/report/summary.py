@@ -36,7 +36,7 @@ from ..config import IGNORE_INDEX, Config
 from ..data import DataError, Sample, class_colors, class_names, load_target
 from ..data.dataset import target_to_tensor
 from ..evaluator import Evaluator, scored_columns, truth_objects
-from ..instance_metrics import INSTANCE_METRICS, image_score
+from ..instance_metrics import INSTANCE_METRICS
 from ..metrics import PER_IMAGE_METRICS, image_counts, scores_from_counts
 from ..plots import metric_label
 from ..files import read_json, read_oof, write_json
@@ -153,7 +153,7 @@ def compute_oof_summary(run: Run, cfg: Config, samples: list[Sample], n_examples
             continue
         pred = predict_mask(q, task, cfg.metric.threshold)
         objects = truth_objects(evaluator, s, cfg, tuple(q.shape[-2:]))
-        evaluator.update_masks(pred, target, objects)
+        added = evaluator.update_masks(pred, target, objects)
         empty = torch.zeros_like(target) if task == "multiclass" else torch.zeros(target.shape, dtype=torch.uint8)
         baseline.update_masks(empty, target, objects)
         counts = image_counts(pred, target, n_cls)
@@ -168,9 +168,8 @@ def compute_oof_summary(run: Run, cfg: Config, samples: list[Sample], n_examples
             image_level[np.arange(n_cls), has_true.astype(int), has_pred.astype(int)] += 1
         void_px += int((target == IGNORE_INDEX).sum())
         n_images += 1
-        if objects is not None:  # an object-matching metric: the image's score is its own, not a pixel count's
-            void = (target[0, 0] == IGNORE_INDEX).numpy()
-            score = image_score(objects[0], pred[0, 0].numpy(), metric, void if void.any() else None)
+        if objects is not None:  # an object-matching metric: the image's score as the Evaluator matched its objects
+            score = added[0][0]
         else:
             score = _per_image_score(counts, metric, cfg.metric.empty_score, task, scored_columns(cfg.metric, task))
         if math.isnan(score):
