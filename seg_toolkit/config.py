@@ -101,6 +101,10 @@ class DataConfig:
     # different objects become background, so touching objects stay apart (U-Net paper; seg_toolkit/data/instances.py)
     instance_target: Literal["union", "borders"] = "union"
     instance_border_px: int = 1
+    # the U-Net paper's weight map (data/weight_map.py): target background near two objects (instance_folders or
+    # rle_instances) weighs 1 + border_weight * exp(-(d1 + d2)^2 / (2 border_sigma^2)) in bce / focal; 0 = off
+    border_weight: float = 0.0
+    border_sigma: float = 5.0
     # multilabel, folder layout: one binary mask file per class, train_masks/<pattern><mask_ext>; fields {id}, and
     # {cls} (1-based class number) or {name} (class name): "{id}_{cls}", "{name}/{id}" (seg_toolkit/data/class_masks.py)
     mask_per_class: Optional[str] = None

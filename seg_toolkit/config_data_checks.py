@@ -224,6 +224,7 @@ def _check_mask_layouts(cfg: Config) -> None:
         for key in ("instance_target", "instance_border_px"):
             if getattr(d, key) != getattr(defaults, key):
                 raise ConfigError(f"data.{key}: only used with data.instance_folders: true (one mask file per object)")
+    _check_border_weight(cfg)
     if d.instance_border_px < 1:
         raise ConfigError(f"data.instance_border_px: expected >= 1 (pixels within it of two objects become background), "
                           f"got {d.instance_border_px}")
@@ -264,6 +265,33 @@ def _check_mask_layouts(cfg: Config) -> None:
             if not n or any(c in n for c in "/\\\x00") or n in (".", ".."):
                 raise ConfigError(f"data.class_names[{i}]: {n!r} names a folder or file of data.mask_per_class; "
                                   "it cannot be empty or hold a path separator")
+
+
+def _check_border_weight(cfg: Config) -> None:
+    """``data.border_weight`` / ``border_sigma`` (:mod:`seg_toolkit.data.weight_map`): numbers in range, objects to
+    measure, and a loss term the map weighs."""
+    d = cfg.data
+    for key, ok, want in (("border_weight", lambda v: v >= 0, ">= 0 (0 = off; the U-Net paper: 10)"),
+                          ("border_sigma", lambda v: v > 0, "> 0 pixels (the U-Net paper: 5)")):
+        v = getattr(d, key)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not ok(v):
+            raise ConfigError(f"data.{key}: expected a number {want}, got {v!r}")
+    if not d.border_weight:
+        if d.border_sigma != type(d)().border_sigma:
+            raise ConfigError("data.border_sigma: only used with data.border_weight > 0 (the U-Net weight map)")
+        return
+    if not (d.instance_folders or d.rle_instances):
+        raise ConfigError("data.border_weight: the weight map measures each pixel's distance to the two nearest objects, "
+                          "which come from data.instance_folders: true (one mask file per object) or data.rle_instances: "
+                          "true (one CSV row per object)")
+    if d.task != "binary":
+        raise ConfigError(f"data.border_weight: the weight map separates the objects of a binary mask; data.task is {d.task}")
+    from .losses import PIXEL_WEIGHTED
+
+    weighed = [n for n in PIXEL_WEIGHTED if (cfg.loss or {}).get(n)]
+    if not weighed:
+        raise ConfigError(f"data.border_weight: the weight map weighs the pixel terms bce and focal, and loss has neither "
+                          f"with a weight > 0 ({cfg.loss}); add e.g. bce: 0.5")
 
 
 def _check_bands(cfg: Config) -> None:

@@ -108,6 +108,12 @@ def to_device(batch: dict[str, Any], cfg: Config, device: torch.device) -> tuple
     return images, target
 
 
+def batch_weight(batch: dict[str, Any], device: torch.device) -> torch.Tensor | None:
+    """The batch's U-Net weight map on ``device`` (``data.border_weight``), or None."""
+    weight = batch.get("weight")
+    return None if weight is None else weight.to(device, non_blocking=True)
+
+
 def train_one_epoch(cfg, model, ema, loss_fn, optimizer, schedule, scaler, loader, state: TrainState, fold: int, epoch: int, device,
                     stop: GracefulStop | None = None, amp=None, total_epochs: int | None = None) -> dict[str, float]:
     """One pass over the training set; returns mean loss terms, the mean learning rate its updates applied
@@ -155,7 +161,8 @@ def train_one_epoch(cfg, model, ema, loss_fn, optimizer, schedule, scaler, loade
         with ddp.no_sync() if ddp is not None and not boundary else contextlib.nullcontext():
             with autocast(amp, device):
                 out = model(images)
-            loss, terms = model_loss(loss_fn, out, target, cfg.model.deep_supervision, cfg.model.classifier)
+            loss, terms = model_loss(loss_fn, out, target, cfg.model.deep_supervision, cfg.model.classifier,
+                                     batch_weight(batch, device))
             # the mean over the batches of this update: the epoch's last group may hold fewer than grad_accum
             group = min(accum, len(loader) - (i // accum) * accum)
             scaler.scale(loss / group).backward()

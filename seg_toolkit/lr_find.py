@@ -209,7 +209,7 @@ def _training_step(cfg: Config, model, optimizer, ratios: list[float], loss_fn, 
     :func:`~seg_toolkit.epoch.optimizer_step` (``train.grad_clip``, the scaler's step); returns the batches' mean loss."""
     from . import losses
     from .device import autocast
-    from .epoch import optimizer_step, to_device
+    from .epoch import batch_weight, optimizer_step, to_device
 
     batches = iter(())
     accum = cfg.train.grad_accum
@@ -228,7 +228,8 @@ def _training_step(cfg: Config, model, optimizer, ratios: list[float], loss_fn, 
             images, target = to_device(batch, cfg, device)
             with autocast(amp, device):
                 out = model(images)
-            loss, _ = losses.model_loss(loss_fn, out, target, cfg.model.deep_supervision, cfg.model.classifier)
+            loss, _ = losses.model_loss(loss_fn, out, target, cfg.model.deep_supervision, cfg.model.classifier,
+                                        batch_weight(batch, device))
             scaler.scale(loss / accum).backward()
             total += float(loss.detach())
         optimizer_step(cfg, model, optimizer, scaler)

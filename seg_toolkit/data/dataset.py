@@ -22,6 +22,7 @@ from .io import DataError
 from .sample import read_config_image
 from ..instance_metrics import INSTANCE_METRICS
 from .instances import load_objects
+from .weight_map import sample_weight_map
 from .sources import Sample, load_target
 
 log = logging.getLogger(__name__)
@@ -99,7 +100,8 @@ def build_transforms(cfg: Config, train: bool) -> A.Compose:
         h, w = cfg.transforms.resize
         steps.append(A.Resize(h, w))
     steps.append(_normalize(cfg))
-    return A.Compose(steps)
+    # weight: the U-Net weight map (data.border_weight), moved as a mask is (nearest neighbour, the target's fill)
+    return A.Compose(steps, additional_targets={"weight": "mask"})
 
 
 def target_to_tensor(target: np.ndarray, task: str) -> torch.Tensor:
@@ -117,7 +119,8 @@ class SegDataset(Dataset):
     are computed at the competition's resolution), and under an object-matching metric
     (``instance_map`` / ``instance_f2``) the truth objects too (``objects``: a label map, :func:`load_objects`);
     ``test`` returns no target.
-    Items are dicts: ``image`` float32 ``(C, H, W)``, ``target``, ``id``, ``index``, ``size``.
+    Items are dicts: ``image`` float32 ``(C, H, W)``, ``target``, ``id``, ``index``, ``size``; training items
+    under ``data.border_weight`` also ``weight``, the U-Net weight map ``float32 (1, H, W)`` (:mod:`.weight_map`).
     """
 
     def __init__(self, samples: list[Sample], cfg: Config, mode: str = "train") -> None:
@@ -141,9 +144,15 @@ class SegDataset(Dataset):
             self.aug.set_random_seed(seed)
         if self.mode == "train":
             target = load_target(sample, cfg, hw)
-            out = self._augment(sample, hw, image=image, mask=target)
+            if cfg.data.border_weight:  # the U-Net weight map: augmented as a second mask, in step with the target
+                weight = sample_weight_map(sample, cfg, target)
+                out = self._augment(sample, hw, image=image, mask=target, weight=weight)
+                item["weight"] = torch.from_numpy(np.ascontiguousarray(out["weight"], dtype=np.float32)[None])
+            else:
+                out = self._augment(sample, hw, image=image, mask=target)
+            target = out["mask"]
             item["image"] = torch.from_numpy(out["image"].transpose(2, 0, 1).copy())
-            item["target"] = target_to_tensor(out["mask"], cfg.data.task)
+            item["target"] = target_to_tensor(target, cfg.data.task)
             return item
         item["image"] = torch.from_numpy(self._augment(sample, hw, image=image)["image"].transpose(2, 0, 1).copy())
         if self.mode == "valid":
@@ -187,6 +196,8 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
             out["target"] = torch.stack([it["target"] for it in items])
         else:  # validation targets keep their original sizes
             out["target"] = [it["target"] for it in items]
+    if "weight" in items[0]:  # the U-Net weight maps of training items, (N, 1, H, W) as their targets
+        out["weight"] = torch.stack([it["weight"] for it in items])
     if "objects" in items[0]:  # label maps (NumPy, original sizes), one per image
         out["objects"] = [it["objects"] for it in items]
     return out

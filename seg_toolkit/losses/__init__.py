@@ -46,13 +46,14 @@ Where: ``terms.py`` (ce, bce, focal), ``lovasz.py``, ``region.py`` (dice, jaccar
 config accepts, :class:`LossCombo`, :func:`build_loss`, :func:`model_loss`).
 """
 
-from .combo import LOSS_NAMES, TASKS, LossCombo, build_loss, build_loss_term, model_loss
+from .combo import LOSS_NAMES, PIXEL_WEIGHTED, TASKS, LossCombo, build_loss, build_loss_term, model_loss
 from .lovasz import LovaszLoss, lovasz_grad, lovasz_hinge_flat, lovasz_softmax_flat
 from .region import RegionLoss, region_sums
 from .terms import CrossEntropyLoss, FocalLoss, MaskedBCEWithLogitsLoss
 
 __all__ = [
     "LOSS_NAMES",
+    "PIXEL_WEIGHTED",
     "TASKS",
     "LossCombo",
     "build_loss",

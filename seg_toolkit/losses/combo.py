@@ -18,7 +18,7 @@ from .lovasz import LovaszLoss
 from .region import RegionLoss
 from .terms import _SIGMOID_TASKS, TASKS, CrossEntropyLoss, FocalLoss, MaskedBCEWithLogitsLoss
 
-__all__ = ["LOSS_NAMES", "TASKS", "LossCombo", "build_loss", "build_loss_term", "model_loss"]
+__all__ = ["LOSS_NAMES", "PIXEL_WEIGHTED", "TASKS", "LossCombo", "build_loss", "build_loss_term", "model_loss"]
 
 logger = logging.getLogger(__name__)
 
@@ -140,6 +140,9 @@ _LOSSES: dict[str, _LossSpec] = {
     "tversky": _LossSpec(TASKS, ("alpha", "beta", "smooth"), _make_tversky),
 }
 
+#: The terms the U-Net weight map (``data.border_weight``) weighs: the pixel cross-entropies.
+PIXEL_WEIGHTED: tuple[str, ...] = ("bce", "focal")
+
 #: Every loss name ``cfg.loss`` accepts.
 LOSS_NAMES: tuple[str, ...] = tuple(_LOSSES)
 
@@ -204,14 +207,19 @@ class LossCombo(nn.Module):
                 f"loss: {self.task} target must have the logits' shape {tuple(logits.shape)}, got {tuple(target.shape)}"
             )
 
-    def forward(self, logits: Tensor, target: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+    def forward(self, logits: Tensor, target: Tensor, weight: Optional[Tensor] = None) -> tuple[Tensor, dict[str, Tensor]]:
+        """``weight``: the U-Net weight map ``(N, 1, H, W)`` (``data.border_weight``), passed to the pixel terms
+        (:data:`PIXEL_WEIGHTED`); the region terms (dice, jaccard, tversky, lovasz) count every pixel once."""
         self._check(logits, target)
+        if weight is not None and tuple(weight.shape) != (target.shape[0], 1, *target.shape[2:]):
+            raise ValueError(f"loss: the weight map must be (N, 1, H, W) = {(target.shape[0], 1, *target.shape[2:])}, "
+                             f"got {tuple(weight.shape)}")
         logits = logits.float()
         target = target.long() if self.task == "multiclass" else target.float()
         total: Optional[Tensor] = None
         parts: dict[str, Tensor] = {}
         for name, term in self.terms.items():
-            value = term(logits, target)
+            value = term(logits, target, weight) if weight is not None and name in PIXEL_WEIGHTED else term(logits, target)
             parts[name] = value.detach()
             weighted = self.weights[name] * value
             total = weighted if total is None else total + weighted
@@ -223,20 +231,22 @@ class LossCombo(nn.Module):
 
 
 def model_loss(loss_fn: nn.Module, out: Tensor | tuple, target: Tensor, aux_weight: float = 0.0,
-               presence_weight: float = 0.0) -> tuple[Tensor, dict[str, Tensor]]:
+               presence_weight: float = 0.0, weight: Optional[Tensor] = None) -> tuple[Tensor, dict[str, Tensor]]:
     """The training loss of a model output: plain logits, or ``(logits, [aux logits])`` from a deeply
     supervised model, whose loss is ``loss(logits) + aux_weight * mean(loss(aux))`` (term ``aux``).
     With ``presence_weight`` > 0 the logits carry the empty-mask classifier's channels
-    (:mod:`seg_toolkit.models.presence`): ``+ presence_weight * BCE(presence, mask non-empty)`` (term ``cls``)."""
+    (:mod:`seg_toolkit.models.presence`): ``+ presence_weight * BCE(presence, mask non-empty)`` (term ``cls``).
+    ``weight``: the batch's U-Net weight map (``data.border_weight``), for the main and the auxiliary outputs."""
     from ..models.presence import presence_loss, split_presence
 
     logits, aux = (out, None) if not isinstance(out, tuple) else out
     presence = None
     if presence_weight > 0:
         logits, presence = split_presence(logits, target.shape[1], True)
-    loss, terms = loss_fn(logits.float(), target)
+    extra = {} if weight is None else {"weight": weight}
+    loss, terms = loss_fn(logits.float(), target, **extra)
     if aux:  # a model with no coarser stage gives an empty list (config loading refuses that; a model built by hand may not)
-        aux_loss = sum(loss_fn(a.float(), target)[0] for a in aux) / len(aux)
+        aux_loss = sum(loss_fn(a.float(), target, **extra)[0] for a in aux) / len(aux)
         loss, terms = loss + aux_weight * aux_loss, {**terms, "aux": aux_loss.detach()}
     if presence is not None:
         cls_loss = presence_loss(presence, target)

@@ -21,12 +21,17 @@ _SIGMOID_TASKS = ("binary", "multilabel")
 # ----------------------------------------------------------------------------- helpers
 
 
-def _masked_mean(values: Tensor, valid: Tensor) -> Tensor:
-    """Mean of ``values`` over the ``valid`` positions; exactly 0 when none is valid.
+def _masked_mean(values: Tensor, valid: Tensor, weight: Optional[Tensor] = None) -> Tensor:
+    """Mean of ``values`` over the ``valid`` positions; exactly 0 when none is valid. With ``weight``
+    (the U-Net weight map, broadcastable to ``values``) the weighted mean ``sum(w * v) / sum(w)``.
 
     ``values`` must already be finite at the void positions (the callers replace void
     targets by 0 before computing), so that their gradient there is an exact 0.
     """
+    if weight is not None:
+        w = torch.where(valid, weight.to(values.dtype).expand_as(values), torch.zeros_like(values))
+        total = (torch.where(valid, values, torch.zeros_like(values)) * w).sum()
+        return torch.where(w.sum() > 0, total / w.sum().clamp_min(1e-12), total * 0.0)
     total = torch.where(valid, values, torch.zeros_like(values)).sum()
     return total / valid.sum().clamp_min(1).to(values.dtype)
 
@@ -105,13 +110,14 @@ class MaskedBCEWithLogitsLoss(nn.Module):
         self.register_buffer("pos_weight", pw, persistent=False)
         self.ignore_index = ignore_index
 
-    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+    def forward(self, logits: Tensor, target: Tensor, weight: Optional[Tensor] = None) -> Tensor:
+        """``weight``: per-pixel weights ``(N, 1, H, W)`` (the U-Net weight map), a weighted mean over non-void elements."""
         valid, clean = _sigmoid_valid(target, self.ignore_index)
         pw = self.pos_weight
         if pw is not None and logits.dim() != 4:
             pw = pw.view(-1)  # (C,) broadcasts along the last dim only for (N, C)
         per_elem = F.binary_cross_entropy_with_logits(logits, clean, pos_weight=pw, reduction="none")
-        return _masked_mean(per_elem, valid)
+        return _masked_mean(per_elem, valid, weight)
 
 
 # ----------------------------------------------------------------------------- focal
@@ -154,17 +160,20 @@ class FocalLoss(nn.Module):
                 self.alpha_scalar = float(alpha)
         self.register_buffer("class_alpha", class_alpha, persistent=False)
 
-    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+    def forward(self, logits: Tensor, target: Tensor, weight: Optional[Tensor] = None) -> Tensor:
+        """``weight``: per-pixel weights (binary / multilabel: the U-Net weight map), a weighted mean."""
         if self.mode == "multiclass":
+            if weight is not None:
+                raise ValueError("focal: per-pixel weights apply to binary / multilabel targets")
             return self._softmax_focal(logits, target)
-        return self._sigmoid_focal(logits, target)
+        return self._sigmoid_focal(logits, target, weight)
 
     def _modulator(self, one_minus_pt: Tensor) -> Tensor:
         if self.gamma == 0.0:
             return torch.ones_like(one_minus_pt)
         return one_minus_pt.clamp_min(_FOCAL_EPS).pow(self.gamma)
 
-    def _sigmoid_focal(self, logits: Tensor, target: Tensor) -> Tensor:
+    def _sigmoid_focal(self, logits: Tensor, target: Tensor, weight: Optional[Tensor] = None) -> Tensor:
         valid, t = _sigmoid_valid(target, self.ignore_index)
         nll = F.binary_cross_entropy_with_logits(logits, t, reduction="none")  # -log p_t
         # 1 - p_t = sigmoid(x) for a negative, sigmoid(-x) for a positive (no cancellation); a soft target (pseudo.soft)
@@ -177,7 +186,7 @@ class FocalLoss(nn.Module):
         loss = self._modulator(one_minus_pt) * nll
         if self.alpha_scalar is not None:
             loss = loss * (self.alpha_scalar * t + (1.0 - self.alpha_scalar) * (1.0 - t))
-        return _masked_mean(loss, valid)
+        return _masked_mean(loss, valid, weight)
 
     def _softmax_focal(self, logits: Tensor, target: Tensor) -> Tensor:
         target = target.long()
