@@ -298,11 +298,12 @@ class PostprocessConfig:
     # cross-fitted score decides; joint when there is no cross-fitted score)
     search: Literal["auto", "greedy", "joint"] = "auto"
     class_weight_grid: list[float] = field(default_factory=list)  # multiclass: per-class argmax weights to search (empty: off)
-    # binary / multilabel: cut objects holding two or more seeds (regions of p >= split_seed) apart along a watershed
-    # (postprocess.split_objects: touching nuclei merged at the threshold); tune searches split_seed_grid under an
-    # object-matching metric (null in the grid: no split)
+    # binary / multilabel: cut objects holding two or more seeds (regions of p >= split_seed) apart (postprocess.split_objects:
+    # touching nuclei merged at the threshold), each pixel to its nearest seed (distance) or along the valley of p
+    # (probability: a watershed, scikit-image); tune searches split_seed_grid under an object metric (null: no split)
     split_seed: Optional[float] = None
     split_seed_grid: list[Optional[float]] = field(default_factory=list)
+    split_by: Literal["distance", "probability"] = "distance"
 
 
 @dataclass

@@ -235,6 +235,15 @@ def _check_split(cfg: Config) -> None:
         if on and cfg.metric.name not in INSTANCE_METRICS:
             raise ConfigError(f"postprocess.{key}: cuts touching objects apart, which only an object-matching metric "
                               f"scores (metric.name: instance_map or instance_f2); metric.name is {cfg.metric.name!r}")
+    if p.split_by != "distance":
+        if p.split_seed is None and not any(v is not None for v in p.split_seed_grid):
+            raise ConfigError(f"postprocess.split_by: {p.split_by!r} says how objects are cut apart, but there is no "
+                              "postprocess.split_seed or split_seed_grid to cut them")
+        try:
+            import skimage.segmentation  # noqa: F401
+        except ImportError:
+            raise ConfigError("postprocess.split_by: 'probability' cuts along a watershed of scikit-image, which is not "
+                              "installed: pip install 'seg_toolkit[instances]' (or scikit-image), or split_by: distance") from None
 
 
 def _check_predict(cfg: Config) -> None:

@@ -31,6 +31,8 @@ __all__ = ["PostParams", "apply_postprocess", "on_oof_grid", "area_floor", "remo
 
 #: what an empty gate compares with its value
 GATE_SOURCES = ("max_prob", "classifier")
+#: how :func:`split_objects` gives an object's pixels to its seeds
+SPLIT_BY = ("distance", "probability")
 
 
 @dataclass
@@ -41,6 +43,7 @@ class PostParams:
     gate_source: list[str] = field(default_factory=list)  # per class; empty = max_prob everywhere (older files)
     class_weight: list[float] = field(default_factory=list)  # multiclass: argmax of weight x probability; empty = all 1
     split_seed: list[float | None] = field(default_factory=list)  # binary / multilabel: split_objects' seed; empty = off
+    split_by: str = "distance"  # split_objects' way of cutting: nearest seed (distance) or a watershed on p (probability)
 
     def __post_init__(self) -> None:
         self._check_values()
@@ -55,6 +58,8 @@ class PostParams:
                 s is None or (isinstance(s, (int, float)) and not isinstance(s, bool) and 0.0 < s <= 1.0)
                 for s in self.split_seed):
             raise ValueError(f"split_seed: expected null or a probability in (0, 1] per class, got {self.split_seed!r}")
+        if self.split_by not in SPLIT_BY:
+            raise ValueError(f"split_by: expected one of {SPLIT_BY}, got {self.split_by!r}")
         if not self.class_weight:
             self.class_weight = [1.0] * len(self.threshold)
         self.class_weight = [float(w) for w in self.class_weight]
@@ -115,6 +120,7 @@ def params_from_config(cfg: Config) -> PostParams:
         min_area=[max(int(a), floor) for a in _broadcast(p.min_area, n, "min_area")],
         empty_gate=[p.empty_gate] * n,
         split_seed=[p.split_seed] * n,
+        split_by=p.split_by,
     )
 
 
@@ -132,7 +138,7 @@ def load_params(cfg: Config, run=None) -> PostParams:
     if data is None:
         return params_from_config(cfg)
     saved = run.config() if run.config_yaml.is_file() else None
-    changed = [k for k in ("threshold", "min_area", "empty_gate", "split_seed")
+    changed = [k for k in ("threshold", "min_area", "empty_gate", "split_seed", "split_by")
                if saved is not None and getattr(saved.postprocess, k) != getattr(cfg.postprocess, k)]
     if changed:  # `predict RUN --set postprocess.threshold=0.3` was ignored silently for the tuned values
         raise ConfigError(f"postprocess.{changed[0]}: {getattr(cfg.postprocess, changed[0])} differs from the run's "
@@ -225,17 +231,22 @@ def apply_postprocess(probs: np.ndarray, task: str, params: PostParams, presence
                 continue
         mask = probs[c] >= thr
         if params.split_seed[c] is not None:
-            mask = split_objects(probs[c], mask, params.split_seed[c])
+            mask = split_objects(probs[c], mask, params.split_seed[c], params.split_by)
         out[c] = remove_small(mask, area)
     return out
 
 
-def split_objects(probs: np.ndarray, mask: np.ndarray, seed: float) -> np.ndarray:
+def split_objects(probs: np.ndarray, mask: np.ndarray, seed: float, by: str = "distance") -> np.ndarray:
     """``mask`` with each 8-connected object that holds two or more seeds (8-connected regions of
-    ``probs >= seed``, the object's cores) cut apart: each of its pixels goes to the nearest of its own seeds
-    (Euclidean distance, ``scipy.ndimage.distance_transform_edt``), and the pixels where two parts meet become
-    background, so the parts are separate 8-connected objects (one instance row each). Objects with one seed
-    or none are unchanged. Touching nuclei merged at the threshold come apart between their cores."""
+    ``probs >= seed``, the object's cores) cut apart: each of its pixels goes to one of its own seeds, and the
+    pixels where two parts meet become background, so the parts are separate 8-connected objects (one instance
+    row each). Objects with one seed or none are unchanged. Touching nuclei merged at the threshold come apart
+    between their cores.
+
+    ``by``: ``distance`` gives each pixel to the nearest seed (Euclidean, ``scipy.ndimage.distance_transform_edt``):
+    between a big and a small nucleus the cut sits halfway between their cores. ``probability`` floods ``1 - p``
+    from the seeds (``skimage.segmentation.watershed``, 8-connected, ties to the earlier flood), so the cut
+    follows the valley of the model's probability between them."""
     from .instance_metrics import label_objects
 
     objects, n = label_objects(mask)
@@ -252,8 +263,13 @@ def split_objects(probs: np.ndarray, mask: np.ndarray, seed: float) -> np.ndarra
         box = boxes[k - 1]
         inside = objects[box] == k
         own = np.where(inside, seeds[box], 0)
-        nearest = ndimage.distance_transform_edt(own == 0, return_distances=False, return_indices=True)
-        parts[box][inside] = own[tuple(nearest)][inside]
+        if by == "probability":
+            from skimage.segmentation import watershed  # the extra seg_toolkit[instances]; config loading checks it
+
+            parts[box][inside] = watershed(1.0 - probs[box], own, mask=inside, connectivity=2)[inside]
+        else:
+            nearest = ndimage.distance_transform_edt(own == 0, return_distances=False, return_indices=True)
+            parts[box][inside] = own[tuple(nearest)][inside]
     big = np.int32(n_seeds + 1)
     lowest = ndimage.minimum_filter(np.where(parts > 0, parts, big), size=3, mode="constant", cval=big)
     out = mask.copy()

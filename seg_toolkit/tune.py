@@ -156,7 +156,7 @@ def tune_postprocess(
                 crossed = (cross_fitted(*groups, lambda rows: search(rows, mode, seed)[::3])
                            if groups is not None else None)
                 tried[name], with_seed[name] = (params, steps, fast, crossed), (mode, seed)
-        chosen = _choose_search(tried)
+        chosen = _choose_search(tried, everything)
         params, steps, fast, crossed = tried[chosen]
         # "before" is the config's post-processing: the search that started from the config's split seed counted it
         mode, _ = with_seed[chosen]
@@ -205,9 +205,12 @@ def tune_postprocess(
             cf = f" (cross-fitted {crossed['score']:.5f}: tuned on other images, {crossed['groups']})" if crossed else ""
             log.info("tune: %s %.5f -> %.5f%s on %d OOF images with the %s search; wrote %s", metric, before, after, cf,
                      len(data), chosen, run.postprocess_json)
-            if len(tried) > 1:
+            if len(tried) > 1 and crossed is not None:
                 log.info("tune: search chosen by cross-fitted score: %s", ", ".join(
                     f"{m} {t[3]['score']:.5f} (tuned {t[2]['after'](everything):.5f})" for m, t in tried.items()))
+            elif len(tried) > 1:
+                log.info("tune: too few OOF images to cross-fit; chosen by tuned score: %s", ", ".join(
+                    f"{m} {t[2]['after'](everything):.5f}" for m, t in tried.items()))
         return result
 
 
@@ -231,18 +234,24 @@ def _split_seeds(cfg: Config, metric: str, start: float | None) -> list[float | 
     return list(dict.fromkeys([start, *cfg.postprocess.split_seed_grid]))
 
 
-def _choose_search(tried: dict) -> str:
+def _choose_search(tried: dict, everything: np.ndarray) -> str:
     """The search whose parameters scored best on images they were not tuned on (the cross-fitted score);
-    a tie keeps the first tried (the greedy chain: fewer candidates). With one search, that one.
+    a tie keeps the first tried (the greedy chain: fewer candidates). With one search, that one. Too few OOF
+    images to cross-fit (only the joint search runs then, but one per split seed): the best tuned score.
 
     Choosing the larger of two cross-fitted scores leaves a little optimism in the one reported (the max
     of two noisy estimates); far less than the tuned score's own, which searches hundreds of candidates."""
     modes = list(tried)
     if len(modes) == 1:
         return modes[0]
+
+    def score(mode: str) -> float:
+        _, _, fast, crossed = tried[mode]
+        return crossed["score"] if crossed is not None else fast["after"](everything)
+
     best = modes[0]
     for mode in modes[1:]:
-        if better(tried[mode][3]["score"], tried[best][3]["score"]):
+        if better(score(mode), score(best)):
             best = mode
     return best
 

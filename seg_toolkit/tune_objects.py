@@ -31,10 +31,10 @@ __all__ = ["object_tables"]
 
 
 def object_tables(data: OOFData, thresholds: Sequence[float], areas: Sequence[int], split_seed: float | None = None,
-                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                  split_by: str = "distance") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One pass: hits ``(N, 1, T, A, 10)``, predicted objects ``(N, 1, T, A)`` at every (threshold, min_area)
     candidate, and truth objects ``(N, 1)`` (binary: one class); with ``split_seed`` the objects are cut apart
-    as :func:`~seg_toolkit.postprocess.split_objects` cuts them before min_area, as the predictor does."""
+    as :func:`~seg_toolkit.postprocess.split_objects` cuts them (``split_by``) before min_area, as the predictor does."""
     n = len(data)
     cuts = [threshold_cut(t) for t in thresholds]
     hits = np.zeros((n, 1, len(cuts), len(areas), N_LEVELS), np.int64)
@@ -47,7 +47,7 @@ def object_tables(data: OOFData, thresholds: Sequence[float], areas: Sequence[in
         probs = uint8_to_probs(q[0]) if split_seed is not None else None
         for jt, cut in enumerate(cuts):
             mask = q[0] >= cut
-            labels, m = label_objects(mask if probs is None else split_objects(probs, mask, split_seed))
+            labels, m = label_objects(mask if probs is None else split_objects(probs, mask, split_seed, split_by))
             sizes = np.bincount(labels.ravel(), minlength=m + 1)[1:]  # every pixel, void too, as remove_small
             comp_hits, counted, n_truth[i, 0] = component_hits(objects, labels, void)
             for ja, a in enumerate(areas):

@@ -108,7 +108,7 @@ def search_sigmoid(
     seed = start.split_seed[0]
     if ("area", seed) not in tables:
         if metric in INSTANCE_METRICS:  # TP: hits per IoU threshold, FP: predicted objects, pos: truth objects
-            *tables["area", seed], tables["pos", seed] = object_tables(data, all_thr, all_area, seed)
+            *tables["area", seed], tables["pos", seed] = object_tables(data, all_thr, all_area, seed, start.split_by)
         else:
             tables["area", seed], tables["pos", seed] = area_tables(data, all_thr, all_area), tables["threshold"].pos
     tab, pos = tables["threshold"], tables["pos", seed]
@@ -199,7 +199,8 @@ def search_sigmoid(
 
     fast = {"before": scorer(*start_counts), "after": scorer(TP, FP)}
     counts = Counts(lambda tp_fp: sigmoid_score(*tp_fp, pos, tab.n_valid, metric, empty_score, cols), (TP, FP))
-    return (PostParams(threshold=thr, min_area=area, empty_gate=gate, gate_source=src, split_seed=list(start.split_seed)),
+    return (PostParams(threshold=thr, min_area=area, empty_gate=gate, gate_source=src, split_seed=list(start.split_seed),
+                       split_by=start.split_by),
             steps, fast, counts)
 
 

@@ -362,8 +362,8 @@ def test_dsb_solution_scored_against_itself_and_with_an_object_left_out(tmp_path
     assert "--solution needs --config" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("seed", [None, 0.9])
-def test_object_tables_equal_brute_force(tmp_path, seed):
+@pytest.mark.parametrize("seed, by", [(None, "distance"), (0.9, "distance"), (0.9, "probability")])
+def test_object_tables_equal_brute_force(tmp_path, seed, by):
     """Every (threshold, min_area) cell of the tune tables against the reference on apply_postprocess's masks; the
     areas include the squares' own size (16: kept) and one more (17: removed); with a split seed, touching nuclei
     whose cores (0.969) are its seeds are cut apart below threshold 0.95."""
@@ -376,12 +376,12 @@ def test_object_tables_equal_brute_force(tmp_path, seed):
     cfg = _write_object_run(tmp_path, images)
     data = OOFData(cfg, Run.of(cfg).dir)
     thresholds, areas = [0.3, 0.5, 0.55, 0.6, 0.95], [0, 1, 2, 16, 17]
-    hits, n_pred, n_truth = object_tables(data, thresholds, areas, seed)
+    hits, n_pred, n_truth = object_tables(data, thresholds, areas, seed, by)
     for i, item in enumerate(data.items):
         objects, q = images[item.sample.id]
         for jt, t in enumerate(thresholds):
             for ja, a in enumerate(areas):
-                params = PostParams(threshold=[t], min_area=[a], empty_gate=[None], split_seed=[seed])
+                params = PostParams(threshold=[t], min_area=[a], empty_gate=[None], split_seed=[seed], split_by=by)
                 mask = apply_postprocess(uint8_to_probs(q), "binary", params)
                 got = scores_from_hits(hits[i, 0, jt, ja], n_pred[i, 0, jt, ja], n_truth[i, 0], "instance_map")
                 assert got == pytest.approx(reference(_truth_labels(objects), mask[0] > 0, None), abs=1e-12), (i, t, a)
@@ -458,6 +458,45 @@ def test_split_objects_by_hand():
     np.testing.assert_array_equal(split_objects(p, p >= 0.5, 0.9), expect)
 
 
+def test_split_by_probability_follows_the_valley():
+    """A 5x20 blob: a big core (p 0.95, columns 0-5) and a small one (columns 16-19), p falling from each core to a
+    valley at column 14 (0.55). The nearest core cuts at the midpoint: columns 0-10 | 12-19, column 11 (the right
+    part's side of the meeting line) background. The watershed on p cuts at the valley: column 14 goes to the
+    small core (flooded first from it: its neighbour 15 is higher than 13), the meeting line there is background."""
+    from seg_toolkit.postprocess import split_objects
+
+    p = np.zeros((5, 20), np.float32)
+    p[:, :6] = p[:, 16:] = 0.95
+    p[:, 6:15] = np.linspace(0.85, 0.55, 9)  # columns 6..14
+    p[:, 15] = 0.75
+    mask = p >= 0.5
+    cut = {by: np.flatnonzero(~split_objects(p, mask, 0.9, by).any(axis=0)).tolist() for by in ("distance", "probability")}
+    assert cut == {"distance": [11], "probability": [14]}
+    for by in ("distance", "probability"):
+        assert label_objects(split_objects(p, mask, 0.9, by))[1] == 2
+
+
+def test_split_by_config_checks(tmp_path, monkeypatch):
+    images = _touching_problem(6)
+    with pytest.raises(ConfigError, match="postprocess.split_by: 'probability' says how objects are cut apart, but there is no"):
+        _write_object_run(tmp_path / "no_seed", images, postprocess={"split_by": "probability"})
+    cfg = _write_object_run(tmp_path, images, postprocess={"split_seed_grid": [None, 0.9], "split_by": "probability"})
+    report = tune_postprocess(cfg)  # the tables on watershed cuts, checked against the Evaluator's masks
+    assert report["params"]["split_seed"] == [0.9] and report["params"]["split_by"] == "probability"
+    # the cores sit in the middle of each nucleus and p is flat between them: the watershed cuts where the nearest
+    # core does (columns 6 | 7), the same score as the distance split (test_tune_searches_the_split_seed_on_objects)
+    assert report["after"] == pytest.approx((6 * 1 + 4 * (2 / 4)) / 10, abs=1e-12)
+    from seg_toolkit.postprocess import load_params
+
+    assert load_params(cfg, Run.of(cfg)).split_by == "probability"
+    import sys
+
+    monkeypatch.setitem(sys.modules, "skimage.segmentation", None)  # scikit-image not installed
+    with pytest.raises(ConfigError, match=r"pip install 'seg_toolkit\[instances\]'"):
+        config_from_dict({"data": {"root": str(tmp_path), "task": "binary", "layout": "folder", "instance_folders": True},
+                          "metric": {"name": "instance_map"}, "postprocess": {"split_seed": 0.9, "split_by": "probability"}})
+
+
 def _touching_problem(n: int = 12):
     """Two 4x5 nuclei side by side with no gap (truth objects that touch) and a lone one; probability 0.8 over
     every nucleus with a 0.97 core in its middle: any threshold gives the pair as one object."""
@@ -490,6 +529,19 @@ def test_tune_searches_the_split_seed_on_objects(tmp_path):
     from seg_toolkit.postprocess import load_params
 
     assert load_params(cfg, run).split_seed == [0.9]  # what predict and evaluate apply
+
+
+def test_too_few_images_to_cross_fit_choose_the_seed_by_tuned_score(tmp_path):
+    """Under tune_crossfit.MIN_IMAGES OOF images there is no cross-fitted score; with a seed grid there are still
+    several searches (one per seed), chosen by their tuned scores (this failed on None['score'])."""
+    from seg_toolkit.tune_crossfit import MIN_IMAGES
+
+    images = _touching_problem(6)
+    assert len(images) < MIN_IMAGES
+    cfg = _write_object_run(tmp_path, images, postprocess={"split_seed_grid": [None, 0.9]})
+    report = tune_postprocess(cfg)
+    assert report["cross_fitted"] is None and report["params"]["split_seed"] == [0.9]
+    assert report["search"]["chosen"] == "joint + split_seed 0.9" and report["after"] > report["before"]
 
 
 def test_split_seed_config_checks(tmp_path):
