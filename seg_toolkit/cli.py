@@ -1,6 +1,7 @@
 """``seg-toolkit``: a thin command line over the package; each subcommand calls one function.
 
-The arguments and ``main`` are here, what each subcommand does is in :mod:`seg_toolkit.commands`.
+The arguments and ``main`` are here, what each subcommand does is in :mod:`seg_toolkit.commands`
+(``evaluate`` and ``check-submission``: :mod:`seg_toolkit.commands_score`).
 Only this module configures logging handlers; the library modules just log.
 """
 
@@ -11,6 +12,7 @@ import logging
 import sys
 
 from . import commands as c
+from . import commands_score as cs
 
 log = logging.getLogger("seg_toolkit")
 
@@ -121,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     where = p.add_mutually_exclusive_group()
     where.add_argument("--split", choices=["test"], default="test", help="the labelled held-out lists (data.test_lists)")
     where.add_argument("--on", metavar="DIR", help="a labelled folder laid out like data.root (same data.* keys)")
-    p.set_defaults(func=c.cmd_evaluate)
+    p.set_defaults(func=cs.cmd_evaluate)
 
     p = sub.add_parser("check-submission", help="validate a submission CSV against the sample submission")
     p.add_argument("csv")
@@ -137,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "(Severstal since 2019: ClassId)")
     p.add_argument("--solution", metavar="CSV", help="with --config: also score the submission against this answer file "
                    "(same format) with the config's metric, each instance row one object (instance_map / instance_f2)")
-    p.set_defaults(func=c.cmd_check_submission)
+    p.set_defaults(func=cs.cmd_check_submission)
 
     p = sub.add_parser("bundle", help="a self-contained folder for a Kaggle code competition: weights, configs, wheels, predict.py")
     p.add_argument("configs", nargs="+", help="trained or ensemble runs (run folders or their configs); the first predicts by default")
