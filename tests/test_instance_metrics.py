@@ -6,6 +6,7 @@ apart from the toolkit (sets of pixel coordinates, float IoU, every pair compare
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -655,3 +656,54 @@ def test_split_objects_keeps_each_pixel_with_its_own_objects_seeds():
     out = split_objects(p, p >= 0.5, 0.9)
     assert label_objects(out)[1] == 4
     assert out[0:2].sum() == 24 - 2 and out[3:5].sum() == 12 - 2  # one column cut from each blob
+
+
+def _bright_squares(root: Path, names: list[str], seed: int) -> None:
+    """Object folders of 32x32 images: 2-3 bright 5x5 squares (200 on 30), the first two side by side touching."""
+    rng = np.random.default_rng(seed)
+    for name in names:
+        image = np.full((32, 32, 3), 30, np.uint8)
+        y, x = int(rng.integers(1, 20)), int(rng.integers(1, 12))
+        boxes = [(y, x), (y, x + 5)] + ([(int(rng.integers(20, 26)), int(rng.integers(20, 26)))] if rng.random() < 0.7 else [])
+        (root / name / "masks").mkdir(parents=True)
+        (root / name / "images").mkdir()
+        for j, (r, c) in enumerate(boxes):
+            m = np.zeros((32, 32), np.uint8)
+            m[r : r + 5, c : c + 5] = 255
+            image[r : r + 5, c : c + 5] = 200
+            Image.fromarray(m).save(root / name / "masks" / f"{name}_{j}.png")
+        Image.fromarray(image).save(root / name / "images" / f"{name}.png")
+
+
+def test_evaluate_on_an_object_folder_scores_the_predictors_objects(tmp_path):
+    """A tiny run trained on object folders, evaluated on a folder of other labelled images (DSB's layout): the
+    score is the mean of the brute-force reference over the predictor's post-processed masks, each image's truth
+    objects read from its files here."""
+    from seg_toolkit.cv import run_cv
+    from seg_toolkit.evaluate import evaluate_on
+    from seg_toolkit.postprocess import apply_postprocess, load_params
+    from seg_toolkit.predictor import Predictor
+
+    _bright_squares(tmp_path / "comp" / "train", [f"a{k}" for k in range(6)], 0)
+    _bright_squares(tmp_path / "hold" / "train", [f"b{k}" for k in range(4)], 1)
+    cfg = config_from_dict({
+        "experiment": "objects", "runs_dir": str(tmp_path / "runs"), "folds": {"n_splits": 2, "method": "kfold"},
+        "data": {"root": str(tmp_path / "comp"), "task": "binary", "layout": "folder", "train_images": "train",
+                 "instance_folders": True, "instance_target": "borders"},
+        "model": {"arch": "scratch_unet", "depth": 2, "base_width": 8},
+        "train": {"epochs": 8, "batch_size": 3, "num_workers": 0, "amp": "none"}, "optim": {"lr": 0.02},
+        "transforms": {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]},
+        "metric": {"name": "instance_map"}, "predict": {"batch_size": 2}, "submission": {"instances": True}})
+    run_cv(cfg)
+    got = evaluate_on(cfg, tmp_path / "hold")
+    assert got["metric"] == "instance_map" and got["n_images"] == 4
+    on = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=str(tmp_path / "hold")))
+    run = Run.of(cfg)
+    params = load_params(cfg, run)
+    samples = {s.id: s for s in load_train_samples(on)}
+    scores = []
+    for image_id, probs, _ in Predictor.from_run(run, batch_size=1, num_workers=0).iter_probs(list(samples.values())):
+        mask = apply_postprocess(probs.numpy(), "binary", params)[0] > 0
+        scores.append(reference(load_objects(samples[image_id], on, mask.shape), mask, None))
+    assert len(scores) == 4 and got["score"] == pytest.approx(float(np.mean(scores)), abs=1e-12)
+    assert max(scores) > 0  # the model found some squares (here: 0, 0, 0.175, 0.125): the comparison is not 0 == 0
