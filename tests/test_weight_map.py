@@ -105,6 +105,22 @@ def test_training_items_carry_the_map_flipped_with_the_target(tmp_path):
     assert "weight" not in SegDataset(samples, off, "train")[(0, 7)]
 
 
+def test_object_rows_make_the_same_map_as_object_files(tmp_path):
+    """data.rle_instances (Airbus: one CSV row per object) reads each row as one object: the same map as the
+    object files of the same images."""
+    images = _objects_problem(3)
+    rows = _write_object_run(tmp_path / "rows", images, rows=True)
+    rows = config_from_dict({**_as_dict(rows), "data": {**_as_dict(rows)["data"], "border_weight": 10.0},
+                             "loss": {"bce": 1.0}})
+    _, files = _problem_cfg(tmp_path / "files")
+    for a, b in zip(load_train_samples(rows), load_train_samples(files)):
+        objects = images[a.id][0]
+        target = np.any(objects, axis=0)[..., None].astype(np.uint8)
+        want = reference(objects, target[..., 0] == 0, 10.0, 5.0)
+        np.testing.assert_allclose(sample_weight_map(a, rows, target), want, atol=2e-6)
+        np.testing.assert_allclose(sample_weight_map(b, files, target), want, atol=2e-6)
+
+
 def test_sample_map_of_a_pseudo_labelled_image_uses_its_components(tmp_path):
     """An image without object files or rows (a pseudo label) takes the 8-connected components of its target
     as its objects; void (255) is none."""
