@@ -176,7 +176,7 @@ def test_blobs_threshold_and_min_area_improve_oof(blob_run):
     assert steps["empty_gate"]["empty_gate"] == [None] and steps["empty_gate"]["score"] == 1.0
     assert report["after"] == 1.0 and report["after"] - report["before"] > 0.57  # measured gain 0.5711
     assert report["params"] == {"threshold": [0.6], "min_area": [10], "empty_gate": [None], "gate_source": ["max_prob"],
-                                "class_weight": [1.0], "split_seed": [None]}
+                                "class_weight": [1.0], "split_seed": [None], "split_by": "distance"}
 
     # the chosen parameters remove every blob and reproduce the truth exactly
     params = load_params(cfg, cfg.run_dir)
