@@ -101,8 +101,25 @@ def _batch_tiles(cfg: Config, samples: list[Sample], colors: np.ndarray, painted
         t = item["target"].numpy()
         target = t.astype(np.uint8) if cfg.data.task == "multiclass" else t.transpose(1, 2, 0).astype(np.uint8)
         h, w = image.shape[:2]
-        tiles.append((f"{item['id']}  ({h}x{w}, seed {key[1]})", overlay_panels(image, target, cfg, colors, painted)))
+        panels = overlay_panels(image, target, cfg, colors, painted)
+        if "weight" in item:  # data.border_weight: the U-Net weight map that went with the crop, a third panel
+            panels = (*panels, weight_panel(item["weight"][0].numpy(), target[..., 0] == IGNORE_INDEX,
+                                            cfg.data.border_weight, panels[0].shape[:2]))
+        tiles.append((f"{item['id']}  ({h}x{w}, seed {key[1]})", panels))
     return tiles
+
+
+def weight_panel(weight: np.ndarray, void: np.ndarray, w0: float, size: tuple[int, int]) -> np.ndarray:
+    """The U-Net weight map as an RGB uint8 thumbnail of ``size``: 1 black, ``1 + w0`` bright (matplotlib's
+    ``inferno``), void grey."""
+    from matplotlib import colormaps
+
+    from .report.overlays import _resize
+
+    level = np.clip((weight - 1.0) / max(w0, 1e-12), 0.0, 1.0)
+    rgb = (colormaps["inferno"](level)[..., :3] * 255 + 0.5).astype(np.uint8)
+    rgb[void] = 128
+    return _resize(rgb, size, nearest=True)
 
 
 def _tiles_figure(tiles: list[tuple[str, tuple]], title: str, names: list[str], colors: np.ndarray,
@@ -115,7 +132,8 @@ def _tiles_figure(tiles: list[tuple[str, tuple]], title: str, names: list[str], 
     handles = class_legend_handles(names, colors, painted, task, void)
     dpi, gap, head = 100, 12, 22
     pw = max(t[1][0].shape[1] for t in tiles)
-    tile_w = 2 * pw + gap
+    n_panels = max(len(t[1]) for t in tiles)
+    tile_w = n_panels * pw + (n_panels - 1) * gap
     per_row = max(1, min(len(tiles), (FIG_WIDTH - gap) // (tile_w + 2 * gap)))
     row_h = [max(t[1][0].shape[0] for t in tiles[i : i + per_row]) + head + gap for i in range(0, len(tiles), per_row)]
     row_top = np.concatenate([[0], np.cumsum(row_h)])  # pixels below the legend
@@ -176,12 +194,17 @@ def audit_pictures(cfg: Config, res: AuditResult, out_dir: Path) -> str:
                            f"<div class='warn'>{esc(f'could not be drawn: {type(e).__name__}: {e}')}</div>"))
         return "\n".join(out)
     aug = ", ".join(next(iter(a)) if isinstance(a, dict) else str(a) for a in cfg.transforms.train) or "none"
+    weighed = cfg.data.border_weight > 0
     fig = _tiles_figure(batch, f"first training batch of epoch 0 (sampler seed {seed}), after augmentation and resize: "
-                        "image | mask", names, colors, painted, cfg.data.task, void)
+                        "image | mask" + (" | weight map" if weighed else ""), names, colors, painted, cfg.data.task, void)
     png = write_figure(fig, run.audit_batch_png)
     out.append(section("One augmented training batch", png_tag(png, "one augmented training batch") + note(
         f"The first {len(batch)} items of epoch 0 in the training sampler's order over all {len(res.samples)} samples read "
         f"(train.seed {seed}; training draws from one fold's share), after transforms.train ({esc(aug)}) and "
         f"transforms.resize ({esc(cfg.transforms.resize or 'native')}), de-normalised with transforms.mean/std, with the "
-        f"mask each was given; tile titles carry the augmentation seed. The same picture is {esc(run.audit_batch_png.name)}.")))
+        f"mask each was given"
+        + (f" and the U-Net weight map the loss weighed it with (data.border_weight {cfg.data.border_weight:g}, "
+           f"data.border_sigma {cfg.data.border_sigma:g}: black 1, bright {1 + cfg.data.border_weight:g}, void grey)"
+           if weighed else "")
+        + f"; tile titles carry the augmentation seed. The same picture is {esc(run.audit_batch_png.name)}.")))
     return "\n".join(out)

@@ -210,3 +210,23 @@ def test_config_checks(data, loss, message):
     with pytest.raises(ConfigError) as e:
         config_from_dict({"data": {"task": "binary", **data}, "loss": loss})
     assert message in str(e.value)
+
+
+def test_the_audit_batch_shows_the_map_beside_each_mask(tmp_path):
+    """Under data.border_weight each tile of the audit's augmented batch has a third panel: the weight map of that
+    crop, 1 black and 1 + w0 bright (inferno's ends: (0, 0, 4) and (252, 255, 164)), void grey."""
+    from seg_toolkit.audit_pictures import _batch_tiles, weight_panel
+    from seg_toolkit.data import EpochSampler, class_colors
+
+    w = np.array([[1.0, 11.0, 255.0]], np.float32)
+    panel = weight_panel(w, np.array([[False, False, True]]), 10.0, (1, 3))
+    assert panel.tolist() == [[[0, 0, 4], [252, 255, 164], [128, 128, 128]]]
+    _, cfg = _problem_cfg(tmp_path)
+    samples = load_train_samples(cfg)
+    tiles = _batch_tiles(cfg, samples, class_colors(cfg), [True])
+    ds = SegDataset(samples, cfg, "train")
+    for (_, panels), key in zip(tiles, EpochSampler(len(samples), shuffle=True, seed=cfg.train.seed)):
+        assert len(panels) == 3
+        item = ds[key]
+        void = item["target"][0].numpy() == 255
+        np.testing.assert_array_equal(panels[2], weight_panel(item["weight"][0].numpy(), void, 10.0, panels[0].shape[:2]))
