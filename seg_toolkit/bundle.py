@@ -46,8 +46,8 @@ import torch
 import yaml
 
 from .budget_run import run_folds
-from .bundle_templates import PREDICT_PY, fill, notebook, readme
-from .bundle_wheels import gather_wheels
+from .bundle_templates import PREDICT_PY, fill, notebook, readme, shell_spec
+from .bundle_wheels import gather_wheels, install_spec
 from .bundle_check import BundleError, check_ensemble, file_manifest, offline_config, refingerprint, verify_bundle
 from .checkpoint import chosen_weights, load_checkpoint, save_checkpoint
 from .config import ConfigError
@@ -196,6 +196,14 @@ def _trained_with(run: Run, folds: list[int]) -> Any:
 # ----------------------------------------------------------------------------- the bundle
 
 
+def needed_extras(runs: Sequence[Run]) -> list[str]:
+    """The extras of seg_toolkit that predicting with ``runs`` needs: ``instances`` (scikit-image) when a run's
+    post-processing cuts touching objects along the valley of p (``split_by: probability``), as it was tuned."""
+    from .postprocess import load_params
+
+    return ["instances"] if any(load_params(r.config(), r).split_by == "probability" for r in runs) else []
+
+
 def build_bundle(runs: Sequence[Run], out: str | Path, fp16: bool = False, base_env: Sequence[str] = DEFAULT_BASE_ENV,
                  wheels: bool = True, allow_missing_folds: bool = False, overwrite: bool = False) -> dict[str, Any]:
     """Write the bundle of ``runs`` (trained or ensemble run folders) to ``out``; returns ``bundle.json``'s data.
@@ -254,13 +262,14 @@ def build_bundle(runs: Sequence[Run], out: str | Path, fp16: bool = False, base_
             if info["kind"] == "ensemble":
                 refingerprint(Run(tmp / "runs" / info["name"]), info)
         base = {canonicalize_name(b) for b in base_env if b.strip()}
-        gathered = gather_wheels(tmp / "wheels", base) if wheels else None
+        extras = needed_extras(list(by_name.values()))
+        gathered = gather_wheels(tmp / "wheels", base, extras) if wheels else None
         lead = Run(tmp / "runs" / top[0].dir.resolve().name).config()
         data = {"format": 2, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "default_run": top[0].dir.resolve().name,
                 "named": [r.dir.resolve().name for r in top], "runs": infos, "fp16": fp16, "warnings": warnings,
                 "versions": {"bundled_with": library_versions(), "platform": platform.platform()},
-                "base_env": sorted(base), "wheels": gathered, "files": file_manifest(tmp)}
+                "base_env": sorted(base), "install": install_spec(extras), "wheels": gathered, "files": file_manifest(tmp)}
         write_json(tmp / "bundle.json", data)
         _write_texts(tmp, data, lead)
         if out.exists():  # checked above: a bundle (bundle.json), and --overwrite was given
@@ -280,9 +289,9 @@ BUNDLE_ENTRIES = ("bundle.json", "runs", "wheels", "predict.py", "predict.ipynb"
 def _write_texts(folder: Path, data: dict[str, Any], lead) -> None:
     """predict.py, predict.ipynb, README.md and requirements.txt."""
     title = f"seg_toolkit bundle: {', '.join(data['named'])}"
-    write_text(folder / "predict.py", fill(PREDICT_PY, default_run=data["default_run"]))
+    write_text(folder / "predict.py", fill(PREDICT_PY, default_run=data["default_run"], pip_spec=shell_spec(data)))
     write_text(folder / "predict.ipynb", notebook(title, lead.data.test_images or lead.data.sample_submission,
-                                                  wheels=bool(data["wheels"])))
+                                                  wheels=bool(data["wheels"]), spec=data["install"]))
     write_text(folder / "README.md", readme(title, data, lead.data.test_images, lead.data.sample_submission))
     if data["wheels"]:
         write_text(folder / "requirements.txt", "".join(f"{n}=={v}\n" for n, v in data["wheels"]["requirements"].items()))

@@ -8,12 +8,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
-__all__ = ["PREDICT_PY", "README_MD", "fill", "notebook", "readme"]
+__all__ = ["PREDICT_PY", "README_MD", "fill", "notebook", "readme", "shell_spec"]
 
 PREDICT_PY = '''\
 """Predict the test set with this bundle and write the submission (written by `seg-toolkit bundle`).
 
-    pip install --no-index --find-links WHERE/wheels seg_toolkit
+    pip install --no-index --find-links WHERE/wheels @@PIP_SPEC@@
     python WHERE/predict.py --data-root COMPETITION_DATA --out submission.csv
 
 An existing --out file is replaced only with --overwrite.
@@ -52,7 +52,7 @@ def main(argv=None):
         from seg_toolkit.errors import SegToolkitError
     except ImportError as e:
         sys.exit(f"seg_toolkit is not installed ({e}); first: "
-                 f"{sys.executable} -m pip install --no-index --find-links {HERE / 'wheels'} seg_toolkit")
+                 f"{sys.executable} -m pip install --no-index --find-links {HERE / 'wheels'} @@PIP_SPEC@@")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
         out = predict_bundle(HERE, args.data_root, args.out, run=args.run, device=args.device,
@@ -81,14 +81,14 @@ In a Kaggle notebook with the internet off, add this folder (uploaded as a datas
 competition data, then run `predict.ipynb` (it finds both folders under `/kaggle/input`) or:
 
 ```bash
-pip install --no-index --find-links /kaggle/input/<this-dataset>/wheels seg_toolkit
+pip install --no-index --find-links /kaggle/input/<this-dataset>/wheels @@PIP_SPEC@@
 python /kaggle/input/<this-dataset>/predict.py --data-root /kaggle/input/<competition> --out /kaggle/working/submission.csv
 ```
 
 Anywhere else, the same two commands with this folder's path (it can lie anywhere and is only read):
 
 ```bash
-@@PYTHON@@ -m pip install --no-index --find-links @@WHERE@@/wheels seg_toolkit
+@@PYTHON@@ -m pip install --no-index --find-links @@WHERE@@/wheels @@PIP_SPEC@@
 @@PYTHON@@ @@WHERE@@/predict.py --data-root COMPETITION_DATA --out submission.csv
 ```
 
@@ -118,6 +118,13 @@ kaggle datasets create -p @@WHERE@@ --dir-mode tar
 `pip install --no-index --find-links wheels -r requirements.txt` installs exactly those, replacing
 versions the image already has.
 """
+
+
+def shell_spec(data: dict[str, Any]) -> str:
+    """The pip argument that installs a bundle's seg_toolkit (``bundle.json``'s ``install``; bundles made before it:
+    ``seg_toolkit``), quoted for a shell when it names extras (``'seg_toolkit[instances]'``)."""
+    spec = data.get("install") or "seg_toolkit"
+    return f"'{spec}'" if "[" in spec else spec
 
 
 def fill(template: str, **values: Any) -> str:
@@ -158,7 +165,7 @@ print(f"bundle {BUNDLE}\\ndata {DATA_ROOT}\\nsubmission {OUT}")
 
 _INSTALL = '''\
 # seg_toolkit and its dependencies from the bundle's wheels only (no index, no network)
-r = subprocess.run([sys.executable, "-m", "pip", "install", "--no-index", "--find-links", f"{BUNDLE}/wheels", "seg_toolkit"],
+r = subprocess.run([sys.executable, "-m", "pip", "install", "--no-index", "--find-links", f"{BUNDLE}/wheels", @@SPEC_PY@@],
                    capture_output=True, text=True)
 print(r.stdout[-3000:], r.stderr[-3000:])
 r.check_returncode()
@@ -181,9 +188,9 @@ print(Path(OUT).read_text()[:400])
 '''
 
 
-def notebook(title: str, test_images: str, wheels: bool = True) -> str:
-    """``predict.ipynb`` (nbformat 4): find the folders, install from the wheels (``wheels``; else only check that
-    seg_toolkit is installed), run predict.py."""
+def notebook(title: str, test_images: str, wheels: bool = True, spec: str = "seg_toolkit") -> str:
+    """``predict.ipynb`` (nbformat 4): find the folders, install ``spec`` from the wheels (``wheels``; else only check
+    that seg_toolkit is installed), run predict.py."""
     def cell(kind: str, source: str) -> dict[str, Any]:
         c: dict[str, Any] = {"cell_type": kind, "metadata": {}, "source": source.rstrip("\n")}
         if kind == "code":
@@ -193,7 +200,7 @@ def notebook(title: str, test_images: str, wheels: bool = True) -> str:
     intro = (f"# {title}\n\nPredicts the test set with the bundled runs offline and writes `submission.csv`. "
              "Add this bundle (a dataset) and the competition data to the notebook, turn the internet off, run all.")
     cells = [cell("markdown", intro), cell("code", fill(_FIND, test_images=repr(test_images))),
-             cell("code", _INSTALL if wheels else _NO_INSTALL), cell("code", _PREDICT)]
+             cell("code", fill(_INSTALL, spec_py=repr(spec)) if wheels else _NO_INSTALL), cell("code", _PREDICT)]
     nb = {"cells": cells, "nbformat": 4, "nbformat_minor": 5,
           "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
                        "language_info": {"name": "python"}}}
@@ -223,5 +230,5 @@ def readme(title: str, data: dict[str, Any], test_images: str, sample: str) -> s
             lines.append(f"- `runs/{info['name']}`: folds {info['folds']}, weights {'float16' if data['fp16'] else 'float32'}")
     lines += [f"- **warning**: {x}" for x in data["warnings"]]
     return fill(README_MD, title=title, version=data["versions"]["bundled_with"]["seg_toolkit"], created=data["created"],
-                python="python", where="BUNDLE", test_images=test_images, sample=sample,
+                python="python", where="BUNDLE", test_images=test_images, sample=sample, pip_spec=shell_spec(data),
                 default_run=data["default_run"], base_env=base, contents="\n".join(lines))

@@ -20,14 +20,14 @@ import sys
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from . import __version__
 from .bundle_check import BundleError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["gather_wheels"]
+__all__ = ["gather_wheels", "install_spec"]
 
 
 def _pip(args: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -67,9 +67,10 @@ def _requires(wheel: Path) -> list[str]:
         return email.parser.Parser().parsestr(z.read(meta).decode("utf-8")).get_all("Requires-Dist") or []
 
 
-def _closure(requires: list[str], base: set[str]) -> tuple[dict[str, str], dict[str, list[str]]]:
+def _closure(requires: list[str], base: set[str], extras: Sequence[str] = ()) -> tuple[dict[str, str], dict[str, list[str]]]:
     """``({name: installed version} of every non-base requirement, reached without passing through a base
-    package, {base name: the requirements on it})``; markers are evaluated for this interpreter."""
+    package, {base name: the requirements on it})``; markers are evaluated for this interpreter, seg_toolkit's
+    own with its ``extras`` (``instances``: scikit-image) as well."""
     from importlib import metadata
 
     from packaging.requirements import Requirement
@@ -78,7 +79,7 @@ def _closure(requires: list[str], base: set[str]) -> tuple[dict[str, str], dict[
     found: dict[str, str] = {}
     on_base: dict[str, list[str]] = {}
     seen: set[tuple[str, frozenset]] = set()
-    todo = [(Requirement(r), "seg_toolkit", ("",)) for r in requires]
+    todo = [(Requirement(r), "seg_toolkit", ("", *extras)) for r in requires]
     while todo:
         req, parent, extras = todo.pop()
         if req.marker is not None and not any(req.marker.evaluate({"extra": e}) for e in extras):
@@ -114,15 +115,22 @@ def _stub_wheel(folder: Path, name: str, version: str) -> None:
         z.writestr(f"{info}/RECORD", "".join(f"{n},,\n" for n in [*files, f"{info}/RECORD"]))
 
 
-def gather_wheels(wheels: Path, base: set[str]) -> dict[str, Any]:
-    """seg_toolkit's wheel and the wheels of its non-base requirement tree, checked by pip's resolver."""
+def install_spec(extras: Sequence[str] = ()) -> str:
+    """What pip installs from a bundle's wheels: ``seg_toolkit``, or with the extras its runs need,
+    ``seg_toolkit[instances]``."""
+    return "seg_toolkit" + (f"[{','.join(sorted(extras))}]" if extras else "")
+
+
+def gather_wheels(wheels: Path, base: set[str], extras: Sequence[str] = ()) -> dict[str, Any]:
+    """seg_toolkit's wheel (with ``extras``) and the wheels of its non-base requirement tree, checked by pip's
+    resolver."""
     from importlib import metadata
 
     from packaging.utils import canonicalize_name
 
     wheels.mkdir(parents=True)
     own = _own_wheel(wheels)
-    found, on_base = _closure(_requires(own), base)
+    found, on_base = _closure(_requires(own), base, extras)
     with tempfile.TemporaryDirectory() as tmp:
         reqs = Path(tmp) / "requirements.txt"
         reqs.write_text("".join(f"{n}=={v}\n" for n, v in sorted(found.items())))
@@ -144,7 +152,7 @@ def gather_wheels(wheels: Path, base: set[str]) -> dict[str, Any]:
         report = Path(tmp) / "report.json"
         try:
             _pip(["install", "--dry-run", "--ignore-installed", "--no-index", "--quiet", "--find-links", str(wheels),
-                  "--find-links", str(stubs), "--report", str(report), f"seg_toolkit=={__version__}"], env=_offline_pip_env())
+                  "--find-links", str(stubs), "--report", str(report), f"{install_spec(extras)}=={__version__}"], env=_offline_pip_env())
         except BundleError as e:
             raise BundleError(f"the gathered wheels are incomplete: {e}") from None
         resolved = {canonicalize_name(i["metadata"]["name"]): i["metadata"]["version"]
@@ -156,5 +164,6 @@ def gather_wheels(wheels: Path, base: set[str]) -> dict[str, Any]:
     return {"count": len(files), "bytes": sum(p.stat().st_size for p in wheels.glob("*.whl")), "files": files,
             "requirements": {"seg-toolkit": __version__, **dict(sorted(found.items()))},
             "base_env": {n: {"required": on_base.get(n, []), "bundled_with": base_versions.get(n)} for n in sorted(base)},
-            "verified": f"pip install --dry-run --no-index resolved seg_toolkit and {len(resolved) - 1 - len(on_base)} "
+            "extras": sorted(extras),
+            "verified": f"pip install --dry-run --no-index resolved {install_spec(extras)} and {len(resolved) - 1 - len(on_base)} "
                         f"dependencies from wheels/ alone, the base environment ({', '.join(sorted(on_base))}) stubbed"}

@@ -249,6 +249,11 @@ def test_base_env_leaves_out_what_only_it_needs():
     assert any("by seg_toolkit" in r for r in on_base["torch"])
     fewer, _ = _closure(requires, {"torch", "torchvision", "numpy"})
     assert "numpy" not in fewer and "scipy" in fewer
+    # the instances extra (a run cutting objects along p) adds scikit-image and what it needs, networkx included
+    every = list(metadata.distribution("seg_toolkit").requires)
+    with_extra, _ = _closure(every, {"torch", "torchvision"}, ["instances"])
+    assert {"scikit-image", "networkx", "tifffile", "imageio"} <= set(with_extra) and "scikit-image" not in found
+    assert set(with_extra) - {"scikit-image", "networkx", "tifffile", "imageio", "lazy-loader"} <= set(found)
 
 
 # ----------------------------------------------------------------------------- wheels: a fresh environment

@@ -324,3 +324,23 @@ def test_an_absolute_data_path_is_refused_when_bundled(trained, tmp_path):
     with pytest.raises(BundleError, match=r"data.test_images '.*test/images' is an absolute path, which --data-root"):
         build_bundle([Run(copy)], tmp_path / "b", wheels=False)
     assert not (tmp_path / "b").exists() and list(tmp_path.glob(".b.*")) == []
+
+
+def test_a_run_that_cuts_objects_along_p_bundles_the_instances_extra(trained, tmp_path):
+    """A run whose tuned post-processing splits objects by probability (scikit-image) names seg_toolkit[instances]
+    wherever the bundle installs seg_toolkit: bundle.json, README.md, predict.py and the notebook's pip call (the
+    wheels then hold scikit-image's tree: gather_wheels' closure, test_bundle); a plain run names seg_toolkit."""
+    copy = tmp_path / "runs" / "split"
+    shutil.copytree(trained["x"].dir, copy)
+    saved = read_json(copy / "postprocess.json")
+    saved["params"]["split_by"] = "probability"
+    (copy / "postprocess.json").write_text(json.dumps(saved))
+    info = build_bundle([Run(copy)], tmp_path / "b", wheels=False)
+    assert info["install"] == "seg_toolkit[instances]"
+    for name in ("README.md", "predict.py"):
+        assert "--find-links" in (tmp_path / "b" / name).read_text()
+        assert "wheels 'seg_toolkit[instances]'" in (tmp_path / "b" / name).read_text()
+    cells = [c["source"] for c in json.loads(notebook("t", "test", wheels=True, spec=info["install"]))["cells"]]
+    assert any('f"{BUNDLE}/wheels", \'seg_toolkit[instances]\']' in c for c in cells)
+    plain = build_bundle([trained["x"]], tmp_path / "p", wheels=False)
+    assert plain["install"] == "seg_toolkit" and "wheels seg_toolkit\n" in (tmp_path / "p" / "README.md").read_text()
