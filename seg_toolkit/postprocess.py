@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 from scipy import ndimage
 
-from .config import Config
+from .config import Config, ConfigError
 from .tensors import probs_to_uint8, uint8_to_probs
 
 log = logging.getLogger(__name__)
@@ -264,8 +264,11 @@ def split_objects(probs: np.ndarray, mask: np.ndarray, seed: float, by: str = "d
         inside = objects[box] == k
         own = np.where(inside, seeds[box], 0)
         if by == "probability":
-            from skimage.segmentation import watershed  # the extra seg_toolkit[instances]; config loading checks it
-
+            try:
+                from skimage.segmentation import watershed  # the extra seg_toolkit[instances]; config loading checks it
+            except ImportError:  # parameters from a postprocess.json whose run's config was not loaded here
+                raise ConfigError("split_by: 'probability' (the tuned post-processing) cuts objects along a watershed of "
+                                  "scikit-image, which is not installed: pip install 'seg_toolkit[instances]'") from None
             parts[box][inside] = watershed(1.0 - probs[box], own, mask=inside, connectivity=2)[inside]
         else:
             nearest = ndimage.distance_transform_edt(own == 0, return_distances=False, return_indices=True)

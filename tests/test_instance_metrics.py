@@ -493,6 +493,13 @@ def test_split_by_config_checks(tmp_path, monkeypatch):
     import sys
 
     monkeypatch.setitem(sys.modules, "skimage.segmentation", None)  # scikit-image not installed
+    from seg_toolkit.postprocess import split_objects
+
+    p = np.zeros((5, 20), np.float32)
+    p[:, :6] = p[:, 16:] = 0.95
+    p[:, 6:16] = 0.6
+    with pytest.raises(ConfigError, match=r"split_by: 'probability' \(the tuned post-processing\).*seg_toolkit\[instances\]"):
+        split_objects(p, p >= 0.5, 0.9, "probability")
     with pytest.raises(ConfigError, match=r"pip install 'seg_toolkit\[instances\]'"):
         config_from_dict({"data": {"root": str(tmp_path), "task": "binary", "layout": "folder", "instance_folders": True},
                           "metric": {"name": "instance_map"}, "postprocess": {"split_seed": 0.9, "split_by": "probability"}})
