@@ -14,7 +14,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from seg_toolkit.config import IGNORE_INDEX, ConfigError, MetricConfig
-from seg_toolkit.instance_metrics import INSTANCE_METRICS, image_score
+from seg_toolkit.instance_metrics import INSTANCE_METRICS, label_objects, match_hits, scores_from_hits
 from seg_toolkit.metrics import (
     EMPTY_SCORES,
     METRIC_NAMES,
@@ -134,6 +134,8 @@ class Evaluator:
         self._confusion = np.zeros(shape, dtype=np.int64)
         self._scores: list[list[float]] = []
         self._n_images = 0
+        #: object-matching metrics: per image added, (truth objects, predicted objects, matched at IoU > 0.5)
+        self.object_counts: list[tuple[int, int, int]] = []
 
     def update(self, probs: ArrayLike, target: ArrayLike, objects: Sequence[np.ndarray] | None = None) -> None:
         """Add a batch of probabilities ``(N, C, H, W)`` and its target (``objects``: as :meth:`update_masks`)."""
@@ -182,15 +184,20 @@ class Evaluator:
         return rows
 
     def _object_scores(self, pred: Any, target: Any, objects: Sequence[np.ndarray] | None) -> list[float]:
-        """Each image's object-matching score: the 8-connected components of its mask against its truth objects."""
+        """Each image's object-matching score: the 8-connected components of its mask against its truth objects.
+        Each image's ``(truth objects, predicted objects, matched at IoU > 0.5)`` goes to :attr:`object_counts`."""
         n = int(pred.shape[0])
         if objects is None or len(objects) != n:
             got = "none" if objects is None else len(objects)
             raise ValueError(f"metric {self.metric}: needs each image's truth objects (label maps), got {got} for {n} images")
         masks = pred[:, 0].cpu().numpy()
         void = (target[:, 0] == self.ignore_index).cpu().numpy()
-        return [image_score(np.asarray(truth), mask, self.metric, v if v.any() else None)
-                for mask, truth, v in zip(masks, objects, void)]
+        scores = []
+        for mask, truth, v in zip(masks, objects, void):
+            hits, n_truth, n_pred = match_hits(np.asarray(truth), label_objects(mask)[0], v if v.any() else None)
+            scores.append(float(scores_from_hits(hits, n_pred, n_truth, self.metric)))
+            self.object_counts.append((n_truth, n_pred, int(hits[0])))
+        return scores
 
     def compute(self) -> dict[str, Any]:
         """The metrics of everything added since the last ``reset`` (see the class docstring)."""

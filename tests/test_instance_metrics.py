@@ -621,6 +621,32 @@ def test_report_overlays_show_objects_matched_or_not(tmp_path):
     assert (page.parent / "overlays_worst.png").is_file() and (page.parent / "overlays_best.png").is_file()
 
 
+def test_report_examples_count_objects_under_an_object_metric(tmp_path):
+    """The report's best / worst images carry (truth objects, predicted objects, matched at IoU > 0.5), counted
+    here apart (flood fill, pixel sets), and its tables show them instead of pixel counts."""
+    from scipy import ndimage
+
+    from seg_toolkit.config import save_config
+    from seg_toolkit.report import build_report
+    from seg_toolkit.report.summary import compute_oof_summary
+
+    images = _objects_problem(6)
+    cfg = _write_object_run(tmp_path, images)
+    save_config(cfg, Run.of(cfg).config_yaml)
+    compute_cv(cfg)
+    summary = compute_oof_summary(Run.of(cfg), cfg, load_train_samples(cfg), n_examples=6)
+    for ex in summary["best"] + summary["worst"]:
+        objects, q = images[ex["id"]]
+        pred, n_pred = ndimage.label(q[0] >= 128, structure=np.ones((3, 3)))  # p >= 0.5: q >= 127.5
+        truth = [set(zip(*np.nonzero(m))) for m in objects]
+        found = [set(zip(*np.nonzero(pred == k))) for k in range(1, n_pred + 1)]
+        matched = sum(1 for t in truth for f in found if 2 * len(t & f) > len(t | f))
+        assert ex["objects"] == [len(objects), n_pred, matched], ex["id"]
+    assert {tuple(ex["objects"]) for ex in summary["best"]} == {(2, 2, 0), (3, 3, 1)}  # the pair bridged, + a speck
+    page = Path(build_report(cfg.run_dir)).read_text()
+    assert "truth objects" in page and "unmatched predictions" in page and "true foreground pixels" not in page
+
+
 def test_touching_objects_by_hand():
     from seg_toolkit.instance_metrics import touching
 

@@ -125,6 +125,11 @@ def _class_table_html(d: ReportData) -> str:
 
 
 def _examples_table(d: ReportData, examples: list[Example]) -> str:
+    if examples and all(ex.objects is not None for ex in examples):  # an object-matching metric: objects, not pixels
+        rows = [[h.esc(ex.id), str(ex.fold), h.fmt(ex.score), *(f"{n:,}" for n in ex.objects),
+                 f"{ex.objects[0] - ex.objects[2]:,}", f"{ex.objects[1] - ex.objects[2]:,}"] for ex in examples]
+        return h.table(["id", "fold", "score", "truth objects", "predicted objects", "matched (IoU > 0.5)",
+                        "missed", "unmatched predictions"], rows)
     rows = [[h.esc(ex.id), str(ex.fold), h.fmt(ex.score), f"{ex.true_pixels:,}", f"{ex.error_pixels:,}"] for ex in examples]
     if d.task == "multiclass":
         header = ["id", "fold", "score", f"true pixels (not {h.esc(d.class_names[0])})", "wrong pixels"]

@@ -60,6 +60,9 @@ class Example:
     score: float
     true_pixels: int  # foreground pixels of the truth (multiclass: not class 0), the tie-break for "best"
     error_pixels: int  # wrong pixels (binary / multilabel: FP + FN over channels), the tie-break for "worst"
+    # object-matching metrics: [truth objects, predicted objects, matched at IoU > 0.5]; the tie-breaks are then the
+    # truth objects ("best") and the objects missed or unmatched ("worst"). None for pixel metrics (and older summaries)
+    objects: Optional[list[int]] = None
 
 
 def predict_mask(q: np.ndarray, task: str, threshold: float) -> torch.Tensor:
@@ -182,6 +185,12 @@ def compute_oof_summary(run: Run, cfg: Config, samples: list[Sample], n_examples
         # binary / multilabel: an image empty in truth and prediction is perfect by definition and is
         # counted in the table; the "best" overlays show images with something in them first
         content = task == "multiclass" or bool(has_true.any() or has_pred.any())
+        if objects is not None:  # ties among object scores: the most truth objects / the most objects wrong
+            n_truth, n_pred, matched = evaluator.object_counts[-1]
+            ex.objects = [n_truth, n_pred, matched]
+            best.push((content, score, n_truth), ex)
+            worst.push((-score, n_truth + n_pred - 2 * matched), ex)
+            continue
         best.push((content, score, ex.true_pixels), ex)
         worst.push((-score, ex.error_pixels), ex)
     if n_images == 0:
