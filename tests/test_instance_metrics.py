@@ -645,6 +645,7 @@ def test_report_examples_count_objects_under_an_object_metric(tmp_path):
     assert {tuple(ex["objects"]) for ex in summary["best"]} == {(2, 2, 0), (3, 3, 1)}  # the pair bridged, + a speck
     page = Path(build_report(cfg.run_dir)).read_text()
     assert "truth objects" in page and "unmatched predictions" in page and "true foreground pixels" not in page
+    assert "green when matched with one of the other side at IoU &gt; 0.5" in page and "Colours are the classes" not in page
 
 
 def test_touching_objects_by_hand():

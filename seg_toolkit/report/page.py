@@ -15,6 +15,7 @@ from typing import Any
 from ..data import DataError
 from ..plots import learning_curves, metric_label, write_figure
 from ..files import read_json, write_text
+from ..instance_metrics import INSTANCE_METRICS
 from ..run import Run
 from . import html as h
 from .data import ReportData, compute_report_data, per_class_rows
@@ -169,8 +170,10 @@ def _overlay_sections(d: ReportData, out: Path) -> list[tuple[str, str]]:
                 if kind == "best" and d.task != "multiclass":
                     ranked += ("; images empty in both truth and prediction (perfect by definition, counted in the "
                                "table above) are shown last among the best")
-                sections.append((f"{kind.capitalize()} OOF images", h.note(
-                    ranked + ". Colours are the classes' (filled at 40%, outlined); void is grey.")
+                colours = ("Each truth and predicted object is green when matched with one of the other side at IoU > 0.5, "
+                           "red when not; dark lines part touching objects; void is grey." if d.metric in INSTANCE_METRICS
+                           else "Colours are the classes' (filled at 40%, outlined); void is grey.")
+                sections.append((f"{kind.capitalize()} OOF images", h.note(f"{ranked}. {h.esc(colours)}")
                     + h.png_tag(png, f"{kind} overlays") + _examples_table(d, examples)))
             return sections
         except (DataError, OSError) as e:  # the data changed since the summary was made
