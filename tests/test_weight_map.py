@@ -196,6 +196,29 @@ def test_a_short_training_run_uses_the_map(tmp_path, monkeypatch):
     assert math.isfinite(cv["score"])
 
 
+def test_lr_find_steps_take_the_map(tmp_path, monkeypatch):
+    """lr-find's training steps pass the batch's weight map to the loss, as training does."""
+    from seg_toolkit.losses import combo
+    from seg_toolkit.lr_find import lr_find
+
+    _, cfg = _problem_cfg(tmp_path)
+    cfg = config_from_dict({**_as_dict(cfg), "experiment": "lr", "model": {"arch": "scratch_unet", "depth": 2, "base_width": 4},
+                            "train": {"batch_size": 2, "num_workers": 0, "amp": "none"}})
+    seen = []
+    forward = combo.LossCombo.forward
+
+    def spy(self, logits, target, weight=None):
+        if torch.is_grad_enabled():
+            seen.append(weight)
+        return forward(self, logits, target, weight)
+
+    monkeypatch.setattr(combo.LossCombo, "forward", spy)
+    r = lr_find(cfg, fold=0, start=1e-5, end=1e-1, steps=12)
+    assert math.isfinite(r["suggested_lr"])
+    steps = [w for w in seen if w is not None]
+    assert len(steps) >= 12 and all(w.shape[1] == 1 and w.max() > 8 for w in steps)
+
+
 @pytest.mark.parametrize("data, loss, message", [
     ({"border_weight": 10}, {"bce": 1.0}, "data.border_weight: the weight map measures each pixel's distance"),
     ({"layout": "folder", "instance_folders": True, "border_weight": 10}, {"dice": 1.0},
