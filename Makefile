@@ -33,6 +33,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_lovasz.py
 	$(BIN)/python bench/bench_region.py
 	$(BIN)/python bench/bench_objects.py
+	$(BIN)/python bench/bench_object_folders.py
 	$(BIN)/python bench/bench_tgs_step.py
 
 clean-demo:

@@ -37,6 +37,7 @@ QUICK = {
     "bench_region": (["--rounds", "1", "--batch", "1", "--size", "16", "24"], "ratio smp / toolkit:"),
     "bench_onnx": (["--models", "scratch", "--sizes", "64", "--batch", "2", "--warmup", "0", "--repeats", "1"], ", ratio "),
     "bench_objects": (["--rounds", "1", "--images", "1"], "ratio kernel / toolkit:"),
+    "bench_object_folders": (["--rounds", "1", "--images", "1", "--nuclei", "6"], "ratio every epoch / kept:"),
 }
 
 

@@ -592,6 +592,36 @@ def test_object_files_are_read_again_when_they_change(tmp_path, monkeypatch):
     assert len(reads) == 2 + 2 + 1
 
 
+def test_kept_object_sets_are_the_files_and_stay_within_their_bound(tmp_path, monkeypatch):
+    """Each object is kept as its box and the mask inside it, equal to its file; the kept sets stay within
+    object_files.CACHE_BYTES, the least recently used going first, and a set that went is read again."""
+    import seg_toolkit.data.masks as masks_mod
+    from seg_toolkit.data import object_files
+
+    images = _objects_problem(4)
+    cfg = _write_object_run(tmp_path, images)
+    samples = load_train_samples(cfg)
+    object_files._CACHE.clear()
+    reads = []
+    real = masks_mod.mask_ids
+    monkeypatch.setattr(masks_mod, "mask_ids", lambda sample, c: (sample.mask.is_file() and reads.append(sample.mask.name))
+                        or real(sample, c))
+    first = object_files.read_object_set(samples[0], cfg)
+    for k, m in enumerate(images[samples[0].id][0]):
+        np.testing.assert_array_equal(first.full(k), m)
+        assert first.crops[k].shape == (4, 4)  # the 4x4 square's box
+    size = [16 * len(images[s.id][0]) for s in samples]  # 4x4 squares: 16 bytes each
+    monkeypatch.setattr(object_files, "CACHE_BYTES", size[2] + size[3])  # room for the last two sets read
+    for s in samples[1:]:
+        object_files.read_object_set(s, cfg)
+    assert len(object_files._CACHE) == 2 and len(reads) == sum(len(images[s.id][0]) for s in samples)
+    object_files.read_object_set(samples[3], cfg)  # kept: no read
+    assert len(reads) == sum(len(images[s.id][0]) for s in samples)
+    again = object_files.read_object_set(samples[0], cfg)  # went first: read again, the same objects
+    assert len(reads) == sum(len(images[s.id][0]) for s in samples) + len(images[samples[0].id][0])
+    assert all((a == b).all() for a, b in zip(again.crops, first.crops)) and again.boxes == first.boxes
+
+
 def test_report_overlays_show_objects_matched_or_not(tmp_path):
     """Under an object metric the overlays colour objects by whether they are matched at IoU > 0.5, and draw the
     line between touching ones; the report of an object run builds."""

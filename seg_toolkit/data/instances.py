@@ -19,95 +19,47 @@ target the objects make:
 
 from __future__ import annotations
 
-import dataclasses
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..config import Config
-from .io import DataError, image_size
+from .io import DataError
+from .object_files import ObjectSet, as_object_set, object_files, read_object_set
 
 if TYPE_CHECKING:  # pragma: no cover
     from .sample import Sample
 
-__all__ = ["instance_ids", "load_objects", "object_masks", "touching_borders"]
+__all__ = ["instance_ids", "load_objects", "touching_borders"]
 
 VOID_ID = -1
 
 
-def _one_file(cfg: Config) -> Config:
-    """``cfg`` with ``instance_folders`` off: how each object file is read."""
-    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, instance_folders=False))
-
-
-def _object_files(sample: Sample) -> list:
-    """The object files of ``sample.mask`` (a folder), sorted by name; hidden files left out."""
-    assert sample.mask is not None
-    return sorted(p for p in sample.mask.iterdir() if p.is_file() and not p.name.startswith("."))
-
-
-#: the last folder :func:`object_masks` read: its key (folder, each file's name, size and mtime, the data config) and
-#: result. A scored image's target and its truth objects come from the same files, read one after the other.
-_LAST: dict[str, object] = {}
-
-
-def object_masks(sample: Sample, cfg: Config) -> tuple[list[np.ndarray], np.ndarray | None]:
-    """The object files of ``sample.mask`` (a folder), sorted by name, as boolean ``(H, W)`` masks, and the
-    void pixels (``None`` without any). Each file must be binary (0 and one value) unless
-    ``mask_threshold`` / ``mask_values`` say how to read it; files of different sizes are an error naming both.
-    The folder read last is kept (the target and the truth objects of one image read it in turn: a DSB image
-    has up to hundreds of files); a file changed, added or removed since, or another data config, reads again.
-    The arrays are shared: callers do not modify them."""
-    files = _object_files(sample)
-    key = (str(sample.mask), repr(cfg.data), tuple((f.name, s.st_size, s.st_mtime_ns) for f in files for s in [f.stat()]))
-    if _LAST.get("key") != key:
-        _LAST.clear()  # a read that fails leaves nothing behind
-        _LAST["value"], _LAST["key"] = _read_object_masks(sample, files, cfg), key
-    return _LAST["value"]  # type: ignore[return-value]
-
-
-def _read_object_masks(sample: Sample, files: list, cfg: Config) -> tuple[list[np.ndarray], np.ndarray | None]:
-    from .masks import mask_ids  # masks imports this module
-
-    d = cfg.data
-    one = _one_file(cfg)
-    objects: list[np.ndarray] = []
-    void: np.ndarray | None = None
-    for f in files:
-        ids = mask_ids(dataclasses.replace(sample, mask=f), one)
-        if d.mask_threshold is not None:
-            fg = ids >= d.mask_threshold
-        else:
-            values = ids[ids > 0]
-            if not d.mask_values and values.size and (values != values.flat[0]).any():
-                raise DataError(f"{f}: object mask holds values {np.unique(values)[:10].tolist()} besides 0; expected 0 and "
-                                "one foreground value (data.mask_threshold for lossy masks)")
-            fg = ids > 0
-        if objects and fg.shape != objects[0].shape:
-            raise DataError(f"{f}: object mask is {fg.shape[0]}x{fg.shape[1]} but {files[0].name} is "
-                            f"{objects[0].shape[0]}x{objects[0].shape[1]}")
-        objects.append(fg)
-        if (ids == VOID_ID).any():
-            void = (ids == VOID_ID) if void is None else void | (ids == VOID_ID)
-    return objects, void
-
-
-def touching_borders(objects: list[np.ndarray], radius: int) -> np.ndarray:
+def touching_borders(objects: ObjectSet | list[np.ndarray], radius: int) -> np.ndarray:
     """``bool (H, W)``: pixels within ``radius`` pixels (the ``2*radius+1`` square) of two different objects,
-    and pixels inside two overlapping objects. ``objects``: boolean masks of one shape (at least one)."""
+    and pixels inside two overlapping objects. ``objects``: an :class:`ObjectSet`, or boolean masks of one shape
+    (at least one)."""
     from scipy import ndimage  # lazy: only instance targets need it
 
-    shape = objects[0].shape
+    if not isinstance(objects, ObjectSet):
+        objects = as_object_set(objects, objects[0].shape)
+    shape = objects.shape
     labels = np.zeros(shape, np.int32)
     count = np.zeros(shape, np.int32)
-    for k, m in enumerate(objects, start=1):
-        labels[m] = k
-        count += m
+    for k, (box, crop) in enumerate(objects, start=1):
+        labels[box][crop] = k
+        count[box] += crop
     size = 2 * radius + 1
     if (count > 1).any():  # overlapping objects: one label per pixel would hide one, so count each object's reach
         reach = np.zeros(shape, np.int32)
-        for m in objects:
-            reach += ndimage.binary_dilation(m, np.ones((size, size), bool))
+        for (rows, cols), crop in objects:
+            if not crop.size:
+                continue
+            y0, x0 = max(rows.start - radius, 0), max(cols.start - radius, 0)
+            y1, x1 = min(rows.stop + radius, shape[0]), min(cols.stop + radius, shape[1])
+            local = np.zeros((y1 - y0, x1 - x0), bool)
+            local[rows.start - y0 : rows.stop - y0, cols.start - x0 : cols.stop - x0] = crop
+            reach[y0:y1, x0:x1] += ndimage.binary_dilation(local, np.ones((size, size), bool))
         return reach > 1
     # one label per pixel: a pixel is near two objects when its square holds two different labels
     big = len(objects) + 1
@@ -120,14 +72,12 @@ def instance_ids(sample: Sample, cfg: Config) -> np.ndarray:
     """The target ids ``int32 (H, W)`` of an object folder: 1 = object, 0 = background, -1 = void, made as
     ``data.instance_target`` says (module doc). No object: an empty mask of the image's size."""
     d = cfg.data
-    objects, void = object_masks(sample, cfg)
-    if not objects:
-        return np.zeros(image_size(sample.image, exif=d.exif_orientation), np.int32)
-    out = np.any(objects, axis=0).astype(np.int32)
+    objects = read_object_set(sample, cfg)
+    out = objects.union().astype(np.int32)
     if d.instance_target == "borders" and len(objects) > 1:
         out[touching_borders(objects, d.instance_border_px)] = 0
-    if void is not None:
-        out[void & (out == 0)] = VOID_ID
+    if objects.void is not None:
+        out[objects.void & (out == 0)] = VOID_ID
     return out
 
 
@@ -142,19 +92,19 @@ def load_objects(sample: Sample, cfg: Config, hw: tuple[int, int] | None = None)
     if not cfg.data.instance_folders or sample.mask is None:
         raise ValueError(f"id {sample.id!r}: truth objects come from data.instance_folders (one mask file per object) "
                          "or data.rle_instances (one row per object)")
-    objects, _ = object_masks(sample, cfg)
-    size = objects[0].shape if objects else image_size(sample.image, exif=cfg.data.exif_orientation)
+    objects = read_object_set(sample, cfg)
+    size = objects.shape
     if hw is not None and tuple(hw) != tuple(size):
         raise DataError(f"{sample.mask}: objects are {size[0]}x{size[1]}, the prediction {hw[0]}x{hw[1]}")
     labels = np.zeros(size, np.int32)
-    for k, m in enumerate(objects, start=1):
-        taken = labels[m]
+    for k, (box, crop) in enumerate(objects, start=1):
+        taken = labels[box][crop]
         if taken.any():
-            files = _object_files(sample)
+            files = object_files(sample)
             other = files[int(taken[taken > 0][0]) - 1].name
             raise DataError(f"{sample.mask}: objects {other} and {files[k - 1].name} overlap at {int((taken > 0).sum())} "
                             "pixels; object-matching metrics need objects that do not overlap")
-        labels[m] = k
+        labels[box][crop] = k
     return labels
 
 

@@ -20,6 +20,7 @@ import numpy as np
 
 from ..config import Config
 from .io import DataError
+from .object_files import ObjectSet, as_object_set, read_object_set
 
 if TYPE_CHECKING:  # pragma: no cover
     from .sample import Sample
@@ -33,26 +34,31 @@ def weight_reach(sigma: float) -> int:
     return int(math.ceil(6.0 * sigma))
 
 
-def border_weight_map(objects: list[np.ndarray], background: np.ndarray, w0: float, sigma: float) -> np.ndarray:
+def border_weight_map(objects: ObjectSet | list[np.ndarray], background: np.ndarray, w0: float, sigma: float,
+                      ) -> np.ndarray:
     """``float32 (H, W)``: ``1 + w0 * exp(-(d1 + d2)^2 / (2 sigma^2))`` where ``background`` is true, 1 elsewhere.
-    ``objects``: boolean ``(H, W)`` masks, one per object (they may overlap); fewer than two objects: all 1.
-    Each object's distance is measured only within :func:`weight_reach` pixels of its box (the rest cannot
-    change the map), so the cost grows with the objects' boxes, not with the image times the objects."""
+    ``objects``: an :class:`~seg_toolkit.data.object_files.ObjectSet`, or boolean ``(H, W)`` masks, one per object
+    (they may overlap); fewer than two objects: all 1. Each object's distance is measured only within
+    :func:`weight_reach` pixels of its box (the rest cannot change the map), so the cost grows with the objects'
+    boxes, not with the image times the objects."""
     from scipy import ndimage  # lazy: only instance targets need it
 
     shape = background.shape
     out = np.ones(shape, np.float32)
-    objects = [m for m in objects if m.any()]
-    if w0 == 0 or len(objects) < 2:
+    if not isinstance(objects, ObjectSet):
+        objects = as_object_set(objects, shape)
+    placed = [(box, crop) for box, crop in objects if crop.any()]
+    if w0 == 0 or len(placed) < 2:
         return out
     reach = weight_reach(sigma)
     d1 = np.full(shape, np.inf, np.float64)
     d2 = np.full(shape, np.inf, np.float64)
-    for m in objects:
-        rows, cols = np.flatnonzero(m.any(axis=1)), np.flatnonzero(m.any(axis=0))
-        box = (slice(max(rows[0] - reach, 0), min(rows[-1] + reach + 1, shape[0])),
-               slice(max(cols[0] - reach, 0), min(cols[-1] + reach + 1, shape[1])))
-        d = ndimage.distance_transform_edt(~m[box])
+    for (rows, cols), crop in placed:
+        y0, x0 = max(rows.start - reach, 0), max(cols.start - reach, 0)
+        box = (slice(y0, min(rows.stop + reach, shape[0])), slice(x0, min(cols.stop + reach, shape[1])))
+        outside = np.ones((box[0].stop - y0, box[1].stop - x0), bool)
+        outside[rows.start - y0 : rows.stop - y0, cols.start - x0 : cols.stop - x0] = ~crop
+        d = ndimage.distance_transform_edt(outside)
         a, b = d1[box], d2[box]
         b[:] = np.where(d < a, a, np.minimum(b, d))  # the second nearest: the old nearest when d beats it
         np.minimum(a, d, out=a)
@@ -61,16 +67,14 @@ def border_weight_map(objects: list[np.ndarray], background: np.ndarray, w0: flo
     return out
 
 
-def _objects_of(sample: Sample, cfg: Config, target: np.ndarray) -> list[np.ndarray]:
+def _objects_of(sample: Sample, cfg: Config, target: np.ndarray) -> ObjectSet | list[np.ndarray]:
     """The sample's objects as boolean masks: its object files (``data.instance_folders``) or its rows
     (``data.rle_instances``), overlaps allowed (the target is their union). A pseudo-labelled image
     (``pseudo``: one row or soft file per image) has no truth objects: the 8-connected components of its
     target (>= 0.5) are its objects, as the submission's rows of that prediction would be."""
     hw = target.shape
     if cfg.data.instance_folders and sample.mask is not None:
-        from .instances import object_masks
-
-        return object_masks(sample, cfg)[0]
+        return read_object_set(sample, cfg)
     if sample.objects is None:  # a pseudo-labelled image: neither object files nor object rows
         from ..instance_metrics import label_objects
 
@@ -97,7 +101,7 @@ def sample_weight_map(sample: Sample, cfg: Config, target: np.ndarray) -> np.nda
     object, void elsewhere)."""
     t = target[..., 0] if target.ndim == 3 else target
     objects = _objects_of(sample, cfg, t)
-    if objects and objects[0].shape != t.shape:
-        raise DataError(f"{sample.mask}: objects are {objects[0].shape[0]}x{objects[0].shape[1]}, the target "
-                        f"{t.shape[0]}x{t.shape[1]}")
+    shape = objects.shape if isinstance(objects, ObjectSet) else objects[0].shape if objects else t.shape
+    if tuple(shape) != t.shape:
+        raise DataError(f"{sample.mask}: objects are {shape[0]}x{shape[1]}, the target {t.shape[0]}x{t.shape[1]}")
     return border_weight_map(objects, t == 0, cfg.data.border_weight, cfg.data.border_sigma)
