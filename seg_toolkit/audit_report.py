@@ -57,7 +57,7 @@ def _sizes(res: AuditResult) -> list[tuple[str, int]]:
 
 def object_line(r: AuditResult) -> str:
     """Objects per image, their sizes and how many touch another: what decides ``data.instance_target: borders``,
-    ``postprocess.split_seed`` and ``min_area``."""
+    ``data.border_weight``, ``postprocess.split_seed`` and ``min_area``."""
     n = sum(r.objects_per_image)
     if not n:
         return f"objects: none in {len(r.objects_per_image)} image(s)"
@@ -65,7 +65,8 @@ def object_line(r: AuditResult) -> str:
     return (f"objects: {n:,} in {len(per)} image(s) (per image median {np.median(per):g}, max {per.max()}); pixels per "
             f"object median {np.median(areas):g}, 5th percentile {np.percentile(areas, 5):g}, smallest {areas.min()}; "
             f"{r.touching_objects:,} ({_pct(r.touching_objects or 0, n)}) touch another object, which a mask merges "
-            "with it unless data.instance_target: borders or postprocess.split_seed keep them apart")
+            "with it unless data.instance_target: borders (with data.border_weight weighing the gaps, as the U-Net paper) "
+            "or postprocess.split_seed keep them apart")
 
 
 def format_audit(result: AuditResult, max_per_kind: int = 20) -> str:
