@@ -30,7 +30,7 @@ from .object_files import ObjectSet, as_object_set, object_files, read_object_se
 if TYPE_CHECKING:  # pragma: no cover
     from .sample import Sample
 
-__all__ = ["instance_ids", "load_objects", "touching_borders"]
+__all__ = ["instance_ids", "load_objects", "object_rows", "touching_borders"]
 
 VOID_ID = -1
 
@@ -108,21 +108,29 @@ def load_objects(sample: Sample, cfg: Config, hw: tuple[int, int] | None = None)
     return labels
 
 
-def _row_objects(sample: Sample, cfg: Config, hw: tuple[int, int] | None) -> np.ndarray:
-    """``data.rle_instances``: each of the image's rows one object (an image listed without rows: none)."""
-    from ..instance_metrics import stack_objects
+def object_rows(sample: Sample, cfg: Config, hw: tuple[int, int]) -> list[tuple[np.ndarray, str]]:
+    """``data.rle_instances``: the image's rows decoded, each ``(uint8 (H, W) mask, where it was listed)`` (an image
+    listed without rows: none); a malformed row is a :class:`~seg_toolkit.data.io.RLERowError` naming it."""
     from ..rle import RLEError
     from .io import RLERowError
     from .masks import train_rle_spec
 
-    if hw is None:
-        raise ValueError("load_objects: RLE rows need the image size hw")
     spec = train_rle_spec(cfg)
     rows = sample.objects or ()
     where = [f"{sample.where} (id {sample.id!r}), its object row {k + 1} of {len(rows)}" for k in range(len(rows))]
     try:
-        return stack_objects(((spec.decode(r, hw, w), w) for r, w in zip(rows, where)), tuple(hw))
+        return [(spec.decode(r, hw, w), w) for r, w in zip(rows, where)]
     except RLEError as e:
         raise RLERowError(str(e)) from None
+
+
+def _row_objects(sample: Sample, cfg: Config, hw: tuple[int, int] | None) -> np.ndarray:
+    """``data.rle_instances``: each of the image's rows one object (an image listed without rows: none)."""
+    from ..instance_metrics import stack_objects
+
+    if hw is None:
+        raise ValueError("load_objects: RLE rows need the image size hw")
+    try:
+        return stack_objects(object_rows(sample, cfg, tuple(hw)), tuple(hw))
     except ValueError as e:
         raise DataError(str(e)) from None

@@ -80,19 +80,9 @@ def _objects_of(sample: Sample, cfg: Config, target: np.ndarray) -> ObjectSet | 
 
         labels, n = label_objects((target >= 0.5) & (target <= 1.0))  # void (IGNORE_INDEX) is no object
         return [labels == k for k in range(1, n + 1)]
-    from ..rle import RLEError
-    from .io import RLERowError
-    from .masks import train_rle_spec
+    from .instances import object_rows
 
-    spec = train_rle_spec(cfg)
-    rows = sample.objects or ()
-    out = []
-    for k, r in enumerate(rows):
-        try:
-            out.append(spec.decode(r, hw, f"{sample.where} (id {sample.id!r}), its object row {k + 1} of {len(rows)}").astype(bool))
-        except RLEError as e:
-            raise RLERowError(str(e)) from None
-    return out
+    return [m.astype(bool) for m, _ in object_rows(sample, cfg, hw)]
 
 
 def sample_weight_map(sample: Sample, cfg: Config, target: np.ndarray) -> np.ndarray:
