@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..config import Config
+from .colors import VOID_ID
 from .io import DataError
 from .object_files import ObjectSet, as_object_set, object_files, read_object_set
 
@@ -31,9 +32,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from .sample import Sample
 
 __all__ = ["instance_ids", "load_objects", "object_rows", "touching_borders"]
-
-VOID_ID = -1
-
 
 def touching_borders(objects: ObjectSet | list[np.ndarray], radius: int) -> np.ndarray:
     """``bool (H, W)``: pixels within ``radius`` pixels (the ``2*radius+1`` square) of two different objects,

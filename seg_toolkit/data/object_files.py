@@ -18,14 +18,14 @@ from typing import TYPE_CHECKING, Iterator
 import numpy as np
 
 from ..config import Config
-from .io import DataError
+from .colors import VOID_ID
+from .io import DataError, image_size
 
 if TYPE_CHECKING:  # pragma: no cover
     from .sample import Sample
 
 __all__ = ["CACHE_BYTES", "ObjectSet", "as_object_set", "object_files", "read_object_set"]
 
-VOID_ID = -1
 #: the most bytes of object sets one process keeps (each worker of a data loader has its own)
 CACHE_BYTES = 256 << 20
 
@@ -111,7 +111,6 @@ def read_object_set(sample: Sample, cfg: Config) -> ObjectSet:
 
 
 def _read(sample: Sample, files: list, cfg: Config) -> ObjectSet:
-    from ..data.io import image_size
     from .masks import mask_ids  # masks imports instances, which imports this module
 
     d = cfg.data
