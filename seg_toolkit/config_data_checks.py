@@ -18,7 +18,7 @@ __all__ = ["check_data_config", "LOSSY_MASK_EXTS"]
 
 def check_data_config(cfg: Config) -> None:
     """Every rule on ``data.*`` keys, in order."""
-    for check in (_check_data, _check_masks, _check_mask_layouts, _check_bands):
+    for check in (_check_data, _check_masks, _check_mask_layouts, _check_border_weight, _check_bands):
         check(cfg)
 
 
@@ -224,7 +224,6 @@ def _check_mask_layouts(cfg: Config) -> None:
         for key in ("instance_target", "instance_border_px"):
             if getattr(d, key) != getattr(defaults, key):
                 raise ConfigError(f"data.{key}: only used with data.instance_folders: true (one mask file per object)")
-    _check_border_weight(cfg)
     if d.instance_border_px < 1:
         raise ConfigError(f"data.instance_border_px: expected >= 1 (pixels within it of two objects become background), "
                           f"got {d.instance_border_px}")
