@@ -14,7 +14,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from seg_toolkit.config import IGNORE_INDEX, ConfigError, MetricConfig
-from seg_toolkit.instance_metrics import INSTANCE_METRICS, label_objects, match_hits, scores_from_hits
+from seg_toolkit.instance_metrics import INSTANCE_METRICS, image_match, scores_from_hits
 from seg_toolkit.metrics import (
     EMPTY_SCORES,
     METRIC_NAMES,
@@ -194,7 +194,7 @@ class Evaluator:
         void = (target[:, 0] == self.ignore_index).cpu().numpy()
         scores = []
         for mask, truth, v in zip(masks, objects, void):
-            hits, n_truth, n_pred = match_hits(np.asarray(truth), label_objects(mask)[0], v if v.any() else None)
+            hits, n_truth, n_pred = image_match(np.asarray(truth), mask, v if v.any() else None)
             scores.append(float(scores_from_hits(hits, n_pred, n_truth, self.metric)))
             self.object_counts.append((n_truth, n_pred, int(hits[0])))
         return scores

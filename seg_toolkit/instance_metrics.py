@@ -28,7 +28,7 @@ from typing import Iterable
 import numpy as np
 
 __all__ = ["INSTANCE_METRICS", "label_objects", "stack_objects", "touching", "component_hits", "match_hits",
-           "scores_from_hits", "image_score"]
+           "scores_from_hits", "image_match", "image_score"]
 
 INSTANCE_METRICS = ("instance_map", "instance_f2")
 N_LEVELS = 10  # IoU thresholds 0.50, 0.55, ..., 0.95
@@ -140,9 +140,13 @@ def scores_from_hits(hits: np.ndarray, n_pred: np.ndarray, n_truth: np.ndarray, 
     return per_level.mean(-1)
 
 
-def image_score(truth: np.ndarray, pred_mask: np.ndarray, metric: str, void: np.ndarray | None = None) -> float:
-    """One image's score: ``pred_mask``'s 8-connected objects against the truth label map (small objects are
+def image_match(truth: np.ndarray, pred_mask: np.ndarray, void: np.ndarray | None = None) -> tuple[np.ndarray, int, int]:
+    """:func:`match_hits` of ``pred_mask``'s 8-connected objects against the truth label map (small objects are
     post-processing's to drop: ``min_area``, ``submission.min_instance_area``)."""
-    pred, _ = label_objects(pred_mask)
-    hits, n_truth, n_pred = match_hits(truth, pred, void)
+    return match_hits(truth, label_objects(pred_mask)[0], void)
+
+
+def image_score(truth: np.ndarray, pred_mask: np.ndarray, metric: str, void: np.ndarray | None = None) -> float:
+    """One image's score: :func:`image_match`'s hits and object counts under ``metric``."""
+    hits, n_truth, n_pred = image_match(truth, pred_mask, void)
     return float(scores_from_hits(hits, n_pred, n_truth, metric))
