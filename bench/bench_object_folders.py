@@ -75,7 +75,7 @@ def main() -> int:
         def every_epoch() -> list:
             out = []
             for key in keys:
-                object_files._CACHE.clear()  # what reading each item's files every epoch did
+                object_files.clear_kept()  # what reading each item's files every epoch did
                 out.append(ds[key])
             return out
 

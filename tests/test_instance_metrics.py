@@ -601,7 +601,7 @@ def test_kept_object_sets_are_the_files_and_stay_within_their_bound(tmp_path, mo
     images = _objects_problem(4)
     cfg = _write_object_run(tmp_path, images)
     samples = load_train_samples(cfg)
-    object_files._CACHE.clear()
+    object_files.clear_kept()
     reads = []
     real = masks_mod.mask_ids
     monkeypatch.setattr(masks_mod, "mask_ids", lambda sample, c: (sample.mask.is_file() and reads.append(sample.mask.name))
@@ -614,7 +614,7 @@ def test_kept_object_sets_are_the_files_and_stay_within_their_bound(tmp_path, mo
     monkeypatch.setattr(object_files, "CACHE_BYTES", size[2] + size[3])  # room for the last two sets read
     for s in samples[1:]:
         object_files.read_object_set(s, cfg)
-    assert len(object_files._CACHE) == 2 and len(reads) == sum(len(images[s.id][0]) for s in samples)
+    assert len(object_files._CACHE) == 2 and object_files._KEPT_BYTES[0] == size[2] + size[3] and len(reads) == sum(len(images[s.id][0]) for s in samples)
     object_files.read_object_set(samples[3], cfg)  # kept: no read
     assert len(reads) == sum(len(images[s.id][0]) for s in samples)
     again = object_files.read_object_set(samples[0], cfg)  # went first: read again, the same objects

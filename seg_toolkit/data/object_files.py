@@ -24,7 +24,7 @@ from .io import DataError, image_size
 if TYPE_CHECKING:  # pragma: no cover
     from .sample import Sample
 
-__all__ = ["CACHE_BYTES", "ObjectSet", "as_object_set", "object_files", "read_object_set"]
+__all__ = ["CACHE_BYTES", "ObjectSet", "as_object_set", "clear_kept", "object_files", "read_object_set"]
 
 #: the most bytes of object sets one process keeps (each worker of a data loader has its own)
 CACHE_BYTES = 256 << 20
@@ -85,7 +85,15 @@ def object_files(sample: Sample) -> list:
     return sorted(p for p in sample.mask.iterdir() if p.is_file() and not p.name.startswith("."))
 
 
-_CACHE: OrderedDict[tuple, ObjectSet] = OrderedDict()
+#: folder -> (its files' names, sizes and mtimes with the data config, its objects, their bytes), oldest first
+_CACHE: OrderedDict[str, tuple[tuple, ObjectSet, int]] = OrderedDict()
+_KEPT_BYTES = [0]  # the bytes of everything in _CACHE
+
+
+def clear_kept() -> None:
+    """Forget every kept object set (the next read of each folder decodes its files again)."""
+    _CACHE.clear()
+    _KEPT_BYTES[0] = 0
 
 
 def read_object_set(sample: Sample, cfg: Config) -> ObjectSet:
@@ -94,19 +102,20 @@ def read_object_set(sample: Sample, cfg: Config) -> ObjectSet:
     Kept after the first read (module doc): a file changed, added or removed since, or another data config,
     reads the folder again."""
     files = object_files(sample)
-    key = (str(sample.mask), repr(cfg.data), tuple((f.name, s.st_size, s.st_mtime_ns) for f in files for s in [f.stat()]))
-    hit = _CACHE.get(key)
-    if hit is not None:
-        _CACHE.move_to_end(key)
-        return hit
+    folder = str(sample.mask)
+    stamp = (repr(cfg.data), tuple((f.name, s.st_size, s.st_mtime_ns) for f in files for s in [f.stat()]))
+    kept = _CACHE.pop(folder, None)
+    if kept is not None:
+        _KEPT_BYTES[0] -= kept[2]
+        if kept[0] == stamp:
+            _CACHE[folder] = kept  # now the most recently used
+            _KEPT_BYTES[0] += kept[2]
+            return kept[1]
     value = _read(sample, files, cfg)
-    stale = [k for k in _CACHE if k[0] == key[0]]  # an earlier read of the same folder
-    for k in stale:
-        del _CACHE[k]
-    _CACHE[key] = value
-    total = sum(v.nbytes for v in _CACHE.values())
-    while total > CACHE_BYTES and len(_CACHE) > 1:
-        total -= _CACHE.popitem(last=False)[1].nbytes
+    _CACHE[folder] = (stamp, value, value.nbytes)
+    _KEPT_BYTES[0] += value.nbytes
+    while _KEPT_BYTES[0] > CACHE_BYTES and len(_CACHE) > 1:
+        _KEPT_BYTES[0] -= _CACHE.popitem(last=False)[1][2]
     return value
 
 
