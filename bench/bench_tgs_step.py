@@ -9,7 +9,8 @@ seconds (above 1: the variant is faster). Weights are random (speed does not dep
 so neither the data nor the weights package is needed.
 
 Variants: the PyTorch-style ``efficientnet_lite0`` the config used before ``tf_efficientnet_lite0`` (symmetric
-padding, BatchNorm eps 1e-5, the same tensors), the encoder at its full depth 5 (stride 32: 101 is padded to 128 instead of 112;
+padding, BatchNorm eps 1e-5, the same tensors), the depthwise convolutions left in bf16 (without the fp32 exception of
+:mod:`seg_toolkit.models.precision`), the encoder at its full depth 5 (stride 32: 101 is padded to 128 instead of 112;
 the config before encoder_depth 4), the same depth-4 model fed 128x128 (``min_input_size``: is
 112 an awkward size for the kernels?), smp's default decoder widths, the same step in fp32, and
 ``torch.compile`` of the model (``train.compile: true``; its one-off compile time is printed
@@ -38,18 +39,25 @@ sys.path.insert(0, str(ROOT))
 from seg_toolkit.config import load_config  # noqa: E402
 from seg_toolkit.losses import build_loss, model_loss  # noqa: E402
 from seg_toolkit.models import build_model  # noqa: E402
+from seg_toolkit.models.precision import Fp32UnderCpuAutocast  # noqa: E402
 
 
 def make_step(cfg, model_params: dict | None, dtype: torch.dtype | None, compiled: bool, x, y, min_size: int = 0,
-              encoder: str | None = None):
+              encoder: str | None = None, depthwise_bf16: bool = False):
     """A closure running one training step of the config's model (with ``model_params`` and ``encoder`` if given, its
-    input padded to at least ``min_size``)."""
+    input padded to at least ``min_size``; with ``depthwise_bf16`` its depthwise convolutions left in the autocast dtype,
+    without :mod:`seg_toolkit.models.precision`'s fp32 exception)."""
     mcfg = dataclasses.replace(cfg.model, encoder_weights=None, encoder_weights_map="names",
                                params=model_params if model_params is not None else cfg.model.params,
                                encoder=encoder or cfg.model.encoder)
     torch.manual_seed(0)
     model = build_model(mcfg, cfg.data.num_classes, cfg.data.in_channels).to(memory_format=torch.channels_last).train()
     model.min_input_size = max(int(getattr(model, "min_input_size", 0)), min_size)
+    if depthwise_bf16:  # back to each layer's own class: (Fp32UnderCpuAutocast, cls) -> cls
+        changed = [m for m in model.modules() if isinstance(m, Fp32UnderCpuAutocast)]
+        for m in changed:
+            m.__class__ = type(m).__bases__[1]
+        assert changed and not any(isinstance(m, Fp32UnderCpuAutocast) for m in model.modules()), "no fp32 exception undone"
     net = torch.compile(model) if compiled else model
     loss_fn = build_loss(cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
@@ -83,19 +91,20 @@ def main() -> None:
     amp = None if args.fp32 else torch.bfloat16
     baseline = f"tgs_cpu.yaml ({'fp32' if args.fp32 else 'bf16'})"
     variants = {
-        baseline: (None, amp, False, 0, None),
-        "tu-efficientnet_lite0 (before)": (None, amp, False, 0, "tu-efficientnet_lite0"),
-        "encoder depth 5 (pad to 128)": (depth5, amp, False, 0, None),
-        "depth 4, input padded to 128": (None, amp, False, 128, None),
-        "smp's decoder widths": (smp_default, amp, False, 0, None),
+        baseline: (None, amp, False, 0, None, False),
+        "tu-efficientnet_lite0 (before)": (None, amp, False, 0, "tu-efficientnet_lite0", False),
+        "encoder depth 5 (pad to 128)": (depth5, amp, False, 0, None, False),
+        "depth 4, input padded to 128": (None, amp, False, 128, None, False),
+        "smp's decoder widths": (smp_default, amp, False, 0, None, False),
     }
     if not args.fp32:
-        variants["fp32"] = (None, None, False, 0, None)
+        variants["fp32"] = (None, None, False, 0, None, False)
+        variants["depthwise convs in bf16"] = (None, amp, False, 0, None, True)
     if not args.no_compile:
-        variants["torch.compile"] = (None, amp, True, 0, None)
+        variants["torch.compile"] = (None, amp, True, 0, None, False)
     steps, first = {}, {}
-    for name, (params, dtype, compiled, min_size, encoder) in variants.items():
-        steps[name] = make_step(cfg, params, dtype, compiled, x, y, min_size, encoder)
+    for name, (params, dtype, compiled, min_size, encoder, depthwise_bf16) in variants.items():
+        steps[name] = make_step(cfg, params, dtype, compiled, x, y, min_size, encoder, depthwise_bf16)
         t0 = time.perf_counter()
         steps[name]()  # warm-up: oneDNN builds its kernels (and inductor compiles) on the first call
         first[name] = time.perf_counter() - t0
