@@ -32,7 +32,7 @@ from seg_toolkit.config import ModelConfig, config_from_dict  # noqa: E402
 from seg_toolkit.amp import choose_amp  # noqa: E402
 from seg_toolkit.losses import build_loss  # noqa: E402
 from seg_toolkit.models import build_model  # noqa: E402
-from seg_toolkit.models.precision import Fp32UnderCpuAutocast  # noqa: E402
+from seg_toolkit.models.precision import follow_autocast  # noqa: E402
 
 MODELS = [  # (label, model config, image size, channels_last)
     ("scratch U-Net d4 w16", {"arch": "scratch_unet", "depth": 4, "base_width": 16}, 101, False),
@@ -46,10 +46,7 @@ MODELS = [  # (label, model config, image size, channels_last)
 def all_bf16_twin(model: torch.nn.Module) -> torch.nn.Module | None:
     """A copy whose depthwise convolutions follow autocast like every other layer (None: it has none)."""
     twin = copy.deepcopy(model)
-    changed = [m for m in twin.modules() if isinstance(m, Fp32UnderCpuAutocast)]
-    for m in changed:
-        m.__class__ = type(m).__mro__[2]  # Fp32<Conv> -> (Fp32UnderCpuAutocast, <Conv>): back to <Conv>
-    return twin if changed else None
+    return twin if follow_autocast(twin) else None
 
 
 def step_time(model, loss_fn, opt, x, y, dtype, steps: int) -> float:

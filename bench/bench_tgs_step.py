@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 from seg_toolkit.config import load_config  # noqa: E402
 from seg_toolkit.losses import build_loss, model_loss  # noqa: E402
 from seg_toolkit.models import build_model  # noqa: E402
-from seg_toolkit.models.precision import Fp32UnderCpuAutocast  # noqa: E402
+from seg_toolkit.models.precision import follow_autocast  # noqa: E402
 
 
 def make_step(cfg, model_params: dict | None, dtype: torch.dtype | None, compiled: bool, x, y, min_size: int = 0,
@@ -53,11 +53,8 @@ def make_step(cfg, model_params: dict | None, dtype: torch.dtype | None, compile
     torch.manual_seed(0)
     model = build_model(mcfg, cfg.data.num_classes, cfg.data.in_channels).to(memory_format=torch.channels_last).train()
     model.min_input_size = max(int(getattr(model, "min_input_size", 0)), min_size)
-    if depthwise_bf16:  # back to each layer's own class: (Fp32UnderCpuAutocast, cls) -> cls
-        changed = [m for m in model.modules() if isinstance(m, Fp32UnderCpuAutocast)]
-        for m in changed:
-            m.__class__ = type(m).__bases__[1]
-        assert changed and not any(isinstance(m, Fp32UnderCpuAutocast) for m in model.modules()), "no fp32 exception undone"
+    if depthwise_bf16:
+        assert follow_autocast(model) > 0, "the model has no depthwise convolution in fp32 to undo"
     net = torch.compile(model) if compiled else model
     loss_fn = build_loss(cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)

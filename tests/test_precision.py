@@ -10,7 +10,7 @@ from timm.layers import Conv2dSame
 
 from seg_toolkit.config import ModelConfig
 from seg_toolkit.models import build_model
-from seg_toolkit.models.precision import Fp32UnderCpuAutocast, keep_depthwise_fp32
+from seg_toolkit.models.precision import Fp32UnderCpuAutocast, follow_autocast, keep_depthwise_fp32
 
 from .test_amp import _Depthwise
 
@@ -26,6 +26,19 @@ def test_only_depthwise_layers_change_and_state_dict_is_kept():
     clone = pickle.loads(pickle.dumps(copy.deepcopy(net)))  # the generated class pickles by name
     assert type(clone.dw) is type(net.dw)
 
+
+
+def test_follow_autocast_gives_each_layer_its_own_class_back():
+    same = Conv2dSame(8, 8, 3, groups=8)
+    net = torch.nn.Sequential(_Depthwise(), same)
+    assert keep_depthwise_fp32(net) == 2
+    x = torch.randn(1, 8, 9, 9)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert same(x).dtype == torch.float32  # the exception
+    assert follow_autocast(net) == 2 and follow_autocast(net) == 0
+    assert type(net[0].dw) is torch.nn.Conv2d and type(same) is Conv2dSame
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert same(x).dtype == torch.bfloat16  # follows autocast again
 
 def test_depthwise_is_fp32_and_exact_under_cpu_autocast_other_layers_bf16():
     torch.manual_seed(0)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["keep_depthwise_fp32", "is_depthwise", "Fp32UnderCpuAutocast"]
+__all__ = ["keep_depthwise_fp32", "follow_autocast", "is_depthwise", "Fp32UnderCpuAutocast"]
 
 _SUBCLASSES: dict[type, type] = {}
 
@@ -72,5 +72,17 @@ def keep_depthwise_fp32(model: nn.Module) -> int:
     for module in model.modules():
         if is_depthwise(module) and not isinstance(module, Fp32UnderCpuAutocast):
             module.__class__ = _fp32_subclass(type(module))
+            n += 1
+    return n
+
+
+def follow_autocast(model: nn.Module) -> int:
+    """Undo :func:`keep_depthwise_fp32` (in place): each changed layer gets its own class back and follows autocast
+    like every other layer. For the benchmarks that measure what the exception is worth; returns how many layers it
+    changed back."""
+    n = 0
+    for module in model.modules():
+        if isinstance(module, Fp32UnderCpuAutocast):
+            module.__class__ = type(module).__mro__[2]  # Fp32<Conv> -> (Fp32UnderCpuAutocast, <Conv>): back to <Conv>
             n += 1
     return n
