@@ -10,7 +10,7 @@ import torch
 
 from .config import ConfigError
 
-__all__ = ["resolve_device", "check_device", "autocast", "seed_everything", "tf32_state"]
+__all__ = ["resolve_device", "check_device", "autocast", "seed_everything", "seed_rank", "tf32_state"]
 
 
 def check_device(name: str, key: str = "train.device") -> None:
@@ -84,3 +84,18 @@ def seed_everything(seed: int, deterministic: bool, cudnn_benchmark: bool = Fals
         torch.use_deterministic_algorithms(False)
         torch.backends.cudnn.deterministic = False
         torch.backends.cudnn.benchmark = bool(cudnn_benchmark)
+
+
+def seed_rank(seed: int, rank: int) -> None:
+    """Under DDP, give rank ``rank`` > 0 random streams of its own (python, NumPy, torch: CPU and every GPU), derived
+    from ``seed`` and the rank; rank 0 keeps the ones :func:`seed_everything` gave it, so it draws as a single process
+    would. Every rank is seeded alike first (their models start alike); without this they then drew the same dropout
+    and drop-path masks at each step, on different images. Augmentation draws from per-image seeds, not from here."""
+    if rank <= 0:
+        return
+    import hashlib
+
+    derived = int.from_bytes(hashlib.sha256(f"seg_toolkit rank stream {seed} {rank}".encode()).digest()[:8], "little")
+    random.seed(derived)
+    np.random.seed(derived % 2**32)
+    torch.manual_seed(derived % 2**63)

@@ -6,6 +6,8 @@ gradients are averaged by DistributedDataParallel, training losses are summed ac
 ranks for the log, BatchNorm statistics are averaged at the end of each epoch, and only rank 0 validates, writes files and decides early stopping
 (its decision is broadcast so every rank leaves the loop together). What stops a rank stops them all at the same step:
 a non-finite loss on any rank, or a Ctrl-C / SIGTERM that reached any rank (:func:`seg_toolkit.epoch.train_one_epoch`).
+The ranks build their models alike, then each draws its own dropout / drop-path masks (:func:`seg_toolkit.device.seed_rank`);
+every rank's RNG states go into the checkpoint, so a resume goes on with each rank's own stream.
 
 ``train.device`` under torchrun is ``auto``, ``cuda`` (each process on the GPU of its ``LOCAL_RANK``) or ``cpu``;
 an explicit ``cuda:N`` is refused (:func:`seg_toolkit.device.resolve_device`): it would put every rank on GPU N.
@@ -63,6 +65,14 @@ class Dist:
         box = [value]
         dist.broadcast_object_list(box, src=0)
         return box[0]
+
+    def gather(self, value: Any) -> list[Any]:
+        """Every rank's ``value``, in rank order, on every rank (a collective: all ranks call it)."""
+        if not self.enabled:
+            return [value]
+        out: list[Any] = [None] * self.world_size
+        dist.all_gather_object(out, value)
+        return out
 
     def average_buffers(self, model: torch.nn.Module) -> None:
         """Average floating buffers (BatchNorm running statistics) across ranks.

@@ -75,8 +75,11 @@ def should_stop(state: TrainState, cfg: Config) -> bool:
 # ----------------------------------------------------------------------------- files
 
 
-def checkpoint_state(cfg, model, ema, optimizer, schedule, scaler, state: TrainState) -> dict[str, Any]:
-    return {
+def checkpoint_state(cfg, model, ema, optimizer, schedule, scaler, state: TrainState,
+                     rank_rngs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Everything a resume needs. ``rank_rngs``: under DDP every rank's RNG states (:meth:`Dist.gather`), kept as
+    ``rng_ranks`` so each rank goes on with its own dropout stream (``rng`` is rank 0's, as a single process's)."""
+    ckpt = {
         "model": model.state_dict(),
         "ema": ema.module.state_dict() if ema is not None else None,
         "config": config_to_dict(cfg),
@@ -90,6 +93,9 @@ def checkpoint_state(cfg, model, ema, optimizer, schedule, scaler, state: TrainS
         "step": state.step,
         "best_score": state.best_score,
     }
+    if rank_rngs is not None and len(rank_rngs) > 1:
+        ckpt["rng_ranks"] = rank_rngs
+    return ckpt
 
 
 def weights_only(ckpt: dict[str, Any]) -> dict[str, Any]:
@@ -98,14 +104,15 @@ def weights_only(ckpt: dict[str, Any]) -> dict[str, Any]:
 
 
 def save_epoch(cfg, run: Run, fold: int, model, ema, optimizer, schedule, scaler, state: TrainState, improved: bool,
-               score: float | None = None) -> None:
+               score: float | None = None, rank_rngs: list[dict[str, Any]] | None = None) -> None:
     """``last.pt`` every epoch (the previous one kept as ``prev.pt``), ``best.pt`` when improved, and with
-    ``train.keep_best_k > 1`` the k best epochs as ``best_e<epoch>.pt`` (for checkpoint averaging or ensembles)."""
+    ``train.keep_best_k > 1`` the k best epochs as ``best_e<epoch>.pt`` (for checkpoint averaging or ensembles).
+    ``rank_rngs``: every rank's RNG states under DDP (:func:`checkpoint_state`)."""
     keep_k = cfg.train.keep_best_k > 1 and score is not None and not math.isnan(score)
     if keep_k:
         state.top_k = sorted(state.top_k + [[float(score), state.epoch]], key=lambda x: (-x[0], x[1]))
         dropped, state.top_k = state.top_k[cfg.train.keep_best_k :], state.top_k[: cfg.train.keep_best_k]
-    ckpt = checkpoint_state(cfg, model, ema, optimizer, schedule, scaler, state)
+    ckpt = checkpoint_state(cfg, model, ema, optimizer, schedule, scaler, state, rank_rngs)
     weights = weights_only(ckpt)
     # best.pt before last.pt: killed in between, the resume (from the older last.pt) finds a best.pt from the epoch it
     # is about to run again and keeps it as the best so far (restore); the other way round best.pt would be an epoch
@@ -135,7 +142,7 @@ def restore(run: Run, fold: int, model, ema, optimizer, schedule, scaler, d: Dis
         _remove_partial_writes(run.fold_dir(fold))
     if d is not None:
         d.barrier()
-    state = _load_newest(run, fold, model, ema, optimizer, schedule, scaler)
+    state = _load_newest(run, fold, model, ema, optimizer, schedule, scaler, d.rank if d is not None else 0)
     if main:  # the rows of epochs after the restored one (all of them when the fold starts from scratch)
         _truncate_metrics(run.metrics_csv(fold), state.epoch)
     if d is not None:
@@ -143,7 +150,22 @@ def restore(run: Run, fold: int, model, ema, optimizer, schedule, scaler, d: Dis
     return state
 
 
-def _load_newest(run: Run, fold: int, model, ema, optimizer, schedule, scaler) -> TrainState:
+def _restore_rng(ckpt: dict[str, Any], rank: int) -> None:
+    """This rank's RNG states as saved (``rng_ranks``), rank 0's (``rng``) on rank 0 or a single process. A rank the
+    checkpoint has none for (saved by fewer processes, or before ranks had streams of their own) goes on from rank 0's
+    state reseeded for the rank and the update reached (:func:`~seg_toolkit.device.seed_rank`), never with rank 0's."""
+    ranks = ckpt.get("rng_ranks") or []
+    if rank < len(ranks):
+        set_rng_state(ranks[rank])
+        return
+    set_rng_state(ckpt["rng"])  # the CUDA generators of GPUs this process never draws from, as before
+    if rank > 0:
+        from .device import seed_rank
+
+        seed_rank(int(ckpt.get("step", 0)), rank)
+
+
+def _load_newest(run: Run, fold: int, model, ema, optimizer, schedule, scaler, rank: int = 0) -> TrainState:
     errors = []
     for path in (run.last_pt(fold), run.prev_pt(fold)):
         if not path.is_file():
@@ -160,7 +182,7 @@ def _load_newest(run: Run, fold: int, model, ema, optimizer, schedule, scaler) -
         optimizer.load_state_dict(ckpt["optimizer"])
         schedule.load_state_dict(ckpt["scheduler"])
         scaler.load_state_dict(ckpt["scaler"])
-        set_rng_state(ckpt["rng"])
+        _restore_rng(ckpt, rank)
         state = TrainState(**ckpt["train_state"])
         if "patience_score" not in ckpt["train_state"]:  # saved before min_delta had a score of its own
             state.patience_score = state.best_score

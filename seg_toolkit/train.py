@@ -21,14 +21,14 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
-from .checkpoint import save_checkpoint
+from .checkpoint import rng_state, save_checkpoint
 from .config import Config
 from .data import EpochSampler, Sample, SegDataset, collate
 from .fold_state import TrainState, checkpoint_state, restore, save_epoch, should_stop, update_best, weights_only
 from .amp import run_amp
 from .budget import fit_to_budget
 from .budget_run import decide_folds, plan_fold
-from .device import resolve_device, seed_everything, tf32_state
+from .device import resolve_device, seed_everything, seed_rank, tf32_state
 from .distributed import Dist, get_dist
 from .losses import build_loss, model_loss
 from .optim import LRSchedule, build_optimizer
@@ -135,6 +135,8 @@ def train_attempt(cfg: Config, fold: int, samples: list[Sample], folds: pd.DataF
         log.warning("fold %d started from %s, which has changed since (retrained?); the fold continues from its own "
                     "checkpoint: done.json's init_from_sha256 names the weights it started from", fold, initialised)
     forward_model = wrap_for_training(cfg, model, device, d, loss_fn, train_set)
+    if fresh:  # the models are built alike; from here each rank draws its own dropout masks (resumed: restore's states)
+        seed_rank(cfg.train.seed + fold, d.rank)
 
     saved_from = None  # when the last epoch's row was written: its checkpoint's save counts in the next epoch's time
     with GracefulStop() as stop:
@@ -153,8 +155,10 @@ def train_attempt(cfg: Config, fold: int, samples: list[Sample], folds: pd.DataF
                 state.batch += e.batches_done
                 state.partial = e.partial
                 state.seconds += time.perf_counter() - t0  # the epoch's time so far: its row, once resumed, has it all
+                rank_rngs = d.gather(rng_state()) if d.enabled else None  # each rank's dropout stream, for the resume
                 if d.is_main:
-                    save_epoch(cfg, run, fold, model, ema, optimizer, schedule, scaler, state, improved=False)
+                    save_epoch(cfg, run, fold, model, ema, optimizer, schedule, scaler, state, improved=False,
+                               rank_rngs=rank_rngs)
                 d.barrier()  # every rank stopped at this update; none exits (torchrun then stops the rest) before the save
                 raise KeyboardInterrupt(
                     f"fold {fold} interrupted in epoch {epoch + 1} after {state.batch} batches; "
@@ -181,11 +185,13 @@ def train_attempt(cfg: Config, fold: int, samples: list[Sample], folds: pd.DataF
             if budget is not None and fit_to_budget(budget, state, fold, elapsed, epoch_seconds, d):
                 schedule = schedule.for_epochs(cfg, optimizer, updates_per_epoch, state.epochs, state.step)
             saved_from = time.perf_counter()  # the row, checkpoints and tracker are the machine's time too (the budget's)
+            rank_rngs = d.gather(rng_state()) if d.enabled else None
             if d.is_main:
                 # the row first: killed before the checkpoint, a resume drops the row and runs the epoch again; the
                 # other way round the checkpoint would hold an epoch whose row (its time, its curve point) never comes
                 log_epoch(run.metrics_csv(fold), fold, epoch, train_stats, val_stats, improved, seconds)
-                save_epoch(cfg, run, fold, model, ema, optimizer, schedule, scaler, state, improved, val_stats["val_score"])
+                save_epoch(cfg, run, fold, model, ema, optimizer, schedule, scaler, state, improved, val_stats["val_score"],
+                           rank_rngs)
                 track.log_epoch(fold, epoch + 1, {**train_stats, **val_stats})
             if d.any(stop.requested):  # Ctrl-C / SIGTERM to any rank after the epoch's last update (or at it), once saved
                 raise KeyboardInterrupt(f"fold {fold} stopped after epoch {epoch + 1}; checkpoint saved to "

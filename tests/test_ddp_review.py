@@ -26,8 +26,9 @@ from .conftest import demo_dict
 # stop (Ctrl-C) on some ranks right after their n-th optimiser update of the run, and plant partial checkpoint writes.
 CHILD = textwrap.dedent(
     """
-    import contextlib, io, json, os, sys
+    import contextlib, hashlib, io, json, os, sys
     from pathlib import Path
+    import torch
     import seg_toolkit.averaging as A
     import seg_toolkit.distributed as D
     import seg_toolkit.epoch as E
@@ -44,7 +45,8 @@ CHILD = textwrap.dedent(
         return value, terms
     def step(*a, **k):
         original_step(*a, **k)
-        now["updates"] += 1
+        now["updates"] += 1  # each rank's torch RNG after each update: its dropout stream
+        now.setdefault("rng", []).append(hashlib.sha1(torch.get_rng_state().numpy().tobytes()).hexdigest()[:16])
         if now.get("stop", {}).get(str(rank)) == now["updates"]:
             box["stop"].requested = True
     def enter(self):
@@ -77,7 +79,7 @@ CHILD = textwrap.dedent(
         err = Tee()
         with contextlib.redirect_stderr(err):  # the log handler the first main() makes writes to the real stderr too
             rc = main(["train", sc["config"], *sc.get("args", [])])
-        results[sc["name"]] = {"rc": rc, "err": err.getvalue(), "bn_images": now.get("bn_images", [])}
+        results[sc["name"]] = {"rc": rc, "err": err.getvalue(), "bn_images": now.get("bn_images", []), "rng": now.get("rng", [])}
         print(f"SCENARIO {sc['name']} rank {rank} rc {rc}", flush=True)
     close()
     with open(f"{sys.argv[2]}/rank{rank}.json", "w") as fh:
@@ -101,8 +103,9 @@ def test_ddp_review_scenarios(demo_root, tmp_path):
         "bs4": _cfg(demo_root, runs, "bs4", {"epochs": 1, "batch_size": 4}),  # 3 images per rank < batch_size 4
         "nan": _cfg(demo_root, runs, "nan", {"epochs": 1, "nan_retries": 1}),
         "nan1": _cfg(demo_root, runs, "nan1", {"epochs": 1}),
-        "ref": _cfg(demo_root, runs, "ref"),  # 3 images per rank, batch 1: 3 updates per epoch
-        "stop": _cfg(demo_root, runs, "stop"),
+        # 3 images per rank, batch 1: 3 updates per epoch; dropout on the bottleneck draws from each rank's stream
+        "ref": _cfg(demo_root, runs, "ref", model={"dropout": 0.5}),
+        "stop": _cfg(demo_root, runs, "stop", model={"dropout": 0.5}),
         "world": _cfg(demo_root, runs, "world", {"epochs": 3, "batch_size": 2}, scheduler={"name": "onecycle"}),
         "world_mid": _cfg(demo_root, runs, "world_mid"),
         "avg": _cfg(demo_root, runs, "avg", {"epochs": 3, "batch_size": 2, "keep_best_k": 2, "average_best": True}),
@@ -164,6 +167,13 @@ def test_ddp_review_scenarios(demo_root, tmp_path):
     assert rows["epoch"].tolist() == [1, 2] and rows["lr"].tolist() == ref_rows["lr"].tolist()
     losses = [c for c in ref_rows.columns if c.startswith("train_")]
     assert rows[losses].values == pytest.approx(ref_rows[losses].values, rel=1e-5)
+    # ... and each rank went on with its own dropout stream, as saved: the RNG states after each update are the
+    # uninterrupted run's, rank by rank, and no state of rank 0's is ever rank 1's (was: the same masks on both ranks,
+    # and a resume put rank 0's state on rank 1)
+    for r in (0, 1):
+        resumed_rng = ranks[r]["stop_end"]["rng"] + ranks[r]["stop_mid"]["rng"] + ranks[r]["stop_done"]["rng"]
+        assert len(ranks[r]["ref"]["rng"]) == 6 and resumed_rng == ranks[r]["ref"]["rng"], r
+    assert not set(ranks[0]["ref"]["rng"]) & set(ranks[1]["ref"]["rng"])
     # 6. the resume's partial writes were removed by rank 0 alone (was: ENOENT on the rank that lost the race)
     assert not list(fold["stop"].glob(".*.tmp"))
     # 5. checkpoint averaging's BatchNorm pass sees the fold's 6 training images on rank 0 (was: its shard, 2 of them)
@@ -374,3 +384,32 @@ def test_schedule_laid_out_again_for_another_number_of_updates_per_epoch(demo_cf
             o.step()
             s.step_update(n)
         assert opt.param_groups[0]["lr"] == pytest.approx(ref_opt.param_groups[0]["lr"], rel=1e-9), n
+
+
+def test_each_rank_resumes_its_own_rng_stream_or_one_of_its_own():
+    """``rng_ranks`` holds every rank's states; a rank beyond them (a checkpoint of fewer processes, or one saved before
+    ranks had streams of their own) gets rank 0's state reseeded for it, never rank 0's stream itself."""
+    from seg_toolkit.checkpoint import rng_state
+    from seg_toolkit.device import seed_rank
+    from seg_toolkit.fold_state import _restore_rng
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1)
+        rank0 = rng_state()
+        torch.manual_seed(2)
+        rank1 = rng_state()
+        ckpt = {"rng": rank0, "rng_ranks": [rank0, rank1], "step": 7}
+        draws = {}
+        for rank in (0, 1, 2):
+            _restore_rng(ckpt, rank)
+            draws[rank] = torch.rand(3)
+        torch.manual_seed(2)
+        assert torch.equal(draws[1], torch.rand(3))  # rank 1: its own saved state
+        torch.manual_seed(1)
+        assert torch.equal(draws[0], torch.rand(3))  # rank 0: the single process's
+        seed_rank(7, 2)
+        assert torch.equal(draws[2], torch.rand(3))  # rank 2: reseeded from the update reached
+        assert not torch.equal(draws[2], draws[0])
+        before = torch.get_rng_state()
+        seed_rank(5, 0)  # rank 0 keeps the stream seed_everything gave it
+        assert torch.equal(torch.get_rng_state(), before)
