@@ -285,6 +285,31 @@ def test_lovasz_hinge_equals_full_sort_value_and_gradient(scale: float) -> None:
     torch.testing.assert_close(x1.grad, x2.grad, rtol=1e-5, atol=1e-7)
 
 
+def test_symmetric_lovasz_by_hand() -> None:
+    logits, target = binary_example()
+    # foreground: 1 + ln3/2 (above). Background (-logits vs 1 - labels): the same errors, ranked
+    # [1 + ln3 (the negative pixel, now gt 1), 1 (gt 0)]; |gt| = 1: intersection [0, 0], union [1, 2]
+    # -> J [1, 1] -> grad [1, 0] -> 1 + ln3. The mean: 1 + 3 ln3 / 4
+    assert term("lovasz", symmetric=True)(logits, target).item() == approx(1 + 0.75 * LN3)
+    good = torch.tensor([2.0, -2.0, 0.0]).view(1, 1, 1, 3)  # both sides fitted with margin: 0
+    assert term("lovasz", symmetric=True)(good, target).item() == approx(0.0)
+
+
+@pytest.mark.parametrize("scale", [0.1, 3.0])
+def test_symmetric_lovasz_equals_mean_of_both_full_sorts(scale: float) -> None:
+    gen = torch.Generator().manual_seed(5)
+    labels = (torch.rand(4, 1, 20, 20, generator=gen) > 0.6).float()
+    base = (torch.randn(4, 1, 20, 20, generator=gen) + 2.0 * (2 * labels - 1)) * scale
+    x1, x2 = base.clone().requires_grad_(), base.clone().requires_grad_()
+    ours = term("lovasz", symmetric=True)(x1, labels)
+    flat_x, flat_y = x2.reshape(-1), labels.reshape(-1)
+    ref = 0.5 * (_lovasz_hinge_full_sort(flat_x, flat_y) + _lovasz_hinge_full_sort(-flat_x, 1.0 - flat_y))
+    ours.backward()
+    ref.backward()
+    assert ours.item() == pytest.approx(ref.item(), rel=1e-5)
+    torch.testing.assert_close(x1.grad, x2.grad, rtol=1e-5, atol=1e-7)
+
+
 def test_lovasz_multilabel_is_mean_of_channels() -> None:
     logits0, target0 = binary_example()
     logits = torch.cat([logits0, torch.tensor([2.0, -2.0, 0.0]).view(1, 1, 1, 3)], dim=1)
@@ -474,6 +499,7 @@ def test_unknown_param_lists_accepted() -> None:
         ("binary", 1, {"focal": 1.0}, {"focal": {"alpha": 2.0}}, r"loss_params\.focal\.alpha: expected <= 1"),
         ("binary", 1, {"bce": 1.0}, {"bce": {"pos_weight": "x"}}, r"loss_params\.bce\.pos_weight"),
         ("binary", 1, {"lovasz": 1.0}, {"lovasz": {"per_image": 1}}, r"loss_params\.lovasz\.per_image: expected true/false"),
+        ("multiclass", 3, {"lovasz": 1.0}, {"lovasz": {"symmetric": True}}, r"loss_params\.lovasz\.symmetric: the hinge of binary"),
         ("binary", 1, {"tversky": 1.0}, {"tversky": {"alpha": 0, "beta": 0}}, r"loss_params\.tversky: alpha \+ beta"),
         ("binary", 1, {"bce": -1.0}, {}, r"loss\.bce: the weight"),
         ("binary", 1, {"bce": 0.0, "dice": 0.0}, {}, r"at least one weight must be > 0"),

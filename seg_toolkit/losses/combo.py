@@ -127,7 +127,11 @@ def _make_focal(task: str, num_classes: int, p: dict[str, Any], path: str) -> nn
 
 
 def _make_lovasz(task: str, num_classes: int, p: dict[str, Any], path: str) -> nn.Module:
-    return LovaszLoss(task, per_image=_bool(p.get("per_image", False), f"{path}.per_image"))
+    symmetric = _bool(p.get("symmetric", False), f"{path}.symmetric")
+    if symmetric and task == "multiclass":
+        raise ConfigError(f"{path}.symmetric: the hinge of binary / multilabel tasks (the foreground's and the "
+                          "background's IoU); a multiclass task's Lovasz-softmax already scores every class, background too")
+    return LovaszLoss(task, per_image=_bool(p.get("per_image", False), f"{path}.per_image"), symmetric=symmetric)
 
 
 _LOSSES: dict[str, _LossSpec] = {
@@ -136,7 +140,7 @@ _LOSSES: dict[str, _LossSpec] = {
     "dice": _LossSpec(TASKS, ("smooth", "log_loss"), _make_dice),
     "jaccard": _LossSpec(TASKS, ("smooth", "log_loss"), _make_jaccard),
     "focal": _LossSpec(TASKS, ("gamma", "alpha"), _make_focal),
-    "lovasz": _LossSpec(TASKS, ("per_image",), _make_lovasz),
+    "lovasz": _LossSpec(TASKS, ("per_image", "symmetric"), _make_lovasz),
     "tversky": _LossSpec(TASKS, ("alpha", "beta", "smooth"), _make_tversky),
 }
 

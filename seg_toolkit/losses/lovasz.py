@@ -30,8 +30,13 @@ def lovasz_grad(gt_sorted: Tensor, gts: Tensor | None = None) -> Tensor:
     return torch.cat([jaccard[:1], jaccard[1:] - jaccard[:-1]])
 
 
-def lovasz_hinge_flat(logits: Tensor, labels: Tensor) -> Tensor:
+def lovasz_hinge_flat(logits: Tensor, labels: Tensor, symmetric: bool = False) -> Tensor:
     """Binary Lovasz hinge of flat ``(P,)`` logits vs 0/1 labels (no void); 0 when P = 0.
+
+    ``symmetric``: the mean of the hinge of the foreground and the hinge of the background
+    (``-logits`` vs ``1 - labels``, the TGS Salt solutions' "symmetric Lovasz"), so the IoU of the
+    empty part is optimised too. Negating both the logits and the signs leaves every hinge error
+    as it was: the two share one sort and differ only in the Jaccard weights.
 
     Only the pixels with a positive hinge error (margin below 1) are sorted: the ones below
     them in the ranking add ``relu(error) = 0`` to the loss and to its gradient, and the weights
@@ -46,8 +51,12 @@ def lovasz_hinge_flat(logits: Tensor, labels: Tensor) -> Tensor:
     errors = 1.0 - logits * signs
     active = errors > 0
     errors_sorted, perm = torch.sort(errors[active], descending=True)
+    gt_sorted = labels[active][perm]
+    weights = lovasz_grad(gt_sorted, labels.sum())
+    if symmetric:
+        weights = 0.5 * (weights + lovasz_grad(1.0 - gt_sorted, labels.numel() - labels.sum()))
     # a product-sum rather than torch.dot: stays float32 under autocast
-    return (errors_sorted * lovasz_grad(labels[active][perm], labels.sum())).sum()
+    return (errors_sorted * weights).sum()
 
 
 def lovasz_softmax_flat(probs: Tensor, labels: Tensor) -> Tensor:
@@ -74,15 +83,19 @@ class LovaszLoss(nn.Module):
     Units: binary / multilabel -> one ranking per channel (over the whole batch, or per
     image and channel when ``per_image``), multiclass -> one ranking over the batch (or per
     image). The loss is the mean over the units that have at least one non-void pixel;
-    0 (with zero gradients) when none has.
+    0 (with zero gradients) when none has. ``symmetric`` (binary / multilabel): each unit's
+    hinge is the mean of the foreground's and the background's (:func:`lovasz_hinge_flat`).
     """
 
-    def __init__(self, mode: str, per_image: bool = False, ignore_index: int = IGNORE_INDEX) -> None:
+    def __init__(self, mode: str, per_image: bool = False, ignore_index: int = IGNORE_INDEX, symmetric: bool = False) -> None:
         super().__init__()
         if mode not in TASKS:
             raise ValueError(f"mode must be one of {TASKS}, got {mode!r}")
         self.mode = mode
+        if symmetric and mode == "multiclass":
+            raise ValueError("symmetric is the binary / multilabel hinge's; Lovasz-softmax already scores every class")
         self.per_image = per_image
+        self.symmetric = symmetric
         self.ignore_index = ignore_index
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
@@ -108,7 +121,7 @@ class LovaszLoss(nn.Module):
                             continue
                         flat_x, flat_t = flat_x[valid], flat_t[valid]
                     # soft targets (pseudo.soft) are cut at 0.5: the Lovasz extension needs 0/1 labels
-                    losses.append(lovasz_hinge_flat(flat_x, (flat_t >= 0.5).to(flat_x.dtype)))
+                    losses.append(lovasz_hinge_flat(flat_x, (flat_t >= 0.5).to(flat_x.dtype), self.symmetric))
         if not losses:
             return logits.sum() * 0.0
         return torch.stack(losses).mean()
