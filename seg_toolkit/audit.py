@@ -41,7 +41,6 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 import numpy as np
-from PIL import Image
 from tqdm.auto import tqdm
 
 from .config import IGNORE_INDEX, Config, ConfigError
@@ -49,7 +48,7 @@ from .data import DataError, Sample, class_names, load_objects, load_target
 from .data.io import WIDE_MODES, image_size, is_array_image, narrow_sixteen_bit, sixteen_bit, wide_values
 from .data.masks import mask_ids
 from .data.bands import band_image_files, bands_of
-from .data.image_file import png16_color
+from .data.image_file import color16, open_header
 from .data.sample import read_config_image
 from .data.sources import list_train_samples
 from .instance_metrics import touching
@@ -209,8 +208,8 @@ def _check_image(s: Sample, cfg: Config, res: AuditResult, decode: bool) -> Opti
             res.image_modes[f"npy {arr.dtype} x{arr.shape[2] if arr.ndim == 3 else 1}"] += 1
             wide = decode and arr.dtype != np.uint8 and arr.dtype.kind != "b"
         else:
-            deep = png16_color(s.image)  # 16 bits per channel: Pillow says RGB(A), the toolkit reads them exactly
-            with Image.open(s.image) as im:
+            deep = color16(s.image)  # 16 bits per channel: Pillow says RGB(A), the toolkit reads them exactly
+            with open_header(s.image) as im:
                 res.image_modes[im.mode + (";16" if deep else "")] += 1
                 wide = (deep or im.mode in WIDE_MODES) and decode
     except Exception:  # read above, so this does not happen; the mode is only informative

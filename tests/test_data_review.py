@@ -18,7 +18,7 @@ from PIL import Image, ImageOps
 from seg_toolkit.config import IGNORE_INDEX, ConfigError, config_from_dict
 from seg_toolkit.data import DataError, load_list_samples, load_target, load_test_samples, load_train_samples, read_image
 from seg_toolkit.data import image_file, masks
-from seg_toolkit.data.image_file import lossy_webp, png16_color, turn_array
+from seg_toolkit.data.image_file import lossy_webp, color16, turn_array
 from seg_toolkit.data.io import image_size, read_csv_strict, wide_values
 from seg_toolkit.data.mask_io import read_mask, read_mask_array
 from seg_toolkit.data.sample import read_config_image
@@ -127,7 +127,7 @@ def test_48_bit_rgb_png_is_read_exactly_over_the_image_range(tmp_path):
     r = np.array([[0, 4095], [1000, 2048]], np.uint16)
     rgb = np.stack([r, r // 2, np.full_like(r, 4095)], -1)
     path = _png16(tmp_path / "a.png", rgb)
-    assert png16_color(path) and Image.open(path).mode == "RGB"  # what Pillow alone would read as 8-bit
+    assert color16(path) and Image.open(path).mode == "RGB"  # what Pillow alone would read as 8-bit
     got = read_image(path, 3, value_range=[0, 4095])
     want = np.floor(np.clip(rgb / 4095 * 255, 0, 255) + 0.5).astype(np.uint8)
     assert got.tolist() == want.tolist()
@@ -158,6 +158,45 @@ def test_16_bit_rgb_mask_ids_from_one_channel_are_exact_and_colours_refused(tmp_
         read_mask_array(tmp_path / "lbl/a.png", kind="colors")
     with pytest.raises(DataError, match=r"mask is RGB \(3 channels, 16 bits per channel\)"):
         read_mask(tmp_path / "lbl/a.png")
+
+
+def test_48_bit_tiff_and_16_bit_grey_alpha_png_are_read_exactly(tmp_path):
+    """Pillow opens a 48-bit RGB TIFF as 8-bit RGB and a 16-bit grey + alpha PNG as 8-bit: only the high byte of each
+    value (12-bit microscopy read almost black, class ids 0..255 read as 0, and the audit saw nothing wide)."""
+    import struct
+    import zlib
+
+    r = np.array([[0, 1000, 2000, 4095]], np.uint16)
+    rgb = np.stack([r, np.full_like(r, 2048), np.full_like(r, 4095)], -1)
+    tif = _png16(tmp_path / "img/a.tif", rgb)  # cv2 writes a 16-bit RGB TIFF
+    assert color16(tif) and Image.open(tif).mode == "RGB"
+    want = np.floor(rgb / 4095 * 255 + 0.5).astype(np.uint8)
+    assert read_image(tif, 3, value_range=[0, 4095]).tolist() == want.tolist()  # [0, 62, 125, 255] in red
+    assert wide_values(tif) == ("RGB;16", 0.0, 4095.0)
+    # class ids in channel 0 of a 48-bit TIFF mask
+    _png16(tmp_path / "lbl/a.tif", np.stack([np.array([[0, 1, 2, 1]], np.uint16), np.full((1, 4), 300, np.uint16),
+                                             np.zeros((1, 4), np.uint16)], -1))
+    cfg = _cfg(tmp_path, task="multiclass", num_classes=3, mask_channel=0, image_ext=".tif", mask_ext=".tif")
+    (s,) = load_train_samples(cfg)
+    assert load_target(s, cfg, (1, 4)).tolist() == [[0, 1, 2, 1]]
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    row = b"\x00" + b"".join(struct.pack(">HH", v, 65535) for v in (0, 1000, 2000, 4095))  # grey, alpha: big-endian
+    la = tmp_path / "la.png"
+    la.write_bytes(_PNG_HEAD + chunk(b"IHDR", struct.pack(">IIBBBBB", 4, 1, 16, 4, 0, 0, 0)) + chunk(b"IDAT", zlib.compress(row))
+                   + chunk(b"IEND", b""))
+    assert color16(la)
+    assert read_image(la, 1, value_range=[0, 4095]).ravel().tolist() == [0, 62, 125, 255]
+    assert read_image(la, 4, value_range=[0, 4095])[0, :, 3].tolist() == [255] * 4  # alpha 65535 over the range: 255
+    # 8-bit TIFFs and PNGs are Pillow's as before
+    plain = tmp_path / "p.tif"
+    Image.fromarray(np.zeros((2, 2, 3), np.uint8)).save(plain)
+    assert not color16(plain) and not color16(_save(tmp_path / "p.png", np.zeros((2, 2, 3), np.uint8)))
+
+
+_PNG_HEAD = b"\x89PNG\r\n\x1a\n"
 
 
 # ----------------------------------------------------------------------------- 4. EXIF orientation

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -150,6 +151,14 @@ def test_max_image_pixels_decides_above_pils_own_limit(tmp_path, monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 500)  # PIL's limit below the image: stands in for 89 million
     assert open_image(path, max_pixels=2000).size == (40, 30)
     assert Image.MAX_IMAGE_PIXELS == 500  # put back
+    # the header readers too: the sizes the data checks, CSV targets and the audit read (was: PIL's refusal)
+    from seg_toolkit.data.image_file import read_color16
+    from seg_toolkit.data.io import image_size
+
+    assert image_size(path) == (30, 40) and Image.MAX_IMAGE_PIXELS == 500
+    wide = tmp_path / "w.png"
+    assert cv2.imwrite(str(wide), np.full((30, 40, 3), 4095, np.uint16))
+    assert read_color16(wide, max_pixels=2000).shape == (30, 40, 3) and Image.MAX_IMAGE_PIXELS == 500
     with pytest.raises(Exception, match=r"a.png: refused before decoding, 40x30 = 1200 pixels is over data.max_image_pixels=1000"):
         open_image(path, max_pixels=1000)
     with pytest.raises(ConfigError, match=r"data.max_image_pixels: expected a number of pixels >= 1"):

@@ -1,5 +1,5 @@
 """Opening an image or mask file before its pixels are used: the size limit before decoding, the EXIF
-orientation tag (``data.exif_orientation``), 16-bit-per-channel colour PNGs (which Pillow would read as
+orientation tag (``data.exif_orientation``), 16-bit-per-channel colour PNGs and TIFFs (which Pillow would read as
 8-bit, keeping the high byte only: they are read exactly with OpenCV) and lossy WebP files.
 
 ``data.exif_orientation`` says what a file tagged with an EXIF orientation other than 1 (a phone photo
@@ -17,8 +17,10 @@ a reader called without one refuses a turned file (``error``) rather than guess.
 
 from __future__ import annotations
 
+import contextlib
 import struct
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -26,8 +28,8 @@ from PIL import Image, ImageOps
 
 from .data_errors import DataError
 
-__all__ = ["EXIF_CHOICES", "exif_choice", "check_file", "open_image", "orientation",
-           "oriented_size", "png16_color", "read_png16_color", "lossy_webp"]
+__all__ = ["EXIF_CHOICES", "exif_choice", "check_file", "open_header", "open_image", "orientation",
+           "oriented_size", "color16", "read_color16", "lossy_webp"]
 
 EXIF_CHOICES = ("error", "apply", "ignore")
 _ORIENTATION = 0x0112
@@ -105,6 +107,20 @@ def oriented_size(tag: int, h: int, w: int) -> tuple[int, int]:
     return (w, h) if tag in (5, 6, 7, 8) else (h, w)
 
 
+@contextlib.contextmanager
+def open_header(path: str | Path) -> Iterator[Image.Image]:
+    """``Image.open`` (the header; nothing decoded) with PIL's own bomb guard off: its 179-megapixel refusal at open
+    would overrule ``data.max_image_pixels``, which the readers check before decoding (:func:`open_image`)."""
+    limit = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        im = Image.open(path)
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
+    with im:
+        yield im
+
+
 def open_image(path: Path, max_pixels: int, exif: str | None = None) -> Image.Image:
     """A PIL image, decoded: refused before decoding when over ``max_pixels``, then turned by its EXIF
     orientation as ``exif`` says (module doc)."""
@@ -143,20 +159,32 @@ def open_image(path: Path, max_pixels: int, exif: str | None = None) -> Image.Im
     return im
 
 
-# ----------------------------------------------------------------------------- 16-bit colour PNGs
+# ----------------------------------------------------------------------------- 16-bit colour files
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_TIFF_SIGNATURES = (b"II*\x00", b"MM\x00*")
 
 
-def png16_color(path: str | Path) -> bool:
-    """A PNG of 16 bits per channel, RGB or RGBA (48/64-bit; IHDR bit depth 16, colour type 2 or 6), which
-    Pillow opens as 8-bit (the high byte of each value)."""
+def color16(path: str | Path) -> bool:
+    """A file of 16 bits per channel with more than one channel, which Pillow opens as 8-bit (the high byte of each
+    value): a PNG, RGB, RGBA or grey + alpha (IHDR bit depth 16, colour type 2, 6 or 4), or a TIFF with 2 or more
+    samples per pixel of more than 8 bits (48-bit RGB microscopy). Other files cost one 33-byte read."""
     try:
         with open(path, "rb") as f:
             head = f.read(33)
     except OSError:
         return False
-    return len(head) == 33 and head[:8] == _PNG_SIGNATURE and head[12:16] == b"IHDR" and head[24] == 16 and head[25] in (2, 6)
+    if len(head) == 33 and head[:8] == _PNG_SIGNATURE and head[12:16] == b"IHDR":
+        return head[24] == 16 and head[25] in (2, 4, 6)
+    if head[:4] not in _TIFF_SIGNATURES:
+        return False
+    try:
+        with open_header(path) as im:
+            bits = im.tag_v2.get(258, (1,))
+    except Exception:  # unreadable: the reader names it
+        return False
+    bits = bits if isinstance(bits, tuple) else (bits,)
+    return len(bits) >= 2 and max(bits) > 8
 
 
 #: EXIF orientation -> the same turn on an (H, W, ...) array (as PIL.ImageOps.exif_transpose)
@@ -172,14 +200,14 @@ def turn_array(arr: np.ndarray, tag: int) -> np.ndarray:
     return np.ascontiguousarray(_NUMPY_TURN[tag](arr)) if tag in _NUMPY_TURN else arr
 
 
-def read_png16_color(path: Path, max_pixels: int, exif: str | None = None) -> np.ndarray:
-    """A 16-bit-per-channel RGB(A) PNG exactly: ``uint16 (H, W, 3 or 4)`` in RGB(A) order, turned by its EXIF
-    orientation as ``exif`` says."""
+def read_color16(path: Path, max_pixels: int, exif: str | None = None) -> np.ndarray:
+    """A :func:`color16` file exactly: ``uint16 (H, W, 3 or 4)`` in RGB(A) order (grey + alpha as RGBA with equal
+    colour channels), turned by its EXIF orientation as ``exif`` says."""
     import cv2  # lazy: only these files need it
 
     check_file(path)
     try:
-        with Image.open(path) as im:  # the header: size limit and orientation tag before decoding
+        with open_header(path) as im:  # the header: size limit and orientation tag before decoding
             w, h = im.size
             if w * h > max_pixels:
                 raise DataError(f"{path}: refused before decoding, {w}x{h} = {w * h} pixels is over "
@@ -192,7 +220,8 @@ def read_png16_color(path: Path, max_pixels: int, exif: str | None = None) -> np
     arr = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if arr is None or arr.dtype != np.uint16 or arr.ndim != 3 or arr.shape[2] not in (3, 4):
         what = "nothing" if arr is None else f"{arr.dtype} {arr.shape}"
-        raise DataError(f"{path}: 16-bit RGB(A) PNG, but OpenCV read {what}; the file is truncated or corrupt")
+        raise DataError(f"{path}: 16 bits per channel, but OpenCV read {what}; the file is truncated or corrupt, or "
+                        "stored in a way OpenCV does not read (save it as a 16-bit PNG or TIFF of 3 or 4 channels)")
     arr = arr[:, :, [2, 1, 0, 3][: arr.shape[2]]]  # BGR(A) -> RGB(A)
     return turn_array(arr, tag)
 

@@ -25,7 +25,7 @@ from PIL import Image
 
 from .data_errors import DataError, RLERowError
 from .image_file import check_file as _check_file
-from .image_file import open_image, orientation, oriented_size, png16_color, read_png16_color
+from .image_file import color16, open_header, open_image, orientation, oriented_size, read_color16
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +107,7 @@ def image_size(path: str | Path, pair: PairSplit | None = None, exif: str | None
         if is_array_image(path):
             h, w = check_array_header(path, np.iinfo(np.int64).max).shape[:2]
         else:
-            with Image.open(path) as im:
+            with open_header(path) as im:  # the size of a file over PIL's own limit too (the readers check theirs)
                 h, w = oriented_size(orientation(im, path, exif), im.size[1], im.size[0])
     except DataError:
         raise
@@ -144,8 +144,8 @@ def wide_values(path: str | Path, max_pixels: int = 50_000_000, bands=None) -> t
         if arr.dtype == np.uint8 or arr.dtype.kind == "b":
             return None
         mode = f"npy {arr.dtype}"
-    elif png16_color(path):
-        arr = read_png16_color(path, max_pixels, "ignore")
+    elif color16(path):
+        arr = read_color16(path, max_pixels, "ignore")
         mode = "RGBA;16" if arr.shape[2] == 4 else "RGB;16"
     else:
         im = _open(path, max_pixels, "ignore")
@@ -210,8 +210,8 @@ def read_image(path: str | Path, in_channels: int = 3, max_pixels: int = 50_000_
         return _read_band_image(path, in_channels, max_pixels, value_range, bands)
     if is_array_image(path):
         return _read_array_image(path, in_channels, max_pixels, pair, value_range)
-    if png16_color(path):  # Pillow would keep only the high byte of each value
-        wide = read_png16_color(path, max_pixels, exif)
+    if color16(path):  # Pillow would keep only the high byte of each value
+        wide = read_color16(path, max_pixels, exif)
         im = Image.fromarray(_to_uint8(wide, value_range or (0.0, 65535.0), path))
         value_range = None
     else:

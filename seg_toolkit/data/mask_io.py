@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .image_file import lossy_webp, png16_color, read_png16_color
+from .image_file import lossy_webp, color16, read_color16
 from .io import DataError, PairSplit, _open, check_array_header, is_array_image
 
 __all__ = ["read_mask", "read_mask_array", "LOSSY_FORMATS"]
@@ -71,7 +71,7 @@ def read_mask(path: str | Path, max_pixels: int = 50_000_000, lossy_ok: bool = F
         _refuse_lossy(path, im, "convert the masks to PNG, or for binary masks set data.mask_threshold (e.g. 128 for "
                                 "0/255 masks)")
     if im.mode in ("RGB", "RGBA", "CMYK", "YCbCr", "LA"):
-        depth = ", 16 bits per channel" if png16_color(path) else ""
+        depth = ", 16 bits per channel" if color16(path) else ""
         raise DataError(
             f"{path}: mask is {im.mode} ({len(im.getbands())} channels{depth}); expected a single-channel "
             f"label map (mode L, P or 16-bit I;16) whose values are class ids{_RGB_HINT}"
@@ -127,12 +127,12 @@ def read_mask_array(path: str | Path, max_pixels: int = 50_000_000, lossy_ok: bo
         if kind != "channels":
             raise DataError(f"{path}: a .npy mask holds class ids, not colours; data.mask_format: colors needs RGB image files")
         arr = _read_array_mask(Path(path), max_pixels, channels=True)
-    elif kind in ("channels", "colors") and png16_color(path):  # Pillow would keep the high byte only
+    elif kind in ("channels", "colors") and color16(path):  # Pillow would keep the high byte only
         if kind == "colors":
             raise DataError(f"{path}: colour mask of 16 bits per channel; data.mask_colors / the classes CSV hold 8-bit "
                             "[r, g, b] colours: save the masks as 8-bit RGB PNG, or read ids from one channel "
                             "(data.mask_channel)")
-        arr = read_png16_color(Path(path), max_pixels, exif)
+        arr = read_color16(Path(path), max_pixels, exif)
     else:
         path = Path(path)
         im = _open(path, max_pixels, exif)
