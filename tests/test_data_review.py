@@ -102,6 +102,27 @@ def test_signed_mask_with_negative_values_is_refused(tmp_path):
     assert read_mask(tmp_path / "lbl/a.tif").tolist() == [[0, 1, 2], [2, 1, 0]]
 
 
+def test_ids_in_one_channel_of_an_npy_mask_are_checked_as_one_channel_ids_are(tmp_path):
+    """data.mask_channel on a multi-channel .npy: -1 became void (255 after the cast) and 2**32 + 2 class 2."""
+    _image(tmp_path, 1, 4)
+    cfg = _cfg(tmp_path, task="multiclass", num_classes=3, mask_ext=".npy", mask_channel=0)
+    (tmp_path / "lbl").mkdir()
+    m = np.zeros((1, 4, 2), np.int16)
+    m[0, :, 0] = [0, 1, -1, 2]
+    np.save(tmp_path / "lbl/a.npy", m)
+    (s,) = load_train_samples(cfg)
+    with pytest.raises(DataError, match=r"a\.npy: channel 0 \(data\.mask_channel\) holds values -1\.\.2; expected class ids >= 0"):
+        load_target(s, cfg, (1, 4))
+    m = np.zeros((1, 4, 2), np.uint64)
+    m[0, :, 0] = [0, 1, 2, 2**32 + 2]
+    np.save(tmp_path / "lbl/a.npy", m)
+    with pytest.raises(DataError, match=r"holds values 0\.\.4294967298"):
+        load_target(s, cfg, (1, 4))
+    m[0, :, 0] = [0, 1, 2, 1]
+    np.save(tmp_path / "lbl/a.npy", m)
+    assert load_target(s, cfg, (1, 4)).tolist() == [[0, 1, 2, 1]]
+
+
 def test_class_range_check_names_negative_ids(tmp_path, monkeypatch):
     """The multiclass range check catches ids below 0 that are not void, not only ids >= num_classes."""
     _image(tmp_path, 1, 3)

@@ -99,7 +99,12 @@ def mask_ids(sample: Sample, cfg: Config) -> np.ndarray:
     elif d.mask_channel is not None:
         if d.mask_channel >= arr.shape[2]:
             raise DataError(f"{where}: mask has {arr.shape[2]} channels; data.mask_channel {d.mask_channel} is outside 0..{arr.shape[2] - 1}")
-        ids = arr[:, :, d.mask_channel].astype(np.int32)
+        channel = arr[:, :, d.mask_channel]
+        if channel.size and channel.dtype.kind in "iu" and (int(channel.min()) < 0 or int(channel.max()) > np.iinfo(np.int32).max):
+            # as a one-channel mask's ids are checked (mask_io): the cast made -1 void (255 after the wrap) and 2**32 + 2 class 2
+            raise DataError(f"{where}: channel {d.mask_channel} (data.mask_channel) holds values {int(channel.min())}.."
+                            f"{int(channel.max())}; expected class ids >= 0")
+        ids = channel.astype(np.int32)
     else:
         ids = arr.astype(np.int32)
     if d.mask_values:
