@@ -239,9 +239,10 @@ def _check_mask_layouts(cfg: Config) -> None:
     if d.task != "multilabel" or d.layout != "folder":
         raise ConfigError(f"{where}: one binary file per class is a multilabel task's masks in the folder layout "
                           f"(data.task is {d.task}, data.layout {d.layout})")
-    if d.train_lists or d.pair_split or d.instance_folders or d.mask_format != "ids" or d.mask_channel is not None:
-        raise ConfigError(f"{where}: does not combine with data.train_lists, data.pair_split, data.instance_folders, "
-                          "data.mask_format: colors or data.mask_channel (each class file is one binary mask)")
+    if d.train_lists or d.pair_split or d.instance_folders or d.mask_format != "ids":
+        raise ConfigError(f"{where}: does not combine with data.train_lists, data.pair_split, data.instance_folders "
+                          "or data.mask_format: colors (each class file is one binary mask; data.mask_channel reads it "
+                          "from one channel of RGB files)")
     if d.ignore_index is not None:
         raise ConfigError("data.ignore_index: per-class mask files are binary (0 and 255, or 0 and 1); no value marks void")
     try:

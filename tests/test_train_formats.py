@@ -243,6 +243,28 @@ def test_one_folder_per_class_name_and_values_refused(tmp_path):
         load_target(a, cfg, (3, 4))
 
 
+def test_one_rgb_file_per_class_reads_the_channel_data_mask_channel_names(tmp_path):
+    """Per-class masks saved as RGB 0/255 (common on Kaggle): the error's hint, data.mask_channel, was refused with
+    data.mask_per_class; now it reads that channel of each class file."""
+    _images(tmp_path, ["a"])
+    _save(tmp_path / "train/masks/a_1.png", np.stack([M1] * 3, -1))
+    rgb2 = np.zeros((3, 4, 3), np.uint8)
+    rgb2[..., 1] = M2 * 255  # class 2 in the green channel only
+    _save(tmp_path / "train/masks/a_2.png", rgb2)
+    plain = _per_class_cfg(tmp_path, mask_per_class="{id}_{cls}")
+    with pytest.raises(DataError, match=r"a_1\.png: mask is RGB \(3 channels\).*set data\.mask_channel: 0"):
+        load_target(load_train_samples(plain)[0], plain, (3, 4))
+    cfg = _per_class_cfg(tmp_path, mask_per_class="{id}_{cls}", mask_channel=1)
+    (a,) = load_train_samples(cfg)
+    t = load_target(a, cfg, (3, 4))
+    assert t[..., 0].tolist() == (M1 > 0).astype(int).tolist() and t[..., 1].tolist() == M2.tolist()
+    cfg = _per_class_cfg(tmp_path, mask_per_class="{id}_{cls}", mask_channel=0)  # class 2's red channel is empty
+    assert load_target(a, cfg, (3, 4))[..., 1].sum() == 0
+    cfg = _per_class_cfg(tmp_path, mask_per_class="{id}_{cls}", mask_channel=3)
+    with pytest.raises(DataError, match=r"a_1\.png: mask has 3 channels; data\.mask_channel 3 is outside 0\.\.2"):
+        load_target(a, cfg, (3, 4))
+
+
 # ----------------------------------------------------------------------------- object folders: touching borders
 
 

@@ -11,7 +11,8 @@ in its own file. ``data.mask_per_class`` is the file's path in ``data.train_mask
 
 ``"{id}_{cls}"`` reads ``masks/<id>_1.png``, ``masks/<id>_2.png``, ...; ``"{name}/{id}"`` reads
 ``masks/<class name>/<id>.png``. Each file is binary: 0 and 255, or 0 and 1 (with
-``data.mask_threshold``: a value >= it is foreground, for lossy files); any other value is a
+``data.mask_threshold``: a value >= it is foreground, for lossy files; with ``data.mask_channel`` the
+files are RGB(A) and that channel is read); any other value is a
 :class:`~seg_toolkit.data.io.DataError` naming the file and its values. A missing file is an
 error naming it, or an empty mask of that class with ``data.missing_class_masks: empty``
 (sets that store only non-empty masks).
@@ -60,9 +61,16 @@ def class_mask_paths(cfg: Config, image_id: str, image: Path, on_problem: Callab
 
 
 def _read_class_mask(path: Path, cfg: Config) -> np.ndarray:
-    """A class file as ``bool (H, W)``; values other than 0/255 or 0/1 are refused (module doc)."""
+    """A class file as ``bool (H, W)``; values other than 0/255 or 0/1 are refused (module doc). With
+    ``data.mask_channel`` each file is multi-channel (RGB 0/255 masks) and that channel is the mask."""
     d = cfg.data
-    arr = read_mask_array(path, d.max_image_pixels, lossy_ok=d.mask_threshold is not None, exif=d.exif_orientation)
+    kind = "channels" if d.mask_channel is not None else "ids"
+    arr = read_mask_array(path, d.max_image_pixels, lossy_ok=d.mask_threshold is not None, kind=kind, exif=d.exif_orientation)
+    if d.mask_channel is not None:
+        if d.mask_channel >= arr.shape[2]:
+            raise DataError(f"{path}: mask has {arr.shape[2]} channels; data.mask_channel {d.mask_channel} is outside "
+                            f"0..{arr.shape[2] - 1}")
+        arr = arr[:, :, d.mask_channel]
     if d.mask_threshold is not None:
         return arr >= d.mask_threshold
     values = np.unique(arr)
