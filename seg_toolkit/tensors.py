@@ -54,18 +54,20 @@ LOGIT_FLOOR = 0.5 / 255.0
 
 
 def to_merge_space(p: torch.Tensor, space: str, task: str) -> torch.Tensor:
-    """Probabilities ``(C, H, W)`` in the space where ensembles average: as they are (``prob``), or
+    """Probabilities ``(C, H, W)`` in the space where ensembles average: ``prob`` (as probabilities), or
     ``logit`` (log-probabilities for multiclass, logits for sigmoid tasks).
 
-    In ``logit`` space each probability is first put on the 1/255 grid the OOF files store it on
-    (:func:`probs_to_uint8`) and kept at least :data:`LOGIT_FLOOR` from 0 and 1, so that an ensemble's
-    OOF (merged from its members' uint8 files) and its predictions (merged from floats) merge the
-    same numbers: below 1/510 a float of 0.0015 and a stored 0 became logits -6.5 and -13.8, and a
-    merge of 0.649 at predict time was 0.177 in the OOF the weights and post-processing were tuned on.
+    In both spaces each probability is first put on the 1/255 grid the OOF files store it on
+    (:func:`probs_to_uint8`), so that an ensemble's OOF (merged from its members' uint8 files) and its
+    predictions (merged from floats) merge the same numbers. In ``prob`` space the unrounded merge moved
+    6% of the values one step off the OOF's (a pixel at a tuned threshold could flip); in ``logit`` space
+    each is also kept at least :data:`LOGIT_FLOOR` from 0 and 1: below 1/510 a float of 0.0015 and a
+    stored 0 became logits -6.5 and -13.8, and a merge of 0.649 at predict time was 0.177 in the OOF
+    the weights and post-processing were tuned on.
     """
-    if space == "prob":
-        return p
     q = (p.clamp(0.0, 1.0) * 255.0).round_() / 255.0
+    if space == "prob":
+        return q
     return q.clamp_min(LOGIT_FLOOR).log() if task == "multiclass" else torch.logit(q.clamp(LOGIT_FLOOR, 1 - LOGIT_FLOOR))
 
 

@@ -384,6 +384,22 @@ def test_logit_merge_uses_the_oof_files_grid():
                        merge_probs([uint8_to_probs(probs_to_uint8(p)) for p in three], [0.5, 0.5], "logit", "multiclass"))
 
 
+def test_prob_merge_uses_the_oof_files_grid():
+    """Probability space too: predict merged unrounded floats, the ensemble's OOF the members' uint8 files, so 6% of
+    the values landed one 1/255 step apart (a pixel at a tuned threshold could flip). 0.4 * 0.31 + 0.6 * 0.72 from the
+    floats is 0.556; from their stored 79/255 and 184/255 (79.05 and 183.6 rounded) it is (0.4 * 79 + 0.6 * 184) / 255
+    = 142 / 255 = 0.55686."""
+    floats = [np.full((1, 1, 1), 0.31, np.float32), np.full((1, 1, 1), 0.72, np.float32)]
+    stored = [uint8_to_probs(probs_to_uint8(p)) for p in floats]
+    assert [int(probs_to_uint8(p)[0, 0, 0]) for p in floats] == [79, 184]
+    for probs in (floats, stored):
+        assert merge_probs(probs, [0.4, 0.6], "prob", "binary")[0, 0, 0] == pytest.approx(142 / 255, abs=1e-6)
+    rng = np.random.default_rng(0)
+    many = [rng.random((2, 8, 8), dtype=np.float32) for _ in range(2)]
+    assert np.array_equal(merge_probs(many, [0.4, 0.6], "prob", "multilabel"),
+                          merge_probs([uint8_to_probs(probs_to_uint8(p)) for p in many], [0.4, 0.6], "prob", "multilabel"))
+
+
 def test_a_zero_weight_classifier_member_is_not_run(trained, tmp_path, demo_root):
     """The only member with the empty-mask classifier at weight 0: predict divided by zero; now it is not run, and
     the ensemble predicts exactly as its other member alone."""
