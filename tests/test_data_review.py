@@ -413,6 +413,25 @@ def test_csv_rows_with_a_trailing_comma_are_refused_naming_the_line(tmp_path):
         "id": ["a"], "rle": ["1 3"]}
 
 
+def test_csv_rows_with_a_missing_field_are_refused_and_lines_count_blank_lines(tmp_path):
+    """A row short of the header's fields (a truncated line) was read with "" in the missing field: an empty mask.
+    Messages counted data rows from the header, so every line after a blank line (which pandas skips) or a quoted
+    field spanning lines was named too low."""
+    for n in "abc":
+        _image(tmp_path, 3, 4, n)
+    cfg = _csv_cfg(tmp_path, task="multilabel", num_classes=2, class_column="cls")
+    (tmp_path / "train.csv").write_text("id,cls,rle\na,1,1 2\nb,2\n")
+    with pytest.raises(DataError, match=r"train\.csv line 3: 2 field\(s\), but the header has 3 \('id', 'cls', 'rle'\); "
+                                        r".*a truncated line\?"):
+        list_train_samples(cfg)
+    # lines 3 and 5 blank (5 only spaces), line 6 opens a quoted field that ends on line 7: c's bad row is line 8
+    (tmp_path / "train.csv").write_text('id,rle\na,1 2\n\nb,1 2\n   \n"b2","1\n2"\nc,1 x\n')
+    df = read_csv_strict(tmp_path / "train.csv", ["id", "rle"], "training CSV")
+    assert df["id"].tolist() == ["a", "b", "b2", "c"] and df.attrs["lines"] == [2, 4, 6, 8]
+    with pytest.raises(DataError, match=r"train\.csv line 8 \(id 'c'\): RLE token 'x' is not an integer"):
+        list_train_samples(_csv_cfg(tmp_path))
+
+
 # ----------------------------------------------------------------------------- 9, 10. keys that cannot apply
 
 

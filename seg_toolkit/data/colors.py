@@ -41,11 +41,11 @@ def _classes_csv(cfg: Config) -> pd.DataFrame | None:
         if col in df.columns:
             bad = [k for k, v in enumerate(df[col]) if not v.strip().isdigit()]
             if bad:
-                raise DataError(f"{path} line {_line(bad[0])}: {col} {df[col].iat[bad[0]]!r} is not a non-negative integer")
+                raise DataError(f"{path} line {_line(bad[0], df)}: {col} {df[col].iat[bad[0]]!r} is not a non-negative integer")
     if "ignore" in df.columns:
         bad = [k for k, v in enumerate(df["ignore"]) if v.strip().lower() not in _IGNORE_FLAGS]
         if bad:
-            raise DataError(f"{path} line {_line(bad[0])}: ignore {df['ignore'].iat[bad[0]]!r} is not a flag: expected "
+            raise DataError(f"{path} line {_line(bad[0], df)}: ignore {df['ignore'].iat[bad[0]]!r} is not a flag: expected "
                             "1 / true (a void colour) or 0 / false / empty")
     d = cfg.data
     ids = {int(v) for v in df["id"]}
@@ -57,7 +57,7 @@ def _classes_csv(cfg: Config) -> pd.DataFrame | None:
     if d.mask_per_class and "{name}" in d.mask_per_class:
         for k, n in enumerate(df["name"]):
             if not n.strip() or any(c in n for c in "/\\\x00") or n.strip() in (".", ".."):
-                raise DataError(f"{path} line {_line(k)}: name {n!r} names a folder or file of data.mask_per_class; "
+                raise DataError(f"{path} line {_line(k, df)}: name {n!r} names a folder or file of data.mask_per_class; "
                                 "it cannot be empty or hold a path separator")
     return df
 
@@ -147,7 +147,7 @@ def color_table(cfg: Config) -> tuple[np.ndarray, np.ndarray, str]:
         ignore = [_IGNORE_FLAGS[v.strip().lower()] for v in df["ignore"]] if "ignore" in df.columns else [False] * len(df)
         colors = [(int(r), int(g), int(b)) for r, g, b in zip(df["r"], df["g"], df["b"])]
         ids = [VOID_ID if ig or int(i) == d.ignore_index else int(i) for i, ig in zip(df["id"], ignore)]
-        source, where = str(path), [f"{path} line {_line(k)}" for k in range(len(df))]
+        source, where = str(path), [f"{path} line {_line(k, df)}" for k in range(len(df))]
     if key in _TABLES:
         return _TABLES[key]
     for c in colors:

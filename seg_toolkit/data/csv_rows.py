@@ -108,7 +108,7 @@ def read_train_csv(cfg: Config, on_problem: OnProblem = raise_problem) -> tuple[
     group_col = df[d.group_column].tolist() if d.group_column else [None] * len(df)
     for k, (image_id, rle, cls, group) in enumerate(zip(df[d.id_column].tolist(), df[d.rle_column].tolist(),
                                                          classes, group_col)):
-        line = _line(k)
+        line = _line(k, df)
         where = f"{path} line {line}"
         named = f"{where} (id {image_id!r})"
         try:
@@ -129,7 +129,7 @@ def read_train_csv(cfg: Config, on_problem: OnProblem = raise_problem) -> tuple[
                 continue
         elif image_id in rows and not d.rle_instances:
             on_problem("duplicate_row", where,
-                       f"{where}: duplicate id {image_id!r} (first at line {_line(first[image_id])}); expected one row per "
+                       f"{where}: duplicate id {image_id!r} (first at line {_line(first[image_id], df)}); expected one row per "
                        "image, or set data.rle_instances: true if each row is one object of the image (Airbus, DSB 2018)")
             continue
         try:
@@ -163,7 +163,7 @@ def read_train_csv(cfg: Config, on_problem: OnProblem = raise_problem) -> tuple[
     images, bands = cfg.data_path(d.train_images), bands_of(cfg)
     samples = [
         Sample(i, image_path(images, i, d.image_ext, bands), rles=tuple(union_rle(r, spec) for r in per_class),
-               group=groups[i][0], where=f"{path} line {_line(first[i])}",
+               group=groups[i][0], where=f"{path} line {_line(first[i], df)}",
                objects=tuple(per_class[0]) if d.rle_instances and d.task == "binary" else None)
         for i, per_class in rows.items()
     ]

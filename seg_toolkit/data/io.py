@@ -275,17 +275,21 @@ def _read_band_image(path: Path, in_channels: int, max_pixels: int, value_range:
     return np.ascontiguousarray(arr)
 
 
-def _line(i: int) -> int:
-    """The file line of data row ``i`` of a CSV (the header is line 1)."""
-    return i + 2
+def _line(i: int, df: pd.DataFrame | None = None) -> int:
+    """The file line of data row ``i`` of a CSV read by :func:`read_csv_strict` (``df``): pandas skips blank lines
+    and a quoted field may span lines, so the row's own line is kept when it was read; else ``i + 2`` (the header
+    is line 1)."""
+    lines = df.attrs.get("lines") if df is not None else None
+    return lines[i] if lines is not None and 0 <= i < len(lines) else i + 2
 
 
 def read_csv_strict(path: Path, columns: list[str], what: str) -> pd.DataFrame:
     """Read a CSV as strings (empty fields stay ``""``) and check the needed columns exist.
 
     A UTF-8 byte-order mark and CRLF line ends are accepted; every failure names the file. A data row with more
-    fields than the header (a trailing comma) is an error naming its line: pandas would otherwise read the first
-    column as the row index, shifting every column by one."""
+    fields than the header (a trailing comma: pandas would read the first column as the row index, shifting every
+    column by one) or fewer (a truncated line: pandas would read the missing fields as empty, an RLE column as an
+    empty mask) is an error naming its line. Each row's file line is kept for the messages (:func:`_line`)."""
     path = Path(path)
     if path.is_dir():
         raise DataError(f"{path}: is a folder; expected the {what} file")
@@ -294,16 +298,17 @@ def read_csv_strict(path: Path, columns: list[str], what: str) -> pd.DataFrame:
     if path.stat().st_size == 0:
         raise DataError(f"{path}: file is empty (0 bytes); expected the {what} with a header line")
     try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", pd.errors.ParserWarning)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", pd.errors.ParserWarning)  # extra fields: refused below, naming the line
             df = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False, encoding="utf-8-sig",
                              index_col=False)
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: {what} is not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8") from None
     except Exception as e:
         raise DataError(f"{path}: cannot read {what} as CSV ({type(e).__name__}: {' '.join(str(e).split())})") from None
-    if any(issubclass(w.category, pd.errors.ParserWarning) for w in caught):
-        _refuse_extra_fields(path, what)
+    lines = _row_lines(path, what)
+    if len(lines) == len(df):  # the same rows as pandas read (else the messages count lines from the header)
+        df.attrs["lines"] = lines
     missing = [c for c in columns if c not in df.columns]
     if missing:
         spaced = [c for c in df.columns if c != c.strip() and c.strip() in missing]  # SIIM: " EncodedPixels"
@@ -315,17 +320,29 @@ def read_csv_strict(path: Path, columns: list[str], what: str) -> pd.DataFrame:
     return df
 
 
-def _refuse_extra_fields(path: Path, what: str) -> None:
-    """The error for the first data row of ``path`` with more fields than its header (pandas only warns)."""
+def _row_lines(path: Path, what: str) -> list[int]:
+    """The file line each data row of ``path`` starts on, the rows pandas reads (blank and whitespace-only lines
+    skipped); a row with more or fewer fields than the header is a :class:`DataError` naming its line."""
+    lines: list[int] = []
     with open(path, encoding="utf-8-sig", newline="") as f:
         reader = csv.reader(f)
         header = next(reader, [])
+        start = reader.line_num + 1
         for row in reader:
-            if len(row) > len(header):
-                extra = ", trailing comma" if row[len(header):] == [""] * (len(row) - len(header)) else ""
-                raise DataError(f"{path} line {reader.line_num}: {len(row)} fields{extra}, but the header has "
-                                f"{len(header)} ({', '.join(map(repr, header))}); every row of the {what} must have "
-                                "the header's fields (remove the extra field)")
+            if row and not (len(row) == 1 and not row[0].strip()):
+                if len(row) != len(header):
+                    names = ", ".join(map(repr, header))
+                    if len(row) > len(header):
+                        extra = ", trailing comma" if row[len(header):] == [""] * (len(row) - len(header)) else ""
+                        raise DataError(f"{path} line {start}: {len(row)} fields{extra}, but the header has {len(header)} "
+                                        f"({names}); every row of the {what} must have the header's fields (remove the "
+                                        "extra field)")
+                    raise DataError(f"{path} line {start}: {len(row)} field(s), but the header has {len(header)} ({names}); "
+                                    f"every row of the {what} must have the header's fields (a truncated line? an "
+                                    "empty field is written with its comma, e.g. 'id,' for an empty mask)")
+                lines.append(start)
+            start = reader.line_num + 1
+    return lines
 
 
 def _ext_hint(folder: Path, stem: str, key: str) -> str:

@@ -328,7 +328,7 @@ def load_test_samples(cfg: Config) -> list[Sample]:
         seen: set[str] = set()
         split = parse_submission_id(s.id_format) if s.per_class else None
         for k, raw in enumerate(df[id_col].tolist()):
-            where = f"{sample_path} line {_line(k)}"
+            where = f"{sample_path} line {_line(k, df)}"
             if split is not None:
                 m = split.fullmatch(raw)
                 if not m:
