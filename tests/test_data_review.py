@@ -355,6 +355,21 @@ def test_lossy_webp_mask_is_refused_and_lossless_read_exactly(tmp_path):
     assert load_target(s, binary, (16, 16))[:, :, 0].tolist() == m.tolist()
 
 
+def test_jpeg_compressed_tiff_mask_is_refused_and_lzw_read_exactly(tmp_path):
+    """The same mask as .jpg was refused; as a JPEG-compressed TIFF it was read with 1 pixel in 8 changed, within the
+    class ids, so no other check fired."""
+    m = np.zeros((32, 32), np.uint8)
+    m[8:20, 8:20] = 2
+    _image(tmp_path, 32, 32)
+    _save(tmp_path / "lbl/a.tif", m, compression="jpeg")
+    cfg = _cfg(tmp_path, task="multiclass", num_classes=3, mask_ext=".tif")
+    (s,) = load_train_samples(cfg)
+    with pytest.raises(DataError, match=r"a\.tif: mask is a TIFF \(jpeg compression\) file \(lossy"):
+        load_target(s, cfg, (32, 32))
+    _save(tmp_path / "lbl/a.tif", m, compression="tiff_lzw")
+    assert load_target(s, cfg, (32, 32)).tolist() == m.tolist()
+
+
 def test_lossy_webp_with_alpha_is_lossy(tmp_path):
     _save(tmp_path / "a.webp", np.zeros((8, 8, 4), np.uint8), lossless=False, quality=80)
     assert (tmp_path / "a.webp").read_bytes()[12:16] == b"VP8X" and lossy_webp(tmp_path / "a.webp")

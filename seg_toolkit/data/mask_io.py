@@ -18,13 +18,18 @@ from .io import DataError, PairSplit, _open, check_array_header, is_array_image
 __all__ = ["read_mask", "read_mask_array", "LOSSY_FORMATS"]
 
 #: PIL formats whose compression changes pixel values: a mask stored so is not what was drawn (a WebP file
-#: is lossy when it holds VP8 data, :func:`~seg_toolkit.data.image_file.lossy_webp`)
+#: is lossy when it holds VP8 data, :func:`~seg_toolkit.data.image_file.lossy_webp`; a TIFF when its compression
+#: is one of :data:`LOSSY_TIFF`)
 LOSSY_FORMATS = ("JPEG", "MPO")
+#: TIFF compressions (PIL's names) that change pixel values
+LOSSY_TIFF = ("jpeg", "tiff_jpeg", "webp")
 
 
 def _refuse_lossy(path: Path, im, remedy: str) -> None:
     """A mask stored in a lossy format (by content, whatever the extension) is an error naming ``remedy``."""
-    what = im.format if im.format in LOSSY_FORMATS else "lossy WebP (VP8)" if im.format == "WEBP" and lossy_webp(path) else None
+    what = (im.format if im.format in LOSSY_FORMATS else "lossy WebP (VP8)" if im.format == "WEBP" and lossy_webp(path)
+            else f"TIFF ({im.info['compression']} compression)" if im.format == "TIFF" and im.info.get("compression") in LOSSY_TIFF
+            else None)
     if what:
         raise DataError(f"{path}: mask is a {what} file (lossy: compression noise changes pixel values near every "
                         f"edge, so the mask is not what was drawn); {remedy}")
