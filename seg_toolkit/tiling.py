@@ -139,7 +139,9 @@ def sliding_window_predict(
         gaussian: Gaussian importance map (``False``: plain average of overlaps).
         sigma_scale: Gaussian sigma as a fraction of the tile size.
         pad_mode: :func:`torch.nn.functional.pad` mode for images smaller than a tile
-            (``constant`` pads with 0, ``replicate``, ``reflect``).
+            (``constant`` pads with 0, ``replicate``, ``reflect``; ``reflect`` needs each pad
+            shorter than the side it mirrors, so a side under half the tile is padded with
+            ``replicate`` instead).
     """
     th, tw = _check_args(image, tile_size, max_batch)
     if isinstance(model, nn.Module) and model.training:
@@ -148,7 +150,8 @@ def sliding_window_predict(
     with torch.no_grad():
         left, right, top, bottom = _pad_amounts((h, w), (th, tw))
         if left or right or top or bottom:
-            image = F.pad(image, (left, right, top, bottom), mode=pad_mode)
+            mode = "replicate" if pad_mode == "reflect" and (max(top, bottom) >= h or max(left, right) >= w) else pad_mode
+            image = F.pad(image, (left, right, top, bottom), mode=mode)
         ph, pw = int(image.shape[-2]), int(image.shape[-1])
         ys, xs = tile_starts(ph, th, overlap), tile_starts(pw, tw, overlap)
         if gaussian:

@@ -131,6 +131,24 @@ def test_small_image_padding_modes(pad_mode: str) -> None:
     torch.testing.assert_close(out[..., r:-r, r:-r], whole[..., r:-r, r:-r], atol=1e-5, rtol=0)
 
 
+def test_reflect_padding_of_a_side_under_half_a_tile_replicates() -> None:
+    """10 rows into 32-row tiles need 11 rows of padding on each side, more than reflect can mirror (it raised
+    "Padding size should be less than the corresponding input dimension"): those sides are replicated."""
+    x = torch.randn(1, 3, 10, 40, generator=_seeded())
+    seen = []
+
+    def identity(t):
+        seen.append(t)
+        return t
+
+    out = sliding_window_predict(identity, x, (32, 32), 0.25, pad_mode="reflect")
+    torch.testing.assert_close(out, x)  # an identity model gives the image back
+    first = seen[0][0]  # the tile at (0, 0): 11 padded rows, the image's 10, 11 padded rows; 32 of its 40 columns
+    assert tuple(first.shape) == (3, 32, 32) and torch.equal(first[:, 11:21], x[0, :, :, :32])
+    assert torch.equal(first[:, :11], x[0, :, :1, :32].expand(3, 11, 32))  # row 0 repeated above
+    assert torch.equal(first[:, 21:], x[0, :, 9:, :32].expand(3, 11, 32))  # row 9 below
+
+
 def test_model_sees_only_tiles_of_tile_size() -> None:
     seen: list[tuple[int, ...]] = []
     model = _conv1x1()
