@@ -225,7 +225,7 @@ def compute_cv(cfg: Config, run: Run | None = None, samples: list[Sample] | None
     run = run if isinstance(run, Run) else Run(run) if run is not None else Run.of(cfg)
     samples = samples if samples is not None else load_train_samples(cfg)
     task, c = cfg.data.task, cfg.data.num_classes
-    evaluator, baseline = Evaluator(cfg.metric, task, c), Evaluator(cfg.metric, task, c)
+    evaluator, baseline = Evaluator.of(cfg), Evaluator(cfg.metric, task, c)
     per_fold_eval: dict[int, Evaluator] = {}
     n = 0
     items = list(run.oof_items(samples))
@@ -234,7 +234,7 @@ def compute_cv(cfg: Config, run: Run | None = None, samples: list[Sample] | None
         target = _target_tensor(s, cfg, probs.shape[-2:])
         objects = truth_objects(evaluator, s, cfg, probs.shape[-2:])
         evaluator.update(probs, target, objects)
-        per_fold_eval.setdefault(k, Evaluator(cfg.metric, task, c)).update(probs, target, objects)
+        per_fold_eval.setdefault(k, Evaluator.of(cfg)).update(probs, target, objects)
         empty = torch.zeros_like(target) if task == "multiclass" else torch.zeros(target.shape, dtype=torch.uint8)
         baseline.update_masks(empty, target, objects)
         n += 1

@@ -214,8 +214,8 @@ class _OOF:
 def _score_weights(oof: _OOF, grid: list[tuple[float, ...]], space: str, halves: list[set[int]]) -> list[dict[str, Any]]:
     """Score of each weight vector on all OOF images and on each half of the folds."""
     cfg = oof.cfg
-    task, c = cfg.data.task, cfg.data.num_classes
-    evals = [[Evaluator(cfg.metric, task, c) for _ in range(1 + len(halves))] for _ in grid]
+    task = cfg.data.task
+    evals = [[Evaluator.of(cfg) for _ in range(1 + len(halves))] for _ in grid]
     for s, k, probs, target in tqdm(oof, total=len(oof.items), desc=f"ensemble: {len(grid)} weightings", leave=False, disable=None):
         objects = truth_objects(evals[0][0], s, cfg, target.shape[-2:])
         for w, ev in zip(grid, evals):

@@ -282,7 +282,7 @@ def validate_epoch(cfg: Config, model, ema, loss_fn, loader: DataLoader, device,
     An object-matching metric scores the truth objects the validation batches carry."""
     stats: dict[str, float] = {}
     for prefix, m in _eval_models(model, ema, cfg).items():
-        evaluator = Evaluator(cfg.metric, cfg.data.task, cfg.data.num_classes)
+        evaluator = Evaluator.of(cfg)  # the submission's object floor too
         loss_sum, n = 0.0, 0
         for logits_batch, target_batch, objects_batch in predict_batches(cfg, m, loader, device, amp):
             for logits, target, objects in _pairs(logits_batch, target_batch, objects_batch, device):

@@ -45,7 +45,7 @@ def score_samples(cfg: Config, run: Run, predictor: Predictor, samples: list[Sam
     """
     params = load_params(cfg, run)
     task, c = cfg.data.task, cfg.data.num_classes
-    probs_eval, masks_eval = Evaluator(cfg.metric, task, c), Evaluator(cfg.metric, task, c)
+    probs_eval, masks_eval = Evaluator.of(cfg), Evaluator(cfg.metric, task, c)
     by_id = {s.id: s for s in samples}
     for image_id, probs, presence, target in tqdm(predictor.iter_predictions(samples, target_cfg=target_cfg),
                                                   total=len(samples), desc=desc, disable=None):

@@ -12,6 +12,7 @@ import math
 from typing import Any, Optional, Sequence
 
 import numpy as np
+import torch
 
 from seg_toolkit.config import IGNORE_INDEX, ConfigError, MetricConfig
 from seg_toolkit.instance_metrics import INSTANCE_METRICS, image_match, scores_from_hits
@@ -38,7 +39,7 @@ from seg_toolkit.metrics import (
     scores_from_counts,
 )
 
-__all__ = ["Evaluator", "resolve_metric_name", "scored_columns", "truth_objects"]
+__all__ = ["Evaluator", "hard_prediction", "resolve_metric_name", "scored_columns", "truth_objects"]
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +68,22 @@ def scored_columns(metric_cfg: MetricConfig, task: str) -> np.ndarray | None:
     return np.asarray([int(c) - first for c in metric_cfg.classes], np.int64)
 
 
+def hard_prediction(probs: torch.Tensor, task: str, threshold, min_area: int = 0) -> torch.Tensor:
+    """What :meth:`Evaluator.update` scores of probabilities ``(N, C, H, W)``: the argmax label maps (multiclass), or
+    masks at ``threshold`` without the 8-connected objects smaller than ``min_area`` (the submission's floor)."""
+    if task == "multiclass":
+        return probs.argmax(1)
+    pred = binarize(probs, threshold)
+    if min_area > 1:
+        from .postprocess import remove_small
+
+        kept = pred.cpu().numpy().astype(bool)
+        for i, c in np.ndindex(*kept.shape[:2]):
+            kept[i, c] = remove_small(kept[i, c], min_area)
+        pred = torch.from_numpy(kept).to(device=pred.device, dtype=pred.dtype)
+    return pred
+
+
 class Evaluator:
     """Accumulates confusion counts and per-image scores over validation batches.
 
@@ -91,12 +108,17 @@ class Evaluator:
 
     ``miou`` for binary / multilabel is the mean over channels of the foreground IoU
     (background is not averaged in); ``global_dice`` the same of the foreground dice (contrails).
+
+    ``min_area`` (binary / multilabel): ``update`` drops 8-connected objects smaller than it after the
+    threshold, as the submission's instance rows do (``submission.min_instance_area``); :meth:`of`
+    takes it from the config, so CV, validation and OOF scores count the objects that are submitted.
     """
 
     def __init__(
-        self, metric_cfg: MetricConfig, task: str, num_classes: int, ignore_index: int = IGNORE_INDEX
+        self, metric_cfg: MetricConfig, task: str, num_classes: int, ignore_index: int = IGNORE_INDEX, min_area: int = 0,
     ) -> None:
         self.task = task
+        self.min_area = int(min_area) if task != "multiclass" else 0
         self.metric = resolve_metric_name(metric_cfg.name, task)
         if metric_cfg.empty_score not in EMPTY_SCORES:
             raise ConfigError(f"metric.empty_score: {metric_cfg.empty_score!r} is not one of {', '.join(EMPTY_SCORES)}")
@@ -118,6 +140,14 @@ class Evaluator:
     @property
     def per_image(self) -> bool:
         return self.metric in PER_IMAGE_METRICS or self.instance
+
+    @classmethod
+    def of(cls, cfg) -> Evaluator:
+        """The config's metric, task and classes, with the submission's object floor
+        (:func:`~seg_toolkit.postprocess.area_floor`)."""
+        from .postprocess import area_floor
+
+        return cls(cfg.metric, cfg.data.task, cfg.data.num_classes, min_area=area_floor(cfg))
 
     @property
     def instance(self) -> bool:
@@ -142,8 +172,7 @@ class Evaluator:
         p = _as_tensor(probs)
         if p.dim() != 4 or p.shape[1] != self.num_classes:
             raise ValueError(f"update: expected probabilities (N, {self.num_classes}, H, W), got {tuple(p.shape)}")
-        pred = p.argmax(1) if self.task == "multiclass" else binarize(p, self.threshold)
-        self.update_masks(pred, target, objects)
+        self.update_masks(hard_prediction(p, self.task, self.threshold, self.min_area), target, objects)
 
     def update_masks(self, pred: ArrayLike, target: ArrayLike, objects: Sequence[np.ndarray] | None = None,
                      ) -> list[list[float]]:

@@ -70,7 +70,7 @@ def write_fold_oof(cfg: Config, run: Run, fold: int, valid: list[Sample], predic
     fold's ``done.json``.
     """
     predictor = predictor or oof_predictor(cfg, run, folds=[fold])
-    evaluator = Evaluator(cfg.metric, cfg.data.task, cfg.data.num_classes)
+    evaluator = Evaluator.of(cfg)
     desc = f"OOF fold {fold} ({predictor.passes_per_image(fold)} passes/image)"
     by_id = {s.id: s for s in valid}
     for image_id, probs, presence, target in tqdm(predictor.iter_predictions(valid, fold=fold, target_cfg=cfg),

@@ -260,6 +260,26 @@ def _write_object_run(tmp_path: Path, images: dict, rows: bool = False, **sectio
     return cfg
 
 
+def test_cv_scores_the_objects_the_submission_keeps(tmp_path):
+    """submission.min_instance_area: 2 drops the one-pixel specks from the rows; cv.json (and validation, OOF scores)
+    counted them as false positives, so it disagreed with tune's `before` on the same default post-processing."""
+    from scipy import ndimage
+
+    images = _objects_problem()
+    cfg = _write_object_run(tmp_path, images, rows=True, submission={"instances": True, "min_instance_area": 2})
+
+    def floored(mask):  # independent of the toolkit: 8-connected components of 2+ pixels
+        labels, n = ndimage.label(mask, structure=np.ones((3, 3)))
+        return np.isin(labels, [k for k in range(1, n + 1) if (labels == k).sum() >= 2])
+
+    expect = np.mean([reference(_truth_labels(o), floored(q[0] >= 128), None) for o, q in images.values()])
+    raw = np.mean([reference(_truth_labels(o), q[0] >= 128, None) for o, q in images.values()])
+    assert expect > raw  # the specks cost every image
+    cv = compute_cv(cfg)
+    assert cv["score"] == pytest.approx(expect, abs=1e-12)
+    assert tune_postprocess(cfg)["before"] == pytest.approx(cv["score"], abs=1e-12)
+
+
 def _truth_labels(objects) -> np.ndarray:
     t = np.zeros((H, W), np.int32)
     for j, m in enumerate(objects, start=1):

@@ -19,6 +19,7 @@ from PIL import Image
 from ..config import IGNORE_INDEX, Config
 from ..data import DataError, load_objects, load_target
 from ..instance_metrics import INSTANCE_METRICS, component_hits, label_objects
+from ..postprocess import area_floor
 from ..data.sample import read_config_image
 from ..data.io import is_array_image
 from ..plots import literal, metric_label, new_figure
@@ -188,7 +189,7 @@ def _example_panels(d: ReportData, ex: Example, colors: np.ndarray,
     if image.shape[:2] != hw:  # should not happen: OOF files are at the image's size
         image = _resize(image, hw, nearest=False)
     target = load_target(s, cfg, hw)
-    pred = predict_mask(q, cfg.data.task, cfg.metric.threshold)[0].numpy()
+    pred = predict_mask(q, cfg.data.task, cfg.metric.threshold, area_floor(cfg))[0].numpy()
     size = display_size(*hw)
     up = size[0] >= hw[0]
     image = _resize(image, size, nearest=up)

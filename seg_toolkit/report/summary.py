@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 from ..config import IGNORE_INDEX, Config
 from ..data import DataError, Sample, class_colors, class_names, load_target
 from ..data.dataset import target_to_tensor
-from ..evaluator import Evaluator, scored_columns, truth_objects
+from ..evaluator import Evaluator, hard_prediction, scored_columns, truth_objects
 from ..instance_metrics import INSTANCE_METRICS
 from ..metrics import PER_IMAGE_METRICS, image_counts, scores_from_counts
 from ..plots import metric_label
@@ -65,12 +65,10 @@ class Example:
     objects: Optional[list[int]] = None
 
 
-def predict_mask(q: np.ndarray, task: str, threshold: float) -> torch.Tensor:
-    """Hard prediction of a uint8 OOF array: ``(1, H, W)`` label map or ``(1, C, H, W)`` mask, as the CV score makes it."""
-    probs = torch.from_numpy(uint8_to_probs(q))[None]
-    if task == "multiclass":
-        return probs.argmax(1)
-    return probs >= threshold
+def predict_mask(q: np.ndarray, task: str, threshold: float, min_area: int = 0) -> torch.Tensor:
+    """Hard prediction of a uint8 OOF array: ``(1, H, W)`` label map or ``(1, C, H, W)`` mask, as the CV score makes it
+    (``min_area``: the submission's object floor, :func:`~seg_toolkit.postprocess.area_floor`)."""
+    return hard_prediction(torch.from_numpy(uint8_to_probs(q))[None], task, threshold, min_area)
 
 
 def image_score_name(metric: str, cfg: Config) -> str:
@@ -136,7 +134,7 @@ def _nan_to_none(x: Any) -> Any:
 def compute_oof_summary(run: Run, cfg: Config, samples: list[Sample], n_examples: int = 8) -> dict[str, Any]:
     """The streaming pass over ``run.oof_items(samples)`` and their targets (see the module doc)."""
     task, n_cls = cfg.data.task, cfg.data.num_classes
-    evaluator = Evaluator(cfg.metric, task, n_cls)
+    evaluator = Evaluator.of(cfg)
     baseline = Evaluator(cfg.metric, task, n_cls)
     metric = evaluator.metric
     true_px, pred_px, valid_px, img_true, img_pred = (np.zeros(n_cls, np.int64) for _ in range(5))
@@ -154,7 +152,7 @@ def compute_oof_summary(run: Run, cfg: Config, samples: list[Sample], n_examples
         except DataError as e:  # the data changed since training: report it, score the rest
             unreadable.append(str(e))
             continue
-        pred = predict_mask(q, task, cfg.metric.threshold)
+        pred = predict_mask(q, task, cfg.metric.threshold, evaluator.min_area)
         objects = truth_objects(evaluator, s, cfg, tuple(q.shape[-2:]))
         added = evaluator.update_masks(pred, target, objects)
         empty = torch.zeros_like(target) if task == "multiclass" else torch.zeros(target.shape, dtype=torch.uint8)
