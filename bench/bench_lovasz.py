@@ -34,8 +34,11 @@ from seg_toolkit.config import load_config  # noqa: E402
 from seg_toolkit.losses import build_loss, lovasz, model_loss  # noqa: E402
 
 
-def textbook_hinge_flat(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Berman et al.'s ``lovasz_hinge_flat``: every pixel sorted, relu after the sort."""
+def textbook_hinge_flat(logits: torch.Tensor, labels: torch.Tensor, symmetric: bool = False) -> torch.Tensor:
+    """Berman et al.'s ``lovasz_hinge_flat``: every pixel sorted, relu after the sort (``symmetric``: the mean of
+    the foreground's and the background's, each sorted on its own)."""
+    if symmetric:
+        return 0.5 * (textbook_hinge_flat(logits, labels) + textbook_hinge_flat(-logits, 1.0 - labels))
     errors = 1.0 - logits * (2.0 * labels - 1.0)
     errors_sorted, perm = torch.sort(errors, descending=True)
     gt = labels[perm]
