@@ -34,6 +34,7 @@ alone, the base packages stood in for by empty stubs.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import platform
@@ -226,10 +227,11 @@ def build_bundle(runs: Sequence[Run], out: str | Path, fp16: bool = False, base_
             raise BundleError(f"{out} exists and is not a bundle (no bundle.json); choose another --out")
         if not overwrite:
             raise FileExistsError(f"{out} exists; pass --overwrite to replace the bundle, or another --out")
-        foreign = sorted(p.name for p in out.iterdir() if p.name not in BUNDLE_ENTRIES)
+        foreign = _foreign_files(out)
         if foreign:  # `kaggle datasets init -p BUNDLE` writes dataset-metadata.json there, a predict its submission.csv
-            raise BundleError(f"{out} holds {', '.join(foreign[:5])}, which the bundle did not write; --overwrite replaces "
-                              "only a bundle's own files: move them out first (dataset-metadata.json can go back after)")
+            raise BundleError(f"{out} holds {', '.join(foreign[:5])}{' and more' if len(foreign) > 5 else ''}, which the "
+                              "bundle did not write; --overwrite replaces only a bundle's own files: move them out first "
+                              "(dataset-metadata.json can go back after)")
     from .oof import check_oof_complete
 
     for r in by_name.values():  # an oof / tune --tta stopped half-way: predict refuses the run, so must the bundle
@@ -284,6 +286,23 @@ def build_bundle(runs: Sequence[Run], out: str | Path, fp16: bool = False, base_
 
 #: What a bundle folder holds (:func:`build_bundle`, :func:`_write_texts`); anything else there is the user's
 BUNDLE_ENTRIES = ("bundle.json", "runs", "wheels", "predict.py", "predict.ipynb", "README.md", "requirements.txt")
+
+
+def _foreign_files(out: Path) -> list[str]:
+    """The files under the bundle ``out`` that its ``bundle.json`` does not list as its own (its runs' files, its
+    wheels, its texts), as paths relative to ``out``: a user's notes in ``runs/<name>/``, their own wheel in
+    ``wheels/``, a submission beside ``predict.py`` (the top level alone was checked: ``--overwrite`` deleted
+    files inside)."""
+    try:
+        data = json.loads((out / "bundle.json").read_text())
+        own = set(data["files"]) | set(BUNDLE_ENTRIES)
+        wheels = data.get("wheels")
+        own |= {f"wheels/{name}" for name in (wheels.get("files", []) if isinstance(wheels, dict) else [])}
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise BundleError(f"{out / 'bundle.json'}: unreadable ({type(e).__name__}: {e}), so which files are the "
+                          "bundle's own is not known; move the folder away or choose another --out") from None
+    return sorted(p.relative_to(out).as_posix() for p in out.rglob("*")
+                  if not p.is_dir() and p.relative_to(out).as_posix() not in own)
 
 
 def _write_texts(folder: Path, data: dict[str, Any], lead) -> None:

@@ -279,6 +279,18 @@ def test_bundle_overwrite_keeps_files_the_bundle_did_not_write(trained, tmp_path
     assert (out / "dataset-metadata.json").read_text().startswith('{"title": "mine"')
     (out / "dataset-metadata.json").unlink()
     build_bundle([trained["x"]], out, wheels=False, overwrite=True)
+    # files inside the bundle's folders too: only the top level was checked, and --overwrite deleted these
+    run_dir = next((out / "runs").iterdir())
+    (run_dir / "MY_NOTES.txt").write_text("notes")
+    (out / "wheels").mkdir(exist_ok=True)
+    (out / "wheels" / "mypkg-1.0-py3-none-any.whl").write_bytes(b"mine")
+    with pytest.raises(BundleError, match=rf"holds runs/{run_dir.name}/MY_NOTES.txt, wheels/mypkg-1.0-py3-none-any.whl, "
+                                          "which the bundle did not write"):
+        build_bundle([trained["x"]], out, wheels=False, overwrite=True)
+    assert (run_dir / "MY_NOTES.txt").is_file() and (out / "wheels" / "mypkg-1.0-py3-none-any.whl").is_file()
+    (run_dir / "MY_NOTES.txt").unlink()
+    (out / "wheels" / "mypkg-1.0-py3-none-any.whl").unlink()
+    build_bundle([trained["x"]], out, wheels=False, overwrite=True)  # its own files only: replaced
 
 
 def test_bundle_errors_name_the_file(tmp_path):
