@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.func(args)
-    except (SegToolkitError, FileExistsError, FileNotFoundError) as e:
+    except (SegToolkitError, OSError) as e:  # OSError: a file that exists or not, a full disk, a permission
         print(f"error: {_one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:

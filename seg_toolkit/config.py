@@ -341,7 +341,11 @@ def load_config(path: str | Path, overrides: list[str] | None = None, trained: b
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), encoding="utf-8")
+    """``cfg`` as YAML, atomically (a full disk or a kill leaves the old file or none, never half of one: a run's
+    ``config.yaml`` is what marks its folder and rebuilds its predictor)."""
+    from .files import write_text
+
+    write_text(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
 
 
 #: Void pixels in every target tensor the toolkit builds. Multiclass targets are int64

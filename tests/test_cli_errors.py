@@ -124,3 +124,25 @@ def test_options_refused_before_any_work(argv, message, capsys, monkeypatch):
     monkeypatch.chdir(Path(__file__).resolve().parents[1])
     assert main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_full_disk_is_one_error_line_and_config_yaml_is_written_whole(comp, capsys, monkeypatch, tmp_path):
+    """A run's config.yaml was written in place (a full disk left half of it, and a folder `train` then refused as
+    not a run) and the OSError came out as a traceback."""
+    import os
+
+    from seg_toolkit.config import config_from_dict, save_config
+
+    _, cfg = comp
+    target = tmp_path / "config.yaml"
+    target.write_text("experiment: old\n")
+
+    def full(fd, *a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)  # the write fails before the rename
+    with pytest.raises(OSError):
+        save_config(config_from_dict(yaml.safe_load(cfg.read_text())), target)
+    assert target.read_text() == "experiment: old\n" and [p.name for p in tmp_path.glob("*config.yaml*")] == ["config.yaml"]
+    code, err = _run(capsys, "train", str(cfg))
+    assert code == 2 and err.strip().splitlines()[-1] == "error: [Errno 28] No space left on device"
