@@ -182,6 +182,12 @@ def check_audit_out(cfg: Config, out_dir: Path) -> None:
         raise ConfigError(f"--out {out_dir} is data.root; write the audit elsewhere (nothing is written among the data)")
     check_not_input(cfg, out_dir / "audit.html", "--out")  # nor inside a folder of images, masks or lists
     run = Run(out_dir)
+    foreign = run.foreign_entries() if out_dir.is_dir() else []
+    if foreign:  # a folder of the user's (a competition folder, their notes): the audit's files would sit among them,
+        # and its problem list would then mark the folder as a run's, which `train` writes into
+        names = ", ".join(str(p.relative_to(out_dir)) for p in foreign[:3]) + (" ..." if len(foreign) > 3 else "")
+        raise ConfigError(f"{out_dir} holds files that neither a run nor an audit wrote ({names}); audit writes into an "
+                          "empty folder, a run folder or an earlier audit's: choose another --out (or experiment name)")
     html, csv_path = run.audit_html, run.audit_problems_csv
     head = html.read_text(encoding="utf-8", errors="replace")[:4000] if html.is_file() else ""
     ours = head.startswith("<!DOCTYPE html>") and "<title>Data audit: " in head

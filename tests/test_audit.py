@@ -456,4 +456,11 @@ def test_audit_out_never_replaces_a_users_file_nor_writes_into_the_data(demo_cfg
     ours = tmp_path / "ours"
     write_audit(demo_cfg, ours)
     write_audit(demo_cfg, ours)  # its own page, pictures and list are replaced
+    # a folder of the user's own files: the audit wrote among them (and its problem list then marked it as a run's)
+    papers = tmp_path / "papers"
+    papers.mkdir()
+    (papers / "thesis.tex").write_text("mine")
+    with pytest.raises(ConfigError, match=r"papers holds files that neither a run nor an audit wrote \(thesis\.tex\)"):
+        write_audit(demo_cfg, papers)
+    assert sorted(p.name for p in papers.iterdir()) == ["thesis.tex"]
     assert (ours / "audit.html").read_text().startswith("<!DOCTYPE html>")
