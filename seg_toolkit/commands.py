@@ -63,6 +63,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     folds = [args.fold] if args.fold is not None else None
     if args.fold is not None and not 0 <= args.fold < cfg.folds.n_splits:
         raise ConfigError(f"--fold {args.fold}: expected 0..{cfg.folds.n_splits - 1}")
+    if args.fold is not None and cfg.folds.only and args.fold not in cfg.folds.only:
+        # trained, it joined predict's folds while bundle and the run's completeness counted folds.only's
+        raise ConfigError(f"--fold {args.fold}: the config trains folds.only {list(cfg.folds.only)}; name one of them, "
+                          f"or add --set 'folds.only=[...]' with {args.fold} in it")
     d = init_distributed(cfg.train.device)
     cv = run_cv(cfg, folds=folds, resume=args.resume, overwrite=args.overwrite)
     close_distributed()  # every rank, after run_cv's last collective (a no-op for one process)

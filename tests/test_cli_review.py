@@ -117,6 +117,14 @@ def test_train_resume_and_overwrite_are_exclusive(demo_root, tmp_path, capsys):
     assert not (tmp_path / "runs").exists()
 
 
+def test_train_fold_outside_folds_only_is_refused(demo_root, tmp_path, capsys):
+    """`--fold 0` with folds.only [1] trained fold 0, which predict then used while bundle counted fold 1 missing."""
+    cfg = _write_cfg(tmp_path / "cfg.yaml", demo_dict(demo_root, tmp_path / "runs", folds={"n_splits": 2, "only": [1]}))
+    assert main(["train", str(cfg), "--fold", "0"]) == 2
+    assert "--fold 0: the config trains folds.only [1]" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+
+
 def test_fold_overwrite_restarts_that_fold_only(demo_root, tmp_path, capsys):
     """`train --fold 1 --overwrite` deleted the whole run: fold_0 was gone and cv.json covered fold 1 only."""
     runs = tmp_path / "runs"
