@@ -85,7 +85,7 @@ class Run(RunState, RunGuard):
         "evaluations": r"[^/]+\.json",
         "export": r"fold_\d+\.onnx|export\.json",
         "pseudo": r"(fold_\d+|all)(\.csv|\.teacher\.json|/[^/]+\.npy)",
-        "tensorboard": r".+",  # the summary writer's event files and folders
+        "tensorboard": r"events\.out\.tfevents\.[^/]+",  # the summary writer's event files (track_backends.py)
         "tta_search": r".+",  # tune --tta's scratch, removed when it ends
     }
     #: What a run writes in ``fold_<k>/`` (the fold methods below)

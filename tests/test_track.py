@@ -348,3 +348,14 @@ def test_tracking_a_fold_does_not_wait_for_the_runs_lock(tmp_path):
         os.close(fd)
     assert json.loads(run.tracker_json.read_text()) == {"fold_0": "r0"} and not run.tracker_lock_file.exists()
     assert run.foreign_entries() == []
+
+
+def test_only_tensorboard_event_files_are_a_runs_own(tmp_path):
+    """Any file under tensorboard/ counted as the run's, so `train --overwrite` deleted a notebook kept there."""
+    run = Run(tmp_path / "r")
+    (run.dir / "tensorboard").mkdir(parents=True)
+    run.config_yaml.write_text("experiment: r\n")
+    (run.dir / "tensorboard" / "events.out.tfevents.1733300000.host.123.0").write_bytes(b"")
+    assert run.foreign_entries() == []
+    (run.dir / "tensorboard" / "my_analysis.ipynb").write_text("{}")
+    assert run.foreign_entries() == [run.dir / "tensorboard" / "my_analysis.ipynb"]
