@@ -29,11 +29,20 @@ def _config(args: argparse.Namespace, trained: bool = False) -> Config:
     return _load(args.config, args.set, trained)
 
 
-def _check_out_file(out: str | None) -> None:
+def _check_out_file(out: str | None, configs: list[str] = ()) -> None:
     """``--out newdir/`` names a folder (Path drops the slash: a file ``newdir`` was written); an existing folder is
-    refused by :func:`~seg_toolkit.inference.check_out`, also before any work."""
+    refused by :func:`~seg_toolkit.inference.check_out`, also before any work. Nor may ``--out`` be one of the YAML
+    files the command reads its ``configs`` from (or their ``base:`` files): ``--overwrite`` replaced the config."""
     if out and out.endswith(("/", os.sep)):
         raise ConfigError(f"--out {out} ends with a slash: a folder; name a file, e.g. {Path(out) / 'submission.csv'}")
+    if out:
+        from .config_yaml import config_files
+
+        here = Path(out).resolve()
+        for c in configs:
+            if here in config_files(Path(c)):
+                raise ConfigError(f"--out {out} is the config {c} reads from; write the submission elsewhere "
+                                  "(--overwrite never replaces a config)")
 
 
 def cmd_make_demo(args: argparse.Namespace) -> int:
@@ -190,7 +199,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         r = estimate_predict(_config(args, trained=True), n_images=args.n_images, budget=budget)
         print(format_estimate(r))
         return 0 if r.get("fits", True) else 1
-    _check_out_file(args.out)
+    _check_out_file(args.out, [args.config])
     out = predict_test(_config(args, trained=True), out=args.out, overwrite=args.overwrite)
     print(f"submission: {out}")
     return 0
@@ -233,7 +242,7 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
     if not args.no_predict:  # before the ensemble run is made (or replaced): a refused submission would leave it behind
         lead = cfgs[0]
         ens_cfg = dataclasses.replace(lead, experiment=name, submission=dataclasses.replace(lead.submission, path=None))
-        _check_out_file(args.out)
+        _check_out_file(args.out, args.configs)
         out = Path(args.out) if args.out else submission_path(ens_cfg)  # submissions/<ensemble name>.csv
         check_out(ens_cfg, out, True, [run.dir] + [Run.of(c).dir for c in cfgs])
         if out.exists() and not args.overwrite_submission:

@@ -132,6 +132,19 @@ def read_with_bases(path: Path, chain: tuple[Path, ...] = ()) -> dict:
     return _deep_merge(read_with_bases(base_path, (*chain, here)), data)
 
 
+def config_files(path: Path) -> list[Path]:
+    """``path`` and the ``base:`` files it stands on (resolved): the files a command reads its config from."""
+    out: list[Path] = []
+    here = Path(path)
+    while here.is_file() and here.resolve() not in out:
+        out.append(here.resolve())
+        base = read_yaml(here).get("base")
+        if not isinstance(base, str) or not base:
+            break
+        here = here.parent / base
+    return out
+
+
 #: mappings a child config gives whole (merged into the base's, a child could not drop a key of them:
 #: ``model: {params: {}}`` over a base with ``encoder_depth: 4`` kept it)
 _WHOLE = ("loss", "loss_params", "params", "mask_values")

@@ -202,6 +202,19 @@ def test_predict_out_naming_a_folder_is_refused(trained, tmp_path, capsys, monke
     assert "folder" in capsys.readouterr().err and list((tmp_path / "there").iterdir()) == []
 
 
+def test_predict_out_naming_the_config_or_its_base_is_refused(trained, tmp_path, capsys):
+    """`predict cfg.yaml --out cfg.yaml --overwrite` replaced the config with the submission."""
+    tmp, (a, _) = trained
+    base = tmp_path / "base.yaml"
+    base.write_text((tmp / "a.yaml").read_text())
+    child = tmp_path / "child.yaml"
+    child.write_text("base: base.yaml\n")
+    for out in (child, base):
+        assert main(["predict", str(child), "--out", str(out), "--overwrite"]) == 2
+        assert f"--out {out} is the config {child} reads from" in capsys.readouterr().err
+    assert child.read_text() == "base: base.yaml\n" and base.read_text() == (tmp / "a.yaml").read_text()
+
+
 def test_report_takes_a_config_too(trained, capsys):
     """`report CONFIG.yaml` failed with "CONFIG.yaml/config.yaml: not found"."""
     tmp, (a, _) = trained
