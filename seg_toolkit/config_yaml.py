@@ -38,10 +38,13 @@ def apply_overrides(data: dict, overrides: list | None) -> dict:
         key, raw = item.split("=", 1)
         try:
             value = yaml.load(raw, Loader=_SafeUniqueLoader) if raw != "" else ""  # noqa: S506 - a SafeLoader
-        except yaml.YAMLError as e:
-            raise ConfigError(f"--set {key}: cannot parse value {raw!r}: {e}") from None
+        except yaml.YAMLError as e:  # its message spans lines and points into "<unicode string>": one line here
+            what = " ".join(str(e).replace('in "<unicode string>", ', "").split())
+            raise ConfigError(f"--set {key}: cannot parse value {raw!r} as YAML ({what}); for text, quote it: "
+                              f"--set '{key}=\"{raw}\"'") from None
         except ConfigError as e:  # base 60 (1:30) or octal (0042): the loader's words, with the key they were for
-            raise ConfigError(f"--set {key}: {e}; write it as --set '{key}=\"{raw}\"' to keep the text") from None
+            quote = f"; write it as --set '{key}=\"{raw}\"' to keep the text" if "base-60" in str(e) or "octal" in str(e) else ""
+            raise ConfigError(f"--set {key}: {e}{quote}") from None
         if " #" in raw and "#" not in str(value):  # YAML took the rest for a comment
             raise ConfigError(f"--set {key}: {raw!r} holds ' #', which YAML reads as the start of a comment ({value!r} "
                               f"would be kept); quote the value: --set '{key}=\"{raw}\"'")
@@ -66,9 +69,10 @@ class _SafeUniqueLoader(yaml.SafeLoader):
                 except TypeError:  # an unhashable key: the base loader names it
                     continue
                 if first is not None:
-                    raise ConfigError(f"{key_node.start_mark.name}: line {key_node.start_mark.line + 1}: key {key!r} is "
-                                      f"given twice in one mapping (first on line {first}); YAML would keep only the "
-                                      "last: merge them into one")
+                    mark = key_node.start_mark
+                    where = f"{mark.name}: line {mark.line + 1}: " if mark.name != "<unicode string>" else ""
+                    raise ConfigError(f"{where}key {key!r} is given twice in one mapping (first on line {first}); YAML "
+                                      "would keep only the last: merge them into one")
         return super().construct_mapping(node, deep=deep)
 
     def _no_base_60(self, node, base):
@@ -93,6 +97,11 @@ class _SafeUniqueLoader(yaml.SafeLoader):
 
 _SafeUniqueLoader.add_constructor("tag:yaml.org,2002:int", _SafeUniqueLoader.construct_yaml_int)
 _SafeUniqueLoader.add_constructor("tag:yaml.org,2002:float", _SafeUniqueLoader.construct_yaml_float)
+# YAML 1.2's floats without a dot (1e-3, 5E4): YAML 1.1 (PyYAML) reads them as strings, which reached smp / timm as
+# text wherever the config does not type the value (model.params: drop_path_rate: 1e-1 failed when fold 0 built its
+# model). Checked after YAML 1.1's own int and float patterns, so 42 stays an int and 1.5e-3 a float as before.
+_SafeUniqueLoader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+$"),
+                                        list("-+0123456789"))
 
 
 def read_yaml(path: str | Path) -> dict:

@@ -103,6 +103,33 @@ def test_a_key_given_twice_is_refused_naming_both_lines(tmp_path):
     assert read_yaml(p) == {"x": {"epochs": 3, "batch_size": 2}, "y": {"epochs": 4, "batch_size": 2}}
 
 
+def test_set_errors_are_one_line_and_yaml_1_2_floats_are_floats(tmp_path):
+    """--set's YAML errors spanned four lines; a duplicate key in --set was told to quote the section as text; 1e-1
+    (a YAML 1.2 float, a string to YAML 1.1) reached smp / timm as text in model.params."""
+    from seg_toolkit.config_yaml import apply_overrides, read_yaml
+
+    with pytest.raises(ConfigError) as e:
+        apply_overrides({}, ["submission.id_format={id}_{cls}"])
+    assert "\n" not in str(e.value) and "<unicode string>" not in str(e.value)
+    assert str(e.value).endswith("""for text, quote it: --set 'submission.id_format="{id}_{cls}"'""")
+    with pytest.raises(ConfigError) as e:
+        apply_overrides({}, ["loss={bce: 1, bce: 2}"])
+    assert str(e.value) == ("--set loss: key 'bce' is given twice in one mapping (first on line 1); YAML would keep "
+                            "only the last: merge them into one")
+    with pytest.raises(ConfigError, match=r"octal.*to keep the text"):
+        apply_overrides({}, ["train.seed=0042"])
+    p = tmp_path / "c.yaml"
+    p.write_text("a: 1e-1\nb: -2E4\nc: 42\nd: 1.5e-3\ne: 1e\nf: 0x10\n")
+    assert read_yaml(p) == {"a": 0.1, "b": -20000.0, "c": 42, "d": 0.0015, "e": "1e", "f": 16}
+    assert apply_overrides({}, ["model.params.drop_path_rate=1e-1"]) == {"model": {"params": {"drop_path_rate": 0.1}}}
+    assert yaml.safe_load("a: 1e-1") == {"a": "1e-1"}  # PyYAML's own loader is left as it is
+
+
+def test_lambda_augmentation_is_refused_at_load():
+    with pytest.raises(ConfigError, match=r"transforms\.train\[0\]: Lambda: its arguments are Python functions"):
+        config_from_dict({"transforms": {"train": [{"Lambda": {"image": "x"}}]}})
+
+
 @pytest.mark.parametrize("key, value, expected", [
     ("optim.lr", -0.001, "optim.lr: expected a learning rate > 0, got -0.001"),
     ("optim.lr", float("nan"), "optim.lr: expected a learning rate > 0, got nan"),
@@ -253,7 +280,9 @@ def test_keys_nothing_reads_are_refused(data, message):
 
 def test_loss_params_take_yaml_1_1_exponents(tmp_path):
     path = tmp_path / "c.yaml"
-    path.write_text("loss: {bce: 0.5, dice: 0.5}\nloss_params: {dice: {smooth: 1e-5}}\n")  # '1e-5' is a string to YAML 1.1
+    path.write_text("loss: {bce: 0.5, dice: 0.5}\nloss_params: {dice: {smooth: 1e-5}}\n")  # a string to YAML 1.1
+    assert load_config(path).loss_params["dice"]["smooth"] == 1e-5  # read as YAML 1.2 does
+    path.write_text("loss: {bce: 0.5, dice: 0.5}\nloss_params: {dice: {smooth: '1e-5'}}\n")  # a config saved before
     assert load_config(path).loss_params["dice"]["smooth"] == "1e-5"  # kept as written; the loss reads 1e-05
 
 

@@ -76,6 +76,8 @@ _NOT_AUGMENTATIONS = {
                  "Normalize here would apply to training only); set transforms.mean / std instead",
     "ToTensorV2": "the toolkit makes the tensors itself; remove it",
     "Compose": "transforms.train is the list of the Compose; list its transforms directly",
+    "Lambda": "its arguments are Python functions, which a YAML config cannot hold (a string failed at the first "
+              "batch); a custom augmentation needs code: subclass albumentations' transforms in your own package",
 }
 
 
