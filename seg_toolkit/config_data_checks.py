@@ -101,9 +101,9 @@ def _check_mask_reading(cfg: Config) -> None:
         )
 
 
-_MASK_KEYS = ("mask_format", "mask_channel", "mask_colors", "mask_void_colors", "mask_color_tolerance", "mask_values",
-              "pair_split", "pair_split_at", "instance_folders", "instance_target", "instance_border_px",
-              "mask_per_class", "missing_class_masks")
+_MASK_KEYS = ("train_masks", "mask_ext", "train_lists", "mask_threshold", "mask_format", "mask_channel", "mask_colors",
+              "mask_void_colors", "mask_color_tolerance", "mask_values", "pair_split", "pair_split_at", "instance_folders",
+              "instance_target", "instance_border_px", "mask_per_class", "missing_class_masks")
 
 
 def _check_masks(cfg: Config) -> None:
@@ -206,7 +206,7 @@ def _check_masks(cfg: Config) -> None:
         raise ConfigError(f"data.pair_split: the labels are in the {d.image_ext!r} images, a lossy format; {how}")
 
 
-_RLE_KEYS = ("rle_index_base", "rle_starts", "rle_empty_token", "rle_instances")
+_RLE_KEYS = ("train_csv", "id_column", "rle_column", "rle_index_base", "rle_starts", "rle_empty_token", "rle_instances")
 
 
 def _check_mask_layouts(cfg: Config) -> None:

@@ -33,6 +33,8 @@ def _save(path: Path, arr: np.ndarray, **kw) -> Path:
 
 def _cfg(root: Path, folds: dict | None = None, **data):
     d = {"root": str(root), "layout": "folder", "train_images": "img", "train_masks": "lbl", **data}
+    if d["layout"] == "csv":  # the csv layout reads no mask folder (the key is refused there)
+        del d["train_masks"]
     multiclass = d.get("task") == "multiclass"
     several = (multiclass and d.get("num_classes", 1) > 2) or d.get("task") == "multilabel"
     extra = {"submission": {"per_class": True}} if several else {}

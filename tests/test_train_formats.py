@@ -182,6 +182,14 @@ def test_siim_csv_audit_reads_instances_as_training(tmp_path):
     ({"task": "multilabel", "num_classes": 2, "layout": "folder", "mask_per_class": "{id}_{cls}", "ignore_index": 255},
      "data.ignore_index: per-class mask files are binary"),
     ({"layout": "folder", "missing_class_masks": "empty"}, "data.missing_class_masks: only used with data.mask_per_class"),
+    # keys nothing reads in that layout were accepted silently (found by an audit)
+    ({"train_masks": "no_such"}, "data.train_masks: describes mask files (data.layout: folder)"),
+    ({"mask_ext": ".jpg"}, "data.mask_ext: describes mask files (data.layout: folder)"),
+    ({"train_lists": ["a.txt"]}, "data.train_lists: describes mask files (data.layout: folder)"),
+    ({"mask_threshold": 128}, "data.mask_threshold: describes mask files (data.layout: folder)"),
+    ({"layout": "folder", "train_csv": "labels.csv"}, "data.train_csv: describes the RLE rows of data.train_csv (data.layout: csv)"),
+    ({"layout": "folder", "id_column": "ImageId"}, "data.id_column: describes the RLE rows"),
+    ({"layout": "folder", "rle_column": "EncodedPixels"}, "data.rle_column: describes the RLE rows"),
 ])
 def test_new_data_keys_are_checked_when_the_config_loads(data, message):
     extra = {"submission": {"per_class": True}} if data.get("num_classes", 1) > 1 else {}
