@@ -340,6 +340,22 @@ def load_config(path: str | Path, overrides: list[str] | None = None, trained: b
         raise ConfigError(f"{path}: {e}") from None
 
 
+def anchored(cfg: Config) -> Config:
+    """``cfg`` with the paths it reads outside its run, ``data.root``, ``train.init_from`` and ``pseudo.teacher``,
+    made absolute against the working directory now: what a run folder saves, so the run reads the same data from
+    any working directory (a relative ``data.root`` saved as written read another project's ``data/`` when the run
+    was named from there). The paths inside ``data.root`` stay relative to it (``--set data.root=`` moves them all)."""
+    import os
+
+    def absolute(p: str | None) -> str | None:
+        return os.path.abspath(os.path.expanduser(p)) if p else p
+
+    return dataclasses.replace(
+        cfg, data=dataclasses.replace(cfg.data, root=absolute(cfg.data.root)),
+        train=dataclasses.replace(cfg.train, init_from=absolute(cfg.train.init_from)),
+        pseudo=dataclasses.replace(cfg.pseudo, teacher=absolute(cfg.pseudo.teacher)))
+
+
 def save_config(cfg: Config, path: str | Path) -> None:
     """``cfg`` as YAML, atomically (a full disk or a kill leaves the old file or none, never half of one: a run's
     ``config.yaml`` is what marks its folder and rebuilds its predictor)."""

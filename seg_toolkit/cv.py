@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .config import Config, ConfigError, config_diff, config_to_dict, read_yaml, save_config
+from .config import Config, ConfigError, anchored, config_diff, config_to_dict, read_yaml, save_config
 from .data import Sample, load_or_make_folds, load_target, load_train_samples
 from .data.sources import check_train_samples
 from .budget import planned_folds
@@ -87,7 +87,7 @@ def prepare_run(cfg: Config, folds: list[int], resume: bool = False, overwrite: 
                 f"{run.dir}: fold(s) {started} already have files; use --resume to continue, "
                 "or --overwrite to delete the run and start again (with --fold: that fold only)"
             )
-    save_config(cfg, saved)
+    save_config(anchored(cfg), saved)  # its data and earlier runs by absolute path: the same from any directory
     return run
 
 
@@ -112,9 +112,10 @@ def _check_predict_keys(run: Run, cfg: Config, trained: list[int]) -> None:
 def _config_changes(run: Run, cfg: Config) -> list[str]:
     """How ``cfg`` differs from the run's saved config.yaml, but for :data:`RESUME_FREE_KEYS`."""
     old, new = read_yaml(run.config_yaml), config_to_dict(cfg)
-    for c in (old, new):  # the same data folder however it is spelled (relative, data/./demo)
-        if isinstance(c.get("data"), dict) and c["data"].get("root"):
-            c["data"]["root"] = str(Path(c["data"]["root"]).expanduser().resolve())
+    for c in (old, new):  # the same folder however it is spelled (relative, data/./demo; saved absolute: anchored)
+        for section, key in (("data", "root"), ("train", "init_from"), ("pseudo", "teacher")):
+            if isinstance(c.get(section), dict) and c[section].get(key):
+                c[section][key] = str(Path(c[section][key]).expanduser().resolve())
     return [d for d in config_diff(old, new) if not d.startswith(RESUME_FREE_KEYS)]
 
 

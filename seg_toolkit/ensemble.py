@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .config import Config, ConfigError, save_config
+from .config import Config, ConfigError, anchored, save_config
 from .config_checks import check_run_name
 from .data import load_target, load_train_samples
 from .data.dataset import target_to_tensor
@@ -314,7 +314,7 @@ def _build_ensemble(cfgs: list[Config], name: str | None, weights: Sequence[floa
     if out.dir.exists() and any(out.dir.iterdir()):  # --overwrite: the old ensemble goes once the new one is chosen
         out.remove(lead)
     out.dir.mkdir(parents=True, exist_ok=True)
-    save_config(ens_cfg, out.config_yaml)
+    save_config(anchored(ens_cfg), out.config_yaml)
     shutil.copyfile(runs[0].folds_csv, out.folds_csv)
     if runs[0].fold_balance_csv.is_file():
         shutil.copyfile(runs[0].fold_balance_csv, out.fold_balance_csv)

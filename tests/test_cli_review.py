@@ -290,3 +290,24 @@ def test_flags_a_command_would_ignore_are_refused(demo_root, tmp_path, capsys):
     for flag in (["--class-column", "ClassId"], ["--empty-token", "-1"]):
         assert main(["check-submission", sample, "--sample", sample, "--config", str(cfg), *flag]) == 2
         assert f"{flag[0]} with --config: the config's submission.* keys decide" in capsys.readouterr().err
+
+
+def test_a_run_saves_its_data_root_absolute_and_reads_it_from_any_directory(demo_root, tmp_path, monkeypatch, capsys):
+    """data.root: comp (relative) was saved as written: named from another directory holding its own comp/, the run
+    predicted that project's test images without a word."""
+    project, other = tmp_path / "project", tmp_path / "other"
+    shutil.copytree(demo_root, project / "comp")
+    (other / "comp").mkdir(parents=True)  # another project's data folder of the same name
+    monkeypatch.chdir(project)
+    cfg_data = demo_dict(Path("comp"), Path("runs"), train=TRAIN)
+    cfg_data["submission"] = {"per_class": True}
+    cfg = _write_cfg(project / "cfg.yaml", cfg_data)
+    assert main(["train", str(cfg)]) == 0
+    saved = yaml.safe_load((project / "runs" / "t" / "config.yaml").read_text())
+    assert saved["data"]["root"] == str(project / "comp") and saved["runs_dir"] == "runs"
+    assert main(["train", str(cfg), "--resume"]) == 0  # the relative spelling is the same folder: no change refused
+    monkeypatch.chdir(other)
+    out = other / "sub.csv"
+    assert main(["predict", str(project / "runs" / "t"), "--out", str(out)]) == 0
+    sample = (project / "comp" / "sample_submission.csv").read_text().splitlines()
+    assert out.read_text().splitlines()[1].split(",")[0] == sample[1].split(",")[0]
