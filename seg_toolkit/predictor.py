@@ -296,6 +296,9 @@ class Predictor:
         """
         c = self.num_classes
         present_weight = sum(w for m, w in self.active if has_presence(m.cfg))
+        # one member: its probabilities as they are (a run predicting alone; the merge space's 1/255 grid is for
+        # merging members as their OOF files do, and an ensemble of one tunes on that member's own files)
+        merging = len(self.active) > 1
         for batch in self.loader(samples, target_cfg):
             sizes = batch["size"]
             acc: list[torch.Tensor | None] = [None] * len(sizes)
@@ -318,12 +321,13 @@ class Predictor:
                         p = resized[j] if same else resize_to(probs[j : j + 1], hw)[0]
                         own[j] = p / len(folds) if own[j] is None else own[j].add_(p, alpha=1 / len(folds))
                 for j in range(len(sizes)):
-                    p, own[j] = to_merge_space(own[j], self.space, self.task), None
+                    p, own[j] = (to_merge_space(own[j], self.space, self.task) if merging else own[j]), None
                     acc[j] = p * w if acc[j] is None else acc[j].add_(p, alpha=w)
             targets = batch.get("target")
             presence_cpu = acc_presence.cpu() if acc_presence is not None else None
             for j, image_id in enumerate(batch["id"]):
-                probs, acc[j] = from_merge_space(acc[j], self.space, self.task).cpu(), None  # hand over: the batch does not keep it
+                merged = from_merge_space(acc[j], self.space, self.task) if merging else acc[j]
+                probs, acc[j] = merged.cpu(), None  # hand over: the batch does not keep it
                 yield (image_id, probs, presence_cpu[j] if presence_cpu is not None else None,
                        targets[j] if targets is not None else None)
 
