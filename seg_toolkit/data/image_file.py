@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import struct
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -107,17 +106,21 @@ def oriented_size(tag: int, h: int, w: int) -> tuple[int, int]:
     return (w, h) if tag in (5, 6, 7, 8) else (h, w)
 
 
-@contextlib.contextmanager
-def open_header(path: str | Path) -> Iterator[Image.Image]:
-    """``Image.open`` (the header; nothing decoded) with PIL's own bomb guard off: its 179-megapixel refusal at open
-    would overrule ``data.max_image_pixels``, which the readers check before decoding (:func:`open_image`)."""
+def _open_unguarded(path: str | Path) -> Image.Image:
+    """``Image.open`` (the header; nothing decoded) with PIL's own bomb guard off: its 89-megapixel warning and
+    179-megapixel refusal at open would overrule ``data.max_image_pixels``, which the readers check before decoding."""
     limit = Image.MAX_IMAGE_PIXELS
     Image.MAX_IMAGE_PIXELS = None
     try:
-        im = Image.open(path)
+        return Image.open(path)
     finally:
         Image.MAX_IMAGE_PIXELS = limit
-    with im:
+
+
+@contextlib.contextmanager
+def open_header(path: str | Path) -> Iterator[Image.Image]:
+    """The file's header (size, mode, tags) for the ``with`` block, whatever its size (:func:`_open_unguarded`)."""
+    with _open_unguarded(path) as im:
         yield im
 
 
@@ -125,22 +128,10 @@ def open_image(path: Path, max_pixels: int, exif: str | None = None) -> Image.Im
     """A PIL image, decoded: refused before decoding when over ``max_pixels``, then turned by its EXIF
     orientation as ``exif`` says (module doc)."""
     check_file(path)
-    limit = Image.MAX_IMAGE_PIXELS
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            # PIL's own bomb guard off while opening (its 89-megapixel default refused a 100-megapixel image that
-            # data.max_image_pixels allowed): opening reads the header only, and the size check below refuses before
-            # decoding, naming the key
-            Image.MAX_IMAGE_PIXELS = None
-            im = Image.open(path)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise DataError(f"{path}: refused before decoding, image too large for data.max_image_pixels={max_pixels} "
-                        f"({e})") from None
+        im = _open_unguarded(path)  # a 100-megapixel image data.max_image_pixels allows was PIL's refusal
     except Exception as e:  # PIL raises several types for unreadable files
         raise DataError(f"{path}: not a readable image ({type(e).__name__}: {e})") from None
-    finally:
-        Image.MAX_IMAGE_PIXELS = limit
     w, h = im.size
     if w * h > max_pixels:
         im.close()
