@@ -29,12 +29,12 @@ def _config(args: argparse.Namespace, trained: bool = False) -> Config:
     return _load(args.config, args.set, trained)
 
 
-def _check_out_file(out: str | None, configs: list[str] = ()) -> None:
+def _check_out_file(out: str | None, configs: list[str] = (), option: str = "--out", example: str = "submission.csv") -> None:
     """``--out newdir/`` names a folder (Path drops the slash: a file ``newdir`` was written); an existing folder is
     refused by :func:`~seg_toolkit.inference.check_out`, also before any work. Nor may ``--out`` be one of the YAML
     files the command reads its ``configs`` from (or their ``base:`` files): ``--overwrite`` replaced the config."""
     if out and out.endswith(("/", os.sep)):
-        raise ConfigError(f"--out {out} ends with a slash: a folder; name a file, e.g. {Path(out) / 'submission.csv'}")
+        raise ConfigError(f"{option} {out} ends with a slash: a folder; name a file, e.g. {Path(out) / example}")
     if out:
         from .config_yaml import config_files
 
@@ -355,6 +355,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     if args.curves and not args.html:
         raise ConfigError("compare --curves draws into the HTML page: add --html OUT")
+    _check_out_file(args.html, option="--html", example="compare.html")  # `--html newdir/` wrote a file named newdir
     rows = collect(args.runs)
     print(format_table(rows))
     if args.html:

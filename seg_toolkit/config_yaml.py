@@ -36,6 +36,9 @@ def apply_overrides(data: dict, overrides: list | None) -> dict:
         if "=" not in item:
             raise ConfigError(f"--set {item!r}: expected key.path=value, e.g. train.epochs=3")
         key, raw = item.split("=", 1)
+        if key.strip() == "base":  # was "unknown config key 'base'", a key the files do take
+            raise ConfigError("--set base: a config file's base: is merged when the file is read, before --set applies; "
+                              "write base: in the YAML file, or name the base file itself and --set the keys that differ")
         try:
             value = yaml.load(raw, Loader=_SafeUniqueLoader) if raw != "" else ""  # noqa: S506 - a SafeLoader
         except yaml.YAMLError as e:  # its message spans lines and points into "<unicode string>": one line here

@@ -123,6 +123,8 @@ def test_html_refreshes_its_own_page_and_never_replaces_another_file(runs, tmp_p
     for _ in range(2):  # the second run refreshes the first's page
         assert main(["compare", str(runs), "--html", str(page)]) == 0
     assert "<meta name='generator' content='seg_toolkit compare'>" in page.read_text()[:1000]
+    assert main(["compare", str(runs), "--html", str(tmp_path / "newdir") + "/"]) == 2  # wrote a file named newdir
+    assert "--html " in capsys.readouterr().err and not (tmp_path / "newdir").exists()
 
 
 def test_predict_never_writes_over_the_data_it_reads(runs, tmp_path):

@@ -118,6 +118,8 @@ def test_set_errors_are_one_line_and_yaml_1_2_floats_are_floats(tmp_path):
                             "only the last: merge them into one")
     with pytest.raises(ConfigError, match=r"octal.*to keep the text"):
         apply_overrides({}, ["train.seed=0042"])
+    with pytest.raises(ConfigError, match=r"--set base: a config file's base: is merged when the file is read"):
+        apply_overrides({}, ["base=other.yaml"])
     p = tmp_path / "c.yaml"
     p.write_text("a: 1e-1\nb: -2E4\nc: 42\nd: 1.5e-3\ne: 1e\nf: 0x10\n")
     assert read_yaml(p) == {"a": 0.1, "b": -20000.0, "c": 42, "d": 0.0015, "e": "1e", "f": 16}
