@@ -183,13 +183,15 @@ def choose_tta(
             "seconds": round(time.perf_counter() - t0, 3),
         }
         write_json(run.tta_json, result)
-        write_json(run.postprocess_json, tuned[chosen_i])
         # as Member.made() records it (tile_overlap with tiles), with the chosen TTA
         made = {**predictor.members[0].made(), "tta": chosen["tta"], "merge": chosen["merge"]}
         for k in folds:
             write_json(run.done_json(k), {**(read_json(run.done_json(k)) or {}), "oof": made,
                                           "oof_amp": predictor.members[0].amp(k, predictor.device).mode})
-        compute_cv(cfg, run, samples)
+        cv = compute_cv(cfg, run, samples)
+        # the tuning's record of the cv.json it was tuned beside: the one just scored on these files (the candidate's
+        # tuning read the old cv.json, and report then called the fresh post-processing stale)
+        write_json(run.postprocess_json, {**tuned[chosen_i], "cv_json_score": cv["score"]})
         end_oof_rewrite(run)  # files, tta.json, postprocess.json, done.json and cv.json agree
         cf = f", {chosen['cross_fitted']:.5f} cross-fitted" if chosen["cross_fitted"] is not None else ""
         log.info("choose_tta: %s merge=%s (%s %.5f tuned%s, %.5f untuned, on %d OOF images); wrote %s",

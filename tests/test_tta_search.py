@@ -125,6 +125,10 @@ def test_tta_json_is_written(run, chosen):
     assert {"tta", "merge", "scores", "metric"} <= set(on_disk)
     assert on_disk["tta"] == chosen["tta"] and on_disk["merge"] == chosen["merge"]
     assert [s["score"] for s in on_disk["scores"]] == [s["score"] for s in chosen["scores"]]
+    # postprocess.json records the cv.json it was tuned beside: the one rescored on the chosen OOF files (it kept the
+    # old cv.json's score, and report then called the fresh tuning stale)
+    cv = json.loads((run.run_dir / "cv.json").read_text())
+    assert json.loads((run.run_dir / "postprocess.json").read_text())["cv_json_score"] == cv["score"]
 
 
 @pytest.mark.parametrize("pair", [0, 1, 2, 3])
