@@ -62,6 +62,7 @@ class RunRow:
     group: str = "-"
     curves: dict[int, list[tuple[int, float]]] = field(default_factory=dict)  # fold -> [(epoch, val_score)]
     problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what qualifies its numbers (a stale tuning, OOF made otherwise)
     left_out: list[int] = field(default_factory=list)  # folds train.min_fold_epochs left out (cv.json's time_budget)
 
     @property
@@ -171,6 +172,7 @@ def summarize(run: Run) -> RunRow:
         row.tta = " ".join(cfg.predict.tta) + (f" ({cfg.predict.merge})" if len(cfg.predict.tta) > 1 else "")
     if tta and tta.get("tta"):
         row.tta = " ".join(tta["tta"]) + f" ({tta.get('merge')}, tune --tta)"
+    row.notes += _qualifiers(cv, pp, cfg, tta)
     if ens is not None:
         row.model = "ensemble of " + ", ".join(Path(str(m.get("run"))).name for m in ens.get("members", []))
         row.tta, row.epochs_configured = "members'", None
@@ -220,6 +222,24 @@ def _epochs(row: RunRow) -> str:
     return f"{done}/{row.epochs_configured if row.epochs_configured is not None else '?'}"
 
 
+def _qualifiers(cv: dict | None, pp: dict | None, cfg, tta: dict | None) -> list[str]:
+    """What the row's numbers are not, said beside them as report and predict say it: a tuned score from other OOF
+    files than the CV's (fewer folds, or files remade since), and a CV from OOF made with another TTA than the
+    submission's (``predict.oof_tta``)."""
+    notes = []
+    if cv and pp and isinstance(pp.get("after"), (int, float)):
+        if isinstance(pp.get("folds"), list) and isinstance(cv.get("folds"), list) and sorted(pp["folds"]) != sorted(cv["folds"]):
+            notes.append(f"tuned on folds {pp['folds']}, CV on {cv['folds']}: tune again")
+        elif (isinstance(pp.get("cv_json_score"), (int, float)) and isinstance(cv.get("score"), (int, float))
+              and abs(pp["cv_json_score"] - cv["score"]) > 1e-9):
+            notes.append("tuned on other OOF files than the CV's: tune again")
+    made = (cv or {}).get("oof") or {}
+    submitted = (tta or {}).get("tta") or (list(cfg.predict.tta) if cfg is not None else None)
+    if isinstance(made.get("tta"), list) and submitted and list(made["tta"]) != list(submitted):
+        notes.append(f"CV on OOF made with {' '.join(made['tta'])}")
+    return notes
+
+
 def _tuned(row: RunRow) -> str:
     if row.tuned is None:
         return "-"
@@ -231,7 +251,7 @@ def _cells(rank: int, row: RunRow) -> list[str]:
     folds = f"{st[0]:.4f} +- {st[1]:.4f} [{st[2]:.4f}, {st[3]:.4f}]" if st else "-"
     cv = f"{row.cv:.4f}" if row.cv is not None else "missing"
     unreadable = [" ".join(p.split())[:80] for p in row.problems[:1]]  # what could not be read, shown, not only kept
-    note = "; ".join(x for x in [row.status, *(["ensemble"] if row.kind == "ensemble" else []),
+    note = "; ".join(x for x in [row.status, *(["ensemble"] if row.kind == "ensemble" else []), *row.notes,
                                  *(f"unreadable: {u}" for u in unreadable)] if x)
     return [str(rank), row.name, row.metric or "-", cv, folds, _tuned(row),
             row.tta, row.model, _epochs(row), _duration(row.seconds), row.group, note]

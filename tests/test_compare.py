@@ -166,3 +166,21 @@ def test_a_damaged_run_is_one_row_that_says_so(runs, tmp_path):
     broken = next(r for r in rows if r.name == "ens")
     assert broken.problems and "ensemble.json: not valid JSON" in broken.problems[0]
     assert "unreadable: " in format_table(rows)
+
+
+def test_the_note_says_when_the_tuned_score_or_the_cv_is_not_what_it_seems():
+    """compare showed a tuning of fold 0 beside a CV of folds 0 and 1, and named predict.tta for a CV made from
+    un-augmented OOF (predict.oof_tta: identity), without a word; report and predict said both."""
+    from seg_toolkit.compare import _qualifiers
+    from seg_toolkit.config import config_from_dict
+
+    cfg = config_from_dict({"predict": {"tta": ["identity", "hflip"]}})
+    cv = {"score": 0.396, "folds": [0, 1], "oof": {"tta": ["identity", "hflip"]}}
+    assert _qualifiers(cv, {"after": 0.42, "folds": [0, 1], "cv_json_score": 0.396}, cfg, None) == []
+    assert _qualifiers(cv, {"after": 0.42, "folds": [0], "cv_json_score": 0.39}, cfg, None) == [
+        "tuned on folds [0], CV on [0, 1]: tune again"]
+    assert _qualifiers(cv, {"after": 0.42, "folds": [0, 1], "cv_json_score": 0.401}, cfg, None) == [
+        "tuned on other OOF files than the CV's: tune again"]
+    made = {**cv, "oof": {"tta": ["identity"]}}
+    assert _qualifiers(made, None, cfg, None) == ["CV on OOF made with identity"]
+    assert _qualifiers(made, None, cfg, {"tta": ["identity"]}) == []  # tune --tta chose what the OOF were made with
