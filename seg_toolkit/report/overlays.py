@@ -235,6 +235,12 @@ def _object_edges(labels: np.ndarray) -> np.ndarray:
     return edge & (labels > 0)
 
 
+def prediction_rule(cfg) -> str:
+    """How the prediction panel's masks are made of the OOF probabilities: as the CV scores them (argmax, or at
+    ``metric.threshold``; the submission's object floor applied), before the tuned post-processing."""
+    return "argmax" if cfg.data.task == "multiclass" else f"p \u2265 {cfg.metric.threshold:g}"
+
+
 def overlays_figure(d: ReportData, examples: list[Example], title: str) -> Any:
     """A figure of ``examples``: one row per image (image | ground truth | prediction), legend on top.
 
@@ -267,7 +273,7 @@ def overlays_figure(d: ReportData, examples: list[Example], title: str) -> Any:
     top = LEGEND_TOP + legend_h + LEGEND_GAP
     H = top + sum(heights) + len(panels) * gap
     fig = new_figure(W / dpi, H / dpi, dpi)
-    names = ("image", "ground truth", "prediction")
+    names = ("image", "ground truth", f"prediction, {prediction_rule(d.cfg)}")  # the page says: before post-processing
     y0 = H - top  # top edge of the next block, in pixels from the bottom
     for i, (ex, imgs, block_h) in enumerate(zip(examples, panels, heights)):
         fig.text((x0 + gap) / W, (y0 - 14) / H, f"#{i + 1}  {literal(ex.id)}   fold {ex.fold}   {label} {ex.score:.3f}",

@@ -20,7 +20,7 @@ from ..run import Run
 from . import html as h
 from .data import ReportData, compute_report_data, per_class_rows
 from .figures import confusion_figure
-from .overlays import overlays_figure
+from .overlays import overlays_figure, prediction_rule
 from .summary import Example
 from ..track import tracker_sentence
 
@@ -173,7 +173,9 @@ def _overlay_sections(d: ReportData, out: Path) -> list[tuple[str, str]]:
                 colours = ("Each truth and predicted object is green when matched with one of the other side at IoU > 0.5, "
                            "red when not; dark lines part touching objects; void is grey." if d.metric in INSTANCE_METRICS
                            else "Colours are the classes' (filled at 40%, outlined); void is grey.")
-                sections.append((f"{kind.capitalize()} OOF images", h.note(f"{ranked}. {h.esc(colours)}")
+                shown = (f"The prediction is the OOF probabilities as the CV scores them ({prediction_rule(d.cfg)}, not post-processed): "
+                         "the submission applies postprocess.json's threshold, minimum area and empty gate on top.")
+                sections.append((f"{kind.capitalize()} OOF images", h.note(f"{ranked}. {h.esc(colours)} {h.esc(shown)}")
                     + h.png_tag(png, f"{kind} overlays") + _examples_table(d, examples)))
             return sections
         except (DataError, OSError) as e:  # the data changed since the summary was made
