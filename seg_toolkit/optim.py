@@ -45,6 +45,10 @@ class LRSchedule:
         s = cfg.scheduler
         total = max(1, cfg.train.epochs * updates_per_epoch)
         warmup = int(round(s.warmup_epochs * updates_per_epoch))
+        if s.name in ("cosine", "poly") and warmup > 0.9 * total:
+            # a fold train.time_budget cut to no more epochs than warmup_epochs was all warmup and ended at the peak lr;
+            # at most 90% of it warms up (as onecycle's pct_start), so the decay still ends at min_lr
+            warmup = int(0.9 * total)
         self.name = s.name
         self.optimizer = optimizer
         self._ref: torch.optim.Optimizer | None = None

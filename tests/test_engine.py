@@ -221,6 +221,24 @@ def test_onecycle_keeps_the_configured_momentum_and_survives_a_cut_to_its_warmup
     assert math.isfinite(opt.param_groups[0]["lr"])
 
 
+@pytest.mark.parametrize("name", ["cosine", "poly"])
+def test_a_fold_cut_to_its_warmup_still_decays_to_min_lr(name):
+    """train.time_budget cut a 10-epoch cosine with 2 warmup epochs to 2 epochs: all of it was warmup, and the fold
+    ended at the peak lr (0.05 of 0.05) where the README promises min_lr."""
+    cfg = config_from_dict({"train": {"epochs": 10}, "optim": {"lr": 1.0},
+                            "scheduler": {"name": name, "warmup_epochs": 2, "min_lr": 0.01,
+                                          **({"power": 1.0} if name == "poly" else {})}})
+    opt = _opt()
+    cut = LRSchedule(cfg, opt, 4).for_epochs(cfg, opt, 4, epochs=2, n_updates=0)  # 8 updates, 7 of them warmup
+    lrs = []
+    for step in range(1, 9):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        cut.step_update(step)
+    assert lrs[0] == pytest.approx(0.01) and max(lrs) == pytest.approx(1.0, abs=0.01)  # the warmup still reaches the peak
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.01, abs=1e-3)  # and the last update ends at min_lr
+
+
 def test_min_delta_counts_patience_but_best_pt_is_the_best_epoch(demo_root, tmp_path, monkeypatch):
     """0.301 then 0.308 with min_delta 0.01: the second is not progress for the patience, but it is the better model
     (best.pt, best_epoch and the fold's CV stayed at the first)."""
