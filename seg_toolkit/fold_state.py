@@ -61,7 +61,9 @@ def update_best(state: TrainState, score: float, epoch: int, min_delta: float) -
         state.patience_score, state.bad_epochs = score, 0
     else:
         state.bad_epochs += 1
-    if score > state.best_score:
+    if score > state.best_score or (epoch == state.best_epoch and score >= state.best_score):
+        # the second: the epoch whose best.pt a resume adopted (_adopt_newer_best), run again to the same score, is
+        # the improvement it was the first time (its row says best, as the uninterrupted run's did)
         state.best_score, state.best_epoch = score, epoch
         return True
     return False
@@ -214,7 +216,9 @@ def _adopt_newer_best(run: Run, fold: int, state: TrainState) -> None:
     if epoch > state.epoch and score > state.best_score:
         log.warning("%s holds epoch %d, written after %s's epoch %d (stopped between the two): kept as the best so far "
                     "(%.4f)", path, epoch, run.last_pt(fold).name, state.epoch, score)
-        state.best_score, state.best_epoch, state.bad_epochs = score, epoch - 1, 0
+        # the patience is left as last.pt has it: the epoch run again counts it as it did (min_delta may not count a
+        # new best as progress; setting bad_epochs to 0 here stopped early two epochs later than the uninterrupted run)
+        state.best_score, state.best_epoch = score, epoch - 1
 
 
 def _remove_partial_writes(folder: Path) -> None:

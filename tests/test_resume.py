@@ -199,17 +199,23 @@ def test_killed_while_writing_the_first_checkpoint_starts_again_without_a_second
 
 def test_a_best_pt_newer_than_the_last_checkpoint_is_the_best_so_far(tmp_path):
     """Killed between best.pt (epoch 2, 0.6) and last.pt (still epoch 1, best 0.5): the resumed state says epoch 2's 0.6
-    is the best, which is what best.pt holds; epoch 2 run again replaces it only by doing better."""
+    is the best, which is what best.pt holds; epoch 2 run again replaces it by reaching that score (its row says best,
+    as the uninterrupted run's did), and its patience counts as it did: the adoption set bad_epochs to 0, so with
+    min_delta the resumed run stopped early later than the uninterrupted one, and the row said best=0."""
     from seg_toolkit.checkpoint import save_checkpoint
-    from seg_toolkit.fold_state import TrainState, _adopt_newer_best
+    from seg_toolkit.fold_state import TrainState, _adopt_newer_best, update_best
     from seg_toolkit.run import Run
 
     run = Run(tmp_path)
     run.fold_dir(0).mkdir(parents=True)
     save_checkpoint({"model": {}, "ema": None, "config": {}, "model_args": {}, "epoch": 2, "best_score": 0.6}, run.best_pt(0))
-    state = TrainState(epoch=1, best_score=0.5, best_epoch=0, bad_epochs=0, epochs=3)
+    state = TrainState(epoch=1, best_score=0.5, best_epoch=0, bad_epochs=1, epochs=3, patience_score=0.5)
     _adopt_newer_best(run, 0, state)
-    assert (state.best_score, state.best_epoch, state.bad_epochs) == (0.6, 1, 0)
+    assert (state.best_score, state.best_epoch, state.bad_epochs) == (0.6, 1, 1)
+    again = TrainState(**{**state.__dict__})
+    assert update_best(again, 0.6, 1, min_delta=0.5)  # epoch 2 again, the same score: the best, as it was
+    assert again.bad_epochs == 2  # 0.6 is not 0.5 + min_delta: no progress, as in the uninterrupted run
+    assert not update_best(TrainState(**{**state.__dict__}), 0.59, 1, min_delta=0.0)  # below what best.pt holds: kept
     older = TrainState(epoch=2, best_score=0.6, best_epoch=1, epochs=3)  # best.pt of the state's own best: nothing to do
     _adopt_newer_best(run, 0, older)
     assert (older.best_score, older.best_epoch) == (0.6, 1)
