@@ -36,6 +36,7 @@ __all__ = ["RunExistsError", "prepare_run", "run_cv", "compute_cv"]
 #: or given by a relative path), how data is loaded and where (results do not depend on them: exact resume holds for
 #: any number of workers), and what training does not read (predict, post-processing, submission, tracking)
 RESUME_FREE_KEYS = ("runs_dir", "experiment", "train.epochs", "train.time_budget", "train.min_fold_epochs", "train.device",
+                    "train.nan_retries", "train.nan_lr_factor",  # they act only once a loss is NaN: what the error offers
                     "train.num_workers", "train.pin_memory", "train.persistent_workers", "predict.", "postprocess.",
                     "submission.", "folds.only", "track")
 

@@ -198,8 +198,9 @@ def train_one_epoch(cfg, model, ema, loss_fn, optimizer, schedule, scaler, loade
                 where = f" on rank(s) {bad} (running means on rank {d.rank}: {mean})" if d.enabled else f" (running means: {mean})"
                 raise NonFiniteLossError(
                     f"fold {fold}: loss is not finite at epoch {epoch + 1}, step {state.batch + i + 1} of {state.batch + len(loader)}"
-                    f"{where}; the last good checkpoint is kept; lower optim.lr, set train.grad_clip, or "
-                    "train.nan_retries to retry with a lower lr"
+                    f"{where}; the last good checkpoint is kept. Retry it at a lower lr: --resume --set "
+                    "train.nan_retries=1; or train again with a lower optim.lr or a train.grad_clip (--overwrite, or a "
+                    "new experiment name)"
                 )
             bar.set_postfix(loss=f"{host[0] / max(n_images, 1):.4f}", img_s=f"{n_images / (time.perf_counter() - t0):.1f}")
             if logging_now:

@@ -61,6 +61,17 @@ def test_nan_loss_stops_the_fold_naming_epoch_and_step(demo_root, tmp_path, monk
     assert not (fold / "done.json").exists()
 
 
+def test_the_retry_a_nan_error_offers_is_taken_on_resume(demo_root, tmp_path, monkeypatch):
+    """The error offered train.nan_retries, which --resume then refused as a changed config."""
+    _nan_after(monkeypatch, n_calls=4, times=2)  # the 5th step, and the same step when the resume runs it again
+    cfg = _cfg(demo_root, tmp_path)
+    with pytest.raises(NonFiniteLossError, match=r"Retry it at a lower lr: --resume --set train\.nan_retries=1"):
+        run_cv(cfg)
+    cv = run_cv(_cfg(demo_root, tmp_path, nan_retries=1), resume=True)  # NaN again, then the fold again at lr / 10
+    done = json.loads((cfg.run_dir / "fold_0" / "done.json").read_text())
+    assert cv["folds"] == [0] and done["optim_lr"] == pytest.approx(1e-4) and done["epochs_run"] == 3
+
+
 def test_nan_loss_retries_with_lower_lr(demo_root, tmp_path, monkeypatch):
     _nan_after(monkeypatch, n_calls=4)
     cfg = _cfg(demo_root, tmp_path, nan_retries=1, nan_lr_factor=0.1)
