@@ -187,6 +187,18 @@ def carried(budget: FoldBudget, cfg: "Config", run: "Run", fold: int, metrics) -
     return replace(budget, share_s=share)
 
 
+def _fold_share(budget: FoldBudget, cfg: "Config", run: "Run", fold: int, metrics) -> FoldBudget:
+    """``budget`` made this fold's: the earlier folds' time left over or overrun (:func:`carried`), less what its
+    attempts set aside after a NaN loss took (they count against its share)."""
+    budget = carried(budget, cfg, run, fold, metrics)
+    aside = set_aside_seconds(run, fold)
+    if aside:
+        log.info("fold %d: its attempt(s) set aside after a NaN loss took %s of its %s share", fold, format_duration(aside),
+                 format_duration(budget.share_s))
+        budget = replace(budget, share_s=max(0.0, budget.share_s - aside))
+    return budget
+
+
 def plan_fold(cfg: "Config", run: "Run", fold: int, state: "TrainState", d: "Dist") -> tuple[FoldBudget | None, list[float]]:
     """Set ``state.epochs``, the fold's planned epochs: ``train.epochs``, or under ``train.time_budget``
     those that fit the fold's share (:mod:`seg_toolkit.budget`; a resumed fold keeps its plan). Returns
@@ -200,13 +212,7 @@ def plan_fold(cfg: "Config", run: "Run", fold: int, state: "TrainState", d: "Dis
     from .plots import read_metrics  # lazy: the config check imports this module
 
     metrics = read_metrics(run.dir)
-    budget = carried(fold_budget(cfg, first_epoch_seconds(cfg, metrics, run)), cfg, run, fold, metrics)
-    aside = set_aside_seconds(run, fold)
-    if aside:
-        log.info("fold %d: its attempt(s) set aside after a NaN loss took %s of its %s share", fold, format_duration(aside),
-                 format_duration(budget.share_s))
-        budget = replace(budget, share_s=max(0.0, budget.share_s - aside))
-    budget = d.broadcast(budget)
+    budget = d.broadcast(_fold_share(fold_budget(cfg, first_epoch_seconds(cfg, metrics, run)), cfg, run, fold, metrics))
     earlier, epoch_s = timed_seconds(run, fold, metrics, upto=state.epoch)
     if state.epochs:
         state.epochs = min(state.epochs, cfg.train.epochs)
@@ -235,7 +241,12 @@ def decide_folds(cfg: "Config", budget: FoldBudget, fold: int, first_epoch_s: fl
     if run is not None and d.is_main:
         first_epoch_s = record_first_epoch(run, fold, first_epoch_s)
     first_epoch_s = d.broadcast(first_epoch_s)
-    decided = d.broadcast(fold_budget(cfg, first_epoch_s))
+    decided = fold_budget(cfg, first_epoch_s)
+    if run is not None:  # this fold's share of it, as plan_fold makes it (a NaN attempt set aside counts: was dropped)
+        from .plots import read_metrics
+
+        decided = _fold_share(decided, cfg, run, fold, read_metrics(run.dir))
+    decided = d.broadcast(decided)
     planned = planned_folds(cfg)
     if decided.folds < len(planned):
         log.warning("train.time_budget %s: the run's first epoch took %.1f s, so %d fold(s) of train.min_fold_epochs=%d "

@@ -430,6 +430,17 @@ def test_an_attempt_set_aside_after_a_nan_loss_counts_against_its_folds_share(de
     assert budget.replan(9, 1, 15.0, 15.0) == 1  # 15 + 15 > 25: the retry stops after its first epoch
 
 
+def test_the_first_epochs_decision_keeps_what_a_nan_attempt_took_from_the_fold(demo_root, tmp_path):
+    """plan_fold took the set-aside attempt's seconds off the share; the first epoch's decision (min_fold_epochs)
+    then gave the fold the whole share again (15.6 s of a 14 s budget in the audit's run)."""
+    cfg = _cfg(demo_root, tmp_path, "23m", epochs=9, folds={"n_splits": 4, "method": "kfold"}, train={"min_fold_epochs": 6})
+    run = _timed_run(tmp_path / "run", {})
+    run.fold_dir(0).mkdir(parents=True)
+    run.failed_attempt_dir(0, 1).mkdir()
+    pd.DataFrame({"fold": 0, "epoch": [1, 2], "seconds": [20.0, 15.0]}).to_csv(run.failed_attempt_dir(0, 1) / "metrics.csv", index=False)
+    assert decide_folds(cfg, fold_budget(cfg), 0, 160.0, Dist(), run) == FoldBudget(1380.0 - 35.0, 9, 1)
+
+
 def test_the_runs_first_epoch_is_recorded_once_and_decides_for_every_fold(demo_root, tmp_path):
     cfg = _cfg(demo_root, tmp_path, "23m", epochs=9, folds={"n_splits": 4, "method": "kfold"}, train={"min_fold_epochs": 6})
     # a `--fold 2` job timed first: its first epoch (160 s) decides one fold; fold 0, run later at 30 s per epoch,
