@@ -89,7 +89,7 @@ class Run(RunState, RunGuard):
         "tta_search": r".+",  # tune --tta's scratch, removed when it ends
     }
     #: What a run writes in ``fold_<k>/`` (the fold methods below)
-    FOLD_FILE = re.compile(r"(best|last|prev)\.pt|best_e\d+\.pt|metrics\.csv(\.unreadable)?|done\.json|failed_attempt_\d+")
+    FOLD_FILE = re.compile(r"(best|last|prev)\.pt|best_e\d+\.pt|metrics\.csv(\.unreadable)?|done\.json|\.?failed_attempt_\d+(\.partial)?")
     FOLD_DIR = re.compile(r"fold_\d+")
 
     def __init__(self, path: str | Path) -> None:
@@ -341,6 +341,11 @@ class Run(RunState, RunGuard):
 
     def failed_attempt_dir(self, fold: int, n: int) -> Path:
         return self.fold_dir(fold) / f"failed_attempt_{n}"
+
+    def failed_attempt_partial_dir(self, fold: int, n: int) -> Path:
+        """Where a failed attempt's files gather before the folder is renamed :meth:`failed_attempt_dir` (a kill
+        mid-way leaves this, never a ``failed_attempt_<n>/`` without the attempt's checkpoints)."""
+        return self.fold_dir(fold) / f".failed_attempt_{n}.partial"
 
     def failed_attempt_metrics_csv(self, fold: int, n: int) -> Path:
         """``metrics.csv`` of the fold's ``n``-th attempt set aside (its epochs, and the one the NaN stopped)."""

@@ -61,6 +61,10 @@ def train_fold(cfg: Config, fold: int, samples: list[Sample], folds: pd.DataFram
         log.info("fold %d already complete (%s); not retrained", fold, done)
         return read_json(done)  # a damaged file is an error naming it
     out.mkdir(parents=True, exist_ok=True)
+    d = get_dist()
+    if d.is_main:
+        finish_setting_aside(run, fold)
+    d.barrier()
     # a resumed fold goes on with the attempt it was in: the attempts set aside before lowered its lr, which its
     # checkpoint's optimiser and schedule hold (restarted at attempt 0 the lr was cut twice, and the next set-aside
     # folder already existed)
@@ -76,7 +80,7 @@ def train_fold(cfg: Config, fold: int, samples: list[Sample], folds: pd.DataFram
         except NonFiniteLossError as e:
             if attempt == last_attempt:
                 raise
-            d = get_dist()  # every rank raised here, at the same step (epoch.py): rank 0 moves the files, the others wait
+            # every rank raised here, at the same step (epoch.py): rank 0 moves the files, the others wait
             aside = set_attempt_aside(run, fold, attempt + 1) if d.is_main else run.failed_attempt_dir(fold, attempt + 1)
             if d.is_main:
                 record_lost_epoch(run.failed_attempt_metrics_csv(fold, attempt + 1), fold, e.seconds)
@@ -235,13 +239,28 @@ def train_attempt(cfg: Config, fold: int, samples: list[Sample], folds: pd.DataF
 
 
 def set_attempt_aside(run: Run, fold: int, n: int) -> Path:
-    """Move a failed attempt's files into ``fold_<k>/failed_attempt_<n>/`` (nothing is deleted)."""
-    out, aside = run.fold_dir(fold), run.failed_attempt_dir(fold, n)
-    aside.mkdir()
+    """Move a failed attempt's files into ``fold_<k>/failed_attempt_<n>/`` (nothing is deleted): first into
+    :meth:`~seg_toolkit.run.Run.failed_attempt_partial_dir`, renamed when all are in. Moved one by one into the
+    final folder, a kill left ``failed_attempt_<n>/`` (counted as set aside) beside the attempt's own ``last.pt``,
+    and the resume went on with the diverged attempt; :func:`finish_setting_aside` completes a move cut short."""
+    partial = run.failed_attempt_partial_dir(fold, n)
+    partial.mkdir(exist_ok=True)
+    out = run.fold_dir(fold)
     for p in list(out.iterdir()):
-        if not p.name.startswith("failed_attempt_"):
-            os.replace(p, aside / p.name)
+        if not p.name.startswith(("failed_attempt_", ".failed_attempt_")):
+            os.replace(p, partial / p.name)
+    aside = run.failed_attempt_dir(fold, n)
+    os.replace(partial, aside)
     return aside
+
+
+def finish_setting_aside(run: Run, fold: int) -> None:
+    """Complete a :func:`set_attempt_aside` a kill cut short: the files still beside its partial folder are the failed
+    attempt's (the next one had not started)."""
+    for n in range(1, run.failed_attempts(fold) + 2):
+        if run.failed_attempt_partial_dir(fold, n).is_dir():
+            log.warning("fold %d: setting attempt %d aside was cut short; finishing it (%s)", fold, n, run.failed_attempt_dir(fold, n))
+            set_attempt_aside(run, fold, n)
 
 
 def record_lost_epoch(metrics_csv: Path, fold: int, seconds: float) -> None:

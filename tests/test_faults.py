@@ -72,6 +72,34 @@ def test_the_retry_a_nan_error_offers_is_taken_on_resume(demo_root, tmp_path, mo
     assert cv["folds"] == [0] and done["optim_lr"] == pytest.approx(1e-4) and done["epochs_run"] == 3
 
 
+def test_a_kill_while_setting_an_attempt_aside_is_finished_on_resume(demo_root, tmp_path, monkeypatch):
+    """Files were moved one by one into failed_attempt_1/: killed after the first, the resume counted the attempt as
+    set aside, loaded the diverged attempt's last.pt still beside it and failed again with no retry left."""
+    import os
+
+    moved, real_replace = [], os.replace
+
+    def killed_after_one(src, dst):  # from the NaN on: the set-aside's first move goes through, then the kill
+        if moved:
+            raise KeyboardInterrupt("killed")
+        moved.append(src)
+        real_replace(src, dst)
+
+    _nan_after(monkeypatch, n_calls=4, on_nan=lambda: monkeypatch.setattr(os, "replace", killed_after_one))
+    cfg = _cfg(demo_root, tmp_path, nan_retries=1, nan_lr_factor=0.1)
+    with pytest.raises(KeyboardInterrupt):
+        run_cv(cfg)
+    fold = cfg.run_dir / "fold_0"
+    assert not (fold / "failed_attempt_1").exists() and (fold / ".failed_attempt_1.partial").is_dir()
+    assert Run.of(cfg).foreign_entries() == []  # the partial folder is the run's own (--overwrite may remove it)
+    monkeypatch.setattr(os, "replace", real_replace)
+    cv = run_cv(cfg, resume=True)
+    done = json.loads((fold / "done.json").read_text())
+    assert cv["folds"] == [0] and done["optim_lr"] == pytest.approx(1e-4)  # the retry, from scratch at lr / 10
+    assert load_checkpoint(fold / "failed_attempt_1" / "last.pt")["epoch"] == 1  # the failed attempt, whole, aside
+    assert not (fold / ".failed_attempt_1.partial").exists()
+
+
 def test_nan_loss_retries_with_lower_lr(demo_root, tmp_path, monkeypatch):
     _nan_after(monkeypatch, n_calls=4)
     cfg = _cfg(demo_root, tmp_path, nan_retries=1, nan_lr_factor=0.1)
