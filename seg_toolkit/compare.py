@@ -226,12 +226,14 @@ def _qualifiers(cv: dict | None, pp: dict | None, cfg, tta: dict | None) -> list
     """What the row's numbers are not, said beside them as report and predict say it: a tuned score from other OOF
     files than the CV's (fewer folds, or files remade since), and a CV from OOF made with another TTA than the
     submission's (``predict.oof_tta``)."""
+    from .postprocess import tuned_elsewhere
+
     notes = []
-    if cv and pp and isinstance(pp.get("after"), (int, float)):
-        if isinstance(pp.get("folds"), list) and isinstance(cv.get("folds"), list) and sorted(pp["folds"]) != sorted(cv["folds"]):
+    if cv and pp and isinstance(pp.get("after"), (int, float)) and isinstance(cv.get("folds"), list):
+        elsewhere = tuned_elsewhere(pp, cv["folds"], cv.get("score"))
+        if elsewhere == "folds":
             notes.append(f"tuned on folds {pp['folds']}, CV on {cv['folds']}: tune again")
-        elif (isinstance(pp.get("cv_json_score"), (int, float)) and isinstance(cv.get("score"), (int, float))
-              and abs(pp["cv_json_score"] - cv["score"]) > 1e-9):
+        elif elsewhere == "score":
             notes.append("tuned on other OOF files than the CV's: tune again")
     made = (cv or {}).get("oof") or {}
     submitted = (tta or {}).get("tta") or (list(cfg.predict.tta) if cfg is not None else None)

@@ -104,6 +104,22 @@ def _broadcast(values: list, n: int, name: str) -> list:
     return list(values)
 
 
+def tuned_elsewhere(tuned: dict | None, folds: list[int], score: float | None) -> str | None:
+    """How ``postprocess.json``'s data ``tuned`` does not fit OOF files of ``folds`` that score ``score`` (None: it
+    fits, or is not known): ``"folds"`` when it was tuned on other folds' files, ``"score"`` when on files that scored
+    otherwise (remade since). The report and ``compare`` say it beside the tuned score they show."""
+    if not isinstance(tuned, dict):
+        return None
+    tuned_folds = tuned.get("folds")
+    if isinstance(tuned_folds, list) and tuned_folds and sorted(tuned_folds) != sorted(folds):
+        return "folds"
+    was = tuned.get("cv_json_score")
+    if (isinstance(was, (int, float)) and isinstance(score, (int, float)) and not math.isnan(score)
+            and abs(was - score) > 1e-6):
+        return "score"
+    return None
+
+
 def area_floor(cfg: Config) -> int:
     """The smallest ``min_area`` the submission keeps: with instance rows, ``submission.min_instance_area`` drops
     smaller 8-connected objects as ``min_area`` does, so tuning, CV and evaluate take it as the floor of every

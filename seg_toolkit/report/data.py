@@ -20,6 +20,7 @@ from ..budget_run import left_out_folds, run_folds
 from ..config import Config, ConfigError
 from ..data import DataError, Sample, load_train_samples
 from ..plots import metric_label
+from ..postprocess import tuned_elsewhere
 from ..files import read_json
 from ..run import Run
 from .summary import Example, read_oof_summary, write_oof_summary
@@ -234,16 +235,15 @@ def _warnings(d: ReportData) -> list[str]:
         if not (math.isnan(old) and math.isnan(d.score)) and abs(old - d.score) > 1e-6:
             out.append(f"cv.json says {old:.6f} but the OOF files score {d.score:.6f}; cv.json is stale (run `seg-toolkit cv`)")
     tuned = read_json(d.run.postprocess_json)  # cv_json_score: the OOF files' score when post-processing was tuned on them
-    tuned_folds = list(tuned.get("folds") or []) if isinstance(tuned, dict) else []
-    if isinstance(tuned, dict) and tuned_folds and tuned_folds != d.folds:
-        out.append(f"postprocess.json was tuned on the OOF files of fold(s) {tuned_folds}, these are of fold(s) {d.folds}: "
-                   "its parameters and the tuned score shown are of those; run `seg-toolkit tune` (predict applies them "
-                   "as they are)")
-    was = tuned.get("cv_json_score") if isinstance(tuned, dict) and tuned_folds == d.folds else None
-    if isinstance(was, (int, float)) and not math.isnan(d.score) and abs(was - d.score) > 1e-6:
-        out.append(f"postprocess.json was tuned on OOF files that scored {was:.6f} and these score {d.score:.6f}: its "
-                   "parameters (and the tuned score shown) fit other probabilities; run `seg-toolkit tune` (predict "
+    elsewhere = tuned_elsewhere(tuned, d.folds, d.score)
+    if elsewhere == "folds":
+        out.append(f"postprocess.json was tuned on the OOF files of fold(s) {sorted(tuned['folds'])}, these are of fold(s) "
+                   f"{d.folds}: its parameters and the tuned score shown are of those; run `seg-toolkit tune` (predict "
                    "applies them as they are)")
+    elif elsewhere == "score":
+        out.append(f"postprocess.json was tuned on OOF files that scored {tuned['cv_json_score']:.6f} and these score "
+                   f"{d.score:.6f}: its parameters (and the tuned score shown) fit other probabilities; run `seg-toolkit "
+                   "tune` (predict applies them as they are)")
     never = [d.class_names[c] for c in range(len(d.class_names)) if d.true_pixels[c] > 0 and d.pred_pixels[c] == 0]
     if never:
         out.append(f"class(es) {', '.join(never)} occur in the truth but are never predicted")
