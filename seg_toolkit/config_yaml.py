@@ -133,27 +133,33 @@ def read_with_bases(path: Path, chain: tuple[Path, ...] = ()) -> dict:
         names = " -> ".join(str(p) for p in (*chain[chain.index(here):], here))
         raise ConfigError(f"base: the configs name each other in a cycle: {names}")
     data = read_yaml(path)
-    if "base" not in data:
+    base_path = _base_path(path, data)
+    if base_path is None:
         return data
+    return _deep_merge(read_with_bases(base_path, (*chain, here)), data)
+
+
+def _base_path(path: Path, data: dict) -> Path | None:
+    """The file ``path``'s ``base:`` names (taken out of ``data``; relative to ``path``), None without one."""
+    if "base" not in data:
+        return None
     base = data.pop("base")
     if not isinstance(base, str) or not base:
         raise ConfigError(f"{path}: base: expected the path of another YAML file (relative to this one), got {base!r}")
     base_path = path.parent / base
     if not base_path.is_file() and not base_path.is_dir():
         raise ConfigError(f"{path}: base: {base!r} not found (looked for {base_path})")
-    return _deep_merge(read_with_bases(base_path, (*chain, here)), data)
+    return base_path
 
 
 def config_files(path: Path) -> list[Path]:
-    """``path`` and the ``base:`` files it stands on (resolved): the files a command reads its config from."""
+    """``path`` and the ``base:`` files it stands on (resolved), as :func:`read_with_bases` follows them: the files a
+    command reads its config from."""
     out: list[Path] = []
-    here = Path(path)
-    while here.is_file() and here.resolve() not in out:
+    here: Path | None = Path(path)
+    while here is not None and here.is_file() and here.resolve() not in out:  # a cycle: read_with_bases names it
         out.append(here.resolve())
-        base = read_yaml(here).get("base")
-        if not isinstance(base, str) or not base:
-            break
-        here = here.parent / base
+        here = _base_path(here, read_yaml(here))
     return out
 
 
