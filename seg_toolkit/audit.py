@@ -215,7 +215,7 @@ def _check_image(s: Sample, cfg: Config, res: AuditResult, decode: bool) -> Opti
     except Exception:  # read above, so this does not happen; the mode is only informative
         res.image_modes["?"] += 1
         wide = False
-    wide = wide and wide_values(s.image, cfg.data.max_image_pixels, b)  # None: the ash colour (fixed ranges)
+    wide = wide and wide_values(s.image, cfg.data.max_image_pixels, b, cfg.data.in_channels)  # None: the ash colour (fixed ranges)
     if wide:
         mode, lo, hi = wide
         span = res.wide_values.setdefault(mode, [lo, hi])

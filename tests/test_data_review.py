@@ -213,6 +213,9 @@ def test_48_bit_tiff_and_16_bit_grey_alpha_png_are_read_exactly(tmp_path):
     assert color16(la)
     assert read_image(la, 1, value_range=[0, 4095]).ravel().tolist() == [0, 62, 125, 255]
     assert read_image(la, 4, value_range=[0, 4095])[0, :, 3].tolist() == [255] * 4  # alpha 65535 over the range: 255
+    # the range to suggest: the grey values read_image keeps, the opaque alpha only when 4 channels are read
+    assert wide_values(la) == wide_values(la, in_channels=1) == ("RGBA;16", 0.0, 4095.0)
+    assert wide_values(la, in_channels=4) == ("RGBA;16", 0.0, 65535.0)
     # 8-bit TIFFs and PNGs are Pillow's as before
     plain = tmp_path / "p.tif"
     Image.fromarray(np.zeros((2, 2, 3), np.uint8)).save(plain)

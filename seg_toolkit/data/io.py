@@ -125,12 +125,15 @@ def image_size(path: str | Path, pair: PairSplit | None = None, exif: str | None
 WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 
 
-def wide_values(path: str | Path, max_pixels: int = 50_000_000, bands=None) -> tuple[str, float, float] | None:
+def wide_values(path: str | Path, max_pixels: int = 50_000_000, bands=None,
+                in_channels: int = 3) -> tuple[str, float, float] | None:
     """``(PIL mode, min, max)`` of an image with more than 8 bits per value, None for an 8-bit image: what
     ``data.image_range`` should span (``audit`` and training's first image report it). ``bands``
     (:class:`~seg_toolkit.data.bands.Bands`): the raw values of the folder's bands (None for the ash colour).
-    A 16-bit-per-channel colour PNG is ``RGB;16`` / ``RGBA;16`` (its values, read exactly). The values do not
-    depend on the EXIF orientation, which is not looked at here."""
+    A 16-bit-per-channel colour PNG is ``RGB;16`` / ``RGBA;16`` (its values, read exactly); its alpha counts
+    only when ``in_channels`` is 4, since :func:`read_image` drops it otherwise (a 16-bit grey + alpha file's
+    opaque alpha, 65535, would have stretched the range to the top). The values do not depend on the EXIF
+    orientation, which is not looked at here."""
     path = Path(path)
     if bands is not None:
         from .bands import read_bands
@@ -147,6 +150,8 @@ def wide_values(path: str | Path, max_pixels: int = 50_000_000, bands=None) -> t
     elif color16(path):
         arr = read_color16(path, max_pixels, "ignore")
         mode = "RGBA;16" if arr.shape[2] == 4 else "RGB;16"
+        if arr.shape[2] == 4 and in_channels != 4:
+            arr = arr[:, :, :3]  # the values read_image keeps
     else:
         im = _open(path, max_pixels, "ignore")
         if im.mode not in WIDE_MODES:

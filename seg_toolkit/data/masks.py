@@ -227,7 +227,7 @@ def _check_first_image_values(sample: Sample, cfg: Config) -> None:
     d = cfg.data
     if d.image_range is not None:
         return
-    wide = wide_values(sample.image, d.max_image_pixels, bands_of(cfg))
+    wide = wide_values(sample.image, d.max_image_pixels, bands_of(cfg), d.in_channels)
     if wide is None:
         return
     mode, lo, hi = wide
