@@ -267,17 +267,21 @@ def _expected_ids(cfg: Config, samples: list[Sample]) -> list[str] | None:
     path = cfg.data_path(cfg.data.sample_submission)
     if not path.is_file() or cfg.data.test_lists:
         return None
-    id_col = submission_columns(cfg)[0]
-    ids = pd.read_csv(path, dtype=str, keep_default_na=False, usecols=[id_col])[id_col].tolist()
-    _check_sample_rows(cfg, path, ids, samples)
+    id_col, cls_col = submission_columns(cfg)[0], cfg.submission.class_column
+    if cls_col not in pd.read_csv(path, dtype=str, nrows=0).columns:
+        cls_col = None  # a sample without it is refused when the header is written
+    table = pd.read_csv(path, dtype=str, keep_default_na=False, usecols=[id_col] + ([cls_col] if cls_col else []))
+    ids = table[id_col].tolist()
+    _check_sample_rows(cfg, path, ids, samples, table[cls_col].tolist() if cls_col else None)
     return ids
 
 
-def _check_sample_rows(cfg: Config, path: Path, ids: list[str], samples: list[Sample]) -> None:
+def _check_sample_rows(cfg: Config, path: Path, ids: list[str], samples: list[Sample],
+                       class_values: list[str] | None = None) -> None:
     """Before any image is predicted: the sample's rows are ones this submission makes, each of them, in an order it
-    can write (:func:`~seg_toolkit.submission_check.check_sample_rows`); test images the sample has no row for are
-    named (they are not submitted)."""
-    made = check_sample_rows(cfg, path, ids, samples)
+    can write (:func:`~seg_toolkit.submission_check.check_sample_rows`, with the sample's class column when the class
+    has one); test images the sample has no row for are named (they are not submitted)."""
+    made = check_sample_rows(cfg, path, ids, samples, class_values)
     folder, d = cfg.data_path(cfg.data.test_images), cfg.data
     bands = bands_of(cfg)
     on_disk = [] if d.instance_folders or not folder.is_dir() else band_image_files(folder, bands)[0] if bands else [

@@ -25,13 +25,18 @@ log = logging.getLogger(__name__)
 __all__ = ["check_submission", "check_sample_rows"]
 
 
-def check_sample_rows(cfg: Config, path: Path, ids: list[str], samples: Sequence[Any]) -> dict[str, str]:
+def check_sample_rows(cfg: Config, path: Path, ids: list[str], samples: Sequence[Any],
+                      class_values: list[str] | None = None) -> dict[str, str]:
     """Before any image is predicted: every row of the sample (``ids``, its id column) is one this submission makes
     (line named), once; with repeated ids (instance rows, a class column) an image's rows are together, as they are
     written; every row the submission makes for an image of the sample (``samples``, in the sample's order) is in
     it. Rows are written in the sample's order (:class:`~seg_toolkit.submission.SubmissionWriter`), said here when it
-    is not the order :func:`~seg_toolkit.submission.mask_rows` makes them. Returns each listed row's image id."""
+    is not the order :func:`~seg_toolkit.submission.mask_rows` makes them. ``class_values``: the sample's
+    ``submission.class_column``; when it lists classes (not Severstal's placeholder 0), each image's are the ones
+    written. Returns each listed row's image id."""
     s = cfg.submission
+    if s.class_column and class_values is not None:
+        _check_sample_classes(cfg, path, ids, class_values)
     made = {row: x.id for x in samples for row in row_ids(cfg, x.id)}
     repeats = repeated_ids(cfg)
     seen: dict[str, int] = {}
@@ -67,6 +72,31 @@ def check_sample_rows(cfg: Config, path: Path, ids: list[str], samples: Sequence
     else:
         _say_order(path, ids, produced, made)
     return {row: made[row] for row in seen}
+
+
+def _check_sample_classes(cfg: Config, path: Path, ids: list[str], class_values: list[str]) -> None:
+    """A sample whose class column lists each image's classes must list the ones this submission writes for it
+    (:func:`~seg_toolkit.submission.submission_classes`), or the file would have rows the grader lacks or misses
+    some it needs."""
+    pairs = sample_class_pairs(ids, class_values)
+    if pairs is None:
+        return
+    for line, raw in enumerate(class_values, start=2):
+        text = str(raw).strip()
+        if not (text.isdigit() and text.isascii()):
+            raise SubmissionError(f"{path} line {line}: class {raw!r} in {cfg.submission.class_column} is not a whole number")
+    written = set(submission_classes(cfg))
+    listed: dict[str, tuple[int, set[int]]] = {}
+    for (image, cls), line in pairs.items():
+        listed.setdefault(image, (line, set()))[1].add(cls)
+    for image, (line, got) in listed.items():
+        if got != written:
+            same = all(classes == got for _, classes in listed.values())
+            hint = (f"set submission.classes: {sorted(got)}" if same else
+                    f"every image of the sample needs a row per class of submission.classes {sorted(written)}")
+            raise SubmissionError(
+                f"{path} line {line}: image {image!r} is listed with classes {sorted(got)} in "
+                f"{cfg.submission.class_column}; this submission writes classes {sorted(written)} for each image; {hint}")
 
 
 def _check_repeated_order(cfg: Config, path: Path, ids: list[str], produced: list[str]) -> None:
@@ -188,7 +218,9 @@ def check_submission(
             raise ConfigError(f"empty token {token!r} reads as a run-length string (starts counted from {spec.index_base}, "
                               f"{spec.starts}): {reads}; the scorer paints those pixels, so rows written so are not empty "
                               "masks. Empty masks are '' (most competitions), '-1' (SIIM), '-' (contrails)")
-    classes_of = None if not class_column else (sub[class_column].to_numpy(dtype=object), classes)
+    classes_of = None if not class_column else (
+        sub[class_column].to_numpy(dtype=object), classes,
+        sample_class_pairs(sample[id_col].tolist(), sample[class_column].tolist()))
     return problems + _row_problems(sub, sample, id_col, rle_col, spec, tokens, n_pixels, max_problems, classes_of)
 
 
@@ -208,10 +240,10 @@ def _row_problems(
     empty_tokens: tuple[str, ...],
     n_pixels: dict[str, int] | int | None,
     max_problems: int,
-    classes_of: tuple[np.ndarray, list[int] | None] | None = None,
+    classes_of: tuple[np.ndarray, list[int] | None, dict[tuple[str, int], int] | None] | None = None,
 ) -> list[str]:
     """The row checks of :func:`check_submission` (ids against the sample, then every string); ``classes_of``: each
-    row's class column and the classes allowed, when the class has a column."""
+    row's class column, the classes allowed and the sample's (image, class) pairs, when the class has a column."""
     problems: list[str] = []
     ids = sub[id_col].to_numpy(dtype=object)
     want = sample[id_col].to_numpy(dtype=object)
@@ -253,7 +285,8 @@ def _row_problems(
             i = int(diff[0])
             problems.append(f"rows are in a different order than the sample: line {lines[i]} has {got[i]!r}, the sample {want[i]!r}")
     if classes_of is not None:
-        problems.extend(_class_problems(ids, *classes_of, max_problems))
+        values, allowed, pairs = classes_of
+        problems.extend(_class_problems(ids, values, allowed, max_problems, pairs))
 
     strict = dataclasses.replace(spec, empty="")  # which empty tokens are allowed is decided here
     if spec.instances:
@@ -302,24 +335,63 @@ def _row_problems(
     return problems
 
 
-def _class_problems(ids: np.ndarray, values: np.ndarray, classes: list[int] | None, max_problems: int) -> list[str]:
+def sample_class_pairs(ids: Sequence[str], values: Sequence[Any]) -> dict[tuple[str, int], int] | None:
+    """The ``(image id, class) -> line`` pairs a sample's class column lists, or None when it holds no classes: every
+    value 0 or blank, the placeholder of Severstal's sample (one row per image, ``ClassId`` 0), which says nothing of
+    the classes a submission has rows for. A value that is not a whole number is left to the row checks."""
+    texts = [str(v).strip() for v in values]
+    if all(t in ("", "0") for t in texts):
+        return None
+    return {(str(i), int(t)): line for line, (i, t) in enumerate(zip(ids, texts), start=2)
+            if t.isdigit() and t.isascii()}
+
+
+def _class_problems(ids: np.ndarray, values: np.ndarray, classes: list[int] | None, max_problems: int,
+                    sample_pairs: dict[tuple[str, int], int] | None = None) -> list[str]:
     """A class column's problems: a value that is not a whole number (or not one of ``classes``), a class twice for
-    one image."""
+    one image, an image without a row for each of ``classes`` (the writer's one row per image and class), and
+    ``(image, class)`` pairs that differ from ``sample_pairs`` (a sample that lists each image's classes). Without
+    ``classes`` or listed classes, a row of class 0 when the sample's column is only that placeholder."""
     problems: list[str] = []
     allowed = None if classes is None else {int(c) for c in classes}
-    seen: set[tuple[str, int]] = set()
+    seen: dict[tuple[str, int], int] = {}
+    of_image: dict[str, tuple[int, set[int]]] = {}  # image id -> (its first line, its classes)
+    unread: set[str] = set()
     for i, (row_id, raw) in enumerate(zip(ids, values)):
         if len(problems) >= max_problems:
-            break
+            return problems
         where = f"line {i + 2} (id {row_id!r})"
         text = str(raw).strip()
+        got = of_image.setdefault(row_id, (i + 2, set()))[1]
         if not (text.isdigit() and text.isascii()):
             problems.append(f"{where}: class {raw!r} is not a whole number")
+            unread.add(row_id)  # which class its row is for is not known: no class is called missing
             continue
         cls = int(text)
+        got.add(cls)
         if allowed is not None and cls not in allowed:
             problems.append(f"{where}: class {cls} is not one this competition submits ({sorted(allowed)})")
         elif (row_id, cls) in seen:
             problems.append(f"{where}: class {cls} again for this image; one row per image and class")
-        seen.add((row_id, cls))
-    return problems
+        elif allowed is None and sample_pairs is None and cls == 0:
+            problems.append(f"{where}: class 0, the sample's placeholder (its class column is 0 on every row), not a "
+                            "class; a row per image and class names the class")
+        seen.setdefault((row_id, cls), i + 2)
+    if allowed is not None:
+        for row_id, (line, got) in of_image.items():
+            if len(problems) >= max_problems:
+                return problems
+            if allowed - got and row_id not in unread:
+                problems.append(f"line {line} (id {row_id!r}): no row for class(es) {sorted(allowed - got)} of this "
+                                f"image; this submission has one row per image and class {sorted(allowed)}")
+    if sample_pairs is not None:
+        absent = [pair for pair in sample_pairs if pair not in seen and pair[0] in of_image]
+        extra = [pair for pair in seen if pair not in sample_pairs and pair[0] in {p[0] for p in sample_pairs}]
+        for (row_id, cls) in absent[:3]:
+            problems.append(f"id {row_id!r} class {cls} (sample line {sample_pairs[(row_id, cls)]}): no such row here")
+        for (row_id, cls) in extra[:3]:
+            problems.append(f"line {seen[(row_id, cls)]} (id {row_id!r}): class {cls}, which the sample does not list "
+                            "for this image")
+        if len(absent) + len(extra) > 6:
+            problems.append(f"({len(absent)} rows of the sample absent, {len(extra)} not in it, in all)")
+    return problems[:max_problems]

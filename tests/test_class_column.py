@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from seg_toolkit.cli import main
-from seg_toolkit.config import ConfigError, config_from_dict
+from seg_toolkit.config import ConfigError, config_from_dict, config_to_dict
 from seg_toolkit.cv import run_cv
 from seg_toolkit.inference import predict_test
 from seg_toolkit.submission import SubmissionError, SubmissionWriter, mask_rows, submission_header
@@ -159,13 +159,19 @@ def test_score_submission_reads_the_class_column(severstal, tmp_path):
         score_submission(bad, sparse, cfg)
 
 
+MISSING_A = "line 2 (id 'a'): no row for class(es) [2] of this image; this submission has one row per image and class [1, 2]"
+
+
 @pytest.mark.parametrize(
     "body, problem",
     [
         ("a,1 2,1\na,,2\nb,,1\nb,,2\n", None),
         ("a,1 2,x\na,,2\nb,,1\nb,,2\n", "line 2 (id 'a'): class 'x' is not a whole number"),
-        ("a,1 2,1\na,,5\nb,,1\nb,,2\n", "line 3 (id 'a'): class 5 is not one this competition submits ([1, 2])"),
-        ("a,1 2,1\na,,1\nb,,1\nb,,2\n", "line 3 (id 'a'): class 1 again for this image; one row per image and class"),
+        ("a,1 2,1\na,,5\nb,,1\nb,,2\n", ["line 3 (id 'a'): class 5 is not one this competition submits ([1, 2])", MISSING_A]),
+        ("a,1 2,1\na,,1\nb,,1\nb,,2\n", ["line 3 (id 'a'): class 1 again for this image; one row per image and class",
+                                         MISSING_A]),
+        # a class the writer has a row for, absent (the file would pass as the sample's ids, in order)
+        ("a,1 2,1\nb,,1\nb,,2\n", MISSING_A),
         ("a,1 2,1\nb,,1\na,,2\nb,,2\n", ["4 distinct ids (in 4 rows); the sample has 2", "rows of id 'a' are not together "
          "(lines 2 and 4); one image's rows (one per class) must be consecutive", "rows of id 'b' are not together (lines 3 "
          "and 5); one image's rows (one per class) must be consecutive"]),
@@ -179,6 +185,44 @@ def test_checker_class_column_problems(tmp_path, body, problem):
     sub.write_text("ImageId,EncodedPixels,ClassId\n" + body)
     problems = check_submission(sub, sample, n_pixels=12, class_column="ClassId", classes=[1, 2])
     assert problems == ([] if problem is None else problem if isinstance(problem, list) else [problem])
+
+
+def test_checker_compares_the_classes_a_sample_lists(tmp_path):
+    """A sample whose class column lists each image's classes (not the placeholder 0): its (image, class) pairs are
+    the rows, with or without the config's classes; with the placeholder and no classes, a class-0 row is refused."""
+    listing = tmp_path / "listing.csv"
+    listing.write_text("ImageId,EncodedPixels,ClassId\na,,1\na,,2\nb,,1\nb,,2\n")
+    sub = tmp_path / "sub.csv"
+    sub.write_text("ImageId,EncodedPixels,ClassId\na,,1\nb,,1\nb,,3\n")
+    assert check_submission(sub, listing, class_column="ClassId") == [
+        "id 'a' class 2 (sample line 3): no such row here", "id 'b' class 2 (sample line 5): no such row here",
+        "line 4 (id 'b'): class 3, which the sample does not list for this image"]
+    assert check_submission(listing, listing, class_column="ClassId") == []
+    placeholder = tmp_path / "placeholder.csv"
+    placeholder.write_text("ImageId,EncodedPixels,ClassId\na,1 1,0\nb,1 1,0\n")
+    assert check_submission(placeholder, placeholder, class_column="ClassId") == [
+        f"line {n} (id {i!r}): class 0, the sample's placeholder (its class column is 0 on every row), not a class; a row "
+        "per image and class names the class" for n, i in ((2, "a"), (3, "b"))]
+    assert check_submission(listing, placeholder, class_column="ClassId") == []
+
+
+def test_predict_refuses_a_sample_listing_other_classes(severstal, tmp_path):
+    cfg, images, tmp = severstal
+    root = tmp_path / "data"
+    shutil.copytree(Path(cfg.data.root), root)
+    (root / "sample_submission.csv").write_text(
+        "ImageId,EncodedPixels,ClassId\n" + "".join(f"{i},,{k}\n" for i in images for k in (1, 2, 3, 4)))
+    moved = config_from_dict({**config_to_dict(cfg), "data": {**config_to_dict(cfg)["data"], "root": str(root)}})
+    with pytest.raises(SubmissionError, match=rf"sample_submission.csv line 2: image '{images[0]}' is listed with classes "
+                       r"\[1, 2, 3, 4\] in ClassId; this submission writes classes \[1, 2, 3\] for each image; set "
+                       r"submission.classes: \[1, 2, 3, 4\]"):
+        predict_test(moved, out=tmp_path / "x.csv")
+    assert not (tmp_path / "x.csv").exists()
+    # listing the classes written, in the writer's order, it predicts and the checker agrees
+    (root / "sample_submission.csv").write_text(
+        "ImageId,EncodedPixels,ClassId\n" + "".join(f"{i},,{k}\n" for i in images for k in (1, 2, 3)))
+    out = predict_test(moved, out=tmp_path / "y.csv")
+    assert check_submission(out, root / "sample_submission.csv", class_column="ClassId", classes=[1, 2, 3]) == []
 
 
 def test_checker_names_a_class_column_the_sample_lacks(tmp_path):
