@@ -135,6 +135,12 @@ def test_sample_map_of_a_pseudo_labelled_image_uses_its_components(tmp_path):
     a[:, 4:] = False
     b[:, :4] = False
     np.testing.assert_allclose(sample_weight_map(s, cfg, t), reference([a, b], t[..., 0] == 0, 10.0, 5.0), atol=2e-6)
+    # a soft label of the same masks (pseudo.soft: the teacher's probabilities, rarely exactly 0 or 1): the same map,
+    # objects and background both cut at 0.5 (the background was t == 0, so its gaps weighed 1)
+    soft = np.where(t == 1, 0.93, 0.02).astype(np.float32)
+    soft[0, 8] = 255
+    np.testing.assert_allclose(sample_weight_map(s, cfg, soft), sample_weight_map(s, cfg, t), atol=0)
+    assert sample_weight_map(s, cfg, soft)[2, 4] == pytest.approx(1 + 10 * math.exp(-9 / 50), abs=1e-6)  # the gap: 2 + 1
 
 
 def test_weighted_bce_and_focal_by_hand():

@@ -88,10 +88,12 @@ def _objects_of(sample: Sample, cfg: Config, target: np.ndarray) -> ObjectSet | 
 def sample_weight_map(sample: Sample, cfg: Config, target: np.ndarray) -> np.ndarray:
     """The weight map of one training sample at its image's size, ``float32 (H, W)``: :func:`border_weight_map`
     of its objects on the target's background (``target`` ``(H, W, 1)`` or ``(H, W)``: 0 background, 1
-    object, void elsewhere)."""
+    object, void elsewhere; a soft pseudo-label's probabilities cut at 0.5)."""
     t = target[..., 0] if target.ndim == 3 else target
     objects = _objects_of(sample, cfg, t)
     shape = objects.shape if isinstance(objects, ObjectSet) else objects[0].shape if objects else t.shape
     if tuple(shape) != t.shape:
         raise DataError(f"{sample.mask}: objects are {shape[0]}x{shape[1]}, the target {t.shape[0]}x{t.shape[1]}")
-    return border_weight_map(objects, t == 0, cfg.data.border_weight, cfg.data.border_sigma)
+    # background: below 0.5, the cut the objects are taken at (a soft pseudo-label's background is rarely exactly 0:
+    # with t == 0 its gaps between objects had weight 1); void (IGNORE_INDEX) is neither
+    return border_weight_map(objects, t < 0.5, cfg.data.border_weight, cfg.data.border_sigma)
