@@ -171,6 +171,8 @@ def _check_train(cfg: Config) -> None:
 
 def _check_pseudo(cfg: Config) -> None:
     p = cfg.pseudo
+    if p.teacher is not None and not str(p.teacher).strip():  # Path("") is the working directory
+        raise ConfigError("pseudo.teacher: expected a run folder (runs/<experiment>) or null")
     if not 0.5 <= p.confidence <= 1.0:
         raise ConfigError(f"pseudo.confidence: expected a probability in [0.5, 1], got {p.confidence}")
     if not 0.0 <= p.min_confident_fraction <= 1.0:

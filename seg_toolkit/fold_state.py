@@ -48,6 +48,8 @@ class TrainState:
     updates_per_epoch: int = 0
     # the SHA-256 of the train.init_from checkpoint the fold started from ("" without one, or saved before it was kept)
     init_sha256: str = ""
+    # the SHA-256 of the pseudo-labels file the fold started on ("" without pseudo.teacher, or saved before it was kept)
+    pseudo_sha256: str = ""
 
 
 def update_best(state: TrainState, score: float, epoch: int, min_delta: float) -> bool:

@@ -48,7 +48,8 @@ from .tensors import probs_to_uint8
 
 log = logging.getLogger(__name__)
 
-__all__ = ["fold_sets", "add_pseudo_labels", "pseudo_samples", "confident_fraction", "pseudo_info", "teacher_run"]
+__all__ = ["fold_sets", "add_pseudo_labels", "pseudo_samples", "pseudo_labels_file", "confident_fraction", "pseudo_info",
+           "teacher_run", "label_settings", "check_labels_unchanged"]
 
 
 def confident_fraction(probs: np.ndarray, task: str, confidence: float) -> float:
@@ -176,11 +177,39 @@ def teacher_files(teacher: Run, fold: int | None) -> dict[str, str]:
     return out
 
 
+def label_settings(cfg: Config) -> dict[str, Any]:
+    """What the labels depend on besides the teacher's files: the confidence filter, the targets' kind, the spec their
+    RLE strings are written in, the classes, and the test images labelled (a SHA-256 of their ids and paths). Kept in
+    ``fold_<k>.teacher.json`` (``made_with``): labels made by ``lr-find``, which saves no config, or by a run of
+    other settings, are refused rather than read as this config's (another ``data.rle_order`` read them scrambled)."""
+    import dataclasses
+    import hashlib
+
+    from .data.masks import train_rle_spec
+    from .data.sources import load_test_samples
+
+    p, d = cfg.pseudo, cfg.data
+    listed = "\n".join(f"{x.id}\t{Path(x.image).resolve()}" for x in load_test_samples(cfg))
+    return {"confidence": p.confidence, "min_confident_fraction": p.min_confident_fraction, "max_images": p.max_images,
+            "soft": p.soft, "task": d.task, "num_classes": d.num_classes, "rle": dataclasses.asdict(train_rle_spec(cfg)),
+            "test_images_sha256": hashlib.sha256(listed.encode()).hexdigest()}
+
+
 def _check_labels_current(cfg: Config, run: Run, key: int | None, path: Path) -> None:
-    """Refuse labels whose teacher changed since they were written (a label file made before fingerprints passes)."""
+    """Refuse labels whose teacher changed since they were written, or that other settings made (a label file made
+    before fingerprints, or before ``made_with`` was kept, passes that check)."""
     made = read_json(run.pseudo_teacher_json(key))
     if not made:
         return
+    was_set = made.get("made_with")
+    if was_set is not None:
+        now_set = label_settings(cfg)
+        differ = sorted(k for k in set(now_set) | set(was_set) if now_set.get(k) != was_set.get(k))
+        if differ:
+            said = "; ".join(f"{k}: {was_set.get(k)!r} there, {now_set.get(k)!r} here" for k in differ)
+            raise ConfigError(f"{path}: these pseudo-labels were made with other settings than this config's ({said}); "
+                              f"they are not what it would make. Move {path} (and {run.pseudo_teacher_json(key).name}) "
+                              "away to label the test images again with these settings, or restore the settings")
     teacher = teacher_run(cfg)
     now, was = teacher_files(teacher, key), made.get("files") or {}
     changed = sorted(k for k in set(now) | set(was) if now.get(k) != was.get(k))
@@ -203,6 +232,7 @@ def _make(cfg: Config, run: Run, fold: int | None, folds: pd.DataFrame, path: Pa
     tcfg = teacher.config()
     params, spec, p = load_params(tcfg, teacher), train_rle_spec(cfg), cfg.pseudo
     samples = load_test_samples(cfg)
+    _refuse_training_images(cfg, samples)
     by_id = {s.id: s for s in samples}
     rows = []
     log.info("pseudo-labelling %d test images with %s (%s)", len(samples), teacher.dir,
@@ -227,9 +257,49 @@ def _make(cfg: Config, run: Run, fold: int | None, folds: pd.DataFrame, path: Pa
     w.writerow(["id", "image", "confident_fraction", *[f"rle_{c}" for c in range(n_rle)]])
     w.writerows(rows)
     write_text(path, buf.getvalue())
-    write_json(run.pseudo_teacher_json(fold), {"teacher": str(teacher.dir), "files": teacher_files(teacher, fold)})
+    write_json(run.pseudo_teacher_json(fold), {"teacher": str(teacher.dir), "files": teacher_files(teacher, fold),
+                                               "made_with": label_settings(cfg)})
     log.info("pseudo-labels: %d of %d test images confident enough (>= %.2f of pixels at %.2f) -> %s",
              len(rows), len(samples), p.min_confident_fraction, p.confidence, path)
+
+
+def _refuse_training_images(cfg: Config, samples: list[Sample]) -> None:
+    """Test images that are training images (the same file, or a file of a training image's id with the same bytes)
+    would join, labelled, the training set of the fold that validates on them: refused, naming them."""
+    from .data import load_train_samples
+
+    train = load_train_samples(cfg)
+    paths = {Path(x.image).resolve() for x in train}
+    by_id = {x.id: x for x in train}
+    same = [x for x in samples if Path(x.image).resolve() in paths
+            or (x.id in by_id and sha256_file(Path(x.image)) == sha256_file(Path(by_id[x.id].image)))]
+    if same:
+        raise ConfigError(f"pseudo.teacher: {len(same)} test image(s) are training images too (e.g. {same[0].image}, "
+                          f"id {same[0].id!r}): pseudo-labelled, each would train the fold that validates on it. Take "
+                          "them out of data.test_images (or point it at the test folder)")
+
+
+def pseudo_labels_file(cfg: Config, run: Run, fold: int) -> Path | None:
+    """The labels file fold ``fold`` trains on (None without ``pseudo.teacher``)."""
+    if cfg.pseudo.teacher is None:
+        return None
+    return run.pseudo_csv(fold if cfg.pseudo.per_fold else None)
+
+
+def check_labels_unchanged(cfg: Config, run: Run, fold: int, state, fresh: bool) -> None:
+    """A fresh fold keeps the SHA-256 of the pseudo-labels it trains on in ``state`` (its
+    :class:`~seg_toolkit.fold_state.TrainState`, so ``done.json`` names them); a resume on other labels (made again
+    after the teacher changed) is refused: the fold would have trained on two label sets, and nothing would say so."""
+    labels = pseudo_labels_file(cfg, run, fold)
+    if labels is None:
+        return
+    now = sha256_file(labels)
+    if fresh:
+        state.pseudo_sha256 = now
+    elif state.pseudo_sha256 and now != state.pseudo_sha256:
+        raise ConfigError(f"fold {fold} started on other pseudo-labels than {labels} holds now (made again since?); "
+                          f"resumed, it would train on two label sets. Train the fold again on these: --fold {fold} "
+                          "--overwrite (or restore the labels it started on)")
 
 
 def pseudo_samples(cfg: Config, run: Run, fold: int, folds: pd.DataFrame, make: bool = True) -> list[Sample]:

@@ -34,7 +34,7 @@ from .losses import build_loss, model_loss
 from .optim import LRSchedule, build_optimizer
 from .files import read_json, sha256_file, write_json
 from .run import Run
-from .pseudo import fold_sets, pseudo_info
+from .pseudo import check_labels_unchanged, fold_sets, pseudo_info
 from .stages import init_source, load_fold_init
 from .versions import library_versions
 from .epoch import GracefulStop, NonFiniteLossError, TrainingInterrupted, log_epoch, to_device, train_one_epoch, validate_epoch
@@ -138,6 +138,7 @@ def train_attempt(cfg: Config, fold: int, samples: list[Sample], folds: pd.DataF
     elif initialised and state.init_sha256 and sha256_file(initialised) != state.init_sha256:
         log.warning("fold %d started from %s, which has changed since (retrained?); the fold continues from its own "
                     "checkpoint: done.json's init_from_sha256 names the weights it started from", fold, initialised)
+    check_labels_unchanged(cfg, run, fold, state, fresh)  # pseudo.teacher: one label set per fold
     forward_model = wrap_for_training(cfg, model, device, d, loss_fn, train_set)
     if fresh:  # the models are built alike; from here each rank draws its own dropout masks (resumed: restore's states)
         seed_rank(cfg.train.seed + fold, d.rank)
@@ -232,7 +233,7 @@ def train_attempt(cfg: Config, fold: int, samples: list[Sample], folds: pd.DataF
                            budget_folds=budget.folds if budget and budget.folds else None,
                            n_train=len(train_set), n_valid=len(valid_set), world_size=d.world_size, optim_lr=cfg.optim.lr,
                            amp=amp.mode, amp_reason=amp.reason, tf32=tf32_state(device), init_from=initialised,
-                           init_from_sha256=state.init_sha256 or None,
+                           init_from_sha256=state.init_sha256 or None, pseudo_sha256=state.pseudo_sha256 or None,
                            n_pseudo=len(pseudo), pseudo=pseudo_info(cfg), versions=library_versions(), **averaged)
             write_json(run.done_json(fold), summary)
     return d.broadcast(summary)

@@ -17,7 +17,7 @@ from seg_toolkit.data.masks import train_rle_spec
 from seg_toolkit.data.sources import load_test_samples
 from seg_toolkit.postprocess import apply_postprocess, load_params
 from seg_toolkit.predictor import Predictor
-from seg_toolkit.pseudo import confident_fraction
+from seg_toolkit.pseudo import check_labels_unchanged, confident_fraction, label_settings
 from seg_toolkit.run import Run
 
 from .conftest import demo_dict
@@ -100,6 +100,8 @@ def test_shared_labels_are_reported_as_leaky(demo_root, teacher, caplog):
 def test_checks(demo_root, tmp_path):
     with pytest.raises(ConfigError, match="pseudo.confidence"):
         config_from_dict(demo_dict(demo_root, tmp_path, pseudo={"teacher": "x", "confidence": 0.3}))
+    with pytest.raises(ConfigError, match=r"pseudo.teacher: expected a run folder \(runs/<experiment>\) or null"):
+        config_from_dict(demo_dict(demo_root, tmp_path, pseudo={"teacher": " "}))  # Path("") is the working directory
     cfg = config_from_dict(demo_dict(demo_root, tmp_path / "runs", pseudo={"teacher": str(tmp_path / "nowhere")}))
     with pytest.raises(ConfigError, match="pseudo.teacher: .* is not a run folder"):
         run_cv(cfg)
@@ -151,7 +153,7 @@ def test_soft_labels_are_the_teachers_probabilities(demo_root, teacher):
     # a labels file written without soft labels is refused when soft is switched on
     hard = _student(demo_root, teacher, "hard_then_soft")
     run_cv(hard, folds=[0])
-    with pytest.raises(ConfigError, match="was written without soft labels"):
+    with pytest.raises(ConfigError, match=r"made with other settings than this config.s \(soft: False there, True here\)"):
         pseudo_samples(_student(demo_root, teacher, "hard_then_soft", soft=True), Run.of(hard), 0, read_folds(Run.of(hard).folds_csv))
 
 
@@ -241,8 +243,9 @@ def test_labels_of_a_teacher_changed_since_are_refused_not_reused(demo_root, tea
     run, trun = Run.of(cfg), Run(runs / "teacher")
     made = json.loads(run.pseudo_teacher_json(None).read_text())
     names = ["config.yaml", "postprocess.json", "folds.csv", "fold_0/best.pt", "fold_1/best.pt"]
-    assert made == {"teacher": str(trun.dir),
-                    "files": {n: hashlib.sha256((trun.dir / n).read_bytes()).hexdigest() for n in names}}
+    assert made["teacher"] == str(trun.dir)
+    assert made["files"] == {n: hashlib.sha256((trun.dir / n).read_bytes()).hexdigest() for n in names}
+    assert made["made_with"] == label_settings(cfg) and made["made_with"]["confidence"] == 0.5
     tuned = trun.postprocess_json.read_text()
     pp = json.loads(tuned)
     pp["params"]["threshold"] = [0.9, 0.9, 0.9]  # `seg-toolkit tune` again, another choice
@@ -356,3 +359,70 @@ def test_lr_find_sweeps_the_pseudo_labelled_batches_training_reads(demo_root, te
     run_cv(cfg, folds=[0])  # training reads the same labels file, untouched
     assert labels.read_bytes() == written
     assert json.loads(Run.of(cfg).done_json(0).read_text())["n_pseudo"] == n_test
+
+
+def test_labels_made_with_other_settings_are_refused(demo_root, teacher, tmp_path):
+    """lr-find writes a fold's labels but no config.yaml, so train had nothing to compare its settings with: labels
+    of another confidence filter, or encoded in another RLE order (read back scrambled), were trained on."""
+    import shutil
+
+    runs = tmp_path / "runs"
+    shutil.copytree(teacher / "teacher", runs / "teacher")
+    from seg_toolkit.lr_find import lr_find
+
+    lr_find(_student(demo_root, runs, "s", confidence=0.5), fold=0, start=1e-4, end=1e-2, steps=11)
+    stricter = _student(demo_root, runs, "s", confidence=0.9)
+    with pytest.raises(ConfigError, match=r"fold_0\.csv: these pseudo-labels were made with other settings than this "
+                                          r"config's \(confidence: 0\.5 there, 0\.9 here\)"):
+        run_cv(stricter, folds=[0])
+    Run.of(stricter).config_yaml.unlink()  # as lr-find left the folder: no config to compare with
+    reordered = config_from_dict({**demo_dict(demo_root, runs, experiment="s", folds=FOLDS,
+                                              train={"epochs": 1, "batch_size": 2},
+                                              pseudo={"teacher": str(runs / "teacher"), "confidence": 0.5,
+                                                      "min_confident_fraction": 0.0}),
+                                  "data": {**demo_dict(demo_root, runs)["data"], "rle_order": "C"}})
+    with pytest.raises(ConfigError, match=r"other settings than this config's \(rle: .*'order': 'F'.* there, "
+                                          r".*'order': 'C'.* here\)"):
+        run_cv(reordered, folds=[0])
+    Run.of(reordered).config_yaml.unlink()
+    run_cv(_student(demo_root, runs, "s", confidence=0.5), folds=[0])  # the settings it was made with: read
+
+
+def test_a_fold_resumed_on_other_labels_is_refused(demo_root, teacher, tmp_path):
+    """A fresh fold keeps its labels' SHA-256 (done.json names it); resumed on labels made again since, refused."""
+    from seg_toolkit.files import sha256_file
+    from seg_toolkit.fold_state import TrainState
+
+    cfg = _student(demo_root, teacher, "kept")
+    run_cv(cfg, folds=[0])
+    run = Run.of(cfg)
+    done = json.loads(run.done_json(0).read_text())
+    assert done["pseudo_sha256"] == sha256_file(run.pseudo_csv(0))
+    state = TrainState()
+    check_labels_unchanged(cfg, run, 0, state, fresh=True)
+    assert state.pseudo_sha256 == done["pseudo_sha256"]
+    check_labels_unchanged(cfg, run, 0, state, fresh=False)  # the same labels: resumed
+    state.pseudo_sha256 = "0" * 64  # what a fold started on labels moved away since would hold
+    with pytest.raises(ConfigError, match=r"fold 0 started on other pseudo-labels than .*fold_0\.csv holds now .* "
+                                          r"--fold 0 --overwrite"):
+        check_labels_unchanged(cfg, run, 0, state, fresh=False)
+    check_labels_unchanged(cfg, run, 0, TrainState(), fresh=False)  # a checkpoint from before the hash was kept
+
+
+def test_test_images_that_are_training_images_are_refused(demo_root, teacher, tmp_path):
+    """Pseudo-labelled, a training image would join the training set of the fold that validates on it."""
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(demo_root, root)
+    train_dir = root / "train" / "images"
+    first = sorted(train_dir.iterdir())[0]
+    shutil.copy(first, root / "test" / "images" / first.name)  # the same bytes, under a training image's id
+    with (root / "sample_submission.csv").open("a") as fh:
+        fh.writelines(f"{first.stem}_{k},1 1\n" for k in (1, 2, 3))
+    cfg = _student(root, teacher, "dup")
+    with pytest.raises(ConfigError, match=rf"pseudo.teacher: 1 test image\(s\) are training images too \(e.g. "
+                                          rf".*{first.name}, id '{first.stem}'\)"):
+        run_cv(cfg, folds=[0])
+    (root / "test" / "images" / first.name).write_bytes(first.read_bytes()[:-1] + b"x")  # another file of that id
+    run_cv(_student(root, teacher, "dup1"), folds=[0])  # another image, though its name is a training image's
