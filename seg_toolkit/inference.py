@@ -160,6 +160,10 @@ def predict_test(cfg: Config, out: str | Path | None = None, overwrite: bool = F
     params = load_params(cfg, run)
     header = submission_header(cfg)
     expected = _expected_ids(cfg, samples)
+    if expected is None and not (cfg.submission.id_column and cfg.submission.rle_column):
+        log.warning("no sample submission (%s): the columns %s are data.id_column / data.rle_column's, not the "
+                    "competition's; set submission.id_column and submission.rle_column to its header (DSB 2018: "
+                    "ImageId, EncodedPixels)", cfg.data_path(cfg.data.sample_submission), ",".join(header))
     save, masks = cfg.predict.save_probs, cfg.predict.write_masks
     # files of an earlier predict (other test ids, another dtype or mask mode) would mix in: removed when predict wrote them
     if save != "none":

@@ -75,11 +75,12 @@ def test_dsb_objects_train_tune_predict_score(tmp_path):
     solution = pd.read_csv(root / "stage1_solution_subset.csv", dtype=str, keep_default_na=False)
     ids = list(dict.fromkeys(solution["ImageId"]))
     got = pd.read_csv(out, dtype=str, keep_default_na=False)
-    assert list(dict.fromkeys(got["id"])) == sorted(ids)  # no sample submission: file-name order
-    sample.write_text("id,rle_mask\n" + "".join(f"{i},\n" for i in sorted(ids)))
+    assert list(got.columns) == ["ImageId", "EncodedPixels"]  # stage 1's header (no sample file to read it from)
+    assert list(dict.fromkeys(got["ImageId"])) == sorted(ids)  # no sample submission: file-name order
+    sample.write_text("ImageId,EncodedPixels\n" + "".join(f"{i},\n" for i in sorted(ids)))
     assert check_submission(out, sample, spec=RLESpec(order="F", instances=True)) == []
     answers = tmp_path / "solution.csv"
-    solution[["ImageId", "EncodedPixels"]].set_axis(["id", "rle_mask"], axis=1).to_csv(answers, index=False)
+    solution[["ImageId", "EncodedPixels"]].to_csv(answers, index=False)
     assert score_submission(answers, answers, cfg) == 1.0
     assert 0.0 <= score_submission(out, answers, cfg) < 1.0
 

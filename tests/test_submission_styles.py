@@ -20,7 +20,7 @@ from scipy import ndimage
 
 from seg_toolkit.config import ConfigError, config_from_dict, load_config
 from seg_toolkit.rle import RLEError, RLESpec, instance_overlap, rle_decode, rle_encode
-from seg_toolkit.submission import SubmissionError, SubmissionWriter, mask_rows, submission_spec
+from seg_toolkit.submission import SubmissionError, SubmissionWriter, mask_rows, submission_columns, submission_spec
 from seg_toolkit.submission_check import check_submission
 from seg_toolkit.submission_score import score_submission
 
@@ -265,6 +265,9 @@ def test_shipped_configs_keep_the_kaggle_spec():
         empty = "-" if path.stem == "contrails_cpu" else ""  # contrails writes an empty mask as '-'
         instances = path.stem == "dsb_cpu"  # DSB 2018: one row per nucleus
         assert (spec.index_base, spec.starts, spec.instances, spec.empty, spec.order) == (1, "absolute", instances, empty, "F"), path
+    # DSB 2018 ships no sample with its stage-1 images: the header is the config's, the competition's
+    assert submission_columns(load_config(Path(__file__).resolve().parents[1] / "configs/dsb_cpu.yaml")) == (
+        "ImageId", "EncodedPixels")
 
 
 # ----------------------------------------------------------------------------- writer and checker on instance rows
