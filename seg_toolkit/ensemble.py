@@ -50,7 +50,7 @@ from .models.presence import has_presence
 from .files import read_json, read_oof, sha256_file, write_json, write_npy
 from .run import Run
 from .run_lock import run_lock
-from .tensors import from_merge_space, probs_to_uint8, to_merge_space, uint8_to_probs
+from .tensors import add_weighted, from_merge_space, probs_to_uint8, to_merge_space, uint8_to_probs
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,9 @@ DEFAULT_MEMORY_BUDGET = 1 << 30  # member OOF arrays + targets kept in memory be
 
 def merge_probs(probs: Sequence[np.ndarray], weights: Sequence[float], space: str, task: str) -> np.ndarray:
     """Weighted merge of probability arrays ``(C, H, W)`` in ``prob`` or ``logit`` space (the predictor's rule)."""
-    acc = sum(w * to_merge_space(torch.from_numpy(np.asarray(p, np.float32)), space, task) for w, p in zip(weights, probs))
+    acc = None
+    for w, p in zip(weights, probs):
+        acc = add_weighted(acc, w, to_merge_space(torch.from_numpy(np.asarray(p, np.float32)), space, task))
     return from_merge_space(acc, space, task).numpy()
 
 
@@ -328,7 +330,10 @@ def _build_ensemble(cfgs: list[Config], name: str | None, weights: Sequence[floa
     for s, _, probs, _ in tqdm(oof, total=len(oof.items), desc="ensemble OOF", leave=False, disable=None):
         write_npy(out.oof_path(s.id), probs_to_uint8(merge_probs(probs, chosen, space, ens_cfg.data.task)))
         if with_presence:
-            merged = sum(w / presence_total * uint8_to_probs(read_oof(r.oof_presence_path(s.id), ndim=1)) for r, w in with_presence)
+            merged = None  # as the predictor merges it (add_weighted, the members' order)
+            for r, w in with_presence:
+                merged = add_weighted(merged, w / presence_total,
+                                      torch.from_numpy(uint8_to_probs(read_oof(r.oof_presence_path(s.id), ndim=1))))
             write_npy(out.oof_presence_path(s.id), probs_to_uint8(merged))
 
     from .cv import compute_cv

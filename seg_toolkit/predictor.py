@@ -34,7 +34,7 @@ from .amp import oof_precision, resolve_amp
 from .device import autocast, resolve_device
 from .files import read_json
 from .run import Run
-from .tensors import from_merge_space, resize_to, to_merge_space
+from .tensors import add_weighted, from_merge_space, on_grid, resize_to, to_merge_space
 from .run_settings import TRAINED_KEYS, check_same_training, diff_of_keys, tta_settings
 from .tiling import TiledModel
 from .tta import expand_tta, iter_variant_logits, merge_logits, tta_predict
@@ -311,18 +311,21 @@ class Predictor:
                 # prediction goes into the ensemble's merge space once (a logit-space ensemble averaged the folds'
                 # logits: sharper test probabilities than the member's own)
                 own: list[torch.Tensor | None] = [None] * len(sizes)
+                own_presence: torch.Tensor | None = None
                 for k in folds:
                     probs, presence = split_presence(self._member_probs(m, images, k, m.tta, m.merge), c, has_presence(m.cfg))
                     if presence is not None:  # present_weight > 0: this member has a classifier and a weight
-                        share = presence * (w / len(folds) / present_weight)
-                        acc_presence = share if acc_presence is None else acc_presence.add_(share)
+                        own_presence = presence / len(folds) if own_presence is None else own_presence.add_(presence, alpha=1 / len(folds))
                     resized = resize_to(probs, sizes[0]) if same else None
                     for j, hw in enumerate(sizes):
                         p = resized[j] if same else resize_to(probs[j : j + 1], hw)[0]
                         own[j] = p / len(folds) if own[j] is None else own[j].add_(p, alpha=1 / len(folds))
+                if own_presence is not None:  # on the grid of the OOF presence files, as the ensemble merges them
+                    acc_presence = add_weighted(acc_presence, w / present_weight,
+                                                on_grid(own_presence) if merging else own_presence)
                 for j in range(len(sizes)):
                     p, own[j] = (to_merge_space(own[j], self.space, self.task) if merging else own[j]), None
-                    acc[j] = p * w if acc[j] is None else acc[j].add_(p, alpha=w)
+                    acc[j] = add_weighted(acc[j], w, p)
             targets = batch.get("target")
             presence_cpu = acc_presence.cpu() if acc_presence is not None else None
             for j, image_id in enumerate(batch["id"]):

@@ -65,10 +65,23 @@ def to_merge_space(p: torch.Tensor, space: str, task: str) -> torch.Tensor:
     stored 0 became logits -6.5 and -13.8, and a merge of 0.649 at predict time was 0.177 in the OOF
     the weights and post-processing were tuned on.
     """
-    q = (p.clamp(0.0, 1.0) * 255.0).round_() / 255.0
+    q = on_grid(p)
     if space == "prob":
         return q
     return q.clamp_min(LOGIT_FLOOR).log() if task == "multiclass" else torch.logit(q.clamp(LOGIT_FLOOR, 1 - LOGIT_FLOOR))
+
+
+def on_grid(p: torch.Tensor) -> torch.Tensor:
+    """Probabilities put on the 1/255 grid the OOF files store them on (:func:`probs_to_uint8`, then back)."""
+    return (p.clamp(0.0, 1.0) * 255.0).round_() / 255.0
+
+
+def add_weighted(acc: torch.Tensor | None, w: float, t: torch.Tensor) -> torch.Tensor:
+    """``acc + w * t`` (``w * t`` when ``acc`` is None), the product rounded before the sum: the one rule by which
+    an ensemble's OOF (:func:`seg_toolkit.ensemble.merge_probs`) and the predictor add their members, so the two
+    round alike (``add_(t, alpha=w)`` rounds once, and 1.8% of 4 members' merged values had come out one uint8
+    step apart)."""
+    return t * w if acc is None else acc.add_(t * w)
 
 
 def from_merge_space(acc: torch.Tensor, space: str, task: str) -> torch.Tensor:

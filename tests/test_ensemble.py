@@ -514,3 +514,32 @@ def test_choose_weights_scores_each_halfs_pick_on_the_other_half():
     # one fold: no halves, the in-sample best
     r = _choose_weights([equal, a], [0], [{0}])
     assert r["chosen"] is a and "cross_half" not in r
+
+
+def test_an_ensembles_oof_files_are_what_its_predictor_gives_value_for_value(trained, tmp_path, demo_root):
+    """Tuned on the ensemble's OOF files, submitted from its predictor: the two must hold the same numbers. Three
+    members (two with the empty-mask classifier), uneven weights, both merge spaces: every stored probability and
+    presence value equals the predictor's for the same fold's models on the same images, rounded alike. Before, the
+    presence was merged from unrounded floats (8 of 36 values a step off, and a class gate could flip) and
+    ``add_(t, alpha=w)`` rounded once where the OOF merge rounded the product (1.8% of 4 members' values)."""
+    from seg_toolkit.predictor import Predictor
+
+    runs, cfgs = _copy_runs(trained, tmp_path)
+    with_classifier = [config_from_dict(demo_dict(demo_root, runs, experiment=name, train=TRAIN, optim={"lr": lr},
+                                                  model={"arch": "scratch_unet", "depth": 2, "base_width": 4, "classifier": 0.5},
+                                                  predict={"batch_size": 4}, submission={"per_class": True}))
+                       for name, lr in (("c", 0.05), ("d", 0.02))]
+    for c in with_classifier:
+        run_cv(c)
+    for space in ("prob", "logit"):
+        build_ensemble([cfgs[0], *with_classifier], name=f"ens_{space}", weights=[0.45, 0.35, 0.2], space=space)
+        ens = Run(runs / f"ens_{space}")
+        predictor, fold_of = Predictor.from_run(ens, device="cpu"), ens.fold_of()
+        samples = load_train_samples(cfgs[0])
+        n_presence = 0
+        for k in (0, 1):
+            for image_id, probs, presence, _ in predictor.iter_predictions([s for s in samples if fold_of[s.id] == k], fold=k):
+                assert np.array_equal(probs_to_uint8(probs), np.load(ens.oof_path(image_id))), (space, image_id)
+                assert np.array_equal(probs_to_uint8(presence), np.load(ens.oof_presence_path(image_id))), (space, image_id)
+                n_presence += presence.numel()
+        assert n_presence == 3 * len(samples)
