@@ -99,17 +99,25 @@ def _check_scored_folds(run: Run) -> None:
                                 f"(`seg-toolkit train CONFIG --resume`), so that the submission is what CV scored")
 
 
+def check_members_as_built(run: Run, predictor: Predictor) -> None:
+    """An ensemble's weights and post-processing were chosen on its members' OOF files as they were made then; a
+    member that predicts otherwise since (``tune --tta`` or ``oof --set`` on it) is refused: the submission would
+    merge other probabilities than those tuned on (predict, evaluate and pseudo-labels alike)."""
+    recorded = [m.get("oof") for m in (read_json(run.ensemble_json) or {}).get("members", [])]
+    for m, made in zip(predictor.members, recorded):
+        if made is not None and _differs(made, m.made()):  # None: an ensemble built before members' settings were kept
+            raise ConfigError(f"ensemble {run.dir}: member {m.run.dir}'s OOF files were merged and tuned on as made with "
+                              f"{made}, but it now predicts with {m.made()} (tune --tta or oof since); build the ensemble "
+                              "again (seg-toolkit ensemble ... --overwrite) so that what is tuned is what is submitted")
+
+
 def _warn_if_oof_differs(run: Run, predictor: Predictor) -> None:
-    """Post-processing was tuned on OOF files made with some TTA; say so when prediction uses another
-    (a hand-edited tta.json, a run trained with ``predict.oof_tta: identity``, folds whose OOF files were made
-    with different settings, or an ensemble member whose TTA changed after the ensemble was built)."""
+    """Post-processing was tuned on OOF files made with some TTA; say so when prediction uses another (a hand-edited
+    tta.json, a run trained with ``predict.oof_tta: identity``, folds whose OOF files were made with different
+    settings). An ensemble member whose TTA changed after the ensemble was built is refused
+    (:func:`check_members_as_built`)."""
     if run.is_ensemble:
-        recorded = [m.get("oof") for m in (read_json(run.ensemble_json) or {}).get("members", [])]
-        for m, made in zip(predictor.members, recorded):
-            if made is not None and _differs(made, m.made()):  # None: an ensemble built before members' settings were kept
-                log.warning("ensemble %s: member %s's OOF files were merged and tuned on as made with %s, but it now "
-                            "predicts with %s (tune --tta or oof since); build the ensemble again (seg-toolkit ensemble ... "
-                            "--overwrite) so that what is tuned is what is submitted", run.dir, m.run.dir, made, m.made())
+        check_members_as_built(run, predictor)
         return
     made = (read_json(run.cv_json) or {}).get("oof")
     now = predictor.members[0].made()

@@ -147,6 +147,10 @@ def _teacher_predictor(cfg: Config, teacher: Run, folds: pd.DataFrame, per_fold:
         check_same_folds(teacher, folds, "pseudo.teacher")
     predictor = Predictor.from_run(teacher, device=resolve_device(cfg.train.device), batch_size=cfg.predict.batch_size,
                                    num_workers=cfg.train.num_workers)
+    if teacher.is_ensemble:  # a member that predicts otherwise since the ensemble was tuned on it
+        from .inference import check_members_as_built
+
+        check_members_as_built(teacher, predictor)
     if per_fold:
         for m in predictor.members:
             if m.run.dir != teacher.dir:

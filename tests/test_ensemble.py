@@ -249,9 +249,10 @@ def test_a_run_folder_is_found_from_any_working_directory(trained, tmp_path, mon
 
 
 
-def test_predict_warns_when_a_member_predicts_otherwise_than_the_ensemble_was_built_on(trained, tmp_path, caplog):
+def test_a_member_predicting_otherwise_than_the_ensemble_was_built_on_is_refused(trained, tmp_path, caplog, demo_root):
     """ensemble.json keeps how each member's OOF files were made; a member's TTA chosen again afterwards
-    (`tune --tta` writes its tta.json) makes the ensemble's tuned post-processing stale: predict says so."""
+    (`tune --tta` writes its tta.json) makes the ensemble's weights and tuned post-processing stale: predict and a
+    student's pseudo-labels refuse it (predict only warned, and submitted other probabilities than those tuned on)."""
     a, *_ = trained
     runs = tmp_path / "runs"
     shutil.copytree(Run.of(a).dir.parent, runs, ignore=shutil.ignore_patterns("ens*"))
@@ -264,8 +265,15 @@ def test_predict_warns_when_a_member_predicts_otherwise_than_the_ensemble_was_bu
     predict_test(ens_cfg, out=tmp_path / "before.csv")
     assert "build the ensemble again" not in caplog.text
     (runs / "a" / "tta.json").write_text('{"tta": ["identity"], "merge": "mean_prob"}')  # as `tune a --tta` would choose
-    predict_test(ens_cfg, out=tmp_path / "after.csv")
-    assert "build the ensemble again" in caplog.text and str(runs / "a") in caplog.text
+    with pytest.raises(ConfigError, match=rf"member {runs / 'a'}'s OOF files were merged and tuned on as made with .*"
+                                          r"'hflip'.* but it now predicts with .*build the ensemble again"):
+        predict_test(ens_cfg, out=tmp_path / "after.csv")
+    assert not (tmp_path / "after.csv").exists()
+    student = config_from_dict(demo_dict(demo_root, runs, experiment="student", train=TRAIN,
+                                         pseudo={"teacher": str(ens.dir), "confidence": 0.5}))
+    with pytest.raises(ConfigError, match="build the ensemble again"):
+        run_cv(student, folds=[0])
+    assert not Run.of(student).done_json(0).exists()
 
 
 def test_predict_warns_when_folds_oof_files_were_made_alike_or_not(trained, tmp_path, caplog):
