@@ -42,6 +42,7 @@ from .config import Config, ConfigError, anchored, save_config
 from .config_checks import check_run_name
 from .data import load_target, load_train_samples
 from .data.dataset import target_to_tensor
+from .data.data_errors import DataError
 from .evaluator import Evaluator, truth_objects
 from .oof import check_oof_complete
 from .predictor import Member
@@ -204,6 +205,12 @@ class _OOF:
         cache = [] if self.cached else None
         for s, k in self.items:
             probs = [uint8_to_probs(read_oof(r.oof_path(s.id))) for r in self.runs]
+            for r, p in zip(self.runs[1:], probs[1:]):
+                if p.shape != probs[0].shape:  # an image replaced between two members' trainings, or a damaged file
+                    raise DataError(f"{r.oof_path(s.id)}: OOF probabilities of shape {p.shape} (classes, height, width); "
+                                    f"{self.runs[0].oof_path(s.id)} has {probs[0].shape}: the members predicted image "
+                                    f"{s.id!r} at other sizes; remake their OOF files on the same images "
+                                    "(`seg-toolkit oof CONFIG`)")
             target = target_to_tensor(load_target(s, self.cfg, probs[0].shape[-2:]), self.cfg.data.task)[None]
             entry = (s, k, probs, target)
             if cache is not None:

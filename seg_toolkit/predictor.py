@@ -14,6 +14,7 @@ is alive at a time.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from dataclasses import dataclass, field
@@ -177,13 +178,15 @@ class _Inputs(Dataset):
         return item
 
 
-def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
+def _collate(items: list[dict[str, Any]], readers: dict[Any, list[str]] | None = None) -> dict[str, Any]:
+    """One batch; ``readers``: the run folders that read each preprocessing key's images (named in an error)."""
     images = {}
     for key in items[0]["images"]:
         shapes = {tuple(it["images"][key].shape) for it in items}
         if len(shapes) > 1:
+            who = f" as {', '.join(readers[key])} read them" if readers and readers.get(key) else ""
             raise DataError(
-                f"images in one batch differ in size {sorted(shapes)} (ids {[it['id'] for it in items][:4]}...); "
+                f"images in one batch differ in size {sorted(shapes)}{who} (ids {[it['id'] for it in items][:4]}...); "
                 "train with transforms.resize: [height, width], or predict with predict.batch_size: 1"
             )
         images[key] = torch.stack([it["images"][key] for it in items])
@@ -265,8 +268,11 @@ class Predictor:
         # the largest image any running member accepts (data.max_image_pixels is each member's own)
         limit = max(m.cfg.data.max_image_pixels for m in running)
         dataset = _Inputs(samples, running, target_cfg, limit, lead.data.exif_orientation)
+        readers: dict[Any, list[str]] = {}
+        for m in running:
+            readers.setdefault(m.preprocess, []).append(str(m.run.dir))
         return DataLoader(dataset, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers,
-                          collate_fn=_collate, pin_memory=self.device.type == "cuda")
+                          collate_fn=functools.partial(_collate, readers=readers), pin_memory=self.device.type == "cuda")
 
     def _member_probs(self, m: Member, images: torch.Tensor, fold: int, tta: list[str], merge: str) -> torch.Tensor:
         if m.cfg.model.channels_last:

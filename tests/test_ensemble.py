@@ -551,3 +551,27 @@ def test_an_ensembles_oof_files_are_what_its_predictor_gives_value_for_value(tra
                 assert np.array_equal(probs_to_uint8(presence), np.load(ens.oof_presence_path(image_id))), (space, image_id)
                 n_presence += presence.numel()
         assert n_presence == 3 * len(samples)
+
+
+def test_members_oof_files_of_other_sizes_are_named(trained, tmp_path):
+    """An image replaced between two members' trainings: a bare torch size error before, now both files named."""
+    from seg_toolkit.data.data_errors import DataError
+
+    runs, cfgs = _copy_runs(trained, tmp_path)
+    image_id = load_train_samples(cfgs[0])[3].id
+    late = Run(runs / "b").oof_path(image_id)
+    np.save(late, np.zeros((3, 49, 64), np.uint8))
+    with pytest.raises(DataError, match=rf"{late}: OOF probabilities of shape \(3, 49, 64\) .*a/oof/{image_id}\.npy has "
+                                        rf"\(3, 48, 64\): the members predicted image '{image_id}' at other sizes"):
+        build_ensemble(cfgs, name="ens_sizes", weights=[0.5, 0.5])
+
+
+def test_a_batch_of_images_of_other_sizes_names_the_runs_that_read_them():
+    from seg_toolkit.data.data_errors import DataError
+    from seg_toolkit.predictor import _collate
+
+    items = [{"id": i, "size": hw, "images": {"native": torch.zeros(3, *hw)}} for i, hw in (("a", (4, 5)), ("b", (6, 5)))]
+    with pytest.raises(DataError, match=r"differ in size \[\(3, 4, 5\), \(3, 6, 5\)\] as runs/na read them \(ids \['a', "
+                                        r"'b'\]...\); .*predict.batch_size: 1"):
+        _collate(items, {"native": ["runs/na"]})
+    assert _collate(items[:1], {"native": ["runs/na"]})["images"]["native"].shape == (1, 3, 4, 5)
