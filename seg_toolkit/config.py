@@ -217,10 +217,12 @@ class SubmissionConfig:
     id_column: Optional[str] = None  # default: the sample submission's first column
     rle_column: Optional[str] = None  # default: the sample submission's second column
     rle_order: Optional[Literal["F", "C"]] = None  # default: data.rle_order
-    rle_index_base: int = 1  # starts number pixels from 1 (Kaggle) or 0
-    rle_starts: Literal["absolute", "relative"] = "absolute"  # relative: each start is the gap after the previous run's end (SIIM)
+    # the three below default to the training CSV's style (data.rle_index_base, data.rle_starts, data.rle_empty_token),
+    # as rle_order to data.rle_order: a competition writes its answers as its train.csv (SIIM: 0, relative, '-1')
+    rle_index_base: Optional[int] = None  # starts number pixels from 1 (Kaggle) or 0
+    rle_starts: Optional[Literal["absolute", "relative"]] = None  # relative: each start is the gap after the previous run's end (SIIM)
     # what an empty mask is written as: '' | '-' | '-1'; never a run-length string ('1 1' is the first pixel's mask)
-    empty_token: str = ""
+    empty_token: Optional[str] = None
     per_class: bool = False  # one row per image and class
     id_format: str = "{id}_{cls}"  # per_class rows: how id and class combine
     classes: list[int] = field(default_factory=list)  # classes that get rows, in row order (default: all; multiclass 1.., 0 only if listed)

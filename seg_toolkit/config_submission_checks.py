@@ -39,17 +39,28 @@ def check_class_list(cfg: Config, classes: list, key: str) -> None:
             raise ConfigError(f"{key}[{i}]: class {c} is listed twice")
 
 
+def submission_style(cfg: Config) -> tuple[str, int, str, str]:
+    """``(order, index_base, starts, empty token)`` the submission writes: each ``submission.*`` key, or when it is
+    unset the training CSV's ``data.rle_*`` (the competition's answers are written as its train.csv; a SIIM config
+    that set the data keys only had written 1-based absolute runs with '' for empty)."""
+    s, d = cfg.submission, cfg.data
+    pick = lambda mine, data: data if mine is None else mine  # noqa: E731
+    return (pick(s.rle_order, d.rle_order), pick(s.rle_index_base, d.rle_index_base), pick(s.rle_starts, d.rle_starts),
+            pick(s.empty_token, d.rle_empty_token))
+
+
 def check_submission_config(cfg: Config) -> None:
     s, d = cfg.submission, cfg.data
     check_class_list(cfg, s.classes, "submission.classes")
-    if s.rle_index_base not in (0, 1):
-        raise ConfigError(f"submission.rle_index_base: expected 0 or 1 (the number of the first pixel), got {s.rle_index_base}")
+    _, index_base, starts, empty = submission_style(cfg)
+    if index_base not in (0, 1):
+        raise ConfigError(f"submission.rle_index_base: expected 0 or 1 (the number of the first pixel), got {index_base}")
     if s.min_instance_area < 0:
         raise ConfigError(f"submission.min_instance_area: expected >= 0, got {s.min_instance_area}")
     if s.min_instance_area > 1 and not s.instances:
         raise ConfigError("submission.min_instance_area: only applies to instance rows; set submission.instances: true "
                           "(small regions of a per-image mask are removed by postprocess.min_area)")
-    _check_empty_token("submission.empty_token", RLESpec(index_base=s.rle_index_base, starts=s.rle_starts, empty=s.empty_token),
+    _check_empty_token("submission.empty_token", RLESpec(index_base=index_base, starts=starts, empty=empty),
                        "a submission could not say which of the two was meant (the competition's scorer reads the "
                        "token as that mask)")
     if s.class_column is not None:

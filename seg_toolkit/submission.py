@@ -98,16 +98,14 @@ def submission_header(cfg: Config) -> list[str]:
 
 
 def submission_spec(cfg: Config) -> RLESpec:
-    """The submission's RLE spec from ``submission.*`` (pixel order: ``submission.rle_order``, else ``data.rle_order``)."""
+    """The submission's RLE spec from ``submission.*``; each of the pixel order, index base, starts and empty token
+    left unset is the training CSV's (``data.rle_*``): :func:`~seg_toolkit.config_submission_checks.submission_style`."""
+    from .config_submission_checks import submission_style
+
     s = cfg.submission
-    return RLESpec(
-        order=s.rle_order or cfg.data.rle_order,
-        index_base=s.rle_index_base,
-        starts=s.rle_starts,
-        empty=s.empty_token,
-        instances=s.instances,
-        min_instance_area=s.min_instance_area,
-    )
+    order, index_base, starts, empty = submission_style(cfg)
+    return RLESpec(order=order, index_base=index_base, starts=starts, empty=empty, instances=s.instances,
+                   min_instance_area=s.min_instance_area)
 
 
 def submission_classes(cfg: Config) -> list[int]:

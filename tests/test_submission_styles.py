@@ -550,3 +550,20 @@ def test_check_submission_refuses_an_empty_token_that_reads_as_a_mask(tmp_path, 
     with pytest.raises(ConfigError, match=r"empty token '1 1' reads as .*starts counted from 0"):
         check_submission(sample, sample, empty_tokens=("1 1",), spec=RLESpec(index_base=0))
     assert check_submission(sample, sample, empty_tokens=("",)) == []
+
+
+def test_submission_style_defaults_to_the_training_csvs():
+    """A SIIM config that sets only the data.rle_* keys: the submission is written in the same style (it was 1-based
+    absolute runs with '' for empty, and check-submission --config agreed with that hybrid); a submission key set
+    says otherwise."""
+    siim = {"rle_index_base": 0, "rle_starts": "relative", "rle_empty_token": "-1", "rle_order": "C"}
+    cfg = config_from_dict({"data": siim})
+    spec = submission_spec(cfg)
+    assert (spec.order, spec.index_base, spec.starts, spec.empty) == ("C", 0, "relative", "-1")
+    m = np.zeros((3, 4), np.uint8)
+    m[0, 1:3] = 1  # row-major pixels 1, 2 (0-based): start 1, then relative
+    m[2, 0] = 1  # pixel 8: 5 after the end of the first run (3)
+    assert spec.encode(m) == "1 2 5 1" and spec.encode(np.zeros_like(m)) == "-1"
+    mine = submission_spec(config_from_dict({"data": siim, "submission": {"rle_index_base": 1, "empty_token": ""}}))
+    assert (mine.order, mine.index_base, mine.starts, mine.empty) == ("C", 1, "relative", "")
+    assert submission_spec(config_from_dict({})) == RLESpec()  # Kaggle's: 1-based absolute column-major, '' for empty
