@@ -238,3 +238,19 @@ def test_severstal_sample_without_class_column_names_the_key(severstal, tmp_path
     with pytest.raises(SubmissionError, match="if 'ClassId' holds each row's class .*set submission.class_column: ClassId"):
         predict_test(plain, out=tmp_path / "x.csv")
     assert not (tmp_path / "x.csv").exists()
+
+
+def test_a_multilabel_csv_without_a_class_column_names_the_old_severstal_form(demo_root, tmp_path):
+    """Severstal's first train.csv has ImageId_ClassId ids and no class column: refused before anything is written,
+    saying how to split the ids."""
+    from seg_toolkit.data import load_train_samples
+
+    d = demo_dict(demo_root, tmp_path / "runs")
+    d["data"] = {k: v for k, v in d["data"].items() if k != "class_column"}
+    cfg = config_from_dict(d)
+    with pytest.raises(Exception, match=r"data.class_column: a multilabel task read from a CSV needs a class column .*"
+                                        r"ImageId_ClassId.*str.rsplit\('_', n=1, expand=True\)"):
+        load_train_samples(cfg)
+    with pytest.raises(Exception, match="data.class_column"):
+        run_cv(cfg)
+    assert not (tmp_path / "runs").exists()

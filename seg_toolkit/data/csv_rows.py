@@ -95,7 +95,10 @@ def read_train_csv(cfg: Config, on_problem: OnProblem = raise_problem) -> tuple[
         return [], set()
     if d.class_column is None and d.task != "binary":
         on_problem("config", "data.class_column",
-                   f"data.class_column: a {d.task} task read from a CSV needs a class column (one row per image and class)")
+                   f"data.class_column: a {d.task} task read from a CSV needs a class column (one row per image and class: "
+                   "Severstal's ClassId). Severstal's older train.csv, ids such as '0002cc93b.jpg_1' in ImageId_ClassId, "
+                   "must be split into two columns first: df[['ImageId', 'ClassId']] = "
+                   "df['ImageId_ClassId'].str.rsplit('_', n=1, expand=True)")
         return [], set()
     spec = train_rle_spec(cfg)
     n_cls = 1 if d.class_column is None else (d.num_classes if d.task == "multilabel" else d.num_classes - 1)
