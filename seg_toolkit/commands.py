@@ -114,11 +114,13 @@ def _print_tune(report: dict) -> None:
     print(f"OOF post-processing ({report['metric']}): {report['before']:.4f} -> {report['after']:.4f}")
     cf = report.get("cross_fitted")
     if cf:
-        print(f"  cross-fitted {cf['score']:.4f}: each image scored with what tuning on the others chose ({cf['groups']}); "
-              f"the tuned score's optimism {report['after'] - cf['score']:+.4f}")
+        which = " and the search" if cf.get("searches") else ""  # several searches: the choice among them nested too
+        print(f"  cross-fitted {cf['score']:.4f}: each image scored with what tuning on the others chose ({cf['groups']}"
+              f"{which}); the tuned score's optimism {report['after'] - cf['score']:+.4f}")
     compared = (report.get("search") or {}).get("compared") or {}
     if len(compared) > 1:
-        print(f"  search kept: {report['search']['chosen']}; cross-fitted / tuned: " + "; ".join(
+        per_group = f" (without each group: {', '.join(cf['searches'])})" if cf and cf.get("searches") else ""
+        print(f"  search kept: {report['search']['chosen']}{per_group}; cross-fitted / tuned: " + "; ".join(
             f"{m} {v['cross_fitted']:.4f} / {v['after']:.4f}" for m, v in compared.items()))
     for step in report.get("steps", []):
         if isinstance(step, dict) and "score" in step:

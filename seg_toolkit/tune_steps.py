@@ -198,7 +198,8 @@ def search_sigmoid(
         return lambda rows: sigmoid_score(tp[rows], fp[rows], pos[rows], tab.n_valid[rows], metric, empty_score, cols)
 
     fast = {"before": scorer(*start_counts), "after": scorer(TP, FP)}
-    counts = Counts(lambda tp_fp: sigmoid_score(*tp_fp, pos, tab.n_valid, metric, empty_score, cols), (TP, FP))
+    counts = Counts(lambda tp_fp, rows=slice(None): sigmoid_score(tp_fp[0][rows], tp_fp[1][rows], pos[rows],
+                                                                  tab.n_valid[rows], metric, empty_score, cols), (TP, FP))
     return (PostParams(threshold=thr, min_area=area, empty_gate=gate, gate_source=src, split_seed=list(start.split_seed),
                        split_by=start.split_by),
             steps, fast, counts)
@@ -260,6 +261,6 @@ def search_multiclass(
     steps.append({"step": "empty_gate", "score": best, **skipped})
     scorer = lambda cm: lambda rows: multiclass_score(cm[rows], metric, empty_score, cols)  # noqa: E731
     fast = {"before": scorer(start_conf), "after": scorer(conf)}
-    counts = Counts(lambda cm: multiclass_score(cm[0], metric, empty_score, cols), (conf,))
+    counts = Counts(lambda cm, rows=slice(None): multiclass_score(cm[0][rows], metric, empty_score, cols), (conf,))
     return PostParams(threshold=list(start.threshold), min_area=area, empty_gate=list(start.empty_gate),
                       gate_source=list(start.gate_source), class_weight=weights), steps, fast, counts

@@ -135,3 +135,39 @@ def test_multiclass_miou_sums_each_images_confusion_under_its_own_groups_min_are
     assert report["params"]["min_area"] == [0, 0, 5] and report["after"] == 1.0
     # folds 0 and 1 hold no 9-px object, so 12 ties 5 there and the earlier candidate is kept: every fold's search agrees
     assert [p["min_area"] for p in cf["params"]] == [[0, 0, 5]] * 3 and cf["score"] == 1.0
+
+
+def test_the_choice_among_searches_is_cross_fitted_too():
+    """Six images in three groups; each search's value of an image: its held-out value when the image's group was
+    not searched on, else its tuned value (A over-fits: 1.0 tuned). A's own cross-fitted score, (0.2 + 0.9 + 0.9) / 3,
+    beats B's, (0.7 + 0.5 + 0.5) / 3, so tune keeps A; but without group 1 (or 2) the other two groups favour B
+    (0.6 against 0.55), and only without group 0 do they favour A (0.9 against 0.5). Nested: 0.2, 0.5, 0.5 -> 0.4,
+    where reporting A's own 0.667 kept the choice's luck."""
+    from dataclasses import dataclass
+
+    from seg_toolkit.tune_crossfit import Counts, cross_fitted_choice
+    from seg_toolkit.tune_tables import better
+
+    @dataclass
+    class P:
+        name: str
+
+    groups = np.array([0, 0, 1, 1, 2, 2])
+    held_out = {"A": [0.2, 0.9, 0.9], "B": [0.7, 0.5, 0.5]}
+    tuned = {"A": 1.0, "B": 0.6}
+
+    def search(name, groups):
+        def run(rows):
+            seen = set(groups[rows].tolist())
+            values = np.array([tuned[name] if g in seen else held_out[name][g] for g in groups])
+            return P(name), Counts(lambda arrays, rows=slice(None): float(arrays[0][rows].mean()), (values,))
+        return run
+
+    per, nested = cross_fitted_choice(groups, "folds", {"A": search("A", groups), "B": search("B", groups)}, better)
+    assert per["A"]["score"] == pytest.approx(2.0 / 3) and per["B"]["score"] == pytest.approx(1.7 / 3)
+    assert nested["searches"] == ["A", "B", "B"] and nested["score"] == pytest.approx(0.4)
+    assert nested["params"] == [{"name": "A"}, {"name": "B"}, {"name": "B"}] and nested["n_groups"] == 3
+    # two groups: no third to hold out; each group's search is the one that scores more on the other group, tuned
+    two = np.array([0, 0, 1, 1])
+    per, nested = cross_fitted_choice(two, "folds", {"A": search("A", two), "B": search("B", two)}, better)
+    assert nested["searches"] == ["A", "A"] and nested["score"] == pytest.approx((0.2 + 0.9) / 2)

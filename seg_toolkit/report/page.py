@@ -71,7 +71,9 @@ def _summary_html(d: ReportData) -> str:
         cf = tuned.get("cross_fitted")
         if isinstance(cf, dict) and isinstance(cf.get("score"), (int, float)):
             parts.append(h.note(f"cross-fitted: {h.esc(label)} {h.fmt(cf['score'])} with each image post-processed as tuning on "
-                                f"the other images chose ({h.esc(str(cf.get('groups')))}): the tuned score without the tuning's own luck"))
+                                f"the other images chose ({h.esc(str(cf.get('groups')))}"
+                                + ("; the search too: " + h.esc(", ".join(map(str, cf["searches"]))) if cf.get("searches") else "")
+                                + "): the tuned score without the tuning's own luck"))
         gate = next((s for s in tuned.get("steps", []) if s.get("step") == "empty_gate" and s.get("best_by_source")), None)
         if gate and len(gate["best_by_source"]) > 1:  # a model with the empty-mask classifier: the two gates compared
             best = "; ".join(f"{h.esc(src)} {', '.join(h.fmt(v) for v in vals)}" for src, vals in gate["best_by_source"].items())
