@@ -791,3 +791,33 @@ def test_evaluate_on_an_object_folder_scores_the_predictors_objects(tmp_path):
         scores.append(reference(load_objects(samples[image_id], on, mask.shape), mask, None))
     assert len(scores) == 4 and got["score"] == pytest.approx(float(np.mean(scores)), abs=1e-12)
     assert max(scores) > 0  # the model found some squares (here: 0, 0, 0.175, 0.125): the comparison is not 0 == 0
+
+
+@pytest.mark.parametrize("rows", [False, True])
+def test_overlapping_truth_objects_are_named_before_anything_is_written(tmp_path, rows):
+    """Training takes overlapping objects (their union is the target), the object metric cannot score them: the run
+    stopped at the first validation of the fold holding one, after the folds before it had trained. Now train
+    refuses before it writes anything, naming each image at fault (object files, or object rows compared run by run)."""
+    from seg_toolkit.cv import run_cv
+
+    def square(r, c, w=3):
+        m = np.zeros((H, W), bool)
+        m[r:r + 3, c:c + w] = True
+        return m
+
+    images = {f"i{k}": ([square(1, 1), square(1, 6)], np.zeros((1, H, W), np.uint8)) for k in range(6)}
+    images["i2"] = ([square(1, 1), square(1, 3)], images["i2"][1])  # column 3 of rows 1-3 in both objects
+    images["i4"] = ([square(1, 1, 5), square(1, 5)], images["i4"][1])  # column 5 in both
+    cfg = _write_object_run(tmp_path, images, rows=rows, model={"arch": "scratch_unet", "depth": 2, "base_width": 4},
+                            train={"epochs": 1, "batch_size": 2, "num_workers": 0})
+    cfg = dataclasses.replace(cfg, experiment="fresh")
+    if rows:
+        # 1-based column-major pixels: i2's objects share the pixel at row 1, column 3 (3 * H + 2)
+        message = (rf"2 training image\(s\) have truth objects that overlap, which instance_map cannot score .*"
+                   rf"train.csv line \d+ \(id 'i2'\), its object row 2 of 2: overlaps its object row 1 at pixel {3 * H + 2}; .*'i4'")
+    else:
+        message = (r"2 training image\(s\) have truth objects that overlap, which instance_map cannot score .*i2/masks: objects "
+                   r"i2_0.png and i2_1.png overlap at 3 pixels; .*i4/masks: objects i4_0.png and i4_1.png overlap at 3 pixels")
+    with pytest.raises(DataError, match=message):
+        run_cv(cfg)
+    assert not Run.of(cfg).dir.exists()

@@ -31,7 +31,7 @@ from .object_files import ObjectSet, as_object_set, object_files, read_object_se
 if TYPE_CHECKING:  # pragma: no cover
     from .sample import Sample
 
-__all__ = ["instance_ids", "load_objects", "object_rows", "touching_borders"]
+__all__ = ["instance_ids", "load_objects", "object_rows", "touching_borders", "check_truth_objects"]
 
 def touching_borders(objects: ObjectSet | list[np.ndarray], radius: int) -> np.ndarray:
     """``bool (H, W)``: pixels within ``radius`` pixels (the ``2*radius+1`` square) of two different objects,
@@ -132,3 +132,36 @@ def _row_objects(sample: Sample, cfg: Config, hw: tuple[int, int] | None) -> np.
         return stack_objects(object_rows(sample, cfg, tuple(hw)), tuple(hw))
     except ValueError as e:
         raise DataError(str(e)) from None
+
+
+def check_truth_objects(samples: list[Sample], cfg: Config) -> None:
+    """Before anything is written: every training image's truth objects (object files, or object rows compared
+    run by run, nothing decoded) can be scored by an object-matching metric, i.e. no two overlap. Training takes
+    overlapping objects (their union is the target), so without this the run stopped at the first validation of
+    the fold holding one, after the folds before it had trained. Each image at fault is named."""
+    from ..rle import RLEError, instance_overlap
+    from .masks import train_rle_spec
+
+    bad: list[str] = []
+    spec = train_rle_spec(cfg)
+    for s in samples:
+        if cfg.data.instance_folders and s.mask is not None:
+            try:
+                load_objects(s, cfg)
+            except DataError as e:
+                bad.append(str(e))
+        elif cfg.data.rle_instances and s.objects:
+            rows = s.objects
+            where = [f"{s.where} (id {s.id!r}), its object row {k + 1} of {len(rows)}" for k in range(len(rows))]
+            try:
+                hit = instance_overlap([spec.runs(r, np.iinfo(np.int64).max, w) for r, w in zip(rows, where)])
+            except RLEError:
+                continue  # a malformed row: the reader names it when the image is read
+            if hit is not None:
+                bad.append(f"{where[hit[1]]}: overlaps its object row {hit[0] + 1} at pixel {hit[2] + spec.index_base}")
+    if bad:
+        raise DataError(f"{len(bad)} training image(s) have truth objects that overlap, which {cfg.metric.name} cannot "
+                        f"score (a pixel would belong to two objects): {'; '.join(bad[:3])}"
+                        + (f"; and {len(bad) - 3} more" if len(bad) > 3 else "")
+                        + ". Remove each overlap from one of its two objects (DSB 2018's stage-1 training masks had "
+                          "a few), or leave the image out (data.exclude_ids)")

@@ -262,6 +262,12 @@ def check_train_samples(samples: list[Sample], cfg: Config) -> None:
     if not samples:
         return
     _check_first_image_values(samples[0], cfg)
+    from ..instance_metrics import INSTANCE_METRICS
+
+    if cfg.metric.name in INSTANCE_METRICS:  # objects it cannot score: found now, not at a later fold's validation
+        from .instances import check_truth_objects
+
+        check_truth_objects(samples, cfg)
     if samples[0].rles is not None:
         n, spec = len(samples[0].rles), train_rle_spec(cfg)
         present = [any(s.rles and not spec.is_empty(s.rles[c]) for s in samples) for c in range(n)]
