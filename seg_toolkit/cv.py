@@ -16,6 +16,7 @@ from .data.sources import check_train_samples
 from .budget import planned_folds
 from .budget_run import admit_fold, left_out_folds, run_folds
 from .device import resolve_device
+from .models.registry import check_model_builds
 from .distributed import get_dist
 from .evaluator import Evaluator, truth_objects
 from .files import read_json, read_oof, write_json
@@ -160,6 +161,7 @@ def _run_cv(cfg: Config, folds: list[int] | None, resume: bool, overwrite: bool)
     folds = folds if folds is not None else planned_folds(cfg)
     d = get_dist()
     resolve_device(cfg.train.device, d)  # a device this machine lacks fails before anything is written
+    check_model_builds(cfg.model, cfg.data.num_classes, cfg.data.in_channels)  # so does a model.params value smp refuses
     samples = load_train_samples(cfg)
     check_train_samples(samples, cfg)  # images present, some foreground: before anything is written
     init_run(cfg), teacher_run(cfg)  # train.init_from / pseudo.teacher are run folders: checked before writing

@@ -131,3 +131,22 @@ def test_a_bare_encoder_saved_from_a_ddp_or_compiled_wrapper_loads(tmp_path, pre
     assert report.prefix_removed == prefix and report.missing == [] and report.coverage == 1.0
     for k, v in source.encoder.state_dict().items():
         torch.testing.assert_close(model.encoder.state_dict()[k], v, rtol=0, atol=0)
+
+
+def test_a_params_value_smp_refuses_stops_train_before_anything_is_written(demo_root, tmp_path):
+    """``model.params`` names are checked at load, their values only by smp / timm: fold 0 building its model used to
+    be the first to see them, after the run folder, folds.csv and the tracker were written. A trial build on the meta
+    device (no memory, no weights read) finds them first."""
+    from seg_toolkit.cv import run_cv
+    from seg_toolkit.models.registry import check_model_builds
+
+    model = {"arch": "unet", "encoder": "tu-test_resnet", "encoder_weights": None,
+             "params": {"decoder_attention_type": "bogus"}}
+    cfg = config_from_dict(demo_dict(demo_root, tmp_path / "runs", model=model))
+    with pytest.raises(ConfigError, match=r"model: cannot build arch 'unet' with encoder 'tu-test_resnet' .*Attention bogus"):
+        run_cv(cfg)
+    assert not (tmp_path / "runs").exists()
+    good = config_from_dict(demo_dict(demo_root, tmp_path / "runs", model={**model, "params": {"decoder_attention_type": "scse"}}))
+    before = torch.zeros(1).device
+    check_model_builds(good.model, good.data.num_classes, good.data.in_channels)
+    assert torch.zeros(1).device == before  # the meta device was only the trial's

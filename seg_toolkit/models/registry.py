@@ -208,7 +208,17 @@ def _resolve_encoder(arch: str, name: str | None) -> str:
 # ----------------------------------------------------------------------------- build
 
 
-def build_model(cfg: ModelConfig, num_classes: int, in_channels: int = 3) -> nn.Module:
+def check_model_builds(cfg: ModelConfig, num_classes: int, in_channels: int = 3) -> None:
+    """Build the model once on PyTorch's meta device (no memory, no weights read): a value of ``model.params`` that
+    smp or timm refuses (``decoder_attention_type: bogus``), or a width that leaves a layer empty, is refused before
+    a run folder is written, not when fold 0 builds its model."""
+    import torch
+
+    with torch.device("meta"):
+        build_model(dataclasses.replace(cfg, encoder_weights=None), num_classes, in_channels, announce=False)
+
+
+def build_model(cfg: ModelConfig, num_classes: int, in_channels: int = 3, announce: bool = True) -> nn.Module:
     """Build ``cfg.arch`` with ``num_classes`` output channels for ``in_channels`` images.
 
     The model maps (N, in_channels, H, W) of any H, W to logits (N, num_classes, H, W)
@@ -225,6 +235,7 @@ def build_model(cfg: ModelConfig, num_classes: int, in_channels: int = 3) -> nn.
     checkpoint holds every weight, and re-reading the pretrained source may need network
     or a file no longer there. ``model.encoder_weights_report`` says what a weights file
     load matched (None otherwise). ``channels_last`` is not applied here (the trainer does).
+    ``announce``: log what was built.
     """
     if num_classes < 1:
         raise ConfigError(f"data.num_classes: expected >= 1, got {num_classes}")
@@ -250,8 +261,9 @@ def build_model(cfg: ModelConfig, num_classes: int, in_channels: int = 3) -> nn.
         resolved = default_encoder(cfg.arch)
     spec_cfg = dataclasses.replace(cfg, encoder=resolved, params=dict(cfg.params))
     model.build_spec = {"model": dataclasses.asdict(spec_cfg), "num_classes": num_classes, "in_channels": in_channels}
-    n_params = sum(p.numel() for p in model.parameters())
-    logger.info("built %s (encoder %s): %s parameters", cfg.arch, resolved or "scratch", f"{n_params:,}")
+    if announce:  # not for check_model_builds' trial build
+        n_params = sum(p.numel() for p in model.parameters())
+        logger.info("built %s (encoder %s): %s parameters", cfg.arch, resolved or "scratch", f"{n_params:,}")
     return model
 
 
