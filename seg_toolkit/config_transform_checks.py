@@ -1,5 +1,6 @@
 """The ``transforms`` section's checks at load time: resize and normalisation shapes, each augmentation
-built as training will build it, a crop that ``transforms.resize`` would stretch, and the normalisation a
+built as training will build it, a crop that ``transforms.resize`` would stretch, a quarter turn it would
+distort, and the normalisation a
 named pretrained encoder was trained with. Warnings are said once per process (a config loads more than once)."""
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ def check_transforms(cfg: Config) -> None:
             raise ConfigError(f"transforms.std[{i}]: expected a number > 0, got {v}")
     built = [_check_augmentation(spec, f"transforms.train[{i}]") for i, spec in enumerate(t.train)]
     _warn_crop_before_resize(cfg, built)
+    _refuse_axis_swaps(cfg, built)
 
 
 def _crop_output(t: Any) -> tuple[int, int] | None:
@@ -76,16 +78,8 @@ def _warn_crop_before_resize(cfg: Config, built: list[Any]) -> None:
     if t.resize is None:
         return
 
-    def walk(tr: Any, where: str) -> Any:
-        inner = getattr(tr, "transforms", None)
-        if inner is not None and not hasattr(tr, "height"):
-            for j, sub in enumerate(inner):
-                yield from walk(sub, f"{where}.{type(tr).__name__}.transforms[{j}]")
-        else:
-            yield tr, where
-
     for i, aug in enumerate(built):
-        for tr, where in walk(aug, f"transforms.train[{i}]"):
+        for tr, where in _walk(aug, f"transforms.train[{i}]"):
             out = _crop_output(tr)
             if out is None or list(out) == list(t.resize):
                 continue
@@ -97,6 +91,35 @@ def _warn_crop_before_resize(cfg: Config, built: list[Any]) -> None:
             if msg not in _WARNED:
                 _WARNED.add(msg)
                 log.warning("%s", msg)
+
+
+def _walk(tr: Any, where: str):
+    """Each transform of a built ``transforms.train`` entry with where it is, inside OneOf / SomeOf / Sequential too."""
+    inner = getattr(tr, "transforms", None)
+    if inner is not None and not hasattr(tr, "height"):
+        for j, sub in enumerate(inner):
+            yield from _walk(sub, f"{where}.{type(tr).__name__}.transforms[{j}]")
+    else:
+        yield tr, where
+
+
+_AXIS_SWAPS = ("RandomRotate90", "Transpose", "D4", "SquareSymmetry")
+
+
+def _refuse_axis_swaps(cfg: Config, built: list[Any]) -> None:
+    """A transform that swaps height and width (a quarter turn, a transpose) before a non-square
+    ``transforms.resize``: the turned image is stretched back to the resize's shape, so every object is
+    distorted by the aspect ratio squared (a 20x20 square trained as 15x27). Refused when the config loads."""
+    t = cfg.transforms
+    if t.resize is None or t.resize[0] == t.resize[1]:
+        return
+    for i, aug in enumerate(built):
+        for tr, where in _walk(aug, f"transforms.train[{i}]"):
+            if type(tr).__name__ in _AXIS_SWAPS:
+                raise ConfigError(f"{where}: {type(tr).__name__} swaps height and width, and transforms.resize "
+                                  f"{list(t.resize)} then stretches the turned image back to {t.resize[0]}x{t.resize[1]}: "
+                                  "objects are trained distorted; use a square resize, or flips (HorizontalFlip, "
+                                  "VerticalFlip) that keep the shape")
 
 
 def _check_augmentation(spec: Any, where: str) -> Any:

@@ -16,6 +16,7 @@ from seg_toolkit.data import (
     read_image, read_mask,
 )
 from seg_toolkit.rle import rle_encode
+from seg_toolkit.data.dataset import build_transforms
 
 from .conftest import demo_dict
 
@@ -72,6 +73,65 @@ def test_pixels_a_pad_brings_in_are_void_unless_the_spec_says_otherwise(tmp_path
     assert (padded[:2] == IGNORE_INDEX).all() and (padded[-2:] == IGNORE_INDEX).all()
     assert not (padded[2:-2] == IGNORE_INDEX).any()
     assert (target({"min_height": 24, "min_width": 30, "border_mode": 0, "fill_mask": 0})[:2] == 0).all()
+
+
+def test_a_dropouts_hole_keeps_the_mask_and_mask_dropout_makes_background(tmp_path):
+    """The void fill is for pixels a pad or warp brings in; a dropout's hole is image data hidden, and its mask
+    stays (albumentations' default for CoarseDropout and the like: fill_mask None); MaskDropout makes the objects it
+    drops background, its point. Both had become void (up to a fifth of the pixels never learned)."""
+    root = _binary_csv_comp(tmp_path, n=2)
+    image = np.full((20, 30, 3), 100, np.uint8)
+    mask = np.zeros((20, 30), np.uint8)
+    mask[4:12, 5:20] = 1
+
+    def run(spec):
+        cfg = config_from_dict({"data": {"root": str(root), "task": "binary", "num_classes": 1}, "folds": {"n_splits": 2},
+                                "transforms": {"train": [spec]}})
+        return build_transforms(cfg, train=True)(image=image, mask=mask)
+
+    holes = run({"CoarseDropout": {"num_holes_range": [4, 4], "hole_height_range": [6, 6], "hole_width_range": [6, 6],
+                                   "p": 1.0}})
+    assert (holes["image"] != holes["image"].max()).any()  # holes were cut in the image
+    assert np.array_equal(holes["mask"], mask)  # and the mask is as it was
+    dropped = run({"MaskDropout": {"max_objects": 1, "p": 1.0}})["mask"]
+    assert dropped.max() == 0 and IGNORE_INDEX not in dropped  # the one object became background
+
+
+def test_transforms_that_change_what_a_target_pixel_means_are_refused_at_load(tmp_path):
+    from seg_toolkit.config import ConfigError
+
+    def load(train, resize=None):
+        return config_from_dict({"data": {"task": "binary", "num_classes": 1},
+                                 "transforms": {"train": train, "resize": resize}})
+
+    # a linear mask interpolation blends class ids and void into values that are neither
+    with pytest.raises(ConfigError, match=r"transforms.train\[0\]: Affine: mask_interpolation 1 blends"):
+        load([{"Affine": {"rotate": [-20, 20], "mask_interpolation": 1}}])
+    # a fixed resize in the training list trains at another scale than validation and prediction see
+    for name, args in (("Resize", {"height": 24, "width": 32}), ("LongestMaxSize", {"max_size": 32})):
+        with pytest.raises(ConfigError, match=rf"transforms.train\[0\]: {name}: .*set transforms.resize"):
+            load([{name: args}])
+    # a quarter turn before a non-square resize is stretched back: a 20x20 square trained as 15x27
+    with pytest.raises(ConfigError, match=r"transforms.train\[0\].OneOf.transforms\[1\]: RandomRotate90 swaps height and "
+                                          r"width, and transforms.resize \[48, 64\] then stretches"):
+        load([{"OneOf": {"transforms": [{"HorizontalFlip": {}}, {"RandomRotate90": {}}], "p": 0.5}}], [48, 64])
+    load([{"RandomRotate90": {}}], [64, 64])  # square: the shape is kept
+    load([{"RandomRotate90": {}}])  # no resize: each image keeps its turned shape
+
+
+def test_a_crop_around_the_mask_is_not_drawn_to_void(tmp_path):
+    """CropNonEmptyMaskIfExists crops around non-zero mask pixels: the void a pad before it adds (the TGS 101 -> 128
+    pattern) drew every crop of an empty image to the border; void is now one of its ignore_values."""
+    root = _binary_csv_comp(tmp_path, n=2)
+    cfg = config_from_dict({"data": {"root": str(root), "task": "binary", "num_classes": 1}, "folds": {"n_splits": 2},
+                            "transforms": {"train": [{"CropNonEmptyMaskIfExists": {"height": 8, "width": 8}}]}})
+    crop = build_transforms(cfg, train=True).transforms[0]
+    crop.set_random_seed(0)
+    assert list(crop.ignore_values) == [IGNORE_INDEX]
+    mask = np.zeros((40, 40), np.uint8)
+    mask[:, :2] = IGNORE_INDEX  # void, no foreground
+    touching = sum(IGNORE_INDEX in crop(image=np.zeros((40, 40, 3), np.uint8), mask=mask)["mask"] for _ in range(200))
+    assert touching < 100  # uniform crops: 8 of 33 columns of origin reach the strip (~24%); it was 200 of 200
 
 
 # ----------------------------------------------------------------------------- csv layout

@@ -60,18 +60,36 @@ def _aug_from_spec(spec: Any, where: str) -> A.BasicTransform:
             return cls(inner, **params)
         except Exception as e:
             raise ConfigError(f"{where}: {name}({params}) failed: {e}") from None
-    if "fill_mask" not in params and "fill_mask" in inspect.signature(cls.__init__).parameters:
+    signature = inspect.signature(cls.__init__).parameters
+    if params.get("mask_interpolation", 0) != 0:
+        raise ConfigError(f"{where}: {name}: mask_interpolation {params['mask_interpolation']!r} blends the target's class "
+                          "ids and void (255) into values that are neither (a pixel of 76 trained as target 76); masks move "
+                          "by nearest neighbour (0, the default): remove mask_interpolation")
+    fill = signature["fill_mask"].default if "fill_mask" in signature else None
+    if "fill_mask" not in params and fill is not None and name not in _OWN_MASK_FILL:
         # pixels a pad, rotation or warp brings in are no data: void (never scored, never learned), not class 0
-        # (albumentations' default, which taught CamVid padding as Sky); fill_mask in the spec still decides
+        # (albumentations' default, which taught CamVid padding as Sky); fill_mask in the spec still decides. Not
+        # the dropouts whose default keeps the mask under the hole (None), nor _OWN_MASK_FILL's
         params["fill_mask"] = IGNORE_INDEX
+    if "ignore_values" in signature and "ignore_values" not in params:
+        params["ignore_values"] = [IGNORE_INDEX]  # CropNonEmptyMaskIfExists: void is not the mask to crop around
     try:
         return cls(**params)
     except Exception as e:
         raise ConfigError(f"{where}: {name}({params}) failed: {e}") from None
 
 
+#: transforms whose mask fill is their point: MaskDropout makes the objects it drops background (0)
+_OWN_MASK_FILL = {"MaskDropout"}
+
+_RESIZES = "set transforms.resize: [height, width], which training, validation and prediction all apply"
+
 #: albumentations names a training list must not hold: the toolkit does these steps itself, after the list
 _NOT_AUGMENTATIONS = {
+    "Resize": f"a fixed resize in transforms.train applies to training only (validation and prediction see the "
+              f"images at another scale); {_RESIZES}",
+    "LongestMaxSize": f"in transforms.train it rescales training images only; {_RESIZES}",
+    "SmallestMaxSize": f"in transforms.train it rescales training images only; {_RESIZES}",
     "Normalize": "the toolkit normalises every image with transforms.mean / std after the augmentations (a second "
                  "Normalize here would apply to training only); set transforms.mean / std instead",
     "ToTensorV2": "the toolkit makes the tensors itself; remove it",
