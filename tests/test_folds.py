@@ -254,3 +254,31 @@ def test_a_folds_csv_made_with_other_settings_is_refused(tmp_path):
         load_or_make_folds(samples, _cfg("multilabel", 4, {"method": "group"}, group_pattern=r"^(g\d+)"), run.folds_csv)
     with pytest.raises(DataError, match=r"\(seed: 42 -> 7\)"):
         load_or_make_folds(samples, _cfg("multilabel", 4, {"seed": 7}), run.folds_csv)
+
+
+def test_a_rare_label_is_spread_over_the_folds_not_merged():
+    """Two empty masks among 20, five folds: the pool of rare labels was merged into the biggest label, which left
+    binary folds unstratified (both empties in one fold for 23 of 200 seeds); now each goes to its own fold."""
+    from types import SimpleNamespace
+
+    from seg_toolkit.data.folds import _stratified_binary
+
+    labels = ["salt"] * 18 + ["empty"] * 2
+    for seed in range(50):
+        fold = _stratified_binary(labels, SimpleNamespace(n_splits=5, seed=seed))
+        assert fold[18] != fold[19], seed
+        assert sorted(np.bincount(fold).tolist()) == [4] * 5
+
+
+def test_a_group_pattern_whose_group_can_match_nothing_is_refused(tmp_path):
+    """``^(?:patient(\\d+)_)?``: ids without the prefix matched with an empty group, and str(None) made them all one
+    group 'None'."""
+    from seg_toolkit.data import DataError
+    from seg_toolkit.data.folds import sample_group
+    from seg_toolkit.data.sample import Sample
+
+    cfg = config_from_dict({"data": {"group_pattern": r"^(?:patient(\d+)_)?"}, "folds": {"method": "group"}})
+    assert sample_group(Sample("patient7_a", tmp_path / "x.png", where="train.csv line 2"), cfg) == "7"
+    with pytest.raises(DataError, match=r"train.csv line 3: data.group_pattern .* matches id 'scan1' but its first "
+                                        r"group is empty"):
+        sample_group(Sample("scan1", tmp_path / "y.png", where="train.csv line 3"), cfg)

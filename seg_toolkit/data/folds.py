@@ -49,7 +49,7 @@ import pandas as pd
 from sklearn.model_selection import GroupKFold, KFold, StratifiedGroupKFold, StratifiedKFold
 
 from ..config import Config
-from ..files import read_json, write_json, write_text
+from ..files import atomic_write, read_json, write_json, write_text
 from ..run import Run
 from .io import DataError
 from .masks import class_names, load_target, mask_ids, train_rle_spec
@@ -154,6 +154,9 @@ def sample_group(sample: Sample, cfg: Config) -> str:
         m = re.search(cfg.data.group_pattern, sample.id)
         if not m:
             raise DataError(f"{sample.where}: id {sample.id!r} does not match data.group_pattern {cfg.data.group_pattern!r}")
+        if not m.group(1):  # an optional group that matched nothing: str(None) made every such id one group "None"
+            raise DataError(f"{sample.where}: data.group_pattern {cfg.data.group_pattern!r} matches id {sample.id!r} but its "
+                            "first group is empty: every such id would be one group; make the group match in every id")
         return m.group(1)
     if not sample.group:
         raise DataError(f"{sample.where}: data.group_column {cfg.data.group_column!r} is empty for id {sample.id!r}")
@@ -168,13 +171,14 @@ def _groups(samples: list[Sample], cfg: Config) -> list[str]:
 
 
 def _stratified_binary(labels: list[str], f) -> np.ndarray:
-    """sklearn ``StratifiedKFold`` on labels; labels too rare to appear in every fold are pooled."""
+    """sklearn ``StratifiedKFold`` on labels; labels too rare to appear in every fold are pooled, and a pool itself
+    too small for every fold stays a stratum of its own, spread one image per fold (it was merged into the biggest
+    label: with two labels, 2 empty masks of 20 then shared a fold in 23 of 200 seeds)."""
     counts = Counter(labels)
     pooled = [s if counts[s] >= f.n_splits else "rare" for s in labels]
-    if 0 < Counter(pooled)["rare"] < f.n_splits:
-        biggest = Counter(pooled).most_common(1)[0][0]
-        pooled = [biggest if lab == "rare" else lab for lab in pooled]
-    splits = StratifiedKFold(n_splits=f.n_splits, shuffle=True, random_state=f.seed).split(np.zeros(len(labels)), pooled)
+    with warnings.catch_warnings():  # a stratum under n_splits members: sklearn warns, and spreads it as asked
+        warnings.filterwarnings("ignore", message="The least populated class")
+        splits = list(StratifiedKFold(n_splits=f.n_splits, shuffle=True, random_state=f.seed).split(np.zeros(len(labels)), pooled))
     return _fold_array(splits, len(labels))
 
 
@@ -307,10 +311,9 @@ def load_or_make_folds(samples: list[Sample], cfg: Config, path: Path) -> pd.Dat
     if own:
         write_text(run.fold_balance_csv, balance.to_csv(index=False))
         write_json(run.folds_json, fold_settings(cfg))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".csv.tmp")
-    df.to_csv(tmp, index=False)
-    tmp.replace(path)
+    # a temporary name of its own: two `train --fold K` jobs started together make the same folds, and a fixed
+    # folds.csv.tmp had one job's rename fail under the other's
+    atomic_write(path, lambda tmp: df.to_csv(tmp, index=False))
     log.info("wrote %s (%d samples, %d folds, method %s)", path, len(df), cfg.folds.n_splits, cfg.folds.method)
     return df
 
