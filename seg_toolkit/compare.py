@@ -96,8 +96,10 @@ def find_runs(paths: Sequence[str | Path]) -> list[Run]:
             found.append(Run(p))
             continue
         for child in sorted(q for q in p.iterdir() if q.is_dir()):
-            if Run(child).looks_like_run():
-                found.append(Run(child))
+            r = Run(child)
+            # a folder only lr-find wrote (folds.csv, lr_find.json) has no config.yaml and nothing to compare
+            if r.looks_like_run() and any(f.is_file() for f in (r.config_yaml, r.ensemble_json, r.cv_json)):
+                found.append(r)
             else:
                 log.debug("compare: %s is not a run folder; skipped", child)
     unique = list(dict.fromkeys(found))

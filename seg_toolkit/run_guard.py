@@ -249,11 +249,14 @@ class RunGuard:
                 f"({names}{more}); move them out, or choose another experiment name"
             )
 
-    def remove(self, cfg: Config, path: Path | None = None) -> None:
+    def remove(self, cfg: Config, path: Path | None = None, scratch: bool = False) -> None:
         """Delete the run folder (``path=None``) or one entry of it that runs write (``path``, e.g. a
         ``fold_<k>/`` or :attr:`tta_search_root`): the only way anything is deleted, after
-        :meth:`check_removable`. A missing folder or entry is not an error."""
+        :meth:`check_removable`. A missing folder or entry is not an error. ``scratch``: a command's own working
+        folder, removed as it ends (said at INFO: a warning read as something gone wrong)."""
         self.check_removable(cfg, path)
         target = self.dir if path is None else Path(path)
         if target.exists():
-            delete_path(target)
+            if scratch:
+                log.info("removing %s (working files)", target)
+            delete_path(target, announce=not scratch)

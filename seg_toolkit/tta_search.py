@@ -173,7 +173,7 @@ def choose_tta(
                 else:
                     f.replace(run.oof_dir / f.name)
         finally:
-            run.remove(cfg, run.tta_search_root)
+            run.remove(cfg, run.tta_search_root, scratch=True)
         result = {
             "tta": chosen["tta"], "merge": chosen["merge"], "score": chosen["score"], "untuned": chosen["untuned"],
             "cross_fitted": chosen["cross_fitted"],

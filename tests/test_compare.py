@@ -155,6 +155,16 @@ def test_run_folders_named_directly_and_errors(runs, tmp_path, capsys):
     assert "half" in (tmp_path / "one.html").read_text()
 
 
+def test_a_folder_only_lr_find_wrote_is_skipped(runs, tmp_path):
+    """lr-find writes folds.csv and lr_find.json beside no config.yaml: compare listed it as a row of errors."""
+    shutil.copytree(runs / "a", tmp_path / "runs" / "a")
+    lrf = tmp_path / "runs" / "lrf"
+    lrf.mkdir()
+    shutil.copy(runs / "a" / "folds.csv", lrf / "folds.csv")
+    (lrf / "lr_find.json").write_text("{}")
+    assert [r.name for r in collect([tmp_path / "runs"])] == ["a"]
+
+
 def test_a_damaged_run_is_one_row_that_says_so(runs, tmp_path):
     """A corrupt ensemble.json stopped the whole leaderboard (its folds were read outside the guard), and what a row
     could not read was kept but never shown."""
