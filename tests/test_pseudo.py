@@ -342,8 +342,17 @@ def test_labels_of_an_ensemble_teacher_whose_member_was_retuned_are_refused(demo
     student = config_from_dict(demo_dict(demo_root, runs, experiment="s", folds=FOLDS, train={"epochs": 1, "batch_size": 2},
                                          pseudo={"teacher": str(runs / "ens"), "confidence": 0.5, "per_fold": False}))
     run_cv(student, folds=[0])
-    (runs / "twin" / "tta.json").write_text(json.dumps({"tta": ["identity", "hflip"], "merge": "mean_prob"}))
-    with pytest.raises(ConfigError, match=r"whose member twin/tta.json changed since"):
+    # `oof twin --set predict.tta=[identity,hflip]`: the member predicts otherwise, and the ensemble built on its old
+    # OOF files is refused first
+    from seg_toolkit.oof import remake_oof
+
+    remake_oof(load_config(runs / "twin" / "config.yaml", ["experiment=twin", f"runs_dir={runs}", "predict.tta=[identity,hflip]"]))
+    with pytest.raises(ConfigError, match=r"member .*twin's OOF files were merged and tuned on as made with"):
+        run_cv(student, folds=[1])
+    # built again on the member as it is: a teacher again, but not the one the shared labels came from
+    members = [load_config(runs / n / "config.yaml", [f"experiment={n}", f"runs_dir={runs}"]) for n in ("teacher", "twin")]
+    build_ensemble(members, name="ens", weights=[0.5, 0.5], overwrite=True)
+    with pytest.raises(ConfigError, match=r"whose .*member twin/config.yaml.* changed since"):
         run_cv(student, folds=[1])
 
 
