@@ -72,7 +72,9 @@ def to_merge_space(p: torch.Tensor, space: str, task: str) -> torch.Tensor:
 
 
 def on_grid(p: torch.Tensor) -> torch.Tensor:
-    """Probabilities put on the 1/255 grid the OOF files store them on (:func:`probs_to_uint8`, then back)."""
+    """Probabilities put on the 1/255 grid the OOF files store them on (:func:`probs_to_uint8`, then back), as a
+    tensor where it is (the predictor's device); :func:`seg_toolkit.postprocess.on_oof_grid` is the same for the
+    NumPy arrays post-processing reads."""
     return (p.clamp(0.0, 1.0) * 255.0).round_() / 255.0
 
 

@@ -19,9 +19,9 @@ parameters each group's search chose, whose spread shows how stable the tuning i
 When tune compares several searches (the greedy chain and the joint search, split seeds), choosing the one
 whose cross-fitted score is highest would leave that choice's luck in the score reported: on 15 images
 whose best seed was a coin toss it read 0.577, the tuned score itself, where images no choice had seen
-scored 0.489. :func:`cross_fitted_choice` makes the choice inside each group too: the search that scores
-best tuned on the other groups' images gives the group's parameters (the nested score), beside each
-search's own cross-fitted score.
+scored 0.489. :func:`cross_fitted_choice` makes the choice inside each group too: the search whose
+cross-fitted score over the other groups alone is best gives the group's parameters (the nested score),
+beside each search's own cross-fitted score.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["Counts", "crossfit_groups", "cross_fitted", "cross_fitted_choice", "GROUPS", "MIN_FOLDS", "MIN_IMAGES", "SEED"]
+__all__ = ["Counts", "crossfit_groups", "cross_fitted_choice", "GROUPS", "MIN_FOLDS", "MIN_IMAGES", "SEED"]
 
 #: Random groups when fewer than MIN_FOLDS folds are done.
 GROUPS = 5
@@ -70,27 +70,11 @@ def crossfit_groups(image_folds: Sequence[int], done_folds: Sequence[int], group
     return groups, f"random: {GROUPS} groups, seed {SEED}"
 
 
-def cross_fitted(groups: np.ndarray, how: str, search: Callable[[np.ndarray], tuple[object, Counts]]) -> dict:
-    """``search(rows)`` tunes on the images ``rows`` and returns its parameters and every image's counts
-    under them; each group is scored with the parameters tuned without it."""
-    assembled: list[np.ndarray] | None = None
-    chosen = []
-    counts = None
-    for g in range(int(groups.max()) + 1):
-        held = groups == g
-        params, counts = search(np.flatnonzero(~held))
-        if assembled is None:
-            assembled = [a.copy() for a in counts.arrays]
-        for whole, part in zip(assembled, counts.arrays):
-            whole[held] = part[held]
-        chosen.append(asdict(params))
-    assert counts is not None and assembled is not None
-    return {"score": float(counts.score(tuple(assembled))), "groups": how, "n_groups": len(chosen), "params": chosen}
-
-
 def cross_fitted_choice(groups: np.ndarray, how: str, searches: Mapping[str, Callable[[np.ndarray], tuple[object, Counts]]],
                         better: Callable[[float, float], bool]) -> tuple[dict[str, dict], dict]:
-    """Each of ``searches`` cross-fitted as :func:`cross_fitted` does, and the choice among them cross-fitted too.
+    """Each of ``searches`` cross-fitted (``search(rows)`` tunes on the images ``rows`` and returns its parameters and
+    every image's counts under them; each group is scored with the parameters tuned without it), and the choice
+    among them cross-fitted too.
 
     tune keeps the search of the best cross-fitted score; here each group's search is chosen the same way without
     the group: by each search's cross-fitted score over the other groups alone (searched on the images of neither

@@ -115,11 +115,16 @@ def object_rows(sample: Sample, cfg: Config, hw: tuple[int, int]) -> list[tuple[
 
     spec = train_rle_spec(cfg)
     rows = sample.objects or ()
-    where = [f"{sample.where} (id {sample.id!r}), its object row {k + 1} of {len(rows)}" for k in range(len(rows))]
     try:
-        return [(spec.decode(r, hw, w), w) for r, w in zip(rows, where)]
+        return [(spec.decode(r, hw, w), w) for r, w in zip(rows, _row_wheres(sample))]
     except RLEError as e:
         raise RLERowError(str(e)) from None
+
+
+def _row_wheres(sample: Sample) -> list[str]:
+    """Where each of a ``data.rle_instances`` image's object rows was listed, as errors name it."""
+    rows = sample.objects or ()
+    return [f"{sample.where} (id {sample.id!r}), its object row {k + 1} of {len(rows)}" for k in range(len(rows))]
 
 
 def _row_objects(sample: Sample, cfg: Config, hw: tuple[int, int] | None) -> np.ndarray:
@@ -151,10 +156,9 @@ def check_truth_objects(samples: list[Sample], cfg: Config) -> None:
             except DataError as e:
                 bad.append(str(e))
         elif cfg.data.rle_instances and s.objects:
-            rows = s.objects
-            where = [f"{s.where} (id {s.id!r}), its object row {k + 1} of {len(rows)}" for k in range(len(rows))]
+            where = _row_wheres(s)
             try:
-                hit = instance_overlap([spec.runs(r, np.iinfo(np.int64).max, w) for r, w in zip(rows, where)])
+                hit = instance_overlap([spec.runs(r, np.iinfo(np.int64).max, w) for r, w in zip(s.objects, where)])
             except RLEError:
                 continue  # a malformed row: the reader names it when the image is read
             if hit is not None:
