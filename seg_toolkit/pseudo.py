@@ -283,11 +283,16 @@ def _refuse_training_images(cfg: Config, samples: list[Sample]) -> None:
                           "them out of data.test_images (or point it at the test folder)")
 
 
+def _labels_key(cfg: Config, fold: int) -> int | None:
+    """Whose labels fold ``fold`` trains on: its own (``pseudo.per_fold``), or the shared ones (None)."""
+    return fold if cfg.pseudo.per_fold else None
+
+
 def pseudo_labels_file(cfg: Config, run: Run, fold: int) -> Path | None:
     """The labels file fold ``fold`` trains on (None without ``pseudo.teacher``)."""
     if cfg.pseudo.teacher is None:
         return None
-    return run.pseudo_csv(fold if cfg.pseudo.per_fold else None)
+    return run.pseudo_csv(_labels_key(cfg, fold))
 
 
 def check_labels_unchanged(cfg: Config, run: Run, fold: int, state, fresh: bool) -> None:
@@ -313,7 +318,7 @@ def pseudo_samples(cfg: Config, run: Run, fold: int, folds: pd.DataFrame, make: 
     """
     if cfg.pseudo.teacher is None:
         return []
-    key = fold if cfg.pseudo.per_fold else None
+    key = _labels_key(cfg, fold)
     path = run.pseudo_csv(key)
     if not path.is_file():
         if not make:
