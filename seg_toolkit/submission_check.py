@@ -342,8 +342,11 @@ def sample_class_pairs(ids: Sequence[str], values: Sequence[Any]) -> dict[tuple[
     texts = [str(v).strip() for v in values]
     if all(t in ("", "0") for t in texts):
         return None
-    return {(str(i), int(t)): line for line, (i, t) in enumerate(zip(ids, texts), start=2)
-            if t.isdigit() and t.isascii()}
+    pairs: dict[tuple[str, int], int] = {}
+    for line, (i, t) in enumerate(zip(ids, texts), start=2):
+        if t.isdigit() and t.isascii():
+            pairs.setdefault((str(i), int(t)), line)  # a pair listed twice is named by its first line
+    return pairs
 
 
 def _class_problems(ids: np.ndarray, values: np.ndarray, classes: list[int] | None, max_problems: int,

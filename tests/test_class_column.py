@@ -204,6 +204,11 @@ def test_checker_compares_the_classes_a_sample_lists(tmp_path):
         f"line {n} (id {i!r}): class 0, the sample's placeholder (its class column is 0 on every row), not a class; a row "
         "per image and class names the class" for n, i in ((2, "a"), (3, "b"))]
     assert check_submission(listing, placeholder, class_column="ClassId") == []
+    from seg_toolkit.submission_check import sample_class_pairs
+
+    # each pair named by the line it is first listed on (a repeat kept the last); Severstal's placeholder lists none
+    assert sample_class_pairs(["a", "a", "a", "b"], ["1", "2", "1", "1"]) == {("a", 1): 2, ("a", 2): 3, ("b", 1): 5}
+    assert sample_class_pairs(["a", "b"], ["0", " 0 "]) is None
 
 
 def test_predict_refuses_a_sample_listing_other_classes(severstal, tmp_path):
