@@ -166,6 +166,10 @@ def _run_cv(cfg: Config, folds: list[int] | None, resume: bool, overwrite: bool)
     check_train_samples(samples, cfg)  # images present, some foreground: before anything is written
     init_run(cfg), teacher_run(cfg)  # train.init_from / pseudo.teacher are run folders: checked before writing
     run = Run.of(cfg)
+    if d.is_main and not overwrite and run.folds_csv.is_file() and not run.config_yaml.is_file():
+        # folds.csv without a config beside it (lr-find's): checked against these fold settings before prepare_run
+        # saves this config, which a refusal left behind to refuse the settings the folds were made with
+        load_or_make_folds(samples, cfg, run.folds_csv)
     if d.is_main:  # only rank 0 touches the run folder; the others wait and read
         prepare_run(cfg, folds, resume=resume, overwrite=overwrite, fold_job=not whole_run)
         load_or_make_folds(samples, cfg, run.folds_csv)

@@ -201,6 +201,22 @@ def test_lr_find_command_on_the_demo(demo_root, tmp_path):
     run_cv(cfg, folds=[0])  # the folder lr-find wrote into is still a run folder that training accepts
 
 
+def test_train_refused_on_lr_finds_folds_leaves_the_folder_as_lr_find_left_it(demo_root, tmp_path):
+    """lr-find writes folds.csv beside no config.yaml; a train with other fold settings was refused after it had saved
+    its own config, which then refused the settings the folds were made with (only --overwrite, deleting lr-find's
+    files, got out)."""
+    import dataclasses
+
+    cfg = _cfg(demo_root, tmp_path / "runs", "lr")
+    lr_find(cfg, fold=0, start=1e-4, end=1e-1, steps=12)
+    run = Run.of(cfg)
+    other = dataclasses.replace(cfg, folds=dataclasses.replace(cfg.folds, n_splits=cfg.folds.n_splits + 1))
+    with pytest.raises(Exception, match=r"folds.csv was made with other fold settings"):
+        run_cv(other, folds=[0])
+    assert not run.config_yaml.exists() and run.lr_find_json.is_file()
+    run_cv(cfg, folds=[0])  # the settings lr-find's folds were made with: accepted
+
+
 def test_lr_find_reads_the_runs_precision_but_never_writes_amp_json(demo_root, tmp_path, monkeypatch):
     """A sweep measured on another machine, or with another --set model, must not decide (or change) the precision
     the run trains and predicts in: amp.json is training's alone."""
