@@ -99,23 +99,16 @@ def cross_fitted_choice(groups: np.ndarray, how: str, searches: Mapping[str, Cal
             key = (min(g, h), max(g, h), n)
             if key not in pairs:
                 pairs[key] = searches[n](np.flatnonzero((groups != g) & (groups != h)))[1]
-            counts = pairs[key]
-            if assembled is None:
-                assembled = [a.copy() for a in counts.arrays]
-            for whole, part in zip(assembled, counts.arrays):
-                whole[groups == h] = part[groups == h]
+            assembled = _take(assembled, pairs[key], groups == h)
         assert assembled is not None
-        return float(counts.score(tuple(assembled), np.flatnonzero(groups != g)))
+        return float(pairs[key].score(tuple(assembled), np.flatnonzero(groups != g)))
 
     def assemble(pick: Callable[[int], str]) -> tuple[float, list[dict]]:
         arrays: list[np.ndarray] | None = None
         chosen = []
         for g in range(n_groups):
             params, counts = outer[g][pick(g)]
-            if arrays is None:
-                arrays = [a.copy() for a in counts.arrays]
-            for whole, part in zip(arrays, counts.arrays):
-                whole[groups == g] = part[groups == g]
+            arrays = _take(arrays, counts, groups == g)
             chosen.append(asdict(params))
         assert arrays is not None
         return float(outer[0][names[0]][1].score(tuple(arrays))), chosen
@@ -124,6 +117,8 @@ def cross_fitted_choice(groups: np.ndarray, how: str, searches: Mapping[str, Cal
     for n in names:
         score, chosen = assemble(lambda g, n=n: n)
         per[n] = {"score": score, "groups": how, "n_groups": n_groups, "params": chosen}
+    if len(names) == 1:  # nothing to choose: the one search's own score (no pair searches)
+        return per, {**per[names[0]], "searches": names * n_groups}
     picks = []
     for g in range(n_groups):
         best, best_score = names[0], inner_score(names[0], g)
@@ -136,3 +131,12 @@ def cross_fitted_choice(groups: np.ndarray, how: str, searches: Mapping[str, Cal
     return per, {"score": score, "groups": how, "n_groups": n_groups,
                  "params": chosen, "searches": picks,
                  "choice": "nested: each group's search chosen by cross-fitted score without it"}
+
+
+def _take(arrays: list[np.ndarray] | None, counts: Counts, rows: np.ndarray) -> list[np.ndarray]:
+    """``arrays`` (a copy of ``counts``' when None) with the images ``rows`` (a mask) taken from ``counts``."""
+    if arrays is None:
+        arrays = [a.copy() for a in counts.arrays]
+    for whole, part in zip(arrays, counts.arrays):
+        whole[rows] = part[rows]
+    return arrays
