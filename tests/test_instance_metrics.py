@@ -821,3 +821,22 @@ def test_overlapping_truth_objects_are_named_before_anything_is_written(tmp_path
     with pytest.raises(DataError, match=message):
         run_cv(cfg)
     assert not Run.of(cfg).dir.exists()
+
+
+def test_an_unreadable_object_file_is_its_own_error_not_an_overlap(tmp_path):
+    """check_truth_objects gathers the overlaps of every image under one heading; an object file that cannot be
+    read is another fault, which had been listed under "truth objects that overlap"."""
+    from seg_toolkit.cv import run_cv
+
+    m = np.zeros((H, W), bool)
+    m[1:4, 1:4] = True
+    cfg = _write_object_run(tmp_path, {f"i{k}": ([m], np.zeros((1, H, W), np.uint8)) for k in range(6)},
+                            model={"arch": "scratch_unet", "depth": 2, "base_width": 4},
+                            train={"epochs": 1, "batch_size": 2, "num_workers": 0})
+    cfg = dataclasses.replace(cfg, experiment="fresh")
+    bad = Path(cfg.data.root) / "train" / "i3" / "masks" / "i3_0.png"
+    bad.write_bytes(b"not a png")
+    with pytest.raises(DataError) as caught:
+        run_cv(cfg)
+    assert "i3_0.png" in str(caught.value) and "overlap" not in str(caught.value)
+    assert not Run.of(cfg).dir.exists()

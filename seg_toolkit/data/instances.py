@@ -25,6 +25,7 @@ import numpy as np
 
 from ..config import Config
 from .colors import VOID_ID
+from .data_errors import ObjectOverlapError
 from .io import DataError
 from .object_files import ObjectSet, as_object_set, object_files, read_object_set
 
@@ -100,7 +101,7 @@ def load_objects(sample: Sample, cfg: Config, hw: tuple[int, int] | None = None)
         if taken.any():
             files = object_files(sample)
             other = files[int(taken[taken > 0][0]) - 1].name
-            raise DataError(f"{sample.mask}: objects {other} and {files[k - 1].name} overlap at {int((taken > 0).sum())} "
+            raise ObjectOverlapError(f"{sample.mask}: objects {other} and {files[k - 1].name} overlap at {int((taken > 0).sum())} "
                             "pixels; object-matching metrics need objects that do not overlap")
         labels[box][crop] = k
     return labels
@@ -153,7 +154,7 @@ def check_truth_objects(samples: list[Sample], cfg: Config) -> None:
         if cfg.data.instance_folders and s.mask is not None:
             try:
                 load_objects(s, cfg)
-            except DataError as e:
+            except ObjectOverlapError as e:  # any other DataError (an unreadable object file) is its own error
                 bad.append(str(e))
         elif cfg.data.rle_instances and s.objects:
             where = _row_wheres(s)
