@@ -185,7 +185,11 @@ def _load_newest(run: Run, fold: int, model, ema, optimizer, schedule, scaler, r
             ema.module.load_state_dict(ckpt["ema"])
         optimizer.load_state_dict(ckpt["optimizer"])
         schedule.load_state_dict(ckpt["scheduler"])
-        scaler.load_state_dict(ckpt["scaler"])
+        if ckpt["scaler"]:
+            scaler.load_state_dict(ckpt["scaler"])
+        elif scaler.is_enabled():  # saved in fp32 / bf16 (on a CPU, or a GPU with bf16), resumed in fp16
+            log.warning("fold %d: %s was saved without loss scaling; it continues in fp16 with a fresh GradScaler",
+                        fold, path)
         _restore_rng(ckpt, rank)
         state = TrainState(**ckpt["train_state"])
         if "patience_score" not in ckpt["train_state"]:  # saved before min_delta had a score of its own

@@ -321,3 +321,26 @@ def test_a_rank_resumes_its_own_gpus_generator_from_the_saving_gpus(monkeypatch)
     restored.clear()
     set_rng_state({k: v for k, v in state.items() if k != "cuda_device"})  # an older checkpoint: as before
     assert restored == [("all", None)]
+
+
+def test_a_checkpoint_saved_without_loss_scaling_resumes_in_fp16(demo_root, tmp_path, monkeypatch, caplog):
+    """A fold checkpointed in fp32 / bf16 (its GradScaler off, saved as {}) and resumed where train.amp resolves to
+    fp16 (a CPU run continued on a T4, an A100's bf16 run resumed on a T4): an enabled GradScaler refuses an empty
+    state, and the resume stopped with torch's RuntimeError. It now continues with a fresh scaler, said once.
+    fp16 on CUDA is stood in for by a CPU GradScaler, which loads a state as the CUDA one does."""
+    import seg_toolkit.train as train_mod
+    from seg_toolkit.amp import AmpChoice
+    from seg_toolkit.config import config_from_dict
+    from seg_toolkit.cv import run_cv
+    from seg_toolkit.run import Run
+
+    data = _cfg(demo_root, tmp_path / "runs", epochs=2)
+    assert _run(data, kill_at=4).returncode == -signal.SIGKILL  # update 1 of epoch 2: last.pt holds epoch 1
+    run = Run.of(config_from_dict(data))
+    assert load_checkpoint(run.last_pt(0))["scaler"] == {}
+    monkeypatch.setattr(train_mod, "run_amp", lambda cfg, run, device, *a, **k: AmpChoice("fp16", "auto", "a T4", device.type))
+    with caplog.at_level("WARNING"):
+        run_cv(config_from_dict(data), resume=True)
+    assert caplog.text.count("was saved without loss scaling; it continues in fp16 with a fresh GradScaler") == 1
+    ckpt = load_checkpoint(run.last_pt(0))
+    assert ckpt["epoch"] == 2 and ckpt["scaler"]["scale"] > 0  # the fp16 epoch's scaler, saved
