@@ -41,13 +41,15 @@ MIN_GAIN = 1.1  # bf16 must be at least this much faster than fp32 to be picked 
 
 @dataclass(frozen=True)
 class AmpChoice:
-    """``mode`` is none, fp16 or bf16; ``timings`` holds a measured choice's seconds per step."""
+    """``mode`` is none, fp16 or bf16; ``timings`` holds a measured choice's seconds per step; ``fallback``: this
+    machine's stand-in for a recorded bf16 it only emulates, never written over the run's record."""
 
     mode: str
     requested: str
     reason: str
     device_type: str = "cpu"
     timings: dict[str, float] = field(default_factory=dict)
+    fallback: bool = False
 
     @property
     def dtype(self) -> torch.dtype | None:
@@ -61,7 +63,9 @@ class AmpChoice:
         return f"amp {self.mode} (train.amp: {self.requested}; {self.reason})"
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        del data["fallback"]
+        return data
 
 
 def cpu_has_fast_bf16() -> bool:
@@ -104,7 +108,7 @@ def resolve_amp(requested: str, device: torch.device, recorded: dict[str, Any] |
             # a little from the OOF files': the predictor names that)
             fallback = "fp16" if kind == "cuda" else "none"
             return AmpChoice(fallback, requested, "amp.json recorded bf16, which this machine only emulates: "
-                             + ("fp16 with loss scaling" if kind == "cuda" else "fp32"), kind)
+                             + ("fp16 with loss scaling" if kind == "cuda" else "fp32"), kind, fallback=True)
         return AmpChoice(recorded["mode"], requested, recorded.get("reason", "recorded in amp.json"), kind,
                          dict(recorded.get("timings") or {}))
     if kind == "cuda":
@@ -211,6 +215,8 @@ def run_amp(cfg, run, device: torch.device, model: torch.nn.Module, loss_fn, tra
             return to_device(collate([dataset[i] for i in range(min(cfg.train.batch_size, len(train_set)))]))
 
         amp = choose_amp(cfg.train.amp, device, model, recorded, batch, loss_fn)
-        if record and cfg.train.amp == "auto" and recorded != amp.to_json():
+        # a fallback is this machine's, not the run's: written, it would be the record the bf16 machine (or GPU)
+        # then measures again (a CPU record without timings) or trains every later fold in (a GPU's fp16)
+        if record and cfg.train.amp == "auto" and not amp.fallback and recorded != amp.to_json():
             write_json(run.amp_json, amp.to_json())
     return d.broadcast(amp)

@@ -225,3 +225,25 @@ def test_tf32_state_is_read_from_torch_on_cuda_only():
         assert tf32_state(torch.device("cuda"))["float32_matmul_precision"] == "highest"
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = was
+
+
+def test_a_machine_that_only_emulates_the_recorded_bf16_leaves_amp_json_alone(demo_root, tmp_path, monkeypatch):
+    """amp.json is the run's one precision. A fold trained (or resumed) on a CPU without native bf16 falls back to
+    fp32 for itself, and wrote that fallback, without timings, over the record: the bf16 machine then measured again
+    for the next fold, and folds of one run flipped between precisions (on CUDA a T4's fp16 stayed the A100's)."""
+    monkeypatch.setattr(amp_mod, "cpu_has_fast_bf16", lambda: True)
+    monkeypatch.setattr(amp_mod, "measure_cpu_bf16", lambda *a, **k: {"fp32_s": 1.0, "bf16_s": 0.5})
+    cfg = config_from_dict(demo_dict(demo_root, tmp_path / "runs", folds={"n_splits": 2, "method": "kfold", "seed": 0},
+                                     train={"epochs": 1, "batch_size": 2, "amp": "auto"}))
+    run_cv(cfg, folds=[0])
+    run = Run.of(cfg)
+    measured = json.loads(run.amp_json.read_text())
+    assert measured["mode"] == "bf16" and measured["timings"]["bf16_speedup"] == 2.0
+    monkeypatch.setattr(amp_mod, "cpu_has_fast_bf16", lambda: False)  # fold 1 on an AVX2-only machine
+    cv = run_cv(cfg, folds=[1])
+    assert [f["amp"] for f in cv["per_fold"]] == ["bf16", "none"]
+    assert json.loads(run.amp_json.read_text()) == measured
+    monkeypatch.setattr(amp_mod, "cpu_has_fast_bf16", lambda: True)  # back on the bf16 machine: the record, unmeasured
+    monkeypatch.setattr(amp_mod, "measure_cpu_bf16", lambda *a, **k: pytest.fail("measured again"))
+    assert Member.load(run).amp(1, CPU).mode == "bf16"
+    assert "fallback" not in measured and resolve_amp("auto", CPU, measured).fallback is False
