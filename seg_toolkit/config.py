@@ -209,6 +209,10 @@ class PostprocessConfig:
     split_seed: Optional[float] = None
     split_seed_grid: list[Optional[float]] = field(default_factory=list)
     split_by: Literal["distance", "probability"] = "distance"
+    # multiclass: where the pixels of a component smaller than its class's min_area go: class 0 (background: right
+    # where class 0 is a background), or each pixel's runner-up, the best of the other classes (runner_up: where
+    # class 0 is a class like the others, CamVid's Sky, Cityscapes' road); class 0's own specks are then searched too
+    min_area_to: Literal["background", "runner_up"] = "background"
 
 
 @dataclass

@@ -237,6 +237,9 @@ def _check_split(cfg: Config) -> None:
         if on and cfg.metric.name not in INSTANCE_METRICS:
             raise ConfigError(f"postprocess.{key}: cuts touching objects apart, which only an object-matching metric "
                               f"scores (metric.name: instance_map or instance_f2); metric.name is {cfg.metric.name!r}")
+    if p.min_area_to != "background" and task != "multiclass":
+        raise ConfigError(f"postprocess.min_area_to: {p.min_area_to!r} says which class a multiclass label map gives the "
+                          f"pixels min_area removes; data.task is {task} (its removed pixels are simply left out)")
     if p.split_by != "distance":
         if p.split_seed is None and not any(v is not None for v in p.split_seed_grid):
             raise ConfigError(f"postprocess.split_by: {p.split_by!r} says how objects are cut apart, but there is no "

@@ -25,14 +25,16 @@ from .tensors import probs_to_uint8, uint8_to_probs
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PostParams", "apply_postprocess", "on_oof_grid", "area_floor", "remove_small", "split_objects", "params_from_config",
-           "load_params"]
+__all__ = ["PostParams", "apply_postprocess", "on_oof_grid", "area_floor", "remove_small", "runner_up", "split_objects",
+           "params_from_config", "load_params"]
 
 
 #: what an empty gate compares with its value
 GATE_SOURCES = ("max_prob", "classifier")
 #: how :func:`split_objects` gives an object's pixels to its seeds
 SPLIT_BY = ("distance", "probability")
+#: multiclass: where the pixels of a component smaller than its class's min_area go
+MIN_AREA_TO = ("background", "runner_up")
 
 
 @dataclass
@@ -44,6 +46,7 @@ class PostParams:
     class_weight: list[float] = field(default_factory=list)  # multiclass: argmax of weight x probability; empty = all 1
     split_seed: list[float | None] = field(default_factory=list)  # binary / multilabel: split_objects' seed; empty = off
     split_by: str = "distance"  # split_objects' way of cutting: nearest seed (distance) or a watershed on p (probability)
+    min_area_to: str = "background"  # multiclass: a small component's pixels become class 0, or each its runner-up class
 
     def __post_init__(self) -> None:
         self._check_values()
@@ -60,6 +63,8 @@ class PostParams:
             raise ValueError(f"split_seed: expected null or a probability in (0, 1] per class, got {self.split_seed!r}")
         if self.split_by not in SPLIT_BY:
             raise ValueError(f"split_by: expected one of {SPLIT_BY}, got {self.split_by!r}")
+        if self.min_area_to not in MIN_AREA_TO:
+            raise ValueError(f"min_area_to: expected one of {MIN_AREA_TO}, got {self.min_area_to!r}")
         if not self.class_weight:
             self.class_weight = [1.0] * len(self.threshold)
         self.class_weight = [float(w) for w in self.class_weight]
@@ -90,6 +95,11 @@ class PostParams:
 
     def for_class(self, c: int) -> tuple[float, int, float | None]:
         return self.threshold[c], self.min_area[c], self.empty_gate[c]
+
+    def area_classes(self) -> range:
+        """Multiclass: the classes whose small components min_area removes (class 0's only when they go to their
+        runner-up: made background, they would stay class 0)."""
+        return range(0 if self.min_area_to == "runner_up" else 1, len(self.min_area))
 
     def needs_presence(self) -> bool:
         """Whether some class gates on the classifier's probability."""
@@ -137,6 +147,7 @@ def params_from_config(cfg: Config) -> PostParams:
         empty_gate=[p.empty_gate] * n,
         split_seed=[p.split_seed] * n,
         split_by=p.split_by,
+        min_area_to=p.min_area_to,
     )
 
 
@@ -154,7 +165,7 @@ def load_params(cfg: Config, run=None) -> PostParams:
     if data is None:
         return params_from_config(cfg)
     saved = run.config() if run.config_yaml.is_file() else None
-    changed = [k for k in ("threshold", "min_area", "empty_gate", "split_seed", "split_by")
+    changed = [k for k in ("threshold", "min_area", "empty_gate", "split_seed", "split_by", "min_area_to")
                if saved is not None and getattr(saved.postprocess, k) != getattr(cfg.postprocess, k)]
     if changed:  # `predict RUN --set postprocess.threshold=0.3` was ignored silently for the tuned values
         raise ConfigError(f"postprocess.{changed[0]}: {getattr(cfg.postprocess, changed[0])} differs from the run's "
@@ -216,7 +227,9 @@ def apply_postprocess(probs: np.ndarray, task: str, params: PostParams, presence
 
     Binary/multilabel -> ``uint8 (C, H, W)``; multiclass -> ``uint8 (H, W)`` label map: the argmax
     of ``class_weight[c] x probs[c]`` (float32; all weights 1: the plain argmax, ties to the lower class), where
-    small components of a class then become background (class 0).
+    the components of a class smaller than its min_area (8-connected, found on that argmax map for every class at
+    once) then become background (class 0), or with ``min_area_to: runner_up`` each pixel its runner-up: the
+    argmax of the same scores without its own class.
 
     The probabilities and ``presence`` are first put on the 1/255 grid the OOF files store them on
     (:func:`~seg_toolkit.tensors.probs_to_uint8`), where ``tune`` chose the parameters: a threshold or gate of 0.4
@@ -228,11 +241,13 @@ def apply_postprocess(probs: np.ndarray, task: str, params: PostParams, presence
     if task == "multiclass":
         scores = probs * np.asarray(params.class_weight, np.float32)[:, None, None] if params.weighted() else probs
         label = scores.argmax(axis=0).astype(np.uint8)
-        for c in range(1, probs.shape[0]):
-            _, area, _ = params.for_class(c)
-            if area > 1:
+        drop = np.zeros(label.shape, bool)
+        for c in params.area_classes():
+            if params.min_area[c] > 1:
                 m = label == c
-                label[m & ~remove_small(m, area)] = 0
+                drop |= m & ~remove_small(m, params.min_area[c])
+        if drop.any():
+            label[drop] = 0 if params.min_area_to == "background" else runner_up(scores[:, drop], label[drop])
         return label
     if presence is None and params.needs_presence():
         raise ValueError("post-processing gates on the empty-mask classifier (gate_source: classifier), but this "
@@ -250,6 +265,14 @@ def apply_postprocess(probs: np.ndarray, task: str, params: PostParams, presence
             mask = split_objects(probs[c], mask, params.split_seed[c], params.split_by)
         out[c] = remove_small(mask, area)
     return out
+
+
+def runner_up(scores: np.ndarray, label: np.ndarray) -> np.ndarray:
+    """Per pixel of ``scores`` ``(C, M)`` the argmax without its ``label`` ``(M,)`` (ties to the lower class, as
+    ``argmax`` takes them), ``uint8 (M,)``. ``scores`` of any real or integer dtype (the OOF files' uint8 too)."""
+    masked = scores.astype(np.float32 if scores.dtype.kind == "f" else np.int16, copy=True)
+    masked[label, np.arange(masked.shape[1])] = -1
+    return masked.argmax(axis=0).astype(np.uint8)
 
 
 def split_objects(probs: np.ndarray, mask: np.ndarray, seed: float, by: str = "distance") -> np.ndarray:

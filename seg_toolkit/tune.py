@@ -33,7 +33,7 @@ Every candidate list also holds the class's current value (from the config), so 
 never lowers the score. Multiclass predictions are the argmax over classes, so there is no
 threshold and no gate: only ``min_area`` is searched (components of class ``c >= 1``
 smaller than it become background, as :func:`~seg_toolkit.postprocess.apply_postprocess`
-does).
+does; with ``postprocess.min_area_to: runner_up`` components of every class, each pixel to its runner-up class).
 
 Why greedy per class is sound: for binary / multilabel every metric is a function of per
 (image, class) counts, and a class's counts depend only on that class's parameters; with
@@ -41,7 +41,7 @@ Why greedy per class is sound: for binary / multilabel every metric is a functio
 ``miou`` / ``global_dice`` the mean over classes, so the classes separate (with ``empty_score: skip`` the
 number of scored pairs depends on the prediction, which is why each candidate is scored
 by the exact global metric rather than a per-class share). Multiclass classes do not
-separate (removed pixels move to class 0), and are handled the same way: exact global
+separate (removed pixels move to class 0 or their runner-up), and are handled the same way: exact global
 score, one class changed at a time.
 
 The counts behind every step come from :mod:`seg_toolkit.tune_tables`: one pass over the

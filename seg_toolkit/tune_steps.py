@@ -27,7 +27,7 @@ from .tune_tables import (
     area_tables,
     better,
     gate_open,
-    move_to_background,
+    move_removed,
     multiclass_score,
     multiclass_tables,
     sigmoid_score,
@@ -210,7 +210,8 @@ def search_multiclass(
     rows: np.ndarray | None = None, tables: dict | None = None,
 ) -> tuple[PostParams, list[dict], dict[str, Callable[[np.ndarray], float]], Counts]:
     """Multiclass: with ``postprocess.class_weight_grid`` the argmax's class weights (:mod:`seg_toolkit.tune_weights`),
-    then min_area per class 1..C-1 (the argmax decides the class: no threshold, no gate). ``rows`` and
+    then min_area per class 1..C-1 (0..C-1 with ``min_area_to: runner_up``; the argmax decides the class: no threshold,
+    no gate). ``rows`` and
     ``tables`` as :func:`search_sigmoid`'s."""
     quiet = rows is not None
     rows = slice(None) if rows is None else rows
@@ -232,26 +233,26 @@ def search_multiclass(
     area_cands = [_candidates(area[k], area_grid(cfg)) for k in range(c)]
     all_area = _candidates(area[0], [a for cands in area_cands for a in cands])
     acol = {a: j for j, a in enumerate(all_area)}
-    key = ("multiclass", tuple(weights))
+    key = ("multiclass", tuple(weights), start.min_area_to)
     if key not in tables:
-        tables[key] = multiclass_tables(data, all_area, weights)
+        tables[key] = multiclass_tables(data, all_area, weights, start.min_area_to)
     tab = tables[key]
     conf = tab.base.copy()
-    for k in range(1, c):
+    for k in start.area_classes():
         idx, gone = tab.removed[k]
-        move_to_background(conf, idx, gone[:, acol[area[k]]], k)
+        move_removed(conf, idx, gone[:, acol[area[k]]], k)
     best = score(conf)
     if start_conf is None:
         start_conf = conf
         steps.append({"step": "threshold", "score": best, **skipped})
 
     prev = best
-    for k in range(1, c):
+    for k in start.area_classes():
         idx, gone = tab.removed[k]
         cur = acol[area[k]]
         for a in area_cands[k][1:]:
             trial = conf.copy()
-            move_to_background(trial, idx, gone[:, acol[a]] - gone[:, cur], k)
+            move_removed(trial, idx, gone[:, acol[a]] - gone[:, cur], k)
             s = score(trial)
             if better(s, best):
                 best, conf, cur, area[k] = s, trial, acol[a], a
@@ -263,4 +264,4 @@ def search_multiclass(
     fast = {"before": scorer(start_conf), "after": scorer(conf)}
     counts = Counts(lambda cm, rows=slice(None): multiclass_score(cm[0][rows], metric, empty_score, cols), (conf,))
     return PostParams(threshold=list(start.threshold), min_area=area, empty_gate=list(start.empty_gate),
-                      gate_source=list(start.gate_source), class_weight=weights), steps, fast, counts
+                      gate_source=list(start.gate_source), class_weight=weights, min_area_to=start.min_area_to), steps, fast, counts

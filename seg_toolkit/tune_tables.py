@@ -40,6 +40,7 @@ from .data import Sample, load_objects, load_target, load_train_samples
 from .instance_metrics import INSTANCE_METRICS, scores_from_hits
 from .metrics import PER_IMAGE_METRICS, ImageCounts, confusion_score, scores_from_counts
 from .files import read_oof
+from .postprocess import runner_up
 from .run import Run
 from .tensors import uint8_to_probs
 
@@ -47,7 +48,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["OOFData", "OOFItem", "DEFAULT_MEMORY_BUDGET", "threshold_cut", "sigmoid_score", "multiclass_score",
            "ThresholdTables", "threshold_tables", "area_tables", "gate_open", "MulticlassTables", "multiclass_tables",
-           "move_to_background", "confusion", "better", "EPS"]
+           "move_removed", "confusion", "better", "EPS"]
 
 #: OOF arrays + targets are kept in memory when they fit in this many bytes, else re-read per pass.
 DEFAULT_MEMORY_BUDGET = 1 << 30
@@ -325,8 +326,9 @@ def gate_open(qmax: np.ndarray, gate: Optional[float]) -> np.ndarray:
 @dataclass
 class MulticlassTables:
     """``base`` ``(N, C, C)``: per-image confusion of the argmax (rows truth); ``removed[c]``:
-    ``(image indices (M,), pixels (M, A, C))``: per min_area candidate, the truth histogram of
-    the class-``c`` pixels that become background (class 0), for the images where any do."""
+    ``(image indices (M,), pixels)``: per min_area candidate, the truth histogram of the class-``c`` pixels that
+    become background (class 0), ``(M, A, C)``, or with ``min_area_to: runner_up`` the histogram of (truth, runner-up
+    class) pairs of those pixels, ``(M, A, C, C)``; for the images where any are removed."""
 
     base: np.ndarray
     removed: dict[int, tuple[np.ndarray, np.ndarray]]
@@ -337,38 +339,55 @@ def confusion(truth: np.ndarray, label: np.ndarray, c: int) -> np.ndarray:
     return np.bincount(truth.astype(np.int64) * c + label, minlength=c * c).reshape(c, c)
 
 
-def multiclass_tables(data: OOFData, areas: Sequence[int], class_weight: Sequence[float] | None = None) -> MulticlassTables:
+def multiclass_tables(data: OOFData, areas: Sequence[int], class_weight: Sequence[float] | None = None,
+                      min_area_to: str = "background") -> MulticlassTables:
     """One pass: argmax confusion per image, and per class the pixels each min_area removes; with
-    ``class_weight`` (not all 1) the argmax of weight x probability, as :func:`apply_postprocess` takes it."""
+    ``class_weight`` (not all 1) the argmax of weight x probability, as :func:`apply_postprocess` takes it; with
+    ``min_area_to: runner_up`` where each removed pixel goes (its runner-up on the same scores), class 0 searched too."""
     n, c = len(data), data.num_classes
     weights = None if class_weight is None or all(w == 1.0 for w in class_weight) else np.asarray(class_weight, np.float32)
+    to_runner_up = min_area_to == "runner_up"
+    first = 0 if to_runner_up else 1
     base = np.zeros((n, c, c), np.int64)
-    rows: dict[int, list[tuple[int, np.ndarray]]] = {k: [] for k in range(1, c)}
+    rows: dict[int, list[tuple[int, np.ndarray]]] = {k: [] for k in range(first, c)}
     for i, (_, q, truth) in enumerate(data.iterate("tune: components")):
         # unweighted: the argmax of q / 255 (the map is strictly increasing); weighted: in float32, as apply_postprocess
-        label = q.argmax(0) if weights is None else (uint8_to_probs(q) * weights[:, None, None]).argmax(0)
+        scores = q if weights is None else uint8_to_probs(q) * weights[:, None, None]
+        label = scores.argmax(0)
         valid = truth != IGNORE_INDEX
         base[i] = confusion(truth[valid], label[valid], c)
-        tcode = np.where(valid, truth, c)
-        for k in range(1, c):
+        tcode = np.where(valid, truth, c).astype(np.int64)
+        if to_runner_up:  # (truth, destination) pairs; void (truth c) counted in the sizes only
+            flat = scores.reshape(c, -1)
+            code, shape = tcode * c + runner_up(flat, label.ravel()).reshape(label.shape), (c + 1, c)
+        else:
+            code, shape = tcode, (c + 1,)
+        for k in range(first, c):
             mask = label == k
             if not mask.any():
                 continue
-            sizes, hist = _components(mask, tcode, c + 1)
-            gone = np.zeros((len(areas), c), np.int64)
+            sizes, hist = _components(mask, code, int(np.prod(shape)))
+            hist = hist.reshape(-1, *shape)[:, :c]
+            gone = np.zeros((len(areas), *hist.shape[1:]), np.int64)
             for j, a in enumerate(areas):
                 if a > 1:
-                    gone[j] = hist[sizes < a, :c].sum(0)
+                    gone[j] = hist[sizes < a].sum(0)
             if gone.any():
                 rows[k].append((i, gone))
     removed = {}
     for k, r in rows.items():
         idx = np.array([i for i, _ in r], np.int64)
-        removed[k] = (idx, np.stack([g for _, g in r]) if r else np.zeros((0, len(areas), c), np.int64))
+        empty = (0, len(areas), c, c) if to_runner_up else (0, len(areas), c)
+        removed[k] = (idx, np.stack([g for _, g in r]) if r else np.zeros(empty, np.int64))
     return MulticlassTables(base, removed)
 
 
-def move_to_background(conf: np.ndarray, idx: np.ndarray, pixels: np.ndarray, k: int) -> None:
-    """Predicted-class-``k`` pixels ``pixels`` ``(M, C)`` (by truth class) of images ``idx`` become class 0."""
-    conf[idx, :, k] -= pixels
-    conf[idx, :, 0] += pixels
+def move_removed(conf: np.ndarray, idx: np.ndarray, pixels: np.ndarray, k: int) -> None:
+    """Predicted-class-``k`` pixels of images ``idx`` (one row each) leave class ``k``: ``pixels`` ``(M, C)`` (by
+    truth class) become class 0; ``(M, C, C)`` (truth, destination) go each to its runner-up."""
+    if pixels.ndim == 2:
+        conf[idx, :, k] -= pixels
+        conf[idx, :, 0] += pixels
+    else:
+        conf[idx, :, k] -= pixels.sum(-1)
+        conf[idx] += pixels

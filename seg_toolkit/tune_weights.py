@@ -30,11 +30,12 @@ ROUNDS = 2
 CACHE_BYTES = 256 * 2**20
 
 
-def weighted_confusion(data, weights: Sequence[float], min_area: Sequence[int]) -> np.ndarray:
+def weighted_confusion(data, weights: Sequence[float], min_area: Sequence[int], min_area_to: str = "background") -> np.ndarray:
     """Per-image confusion ``(N, C, C)`` (rows truth, void excluded) of the labels :func:`apply_postprocess`
-    gives each OOF image with these class weights and min_areas."""
+    gives each OOF image with these class weights and min_areas (and where min_area's pixels go)."""
     c = data.num_classes
-    params = PostParams(threshold=[0.5] * c, min_area=list(min_area), empty_gate=[None] * c, class_weight=list(weights))
+    params = PostParams(threshold=[0.5] * c, min_area=list(min_area), empty_gate=[None] * c, class_weight=list(weights),
+                        min_area_to=min_area_to)
     out = np.zeros((len(data), c, c), np.int64)
     for i, (_, q, truth) in enumerate(data.iterate("tune: class weights")):
         label = apply_postprocess(uint8_to_probs(q), "multiclass", params)
@@ -86,7 +87,8 @@ def search_class_weights(data, start: PostParams, grid: Sequence[float], score: 
             return cache[key]
         if fast:
             return keep(key, coordinate_confusions(data, weights, k, values))
-        return keep(key, np.stack([weighted_confusion(data, weights[:k] + [v] + weights[k + 1:], start.min_area) for v in values]))
+        return keep(key, np.stack([weighted_confusion(data, weights[:k] + [v] + weights[k + 1:], start.min_area,
+                                                          start.min_area_to) for v in values]))
 
     weights = list(start.class_weight)
     values = [float(w) for w in grid]

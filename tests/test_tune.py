@@ -8,6 +8,7 @@ built from the truth, then checks the search against brute force
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from pathlib import Path
@@ -34,6 +35,7 @@ from seg_toolkit.tune_tables import (
     area_tables,
     gate_open,
     multiclass_score,
+    move_removed,
     multiclass_tables,
     sigmoid_score,
     threshold_cut,
@@ -176,7 +178,8 @@ def test_blobs_threshold_and_min_area_improve_oof(blob_run):
     assert steps["empty_gate"]["empty_gate"] == [None] and steps["empty_gate"]["score"] == 1.0
     assert report["after"] == 1.0 and report["after"] - report["before"] > 0.57  # measured gain 0.5711
     assert report["params"] == {"threshold": [0.6], "min_area": [10], "empty_gate": [None], "gate_source": ["max_prob"],
-                                "class_weight": [1.0], "split_seed": [None], "split_by": "distance"}
+                                "class_weight": [1.0], "split_seed": [None], "split_by": "distance",
+                                "min_area_to": "background"}
 
     # the chosen parameters remove every blob and reproduce the truth exactly
     params = load_params(cfg, cfg.run_dir)
@@ -423,8 +426,9 @@ def test_min_area_components_equal_brute_force():
     assert np.array_equal(tp[:, :, :, 0], tab.tp) and np.array_equal(fp[:, :, :, 0], tab.fp)
 
 
+@pytest.mark.parametrize("to", ["background", "runner_up"])
 @pytest.mark.parametrize("weights", [None, [1.0, 1.6, 0.7]])
-def test_multiclass_tables_equal_brute_force(weights):
+def test_multiclass_tables_equal_brute_force(weights, to):
     rng = np.random.default_rng(13)
     qs, truths = [], []
     for k in range(5):
@@ -435,24 +439,89 @@ def test_multiclass_tables_equal_brute_force(weights):
         qs.append(q)
         truths.append(t)
     areas = [0, 1, 3, 8, 20]
-    tab = multiclass_tables(Stub(qs, truths, 3), areas, weights)
-    for a1 in range(len(areas)):
-        for a2 in range(len(areas)):
-            params = PostParams([0.5] * 3, [0, areas[a1], areas[a2]], [None] * 3, class_weight=weights or [])
-            pred = np.stack([apply_postprocess(uint8_to_probs(q), "multiclass", params) for q in qs])
-            conf = tab.base.copy()
-            for k, j in ((1, a1), (2, a2)):
+    tab = multiclass_tables(Stub(qs, truths, 3), areas, weights, to)
+    assert sorted(tab.removed) == ([0, 1, 2] if to == "runner_up" else [1, 2])
+    moved = 0
+    for a0, a1, a2 in itertools.product(range(len(areas)) if to == "runner_up" else [0], range(len(areas)), range(len(areas))):
+        params = PostParams([0.5] * 3, [areas[a0], areas[a1], areas[a2]], [None] * 3, class_weight=weights or [],
+                            min_area_to=to)
+        pred = np.stack([apply_postprocess(uint8_to_probs(q), "multiclass", params) for q in qs])
+        conf = tab.base.copy()
+        for k, j in ((0, a0), (1, a1), (2, a2)):
+            if k in tab.removed:
                 idx, gone = tab.removed[k]
-                conf[idx, :, k] -= gone[:, j]
-                conf[idx, :, 0] += gone[:, j]
-            ref = image_counts(pred, np.stack(truths), num_classes=3)
-            diag = np.diagonal(conf, axis1=1, axis2=2)
-            assert np.array_equal(diag, ref.tp) and np.array_equal(conf.sum(1) - diag, ref.fp)
-            assert np.array_equal(conf.sum(2) - diag, ref.fn)
-            for metric in ("dice", "iou"):
-                want = float(np.nanmean(per_image_scores(pred, np.stack(truths), metric, "skip", num_classes=3)))
-                assert multiclass_score(conf, metric, "skip") == pytest.approx(want, abs=1e-15)
-            assert not math.isnan(multiclass_score(conf, "miou", "one"))
+                move_removed(conf, idx, gone[:, j], k)
+        ref = image_counts(pred, np.stack(truths), num_classes=3)
+        diag = np.diagonal(conf, axis1=1, axis2=2)
+        assert np.array_equal(diag, ref.tp) and np.array_equal(conf.sum(1) - diag, ref.fp)
+        assert np.array_equal(conf.sum(2) - diag, ref.fn)
+        moved += int((conf != tab.base).any())
+        for metric in ("dice", "iou"):
+            want = float(np.nanmean(per_image_scores(pred, np.stack(truths), metric, "skip", num_classes=3)))
+            assert multiclass_score(conf, metric, "skip") == pytest.approx(want, abs=1e-15)
+        assert not math.isnan(multiclass_score(conf, "miou", "one"))
+    assert moved > 10  # the areas remove pixels in most combinations: the comparison is not base == base
+
+
+def test_min_area_to_runner_up_by_hand():
+    """Class 0 a class like the others (CamVid's Sky): a speck min_area removes goes, pixel by pixel, to the best of
+    the other classes, not to class 0; with runner_up class 0's own specks are removed too."""
+    probs = np.zeros((3, 3, 6), np.float32)
+    probs[1] = 0.6  # class 1 everywhere ...
+    probs[0] = 0.3
+    probs[2] = 0.1
+    probs[:, 0, 0] = [0.2, 0.3, 0.5]  # ... but a 2-pixel class-2 speck: runner-up 1 at (0, 0), 0 at (0, 1)
+    probs[:, 0, 1] = [0.35, 0.25, 0.4]
+    probs[:, 2, 5] = [0.5, 0.2, 0.3]  # a 1-pixel class-0 speck: runner-up 2
+    before = PostParams([0.5] * 3, [0, 0, 0], [None] * 3)
+    label = apply_postprocess(probs, "multiclass", before)
+    assert label[0, :2].tolist() == [2, 2] and label[2, 5] == 0 and (label == 1).sum() == 15
+    background = PostParams([0.5] * 3, [2, 0, 3], [None] * 3)  # class 0's min_area is not applied: it would stay 0
+    assert apply_postprocess(probs, "multiclass", background)[0, :2].tolist() == [0, 0]
+    assert apply_postprocess(probs, "multiclass", background)[2, 5] == 0
+    runner = PostParams([0.5] * 3, [2, 0, 3], [None] * 3, min_area_to="runner_up")
+    got = apply_postprocess(probs, "multiclass", runner)
+    assert got[0, :2].tolist() == [1, 0] and got[2, 5] == 2 and (got == 1).sum() == 16
+    # weighted scores decide the runner-up too: class 0 x 0.5 loses (0, 1) to class 1 (0.175 < 0.25)
+    weighted = PostParams([0.5] * 3, [2, 0, 3], [None] * 3, class_weight=[0.5, 1.0, 1.0], min_area_to="runner_up")
+    assert apply_postprocess(probs, "multiclass", weighted)[0, :2].tolist() == [1, 1]
+
+
+def test_min_area_to_runner_up_is_multiclass_only(tmp_path):
+    with pytest.raises(ConfigError, match="postprocess.min_area_to: 'runner_up' .* data.task is binary"):
+        config_from_dict({"data": {"root": str(tmp_path), "task": "binary", "layout": "csv"},
+                          "postprocess": {"min_area_to": "runner_up"}})
+
+
+def test_multiclass_tune_with_runner_up_removes_specks_where_background_cannot(tmp_path):
+    """Class-2 specks inside class 1 (class 0 a class like the others): made class 0 they stay wrong, and tune keeps
+    min_area 0; sent to their runner-up (class 1) they are right, and tune removes them; predict then does the same."""
+    rng = np.random.default_rng(3)
+    truths, oofs = {}, {}
+    for k in range(12):
+        i = f"m{k:02d}"
+        label = np.ones((H, W), np.uint8)
+        label[:4, :10] = 0  # class 0 small: specks made class 0 cost it more than class 2 gains
+        label[28:] = 2
+        p = np.full((3, H, W), 20, np.uint8)
+        for c in range(3):
+            p[c, label == c] = 215
+        for y, x in [(8, 10), (16, 24)][: 1 + k % 2]:  # class-2 specks inside class 1, class 1 their runner-up
+            p[:, y : y + 2, x : x + 2] = [[[30]], [[100]], [[125]]]
+        truths[i], oofs[i] = label, p + rng.integers(0, 5, size=p.shape).astype(np.uint8)
+    fold_of = {i: k % 2 for k, i in enumerate(truths)}
+    plain = write_run(tmp_path / "bg", "multiclass", 3, truths, oofs, fold_of, done=[0, 1], n_splits=2)
+    report = tune_postprocess(plain)
+    assert report["params"]["min_area"][2] == 0 and report["params"]["min_area_to"] == "background"
+    assert report["after"] == report["before"] < 1.0
+    runner = write_run(tmp_path / "ru", "multiclass", 3, truths, oofs, fold_of, done=[0, 1], n_splits=2,
+                       postprocess={"min_area_to": "runner_up"})
+    report = tune_postprocess(runner)
+    assert report["params"]["min_area"][2] == 10 and report["params"]["min_area_to"] == "runner_up"
+    assert report["after"] == 1.0 > report["before"]
+    params = load_params(runner, runner.run_dir)
+    for i in truths:
+        assert np.array_equal(apply_postprocess(uint8_to_probs(oofs[i]), "multiclass", params), truths[i])
 
 
 def test_post_processing_tuned_on_fewer_folds_than_trained_is_named(demo_root, tmp_path, caplog):
