@@ -31,7 +31,8 @@ log = logging.getLogger(__name__)
 __all__ = ["CompareError", "RunRow", "find_runs", "collect", "format_table", "write_html", "HIGHER_IS_BETTER"]
 
 #: Direction of each metric the toolkit scores (all are higher-better today; a loss-like metric would be False).
-HIGHER_IS_BETTER: dict[str, bool] = {"dice": True, "iou": True, "miou": True, "global_dice": True, "tgs_map": True, "pixel_accuracy": True,
+HIGHER_IS_BETTER: dict[str, bool] = {"dice": True, "iou": True, "miou": True, "global_dice": True, "tgs_map": True,
+                                     "tgs_map_mlebench": True, "pixel_accuracy": True,
                                      "instance_map": True, "instance_f2": True}
 
 

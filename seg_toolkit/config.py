@@ -155,8 +155,10 @@ class TrainConfig:
 class MetricConfig:
     # dice / iou / tgs_map: per image, then the mean; miou / global_dice: from the pixels of all images pooled;
     # instance_map (DSB 2018) / instance_f2 (Airbus): objects matched per image (seg_toolkit/instance_metrics.py)
-    name: Literal["auto", "miou", "global_dice", "dice", "iou", "tgs_map", "pixel_accuracy", "instance_map",
-                  "instance_f2"] = "auto"
+    # tgs_map_mlebench: TGS's mAP as the mle-bench grader computes it (an empty prediction of a salt image is given
+    # the salt's share of the image as its IoU; seg_toolkit/metrics.py)
+    name: Literal["auto", "miou", "global_dice", "dice", "iou", "tgs_map", "tgs_map_mlebench", "pixel_accuracy",
+                  "instance_map", "instance_f2"] = "auto"
     empty_score: Literal["one", "zero", "skip"] = "one"  # per-image score when truth and prediction are empty
     threshold: float = 0.5  # probability threshold for binary/multilabel during validation
     # the classes the score averages (multiclass ids 0..C-1, multilabel 1..C, as submission.classes numbers them);

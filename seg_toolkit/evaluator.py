@@ -20,6 +20,7 @@ from seg_toolkit.metrics import (
     EMPTY_SCORES,
     METRIC_NAMES,
     PER_IMAGE_METRICS,
+    TGS_METRICS,
     TASKS,
     ArrayLike,
     ImageCounts,
@@ -52,8 +53,8 @@ def resolve_metric_name(name: str, task: str) -> str:
         return "miou" if task == "multiclass" else "dice"
     if name not in METRIC_NAMES:
         raise ConfigError(f"metric.name: {name!r} is not one of auto, {', '.join(METRIC_NAMES)}")
-    if name == "tgs_map" and task != "binary":
-        raise ConfigError(f"metric.name: 'tgs_map' (TGS Salt mAP) is for binary tasks only, data.task is {task!r}")
+    if name in TGS_METRICS and task != "binary":
+        raise ConfigError(f"metric.name: {name!r} (TGS Salt mAP) is for binary tasks only, data.task is {task!r}")
     if name in INSTANCE_METRICS and task != "binary":
         raise ConfigError(f"metric.name: {name!r} matches the objects of one foreground class; data.task is {task!r}")
     return name

@@ -31,6 +31,13 @@ greater than 0.5"); an empty truth scores 1 if the prediction is empty too, else
 non-empty truth with an empty prediction scores 0. The comparison ``IoU > (10 + k) / 20``
 is done exactly in integers (``20 * I > (10 + k) * U``), so an IoU of exactly 0.6 passes
 0.50 and 0.55 only. ``empty_score`` does not apply to it.
+
+``tgs_map_mlebench``: the same, as the public mle-bench grader computes it
+(``mlebench/competitions/tgs-salt-identification-challenge/grade.py``, after a Kaggle kernel), which differs in one
+case. Its IoU comes from 2-bin histograms over each mask's own value range, and an all-zero prediction's range puts
+every pixel in the foreground bin: a non-empty truth with an empty prediction gets IoU = the truth's share of the
+image (an empty prediction of an image 80% salt passes 0.50 .. 0.75). On TGS 24% of the training images are over
+half salt. Every other case is scored as ``tgs_map``.
 """
 
 from __future__ import annotations
@@ -48,6 +55,7 @@ from seg_toolkit.instance_metrics import INSTANCE_METRICS
 __all__ = [
     "METRIC_NAMES",
     "PER_IMAGE_METRICS",
+    "TGS_METRICS",
     "EMPTY_SCORES",
     "TGS_THRESHOLDS",
     "ImageCounts",
@@ -67,8 +75,10 @@ ArrayLike = Union[np.ndarray, Tensor]
 
 TASKS = ("binary", "multilabel", "multiclass")
 #: the object-matching metrics (instance_map, instance_f2) are :mod:`seg_toolkit.instance_metrics`'
-METRIC_NAMES = ("miou", "global_dice", "dice", "iou", "tgs_map", "pixel_accuracy", *INSTANCE_METRICS)
-PER_IMAGE_METRICS = ("dice", "iou", "tgs_map")
+#: TGS Salt's mAP as Kaggle defines it, and as the mle-bench grader computes it
+TGS_METRICS = ("tgs_map", "tgs_map_mlebench")
+METRIC_NAMES = ("miou", "global_dice", "dice", "iou", *TGS_METRICS, "pixel_accuracy", *INSTANCE_METRICS)
+PER_IMAGE_METRICS = ("dice", "iou", *TGS_METRICS)
 EMPTY_SCORES: dict[str, float] = {"one": 1.0, "zero": 0.0, "skip": math.nan}
 #: 0.50, 0.55, ..., 0.95; threshold k is (10 + k) / 20, compared exactly in integers.
 TGS_THRESHOLDS: tuple[float, ...] = tuple((10 + k) / 20 for k in range(10))
@@ -315,10 +325,14 @@ def scores_from_counts(counts: ImageCounts, metric: str, empty_score: str = "one
         raise ValueError(f"empty_score must be one of {tuple(EMPTY_SCORES)}, got {empty_score!r}")
     tp, fp, fn = (np.asarray(x, dtype=np.int64) for x in counts[:3])
     union = tp + fp + fn
-    if metric == "tgs_map":
+    if metric in TGS_METRICS:
         k = np.arange(10, dtype=np.int64)
-        hits = 20 * tp[..., None] > (10 + k) * union[..., None]  # IoU > (10 + k) / 20, exactly
         truth_empty, pred_empty = tp + fn == 0, tp + fp == 0
+        inter = tp
+        if metric == "tgs_map_mlebench":  # an empty prediction's IoU: the truth's share of the image (docstring)
+            blind = pred_empty & ~truth_empty
+            inter, union = np.where(blind, tp + fn, tp), np.where(blind, np.asarray(counts.n_valid, np.int64), union)
+        hits = 20 * inter[..., None] > (10 + k) * union[..., None]  # IoU > (10 + k) / 20, exactly
         # empty truth: 1 if the prediction is empty too, else 0; a non-empty truth with an
         # empty prediction has IoU 0 and passes no threshold
         scores = np.where(truth_empty, pred_empty.astype(np.float64), hits.mean(-1))
@@ -344,6 +358,6 @@ def per_image_scores(
     over (image, class) pairs); column means give per-class scores.
     """
     p = _as_tensor(pred)
-    if metric == "tgs_map" and (p.dim() != 4 or p.shape[1] != 1):
-        raise ValueError(f"tgs_map is a binary metric: expected (N, 1, H, W) masks, got shape {tuple(p.shape)}")
+    if metric in TGS_METRICS and (p.dim() != 4 or p.shape[1] != 1):
+        raise ValueError(f"{metric} is a binary metric: expected (N, 1, H, W) masks, got shape {tuple(p.shape)}")
     return scores_from_counts(image_counts(p, target, num_classes, ignore_index), metric, empty_score)

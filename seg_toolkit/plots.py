@@ -126,6 +126,7 @@ def _aux_weight(run: Run, df: pd.DataFrame) -> float:
 def metric_label(metric: str) -> str:
     """A display name for a metric id (``miou`` -> ``mean IoU``)."""
     return {"miou": "mean IoU", "global_dice": "global dice", "dice": "dice", "iou": "IoU", "tgs_map": "TGS mAP",
+            "tgs_map_mlebench": "TGS mAP (mle-bench)",
             "pixel_accuracy": "pixel accuracy", "instance_map": "object mAP", "instance_f2": "object F2"}.get(metric, metric or "score")
 
 

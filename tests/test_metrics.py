@@ -228,6 +228,64 @@ def test_tgs_matches_kernel_reference_on_random_masks() -> None:
     np.testing.assert_allclose(ours, ref_scores_masks(pred, truth, "tgs_map", "one"))
 
 
+def grader_histogram_score(truth: np.ndarray, pred: np.ndarray) -> float:
+    """The mle-bench TGS grader's per-image score (``iou_metric`` in its
+    ``mlebench/competitions/tgs-salt-identification-challenge/grade.py``), restated from its published algorithm: the
+    two early returns for an empty truth, then IoU from 2-bin histograms over each mask's own value range."""
+    t, p = truth.ravel(), pred.ravel()
+    if t.sum() == 0:
+        return float(p.sum() == 0)
+    inter = np.histogram2d(t, p, bins=(2, 2))[0]
+    area_t, area_p = np.histogram(t, bins=2)[0][:, None], np.histogram(p, bins=2)[0][None, :]
+    union = (area_t + area_p - inter)[1:, 1:]
+    union[union == 0] = 1e-9
+    iou = inter[1:, 1:] / union
+    precisions = []
+    for th in np.arange(0.5, 1.0, 0.05):
+        matches = iou > th
+        tp, fp, fn = ((matches.sum(1) == 1).sum(), (matches.sum(0) == 0).sum(), (matches.sum(1) == 0).sum())
+        precisions.append(tp / (tp + fp + fn) if tp + fp + fn > 0 else 0)
+    return float(np.mean(precisions))
+
+
+def test_tgs_map_mlebench_scores_as_the_grader_does() -> None:
+    """The grader gives an empty prediction of a salt image IoU = the salt's share of the image (an all-zero mask's
+    histogram range puts every pixel in its foreground bin); tgs_map, Kaggle's definition, gives it 0. By hand on a
+    10x10 image, then against the grader's algorithm on random masks, through the Evaluator and the tuner's counts."""
+    def masks(n_truth: int, n_pred: int) -> tuple[np.ndarray, np.ndarray]:
+        t, p = np.zeros(100, np.float32), np.zeros(100, np.uint8)
+        t[:n_truth], p[:n_pred] = 1, 1
+        return p.reshape(1, 1, 10, 10), t.reshape(1, 1, 10, 10)
+
+    cases = [(masks(80, 0), 0.6),  # IoU 0.80 > 0.50 .. 0.75: 6 of 10 (tgs_map: 0)
+             (masks(55, 0), 0.1),  # 0.55 passes 0.50 only
+             (masks(50, 0), 0.0),  # exactly 0.50 passes none
+             (masks(100, 0), 1.0),  # all salt, predicted empty
+             (masks(50, 31), 0.3), (masks(0, 0), 1.0), (masks(0, 1), 0.0), (masks(100, 95), 0.9)]  # as tgs_map
+    pred = np.concatenate([c[0][0] for c in cases])
+    truth = np.concatenate([c[0][1] for c in cases])
+    np.testing.assert_allclose(per_image_scores(pred, truth, "tgs_map_mlebench")[:, 0], [c[1] for c in cases])
+    np.testing.assert_allclose(per_image_scores(pred, truth, "tgs_map")[:4, 0], 0.0)
+    rng = np.random.default_rng(11)
+    truth = (rng.random((60, 1, 7, 7)) < rng.random((60, 1, 1, 1))).astype(np.float32)
+    pred = np.where(rng.random((60, 1, 7, 7)) < 0.85, truth, 1 - truth).astype(np.uint8)
+    pred[:25] = 0  # empty predictions of every coverage
+    truth[:3] = 0
+    want = np.array([grader_histogram_score(truth[i, 0], pred[i, 0]) for i in range(60)])
+    assert len(np.unique(want[:25])) > 4  # coverages on both sides of 0.5: the quirk is exercised
+    ours = per_image_scores(pred, truth, "tgs_map_mlebench")[:, 0]
+    np.testing.assert_allclose(ours, want, atol=1e-12)
+    ev = Evaluator(MetricConfig(name="tgs_map_mlebench"), "binary", 1)
+    ev.update_masks(pred, truth)
+    assert ev.compute()["score"] == pytest.approx(want.mean(), abs=1e-12)
+    from seg_toolkit.metrics import image_counts
+    from seg_toolkit.tune_tables import sigmoid_score
+
+    counts = image_counts(pred, truth)
+    assert sigmoid_score(counts.tp, counts.fp, counts.tp + counts.fn, counts.n_valid, "tgs_map_mlebench",
+                         "one") == pytest.approx(want.mean(), abs=1e-12)
+
+
 def test_tgs_rejects_multichannel() -> None:
     pred, truth = random_masks(7, c=2)
     with pytest.raises(ValueError, match="binary"):
@@ -368,6 +426,7 @@ def test_global_dice_pools_the_pixels_of_all_images() -> None:
     per_image.update_masks(pred, truth)
     assert per_image.compute()["score"] == pytest.approx(5 / 6)
     # tune's exact scorer from per-image counts agrees
+    from seg_toolkit.metrics import image_counts
     from seg_toolkit.tune_tables import sigmoid_score
     tp, fp, pos, n = (np.array([[a], [b]]) for a, b in ((4, 6), (0, 0), (4, 12), (16, 16)))
     assert sigmoid_score(tp, fp, pos, n, "global_dice", "one") == pytest.approx(20 / 26)

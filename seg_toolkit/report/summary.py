@@ -37,7 +37,7 @@ from ..data import DataError, Sample, class_colors, class_names, load_target
 from ..data.dataset import target_to_tensor
 from ..evaluator import Evaluator, hard_prediction, scored_columns, truth_objects
 from ..instance_metrics import INSTANCE_METRICS
-from ..metrics import PER_IMAGE_METRICS, image_counts, scores_from_counts
+from ..metrics import PER_IMAGE_METRICS, TGS_METRICS, image_counts, scores_from_counts
 from ..plots import metric_label
 from ..files import read_json, read_oof, write_json
 from ..run import Run
@@ -76,7 +76,7 @@ def image_score_name(metric: str, cfg: Config) -> str:
     which = f" of classes {list(cfg.metric.classes)}" if cfg.metric.classes and metric != "pixel_accuracy" else ""
     if metric in PER_IMAGE_METRICS:
         how = "" if cfg.data.num_classes == 1 else f", the mean over its classes{which}"
-        empty = "" if metric == "tgs_map" else f" (empty_score={cfg.metric.empty_score})"
+        empty = "" if metric in TGS_METRICS else f" (empty_score={cfg.metric.empty_score})"
         return f"per-image {metric_label(metric)}{how}{empty}"
     if metric in INSTANCE_METRICS:
         return f"per-image {metric_label(metric)}: its 8-connected objects matched with the truth's, over IoU 0.50..0.95"
