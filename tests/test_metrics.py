@@ -426,7 +426,6 @@ def test_global_dice_pools_the_pixels_of_all_images() -> None:
     per_image.update_masks(pred, truth)
     assert per_image.compute()["score"] == pytest.approx(5 / 6)
     # tune's exact scorer from per-image counts agrees
-    from seg_toolkit.metrics import image_counts
     from seg_toolkit.tune_tables import sigmoid_score
     tp, fp, pos, n = (np.array([[a], [b]]) for a, b in ((4, 6), (0, 0), (4, 12), (16, 16)))
     assert sigmoid_score(tp, fp, pos, n, "global_dice", "one") == pytest.approx(20 / 26)
