@@ -47,7 +47,7 @@ import torch
 import yaml
 
 from .budget_run import run_folds
-from .bundle_templates import PREDICT_PY, fill, notebook, readme, shell_spec
+from .bundle_templates import PREDICT_PY, fill, notebook, readme
 from .bundle_wheels import gather_wheels, install_spec
 from .bundle_check import BundleError, check_ensemble, file_manifest, offline_config, refingerprint, verify_bundle
 from .checkpoint import chosen_weights, load_checkpoint, save_checkpoint
@@ -59,7 +59,7 @@ from .run_guard import delete_path
 
 log = logging.getLogger(__name__)
 
-__all__ = ["BundleError", "DEFAULT_BASE_ENV", "build_bundle", "bundle_config", "predict_bundle"]
+__all__ = ["BundleError", "DEFAULT_BASE_ENV", "build_bundle", "bundle_config", "check_bundled_config", "predict_bundle"]
 
 DEFAULT_BASE_ENV = ("torch", "torchvision")
 _COPIED = ("folds_csv", "fold_balance_csv", "cv_json", "postprocess_json", "tta_json", "amp_json")  # Run properties
@@ -129,14 +129,23 @@ def _half(name: str, t: Any, where: Path) -> Any:
     return h
 
 
-def _write_weights(src: Path, dst: Path, use_ema: bool, fp16: bool) -> dict[str, Any]:
+def _write_weights(src: Path, dst: Path, use_ema: bool, fp16: bool, run: Run) -> dict[str, Any]:
     """A weights-only checkpoint (the weights predict uses, stored float16 with ``fp16``) that
-    :func:`~seg_toolkit.checkpoint.load_model` reads like any ``best.pt``."""
+    :func:`~seg_toolkit.checkpoint.load_model` reads like any ``best.pt``; one trained otherwise than ``run``'s
+    config.yaml says is refused here, as predict refuses it (on the target)."""
+    from .config import config_from_dict
+    from .run_settings import TRAINED_KEYS, diff_of_keys
+
     state = load_checkpoint(src)
     missing = [k for k in ("config", "model_args") if k not in state]
     if missing:  # load_model names the same case
         raise BundleError(f"{src}: a checkpoint without {' and '.join(missing)} (made by another tool, or before the toolkit "
                           "kept them): train the fold again")
+    diff = diff_of_keys(config_from_dict(state["config"], trained=True), run.config(), TRAINED_KEYS)
+    if diff:  # the run's config.yaml edited, or another run's best.pt copied in (Predictor's Member.model says the same)
+        raise BundleError(f"{src} was trained with other settings than {run.config_yaml} says ({'; '.join(diff[:6])}); "
+                          "predict refuses such a run, so the bundle's predict.py would: restore its config.yaml, or "
+                          "train the fold again")
     weights = chosen_weights(state, use_ema)
     if fp16:
         weights = {k: _half(k, v, src) for k, v in weights.items()}
@@ -183,7 +192,7 @@ def _copy_run(src: Run, dst: Run, folds: list[int], fp16: bool) -> dict[str, Any
     info.update(kind="trained", folds=folds, trained_with=_trained_with(src, folds), weights={})
     for k in folds:
         info["weights"][str(k)] = {"file": f"runs/{dst.dir.name}/fold_{k}/best.pt",
-                                   **_write_weights(src.best_pt(k), dst.best_pt(k), use_ema, fp16)}
+                                   **_write_weights(src.best_pt(k), dst.best_pt(k), use_ema, fp16, src)}
         shutil.copyfile(src.done_json(k), dst.done_json(k))
     return info
 
@@ -247,6 +256,8 @@ def build_bundle(runs: Sequence[Run], out: str | Path, fp16: bool = False, base_
         if r.is_ensemble:
             check_ensemble(r, folds)
     for r in top:
+        _check_predicts(r)
+    for r in top:
         if not r.postprocess_json.is_file():
             warnings.append(f"{r.dir.name}: untuned post-processing (no postprocess.json): the config's postprocess.* "
                             "values are used; `seg-toolkit tune CONFIG` tunes them on OOF")
@@ -272,6 +283,7 @@ def build_bundle(runs: Sequence[Run], out: str | Path, fp16: bool = False, base_
                 "named": [r.dir.resolve().name for r in top], "runs": infos, "fp16": fp16, "warnings": warnings,
                 "versions": {"bundled_with": library_versions(), "platform": platform.platform()},
                 "base_env": sorted(base), "install": install_spec(extras), "wheels": gathered, "files": file_manifest(tmp)}
+        data["texts"] = _texts(bool(gathered))
         write_json(tmp / "bundle.json", data)
         _write_texts(tmp, data, lead)
         if out.exists():  # checked above: a bundle (bundle.json), and --overwrite was given
@@ -284,8 +296,42 @@ def build_bundle(runs: Sequence[Run], out: str | Path, fp16: bool = False, base_
     return data
 
 
-#: What a bundle folder holds (:func:`build_bundle`, :func:`_write_texts`); anything else there is the user's
-BUNDLE_ENTRIES = ("bundle.json", "runs", "wheels", "predict.py", "predict.ipynb", "README.md", "requirements.txt")
+def _texts(wheels: bool) -> list[str]:
+    """The files :func:`_write_texts` writes beside ``bundle.json`` (``requirements.txt`` only with wheels)."""
+    return ["predict.py", "predict.ipynb", "README.md"] + (["requirements.txt"] if wheels else [])
+
+
+def _check_predicts(run: Run) -> None:
+    """What ``seg-toolkit predict RUN`` checks before it predicts, checked here: a run it refuses (an ensemble whose
+    member predicts otherwise since it was built, OOF files a stopped rewrite left mixed, a fold ``cv.json`` scored
+    gone) would be refused by the bundle's predict.py, on the target."""
+    from .inference import run_predictor
+
+    cfg = dataclasses.replace(run.config(), runs_dir=str(run.dir.parent), experiment=run.dir.name)
+    try:
+        run_predictor(cfg)
+    except (ConfigError, FileNotFoundError) as e:
+        raise BundleError(f"{run.dir}: predict refuses this run, so the bundle's predict.py would: {e}") from None
+
+
+def check_bundled_config(cfg, run: Run, source: str) -> None:
+    """``bundle CONFIG.yaml`` bundles the run folder the YAML names, which predicts with its saved ``config.yaml``;
+    ``predict CONFIG.yaml`` predicts with the YAML's own submission and post-processing keys. A YAML that differs from
+    the saved config on a key prediction reads is refused, naming the keys, rather than bundled into another
+    submission than ``predict`` writes with it."""
+    from .config import anchored
+    from .run_settings import diff_of_keys
+
+    if not run.config_yaml.is_file():
+        return
+    keys = ("data.", "transforms.", "model.", "predict.", "postprocess.", "submission.", "metric.", "train.amp",
+            "train.use_ema")
+    diff = [d for d in diff_of_keys(run.config(), anchored(cfg), keys) if not d.startswith(("data.root:", "model.encoder_weights:"))]
+    if diff:
+        raise ConfigError(f"{source} differs from the saved config of the run it names, {run.config_yaml} "
+                          f"({'; '.join(diff[:6])}); the bundle holds the run folder, which predicts with its saved "
+                          f"config (`seg-toolkit predict {run.dir}`), so its submission would not be the one `seg-toolkit "
+                          f"predict {source}` writes. Bundle {run.dir} as it is, or make a run with these settings")
 
 
 def _foreign_files(out: Path) -> list[str]:
@@ -295,7 +341,8 @@ def _foreign_files(out: Path) -> list[str]:
     files inside)."""
     try:
         data = json.loads((out / "bundle.json").read_text())
-        own = set(data["files"]) | set(BUNDLE_ENTRIES)
+        # bundles made before texts were recorded: every text a bundle may hold
+        own = set(data["files"]) | {"bundle.json"} | set(data.get("texts") or _texts(True))
         wheels = data.get("wheels")
         own |= {f"wheels/{name}" for name in (wheels.get("files", []) if isinstance(wheels, dict) else [])}
     except (OSError, ValueError, KeyError, TypeError) as e:
@@ -308,9 +355,9 @@ def _foreign_files(out: Path) -> list[str]:
 def _write_texts(folder: Path, data: dict[str, Any], lead) -> None:
     """predict.py, predict.ipynb, README.md and requirements.txt."""
     title = f"seg_toolkit bundle: {', '.join(data['named'])}"
-    write_text(folder / "predict.py", fill(PREDICT_PY, default_run=data["default_run"], pip_spec=shell_spec(data)))
+    write_text(folder / "predict.py", fill(PREDICT_PY, default_run=data["default_run"]))
     write_text(folder / "predict.ipynb", notebook(title, lead.data.test_images or lead.data.sample_submission,
-                                                  wheels=bool(data["wheels"]), spec=data["install"]))
+                                                  wheels=bool(data["wheels"])))
     write_text(folder / "README.md", readme(title, data, lead.data.test_images, lead.data.sample_submission))
     if data["wheels"]:
         write_text(folder / "requirements.txt", "".join(f"{n}=={v}\n" for n, v in data["wheels"]["requirements"].items()))

@@ -8,12 +8,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
-__all__ = ["PREDICT_PY", "README_MD", "fill", "notebook", "readme", "shell_spec"]
+__all__ = ["PREDICT_PY", "README_MD", "fill", "notebook", "readme"]
 
 PREDICT_PY = '''\
 """Predict the test set with this bundle and write the submission (written by `seg-toolkit bundle`).
 
-    pip install --no-index --find-links WHERE/wheels @@PIP_SPEC@@
+    pip install --no-index --find-links WHERE/wheels -r WHERE/requirements.txt
     python WHERE/predict.py --data-root COMPETITION_DATA --out submission.csv
 
 An existing --out file is replaced only with --overwrite.
@@ -52,7 +52,7 @@ def main(argv=None):
         from seg_toolkit.errors import SegToolkitError
     except ImportError as e:
         sys.exit(f"seg_toolkit is not installed ({e}); first: "
-                 f"{sys.executable} -m pip install --no-index --find-links {HERE / 'wheels'} @@PIP_SPEC@@")
+                 f"{sys.executable} -m pip install --no-index --find-links {HERE / 'wheels'} -r {HERE / 'requirements.txt'}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
         out = predict_bundle(HERE, args.data_root, args.out, run=args.run, device=args.device,
@@ -81,14 +81,14 @@ In a Kaggle notebook with the internet off, add this folder (uploaded as a datas
 competition data, then run `predict.ipynb` (it finds both folders under `/kaggle/input`) or:
 
 ```bash
-pip install --no-index --find-links /kaggle/input/<this-dataset>/wheels @@PIP_SPEC@@
+pip install --no-index --find-links /kaggle/input/<this-dataset>/wheels -r /kaggle/input/<this-dataset>/requirements.txt
 python /kaggle/input/<this-dataset>/predict.py --data-root /kaggle/input/<competition> --out /kaggle/working/submission.csv
 ```
 
 Anywhere else, the same two commands with this folder's path (it can lie anywhere and is only read):
 
 ```bash
-@@PYTHON@@ -m pip install --no-index --find-links @@WHERE@@/wheels @@PIP_SPEC@@
+@@PYTHON@@ -m pip install --no-index --find-links @@WHERE@@/wheels -r @@WHERE@@/requirements.txt
 @@PYTHON@@ @@WHERE@@/predict.py --data-root COMPETITION_DATA --out submission.csv
 ```
 
@@ -114,17 +114,11 @@ kaggle datasets create -p @@WHERE@@ --dir-mode tar
 
 `bundle.json` lists every run, member, fold and file under `runs/` with its sha256, and the versions;
 `predict.py` checks every file against it first and refuses one changed, missing or added.
-`requirements.txt` pins the exact versions of `wheels/` (the environment the bundle was made in);
-`pip install --no-index --find-links wheels -r requirements.txt` installs exactly those, replacing
-versions the image already has.
+`requirements.txt` pins the exact versions of `wheels/` (the environment the bundle was made in, @@INSTALL@@
+with its dependencies); the commands above install exactly those, replacing versions the image already has, so the
+runs resize, normalise and build their models with the libraries they were tuned with (`pip install ... seg_toolkit`
+alone would keep an image's older timm or albumentations wherever it fits seg_toolkit's ranges).
 """
-
-
-def shell_spec(data: dict[str, Any]) -> str:
-    """The pip argument that installs a bundle's seg_toolkit (``bundle.json``'s ``install``; bundles made before it:
-    ``seg_toolkit``), quoted for a shell when it names extras (``'seg_toolkit[instances]'``)."""
-    spec = data.get("install") or "seg_toolkit"
-    return f"'{spec}'" if "[" in spec else spec
 
 
 def fill(template: str, **values: Any) -> str:
@@ -164,8 +158,10 @@ print(f"bundle {BUNDLE}\\ndata {DATA_ROOT}\\nsubmission {OUT}")
 '''
 
 _INSTALL = '''\
-# seg_toolkit and its dependencies from the bundle's wheels only (no index, no network)
-r = subprocess.run([sys.executable, "-m", "pip", "install", "--no-index", "--find-links", f"{BUNDLE}/wheels", @@SPEC_PY@@],
+# seg_toolkit and its dependencies from the bundle's wheels only (no index, no network), at the exact versions the runs
+# were tuned with (requirements.txt): an image's own timm or albumentations would otherwise be kept
+r = subprocess.run([sys.executable, "-m", "pip", "install", "--no-index", "--find-links", f"{BUNDLE}/wheels",
+                    "-r", f"{BUNDLE}/requirements.txt"],
                    capture_output=True, text=True)
 print(r.stdout[-3000:], r.stderr[-3000:])
 r.check_returncode()
@@ -188,9 +184,9 @@ print(Path(OUT).read_text()[:400])
 '''
 
 
-def notebook(title: str, test_images: str, wheels: bool = True, spec: str = "seg_toolkit") -> str:
-    """``predict.ipynb`` (nbformat 4): find the folders, install ``spec`` from the wheels (``wheels``; else only check
-    that seg_toolkit is installed), run predict.py."""
+def notebook(title: str, test_images: str, wheels: bool = True) -> str:
+    """``predict.ipynb`` (nbformat 4): find the folders, install ``requirements.txt`` from the wheels (``wheels``; else
+    only check that seg_toolkit is installed), run predict.py."""
     def cell(kind: str, source: str) -> dict[str, Any]:
         c: dict[str, Any] = {"cell_type": kind, "metadata": {}, "source": source.rstrip("\n")}
         if kind == "code":
@@ -200,7 +196,7 @@ def notebook(title: str, test_images: str, wheels: bool = True, spec: str = "seg
     intro = (f"# {title}\n\nPredicts the test set with the bundled runs offline and writes `submission.csv`. "
              "Add this bundle (a dataset) and the competition data to the notebook, turn the internet off, run all.")
     cells = [cell("markdown", intro), cell("code", fill(_FIND, test_images=repr(test_images))),
-             cell("code", fill(_INSTALL, spec_py=repr(spec)) if wheels else _NO_INSTALL), cell("code", _PREDICT)]
+             cell("code", _INSTALL if wheels else _NO_INSTALL), cell("code", _PREDICT)]
     nb = {"cells": cells, "nbformat": 4, "nbformat_minor": 5,
           "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
                        "language_info": {"name": "python"}}}
@@ -230,5 +226,5 @@ def readme(title: str, data: dict[str, Any], test_images: str, sample: str) -> s
             lines.append(f"- `runs/{info['name']}`: folds {info['folds']}, weights {'float16' if data['fp16'] else 'float32'}")
     lines += [f"- **warning**: {x}" for x in data["warnings"]]
     return fill(README_MD, title=title, version=data["versions"]["bundled_with"]["seg_toolkit"], created=data["created"],
-                python="python", where="BUNDLE", test_images=test_images, sample=sample, pip_spec=shell_spec(data),
+                python="python", where="BUNDLE", test_images=test_images, sample=sample, install=data.get("install") or "seg_toolkit",
                 default_run=data["default_run"], base_env=base, contents="\n".join(lines))

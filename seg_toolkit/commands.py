@@ -327,7 +327,14 @@ def cmd_bundle(args: argparse.Namespace) -> int:
     from .bundle import DEFAULT_BASE_ENV, build_bundle
     from .run import Run
 
-    runs = [Run.of(_load(c, [], trained=True)) for c in args.configs]
+    from .bundle import check_bundled_config
+
+    runs = []
+    for c in args.configs:
+        cfg = _load(c, [], trained=True)
+        runs.append(Run.of(cfg))
+        if not Path(c).is_dir():  # a YAML: bundled as its run folder predicts
+            check_bundled_config(cfg, runs[-1], c)
     base = args.base_env.split(",") if args.base_env is not None else list(DEFAULT_BASE_ENV)
     info = build_bundle(runs, args.out, fp16=args.fp16, base_env=base, wheels=not args.no_wheels,
                         allow_missing_folds=args.allow_missing_folds, overwrite=args.overwrite)

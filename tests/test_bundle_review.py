@@ -303,7 +303,7 @@ def test_bundle_errors_name_the_file(tmp_path):
     src = tmp_path / "best.pt"
     save_checkpoint({"model": {"w": torch.zeros(1)}, "config": {}}, src)
     with pytest.raises(BundleError, match=r"best.pt: a checkpoint without model_args"):
-        _write_weights(src, tmp_path / "out.pt", use_ema=False, fp16=False)
+        _write_weights(src, tmp_path / "out.pt", use_ema=False, fp16=False, run=None)
     (tmp_path / "b").mkdir()
     (tmp_path / "b" / "bundle.json").write_text('{"format": 2}')
     with pytest.raises(BundleError, match=r"bundle.json: not a bundle's record \(KeyError"):
@@ -339,9 +339,9 @@ def test_an_absolute_data_path_is_refused_when_bundled(trained, tmp_path):
 
 
 def test_a_run_that_cuts_objects_along_p_bundles_the_instances_extra(trained, tmp_path):
-    """A run whose tuned post-processing splits objects by probability (scikit-image) names seg_toolkit[instances]
-    wherever the bundle installs seg_toolkit: bundle.json, README.md, predict.py and the notebook's pip call (the
-    wheels then hold scikit-image's tree: gather_wheels' closure, test_bundle); a plain run names seg_toolkit."""
+    """A run whose tuned post-processing splits objects by probability (scikit-image) records seg_toolkit[instances]
+    as what its wheels install (bundle.json, README.md; the wheels then hold scikit-image's tree: gather_wheels'
+    closure, test_bundle, pinned in requirements.txt); a plain run names seg_toolkit."""
     copy = tmp_path / "runs" / "split"
     shutil.copytree(trained["x"].dir, copy)
     saved = read_json(copy / "postprocess.json")
@@ -349,10 +349,72 @@ def test_a_run_that_cuts_objects_along_p_bundles_the_instances_extra(trained, tm
     (copy / "postprocess.json").write_text(json.dumps(saved))
     info = build_bundle([Run(copy)], tmp_path / "b", wheels=False)
     assert info["install"] == "seg_toolkit[instances]"
-    for name in ("README.md", "predict.py"):
-        assert "--find-links" in (tmp_path / "b" / name).read_text()
-        assert "wheels 'seg_toolkit[instances]'" in (tmp_path / "b" / name).read_text()
-    cells = [c["source"] for c in json.loads(notebook("t", "test", wheels=True, spec=info["install"]))["cells"]]
-    assert any('f"{BUNDLE}/wheels", \'seg_toolkit[instances]\']' in c for c in cells)
+    assert "the environment the bundle was made in, seg_toolkit[instances]" in (tmp_path / "b" / "README.md").read_text()
     plain = build_bundle([trained["x"]], tmp_path / "p", wheels=False)
-    assert plain["install"] == "seg_toolkit" and "wheels seg_toolkit\n" in (tmp_path / "p" / "README.md").read_text()
+    assert plain["install"] == "seg_toolkit" and "made in, seg_toolkit\n" in (tmp_path / "p" / "README.md").read_text()
+
+
+def test_every_install_command_of_a_bundle_installs_its_pinned_versions(trained, tmp_path):
+    """`pip install --no-index --find-links wheels seg_toolkit` keeps an image's own timm or albumentations wherever
+    it fits seg_toolkit's ranges (an audit installed 2.0.8 / 1.0.31 wheels over an image of 2.0.1 / 1.0.3 and kept
+    the old ones): the runs then resized and normalised otherwise than tuned. README.md, predict.py's hint and the
+    notebook now install requirements.txt, the exact versions of the wheels."""
+    build_bundle([trained["x"]], tmp_path / "b", wheels=False)
+    readme = (tmp_path / "b" / "README.md").read_text()
+    assert "--find-links /kaggle/input/<this-dataset>/wheels -r /kaggle/input/<this-dataset>/requirements.txt" in readme
+    assert "--find-links BUNDLE/wheels -r BUNDLE/requirements.txt" in readme
+    assert "-r {HERE / 'requirements.txt'}" in (tmp_path / "b" / "predict.py").read_text()
+    cells = [c["source"] for c in json.loads(notebook("t", "test", wheels=True))["cells"]]
+    assert any('"-r", f"{BUNDLE}/requirements.txt"' in c for c in cells)
+    assert not any("seg_toolkit\"]" in c or "'seg_toolkit'" in c for c in cells)
+
+
+def test_runs_predict_refuses_are_refused_when_bundled(trained, tmp_path):
+    """bundle copied a run predict refuses and the bundle's predict.py refused it on the target (found by an audit):
+    a config.yaml edited since its folds trained (model.dropout here), and an ensemble whose member predicts with
+    another TTA since the ensemble was built (`oof MEMBER --set predict.tta=...`)."""
+    runs = tmp_path / "runs"
+    shutil.copytree(trained["runs"], runs)
+    x = runs / "x"
+    saved = yaml.safe_load((x / "config.yaml").read_text())
+    edited = tmp_path / "edited" / "x"
+    shutil.copytree(x, edited)
+    saved["model"]["dropout"] = 0.25
+    (edited / "config.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
+    assert main(["predict", str(edited), "--out", str(tmp_path / "p.csv")]) == 2
+    with pytest.raises(BundleError, match=r"best.pt was trained with other settings than .*config.yaml says "
+                                          r"\(model.dropout: 0.0 -> 0.25\); predict refuses"):
+        build_bundle([Run(edited)], tmp_path / "b1", wheels=False)
+    assert main(["oof", str(x), "--set", "predict.tta=[identity,vflip]"]) == 0
+    with pytest.raises(BundleError, match=r"runs/ens: predict refuses this run, so the bundle's predict.py would: .*member "
+                                          r".*x's OOF files were merged and tuned on as made with"):
+        build_bundle([Run(runs / "ens")], tmp_path / "b2", wheels=False)
+    assert not (tmp_path / "b1").exists() and not (tmp_path / "b2").exists()
+
+
+def test_bundle_of_a_yaml_that_differs_from_its_run_is_refused(trained, tmp_path, capsys):
+    """`bundle CONFIG.yaml` bundled the run folder as saved, while `predict CONFIG.yaml` predicts with the YAML's
+    submission keys: with empty_token '-1' in the YAML every empty row of the two submissions differed (an audit).
+    The same YAML as the run's bundles as before."""
+    same = tmp_path / "same.yaml"
+    data = demo_dict(trained["root"], trained["runs"], experiment="x")
+    same.write_text(yaml.safe_dump(data))
+    assert main(["bundle", str(same), "--out", str(tmp_path / "ok"), "--no-wheels"]) == 0
+    other = tmp_path / "other.yaml"
+    other.write_text(yaml.safe_dump({**data, "submission": {**data.get("submission", {}), "empty_token": "-1"}}))
+    assert main(["bundle", str(other), "--out", str(tmp_path / "b"), "--no-wheels"]) == 2
+    err = capsys.readouterr().err
+    assert "other.yaml differs from the saved config of the run it names" in err and "submission.empty_token" in err
+    assert not (tmp_path / "b").exists()
+
+
+def test_bundle_overwrite_keeps_a_requirements_txt_a_no_wheels_bundle_did_not_write(trained, tmp_path):
+    """A --no-wheels bundle writes no requirements.txt, yet --overwrite counted one as its own and deleted the
+    user's (any other file there was refused): the texts a bundle wrote are now recorded in bundle.json."""
+    out = tmp_path / "b"
+    info = build_bundle([trained["x"]], out, wheels=False)
+    assert info["texts"] == ["predict.py", "predict.ipynb", "README.md"]
+    (out / "requirements.txt").write_text("my-pins==1.0\n")
+    with pytest.raises(BundleError, match=r"holds requirements.txt, which the bundle did not write"):
+        build_bundle([trained["x"]], out, wheels=False, overwrite=True)
+    assert (out / "requirements.txt").read_text() == "my-pins==1.0\n"
