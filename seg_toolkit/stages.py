@@ -60,11 +60,24 @@ def check_same_folds(prev: Run, folds: pd.DataFrame, key: str) -> None:
                           "(same folds settings and data), or fold k would learn from weights trained on its validation images")
 
 
+#: trained keys a later stage may change: the resolution, the dropout, which weights (EMA or not) it keeps
+STAGE_KEYS = ("transforms.resize", "model.dropout", "train.use_ema")
+
+
 def check_init_folds(cfg: Config, folds: pd.DataFrame, folds_to_train: list[int]) -> None:
-    """The earlier run must have the same fold of every image and a trained model for each fold to train."""
+    """The earlier run must read its inputs as this one does (task, classes, channels, value range, bands,
+    normalisation, architecture; the resolution may differ), have the same fold of every image and a trained model
+    for each fold to train."""
+    from .run_settings import TRAINED_KEYS, diff_of_keys
+
     prev = init_run(cfg)
     if prev is None:
         return
+    diff = diff_of_keys(prev.config(), cfg, [k for k in TRAINED_KEYS if k not in STAGE_KEYS])
+    if diff:  # e.g. another transforms.mean: the weights fitted to other inputs, fine-tuned without a word
+        raise ConfigError(f"train.init_from: {prev.dir} was trained on inputs read otherwise than this config reads them "
+                          f"({'; '.join(diff[:6])}); a later stage may change {', '.join(STAGE_KEYS)} and the training "
+                          "settings, not how images and masks are read or the model")
     check_same_folds(prev, folds, "train.init_from")
     done = set(prev.trained_folds())
     untrained = [k for k in folds_to_train if k not in done]
@@ -96,5 +109,6 @@ def load_fold_init(cfg: Config, fold: int, model: torch.nn.Module, ema=None) -> 
     model.load_state_dict(weights)
     if ema is not None:
         ema.set(model)
-    log.info("fold %d starts from %s (epoch %s, val score %s)", fold, path, state.get("epoch"), state.get("best_score"))
+    whence = (f"the mean of epochs {state['averaged_from']}" if state.get("averaged_from") else f"epoch {state.get('epoch')}")
+    log.info("fold %d starts from %s (%s, val score %s)", fold, path, whence, state.get("best_score"))
     return str(path)
