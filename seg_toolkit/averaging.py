@@ -81,6 +81,7 @@ def average_checkpoints(paths: list, use_ema: bool) -> dict[str, Any]:
     if all(c.get("ema") is not None for c in ckpts):
         out["ema"] = average_state_dicts([c["ema"] for c in ckpts])
     out["averaged_from"] = [int(c["epoch"]) for c in ckpts]
+    out["epoch"] = None  # of no one epoch (the first kept one's had been left: a stage 2 named it as where it started)
     return out
 
 

@@ -208,9 +208,11 @@ def train_attempt(cfg: Config, fold: int, samples: list[Sample], folds: pd.DataF
     if d.is_main and cfg.train.average_best:
         from .averaging import average_best_epochs
 
-        if 0 < state.epoch <= cfg.model.freeze_encoder_epochs:  # every epoch ran with the encoder frozen: its norm
-            # layers keep the statistics the decoder learned on, in the EMA copy (made before freezing) and after a
-            # resume that ran no epoch, too
+        kept = [e for _, e in state.top_k]  # 1-based, as state.epoch
+        if 0 < max(kept or [state.epoch]) <= cfg.model.freeze_encoder_epochs:  # every epoch averaged (or, with none
+            # kept, every epoch) ran with the encoder frozen: its norm layers keep the statistics the decoder learned
+            # on, in the EMA copy (made before freezing) and after a resume that ran no epoch, too; a later unfrozen
+            # epoch the average leaves out does not decide it
             for m in [model] + ([ema.module] if ema is not None else []):
                 set_frozen_encoder(m, True)
 

@@ -34,8 +34,19 @@ OVERLAYS_PNG = {"best": "overlays_best.png", "worst": "overlays_worst.png"}
 
 
 def _epoch(f: dict[str, Any]) -> str:  # 1-based in done.json, as in metrics.csv and the curves
+    kept = f.get("averaged_epochs")
+    if isinstance(kept, list) and kept:  # train.average_best: best.pt, what the OOF and predict use, is their mean
+        return "mean of " + ", ".join(str(int(e)) for e in kept)
     e = f.get("best_epoch")
     return str(int(e)) if isinstance(e, int) and e >= 1 else "–"
+
+
+def _val_score(f: dict[str, Any]) -> str:
+    """The validation score of the fold's ``best.pt``: the average's under ``train.average_best`` (the single best
+    epoch's beside it), else the best epoch's."""
+    if isinstance(f.get("averaged_val_score"), (int, float)):
+        return f"{h.fmt(f['averaged_val_score'])} (single best {h.fmt(f.get('single_best_val_score', f.get('best_val_score')))})"
+    return h.fmt(f.get("best_val_score"))
 
 
 def ensemble_sentence(ens: dict[str, Any]) -> str:
@@ -84,9 +95,9 @@ def _summary_html(d: ReportData) -> str:
     if d.ensemble is not None:
         parts.append(h.table(["fold", f"OOF {h.esc(label)}"], [[str(f["fold"]), h.fmt(f.get("oof_score"))] for f in d.per_fold]))
     else:
-        rows = [[str(f["fold"]), h.fmt(f.get("oof_score")), h.fmt(f.get("best_val_score")), _epoch(f),
+        rows = [[str(f["fold"]), h.fmt(f.get("oof_score")), _val_score(f), _epoch(f),
                  h.fmt(f.get("epochs_run")), h.fmt(f.get("n_train")), h.fmt(f.get("n_valid"))] for f in d.per_fold]
-        parts.append(h.table(["fold", f"OOF {h.esc(label)}", "best val score", "best epoch", "epochs run",
+        parts.append(h.table(["fold", f"OOF {h.esc(label)}", "best.pt val score", "best.pt epoch", "epochs run",
                               "train images", "valid images"], rows))
     m = cfg.model
     setup = [["task", f"{cfg.data.task}, {cfg.data.num_classes} class(es), layout {cfg.data.layout}"]]
