@@ -61,6 +61,12 @@ class DataConfig:
     # colors: null = every pixel must be a table colour exactly (lossless files); a distance = nearest table colour
     # within that RGB distance, farther pixels void (lossy JPEG / WebP colour masks)
     mask_color_tolerance: Optional[float] = None
+    # colors with a tolerance, opt-in, for class edges of blended colours (JPEG, downscaled labels: a sky/building blend
+    # is nearest to wall's colour): a pixel within mask_color_clean of its nearest table colour is clean and takes it;
+    # any other pixel may only take a class (or void colour) with a clean pixel within mask_color_support_px pixels
+    # (square window): the nearest such colour within mask_color_tolerance, else void. null = nearest colour everywhere
+    mask_color_support_px: Optional[int] = None
+    mask_color_clean: Optional[float] = None  # with mask_color_support_px: a distance, at most the tolerance (e.g. 15)
     # value -> class id or "void", e.g. {1: 1, 2: 0, 3: void} (Oxford-IIIT Pet trimap); a value not listed is an error
     mask_values: dict[int, Union[int, str]] = field(default_factory=dict)
     # image and label side by side in one file: which part is the image (the label is the other part)

@@ -102,7 +102,8 @@ def _check_mask_reading(cfg: Config) -> None:
 
 
 _MASK_KEYS = ("train_masks", "mask_ext", "train_lists", "mask_threshold", "mask_format", "mask_channel", "mask_colors",
-              "mask_void_colors", "mask_color_tolerance", "mask_values", "pair_split", "pair_split_at", "instance_folders",
+              "mask_void_colors", "mask_color_tolerance", "mask_color_support_px",
+              "mask_color_clean", "mask_values", "pair_split", "pair_split_at", "instance_folders",
               "instance_target", "instance_border_px", "mask_per_class", "missing_class_masks")
 
 
@@ -131,7 +132,7 @@ def _check_masks(cfg: Config) -> None:
         if not 0 <= d.mask_channel <= 3:
             raise ConfigError(f"data.mask_channel: expected 0..3 (0 = red, 1 = green, 2 = blue, 3 = alpha), got {d.mask_channel}")
     if not colors:
-        for key in ("mask_colors", "mask_void_colors", "mask_color_tolerance"):
+        for key in ("mask_colors", "mask_void_colors", "mask_color_tolerance", "mask_color_support_px", "mask_color_clean"):
             if getattr(d, key) != getattr(defaults, key):
                 raise ConfigError(f"data.{key}: only used with data.mask_format: colors (mask pixels are colours)")
     else:
@@ -160,6 +161,7 @@ def _check_masks(cfg: Config) -> None:
         t = d.mask_color_tolerance
         if t is not None and not (isinstance(t, (int, float)) and math.isfinite(t) and t > 0):
             raise ConfigError(f"data.mask_color_tolerance: expected a distance > 0 (e.g. 40), or null for exact colours, got {t}")
+        _check_color_support(d.mask_color_support_px, d.mask_color_clean, t)
         if d.mask_threshold is not None:
             raise ConfigError("data.mask_threshold: reads gray values; colour masks (data.mask_format: colors) are read "
                               "through the colour table")
@@ -204,6 +206,30 @@ def _check_masks(cfg: Config) -> None:
                else "set data.mask_threshold (binary)" if d.task == "binary"
                else "a label map of ids cannot be read back from a lossy file")
         raise ConfigError(f"data.pair_split: the labels are in the {d.image_ext!r} images, a lossy format; {how}")
+
+
+def _check_color_support(support: int | None, clean: float | None, tolerance: float | None) -> None:
+    """``data.mask_color_support_px`` and ``data.mask_color_clean`` (the neighbourhood rule of
+    :func:`seg_toolkit.data.colors.colors_to_ids`): both or neither, with a tolerance, clean <= tolerance."""
+    if support is None:
+        if clean is not None:
+            raise ConfigError("data.mask_color_clean: only used with data.mask_color_support_px (the neighbourhood rule "
+                              "for blended colours); set both, or neither")
+        return
+    if tolerance is None:
+        raise ConfigError("data.mask_color_support_px: reads blended colours of lossy colour masks and needs "
+                          "data.mask_color_tolerance (null reads exact colours, which have no blends)")
+    if support < 1:
+        raise ConfigError(f"data.mask_color_support_px: expected pixels >= 1 (a class must have a clean pixel within "
+                          f"that many pixels), or null for the plain nearest colour, got {support}")
+    if clean is None:
+        raise ConfigError("data.mask_color_clean: required with data.mask_color_support_px: the distance within which a "
+                          "pixel is a clean colour that supports its class (e.g. 15)")
+    if not (math.isfinite(clean) and clean >= 0):
+        raise ConfigError(f"data.mask_color_clean: expected a distance >= 0 (e.g. 15), got {clean}")
+    if clean > tolerance:
+        raise ConfigError(f"data.mask_color_clean: {clean:g} is more than data.mask_color_tolerance={tolerance:g}; a "
+                          "clean pixel is one within the tolerance, so it must be at most that")
 
 
 _RLE_KEYS = ("train_csv", "id_column", "rle_column", "rle_index_base", "rle_starts", "rle_empty_token", "rle_instances")

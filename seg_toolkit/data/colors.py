@@ -6,6 +6,13 @@ and ``data.mask_void_colors``, or the ``classes_csv`` r,g,b columns): exactly fo
 ``data.mask_color_tolerance`` for lossy ones (farther pixels are void). A file whose pixels are
 mostly far from every colour is refused, not guessed (:data:`MAX_FAR_SHARE`,
 :func:`check_color_masks`).
+
+Opt-in for lossy masks whose class edges hold blended colours (JPEG, downscaling): with
+``data.mask_color_support_px`` and ``data.mask_color_clean``, a pixel within ``clean`` of its nearest
+table colour takes it as above; any other pixel may only take a class (or a void colour) that has such
+a clean pixel within ``support_px`` pixels (square window), the nearest of those within the tolerance,
+else void. Without it, a sky/building blend is nearest to wall's colour and reads as wall
+(:func:`colors_to_ids`, ``support_px``).
 """
 
 from __future__ import annotations
@@ -164,7 +171,8 @@ def color_table(cfg: Config) -> tuple[np.ndarray, np.ndarray, str]:
 
 
 def colors_to_ids(rgb: np.ndarray, colors: np.ndarray, ids: np.ndarray, tolerance: float | None, where: str,
-                  source: str = "the colour table", return_far: bool = False) -> np.ndarray | tuple[np.ndarray, int]:
+                  source: str = "the colour table", return_far: bool = False, support_px: int | None = None,
+                  clean: float | None = None) -> np.ndarray | tuple[np.ndarray, int]:
     """``uint8 (H, W, 3)`` colours -> ``int32 (H, W)`` ids (-1 = void) through a colour table.
 
     ``tolerance`` None: every pixel must be a table colour exactly, else :class:`DataError`
@@ -173,8 +181,22 @@ def colors_to_ids(rgb: np.ndarray, colors: np.ndarray, ids: np.ndarray, toleranc
     far from every colour is an error (not a colour mask of this table). Each colour's answer is
     remembered in a lookup table, so a dataset's JPEG noise colours are searched once.
     ``return_far``: also return the number of pixels made void by the cut-off.
+
+    ``support_px`` (with ``clean``: ``data.mask_color_support_px`` / ``mask_color_clean``; needs a ``tolerance``): a pixel within ``clean`` of its nearest colour takes that colour's id as above; any
+    other pixel takes the nearest colour within ``tolerance`` among the classes (and void colours) that
+    have such a clean pixel within ``support_px`` pixels (Chebyshev), else void. The far count
+    (``return_far``, :data:`MAX_FAR_SHARE`) stays the pixels farther than ``tolerance`` from every colour.
     """
     keys = (rgb[..., 0].astype(np.int32) << 16) | (rgb[..., 1].astype(np.int32) << 8) | rgb[..., 2].astype(np.int32)
+    if support_px is not None or clean is not None:
+        if support_px is None or clean is None or tolerance is None or support_px < 1 or not 0 <= clean <= tolerance:
+            raise ValueError(f"colors_to_ids: support_px {support_px} needs clean {clean} in 0..tolerance {tolerance}, "
+                             "and support_px >= 1")
+        from .color_support import supported_ids
+
+        out, n_bad = supported_ids(keys, np.asarray(colors), ids, float(tolerance), int(support_px), float(clean))
+        _check_far(n_bad, keys.size, tolerance, where, source)
+        return (out, n_bad) if return_far else out
     lut = _color_lut(colors, ids, tolerance)
     out = lut[keys]
     todo = out == _NOT_YET
@@ -199,15 +221,19 @@ def colors_to_ids(rgb: np.ndarray, colors: np.ndarray, ids: np.ndarray, toleranc
             "add them to the table (or to data.mask_void_colors), or for a lossy (JPEG, lossy WebP) file set "
             "data.mask_color_tolerance"
         )
-    if n_bad > MAX_FAR_SHARE * keys.size:
-        raise DataError(
-            f"{where}: {n_bad} of {keys.size} pixels ({100 * n_bad / keys.size:.0f}%) are farther than "
-            f"data.mask_color_tolerance={tolerance:g} from every colour of {source}: this is not a colour mask of that "
-            "table (the photo half of a pair? data.pair_split) or the tolerance is too small"
-        )
+    _check_far(n_bad, keys.size, tolerance, where, source)
     out = out.astype(np.int32)
     out[bad] = VOID_ID
     return (out, n_bad) if return_far else out
+
+
+def _check_far(n_bad: int, size: int, tolerance: float | None, where: str, source: str) -> None:
+    if n_bad > MAX_FAR_SHARE * size:
+        raise DataError(
+            f"{where}: {n_bad} of {size} pixels ({100 * n_bad / size:.0f}%) are farther than "
+            f"data.mask_color_tolerance={tolerance:g} from every colour of {source}: this is not a colour mask of that "
+            "table (the photo half of a pair? data.pair_split) or the tolerance is too small"
+        )
 
 
 #: masks checked before training by :func:`check_color_masks`, and the mean share of pixels

@@ -95,7 +95,8 @@ def mask_ids(sample: Sample, cfg: Config) -> np.ndarray:
                           exif=d.exif_orientation)
     if colors:
         table, table_ids, source = color_table(cfg)
-        ids = colors_to_ids(arr, table, table_ids, d.mask_color_tolerance, where, source)
+        ids = colors_to_ids(arr, table, table_ids, d.mask_color_tolerance, where, source,
+                            support_px=d.mask_color_support_px, clean=d.mask_color_clean)
     elif d.mask_channel is not None:
         if d.mask_channel >= arr.shape[2]:
             raise DataError(f"{where}: mask has {arr.shape[2]} channels; data.mask_channel {d.mask_channel} is outside 0..{arr.shape[2] - 1}")
