@@ -12,7 +12,11 @@ randomly initialised model; a trained TGS fold 0 (``tgs_cpu.yaml`` after 8 epoch
 Forward + backward of the whole loss, alternating rounds in this process; the ratio is textbook
 seconds / toolkit seconds (above 1: the toolkit's is faster).
 
-    python bench/bench_lovasz.py [--rounds 5] [--batch 32] [--unfitted 1.0 0.3 0.1]
+Then the multiclass Lovasz-softmax on CamVid's shapes (a batch of 4 x 11 classes x 176x240, 5% void): the
+textbook one sorts each present class's errors in turn, the toolkit's ranks them in one batched sort
+(:func:`seg_toolkit.losses.lovasz.lovasz_softmax_flat`), the same value and gradient (asserted).
+
+    python bench/bench_lovasz.py [--rounds 5] [--batch 32] [--unfitted 1.0 0.3 0.1] [--softmax-shape 4 11 176 240]
 """
 
 from __future__ import annotations
@@ -63,6 +67,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--unfitted", type=float, nargs="+", default=[1.0, 0.3, 0.1],
                     help="shares of pixels with a positive hinge error")
+    ap.add_argument("--softmax-shape", type=int, nargs=4, default=[4, 11, 176, 240],
+                    help="batch, classes, height, width of the Lovasz-softmax comparison")
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
     logging.disable(logging.WARNING)
@@ -101,6 +107,53 @@ def main() -> None:
                 times[name].append(call(hinge, main_logits, aux)[0])
         t_ref, t_ours = min(times["textbook"]), min(times["toolkit"])
         print(f"{share:16.0%} {t_ref:11.3f} {t_ours:10.3f}  ratio textbook / toolkit: {t_ref / t_ours:.2f}x")
+    softmax(args.softmax_shape, args.rounds)
+
+
+def textbook_softmax_flat(probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Berman et al.'s ``lovasz_softmax_flat``: one sort per class present."""
+    losses = []
+    for c in range(probs.shape[1]):
+        fg = (labels == c).to(probs.dtype)
+        if fg.sum() == 0:
+            continue
+        errors_sorted, perm = torch.sort((fg - probs[:, c]).abs(), descending=True)
+        losses.append((errors_sorted * lovasz.lovasz_grad(fg[perm])).sum())
+    return torch.stack(losses).mean()
+
+
+def softmax(shape: list[int], rounds: int) -> None:
+    from seg_toolkit.config import IGNORE_INDEX
+
+    b, c, h, w = shape
+    gen = torch.Generator().manual_seed(1)
+    logits = torch.randn(b, c, h, w, generator=gen)
+    target = torch.randint(0, c, (b, h, w), generator=gen)
+    target[torch.rand(b, h, w, generator=gen) < 0.05] = IGNORE_INDEX
+    loss_fn = lovasz.LovaszLoss("multiclass")
+    toolkit = lovasz.lovasz_softmax_flat
+
+    def call(flat) -> tuple[float, float, torch.Tensor]:
+        lovasz.lovasz_softmax_flat = flat
+        leaf = logits.clone().requires_grad_()
+        t0 = time.perf_counter()
+        loss = loss_fn(leaf, target)
+        loss.backward()
+        seconds = time.perf_counter() - t0
+        lovasz.lovasz_softmax_flat = toolkit
+        return seconds, loss.item(), leaf.grad
+
+    ref, ours = call(textbook_softmax_flat), call(toolkit)
+    if abs(ref[1] - ours[1]) > 1e-5 * max(1.0, abs(ref[1])) or not torch.allclose(ref[2], ours[2], rtol=1e-4, atol=1e-8):
+        raise SystemExit(f"the toolkit's Lovasz-softmax differs from the textbook one: loss {ours[1]} vs {ref[1]}")
+    times = {"textbook": [], "toolkit": []}
+    for r in range(rounds):
+        order = [("textbook", textbook_softmax_flat), ("toolkit", toolkit)]
+        for name, flat in (order if r % 2 == 0 else order[::-1]):
+            times[name].append(call(flat)[0])
+    t_ref, t_ours = min(times["textbook"]), min(times["toolkit"])
+    print(f"Lovasz-softmax, {b} x {c} classes x {h}x{w}, forward + backward: textbook {t_ref:.3f} s, toolkit "
+          f"{t_ours:.3f} s  ratio textbook / toolkit: {t_ref / t_ours:.2f}x")
 
 
 if __name__ == "__main__":
