@@ -129,23 +129,21 @@ def _half(name: str, t: Any, where: Path) -> Any:
     return h
 
 
-def _write_weights(src: Path, dst: Path, use_ema: bool, fp16: bool, run: Run) -> dict[str, Any]:
-    """A weights-only checkpoint (the weights predict uses, stored float16 with ``fp16``) that
-    :func:`~seg_toolkit.checkpoint.load_model` reads like any ``best.pt``; one trained otherwise than ``run``'s
+def _write_weights(run: Run, fold: int, dst: Path, use_ema: bool, fp16: bool) -> dict[str, Any]:
+    """A weights-only checkpoint of ``run``'s fold (the weights predict uses, stored float16 with ``fp16``) that
+    :func:`~seg_toolkit.checkpoint.load_model` reads like any ``best.pt``; one trained otherwise than the run's
     config.yaml says is refused here, as predict refuses it (on the target)."""
     from .config import config_from_dict
-    from .run_settings import TRAINED_KEYS, diff_of_keys
+    from .run_settings import check_fold_trained_as
+
+    src = run.best_pt(fold)
 
     state = load_checkpoint(src)
     missing = [k for k in ("config", "model_args") if k not in state]
     if missing:  # load_model names the same case
         raise BundleError(f"{src}: a checkpoint without {' and '.join(missing)} (made by another tool, or before the toolkit "
                           "kept them): train the fold again")
-    diff = diff_of_keys(config_from_dict(state["config"], trained=True), run.config(), TRAINED_KEYS)
-    if diff:  # the run's config.yaml edited, or another run's best.pt copied in (Predictor's Member.model says the same)
-        raise BundleError(f"{src} was trained with other settings than {run.config_yaml} says ({'; '.join(diff[:6])}); "
-                          "predict refuses such a run, so the bundle's predict.py would: restore its config.yaml, or "
-                          "train the fold again")
+    check_fold_trained_as(config_from_dict(state["config"], trained=True), run.config(), run, fold)
     weights = chosen_weights(state, use_ema)
     if fp16:
         weights = {k: _half(k, v, src) for k, v in weights.items()}
@@ -192,7 +190,7 @@ def _copy_run(src: Run, dst: Run, folds: list[int], fp16: bool) -> dict[str, Any
     info.update(kind="trained", folds=folds, trained_with=_trained_with(src, folds), weights={})
     for k in folds:
         info["weights"][str(k)] = {"file": f"runs/{dst.dir.name}/fold_{k}/best.pt",
-                                   **_write_weights(src.best_pt(k), dst.best_pt(k), use_ema, fp16, src)}
+                                   **_write_weights(src, k, dst.best_pt(k), use_ema, fp16)}
         shutil.copyfile(src.done_json(k), dst.done_json(k))
     return info
 

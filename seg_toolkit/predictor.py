@@ -36,7 +36,7 @@ from .device import autocast, resolve_device
 from .files import read_json
 from .run import Run
 from .tensors import add_weighted, from_merge_space, on_grid, resize_to, to_merge_space
-from .run_settings import TRAINED_KEYS, check_same_training, diff_of_keys, tta_settings
+from .run_settings import check_fold_trained_as, check_same_training, tta_settings
 from .tiling import TiledModel
 from .tta import expand_tta, iter_variant_logits, merge_logits, tta_predict
 from .tta import _variants
@@ -98,11 +98,7 @@ class Member:
                 model = OnnxModel(self.run.onnx_path(fold), expect={"fold": fold, "best_pt_sha256": entry.get("best_pt_sha256")})
             else:
                 model, trained = load_model(self.run.best_pt(fold), map_location=device, use_ema=self.cfg.train.use_ema)
-                diff = diff_of_keys(trained, self.cfg, TRAINED_KEYS)
-                if diff:  # the run's config.yaml edited, or another run's best.pt copied in: preprocessing from one, model from the other
-                    raise ConfigError(f"{self.run.best_pt(fold)} was trained with other settings than {self.run.config_yaml} "
-                                      f"says ({'; '.join(diff[:6])}); the run folder's files disagree: restore its "
-                                      "config.yaml, or train the fold again")
+                check_fold_trained_as(trained, self.cfg, self.run, fold)
             if self.cfg.model.channels_last and self.backend != "onnx":
                 model = model.to(memory_format=torch.channels_last)
             p = self.cfg.predict

@@ -11,7 +11,8 @@ from .files import read_json
 from .run import Run
 from .tta import MERGE_MODES, expand_tta
 
-__all__ = ["TRAINED_KEYS", "PREDICT_KEYS", "key_named", "diff_of_keys", "check_same_training", "tta_settings"]
+__all__ = ["TRAINED_KEYS", "PREDICT_KEYS", "key_named", "diff_of_keys", "check_same_training", "check_fold_trained_as",
+           "tta_settings"]
 
 #: Config keys fixed by training: what a trained run's models were made with and its OOF
 #: files were predicted with. A command line that changes one of them for an existing run
@@ -35,6 +36,17 @@ def key_named(key: str, prefixes: Sequence[str]) -> bool:
 def diff_of_keys(old: Config, new: Config, prefixes: Sequence[str]) -> list[str]:
     """:func:`~seg_toolkit.config.config_diff` restricted to the keys named in ``prefixes`` (:func:`key_named`)."""
     return [line for line in config_diff(config_to_dict(old), config_to_dict(new)) if key_named(line.split(": ", 1)[0], prefixes)]
+
+
+def check_fold_trained_as(trained: Config, cfg: Config, run: Run, fold: int) -> None:
+    """A fold's checkpoint, trained with ``trained`` (its own config), must fit ``cfg`` (the run's ``config.yaml``) on
+    the trained keys: the file edited, or another run's best.pt copied in, gives preprocessing from one and the model from the
+    other. The predictor refuses such a fold, and so does ``bundle``, before it reaches the target."""
+    diff = diff_of_keys(trained, cfg, TRAINED_KEYS)
+    if diff:
+        raise ConfigError(f"{run.best_pt(fold)} was trained with other settings than {run.config_yaml} says "
+                          f"({'; '.join(diff[:6])}); the run folder's files disagree: restore its config.yaml, or train "
+                          "the fold again")
 
 
 def check_same_training(cfg: Config, run: Run, also_predict: bool = True, skip: Sequence[str] = ()) -> None:

@@ -300,10 +300,11 @@ def test_bundle_errors_name_the_file(tmp_path):
     from seg_toolkit.bundle import _write_weights, bundle_config
     from seg_toolkit.checkpoint import save_checkpoint
 
-    src = tmp_path / "best.pt"
-    save_checkpoint({"model": {"w": torch.zeros(1)}, "config": {}}, src)
+    run = Run(tmp_path / "r")
+    run.best_pt(0).parent.mkdir(parents=True)
+    save_checkpoint({"model": {"w": torch.zeros(1)}, "config": {}}, run.best_pt(0))
     with pytest.raises(BundleError, match=r"best.pt: a checkpoint without model_args"):
-        _write_weights(src, tmp_path / "out.pt", use_ema=False, fp16=False, run=None)
+        _write_weights(run, 0, tmp_path / "out.pt", use_ema=False, fp16=False)
     (tmp_path / "b").mkdir()
     (tmp_path / "b" / "bundle.json").write_text('{"format": 2}')
     with pytest.raises(BundleError, match=r"bundle.json: not a bundle's record \(KeyError"):
@@ -382,8 +383,8 @@ def test_runs_predict_refuses_are_refused_when_bundled(trained, tmp_path):
     saved["model"]["dropout"] = 0.25
     (edited / "config.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
     assert main(["predict", str(edited), "--out", str(tmp_path / "p.csv")]) == 2
-    with pytest.raises(BundleError, match=r"best.pt was trained with other settings than .*config.yaml says "
-                                          r"\(model.dropout: 0.0 -> 0.25\); predict refuses"):
+    with pytest.raises(ConfigError, match=r"best.pt was trained with other settings than .*config.yaml says "
+                                          r"\(model.dropout: 0.0 -> 0.25\); the run folder's files disagree"):
         build_bundle([Run(edited)], tmp_path / "b1", wheels=False)
     assert main(["oof", str(x), "--set", "predict.tta=[identity,vflip]"]) == 0
     with pytest.raises(BundleError, match=r"runs/ens: predict refuses this run, so the bundle's predict.py would: .*member "
