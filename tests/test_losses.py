@@ -336,24 +336,22 @@ def test_lovasz_softmax_by_hand() -> None:
 
 def test_lovasz_softmax_batched_equals_one_sort_per_class() -> None:
     """The batched ranking (one sort of every present class's errors) gives the loss and gradient of the per-class
-    loop of Berman et al.'s reference, written out here; classes absent from the labels are left out of the mean."""
-    from seg_toolkit.losses.lovasz import lovasz_grad, lovasz_softmax_flat
+    loop of Berman et al.'s reference (``bench/bench_lovasz.py``'s textbook function, which the bench times it
+    against); classes absent from the labels are left out of the mean."""
+    import importlib.util
+    from pathlib import Path
 
-    def per_class(probs, labels):
-        losses = []
-        for c in range(probs.shape[1]):
-            fg = (labels == c).to(probs.dtype)
-            if fg.sum() == 0:
-                continue
-            errors_sorted, perm = torch.sort((fg - probs[:, c]).abs(), descending=True)
-            losses.append((errors_sorted * lovasz_grad(fg[perm])).sum())
-        return torch.stack(losses).mean()
+    from seg_toolkit.losses.lovasz import lovasz_softmax_flat
 
+    path = Path(__file__).resolve().parents[1] / "bench" / "bench_lovasz.py"
+    spec = importlib.util.spec_from_file_location("_bench_lovasz_reference", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
     gen = torch.Generator().manual_seed(3)
     logits = torch.randn(3000, 6, generator=gen)
     labels = torch.randint(0, 5, (3000,), generator=gen)  # class 5 absent
     x1, x2 = logits.clone().requires_grad_(), logits.clone().requires_grad_()
-    ours, ref = lovasz_softmax_flat(x1.softmax(1), labels), per_class(x2.softmax(1), labels)
+    ours, ref = lovasz_softmax_flat(x1.softmax(1), labels), bench.textbook_softmax_flat(x2.softmax(1), labels)
     ours.backward()
     ref.backward()
     assert ours.item() == pytest.approx(ref.item(), rel=1e-6)
