@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import logging
 import re
 from pathlib import Path
@@ -22,7 +23,7 @@ from tqdm.auto import tqdm
 
 from .config import Config, ConfigError
 from .data import DataError, Sample, load_list_samples, load_train_samples
-from .evaluator import Evaluator, truth_objects
+from .evaluator import Evaluator, resolve_metric_name, truth_objects
 from .files import read_json, write_json
 from .inference import _one, run_predictor
 from .postprocess import apply_postprocess, load_params
@@ -31,7 +32,7 @@ from .run import Run, RunExistsError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["evaluate_split", "evaluate_on", "score_samples", "evaluation_name"]
+__all__ = ["evaluate_split", "evaluate_on", "score_samples", "evaluation_name", "metric_tag"]
 
 
 def score_samples(cfg: Config, run: Run, predictor: Predictor, samples: list[Sample], target_cfg: Config,
@@ -66,7 +67,8 @@ def evaluate_split(cfg: Config) -> dict:
     """Score the run (trained or ensemble) on the labelled held-out lists (``data.test_lists``), never trained on.
 
     Uses the submission's predictor and post-processing (:func:`score_samples`) and writes
-    ``evaluate_test.json``; the returned dict also says where (``written_to``).
+    ``evaluate_test.json`` (under another ``metric.*`` than the run's: ``evaluations/evaluate_test.<tag>.json``,
+    :func:`metric_tag`); the returned dict also says where (``written_to``).
     """
     cfg = _one(cfg)
     if not cfg.data.test_lists:
@@ -76,10 +78,25 @@ def evaluate_split(cfg: Config) -> dict:
     if leaked:
         raise DataError(f"{len(leaked)} held-out ids are also training ids (e.g. {sorted(leaked)[:3]}); the test split must be unseen")
     run, predictor = run_predictor(cfg)
+    tag = metric_tag(cfg, run)
+    path = run.evaluate_json_for(f"evaluate_test.{tag}") if tag else run.evaluate_json
     scored = score_samples(cfg, run, predictor, samples, cfg, f"evaluate {len(samples)} held-out images")
     result = {"split": "test", "lists": cfg.data.test_lists, **scored}
-    write_json(run.evaluate_json, result)
-    return {**result, "written_to": str(run.evaluate_json)}
+    write_json(path, result)
+    return {**result, "written_to": str(path)}
+
+
+def metric_tag(cfg: Config, run: Run) -> str:
+    """``""`` when ``cfg`` scores with the run's own ``metric.*`` (its ``config.yaml``), else the metric's name and 6
+    hex digits of its keys (``tgs_map_mlebench-1a2b3c``): an evaluation under another metric gets a file of its own
+    (:func:`evaluate_split`, :func:`evaluate_on`) and never replaces the run's."""
+    def keys(m: Any) -> dict[str, Any]:
+        return {**dataclasses.asdict(m), "name": resolve_metric_name(m.name, cfg.data.task)}
+
+    mine = keys(cfg.metric)
+    if mine == keys(run.config().metric):
+        return ""
+    return f"{mine['name']}-{hashlib.sha1(json.dumps(mine, sort_keys=True).encode()).hexdigest()[:6]}"
 
 
 def evaluation_name(folder: str | Path) -> str:
@@ -119,8 +136,8 @@ def evaluate_on(cfg: Config, folder: str | Path) -> dict:
     run's training ids are left out (``training_ids_left_out``; all of them: an error): their
     honest score is the OOF one of ``cv.json``; so are its ``data.exclude_ids`` (``excluded_ids_left_out``), images set
     aside on purpose, not held out. The result goes to the run's
-    ``evaluations/<name>.json`` (:func:`evaluation_name`; a file there that is not this folder's
-    evaluation is never replaced); the returned dict also says where (``written_to``).
+    ``evaluations/<name>.json`` (:func:`evaluation_name`; under another ``metric.*`` than the run's,
+    ``<name>.<tag>.json``, :func:`metric_tag`; a file there that is not this folder's evaluation is never replaced); the returned dict also says where (``written_to``).
     """
     cfg = _one(cfg)
     folder = Path(folder)
@@ -143,7 +160,8 @@ def evaluate_on(cfg: Config, folder: str | Path) -> dict:
         raise DataError(f"{missing[0].where}: {len(missing)} of {len(samples)} labelled ids have no image, e.g. "
                         f"{missing[0].id!r} (expected {missing[0].image}; data.train_images, data.image_ext)")
     on = str(folder.resolve())
-    path = run.evaluate_json_for(evaluation_name(folder))
+    tag = metric_tag(cfg, run)
+    path = run.evaluate_json_for(evaluation_name(folder) + (f".{tag}" if tag else ""))
     old = read_json(path)
     if path.exists() and (not isinstance(old, dict) or old.get("on") != on):
         raise RunExistsError(f"{path}: exists and is not the evaluation of {folder}; move it away (it is not replaced)")

@@ -36,7 +36,8 @@ what is needed to use them without the YAML they came from::
                              test_probs/presence/<id>.npy: the classifier's)
       test_masks/<id>.png    decided test masks, the submitted ones (predict.write_masks; <id>_<cls>.png per class)
       evaluate_test.json     held-out score (seg-toolkit evaluate --split test)
-      evaluations/<name>.json  score on a labelled folder (seg-toolkit evaluate --on DIR)
+      evaluations/<name>.json  score on a labelled folder (seg-toolkit evaluate --on DIR); under another metric.* than
+                             the run's: <name>.<metric>-<hash>.json, and evaluate_test.<metric>-<hash>.json for --split test
       export/fold_<k>.onnx   fold models exported to ONNX, export/export.json (seg-toolkit export)
       estimate.json          projected predict time (seg-toolkit predict --estimate)
       demo_submission.json   the submission seg-toolkit demo wrote (path, SHA-256): the next demo replaces it only if unchanged
@@ -238,11 +239,13 @@ class Run(RunState, RunGuard):
 
     @property
     def evaluations_dir(self) -> Path:
-        """Scores of ``seg-toolkit evaluate --on DIR``, one JSON per labelled folder."""
+        """Scores of ``seg-toolkit evaluate --on DIR``, one JSON per labelled folder and metric (and ``--split test``'s
+        under another metric than the run's)."""
         return self.dir / "evaluations"
 
     def evaluate_json_for(self, name: str) -> Path:
-        """``evaluations/<name>.json``: the score of the run on one labelled folder (``name`` from :func:`~seg_toolkit.evaluate.evaluation_name`)."""
+        """``evaluations/<name>.json``: the score of the run on one labelled folder (``name`` from
+        :func:`~seg_toolkit.evaluate.evaluation_name`, with :func:`~seg_toolkit.evaluate.metric_tag`)."""
         if not name or "/" in name or "\\" in name or name in (".", ".."):
             raise ConfigError(f"evaluation name {name!r} must be a plain file name")
         return self.evaluations_dir / f"{name}.json"

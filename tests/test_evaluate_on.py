@@ -22,7 +22,7 @@ from seg_toolkit.cli import main
 from seg_toolkit.config import config_from_dict, save_config
 from seg_toolkit.cv import run_cv
 from seg_toolkit.data import class_colors, load_target, load_train_samples
-from seg_toolkit.evaluate import evaluation_name
+from seg_toolkit.evaluate import evaluation_name, metric_tag
 from seg_toolkit.inference import mask_pngs
 from seg_toolkit.evaluator import Evaluator
 from seg_toolkit.postprocess import apply_postprocess, load_params
@@ -137,6 +137,32 @@ def test_the_training_folder_leaves_out_the_runs_training_ids(trained, capsys, d
     assert code == 0, err
     saved = read_json(Run.of(cfg).evaluate_json_for(evaluation_name(mixed)))
     assert saved["n_images"] == 3 and saved["training_ids_left_out"] == 6 and saved["excluded_ids_left_out"] == 1
+
+
+def test_another_metric_gets_its_own_file_and_keeps_the_runs(trained, capsys):
+    cfg, yaml_path, holdout, _ = trained
+    run = Run.of(cfg)
+    assert _run(capsys, "evaluate", str(yaml_path), "--on", str(holdout))[0] == 0
+    own = run.evaluate_json_for(evaluation_name(holdout))
+    dice = read_json(own)
+    # `auto` resolves to dice for this binary task: the run's own metric, the run's own file
+    assert metric_tag(dataclasses.replace(cfg, metric=dataclasses.replace(cfg.metric, name="dice")), run) == ""
+    code, out, err = _run(capsys, "evaluate", str(yaml_path), "--set", "metric.name=iou", "--on", str(holdout))
+    assert code == 0, err
+    iou_cfg = dataclasses.replace(cfg, metric=dataclasses.replace(cfg.metric, name="iou"))
+    tag = metric_tag(iou_cfg, run)
+    assert tag.startswith("iou-") and len(tag) == len("iou-") + 6
+    other = run.evaluate_json_for(f"{evaluation_name(holdout)}.{tag}")
+    assert f"written to {other}" in out
+    assert read_json(own) == dice  # the run's evaluation is not replaced
+    saved = read_json(other)
+    assert saved["metric"] == "iou" and saved["score"] == pytest.approx(_independent_score(iou_cfg, holdout), abs=1e-9)
+    # a threshold is a metric key too: its own file again
+    code, out, err = _run(capsys, "evaluate", str(yaml_path), "--set", "metric.name=iou", "--set", "metric.threshold=0.3",
+                          "--on", str(holdout))
+    assert code == 0, err
+    assert len(list(run.evaluations_dir.glob(f"{evaluation_name(holdout)}*.json"))) == 3
+    assert run.foreign_entries() == []
 
 
 @pytest.mark.parametrize("case", ["missing", "file", "no_labels", "no_images"])
