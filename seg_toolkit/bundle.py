@@ -47,7 +47,7 @@ import torch
 import yaml
 
 from .budget_run import run_folds
-from .bundle_templates import PREDICT_PY, fill, notebook, readme
+from .bundle_templates import notebook, predict_py, readme
 from .bundle_wheels import gather_wheels, install_spec
 from .bundle_check import BundleError, check_ensemble, file_manifest, offline_config, refingerprint, verify_bundle
 from .checkpoint import chosen_weights, load_checkpoint, save_checkpoint
@@ -353,7 +353,7 @@ def _foreign_files(out: Path) -> list[str]:
 def _write_texts(folder: Path, data: dict[str, Any], lead) -> None:
     """predict.py, predict.ipynb, README.md and requirements.txt."""
     title = f"seg_toolkit bundle: {', '.join(data['named'])}"
-    write_text(folder / "predict.py", fill(PREDICT_PY, default_run=data["default_run"]))
+    write_text(folder / "predict.py", predict_py(data["default_run"], wheels=bool(data["wheels"])))
     write_text(folder / "predict.ipynb", notebook(title, lead.data.test_images or lead.data.sample_submission,
                                                   wheels=bool(data["wheels"])))
     write_text(folder / "README.md", readme(title, data, lead.data.test_images, lead.data.sample_submission))

@@ -8,12 +8,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
-__all__ = ["PREDICT_PY", "README_MD", "fill", "notebook", "readme"]
+__all__ = ["PREDICT_PY", "README_MD", "fill", "notebook", "predict_py", "readme"]
 
 PREDICT_PY = '''\
 """Predict the test set with this bundle and write the submission (written by `seg-toolkit bundle`).
 
-    pip install --no-index --find-links WHERE/wheels -r WHERE/requirements.txt
+    @@INSTALL_DOC@@
     python WHERE/predict.py --data-root COMPETITION_DATA --out submission.csv
 
 An existing --out file is replaced only with --overwrite.
@@ -51,8 +51,7 @@ def main(argv=None):
         from seg_toolkit.bundle import predict_bundle
         from seg_toolkit.errors import SegToolkitError
     except ImportError as e:
-        sys.exit(f"seg_toolkit is not installed ({e}); first: "
-                 f"{sys.executable} -m pip install --no-index --find-links {HERE / 'wheels'} -r {HERE / 'requirements.txt'}")
+        sys.exit(f"seg_toolkit is not installed ({e}); first: @@INSTALL_HINT@@")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
         out = predict_bundle(HERE, args.data_root, args.out, run=args.run, device=args.device,
@@ -73,7 +72,7 @@ README_MD = """\
 
 Made by `seg-toolkit bundle` (seg_toolkit @@VERSION@@) on @@CREATED@@. Everything a Kaggle code
 competition notebook needs offline: the trained weights, the runs' configs and tuned
-post-processing, seg_toolkit and its dependencies as wheels, and the prediction script.
+post-processing, @@WHEELS_PHRASE@@, and the prediction script.
 
 ## Run it
 
@@ -81,15 +80,13 @@ In a Kaggle notebook with the internet off, add this folder (uploaded as a datas
 competition data, then run `predict.ipynb` (it finds both folders under `/kaggle/input`) or:
 
 ```bash
-pip install --no-index --find-links /kaggle/input/<this-dataset>/wheels -r /kaggle/input/<this-dataset>/requirements.txt
-python /kaggle/input/<this-dataset>/predict.py --data-root /kaggle/input/<competition> --out /kaggle/working/submission.csv
+@@KAGGLE_INSTALL@@python /kaggle/input/<this-dataset>/predict.py --data-root /kaggle/input/<competition> --out /kaggle/working/submission.csv
 ```
 
-Anywhere else, the same two commands with this folder's path (it can lie anywhere and is only read):
+Anywhere else, the same with this folder's path (it can lie anywhere and is only read):
 
 ```bash
-@@PYTHON@@ -m pip install --no-index --find-links @@WHERE@@/wheels -r @@WHERE@@/requirements.txt
-@@PYTHON@@ @@WHERE@@/predict.py --data-root COMPETITION_DATA --out submission.csv
+@@LOCAL_INSTALL@@@@PYTHON@@ @@WHERE@@/predict.py --data-root COMPETITION_DATA --out submission.csv
 ```
 
 `--data-root` replaces `data.root` of the configs (the competition folder with
@@ -114,11 +111,7 @@ kaggle datasets create -p @@WHERE@@ --dir-mode tar
 
 `bundle.json` lists every run, member, fold and file under `runs/` with its sha256, and the versions;
 `predict.py` checks every file against it first and refuses one changed, missing or added.
-`requirements.txt` pins the exact versions of `wheels/` (the environment the bundle was made in, @@INSTALL@@
-with its dependencies); the commands above install exactly those, replacing versions the image already has, so the
-runs resize, normalise and build their models with the libraries they were tuned with (`pip install ... seg_toolkit`
-alone would keep an image's older timm or albumentations wherever it fits seg_toolkit's ranges).
-"""
+@@PINNED@@"""
 
 
 def fill(template: str, **values: Any) -> str:
@@ -225,6 +218,37 @@ def readme(title: str, data: dict[str, Any], test_images: str, sample: str) -> s
         else:
             lines.append(f"- `runs/{info['name']}`: folds {info['folds']}, weights {'float16' if data['fp16'] else 'float32'}")
     lines += [f"- **warning**: {x}" for x in data["warnings"]]
-    return fill(README_MD, title=title, version=data["versions"]["bundled_with"]["seg_toolkit"], created=data["created"],
-                python="python", where="BUNDLE", test_images=test_images, sample=sample, install=data.get("install") or "seg_toolkit",
-                default_run=data["default_run"], base_env=base, contents="\n".join(lines))
+    version = data["versions"]["bundled_with"]["seg_toolkit"]
+    install = data.get("install") or "seg_toolkit"
+    if w:
+        steps = {"wheels_phrase": "seg_toolkit and its dependencies as wheels",
+                 "kaggle_install": "pip install --no-index --find-links /kaggle/input/<this-dataset>/wheels "
+                                   "-r /kaggle/input/<this-dataset>/requirements.txt\n",
+                 "local_install": "python -m pip install --no-index --find-links BUNDLE/wheels -r BUNDLE/requirements.txt\n",
+                 "pinned": _PINNED.replace("@@INSTALL@@", install)}
+    else:
+        needed = f"# {install} ({version}) and its dependencies must be installed already (no wheels here)\n"
+        steps = {"wheels_phrase": "no wheels (made with `--no-wheels`)", "kaggle_install": needed,
+                 "local_install": needed, "pinned": ""}
+    return fill(README_MD, title=title, version=version, created=data["created"],
+                python="python", where="BUNDLE", test_images=test_images, sample=sample,
+                default_run=data["default_run"], base_env=base, contents="\n".join(lines), **steps)
+
+
+_PINNED = """`requirements.txt` pins the exact versions of `wheels/` (the environment the bundle was made in, @@INSTALL@@
+with its dependencies); the commands above install exactly those, replacing versions the image already has, so the
+runs resize, normalise and build their models with the libraries they were tuned with (`pip install ... seg_toolkit`
+alone would keep an image's older timm or albumentations wherever it fits seg_toolkit's ranges).
+"""
+
+
+def predict_py(default_run: str, wheels: bool) -> str:
+    """``predict.py``: its install line says where seg_toolkit comes from (the bundled wheels, or installed already)."""
+    if wheels:
+        doc = "pip install --no-index --find-links WHERE/wheels -r WHERE/requirements.txt"
+        hint = ("{sys.executable} -m pip install --no-index --find-links {HERE / 'wheels'} "
+                "-r {HERE / 'requirements.txt'}")
+    else:
+        doc = "# made with --no-wheels: seg_toolkit and its dependencies must be installed already"
+        hint = "this bundle (made with --no-wheels) has no wheels: install seg_toolkit and its dependencies"
+    return fill(PREDICT_PY, default_run=default_run, install_doc=doc, install_hint=hint)

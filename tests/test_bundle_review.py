@@ -20,7 +20,7 @@ import yaml
 
 from seg_toolkit.bundle import BundleError, build_bundle, predict_bundle
 from seg_toolkit.bundle_check import BundleIntegrityError
-from seg_toolkit.bundle_templates import notebook
+from seg_toolkit.bundle_templates import notebook, predict_py, readme
 from seg_toolkit.cli import main
 from seg_toolkit.checkpoint import load_model
 from seg_toolkit.config import ConfigError, config_from_dict, load_config
@@ -235,6 +235,13 @@ def test_the_printed_command_is_quoted_and_a_no_wheels_notebook_installs_nothing
     assert 'find_spec("seg_toolkit")' in cells[1]
     with_wheels = [c["source"] for c in json.loads(notebook("t", "test", wheels=True))["cells"]]
     assert any('"pip", "install", "--no-index", "--find-links"' in c for c in with_wheels)
+    # the README and predict.py of a bundle without wheels do not send the user to a wheels/ folder it lacks
+    readme, script = (out / "README.md").read_text(), (out / "predict.py").read_text()
+    assert not (out / "wheels").exists() and not (out / "requirements.txt").exists()
+    assert "--find-links" not in readme and "requirements.txt" not in readme and "--find-links" not in script
+    assert readme.count("and its dependencies must be installed already (no wheels here)") == 2
+    assert "made with --no-wheels" in script and "has no wheels: install seg_toolkit" in script
+    compile(script, "predict.py", "exec")
 
 
 def test_the_notebook_finds_a_competition_whose_name_starts_with_the_bundles(monkeypatch):
@@ -350,9 +357,12 @@ def test_a_run_that_cuts_objects_along_p_bundles_the_instances_extra(trained, tm
     (copy / "postprocess.json").write_text(json.dumps(saved))
     info = build_bundle([Run(copy)], tmp_path / "b", wheels=False)
     assert info["install"] == "seg_toolkit[instances]"
-    assert "the environment the bundle was made in, seg_toolkit[instances]" in (tmp_path / "b" / "README.md").read_text()
+    assert "# seg_toolkit[instances] (" in (tmp_path / "b" / "README.md").read_text()  # what must be installed
     plain = build_bundle([trained["x"]], tmp_path / "p", wheels=False)
-    assert plain["install"] == "seg_toolkit" and "made in, seg_toolkit\n" in (tmp_path / "p" / "README.md").read_text()
+    assert plain["install"] == "seg_toolkit" and "# seg_toolkit (" in (tmp_path / "p" / "README.md").read_text()
+    data = read_json(tmp_path / "b" / "bundle.json")  # with wheels, the pinned paragraph names the extra
+    assert "the environment the bundle was made in, seg_toolkit[instances]\n" in readme("t", {**data, "wheels": {
+        "base_env": {}, "count": 1, "verified": "checked"}, "base_env": []}, "test", "sample.csv")
 
 
 def test_every_install_command_of_a_bundle_installs_its_pinned_versions(trained, tmp_path):
@@ -360,11 +370,15 @@ def test_every_install_command_of_a_bundle_installs_its_pinned_versions(trained,
     it fits seg_toolkit's ranges (an audit installed 2.0.8 / 1.0.31 wheels over an image of 2.0.1 / 1.0.3 and kept
     the old ones): the runs then resized and normalised otherwise than tuned. README.md, predict.py's hint and the
     notebook now install requirements.txt, the exact versions of the wheels."""
-    build_bundle([trained["x"]], tmp_path / "b", wheels=False)
-    readme = (tmp_path / "b" / "README.md").read_text()
-    assert "--find-links /kaggle/input/<this-dataset>/wheels -r /kaggle/input/<this-dataset>/requirements.txt" in readme
-    assert "--find-links BUNDLE/wheels -r BUNDLE/requirements.txt" in readme
-    assert "-r {HERE / 'requirements.txt'}" in (tmp_path / "b" / "predict.py").read_text()
+    build_bundle([trained["x"]], tmp_path / "b", wheels=False)  # its bundle.json, given wheels: the texts of one with
+    data = {**read_json(tmp_path / "b" / "bundle.json"), "wheels": {"base_env": {}, "count": 1, "verified": "checked"},
+            "base_env": []}
+    text = readme("t", data, "test", "sample.csv")
+    assert "--find-links /kaggle/input/<this-dataset>/wheels -r /kaggle/input/<this-dataset>/requirements.txt" in text
+    assert "--find-links BUNDLE/wheels -r BUNDLE/requirements.txt" in text
+    script = predict_py("x", wheels=True)
+    assert "-r {HERE / 'requirements.txt'}" in script and "-r WHERE/requirements.txt" in script
+    compile(script, "predict.py", "exec")
     cells = [c["source"] for c in json.loads(notebook("t", "test", wheels=True))["cells"]]
     assert any('"-r", f"{BUNDLE}/requirements.txt"' in c for c in cells)
     assert not any("seg_toolkit\"]" in c or "'seg_toolkit'" in c for c in cells)
