@@ -137,7 +137,7 @@ class TrainConfig:
     use_ema: bool = False  # score and predict with the EMA weights
     early_stopping_patience: Optional[int] = None
     early_stopping_min_delta: float = 0.0
-    keep_best_k: int = 1  # > 1: also keep the k best epochs as fold_<k>/best_e<epoch>.pt
+    keep_best_k: int = 1  # > 1: also keep the k best epochs as fold_<k>/best_e<epoch>.pt (best_e007.pt)
     # with keep_best_k >= 2: best.pt = the mean of those epochs' weights, BatchNorm recomputed (seg_toolkit/averaging.py)
     average_best: bool = False
     # multi-stage: fold k starts from fold k's best.pt of this earlier run (same folds.csv; seg_toolkit/stages.py)
@@ -199,7 +199,7 @@ class PostprocessConfig:
     tune: bool = True  # search thresholds / min-area / gate on OOF predictions
     threshold_grid: list[float] = field(default_factory=lambda: [0.3, 0.4, 0.5, 0.6, 0.7])
     min_area_grid: list[int] = field(default_factory=lambda: [0, 10, 50, 100])
-    cross_fit: bool = True  # also score the tuning cross-fitted (tune_crossfit.py): up to 5 more searches on the same tables
+    cross_fit: bool = True  # also score the tuning cross-fitted (tune_crossfit.py): one more search per group (the folds, or 5 random groups) for each search tried, plus one per pair of groups when search: auto compares two; same tables
     # binary / multilabel: greedy (each step keeps the previous steps' values), joint (threshold searched again beside
     # min_area and gate: more candidates, fits big OOF sets better, over-fits small ones), auto (both; the better
     # cross-fitted score decides; joint when there is no cross-fitted score)

@@ -15,8 +15,8 @@ every ``metrics.csv`` row with step = epoch (1-based, as there) and ``done.json`
 else ``sqlite:///<runs_dir>/mlflow.db`` beside the run folders (artifacts in ``<runs_dir>/mlartifacts``).
 The run ids live in the run folder's ``tracker.json``: ``--resume`` or another ``--fold`` continues
 the same runs, ``tune`` / ``oof`` / ``report`` add their results, and the report names the run. The
-``train --fold K`` jobs of an array share one parent: ``tracker.json`` is read and written under the
-run's lock (:mod:`seg_toolkit.run_lock`), each job ends only its own fold runs, and the parent is ended
+``train --fold K`` jobs of an array share one parent: ``tracker.json`` is read and written under its own
+``tracker.lock`` (:mod:`seg_toolkit.run_lock`, ``path=Run.tracker_lock_file``; not ``run.lock``), each job ends only its own fold runs, and the parent is ended
 by the job that finishes while no other fold run is RUNNING.
 **TensorBoard**: scalars ``fold_<k>/<metric>`` and ``cv/<number>``, config and choices as text, in
 ``track.uri`` (default ``<run folder>/tensorboard``).

@@ -25,13 +25,14 @@ Steps 2 and 3 search the threshold again (the ``joint`` search, as described); `
 greedy`` keeps each step's values fixed in the later steps instead (fewer candidates). They over-fit
 differently: on TGS fold 0's 750 OOF images the joint search scored 0.004 higher cross-fitted; on the
 demo's 64 one CPU's folds put them within 0.001 (0.9012 joint, 0.9011 greedy), another's 0.026 apart the
-other way (0.8408 joint, 0.8671 greedy: the README's opening). ``auto`` (the default) runs both and
+other way (0.8408 joint, 0.8671 greedy: docs/results_history.md; the README's opening now shows joint 0.8891
+against greedy 0.8803). ``auto`` (the default) runs both and
 keeps the one with the better cross-fitted score (:mod:`seg_toolkit.tune_crossfit`: each image scored
 with what tuning on the others chose), reported under ``search`` in ``postprocess.json``.
 
 Every candidate list also holds the class's current value (from the config), so a step
 never lowers the score. Multiclass predictions are the argmax over classes, so there is no
-threshold and no gate: only ``min_area`` is searched (components of class ``c >= 1``
+threshold and no gate: only the argmax class weights (with ``postprocess.class_weight_grid``) and ``min_area`` are searched (components of class ``c >= 1``
 smaller than it become background, as :func:`~seg_toolkit.postprocess.apply_postprocess`
 does; with ``postprocess.min_area_to: runner_up`` components of every class, each pixel to its runner-up class).
 
