@@ -62,7 +62,7 @@ def _whole_ids(path: Path, im) -> np.ndarray:
 
 
 def read_mask(path: str | Path, max_pixels: int = 50_000_000, lossy_ok: bool = False, exif: str | None = None) -> np.ndarray:
-    """Read a single-channel mask (8- or 16-bit, or palette indices) as an integer ``(H, W)`` array.
+    """Read a single-channel mask (8- or 16-bit, or palette indices: :func:`_check_grey_palette`) as an integer ``(H, W)`` array.
 
     An RGB(A) mask is refused: a label map must hold class ids, not colours. A JPEG mask (by its
     content, whatever its extension) is refused unless ``lossy_ok`` (the config said how to read
@@ -88,7 +88,35 @@ def read_mask(path: str | Path, max_pixels: int = 50_000_000, lossy_ok: bool = F
     arr = np.asarray(im)
     if arr.ndim != 2:
         raise DataError(f"{path}: mask has shape {arr.shape}; expected (height, width)")
+    if im.mode == "P":
+        _check_grey_palette(path, im, arr)
     return arr.astype(np.int32 if arr.dtype != np.uint8 else np.uint8, copy=False)
+
+
+def _check_grey_palette(path: Path, im, arr: np.ndarray) -> None:
+    """A palette mask is read by its indices (VOC-style: the index is the class, the palette only colours it). When
+    every palette entry the mask uses is a grey, though, the file shows a grey mask, and tools that quantize or save a
+    0/255 mask as GIF put white at index 0: read by index, it would be the inverse of what it shows. So a grey palette
+    must show black at index 0 only and greys that rise with their indices; otherwise the picture and the ids
+    disagree, and the mask is refused, naming both."""
+    palette = im.getpalette()
+    if not palette:
+        return
+    table = np.asarray(palette, np.int64).reshape(-1, 3)
+    used = np.flatnonzero(np.bincount(arr.ravel(), minlength=len(table)))
+    if not used.size or used[-1] >= len(table):
+        return
+    colors = table[used]
+    if not (colors == colors[:, :1]).all():  # a colour palette: the index is the class (VOC)
+        return
+    greys = colors[:, 0]
+    if ((greys == 0) == (used == 0)).all() and (np.diff(greys) > 0).all():
+        return
+    shown = ", ".join(f"{i} shown as grey {g}" for i, g in zip(used[:6].tolist(), greys[:6].tolist()))
+    raise DataError(f"{path}: palette mask whose palette is grey but does not rise with the indices ({shown}): read "
+                    "by index (as palette masks are: the index is the class) it would not be the mask it shows, e.g. the "
+                    "inverse of a 0/255 mask saved as GIF or quantized; save the masks as grey (mode L) PNGs of class "
+                    "ids or 0/255, or set data.mask_format: colors with data.mask_colors listing the greys")
 
 
 def _read_array_mask(path: Path, max_pixels: int, channels: bool) -> np.ndarray:

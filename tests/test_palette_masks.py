@@ -1,0 +1,80 @@
+"""Palette (mode P) masks are read by their indices, the VOC convention; a grey palette that would make the ids the
+inverse of the mask the file shows (a 0/255 mask quantized, or saved as GIF from RGB) is refused, naming the file.
+
+Each file is made here with Pillow the way users make them; the expected ids are the drawn ones.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from seg_toolkit.data import DataError
+from seg_toolkit.data.mask_io import read_mask, read_mask_array
+
+
+def _drawn(h: int = 16, w: int = 20) -> np.ndarray:
+    m = np.zeros((h, w), np.uint8)
+    m[3:9, 4:12] = 1
+    m[10:14, 2:18] = 2
+    return m
+
+
+def _palette_file(path, ids: np.ndarray, palette: list[int]):
+    im = Image.fromarray(ids.astype(np.uint8), mode="P")
+    im.putpalette(palette)
+    im.save(path)
+    return path
+
+
+def test_a_voc_palette_is_read_by_index_void_included(tmp_path):
+    ids = _drawn()
+    ids[0, :] = 255  # VOC's void border
+    palette = [0, 0, 0, 128, 0, 0, 0, 128, 0] + [0, 0, 0] * 252 + [224, 224, 192]
+    got = read_mask(_palette_file(tmp_path / "voc.png", ids, palette))
+    assert got.dtype == np.uint8 and np.array_equal(got, ids)
+
+
+@pytest.mark.parametrize("palette", [[0, 0, 0, 1, 1, 1, 2, 2, 2],  # greys equal to the ids
+                                     [0, 0, 0, 100, 100, 100, 200, 200, 200]])  # greys rising with the ids
+def test_a_grey_palette_that_rises_with_the_ids_is_read_by_index(tmp_path, palette):
+    ids = _drawn()
+    assert np.array_equal(read_mask(_palette_file(tmp_path / "g.png", ids, palette)), ids)
+
+
+def test_a_grey_mask_converted_to_p_reads_its_grey_values(tmp_path):
+    mask = _drawn() * 255 // 2  # 0 / 127 / 254
+    Image.fromarray(mask.astype(np.uint8)).convert("P").save(tmp_path / "p.png")
+    assert Image.open(tmp_path / "p.png").mode == "P"
+    assert np.array_equal(read_mask(tmp_path / "p.png"), mask)
+
+
+@pytest.mark.parametrize("how", ["quantize", "rgb_gif"])
+def test_a_quantized_or_gif_0_255_mask_with_white_at_index_0_is_refused(tmp_path, how):
+    fg = _drawn() > 0
+    grey = Image.fromarray((fg * 255).astype(np.uint8))
+    path = tmp_path / ("m.png" if how == "quantize" else "m.gif")
+    (grey.quantize(2) if how == "quantize" else grey.convert("RGB")).save(path)
+    im = Image.open(path)
+    index_of_white = int(np.asarray(im)[fg][0])
+    assert im.mode == "P" and index_of_white == 0  # read by index, the foreground would be class 0
+    with pytest.raises(DataError) as e:
+        read_mask(path)
+    msg = str(e.value)
+    assert str(path) in msg and "0 shown as grey 255" in msg and "data.mask_format: colors" in msg
+    # the remedy the error names: read as colours, the greys are what was drawn
+    colors = read_mask_array(path, kind="colors")
+    assert np.array_equal(colors[..., 0] == 255, fg) and (colors == colors[..., :1]).all()
+
+
+@pytest.mark.parametrize("ids, palette, said", [
+    (np.zeros((8, 8)), [255, 255, 255, 0, 0, 0], "0 shown as grey 255"),  # all white, index 0: would read as empty
+    (np.ones((8, 8)), [255, 255, 255, 0, 0, 0], "1 shown as grey 0"),  # all black at index 1: would read as full
+    (_drawn(), [2, 2, 2, 1, 1, 1, 0, 0, 0], "0 shown as grey 2, 1 shown as grey 1, 2 shown as grey 0"),  # inverted
+])
+def test_a_grey_palette_whose_ids_contradict_the_picture_is_refused(tmp_path, ids, palette, said):
+    path = _palette_file(tmp_path / "x.png", ids, palette)
+    with pytest.raises(DataError, match="palette mask whose palette is grey") as e:
+        read_mask(path)
+    assert said in str(e.value)
