@@ -556,6 +556,31 @@ def _list_file_is_a_folder(w: World):
     return ["train", w.labels_cfg(root, train_lists=["imgs"])]
 
 
+def _images_whose_extensions_differ_in_case(w: World):
+    """f0.png and f0.PNG were one id for two pictures: the second trained against the first's mask, folds.csv listed
+    f0 twice, and its OOF file was written twice (found by an audit)."""
+    root = w.labels()
+    shutil.copy(root / "imgs" / "f1.png", root / "imgs" / "f0.PNG")
+    return ["train", w.labels_cfg(root)]
+
+
+def _test_images_whose_extensions_differ_in_case(w: World):
+    """Without a sample submission, predict wrote two rows of one id, which its own check-submission then refused."""
+    root = w.demo()
+    (root / "sample_submission.csv").unlink()
+    first = sorted((root / "test/images").iterdir())[0]
+    shutil.copy(first, first.with_suffix(".PNG"))
+    return lambda: load_test_samples(load_config(w.demo_cfg()))
+
+
+def _image_name_with_a_leading_space(w: World):
+    """The folder layout took file stems as ids unchecked, where the CSV and list layouts refuse surrounding spaces."""
+    root = w.labels()
+    for folder in ("imgs", "labels"):
+        (root / folder / "f1.png").rename(root / folder / " f1.png")
+    return ["train", w.labels_cfg(root)]
+
+
 def _list_file_bom_crlf(w: World):
     """Legitimate (CamVid lists edited on Windows): BOM and CRLF."""
     root = w.labels()
@@ -780,6 +805,11 @@ CASES = [
     Case("list file empty", _list_file_empty, "train.txt: list file is empty"),
     Case("list file names a folder", _list_file_is_a_folder, "imgs: list file (data.train_lists / data.test_lists) is a folder"),
     Case("list file with BOM and CRLF (CamVid)", _list_file_bom_crlf, OK),
+    Case("two images whose extensions differ in case", _images_whose_extensions_differ_in_case,
+         "f0.png: id 'f0' is also the id of f0.PNG in the same folder"),
+    Case("two test images whose extensions differ in case", _test_images_whose_extensions_differ_in_case,
+         "is also the id of"),
+    Case("image file name with a leading space", _image_name_with_a_leading_space, "id ' f1' is empty or has surrounding spaces"),
     Case("classes CSV with a non-integer id", _classes_csv_bad_id, "classes.csv line 3: id 'one' is not a non-negative integer"),
     # ---- sample submission and check-submission
     Case("sample submission with only a header", _sample_header_only, "sample_submission.csv: no rows (only the header)"),

@@ -128,6 +128,25 @@ def load_train_samples(cfg: Config) -> list[Sample]:
     return list_train_samples(cfg)[0]
 
 
+def _image_files(folder: Path, ext: str, on_problem: OnProblem = raise_problem) -> list[Path]:
+    """The files of ``folder`` whose extension is ``ext`` in any case (``.png``, ``.PNG``), sorted; each id (the file's
+    stem) must be usable (:func:`check_id`: kind ``bad_id``) and name one file: ``a.png`` beside ``a.PNG`` would be
+    one id for two pictures (kind ``duplicate_row``), and either problem leaves the file out."""
+    files: dict[str, Path] = {}
+    for p in sorted(q for q in folder.iterdir() if q.suffix.lower() == ext.lower()):
+        try:
+            check_id(p.stem, str(p))
+        except DataError as e:
+            on_problem("bad_id", str(p), str(e))
+            continue
+        if p.stem in files:
+            on_problem("duplicate_row", str(p), f"{p}: id {p.stem!r} is also the id of {files[p.stem].name} in the same "
+                       "folder (extensions that differ only in case); one id must name one image: rename or remove one")
+            continue
+        files[p.stem] = p
+    return list(files.values())
+
+
 def _folder_samples(cfg: Config, on_problem: OnProblem = raise_problem) -> list[Sample]:
     d = cfg.data
     images = cfg.data_path(d.train_images)
@@ -140,7 +159,7 @@ def _folder_samples(cfg: Config, on_problem: OnProblem = raise_problem) -> list[
         return _instance_samples(images, d.image_ext, "data.train_images", on_problem=on_problem)
     if bands_of(cfg) is not None:
         return _band_samples(cfg, images, masks, on_problem)
-    files = sorted(p for p in images.iterdir() if p.suffix.lower() == d.image_ext.lower())
+    files = _image_files(images, d.image_ext, on_problem)
     if not files:
         on_problem("missing_file", str(images),
                    f"{images}: no *{d.image_ext} images (data.image_ext){_folder_ext_hint(images, 'data.image_ext')}")
@@ -354,7 +373,7 @@ def load_test_samples(cfg: Config) -> list[Sample]:
     if bands_of(cfg) is not None:
         return [Sample(check_id(p.parent.name, str(p.parent)), p, where=str(p.parent))
                 for p in _band_files(folder, bands_of(cfg), "data.test_images", raise_problem)]
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() == d.image_ext.lower())
+    files = _image_files(folder, d.image_ext)
     if not files:
         raise DataError(f"{folder}: no *{d.image_ext} test images{_folder_ext_hint(folder, 'data.image_ext')}")
     return [Sample(p.stem, p, where=str(p), pair=pair_of(cfg)) for p in files]
