@@ -274,6 +274,9 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: dict[str, float] = field(default_factory=lambda: {"bce": 0.5, "dice": 0.5})
     loss_params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # the loss of model.deep_supervision's coarser heads (names to weights, loss_params shared); empty = loss. A
+    # cheaper loss there (e.g. without lovasz, whose sort of every upsampled aux map cost CamVid 2.4x per epoch)
+    loss_aux: dict[str, float] = field(default_factory=dict)
     optim: OptimConfig = field(default_factory=OptimConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

@@ -165,7 +165,7 @@ def config_files(path: Path) -> list[Path]:
 
 #: mappings a child config gives whole (merged into the base's, a child could not drop a key of them:
 #: ``model: {params: {}}`` over a base with ``encoder_depth: 4`` kept it)
-_WHOLE = ("loss", "loss_params", "params", "mask_values")
+_WHOLE = ("loss", "loss_aux", "loss_params", "params", "mask_values")
 #: YAML 1.1 integers with a leading zero are octal: ``seed: 0042`` was 34
 _OCTAL = re.compile(r"[-+]?0[0-7_]+")
 

@@ -316,6 +316,42 @@ def test_model_loss_adds_the_weighted_mean_of_the_aux_losses():
     assert model_loss(loss_fn, main, t, 0.5)[0].item() == 1.0
 
 
+def test_loss_aux_scores_the_deep_supervision_heads_with_their_own_loss():
+    """``loss_aux`` (the heads' loss): the main logits keep ``loss``, each aux map is scored with ``loss_aux``, checked
+    against each term computed alone; a config without deep supervision, or loss_params of a loss in neither, is
+    refused at load."""
+    import torch
+
+    from seg_toolkit.config import ConfigError, config_from_dict
+    from seg_toolkit.losses import build_loss, build_loss_term, model_loss
+
+    base = {"data": {"task": "multiclass", "num_classes": 3}, "model": {"arch": "scratch_unet", "depth": 2,
+            "base_width": 4, "deep_supervision": 0.4}, "loss": {"ce": 1.0, "lovasz": 0.5},
+            "submission": {"per_class": True}}
+    cfg = config_from_dict({**base, "loss_aux": {"ce": 1.0, "dice": 0.25}, "loss_params": {"dice": {"smooth": 0.5}}})
+    fn = build_loss(cfg)
+    g = torch.Generator().manual_seed(0)
+    main, aux = torch.randn(2, 3, 8, 8, generator=g), [torch.randn(2, 3, 8, 8, generator=g) for _ in range(2)]
+    target = torch.randint(0, 3, (2, 8, 8), generator=g)
+    ce, lovasz = (build_loss_term(n, "multiclass", 3) for n in ("ce", "lovasz"))
+    dice = build_loss_term("dice", "multiclass", 3, {"smooth": 0.5})
+    want_main = ce(main, target) + 0.5 * lovasz(main, target)
+    want_aux = sum(ce(a, target) + 0.25 * dice(a, target) for a in aux) / 2
+    loss, terms = model_loss(fn, (main, aux), target, aux_weight=0.4)
+    assert loss.item() == pytest.approx((want_main + 0.4 * want_aux).item(), rel=1e-6)
+    assert terms["aux"].item() == pytest.approx(want_aux.item(), rel=1e-6) and "dice" not in terms
+    # without loss_aux the heads take loss itself
+    same = model_loss(build_loss(config_from_dict(base)), (main, aux), target, aux_weight=0.4)[0]
+    want_same = want_main + 0.4 * sum(ce(a, target) + 0.5 * lovasz(a, target) for a in aux) / 2
+    assert same.item() == pytest.approx(want_same.item(), rel=1e-6)
+    with pytest.raises(ConfigError, match="loss_aux: the loss of model.deep_supervision's heads, which is 0"):
+        config_from_dict({**base, "model": {**base["model"], "deep_supervision": 0}, "loss_aux": {"ce": 1.0}})
+    with pytest.raises(ConfigError, match=r"loss_params\.focal: there is no loss 'focal' in loss \(ce, lovasz\) or loss_aux"):
+        config_from_dict({**base, "loss_aux": {"ce": 1.0}, "loss_params": {"focal": {"gamma": 2}}})
+    with pytest.raises(ConfigError, match=r"loss_aux\.dcie: unknown loss 'dcie'; did you mean 'dice'"):
+        config_from_dict({**base, "loss_aux": {"dcie": 1.0}})
+
+
 @pytest.mark.parametrize("model", [{"arch": "scratch_unet", "depth": 2, "base_width": 4},
                                    {"arch": "unet", "encoder": "tu-test_resnet", "encoder_weights": None,
                                     "params": {"decoder_channels": [16, 16, 8, 8, 8]}}], ids=["scratch_unet", "unet"])

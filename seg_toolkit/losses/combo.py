@@ -151,18 +151,20 @@ PIXEL_WEIGHTED: tuple[str, ...] = ("bce", "focal")
 LOSS_NAMES: tuple[str, ...] = tuple(_LOSSES)
 
 
-def build_loss_term(name: str, task: str, num_classes: int, params: Optional[dict[str, Any]] = None) -> nn.Module:
-    """One loss module by name, its parameters validated (errors name the config path)."""
+def build_loss_term(name: str, task: str, num_classes: int, params: Optional[dict[str, Any]] = None,
+                    key: str = "loss") -> nn.Module:
+    """One loss module by name, its parameters validated (errors name the config path: ``key``, ``loss`` or
+    ``loss_aux``, for the name)."""
     params = dict(params or {})
     spec = _LOSSES.get(name)
     if spec is None:
         close = closest(name, LOSS_NAMES, cutoff=0.5)
         hint = f"; did you mean {close!r}?" if close else ""
-        raise ConfigError(f"loss.{name}: unknown loss {name!r}{hint} (valid names: {', '.join(LOSS_NAMES)})")
+        raise ConfigError(f"{key}.{name}: unknown loss {name!r}{hint} (valid names: {', '.join(LOSS_NAMES)})")
     if task not in spec.tasks:
         alt = {"ce": " (use bce for binary/multilabel)", "bce": " (use ce for multiclass)"}.get(name, "")
         raise ConfigError(
-            f"loss.{name}: {name!r} supports task {' / '.join(spec.tasks)} only, "
+            f"{key}.{name}: {name!r} supports task {' / '.join(spec.tasks)} only, "
             f"but data.task is {task!r}{alt}"
         )
     for key in params:
@@ -191,6 +193,7 @@ class LossCombo(nn.Module):
             raise ValueError("terms and weights must have the same names")
         self.terms = nn.ModuleDict(terms)
         self.weights = dict(weights)
+        self.aux: Optional[LossCombo] = None  # the loss of deep supervision's heads (cfg.loss_aux); None: this one
         self.task = task
         self.num_classes = num_classes
 
@@ -237,7 +240,8 @@ class LossCombo(nn.Module):
 def model_loss(loss_fn: nn.Module, out: Tensor | tuple, target: Tensor, aux_weight: float = 0.0,
                presence_weight: float = 0.0, weight: Optional[Tensor] = None) -> tuple[Tensor, dict[str, Tensor]]:
     """The training loss of a model output: plain logits, or ``(logits, [aux logits])`` from a deeply
-    supervised model, whose loss is ``loss(logits) + aux_weight * mean(loss(aux))`` (term ``aux``).
+    supervised model, whose loss is ``loss(logits) + aux_weight * mean(loss(aux))`` (term ``aux``; ``loss_fn.aux``,
+    from ``cfg.loss_aux``, when set).
     With ``presence_weight`` > 0 the logits carry the empty-mask classifier's channels
     (:mod:`seg_toolkit.models.presence`): ``+ presence_weight * BCE(presence, mask non-empty)`` (term ``cls``).
     ``weight``: the batch's U-Net weight map (``data.border_weight``), for the main and the auxiliary outputs."""
@@ -250,7 +254,8 @@ def model_loss(loss_fn: nn.Module, out: Tensor | tuple, target: Tensor, aux_weig
     extra = {} if weight is None else {"weight": weight}
     loss, terms = loss_fn(logits.float(), target, **extra)
     if aux:  # a model with no coarser stage gives an empty list (config loading refuses that; a model built by hand may not)
-        aux_loss = sum(loss_fn(a.float(), target, **extra)[0] for a in aux) / len(aux)
+        aux_fn = getattr(loss_fn, "aux", None) or loss_fn
+        aux_loss = sum(aux_fn(a.float(), target, **extra)[0] for a in aux) / len(aux)
         loss, terms = loss + aux_weight * aux_loss, {**terms, "aux": aux_loss.detach()}
     if presence is not None:
         cls_loss = presence_loss(presence, target)
@@ -259,7 +264,8 @@ def model_loss(loss_fn: nn.Module, out: Tensor | tuple, target: Tensor, aux_weig
 
 
 def build_loss(cfg: Config) -> LossCombo:
-    """The :class:`LossCombo` described by ``cfg.loss``, ``cfg.loss_params`` and ``cfg.data``.
+    """The :class:`LossCombo` described by ``cfg.loss``, ``cfg.loss_params`` and ``cfg.data``; with ``cfg.loss_aux``,
+    its ``aux`` is the combo of deep supervision's heads (:func:`model_loss`).
 
     Raises :class:`ConfigError` for an unknown loss name, a loss not valid for
     ``data.task``, an unknown or invalid parameter, or a bad weight.
@@ -274,17 +280,31 @@ def build_loss(cfg: Config) -> LossCombo:
         )
     if not cfg.loss:
         raise ConfigError("loss: name at least one loss with a weight, e.g. {bce: 0.5, dice: 0.5}")
+    named = {**cfg.loss, **(cfg.loss_aux or {})}
     for name in cfg.loss_params:
-        if name not in cfg.loss:
-            raise ConfigError(f"loss_params.{name}: there is no loss {name!r} in loss ({', '.join(cfg.loss)})")
+        if name not in named:
+            raise ConfigError(f"loss_params.{name}: there is no loss {name!r} in loss ({', '.join(cfg.loss)})"
+                              + (f" or loss_aux ({', '.join(cfg.loss_aux)})" if cfg.loss_aux else ""))
+    combo = _combo(cfg, cfg.loss, "loss")
+    if cfg.loss_aux:
+        if not cfg.model.deep_supervision:
+            raise ConfigError("loss_aux: the loss of model.deep_supervision's heads, which is 0 (off); set "
+                              "model.deep_supervision or remove loss_aux")
+        combo.aux = _combo(cfg, cfg.loss_aux, "loss_aux")
+    return combo
+
+
+def _combo(cfg: Config, named: dict[str, float], key: str) -> LossCombo:
+    """The :class:`LossCombo` of ``named`` (``loss`` or ``loss_aux``: names to weights), with ``cfg.loss_params``."""
+    task, num_classes = cfg.data.task, cfg.data.num_classes
     terms: dict[str, nn.Module] = {}
     weights: dict[str, float] = {}
-    for name, weight in cfg.loss.items():
+    for name, weight in named.items():
         if not _is_number(weight) or weight < 0:
-            raise ConfigError(f"loss.{name}: the weight must be a finite number >= 0, got {weight!r}")
-        terms[name] = build_loss_term(name, task, num_classes, cfg.loss_params.get(name))
+            raise ConfigError(f"{key}.{name}: the weight must be a finite number >= 0, got {weight!r}")
+        terms[name] = build_loss_term(name, task, num_classes, cfg.loss_params.get(name), key)
         weights[name] = float(weight)
     if not any(w > 0 for w in weights.values()):
-        raise ConfigError(f"loss: at least one weight must be > 0, got {weights}")
-    logger.debug("loss: %s", " + ".join(f"{w:g}*{n}" for n, w in weights.items()))
+        raise ConfigError(f"{key}: at least one weight must be > 0, got {weights}")
+    logger.debug("%s: %s", key, " + ".join(f"{w:g}*{n}" for n, w in weights.items()))
     return LossCombo(terms, weights, task, num_classes)
