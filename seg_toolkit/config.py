@@ -100,6 +100,7 @@ class OptimConfig:
     lr: float = 1e-3
     weight_decay: float = 1e-4
     momentum: float = 0.9  # sgd only
+    nesterov: bool = True  # sgd only: Nesterov momentum (needs momentum > 0)
 
 
 @dataclass

@@ -29,6 +29,7 @@ def _unused_keys(cfg: Config) -> list[tuple[str, bool, str]]:
     s, multiclass = cfg.scheduler.name, cfg.data.task == "multiclass"
     return [
         ("optim.momentum", cfg.optim.name == "sgd", "optim.name: sgd"),
+        ("optim.nesterov", cfg.optim.name == "sgd", "optim.name: sgd"),
         ("scheduler.power", s == "poly", "scheduler.name: poly"),
         ("scheduler.step_size", s == "step", "scheduler.name: step"),
         ("scheduler.gamma", s in ("step", "plateau"), "scheduler.name: step or plateau"),
@@ -112,6 +113,9 @@ def _check_schedule(cfg: Config) -> None:
     if s.name in ("cosine", "poly", "plateau") and s.min_lr >= o.lr:
         raise ConfigError(f"scheduler.min_lr: {s.min_lr} is not below optim.lr ({o.lr}); the floor of a decaying "
                           "learning rate must be lower than its start")
+    if s.name == "step" and s.warmup_epochs and s.min_lr >= o.lr:  # the warmup rises from min_lr
+        raise ConfigError(f"scheduler.min_lr: {s.min_lr} is not below optim.lr ({o.lr}); the step schedule's warmup "
+                          "(scheduler.warmup_epochs) rises from min_lr to optim.lr")
 
 
 def _check_metric_fits(cfg: Config) -> None:

@@ -250,6 +250,9 @@ def _check_mask_layouts(cfg: Config) -> None:
         for key in ("instance_target", "instance_border_px"):
             if getattr(d, key) != getattr(defaults, key):
                 raise ConfigError(f"data.{key}: only used with data.instance_folders: true (one mask file per object)")
+    elif d.instance_target != "borders" and d.instance_border_px != defaults.instance_border_px:
+        raise ConfigError("data.instance_border_px: only used with data.instance_target: borders (the gap it makes "
+                          f"between touching objects); data.instance_target is {d.instance_target!r}")
     if d.instance_border_px < 1:
         raise ConfigError(f"data.instance_border_px: expected >= 1 (pixels within it of two objects become background), "
                           f"got {d.instance_border_px}")

@@ -43,7 +43,17 @@ def check_transforms(cfg: Config) -> None:
     for i, v in enumerate(t.std):
         if not (finite_number(v) and v > 0):
             raise ConfigError(f"transforms.std[{i}]: expected a number > 0, got {v}")
+    # images reach Normalize on the 0..255 scale and are divided by 255 first (data/dataset.py): statistics of 0..255
+    # pixels ([123.7, 116.3, 103.5]) turned every image into a near constant of about -2
+    scale = [(f"transforms.mean[{i}]", v) for i, v in enumerate(t.mean) if not 0 <= v <= 1]
+    scale += [(f"transforms.std[{i}]", v) for i, v in enumerate(t.std) if v > 1]
+    if scale:
+        raise ConfigError(f"{scale[0][0]}: {scale[0][1]} is not on the 0..1 scale of the statistics (pixels are divided "
+                          "by 255 before mean and std apply: ImageNet's are mean [0.485, 0.456, 0.406], std [0.229, "
+                          "0.224, 0.225]); mean within [0, 1], std at most 1")
     built = [_check_augmentation(spec, f"transforms.train[{i}]") for i, spec in enumerate(t.train)]
+    for i, aug in enumerate(built):
+        _check_probabilities(aug, f"transforms.train[{i}]")
     _warn_crop_before_resize(cfg, built)
     _refuse_axis_swaps(cfg, built)
 
@@ -91,6 +101,18 @@ def _warn_crop_before_resize(cfg: Config, built: list[Any]) -> None:
             if msg not in _WARNED:
                 _WARNED.add(msg)
                 log.warning("%s", msg)
+
+
+def _check_probabilities(tr: Any, where: str) -> None:
+    """``p`` of every transform of a built entry in [0, 1], OneOf / SomeOf / Sequential included: albumentations checks
+    the leaves' only, and a OneOf of p 2 was always applied."""
+    p = getattr(tr, "p", None)
+    if isinstance(p, (int, float)) and not 0 <= p <= 1:
+        raise ConfigError(f"{where}: {type(tr).__name__}: p {p} is not a probability (expected 0 <= p <= 1)")
+    inner = getattr(tr, "transforms", None)
+    if inner is not None and not hasattr(tr, "height"):
+        for j, sub in enumerate(inner):
+            _check_probabilities(sub, f"{where}.{type(tr).__name__}.transforms[{j}]")
 
 
 def _walk(tr: Any, where: str):

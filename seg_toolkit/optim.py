@@ -34,7 +34,7 @@ def build_optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimize
         return torch.optim.Adam(groups, lr=o.lr)
     if o.name == "adamw":
         return torch.optim.AdamW(groups, lr=o.lr)
-    return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, nesterov=o.momentum > 0)  # Nesterov needs momentum
+    return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov and o.momentum > 0)  # Nesterov needs momentum
 
 
 class LRSchedule:
@@ -48,7 +48,12 @@ class LRSchedule:
         if s.name in ("cosine", "poly") and warmup > 0.9 * total:
             # a fold train.time_budget cut to no more epochs than warmup_epochs was all warmup and ended at the peak lr;
             # at most 90% of it warms up (as onecycle's pct_start), so the decay still ends at min_lr
+            log.warning("scheduler.warmup_epochs %g of a %d-epoch fold: the warmup is cut to %d of its %d updates, so the "
+                        "%s decay still ends at min_lr", s.warmup_epochs, cfg.train.epochs, int(0.9 * total), total, s.name)
             warmup = int(0.9 * total)
+        elif s.name in ("step", "plateau") and warmup >= total:
+            log.warning("scheduler.warmup_epochs %g of a %d-epoch fold: the learning rate rises from min_lr all the fold "
+                        "and never reaches optim.lr", s.warmup_epochs, cfg.train.epochs)
         self.name = s.name
         self.optimizer = optimizer
         self._ref: torch.optim.Optimizer | None = None
@@ -88,12 +93,15 @@ class LRSchedule:
         elif s.name == "onecycle":
             # momentum (SGD) and beta1 (Adam) stay as optim.* sets them: torch cycles them by default, which replaced
             # a configured momentum of 0.5 by 0.85-0.95. The warmup share stays below 1 when train.time_budget cuts
-            # the run to no more epochs than warmup_epochs (pct_start 1 divided by zero)
+            # the run to no more epochs than warmup_epochs (pct_start 1 divided by zero), and its updates above 1
+            # (torch divides by pct_start x total_steps - 1: a 4-epoch run of one update per epoch warming up for 1)
+            steps = max(total, 3)  # steps beyond the run's last are allowed (never taken)
+            pct = min(max(s.warmup_epochs / cfg.train.epochs, 0.05), 0.9) if s.warmup_epochs else 0.3
             self.impl = torch.optim.lr_scheduler.OneCycleLR(
                 optimizer,
                 max_lr=[g.get("max_lr", g["lr"]) for g in optimizer.param_groups],  # a rebuilt schedule keeps the first's
-                total_steps=total,
-                pct_start=min(max(s.warmup_epochs / cfg.train.epochs, 0.05), 0.9) if s.warmup_epochs else 0.3,
+                total_steps=steps,
+                pct_start=min(max(pct, 1.5 / steps), 0.9),
                 cycle_momentum=False,
             )
 

@@ -221,6 +221,23 @@ def test_onecycle_keeps_the_configured_momentum_and_survives_a_cut_to_its_warmup
     assert math.isfinite(opt.param_groups[0]["lr"])
 
 
+def test_onecycle_with_one_update_of_warmup_runs():
+    """4 epochs of one update each, warming up for 1: torch's OneCycleLR divided by pct_start x total_steps - 1 = 0
+    (a ZeroDivisionError when fold 0 built its schedule, found by a config audit). The lr now rises towards optim.lr and
+    falls back, finite at every step."""
+    cfg = config_from_dict({"train": {"epochs": 4}, "optim": {"lr": 1.0}, "scheduler": {"name": "onecycle", "warmup_epochs": 1}})
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    s = LRSchedule(cfg, opt, 1)
+    lrs = [opt.param_groups[0]["lr"]]
+    for step in range(1, 4):
+        opt.step()
+        s.step_update(step)
+        lrs.append(opt.param_groups[0]["lr"])
+    assert all(math.isfinite(v) for v in lrs) and lrs[0] < max(lrs) <= 1.0 and lrs[-1] < max(lrs)
+    one = config_from_dict({"train": {"epochs": 1}, "optim": {"lr": 1.0}, "scheduler": {"name": "onecycle"}})
+    LRSchedule(one, torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0), 1)  # a single update: no error
+
+
 @pytest.mark.parametrize("name", ["cosine", "poly"])
 def test_a_fold_cut_to_its_warmup_still_decays_to_min_lr(name):
     """train.time_budget cut a 10-epoch cosine with 2 warmup epochs to 2 epochs: all of it was warmup, and the fold

@@ -59,6 +59,19 @@ BAD = [
     (["transforms.std=[0.2, 0.2]"], "transforms.std: 2 values, transforms.mean has 3"),
     (["transforms.std=[0.2, 0.0, 0.2]"], "transforms.std[1]: expected a number > 0"),
     (["transforms.resize=[0, 64]"], "transforms.resize: expected [height, width] of positive ints"),
+    # statistics of 0..255 pixels (an audit's): Normalize divides by 255 first, so every image became about -2
+    (["transforms.mean=[123.7, 116.3, 103.5]", "transforms.std=[58.4, 57.1, 57.4]"],
+     "transforms.mean[0]: 123.7 is not on the 0..1 scale"),
+    (["transforms.std=[0.2, 64, 0.2]"], "transforms.std[1]: 64.0 is not on the 0..1 scale"),
+    # albumentations checks p of the leaves only: a OneOf of p 2 was always applied
+    (["transforms.train=[{OneOf: {transforms: [{HorizontalFlip: {}}, {VerticalFlip: {}}], p: 2}}]"],
+     "transforms.train[0]: OneOf: p 2 is not a probability (expected 0 <= p <= 1)"),
+    # the step schedule's warmup rises from min_lr: epoch 1 ran at 100x optim.lr
+    (["scheduler={name: step, warmup_epochs: 1, min_lr: 0.1}", "optim.lr=0.001"],
+     "scheduler.min_lr: 0.1 is not below optim.lr (0.001); the step schedule's warmup"),
+    (["optim.nesterov=false"], "optim.nesterov: False is read only with optim.name: sgd"),
+    (["train.early_stopping_patience=2", "train.early_stopping_min_delta=5"],
+     "train.early_stopping_min_delta: expected 0 <= delta < 1 (every metric scores in [0, 1]"),
     (["transforms.train=[{HorizontalFlipp: {p: 0.5}}]"], "transforms.train[0]: unknown albumentations transform 'HorizontalFlipp'"),
     (["transforms.train=[{HorizontalFlip: {}}, {VerticalFlip: {q: 1}}]"], "transforms.train[1]: VerticalFlip: Argument(s) 'q' are not valid"),
     (["transforms.train=[{HorizontalFlip: {p: 2}}]"], "transforms.train[0]: HorizontalFlip({'p': 2}) failed"),
@@ -111,6 +124,8 @@ def test_bad_value_fails_at_load_naming_the_key(overrides, message):
         ["model.arch=fpn", "model.params={encoder_depth: 4, upsampling: 2}"],  # no per-stage widths; stride 2 out
         ["model.arch=deeplabv3plus", "model.params={decoder_channels: 16}"],  # one width, not one per stage
         ["train.device=cuda:7"],  # the CLI checks the device; a saved run config loads anywhere
+        ["transforms.mean=[0, 0, 0]", "transforms.std=[1, 1, 1]"],  # no normalisation: the 0..1 pixels as they are
+        ["optim.name=sgd", "optim.nesterov=false"],
     ],
 )
 def test_valid_values_load(overrides):
