@@ -581,6 +581,13 @@ def _image_name_with_a_leading_space(w: World):
     return ["train", w.labels_cfg(root)]
 
 
+def _list_file_path_with_a_space(w: World):
+    root = w.labels()
+    (root / "imgs" / "f0.png").rename(root / "imgs" / "my f0.png")
+    (root / "train.txt").write_text("imgs/my f0.png labels/f0.png\nimgs/f1.png labels/f1.png\n")
+    return ["train", w.labels_cfg(root, train_lists=["train.txt"])]
+
+
 def _list_file_bom_crlf(w: World):
     """Legitimate (CamVid lists edited on Windows): BOM and CRLF."""
     root = w.labels()
@@ -805,6 +812,9 @@ CASES = [
     Case("list file empty", _list_file_empty, "train.txt: list file is empty"),
     Case("list file names a folder", _list_file_is_a_folder, "imgs: list file (data.train_lists / data.test_lists) is a folder"),
     Case("list file with BOM and CRLF (CamVid)", _list_file_bom_crlf, OK),
+    Case("list file naming a path with a space", _list_file_path_with_a_space,
+         "train.txt line 1: expected 'image mask' (two relative paths), got 'imgs/my f0.png labels/f0.png'; the paths are "
+         "split at spaces"),
     Case("two images whose extensions differ in case", _images_whose_extensions_differ_in_case,
          "f0.png: id 'f0' is also the id of f0.PNG in the same folder"),
     Case("two test images whose extensions differ in case", _test_images_whose_extensions_differ_in_case,
@@ -922,3 +932,10 @@ def test_check_submission_with_a_config_checks_runs_against_each_test_images_siz
     sub.iloc[0, 1] = "3063 10"  # ends on the last pixel
     sub.to_csv(tmp_path / "sub.csv", index=False)
     assert main(["check-submission", str(tmp_path / "sub.csv"), "--sample", str(sample), "--config", cfg]) == 0
+    capsys.readouterr()
+    # the sizes unknowable with --config (the test images moved away): the note says why, not "pass --config"
+    shutil.move(root / "test" / "images", tmp_path / "moved")
+    assert main(["check-submission", str(tmp_path / "sub.csv"), "--sample", str(sample), "--config", cfg]) == 0
+    out, err = capsys.readouterr()
+    assert "note: run lengths not checked against the test images' sizes" in err
+    assert "(the note above says why)" in out and "pass --config" not in out

@@ -284,7 +284,9 @@ def iter_list_samples(cfg: Config, lists: list[str], on_problem: OnProblem = rai
                 parts = parts * 2
             if len(parts) != 2:
                 expected = "'image mask' (two relative paths)" + (" or one image|label file" if pair else "")
-                on_problem("bad_line", where, f"{where}: expected {expected}, got {line!r}")
+                why = ("; the paths are split at spaces, so a file name with a space cannot be listed: rename it"
+                       if len(parts) > 2 else "")
+                on_problem("bad_line", where, f"{where}: expected {expected}, got {line!r}{why}")
                 continue
             image, mask = root / parts[0], root / parts[1]
             missing = list(dict.fromkeys(p for p in (image, mask) if not p.is_file()))
