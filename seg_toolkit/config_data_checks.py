@@ -246,6 +246,9 @@ def _check_mask_layouts(cfg: Config) -> None:
                 raise ConfigError(f"data.{key}: describes the RLE rows of data.train_csv (data.layout: csv)")
     if d.rle_index_base not in (0, 1):
         raise ConfigError(f"data.rle_index_base: expected 0 or 1 (the number of the first pixel), got {d.rle_index_base}")
+    if d.instance_border_px < 1:
+        raise ConfigError(f"data.instance_border_px: expected >= 1 (pixels within it of two objects become background), "
+                          f"got {d.instance_border_px}")
     if not d.instance_folders:
         for key in ("instance_target", "instance_border_px"):
             if getattr(d, key) != getattr(defaults, key):
@@ -253,9 +256,6 @@ def _check_mask_layouts(cfg: Config) -> None:
     elif d.instance_target != "borders" and d.instance_border_px != defaults.instance_border_px:
         raise ConfigError("data.instance_border_px: only used with data.instance_target: borders (the gap it makes "
                           f"between touching objects); data.instance_target is {d.instance_target!r}")
-    if d.instance_border_px < 1:
-        raise ConfigError(f"data.instance_border_px: expected >= 1 (pixels within it of two objects become background), "
-                          f"got {d.instance_border_px}")
     if d.mask_per_class is None:
         if d.missing_class_masks != defaults.missing_class_masks:
             raise ConfigError("data.missing_class_masks: only used with data.mask_per_class (one mask file per class)")

@@ -163,3 +163,32 @@ def test_max_image_pixels_decides_above_pils_own_limit(tmp_path, monkeypatch):
         open_image(path, max_pixels=1000)
     with pytest.raises(ConfigError, match=r"data.max_image_pixels: expected a number of pixels >= 1"):
         config_from_dict({"data": {"root": str(tmp_path), "max_image_pixels": 0}, "folds": {"n_splits": 2}})
+
+
+def test_a_test_image_read_unlike_the_training_ones_is_said_once(tmp_path, caplog, monkeypatch):
+    """Training checks its first image before epoch 1; test images were read without a word (found by an audit): a
+    16-bit test file of 8-bit values (0..229) was read as 0..1 of 0..255, nearly black, and a data.image_range of
+    [0, 1] on 8-bit files read every pixel as 255. Both are said now, once per process, naming the file."""
+    from seg_toolkit.data import io
+
+    monkeypatch.setattr(io, "_SAID", set())
+    eight_in_16 = _save(tmp_path / "t16.png", np.tile(np.array([[0, 100, 229]], np.uint16), (3, 1)))
+    with caplog.at_level(logging.WARNING, logger="seg_toolkit.data.io"):
+        got = read_image(eight_in_16, 1)
+        read_image(eight_in_16, 1)
+    assert got[0, :, 0].tolist() == [0, 0, 1]  # round(229 * 255 / 65535) = 1: what the warning is about
+    assert caplog.text.count("a 16-bit image with values 0..229, read over 0..65535 as 0..1 of 0..255") == 1
+    assert "t16.png" in caplog.text and "8-bit values saved in 16-bit files" in caplog.text
+    caplog.clear()
+    eight = _save(tmp_path / "t8.png", np.tile(np.array([[0, 12, 204]], np.uint8), (3, 1)))
+    with caplog.at_level(logging.WARNING, logger="seg_toolkit.data.io"):
+        clipped = read_image(eight, 1, value_range=[0, 1])
+        read_image(eight, 1, value_range=[0, 1])
+    assert clipped[0, :, 0].tolist() == [0, 255, 255]
+    assert caplog.text.count("66% of the values lie outside data.image_range [0, 1] (values 0..204)") == 1
+    caplog.clear()
+    monkeypatch.setattr(io, "_SAID", set())
+    with caplog.at_level(logging.WARNING, logger="seg_toolkit.data.io"):
+        read_image(_save(tmp_path / "r12.png", RAW12), 1, value_range=[0, 4095])  # 1 of 5 values above: fits
+        read_image(_save(tmp_path / "full.png", np.array([[0, 30000, 65535]], np.uint16)), 1)  # spans the range
+    assert caplog.text == ""

@@ -167,6 +167,9 @@ def test_siim_csv_audit_reads_instances_as_training(tmp_path):
     ({"rle_starts": "gaps"}, "data.rle_starts: 'gaps' is not one of 'absolute', 'relative'"),
     ({"layout": "folder", "instance_target": "borders"}, "data.instance_target: only used with data.instance_folders: true"),
     ({"layout": "folder", "instance_folders": True, "instance_border_px": 0}, "data.instance_border_px: expected >= 1"),
+    # read only for borders: with union it was ignored (a config audit)
+    ({"layout": "folder", "instance_folders": True, "instance_border_px": 3},
+     "data.instance_border_px: only used with data.instance_target: borders"),
     ({"task": "multilabel", "num_classes": 2, "layout": "folder"}, "data.mask_per_class: a multilabel task in the folder"),
     ({"mask_per_class": "{id}_{cls}"}, "data.mask_per_class: describes mask files (data.layout: folder)"),
     ({"task": "multiclass", "num_classes": 2, "layout": "folder", "mask_per_class": "{id}_{cls}"},

@@ -173,12 +173,33 @@ def narrow_sixteen_bit(mode: str, lo: float, hi: float) -> bool:
     return sixteen_bit(mode) and hi - lo < 65536 / 4
 
 
-def _to_uint8(arr: np.ndarray, value_range: tuple[float, float], path: Path) -> np.ndarray:
-    """Raw values -> uint8: ``value_range`` maps linearly onto 0..255, clipped, rounded to nearest."""
+#: what :func:`_to_uint8` has said in this process (each kind once: every image of a set is read alike)
+_SAID: set[str] = set()
+
+
+def _to_uint8(arr: np.ndarray, value_range: tuple[float, float], path: Path, default: bool = False) -> np.ndarray:
+    """Raw values -> uint8: ``value_range`` maps linearly onto 0..255, clipped, rounded to nearest.
+
+    Said once per process, naming the file, since every image is read so (training's first image is checked before
+    epoch 1, but test images only here): most values clipped (``data.image_range`` that does not fit the files, e.g.
+    [0, 1] on 8-bit images: all white), and with the ``default`` 16-bit range, values spanning under a quarter of it
+    (a 16-bit file of 8-bit values is read nearly black)."""
     if arr.dtype.kind == "f" and not np.isfinite(arr).all():
         raise DataError(f"{path}: image holds {int((~np.isfinite(arr)).sum())} NaN or infinite value(s); expected finite "
                         "values (fill them in the file)")
     lo, hi = float(value_range[0]), float(value_range[1])
+    if arr.size and "clipped" not in _SAID:
+        clipped = int(np.count_nonzero(arr > hi)) + int(np.count_nonzero(arr < lo))
+        if clipped > arr.size // 2:
+            _SAID.add("clipped")
+            log.warning("%s: %d%% of the values lie outside data.image_range [%g, %g] (values %g..%g) and are clipped "
+                        "to 0 or 255; the range does not fit these files (`seg-toolkit audit` measures it)", path,
+                        100 * clipped // arr.size, lo, hi, float(arr.min()), float(arr.max()))
+    if default and arr.size and "narrow" not in _SAID and narrow_sixteen_bit("I;16", float(arr.min()), float(arr.max())):
+        _SAID.add("narrow")
+        log.warning("%s: a 16-bit image with values %g..%g, read over 0..65535 as 0..%d of 0..255; if the images hold "
+                    "fewer bits (12-bit microscopy, or 8-bit values saved in 16-bit files), set data.image_range",
+                    path, float(arr.min()), float(arr.max()), round(float(arr.max()) * 255 / 65535))
     scaled = (arr.astype(np.float64) - lo) * 255.0 / (hi - lo)
     return np.floor(np.clip(scaled, 0.0, 255.0) + 0.5).astype(np.uint8)
 
@@ -217,7 +238,7 @@ def read_image(path: str | Path, in_channels: int = 3, max_pixels: int = 50_000_
         return _read_array_image(path, in_channels, max_pixels, pair, value_range)
     if color16(path):  # Pillow would keep only the high byte of each value
         wide = read_color16(path, max_pixels, exif)
-        im = Image.fromarray(_to_uint8(wide, value_range or (0.0, 65535.0), path))
+        im = Image.fromarray(_to_uint8(wide, value_range or (0.0, 65535.0), path, default=value_range is None))
         value_range = None
     else:
         im = _open(path, max_pixels, exif)
@@ -227,8 +248,9 @@ def read_image(path: str | Path, in_channels: int = 3, max_pixels: int = 50_000_
             if not im.mode.startswith("I;16"):
                 kind = "32-bit float" if im.mode == "F" else "32-bit integer"
                 raise _no_range(path, f"a {kind} image (PIL mode {im.mode}; values {{span}} in this file)", arr)
-            value_range = (0.0, 65535.0)
-        im = Image.fromarray(_to_uint8(arr, value_range, path))
+            im = Image.fromarray(_to_uint8(arr, (0.0, 65535.0), path, default=True))
+        else:
+            im = Image.fromarray(_to_uint8(arr, value_range, path))
         value_range = None
     mode = {1: "L", 3: "RGB", 4: "RGBA"}[in_channels]
     if im.mode != mode:
@@ -256,10 +278,10 @@ def _read_array_image(path: Path, in_channels: int, max_pixels: int, pair: PairS
         arr = arr.astype(np.uint8) * np.uint8(255)
     if value_range is None:
         if arr.dtype == np.uint16:
-            value_range = (0.0, 65535.0)
+            arr = _to_uint8(arr, (0.0, 65535.0), path, default=True)
         elif arr.dtype != np.uint8:
             raise _no_range(path, f"a {arr.dtype} array (values {{span}} in this file)", arr)
-    if value_range is not None:
+    else:
         arr = _to_uint8(arr, value_range, path)
     if pair is not None:
         arr = arr[pair.boxes(*arr.shape[:2], path)[0]]
