@@ -164,6 +164,10 @@ def _run_cv(cfg: Config, folds: list[int] | None, resume: bool, overwrite: bool)
     check_model_builds(cfg.model, cfg.data.num_classes, cfg.data.in_channels)  # so does a model.params value smp refuses
     samples = load_train_samples(cfg)
     check_train_samples(samples, cfg)  # images present, some foreground: before anything is written
+    if d.is_main:
+        from .inference import check_sample_submission  # lazy: the predictor's modules
+
+        check_sample_submission(cfg)  # the sample submission against submission.*: now, not after the folds
     init_run(cfg), teacher_run(cfg)  # train.init_from / pseudo.teacher are run folders: checked before writing
     run = Run.of(cfg)
     if d.is_main and not overwrite and run.folds_csv.is_file() and not run.config_yaml.is_file():

@@ -272,19 +272,37 @@ def mask_pngs(mask: np.ndarray, task: str, mode: str, colors: np.ndarray | None 
     raise ConfigError(f"predict.write_masks: {mode!r} is not one of 'none', 'png', 'color'")
 
 
-def _expected_ids(cfg: Config, samples: list[Sample]) -> list[str] | None:
-    """The sample submission's id column, in order (None when the competition ships no sample)."""
+def check_sample_submission(cfg: Config) -> None:
+    """Before training: the competition's sample submission (when it ships one) against the config's ``submission.*``
+    keys as ``predict`` checks it before predicting (its columns, ids of ``submission.id_format``, a row per image and
+    class written), so a key that does not fit fails before the folds train rather than after; the test images need
+    not be there (a code competition's are hidden)."""
+    path = cfg.data_path(cfg.data.sample_submission)
+    if cfg.data.test_lists or not path.is_file():
+        return
+    submission_header(cfg)
+    check_sample_rows(cfg, path, *_sample_table(cfg, path, load_test_samples(cfg, images=False)))
+
+
+def _sample_table(cfg: Config, path: Path, samples: list[Sample]) -> tuple[list[str], list[Sample], list[str] | None]:
+    """``(ids, samples, class values)`` of the sample submission for :func:`check_sample_rows`."""
     import pandas as pd
 
-    path = cfg.data_path(cfg.data.sample_submission)
-    if not path.is_file() or cfg.data.test_lists:
-        return None
     id_col, cls_col = submission_columns(cfg)[0], cfg.submission.class_column
     if cls_col not in pd.read_csv(path, dtype=str, nrows=0).columns:
         cls_col = None  # a sample without it is refused when the header is written
     table = pd.read_csv(path, dtype=str, keep_default_na=False, usecols=[id_col] + ([cls_col] if cls_col else []))
-    ids = table[id_col].tolist()
-    _check_sample_rows(cfg, path, ids, samples, table[cls_col].tolist() if cls_col else None)
+    return table[id_col].tolist(), samples, table[cls_col].tolist() if cls_col else None
+
+
+def _expected_ids(cfg: Config, samples: list[Sample]) -> list[str] | None:
+    """The sample submission's id column, in order (None when the competition ships no sample)."""
+
+    path = cfg.data_path(cfg.data.sample_submission)
+    if not path.is_file() or cfg.data.test_lists:
+        return None
+    ids, _, class_values = _sample_table(cfg, path, samples)
+    _check_sample_rows(cfg, path, ids, samples, class_values)
     return ids
 
 

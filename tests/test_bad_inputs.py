@@ -617,6 +617,19 @@ def _sample_id_column_differs(w: World):
     return lambda: load_test_samples(load_config(w.demo_cfg(submission={"per_class": True, "id_column": "ImageId"})))
 
 
+def _train_with_a_sample_column_the_config_lacks(w: World):
+    """submission.* keys that do not fit the sample were found by predict, after every fold had trained (a config
+    audit): train checks the sample before anything is written now, as predict does."""
+    w.demo()
+    w.after(lambda: not (w.runs / "t" / "fold_0").exists() or pytest.fail("a fold was written"))
+    return ["train", w.demo_cfg(submission={"per_class": True, "id_column": "Foo"})]
+
+
+def _train_with_a_class_the_sample_lacks(w: World):
+    w.demo()
+    return ["train", w.demo_cfg(data={"num_classes": 4})]
+
+
 def _sample_ids_without_class(w: World):
     root = w.demo()
     df = pd.read_csv(root / "sample_submission.csv", dtype=str, keep_default_na=False)
@@ -829,6 +842,10 @@ CASES = [
     Case("sample submission row of class 4 (3 classes)", _sample_row_of_class_4,
          "sample_submission.csv line 14: id '7922e4f7_4' is not a row this submission makes (test images x classes [1, 2, 3]"),
     Case("test images are .jpg", _test_images_are_jpg, "there: set data.image_ext: '.jpg'"),
+    Case("train with submission.id_column the sample lacks", _train_with_a_sample_column_the_config_lacks,
+         "sample_submission.csv: columns ['ImageId_ClassId', 'EncodedPixels']; no column 'Foo' (submission.id_column)"),
+    Case("train with a class the sample has no rows for", _train_with_a_class_the_sample_lacks,
+         "sample_submission.csv: no row for id"),
     Case("check-submission, header-only sample", _check_with_header_only_sample, "sample.csv: no rows (only the header)"),
     Case("check-submission, 0-byte sample", _check_with_zero_byte_sample, "sample.csv: file is empty (0 bytes)"),
     Case("check-submission, sample is a folder", _check_with_sample_folder, "sample: is a folder; expected the sample submission"),
@@ -939,3 +956,13 @@ def test_check_submission_with_a_config_checks_runs_against_each_test_images_siz
     out, err = capsys.readouterr()
     assert "note: run lengths not checked against the test images' sizes" in err
     assert "(the note above says why)" in out and "pass --config" not in out
+
+
+def test_training_checks_the_sample_submission_without_the_test_images(demo_root, tmp_path):
+    """A code competition's test images are hidden until the notebook is submitted: the sample is checked against the
+    config's submission keys before training (the cases above), and training goes on without the images."""
+    w = World(tmp_path, demo_root)
+    root = w.demo()
+    shutil.rmtree(root / "test" / "images")
+    assert main(["train", w.demo_cfg(train={"epochs": 1, "batch_size": 4, "num_workers": 0})]) == 0
+    assert (w.runs / "t" / "cv.json").is_file()

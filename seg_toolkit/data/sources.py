@@ -331,8 +331,10 @@ def parse_submission_id(fmt: str) -> re.Pattern:
     return re.compile(pattern + re.escape(fmt[pos:]))
 
 
-def load_test_samples(cfg: Config) -> list[Sample]:
-    """Test images in the order of ``sample_submission.csv`` (or sorted file names without one)."""
+def load_test_samples(cfg: Config, images: bool = True) -> list[Sample]:
+    """Test images in the order of ``sample_submission.csv`` (or sorted file names without one). ``images=False``:
+    the sample's ids even when their images are not there (yet): training checks the sample so
+    (:func:`seg_toolkit.inference.check_sample_submission`) where a code competition's test set is hidden."""
     d, s = cfg.data, cfg.submission
     folder = cfg.data_path(d.test_images)
     sample_path = cfg.data_path(d.sample_submission)
@@ -361,7 +363,7 @@ def load_test_samples(cfg: Config) -> list[Sample]:
         bands = bands_of(cfg)
         samples = [Sample(i, instance_image(folder, i, d.image_ext) if d.instance_folders else
                           image_path(folder, i, d.image_ext, bands), where=str(sample_path), pair=pair_of(cfg)) for i in ids]
-        missing = [x for x in samples if not x.image.is_file()]
+        missing = [x for x in samples if not x.image.is_file()] if images else []
         if missing:
             raise DataError(
                 f"{sample_path}: {len(missing)} of {len(samples)} ids have no image in {folder}, e.g. "
