@@ -150,3 +150,11 @@ def test_a_params_value_smp_refuses_stops_train_before_anything_is_written(demo_
     before = torch.zeros(1).device
     check_model_builds(good.model, good.data.num_classes, good.data.in_channels)
     assert torch.zeros(1).device == before  # the meta device was only the trial's
+    # values only the forward pass reads, or that the meta device does not check (a config audit: a traceback at the
+    # first training step, after the run folder was written)
+    for params, said in [({"decoder_interpolation": "bogus"}, r"model: unet with model.params \{'decoder_interpolation': "
+                                                             r"'bogus'\} fails its first forward pass \(NotImplementedError"),
+                         ({"drop_path_rate": 5}, r"model.params.drop_path_rate: expected a rate in \[0, 1\), got 5")]:
+        with pytest.raises(ConfigError, match=said):
+            run_cv(config_from_dict(demo_dict(demo_root, tmp_path / "runs", model={**model, "params": params})))
+        assert not (tmp_path / "runs").exists()

@@ -209,13 +209,24 @@ def _resolve_encoder(arch: str, name: str | None) -> str:
 
 
 def check_model_builds(cfg: ModelConfig, num_classes: int, in_channels: int = 3) -> None:
-    """Build the model once on PyTorch's meta device (no memory, no weights read): a value of ``model.params`` that
-    smp or timm refuses (``decoder_attention_type: bogus``), or a width that leaves a layer empty, is refused before
-    a run folder is written, not when fold 0 builds its model."""
+    """Build the model once on PyTorch's meta device (no memory, no weights read) and run one training forward pass
+    there (shapes only, a fraction of a second): a value of ``model.params`` that smp or timm refuses
+    (``decoder_attention_type: bogus``), a width that leaves a layer empty, or one that only the forward pass reads
+    (``decoder_interpolation: bogus``) is refused before a run folder is written, not when fold 0 trains. timm's
+    dropout rates, which the meta device does not check, are checked here."""
     import torch
 
+    for key in ("drop_rate", "drop_path_rate"):
+        v = cfg.params.get(key)
+        if v is not None and not (isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1):
+            raise ConfigError(f"model.params.{key}: expected a rate in [0, 1), got {v!r}")
     with torch.device("meta"):
-        build_model(dataclasses.replace(cfg, encoder_weights=None), num_classes, in_channels, announce=False)
+        model = build_model(dataclasses.replace(cfg, encoder_weights=None), num_classes, in_channels, announce=False)
+        try:
+            model.train()(torch.empty(2, in_channels, 128, 128))
+        except (ValueError, TypeError, RuntimeError, NotImplementedError, KeyError, AttributeError) as e:
+            raise ConfigError(f"model: {cfg.arch} with model.params {cfg.params} fails its first forward pass "
+                              f"({type(e).__name__}: {' '.join(str(e).split())[:300]})") from None
 
 
 def build_model(cfg: ModelConfig, num_classes: int, in_channels: int = 3, announce: bool = True) -> nn.Module:
