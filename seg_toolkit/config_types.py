@@ -31,6 +31,10 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
+#: optional string keys where "" is a value of its own (the empty RLE token), not a mistaken null
+EMPTY_STRING_KEYS = frozenset({"submission.empty_token"})
+
+
 def _convert(value: Any, tp: Any, path: str) -> Any:
     origin = typing.get_origin(tp)
     if tp is Any:
@@ -44,6 +48,9 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
         if value is None and type(None) in args:
             return None
         members = [a for a in args if a is not type(None)]
+        if value == "" and str in members and type(None) in args and path not in EMPTY_STRING_KEYS:
+            # an empty path, column or name was read as null, the default (submission.path "" wrote submissions/<exp>.csv)
+            raise ConfigError(f"{path}: an empty string; expected a non-empty string, or null for the default")
         if len(members) == 1 and typing.get_origin(members[0]) is Literal:  # Optional[Literal]: its "did you mean"
             try:
                 return _convert(value, members[0], path)

@@ -70,6 +70,9 @@ BAD = [
     (["scheduler={name: step, warmup_epochs: 1, min_lr: 0.1}", "optim.lr=0.001"],
      "scheduler.min_lr: 0.1 is not below optim.lr (0.001); the step schedule's warmup"),
     (["optim.nesterov=false"], "optim.nesterov: False is read only with optim.name: sgd"),
+    # an empty path or column was read as null, the default: submission.path "" wrote submissions/<experiment>.csv
+    (["submission.path=''"], "submission.path: an empty string; expected a non-empty string, or null for the default"),
+    (["track.uri=''"], "track.uri: an empty string"),
     (["train.early_stopping_patience=2", "train.early_stopping_min_delta=5"],
      "train.early_stopping_min_delta: expected 0 <= delta < 1 (every metric scores in [0, 1]"),
     (["transforms.train=[{HorizontalFlipp: {p: 0.5}}]"], "transforms.train[0]: unknown albumentations transform 'HorizontalFlipp'"),
@@ -126,6 +129,7 @@ def test_bad_value_fails_at_load_naming_the_key(overrides, message):
         ["train.device=cuda:7"],  # the CLI checks the device; a saved run config loads anywhere
         ["transforms.mean=[0, 0, 0]", "transforms.std=[1, 1, 1]"],  # no normalisation: the 0..1 pixels as they are
         ["optim.name=sgd", "optim.nesterov=false"],
+        ["submission.empty_token=''"],  # the empty RLE token: "" is a value of its own
     ],
 )
 def test_valid_values_load(overrides):
