@@ -89,11 +89,14 @@ def test_config_checks_the_range_at_load(tmp_path):
     assert config_from_dict({"data": {"image_range": [0, 4095]}}).data.image_range == [0, 4095]
 
 
-def test_training_reads_the_range_and_the_audit_measures_it(tmp_path, caplog):
+def test_training_reads_the_range_and_the_audit_measures_it(tmp_path, caplog, monkeypatch):
+    from seg_toolkit.data import io
+
+    monkeypatch.setattr(io, "_SAID", set())  # said once per process: not yet in this one
     img = np.tile(np.array([[0, 1000, 2048, 4095]], np.uint16), (4, 1))
     cfg = _folder(tmp_path, [img, img])
     samples = load_train_samples(cfg)
-    with caplog.at_level(logging.WARNING, logger="seg_toolkit.data.masks"):
+    with caplog.at_level(logging.WARNING, logger="seg_toolkit.data.io"):
         check_train_samples(samples, cfg)
     assert "a 16-bit image with values 0..4095, read over 0..65535 as 0..16 of 0..255" in caplog.text
     res = audit(cfg)
@@ -105,7 +108,7 @@ def test_training_reads_the_range_and_the_audit_measures_it(tmp_path, caplog):
     ranged = _folder(tmp_path, [img, img], image_range=[0, 4095])
     assert audit(ranged).problems == []
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="seg_toolkit.data.masks"):
+    with caplog.at_level(logging.WARNING, logger="seg_toolkit.data.io"):
         check_train_samples(samples, ranged)
     assert caplog.text == ""
     # the dataset's tensor: (round(v * 255 / 4095) / 255 - 0.5) / 0.25 -> 0 -> -2, 62 -> -1.0275, 128 -> 0.0078, 255 -> 2

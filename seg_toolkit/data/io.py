@@ -177,6 +177,17 @@ def narrow_sixteen_bit(mode: str, lo: float, hi: float) -> bool:
 _SAID: set[str] = set()
 
 
+def say_narrow(path: Path, lo: float, hi: float) -> None:
+    """Warn, once per process, of a 16-bit image whose values (``lo..hi``) span under a quarter of 0..65535
+    (:func:`narrow_sixteen_bit`): training's first image before anything is written, else any image read."""
+    if "narrow" in _SAID:
+        return
+    _SAID.add("narrow")
+    log.warning("%s: a 16-bit image with values %g..%g, read over 0..65535 as 0..%d of 0..255; if the images hold fewer "
+                "bits (12-bit microscopy, or 8-bit values saved in 16-bit files), set data.image_range (`seg-toolkit "
+                "audit` measures it over all files)", path, lo, hi, round(hi * 255 / 65535))
+
+
 def _to_uint8(arr: np.ndarray, value_range: tuple[float, float], path: Path, default: bool = False) -> np.ndarray:
     """Raw values -> uint8: ``value_range`` maps linearly onto 0..255, clipped, rounded to nearest.
 
@@ -195,11 +206,8 @@ def _to_uint8(arr: np.ndarray, value_range: tuple[float, float], path: Path, def
             log.warning("%s: %d%% of the values lie outside data.image_range [%g, %g] (values %g..%g) and are clipped "
                         "to 0 or 255; the range does not fit these files (`seg-toolkit audit` measures it)", path,
                         100 * clipped // arr.size, lo, hi, float(arr.min()), float(arr.max()))
-    if default and arr.size and "narrow" not in _SAID and narrow_sixteen_bit("I;16", float(arr.min()), float(arr.max())):
-        _SAID.add("narrow")
-        log.warning("%s: a 16-bit image with values %g..%g, read over 0..65535 as 0..%d of 0..255; if the images hold "
-                    "fewer bits (12-bit microscopy, or 8-bit values saved in 16-bit files), set data.image_range",
-                    path, float(arr.min()), float(arr.max()), round(float(arr.max()) * 255 / 65535))
+    if default and arr.size and narrow_sixteen_bit("I;16", float(arr.min()), float(arr.max())):
+        say_narrow(path, float(arr.min()), float(arr.max()))
     scaled = (arr.astype(np.float64) - lo) * 255.0 / (hi - lo)
     return np.floor(np.clip(scaled, 0.0, 255.0) + 0.5).astype(np.uint8)
 

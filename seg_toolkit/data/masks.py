@@ -37,8 +37,8 @@ from ..rle import RLEError, RLESpec
 from .colors import VOID_ID, check_color_masks, class_names, color_table, colors_to_ids
 from .bands import bands_of
 from .instances import instance_ids
-from .io import DataError, RLERowError, _ext_hint, image_size, narrow_sixteen_bit, read_image, sixteen_bit, wide_values
-from . import io
+from .io import (DataError, RLERowError, _ext_hint, image_size, narrow_sixteen_bit, read_image, say_narrow, sixteen_bit,
+                 wide_values)
 from .mask_io import read_mask_array
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -237,10 +237,7 @@ def _check_first_image_values(sample: Sample, cfg: Config) -> None:
         read_image(sample.image, d.in_channels, d.max_image_pixels, pair=sample.pair, bands=bands_of(cfg),
                    exif=d.exif_orientation)  # raises, naming the file and range
     elif narrow_sixteen_bit(mode, lo, hi):
-        io._SAID.add("narrow")  # said now, before anything is written: not again when training reads it
-        log.warning("%s: a 16-bit image with values %g..%g, read over 0..65535 as 0..%d of 0..255; if the images hold "
-                    "fewer bits (12-bit microscopy), set data.image_range (`seg-toolkit audit` measures it over all files)",
-                    sample.image, lo, hi, round(hi * 255 / 65535))
+        say_narrow(sample.image, lo, hi)  # now, before anything is written: not again when training reads it
 
 
 def check_train_samples(samples: list[Sample], cfg: Config) -> None:
