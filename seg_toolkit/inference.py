@@ -281,27 +281,27 @@ def check_sample_submission(cfg: Config) -> None:
     if cfg.data.test_lists or not path.is_file():
         return
     submission_header(cfg)
-    check_sample_rows(cfg, path, *_sample_table(cfg, path, load_test_samples(cfg, images=False)))
+    ids, class_values = _sample_table(cfg, path)
+    check_sample_rows(cfg, path, ids, load_test_samples(cfg, images=False), class_values)
 
 
-def _sample_table(cfg: Config, path: Path, samples: list[Sample]) -> tuple[list[str], list[Sample], list[str] | None]:
-    """``(ids, samples, class values)`` of the sample submission for :func:`check_sample_rows`."""
+def _sample_table(cfg: Config, path: Path) -> tuple[list[str], list[str] | None]:
+    """``(ids, class values)``: the sample submission's id column and ``submission.class_column`` (None without it)."""
     import pandas as pd
 
     id_col, cls_col = submission_columns(cfg)[0], cfg.submission.class_column
     if cls_col not in pd.read_csv(path, dtype=str, nrows=0).columns:
         cls_col = None  # a sample without it is refused when the header is written
     table = pd.read_csv(path, dtype=str, keep_default_na=False, usecols=[id_col] + ([cls_col] if cls_col else []))
-    return table[id_col].tolist(), samples, table[cls_col].tolist() if cls_col else None
+    return table[id_col].tolist(), table[cls_col].tolist() if cls_col else None
 
 
 def _expected_ids(cfg: Config, samples: list[Sample]) -> list[str] | None:
     """The sample submission's id column, in order (None when the competition ships no sample)."""
-
     path = cfg.data_path(cfg.data.sample_submission)
     if not path.is_file() or cfg.data.test_lists:
         return None
-    ids, _, class_values = _sample_table(cfg, path, samples)
+    ids, class_values = _sample_table(cfg, path)
     _check_sample_rows(cfg, path, ids, samples, class_values)
     return ids
 

@@ -152,19 +152,19 @@ LOSS_NAMES: tuple[str, ...] = tuple(_LOSSES)
 
 
 def build_loss_term(name: str, task: str, num_classes: int, params: Optional[dict[str, Any]] = None,
-                    key: str = "loss") -> nn.Module:
-    """One loss module by name, its parameters validated (errors name the config path: ``key``, ``loss`` or
+                    section: str = "loss") -> nn.Module:
+    """One loss module by name, its parameters validated (errors name the config path: ``section``, ``loss`` or
     ``loss_aux``, for the name)."""
     params = dict(params or {})
     spec = _LOSSES.get(name)
     if spec is None:
         close = closest(name, LOSS_NAMES, cutoff=0.5)
         hint = f"; did you mean {close!r}?" if close else ""
-        raise ConfigError(f"{key}.{name}: unknown loss {name!r}{hint} (valid names: {', '.join(LOSS_NAMES)})")
+        raise ConfigError(f"{section}.{name}: unknown loss {name!r}{hint} (valid names: {', '.join(LOSS_NAMES)})")
     if task not in spec.tasks:
         alt = {"ce": " (use bce for binary/multilabel)", "bce": " (use ce for multiclass)"}.get(name, "")
         raise ConfigError(
-            f"{key}.{name}: {name!r} supports task {' / '.join(spec.tasks)} only, "
+            f"{section}.{name}: {name!r} supports task {' / '.join(spec.tasks)} only, "
             f"but data.task is {task!r}{alt}"
         )
     for key in params:
