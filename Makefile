@@ -35,6 +35,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_objects.py
 	$(BIN)/python bench/bench_object_folders.py
 	$(BIN)/python bench/bench_tgs_step.py
+	$(BIN)/python bench/bench_camvid_step.py
 
 clean-demo:
 	rm -rf data/demo runs/demo submissions/demo.csv

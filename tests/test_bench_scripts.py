@@ -38,6 +38,8 @@ QUICK = {
     "bench_onnx": (["--models", "scratch", "--sizes", "64", "--batch", "2", "--warmup", "0", "--repeats", "1"], ", ratio "),
     "bench_objects": (["--rounds", "1", "--images", "1"], "ratio kernel / toolkit:"),
     "bench_object_folders": (["--rounds", "1", "--images", "1", "--nuclei", "6"], "ratio every epoch / kept:"),
+    "bench_camvid_step": (["--rounds", "1", "--batch", "2", "--size", "64", "64", "--encoder", "tu-test_resnet"],
+                          "ratio lovasz on the main logits (loss_aux) / committed:"),
 }
 
 
