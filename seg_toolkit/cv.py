@@ -161,7 +161,9 @@ def _run_cv(cfg: Config, folds: list[int] | None, resume: bool, overwrite: bool)
     folds = folds if folds is not None else planned_folds(cfg)
     d = get_dist()
     resolve_device(cfg.train.device, d)  # a device this machine lacks fails before anything is written
-    check_model_builds(cfg.model, cfg.data.num_classes, cfg.data.in_channels)  # so does a model.params value smp refuses
+    # so does a model.params value smp refuses, and BatchNorm on one image at a 1x1 bottleneck (the batch size at resize)
+    check_model_builds(cfg.model, cfg.data.num_classes, cfg.data.in_channels, cfg.train.batch_size,
+                       tuple(cfg.transforms.resize) if cfg.transforms.resize else None)
     samples = load_train_samples(cfg)
     check_train_samples(samples, cfg)  # images present, some foreground: before anything is written
     if d.is_main:

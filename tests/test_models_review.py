@@ -153,8 +153,17 @@ def test_a_params_value_smp_refuses_stops_train_before_anything_is_written(demo_
     # values only the forward pass reads, or that the meta device does not check (a config audit: a traceback at the
     # first training step, after the run folder was written)
     for params, said in [({"decoder_interpolation": "bogus"}, r"model: unet with model.params \{'decoder_interpolation': "
-                                                             r"'bogus'\} fails its first forward pass \(NotImplementedError"),
+                                                             r"'bogus'\} fails its first forward pass on a batch \(NotImplementedError"),
                          ({"drop_path_rate": 5}, r"model.params.drop_path_rate: expected a rate in \[0, 1\), got 5")]:
         with pytest.raises(ConfigError, match=said):
             run_cv(config_from_dict(demo_dict(demo_root, tmp_path / "runs", model={**model, "params": params})))
         assert not (tmp_path / "runs").exists()
+    # BatchNorm on one image at a 1x1 bottleneck (depth 6 at 32x32): a torch traceback at the first step before
+    deep = {"arch": "scratch_unet", "depth": 6, "base_width": 2}
+    one = config_from_dict(demo_dict(demo_root, tmp_path / "runs", model=deep, transforms={"resize": [32, 32]},
+                                     train={"epochs": 1, "batch_size": 1}))
+    with pytest.raises(ConfigError, match=r"fails its first forward pass on a training batch of 1 at 32x32 \(train.batch_size, "
+                                          r"transforms.resize\) \(ValueError: Expected more than 1 value per channel"):
+        run_cv(one)
+    assert not (tmp_path / "runs").exists()
+    check_model_builds(one.model, one.data.num_classes, one.data.in_channels, 2, (32, 32))  # two images: fine

@@ -208,12 +208,15 @@ def _resolve_encoder(arch: str, name: str | None) -> str:
 # ----------------------------------------------------------------------------- build
 
 
-def check_model_builds(cfg: ModelConfig, num_classes: int, in_channels: int = 3) -> None:
+def check_model_builds(cfg: ModelConfig, num_classes: int, in_channels: int = 3, batch: int = 2,
+                       size: tuple[int, int] | None = None) -> None:
     """Build the model once on PyTorch's meta device (no memory, no weights read) and run one training forward pass
     there (shapes only, a fraction of a second): a value of ``model.params`` that smp or timm refuses
     (``decoder_attention_type: bogus``), a width that leaves a layer empty, or one that only the forward pass reads
     (``decoder_interpolation: bogus``) is refused before a run folder is written, not when fold 0 trains. timm's
-    dropout rates, which the meta device does not check, are checked here."""
+    dropout rates, which the meta device does not check, are checked here. ``batch`` and ``size``: the training batch
+    and input size when the config fixes them (``transforms.resize``): BatchNorm then refuses a batch of one image at
+    a 1x1 bottleneck now (else a batch of 2 at 128x128)."""
     import torch
 
     for key in ("drop_rate", "drop_path_rate"):
@@ -222,10 +225,12 @@ def check_model_builds(cfg: ModelConfig, num_classes: int, in_channels: int = 3)
             raise ConfigError(f"model.params.{key}: expected a rate in [0, 1), got {v!r}")
     with torch.device("meta"):
         model = build_model(dataclasses.replace(cfg, encoder_weights=None), num_classes, in_channels, announce=False)
+        h, w = size or (128, 128)
         try:
-            model.train()(torch.empty(2, in_channels, 128, 128))
+            model.train()(torch.empty(batch if size else 2, in_channels, h, w))
         except (ValueError, TypeError, RuntimeError, NotImplementedError, KeyError, AttributeError) as e:
-            raise ConfigError(f"model: {cfg.arch} with model.params {cfg.params} fails its first forward pass "
+            shape = f"a training batch of {batch} at {h}x{w} (train.batch_size, transforms.resize)" if size else "a batch"
+            raise ConfigError(f"model: {cfg.arch} with model.params {cfg.params} fails its first forward pass on {shape} "
                               f"({type(e).__name__}: {' '.join(str(e).split())[:300]})") from None
 
 
