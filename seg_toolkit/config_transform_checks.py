@@ -103,24 +103,24 @@ def _warn_crop_before_resize(cfg: Config, built: list[Any]) -> None:
                 log.warning("%s", msg)
 
 
-def _check_probabilities(tr: Any, where: str) -> None:
+def _check_probabilities(built: Any, where: str) -> None:
     """``p`` of every transform of a built entry in [0, 1], OneOf / SomeOf / Sequential included: albumentations checks
     the leaves' only, and a OneOf of p 2 was always applied."""
-    p = getattr(tr, "p", None)
-    if isinstance(p, (int, float)) and not 0 <= p <= 1:
-        raise ConfigError(f"{where}: {type(tr).__name__}: p {p} is not a probability (expected 0 <= p <= 1)")
-    inner = getattr(tr, "transforms", None)
-    if inner is not None and not hasattr(tr, "height"):
-        for j, sub in enumerate(inner):
-            _check_probabilities(sub, f"{where}.{type(tr).__name__}.transforms[{j}]")
+    for tr, at in _walk(built, where, containers=True):
+        p = getattr(tr, "p", None)
+        if isinstance(p, (int, float)) and not 0 <= p <= 1:
+            raise ConfigError(f"{at}: {type(tr).__name__}: p {p} is not a probability (expected 0 <= p <= 1)")
 
 
-def _walk(tr: Any, where: str):
-    """Each transform of a built ``transforms.train`` entry with where it is, inside OneOf / SomeOf / Sequential too."""
+def _walk(tr: Any, where: str, containers: bool = False):
+    """Each transform of a built ``transforms.train`` entry with where it is, inside OneOf / SomeOf / Sequential too
+    (with ``containers``, those themselves as well, before their transforms)."""
     inner = getattr(tr, "transforms", None)
     if inner is not None and not hasattr(tr, "height"):
+        if containers:
+            yield tr, where
         for j, sub in enumerate(inner):
-            yield from _walk(sub, f"{where}.{type(tr).__name__}.transforms[{j}]")
+            yield from _walk(sub, f"{where}.{type(tr).__name__}.transforms[{j}]", containers)
     else:
         yield tr, where
 
