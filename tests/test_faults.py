@@ -173,8 +173,7 @@ def test_full_disk_while_checkpointing_keeps_previous_file(tmp_path, monkeypatch
     before = path.read_bytes()
 
     def partial_then_full(obj, f, *a, **k):
-        with open(f, "wb") as fh:
-            fh.write(b"half a checkpoint")
+        f.write(b"half a checkpoint")  # the open temporary file
         _disk_full()
 
     monkeypatch.setattr(checkpoint.torch, "save", partial_then_full)
@@ -182,6 +181,16 @@ def test_full_disk_while_checkpointing_keeps_previous_file(tmp_path, monkeypatch
         save_checkpoint({"model": {"w": torch.zeros(3)}, "epoch": 2}, path)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temporary file left behind
+
+
+def test_the_same_weights_saved_twice_are_the_same_bytes(tmp_path):
+    """torch.save to a path names the archive after the file, here atomic_write's random temporary one: the same
+    checkpoint saved twice had another SHA-256, which bundles and a pseudo teacher's record compare."""
+    state = {"model": {"w": torch.arange(6.0).reshape(2, 3)}, "epoch": 4}
+    save_checkpoint(state, tmp_path / "a" / "best.pt")
+    save_checkpoint(state, tmp_path / "b" / "best.pt")
+    assert (tmp_path / "a" / "best.pt").read_bytes() == (tmp_path / "b" / "best.pt").read_bytes()
+    assert torch.equal(load_checkpoint(tmp_path / "b" / "best.pt")["model"]["w"], state["model"]["w"])
 
 
 def test_full_disk_while_writing_submission_keeps_previous_file(tmp_path, monkeypatch):
