@@ -77,8 +77,11 @@ def cmd_check_submission(args: argparse.Namespace) -> int:
         for p in problems:
             print(f"  - {p}")
         return 1
-    extents = ("" if n_pixels is not None else "; runs not checked against the images' sizes: pass --config to check them"
-               if not args.config else "; runs not checked against the images' sizes (the note above says why)")
+    extents = ""
+    if n_pixels is None and args.config:
+        extents = "; runs not checked against the images' sizes (the note above says why)"
+    elif n_pixels is None:
+        extents = "; runs not checked against the images' sizes: pass --config to check them"
     print(f"{args.csv}: OK (matches {args.sample}{extents})")
     if args.solution:
         from .evaluator import resolve_metric_name

@@ -206,7 +206,7 @@ def _to_uint8(arr: np.ndarray, value_range: tuple[float, float], path: Path, def
             log.warning("%s: %d%% of the values lie outside data.image_range [%g, %g] (values %g..%g) and are clipped "
                         "to 0 or 255; the range does not fit these files (`seg-toolkit audit` measures it)", path,
                         100 * clipped // arr.size, lo, hi, float(arr.min()), float(arr.max()))
-    if default and arr.size and narrow_sixteen_bit("I;16", float(arr.min()), float(arr.max())):
+    if default and arr.size and "narrow" not in _SAID and narrow_sixteen_bit("I;16", float(arr.min()), float(arr.max())):
         say_narrow(path, float(arr.min()), float(arr.max()))
     scaled = (arr.astype(np.float64) - lo) * 255.0 / (hi - lo)
     return np.floor(np.clip(scaled, 0.0, 255.0) + 0.5).astype(np.uint8)
