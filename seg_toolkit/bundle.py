@@ -43,17 +43,16 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
-import torch
 import yaml
 
 from .budget_run import run_folds
 from .bundle_templates import notebook, predict_py, readme
+from .bundle_weights import fp16_warning, write_weights
 from .bundle_wheels import gather_wheels, install_spec
 from .bundle_check import BundleError, check_ensemble, file_manifest, offline_config, refingerprint, verify_bundle
-from .checkpoint import chosen_weights, load_checkpoint, save_checkpoint
 from .config import ConfigError
 from .versions import library_versions
-from .files import read_json, sha256_file, write_json, write_text
+from .files import read_json, write_json, write_text
 from .run import Run
 from .run_guard import delete_path
 
@@ -119,41 +118,6 @@ def _folds(run: Run, allow_missing: bool) -> tuple[list[int], list[str]]:
     return folds, missing
 
 
-def _half(name: str, t: Any, where: Path) -> Any:
-    if not (isinstance(t, torch.Tensor) and t.is_floating_point() and t.dtype != torch.float16):
-        return t
-    h = t.half()
-    if not torch.isfinite(h).all() and torch.isfinite(t).all():
-        raise BundleError(f"{where}: {name} has values beyond float16's range (max |x| {t.abs().max().item():.4g}); "
-                          "bundle without --fp16")
-    return h
-
-
-def _write_weights(run: Run, fold: int, dst: Path, use_ema: bool, fp16: bool) -> dict[str, Any]:
-    """A weights-only checkpoint of ``run``'s fold (the weights predict uses, stored float16 with ``fp16``) that
-    :func:`~seg_toolkit.checkpoint.load_model` reads like any ``best.pt``; one trained otherwise than the run's
-    config.yaml says is refused here, as predict refuses it (on the target)."""
-    from .config import config_from_dict
-    from .run_settings import check_fold_trained_as
-
-    src = run.best_pt(fold)
-
-    state = load_checkpoint(src)
-    missing = [k for k in ("config", "model_args") if k not in state]
-    if missing:  # load_model names the same case
-        raise BundleError(f"{src}: a checkpoint without {' and '.join(missing)} (made by another tool, or before the toolkit "
-                          "kept them): train the fold again")
-    check_fold_trained_as(config_from_dict(state["config"], trained=True), run.config(), run, fold)
-    weights = chosen_weights(state, use_ema)
-    if fp16:
-        weights = {k: _half(k, v, src) for k, v in weights.items()}
-    config = offline_config(state["config"])  # the weights are all here: no download, no tracker
-    save_checkpoint({"model": weights, "ema": None, "config": config, "model_args": state["model_args"],
-                     "epoch": state.get("epoch"), "best_score": state.get("best_score")}, dst)
-    return {"sha256": sha256_file(dst), "bytes": dst.stat().st_size, "dtype": "float16" if fp16 else "float32",
-            "ema": bool(use_ema and state.get("ema") is not None), "source_sha256": sha256_file(src)}
-
-
 #: data keys predict reads files by, relative to data.root (``--data-root`` on the target)
 _DATA_FILE_KEYS = ("test_images", "sample_submission", "classes_csv", "test_lists")
 
@@ -190,7 +154,7 @@ def _copy_run(src: Run, dst: Run, folds: list[int], fp16: bool) -> dict[str, Any
     info.update(kind="trained", folds=folds, trained_with=_trained_with(src, folds), weights={})
     for k in folds:
         info["weights"][str(k)] = {"file": f"runs/{dst.dir.name}/fold_{k}/best.pt",
-                                   **_write_weights(src, k, dst.best_pt(k), use_ema, fp16)}
+                                   **write_weights(src, k, dst.best_pt(k), use_ema, fp16)}
         shutil.copyfile(src.done_json(k), dst.done_json(k))
     return info
 
@@ -269,6 +233,9 @@ def build_bundle(runs: Sequence[Run], out: str | Path, fp16: bool = False, base_
     tmp.mkdir()
     try:
         infos = [_copy_run(r, Run(tmp / "runs" / name), folds.get(name, []), fp16) for name, r in by_name.items()]
+        if fp16:
+            warnings.append(fp16_warning(infos))
+            log.warning("bundle: %s", warnings[-1])
         for info in infos:
             if info["kind"] == "ensemble":
                 refingerprint(Run(tmp / "runs" / info["name"]), info)

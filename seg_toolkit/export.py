@@ -152,7 +152,7 @@ def _is_own_export(path: Path) -> bool:
 # ----------------------------------------------------------------------------- export
 
 
-def _parity_inputs(member, fold: int) -> tuple[list[torch.Tensor], str]:
+def parity_inputs(member, fold: int) -> tuple[list[torch.Tensor], str]:
     """Two inputs preprocessed by the predictor's loader from the fold's validation images: the
     preprocessed size (batch of 2 when two images share it) and an odd size that needs padding."""
     from .data import load_train_samples
@@ -246,7 +246,7 @@ def _export_member(member, fmt: str) -> list[dict[str, Any]]:
         path, best = run.onnx_path(fold), run.best_pt(fold)
         if path.exists() and not _is_own_export(path):
             raise RunExistsError(f"{path}: exists and is not an export of this toolkit; move it away (it is not replaced)")
-        inputs, what = _parity_inputs(member, fold)
+        inputs, what = parity_inputs(member, fold)
         model, trained = load_model(best, map_location="cpu", use_ema=member.cfg.train.use_ema)
         sha = sha256_file(best)
         meta = {"run": run.dir.name, "fold": fold, "task": member.cfg.data.task, "num_classes": member.cfg.data.num_classes,

@@ -30,6 +30,7 @@ from seg_toolkit.checkpoint import load_model, save_checkpoint
 from seg_toolkit.cli import main
 from seg_toolkit.config import config_from_dict, config_to_dict, save_config
 from seg_toolkit.cv import run_cv
+from seg_toolkit.export import parity_inputs
 from seg_toolkit.data import load_test_samples
 from seg_toolkit.predictor import Predictor
 from seg_toolkit.files import write_json
@@ -205,6 +206,20 @@ def test_fp16_weights_are_half_the_size_and_load_as_float32(runs, tmp_path):
         cfg = run.config()
         probs[name] = torch.stack([p for _, p, _ in Predictor.from_run(run).iter_probs(load_test_samples(cfg))])
     assert 0 < (probs["fp32"] - probs["fp16"]).abs().max() < 1e-2
+    # the gap the bundle records per fold: the two files' own models on the inputs it names (the fold's validation
+    # images, preprocessed by the predictor, and an odd-sized copy), the run being fp32 (`train.amp: none`)
+    member = Predictor.from_run(runs["tiny"]).members[0]
+    gaps = {}
+    for k, w in info["runs"][0]["weights"].items():
+        x32, x16 = (load_model(folder / w["file"])[0].eval() for folder in (full, half))
+        with torch.inference_mode():
+            gaps[k] = max(float((torch.sigmoid(x32(x)) - torch.sigmoid(x16(x))).abs().max())
+                          for x in parity_inputs(member, int(k))[0])
+        assert w["fp16_max_prob_diff"] == pytest.approx(gaps[k], abs=1e-7) and gaps[k] > 0
+    assert any(x.startswith(f"--fp16: the float16 weights move the probabilities by up to {max(gaps.values()):.3g} ")
+               for x in info["warnings"])
+    assert "**warning**: --fp16: the float16 weights" in (half / "README.md").read_text()
+    assert not any("fp16" in x for x in build_bundle([runs["tiny"]], tmp_path / "again32", wheels=False)["warnings"])
     out = predict_bundle(half, runs["root"], tmp_path / "sub16.csv")
     assert main(["check-submission", str(out), "--sample", str(runs["root"] / "sample_submission.csv"),
                  "--config", str(half / "runs" / "tiny")]) == 0

@@ -304,14 +304,15 @@ def test_bundle_errors_name_the_file(tmp_path):
     """A checkpoint without model_args and a hand-edited bundle.json ended in a bare KeyError traceback."""
     import torch
 
-    from seg_toolkit.bundle import _write_weights, bundle_config
+    from seg_toolkit.bundle import bundle_config
+    from seg_toolkit.bundle_weights import write_weights
     from seg_toolkit.checkpoint import save_checkpoint
 
     run = Run(tmp_path / "r")
     run.best_pt(0).parent.mkdir(parents=True)
     save_checkpoint({"model": {"w": torch.zeros(1)}, "config": {}}, run.best_pt(0))
     with pytest.raises(BundleError, match=r"best.pt: a checkpoint without model_args"):
-        _write_weights(run, 0, tmp_path / "out.pt", use_ema=False, fp16=False)
+        write_weights(run, 0, tmp_path / "out.pt", use_ema=False, fp16=False)
     (tmp_path / "b").mkdir()
     (tmp_path / "b" / "bundle.json").write_text('{"format": 2}')
     with pytest.raises(BundleError, match=r"bundle.json: not a bundle's record \(KeyError"):
