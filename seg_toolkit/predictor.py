@@ -38,7 +38,7 @@ from .run import Run
 from .tensors import add_weighted, from_merge_space, on_grid, resize_to, to_merge_space
 from .run_settings import check_fold_trained_as, check_same_training, tta_settings
 from .tiling import TiledModel
-from .tta import expand_tta, iter_variant_logits, merge_logits, tta_predict
+from .tta import expand_tta, iter_variant_logits, merge_variant_logits, tta_predict
 from .tta import _variants
 
 log = logging.getLogger(__name__)
@@ -363,8 +363,9 @@ class Predictor:
                     if v not in logits:
                         logits[v] = torch.empty((n, *out.shape[1:]), dtype=torch.float32, device=out.device)
                     logits[v][rows] = out.float()
-            merged = [split_presence(merge_logits([logits[v] for v in _variants(names, scales)], self.task, merge),
-                                     self.num_classes, has_presence(m.cfg))
+            size, max_batch = (int(images.shape[-2]), int(images.shape[-1])), m.cfg.tta_batch(self.device.type)
+            merged = [split_presence(merge_variant_logits(logits, _variants(names, scales), size, self.task, merge,
+                                                          max_batch), self.num_classes, has_presence(m.cfg))
                       for names, (_, merge) in zip(expanded, candidates)]
             targets = batch.get("target")
             for j, image_id in enumerate(batch["id"]):

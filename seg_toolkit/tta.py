@@ -56,6 +56,7 @@ __all__ = [
     "merge_logits",
     "tta_predict",
     "iter_variant_logits",
+    "merge_variant_logits",
 ]
 
 logger = logging.getLogger(__name__)
@@ -193,7 +194,9 @@ def _run(model: Predictor, x: Tensor) -> Tensor:
 
 
 def _deaugment(y: Tensor, variant: _Variant, size: tuple[int, int]) -> Tensor:
-    return resize_to(TRANSFORMS[variant.transform].inverse(y), size)
+    # contiguous: an activation over a strided view (a transpose's inverse) takes another kernel than over the
+    # same values laid out densely, a last bit apart; the stored logits of merge_variant_logits are dense
+    return resize_to(TRANSFORMS[variant.transform].inverse(y), size).contiguous()
 
 
 def _validate(images: Tensor, task: str, transforms: Sequence[str], scales: Sequence[float], merge: str,
@@ -273,6 +276,21 @@ def iter_variant_logits(model: Predictor, images: Tensor, variants: list[_Varian
             for v, a, b in chunk:
                 yield v, slice(a, b), _deaugment(y[offset:offset + b - a], v, size)
                 offset += b - a
+
+
+def merge_variant_logits(logits: dict[_Variant, Tensor], variants: list[_Variant], size: tuple[int, int], task: str,
+                         merge: str, max_batch: int) -> Tensor:
+    """Merge de-augmented logits kept per variant (``(N, C, H, W)`` each, float32) into what :func:`tta_predict`
+    returns for ``variants`` of images of ``size``, bit for bit: the same pieces (shape groups, ``max_batch``
+    chunks) merged in the same order, where a plain mean over ``variants`` sums in another order (the last bit
+    of a probability, enough to move an OOF file's 1/255 step now and then)."""
+    n = int(next(iter(logits.values())).shape[0])
+    merger = _Merger(merge, task, len(variants))
+    for group in _group_by_shape(variants, size):
+        for chunk in _chunks(group, n, max_batch):
+            for v, a, b in chunk:
+                merger.add(slice(a, b), n, logits[v][a:b])
+    return merger.result()
 
 
 def _predict_batched(model: Predictor, images: Tensor, variants: list[_Variant], max_batch: int,

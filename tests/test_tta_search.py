@@ -419,3 +419,29 @@ def test_an_oof_remake_stopped_while_tuning_is_refused_until_run_again(demo_root
     cv = remake_oof(hflip)  # the remedy: OOF, config, cv.json and postprocess.json made again together
     assert not r.oof_incomplete_json.exists() and cv["postprocess"] == read_json(r.postprocess_json)
     predict_test(hflip, out=tmp_path / "sub.csv")
+
+
+@pytest.mark.parametrize("merge", ["mean_prob", "mean_logit"])
+def test_tune_tta_probabilities_are_predicts_bit_for_bit(run, merge):
+    """The candidate path (what `tune --tta` writes as the run's OOF files) and the predictor's own path (evaluate,
+    predict, `oof`) give the same float32 probabilities, not just close ones: on 48x64 images identity and transpose
+    go to the model in different shape groups, so a plain mean over [identity, transpose, hflip] summed them in
+    another order than the predictor (1.2e-7 apart, now and then a 1/255 step of the OOF files); a TTA batch of 3
+    splits each variant's 6 images into chunks too."""
+    import dataclasses
+
+    from seg_toolkit.predictor import Member
+
+    cfg = dataclasses.replace(run, predict=dataclasses.replace(run.predict, max_tta_batch=3))
+    r, samples = Run.of(run), load_train_samples(run)
+    fold_of = r.fold_of()
+    tta = ["identity", "transpose", "hflip"]
+    for k in (0, 1):
+        mine = [s for s in samples if fold_of[s.id] == k]
+        cand = {i: p[0] for i, p, _, _ in Predictor([Member.load(r, cfg=cfg, folds=[k])]).iter_candidate_probs(
+            mine, k, [(tta, merge)])}
+        own = Predictor([Member.load(r, cfg=cfg, folds=[k], tta=tta, merge=merge)])
+        got = {i: p for i, p, _ in own.iter_probs(mine, fold=k)}
+        assert got.keys() == cand.keys() and len(got) == 6
+        for i, p in got.items():
+            assert torch.equal(p, cand[i]), (i, float((p - cand[i]).abs().max()))
