@@ -8,6 +8,8 @@ probability files. Where each file lives is :class:`seg_toolkit.run.Run`'s busin
 
 from __future__ import annotations
 
+import contextlib
+import csv
 import hashlib
 import io
 import json
@@ -20,7 +22,7 @@ import numpy as np
 
 from .errors import ConfigError
 
-__all__ = ["atomic_write", "default_file_mode", "write_text", "write_json", "read_json", "write_npy", "read_oof"]
+__all__ = ["atomic_write", "wide_csv_fields", "default_file_mode", "write_text", "write_json", "read_json", "write_npy", "read_oof"]
 
 
 def atomic_write(path: str | Path, write_fn) -> None:
@@ -43,6 +45,19 @@ def atomic_write(path: str | Path, write_fn) -> None:
         except FileNotFoundError:
             pass
         raise
+
+
+@contextlib.contextmanager
+def wide_csv_fields():
+    """Python's ``csv`` module without its 131,072-character field limit while the block runs (restored after): one
+    RLE field of a large image runs to megabytes (HuBMAP's kidney masks), which pandas reads but ``csv.reader`` refused
+    with a bare ``_csv.Error``."""
+    old = csv.field_size_limit()
+    csv.field_size_limit(2**31 - 1)  # the largest the C long of every platform holds
+    try:
+        yield
+    finally:
+        csv.field_size_limit(old)
 
 
 def default_file_mode() -> int:

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from .config import Config, ConfigError
+from .files import wide_csv_fields
 from .rle import RLEError, RLESpec, empty_token_reads_as, instance_overlap
 from .submission import SubmissionError, repeated_ids, row_ids, submission_classes
 
@@ -136,7 +137,7 @@ def _ragged_line(path: Path) -> str | None:
     import csv
 
     try:
-        with path.open(newline="", encoding="utf-8-sig") as fh:
+        with path.open(newline="", encoding="utf-8-sig") as fh, wide_csv_fields():
             rows = csv.reader(fh)
             header = next(rows, None)
             if header is None:

@@ -520,6 +520,11 @@ def test_checker_names_a_row_with_more_fields_than_the_header(tmp_path):
     ragged = _sub(tmp_path, "p,1 2,\nq,,\n")
     assert check_submission(ragged, sample, n_pixels=12) == [f"{ragged} line 2: 3 fields, the header 2 (a trailing comma?)"]
     assert check_submission(_sub(tmp_path, "p,1 2\nq,\n"), sample, n_pixels=12) == []
+    # after a field over the csv module's 131,072 characters (one large image's mask), a line that lost its comma
+    # was still named; before, the csv error ended the line count and pandas read the missing field as an empty mask
+    long = " ".join(f"{p} 1" for p in range(1, 200_001, 2))
+    cut = _sub(tmp_path, f"p,{long}\nq\n")
+    assert check_submission(cut, sample, n_pixels=200_000) == [f"{cut} line 3: 1 fields, the header 2"]
 
 
 def test_checker_reads_the_second_column_as_the_rle(tmp_path):

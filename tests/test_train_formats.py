@@ -145,6 +145,48 @@ def test_malformed_training_row_names_file_line_and_id(tmp_path):
         load_target(load_train_samples(cfg)[0], cfg, (3, 4))
 
 
+def test_a_row_past_its_image_is_named_by_its_own_line_before_training(tmp_path):
+    """An image's rows are one unioned string once read, so a run past the image's 12 pixels in its second row was
+    reported against its first row (line 2) with runs the union made ("run 9 5" of Airbus' "9 1" + "10 4"), and only
+    when the mask was first decoded, after a fold's first epoch; check_train_samples (before anything is written)
+    now names the row itself."""
+    _images(tmp_path, ["a", "b"])
+    rows = [("a", "9 1"), ("b", "1 1"), ("a", "10 4")]  # line 4: pixels 10..13 of a 3x4 image (1..12)
+    pd.DataFrame(rows, columns=["ImageId", "EncodedPixels"]).to_csv(tmp_path / "train.csv", index=False)
+    cfg = _csv_cfg(tmp_path, id_column="ImageId", rle_column="EncodedPixels", rle_instances=True)
+    samples = load_train_samples(cfg)
+    assert samples[0].rles == ("9 5",) and samples[0].row_ends == (((2, 9), (4, 13)),)  # 0-based ends: 9 and 13
+    want = rf"{tmp_path / 'train.csv'} line 4 \(id 'a'\): its RLE runs reach pixel 13, past the image's 3x4 = 12 pixels"
+    with pytest.raises(RLERowError, match=want):
+        check_train_samples(samples, cfg)
+    with pytest.raises(RLERowError, match=want):  # and when read
+        load_target(samples[0], cfg, (3, 4))
+    assert load_target(samples[0], cfg, (4, 4))[..., 0].sum() == 5  # the same rows fit a 16-pixel image
+    # Severstal: one row per image and class; class 2's row (line 3) is past the image, class 1's fine
+    pd.DataFrame([("a", 1, "1 2"), ("a", 2, "12 2"), ("b", 1, "3 1")],
+                 columns=["ImageId", "ClassId", "EncodedPixels"]).to_csv(tmp_path / "train.csv", index=False)
+    cfg = _csv_cfg(tmp_path, id_column="ImageId", rle_column="EncodedPixels", class_column="ClassId", task="multilabel",
+                   num_classes=2)
+    with pytest.raises(RLERowError, match=r"line 3 \(id 'a', class 2\): RLE run 12 2 ends at pixel 13, past the image's 12"):
+        check_train_samples(load_train_samples(cfg), cfg)
+
+
+def test_a_train_csv_field_longer_than_the_csv_modules_limit_is_read(tmp_path):
+    """One RLE field of a large image runs to megabytes (HuBMAP's kidney masks); Python's csv module refuses fields
+    over 131,072 characters with a bare _csv.Error, which read_csv_strict's line count raised before training."""
+    import csv
+
+    _images(tmp_path, ["a", "b"], hw=(400, 500))  # 200,000 pixels: every other one, 100,000 runs
+    long = " ".join(f"{p} 1" for p in range(1, 200_001, 2))
+    assert len(long) > 131_072
+    pd.DataFrame({"id": ["a", "b"], "rle_mask": [long, "1 5"]}).to_csv(tmp_path / "train.csv", index=False)
+    cfg = _csv_cfg(tmp_path)
+    a, b = load_train_samples(cfg)
+    assert a.rles == (long,) and load_target(a, cfg, (400, 500))[..., 0].sum() == 100_000
+    assert a.where.endswith("train.csv line 2") and b.where.endswith("train.csv line 3")
+    assert csv.field_size_limit() == 131_072  # the process's own limit is left as it was
+
+
 def test_custom_empty_token_and_audit_agree_with_training(tmp_path):
     _images(tmp_path, ["a", "b"])
     pd.DataFrame({"id": ["a", "b"], "rle_mask": ["1 1", "-"]}).to_csv(tmp_path / "train.csv", index=False)

@@ -106,6 +106,7 @@ def read_train_csv(cfg: Config, on_problem: OnProblem = raise_problem) -> tuple[
     first: dict[str, int] = {}
     filled: dict[tuple[str, int], tuple[int, bool]] = {}  # (id, channel) -> (line, non-empty) of its first row
     groups: dict[str, tuple[str | None, int]] = {}  # id -> (group, line) of its first row
+    ends: dict[str, list[list[tuple[int, int]]]] = {}  # id -> per channel, (line, end) of its non-empty rows
     bad: set[str] = set()
     classes = df[d.class_column].tolist() if d.class_column else [None] * len(df)
     group_col = df[d.group_column].tolist() if d.group_column else [None] * len(df)
@@ -136,11 +137,11 @@ def read_train_csv(cfg: Config, on_problem: OnProblem = raise_problem) -> tuple[
                        "image, or set data.rle_instances: true if each row is one object of the image (Airbus, DSB 2018)")
             continue
         try:
-            spec.runs(rle, _NO_BOUND, named)
+            starts, lengths = spec.runs(rle, _NO_BOUND, named)
         except RLEError as e:
             on_problem("malformed_rle", where, f"{e}{_rle_hint(rle, spec)}")
             bad.add(image_id)
-            rle = ""
+            rle, starts = "", []
         if image_id in groups and groups[image_id][0] != group:
             before, line0 = groups[image_id]
             on_problem("bad_group", where,
@@ -163,11 +164,14 @@ def read_train_csv(cfg: Config, on_problem: OnProblem = raise_problem) -> tuple[
             continue
         filled.setdefault((image_id, c), (line, full))
         slots[c - 1].append(rle)
+        if len(starts):
+            ends.setdefault(image_id, [[] for _ in range(n_cls)])[c - 1].append((line, int(starts[-1] + lengths[-1])))
     images, bands = cfg.data_path(d.train_images), bands_of(cfg)
     samples = [
         Sample(i, image_path(images, i, d.image_ext, bands), rles=tuple(union_rle(r, spec) for r in per_class),
                group=groups[i][0], where=f"{path} line {_line(first[i], df)}",
-               objects=tuple(per_class[0]) if d.rle_instances and d.task == "binary" else None)
+               objects=tuple(per_class[0]) if d.rle_instances and d.task == "binary" else None,
+               row_ends=tuple(map(tuple, ends[i])) if i in ends else None)
         for i, per_class in rows.items()
     ]
     return samples, bad

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from ..files import wide_csv_fields
 from .data_errors import DataError, RLERowError
 from .image_file import check_file as _check_file
 from .image_file import color16, open_header, open_image, orientation, oriented_size, read_color16
@@ -359,25 +360,31 @@ def _row_lines(path: Path, what: str) -> list[int]:
     """The file line each data row of ``path`` starts on, the rows pandas reads (blank and whitespace-only lines
     skipped); a row with more or fewer fields than the header is a :class:`DataError` naming its line."""
     lines: list[int] = []
-    with open(path, encoding="utf-8-sig", newline="") as f:
+    with open(path, encoding="utf-8-sig", newline="") as f, wide_csv_fields():
         reader = csv.reader(f)
-        header = next(reader, [])
-        start = reader.line_num + 1
-        for row in reader:
-            if row and not (len(row) == 1 and not row[0].strip()):
-                if len(row) != len(header):
-                    names = ", ".join(map(repr, header))
-                    if len(row) > len(header):
-                        extra = ", trailing comma" if row[len(header):] == [""] * (len(row) - len(header)) else ""
-                        raise DataError(f"{path} line {start}: {len(row)} fields{extra}, but the header has {len(header)} "
-                                        f"({names}); every row of the {what} must have the header's fields (remove the "
-                                        "extra field)")
-                    raise DataError(f"{path} line {start}: {len(row)} field(s), but the header has {len(header)} ({names}); "
-                                    f"every row of the {what} must have the header's fields (a truncated line? an "
-                                    "empty field is written with its comma, e.g. 'id,' for an empty mask)")
-                lines.append(start)
+        try:
+            header = next(reader, [])
             start = reader.line_num + 1
+            for row in reader:
+                if row and not (len(row) == 1 and not row[0].strip()):
+                    if len(row) != len(header):
+                        raise DataError(_ragged(path, what, start, row, header))
+                    lines.append(start)
+                start = reader.line_num + 1
+        except csv.Error as e:  # a NUL byte: pandas read it, the line count cannot
+            raise DataError(f"{path} line {reader.line_num}: not CSV as Python's csv module reads it ({e})") from None
     return lines
+
+
+def _ragged(path: Path, what: str, line: int, row: list[str], header: list[str]) -> str:
+    names = ", ".join(map(repr, header))
+    if len(row) > len(header):
+        extra = ", trailing comma" if row[len(header):] == [""] * (len(row) - len(header)) else ""
+        return (f"{path} line {line}: {len(row)} fields{extra}, but the header has {len(header)} ({names}); every row "
+                f"of the {what} must have the header's fields (remove the extra field)")
+    return (f"{path} line {line}: {len(row)} field(s), but the header has {len(header)} ({names}); every row of the "
+            f"{what} must have the header's fields (a truncated line? an empty field is written with its comma, e.g. "
+            "'id,' for an empty mask)")
 
 
 def _ext_hint(folder: Path, stem: str, key: str) -> str:

@@ -148,6 +148,40 @@ def _refuse_overlap(chans: list[np.ndarray], where: str) -> None:
                     "data.task: multilabel if classes may overlap (`seg-toolkit audit` lists every image whose rows overlap)")
 
 
+def check_rle_ends(sample: Sample, cfg: Config, hw: tuple[int, int]) -> None:
+    """A training CSV row whose runs go past the image's ``hw`` pixels: an :class:`RLERowError` naming that row's own
+    line (and class), where the image's unioned string would name its first row and runs made by the union."""
+    n = hw[0] * hw[1]
+    for c, rows in enumerate(sample.row_ends or (), start=1):
+        for line, end in rows:
+            if end > n:
+                d, spec = cfg.data, train_rle_spec(cfg)
+                where = f"{cfg.data_path(d.train_csv)} line {line} (id {sample.id!r}{f', class {c}' if d.class_column else ''})"
+                if len(rows) == 1 and sample.rles is not None:  # the row's own string: the error quotes its run
+                    try:
+                        spec.runs(sample.rles[c - 1], n, where)
+                    except RLEError as e:
+                        raise RLERowError(f"{e} ({sample.image})") from None
+                base = spec.index_base
+                raise RLERowError(f"{where}: its RLE runs reach pixel {end - 1 + base}"
+                                  f"{'' if base == 1 else f' (numbered from {base})'}, past the image's {hw[0]}x{hw[1]} = "
+                                  f"{n} pixels ({sample.image})")
+
+
+def _check_rle_ends_early(samples: list[Sample], cfg: Config) -> None:
+    """:func:`check_rle_ends` before training, from the images' headers: every image's up to 20,000 training images,
+    else those whose rows reach past the first image's size (all of them where the images share one size; a row past
+    a smaller image of a larger set is named when its mask is first read)."""
+    listed = [s for s in samples if s.row_ends and s.image.is_file()]
+    if not listed:
+        return
+    d = cfg.data
+    h, w = image_size(listed[0].image, listed[0].pair, exif=d.exif_orientation)
+    for s in listed:
+        if len(listed) <= 20_000 or max(e for rows in s.row_ends for _, e in rows) > h * w:
+            check_rle_ends(s, cfg, image_size(s.image, s.pair, exif=d.exif_orientation))
+
+
 def load_target(sample: Sample, cfg: Config, hw: tuple[int, int] | None) -> np.ndarray:
     """The sample's target in the toolkit's convention (module doc), checked to be ``hw`` (HxW)
     when given (``None``: a mask file's own size; RLE rows need ``hw``)."""
@@ -158,6 +192,7 @@ def load_target(sample: Sample, cfg: Config, hw: tuple[int, int] | None) -> np.n
         if hw is None:
             raise ValueError("load_target: RLE rows need the image size hw")
         where = f"{sample.where} (id {sample.id!r})"
+        check_rle_ends(sample, cfg, hw)
         try:
             spec = train_rle_spec(cfg)
             chans = [spec.decode(r, hw, where=where) for r in sample.rles]
@@ -269,6 +304,7 @@ def check_train_samples(samples: list[Sample], cfg: Config) -> None:
 
         check_truth_objects(samples, cfg)
     if samples[0].rles is not None:
+        _check_rle_ends_early(samples, cfg)
         n, spec = len(samples[0].rles), train_rle_spec(cfg)
         present = [any(s.rles and not spec.is_empty(s.rles[c]) for s in samples) for c in range(n)]
         if not any(present):

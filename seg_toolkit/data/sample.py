@@ -36,6 +36,9 @@ class Sample:
     soft: Path | None = None
     # data.rle_instances (binary): the image's rows, one object each, as the object-matching metrics read them
     objects: tuple[str, ...] | None = None
+    # csv layout: per channel, ``(file line, end)`` of each non-empty row, ``end`` one past its last pixel (0-based):
+    # its rows are one unioned string by now, so a run past the image is named by its own line (check_rle_ends)
+    row_ends: tuple[tuple[tuple[int, int], ...], ...] | None = None
 
 
 def pair_of(cfg: Config) -> PairSplit | None:
