@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .config import Config, ConfigError, anchored, config_diff, config_to_dict, read_yaml, save_config
+from .config import Config, ConfigError, anchored, config_diff, config_from_dict, config_to_dict, read_yaml, save_config
 from .data import Sample, load_or_make_folds, load_target, load_train_samples
 from .data.sources import check_train_samples
 from .budget import planned_folds
@@ -76,6 +76,7 @@ def prepare_run(cfg: Config, folds: list[int], resume: bool = False, overwrite: 
         if diff and not run.started_folds() and not any(d.startswith(_FOLDS_FROM) for d in diff):
             log.warning("%s: no fold has started; its config.yaml is replaced (%s)", run.dir, "; ".join(diff[:5]))
             run.remove(cfg, run.amp_json)  # measured on the old model and batch
+            run.remove(cfg, run.first_epoch_json)  # timed on them too: train.min_fold_epochs would decide the folds by it
         elif diff:
             raise RunExistsError(
                 f"{run.dir} was trained with a different config ({'; '.join(diff[:5])}); "
@@ -113,12 +114,22 @@ def _check_predict_keys(run: Run, cfg: Config, trained: list[int]) -> None:
 
 def _config_changes(run: Run, cfg: Config) -> list[str]:
     """How ``cfg`` differs from the run's saved config.yaml, but for :data:`RESUME_FREE_KEYS`."""
-    old, new = read_yaml(run.config_yaml), config_to_dict(cfg)
+    old, new = _with_defaults(read_yaml(run.config_yaml)), config_to_dict(cfg)
     for c in (old, new):  # the same folder however it is spelled (relative, data/./demo; saved absolute: anchored)
         for section, key in (("data", "root"), ("train", "init_from"), ("pseudo", "teacher")):
             if isinstance(c.get(section), dict) and c[section].get(key):
                 c[section][key] = str(Path(c[section][key]).expanduser().resolve())
     return [d for d in config_diff(old, new) if not d.startswith(RESUME_FREE_KEYS)]
+
+
+def _with_defaults(saved: dict) -> dict:
+    """A saved config.yaml as this version reads it: the keys a later version added, which an older one did not
+    write, at their defaults (compared raw, ``train.log_every: None -> 0`` refused to resume any older run). A file
+    this version cannot read compares as written."""
+    try:
+        return config_to_dict(config_from_dict(saved, trained=True))
+    except (ConfigError, TypeError, ValueError):
+        return saved
 
 
 def _remove_folds(cfg: Config, run: Run, folds: list[int]) -> None:

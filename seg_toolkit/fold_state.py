@@ -9,6 +9,7 @@ import dataclasses
 import logging
 import math
 import os
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -149,6 +150,7 @@ def restore(run: Run, fold: int, model, ema, optimizer, schedule, scaler, d: Dis
     state = _load_newest(run, fold, model, ema, optimizer, schedule, scaler, d.rank if d is not None else 0)
     if main:  # the rows of epochs after the restored one (all of them when the fold starts from scratch)
         _truncate_metrics(run.metrics_csv(fold), state.epoch)
+        _remove_dropped_best(run, fold, state)
     if d is not None:
         d.barrier()
     return state
@@ -225,6 +227,18 @@ def _adopt_newer_best(run: Run, fold: int, state: TrainState) -> None:
         # the patience is left as last.pt has it: the epoch run again counts it as it did (min_delta may not count a
         # new best as progress; setting bad_epochs to 0 here stopped early two epochs later than the uninterrupted run)
         state.best_score, state.best_epoch = score, epoch - 1
+
+
+def _remove_dropped_best(run: Run, fold: int, state: TrainState) -> None:
+    """``train.keep_best_k``: the ``best_e<epoch>.pt`` files the restored state does not keep. Killed after an epoch's
+    ``last.pt`` and before the epoch that fell out of the top k was deleted (:func:`save_epoch`), the file stayed,
+    one checkpoint more than k for ever; one of an epoch after the state's is made again when that epoch reruns."""
+    kept = {int(epoch) for _, epoch in state.top_k}
+    for p in run.fold_dir(fold).glob("best_e*.pt"):
+        m = re.fullmatch(r"best_e(\d+)\.pt", p.name)
+        if m and int(m.group(1)) not in kept:
+            log.info("removing %s: not among the %d best epochs the resumed state keeps", p, len(kept))
+            p.unlink(missing_ok=True)
 
 
 def _remove_partial_writes(folder: Path) -> None:

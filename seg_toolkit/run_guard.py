@@ -208,7 +208,9 @@ class RunGuard:
         self.check_location(cfg)
         if self.dir.exists() and not self.dir.is_dir():
             raise RunExistsError(f"{self.dir} is a file, not a run folder; choose another experiment name or runs_dir")
-        if self.dir.is_dir() and any(self.dir.iterdir()) and not self.looks_like_run(audit=True):
+        if self.dir.is_dir() and not self.looks_like_run(audit=True) and any(
+                p.name not in OS_CLUTTER and not _TMP_FILE.fullmatch(p.name) for p in self.dir.iterdir()):
+            # a kill while a new run wrote its first config.yaml leaves only that write's temporary file
             raise RunExistsError(
                 f"{self.dir} holds files but is not a run folder (no config.yaml, folds.csv, ensemble.json or "
                 "fold_<k>/ of seg_toolkit); choose another experiment name or runs_dir"

@@ -344,3 +344,78 @@ def test_a_checkpoint_saved_without_loss_scaling_resumes_in_fp16(demo_root, tmp_
     assert caplog.text.count("was saved without loss scaling; it continues in fp16 with a fresh GradScaler") == 1
     ckpt = load_checkpoint(run.last_pt(0))
     assert ckpt["epoch"] == 2 and ckpt["scaler"]["scale"] > 0  # the fp16 epoch's scaler, saved
+
+
+def test_a_run_saved_without_keys_added_since_resumes(demo_root, tmp_path):
+    """A run made by an older version has no line for a key added since: compared raw, `train.log_every: None -> 0`
+    refused --resume and advised --overwrite (deleting the run). The saved file is read as this version reads it."""
+    import yaml
+
+    from seg_toolkit.config import config_from_dict
+    from seg_toolkit.cv import prepare_run
+    from seg_toolkit.run_guard import RunExistsError
+
+    base = _cfg(demo_root, tmp_path / "runs")
+    run = prepare_run(config_from_dict(base), [0])
+    run.fold_dir(0).mkdir()
+    run.metrics_csv(0).write_text("fold,epoch\n0,1\n")
+    saved = yaml.safe_load(run.config_yaml.read_text())
+    del saved["train"]["log_every"], saved["optim"]["nesterov"]  # keys of later versions, at their defaults here
+    run.config_yaml.write_text(yaml.safe_dump(saved))
+    prepare_run(config_from_dict(base), [0], resume=True)
+    other = json.loads(json.dumps(base))
+    other["train"]["log_every"] = 7  # a value that is not the default is still a change
+    run.config_yaml.write_text(yaml.safe_dump(saved))
+    with pytest.raises(RunExistsError, match=r"train\.log_every: 0 -> 7"):
+        prepare_run(config_from_dict(other), [0], resume=True)
+
+
+def test_a_replaced_config_drops_the_first_epochs_time_too(demo_root, tmp_path):
+    """No fold had a file yet (killed after first_epoch.json, before fold 0's first row): the corrected config replaced
+    config.yaml and amp.json, but first_epoch.json kept the old model's 0.157 s, so train.min_fold_epochs let every
+    fold in, each cut to one epoch."""
+    from seg_toolkit.config import config_from_dict
+    from seg_toolkit.cv import prepare_run
+
+    base = _cfg(demo_root, tmp_path / "runs")
+    run = prepare_run(config_from_dict(base), [0])
+    run.first_epoch_json.write_text('{"seconds": 0.157}')
+    run.amp_json.write_text("{}")
+    wider = json.loads(json.dumps(base))
+    wider["model"]["base_width"] = 16
+    prepare_run(config_from_dict(wider), [0])
+    assert not run.first_epoch_json.exists() and not run.amp_json.exists()
+    assert run.config().model.base_width == 16
+
+
+def test_a_folder_holding_only_a_cut_short_write_starts_a_run(demo_root, tmp_path):
+    """Killed while a new run wrote its first config.yaml, the folder held only `.config.yaml.<random>.tmp`: train,
+    --resume and --overwrite all refused it as 'not a run folder' until the user found and deleted it."""
+    from seg_toolkit.config import config_from_dict
+    from seg_toolkit.cv import prepare_run
+    from seg_toolkit.run import Run
+
+    cfg = config_from_dict(_cfg(demo_root, tmp_path / "runs"))
+    Run.of(cfg).dir.mkdir(parents=True)
+    (Run.of(cfg).dir / ".config.yaml.x8k2_q1.tmp").write_text("experiment: t\n")
+    (Run.of(cfg).dir / ".DS_Store").write_bytes(b"\0")
+    assert prepare_run(cfg, [0]).config_yaml.is_file()
+    other = tmp_path / "runs2" / "t"
+    other.mkdir(parents=True)
+    (other / "notes.txt").write_text("mine")  # a user's file still makes the folder not a run's
+    with pytest.raises(Exception, match="holds files but is not a run folder"):
+        prepare_run(config_from_dict(_cfg(demo_root, tmp_path / "runs2")), [0])
+
+
+def test_a_best_epoch_checkpoint_that_fell_out_of_the_top_k_goes_on_resume(tmp_path):
+    """keep_best_k: killed after an epoch's last.pt and before the checkpoint that fell out of the top k was deleted,
+    that best_e<epoch>.pt stayed for ever (k + 1 files)."""
+    from seg_toolkit.fold_state import TrainState, _remove_dropped_best
+    from seg_toolkit.run import Run
+
+    run = Run(tmp_path)
+    run.fold_dir(0).mkdir(parents=True)
+    for e in (2, 3, 4, 5):
+        run.best_epoch_pt(0, e).write_bytes(b"w")
+    _remove_dropped_best(run, 0, TrainState(epoch=5, top_k=[[0.9, 5], [0.8, 3], [0.7, 4]]))
+    assert sorted(p.name for p in run.fold_dir(0).iterdir()) == ["best_e003.pt", "best_e004.pt", "best_e005.pt"]
