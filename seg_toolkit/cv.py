@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from .distributed import get_dist
 from .evaluator import Evaluator, truth_objects
 from .files import read_json, read_oof, write_json
 from .run import Run, RunExistsError
-from .run_lock import run_lock
+from .run_lock import fold_lock, run_lock
 from .tensors import uint8_to_probs
 from .pseudo import check_teacher, pseudo_info, teacher_run
 from .stages import check_init_folds, init_run
@@ -83,6 +84,8 @@ def prepare_run(cfg: Config, folds: list[int], resume: bool = False, overwrite: 
                 f"use a new experiment name, or --overwrite{' without --fold' if fold_job else ''} to start again"
             )
     _check_predict_keys(run, cfg, run.trained_folds() if saved.is_file() else [])
+    if saved.is_file():
+        _say_other_epochs(run, cfg, folds)
     if not resume:
         started = sorted(set(folds) & set(run.started_folds()))
         if started:
@@ -120,6 +123,33 @@ def _config_changes(run: Run, cfg: Config) -> list[str]:
             if isinstance(c.get(section), dict) and c[section].get(key):
                 c[section][key] = str(Path(c[section][key]).expanduser().resolve())
     return [d for d in config_diff(old, new) if not d.startswith(RESUME_FREE_KEYS)]
+
+
+def _say_other_epochs(run: Run, cfg: Config, folds: list[int]) -> None:
+    """``train.epochs`` may change on --resume, for the fold in progress (its schedule is laid out again); a fold that
+    starts now under another number than the trained folds' (`train --fold 1 --set train.epochs=8`) trains a CV of
+    two lengths, which is said, not refused (a budget's folds differ in length too; each fold's done.json has its own)."""
+    fresh = sorted(set(folds) - set(run.started_folds()))
+    if not fresh:
+        return
+    saved = (_with_defaults(read_yaml(run.config_yaml)).get("train") or {}).get("epochs")
+    # done.json's own number (a --resume of a finished fold saved config.yaml with the new one); older runs: the file's
+    other = {k: e for k in run.trained_folds() if (e := (read_json(run.done_json(k)) or {}).get("epochs_configured", saved))
+             != cfg.train.epochs}
+    if other:
+        log.warning("%s: fold(s) %s trained with train.epochs %s, fold(s) %s start with %s: the CV mixes folds trained "
+                    "for different lengths (keep the run's train.epochs for its folds, or use a new experiment name)",
+                    run.dir, sorted(other), "/".join(map(str, sorted(set(other.values())))), fresh, cfg.train.epochs)
+
+
+def _check_config_kept(run: Run, cfg: Config) -> None:
+    """The run's config.yaml is still this process's, now that it holds the fold's lock: another ``train`` of the run
+    replaced it while no fold had started (this process between prepare_run and its first fold's lock)."""
+    diff = _config_changes(run, cfg)
+    if diff:
+        raise RunExistsError(f"{run.config_yaml} was replaced by another process since this one saved it "
+                             f"({'; '.join(diff[:5])}); this run stops before training on it: run one `train` per run "
+                             "folder, or --fold jobs of one config")
 
 
 def _with_defaults(saved: dict) -> dict:
@@ -203,7 +233,10 @@ def _run_cv(cfg: Config, folds: list[int] | None, resume: bool, overwrite: bool)
             continue
         log.info("fold %d/%d", k + 1, cfg.folds.n_splits)
         track.fold_start(k)
-        train_fold(cfg, k, samples, folds_df, run, resume=resume)
+        with fold_lock(run, k) if d.is_main else contextlib.nullcontext():
+            if d.is_main:
+                _check_config_kept(run, cfg)
+            train_fold(cfg, k, samples, folds_df, run, resume=resume)
         track.fold_end(k)
         if d.is_main:
             _write_curves(run)

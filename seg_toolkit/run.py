@@ -11,7 +11,8 @@ what is needed to use them without the YAML they came from::
       fold_balance.csv       images per validation fold holding each class / empty (with folds.csv)
       fold_<k>/              trained runs: best.pt, last.pt, prev.pt, best_e<epoch>.pt,
                              metrics.csv (metrics.csv.unreadable: one set aside), done.json (written last),
-                             failed_attempt_<n>/ (an attempt set aside after a NaN loss)
+                             failed_attempt_<n>/ (an attempt set aside after a NaN loss), train.lock (flocked by
+                             the process training the fold: a second one is refused, and the fold counts as started)
       first_epoch.json       train.min_fold_epochs: the run's first timed epoch, which decides its folds
       admitted_folds.json    folds first left out, trained later with the budget's time left
       ensemble.json          ensembles: members (run folders), weights, merge space, folds
@@ -90,7 +91,8 @@ class Run(RunState, RunGuard):
         "tta_search": r".+",  # tune --tta's scratch, removed when it ends
     }
     #: What a run writes in ``fold_<k>/`` (the fold methods below)
-    FOLD_FILE = re.compile(r"(best|last|prev)\.pt|best_e\d+\.pt|metrics\.csv(\.unreadable)?|done\.json|\.?failed_attempt_\d+(\.partial)?")
+    FOLD_FILE = re.compile(r"(best|last|prev)\.pt|best_e\d+\.pt|metrics\.csv(\.unreadable)?|done\.json|\.?failed_attempt_\d+(\.partial)?"
+                           r"|train\.lock")
     FOLD_DIR = re.compile(r"fold_\d+")
 
     def __init__(self, path: str | Path) -> None:
@@ -323,6 +325,10 @@ class Run(RunState, RunGuard):
     # ------------------------------------------------------------------ fold files
     def fold_dir(self, fold: int) -> Path:
         return self.dir / f"fold_{fold}"
+
+    def fold_lock_file(self, fold: int) -> Path:
+        """``flock``ed while a process trains the fold (:func:`seg_toolkit.run_lock.fold_lock`); its text names it."""
+        return self.fold_dir(fold) / "train.lock"
 
     def best_pt(self, fold: int) -> Path:
         return self.fold_dir(fold) / "best.pt"

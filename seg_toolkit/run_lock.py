@@ -35,7 +35,7 @@ except ImportError:  # pragma: no cover - not POSIX
 
 log = logging.getLogger(__name__)
 
-__all__ = ["run_lock", "lock_holder"]
+__all__ = ["run_lock", "lock_holder", "fold_lock", "lock_held"]
 
 _held = threading.local()  # per thread: {lock path: depth}
 WAIT_LOG_S = 60.0
@@ -127,6 +127,58 @@ def _acquire(run: Run, path: Path, command: str, poll_s: float) -> int:
             os.close(fd)
             raise
         os.close(fd)  # locked a file its holder removed on release: take the current one
+
+
+@contextmanager
+def fold_lock(run: Run, fold: int, command: str = "train") -> Iterator[None]:
+    """Hold ``fold_<k>/train.lock`` while this process trains the fold. Held by another process (a second ``train``
+    of the same run, a job of an array given the same ``--fold``), it is a :class:`~seg_toolkit.run.RunExistsError`
+    naming that process, not a second writer of the fold's checkpoints and metrics. Its file makes the fold started
+    from its first step (:meth:`~seg_toolkit.run.Run.started_folds`), so another process can neither replace the
+    run's config.yaml nor start the fold meanwhile; it is removed when the fold ends, kept (not held) by a kill."""
+    from .run import RunExistsError
+
+    path = run.fold_lock_file(fold)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if fcntl is None:
+        yield
+        return
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as e:  # a read-only run folder: nothing can be trained there anyway
+        log.debug("%s: no lock (%s)", path, e)
+        yield
+        return
+    try:
+        if not _try_lock(fd):
+            raise RunExistsError(f"{run.dir}: fold {fold} is being trained by {_holder_text(fd)}; wait for it to end "
+                                 "(then --resume trains what is left), or train another fold with --fold")
+        info = {"command": command, "pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(info).encode(), 0)
+        try:
+            yield
+        finally:
+            path.unlink(missing_ok=True)
+    finally:
+        os.close(fd)
+
+
+def lock_held(path: Path) -> bool:
+    """Whether a process holds the flock of ``path`` now (this one included, through another open file)."""
+    if fcntl is None or not path.is_file():
+        return False
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        if _try_lock(fd):
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return False
+        return True
+    finally:
+        os.close(fd)
 
 
 def lock_holder(run: Run) -> str | None:

@@ -59,9 +59,14 @@ class RunState:
         return sorted(int(p.parent.name.split("_")[1]) for p in self.dir.glob("fold_*/done.json"))
 
     def started_folds(self) -> list[int]:
-        """Folds whose folder holds any file (a checkpoint, metrics.csv, a set-aside attempt...), in order."""
+        """Folds whose folder holds any file (a checkpoint, metrics.csv, a set-aside attempt...) or that a process is
+        training now (its ``train.lock`` held: a fold has no other file during its first epoch), in order. A lock
+        file nobody holds (its process was killed) does not count."""
+        from .run_lock import lock_held
+
         return sorted(int(p.name.split("_")[1]) for p in self.dir.glob("fold_*")
-                      if self.FOLD_DIR.fullmatch(p.name) and p.is_dir() and any(p.iterdir()))
+                      if self.FOLD_DIR.fullmatch(p.name) and p.is_dir()
+                      and any(f.name != "train.lock" or lock_held(f) for f in p.iterdir()))
 
     def completed_folds(self) -> list[int]:
         """Folds that have OOF predictions: the trained folds, or for an ensemble the folds all members share."""

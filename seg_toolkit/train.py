@@ -231,7 +231,7 @@ def train_attempt(cfg: Config, fold: int, samples: list[Sample], folds: pd.DataF
         with run_lock(run, f"train fold {fold}: its OOF files"):  # after a concurrent `tune --tta`: with its choice
             summary = write_fold_oof(cfg, run, fold, valid_set)
             summary.update(fold=fold, best_epoch=state.best_epoch + 1, best_val_score=state.best_score, epochs_run=state.epoch,
-                           epochs_planned=state.epochs, fold_budget_s=budget.share_s if budget else None,
+                           epochs_planned=state.epochs, epochs_configured=cfg.train.epochs, fold_budget_s=budget.share_s if budget else None,
                            budget_folds=budget.folds if budget and budget.folds else None,
                            n_train=len(train_set), n_valid=len(valid_set), world_size=d.world_size, optim_lr=cfg.optim.lr,
                            amp=amp.mode, amp_reason=amp.reason, tf32=tf32_state(device), init_from=initialised,
@@ -249,8 +249,8 @@ def set_attempt_aside(run: Run, fold: int, n: int) -> Path:
     partial = run.failed_attempt_partial_dir(fold, n)
     partial.mkdir(exist_ok=True)
     out = run.fold_dir(fold)
-    for p in list(out.iterdir()):
-        if not p.name.startswith(("failed_attempt_", ".failed_attempt_")):
+    for p in list(out.iterdir()):  # the fold's lock stays: this process goes on training the fold
+        if not p.name.startswith(("failed_attempt_", ".failed_attempt_")) and p != run.fold_lock_file(fold):
             os.replace(p, partial / p.name)
     aside = run.failed_attempt_dir(fold, n)
     os.replace(partial, aside)

@@ -419,3 +419,25 @@ def test_a_best_epoch_checkpoint_that_fell_out_of_the_top_k_goes_on_resume(tmp_p
         run.best_epoch_pt(0, e).write_bytes(b"w")
     _remove_dropped_best(run, 0, TrainState(epoch=5, top_k=[[0.9, 5], [0.8, 3], [0.7, 4]]))
     assert sorted(p.name for p in run.fold_dir(0).iterdir()) == ["best_e003.pt", "best_e004.pt", "best_e005.pt"]
+
+
+def test_a_new_fold_with_other_epochs_than_the_trained_ones_is_said(demo_root, tmp_path, caplog):
+    """`train --fold 1 --set train.epochs=8` beside a fold 0 trained for 3 was accepted without a word (train.epochs may
+    change for the fold in progress); config.yaml then said 8 and cv.json averaged a 3- and an 8-epoch fold."""
+    import logging
+
+    from seg_toolkit.config import config_from_dict
+    from seg_toolkit.cv import prepare_run
+
+    base = _cfg(demo_root, tmp_path / "runs")
+    run = prepare_run(config_from_dict(base), [0])
+    run.fold_dir(0).mkdir()
+    run.done_json(0).write_text('{"epochs_configured": 3}')
+    longer = json.loads(json.dumps(base))
+    longer["train"]["epochs"] = 8
+    with caplog.at_level(logging.WARNING):
+        prepare_run(config_from_dict(longer), [0], resume=True)  # fold 0 is done: nothing new starts
+        assert "different lengths" not in caplog.text
+        prepare_run(config_from_dict(longer), [1], fold_job=True)
+    # the fold's own number: the resume above saved config.yaml with 8
+    assert "fold(s) [0] trained with train.epochs 3, fold(s) [1] start with 8: the CV mixes folds" in caplog.text

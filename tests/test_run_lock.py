@@ -178,3 +178,34 @@ def test_an_ensemble_reads_its_members_only_while_nobody_rewrites_them(demo_root
         proc.wait()
     assert done.is_set() and Run(tmp_path / "runs" / "ens").is_ensemble
     assert not any(Run.of(c).lock_file.exists() for c in cfgs)
+
+
+def test_a_fold_being_trained_is_started_and_not_trained_twice(demo_root, tmp_path):
+    """Two `train` processes of one run folder: the second replaced config.yaml while the first was in fold 0's first
+    epoch (its folder still empty: 'no fold has started'), so fold 0 trained with one lr and fold 1 with another under
+    one config.yaml, or both trained fold 0 at once (6 metrics rows for 3 epochs). fold_<k>/train.lock, held while a
+    process trains the fold, makes the fold started and refuses a second trainer by name."""
+    from seg_toolkit.cv import _check_config_kept, prepare_run
+    from seg_toolkit.run import RunExistsError
+    from seg_toolkit.run_lock import fold_lock
+
+    base = demo_dict(demo_root, tmp_path / "runs", folds={"n_splits": 2})
+    run = prepare_run(config_from_dict(base), [0, 1])
+    other = {**base, "optim": {"lr": 0.03}}
+    with fold_lock(run, 0):
+        assert run.started_folds() == [0] and run.fold_lock_file(0).is_file()
+        assert read_json(run.fold_lock_file(0))["pid"] > 0
+        with pytest.raises(RunExistsError, match=r"fold 0 is being trained by `train` \(pid \d+ on "):
+            with fold_lock(run, 0):
+                pass
+        with pytest.raises(RunExistsError, match=r"was trained with a different config \(optim\.lr"):
+            prepare_run(config_from_dict(other), [1], fold_job=True)
+        with pytest.raises(RunExistsError, match=r"fold\(s\) \[0\] already have files; use --resume"):
+            prepare_run(config_from_dict(base), [0, 1])
+    assert not run.fold_lock_file(0).exists() and run.started_folds() == []
+    run.fold_lock_file(0).write_text("{}")  # left by a killed trainer: nobody holds it, so the fold has not started
+    assert run.started_folds() == []
+    # replaced while this process was between prepare_run and its first fold's lock: it stops before training
+    prepare_run(config_from_dict(other), [0, 1])
+    with pytest.raises(RunExistsError, match=r"config\.yaml was replaced by another process.*optim\.lr: 0\.03 -> "):
+        _check_config_kept(run, config_from_dict(base))
