@@ -7,7 +7,8 @@ what is needed to use them without the YAML they came from::
     runs/<experiment>/
       config.yaml            the resolved config (preprocessing, model, predict, postprocess)
       folds.csv              id -> fold, written once, shared by every member of an ensemble
-      folds.json             how folds.csv was made (method, seed, groups): a changed setting is refused
+      folds.json             how folds.csv was made (method, seed, groups, the labels' fingerprint): a changed
+                             setting, or labels edited since, is refused
       fold_balance.csv       images per validation fold holding each class / empty (with folds.csv)
       fold_<k>/              trained runs: best.pt, last.pt, prev.pt, best_e<epoch>.pt,
                              metrics.csv (metrics.csv.unreadable: one set aside), done.json (written last),

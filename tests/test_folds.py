@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -18,6 +19,7 @@ from seg_toolkit.data.folds import (
     class_presence, fold_balance, load_or_make_folds, make_folds, presence_columns, presence_matrix, read_folds,
 )
 from seg_toolkit.data.sources import Sample
+from seg_toolkit.data.sample import labels_fingerprint
 from seg_toolkit.run import Run
 
 
@@ -247,13 +249,40 @@ def test_a_folds_csv_made_with_other_settings_is_refused(tmp_path):
     run = Run(tmp_path / "runs" / "x")
     first = load_or_make_folds(samples, _cfg("multilabel", 4), run.folds_csv)
     assert json.loads(run.folds_json.read_text()) == {"n_splits": 5, "method": "stratified", "seed": 42,
-                                                      "group_column": None, "group_pattern": None}
+                                                      "group_column": None, "group_pattern": None,
+                                                      "labels": labels_fingerprint(samples)}
     assert load_or_make_folds(samples, _cfg("multilabel", 4), run.folds_csv).equals(first)  # same settings: reused
     with pytest.raises(DataError, match=r"folds.csv was made with other fold settings \(method: 'stratified' -> 'group'; "
                                         r"group_pattern: None -> '\^\(g.*\); reusing it would not be the split"):
         load_or_make_folds(samples, _cfg("multilabel", 4, {"method": "group"}, group_pattern=r"^(g\d+)"), run.folds_csv)
     with pytest.raises(DataError, match=r"\(seed: 42 -> 7\)"):
         load_or_make_folds(samples, _cfg("multilabel", 4, {"seed": 7}), run.folds_csv)
+    # the same ids with one image's labels edited between folds of the run: fold 0 learned the old ones, and cv.json
+    # scored it against the new
+    edited = [dataclasses.replace(samples[0], rles=tuple("1 1" for _ in samples[0].rles))] + samples[1:]
+    with pytest.raises(DataError, match=r"folds\.csv was made from other training labels than these"):
+        load_or_make_folds(edited, _cfg("multilabel", 4), run.folds_csv)
+    assert load_or_make_folds(samples, _cfg("multilabel", 4), run.folds_csv).equals(first)
+
+
+def test_the_labels_fingerprint_sees_an_edited_mask_not_a_moved_folder(tmp_path):
+    import shutil
+
+    from seg_toolkit.data.sample import Sample
+
+    def samples(root):
+        return [Sample(k, root / f"{k}.png", mask=root / "masks" / f"{k}.png") for k in ("a", "b")]
+
+    (tmp_path / "d" / "masks").mkdir(parents=True)
+    for k, n in (("a", 10), ("b", 20)):
+        (tmp_path / "d" / "masks" / f"{k}.png").write_bytes(b"m" * n)
+    before = labels_fingerprint(samples(tmp_path / "d"))
+    shutil.copytree(tmp_path / "d", tmp_path / "moved")
+    assert labels_fingerprint(samples(tmp_path / "moved")) == before  # names and sizes, not paths or times
+    (tmp_path / "moved" / "masks" / "b.png").write_bytes(b"m" * 21)  # saved again with another content
+    assert labels_fingerprint(samples(tmp_path / "moved")) != before
+    rle = [Sample("a", tmp_path / "a.png", rles=("1 2", ""))]
+    assert labels_fingerprint(rle) != labels_fingerprint([Sample("a", tmp_path / "a.png", rles=("1 2", "3 1"))])
 
 
 def test_a_rare_label_is_spread_over_the_folds_not_merged():

@@ -53,6 +53,7 @@ from ..files import atomic_write, read_json, write_json, write_text
 from ..run import Run
 from .io import DataError
 from .masks import class_names, load_target, mask_ids, train_rle_spec
+from .sample import labels_fingerprint
 from .sources import Sample, read_csv_strict
 
 log = logging.getLogger(__name__)
@@ -275,6 +276,11 @@ def fold_settings(cfg: Config) -> dict:
             "group_pattern": d.group_pattern}
 
 
+def _labels_where(cfg: Config) -> str:
+    d = cfg.data
+    return f"data.train_csv row ({d.train_csv})" if d.layout == "csv" else "or re-saved mask file"
+
+
 def load_or_make_folds(samples: list[Sample], cfg: Config, path: Path) -> pd.DataFrame:
     """Read ``path`` if it exists (checking it covers exactly these ids), else make and write it.
 
@@ -301,6 +307,10 @@ def load_or_make_folds(samples: list[Sample], cfg: Config, path: Path) -> pd.Dat
             )
         if df["fold"].max() + 1 != cfg.folds.n_splits:
             raise DataError(f"{path} has {df['fold'].max() + 1} folds but folds.n_splits={cfg.folds.n_splits}")
+        if made is not None and made.get("labels") not in (None, labels_fingerprint(samples)):
+            raise DataError(f"{path} was made from other training labels than these (an edited {_labels_where(cfg)}): the "
+                            "run's trained folds learned the old ones, and cv.json would score them against the new; "
+                            "restore the labels, or use a new experiment name (or --overwrite) to train on these")
         return df.set_index("id").loc[ids].reset_index()
     df, presence = _make(samples, cfg)
     if presence is None:
@@ -310,7 +320,7 @@ def load_or_make_folds(samples: list[Sample], cfg: Config, path: Path) -> pd.Dat
              balance.to_string(index=False))
     if own:
         write_text(run.fold_balance_csv, balance.to_csv(index=False))
-        write_json(run.folds_json, fold_settings(cfg))
+        write_json(run.folds_json, {**fold_settings(cfg), "labels": labels_fingerprint(samples)})
     # a temporary name of its own: two `train --fold K` jobs started together make the same folds, and a fixed
     # folds.csv.tmp had one job's rename fail under the other's
     atomic_write(path, lambda tmp: df.to_csv(tmp, index=False))

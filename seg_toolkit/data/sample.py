@@ -9,6 +9,7 @@ binary file per class: ``data.mask_per_class``); test samples have none. Pixels 
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from ..config import Config
 from .bands import bands_of
 from .io import IMAGE_EXTS, DataError, PairSplit, read_image
 
-__all__ = ["Sample", "check_id", "pair_of", "image_path", "instance_image", "read_config_image"]
+__all__ = ["Sample", "labels_fingerprint", "check_id", "pair_of", "image_path", "instance_image", "read_config_image"]
 
 
 @dataclass(frozen=True)
@@ -77,3 +78,28 @@ def image_path(folder: Path, image_id: str, ext: str, bands=None) -> Path:
     if Path(image_id).suffix.lower() in IMAGE_EXTS:
         return folder / image_id
     return folder / f"{image_id}{ext}"
+
+
+def labels_fingerprint(samples: list[Sample]) -> str:
+    """SHA-256 of the training labels as listed: each id with its RLE strings (csv layout), else the names and sizes
+    of its mask files (a folder of object masks: every file in it), so an edited ``train.csv`` row or a mask saved
+    again is seen, while moving the data elsewhere is not (no paths, no times). ``folds.json`` keeps it: the folds a
+    run trained are refused against changed labels (:func:`~seg_toolkit.data.folds.load_or_make_folds`)."""
+    h = hashlib.sha256()
+
+    def add(*parts: object) -> None:
+        h.update("\x1f".join(map(str, parts)).encode() + b"\x1e")
+
+    for s in sorted(samples, key=lambda x: x.id):
+        add("id", s.id)
+        for r in s.rles or ():
+            add("rle", r)
+        for f in [s.mask] + list(s.class_masks or ()):
+            if f is None:
+                add("none")
+            elif f.is_dir():
+                for q in sorted(f.iterdir()):
+                    add(q.name, q.stat().st_size if q.is_file() else "dir")
+            elif f.exists():
+                add(f.name, f.stat().st_size)
+    return h.hexdigest()
