@@ -20,7 +20,7 @@ from .device import resolve_device
 from .models.registry import check_model_builds
 from .distributed import get_dist
 from .evaluator import Evaluator, truth_objects
-from .files import read_json, read_oof, write_json
+from .files import read_json, read_oof, remove_stale_writes, write_json
 from .run import Run, RunExistsError
 from .run_lock import fold_lock, run_lock
 from .tensors import uint8_to_probs
@@ -70,6 +70,7 @@ def prepare_run(cfg: Config, folds: list[int], resume: bool = False, overwrite: 
     elif overwrite:
         run.remove(cfg)
     run.dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_writes(run.dir, recursive=True)  # what killed commands left half-written (a live one's are kept)
     if saved.is_file():
         diff = _config_changes(run, cfg)
         # stopped before any fold wrote a file (a config error met at the first batch): the corrected config replaces

@@ -9,11 +9,14 @@ probability files. Where each file lives is :class:`seg_toolkit.run.Run`'s busin
 from __future__ import annotations
 
 import contextlib
+import logging
 import csv
 import hashlib
 import io
 import json
 import os
+import re
+import socket
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -22,7 +25,55 @@ import numpy as np
 
 from .errors import ConfigError
 
-__all__ = ["atomic_write", "wide_csv_fields", "default_file_mode", "write_text", "write_json", "read_json", "write_npy", "read_oof"]
+log = logging.getLogger(__name__)
+
+__all__ = ["atomic_write", "stale_writes", "remove_stale_writes", "temp_prefix", "wide_csv_fields", "default_file_mode", "write_text", "write_json", "read_json", "write_npy", "read_oof"]
+
+
+_HOST = re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname())[:40] or "host"
+#: ``.<name>.<pid>-<host>.<random>.tmp``: an :func:`atomic_write` in progress, or one a kill cut short
+_WRITE_TMP = re.compile(r"\..+\.(?P<pid>\d+)-(?P<host>[A-Za-z0-9_-]+)\.[A-Za-z0-9_]+(\.rows)?\.tmp")
+
+
+def temp_prefix(path: Path) -> str:
+    """``.<name>.<pid>-<host>.``: the start of a temporary file's name beside ``path`` (``mkstemp(prefix=...)``), so a
+    later command tells one a killed writer left (:func:`stale_writes`) from one being written."""
+    return f".{path.name}.{os.getpid()}-{_HOST}."
+
+
+def stale_writes(folder: str | Path, recursive: bool = False) -> list[Path]:
+    """The temporary files under ``folder`` of :func:`atomic_write` calls whose process is gone (killed mid-write):
+    written on this host by a pid that no longer runs. Another process's write in progress, or one from another
+    host sharing the folder, is not one of them."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    out = []
+    for p in folder.rglob(".*.tmp") if recursive else folder.glob(".*.tmp"):
+        m = _WRITE_TMP.fullmatch(p.name)
+        if m and m["host"] == _HOST and p.is_file() and not _alive(int(m["pid"])):
+            out.append(p)
+    return sorted(out)
+
+
+def remove_stale_writes(folder: str | Path, recursive: bool = False, name: str | None = None) -> None:
+    """Delete :func:`stale_writes` (only those of ``name``'s writes when given), each logged."""
+    for p in stale_writes(folder, recursive):
+        if name is None or p.name.startswith(f".{name}."):
+            log.info("removing %s: a write cut short (its process is gone)", p)
+            p.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
 
 
 def atomic_write(path: str | Path, write_fn) -> None:
@@ -33,7 +84,7 @@ def atomic_write(path: str | Path, write_fn) -> None:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         write_fn(tmp)

@@ -26,6 +26,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from .files import remove_stale_writes
 from .run import Run
 
 try:
@@ -91,6 +92,8 @@ def run_lock(run: Run, command: str, poll_s: float = 0.5, path: Path | None = No
                            "started": time.strftime("%Y-%m-%d %H:%M:%S")}).encode()
         os.ftruncate(fd, 0)
         os.pwrite(fd, info, 0)
+        if path == Path(run.lock_file):  # the writers of the run's shared files: what killed ones left half-written
+            remove_stale_writes(run.dir, recursive=True)
         depth[key] = 1
         try:
             yield

@@ -23,7 +23,7 @@ from typing import Any, Iterable
 import numpy as np
 import pandas as pd
 
-from .files import default_file_mode
+from .files import default_file_mode, remove_stale_writes, temp_prefix
 from .config import Config
 from .config_submission_checks import submitted_classes
 from .errors import SegToolkitError
@@ -183,7 +183,8 @@ class SubmissionWriter:
             expected_ids = [x for k, x in enumerate(expected_ids) if k == 0 or x != expected_ids[k - 1]]
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, self._tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+        remove_stale_writes(self.path.parent, name=self.path.name)  # a killed predict's, to this file
+        fd, self._tmp = tempfile.mkstemp(prefix=temp_prefix(self.path), suffix=".tmp", dir=self.path.parent)
         self._fh = os.fdopen(fd, "w", newline="", encoding="utf-8")  # whatever the locale: ids as the sample has them
         self._writer = csv.writer(self._fh, lineterminator="\n")
         self._writer.writerow(columns)
@@ -245,7 +246,7 @@ class SubmissionWriter:
     def _hold(self, k: int, cells: list[str]) -> None:
         """Spool the row of sample place ``k`` until its turn."""
         if self._spool is None:
-            fd, self._spool_path = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".rows.tmp", dir=self.path.parent)
+            fd, self._spool_path = tempfile.mkstemp(prefix=temp_prefix(self.path), suffix=".rows.tmp", dir=self.path.parent)
             self._spool = os.fdopen(fd, "w+b")
             self._held = np.full((len(self.expected), 2), -1, np.int64)
             log.info("%s: the sample interleaves images' rows; rows ahead of their turn wait in %s until it comes",

@@ -441,3 +441,43 @@ def test_a_new_fold_with_other_epochs_than_the_trained_ones_is_said(demo_root, t
         prepare_run(config_from_dict(longer), [1], fold_job=True)
     # the fold's own number: the resume above saved config.yaml with 8
     assert "fold(s) [0] trained with train.epochs 3, fold(s) [1] start with 8: the CV mixes folds" in caplog.text
+
+
+def test_writes_a_kill_cut_short_are_removed_by_the_next_command_not_live_ones(demo_root, tmp_path):
+    """A killed train left `.cv.json.<random>.tmp`, `oof/.<id>.npy.<random>.tmp`, ... for ever (only fold folders were
+    cleaned). A temporary file now names its writer's pid and host: the next train (or writer of the run's shared
+    files, or predict to the same file) removes those whose process is gone, and keeps a live process's write, another
+    host's, and any other file."""
+    import subprocess
+
+    from seg_toolkit.config import config_from_dict
+    from seg_toolkit.cv import prepare_run
+    from seg_toolkit.files import _HOST, temp_prefix
+    from seg_toolkit.run_lock import run_lock
+    from seg_toolkit.submission import SubmissionWriter
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = int(gone.stdout)
+    cfg = config_from_dict(_cfg(demo_root, tmp_path / "runs"))
+    run = prepare_run(cfg, [0])
+    (run.dir / "oof").mkdir()
+    stale = [run.dir / f".cv.json.{dead}-{_HOST}.k2j_9.tmp", run.dir / "oof" / f".a.npy.{dead}-{_HOST}.x1.tmp"]
+    kept = [run.dir / f"{temp_prefix(run.dir / 'cv.json')}live1.tmp",  # this process: a write in progress
+            run.dir / f".cv.json.{dead}-otherhost.q.tmp",  # another machine sharing the folder
+            run.dir / ".cv.json.k3j9x_2a.tmp"]  # an older version's name: whose it is is not known
+    for p in stale + kept:
+        p.write_text("x")
+    prepare_run(cfg, [0])
+    assert not any(p.exists() for p in stale) and all(p.exists() for p in kept)
+    again = run.dir / "oof" / f".b.npy.{dead}-{_HOST}.y.tmp"
+    again.write_text("x")
+    with run_lock(run, "tune"):
+        assert not again.exists()
+    sub = tmp_path / "subs" / "s.csv"
+    sub.parent.mkdir()
+    left = [sub.parent / f".s.csv.{dead}-{_HOST}.z.tmp", sub.parent / f".s.csv.{dead}-{_HOST}.z.rows.tmp"]
+    other = sub.parent / f".t.csv.{dead}-{_HOST}.z.tmp"  # another submission's: not this predict's to touch
+    for p in left + [other]:
+        p.write_text("x")
+    SubmissionWriter(sub, ["id", "rle_mask"]).close()
+    assert not any(p.exists() for p in left) and other.exists()
