@@ -52,6 +52,13 @@ def _holder_text(fd: int) -> str:
     return f"`{data.get('command', '?')}` (pid {data.get('pid', '?')} on {data.get('host', '?')}, since {data.get('started', '?')})"
 
 
+def _name_holder(fd: int, command: str) -> None:
+    """Write who holds the lock into its file, for whoever waits for it or is refused (:func:`_holder_text`)."""
+    info = {"command": command, "pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, json.dumps(info).encode(), 0)
+
+
 def _try_lock(fd: int) -> bool:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -88,10 +95,7 @@ def run_lock(run: Run, command: str, poll_s: float = 0.5, path: Path | None = No
         yield
         return
     try:
-        info = json.dumps({"command": command, "pid": os.getpid(), "host": socket.gethostname(),
-                           "started": time.strftime("%Y-%m-%d %H:%M:%S")}).encode()
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, info, 0)
+        _name_holder(fd, command)
         if path == Path(run.lock_file):  # the writers of the run's shared files: what killed ones left half-written
             remove_stale_writes(run.dir, recursive=True)
         depth[key] = 1
@@ -156,9 +160,7 @@ def fold_lock(run: Run, fold: int, command: str = "train") -> Iterator[None]:
         if not _try_lock(fd):
             raise RunExistsError(f"{run.dir}: fold {fold} is being trained by {_holder_text(fd)}; wait for it to end "
                                  "(then --resume trains what is left), or train another fold with --fold")
-        info = {"command": command, "pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(info).encode(), 0)
+        _name_holder(fd, command)
         try:
             yield
         finally:

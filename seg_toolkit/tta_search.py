@@ -50,6 +50,7 @@ from .files import read_json, write_json
 from .run import Run
 from .run_lock import run_lock
 from .tta import MERGE_MODES, expand_tta
+from .tune_crossfit import REST, nested_choice
 from .tune_tables import EPS
 
 log = logging.getLogger(__name__)
@@ -86,6 +87,21 @@ def _better(score: float, n_transforms: int, best: tuple[float, int] | None) -> 
     # within EPS as every search compares (tune_tables.better): a bigger set whose only gain is summation noise loses
     tie = abs(score - best[0]) <= EPS
     return (not tie and score > best[0]) or (tie and n_transforms < best[1])
+
+
+def _nested_cross_fitted(inner: list[dict], scores: list[dict]) -> dict | None:
+    """The cross-fitted score of tune --tta's choice itself: each group of OOF images scored through the TTA set
+    (and its post-processing) that the other groups chose, each set's parameters tuned without the group and scored
+    on the others as the choice is made on all of them (a tie to fewer transforms). None without cross-fitting."""
+    if not inner or any("crossed" not in c for c in inner):
+        return None
+    rest = [c["crossed"][REST] for c in inner]
+
+    def better(g: int, i: int, j: int) -> bool:
+        return _better(rest[i][g], scores[i]["n_transforms"], (rest[j][g], scores[j]["n_transforms"]))
+
+    score, picks = nested_choice(inner[0]["groups"], [c["crossed"] for c in inner], better)
+    return {"score": score, "picks": [[scores[i]["tta"], scores[i]["merge"]] for i in picks]}
 
 
 def choose_tta(
@@ -147,9 +163,10 @@ def choose_tta(
                     n_images += 1
             if not n_images:
                 raise FileNotFoundError(f"{run.dir}: the completed folds have no validation images in {run.folds_csv}")
-            scores, tuned, best, chosen_i = [], [], None, None
+            scores, tuned, best, chosen_i, inner = [], [], None, None, []
             for i, (tta, merge) in enumerate(pairs):
-                report = tune_postprocess(cfg, run.dir, oof_dir=scratch[i], write=False)
+                inner.append({})
+                report = tune_postprocess(cfg, run.dir, oof_dir=scratch[i], write=False, crossfit_out=inner[-1])
                 tuned.append(report)
                 n_t = len(expand_tta(tta)) * len(scales)
                 crossed = report["cross_fitted"]
@@ -161,6 +178,7 @@ def choose_tta(
             if chosen_i is None:
                 raise RuntimeError("choose_tta: every candidate scored NaN (nothing could be scored)")
             chosen = scores[chosen_i]
+            nested = _nested_cross_fitted(inner, scores)
             # the winner's probabilities become the run's OOF, and its tuning the run's post-processing; stopped
             # before all of it is written, the run keeps oof_incomplete.json and is refused until this runs again
             mark_oof_rewrite(run, f"seg-toolkit tune {run.dir} --tta")
@@ -176,7 +194,9 @@ def choose_tta(
             run.remove(cfg, run.tta_search_root, scratch=True)
         result = {
             "tta": chosen["tta"], "merge": chosen["merge"], "score": chosen["score"], "untuned": chosen["untuned"],
-            "cross_fitted": chosen["cross_fitted"],
+            # the choice of TTA set nested too (each group's set chosen without it); the winner's own beside it
+            "cross_fitted": nested["score"] if nested else chosen["cross_fitted"],
+            "cross_fitted_within_choice": chosen["cross_fitted"], **({"cross_fitted_picks": nested["picks"]} if nested else {}),
             "metric": resolve_metric_name(cfg.metric.name, cfg.data.task), "scores": scores, "folds": folds,
             "n_images": n_images, "scales": scales, "forward_passes": distinct * n_images,
             "postprocess": "tuned on each candidate's own OOF probabilities",
@@ -191,9 +211,13 @@ def choose_tta(
         cv = compute_cv(cfg, run, samples)
         # the tuning's record of the cv.json it was tuned beside: the one just scored on these files (the candidate's
         # tuning read the old cv.json, and report then called the fresh post-processing stale)
-        write_json(run.postprocess_json, {**tuned[chosen_i], "cv_json_score": cv["score"]})
+        post = {**tuned[chosen_i], "cv_json_score": cv["score"]}
+        if nested and post.get("cross_fitted"):  # what `tune`, the report and compare read as the run's honest score
+            post["cross_fitted"] = {**post["cross_fitted"], "score": nested["score"], "within_tta_choice": chosen["cross_fitted"],
+                                    "tta_choice": "nested: each group's TTA set chosen by the tuned score of the others"}
+        write_json(run.postprocess_json, post)
         end_oof_rewrite(run)  # files, tta.json, postprocess.json, done.json and cv.json agree
-        cf = f", {chosen['cross_fitted']:.5f} cross-fitted" if chosen["cross_fitted"] is not None else ""
+        cf = f", {result['cross_fitted']:.5f} cross-fitted" if result["cross_fitted"] is not None else ""
         log.info("choose_tta: %s merge=%s (%s %.5f tuned%s, %.5f untuned, on %d OOF images); wrote %s",
                  chosen["tta"], chosen["merge"], result["metric"], chosen["score"], cf, chosen["untuned"], n_images, run.tta_json)
     return result

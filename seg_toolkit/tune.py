@@ -82,7 +82,7 @@ from .files import read_json, write_json
 from .run import Run
 from .run_lock import run_lock
 from .tensors import uint8_to_probs
-from .tune_crossfit import cross_fitted_choice, crossfit_groups
+from .tune_crossfit import cross_fitted_choice, crossfit_groups, public
 from .tune_steps import area_grid, search_multiclass, search_sigmoid
 from .tune_tables import DEFAULT_MEMORY_BUDGET, OOFData, better
 
@@ -106,6 +106,7 @@ def tune_postprocess(
     oof_dir: Path | None = None,
     write: bool = True,
     cross_fit: bool | None = None,
+    crossfit_out: dict | None = None,
 ) -> dict:
     """Tune thresholds, min_area and the empty gate on the OOF predictions; write ``postprocess.json``.
 
@@ -119,7 +120,8 @@ def tune_postprocess(
     ``oof_dir`` (default the run's ``oof/``) and ``write=False`` let ``tune --tta`` tune each
     TTA candidate's OOF probabilities without touching the run's files. ``cross_fitted``: the
     tuned score without the tuning's optimism (:mod:`seg_toolkit.tune_crossfit`; None with
-    ``cross_fit=False``, default ``postprocess.cross_fit``, or too few images).
+    ``cross_fit=False``, default ``postprocess.cross_fit``, or too few images). ``crossfit_out`` receives the groups
+    and the cross-fitted dict with its per-image counts (``tune --tta`` nests its choice of TTA set in them).
     """
     t0 = time.perf_counter()
     run = Run(run_dir) if run_dir is not None else Run.of(cfg)
@@ -164,6 +166,8 @@ def tune_postprocess(
         params, steps, fast, crossed = tried[chosen]
         if nested is not None and len(tried) > 1:  # the choice's own luck out of the score reported
             crossed = nested  # each search's own cross-fitted score: search.compared
+        if crossfit_out is not None and crossed is not None and groups is not None:
+            crossfit_out.update(groups=groups[0], crossed=crossed)
         # "before" is the config's post-processing: the search that started from the config's split seed counted it
         mode, _ = with_seed[chosen]
         same_start = next(n for n, (m, s) in with_seed.items() if m == mode and s == seeds[0])
@@ -188,7 +192,7 @@ def tune_postprocess(
             "before": before,
             "after": after,
             "gain": after - before,
-            "cross_fitted": crossed,
+            "cross_fitted": public(crossed),
             "search": {"setting": cfg.postprocess.search, "chosen": chosen, "compared": {
                 mode: {"after": t[2]["after"](everything), "cross_fitted": t[3]["score"] if t[3] else None}
                 for mode, t in tried.items()}},

@@ -103,20 +103,24 @@ def cross_fitted_choice(groups: np.ndarray, how: str, searches: Mapping[str, Cal
         assert assembled is not None
         return float(pairs[key].score(tuple(assembled), np.flatnonzero(groups != g)))
 
-    def assemble(pick: Callable[[int], str]) -> tuple[float, list[dict]]:
+    def assemble(pick: Callable[[int], str]) -> tuple[float, list[dict], dict]:
         arrays: list[np.ndarray] | None = None
-        chosen = []
+        chosen, rest = [], []
         for g in range(n_groups):
             params, counts = outer[g][pick(g)]
             arrays = _take(arrays, counts, groups == g)
             chosen.append(asdict(params))
+            rest.append(float(counts.score(counts.arrays, np.flatnonzero(groups != g))))
         assert arrays is not None
-        return float(outer[0][names[0]][1].score(tuple(arrays))), chosen
+        score_fn = outer[0][names[0]][1].score
+        # for a choice made above this one (tune --tta's TTA set, nested_choice): each image's counts under its
+        # group's parameters, and each group's parameters scored on the other groups' images (they were tuned there)
+        return float(score_fn(tuple(arrays))), chosen, {COUNTS: Counts(score_fn, tuple(arrays)), REST: rest}
 
     per = {}
     for n in names:
-        score, chosen = assemble(lambda g, n=n: n)
-        per[n] = {"score": score, "groups": how, "n_groups": n_groups, "params": chosen}
+        score, chosen, inner = assemble(lambda g, n=n: n)
+        per[n] = {"score": score, "groups": how, "n_groups": n_groups, "params": chosen, **inner}
     if len(names) == 1:  # nothing to choose: the one search's own score (no pair searches)
         return per, {**per[names[0]], "searches": names * n_groups}
     picks = []
@@ -127,10 +131,39 @@ def cross_fitted_choice(groups: np.ndarray, how: str, searches: Mapping[str, Cal
             if better(score, best_score):
                 best, best_score = n, score
         picks.append(best)
-    score, chosen = assemble(lambda g: picks[g])
+    score, chosen, inner = assemble(lambda g: picks[g])
     return per, {"score": score, "groups": how, "n_groups": n_groups,
                  "params": chosen, "searches": picks,
-                 "choice": "nested: each group's search chosen by cross-fitted score without it"}
+                 "choice": "nested: each group's search chosen by cross-fitted score without it", **inner}
+
+
+#: keys of a cross-fitted dict that are not written to JSON (:func:`public`): the per-image counts and rest scores
+COUNTS, REST = "_counts", "_rest"
+
+
+def public(crossed: dict | None) -> dict | None:
+    """A cross-fitted dict without its in-memory parts, as ``postprocess.json`` keeps it."""
+    return None if crossed is None else {k: v for k, v in crossed.items() if k not in (COUNTS, REST)}
+
+
+def nested_choice(groups: np.ndarray, crossed: Sequence[dict], better: Callable[[int, int, int], bool]) -> tuple[float, list[int]]:
+    """The cross-fitted score of a choice among several tunings of the same images (``tune --tta``'s TTA sets, each
+    tuned on its own OOF probabilities; ``crossed``: each one's cross-fitted dict), made inside each group without it:
+    group g takes the tuning whose parameters tuned without g score best on the other groups' images
+    (``better(g, i, j)``: whether tuning i beats j there, from each one's :data:`REST`), and is scored with that
+    tuning's counts under them. Returns the score and each group's pick. Choosing on every image's tuned score
+    (what tune --tta keeps) and reporting the winner's own cross-fitted score left that choice's luck in it."""
+    n_groups = int(groups.max()) + 1
+    picks, arrays = [], None
+    for g in range(n_groups):
+        best = 0
+        for i in range(1, len(crossed)):
+            if better(g, i, best):
+                best = i
+        picks.append(best)
+        arrays = _take(arrays, crossed[best][COUNTS], groups == g)
+    assert arrays is not None
+    return float(crossed[0][COUNTS].score(tuple(arrays))), picks
 
 
 def _take(arrays: list[np.ndarray] | None, counts: Counts, rows: np.ndarray) -> list[np.ndarray]:
