@@ -110,25 +110,11 @@ def check_teacher(cfg: Config, folds: pd.DataFrame, folds_to_train: list[int]) -
     so a missing teacher fold or other folds are refused now, not after the first folds have trained."""
     teacher = teacher_run(cfg)
     if teacher is not None:
-        check_teacher_classes(cfg, teacher)
+        from .stages import check_same_classes
+
+        check_same_classes(cfg, teacher)
         _teacher_predictor(cfg, teacher, folds, list(folds_to_train) if cfg.pseudo.per_fold else [])
 
-
-def check_teacher_classes(cfg: Config, teacher: Run) -> None:
-    """The teacher's output channels mean this run's classes: the same task and number of classes and, where both
-    name them (``data.class_names`` or ``data.classes_csv``), the same names in the same order (a teacher of
-    ``[b, a]`` would label a student of ``[a, b]`` with its channels swapped)."""
-    from .data.colors import class_names
-
-    tcfg = teacher.config()
-    if tcfg.data.task != cfg.data.task or tcfg.data.num_classes != cfg.data.num_classes:
-        raise ConfigError(f"pseudo.teacher: {teacher.dir} predicts {tcfg.data.task} with {tcfg.data.num_classes} classes; "
-                          f"this run is {cfg.data.task} with {cfg.data.num_classes}")
-    named = [bool(c.data.class_names or c.data.classes_csv) for c in (tcfg, cfg)]
-    if all(named) and class_names(tcfg) != class_names(cfg):
-        raise ConfigError(f"pseudo.teacher: {teacher.dir} names its classes {class_names(tcfg)}, this run "
-                          f"{class_names(cfg)}: its channels would label other classes; give the two runs the same "
-                          "classes in the same order")
 
 
 def _teacher_predictor(cfg: Config, teacher: Run, folds: pd.DataFrame, per_fold: list[int]):
@@ -229,10 +215,11 @@ def _make(cfg: Config, run: Run, fold: int | None, folds: pd.DataFrame, path: Pa
     from .data.masks import train_rle_spec
     from .data.sources import load_test_samples
     from .postprocess import apply_postprocess, load_params
+    from .stages import check_same_classes
 
     teacher = teacher_run(cfg)
     predictor = _teacher_predictor(cfg, teacher, folds, [fold] if fold is not None else [])
-    check_teacher_classes(cfg, teacher)
+    check_same_classes(cfg, teacher)
     tcfg = teacher.config()
     params, spec, p = load_params(tcfg, teacher), train_rle_spec(cfg), cfg.pseudo
     samples = load_test_samples(cfg)

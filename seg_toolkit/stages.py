@@ -60,6 +60,24 @@ def check_same_folds(prev: Run, folds: pd.DataFrame, key: str) -> None:
                           "(same folds settings and data), or fold k would learn from weights trained on its validation images")
 
 
+def check_same_classes(cfg: Config, teacher: Run, key: str = "pseudo.teacher") -> None:
+    """The earlier run's output channels (a ``pseudo.teacher``'s, or a ``train.init_from`` stage's) mean this run's
+    classes: the same task and number of classes and, where both name them (``data.class_names`` or
+    ``data.classes_csv``), the same names in the same order (a teacher of ``[b, a]`` would label a student of
+    ``[a, b]`` with its channels swapped; a stage 2 would start from weights whose channel 0 is another class)."""
+    from .data.colors import class_names
+
+    tcfg = teacher.config()
+    if tcfg.data.task != cfg.data.task or tcfg.data.num_classes != cfg.data.num_classes:
+        raise ConfigError(f"{key}: {teacher.dir} predicts {tcfg.data.task} with {tcfg.data.num_classes} classes; "
+                          f"this run is {cfg.data.task} with {cfg.data.num_classes}")
+    named = [bool(c.data.class_names or c.data.classes_csv) for c in (tcfg, cfg)]
+    if all(named) and class_names(tcfg) != class_names(cfg):
+        raise ConfigError(f"{key}: {teacher.dir} names its classes {class_names(tcfg)}, this run "
+                          f"{class_names(cfg)}: its channels would label other classes; give the two runs the same "
+                          "classes in the same order")
+
+
 #: trained keys a later stage may change: the resolution, the dropout, which weights (EMA or not) it keeps
 STAGE_KEYS = ("transforms.resize", "model.dropout", "train.use_ema")
 
@@ -78,6 +96,7 @@ def check_init_folds(cfg: Config, folds: pd.DataFrame, folds_to_train: list[int]
         raise ConfigError(f"train.init_from: {prev.dir} was trained on inputs read otherwise than this config reads them "
                           f"({'; '.join(diff[:6])}); a later stage may change {', '.join(STAGE_KEYS)} and the training "
                           "settings, not how images and masks are read or the model")
+    check_same_classes(cfg, prev, "train.init_from")  # data.class_names is not a trained key: the order is checked here
     check_same_folds(prev, folds, "train.init_from")
     done = set(prev.trained_folds())
     untrained = [k for k in folds_to_train if k not in done]

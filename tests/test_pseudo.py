@@ -275,9 +275,17 @@ def test_a_teacher_whose_classes_are_named_in_another_order_is_refused(demo_root
                                           r"this run \['rectangle', 'disc', 'triangle'\]"):
         run_cv(named)
     assert not Run.of(named).fold_dir(0).exists()  # before any fold trained
-    from seg_toolkit.pseudo import check_teacher_classes
+    from seg_toolkit.stages import check_same_classes
 
-    check_teacher_classes(_student(demo_root, runs, "unnamed"), Run(runs / "teacher"))  # names on one side only
+    check_same_classes(_student(demo_root, runs, "unnamed"), Run(runs / "teacher"))  # names on one side only
+    # a later stage (train.init_from) of the same run was accepted: fold k started from weights whose channels 0 and 1
+    # are the other's class (data.class_names is not among the keys a stage compares)
+    stage = config_from_dict(demo_dict(demo_root, runs, experiment="stage2", folds=FOLDS, train={
+        "epochs": 1, "batch_size": 2, "init_from": str(runs / "teacher")}, data={**demo_dict(demo_root, runs)["data"],
+        "class_names": ["rectangle", "disc", "triangle"]}))
+    with pytest.raises(ConfigError, match=r"train.init_from: .*teacher names its classes \['disc', 'rectangle', 'triangle'\]"):
+        run_cv(stage)
+    assert not Run.of(stage).fold_dir(0).exists()
 
 
 def test_pseudo_samples_read_the_image_part_of_a_pair_file(demo_root, teacher, tmp_path):
