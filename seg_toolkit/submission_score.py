@@ -9,6 +9,7 @@ graders read them, and rows that overlap are refused.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -70,7 +71,10 @@ def score_submission(csv_path: str | Path, solution_path: str | Path, cfg: Confi
         return mask
 
     truth_rows, pred_rows = read(solution_path), read(csv_path)
-    evaluator = Evaluator(cfg.metric, d.task, d.num_classes)
+    # the grader scores the rows the files have: with submission.classes a subset and no metric.classes of its own,
+    # the classes never submitted are no (empty, empty) pairs scoring 1 (as evaluate's config warning says)
+    metric = cfg.metric if cfg.metric.classes or not s.classes else dataclasses.replace(cfg.metric, classes=sorted(allowed))
+    evaluator = Evaluator(metric, d.task, d.num_classes)
     object_scores: list[float] = []  # an object-matching metric: each row is an object, as the competition reads it
     for sample in load_test_samples(cfg):
         hw = image_size(sample.image, sample.pair, d.exif_orientation)
