@@ -22,7 +22,7 @@ from .distributed import get_dist
 from .evaluator import Evaluator, truth_objects
 from .files import read_json, read_oof, remove_stale_writes, write_json
 from .run import Run, RunExistsError
-from .run_lock import fold_lock, run_lock
+from .run_lock import fold_lock, lock_held, run_lock
 from .tensors import uint8_to_probs
 from .pseudo import check_teacher, pseudo_info, teacher_run
 from .stages import check_init_folds, init_run
@@ -65,6 +65,11 @@ def prepare_run(cfg: Config, folds: list[int], resume: bool = False, overwrite: 
     run.check_writable(cfg)
     if run.is_ensemble:
         raise RunExistsError(f"{run.dir} is an ensemble run ({run.ensemble_json}); use another experiment name")
+    if overwrite:  # never a fold another process is training now: its files would go from under it
+        busy = [k for k in (folds if fold_job else run.started_folds()) if lock_held(run.fold_lock_file(k))]
+        if busy:
+            raise RunExistsError(f"{run.dir}: fold(s) {busy} are being trained by another process ({run.fold_lock_file(busy[0])}); "
+                                 "--overwrite deletes them only once it has ended (or been stopped)")
     if overwrite and fold_job:
         _remove_folds(cfg, run, folds)
     elif overwrite:

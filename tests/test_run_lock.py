@@ -202,6 +202,10 @@ def test_a_fold_being_trained_is_started_and_not_trained_twice(demo_root, tmp_pa
             prepare_run(config_from_dict(other), [1], fold_job=True)
         with pytest.raises(RunExistsError, match=r"fold\(s\) \[0\] already have files; use --resume"):
             prepare_run(config_from_dict(base), [0, 1])
+        for fold_job in (True, False):  # --overwrite never deletes a fold being trained
+            with pytest.raises(RunExistsError, match=r"fold\(s\) \[0\] are being trained by another process"):
+                prepare_run(config_from_dict(base), [0], overwrite=True, fold_job=fold_job)
+        assert run.fold_lock_file(0).is_file()
     assert not run.fold_lock_file(0).exists() and run.started_folds() == []
     run.fold_lock_file(0).write_text("{}")  # left by a killed trainer: nobody holds it, so the fold has not started
     assert run.started_folds() == []
