@@ -61,9 +61,14 @@ DEFAULT_MEMORY_BUDGET = 1 << 30  # member OOF arrays + targets kept in memory be
 
 
 def merge_probs(probs: Sequence[np.ndarray], weights: Sequence[float], space: str, task: str) -> np.ndarray:
-    """Weighted merge of probability arrays ``(C, H, W)`` in ``prob`` or ``logit`` space (the predictor's rule)."""
+    """Weighted merge of probability arrays ``(C, H, W)`` in ``prob`` or ``logit`` space (the predictor's rule: the
+    members of weight 0 take no part, and one member left is its own probabilities, not their round trip through
+    the logit space's clamp, which moved a weight-[1, 0] ensemble's OOF values a 1/255 step off what predict submits)."""
+    active = [(w, p) for w, p in zip(weights, probs) if w > 0]
+    if len(active) == 1:
+        return np.asarray(active[0][1], np.float32)
     acc = None
-    for w, p in zip(weights, probs):
+    for w, p in active:
         acc = add_weighted(acc, w, to_merge_space(torch.from_numpy(np.asarray(p, np.float32)), space, task))
     return from_merge_space(acc, space, task).numpy()
 

@@ -414,6 +414,18 @@ def test_prob_merge_uses_the_oof_files_grid():
                           merge_probs([uint8_to_probs(probs_to_uint8(p)) for p in many], [0.4, 0.6], "prob", "multilabel"))
 
 
+@pytest.mark.parametrize("space", ["logit", "prob"])
+def test_one_member_left_is_its_own_probabilities(space):
+    """Weights [1, 0] in logit space: the ensemble's OOF went through the space's clamp and back (a stored 255 became
+    254, a multiclass 129 became 130), while predict runs the one member and submits its probabilities as they are."""
+    grid = [uint8_to_probs(np.array(v, np.uint8)[:, None, None]) for v in ([255, 0, 129], [3, 200, 52])]
+    for task in ("binary", "multiclass"):
+        one = merge_probs(grid, [1.0, 0.0], space, task)
+        assert np.array_equal(probs_to_uint8(one), np.array([255, 0, 129], np.uint8)[:, None, None])
+    assert not np.array_equal(probs_to_uint8(merge_probs(grid, [0.5, 0.5], space, "binary")),
+                              np.array([255, 0, 129], np.uint8)[:, None, None])  # two members do merge
+
+
 def test_a_zero_weight_classifier_member_is_not_run(trained, tmp_path, demo_root):
     """The only member with the empty-mask classifier at weight 0: predict divided by zero; now it is not run, and
     the ensemble predicts exactly as its other member alone."""
