@@ -88,8 +88,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_lr_find(args: argparse.Namespace) -> int:
     from .lr_find import lr_find
+    from .run import Run
 
     cfg = _config(args)
+    Run.of(cfg).refuse_ensemble("lr-find")  # it would sweep a model an ensemble never trains, and write into it
     if not 0 <= args.fold < cfg.folds.n_splits:
         raise ConfigError(f"--fold {args.fold}: expected 0..{cfg.folds.n_splits - 1}")
     r = lr_find(cfg, fold=args.fold, start=args.start, end=args.end, steps=args.steps)

@@ -79,7 +79,7 @@ class RunRow:
         if self.cv is None:
             what = f"{self.folds_done}/{self.n_splits} folds trained" if self.kind == "trained" and self.n_splits else "no cv.json"
             return f"CV missing ({what})"
-        if self.kind == "trained" and self.n_splits and self.folds_done < self.n_splits:
+        if self.n_splits and self.folds_done < self.n_splits:  # an ensemble of some folds too (its cv.json's images)
             why = f"; {self.left_out} left out by the time budget" if self.left_out else ""
             return f"partial: {self.folds_done}/{self.n_splits} folds{why}"
         return ""
@@ -282,11 +282,21 @@ def format_table(rows: list[RunRow]) -> str:
     return "\n".join(out)
 
 
+def labels(rows: list[RunRow]) -> list[str]:
+    """Each run's name, with its parent folder where two runs share a name (runs/a and runs2/a): on a category axis
+    two bars of one name fell on one place, one run's bar inside the other's."""
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r.name] = counts.get(r.name, 0) + 1
+    out = [r.name if counts[r.name] == 1 else f"{r.path.parent.name}/{r.name}" for r in rows]
+    return [x if out.count(x) == 1 else str(r.path) for x, r in zip(out, rows)]
+
+
 def _figures(rows: list[RunRow], curves: bool) -> list[Any]:
     import plotly.graph_objects as go
 
     scored = [r for r in rows if r.cv is not None]
-    names = [html.escape(r.name) for r in scored]  # plotly reads <b>, <br>, & in axis labels and legend names as markup
+    names = [html.escape(n) for n in labels(scored)]  # plotly reads <b>, <br>, & in axis labels and legend names as markup
     bars = go.Figure()
     bars.add_bar(name="CV", x=names, y=[r.cv for r in scored],
                  error_y=dict(type="data", array=[(r.fold_stats or (0, 0))[1] for r in scored], visible=True),
@@ -303,12 +313,13 @@ def _figures(rows: list[RunRow], curves: bool) -> list[Any]:
         from .plots import FOLD_COLORS
 
         fig = go.Figure()
-        for i, r in enumerate(x for x in rows if x.curves):
+        with_curves = [x for x in rows if x.curves]
+        for i, (r, name) in enumerate(zip(with_curves, labels(with_curves))):
             color = FOLD_COLORS[i % len(FOLD_COLORS)]
             for j, (fold, points) in enumerate(sorted(r.curves.items())):
                 fig.add_scatter(x=[e for e, _ in points], y=[s for _, s in points], mode="lines+markers",
-                                name=html.escape(r.name), legendgroup=r.name, showlegend=j == 0, line=dict(color=color),
-                                hovertemplate=f"{html.escape(r.name)} fold {fold}<br>epoch %{{x}}: %{{y:.4f}}<extra></extra>")
+                                name=html.escape(name), legendgroup=name, showlegend=j == 0, line=dict(color=color),
+                                hovertemplate=f"{html.escape(name)} fold {fold}<br>epoch %{{x}}: %{{y:.4f}}<extra></extra>")
         fig.update_layout(title="Validation score per epoch (one colour per run, one line per fold)",
                           xaxis_title="epoch", yaxis_title="validation score", height=480)
         figs.append(fig)

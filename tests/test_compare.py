@@ -194,3 +194,20 @@ def test_the_note_says_when_the_tuned_score_or_the_cv_is_not_what_it_seems():
     made = {**cv, "oof": {"tta": ["identity"]}}
     assert _qualifiers(made, None, cfg, None) == ["CV on OOF made with identity"]
     assert _qualifiers(made, None, cfg, {"tta": ["identity"]}) == []  # tune --tta chose what the OOF were made with
+
+
+def test_an_ensemble_of_some_folds_is_partial_and_runs_of_one_name_are_told_apart(tmp_path):
+    """An ensemble built on folds [0, 1] of 3 was ranked among complete runs without a note; two runs named `a` in two
+    folders shared one bar of compare's chart (a category axis), one run's bar inside the other's."""
+    from seg_toolkit.compare import RunRow, labels
+
+    ens = RunRow(name="ad", path=tmp_path / "runs" / "ad", kind="ensemble", cv=0.34, folds_done=2, n_splits=3)
+    assert ens.status == "partial: 2/3 folds"
+    assert RunRow(name="ab", path=tmp_path / "runs" / "ab", kind="ensemble", cv=0.4, folds_done=3, n_splits=3).status == ""
+    rows = [RunRow(name="a", path=tmp_path / "runs" / "a", kind="trained"),
+            RunRow(name="a", path=tmp_path / "runs2" / "a", kind="trained"),
+            RunRow(name="b", path=tmp_path / "runs" / "b", kind="trained")]
+    assert labels(rows) == ["runs/a", "runs2/a", "b"]
+    same_parent = [RunRow(name="a", path=tmp_path / "x" / "runs" / "a", kind="trained"),
+                   RunRow(name="a", path=tmp_path / "y" / "runs" / "a", kind="trained")]
+    assert labels(same_parent) == [str(tmp_path / "x" / "runs" / "a"), str(tmp_path / "y" / "runs" / "a")]

@@ -363,6 +363,9 @@ def test_ensemble_cli_edges(trained, tmp_path):
     # oof on an ensemble: not 'no completed fold; train first'
     with pytest.raises(ConfigError, match=r"is an ensemble: its OOF files are its members' merged, so `seg-toolkit oof`"):
         remake_oof(load_config(ens.config_yaml, [f"runs_dir={runs}"]))
+    # lr-find on an ensemble: refused, not a sweep of a model it never trains written into it
+    assert main(["lr-find", str(ens.dir)]) == 2
+    assert not (ens.dir / "lr_find.json").exists() and not (ens.dir / "lr_find.png").exists()
     # the ensemble folder moved without its members
     alone = tmp_path / "alone" / "ens"
     shutil.copytree(ens.dir, alone)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import re
 from pathlib import Path
 
@@ -230,16 +231,20 @@ def test_ensemble_run_report(multilabel, tmp_path):
     for src, dst in ((member.config_yaml, ens.config_yaml), (member.folds_csv, ens.folds_csv)):
         shutil.copyfile(src, dst)
     shutil.copytree(member.oof_dir, ens.oof_dir)
-    members = [{"run": str(member.dir), "weight": 0.7}, {"run": "runs/other", "weight": 0.3}]
+    # as build_ensemble names them: ensemble.json relative to the ensemble's folder, cv.json by path; matched by
+    # name the two never met, and the page showed the member's own cv.json score (other folds' images too)
+    members = [{"run": os.path.relpath(member.dir, ens.dir), "weight": 0.7}, {"run": "../other", "weight": 0.3}]
     ens.ensemble_json.write_text(json.dumps({"members": members, "space": "logit", "folds": [0, 1]}))
-    cv = {**ref["cv"], "ensemble": {"members": [{**members[0], "score": 0.8123}, {**members[1], "score": 0.7011}]}}
+    cv = {**ref["cv"], "ensemble": {"members": [{"run": str(member.dir), "weight": 0.7, "score": 0.8123},
+                                                {"run": "runs/other", "weight": 0.3, "score": 0.7011}]}}
     ens.cv_json.write_text(json.dumps(cv))
     write_oof_summary(ens, cfg, load_train_samples(cfg))
 
     page = build_report(ens.dir, n_examples=2)
     text = page.read_text(encoding="utf-8")
-    assert f"Ensemble of runs {member.dir}, runs/other (weights 0.7, 0.3; merged in logit space)" in text
-    assert "0.8123" in text and "0.7011" in text and f"{cv['score']:.4f}" in text
+    assert f"Ensemble of runs {members[0]['run']}, ../other (weights 0.7, 0.3; merged in logit space)" in text
+    assert "0.8123" in text and "0.7011" in text and f"{cv['score']:.4f}" in text and "its own cv.json" not in text
+    assert "member CV score on the ensemble&#x27;s OOF images" in text or "member CV score on the ensemble's OOF images" in text
     assert "Learning curves" not in text and not (page.parent / "learning_curves.png").exists()
     assert "Best OOF images" in text and "Traceback" not in text
     assert len(_embedded_pngs(text)) == 3  # confusion, best and worst overlays

@@ -154,21 +154,24 @@ def _examples_table(d: ReportData, examples: list[Example]) -> str:
 
 def _ensemble_html(d: ReportData) -> str:
     assert d.ensemble is not None
-    # each member's CV score as cv.json recorded it when the ensemble was made, else from its own cv.json
-    known = {str(m.get("run")): m.get("score") for m in ((d.cv or {}).get("ensemble") or {}).get("members", [])}
+    # each member's score on the ensemble's OOF images as cv.json recorded it when the ensemble was made (its members
+    # in ensemble.json's order; matched by name, cv.json's path never met ensemble.json's ../<member>, and the page
+    # showed the member's own cv.json, on other folds' images too), else its own cv.json, said so
+    known = [m.get("score") for m in ((d.cv or {}).get("ensemble") or {}).get("members", [])]
     rows = []
-    for m in d.ensemble.get("members", []):
-        score = known.get(str(m.get("run")))
-        if score is None:
+    for i, m in enumerate(d.ensemble.get("members", [])):
+        score, own = (known[i], False) if i < len(known) and known[i] is not None else (None, True)
+        if own:
             try:
                 score = (read_json(Run(d.run_dir / str(m.get("run", ""))).cv_json) or {}).get("score")
             except Exception:  # a member moved or damaged: its score is only informative
                 score = None
-        rows.append([h.esc(m.get("run")), h.fmt(m.get("weight"), ".3g"), h.fmt(score)])
+        rows.append([h.esc(m.get("run")), h.fmt(m.get("weight"), ".3g"),
+                     h.fmt(score) + (" (its own cv.json)" if own and score is not None else "")])
     sentence = ensemble_sentence(d.ensemble)
     return (f"<p>{h.esc(sentence[0].upper() + sentence[1:])}. "
             "An ensemble is not trained, so it has no learning curves; see its members' reports.</p>"
-            + h.table(["member run", "weight", "member CV score (its cv.json)"], rows))
+            + h.table(["member run", "weight", "member CV score on the ensemble's OOF images"], rows))
 
 
 def _overlay_sections(d: ReportData, out: Path) -> list[tuple[str, str]]:
