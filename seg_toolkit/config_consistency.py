@@ -12,6 +12,16 @@ import logging
 from .config import Config, ConfigError
 
 log = logging.getLogger(__name__)
+_WARNED: set[str] = set()
+
+
+def _warn_once(msg: str, *args: object) -> None:
+    """A load-time warning once per process: a run's config is loaded again by every command step (its members,
+    its folds, the resume check), and one warning had filled a train log 16 times."""
+    text = msg % args if args else msg
+    if text not in _WARNED:
+        _WARNED.add(text)
+        log.warning("%s", text)
 
 __all__ = ["check_consistency"]
 
@@ -137,11 +147,11 @@ def _check_metric_fits(cfg: Config) -> None:
                               "CSV row per object); a mask or one row per image holds their union, in which touching "
                               "objects are one")
         if not cfg.submission.instances:
-            log.warning("metric.name %r scores the 8-connected objects of each mask, but submission.instances is off: the "
+            _warn_once("metric.name %r scores the 8-connected objects of each mask, but submission.instances is off: the "
                         "submission writes one row per image (the union), which an object-matching grader reads as one "
                         "object", m.name)
     elif cfg.submission.instances:
-        log.warning("submission.instances: the competition scores objects (DSB 2018: precision over IoU thresholds of "
+        _warn_once("submission.instances: the competition scores objects (DSB 2018: precision over IoU thresholds of "
                     "matched objects; Airbus: F2), but metric.name %r scores pixels: CV, tuning and evaluate do not see "
                     "touching objects merged into one (which scores well here and nothing there) or one object split in "
                     "two. metric.name: instance_map (DSB) or instance_f2 (Airbus) scores objects",
@@ -151,7 +161,7 @@ def _check_metric_fits(cfg: Config) -> None:
         scored, submitted = sorted(m.classes or every), sorted(submitted_classes(cfg))
         if scored != submitted:
             note = " (class 0 gets rows only when submission.classes lists it)" if d.task == "multiclass" else ""
-            log.warning("metric: the score averages classes %s but the submission has rows for %s%s: CV and tuning then "
+            _warn_once("metric: the score averages classes %s but the submission has rows for %s%s: CV and tuning then "
                         "score classes that are not submitted, or the other way round. Set metric.classes: %s to score "
                         "what is submitted, or submission.classes to submit what is scored", scored, submitted, note, submitted)
 

@@ -70,3 +70,12 @@ def demo_cfg(demo_root, tmp_path):
 # kernel's default 2 threads, 32 s alone.
 torch.set_num_threads(1)
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+@pytest.fixture(autouse=True)
+def _load_warnings_per_test(monkeypatch):
+    """The config's load-time consistency warnings are said once per process (config_consistency._warn_once): each
+    test starts as a fresh process would, so a warning one test expects is not taken by an earlier test's load."""
+    from seg_toolkit import config_consistency
+
+    monkeypatch.setattr(config_consistency, "_WARNED", set())

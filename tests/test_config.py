@@ -397,3 +397,14 @@ def test_an_optional_choice_keeps_its_did_you_mean(tmp_path):
     """The Optional wrapper swallowed the Literal's message: `pair_split: image_lft` listed the choices, suggested none."""
     with pytest.raises(ConfigError, match=r"data.pair_split: 'image_lft' is not one of .*\(did you mean 'image_left'\?\); or null"):
         config_from_dict({"data": {"root": str(tmp_path), "pair_split": "image_lft"}, "folds": {"n_splits": 2}})
+
+
+def test_a_load_time_warning_is_said_once_per_process(tmp_path, caplog):
+    """A run's config is loaded again by every step of a command (members, folds, the resume check): one warning
+    filled a train log 16 times."""
+    base = {"data": {"root": str(tmp_path), "task": "multiclass", "num_classes": 3}, "loss": {"ce": 1.0},
+            "submission": {"per_class": True}}
+    with caplog.at_level("WARNING"):
+        for _ in range(3):
+            config_from_dict(base)
+    assert caplog.text.count("the score averages classes [0, 1, 2] but the submission has rows for [1, 2]") == 1
