@@ -17,6 +17,17 @@ from . import commands_score as cs
 log = logging.getLogger("seg_toolkit")
 
 
+def _non_negative(text: str) -> int:
+    """An argparse type: a whole number >= 0 (``report --examples -3`` read as 0 and deleted the overlay pictures)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {value}")
+    return value
+
+
 def _add_config(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", help="YAML config file, or a run folder (runs/<experiment>)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -154,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("report", help="one self-contained HTML page of a run: CV, per-class table, confusion, curves, overlays")
     p.add_argument("run_dir", help="a run folder (runs/<experiment>), or the YAML config of a trained run")
-    p.add_argument("--examples", type=int, default=4, help="best and worst OOF images to show")
+    p.add_argument("--examples", type=_non_negative, default=4, help="best and worst OOF images to show")
     p.set_defaults(func=c.cmd_report)
 
     p = sub.add_parser("audit", help="check a competition folder: class frequencies, empty masks, sizes, every problem")

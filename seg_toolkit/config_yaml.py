@@ -121,9 +121,12 @@ def read_yaml(path: str | Path) -> dict:
         raise ConfigError(f"{path}: not valid (safe) YAML: {' '.join(str(e).split())}") from None
     except UnicodeDecodeError as e:
         raise ConfigError(f"{path}: not a UTF-8 text file ({e.reason} at byte {e.start}); save the config as UTF-8") from None
-    if data is not None and not isinstance(data, dict):
+    if data is None:  # every value a default (data.root data/demo...): the commands' errors then named the demo's files
+        raise ConfigError(f"{path}: the config file holds no keys (empty, or comments only); write at least data.root, "
+                          "or `base:` another config")
+    if not isinstance(data, dict):
         raise ConfigError(f"{path}: a config file must be a mapping of keys at the top level, got {type(data).__name__}")
-    return data or {}
+    return data
 
 
 def read_with_bases(path: Path, chain: tuple[Path, ...] = ()) -> dict:

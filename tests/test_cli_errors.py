@@ -146,3 +146,20 @@ def test_a_full_disk_is_one_error_line_and_config_yaml_is_written_whole(comp, ca
     assert target.read_text() == "experiment: old\n" and [p.name for p in tmp_path.glob("*config.yaml*")] == ["config.yaml"]
     code, err = _run(capsys, "train", str(cfg))
     assert code == 2 and err.strip().splitlines()[-1] == "error: [Errno 28] No space left on device"
+
+
+def test_an_empty_config_and_a_negative_examples_count_are_refused(tmp_path, capsys):
+    """An empty (or comments-only) YAML loaded as every default: `audit` wrote runs/demo/audit.html, other commands
+    named data/demo/train.csv as missing. `report --examples -3` read as 0 and deleted the overlay pictures."""
+    from seg_toolkit.cli import main
+
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("# nothing yet\n")
+    for cmd in ("audit", "train"):
+        assert main([cmd, str(empty)]) == 2
+        err = capsys.readouterr().err
+        assert f"{empty}: the config file holds no keys (empty, or comments only)" in err and "Traceback" not in err
+    assert not (tmp_path / "runs").exists()
+    with pytest.raises(SystemExit) as e:
+        main(["report", str(tmp_path), "--examples", "-3"])
+    assert e.value.code == 2 and "expected a whole number >= 0, got -3" in capsys.readouterr().err
