@@ -85,28 +85,31 @@ def _sample_tiles(cfg: Config, samples: list[Sample], colors: np.ndarray, painte
     return tiles
 
 
-def _batch_tiles(cfg: Config, samples: list[Sample], colors: np.ndarray, painted: list[bool]) -> list[tuple[str, tuple]]:
-    """The first training batch of epoch 0 (sampler order and augmentation seeds as training has them)."""
+def _batch_tiles(cfg: Config, samples: list[Sample], colors: np.ndarray, painted: list[bool],
+                 ) -> tuple[list[tuple[str, tuple]], bool]:
+    """The first training batch of epoch 0 (sampler order and augmentation seeds as training has them), and whether
+    its masks hold void pixels (the padding of a rotation or shift is void, where the data may have none)."""
     from .data.dataset import _normalize
 
     ds = SegDataset(samples, cfg, "train")
     norm = _normalize(cfg)
     mean, std = np.asarray(norm.mean, np.float32), np.asarray(norm.std, np.float32)
     keys = list(EpochSampler(len(samples), shuffle=True, seed=cfg.train.seed))[: min(cfg.train.batch_size, MAX_BATCH)]
-    tiles = []
+    tiles, void = [], False
     for key in keys:
         item = ds[key]
         x = item["image"].numpy().transpose(1, 2, 0)
         image = np.clip((x * std + mean) * float(norm.max_pixel_value) + 0.5, 0, 255).astype(np.uint8)
         t = item["target"].numpy()
         target = t.astype(np.uint8) if cfg.data.task == "multiclass" else t.transpose(1, 2, 0).astype(np.uint8)
+        void = void or bool((t == IGNORE_INDEX).any())
         h, w = image.shape[:2]
         panels = overlay_panels(image, target, cfg, colors, painted)
         if "weight" in item:  # data.border_weight: the U-Net weight map that went with the crop, a third panel
             panels = (*panels, weight_panel(item["weight"][0].numpy(), target[..., 0] == IGNORE_INDEX,
                                             cfg.data.border_weight, panels[0].shape[:2]))
         tiles.append((f"{item['id']}  ({h}x{w}, seed {key[1]})", panels))
-    return tiles
+    return tiles, void
 
 
 def weight_panel(weight: np.ndarray, void: np.ndarray, w0: float, size: tuple[int, int]) -> np.ndarray:
@@ -187,7 +190,7 @@ def audit_pictures(cfg: Config, res: AuditResult, out_dir: Path) -> str:
             f"decoded mask: classes filled at {round(100 * FILL_ALPHA)}% and outlined in their colour, void grey. The same picture is "
             f"{esc(run.audit_samples_png.name)} beside this page.")))
     try:
-        batch = _batch_tiles(cfg, res.samples, colors, painted)
+        batch, batch_void = _batch_tiles(cfg, res.samples, colors, painted)
     except Exception as e:  # the pictures must not hide the audit; training would stop at the same error
         log.warning("audit: the augmented batch could not be drawn: %s", e)
         out.append(section("One augmented training batch",
@@ -196,13 +199,15 @@ def audit_pictures(cfg: Config, res: AuditResult, out_dir: Path) -> str:
     aug = ", ".join(next(iter(a)) if isinstance(a, dict) else str(a) for a in cfg.transforms.train) or "none"
     weighed = cfg.data.border_weight > 0
     fig = _tiles_figure(batch, f"first training batch of epoch 0 (sampler seed {seed}), after augmentation and resize: "
-                        "image | mask" + (" | weight map" if weighed else ""), names, colors, painted, cfg.data.task, void)
+                        "image | mask" + (" | weight map" if weighed else ""), names, colors, painted, cfg.data.task,
+                        void or batch_void)
     png = write_figure(fig, run.audit_batch_png)
     out.append(section("One augmented training batch", png_tag(png, "one augmented training batch") + note(
         f"The first {len(batch)} items of epoch 0 in the training sampler's order over all {len(res.samples)} samples read "
         f"(train.seed {seed}; training draws from one fold's share), after transforms.train ({esc(aug)}) and "
         f"transforms.resize ({esc(cfg.transforms.resize or 'native')}), de-normalised with transforms.mean/std, with the "
         f"mask each was given"
+        + (" (void grey, not scored: the padding a rotation or shift adds is void)" if batch_void and not void else "")
         + (f" and the U-Net weight map the loss weighed it with (data.border_weight {cfg.data.border_weight:g}, "
            f"data.border_sigma {cfg.data.border_sigma:g}: black 1, bright {1 + cfg.data.border_weight:g}, void grey)"
            if weighed else "")

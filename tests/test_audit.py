@@ -398,9 +398,13 @@ def test_augmented_batch_is_the_first_training_batch_with_its_masks(demo_root, t
                                      transforms={"train": [{"HorizontalFlip": {"p": 1.0}}]}))
     samples = load_train_samples(cfg)
     colors, painted = class_colors(cfg), [True, True, True]
-    tiles = _batch_tiles(cfg, samples, colors, painted)
+    tiles, void = _batch_tiles(cfg, samples, colors, painted)
     keys = list(EpochSampler(len(samples), shuffle=True, seed=7))[:3]
-    assert len(tiles) == 3
+    assert len(tiles) == 3 and not void  # a flip pads nothing
+    # a rotation's padding is void (dataset.py's fill_mask): the batch figure's legend then has the void entry
+    rotated = config_from_dict(demo_dict(demo_root, tmp_path / "runs", train={"batch_size": 3, "seed": 7}, transforms={
+        "train": [{"Affine": {"rotate": [30, 30], "p": 1.0}}]}))
+    assert _batch_tiles(rotated, samples, colors, painted)[1]
     for (label, (shown, over)), (index, seed) in zip(tiles, keys):
         s = samples[index]
         assert label.startswith(s.id) and f"seed {seed}" in label

@@ -252,7 +252,7 @@ def test_the_audit_batch_shows_the_map_beside_each_mask(tmp_path):
     assert panel.tolist() == [[[0, 0, 4], [252, 255, 164], [128, 128, 128]]]
     _, cfg = _problem_cfg(tmp_path)
     samples = load_train_samples(cfg)
-    tiles = _batch_tiles(cfg, samples, class_colors(cfg), [True])
+    tiles, _ = _batch_tiles(cfg, samples, class_colors(cfg), [True])
     ds = SegDataset(samples, cfg, "train")
     for (_, panels), key in zip(tiles, EpochSampler(len(samples), shuffle=True, seed=cfg.train.seed)):
         assert len(panels) == 3
