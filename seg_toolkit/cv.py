@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 from pathlib import Path
 from typing import Any
@@ -76,8 +77,9 @@ def prepare_run(cfg: Config, folds: list[int], resume: bool = False, overwrite: 
         run.remove(cfg)
     run.dir.mkdir(parents=True, exist_ok=True)
     remove_stale_writes(run.dir, recursive=True)  # what killed commands left half-written (a live one's are kept)
-    if saved.is_file():
-        diff = _config_changes(run, cfg)
+    old = _with_defaults(read_yaml(saved)) if saved.is_file() else None  # read once: the checks below compare with it
+    if old is not None:
+        diff = _config_changes(run, cfg, old)
         # stopped before any fold wrote a file (a config error met at the first batch): the corrected config replaces
         # it, unless it changes what folds.csv or pseudo/ were made from
         if diff and not run.started_folds() and not any(d.startswith(_FOLDS_FROM) for d in diff):
@@ -90,8 +92,8 @@ def prepare_run(cfg: Config, folds: list[int], resume: bool = False, overwrite: 
                 f"use a new experiment name, or --overwrite{' without --fold' if fold_job else ''} to start again"
             )
     _check_predict_keys(run, cfg, run.trained_folds() if saved.is_file() else [])
-    if saved.is_file():
-        _say_other_epochs(run, cfg, folds)
+    if old is not None:
+        _say_other_epochs(run, cfg, folds, (old.get("train") or {}).get("epochs"))
     if not resume:
         started = sorted(set(folds) & set(run.started_folds()))
         if started:
@@ -121,9 +123,11 @@ def _check_predict_keys(run: Run, cfg: Config, trained: list[int]) -> None:
                              "with `seg-toolkit oof CONFIG --set ...`")
 
 
-def _config_changes(run: Run, cfg: Config) -> list[str]:
-    """How ``cfg`` differs from the run's saved config.yaml, but for :data:`RESUME_FREE_KEYS`."""
-    old, new = _with_defaults(read_yaml(run.config_yaml)), config_to_dict(cfg)
+def _config_changes(run: Run, cfg: Config, old: dict | None = None) -> list[str]:
+    """How ``cfg`` differs from the run's saved config.yaml (``old``: as :func:`_with_defaults` read it), but for
+    :data:`RESUME_FREE_KEYS`."""
+    old = copy.deepcopy(old) if old is not None else _with_defaults(read_yaml(run.config_yaml))
+    new = config_to_dict(cfg)
     for c in (old, new):  # the same folder however it is spelled (relative, data/./demo; saved absolute: anchored)
         for section, key in (("data", "root"), ("train", "init_from"), ("pseudo", "teacher")):
             if isinstance(c.get(section), dict) and c[section].get(key):
@@ -131,14 +135,13 @@ def _config_changes(run: Run, cfg: Config) -> list[str]:
     return [d for d in config_diff(old, new) if not d.startswith(RESUME_FREE_KEYS)]
 
 
-def _say_other_epochs(run: Run, cfg: Config, folds: list[int]) -> None:
+def _say_other_epochs(run: Run, cfg: Config, folds: list[int], saved: int | None) -> None:
     """``train.epochs`` may change on --resume, for the fold in progress (its schedule is laid out again); a fold that
     starts now under another number than the trained folds' (`train --fold 1 --set train.epochs=8`) trains a CV of
     two lengths, which is said, not refused (a budget's folds differ in length too; each fold's done.json has its own)."""
     fresh = sorted(set(folds) - set(run.started_folds()))
     if not fresh:
         return
-    saved = (_with_defaults(read_yaml(run.config_yaml)).get("train") or {}).get("epochs")
     # done.json's own number (a --resume of a finished fold saved config.yaml with the new one); older runs: the file's
     other = {k: e for k in run.trained_folds() if (e := (read_json(run.done_json(k)) or {}).get("epochs_configured", saved))
              != cfg.train.epochs}

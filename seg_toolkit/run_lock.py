@@ -171,30 +171,26 @@ def fold_lock(run: Run, fold: int, command: str = "train") -> Iterator[None]:
 
 def lock_held(path: Path) -> bool:
     """Whether a process holds the flock of ``path`` now (this one included, through another open file)."""
-    if fcntl is None or not path.is_file():
-        return False
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return False
-    try:
-        if _try_lock(fd):
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            return False
-        return True
-    finally:
-        os.close(fd)
+    return _holder_of(path) is not None
 
 
 def lock_holder(run: Run) -> str | None:
     """Who holds ``run``'s lock now (command, pid, start), or None when nobody does (or this thread does)."""
     path = Path(run.lock_file)
-    if fcntl is None or not path.is_file() or getattr(_held, "depth", {}).get(str(path.resolve())):
+    if getattr(_held, "depth", {}).get(str(path.resolve())):
         return None
-    fd = os.open(path, os.O_RDONLY)
+    return _holder_of(path)
+
+
+def _holder_of(path: Path) -> str | None:
+    """The text naming whoever holds the flock of ``path`` now; None when nobody does or there is no such file."""
+    if fcntl is None or not path.is_file():
+        return None
     try:
-        if _try_lock(fd):
-            return None
-        return _holder_text(fd)
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        return None if _try_lock(fd) else _holder_text(fd)
     finally:
-        os.close(fd)
+        os.close(fd)  # releases a lock the probe took

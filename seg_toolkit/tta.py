@@ -182,6 +182,14 @@ def _chunks(group: list[_Variant], n_images: int, max_batch: int) -> Iterator[li
         yield chunk
 
 
+def _passes(variants: list[_Variant], size: tuple[int, int], n_images: int, max_batch: int) -> Iterator[list[_Piece]]:
+    """The forward passes of ``variants`` of ``n_images`` images of ``size``, in order: the variants of one input
+    shape share passes of at most ``max_batch`` images. Predicting and re-merging stored logits
+    (:func:`merge_variant_logits`) both follow it, so they add the same pieces in the same order."""
+    for group in _group_by_shape(variants, size):
+        yield from _chunks(group, n_images, max_batch)
+
+
 def _run(model: Predictor, x: Tensor) -> Tensor:
     y = model(x)
     if not isinstance(y, Tensor) or y.dim() != 4 or y.shape[0] != x.shape[0] or y.shape[-2:] != x.shape[-2:]:
@@ -268,14 +276,13 @@ def iter_variant_logits(model: Predictor, images: Tensor, variants: list[_Varian
     """
     size, n = (int(images.shape[-2]), int(images.shape[-1])), int(images.shape[0])
     scaled = {v.scale: resize_to(images, _scaled_size(size, v.scale)) for v in variants}
-    for group in _group_by_shape(variants, size):
-        for chunk in _chunks(group, n, max_batch):
-            parts = [TRANSFORMS[v.transform].forward(scaled[v.scale][a:b]) for v, a, b in chunk]
-            y = _run(model, parts[0] if len(parts) == 1 else torch.cat(parts, dim=0))
-            offset = 0
-            for v, a, b in chunk:
-                yield v, slice(a, b), _deaugment(y[offset:offset + b - a], v, size)
-                offset += b - a
+    for chunk in _passes(variants, size, n, max_batch):
+        parts = [TRANSFORMS[v.transform].forward(scaled[v.scale][a:b]) for v, a, b in chunk]
+        y = _run(model, parts[0] if len(parts) == 1 else torch.cat(parts, dim=0))
+        offset = 0
+        for v, a, b in chunk:
+            yield v, slice(a, b), _deaugment(y[offset:offset + b - a], v, size)
+            offset += b - a
 
 
 def merge_variant_logits(logits: dict[_Variant, Tensor], variants: list[_Variant], size: tuple[int, int], task: str,
@@ -286,10 +293,9 @@ def merge_variant_logits(logits: dict[_Variant, Tensor], variants: list[_Variant
     of a probability, enough to move an OOF file's 1/255 step now and then)."""
     n = int(next(iter(logits.values())).shape[0])
     merger = _Merger(merge, task, len(variants))
-    for group in _group_by_shape(variants, size):
-        for chunk in _chunks(group, n, max_batch):
-            for v, a, b in chunk:
-                merger.add(slice(a, b), n, logits[v][a:b])
+    for chunk in _passes(variants, size, n, max_batch):
+        for v, a, b in chunk:
+            merger.add(slice(a, b), n, logits[v][a:b])
     return merger.result()
 
 
