@@ -321,6 +321,21 @@ def test_multiclass_confusion_equals_sklearn(multiclass_run):
     assert any("only fold(s) [0] are complete; [1] are missing" in w for w in data.warnings)
 
 
+def test_multiclass_best_overlays_show_images_with_something_in_them_first(multiclass_run):
+    """An image all class 0 (background) in truth and prediction scores 1.0: the 'best' overlays were such blank
+    images; as for binary tasks, an image with a class other than 0 comes first."""
+    cfg, ids = multiclass_run
+    run = Run.of(cfg)
+    Image.fromarray(np.zeros((10, 14), np.uint8)).save(Path(cfg.data.root) / "train/masks" / f"{ids[0]}.png")
+    blank = np.zeros((3, 10, 14), np.uint8)
+    blank[0] = 255
+    np.save(run.oof_path(ids[0]), blank)
+    data = compute_report_data(run.dir, n_examples=3)
+    scores = {ex.id: ex.score for ex in data.best}
+    assert scores[ids[0]] == pytest.approx(1.0) and max(scores.values()) == scores[ids[0]]  # the top score, yet
+    assert [ex.id for ex in data.best][-1] == ids[0] and data.best[0].id != ids[0]  # shown after the others
+
+
 def test_report_warns_about_stale_cv_and_names_a_missing_oof_file(multiclass_run):
     cfg, ids = multiclass_run
     run = Run.of(cfg)

@@ -180,9 +180,10 @@ def compute_oof_summary(run: Run, cfg: Config, samples: list[Sample], n_examples
             ex = Example(s.id, k, score, int((tp + fn)[1:].sum()), int(fp.sum()))
         else:
             ex = Example(s.id, k, score, int((tp + fn).sum()), int((fp + fn).sum()))
-        # binary / multilabel: an image empty in truth and prediction is perfect by definition and is
-        # counted in the table; the "best" overlays show images with something in them first
-        content = task == "multiclass" or bool(has_true.any() or has_pred.any())
+        # an image empty in truth and prediction (multiclass: all class 0, the background of most data) is perfect
+        # by definition and is counted in the table; the "best" overlays show images with something in them first
+        first = 1 if task == "multiclass" else 0
+        content = bool(has_true[first:].any() or has_pred[first:].any())
         if objects is not None:  # ties among object scores: the most truth objects / the most objects wrong
             n_truth, n_pred, matched = evaluator.object_counts[-1]
             ex.objects = [n_truth, n_pred, matched]
