@@ -15,15 +15,16 @@ log = logging.getLogger(__name__)
 _WARNED: set[str] = set()
 
 
-def _warn_once(msg: str, *args: object) -> None:
-    """A load-time warning once per process: a run's config is loaded again by every command step (its members,
-    its folds, the resume check), and one warning had filled a train log 16 times."""
+def warn_once(logger: logging.Logger, msg: str, *args: object) -> None:
+    """A load-time warning once per process, for every config check (this module's and the transforms'): a run's
+    config is loaded again by every command step (its members, its folds, the resume check), and one warning had
+    filled a train log 16 times."""
     text = msg % args if args else msg
     if text not in _WARNED:
         _WARNED.add(text)
-        log.warning("%s", text)
+        logger.warning("%s", text)
 
-__all__ = ["check_consistency"]
+__all__ = ["check_consistency", "warn_once"]
 
 #: seeds go to numpy / sklearn, which take 0 .. 2**32 - 1
 _MAX_SEED = 2**32 - 1
@@ -147,11 +148,11 @@ def _check_metric_fits(cfg: Config) -> None:
                               "CSV row per object); a mask or one row per image holds their union, in which touching "
                               "objects are one")
         if not cfg.submission.instances:
-            _warn_once("metric.name %r scores the 8-connected objects of each mask, but submission.instances is off: the "
+            warn_once(log, "metric.name %r scores the 8-connected objects of each mask, but submission.instances is off: the "
                         "submission writes one row per image (the union), which an object-matching grader reads as one "
                         "object", m.name)
     elif cfg.submission.instances:
-        _warn_once("submission.instances: the competition scores objects (DSB 2018: precision over IoU thresholds of "
+        warn_once(log, "submission.instances: the competition scores objects (DSB 2018: precision over IoU thresholds of "
                     "matched objects; Airbus: F2), but metric.name %r scores pixels: CV, tuning and evaluate do not see "
                     "touching objects merged into one (which scores well here and nothing there) or one object split in "
                     "two. metric.name: instance_map (DSB) or instance_f2 (Airbus) scores objects",
@@ -161,7 +162,7 @@ def _check_metric_fits(cfg: Config) -> None:
         scored, submitted = sorted(m.classes or every), sorted(submitted_classes(cfg))
         if scored != submitted:
             note = " (class 0 gets rows only when submission.classes lists it)" if d.task == "multiclass" else ""
-            _warn_once("metric: the score averages classes %s but the submission has rows for %s%s: CV and tuning then "
+            warn_once(log, "metric: the score averages classes %s but the submission has rows for %s%s: CV and tuning then "
                         "score classes that are not submitted, or the other way round. Set metric.classes: %s to score "
                         "what is submitted, or submission.classes to submit what is scored", scored, submitted, note, submitted)
 

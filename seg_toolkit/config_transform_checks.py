@@ -12,9 +12,9 @@ import warnings
 from typing import Any
 
 from .config import Config, ConfigError
+from .config_consistency import warn_once
 
 log = logging.getLogger(__name__)
-_WARNED: set[str] = set()  # each warning once per process (a config loads more than once)
 
 
 def finite_number(v: float) -> bool:
@@ -98,9 +98,7 @@ def _warn_crop_before_resize(cfg: Config, built: list[Any]) -> None:
                    f"to {t.resize[0]}x{t.resize[1]}: training sees objects at another scale than validation and prediction, "
                    "which resize the whole image; crop to the resize size, or leave transforms.resize out and crop only, "
                    "unless the zoom is meant")
-            if msg not in _WARNED:
-                _WARNED.add(msg)
-                log.warning("%s", msg)
+            warn_once(log, msg)
 
 
 def _check_probabilities(built: Any, where: str) -> None:
@@ -199,6 +197,4 @@ def warn_normalisation(cfg: Config) -> None:
            f"({m.encoder_weights}) were trained with mean {list(want[0])} / std {list(want[1])} (timm's pretrained "
            "config): its first filters will see inputs of other statistics than they learnt from; set "
            f"transforms.mean: {list(want[0])} and transforms.std: {list(want[1])} unless this is on purpose")
-    if msg not in _WARNED:
-        _WARNED.add(msg)
-        log.warning("%s", msg)
+    warn_once(log, msg)  # once per process: a config loads more than once

@@ -8,7 +8,7 @@ import logging
 import numpy as np
 import pytest
 
-from seg_toolkit import config_transform_checks
+from seg_toolkit import config_consistency
 from seg_toolkit.config import config_from_dict
 from seg_toolkit.data.dataset import build_transforms
 
@@ -17,7 +17,7 @@ from .conftest import demo_dict
 
 @pytest.fixture(autouse=True)
 def _fresh_warnings(monkeypatch):
-    monkeypatch.setattr(config_transform_checks, "_WARNED", set())
+    monkeypatch.setattr(config_consistency, "_WARNED", set())
 
 
 def _warnings(caplog) -> list[str]:

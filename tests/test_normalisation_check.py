@@ -10,7 +10,7 @@ import logging
 
 import pytest
 
-from seg_toolkit import config_transform_checks
+from seg_toolkit import config_consistency
 from seg_toolkit.config import config_from_dict
 
 from .conftest import demo_dict
@@ -21,7 +21,7 @@ HALF = {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}
 
 @pytest.fixture(autouse=True)
 def _fresh_warnings(monkeypatch):
-    monkeypatch.setattr(config_transform_checks, "_WARNED", set())
+    monkeypatch.setattr(config_consistency, "_WARNED", set())
 
 
 def _load(demo_root, tmp_path, encoder, weights="imagenet", transforms=None, trained=False, **sections):
