@@ -9,22 +9,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from tqdm.auto import tqdm
 
 from .config import Config, ConfigError, anchored, config_diff, config_from_dict, config_to_dict, read_yaml, save_config
-from .data import Sample, load_or_make_folds, load_target, load_train_samples
+from .data import Sample, load_or_make_folds, load_train_samples
 from .data.sources import check_train_samples
 from .budget import planned_folds
 from .budget_run import admit_fold, left_out_folds, run_folds
 from .device import resolve_device
 from .models.registry import check_model_builds
 from .distributed import get_dist
-from .evaluator import Evaluator, truth_objects
-from .files import read_json, read_oof, remove_stale_writes, write_json
+from .files import read_json, remove_stale_writes, write_json
 from .run import Run, RunExistsError
 from .run_lock import fold_lock, lock_held, run_lock
-from .tensors import uint8_to_probs
 from .pseudo import check_teacher, pseudo_info, teacher_run
 from .stages import check_init_folds, init_run
 from .train import train_fold
@@ -289,25 +285,12 @@ def compute_cv(cfg: Config, run: Run | None = None, samples: list[Sample] | None
     number can be read against the trivial answer. ``oof`` says how the files were made
     (the TTA of each fold's prediction). ``extra`` is merged in (an ensemble's members).
     """
+    from .report.summary import compute_oof_summary, save_oof_summary
+
     run = run if isinstance(run, Run) else Run(run) if run is not None else Run.of(cfg)
     samples = samples if samples is not None else load_train_samples(cfg)
-    task, c = cfg.data.task, cfg.data.num_classes
-    evaluator, baseline = Evaluator.of(cfg), Evaluator(cfg.metric, task, c)
-    per_fold_eval: dict[int, Evaluator] = {}
-    n = 0
-    items = list(run.oof_items(samples))
-    for s, k, path in tqdm(items, desc="CV score", leave=False, disable=None):
-        probs = torch.from_numpy(uint8_to_probs(read_oof(path)))[None]
-        target = _target_tensor(s, cfg, probs.shape[-2:])
-        objects = truth_objects(evaluator, s, cfg, probs.shape[-2:])
-        evaluator.update(probs, target, objects)
-        per_fold_eval.setdefault(k, Evaluator.of(cfg)).update(probs, target, objects)
-        empty = torch.zeros_like(target) if task == "multiclass" else torch.zeros(target.shape, dtype=torch.uint8)
-        baseline.update_masks(empty, target, objects)
-        n += 1
-    result = evaluator.compute()
-    done = run.completed_folds()
-    fold_scores = [float(per_fold_eval[k].compute()["score"]) if k in per_fold_eval else float("nan") for k in done]
+    result = compute_oof_summary(run, cfg, samples, strict=True)  # one pass: the CV score and the report's numbers
+    done, fold_scores = result["folds"], result["fold_scores"]
     per_fold = run.fold_summaries() if not run.is_ensemble else []
     made = [f.get("oof") for f in per_fold if f.get("oof") is not None]
     if run.is_ensemble and extra is None:  # `seg-toolkit cv` on an ensemble: how it was built stays recorded
@@ -315,15 +298,15 @@ def compute_cv(cfg: Config, run: Run | None = None, samples: list[Sample] | None
     cv = {
         "metric": result["metric"],
         "score": float(result["score"]),
-        "n_images": n,
+        "n_images": result["n_images"],
         "folds": done,
         "fold_scores": fold_scores,
         "fold_mean": float(np.mean(fold_scores)),
         "fold_std": float(np.std(fold_scores)),
-        "baseline_empty": float(baseline.compute()["score"]),
-        "per_class_iou": result.get("per_class_iou"),
-        "per_class_dice": result.get("per_class_dice"),
-        "pixel_accuracy": result.get("pixel_accuracy"),
+        "baseline_empty": result["baseline_empty"],
+        "per_class_iou": result["per_class_iou"],
+        "per_class_dice": result["per_class_dice"],
+        "pixel_accuracy": result["pixel_accuracy"],
         "amp": sorted({f["amp"] for f in per_fold if f.get("amp")}) or None,
         "pseudo": _pseudo_record(cfg, run, per_fold),
         "oof": made[0] if made and all(m == made[0] for m in made) else (made or None),
@@ -334,7 +317,7 @@ def compute_cv(cfg: Config, run: Run | None = None, samples: list[Sample] | None
     if len(made) > 1 and any(m != made[0] for m in made):
         log.warning("the OOF files of %s were made with different TTA per fold (%s); remake them with `seg-toolkit oof`", run.dir, made)
     write_json(run.cv_json, cv)
-    _write_summary(run, cfg, samples)
+    save_oof_summary(run, result)  # after cv.json: a summary older than cv.json reads as stale
     return cv
 
 
@@ -366,15 +349,3 @@ def _budget_record(cfg: Config, run: Run) -> dict[str, Any] | None:
     return {"budget": cfg.train.time_budget, "min_fold_epochs": cfg.train.min_fold_epochs, "folds": run_folds(cfg, run),
             "left_out": left_out_folds(cfg, run)}
 
-
-def _write_summary(run: Run, cfg: Config, samples: list[Sample]) -> None:
-    """What the report needs from the targets, so it still works once the data folder is gone."""
-    from .report import write_oof_summary
-
-    write_oof_summary(run, cfg, samples)
-
-
-def _target_tensor(sample: Sample, cfg: Config, hw) -> torch.Tensor:
-    from .data.dataset import target_to_tensor
-
-    return target_to_tensor(load_target(sample, cfg, tuple(hw)), cfg.data.task)[None]

@@ -31,7 +31,6 @@ from seg_toolkit.metrics import (
     _row_nanmean,
     _sigmoid_confusion_from_counts,
     binarize,
-    confusion_matrix,
     confusion_score,
     dice_per_class,
     image_counts,
@@ -107,6 +106,9 @@ class Evaluator:
       over its classes, NaN where all were skipped) and, when C > 1, ``per_image_class``
       (``(N, C)`` nested lists).
 
+    ``compute(group)`` scores the images added with that ``group`` (say, a fold) alone: one pass over the
+    images gives the score of all and of each group, each image counted once.
+
     ``miou`` for binary / multilabel is the mean over channels of the foreground IoU
     (background is not averaged in); ``global_dice`` the same of the foreground dice (contrails).
 
@@ -165,22 +167,33 @@ class Evaluator:
         self._confusion = np.zeros(shape, dtype=np.int64)
         self._scores: list[list[float]] = []
         self._n_images = 0
+        self._group_confusion: dict[Any, np.ndarray] = {}  # group -> its images' summed confusion
+        self._image_groups: list[Any] = []  # per image added, its group (None: none)
+        #: the per (image, class) pixel counts of the last batch added
+        self.last_counts: Optional[ImageCounts] = None
         #: object-matching metrics: per image added, (truth objects, predicted objects, matched at IoU > 0.5)
         self.object_counts: list[tuple[int, int, int]] = []
 
-    def update(self, probs: ArrayLike, target: ArrayLike, objects: Sequence[np.ndarray] | None = None) -> None:
-        """Add a batch of probabilities ``(N, C, H, W)`` and its target (``objects``: as :meth:`update_masks`)."""
+    def groups(self) -> list[Any]:
+        """The groups images were added with, in the order first seen."""
+        return list(self._group_confusion)
+
+    def update(self, probs: ArrayLike, target: ArrayLike, objects: Sequence[np.ndarray] | None = None,
+               group: Any = None) -> None:
+        """Add a batch of probabilities ``(N, C, H, W)`` and its target (``objects``, ``group``: as
+        :meth:`update_masks`)."""
         p = _as_tensor(probs)
         if p.dim() != 4 or p.shape[1] != self.num_classes:
             raise ValueError(f"update: expected probabilities (N, {self.num_classes}, H, W), got {tuple(p.shape)}")
-        self.update_masks(hard_prediction(p, self.task, self.threshold, self.min_area), target, objects)
+        self.update_masks(hard_prediction(p, self.task, self.threshold, self.min_area), target, objects, group)
 
     def update_masks(self, pred: ArrayLike, target: ArrayLike, objects: Sequence[np.ndarray] | None = None,
-                     ) -> list[list[float]]:
+                     group: Any = None) -> list[list[float]]:
         """Add a batch of hard predictions and its target. An object-matching metric also needs ``objects``: each
         image's truth objects as an ``(H, W)`` label map (0 = none; :func:`seg_toolkit.data.load_objects`).
+        ``group`` (hashable, not None): the batch also counts toward ``compute(group)``.
         Returns the per-image scores it added (one row per image, one value per class; empty for a dataset-level
-        metric)."""
+        metric); the batch's pixel counts are :attr:`last_counts`."""
         p, t = _as_tensor(pred), _as_tensor(target)
         c = self.num_classes
         if self.task == "multiclass":
@@ -189,13 +202,9 @@ class Evaluator:
                     f"update_masks: multiclass needs label maps pred (N, H, W) and target of the same shape, "
                     f"got {tuple(p.shape)} and {tuple(t.shape)}"
                 )
-            if self.per_image:
-                img_cm = _multiclass_image_confusion(p, t, c, self.ignore_index)
-                self._confusion += img_cm.sum(0).cpu().numpy().astype(np.int64)
-                counts: Optional[ImageCounts] = _counts_from_image_confusion(img_cm)
-            else:
-                self._confusion += confusion_matrix(p, t, c, self.ignore_index)
-                counts = None
+            img_cm = _multiclass_image_confusion(p, t, c, self.ignore_index)
+            added = img_cm.sum(0).cpu().numpy().astype(np.int64)
+            counts = _counts_from_image_confusion(img_cm)
         else:
             if p.dim() != 4 or p.shape[1] != c or t.shape != p.shape:
                 raise ValueError(
@@ -203,14 +212,19 @@ class Evaluator:
                     f"got {tuple(p.shape)} and {tuple(t.shape)}"
                 )
             counts = image_counts(p, t, c, self.ignore_index)
-            self._confusion += _sigmoid_confusion_from_counts(counts)
+            added = _sigmoid_confusion_from_counts(counts)
         rows: list[list[float]] = []
         if self.instance:
             rows = [[s] for s in self._object_scores(p, t, objects)]
-        elif self.per_image and counts is not None:
+        elif self.per_image:
             rows = scores_from_counts(counts, self.metric, self.empty_score).tolist()
+        self._confusion += added
+        if group is not None:
+            self._group_confusion[group] = self._group_confusion.get(group, 0) + added
         self._scores.extend(rows)
+        self._image_groups.extend([group] * int(p.shape[0]))
         self._n_images += int(p.shape[0])
+        self.last_counts = counts
         return rows
 
     def _object_scores(self, pred: Any, target: Any, objects: Sequence[np.ndarray] | None) -> list[float]:
@@ -229,11 +243,19 @@ class Evaluator:
             self.object_counts.append((n_truth, n_pred, int(hits[0])))
         return scores
 
-    def compute(self) -> dict[str, Any]:
-        """The metrics of everything added since the last ``reset`` (see the class docstring)."""
-        if self._n_images == 0:
+    def compute(self, group: Any = None) -> dict[str, Any]:
+        """The metrics of everything added since the last ``reset`` (see the class docstring); with ``group``, of the
+        images added with that group."""
+        if group is None:
+            cm, n_images, rows = self._confusion, self._n_images, self._scores
+        elif group not in self._group_confusion:
+            raise KeyError(f"Evaluator.compute(): no images were added with group {group!r}")
+        else:
+            picked = [i for i, g in enumerate(self._image_groups) if g == group]
+            cm, n_images = self._group_confusion[group], len(picked)
+            rows = [self._scores[i] for i in picked] if self._scores else []
+        if n_images == 0:
             raise RuntimeError("Evaluator.compute(): no images were added")
-        cm = self._confusion
         iou = iou_per_class(cm)
         out: dict[str, Any] = {
             "metric": self.metric,
@@ -242,12 +264,12 @@ class Evaluator:
             "per_class_dice": dice_per_class(cm).tolist(),
             "pixel_accuracy": pixel_accuracy(cm),
             "confusion": (cm[0] if self.task == "binary" else cm).tolist(),
-            "n_images": self._n_images,
+            "n_images": n_images,
         }
         if cm.sum() == 0:
-            logger.warning("every pixel of the %d images was void (target == %d)", self._n_images, self.ignore_index)
+            logger.warning("every pixel of the %d images was void (target == %d)", n_images, self.ignore_index)
         if self.per_image:
-            scores = np.asarray(self._scores, dtype=np.float64).reshape(self._n_images, -1)
+            scores = np.asarray(rows, dtype=np.float64).reshape(n_images, -1)
             scored = scores if self.cols is None else scores[:, self.cols]  # metric.classes
             out["per_image"] = _row_nanmean(scored).tolist()
             if scores.shape[1] > 1:
@@ -256,7 +278,7 @@ class Evaluator:
         else:
             out["score"] = confusion_score(cm, self.metric, self.cols)
         if math.isnan(out["score"]):
-            logger.warning("metric %s: nothing could be scored over %d images, score is NaN", self.metric, self._n_images)
+            logger.warning("metric %s: nothing could be scored over %d images, score is NaN", self.metric, n_images)
         return out
 
 

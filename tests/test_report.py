@@ -125,6 +125,26 @@ def test_oof_summary_agrees_with_an_independent_computation(multilabel):
         assert e["score"] == pytest.approx(scores[e["id"]]) and e["fold"] == ref["folds"][e["id"]]
 
 
+def test_cv_reads_each_oof_file_once_for_cv_json_and_the_summary(demo_root, tmp_path, monkeypatch):
+    """compute_cv scored every OOF file three times (all images, its fold, then the report's summary) and read each
+    twice; one pass now gives cv.json's score and fold scores and oof_summary.json, which the report finds fresh."""
+    from seg_toolkit.cv import compute_cv
+
+    cfg, ref = _multilabel_run(demo_root, tmp_path / "runs")
+    run = Run.of(cfg)
+    reads: list[str] = []
+    real_load = np.load
+    monkeypatch.setattr(np, "load", lambda p, *a, **k: reads.append(Path(p).name) or real_load(p, *a, **k))
+    cv = compute_cv(cfg, run)
+    assert sorted(reads) == sorted(run.oof_path(i).name for i in ref["folds"])  # 12 files, each once
+    assert cv["score"] == pytest.approx(ref["cv"]["score"]) and cv["n_images"] == 12
+    assert cv["fold_scores"] == pytest.approx(ref["cv"]["fold_scores"])  # each fold on its own 6 images
+    assert cv["baseline_empty"] == pytest.approx(ref["cv"]["baseline_empty"])
+    s = json.loads(run.oof_summary_json.read_text())
+    assert s["score"] == cv["score"] and s["fold_scores"] == cv["fold_scores"] and s["folds"] == cv["folds"] == [0, 1]
+    assert compute_report_data(run.dir).warnings == []  # the summary is not older than cv.json
+
+
 def test_report_page_is_self_contained_and_complete(multilabel):
     cfg, ref, _, page = multilabel
     assert page == Run.of(cfg).report_dir / "index.html"

@@ -1,17 +1,19 @@
 """The OOF summary: everything the report shows that needs the training targets, in one file.
 
-:func:`write_oof_summary` scores every OOF file of the completed folds against its target in
+:func:`compute_oof_summary` scores every OOF file of the completed folds against its target in
 one streaming pass (one image in memory at a time; only the ``n`` best and worst images are
-kept) and writes ``oof_summary.json`` into the run folder, so the report can be rendered
-later from the run folder alone, with the data folder gone. Predictions are made exactly as
-the CV score does (argmax for multiclass, ``p >= metric.threshold`` otherwise), so the
-score here equals ``cv.json``'s unless one of the two is stale.
+kept): the CV score of ``cv.json`` (:func:`~seg_toolkit.cv.compute_cv` takes it from here) and
+what the report shows. :func:`write_oof_summary` writes it as ``oof_summary.json`` into the run
+folder, so the report can be rendered later from the run folder alone, with the data folder gone.
+Predictions are made as every score makes them (argmax for multiclass, ``p >= metric.threshold``
+otherwise).
 
 ``oof_summary.json`` holds (NaN written as null)::
 
     version, task, metric, threshold, empty_score, image_score (how an image is ranked),
     class_names, class_colors ([r, g, b] per class: the classes CSV may live in the data folder),
-    folds, n_images, n_unscored, score, baseline_empty, pixel_accuracy,
+    folds, fold_scores (each fold's score on its own OOF images; null: none read),
+    n_images, n_unscored, score, baseline_empty, pixel_accuracy,
     per_class_iou, per_class_dice, confusion (multiclass (C, C) rows = truth;
     otherwise (C, 2, 2) [[TN, FP], [FN, TP]]), image_level (binary / multilabel: (C, 2, 2)
     images, truth empty/non-empty x prediction empty/non-empty; null for multiclass),
@@ -37,7 +39,7 @@ from ..data import DataError, Sample, class_colors, class_names, load_target
 from ..data.dataset import target_to_tensor
 from ..evaluator import Evaluator, hard_prediction, scored_columns, truth_objects
 from ..instance_metrics import INSTANCE_METRICS
-from ..metrics import PER_IMAGE_METRICS, TGS_METRICS, image_counts, scores_from_counts
+from ..metrics import PER_IMAGE_METRICS, TGS_METRICS, scores_from_counts
 from ..plots import metric_label
 from ..files import read_json, read_oof, write_json
 from ..run import Run
@@ -46,7 +48,7 @@ from ..tensors import uint8_to_probs
 log = logging.getLogger(__name__)
 
 __all__ = ["SUMMARY_VERSION", "Example", "predict_mask", "image_score_name", "compute_oof_summary",
-           "write_oof_summary", "read_oof_summary"]
+           "save_oof_summary", "write_oof_summary", "read_oof_summary"]
 
 SUMMARY_VERSION = 1
 
@@ -68,6 +70,8 @@ class Example:
 def predict_mask(q: np.ndarray, task: str, threshold: float, min_area: int = 0) -> torch.Tensor:
     """Hard prediction of a uint8 OOF array: ``(1, H, W)`` label map or ``(1, C, H, W)`` mask, as the CV score makes it
     (``min_area``: the submission's object floor, :func:`~seg_toolkit.postprocess.area_floor`)."""
+    if task == "multiclass":  # q / 255 keeps the order and the ties: the argmax of the stored bytes, 3.8x faster
+        return hard_prediction(torch.from_numpy(q)[None], task, threshold)
     return hard_prediction(torch.from_numpy(uint8_to_probs(q))[None], task, threshold, min_area)
 
 
@@ -131,8 +135,11 @@ def _nan_to_none(x: Any) -> Any:
     return x
 
 
-def compute_oof_summary(run: Run, cfg: Config, samples: list[Sample], n_examples: int = 8) -> dict[str, Any]:
-    """The streaming pass over ``run.oof_items(samples)`` and their targets (see the module doc)."""
+def compute_oof_summary(run: Run, cfg: Config, samples: list[Sample], n_examples: int = 8,
+                        strict: bool = False) -> dict[str, Any]:
+    """The streaming pass over ``run.oof_items(samples)`` and their targets (see the module doc); NaN where the file
+    holds null. A target that cannot be read is listed in ``unreadable`` and left out, or with ``strict`` raises its
+    :class:`DataError` (a CV score leaves no image out)."""
     task, n_cls = cfg.data.task, cfg.data.num_classes
     evaluator = Evaluator.of(cfg)
     baseline = Evaluator(cfg.metric, task, n_cls)
@@ -143,21 +150,23 @@ def compute_oof_summary(run: Run, cfg: Config, samples: list[Sample], n_examples
     best, worst = _TopN(n_examples), _TopN(n_examples)
     unreadable: list[str] = []
 
-    for s, k, path in tqdm(run.oof_items(samples), desc="OOF summary", leave=False, disable=None):
+    for s, k, path in tqdm(run.oof_items(samples), desc="CV score", leave=False, disable=None):
         q = read_oof(path)
         if q.ndim != 3 or q.shape[0] != n_cls:
             raise ValueError(f"{path}: OOF array has shape {q.shape}; expected ({n_cls}, H, W) for data.num_classes={n_cls}")
         try:
             target = target_to_tensor(load_target(s, cfg, tuple(q.shape[-2:])), task)[None]
         except DataError as e:  # the data changed since training: report it, score the rest
+            if strict:
+                raise
             unreadable.append(str(e))
             continue
         pred = predict_mask(q, task, cfg.metric.threshold, evaluator.min_area)
         objects = truth_objects(evaluator, s, cfg, tuple(q.shape[-2:]))
-        added = evaluator.update_masks(pred, target, objects)
+        added = evaluator.update_masks(pred, target, objects, group=k)
         empty = torch.zeros_like(target) if task == "multiclass" else torch.zeros(target.shape, dtype=torch.uint8)
         baseline.update_masks(empty, target, objects)
-        counts = image_counts(pred, target, n_cls)
+        counts = evaluator.last_counts
         tp, fp, fn, nv = (np.asarray(x[0], np.int64) for x in counts)
         true_px += tp + fn
         pred_px += tp + fp
@@ -199,6 +208,7 @@ def compute_oof_summary(run: Run, cfg: Config, samples: list[Sample], n_examples
         raise DataError(f"{run.dir}: no target of the OOF images could be read, e.g. {unreadable[0]}")
 
     result = evaluator.compute()
+    folds, scored = run.completed_folds(), set(evaluator.groups())
     confusion = np.asarray(result["confusion"], np.int64)
     if task == "binary":
         confusion = confusion.reshape(1, 2, 2)
@@ -207,11 +217,12 @@ def compute_oof_summary(run: Run, cfg: Config, samples: list[Sample], n_examples
         "task": task, "metric": metric, "threshold": float(cfg.metric.threshold), "empty_score": cfg.metric.empty_score,
         "image_score": image_score_name(metric, cfg),
         "class_names": class_names(cfg), "class_colors": class_colors(cfg).tolist(),
-        "folds": run.completed_folds(), "n_images": n_images, "n_unscored": n_unscored,
-        "score": _nan_to_none(float(result["score"])), "baseline_empty": _nan_to_none(float(baseline.compute()["score"])),
-        "pixel_accuracy": _nan_to_none(float(result["pixel_accuracy"])),
-        "per_class_iou": _nan_to_none([float(x) for x in result["per_class_iou"]]),
-        "per_class_dice": _nan_to_none([float(x) for x in result["per_class_dice"]]),
+        "folds": folds, "fold_scores": [float(evaluator.compute(k)["score"]) if k in scored else math.nan for k in folds],
+        "n_images": n_images, "n_unscored": n_unscored,
+        "score": float(result["score"]), "baseline_empty": float(baseline.compute()["score"]),
+        "pixel_accuracy": float(result["pixel_accuracy"]),
+        "per_class_iou": [float(x) for x in result["per_class_iou"]],
+        "per_class_dice": [float(x) for x in result["per_class_dice"]],
         "confusion": confusion.tolist(), "image_level": None if image_level is None else image_level.tolist(),
         "true_pixels": true_px.tolist(), "pred_pixels": pred_px.tolist(), "valid_pixels": valid_px.tolist(),
         "images_true": img_true.tolist(), "images_pred": img_pred.tolist(), "void_pixels": void_px,
@@ -227,10 +238,14 @@ def write_oof_summary(run: Run, cfg: Config, samples: list[Sample], n_examples: 
     ``samples``: the training samples (``load_train_samples(cfg)``); ``n_examples``: how many
     best and how many worst images to keep for the report's overlays.
     """
-    summary = compute_oof_summary(run, cfg, samples, n_examples)
-    write_json(run.oof_summary_json, summary)
+    return save_oof_summary(run, compute_oof_summary(run, cfg, samples, n_examples))
+
+
+def save_oof_summary(run: Run, summary: dict[str, Any]) -> dict[str, Any]:
+    """Write ``summary`` (:func:`compute_oof_summary`) as ``run.oof_summary_json`` (NaN as null) and return it."""
+    write_json(run.oof_summary_json, {k: _nan_to_none(v) for k, v in summary.items()})
     log.info("OOF summary written to %s", run.oof_summary_json)
-    return _nulls_to_nan(summary)  # as read_oof_summary gives it: a class never present is NaN, not None
+    return summary
 
 
 def read_oof_summary(run: Run) -> Optional[dict[str, Any]]:
@@ -251,6 +266,6 @@ def _nulls_to_nan(s: dict[str, Any]) -> dict[str, Any]:
     s = dict(s)
     for key in ("score", "baseline_empty", "pixel_accuracy"):
         s[key] = nan(s[key])
-    for key in ("per_class_iou", "per_class_dice"):
-        s[key] = [nan(x) for x in s[key]]
+    for key in ("per_class_iou", "per_class_dice", "fold_scores"):
+        s[key] = [nan(x) for x in s.get(key) or []]
     return s
