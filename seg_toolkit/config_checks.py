@@ -307,9 +307,9 @@ def _check_model(cfg: Config) -> None:
                           "map, which smp's ViT encoder returns with its prefix tokens; use another architecture or no "
                           "classifier")
     if arch == "scratch_unet":  # always registered; spares importing smp and timm
-        from .models.registry import _check_scratch_keys
+        from .models.scratch_unet import check_scratch_keys
 
-        _check_scratch_keys(cfg.model)
+        check_scratch_keys(cfg.model)
         return
     from .models.registry import check_model_keys, closest_names, list_architectures  # lazy: imports smp and timm
     from .models.smp_models import check_decoder_depth

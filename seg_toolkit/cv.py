@@ -16,14 +16,12 @@ from .data.sources import check_train_samples
 from .budget import planned_folds
 from .budget_run import admit_fold, left_out_folds, run_folds
 from .device import resolve_device
-from .models.registry import check_model_builds
 from .distributed import get_dist
 from .files import read_json, remove_stale_writes, write_json
 from .run import Run, RunExistsError
 from .run_lock import fold_lock, lock_held, run_lock
 from .pseudo import check_teacher, pseudo_info, teacher_run
 from .stages import check_init_folds, init_run
-from .train import train_fold
 from . import track
 
 log = logging.getLogger(__name__)
@@ -208,6 +206,9 @@ def _run_cv(cfg: Config, folds: list[int] | None, resume: bool, overwrite: bool)
     d = get_dist()
     resolve_device(cfg.train.device, d)  # a device this machine lacks fails before anything is written
     # so does a model.params value smp refuses, and BatchNorm on one image at a 1x1 bottleneck (the batch size at resize)
+    from .models.registry import check_model_builds  # lazy: imports smp and timm, which `cv` and `report` need not
+    from .train import train_fold
+
     check_model_builds(cfg.model, cfg.data.num_classes, cfg.data.in_channels, cfg.train.batch_size,
                        tuple(cfg.transforms.resize) if cfg.transforms.resize else None)
     samples = load_train_samples(cfg)

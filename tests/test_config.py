@@ -408,3 +408,18 @@ def test_a_load_time_warning_is_said_once_per_process(tmp_path, caplog):
         for _ in range(3):
             config_from_dict(base)
     assert caplog.text.count("the score averages classes [0, 1, 2] but the submission has rows for [1, 2]") == 1
+
+
+def test_a_scratch_unet_config_loads_and_scores_without_importing_smp_or_timm() -> None:
+    """Loading a scratch_unet config and the modules of `cv`, `tune` and `report` imported smp, timm and torchvision
+    (about 2 s per command, 4 s on a busy machine): none of them builds an smp model."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    config = Path(__file__).resolve().parents[1] / "configs" / "tgs_scratch_cpu.yaml"
+    code = ("import sys\nfrom seg_toolkit.config import load_config\nimport seg_toolkit.cv, seg_toolkit.tune, seg_toolkit.report\n"
+            f"load_config({str(config)!r})\n"
+            "print(sorted(m for m in ('segmentation_models_pytorch', 'timm', 'torchvision') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -7,27 +7,23 @@
 See :mod:`.registry` for the contract every built model follows.
 """
 
-from .registry import (
-    ARCHITECTURES,
-    build_model,
-    list_architectures,
-    list_encoders,
-    param_groups,
-    set_encoder_frozen,
-)
-from .scratch_unet import ScratchUNet, ScratchUNetEncoder
-from .weights import EncoderWeightsReport, PretrainedDownloadError, load_encoder_weights
+import importlib
+from typing import Any
 
-__all__ = [
-    "ARCHITECTURES",
-    "build_model",
-    "list_architectures",
-    "list_encoders",
-    "param_groups",
-    "set_encoder_frozen",
-    "ScratchUNet",
-    "ScratchUNetEncoder",
-    "EncoderWeightsReport",
-    "PretrainedDownloadError",
-    "load_encoder_weights",
-]
+#: where each name lives, imported on first use: a config's checks need only .weights and .scratch_unet, and
+#: importing .registry imports smp, timm and torchvision (about 2 s per command)
+_WHERE = {
+    "ARCHITECTURES": "registry", "build_model": "registry", "list_architectures": "registry", "list_encoders": "registry",
+    "param_groups": "registry", "set_encoder_frozen": "registry",
+    "ScratchUNet": "scratch_unet", "ScratchUNetEncoder": "scratch_unet",
+    "EncoderWeightsReport": "weights", "PretrainedDownloadError": "weights", "load_encoder_weights": "weights",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
+
+
+__all__ = list(_WHERE)

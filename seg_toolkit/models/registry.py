@@ -24,9 +24,9 @@ from seg_toolkit.config import ConfigError, ModelConfig, check_deep_supervision_
 from .deep_supervision import add_deep_supervision
 from .presence import add_presence_head
 from .precision import keep_depthwise_fp32
-from .scratch_unet import ScratchUNet
+from .scratch_unet import ScratchUNet, check_scratch_keys
 from .smp_models import SCRATCH_ENCODER, SMP_ARCHITECTURES, build_smp_model, default_encoder
-from .weights import is_weights_path, load_encoder_weights, resolve_weights_path
+from .weights import load_encoder_weights, resolve_weights_path
 
 logger = logging.getLogger(__name__)
 
@@ -49,38 +49,16 @@ def check_model_keys(cfg: ModelConfig) -> None:
     """What building ``cfg`` would refuse that needs no data, weights file or model: the encoder name, the
     architecture's params, the weight-set name; checked when the config loads (see ``config_checks._check_model``)."""
     if cfg.arch == "scratch_unet":
-        _check_scratch_keys(cfg)
+        check_scratch_keys(cfg)
         return
     from .smp_models import check_smp_keys
 
     check_smp_keys(cfg.arch, cfg, _resolve_encoder(cfg.arch, cfg.encoder))
 
 
-def _check_scratch_keys(cfg: ModelConfig) -> None:
-    if cfg.encoder not in (None, SCRATCH_ENCODER):
-        raise ConfigError(
-            f"model.encoder: {cfg.encoder!r}: scratch_unet has its own encoder; leave model.encoder null, "
-            f"or use an smp arch (e.g. model.arch: unet) with model.encoder: {cfg.encoder}"
-        )
-    if cfg.params:
-        key = next(iter(cfg.params))
-        raise ConfigError(
-            f"model.params.{key}: scratch_unet takes no params; its options are model.depth, "
-            "model.base_width, model.norm, model.upsample and model.dropout"
-        )
-    if cfg.encoder_weights is not None and not is_weights_path(cfg.encoder_weights):
-        raise ConfigError(
-            f"model.encoder_weights: {cfg.encoder_weights!r}: scratch_unet has no pretrained weights; "
-            "use null or a path/to/file.pth|.safetensors"
-        )
-    if cfg.deep_supervision and cfg.depth < 2:  # its heads sit on the decoder stages below full resolution: none at depth 1
-        raise ConfigError(f"model.deep_supervision: scratch_unet of model.depth {cfg.depth} has no coarser decoder stage "
-                          "to supervise; use model.depth >= 2, or model.deep_supervision: 0")
-
-
 def _build_scratch_unet(cfg: ModelConfig, num_classes: int, in_channels: int) -> nn.Module:
     """The from-scratch U-Net; options from ``model.depth/base_width/norm/upsample/dropout``."""
-    _check_scratch_keys(cfg)
+    check_scratch_keys(cfg)
     if cfg.depth < 1:
         raise ConfigError(f"model.depth: expected >= 1, got {cfg.depth}")
     if cfg.base_width < 1:

@@ -28,9 +28,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from seg_toolkit.config import ConfigError, ModelConfig
+
+from .weights import is_weights_path
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "SCRATCH_ENCODER",
+    "check_scratch_keys",
     "DoubleConv",
     "ScratchUNetEncoder",
     "ScratchUNetDecoder",
@@ -42,6 +48,32 @@ __all__ = [
 
 Norm = Literal["batch", "group", "none"]
 Upsample = Literal["transpose", "bilinear"]
+
+#: the scratch U-Net's encoder under an smp decoder (``model.encoder: scratch``)
+SCRATCH_ENCODER = "scratch"
+
+
+def check_scratch_keys(cfg: ModelConfig) -> None:
+    """``model.arch: scratch_unet``'s keys, when the config loads (this module imports torch only, not smp or timm)."""
+    if cfg.encoder not in (None, SCRATCH_ENCODER):
+        raise ConfigError(
+            f"model.encoder: {cfg.encoder!r}: scratch_unet has its own encoder; leave model.encoder null, "
+            f"or use an smp arch (e.g. model.arch: unet) with model.encoder: {cfg.encoder}"
+        )
+    if cfg.params:
+        key = next(iter(cfg.params))
+        raise ConfigError(
+            f"model.params.{key}: scratch_unet takes no params; its options are model.depth, "
+            "model.base_width, model.norm, model.upsample and model.dropout"
+        )
+    if cfg.encoder_weights is not None and not is_weights_path(cfg.encoder_weights):
+        raise ConfigError(
+            f"model.encoder_weights: {cfg.encoder_weights!r}: scratch_unet has no pretrained weights; "
+            "use null or a path/to/file.pth|.safetensors"
+        )
+    if cfg.deep_supervision and cfg.depth < 2:  # its heads sit on the decoder stages below full resolution: none at depth 1
+        raise ConfigError(f"model.deep_supervision: scratch_unet of model.depth {cfg.depth} has no coarser decoder stage "
+                          "to supervise; use model.depth >= 2, or model.deep_supervision: 0")
 
 
 # ----------------------------------------------------------------------------- shared helpers

@@ -39,7 +39,7 @@ from .smp_params import (
     check_params,
     params_error,
 )
-from .scratch_unet import EncoderFreezeMixin, ScratchUNetEncoder, crop_padding, forward_padded, pad_to_multiple
+from .scratch_unet import SCRATCH_ENCODER, EncoderFreezeMixin, ScratchUNetEncoder, crop_padding, forward_padded, pad_to_multiple
 from .weights import (
     EncoderWeightsReport,
     PretrainedDownloadError,
@@ -64,7 +64,6 @@ __all__ = [
 ]
 
 DEFAULT_ENCODER = "resnet34"
-SCRATCH_ENCODER = "scratch"
 
 # DPT is ViT-only: smp's own default encoder, and dynamic image size so any H, W works
 _ARCH_DEFAULT_ENCODER = {"dpt": "tu-vit_base_patch16_224.augreg_in21k"}
