@@ -26,7 +26,7 @@ from .data import DataError, Sample, load_list_samples, load_train_samples
 from .evaluator import Evaluator, resolve_metric_name, truth_objects
 from .files import read_json, write_json
 from .inference import _one, run_predictor
-from .postprocess import apply_postprocess, load_params
+from .postprocess import apply_postprocess, load_params, on_oof_grid
 from .predictor import Predictor
 from .run import Run, RunExistsError
 
@@ -40,8 +40,8 @@ def score_samples(cfg: Config, run: Run, predictor: Predictor, samples: list[Sam
     """Score the predictor on labelled ``samples`` (targets read with ``target_cfg``) as ``predict`` decides them.
 
     Each image's probabilities go through the run's post-processing (:func:`load_params`,
-    :func:`apply_postprocess`), exactly as the submission does; the score before post-processing is
-    kept beside. Returns the configured metric, mean IoU, per-class IoU and dice, and pixel accuracy
+    :func:`apply_postprocess`), exactly as the submission does; the score before post-processing (of the same
+    probabilities on the OOF files' grid) is kept beside. Returns the configured metric, mean IoU, per-class IoU and dice, and pixel accuracy
     (void ignored), the number of images and how the predictor ran.
     """
     params = load_params(cfg, run)
@@ -51,7 +51,9 @@ def score_samples(cfg: Config, run: Run, predictor: Predictor, samples: list[Sam
     for image_id, probs, presence, target in tqdm(predictor.iter_predictions(samples, target_cfg=target_cfg),
                                                   total=len(samples), desc=desc, disable=None):
         objects = truth_objects(probs_eval, by_id[image_id], target_cfg, probs.shape[-2:])
-        probs_eval.update(probs[None], target[None], objects)
+        # on the OOF files' 1/255 grid, as apply_postprocess, cv.json and tune see them: the difference between the
+        # two scores is what post-processing did, not rounding (float ties of a weak multiclass model broke apart)
+        probs_eval.update(torch.from_numpy(on_oof_grid(probs))[None], target[None], objects)
         mask = apply_postprocess(probs.numpy(), task, params, presence)
         masks_eval.update_masks(torch.from_numpy(mask)[None], target[None], objects)
     raw, post = probs_eval.compute(), masks_eval.compute()

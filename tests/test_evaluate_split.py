@@ -120,3 +120,27 @@ def test_a_held_out_id_that_is_also_a_training_id_is_refused(trained, capsys):
         assert code == 2 and "held-out ids are also training ids" in err and "train_00" in err
     finally:
         leak.unlink()
+
+
+def test_the_score_before_postprocessing_sees_the_probabilities_on_the_oof_grid(trained, tmp_path):
+    """evaluate's "before post-processing" scored the unrounded floats, the submission (and cv.json, tune) their 1/255
+    grid: class 1 at 0.5010 over class 0 at 0.5005 won in float, but both are 128/255 on the grid, where the tie goes
+    to class 0. With no post-processing the two scores must be the same number."""
+    import torch
+
+    from seg_toolkit.evaluate import score_samples
+
+    cfg, _ = trained
+
+    class Fixed:  # a predictor whose every pixel is that near tie, truth class 1
+        def iter_predictions(self, samples, target_cfg=None):
+            for s in samples:
+                probs = torch.tensor([0.5005, 0.5010, 0.0]).reshape(3, 1, 1).expand(3, 4, 5).contiguous()
+                yield s.id, probs, None, torch.ones(4, 5, dtype=torch.long)
+
+        def settings(self):
+            return {}
+
+    samples = load_list_samples(cfg, ["test.txt"])
+    out = score_samples(cfg, Run(tmp_path / "no_postprocess"), Fixed(), samples, cfg, "t")
+    assert out["score"] == out["score_before_postprocess"] == 0.0  # every pixel decided class 0 on the grid
