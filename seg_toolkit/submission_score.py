@@ -76,7 +76,14 @@ def score_submission(csv_path: str | Path, solution_path: str | Path, cfg: Confi
     metric = cfg.metric if cfg.metric.classes or not s.classes else dataclasses.replace(cfg.metric, classes=sorted(allowed))
     evaluator = Evaluator(metric, d.task, d.num_classes)
     object_scores: list[float] = []  # an object-matching metric: each row is an object, as the competition reads it
-    for sample in load_test_samples(cfg):
+    samples = load_test_samples(cfg)
+    beyond = sorted(set(truth_rows) - {x.id for x in samples})
+    if beyond:  # scored over the test images alone, a perfect 11 of DSB's 65 solution images read 1.0, where a grader says 0.17
+        raise SubmissionError(
+            f"{solution_path}: {len(beyond)} of its {len(truth_rows)} images are not test images of this config "
+            f"(e.g. {beyond[:3]}), and a grader scores every image of its solution; give a solution of the "
+            f"{len(samples)} test images only, or point data.test_images at all of its images")
+    for sample in samples:
         hw = image_size(sample.image, sample.pair, d.exif_orientation)
         # with a class column an image's empty classes may have no row (as in Severstal's train.csv)
         if not s.class_column and sample.id not in truth_rows:

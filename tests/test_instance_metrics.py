@@ -381,6 +381,16 @@ def test_dsb_solution_scored_against_itself_and_with_an_object_left_out(tmp_path
     assert f"instance_map: {(10 + 6 / 7) / 11:.6f} against {solution}" in capsys.readouterr().out
     assert main(["check-submission", str(guess), "--sample", str(sample), "--solution", str(solution)]) == 2
     assert "--solution needs --config" in capsys.readouterr().err
+    # the official solution of all 65 stage-1 images, 54 of them no test image here: a grader scores them all, and a
+    # perfect submission of the 11 had read 1.0 where it scores 11/65
+    from seg_toolkit.submission import SubmissionError
+
+    full = tmp_path / "full_solution.csv"
+    pd.read_csv(root / "stage1_solution.csv", dtype=str, keep_default_na=False)[["ImageId", "EncodedPixels"]].to_csv(
+        full, index=False)
+    with pytest.raises(SubmissionError, match=r"full_solution.csv: 54 of its 65 images are not test images of this "
+                                              r"config \(e.g. \['[0-9a-f]+', .*give a solution of the 11 test images"):
+        score_submission(solution, full, cfg)
 
 
 @pytest.mark.parametrize("seed, by", [(None, "distance"), (0.9, "distance"), (0.9, "probability")])
