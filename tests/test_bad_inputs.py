@@ -540,6 +540,15 @@ def _void_255_declared(w: World):
     return reads(w.labels_cfg(root, ignore_index=255), n=6)
 
 
+def _mask_of_another_size_than_its_image(w: World):
+    """Found by the first epoch that read the pair (the pets audit: a whole epoch after folds.csv and config.yaml were
+    written); the headers tell it before anything is written."""
+    root = w.labels()
+    _save(root / "labels" / "f3.png", np.zeros((16, 31), np.uint8))
+    w.after(lambda: not w.runs.exists() or not any(w.runs.iterdir()) or _fail("a run folder was written"))
+    return ["train", w.labels_cfg(root)]
+
+
 def _all_label_maps_background(w: World):
     root = w.labels(values=(0,), void=255)
     return ["train", w.labels_cfg(root, ignore_index=255)]
@@ -821,6 +830,8 @@ CASES = [
     Case("train_images names a file", _train_images_is_a_file, "images.zip: image folder (data.train_images) is a file"),
     Case("0/255 masks as multiclass", _zero_255_in_multiclass, "0/255 masks are binary masks (data.task: binary)"),
     Case("void 255 declared (Cityscapes)", _void_255_declared, OK),
+    Case("a mask of another size than its image", _mask_of_another_size_than_its_image,
+         "labels/f3.png: mask is 16x31 (HxW) but its image f3.png is 16x24; image and mask must have the same size"),
     Case("every label map background", _all_label_maps_background, "all 6 training masks are empty (no pixel with a class id other than 0"),
     Case("list file empty", _list_file_empty, "train.txt: list file is empty"),
     Case("list file names a folder", _list_file_is_a_folder, "imgs: list file (data.train_lists / data.test_lists) is a folder"),

@@ -182,6 +182,25 @@ def _check_rle_ends_early(samples: list[Sample], cfg: Config) -> None:
             check_rle_ends(s, cfg, image_size(s.image, s.pair, exif=d.exif_orientation))
 
 
+def _check_mask_sizes_early(samples: list[Sample], cfg: Config) -> None:
+    """Each training image's mask file(s) against the image's size, from the headers (the first 20,000 images: 1 s):
+    a pair of other sizes is refused before anything is written, not when a fold's epoch reaches it."""
+    d = cfg.data
+    if d.instance_folders:  # a folder of object masks: check_truth_objects and the reader check each
+        return
+    for s in samples[:20_000]:
+        files = [s.mask] if s.mask is not None else [p for p in s.class_masks or () if p is not None]
+        files = [p for p in files if p.is_file()] if s.pair is None and s.soft is None else []
+        if not files:
+            continue
+        h, w = image_size(s.image, exif=d.exif_orientation)
+        for path in files:
+            mh, mw = image_size(path, exif=d.exif_orientation)
+            if (mh, mw) != (h, w):
+                raise DataError(f"{path}: mask is {mh}x{mw} (HxW) but its image {s.image.name} is {h}x{w}; image and "
+                                "mask must have the same size")
+
+
 def load_target(sample: Sample, cfg: Config, hw: tuple[int, int] | None) -> np.ndarray:
     """The sample's target in the toolkit's convention (module doc), checked to be ``hw`` (HxW)
     when given (``None``: a mask file's own size; RLE rows need ``hw``)."""
@@ -277,7 +296,7 @@ def _check_first_image_values(sample: Sample, cfg: Config) -> None:
 
 def check_train_samples(samples: list[Sample], cfg: Config) -> None:
     """What training needs, checked before anything is written or trained: every image file
-    exists, some mask has foreground, and colour masks read with a cut-off are colour masks of
+    exists, each mask file has its image's size, some mask has foreground, and colour masks read with a cut-off are colour masks of
     the table (:func:`~seg_toolkit.data.colors.check_color_masks`).
 
     A training set whose masks are all empty (all background) is refused: it can only teach a
@@ -297,6 +316,8 @@ def check_train_samples(samples: list[Sample], cfg: Config) -> None:
     if not samples:
         return
     _check_first_image_values(samples[0], cfg)
+    if samples[0].rles is None:
+        _check_mask_sizes_early(samples, cfg)
     from ..instance_metrics import INSTANCE_METRICS
 
     if cfg.metric.name in INSTANCE_METRICS:  # objects it cannot score: found now, not at a later fold's validation
