@@ -652,3 +652,24 @@ def test_a_summary_made_with_other_metric_settings_is_made_again(multiclass_run,
         data = compute_report_data(run.dir, n_examples=2)
     assert data.metric == "miou" and json.loads(run.oof_summary_json.read_text())["metric"] == "miou"
     assert "made with metric dice" in caplog.text
+
+
+def test_void_is_drawn_apart_from_a_grey_class():
+    """CamVid's Sky is (128, 128, 128), void's grey: the overlays, the legend and the audit pictures drew unscored
+    pixels as sky (audit). Void now takes the candidate farthest from every class colour when one is that close."""
+    from seg_toolkit.report.overlays import VOID_COLOR, _paint, class_legend_handles, void_color
+
+    camvid = np.array([[128, 128, 128], [128, 0, 0], [192, 192, 128], [128, 64, 128], [60, 40, 222], [128, 128, 0],
+                       [192, 128, 128], [64, 64, 128], [64, 0, 128], [64, 64, 0], [0, 128, 192]])
+    void = void_color(camvid)
+    assert void == (255, 0, 255)  # magenta: farther from CamVid's colours than white, cyan, dark grey or yellow
+    assert np.linalg.norm(camvid - np.asarray(void), axis=1).min() > 100
+    assert void_color(np.array([[255, 0, 0], [0, 0, 255]])) == VOID_COLOR  # no grey class: grey as before
+    handles = class_legend_handles(["Sky", "Building"], camvid[:2], [True, True], "multiclass", void=True)
+    assert [h.get_label() for h in handles] == ["Sky", "Building", "void (not scored)"]
+    assert tuple(handles[-1].get_facecolor()[:3]) != tuple(handles[0].get_facecolor()[:3])
+    image = np.zeros((8, 8, 3), np.uint8)
+    sky, unscored = np.zeros((8, 8), bool), np.zeros((8, 8), bool)
+    sky[:, :4], unscored[:, 4:] = True, True
+    out = _paint(image, [sky, None], camvid[:2], unscored)
+    assert not np.array_equal(out[3, 1], out[3, 6])  # inside each region, away from the outlines

@@ -27,9 +27,11 @@ from ..files import read_oof
 from .data import ReportData
 from .summary import Example, predict_mask
 
-__all__ = ["overlays_figure", "display_size", "class_legend_handles", "legend_layout", "draw_legend"]
+__all__ = ["overlays_figure", "display_size", "class_legend_handles", "legend_layout", "draw_legend", "void_color"]
 
 VOID_COLOR = (128, 128, 128)
+#: void's colour when a class is drawn (nearly) in grey, as CamVid's Sky (128, 128, 128): the farthest of these
+VOID_COLORS = (VOID_COLOR, (255, 255, 255), (255, 0, 255), (0, 255, 255), (40, 40, 40), (255, 255, 0))
 MATCHED_COLOR, UNMATCHED_COLOR = (40, 200, 70), (230, 40, 40)  # object overlays: matched at IoU > 0.5, or not
 FILL_ALPHA = 0.4
 MIN_PANEL_HEIGHT = 200  # tiny images are upscaled (nearest neighbour) to at least this many pixels
@@ -44,6 +46,17 @@ LEGEND_TOP = 24  # pixels from the top of the figure to the legend (the title is
 LEGEND_GAP = 12  # pixels between the legend and the first panels
 
 
+def void_color(colors: Any) -> tuple[int, int, int]:
+    """How void is drawn beside the class ``colors`` (RGB rows): grey, unless a class's colour is within 60 of it
+    (CamVid's Sky is that very grey: the overlays showed unscored pixels as sky), then the candidate of
+    :data:`VOID_COLORS` farthest from every class's colour."""
+    rgb = np.asarray(colors, np.float64).reshape(-1, 3)
+    if not rgb.size:
+        return VOID_COLOR
+    gap = [float(np.linalg.norm(rgb - np.asarray(c, np.float64), axis=1).min()) for c in VOID_COLORS]
+    return VOID_COLOR if gap[0] >= 60 else VOID_COLORS[int(np.argmax(gap))]
+
+
 def class_legend_handles(names: list[str], colors: np.ndarray, painted: list[bool], task: str, void: bool) -> list[Any]:
     """One colour patch per drawn class, then the undrawn background (multiclass) and void when present."""
     from matplotlib.patches import Patch
@@ -52,7 +65,7 @@ def class_legend_handles(names: list[str], colors: np.ndarray, painted: list[boo
     if task == "multiclass" and not all(painted):
         handles.append(Patch(facecolor="none", edgecolor="black", label=f"{literal(names[0])} (not drawn)"))
     if void:
-        handles.append(Patch(facecolor=np.asarray(VOID_COLOR) / 255, edgecolor="black", label="void (not scored)"))
+        handles.append(Patch(facecolor=np.asarray(void_color(colors)) / 255, edgecolor="black", label="void (not scored)"))
     return handles
 
 
@@ -132,13 +145,13 @@ def _outline(mask: np.ndarray, width: int) -> np.ndarray:
 
 def _paint(image: np.ndarray, masks: list[Optional[np.ndarray]], colors: np.ndarray,
            void: Optional[np.ndarray] = None, edges: Optional[np.ndarray] = None) -> np.ndarray:
-    """Alpha-blend class masks (bool, display size) over ``image``, outlined in full colour; void grey; ``edges``
-    (the lines between touching objects) dark."""
+    """Alpha-blend class masks (bool, display size) over ``image``, outlined in full colour; void in
+    :func:`void_color`; ``edges`` (the lines between touching objects) dark."""
     out = image.astype(np.float32)
     width = 2 if image.shape[0] >= 300 else 1
     layers = [(m, np.asarray(colors[c], np.float32)) for c, m in enumerate(masks) if m is not None and m.any()]
     if void is not None and void.any():
-        layers.insert(0, (void, np.asarray(VOID_COLOR, np.float32)))
+        layers.insert(0, (void, np.asarray(void_color(colors), np.float32)))
     for m, col in layers:
         out[m] = (1 - FILL_ALPHA) * out[m] + FILL_ALPHA * col
     for m, col in layers:  # a dark ring outside, the class colour inside: visible on any background
