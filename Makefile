@@ -30,6 +30,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_onnx.py
 	$(BIN)/python bench/bench_amp.py
 	$(BIN)/python bench/bench_validation.py
+	$(BIN)/python bench/bench_rle.py
 	$(BIN)/python bench/bench_lovasz.py
 	$(BIN)/python bench/bench_region.py
 	$(BIN)/python bench/bench_objects.py

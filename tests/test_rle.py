@@ -109,6 +109,33 @@ def test_round_trip_property(mask, order):
     assert rle_encode(rle_decode(rle, mask.shape, order), order) == rle
 
 
+@pytest.mark.parametrize("order", ["F", "C"])
+def test_long_and_short_runs_decode_as_a_plain_slice_per_run(order):
+    """The decoder paints long runs a slice each and short ones all at once (bench/bench_rle.py): both against a
+    plain loop, on blocks (runs of 60-400 pixels) and on speckle (runs of 1-3)."""
+    rng = np.random.default_rng(4)
+    blocks = np.zeros((300, 400), np.uint8)
+    for _ in range(12):
+        y, x = rng.integers(0, 250), rng.integers(0, 330)
+        blocks[y : y + rng.integers(5, 50), x : x + rng.integers(60, 70)] = 1
+    speckle = (rng.random((300, 400)) > 0.9).astype(np.uint8)
+    for mask in (blocks, speckle):
+        rle = rle_encode(mask, order)
+        values = [int(v) for v in rle.split()]
+        plain = np.zeros(mask.size, np.uint8)
+        for start, length in zip(values[0::2], values[1::2]):
+            plain[start - 1 : start - 1 + length] = 1
+        np.testing.assert_array_equal(rle_decode(rle, mask.shape, order), plain.reshape(mask.shape, order=order))
+        np.testing.assert_array_equal(plain.reshape(mask.shape, order=order), mask)
+
+
+@pytest.mark.parametrize("text", ["1 3\n10 2\t", "001 3 010 2", "1\xa03 10\u20032", " 1 3 10 2 "])
+def test_numbers_read_alike_whatever_the_spaces_and_leading_zeros(text):
+    """ASCII-spaced digits go through NumPy's text reader; other whitespace (a no-break space pasted from a web page)
+    through the token list: the same mask either way."""
+    np.testing.assert_array_equal(rle_decode(text, (3, 4)), rle_decode("1 3 10 2", (3, 4)))
+
+
 @settings(max_examples=300, deadline=None)
 @given(text=st.text(alphabet=st.sampled_from(list("0123456789 -.x\t")), max_size=30) | st.text(max_size=30))
 def test_decoder_only_raises_its_own_error(text):
