@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 
 from .config import Config, ConfigError, anchored, save_config
 from .config_checks import check_run_name
-from .data import load_target, load_train_samples
+from .data import Sample, load_target, load_train_samples
 from .data.dataset import target_to_tensor
 from .data.data_errors import DataError
 from .evaluator import Evaluator, truth_objects
@@ -188,10 +188,11 @@ def _check_members(cfgs: list[Config]) -> tuple[list[Run], list[int], dict[str, 
 
 
 class _OOF:
-    """Members' OOF probabilities and the targets, image by image (in memory when they fit)."""
+    """Members' OOF probabilities and the targets, image by image: kept in memory as read (the uint8 files and the
+    target arrays, made float per pass) while they fit ``budget`` bytes, else read again on each pass."""
 
     def __init__(self, cfg: Config, runs: list[Run], folds: list[int], fold_of: dict[str, int], budget: int) -> None:
-        self.cfg, self.runs = cfg, runs
+        self.cfg, self.runs, self.budget = cfg, runs, budget
         self.items = [(s, fold_of[s.id]) for s in load_train_samples(cfg) if fold_of.get(s.id) in folds]
         if not self.items:
             raise FileNotFoundError(f"ensemble: the folds {folds} hold no training image")
@@ -199,31 +200,39 @@ class _OOF:
             for s, _ in self.items:
                 if not r.oof_path(s.id).is_file():
                     raise FileNotFoundError(f"{r.oof_path(s.id)}: OOF file missing; remake with `seg-toolkit oof` for {r.dir}")
-        size = sum(r.oof_path(s.id).stat().st_size for r in runs for s, _ in self.items[:50]) * len(self.items) / min(50, len(self.items))
-        self.cached = size * 5 <= budget  # float32 copies of uint8 files, and the targets
         self._cache: list | None = None
 
-    def __iter__(self):
-        if self._cache is not None:
-            yield from self._cache
-            return
-        cache = [] if self.cached else None
-        for s, k in self.items:
-            probs = [uint8_to_probs(read_oof(r.oof_path(s.id))) for r in self.runs]
-            for r, p in zip(self.runs[1:], probs[1:]):
-                if p.shape != probs[0].shape:  # an image replaced between two members' trainings, or a damaged file
-                    raise DataError(f"{r.oof_path(s.id)}: OOF probabilities of shape {p.shape} (classes, height, width); "
-                                    f"{self.runs[0].oof_path(s.id)} has {probs[0].shape}: the members predicted image "
-                                    f"{s.id!r} at other sizes; remake their OOF files on the same images "
-                                    "(`seg-toolkit oof CONFIG`)")
-            target = target_to_tensor(load_target(s, self.cfg, probs[0].shape[-2:]), self.cfg.data.task)[None]
-            entry = (s, k, probs, target)
-            if cache is not None:
-                cache.append(entry)
-            yield entry
-        if cache is not None:
-            self._cache = cache
+    def release(self) -> None:
+        """Drop what is kept: cv and tune, which come next, keep their own."""
+        self._cache = None
 
+    def _read(self, s: Sample) -> tuple[list[np.ndarray], np.ndarray]:
+        stored = [read_oof(r.oof_path(s.id)) for r in self.runs]
+        for r, q in zip(self.runs[1:], stored[1:]):
+            if q.shape != stored[0].shape:  # an image replaced between two members' trainings, or a damaged file
+                raise DataError(f"{r.oof_path(s.id)}: OOF probabilities of shape {q.shape} (classes, height, width); "
+                                f"{self.runs[0].oof_path(s.id)} has {stored[0].shape}: the members predicted image "
+                                f"{s.id!r} at other sizes; remake their OOF files on the same images "
+                                "(`seg-toolkit oof CONFIG`)")
+        return stored, load_target(s, self.cfg, stored[0].shape[-2:])
+
+    def __iter__(self):
+        task = self.cfg.data.task
+        if self._cache is not None:
+            for s, k, stored, target in self._cache:
+                yield s, k, [uint8_to_probs(q) for q in stored], target_to_tensor(target, task)[None]
+            return
+        cache, held = [], 0
+        for s, k in self.items:
+            stored, target = self._read(s)
+            if cache is not None:
+                held += sum(q.nbytes for q in stored) + target.nbytes
+                if held <= self.budget:
+                    cache.append((s, k, stored, target))
+                else:  # over the budget: read again on the next pass
+                    cache = None
+            yield s, k, [uint8_to_probs(q) for q in stored], target_to_tensor(target, task)[None]
+        self._cache = cache
 
 def _score_weights(oof: _OOF, grid: list[tuple[float, ...]], space: str, halves: list[set[int]]) -> list[dict[str, Any]]:
     """Score of each weight vector on all OOF images and on each half of the folds."""
@@ -348,6 +357,7 @@ def _build_ensemble(cfgs: list[Config], name: str | None, weights: Sequence[floa
                                       torch.from_numpy(uint8_to_probs(read_oof(r.oof_presence_path(s.id), ndim=1))))
             write_npy(out.oof_presence_path(s.id), probs_to_uint8(merged))
 
+    oof.release()
     from .cv import compute_cv
 
     member_info = []

@@ -590,3 +590,42 @@ def test_a_batch_of_images_of_other_sizes_names_the_runs_that_read_them():
                                         r"'b'\]...\); .*predict.batch_size: 1"):
         _collate(items, {"native": ["runs/na"]})
     assert _collate(items[:1], {"native": ["runs/na"]})["images"]["native"].shape == (1, 3, 4, 5)
+
+
+def test_the_oof_cache_keeps_the_stored_bytes_within_its_budget_and_is_dropped_before_cv(trained, monkeypatch):
+    """The cache held float32 copies of every member and the targets where its check counted 5x the uint8 files
+    (1.2x over budget for 2 members), and stayed alive through compute_cv and tune (audit). It now keeps what was read
+    while it fits, and cv.json is the same with any budget."""
+    import gc
+
+    import seg_toolkit.cv as cv_module
+    from seg_toolkit.ensemble import _OOF, build_ensemble
+
+    a, b, _, _ = trained
+    kept: list[int] = []
+    real_cv = cv_module.compute_cv
+
+    def cv_spy(*args, **kwargs):
+        caches = [o._cache for o in gc.get_objects() if isinstance(o, _OOF)]
+        kept.append(sum(o is not None for o in caches))
+        return real_cv(*args, **kwargs)
+
+    monkeypatch.setattr(cv_module, "compute_cv", cv_spy)
+    results = {}
+    for budget in (0, 40_000, 1 << 30):
+        real_iter = _OOF.__iter__
+        held: list[int] = []
+
+        def iter_spy(self, real_iter=real_iter, held=held):
+            yield from real_iter(self)
+            if self._cache is not None:
+                held.append(sum(sum(q.nbytes for q in e[2]) + e[3].nbytes for e in self._cache))
+
+        monkeypatch.setattr(_OOF, "__iter__", iter_spy)
+        results[budget] = build_ensemble([a, b], name=f"ens_budget_{budget}", weights=[0.6, 0.4], memory_budget=budget)
+        monkeypatch.setattr(_OOF, "__iter__", real_iter)
+        assert all(h <= budget for h in held)
+        assert bool(held) == (budget == 1 << 30)  # 12 images of 3x48x64 bytes x 2 members and their targets: 0.2 MB
+    assert kept == [0, 0, 0]  # no ensemble cache alive while cv.json is written
+    scores = {k: (r["score"], r["fold_scores"]) for k, r in results.items()}
+    assert len(set(map(repr, scores.values()))) == 1, scores
