@@ -237,7 +237,7 @@ def _run_cv(cfg: Config, folds: list[int] | None, resume: bool, overwrite: bool)
         if whole_run and not d.broadcast(k in run_folds(cfg, run) or (d.is_main and admit_fold(cfg, run, k))):
             left_out.append(k)
             continue
-        log.info("fold %d/%d", k + 1, cfg.folds.n_splits)
+        log.info("fold %d (%d of %d)", k, k + 1, cfg.folds.n_splits)  # numbered from 0, as fold_<k>/, metrics.csv and the report
         track.fold_start(k)
         with fold_lock(run, k) if d.is_main else contextlib.nullcontext():
             if d.is_main:

@@ -114,7 +114,8 @@ def search_sigmoid(
     tab, pos = tables["threshold"], tables["pos", seed]
     atp, afp = tables["area", seed]
     score = lambda tp, fp: sigmoid_score(tp[rows], fp[rows], pos[rows], tab.n_valid[rows], metric, empty_score, cols)  # noqa: E731
-    log_step = (lambda *a: None) if quiet else _step_log
+    search = "joint" if joint else "greedy"  # both searches run: the log says which one each step belongs to
+    log_step = (lambda *a: None) if quiet else (lambda step, *a: _step_log(f"{step} ({search} search)", *a))
 
     def at(k: int, t: float, a: int) -> tuple[np.ndarray, np.ndarray]:
         """Class k's counts at threshold t after removing its components smaller than a."""

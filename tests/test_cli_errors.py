@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -60,8 +61,11 @@ def test_config_typo_and_bad_override(comp, capsys):
 
 def test_missing_data_and_predict_before_training(comp, capsys, tmp_path):
     _, cfg = comp
+    # a mistyped root was reported as its first file missing, under data.train_csv (audit): the root is named
     code, err = _run(capsys, "train", str(cfg), "--set", f"data.root={tmp_path / 'nowhere'}")
-    assert code == 2 and "train.csv: training CSV (data.train_csv) not found" in err
+    assert code == 2 and f"data.root: the data folder '{tmp_path / 'nowhere'}' not found; set data.root" in err
+    code, err = _run(capsys, "train", str(cfg), "--set", "data.root=data/demoo")
+    assert code == 2 and f"'data/demoo' not found, {Path.cwd() / 'data/demoo'} from the working directory {Path.cwd()}" in err
     code, err = _run(capsys, "predict", str(cfg))
     assert code == 2 and "no run folder (config.yaml); train the experiment first" in err
 

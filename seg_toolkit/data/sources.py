@@ -70,6 +70,15 @@ def _folder_ext_hint(folder: Path, key: str) -> str:
 OnProblem = Callable[[str, str, str], None]
 
 
+def check_data_root(cfg: Config) -> None:
+    """``data.root`` must be a folder: a mistyped root was reported as its first file missing, under another key."""
+    root = Path(cfg.data.root)
+    if not root.is_dir():
+        where = "" if root.is_absolute() else f", {root.resolve()} from the working directory {Path.cwd()}"
+        what = "is a file, not a folder" if root.exists() else "not found"
+        raise DataError(f"data.root: the data folder {str(root)!r} {what}{where}; set data.root (or --set data.root=PATH)")
+
+
 def list_train_samples(cfg: Config, on_problem: OnProblem | None = None) -> tuple[list[Sample], set[str]]:
     """All labelled training samples in file order (at most ``data.limit``), and the ids whose target
     is known to be unreadable (a malformed CSV row).
@@ -81,6 +90,7 @@ def list_train_samples(cfg: Config, on_problem: OnProblem | None = None) -> tupl
     file name (the folder's order) before the limit, so the first N keep the data's share of empty masks (the
     CSV lists only non-empty ones: its rows first would keep none)."""
     d = cfg.data
+    check_data_root(cfg)
     report = on_problem or raise_problem
     bad: set[str] = set()
     unlisted: list[Sample] = []
@@ -336,6 +346,8 @@ def load_test_samples(cfg: Config, images: bool = True) -> list[Sample]:
     the sample's ids even when their images are not there (yet): training checks the sample so
     (:func:`seg_toolkit.inference.check_sample_submission`) where a code competition's test set is hidden."""
     d, s = cfg.data, cfg.submission
+    if images:
+        check_data_root(cfg)
     folder = cfg.data_path(d.test_images)
     sample_path = cfg.data_path(d.sample_submission)
     if d.test_lists:
