@@ -56,7 +56,7 @@ def cmd_make_demo(args: argparse.Namespace) -> int:
 def _print_cv(cv: dict, run: Path) -> None:
     print(f"\nCV {cv['metric']}: {cv['score']:.4f} over {cv['n_images']} OOF images "
           f"(folds {cv['folds']}: {', '.join(f'{s:.4f}' for s in cv['fold_scores'])}; "
-          f"all-empty baseline {cv['baseline_empty']:.4f})")
+          f"{cv.get('baseline', 'all-empty baseline')} {cv['baseline_empty']:.4f})")
     left_out = (cv.get("time_budget") or {}).get("left_out")
     if left_out:
         print(f"fold(s) {left_out} left out: train.time_budget {cv['time_budget']['budget']} fits train.min_fold_epochs="
@@ -124,10 +124,12 @@ def _print_tune(report: dict) -> None:
         per_group = f" (without each group: {', '.join(cf['searches'])})" if cf and cf.get("searches") else ""
         print(f"  search kept: {report['search']['chosen']}{per_group}; cross-fitted / tuned: " + "; ".join(
             f"{m} {v['cross_fitted']:.4f} / {v['after']:.4f}" for m, v in compared.items()))
+    from .postprocess import params_in_use
+
     for step in report.get("steps", []):
-        if isinstance(step, dict) and "score" in step:
+        if isinstance(step, dict) and "score" in step and not step.get("skipped"):  # a multiclass argmax: no threshold
             print(f"  after {step.get('step', '?'):<10} {step['score']:.4f}")
-    print(f"  params {report['params']}")
+    print(f"  params {params_in_use(report['params'], report['task']) if 'task' in report else report['params']}")
 
 
 def cmd_tune(args: argparse.Namespace) -> int:

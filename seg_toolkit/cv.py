@@ -286,7 +286,7 @@ def compute_cv(cfg: Config, run: Run | None = None, samples: list[Sample] | None
     number can be read against the trivial answer. ``oof`` says how the files were made
     (the TTA of each fold's prediction). ``extra`` is merged in (an ensemble's members).
     """
-    from .report.summary import compute_oof_summary, save_oof_summary
+    from .report.summary import baseline_words, compute_oof_summary, save_oof_summary
 
     run = run if isinstance(run, Run) else Run(run) if run is not None else Run.of(cfg)
     samples = samples if samples is not None else load_train_samples(cfg)
@@ -305,6 +305,7 @@ def compute_cv(cfg: Config, run: Run | None = None, samples: list[Sample] | None
         "fold_mean": float(np.mean(fold_scores)),
         "fold_std": float(np.std(fold_scores)),
         "baseline_empty": result["baseline_empty"],
+        "baseline": baseline_words(cfg.data.task, result["class_names"])[0],
         "per_class_iou": result["per_class_iou"],
         "per_class_dice": result["per_class_dice"],
         "pixel_accuracy": result["pixel_accuracy"],

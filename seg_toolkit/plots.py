@@ -89,12 +89,14 @@ def read_metrics(run_dir: Path) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True).sort_values(["fold", "epoch"], kind="stable").reset_index(drop=True)
 
 
-def _run_info(run: Run) -> tuple[str, Optional[float]]:
-    """The metric's name and the all-empty baseline, from ``cv.json`` / the saved config when present."""
-    metric, baseline = "", None
+def _run_info(run: Run) -> tuple[str, Optional[float], str]:
+    """The metric's name, the baseline's score and name (all-empty; multiclass: all class 0), from ``cv.json`` /
+    the saved config when present."""
+    metric, baseline, named = "", None, "all-empty baseline"
     try:
         cv = read_json(run.cv_json) or {}
         metric = str(cv.get("metric") or "")
+        named = str(cv.get("baseline") or named)
         b = cv.get("baseline_empty")
         baseline = float(b) if b is not None and not math.isnan(float(b)) else None
     except Exception as e:  # a damaged cv.json must not stop a plot
@@ -107,7 +109,7 @@ def _run_info(run: Run) -> tuple[str, Optional[float]]:
             metric = resolve_metric_name(cfg.metric.name, cfg.data.task)
         except Exception as e:  # a broken config must not stop a plot
             log.warning("learning curves: cannot read the metric from %s (%s)", run.config_yaml, e)
-    return metric, baseline
+    return metric, baseline, named
 
 
 def _aux_weight(run: Run, df: pd.DataFrame) -> float:
@@ -256,7 +258,7 @@ def learning_curves(run_dir: Path, df: Optional[pd.DataFrame] = None) -> Any:
 
     run = Run(run_dir)
     df = read_metrics(run.dir) if df is None else df
-    metric, baseline = _run_info(run)
+    metric, baseline, named = _run_info(run)
     label = metric_label(metric)
     other = _other_score_column(df)
     aux_w = _aux_weight(run, df)
@@ -285,7 +287,7 @@ def learning_curves(run_dir: Path, df: Optional[pd.DataFrame] = None) -> Any:
         handles.append(Line2D([], [], color=color, marker="o", lw=1.6, label=f"fold {int(fold)}"))
     if baseline is not None and len(df):
         ax_score.axhline(baseline, color="grey", ls="--", lw=1)
-        ax_score.annotate(f"all-empty baseline {baseline:.4f}", (0.01, baseline), xycoords=("axes fraction", "data"),
+        ax_score.annotate(f"{named} {baseline:.4f}", (0.01, baseline), xycoords=("axes fraction", "data"),
                           ha="left", va="bottom", fontsize=8, color="grey")
     for ax, lines in drawn.items():
         _mark_outliers(ax, lines, baseline if ax is ax_score else None)
@@ -338,9 +340,10 @@ def write_learning_curves(run_dir: Path) -> list[Path]:
     df = read_metrics(run.dir)
     png = write_figure(learning_curves(run.dir, df), run.learning_curves_png)
     rows = fold_rows(df)
-    _, baseline = _run_info(run)
+    _, baseline, named = _run_info(run)
     body = (png_tag(png, "learning curves") + (fold_table_html(rows) if rows else note("No epochs logged yet."))
-            + (note(f"all-empty baseline {baseline:.4f} (cv.json: the score of predicting nothing)") if baseline is not None else ""))
+            + (note(f"{named} {baseline:.4f} (cv.json's baseline_empty: the score of that prediction)")
+               if baseline is not None else ""))
     out = [write_text(run.learning_curves_html, page(f"Learning curves: {run.dir.name}", body)), run.learning_curves_png]
     log.info("learning curves written to %s", out[0])
     return out

@@ -151,6 +151,18 @@ def params_from_config(cfg: Config) -> PostParams:
     )
 
 
+def params_in_use(params: dict, task: str) -> dict:
+    """The parameters of ``postprocess.json``'s ``params`` that decide ``task``'s masks (what `tune` and the report
+    show): a multiclass argmax has no threshold or empty gate, and an unset gate or split seed decides nothing."""
+    if task == "multiclass":
+        keys = ["class_weight", "min_area", "min_area_to"]
+    else:
+        keys = ["threshold", "min_area", "empty_gate"]
+        keys += ["gate_source"] if any(g is not None for g in params.get("empty_gate") or []) else []
+        keys += ["split_seed", "split_by"] if any(x is not None for x in params.get("split_seed") or []) else []
+    return {k: params[k] for k in keys if k in params}
+
+
 def load_params(cfg: Config, run=None) -> PostParams:
     """Tuned parameters from the run's ``postprocess.json`` (a :class:`~seg_toolkit.run.Run` or
     its folder) if present, else the config's."""

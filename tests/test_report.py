@@ -407,6 +407,40 @@ def test_multiclass_report_page(multiclass_run):
         assert (arr == colour).all(-1).any()
 
 
+def test_multiclass_words_say_what_the_argmax_and_its_baseline_are(multiclass_run, capsys):
+    """Class 0 here is sky, a class like the others: the baseline is all sky, not "predicting nothing"; an argmax has
+    no threshold or empty gate, so neither the page, the metric's settings nor `tune`'s print name them (audit)."""
+    from seg_toolkit.commands import _print_tune
+    from seg_toolkit.cv import compute_cv
+    from seg_toolkit.tune import tune_postprocess
+
+    cfg, _ = multiclass_run
+    cv = compute_cv(cfg)
+    assert cv["baseline"] == "all-sky baseline"
+    report = tune_postprocess(cfg)
+    _print_tune(report)
+    out = capsys.readouterr().out
+    assert "after min_area" in out and "after threshold" not in out and "after empty_gate" not in out
+    assert "'class_weight'" in out and "'threshold'" not in out and "'empty_gate'" not in out
+    text = build_report(cfg.run_dir, n_examples=2).read_text(encoding="utf-8")
+    assert "all-sky baseline" in text and "all-empty" not in text and "predicting nothing" not in text
+    assert "<td class='l'>miou</td>" in text  # no empty_score or threshold beside a dataset-level argmax metric
+    assert "postprocess.json&#x27;s class weights and minimum areas on top" in text
+    assert "'threshold'" not in text and "&#x27;threshold&#x27;" not in text
+
+
+def test_params_in_use_by_hand():
+    from seg_toolkit.postprocess import params_in_use
+
+    p = {"threshold": [0.4], "min_area": [10], "empty_gate": [None], "gate_source": ["max_prob"], "class_weight": [1.0],
+         "split_seed": [None], "split_by": "distance", "min_area_to": "background"}
+    assert params_in_use(p, "binary") == {"threshold": [0.4], "min_area": [10], "empty_gate": [None]}
+    gated = {**p, "empty_gate": [0.7], "split_seed": [0.9]}
+    assert list(params_in_use(gated, "binary")) == ["threshold", "min_area", "empty_gate", "gate_source", "split_seed",
+                                                    "split_by"]
+    assert params_in_use(p, "multiclass") == {"class_weight": [1.0], "min_area": [10], "min_area_to": "background"}
+
+
 def test_report_without_examples_and_missing_run(multiclass_run, tmp_path):
     cfg, _ = multiclass_run
     build_report(cfg.run_dir, n_examples=1)

@@ -23,7 +23,7 @@ from ..plots import metric_label
 from ..postprocess import tuned_elsewhere
 from ..files import read_json
 from ..run import Run
-from .summary import Example, read_oof_summary, write_oof_summary
+from .summary import Example, baseline_words, read_oof_summary, write_oof_summary
 
 log = logging.getLogger(__name__)
 
@@ -226,9 +226,10 @@ def _warnings(d: ReportData) -> list[str]:
     if d.unreadable:
         out.append(f"{len(d.unreadable)} target(s) could not be read and are left out, e.g. {d.unreadable[0]}")
     if not math.isnan(d.score) and not math.isnan(d.baseline_empty) and d.score <= d.baseline_empty:
+        named, what = baseline_words(d.task, d.class_names)
         out.append(
-            f"the CV {metric_label(d.metric)} {d.score:.4f} is not above the all-empty baseline {d.baseline_empty:.4f}: "
-            "the model does no better than predicting nothing"
+            f"the CV {metric_label(d.metric)} {d.score:.4f} is not above the {named} {d.baseline_empty:.4f}: "
+            f"the model does no better than predicting {what}"
         )
     if d.cv is not None and d.cv.get("score") is not None and d.folds == list(d.cv.get("folds", [])):
         old = float(d.cv["score"])

@@ -21,7 +21,9 @@ from . import html as h
 from .data import ReportData, compute_report_data, per_class_rows
 from .figures import confusion_figure
 from .overlays import overlays_figure, prediction_rule
-from .summary import Example
+from .summary import Example, baseline_words
+from ..metrics import PER_IMAGE_METRICS
+from ..postprocess import params_in_use
 from ..track import tracker_sentence
 
 log = logging.getLogger(__name__)
@@ -70,7 +72,8 @@ def _summary_html(d: ReportData) -> str:
     cfg = d.cfg
     label = metric_label(d.metric)
     parts = [f"<p><span class='big'>{h.esc(label)} {h.fmt(d.score)}</span> &nbsp; <span class='muted'>CV over "
-             f"{d.n_images} OOF images of fold(s) {d.folds}; all-empty baseline {h.fmt(d.baseline_empty)}; "
+             f"{d.n_images} OOF images of fold(s) {d.folds}; {h.esc(baseline_words(d.task, d.class_names)[0])} "
+             f"{h.fmt(d.baseline_empty)}; "
              f"pixel accuracy {h.fmt(d.pixel_accuracy)}</span></p>"]
     if d.cv:
         parts.append(h.note(f"cv.json: {h.esc(d.cv.get('metric'))} {h.fmt(d.cv.get('score'))}, fold mean "
@@ -78,7 +81,8 @@ def _summary_html(d: ReportData) -> str:
     tuned = read_json(Run(d.run_dir).postprocess_json)
     if tuned and "after" in tuned:
         parts.append(h.note(f"after post-processing tuned on these OOF files (postprocess.json): {h.esc(label)} "
-                            f"{h.fmt(tuned.get('before'))} -> {h.fmt(tuned.get('after'))}; {h.esc(str(tuned.get('params')))}"))
+                            f"{h.fmt(tuned.get('before'))} -> {h.fmt(tuned.get('after'))}; "
+                            f"{h.esc(str(params_in_use(tuned.get('params') or {}, d.task)))}"))
         cf = tuned.get("cross_fitted")
         if isinstance(cf, dict) and isinstance(cf.get("score"), (int, float)):
             parts.append(h.note(f"cross-fitted: {h.esc(label)} {h.fmt(cf['score'])} with each image post-processed as tuning on "
@@ -112,12 +116,20 @@ def _summary_html(d: ReportData) -> str:
                          f"scheduler {cfg.scheduler.name}, resize {cfg.transforms.resize or 'native'}"],
         ]
     setup += [
-        ["metric", f"{d.metric} (empty_score {cfg.metric.empty_score}, threshold {cfg.metric.threshold:g})"],
+        ["metric", d.metric + _metric_settings(cfg, d.metric)],
         ["folds", f"{cfg.folds.n_splits}-fold {cfg.folds.method}, seed {cfg.folds.seed}"],
         ["data", str(cfg.data.root)],
     ]
     parts.append(h.table(["setting", "value"], [[k, h.esc(v)] for k, v in setup], left=2))
     return "\n".join(parts)
+
+
+def _metric_settings(cfg: Any, metric: str) -> str:
+    """The ``metric.*`` settings that decide the score: empty_score for a per-image metric, the threshold for sigmoid
+    outputs (a multiclass argmax has none)."""
+    said = [f"empty_score {cfg.metric.empty_score}"] if metric in PER_IMAGE_METRICS else []
+    said += [f"threshold {cfg.metric.threshold:g}"] if cfg.data.task != "multiclass" else []
+    return f" ({', '.join(said)})" if said else ""
 
 
 def _class_table_html(d: ReportData) -> str:
@@ -188,9 +200,11 @@ def _overlay_sections(d: ReportData, out: Path) -> list[tuple[str, str]]:
                                "table above) are shown last among the best")
                 colours = ("Each truth and predicted object is green when matched with one of the other side at IoU > 0.5, "
                            "red when not; dark lines part touching objects; void is grey." if d.metric in INSTANCE_METRICS
-                           else "Colours are the classes' (filled at 40%, outlined); void is grey.")
+                           else "Colours are the classes' (filled at 40%, outlined), void's as the legend gives it.")
+                steps = ("class weights and minimum areas" if d.task == "multiclass"
+                         else "threshold, minimum area and empty gate")
                 shown = (f"The prediction is the OOF probabilities as the CV scores them ({prediction_rule(d.cfg)}, not post-processed): "
-                         "the submission applies postprocess.json's threshold, minimum area and empty gate on top.")
+                         f"the submission applies postprocess.json's {steps} on top.")
                 sections.append((f"{kind.capitalize()} OOF images", h.note(f"{ranked}. {h.esc(colours)} {h.esc(shown)}")
                     + h.png_tag(png, f"{kind} overlays") + _examples_table(d, examples)))
             return sections

@@ -47,7 +47,7 @@ from ..tensors import uint8_to_probs
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SUMMARY_VERSION", "Example", "predict_mask", "image_score_name", "compute_oof_summary",
+__all__ = ["SUMMARY_VERSION", "Example", "baseline_words", "predict_mask", "image_score_name", "compute_oof_summary",
            "save_oof_summary", "write_oof_summary", "read_oof_summary"]
 
 SUMMARY_VERSION = 1
@@ -73,6 +73,14 @@ def predict_mask(q: np.ndarray, task: str, threshold: float, min_area: int = 0) 
     if task == "multiclass":  # q / 255 keeps the order and the ties: the argmax of the stored bytes, 3.8x faster
         return hard_prediction(torch.from_numpy(q)[None], task, threshold)
     return hard_prediction(torch.from_numpy(uint8_to_probs(q))[None], task, threshold, min_area)
+
+
+def baseline_words(task: str, names: list[str]) -> tuple[str, str]:
+    """How ``baseline_empty`` (the score of a zero prediction) reads: its name, and what it predicts. Multiclass
+    class 0 is a class like the others in CamVid (Sky), so its baseline is no "predicting nothing"."""
+    if task == "multiclass":
+        return f"all-{names[0]} baseline", f"every pixel {names[0]} (class 0)"
+    return "all-empty baseline", "nothing"
 
 
 def image_score_name(metric: str, cfg: Config) -> str:
