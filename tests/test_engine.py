@@ -71,6 +71,14 @@ def test_early_stopping_with_patience(demo_root, tmp_path, monkeypatch):
     rows = pd.read_csv(cfg.run_dir / "fold_0" / "metrics.csv")
     assert rows["epoch"].tolist() == [1, 2, 3]  # best at 1, then two epochs without improvement
     assert rows["best"].tolist() == [1, 0, 0]
+    # done.json says why the fold ended before its 6 epochs, and the report shows it (it said only "16 epoch(s)")
+    from seg_toolkit.files import read_json
+    from seg_toolkit.report import build_report
+
+    assert read_json(cfg.run_dir / "fold_0" / "done.json")["stopped_early"] is True
+    text = build_report(cfg.run_dir).read_text(encoding="utf-8")
+    assert ">3 (early stop)<" in text
+    assert "6 epoch(s), early stopping after 2 epoch(s) without improvement" in text
 
 
 def _opt(lr=1.0):

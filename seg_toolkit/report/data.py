@@ -140,7 +140,7 @@ def _stale_reason(run: Run) -> Optional[str]:
 
 
 def _per_fold(run: Run, cv: Optional[dict[str, Any]]) -> list[dict[str, Any]]:
-    keys = ("oof_score", "best_val_score", "best_epoch", "epochs_run", "n_train", "n_valid")
+    keys = ("oof_score", "best_val_score", "best_epoch", "epochs_run", "stopped_early", "n_train", "n_valid")
     if not run.is_ensemble:
         return [{"fold": k, **{key: info.get(key) for key in keys}}
                 for k, info in zip(run.trained_folds(), run.fold_summaries())]

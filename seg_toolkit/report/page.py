@@ -100,7 +100,8 @@ def _summary_html(d: ReportData) -> str:
         parts.append(h.table(["fold", f"OOF {h.esc(label)}"], [[str(f["fold"]), h.fmt(f.get("oof_score"))] for f in d.per_fold]))
     else:
         rows = [[str(f["fold"]), h.fmt(f.get("oof_score")), _val_score(f), _epoch(f),
-                 h.fmt(f.get("epochs_run")), h.fmt(f.get("n_train")), h.fmt(f.get("n_valid"))] for f in d.per_fold]
+                 h.fmt(f.get("epochs_run")) + (" (early stop)" if f.get("stopped_early") else ""),
+                 h.fmt(f.get("n_train")), h.fmt(f.get("n_valid"))] for f in d.per_fold]
         parts.append(h.table(["fold", f"OOF {h.esc(label)}", "best.pt val score", "best.pt epoch", "epochs run",
                               "train images", "valid images"], rows))
     m = cfg.model
@@ -112,6 +113,8 @@ def _summary_html(d: ReportData) -> str:
             ["training", f"{cfg.train.epochs} epoch(s)"
                          + (f" at most, time budget {cfg.train.time_budget} (the epochs that fit it: column 'epochs run')"
                             if cfg.train.time_budget is not None else "")
+                         + (f", early stopping after {cfg.train.early_stopping_patience} epoch(s) without improvement"
+                            if cfg.train.early_stopping_patience is not None else "")
                          + f", batch {cfg.train.batch_size}, {cfg.optim.name} lr {cfg.optim.lr:g}, "
                          f"scheduler {cfg.scheduler.name}, resize {cfg.transforms.resize or 'native'}"],
         ]
