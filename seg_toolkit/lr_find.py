@@ -103,6 +103,16 @@ def suggest(sweep: dict[str, Any], skip_start: int = 5, skip_end: int = 3) -> di
             "min_loss": min_loss, "descent": descent}
 
 
+def _y_range(sweep: dict[str, list[float]]) -> tuple[float, float]:
+    """The plot's loss range: from the lowest loss, raw or smoothed (the smoothed curve lags: cut at its minimum, a
+    quarter of the raw losses and the lowest of all fell below the picture), to the smoothed curve's highest in the
+    sweep's first half (the divergence at the end would flatten the rest)."""
+    raw = [v for v in sweep["loss"] if math.isfinite(v)]
+    lo = min([*sweep["smooth"], *raw])
+    hi = max(sweep["smooth"][: max(1, len(sweep["smooth"]) // 2)])
+    return lo - 0.1 * (hi - lo + 1e-9), hi + 0.5 * (hi - lo + 1e-9)
+
+
 def _plot(sweep: dict[str, list[float]], found: dict[str, float], path, title: str) -> None:
     import matplotlib
 
@@ -115,8 +125,7 @@ def _plot(sweep: dict[str, list[float]], found: dict[str, float], path, title: s
     for name, color in (("steep", "#d62728"), ("valley", "#2ca02c")):
         ax.axvline(found[name], color=color, ls="--", lw=1.2, label=f"{name} {found[name]:.2g}")
     ax.set_xscale("log")
-    lo, hi = min(sweep["smooth"]), max(sweep["smooth"][: max(1, len(sweep["smooth"]) // 2)])
-    ax.set_ylim(lo - 0.1 * (hi - lo + 1e-9), hi + 0.5 * (hi - lo + 1e-9))
+    ax.set_ylim(*_y_range(sweep))
     ax.set_xlabel("learning rate")
     ax.set_ylabel("training loss")
     ax.set_title(f"{title}: suggested lr {found['suggested_lr']:.2g}")

@@ -205,6 +205,17 @@ def test_lr_sweep_on_a_quadratic_with_a_known_stable_range():
     assert found["suggested_lr"] == min(found["steep"], found["valley"])
 
 
+def test_lr_find_plot_shows_every_raw_loss_below_its_top():
+    """The y range came from the smoothed curve only: the raw losses under its minimum, the lowest of all included,
+    were cut off the picture (audit: 25 of 100). The divergence at the end may still leave the top."""
+    from seg_toolkit.lr_find import _y_range
+
+    raw = [1.0, 0.98, 0.9, 0.5, 0.24, 0.6, 0.7, 5.0, float("inf")]
+    smooth = [1.0, 0.99, 0.96, 0.85, 0.66, 0.65, 0.67, 1.9, 1.9]
+    bottom, top = _y_range({"loss": raw, "smooth": smooth})
+    assert bottom < 0.24 and top > 1.0 and top < 5.0
+
+
 def test_lr_find_command_on_the_demo(demo_root, tmp_path):
     cfg = _cfg(demo_root, tmp_path / "runs", "lr")
     r = lr_find(cfg, fold=0, start=1e-6, end=10.0, steps=40)
