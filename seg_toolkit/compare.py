@@ -67,8 +67,12 @@ class RunRow:
     left_out: list[int] = field(default_factory=list)  # folds train.min_fold_epochs left out (cv.json's time_budget)
 
     @property
+    def scored_folds(self) -> list[float]:
+        return [x for x in self.fold_scores if isinstance(x, (int, float)) and not math.isnan(x)]
+
+    @property
     def fold_stats(self) -> Optional[tuple[float, float, float, float]]:
-        s = [x for x in self.fold_scores if isinstance(x, (int, float)) and not math.isnan(x)]
+        s = self.scored_folds
         if not s:
             return None
         mean = sum(s) / len(s)
@@ -253,7 +257,8 @@ def _tuned(row: RunRow) -> str:
 
 def _cells(rank: int, row: RunRow) -> list[str]:
     st = row.fold_stats
-    folds = f"{st[0]:.4f} +- {st[1]:.4f} [{st[2]:.4f}, {st[3]:.4f}]" if st else "-"
+    folds = "-" if not st else f"{st[0]:.4f} (one fold)" if len(row.scored_folds) == 1 else (
+        f"{st[0]:.4f} +- {st[1]:.4f} [{st[2]:.4f}, {st[3]:.4f}]")
     cv = f"{row.cv:.4f}" if row.cv is not None else "missing"
     unreadable = [" ".join(p.split())[:80] for p in row.problems[:1]]  # what could not be read, shown, not only kept
     note = "; ".join(x for x in [row.status, *(["ensemble"] if row.kind == "ensemble" else []), *row.notes,
@@ -296,19 +301,28 @@ def _figures(rows: list[RunRow], curves: bool) -> list[Any]:
     import plotly.graph_objects as go
 
     scored = [r for r in rows if r.cv is not None]
-    names = [html.escape(n) for n in labels(scored)]  # plotly reads <b>, <br>, & in axis labels and legend names as markup
-    bars = go.Figure()
-    bars.add_bar(name="CV", x=names, y=[r.cv for r in scored],
-                 error_y=dict(type="data", array=[(r.fold_stats or (0, 0))[1] for r in scored], visible=True),
-                 hovertext=[f"{r.metric}; folds {', '.join(f'{s:.4f}' for s in r.fold_scores)}; folds group {r.group}"
-                            for r in scored])
-    if any(r.tuned is not None for r in scored):
-        bars.add_bar(name="tuned post-processing", x=names, y=[r.tuned for r in scored])
-    values = [v for r in scored for v in (r.cv, r.tuned) if v is not None] or [0.0, 1.0]
-    values += [r.cv + r.fold_stats[1] for r in scored if r.fold_stats]  # the error bars' tops stay on the chart
-    bars.update_layout(title="CV by run (error bar: std of the fold scores)", barmode="group", yaxis_title="CV score",
-                       yaxis_range=[max(0.0, min(values) - 0.1), max(values) + 0.05], height=420)
-    figs = [bars]
+    named = dict(zip(map(id, scored), labels(scored)))
+    figs = []
+    for metric in dict.fromkeys(r.metric for r in scored):  # one chart per metric: a dice beside an mIoU compares nothing
+        mine = [r for r in scored if r.metric == metric]
+        # a partial run (some folds) is named so and faded: its CV covers other images than a complete run's
+        names = [html.escape(named[id(r)] + (f" ({r.folds_done}/{r.n_splits} folds)" if r.status else "")) for r in mine]
+        opacity = [0.45 if r.status else 1.0 for r in mine]
+        bars = go.Figure()
+        # the fold scores' std where there are 2 or more: one fold's "± 0" read as certainty
+        spread = [r.fold_stats[1] if len(r.scored_folds) > 1 else float("nan") for r in mine]
+        bars.add_bar(name="CV", x=names, y=[r.cv for r in mine], marker_opacity=opacity,
+                     error_y=dict(type="data", array=spread, visible=True),
+                     hovertext=[f"{r.metric}; folds {', '.join(f'{s:.4f}' for s in r.fold_scores)}; folds group {r.group}"
+                                + (f"; {r.status}" if r.status else "") for r in mine])
+        if any(r.tuned is not None for r in mine):
+            bars.add_bar(name="tuned post-processing", x=names, y=[r.tuned for r in mine], marker_opacity=opacity)
+        values = [v for r in mine for v in (r.cv, r.tuned) if v is not None] or [0.0, 1.0]
+        values += [r.cv + d for r, d in zip(mine, spread) if not math.isnan(d)]  # the error bars' tops stay on the chart
+        bars.update_layout(title=f"CV {metric} by run (error bar: std of the fold scores; faded: partial runs)",
+                           barmode="group", yaxis_title=f"CV {metric}",
+                           yaxis_range=[max(0.0, min(values) - 0.1), max(values) + 0.05], height=420)
+        figs.append(bars)
     if curves:
         from .plots import FOLD_COLORS
 

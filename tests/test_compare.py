@@ -6,6 +6,7 @@ the order, the share groups and every value can be checked against the files."""
 from __future__ import annotations
 
 import json
+import math
 import re
 import shutil
 
@@ -211,3 +212,25 @@ def test_an_ensemble_of_some_folds_is_partial_and_runs_of_one_name_are_told_apar
     same_parent = [RunRow(name="a", path=tmp_path / "x" / "runs" / "a", kind="trained"),
                    RunRow(name="a", path=tmp_path / "y" / "runs" / "a", kind="trained")]
     assert labels(same_parent) == [str(tmp_path / "x" / "runs" / "a"), str(tmp_path / "y" / "runs" / "a")]
+
+
+def test_the_chart_has_one_panel_per_metric_and_marks_partial_runs(tmp_path):
+    """Dice and mIoU runs shared one 'CV score' axis, a run of 1 of 3 folds was a plain bar beside complete runs, and
+    its one fold's std drew a zero-length error bar that read as certainty (audit)."""
+    from seg_toolkit.compare import RunRow, _figures
+
+    rows = [RunRow(name="d1", path=tmp_path / "d1", kind="trained", metric="dice", cv=0.8, fold_scores=[0.7, 0.9],
+                   folds_done=2, n_splits=2),
+            RunRow(name="d2", path=tmp_path / "d2", kind="trained", metric="dice", cv=0.6, fold_scores=[0.6, math.nan],
+                   folds_done=1, n_splits=3),
+            RunRow(name="m1", path=tmp_path / "m1", kind="trained", metric="miou", cv=0.5, fold_scores=[0.4, 0.6],
+                   folds_done=2, n_splits=2)]
+    figs = _figures(rows, curves=False)
+    assert [f.layout.yaxis.title.text for f in figs] == ["CV dice", "CV miou"]
+    dice = figs[0].data[0]
+    assert list(dice.x) == ["d1", "d2 (1/3 folds)"] and list(dice.marker.opacity) == [1.0, 0.45]
+    assert dice.error_y.array[0] == pytest.approx(0.1) and dice.error_y.array[1] != dice.error_y.array[1]  # NaN: none
+    assert list(figs[1].data[0].x) == ["m1"]
+    from seg_toolkit.compare import _cells
+
+    assert _cells(2, rows[1])[4] == "0.6000 (one fold)" and _cells(1, rows[0])[4] == "0.8000 +- 0.1000 [0.7000, 0.9000]"
