@@ -596,20 +596,25 @@ def test_the_oof_cache_keeps_the_stored_bytes_within_its_budget_and_is_dropped_b
     """The cache held float32 copies of every member and the targets where its check counted 5x the uint8 files
     (1.2x over budget for 2 members), and stayed alive through compute_cv and tune (audit). It now keeps what was read
     while it fits, and cv.json is the same with any budget."""
-    import gc
+    import weakref
 
     import seg_toolkit.cv as cv_module
     from seg_toolkit.ensemble import _OOF, build_ensemble
 
     a, b, _, _ = trained
     kept: list[int] = []
-    real_cv = cv_module.compute_cv
+    made: list[weakref.ref] = []
+    real_cv, real_init = cv_module.compute_cv, _OOF.__init__
+
+    def init_spy(self, *args, **kwargs):
+        made.append(weakref.ref(self))
+        real_init(self, *args, **kwargs)
 
     def cv_spy(*args, **kwargs):
-        caches = [o._cache for o in gc.get_objects() if isinstance(o, _OOF)]
-        kept.append(sum(o is not None for o in caches))
+        kept.append(sum(o() is not None and o()._cache is not None for o in made))
         return real_cv(*args, **kwargs)
 
+    monkeypatch.setattr(_OOF, "__init__", init_spy)
     monkeypatch.setattr(cv_module, "compute_cv", cv_spy)
     results = {}
     for budget in (0, 40_000, 1 << 30):
