@@ -238,17 +238,14 @@ def _score_weights(oof: _OOF, grid: list[tuple[float, ...]], space: str, halves:
     """Score of each weight vector on all OOF images and on each half of the folds."""
     cfg = oof.cfg
     task = cfg.data.task
-    evals = [[Evaluator.of(cfg) for _ in range(1 + len(halves))] for _ in grid]
+    evals = [Evaluator.of(cfg) for _ in grid]  # each image scored once, with its fold: the halves are groups of folds
     for s, k, probs, target in tqdm(oof, total=len(oof.items), desc=f"ensemble: {len(grid)} weightings", leave=False, disable=None):
-        objects = truth_objects(evals[0][0], s, cfg, target.shape[-2:])
+        objects = truth_objects(evals[0], s, cfg, target.shape[-2:])
         for w, ev in zip(grid, evals):
-            p = torch.from_numpy(merge_probs(probs, w, space, task))[None]
-            ev[0].update(p, target, objects)
-            for h, half in enumerate(halves):
-                if k in half:
-                    ev[1 + h].update(p, target, objects)
-    return [{"weights": list(w), "score": float(ev[0].compute()["score"]),
-             "half_scores": [float(e.compute()["score"]) for e in ev[1:]]} for w, ev in zip(grid, evals)]
+            ev.update(torch.from_numpy(merge_probs(probs, w, space, task))[None], target, objects, group=k)
+    return [{"weights": list(w), "score": float(ev.compute()["score"]),
+             "half_scores": [float(ev.compute(groups=[k for k in half if k in ev.groups()])["score"]) for half in halves]}
+            for w, ev in zip(grid, evals)]
 
 
 def _best(rows: list[dict[str, Any]], key) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Optional, Sequence
+from typing import Any, Iterable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -243,16 +243,18 @@ class Evaluator:
             self.object_counts.append((n_truth, n_pred, int(hits[0])))
         return scores
 
-    def compute(self, group: Any = None) -> dict[str, Any]:
+    def compute(self, group: Any = None, groups: Iterable[Any] | None = None) -> dict[str, Any]:
         """The metrics of everything added since the last ``reset`` (see the class docstring); with ``group``, of the
-        images added with that group."""
-        if group is None:
+        images added with that group; with ``groups``, of the images of any of them (an ensemble's half of the folds)."""
+        if group is None and groups is None:
             cm, n_images, rows = self._confusion, self._n_images, self._scores
-        elif group not in self._group_confusion:
-            raise KeyError(f"Evaluator.compute(): no images were added with group {group!r}")
         else:
-            picked = [i for i, g in enumerate(self._image_groups) if g == group]
-            cm, n_images = self._group_confusion[group], len(picked)
+            chosen = [group] if groups is None else list(groups)
+            unknown = [g for g in chosen if g not in self._group_confusion]
+            if unknown:
+                raise KeyError(f"Evaluator.compute(): no images were added with group {unknown[0]!r}")
+            picked = [i for i, g in enumerate(self._image_groups) if g in chosen]
+            cm, n_images = sum(self._group_confusion[g] for g in chosen), len(picked)
             rows = [self._scores[i] for i in picked] if self._scores else []
         if n_images == 0:
             raise RuntimeError("Evaluator.compute(): no images were added")

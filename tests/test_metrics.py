@@ -389,6 +389,13 @@ def test_evaluator_group_scores_as_an_evaluator_of_that_group_alone(task, c, met
     got, want = pooled.compute(), every.compute()
     for key in want:
         np.testing.assert_equal(got[key], want[key])
+    both = Evaluator(cfg, task, c)  # groups: the images of any of them (an ensemble's half of the folds)
+    for i, g in enumerate(groups):
+        if g in "ac":
+            both.update_masks(pred[i:i + 1], truth[i:i + 1])
+    got, want = pooled.compute(groups=["a", "c"]), both.compute()
+    for key in want:
+        np.testing.assert_equal(got[key], want[key])
     with pytest.raises(KeyError, match="no images were added with group 'd'"):
         pooled.compute("d")
 
