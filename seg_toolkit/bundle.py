@@ -39,6 +39,7 @@ import logging
 import os
 import platform
 import shutil
+import sys
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
@@ -51,7 +52,7 @@ from .bundle_weights import fp16_warning, write_weights
 from .bundle_wheels import gather_wheels, install_spec
 from .bundle_check import BundleError, check_ensemble, file_manifest, offline_config, refingerprint, verify_bundle
 from .config import ConfigError
-from .versions import library_versions
+from .versions import code_sha256, library_versions
 from .files import read_json, write_json, write_text
 from .run import Run
 from .run_guard import delete_path
@@ -246,7 +247,8 @@ def build_bundle(runs: Sequence[Run], out: str | Path, fp16: bool = False, base_
         data = {"format": 2, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "default_run": top[0].dir.resolve().name,
                 "named": [r.dir.resolve().name for r in top], "runs": infos, "fp16": fp16, "warnings": warnings,
-                "versions": {"bundled_with": library_versions(), "platform": platform.platform()},
+                "versions": {"bundled_with": library_versions(), "seg_toolkit_code": code_sha256(),
+                             "platform": platform.platform()},
                 "base_env": sorted(base), "install": install_spec(extras), "wheels": gathered, "files": file_manifest(tmp)}
         data["texts"] = _texts(bool(gathered))
         write_json(tmp / "bundle.json", data)
@@ -360,6 +362,27 @@ def bundle_config(bundle: str | Path, data_root: str | Path, run: str | None = N
                                data=dataclasses.replace(cfg.data, root=str(Path(data_root).resolve())))
 
 
+def _check_code(bundle: Path, info: dict[str, Any]) -> None:
+    """The seg_toolkit imported here must be the code the bundle was made with (``versions.seg_toolkit_code``): pip
+    kept another seg_toolkit 0.1.0 already installed, and predict.py ran it silently (14 of 72 rows differed).
+    Refused when the bundle has that code's wheel (one command installs it), said when it has none."""
+    made = (info.get("versions") or {}).get("seg_toolkit_code")
+    if not made or made == code_sha256():
+        return
+    import seg_toolkit
+
+    where = Path(seg_toolkit.__file__).resolve().parent
+    if not info.get("wheels"):
+        log.warning("the seg_toolkit imported from %s is other code than this bundle (made with --no-wheels) was made "
+                    "with (sha256 %s...); predictions may differ from what was tuned", where, made[:12])
+        return
+    wheel = next(iter(sorted((bundle / "wheels").glob("seg_toolkit-*.whl"))), None)
+    raise BundleError(f"the seg_toolkit imported from {where} is other code than this bundle was made with (code sha256 "
+                      f"{made[:12]}..., installed {code_sha256()[:12]}...), and its predictions may differ from what was "
+                      f"tuned; install the bundled one: {sys.executable} -m pip install --no-index --no-deps "
+                      f"--force-reinstall {wheel or bundle / 'wheels' / 'seg_toolkit-*.whl'}")
+
+
 def _warn_other_versions(made: dict[str, Any]) -> None:
     """Name the libraries installed here at other versions than the bundle was made with: the image's own timm or
     albumentations, kept by pip when they fit seg_toolkit's ranges, can resize, normalise or build the model otherwise
@@ -387,6 +410,7 @@ def predict_bundle(bundle: str | Path, data_root: str | Path, out: str | Path, r
     if info is None:
         raise BundleError(f"{bundle}: not a bundle (no bundle.json)")
     verify_bundle(Path(bundle), info)
+    _check_code(Path(bundle), info)
     _warn_other_versions((info.get("versions") or {}).get("bundled_with") or {})
     cfg = bundle_config(bundle, data_root, run, device, batch_size, num_workers)
     return predict_test(cfg, out=out, overwrite=overwrite)

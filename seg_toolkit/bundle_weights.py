@@ -46,24 +46,26 @@ def write_weights(run: Run, fold: int, dst: Path, use_ema: bool, fp16: bool) -> 
     gap = None
     if fp16:
         weights = {k: _half(k, v, src) for k, v in weights.items()}
-        gap = _fp16_gap(run, fold)
+        gap, moved = _fp16_gap(run, fold)
     config = offline_config(state["config"])  # the weights are all here: no download, no tracker
     save_checkpoint({"model": weights, "ema": None, "config": config, "model_args": state["model_args"],
                      "epoch": state.get("epoch"), "best_score": state.get("best_score")}, dst)
     return {"sha256": sha256_file(dst), "bytes": dst.stat().st_size, "dtype": "float16" if fp16 else "float32",
             "ema": bool(use_ema and state.get("ema") is not None), "source_sha256": sha256_file(src),
-            **({"fp16_max_prob_diff": gap} if gap is not None else {})}
+            **({"fp16_max_prob_diff": gap, "fp16_grid_moved": moved} if gap is not None else {})}
 
 
-def _fp16_gap(run: Run, fold: int) -> float:
-    """How far float16-rounded weights move the fold's probabilities: the largest ``|p16 - p32|`` on two of its
-    validation images (an odd-sized copy too: :func:`~seg_toolkit.export.parity_inputs`), each preprocessed, padded
-    and run in the precision predict runs the fold in on a CPU. Not zero: pixels near a tuned threshold can flip."""
+def _fp16_gap(run: Run, fold: int) -> tuple[float, float]:
+    """How far float16-rounded weights move the fold's probabilities: the largest ``|p16 - p32|``, and the share of
+    values that move a step on the 1/255 grid where post-processing and ensembles see them (a gap far below a step
+    still moves the values that lie near a step's edge: a whole step each), on two of its validation images (an
+    odd-sized copy too: :func:`~seg_toolkit.export.parity_inputs`), each preprocessed, padded and run in the precision
+    predict runs the fold in on a CPU. Not zero: pixels near a tuned threshold can flip."""
     from .device import autocast
     from .export import parity_inputs
     from .models.presence import split_presence
     from .predictor import Member
-    from .tensors import activate
+    from .tensors import activate, probs_to_uint8
 
     cpu = torch.device("cpu")
     member = Member.load(run, folds=[fold])
@@ -74,7 +76,7 @@ def _fp16_gap(run: Run, fold: int) -> float:
             if t.is_floating_point():
                 t.copy_(t.half().float())
     d = member.cfg.data
-    gap = 0.0
+    gap, moved, total = 0.0, 0, 0
     inputs, _ = parity_inputs(member, fold)
     for x in inputs:
         with torch.inference_mode(), autocast(member.amp(fold, cpu), cpu):
@@ -82,13 +84,20 @@ def _fp16_gap(run: Run, fold: int) -> float:
         present = a.shape[1] == 2 * d.num_classes
         pa, pb = (activate(split_presence(t, d.num_classes, present)[0], d.task) for t in (a, b))
         gap = max(gap, float((pa - pb).abs().max()))
-    return gap
+        moved += int((probs_to_uint8(pa) != probs_to_uint8(pb)).sum())
+        total += pa.numel()
+    return gap, moved / max(total, 1)
 
 
 def fp16_warning(infos: list[dict[str, Any]]) -> str:
     """What ``--fp16`` costs in exactness, measured per fold (``fp16_max_prob_diff``): said, never silent."""
     gaps = [(w["fp16_max_prob_diff"], f"{i['name']} fold {k}") for i in infos for k, w in i.get("weights", {}).items()]
     worst, where = max(gaps) if gaps else (0.0, "")
+    moved = max((w.get("fp16_grid_moved", 0.0) for i in infos for w in i.get("weights", {}).values()), default=0.0)
+    ensembles = [i["name"] for i in infos if i.get("kind") == "ensemble"]
+    merged = (f"; an ensemble ({', '.join(ensembles)}) merges its members' values on that grid, so each moved value "
+              "moves its merge by a step times the member's weight" if ensembles else "")
     return (f"--fp16: the float16 weights move the probabilities by up to {worst:.3g} ({worst * 255:.2g} steps of "
-            f"1/255, {where}; on two validation images per fold), so a pixel near a tuned threshold can flip and the "
-            "submission can differ a little from what was tuned and scored on OOF; bundle without --fp16 for the exact one")
+            f"1/255, {where}; on two validation images per fold), and {moved:.2%} of the values move a whole step on "
+            f"the 1/255 grid post-processing reads{merged}: a pixel near a tuned threshold can flip and the submission "
+            "can differ a little from what was tuned and scored on OOF; bundle without --fp16 for the exact one")

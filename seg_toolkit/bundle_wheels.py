@@ -45,8 +45,18 @@ def _offline_pip_env() -> dict[str, str]:
     return env
 
 
+def own_version() -> str:
+    """The version of the bundled seg_toolkit wheel: this version with its code's sha256 as a local label
+    (``0.1.0+code.<12 hex>``), which requirements.txt pins, so pip replaces a seg_toolkit 0.1.0 of other code already
+    installed on the target (it kept it as 'already satisfied', and predict.py ran that code)."""
+    from .versions import code_sha256
+
+    return f"{__version__}+code.{code_sha256()[:12]}"
+
+
 def _own_wheel(wheels: Path) -> Path:
-    """``pip wheel --no-deps`` of seg_toolkit's source tree (copied first: the checkout is not written)."""
+    """``pip wheel --no-deps`` of seg_toolkit's source tree (copied first: the checkout is not written), versioned
+    :func:`own_version`."""
     root = Path(__file__).resolve().parents[1]
     if not (root / "setup.cfg").is_file() and not (root / "pyproject.toml").is_file():
         raise BundleError(f"seg_toolkit's source tree is not beside the package ({root}); bundle from a checkout "
@@ -57,6 +67,11 @@ def _own_wheel(wheels: Path) -> Path:
         for name in ("setup.cfg", "setup.py", "pyproject.toml", "README.md", "LICENSE", "MANIFEST.in"):
             if (root / name).is_file():
                 shutil.copy2(root / name, src / name)
+        setup = src / "setup.cfg"
+        text = setup.read_text() if setup.is_file() else ""
+        if not re.search(r"^version\s*=", text, re.M):
+            raise BundleError(f"{root / 'setup.cfg'}: no 'version =' line to give the bundled wheel its code's version")
+        setup.write_text(re.sub(r"^version\s*=.*$", f"version = {own_version()}", text, count=1, flags=re.M))
         _pip(["wheel", "--no-deps", "--no-build-isolation", "--quiet", "-w", str(wheels), str(src)])
     return next(wheels.glob("seg_toolkit-*.whl"))
 
@@ -152,7 +167,8 @@ def gather_wheels(wheels: Path, base: set[str], extras: Sequence[str] = ()) -> d
         report = Path(tmp) / "report.json"
         try:
             _pip(["install", "--dry-run", "--ignore-installed", "--no-index", "--quiet", "--find-links", str(wheels),
-                  "--find-links", str(stubs), "--report", str(report), f"{install_spec(extras)}=={__version__}"], env=_offline_pip_env())
+                  "--find-links", str(stubs), "--report", str(report), f"{install_spec(extras)}=={own_version()}"],
+                 env=_offline_pip_env())
         except BundleError as e:
             raise BundleError(f"the gathered wheels are incomplete: {e}") from None
         resolved = {canonicalize_name(i["metadata"]["name"]): i["metadata"]["version"]
@@ -162,7 +178,7 @@ def gather_wheels(wheels: Path, base: set[str], extras: Sequence[str] = ()) -> d
         raise BundleError(f"pip resolves packages the bundle did not gather from the installed ones: {extra}")
     files = sorted(p.name for p in wheels.glob("*.whl"))
     return {"count": len(files), "bytes": sum(p.stat().st_size for p in wheels.glob("*.whl")), "files": files,
-            "requirements": {"seg-toolkit": __version__, **dict(sorted(found.items()))},
+            "requirements": {"seg-toolkit": own_version(), **dict(sorted(found.items()))},
             "base_env": {n: {"required": on_base.get(n, []), "bundled_with": base_versions.get(n)} for n in sorted(base)},
             "extras": sorted(extras),
             "verified": f"pip install --dry-run --no-index resolved {install_spec(extras)} and {len(resolved) - 1 - len(on_base)} "

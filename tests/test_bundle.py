@@ -25,6 +25,7 @@ import torch
 import yaml
 
 from seg_toolkit.bundle import BundleError, build_bundle, predict_bundle
+from seg_toolkit.bundle_wheels import own_version
 from seg_toolkit.files import sha256_file as sha256
 from seg_toolkit.checkpoint import load_model, save_checkpoint
 from seg_toolkit.cli import main
@@ -209,14 +210,19 @@ def test_fp16_weights_are_half_the_size_and_load_as_float32(runs, tmp_path):
     # the gap the bundle records per fold: the two files' own models on the inputs it names (the fold's validation
     # images, preprocessed by the predictor, and an odd-sized copy), the run being fp32 (`train.amp: none`)
     member = Predictor.from_run(runs["tiny"]).members[0]
-    gaps = {}
+    gaps, moved = {}, {}
     for k, w in info["runs"][0]["weights"].items():
         x32, x16 = (load_model(folder / w["file"])[0].eval() for folder in (full, half))
         with torch.inference_mode():
-            gaps[k] = max(float((torch.sigmoid(x32(x)) - torch.sigmoid(x16(x))).abs().max())
-                          for x in parity_inputs(member, int(k))[0])
+            pairs = [(torch.sigmoid(x32(x)), torch.sigmoid(x16(x))) for x in parity_inputs(member, int(k))[0]]
+        gaps[k] = max(float((a - b).abs().max()) for a, b in pairs)
+        # the share of values on another step of the 1/255 grid (what post-processing and ensembles read)
+        grid = lambda p: torch.round(p.clamp(0, 1) * 255)  # noqa: E731
+        moved[k] = sum(int((grid(a) != grid(b)).sum()) for a, b in pairs) / sum(a.numel() for a, _ in pairs)
         assert w["fp16_max_prob_diff"] == pytest.approx(gaps[k], abs=1e-7) and gaps[k] > 0
+        assert w["fp16_grid_moved"] == pytest.approx(moved[k], abs=1e-9)
     assert any(x.startswith(f"--fp16: the float16 weights move the probabilities by up to {max(gaps.values()):.3g} ")
+               and f"and {max(moved.values()):.2%} of the values move a whole step on the 1/255 grid" in x
                for x in info["warnings"])
     assert "**warning**: --fp16: the float16 weights" in (half / "README.md").read_text()
     assert not any("fp16" in x for x in build_bundle([runs["tiny"]], tmp_path / "again32", wheels=False)["warnings"])
@@ -325,7 +331,9 @@ def test_wheels_install_in_a_fresh_environment_and_predict_offline(runs, tmp_pat
     assert "seg_toolkit" in names and {"timm", "segmentation_models_pytorch", "albumentations", "numpy"} <= names
     assert not names & {"torch", "torchvision", "triton", "sympy", "networkx"} and not any(n.startswith("nvidia") for n in names)
     assert w["verified"].startswith("pip install --dry-run --no-index resolved seg_toolkit")
-    assert (bundle / "requirements.txt").read_text().splitlines()[0] == f"seg-toolkit=={metadata.version('seg_toolkit')}"
+    # the wheel's version carries its code's sha256: pip replaces a seg_toolkit 0.1.0 of other code on the target
+    assert (bundle / "requirements.txt").read_text().splitlines()[0] == f"seg-toolkit=={own_version()}"
+    assert own_version().startswith(f"{metadata.version('seg_toolkit')}+code.")
     with zipfile.ZipFile(next((bundle / "wheels").glob("seg_toolkit-*.whl"))) as z:
         assert "seg_toolkit/bundle.py" in z.namelist() and "seg_toolkit/bundle_templates.py" in z.namelist()
 

@@ -18,6 +18,7 @@ import pytest
 import torch
 import yaml
 
+import seg_toolkit
 from seg_toolkit.bundle import BundleError, build_bundle, predict_bundle
 from seg_toolkit.bundle_check import BundleIntegrityError
 from seg_toolkit.bundle_templates import notebook, predict_py, readme
@@ -26,7 +27,7 @@ from seg_toolkit.checkpoint import load_model
 from seg_toolkit.config import ConfigError, config_from_dict, load_config
 from seg_toolkit.cv import run_cv
 from seg_toolkit.ensemble import build_ensemble, member_fingerprint
-from seg_toolkit.files import read_json, sha256_file
+from seg_toolkit.files import read_json, sha256_file, write_json
 from seg_toolkit.run import Run
 
 from .conftest import demo_dict
@@ -434,3 +435,32 @@ def test_bundle_overwrite_keeps_a_requirements_txt_a_no_wheels_bundle_did_not_wr
     with pytest.raises(BundleError, match=r"holds requirements.txt, which the bundle did not write"):
         build_bundle([trained["x"]], out, wheels=False, overwrite=True)
     assert (out / "requirements.txt").read_text() == "my-pins==1.0\n"
+
+
+def test_a_bundle_predicts_with_the_code_it_was_made_with_or_says_so(trained, bundle_x, tmp_path, caplog):
+    """The bundled wheel was always seg_toolkit 0.1.0: pip kept another 0.1.0 already installed as 'already satisfied'
+    and predict.py ran that code silently, 14 of 72 rows differing (audit). The wheel now carries its code's sha256 as
+    a local version, which requirements.txt pins, and predicting checks the imported code against bundle.json."""
+    from packaging.version import Version
+
+    from seg_toolkit.bundle_wheels import own_version
+    from seg_toolkit.versions import code_sha256
+
+    code = code_sha256()
+    assert read_json(bundle_x / "bundle.json")["versions"]["seg_toolkit_code"] == code
+    v = Version(own_version())
+    assert v.public == seg_toolkit.__version__ and v.local == f"code.{code[:12]}"
+    bundle = tmp_path / "bundle"
+    shutil.copytree(bundle_x, bundle)
+    info = read_json(bundle / "bundle.json")
+    info["versions"]["seg_toolkit_code"] = "0" * 64  # made with other code than runs here
+    write_json(bundle / "bundle.json", info)
+    with caplog.at_level("WARNING"):  # no wheels: nothing to install from, said
+        predict_bundle(bundle, trained["root"], tmp_path / "nowheels.csv")
+    assert "is other code than this bundle (made with --no-wheels) was made with (sha256 000000000000...)" in caplog.text
+    info["wheels"] = {"count": 1}
+    write_json(bundle / "bundle.json", info)
+    with pytest.raises(BundleError, match=r"is other code than this bundle was made with \(code sha256 000000000000\.\.\., "
+                                          rf"installed {code[:12]}\.\.\.\).*--no-deps --force-reinstall"):
+        predict_bundle(bundle, trained["root"], tmp_path / "sub.csv")
+    assert not (tmp_path / "sub.csv").exists()
