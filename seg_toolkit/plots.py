@@ -287,7 +287,7 @@ def learning_curves(run_dir: Path, df: Optional[pd.DataFrame] = None) -> Any:
         handles.append(Line2D([], [], color=color, marker="o", lw=1.6, label=f"fold {int(fold)}"))
     if baseline is not None and len(df):
         ax_score.axhline(baseline, color="grey", ls="--", lw=1)
-        ax_score.annotate(f"{named} {baseline:.4f}", (0.01, baseline), xycoords=("axes fraction", "data"),
+        ax_score.annotate(f"{literal(named)} {baseline:.4f}", (0.01, baseline), xycoords=("axes fraction", "data"),
                           ha="left", va="bottom", fontsize=8, color="grey")
     for ax, lines in drawn.items():
         _mark_outliers(ax, lines, baseline if ax is ax_score else None)
@@ -334,7 +334,7 @@ def write_learning_curves(run_dir: Path) -> list[Path]:
 
     Returns the two paths (HTML first). Safe to call while other folds are still training.
     """
-    from .report.html import note, page, png_tag
+    from .report.html import esc, note, page, png_tag
 
     run = Run(run_dir)
     df = read_metrics(run.dir)
@@ -342,7 +342,7 @@ def write_learning_curves(run_dir: Path) -> list[Path]:
     rows = fold_rows(df)
     _, baseline, named = _run_info(run)
     body = (png_tag(png, "learning curves") + (fold_table_html(rows) if rows else note("No epochs logged yet."))
-            + (note(f"{named} {baseline:.4f} (cv.json's baseline_empty: the score of that prediction)")
+            + (note(f"{esc(named)} {baseline:.4f} (cv.json's baseline_empty: the score of that prediction)")
                if baseline is not None else ""))
     out = [write_text(run.learning_curves_html, page(f"Learning curves: {run.dir.name}", body)), run.learning_curves_png]
     log.info("learning curves written to %s", out[0])

@@ -231,7 +231,7 @@ def train_attempt(cfg: Config, fold: int, samples: list[Sample], folds: pd.DataF
         with run_lock(run, f"train fold {fold}: its OOF files"):  # after a concurrent `tune --tta`: with its choice
             summary = write_fold_oof(cfg, run, fold, valid_set)
             summary.update(fold=fold, best_epoch=state.best_epoch + 1, best_val_score=state.best_score, epochs_run=state.epoch,
-                           epochs_planned=state.epochs, stopped_early=should_stop(state, cfg), epochs_configured=cfg.train.epochs, fold_budget_s=budget.share_s if budget else None,
+                           epochs_planned=state.epochs, stopped_early=should_stop(state, cfg) and state.epoch < state.epochs, epochs_configured=cfg.train.epochs, fold_budget_s=budget.share_s if budget else None,
                            budget_folds=budget.folds if budget and budget.folds else None,
                            n_train=len(train_set), n_valid=len(valid_set), world_size=d.world_size, optim_lr=cfg.optim.lr,
                            amp=amp.mode, amp_reason=amp.reason, tf32=tf32_state(device), init_from=initialised,

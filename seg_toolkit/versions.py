@@ -9,15 +9,26 @@ __all__ = ["VERSIONED", "code_sha256", "library_versions"]
 VERSIONED = ("seg_toolkit", "torch", "torchvision", "timm", "segmentation-models-pytorch", "albumentations")
 
 
-def code_sha256() -> str:
-    """sha256 of the imported seg_toolkit's Python files (their paths in the package and their bytes): two installs
-    of one version number with other code (an editable checkout, another bundle's wheel) tell apart."""
+def code_sha256(root=None) -> str:
+    """sha256 of the imported seg_toolkit's Python modules (their paths in the package and their bytes): two installs
+    of one version number with other code (an editable checkout, another bundle's wheel) tell apart. Only what a
+    wheel ships counts: the ``.py`` files of folders that are packages (``__init__.py`` from the top down), not a
+    stray script in a plain folder of a checkout."""
     import hashlib
     from pathlib import Path
 
-    root = Path(__file__).resolve().parent
+    root = Path(root) if root is not None else Path(__file__).resolve().parent  # the package (a test's tree)
+
+    def shipped(path: Path) -> bool:
+        folder = path.parent
+        while folder != root:
+            if not (folder / "__init__.py").is_file():
+                return False
+            folder = folder.parent
+        return True
+
     h = hashlib.sha256()
-    for path in sorted(root.rglob("*.py"), key=lambda p: p.relative_to(root).as_posix()):
+    for path in sorted((p for p in root.rglob("*.py") if shipped(p)), key=lambda p: p.relative_to(root).as_posix()):
         h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
     return h.hexdigest()
 

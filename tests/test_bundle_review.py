@@ -464,3 +464,20 @@ def test_a_bundle_predicts_with_the_code_it_was_made_with_or_says_so(trained, bu
                                           rf"installed {code[:12]}\.\.\.\).*--no-deps --force-reinstall"):
         predict_bundle(bundle, trained["root"], tmp_path / "sub.csv")
     assert not (tmp_path / "sub.csv").exists()
+
+
+def test_the_code_hash_covers_what_a_wheel_ships(tmp_path):
+    """A stray script in a plain folder of the checkout (no __init__.py) is not in the wheel: hashed, it made the
+    installed wheel's code differ from bundle.json's and the bundle refused after its own install command (review)."""
+    from seg_toolkit.versions import code_sha256
+
+    tree = tmp_path / "pkg"
+    for rel, text in {"__init__.py": "", "a.py": "x = 1\n", "sub/__init__.py": "", "sub/b.py": "y = 2\n"}.items():
+        (tree / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tree / rel).write_text(text)
+    shipped = code_sha256(tree)
+    (tree / "scratch").mkdir()
+    (tree / "scratch" / "notes.py").write_text("print('mine')\n")
+    assert code_sha256(tree) == shipped
+    (tree / "sub" / "b.py").write_text("y = 3\n")
+    assert code_sha256(tree) != shipped

@@ -66,6 +66,14 @@ def test_missing_data_and_predict_before_training(comp, capsys, tmp_path):
     assert code == 2 and f"data.root: the data folder '{tmp_path / 'nowhere'}' not found; set data.root" in err
     code, err = _run(capsys, "train", str(cfg), "--set", "data.root=data/demoo")
     assert code == 2 and f"'data/demoo' not found, {Path.cwd() / 'data/demoo'} from the working directory {Path.cwd()}" in err
+    # paths given absolute never read data.root: the test images found with the training folder gone (review)
+    from seg_toolkit.config import load_config
+    from seg_toolkit.data import load_test_samples
+
+    root, _ = comp
+    gone = load_config(str(cfg), [f"data.root={tmp_path / 'nowhere'}", f"data.test_images={root / 'test' / 'images'}",
+                                  f"data.sample_submission={root / 'sample_submission.csv'}"])
+    assert sorted(x.image for x in load_test_samples(gone)) == sorted((root / "test" / "images").iterdir())
     code, err = _run(capsys, "predict", str(cfg))
     assert code == 2 and "no run folder (config.yaml); train the experiment first" in err
 

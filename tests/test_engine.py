@@ -264,6 +264,17 @@ def test_a_fold_cut_to_its_warmup_still_decays_to_min_lr(name):
     assert opt.param_groups[0]["lr"] == pytest.approx(0.01, abs=1e-3)  # and the last update ends at min_lr
 
 
+def test_patience_running_out_at_the_last_planned_epoch_is_no_early_stop(demo_root, tmp_path, monkeypatch):
+    """Patience 2 spent at epoch 3 of 3: the fold ran every epoch, and the report had said '3 (early stop)' (review)."""
+    from seg_toolkit.files import read_json
+
+    monkeypatch.setattr(train, "validate_epoch", lambda *a, **k: {"val_loss": 1.0, "val_score": 0.5, "metric": "dice"})
+    cfg = _cfg(demo_root, tmp_path, {"epochs": 3, "early_stopping_patience": 2})
+    run_cv(cfg)
+    done = read_json(cfg.run_dir / "fold_0" / "done.json")
+    assert done["epochs_run"] == 3 and done["stopped_early"] is False
+
+
 def test_min_delta_counts_patience_but_best_pt_is_the_best_epoch(demo_root, tmp_path, monkeypatch):
     """0.301 then 0.308 with min_delta 0.01: the second is not progress for the patience, but it is the better model
     (best.pt, best_epoch and the fold's CV stayed at the first)."""

@@ -400,6 +400,13 @@ def test_evaluator_group_scores_as_an_evaluator_of_that_group_alone(task, c, met
         pooled.compute("d")
 
 
+def test_an_empty_multiclass_batch_adds_nothing() -> None:
+    ev = Evaluator(MetricConfig(name="miou"), "multiclass", 3)
+    ev.update_masks(torch.zeros(0, 4, 5, dtype=torch.long), torch.zeros(0, 4, 5, dtype=torch.long))
+    ev.update_masks(torch.zeros(1, 4, 5, dtype=torch.long), torch.zeros(1, 4, 5, dtype=torch.long))
+    assert ev.n_images == 1 and ev.compute()["score"] == 1.0
+
+
 def test_confusion_leaves_void_pixels_out_whatever_is_predicted_there() -> None:
     """Void pixels go to a bin of their own: a prediction out of range there is not checked or counted."""
     truth = np.array([[0, 1, V], [2, V, 1]])

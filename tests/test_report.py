@@ -429,6 +429,17 @@ def test_multiclass_words_say_what_the_argmax_and_its_baseline_are(multiclass_ru
     assert "'threshold'" not in text and "&#x27;threshold&#x27;" not in text
 
 
+def test_a_baseline_named_after_a_class_with_dollars_or_markup_draws(demo_root, tmp_path):
+    """cv.json's baseline names class 0: 'all-cost_$5_$10 baseline' went into a matplotlib annotation unquoted (mathtext
+    raised, and the report with it) and '<i>' into the learning curves' HTML unescaped (review)."""
+    cfg, _ = _multilabel_run(demo_root, tmp_path / "runs")
+    run = Run.of(cfg)
+    cv = json.loads(run.cv_json.read_text())
+    run.cv_json.write_text(json.dumps({**cv, "baseline": "all-<i>cost_$5_$10</i> baseline"}))
+    html_path, png = write_learning_curves(run.dir)
+    assert "all-&lt;i&gt;cost_$5_$10&lt;/i&gt; baseline" in html_path.read_text(encoding="utf-8") and png.is_file()
+
+
 def test_params_in_use_by_hand():
     from seg_toolkit.postprocess import params_in_use
 

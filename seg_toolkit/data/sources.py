@@ -70,9 +70,13 @@ def _folder_ext_hint(folder: Path, key: str) -> str:
 OnProblem = Callable[[str, str, str], None]
 
 
-def check_data_root(cfg: Config) -> None:
-    """``data.root`` must be a folder: a mistyped root was reported as its first file missing, under another key."""
+def check_data_root(cfg: Config, paths: list[str | None], lists: list[str] | None = None) -> None:
+    """``data.root`` must be a folder when a path the command reads lies under it (``paths`` relative, or list files,
+    whose lines are relative to it): a mistyped root was reported as its first file missing, under another key. A
+    command whose paths are all absolute (predict with the training data gone) never reads it."""
     root = Path(cfg.data.root)
+    if not lists and all(p is None or Path(p).is_absolute() for p in paths):
+        return
     if not root.is_dir():
         where = "" if root.is_absolute() else f", {root.resolve()} from the working directory {Path.cwd()}"
         what = "is a file, not a folder" if root.exists() else "not found"
@@ -90,7 +94,8 @@ def list_train_samples(cfg: Config, on_problem: OnProblem | None = None) -> tupl
     file name (the folder's order) before the limit, so the first N keep the data's share of empty masks (the
     CSV lists only non-empty ones: its rows first would keep none)."""
     d = cfg.data
-    check_data_root(cfg)
+    csv = d.layout == "csv"
+    check_data_root(cfg, [d.train_csv if csv else None, d.train_images, None if csv else d.train_masks], d.train_lists)
     report = on_problem or raise_problem
     bad: set[str] = set()
     unlisted: list[Sample] = []
@@ -347,7 +352,7 @@ def load_test_samples(cfg: Config, images: bool = True) -> list[Sample]:
     (:func:`seg_toolkit.inference.check_sample_submission`) where a code competition's test set is hidden."""
     d, s = cfg.data, cfg.submission
     if images:
-        check_data_root(cfg)
+        check_data_root(cfg, [d.test_images, d.sample_submission], d.test_lists)
     folder = cfg.data_path(d.test_images)
     sample_path = cfg.data_path(d.sample_submission)
     if d.test_lists:
