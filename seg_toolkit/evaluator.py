@@ -106,8 +106,8 @@ class Evaluator:
       over its classes, NaN where all were skipped) and, when C > 1, ``per_image_class``
       (``(N, C)`` nested lists).
 
-    ``compute(group)`` scores the images added with that ``group`` (say, a fold) alone: one pass over the
-    images gives the score of all and of each group, each image counted once.
+    ``compute(groups=[k])`` scores the images added with group ``k`` (say, a fold) alone: one pass over the
+    images gives the score of all, of each group and of groups of groups, each image counted once.
 
     ``miou`` for binary / multilabel is the mean over channels of the foreground IoU
     (background is not averaged in); ``global_dice`` the same of the foreground dice (contrails).
@@ -191,7 +191,7 @@ class Evaluator:
                      group: Any = None) -> list[list[float]]:
         """Add a batch of hard predictions and its target. An object-matching metric also needs ``objects``: each
         image's truth objects as an ``(H, W)`` label map (0 = none; :func:`seg_toolkit.data.load_objects`).
-        ``group`` (hashable, not None): the batch also counts toward ``compute(group)``.
+        ``group`` (hashable, not None): the batch also counts toward ``compute(groups=[group, ...])``.
         Returns the per-image scores it added (one row per image, one value per class; empty for a dataset-level
         metric); the batch's pixel counts are :attr:`last_counts`."""
         p, t = _as_tensor(pred), _as_tensor(target)
@@ -243,13 +243,13 @@ class Evaluator:
             self.object_counts.append((n_truth, n_pred, int(hits[0])))
         return scores
 
-    def compute(self, group: Any = None, groups: Iterable[Any] | None = None) -> dict[str, Any]:
-        """The metrics of everything added since the last ``reset`` (see the class docstring); with ``group``, of the
-        images added with that group; with ``groups``, of the images of any of them (an ensemble's half of the folds)."""
-        if group is None and groups is None:
+    def compute(self, groups: Iterable[Any] | None = None) -> dict[str, Any]:
+        """The metrics of everything added since the last ``reset`` (see the class docstring); with ``groups``, of the
+        images added with any of those groups (a fold; an ensemble's half of the folds)."""
+        if groups is None:
             cm, n_images, rows = self._confusion, self._n_images, self._scores
         else:
-            chosen = [group] if groups is None else list(groups)
+            chosen = list(groups)
             unknown = [g for g in chosen if g not in self._group_confusion]
             if unknown:
                 raise KeyError(f"Evaluator.compute(): no images were added with group {unknown[0]!r}")

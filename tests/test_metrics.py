@@ -367,7 +367,7 @@ def test_evaluator_multiclass_batches_equal_one_shot_and_sklearn(metric: str) ->
     ("multilabel", 2, "iou", [2]), ("multiclass", 4, "miou", None), ("multiclass", 4, "dice", [1, 3]),
     ("multiclass", 4, "pixel_accuracy", None)])
 def test_evaluator_group_scores_as_an_evaluator_of_that_group_alone(task, c, metric, classes) -> None:
-    """compute(group) (a fold's score in the one pass over the OOF files) equals a second Evaluator fed that group's
+    """compute([group]) (a fold's score in the one pass over the OOF files) equals a second Evaluator fed that group's
     images only; the whole is still every image, whatever its group."""
     if task == "multiclass":
         pred, truth = random_labels(12, n=7, num_classes=c)
@@ -382,7 +382,7 @@ def test_evaluator_group_scores_as_an_evaluator_of_that_group_alone(task, c, met
     every.update_masks(pred, truth)
     assert pooled.groups() == ["a", "b", "c"]
     for g in "abc":
-        got, want = pooled.compute(g), alone[g].compute()
+        got, want = pooled.compute([g]), alone[g].compute()
         assert got.keys() == want.keys() and got["n_images"] == groups.count(g)
         for key in want:
             np.testing.assert_equal(got[key], want[key])
@@ -397,7 +397,7 @@ def test_evaluator_group_scores_as_an_evaluator_of_that_group_alone(task, c, met
     for key in want:
         np.testing.assert_equal(got[key], want[key])
     with pytest.raises(KeyError, match="no images were added with group 'd'"):
-        pooled.compute("d")
+        pooled.compute(["d"])
 
 
 def test_an_empty_multiclass_batch_adds_nothing() -> None:

@@ -225,7 +225,8 @@ def compute_oof_summary(run: Run, cfg: Config, samples: list[Sample], n_examples
         "task": task, "metric": metric, "threshold": float(cfg.metric.threshold), "empty_score": cfg.metric.empty_score,
         "image_score": image_score_name(metric, cfg),
         "class_names": class_names(cfg), "class_colors": class_colors(cfg).tolist(),
-        "folds": folds, "fold_scores": [float(evaluator.compute(k)["score"]) if k in scored else math.nan for k in folds],
+        "folds": folds, "fold_scores": [float(evaluator.compute([k])["score"]) if k in scored else math.nan
+                                        for k in folds],
         "n_images": n_images, "n_unscored": n_unscored,
         "score": float(result["score"]), "baseline_empty": float(baseline.compute()["score"]),
         "pixel_accuracy": float(result["pixel_accuracy"]),
