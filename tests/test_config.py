@@ -423,3 +423,9 @@ def test_a_scratch_unet_config_loads_and_scores_without_importing_smp_or_timm() 
             "print(sorted(m for m in ('segmentation_models_pytorch', 'timm', 'torchvision') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+    # the names and submodules stay reachable as attributes, and listed (review)
+    import seg_toolkit.models as models
+
+    assert models.registry.build_model is models.build_model and "build_model" in dir(models)
+    with pytest.raises(AttributeError, match="has no attribute 'nothing_here'"):
+        models.nothing_here  # noqa: B018
