@@ -27,6 +27,7 @@ import numpy as np
 
 from ..config import Config
 from .colors import class_names
+from .data_errors import mask_size_error
 from .io import DataError, image_size
 from .mask_io import read_mask_array
 
@@ -92,7 +93,6 @@ def class_mask_target(sample: Sample, cfg: Config, hw: tuple[int, int] | None) -
             continue
         fg = _read_class_mask(path, cfg)
         if fg.shape != hw:
-            raise DataError(f"{path}: mask is {fg.shape[0]}x{fg.shape[1]} (HxW) but its image {sample.image.name} is "
-                            f"{hw[0]}x{hw[1]}; image and mask must have the same size")
+            raise mask_size_error(path, fg.shape, f"its image {sample.image.name}", hw)
         out[:, :, c] = fg
     return out

@@ -5,11 +5,18 @@ from __future__ import annotations
 from ..errors import SegToolkitError
 from ..rle import RLEError
 
-__all__ = ["DataError", "RLERowError", "ObjectOverlapError"]
+__all__ = ["DataError", "RLERowError", "ObjectOverlapError", "mask_size_error"]
 
 
 class DataError(SegToolkitError, ValueError):
     """Input data (an image, a mask, a CSV row) is not what the config says it should be."""
+
+
+def mask_size_error(path: object, got: tuple[int, ...], image: str, hw: tuple[int, ...]) -> DataError:
+    """A mask file of ``got`` (H, W) beside ``image`` (its name in words) of ``hw``: one wording for the check before
+    training and the readers'."""
+    return DataError(f"{path}: mask is {got[0]}x{got[1]} (HxW) but {image} is {hw[0]}x{hw[1]}; image and mask must have "
+                     "the same size")
 
 
 class RLERowError(DataError, RLEError):

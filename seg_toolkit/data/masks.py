@@ -37,6 +37,7 @@ from ..rle import RLEError, RLESpec
 from .colors import VOID_ID, check_color_masks, class_names, color_table, colors_to_ids
 from .bands import bands_of
 from .instances import instance_ids
+from .data_errors import mask_size_error
 from .io import (DataError, RLERowError, _ext_hint, image_size, narrow_sixteen_bit, read_image, say_narrow, sixteen_bit,
                  wide_values)
 from .mask_io import read_mask_array
@@ -197,8 +198,7 @@ def _check_mask_sizes_early(samples: list[Sample], cfg: Config) -> None:
         for path in files:
             mh, mw = image_size(path, exif=d.exif_orientation)
             if (mh, mw) != (h, w):
-                raise DataError(f"{path}: mask is {mh}x{mw} (HxW) but its image {s.image.name} is {h}x{w}; image and "
-                                "mask must have the same size")
+                raise mask_size_error(path, (mh, mw), f"its image {s.image.name}", (h, w))
 
 
 def load_target(sample: Sample, cfg: Config, hw: tuple[int, int] | None) -> np.ndarray:
@@ -236,10 +236,7 @@ def load_target(sample: Sample, cfg: Config, hw: tuple[int, int] | None) -> np.n
     ids = mask_ids(sample, cfg)
     if hw is not None and ids.shape != tuple(hw):
         what = f"its image {sample.image.name}" if sample.pair is None else "the image part of the same file"
-        raise DataError(
-            f"{sample.mask}: mask is {ids.shape[0]}x{ids.shape[1]} (HxW) but {what} "
-            f"is {hw[0]}x{hw[1]}; image and mask must have the same size"
-        )
+        raise mask_size_error(sample.mask, ids.shape, what, hw)
     void = ids == VOID_ID
     if d.task == "multiclass":
         bad = ((ids >= d.num_classes) | (ids < 0)) & ~void
