@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from .errors import SegToolkitError
-from .files import read_json, write_text
+from .files import nan_if_null, read_json, write_text
 from .run import Run
 
 log = logging.getLogger(__name__)
@@ -153,7 +153,7 @@ def summarize(run: Run) -> RunRow:
         cv = pp = tta = ens = None
     if cv:
         row.metric, row.cv = cv.get("metric"), cv.get("score")
-        row.fold_scores = [float(s) for s in cv.get("fold_scores") or [] if isinstance(s, (int, float))]
+        row.fold_scores = [nan_if_null(s) for s in cv.get("fold_scores") or [] if s is None or isinstance(s, (int, float))]
         row.left_out = [int(k) for k in (cv.get("time_budget") or {}).get("left_out") or []]
     if isinstance(row.cv, float) and math.isnan(row.cv):
         row.cv = None

@@ -14,6 +14,7 @@ import csv
 import hashlib
 import io
 import json
+import math
 import os
 import re
 import socket
@@ -27,7 +28,7 @@ from .errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["atomic_write", "stale_writes", "remove_stale_writes", "temp_prefix", "wide_csv_fields", "default_file_mode", "write_text", "write_json", "read_json", "write_npy", "read_oof"]
+__all__ = ["atomic_write", "stale_writes", "remove_stale_writes", "temp_prefix", "wide_csv_fields", "default_file_mode", "write_text", "write_json", "json_ready", "nan_if_null", "read_json", "write_npy", "read_oof"]
 
 
 _HOST = re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname())[:40] or "host"
@@ -152,8 +153,31 @@ def write_text(path: str | Path, text: str) -> Path:
     return Path(path)
 
 
+def json_ready(x: Any) -> Any:
+    """``x`` as standard JSON can hold it: NaN and infinities as null (Python's ``json`` writes them as bare
+    ``NaN`` / ``Infinity``, which JSON.parse, jq and MLflow's artifact viewer refuse), NumPy scalars and arrays
+    as Python numbers and lists. :func:`nan_if_null` reads a float field back."""
+    if isinstance(x, (float, np.floating)):
+        return float(x) if np.isfinite(x) else None
+    if isinstance(x, (np.integer, np.bool_)):
+        return x.item()
+    if isinstance(x, np.ndarray):
+        return json_ready(x.tolist())
+    if isinstance(x, dict):
+        return {k: json_ready(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [json_ready(v) for v in x]
+    return x
+
+
+def nan_if_null(x: Any) -> float:
+    """A float field of a JSON file written by :func:`write_json`: null (a NaN when written) back to NaN."""
+    return math.nan if x is None else float(x)
+
+
 def write_json(path: str | Path, data: Any) -> Path:
-    return write_text(path, json.dumps(data, indent=2, default=_json_default))
+    """``data`` as indented standard JSON (:func:`json_ready`: NaN written as null), atomically."""
+    return write_text(path, json.dumps(json_ready(data), indent=2, default=_json_default, allow_nan=False))
 
 
 def read_json(path: str | Path) -> dict[str, Any] | None:

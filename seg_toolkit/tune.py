@@ -78,7 +78,7 @@ import torch
 from .config import Config, ConfigError
 from .evaluator import Evaluator, resolve_metric_name
 from .postprocess import PostParams, apply_postprocess, params_from_config
-from .files import read_json, write_json
+from .files import nan_if_null, read_json, write_json
 from .run import Run
 from .run_lock import run_lock
 from .tensors import uint8_to_probs
@@ -284,7 +284,7 @@ def _check_grids(cfg: Config, gate_grid: Sequence[Optional[float]]) -> None:
 
 def _cv_json_score(run: Run) -> float | None:
     try:
-        return float((read_json(run.cv_json) or {})["score"])
+        return nan_if_null((read_json(run.cv_json) or {})["score"])
     except (ConfigError, KeyError, TypeError, ValueError):
         return None
 

@@ -110,6 +110,20 @@ def test_resume_may_change_the_time_budget(trained):
     assert run_cv(more_time, resume=True)["score"] == pytest.approx(cv["score"])  # finished folds stay finished
 
 
+def _refuse(name):
+    raise AssertionError(f"{name} is not standard JSON")
+
+
+def test_write_json_writes_standard_json(tmp_path):
+    from seg_toolkit.files import nan_if_null, read_json, write_json
+    path = write_json(tmp_path / "x.json", {"a": float("nan"), "b": [1.5, np.float32("inf"), -np.inf],
+                                            "c": np.array([np.nan, 2.0]), "d": (np.int64(3), np.bool_(True)),
+                                            "e": {"f": np.float64(0.25)}, "g": None})
+    data = json.loads(path.read_text(), parse_constant=_refuse)
+    assert data == {"a": None, "b": [1.5, None, None], "c": [None, 2.0], "d": [3, True], "e": {"f": 0.25}, "g": None}
+    assert read_json(path) == data and np.isnan(nan_if_null(data["a"])) and nan_if_null(data["e"]["f"]) == 0.25
+
+
 def test_a_folds_only_run_is_tuned_when_its_folds_end_and_a_fold_job_is_not(demo_root, tmp_path):
     # folds.only: [1] of 3 is the whole run (fold 1's 4 OOF images tune it); a `--fold 0` job of a
     # 3-fold array is a third of one, whose last job tunes
@@ -121,6 +135,12 @@ def test_a_folds_only_run_is_tuned_when_its_folds_end_and_a_fold_job_is_not(demo
     job = config_from_dict(demo_dict(demo_root, tmp_path / "b", folds={"n_splits": 3}))
     cv = run_cv(job, folds=[0])
     assert cv["folds"] == [0] and "postprocess" not in cv and not Run.of(job).postprocess_json.exists()
+    # fold 0's 4 images hold no rectangle and none is predicted: its IoU is undefined, NaN in memory and null on disk
+    # (standard JSON, which JSON.parse, jq and MLflow's artifact viewer read; Python's json wrote a bare NaN)
+    written = Run.of(job).cv_json.read_text()
+    assert np.isnan(cv["per_class_iou"][1]) and json.loads(written, parse_constant=_refuse)["per_class_iou"][1] is None
+    from seg_toolkit.report.summary import read_oof_summary
+    assert np.isnan(read_oof_summary(Run.of(job))["per_class_iou"][1])  # read back as NaN for the report
 
 
 def test_changed_config_is_refused(trained):

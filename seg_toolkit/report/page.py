@@ -7,14 +7,13 @@ picture in the page are the same bytes) and ``report.json`` (the numbers behind 
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
 
 from ..data import DataError
 from ..plots import learning_curves, metric_label, write_figure
-from ..files import read_json, write_text
+from ..files import read_json, write_json, write_text
 from ..instance_metrics import INSTANCE_METRICS
 from ..run import Run
 from . import html as h
@@ -255,6 +254,6 @@ def build_report(run_dir: Path, n_examples: int = 4) -> Path:
     body = "\n".join(h.section(title, content) for title, content in sections)
     page = write_text(out / INDEX, h.page(f"Report: {run.dir.name}", body, subtitle=str(run.dir.resolve()),
                                           warnings=d.warnings))
-    write_text(out / REPORT_JSON, json.dumps(d.to_json(), indent=2))
+    write_json(out / REPORT_JSON, d.to_json())
     log.info("report written to %s", page)
     return page

@@ -41,7 +41,7 @@ from ..evaluator import Evaluator, hard_prediction, scored_columns, truth_object
 from ..instance_metrics import INSTANCE_METRICS
 from ..metrics import PER_IMAGE_METRICS, TGS_METRICS, scores_from_counts
 from ..plots import metric_label
-from ..files import read_json, read_oof, write_json
+from ..files import nan_if_null, read_json, read_oof, write_json
 from ..run import Run
 from ..tensors import uint8_to_probs
 
@@ -133,14 +133,6 @@ class _TopN:
 
     def items(self) -> list[Example]:
         return [e[2] for e in sorted(self.heap, key=lambda e: e[:2], reverse=True)]
-
-
-def _nan_to_none(x: Any) -> Any:
-    if isinstance(x, float) and math.isnan(x):
-        return None
-    if isinstance(x, list):
-        return [_nan_to_none(v) for v in x]
-    return x
 
 
 def compute_oof_summary(run: Run, cfg: Config, samples: list[Sample], n_examples: int = 8,
@@ -252,7 +244,7 @@ def write_oof_summary(run: Run, cfg: Config, samples: list[Sample], n_examples: 
 
 def save_oof_summary(run: Run, summary: dict[str, Any]) -> dict[str, Any]:
     """Write ``summary`` (:func:`compute_oof_summary`) as ``run.oof_summary_json`` (NaN as null) and return it."""
-    write_json(run.oof_summary_json, {k: _nan_to_none(v) for k, v in summary.items()})
+    write_json(run.oof_summary_json, summary)  # NaN as null: read_oof_summary reads it back
     log.info("OOF summary written to %s", run.oof_summary_json)
     return summary
 
@@ -271,10 +263,9 @@ def read_oof_summary(run: Run) -> Optional[dict[str, Any]]:
 
 def _nulls_to_nan(s: dict[str, Any]) -> dict[str, Any]:
     """The summary with the float fields that JSON holds as null (NaN) back to NaN."""
-    nan = lambda x: math.nan if x is None else float(x)  # noqa: E731
     s = dict(s)
     for key in ("score", "baseline_empty", "pixel_accuracy"):
-        s[key] = nan(s[key])
+        s[key] = nan_if_null(s[key])
     for key in ("per_class_iou", "per_class_dice", "fold_scores"):
-        s[key] = [nan(x) for x in s.get(key) or []]
+        s[key] = [nan_if_null(x) for x in s.get(key) or []]
     return s
