@@ -119,11 +119,7 @@ def default_file_mode() -> int:
     return 0o666 & ~umask
 
 
-def _json_default(x: Any) -> Any:
-    if isinstance(x, (np.floating, np.integer, np.bool_)):
-        return x.item()
-    if isinstance(x, np.ndarray):
-        return x.tolist()
+def _json_default(x: Any) -> Any:  # what json_ready left: NumPy values are Python numbers by then
     if isinstance(x, Path):
         return str(x)
     raise TypeError(f"not JSON serialisable: {type(x).__name__}")
@@ -154,9 +150,9 @@ def write_text(path: str | Path, text: str) -> Path:
 
 
 def json_ready(x: Any) -> Any:
-    """``x`` as standard JSON can hold it: NaN and infinities as null (Python's ``json`` writes them as bare
-    ``NaN`` / ``Infinity``, which JSON.parse, jq and MLflow's artifact viewer refuse), NumPy scalars and arrays
-    as Python numbers and lists. :func:`nan_if_null` reads a float field back."""
+    """``x`` as standard JSON holds it: NaN and infinities as null (Python's ``json`` writes a bare ``NaN``, which
+    JavaScript's ``JSON.parse`` and other strict parsers refuse), NumPy scalars and arrays as Python numbers and
+    lists. :func:`nan_if_null` reads a float field back."""
     if isinstance(x, (float, np.floating)):
         return float(x) if np.isfinite(x) else None
     if isinstance(x, (np.integer, np.bool_)):

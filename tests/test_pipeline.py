@@ -136,7 +136,7 @@ def test_a_folds_only_run_is_tuned_when_its_folds_end_and_a_fold_job_is_not(demo
     cv = run_cv(job, folds=[0])
     assert cv["folds"] == [0] and "postprocess" not in cv and not Run.of(job).postprocess_json.exists()
     # fold 0's 4 images hold no rectangle and none is predicted: its IoU is undefined, NaN in memory and null on disk
-    # (standard JSON, which JSON.parse, jq and MLflow's artifact viewer read; Python's json wrote a bare NaN)
+    # (standard JSON, which JavaScript's JSON.parse reads; Python's json wrote a bare NaN)
     written = Run.of(job).cv_json.read_text()
     assert np.isnan(cv["per_class_iou"][1]) and json.loads(written, parse_constant=_refuse)["per_class_iou"][1] is None
     from seg_toolkit.report.summary import read_oof_summary
