@@ -22,6 +22,17 @@ def check_data_config(cfg: Config) -> None:
         check(cfg)
 
 
+def class_column_missing(d) -> str | None:
+    """What is wrong when a multilabel or multiclass task reads its masks from RLE rows without ``data.class_column``
+    (checked at load; the CSV reader says it too for a config changed after loading); None when nothing is."""
+    if d.layout != "csv" or d.task == "binary" or d.class_column is not None:
+        return None
+    return (f"data.class_column: a {d.task} task read from a CSV (data.layout: csv, the default) needs a class column "
+            "(one row per image and class: Severstal's ClassId; mask files are read with data.layout: folder). Severstal's older train.csv, ids such as '0002cc93b.jpg_1' in ImageId_ClassId, "
+            "must be split into two columns first: df[['ImageId', 'ClassId']] = "
+            "df['ImageId_ClassId'].str.rsplit('_', n=1, expand=True)")
+
+
 def _check_data(cfg: Config) -> None:
     d = cfg.data
     if d.num_classes < 1:
@@ -34,6 +45,8 @@ def _check_data(cfg: Config) -> None:
         raise ConfigError(f"data.class_column: {d.class_column!r} gives rows per image and class, but a binary task reads "
                           "one mask per image (one row per image); remove data.class_column, or use data.task: multilabel "
                           "with data.num_classes = the number of classes")
+    if (missing := class_column_missing(d)) is not None:
+        raise ConfigError(missing)
     if d.class_names and len(d.class_names) != d.num_classes:
         raise ConfigError(
             f"data.class_names: {len(d.class_names)} names for data.num_classes={d.num_classes}"

@@ -59,7 +59,7 @@ def test_overrides_parse_yaml_values():
 
 
 def test_load_file_with_base_and_round_trip(tmp_path):
-    (tmp_path / "base.yaml").write_text("train: {epochs: 5, batch_size: 4}\nloss: {ce: 1.0}\ndata: {task: multiclass, num_classes: 4}\n"
+    (tmp_path / "base.yaml").write_text("train: {epochs: 5, batch_size: 4}\nloss: {ce: 1.0}\ndata: {task: multiclass, num_classes: 4, layout: folder}\n"
                                        "submission: {per_class: true}\n")
     (tmp_path / "exp.yaml").write_text("base: base.yaml\nexperiment: exp\ntrain: {epochs: 7}\n")
     cfg = load_config(tmp_path / "exp.yaml", ["optim.lr=0.01"])
@@ -192,10 +192,10 @@ def test_a_run_folder_name_is_a_name_not_yaml(tmp_path, name):
     ({"data": {"task": "multiclass", "num_classes": 3, "layout": "folder", "ignore_index": -3}, "loss": {"ce": 1.0}, "submission": {"per_class": True}},
      r"data.ignore_index: expected the mask value that marks void \(>= 0\), got -3"),
     ({"data": {"ignore_index": 255}}, r"data.ignore_index: .*the csv layout's masks are RLE rows"),
-    ({"data": {"task": "multiclass", "num_classes": 3, "class_names": ["a", "a", "b"]}, "loss": {"ce": 1.0}, "submission": {"per_class": True}},
+    ({"data": {"task": "multiclass", "num_classes": 3, "class_names": ["a", "a", "b"], "class_column": "c"}, "loss": {"ce": 1.0}, "submission": {"per_class": True}},
      r"data.class_names: \['a'\] named more than once"),
     ({"scheduler": {"min_lr": 0.1}, "optim": {"lr": 0.003}}, r"scheduler.min_lr: 0.1 is not below optim.lr \(0.003\)"),
-    ({"data": {"task": "multilabel", "num_classes": 2}, "metric": {"name": "tgs_map"}, "submission": {"per_class": True}}, r"metric.name: 'tgs_map' .* binary tasks only"),
+    ({"data": {"task": "multilabel", "num_classes": 2, "class_column": "c"}, "metric": {"name": "tgs_map"}, "submission": {"per_class": True}}, r"metric.name: 'tgs_map' .* binary tasks only"),
 ])
 def test_keys_that_contradict_each_other_are_refused_at_load(data, message):
     """Each was accepted and then ignored (group keys, ignore_index on a class, warmup past the run) or failed after
@@ -269,7 +269,7 @@ def test_model_keys_are_checked_at_load_not_at_the_first_fold(model, message):
     ({"optim": {"name": "adamw", "momentum": 0.8}}, r"optim.momentum: 0.8 is read only with optim.name: sgd"),
     ({"scheduler": {"name": "cosine", "patience": 5}}, r"scheduler.patience: 5 is read only with scheduler.name: plateau"),
     ({"scheduler": {"name": "onecycle", "min_lr": 1e-5}}, r"scheduler.min_lr: 1e-05 is read only with the cosine"),
-    ({"data": {"task": "multiclass", "num_classes": 3}, "loss": {"ce": 1.0}, "submission": {"per_class": True},
+    ({"data": {"task": "multiclass", "num_classes": 3, "layout": "folder"}, "loss": {"ce": 1.0}, "submission": {"per_class": True},
       "postprocess": {"threshold": [0.3]}}, r"postprocess.threshold: \[0.3\] is read only with binary and multilabel"),
     ({"pseudo": {"confidence": 0.8}}, r"pseudo.confidence: 0.8 is read only with pseudo.teacher"),
     ({"data": {"layout": "folder", "class_column": "ClassId"}}, r"data.class_column: 'ClassId' is read only with the csv layout"),
@@ -295,12 +295,12 @@ def test_loss_params_take_yaml_1_1_exponents(tmp_path):
 ])
 def test_metric_classes_are_checked_at_load(tmp_path, metric, message):
     with pytest.raises(ConfigError, match=message):
-        config_from_dict({"data": {"root": str(tmp_path), "task": "multiclass", "num_classes": 3}, "loss": {"ce": 1.0},
+        config_from_dict({"data": {"root": str(tmp_path), "task": "multiclass", "num_classes": 3, "layout": "folder"}, "loss": {"ce": 1.0},
                           "submission": {"per_class": True}, "metric": metric})
 
 
 def test_scored_classes_other_than_the_submitted_are_named_at_load(tmp_path, caplog):
-    base = {"data": {"root": str(tmp_path), "task": "multiclass", "num_classes": 3}, "loss": {"ce": 1.0},
+    base = {"data": {"root": str(tmp_path), "task": "multiclass", "num_classes": 3, "layout": "folder"}, "loss": {"ce": 1.0},
             "submission": {"per_class": True}}
     with caplog.at_level("WARNING"):
         config_from_dict(base)  # scores 0, 1, 2; submits 1, 2 (class 0 gets rows only when listed)
@@ -311,7 +311,7 @@ def test_scored_classes_other_than_the_submitted_are_named_at_load(tmp_path, cap
         config_from_dict({**base, "submission": {"per_class": True, "classes": [0, 1, 2]}})
     assert "the score averages" not in caplog.text
     # multilabel (Severstal: classes 1..4): submitting classes 1 and 2 while the dice averages all four
-    multilabel = {"data": {"root": str(tmp_path), "task": "multilabel", "num_classes": 4}, "loss": {"bce": 1.0}}
+    multilabel = {"data": {"root": str(tmp_path), "task": "multilabel", "num_classes": 4, "class_column": "ClassId"}, "loss": {"bce": 1.0}}
     with caplog.at_level("WARNING"):
         config_from_dict({**multilabel, "submission": {"per_class": True, "classes": [1, 2]}})
     assert "the score averages classes [1, 2, 3, 4] but the submission has rows for [1, 2]: CV" in caplog.text
@@ -402,7 +402,7 @@ def test_an_optional_choice_keeps_its_did_you_mean(tmp_path):
 def test_a_load_time_warning_is_said_once_per_process(tmp_path, caplog):
     """A run's config is loaded again by every step of a command (members, folds, the resume check): one warning
     filled a train log 16 times."""
-    base = {"data": {"root": str(tmp_path), "task": "multiclass", "num_classes": 3}, "loss": {"ce": 1.0},
+    base = {"data": {"root": str(tmp_path), "task": "multiclass", "num_classes": 3, "layout": "folder"}, "loss": {"ce": 1.0},
             "submission": {"per_class": True}}
     with caplog.at_level("WARNING"):
         for _ in range(3):

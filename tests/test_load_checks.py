@@ -12,7 +12,7 @@ from seg_toolkit.config import ConfigError, apply_overrides, config_from_dict, l
 from seg_toolkit.errors import SegToolkitError
 
 #: a valid 3-class multilabel config; each case below breaks it with --set style overrides
-BASE = {"data": {"task": "multilabel", "num_classes": 3}, "submission": {"per_class": True}}
+BASE = {"data": {"task": "multilabel", "num_classes": 3, "class_column": "ClassId"}, "submission": {"per_class": True}}
 MULTICLASS = ["data.task=multiclass", "loss={ce: 1.0}"]
 
 
@@ -42,7 +42,7 @@ BAD = [
     (["submission.id_format='{id}_{class}'"], "submission.id_format: '{id}_{class}': unknown field {class}"),
     (["submission.id_format='{id}_{cls'"], "submission.id_format: '{id}_{cls' is not a valid format string"),
     (["submission.id_format='{id}_{cls:02d}'"], "submission.id_format: '{id}_{cls:02d}': write the field as {cls}"),
-    (["submission.per_class=false", "data.task=binary", "data.num_classes=1", "submission.id_format=x"],
+    (["submission.per_class=false", "data.task=binary", "data.class_column=null", "data.num_classes=1", "submission.id_format=x"],
      "submission.id_format: 'x' must contain {id}"),
     # prediction
     (["predict.tta=[identity, hflp]"], "predict.tta: unknown TTA transform 'hflp' (did you mean 'hflip'?)"),
@@ -119,7 +119,7 @@ def test_bad_value_fails_at_load_naming_the_key(overrides, message):
         ["data.in_channels=4"],  # ... and extended for the alpha channel
         ["data.in_channels=1", "transforms.mean=[0.5]", "transforms.std=[0.25]"],
         [*MULTICLASS, "data.num_classes=2", "submission.per_class=false"],  # one submitted class
-        ["data.task=binary", "data.num_classes=1", "submission.per_class=false"],
+        ["data.task=binary", "data.class_column=null", "data.num_classes=1", "submission.per_class=false"],
         ["submission.id_format='{id}:{cls}'"],
         ["predict.tta=[identity, d4]", "predict.scales=[0.75, 1.0]", "predict.tile_size=[64, 96]", "predict.tile_overlap=0"],
         ["model.arch=unet"],
@@ -152,7 +152,7 @@ def test_valid_augmentations_load_without_warnings():
 
 def test_multiclass_without_per_class_fails_when_the_file_loads(tmp_path):
     path = tmp_path / "mc.yaml"
-    path.write_text(yaml.safe_dump({"data": {"task": "multiclass", "num_classes": 3}, "loss": {"ce": 1.0}}))
+    path.write_text(yaml.safe_dump({"data": {"task": "multiclass", "num_classes": 3, "layout": "folder"}, "loss": {"ce": 1.0}}))
     with pytest.raises(ConfigError, match=r"mc.yaml: submission.per_class: .*needs submission.per_class: true"):
         load_config(path)
     assert load_config(path, ["submission.per_class=true"]).submission.per_class

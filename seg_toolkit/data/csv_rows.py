@@ -93,12 +93,10 @@ def read_train_csv(cfg: Config, on_problem: OnProblem = raise_problem) -> tuple[
         on_problem("csv", str(path), f"{path}: no data rows (only the header {', '.join(map(repr, df.columns))}): "
                    "nothing to train on")
         return [], set()
-    if d.class_column is None and d.task != "binary":
-        on_problem("config", "data.class_column",
-                   f"data.class_column: a {d.task} task read from a CSV needs a class column (one row per image and class: "
-                   "Severstal's ClassId). Severstal's older train.csv, ids such as '0002cc93b.jpg_1' in ImageId_ClassId, "
-                   "must be split into two columns first: df[['ImageId', 'ClassId']] = "
-                   "df['ImageId_ClassId'].str.rsplit('_', n=1, expand=True)")
+    from ..config_data_checks import class_column_missing  # config_data_checks imports this package
+
+    if (missing := class_column_missing(d)) is not None:
+        on_problem("config", "data.class_column", missing)
         return [], set()
     spec = train_rle_spec(cfg)
     n_cls = 1 if d.class_column is None else (d.num_classes if d.task == "multilabel" else d.num_classes - 1)
