@@ -21,7 +21,7 @@ from .files import read_json, remove_stale_writes, write_json
 from .run import Run, RunExistsError
 from .run_lock import fold_lock, lock_held, run_lock
 from .pseudo import check_teacher, pseudo_info, teacher_run
-from .stages import check_init_folds, init_run
+from .stages import check_init_folds, check_init_run
 from . import track
 
 log = logging.getLogger(__name__)
@@ -74,15 +74,17 @@ def prepare_run(cfg: Config, folds: list[int], resume: bool = False, overwrite: 
     old = _with_defaults(read_yaml(saved)) if saved.is_file() else None  # read once: the checks below compare with it
     if old is not None:
         diff = _config_changes(run, cfg, old)
-        # stopped before any fold wrote a file (a config error met at the first batch): the corrected config replaces
-        # it, unless it changes what folds.csv or pseudo/ were made from
-        if diff and not run.started_folds() and not any(d.startswith(_FOLDS_FROM) for d in diff):
+        # stopped before any fold wrote a file (a config error met at the first batch, too many folds for the images):
+        # the corrected config replaces it, unless it changes what a folds.csv or pseudo/ already made were made from
+        started, made = run.started_folds(), _made_from_data(run)
+        if diff and not started and (not made or not any(d.startswith(_FOLDS_FROM) for d in diff)):
             log.warning("%s: no fold has started; its config.yaml is replaced (%s)", run.dir, "; ".join(diff[:5]))
             run.remove(cfg, run.amp_json)  # measured on the old model and batch
             run.remove(cfg, run.first_epoch_json)  # timed on them too: train.min_fold_epochs would decide the folds by it
         elif diff:
+            what = "was trained" if started else f"made {', '.join(p.name for p in made)} (no fold has started)"
             raise RunExistsError(
-                f"{run.dir} was trained with a different config ({'; '.join(diff[:5])}); "
+                f"{run.dir} {what} with a different config ({'; '.join(diff[:5])}); "
                 f"use a new experiment name, or --overwrite{' without --fold' if fold_job else ''} to start again"
             )
     _check_predict_keys(run, cfg, run.trained_folds() if saved.is_file() else [])
@@ -101,6 +103,13 @@ def prepare_run(cfg: Config, folds: list[int], resume: bool = False, overwrite: 
 
 #: config keys that decide what folds.csv and pseudo/ are made from: a run's config.yaml is not replaced when they change
 _FOLDS_FROM = ("data.", "folds.", "pseudo.")
+
+
+def _made_from_data(run: Run) -> list[Path]:
+    """The files of ``run`` made from its data, folds and pseudo keys (folds.csv, pseudo-labels), that a changed config
+    would contradict."""
+    pseudo = run.pseudo_csv(None).parent
+    return [p for p in (run.folds_csv, pseudo) if p.is_file() or (p.is_dir() and any(p.iterdir()))]
 
 
 def _check_predict_keys(run: Run, cfg: Config, trained: list[int]) -> None:
@@ -217,7 +226,8 @@ def _run_cv(cfg: Config, folds: list[int] | None, resume: bool, overwrite: bool)
         from .inference import check_sample_submission  # lazy: the predictor's modules
 
         check_sample_submission(cfg)  # the sample submission against submission.*: now, not after the folds
-    init_run(cfg), teacher_run(cfg)  # train.init_from / pseudo.teacher are run folders: checked before writing
+    check_init_run(cfg, folds)  # train.init_from: a run folder read as this one reads, every fold trained there
+    teacher_run(cfg)  # pseudo.teacher: a run folder; both checked before anything is written
     run = Run.of(cfg)
     if d.is_main and not overwrite and run.folds_csv.is_file() and not run.config_yaml.is_file():
         # folds.csv without a config beside it (lr-find's): checked against these fold settings before prepare_run
@@ -228,7 +238,7 @@ def _run_cv(cfg: Config, folds: list[int] | None, resume: bool, overwrite: bool)
         load_or_make_folds(samples, cfg, run.folds_csv)
     d.barrier()
     folds_df = load_or_make_folds(samples, cfg, run.folds_csv)
-    check_init_folds(cfg, folds_df, folds)  # train.init_from: same folds, every fold trained there
+    check_init_folds(cfg, folds_df)  # train.init_from: the same folds
     check_teacher(cfg, folds_df, folds)  # pseudo.teacher: the same, before the first fold trains
     trained_before = set(run.trained_folds())
     left_out: list[int] = []

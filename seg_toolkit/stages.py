@@ -82,10 +82,10 @@ def check_same_classes(cfg: Config, teacher: Run, key: str = "pseudo.teacher") -
 STAGE_KEYS = ("transforms.resize", "model.dropout", "train.use_ema")
 
 
-def check_init_folds(cfg: Config, folds: pd.DataFrame, folds_to_train: list[int]) -> None:
-    """The earlier run must read its inputs as this one does (task, classes, channels, value range, bands,
-    normalisation, architecture; the resolution may differ), have the same fold of every image and a trained model
-    for each fold to train."""
+def check_init_run(cfg: Config, folds_to_train: list[int]) -> None:
+    """Before anything is written: the earlier run must read its inputs as this one does (task, classes, channels,
+    value range, bands, normalisation, architecture; the resolution may differ) and have a trained model for each
+    fold to train. :func:`check_init_folds` checks its folds once this run's are made."""
     from .run_settings import TRAINED_KEYS, diff_of_keys
 
     prev = init_run(cfg)
@@ -97,12 +97,18 @@ def check_init_folds(cfg: Config, folds: pd.DataFrame, folds_to_train: list[int]
                           f"({'; '.join(diff[:6])}); a later stage may change {', '.join(STAGE_KEYS)} and the training "
                           "settings, not how images and masks are read or the model")
     check_same_classes(cfg, prev, "train.init_from")  # data.class_names is not a trained key: the order is checked here
-    check_same_folds(prev, folds, "train.init_from")
     done = set(prev.trained_folds())
     untrained = [k for k in folds_to_train if k not in done]
     if untrained:
         raise ConfigError(f"train.init_from: {prev.dir} has no trained fold(s) {untrained} (a fold is trained once its "
                           "done.json is written; a best.pt without it is a fold stopped mid-training: finish it with --resume)")
+
+
+def check_init_folds(cfg: Config, folds: pd.DataFrame) -> None:
+    """The earlier run (:func:`check_init_run`) has the same fold of every image as this run's ``folds``."""
+    prev = init_run(cfg)
+    if prev is not None:
+        check_same_folds(prev, folds, "train.init_from")
 
 
 def init_source(cfg: Config, fold: int) -> str | None:

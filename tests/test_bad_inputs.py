@@ -932,7 +932,7 @@ def test_a_run_stopped_before_any_fold_wrote_a_file_takes_the_corrected_config(d
         run_cv(config_from_dict(data))
     run = Run.of(config_from_dict(data))
     assert run.config_yaml.is_file() and not run.trained_folds()
-    with pytest.raises(SegToolkitError, match=r"was trained with a different config \(folds.seed"):  # folds.csv was made
+    with pytest.raises(SegToolkitError, match=r"made folds.csv \(no fold has started\) with a different config \(folds.seed"):
         run_cv(config_from_dict({**data, "folds": {**data["folds"], "seed": 5}, "transforms": {"resize": [48, 64]}}))
     fixed = config_from_dict({**data, "transforms": {"resize": [48, 64]}})
     cv = run_cv(fixed)
@@ -941,6 +941,20 @@ def test_a_run_stopped_before_any_fold_wrote_a_file_takes_the_corrected_config(d
     # once a fold has files, a different config is refused as before
     with pytest.raises(SegToolkitError, match="was trained with a different config"):
         run_cv(config_from_dict({**data, "transforms": {"resize": [32, 32]}}), resume=True)
+
+
+def test_too_many_folds_stops_before_folds_csv_and_the_corrected_count_is_taken(demo_root, tmp_path, caplog):
+    """folds.n_splits above the image count stops after config.yaml is saved and before folds.csv: the corrected count
+    was refused ('trained with a different config (folds.n_splits: 1000 -> 2)') though nothing was made from it."""
+    from seg_toolkit.cv import run_cv
+
+    data = demo_dict(demo_root, tmp_path / "runs", train={"epochs": 1, "batch_size": 12, "num_workers": 0})
+    with pytest.raises(SegToolkitError, match=r"12 training samples cannot make folds.n_splits=1000 folds"):
+        run_cv(config_from_dict({**data, "folds": {**data["folds"], "n_splits": 1000}}))
+    run = Run.of(config_from_dict(data))
+    assert run.config_yaml.is_file() and not run.folds_csv.exists()
+    assert run_cv(config_from_dict(data))["folds"] == [0, 1]
+    assert "no fold has started; its config.yaml is replaced (folds.n_splits: 1000 -> 2)" in caplog.text
 
 
 def test_check_submission_with_a_config_checks_runs_against_each_test_images_size(demo_root, tmp_path, capsys):

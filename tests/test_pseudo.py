@@ -190,7 +190,7 @@ def test_init_from_a_fold_without_done_json_is_refused(demo_root, teacher, tmp_p
     with pytest.raises(ConfigError, match=r"train.init_from: .*half has no trained fold\(s\) \[1\] \(a fold is trained "
                                           r"once its done.json is written"):
         run_cv(cfg)
-    assert not Run.of(cfg).fold_dir(0).exists()  # refused before training
+    assert not Run.of(cfg).dir.exists()  # refused before anything is written
 
 
 def test_an_ensemble_teacher_whose_member_changed_is_refused(demo_root, teacher, tmp_path):

@@ -170,6 +170,7 @@ def test_init_from_refuses_another_architecture(demo_root, tmp_path):
                                       train={"epochs": 1, "batch_size": 2, "init_from": str(runs / "s1")}))
     with pytest.raises(ConfigError, match=r"was trained on inputs read otherwise .*\(model.base_width: 4 -> 8\)"):
         run_cv(wide, folds=[0])
+    assert not Run.of(wide).dir.exists()  # refused before the run folder was written (it was, and kept folds.csv)
     # the same model on inputs normalised otherwise: it loaded, and fine-tuned weights fitted to other inputs
     other = config_from_dict(demo_dict(demo_root, runs, experiment="s3", folds={"n_splits": 2, "method": "kfold", "seed": 0},
                                        transforms={"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]},
