@@ -106,7 +106,7 @@ class OptimConfig:
 @dataclass
 class SchedulerConfig:
     name: Literal["none", "cosine", "onecycle", "poly", "plateau", "step"] = "cosine"
-    warmup_epochs: float = 0.0
+    warmup_epochs: float = 0.0  # onecycle always warms up: 0 is torch's 30% of train.epochs, else this many epochs
     min_lr: float = 1e-6
     power: float = 0.9  # poly
     step_size: int = 10  # step: epochs between decays

@@ -96,7 +96,7 @@ class LRSchedule:
             # the run to no more epochs than warmup_epochs (pct_start 1 divided by zero), and its updates above 1
             # (torch divides by pct_start x total_steps - 1: a 4-epoch run of one update per epoch warming up for 1)
             steps = max(total, 3)  # steps beyond the run's last are allowed (never taken)
-            pct = min(max(s.warmup_epochs / cfg.train.epochs, 0.05), 0.9) if s.warmup_epochs else 0.3
+            pct = min(s.warmup_epochs / cfg.train.epochs, 0.9) if s.warmup_epochs else 0.3  # 0: torch's default share
             self.impl = torch.optim.lr_scheduler.OneCycleLR(
                 optimizer,
                 max_lr=[g.get("max_lr", g["lr"]) for g in optimizer.param_groups],  # a rebuilt schedule keeps the first's

@@ -111,6 +111,10 @@ def test_poly_step_and_onecycle():
     assert step[39] == pytest.approx(1.0) and step[41] == pytest.approx(0.1)
     one, _ = _lrs("onecycle")
     assert one[0] < 0.1 and max(one) == pytest.approx(1.0, rel=1e-3) and one[-1] < 1e-3
+    assert one.index(max(one)) == 29  # warmup_epochs 0: torch's 30% of the 100 updates
+    # a warmup of 0.2 epochs is 2 updates (pct_start 0.02); it was raised to 5% without a word (a peak at update 4)
+    short, _ = _lrs("onecycle", warmup_epochs=0.2)
+    assert short.index(max(short)) == 1 and max(short) == pytest.approx(1.0, rel=1e-3)
 
 
 def test_plateau_reduces_after_patience():
