@@ -144,8 +144,8 @@ def _refuse_axis_swaps(cfg: Config, built: list[Any]) -> None:
 
 def _check_augmentation(spec: Any, where: str) -> Any:
     """Build one ``transforms.train`` entry as training will and return it, so that an unknown transform or
-    argument fails now; albumentations only warns about unknown arguments, so that warning
-    fails too."""
+    argument fails now; albumentations only warns about unknown arguments and about values it changes (a kernel
+    size raised to the next odd one), so those warnings fail too."""
     from .data.dataset import _aug_from_spec  # lazy: albumentations is slow to import
 
     with warnings.catch_warnings(record=True) as caught:
@@ -155,10 +155,12 @@ def _check_augmentation(spec: Any, where: str) -> Any:
             aug = _aug_from_spec(copy.deepcopy(spec), where)
         except ConfigError as e:  # pydantic's messages span lines; the CLI prints one
             raise ConfigError(" ".join(line.strip() for line in str(e).splitlines() if line.strip())) from None
+    name = next(iter(spec)) if isinstance(spec, dict) and spec else spec
     for w in caught:
         if "not valid for transform" in str(w.message):
-            name = next(iter(spec)) if isinstance(spec, dict) and spec else spec
             raise ConfigError(f"{where}: {name}: {w.message}")
+        if "automatically adjusted" in str(w.message):  # Blur's blur_limit [2, 2] trained with 3x3 kernels
+            raise ConfigError(f"{where}: {name}: {w.message} Write the value it would use, or another valid one")
     for w in caught:
         warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     return aug
