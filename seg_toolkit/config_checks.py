@@ -78,6 +78,9 @@ def _check_non_negative(values: list[int], key: str) -> None:
 
 def _check_experiment(cfg: Config) -> None:
     check_run_name(cfg.experiment, "experiment")
+    for key, value in (("runs_dir", cfg.runs_dir), ("data.root", cfg.data.root)):
+        if not value.strip():  # a folder read as the working directory, and data.root's absence then named train.csv
+            raise ConfigError(f"{key}: an empty string; expected a folder ('.' for the working directory)")
 
 
 def check_run_name(name: str, key: str) -> None:

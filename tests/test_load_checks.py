@@ -73,6 +73,8 @@ BAD = [
     # an empty path or column was read as null, the default: submission.path "" wrote submissions/<experiment>.csv
     (["submission.path=''"], "submission.path: an empty string; expected a non-empty string, or null for the default"),
     (["track.uri=''"], "track.uri: an empty string"),
+    (["data.root=''"], "data.root: an empty string; expected a folder ('.' for the working directory)"),
+    (["runs_dir=' '"], "runs_dir: an empty string; expected a folder"),
     (["train.early_stopping_patience=2", "train.early_stopping_min_delta=5"],
      "train.early_stopping_min_delta: expected 0 <= delta < 1 (every metric scores in [0, 1]"),
     (["transforms.train=[{HorizontalFlipp: {p: 0.5}}]"], "transforms.train[0]: unknown albumentations transform 'HorizontalFlipp'"),
