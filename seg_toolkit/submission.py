@@ -18,7 +18,7 @@ import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -59,12 +59,18 @@ def _sample_header(cfg: Config) -> list[str]:
     return list(pd.read_csv(sample, nrows=0).columns) if sample.is_file() else []
 
 
+def sample_rle_column(cols: Sequence[str], class_column: str | None) -> str | None:
+    """The RLE column of a sample submission with columns ``cols``: the first after the id that is not the class
+    column (Severstal's and UW-Madison's put the class before the RLE: ``ImageId,ClassId,EncodedPixels``)."""
+    return next((c for c in cols[1:] if c != class_column), None)
+
+
 def submission_columns(cfg: Config) -> tuple[str, str]:
-    """``(id column, rle column)``: the config's, else the sample submission's first two."""
+    """``(id column, rle column)``: the config's, else the sample submission's first and :func:`sample_rle_column`."""
     s = cfg.submission
     cols = _sample_header(cfg)
     id_col = s.id_column or (cols[0] if cols else cfg.data.id_column)
-    rle_col = s.rle_column or (cols[1] if len(cols) > 1 else cfg.data.rle_column)
+    rle_col = s.rle_column or sample_rle_column(cols, s.class_column) or cfg.data.rle_column
     return id_col, rle_col
 
 

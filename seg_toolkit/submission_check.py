@@ -19,7 +19,7 @@ import pandas as pd
 from .config import Config, ConfigError
 from .files import wide_csv_fields
 from .rle import RLEError, RLESpec, empty_token_reads_as, instance_overlap
-from .submission import SubmissionError, repeated_ids, row_ids, submission_classes
+from .submission import SubmissionError, repeated_ids, row_ids, sample_rle_column, submission_classes
 
 log = logging.getLogger(__name__)
 
@@ -204,7 +204,7 @@ def check_submission(
     if list(sub.columns) != list(sample.columns):
         problems.append(f"columns are {list(sub.columns)}; the sample has {list(sample.columns)}")
         return problems
-    id_col, rle_col = columns or (sample.columns[0], sample.columns[min(1, len(sample.columns) - 1)])
+    id_col, rle_col = columns or (sample.columns[0], sample_rle_column(list(sample.columns), class_column) or sample.columns[0])
     named = {id_col: "submission.id_column", rle_col: "submission.rle_column"}
     if class_column:
         named[class_column] = "submission.class_column"
@@ -254,11 +254,12 @@ def _row_problems(
         first = _id_groups(ids)
         got, lines = ids[first], first + 2
         want = want[_id_groups(want)]
-        counted = f"{len(got)} distinct ids (in {len(ids)} rows)"
+        n_got = len(set(got))  # an id whose rows are split is one id (said below: its rows are not together)
+        counted = f"{n_got} distinct ids (in {len(ids)} rows)"
     else:
         got, lines = ids, np.arange(len(ids)) + 2
-        counted = f"{len(ids)} rows"
-    if len(got) != len(want):
+        n_got, counted = len(ids), f"{len(ids)} rows"
+    if n_got != len(want):
         problems.append(f"{counted}; the sample has {len(want)}")
     seen: dict[str, int] = {}
     dups: list[str] = []

@@ -172,7 +172,8 @@ MISSING_A = "line 2 (id 'a'): no row for class(es) [2] of this image; this submi
                                          MISSING_A]),
         # a class the writer has a row for, absent (the file would pass as the sample's ids, in order)
         ("a,1 2,1\nb,,1\nb,,2\n", MISSING_A),
-        ("a,1 2,1\nb,,1\na,,2\nb,,2\n", ["4 distinct ids (in 4 rows); the sample has 2", "rows of id 'a' are not together "
+        # 2 distinct ids, as the sample: it said "4 distinct ids (in 4 rows)", counting the groups of rows
+        ("a,1 2,1\nb,,1\na,,2\nb,,2\n", ["rows of id 'a' are not together "
          "(lines 2 and 4); one image's rows (one per class) must be consecutive", "rows of id 'b' are not together (lines 3 "
          "and 5); one image's rows (one per class) must be consecutive"]),
         ("b,,1\nb,,2\na,1 2,1\na,,2\n", "rows are in a different order than the sample: line 2 has 'b', the sample 'a'"),
@@ -227,6 +228,25 @@ def test_predict_refuses_a_sample_listing_other_classes(severstal, tmp_path):
     (root / "sample_submission.csv").write_text(
         "ImageId,EncodedPixels,ClassId\n" + "".join(f"{i},,{k}\n" for i in images for k in (1, 2, 3)))
     out = predict_test(moved, out=tmp_path / "y.csv")
+    assert check_submission(out, root / "sample_submission.csv", class_column="ClassId", classes=[1, 2, 3]) == []
+
+
+def test_a_sample_with_the_class_before_the_rle_column(severstal, tmp_path):
+    """Severstal's train.csv and UW-Madison's sample put the class column second (ImageId,ClassId,EncodedPixels): the
+    RLE column was taken to be the sample's second column, the class column itself, so predict refused the sample
+    ('[ImageId, ClassId, ClassId]') and check-submission --class-column read the classes as RLE ('odd number of
+    tokens')."""
+    cfg, images, tmp = severstal
+    root = tmp_path / "data"
+    shutil.copytree(Path(cfg.data.root), root)
+    (root / "sample_submission.csv").write_text("ImageId,ClassId,EncodedPixels\n" + "".join(f"{i},0,1 1\n" for i in images))
+    moved = config_from_dict({**config_to_dict(cfg), "data": {**config_to_dict(cfg)["data"], "root": str(root)},
+                              "submission": {**config_to_dict(cfg)["submission"], "path": None}})
+    out = predict_test(moved, out=tmp_path / "x.csv")
+    sub = pd.read_csv(out, dtype=str, keep_default_na=False)
+    usual = pd.read_csv(predict_test(cfg, overwrite=True), dtype=str, keep_default_na=False)
+    assert list(sub.columns) == ["ImageId", "ClassId", "EncodedPixels"]
+    pd.testing.assert_frame_equal(sub, usual[["ImageId", "ClassId", "EncodedPixels"]])
     assert check_submission(out, root / "sample_submission.csv", class_column="ClassId", classes=[1, 2, 3]) == []
 
 

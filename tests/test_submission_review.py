@@ -111,7 +111,7 @@ def test_a_sample_that_interleaves_images_is_written_in_its_order(world, tmp_pat
 
 def test_a_string_sorted_sample_of_ten_classes_is_written_in_its_order(tmp_path):
     """a_1, a_10, a_2, ...: the writer places each row where the sample has it."""
-    cfg = config_from_dict({"data": {"task": "multilabel", "num_classes": 10}, "submission": {"per_class": True},
+    cfg = config_from_dict({"data": {"task": "multilabel", "num_classes": 10, "class_column": "ClassId"}, "submission": {"per_class": True},
                             "loss": {"bce": 1.0}})
     masks = {i: (np.arange(10 * 6).reshape(10, 2, 3) % (k + 2) == 0).astype(np.uint8) for k, i in enumerate("ab")}
     rows = {r[0]: r for i in "ab" for r in mask_rows(i, masks[i], cfg)}

@@ -195,7 +195,8 @@ def test_instance_overlap_finds_the_shared_pixel():
 
 def _cfg(task="binary", num_classes=1, data=None, **submission):
     loss = {"ce": 1.0} if task == "multiclass" else {"bce": 1.0}
-    return config_from_dict({"data": {"task": task, "num_classes": num_classes, **(data or {})},
+    rows = {} if task == "binary" else {"class_column": "ClassId"}  # RLE rows of several classes name the class
+    return config_from_dict({"data": {"task": task, "num_classes": num_classes, **rows, **(data or {})},
                              "submission": submission, "loss": loss})
 
 
@@ -314,9 +315,9 @@ def test_checker_instance_rows(tmp_path, airbus_sample):
 @pytest.mark.parametrize(
     "body, problems",
     [
+        # 3 distinct ids, as the sample (it said "4 distinct ids", counting a.jpg's two groups of rows)
         ("a.jpg,1 2\nb.jpg,\na.jpg,5 1\nc.jpg,\n",
-         ["4 distinct ids (in 4 rows); the sample has 3",
-          "rows of id 'a.jpg' are not together (lines 2 and 4); one image's instance rows must be consecutive"]),
+         ["rows of id 'a.jpg' are not together (lines 2 and 4); one image's instance rows must be consecutive"]),
         ("b.jpg,\na.jpg,1 2\nc.jpg,\n", ["rows are in a different order than the sample: line 2 has 'b.jpg', the sample 'a.jpg'"]),
         ("a.jpg,1 2\nc.jpg,\n", ["2 distinct ids (in 2 rows); the sample has 3", "1 sample ids missing, e.g. ['b.jpg']"]),
         ("a.jpg,1 3\na.jpg,3 2\nb.jpg,\nc.jpg,\n",
