@@ -52,6 +52,7 @@ from .bundle_weights import fp16_warning, write_weights
 from .bundle_wheels import gather_wheels, install_spec
 from .bundle_check import BundleError, check_ensemble, file_manifest, offline_config, refingerprint, verify_bundle
 from .config import ConfigError
+from .config_yaml import read_yaml
 from .versions import code_sha256, library_versions
 from .files import read_json, write_json, write_text
 from .run import Run
@@ -137,7 +138,7 @@ def _refuse_absolute_data_paths(src: Run, data: dict[str, Any]) -> None:
 
 def _copy_run(src: Run, dst: Run, folds: list[int], fp16: bool) -> dict[str, Any]:
     dst.dir.mkdir(parents=True)
-    data = yaml.safe_load(src.config_yaml.read_text(encoding="utf-8"))
+    data = read_yaml(src.config_yaml)  # as load_config reads it (a duplicate key refused, YAML 1.2 numbers)
     _refuse_absolute_data_paths(src, data)
     encoder_weights = (data.get("model") or {}).get("encoder_weights")
     write_text(dst.config_yaml, yaml.safe_dump(offline_config(data), sort_keys=False))

@@ -6,6 +6,7 @@ choices. The schema itself (the sections and their fields) is :mod:`seg_toolkit.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from typing import Any, Literal, Union
@@ -33,6 +34,10 @@ def _type_name(tp: Any) -> str:
 
 #: optional string keys where "" is a value of its own (the empty RLE token), not a mistaken null
 EMPTY_STRING_KEYS = frozenset({"submission.empty_token"})
+
+#: a float written as text (YAML 1.1's 1e-3, a dict's "0.5"): digits, a dot, an exponent; Python's float() would also
+#: take '1_0' (10.0), ' 1e-3 ' and 'infinity'
+_FLOAT_TEXT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 
 
 def _convert(value: Any, tp: Any, path: str) -> Any:
@@ -91,11 +96,8 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads 1e-3 as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
+        if isinstance(value, str) and _FLOAT_TEXT.fullmatch(value):  # YAML 1.1 reads 1e-3 as a string; '1_0' stays text
+            return float(value)
         raise ConfigError(f"{path}: expected float, got {type(value).__name__} {value!r}")
     if tp is str:
         if isinstance(value, str):
@@ -113,6 +115,8 @@ def build_dataclass(cls: type, data: dict, path: str = "") -> Any:
         if key not in names:
             close = closest(key, names, cutoff=0.5)
             hint = f"; did you mean {(path + '.' if path else '') + close!r}?" if close else ""
+            if isinstance(key, bool):  # `on:` / `no:` as a key
+                hint = f"; YAML reads an unquoted yes/no/on/off/true/false key as {key}: quote it"
             raise ConfigError(f"unknown config key {where!r}{hint} (valid keys here: {', '.join(names)})")
         kwargs[key] = _convert(value, hints[key], where)
     return cls(**kwargs)

@@ -18,9 +18,8 @@ import re
 import shutil
 from pathlib import Path
 
-import yaml
-
 from .config import Config, ConfigError
+from .config_yaml import read_yaml
 from .errors import SegToolkitError
 
 log = logging.getLogger(__name__)
@@ -160,10 +159,10 @@ class RunGuard:
         """The first sign that the folder was made by this toolkit (``audit``: or by ``audit`` alone), or None."""
         if self.config_yaml.is_file():
             try:
-                data = yaml.safe_load(self.config_yaml.read_text(encoding="utf-8"))
-                if isinstance(data, dict) and {"experiment", "data", "model"} <= set(data):
+                data = read_yaml(self.config_yaml)  # as load_config reads it
+                if {"experiment", "data", "model"} <= set(data):
                     return self.config_yaml.name
-            except (yaml.YAMLError, OSError, UnicodeDecodeError):
+            except (ConfigError, OSError):  # not YAML, not a mapping, unreadable: not a sign
                 pass
         if first_line(self.folds_csv).startswith("id,fold"):
             return self.folds_csv.name

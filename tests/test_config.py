@@ -12,6 +12,10 @@ def test_defaults_and_types():
     cfg = config_from_dict({"train": {"epochs": 3}, "optim": {"lr": "1e-3"}})
     assert cfg.train.epochs == 3
     assert cfg.optim.lr == pytest.approx(1e-3)  # YAML 1.1 reads 1e-3 as a string; accepted as a float
+    for text in ("1_0", " 1e-3 ", "infinity", "0x10"):  # Python's float() took the first three (10.0, 0.001, inf)
+        with pytest.raises(ConfigError, match=rf"optim.lr: expected float, got str {text!r}"):
+            config_from_dict({"optim": {"lr": text}})
+    assert config_from_dict({"optim": {"lr": "+.5E-2"}, "metric": {"threshold": "0.5"}}).optim.lr == 0.005
     assert cfg.run_dir.as_posix() == "runs/demo"
 
 

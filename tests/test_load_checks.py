@@ -158,6 +158,15 @@ def test_valid_augmentations_load_without_warnings():
         load("transforms.train=[{HorizontalFlip: {p: 0.5}}, {RandomBrightnessContrast: {p: 0.3}}]")
 
 
+def test_a_yaml_boolean_key_is_named_as_such(tmp_path):
+    """`on:` is read as the key True: the error said only "unknown config key 'train.True'"."""
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  on: 3\n")
+    with pytest.raises(ConfigError, match=r"unknown config key 'train.True'; YAML reads an unquoted yes/no/on/off/true/false "
+                                          r"key as True: quote it \(valid keys here: epochs"):
+        load_config(path)
+
+
 def test_multiclass_without_per_class_fails_when_the_file_loads(tmp_path):
     path = tmp_path / "mc.yaml"
     path.write_text(yaml.safe_dump({"data": {"task": "multiclass", "num_classes": 3, "layout": "folder"}, "loss": {"ce": 1.0}}))
