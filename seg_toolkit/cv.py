@@ -12,6 +12,7 @@ import numpy as np
 
 from .config import Config, ConfigError, anchored, config_diff, config_from_dict, config_to_dict, read_yaml, save_config
 from .data import Sample, load_or_make_folds, load_train_samples
+from .data.dataset import check_train_transforms
 from .data.sources import check_train_samples
 from .budget import planned_folds
 from .budget_run import admit_fold, left_out_folds, run_folds
@@ -222,6 +223,7 @@ def _run_cv(cfg: Config, folds: list[int] | None, resume: bool, overwrite: bool)
                        tuple(cfg.transforms.resize) if cfg.transforms.resize else None)
     samples = load_train_samples(cfg)
     check_train_samples(samples, cfg)  # images present, some foreground: before anything is written
+    check_train_transforms(samples, cfg)  # a crop larger than the smallest images too
     if d.is_main:
         from .inference import check_sample_submission  # lazy: the predictor's modules
 

@@ -58,6 +58,37 @@ def test_a_transform_that_fails_on_an_image_names_the_file_and_its_size(tmp_path
     assert SegDataset(load_train_samples(cfg), cfg, mode="valid")[0]["image"].shape == (3, 20, 30)  # no crop there
 
 
+def test_a_crop_larger_than_the_smallest_images_is_refused_before_the_run_folder(demo_root, tmp_path):
+    """RandomCrop 40x60 on the demo's 48x64 images but one of 36x64: it failed at that image's first batch, after
+    config.yaml, folds.csv and folds.json were written (the corrected config then refused as another run's)."""
+    import shutil
+
+    from PIL import Image
+
+    from seg_toolkit.cv import run_cv
+    from seg_toolkit.data.dataset import check_train_transforms
+    from seg_toolkit.run import Run
+
+    from .conftest import demo_dict
+
+    root = tmp_path / "data"
+    shutil.copytree(demo_root, root)
+    small = sorted((root / "train" / "images").iterdir())[5]
+    Image.open(small).crop((0, 0, 64, 36)).save(small)  # its RLE rows (train.csv) end within the 36x64 pixels
+    crop = [{"HorizontalFlip": {"p": 0.5}}, {"RandomCrop": {"height": 40, "width": 60}}]
+    cfg = config_from_dict(demo_dict(root, tmp_path / "runs", transforms={"train": crop, "resize": [40, 60]}))
+    with pytest.raises(DataError, match=rf"{small.name}: transforms\.train failed on this 36x64 image \(CropSizeError: .*"
+                                        r"a crop larger than some images needs A\.PadIfNeeded"):
+        run_cv(cfg)
+    assert not Run.of(cfg).dir.exists()
+    # padded first, every size passes; the 48x64 images alone pass the crop too
+    padded = config_from_dict(demo_dict(root, tmp_path / "runs", transforms={
+        "train": [{"PadIfNeeded": {"min_height": 40, "min_width": 60}}, *crop], "resize": [40, 60]}))
+    samples = load_train_samples(padded)
+    check_train_transforms(samples, padded)
+    check_train_transforms([s for s in samples if s.image != small], cfg)
+
+
 def test_pixels_a_pad_brings_in_are_void_unless_the_spec_says_otherwise(tmp_path):
     """albumentations fills a padded mask with 0: CamVid's class 0 is Sky, a binary task's background. Padding is no
     data, so it is void (255, never learned or scored) unless the spec gives fill_mask."""

@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from ..config import IGNORE_INDEX, Config, ConfigError
-from .io import DataError
+from .io import DataError, image_size
 from .sample import read_config_image
 from ..instance_metrics import INSTANCE_METRICS
 from .instances import load_objects
@@ -27,7 +27,7 @@ from .sources import Sample, load_target
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SegDataset", "EpochSampler", "build_transforms", "collate", "target_to_tensor"]
+__all__ = ["SegDataset", "EpochSampler", "build_transforms", "check_train_transforms", "collate", "target_to_tensor"]
 
 
 def _aug_from_spec(spec: Any, where: str) -> A.BasicTransform:
@@ -193,6 +193,29 @@ class SegDataset(Dataset):
                     if "crop" in str(e).lower() else "")
             raise DataError(f"{sample.image}: {which} failed on this {hw[0]}x{hw[1]} image ({type(e).__name__}: "
                             f"{e}){hint}") from e
+
+
+def check_train_transforms(samples: list[Sample], cfg: Config, limit: int = 20_000) -> None:
+    """``transforms.train`` once on a blank image of each smallest size among the training images (headers of the first
+    ``limit``; a size smaller than another in both sides stands for it), before anything is written: a crop larger than
+    some images was found at the first batch, after the run folder, folds.csv and config.yaml (which then refused the
+    corrected config). The blank has the first image's channels and type, and the target its shape. A transform that
+    is skipped at random (a OneOf, ``p`` < 1) may pass here and fail in training, named as then."""
+    if not cfg.transforms.train or not samples:
+        return
+    first = samples[0]
+    image = read_config_image(first.image, cfg, first.pair)
+    target = load_target(first, cfg, image.shape[:2])
+    by_size: dict[tuple[int, int], Sample] = {}
+    for s in samples[:limit]:
+        by_size.setdefault(image_size(s.image, s.pair, exif=cfg.data.exif_orientation), s)
+    smallest = [hw for hw in by_size if not any(o != hw and o[0] <= hw[0] and o[1] <= hw[1] for o in by_size)]
+    check = SegDataset([], cfg, "train")
+    for hw in sorted(smallest):
+        arrays = {"image": np.zeros(hw + image.shape[2:], image.dtype), "mask": np.zeros(hw + target.shape[2:], target.dtype)}
+        if cfg.data.border_weight:
+            arrays["weight"] = np.zeros(hw, np.float32)
+        check._augment(by_size[hw], hw, **arrays)
 
 
 def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
