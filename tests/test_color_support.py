@@ -236,7 +236,7 @@ BASE = {"task": "multiclass", "num_classes": 2, "layout": "folder", "mask_format
       "mask_color_clean": 15}, "data.mask_color_support_px: only used with data.mask_format: colors"),
     ({"mask_format": "ids", "mask_colors": [], "mask_color_tolerance": None, "mask_color_clean": 15},
      "data.mask_color_clean: only used with data.mask_format: colors"),
-    ({"layout": "csv", "mask_format": "ids", "mask_colors": [], "mask_color_tolerance": None,
+    ({"layout": "csv", "class_column": "c", "mask_format": "ids", "mask_colors": [], "mask_color_tolerance": None,
       "mask_color_support_px": 3}, "data.mask_color_support_px: describes mask files (data.layout: folder)"),
 ])
 def test_the_rule_keys_are_checked_when_the_config_loads(data, message):

@@ -360,7 +360,8 @@ def test_predict_refuses_a_changed_preprocessing(two_experiments, tmp_path, caps
 
 def conv_cfg(task="binary", num_classes=1, **submission):
     loss = {"ce": 1.0} if task == "multiclass" else {"bce": 1.0}
-    return config_from_dict({"data": {"task": task, "num_classes": num_classes}, "submission": submission, "loss": loss})
+    rows = {} if task == "binary" else {"class_column": "ClassId"}  # RLE rows of several classes name the class
+    return config_from_dict({"data": {"task": task, "num_classes": num_classes, **rows}, "submission": submission, "loss": loss})
 
 
 # 2 x 3 (non-square); pixels numbered 1..6

@@ -186,7 +186,7 @@ def test_config_refuses_object_metrics_without_object_folders(tmp_path):
     with pytest.raises(ConfigError, match="data.instance_folders: true"):
         config_from_dict({"data": base, "metric": {"name": "instance_map"}})
     with pytest.raises(ConfigError, match="matches the objects of one foreground class"):
-        config_from_dict({"data": {**base, "task": "multiclass", "num_classes": 3}, "loss": {"ce": 1.0},
+        config_from_dict({"data": {**base, "task": "multiclass", "num_classes": 3, "layout": "folder"}, "loss": {"ce": 1.0},
                           "submission": {"per_class": True}, "metric": {"name": "instance_f2"}})
 
 

@@ -43,7 +43,7 @@ def term(name: str, task: str = "binary", num_classes: int = 1, **params: object
 
 def make_cfg(task: str, num_classes: int, loss: dict, loss_params: dict | None = None):
     return config_from_dict(
-        {"data": {"task": task, "num_classes": num_classes}, "loss": loss, "loss_params": loss_params or {},
+        {"data": {"task": task, "num_classes": num_classes, **({} if task == "binary" else {"class_column": "c"})}, "loss": loss, "loss_params": loss_params or {},
          "submission": {"per_class": True}}
     )
 
@@ -541,7 +541,7 @@ def test_loss_weights_that_silence_the_loss_are_refused(tmp_path):
             "folds": {"n_splits": 2}, "submission": {"per_class": True}}
     with pytest.raises(ConfigError, match=r"loss_params.bce.pos_weight\[1\]: expected > 0"):
         build_loss(config_from_dict({**base, "loss": {"bce": 1.0}, "loss_params": {"bce": {"pos_weight": [2.0, 0.0]}}}))
-    mc = {"data": {"root": str(tmp_path), "task": "multiclass", "num_classes": 3}, "folds": {"n_splits": 2},
+    mc = {"data": {"root": str(tmp_path), "task": "multiclass", "num_classes": 3, "layout": "folder"}, "folds": {"n_splits": 2},
           "submission": {"per_class": True}}
     with pytest.raises(ConfigError, match=r"loss_params.focal.alpha: at least one class weight must be > 0"):
         build_loss(config_from_dict({**mc, "loss": {"focal": 1.0}, "loss_params": {"focal": {"alpha": [0, 0, 0]}}}))

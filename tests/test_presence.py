@@ -64,7 +64,7 @@ def test_deep_supervision_keeps_plain_aux_heads():
 
 
 def test_loss_adds_weighted_bce_of_the_presence_logits():
-    cfg = config_from_dict({"data": {"root": ".", "task": "multilabel", "num_classes": 2}, "loss": {"bce": 1.0},
+    cfg = config_from_dict({"data": {"root": ".", "task": "multilabel", "num_classes": 2, "class_column": "c"}, "loss": {"bce": 1.0},
                             "submission": {"per_class": True}})
     loss_fn = build_loss(cfg)
     target = torch.zeros(2, 2, 4, 4)
@@ -102,7 +102,7 @@ def test_tta_merges_the_presence_probability_as_the_masks_are():
 
 def test_config_checks(demo_root, tmp_path):
     with pytest.raises(ConfigError, match="model.classifier: the empty-mask classifier gates per-class masks"):
-        config_from_dict(demo_dict(demo_root, tmp_path / "r", data={"task": "multiclass", "num_classes": 3},
+        config_from_dict(demo_dict(demo_root, tmp_path / "r", data={"task": "multiclass", "num_classes": 3, "class_column": "ClassId"},
                                    model={"arch": "scratch_unet", "classifier": 1.0}, loss={"ce": 1.0}))
     with pytest.raises(ConfigError, match=r"model.classifier: expected a loss weight in \[0, 10\]"):
         config_from_dict(demo_dict(demo_root, tmp_path / "r", model={"arch": "scratch_unet", "classifier": -1}))

@@ -337,7 +337,7 @@ def test_loss_aux_scores_the_deep_supervision_heads_with_their_own_loss():
     from seg_toolkit.config import ConfigError, config_from_dict
     from seg_toolkit.losses import build_loss, build_loss_term, model_loss
 
-    base = {"data": {"task": "multiclass", "num_classes": 3}, "model": {"arch": "scratch_unet", "depth": 2,
+    base = {"data": {"task": "multiclass", "num_classes": 3, "layout": "folder"}, "model": {"arch": "scratch_unet", "depth": 2,
             "base_width": 4, "deep_supervision": 0.4}, "loss": {"ce": 1.0, "lovasz": 0.5},
             "submission": {"per_class": True}}
     cfg = config_from_dict({**base, "loss_aux": {"ce": 1.0, "dice": 0.25}, "loss_params": {"dice": {"smooth": 0.5}}})

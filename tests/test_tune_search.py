@@ -86,7 +86,7 @@ def test_auto_without_a_cross_fitted_score_is_the_joint_search(tmp_path):
 def test_a_search_setting_on_a_multiclass_run_is_refused_at_load(tmp_path):
     from seg_toolkit.config import config_from_dict
 
-    data = {"root": str(tmp_path), "task": "multiclass", "num_classes": 3, "layout": "csv"}
+    data = {"root": str(tmp_path), "task": "multiclass", "num_classes": 3, "layout": "csv", "class_column": "c"}
     with pytest.raises(ConfigError, match="postprocess.search: greedy .* a multiclass run has no threshold or gate"):
         config_from_dict({"experiment": "e", "data": data, "loss": {"ce": 1.0}, "postprocess": {"search": "greedy"}})
     with pytest.raises(ConfigError, match="postprocess.search"):
