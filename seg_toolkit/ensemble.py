@@ -44,7 +44,7 @@ from .data import Sample, load_target, load_train_samples
 from .data.dataset import target_to_tensor
 from .data.data_errors import DataError
 from .evaluator import Evaluator, truth_objects
-from .oof import check_oof_complete
+from .oof import check_oof_complete, end_oof_rewrite, mark_oof_rewrite
 from .predictor import Member
 from .run_settings import check_same_training, diff_of_keys
 from .models.presence import has_presence
@@ -313,7 +313,7 @@ def _build_ensemble(cfgs: list[Config], name: str | None, weights: Sequence[floa
     check_run_name(name, "--name")
     out = Run(Path(lead.runs_dir) / name)
     if out.dir.exists() and any(out.dir.iterdir()):
-        if not out.is_ensemble:
+        if not (out.is_ensemble or _stopped_ensemble(out)):
             raise FileExistsError(f"{out.dir} exists and is not an ensemble run; choose another --name")
         if not overwrite:
             raise FileExistsError(f"{out.dir} exists; pass --overwrite to make the ensemble again, or another --name")
@@ -334,14 +334,19 @@ def _build_ensemble(cfgs: list[Config], name: str | None, weights: Sequence[floa
     if out.dir.exists() and any(out.dir.iterdir()):  # --overwrite: the old ensemble goes once the new one is chosen
         out.remove(lead)
     out.dir.mkdir(parents=True, exist_ok=True)
-    save_config(anchored(ens_cfg), out.config_yaml)
-    shutil.copyfile(runs[0].folds_csv, out.folds_csv)
-    if runs[0].fold_balance_csv.is_file():
-        shutil.copyfile(runs[0].fold_balance_csv, out.fold_balance_csv)
+    # until its OOF files and cv.json are written the run is marked: a stopped build is refused by predict, tune and
+    # bundle, naming this command (it had predicted with 20 of 64 OOF files and untuned post-processing, exit 0)
+    again = (f"seg-toolkit ensemble {' '.join(str(r.dir) for r in runs)} --name {name} --space {space}"
+             + (f" --weights {' '.join(map(str, weights))}" if weights is not None else "") + " --overwrite")
+    mark_oof_rewrite(out, again)
     # how each member's OOF files were made: predict warns when a member predicts otherwise later (tune --tta, oof --set)
     members = [{"run": out.member_ref(r), "weight": w, "oof": (read_json(r.cv_json) or {}).get("oof"),
                 "fingerprint": member_fingerprint(r, folds)} for r, w in zip(runs, chosen)]
     write_json(out.ensemble_json, {"members": members, "space": space, "folds": folds, "weights_search": search})
+    save_config(anchored(ens_cfg), out.config_yaml)
+    shutil.copyfile(runs[0].folds_csv, out.folds_csv)
+    if runs[0].fold_balance_csv.is_file():
+        shutil.copyfile(runs[0].fold_balance_csv, out.fold_balance_csv)
     # the classifier's presence, as the predictor merges it: probability space, over the members that have one
     with_presence = [(r, w) for r, w in zip(runs, chosen) if has_presence(r.config()) and w > 0]
     presence_total = sum(w for _, w in with_presence)
@@ -364,11 +369,17 @@ def _build_ensemble(cfgs: list[Config], name: str | None, weights: Sequence[floa
                             "score_after_postprocess": pp.get("after")})
     cv = compute_cv(ens_cfg, out, extra={"ensemble": {"members": member_info, "space": space, "weights": chosen,
                                                       "weights_search": search}, "pseudo": _members_pseudo(runs)})
+    end_oof_rewrite(out)  # stopped while tuning: predict refuses a cv.json without the tuning it asks for
     if ens_cfg.postprocess.tune:
         from .tune import tune_postprocess
 
         cv["postprocess"] = tune_postprocess(ens_cfg, out.dir)
     return cv
+
+
+def _stopped_ensemble(run: Run) -> bool:
+    """``run`` is an ensemble whose build stopped before ``ensemble.json`` was written (only its mark is there)."""
+    return str((read_json(run.oof_incomplete_json) or {}).get("command", "")).startswith("seg-toolkit ensemble ")
 
 
 def _members_pseudo(runs: list[Run]) -> dict[str, Any] | None:

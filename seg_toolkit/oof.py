@@ -104,6 +104,9 @@ def check_oof_complete(run: Run) -> None:
         if holder is not None:
             raise SegToolkitError(f"{run.dir}: its OOF files are being rewritten now by {holder}; run this again when it "
                                   "has finished")
+        if command.startswith("seg-toolkit ensemble "):
+            raise SegToolkitError(f"{run.dir}: `{command}` stopped (started {data.get('started')}) before its OOF files "
+                                  f"and cv.json were all written ({run.oof_incomplete_json}); run it again")
         raise SegToolkitError(f"{run.dir}: its OOF files were being rewritten by `{command}` (started {data.get('started')}) "
                               f"when it stopped ({run.oof_incomplete_json}): some are from before, some after. Run "
                               f"`{command}` again (or `seg-toolkit oof CONFIG`) before tuning, predicting or ensembling")

@@ -163,6 +163,22 @@ def params_in_use(params: dict, task: str) -> dict:
     return {k: params[k] for k in keys if k in params}
 
 
+def _refuse_missing_tuning(cfg: Config, run) -> None:
+    """``postprocess.tune`` with every fold of the run in cv.json, and no ``postprocess.json``: training (or an
+    ensemble) stopped between the two, and the config's values would be submitted without a word (24 of 72 rows of
+    the demo differed from the tuned run's)."""
+    from .budget_run import run_folds
+    from .config import ConfigError
+    from .files import read_json
+
+    cv = read_json(run.cv_json)
+    if not cfg.postprocess.tune or cv is None or not set(run_folds(cfg, run)) <= set(cv.get("folds") or []):
+        return
+    raise ConfigError(f"{run.dir}: postprocess.tune is true and cv.json scores every fold, but there is no "
+                      f"{run.postprocess_json.name} (stopped after cv.json, before tuning?): run `seg-toolkit tune "
+                      f"{run.dir}`, or add --set postprocess.tune=false to use the config's post-processing")
+
+
 def load_params(cfg: Config, run=None) -> PostParams:
     """Tuned parameters from the run's ``postprocess.json`` (a :class:`~seg_toolkit.run.Run` or
     its folder) if present, else the config's."""
@@ -175,6 +191,7 @@ def load_params(cfg: Config, run=None) -> PostParams:
     run = run if isinstance(run, Run) else Run(run)
     data = read_json(run.postprocess_json)
     if data is None:
+        _refuse_missing_tuning(cfg, run)
         return params_from_config(cfg)
     saved = run.config() if run.config_yaml.is_file() else None
     changed = [k for k in ("threshold", "min_area", "empty_gate", "split_seed", "split_by", "min_area_to")

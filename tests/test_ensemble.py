@@ -9,6 +9,7 @@ own inputs, and its saved test probabilities must be the weighted mean of each m
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -634,3 +635,53 @@ def test_the_oof_cache_keeps_the_stored_bytes_within_its_budget_and_is_dropped_b
     assert kept == [0, 0, 0]  # no ensemble cache alive while cv.json is written
     scores = {k: (r["score"], r["fold_scores"]) for k, r in results.items()}
     assert len(set(map(repr, scores.values()))) == 1, scores
+
+
+def test_an_ensemble_stopped_before_its_cv_json_is_refused_until_made_again(trained, tmp_path, monkeypatch):
+    """A killed `ensemble` left ensemble.json and part of its OOF files: rerunning it said 'exists', and predict
+    submitted with them and untuned post-processing (exit 0). The run is marked until its cv.json is written."""
+    import seg_toolkit.cv
+    from seg_toolkit.errors import SegToolkitError
+
+    runs, cfgs = _copy_runs(trained, tmp_path)
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(seg_toolkit.cv, "compute_cv", stopped)
+        with pytest.raises(KeyboardInterrupt):
+            build_ensemble(cfgs, name="ens", weights=[0.5, 0.5])
+    ens = Run(runs / "ens")
+    assert ens.is_ensemble and not ens.cv_json.exists()
+    ens_cfg = load_config(ens.config_yaml, [f"runs_dir={runs}"])
+    again = rf"seg-toolkit ensemble {runs / 'a'} {runs / 'b'} --name ens --space prob --weights 0.5 0.5 --overwrite"
+    with pytest.raises(SegToolkitError, match=rf"stopped .* before its OOF files and cv.json were all written .*; run it again"):
+        predict_test(ens_cfg, out=tmp_path / "x.csv")
+    with pytest.raises(SegToolkitError, match=re.escape(f"`{again}`")):
+        predict_test(ens_cfg, out=tmp_path / "x.csv")
+    assert not (tmp_path / "x.csv").exists()
+    with pytest.raises(FileExistsError, match="pass --overwrite"):
+        build_ensemble(cfgs, name="ens", weights=[0.5, 0.5])
+    build_ensemble(cfgs, name="ens", weights=[0.5, 0.5], overwrite=True)
+    assert not ens.oof_incomplete_json.exists() and ens.postprocess_json.is_file()
+    assert check_submission(predict_test(ens_cfg, out=tmp_path / "x.csv"), cfgs[0].data_path(cfgs[0].data.sample_submission)) == []
+
+
+def test_a_run_stopped_between_cv_json_and_its_tuning_is_not_predicted_untuned(trained, tmp_path):
+    """train killed after cv.json and before postprocess.json: predict used the config's threshold without a word
+    (24 of 72 rows differed from the tuned run's)."""
+    runs, cfgs = _copy_runs(trained, tmp_path)
+    run = Run(runs / "a")
+    tuned = read_json(run.postprocess_json)
+    run.postprocess_json.unlink()
+    with pytest.raises(ConfigError, match=r"postprocess.tune is true and cv.json scores every fold, but there is no "
+                                          r"postprocess.json .*run `seg-toolkit tune .*a`, or add --set postprocess.tune=false"):
+        predict_test(cfgs[0], out=tmp_path / "x.csv")
+    untuned = load_config(run.config_yaml, [f"runs_dir={runs}", "postprocess.tune=false"])
+    assert predict_test(untuned, out=tmp_path / "y.csv").is_file()  # the config's values, as asked
+    from seg_toolkit.tune import tune_postprocess
+
+    tune_postprocess(cfgs[0], run.dir)
+    assert read_json(run.postprocess_json)["params"] == tuned["params"]
+    assert predict_test(cfgs[0], out=tmp_path / "x.csv").is_file()
