@@ -193,6 +193,10 @@ def _load_newest(run: Run, fold: int, model, ema, optimizer, schedule, scaler, r
             log.warning("fold %d: %s was saved without loss scaling; it continues in fp16 with a fresh GradScaler",
                         fold, path)
         _restore_rng(ckpt, rank)
+        if errors and rank == 0 and run.last_pt(fold).is_file():
+            # set aside, or the next save would rotate it over prev.pt, the one good checkpoint (a kill then lost the fold)
+            os.replace(run.last_pt(fold), run.last_pt_unreadable(fold))
+            log.warning("fold %d: the unreadable last.pt is kept as %s", fold, run.last_pt_unreadable(fold).name)
         state = TrainState(**ckpt["train_state"])
         if "patience_score" not in ckpt["train_state"]:  # saved before min_delta had a score of its own
             state.patience_score = state.best_score

@@ -10,7 +10,7 @@ what is needed to use them without the YAML they came from::
       folds.json             how folds.csv was made (method, seed, groups, the labels' fingerprint): a changed
                              setting, or labels edited since, is refused
       fold_balance.csv       images per validation fold holding each class / empty (with folds.csv)
-      fold_<k>/              trained runs: best.pt, last.pt, prev.pt, best_e<epoch>.pt,
+      fold_<k>/              trained runs: best.pt, last.pt (last.pt.unreadable: one resume fell back from), prev.pt, best_e<epoch>.pt,
                              metrics.csv (metrics.csv.unreadable: one set aside), done.json (written last),
                              failed_attempt_<n>/ (an attempt set aside after a NaN loss), train.lock (flocked by
                              the process training the fold: a second one is refused, and the fold counts as started)
@@ -92,7 +92,7 @@ class Run(RunState, RunGuard):
         "tta_search": r".+",  # tune --tta's scratch, removed when it ends
     }
     #: What a run writes in ``fold_<k>/`` (the fold methods below)
-    FOLD_FILE = re.compile(r"(best|last|prev)\.pt|best_e\d+\.pt|metrics\.csv(\.unreadable)?|done\.json|\.?failed_attempt_\d+(\.partial)?"
+    FOLD_FILE = re.compile(r"(best|prev)\.pt|last\.pt(\.unreadable)?|best_e\d+\.pt|metrics\.csv(\.unreadable)?|done\.json|\.?failed_attempt_\d+(\.partial)?"
                            r"|train\.lock")
     FOLD_DIR = re.compile(r"fold_\d+")
 
@@ -339,6 +339,10 @@ class Run(RunState, RunGuard):
 
     def prev_pt(self, fold: int) -> Path:
         return self.fold_dir(fold) / "prev.pt"
+
+    def last_pt_unreadable(self, fold: int) -> Path:
+        """An unreadable ``last.pt`` that resume fell back from, set aside: the next save would rotate it over prev.pt."""
+        return self.fold_dir(fold) / "last.pt.unreadable"
 
     def best_epoch_pt(self, fold: int, epoch: int) -> Path:
         return self.fold_dir(fold) / f"best_e{epoch:03d}.pt"

@@ -114,6 +114,23 @@ def test_truncated_checkpoint_falls_back_to_previous(demo_root, tmp_path, refere
     _assert_same(_weights(runs), reference)  # replayed from epoch 1 to the same end
 
 
+def test_an_unreadable_last_pt_is_set_aside_not_rotated_over_prev_pt(demo_root, tmp_path, reference):
+    """Resumed from prev.pt past a truncated last.pt, the next save moved that last.pt over prev.pt: a kill before the
+    new last.pt was written then left no readable checkpoint, and the fold started from scratch."""
+    runs = tmp_path / "runs"
+    assert _run(_cfg(demo_root, runs), kill_at=8).returncode == -signal.SIGKILL  # last.pt = epoch 2, prev.pt = epoch 1
+    fold = runs / "t" / "fold_0"
+    data = (fold / "last.pt").read_bytes()
+    (fold / "last.pt").write_bytes(data[: len(data) // 2])
+    resumed = _run(_cfg(demo_root, runs), kill_at=4, resume=True)  # epoch 2 again, saved, then killed in epoch 3
+    assert resumed.returncode == -signal.SIGKILL
+    assert "the unreadable last.pt is kept as last.pt.unreadable" in resumed.stderr
+    assert (fold / "last.pt.unreadable").read_bytes() == data[: len(data) // 2]
+    assert _weights(runs, "prev.pt")["epoch"] == 1 and _weights(runs)["epoch"] == 2  # prev.pt was the broken file
+    assert _run(_cfg(demo_root, runs), resume=True).returncode == 0
+    _assert_same(_weights(runs), reference)
+
+
 @pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
 def test_ctrl_c_saves_a_checkpoint_that_resumes_exactly(demo_root, tmp_path, reference, reference_runs, sig):
     runs = tmp_path / "runs"
