@@ -14,12 +14,14 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 import shutil
 from pathlib import Path
 
 from .config import Config, ConfigError
 from .config_yaml import read_yaml
+from .files import deleting_name, stale_deletions
 from .errors import SegToolkitError
 
 log = logging.getLogger(__name__)
@@ -27,9 +29,10 @@ log = logging.getLogger(__name__)
 __all__ = ["RunGuard", "RunExistsError", "input_paths", "check_not_input", "check_not_run_file", "delete_path",
            "is_partial_write", "first_line", "OS_CLUTTER"]
 
-#: Temporary files of :func:`seg_toolkit.files.atomic_write` (``.<name>.<random>.tmp``) and what
-#: operating systems leave in folders: neither is a user's file.
-_TMP_FILE = re.compile(r"\..+\.[A-Za-z0-9_]+\.tmp")
+#: Temporary files of :func:`seg_toolkit.files.atomic_write` (``.<name>.<random>.tmp``), folders :func:`delete_path`
+#: moved aside whose deletion a kill cut short (``.<name>.<pid>-<host>.deleting``), and what operating systems leave
+#: in folders (OS_CLUTTER): none is a user's file.
+_TMP_FILE = re.compile(r"\..+\.([A-Za-z0-9_]+\.tmp|\d+-[A-Za-z0-9_-]+\.deleting)")
 OS_CLUTTER = (".DS_Store", "Thumbs.db", "desktop.ini")
 
 
@@ -113,7 +116,13 @@ def delete_path(target: Path, announce: bool = True) -> None:
     if announce:
         log.warning("deleting %s", target)
     if target.is_dir() and not target.is_symlink():
-        shutil.rmtree(target)
+        left = stale_deletions(target)  # earlier deletions of it that a kill cut short
+        if left:
+            log.info("removing %s: deletion(s) cut short (their process is gone)", ", ".join(map(str, left)))
+        aside = deleting_name(target)  # a kill while deleting leaves the whole folder, or none of it, under its name
+        os.replace(target, aside)
+        for folder in (*left, aside):
+            shutil.rmtree(folder)
     else:
         target.unlink()  # a file, or a link (never followed)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -312,3 +313,42 @@ def test_a_retry_stopped_and_resumed_keeps_its_lowered_lr(demo_root, tmp_path, m
     assert done["optim_lr"] == pytest.approx(1e-4) and done["epochs_run"] == 3
     lrs = pd.read_csv(fold / "metrics.csv")["lr"].tolist()
     assert len(lrs) == 3 and max(lrs) <= 1e-4 * (1 + 1e-6) and lrs[1] > 1e-5  # the retry's schedule, not cut again
+
+
+def test_a_deletion_cut_short_leaves_no_half_folder_and_its_leftover_goes_next_time(tmp_path, monkeypatch):
+    """`train --overwrite` killed while deleting the run kept fold_1's checkpoints, cv.json and config.yaml but not
+    folds.csv or oof/: the resume remade the folds, kept fold 1 'complete' and failed on its missing OOF files. The folder
+    is moved aside first; an aside one whose process is gone is removed by the next deletion of that name, and is not
+    taken for a user's file meanwhile."""
+    import os
+    import shutil
+
+    from seg_toolkit import run_guard
+    from seg_toolkit.files import deleting_name
+    from seg_toolkit.run_guard import delete_path
+
+    run = tmp_path / "runs" / "t"
+    (run / "fold_1").mkdir(parents=True)
+    for name in ("config.yaml", "folds.csv", "fold_1/best.pt"):
+        (run / name).write_text("x")
+    real_rmtree = shutil.rmtree
+
+    def killed(path, *args, **kwargs):
+        (Path(path) / "folds.csv").unlink()  # part of it deleted, then the process is killed
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run_guard.shutil, "rmtree", killed)
+    with pytest.raises(KeyboardInterrupt):
+        delete_path(run)
+    monkeypatch.setattr(run_guard.shutil, "rmtree", real_rmtree)
+    assert not run.exists() and sorted(p.name for p in deleting_name(run).iterdir()) == ["config.yaml", "fold_1"]
+    # the same leftover of a process that is gone: a pid no process has
+    gone = run.with_name(deleting_name(run).name.replace(f".{os.getpid()}-", ".999999999-"))
+    deleting_name(run).rename(gone)
+    run.mkdir()
+    (run / "config.yaml").write_text("x")
+    (run / "fold_1").mkdir()
+    (run / "fold_1" / deleting_name(run / "fold_1").name).mkdir()  # a fold deletion's leftover inside a run
+    assert Run(run).foreign_entries() == []
+    delete_path(run)
+    assert not run.exists() and not gone.exists() and list(run.parent.iterdir()) == []
