@@ -213,8 +213,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {_one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:
-        print(f"\ninterrupted: {e}" if str(e) else "\ninterrupted; finished epochs are checkpointed: add --resume to continue",
-              file=sys.stderr)
+        after = ("finished epochs are checkpointed: add --resume to continue" if args.command == "train" else
+                 "what it had not finished is not used; run the command again")  # predict, tune, ensemble: no --resume
+        print(f"\ninterrupted: {e}" if str(e) else f"\ninterrupted; {after}", file=sys.stderr)
         return 130
 
 

@@ -118,7 +118,10 @@ def _check_predict_keys(run: Run, cfg: Config, trained: list[int]) -> None:
     a fold trained with others would mix two TTA settings in oof/ (`train --fold 1 --set predict.tta=...`)."""
     if not trained:
         return
+    from .oof import check_oof_complete
     from .run_settings import PREDICT_KEYS, diff_of_keys
+
+    check_oof_complete(run)  # an `oof --set predict...` that stopped saved its settings before rewriting the files
 
     changed = diff_of_keys(run.config(), cfg, PREDICT_KEYS)
     if changed:

@@ -311,3 +311,19 @@ def test_a_run_saves_its_data_root_absolute_and_reads_it_from_any_directory(demo
     assert main(["predict", str(project / "runs" / "t"), "--out", str(out)]) == 0
     sample = (project / "comp" / "sample_submission.csv").read_text().splitlines()
     assert out.read_text().splitlines()[1].split(",")[0] == sample[1].split(",")[0]
+
+
+@pytest.mark.parametrize("command, said", [
+    ("train", "interrupted; finished epochs are checkpointed: add --resume to continue"),
+    ("predict", "interrupted; what it had not finished is not used; run the command again"),
+])
+def test_ctrl_c_says_what_the_command_can_do(command, said, monkeypatch, capsys):
+    """Ctrl-C in predict or tune --tta said 'finished epochs are checkpointed: add --resume', which they have not."""
+    from seg_toolkit import commands
+
+    def stopped(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(commands, f"cmd_{command}", stopped)
+    assert main([command, "x.yaml"]) == 130
+    assert capsys.readouterr().err.strip() == said

@@ -110,6 +110,27 @@ def test_resume_may_change_the_time_budget(trained):
     assert run_cv(more_time, resume=True)["score"] == pytest.approx(cv["score"])  # finished folds stay finished
 
 
+def test_resume_after_a_stopped_oof_rewrite_names_it(trained, tmp_path):
+    """`oof --set predict.tta=[identity]` killed half-way saved its settings first: `train --resume` then said the folds
+    'made their OOF files with other predict settings', which most had not; it names the rewrite to finish."""
+    import dataclasses
+    import shutil
+
+    from seg_toolkit.errors import SegToolkitError
+    from seg_toolkit.oof import mark_oof_rewrite
+
+    cfg, _ = trained
+    copy = dataclasses.replace(cfg, runs_dir=str(tmp_path / "runs"))
+    shutil.copytree(cfg.run_dir, copy.run_dir)
+    mark_oof_rewrite(Run.of(copy), f"seg-toolkit oof {copy.run_dir}")
+    from seg_toolkit.config import load_config, save_config
+
+    saved = load_config(Run.of(copy).config_yaml)  # oof saves its settings before it rewrites the files
+    save_config(dataclasses.replace(saved, predict=dataclasses.replace(saved.predict, tta=["hflip"])), Run.of(copy).config_yaml)
+    with pytest.raises(SegToolkitError, match=rf"its OOF files were being rewritten by `seg-toolkit oof {copy.run_dir}`"):
+        run_cv(copy, resume=True)
+
+
 def _refuse(name):
     raise AssertionError(f"{name} is not standard JSON")
 
