@@ -655,8 +655,8 @@ def test_an_ensemble_stopped_before_its_cv_json_is_refused_until_made_again(trai
     ens = Run(runs / "ens")
     assert ens.is_ensemble and not ens.cv_json.exists()
     ens_cfg = load_config(ens.config_yaml, [f"runs_dir={runs}"])
-    again = rf"seg-toolkit ensemble {runs / 'a'} {runs / 'b'} --name ens --space prob --weights 0.5 0.5 --overwrite"
-    with pytest.raises(SegToolkitError, match=rf"stopped .* before its OOF files and cv.json were all written .*; run it again"):
+    again = f"seg-toolkit ensemble {runs / 'a'} {runs / 'b'} --name ens --space prob --weights 0.5 0.5 --overwrite"
+    with pytest.raises(SegToolkitError, match=r"stopped .* before its OOF files and cv.json were all written .*; run it again"):
         predict_test(ens_cfg, out=tmp_path / "x.csv")
     with pytest.raises(SegToolkitError, match=re.escape(f"`{again}`")):
         predict_test(ens_cfg, out=tmp_path / "x.csv")
