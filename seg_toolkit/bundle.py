@@ -54,7 +54,7 @@ from .bundle_check import BundleError, check_ensemble, file_manifest, offline_co
 from .config import ConfigError
 from .config_yaml import read_yaml
 from .versions import code_sha256, library_versions
-from .files import read_json, write_json, write_text
+from .files import aside_folder, read_json, stale_asides, write_json, write_text
 from .run import Run
 from .run_guard import delete_path
 
@@ -229,9 +229,10 @@ def build_bundle(runs: Sequence[Run], out: str | Path, fp16: bool = False, base_
         log.warning("bundle: %s", w)
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.{os.getpid()}.partial"
-    if tmp.exists():  # a crashed earlier bundle of this process id: ours
-        delete_path(tmp, announce=False)
+    tmp = aside_folder(out, "partial")
+    for left in stale_asides(out, "partial") + ([tmp] if tmp.exists() else []):  # builds a kill or a crash cut short
+        log.info("removing %s: a bundle build cut short", left)
+        delete_path(left, announce=False)
     tmp.mkdir()
     try:
         infos = [_copy_run(r, Run(tmp / "runs" / name), folds.get(name, []), fp16) for name, r in by_name.items()]

@@ -29,7 +29,7 @@ from .errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["atomic_write", "stale_writes", "deleting_name", "stale_deletions", "remove_stale_writes", "temp_prefix", "wide_csv_fields", "default_file_mode", "write_text", "write_json", "json_ready", "nan_if_null", "read_json", "write_npy", "read_oof"]
+__all__ = ["atomic_write", "stale_writes", "aside_folder", "stale_asides", "remove_stale_writes", "temp_prefix", "wide_csv_fields", "default_file_mode", "write_text", "write_json", "json_ready", "nan_if_null", "read_json", "write_npy", "read_oof"]
 
 
 _HOST = re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname())[:40] or "host"
@@ -58,17 +58,18 @@ def stale_writes(folder: str | Path, recursive: bool = False) -> list[Path]:
     return sorted(out)
 
 
-def deleting_name(path: Path) -> Path:
-    """Where :func:`seg_toolkit.run_guard.delete_path` moves a folder before deleting it: ``.<name>.<pid>-<host>.deleting``
-    beside it, so a kill during the deletion leaves no half of the folder under its own name."""
-    return path.with_name(f"{temp_prefix(path)}deleting")
+def aside_folder(path: Path, kind: str) -> Path:
+    """``.<name>.<pid>-<host>.<kind>`` beside ``path``: a folder this process works in before it renames it to
+    ``path`` (``partial``: a bundle being built), or that it moved ``path`` to (``deleting``:
+    :func:`seg_toolkit.run_guard.delete_path`), so a kill leaves the whole folder, or none of it, under its name."""
+    return path.with_name(f"{temp_prefix(path)}{kind}")
 
 
-def stale_deletions(path: Path) -> list[Path]:
-    """Folders :func:`deleting_name` made for ``path`` whose deleting process is gone (killed on this host)."""
+def stale_asides(path: Path, kind: str) -> list[Path]:
+    """The :func:`aside_folder` folders of ``path`` whose process is gone (killed on this host)."""
     out = []
-    for p in path.parent.glob(f".{glob.escape(path.name)}.*.deleting"):
-        m = re.fullmatch(rf"\.{re.escape(path.name)}\.(?P<pid>\d+)-(?P<host>[A-Za-z0-9_-]+)\.deleting", p.name)
+    for p in path.parent.glob(f".{glob.escape(path.name)}.*.{kind}"):
+        m = re.fullmatch(rf"\.{re.escape(path.name)}\.(?P<pid>\d+)-(?P<host>[A-Za-z0-9_-]+)\.{re.escape(kind)}", p.name)
         if m and m["host"] == _HOST and p.is_dir() and not _alive(int(m["pid"])):
             out.append(p)
     return sorted(out)

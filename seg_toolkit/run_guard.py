@@ -21,7 +21,7 @@ from pathlib import Path
 
 from .config import Config, ConfigError
 from .config_yaml import read_yaml
-from .files import deleting_name, stale_deletions
+from .files import aside_folder, stale_asides
 from .errors import SegToolkitError
 
 log = logging.getLogger(__name__)
@@ -116,10 +116,10 @@ def delete_path(target: Path, announce: bool = True) -> None:
     if announce:
         log.warning("deleting %s", target)
     if target.is_dir() and not target.is_symlink():
-        left = stale_deletions(target)  # earlier deletions of it that a kill cut short
+        left = stale_asides(target, "deleting")  # earlier deletions of it that a kill cut short
         if left:
             log.info("removing %s: deletion(s) cut short (their process is gone)", ", ".join(map(str, left)))
-        aside = deleting_name(target)  # a kill while deleting leaves the whole folder, or none of it, under its name
+        aside = aside_folder(target, "deleting")  # a kill while deleting leaves the whole folder, or none of it, under its name
         os.replace(target, aside)
         for folder in (*left, aside):
             shutil.rmtree(folder)

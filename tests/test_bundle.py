@@ -186,6 +186,19 @@ def test_bundle_predicts_offline_from_anywhere_what_predict_submits(runs, tmp_pa
         writable(bundle)
 
 
+def test_a_bundle_build_a_kill_cut_short_is_removed_by_the_next_one(runs, tmp_path):
+    """A killed `bundle` left bundles/.b.<pid>.partial/ (weights and wheels) for good: it went only when a later build
+    had the same process id. One whose process is gone goes with the next build of that bundle."""
+    from seg_toolkit.files import aside_folder
+
+    out = tmp_path / "b"
+    left = aside_folder(out, "partial").with_name(aside_folder(out, "partial").name.replace(f".{os.getpid()}-", ".999999999-"))
+    (left / "runs").mkdir(parents=True)
+    (left / "runs" / "weights.pt").write_bytes(b"x" * 100)
+    build_bundle([runs["tiny"]], out, wheels=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b"] and (out / "bundle.json").is_file()
+
+
 def test_fp16_weights_are_half_the_size_and_load_as_float32(runs, tmp_path):
     full, half = tmp_path / "fp32", tmp_path / "fp16"
     build_bundle([runs["tiny"]], full, wheels=False)

@@ -324,7 +324,7 @@ def test_a_deletion_cut_short_leaves_no_half_folder_and_its_leftover_goes_next_t
     import shutil
 
     from seg_toolkit import run_guard
-    from seg_toolkit.files import deleting_name
+    from seg_toolkit.files import aside_folder
     from seg_toolkit.run_guard import delete_path
 
     run = tmp_path / "runs" / "t"
@@ -341,14 +341,14 @@ def test_a_deletion_cut_short_leaves_no_half_folder_and_its_leftover_goes_next_t
     with pytest.raises(KeyboardInterrupt):
         delete_path(run)
     monkeypatch.setattr(run_guard.shutil, "rmtree", real_rmtree)
-    assert not run.exists() and sorted(p.name for p in deleting_name(run).iterdir()) == ["config.yaml", "fold_1"]
+    assert not run.exists() and sorted(p.name for p in aside_folder(run, "deleting").iterdir()) == ["config.yaml", "fold_1"]
     # the same leftover of a process that is gone: a pid no process has
-    gone = run.with_name(deleting_name(run).name.replace(f".{os.getpid()}-", ".999999999-"))
-    deleting_name(run).rename(gone)
+    gone = run.with_name(aside_folder(run, "deleting").name.replace(f".{os.getpid()}-", ".999999999-"))
+    aside_folder(run, "deleting").rename(gone)
     run.mkdir()
     (run / "config.yaml").write_text("x")
     (run / "fold_1").mkdir()
-    (run / "fold_1" / deleting_name(run / "fold_1").name).mkdir()  # a fold deletion's leftover inside a run
+    (run / "fold_1" / aside_folder(run / "fold_1", "deleting").name).mkdir()  # a fold deletion's leftover inside a run
     assert Run(run).foreign_entries() == []
     delete_path(run)
     assert not run.exists() and not gone.exists() and list(run.parent.iterdir()) == []
