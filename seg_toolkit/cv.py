@@ -144,18 +144,26 @@ def _config_changes(run: Run, cfg: Config, old: dict | None = None) -> list[str]
 
 def _say_other_epochs(run: Run, cfg: Config, folds: list[int], saved: int | None) -> None:
     """``train.epochs`` may change on --resume, for the fold in progress (its schedule is laid out again); a fold that
-    starts now under another number than the trained folds' (`train --fold 1 --set train.epochs=8`) trains a CV of
-    two lengths, which is said, not refused (a budget's folds differ in length too; each fold's done.json has its own)."""
-    fresh = sorted(set(folds) - set(run.started_folds()))
-    if not fresh:
-        return
+    starts or goes on now under another number than the trained folds' (`train --fold 1 --set train.epochs=8`) trains a
+    CV of two lengths, and a finished fold is not trained further: both are said, not refused (a budget's folds differ
+    in length too; each fold's done.json has its own)."""
+    trained = set(run.trained_folds())
     # done.json's own number (a --resume of a finished fold saved config.yaml with the new one); older runs: the file's
-    other = {k: e for k in run.trained_folds() if (e := (read_json(run.done_json(k)) or {}).get("epochs_configured", saved))
+    other = {k: e for k in sorted(trained) if (e := (read_json(run.done_json(k)) or {}).get("epochs_configured", saved))
              != cfg.train.epochs}
-    if other:
-        log.warning("%s: fold(s) %s trained with train.epochs %s, fold(s) %s start with %s: the CV mixes folds trained "
+    if not other:
+        return
+    lengths = "/".join(map(str, sorted(set(other.values()))))
+    going = sorted(set(folds) - trained)
+    if going:
+        log.warning("%s: fold(s) %s trained with train.epochs %s, fold(s) %s train with %s: the CV mixes folds trained "
                     "for different lengths (keep the run's train.epochs for its folds, or use a new experiment name)",
-                    run.dir, sorted(other), "/".join(map(str, sorted(set(other.values())))), fresh, cfg.train.epochs)
+                    run.dir, sorted(other), lengths, going, cfg.train.epochs)
+    finished = sorted(set(folds) & set(other))
+    if finished:
+        log.warning("%s: fold(s) %s finished with train.epochs %s and are not trained further with %s (--resume goes on "
+                    "with unfinished folds only; a new experiment name trains a run of %s epochs)", run.dir, finished,
+                    lengths, cfg.train.epochs, cfg.train.epochs)
 
 
 def _check_config_kept(run: Run, cfg: Config) -> None:

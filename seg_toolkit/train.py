@@ -131,6 +131,9 @@ def train_attempt(cfg: Config, fold: int, samples: list[Sample], folds: pd.DataF
             log.warning("fold %d: resumed with %d epochs planned instead of %d; its learning-rate schedule is laid out "
                         "again for %d epochs from update %d", fold, state.epochs, laid_out, state.epochs, state.step)
         schedule = schedule.for_epochs(cfg, optimizer, updates_per_epoch, state.epochs, state.step, per_epoch_changed)
+    elif not fresh and epochs_changed:  # fewer epochs than the fold has run: it ends with them, without a word
+        log.warning("fold %d: resumed with %d epochs planned, but %d have run (laid out for %d); it ends with those %d",
+                    fold, state.epochs, state.epoch, laid_out, state.epoch)
     state.world_size, state.updates_per_epoch = d.world_size, updates_per_epoch  # what the schedule is laid out for
     initialised = load_fold_init(cfg, fold, model, ema) if fresh else init_source(cfg, fold)
     if initialised and fresh:

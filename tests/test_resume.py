@@ -131,6 +131,15 @@ def test_an_unreadable_last_pt_is_set_aside_not_rotated_over_prev_pt(demo_root, 
     _assert_same(_weights(runs), reference)
 
 
+def test_a_fold_resumed_with_fewer_epochs_than_it_has_run_says_so(demo_root, tmp_path):
+    """Resumed after 2 epochs with train.epochs 1, the fold ended with epochs_run 2 of 1 planned without a word."""
+    runs = tmp_path / "runs"
+    assert _run(_cfg(demo_root, runs), kill_at=7).returncode == -signal.SIGKILL  # last.pt = epoch 2 of 3
+    resumed = _run(_cfg(demo_root, runs, epochs=1), resume=True)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "fold 0: resumed with 1 epochs planned, but 2 have run (laid out for 3); it ends with those 2" in resumed.stderr
+
+
 @pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
 def test_ctrl_c_saves_a_checkpoint_that_resumes_exactly(demo_root, tmp_path, reference, reference_runs, sig):
     runs = tmp_path / "runs"
@@ -455,9 +464,18 @@ def test_a_new_fold_with_other_epochs_than_the_trained_ones_is_said(demo_root, t
     with caplog.at_level(logging.WARNING):
         prepare_run(config_from_dict(longer), [0], resume=True)  # fold 0 is done: nothing new starts
         assert "different lengths" not in caplog.text
+        # ... and it is not trained further: that resume rewrote config.yaml to 8 without a word (compare: 3/8 epochs)
+        assert "fold(s) [0] finished with train.epochs 3 and are not trained further with 8" in caplog.text
         prepare_run(config_from_dict(longer), [1], fold_job=True)
     # the fold's own number: the resume above saved config.yaml with 8
-    assert "fold(s) [0] trained with train.epochs 3, fold(s) [1] start with 8: the CV mixes folds" in caplog.text
+    assert "fold(s) [0] trained with train.epochs 3, fold(s) [1] train with 8: the CV mixes folds" in caplog.text
+    # a fold in progress goes on with another length beside the finished one: said too (it was only the lr's re-layout)
+    run.fold_dir(1).mkdir()
+    (run.fold_dir(1) / "last.pt").write_bytes(b"")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        prepare_run(config_from_dict(longer), [1], resume=True, fold_job=True)
+    assert "fold(s) [0] trained with train.epochs 3, fold(s) [1] train with 8" in caplog.text
 
 
 def test_writes_a_kill_cut_short_are_removed_by_the_next_command_not_live_ones(demo_root, tmp_path):
