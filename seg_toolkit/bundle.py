@@ -230,7 +230,7 @@ def build_bundle(runs: Sequence[Run], out: str | Path, fp16: bool = False, base_
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = aside_folder(out, "partial")
-    for left in stale_asides(out, "partial") + ([tmp] if tmp.exists() else []):  # builds a kill or a crash cut short
+    for left in stale_asides(out, "partial"):  # builds a kill or a crash cut short (this pid's too)
         log.info("removing %s: a bundle build cut short", left)
         delete_path(left, announce=False)
     tmp.mkdir()

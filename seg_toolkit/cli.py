@@ -213,8 +213,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {_one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:
-        after = ("finished epochs are checkpointed: add --resume to continue" if args.command == "train" else
-                 "what it had not finished is not used; run the command again")  # predict, tune, ensemble: no --resume
+        after = {"train": "finished epochs are checkpointed: add --resume to continue",
+                 "demo": "finished epochs are checkpointed: run it again to continue",
+                 "ensemble": "what it had not finished is not used; run it again with --overwrite",
+                 }.get(args.command, "what it had not finished is not used; run the command again")  # predict, tune, ...
         print(f"\ninterrupted: {e}" if str(e) else f"\ninterrupted; {after}", file=sys.stderr)
         return 130
 

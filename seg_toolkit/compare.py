@@ -100,7 +100,8 @@ def find_runs(paths: Sequence[str | Path]) -> list[Run]:
         if Run(p).looks_like_run():
             found.append(Run(p))
             continue
-        for child in sorted(q for q in p.iterdir() if q.is_dir()):
+        # hidden folders are not runs: a deletion or a bundle build a kill cut short (.<name>.<pid>-<host>.deleting)
+        for child in sorted(q for q in p.iterdir() if q.is_dir() and not q.name.startswith(".")):
             r = Run(child)
             # a folder only lr-find wrote (folds.csv, lr_find.json) has no config.yaml and nothing to compare
             if r.looks_like_run() and any(f.is_file() for f in (r.config_yaml, r.ensemble_json, r.cv_json)):

@@ -234,13 +234,20 @@ def _run_cv(cfg: Config, folds: list[int] | None, resume: bool, overwrite: bool)
                        tuple(cfg.transforms.resize) if cfg.transforms.resize else None)
     samples = load_train_samples(cfg)
     check_train_samples(samples, cfg)  # images present, some foreground: before anything is written
-    check_train_transforms(samples, cfg)  # a crop larger than the smallest images too
+    if d.is_main:  # a crop larger than the smallest images too, the test images that pseudo-labels add included
+        from .data.sources import load_test_samples
+
+        check_train_transforms(samples + (load_test_samples(cfg) if cfg.pseudo.teacher else []), cfg)
     if d.is_main:
         from .inference import check_sample_submission  # lazy: the predictor's modules
 
         check_sample_submission(cfg)  # the sample submission against submission.*: now, not after the folds
     check_init_run(cfg, folds)  # train.init_from: a run folder read as this one reads, every fold trained there
-    teacher_run(cfg)  # pseudo.teacher: a run folder; both checked before anything is written
+    teacher = teacher_run(cfg)  # pseudo.teacher: a run folder; both checked before anything is written
+    if teacher is not None and d.is_main:
+        from .postprocess import load_params
+
+        load_params(teacher.config(), teacher)  # its post-processing makes the labels: tuned, when it was to be
     run = Run.of(cfg)
     if d.is_main and not overwrite and run.folds_csv.is_file() and not run.config_yaml.is_file():
         # folds.csv without a config beside it (lr-find's): checked against these fold settings before prepare_run

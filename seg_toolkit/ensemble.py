@@ -44,7 +44,7 @@ from .data import Sample, load_target, load_train_samples
 from .data.dataset import target_to_tensor
 from .data.data_errors import DataError
 from .evaluator import Evaluator, truth_objects
-from .oof import check_oof_complete, end_oof_rewrite, mark_oof_rewrite
+from .oof import ENSEMBLE_MARK, check_oof_complete, end_oof_rewrite, is_ensemble_mark, mark_oof_rewrite
 from .predictor import Member
 from .run_settings import check_same_training, diff_of_keys
 from .models.presence import has_presence
@@ -335,10 +335,8 @@ def _build_ensemble(cfgs: list[Config], name: str | None, weights: Sequence[floa
         out.remove(lead)
     out.dir.mkdir(parents=True, exist_ok=True)
     # until its OOF files and cv.json are written the run is marked: a stopped build is refused by predict, tune and
-    # bundle, naming this command (it had predicted with 20 of 64 OOF files and untuned post-processing, exit 0)
-    again = (f"seg-toolkit ensemble {' '.join(str(r.dir) for r in runs)} --name {name} --space {space}"
-             + (f" --weights {' '.join(map(str, weights))}" if weights is not None else "") + " --overwrite")
-    mark_oof_rewrite(out, again)
+    # bundle, which say to run the ensemble again (it had predicted with 20 of 64 OOF files, untuned, exit 0)
+    mark_oof_rewrite(out, ENSEMBLE_MARK + name)
     # how each member's OOF files were made: predict warns when a member predicts otherwise later (tune --tta, oof --set)
     members = [{"run": out.member_ref(r), "weight": w, "oof": (read_json(r.cv_json) or {}).get("oof"),
                 "fingerprint": member_fingerprint(r, folds)} for r, w in zip(runs, chosen)]
@@ -379,7 +377,7 @@ def _build_ensemble(cfgs: list[Config], name: str | None, weights: Sequence[floa
 
 def _stopped_ensemble(run: Run) -> bool:
     """``run`` is an ensemble whose build stopped before ``ensemble.json`` was written (only its mark is there)."""
-    return str((read_json(run.oof_incomplete_json) or {}).get("command", "")).startswith("seg-toolkit ensemble ")
+    return is_ensemble_mark((read_json(run.oof_incomplete_json) or {}).get("command"))
 
 
 def _members_pseudo(runs: list[Run]) -> dict[str, Any] | None:

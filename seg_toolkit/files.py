@@ -53,9 +53,14 @@ def stale_writes(folder: str | Path, recursive: bool = False) -> list[Path]:
     out = []
     for p in folder.rglob(".*.tmp") if recursive else folder.glob(".*.tmp"):
         m = _WRITE_TMP.fullmatch(p.name)
-        if m and m["host"] == _HOST and p.is_file() and not _alive(int(m["pid"])):
+        if m and p.is_file() and _gone(m):
             out.append(p)
     return sorted(out)
+
+
+def _gone(m: re.Match) -> bool:
+    """The writer a temporary name's ``pid`` and ``host`` groups name is gone: on this host, and not running."""
+    return m["host"] == _HOST and not _alive(int(m["pid"]))
 
 
 def aside_folder(path: Path, kind: str) -> Path:
@@ -66,11 +71,12 @@ def aside_folder(path: Path, kind: str) -> Path:
 
 
 def stale_asides(path: Path, kind: str) -> list[Path]:
-    """The :func:`aside_folder` folders of ``path`` whose process is gone (killed on this host)."""
+    """The :func:`aside_folder` folders of ``path`` left by a process that is gone (killed on this host), and this
+    process's own (a container's command is pid 1 again after a restart, on the same host name)."""
     out = []
     for p in path.parent.glob(f".{glob.escape(path.name)}.*.{kind}"):
         m = re.fullmatch(rf"\.{re.escape(path.name)}\.(?P<pid>\d+)-(?P<host>[A-Za-z0-9_-]+)\.{re.escape(kind)}", p.name)
-        if m and m["host"] == _HOST and p.is_dir() and not _alive(int(m["pid"])):
+        if m and p.is_dir() and (_gone(m) or p == aside_folder(path, kind)):
             out.append(p)
     return sorted(out)
 
@@ -177,8 +183,8 @@ def json_ready(x: Any) -> Any:
         return x.item()
     if isinstance(x, np.ndarray):
         return json_ready(x.tolist())
-    if isinstance(x, dict):
-        return {k: json_ready(v) for k, v in x.items()}
+    if isinstance(x, dict):  # a NumPy key (a class id) as the Python number json can write
+        return {(k.item() if isinstance(k, np.generic) else k): json_ready(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
         return [json_ready(v) for v in x]
     return x

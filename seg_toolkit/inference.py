@@ -73,7 +73,8 @@ def run_predictor(cfg: Config) -> tuple[Run, Predictor]:
         from .ensemble import check_members_unchanged
 
         check_members_unchanged(run)
-    check_oof_complete(run)  # an ensemble whose build stopped before its OOF files and cv.json were written
+    if run.is_ensemble:
+        check_oof_complete(run)  # an ensemble whose build stopped before its OOF files and cv.json were written
     for r in [m for m, _ in run.members()] if run.is_ensemble else [run]:
         check_oof_complete(r)  # post-processing tuned on OOF files an interrupted rewrite left mixed
         _check_scored_folds(r)

@@ -35,7 +35,7 @@ from .tensors import probs_to_uint8, uint8_to_probs
 
 log = logging.getLogger(__name__)
 
-__all__ = ["oof_settings", "oof_predictor", "write_fold_oof", "remake_oof", "save_oof", "mark_oof_rewrite", "end_oof_rewrite", "check_oof_complete"]
+__all__ = ["oof_settings", "oof_predictor", "write_fold_oof", "remake_oof", "save_oof", "mark_oof_rewrite", "end_oof_rewrite", "check_oof_complete", "ENSEMBLE_MARK", "is_ensemble_mark"]
 
 
 def oof_settings(cfg: Config, run: Run) -> tuple[list[str], str]:
@@ -90,6 +90,15 @@ def mark_oof_rewrite(run: Run, command: str) -> None:
     write_json(run.oof_incomplete_json, {"command": command, "started": time.strftime("%Y-%m-%d %H:%M:%S")})
 
 
+#: how an ensemble's build marks its run (:func:`mark_oof_rewrite`) until its OOF files and cv.json are written
+ENSEMBLE_MARK = "seg-toolkit ensemble --name "
+
+
+def is_ensemble_mark(command: object) -> bool:
+    """Whether an ``oof_incomplete.json`` command is an ensemble build's mark (:data:`ENSEMBLE_MARK`)."""
+    return isinstance(command, str) and command.startswith(ENSEMBLE_MARK)
+
+
 def end_oof_rewrite(run: Run) -> None:
     run.oof_incomplete_json.unlink(missing_ok=True)
 
@@ -104,9 +113,10 @@ def check_oof_complete(run: Run) -> None:
         if holder is not None:
             raise SegToolkitError(f"{run.dir}: its OOF files are being rewritten now by {holder}; run this again when it "
                                   "has finished")
-        if command.startswith("seg-toolkit ensemble "):
-            raise SegToolkitError(f"{run.dir}: `{command}` stopped (started {data.get('started')}) before its OOF files "
-                                  f"and cv.json were all written ({run.oof_incomplete_json}); run it again")
+        if is_ensemble_mark(command):
+            raise SegToolkitError(f"{run.dir}: the `seg-toolkit ensemble` that made it stopped (started {data.get('started')}) "
+                                  f"before its OOF files and cv.json were all written ({run.oof_incomplete_json}); run "
+                                  "that command again with --overwrite")
         raise SegToolkitError(f"{run.dir}: its OOF files were being rewritten by `{command}` (started {data.get('started')}) "
                               f"when it stopped ({run.oof_incomplete_json}): some are from before, some after. Run "
                               f"`{command}` again (or `seg-toolkit oof CONFIG`) before tuning, predicting or ensembling")

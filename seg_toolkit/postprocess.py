@@ -172,11 +172,13 @@ def _refuse_missing_tuning(cfg: Config, run) -> None:
     from .files import read_json
 
     cv = read_json(run.cv_json)
-    if not cfg.postprocess.tune or cv is None or not set(run_folds(cfg, run)) <= set(cv.get("folds") or []):
+    # the run's own setting decides whether training tuned (a run trained with tune: false predicts untuned)
+    trained_tuned = run.config().postprocess.tune if run.config_yaml.is_file() else cfg.postprocess.tune
+    if not (cfg.postprocess.tune and trained_tuned) or cv is None or not set(run_folds(cfg, run)) <= set(cv.get("folds") or []):
         return
-    raise ConfigError(f"{run.dir}: postprocess.tune is true and cv.json scores every fold, but there is no "
+    raise ConfigError(f"{run.dir}: trained with postprocess.tune true and cv.json scores every fold, but there is no "
                       f"{run.postprocess_json.name} (stopped after cv.json, before tuning?): run `seg-toolkit tune "
-                      f"{run.dir}`, or add --set postprocess.tune=false to use the config's post-processing")
+                      f"{run.dir}` (predict and evaluate also take --set postprocess.tune=false: the config's values)")
 
 
 def load_params(cfg: Config, run=None) -> PostParams:

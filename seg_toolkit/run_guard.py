@@ -21,7 +21,7 @@ from pathlib import Path
 
 from .config import Config, ConfigError
 from .config_yaml import read_yaml
-from .files import aside_folder, stale_asides
+from .files import aside_folder, read_json, stale_asides
 from .errors import SegToolkitError
 
 log = logging.getLogger(__name__)
@@ -119,9 +119,10 @@ def delete_path(target: Path, announce: bool = True) -> None:
         left = stale_asides(target, "deleting")  # earlier deletions of it that a kill cut short
         if left:
             log.info("removing %s: deletion(s) cut short (their process is gone)", ", ".join(map(str, left)))
-        aside = aside_folder(target, "deleting")  # a kill while deleting leaves the whole folder, or none of it, under its name
-        os.replace(target, aside)
-        for folder in (*left, aside):
+        for folder in (*left, target):  # the leftovers first: one of this pid's would be in the way of the rename
+            if folder == target:  # a kill while deleting leaves the whole folder, or none of it, under its name
+                folder = aside_folder(target, "deleting")
+                os.replace(target, folder)
             shutil.rmtree(folder)
     else:
         target.unlink()  # a file, or a link (never followed)
@@ -177,6 +178,11 @@ class RunGuard:
             return self.folds_csv.name
         if self.ensemble_json.is_file():
             return self.ensemble_json.name
+        try:  # the mark of an OOF rewrite, or of an ensemble's build stopped before its ensemble.json
+            if isinstance((read_json(self.oof_incomplete_json) or {}).get("command"), str):
+                return self.oof_incomplete_json.name
+        except ConfigError:
+            pass
         if audit and first_line(self.audit_problems_csv).strip() == "kind,where,message":  # `audit` before `train`
             return self.audit_problems_csv.name
         for p in self.dir.glob("fold_*"):

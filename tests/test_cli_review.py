@@ -316,6 +316,8 @@ def test_a_run_saves_its_data_root_absolute_and_reads_it_from_any_directory(demo
 @pytest.mark.parametrize("command, said", [
     ("train", "interrupted; finished epochs are checkpointed: add --resume to continue"),
     ("predict", "interrupted; what it had not finished is not used; run the command again"),
+    ("ensemble", "interrupted; what it had not finished is not used; run it again with --overwrite"),
+    ("demo", "interrupted; finished epochs are checkpointed: run it again to continue"),
 ])
 def test_ctrl_c_says_what_the_command_can_do(command, said, monkeypatch, capsys):
     """Ctrl-C in predict or tune --tta said 'finished epochs are checkpointed: add --resume', which they have not."""
@@ -325,5 +327,5 @@ def test_ctrl_c_says_what_the_command_can_do(command, said, monkeypatch, capsys)
         raise KeyboardInterrupt
 
     monkeypatch.setattr(commands, f"cmd_{command}", stopped)
-    assert main([command, "x.yaml"]) == 130
+    assert main([command, *({"ensemble": ["a", "b"]}.get(command, ["x.yaml"]))]) == 130
     assert capsys.readouterr().err.strip() == said

@@ -9,7 +9,6 @@ own inputs, and its saved test probabilities must be the weighted mean of each m
 from __future__ import annotations
 
 import os
-import re
 import shutil
 from pathlib import Path
 
@@ -655,12 +654,18 @@ def test_an_ensemble_stopped_before_its_cv_json_is_refused_until_made_again(trai
     ens = Run(runs / "ens")
     assert ens.is_ensemble and not ens.cv_json.exists()
     ens_cfg = load_config(ens.config_yaml, [f"runs_dir={runs}"])
-    again = f"seg-toolkit ensemble {runs / 'a'} {runs / 'b'} --name ens --space prob --weights 0.5 0.5 --overwrite"
-    with pytest.raises(SegToolkitError, match=r"stopped .* before its OOF files and cv.json were all written .*; run it again"):
-        predict_test(ens_cfg, out=tmp_path / "x.csv")
-    with pytest.raises(SegToolkitError, match=re.escape(f"`{again}`")):
+    with pytest.raises(SegToolkitError, match=r"the `seg-toolkit ensemble` that made it stopped .* before its OOF files "
+                                              r"and cv.json were all written .*oof_incomplete.json\); run that command "
+                                              r"again with --overwrite"):
         predict_test(ens_cfg, out=tmp_path / "x.csv")
     assert not (tmp_path / "x.csv").exists()
+    with pytest.raises(FileExistsError, match="pass --overwrite"):
+        build_ensemble(cfgs, name="ens", weights=[0.5, 0.5])
+    # stopped right after its mark, before ensemble.json: the folder holds the mark alone, and --overwrite takes it
+    for p in sorted(ens.dir.iterdir()):
+        if p != ens.oof_incomplete_json:
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+    assert not ens.is_ensemble
     with pytest.raises(FileExistsError, match="pass --overwrite"):
         build_ensemble(cfgs, name="ens", weights=[0.5, 0.5])
     build_ensemble(cfgs, name="ens", weights=[0.5, 0.5], overwrite=True)
@@ -675,8 +680,9 @@ def test_a_run_stopped_between_cv_json_and_its_tuning_is_not_predicted_untuned(t
     run = Run(runs / "a")
     tuned = read_json(run.postprocess_json)
     run.postprocess_json.unlink()
-    with pytest.raises(ConfigError, match=r"postprocess.tune is true and cv.json scores every fold, but there is no "
-                                          r"postprocess.json .*run `seg-toolkit tune .*a`, or add --set postprocess.tune=false"):
+    with pytest.raises(ConfigError, match=r"trained with postprocess.tune true and cv.json scores every fold, but there is "
+                                          r"no postprocess.json .*run `seg-toolkit tune .*a` \(predict and evaluate also "
+                                          r"take --set postprocess.tune=false"):
         predict_test(cfgs[0], out=tmp_path / "x.csv")
     untuned = load_config(run.config_yaml, [f"runs_dir={runs}", "postprocess.tune=false"])
     assert predict_test(untuned, out=tmp_path / "y.csv").is_file()  # the config's values, as asked
@@ -685,3 +691,9 @@ def test_a_run_stopped_between_cv_json_and_its_tuning_is_not_predicted_untuned(t
     tune_postprocess(cfgs[0], run.dir)
     assert read_json(run.postprocess_json)["params"] == tuned["params"]
     assert predict_test(cfgs[0], out=tmp_path / "x.csv").is_file()
+    # a run trained with tune: false predicts with the config's values, whatever the predicting config says
+    from seg_toolkit.config import save_config
+
+    run.postprocess_json.unlink()
+    save_config(untuned, run.config_yaml)
+    assert predict_test(cfgs[0], out=tmp_path / "z.csv").is_file()

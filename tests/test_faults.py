@@ -348,7 +348,12 @@ def test_a_deletion_cut_short_leaves_no_half_folder_and_its_leftover_goes_next_t
     run.mkdir()
     (run / "config.yaml").write_text("x")
     (run / "fold_1").mkdir()
-    (run / "fold_1" / aside_folder(run / "fold_1", "deleting").name).mkdir()  # a fold deletion's leftover inside a run
+    aside_folder(run / "fold_1", "deleting").mkdir()  # `train --fold 1 --overwrite` cut short, inside the run
     assert Run(run).foreign_entries() == []
     delete_path(run)
     assert not run.exists() and not gone.exists() and list(run.parent.iterdir()) == []
+    # this pid's own leftover (a container's command is pid 1 again after a restart): it was in the way of the rename
+    (aside_folder(run, "deleting") / "fold_0").mkdir(parents=True)
+    run.mkdir()
+    delete_path(run)
+    assert list(run.parent.iterdir()) == []

@@ -139,9 +139,9 @@ def test_write_json_writes_standard_json(tmp_path):
     from seg_toolkit.files import nan_if_null, read_json, write_json
     path = write_json(tmp_path / "x.json", {"a": float("nan"), "b": [1.5, np.float32("inf"), -np.inf],
                                             "c": np.array([np.nan, 2.0]), "d": (np.int64(3), np.bool_(True)),
-                                            "e": {"f": np.float64(0.25)}, "g": None})
+                                            "e": {"f": np.float64(0.25), np.int64(2): 1}, "g": None})
     data = json.loads(path.read_text(), parse_constant=_refuse)
-    assert data == {"a": None, "b": [1.5, None, None], "c": [None, 2.0], "d": [3, True], "e": {"f": 0.25}, "g": None}
+    assert data == {"a": None, "b": [1.5, None, None], "c": [None, 2.0], "d": [3, True], "e": {"f": 0.25, "2": 1}, "g": None}
     assert read_json(path) == data and np.isnan(nan_if_null(data["a"])) and nan_if_null(data["e"]["f"]) == 0.25
 
 

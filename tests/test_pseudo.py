@@ -214,6 +214,20 @@ def test_an_ensemble_teacher_whose_member_changed_is_refused(demo_root, teacher,
         run_cv(student)
 
 
+def test_a_teacher_stopped_before_its_tuning_is_refused_before_the_student_writes(demo_root, teacher, tmp_path):
+    """A teacher trained to be tuned but stopped between cv.json and postprocess.json labels with untuned masks: refused,
+    before the student's config.yaml, folds.csv and fold_0/ are written (it was found when the labels were made)."""
+    import shutil
+
+    runs = tmp_path / "runs"
+    shutil.copytree(teacher / "teacher", runs / "teacher")
+    (runs / "teacher" / "postprocess.json").unlink()
+    cfg = _student(demo_root, runs, "student")
+    with pytest.raises(ConfigError, match=r"teacher: trained with postprocess.tune true .* no postprocess.json"):
+        run_cv(cfg)
+    assert not Run.of(cfg).dir.exists()
+
+
 def test_a_teacher_without_a_fold_to_label_is_refused_before_any_fold_trains(demo_root, teacher, tmp_path):
     """It was refused when fold 1 started, after fold 0 had trained (and spent its time budget)."""
     import shutil

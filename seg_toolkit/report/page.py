@@ -171,10 +171,12 @@ def _ensemble_html(d: ReportData) -> str:
     # each member's score on the ensemble's OOF images as cv.json recorded it when the ensemble was made (its members
     # in ensemble.json's order; matched by name, cv.json's path never met ensemble.json's ../<member>, and the page
     # showed the member's own cv.json, on other folds' images too), else its own cv.json, said so
-    known = [m.get("score") for m in ((d.cv or {}).get("ensemble") or {}).get("members", [])]
+    known = ((d.cv or {}).get("ensemble") or {}).get("members", [])
     rows = []
     for i, m in enumerate(d.ensemble.get("members", [])):
-        score, own = (known[i], False) if i < len(known) and known[i] is not None else (None, True)
+        # a score cv.json holds as null (NaN, standard JSON) is a score: a dash, not the member's own cv.json
+        mine = known[i] if i < len(known) and isinstance(known[i], dict) else {}
+        score, own = (mine["score"], False) if "score" in mine else (None, True)
         if own:
             try:
                 score = (read_json(Run(d.run_dir / str(m.get("run", ""))).cv_json) or {}).get("score")
