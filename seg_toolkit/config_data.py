@@ -41,6 +41,10 @@ class DataConfig:
     id_column: str = "id"
     rle_column: str = "rle_mask"
     class_column: Optional[str] = None  # csv layout, one row per image and class (1-based ids)
+    # csv layout, one row per image and class with the class in the id (no class column): how id_column's values
+    # combine them, "{id}_{cls}" (Severstal's first train.csv: 0002cc93b.jpg_1) or "{id}_{name}" (Understanding
+    # Clouds' Image_Label: 0011165.jpg_Fish, names from class_names)
+    id_format: Optional[str] = None
     rle_order: Literal["F", "C"] = "F"  # pixel order of the RLE: F column-major (Kaggle), C row-major
     # csv layout, the RLE style of train_csv (as submission.rle_index_base / rle_starts / empty_token; SIIM: 0, relative, '-1')
     rle_index_base: int = 1  # starts number pixels from 1 (Kaggle) or 0

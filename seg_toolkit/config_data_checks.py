@@ -18,19 +18,33 @@ __all__ = ["check_data_config", "LOSSY_MASK_EXTS"]
 
 def check_data_config(cfg: Config) -> None:
     """Every rule on ``data.*`` keys, in order."""
-    for check in (_check_data, _check_masks, _check_mask_layouts, _check_border_weight, _check_bands):
+    for check in (_check_id_format, _check_data, _check_masks, _check_mask_layouts, _check_border_weight, _check_bands):
         check(cfg)
 
 
 def class_column_missing(d) -> str | None:
     """What is wrong when a multilabel or multiclass task reads its masks from RLE rows without ``data.class_column``
     (checked at load; the CSV reader says it too for a config changed after loading); None when nothing is."""
-    if d.layout != "csv" or d.task == "binary" or d.class_column is not None:
+    if d.layout != "csv" or d.task == "binary" or d.class_column is not None or d.id_format is not None:
         return None
     return (f"data.class_column: a {d.task} task read from a CSV (data.layout: csv, the default) needs a class column "
-            "(one row per image and class: Severstal's ClassId; mask files are read with data.layout: folder). Severstal's older train.csv, ids such as '0002cc93b.jpg_1' in ImageId_ClassId, "
-            "must be split into two columns first: df[['ImageId', 'ClassId']] = "
-            "df['ImageId_ClassId'].str.rsplit('_', n=1, expand=True)")
+            "(one row per image and class: Severstal's ClassId; mask files are read with data.layout: folder), or "
+            "data.id_format when the id holds the class: '{id}_{cls}' for Severstal's older train.csv (ids such as "
+            "'0002cc93b.jpg_1' in ImageId_ClassId), '{id}_{name}' for Understanding Clouds' Image_Label")
+
+
+def _check_id_format(cfg: Config) -> None:
+    """``data.id_format``: the class in the ids of the training CSV's rows, one per image and class."""
+    d = cfg.data
+    if d.id_format is None:
+        return
+    if d.layout != "csv" or d.task == "binary" or d.class_column is not None:
+        raise ConfigError(f"data.id_format: {d.id_format!r} reads the class out of the training CSV's ids: a multilabel "
+                          f"or multiclass task in the csv layout without data.class_column (data.task is {d.task}, "
+                          f"data.layout {d.layout}, data.class_column {d.class_column!r})")
+    from .config_submission_checks import check_id_format
+
+    check_id_format(d.id_format, "data.id_format", True, bool(d.class_names or d.classes_csv))
 
 
 def _check_data(cfg: Config) -> None:

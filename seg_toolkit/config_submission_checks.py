@@ -77,28 +77,37 @@ def check_submission_config(cfg: Config) -> None:
             f"so it needs submission.per_class: true (one row per image and class, ids from submission.id_format), "
             "or submission.class_column (the class in a column of its own, e.g. Severstal's ClassId)"
         )
-    fmt = s.id_format
-    where = f"submission.id_format: {fmt!r}"
+    check_id_format(s.id_format, "submission.id_format", s.per_class, _names_given(cfg))
+
+
+def _names_given(cfg: Config) -> bool:
+    return bool(cfg.data.class_names or cfg.data.classes_csv)
+
+
+def check_id_format(fmt: str, key: str, with_class: bool, names_given: bool) -> None:
+    """An id that holds the image id and (``with_class``) the class, as ``submission.id_format`` writes and
+    ``data.id_format`` reads it: ``{id}`` once, and one of ``{cls}`` (the class number) or ``{name}`` (the class name,
+    from data.class_names or data.classes_csv: Understanding Clouds' ``0011165.jpg_Fish``)."""
+    where = f"{key}: {fmt!r}"
     try:
         fields = [(name, spec, conv) for _, name, spec, conv in string.Formatter().parse(fmt) if name is not None]
     except ValueError as e:
         raise ConfigError(f"{where} is not a valid format string ({e}); use {{id}} and {{cls}}, e.g. '{{id}}_{{cls}}'") from None
     names = [name for name, _, _ in fields]
     for name, spec, conv in fields:
-        if name not in ("id", "cls"):
-            raise ConfigError(f"{where}: unknown field {{{name}}}; only {{id}} and {{cls}} are filled in")
+        if name not in ("id", "cls", "name"):
+            raise ConfigError(f"{where}: unknown field {{{name}}}; only {{id}}, {{cls}} and {{name}} are filled in")
         if spec or conv:
-            # sample submission ids are split back into id and class with the plain fields
+            # ids are split back into id and class with the plain fields
             raise ConfigError(f"{where}: write the field as {{{name}}}, without a format spec or conversion")
-    needed = ("id", "cls") if s.per_class else ("id",)
-    for name in needed:
-        if names.count(name) != 1:
-            also = " (submission.per_class is true)" if name == "cls" else ""
-            raise ConfigError(f"{where} must contain {{{name}}} exactly once{also}, e.g. '{{id}}_{{cls}}'")
-    try:
-        fmt.format(id="x", cls=1)
-    except (KeyError, IndexError, ValueError, AttributeError) as e:  # pragma: no cover - caught above
-        raise ConfigError(f"{where} does not format ({type(e).__name__}: {e})") from None
+    if names.count("id") != 1:
+        raise ConfigError(f"{where} must contain {{id}} exactly once, e.g. '{{id}}_{{cls}}'")
+    if with_class and names.count("cls") + names.count("name") != 1:
+        also = " (submission.per_class is true)" if key == "submission.id_format" else ""
+        raise ConfigError(f"{where} must contain {{cls}} (the class number) or {{name}} (its name) exactly once{also}, "
+                          "e.g. '{id}_{cls}'")
+    if "name" in names and not names_given:
+        raise ConfigError(f"{where}: {{name}} is a class name: set data.class_names (or data.classes_csv)")
 
 
 def _check_empty_token(key: str, spec: RLESpec, why: str) -> None:

@@ -321,7 +321,13 @@ def row_ids(cfg: Config, image_id: str) -> list[str]:
     """One image's submission row ids: one per submitted class (``submission.id_format``), or the image id (also
     with a class column, whose rows repeat it)."""
     s = cfg.submission
-    return [s.id_format.format(id=image_id, cls=k) for k in submission_classes(cfg)] if s.per_class else [image_id]
+    if not s.per_class:
+        return [image_id]
+    from .data.colors import class_names  # lazy: the data package imports torch
+
+    names = class_names(cfg)
+    first = 0 if cfg.data.task == "multiclass" else 1  # class k's name (data.colors.class_ids_by_name)
+    return [s.id_format.format(id=image_id, cls=k, name=names[k - first]) for k in submission_classes(cfg)]
 
 
 def repeated_ids(cfg: Config) -> bool:

@@ -30,12 +30,14 @@ def score_submission(csv_path: str | Path, solution_path: str | Path, cfg: Confi
 
     from .data import load_test_samples
     from .data.io import image_size
-    from .data.sources import parse_submission_id
+    from .data.colors import class_ids_by_name
+    from .data.sources import class_of_match, parse_submission_id
     from .evaluator import Evaluator
 
     s, d = cfg.submission, cfg.data
     spec = submission_spec(cfg)
-    split = parse_submission_id(s.id_format) if s.per_class else None
+    by_name = class_ids_by_name(cfg)
+    split = parse_submission_id(s.id_format, by_name) if s.per_class else None
     default_cls = submission_classes(cfg)[0]
     allowed = set(submission_classes(cfg))
 
@@ -56,7 +58,7 @@ def score_submission(csv_path: str | Path, solution_path: str | Path, cfg: Confi
                 m = split.fullmatch(row_id)
                 if m is None:
                     raise SubmissionError(f"{where}: the id does not read as submission.id_format {s.id_format!r}")
-                image_id, cls = m.group("id"), m.group("cls")
+                image_id, cls = m.group("id"), str(class_of_match(m, by_name))
             try:
                 c = int(cls)
             except ValueError:

@@ -267,15 +267,16 @@ def test_severstal_sample_without_class_column_names_the_key(severstal, tmp_path
 
 def test_a_multilabel_csv_without_a_class_column_names_the_old_severstal_form(demo_root, tmp_path):
     """Severstal's first train.csv has ImageId_ClassId ids and no class column: refused when the config loads (it was
-    found when train.csv was read), saying how to split the ids; the CSV reader says the same of a config changed
-    after loading."""
+    found when train.csv was read), naming data.id_format; the CSV reader says the same of a config changed after
+    loading."""
     import dataclasses
 
     from seg_toolkit.data import load_train_samples
 
     d = demo_dict(demo_root, tmp_path / "runs")
     d["data"] = {k: v for k, v in d["data"].items() if k != "class_column"}
-    message = r"data.class_column: a multilabel task read from a CSV .*needs a class column .*ImageId_ClassId.*str.rsplit\('_', n=1, expand=True\)"
+    message = (r"data.class_column: a multilabel task read from a CSV .*needs a class column .*or data.id_format when the "
+               r"id holds the class: '\{id\}_\{cls\}' for Severstal's older train.csv .*ImageId_ClassId")
     with pytest.raises(ConfigError, match=message):
         config_from_dict(d)
     cfg = config_from_dict(demo_dict(demo_root, tmp_path / "runs"))
@@ -303,3 +304,85 @@ def test_a_submission_of_some_classes_is_scored_on_those(severstal, tmp_path):
     wrong.to_csv(lossy, index=False)
     assert len(full) < len(sol)  # fewer pairs than all the classes give
     assert score_submission(lossy, solution, some) == pytest.approx(1 - 1 / len(full))
+
+
+def _named_ids_competition(demo_root, root, names):
+    """The demo competition with Understanding Clouds' ids: Image_Label '<image>_<class name>' in train.csv, the
+    sample and the solution (no class column)."""
+    shutil.copytree(demo_root, root)
+    train = pd.read_csv(demo_root / "train.csv", dtype=str, keep_default_na=False)
+    pd.DataFrame({"Image_Label": train.ImageId + "_" + train.ClassId.map(lambda c: names[int(c) - 1]),
+                  "EncodedPixels": train.EncodedPixels}).to_csv(root / "train.csv", index=False)
+    for name in ("sample_submission.csv", "test_solution.csv"):
+        df = pd.read_csv(demo_root / name, dtype=str, keep_default_na=False)
+        image, cls = df.ImageId_ClassId.str.rsplit("_", n=1).str[0], df.ImageId_ClassId.str.rsplit("_", n=1).str[1]
+        pd.DataFrame({"Image_Label": image + "_" + cls.map(lambda c: names[int(c) - 1]),
+                      "EncodedPixels": df.EncodedPixels}).to_csv(root / name, index=False)
+
+
+def test_class_names_in_the_ids_train_and_submit_as_class_numbers_do(demo_root, tmp_path):
+    """Understanding Clouds' Image_Label ('0011165.jpg_Fish') and Severstal's first train.csv ('0002cc93b.jpg_1') hold
+    the class in the id: data.id_format reads them ({name} through data.class_names), submission.id_format writes
+    them. The same run as with a class column: the same CV score and the same masks, row for row."""
+    from seg_toolkit.data import load_train_samples
+    from seg_toolkit.submission_score import score_submission
+
+    names = ["Fish", "Fish_Sugar", "Sugar"]  # one name the end of another: the longest is tried first
+    root = tmp_path / "clouds"
+    _named_ids_competition(demo_root, root, names)
+    base = demo_dict(demo_root, tmp_path / "runs", experiment="numbers", postprocess={"tune": False})
+    clouds = demo_dict(root, tmp_path / "runs", experiment="names", postprocess={"tune": False},
+                       data={**base["data"], "root": str(root), "id_column": "Image_Label", "class_column": None,
+                             "id_format": "{id}_{name}", "class_names": names},
+                       submission={**base["submission"], "id_format": "{id}_{name}", "path": str(tmp_path / "names.csv")})
+    numbers, named = config_from_dict(base), config_from_dict(clouds)
+    assert [(s.id, s.rles) for s in load_train_samples(named)] == [(s.id, s.rles) for s in load_train_samples(numbers)]
+    assert run_cv(named)["score"] == run_cv(numbers)["score"]
+    by_name = pd.read_csv(predict_test(named), dtype=str, keep_default_na=False)
+    by_number = pd.read_csv(predict_test(numbers), dtype=str, keep_default_na=False)
+    assert by_name.Image_Label.tolist()[:3] == [f"{by_number.ImageId_ClassId[0][:-2]}_{n}" for n in names]
+    assert by_name.EncodedPixels.tolist() == by_number.EncodedPixels.tolist()
+    assert check_submission(predict_test(named, overwrite=True), root / "sample_submission.csv") == []
+    assert score_submission(predict_test(named, overwrite=True), root / "test_solution.csv", named) == \
+        score_submission(predict_test(numbers, overwrite=True), demo_root / "test_solution.csv", numbers)
+    # Severstal's first train.csv: the class number in the id
+    severstal = tmp_path / "severstal"
+    shutil.copytree(demo_root, severstal)
+    train = pd.read_csv(demo_root / "train.csv", dtype=str, keep_default_na=False)
+    pd.DataFrame({"ImageId_ClassId": train.ImageId + "_" + train.ClassId, "EncodedPixels": train.EncodedPixels}).to_csv(
+        severstal / "train.csv", index=False)
+    v1 = config_from_dict(demo_dict(severstal, tmp_path / "runs", data={**base["data"], "root": str(severstal),
+                          "id_column": "ImageId_ClassId", "class_column": None, "id_format": "{id}_{cls}"}))
+    assert [(s.id, s.rles) for s in load_train_samples(v1)] == [(s.id, s.rles) for s in load_train_samples(numbers)]
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"id_format": "{id}_{cls}"}, r"data.id_format: '\{id\}_\{cls\}' reads the class out of the training CSV's ids: "
+                                  r".*without data.class_column \(.*data.class_column 'ClassId'\)"),
+    ({"class_column": None, "id_format": "{id}_{name}"}, r"data.id_format: '\{id\}_\{name\}': \{name\} is a class name: "
+                                                         r"set data.class_names"),
+    ({"class_column": None, "id_format": "{id}"}, r"data.id_format: '\{id\}' must contain \{cls\} \(the class number\) "
+                                                  r"or \{name\} \(its name\) exactly once"),
+    ({"class_column": None, "id_format": "{id}_{cls}", "layout": "folder"}, r"data.id_format: .* csv layout"),
+])
+def test_id_format_checked_at_load(demo_root, tmp_path, data, message):
+    base = demo_dict(demo_root, tmp_path / "runs")
+    with pytest.raises(ConfigError, match=message):
+        config_from_dict({**base, "data": {**base["data"], **data}})
+
+
+def test_an_id_that_does_not_read_as_the_id_format_names_its_line(demo_root, tmp_path):
+    from seg_toolkit.data import load_train_samples
+    from seg_toolkit.data.io import DataError
+
+    root = tmp_path / "clouds"
+    _named_ids_competition(demo_root, root, ["Fish", "Flower", "Sugar"])
+    text = (root / "train.csv").read_text().splitlines()
+    text[3] = text[3].replace("_Sugar,", "_Gravel,")
+    (root / "train.csv").write_text("\n".join(text) + "\n")
+    base = demo_dict(root, tmp_path / "runs")
+    cfg = config_from_dict({**base, "data": {**base["data"], "id_column": "Image_Label", "class_column": None,
+                                              "id_format": "{id}_{name}", "class_names": ["Fish", "Flower", "Sugar"]}})
+    with pytest.raises(DataError, match=r"train.csv line 4 \(id '[0-9a-f]+_Gravel'\): the id does not read as "
+                                        r"data.id_format '\{id\}_\{name\}' \(class names \['Fish', 'Flower', 'Sugar'\]\)"):
+        load_train_samples(cfg)

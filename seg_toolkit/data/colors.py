@@ -91,6 +91,13 @@ def class_names(cfg: Config) -> list[str]:
     return [f"class_{i + first}" for i in range(d.num_classes)]
 
 
+def class_ids_by_name(cfg: Config) -> dict[str, int]:
+    """Each class name's number as rows and ids write it (multilabel and binary 1..K, multiclass 0..K-1): what
+    ``{name}`` in ``data.id_format`` / ``submission.id_format`` and names in a class column stand for."""
+    first = 0 if cfg.data.task == "multiclass" else 1
+    return {name: i + first for i, name in enumerate(class_names(cfg))}
+
+
 def class_colors(cfg: Config) -> np.ndarray:
     """``uint8 (num_classes, 3)`` display colours: ``data.mask_colors``, classes CSV r,g,b, else a fixed palette."""
     n, d = cfg.data.num_classes, cfg.data

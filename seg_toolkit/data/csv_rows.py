@@ -99,7 +99,15 @@ def read_train_csv(cfg: Config, on_problem: OnProblem = raise_problem) -> tuple[
         on_problem("config", "data.class_column", missing)
         return [], set()
     spec = train_rle_spec(cfg)
-    n_cls = 1 if d.class_column is None else (d.num_classes if d.task == "multilabel" else d.num_classes - 1)
+    per_class = d.class_column is not None or d.id_format is not None
+    n_cls = 1 if not per_class else (d.num_classes if d.task == "multilabel" else d.num_classes - 1)
+    split, by_name = None, {}
+    if d.id_format is not None:  # the class in the id: Severstal's first train.csv, Understanding Clouds
+        from .colors import class_ids_by_name
+        from .sources import class_of_match, parse_submission_id  # lazy: sources imports this module
+
+        by_name = class_ids_by_name(cfg)
+        split = parse_submission_id(d.id_format, by_name)
     rows: dict[str, list[list[str]]] = {}  # id -> per channel, its rows
     first: dict[str, int] = {}
     filled: dict[tuple[str, int], tuple[int, bool]] = {}  # (id, channel) -> (line, non-empty) of its first row
@@ -113,6 +121,13 @@ def read_train_csv(cfg: Config, on_problem: OnProblem = raise_problem) -> tuple[
         line = _line(k, df)
         where = f"{path} line {line}"
         named = f"{where} (id {image_id!r})"
+        if split is not None:
+            m = split.fullmatch(str(image_id))
+            if m is None:
+                on_problem("bad_id", where, f"{named}: the id does not read as data.id_format {d.id_format!r}"
+                           + (f" (class names {list(by_name)})" if "{name}" in d.id_format else ""))
+                continue
+            image_id, cls = m.group("id"), class_of_match(m, by_name)
         try:
             check_id(image_id, named)
         except DataError as e:

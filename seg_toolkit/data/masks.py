@@ -157,7 +157,7 @@ def check_rle_ends(sample: Sample, cfg: Config, hw: tuple[int, int]) -> None:
         for line, end in rows:
             if end > n:
                 d, spec = cfg.data, train_rle_spec(cfg)
-                where = f"{cfg.data_path(d.train_csv)} line {line} (id {sample.id!r}{f', class {c}' if d.class_column else ''})"
+                where = f"{cfg.data_path(d.train_csv)} line {line} (id {sample.id!r}{f', class {c}' if d.class_column or d.id_format else ''})"
                 if len(rows) == 1 and sample.rles is not None:  # the row's own string: the error quotes its run
                     try:
                         spec.runs(sample.rles[c - 1], n, where)

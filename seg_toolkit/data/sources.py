@@ -26,7 +26,7 @@ import logging
 import re
 from collections import Counter
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 from ..config import Config
 from ..errors import closest
@@ -333,17 +333,26 @@ def load_list_samples(cfg: Config, lists: list[str]) -> list[Sample]:
     return list(iter_list_samples(cfg, lists))
 
 
-_FORMAT_FIELD = re.compile(r"\{(id|cls)\}")
+_FORMAT_FIELD = re.compile(r"\{(id|cls|name)\}")
 
 
-def parse_submission_id(fmt: str) -> re.Pattern:
-    """A regex that splits a per-class submission id made with ``fmt`` back into id and class."""
+def parse_submission_id(fmt: str, names: Iterable[str] = ()) -> re.Pattern:
+    """A regex that splits an id made with ``fmt`` (``submission.id_format``, ``data.id_format``) back into id and class:
+    group ``cls`` (a number) or ``name`` (one of ``names``); :func:`class_of_match` reads it."""
     pattern, pos = "", 0
+    alternatives = "|".join(re.escape(n) for n in names) or "(?!)"
     for m in _FORMAT_FIELD.finditer(fmt):
         pattern += re.escape(fmt[pos : m.start()])
-        pattern += "(?P<id>.+)" if m.group(1) == "id" else r"(?P<cls>\d+)"
+        # the id as short as the rest allows: a name that ends another ('Sugar', 'Fish_Sugar') is the longer one
+        pattern += {"id": "(?P<id>.+?)", "cls": r"(?P<cls>\d+)", "name": f"(?P<name>{alternatives})"}[m.group(1)]
         pos = m.end()
     return re.compile(pattern + re.escape(fmt[pos:]))
+
+
+def class_of_match(m: re.Match, by_name: dict[str, int]) -> int:
+    """The class number of an id :func:`parse_submission_id` split: its ``cls``, or its ``name``'s number."""
+    groups = m.groupdict()
+    return int(groups["cls"]) if groups.get("cls") is not None else by_name[groups["name"]]
 
 
 def load_test_samples(cfg: Config, images: bool = True) -> list[Sample]:
@@ -366,7 +375,7 @@ def load_test_samples(cfg: Config, images: bool = True) -> list[Sample]:
             raise DataError(f"{sample_path}: no column {id_col!r} (submission.id_column); it has {list(df.columns)}")
         ids: list[str] = []
         seen: set[str] = set()
-        split = parse_submission_id(s.id_format) if s.per_class else None
+        split = parse_submission_id(s.id_format, class_names(cfg)) if s.per_class else None
         for k, raw in enumerate(df[id_col].tolist()):
             where = f"{sample_path} line {_line(k, df)}"
             if split is not None:
