@@ -247,3 +247,17 @@ def test_a_machine_that_only_emulates_the_recorded_bf16_leaves_amp_json_alone(de
     monkeypatch.setattr(amp_mod, "measure_cpu_bf16", lambda *a, **k: pytest.fail("measured again"))
     assert Member.load(run).amp(1, CPU).mode == "bf16"
     assert "fallback" not in measured and resolve_amp("auto", CPU, measured).fallback is False
+
+
+def test_an_explicit_fp16_that_runs_fp32_on_this_device_is_a_warning(demo_root, tmp_path, caplog):
+    """`train.amp: fp16` on a CPU trains in fp32; it was said at INFO only, beside auto's choices."""
+    import logging
+
+
+    cfg = config_from_dict(demo_dict(demo_root, tmp_path / "runs", train={"epochs": 1, "batch_size": 4, "num_workers": 0,
+                                                                         "amp": "fp16", "device": "cpu"},
+                                     folds={"n_splits": 2, "method": "kfold", "seed": 0, "only": [0]}))
+    with caplog.at_level(logging.INFO):
+        run_cv(cfg)
+    said = [r for r in caplog.records if "amp none (train.amp: fp16; fp16 runs on CUDA only; fp32 on cpu)" in r.getMessage()]
+    assert said and said[0].levelno == logging.WARNING
