@@ -234,13 +234,12 @@ def _run_cv(cfg: Config, folds: list[int] | None, resume: bool, overwrite: bool)
                        tuple(cfg.transforms.resize) if cfg.transforms.resize else None)
     samples = load_train_samples(cfg)
     check_train_samples(samples, cfg)  # images present, some foreground: before anything is written
-    if d.is_main:  # a crop larger than the smallest images too, the test images that pseudo-labels add included
-        from .data.sources import load_test_samples
-
-        check_train_transforms(samples + (load_test_samples(cfg) if cfg.pseudo.teacher else []), cfg)
     if d.is_main:
+        from .data.sources import load_test_samples
         from .inference import check_sample_submission  # lazy: the predictor's modules
 
+        # a crop larger than the smallest images too, the test images that pseudo-labels add included
+        check_train_transforms(samples + (load_test_samples(cfg) if cfg.pseudo.teacher else []), cfg)
         check_sample_submission(cfg)  # the sample submission against submission.*: now, not after the folds
     check_init_run(cfg, folds)  # train.init_from: a run folder read as this one reads, every fold trained there
     teacher = teacher_run(cfg)  # pseudo.teacher: a run folder; both checked before anything is written
