@@ -323,11 +323,12 @@ def row_ids(cfg: Config, image_id: str) -> list[str]:
     s = cfg.submission
     if not s.per_class:
         return [image_id]
-    from .data.colors import class_names  # lazy: the data package imports torch
+    if "{name}" not in s.id_format:
+        return [s.id_format.format(id=image_id, cls=k) for k in submission_classes(cfg)]
+    from .data.colors import class_ids_by_name  # lazy: the data package imports torch
 
-    names = class_names(cfg)
-    first = 0 if cfg.data.task == "multiclass" else 1  # class k's name (data.colors.class_ids_by_name)
-    return [s.id_format.format(id=image_id, cls=k, name=names[k - first]) for k in submission_classes(cfg)]
+    name_of = {k: name for name, k in class_ids_by_name(cfg).items()}
+    return [s.id_format.format(id=image_id, name=name_of[k]) for k in submission_classes(cfg)]
 
 
 def repeated_ids(cfg: Config) -> bool:
