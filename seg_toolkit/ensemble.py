@@ -334,45 +334,48 @@ def _build_ensemble(cfgs: list[Config], name: str | None, weights: Sequence[floa
     if out.dir.exists() and any(out.dir.iterdir()):  # --overwrite: the old ensemble goes once the new one is chosen
         out.remove(lead)
     out.dir.mkdir(parents=True, exist_ok=True)
-    # until its OOF files and cv.json are written the run is marked: a stopped build is refused by predict, tune and
-    # bundle, which say to run the ensemble again (it had predicted with 20 of 64 OOF files, untuned, exit 0)
-    mark_oof_rewrite(out, ENSEMBLE_MARK + name)
-    # how each member's OOF files were made: predict warns when a member predicts otherwise later (tune --tta, oof --set)
-    members = [{"run": out.member_ref(r), "weight": w, "oof": (read_json(r.cv_json) or {}).get("oof"),
-                "fingerprint": member_fingerprint(r, folds)} for r, w in zip(runs, chosen)]
-    write_json(out.ensemble_json, {"members": members, "space": space, "folds": folds, "weights_search": search})
-    save_config(anchored(ens_cfg), out.config_yaml)
-    shutil.copyfile(runs[0].folds_csv, out.folds_csv)
-    if runs[0].fold_balance_csv.is_file():
-        shutil.copyfile(runs[0].fold_balance_csv, out.fold_balance_csv)
-    # the classifier's presence, as the predictor merges it: probability space, over the members that have one
-    with_presence = [(r, w) for r, w in zip(runs, chosen) if has_presence(r.config()) and w > 0]
-    presence_total = sum(w for _, w in with_presence)
-    for s, _, probs, _ in tqdm(oof, total=len(oof.items), desc="ensemble OOF", leave=False, disable=None):
-        write_npy(out.oof_path(s.id), probs_to_uint8(merge_probs(probs, chosen, space, ens_cfg.data.task)))
-        if with_presence:
-            merged = None  # as the predictor merges it (add_weighted, the members' order)
-            for r, w in with_presence:
-                merged = add_weighted(merged, w / presence_total,
-                                      torch.from_numpy(uint8_to_probs(read_oof(r.oof_presence_path(s.id), ndim=1))))
-            write_npy(out.oof_presence_path(s.id), probs_to_uint8(merged))
+    # the ensemble's own lock while it is made: a predict meanwhile is told it is being made, not that it stopped
+    with run_lock(out, f"seg-toolkit ensemble --name {name}: making it"):
+        # until its OOF files and cv.json are written the run is marked: a stopped build is refused by predict, tune and
+        # bundle, which say to run the ensemble again (it had predicted with 20 of 64 OOF files, untuned, exit 0)
+        mark_oof_rewrite(out, ENSEMBLE_MARK + name)
+        # how each member's OOF files were made: predict warns when a member predicts otherwise later (tune --tta,
+        # oof --set)
+        members = [{"run": out.member_ref(r), "weight": w, "oof": (read_json(r.cv_json) or {}).get("oof"),
+                    "fingerprint": member_fingerprint(r, folds)} for r, w in zip(runs, chosen)]
+        write_json(out.ensemble_json, {"members": members, "space": space, "folds": folds, "weights_search": search})
+        save_config(anchored(ens_cfg), out.config_yaml)
+        shutil.copyfile(runs[0].folds_csv, out.folds_csv)
+        if runs[0].fold_balance_csv.is_file():
+            shutil.copyfile(runs[0].fold_balance_csv, out.fold_balance_csv)
+        # the classifier's presence, as the predictor merges it: probability space, over the members that have one
+        with_presence = [(r, w) for r, w in zip(runs, chosen) if has_presence(r.config()) and w > 0]
+        presence_total = sum(w for _, w in with_presence)
+        for s, _, probs, _ in tqdm(oof, total=len(oof.items), desc="ensemble OOF", leave=False, disable=None):
+            write_npy(out.oof_path(s.id), probs_to_uint8(merge_probs(probs, chosen, space, ens_cfg.data.task)))
+            if with_presence:
+                merged = None  # as the predictor merges it (add_weighted, the members' order)
+                for r, w in with_presence:
+                    merged = add_weighted(merged, w / presence_total,
+                                          torch.from_numpy(uint8_to_probs(read_oof(r.oof_presence_path(s.id), ndim=1))))
+                write_npy(out.oof_presence_path(s.id), probs_to_uint8(merged))
 
-    oof.release()
-    from .cv import compute_cv
+        oof.release()
+        from .cv import compute_cv
 
-    member_info = []
-    for r, row in zip(runs, member_rows):
-        pp = read_json(r.postprocess_json) or {}
-        member_info.append({"run": str(r.dir), "weight": chosen[runs.index(r)], "score": row["score"],
-                            "score_after_postprocess": pp.get("after")})
-    cv = compute_cv(ens_cfg, out, extra={"ensemble": {"members": member_info, "space": space, "weights": chosen,
-                                                      "weights_search": search}, "pseudo": _members_pseudo(runs)})
-    end_oof_rewrite(out)  # stopped while tuning: predict refuses a cv.json without the tuning it asks for
-    if ens_cfg.postprocess.tune:
-        from .tune import tune_postprocess
+        member_info = []
+        for r, row in zip(runs, member_rows):
+            pp = read_json(r.postprocess_json) or {}
+            member_info.append({"run": str(r.dir), "weight": chosen[runs.index(r)], "score": row["score"],
+                                "score_after_postprocess": pp.get("after")})
+        cv = compute_cv(ens_cfg, out, extra={"ensemble": {"members": member_info, "space": space, "weights": chosen,
+                                                          "weights_search": search}, "pseudo": _members_pseudo(runs)})
+        end_oof_rewrite(out)  # stopped while tuning: predict refuses a cv.json without the tuning it asks for
+        if ens_cfg.postprocess.tune:
+            from .tune import tune_postprocess
 
-        cv["postprocess"] = tune_postprocess(ens_cfg, out.dir)
-    return cv
+            cv["postprocess"] = tune_postprocess(ens_cfg, out.dir)
+        return cv
 
 
 def _stopped_ensemble(run: Run) -> bool:

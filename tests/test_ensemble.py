@@ -644,7 +644,12 @@ def test_an_ensemble_stopped_before_its_cv_json_is_refused_until_made_again(trai
 
     runs, cfgs = _copy_runs(trained, tmp_path)
 
-    def stopped(*args, **kwargs):
+    from seg_toolkit.run_lock import _holder_of
+
+    held = []
+
+    def stopped(*args, **kwargs):  # while it is made, the ensemble's lock says so to a predict in another process
+        held.append(_holder_of(Run(runs / "ens").lock_file))
         raise KeyboardInterrupt
 
     with monkeypatch.context() as m:
@@ -653,6 +658,7 @@ def test_an_ensemble_stopped_before_its_cv_json_is_refused_until_made_again(trai
             build_ensemble(cfgs, name="ens", weights=[0.5, 0.5])
     ens = Run(runs / "ens")
     assert ens.is_ensemble and not ens.cv_json.exists()
+    assert held[0] is not None and "seg-toolkit ensemble --name ens: making it" in held[0]
     ens_cfg = load_config(ens.config_yaml, [f"runs_dir={runs}"])
     with pytest.raises(SegToolkitError, match=r"the `seg-toolkit ensemble` that made it stopped .* before its OOF files "
                                               r"and cv.json were all written .*oof_incomplete.json\); run that command "
