@@ -53,7 +53,6 @@ def _unused_keys(cfg: Config) -> list[tuple[str, bool, str]]:
         ("postprocess.empty_gate", not multiclass, "binary and multilabel tasks (a multiclass mask is the argmax)"),
         ("metric.threshold", not multiclass, "binary and multilabel tasks (a multiclass mask is the argmax)"),
         ("data.class_column", cfg.data.layout == "csv", "the csv layout (data.train_csv's rows)"),
-        ("data.id_format", cfg.data.layout == "csv", "the csv layout (data.train_csv's rows)"),
         ("metric.empty_score", cfg.metric.name in ("dice", "iou", "auto") and not multiclass or cfg.metric.name in ("dice", "iou"),
          "the per-image dice and iou (what an empty prediction of an empty mask scores)"),
         ("predict.tile_overlap", cfg.predict.tile_size is not None, "predict.tile_size (sliding-window tiles)"),

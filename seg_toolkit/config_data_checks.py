@@ -29,8 +29,9 @@ def class_column_missing(d) -> str | None:
         return None
     return (f"data.class_column: a {d.task} task read from a CSV (data.layout: csv, the default) needs a class column "
             "(one row per image and class: Severstal's ClassId; mask files are read with data.layout: folder), or "
-            "data.id_format when the id holds the class: '{id}_{cls}' for Severstal's older train.csv (ids such as "
-            "'0002cc93b.jpg_1' in ImageId_ClassId), '{id}_{name}' for Understanding Clouds' Image_Label")
+            "data.id_format when the id holds the class, with data.id_column naming that column: '{id}_{cls}' for "
+            "Severstal's older train.csv (ids such as '0002cc93b.jpg_1' in ImageId_ClassId), '{id}_{name}' for "
+            "Understanding Clouds' Image_Label")
 
 
 def _check_id_format(cfg: Config) -> None:

@@ -323,9 +323,11 @@ def row_ids(cfg: Config, image_id: str) -> list[str]:
     s = cfg.submission
     if not s.per_class:
         return [image_id]
-    if "{name}" not in s.id_format:
+    from .data.sources import format_fields  # lazy: the data package imports torch
+
+    if "name" not in format_fields(s.id_format):
         return [s.id_format.format(id=image_id, cls=k) for k in submission_classes(cfg)]
-    from .data.colors import class_ids_by_name  # lazy: the data package imports torch
+    from .data.colors import class_ids_by_name
 
     name_of = {k: name for name, k in class_ids_by_name(cfg).items()}
     return [s.id_format.format(id=image_id, name=name_of[k]) for k in submission_classes(cfg)]

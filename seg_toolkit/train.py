@@ -111,8 +111,9 @@ def train_attempt(cfg: Config, fold: int, samples: list[Sample], folds: pd.DataF
     schedule = LRSchedule(cfg, optimizer, updates_per_epoch)
     loss_fn = build_loss(cfg).to(device)
     amp = run_amp(cfg, run, device, model, loss_fn, train_set, d, lambda b: to_device(b, cfg, device))
-    # an explicit precision this device does not run (fp16 on a CPU: fp32) is a warning; auto's choice is information
-    overridden = amp.requested in ("fp16", "bf16") and amp.mode != amp.requested
+    # an explicit precision this device does not run (fp16 on a CPU: fp32) is a warning, once (rank 0); auto's choice
+    # is information (which the other ranks do not log)
+    overridden = amp.requested in ("fp16", "bf16") and amp.mode != amp.requested and d.is_main
     log.log(logging.WARNING if overridden else logging.INFO, "fold %d: %s", fold, amp.describe())
     scaler = torch.amp.GradScaler(device.type, enabled=amp.uses_scaler)
     state = TrainState()

@@ -276,7 +276,8 @@ def test_a_multilabel_csv_without_a_class_column_names_the_old_severstal_form(de
     d = demo_dict(demo_root, tmp_path / "runs")
     d["data"] = {k: v for k, v in d["data"].items() if k != "class_column"}
     message = (r"data.class_column: a multilabel task read from a CSV .*needs a class column .*or data.id_format when the "
-               r"id holds the class: '\{id\}_\{cls\}' for Severstal's older train.csv .*ImageId_ClassId")
+               r"id holds the class, with data.id_column naming that column: '\{id\}_\{cls\}' for Severstal's older "
+               r"train.csv .*ImageId_ClassId")
     with pytest.raises(ConfigError, match=message):
         config_from_dict(d)
     cfg = config_from_dict(demo_dict(demo_root, tmp_path / "runs"))
@@ -386,3 +387,34 @@ def test_an_id_that_does_not_read_as_the_id_format_names_its_line(demo_root, tmp
     with pytest.raises(DataError, match=r"train.csv line 4 \(id '[0-9a-f]+_Gravel'\): the id does not read as "
                                         r"data.id_format '\{id\}_\{name\}' \(class names \['Fish', 'Flower', 'Sugar'\]\)"):
         load_train_samples(cfg)
+
+
+def test_id_formats_split_as_written():
+    """{cls}: the id as long as it can be (as before {name} came); {name}: the longest name, whichever side the id is
+    on; literal braces are text, not a field."""
+    from seg_toolkit.data.sources import parse_submission_id
+    from seg_toolkit.submission import row_ids
+
+    assert parse_submission_id("{id}{cls}").fullmatch("img12").group("id", "cls") == ("img1", "2")
+    assert parse_submission_id("{id}_{cls}").fullmatch("a_1_2").group("id", "cls") == ("a_1", "2")
+    names = ["Fish", "Fish_Sugar", "Sugar"]
+    assert parse_submission_id("{name}_{id}", names).fullmatch("Fish_Sugar_0011165.jpg").group("name", "id") == \
+        ("Fish_Sugar", "0011165.jpg")
+    assert parse_submission_id("{id}_{name}", names).fullmatch("0011165.jpg_Fish_Sugar").group("id", "name") == \
+        ("0011165.jpg", "Fish_Sugar")
+    braces = config_from_dict({"data": {"task": "multilabel", "num_classes": 2, "class_column": "c"},
+                               "submission": {"per_class": True, "id_format": "{{name}}_{id}_{cls}"}})
+    assert row_ids(braces, "a") == ["{name}_a_1", "{name}_a_2"]
+    assert parse_submission_id("{{name}}_{id}_{cls}").fullmatch("{name}_a_1").group("id", "cls") == ("a", "1")
+
+
+def test_a_name_two_classes_share_in_classes_csv_is_refused_for_name_ids(tmp_path):
+    from seg_toolkit.data.io import DataError
+    from seg_toolkit.submission import row_ids
+
+    (tmp_path / "classes.csv").write_text("id,name\n1,Fish\n2,Fish\n3,Sugar\n")
+    cfg = config_from_dict({"data": {"root": str(tmp_path), "task": "multilabel", "num_classes": 3, "class_column": "c",
+                                     "classes_csv": "classes.csv"},
+                            "submission": {"per_class": True, "id_format": "{id}_{name}"}})
+    with pytest.raises(DataError, match=r"class name\(s\) \['Fish'\] given to more than one class"):
+        row_ids(cfg, "a")

@@ -93,9 +93,15 @@ def class_names(cfg: Config) -> list[str]:
 
 def class_ids_by_name(cfg: Config) -> dict[str, int]:
     """Each class name's number as rows and ids write it (multilabel and binary 1..K, multiclass 0..K-1): what
-    ``{name}`` in ``data.id_format`` / ``submission.id_format`` and names in a class column stand for."""
+    ``{name}`` in ``data.id_format`` / ``submission.id_format`` stands for. A name given to two classes is refused
+    (data.class_names is checked at load; data.classes_csv here)."""
     first = 0 if cfg.data.task == "multiclass" else 1
-    return {name: i + first for i, name in enumerate(class_names(cfg))}
+    names = class_names(cfg)
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise DataError(f"data.classes_csv: class name(s) {twice} given to more than one class; {{name}} in an id needs "
+                        "one name per class")
+    return {name: i + first for i, name in enumerate(names)}
 
 
 def class_colors(cfg: Config) -> np.ndarray:

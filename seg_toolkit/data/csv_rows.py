@@ -104,7 +104,7 @@ def read_train_csv(cfg: Config, on_problem: OnProblem = raise_problem) -> tuple[
     split, by_name = None, {}
     if d.id_format is not None:  # the class in the id: Severstal's first train.csv, Understanding Clouds
         from .colors import class_ids_by_name
-        from .sources import class_of_match, parse_submission_id  # lazy: sources imports this module
+        from .sources import class_of_match, format_fields, parse_submission_id  # lazy: sources imports this module
 
         by_name = class_ids_by_name(cfg)
         split = parse_submission_id(d.id_format, by_name)
@@ -125,7 +125,7 @@ def read_train_csv(cfg: Config, on_problem: OnProblem = raise_problem) -> tuple[
             m = split.fullmatch(str(image_id))
             if m is None:
                 on_problem("bad_id", where, f"{named}: the id does not read as data.id_format {d.id_format!r}"
-                           + (f" (class names {list(by_name)})" if "{name}" in d.id_format else ""))
+                           + (f" (class names {list(by_name)})" if "name" in format_fields(d.id_format) else ""))
                 continue
             image_id, cls = m.group("id"), class_of_match(m, by_name)
         try:
@@ -140,9 +140,10 @@ def read_train_csv(cfg: Config, on_problem: OnProblem = raise_problem) -> tuple[
             except ValueError:
                 on_problem("bad_class", where, f"{where}: class {cls!r} in column {d.class_column!r} is not an integer")
                 continue
-            if not 1 <= c <= n_cls:
+            if not 1 <= c <= n_cls:  # named by the row's id: data.id_format's class (background's name) is in it
                 on_problem("bad_class", where,
-                           f"{where}: class {c} is outside 1..{n_cls} (data.num_classes={d.num_classes}, task {d.task})")
+                           f"{named if split is not None else where}: class {c} is outside 1..{n_cls} "
+                           f"(data.num_classes={d.num_classes}, task {d.task})")
                 continue
         elif image_id in rows and not d.rle_instances:
             on_problem("duplicate_row", where,

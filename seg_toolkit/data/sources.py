@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import re
+import string
 from collections import Counter
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -32,7 +33,7 @@ from ..config import Config
 from ..errors import closest
 from .bands import Bands, band_image_files, bands_of
 from .class_masks import class_mask_paths
-from .colors import class_colors, class_names
+from .colors import class_colors, class_ids_by_name, class_names
 from .csv_rows import raise_problem, read_train_csv, unlisted_samples
 from .io import DataError, _ext_hint, _line, read_csv_strict
 from .masks import check_train_samples, load_target, train_rle_spec
@@ -333,20 +334,23 @@ def load_list_samples(cfg: Config, lists: list[str]) -> list[Sample]:
     return list(iter_list_samples(cfg, lists))
 
 
-_FORMAT_FIELD = re.compile(r"\{(id|cls|name)\}")
+def format_fields(fmt: str) -> list[str]:
+    """The field names of an id format, in order (``{{`` / ``}}`` are literal braces, not fields)."""
+    return [name for _, name, _, _ in string.Formatter().parse(fmt) if name is not None]
 
 
 def parse_submission_id(fmt: str, names: Iterable[str] = ()) -> re.Pattern:
     """A regex that splits an id made with ``fmt`` (``submission.id_format``, ``data.id_format``) back into id and class:
-    group ``cls`` (a number) or ``name`` (one of ``names``); :func:`class_of_match` reads it."""
-    pattern, pos = "", 0
-    alternatives = "|".join(re.escape(n) for n in names) or "(?!)"
-    for m in _FORMAT_FIELD.finditer(fmt):
-        pattern += re.escape(fmt[pos : m.start()])
-        # the id as short as the rest allows: a name that ends another ('Sugar', 'Fish_Sugar') is the longer one
-        pattern += {"id": "(?P<id>.+?)", "cls": r"(?P<cls>\d+)", "name": f"(?P<name>{alternatives})"}[m.group(1)]
-        pos = m.end()
-    return re.compile(pattern + re.escape(fmt[pos:]))
+    group ``cls`` (a number) or ``name`` (one of ``names``); :func:`class_of_match` reads it. With ``{cls}`` the id is
+    as long as it can be (``{id}{cls}`` splits ``img12`` as img1, 2); with ``{name}`` the name is: the id as short as
+    the rest allows and the longest name tried first ('Fish_Sugar' before 'Sugar' and 'Fish')."""
+    named = "name" in format_fields(fmt)
+    alternatives = "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True)) or "(?!)"
+    fields = {"id": "(?P<id>.+?)" if named else "(?P<id>.+)", "cls": r"(?P<cls>\d+)", "name": f"(?P<name>{alternatives})"}
+    pattern = ""
+    for literal, name, _, _ in string.Formatter().parse(fmt):
+        pattern += re.escape(literal) + (fields[name] if name is not None else "")
+    return re.compile(pattern)
 
 
 def class_of_match(m: re.Match, by_name: dict[str, int]) -> int:
@@ -375,13 +379,14 @@ def load_test_samples(cfg: Config, images: bool = True) -> list[Sample]:
             raise DataError(f"{sample_path}: no column {id_col!r} (submission.id_column); it has {list(df.columns)}")
         ids: list[str] = []
         seen: set[str] = set()
-        split = parse_submission_id(s.id_format, class_names(cfg)) if s.per_class else None
+        split = parse_submission_id(s.id_format, class_ids_by_name(cfg)) if s.per_class else None
         for k, raw in enumerate(df[id_col].tolist()):
             where = f"{sample_path} line {_line(k, df)}"
             if split is not None:
                 m = split.fullmatch(raw)
                 if not m:
-                    raise DataError(f"{where}: id {raw!r} does not match submission.id_format {s.id_format!r}")
+                    names = f" (class names {class_names(cfg)})" if "name" in format_fields(s.id_format) else ""
+                    raise DataError(f"{where}: id {raw!r} does not match submission.id_format {s.id_format!r}{names}")
                 raw = m.group("id")
             if raw not in seen:
                 seen.add(raw)
