@@ -142,11 +142,19 @@ def _refuse_axis_swaps(cfg: Config, built: list[Any]) -> None:
                                   "VerticalFlip) that keep the shape")
 
 
-def _check_augmentation(spec: Any, where: str) -> Any:
+def _check_augmentation(spec: Any, where: str, emit: bool = True) -> Any:
     """Build one ``transforms.train`` entry as training will and return it, so that an unknown transform or
     argument fails now; albumentations only warns about unknown arguments and about values it changes (a kernel
-    size raised to the next odd one), so those warnings fail too."""
+    size raised to the next odd one), so those warnings fail too, naming the transform: the inner transforms of a
+    OneOf / SomeOf / Sequential are checked each on its own first (``emit``: its other warnings are said once, by
+    the outer check)."""
     from .data.dataset import _aug_from_spec  # lazy: albumentations is slow to import
+
+    if isinstance(spec, dict) and len(spec) == 1:
+        name, params = next(iter(spec.items()))
+        if isinstance(params, dict) and isinstance(params.get("transforms"), list):
+            for i, inner in enumerate(params["transforms"]):
+                _check_augmentation(inner, f"{where}.{name}.transforms[{i}]", emit=False)
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -161,7 +169,7 @@ def _check_augmentation(spec: Any, where: str) -> Any:
             raise ConfigError(f"{where}: {name}: {w.message}")
         if "automatically adjusted" in str(w.message):  # Blur's blur_limit [2, 2] trained with 3x3 kernels
             raise ConfigError(f"{where}: {name}: {w.message} Write the value it would use, or another valid one")
-    for w in caught:
+    for w in caught if emit else ():
         warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     return aug
 

@@ -85,7 +85,10 @@ BAD = [
      "transforms.train[1]: Blur: blur_limit: Invalid kernel size range (2, 2). Values less than 3 are not allowed. "
      "Range automatically adjusted to (3, 3)."),
     (["transforms.train=[{OneOf: {transforms: [{MedianBlur: {blur_limit: [4, 4]}}]}}]"],
-     "transforms.train[0]: OneOf: blur_limit: Non-zero kernel sizes must be odd. Range (4, 4) automatically adjusted to (5, 5)"),
+     "transforms.train[0].OneOf.transforms[0]: MedianBlur: blur_limit: Non-zero kernel sizes must be odd. Range (4, 4) "
+     "automatically adjusted to (5, 5)"),  # the inner transform named (it said "transforms.train[0]: OneOf")
+    (["transforms.train=[{OneOf: {transforms: [{HorizontalFlip: {}}, {VerticalFlip: {q: 1}}]}}]"],
+     "transforms.train[0].OneOf.transforms[1]: VerticalFlip: Argument(s) 'q' are not valid"),
     # losses (as seg_toolkit.losses.build_loss checks them) and the architecture name
     (["loss={dcie: 1.0}"], "loss.dcie: unknown loss 'dcie'; did you mean 'dice'?"),
     (["loss={ce: 1.0}"], "loss.ce: 'ce' supports task multiclass only"),
