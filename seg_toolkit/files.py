@@ -33,8 +33,10 @@ __all__ = ["atomic_write", "stale_writes", "aside_folder", "stale_asides", "remo
 
 
 _HOST = re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname())[:40] or "host"
+#: ``<pid>-<host>`` in a temporary file's or folder's name (:func:`temp_prefix`): the process that made it, and where
+WRITER = r"(?P<pid>\d+)-(?P<host>[A-Za-z0-9_-]+)"
 #: ``.<name>.<pid>-<host>.<random>.tmp``: an :func:`atomic_write` in progress, or one a kill cut short
-_WRITE_TMP = re.compile(r"\..+\.(?P<pid>\d+)-(?P<host>[A-Za-z0-9_-]+)\.[A-Za-z0-9_]+(\.rows)?\.tmp")
+_WRITE_TMP = re.compile(rf"\..+\.{WRITER}\.[A-Za-z0-9_]+(\.rows)?\.tmp")
 
 
 def temp_prefix(path: Path) -> str:
@@ -75,7 +77,7 @@ def stale_asides(path: Path, kind: str) -> list[Path]:
     process's own (a container's command is pid 1 again after a restart, on the same host name)."""
     out = []
     for p in path.parent.glob(f".{glob.escape(path.name)}.*.{kind}"):
-        m = re.fullmatch(rf"\.{re.escape(path.name)}\.(?P<pid>\d+)-(?P<host>[A-Za-z0-9_-]+)\.{re.escape(kind)}", p.name)
+        m = re.fullmatch(rf"\.{re.escape(path.name)}\.{WRITER}\.{re.escape(kind)}", p.name)
         if m and p.is_dir() and (_gone(m) or p == aside_folder(path, kind)):
             out.append(p)
     return sorted(out)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from .config import Config, ConfigError
 from .config_yaml import read_yaml
-from .files import aside_folder, read_json, stale_asides
+from .files import WRITER, aside_folder, read_json, stale_asides
 from .errors import SegToolkitError
 
 log = logging.getLogger(__name__)
@@ -32,7 +32,7 @@ __all__ = ["RunGuard", "RunExistsError", "input_paths", "check_not_input", "chec
 #: Temporary files of :func:`seg_toolkit.files.atomic_write` (``.<name>.<random>.tmp``), folders :func:`delete_path`
 #: moved aside whose deletion a kill cut short (``.<name>.<pid>-<host>.deleting``), and what operating systems leave
 #: in folders (OS_CLUTTER): none is a user's file.
-_TMP_FILE = re.compile(r"\..+\.([A-Za-z0-9_]+\.tmp|\d+-[A-Za-z0-9_-]+\.deleting)")
+_TMP_FILE = re.compile(rf"\..+\.([A-Za-z0-9_]+\.tmp|{WRITER}\.deleting)")
 OS_CLUTTER = (".DS_Store", "Thumbs.db", "desktop.ini")
 
 
