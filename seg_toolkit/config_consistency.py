@@ -31,8 +31,24 @@ _MAX_SEED = 2**32 - 1
 
 
 def check_consistency(cfg: Config) -> None:
-    for check in (_check_folds, _check_classes, _check_schedule, _check_metric_fits, _check_unused):
+    for check in (_check_score_size, _check_folds, _check_classes, _check_schedule, _check_metric_fits, _check_unused):
         check(cfg)
+
+
+def _check_score_size(cfg: Config) -> None:
+    """``data.score_size``: [height, width] of positive ints, and not under an object-matching metric (its truth
+    objects are matched at the image's own size)."""
+    size = cfg.data.score_size
+    if size is None:
+        return
+    if len(size) != 2 or min(size) < 1:  # ints: the config's types
+        raise ConfigError(f"data.score_size: expected null (each image's own size) or [height, width] of positive ints, "
+                          f"e.g. [350, 525], got {size}")
+    from .instance_metrics import INSTANCE_METRICS
+
+    if cfg.metric.name in INSTANCE_METRICS:
+        raise ConfigError(f"data.score_size: {cfg.metric.name!r} matches objects at each image's own size; a resized "
+                          "mask merges and drops objects. Remove data.score_size, or score with a pixel metric")
 
 
 def _unused_keys(cfg: Config) -> list[tuple[str, bool, str]]:

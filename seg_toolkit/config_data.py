@@ -107,6 +107,10 @@ class DataConfig:
     test_images: str = "test/images"
     test_lists: list[str] = field(default_factory=list)  # labelled held-out lists (evaluate --split test)
     sample_submission: str = "sample_submission.csv"
+    # [height, width] every mask is scored, post-processed and submitted at, whatever the image's size (Understanding
+    # Clouds: [350, 525] for its 1400x2100 images); null = each image's own. Probabilities are resized to it
+    # bilinearly, the ground truth by the nearest pixel centre; training is unchanged (transforms.resize)
+    score_size: Optional[list[int]] = None
     max_image_pixels: int = 50_000_000  # larger images are refused before decoding
     limit: Optional[int] = None  # use only the first N labelled samples (smoke tests, notebooks)
     # training ids left out of everything a run does with its training data (folds, training, OOF, CV, tune,

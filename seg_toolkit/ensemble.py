@@ -40,7 +40,8 @@ from tqdm.auto import tqdm
 
 from .config import Config, ConfigError, anchored, save_config
 from .config_checks import check_run_name
-from .data import Sample, load_target, load_train_samples
+from .data import Sample, load_train_samples
+from .data.scored import scored_target
 from .data.dataset import target_to_tensor
 from .data.data_errors import DataError
 from .evaluator import Evaluator, truth_objects
@@ -214,7 +215,7 @@ class _OOF:
                                 f"{self.runs[0].oof_path(s.id)} has {stored[0].shape}: the members predicted image "
                                 f"{s.id!r} at other sizes; remake their OOF files on the same images "
                                 "(`seg-toolkit oof CONFIG`)")
-        return stored, load_target(s, self.cfg, stored[0].shape[-2:])
+        return stored, scored_target(s, self.cfg, stored[0].shape[-2:])
 
     def __iter__(self):
         task = self.cfg.data.task

@@ -277,8 +277,8 @@ def _pairs(logits: Tensor, target: Tensor | list[Tensor], objects: list | None, 
 def validate_epoch(cfg: Config, model, ema, loss_fn, loader: DataLoader, device, amp=None) -> dict[str, float]:
     """Validation loss and metric (accumulated, never storing images) for the scored model, and the other one's score.
 
-    The metric is computed at each image's original size (logits resized bilinearly, as predictions are);
-    the loss at the model's input size against the nearest-resized target, as the training loss is, so
+    The metric is computed at each image's scored size (its own, or data.score_size; logits resized bilinearly, as
+    predictions are); the loss at the model's input size against the nearest-resized target, as the training loss is, so
     the two loss curves measure the same thing (and the loss no longer costs a full-resolution pass).
     An object-matching metric scores the truth objects the validation batches carry."""
     stats: dict[str, float] = {}

@@ -4,7 +4,7 @@ A :class:`Predictor` runs members (trained runs) x folds x TTA x scales (x tiles
 member reads every image with the preprocessing saved in ITS OWN run folder (channels,
 resize, normalisation) and predicts with its own TTA choice (``tta.json``, else its saved
 ``predict.tta`` / ``predict.merge``); probabilities are resized to each image's own size
-and merged with the members' weights in probability or logit space. So the OOF files that
+(``data.score_size`` when set: :mod:`seg_toolkit.data.scored`) and merged with the members' weights in probability or logit space. So the OOF files that
 post-processing is tuned on and the test probabilities that are submitted come out of the
 same code with the same settings.
 
@@ -28,9 +28,10 @@ from torch.utils.data import DataLoader, Dataset
 from .checkpoint import load_model
 from .models.presence import has_presence, split_presence
 from .config import Config, ConfigError
-from .data import DataError, Sample, build_transforms, load_target, read_image
+from .data import DataError, Sample, build_transforms, read_image
 from .data.bands import bands_of
 from .data.dataset import target_to_tensor
+from .data.scored import score_hw, scored_target
 from .amp import oof_precision, resolve_amp
 from .device import autocast, resolve_device
 from .files import read_json
@@ -147,8 +148,8 @@ class _Inputs(Dataset):
     """Each image decoded once per (channel count, value range) and transformed once per distinct member preprocessing."""
 
     def __init__(self, samples: list[Sample], members: list[Member], target_cfg: Config | None, max_pixels: int,
-                 exif: str) -> None:
-        self.samples, self.target_cfg, self.max_pixels, self.exif = samples, target_cfg, max_pixels, exif
+                 lead: Config) -> None:
+        self.samples, self.target_cfg, self.max_pixels, self.lead = samples, target_cfg, max_pixels, lead
         self.keys = list(dict.fromkeys(m.preprocess for m in members))
         cfg_of = {m.preprocess: m.cfg for m in members}
         self.transforms = {k: build_transforms(cfg_of[k], train=False) for k in self.keys}
@@ -164,13 +165,14 @@ class _Inputs(Dataset):
             how = key[:3]  # in_channels, image_range, bands
             if how not in decoded:
                 decoded[how] = read_image(s.image, how[0], self.max_pixels, pair=s.pair, value_range=how[1] or None,
-                                          bands=how[2], exif=self.exif)
+                                          bands=how[2], exif=self.lead.data.exif_orientation)
             out = self.transforms[key](image=decoded[how])["image"]
             images[key] = torch.from_numpy(out.transpose(2, 0, 1).copy())
-        hw = next(iter(decoded.values())).shape[:2]
+        own = next(iter(decoded.values())).shape[:2]
+        hw = score_hw(self.lead, own)  # the size the probabilities come out at (data.score_size, else the image's)
         item = {"id": s.id, "size": hw, "images": images}
         if self.target_cfg is not None:
-            item["target"] = target_to_tensor(load_target(s, self.target_cfg, hw), self.target_cfg.data.task)
+            item["target"] = target_to_tensor(scored_target(s, self.target_cfg, hw, own), self.target_cfg.data.task)
         return item
 
 
@@ -204,7 +206,7 @@ class Predictor:
                 m.backend = backend
         lead = members[0].cfg
         for m in members[1:]:
-            for key in ("task", "num_classes"):
+            for key in ("task", "num_classes", "score_size"):
                 if getattr(m.cfg.data, key) != getattr(lead.data, key):
                     raise ConfigError(f"ensemble members disagree on data.{key}: {members[0].run.dir} has "
                                       f"{getattr(lead.data, key)!r}, {m.run.dir} has {getattr(m.cfg.data, key)!r}")
@@ -263,7 +265,7 @@ class Predictor:
         lead, running = self.members[0].cfg, [m for m, _ in self.active]
         # the largest image any running member accepts (data.max_image_pixels is each member's own)
         limit = max(m.cfg.data.max_image_pixels for m in running)
-        dataset = _Inputs(samples, running, target_cfg, limit, lead.data.exif_orientation)
+        dataset = _Inputs(samples, running, target_cfg, limit, lead)
         readers: dict[Any, list[str]] = {}
         for m in running:
             readers.setdefault(m.preprocess, []).append(str(m.run.dir))
@@ -280,15 +282,15 @@ class Predictor:
 
     def iter_probs(self, samples: list[Sample], fold: int | None = None, target_cfg: Config | None = None,
                    ) -> Iterator[tuple[str, torch.Tensor, torch.Tensor | None]]:
-        """Yield ``(id, probabilities (C, H, W) float32 on the CPU at the image's own size, target or None)``;
-        :meth:`iter_predictions` without the classifier's presence probabilities."""
+        """Yield ``(id, probabilities (C, H, W) float32 on the CPU at the scored size (data.scored.score_hw), target or
+        None)``; :meth:`iter_predictions` without the classifier's presence probabilities."""
         for image_id, probs, _, target in self.iter_predictions(samples, fold, target_cfg):
             yield image_id, probs, target
 
     def iter_predictions(self, samples: list[Sample], fold: int | None = None, target_cfg: Config | None = None,
                          ) -> Iterator[tuple[str, torch.Tensor, torch.Tensor | None, torch.Tensor | None]]:
         """Yield ``(id, probabilities (C, H, W), presence (C,) or None, target or None)``, float32 on the CPU,
-        probabilities at the image's own size.
+        probabilities at the scored size.
 
         ``presence``: the empty-mask classifier's probability per class (``model.classifier``),
         merged over TTA, folds and the members that have one (their weights renormalised), in

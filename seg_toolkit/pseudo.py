@@ -248,8 +248,10 @@ def _make(cfg: Config, run: Run, fold: int | None, folds: pd.DataFrame, path: Pa
     w.writerow(["id", "image", "confident_fraction", *[f"rle_{c}" for c in range(n_rle)]])
     w.writerows(rows)
     write_text(path, buf.getvalue())
+    # label_size: a teacher with data.score_size labels at that size (the student resizes each label to its image's)
     write_json(run.pseudo_teacher_json(fold), {"teacher": str(teacher.dir), "files": teacher_files(teacher, fold),
-                                               "made_with": label_settings(cfg)})
+                                               "made_with": label_settings(cfg),
+                                               "label_size": predictor.members[0].cfg.data.score_size})
     log.info("pseudo-labels: %d of %d test images confident enough (>= %.2f of pixels at %.2f) -> %s",
              len(rows), len(samples), p.min_confident_fraction, p.confidence, path)
 
@@ -323,8 +325,10 @@ def pseudo_samples(cfg: Config, run: Run, fold: int, folds: pd.DataFrame, make: 
         raise ConfigError(f"pseudo.soft: {soft(df['id'].iloc[0])} not found: {path} was written without soft labels; "
                           f"delete {path.parent} to label the test images again")
     pair = pair_of(cfg)  # a photo | label file's image part, as the test samples it was labelled from read it
+    size = (read_json(run.pseudo_teacher_json(key)) or {}).get("label_size")
+    label_hw = (int(size[0]), int(size[1])) if size else None
     return [Sample(f"pseudo_{r['id']}", Path(r["image"]), rles=tuple(r[c] for c in rle_cols), where=f"{path} line {i + 2}",
-                   soft=soft(r["id"]), pair=pair) for i, r in df.iterrows()]
+                   soft=soft(r["id"]), pair=pair, label_hw=label_hw) for i, r in df.iterrows()]
 
 
 def add_pseudo_labels(cfg: Config, run: Run, fold: int, folds: pd.DataFrame, d) -> list[Sample]:

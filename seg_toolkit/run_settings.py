@@ -19,7 +19,7 @@ __all__ = ["TRAINED_KEYS", "PREDICT_KEYS", "key_named", "diff_of_keys", "check_s
 #: is refused (``seg-toolkit oof`` remakes the OOF after a change of the predict keys).
 TRAINED_KEYS = ("data.task", "data.num_classes", "data.in_channels", "data.image_range", "data.exif_orientation",
                 "data.pair_split", "data.pair_split_at", "data.bands.files",
-                "data.bands.frame", "data.bands.ash", "data.ignore_index", "transforms.resize",
+                "data.bands.frame", "data.bands.ash", "data.ignore_index", "data.score_size", "transforms.resize",
                 "transforms.mean", "transforms.std", "model.arch", "model.encoder", "model.depth", "model.base_width",
                 "model.norm", "model.upsample", "model.dropout", "model.params.", "model.classifier", "train.use_ema")
 # not in it: model.encoder_weights (a checkpoint holds every weight; offline kernels set it to null),

@@ -339,14 +339,17 @@ def repeated_ids(cfg: Config) -> bool:
 
 
 def row_pixels(cfg: Config) -> dict[str, int]:
-    """Each submission row id's image size in pixels (``height * width`` from the test images' headers), so that
-    :func:`~seg_toolkit.submission_check.check_submission` finds a run past the image's last pixel, as the competition's scorer would."""
+    """Each submission row id's mask size in pixels (``height * width``: ``data.score_size``, else from the test
+    images' headers), so that :func:`~seg_toolkit.submission_check.check_submission` finds a run past the mask's last
+    pixel, as the competition's scorer would."""
     from .data import load_test_samples
     from .data.io import image_size
+    from .data.scored import score_hw
 
     out: dict[str, int] = {}
+    size = cfg.data.score_size
     for x in load_test_samples(cfg):
-        h, w = image_size(x.image, x.pair, cfg.data.exif_orientation)
+        h, w = score_hw(cfg, size or image_size(x.image, x.pair, cfg.data.exif_orientation))
         out.update(dict.fromkeys(row_ids(cfg, x.id), h * w))
     return out
 

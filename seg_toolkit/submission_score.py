@@ -2,7 +2,7 @@
 solution such as DSB 2018's, a held-out split): :func:`score_submission`, as the competition's grader reads rows.
 
 Both files are decoded with the submission's RLE spec and scored with the config's metric over the test
-images (their sizes from the image files). Under a pixel metric an image's instance rows are merged into one
+images (their sizes from the image files, or data.score_size). Under a pixel metric an image's instance rows are merged into one
 mask; under an object-matching metric (``instance_map``, ``instance_f2``) each row is one object, as the
 graders read them, and rows that overlap are refused.
 """
@@ -30,6 +30,7 @@ def score_submission(csv_path: str | Path, solution_path: str | Path, cfg: Confi
 
     from .data import load_test_samples
     from .data.io import image_size
+    from .data.scored import score_hw
     from .data.colors import class_ids_by_name
     from .data.sources import class_of_match, parse_submission_id
     from .evaluator import Evaluator
@@ -86,7 +87,7 @@ def score_submission(csv_path: str | Path, solution_path: str | Path, cfg: Confi
             f"(e.g. {beyond[:3]}), and a grader scores every image of its solution; give a solution of the "
             f"{len(samples)} test images only, or point data.test_images at all of its images")
     for sample in samples:
-        hw = image_size(sample.image, sample.pair, d.exif_orientation)
+        hw = score_hw(cfg, d.score_size or image_size(sample.image, sample.pair, d.exif_orientation))  # as submitted
         # with a class column an image's empty classes may have no row (as in Severstal's train.csv)
         if not s.class_column and sample.id not in truth_rows:
             raise SubmissionError(f"{solution_path}: no row for test image {sample.id!r} ({sample.image})")

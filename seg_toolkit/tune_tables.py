@@ -36,7 +36,8 @@ from scipy import ndimage
 from tqdm.auto import tqdm
 
 from .config import IGNORE_INDEX, Config
-from .data import Sample, load_objects, load_target, load_train_samples
+from .data import Sample, load_objects, load_train_samples
+from .data.scored import scored_target
 from .instance_metrics import INSTANCE_METRICS, scores_from_hits
 from .metrics import PER_IMAGE_METRICS, ImageCounts, confusion_score, scores_from_counts
 from .files import read_oof
@@ -152,7 +153,7 @@ class OOFData:
         c = self.num_classes
         if q.dtype != np.uint8 or q.ndim != 3 or q.shape[0] != c:
             raise ValueError(f"{item.path}: expected uint8 (C={c}, H, W) OOF probabilities, got {q.dtype} {q.shape}")
-        truth = load_target(item.sample, self.cfg, tuple(q.shape[1:]))
+        truth = scored_target(item.sample, self.cfg, tuple(q.shape[1:]))
         if self.task == "multiclass":
             bad = (truth != IGNORE_INDEX) & (truth >= c)
             if bad.any():

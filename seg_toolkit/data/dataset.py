@@ -24,6 +24,7 @@ from ..instance_metrics import INSTANCE_METRICS
 from .instances import load_objects
 from .weight_map import sample_weight_map
 from .sources import Sample, load_target
+from .scored import score_hw, scored_target
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +177,8 @@ class SegDataset(Dataset):
             return item
         item["image"] = torch.from_numpy(self._augment(sample, hw, image=image)["image"].transpose(2, 0, 1).copy())
         if self.mode == "valid":
-            item["target"] = target_to_tensor(load_target(sample, cfg, hw), cfg.data.task)
+            # scored as OOF files are: at data.score_size when set
+            item["target"] = target_to_tensor(scored_target(sample, cfg, score_hw(cfg, hw), hw), cfg.data.task)
             if self.objects:  # an object-matching metric scores each epoch on the truth objects
                 item["objects"] = load_objects(sample, cfg, hw)
         return item

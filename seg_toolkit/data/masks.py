@@ -26,6 +26,7 @@ anti-aliased mask is refused instead of read as all foreground. CSV-layout targe
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import TYPE_CHECKING
 
@@ -205,6 +206,10 @@ def load_target(sample: Sample, cfg: Config, hw: tuple[int, int] | None) -> np.n
     """The sample's target in the toolkit's convention (module doc), checked to be ``hw`` (HxW)
     when given (``None``: a mask file's own size; RLE rows need ``hw``)."""
     d = cfg.data
+    if sample.label_hw is not None and hw is not None and tuple(hw) != tuple(sample.label_hw):
+        from .scored import nearest_resize  # lazy: scored imports this module
+
+        return nearest_resize(load_target(dataclasses.replace(sample, label_hw=None), cfg, sample.label_hw), hw)
     if sample.soft is not None:
         return _soft_target(sample, hw)
     if sample.rles is not None:

@@ -40,6 +40,9 @@ class Sample:
     # csv layout: per channel, ``(file line, end)`` of each non-empty row, ``end`` one past its last pixel (0-based):
     # its rows are one unioned string by now, so a run past the image is named by its own line (check_rle_ends)
     row_ends: tuple[tuple[tuple[int, int], ...], ...] | None = None
+    # pseudo-labels of a teacher with data.score_size: its rows (and soft file) are at this (height, width), resized to
+    # the image's own size by the nearest pixel centre when read for training
+    label_hw: tuple[int, int] | None = None
 
 
 def pair_of(cfg: Config) -> PairSplit | None:

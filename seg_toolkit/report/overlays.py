@@ -17,7 +17,8 @@ import numpy as np
 from PIL import Image
 
 from ..config import IGNORE_INDEX, Config
-from ..data import DataError, load_objects, load_target
+from ..data import DataError, load_objects
+from ..data.scored import scored_target
 from ..instance_metrics import INSTANCE_METRICS, component_hits, label_objects
 from ..postprocess import area_floor
 from ..data.sample import read_config_image
@@ -199,9 +200,9 @@ def _example_panels(d: ReportData, ex: Example, colors: np.ndarray,
     q = read_oof(d.run.oof_path(ex.id))
     hw = tuple(q.shape[-2:])
     image = display_image(s.image, cfg, s.pair)
-    if image.shape[:2] != hw:  # should not happen: OOF files are at the image's size
+    if image.shape[:2] != hw:  # OOF files at data.score_size: the image shown at that size
         image = _resize(image, hw, nearest=False)
-    target = load_target(s, cfg, hw)
+    target = scored_target(s, cfg, hw)
     pred = predict_mask(q, cfg.data.task, cfg.metric.threshold, area_floor(cfg))[0].numpy()
     size = display_size(*hw)
     up = size[0] >= hw[0]

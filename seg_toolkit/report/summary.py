@@ -35,7 +35,8 @@ import torch
 from tqdm.auto import tqdm
 
 from ..config import IGNORE_INDEX, Config
-from ..data import DataError, Sample, class_colors, class_names, load_target
+from ..data import DataError, Sample, class_colors, class_names
+from ..data.scored import scored_target
 from ..data.dataset import target_to_tensor
 from ..evaluator import Evaluator, hard_prediction, scored_columns, truth_objects
 from ..instance_metrics import INSTANCE_METRICS
@@ -155,7 +156,7 @@ def compute_oof_summary(run: Run, cfg: Config, samples: list[Sample], n_examples
         if q.ndim != 3 or q.shape[0] != n_cls:
             raise ValueError(f"{path}: OOF array has shape {q.shape}; expected ({n_cls}, H, W) for data.num_classes={n_cls}")
         try:
-            target = target_to_tensor(load_target(s, cfg, tuple(q.shape[-2:])), task)[None]
+            target = target_to_tensor(scored_target(s, cfg, tuple(q.shape[-2:])), task)[None]
         except DataError as e:  # the data changed since training: report it, score the rest
             if strict:
                 raise
