@@ -524,7 +524,14 @@ def test_unknown_param_lists_accepted() -> None:
         ("binary", 1, {"bce": 1.0}, {"bce": {"pos_weight": "x"}}, r"loss_params\.bce\.pos_weight"),
         ("binary", 1, {"lovasz": 1.0}, {"lovasz": {"per_image": 1}}, r"loss_params\.lovasz\.per_image: expected true/false"),
         ("multiclass", 3, {"lovasz": 1.0}, {"lovasz": {"symmetric": True}}, r"loss_params\.lovasz\.symmetric: the hinge of binary"),
-        ("binary", 1, {"tversky": 1.0}, {"tversky": {"alpha": 0, "beta": 0}}, r"loss_params\.tversky: alpha \+ beta"),
+        ("binary", 1, {"tversky": 1.0}, {"tversky": {"alpha": 0, "beta": 0}}, r"loss_params\.tversky\.alpha: expected > 0"),
+        # a loss whose best answer is a trivial mask: tversky without FP (FN), focal without negatives (positives),
+        # ce with a uniform target
+        ("binary", 1, {"tversky": 1.0}, {"tversky": {"alpha": 0.0}}, r"tversky\.alpha: expected > 0 \(no false positive"),
+        ("binary", 1, {"tversky": 1.0}, {"tversky": {"beta": 0}}, r"tversky\.beta: expected > 0 \(no false negative"),
+        ("binary", 1, {"focal": 1.0}, {"focal": {"alpha": 0}}, r"focal\.alpha: expected between 0 and 1.*drops the positives"),
+        ("binary", 1, {"focal": 1.0}, {"focal": {"alpha": 1.0}}, r"focal\.alpha: .*drops the negatives.*everything scores 0"),
+        ("multiclass", 3, {"ce": 1.0}, {"ce": {"label_smoothing": 1.0}}, r"ce\.label_smoothing: expected < 1"),
         ("binary", 1, {"bce": -1.0}, {}, r"loss\.bce: the weight"),
         ("binary", 1, {"bce": 0.0, "dice": 0.0}, {}, r"at least one weight must be > 0"),
     ],
@@ -545,3 +552,36 @@ def test_loss_weights_that_silence_the_loss_are_refused(tmp_path):
           "submission": {"per_class": True}}
     with pytest.raises(ConfigError, match=r"loss_params.focal.alpha: at least one class weight must be > 0"):
         build_loss(config_from_dict({**mc, "loss": {"focal": 1.0}, "loss_params": {"focal": {"alpha": [0, 0, 0]}}}))
+
+
+@pytest.mark.parametrize("name, task, c, params", [
+    ("dice", "multiclass", 4, {}), ("jaccard", "multiclass", 4, {}), ("tversky", "multiclass", 4, {"alpha": 0.3, "beta": 0.7}),
+    ("ce", "multiclass", 4, {"class_weights": [1.0, 2.0, 1.0, 0.5]}), ("focal", "multiclass", 4, {"alpha": [1.0, 2.0, 1.0, 0.5]}),
+    ("lovasz", "multiclass", 4, {}), ("bce", "multilabel", 4, {"pos_weight": [1.0, 2.0, 3.0, 4.0]}),
+    ("focal", "multilabel", 4, {"alpha": 0.25}), ("dice", "multilabel", 4, {}),
+])
+def test_half_precision_logits_are_summed_in_float32(name, task, c, params):
+    """A term called on its own with bf16 / fp16 logits (LossCombo casts them; a user's loop may not): the multiclass
+    dice of 8x4x128x128 bf16 logits read 0.984 for fp32's 0.750 (index_add bins kept in bf16 round small additions
+    away), ce with class weights raised a dtype error; now each equals the same logits' fp32 value."""
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(8, c, 128, 128, generator=g)
+    if task == "multiclass":
+        target = torch.randint(0, c, (8, 128, 128), generator=g)
+    else:
+        target = torch.randint(0, 2, (8, c, 128, 128), generator=g).float()
+    loss = term(name, task, c, **params)
+    for dtype in (torch.bfloat16, torch.float16):
+        half = logits.to(dtype)
+        assert loss(half, target).dtype == torch.float32
+        assert loss(half, target).item() == approx(loss(half.float(), target).item())
+
+
+def test_float64_logits_stay_float64():
+    """bce and focal computed float64 logits against a float32 target (a float32 loss, gradcheck failing)."""
+    logits = torch.randn(2, 1, 3, 3, dtype=torch.float64, requires_grad=True)
+    target = (torch.rand(2, 1, 3, 3) > 0.5).float()
+    for name, params in (("bce", {"pos_weight": 2.0}), ("focal", {"alpha": 0.25})):
+        loss = term(name, **params)
+        assert loss(logits, target).dtype == torch.float64
+        assert torch.autograd.gradcheck(lambda x, f=loss: f(x, target), (logits,))

@@ -69,6 +69,9 @@ def _make_ce(task: str, num_classes: int, p: dict[str, Any], path: str) -> nn.Mo
         if sum(weights) <= 0:
             raise ConfigError(f"{path}.class_weights: at least one weight must be > 0")
     ls = _number(p.get("label_smoothing", 0.0), f"{path}.label_smoothing", 0.0, 1.0)
+    if ls == 1.0:
+        raise ConfigError(f"{path}.label_smoothing: expected < 1 (1 makes every target uniform: perfect logits score "
+                          "worse than a uniform guess), got 1.0")
     return CrossEntropyLoss(class_weights=weights, label_smoothing=ls)
 
 
@@ -102,8 +105,10 @@ def _make_jaccard(task: str, num_classes: int, p: dict[str, Any], path: str) -> 
 def _make_tversky(task: str, num_classes: int, p: dict[str, Any], path: str) -> nn.Module:
     alpha = _number(p.get("alpha", 0.5), f"{path}.alpha", 0.0)
     beta = _number(p.get("beta", 0.5), f"{path}.beta", 0.0)
-    if alpha + beta <= 0:
-        raise ConfigError(f"{path}: alpha + beta must be > 0, got alpha={alpha}, beta={beta}")
+    for key, value, why in (("alpha", alpha, "no false positive would count: a mask of every pixel scores 0"),
+                            ("beta", beta, "no false negative would count: one right pixel scores 0")):
+        if value == 0:
+            raise ConfigError(f"{path}.{key}: expected > 0 ({why}), got 0")
     smooth = _number(p.get("smooth", 0.0), f"{path}.smooth", 0.0)
     return RegionLoss("tversky", task, smooth=smooth, alpha=alpha, beta=beta)
 
@@ -123,6 +128,11 @@ def _make_focal(task: str, num_classes: int, p: dict[str, Any], path: str) -> nn
                 raise ConfigError(f"{path}.alpha: at least one class weight must be > 0")
         else:
             alpha = _number(alpha, f"{path}.alpha", 0.0, 1.0)
+            if alpha in (0.0, 1.0):
+                raise ConfigError(f"{path}.alpha: expected between 0 and 1, not either (the weight of the positive "
+                                  f"pixels, 1 - alpha the negatives': {alpha:g} drops the "
+                                  f"{'positives' if alpha == 0 else 'negatives'}, and predicting "
+                                  f"{'nothing' if alpha == 0 else 'everything'} scores 0), got {alpha:g}")
     return FocalLoss(task, gamma=gamma, alpha=alpha)
 
 

@@ -8,7 +8,7 @@ from torch import Tensor, nn
 
 from seg_toolkit.config import IGNORE_INDEX
 
-from .terms import TASKS
+from .terms import TASKS, computed_in
 
 __all__ = ["LovaszLoss", "lovasz_grad", "lovasz_hinge_flat", "lovasz_softmax_flat"]
 
@@ -102,7 +102,7 @@ class LovaszLoss(nn.Module):
         self.ignore_index = ignore_index
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
-        losses = []
+        logits, losses = computed_in(logits), []
         if self.mode == "multiclass":
             probs = logits.softmax(dim=1)
             groups = [(probs[i : i + 1], target[i : i + 1]) for i in range(len(probs))] if self.per_image else [(probs, target)]

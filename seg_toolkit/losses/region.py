@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from seg_toolkit.config import IGNORE_INDEX
 
-from .terms import TASKS
+from .terms import TASKS, computed_in
 
 __all__ = ["RegionLoss", "REGION_KINDS", "region_sums"]
 
@@ -36,7 +36,8 @@ REGION_KINDS = ("dice", "jaccard", "tversky")
 def region_sums(logits: Tensor, target: Tensor, mode: str, ignore_index: int = IGNORE_INDEX) -> tuple[Tensor, Tensor, Tensor]:
     """``(I, P, T)``, each ``(C,)``: soft true positives ``sum(min(p, t))``, predicted mass and true mass per channel over the
     batch's non-void pixels. ``logits`` ``(N, C, ...)``; ``target`` int ``(N, ...)`` (multiclass) or float
-    ``(N, C, ...)`` of 0..1 (binary, multilabel; soft targets allowed)."""
+    ``(N, C, ...)`` of 0..1 (binary, multilabel; soft targets allowed). Half-precision logits are summed in float32."""
+    logits = computed_in(logits)
     if mode == "multiclass":
         probs = logits.softmax(dim=1)
         valid = target != ignore_index
