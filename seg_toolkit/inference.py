@@ -170,7 +170,8 @@ def predict_test(cfg: Config, out: str | Path | None = None, overwrite: bool = F
     params = load_params(cfg, run)
     header = submission_header(cfg)
     expected = _expected_ids(cfg, samples)
-    if expected is None and not (cfg.submission.id_column and cfg.submission.rle_column):
+    shipped = cfg.data_path(cfg.data.sample_submission).is_file() and not cfg.data.test_lists
+    if not shipped and not (cfg.submission.id_column and cfg.submission.rle_column):
         log.warning("no sample submission (%s): the columns %s are data.id_column / data.rle_column's, not the "
                     "competition's; set submission.id_column and submission.rle_column to its header (DSB 2018: "
                     "ImageId, EncodedPixels)", cfg.data_path(cfg.data.sample_submission), ",".join(header))
@@ -299,11 +300,14 @@ def _sample_table(cfg: Config, path: Path) -> tuple[list[str], list[str] | None]
 
 
 def _expected_ids(cfg: Config, samples: list[Sample]) -> list[str] | None:
-    """The sample submission's id column, in order (None when the competition ships no sample)."""
+    """The sample submission's id column, in order (None when the competition ships no sample, or one of its header
+    only: then the rows are the test images', in their order)."""
     path = cfg.data_path(cfg.data.sample_submission)
     if not path.is_file() or cfg.data.test_lists:
         return None
     ids, class_values = _sample_table(cfg, path)
+    if not ids:
+        return None
     _check_sample_rows(cfg, path, ids, samples, class_values)
     return ids
 

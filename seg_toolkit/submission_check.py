@@ -169,7 +169,7 @@ def check_submission(
     read as the RLE.
 
     Checks the columns (names and order), the row count, the ids and their order against the
-    sample, duplicate ids, and every RLE string as ``spec`` (default: the Kaggle one) reads it:
+    sample (not against a sample of its header only, a code competition's), duplicate ids, and every RLE string as ``spec`` (default: the Kaggle one) reads it:
     pairs of integers, starts >= the index base, lengths >= 1, absolute starts sorted and not
     overlapping, and within ``n_pixels`` of the image when given (keyed by row id).
     ``empty_tokens`` (default: ``spec.empty``) are how an empty mask may be written.
@@ -196,11 +196,9 @@ def check_submission(
         return [f"{csv_path}: cannot be read as CSV ({type(e).__name__}: {' '.join(str(e).split())})"]
     from .data.sources import read_csv_strict  # lazy: the data package imports torch
 
-    sample = read_csv_strict(Path(sample_path), [], "sample submission")  # unreadable: DataError naming it (exit 2)
-    if sample.empty:
-        from .data.io import DataError
-
-        raise DataError(f"{sample_path}: no rows (only the header); a sample submission lists every test id")
+    # unreadable: DataError naming it (exit 2); a header only (a code competition's public sample): the columns and
+    # every row's strings are checked, the ids only for duplicates
+    sample = read_csv_strict(Path(sample_path), [], "sample submission")
     if list(sub.columns) != list(sample.columns):
         problems.append(f"columns are {list(sub.columns)}; the sample has {list(sample.columns)}")
         return problems
@@ -259,7 +257,8 @@ def _row_problems(
     else:
         got, lines = ids, np.arange(len(ids)) + 2
         n_got, counted = len(ids), f"{len(ids)} rows"
-    if n_got != len(want):
+    listed = len(want) > 0  # a sample of its header only lists no ids to compare with
+    if n_got != len(want) and listed:
         problems.append(f"{counted}; the sample has {len(want)}")
     seen: dict[str, int] = {}
     dups: list[str] = []
@@ -276,7 +275,7 @@ def _row_problems(
     if dups and not grouped:
         problems.append(f"duplicate ids: {', '.join(dup_lines[:5])}" + (f" and {len(dups) - 5} more" if len(dups) > 5 else ""))
     missing = set(want) - set(got)
-    extra = set(got) - set(want)
+    extra = set(got) - set(want) if listed else set()
     if missing:
         problems.append(f"{len(missing)} sample ids missing, e.g. {sorted(missing)[:3]}")
     if extra:

@@ -615,12 +615,6 @@ def _classes_csv_bad_id(w: World):
     return lambda: class_names(load_config(w.labels_cfg(root, classes_csv="classes.csv")))
 
 
-def _sample_header_only(w: World):
-    root = w.demo()
-    (root / "sample_submission.csv").write_text("ImageId_ClassId,EncodedPixels\n")
-    return lambda: load_test_samples(load_config(w.demo_cfg()))
-
-
 def _sample_id_column_differs(w: World):
     w.demo()
     return lambda: load_test_samples(load_config(w.demo_cfg(submission={"per_class": True, "id_column": "ImageId"})))
@@ -677,12 +671,6 @@ def _test_images_are_jpg(w: World):
         Image.open(p).convert("RGB").save(p.with_suffix(".jpg"))
         p.unlink()
     return lambda: load_test_samples(load_config(w.demo_cfg()))
-
-
-def _check_with_header_only_sample(w: World):
-    (w.tmp / "sample.csv").write_text("id,rle_mask\n")
-    (w.tmp / "sub.csv").write_text("id,rle_mask\n")
-    return ["check-submission", str(w.tmp / "sub.csv"), "--sample", str(w.tmp / "sample.csv")]
 
 
 def _check_with_zero_byte_sample(w: World):
@@ -846,7 +834,6 @@ CASES = [
     Case("image file name with a leading space", _image_name_with_a_leading_space, "id ' f1' is empty or has surrounding spaces"),
     Case("classes CSV with a non-integer id", _classes_csv_bad_id, "classes.csv line 3: id 'one' is not a non-negative integer"),
     # ---- sample submission and check-submission
-    Case("sample submission with only a header", _sample_header_only, "sample_submission.csv: no rows (only the header)"),
     Case("sample submission id column differs", _sample_id_column_differs, "no column 'ImageId' (submission.id_column)"),
     Case("sample ids without the class part", _sample_ids_without_class, "does not match submission.id_format '{id}_{cls}'"),
     Case("sample submission row twice", _sample_row_twice, "sample_submission.csv line 14: id '7922e4f7_2' again (first on line 3)"),
@@ -857,7 +844,6 @@ CASES = [
          "sample_submission.csv: columns ['ImageId_ClassId', 'EncodedPixels']; no column 'Foo' (submission.id_column)"),
     Case("train with a class the sample has no rows for", _train_with_a_class_the_sample_lacks,
          "sample_submission.csv: no row for id"),
-    Case("check-submission, header-only sample", _check_with_header_only_sample, "sample.csv: no rows (only the header)"),
     Case("check-submission, 0-byte sample", _check_with_zero_byte_sample, "sample.csv: file is empty (0 bytes)"),
     Case("check-submission, sample is a folder", _check_with_sample_folder, "sample: is a folder; expected the sample submission"),
     Case("check-submission, no such submission", _check_missing_submission, "nope.csv: submission file not found"),

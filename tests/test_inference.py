@@ -314,6 +314,34 @@ def test_a_sample_submission_with_a_column_the_submission_cannot_fill_is_refused
     assert not (tmp_path / "x.csv").exists()
 
 
+def test_a_sample_of_its_header_only_takes_the_test_images_rows(two_experiments, tmp_path, capsys):
+    """A code competition's public sample may be its header only (UW-Madison's was): predict refused it ("a sample
+    submission lists every test id") and check-submission too. Now the rows are the test images', in file name order,
+    under the sample's columns; the same rows as the full sample gives, and check-submission checks all but the ids."""
+    import dataclasses
+
+    a, _, _ = two_experiments
+    sample = a.data_path(a.data.sample_submission)
+    full = pd.read_csv(predict_test(a, out=tmp_path / "full.csv"), dtype=str, keep_default_na=False)
+    (tmp_path / "header.csv").write_text(sample.read_text().splitlines()[0] + "\n")
+    cfg = dataclasses.replace(a, data=dataclasses.replace(a.data, sample_submission=str(tmp_path / "header.csv")))
+    samples = load_test_samples(cfg)
+    assert [s.image.name for s in samples] == sorted(p.name for p in a.data_path(a.data.test_images).glob("*.png"))
+    out = predict_test(cfg, out=tmp_path / "header_only.csv")
+    got = pd.read_csv(out, dtype=str, keep_default_na=False)
+    assert list(got.columns) == list(full.columns)
+    key = list(full.columns)[0]
+    assert got.sort_values(key).to_numpy().tolist() == full.sort_values(key).to_numpy().tolist()
+    assert got[key].tolist() == [f"{s.id}_{c}" for s in samples for c in (1, 2, 3)]
+    assert check_submission(out, tmp_path / "header.csv") == []
+    bad = got.copy()
+    bad.loc[1, key] = bad.loc[0, key]  # a repeated id and a malformed string are still found
+    bad.loc[2, "EncodedPixels"] = "3 x"
+    bad.to_csv(tmp_path / "bad.csv", index=False)
+    problems = check_submission(tmp_path / "bad.csv", tmp_path / "header.csv")
+    assert any("duplicate ids" in p for p in problems) and any("'x'" in p for p in problems), problems
+
+
 def test_out_is_never_a_run_file_or_a_folder(two_experiments, tmp_path, capsys):
     """`predict --out RUN/fold_0/best.pt --overwrite` replaced the checkpoint with the CSV (exit 0); a folder as --out
     failed after every image was predicted; `ensemble --out existing.csv` was refused only after the ensemble run was made."""

@@ -359,8 +359,12 @@ def class_of_match(m: re.Match, by_name: dict[str, int]) -> int:
     return int(groups["cls"]) if groups.get("cls") is not None else by_name[groups["name"]]
 
 
+_SAID_HEADER_ONLY: set[Path] = set()  # header-only samples said once per process (every command step loads the test set)
+
+
 def load_test_samples(cfg: Config, images: bool = True) -> list[Sample]:
-    """Test images in the order of ``sample_submission.csv`` (or sorted file names without one). ``images=False``:
+    """Test images in the order of ``sample_submission.csv`` (or sorted file names without one, or with a sample of a
+    header only). ``images=False``:
     the sample's ids even when their images are not there (yet): training checks the sample so
     (:func:`seg_toolkit.inference.check_sample_submission`) where a code competition's test set is hidden."""
     d, s = cfg.data, cfg.submission
@@ -370,13 +374,19 @@ def load_test_samples(cfg: Config, images: bool = True) -> list[Sample]:
     sample_path = cfg.data_path(d.sample_submission)
     if d.test_lists:
         return load_list_samples(cfg, d.test_lists)
-    if sample_path.is_file():
-        df = read_csv_strict(sample_path, [], "sample submission (data.sample_submission)")
-        if df.empty:
-            raise DataError(f"{sample_path}: no rows (only the header); a sample submission lists every test id")
+    df = read_csv_strict(sample_path, [], "sample submission (data.sample_submission)") if sample_path.is_file() else None
+    if df is not None:
         id_col = s.id_column or df.columns[0]
         if id_col not in df.columns:
             raise DataError(f"{sample_path}: no column {id_col!r} (submission.id_column); it has {list(df.columns)}")
+    if df is not None and df.empty:  # a code competition's public sample: its header only, the test images hidden
+        if sample_path not in _SAID_HEADER_ONLY:
+            _SAID_HEADER_ONLY.add(sample_path)
+            log.info("%s has no rows (its header only, as a code competition's public sample may): rows for every "
+                     "test image in %s, in file name order, under its columns", sample_path, folder)
+        if not images and not folder.is_dir():
+            return []
+    elif df is not None:
         ids: list[str] = []
         seen: set[str] = set()
         split = parse_submission_id(s.id_format, class_ids_by_name(cfg)) if s.per_class else None
