@@ -317,12 +317,13 @@ def test_test_images_are_read_with_the_configs_exif_choice(tmp_path):
 
     _Member.cfg = dataclasses.replace(cfg, transforms=dataclasses.replace(cfg.transforms, mean=[0.0] * 3, std=[1.0] * 3))
 
-    item = _Inputs([s], [_Member()], None, cfg.data.max_image_pixels, cfg.data.exif_orientation)[0]
+    item = _Inputs([s], [_Member()], None, cfg.data.max_image_pixels, cfg)[0]
     assert item["size"] == (3, 2) and item["images"][_Member.preprocess].shape == (3, 3, 2)
     with pytest.raises(DataError, match="EXIF orientation tag 8"):
         read_image(s.image)  # no choice given: refused, never guessed
+    refusing = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, exif_orientation="error"))
     with pytest.raises(DataError, match="EXIF orientation tag 8"):
-        _Inputs([s], [_Member()], None, cfg.data.max_image_pixels, "error")[0]
+        _Inputs([s], [_Member()], None, cfg.data.max_image_pixels, refusing)[0]
 
 
 @pytest.mark.parametrize("tag", range(1, 9))
@@ -526,3 +527,39 @@ def test_png_exif_chunk_after_the_image_data_is_found_without_decoding(tmp_path)
     with pytest.raises(DataError, match="EXIF orientation tag 6"):
         image_size(late, exif="error")
     assert zlib.crc32(exif[0][4:-4]) == struct.unpack(">I", exif[0][-4:])[0]
+
+
+def test_tiffs_pillow_would_read_otherwise_are_refused_naming_the_file(tmp_path):
+    """Pillow read page 0 of a 3-page TIFF alone, an 8-bit R, G, B, NIR TIFF as RGB (the NIR band lost), and turned
+    TIFFs of an orientation tag itself (scrambling non-square grey ones), so that data.exif_orientation ignore gave
+    turned pixels and apply turned them twice; each is refused now, by the reader and by the size from the header.
+    A TIFF Pillow cannot open at all (5 bands) is named as such, not as a corrupt file."""
+    tifffile = pytest.importorskip("tifffile")
+    rng = np.random.default_rng(0)
+    pages = [Image.fromarray(rng.integers(0, 256, (20, 32), dtype=np.uint8)) for _ in range(3)]
+    pages[0].save(tmp_path / "stack.tif", save_all=True, append_images=pages[1:])
+    rgbn = rng.integers(0, 256, (20, 32, 4), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "rgbn.tif", rgbn, photometric="rgb", extrasamples=[0])  # a 4th band, not alpha
+    grey = rng.integers(0, 256, (20, 32), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "turned.tif", grey, metadata=None, extratags=[(274, "H", 1, 6, True)])
+    tifffile.imwrite(tmp_path / "five.tif", rng.integers(0, 256, (20, 32, 5), dtype=np.uint8), photometric="minisblack",
+                     planarconfig="contig")
+    cases = {"stack.tif": "a TIFF of 3 pages; one image per file is read",
+             "rgbn.tif": r"a TIFF of 4 samples per pixel, which Pillow reads as RGB \(3 band\(s\)\): the other 1 would be lost",
+             "turned.tif": "TIFF orientation tag 6: Pillow turns such a TIFF as it reads it",
+             "five.tif": r"not a readable image .*; a TIFF Pillow does not read \(more than 4 bands"}
+    for name, message in cases.items():
+        for exif in ("error", "ignore", "apply"):
+            with pytest.raises(DataError, match=rf"{name}: {message}"):
+                read_image(tmp_path / name, 4 if name == "rgbn.tif" else 1, exif=exif)
+            with pytest.raises(DataError, match=rf"{name}: {message}"):
+                image_size(tmp_path / name, exif=exif)
+    with pytest.raises(DataError, match="stack.tif: a TIFF of 3 pages"):
+        read_mask(tmp_path / "stack.tif")
+    # the same files without what Pillow misreads are read exactly
+    pages[0].save(tmp_path / "one.tif")
+    assert np.array_equal(read_image(tmp_path / "one.tif", 1)[..., 0], np.asarray(pages[0]))
+    tifffile.imwrite(tmp_path / "rgba.tif", rgbn, photometric="rgb", extrasamples=[2])  # the 4th band an alpha
+    assert np.array_equal(read_image(tmp_path / "rgba.tif", 4), rgbn)
+    tifffile.imwrite(tmp_path / "upright.tif", grey, metadata=None, extratags=[(274, "H", 1, 1, True)])
+    assert np.array_equal(read_image(tmp_path / "upright.tif", 1, exif="apply")[..., 0], grey)

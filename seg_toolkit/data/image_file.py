@@ -1,6 +1,7 @@
 """Opening an image or mask file before its pixels are used: the size limit before decoding, the EXIF
 orientation tag (``data.exif_orientation``), 16-bit-per-channel colour PNGs and TIFFs (which Pillow would read as
-8-bit, keeping the high byte only: they are read exactly with OpenCV) and lossy WebP files.
+8-bit, keeping the high byte only: they are read exactly with OpenCV), lossy WebP files, and TIFFs Pillow would
+read otherwise than stored (several pages, extra bands, an orientation tag: :func:`check_tiff`, refused).
 
 ``data.exif_orientation`` says what a file tagged with an EXIF orientation other than 1 (a phone photo
 stored sideways; every viewer, OpenCV and annotation tool shows it turned) means:
@@ -27,7 +28,8 @@ from PIL import Image, ImageOps
 
 from .data_errors import DataError
 
-__all__ = ["EXIF_CHOICES", "exif_choice", "check_file", "open_header", "open_image", "orientation",
+__all__ = ["EXIF_CHOICES", "exif_choice", "check_file", "check_tiff", "open_header", "open_image", "orientation",
+           "unreadable",
            "oriented_size", "color16", "read_color16", "lossy_webp"]
 
 EXIF_CHOICES = ("error", "apply", "ignore")
@@ -53,6 +55,45 @@ def check_file(path: Path) -> None:
         raise DataError(f"{path}: file not found")
     if path.stat().st_size == 0:
         raise DataError(f"{path}: file is empty (0 bytes)")
+
+
+_TIFF_ORIENTATION, _SAMPLES_PER_PIXEL = 274, 277
+
+
+def check_tiff(im: Image.Image, path: Path) -> None:
+    """A TIFF that Pillow would read other than it is stored, refused naming the file (every reader and the size from
+    the header call this): several pages (a z-stack, a time series, one page per class: page 0 was read alone), more
+    samples per pixel than Pillow's mode has (an 8-bit R, G, B, NIR file opens as RGB: the NIR band was dropped), or
+    an orientation tag other than 1 (Pillow turns such TIFFs itself as it decodes them, scrambling some grey ones, so
+    neither data.exif_orientation choice could be kept)."""
+    if im.format != "TIFF":
+        return
+    tags = getattr(im, "tag_v2", {})
+    pages = getattr(im, "n_frames", 1)
+    save = "save it as a .npy array (H, W, C) with data.image_ext: .npy and data.in_channels: C"
+    if pages > 1:
+        raise DataError(f"{path}: a TIFF of {pages} pages; one image per file is read (page 0 alone would be): {save}, "
+                        "or one file per page")
+    samples, bands = int(tags.get(_SAMPLES_PER_PIXEL, 1) or 1), len(im.getbands())
+    if samples > bands:
+        raise DataError(f"{path}: a TIFF of {samples} samples per pixel, which Pillow reads as {im.mode} ({bands} "
+                        f"band(s)): the other {samples - bands} would be lost; {save}")
+    tag = tags.get(_TIFF_ORIENTATION, 1)
+    if tag not in (None, 1):
+        raise DataError(f"{path}: TIFF orientation tag {tag}: Pillow turns such a TIFF as it reads it (and scrambles "
+                        "some), so it is read neither as stored nor as shown; save the pixels as stored with "
+                        "orientation 1 (tifffile.imwrite(path, tifffile.imread(path)))")
+
+
+def unreadable(path: Path, e: Exception) -> DataError:
+    """The error for a file Pillow cannot open; a TIFF's says which TIFFs Pillow does not read (it is not corrupt)."""
+    hint = ""
+    with contextlib.suppress(OSError):
+        with open(path, "rb") as f:
+            if f.read(4) in _TIFF_SIGNATURES:
+                hint = ("; a TIFF Pillow does not read (more than 4 bands, float colour, 16-bit grey + alpha, ...) "
+                        "is read as a .npy array (H, W, C): data.image_ext: .npy and data.in_channels: C")
+    return DataError(f"{path}: not a readable image ({type(e).__name__}: {e}){hint}")
 
 
 def orientation(im: Image.Image, path: Path, exif: str | None) -> int:
@@ -131,7 +172,12 @@ def open_image(path: Path, max_pixels: int, exif: str | None = None) -> Image.Im
     try:
         im = _open_unguarded(path)  # a 100-megapixel image data.max_image_pixels allows was PIL's refusal
     except Exception as e:  # PIL raises several types for unreadable files
-        raise DataError(f"{path}: not a readable image ({type(e).__name__}: {e})") from None
+        raise unreadable(path, e) from None
+    try:
+        check_tiff(im, path)
+    except DataError:
+        im.close()
+        raise
     w, h = im.size
     if w * h > max_pixels:
         im.close()
@@ -199,6 +245,7 @@ def read_color16(path: Path, max_pixels: int, exif: str | None = None) -> np.nda
     check_file(path)
     try:
         with open_header(path) as im:  # the header: size limit and orientation tag before decoding
+            check_tiff(im, path)
             w, h = im.size
             if w * h > max_pixels:
                 raise DataError(f"{path}: refused before decoding, {w}x{h} = {w * h} pixels is over "
@@ -207,7 +254,7 @@ def read_color16(path: Path, max_pixels: int, exif: str | None = None) -> np.nda
     except DataError:
         raise
     except Exception as e:
-        raise DataError(f"{path}: not a readable image ({type(e).__name__}: {e})") from None
+        raise unreadable(path, e) from None
     arr = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if arr is None or arr.dtype != np.uint16 or arr.ndim != 3 or arr.shape[2] not in (3, 4):
         what = "nothing" if arr is None else f"{arr.dtype} {arr.shape}"

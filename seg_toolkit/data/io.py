@@ -26,7 +26,7 @@ from PIL import Image
 from ..files import wide_csv_fields
 from .data_errors import DataError, RLERowError
 from .image_file import check_file as _check_file
-from .image_file import color16, open_header, open_image, orientation, oriented_size, read_color16
+from .image_file import check_tiff, color16, open_header, open_image, orientation, oriented_size, read_color16, unreadable
 
 log = logging.getLogger(__name__)
 
@@ -109,13 +109,14 @@ def image_size(path: str | Path, pair: PairSplit | None = None, exif: str | None
             h, w = check_array_header(path, np.iinfo(np.int64).max).shape[:2]
         else:
             with open_header(path) as im:  # the size of a file over PIL's own limit too (the readers check theirs)
+                check_tiff(im, path)
                 h, w = oriented_size(orientation(im, path, exif), im.size[1], im.size[0])
     except DataError:
         raise
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
     except Exception as e:
-        raise DataError(f"{path}: not a readable image ({type(e).__name__}: {e})") from None
+        raise unreadable(path, e) from None
     if pair is not None:
         box = pair.boxes(h, w, path)[0]
         return len(range(h)[box[0]]), len(range(w)[box[1]])
