@@ -563,3 +563,21 @@ def test_tiffs_pillow_would_read_otherwise_are_refused_naming_the_file(tmp_path)
     assert np.array_equal(read_image(tmp_path / "rgba.tif", 4), rgbn)
     tifffile.imwrite(tmp_path / "upright.tif", grey, metadata=None, extratags=[(274, "H", 1, 1, True)])
     assert np.array_equal(read_image(tmp_path / "upright.tif", 1, exif="apply")[..., 0], grey)
+
+
+def test_array_and_integer_messages(tmp_path):
+    """A big-endian uint16 .npy was refused ('a >u2 array has no fixed range') where the same values little-endian
+    were read over 0..65535; a channels-first array said only that it had W channels; an int16 TIFF (Pillow's mode I)
+    was called a 32-bit integer image."""
+    values = np.arange(0, 65536, 4099, dtype=np.uint16).reshape(4, 4)
+    np.save(tmp_path / "le.npy", values)
+    np.save(tmp_path / "be.npy", values.astype(">u2"))
+    assert np.array_equal(read_image(tmp_path / "be.npy", 1), read_image(tmp_path / "le.npy", 1))
+    assert wide_values(tmp_path / "be.npy", in_channels=1) == wide_values(tmp_path / "le.npy", in_channels=1)
+    np.save(tmp_path / "chw.npy", np.zeros((3, 8, 6), np.uint8))
+    with pytest.raises(DataError, match=r"chw.npy: array of shape \(3, 8, 6\) has 6 channel\(s\); data.in_channels is 3; "
+                                        r"it looks channels-first \(C, H, W\)"):
+        read_image(tmp_path / "chw.npy", 3)
+    Image.fromarray(np.array([[-5, 7]], np.int32), mode="I").save(tmp_path / "signed.tif")
+    with pytest.raises(DataError, match=r"signed.tif: a signed or 32-bit integer image \(PIL mode I; values -5..7"):
+        read_image(tmp_path / "signed.tif", 1)

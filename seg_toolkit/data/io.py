@@ -148,7 +148,7 @@ def wide_values(path: str | Path, max_pixels: int = 50_000_000, bands=None,
         arr = check_array_header(path, max_pixels)
         if arr.dtype == np.uint8 or arr.dtype.kind == "b":
             return None
-        mode = f"npy {arr.dtype}"
+        mode = f"npy {arr.dtype.newbyteorder('=')}"  # a big-endian uint16 is one too
     elif color16(path):
         arr = read_color16(path, max_pixels, "ignore")
         mode = "RGBA;16" if arr.shape[2] == 4 else "RGB;16"
@@ -256,7 +256,7 @@ def read_image(path: str | Path, in_channels: int = 3, max_pixels: int = 50_000_
         arr = np.asarray(im)
         if value_range is None:
             if not im.mode.startswith("I;16"):
-                kind = "32-bit float" if im.mode == "F" else "32-bit integer"
+                kind = "32-bit float" if im.mode == "F" else "signed or 32-bit integer"  # Pillow reads int16 as I
                 raise _no_range(path, f"a {kind} image (PIL mode {im.mode}; values {{span}} in this file)", arr)
             im = Image.fromarray(_to_uint8(arr, (0.0, 65535.0), path, default=True))
         else:
@@ -283,11 +283,14 @@ def _read_array_image(path: Path, in_channels: int, max_pixels: int, pair: PairS
     if arr.ndim == 2:
         arr = arr[:, :, None]
     if arr.shape[2] != in_channels:
-        raise DataError(f"{path}: array of shape {arr.shape} has {arr.shape[2]} channel(s); data.in_channels is {in_channels}")
+        first = ("; it looks channels-first (C, H, W): save it as (H, W, C), np.moveaxis(a, 0, -1)"
+                 if arr.shape[0] == in_channels else "")
+        raise DataError(f"{path}: array of shape {arr.shape} has {arr.shape[2]} channel(s); data.in_channels is "
+                        f"{in_channels}{first}")
     if arr.dtype.kind == "b":
         arr = arr.astype(np.uint8) * np.uint8(255)
     if value_range is None:
-        if arr.dtype == np.uint16:
+        if arr.dtype.kind == "u" and arr.dtype.itemsize == 2:  # either byte order
             arr = _to_uint8(arr, (0.0, 65535.0), path, default=True)
         elif arr.dtype != np.uint8:
             raise _no_range(path, f"a {arr.dtype} array (values {{span}} in this file)", arr)
