@@ -78,3 +78,42 @@ def test_a_grey_palette_whose_ids_contradict_the_picture_is_refused(tmp_path, id
     with pytest.raises(DataError, match="palette mask whose palette is grey") as e:
         read_mask(path)
     assert said in str(e.value)
+
+
+def test_a_colour_label_saved_as_a_palette_png_is_refused_when_the_classes_csv_names_its_colours(tmp_path):
+    """A colour label image saved as a palette PNG (pngquant, optipng, PIL's quantize: colours numbered by first use),
+    read by index with a classes CSV that lists each class's r,g,b: Sky, Road, Car (classes 0, 3, 8) became classes
+    0, 1, 2 (Sky, Building, Pole), and training went ahead. The palette says which classes its indices are; they are
+    compared before training. A VOC palette (index i coloured as class i, or colours the CSV does not list) passes."""
+    from seg_toolkit.config import config_from_dict
+    from seg_toolkit.data.colors import check_color_masks
+    from seg_toolkit.data.sources import load_train_samples
+
+    colours = {0: (128, 128, 128), 1: (128, 0, 0), 3: (128, 64, 128), 8: (64, 0, 128)}
+    rows = "".join(f"{i},c{i},{r},{g},{b}\n" for i, (r, g, b) in ((i, colours.get(i, (i, i, i))) for i in range(9)))
+    (tmp_path / "classes.csv").write_text("id,name,r,g,b\n" + rows)
+    for d in ("images", "masks"):
+        (tmp_path / d).mkdir()
+    ids = np.full((12, 16), 3, np.uint8)
+    ids[:4] = 0
+    ids[6:9, 4:10] = 8
+    rgb = np.zeros((12, 16, 3), np.uint8)
+    for k, c in colours.items():
+        rgb[ids == k] = c
+    Image.fromarray(rgb).quantize(colors=3).save(tmp_path / "masks" / "a.png")
+    Image.fromarray(rgb).save(tmp_path / "images" / "a.png")
+    cfg = config_from_dict({"data": {"root": str(tmp_path), "task": "multiclass", "num_classes": 9, "layout": "folder",
+                                     "train_images": "images", "train_masks": "masks", "classes_csv": "classes.csv"},
+                            "folds": {"n_splits": 2}, "loss": {"ce": 1.0}, "submission": {"per_class": True}})
+    samples = load_train_samples(cfg)
+    index_of_road = int(np.asarray(Image.open(tmp_path / "masks" / "a.png"))[11, 0])
+    assert index_of_road != 3  # the quantizer's numbering, not the class's
+    with pytest.raises(DataError, match=rf"a.png: a palette mask whose index {index_of_road} is coloured \[128, 64, 128\], "
+                                        r"the colour classes.csv gives class 3: its indices are not class ids .* "
+                                        r"data.mask_format: colors"):
+        check_color_masks(samples, cfg)
+    palette = [c for i in range(9) for c in colours.get(i, (i, i, i))]  # VOC-style: index i is coloured as class i
+    _palette_file(tmp_path / "masks" / "a.png", ids, palette)
+    check_color_masks(samples, cfg)
+    _palette_file(tmp_path / "masks" / "a.png", ids, [0, 0, 0] * 3 + [200, 10, 10] * 6)  # colours the CSV does not list
+    check_color_masks(samples, cfg)

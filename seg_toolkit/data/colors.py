@@ -260,6 +260,7 @@ def check_color_masks(samples: list[Sample], cfg: Config) -> None:
     are not colour masks of this table (the photo half of a pair: ``data.pair_split``), or the
     tolerance is far too small; the per-mask :data:`MAX_FAR_SHARE` catches only the blatant cases."""
     d = cfg.data
+    _check_palette_ids(samples, cfg)
     if d.mask_format != "colors" or d.mask_color_tolerance is None:
         return
     table, table_ids, source = color_table(cfg)
@@ -276,6 +277,33 @@ def check_color_masks(samples: list[Sample], cfg: Config) -> None:
             f"data.mask_color_tolerance={d.mask_color_tolerance:g} from every colour of {source}: these are not colour masks "
             "of that table (the photo half of an image|label file? data.pair_split), or the tolerance is far too small"
         )
+
+
+def _check_palette_ids(samples: list[Sample], cfg: Config) -> None:
+    """Palette masks read by index (``data.mask_format: ids``, as VOC's: the index is the class) whose palette gives an
+    index another class's colour of the classes CSV: a colour label image saved as a palette PNG (pngquant, optipng
+    and PIL's quantize number the colours by first use), whose indices are not class ids. The first
+    :data:`N_COLOR_CHECK` such masks are read before training; a palette of other colours (VOC's own) passes."""
+    from .image_file import open_header
+
+    d = cfg.data
+    df = _classes_csv(cfg) if d.mask_format == "ids" and d.mask_channel is None and not d.mask_values else None
+    if df is None or not {"r", "g", "b"} <= set(df.columns):
+        return
+    class_of = {(int(r), int(g), int(b)): int(i) for i, r, g, b in zip(df["id"], df["r"], df["g"], df["b"])}
+    for s in [x for x in samples if x.mask is not None and x.pair is None][:N_COLOR_CHECK]:
+        with open_header(s.mask) as im:
+            if im.mode != "P":
+                return
+            palette = np.asarray(im.getpalette() or [], np.int64).reshape(-1, 3)
+            used = np.flatnonzero(np.bincount(np.asarray(im).ravel(), minlength=len(palette)))
+        for i in used[used < len(palette)]:
+            j = class_of.get(tuple(palette[i].tolist()))
+            if j is not None and j != i:
+                raise DataError(f"{s.mask}: a palette mask whose index {i} is coloured {palette[i].tolist()}, the colour "
+                                f"{d.classes_csv} gives class {j}: its indices are not class ids (a colour label image "
+                                "saved as a palette PNG numbers its colours by first use); read its colours with "
+                                "data.mask_format: colors")
 
 
 _NOT_YET, _UNKNOWN, _FAR = -2, -3, -4  # LUT entries besides ids and void (-1)
