@@ -91,6 +91,11 @@ class AuditResult:
     wide_values: dict[str, list[float]] = field(default_factory=dict)  # images over 8 bits: PIL mode -> [min, max]
     # binary mask files read as "> 0": the one foreground value of a file -> the files using it
     foreground_files: dict[int, list[str]] = field(default_factory=dict, repr=False)
+    # binary mask files whose foreground is lost: every non-zero pixel void (data.ignore_index), or every non-zero
+    # value below data.mask_threshold (file -> its largest value)
+    void_only_files: list[str] = field(default_factory=list, repr=False)
+    faint_files: dict[str, int] = field(default_factory=dict, repr=False)
+    foreground_masks: int = field(default=0, repr=False)  # binary mask files with foreground as training reads them
     # object data (data.instance_folders, or data.rle_instances on a binary task): objects per image, each object's
     # pixels, and the objects 8-adjacent to another (merged by a mask unless kept apart)
     objects_per_image: list[int] = field(default_factory=list, repr=False)
@@ -241,7 +246,36 @@ def _check_mask_values(s: Sample, cfg: Config, res: AuditResult) -> bool:
     fg = [v for v in values.tolist() if v not in (0, -1)]
     if d.task == "binary" and len(fg) == 1 and not d.mask_values and d.mask_threshold is None and not d.instance_folders:
         res.foreground_files.setdefault(int(fg[0]), []).append(str(s.mask))
+    if d.task == "binary" and not d.instance_folders:
+        if d.ignore_index is not None and not fg and -1 in values:
+            res.void_only_files.append(str(s.mask))
+        elif d.mask_threshold is not None and fg and max(fg) < d.mask_threshold:
+            res.faint_files[str(s.mask)] = int(max(fg))
+        elif fg:
+            res.foreground_masks += 1
     return True
+
+
+def _check_lost_foreground(res: AuditResult, cfg: Config) -> None:
+    """Binary masks whose every non-zero pixel training reads as void or background, in a set where other masks have
+    foreground: a 0/255 mask among 0/1 ones with data.ignore_index: 255 (its whole object void), or a 0/1 JPEG mask
+    among 0/255 ones read with data.mask_threshold: 128 (its object background). Each file alone reads as asked."""
+    d = cfg.data
+    if not res.foreground_masks:
+        return
+    if res.void_only_files:
+        files = res.void_only_files
+        res.add("void_foreground", files[0],
+                f"{files[0]}" + (f" and {len(files) - 1} more" if len(files) > 1 else "") + f": every non-zero pixel "
+                f"is void (data.ignore_index: {d.ignore_index}), no foreground, where other masks have some: a 0/"
+                f"{d.ignore_index} mask among 0/1 ones loses its whole object to void; if so, drop data.ignore_index "
+                "or declare the values: data.mask_values")
+    if res.faint_files:
+        (first, top), more = next(iter(res.faint_files.items())), len(res.faint_files) - 1
+        res.add("faint_foreground", first,
+                f"{first}" + (f" and {more} more" if more else "") + f": non-zero values up to {top}, all below "
+                f"data.mask_threshold: {d.mask_threshold}, so read as empty, where other masks have foreground: a 0/1 "
+                "mask among 0/255 ones? Save it as 0/255, or lower the threshold")
 
 
 def _check_foreground_values(res: AuditResult) -> None:
@@ -371,6 +405,7 @@ def audit(cfg: Config, decode_images: bool = True) -> AuditResult:
         _count_target(target, cfg, res)
         res.n_read += 1
         res.samples.append(s)
+    _check_lost_foreground(res, cfg)
     _check_foreground_values(res)
     _check_image_range(res, cfg)
     _check_mixed_depth(res, cfg)

@@ -271,6 +271,35 @@ def test_binary_masks_marking_foreground_with_different_values_are_named(tmp_pat
     assert audit(_binary_cfg(tmp_path, layout="folder")).problems == []
 
 
+def test_binary_masks_whose_whole_foreground_is_lost_are_named(tmp_path):
+    """A 0/255 mask among 0/1 ones under data.ignore_index: 255 became all void, and a 0/1 JPEG mask among 0/255 ones
+    under data.mask_threshold: 128 all background; the audit said nothing (each file alone reads as asked)."""
+    for name, v in (("a", 1), ("b", 1), ("c", 255), ("d", 0)):
+        m = np.zeros((8, 8), np.uint8)
+        m[2:6, 2:6] = v
+        _png(tmp_path / "train/images" / f"{name}.png", _rgb(8, 8))
+        _png(tmp_path / "train/masks" / f"{name}.png", m)
+    (p,) = audit(_binary_cfg(tmp_path, layout="folder", ignore_index=255)).problems
+    assert p.kind == "void_foreground" and p.where == str(tmp_path / "train/masks/c.png")
+    assert "every non-zero pixel is void (data.ignore_index: 255)" in p.message
+    assert audit(_binary_cfg(tmp_path, layout="folder")).problems[0].kind == "mixed_foreground"  # as before
+    jpg = tmp_path / "jpg"
+    for name, v in (("a", 255), ("b", 255), ("c", 1)):
+        m = np.zeros((16, 16), np.uint8)
+        m[4:12, 4:12] = v
+        _png(jpg / "train/images" / f"{name}.png", _rgb(16, 16))
+        (jpg / "train/masks").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(m).save(jpg / "train/masks" / f"{name}.jpg", quality=95)
+    (p,) = audit(_binary_cfg(jpg, layout="folder", mask_ext=".jpg", mask_threshold=128)).problems
+    assert p.kind == "faint_foreground" and p.where == str(jpg / "train/masks/c.jpg")
+    assert "all below data.mask_threshold: 128, so read as empty" in p.message
+    # every mask alike: nothing to compare with, nothing said
+    for name in "ab":
+        (jpg / "train/masks" / f"{name}.jpg").unlink()
+        (jpg / "train/images" / f"{name}.png").unlink()
+    assert audit(_binary_cfg(jpg, layout="folder", mask_ext=".jpg", mask_threshold=128)).problems == []
+
+
 def test_list_file_problems(tmp_path):
     _png(tmp_path / "img/a.png", _rgb(4, 4))
     _png(tmp_path / "lbl/a.png", np.zeros((4, 4), np.uint8))
