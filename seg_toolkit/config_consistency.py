@@ -143,6 +143,10 @@ def _check_schedule(cfg: Config) -> None:
     if s.name == "step" and s.warmup_epochs and s.min_lr >= o.lr:  # the warmup rises from min_lr
         raise ConfigError(f"scheduler.min_lr: {s.min_lr} is not below optim.lr ({o.lr}); the step schedule's warmup "
                           "(scheduler.warmup_epochs) rises from min_lr to optim.lr")
+    if s.name == "step" and s.step_size >= cfg.train.epochs:  # warned, not refused: a one-epoch smoke run of a config
+        warn_once(log, "scheduler.step_size: %d epochs between decays, but train.epochs is %d: the step schedule never "
+                  "decays in this run (a constant learning rate); lower step_size, or scheduler.name: none to say so",
+                  s.step_size, cfg.train.epochs)
 
 
 def _check_metric_fits(cfg: Config) -> None:

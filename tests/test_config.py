@@ -380,6 +380,20 @@ def test_min_lr_with_a_step_schedule_is_refused_unless_a_warmup_reads_it(tmp_pat
     config_from_dict({**base, "scheduler": {"name": "step", "min_lr": 1.0e-5, "warmup_epochs": 1}})  # the warmup's start
 
 
+def test_a_step_schedule_that_never_decays_is_warned_about(tmp_path, caplog):
+    """scheduler.step_size at or past train.epochs: the learning rate never decayed, without a word."""
+    import logging
+
+    base = {"data": {"root": str(tmp_path), "task": "binary"}, "folds": {"n_splits": 2}}
+    with caplog.at_level(logging.WARNING, logger="seg_toolkit.config_consistency"):
+        config_from_dict({**base, "scheduler": {"name": "step", "step_size": 10}, "train": {"epochs": 10}})
+    assert "scheduler.step_size: 10 epochs between decays, but train.epochs is 10: the step schedule never decays" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="seg_toolkit.config_consistency"):
+        config_from_dict({**base, "scheduler": {"name": "step", "step_size": 10}, "train": {"epochs": 11}})
+    assert "step_size" not in caplog.text
+
+
 def test_scratch_unet_keys_on_an_smp_architecture_are_refused_at_load(tmp_path):
     """`model: {arch: unet, encoder: resnet34, dropout: 0.3}` trained without dropout: a log line when the model was built."""
     with pytest.raises(ConfigError, match=r"model.dropout: 0.3 applies to the scratch U-Net only; arch 'unet' would ignore"):
