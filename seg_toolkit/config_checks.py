@@ -122,6 +122,8 @@ def _number_rules(cfg: Config) -> list[tuple[str, Any, Callable[[float], bool], 
         ("scheduler.gamma", s.gamma, lambda v: 0 < v <= 1, "a decay factor in (0, 1]"),
         ("scheduler.patience", s.patience, lambda v: v >= 0, "a number of epochs >= 0"),
         ("train.num_workers", t.num_workers, lambda v: v >= 0, "a number of loader processes >= 0"),
+        ("train.empty_share", t.empty_share, lambda v: 0 <= v < 1,
+         "a share of each epoch in [0, 1) (0: no empty image; 0.2: one image in five empty), or null (every image)"),
         ("train.grad_clip", t.grad_clip, lambda v: v > 0, "a gradient norm > 0, or null (no clipping)"),
         ("train.ema_decay", t.ema_decay, lambda v: 0 < v < 1, "a decay in (0, 1) such as 0.999, or null (no EMA)"),
         ("train.early_stopping_patience", t.early_stopping_patience, lambda v: v >= 1, "a number of epochs >= 1, or null"),
@@ -168,6 +170,9 @@ def _check_train(cfg: Config) -> None:
             raise ConfigError(f"train.time_budget: expected a positive duration such as 24m, got {t.time_budget!r}")
     if isinstance(t.min_fold_epochs, bool) or not isinstance(t.min_fold_epochs, int) or t.min_fold_epochs < 0:
         raise ConfigError(f"train.min_fold_epochs: expected a number of epochs >= 0 (0: off), got {t.min_fold_epochs!r}")
+    if t.empty_share is not None and cfg.data.task == "multiclass":
+        raise ConfigError("train.empty_share: draws images without foreground, which a multiclass label map (every pixel "
+                          "a class) does not have; it applies to binary and multilabel tasks")
     if t.min_fold_epochs and t.time_budget is None:
         raise ConfigError("train.min_fold_epochs chooses how many folds fit train.time_budget; set a time_budget, or 0")
     if t.init_from is not None and not str(t.init_from).strip():

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 from torch.utils.data import DataLoader
@@ -319,7 +320,7 @@ def build_loaders(cfg: Config, train_set: list[Sample], valid_set: list[Sample],
     The last partial batch is dropped when this process's share (all of the set, or under DDP ``ceil(n / ranks)``)
     holds more than one batch: a share of at most ``train.batch_size`` images is one batch, never none."""
     t, d = cfg.train, d or Dist()
-    sampler = EpochSampler(len(train_set), shuffle=True, seed=t.seed, rank=d.rank, world_size=d.world_size)
+    sampler = train_sampler(cfg, train_set, d)
     common = _loader_args(cfg, device)  # one generator for both, as before
     train_loader = DataLoader(SegDataset(train_set, cfg, "train"), batch_size=t.batch_size, sampler=sampler,
                               drop_last=sampler.per_rank > t.batch_size, **common)
@@ -327,11 +328,30 @@ def build_loaders(cfg: Config, train_set: list[Sample], valid_set: list[Sample],
     return train_loader, valid_loader
 
 
+def train_sampler(cfg: Config, train_set: list[Sample], d: Dist | None = None) -> EpochSampler:
+    """The training images' sampler: every image each epoch, or with ``train.empty_share`` every image with foreground
+    and a draw of empty ones (their foreground from the RLE rows, or one read of each mask file)."""
+    t, d = cfg.train, d or Dist()
+    empty = None
+    if t.empty_share is not None:
+        from .data.folds import class_presence
+
+        empty = np.array([not class_presence(s, cfg).any() for s in train_set], bool)
+    sampler = EpochSampler(len(train_set), shuffle=True, seed=t.seed, rank=d.rank, world_size=d.world_size,
+                           empty=empty, empty_share=t.empty_share)
+    if empty is not None and d.rank == 0:
+        log.info("train.empty_share %g: each epoch %d image(s) with foreground and %d of the %d empty one(s)%s",
+                 t.empty_share, int((~empty).sum()), sampler.n_empty, int(empty.sum()),
+                 "" if sampler.n_empty < empty.sum() or not empty.sum() else " (all of them: fewer than the share asks)")
+    return sampler
+
+
 def whole_train_loader(cfg: Config, train_set: list[Sample], device: torch.device, epoch: int) -> DataLoader:
-    """Every image of the training set in this one process (not sharded by rank), in epoch ``epoch``'s order and
+    """Every image of epoch ``epoch`` (all the training set, or its draw under ``train.empty_share``) in this one
+    process (not sharded by rank), in that epoch's order and
     augmentation, batches of ``train.batch_size`` with none dropped: a last batch of one image joins the one before
     (BatchNorm cannot train on one value per channel). For checkpoint averaging's BatchNorm pass (:mod:`.averaging`)."""
-    sampler = EpochSampler(len(train_set), shuffle=True, seed=cfg.train.seed)
+    sampler = train_sampler(cfg, train_set)  # the epoch's images (train.empty_share), all in this process
     sampler.set_epoch(epoch)
     items, size = list(sampler), cfg.train.batch_size
     batches = [items[i : i + size] for i in range(0, len(items), size)]

@@ -253,13 +253,26 @@ class EpochSampler(Sampler):
 
     With ``world_size > 1`` each rank gets an equal, disjoint share (padded by repeating the
     first indices, as ``DistributedSampler`` does).
+
+    ``empty`` (``bool (n,)``, images without foreground) with ``empty_share`` (``train.empty_share``): each epoch
+    holds every other image and a fresh draw of empty ones, as many as make that share of the epoch (all of them when
+    there are fewer), so every epoch has the same length.
     """
 
-    def __init__(self, n: int, shuffle: bool, seed: int, rank: int = 0, world_size: int = 1, drop_last: bool = False) -> None:
+    def __init__(self, n: int, shuffle: bool, seed: int, rank: int = 0, world_size: int = 1, drop_last: bool = False,
+                 empty: np.ndarray | None = None, empty_share: float | None = None) -> None:
         self.n, self.shuffle, self.seed = n, shuffle, seed
         self.rank, self.world_size, self.drop_last = rank, world_size, drop_last
         self.epoch, self.start = 0, 0
-        self.per_rank = n // world_size if drop_last else -(-n // world_size)
+        self.kept = self.empties = None
+        n_epoch = n
+        if empty is not None and empty_share is not None:
+            self.kept, self.empties = np.flatnonzero(~empty), np.flatnonzero(empty)
+            wanted = round(empty_share / (1.0 - empty_share) * len(self.kept)) if len(self.kept) else len(self.empties)
+            self.n_empty = min(len(self.empties), wanted)
+            n_epoch = len(self.kept) + self.n_empty
+        self.n_epoch = n_epoch
+        self.per_rank = n_epoch // world_size if drop_last else -(-n_epoch // world_size)
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
         """Select the epoch's order; ``start`` skips this rank's first items (resuming mid-epoch)."""
@@ -270,10 +283,15 @@ class EpochSampler(Sampler):
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        order = torch.randperm(self.n, generator=g) if self.shuffle else torch.arange(self.n)
+        if self.kept is None:
+            order = torch.randperm(self.n, generator=g) if self.shuffle else torch.arange(self.n)
+        else:  # every kept image and this epoch's draw of empty ones
+            drawn = torch.from_numpy(self.empties)[torch.randperm(len(self.empties), generator=g)[: self.n_empty]]
+            chosen = torch.cat([torch.from_numpy(self.kept), drawn.sort().values])
+            order = chosen[torch.randperm(len(chosen), generator=g)] if self.shuffle else chosen
         total = self.per_rank * self.world_size
-        if total > self.n:
-            order = torch.cat([order, order[: total - self.n]])
+        if total > len(order):
+            order = torch.cat([order, order[: total - len(order)]])
         order = order[:total][self.rank :: self.world_size]
         seeds = torch.randint(0, 2**31 - 1, (self.n,), generator=g)
         for i in order[self.start :].tolist():
