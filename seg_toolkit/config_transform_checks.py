@@ -113,12 +113,14 @@ def _check_probabilities(built: Any, where: str) -> None:
 def _walk(tr: Any, where: str, containers: bool = False):
     """Each transform of a built ``transforms.train`` entry with where it is, inside OneOf / SomeOf / Sequential too
     (with ``containers``, those themselves as well, before their transforms)."""
+    from .data.dataset import inner_where  # lazy, as above (the entry is built: albumentations is imported)
+
     inner = getattr(tr, "transforms", None)
     if inner is not None and not hasattr(tr, "height"):
         if containers:
             yield tr, where
         for j, sub in enumerate(inner):
-            yield from _walk(sub, f"{where}.{type(tr).__name__}.transforms[{j}]", containers)
+            yield from _walk(sub, inner_where(where, type(tr).__name__, j), containers)
     else:
         yield tr, where
 
@@ -148,13 +150,13 @@ def _check_augmentation(spec: Any, where: str, emit: bool = True) -> Any:
     size raised to the next odd one), so those warnings fail too, naming the transform: the inner transforms of a
     OneOf / SomeOf / Sequential are checked each on its own first (``emit``: its other warnings are said once, by
     the outer check)."""
-    from .data.dataset import _aug_from_spec  # lazy: albumentations is slow to import
+    from .data.dataset import _aug_from_spec, inner_where  # lazy: albumentations is slow to import
 
     if isinstance(spec, dict) and len(spec) == 1:
         name, params = next(iter(spec.items()))
         if isinstance(params, dict) and isinstance(params.get("transforms"), list):
             for i, inner in enumerate(params["transforms"]):
-                _check_augmentation(inner, f"{where}.{name}.transforms[{i}]", emit=False)
+                _check_augmentation(inner, inner_where(where, name, i), emit=False)
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -31,6 +31,12 @@ log = logging.getLogger(__name__)
 __all__ = ["SegDataset", "EpochSampler", "build_transforms", "check_train_transforms", "collate", "target_to_tensor"]
 
 
+def inner_where(where: str, container: str, i: int) -> str:
+    """Where the ``i``-th transform of a OneOf / SomeOf / Sequential at ``where`` is, as every message names it:
+    ``transforms.train[0].OneOf.transforms[1]``."""
+    return f"{where}.{container}.transforms[{i}]"
+
+
 def _aug_from_spec(spec: Any, where: str) -> A.BasicTransform:
     if isinstance(spec, str):
         spec = {spec: {}}
@@ -56,7 +62,7 @@ def _aug_from_spec(spec: Any, where: str) -> A.BasicTransform:
         if not isinstance(inner, list) or not inner:
             raise ConfigError(f"{where}: {name}: expected {{{name}: {{transforms: [{{HorizontalFlip: {{}}}}, ...], p: 0.5}}}}, "
                               f"got {spec!r}")
-        inner = [_aug_from_spec(s, f"{where}.{name}.transforms[{i}]") for i, s in enumerate(inner)]
+        inner = [_aug_from_spec(s, inner_where(where, name, i)) for i, s in enumerate(inner)]
         try:
             return cls(inner, **params)
         except Exception as e:
