@@ -323,7 +323,7 @@ def row_ids(cfg: Config, image_id: str) -> list[str]:
     s = cfg.submission
     if not s.per_class:
         return [image_id]
-    from .data.sources import format_fields  # lazy: the data package imports torch
+    from .data.id_formats import format_fields  # lazy: the data package imports torch
 
     if "name" not in format_fields(s.id_format):
         return [s.id_format.format(id=image_id, cls=k) for k in submission_classes(cfg)]

@@ -196,9 +196,16 @@ def check_submission(
         return [f"{csv_path}: cannot be read as CSV ({type(e).__name__}: {' '.join(str(e).split())})"]
     from .data.sources import read_csv_strict  # lazy: the data package imports torch
 
-    # unreadable: DataError naming it (exit 2); a header only (a code competition's public sample): the columns and
-    # every row's strings are checked, the ids only for duplicates
+    # unreadable: DataError naming it (exit 2). A header only (a code competition's public sample): the rows predict
+    # writes stand for it when they are known (n_pixels: the config's test images, --config), else only the columns,
+    # duplicates and every row's strings are checked
     sample = read_csv_strict(Path(sample_path), [], "sample submission")
+    if sample.empty and isinstance(n_pixels, dict) and n_pixels:
+        sample = pd.DataFrame({c: list(n_pixels) if c == (columns[0] if columns else sample.columns[0]) else "0"
+                               if c == class_column else "" for c in sample.columns})
+    elif sample.empty:
+        log.warning("%s lists no rows (its header only): the ids of %s are not checked; give the config (--config) to "
+                    "check them against the test images' rows", sample_path, csv_path)
     if list(sub.columns) != list(sample.columns):
         problems.append(f"columns are {list(sub.columns)}; the sample has {list(sample.columns)}")
         return problems

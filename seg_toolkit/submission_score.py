@@ -32,7 +32,7 @@ def score_submission(csv_path: str | Path, solution_path: str | Path, cfg: Confi
     from .data.io import image_size
     from .data.scored import score_hw
     from .data.colors import class_ids_by_name
-    from .data.sources import class_of_match, parse_submission_id
+    from .data.id_formats import class_of_match, parse_submission_id
     from .evaluator import Evaluator
 
     s, d = cfg.submission, cfg.data

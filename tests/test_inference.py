@@ -340,6 +340,42 @@ def test_a_sample_of_its_header_only_takes_the_test_images_rows(two_experiments,
     bad.to_csv(tmp_path / "bad.csv", index=False)
     problems = check_submission(tmp_path / "bad.csv", tmp_path / "header.csv")
     assert any("duplicate ids" in p for p in problems) and any("'x'" in p for p in problems), problems
+    # with the config (check-submission --config), the rows predict writes stand for the sample's: an empty file or a
+    # made-up id is found (the review: both passed)
+    from seg_toolkit.submission import row_pixels
+
+    pixels = row_pixels(cfg)
+    assert list(pixels) == got[key].tolist()
+    assert check_submission(out, tmp_path / "header.csv", n_pixels=pixels) == []
+    got.iloc[:0].to_csv(tmp_path / "empty.csv", index=False)
+    assert any("the sample has 12" in p for p in check_submission(tmp_path / "empty.csv", tmp_path / "header.csv",
+                                                                   n_pixels=pixels))
+    made_up = got.copy()
+    made_up.loc[0, key] = "notanimage_1"
+    made_up.to_csv(tmp_path / "made_up.csv", index=False)
+    assert any("ids not in the sample" in p for p in check_submission(tmp_path / "made_up.csv", tmp_path / "header.csv",
+                                                                       n_pixels=pixels))
+
+
+def test_a_header_only_sample_trains_and_an_empty_public_test_folder_submits_the_header(demo_root, tmp_path):
+    """The review: with a header-only sample the check before training crashed (IndexError) once the test folder held
+    images, and an empty test folder (a code competition's public run, the test hidden) stopped predict and the
+    exported kernel ('no *.png test images'), where the header alone is the submission to make."""
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(demo_root, root)
+    header = (root / "sample_submission.csv").read_text().splitlines()[0] + "\n"
+    (root / "sample_submission.csv").write_text(header)
+    cfg = config_from_dict(demo_dict(root, tmp_path / "runs", postprocess={"tune": False}, train={"epochs": 1}))
+    from seg_toolkit.cv import run_cv
+
+    run_cv(cfg)
+    for p in (root / "test" / "images").iterdir():
+        p.unlink()
+    out = predict_test(cfg, out=tmp_path / "public.csv")
+    assert out.read_text() == header
+    assert check_submission(out, root / "sample_submission.csv") == []
 
 
 def test_out_is_never_a_run_file_or_a_folder(two_experiments, tmp_path, capsys):
@@ -514,3 +550,21 @@ def test_each_experiment_follows_its_own_tta_choice(two_experiments, monkeypatch
                         lambda model, images, task, t, s, merge, mb: calls.append((list(t), merge)) or real(model, images, task, t, s, merge, mb))
     _probs(Predictor([Member.load(Run.of(a)), Member.load(Run.of(b))], device="cpu"), a)
     assert calls == [(["identity"], "mean_prob")] * 2 + [(["identity", "rot180"], "mean_logit")]
+
+
+def test_header_only_test_ids_take_the_training_ids_form(demo_root, tmp_path):
+    """A header-only sample says nothing of the ids' form; ids that carry the extension in train.csv (Severstal's
+    0002cc93b.jpg) lost it for the test images (3fcd72a7_1 beside training's d3e45131.png). They take training's now."""
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(demo_root, root)
+    train = pd.read_csv(root / "train.csv", dtype=str, keep_default_na=False)
+    train.assign(ImageId=train.ImageId + ".png").to_csv(root / "train.csv", index=False)
+    header = (root / "sample_submission.csv").read_text().splitlines()[0] + "\n"
+    (root / "sample_submission.csv").write_text(header)
+    cfg = config_from_dict(demo_dict(root, tmp_path / "runs"))
+    names = sorted(p.name for p in (root / "test" / "images").iterdir())
+    assert [s.id for s in load_test_samples(cfg)] == names
+    train.to_csv(root / "train.csv", index=False)  # ids without it: the file names' stems
+    assert [s.id for s in load_test_samples(cfg)] == [n[:-4] for n in names]

@@ -104,7 +104,7 @@ def read_train_csv(cfg: Config, on_problem: OnProblem = raise_problem) -> tuple[
     split, by_name = None, {}
     if d.id_format is not None:  # the class in the id: Severstal's first train.csv, Understanding Clouds
         from .colors import class_ids_by_name
-        from .sources import class_of_match, format_fields, parse_submission_id  # lazy: sources imports this module
+        from .id_formats import class_of_match, format_fields, parse_submission_id
 
         by_name = class_ids_by_name(cfg)
         split = parse_submission_id(d.id_format, by_name)

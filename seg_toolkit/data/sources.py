@@ -23,11 +23,9 @@ label map, binary/multilabel ``uint8 (H, W, C)`` with 0/1, void = 255 in both.
 from __future__ import annotations
 
 import logging
-import re
-import string
 from collections import Counter
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterator
 
 from ..config import Config
 from ..errors import closest
@@ -38,6 +36,7 @@ from .csv_rows import raise_problem, read_train_csv, unlisted_samples
 from .io import DataError, _ext_hint, _line, read_csv_strict
 from .masks import check_train_samples, load_target, train_rle_spec
 from .sample import Sample, check_id, image_path, instance_image, pair_of
+from .id_formats import class_of_match, format_fields, parse_submission_id, training_ids_carry_ext  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -334,31 +333,6 @@ def load_list_samples(cfg: Config, lists: list[str]) -> list[Sample]:
     return list(iter_list_samples(cfg, lists))
 
 
-def format_fields(fmt: str) -> list[str]:
-    """The field names of an id format, in order (``{{`` / ``}}`` are literal braces, not fields)."""
-    return [name for _, name, _, _ in string.Formatter().parse(fmt) if name is not None]
-
-
-def parse_submission_id(fmt: str, names: Iterable[str] = ()) -> re.Pattern:
-    """A regex that splits an id made with ``fmt`` (``submission.id_format``, ``data.id_format``) back into id and class:
-    group ``cls`` (a number) or ``name`` (one of ``names``); :func:`class_of_match` reads it. With ``{cls}`` the id is
-    as long as it can be (``{id}{cls}`` splits ``img12`` as img1, 2); with ``{name}`` the name is: the id as short as
-    the rest allows and the longest name tried first ('Fish_Sugar' before 'Sugar' and 'Fish')."""
-    named = "name" in format_fields(fmt)
-    alternatives = "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True)) or "(?!)"
-    fields = {"id": "(?P<id>.+?)" if named else "(?P<id>.+)", "cls": r"(?P<cls>\d+)", "name": f"(?P<name>{alternatives})"}
-    pattern = ""
-    for literal, name, _, _ in string.Formatter().parse(fmt):
-        pattern += re.escape(literal) + (fields[name] if name is not None else "")
-    return re.compile(pattern)
-
-
-def class_of_match(m: re.Match, by_name: dict[str, int]) -> int:
-    """The class number of an id :func:`parse_submission_id` split: its ``cls``, or its ``name``'s number."""
-    groups = m.groupdict()
-    return int(groups["cls"]) if groups.get("cls") is not None else by_name[groups["name"]]
-
-
 _SAID_HEADER_ONLY: set[Path] = set()  # header-only samples said once per process (every command step loads the test set)
 
 
@@ -379,12 +353,15 @@ def load_test_samples(cfg: Config, images: bool = True) -> list[Sample]:
         id_col = s.id_column or df.columns[0]
         if id_col not in df.columns:
             raise DataError(f"{sample_path}: no column {id_col!r} (submission.id_column); it has {list(df.columns)}")
-    if df is not None and df.empty:  # a code competition's public sample: its header only, the test images hidden
+    header_only = df is not None and df.empty  # a code competition's public sample: its header only, the test hidden
+    with_ext = header_only and training_ids_carry_ext(cfg)
+    if header_only:
         if sample_path not in _SAID_HEADER_ONLY:
             _SAID_HEADER_ONLY.add(sample_path)
             log.info("%s has no rows (its header only, as a code competition's public sample may): rows for every "
-                     "test image in %s, in file name order, under its columns", sample_path, folder)
-        if not images and not folder.is_dir():
+                     "test image in %s, in file name order, under its columns, ids as file names %s the extension (as "
+                     "the training CSV's ids are)", sample_path, folder, "with" if with_ext else "without")
+        if not folder.is_dir() and not images:
             return []
     elif df is not None:
         ids: list[str] = []
@@ -419,6 +396,11 @@ def load_test_samples(cfg: Config, images: bool = True) -> list[Sample]:
         return [Sample(check_id(p.parent.name, str(p.parent)), p, where=str(p.parent))
                 for p in _band_files(folder, bands_of(cfg), "data.test_images", raise_problem)]
     files = _image_files(folder, d.image_ext)
+    if not files and header_only:  # a code competition's public run: no test image, a submission of its header only
+        log.info("%s: no *%s test images; with %s's header only, the submission is that header", folder, d.image_ext,
+                 sample_path.name)
+        return []
     if not files:
         raise DataError(f"{folder}: no *{d.image_ext} test images{_folder_ext_hint(folder, 'data.image_ext')}")
-    return [Sample(p.stem, p, where=str(p), pair=pair_of(cfg)) for p in files]
+    return [Sample(p.name if with_ext else p.stem, p, where=str(p), pair=pair_of(cfg)) for p in files]
+
