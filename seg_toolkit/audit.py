@@ -96,6 +96,7 @@ class AuditResult:
     void_only_files: list[str] = field(default_factory=list, repr=False)
     faint_files: dict[str, int] = field(default_factory=dict, repr=False)
     foreground_masks: int = field(default=0, repr=False)  # binary mask files with foreground as training reads them
+    void_beside_foreground: int = field(default=0, repr=False)  # of those, files with void pixels too (a void label)
     # object data (data.instance_folders, or data.rle_instances on a binary task): objects per image, each object's
     # pixels, and the objects 8-adjacent to another (merged by a mask unless kept apart)
     objects_per_image: list[int] = field(default_factory=list, repr=False)
@@ -253,6 +254,7 @@ def _check_mask_values(s: Sample, cfg: Config, res: AuditResult) -> bool:
             res.faint_files[str(s.mask)] = int(max(fg))
         elif fg:
             res.foreground_masks += 1
+            res.void_beside_foreground += -1 in values
     return True
 
 
@@ -263,7 +265,7 @@ def _check_lost_foreground(res: AuditResult, cfg: Config) -> None:
     d = cfg.data
     if not res.foreground_masks:
         return
-    if res.void_only_files:
+    if res.void_only_files and not res.void_beside_foreground:  # masks with objects and void: void is a label of its own
         files = res.void_only_files
         res.add("void_foreground", files[0],
                 f"{files[0]}" + (f" and {len(files) - 1} more" if len(files) > 1 else "") + f": every non-zero pixel "

@@ -283,6 +283,13 @@ def test_binary_masks_whose_whole_foreground_is_lost_are_named(tmp_path):
     assert p.kind == "void_foreground" and p.where == str(tmp_path / "train/masks/c.png")
     assert "every non-zero pixel is void (data.ignore_index: 255)" in p.message
     assert audit(_binary_cfg(tmp_path, layout="folder")).problems[0].kind == "mixed_foreground"  # as before
+    # the review: 0/1 masks with a 255 border (void) where one image has no object: the border is a label of its own
+    for name in "abcd":
+        m = np.zeros((8, 8), np.uint8)
+        m[0, :] = 255
+        m[2:6, 2:6] = 0 if name == "d" else 1
+        _png(tmp_path / "train/masks" / f"{name}.png", m)
+    assert audit(_binary_cfg(tmp_path, layout="folder", ignore_index=255)).problems == []
     jpg = tmp_path / "jpg"
     for name, v in (("a", 255), ("b", 255), ("c", 1)):
         m = np.zeros((16, 16), np.uint8)

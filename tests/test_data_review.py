@@ -563,6 +563,16 @@ def test_tiffs_pillow_would_read_otherwise_are_refused_naming_the_file(tmp_path)
     assert np.array_equal(read_image(tmp_path / "rgba.tif", 4), rgbn)
     tifffile.imwrite(tmp_path / "upright.tif", grey, metadata=None, extratags=[(274, "H", 1, 1, True)])
     assert np.array_equal(read_image(tmp_path / "upright.tif", 1, exif="apply")[..., 0], grey)
+    # the review: a full image with its overview (a COG's or GeoTIFF's reduced-resolution page, NewSubfileType 1) or a
+    # thumbnail was refused as "2 pages"; page 0 is the image. A 16-bit RGB BigTIFF was read by its high byte only
+    with tifffile.TiffWriter(tmp_path / "cog.tif") as w:
+        w.write(rgbn[..., :3], photometric="rgb")
+        w.write(rgbn[::2, ::2, :3], photometric="rgb", subfiletype=1)
+    assert np.array_equal(read_image(tmp_path / "cog.tif", 3), rgbn[..., :3]) and image_size(tmp_path / "cog.tif") == (20, 32)
+    deep = rng.integers(0, 65536, (20, 32, 3), dtype=np.uint16)
+    tifffile.imwrite(tmp_path / "big16.tif", deep, photometric="rgb", bigtiff=True)
+    want = np.floor(deep.astype(np.float64) * 255 / 65535 + 0.5).astype(np.uint8)
+    assert np.array_equal(read_image(tmp_path / "big16.tif", 3), want)
 
 
 def test_array_and_integer_messages(tmp_path):

@@ -117,3 +117,13 @@ def test_a_colour_label_saved_as_a_palette_png_is_refused_when_the_classes_csv_n
     check_color_masks(samples, cfg)
     _palette_file(tmp_path / "masks" / "a.png", ids, [0, 0, 0] * 3 + [200, 10, 10] * 6)  # colours the CSV does not list
     check_color_masks(samples, cfg)
+    # the review's false refusals: a grey palette (an id mask converted to P: index i shown as grey i) beside a CSV
+    # whose void row is black (CamVid's 11), and a void row's colour at the void index (VOC's 255 listed as id 21)
+    with_void = "".join(line + ",0\n" for line in rows.splitlines()) + "9,void,0,0,0,1\n10,edge,224,224,192,1\n"
+    (tmp_path / "classes.csv").write_text("id,name,r,g,b,ignore\n" + with_void)
+    Image.fromarray(ids).convert("P").save(tmp_path / "masks" / "a.png")
+    check_color_masks(samples, cfg)
+    voc = ids.copy()
+    voc[0, :] = 255
+    _palette_file(tmp_path / "masks" / "a.png", voc, [0, 0, 0] * 255 + [224, 224, 192])
+    check_color_masks(samples, cfg)

@@ -287,13 +287,18 @@ def _check_palette_ids(samples: list[Sample], cfg: Config) -> None:
     from .image_file import open_header
 
     d = cfg.data
-    df = _classes_csv(cfg) if d.mask_format == "ids" and d.mask_channel is None and not d.mask_values else None
+    ids_read = d.mask_format == "ids" and d.mask_channel is None and not d.mask_values and d.task != "binary"
+    df = _classes_csv(cfg) if ids_read else None
     if df is None or not {"r", "g", "b"} <= set(df.columns):
         return
-    class_of = {(int(r), int(g), int(b)): int(i) for i, r, g, b in zip(df["id"], df["r"], df["g"], df["b"])}
+    void = [_IGNORE_FLAGS[v.strip().lower()] for v in df["ignore"]] if "ignore" in df.columns else [False] * len(df)
+    # the classes' colours; not void rows, nor greys (a grey palette, (i, i, i), or Pillow's default one, is a label map
+    # shown as it is: CamVid's void is black)
+    class_of = {(int(r), int(g), int(b)): int(i) for i, r, g, b, v in zip(df["id"], df["r"], df["g"], df["b"], void)
+                if not v and int(i) != d.ignore_index and not int(r) == int(g) == int(b)}
     for s in [x for x in samples if x.mask is not None and x.pair is None][:N_COLOR_CHECK]:
         with open_header(s.mask) as im:
-            if im.mode != "P":
+            if im.mode != "P" or im.size[0] * im.size[1] > d.max_image_pixels:
                 return
             palette = np.asarray(im.getpalette() or [], np.int64).reshape(-1, 3)
             used = np.flatnonzero(np.bincount(np.asarray(im).ravel(), minlength=len(palette)))

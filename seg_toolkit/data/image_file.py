@@ -57,7 +57,7 @@ def check_file(path: Path) -> None:
         raise DataError(f"{path}: file is empty (0 bytes)")
 
 
-_TIFF_ORIENTATION, _SAMPLES_PER_PIXEL = 274, 277
+_TIFF_ORIENTATION, _SAMPLES_PER_PIXEL, _NEW_SUBFILE_TYPE = 274, 277, 254
 
 
 def check_tiff(im: Image.Image, path: Path) -> None:
@@ -69,7 +69,7 @@ def check_tiff(im: Image.Image, path: Path) -> None:
     if im.format != "TIFF":
         return
     tags = getattr(im, "tag_v2", {})
-    pages = getattr(im, "n_frames", 1)
+    pages = _full_pages(im)
     save = "save it as a .npy array (H, W, C) with data.image_ext: .npy and data.in_channels: C"
     if pages > 1:
         raise DataError(f"{path}: a TIFF of {pages} pages; one image per file is read (page 0 alone would be): {save}, "
@@ -83,6 +83,22 @@ def check_tiff(im: Image.Image, path: Path) -> None:
         raise DataError(f"{path}: TIFF orientation tag {tag}: Pillow turns such a TIFF as it reads it (and scrambles "
                         "some), so it is read neither as stored nor as shown; save the pixels as stored with "
                         "orientation 1 (tifffile.imwrite(path, tifffile.imread(path)))")
+
+
+def _full_pages(im: Image.Image) -> int:
+    """A TIFF's full-resolution pages: reduced-resolution ones (NewSubfileType bit 0: a COG's or GeoTIFF's overviews,
+    a thumbnail) and transparency masks (bit 2) are not images of their own. The header is left at page 0."""
+    n = getattr(im, "n_frames", 1)
+    if n < 2:
+        return n
+    full = 0
+    try:
+        for k in range(n):
+            im.seek(k)
+            full += not int(im.tag_v2.get(_NEW_SUBFILE_TYPE, 0) or 0) & 0b101
+    finally:
+        im.seek(0)
+    return full
 
 
 def unreadable(path: Path, e: Exception) -> DataError:
@@ -199,7 +215,7 @@ def open_image(path: Path, max_pixels: int, exif: str | None = None) -> Image.Im
 # ----------------------------------------------------------------------------- 16-bit colour files
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_TIFF_SIGNATURES = (b"II*\x00", b"MM\x00*")
+_TIFF_SIGNATURES = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic TIFF, then BigTIFF
 
 
 def color16(path: str | Path) -> bool:
