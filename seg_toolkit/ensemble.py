@@ -367,8 +367,9 @@ def _build_ensemble(cfgs: list[Config], name: str | None, weights: Sequence[floa
         member_info = []
         for r, row in zip(runs, member_rows):
             pp = read_json(r.postprocess_json) or {}
+            # score: on the ensemble's OOF images; own_tuned_*: the member's own tuning, on its own folds' images
             member_info.append({"run": str(r.dir), "weight": chosen[runs.index(r)], "score": row["score"],
-                                "score_after_postprocess": pp.get("after")})
+                                "own_tuned_score": pp.get("after"), "own_tuned_folds": pp.get("folds")})
         cv = compute_cv(ens_cfg, out, extra={"ensemble": {"members": member_info, "space": space, "weights": chosen,
                                                           "weights_search": search}, "pseudo": _members_pseudo(runs)})
         end_oof_rewrite(out)  # stopped while tuning: predict refuses a cv.json without the tuning it asks for

@@ -209,6 +209,9 @@ def choose_tta(
             write_json(run.done_json(k), {**(read_json(run.done_json(k)) or {}), "oof": made,
                                           "oof_amp": predictor.members[0].amp(k, predictor.device).mode})
         cv = compute_cv(cfg, run, samples)
+        for k, score in zip(cv.get("folds", []), cv.get("fold_scores", [])):  # each fold's OOF score, of the new files
+            if int(k) in folds:  # (the report's per-fold table read the old TTA's beside cv.json's new one)
+                write_json(run.done_json(int(k)), {**(read_json(run.done_json(int(k))) or {}), "oof_score": score})
         # the tuning's record of the cv.json it was tuned beside: the one just scored on these files (the candidate's
         # tuning read the old cv.json, and report then called the fresh post-processing stale)
         post = {**tuned[chosen_i], "cv_json_score": cv["score"]}

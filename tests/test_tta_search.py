@@ -161,6 +161,8 @@ def test_the_winner_becomes_the_runs_oof_and_post_processing(run, chosen):
     assert cv["oof"]["tta"] == chosen["tta"] and cv["oof"]["merge"] == chosen["merge"]
     assert cv["score"] == pytest.approx(chosen["untuned"], abs=1e-9)
     assert not (r.dir / "tta_search").exists()  # the candidates' scratch files are gone
+    # each fold's done.json scores the new files, as cv.json does (the report's per-fold table showed the old TTA's)
+    assert [read_json(r.done_json(k))["oof_score"] for k in cv["folds"]] == cv["fold_scores"]
 
 
 @pytest.mark.parametrize("cross_fit", [True, False])
