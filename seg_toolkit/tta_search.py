@@ -110,7 +110,8 @@ def choose_tta(
     candidates: Sequence[Sequence[str]] | None = None,
     merges: Sequence[str] | None = None,
 ) -> dict:
-    """Score every (TTA set, merge mode) by its tuned OOF score; make the winner the run's OOF.
+    """Score every (TTA set, merge mode) by its tuned OOF score; make the winner the run's OOF. With the default
+    candidates, the run's own setting (its ``tta.json``, else ``predict.tta`` / ``predict.merge``) is one of them.
 
     Returns what ``tta.json`` holds: ``tta`` and ``merge`` (the choice), ``score`` (its OOF
     score after post-processing tuned on its own probabilities), ``cross_fitted`` (that score
@@ -146,6 +147,12 @@ def choose_tta(
             raise FileNotFoundError(f"{run.folds_csv} names {len(unknown)} ids that are not training samples (e.g. {unknown[0]!r}); "
                                     "it was made for other data")
         pairs = [(list(c), m) for c in cands for m in merge_list]
+        if candidates is None:  # the run's own setting is always tried: a choice never replaces it unscored
+            from .run_settings import tta_settings
+
+            own_tta, own_merge = tta_settings(cfg, run)
+            if not any(sorted(c) == sorted(own_tta) and m == own_merge for c, m in pairs):
+                pairs.append((list(own_tta), own_merge))
         predictor = Predictor([Member.load(run, cfg=cfg)])
         scales = list(dict.fromkeys(float(s) for s in cfg.predict.scales))
         distinct = len({t for c in cands for t in expand_tta(c)}) * len(scales)

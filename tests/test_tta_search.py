@@ -472,3 +472,20 @@ def test_the_tta_choice_is_nested_in_the_cross_fitted_score():
     got, picks = nested_choice(groups, [a, b], lambda g, i, j: [a, b][i][REST][g] > [a, b][j][REST][g])
     # group 0: b (0.4 > 0.3) -> 0.0, 0.0; group 1: a (0.9 > 0.1) -> 0.2, 0.2; group 2: a tie keeps the first -> 0.5, 0.5
     assert picks == [1, 0, 0] and got == pytest.approx((0 + 0 + 0.2 + 0.2 + 0.5 + 0.5) / 6)
+
+
+def test_the_runs_own_tta_setting_is_always_a_candidate(demo_root, tmp_path):
+    """The parity audit: the default candidates are a fixed list, so a run predicting with [identity, transpose]
+    could have it replaced by a set that scored lower, its own never scored. It is one of the candidates now."""
+    from seg_toolkit.tta_search import DEFAULT_CANDIDATES, DEFAULT_MERGES
+
+    cfg = config_from_dict(demo_dict(demo_root, tmp_path / "runs", train={"epochs": 1, "batch_size": 2},
+                                     predict={"batch_size": 4, "tta": ["identity", "transpose"], "merge": "mean_logit"},
+                                     postprocess={"tune": True, "cross_fit": False}))
+    before = run_cv(cfg)["score"]  # the OOF files made with the run's own setting
+    result = choose_tta(cfg)
+    pairs = [(s["tta"], s["merge"]) for s in result["scores"]]
+    assert pairs == [(c, m) for c in DEFAULT_CANDIDATES for m in DEFAULT_MERGES] + [(["identity", "transpose"], "mean_logit")]
+    own = result["scores"][-1]
+    assert own["untuned"] == pytest.approx(before, abs=1e-12)  # the same probabilities as the OOF files it had
+    assert result["score"] >= own["score"]  # the choice never scores below the setting it replaces
