@@ -265,7 +265,8 @@ def _check_lost_foreground(res: AuditResult, cfg: Config) -> None:
     d = cfg.data
     if not res.foreground_masks:
         return
-    if res.void_only_files and not res.void_beside_foreground:  # masks with objects and void: void is a label of its own
+    # most masks with objects have void too: void is a label of its own (a border), not a lost object
+    if res.void_only_files and res.void_beside_foreground * 2 < res.foreground_masks:
         files = res.void_only_files
         res.add("void_foreground", files[0],
                 f"{files[0]}" + (f" and {len(files) - 1} more" if len(files) > 1 else "") + f": every non-zero pixel "

@@ -171,8 +171,8 @@ def _check_train(cfg: Config) -> None:
     if isinstance(t.min_fold_epochs, bool) or not isinstance(t.min_fold_epochs, int) or t.min_fold_epochs < 0:
         raise ConfigError(f"train.min_fold_epochs: expected a number of epochs >= 0 (0: off), got {t.min_fold_epochs!r}")
     if t.empty_share is not None and cfg.data.task == "multiclass":
-        raise ConfigError("train.empty_share: draws images without foreground, which a multiclass label map (every pixel "
-                          "a class) does not have; it applies to binary and multilabel tasks")
+        raise ConfigError("train.empty_share: draws images without foreground for binary and multilabel tasks; a multiclass "
+                          "label map's class 0 is a class like the others (its empty images are not drawn apart)")
     if t.min_fold_epochs and t.time_budget is None:
         raise ConfigError("train.min_fold_epochs chooses how many folds fit train.time_budget; set a time_budget, or 0")
     if t.init_from is not None and not str(t.init_from).strip():

@@ -200,9 +200,11 @@ def check_submission(
     # writes stand for it when they are known (n_pixels: the config's test images, --config), else only the columns,
     # duplicates and every row's strings are checked
     sample = read_csv_strict(Path(sample_path), [], "sample submission")
-    if sample.empty and isinstance(n_pixels, dict) and n_pixels:
-        sample = pd.DataFrame({c: list(n_pixels) if c == (columns[0] if columns else sample.columns[0]) else "0"
-                               if c == class_column else "" for c in sample.columns})
+    stand_in = sample.empty and isinstance(n_pixels, dict)  # the rows predict writes (none: no test image)
+    if stand_in:
+        ids = list(n_pixels)
+        sample = pd.DataFrame({c: ids if c == (columns[0] if columns else sample.columns[0]) else
+                               ["0" if c == class_column else ""] * len(ids) for c in sample.columns})
     elif sample.empty:
         log.warning("%s lists no rows (its header only): the ids of %s are not checked; give the config (--config) to "
                     "check them against the test images' rows", sample_path, csv_path)
@@ -227,7 +229,8 @@ def check_submission(
     classes_of = None if not class_column else (
         sub[class_column].to_numpy(dtype=object), classes,
         sample_class_pairs(sample[id_col].tolist(), sample[class_column].tolist()))
-    return problems + _row_problems(sub, sample, id_col, rle_col, spec, tokens, n_pixels, max_problems, classes_of)
+    return problems + _row_problems(sub, sample, id_col, rle_col, spec, tokens, n_pixels, max_problems, classes_of,
+                                    listed=stand_in or not sample.empty)
 
 
 def _id_groups(ids: np.ndarray) -> np.ndarray:
@@ -247,6 +250,7 @@ def _row_problems(
     n_pixels: dict[str, int] | int | None,
     max_problems: int,
     classes_of: tuple[np.ndarray, list[int] | None, dict[tuple[str, int], int] | None] | None = None,
+    listed: bool = True,
 ) -> list[str]:
     """The row checks of :func:`check_submission` (ids against the sample, then every string); ``classes_of``: each
     row's class column, the classes allowed and the sample's (image, class) pairs, when the class has a column."""
@@ -264,7 +268,7 @@ def _row_problems(
     else:
         got, lines = ids, np.arange(len(ids)) + 2
         n_got, counted = len(ids), f"{len(ids)} rows"
-    listed = len(want) > 0  # a sample of its header only lists no ids to compare with
+    # listed: the ids are known (the sample's, or the test images' rows standing in for a sample of its header only)
     if n_got != len(want) and listed:
         problems.append(f"{counted}; the sample has {len(want)}")
     seen: dict[str, int] = {}

@@ -328,7 +328,7 @@ def build_loaders(cfg: Config, train_set: list[Sample], valid_set: list[Sample],
     return train_loader, valid_loader
 
 
-def train_sampler(cfg: Config, train_set: list[Sample], d: Dist | None = None) -> EpochSampler:
+def train_sampler(cfg: Config, train_set: list[Sample], d: Dist | None = None, say: bool = True) -> EpochSampler:
     """The training images' sampler: every image each epoch, or with ``train.empty_share`` every image with foreground
     and a draw of empty ones (their foreground from the RLE rows, or one read of each mask file)."""
     t, d = cfg.train, d or Dist()
@@ -339,10 +339,10 @@ def train_sampler(cfg: Config, train_set: list[Sample], d: Dist | None = None) -
         empty = np.array([not class_presence(s, cfg).any() for s in train_set], bool)
     sampler = EpochSampler(len(train_set), shuffle=True, seed=t.seed, rank=d.rank, world_size=d.world_size,
                            empty=empty, empty_share=t.empty_share)
-    if empty is not None and d.rank == 0:
+    if empty is not None and d.rank == 0 and say:
         log.info("train.empty_share %g: each epoch %d image(s) with foreground and %d of the %d empty one(s)%s",
                  t.empty_share, int((~empty).sum()), sampler.n_empty, int(empty.sum()),
-                 "" if sampler.n_empty < empty.sum() or not empty.sum() else " (all of them: fewer than the share asks)")
+                 " (all of them: fewer than the share asks)" if sampler.n_empty < sampler.wanted else "")
     return sampler
 
 
@@ -351,7 +351,7 @@ def whole_train_loader(cfg: Config, train_set: list[Sample], device: torch.devic
     process (not sharded by rank), in that epoch's order and
     augmentation, batches of ``train.batch_size`` with none dropped: a last batch of one image joins the one before
     (BatchNorm cannot train on one value per channel). For checkpoint averaging's BatchNorm pass (:mod:`.averaging`)."""
-    sampler = train_sampler(cfg, train_set)  # the epoch's images (train.empty_share), all in this process
+    sampler = train_sampler(cfg, train_set, say=False)  # the epoch's images (train.empty_share), all in this process
     sampler.set_epoch(epoch)
     items, size = list(sampler), cfg.train.batch_size
     batches = [items[i : i + size] for i in range(0, len(items), size)]

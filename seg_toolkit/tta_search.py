@@ -151,13 +151,13 @@ def choose_tta(
             from .run_settings import tta_settings
 
             own_tta, own_merge = tta_settings(cfg, run)
-            if not any(sorted(c) == sorted(own_tta) and m == own_merge for c, m in pairs):
+            if not any(sorted(expand_tta(c)) == sorted(expand_tta(own_tta)) and m == own_merge for c, m in pairs):
                 pairs.append((list(own_tta), own_merge))
         predictor = Predictor([Member.load(run, cfg=cfg)])
         scales = list(dict.fromkeys(float(s) for s in cfg.predict.scales))
-        distinct = len({t for c in cands for t in expand_tta(c)}) * len(scales)
-        log.info("choose_tta: %d candidates x %d merge modes on the OOF images of folds %s (%d distinct variants per image)",
-                 len(cands), len(merge_list), folds, distinct)
+        distinct = len({t for c, _ in pairs for t in expand_tta(c)}) * len(scales)
+        log.info("choose_tta: %d (TTA set, merge mode) pairs on the OOF images of folds %s (%d distinct variants per image)",
+                 len(pairs), folds, distinct)
         scratch = [run.tta_search_dir(i) for i in range(len(pairs))]
         n_images = 0
         try:

@@ -569,6 +569,11 @@ def test_tiffs_pillow_would_read_otherwise_are_refused_naming_the_file(tmp_path)
         w.write(rgbn[..., :3], photometric="rgb")
         w.write(rgbn[::2, ::2, :3], photometric="rgb", subfiletype=1)
     assert np.array_equal(read_image(tmp_path / "cog.tif", 3), rgbn[..., :3]) and image_size(tmp_path / "cog.tif") == (20, 32)
+    with tifffile.TiffWriter(tmp_path / "thumb_first.tif") as w:  # the second review: page 0 a thumbnail, read for the image
+        w.write(rgbn[::2, ::2, :3], photometric="rgb", subfiletype=1)
+        w.write(rgbn[..., :3], photometric="rgb")
+    with pytest.raises(DataError, match="thumb_first.tif: a TIFF whose page 0 is a reduced-resolution page"):
+        read_image(tmp_path / "thumb_first.tif", 3)
     deep = rng.integers(0, 65536, (20, 32, 3), dtype=np.uint16)
     tifffile.imwrite(tmp_path / "big16.tif", deep, photometric="rgb", bigtiff=True)
     want = np.floor(deep.astype(np.float64) * 255 / 65535 + 0.5).astype(np.uint8)

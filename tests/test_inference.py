@@ -355,6 +355,9 @@ def test_a_sample_of_its_header_only_takes_the_test_images_rows(two_experiments,
     made_up.to_csv(tmp_path / "made_up.csv", index=False)
     assert any("ids not in the sample" in p for p in check_submission(tmp_path / "made_up.csv", tmp_path / "header.csv",
                                                                        n_pixels=pixels))
+    # no test image (a code competition's public run): no row is what predict writes, so a made-up one is found
+    assert any("12 ids not in the sample" in p for p in check_submission(tmp_path / "made_up.csv", tmp_path / "header.csv",
+                                                                         n_pixels={}))
 
 
 def test_a_header_only_sample_trains_and_an_empty_public_test_folder_submits_the_header(demo_root, tmp_path):
@@ -568,3 +571,9 @@ def test_header_only_test_ids_take_the_training_ids_form(demo_root, tmp_path):
     assert [s.id for s in load_test_samples(cfg)] == names
     train.to_csv(root / "train.csv", index=False)  # ids without it: the file names' stems
     assert [s.id for s in load_test_samples(cfg)] == [n[:-4] for n in names]
+    # the second review: a kernel without train.csv wrote the other form; the run's folds.csv (a bundle carries it)
+    # holds the ids it trained on and decides first
+    Run.of(cfg).dir.mkdir(parents=True)
+    Run.of(cfg).folds_csv.write_text("id,fold,stratum\n" + "".join(f"{i}.png,0,\n" for i in train.ImageId.unique()))
+    (root / "train.csv").unlink()
+    assert [s.id for s in load_test_samples(cfg)] == names

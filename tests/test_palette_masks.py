@@ -127,3 +127,7 @@ def test_a_colour_label_saved_as_a_palette_png_is_refused_when_the_classes_csv_n
     voc[0, :] = 255
     _palette_file(tmp_path / "masks" / "a.png", voc, [0, 0, 0] * 255 + [224, 224, 192])
     check_color_masks(samples, cfg)
+    # the second review: a grey class colour still counts (class 0's (128, 128, 128) at index 1 is a quantized label)
+    _palette_file(tmp_path / "masks" / "a.png", np.where(ids == 0, 1, 0).astype(np.uint8), [9, 9, 9, 128, 128, 128])
+    with pytest.raises(DataError, match=r"index 1 is coloured \[128, 128, 128\], the colour classes.csv gives class 0"):
+        check_color_masks(samples, cfg)

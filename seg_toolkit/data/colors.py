@@ -292,10 +292,9 @@ def _check_palette_ids(samples: list[Sample], cfg: Config) -> None:
     if df is None or not {"r", "g", "b"} <= set(df.columns):
         return
     void = [_IGNORE_FLAGS[v.strip().lower()] for v in df["ignore"]] if "ignore" in df.columns else [False] * len(df)
-    # the classes' colours; not void rows, nor greys (a grey palette, (i, i, i), or Pillow's default one, is a label map
-    # shown as it is: CamVid's void is black)
+    # the classes' colours, not the void rows' (VOC's void is listed under any id)
     class_of = {(int(r), int(g), int(b)): int(i) for i, r, g, b, v in zip(df["id"], df["r"], df["g"], df["b"], void)
-                if not v and int(i) != d.ignore_index and not int(r) == int(g) == int(b)}
+                if not v and int(i) != d.ignore_index}
     for s in [x for x in samples if x.mask is not None and x.pair is None][:N_COLOR_CHECK]:
         with open_header(s.mask) as im:
             if im.mode != "P" or im.size[0] * im.size[1] > d.max_image_pixels:
@@ -303,6 +302,8 @@ def _check_palette_ids(samples: list[Sample], cfg: Config) -> None:
             palette = np.asarray(im.getpalette() or [], np.int64).reshape(-1, 3)
             used = np.flatnonzero(np.bincount(np.asarray(im).ravel(), minlength=len(palette)))
         for i in used[used < len(palette)]:
+            if palette[i].tolist() == [i, i, i]:  # a grey ramp (an id mask converted to P, Pillow's default palette)
+                continue
             j = class_of.get(tuple(palette[i].tolist()))
             if j is not None and j != i:
                 raise DataError(f"{s.mask}: a palette mask whose index {i} is coloured {palette[i].tolist()}, the colour "

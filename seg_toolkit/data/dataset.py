@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import inspect
 import logging
+import math
 from typing import Any, Iterator
 
 import albumentations as A
@@ -274,8 +275,9 @@ class EpochSampler(Sampler):
         n_epoch = n
         if empty is not None and empty_share is not None:
             self.kept, self.empties = np.flatnonzero(~empty), np.flatnonzero(empty)
-            wanted = round(empty_share / (1.0 - empty_share) * len(self.kept)) if len(self.kept) else len(self.empties)
-            self.n_empty = min(len(self.empties), wanted)
+            # at least one empty image for any share > 0 (round() drew none for 0.1 of 4 images with foreground)
+            wanted = math.ceil(empty_share / (1.0 - empty_share) * len(self.kept)) if len(self.kept) else len(self.empties)
+            self.n_empty, self.wanted = min(len(self.empties), wanted), wanted
             n_epoch = len(self.kept) + self.n_empty
         self.n_epoch = n_epoch
         self.per_rank = n_epoch // world_size if drop_last else -(-n_epoch // world_size)

@@ -41,21 +41,28 @@ def class_of_match(m: re.Match, by_name: dict[str, int]) -> int:
     return int(groups["cls"]) if groups.get("cls") is not None else by_name[groups["name"]]
 
 
-def training_ids_carry_ext(cfg: Config) -> bool:
-    """Whether the training CSV's image ids end with an image extension (Severstal's ``0002cc93b.jpg``), read from its
-    first rows (through ``data.id_format``); False without one (the folder layout, a kernel without the training data).
-    A sample of its header only says nothing of the ids' form: the test ids are then written as training's are."""
+def training_ids_carry_ext(cfg: Config) -> tuple[bool, str]:
+    """``(whether the training images' ids end with an image extension, where that was read)``: Severstal's
+    ``0002cc93b.jpg``. From the run's ``folds.csv`` (the ids it trained on; a bundle carries it), else the training
+    CSV's first rows (through ``data.id_format``); ``(False, "no training ids")`` without either. A sample of its header
+    only says nothing of the ids' form: the test ids are then written as training's were."""
+    from ..run import Run  # lazy: the data layer imports nothing of the run's at load
+
     d = cfg.data
-    path = cfg.data_path(d.train_csv)
-    if d.layout != "csv" or not path.is_file():
-        return False
+    folds = Run.of(cfg).folds_csv
     try:
-        first = pd.read_csv(path, dtype=str, keep_default_na=False, nrows=5, usecols=[d.id_column])[d.id_column]
+        if folds.is_file():
+            ids = pd.read_csv(folds, dtype=str, keep_default_na=False, nrows=5, usecols=["id"])["id"].tolist()
+            return any(Path(i).suffix.lower() in IMAGE_EXTS for i in ids), str(folds)
+        path = cfg.data_path(d.train_csv)
+        if d.layout != "csv" or not path.is_file():
+            return False, "no training ids"
+        ids = pd.read_csv(path, dtype=str, keep_default_na=False, nrows=5, usecols=[d.id_column])[d.id_column].tolist()
     except (ValueError, OSError, pd.errors.ParserError):
-        return False
+        return False, "no readable training ids"
     if d.id_format:
         from .colors import class_ids_by_name  # lazy: colors reads mask files
 
         split = parse_submission_id(d.id_format, class_ids_by_name(cfg))
-        first = [m.group("id") for m in map(split.fullmatch, first) if m]
-    return any(Path(str(i)).suffix.lower() in IMAGE_EXTS for i in first)
+        ids = [m.group("id") for m in map(split.fullmatch, ids) if m]
+    return any(Path(str(i)).suffix.lower() in IMAGE_EXTS for i in ids), str(path)

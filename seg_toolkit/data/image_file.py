@@ -69,8 +69,11 @@ def check_tiff(im: Image.Image, path: Path) -> None:
     if im.format != "TIFF":
         return
     tags = getattr(im, "tag_v2", {})
-    pages = _full_pages(im)
+    pages, first_full = _full_pages(im)
     save = "save it as a .npy array (H, W, C) with data.image_ext: .npy and data.in_channels: C"
+    if not first_full:
+        raise DataError(f"{path}: a TIFF whose page 0 is a reduced-resolution page (a thumbnail or overview first), "
+                        f"which would be read for the image: {save}, or save the full image first")
     if pages > 1:
         raise DataError(f"{path}: a TIFF of {pages} pages; one image per file is read (page 0 alone would be): {save}, "
                         "or one file per page")
@@ -85,20 +88,18 @@ def check_tiff(im: Image.Image, path: Path) -> None:
                         "orientation 1 (tifffile.imwrite(path, tifffile.imread(path)))")
 
 
-def _full_pages(im: Image.Image) -> int:
-    """A TIFF's full-resolution pages: reduced-resolution ones (NewSubfileType bit 0: a COG's or GeoTIFF's overviews,
-    a thumbnail) and transparency masks (bit 2) are not images of their own. The header is left at page 0."""
-    n = getattr(im, "n_frames", 1)
-    if n < 2:
-        return n
-    full = 0
+def _full_pages(im: Image.Image) -> tuple[int, bool]:
+    """``(a TIFF's full-resolution pages, whether page 0 is one)``: reduced-resolution pages (NewSubfileType bit 0: a
+    COG's or GeoTIFF's overviews, a thumbnail) and transparency masks (bit 2) are not images of their own. The header
+    is left at page 0."""
+    full = []
     try:
-        for k in range(n):
+        for k in range(getattr(im, "n_frames", 1)):
             im.seek(k)
-            full += not int(im.tag_v2.get(_NEW_SUBFILE_TYPE, 0) or 0) & 0b101
+            full.append(not int(im.tag_v2.get(_NEW_SUBFILE_TYPE, 0) or 0) & 0b101)
     finally:
         im.seek(0)
-    return full
+    return sum(full), bool(full and full[0])
 
 
 def unreadable(path: Path, e: Exception) -> DataError:

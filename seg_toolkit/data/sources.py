@@ -354,14 +354,17 @@ def load_test_samples(cfg: Config, images: bool = True) -> list[Sample]:
         if id_col not in df.columns:
             raise DataError(f"{sample_path}: no column {id_col!r} (submission.id_column); it has {list(df.columns)}")
     header_only = df is not None and df.empty  # a code competition's public sample: its header only, the test hidden
-    with_ext = header_only and training_ids_carry_ext(cfg)
+    with_ext, source = training_ids_carry_ext(cfg) if header_only else (False, "")
     if header_only:
         if sample_path not in _SAID_HEADER_ONLY:
             _SAID_HEADER_ONLY.add(sample_path)
             log.info("%s has no rows (its header only, as a code competition's public sample may): rows for every "
                      "test image in %s, in file name order, under its columns, ids as file names %s the extension (as "
-                     "the training CSV's ids are)", sample_path, folder, "with" if with_ext else "without")
+                     "the training ids are: %s)", sample_path, folder, "with" if with_ext else "without", source)
         if not folder.is_dir() and not images:
+            return []
+        if folder.is_dir() and not any(folder.iterdir()):  # a code competition's public run: the test set hidden
+            log.info("%s: no test images; with %s's header only, the submission is that header", folder, sample_path.name)
             return []
     elif df is not None:
         ids: list[str] = []
