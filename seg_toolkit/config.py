@@ -126,7 +126,7 @@ class TrainConfig:
     min_fold_epochs: int = 0
     batch_size: int = 8
     # binary / multilabel: each epoch trains on every image with foreground and a fresh seeded draw of images without
-    # any (empty), as many as make this share of the epoch (all of them when there are fewer): e.g. 0.2 when most
+    # any (empty), as many as make this share of the epoch, rounded up (all when there are fewer): e.g. 0.2 when most
     # images are empty (Airbus ships, SIIM, Severstal). Validation, OOF and CV keep every image. null = every image
     empty_share: Optional[float] = None
     num_workers: int = 0
