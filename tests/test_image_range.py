@@ -58,7 +58,7 @@ def test_thirty_two_bit_images_need_a_range_and_finite_values(tmp_path):
     ints = _save(tmp_path / "i.tif", np.array([[0, 70000, 140000]], np.int32))
     floats = _save(tmp_path / "f.tif", np.array([[-1.5, 0.25, 2.0]], np.float32))
     assert Image.open(ints).mode == "I" and Image.open(floats).mode == "F"
-    with pytest.raises(DataError, match=r"i.tif: a 32-bit integer image \(PIL mode I; values 0..140000 in this file\).*"
+    with pytest.raises(DataError, match=r"i.tif: a signed or 32-bit integer image \(PIL mode I; values 0..140000 in this file\).*"
                                         r"data.image_range"):
         read_image(ints, 1)
     with pytest.raises(DataError, match=r"f.tif: a 32-bit float image \(PIL mode F; values -1.5..2 in this file\)"):
@@ -121,7 +121,7 @@ def test_a_thirty_two_bit_training_set_is_refused_before_training(tmp_path):
     cfg = _folder(tmp_path, [np.array([[0, 7, 9, 11]] * 4, np.int32)] * 2, ext=".tif")
     samples = load_train_samples(cfg)
     assert Image.open(samples[0].image).mode == "I"
-    with pytest.raises(DataError, match=r"im0.tif: a 32-bit integer image .*values 0..11 in this file"):
+    with pytest.raises(DataError, match=r"im0.tif: a signed or 32-bit integer image .*values 0..11 in this file"):
         check_train_samples(samples, cfg)
     check_train_samples(samples, _folder(tmp_path, [np.array([[0, 7, 9, 11]] * 4, np.int32)] * 2, ext=".tif", image_range=[0, 11]))
 
