@@ -343,13 +343,11 @@ def row_pixels(cfg: Config) -> dict[str, int]:
     images' headers), so that :func:`~seg_toolkit.submission_check.check_submission` finds a run past the mask's last
     pixel, as the competition's scorer would."""
     from .data import load_test_samples
-    from .data.io import image_size
-    from .data.scored import score_hw
+    from .data.scored import sample_score_hw
 
     out: dict[str, int] = {}
-    size = cfg.data.score_size
     for x in load_test_samples(cfg):
-        h, w = score_hw(cfg, size or image_size(x.image, x.pair, cfg.data.exif_orientation))
+        h, w = sample_score_hw(x, cfg)
         out.update(dict.fromkeys(row_ids(cfg, x.id), h * w))
     return out
 

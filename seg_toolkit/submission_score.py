@@ -29,8 +29,7 @@ def score_submission(csv_path: str | Path, solution_path: str | Path, cfg: Confi
     import torch
 
     from .data import load_test_samples
-    from .data.io import image_size
-    from .data.scored import score_hw
+    from .data.scored import sample_score_hw
     from .data.colors import class_ids_by_name
     from .data.id_formats import class_of_match, parse_submission_id
     from .evaluator import Evaluator
@@ -87,7 +86,7 @@ def score_submission(csv_path: str | Path, solution_path: str | Path, cfg: Confi
             f"(e.g. {beyond[:3]}), and a grader scores every image of its solution; give a solution of the "
             f"{len(samples)} test images only, or point data.test_images at all of its images")
     for sample in samples:
-        hw = score_hw(cfg, d.score_size or image_size(sample.image, sample.pair, d.exif_orientation))  # as submitted
+        hw = sample_score_hw(sample, cfg)  # as submitted
         # with a class column an image's empty classes may have no row (as in Severstal's train.csv)
         if not s.class_column and sample.id not in truth_rows:
             raise SubmissionError(f"{solution_path}: no row for test image {sample.id!r} ({sample.image})")

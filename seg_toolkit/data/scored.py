@@ -17,13 +17,18 @@ from .io import DataError, image_size
 from .masks import load_target
 from .sample import Sample
 
-__all__ = ["nearest_resize", "score_hw", "scored_target"]
+__all__ = ["nearest_resize", "sample_score_hw", "score_hw", "scored_target"]
 
 
 def score_hw(cfg: Config, image_hw: tuple[int, int]) -> tuple[int, int]:
     """``(height, width)`` an image of size ``image_hw`` is scored and submitted at under ``cfg``."""
     size = cfg.data.score_size
     return (int(size[0]), int(size[1])) if size else (int(image_hw[0]), int(image_hw[1]))
+
+
+def sample_score_hw(sample: Sample, cfg: Config) -> tuple[int, int]:
+    """:func:`score_hw` of a sample without decoding it: ``data.score_size``, else its image's size from the header."""
+    return score_hw(cfg, cfg.data.score_size or image_size(sample.image, sample.pair, exif=cfg.data.exif_orientation))
 
 
 def nearest_resize(a: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
