@@ -336,6 +336,12 @@ def load_list_samples(cfg: Config, lists: list[str]) -> list[Sample]:
 _SAID_HEADER_ONLY: set[Path] = set()  # header-only samples said once per process (every command step loads the test set)
 
 
+def _no_test_images(folder: Path, sample_path: Path) -> list[Sample]:
+    """A code competition's public run: no test image and a sample of its header only, whose header is the submission."""
+    log.info("%s: no test images; with %s's header only, the submission is that header", folder, sample_path.name)
+    return []
+
+
 def load_test_samples(cfg: Config, images: bool = True) -> list[Sample]:
     """Test images in the order of ``sample_submission.csv`` (or sorted file names without one, or with a sample of a
     header only). ``images=False``:
@@ -364,8 +370,7 @@ def load_test_samples(cfg: Config, images: bool = True) -> list[Sample]:
         if not folder.is_dir() and not images:
             return []
         if folder.is_dir() and not any(folder.iterdir()):  # a code competition's public run: the test set hidden
-            log.info("%s: no test images; with %s's header only, the submission is that header", folder, sample_path.name)
-            return []
+            return _no_test_images(folder, sample_path)
     elif df is not None:
         ids: list[str] = []
         seen: set[str] = set()
@@ -399,10 +404,8 @@ def load_test_samples(cfg: Config, images: bool = True) -> list[Sample]:
         return [Sample(check_id(p.parent.name, str(p.parent)), p, where=str(p.parent))
                 for p in _band_files(folder, bands_of(cfg), "data.test_images", raise_problem)]
     files = _image_files(folder, d.image_ext)
-    if not files and header_only:  # a code competition's public run: no test image, a submission of its header only
-        log.info("%s: no *%s test images; with %s's header only, the submission is that header", folder, d.image_ext,
-                 sample_path.name)
-        return []
+    if not files and header_only:  # as above, the folder holding other files only
+        return _no_test_images(folder, sample_path)
     if not files:
         raise DataError(f"{folder}: no *{d.image_ext} test images{_folder_ext_hint(folder, 'data.image_ext')}")
     return [Sample(p.name if with_ext else p.stem, p, where=str(p), pair=pair_of(cfg)) for p in files]
