@@ -73,6 +73,11 @@ def _classes_csv(cfg: Config) -> pd.DataFrame | None:
 _IGNORE_FLAGS = {"": False, "0": False, "false": False, "no": False, "1": True, "true": True, "yes": True}
 
 
+def _void_rows(df: pd.DataFrame) -> list[bool]:
+    """Each classes-CSV row's ``ignore`` flag (1 / true / yes: the row's colour or id is void); False without the column."""
+    return [_IGNORE_FLAGS[v.strip().lower()] for v in df["ignore"]] if "ignore" in df.columns else [False] * len(df)
+
+
 def class_names(cfg: Config) -> list[str]:
     """Names of the output classes: config, then classes CSV, then ``class_0..`` (multilabel ``class_1..``)."""
     d = cfg.data
@@ -164,7 +169,7 @@ def color_table(cfg: Config) -> tuple[np.ndarray, np.ndarray, str]:
         assert df is not None
         if not {"r", "g", "b"} <= set(df.columns):
             raise DataError(f"{path}: data.mask_format: colors reads class colours from columns r,g,b, which this classes CSV lacks")
-        ignore = [_IGNORE_FLAGS[v.strip().lower()] for v in df["ignore"]] if "ignore" in df.columns else [False] * len(df)
+        ignore = _void_rows(df)
         colors = [(int(r), int(g), int(b)) for r, g, b in zip(df["r"], df["g"], df["b"])]
         ids = [VOID_ID if ig or int(i) == d.ignore_index else int(i) for i, ig in zip(df["id"], ignore)]
         source, where = str(path), [f"{path} line {_line(k, df)}" for k in range(len(df))]
@@ -291,7 +296,7 @@ def _check_palette_ids(samples: list[Sample], cfg: Config) -> None:
     df = _classes_csv(cfg) if ids_read else None
     if df is None or not {"r", "g", "b"} <= set(df.columns):
         return
-    void = [_IGNORE_FLAGS[v.strip().lower()] for v in df["ignore"]] if "ignore" in df.columns else [False] * len(df)
+    void = _void_rows(df)
     # the classes' colours, not the void rows' (VOC's void is listed under any id)
     class_of = {(int(r), int(g), int(b)): int(i) for i, r, g, b, v in zip(df["id"], df["r"], df["g"], df["b"], void)
                 if not v and int(i) != d.ignore_index}
