@@ -32,6 +32,7 @@ from torch import nn
 from .budget import format_duration
 from .config import Config, ConfigError
 from .data import DataError, load_test_samples
+from .data.io import image_size
 from .postprocess import apply_postprocess, load_params
 from .files import write_json
 from .submission import mask_rows
@@ -103,7 +104,8 @@ def _per_image(cfg: Config, params, predictor, samples: list, stats: dict, clock
                min_seconds: float, sizes: list | None = None) -> tuple[int, float, float]:
     """Put ``samples`` through predict's per-image path until ``min_batches`` and ``min_seconds`` are
     reached (at a batch boundary); returns ``(images, seconds, seconds of post-processing and writing)``;
-    each image's size is appended to ``sizes``."""
+    each image's own size is appended to ``sizes`` (from its header: the probabilities are at ``data.score_size``
+    when it is set, not the size the network saw)."""
     from .inference import mask_pngs
 
     rows = csv.writer(io.StringIO())
@@ -112,11 +114,11 @@ def _per_image(cfg: Config, params, predictor, samples: list, stats: dict, clock
     stats.clear()
     n, post, start = 0, 0.0, clock()
     gen = predictor.iter_predictions(samples)
-    for image_id, probs, presence, _ in gen:
+    for k, (image_id, probs, presence, _) in enumerate(gen):
         t = clock()
         p = probs.numpy()
-        if sizes is not None:
-            sizes.append(tuple(p.shape[-2:]))
+        if sizes is not None:  # the predictor yields in the samples' order
+            sizes.append(image_size(samples[k].image, samples[k].pair, exif=cfg.data.exif_orientation))
         if save != "none":
             np.save(io.BytesIO(), p.astype(np.float16) if save == "float16" else probs_to_uint8(p))
         mask = apply_postprocess(p, cfg.data.task, params, presence)

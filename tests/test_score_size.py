@@ -216,3 +216,13 @@ def test_the_clouds_config_runs_on_generated_clouds_files(tmp_path):
     sub.assign(EncodedPixels=[r for _, r in rows[: len(sub)]]).to_csv(tmp_path / "full.csv", index=False)
     assert main(["check-submission", str(tmp_path / "full.csv"), "--sample", str(root / "sample_submission.csv"),
                  "--config", str(saved)]) == 1
+
+
+def test_predict_estimate_costs_scales_at_the_size_the_network_sees(quarter):
+    """The second review: predict --estimate took each image's size from its probabilities, at data.score_size (12x16
+    = 192 pixels a pass), where the network sees the 48x64 image (3072)."""
+    from seg_toolkit.estimate import estimate_predict
+
+    cfg, _ = quarter
+    result = estimate_predict(cfg, min_batches=1, min_seconds=0.0, max_batches=1, write=False)
+    assert [m["scale_cost"] for m in result["members"]] == [[48 * 64]]
