@@ -241,6 +241,7 @@ def train_attempt(cfg: Config, fold: int, samples: list[Sample], folds: pd.DataF
                            epochs_planned=state.epochs, stopped_early=should_stop(state, cfg) and state.epoch < state.epochs, epochs_configured=cfg.train.epochs, fold_budget_s=budget.share_s if budget else None,
                            budget_folds=budget.folds if budget and budget.folds else None,
                            n_train=len(train_set), n_valid=len(valid_set), world_size=d.world_size, optim_lr=cfg.optim.lr,
+                           n_train_per_epoch=train_loader.sampler.n_epoch,  # fewer with train.empty_share
                            amp=amp.mode, amp_reason=amp.reason, tf32=tf32_state(device), init_from=initialised,
                            init_from_sha256=state.init_sha256 or None, pseudo_sha256=state.pseudo_sha256 or None,
                            n_pseudo=len(pseudo), pseudo=pseudo_info(cfg), versions=library_versions(), **averaged)

@@ -3,6 +3,7 @@ make that share of the epoch (Airbus, SIIM, Severstal: most images empty). Valid
 
 from __future__ import annotations
 
+import json
 import logging
 
 import numpy as np
@@ -69,6 +70,10 @@ def test_a_run_trains_on_the_share_and_scores_every_image(demo_root, tmp_path, c
                         f"the {empty} empty one(s)" + (" (all of them: fewer than the share asks)" if empty < kept else ""))
     lines = [r.getMessage() for r in caplog.records if "train.empty_share" in r.getMessage()]
     assert lines == expected  # once per fold (not again for checkpoint averaging's pass)
+    for k, line in zip((0, 1), lines):  # done.json counts both: the training set, and the images each epoch saw
+        done = json.loads((tmp_path / "runs" / "t" / f"fold_{k}" / "done.json").read_text())
+        kept, drawn = int(line.split("epoch ")[1].split(" ")[0]), int(line.split(" and ")[1].split(" ")[0])
+        assert done["n_train"] == 6 and done["n_train_per_epoch"] == kept + drawn
     assert cv["n_images"] == 12  # every image validated and scored
 
 
