@@ -40,7 +40,7 @@ class DataConfig:
     train_lists: list[str] = field(default_factory=list)  # folder layout: files of "image mask" lines
     id_column: str = "id"
     rle_column: str = "rle_mask"
-    class_column: Optional[str] = None  # csv layout, one row per image and class (1-based ids)
+    class_column: Optional[str] = None  # csv layout, one row per image and class (1-based ids, or class names)
     # csv layout, one row per image and class with the class in the id (no class column): how id_column's values
     # combine them, "{id}_{cls}" (Severstal's first train.csv: 0002cc93b.jpg_1) or "{id}_{name}" (Understanding
     # Clouds' Image_Label: 0011165.jpg_Fish, names from class_names)

@@ -418,3 +418,25 @@ def test_a_name_two_classes_share_in_classes_csv_is_refused_for_name_ids(tmp_pat
                             "submission": {"per_class": True, "id_format": "{id}_{name}"}})
     with pytest.raises(DataError, match=r"class name\(s\) \['Fish'\] given to more than one class"):
         row_ids(cfg, "a")
+
+
+def test_class_names_in_the_training_class_column_read_as_their_numbers(demo_root, tmp_path):
+    """UW-Madison's train.csv holds the class's name in its class column ('large_bowel'): it was refused ("is not an
+    integer"). A name of data.class_names reads as its number, the same samples as the numbers give; a name the config
+    does not know is named with the names it does."""
+    from seg_toolkit.data import load_train_samples
+    from seg_toolkit.data.io import DataError
+
+    names = ["large_bowel", "small_bowel", "stomach"]
+    root = tmp_path / "named"
+    shutil.copytree(demo_root, root)
+    train = pd.read_csv(demo_root / "train.csv", dtype=str, keep_default_na=False)
+    train.assign(ClassId=train.ClassId.map(lambda c: names[int(c) - 1])).to_csv(root / "train.csv", index=False)
+    numbers = config_from_dict(demo_dict(demo_root, tmp_path / "runs"))
+    named = config_from_dict(demo_dict(root, tmp_path / "runs", data={"class_names": names}))
+    assert [(s.id, s.rles) for s in load_train_samples(named)] == [(s.id, s.rles) for s in load_train_samples(numbers)]
+    train.assign(ClassId=["liver"] + train.ClassId.map(lambda c: names[int(c) - 1]).tolist()[1:]).to_csv(
+        root / "train.csv", index=False)
+    with pytest.raises(DataError, match=r"train.csv line 2: class 'liver' in column 'ClassId' is neither a class number "
+                                        r"nor a class name \(\['large_bowel', 'small_bowel', 'stomach'\]"):
+        load_train_samples(named)

@@ -137,9 +137,16 @@ def read_train_csv(cfg: Config, on_problem: OnProblem = raise_problem) -> tuple[
         if cls is not None:
             try:
                 c = int(cls)
-            except ValueError:
-                on_problem("bad_class", where, f"{where}: class {cls!r} in column {d.class_column!r} is not an integer")
-                continue
+            except ValueError:  # a class name (UW-Madison's 'large_bowel'), when the config names the classes
+                if not by_name:
+                    from .colors import class_ids_by_name
+
+                    by_name = class_ids_by_name(cfg)
+                if str(cls) not in by_name:
+                    on_problem("bad_class", where, f"{where}: class {cls!r} in column {d.class_column!r} is neither a "
+                               f"class number nor a class name ({list(by_name)}: data.class_names / classes_csv)")
+                    continue
+                c = by_name[str(cls)]
             if not 1 <= c <= n_cls:  # named by the row's id: data.id_format's class (background's name) is in it
                 on_problem("bad_class", where,
                            f"{named if split is not None else where}: class {c} is outside 1..{n_cls} "
