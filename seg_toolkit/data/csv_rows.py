@@ -20,17 +20,16 @@ by :func:`~seg_toolkit.data.io.read_csv_strict`, naming its line).
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
 from ..config import Config, ConfigError
 from ..rle import RLEError, RLESpec
-from .io import IMAGE_EXTS, DataError, RLERowError, _line, read_csv_strict
+from .io import DataError, RLERowError, _line, read_csv_strict
 from .masks import train_rle_spec
 from .bands import band_image_files, bands_of, image_id_of
-from .sample import Sample, check_id, image_path
+from .sample import Sample, carries_ext, check_id, image_path
 
 log = logging.getLogger(__name__)
 
@@ -236,7 +235,7 @@ def unlisted_samples(cfg: Config, listed: list[Sample], on_problem: OnProblem | 
                     "means an empty mask, as in Severstal)", head)
         return []
     log.info("%s: trained on as empty masks (data.unlisted_images: empty)", head)
-    with_ext = Path(listed[0].id).suffix.lower() in IMAGE_EXTS  # ids carry the extension (Severstal)
+    with_ext = carries_ext(listed[0].id)  # ids carry the extension (Severstal)
     n = len(listed[0].rles or ("",))
     return [Sample(image_id_of(p, bands) if not with_ext else p.name, p, rles=("",) * n, where=f"{p} (no row in {csv})")
             for p in unlisted]

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import re
 import string
-from pathlib import Path
 from typing import Iterable
 
 import pandas as pd
 
 from ..config import Config
-from .io import IMAGE_EXTS
+from .sample import carries_ext
 
 __all__ = ["format_fields", "parse_submission_id", "class_of_match", "training_ids_carry_ext"]
 
@@ -53,7 +52,7 @@ def training_ids_carry_ext(cfg: Config) -> tuple[bool, str]:
     try:
         if folds.is_file():
             ids = pd.read_csv(folds, dtype=str, keep_default_na=False, nrows=5, usecols=["id"])["id"].tolist()
-            return any(Path(i).suffix.lower() in IMAGE_EXTS for i in ids), str(folds)
+            return any(map(carries_ext, ids)), str(folds)
         path = cfg.data_path(d.train_csv)
         if d.layout != "csv" or not path.is_file():
             return False, "no training ids"
@@ -65,4 +64,4 @@ def training_ids_carry_ext(cfg: Config) -> tuple[bool, str]:
 
         split = parse_submission_id(d.id_format, class_ids_by_name(cfg))
         ids = [m.group("id") for m in map(split.fullmatch, ids) if m]
-    return any(Path(str(i)).suffix.lower() in IMAGE_EXTS for i in ids), str(path)
+    return any(map(carries_ext, ids)), str(path)

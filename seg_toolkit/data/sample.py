@@ -73,12 +73,17 @@ def instance_image(folder: Path, image_id: str, ext: str) -> Path:
     return folder / image_id / "images" / f"{image_id}{ext}"
 
 
+def carries_ext(image_id: str) -> bool:
+    """Whether an id ends with an image extension (Severstal's ``0002cc93b.jpg``): its file is the id itself."""
+    return Path(str(image_id)).suffix.lower() in IMAGE_EXTS
+
+
 def image_path(folder: Path, image_id: str, ext: str, bands=None) -> Path:
     """The image file of ``image_id``; some competitions' ids already carry the extension (Severstal: "0002cc93b.jpg").
     With ``bands`` (``data.bands``) the image is the folder ``<id>/``, named by its first band file."""
     if bands is not None:
         return bands.image(folder / image_id)
-    if Path(image_id).suffix.lower() in IMAGE_EXTS:
+    if carries_ext(image_id):
         return folder / image_id
     return folder / f"{image_id}{ext}"
 
