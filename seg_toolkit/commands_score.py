@@ -41,10 +41,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_check_submission(args: argparse.Namespace) -> int:
     from .rle import RLESpec
     from .errors import SegToolkitError
-    from .submission import row_pixels, submission_classes, submission_columns, submission_spec
+    from .submission import class_column_names, row_pixels, submission_classes, submission_columns, submission_spec
     from .submission_check import check_submission
 
-    n_pixels = columns = classes = None
+    n_pixels = columns = classes = class_names = None
     class_column = args.class_column
     flags = [f for f, given in (("--order", args.order is not None), ("--index-base", args.index_base is not None),
                                 ("--relative", args.relative), ("--instances", args.instances),
@@ -62,6 +62,7 @@ def cmd_check_submission(args: argparse.Namespace) -> int:
         columns = submission_columns(cfg) if s.id_column or s.rle_column else None
         class_column = s.class_column or class_column
         classes = submission_classes(cfg) if s.class_column else None
+        class_names = class_column_names(cfg)
         try:
             n_pixels = row_pixels(cfg)  # runs checked against each test image's size
         except SegToolkitError as e:
@@ -71,7 +72,8 @@ def cmd_check_submission(args: argparse.Namespace) -> int:
                        starts="relative" if args.relative else "absolute", empty=(args.empty_token or [""])[0],
                        instances=args.instances)
     problems = check_submission(args.csv, args.sample, empty_tokens=tuple(args.empty_token) if args.empty_token else None,
-                                n_pixels=n_pixels, spec=spec, columns=columns, class_column=class_column, classes=classes)
+                                n_pixels=n_pixels, spec=spec, columns=columns, class_column=class_column, classes=classes,
+                                class_names=class_names)
     if problems:
         print(f"{args.csv}: {len(problems)} problem(s)")
         for p in problems:

@@ -240,6 +240,9 @@ class SubmissionConfig:
     # a column holding each row's class id (Severstal since its 2019 update: ImageId,EncodedPixels,ClassId): one row per
     # image and class, the image id repeated, the class written in this column (per_class writes it into the id instead)
     class_column: Optional[str] = None
+    # class_column's values: "{cls}" the class number (Severstal's 1..4), "{name}" its name from data.class_names /
+    # classes_csv (UW-Madison's id,class,predicted: large_bowel), as id_format's fields
+    class_format: Literal["{cls}", "{name}"] = "{cls}"
     instances: bool = False  # one row per 8-connected object, the id repeated (Airbus, DSB 2018); no object: one empty_token row
     min_instance_area: int = 0  # instances: objects with fewer pixels get no row
 

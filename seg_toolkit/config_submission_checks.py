@@ -65,6 +65,13 @@ def check_submission_config(cfg: Config) -> None:
                        "token as that mask)")
     if s.class_column is not None:
         _check_class_column(s)
+    if s.class_format != "{cls}":
+        if s.class_column is None:
+            raise ConfigError(f"submission.class_format: {s.class_format!r} is how submission.class_column writes each "
+                              "row's class, and there is none; a class in the id is submission.id_format's {name}")
+        if not _names_given(cfg):
+            raise ConfigError("submission.class_format: '{name}' writes class names: set data.class_names (or "
+                              "data.classes_csv)")
     classes = submitted_classes(cfg)
     k = len(classes)
     if k > 1 and not s.per_class and not s.class_column:

@@ -45,8 +45,9 @@ from .predictor import Predictor
 from .run_settings import check_same_training
 from .run import Run, RunExistsError
 from .run_guard import check_not_input, check_not_run_file, is_partial_write
-from .submission import SubmissionWriter, mask_rows, repeated_ids, row_fields, submission_columns, submission_header, submission_path
-from .submission_check import check_sample_rows
+from .submission import (SubmissionWriter, class_of_text, mask_rows, repeated_ids, row_fields, submission_columns,
+                         submission_header, submission_path)
+from .submission_check import check_sample_rows, sample_class_pairs
 from .tensors import probs_to_uint8
 
 log = logging.getLogger(__name__)
@@ -285,6 +286,7 @@ def check_sample_submission(cfg: Config) -> None:
         return
     submission_header(cfg)
     ids, class_values = _sample_table(cfg, path)
+    _say_class_form(cfg, path, ids, class_values)
     if ids:  # a sample of its header only lists no row to check (predict writes the test images' rows)
         check_sample_rows(cfg, path, ids, load_test_samples(cfg, images=False), class_values)
 
@@ -300,6 +302,34 @@ def _sample_table(cfg: Config, path: Path) -> tuple[list[str], list[str] | None]
     return table[id_col].tolist(), table[cls_col].tolist() if cls_col else None
 
 
+def _say_class_form(cfg: Config, path: Path, ids: list[str], class_values: list[str] | None) -> None:
+    """A sample that lists no class (its header only, or Severstal's placeholder 0) says nothing of how
+    ``submission.class_column`` writes one; the training CSV's class column does: a warning when it holds names
+    (UW-Madison's ``large_bowel``) and the submission writes numbers (``submission.class_format``), or the other way."""
+    s, d = cfg.submission, cfg.data
+    if not s.class_column or (class_values is not None and sample_class_pairs(ids, class_values) is not None):
+        return
+    train = cfg.data_path(d.train_csv)
+    if d.layout != "csv" or not d.class_column or not train.is_file():
+        return
+    import pandas as pd
+
+    try:
+        values = pd.read_csv(train, dtype=str, keep_default_na=False, nrows=50, usecols=[d.class_column])[d.class_column]
+    except (ValueError, OSError, pd.errors.ParserError):
+        return  # the training CSV's own checks name it
+    named = [v for v in values if v.strip() and class_of_text(v, None) is None]
+    numbered = [v for v in values if class_of_text(v, None) is not None]
+    if named and s.class_format == "{cls}":
+        log.warning("%s lists no class; %s's class column holds class names (%r) and submission.class_column writes "
+                    "class numbers: set submission.class_format: '{name}' if the competition's answers name them",
+                    path, train, named[0])
+    elif numbered and not named and s.class_format == "{name}":
+        log.warning("%s lists no class; %s's class column holds class numbers (%r) and submission.class_column writes "
+                    "class names (submission.class_format: '{name}'): set it to '{cls}' if the competition's answers "
+                    "number them", path, train, numbered[0])
+
+
 def _expected_ids(cfg: Config, samples: list[Sample]) -> list[str] | None:
     """The sample submission's id column, in order (None when the competition ships no sample, or one of its header
     only: then the rows are the test images', in their order)."""
@@ -307,6 +337,7 @@ def _expected_ids(cfg: Config, samples: list[Sample]) -> list[str] | None:
     if not path.is_file() or cfg.data.test_lists:
         return None
     ids, class_values = _sample_table(cfg, path)
+    _say_class_form(cfg, path, ids, class_values)
     if not ids:
         return None
     _check_sample_rows(cfg, path, ids, samples, class_values)

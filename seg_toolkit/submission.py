@@ -42,6 +42,9 @@ __all__ = [
     "repeated_ids",
     "submission_spec",
     "submission_classes",
+    "class_column_names",
+    "class_text",
+    "class_of_text",
 ]
 
 
@@ -145,9 +148,10 @@ def mask_rows(image_id: str, mask: np.ndarray, cfg: Config) -> list[tuple[str, .
         )
     rows: list[tuple[str, ...]] = []
     ids = row_ids(cfg, image_id)  # one per class (submission.classes' order, as channels), or the image id
+    names = class_column_names(cfg)
     for i, (k, m) in enumerate(channels):
         if s.class_column:
-            rows.extend((image_id, rle, str(k)) for rle in spec.encode_rows(m))
+            rows.extend((image_id, rle, class_text(k, names)) for rle in spec.encode_rows(m))
             continue
         rows.extend((ids[i] if s.per_class else ids[0], rle) for rle in spec.encode_rows(m))
     return rows
@@ -331,6 +335,41 @@ def row_ids(cfg: Config, image_id: str) -> list[str]:
 
     name_of = {k: name for name, k in class_ids_by_name(cfg).items()}
     return [s.id_format.format(id=image_id, name=name_of[k]) for k in submission_classes(cfg)]
+
+
+def class_column_names(cfg: Config) -> dict[str, int] | None:
+    """The names ``submission.class_column`` writes each row's class with (``class_format: '{name}'``, UW-Madison's
+    ``large_bowel``), name -> class number; None when it writes the numbers (Severstal's ``ClassId``)."""
+    if cfg.submission.class_format != "{name}":
+        return None
+    from .data.colors import class_ids_by_name  # lazy: the data package imports torch
+
+    return class_ids_by_name(cfg)
+
+
+def class_text(k: int, names: dict[str, int] | None) -> str:
+    """Class ``k`` as a class column writes it: its number, or its name with ``names`` (:func:`class_column_names`)."""
+    if names is None:
+        return str(k)
+    return next(name for name, c in names.items() if c == k)
+
+
+def class_of_text(text: Any, names: dict[str, int] | None) -> int | None:
+    """A class column's value read back as :func:`class_text` writes it: the class number of a whole number, or with
+    ``names`` of a class name; None when it is not one (surrounding spaces aside)."""
+    t = str(text).strip()
+    if names is not None:
+        return names.get(t)
+    return int(t) if t.isdigit() and t.isascii() else None
+
+
+def class_text_problem(raw: Any, names: dict[str, int] | None) -> str:
+    """Why a class column's value reads as no class (:func:`class_of_text` gave None), with what it should be."""
+    if names is not None:
+        also = " (a number: submission.class_format '{name}' writes names)" if str(raw).strip().isdigit() else ""
+        return f"class {raw!r} is not a class name of this submission ({list(names)}){also}"
+    also = "; a class name? submission.class_format: '{name}' writes names" if str(raw).strip() else ""
+    return f"class {raw!r} is not a whole number{also}"
 
 
 def repeated_ids(cfg: Config) -> bool:

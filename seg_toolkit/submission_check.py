@@ -19,7 +19,8 @@ import pandas as pd
 from .config import Config, ConfigError
 from .files import wide_csv_fields
 from .rle import RLEError, RLESpec, empty_token_reads_as, instance_overlap
-from .submission import SubmissionError, repeated_ids, row_ids, sample_rle_column, submission_classes
+from .submission import (SubmissionError, class_column_names, class_of_text, class_text_problem, repeated_ids, row_ids,
+                         sample_rle_column, submission_classes)
 
 log = logging.getLogger(__name__)
 
@@ -79,13 +80,13 @@ def _check_sample_classes(cfg: Config, path: Path, ids: list[str], class_values:
     """A sample whose class column lists each image's classes must list the ones this submission writes for it
     (:func:`~seg_toolkit.submission.submission_classes`), or the file would have rows the grader lacks or misses
     some it needs."""
-    pairs = sample_class_pairs(ids, class_values)
+    names = class_column_names(cfg)
+    pairs = sample_class_pairs(ids, class_values, names)
     if pairs is None:
         return
     for line, raw in enumerate(class_values, start=2):
-        text = str(raw).strip()
-        if not (text.isdigit() and text.isascii()):
-            raise SubmissionError(f"{path} line {line}: class {raw!r} in {cfg.submission.class_column} is not a whole number")
+        if class_of_text(raw, names) is None:
+            raise SubmissionError(f"{path} line {line}: {cfg.submission.class_column}: {class_text_problem(raw, names)}")
     written = set(submission_classes(cfg))
     listed: dict[str, tuple[int, set[int]]] = {}
     for (image, cls), line in pairs.items():
@@ -161,6 +162,7 @@ def check_submission(
     columns: tuple[str, str] | None = None,
     class_column: str | None = None,
     classes: list[int] | None = None,
+    class_names: dict[str, int] | None = None,
 ) -> list[str]:
     """Every way ``csv_path`` differs from the competition's format; an empty list means it is valid.
 
@@ -180,7 +182,8 @@ def check_submission(
 
     ``class_column`` (Severstal's ``ClassId``): each row's class is in that column, an image's rows
     (one per class) are together and in the sample's order of images, and each class is a whole
-    number from ``classes`` (when given), once per image.
+    number from ``classes`` (when given), once per image; with ``class_names`` (name -> number) each class is
+    written as its name (``submission.class_format: '{name}'``).
     """
     problems: list[str] = []
     if not Path(csv_path).is_file():
@@ -227,8 +230,8 @@ def check_submission(
                               f"{spec.starts}): {reads}; the scorer paints those pixels, so rows written so are not empty "
                               "masks. Empty masks are '' (most competitions), '-1' (SIIM), '-' (contrails)")
     classes_of = None if not class_column else (
-        sub[class_column].to_numpy(dtype=object), classes,
-        sample_class_pairs(sample[id_col].tolist(), sample[class_column].tolist()))
+        sub[class_column].to_numpy(dtype=object), classes, class_names,
+        sample_class_pairs(sample[id_col].tolist(), sample[class_column].tolist(), class_names))
     return problems + _row_problems(sub, sample, id_col, rle_col, spec, tokens, n_pixels, max_problems, classes_of,
                                     listed=stand_in or not sample.empty)
 
@@ -249,11 +252,12 @@ def _row_problems(
     empty_tokens: tuple[str, ...],
     n_pixels: dict[str, int] | int | None,
     max_problems: int,
-    classes_of: tuple[np.ndarray, list[int] | None, dict[tuple[str, int], int] | None] | None = None,
+    classes_of: tuple[np.ndarray, list[int] | None, dict[str, int] | None, dict[tuple[str, int], int] | None] | None = None,
     listed: bool = True,
 ) -> list[str]:
     """The row checks of :func:`check_submission` (ids against the sample, then every string); ``classes_of``: each
-    row's class column, the classes allowed and the sample's (image, class) pairs, when the class has a column."""
+    row's class column, the classes allowed, the class names it is written with (None: numbers) and the sample's
+    (image, class) pairs, when the class has a column."""
     problems: list[str] = []
     ids = sub[id_col].to_numpy(dtype=object)
     want = sample[id_col].to_numpy(dtype=object)
@@ -297,8 +301,8 @@ def _row_problems(
             i = int(diff[0])
             problems.append(f"rows are in a different order than the sample: line {lines[i]} has {got[i]!r}, the sample {want[i]!r}")
     if classes_of is not None:
-        values, allowed, pairs = classes_of
-        problems.extend(_class_problems(ids, values, allowed, max_problems, pairs))
+        values, allowed, names, pairs = classes_of
+        problems.extend(_class_problems(ids, values, allowed, max_problems, names, pairs))
 
     strict = dataclasses.replace(spec, empty="")  # which empty tokens are allowed is decided here
     if spec.instances:
@@ -347,22 +351,25 @@ def _row_problems(
     return problems
 
 
-def sample_class_pairs(ids: Sequence[str], values: Sequence[Any]) -> dict[tuple[str, int], int] | None:
+def sample_class_pairs(ids: Sequence[str], values: Sequence[Any],
+                       names: dict[str, int] | None = None) -> dict[tuple[str, int], int] | None:
     """The ``(image id, class) -> line`` pairs a sample's class column lists, or None when it holds no classes: every
     value 0 or blank, the placeholder of Severstal's sample (one row per image, ``ClassId`` 0), which says nothing of
-    the classes a submission has rows for. A value that is not a whole number is left to the row checks."""
+    the classes a submission has rows for. ``names``: classes written as names (:func:`class_column_names`). A value
+    that reads as no class is left to the row checks."""
     texts = [str(v).strip() for v in values]
     if all(t in ("", "0") for t in texts):
         return None
     pairs: dict[tuple[str, int], int] = {}
     for line, (i, t) in enumerate(zip(ids, texts), start=2):
-        if t.isdigit() and t.isascii():
-            pairs.setdefault((str(i), int(t)), line)  # a pair listed twice is named by its first line
+        cls = class_of_text(t, names)
+        if cls is not None:
+            pairs.setdefault((str(i), cls), line)  # a pair listed twice is named by its first line
     return pairs
 
 
 def _class_problems(ids: np.ndarray, values: np.ndarray, classes: list[int] | None, max_problems: int,
-                    sample_pairs: dict[tuple[str, int], int] | None = None) -> list[str]:
+                    names: dict[str, int] | None = None, sample_pairs: dict[tuple[str, int], int] | None = None) -> list[str]:
     """A class column's problems: a value that is not a whole number (or not one of ``classes``), a class twice for
     one image, an image without a row for each of ``classes`` (the writer's one row per image and class), and
     ``(image, class)`` pairs that differ from ``sample_pairs`` (a sample that lists each image's classes). Without
@@ -376,13 +383,12 @@ def _class_problems(ids: np.ndarray, values: np.ndarray, classes: list[int] | No
         if len(problems) >= max_problems:
             return problems
         where = f"line {i + 2} (id {row_id!r})"
-        text = str(raw).strip()
         got = of_image.setdefault(row_id, (i + 2, set()))[1]
-        if not (text.isdigit() and text.isascii()):
-            problems.append(f"{where}: class {raw!r} is not a whole number")
+        cls = class_of_text(raw, names)
+        if cls is None:
+            problems.append(f"{where}: {class_text_problem(raw, names)}")
             unread.add(row_id)  # which class its row is for is not known: no class is called missing
             continue
-        cls = int(text)
         got.add(cls)
         if allowed is not None and cls not in allowed:
             problems.append(f"{where}: class {cls} is not one this competition submits ({sorted(allowed)})")

@@ -18,7 +18,8 @@ import pandas as pd
 from .config import Config
 from .instance_metrics import match_hits, scores_from_hits, stack_objects
 from .rle import RLESpec
-from .submission import SubmissionError, submission_classes, submission_columns, submission_spec
+from .submission import (SubmissionError, class_column_names, class_of_text, class_text_problem, submission_classes,
+                         submission_columns, submission_spec)
 
 __all__ = ["score_submission"]
 
@@ -37,6 +38,7 @@ def score_submission(csv_path: str | Path, solution_path: str | Path, cfg: Confi
     s, d = cfg.submission, cfg.data
     spec = submission_spec(cfg)
     by_name = class_ids_by_name(cfg)
+    names = class_column_names(cfg)  # a class column's values: names or numbers
     split = parse_submission_id(s.id_format, by_name) if s.per_class else None
     default_cls = submission_classes(cfg)[0]
     allowed = set(submission_classes(cfg))
@@ -59,10 +61,9 @@ def score_submission(csv_path: str | Path, solution_path: str | Path, cfg: Confi
                 if m is None:
                     raise SubmissionError(f"{where}: the id does not read as submission.id_format {s.id_format!r}")
                 image_id, cls = m.group("id"), str(class_of_match(m, by_name))
-            try:
-                c = int(cls)
-            except ValueError:
-                raise SubmissionError(f"{where}: class {cls!r} is not a whole number") from None
+            c = class_of_text(cls, None if split is not None else names)
+            if c is None:
+                raise SubmissionError(f"{where}: {s.class_column}: {class_text_problem(cls, names)}")
             out.setdefault(image_id, {}).setdefault(c, []).append((rle, where))
         return out
 

@@ -166,7 +166,8 @@ MISSING_A = "line 2 (id 'a'): no row for class(es) [2] of this image; this submi
     "body, problem",
     [
         ("a,1 2,1\na,,2\nb,,1\nb,,2\n", None),
-        ("a,1 2,x\na,,2\nb,,1\nb,,2\n", "line 2 (id 'a'): class 'x' is not a whole number"),
+        ("a,1 2,x\na,,2\nb,,1\nb,,2\n", "line 2 (id 'a'): class 'x' is not a whole number; a class name? "
+                                         "submission.class_format: '{name}' writes names"),
         ("a,1 2,1\na,,5\nb,,1\nb,,2\n", ["line 3 (id 'a'): class 5 is not one this competition submits ([1, 2])", MISSING_A]),
         ("a,1 2,1\na,,1\nb,,1\nb,,2\n", ["line 3 (id 'a'): class 1 again for this image; one row per image and class",
                                          MISSING_A]),
@@ -440,3 +441,84 @@ def test_class_names_in_the_training_class_column_read_as_their_numbers(demo_roo
     with pytest.raises(DataError, match=r"train.csv line 2: class 'liver' in column 'ClassId' is neither a class number "
                                         r"nor a class name \(\['large_bowel', 'small_bowel', 'stomach'\]"):
         load_train_samples(named)
+
+
+def test_class_names_in_the_submission_class_column(severstal, tmp_path, caplog):
+    """UW-Madison submits ``id,class,predicted`` with the class's name ('large_bowel'), as its train.csv holds it; the
+    class column wrote numbers only, which its grader never matches. ``submission.class_format: '{name}'`` writes the
+    names (the masks are the numbers' run's, row for row), checked and scored as names; the header-only sample says
+    nothing of the form, so the training CSV's names beside a submission of numbers are warned of."""
+    import logging
+
+    from seg_toolkit.submission import class_column_names, class_of_text, class_text
+
+    cfg, images, tmp = severstal
+    names = ["large_bowel", "small_bowel", "stomach"]
+    root = tmp_path / "data"
+    shutil.copytree(Path(cfg.data.root), root)
+    train = pd.read_csv(root / "train.csv", dtype=str, keep_default_na=False)
+    train.assign(ClassId=train.ClassId.map(lambda c: names[int(c) - 1])).to_csv(root / "train.csv", index=False)
+    (root / "sample_submission.csv").write_text("ImageId,ClassId,EncodedPixels\n")  # a code competition's: header only
+    d = config_to_dict(cfg)
+
+    def moved(fmt):
+        return config_from_dict({**d, "data": {**d["data"], "root": str(root), "class_names": names},
+                                 "submission": {**d["submission"], "path": None, "class_format": fmt}})
+
+    with caplog.at_level(logging.WARNING, logger="seg_toolkit"):
+        numbers = pd.read_csv(predict_test(moved("{cls}"), out=tmp_path / "numbers.csv"), dtype=str, keep_default_na=False)
+    assert "class column holds class names ('large_bowel') and submission.class_column writes class numbers: set " \
+           "submission.class_format: '{name}'" in caplog.text
+    caplog.clear()
+    named_cfg = moved("{name}")
+    with caplog.at_level(logging.WARNING, logger="seg_toolkit"):
+        out = predict_test(named_cfg, out=tmp_path / "names.csv")
+    assert "lists no class" not in caplog.text
+    named = pd.read_csv(out, dtype=str, keep_default_na=False)
+    assert list(named.columns) == ["ImageId", "ClassId", "EncodedPixels"]
+    assert named.ClassId.tolist() == names * len(images)
+    assert named.EncodedPixels.tolist() == numbers.EncodedPixels.tolist() and (named.EncodedPixels != "").any()
+    by_name = class_column_names(named_cfg)
+    assert by_name == {"large_bowel": 1, "small_bowel": 2, "stomach": 3}
+    assert [class_text(k, by_name) for k in (1, 3)] == ["large_bowel", "stomach"] and class_text(2, None) == "2"
+    assert [class_of_text(t, by_name) for t in (" stomach ", "3", "liver")] == [3, None, None]
+    assert [class_of_text(t, None) for t in (" 3", "stomach", "")] == [3, None, None]
+    # checked as names: the numbers' file is refused, row by row, naming the form
+    sample = root / "sample_submission.csv"
+    assert check_submission(out, sample, class_column="ClassId", classes=[1, 2, 3], class_names=by_name) == []
+    problems = check_submission(tmp_path / "numbers.csv", sample, class_column="ClassId", classes=[1, 2, 3],
+                                class_names=by_name)
+    assert problems[0] == (f"line 2 (id {named.ImageId[0]!r}): class '1' is not a class name of this submission (['large_bowel', "
+                           "'small_bowel', 'stomach']) (a number: submission.class_format '{name}' writes names)")
+    # scored as names: the same score as the numbers' file against the numbers' solution
+    sol = pd.read_csv(cfg.data_path("test_solution.csv"), dtype=str, keep_default_na=False)
+    ids = sol.ImageId_ClassId.str.rsplit("_", n=1)
+    by_number = pd.DataFrame({"ImageId": ids.str[0], "ClassId": ids.str[1], "EncodedPixels": sol.EncodedPixels})
+    by_number.to_csv(tmp_path / "sol_numbers.csv", index=False)
+    by_number.assign(ClassId=by_number.ClassId.map(lambda c: names[int(c) - 1])).to_csv(tmp_path / "sol_names.csv", index=False)
+    score = score_submission(out, tmp_path / "sol_names.csv", named_cfg)
+    assert score == score_submission(tmp_path / "numbers.csv", tmp_path / "sol_numbers.csv", moved("{cls}")) < 1.0
+    with pytest.raises(SubmissionError, match=r"numbers.csv line 2 \(id '[^']+'\): ClassId: class '1' is not a class name"):
+        score_submission(tmp_path / "numbers.csv", tmp_path / "sol_names.csv", named_cfg)
+    # a sample listing the names: predict with numbers is refused before predicting, naming the key
+    (root / "sample_submission.csv").write_text(
+        "ImageId,ClassId,EncodedPixels\n" + "".join(f"{i},{n},\n" for i in dict.fromkeys(named.ImageId) for n in names))
+    with pytest.raises(SubmissionError, match=r"sample_submission.csv line 2: ClassId: class 'large_bowel' is not a whole "
+                                              r"number; a class name\? submission.class_format: '\{name\}' writes names"):
+        predict_test(moved("{cls}"), out=tmp_path / "refused.csv")
+    assert not (tmp_path / "refused.csv").exists()
+    listed = pd.read_csv(predict_test(named_cfg, out=tmp_path / "listed.csv"), dtype=str, keep_default_na=False)
+    pd.testing.assert_frame_equal(listed, named)
+
+
+@pytest.mark.parametrize("submission, data, message", [
+    ({"class_format": "{name}"}, {}, r"submission.class_format: '\{name\}' is how submission.class_column writes each "
+                                     r"row's class, and there is none"),
+    ({"class_format": "{name}", "class_column": "class"}, {}, r"submission.class_format: '\{name\}' writes class names: "
+                                                              r"set data.class_names"),
+    ({"class_format": "name", "class_column": "class"}, {}, r"submission.class_format"),
+])
+def test_class_format_checked_at_load(submission, data, message):
+    with pytest.raises(ConfigError, match=message):
+        config_from_dict({"data": {"task": "multilabel", "num_classes": 2, "class_column": "c", **data},
+                          "submission": {"per_class": "class_column" not in submission, **submission}})
