@@ -277,7 +277,7 @@ def _pairs(logits: Tensor, target: Tensor | list[Tensor], objects: list | None, 
 def validate_epoch(cfg: Config, model, ema, loss_fn, loader: DataLoader, device, amp=None) -> dict[str, float]:
     """Validation loss and metric (accumulated, never storing images) for the scored model, and the other one's score.
 
-    The metric is computed at each image's scored size (its own, or data.score_size; logits resized bilinearly, as
+    The metric is computed at each image's scored size (its own, or data.score_size; probabilities resized bilinearly, as
     predictions are); the loss at the model's input size against the nearest-resized target, as the training loss is, so
     the two loss curves measure the same thing (and the loss no longer costs a full-resolution pass).
     An object-matching metric scores the truth objects the validation batches carry."""
@@ -291,10 +291,12 @@ def validate_epoch(cfg: Config, model, ema, loss_fn, loader: DataLoader, device,
                 loss_sum += float(loss) * logits.shape[0]
                 n += logits.shape[0]
                 masks, _ = split_presence(logits, cfg.data.num_classes, has_presence(cfg))
-                resized = resize_to(masks, target.shape[-2:]).float()
-                # multiclass: the argmax of the logits is the softmax's, without the softmax (a third of the metric's
-                # time, and in bf16 its rounding made ties the logits do not have)
-                evaluator.update(resized if cfg.data.task == "multiclass" else activate(resized, cfg.data.task), target, objects)
+                if tuple(masks.shape[-2:]) == tuple(target.shape[-2:]) and cfg.data.task == "multiclass":
+                    # the argmax of the logits is the softmax's, without the softmax (a third of the metric's time, and
+                    # in bf16 its rounding made ties the logits do not have)
+                    evaluator.update(masks.float(), target, objects)
+                else:  # probabilities resized, as the predictor's are (resized logits argmax to other pixels)
+                    evaluator.update(resize_to(activate(masks.float(), cfg.data.task), target.shape[-2:]), target, objects)
         result = evaluator.compute()
         stats[f"{prefix}val_loss"] = loss_sum / max(n, 1)
         stats[f"{prefix}val_score"] = float(result["score"])

@@ -85,8 +85,8 @@ class Member:
         """What decides the model's input: equal keys share one decoded, transformed image."""
         t = self.cfg.transforms
         d = self.cfg.data
-        return (d.in_channels, tuple(d.image_range or ()), bands_of(self.cfg), tuple(t.resize or ()), tuple(t.mean),
-                tuple(t.std))
+        return (d.in_channels, tuple(d.image_range or ()), bands_of(self.cfg), d.exif_orientation, tuple(t.resize or ()),
+                tuple(t.mean), tuple(t.std))
 
     def model(self, fold: int, device: torch.device) -> nn.Module:
         if fold not in self._models:
@@ -162,10 +162,10 @@ class _Inputs(Dataset):
         decoded: dict[tuple, np.ndarray] = {}
         images = {}
         for key in self.keys:
-            how = key[:3]  # in_channels, image_range, bands
+            how = key[:4]  # in_channels, image_range, bands, exif_orientation
             if how not in decoded:
                 decoded[how] = read_image(s.image, how[0], self.max_pixels, pair=s.pair, value_range=how[1] or None,
-                                          bands=how[2], exif=self.lead.data.exif_orientation)
+                                          bands=how[2], exif=how[3])
             out = self.transforms[key](image=decoded[how])["image"]
             images[key] = torch.from_numpy(out.transpose(2, 0, 1).copy())
         own = next(iter(decoded.values())).shape[:2]
@@ -210,6 +210,11 @@ class Predictor:
                 if getattr(m.cfg.data, key) != getattr(lead.data, key):
                     raise ConfigError(f"ensemble members disagree on data.{key}: {members[0].run.dir} has "
                                       f"{getattr(lead.data, key)!r}, {m.run.dir} has {getattr(m.cfg.data, key)!r}")
+        exif = {m.cfg.data.exif_orientation: m for m in members}
+        if {"apply", "ignore"} <= set(exif):  # each reads an image with its own setting ("error" refuses a tagged one)
+            raise ConfigError(f"ensemble members disagree on data.exif_orientation: {exif['apply'].run.dir} turns a "
+                              f"tagged image as shown (apply), {exif['ignore'].run.dir} reads it as stored (ignore); their "
+                              "probabilities would be merged over different pixels")
         if space not in ("prob", "logit"):
             raise ConfigError(f"predict.ensemble_space: {space!r} is not one of 'prob', 'logit'")
         total = float(sum(m.weight for m in members))

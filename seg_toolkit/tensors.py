@@ -24,13 +24,14 @@ def resize_to(x: torch.Tensor, hw: tuple[int, int] | torch.Size) -> torch.Tensor
 
 
 def resize_target(target: torch.Tensor, hw: tuple[int, int] | torch.Size) -> torch.Tensor:
-    """A target resized by nearest neighbour (as the training transforms resize masks) to ``hw``:
+    """A target resized by the nearest pixel centre (as the training transforms resize masks, and the scored ground
+    truth is: :func:`~seg_toolkit.data.scored.nearest_resize`) to ``hw``:
     multiclass ids ``(N, H, W)`` or binary / multilabel ``(N, C, H, W)``; dtype kept."""
     hw = (int(hw[0]), int(hw[1]))
     if tuple(target.shape[-2:]) == hw:
         return target
     x = target[:, None] if target.dim() == 3 else target
-    out = F.interpolate(x.float(), size=hw, mode="nearest").to(target.dtype)
+    out = F.interpolate(x.float(), size=hw, mode="nearest-exact").to(target.dtype)
     return out[:, 0] if target.dim() == 3 else out
 
 

@@ -53,7 +53,7 @@ def test_a_transform_that_fails_on_an_image_names_the_file_and_its_size(tmp_path
                             "transforms": {"train": [{"RandomCrop": {"height": 32, "width": 32}}]}})
     ds = SegDataset(load_train_samples(cfg), cfg, mode="train")
     with pytest.raises(DataError, match=r"im0\.png: transforms\.train failed on this 20x30 image \(CropSizeError: .*\(32, 32\) "
-                                        r"vs \(20, 30\)\); a crop larger than some images needs A\.PadIfNeeded"):
+                                        r"vs \(20, 30\)\); a crop larger than some images needs PadIfNeeded \(border_mode: 4, reflect"):
         ds[0]
     assert SegDataset(load_train_samples(cfg), cfg, mode="valid")[0]["image"].shape == (3, 20, 30)  # no crop there
 
@@ -78,7 +78,7 @@ def test_a_crop_larger_than_the_smallest_images_is_refused_before_the_run_folder
     crop = [{"HorizontalFlip": {"p": 0.5}}, {"RandomCrop": {"height": 40, "width": 60}}]
     cfg = config_from_dict(demo_dict(root, tmp_path / "runs", transforms={"train": crop, "resize": [40, 60]}))
     with pytest.raises(DataError, match=rf"{small.name}: transforms\.train failed on this 36x64 image \(CropSizeError: .*"
-                                        r"a crop larger than some images needs A\.PadIfNeeded"):
+                                        r"a crop larger than some images needs PadIfNeeded \(border_mode: 4, reflect"):
         run_cv(cfg)
     assert not Run.of(cfg).dir.exists()
     # padded first, every size passes; the 48x64 images alone pass the crop too
@@ -148,6 +148,70 @@ def test_transforms_that_change_what_a_target_pixel_means_are_refused_at_load(tm
         load([{"OneOf": {"transforms": [{"HorizontalFlip": {}}, {"RandomRotate90": {}}], "p": 0.5}}], [48, 64])
     load([{"RandomRotate90": {}}], [64, 64])  # square: the shape is kept
     load([{"RandomRotate90": {}}])  # no resize: each image keeps its turned shape
+
+
+def test_masks_are_resized_by_the_pixel_centre_as_their_images():
+    """An audit measured transforms.resize's mask 1.5 source pixels up and left of its image at 200 -> 50 (OpenCV's
+    plain nearest takes each output pixel's top-left source pixel): the model learned the shift and kept it in every
+    prediction. Masks are resized by the nearest pixel centre, as the scored ground truth is, in transforms.resize and
+    in the training list's resizing crops; a coordinate image shows where each mask pixel came from."""
+    from seg_toolkit.data.scored import nearest_resize
+
+    H = W = 200
+    rows, cols = np.mgrid[0:H, 0:W]
+    image = np.stack([rows, cols, np.ones_like(rows)], -1).astype(np.float32)  # float: resized, never rescaled
+    mask = rows.astype(np.uint8)  # each pixel's own row (< 256)
+
+    def offsets(train, resize, seeds=3):
+        cfg = config_from_dict({"data": {"task": "binary", "num_classes": 1},
+                                "transforms": {"train": train, "resize": resize, "mean": [0] * 3, "std": [1] * 3}})
+        t = build_transforms(cfg, train=True)
+        out = []
+        for seed in range(seeds):
+            t.set_random_seed(seed)
+            o = t(image=image, mask=mask)  # Normalize with mean 0, std 1 divides by 255
+            got_rows, inside = o["image"][..., 0] * 255.0, o["image"][..., 2] * 255.0 > 0.999
+            inside[:2], inside[-2:], inside[:, :2], inside[:, -2:] = False, False, False, False
+            out.append(float((o["mask"].astype(float) - got_rows)[inside].mean()))
+        return out
+
+    # 200 -> 40: the centre of output row i is source row 5i + 2; its image row is the mean of 5i .. 5i + 4 = 5i + 2
+    assert offsets([], [40, 40], seeds=1) == [pytest.approx(0.0, abs=1e-3)]  # was -2.0
+    cfg = config_from_dict({"data": {"task": "binary", "num_classes": 1}, "transforms": {"resize": [50, 70]}})
+    resized = build_transforms(cfg, train=False)(image=np.zeros((H, W, 3), np.uint8), mask=mask)["mask"]
+    assert np.array_equal(resized, nearest_resize(mask, (50, 70)))  # the scored ground truth's convention
+    for spec in ({"RandomResizedCrop": {"size": [64, 64], "scale": [0.3, 0.6]}},
+                 {"RandomSizedCrop": {"min_max_height": [90, 150], "size": [64, 64]}},
+                 {"RandomScale": {"scale_limit": [-0.6, -0.6], "p": 1.0}}):  # 0.4: 200 -> 80, at 2.5
+        assert max(map(abs, offsets([spec], None))) < 0.05, spec  # was about -1.0, -0.7, -0.75
+    # the pixel-centred nearest may be named; a blending one is refused (above)
+    config_from_dict({"data": {"task": "binary", "num_classes": 1},
+                      "transforms": {"train": [{"RandomScale": {"scale_limit": 0.2, "mask_interpolation": 6}}]}})
+
+
+@pytest.mark.parametrize("spec", [{"ElasticTransform": {"alpha": 30, "sigma": 5, "p": 1.0}},
+                                  {"GridDistortion": {"distort_limit": 0.5, "p": 1.0}},
+                                  {"Perspective": {"scale": [0.2, 0.2], "fit_output": True, "p": 1.0}},
+                                  {"Rotate": {"limit": [30, 30], "p": 1.0}}])
+def test_pixels_a_warp_brings_in_are_void_in_every_class_channel(spec):
+    """OpenCV's remap and warps fill a single number into a mask's first channel only: a multilabel target's other
+    classes read 0 (trained as absent) where the image was filled. Every channel is void there."""
+    cfg = config_from_dict({"data": {"task": "multilabel", "num_classes": 5, "class_column": "c"},
+                            "submission": {"per_class": True}, "transforms": {"train": [spec]}})
+    t = build_transforms(cfg, train=True)
+    t.set_random_seed(0)
+    out = t(image=np.full((64, 64, 3), 200, np.uint8), mask=np.ones((64, 64, 5), np.uint8))
+    filled = (out["mask"] != 1).any(-1)
+    assert filled.any()  # the warp brought pixels in
+    assert (out["mask"][filled] == IGNORE_INDEX).all()
+
+
+def test_a_warp_that_cannot_fill_the_mask_is_refused():
+    from seg_toolkit.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"transforms.train\[0\]: GridElasticDeform: .* no fill_mask"):
+        config_from_dict({"data": {"task": "binary", "num_classes": 1},
+                          "transforms": {"train": [{"GridElasticDeform": {"num_grid_xy": [4, 4], "magnitude": 10}}]}})
 
 
 def test_a_crop_around_the_mask_is_not_drawn_to_void(tmp_path):

@@ -313,17 +313,18 @@ def test_test_images_are_read_with_the_configs_exif_choice(tmp_path):
     assert image_size(s.image, exif="apply") == (3, 2)
 
     class _Member:  # what _Inputs reads of a member: its preprocessing key and config
-        preprocess = (3, (), None, (), (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+        def __init__(self, exif):
+            self.preprocess = (3, (), None, exif, (), (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+            self.cfg = dataclasses.replace(cfg, transforms=dataclasses.replace(cfg.transforms, mean=[0.0] * 3, std=[1.0] * 3))
 
-    _Member.cfg = dataclasses.replace(cfg, transforms=dataclasses.replace(cfg.transforms, mean=[0.0] * 3, std=[1.0] * 3))
-
-    item = _Inputs([s], [_Member()], None, cfg.data.max_image_pixels, cfg)[0]
-    assert item["size"] == (3, 2) and item["images"][_Member.preprocess].shape == (3, 3, 2)
+    item = _Inputs([s], [_Member("apply")], None, cfg.data.max_image_pixels, cfg)[0]
+    assert item["size"] == (3, 2) and item["images"][_Member("apply").preprocess].shape == (3, 3, 2)
     with pytest.raises(DataError, match="EXIF orientation tag 8"):
         read_image(s.image)  # no choice given: refused, never guessed
-    refusing = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, exif_orientation="error"))
+    # each member reads with its own run's choice (the lead's was used for every member): one that refuses turned
+    # files refuses it beside one that turns it
     with pytest.raises(DataError, match="EXIF orientation tag 8"):
-        _Inputs([s], [_Member()], None, cfg.data.max_image_pixels, refusing)[0]
+        _Inputs([s], [_Member("apply"), _Member("error")], None, cfg.data.max_image_pixels, cfg)[0]
 
 
 @pytest.mark.parametrize("tag", range(1, 9))

@@ -153,8 +153,9 @@ def test_keep_best_k_checkpoints(demo_root, tmp_path, monkeypatch):
 
 
 def test_validation_loss_at_model_size_and_score_at_original_size(demo_root, tmp_path):
-    """The val loss is the training loss at the model's input size (target nearest-resized, as the training
-    transforms resize masks), the score is computed on logits resized bilinearly to each original size."""
+    """The val loss is the training loss at the model's input size (target resized by the nearest pixel centre, as the
+    training transforms resize masks), the score is computed on probabilities resized bilinearly to each original size,
+    as the predictor's are (resized logits, activated after, scored other pixels)."""
     import torch.nn.functional as F
 
     from seg_toolkit.losses import build_loss
@@ -172,19 +173,20 @@ def test_validation_loss_at_model_size_and_score_at_original_size(demo_root, tmp
 
     with torch.no_grad():
         lg0, lg1 = model(images[0]), model(images[1])
-    per_image = [F.binary_cross_entropy_with_logits(lg0[j], same[j][:, ::2, ::2]) for j in range(2)]
-    per_image += [F.binary_cross_entropy_with_logits(lg1[0], mixed[0][:, ::2, ::2]),
-                  F.binary_cross_entropy_with_logits(lg1[1], mixed[1][:, ::3, ::3])]
+    # the centre of output pixel i is input pixel (i + 0.5) * s: x2 takes rows 1, 3, ..., x3 rows 1, 4, ...
+    per_image = [F.binary_cross_entropy_with_logits(lg0[j], same[j][:, 1::2, 1::2]) for j in range(2)]
+    per_image += [F.binary_cross_entropy_with_logits(lg1[0], mixed[0][:, 1::2, 1::2]),
+                  F.binary_cross_entropy_with_logits(lg1[1], mixed[1][:, 1::3, 1::3])]
     assert stats["val_loss"] == pytest.approx(float(torch.stack(per_image).mean()), rel=1e-5)
 
     ev = Evaluator(cfg.metric, cfg.data.task, cfg.data.num_classes)
-    ev.update(torch.sigmoid(F.interpolate(lg0, size=(32, 32), mode="bilinear", align_corners=False)), same)
+    ev.update(F.interpolate(torch.sigmoid(lg0), size=(32, 32), mode="bilinear", align_corners=False), same)
     for j, t in enumerate(mixed):
-        ev.update(torch.sigmoid(F.interpolate(lg1[j : j + 1], size=t.shape[-2:], mode="bilinear", align_corners=False)), t[None])
+        ev.update(F.interpolate(torch.sigmoid(lg1[j : j + 1]), size=t.shape[-2:], mode="bilinear", align_corners=False), t[None])
     assert stats["val_score"] == pytest.approx(float(ev.compute()["score"]), abs=1e-6)
 
-    ids = torch.arange(36).reshape(1, 6, 6)  # multiclass ids (N, H, W): nearest picks rows / columns 0, 2, 4
-    assert torch.equal(resize_target(ids, (3, 3)), ids[:, ::2, ::2])
+    ids = torch.arange(36).reshape(1, 6, 6)  # multiclass ids (N, H, W): the centres are rows / columns 1, 3, 5
+    assert torch.equal(resize_target(ids, (3, 3)), ids[:, 1::2, 1::2])
     assert resize_target(ids, (6, 6)) is ids
 
 
