@@ -210,11 +210,6 @@ class Predictor:
                 if getattr(m.cfg.data, key) != getattr(lead.data, key):
                     raise ConfigError(f"ensemble members disagree on data.{key}: {members[0].run.dir} has "
                                       f"{getattr(lead.data, key)!r}, {m.run.dir} has {getattr(m.cfg.data, key)!r}")
-        exif = {m.cfg.data.exif_orientation: m for m in members}
-        if {"apply", "ignore"} <= set(exif):  # each reads an image with its own setting ("error" refuses a tagged one)
-            raise ConfigError(f"ensemble members disagree on data.exif_orientation: {exif['apply'].run.dir} turns a "
-                              f"tagged image as shown (apply), {exif['ignore'].run.dir} reads it as stored (ignore); their "
-                              "probabilities would be merged over different pixels")
         if space not in ("prob", "logit"):
             raise ConfigError(f"predict.ensemble_space: {space!r} is not one of 'prob', 'logit'")
         total = float(sum(m.weight for m in members))
