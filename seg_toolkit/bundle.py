@@ -54,9 +54,9 @@ from .bundle_check import BundleError, check_ensemble, file_manifest, offline_co
 from .config import ConfigError
 from .config_yaml import read_yaml
 from .versions import code_sha256, library_versions
-from .files import aside_folder, read_json, stale_asides, write_json, write_text
+from .files import aside_folder, read_json, sha256_file, stale_asides, write_json, write_text
 from .run import Run
-from .run_guard import delete_path
+from .run_guard import check_not_input, delete_path
 
 log = logging.getLogger(__name__)
 
@@ -200,11 +200,13 @@ def build_bundle(runs: Sequence[Run], out: str | Path, fp16: bool = False, base_
             raise BundleError(f"{out} exists and is not a bundle (no bundle.json); choose another --out")
         if not overwrite:
             raise FileExistsError(f"{out} exists; pass --overwrite to replace the bundle, or another --out")
-        foreign = _foreign_files(out)
+        foreign = _foreign_files(out) + _edited_texts(out)
         if foreign:  # `kaggle datasets init -p BUNDLE` writes dataset-metadata.json there, a predict its submission.csv
             raise BundleError(f"{out} holds {', '.join(foreign[:5])}{' and more' if len(foreign) > 5 else ''}, which the "
-                              "bundle did not write; --overwrite replaces only a bundle's own files: move them out first "
-                              "(dataset-metadata.json can go back after)")
+                              "bundle did not write (or that were edited since); --overwrite replaces only a bundle's own "
+                              "files as it wrote them: move them out first (dataset-metadata.json can go back after)")
+    for r in by_name.values():  # a bundle inside the images, masks or lists a run reads (data.root itself is fine)
+        check_not_input(r.config(), out, "bundle --out")
     from .oof import check_oof_complete
 
     for r in by_name.values():  # an oof / tune --tta stopped half-way: predict refuses the run, so must the bundle
@@ -253,8 +255,10 @@ def build_bundle(runs: Sequence[Run], out: str | Path, fp16: bool = False, base_
                              "platform": platform.platform()},
                 "base_env": sorted(base), "install": install_spec(extras), "wheels": gathered, "files": file_manifest(tmp)}
         data["texts"] = _texts(bool(gathered))
-        write_json(tmp / "bundle.json", data)
         _write_texts(tmp, data, lead)
+        # as written: a text edited since (predict.py) is the user's, which --overwrite would drop
+        data["text_sha256"] = {name: sha256_file(tmp / name) for name in data["texts"]}
+        write_json(tmp / "bundle.json", data)
         if out.exists():  # checked above: a bundle (bundle.json), and --overwrite was given
             delete_path(out)
         os.replace(tmp, out)
@@ -319,6 +323,13 @@ def _foreign_files(out: Path) -> list[str]:
                           "bundle's own is not known; move the folder away or choose another --out") from None
     return sorted(p.relative_to(out).as_posix() for p in out.rglob("*")
                   if not p.is_dir() and p.relative_to(out).as_posix() not in own)
+
+
+def _edited_texts(out: Path) -> list[str]:
+    """The texts of the bundle ``out`` changed since it wrote them (``bundle.json`` ``text_sha256``; bundles made
+    before 2026-12-05 record none)."""
+    recorded = (read_json(out / "bundle.json") or {}).get("text_sha256") or {}
+    return [name for name, sha in sorted(recorded.items()) if (out / name).is_file() and sha256_file(out / name) != sha]
 
 
 def _write_texts(folder: Path, data: dict[str, Any], lead) -> None:

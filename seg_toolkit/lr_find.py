@@ -114,12 +114,10 @@ def _y_range(sweep: dict[str, list[float]]) -> tuple[float, float]:
 
 
 def _plot(sweep: dict[str, list[float]], found: dict[str, float], path, title: str) -> None:
-    import matplotlib
+    from .plots import new_figure, write_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+    fig = new_figure(7, 4.2, dpi=110)  # no pyplot: no global backend, nothing left open
+    ax = fig.add_subplot()
     ax.plot(sweep["lr"], sweep["loss"], color="#c8c8c8", lw=1, label="loss per step")
     ax.plot(sweep["lr"], sweep["smooth"], color="#1f77b4", lw=2, label="smoothed")
     for name, color in (("steep", "#d62728"), ("valley", "#2ca02c")):
@@ -132,8 +130,7 @@ def _plot(sweep: dict[str, list[float]], found: dict[str, float], path, title: s
     ax.legend(frameon=False, fontsize=8)
     ax.grid(alpha=0.3, which="both")
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    write_figure(fig, path)  # atomically: a kill leaves the earlier plot or none
 
 
 #: the fewest sweep steps :func:`suggest` can read a suggestion from (5 skipped at the start, 3 at the end, 3 to read)
@@ -156,6 +153,7 @@ def lr_find(cfg: Config, fold: int = 0, start: float = 1e-7, end: float = 1.0, s
     from .pseudo import fold_sets
     from .files import write_json
     from .run import Run
+    from .run_settings import check_same_training
     from .stages import load_fold_init
     from .epoch import to_device
     from .train import build_loaders, build_model_and_ema, set_frozen_encoder
@@ -165,6 +163,7 @@ def lr_find(cfg: Config, fold: int = 0, start: float = 1e-7, end: float = 1.0, s
     samples = load_train_samples(cfg)
     run = Run.of(cfg)
     run.check_writable(cfg)  # apart from the data; an existing folder must be a run
+    check_same_training(cfg, run, also_predict=False)  # a trained run's folder: its lr_find.json describes its model
     folds = load_or_make_folds(samples, cfg, run.folds_csv)  # the folds training will use (written once)
     # training's own sets: under pseudo.teacher the pseudo-labelled images join the sweep's batches (their labels are
     # written once into the run folder, as training would write them, and training reads the same file)

@@ -78,14 +78,20 @@ class Run(RunState, RunGuard):
                  "audit_problems.csv", "tta_search", "test_masks", "evaluations", "audit_samples.png", "audit_batch.png",
                  "tracker.json", "tracker.lock", "tensorboard", "export", "estimate.json", "first_epoch.json", "oof_incomplete.json", "run.lock",
                  "demo_submission.json", "admitted_folds.json")
+    #: The files of ``report/`` (:func:`seg_toolkit.report.build_report`): the page, its data, its figures
+    REPORT_FILES = ("index.html", "report.json", "confusion.png", "learning_curves.png", "overlays_best.png",
+                    "overlays_worst.png")
     #: What a run writes inside the folders of RUN_FILES, as paths relative to the folder (``/`` between parts); any
-    #: other file there is the user's, and deleting the folder is refused (:meth:`RunGuard.foreign_entries`)
+    #: other file there is the user's, and deleting the folder is refused (:meth:`RunGuard.foreign_entries`): the
+    #: report's and the evaluations' by name (a user's notes.html beside the report went with the run)
     RUN_DIR_FILES = {
         "oof": r"(presence/)?[^/]+\.npy",
         "test_probs": r"(presence/)?[^/]+\.npy",
         "test_masks": r"[^/]+\.png",
-        "report": r"[^/]+\.(html|png|json)",
-        "evaluations": r"[^/]+\.json",
+        "report": "|".join(map(re.escape, REPORT_FILES)),
+        # evaluate --on DIR: <folder name>-<8 hex of its path>[.<metric>-<6 hex>].json; --split test under another
+        # metric: evaluate_test.<metric>-<6 hex>.json (seg_toolkit.evaluate.evaluation_name / metric_tag)
+        "evaluations": r"([A-Za-z0-9._-]+-[0-9a-f]{8}|evaluate_test)(\.[a-z0-9_]+-[0-9a-f]{6})?\.json",
         "export": r"fold_\d+\.onnx|export\.json",
         "pseudo": r"(fold_\d+|all)(\.csv|\.teacher\.json|/[^/]+\.npy)",
         "tensorboard": r"events\.out\.tfevents\.[^/]+",  # the summary writer's event files (track_backends.py)

@@ -299,6 +299,17 @@ def test_bundle_overwrite_keeps_files_the_bundle_did_not_write(trained, tmp_path
     (run_dir / "MY_NOTES.txt").unlink()
     (out / "wheels" / "mypkg-1.0-py3-none-any.whl").unlink()
     build_bundle([trained["x"]], out, wheels=False, overwrite=True)  # its own files only: replaced
+    # a text the bundle wrote, edited since (the user's fix to predict.py): the edit was dropped without a word
+    (out / "predict.py").write_text((out / "predict.py").read_text() + "# mine\n")
+    with pytest.raises(BundleError, match=r"holds predict.py, which the bundle did not write \(or that were edited since\)"):
+        build_bundle([trained["x"]], out, wheels=False, overwrite=True)
+    assert (out / "predict.py").read_text().endswith("# mine\n")
+    # nor among the images a run reads (predict --out and audit --out refused it; bundle did not)
+    cfg = trained["x"].config()
+    inside = cfg.data_path(cfg.data.train_images) / "bundle"
+    with pytest.raises(ConfigError, match=r"bundle --out .*/bundle lies inside data.train_images"):
+        build_bundle([trained["x"]], inside, wheels=False)
+    assert not inside.exists()
 
 
 def test_bundle_errors_name_the_file(tmp_path):

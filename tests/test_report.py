@@ -718,3 +718,22 @@ def test_void_is_drawn_apart_from_a_grey_class():
     sky[:, :4], unscored[:, 4:] = True, True
     out = _paint(image, [sky, None], camvid[:2], unscored)
     assert not np.array_equal(out[3, 1], out[3, 6])  # inside each region, away from the outlines
+
+
+def test_files_a_user_keeps_beside_the_report_are_never_the_runs(multilabel, tmp_path):
+    """foreign_entries took any .html / .png / .json in report/ and any .json in evaluations/ for the run's own, so
+    `train --overwrite` deleted a user's analysis and leaderboard notes with the run. The report's files are named."""
+    import shutil
+
+    cfg, _, _, page = multilabel
+    run = Run(tmp_path / Run.of(cfg).dir.name)
+    shutil.copytree(Run.of(cfg).dir, run.dir)
+    assert sorted(p.name for p in run.report_dir.iterdir()) == sorted(Run.REPORT_FILES)  # every one of them written
+    assert run.foreign_entries() == []
+    (run.report_dir / "my_analysis.html").write_text("mine")
+    run.evaluations_dir.mkdir(exist_ok=True)
+    (run.evaluations_dir / "my_lb_scores.json").write_text("{}")
+    ours = ["valid-0123abcd.json", "valid-0123abcd.tgs_map_mlebench-1a2b3c.json", "evaluate_test.miou-abcdef.json"]
+    for name in ours:
+        (run.evaluations_dir / name).write_text("{}")
+    assert run.foreign_entries() == [run.evaluations_dir / "my_lb_scores.json", run.report_dir / "my_analysis.html"]

@@ -226,6 +226,14 @@ def test_lr_find_command_on_the_demo(demo_root, tmp_path):
     assert saved["suggested_lr"] == r["suggested_lr"] and len(saved["lr"]) == len(saved["loss"]) >= 10
     assert run.lr_find_png.stat().st_size > 5000
     run_cv(cfg, folds=[0])  # the folder lr-find wrote into is still a run folder that training accepts
+    # the trained run's folder: a sweep of another model would have written its lr_find.json there without a word
+    import dataclasses
+
+    other = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, base_width=cfg.model.base_width * 2))
+    before = run.lr_find_json.read_bytes()
+    with pytest.raises(ConfigError, match=r"was made with other settings than this config: model.base_width"):
+        lr_find(other, fold=0, start=1e-6, end=10.0, steps=40)
+    assert run.lr_find_json.read_bytes() == before
 
 
 def test_train_refused_on_lr_finds_folds_leaves_the_folder_as_lr_find_left_it(demo_root, tmp_path):

@@ -29,9 +29,9 @@ log = logging.getLogger(__name__)
 
 __all__ = ["build_report"]
 
-# the files of run.report_dir
-INDEX, REPORT_JSON, CONFUSION_PNG, CURVES_PNG = "index.html", "report.json", "confusion.png", "learning_curves.png"
-OVERLAYS_PNG = {"best": "overlays_best.png", "worst": "overlays_worst.png"}
+# the files of run.report_dir (named in Run.REPORT_FILES)
+INDEX, REPORT_JSON, CONFUSION_PNG, CURVES_PNG, _BEST, _WORST = Run.REPORT_FILES
+OVERLAYS_PNG = {"best": _BEST, "worst": _WORST}
 
 
 def _epoch(f: dict[str, Any]) -> str:  # 1-based in done.json, as in metrics.csv and the curves
