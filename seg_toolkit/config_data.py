@@ -52,6 +52,12 @@ class DataConfig:
     rle_empty_token: str = ""  # what an empty mask is written as besides an empty field: '-1' (SIIM), ...; not an RLE
     rle_instances: bool = False  # an id (and class) may repeat, one row per object (Airbus, DSB 2018, SIIM): rows unioned
     image_ext: str = ".png"
+    # csv layout, images in nested folders whose ids are read off their paths (seg_toolkit/data/nested.py): a regex
+    # searched in each image's path under train_images / test_images ('/' between folders), its named groups filled
+    # into image_id_format. UW-Madison: train/case123/case123_day20/scans/slice_0001_266_266_1.50_1.50.png is id
+    # case123_day20_slice_0001 with '(?P<day>case\d+_day\d+)/scans/(?P<slice>slice_\d+)_' and '{day}_{slice}'
+    image_id_pattern: Optional[str] = None
+    image_id_format: str = "{id}"
     mask_ext: str = ".png"  # appended to the image's id: ".png", or e.g. "_mask.gif" (Carvana)
     # binary mask files: a pixel is foreground when its value >= mask_threshold (null: any value > 0).
     # Required for lossy (JPEG, lossy WebP) masks, whose compression noise makes pixels near every edge non-zero

@@ -18,7 +18,8 @@ __all__ = ["check_data_config", "LOSSY_MASK_EXTS"]
 
 def check_data_config(cfg: Config) -> None:
     """Every rule on ``data.*`` keys, in order."""
-    for check in (_check_id_format, _check_data, _check_masks, _check_mask_layouts, _check_border_weight, _check_bands):
+    for check in (_check_id_format, _check_image_id_pattern, _check_data, _check_masks, _check_mask_layouts,
+                  _check_border_weight, _check_bands):
         check(cfg)
 
 
@@ -46,6 +47,35 @@ def _check_id_format(cfg: Config) -> None:
     from .config_submission_checks import check_id_format
 
     check_id_format(d.id_format, "data.id_format", True, bool(d.class_names or d.classes_csv))
+
+
+def _check_image_id_pattern(cfg: Config) -> None:
+    """At load: the pattern compiles, has named groups, fills every field of the format, and the layout reads it."""
+    d = cfg.data
+    if d.image_id_pattern is None:
+        if d.image_id_format != "{id}":
+            raise ConfigError(f"data.image_id_format: {d.image_id_format!r} makes ids out of data.image_id_pattern's "
+                              "groups, and there is none")
+        return
+    where = f"data.image_id_pattern: {d.image_id_pattern!r}"
+    try:
+        groups = set(re.compile(d.image_id_pattern).groupindex)
+    except re.error as e:
+        raise ConfigError(f"{where} is not a regular expression ({e})") from None
+    try:
+        fields = [name for _, name, _, _ in string.Formatter().parse(d.image_id_format) if name is not None]
+    except ValueError as e:
+        raise ConfigError(f"data.image_id_format: {d.image_id_format!r} is not a format string ({e})") from None
+    if not fields:
+        raise ConfigError(f"data.image_id_format: {d.image_id_format!r} names no group of data.image_id_pattern, so every "
+                          "image would have one id; e.g. '{day}_{slice}'")
+    unknown = [f for f in fields if f not in groups]
+    if unknown:
+        raise ConfigError(f"data.image_id_format: {d.image_id_format!r} names {unknown}, which are not named groups of "
+                          f"{where} ({sorted(groups) or 'none'}; a group is named as (?P<day>...))")
+    if d.layout != "csv" or d.instance_folders or d.bands.files:
+        raise ConfigError(f"{where}: reads the images of the csv layout (data.train_csv's ids), one file each; not "
+                          "with data.layout: folder, data.instance_folders or data.bands")
 
 
 def _check_data(cfg: Config) -> None:

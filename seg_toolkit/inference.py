@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 from .config import Config, ConfigError
 from .data import Sample, class_colors, class_names, load_test_samples
 from .data.bands import band_image_files, bands_of, image_id_of
+from .data.nested import nested_images
 from .device import resolve_device
 from .files import atomic_write, read_json, write_npy
 from .postprocess import apply_postprocess, load_params
@@ -352,10 +353,13 @@ def _check_sample_rows(cfg: Config, path: Path, ids: list[str], samples: list[Sa
     made = check_sample_rows(cfg, path, ids, samples, class_values)
     folder, d = cfg.data_path(cfg.data.test_images), cfg.data
     bands = bands_of(cfg)
-    on_disk = [] if d.instance_folders or not folder.is_dir() else band_image_files(folder, bands)[0] if bands else [
-        p for p in folder.iterdir() if p.suffix.lower() == d.image_ext.lower() and p.is_file()]
     listed = set(made.values())  # ids, with the extension where the sample's carry it (Severstal)
-    unlisted = sorted(image_id_of(p, bands) for p in on_disk if image_id_of(p, bands) not in listed and p.name not in listed)
+    if d.image_id_pattern and folder.is_dir():  # nested folders: each file's id read off its path
+        unlisted = sorted(i for i in nested_images(folder, cfg) if i not in listed)
+    else:
+        on_disk = [] if d.instance_folders or not folder.is_dir() else band_image_files(folder, bands)[0] if bands else [
+            p for p in folder.iterdir() if p.suffix.lower() == d.image_ext.lower() and p.is_file()]
+        unlisted = sorted(image_id_of(p, bands) for p in on_disk if image_id_of(p, bands) not in listed and p.name not in listed)
     if unlisted:
         log.warning("%d test image(s) in %s have no row in %s (e.g. %r): they are not submitted", len(unlisted), folder,
                     path, unlisted[0])

@@ -29,7 +29,8 @@ from ..rle import RLEError, RLESpec
 from .io import DataError, RLERowError, _line, read_csv_strict
 from .masks import train_rle_spec
 from .bands import band_image_files, bands_of, image_id_of
-from .sample import Sample, carries_ext, check_id, image_path
+from .sample import Sample, carries_ext, check_id
+from .nested import image_finder, nested_images
 
 log = logging.getLogger(__name__)
 
@@ -186,9 +187,9 @@ def read_train_csv(cfg: Config, on_problem: OnProblem = raise_problem) -> tuple[
         slots[c - 1].append(rle)
         if len(starts):
             ends.setdefault(image_id, [[] for _ in range(n_cls)])[c - 1].append((line, int(starts[-1] + lengths[-1])))
-    images, bands = cfg.data_path(d.train_images), bands_of(cfg)
+    image_of = image_finder(cfg, cfg.data_path(d.train_images))
     samples = [
-        Sample(i, image_path(images, i, d.image_ext, bands), rles=tuple(union_rle(r, spec) for r in per_class),
+        Sample(i, image_of(i), rles=tuple(union_rle(r, spec) for r in per_class),
                group=groups[i][0], where=f"{path} line {_line(first[i], df)}",
                objects=tuple(per_class[0]) if d.rle_instances and d.task == "binary" else None,
                row_ends=tuple(map(tuple, ends[i])) if i in ends else None)
@@ -216,7 +217,9 @@ def unlisted_samples(cfg: Config, listed: list[Sample], on_problem: OnProblem | 
     paths = {s.image for s in listed}
     exts = {d.image_ext.lower()} | {p.suffix.lower() for p in paths}
     bands = bands_of(cfg)
-    on_disk = band_image_files(images, bands)[0] if bands else [p for p in images.iterdir() if p.suffix.lower() in exts and p.is_file()]
+    nested = {p: i for i, p in nested_images(images, cfg).items()} if d.image_id_pattern else None
+    on_disk = (list(nested) if nested is not None else band_image_files(images, bands)[0] if bands else
+               [p for p in images.iterdir() if p.suffix.lower() in exts and p.is_file()])
     unlisted = sorted(p for p in on_disk if p not in paths)
     if not unlisted:
         return []
@@ -237,5 +240,5 @@ def unlisted_samples(cfg: Config, listed: list[Sample], on_problem: OnProblem | 
     log.info("%s: trained on as empty masks (data.unlisted_images: empty)", head)
     with_ext = carries_ext(listed[0].id)  # ids carry the extension (Severstal)
     n = len(listed[0].rles or ("",))
-    return [Sample(image_id_of(p, bands) if not with_ext else p.name, p, rles=("",) * n, where=f"{p} (no row in {csv})")
-            for p in unlisted]
+    return [Sample(nested[p] if nested is not None else image_id_of(p, bands) if not with_ext else p.name, p, rles=("",) * n,
+                   where=f"{p} (no row in {csv})") for p in unlisted]

@@ -35,7 +35,8 @@ from .colors import class_colors, class_ids_by_name, class_names
 from .csv_rows import raise_problem, read_train_csv, unlisted_samples
 from .io import DataError, _ext_hint, _line, read_csv_strict
 from .masks import check_train_samples, load_target, train_rle_spec
-from .sample import Sample, check_id, image_path, instance_image, pair_of
+from .sample import Sample, check_id, instance_image, pair_of
+from .nested import image_finder, nested_images
 from .id_formats import class_of_match, format_fields, parse_submission_id, training_ids_carry_ext  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
@@ -386,9 +387,9 @@ def load_test_samples(cfg: Config, images: bool = True) -> list[Sample]:
             if raw not in seen:
                 seen.add(raw)
                 ids.append(check_id(raw, where))
-        bands = bands_of(cfg)
-        samples = [Sample(i, instance_image(folder, i, d.image_ext) if d.instance_folders else
-                          image_path(folder, i, d.image_ext, bands), where=str(sample_path), pair=pair_of(cfg)) for i in ids]
+        image_of = image_finder(cfg, folder)
+        samples = [Sample(i, instance_image(folder, i, d.image_ext) if d.instance_folders else image_of(i),
+                          where=str(sample_path), pair=pair_of(cfg)) for i in ids]
         missing = [x for x in samples if not x.image.is_file()] if images else []
         if missing:
             raise DataError(
@@ -403,6 +404,14 @@ def load_test_samples(cfg: Config, images: bool = True) -> list[Sample]:
     if bands_of(cfg) is not None:
         return [Sample(check_id(p.parent.name, str(p.parent)), p, where=str(p.parent))
                 for p in _band_files(folder, bands_of(cfg), "data.test_images", raise_problem)]
+    if d.image_id_pattern:  # nested folders, in path order
+        found = nested_images(folder, cfg)
+        if not found and header_only:
+            return _no_test_images(folder, sample_path)
+        if not found:
+            raise DataError(f"{folder}: no *{d.image_ext} file whose path data.image_id_pattern {d.image_id_pattern!r} "
+                            "matches (test images, data.test_images)")
+        return [Sample(i, p, where=str(p), pair=pair_of(cfg)) for i, p in found.items()]
     files = _image_files(folder, d.image_ext)
     if not files and header_only:  # as above, the folder holding other files only
         return _no_test_images(folder, sample_path)
