@@ -292,7 +292,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .data.demo import check_demo_submission, demo_data_needed, make_demo, record_demo_submission
     from .inference import predict_test
     from .submission import submission_path
-    from .submission_check import check_submission
+    from .submission_check import check_submission, config_check_args
 
     cfg = _config(args)
     root = Path(cfg.data.root)
@@ -307,10 +307,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         _print_tune(cv["postprocess"])
     out = predict_test(cfg, out=out, overwrite=True)  # checked above: absent, the demo's own, or --overwrite
     record_demo_submission(cfg, out)
-    from .submission import submission_spec
-
-    problems = check_submission(out, cfg.data_path(cfg.data.sample_submission), spec=submission_spec(cfg),
-                                class_column=cfg.submission.class_column)
+    problems = check_submission(out, cfg.data_path(cfg.data.sample_submission), **config_check_args(cfg))
     from .report import build_report
 
     print(f"report: {build_report(cfg.run_dir)} (open in a browser; PNG copies beside it)")

@@ -41,11 +41,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_check_submission(args: argparse.Namespace) -> int:
     from .rle import RLESpec
     from .errors import SegToolkitError
-    from .submission import class_column_names, row_pixels, submission_classes, submission_columns, submission_spec
-    from .submission_check import check_submission
+    from .submission import row_pixels
+    from .submission_check import check_submission, config_check_args
 
-    n_pixels = columns = classes = class_names = None
-    class_column = args.class_column
+    n_pixels = None
     flags = [f for f, given in (("--order", args.order is not None), ("--index-base", args.index_base is not None),
                                 ("--relative", args.relative), ("--instances", args.instances),
                                 ("--class-column", args.class_column is not None),
@@ -57,23 +56,18 @@ def cmd_check_submission(args: argparse.Namespace) -> int:
                           "RLE convention; drop the flag(s), or drop --config to check with the flags")
     if args.config:
         cfg = _load(args.config, [], trained=True)
-        spec = submission_spec(cfg)
-        s = cfg.submission
-        columns = submission_columns(cfg) if s.id_column or s.rle_column else None
-        class_column = s.class_column or class_column
-        classes = submission_classes(cfg) if s.class_column else None
-        class_names = class_column_names(cfg)
+        kwargs = config_check_args(cfg)
         try:
             n_pixels = row_pixels(cfg)  # runs checked against each test image's size
         except SegToolkitError as e:
             print(f"note: run lengths not checked against the test images' sizes ({' '.join(str(e).split())})", file=sys.stderr)
     else:
-        spec = RLESpec(order=args.order or "F", index_base=1 if args.index_base is None else args.index_base,
-                       starts="relative" if args.relative else "absolute", empty=(args.empty_token or [""])[0],
-                       instances=args.instances)
+        kwargs = {"class_column": args.class_column,
+                  "spec": RLESpec(order=args.order or "F", index_base=1 if args.index_base is None else args.index_base,
+                                  starts="relative" if args.relative else "absolute", empty=(args.empty_token or [""])[0],
+                                  instances=args.instances)}
     problems = check_submission(args.csv, args.sample, empty_tokens=tuple(args.empty_token) if args.empty_token else None,
-                                n_pixels=n_pixels, spec=spec, columns=columns, class_column=class_column, classes=classes,
-                                class_names=class_names)
+                                n_pixels=n_pixels, **kwargs)
     if problems:
         print(f"{args.csv}: {len(problems)} problem(s)")
         for p in problems:

@@ -342,9 +342,14 @@ def class_column_names(cfg: Config) -> dict[str, int] | None:
     ``large_bowel``), name -> class number; None when it writes the numbers (Severstal's ``ClassId``)."""
     if cfg.submission.class_format != "{name}":
         return None
-    from .data.colors import class_ids_by_name  # lazy: the data package imports torch
+    from .data.colors import class_ids_by_name, unnamed_classes  # lazy: the data package imports torch
 
-    return class_ids_by_name(cfg)
+    unnamed = [k for k in unnamed_classes(cfg) if k in submission_classes(cfg)]
+    if unnamed:
+        raise SubmissionError(f"submission.class_format: '{{name}}' writes each class's name, and class(es) {unnamed} "
+                              f"have none in {cfg.data.classes_csv} (data.classes_csv): name every submitted class there, or "
+                              "in data.class_names")
+    return {name.strip(): k for name, k in class_ids_by_name(cfg).items()}  # as a grader reads a CSV field
 
 
 def class_text(k: int, names: dict[str, int] | None) -> str:
@@ -366,7 +371,7 @@ def class_of_text(text: Any, names: dict[str, int] | None) -> int | None:
 def class_text_problem(raw: Any, names: dict[str, int] | None) -> str:
     """Why a class column's value reads as no class (:func:`class_of_text` gave None), with what it should be."""
     if names is not None:
-        also = " (a number: submission.class_format '{name}' writes names)" if str(raw).strip().isdigit() else ""
+        also = " (a number: submission.class_format '{name}' writes names)" if class_of_text(raw, None) is not None else ""
         return f"class {raw!r} is not a class name of this submission ({list(names)}){also}"
     also = "; a class name? submission.class_format: '{name}' writes names" if str(raw).strip() else ""
     return f"class {raw!r} is not a whole number{also}"

@@ -24,7 +24,7 @@ from .submission import (SubmissionError, class_column_names, class_of_text, cla
 
 log = logging.getLogger(__name__)
 
-__all__ = ["check_submission", "check_sample_rows"]
+__all__ = ["check_submission", "check_sample_rows", "config_check_args"]
 
 
 def check_sample_rows(cfg: Config, path: Path, ids: list[str], samples: Sequence[Any],
@@ -150,6 +150,17 @@ def _ragged_line(path: Path) -> str | None:
     except (UnicodeDecodeError, csv.Error):
         return None  # pandas reports what it cannot read
     return None
+
+
+def config_check_args(cfg: Config) -> dict[str, Any]:
+    """:func:`check_submission`'s keyword arguments from a config's ``submission.*`` keys: the RLE spec, the columns
+    when named, the class column with the classes it writes and their names (``class_format: '{name}'``)."""
+    from .submission import submission_columns, submission_spec
+
+    s = cfg.submission
+    return {"spec": submission_spec(cfg), "columns": submission_columns(cfg) if s.id_column or s.rle_column else None,
+            "class_column": s.class_column, "classes": submission_classes(cfg) if s.class_column else None,
+            "class_names": class_column_names(cfg)}
 
 
 def check_submission(

@@ -45,8 +45,9 @@ def score_submission(csv_path: str | Path, solution_path: str | Path, cfg: Confi
 
     id_col, rle_col = submission_columns(cfg)
 
-    def read(path: str | Path) -> dict[str, dict[int, list[tuple[str, str]]]]:
-        """image id -> class -> [(RLE, where: the file, line and id)]; a row that cannot be read names its line."""
+    def read(path: str | Path, solution: bool = False) -> dict[str, dict[int, list[tuple[str, str]]]]:
+        """image id -> class -> [(RLE, where: the file, line and id)]; a row that cannot be read names its line. The
+        ``solution``'s class column may hold numbers or names whichever the submission writes (the grader's file)."""
         df = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
         for col in (id_col, rle_col, *([s.class_column] if s.class_column else [])):
             if col not in df.columns:
@@ -62,6 +63,8 @@ def score_submission(csv_path: str | Path, solution_path: str | Path, cfg: Confi
                     raise SubmissionError(f"{where}: the id does not read as submission.id_format {s.id_format!r}")
                 image_id, cls = m.group("id"), str(class_of_match(m, by_name))
             c = class_of_text(cls, None if split is not None else names)
+            if c is None and solution and split is None:  # the other form: numbers beside names, or names beside numbers
+                c = class_of_text(cls, None if names is not None else {n.strip(): k for n, k in by_name.items()})
             if c is None:
                 raise SubmissionError(f"{where}: {s.class_column}: {class_text_problem(cls, names)}")
             out.setdefault(image_id, {}).setdefault(c, []).append((rle, where))
@@ -73,7 +76,7 @@ def score_submission(csv_path: str | Path, solution_path: str | Path, cfg: Confi
             mask |= spec.decode(rle, hw, where)
         return mask
 
-    truth_rows, pred_rows = read(solution_path), read(csv_path)
+    truth_rows, pred_rows = read(solution_path, solution=True), read(csv_path)
     # the grader scores the rows the files have: with submission.classes a subset and no metric.classes of its own,
     # the classes never submitted are no (empty, empty) pairs scoring 1 (as evaluate's config warning says)
     metric = cfg.metric if cfg.metric.classes or not s.classes else dataclasses.replace(cfg.metric, classes=sorted(allowed))

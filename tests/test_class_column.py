@@ -498,6 +498,15 @@ def test_class_names_in_the_submission_class_column(severstal, tmp_path, caplog)
     by_number.assign(ClassId=by_number.ClassId.map(lambda c: names[int(c) - 1])).to_csv(tmp_path / "sol_names.csv", index=False)
     score = score_submission(out, tmp_path / "sol_names.csv", named_cfg)
     assert score == score_submission(tmp_path / "numbers.csv", tmp_path / "sol_numbers.csv", moved("{cls}")) < 1.0
+    # the grader's solution in the other form reads either way (the review: its numbers were called the submission's fault)
+    assert score_submission(out, tmp_path / "sol_numbers.csv", named_cfg) == score
+    assert score_submission(tmp_path / "numbers.csv", tmp_path / "sol_names.csv", moved("{cls}")) == score
+    # the config's own checks (check-submission --config, and demo, which left the names out and called the file
+    # INVALID) take the names from one place
+    from seg_toolkit.submission_check import config_check_args
+
+    assert config_check_args(named_cfg)["class_names"] == by_name
+    assert check_submission(out, sample, **config_check_args(named_cfg)) == []
     with pytest.raises(SubmissionError, match=r"numbers.csv line 2 \(id '[^']+'\): ClassId: class '1' is not a class name"):
         score_submission(tmp_path / "numbers.csv", tmp_path / "sol_names.csv", named_cfg)
     # a sample listing the names: predict with numbers is refused before predicting, naming the key
@@ -509,6 +518,22 @@ def test_class_names_in_the_submission_class_column(severstal, tmp_path, caplog)
     assert not (tmp_path / "refused.csv").exists()
     listed = pd.read_csv(predict_test(named_cfg, out=tmp_path / "listed.csv"), dtype=str, keep_default_na=False)
     pd.testing.assert_frame_equal(listed, named)
+
+
+def test_class_names_written_are_the_classes_csv_names_stripped_and_complete(tmp_path):
+    """A classes CSV's ' large_bowel' was written with its space (no grader matches it, and check-submission refused the
+    toolkit's own file); a class the CSV leaves out was written as the made-up 'class_3'."""
+    from seg_toolkit.submission import class_column_names
+
+    (tmp_path / "classes.csv").write_text("id,name\n1, large_bowel\n2,small_bowel \n3,stomach\n")
+    cfg = config_from_dict({"data": {"root": str(tmp_path), "task": "multilabel", "num_classes": 3, "class_column": "c",
+                                     "classes_csv": "classes.csv"},
+                            "submission": {"class_column": "class", "class_format": "{name}"}})
+    assert class_column_names(cfg) == {"large_bowel": 1, "small_bowel": 2, "stomach": 3}
+    assert mask_rows("a", TWO[:1].repeat(3, 0), cfg)[0] == ("a", "1 2", "large_bowel")
+    (tmp_path / "classes.csv").write_text("id,name\n1,large_bowel\n2,small_bowel\n")
+    with pytest.raises(SubmissionError, match=r"class\(es\) \[3\] have none in classes.csv"):
+        class_column_names(cfg)
 
 
 @pytest.mark.parametrize("submission, data, message", [

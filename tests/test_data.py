@@ -177,9 +177,13 @@ def test_masks_are_resized_by_the_pixel_centre_as_their_images():
 
     # 200 -> 40: the centre of output row i is source row 5i + 2; its image row is the mean of 5i .. 5i + 4 = 5i + 2
     assert offsets([], [40, 40], seeds=1) == [pytest.approx(0.0, abs=1e-3)]  # was -2.0
-    cfg = config_from_dict({"data": {"task": "binary", "num_classes": 1}, "transforms": {"resize": [50, 70]}})
-    resized = build_transforms(cfg, train=False)(image=np.zeros((H, W, 3), np.uint8), mask=mask)["mask"]
-    assert np.array_equal(resized, nearest_resize(mask, (50, 70)))  # the scored ground truth's convention
+    # the scored ground truth's rule exactly, ties included: 256 -> 96 puts every third centre on a pixel edge, where
+    # OpenCV's pixel-centred nearest takes the earlier pixel (17 of 96 rows), the scored truth the later
+    cfg = config_from_dict({"data": {"task": "binary", "num_classes": 1}, "transforms": {"resize": [96, 50]}})
+    ties = (np.arange(256)[:, None] + np.zeros((1, 200), int)).astype(np.uint8)
+    resized = build_transforms(cfg, train=False)(image=np.zeros((256, 200, 3), np.uint8), mask=ties)["mask"]
+    assert np.array_equal(resized, nearest_resize(ties, (96, 50)))
+    assert resized[:4, 0].tolist() == [1, 4, 6, 9]  # centres 1.33, 4.0, 6.67, 9.33 of 256 / 96: row 4 at the tie
     for spec in ({"RandomResizedCrop": {"size": [64, 64], "scale": [0.3, 0.6]}},
                  {"RandomSizedCrop": {"min_max_height": [90, 150], "size": [64, 64]}},
                  {"RandomScale": {"scale_limit": [-0.6, -0.6], "p": 1.0}}):  # 0.4: 200 -> 80, at 2.5

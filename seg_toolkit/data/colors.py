@@ -109,6 +109,18 @@ def class_ids_by_name(cfg: Config) -> dict[str, int]:
     return {name: i + first for i, name in enumerate(names)}
 
 
+def unnamed_classes(cfg: Config) -> list[int]:
+    """The class numbers (as rows write them: multiclass from 0, else from 1) that neither ``data.class_names`` nor the
+    classes CSV names: :func:`class_names` calls them ``class_<k>``, a name no grader knows."""
+    d = cfg.data
+    if d.class_names:
+        return []
+    df = _classes_csv(cfg)
+    listed = set(df["id"].astype(int)) if df is not None else set()
+    first = 0 if d.task == "multiclass" else 1
+    return [i + first for i in range(d.num_classes) if i + first not in listed]
+
+
 def class_colors(cfg: Config) -> np.ndarray:
     """``uint8 (num_classes, 3)`` display colours: ``data.mask_colors``, classes CSV r,g,b, else a fixed palette."""
     n, d = cfg.data.num_classes, cfg.data

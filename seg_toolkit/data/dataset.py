@@ -26,7 +26,7 @@ from ..instance_metrics import INSTANCE_METRICS
 from .instances import load_objects
 from .weight_map import sample_weight_map
 from .sources import Sample, load_target
-from .scored import score_hw, scored_target
+from .scored import nearest_resize, score_hw, scored_target
 
 log = logging.getLogger(__name__)
 
@@ -71,9 +71,10 @@ def _aug_from_spec(spec: Any, where: str) -> A.BasicTransform:
             raise ConfigError(f"{where}: {name}({params}) failed: {e}") from None
     signature = inspect.signature(cls.__init__).parameters
     if params.get("mask_interpolation", 0) not in (cv2.INTER_NEAREST, MASK_NEAREST):
+        also = f" (or {MASK_NEAREST}, the pixel-centred nearest, its default here)" if name in _RESIZING else ""
         raise ConfigError(f"{where}: {name}: mask_interpolation {params['mask_interpolation']!r} blends the target's class "
                           "ids and void (255) into values that are neither (a pixel of 76 trained as target 76); masks move "
-                          f"by nearest neighbour: remove mask_interpolation (or {MASK_NEAREST}, the pixel-centred nearest)")
+                          f"by nearest neighbour: remove mask_interpolation{also}")
     if name in _RESIZING and "mask_interpolation" not in params:
         params["mask_interpolation"] = MASK_NEAREST
     fill = signature["fill_mask"].default if "fill_mask" in signature else None
@@ -95,15 +96,24 @@ def _aug_from_spec(spec: Any, where: str) -> A.BasicTransform:
 #: transforms whose mask fill is their point: MaskDropout makes the objects it drops background (0)
 _OWN_MASK_FILL = {"MaskDropout"}
 
-#: how masks are resized: OpenCV's pixel-centred nearest neighbour, as the scored ground truth is
-#: (:func:`~seg_toolkit.data.scored.nearest_resize`, torch's nearest-exact). Its plain nearest (0) takes each output
-#: pixel's top-left source pixel: a mask shrunk 4x sat 1.5 source pixels up and left of its image, a shift the model
-#: learned and kept in every prediction (a perfect CamVid model at 176x240 read IoU 0.979, not 0.988)
+#: how the training list's resizing crops resize masks: OpenCV's pixel-centred nearest neighbour (at an exact tie, a
+#: centre on a pixel edge, the earlier pixel, where the scored ground truth takes the later one). Its plain nearest (0)
+#: takes each output pixel's top-left source pixel: a mask shrunk 4x sat 1.5 source pixels up and left of its image, a
+#: shift the model learned and kept in every prediction (a perfect CamVid model at 176x240 read IoU 0.979, not 0.988)
 MASK_NEAREST = cv2.INTER_NEAREST_EXACT
 
 #: transforms that resize through OpenCV's resize, given MASK_NEAREST unless the entry sets mask_interpolation (the
 #: warps, Affine, Rotate, ..., map pixel centres already and refuse it)
 _RESIZING = {"RandomResizedCrop", "RandomSizedCrop", "RandomScale", "CropAndPad", "RandomSizedBBoxSafeCrop"}
+
+
+class _ScoredResize(A.Resize):
+    """``transforms.resize``: the image bilinearly, masks (and the weight map) by
+    :func:`~seg_toolkit.data.scored.nearest_resize`, the pixel-centre rule the scored ground truth and the validation
+    loss's target are resized by, ties included (OpenCV's takes the earlier pixel at 17 of 96 rows of 256 -> 96)."""
+
+    def apply_to_mask(self, mask: np.ndarray, **params: Any) -> np.ndarray:
+        return nearest_resize(mask, (self.height, self.width))
 
 _RESIZES = "set transforms.resize: [height, width], which training, validation and prediction all apply"
 
@@ -143,7 +153,7 @@ def build_transforms(cfg: Config, train: bool) -> A.Compose:
         steps += [_aug_from_spec(s, f"transforms.train[{i}]") for i, s in enumerate(cfg.transforms.train)]
     if cfg.transforms.resize is not None:
         h, w = cfg.transforms.resize
-        steps.append(A.Resize(h, w, mask_interpolation=MASK_NEAREST))
+        steps.append(_ScoredResize(h, w))
     steps.append(_normalize(cfg))
     # weight: the U-Net weight map (data.border_weight), moved as a mask is (nearest neighbour, the target's fill)
     return A.Compose(steps, additional_targets={"weight": "mask"})
