@@ -265,7 +265,8 @@ def test_shipped_configs_keep_the_kaggle_spec():
         spec = submission_spec(load_config(path))
         empty = "-" if path.stem == "contrails_cpu" else ""  # contrails writes an empty mask as '-'
         instances = path.stem == "dsb_cpu"  # DSB 2018: one row per nucleus
-        assert (spec.index_base, spec.starts, spec.instances, spec.empty, spec.order) == (1, "absolute", instances, empty, "F"), path
+        order = "C" if path.stem == "uwmadison_cpu" else "F"  # UW-Madison's runs go along the rows
+        assert (spec.index_base, spec.starts, spec.instances, spec.empty, spec.order) == (1, "absolute", instances, empty, order), path
     # DSB 2018 ships no sample with its stage-1 images: the header is the config's, the competition's
     assert submission_columns(load_config(Path(__file__).resolve().parents[1] / "configs/dsb_cpu.yaml")) == (
         "ImageId", "EncodedPixels")
