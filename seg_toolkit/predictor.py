@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 from .checkpoint import load_model
 from .models.presence import has_presence, split_presence
 from .config import Config, ConfigError
+from .errors import SegToolkitError
 from .data import DataError, Sample, build_transforms, read_image
 from .data.bands import bands_of
 from .data.dataset import target_to_tensor
@@ -44,7 +45,20 @@ from .tta import _variants
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Member", "Predictor"]
+__all__ = ["Member", "Predictor", "NonFiniteError"]
+
+
+class NonFiniteError(SegToolkitError, ValueError):
+    """A model gave NaN probabilities: they were quantised to 0 (background) and scored, tuned and submitted so."""
+
+
+def _finite(probs: torch.Tensor, image_id: str, runs: list, fold: int | None) -> torch.Tensor:
+    if not bool(torch.isfinite(probs).all()):
+        which = f"fold {fold} of " if fold is not None else ""
+        raise NonFiniteError(f"image {image_id!r}: {which}{', '.join(str(r) for r in runs)} gave NaN probabilities (weights "
+                             "that diverged, or an input the model cannot take); nothing is scored or written from them: "
+                             "check the fold's metrics.csv for a NaN loss and train it again")
+    return probs
 
 
 @dataclass
@@ -335,7 +349,7 @@ class Predictor:
             for j, image_id in enumerate(batch["id"]):
                 merged = from_merge_space(acc[j], self.space, self.task) if merging else acc[j]
                 probs, acc[j] = merged.cpu(), None  # hand over: the batch does not keep it
-                yield (image_id, probs, presence_cpu[j] if presence_cpu is not None else None,
+                yield (image_id, _finite(probs, image_id, [m.run.dir for m, _ in self.active], fold), presence_cpu[j] if presence_cpu is not None else None,
                        targets[j] if targets is not None else None)
 
     def iter_candidate_probs(self, samples: list[Sample], fold: int, candidates: list[tuple[list[str], str]],
@@ -372,5 +386,5 @@ class Predictor:
             targets = batch.get("target")
             for j, image_id in enumerate(batch["id"]):
                 hw = batch["size"][j]
-                yield (image_id, [resize_to(p[j : j + 1], hw)[0].cpu() for p, _ in merged],
+                yield (image_id, [_finite(resize_to(p[j : j + 1], hw)[0].cpu(), image_id, [m.run.dir], fold) for p, _ in merged],
                        [pr[j].cpu() if pr is not None else None for _, pr in merged], (targets[j] if targets is not None else None))

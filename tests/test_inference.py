@@ -577,3 +577,24 @@ def test_header_only_test_ids_take_the_training_ids_form(demo_root, tmp_path):
     Run.of(cfg).folds_csv.write_text("id,fold,stratum\n" + "".join(f"{i}.png,0,\n" for i in train.ImageId.unique()))
     (root / "train.csv").unlink()
     assert [s.id for s in load_test_samples(cfg)] == names
+
+
+def test_nan_probabilities_are_refused_not_submitted_as_background(demo_root, tmp_path, monkeypatch):
+    """The tuning audit: a model whose weights diverged gave NaN probabilities, which the 1/255 grid turned into 0
+    (np.rint of NaN cast to uint8): scored, tuned and submitted as empty masks without a word."""
+    from seg_toolkit.cv import run_cv
+    from seg_toolkit.predictor import NonFiniteError
+
+    cfg = config_from_dict(demo_dict(demo_root, tmp_path / "runs", postprocess={"tune": False}, train={"epochs": 1}))
+    run_cv(cfg)
+    real = Predictor._member_probs
+
+    def diverged(self, m, images, fold, tta, merge):
+        out = real(self, m, images, fold, tta, merge).clone()
+        out[0, 0, 0, 0] = float("nan")  # one pixel of the batch's first image
+        return out
+
+    monkeypatch.setattr(Predictor, "_member_probs", diverged)
+    with pytest.raises(NonFiniteError, match=r"image '[^']+': .* gave NaN probabilities"):
+        predict_test(cfg, out=tmp_path / "nan.csv")
+    assert not (tmp_path / "nan.csv").exists()
