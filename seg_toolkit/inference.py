@@ -28,6 +28,7 @@ from __future__ import annotations
 import io
 import logging
 import re
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +41,7 @@ from .data.bands import band_image_files, bands_of, image_id_of
 from .data.nested import nested_images
 from .device import resolve_device
 from .files import atomic_write, read_json, write_npy
-from .postprocess import apply_postprocess, load_params
+from .postprocess import apply_postprocess, load_params, present_classes, present_drift
 from .oof import check_oof_complete
 from .predictor import Predictor
 from .run_settings import check_same_training
@@ -185,6 +186,7 @@ def predict_test(cfg: Config, out: str | Path | None = None, overwrite: bool = F
         _clear_predict_folder(cfg, run, run.test_masks_dir, _MASK_FILE)
     colors = _mask_colors(cfg) if masks == "color" else None
     passes = predictor.passes_per_image()
+    present, n_images = np.zeros(cfg.data.num_classes, np.int64), 0
     log.info("predicting %d test images: %d forward passes each (%s)", len(samples), passes, predictor.describe())
     with SubmissionWriter(out, header, expected, repeated_ids(cfg), row_fields(cfg)) as writer:
         bar = tqdm(predictor.iter_predictions(samples), total=len(samples), desc=f"predict ({passes} passes/image)", disable=None)
@@ -197,13 +199,32 @@ def predict_test(cfg: Config, out: str | Path | None = None, overwrite: bool = F
                               else probs_to_uint8(presence.numpy()))
             mask = apply_postprocess(p, cfg.data.task, params, presence)
             writer.write(mask_rows(image_id, mask, cfg))
+            present += present_classes(mask, cfg.data.task, cfg.data.num_classes)
+            n_images += 1
             if masks != "none":
                 for cls, png in mask_pngs(mask, cfg.data.task, masks, colors):
                     atomic_write(run.test_mask_path(image_id, cls), lambda tmp, b=png: Path(tmp).write_bytes(b))
     log.info("wrote %s", out)
+    _say_drift(cfg, run, params, present, n_images)
     if masks != "none":
         log.info("wrote the decided masks (%s) to %s", masks, run.test_masks_dir)
     return out
+
+
+def _say_drift(cfg: Config, run: Run, params, present: np.ndarray, n: int) -> None:
+    """Warn of classes whose test masks are non-empty far more or less often than the OOF masks were under the same
+    tuned parameters (:func:`~seg_toolkit.postprocess.present_drift`): tuned on one fold model's probabilities, applied
+    to the folds' mean."""
+    tuned = read_json(run.postprocess_json) or {}
+    if tuned.get("params") != asdict(params):  # the config's own parameters: nothing was tuned on the OOF
+        return
+    lines = present_drift(tuned.get("decided_present"), present, n, class_names(cfg))
+    if lines:
+        log.warning("the submission's masks are not like the OOF masks the post-processing was tuned on: %s. The test "
+                    "probabilities are the folds' mean, whose maxima sit lower than one fold model's OOF: a gate or "
+                    "threshold tuned near the top of the OOF's range may shut (or open) on the test set. Score a held-out "
+                    "split (`seg-toolkit evaluate --split test`, `--on DIR`) before trusting the tuned CV, or tune with "
+                    "narrower grids", "; ".join(lines))
 
 
 #: what predict writes in test_probs/ (``<id>.npy``, ``presence/<id>.npy``) and test_masks/ (``<id>[_<cls>].png``)

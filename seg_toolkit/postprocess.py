@@ -298,6 +298,30 @@ def apply_postprocess(probs: np.ndarray, task: str, params: PostParams, presence
     return out
 
 
+def present_classes(mask: np.ndarray, task: str, num_classes: int) -> np.ndarray:
+    """``bool (C,)``: the classes a decided mask (:func:`apply_postprocess`'s) has any pixel of."""
+    if task == "multiclass":
+        return np.bincount(mask.ravel(), minlength=num_classes)[:num_classes] > 0
+    return mask.reshape(mask.shape[0], -1).any(axis=1)
+
+
+def present_drift(oof: dict | None, counts: np.ndarray, n: int, names: list[str]) -> list[str]:
+    """Classes whose share of non-empty decided masks on ``n`` test images (``counts``) lies far from the OOF's under
+    the same parameters (``oof``: postprocess.json's ``decided_present``): more than 0.1 and four binomial standard
+    errors apart. The OOF is each fold model's own prediction, the test the folds' mean, whose maxima sit lower: a
+    gate tuned at the top of the OOF's range can shut on every test image (the audit: 27% of OOF images open, 0% of
+    test; the submission scored under the untuned one). One line per such class."""
+    if not oof or n < 20 or len(oof.get("share", [])) != len(counts):
+        return []
+    lines = []
+    for c, (p, k) in enumerate(zip(oof["share"], counts)):
+        q = k / n
+        se = math.sqrt(max(p * (1 - p), 1 / max(int(oof.get("n_images", 1)), 1)) / n)
+        if abs(q - p) > max(0.1, 4 * se):
+            lines.append(f"{names[c]}: {q:.0%} of {n} test images decided non-empty, {p:.0%} of the OOF images")
+    return lines
+
+
 def runner_up(scores: np.ndarray, label: np.ndarray) -> np.ndarray:
     """Per pixel of ``scores`` ``(C, M)`` the argmax without its ``label`` ``(M,)`` (ties to the lower class, as
     ``argmax`` takes them), ``uint8 (M,)``. ``scores`` of any real or integer dtype (the OOF files' uint8 too)."""

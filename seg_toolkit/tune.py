@@ -77,7 +77,7 @@ import torch
 
 from .config import Config, ConfigError
 from .evaluator import Evaluator, resolve_metric_name
-from .postprocess import PostParams, apply_postprocess, params_from_config
+from .postprocess import PostParams, apply_postprocess, params_from_config, present_classes
 from .files import nan_if_null, read_json, write_json
 from .run import Run
 from .run_lock import run_lock
@@ -175,7 +175,7 @@ def tune_postprocess(
         # int64 also when a fold has no OOF image left (exclude_ids changed after training): np.array([]) is float64
         fold_rows = {k: np.array([i for i, it in enumerate(data.items) if it.fold == k], np.int64) for k in data.folds}
 
-        scored = _evaluate(data, cfg, {"before": before_params, "after": params})
+        scored, present = _evaluate(data, cfg, {"before": before_params, "after": params})
         before, after = scored["before"], scored["after"]
         for name, quick, exact in (("before", fast_before, before), ("after", fast_after, after)):
             if not (math.isnan(quick) and math.isnan(exact)) and not abs(quick - exact) <= 1e-9:
@@ -206,6 +206,8 @@ def tune_postprocess(
                 "empty_gate": list(gate_grid) if task != "multiclass" else [],
                 "split_seed": seeds,
             },
+            # per class, the share of OOF images whose decided mask is not empty: predict compares the test's
+            "decided_present": {"share": (present / max(len(data), 1)).tolist(), "n_images": len(data)},
             "oof_in_memory": data.cache_enabled,
             "seconds": round(time.perf_counter() - t0, 3),
         }
@@ -292,12 +294,13 @@ def _cv_json_score(run: Run) -> float | None:
 # ----------------------------------------------------------------------------- exact scores
 
 
-def _evaluate(data: OOFData, cfg: Config, params: dict[str, PostParams]) -> dict[str, float]:
+def _evaluate(data: OOFData, cfg: Config, params: dict[str, PostParams]) -> tuple[dict[str, float], np.ndarray]:
     """Score each parameter set with :class:`Evaluator` on :func:`apply_postprocess` masks, as
-    ``cv.json`` scores the OOF files. Torch runs on one thread meanwhile: the tensors are one
-    image each, and on a busy machine intra-op threads made this pass 20x slower."""
+    ``cv.json`` scores the OOF files; with how many images the last set's masks hold each class. Torch runs on one
+    thread meanwhile: the tensors are one image each, and on a busy machine intra-op threads made this pass 20x slower."""
     task, c = cfg.data.task, cfg.data.num_classes
     evaluators = {name: Evaluator(cfg.metric, task, c) for name in params}
+    present = np.zeros(c, np.int64)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -308,8 +311,9 @@ def _evaluate(data: OOFData, cfg: Config, params: dict[str, PostParams]) -> dict
             target = torch.from_numpy(truth[None])
             objects = [data.objects(i, q.shape[-2:])] if first.instance else None
             for name, p in params.items():
-                evaluators[name].update_masks(torch.from_numpy(apply_postprocess(probs, task, p, presence)[None]), target,
-                                              objects)
+                mask = apply_postprocess(probs, task, p, presence)
+                evaluators[name].update_masks(torch.from_numpy(mask[None]), target, objects)
+            present += present_classes(mask, task, c)
     finally:
         torch.set_num_threads(threads)
-    return {name: float(e.compute()["score"]) for name, e in evaluators.items()}
+    return {name: float(e.compute()["score"]) for name, e in evaluators.items()}, present

@@ -598,3 +598,55 @@ def test_nan_probabilities_are_refused_not_submitted_as_background(demo_root, tm
     with pytest.raises(NonFiniteError, match=r"image '[^']+': .* gave NaN probabilities"):
         predict_test(cfg, out=tmp_path / "nan.csv")
     assert not (tmp_path / "nan.csv").exists()
+
+
+def test_present_drift_by_hand():
+    from seg_toolkit.postprocess import present_drift
+
+    oof = {"share": [0.27, 0.5, 0.0], "n_images": 100}
+    # 0 of 40 open where 27% of the OOF were: 0.27 apart; se = sqrt(0.27 x 0.73 / 40) = 0.070, 4 se = 0.281 > 0.27: not
+    # flagged. At 400 images se = 0.022, 4 se = 0.089, the floor 0.1 decides: flagged
+    assert present_drift(oof, np.array([0, 20, 0]), 40, ["a", "b", "c"]) == []
+    assert present_drift(oof, np.array([0, 200, 0]), 400, ["a", "b", "c"]) == [
+        "a: 0% of 400 test images decided non-empty, 27% of the OOF images"]
+    # a class never present on the OOF: p(1-p) floored at 1/n_images = 0.01, se = 0.005 at 400: the 0.1 floor decides
+    assert present_drift(oof, np.array([108, 200, 20]), 400, ["a", "b", "c"]) == []
+    assert present_drift(oof, np.array([108, 200, 80]), 400, ["a", "b", "c"]) == [
+        "c: 20% of 400 test images decided non-empty, 0% of the OOF images"]
+    assert present_drift(None, np.array([0, 0, 0]), 400, ["a", "b", "c"]) == []  # nothing tuned
+    assert present_drift(oof, np.array([0, 0, 0]), 19, ["a", "b", "c"]) == []  # too few test images to say
+
+
+def test_predict_warns_when_test_masks_are_unlike_the_tuned_oof_masks(demo_root, tmp_path, caplog):
+    """The tuning audit: thresholds and gates tuned on one fold model's OOF, applied to the folds' mean, shut on every
+    test image (27% of OOF images open, 0% of test): predict now says so, class by class. tune records the OOF shares,
+    checked here against the OOF files themselves."""
+    import logging
+
+    from seg_toolkit.cv import run_cv
+    from seg_toolkit.files import read_oof
+    from seg_toolkit.postprocess import PostParams, apply_postprocess, present_classes
+    from seg_toolkit.run import Run
+    from seg_toolkit.tensors import uint8_to_probs
+
+    cfg = config_from_dict(demo_dict(demo_root, tmp_path / "runs", train={"epochs": 2}))
+    run_cv(cfg)
+    run = Run.of(cfg)
+    tuned = json.loads(run.postprocess_json.read_text())
+    params = PostParams(**tuned["params"])
+    files = sorted(run.oof_dir.glob("*.npy"))
+    present = sum(present_classes(apply_postprocess(uint8_to_probs(read_oof(f)), "multilabel", params), "multilabel", 3)
+                  for f in files)
+    assert tuned["decided_present"] == {"share": (present / len(files)).tolist(), "n_images": len(files)}
+    # the test set is 4 images: too few to say anything
+    with caplog.at_level(logging.WARNING, logger="seg_toolkit"):
+        predict_test(cfg, out=tmp_path / "a.csv")
+    assert "not like the OOF masks" not in caplog.text
+    # the same tuned parameters over many test images whose masks all come out non-empty, where the OOF's mostly were not
+    tuned["decided_present"] = {"share": [0.0, 0.0, 0.0], "n_images": 12}
+    run.postprocess_json.write_text(json.dumps(tuned))
+    from seg_toolkit.inference import _say_drift
+
+    with caplog.at_level(logging.WARNING, logger="seg_toolkit"):
+        _say_drift(cfg, run, params, np.array([30, 0, 30]), 30)
+    assert "class_1: 100% of 30 test images decided non-empty, 0% of the OOF images; class_3: 100%" in caplog.text
