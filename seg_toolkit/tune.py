@@ -208,6 +208,7 @@ def tune_postprocess(
             },
             # per class, the share of OOF images whose decided mask is not empty: predict compares the test's
             "decided_present": {"share": (present / max(len(data), 1)).tolist(), "n_images": len(data)},
+            "at_grid_edge": _grid_edges(params, before_params, cfg, gate_grid, task),
             "oof_in_memory": data.cache_enabled,
             "seconds": round(time.perf_counter() - t0, 3),
         }
@@ -217,6 +218,14 @@ def tune_postprocess(
             cf = f" (cross-fitted {crossed['score']:.5f}: tuned on other images, {crossed['groups']})" if crossed else ""
             log.info("tune: %s %.5f -> %.5f%s on %d OOF images with the %s search; wrote %s", metric, before, after, cf,
                      len(data), chosen, run.postprocess_json)
+            edges = report["at_grid_edge"]
+            if edges:
+                from .data import class_names  # lazy: the data package imports torch models' helpers
+
+                names = class_names(cfg)
+                log.warning("tune: chosen at the end of what was searched, so the best may lie beyond it: %s; widen "
+                            "postprocess.*_grid there", "; ".join(f"{key} {value} for {', '.join(names[c] for c in classes)}"
+                                                            for key, (value, classes) in _edge_values(params, edges).items()))
             if len(tried) > 1 and crossed is not None:
                 log.info("tune: search chosen by cross-fitted score: %s", ", ".join(
                     f"{m} {t[3]['score']:.5f} (tuned {t[2]['after'](everything):.5f})" for m, t in tried.items()))
@@ -292,6 +301,28 @@ def _cv_json_score(run: Run) -> float | None:
 
 
 # ----------------------------------------------------------------------------- exact scores
+
+
+def _grid_edges(params: PostParams, start: PostParams, cfg: Config, gate_grid: Sequence, task: str) -> dict[str, list[int]]:
+    """The classes whose chosen threshold is the lowest or highest searched, or whose min_area or empty gate is the
+    highest searched (the config's value and the grid: what the search tried); 0 and no gate are where those start."""
+    p, out = cfg.postprocess, {}
+    tried = {"threshold": [*start.threshold, *p.threshold_grid], "min_area": [*start.min_area, *area_grid(cfg)],
+             "empty_gate": [g for g in [*start.empty_gate, *gate_grid] if g is not None]}
+    for key, values in tried.items():
+        if task == "multiclass" and key != "min_area" or len(set(values)) < 2:
+            continue
+        ends = {min(values), max(values)} if key == "threshold" else {max(values)}
+        hit = [c for c, v in enumerate(getattr(params, key)) if v is not None and v in ends]
+        if hit:
+            out[key] = hit
+    return out
+
+
+def _edge_values(params: PostParams, edges: dict[str, list[int]]) -> dict[str, tuple[str, list[int]]]:
+    """For the log: each key's chosen values at the edge (one or several), with their classes."""
+    return {key: ("/".join(str(v) for v in dict.fromkeys(getattr(params, key)[c] for c in classes)), classes)
+            for key, classes in edges.items()}
 
 
 def _evaluate(data: OOFData, cfg: Config, params: dict[str, PostParams]) -> tuple[dict[str, float], np.ndarray]:

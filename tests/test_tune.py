@@ -722,3 +722,25 @@ def test_instance_rows_min_area_is_the_floor_of_what_is_tuned_and_scored(tmp_pat
     with caplog.at_level("WARNING"):
         assert load_params(cfg, run).min_area == [30]
     assert "min_area [10] is below submission.min_instance_area=30, which the submission applies: 30 is used" in caplog.text
+
+
+def test_a_choice_at_the_end_of_its_grid_is_named():
+    """The tuning audit: the demo chose threshold 0.7, the grid's highest, for two classes and min_area 100, the
+    highest, without a word; the best may lie beyond. postprocess.json's at_grid_edge names the classes."""
+    from seg_toolkit.postprocess import PostParams
+    from seg_toolkit.tune import _edge_values, _grid_edges
+
+    cfg = config_from_dict({"data": {"task": "multilabel", "num_classes": 3, "class_column": "c"},
+                            "submission": {"per_class": True},
+                            "postprocess": {"threshold_grid": [0.3, 0.5, 0.7], "min_area_grid": [0, 50, 100]}})
+    start = PostParams(threshold=[0.5] * 3, min_area=[0] * 3, empty_gate=[None] * 3)
+    chosen = PostParams(threshold=[0.7, 0.5, 0.3], min_area=[100, 50, 0], empty_gate=[None, 0.9, 0.5])
+    edges = _grid_edges(chosen, start, cfg, [None, 0.5, 0.9], "multilabel")
+    assert edges == {"threshold": [0, 2], "min_area": [0], "empty_gate": [1]}
+    assert _edge_values(chosen, edges) == {"threshold": ("0.7/0.3", [0, 2]), "min_area": ("100", [0]),
+                                           "empty_gate": ("0.9", [1])}
+    # a multiclass task searches min_area only; a grid of one value has no edge to speak of
+    mc = config_from_dict({"data": {"task": "multiclass", "num_classes": 3, "layout": "folder"}, "loss": {"ce": 1.0},
+                           "submission": {"per_class": True},
+                           "postprocess": {"min_area_grid": [0]}})
+    assert _grid_edges(PostParams(threshold=[0.5] * 3, min_area=[0] * 3, empty_gate=[None] * 3), start, mc, [], "multiclass") == {}
