@@ -259,8 +259,11 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
     print(f"\nensemble {run.dir} ({ens['space']} space), OOF {cv['metric']} over {cv['n_images']} images:")
     for m in ens["members"]:
         print(f"  {m['run']:<40} weight {m['weight']:.3f}  OOF {m['score']:.4f}")
-    print(f"  {'ensemble':<40} {'':>12}  OOF {cv['score']:.4f}")
     search = ens["weights_search"]
+    held = (f"; chosen on one half of the folds, the other half scores {search['cross_half_score']:.4f}"
+            if "cross_half_score" in search else "")
+    print(f"  {'ensemble':<40} {'':>12}  OOF {cv['score']:.4f}" + (
+        f" (in-sample: weights chosen on these OOF images among {search['searched']}{held})" if search.get("in_sample") else ""))
     if "decision" in search:
         print(f"weights: {search['decision']}" + (f" (cross-half: searched {search['cross_half_score']:.4f}, equal "
                                                   f"{search['cross_half_equal_score']:.4f})" if "cross_half_score" in search else ""))

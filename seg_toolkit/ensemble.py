@@ -280,6 +280,9 @@ def _choose_weights(rows: list[dict[str, Any]], folds: list[int], halves: list[s
     else:
         report["decision"] = "best in-sample weights (one fold only: no cross-half check possible)"
     report["chosen"] = chosen
+    # the OOF score (cv.json's, and what tune cross-fits) of weights chosen on these same images, among `searched`:
+    # the weights' own luck is in it; the held-out halves' score (cross_half_score) is not
+    report["in_sample"] = chosen is not equal
     return report
 
 

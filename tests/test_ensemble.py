@@ -532,11 +532,14 @@ def test_choose_weights_scores_each_halfs_pick_on_the_other_half():
     assert [x["weights"] for x in r["cross_half"]] == [[1.0, 0.0], [0.7, 0.3]]  # a wins half 0, steady half 1
     assert r["cross_half_score"] == pytest.approx((0.1 + 0.7) / 2)  # 0.4 < 0.5: equal weights again
     assert r["chosen"] is equal
+    assert r["in_sample"] is False  # equal weights: no weights were fitted to the OOF images
     r = _choose_weights([equal, steady], [0, 1], [{0}, {1}])
     assert r["cross_half_score"] == pytest.approx(0.7) and r["chosen"] is steady
+    # kept, the searched weights' OOF score (0.55 here) is their best over these very images: said so (the tuning audit)
+    assert r["in_sample"] is True
     # one fold: no halves, the in-sample best
     r = _choose_weights([equal, a], [0], [{0}])
-    assert r["chosen"] is a and "cross_half" not in r
+    assert r["chosen"] is a and "cross_half" not in r and r["in_sample"] is True
 
 
 def test_an_ensembles_oof_files_are_what_its_predictor_gives_value_for_value(trained, tmp_path, demo_root):
