@@ -180,6 +180,8 @@ class PredictConfig:
     ensemble_space: Literal["prob", "logit"] = "prob"
     tile_size: Optional[list[int]] = None  # [h, w]: sliding-window inference
     tile_overlap: float = 0.25
+    # the merged test probabilities into the run's test_probs/: uint8 (p x 255, the grid post-processing decides on:
+    # thresholding them gives the submitted masks exactly) or float16 (finer; ~1e-4 of pixels cut at 0.5 differ)
     save_probs: Literal["none", "float16", "uint8"] = "none"
     # also write each test image's decided mask (the submitted one) into the run's test_masks/:
     # png = label map (multiclass: class ids 0..C-1; binary: 0/255; multilabel: one 0/255 PNG per class,
