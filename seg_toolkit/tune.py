@@ -76,6 +76,7 @@ import numpy as np
 import torch
 
 from .config import Config, ConfigError
+from .data import class_names
 from .evaluator import Evaluator, resolve_metric_name
 from .postprocess import PostParams, apply_postprocess, params_from_config, present_classes
 from .files import nan_if_null, read_json, write_json
@@ -220,8 +221,6 @@ def tune_postprocess(
                      len(data), chosen, run.postprocess_json)
             edges = report["at_grid_edge"]
             if edges:
-                from .data import class_names  # lazy: the data package imports torch models' helpers
-
                 names = class_names(cfg)
                 log.warning("tune: chosen at the end of what was searched, so the best may lie beyond it: %s; widen "
                             "postprocess.*_grid there", "; ".join(f"{key} {value} for {', '.join(names[c] for c in classes)}"
@@ -325,10 +324,11 @@ def _edge_values(params: PostParams, edges: dict[str, list[int]]) -> dict[str, t
             for key, classes in edges.items()}
 
 
-def _evaluate(data: OOFData, cfg: Config, params: dict[str, PostParams]) -> tuple[dict[str, float], np.ndarray]:
-    """Score each parameter set with :class:`Evaluator` on :func:`apply_postprocess` masks, as
-    ``cv.json`` scores the OOF files; with how many images the last set's masks hold each class. Torch runs on one
-    thread meanwhile: the tensors are one image each, and on a busy machine intra-op threads made this pass 20x slower."""
+def _evaluate(data: OOFData, cfg: Config, params: dict[str, PostParams], count: str = "after",
+              ) -> tuple[dict[str, float], np.ndarray]:
+    """Score each parameter set with :class:`Evaluator` on :func:`apply_postprocess` masks, as ``cv.json`` scores the
+    OOF files; and in how many images set ``count``'s masks hold each class. Torch runs on one thread meanwhile: the
+    tensors are one image each, and on a busy machine intra-op threads made this pass 20x slower."""
     task, c = cfg.data.task, cfg.data.num_classes
     evaluators = {name: Evaluator(cfg.metric, task, c) for name in params}
     present = np.zeros(c, np.int64)
@@ -344,7 +344,8 @@ def _evaluate(data: OOFData, cfg: Config, params: dict[str, PostParams]) -> tupl
             for name, p in params.items():
                 mask = apply_postprocess(probs, task, p, presence)
                 evaluators[name].update_masks(torch.from_numpy(mask[None]), target, objects)
-            present += present_classes(mask, task, c)
+                if name == count:
+                    present += present_classes(mask, task, c)
     finally:
         torch.set_num_threads(threads)
     return {name: float(e.compute()["score"]) for name, e in evaluators.items()}, present
