@@ -39,10 +39,32 @@ VOID_ID = -1
 MAX_FAR_SHARE = 0.5
 
 
+#: classes CSVs read and checked, by (path, its bytes, what the checks read of the config): a class's name is looked up
+#: for every submission row (class names in ids or a class column), which parsed and checked the file once per image
+_READ: dict[tuple, pd.DataFrame] = {}
+
+
 def _classes_csv(cfg: Config) -> pd.DataFrame | None:
+    """The classes CSV (``data.classes_csv``), checked; read once while the file is unchanged. Not to be modified."""
     if not cfg.data.classes_csv:
         return None
     path = cfg.data_path(cfg.data.classes_csv)
+    d = cfg.data
+    try:
+        key = (str(path.resolve()), path.read_bytes(), d.task, d.num_classes, d.mask_per_class)
+    except OSError:
+        key = None  # read_csv_strict names the missing file
+    if key is not None and key in _READ:
+        return _READ[key]
+    df = _read_classes_csv(cfg, path)
+    if key is not None:
+        if len(_READ) > 8:
+            _READ.clear()
+        _READ[key] = df
+    return df
+
+
+def _read_classes_csv(cfg: Config, path) -> pd.DataFrame:
     df = read_csv_strict(path, ["id", "name"], "classes CSV (data.classes_csv)")
     for col in ("id", "r", "g", "b"):
         if col in df.columns:
