@@ -165,7 +165,7 @@ def audit_pictures(cfg: Config, res: AuditResult, out_dir: Path) -> str:
     """Draw both pictures once, write their PNGs into ``out_dir`` and return the page's sections for them."""
     from .plots import write_figure
     from .report.html import esc, note, png_tag, section
-    from .report.overlays import FILL_ALPHA, _painted_classes
+    from .report.overlays import FILL_ALPHA, painted_classes
     from .run import Run
 
     run = Run(out_dir)
@@ -174,7 +174,7 @@ def audit_pictures(cfg: Config, res: AuditResult, out_dir: Path) -> str:
     if not res.samples:
         return section("Samples with their masks", note("No sample could be read, so there is nothing to show."))
     names, colors = class_names(cfg), class_colors(cfg)
-    painted = _painted_classes(cfg, names, colors)
+    painted = painted_classes(cfg, names, colors)
     void = res.void_pixels > 0
     seed = cfg.train.seed
     picks = [res.samples[i] for i in spread_pick(len(res.samples), N_EXAMPLES, seed)]

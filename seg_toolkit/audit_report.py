@@ -15,7 +15,7 @@ import numpy as np
 from .audit import AuditResult, audit
 from .audit_pictures import audit_pictures
 from .config import Config, ConfigError
-from .data import class_colors
+from .data import class_colors, class_names
 
 log = logging.getLogger(__name__)
 
@@ -218,7 +218,10 @@ def write_audit(cfg: Config, out_dir: Path, result: Optional[AuditResult] = None
     res = result if result is not None else audit(cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
     pictures = audit_pictures(cfg, res, out_dir)
-    page = write_text(Run(out_dir).audit_html, _audit_html(res, class_colors(cfg), pictures=pictures))
+    from .report.overlays import legend_colors
+
+    shown = legend_colors(cfg, class_names(cfg), class_colors(cfg))  # a class the pictures leave undrawn: grey
+    page = write_text(Run(out_dir).audit_html, _audit_html(res, shown, pictures=pictures))
     buf = io.StringIO(newline="")
     w = csv.writer(buf)
     w.writerow(["kind", "where", "message"])

@@ -259,10 +259,10 @@ def _clear_predict_folder(cfg: Config, run: Run, folder: Path, written: re.Patte
 
 def _mask_colors(cfg: Config) -> np.ndarray:
     """``uint8 (C, 3)`` colours of ``color`` mask files: the class colours, an implied multiclass background black."""
-    from .report.overlays import _painted_classes  # lazy: the report package imports matplotlib helpers
+    from .report.overlays import painted_classes  # lazy: the report package imports matplotlib helpers
 
     colors = class_colors(cfg).copy()
-    for c, painted in enumerate(_painted_classes(cfg, class_names(cfg), colors)):
+    for c, painted in enumerate(painted_classes(cfg, class_names(cfg), colors)):
         if not painted:
             colors[c] = 0
     return colors

@@ -377,12 +377,12 @@ def test_overlay_colour_is_the_class_colour_blend(grey_comp, tmp_path):
     outside; void blends grey 128: 0.6*100 + 0.4*128 = 111.2 -> 111."""
     from seg_toolkit.audit_pictures import overlay_panels
     from seg_toolkit.data import class_colors, load_target, read_image
-    from seg_toolkit.report.overlays import _painted_classes
+    from seg_toolkit.report.overlays import painted_classes
 
     cfg = _multiclass_folder_cfg(grey_comp, class_names=["background", "road", "car"])
     colors = class_colors(cfg)
     assert colors[1].tolist() == [60, 180, 75]
-    painted = _painted_classes(cfg, ["background", "road", "car"], colors)
+    painted = painted_classes(cfg, ["background", "road", "car"], colors)
     assert painted == [False, True, True]  # the background is not painted over the image
     (s,) = load_train_samples(cfg)
     image = read_image(s.image, 3)

@@ -108,7 +108,7 @@ def test_html_page_is_standalone_with_bars_and_curves(runs, tmp_path, capsys):
     assert out.splitlines()[0].split()[:2] == ["#", "run"] and f"page: {tmp_path / 'cmp.html'}" in out
     page = (tmp_path / "cmp.html").read_text()
     assert page.count("Plotly.newPlot") == 2 and not re.search(r"<script[^>]*\bsrc=", page)  # plotly.js inline
-    assert len(page) > 1_000_000 and "Validation score per epoch" in page
+    assert len(page) > 1_000_000 and "per epoch (one colour per run" in page
     for name in ("a", "b", "c", "ens", "part", "half"):
         assert f"<td class='l'>{name}</td>" in page
 
@@ -231,6 +231,17 @@ def test_the_chart_has_one_panel_per_metric_and_marks_partial_runs(tmp_path):
     assert list(dice.x) == ["d1", "d2 (1/3 folds)"] and list(dice.marker.opacity) == [1.0, 0.45]
     assert dice.error_y.array[0] == pytest.approx(0.1) and dice.error_y.array[1] != dice.error_y.array[1]  # NaN: none
     assert list(figs[1].data[0].x) == ["m1"]
+    # the bars start at 0 (the visual audit: an axis from min - 0.1 drew 0.43 as a fifth of 0.79), the whiskers' tops
+    # on the chart; the tuned score without the tuning's luck beside the in-sample one
+    assert tuple(figs[0].layout.yaxis.range) == (0.0, pytest.approx(0.95))
+    rows[0].tuned, rows[0].tuned_cross_fitted = 0.85, 0.82
+    figs = _figures(rows, curves=False)
+    assert [b.name for b in figs[0].data] == ["CV", "tuned post-processing (in-sample)", "tuned, cross-fitted"]
+    assert figs[0].data[2].y[0] == 0.82
+    # learning curves: one chart per metric too (dice and mIoU shared one 'validation score' axis)
+    rows[0].curves, rows[2].curves = {0: [(1, 0.5), (2, 0.7)]}, {0: [(1, 0.3)]}
+    curves = _figures(rows, curves=True)[2:]
+    assert [f.layout.yaxis.title.text for f in curves] == ["validation dice", "validation miou"]
     from seg_toolkit.compare import _cells
 
     assert _cells(2, rows[1])[4] == "0.6000 (one fold)" and _cells(1, rows[0])[4] == "0.8000 +- 0.1000 [0.7000, 0.9000]"

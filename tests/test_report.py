@@ -268,6 +268,15 @@ def test_ensemble_run_report(multilabel, tmp_path):
     assert "Learning curves" not in text and not (page.parent / "learning_curves.png").exists()
     assert "Best OOF images" in text and "Traceback" not in text
     assert len(_embedded_pngs(text)) == 3  # confusion, best and worst overlays
+    assert "In-sample" not in text  # weights given or equal: nothing was fitted to these images
+    # searched weights kept: the CV is the best of the weightings tried on these same images (the visual audit: the
+    # page said nothing where cv.json and the CLI did)
+    search = {"searched": 11, "in_sample": True, "cross_half_score": 0.7838}
+    ens.ensemble_json.write_text(json.dumps({"members": members, "space": "logit", "folds": [0, 1], "weights_search": search}))
+    text = build_report(ens.dir, n_examples=0).read_text(encoding="utf-8")
+    assert ("In-sample: the ensemble&#x27;s weights were chosen on these OOF images among 11 weightings" in text
+            or "In-sample: the ensemble's weights were chosen on these OOF images among 11 weightings" in text)
+    assert "the other half scores 0.7838" in text
 
 
 # ----------------------------------------------------------------------------- multiclass with void, made by hand
@@ -405,6 +414,14 @@ def test_multiclass_report_page(multiclass_run):
     # the truth panels show the classes' own colours (outlines drawn at full colour)
     for _, colour in CLASSES:
         assert (arr == colour).all(-1).any()
+    # the class table's swatches are the colours drawn: grey for a background the overlays leave undrawn (it was red)
+    from seg_toolkit.report.overlays import UNDRAWN_GREY, painted_classes
+
+    swatches = re.findall(r"class='swatch' style='background:rgb\((\d+), (\d+), (\d+)\)'", text)
+    drawn = painted_classes(cfg, [n for n, _ in CLASSES], np.array([c for _, c in CLASSES]))
+    assert [tuple(map(int, sw)) for sw in swatches[:len(CLASSES)]] == [
+        tuple(c) if p else UNDRAWN_GREY for (_, c), p in zip(CLASSES, drawn)]
+    assert "<div class='scroll'><table>" in text and "best.pt val score (no TTA)" in text
 
 
 def test_multiclass_words_say_what_the_argmax_and_its_baseline_are(multiclass_run, capsys):
@@ -737,3 +754,29 @@ def test_files_a_user_keeps_beside_the_report_are_never_the_runs(multilabel, tmp
     for name in ours:
         (run.evaluations_dir / name).write_text("{}")
     assert run.foreign_entries() == [run.evaluations_dir / "my_lb_scores.json", run.report_dir / "my_analysis.html"]
+
+
+def test_legend_colours_grey_out_an_undrawn_background():
+    """The visual audit: the class table and audit bars showed a multiclass background in red, which no picture draws."""
+    from seg_toolkit.report.overlays import UNDRAWN_GREY, legend_colors
+
+    cfg = config_from_dict({"data": {"task": "multiclass", "num_classes": 3, "layout": "folder"}, "loss": {"ce": 1.0},
+                            "submission": {"per_class": True}})
+    colors = np.array([(230, 25, 75), (60, 180, 75), (0, 130, 200)], np.uint8)
+    shown = legend_colors(cfg, ["background", "cat", "dog"], colors)
+    assert shown.tolist() == [list(UNDRAWN_GREY), [60, 180, 75], [0, 130, 200]]
+    assert legend_colors(cfg, ["sky", "road", "car"], colors).tolist() == colors.tolist()  # a class like the others
+
+
+def test_report_names_a_tuned_value_at_the_end_of_its_grid_and_the_search_kept(multilabel, tmp_path):
+    import shutil
+
+    cfg, *_ = multilabel
+    run = Run(tmp_path / "copy")
+    shutil.copytree(Run.of(cfg).dir, run.dir)
+    params = {"threshold": [0.5] * 3, "min_area": [100, 0, 100], "empty_gate": [None] * 3}
+    run.postprocess_json.write_text(json.dumps({"before": 0.5, "after": 0.6, "params": params,
+                                                "search": {"chosen": "joint"}, "at_grid_edge": {"min_area": [0, 2]}}))
+    text = build_report(run.dir, n_examples=0).read_text(encoding="utf-8")
+    assert "(joint search)" in text
+    assert "Chosen at the end of the searched grid: min_area of class_1, class_3" in text

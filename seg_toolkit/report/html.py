@@ -17,7 +17,7 @@ __all__ = ["CSS", "esc", "fmt", "table", "png_tag", "note", "section", "page"]
 CSS = """
 body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px auto;max-width:1280px;color:#222;padding:0 16px}
 h1{font-size:24px;margin-bottom:4px} h2{font-size:19px;margin-top:32px;border-bottom:1px solid #ddd;padding-bottom:4px}
-table{border-collapse:collapse;margin:8px 0;font-size:14px} th,td{border:1px solid #ddd;padding:4px 9px;text-align:right}
+.scroll{overflow-x:auto;max-width:100%} table{border-collapse:collapse;margin:8px 0;font-size:14px} th,td{border:1px solid #ddd;padding:4px 9px;text-align:right}
 th{background:#f4f4f4} .l{text-align:left} td.l{white-space:nowrap} .muted{color:#777;font-size:13px}
 td.msg{text-align:left;font-family:monospace;font-size:12px}
 .warn{background:#fff4e5;border-left:4px solid #f0a020;padding:6px 12px;margin:6px 0}
@@ -61,7 +61,8 @@ def table(header: Sequence[str], rows: Iterable[Sequence[str]], left: int = 1,
 
     th = "".join(cell("th", i, h) for i, h in enumerate(header))
     body = "".join("<tr>" + "".join(cell("td", i, c) for i, c in enumerate(r)) + "</tr>" for r in rows)
-    return f"<table><tr>{th}</tr>{body}</table>"
+    # scrolled sideways in a narrow window rather than running off the page's edge (a 10-column class table at 800 px)
+    return f"<div class='scroll'><table><tr>{th}</tr>{body}</table></div>"
 
 
 def png_tag(png: bytes, alt: str) -> str:

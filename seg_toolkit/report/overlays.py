@@ -163,7 +163,7 @@ def _paint(image: np.ndarray, masks: list[Optional[np.ndarray]], colors: np.ndar
     return np.clip(out + 0.5, 0, 255).astype(np.uint8)
 
 
-def _painted_classes(cfg: Config, names: list[str], colors: np.ndarray) -> list[bool]:
+def painted_classes(cfg: Config, names: list[str], colors: np.ndarray) -> list[bool]:
     """Which classes are drawn: all but an implied multiclass background (csv layout, or named so, or black)."""
     out = []
     for c, name in enumerate(names):
@@ -172,6 +172,20 @@ def _painted_classes(cfg: Config, names: list[str], colors: np.ndarray) -> list[
             skip = (cfg.data.layout == "csv" or name.strip().lower().strip("_") in ("background", "bg", "backgrounds")
                     or tuple(int(v) for v in colors[0]) == (0, 0, 0))
         out.append(not skip)
+    return out
+
+
+#: how a table or bar shows a class the pictures leave undrawn (a multiclass background): not in a class colour
+UNDRAWN_GREY = (190, 190, 190)
+
+
+def legend_colors(cfg: Config, names: list[str], colors: np.ndarray) -> np.ndarray:
+    """``colors`` with the classes :func:`painted_classes` leaves undrawn in grey: a table's swatch of a colour the
+    pictures never show read as a class drawn there (a multiclass background in red)."""
+    out = np.array(colors, np.uint8, copy=True)
+    for c, painted in enumerate(painted_classes(cfg, names, colors)):
+        if not painted:
+            out[c] = UNDRAWN_GREY
     return out
 
 
@@ -264,7 +278,7 @@ def overlays_figure(d: ReportData, examples: list[Example], title: str) -> Any:
     if d.samples is None:
         raise ValueError(f"overlays need the training data: {d.data_problem}")
     colors = d.class_colors
-    painted = _painted_classes(d.cfg, d.class_names, colors)
+    painted = painted_classes(d.cfg, d.class_names, colors)
     panels = [_example_panels(d, ex, colors, painted) for ex in examples]
     label = metric_label(d.metric)
     dpi, gap, head = 100, 12, 40

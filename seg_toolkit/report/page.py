@@ -19,7 +19,7 @@ from ..run import Run
 from . import html as h
 from .data import ReportData, compute_report_data, per_class_rows
 from .figures import confusion_figure
-from .overlays import overlays_figure, prediction_rule
+from .overlays import legend_colors, overlays_figure, prediction_rule
 from .summary import Example, baseline_words
 from ..metrics import PER_IMAGE_METRICS
 from ..postprocess import params_in_use
@@ -77,11 +77,26 @@ def _summary_html(d: ReportData) -> str:
     if d.cv:
         parts.append(h.note(f"cv.json: {h.esc(d.cv.get('metric'))} {h.fmt(d.cv.get('score'))}, fold mean "
                             f"{h.fmt(d.cv.get('fold_mean'))} ± {h.fmt(d.cv.get('fold_std'))}" + _oof_made(d.cv)))
+    search = (d.ensemble or {}).get("weights_search") or {}
+    if search.get("in_sample"):  # the ensemble's CV is the best of the weightings tried on these very images
+        held = search.get("cross_half_score")
+        parts.append(f"<p class='warn'>In-sample: the ensemble's weights were chosen on these OOF images among "
+                     f"{h.esc(search.get('searched'))} weightings, so its CV carries their luck"
+                     + (f"; chosen on one half of the folds, the other half scores {h.fmt(held)}"
+                        if isinstance(held, (int, float)) else "") + ".</p>")
     tuned = read_json(Run(d.run_dir).postprocess_json)
     if tuned and "after" in tuned:
+        kept = (tuned.get("search") or {}).get("chosen")
         parts.append(h.note(f"after post-processing tuned on these OOF files (postprocess.json): {h.esc(label)} "
-                            f"{h.fmt(tuned.get('before'))} -> {h.fmt(tuned.get('after'))}; "
+                            f"{h.fmt(tuned.get('before'))} -> {h.fmt(tuned.get('after'))}"
+                            + (f" ({h.esc(kept)} search)" if kept else "") + "; "
                             f"{h.esc(str(params_in_use(tuned.get('params') or {}, d.task)))}"))
+        edges = tuned.get("at_grid_edge") or {}
+        if edges:  # the best may lie beyond what was searched
+            said = "; ".join(f"{h.esc(k)} of {', '.join(h.esc(d.class_names[c]) for c in cs if c < len(d.class_names))}"
+                             for k, cs in edges.items())
+            parts.append(f"<p class='warn'>Chosen at the end of the searched grid: {said}. The best may lie beyond it: "
+                         "widen postprocess.*_grid there and tune again.</p>")
         cf = tuned.get("cross_fitted")
         if isinstance(cf, dict) and isinstance(cf.get("score"), (int, float)):
             parts.append(h.note(f"cross-fitted: {h.esc(label)} {h.fmt(cf['score'])} with each image post-processed as tuning on "
@@ -101,7 +116,8 @@ def _summary_html(d: ReportData) -> str:
         rows = [[str(f["fold"]), h.fmt(f.get("oof_score")), _val_score(f), _epoch(f),
                  h.fmt(f.get("epochs_run")) + (" (early stop)" if f.get("stopped_early") else ""),
                  h.fmt(f.get("n_train")), h.fmt(f.get("n_valid"))] for f in d.per_fold]
-        parts.append(h.table(["fold", f"OOF {h.esc(label)}", "best.pt val score", "best.pt epoch", "epochs run",
+        # validation during training predicts without TTA; the OOF files with predict's TTA
+        parts.append(h.table(["fold", f"OOF {h.esc(label)}", "best.pt val score (no TTA)", "best.pt epoch", "epochs run",
                               "train images", "valid images"], rows))
     m = cfg.model
     setup = [["task", f"{cfg.data.task}, {cfg.data.num_classes} class(es), layout {cfg.data.layout}"]]
@@ -136,8 +152,9 @@ def _metric_settings(cfg: Any, metric: str) -> str:
 
 def _class_table_html(d: ReportData) -> str:
     rows = []
+    shown = legend_colors(d.cfg, d.class_names, d.class_colors)  # as drawn; grey for a class the overlays leave undrawn
     for c, r in enumerate(per_class_rows(d)):
-        sw = f"<span class='swatch' style='background:rgb{tuple(int(v) for v in d.class_colors[c])}'></span>"
+        sw = f"<span class='swatch' style='background:rgb{tuple(int(v) for v in shown[c])}'></span>"
         row = [sw + h.esc(r["class"]), h.fmt(r["iou"]), h.fmt(r["dice"]), h.fmt(r["true_frequency"], ".3%"),
                h.fmt(r["pred_frequency"], ".3%"), f"{r['images_with_class']} / {d.n_images}",
                f"{r['images_predicted']} / {d.n_images}"]
