@@ -40,15 +40,20 @@ MIN_DESCENT = 0.1
 
 
 def lr_sweep(step: Callable[[float], float], start: float = 1e-7, end: float = 1.0, steps: int = 100,
-             beta: float = 0.98, diverge: float = 4.0) -> dict[str, Any]:
+             beta: float | None = None, diverge: float = 4.0) -> dict[str, Any]:
     """Call ``step(lr)`` (one update at that lr, returning its loss) for geometrically growing lrs;
     stop early when the smoothed loss passes ``diverge`` x its minimum or is not finite.
+
+    ``beta``: the loss's exponential smoothing; default ``1 - max(0.02, 5 / steps)``, a window of about a twentieth of
+    the sweep (fastai's fixed 0.98, 50 steps, lagged a 40-step sweep so far behind that its smoothed loss fell from
+    0.78 to 0.71 where the loss itself reached 0.50: "no descent", and a suggestion 10x the working lr).
 
     Returns ``lr``, ``loss``, ``smooth`` (the finite steps), ``stopped`` (``nan``: a NaN/inf loss,
     ``diverged``, or ``end``), ``stop_step`` (1-based step at which it stopped; the NaN's own step) and
     ``stop_lr`` (that step's lr) and, for ``nan``, ``nan_loss`` (``NaN``, ``inf`` or ``-inf``)."""
     if not (0 < start < end) or steps < 5:
         raise ConfigError(f"lr-find: expected 0 < start < end and steps >= 5, got start={start}, end={end}, steps={steps}")
+    beta = 1 - max(0.02, 5 / steps) if beta is None else beta
     lrs, losses, smooth = [], [], []
     avg, best = 0.0, math.inf
     stopped: dict[str, Any] = {"stopped": "end", "stop_step": steps, "stop_lr": end}
@@ -126,7 +131,8 @@ def _plot(sweep: dict[str, list[float]], found: dict[str, float], path, title: s
     ax.set_ylim(*_y_range(sweep))
     ax.set_xlabel("learning rate")
     ax.set_ylabel("training loss")
-    ax.set_title(f"{title}: suggested lr {found['suggested_lr']:.2g}")
+    weak = " (weak: no clear descent)" if found["descent"] < MIN_DESCENT else ""
+    ax.set_title(f"{title}: suggested lr {found['suggested_lr']:.2g}{weak}")
     ax.legend(frameon=False, fontsize=8)
     ax.grid(alpha=0.3, which="both")
     fig.tight_layout()
