@@ -9,9 +9,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
-from . import commands as c
+# albumentations asks the package index for a newer version when imported, waiting up to 2 s where the network drops
+# packets (an offline kernel, a firewalled cluster) on every command; the bundle's predict.py says the same
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+from . import commands as c  # noqa: E402
 from . import commands_score as cs
 
 log = logging.getLogger("seg_toolkit")
@@ -200,15 +205,18 @@ def _one_line(e: BaseException) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    import os  # torchrun's other ranks log warnings only: each message once, from rank 0
-
+    # torchrun's other ranks log warnings only: each message once, from rank 0
     level = logging.WARNING if int(os.environ.get("RANK", "0") or 0) > 0 else logging.DEBUG if args.verbose else logging.INFO
     logging.basicConfig(level=level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     from .errors import SegToolkitError
 
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
     try:
-        return args.func(args)
+        # log lines printed above the progress bars, not into the middle of one ("0/24 [00:00<?]19:08:42 INFO ...")
+        with logging_redirect_tqdm(loggers=[logging.getLogger()]):
+            return args.func(args)
     except (SegToolkitError, OSError) as e:  # OSError: a file that exists or not, a full disk, a permission
         print(f"error: {_one_line(e)}", file=sys.stderr)
         return 2
