@@ -218,7 +218,11 @@ def _say_drift(cfg: Config, run: Run, params, present: np.ndarray, n: int) -> No
     tuned = read_json(run.postprocess_json) or {}
     if tuned.get("params") != asdict(params):  # the config's own parameters: nothing was tuned on the OOF
         return
-    lines = present_drift(tuned.get("decided_present"), present, n, class_names(cfg))
+    oof, names = tuned.get("decided_present"), class_names(cfg)
+    if isinstance(oof, dict) and n and len(oof.get("share", [])) == len(present):  # always said; warned when far apart
+        log.info("masks decided non-empty, test vs OOF: %s", ", ".join(
+            f"{name} {k / n:.0%} vs {p:.0%}" for name, k, p in zip(names, present, oof["share"])))
+    lines = present_drift(oof, present, n, names)
     if lines:
         log.warning("the submission's masks are not like the OOF masks the post-processing was tuned on: %s. The test "
                     "probabilities are the folds' mean, whose maxima sit lower than one fold model's OOF: a gate or "
