@@ -126,9 +126,12 @@ def _print_tune(report: dict) -> None:
             f"{m} {v['cross_fitted']:.4f} / {v['after']:.4f}" for m, v in compared.items()))
     from .postprocess import params_in_use
 
-    for step in report.get("steps", []):
-        if isinstance(step, dict) and "score" in step and not step.get("skipped"):  # a multiclass argmax: no threshold
-            print(f"  after {step.get('step', '?'):<10} {step['score']:.4f}")
+    steps = [x for x in report.get("steps", []) if isinstance(x, dict) and "score" in x and not x.get("skipped")]
+    chosen = (report.get("search") or {}).get("chosen")
+    if steps and chosen and len(compared) > 1:  # whose steps these are: the joint search's greedy start is not its end
+        print(f"  the {chosen} search's steps:")
+    for step in steps:  # a multiclass argmax has no threshold step
+        print(f"  after {step.get('step', '?'):<10} {step['score']:.4f}")
     print(f"  params {params_in_use(report['params'], report['task']) if 'task' in report else report['params']}")
 
 
