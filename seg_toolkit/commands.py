@@ -57,6 +57,10 @@ def _print_cv(cv: dict, run: Path) -> None:
     print(f"\nCV {cv['metric']}: {cv['score']:.4f} over {cv['n_images']} OOF images "
           f"(folds {cv['folds']}: {', '.join(f'{s:.4f}' for s in cv['fold_scores'])}; "
           f"{cv.get('baseline', 'all-empty baseline')} {cv['baseline_empty']:.4f})")
+    base = cv.get("baseline_empty")
+    if isinstance(base, (int, float)) and cv["score"] < base:  # worse than predicting nothing: not yet a model
+        print(f"note: the CV is below the {cv.get('baseline', 'all-empty baseline')}: the model does worse than predicting "
+              "it; train longer, or check the data and the loss (`seg-toolkit audit CONFIG`)")
     left_out = (cv.get("time_budget") or {}).get("left_out")
     if left_out:
         print(f"fold(s) {left_out} left out: train.time_budget {cv['time_budget']['budget']} fits train.min_fold_epochs="
