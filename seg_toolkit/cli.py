@@ -211,11 +211,17 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     from .errors import SegToolkitError
 
+    import contextlib
+
     from tqdm.contrib.logging import logging_redirect_tqdm
 
+    root = logging.getLogger()
+    # log lines printed above the progress bars, not into the middle of one ("0/24 [00:00<?]19:08:42 INFO ..."); only
+    # where they go to the console (a caller's file-only logging gains no console handler)
+    console = any(type(h) is logging.StreamHandler and getattr(h, "stream", None) in (sys.stdout, sys.stderr)
+                  for h in root.handlers)
     try:
-        # log lines printed above the progress bars, not into the middle of one ("0/24 [00:00<?]19:08:42 INFO ...")
-        with logging_redirect_tqdm(loggers=[logging.getLogger()]):
+        with logging_redirect_tqdm(loggers=[root]) if console else contextlib.nullcontext():
             return args.func(args)
     except (SegToolkitError, OSError) as e:  # OSError: a file that exists or not, a full disk, a permission
         print(f"error: {_one_line(e)}", file=sys.stderr)

@@ -58,6 +58,9 @@ def _check_image_id_pattern(cfg: Config) -> None:
                               "groups, and there is none")
         return
     where = f"data.image_id_pattern: {d.image_id_pattern!r}"
+    if "\\\\" in d.image_id_pattern:  # an escaped backslash: a Windows folder boundary
+        raise ConfigError(f"{where}: paths are matched with '/' between folders, on every system; write '/' where "
+                          "the pattern meant a folder boundary")
     try:
         groups = set(re.compile(d.image_id_pattern).groupindex)
     except re.error as e:

@@ -263,13 +263,9 @@ def _clear_predict_folder(cfg: Config, run: Run, folder: Path, written: re.Patte
 
 def _mask_colors(cfg: Config) -> np.ndarray:
     """``uint8 (C, 3)`` colours of ``color`` mask files: the class colours, an implied multiclass background black."""
-    from .report.overlays import painted_classes  # lazy: the report package imports matplotlib helpers
+    from .report.overlays import legend_colors  # lazy: the report package imports matplotlib helpers
 
-    colors = class_colors(cfg).copy()
-    for c, painted in enumerate(painted_classes(cfg, class_names(cfg), colors)):
-        if not painted:
-            colors[c] = 0
-    return colors
+    return legend_colors(cfg, class_names(cfg), class_colors(cfg), undrawn=(0, 0, 0))
 
 
 def _png_bytes(arr: np.ndarray) -> bytes:

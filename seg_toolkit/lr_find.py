@@ -44,9 +44,10 @@ def lr_sweep(step: Callable[[float], float], start: float = 1e-7, end: float = 1
     """Call ``step(lr)`` (one update at that lr, returning its loss) for geometrically growing lrs;
     stop early when the smoothed loss passes ``diverge`` x its minimum or is not finite.
 
-    ``beta``: the loss's exponential smoothing; default ``1 - max(0.02, 5 / steps)``, a window of about a twentieth of
-    the sweep (fastai's fixed 0.98, 50 steps, lagged a 40-step sweep so far behind that its smoothed loss fell from
-    0.78 to 0.71 where the loss itself reached 0.50: "no descent", and a suggestion 10x the working lr).
+    ``beta``: the loss's exponential smoothing; default ``1 - max(0.02, 5 / steps)``, a smoothed loss lagging about a
+    sixth of the sweep (6 of 40 steps, 17 of 100; fastai's fixed 0.98 lagged a 40-step sweep so far behind that its
+    smoothed loss fell from 0.78 to 0.71 where the loss itself reached 0.50: "no descent", and a suggestion 10x the
+    working lr).
 
     Returns ``lr``, ``loss``, ``smooth`` (the finite steps), ``stopped`` (``nan``: a NaN/inf loss,
     ``diverged``, or ``end``), ``stop_step`` (1-based step at which it stopped; the NaN's own step) and

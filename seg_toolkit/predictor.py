@@ -57,7 +57,7 @@ def _finite(probs: torch.Tensor, image_id: str, runs: list, fold: int | None) ->
         which = f"fold {fold} of " if fold is not None else ""
         raise NonFiniteError(f"image {image_id!r}: {which}{', '.join(str(r) for r in runs)} gave NaN probabilities (weights "
                              "that diverged, or an input the model cannot take); nothing is scored or written from them: "
-                             "check the fold's metrics.csv for a NaN loss and train it again")
+                             "check the folds' metrics.csv for a NaN loss and train that fold again")
     return probs
 
 
@@ -349,7 +349,9 @@ class Predictor:
             for j, image_id in enumerate(batch["id"]):
                 merged = from_merge_space(acc[j], self.space, self.task) if merging else acc[j]
                 probs, acc[j] = merged.cpu(), None  # hand over: the batch does not keep it
-                yield (image_id, _finite(probs, image_id, [m.run.dir for m, _ in self.active], fold), presence_cpu[j] if presence_cpu is not None else None,
+                runs = [m.run.dir for m, _ in self.active]
+                yield (image_id, _finite(probs, image_id, runs, fold),
+                       _finite(presence_cpu[j], image_id, runs, fold) if presence_cpu is not None else None,
                        targets[j] if targets is not None else None)
 
     def iter_candidate_probs(self, samples: list[Sample], fold: int, candidates: list[tuple[list[str], str]],

@@ -226,6 +226,9 @@ def choose_tta(
             post["cross_fitted"] = {**post["cross_fitted"], "score": nested["score"], "within_tta_choice": chosen["cross_fitted"],
                                     "tta_choice": "nested: each group's TTA set chosen by the tuned score of the others"}
         write_json(run.postprocess_json, post)
+        from .tune import say_grid_edges
+
+        say_grid_edges(cfg, post)
         end_oof_rewrite(run)  # files, tta.json, postprocess.json, done.json and cv.json agree
         cf = f", {result['cross_fitted']:.5f} cross-fitted" if result["cross_fitted"] is not None else ""
         log.info("choose_tta: %s merge=%s (%s %.5f tuned%s, %.5f untuned, on %d OOF images); wrote %s",

@@ -77,7 +77,7 @@ import torch
 
 from .config import Config, ConfigError
 from .data import class_names
-from .evaluator import Evaluator, resolve_metric_name
+from .evaluator import Evaluator, resolve_metric_name, scored_columns
 from .postprocess import PostParams, apply_postprocess, params_from_config, present_classes
 from .files import nan_if_null, read_json, write_json
 from .run import Run
@@ -219,12 +219,7 @@ def tune_postprocess(
             cf = f" (cross-fitted {crossed['score']:.5f}: tuned on other images, {crossed['groups']})" if crossed else ""
             log.info("tune: %s %.5f -> %.5f%s on %d OOF images with the %s search; wrote %s", metric, before, after, cf,
                      len(data), chosen, run.postprocess_json)
-            edges = report["at_grid_edge"]
-            if edges:
-                names = class_names(cfg)
-                log.warning("tune: chosen at the end of what was searched, so the best may lie beyond it: %s; widen "
-                            "postprocess.*_grid there", "; ".join(f"{key} {value} for {', '.join(names[c] for c in classes)}"
-                                                            for key, (value, classes) in _edge_values(params, edges).items()))
+            say_grid_edges(cfg, result)
             if len(tried) > 1 and crossed is not None:
                 log.info("tune: search chosen by cross-fitted score: %s", ", ".join(
                     f"{m} {t[3]['score']:.5f} (tuned {t[2]['after'](everything):.5f})" for m, t in tried.items()))
@@ -302,17 +297,35 @@ def _cv_json_score(run: Run) -> float | None:
 # ----------------------------------------------------------------------------- exact scores
 
 
+def say_grid_edges(cfg: Config, tuned: dict) -> None:
+    """Warn of the values postprocess.json's ``at_grid_edge`` names (``tune``, and ``tune --tta``, which writes its
+    own): the best may lie beyond the grid."""
+    edges = tuned.get("at_grid_edge") or {}
+    if edges:
+        names = class_names(cfg)
+        log.warning("tune: chosen at the end of what was searched, so the best may lie beyond it: %s; widen "
+                    "postprocess.*_grid there", "; ".join(f"{key} {value} for {', '.join(names[c] for c in classes)}"
+                                                    for key, (value, classes) in _edge_values(PostParams(**tuned["params"]),
+                                                                                              edges).items()))
+
+
 def _grid_edges(params: PostParams, start: PostParams, cfg: Config, gate_grid: Sequence, task: str) -> dict[str, list[int]]:
     """The classes whose chosen threshold is the lowest or highest searched, or whose min_area or empty gate is the
-    highest searched (the config's value and the grid: what the search tried); 0 and no gate are where those start."""
+    highest searched (the config's value and the grid: what the search tried); 0 and no gate are where those start.
+    Only the classes the search decided: those the metric scores (an unscored class keeps the config's value, every
+    candidate tying) and, multiclass, those min_area applies to. A multiclass class_weight is not looked at."""
     p, out = cfg.postprocess, {}
+    scored = scored_columns(cfg.metric, task)
+    decided = set(range(len(params.threshold))) if scored is None else set(scored.tolist())
+    if task == "multiclass":
+        decided &= set(params.area_classes())
     tried = {"threshold": [*start.threshold, *p.threshold_grid], "min_area": [*start.min_area, *area_grid(cfg)],
              "empty_gate": [g for g in [*start.empty_gate, *gate_grid] if g is not None]}
     for key, values in tried.items():
         if task == "multiclass" and key != "min_area" or len(set(values)) < 2:
             continue
         ends = {min(values), max(values)} if key == "threshold" else {max(values)}
-        hit = [c for c, v in enumerate(getattr(params, key)) if v is not None and v in ends]
+        hit = [c for c, v in enumerate(getattr(params, key)) if c in decided and v is not None and v in ends]
         if hit:
             out[key] = hit
     return out

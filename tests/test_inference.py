@@ -614,6 +614,9 @@ def test_present_drift_by_hand():
     assert present_drift(oof, np.array([108, 200, 80]), 400, ["a", "b", "c"]) == [
         "c: 20% of 400 test images decided non-empty, 0% of the OOF images"]
     assert present_drift(None, np.array([0, 0, 0]), 400, ["a", "b", "c"]) == []  # nothing tuned
+    # the OOF's own uncertainty counts (the review: 30 OOF images beside 2000 test ones warned in 29% of equal draws):
+    # 65% of 2000 against 50% of 30 is 0.15 apart, within 4 pooled standard errors (4 x 0.088 = 0.35)
+    assert present_drift({"share": [0.5], "n_images": 30}, np.array([1300]), 2000, ["a"]) == []
     assert present_drift(oof, np.array([0, 0, 0]), 19, ["a", "b", "c"]) == []  # too few test images to say
 
 

@@ -97,6 +97,7 @@ def test_two_files_of_one_id_and_missing_ids_are_named(demo_root, tmp_path):
      r"data.image_id_format: '\{day\}_\{slice\}' names \['slice'\], which are not named groups"),
     ({"image_id_pattern": r"(?P<day>case\d+)", "image_id_format": "x"}, r"names no group of data.image_id_pattern"),
     ({"image_id_format": "{day}"}, r"data.image_id_format: '\{day\}' makes ids out of data.image_id_pattern's groups"),
+    ({"image_id_pattern": r"(?P<id>case\d+)\\scans"}, r"paths are matched with '/' between folders, on every system"),
     ({"image_id_pattern": r"(?P<id>case\d+)", "layout": "folder", "class_column": None},
      r"reads the images of the csv layout"),
 ])

@@ -23,7 +23,7 @@ import seg_toolkit.data.dataset as dataset_mod
 import seg_toolkit.data.io as io_mod
 import seg_toolkit.data.sample as sample_mod
 import seg_toolkit.data.sources as sources_mod
-from seg_toolkit.config import IGNORE_INDEX, Config, ConfigError, config_from_dict
+from seg_toolkit.config import IGNORE_INDEX, Config, ConfigError, config_from_dict, config_to_dict
 from seg_toolkit.cv import compute_cv
 from seg_toolkit.run import Run
 from seg_toolkit.metrics import image_counts, mean_iou, per_image_scores, pixel_accuracy, scores_from_counts
@@ -739,6 +739,14 @@ def test_a_choice_at_the_end_of_its_grid_is_named():
     assert edges == {"threshold": [0, 2], "min_area": [0], "empty_gate": [1]}
     assert _edge_values(chosen, edges) == {"threshold": ("0.7/0.3", [0, 2]), "min_area": ("100", [0]),
                                            "empty_gate": ("0.9", [1])}
+    # a class the metric does not score keeps the config's value (every candidate ties): nothing chose it
+    scored = config_from_dict({**config_to_dict(cfg), "metric": {"classes": [1]}})
+    assert _grid_edges(chosen, start, scored, [None, 0.5, 0.9], "multilabel") == {"threshold": [0], "min_area": [0]}
+    # multiclass: min_area of the classes it applies to (class 0's small parts would become class 0 again)
+    mc_cfg = config_from_dict({"data": {"task": "multiclass", "num_classes": 3, "layout": "folder"}, "loss": {"ce": 1.0},
+                               "submission": {"per_class": True}, "postprocess": {"min_area_grid": [0, 50, 100]}})
+    mc = PostParams(threshold=[0.5] * 3, min_area=[100, 100, 50], empty_gate=[None] * 3)
+    assert _grid_edges(mc, start, mc_cfg, [], "multiclass") == {"min_area": [1]}
     # a multiclass task searches min_area only; a grid of one value has no edge to speak of
     mc = config_from_dict({"data": {"task": "multiclass", "num_classes": 3, "layout": "folder"}, "loss": {"ce": 1.0},
                            "submission": {"per_class": True},

@@ -45,7 +45,7 @@ _READ: dict[tuple, pd.DataFrame] = {}
 
 
 def _classes_csv(cfg: Config) -> pd.DataFrame | None:
-    """The classes CSV (``data.classes_csv``), checked; read once while the file is unchanged. Not to be modified."""
+    """The classes CSV (``data.classes_csv``), checked; parsed once while the file is unchanged."""
     if not cfg.data.classes_csv:
         return None
     path = cfg.data_path(cfg.data.classes_csv)
@@ -55,12 +55,12 @@ def _classes_csv(cfg: Config) -> pd.DataFrame | None:
     except OSError:
         key = None  # read_csv_strict names the missing file
     if key is not None and key in _READ:
-        return _READ[key]
+        return _READ[key].copy()  # a caller's edit stays its own
     df = _read_classes_csv(cfg, path)
     if key is not None:
         if len(_READ) > 8:
             _READ.clear()
-        _READ[key] = df
+        _READ[key] = df.copy()
     return df
 
 

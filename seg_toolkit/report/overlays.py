@@ -179,13 +179,15 @@ def painted_classes(cfg: Config, names: list[str], colors: np.ndarray) -> list[b
 UNDRAWN_GREY = (190, 190, 190)
 
 
-def legend_colors(cfg: Config, names: list[str], colors: np.ndarray) -> np.ndarray:
-    """``colors`` with the classes :func:`painted_classes` leaves undrawn in grey: a table's swatch of a colour the
-    pictures never show read as a class drawn there (a multiclass background in red)."""
+def legend_colors(cfg: Config, names: list[str], colors: np.ndarray, undrawn: tuple[int, int, int] = UNDRAWN_GREY
+                  ) -> np.ndarray:
+    """``colors`` with the classes :func:`painted_classes` leaves undrawn in ``undrawn``: a table's swatch of a colour
+    the pictures never show read as a class drawn there (a multiclass background in red); colour mask files paint it
+    black."""
     out = np.array(colors, np.uint8, copy=True)
     for c, painted in enumerate(painted_classes(cfg, names, colors)):
         if not painted:
-            out[c] = UNDRAWN_GREY
+            out[c] = undrawn
     return out
 
 
