@@ -531,6 +531,11 @@ def test_class_names_written_are_the_classes_csv_names_stripped_and_complete(tmp
                             "submission": {"class_column": "class", "class_format": "{name}"}})
     assert class_column_names(cfg) == {"large_bowel": 1, "small_bowel": 2, "stomach": 3}
     assert mask_rows("a", TWO[:1].repeat(3, 0), cfg)[0] == ("a", "1 2", "large_bowel")
+    # parsed once while its bytes are the same (it was parsed for every row written); a caller's edit stays its own
+    from seg_toolkit.data.colors import _classes_csv, class_names
+
+    _classes_csv(cfg).loc[0, "name"] = "edited"
+    assert class_names(cfg)[0] == " large_bowel"
     (tmp_path / "classes.csv").write_text("id,name\n1,large_bowel\n2,small_bowel\n")
     with pytest.raises(SubmissionError, match=r"class\(es\) \[3\] have none in classes.csv"):
         class_column_names(cfg)

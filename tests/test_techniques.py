@@ -7,6 +7,7 @@ import json
 import logging
 import math
 import shutil
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -514,3 +515,30 @@ def test_the_report_names_the_averaged_weights_a_fold_submits():
     assert _epoch(averaged) == "mean of 1, 2" and _val_score(averaged) == "0.0332 (single best 0.3009)"
     single = {"best_epoch": 3, "best_val_score": 0.5}
     assert _epoch(single) == "3" and _val_score(single) == "0.5000"
+
+
+def test_a_short_sweep_is_smoothed_over_its_own_length():
+    """The visual audit: a 40-step sweep smoothed as fastai's 100-step one (beta 0.98) lagged so far that a loss falling
+    from 0.78 to 0.42 over its last 12 steps read as "no descent" (0.062 < 0.1); smoothed over its own length it reads
+    0.159. Flat for 28 steps, then 0.03 lower each step."""
+    from seg_toolkit.lr_find import MIN_DESCENT
+
+    losses = [0.78] * 28 + [0.78 - 0.03 * k for k in range(1, 13)]
+
+    def sweep(beta):
+        it = iter(losses)
+        return suggest(lr_sweep(lambda lr: next(it), start=1e-4, end=1.0, steps=40, beta=beta))
+
+    assert sweep(None)["descent"] == pytest.approx(0.159, abs=1e-3) and sweep(None)["descent"] >= MIN_DESCENT
+    assert sweep(0.98)["descent"] == pytest.approx(0.062, abs=1e-3)
+
+
+def test_a_cv_below_predicting_nothing_is_said(capsys):
+    from seg_toolkit.commands import _print_cv
+
+    cv = {"metric": "miou", "score": 0.0103, "n_images": 12, "folds": [0, 1], "fold_scores": [0.01, 0.0106],
+          "baseline_empty": 0.2209, "baseline": "all-background baseline"}
+    _print_cv(cv, Path("runs/x"))
+    assert "note: the CV is below the all-background baseline" in capsys.readouterr().out
+    _print_cv({**cv, "score": 0.5}, Path("runs/x"))
+    assert "note:" not in capsys.readouterr().out
