@@ -534,8 +534,9 @@ def test_class_names_written_are_the_classes_csv_names_stripped_and_complete(tmp
     # parsed once while its bytes are the same (it was parsed for every row written); a caller's edit stays its own
     from seg_toolkit.data.colors import _classes_csv, class_names
 
-    _classes_csv(cfg).loc[0, "name"] = "edited"
-    assert class_names(cfg)[0] == " large_bowel"
+    mine = _classes_csv(cfg)
+    mine.loc[0, "name"] = "edited"
+    assert mine["name"][0] == "edited" and class_names(cfg)[0] == " large_bowel"
     (tmp_path / "classes.csv").write_text("id,name\n1,large_bowel\n2,small_bowel\n")
     with pytest.raises(SubmissionError, match=r"class\(es\) \[3\] have none in classes.csv"):
         class_column_names(cfg)
