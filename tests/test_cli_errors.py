@@ -175,3 +175,38 @@ def test_an_empty_config_and_a_negative_examples_count_are_refused(tmp_path, cap
     with pytest.raises(SystemExit) as e:
         main(["report", str(tmp_path), "--examples", "-3"])
     assert e.value.code == 2 and "expected a whole number >= 0, got -3" in capsys.readouterr().err
+
+
+def test_cli_logs_above_progress_bars_and_leaves_a_callers_file_logging_alone(tmp_path, monkeypatch):
+    """Log lines went into the middle of a progress bar (the visual audit); the redirect through tqdm must not give a
+    caller that logs to a file only a console handler (the second review), nor stay after the command."""
+    import logging
+    import os
+
+    import seg_toolkit.cli as cli
+
+    seen = []
+
+    def probe(args):
+        seen.append([type(h).__name__ for h in logging.getLogger().handlers])
+        logging.getLogger("seg_toolkit").warning("probe")
+        return 0
+
+    parser = cli.build_parser()
+    monkeypatch.setattr(cli, "build_parser", lambda: parser)
+    monkeypatch.setattr(parser, "parse_args", lambda argv: type("A", (), {"func": staticmethod(probe), "verbose": False,
+                                                                           "command": "probe"})())
+    root = logging.getLogger()
+    saved = root.handlers[:]
+    try:
+        root.handlers = [logging.StreamHandler()]  # a console: redirected through tqdm while the command runs
+        assert cli.main([]) == 0
+        assert seen[-1] == ["_TqdmLoggingHandler"] and [type(h).__name__ for h in root.handlers] == ["StreamHandler"]
+        root.handlers = [logging.FileHandler(tmp_path / "log.txt")]  # a caller's file only: left as it is
+        assert cli.main([]) == 0
+        assert seen[-1] == ["FileHandler"] and "probe" in (tmp_path / "log.txt").read_text()
+    finally:
+        for h in root.handlers:
+            h.close()
+        root.handlers = saved
+    assert os.environ.get("NO_ALBUMENTATIONS_UPDATE") == "1"  # set when the CLI is imported
