@@ -82,6 +82,11 @@ def test_two_files_of_one_id_and_missing_ids_are_named(demo_root, tmp_path):
     with pytest.raises(DataError, match=r"case100_day10/scans/slice_0007_64_48_1.50_1.50.png: data.image_id_pattern / image_id_format give it "
                                         r"the id 'case100' of .*slice_0001_64_48_1.50_1.50.png too"):
         load_train_samples(cfg)
+    # the audit lists each such file instead of stopping at the first (as the flat layout's duplicates)
+    from seg_toolkit.audit import audit
+
+    found = [p for p in audit(cfg, decode_images=False).problems if p.kind == "duplicate_row"]
+    assert len(found) == 9 and all("image_id_pattern / image_id_format give it the id" in p.message for p in found)
     shutil.rmtree(root / "train" / "case102")
     cfg = config_from_dict(demo_dict(root, tmp_path / "runs", data={
         "id_column": "id", "class_column": "class", "rle_column": "segmentation", "class_names": NAMES,

@@ -187,7 +187,7 @@ def read_train_csv(cfg: Config, on_problem: OnProblem = raise_problem) -> tuple[
         slots[c - 1].append(rle)
         if len(starts):
             ends.setdefault(image_id, [[] for _ in range(n_cls)])[c - 1].append((line, int(starts[-1] + lengths[-1])))
-    image_of = image_finder(cfg, cfg.data_path(d.train_images))
+    image_of = image_finder(cfg, cfg.data_path(d.train_images), on_problem)
     samples = [
         Sample(i, image_of(i), rles=tuple(union_rle(r, spec) for r in per_class),
                group=groups[i][0], where=f"{path} line {_line(first[i], df)}",
@@ -217,7 +217,9 @@ def unlisted_samples(cfg: Config, listed: list[Sample], on_problem: OnProblem | 
     paths = {s.image for s in listed}
     exts = {d.image_ext.lower()} | {p.suffix.lower() for p in paths}
     bands = bands_of(cfg)
-    nested = {p: i for i, p in nested_images(images, cfg).items()} if d.image_id_pattern else None
+    # a file whose id is bad or taken was reported when the rows looked their images up in this folder
+    quiet = (lambda kind, where, message: None) if on_problem is not None else None
+    nested = {p: i for i, p in nested_images(images, cfg, quiet).items()} if d.image_id_pattern else None
     on_disk = (list(nested) if nested is not None else band_image_files(images, bands)[0] if bands else
                [p for p in images.iterdir() if p.suffix.lower() in exts and p.is_file()])
     unlisted = sorted(p for p in on_disk if p not in paths)

@@ -22,25 +22,41 @@ from .sample import check_id, image_path
 __all__ = ["nested_images", "image_finder"]
 
 
-def nested_images(folder: Path, cfg: Config) -> dict[str, Path]:
+def nested_images(folder: Path, cfg: Config, on_problem: Callable[[str, str, str], None] | None = None
+                  ) -> dict[str, Path]:
     """``{id: image file}`` of every ``data.image_ext`` file under ``folder`` whose path the pattern matches, sorted by
-    path. An id that is not a plain name, or that two files give, is a :class:`DataError` naming the files."""
+    path. An id that is not a plain name, or that two files give, is a :class:`DataError` naming the files; with
+    ``on_problem`` (the audit's collector: kind, where, message) each is reported and the file left out, as the flat
+    layout's files are."""
     d = cfg.data
+
+    def problem(kind: str, where: Path, message: str) -> None:
+        if on_problem is None:
+            raise DataError(message)
+        on_problem(kind, str(where), message)
+
     pattern, ext = re.compile(d.image_id_pattern or ""), d.image_ext.lower()
     out: dict[str, Path] = {}
     for p in sorted(q for q in folder.rglob("*") if q.suffix.lower() == ext and q.is_file()):
         m = pattern.search(p.relative_to(folder).as_posix())
         if m is None:
             continue
-        image_id = check_id(d.image_id_format.format(**m.groupdict()), f"{p} (data.image_id_pattern / image_id_format)")
+        try:
+            image_id = check_id(d.image_id_format.format(**m.groupdict()), f"{p} (data.image_id_pattern / image_id_format)")
+        except DataError as e:
+            problem("bad_id", p, str(e))
+            continue
         if image_id in out:
-            raise DataError(f"{p}: data.image_id_pattern / image_id_format give it the id {image_id!r} of {out[image_id]} "
-                            "too; one id must name one image: make the pattern take the part of the path that tells them apart")
+            problem("duplicate_row", p, f"{p}: data.image_id_pattern / image_id_format give it the id {image_id!r} of "
+                    f"{out[image_id]} too; one id must name one image: make the pattern take the part of the path that "
+                    "tells them apart")
+            continue
         out[image_id] = p
     return out
 
 
-def image_finder(cfg: Config, folder: Path) -> Callable[[str], Path]:
+def image_finder(cfg: Config, folder: Path, on_problem: Callable[[str, str, str], None] | None = None
+                 ) -> Callable[[str], Path]:
     """``id -> image file`` for the csv layout's ids: ``<folder>/<id><image_ext>`` (the id itself when it carries the
     extension; a band folder), or with ``data.image_id_pattern`` the file under ``folder`` whose path gives the id. An id
     no file gives is a path that is not there, naming the pattern, for the callers' own "no image" errors."""
@@ -48,6 +64,6 @@ def image_finder(cfg: Config, folder: Path) -> Callable[[str], Path]:
     if not d.image_id_pattern:
         bands = bands_of(cfg)
         return lambda image_id: image_path(folder, image_id, d.image_ext, bands)
-    found = nested_images(folder, cfg) if folder.is_dir() else {}
+    found = nested_images(folder, cfg, on_problem) if folder.is_dir() else {}
     missing = f"(no file under {folder.name} whose path data.image_id_pattern reads as this id)"
     return lambda image_id: found.get(image_id) or folder / f"{image_id} {missing}"
