@@ -39,6 +39,8 @@ def score_submission(csv_path: str | Path, solution_path: str | Path, cfg: Confi
     spec = submission_spec(cfg)
     by_name = class_ids_by_name(cfg)
     names = class_column_names(cfg)  # a class column's values: names or numbers
+    # the grader's solution may hold the other form: numbers beside names, or names beside numbers
+    other = None if names is not None else {n.strip(): k for n, k in by_name.items()}
     split = parse_submission_id(s.id_format, by_name) if s.per_class else None
     default_cls = submission_classes(cfg)[0]
     allowed = set(submission_classes(cfg))
@@ -63,8 +65,8 @@ def score_submission(csv_path: str | Path, solution_path: str | Path, cfg: Confi
                     raise SubmissionError(f"{where}: the id does not read as submission.id_format {s.id_format!r}")
                 image_id, cls = m.group("id"), str(class_of_match(m, by_name))
             c = class_of_text(cls, None if split is not None else names)
-            if c is None and solution and split is None:  # the other form: numbers beside names, or names beside numbers
-                c = class_of_text(cls, None if names is not None else {n.strip(): k for n, k in by_name.items()})
+            if c is None and solution and split is None:
+                c = class_of_text(cls, other)
             if c is None:
                 raise SubmissionError(f"{where}: {s.class_column}: {class_text_problem(cls, names)}")
             out.setdefault(image_id, {}).setdefault(c, []).append((rle, where))
